@@ -1,0 +1,10 @@
+/** The public surface of the pure Raft core. */
+export * from './types.js';
+export { RaftLog } from './log.js';
+export { MemoryStorage, CompactedError, UnavailableError, type Storage, type InitialState } from './storage.js';
+export { Raft, ProposalDroppedError, encodeConfChange, decodeConfChange, type RaftConfig } from './raft.js';
+export { RawNode, type RaftStatus } from './raw-node.js';
+export { SeededRandom } from './rand.js';
+export { bootstrapState, type BootstrapState } from './bootstrap.js';
+export { Progress, ProgressState, Inflights } from './progress.js';
+export { majority, committedIndex, voteResult, VoteResult } from './quorum.js';

@@ -1,0 +1,1095 @@
+/**
+ * The Raft protocol for one group as a pure state machine: messages and ticks go in, messages,
+ * log entries, hard state and read states come out. No I/O, no clock, no global randomness.
+ *
+ * Features: leader election with randomised timeouts, pre-vote and check-quorum; pipelined,
+ * flow-controlled log replication with fast conflict back-off; chunked snapshot transfer;
+ * ReadIndex reads; leader transfer; single-step membership changes with learners.
+ */
+import { RaftLog } from './log.js';
+import { Progress, ProgressState } from './progress.js';
+import { committedIndex, majority, voteResult, VoteResult } from './quorum.js';
+import type { Storage } from './storage.js';
+import {
+  ConfChangeType,
+  EntryType,
+  MessageType,
+  NONE,
+  Role,
+  type ConfChange,
+  type ConfState,
+  type Entry,
+  type HardState,
+  type Message,
+  type NodeId,
+  type RandomSource,
+  type ReadState,
+  type Snapshot,
+} from './types.js';
+
+/** Tuning and identity of one replica. Every limit has a default. */
+export interface RaftConfig {
+  /** This replica's id (non-zero). */
+  readonly id: NodeId;
+  /** The group id stamped on every outgoing message. */
+  readonly group?: number;
+  readonly storage: Storage;
+  /** Seeded randomness for election timeouts. */
+  readonly random: RandomSource;
+  /** Ticks without hearing from a leader before campaigning (randomised in [n, 2n)). Default 10. */
+  readonly electionTicks?: number;
+  /** Ticks between leader heartbeats. Default 1. */
+  readonly heartbeatTicks?: number;
+  /** The index the host's state machine has already applied (restart). Default: snapshot index. */
+  readonly applied?: number;
+  /** Most entry bytes in one append message. Default 1 MiB. */
+  readonly maxAppendBytes?: number;
+  /** Most append messages in flight to one follower. Default 256. */
+  readonly maxInflightAppends?: number;
+  /** Most bytes of committed entries handed out in one Ready. Default 16 MiB. */
+  readonly maxApplyBytes?: number;
+  /** Most bytes of proposed but unapplied entries on a leader before proposals are refused. Default 64 MiB. */
+  readonly maxUncommittedBytes?: number;
+  /** Most pending ReadIndex requests on a leader. Default 65536. */
+  readonly maxPendingReads?: number;
+  /** Size of one snapshot chunk. Default 1 MiB. */
+  readonly snapshotChunkBytes?: number;
+  /** Run a pre-vote round before real elections. Default true. */
+  readonly preVote?: boolean;
+  /** Leaders step down without a quorum; followers ignore votes while a leader is alive. Default true. */
+  readonly checkQuorum?: boolean;
+}
+
+/** A proposal or request the leader (or this replica) could not accept. */
+export class ProposalDroppedError extends Error {
+  constructor(reason: string) {
+    super(`proposal dropped: ${reason}`);
+    this.name = 'ProposalDroppedError';
+  }
+}
+
+const TRANSFER_CONTEXT = 'transfer';
+const EMPTY = new Uint8Array(0);
+
+type CampaignType = 'pre-election' | 'election' | 'transfer';
+
+interface PendingRead {
+  readonly requestId: string;
+  readonly index: number;
+  readonly from: NodeId;
+  readonly acks: Set<NodeId>;
+}
+
+interface IncomingSnapshot {
+  readonly index: number;
+  readonly term: number;
+  readonly total: number;
+  readonly chunks: Uint8Array[];
+  received: number;
+}
+
+/** Encodes a membership change as entry data. */
+export function encodeConfChange(cc: ConfChange): Uint8Array {
+  return new TextEncoder().encode(JSON.stringify(cc));
+}
+
+/** Decodes entry data written by `encodeConfChange`. */
+export function decodeConfChange(data: Uint8Array): ConfChange {
+  const cc = JSON.parse(new TextDecoder().decode(data)) as ConfChange;
+  if (typeof cc.nodeId !== 'number' || !(cc.type in ConfChangeType)) {
+    throw new Error('malformed configuration change entry');
+  }
+  return cc;
+}
+
+/** One replica of one Raft group. Drive it through `RawNode`, which batches its outputs. */
+export class Raft {
+  readonly id: NodeId;
+  readonly group: number;
+  term = 0;
+  vote: NodeId = NONE;
+  lead: NodeId = NONE;
+  role: Role = Role.Follower;
+  readonly log: RaftLog;
+
+  /** Outgoing messages not yet taken by the host. */
+  msgs: Message[] = [];
+  /** Read states not yet taken by the host. */
+  readStates: ReadState[] = [];
+
+  private voters: NodeId[] = [];
+  private learners: NodeId[] = [];
+  private readonly prs = new Map<NodeId, Progress>();
+  private readonly votes = new Map<NodeId, boolean>();
+
+  private electionElapsed = 0;
+  private heartbeatElapsed = 0;
+  private randomizedElectionTimeout = 0;
+  private readonly electionTicks: number;
+  private readonly heartbeatTicks: number;
+  private readonly random: RandomSource;
+  private readonly preVote: boolean;
+  private readonly checkQuorum: boolean;
+  private readonly maxAppendBytes: number;
+  private readonly maxInflight: number;
+  readonly maxApplyBytes: number;
+  private readonly maxUncommittedBytes: number;
+  private readonly maxPendingReads: number;
+  private readonly snapshotChunkBytes: number;
+
+  /** A leader transfer in progress to this node. */
+  leadTransferee: NodeId = NONE;
+  /** Index of the last configuration change proposed; a new one waits until it is applied. */
+  private pendingConfIndex = 0;
+  private uncommittedBytes = 0;
+  /** Reads waiting for a heartbeat quorum. */
+  private pendingReads: PendingRead[] = [];
+  /** Reads received before this leader committed an entry of its term. */
+  private readsAwaitingCommit: Message[] = [];
+  /** Entries were appended on the leader and not yet broadcast (batched until the next Ready). */
+  private appendPending = false;
+  private incomingSnapshot: IncomingSnapshot | undefined;
+
+  constructor(cfg: RaftConfig) {
+    if (!Number.isInteger(cfg.id) || cfg.id <= 0) throw new Error(`raft: invalid replica id ${cfg.id}`);
+    this.id = cfg.id;
+    this.group = cfg.group ?? 0;
+    this.random = cfg.random;
+    this.electionTicks = cfg.electionTicks ?? 10;
+    this.heartbeatTicks = cfg.heartbeatTicks ?? 1;
+    if (this.heartbeatTicks <= 0 || this.electionTicks <= this.heartbeatTicks) {
+      throw new Error('raft: electionTicks must be greater than heartbeatTicks > 0');
+    }
+    this.preVote = cfg.preVote ?? true;
+    this.checkQuorum = cfg.checkQuorum ?? true;
+    this.maxAppendBytes = cfg.maxAppendBytes ?? 1 << 20;
+    this.maxInflight = cfg.maxInflightAppends ?? 256;
+    this.maxApplyBytes = cfg.maxApplyBytes ?? 16 << 20;
+    this.maxUncommittedBytes = cfg.maxUncommittedBytes ?? 64 << 20;
+    this.maxPendingReads = cfg.maxPendingReads ?? 65536;
+    this.snapshotChunkBytes = cfg.snapshotChunkBytes ?? 1 << 20;
+    this.log = new RaftLog(cfg.storage);
+
+    const { hardState, conf } = cfg.storage.initialState();
+    this.applyConf(conf);
+    if (hardState.term > 0 || hardState.vote !== NONE || hardState.commit > 0) {
+      if (hardState.commit < this.log.committed || hardState.commit > this.log.lastIndex()) {
+        throw new Error(
+          `raft: hard state commit ${hardState.commit} outside [${this.log.committed}, ${this.log.lastIndex()}]`,
+        );
+      }
+      this.log.committed = hardState.commit;
+      this.term = hardState.term;
+      this.vote = hardState.vote;
+    }
+    if (cfg.applied !== undefined && cfg.applied > 0) {
+      const applied = Math.min(cfg.applied, this.log.committed);
+      if (applied >= this.log.applied) {
+        this.log.applied = applied;
+        this.log.applying = applied;
+      }
+    }
+    this.becomeFollower(this.term, NONE);
+  }
+
+  // ---------------------------------------------------------------- observation
+
+  /** The durable part of the state. */
+  hardState(): HardState {
+    return { term: this.term, vote: this.vote, commit: this.log.committed };
+  }
+
+  /** The membership currently in effect (as of the applied index). */
+  confState(): ConfState {
+    return { voters: [...this.voters], learners: [...this.learners] };
+  }
+
+  /** The leader's view of a peer's progress (for status pages and tests). */
+  progress(id: NodeId): Readonly<Progress> | undefined {
+    return this.prs.get(id);
+  }
+
+  /** Whether this replica may campaign: it is a voter. */
+  promotable(): boolean {
+    return this.voters.includes(this.id);
+  }
+
+  /** Whether the leader owes followers an append of freshly proposed entries. */
+  hasPendingAppend(): boolean {
+    return this.appendPending;
+  }
+
+  // ---------------------------------------------------------------- inputs
+
+  /** Advances the logical clock by one tick. */
+  tick(): void {
+    if (this.role === Role.Leader) this.tickHeartbeat();
+    else this.tickElection();
+  }
+
+  /** Sends out the appends owed after proposals (called when the host asks for a Ready). */
+  flushAppends(): void {
+    if (this.appendPending && this.role === Role.Leader) this.bcastAppend();
+    this.appendPending = false;
+  }
+
+  /** Proposes application data; throws ProposalDroppedError when it cannot be accepted here. */
+  propose(data: readonly Uint8Array[]): void {
+    const entries = data.map((d) => ({ term: 0, index: 0, type: EntryType.Normal, data: d }));
+    this.proposeEntries(entries, true);
+  }
+
+  /** Proposes a membership change (one at a time). */
+  proposeConfChange(cc: ConfChange): void {
+    if (this.role !== Role.Leader) throw new ProposalDroppedError('not the leader');
+    if (this.pendingConfIndex > this.log.applied) {
+      throw new ProposalDroppedError('another configuration change is not yet applied');
+    }
+    this.validateConfChange(cc);
+    this.proposeEntries([{ term: 0, index: 0, type: EntryType.ConfChange, data: encodeConfChange(cc) }], true);
+  }
+
+  /** Requests a linearizable read; a ReadState with this id appears once it is safe. */
+  readIndex(requestId: string): void {
+    this.step({ type: MessageType.ReadIndex, group: this.group, from: this.id, to: this.id, term: 0, context: requestId });
+  }
+
+  /** Asks the leader to hand leadership to `transferee`. */
+  transferLeader(transferee: NodeId): void {
+    if (this.role === Role.Leader) {
+      this.stepLeader({ type: MessageType.TransferLeader, group: this.group, from: transferee, to: this.id, term: this.term });
+    } else if (this.lead !== NONE) {
+      this.send({ type: MessageType.TransferLeader, group: this.group, from: transferee, to: this.lead, term: 0 });
+    }
+  }
+
+  /** Starts an election now (as if the election timeout fired). */
+  campaign(): void {
+    this.step({ type: MessageType.Hup, group: this.group, from: this.id, to: this.id, term: 0 });
+  }
+
+  /** The transport could not reach `id`: stop streaming optimistically to it. */
+  reportUnreachable(id: NodeId): void {
+    const pr = this.prs.get(id);
+    if (this.role === Role.Leader && pr && pr.state === ProgressState.Replicate) pr.becomeProbe();
+  }
+
+  /** Processes one message from a peer (or a local message with term 0). */
+  step(m: Message): void {
+    if (m.term === 0) {
+      // local message
+    } else if (m.term > this.term) {
+      if (m.type === MessageType.Vote || m.type === MessageType.PreVote) {
+        const force = m.context === TRANSFER_CONTEXT;
+        const inLease = this.checkQuorum && this.lead !== NONE && this.electionElapsed < this.electionTicks;
+        if (!force && inLease) {
+          // A leader is alive as far as we know: ignore the disruptive candidate entirely.
+          return;
+        }
+      }
+      if (m.type === MessageType.PreVote) {
+        // Never change term for a pre-vote.
+      } else if (m.type === MessageType.PreVoteResp && !m.reject) {
+        // A granted pre-vote carries the future term; the term changes when we campaign.
+      } else if (m.type === MessageType.App || m.type === MessageType.Heartbeat || m.type === MessageType.Snap) {
+        this.becomeFollower(m.term, m.from);
+      } else {
+        this.becomeFollower(m.term, NONE);
+      }
+    } else if (m.term < this.term) {
+      if ((this.checkQuorum || this.preVote) && (m.type === MessageType.Heartbeat || m.type === MessageType.App)) {
+        // A stale leader (or a node stuck on an old term): tell it our term so it steps down or catches up.
+        this.send({ type: MessageType.AppResp, group: this.group, from: this.id, to: m.from, term: this.term });
+      } else if (m.type === MessageType.PreVote) {
+        this.send({ type: MessageType.PreVoteResp, group: this.group, from: this.id, to: m.from, term: this.term, reject: true });
+      }
+      return;
+    }
+
+    switch (m.type) {
+      case MessageType.Hup:
+        this.hup(this.preVote ? 'pre-election' : 'election');
+        return;
+      case MessageType.Vote:
+      case MessageType.PreVote: {
+        const canVote =
+          this.vote === m.from ||
+          (this.vote === NONE && this.lead === NONE) ||
+          (m.type === MessageType.PreVote && m.term > this.term);
+        const respType = m.type === MessageType.Vote ? MessageType.VoteResp : MessageType.PreVoteResp;
+        if (canVote && this.log.isUpToDate(m.index ?? 0, m.logTerm ?? 0)) {
+          this.send({ type: respType, group: this.group, from: this.id, to: m.from, term: m.term });
+          if (m.type === MessageType.Vote) {
+            this.electionElapsed = 0;
+            this.vote = m.from;
+          }
+        } else {
+          this.send({ type: respType, group: this.group, from: this.id, to: m.from, term: this.term, reject: true });
+        }
+        return;
+      }
+      default:
+        break;
+    }
+    switch (this.role) {
+      case Role.Leader:
+        this.stepLeader(m);
+        return;
+      case Role.Candidate:
+      case Role.PreCandidate:
+        this.stepCandidate(m);
+        return;
+      case Role.Follower:
+        this.stepFollower(m);
+        return;
+    }
+  }
+
+  // ---------------------------------------------------------------- role transitions
+
+  private reset(term: number): void {
+    if (this.term !== term) {
+      this.term = term;
+      this.vote = NONE;
+    }
+    this.lead = NONE;
+    this.electionElapsed = 0;
+    this.heartbeatElapsed = 0;
+    this.randomizedElectionTimeout = this.electionTicks + this.random.nextInt(this.electionTicks);
+    this.leadTransferee = NONE;
+    this.votes.clear();
+    const last = this.log.lastIndex();
+    for (const pr of this.prs.values()) {
+      const fresh = new Progress(pr.id, last + 1, this.maxInflight, pr.isLearner);
+      if (pr.id === this.id) fresh.match = last;
+      this.prs.set(pr.id, fresh);
+    }
+    this.pendingConfIndex = 0;
+    this.uncommittedBytes = 0;
+    this.pendingReads = [];
+    this.readsAwaitingCommit = [];
+    this.appendPending = false;
+  }
+
+  /** Becomes a follower of `lead` (or of nobody) in `term`. */
+  becomeFollower(term: number, lead: NodeId): void {
+    this.reset(term);
+    this.lead = lead;
+    this.role = Role.Follower;
+  }
+
+  private becomePreCandidate(): void {
+    if (this.role === Role.Leader) throw new Error('raft: leader cannot become pre-candidate');
+    // Term and vote are untouched: a pre-vote round must not disturb anyone.
+    this.votes.clear();
+    this.lead = NONE;
+    this.role = Role.PreCandidate;
+  }
+
+  private becomeCandidate(): void {
+    if (this.role === Role.Leader) throw new Error('raft: leader cannot become candidate');
+    this.reset(this.term + 1);
+    this.vote = this.id;
+    this.role = Role.Candidate;
+  }
+
+  private becomeLeader(): void {
+    if (this.role === Role.Follower) throw new Error('raft: follower cannot become leader');
+    this.reset(this.term);
+    this.lead = this.id;
+    this.role = Role.Leader;
+    const self = this.prs.get(this.id);
+    if (self) self.becomeReplicate();
+    // Configuration changes wait until everything before this term (and its no-op) is applied.
+    this.pendingConfIndex = this.log.lastIndex();
+    // The no-op entry of the new term: committing it commits everything before it.
+    this.appendEntries([{ term: 0, index: 0, type: EntryType.Normal, data: EMPTY }]);
+  }
+
+  // ---------------------------------------------------------------- elections
+
+  private tickElection(): void {
+    this.electionElapsed++;
+    if (this.promotable() && this.electionElapsed >= this.randomizedElectionTimeout) {
+      this.electionElapsed = 0;
+      this.step({ type: MessageType.Hup, group: this.group, from: this.id, to: this.id, term: 0 });
+    }
+  }
+
+  private tickHeartbeat(): void {
+    this.heartbeatElapsed++;
+    this.electionElapsed++;
+    if (this.electionElapsed >= this.electionTicks) {
+      this.electionElapsed = 0;
+      if (this.checkQuorum && !this.quorumActive()) {
+        this.becomeFollower(this.term, NONE);
+        return;
+      }
+      if (this.leadTransferee !== NONE) this.leadTransferee = NONE; // transfer timed out
+    }
+    if (this.heartbeatElapsed >= this.heartbeatTicks) {
+      this.heartbeatElapsed = 0;
+      this.bcastHeartbeat(this.pendingReads.at(-1)?.requestId);
+    }
+  }
+
+  /** Whether a quorum of voters was heard from since the last check; resets the marks. */
+  private quorumActive(): boolean {
+    let active = 0;
+    for (const v of this.voters) {
+      const pr = this.prs.get(v);
+      if (!pr) continue;
+      if (v === this.id || pr.recentActive) active++;
+    }
+    for (const pr of this.prs.values()) pr.recentActive = false;
+    return active >= majority(this.voters.length);
+  }
+
+  private hup(kind: CampaignType): void {
+    if (this.role === Role.Leader) return;
+    if (!this.promotable()) return;
+    if (this.hasUnappliedConfChanges()) {
+      // The configuration we would campaign under is not final yet.
+      return;
+    }
+    this.campaignAs(kind);
+  }
+
+  private hasUnappliedConfChanges(): boolean {
+    if (this.log.committed <= this.log.applied) return false;
+    const lo = Math.max(this.log.applied + 1, this.log.firstIndex());
+    let ents: Entry[];
+    try {
+      ents = this.log.slice(lo, this.log.committed + 1);
+    } catch {
+      return true; // unsure: be conservative
+    }
+    return ents.some((e) => e.type === EntryType.ConfChange);
+  }
+
+  private campaignAs(kind: CampaignType): void {
+    let voteType: MessageType;
+    let term: number;
+    if (kind === 'pre-election') {
+      this.becomePreCandidate();
+      voteType = MessageType.PreVote;
+      term = this.term + 1;
+    } else {
+      this.becomeCandidate();
+      voteType = MessageType.Vote;
+      term = this.term;
+    }
+    if (this.poll(this.id, true) === VoteResult.Won) {
+      // Single voter: won outright.
+      if (kind === 'pre-election') this.campaignAs('election');
+      else this.becomeLeader();
+      return;
+    }
+    const lastIndex = this.log.lastIndex();
+    const lastTerm = this.log.lastTerm();
+    for (const v of this.voters) {
+      if (v === this.id) continue;
+      const m: Message = {
+        type: voteType,
+        group: this.group,
+        from: this.id,
+        to: v,
+        term,
+        index: lastIndex,
+        logTerm: lastTerm,
+        ...(kind === 'transfer' ? { context: TRANSFER_CONTEXT } : {}),
+      };
+      this.send(m);
+    }
+  }
+
+  private poll(id: NodeId, granted: boolean): VoteResult {
+    if (!this.votes.has(id)) this.votes.set(id, granted);
+    return voteResult(this.voters, this.votes);
+  }
+
+  // ---------------------------------------------------------------- per-role steps
+
+  private stepLeader(m: Message): void {
+    switch (m.type) {
+      case MessageType.Beat:
+        this.bcastHeartbeat(this.pendingReads.at(-1)?.requestId);
+        return;
+      case MessageType.Prop:
+        if (m.entries && m.entries.length > 0) {
+          try {
+            this.proposeEntries(m.entries, false);
+          } catch (e) {
+            if (!(e instanceof ProposalDroppedError)) throw e;
+          }
+        }
+        return;
+      case MessageType.ReadIndex:
+        this.leaderReadIndex(m);
+        return;
+      case MessageType.TransferLeader:
+        this.leaderTransfer(m.from);
+        return;
+      default:
+        break;
+    }
+    const pr = this.prs.get(m.from);
+    if (!pr) return;
+    switch (m.type) {
+      case MessageType.AppResp:
+        this.handleAppendResponse(m, pr);
+        return;
+      case MessageType.HeartbeatResp:
+        this.handleHeartbeatResponse(m, pr);
+        return;
+      case MessageType.SnapChunkResp:
+        this.handleSnapChunkResponse(m, pr);
+        return;
+      default:
+        return;
+    }
+  }
+
+  private stepCandidate(m: Message): void {
+    const myVoteResp = this.role === Role.PreCandidate ? MessageType.PreVoteResp : MessageType.VoteResp;
+    switch (m.type) {
+      case MessageType.Prop:
+        return; // no leader: dropped
+      case MessageType.App:
+        this.becomeFollower(m.term, m.from);
+        this.handleAppend(m);
+        return;
+      case MessageType.Heartbeat:
+        this.becomeFollower(m.term, m.from);
+        this.handleHeartbeat(m);
+        return;
+      case MessageType.Snap:
+        this.becomeFollower(m.term, m.from);
+        this.handleSnapshotChunk(m);
+        return;
+      case MessageType.VoteResp:
+      case MessageType.PreVoteResp: {
+        if (m.type !== myVoteResp) return;
+        const r = this.poll(m.from, !m.reject);
+        if (r === VoteResult.Won) {
+          if (this.role === Role.PreCandidate) this.campaignAs('election');
+          else {
+            this.becomeLeader();
+            this.bcastAppend();
+          }
+        } else if (r === VoteResult.Lost) {
+          this.becomeFollower(this.term, NONE);
+        }
+        return;
+      }
+      default:
+        return;
+    }
+  }
+
+  private stepFollower(m: Message): void {
+    switch (m.type) {
+      case MessageType.Prop:
+        if (this.lead === NONE) return;
+        this.send({ ...m, to: this.lead, from: this.id, term: 0 });
+        return;
+      case MessageType.App:
+        this.electionElapsed = 0;
+        this.lead = m.from;
+        this.handleAppend(m);
+        return;
+      case MessageType.Heartbeat:
+        this.electionElapsed = 0;
+        this.lead = m.from;
+        this.handleHeartbeat(m);
+        return;
+      case MessageType.Snap:
+        this.electionElapsed = 0;
+        this.lead = m.from;
+        this.handleSnapshotChunk(m);
+        return;
+      case MessageType.TransferLeader:
+        if (this.lead === NONE) return;
+        this.send({ ...m, to: this.lead, term: 0 });
+        return;
+      case MessageType.TimeoutNow:
+        // The leader asks us to take over: skip pre-vote and leases.
+        this.hup('transfer');
+        return;
+      case MessageType.ReadIndex:
+        if (this.lead === NONE) return;
+        this.send({ ...m, to: this.lead, term: 0 });
+        return;
+      case MessageType.ReadIndexResp:
+        if (m.context !== undefined) this.readStates.push({ index: m.index ?? 0, requestId: m.context });
+        return;
+      default:
+        return;
+    }
+  }
+
+  // ---------------------------------------------------------------- leader: proposals
+
+  private proposeEntries(entries: readonly Entry[], local: boolean): void {
+    if (this.role !== Role.Leader) {
+      if (this.lead === NONE || this.role !== Role.Follower) throw new ProposalDroppedError('no leader');
+      if (!local) return;
+      this.send({ type: MessageType.Prop, group: this.group, from: this.id, to: this.lead, term: 0, entries });
+      return;
+    }
+    if (!this.prs.has(this.id)) throw new ProposalDroppedError('leader is not a member of the group');
+    if (this.leadTransferee !== NONE) throw new ProposalDroppedError('leadership transfer in progress');
+    let bytes = 0;
+    for (const e of entries) bytes += e.data.length;
+    if (this.uncommittedBytes > 0 && this.uncommittedBytes + bytes > this.maxUncommittedBytes) {
+      throw new ProposalDroppedError('too many uncommitted bytes');
+    }
+    let es = entries;
+    if (es.some((e) => e.type === EntryType.ConfChange)) {
+      // Forwarded conf changes obey the one-at-a-time rule too.
+      if (this.pendingConfIndex > this.log.applied) {
+        es = es.map((e) => (e.type === EntryType.ConfChange ? { ...e, type: EntryType.Normal, data: EMPTY } : e));
+      }
+    }
+    this.appendEntries(es);
+    this.uncommittedBytes += bytes;
+    for (const e of es) if (e.type === EntryType.ConfChange) this.pendingConfIndex = this.log.lastIndex();
+    this.appendPending = true;
+  }
+
+  private appendEntries(entries: readonly Entry[]): void {
+    let index = this.log.lastIndex();
+    const stamped = entries.map((e) => ({ term: this.term, index: ++index, type: e.type, data: e.data }));
+    const last = this.log.append(stamped);
+    this.prs.get(this.id)?.maybeUpdate(last);
+    this.maybeCommit();
+  }
+
+  /** Applied entries no longer count against the uncommitted-bytes bound. */
+  reduceUncommitted(entries: readonly Entry[]): void {
+    if (this.role !== Role.Leader) return;
+    let bytes = 0;
+    for (const e of entries) bytes += e.data.length;
+    this.uncommittedBytes = Math.max(0, this.uncommittedBytes - bytes);
+  }
+
+  /** Advances the commit index to what a quorum of voters matched, if that entry is of this term. */
+  private maybeCommit(): boolean {
+    const before = this.log.committed;
+    const mci = committedIndex(this.voters, (id) => this.prs.get(id)?.match ?? 0);
+    if (!this.log.maybeCommit(mci, this.term)) return false;
+    if (this.log.term(before) !== this.term && this.log.term(this.log.committed) === this.term) {
+      // First commit of this term: reads queued behind the no-op may proceed.
+      const waiting = this.readsAwaitingCommit;
+      this.readsAwaitingCommit = [];
+      for (const r of waiting) this.leaderReadIndex(r);
+    }
+    return true;
+  }
+
+  // ---------------------------------------------------------------- leader: replication
+
+  private bcastAppend(): void {
+    for (const id of this.prs.keys()) {
+      if (id !== this.id) this.sendAppend(id, true);
+    }
+  }
+
+  private bcastHeartbeat(context: string | undefined): void {
+    for (const [id, pr] of this.prs) {
+      if (id === this.id) continue;
+      const m: Message = {
+        type: MessageType.Heartbeat,
+        group: this.group,
+        from: this.id,
+        to: id,
+        term: this.term,
+        commit: Math.min(pr.match, this.log.committed),
+        ...(context !== undefined ? { context } : {}),
+      };
+      this.send(m);
+    }
+  }
+
+  /** Sends entries (or a snapshot) to `to` if flow control allows; returns whether a message went out. */
+  private sendAppend(to: NodeId, sendIfEmpty: boolean): boolean {
+    const pr = this.prs.get(to);
+    if (!pr || pr.isPaused()) return false;
+    const prevIndex = pr.next - 1;
+    const prevTerm = this.log.term(prevIndex);
+    let entries: Entry[] | undefined;
+    if (prevTerm !== undefined) {
+      try {
+        entries = this.log.slice(pr.next, this.log.lastIndex() + 1, this.maxAppendBytes);
+      } catch {
+        entries = undefined;
+      }
+    }
+    if (prevTerm === undefined || entries === undefined) {
+      return this.startSnapshot(pr);
+    }
+    if (entries.length === 0 && !sendIfEmpty) return false;
+    this.send({
+      type: MessageType.App,
+      group: this.group,
+      from: this.id,
+      to,
+      term: this.term,
+      index: prevIndex,
+      logTerm: prevTerm,
+      entries,
+      commit: this.log.committed,
+    });
+    pr.sentEntries(prevIndex + entries.length, entries.length);
+    return true;
+  }
+
+  private handleAppendResponse(m: Message, pr: Progress): void {
+    pr.recentActive = true;
+    if (m.index === undefined) return; // a term notice only
+    if (m.reject) {
+      let next = m.rejectHint ?? 0;
+      if ((m.logTerm ?? 0) > 0) {
+        // Skip every entry of ours whose term is above the follower's term at the hint.
+        next = this.log.findConflictByTerm(next, m.logTerm ?? 0).index;
+      }
+      if (pr.maybeDecrTo(m.index, next)) {
+        if (pr.state === ProgressState.Replicate) pr.becomeProbe();
+        this.sendAppend(m.from, true);
+      }
+      return;
+    }
+    const oldPaused = pr.isPaused();
+    if (!pr.maybeUpdate(m.index)) {
+      if (oldPaused && !pr.isPaused()) this.sendAppend(m.from, false);
+      return;
+    }
+    switch (pr.state) {
+      case ProgressState.Probe:
+        pr.becomeReplicate();
+        break;
+      case ProgressState.Snapshot:
+        if (pr.match >= pr.pendingSnapshot) {
+          pr.becomeProbe();
+          pr.becomeReplicate();
+        }
+        break;
+      case ProgressState.Replicate:
+        pr.inflights.freeLE(m.index);
+        break;
+    }
+    if (this.maybeCommit()) {
+      this.bcastAppend();
+    } else if (oldPaused) {
+      this.sendAppend(m.from, false);
+    }
+    while (this.sendAppend(m.from, false)) {
+      // keep the pipeline full
+    }
+    if (m.from === this.leadTransferee && pr.match === this.log.lastIndex()) {
+      this.sendTimeoutNow(m.from);
+    }
+  }
+
+  private handleHeartbeatResponse(m: Message, pr: Progress): void {
+    pr.recentActive = true;
+    pr.probeSent = false;
+    if (pr.state === ProgressState.Snapshot) {
+      if (pr.snapshotChunkInFlight) {
+        // A chunk may have been lost: resend from the acknowledged offset.
+        pr.snapshotChunkInFlight = false;
+      }
+      this.sendSnapshotChunk(pr);
+    } else if (pr.match < this.log.lastIndex()) {
+      this.sendAppend(m.from, true);
+    }
+    if (m.context === undefined) return;
+    const i = this.pendingReads.findIndex((r) => r.requestId === m.context);
+    if (i < 0) return;
+    const read = this.pendingReads[i]!;
+    if (this.voters.includes(m.from)) read.acks.add(m.from);
+    if (read.acks.size < majority(this.voters.length)) return;
+    // This read and every earlier one are confirmed by the same heartbeat round.
+    const done = this.pendingReads.splice(0, i + 1);
+    for (const r of done) this.releaseRead(r.requestId, r.index, r.from);
+  }
+
+  // ---------------------------------------------------------------- leader: snapshots
+
+  private startSnapshot(pr: Progress): boolean {
+    if (!pr.recentActive) return false;
+    const snap = this.log.snapshot();
+    if (!snap) return false; // the host has not taken one yet: try again later
+    pr.becomeSnapshot(snap.meta.index);
+    return this.sendSnapshotChunk(pr);
+  }
+
+  private sendSnapshotChunk(pr: Progress): boolean {
+    if (pr.snapshotChunkInFlight) return false;
+    let snap: Snapshot | undefined = this.log.snapshot();
+    if (!snap) return false;
+    if (snap.meta.index !== pr.pendingSnapshot) {
+      // The host replaced the snapshot: start over with the new one.
+      pr.becomeSnapshot(snap.meta.index);
+      snap = this.log.snapshot()!;
+    }
+    const total = snap.data.length;
+    const offset = Math.min(pr.snapshotOffset, total);
+    const end = Math.min(total, offset + this.snapshotChunkBytes);
+    this.send({
+      type: MessageType.Snap,
+      group: this.group,
+      from: this.id,
+      to: pr.id,
+      term: this.term,
+      snapshot: snap.meta,
+      offset,
+      chunk: snap.data.subarray(offset, end),
+      total,
+      done: end >= total,
+    });
+    pr.snapshotChunkInFlight = true;
+    return true;
+  }
+
+  private handleSnapChunkResponse(m: Message, pr: Progress): void {
+    pr.recentActive = true;
+    if (pr.state !== ProgressState.Snapshot || m.snapshot?.index !== pr.pendingSnapshot) return;
+    pr.snapshotOffset = m.offset ?? 0;
+    pr.snapshotChunkInFlight = false;
+    this.sendSnapshotChunk(pr);
+  }
+
+  // ---------------------------------------------------------------- leader: reads and transfer
+
+  private leaderReadIndex(m: Message): void {
+    const requestId = m.context;
+    if (requestId === undefined) return;
+    if (this.voters.length === 1 && this.voters[0] === this.id) {
+      if (this.log.term(this.log.committed) !== this.term) {
+        this.readsAwaitingCommit.push(m);
+        return;
+      }
+      this.releaseRead(requestId, this.log.committed, m.from);
+      return;
+    }
+    if (this.log.term(this.log.committed) !== this.term) {
+      // Our commit index may be stale until the no-op of this term commits.
+      if (this.readsAwaitingCommit.length < this.maxPendingReads) this.readsAwaitingCommit.push(m);
+      return;
+    }
+    if (this.pendingReads.length >= this.maxPendingReads) return;
+    if (this.pendingReads.some((r) => r.requestId === requestId)) return;
+    this.pendingReads.push({ requestId, index: this.log.committed, from: m.from, acks: new Set([this.id]) });
+    this.bcastHeartbeat(requestId);
+  }
+
+  private releaseRead(requestId: string, index: number, from: NodeId): void {
+    if (from === this.id || from === NONE) {
+      this.readStates.push({ index, requestId });
+    } else {
+      this.send({ type: MessageType.ReadIndexResp, group: this.group, from: this.id, to: from, term: this.term, index, context: requestId });
+    }
+  }
+
+  private leaderTransfer(transferee: NodeId): void {
+    const pr = this.prs.get(transferee);
+    if (!pr || pr.isLearner) return;
+    if (this.leadTransferee === transferee) return;
+    if (transferee === this.id) return;
+    this.leadTransferee = transferee;
+    this.electionElapsed = 0; // the transfer must finish within one election timeout
+    if (pr.match === this.log.lastIndex()) this.sendTimeoutNow(transferee);
+    else this.sendAppend(transferee, true);
+  }
+
+  private sendTimeoutNow(to: NodeId): void {
+    this.send({ type: MessageType.TimeoutNow, group: this.group, from: this.id, to, term: this.term });
+  }
+
+  // ---------------------------------------------------------------- follower handlers
+
+  private handleAppend(m: Message): void {
+    const index = m.index ?? 0;
+    if (index < this.log.committed) {
+      this.send({ type: MessageType.AppResp, group: this.group, from: this.id, to: m.from, term: this.term, index: this.log.committed });
+      return;
+    }
+    const lastNew = this.log.maybeAppend(index, m.logTerm ?? 0, m.commit ?? 0, m.entries ?? []);
+    if (lastNew !== undefined) {
+      this.send({ type: MessageType.AppResp, group: this.group, from: this.id, to: m.from, term: this.term, index: lastNew });
+      return;
+    }
+    const hint = this.log.findConflictByTerm(Math.min(index, this.log.lastIndex()), m.logTerm ?? 0);
+    this.send({
+      type: MessageType.AppResp,
+      group: this.group,
+      from: this.id,
+      to: m.from,
+      term: this.term,
+      index,
+      reject: true,
+      rejectHint: hint.index,
+      logTerm: hint.term,
+    });
+  }
+
+  private handleHeartbeat(m: Message): void {
+    this.log.commitTo(Math.min(m.commit ?? 0, this.log.lastIndex()));
+    const resp: Message = {
+      type: MessageType.HeartbeatResp,
+      group: this.group,
+      from: this.id,
+      to: m.from,
+      term: this.term,
+      ...(m.context !== undefined ? { context: m.context } : {}),
+    };
+    this.send(resp);
+  }
+
+  private handleSnapshotChunk(m: Message): void {
+    const meta = m.snapshot;
+    if (!meta) return;
+    const reply = (offset: number, reject: boolean): void =>
+      this.send({ type: MessageType.SnapChunkResp, group: this.group, from: this.id, to: m.from, term: this.term, snapshot: meta, offset, reject });
+    if (meta.index <= this.log.committed) {
+      // Nothing new in it: tell the leader where we are.
+      this.incomingSnapshot = undefined;
+      this.send({ type: MessageType.AppResp, group: this.group, from: this.id, to: m.from, term: this.term, index: this.log.committed });
+      return;
+    }
+    let inc = this.incomingSnapshot;
+    if (!inc || inc.index !== meta.index || inc.term !== meta.term) {
+      if ((m.offset ?? 0) !== 0) {
+        reply(0, true);
+        return;
+      }
+      inc = { index: meta.index, term: meta.term, total: m.total ?? 0, chunks: [], received: 0 };
+      this.incomingSnapshot = inc;
+    }
+    const offset = m.offset ?? 0;
+    if (offset > inc.received) {
+      reply(inc.received, true); // a gap: ask for what is missing
+      return;
+    }
+    if (offset === inc.received && m.chunk && m.chunk.length > 0) {
+      inc.chunks.push(m.chunk.slice());
+      inc.received += m.chunk.length;
+    }
+    if (m.done && inc.received >= inc.total) {
+      const data = concatChunks(inc.chunks, inc.total);
+      this.incomingSnapshot = undefined;
+      if (this.restore({ meta, data })) {
+        this.send({ type: MessageType.AppResp, group: this.group, from: this.id, to: m.from, term: this.term, index: this.log.lastIndex() });
+      } else {
+        this.send({ type: MessageType.AppResp, group: this.group, from: this.id, to: m.from, term: this.term, index: this.log.committed });
+      }
+      return;
+    }
+    reply(inc.received, false);
+  }
+
+  /** Installs a snapshot from the leader; returns false when it brings nothing new. */
+  private restore(s: Snapshot): boolean {
+    if (s.meta.index <= this.log.committed) return false;
+    const inConf = s.meta.conf.voters.includes(this.id) || s.meta.conf.learners.includes(this.id);
+    if (!inConf) return false; // a snapshot of a configuration we are not part of
+    if (this.log.matchTerm(s.meta.index, s.meta.term)) {
+      // Our log already holds the snapshot's last entry (same term): just commit up to it.
+      this.log.commitTo(s.meta.index);
+      return false;
+    }
+    this.log.restore(s);
+    this.applyConf(s.meta.conf);
+    return true;
+  }
+
+  // ---------------------------------------------------------------- membership
+
+  private validateConfChange(cc: ConfChange): void {
+    if (!Number.isInteger(cc.nodeId) || cc.nodeId <= 0) throw new ProposalDroppedError(`invalid node id ${cc.nodeId}`);
+    const isVoter = this.voters.includes(cc.nodeId);
+    const isLearner = this.learners.includes(cc.nodeId);
+    switch (cc.type) {
+      case ConfChangeType.AddVoter:
+        if (isVoter) throw new ProposalDroppedError(`node ${cc.nodeId} is already a voter`);
+        return;
+      case ConfChangeType.AddLearner:
+        if (isLearner) throw new ProposalDroppedError(`node ${cc.nodeId} is already a learner`);
+        if (isVoter && this.voters.length === 1) throw new ProposalDroppedError('cannot demote the last voter');
+        return;
+      case ConfChangeType.RemoveNode:
+        if (!isVoter && !isLearner) throw new ProposalDroppedError(`node ${cc.nodeId} is not a member`);
+        if (isVoter && this.voters.length === 1) throw new ProposalDroppedError('cannot remove the last voter');
+        return;
+      default:
+        throw new ProposalDroppedError(`unknown configuration change type ${String(cc.type)}`);
+    }
+  }
+
+  /** Applies a committed membership change (called as the host applies the entry); returns the new configuration. */
+  applyConfChange(cc: ConfChange): ConfState {
+    const voters = this.voters.filter((v) => v !== cc.nodeId);
+    const learners = this.learners.filter((v) => v !== cc.nodeId);
+    switch (cc.type) {
+      case ConfChangeType.AddVoter:
+        voters.push(cc.nodeId);
+        break;
+      case ConfChangeType.AddLearner:
+        learners.push(cc.nodeId);
+        break;
+      case ConfChangeType.RemoveNode:
+        break;
+    }
+    if (voters.length === 0) return this.confState(); // never leave a group without voters
+    this.applyConf({ voters, learners });
+    if (this.role === Role.Leader) {
+      if (!this.voters.includes(this.id)) {
+        // Removed (or demoted) leader: hand over by stepping down; the others elect a new leader.
+        this.becomeFollower(this.term, NONE);
+      } else {
+        if (this.leadTransferee !== NONE && !this.voters.includes(this.leadTransferee)) this.leadTransferee = NONE;
+        if (this.maybeCommit()) this.bcastAppend();
+        else this.bcastAppend();
+      }
+    }
+    return this.confState();
+  }
+
+  private applyConf(conf: ConfState): void {
+    this.voters = [...new Set(conf.voters)].sort((a, b) => a - b);
+    this.learners = [...new Set(conf.learners)].filter((l) => !this.voters.includes(l)).sort((a, b) => a - b);
+    const members = new Set([...this.voters, ...this.learners]);
+    for (const id of [...this.prs.keys()]) if (!members.has(id)) this.prs.delete(id);
+    const last = this.log.lastIndex();
+    for (const id of members) {
+      const learner = this.learners.includes(id);
+      const pr = this.prs.get(id);
+      if (pr) {
+        pr.isLearner = learner;
+      } else {
+        const fresh = new Progress(id, last + 1, this.maxInflight, learner);
+        fresh.recentActive = true;
+        if (id === this.id) fresh.match = last;
+        this.prs.set(id, fresh);
+      }
+    }
+  }
+
+  // ---------------------------------------------------------------- output
+
+  private send(m: Message): void {
+    this.msgs.push(m);
+  }
+}
+
+function concatChunks(chunks: readonly Uint8Array[], total: number): Uint8Array {
+  const out = new Uint8Array(total);
+  let off = 0;
+  for (const c of chunks) {
+    out.set(c.subarray(0, Math.min(c.length, total - off)), off);
+    off += c.length;
+    if (off >= total) break;
+  }
+  return out;
+}

@@ -1,0 +1,191 @@
+/**
+ * The host-facing driver of one Raft replica: feeds inputs to `Raft` and hands its outputs out
+ * as one `Ready` batch at a time, enforcing the persist → send → apply → advance contract.
+ */
+import { decodeConfChange, Raft, type RaftConfig } from './raft.js';
+import {
+  EntryType,
+  Role,
+  type ConfChange,
+  type ConfState,
+  type HardState,
+  type Message,
+  type NodeId,
+  type Ready,
+  type SoftState,
+} from './types.js';
+
+/** A snapshot of a replica's state for status pages. */
+export interface RaftStatus {
+  readonly id: NodeId;
+  readonly term: number;
+  readonly vote: NodeId;
+  readonly leader: NodeId;
+  readonly role: Role;
+  readonly commit: number;
+  readonly applied: number;
+  readonly lastIndex: number;
+  readonly firstIndex: number;
+  readonly conf: ConfState;
+  /** Leader only: each peer's matched index. */
+  readonly matched: ReadonlyMap<NodeId, number>;
+}
+
+function sameHardState(a: HardState, b: HardState): boolean {
+  return a.term === b.term && a.vote === b.vote && a.commit === b.commit;
+}
+
+/** One Raft replica driven through Ready batches. Usable for many groups in one process (one RawNode per group). */
+export class RawNode {
+  /** The protocol state machine (exposed for tests and status). */
+  readonly raft: Raft;
+  private prevSoft: SoftState;
+  private prevHard: HardState;
+  private outstanding: Ready | undefined;
+
+  constructor(cfg: RaftConfig) {
+    this.raft = new Raft(cfg);
+    this.prevSoft = { leader: this.raft.lead, role: this.raft.role };
+    this.prevHard = this.raft.hardState();
+  }
+
+  /** Advances the logical clock by one tick (elections, heartbeats, check-quorum). */
+  tick(): void {
+    this.raft.tick();
+  }
+
+  /** Feeds a message received from a peer. Messages of other groups are refused. */
+  step(m: Message): void {
+    if (m.group !== this.raft.group) throw new Error(`raft: message for group ${m.group} stepped into group ${this.raft.group}`);
+    if (m.term === 0 && m.from !== this.raft.id && !isForwardable(m)) return; // peers never send local messages
+    this.raft.step(m);
+  }
+
+  /** Proposes one or more application commands (batched into one append). */
+  propose(...data: Uint8Array[]): void {
+    this.raft.propose(data);
+  }
+
+  /** Proposes a membership change; one may be pending at a time. */
+  proposeConfChange(cc: ConfChange): void {
+    this.raft.proposeConfChange(cc);
+  }
+
+  /** Requests a linearizable read; a ReadState with `requestId` appears once safe. */
+  readIndex(requestId: string): void {
+    this.raft.readIndex(requestId);
+  }
+
+  /** Asks for leadership to move to `transferee`. */
+  transferLeader(transferee: NodeId): void {
+    this.raft.transferLeader(transferee);
+  }
+
+  /** Campaigns now. */
+  campaign(): void {
+    this.raft.campaign();
+  }
+
+  /** Tells the core that `id` could not be reached. */
+  reportUnreachable(id: NodeId): void {
+    this.raft.reportUnreachable(id);
+  }
+
+  /** Whether there is anything for the host to do. */
+  hasReady(): boolean {
+    if (this.outstanding) return false;
+    const r = this.raft;
+    if (r.hasPendingAppend()) return true;
+    if (r.msgs.length > 0 || r.readStates.length > 0) return true;
+    if (r.log.unstable.entries.length > 0 || r.log.unstable.snapshot) return true;
+    if (r.log.hasNextCommittedEntries()) return true;
+    if (!sameHardState(r.hardState(), this.prevHard)) return true;
+    if (r.lead !== this.prevSoft.leader || r.role !== this.prevSoft.role) return true;
+    return false;
+  }
+
+  /**
+   * Takes the next batch of work. The host must persist, send, apply (in that order, see
+   * `Ready`) and then call `advance` before asking for another Ready.
+   */
+  ready(): Ready {
+    if (this.outstanding) throw new Error('raft: ready() called again before advance()');
+    const r = this.raft;
+    r.flushAppends();
+    const hs = r.hardState();
+    const soft: SoftState = { leader: r.lead, role: r.role };
+    const committedEntries = r.log.nextCommittedEntries(r.maxApplyBytes);
+    if (committedEntries.length > 0) r.log.applying = committedEntries[committedEntries.length - 1]!.index;
+    const snapshot = r.log.unstable.snapshot;
+    const rd: Ready = {
+      entries: [...r.log.unstable.entries],
+      committedEntries,
+      messages: r.msgs,
+      readStates: r.readStates,
+      ...(sameHardState(hs, this.prevHard) ? {} : { hardState: hs }),
+      ...(soft.leader !== this.prevSoft.leader || soft.role !== this.prevSoft.role ? { softState: soft } : {}),
+      ...(snapshot ? { snapshot } : {}),
+    };
+    r.msgs = [];
+    r.readStates = [];
+    if (rd.softState) this.prevSoft = rd.softState;
+    this.outstanding = rd;
+    return rd;
+  }
+
+  /**
+   * Acknowledges that a Ready was persisted, sent and applied. Configuration changes among the
+   * committed entries take effect here. Returns the configuration changes applied (in order).
+   */
+  advance(rd: Ready): ConfState | undefined {
+    if (rd !== this.outstanding) throw new Error('raft: advance() with a Ready that is not outstanding');
+    this.outstanding = undefined;
+    const r = this.raft;
+    if (rd.hardState) this.prevHard = rd.hardState;
+    const lastEntry = rd.entries[rd.entries.length - 1];
+    if (lastEntry) r.log.unstable.stableTo(lastEntry.index, lastEntry.term);
+    if (rd.snapshot) {
+      r.log.unstable.stableSnapTo(rd.snapshot.meta.index);
+      const si = rd.snapshot.meta.index;
+      if (r.log.applied < si) r.log.applied = si;
+      if (r.log.applying < si) r.log.applying = si;
+    }
+    let conf: ConfState | undefined;
+    if (rd.committedEntries.length > 0) {
+      for (const e of rd.committedEntries) {
+        if (e.type === EntryType.ConfChange) conf = r.applyConfChange(decodeConfChange(e.data));
+      }
+      r.log.appliedTo(rd.committedEntries[rd.committedEntries.length - 1]!.index);
+      r.reduceUncommitted(rd.committedEntries);
+    }
+    return conf;
+  }
+
+  /** The replica's current state. */
+  status(): RaftStatus {
+    const r = this.raft;
+    const matched = new Map<NodeId, number>();
+    if (r.role === Role.Leader) {
+      for (const id of [...r.confState().voters, ...r.confState().learners]) {
+        matched.set(id, r.progress(id)?.match ?? 0);
+      }
+    }
+    return {
+      id: r.id,
+      term: r.term,
+      vote: r.vote,
+      leader: r.lead,
+      role: r.role,
+      commit: r.log.committed,
+      applied: r.log.applied,
+      lastIndex: r.log.lastIndex(),
+      firstIndex: r.log.firstIndex(),
+      conf: r.confState(),
+      matched,
+    };
+  }
+}
+
+function isForwardable(m: Message): boolean {
+  return m.type === 'Prop' || m.type === 'ReadIndex' || m.type === 'TransferLeader';
+}

@@ -1,0 +1,175 @@
+/**
+ * The data types that flow in and out of the pure Raft core: log entries, hard state,
+ * snapshots, configuration, messages and the `Ready` batch of actions for the host.
+ */
+
+/** A replica id inside one Raft group. `0` means "none". */
+export type NodeId = number;
+
+/** The id used when there is no node (no leader, no vote). */
+export const NONE: NodeId = 0;
+
+/** What a log entry carries. */
+export enum EntryType {
+  /** Application data (or an empty no-op when `data` is empty). */
+  Normal = 0,
+  /** A membership change; `data` is an encoded {@link ConfChange}. */
+  ConfChange = 1,
+}
+
+/** One entry of the replicated log. */
+export interface Entry {
+  readonly term: number;
+  readonly index: number;
+  readonly type: EntryType;
+  readonly data: Uint8Array;
+}
+
+/** The part of the node's state that must be durable before any message that depends on it is sent. */
+export interface HardState {
+  readonly term: number;
+  readonly vote: NodeId;
+  readonly commit: number;
+}
+
+/** The membership of a group: voters count for quorum; learners only receive the log. */
+export interface ConfState {
+  readonly voters: readonly NodeId[];
+  readonly learners: readonly NodeId[];
+}
+
+/** What a snapshot covers: the log up to `index` (of `term`) and the configuration at that point. */
+export interface SnapshotMeta {
+  readonly index: number;
+  readonly term: number;
+  readonly conf: ConfState;
+}
+
+/** A state machine snapshot: its metadata and the application's opaque bytes. */
+export interface Snapshot {
+  readonly meta: SnapshotMeta;
+  readonly data: Uint8Array;
+}
+
+/** The kinds of membership change, applied one at a time. */
+export enum ConfChangeType {
+  /** Add a voter, or promote an existing learner to voter. */
+  AddVoter = 0,
+  /** Add a non-voting learner (or demote a voter to learner). */
+  AddLearner = 1,
+  /** Remove a voter or learner. */
+  RemoveNode = 2,
+}
+
+/** One membership change. */
+export interface ConfChange {
+  readonly type: ConfChangeType;
+  readonly nodeId: NodeId;
+  /** Opaque to Raft (for example the new node's address). */
+  readonly context?: string;
+}
+
+/** Message types exchanged between replicas (and a few local ones). */
+export enum MessageType {
+  /** Local: start an election (pre-vote first when enabled). */
+  Hup = 'Hup',
+  /** Local: the leader should broadcast heartbeats. */
+  Beat = 'Beat',
+  /** A proposal (forwarded to the leader by a follower). */
+  Prop = 'Prop',
+  App = 'App',
+  AppResp = 'AppResp',
+  Vote = 'Vote',
+  VoteResp = 'VoteResp',
+  PreVote = 'PreVote',
+  PreVoteResp = 'PreVoteResp',
+  /** One chunk of a snapshot. */
+  Snap = 'Snap',
+  /** A follower's acknowledgement of a snapshot chunk (or a request to restart at an offset). */
+  SnapChunkResp = 'SnapChunkResp',
+  Heartbeat = 'Heartbeat',
+  HeartbeatResp = 'HeartbeatResp',
+  /** Ask the leader for a read index (forwarded by followers). */
+  ReadIndex = 'ReadIndex',
+  ReadIndexResp = 'ReadIndexResp',
+  /** Ask the leader to hand leadership to `from` (or to `transferee`). */
+  TransferLeader = 'TransferLeader',
+  /** Leader tells the transferee to campaign now, bypassing pre-vote and leases. */
+  TimeoutNow = 'TimeoutNow',
+}
+
+/** A message between replicas of one group. Fields not used by a type are left at their defaults. */
+export interface Message {
+  readonly type: MessageType;
+  /** The Raft group this message belongs to (many groups share one transport). */
+  readonly group: number;
+  readonly from: NodeId;
+  readonly to: NodeId;
+  readonly term: number;
+  /** App: index of the entry before `entries`. AppResp: the highest index the follower has matched (or rejected). */
+  readonly index?: number;
+  /** App: term of the entry at `index`. Vote/PreVote: the candidate's last log term. */
+  readonly logTerm?: number;
+  readonly entries?: readonly Entry[];
+  readonly commit?: number;
+  /** AppResp/VoteResp/PreVoteResp/SnapChunkResp: the request was refused. */
+  readonly reject?: boolean;
+  /** AppResp on reject: the follower's hint of where its log may match (index). */
+  readonly rejectHint?: number;
+  /** Snap: metadata of the snapshot this chunk belongs to. */
+  readonly snapshot?: SnapshotMeta;
+  /** Snap: byte offset of this chunk in the snapshot data; SnapChunkResp: bytes received so far. */
+  readonly offset?: number;
+  /** Snap: this chunk's bytes. */
+  readonly chunk?: Uint8Array;
+  /** Snap: this is the last chunk. */
+  readonly done?: boolean;
+  /** Snap: total length of the snapshot data. */
+  readonly total?: number;
+  /** Heartbeat/HeartbeatResp/ReadIndex/ReadIndexResp: read request context. Vote/PreVote: "transfer" for leader transfer. */
+  readonly context?: string;
+}
+
+/** A linearizable read that became safe: serve it once the applied index reaches `index`. */
+export interface ReadState {
+  readonly index: number;
+  readonly requestId: string;
+}
+
+/** The role a replica plays in its group. */
+export enum Role {
+  Follower = 'Follower',
+  PreCandidate = 'PreCandidate',
+  Candidate = 'Candidate',
+  Leader = 'Leader',
+}
+
+/** Volatile state that is useful to observe but need not be persisted. */
+export interface SoftState {
+  readonly leader: NodeId;
+  readonly role: Role;
+}
+
+/**
+ * One batch of work for the host. The host MUST handle it in this order:
+ * 1. durably write `snapshot` (if any), then `entries` (replacing any conflicting suffix), then `hardState` (if any), in one fsynced batch;
+ * 2. only then send `messages`;
+ * 3. apply `committedEntries` to the state machine (they are already durable locally), and, if `snapshot` is set, restore the state machine from it first;
+ * 4. call `advance(ready)`.
+ * `readStates` may be served once the state machine has applied up to each one's index.
+ */
+export interface Ready {
+  readonly softState?: SoftState;
+  readonly hardState?: HardState;
+  readonly entries: readonly Entry[];
+  readonly snapshot?: Snapshot;
+  readonly committedEntries: readonly Entry[];
+  readonly messages: readonly Message[];
+  readonly readStates: readonly ReadState[];
+}
+
+/** A source of deterministic pseudo-randomness (election timeouts). */
+export interface RandomSource {
+  /** An integer uniformly drawn from [0, n). */
+  nextInt(n: number): number;
+}

@@ -1,0 +1,237 @@
+/** Compact, checksummed binary encoding of a state machine's full retained state (versions, clock, history). */
+import { ByteReader, ByteWriter, crc32, utf8Encode } from './binary.js';
+import { ValidationError } from './errors.js';
+import { compareKeys } from './keys.js';
+import { MAX_KEY_BYTES, MAX_VALUE_BYTES } from './limits.js';
+import type { KvEvent } from './types.js';
+
+/** One stored version of a key; `value === null` is a tombstone (delete). */
+export interface VersionRecord {
+  readonly revision: number;
+  readonly timestampMs: number;
+  readonly value: Uint8Array | null;
+}
+
+/** The plain data a snapshot carries; `KvStateMachine` converts to and from it. */
+export interface SnapshotData {
+  readonly appliedIndex: number;
+  readonly revision: number;
+  readonly compactRevision: number;
+  readonly lastTimestampMs: number;
+  readonly maxHistoryRevisions: number;
+  readonly maxHistoryBytes: number;
+  /** Timestamps of revisions compactRevision..revision (index 0 = compactRevision). */
+  readonly revisionTimestamps: readonly number[];
+  /** Every key with retained versions, sorted by compareKeys; versions sorted by revision. */
+  readonly keys: ReadonlyArray<readonly [string, readonly VersionRecord[]]>;
+  /** The watch history, oldest first: every event of revisions oldestHistoryRevision..revision. */
+  readonly history: readonly KvEvent[];
+}
+
+/** The 4 magic bytes "KVSM" that start every snapshot. */
+export const SNAPSHOT_MAGIC = new Uint8Array([0x4b, 0x56, 0x53, 0x4d]);
+
+/**
+ * Snapshot format version (byte 4). Layout after magic and version (varint = minimal LEB128):
+ *   varint appliedIndex, revision, compactRevision, lastTimestampMs, maxHistoryRevisions, maxHistoryBytes
+ *   revision timestamps for compactRevision..revision: first absolute, then non-negative deltas
+ *   varint keyCount, then per key in key order:
+ *     varint sharedPrefixBytes (with the previous key's UTF-8), bytes suffix, varint versionCount,
+ *     per version: varint revision (first absolute, then delta >= 1), varint valueLength+1 (0 = tombstone),
+ *     value bytes, and varint timestampMs only when revision < compactRevision (otherwise implied)
+ *   varint eventCount, then per event: varint revision delta (first absolute), u8 type (0 put, 1 delete,
+ *     2 trigger), str key, and bytes value for triggers only (put values are the stored versions)
+ *   u32 big-endian CRC-32 of everything before it.
+ */
+export const SNAPSHOT_FORMAT_VERSION = 1;
+
+const EV_PUT = 0;
+const EV_DELETE = 1;
+const EV_TRIGGER = 2;
+
+/** Encodes snapshot data (assumed consistent, as produced by KvStateMachine). */
+export function encodeSnapshot(d: SnapshotData): Uint8Array {
+  const w = new ByteWriter(4096);
+  w.raw(SNAPSHOT_MAGIC);
+  w.u8(SNAPSHOT_FORMAT_VERSION);
+  w.varint(d.appliedIndex);
+  w.varint(d.revision);
+  w.varint(d.compactRevision);
+  w.varint(d.lastTimestampMs);
+  w.varint(d.maxHistoryRevisions);
+  w.varint(d.maxHistoryBytes);
+  let prevTs = 0;
+  d.revisionTimestamps.forEach((t, i) => {
+    w.varint(i === 0 ? t : t - prevTs);
+    prevTs = t;
+  });
+  w.varint(d.keys.length);
+  let prevKey = new Uint8Array(0);
+  for (const [key, versions] of d.keys) {
+    const kb = utf8Encode(key);
+    let shared = 0;
+    const max = Math.min(kb.length, prevKey.length);
+    while (shared < max && kb[shared] === prevKey[shared]) shared++;
+    w.varint(shared);
+    w.bytes(kb.subarray(shared));
+    prevKey = kb;
+    w.varint(versions.length);
+    let prevRev = 0;
+    for (const v of versions) {
+      w.varint(v.revision - prevRev);
+      prevRev = v.revision;
+      if (v.value === null) w.varint(0);
+      else {
+        w.varint(v.value.length + 1);
+        w.raw(v.value);
+      }
+      if (v.revision < d.compactRevision) w.varint(v.timestampMs);
+    }
+  }
+  w.varint(d.history.length);
+  let prevEvRev = 0;
+  for (const e of d.history) {
+    w.varint(e.revision - prevEvRev);
+    prevEvRev = e.revision;
+    w.u8(e.type === 'put' ? EV_PUT : e.type === 'delete' ? EV_DELETE : EV_TRIGGER);
+    w.str(e.key);
+    if (e.type === 'trigger') w.bytes(e.value!);
+  }
+  w.u32(crc32(w.view()));
+  return w.finish();
+}
+
+function findVersion(versions: readonly VersionRecord[], revision: number): VersionRecord | undefined {
+  let lo = 0;
+  let hi = versions.length - 1;
+  while (lo <= hi) {
+    const mid = (lo + hi) >>> 1;
+    const r = versions[mid]!.revision;
+    if (r === revision) return versions[mid];
+    if (r < revision) lo = mid + 1;
+    else hi = mid - 1;
+  }
+  return undefined;
+}
+
+/**
+ * Decodes and checks a snapshot: magic, version, checksum, canonical varints, key order, version
+ * and history invariants. Any problem throws ValidationError with code MALFORMED_SNAPSHOT.
+ */
+export function decodeSnapshot(bytes: Uint8Array): SnapshotData {
+  if (!(bytes instanceof Uint8Array)) throw new ValidationError('MALFORMED_SNAPSHOT', 'snapshot must be a Uint8Array');
+  if (bytes.length < SNAPSHOT_MAGIC.length + 1 + 4) throw new ValidationError('MALFORMED_SNAPSHOT', 'snapshot too short');
+  for (let i = 0; i < SNAPSHOT_MAGIC.length; i++) {
+    if (bytes[i] !== SNAPSHOT_MAGIC[i]) throw new ValidationError('MALFORMED_SNAPSHOT', 'bad magic (not a kvcascade snapshot)');
+  }
+  const body = bytes.length - 4;
+  const tail = new ByteReader(bytes, 'MALFORMED_SNAPSHOT');
+  tail.raw(body);
+  if (tail.u32() !== crc32(bytes.subarray(0, body))) throw new ValidationError('MALFORMED_SNAPSHOT', 'checksum mismatch');
+
+  const r = new ByteReader(bytes, 'MALFORMED_SNAPSHOT', body);
+  r.raw(SNAPSHOT_MAGIC.length);
+  const version = r.u8();
+  if (version !== SNAPSHOT_FORMAT_VERSION) r.fail(`unsupported snapshot format version ${version}`);
+  const appliedIndex = r.varint();
+  const revision = r.varint();
+  const compactRevision = r.varintMax(revision, 'compactRevision');
+  const lastTimestampMs = r.varint();
+  const maxHistoryRevisions = r.varint();
+  const maxHistoryBytes = r.varint();
+  if (maxHistoryRevisions < 1 || maxHistoryBytes < 1) r.fail('history limits must be positive');
+
+  const nTimes = revision - compactRevision + 1;
+  if (nTimes > r.remaining) r.fail(`revision timestamp count ${nTimes} exceeds input`);
+  const revisionTimestamps: number[] = new Array<number>(nTimes);
+  let ts = 0;
+  for (let i = 0; i < nTimes; i++) {
+    ts = i === 0 ? r.varint() : ts + r.varint();
+    if (!Number.isSafeInteger(ts)) r.fail('timestamp overflow');
+    revisionTimestamps[i] = ts;
+  }
+  if (lastTimestampMs < ts) r.fail('lastTimestampMs is older than the last revision');
+  const tsOf = (rev: number): number => revisionTimestamps[rev - compactRevision]!;
+
+  const nKeys = r.varintMax(r.remaining, 'key count');
+  const keys: Array<readonly [string, VersionRecord[]]> = [];
+  const byKey = new Map<string, VersionRecord[]>();
+  let prevKeyBytes = new Uint8Array(0);
+  let prevKey: string | undefined;
+  for (let k = 0; k < nKeys; k++) {
+    const shared = r.varintMax(prevKeyBytes.length, 'shared key prefix');
+    const suffix = r.bytes(MAX_KEY_BYTES - shared, 'key suffix');
+    const kb = new Uint8Array(shared + suffix.length);
+    kb.set(prevKeyBytes.subarray(0, shared));
+    kb.set(suffix, shared);
+    if (kb.length === 0) r.fail('empty key');
+    const key = r.decodeUtf8(kb, 'key');
+    if (prevKey !== undefined && compareKeys(prevKey, key) >= 0) r.fail('keys are not strictly increasing');
+    prevKey = key;
+    prevKeyBytes = kb;
+    const nVersions = r.varintMax(r.remaining, 'version count');
+    if (nVersions === 0) r.fail('key without versions');
+    const versions: VersionRecord[] = [];
+    let rev = 0;
+    for (let i = 0; i < nVersions; i++) {
+      const delta = r.varint();
+      if (delta === 0) r.fail('version revisions are not strictly increasing');
+      rev += delta;
+      if (rev > revision) r.fail(`version revision ${rev} is after the snapshot revision`);
+      const vlen = r.varintMax(MAX_VALUE_BYTES + 1, 'value length');
+      const value = vlen === 0 ? null : r.raw(vlen - 1);
+      if (rev <= compactRevision && (i > 0 || value === null)) {
+        r.fail('compacted versions survive in the snapshot');
+      }
+      let vts: number;
+      if (rev < compactRevision) {
+        vts = r.varint();
+        if (vts > tsOf(compactRevision)) r.fail('version timestamp after the compaction point');
+      } else vts = tsOf(rev);
+      versions.push({ revision: rev, timestampMs: vts, value });
+    }
+    keys.push([key, versions]);
+    byKey.set(key, versions);
+  }
+
+  const nEvents = r.varintMax(r.remaining, 'event count');
+  if ((nEvents === 0) !== (revision === 0)) r.fail('history must be non-empty exactly when revision > 0');
+  const history: KvEvent[] = [];
+  let evRev = 0;
+  for (let i = 0; i < nEvents; i++) {
+    const delta = r.varint();
+    if (i > 0 && delta > 1) r.fail('history has a gap');
+    evRev += delta;
+    if (evRev < Math.max(1, compactRevision) || evRev > revision) r.fail(`event revision ${evRev} out of range`);
+    const type = r.u8();
+    const key = r.str(MAX_KEY_BYTES, 'event key');
+    if (key.length === 0) r.fail('empty event key');
+    const timestampMs = tsOf(evRev);
+    if (type === EV_TRIGGER) {
+      history.push({ type: 'trigger', key, value: r.bytes(MAX_VALUE_BYTES, 'trigger value'), revision: evRev, timestampMs });
+    } else if (type === EV_PUT) {
+      const v = findVersion(byKey.get(key) ?? [], evRev);
+      if (v === undefined || v.value === null) r.fail('put event without a stored version');
+      history.push({ type: 'put', key, value: v.value!, revision: evRev, timestampMs });
+    } else if (type === EV_DELETE) {
+      if (evRev > compactRevision) {
+        const v = findVersion(byKey.get(key) ?? [], evRev);
+        if (v === undefined || v.value !== null) r.fail('delete event without a stored tombstone');
+      }
+      history.push({ type: 'delete', key, revision: evRev, timestampMs });
+    } else r.fail(`unknown event type ${type}`);
+  }
+  if (nEvents > 0 && evRev !== revision) r.fail('history does not end at the snapshot revision');
+  r.expectEnd();
+  return {
+    appliedIndex,
+    revision,
+    compactRevision,
+    lastTimestampMs,
+    maxHistoryRevisions,
+    maxHistoryBytes,
+    revisionTimestamps,
+    keys,
+    history,
+  };
+}

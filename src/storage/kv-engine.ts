@@ -1,0 +1,312 @@
+// The ordered key-value engine interface that is the disk seam of the storage layer, with a LevelDB implementation and an in-memory twin that models machine crashes.
+import { Level } from 'level';
+
+/** A key: raw bytes, or a string that is stored as its UTF-8 bytes. Keys are ordered bytewise. */
+export type EngineKey = Uint8Array | string;
+
+/** One write of a {@link KvEngine.batch}. */
+export type EngineOp =
+  | { readonly type: 'put'; readonly key: EngineKey; readonly value: Uint8Array }
+  | { readonly type: 'del'; readonly key: EngineKey };
+
+/** Options of {@link KvEngine.batch}. */
+export interface EngineBatchOptions {
+  /** When true the batch, and every write that completed before it, is durable (fsynced) once the promise resolves. */
+  readonly sync: boolean;
+}
+
+/**
+ * Which keys a scan visits. All bounds combine (intersection): `prefix` limits to keys starting with it,
+ * `gte` is an inclusive lower bound and `lt` an exclusive upper bound.
+ */
+export interface ScanOptions {
+  readonly prefix?: EngineKey;
+  readonly gte?: EngineKey;
+  readonly lt?: EngineKey;
+  /** Visit keys in descending order. */
+  readonly reverse?: boolean;
+  /** Stop after this many pairs (default: no limit). */
+  readonly limit?: number;
+}
+
+/** One key/value pair yielded by a scan; keys come back as bytes. */
+export type EngineEntry = readonly [key: Uint8Array, value: Uint8Array];
+
+/**
+ * A tiny ordered key-value store. A batch is atomic: after a crash either all of its writes are
+ * present or none. Writes become visible to reads when `batch` is called; they survive a machine
+ * crash only once a batch with `sync: true` (issued at or after them) has resolved. An empty batch
+ * is a no-op (it does not sync).
+ */
+export interface KvEngine {
+  /** Applies the writes atomically, in order (a later write to the same key wins). */
+  batch(ops: readonly EngineOp[], options: EngineBatchOptions): Promise<void>;
+  /** The value stored under `key`, or undefined. */
+  get(key: EngineKey): Promise<Uint8Array | undefined>;
+  /** Pairs in key order (bytewise) within the bounds, read from a consistent point-in-time view. */
+  iterate(options?: ScanOptions): AsyncIterable<EngineEntry>;
+  /** Releases the engine; later calls fail. */
+  close(): Promise<void>;
+}
+
+const utf8 = new TextEncoder();
+
+/** The bytes of a key (strings are UTF-8 encoded). */
+export function keyBytes(key: EngineKey): Uint8Array {
+  return typeof key === 'string' ? utf8.encode(key) : key;
+}
+
+/** Bytewise comparison of two byte strings (negative, zero or positive). */
+export function compareBytes(a: Uint8Array, b: Uint8Array): number {
+  const n = Math.min(a.length, b.length);
+  for (let i = 0; i < n; i++) {
+    const d = a[i]! - b[i]!;
+    if (d !== 0) return d;
+  }
+  return a.length - b.length;
+}
+
+/** The smallest key greater than every key that starts with `prefix`, or undefined when there is none (all 0xff). */
+export function prefixEnd(prefix: Uint8Array): Uint8Array | undefined {
+  for (let i = prefix.length - 1; i >= 0; i--) {
+    if (prefix[i]! !== 0xff) {
+      const end = prefix.slice(0, i + 1);
+      end[i] = end[i]! + 1;
+      return end;
+    }
+  }
+  return undefined;
+}
+
+/** The effective [gte, lt) byte bounds of a scan (undefined = unbounded). */
+export function scanBounds(options: ScanOptions = {}): { gte?: Uint8Array; lt?: Uint8Array } {
+  let gte = options.gte === undefined ? undefined : keyBytes(options.gte);
+  let lt = options.lt === undefined ? undefined : keyBytes(options.lt);
+  if (options.prefix !== undefined) {
+    const p = keyBytes(options.prefix);
+    if (gte === undefined || compareBytes(p, gte) > 0) gte = p;
+    const end = prefixEnd(p);
+    if (end !== undefined && (lt === undefined || compareBytes(end, lt) < 0)) lt = end;
+  }
+  const out: { gte?: Uint8Array; lt?: Uint8Array } = {};
+  if (gte !== undefined) out.gte = gte;
+  if (lt !== undefined) out.lt = lt;
+  return out;
+}
+
+/** Collects a scan into an array (convenience for small ranges). */
+export async function scanAll(engine: KvEngine, options?: ScanOptions): Promise<EngineEntry[]> {
+  const out: EngineEntry[] = [];
+  for await (const e of engine.iterate(options)) out.push(e);
+  return out;
+}
+
+/** {@link KvEngine} over LevelDB (via `level`/classic-level), with keys and values as bytes; `sync` maps to LevelDB's synchronous write (fsync). */
+export class LevelEngine implements KvEngine {
+  private constructor(
+    private readonly db: Level<Uint8Array, Uint8Array>,
+    /** The directory holding the database. */
+    readonly location: string,
+  ) {}
+
+  /** Opens (creating if missing) the LevelDB database in directory `location`. */
+  static async open(location: string): Promise<LevelEngine> {
+    const db = new Level<Uint8Array, Uint8Array>(location, { keyEncoding: 'view', valueEncoding: 'view' });
+    await db.open();
+    return new LevelEngine(db, location);
+  }
+
+  async batch(ops: readonly EngineOp[], options: EngineBatchOptions): Promise<void> {
+    if (ops.length === 0) return;
+    const levelOps = ops.map((op) =>
+      op.type === 'put'
+        ? { type: 'put' as const, key: keyBytes(op.key), value: op.value }
+        : { type: 'del' as const, key: keyBytes(op.key) },
+    );
+    await this.db.batch(levelOps, { sync: options.sync });
+  }
+
+  async get(key: EngineKey): Promise<Uint8Array | undefined> {
+    return this.db.get(keyBytes(key));
+  }
+
+  async *iterate(options: ScanOptions = {}): AsyncIterable<EngineEntry> {
+    const bounds = scanBounds(options);
+    if (options.limit === 0) return;
+    const it = this.db.iterator({
+      ...bounds,
+      reverse: options.reverse === true,
+      limit: options.limit ?? -1,
+    });
+    try {
+      for (;;) {
+        const chunk = await it.nextv(1000);
+        if (chunk.length === 0) break;
+        for (const [k, v] of chunk) yield [k, v] as const;
+      }
+    } finally {
+      await it.close();
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.db.close();
+  }
+}
+
+/** Thrown by a {@link MemoryEngine} (and its pending batches) after it was crashed or closed. */
+export class EngineClosedError extends Error {
+  constructor(reason: 'crashed' | 'closed') {
+    super(`engine is ${reason}`);
+    this.name = 'EngineClosedError';
+  }
+}
+
+/** Options of {@link MemoryEngine}. */
+export interface MemoryEngineOptions {
+  /** Simulated latency of every batch in ms (0, the default, completes on the next macrotask). */
+  readonly latencyMs?: number;
+}
+
+type StoredOp = readonly [key: string, value: Uint8Array | undefined];
+
+// Keys are held as "binary strings" (one char per byte): JS string order then equals bytewise order.
+const toBin = (k: Uint8Array): string => Buffer.from(k.buffer, k.byteOffset, k.byteLength).toString('latin1');
+const fromBin = (s: string): Uint8Array => new Uint8Array(Buffer.from(s, 'latin1'));
+
+/**
+ * An in-memory {@link KvEngine} that also models a machine crash. Every batch becomes visible at once
+ * but stays in an unsynced buffer until a `sync: true` batch completes, which makes it and everything
+ * written before it durable. {@link crash} drops what is not durable and returns a fresh engine over
+ * the surviving data. Batches complete asynchronously (on a later macrotask), so a crash can land
+ * while one is in flight. Faults can be injected with {@link injectFault}.
+ */
+export class MemoryEngine implements KvEngine {
+  private readonly current: Map<string, Uint8Array>;
+  private readonly durable: Map<string, Uint8Array>;
+  private unsynced: Array<{ readonly id: number; readonly ops: readonly StoredOp[] }> = [];
+  private sortedKeys: string[] | undefined;
+  private nextBatchId = 1;
+  private state: 'open' | 'crashed' | 'closed' = 'open';
+  private readonly faults: Error[] = [];
+  private readonly latencyMs: number;
+  /** Counters for tests: batches accepted, and those with `sync: true`. */
+  readonly counters = { batches: 0, syncedBatches: 0 };
+
+  /** A new engine, empty or holding `durableData` (binary-string keys; used by {@link crash}). */
+  constructor(options: MemoryEngineOptions = {}, durableData?: ReadonlyMap<string, Uint8Array>) {
+    this.latencyMs = options.latencyMs ?? 0;
+    this.durable = new Map(durableData);
+    this.current = new Map(durableData);
+  }
+
+  /** Number of batches written but not yet durable. */
+  get unsyncedBatches(): number {
+    return this.unsynced.length;
+  }
+
+  /** Makes the next `times` calls of `batch` fail with `error` without writing anything. */
+  injectFault(error: Error, times = 1): void {
+    for (let i = 0; i < times; i++) this.faults.push(error);
+  }
+
+  async batch(ops: readonly EngineOp[], options: EngineBatchOptions): Promise<void> {
+    this.checkOpen();
+    const fault = this.faults.shift();
+    if (fault !== undefined) {
+      await this.delay();
+      throw fault;
+    }
+    if (ops.length === 0) return;
+    const stored: StoredOp[] = ops.map((op) => [
+      toBin(keyBytes(op.key)),
+      op.type === 'put' ? op.value.slice() : undefined,
+    ]);
+    this.counters.batches++;
+    if (options.sync) this.counters.syncedBatches++;
+    applyOps(this.current, stored);
+    this.sortedKeys = undefined;
+    const id = this.nextBatchId++;
+    this.unsynced.push({ id, ops: stored });
+    await this.delay();
+    this.checkOpen();
+    if (options.sync) {
+      // Everything up to and including this batch reaches stable storage.
+      while (this.unsynced.length > 0 && this.unsynced[0]!.id <= id) {
+        applyOps(this.durable, this.unsynced.shift()!.ops);
+      }
+    }
+  }
+
+  async get(key: EngineKey): Promise<Uint8Array | undefined> {
+    this.checkOpen();
+    return this.current.get(toBin(keyBytes(key)))?.slice();
+  }
+
+  async *iterate(options: ScanOptions = {}): AsyncIterable<EngineEntry> {
+    this.checkOpen();
+    const { gte, lt } = scanBounds(options);
+    const lo = gte === undefined ? undefined : toBin(gte);
+    const hi = lt === undefined ? undefined : toBin(lt);
+    if (this.sortedKeys === undefined) this.sortedKeys = [...this.current.keys()].sort();
+    const keys = this.sortedKeys;
+    let start = lo === undefined ? 0 : lowerBound(keys, lo);
+    const end = hi === undefined ? keys.length : lowerBound(keys, hi);
+    // Point-in-time view: copy the matching pairs before yielding any.
+    const pairs: Array<[Uint8Array, Uint8Array]> = [];
+    const limit = options.limit === undefined || options.limit < 0 ? Infinity : options.limit;
+    if (options.reverse === true) {
+      for (let i = end - 1; i >= start && pairs.length < limit; i--) pairs.push([fromBin(keys[i]!), this.current.get(keys[i]!)!.slice()]);
+    } else {
+      for (; start < end && pairs.length < limit; start++) pairs.push([fromBin(keys[start]!), this.current.get(keys[start]!)!.slice()]);
+    }
+    for (const p of pairs) yield p;
+  }
+
+  async close(): Promise<void> {
+    if (this.state === 'open') this.state = 'closed';
+  }
+
+  /**
+   * Simulates a machine crash: this engine becomes unusable (its in-flight batches reject with
+   * {@link EngineClosedError}) and a new engine is returned holding only the durable data plus,
+   * to model a torn write-ahead log, the first `keepUnsyncedBatches` not-yet-durable batches
+   * (whole batches only, in order; the rest, including any partially written one, is lost).
+   */
+  crash(keepUnsyncedBatches = 0): MemoryEngine {
+    const survived = new Map(this.durable);
+    for (const b of this.unsynced.slice(0, Math.max(0, keepUnsyncedBatches))) applyOps(survived, b.ops);
+    this.state = 'crashed';
+    this.unsynced = [];
+    return new MemoryEngine({ latencyMs: this.latencyMs }, survived);
+  }
+
+  private checkOpen(): void {
+    if (this.state !== 'open') throw new EngineClosedError(this.state);
+  }
+
+  private delay(): Promise<void> {
+    return new Promise((resolve) => {
+      if (this.latencyMs > 0) setTimeout(resolve, this.latencyMs);
+      else setImmediate(resolve);
+    });
+  }
+}
+
+function applyOps(map: Map<string, Uint8Array>, ops: readonly StoredOp[]): void {
+  for (const [k, v] of ops) {
+    if (v === undefined) map.delete(k);
+    else map.set(k, v);
+  }
+}
+
+function lowerBound(sorted: readonly string[], key: string): number {
+  let lo = 0;
+  let hi = sorted.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (sorted[mid]! < key) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}

@@ -1,0 +1,160 @@
+/**
+ * One simulated replica host: a RawNode, a durable disk modelled by MemoryStorage (only what
+ * was synced reaches it), the KV state machine, and the persist → send → apply → advance loop
+ * split in two so a simulated fsync can take time (and a crash can land in between).
+ */
+import {
+  MemoryStorage,
+  RawNode,
+  SeededRandom,
+  bootstrapState,
+  type Entry,
+  type Message,
+  type NodeId,
+  type RaftConfig,
+  type ReadState,
+  type Ready,
+} from '../../src/raft/index.js';
+import { KvFsm, type PutCommand } from './kv-fsm.js';
+
+/** Options shared by every simulated replica. */
+export interface HostOptions {
+  readonly group?: number;
+  readonly electionTicks?: number;
+  readonly heartbeatTicks?: number;
+  readonly preVote?: boolean;
+  readonly checkQuorum?: boolean;
+  readonly maxInflightAppends?: number;
+  readonly maxAppendBytes?: number;
+  readonly snapshotChunkBytes?: number;
+  /** Take a snapshot after this many applied entries (0 = never). */
+  readonly snapshotEvery?: number;
+  /** Entries kept behind a snapshot when compacting. */
+  readonly compactionLag?: number;
+}
+
+/** What the host observed while completing a Ready (for invariant checks). */
+export interface ReadyOutcome {
+  readonly messages: readonly Message[];
+  readonly applied: readonly Entry[];
+  readonly puts: readonly PutCommand[];
+  readonly readStates: readonly ReadState[];
+}
+
+/** A simulated replica: volatile state is lost on crash, `disk` survives. */
+export class SimHost {
+  readonly id: NodeId;
+  readonly disk: MemoryStorage;
+  node!: RawNode;
+  fsm!: KvFsm;
+  /** A Ready handed out and not yet synced/advanced. */
+  outstanding: Ready | undefined;
+  private readonly opts: HostOptions;
+  private readonly seed: number;
+  private restarts = 0;
+
+  constructor(id: NodeId, seed: number, initialVoters: readonly NodeId[] | undefined, opts: HostOptions = {}) {
+    this.id = id;
+    this.opts = opts;
+    this.seed = seed;
+    if (initialVoters) {
+      this.disk = new MemoryStorage({ voters: [...initialVoters], learners: [] });
+      const b = bootstrapState(initialVoters);
+      this.disk.append(b.entries);
+      this.disk.setHardState(b.hardState);
+    } else {
+      this.disk = new MemoryStorage();
+    }
+    this.boot();
+  }
+
+  private boot(): void {
+    const cfg: RaftConfig = {
+      id: this.id,
+      group: this.opts.group ?? 1,
+      storage: this.disk,
+      random: new SeededRandom((this.seed * 7919 + this.id * 104729 + this.restarts * 15485863) | 0),
+      electionTicks: this.opts.electionTicks ?? 10,
+      heartbeatTicks: this.opts.heartbeatTicks ?? 1,
+      preVote: this.opts.preVote ?? true,
+      checkQuorum: this.opts.checkQuorum ?? true,
+      maxInflightAppends: this.opts.maxInflightAppends ?? 8,
+      maxAppendBytes: this.opts.maxAppendBytes ?? 4096,
+      snapshotChunkBytes: this.opts.snapshotChunkBytes ?? 256,
+    };
+    this.node = new RawNode(cfg);
+    const snap = this.disk.snapshot();
+    this.fsm = snap ? KvFsm.restore(snap.data) : new KvFsm();
+    if (snap && this.fsm.applied !== snap.meta.index) {
+      throw new Error(`host ${this.id}: snapshot data applied ${this.fsm.applied} != meta index ${snap.meta.index}`);
+    }
+    this.outstanding = undefined;
+  }
+
+  /** Takes the next Ready if there is one and none is outstanding. */
+  startReady(): Ready | undefined {
+    if (this.outstanding || !this.node.hasReady()) return undefined;
+    this.outstanding = this.node.ready();
+    return this.outstanding;
+  }
+
+  /** Whether the outstanding Ready must hit the disk (so its completion waits for an fsync). */
+  needsSync(rd: Ready): boolean {
+    return rd.entries.length > 0 || rd.hardState !== undefined || rd.snapshot !== undefined;
+  }
+
+  /** The fsync finished: make the Ready durable, then release its messages, apply, advance. */
+  completeReady(): ReadyOutcome {
+    const rd = this.outstanding;
+    if (!rd) throw new Error(`host ${this.id}: no outstanding ready`);
+    this.persist(rd);
+    const puts: PutCommand[] = [];
+    if (rd.snapshot) {
+      this.fsm = KvFsm.restore(rd.snapshot.data);
+    }
+    for (const e of rd.committedEntries) {
+      if (e.index <= this.fsm.applied) continue;
+      const put = this.fsm.apply(e);
+      if (put) puts.push(put);
+    }
+    this.outstanding = undefined;
+    this.node.advance(rd);
+    this.maybeSnapshot();
+    return { messages: rd.messages, applied: rd.committedEntries, puts, readStates: rd.readStates };
+  }
+
+  private persist(rd: Ready): void {
+    if (rd.snapshot) this.disk.applySnapshot(rd.snapshot);
+    if (rd.entries.length > 0) this.disk.append(rd.entries);
+    if (rd.hardState) this.disk.setHardState(rd.hardState);
+  }
+
+  private maybeSnapshot(): void {
+    const every = this.opts.snapshotEvery ?? 0;
+    if (every <= 0) return;
+    const snapIndex = this.disk.snapshot()?.meta.index ?? 0;
+    const applied = this.fsm.applied;
+    if (applied - snapIndex < every) return;
+    if (applied > this.disk.lastIndex()) return; // applied entries are always durable; be defensive
+    this.disk.createSnapshot(applied, this.node.raft.confState(), this.fsm.snapshot());
+    const lag = this.opts.compactionLag ?? 5;
+    const upTo = applied - lag;
+    if (upTo > this.disk.firstIndex()) this.disk.compact(upTo);
+  }
+
+  /**
+   * A machine crash: everything volatile is lost. An outstanding write that was not synced is
+   * lost too, unless `unsyncedSurvives` (the OS happened to flush it whole). Writes are atomic
+   * batches (as a LevelDB WriteBatch), so a torn tail is discarded whole.
+   */
+  crash(unsyncedSurvives: boolean): void {
+    if (this.outstanding && unsyncedSurvives) this.persist(this.outstanding);
+    this.outstanding = undefined;
+  }
+
+  /** Restarts from what is on disk. */
+  restart(): void {
+    this.restarts++;
+    this.boot();
+  }
+}

@@ -1,0 +1,205 @@
+// Linearizability checker (Wing–Gong search with Lowe's memoization) for simulated key-value register histories.
+
+/** One operation observed by a client: invoked at `call`, returned at `ret` (virtual time). */
+export interface KvOperation {
+  clientId: number;
+  kind: 'put' | 'get';
+  key: string;
+  /** For put: the value written. */
+  value?: string;
+  /** For get: the value observed (undefined = key absent). Only meaningful when `ret` is defined. */
+  output?: string;
+  call: number;
+  /** Undefined when the client never got an answer (timeout/crash): the op may or may not have taken effect, at any time after `call`. */
+  ret?: number;
+}
+
+/** Outcome of {@link checkKvLinearizable}. */
+export interface LinearizabilityResult {
+  /** false only when some key's sub-history is definitely not linearizable. */
+  ok: boolean;
+  /** When not ok: the key whose sub-history failed, and that sub-history, for printing. (When `unknown`: the first key whose search gave up.) */
+  key?: string;
+  /** The failing (or undecided) key's operations, in input order. */
+  history?: KvOperation[];
+  /** true when the search gave up (budget exhausted) instead of deciding. */
+  unknown?: boolean;
+}
+
+/** Default search budget (loop iterations) per key; see {@link checkKvLinearizable}. */
+export const DEFAULT_MAX_STEPS_PER_KEY = 2_000_000;
+
+/**
+ * Checks that a history of puts/gets over a map of independent registers (all initially absent)
+ * is linearizable. Each key is checked on its own (linearizability is compositional).
+ *
+ * - A completed get must observe the register value at its linearization point (undefined = absent).
+ * - An operation with `ret === undefined` is pending: a pending get is ignored; a pending put may
+ *   take effect at any point after its `call`, or never.
+ * - Real-time order: op A precedes op B only when `A.ret < B.call` strictly; equal times are concurrent.
+ * - `clientId` is not used by the check.
+ *
+ * The search is bounded by `opts.maxStepsPerKey` (default {@link DEFAULT_MAX_STEPS_PER_KEY}) per key.
+ * If a key exhausts its budget, that key counts as undecided: the result is `{ ok: true, unknown: true }`
+ * (unless another key definitely fails, which takes precedence) — callers that need a verdict must
+ * check `unknown`.
+ *
+ * @throws RangeError on malformed input (non-finite `call`, `ret < call`, NaN `ret`, put without `value`).
+ */
+export function checkKvLinearizable(
+  history: KvOperation[],
+  opts?: { maxStepsPerKey?: number },
+): LinearizabilityResult {
+  const maxSteps = opts?.maxStepsPerKey ?? DEFAULT_MAX_STEPS_PER_KEY;
+  const byKey = new Map<string, KvOperation[]>();
+  for (const op of history) {
+    validate(op);
+    let list = byKey.get(op.key);
+    if (list === undefined) {
+      list = [];
+      byKey.set(op.key, list);
+    }
+    list.push(op);
+  }
+
+  let firstUnknown: string | undefined;
+  for (const [key, ops] of byKey) {
+    const verdict = checkRegister(ops, maxSteps);
+    if (verdict === 'fail') return { ok: false, key, history: ops };
+    if (verdict === 'unknown' && firstUnknown === undefined) firstUnknown = key;
+  }
+  if (firstUnknown !== undefined) {
+    return { ok: true, unknown: true, key: firstUnknown, history: byKey.get(firstUnknown) };
+  }
+  return { ok: true };
+}
+
+function validate(op: KvOperation): void {
+  if (!Number.isFinite(op.call)) throw new RangeError(`operation call time must be finite: ${JSON.stringify(op)}`);
+  if (op.ret !== undefined && (Number.isNaN(op.ret) || op.ret < op.call)) {
+    throw new RangeError(`operation returns before it is called: ${JSON.stringify(op)}`);
+  }
+  if (op.kind === 'put' && op.value === undefined) {
+    throw new RangeError(`put without a value: ${JSON.stringify(op)}`);
+  }
+}
+
+/** A call or return event in the doubly linked event list. */
+interface EventNode {
+  /** Index into the register's op array; -1 for the list head. */
+  op: number;
+  isCall: boolean;
+  /** For a call event: its matching return event. */
+  match: EventNode | null;
+  prev: EventNode | null;
+  next: EventNode | null;
+}
+
+type Verdict = 'ok' | 'fail' | 'unknown';
+
+/** Wing–Gong/Lowe search over the sub-history of one register. */
+function checkRegister(all: KvOperation[], maxSteps: number): Verdict {
+  // Pending gets have no observable effect: drop them. Pending puts get an infinite return time.
+  const ops = all.filter((op) => op.kind === 'put' || op.ret !== undefined);
+  const completedCount = ops.filter((op) => op.ret !== undefined).length;
+  if (completedCount === 0) return 'ok';
+
+  // Fast rejection: a completed get observing a value no put on this key ever wrote.
+  const written = new Set<string | undefined>([undefined]);
+  for (const op of ops) if (op.kind === 'put') written.add(op.value);
+  for (const op of ops) if (op.kind === 'get' && op.ret !== undefined && !written.has(op.output)) return 'fail';
+
+  // Build events sorted by time; on equal times calls come before returns, so an op returning at t
+  // and an op called at t are concurrent.
+  type Ev = { op: number; isCall: boolean; time: number };
+  const evs: Ev[] = [];
+  ops.forEach((op, i) => {
+    evs.push({ op: i, isCall: true, time: op.call });
+    evs.push({ op: i, isCall: false, time: op.ret ?? Number.POSITIVE_INFINITY });
+  });
+  evs.sort((a, b) => a.time - b.time || Number(b.isCall) - Number(a.isCall) || a.op - b.op);
+
+  const head: EventNode = { op: -1, isCall: false, match: null, prev: null, next: null };
+  const callNodes: EventNode[] = new Array(ops.length);
+  const retNodes: EventNode[] = new Array(ops.length);
+  let tail = head;
+  for (const ev of evs) {
+    const node: EventNode = { op: ev.op, isCall: ev.isCall, match: null, prev: tail, next: null };
+    tail.next = node;
+    tail = node;
+    if (ev.isCall) callNodes[ev.op] = node;
+    else retNodes[ev.op] = node;
+  }
+  for (let i = 0; i < ops.length; i++) callNodes[i]!.match = retNodes[i]!;
+
+  const bit = ops.map((_, i) => 1n << BigInt(i));
+  // Lowe's cache: set of linearized ops -> register states already explored with that set.
+  const cache = new Map<bigint, Set<string | undefined>>();
+  const stack: { node: EventNode; state: string | undefined }[] = [];
+
+  let state: string | undefined = undefined;
+  let linearized = 0n;
+  let linearizedCompleted = 0;
+  let entry: EventNode | null = head.next;
+  let steps = 0;
+
+  for (;;) {
+    // Remaining ops are all pending puts: they can take effect after everything else (or never).
+    if (linearizedCompleted === completedCount) return 'ok';
+    if (++steps > maxSteps) return 'unknown';
+    // A completed op is still in the list, so its return event is reached before running off the end.
+    const node: EventNode = entry!;
+    const op = ops[node.op]!;
+    if (node.isCall) {
+      const legal = op.kind === 'put' || op.output === state;
+      const nextState: string | undefined = op.kind === 'put' ? op.value : state;
+      if (legal) {
+        const nextSet = linearized | bit[node.op]!;
+        let seen = cache.get(nextSet);
+        if (seen === undefined) {
+          seen = new Set();
+          cache.set(nextSet, seen);
+        }
+        if (!seen.has(nextState)) {
+          seen.add(nextState);
+          stack.push({ node, state });
+          state = nextState;
+          linearized = nextSet;
+          if (op.ret !== undefined) linearizedCompleted++;
+          lift(node);
+          entry = head.next;
+          continue;
+        }
+      }
+      entry = node.next;
+    } else {
+      // Reached a return whose op is not linearized yet: every extension of the current prefix failed.
+      const top = stack.pop();
+      if (top === undefined) return 'fail';
+      const undone = ops[top.node.op]!;
+      state = top.state;
+      linearized ^= bit[top.node.op]!;
+      if (undone.ret !== undefined) linearizedCompleted--;
+      unlift(top.node);
+      entry = top.node.next;
+    }
+  }
+}
+
+/** Removes a call event and its return event from the list. */
+function lift(call: EventNode): void {
+  call.prev!.next = call.next;
+  call.next!.prev = call.prev;
+  const ret = call.match!;
+  ret.prev!.next = ret.next;
+  if (ret.next !== null) ret.next.prev = ret.prev;
+}
+
+/** Undoes {@link lift} (must be applied in reverse order of lifting). */
+function unlift(call: EventNode): void {
+  const ret = call.match!;
+  ret.prev!.next = ret;
+  if (ret.next !== null) ret.next.prev = ret;
+  call.prev!.next = call;
+  call.next!.prev = call;
+}
