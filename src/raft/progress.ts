@@ -41,6 +41,11 @@ export class Inflights {
     if (i > 0) this.indexes.splice(0, i);
   }
 
+  /** Frees the oldest in-flight message (used when a live follower's acks seem lost). */
+  freeFirstOne(): void {
+    this.indexes.shift();
+  }
+
   /** Forgets everything in flight. */
   reset(): void {
     this.indexes.length = 0;

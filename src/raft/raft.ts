@@ -794,6 +794,12 @@ export class Raft {
   private handleHeartbeatResponse(m: Message, pr: Progress): void {
     pr.recentActive = true;
     pr.probeSent = false;
+    if (pr.state === ProgressState.Replicate && pr.inflights.full) {
+      // The follower is alive but the window is full: appends (or their acks) may have been lost.
+      // Freeing one slot sends one more append; a gap makes the follower reject it, and the
+      // rejection puts us back into probing from its real position.
+      pr.inflights.freeFirstOne();
+    }
     if (pr.state === ProgressState.Snapshot) {
       if (pr.snapshotChunkInFlight) {
         // A chunk may have been lost: resend from the acknowledged offset.
