@@ -118,12 +118,18 @@ export class LevelEngine implements KvEngine {
 
   async batch(ops: readonly EngineOp[], options: EngineBatchOptions): Promise<void> {
     if (ops.length === 0) return;
-    const levelOps = ops.map((op) =>
-      op.type === 'put'
-        ? { type: 'put' as const, key: keyBytes(op.key), value: op.value }
-        : { type: 'del' as const, key: keyBytes(op.key) },
-    );
-    await this.db.batch(levelOps, { sync: options.sync });
+    // A chained batch: in classic-level 3 it is several times faster than the array form for large batches.
+    const b = this.db.batch();
+    try {
+      for (const op of ops) {
+        if (op.type === 'put') b.put(keyBytes(op.key), op.value);
+        else b.del(keyBytes(op.key));
+      }
+    } catch (err) {
+      await b.close();
+      throw err;
+    }
+    await b.write({ sync: options.sync });
   }
 
   async get(key: EngineKey): Promise<Uint8Array | undefined> {

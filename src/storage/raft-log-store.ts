@@ -283,7 +283,9 @@ export class RaftLogStore {
    */
   persistReady(group: number, req: PersistRequest): void {
     this.checkUsable();
-    const ms = this.storageFor(group);
+    checkGroup(group);
+    const known = this.storages.get(group);
+    const ms = known ?? new MemoryStorage(EMPTY_CONF); // registered only once the request is accepted
     const cur = ms.snapshot();
     const snap = req.snapshot !== undefined && (cur === undefined || req.snapshot.meta.index > cur.meta.index) ? req.snapshot : undefined;
 
@@ -302,11 +304,11 @@ export class RaftLogStore {
     }
 
     const u = new UnitBuilder();
+    const confBefore = ms.initialState().conf;
     if (snap) {
       u.delLog(group, ms.firstIndex(), ms.lastIndex());
       u.put(metaKey(group, 'snap'), json(snap.meta));
       u.put(metaKey(group, 'snapdata'), snap.data);
-      u.put(metaKey(group, 'conf'), json(snap.meta.conf));
       ms.applySnapshot(snap);
     }
     if (entries.length > 0) {
@@ -321,6 +323,8 @@ export class RaftLogStore {
       u.put(metaKey(group, 'hardstate'), json(req.hardState));
       ms.setHardState(req.hardState);
     }
+    mirrorConf(u, group, ms, confBefore);
+    if (!known) this.storages.set(group, ms);
     this.stage(u);
   }
 
@@ -338,7 +342,8 @@ export class RaftLogStore {
    * Records a snapshot the state machine took (metadata + data, data as one value) and discards
    * the log entries up to its index, in memory and (staged) on disk. `snapshot.meta.index` must be
    * in the log and `snapshot.meta.term` must be that entry's term. A snapshot not newer than the
-   * current one is ignored.
+   * current one is ignored. If the view adopts the snapshot's configuration (as
+   * `MemoryStorage.createSnapshot` does), the conf record on disk follows it.
    */
   compact(group: number, snapshot: Snapshot): void {
     this.checkUsable();
@@ -351,11 +356,13 @@ export class RaftLogStore {
     const actual = ms.term(index); // throws when index is not in the log
     if (actual !== term) throw new RangeError(`snapshot term ${term} does not match term ${actual} of entry ${index}`);
     const u = new UnitBuilder();
+    const confBefore = ms.initialState().conf;
     u.put(metaKey(group, 'snap'), json(snapshot.meta));
     u.put(metaKey(group, 'snapdata'), snapshot.data);
     u.delLog(group, ms.firstIndex(), index);
     ms.createSnapshot(index, conf, snapshot.data);
     ms.compact(index);
+    mirrorConf(u, group, ms, confBefore);
     this.stage(u);
   }
 
@@ -507,6 +514,12 @@ export class RaftLogStore {
     }
     for (const [group, g] of groups) this.storages.set(group, buildStorage(group, g));
   }
+}
+
+/** Stages the group's configuration when the view's changed (MemoryStorage decides when snapshots change it). */
+function mirrorConf(u: UnitBuilder, group: number, ms: MemoryStorage, before: ConfState): void {
+  const now = ms.initialState().conf;
+  if (now !== before) u.put(metaKey(group, 'conf'), json(now));
 }
 
 function buildStorage(group: number, g: Loaded): MemoryStorage {
