@@ -998,8 +998,8 @@ export class Raft {
   /** Installs a snapshot from the leader; returns false when it brings nothing new. */
   private restore(s: Snapshot): boolean {
     if (s.meta.index <= this.log.committed) return false;
-    const inConf = s.meta.conf.voters.includes(this.id) || s.meta.conf.learners.includes(this.id);
-    if (!inConf) return false; // a snapshot of a configuration we are not part of
+    // A snapshot may predate our own addition (a new learner): we install it anyway, and learn
+    // of our membership from the log entries that follow it.
     if (this.log.matchTerm(s.meta.index, s.meta.term)) {
       // Our log already holds the snapshot's last entry (same term): just commit up to it.
       this.log.commitTo(s.meta.index);

@@ -169,6 +169,22 @@ export class ScenarioNetwork {
     return this;
   }
 
+  /**
+   * Time passes on every live node but `except` until their election timers fire; whatever
+   * they send meanwhile is lost. Afterwards no one holds a leader lease (check-quorum), as
+   * after a real leader failure.
+   */
+  electionTimeoutElapses(except: NodeId): this {
+    const ticks = 2 * (this.opts.electionTicks ?? 10);
+    for (const [id, h] of this.hosts) {
+      if (id === except || this.down.has(id) || this.paused.has(id)) continue;
+      if (h.node.raft.role === Role.Leader) continue;
+      for (let i = 0; i < ticks && h.node.raft.lead !== 0; i++) h.node.tick();
+      for (let rd = h.startReady(); rd; rd = h.startReady()) h.completeReady(); // messages lost
+    }
+    return this;
+  }
+
   /** Makes a node campaign now and lets the election play out. */
   campaign(id: NodeId): this {
     this.host(id).node.campaign();
