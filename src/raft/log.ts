@@ -171,7 +171,8 @@ export class RaftLog {
   }
 
   /**
-   * Fast back-off: the largest index <= `index` whose term is <= `term` (or the first index - 1).
+   * Fast back-off: the largest index <= `index` whose term is <= `term`; when the search runs
+   * past the retained log it stops there and reports term 0 (unknown), as etcd does.
    * Used by a follower to hint the leader where the logs may agree, and by the leader to skip terms.
    */
   findConflictByTerm(index: number, term: number): { index: number; term: number } {

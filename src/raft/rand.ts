@@ -20,7 +20,9 @@ export class SeededRandom implements RandomSource {
   }
 
   nextInt(n: number): number {
-    if (!(n > 0)) throw new RangeError(`nextInt bound must be positive, got ${n}`);
+    if (!Number.isInteger(n) || n <= 0 || n > 0x1_0000_0000) {
+      throw new RangeError(`nextInt bound must be an integer in [1, 2^32], got ${n}`);
+    }
     return this.nextU32() % n;
   }
 

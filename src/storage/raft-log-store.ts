@@ -345,12 +345,13 @@ export class RaftLogStore {
    * current one is ignored. If the view adopts the snapshot's configuration (as
    * `MemoryStorage.createSnapshot` does), the conf record on disk follows it.
    */
-  compact(group: number, snapshot: Snapshot): void {
+  compact(group: number, snapshot: Snapshot, keepEntries = 0): void {
     this.checkUsable();
     const ms = this.storages.get(group);
     if (!ms) throw new RangeError(`unknown group ${group}`);
     const { index, term, conf } = snapshot.meta;
     if (!Number.isInteger(index) || index < 1) throw new RangeError(`cannot compact at index ${index}`);
+    if (!Number.isInteger(keepEntries) || keepEntries < 0) throw new RangeError(`invalid keepEntries ${keepEntries}`);
     const prev = ms.snapshot();
     if (prev && index <= prev.meta.index) return;
     const actual = ms.term(index); // throws when index is not in the log
@@ -359,9 +360,13 @@ export class RaftLogStore {
     const confBefore = ms.initialState().conf;
     u.put(metaKey(group, 'snap'), json(snapshot.meta));
     u.put(metaKey(group, 'snapdata'), snapshot.data);
-    u.delLog(group, ms.firstIndex(), index);
     ms.createSnapshot(index, conf, snapshot.data);
-    ms.compact(index);
+    // Keep a tail of entries behind the snapshot so slightly lagging followers need no snapshot.
+    const upTo = index - keepEntries;
+    if (upTo >= ms.firstIndex()) {
+      u.delLog(group, ms.firstIndex(), upTo);
+      ms.compact(upTo);
+    }
     mirrorConf(u, group, ms, confBefore);
     this.stage(u);
   }
@@ -512,7 +517,19 @@ export class RaftLogStore {
         g.entries.push(e);
       } else throw new StorageCorruptionError(`unexpected key ${JSON.stringify(key)}`);
     }
-    for (const [group, g] of groups) this.storages.set(group, buildStorage(group, g));
+    for (const [group, g] of groups) {
+      // Entries kept behind the snapshot (the catch-up tail) are not reloaded: the in-memory
+      // view starts at the snapshot. Their keys are deleted in the first batch.
+      const snapIndex = g.snapMeta?.index ?? 0;
+      const tail = g.entries.filter((e) => e.index <= snapIndex);
+      if (tail.length > 0) {
+        g.entries = g.entries.filter((e) => e.index > snapIndex);
+        const u = new UnitBuilder();
+        u.delLog(group, tail[0]!.index, tail[tail.length - 1]!.index);
+        this.stage(u);
+      }
+      this.storages.set(group, buildStorage(group, g));
+    }
   }
 }
 
