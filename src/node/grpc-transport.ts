@@ -1,0 +1,269 @@
+/**
+ * The gRPC peer transport: one long-lived `Peer.Raft` stream to each peer carries batches of
+ * Raft messages of every group; queues are bounded, dead streams are redialled with backoff.
+ */
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
+import { join } from 'node:path';
+import type { Message, NodeId } from '../raft/index.js';
+import type { Logger } from '../log.js';
+import { protoDir } from '../proto-files.js';
+import { fromWire, toWire, type WireMessage } from './peer-codec.js';
+import type { Transport } from './transport.js';
+
+/** Limits and security of the peer transport. */
+export interface GrpcTransportOptions {
+  /** Messages queued for one peer before the oldest are dropped. */
+  readonly maxQueuedMessages?: number;
+  /** Messages in one batch on the wire. */
+  readonly maxBatchMessages?: number;
+  /** Largest peer message accepted (snapshot chunks and appends stay below it). */
+  readonly maxMessageBytes?: number;
+  /** Credentials to dial peers with (default insecure, loopback only). */
+  readonly credentials?: grpc.ChannelCredentials;
+  readonly log: Logger;
+}
+
+interface RaftBatchWire {
+  fromNode: number;
+  seq: number;
+  messages: WireMessage[];
+}
+
+type PeerClient = grpc.Client & {
+  raft(): grpc.ClientDuplexStream<RaftBatchWire, { seq: number }>;
+};
+
+interface PeerConn {
+  readonly id: NodeId;
+  address: string;
+  client: PeerClient | undefined;
+  stream: grpc.ClientDuplexStream<RaftBatchWire, { seq: number }> | undefined;
+  queue: Message[];
+  flushScheduled: boolean;
+  blockedUntilDrain: boolean;
+  /** No dialing before this time (backoff after a failure). */
+  retryAtMs: number;
+  backoffMs: number;
+  seq: number;
+}
+
+let peerPackage: grpc.GrpcObject | undefined;
+
+/** The loaded `kvcascade.v1.peer` package. */
+export function loadPeerProto(): grpc.GrpcObject {
+  if (!peerPackage) {
+    const def = protoLoader.loadSync(join(protoDir(), 'kvcascade', 'v1', 'peer.proto'), {
+      keepCase: false,
+      longs: Number,
+      enums: String,
+      defaults: false,
+      oneofs: true,
+    });
+    peerPackage = grpc.loadPackageDefinition(def);
+  }
+  return peerPackage;
+}
+
+function peerService(): grpc.ServiceClientConstructor {
+  const pkg = loadPeerProto() as unknown as { kvcascade: { v1: { peer: { Peer: grpc.ServiceClientConstructor } } } };
+  return pkg.kvcascade.v1.peer.Peer;
+}
+
+/** Peer traffic over gRPC streams. */
+export class GrpcPeerTransport implements Transport {
+  private readonly conns = new Map<NodeId, PeerConn>();
+  private handler: (messages: readonly Message[]) => void = () => {};
+  private unreachable: (peer: NodeId) => void = () => {};
+  private closed = false;
+  private readonly maxQueued: number;
+  private readonly maxBatch: number;
+  private readonly maxMessageBytes: number;
+  private readonly log: Logger;
+  /** Messages dropped because a queue was full or a peer was down (for metrics). */
+  dropped = 0;
+  /** Batches received that failed validation. */
+  rejectedBatches = 0;
+
+  constructor(
+    private readonly selfId: NodeId,
+    peers: ReadonlyMap<NodeId, string>,
+    private readonly opts: GrpcTransportOptions,
+  ) {
+    this.maxQueued = opts.maxQueuedMessages ?? 50_000;
+    this.maxBatch = opts.maxBatchMessages ?? 4096;
+    this.maxMessageBytes = opts.maxMessageBytes ?? 64 << 20;
+    this.log = opts.log;
+    for (const [id, address] of peers) if (id !== selfId) this.setPeer(id, address);
+  }
+
+  /** Adds or re-addresses a peer. */
+  setPeer(id: NodeId, address: string): void {
+    const c = this.conns.get(id);
+    if (c) {
+      if (c.address === address) return;
+      this.hangUp(c);
+      c.address = address;
+      return;
+    }
+    this.conns.set(id, {
+      id,
+      address,
+      client: undefined,
+      stream: undefined,
+      queue: [],
+      flushScheduled: false,
+      blockedUntilDrain: false,
+      retryAtMs: 0,
+      backoffMs: 50,
+      seq: 0,
+    });
+  }
+
+  /** Serves the receiving side of the peer protocol on `server`. `isMember` vets the sender. */
+  register(server: grpc.Server, isMember: (id: NodeId) => boolean): void {
+    server.addService(peerService().service, {
+      raft: (call: grpc.ServerDuplexStream<RaftBatchWire, { seq: number }>) => {
+        call.sendMetadata(new grpc.Metadata()); // tells the dialer the stream is up
+        call.on('data', (batch: RaftBatchWire) => {
+          if (this.closed) return;
+          if (!isMember(batch.fromNode)) {
+            this.rejectedBatches++;
+            call.destroy(new Error(`node ${batch.fromNode} is not a member`));
+            return;
+          }
+          const out: Message[] = [];
+          for (const w of batch.messages ?? []) {
+            try {
+              const m = fromWire(w);
+              if (m.from !== batch.fromNode && m.type !== 'Prop' && m.type !== 'ReadIndex' && m.type !== 'TransferLeader') {
+                throw new Error(`message from ${m.from} in a batch from node ${batch.fromNode}`);
+              }
+              if (m.to !== this.selfId) throw new Error(`message for node ${m.to} delivered to node ${this.selfId}`);
+              out.push(m);
+            } catch (e) {
+              this.rejectedBatches++;
+              this.log.warn({ err: String(e), from: batch.fromNode }, 'dropping malformed peer message');
+            }
+          }
+          if (out.length > 0) this.handler(out);
+        });
+        call.on('error', () => {});
+        call.on('end', () => call.end());
+      },
+    });
+  }
+
+  send(messages: readonly Message[]): void {
+    if (this.closed) return;
+    for (const m of messages) {
+      const c = this.conns.get(m.to);
+      if (!c) {
+        this.dropped++;
+        continue;
+      }
+      if (c.queue.length >= this.maxQueued) {
+        c.queue.shift(); // Raft recovers from loss; memory stays bounded
+        this.dropped++;
+      }
+      c.queue.push(m);
+      this.scheduleFlush(c);
+    }
+  }
+
+  onMessages(handler: (messages: readonly Message[]) => void): void {
+    this.handler = handler;
+  }
+
+  onUnreachable(handler: (peer: NodeId) => void): void {
+    this.unreachable = handler;
+  }
+
+  private scheduleFlush(c: PeerConn): void {
+    if (c.flushScheduled) return;
+    c.flushScheduled = true;
+    setImmediate(() => {
+      c.flushScheduled = false;
+      this.flush(c);
+    });
+  }
+
+  private flush(c: PeerConn): void {
+    if (this.closed || c.queue.length === 0 || c.blockedUntilDrain) return;
+    const stream = this.streamFor(c);
+    if (!stream) {
+      // Peer down and in backoff: drop what is queued (Raft retransmits) and tell Raft.
+      this.dropped += c.queue.length;
+      c.queue = [];
+      this.unreachable(c.id);
+      return;
+    }
+    while (c.queue.length > 0) {
+      const batch = c.queue.splice(0, this.maxBatch);
+      const ok = stream.write({ fromNode: this.selfId, seq: ++c.seq, messages: batch.map(toWire) });
+      if (!ok) {
+        c.blockedUntilDrain = true;
+        stream.once('drain', () => {
+          c.blockedUntilDrain = false;
+          this.flush(c);
+        });
+        return;
+      }
+    }
+  }
+
+  private streamFor(c: PeerConn): grpc.ClientDuplexStream<RaftBatchWire, { seq: number }> | undefined {
+    if (c.stream) return c.stream;
+    const now = Date.now();
+    if (now < c.retryAtMs) return undefined;
+    if (!c.client) {
+      const Ctor = peerService();
+      c.client = new Ctor(c.address, this.opts.credentials ?? grpc.credentials.createInsecure(), {
+        'grpc.max_send_message_length': this.maxMessageBytes,
+        'grpc.max_receive_message_length': this.maxMessageBytes,
+        'grpc.keepalive_time_ms': 10_000,
+        'grpc.keepalive_timeout_ms': 5_000,
+        'grpc.initial_reconnect_backoff_ms': 100,
+        'grpc.max_reconnect_backoff_ms': 1000,
+      }) as unknown as PeerClient;
+    }
+    const stream = c.client.raft();
+    c.stream = stream;
+    const fail = (why: string) => {
+      if (c.stream !== stream) return;
+      c.stream = undefined;
+      c.blockedUntilDrain = false;
+      c.retryAtMs = Date.now() + c.backoffMs;
+      c.backoffMs = Math.min(c.backoffMs * 2, 1000);
+      this.log.debug({ peer: c.id, why }, 'peer stream closed');
+      this.unreachable(c.id);
+    };
+    stream.on('data', () => {
+      c.backoffMs = 50;
+    });
+    stream.on('metadata', () => {
+      c.backoffMs = 50;
+    });
+    stream.on('error', (e) => fail(String(e)));
+    stream.on('end', () => fail('ended'));
+    stream.on('close', () => fail('closed'));
+    return stream;
+  }
+
+  private hangUp(c: PeerConn): void {
+    const s = c.stream;
+    c.stream = undefined;
+    if (s) {
+      s.removeAllListeners();
+      s.on('error', () => {});
+      s.cancel();
+    }
+    c.client?.close();
+    c.client = undefined;
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    for (const c of this.conns.values()) this.hangUp(c);
+  }
+}

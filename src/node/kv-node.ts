@@ -1,0 +1,432 @@
+/**
+ * A kvd node: hosts shard replicas (Raft groups) over one LevelDB, drives them with one tick
+ * timer and one ready loop (persist all groups in one fsynced batch → send → apply → advance),
+ * and serves the KV API to the gRPC layer as a `KvBackend`.
+ */
+import { bootstrapState, SeededRandom, type NodeId, type Message } from '../raft/index.js';
+import {
+  validateCommand,
+  type Command,
+  type DeleteResult,
+  type PutResult,
+  type KvStateMachineOptions,
+} from '../statemachine/index.js';
+import { RaftLogStore } from '../storage/raft-log-store.js';
+import type { KvEngine } from '../storage/kv-engine.js';
+import {
+  DeadlineError,
+  NotLeaderError,
+  UnavailableError,
+  type CallOptions,
+  type DeleteRequest,
+  type GetRequest,
+  type GetResponse,
+  type KvBackend,
+  type ListRequest,
+  type ListResponse,
+  type NodeStatusInfo,
+  type PutRequest,
+  type WatchHandle,
+  type WatchRequest,
+  type WatchSink,
+} from '../server/backend.js';
+import type { Logger } from '../log.js';
+import { ShardReplica } from './replica.js';
+import type { Transport } from './transport.js';
+
+/** The Raft group holding user data until sharding arrives (group 0 is reserved for metadata). */
+export const DATA_GROUP = 1;
+
+/** The package version reported by Status. */
+export const KVCASCADE_VERSION = '0.1.0';
+
+/** Everything a node needs to know; every limit has a default. */
+export interface NodeOptions {
+  readonly id: NodeId;
+  /** Initial members (including this node): id → client/peer address. */
+  readonly members: ReadonlyMap<NodeId, string>;
+  /** Milliseconds per Raft tick. */
+  readonly tickMs?: number;
+  readonly electionTicks?: number;
+  readonly heartbeatTicks?: number;
+  /** Snapshot and compact the log after this many applied entries. */
+  readonly snapshotEveryEntries?: number;
+  /** Entries kept behind a snapshot for followers that lag a little. */
+  readonly keepEntriesAfterSnapshot?: number;
+  readonly maxPendingProposals?: number;
+  /** Keep old versions this long (ms); older ones are compacted. 0 = keep what history limits allow. */
+  readonly retentionMs?: number;
+  readonly stateMachine?: KvStateMachineOptions;
+  readonly nowMs?: () => number;
+  readonly log: Logger;
+  /** Called when durable storage fails: the node cannot continue safely (default: exit the process). */
+  readonly onFatal?: (err: unknown) => void;
+}
+
+/** Observations for metrics. */
+export interface NodeObserver {
+  readyBatch?(groups: number, entries: number, fsyncMs: number): void;
+  applied?(group: number, entries: number): void;
+  leaderChanged?(group: number, leader: number, term: number): void;
+}
+
+/** One kvd process's replicas and their driving loop. */
+export class KvNode implements KvBackend {
+  readonly id: NodeId;
+  private readonly replicas = new Map<number, ShardReplica>();
+  private readonly members: Map<NodeId, string>;
+  private readonly nowMs: () => number;
+  private readonly log: Logger;
+  private tickTimer: NodeJS.Timeout | undefined;
+  private readyScheduled = false;
+  private inReady = false;
+  private stopped = false;
+  private readonly lastLeader = new Map<number, string>();
+  observer: NodeObserver = {};
+
+  private constructor(
+    private readonly opts: NodeOptions,
+    private readonly store: RaftLogStore,
+    private readonly transport: Transport,
+  ) {
+    this.id = opts.id;
+    this.members = new Map(opts.members);
+    this.nowMs = opts.nowMs ?? Date.now;
+    this.log = opts.log;
+  }
+
+  /** Opens the node's storage, creating the data group on first start. Call `start()` to run. */
+  static async open(opts: NodeOptions, engine: KvEngine, transport: Transport): Promise<KvNode> {
+    if (!opts.members.has(opts.id)) throw new Error(`node ${opts.id} is not among the members`);
+    const store = await RaftLogStore.open(engine);
+    const node = new KvNode(opts, store, transport);
+    if (!store.groups().includes(DATA_GROUP)) {
+      const voters = [...opts.members.keys()].sort((a, b) => a - b);
+      store.storageFor(DATA_GROUP, { voters, learners: [] });
+      const b = bootstrapState(voters);
+      store.persistReady(DATA_GROUP, { entries: b.entries, hardState: b.hardState });
+      await store.flush();
+    }
+    for (const g of store.groups()) node.addReplica(g);
+    transport.onMessages((msgs) => node.receive(msgs));
+    transport.onUnreachable((peer) => {
+      for (const r of node.replicas.values()) r.raw.reportUnreachable(peer);
+    });
+    return node;
+  }
+
+  private addReplica(group: number): void {
+    const storage = this.store.storageFor(group);
+    const r = new ShardReplica({
+      nodeId: this.id,
+      group,
+      storage,
+      random: new SeededRandom((Date.now() ^ (this.id * 2654435761) ^ (group * 40503)) >>> 0),
+      electionTicks: this.opts.electionTicks ?? 10,
+      heartbeatTicks: this.opts.heartbeatTicks ?? 1,
+      snapshotEveryEntries: this.opts.snapshotEveryEntries ?? 20_000,
+      maxPendingProposals: this.opts.maxPendingProposals ?? 50_000,
+      ...(this.opts.stateMachine ? { stateMachine: this.opts.stateMachine } : {}),
+      nowMs: this.nowMs,
+      onBadEntry: (index, err) => this.log.error({ group, index, err: String(err) }, 'undecodable committed entry applied as no-op'),
+    });
+    this.replicas.set(group, r);
+  }
+
+  /** Starts ticking. */
+  start(): void {
+    const tickMs = this.opts.tickMs ?? 100;
+    this.tickTimer = setInterval(() => this.tick(), tickMs);
+    this.tickTimer.unref?.();
+    this.scheduleReady();
+  }
+
+  /** Stops ticking, fails waiting requests and closes storage and transport. */
+  async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    if (this.tickTimer) clearInterval(this.tickTimer);
+    for (const r of this.replicas.values()) r.failAll(new UnavailableError('node is shutting down'));
+    await this.transport.close();
+    while (this.inReady) await new Promise((r) => setTimeout(r, 5));
+    await this.store.close();
+  }
+
+  /** The address clients use for `id`. */
+  addressOf(id: NodeId): string | undefined {
+    return this.members.get(id);
+  }
+
+  /** Whether `id` is a known member (peer traffic from others is refused). */
+  isMember(id: NodeId): boolean {
+    return this.members.has(id);
+  }
+
+  /** A replica hosted here (tests and status). */
+  replica(group: number): ShardReplica | undefined {
+    return this.replicas.get(group);
+  }
+
+  private tick(): void {
+    if (this.stopped) return;
+    for (const r of this.replicas.values()) {
+      r.raw.tick();
+      r.watches.tick();
+    }
+    this.scheduleReady();
+  }
+
+  private receive(msgs: readonly Message[]): void {
+    if (this.stopped) return;
+    for (const m of msgs) {
+      const r = this.replicas.get(m.group);
+      if (!r) continue;
+      try {
+        r.raw.step(m);
+      } catch (e) {
+        this.log.warn({ err: String(e), type: m.type, from: m.from }, 'raft refused a message');
+      }
+    }
+    this.scheduleReady();
+  }
+
+  private scheduleReady(): void {
+    if (this.readyScheduled || this.stopped) return;
+    this.readyScheduled = true;
+    setImmediate(() => {
+      this.readyScheduled = false;
+      void this.runReady();
+    });
+  }
+
+  /**
+   * The only place that sequences persist → send → apply → advance. All groups' writes of one
+   * round go into one fsynced batch (group commit); work arriving meanwhile waits for the next round.
+   */
+  private async runReady(): Promise<void> {
+    if (this.inReady) {
+      this.readyScheduled = false;
+      return this.scheduleAfterCurrent();
+    }
+    this.inReady = true;
+    try {
+      for (;;) {
+        if (this.stopped) return;
+        const round: [ShardReplica, ReturnType<ShardReplica['raw']['ready']>][] = [];
+        let entries = 0;
+        let mustSync = false;
+        for (const r of this.replicas.values()) {
+          r.flushReads();
+          if (!r.raw.hasReady()) continue;
+          const rd = r.raw.ready();
+          if (rd.entries.length > 0 || rd.hardState || rd.snapshot) {
+            this.store.persistReady(r.group, {
+              entries: rd.entries,
+              ...(rd.hardState ? { hardState: rd.hardState } : {}),
+              ...(rd.snapshot ? { snapshot: rd.snapshot } : {}),
+            });
+            mustSync = true;
+            entries += rd.entries.length;
+          }
+          round.push([r, rd]);
+        }
+        if (round.length === 0) return;
+        const t0 = performance.now();
+        if (mustSync) await this.store.flush();
+        if (mustSync) this.observer.readyBatch?.(round.length, entries, performance.now() - t0);
+        for (const [r, rd] of round) {
+          this.transport.send(rd.messages);
+          r.apply(rd);
+          r.raw.advance(rd);
+          if (rd.committedEntries.length > 0) this.observer.applied?.(r.group, rd.committedEntries.length);
+          if (rd.softState) this.noteLeader(r);
+          if (r.wantsSnapshot()) this.snapshot(r);
+        }
+      }
+    } catch (e) {
+      this.log.fatal({ err: String(e), stack: (e as Error).stack }, 'storage or apply failure: stopping the node');
+      (this.opts.onFatal ?? ((err) => {
+        console.error(err);
+        process.exit(70);
+      }))(e);
+    } finally {
+      this.inReady = false;
+    }
+  }
+
+  private scheduleAfterCurrent(): void {
+    // A round is running; it loops until there is no more work, so nothing else to do.
+  }
+
+  private noteLeader(r: ShardReplica): void {
+    const s = r.raw.status();
+    const key = `${s.leader}@${s.term}`;
+    if (this.lastLeader.get(r.group) === key) return;
+    this.lastLeader.set(r.group, key);
+    this.log.info({ group: r.group, leader: s.leader, term: s.term, role: s.role }, 'leader changed');
+    this.observer.leaderChanged?.(r.group, s.leader, s.term);
+  }
+
+  private snapshot(r: ShardReplica): void {
+    const index = r.sm.appliedIndex;
+    const term = r.raw.raft.log.term(index);
+    if (term === undefined) return;
+    const data = r.sm.snapshot();
+    this.store.compact(r.group, { meta: { index, term, conf: r.raw.raft.confState() }, data }, this.opts.keepEntriesAfterSnapshot ?? 5000);
+    r.snapshotTaken(index);
+    this.log.info({ group: r.group, index, bytes: data.length }, 'snapshot taken, log compacted');
+    this.scheduleReady();
+  }
+
+  // ------------------------------------------------------------------ KvBackend
+
+  private dataReplica(): ShardReplica {
+    const r = this.replicas.get(DATA_GROUP);
+    if (!r) throw new UnavailableError('data shard not hosted on this node');
+    return r;
+  }
+
+  private notLeader(r: ShardReplica): NotLeaderError {
+    const leader = r.leader;
+    return new NotLeaderError(leader, leader ? this.addressOf(leader) : undefined);
+  }
+
+  private async propose(cmd: Command, opts: CallOptions): Promise<ReturnType<ShardReplica['propose']> extends Promise<infer T> ? T : never> {
+    validateCommand(cmd);
+    const r = this.dataReplica();
+    if (!r.isLeader) throw this.notLeader(r);
+    const p = r.propose(cmd);
+    this.scheduleReady();
+    try {
+      return await withDeadline(p, opts.deadlineMs, 'write not confirmed before the deadline; its outcome is unknown');
+    } catch (e) {
+      if (e instanceof NotLeaderError) throw this.notLeader(r);
+      throw e;
+    }
+  }
+
+  async put(req: PutRequest, opts: CallOptions): Promise<PutResult> {
+    const cmd: Command = {
+      type: 'put',
+      key: req.key,
+      value: req.value,
+      ...(req.expectedVersion !== undefined ? { expectedVersion: req.expectedVersion } : {}),
+      ...(req.returnCurrentValue ? { returnPrevious: true } : {}),
+    };
+    const res = await this.propose(cmd, opts);
+    if (res.type === 'rejected') throw res.error;
+    if (res.type !== 'put') throw new Error(`unexpected result ${res.type} for a put`);
+    return res;
+  }
+
+  async delete(req: DeleteRequest, opts: CallOptions): Promise<DeleteResult> {
+    const cmd: Command = {
+      type: 'delete',
+      key: req.key,
+      ...(req.expectedVersion !== undefined ? { expectedVersion: req.expectedVersion } : {}),
+    };
+    const res = await this.propose(cmd, opts);
+    if (res.type === 'rejected') throw res.error;
+    if (res.type !== 'delete') throw new Error(`unexpected result ${res.type} for a delete`);
+    return res;
+  }
+
+  private async readable(consistency: 'linearizable' | 'serializable', opts: CallOptions): Promise<ShardReplica> {
+    const r = this.dataReplica();
+    if (consistency === 'serializable') return r;
+    if (!r.isLeader) throw this.notLeader(r);
+    const p = r.readBarrier();
+    this.scheduleReady();
+    try {
+      await withDeadline(p, opts.deadlineMs, 'read not confirmed by a quorum before the deadline');
+    } catch (e) {
+      if (e instanceof NotLeaderError) throw this.notLeader(r);
+      throw e;
+    }
+    return r;
+  }
+
+  async get(req: GetRequest, opts: CallOptions): Promise<GetResponse> {
+    const r = await this.readable(req.consistency, opts);
+    const at =
+      req.atVersion !== undefined ? { atRevision: req.atVersion } : req.atTimeMs !== undefined ? { atTimeMs: req.atTimeMs } : undefined;
+    const found = r.sm.get(req.key, at);
+    const revision = r.sm.revision;
+    if (!found) return { found: false, version: 0, timestampMs: 0, revision };
+    return { found: true, value: found.value, version: found.version, timestampMs: found.timestampMs, revision };
+  }
+
+  async list(req: ListRequest, opts: CallOptions): Promise<ListResponse> {
+    const r = await this.readable(req.consistency, opts);
+    const page = r.sm.list(req.prefix, {
+      ...(req.limit ? { limit: req.limit } : {}),
+      ...(req.after !== undefined ? { after: req.after } : {}),
+      keysOnly: req.keysOnly,
+    });
+    return {
+      items: page.items.map((i) => ({
+        key: i.key,
+        ...(i.value !== undefined ? { value: i.value } : {}),
+        version: i.version,
+        timestampMs: i.timestampMs,
+      })),
+      ...(page.nextAfter !== undefined ? { nextAfter: page.nextAfter } : {}),
+      revision: page.revision,
+    };
+  }
+
+  watch(req: WatchRequest, sink: WatchSink): WatchHandle {
+    return this.dataReplica().watches.add(req, sink);
+  }
+
+  async status(): Promise<NodeStatusInfo> {
+    return {
+      nodeId: this.id,
+      version: KVCASCADE_VERSION,
+      groups: [...this.replicas.values()].map((r) => {
+        const s = r.raw.status();
+        return {
+          group: r.group,
+          leader: s.leader,
+          term: s.term,
+          role: s.role,
+          commitIndex: s.commit,
+          appliedIndex: r.sm.appliedIndex,
+          firstIndex: s.firstIndex,
+          lastIndex: s.lastIndex,
+          voters: s.conf.voters,
+          learners: s.conf.learners,
+          revision: r.sm.revision,
+        };
+      }),
+      members: [...this.members].map(([id, address]) => ({ id, address })),
+    };
+  }
+
+  /** Storage counters (for metrics). */
+  get storeMetrics(): RaftLogStore['metrics'] {
+    return this.store.metrics;
+  }
+}
+
+/** Resolves or rejects like `p`, or rejects with DeadlineError at `deadlineMs` (epoch ms). */
+export function withDeadline<T>(p: Promise<T>, deadlineMs: number, message: string): Promise<T> {
+  const left = deadlineMs - Date.now();
+  if (left <= 0) {
+    p.catch(() => {});
+    return Promise.reject(new DeadlineError(message));
+  }
+  return new Promise<T>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new DeadlineError(message)), left);
+    p.then(
+      (v) => {
+        clearTimeout(timer);
+        resolve(v);
+      },
+      (e) => {
+        clearTimeout(timer);
+        reject(e);
+      },
+    );
+  });
+}

@@ -1,0 +1,226 @@
+/**
+ * One shard replica on a node: its RawNode, its versioned KV state machine, the proposals and
+ * linearizable reads waiting on it, and its watches. The node drives I/O (persist, send);
+ * the replica turns committed entries into applied state and settles the waiting requests.
+ */
+import {
+  EntryType,
+  ProposalDroppedError,
+  RawNode,
+  Role,
+  type MemoryStorage,
+  type RandomSource,
+  type Ready,
+} from '../raft/index.js';
+import { KvStateMachine, type Command, type CommandResult, type KvStateMachineOptions } from '../statemachine/index.js';
+import { NotLeaderError, OverloadedError, UnavailableError } from '../server/backend.js';
+import { decodeProposal, encodeProposal } from './envelope.js';
+import { WatchHub, type WatchHubOptions } from './watch-hub.js';
+
+/** Tuning of a replica. */
+export interface ReplicaOptions {
+  readonly nodeId: number;
+  readonly group: number;
+  readonly storage: MemoryStorage;
+  readonly random: RandomSource;
+  readonly electionTicks: number;
+  readonly heartbeatTicks: number;
+  /** Take a state machine snapshot (and compact the log) after this many applied entries. */
+  readonly snapshotEveryEntries: number;
+  /** Most proposals waiting for commit on this replica. */
+  readonly maxPendingProposals: number;
+  readonly stateMachine?: KvStateMachineOptions;
+  readonly watch?: WatchHubOptions;
+  readonly nowMs: () => number;
+  /** Called when a committed entry cannot be decoded (never fatal: it is applied as a no-op). */
+  readonly onBadEntry?: (index: number, err: unknown) => void;
+}
+
+interface PendingProposal {
+  readonly term: number;
+  readonly resolve: (r: CommandResult) => void;
+  readonly reject: (e: Error) => void;
+}
+
+interface ReadBatch {
+  index: number | undefined;
+  readonly waiters: { resolve: () => void; reject: (e: Error) => void }[];
+}
+
+/** A proposal whose log slot was taken by another leader's entry: it was not applied; retrying is safe. */
+export class ProposalLostError extends UnavailableError {
+  constructor() {
+    super('leadership changed before the write committed; it was not applied');
+    this.name = 'ProposalLostError';
+  }
+}
+
+/** One replica of one shard. */
+export class ShardReplica {
+  readonly group: number;
+  readonly raw: RawNode;
+  sm: KvStateMachine;
+  readonly watches: WatchHub;
+  private readonly proposals = new Map<number, PendingProposal>();
+  private nextReads: ReadBatch['waiters'] = [];
+  private readonly readBatches = new Map<string, ReadBatch>();
+  private readSeq = 0;
+  private lastSnapshotIndex: number;
+  private lastRole: Role;
+
+  constructor(private readonly opts: ReplicaOptions) {
+    this.group = opts.group;
+    const snap = opts.storage.snapshot();
+    this.sm = snap ? KvStateMachine.restore(snap.data) : new KvStateMachine(opts.stateMachine);
+    this.lastSnapshotIndex = snap?.meta.index ?? 0;
+    this.raw = new RawNode({
+      id: opts.nodeId,
+      group: opts.group,
+      storage: opts.storage,
+      random: opts.random,
+      electionTicks: opts.electionTicks,
+      heartbeatTicks: opts.heartbeatTicks,
+      applied: this.sm.appliedIndex,
+    });
+    this.lastRole = this.raw.raft.role;
+    this.watches = new WatchHub(() => this.sm, opts.nowMs, opts.watch);
+  }
+
+  /** Whether this replica currently leads its group. */
+  get isLeader(): boolean {
+    return this.raw.raft.role === Role.Leader;
+  }
+
+  /** The leader this replica knows of (0 = none). */
+  get leader(): number {
+    return this.raw.raft.lead;
+  }
+
+  /** Number of proposals waiting for commit. */
+  get pendingProposals(): number {
+    return this.proposals.size;
+  }
+
+  /** Proposes a command; resolves with its result once applied here. Only the leader proposes. */
+  propose(cmd: Command): Promise<CommandResult> {
+    if (!this.isLeader) return Promise.reject(new NotLeaderError(this.leader, undefined));
+    if (this.proposals.size >= this.opts.maxPendingProposals) {
+      return Promise.reject(new OverloadedError(`too many writes in flight on group ${this.group} (${this.proposals.size})`));
+    }
+    try {
+      this.raw.propose(encodeProposal(this.opts.nowMs(), cmd));
+    } catch (e) {
+      if (e instanceof ProposalDroppedError) {
+        return Promise.reject(e.message.includes('transfer') || e.message.includes('no leader')
+          ? new NotLeaderError(this.leader, undefined)
+          : new OverloadedError(e.message));
+      }
+      throw e;
+    }
+    const index = this.raw.raft.log.lastIndex();
+    const term = this.raw.raft.term;
+    return new Promise((resolve, reject) => this.proposals.set(index, { term, resolve, reject }));
+  }
+
+  /** Waits until this replica may serve a linearizable read (ReadIndex confirmed and applied). */
+  readBarrier(): Promise<void> {
+    if (!this.isLeader) return Promise.reject(new NotLeaderError(this.leader, undefined));
+    return new Promise((resolve, reject) => this.nextReads.push({ resolve, reject }));
+  }
+
+  /** Starts one ReadIndex round for every read that arrived since the last round (read coalescing). */
+  flushReads(): void {
+    if (this.nextReads.length === 0) return;
+    const waiters = this.nextReads;
+    this.nextReads = [];
+    if (!this.isLeader) {
+      for (const w of waiters) w.reject(new NotLeaderError(this.leader, undefined));
+      return;
+    }
+    const id = `r${this.group}.${++this.readSeq}`;
+    this.readBatches.set(id, { index: undefined, waiters });
+    this.raw.readIndex(id);
+  }
+
+  /**
+   * Applies a Ready that is already durable: restores a snapshot, applies committed entries,
+   * settles proposals and reads, and feeds watches. Returns whether a snapshot should be taken.
+   */
+  apply(rd: Ready): void {
+    if (rd.snapshot) {
+      this.sm = KvStateMachine.restore(rd.snapshot.data);
+      this.lastSnapshotIndex = rd.snapshot.meta.index;
+      this.watches.restored();
+    }
+    for (const e of rd.committedEntries) {
+      if (e.index <= this.sm.appliedIndex) continue;
+      let cmd: Command = { type: 'noop' };
+      let ts = this.sm.lastTimestampMs;
+      if (e.type === EntryType.Normal && e.data.length > 0) {
+        try {
+          const p = decodeProposal(e.data);
+          cmd = p.command;
+          ts = p.timestampMs;
+        } catch (err) {
+          this.opts.onBadEntry?.(e.index, err);
+        }
+      }
+      const out = this.sm.apply(e.index, ts, cmd);
+      const pending = this.proposals.get(e.index);
+      if (pending) {
+        this.proposals.delete(e.index);
+        if (pending.term === e.term) pending.resolve(out.result);
+        else pending.reject(new ProposalLostError());
+      }
+      if (out.events.length > 0) this.watches.publish(out.events);
+    }
+    for (const rs of rd.readStates) {
+      const b = this.readBatches.get(rs.requestId);
+      if (b) b.index = rs.index;
+    }
+    this.settleReads();
+    const role = this.raw.raft.role;
+    if (role !== this.lastRole) {
+      if (this.lastRole === Role.Leader) this.lostLeadership();
+      this.lastRole = role;
+    }
+  }
+
+  private settleReads(): void {
+    const applied = this.sm.appliedIndex;
+    for (const [id, b] of this.readBatches) {
+      if (b.index !== undefined && b.index <= applied) {
+        this.readBatches.delete(id);
+        for (const w of b.waiters) w.resolve();
+      }
+    }
+  }
+
+  private lostLeadership(): void {
+    // Reads in flight can no longer be confirmed by us; the client retries at the new leader.
+    for (const b of this.readBatches.values()) for (const w of b.waiters) w.reject(new NotLeaderError(this.leader, undefined));
+    this.readBatches.clear();
+    // Proposals stay: the new leader may still commit them, and we settle them when applied.
+  }
+
+  /** Whether enough has been applied since the last snapshot to take another. */
+  wantsSnapshot(): boolean {
+    return this.sm.appliedIndex - this.lastSnapshotIndex >= this.opts.snapshotEveryEntries;
+  }
+
+  /** Records that a snapshot at `index` was taken. */
+  snapshotTaken(index: number): void {
+    this.lastSnapshotIndex = index;
+  }
+
+  /** Fails everything waiting (node shutdown). */
+  failAll(err: Error): void {
+    for (const p of this.proposals.values()) p.reject(err);
+    this.proposals.clear();
+    for (const b of this.readBatches.values()) for (const w of b.waiters) w.reject(err);
+    this.readBatches.clear();
+    for (const w of this.nextReads) w.reject(err);
+    this.nextReads = [];
+    this.watches.closeAll('node shutting down');
+  }
+}
