@@ -120,15 +120,6 @@ export class ByteReader {
     return this.buf[this.pos++]!;
   }
 
-  /** Reads a big-endian unsigned 32-bit integer. */
-  u32(): number {
-    if (this.end - this.pos < 4) this.fail('unexpected end of input');
-    const b = this.buf;
-    const p = this.pos;
-    this.pos += 4;
-    return ((b[p]! << 24) | (b[p + 1]! << 16) | (b[p + 2]! << 8) | b[p + 3]!) >>> 0;
-  }
-
   /** Reads a canonical (minimal) unsigned LEB128 varint that fits a safe integer. */
   varint(): number {
     let result = 0;
@@ -158,6 +149,14 @@ export class ByteReader {
   raw(n: number): Uint8Array {
     if (n > this.end - this.pos) this.fail(`length ${n} runs past end of input`);
     const out = this.buf.slice(this.pos, this.pos + n);
+    this.pos += n;
+    return out;
+  }
+
+  /** Returns a view (no copy) of the next `n` bytes and skips them. */
+  view(n: number): Uint8Array {
+    if (n > this.end - this.pos) this.fail(`length ${n} runs past end of input`);
+    const out = this.buf.subarray(this.pos, this.pos + n);
     this.pos += n;
     return out;
   }
@@ -196,6 +195,11 @@ export class ByteReader {
 /** UTF-8 encoding of a string (fresh array). */
 export function utf8Encode(s: string): Uint8Array {
   return encoder.encode(s);
+}
+
+/** Encodes a well-formed string into `dest` (which must be large enough); returns the byte count. */
+export function utf8EncodeInto(s: string, dest: Uint8Array): number {
+  return encoder.encodeInto(s, dest).written;
 }
 
 const CRC_TABLE: Uint32Array = (() => {

@@ -99,7 +99,7 @@ export function decodeCommand(bytes: Uint8Array): Command {
   if (!(bytes instanceof Uint8Array)) {
     throw new ValidationError('MALFORMED_COMMAND', 'encoded command must be a Uint8Array');
   }
-  const r = new ByteReader(bytes, 'MALFORMED_COMMAND');
+  const r: ByteReader = new ByteReader(bytes, 'MALFORMED_COMMAND');
   if (bytes.length === 0) r.fail('empty input');
   const version = r.u8();
   if (version !== COMMAND_FORMAT_VERSION) r.fail(`unsupported command format version ${version}`);

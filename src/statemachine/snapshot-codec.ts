@@ -1,5 +1,5 @@
 /** Compact, checksummed binary encoding of a state machine's full retained state (versions, clock, history). */
-import { ByteReader, ByteWriter, crc32, utf8Encode } from './binary.js';
+import { ByteReader, ByteWriter, crc32, utf8EncodeInto } from './binary.js';
 import { ValidationError } from './errors.js';
 import { compareKeys } from './keys.js';
 import { MAX_KEY_BYTES, MAX_VALUE_BYTES } from './limits.js';
@@ -66,15 +66,19 @@ export function encodeSnapshot(d: SnapshotData): Uint8Array {
     prevTs = t;
   });
   w.varint(d.keys.length);
-  let prevKey = new Uint8Array(0);
+  // Two scratch buffers (current and previous key) avoid an allocation per key.
+  let cur = new Uint8Array(MAX_KEY_BYTES);
+  let prev = new Uint8Array(MAX_KEY_BYTES);
+  let prevLen = 0;
   for (const [key, versions] of d.keys) {
-    const kb = utf8Encode(key);
+    const len = utf8EncodeInto(key, cur);
     let shared = 0;
-    const max = Math.min(kb.length, prevKey.length);
-    while (shared < max && kb[shared] === prevKey[shared]) shared++;
+    const max = Math.min(len, prevLen);
+    while (shared < max && cur[shared] === prev[shared]) shared++;
     w.varint(shared);
-    w.bytes(kb.subarray(shared));
-    prevKey = kb;
+    w.bytes(cur.subarray(shared, len));
+    [cur, prev] = [prev, cur];
+    prevLen = len;
     w.varint(versions.length);
     let prevRev = 0;
     for (const v of versions) {
@@ -117,6 +121,8 @@ function findVersion(versions: readonly VersionRecord[], revision: number): Vers
 /**
  * Decodes and checks a snapshot: magic, version, checksum, canonical varints, key order, version
  * and history invariants. Any problem throws ValidationError with code MALFORMED_SNAPSHOT.
+ * `bytes` is copied once; decoded values are views into that private copy (one allocation
+ * instead of one per value), so the copy stays alive while any restored value is retained.
  */
 export function decodeSnapshot(bytes: Uint8Array): SnapshotData {
   if (!(bytes instanceof Uint8Array)) throw new ValidationError('MALFORMED_SNAPSHOT', 'snapshot must be a Uint8Array');
@@ -125,12 +131,12 @@ export function decodeSnapshot(bytes: Uint8Array): SnapshotData {
     if (bytes[i] !== SNAPSHOT_MAGIC[i]) throw new ValidationError('MALFORMED_SNAPSHOT', 'bad magic (not a kvcascade snapshot)');
   }
   const body = bytes.length - 4;
-  const tail = new ByteReader(bytes, 'MALFORMED_SNAPSHOT');
-  tail.raw(body);
-  if (tail.u32() !== crc32(bytes.subarray(0, body))) throw new ValidationError('MALFORMED_SNAPSHOT', 'checksum mismatch');
+  const stored = ((bytes[body]! << 24) | (bytes[body + 1]! << 16) | (bytes[body + 2]! << 8) | bytes[body + 3]!) >>> 0;
+  if (stored !== crc32(bytes.subarray(0, body))) throw new ValidationError('MALFORMED_SNAPSHOT', 'checksum mismatch');
 
-  const r = new ByteReader(bytes, 'MALFORMED_SNAPSHOT', body);
-  r.raw(SNAPSHOT_MAGIC.length);
+  const own = bytes.slice(0, body);
+  const r: ByteReader = new ByteReader(own, 'MALFORMED_SNAPSHOT');
+  r.view(SNAPSHOT_MAGIC.length);
   const version = r.u8();
   if (version !== SNAPSHOT_FORMAT_VERSION) r.fail(`unsupported snapshot format version ${version}`);
   const appliedIndex = r.varint();
@@ -156,19 +162,19 @@ export function decodeSnapshot(bytes: Uint8Array): SnapshotData {
   const nKeys = r.varintMax(r.remaining, 'key count');
   const keys: Array<readonly [string, VersionRecord[]]> = [];
   const byKey = new Map<string, VersionRecord[]>();
-  let prevKeyBytes = new Uint8Array(0);
+  const scratch = new Uint8Array(MAX_KEY_BYTES); // holds the previous key's UTF-8 bytes
+  let prevLen = 0;
   let prevKey: string | undefined;
   for (let k = 0; k < nKeys; k++) {
-    const shared = r.varintMax(prevKeyBytes.length, 'shared key prefix');
-    const suffix = r.bytes(MAX_KEY_BYTES - shared, 'key suffix');
-    const kb = new Uint8Array(shared + suffix.length);
-    kb.set(prevKeyBytes.subarray(0, shared));
-    kb.set(suffix, shared);
-    if (kb.length === 0) r.fail('empty key');
-    const key = r.decodeUtf8(kb, 'key');
+    const shared = r.varintMax(prevLen, 'shared key prefix');
+    const suffixLen = r.varintMax(MAX_KEY_BYTES - shared, 'key suffix length');
+    scratch.set(r.view(suffixLen), shared);
+    const len = shared + suffixLen;
+    if (len === 0) r.fail('empty key');
+    const key = r.decodeUtf8(scratch.subarray(0, len), 'key');
     if (prevKey !== undefined && compareKeys(prevKey, key) >= 0) r.fail('keys are not strictly increasing');
     prevKey = key;
-    prevKeyBytes = kb;
+    prevLen = len;
     const nVersions = r.varintMax(r.remaining, 'version count');
     if (nVersions === 0) r.fail('key without versions');
     const versions: VersionRecord[] = [];
@@ -179,7 +185,7 @@ export function decodeSnapshot(bytes: Uint8Array): SnapshotData {
       rev += delta;
       if (rev > revision) r.fail(`version revision ${rev} is after the snapshot revision`);
       const vlen = r.varintMax(MAX_VALUE_BYTES + 1, 'value length');
-      const value = vlen === 0 ? null : r.raw(vlen - 1);
+      const value = vlen === 0 ? null : r.view(vlen - 1);
       if (rev <= compactRevision && (i > 0 || value === null)) {
         r.fail('compacted versions survive in the snapshot');
       }
@@ -208,7 +214,8 @@ export function decodeSnapshot(bytes: Uint8Array): SnapshotData {
     if (key.length === 0) r.fail('empty event key');
     const timestampMs = tsOf(evRev);
     if (type === EV_TRIGGER) {
-      history.push({ type: 'trigger', key, value: r.bytes(MAX_VALUE_BYTES, 'trigger value'), revision: evRev, timestampMs });
+      const value = r.view(r.varintMax(MAX_VALUE_BYTES, 'trigger value length'));
+      history.push({ type: 'trigger', key, value, revision: evRev, timestampMs });
     } else if (type === EV_PUT) {
       const v = findVersion(byKey.get(key) ?? [], evRev);
       if (v === undefined || v.value === null) r.fail('put event without a stored version');

@@ -1,0 +1,20 @@
+/** Public surface of the shard key-value state machine: the machine, its commands, codecs, errors and limits. */
+
+/** The state machine and its history-size accounting. */
+export { KvStateMachine, eventBytes } from './kv-state-machine.js';
+/** Binary command codec for Raft log entries. */
+export { encodeCommand, decodeCommand, COMMAND_FORMAT_VERSION } from './command-codec.js';
+/** Snapshot format identification. */
+export { SNAPSHOT_FORMAT_VERSION, SNAPSHOT_MAGIC } from './snapshot-codec.js';
+/** Error classes. */
+export { ValidationError, CompactedRevisionError } from './errors.js';
+/** Error detail types. */
+export type { ValidationErrorCode, CompactedRequest } from './errors.js';
+/** Key order (UTF-8 byte order) used by list, pagination tokens and snapshots. */
+export { compareKeys } from './keys.js';
+/** Validation helpers for proposers (call before proposing). */
+export { validateCommand, validateKey, validatePrefix } from './validation.js';
+/** Named limits and defaults. */
+export * from './limits.js';
+/** Command, result, event and read types. */
+export type * from './types.js';

@@ -1,0 +1,581 @@
+/** The versioned, deterministic, in-memory key-value state machine of one shard, applied by the Raft host. */
+import { decodeCommand } from './command-codec.js';
+import { CompactedRevisionError, ValidationError } from './errors.js';
+import { compareKeys, utf8ByteLength } from './keys.js';
+import {
+  DEFAULT_EVENTS_LIMIT,
+  DEFAULT_LIST_LIMIT,
+  DEFAULT_MAX_HISTORY_BYTES,
+  DEFAULT_MAX_HISTORY_REVISIONS,
+  EVENT_OVERHEAD_BYTES,
+  MAX_EVENTS_LIMIT,
+  MAX_LIST_LIMIT,
+} from './limits.js';
+import { Queue } from './queue.js';
+import { decodeSnapshot, encodeSnapshot, type VersionRecord } from './snapshot-codec.js';
+import { SortedKeySet } from './sorted-keys.js';
+import type {
+  ApplyOutput,
+  Command,
+  CommandResult,
+  DeleteCommand,
+  EventsPage,
+  GetOptions,
+  GetResult,
+  KvEvent,
+  KvStateMachineOptions,
+  ListItem,
+  ListOptions,
+  ListResult,
+  PutCommand,
+  TxnCommand,
+} from './types.js';
+import { validateCommand, validateKey, validateNonNegativeInt, validatePrefix } from './validation.js';
+
+const NO_EVENTS: readonly KvEvent[] = Object.freeze([]);
+
+/** Accounted size of one history event: UTF-8 key bytes + value bytes + EVENT_OVERHEAD_BYTES. */
+export function eventBytes(e: KvEvent): number {
+  return utf8ByteLength(e.key) + (e.value?.length ?? 0) + EVENT_OVERHEAD_BYTES;
+}
+
+function positiveLimit(n: unknown, def: number, max: number, what: string): number {
+  if (n === undefined) return def;
+  if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < 1 || n > max) {
+    throw new ValidationError('INVALID_ARGUMENT', `${what} must be an integer in [1, ${max}], got ${String(n)}`);
+  }
+  return n;
+}
+
+/**
+ * The state machine of one shard. Pure and deterministic: no I/O and no clock; every input
+ * (Raft index, leader timestamp, command) arrives through `apply`, so replicas applying the same
+ * log (with the same options) reach byte-identical snapshots.
+ *
+ * Model (etcd-like MVCC):
+ * - One revision counter per shard, starting at 0. Each applied command that changes data bumps it
+ *   by exactly one: a successful put, a delete of a live key, a txn with at least one effective
+ *   write (all its writes and events share the revision) and a triggerPut (which stores nothing but
+ *   gets a revision so its event has a unique, resumable position). Failed conditional operations,
+ *   deletes of absent keys, empty txns, noops, compactions and rejected commands do not.
+ * - A key's version is the revision of its last write (etcd's mod_revision); 0 means absent. A
+ *   delete writes a tombstone version so reads at older revisions stay correct.
+ * - Clock rule: the shard keeps `lastTimestampMs`; each applied command's effective timestamp is
+ *   `max(lastTimestampMs, given)`, which becomes the new `lastTimestampMs`. Timestamps are thus
+ *   non-decreasing in revision order (never strictly forced apart, so no drift ahead of the
+ *   leader's clock); a read "at time T" reads at the newest revision whose timestamp is <= T.
+ * - Idempotence: `apply` ignores (returns `skipped`) any index <= appliedIndex, so the host may
+ *   re-apply log entries after restarting from an older snapshot. Gaps in indices are allowed
+ *   (e.g. configuration entries the host does not pass in).
+ *
+ * Data structures and complexity (n live keys, v versions of one key, h history events):
+ * - `records`: Map key -> versions sorted by revision. Latest read O(1); read at a revision O(log v).
+ * - `live`: SortedKeySet of live keys in UTF-8 byte order (sorted blocks of <= 512 keys). `list`
+ *   is O(log n + page): binary search to the prefix start, then walk while the prefix matches;
+ *   deleted keys are not in the set, so they cost nothing. Creating or deleting a key is
+ *   O(log n + 512); overwriting an existing key does not touch the set.
+ * - `writeLog`: (revision, key) of every version newer than the compaction point, so `compact`
+ *   costs O(versions dropped), not O(keys).
+ * - `revTimes`: timestamp of every revision from compactRevision on, for time-to-revision lookups
+ *   (O(log revisions)).
+ * - `history`: events of the most recent revisions, bounded by `maxHistoryRevisions`, by
+ *   `maxHistoryBytes` (the newest revision is always kept) and by compaction.
+ *
+ * Values passed in commands are stored by reference, and values returned by reads and events are
+ * the stored arrays: callers must treat them as immutable.
+ */
+export class KvStateMachine {
+  private readonly records = new Map<string, VersionRecord[]>();
+  private live = new SortedKeySet();
+  private readonly writeLog = new Queue<{ readonly revision: number; readonly key: string }>();
+  private readonly revTimes = new Queue<number>();
+  private readonly history = new Queue<KvEvent>();
+  private historyBytes = 0;
+  private _revision = 0;
+  private _appliedIndex = 0;
+  private _compactRevision = 0;
+  private _lastTimestampMs = 0;
+  /** Events of at most this many most recent revisions are kept for `eventsSince`. */
+  readonly maxHistoryRevisions: number;
+  /** Cap on accounted history bytes (see {@link eventBytes}). */
+  readonly maxHistoryBytes: number;
+
+  /** Creates an empty shard state (revision 0, applied index 0). */
+  constructor(options: KvStateMachineOptions = {}) {
+    this.maxHistoryRevisions = positiveLimit(
+      options.maxHistoryRevisions,
+      DEFAULT_MAX_HISTORY_REVISIONS,
+      Number.MAX_SAFE_INTEGER,
+      'maxHistoryRevisions',
+    );
+    this.maxHistoryBytes = positiveLimit(
+      options.maxHistoryBytes,
+      DEFAULT_MAX_HISTORY_BYTES,
+      Number.MAX_SAFE_INTEGER,
+      'maxHistoryBytes',
+    );
+    this.revTimes.push(0);
+  }
+
+  /** The Raft index of the last applied command (0 before any). */
+  get appliedIndex(): number {
+    return this._appliedIndex;
+  }
+
+  /** The current revision (0 before any change). */
+  get revision(): number {
+    return this._revision;
+  }
+
+  /** The oldest revision readable with `get(..., {atRevision})` (0 until the first compaction). */
+  get compactRevision(): number {
+    return this._compactRevision;
+  }
+
+  /** The smallest `fromRevision` that `eventsSince` accepts. */
+  get oldestHistoryRevision(): number {
+    return this.history.length > 0 ? this.history.at(0)!.revision : this._revision + 1;
+  }
+
+  /** The shard's monotonic clock: the effective timestamp of the last applied command. */
+  get lastTimestampMs(): number {
+    return this._lastTimestampMs;
+  }
+
+  /** Number of live (not deleted) keys. */
+  get keyCount(): number {
+    return this.live.size;
+  }
+
+  /**
+   * Applies the committed command at Raft `index` with the leader's `timestampMs`.
+   * Returns `skipped` (changing nothing) if `index <= appliedIndex`. A command that fails
+   * validation is not thrown but returned as `rejected` (so a bad committed entry cannot wedge
+   * the shard); only invalid `index`/`timestampMs` (host bugs) throw ValidationError.
+   */
+  apply(index: number, timestampMs: number, command: Command): ApplyOutput {
+    return this.applyWith(index, timestampMs, () => {
+      validateCommand(command);
+      return command;
+    });
+  }
+
+  /**
+   * Like `apply`, for an encoded Raft entry: empty data is a noop (Raft's leader no-op entry);
+   * undecodable data is returned as `rejected` with a MALFORMED_COMMAND error.
+   */
+  applyEntry(index: number, timestampMs: number, data: Uint8Array): ApplyOutput {
+    return this.applyWith(index, timestampMs, () =>
+      data instanceof Uint8Array && data.length === 0 ? { type: 'noop' } : decodeCommand(data),
+    );
+  }
+
+  private applyWith(index: number, timestampMs: number, getCommand: () => Command): ApplyOutput {
+    if (typeof index !== 'number' || !Number.isSafeInteger(index) || index < 1) {
+      throw new ValidationError('INVALID_NUMBER', `index must be a positive safe integer, got ${String(index)}`);
+    }
+    validateNonNegativeInt(timestampMs, 'timestampMs');
+    if (index <= this._appliedIndex) {
+      return {
+        applied: false,
+        result: { type: 'skipped', appliedIndex: this._appliedIndex, revision: this._revision },
+        events: NO_EVENTS,
+      };
+    }
+    this._appliedIndex = index;
+    if (timestampMs > this._lastTimestampMs) this._lastTimestampMs = timestampMs;
+    const ts = this._lastTimestampMs;
+    let cmd: Command;
+    try {
+      cmd = getCommand();
+    } catch (e) {
+      if (!(e instanceof ValidationError)) throw e;
+      return { applied: true, result: { type: 'rejected', error: e, revision: this._revision, timestampMs: ts }, events: NO_EVENTS };
+    }
+    switch (cmd.type) {
+      case 'put':
+        return this.applyPut(cmd, ts);
+      case 'delete':
+        return this.applyDelete(cmd, ts);
+      case 'txn':
+        return this.applyTxn(cmd, ts);
+      case 'triggerPut': {
+        const revision = this.bump(ts);
+        const events: KvEvent[] = [{ type: 'trigger', key: cmd.key, value: cmd.value, revision, timestampMs: ts }];
+        this.record(events);
+        return { applied: true, result: { type: 'trigger', revision, timestampMs: ts }, events };
+      }
+      case 'noop':
+        return this.done({ type: 'noop', revision: this._revision, timestampMs: ts });
+      case 'compact': {
+        if (cmd.revision > this._revision) {
+          const error = new ValidationError('FUTURE_REVISION', `cannot compact to revision ${cmd.revision} > current ${this._revision}`);
+          return this.done({ type: 'rejected', error, revision: this._revision, timestampMs: ts });
+        }
+        this.compactTo(cmd.revision);
+        return this.done({ type: 'compact', compactRevision: this._compactRevision, revision: this._revision, timestampMs: ts });
+      }
+    }
+  }
+
+  private done(result: CommandResult): ApplyOutput {
+    return { applied: true, result, events: NO_EVENTS };
+  }
+
+  private applyPut(cmd: PutCommand, ts: number): ApplyOutput {
+    const cur = this.latestLive(cmd.key);
+    const curVersion = cur?.revision ?? 0;
+    if (cmd.expectedVersion !== undefined && cmd.expectedVersion !== curVersion) {
+      const current = cmd.returnPrevious && cur ? { version: curVersion, value: cur.value! } : { version: curVersion };
+      return this.done({ type: 'put', succeeded: false, revision: this._revision, version: curVersion, timestampMs: ts, current });
+    }
+    const revision = this.bump(ts);
+    this.write(cmd.key, cmd.value, revision, ts);
+    const events: KvEvent[] = [{ type: 'put', key: cmd.key, value: cmd.value, revision, timestampMs: ts }];
+    this.record(events);
+    const result =
+      cmd.returnPrevious && cur
+        ? ({ type: 'put', succeeded: true, revision, version: revision, timestampMs: ts, previous: { version: curVersion, value: cur.value! } } as const)
+        : ({ type: 'put', succeeded: true, revision, version: revision, timestampMs: ts } as const);
+    return { applied: true, result, events };
+  }
+
+  private applyDelete(cmd: DeleteCommand, ts: number): ApplyOutput {
+    const cur = this.latestLive(cmd.key);
+    const curVersion = cur?.revision ?? 0;
+    if (cmd.expectedVersion !== undefined && cmd.expectedVersion !== curVersion) {
+      return this.done({
+        type: 'delete',
+        succeeded: false,
+        revision: this._revision,
+        timestampMs: ts,
+        deleted: false,
+        current: { version: curVersion },
+      });
+    }
+    if (!cur) return this.done({ type: 'delete', succeeded: true, revision: this._revision, timestampMs: ts, deleted: false });
+    const revision = this.bump(ts);
+    this.write(cmd.key, null, revision, ts);
+    const events: KvEvent[] = [{ type: 'delete', key: cmd.key, revision, timestampMs: ts }];
+    this.record(events);
+    return { applied: true, result: { type: 'delete', succeeded: true, revision, timestampMs: ts, deleted: true }, events };
+  }
+
+  private applyTxn(cmd: TxnCommand, ts: number): ApplyOutput {
+    const failedCompares: number[] = [];
+    cmd.compares.forEach((c, i) => {
+      if ((this.latestLive(c.key)?.revision ?? 0) !== c.version) failedCompares.push(i);
+    });
+    if (failedCompares.length > 0) {
+      return this.done({ type: 'txn', succeeded: false, revision: this._revision, timestampMs: ts, failedCompares });
+    }
+    // Keys are unique within a txn, so "live before the txn" is "live at the time of the write".
+    const effective = cmd.writes.filter((w) => w.type === 'put' || this.latestLive(w.key) !== undefined);
+    if (effective.length === 0) {
+      return this.done({ type: 'txn', succeeded: true, revision: this._revision, timestampMs: ts, failedCompares });
+    }
+    const revision = this.bump(ts);
+    const events: KvEvent[] = effective.map((w) => {
+      if (w.type === 'put') {
+        this.write(w.key, w.value, revision, ts);
+        return { type: 'put', key: w.key, value: w.value, revision, timestampMs: ts };
+      }
+      this.write(w.key, null, revision, ts);
+      return { type: 'delete', key: w.key, revision, timestampMs: ts };
+    });
+    this.record(events);
+    return { applied: true, result: { type: 'txn', succeeded: true, revision, timestampMs: ts, failedCompares }, events };
+  }
+
+  private latestLive(key: string): VersionRecord | undefined {
+    const recs = this.records.get(key);
+    const last = recs?.[recs.length - 1];
+    return last && last.value !== null ? last : undefined;
+  }
+
+  private bump(ts: number): number {
+    this._revision++;
+    this.revTimes.push(ts);
+    return this._revision;
+  }
+
+  private write(key: string, value: Uint8Array | null, revision: number, ts: number): void {
+    let recs = this.records.get(key);
+    const wasLive = recs !== undefined && recs[recs.length - 1]!.value !== null;
+    if (recs === undefined) {
+      recs = [];
+      this.records.set(key, recs);
+    }
+    recs.push({ revision, timestampMs: ts, value });
+    this.writeLog.push({ revision, key });
+    if (value !== null && !wasLive) this.live.add(key);
+    else if (value === null && wasLive) this.live.delete(key);
+  }
+
+  /** Appends one revision's events to the history and trims it to the limits. */
+  private record(events: readonly KvEvent[]): void {
+    for (const e of events) {
+      this.history.push(e);
+      this.historyBytes += eventBytes(e);
+    }
+    for (;;) {
+      const oldest = this.history.at(0)!.revision;
+      const tooMany = this._revision - oldest + 1 > this.maxHistoryRevisions;
+      const tooBig = this.historyBytes > this.maxHistoryBytes && oldest < this._revision;
+      if (!tooMany && !tooBig) break;
+      this.dropHistoryBefore(oldest + 1);
+    }
+  }
+
+  private dropHistoryBefore(revision: number): void {
+    let n = 0;
+    for (let e = this.history.at(0); e !== undefined && e.revision < revision; e = this.history.at(++n)) {
+      this.historyBytes -= eventBytes(e);
+    }
+    this.history.dropFront(n);
+  }
+
+  /**
+   * Compacts so that `revision` becomes the oldest readable revision: for each key, versions older
+   * than its newest version at or before `revision` are dropped (and that version too if it is a
+   * tombstone), keys left with no versions are forgotten, and history before `revision` is dropped.
+   * Reads at `revision` and later are unchanged. A revision <= compactRevision is a no-op. Returns
+   * the new compaction point. Throws ValidationError FUTURE_REVISION if `revision > this.revision`.
+   * Cost: O(versions dropped). To keep replicas identical, prefer proposing a `compact` command.
+   */
+  compact(revision: number): number {
+    validateNonNegativeInt(revision, 'compact revision');
+    if (revision > this._revision) {
+      throw new ValidationError('FUTURE_REVISION', `cannot compact to revision ${revision} > current ${this._revision}`);
+    }
+    this.compactTo(revision);
+    return this._compactRevision;
+  }
+
+  private compactTo(c: number): void {
+    if (c <= this._compactRevision) return;
+    const touched = new Set<string>();
+    let n = 0;
+    for (let w = this.writeLog.at(0); w !== undefined && w.revision <= c; w = this.writeLog.at(++n)) touched.add(w.key);
+    this.writeLog.dropFront(n);
+    for (const key of touched) {
+      const recs = this.records.get(key)!;
+      let j = 0; // number of versions at or before c (>= 1: the key was written in (old, c])
+      while (j < recs.length && recs[j]!.revision <= c) j++;
+      const drop = recs[j - 1]!.value === null ? j : j - 1;
+      if (drop === recs.length) this.records.delete(key);
+      else if (drop > 0) recs.splice(0, drop);
+    }
+    this.revTimes.dropFront(c - this._compactRevision);
+    this._compactRevision = c;
+    this.dropHistoryBefore(c);
+  }
+
+  /**
+   * The newest revision whose timestamp is <= `timeMs` (0 if none and nothing was compacted).
+   * Throws CompactedRevisionError when that revision is older than the compaction point.
+   */
+  revisionAtTime(timeMs: number): number {
+    if (typeof timeMs !== 'number' || !Number.isSafeInteger(timeMs)) {
+      throw new ValidationError('INVALID_ARGUMENT', `time must be a safe integer, got ${String(timeMs)}`);
+    }
+    const i = this.revTimes.firstIndexWhere((t) => t > timeMs) - 1;
+    if (i >= 0) return this._compactRevision + i;
+    if (this._compactRevision === 0) return 0;
+    throw new CompactedRevisionError({ timeMs }, this._compactRevision);
+  }
+
+  /**
+   * The revision to pass to `compact` (or a `compact` command) to enforce a retention window: the
+   * newest revision with timestamp <= `nowMs - retentionMs`, so reads at any time within the window
+   * stay possible. Returns the current compaction point when nothing is old enough.
+   */
+  retentionCompactRevision(nowMs: number, retentionMs: number): number {
+    validateNonNegativeInt(nowMs, 'nowMs');
+    validateNonNegativeInt(retentionMs, 'retentionMs');
+    const cutoff = nowMs - retentionMs;
+    const i = this.revTimes.firstIndexWhere((t) => t > cutoff) - 1;
+    return i >= 0 ? this._compactRevision + i : this._compactRevision;
+  }
+
+  private readRevision(options: GetOptions | undefined): number {
+    if (options === undefined) return this._revision;
+    if (typeof options !== 'object' || options === null) {
+      throw new ValidationError('INVALID_ARGUMENT', 'read options must be an object');
+    }
+    const { atRevision, atTimeMs } = options;
+    if (atRevision !== undefined && atTimeMs !== undefined) {
+      throw new ValidationError('INVALID_ARGUMENT', 'give at most one of atRevision and atTimeMs');
+    }
+    if (atTimeMs !== undefined) return this.revisionAtTime(atTimeMs);
+    if (atRevision === undefined) return this._revision;
+    validateNonNegativeInt(atRevision, 'atRevision');
+    if (atRevision > this._revision) {
+      throw new ValidationError('FUTURE_REVISION', `revision ${atRevision} is newer than current ${this._revision}`);
+    }
+    if (atRevision < this._compactRevision) throw new CompactedRevisionError({ revision: atRevision }, this._compactRevision);
+    return atRevision;
+  }
+
+  /**
+   * Reads `key` as of the latest revision, a given revision, or a given time (the newest revision
+   * with timestamp <= atTimeMs; times after the last write read the latest state). Returns
+   * undefined when the key is absent or deleted at that point. Throws CompactedRevisionError for
+   * points before the compaction point and ValidationError for invalid arguments or future revisions.
+   * O(1) for latest reads, O(log versions) otherwise.
+   */
+  get(key: string, options?: GetOptions): GetResult | undefined {
+    validateKey(key);
+    const at = this.readRevision(options);
+    const recs = this.records.get(key);
+    if (recs === undefined) return undefined;
+    let v: VersionRecord | undefined = recs[recs.length - 1];
+    if (v!.revision > at) {
+      let lo = 0;
+      let hi = recs.length; // first index with revision > at
+      while (lo < hi) {
+        const mid = (lo + hi) >>> 1;
+        if (recs[mid]!.revision <= at) lo = mid + 1;
+        else hi = mid;
+      }
+      v = lo > 0 ? recs[lo - 1] : undefined;
+    }
+    if (v === undefined || v.value === null) return undefined;
+    return { value: v.value, version: v.revision, timestampMs: v.timestampMs };
+  }
+
+  /**
+   * Lists live keys starting with `prefix` (may be empty) in key order (UTF-8 byte order), at the
+   * latest revision, one page at a time. `after` is an exclusive start key; `nextAfter` is set when
+   * more keys remain. Pages never skip or repeat a key that exists throughout the pagination.
+   * O(log n + limit).
+   */
+  list(prefix: string, options: ListOptions = {}): ListResult {
+    validatePrefix(prefix);
+    const limit = positiveLimit(options.limit, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, 'limit');
+    const { after, keysOnly = false } = options;
+    if (after !== undefined) validatePrefix(after, 'after');
+    // Keys with the prefix are contiguous in byte order: seek to the start, walk while it matches.
+    const cursor =
+      after !== undefined && compareKeys(after, prefix) >= 0 ? this.live.from(after, true) : this.live.from(prefix);
+    const items: ListItem[] = [];
+    let more = false;
+    for (const key of cursor) {
+      if (!key.startsWith(prefix)) break;
+      if (items.length === limit) {
+        more = true;
+        break;
+      }
+      const recs = this.records.get(key)!;
+      const v = recs[recs.length - 1]!;
+      items.push(
+        keysOnly
+          ? { key, version: v.revision, timestampMs: v.timestampMs }
+          : { key, value: v.value!, version: v.revision, timestampMs: v.timestampMs },
+      );
+    }
+    return more ? { items, nextAfter: items[items.length - 1]!.key, revision: this._revision } : { items, revision: this._revision };
+  }
+
+  /**
+   * Events with revision >= `fromRevision` whose key starts with `prefix`, oldest first, for a
+   * resumable watch: pass the returned `nextRevision` to continue. `limit` is soft: a revision's
+   * events are never split (the first revision is returned whole even if larger than `limit`).
+   * Throws CompactedRevisionError (with `oldestHistoryRevision`) when `fromRevision` is older than
+   * the retained history. O(log h + events scanned).
+   */
+  eventsSince(fromRevision: number, prefix = '', limit: number = DEFAULT_EVENTS_LIMIT): EventsPage {
+    if (typeof fromRevision !== 'number' || !Number.isSafeInteger(fromRevision) || fromRevision < 1) {
+      throw new ValidationError('INVALID_ARGUMENT', `fromRevision must be a positive safe integer, got ${String(fromRevision)}`);
+    }
+    validatePrefix(prefix);
+    const max = positiveLimit(limit, DEFAULT_EVENTS_LIMIT, MAX_EVENTS_LIMIT, 'limit');
+    const oldest = this.oldestHistoryRevision;
+    if (fromRevision < oldest) throw new CompactedRevisionError({ revision: fromRevision }, oldest, 'watch history');
+    const events: KvEvent[] = [];
+    let i = this.history.firstIndexWhere((e) => e.revision >= fromRevision);
+    while (i < this.history.length) {
+      const rev = this.history.at(i)!.revision;
+      const group: KvEvent[] = [];
+      for (let e = this.history.at(i); e !== undefined && e.revision === rev; e = this.history.at(++i)) {
+        if (e.key.startsWith(prefix)) group.push(e);
+      }
+      if (group.length === 0) continue;
+      if (events.length > 0 && events.length + group.length > max) {
+        return { events, nextRevision: rev, more: true, revision: this._revision };
+      }
+      for (const e of group) events.push(e);
+    }
+    return { events, nextRevision: Math.max(fromRevision, this._revision + 1), more: false, revision: this._revision };
+  }
+
+  /**
+   * Encodes all retained state (see snapshot-codec.ts for the format). Deterministic: replicas with
+   * the same applied log produce identical bytes. O(state size + d log d) for d keys whose latest
+   * version is a tombstone (live keys are already ordered).
+   */
+  snapshot(): Uint8Array {
+    // Merge the (already ordered) live keys with the few keys whose latest version is a tombstone.
+    const live = this.live.toArray();
+    const dead: string[] = [];
+    for (const [k, recs] of this.records) if (recs[recs.length - 1]!.value === null) dead.push(k);
+    dead.sort(compareKeys);
+    const keys: Array<readonly [string, readonly VersionRecord[]]> = [];
+    for (let i = 0, j = 0; i < live.length || j < dead.length; ) {
+      const k = j >= dead.length || (i < live.length && compareKeys(live[i]!, dead[j]!) < 0) ? live[i++]! : dead[j++]!;
+      keys.push([k, this.records.get(k)!]);
+    }
+    return encodeSnapshot({
+      appliedIndex: this._appliedIndex,
+      revision: this._revision,
+      compactRevision: this._compactRevision,
+      lastTimestampMs: this._lastTimestampMs,
+      maxHistoryRevisions: this.maxHistoryRevisions,
+      maxHistoryBytes: this.maxHistoryBytes,
+      revisionTimestamps: this.revTimes.toArray(),
+      keys,
+      history: this.history.toArray(),
+    });
+  }
+
+  /**
+   * Rebuilds a state machine from `snapshot()` bytes; the result behaves identically to the
+   * original and re-snapshots to the same bytes. Throws ValidationError MALFORMED_SNAPSHOT.
+   */
+  static restore(bytes: Uint8Array): KvStateMachine {
+    const d = decodeSnapshot(bytes);
+    const m = new KvStateMachine({ maxHistoryRevisions: d.maxHistoryRevisions, maxHistoryBytes: d.maxHistoryBytes });
+    m._appliedIndex = d.appliedIndex;
+    m._revision = d.revision;
+    m._compactRevision = d.compactRevision;
+    m._lastTimestampMs = d.lastTimestampMs;
+    m.revTimes.dropFront(1);
+    for (const t of d.revisionTimestamps) m.revTimes.push(t);
+    // Rebuild the write log in revision order with a counting sort over (compactRevision, revision].
+    const span = d.revision - d.compactRevision;
+    const firstAt = new Int32Array(span + 1).fill(-1);
+    const next: number[] = [];
+    const writeKeys: string[] = [];
+    const liveKeys: string[] = [];
+    for (const [key, versions] of d.keys) {
+      m.records.set(key, versions as VersionRecord[]);
+      if (versions[versions.length - 1]!.value !== null) liveKeys.push(key);
+      for (const v of versions) {
+        if (v.revision <= d.compactRevision) continue;
+        const slot = v.revision - d.compactRevision;
+        next.push(firstAt[slot]!);
+        firstAt[slot] = writeKeys.length;
+        writeKeys.push(key);
+      }
+    }
+    for (let slot = 1; slot <= span; slot++) {
+      for (let i = firstAt[slot]!; i >= 0; i = next[i]!) m.writeLog.push({ revision: d.compactRevision + slot, key: writeKeys[i]! });
+    }
+    m.live = SortedKeySet.fromSorted(liveKeys);
+    for (const e of d.history) {
+      m.history.push(e);
+      m.historyBytes += eventBytes(e);
+    }
+    return m;
+  }
+}

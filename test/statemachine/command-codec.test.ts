@@ -1,0 +1,111 @@
+/** Round-trip, canonicality and garbage-rejection tests of the binary command codec. */
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import {
+  COMMAND_FORMAT_VERSION,
+  MAX_KEY_BYTES,
+  ValidationError,
+  decodeCommand,
+  encodeCommand,
+  type Command,
+} from '../../src/statemachine/index.js';
+import { b, commandArb } from './helpers.js';
+
+/** Decodes, requiring that any failure is a ValidationError (never another exception). */
+function tryDecode(bytes: Uint8Array): Command | ValidationError {
+  try {
+    return decodeCommand(bytes);
+  } catch (e) {
+    if (e instanceof ValidationError) return e;
+    throw e;
+  }
+}
+
+describe('command codec', () => {
+  it('round-trips every command exactly (property)', () => {
+    fc.assert(
+      fc.property(commandArb(), (cmd) => {
+        const bytes = encodeCommand(cmd);
+        expect(decodeCommand(bytes)).toEqual(cmd);
+        expect(encodeCommand(decodeCommand(bytes))).toEqual(bytes);
+      }),
+      { numRuns: 500 },
+    );
+  });
+
+  it('is compact', () => {
+    expect(encodeCommand({ type: 'noop' }).length).toBe(2);
+    expect(encodeCommand({ type: 'put', key: 'key', value: b('value') }).length).toBe(2 + 1 + 4 + 6);
+    expect(encodeCommand({ type: 'delete', key: 'k', expectedVersion: 300 }).length).toBe(2 + 1 + 2 + 2);
+  });
+
+  it('drops returnPrevious: false and keeps BOM and astral characters in keys', () => {
+    expect(decodeCommand(encodeCommand({ type: 'put', key: '\ufeffk\u{1f600}', value: b(''), returnPrevious: false })))
+      .toEqual({ type: 'put', key: '\ufeffk\u{1f600}', value: new Uint8Array(0) });
+  });
+
+  it('decoded values are copies that do not alias the input buffer', () => {
+    const bytes = encodeCommand({ type: 'put', key: 'k', value: b('abc') });
+    const cmd = decodeCommand(bytes) as { value: Uint8Array };
+    bytes.fill(0);
+    expect(cmd.value).toEqual(b('abc'));
+  });
+
+  it('refuses to encode invalid commands', () => {
+    expect(() => encodeCommand({ type: 'put', key: '', value: b('') })).toThrow(ValidationError);
+    expect(() => encodeCommand({ type: 'put', key: 'x'.repeat(MAX_KEY_BYTES + 1), value: b('') })).toThrow(ValidationError);
+  });
+
+  it.each([
+    ['empty input', []],
+    ['unknown format version', [99, 5]],
+    ['unknown tag', [COMMAND_FORMAT_VERSION, 42]],
+    ['truncated put', [COMMAND_FORMAT_VERSION, 1, 0, 3, 0x6b]],
+    ['unknown put flags', [COMMAND_FORMAT_VERSION, 1, 0x80, 1, 0x6b, 0]],
+    ['trailing bytes', [COMMAND_FORMAT_VERSION, 5, 0]],
+    ['non-canonical varint', [COMMAND_FORMAT_VERSION, 6, 0x80, 0x00]],
+    ['varint too long', [COMMAND_FORMAT_VERSION, 6, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]],
+    ['varint above 2^53', [COMMAND_FORMAT_VERSION, 6, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]],
+    ['invalid UTF-8 key', [COMMAND_FORMAT_VERSION, 2, 0, 2, 0xc3, 0x28]],
+    ['encoded surrogate key', [COMMAND_FORMAT_VERSION, 2, 0, 3, 0xed, 0xa0, 0x80]],
+    ['empty key', [COMMAND_FORMAT_VERSION, 2, 0, 0]],
+    ['huge length', [COMMAND_FORMAT_VERSION, 4, 1, 0x6b, 0xff, 0xff, 0xff, 0xff, 0x0f]],
+    ['too many txn ops', [COMMAND_FORMAT_VERSION, 3, 0xff, 0x01]],
+    ['unknown txn op', [COMMAND_FORMAT_VERSION, 3, 0, 1, 7, 1, 0x6b]],
+    ['duplicate txn keys', [COMMAND_FORMAT_VERSION, 3, 0, 2, 2, 1, 0x6b, 2, 1, 0x6b]],
+  ])('rejects %s with a ValidationError', (_name, bytes) => {
+    const r = tryDecode(new Uint8Array(bytes));
+    expect(r).toBeInstanceOf(ValidationError);
+    expect((r as ValidationError).message.length).toBeGreaterThan(10);
+  });
+
+  it('rejects non-Uint8Array input', () => {
+    expect(tryDecode('hello' as unknown as Uint8Array)).toBeInstanceOf(ValidationError);
+  });
+
+  it('random garbage either fails with ValidationError or is a canonical encoding (property)', () => {
+    fc.assert(
+      fc.property(fc.uint8Array({ maxLength: 64 }), fc.boolean(), (raw, fixHeader) => {
+        const bytes = fixHeader && raw.length > 0 ? Uint8Array.of(COMMAND_FORMAT_VERSION, ...raw) : raw;
+        const r = tryDecode(bytes);
+        if (!(r instanceof ValidationError)) expect(encodeCommand(r)).toEqual(bytes);
+      }),
+      { numRuns: 2000 },
+    );
+  });
+
+  it('mutated and truncated encodings fail cleanly or stay canonical (property)', () => {
+    fc.assert(
+      fc.property(commandArb(), fc.nat(), fc.integer({ min: 0, max: 255 }), fc.nat(), (cmd, pos, byte, cut) => {
+        const bytes = encodeCommand(cmd);
+        const mutated = bytes.slice();
+        mutated[pos % mutated.length] = byte;
+        for (const candidate of [mutated, bytes.subarray(0, cut % bytes.length)]) {
+          const r = tryDecode(candidate);
+          if (!(r instanceof ValidationError)) expect(encodeCommand(r)).toEqual(candidate);
+        }
+      }),
+      { numRuns: 1000 },
+    );
+  });
+});
