@@ -114,6 +114,7 @@ describe('raft under random fault schedules', () => {
         if (!lin.ok) {
           throw new Error(`history not linearizable on key ${lin.key}: ${JSON.stringify(lin.history)}`);
         }
+        if (lin.unknown) throw new Error(`linearizability check undecided on key ${lin.key} (search budget exhausted)`);
         expect(result.recoveryMs).toBeLessThanOrEqual(4000);
       }),
       replayParams(),

@@ -132,13 +132,19 @@ function checkRegister(all: KvOperation[], maxSteps: number): Verdict {
   }
   for (let i = 0; i < ops.length; i++) callNodes[i]!.match = retNodes[i]!;
 
-  const bit = ops.map((_, i) => 1n << BigInt(i));
-  // Lowe's cache: set of linearized ops -> register states already explored with that set.
-  const cache = new Map<bigint, Set<string | undefined>>();
-  const stack: { node: EventNode; state: string | undefined }[] = [];
+  // Register states are interned as small integers (0 = absent).
+  const stateIds = new Map<string | undefined, number>();
+  for (const v of written) stateIds.set(v, stateIds.size);
+  const effect = ops.map((op) => stateIds.get(op.kind === 'put' ? op.value : op.output)!);
 
-  let state: string | undefined = undefined;
-  let linearized = 0n;
+  // Set of linearized ops as a bitset; the cache key is its 16-bit words as a fixed-length string
+  // plus the state id. (Exact keys: no hashing shortcuts that could wrongly prune the search.)
+  const words = new Uint16Array(Math.ceil(ops.length / 16));
+  // Lowe's cache: (set of linearized ops, register state) pairs already explored.
+  const cache = new Set<string>();
+  const stack: { node: EventNode; state: number }[] = [];
+
+  let state = 0;
   let linearizedCompleted = 0;
   let entry: EventNode | null = head.next;
   let steps = 0;
@@ -149,37 +155,34 @@ function checkRegister(all: KvOperation[], maxSteps: number): Verdict {
     if (++steps > maxSteps) return 'unknown';
     // A completed op is still in the list, so its return event is reached before running off the end.
     const node: EventNode = entry!;
-    const op = ops[node.op]!;
+    const i = node.op;
+    const op = ops[i]!;
     if (node.isCall) {
-      const legal = op.kind === 'put' || op.output === state;
-      const nextState: string | undefined = op.kind === 'put' ? op.value : state;
-      if (legal) {
-        const nextSet = linearized | bit[node.op]!;
-        let seen = cache.get(nextSet);
-        if (seen === undefined) {
-          seen = new Set();
-          cache.set(nextSet, seen);
-        }
-        if (!seen.has(nextState)) {
-          seen.add(nextState);
+      const isPut = op.kind === 'put';
+      if (isPut || effect[i] === state) {
+        const nextState = isPut ? effect[i]! : state;
+        words[i >> 4]! ^= 1 << (i & 15);
+        const key = String.fromCharCode(...words) + nextState;
+        if (!cache.has(key)) {
+          cache.add(key);
           stack.push({ node, state });
           state = nextState;
-          linearized = nextSet;
           if (op.ret !== undefined) linearizedCompleted++;
           lift(node);
           entry = head.next;
           continue;
         }
+        words[i >> 4]! ^= 1 << (i & 15);
       }
       entry = node.next;
     } else {
       // Reached a return whose op is not linearized yet: every extension of the current prefix failed.
       const top = stack.pop();
       if (top === undefined) return 'fail';
-      const undone = ops[top.node.op]!;
+      const j = top.node.op;
       state = top.state;
-      linearized ^= bit[top.node.op]!;
-      if (undone.ret !== undefined) linearizedCompleted--;
+      words[j >> 4]! ^= 1 << (j & 15);
+      if (ops[j]!.ret !== undefined) linearizedCompleted--;
       unlift(top.node);
       entry = top.node.next;
     }
