@@ -12,6 +12,7 @@ import { checkKvLinearizable } from '../sim/linearizability.js';
 import { Simulator, type Fault, type ScheduleStep, type SimConfig } from '../sim/simulator.js';
 
 const RUNS = Number(process.env.SIM_RUNS ?? 1000);
+const SPARES = 2;
 
 const faultArb = (nodes: number): fc.Arbitrary<Fault> => {
   const node = fc.integer({ min: 0, max: nodes - 1 });
@@ -52,6 +53,15 @@ const faultArb = (nodes: number): fc.Arbitrary<Fault> => {
       }),
     },
     { weight: 1, arbitrary: fc.record({ kind: fc.constant('transfer' as const), to: node }) },
+    {
+      weight: 3,
+      arbitrary: fc.record({
+        kind: fc.constant('membership' as const),
+        op: fc.constantFrom('addLearner' as const, 'addVoter' as const, 'remove' as const),
+        // any node, including the two spares that start outside the group
+        node: fc.integer({ min: 0, max: nodes + SPARES - 1 }),
+      }),
+    },
     { weight: 3, arbitrary: fc.constant<Fault>({ kind: 'heal' }) },
   );
 };
@@ -73,6 +83,7 @@ const configArb = fc
       (schedule): SimConfig => ({
         seed,
         nodes,
+        spareNodes: SPARES,
         schedule,
         clients: 3,
         keys: ['x', 'y'],
@@ -101,6 +112,7 @@ describe('raft under random fault schedules', () => {
     let elections = 0;
     let snapshots = 0;
     let dropped = 0;
+    let confChanges = 0;
     fc.assert(
       fc.property(configArb, (cfg) => {
         const result = new Simulator(cfg).run();
@@ -110,6 +122,7 @@ describe('raft under random fault schedules', () => {
         elections += result.elections;
         snapshots += result.snapshotsInstalled;
         dropped += result.messagesDropped;
+        confChanges += result.membershipChanges;
         const lin = checkKvLinearizable(result.history);
         if (!lin.ok) {
           throw new Error(`history not linearizable on key ${lin.key}: ${JSON.stringify(lin.history)}`);
@@ -124,9 +137,10 @@ describe('raft under random fault schedules', () => {
     expect(totalOps).toBeGreaterThan(RUNS * 5);
     expect(elections).toBeGreaterThan(RUNS);
     expect(snapshots).toBeGreaterThan(0);
+    expect(confChanges).toBeGreaterThan(RUNS / 10);
     console.log(
       `schedules=${RUNS} events=${totalEvents} clientOps=${totalOps} elections=${elections} ` +
-        `snapshotsInstalled=${snapshots} messagesDropped=${dropped} worstRecoveryMs=${maxRecovery}`,
+        `snapshotsInstalled=${snapshots} messagesDropped=${dropped} membershipChanges=${confChanges} worstRecoveryMs=${maxRecovery}`,
     );
   });
 

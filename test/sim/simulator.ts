@@ -4,7 +4,7 @@
  * time and are lost on a crash unless synced, pauses, and KV clients whose call/return history
  * is checked for linearizability. Safety invariants are checked after every event.
  */
-import { Role, SeededRandom, ProposalDroppedError, type Message, type NodeId } from '../../src/raft/index.js';
+import { ConfChangeType, Role, SeededRandom, ProposalDroppedError, type Message, type NodeId } from '../../src/raft/index.js';
 import { SimHost, type HostOptions } from './host.js';
 import { encodePut, requestKey } from './kv-fsm.js';
 import type { KvOperation } from './linearizability.js';
@@ -22,6 +22,8 @@ export type Fault =
   | { readonly kind: 'bridge'; readonly bridge: number }
   | { readonly kind: 'lossy'; readonly dropRate: number; readonly duplicateRate: number }
   | { readonly kind: 'transfer'; readonly to: number }
+  /** A membership change proposed at the current leader (refused changes are ignored). */
+  | { readonly kind: 'membership'; readonly op: 'addLearner' | 'addVoter' | 'remove'; readonly node: number }
   | { readonly kind: 'heal' };
 
 /** A fault applied `afterMs` after the previous step. */
@@ -34,6 +36,8 @@ export interface ScheduleStep {
 export interface SimConfig {
   readonly seed: number;
   readonly nodes: number;
+  /** Extra nodes that start empty, outside the group, for membership changes. */
+  readonly spareNodes?: number;
   readonly schedule: readonly ScheduleStep[];
   readonly clients?: number;
   readonly keys?: readonly string[];
@@ -55,6 +59,7 @@ export interface SimResult {
   readonly committedEntries: number;
   readonly snapshotsInstalled: number;
   readonly messagesDropped: number;
+  readonly membershipChanges: number;
 }
 
 /** A safety property was violated; the message says which and where. */
@@ -167,6 +172,7 @@ export class Simulator {
   private elections = 0;
   private snapshotsInstalled = 0;
   private messagesDropped = 0;
+  private membershipChanges = 0;
   private clientsRunning = true;
   private reqSeq = 0;
   private leaderHint: NodeId = 0;
@@ -176,10 +182,11 @@ export class Simulator {
     this.tickMs = cfg.tickMs ?? 10;
     this.clientTimeoutMs = cfg.clientTimeoutMs ?? 400;
     this.keys = cfg.keys ?? ['x', 'y'];
-    this.ids = Array.from({ length: cfg.nodes }, (_, i) => i + 1);
+    this.ids = Array.from({ length: cfg.nodes + (cfg.spareNodes ?? 0) }, (_, i) => i + 1);
+    const initialVoters = this.ids.slice(0, cfg.nodes);
     for (const id of this.ids) {
       this.slots.set(id, {
-        host: new SimHost(id, cfg.seed, this.ids, cfg.host ?? {}),
+        host: new SimHost(id, cfg.seed, id <= cfg.nodes ? initialVoters : undefined, cfg.host ?? {}),
         up: true,
         epoch: 0,
         pausedUntil: 0,
@@ -232,6 +239,7 @@ export class Simulator {
       committedEntries: this.committedTermAt.size,
       snapshotsInstalled: this.snapshotsInstalled,
       messagesDropped: this.messagesDropped,
+      membershipChanges: this.membershipChanges,
     };
   }
 
@@ -496,6 +504,21 @@ export class Simulator {
         if (leader !== undefined) {
           this.onNode(leader, () => this.slots.get(leader)!.host.node.transferLeader(this.nodeId(f.to)))();
         }
+        return;
+      }
+      case 'membership': {
+        const leader = this.ids.find((i) => this.slots.get(i)!.up && this.slots.get(i)!.host.node.raft.role === Role.Leader);
+        if (leader === undefined) return;
+        const nodeId = this.nodeId(f.node);
+        const type = f.op === 'addLearner' ? ConfChangeType.AddLearner : f.op === 'addVoter' ? ConfChangeType.AddVoter : ConfChangeType.RemoveNode;
+        this.onNode(leader, () => {
+          try {
+            this.slots.get(leader)!.host.node.proposeConfChange({ type, nodeId });
+            this.membershipChanges++;
+          } catch (e) {
+            if (!(e instanceof ProposalDroppedError)) throw e;
+          }
+        })();
         return;
       }
       case 'heal':
