@@ -1,0 +1,190 @@
+/**
+ * Starts real `kvd` processes (the compiled dist/src/bin/kvd.js) on loopback ephemeral ports for
+ * multi-process tests, and injects process faults: kill -9, SIGSTOP/SIGCONT pauses, restarts.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync, existsSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { KvClient } from '../../src/client/index.js';
+
+const root = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
+/** The compiled kvd entry point (built by `npm test` before the tests run). */
+export const KVD = join(root, 'dist', 'src', 'bin', 'kvd.js');
+
+/** Reserves `n` free loopback ports (bind to 0, read, release). */
+export async function freePorts(n: number): Promise<number[]> {
+  const servers = await Promise.all(
+    Array.from(
+      { length: n },
+      () =>
+        new Promise<import('node:net').Server>((res, rej) => {
+          const s = createServer();
+          s.once('error', rej);
+          s.listen(0, '127.0.0.1', () => res(s));
+        }),
+    ),
+  );
+  const ports = servers.map((s) => (s.address() as import('node:net').AddressInfo).port);
+  await Promise.all(servers.map((s) => new Promise((r) => s.close(r))));
+  return ports;
+}
+
+/** One kvd process of a test cluster. */
+export interface ClusterNode {
+  readonly id: number;
+  readonly address: string;
+  readonly dataDir: string;
+  proc: ChildProcess | undefined;
+  metricsPort: number;
+  stderr: string[];
+}
+
+/** Options of a test cluster. */
+export interface ClusterOptions {
+  readonly nodes?: number;
+  readonly tickMs?: number;
+  readonly electionTicks?: number;
+  readonly snapshotEvery?: number;
+  readonly extraArgs?: readonly string[];
+}
+
+/** A cluster of real kvd processes. */
+export class KvdCluster {
+  readonly nodes: ClusterNode[] = [];
+  private readonly baseDir: string;
+  private readonly peers: string;
+  private clients: KvClient[] = [];
+
+  private constructor(
+    addresses: string[],
+    private readonly opts: ClusterOptions,
+  ) {
+    if (!existsSync(KVD)) throw new Error(`${KVD} is missing: run \`npm run build\` (npm test does it)`);
+    this.baseDir = mkdtempSync(join(tmpdir(), 'kvcascade-cluster-'));
+    this.peers = addresses.map((a, i) => `${i + 1}=${a}`).join(',');
+    addresses.forEach((address, i) =>
+      this.nodes.push({ id: i + 1, address, dataDir: join(this.baseDir, `node-${i + 1}`), proc: undefined, metricsPort: 0, stderr: [] }),
+    );
+  }
+
+  /** Starts `nodes` kvd processes and waits until group 1 has a leader. */
+  static async start(opts: ClusterOptions = {}): Promise<KvdCluster> {
+    const ports = await freePorts(opts.nodes ?? 3);
+    const c = new KvdCluster(
+      ports.map((p) => `127.0.0.1:${p}`),
+      opts,
+    );
+    await Promise.all(c.nodes.map((n) => c.startNode(n.id)));
+    await c.waitForLeader();
+    return c;
+  }
+
+  /** Every node's client address. */
+  get endpoints(): string[] {
+    return this.nodes.map((n) => n.address);
+  }
+
+  node(id: number): ClusterNode {
+    const n = this.nodes.find((x) => x.id === id);
+    if (!n) throw new Error(`no node ${id}`);
+    return n;
+  }
+
+  /** Starts (or restarts) a node's process and waits for its readiness line. */
+  startNode(id: number): Promise<void> {
+    const n = this.node(id);
+    const args = [
+      KVD,
+      '--id', String(id),
+      '--listen', n.address,
+      '--peers', this.peers,
+      '--data-dir', n.dataDir,
+      '--metrics-port', '0',
+      '--tick-ms', String(this.opts.tickMs ?? 50),
+      '--election-ticks', String(this.opts.electionTicks ?? 10),
+      ...(this.opts.snapshotEvery ? ['--snapshot-every', String(this.opts.snapshotEvery)] : []),
+      ...(this.opts.extraArgs ?? []),
+    ];
+    const proc = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, KVCASCADE_LOG_LEVEL: 'warn' } });
+    n.proc = proc;
+    proc.stderr!.on('data', (d: Buffer) => {
+      n.stderr.push(d.toString());
+      if (n.stderr.length > 200) n.stderr.shift();
+    });
+    return new Promise((res, rej) => {
+      const lines = createInterface({ input: proc.stdout! });
+      lines.on('line', (line) => {
+        if (!line.startsWith('{')) return;
+        const msg = JSON.parse(line) as { event?: string; metricsPort?: number };
+        if (msg.event === 'ready') {
+          n.metricsPort = msg.metricsPort ?? 0;
+          res();
+        }
+      });
+      proc.once('exit', (code, signal) => rej(new Error(`kvd ${id} exited before ready (code ${code}, signal ${signal}): ${n.stderr.join('')}`)));
+    });
+  }
+
+  /** Kills a node's process (default SIGKILL: no chance to flush anything). */
+  async kill(id: number, signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
+    const p = this.node(id).proc;
+    if (!p || p.exitCode !== null || p.signalCode !== null) return;
+    await new Promise<void>((res) => {
+      p.once('exit', () => res());
+      p.kill(signal);
+    });
+    this.node(id).proc = undefined;
+  }
+
+  /** Freezes a node (SIGSTOP). */
+  pause(id: number): void {
+    this.node(id).proc?.kill('SIGSTOP');
+  }
+
+  /** Thaws a paused node (SIGCONT). */
+  resume(id: number): void {
+    this.node(id).proc?.kill('SIGCONT');
+  }
+
+  /** A client over every endpoint (closed by `stop`). */
+  client(endpoints: string[] = this.endpoints): KvClient {
+    const c = new KvClient({ endpoints, defaultDeadlineMs: 5000 });
+    this.clients.push(c);
+    return c;
+  }
+
+  /** Polls Status until a live node reports a leader for group 1 that is alive; returns its id. */
+  async waitForLeader(timeoutMs = 20_000, exclude: readonly number[] = []): Promise<number> {
+    const deadline = Date.now() + timeoutMs;
+    const c = new KvClient({ endpoints: this.endpoints, defaultDeadlineMs: 1000 });
+    try {
+      while (Date.now() < deadline) {
+        for (const n of this.nodes) {
+          if (!n.proc) continue;
+          try {
+            const s = await c.status(n.address);
+            const g = s.groups.find((x) => x.group === 1);
+            if (g && g.leader && !exclude.includes(g.leader) && g.leader === s.nodeId) return g.leader;
+          } catch {
+            // down or busy
+          }
+        }
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    } finally {
+      c.close();
+    }
+    throw new Error(`no leader within ${timeoutMs} ms`);
+  }
+
+  /** Stops every process and deletes the data. */
+  async stop(): Promise<void> {
+    for (const c of this.clients) c.close();
+    await Promise.all(this.nodes.map((n) => this.kill(n.id, 'SIGKILL')));
+    rmSync(this.baseDir, { recursive: true, force: true });
+  }
+}
