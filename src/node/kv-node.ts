@@ -82,6 +82,8 @@ export class KvNode implements KvBackend {
   private inReady = false;
   private stopped = false;
   private readonly lastLeader = new Map<number, string>();
+  /** The last hard state handed to storage per group (to tell whether a Ready needs an fsync). */
+  private readonly syncedHardState = new Map<number, { term: number; vote: number }>();
   observer: NodeObserver = {};
 
   private constructor(
@@ -157,6 +159,12 @@ export class KvNode implements KvBackend {
     return this.members.get(id);
   }
 
+  /** The client address of the data shard's leader, when one is known. */
+  leaderAddress(): string | undefined {
+    const leader = this.replicas.get(DATA_GROUP)?.leader;
+    return leader ? this.addressOf(leader) : undefined;
+  }
+
   /** Whether `id` is a known member (peer traffic from others is refused). */
   isMember(id: NodeId): boolean {
     return this.members.has(id);
@@ -225,7 +233,14 @@ export class KvNode implements KvBackend {
               ...(rd.hardState ? { hardState: rd.hardState } : {}),
               ...(rd.snapshot ? { snapshot: rd.snapshot } : {}),
             });
-            mustSync = true;
+            // As etcd: a commit-index-only change need not be synced before acting on it (a
+            // restart recovers the commit index from a quorum); entries, term and vote must be.
+            const hs = rd.hardState;
+            const prev = this.syncedHardState.get(r.group);
+            if (rd.entries.length > 0 || rd.snapshot || (hs && (!prev || hs.term !== prev.term || hs.vote !== prev.vote))) {
+              mustSync = true;
+            }
+            if (hs) this.syncedHardState.set(r.group, hs);
             entries += rd.entries.length;
           }
           round.push([r, rd]);

@@ -1,0 +1,94 @@
+/** Configuration of a kvd process: flags and an optional JSON file, validated into `KvdConfig`. */
+import { Command, InvalidArgumentError } from 'commander';
+import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { KVCASCADE_VERSION } from '../node/kv-node.js';
+
+/** The node's configuration after merging the config file and flags. */
+export interface KvdConfig {
+  id: number;
+  listen: string;
+  peers: Map<number, string>;
+  dataDir: string;
+  metricsPort: number;
+  tickMs: number;
+  electionTicks: number;
+  snapshotEveryEntries: number;
+  retentionMs: number;
+  tlsCert?: string;
+  tlsKey?: string;
+  tlsCa?: string;
+}
+
+function parsePeers(s: string): Map<number, string> {
+  const out = new Map<number, string>();
+  for (const part of s.split(',').map((p) => p.trim()).filter(Boolean)) {
+    const m = /^(\d+)=(.+:\d+)$/.exec(part);
+    if (!m) throw new InvalidArgumentError(`peer "${part}" is not id=host:port`);
+    out.set(Number(m[1]), m[2]!);
+  }
+  return out;
+}
+
+function int(name: string) {
+  return (v: string): number => {
+    const n = Number(v);
+    if (!Number.isSafeInteger(n) || n < 0) throw new InvalidArgumentError(`${name} must be a non-negative integer`);
+    return n;
+  };
+}
+
+/** Parses argv into a config (exits with a one-line error on bad input). */
+export function parseConfig(argv: string[]): KvdConfig {
+  const program = new Command('kvd')
+    .description('kvcascade node: serves the KV API and replicates with its peers')
+    .version(KVCASCADE_VERSION)
+    .option('--config <file>', 'JSON config file (flags override it)')
+    .option('--id <n>', 'this node id (positive integer)', int('--id'))
+    .option('--listen <host:port>', 'address for clients and peers')
+    .option('--peers <list>', 'initial members: 1=host:port,2=host:port,... (including this node)')
+    .option('--data-dir <dir>', 'where the node keeps its data')
+    .option('--metrics-port <port>', 'port of the /metrics HTTP endpoint on 127.0.0.1 (0 = ephemeral)', int('--metrics-port'))
+    .option('--tick-ms <ms>', 'Raft tick length', int('--tick-ms'))
+    .option('--election-ticks <n>', 'ticks before a follower campaigns', int('--election-ticks'))
+    .option('--snapshot-every <entries>', 'take a snapshot after this many applied entries', int('--snapshot-every'))
+    .option('--retention-ms <ms>', 'keep old versions this long (0 = bounded only by history limits)', int('--retention-ms'))
+    .option('--tls-cert <file>', 'PEM certificate for client and peer TLS')
+    .option('--tls-key <file>', 'PEM private key for client and peer TLS')
+    .option('--tls-ca <file>', 'PEM CA bundle to verify peers (and client certificates)')
+    .exitOverride()
+    .configureOutput({ writeErr: (s) => process.stderr.write(s) });
+  program.parse(argv, { from: 'user' });
+  const o = program.opts<Record<string, unknown>>();
+  let file: Record<string, unknown> = {};
+  if (typeof o.config === 'string') file = JSON.parse(readFileSync(o.config, 'utf8')) as Record<string, unknown>;
+  const pick = <T>(k: string, fallback: T): T => (o[k] ?? file[k] ?? fallback) as T;
+  const peersRaw = pick<string | Record<string, string> | undefined>('peers', undefined);
+  const peers =
+    typeof peersRaw === 'string'
+      ? parsePeers(peersRaw)
+      : new Map(Object.entries(peersRaw ?? {}).map(([k, v]) => [Number(k), String(v)] as [number, string]));
+  const id = Number(pick('id', 0));
+  const listen = pick<string | undefined>('listen', undefined) ?? peers.get(id);
+  if (!id) throw new Error('--id is required');
+  if (!listen) throw new Error('--listen is required (or list this node in --peers)');
+  if (peers.size === 0) peers.set(id, listen);
+  if (!peers.has(id)) throw new Error(`node ${id} must be listed in --peers`);
+  const cfg: KvdConfig = {
+    id,
+    listen,
+    peers,
+    dataDir: resolve(pick('dataDir', `./data/node-${id}`)),
+    metricsPort: Number(pick('metricsPort', 0)),
+    tickMs: Number(pick('tickMs', 100)),
+    electionTicks: Number(pick('electionTicks', 10)),
+    snapshotEveryEntries: Number(pick('snapshotEvery', 20000)),
+    retentionMs: Number(pick('retentionMs', 0)),
+  };
+  for (const k of ['tlsCert', 'tlsKey', 'tlsCa'] as const) {
+    const v = pick<string | undefined>(k, undefined);
+    if (v) cfg[k] = v;
+  }
+  return cfg;
+}
+

@@ -1,0 +1,95 @@
+#!/usr/bin/env node
+/** `kvd`: starts one kvcascade node from flags or a JSON config file. */
+import * as grpc from '@grpc/grpc-js';
+import { mkdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { createLogger } from '../log.js';
+import { KvNode } from '../node/kv-node.js';
+import { parseConfig, type KvdConfig } from './kvd-config.js';
+import { GrpcPeerTransport } from '../node/grpc-transport.js';
+import { NodeMetrics } from '../node/metrics.js';
+import { LevelEngine } from '../storage/kv-engine.js';
+import { addKvServices, createGrpcServer } from '../server/kv-service.js';
+
+async function main(): Promise<void> {
+  let cfg: KvdConfig;
+  try {
+    cfg = parseConfig(process.argv.slice(2));
+  } catch (e) {
+    const code = (e as { code?: string }).code;
+    if (code === 'commander.helpDisplayed' || code === 'commander.version') process.exit(0);
+    process.stderr.write(`kvd: ${(e as Error).message}\n`);
+    process.exit(2);
+  }
+  const log = createLogger('kvd', { node: cfg.id });
+  mkdirSync(cfg.dataDir, { recursive: true });
+  const tls = cfg.tlsCert && cfg.tlsKey;
+  const serverCreds = tls
+    ? grpc.ServerCredentials.createSsl(
+        cfg.tlsCa ? readFileSync(cfg.tlsCa) : null,
+        [{ cert_chain: readFileSync(cfg.tlsCert!), private_key: readFileSync(cfg.tlsKey!) }],
+        false,
+      )
+    : grpc.ServerCredentials.createInsecure();
+  const peerCreds = tls
+    ? grpc.credentials.createSsl(
+        cfg.tlsCa ? readFileSync(cfg.tlsCa) : null,
+        readFileSync(cfg.tlsKey!),
+        readFileSync(cfg.tlsCert!),
+      )
+    : grpc.credentials.createInsecure();
+
+  const transport = new GrpcPeerTransport(cfg.id, cfg.peers, { log, credentials: peerCreds });
+  const engine = await LevelEngine.open(join(cfg.dataDir, 'db'));
+  const node = await KvNode.open(
+    {
+      id: cfg.id,
+      members: cfg.peers,
+      tickMs: cfg.tickMs,
+      electionTicks: cfg.electionTicks,
+      snapshotEveryEntries: cfg.snapshotEveryEntries,
+      retentionMs: cfg.retentionMs,
+      log,
+    },
+    engine,
+    transport,
+  );
+  const metrics = new NodeMetrics(node);
+  node.observer = metrics.observer();
+  const server = createGrpcServer();
+  const services = addKvServices(server, metrics.meter(node), {
+    log,
+    selfAddress: cfg.listen,
+    leaderAddress: () => node.leaderAddress(),
+    forwardCredentials: peerCreds,
+  });
+  transport.register(server, (id) => node.isMember(id));
+  const port = await new Promise<number>((res, rej) =>
+    server.bindAsync(cfg.listen, serverCreds, (err, p) => (err ? rej(err) : res(p))),
+  );
+  const m = await metrics.serve(cfg.metricsPort);
+  node.start();
+  log.info({ listen: cfg.listen, port, metricsPort: m.port, dataDir: cfg.dataDir, peers: Object.fromEntries(cfg.peers) }, 'kvd started');
+  // A machine-readable readiness line for supervisors and tests.
+  process.stdout.write(`${JSON.stringify({ event: 'ready', id: cfg.id, port, metricsPort: m.port })}\n`);
+
+  let stopping = false;
+  const stop = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal }, 'stopping');
+    services.close();
+    server.forceShutdown();
+    m.server.close();
+    await node.stop();
+    log.flush?.();
+    process.exit(0);
+  };
+  process.on('SIGINT', () => void stop('SIGINT'));
+  process.on('SIGTERM', () => void stop('SIGTERM'));
+}
+
+main().catch((e) => {
+  process.stderr.write(`kvd: ${(e as Error).stack ?? String(e)}\n`);
+  process.exit(1);
+});

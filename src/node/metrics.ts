@@ -1,0 +1,178 @@
+/**
+ * Prometheus metrics of a kvd node (prom-client): requests by method and status, latencies,
+ * Raft and storage figures, served on an HTTP `/metrics` endpoint.
+ */
+import { createServer, type Server } from 'node:http';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type {
+  CallOptions,
+  DeleteRequest,
+  GetRequest,
+  KvBackend,
+  ListRequest,
+  PutRequest,
+  WatchRequest,
+  WatchSink,
+} from '../server/backend.js';
+import type { KvNode, NodeObserver } from './kv-node.js';
+
+/** Every metric of one node, in its own registry. */
+export class NodeMetrics {
+  readonly registry = new Registry();
+  readonly requests: Counter<'method' | 'status'>;
+  readonly requestSeconds: Histogram<'method'>;
+  readonly fsyncSeconds: Histogram;
+  readonly batchEntries: Histogram;
+  readonly batchGroups: Histogram;
+  readonly appliedEntries: Counter<'group'>;
+  readonly leaderChanges: Counter<'group'>;
+
+  constructor(node: KvNode) {
+    const registers = [this.registry];
+    collectDefaultMetrics({ register: this.registry, prefix: 'kvcascade_process_' });
+    this.requests = new Counter({
+      name: 'kvcascade_requests_total',
+      help: 'Client requests by method and outcome (ok or the error kind)',
+      labelNames: ['method', 'status'],
+      registers,
+    });
+    this.requestSeconds = new Histogram({
+      name: 'kvcascade_request_duration_seconds',
+      help: 'Client request latency on this node',
+      labelNames: ['method'],
+      buckets: [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      registers,
+    });
+    this.fsyncSeconds = new Histogram({
+      name: 'kvcascade_fsync_duration_seconds',
+      help: 'Time to make one ready round durable (one fsynced LevelDB batch for all groups)',
+      buckets: [0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.5],
+      registers,
+    });
+    this.batchEntries = new Histogram({
+      name: 'kvcascade_fsync_batch_entries',
+      help: 'Log entries made durable by one fsync (group commit)',
+      buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096],
+      registers,
+    });
+    this.batchGroups = new Histogram({
+      name: 'kvcascade_fsync_batch_groups',
+      help: 'Raft groups with work in one ready round',
+      buckets: [1, 2, 4, 8, 16, 32, 64, 128],
+      registers,
+    });
+    this.appliedEntries = new Counter({
+      name: 'kvcascade_raft_applied_entries_total',
+      help: 'Committed entries applied to the state machine',
+      labelNames: ['group'],
+      registers,
+    });
+    this.leaderChanges = new Counter({
+      name: 'kvcascade_raft_leader_changes_total',
+      help: 'Leader changes seen by this node',
+      labelNames: ['group'],
+      registers,
+    });
+    const groupGauge = (name: string, help: string, pick: (g: Awaited<ReturnType<KvNode['status']>>['groups'][number]) => number) =>
+      new Gauge({
+        name,
+        help,
+        labelNames: ['group'],
+        registers,
+        async collect() {
+          const s = await node.status();
+          for (const g of s.groups) this.set({ group: String(g.group) }, pick(g));
+        },
+      });
+    groupGauge('kvcascade_raft_term', 'Current Raft term', (g) => g.term);
+    groupGauge('kvcascade_raft_is_leader', '1 when this node leads the group', (g) => (g.leader === node.id ? 1 : 0));
+    groupGauge('kvcascade_raft_commit_index', 'Commit index', (g) => g.commitIndex);
+    groupGauge('kvcascade_raft_applied_index', 'Applied index', (g) => g.appliedIndex);
+    groupGauge('kvcascade_raft_log_entries', 'Entries held in the log (after the last compaction)', (g) => g.lastIndex - g.firstIndex + 1);
+    groupGauge('kvcascade_revision', 'State machine revision', (g) => g.revision);
+    new Gauge({
+      name: 'kvcascade_raft_pending_proposals',
+      help: 'Proposals waiting for commit on this node',
+      registers,
+      collect() {
+        this.set(node.replica(1)?.pendingProposals ?? 0);
+      },
+    });
+    new Gauge({
+      name: 'kvcascade_watchers',
+      help: 'Active watches served by this node',
+      registers,
+      collect() {
+        this.set(node.replica(1)?.watches.size ?? 0);
+      },
+    });
+  }
+
+  /** A node observer that records storage and Raft events. */
+  observer(): NodeObserver {
+    return {
+      readyBatch: (groups, entries, fsyncMs) => {
+        this.fsyncSeconds.observe(fsyncMs / 1000);
+        this.batchEntries.observe(entries);
+        this.batchGroups.observe(groups);
+      },
+      applied: (group, n) => this.appliedEntries.inc({ group: String(group) }, n),
+      leaderChanged: (group) => this.leaderChanges.inc({ group: String(group) }),
+    };
+  }
+
+  /** Wraps a backend so that every call is counted and timed. */
+  meter(backend: KvBackend): KvBackend {
+    const timed = async <T>(method: string, fn: () => Promise<T>): Promise<T> => {
+      const end = this.requestSeconds.startTimer({ method });
+      try {
+        const v = await fn();
+        this.requests.inc({ method, status: 'ok' });
+        return v;
+      } catch (e) {
+        this.requests.inc({ method, status: (e as Error).name ?? 'Error' });
+        throw e;
+      } finally {
+        end();
+      }
+    };
+    return {
+      put: (req: PutRequest, o: CallOptions) => timed('put', () => backend.put(req, o)),
+      get: (req: GetRequest, o: CallOptions) => timed('get', () => backend.get(req, o)),
+      delete: (req: DeleteRequest, o: CallOptions) => timed('delete', () => backend.delete(req, o)),
+      list: (req: ListRequest, o: CallOptions) => timed('list', () => backend.list(req, o)),
+      watch: (req: WatchRequest, sink: WatchSink) => {
+        this.requests.inc({ method: 'watch', status: 'ok' });
+        return backend.watch(req, sink);
+      },
+      status: () => timed('status', () => backend.status()),
+    };
+  }
+
+  /** Serves `/metrics` on 127.0.0.1:`port` (0 = ephemeral); resolves with the bound port. */
+  async serve(port: number, host = '127.0.0.1'): Promise<{ server: Server; port: number }> {
+    const server = createServer((req, res) => {
+      if (req.url !== '/metrics') {
+        res.statusCode = 404;
+        res.end('not found\n');
+        return;
+      }
+      this.registry.metrics().then(
+        (text) => {
+          res.setHeader('Content-Type', this.registry.contentType);
+          res.end(text);
+        },
+        (err) => {
+          res.statusCode = 500;
+          res.end(String(err));
+        },
+      );
+    });
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(port, host, () => resolve());
+    });
+    const addr = server.address();
+    return { server, port: typeof addr === 'object' && addr ? addr.port : port };
+  }
+}
