@@ -54,8 +54,10 @@ export interface NodeOptions {
   /** Entries kept behind a snapshot for followers that lag a little. */
   readonly keepEntriesAfterSnapshot?: number;
   readonly maxPendingProposals?: number;
-  /** Keep old versions this long (ms); older ones are compacted. 0 = keep what history limits allow. */
+  /** Keep old versions this long (ms); older ones are compacted (default 1 hour; 0 = never by time). */
   readonly retentionMs?: number;
+  /** How often the leader checks whether old versions are due for compaction (ms). */
+  readonly retentionCheckMs?: number;
   readonly stateMachine?: KvStateMachineOptions;
   readonly nowMs?: () => number;
   readonly log: Logger;
@@ -68,6 +70,8 @@ export interface NodeObserver {
   readyBatch?(groups: number, entries: number, fsyncMs: number): void;
   applied?(group: number, entries: number): void;
   leaderChanged?(group: number, leader: number, term: number): void;
+  /** A proposal made here was applied, `latencyMs` after it was proposed. */
+  committed?(group: number, latencyMs: number): void;
 }
 
 /** One kvd process's replicas and their driving loop. */
@@ -82,6 +86,7 @@ export class KvNode implements KvBackend {
   private inReady = false;
   private stopped = false;
   private readonly lastLeader = new Map<number, string>();
+  private lastRetentionCheckMs = 0;
   /** The last hard state handed to storage per group (to tell whether a Ready needs an fsync). */
   private readonly syncedHardState = new Map<number, { term: number; vote: number }>();
   observer: NodeObserver = {};
@@ -130,6 +135,7 @@ export class KvNode implements KvBackend {
       maxPendingProposals: this.opts.maxPendingProposals ?? 50_000,
       ...(this.opts.stateMachine ? { stateMachine: this.opts.stateMachine } : {}),
       nowMs: this.nowMs,
+      onCommitted: (ms) => this.observer.committed?.(group, ms),
       onBadEntry: (index, err) => this.log.error({ group, index, err: String(err) }, 'undecodable committed entry applied as no-op'),
     });
     this.replicas.set(group, r);
@@ -181,7 +187,27 @@ export class KvNode implements KvBackend {
       r.raw.tick();
       r.watches.tick();
     }
+    const now = this.nowMs();
+    if (now - this.lastRetentionCheckMs >= (this.opts.retentionCheckMs ?? 10_000)) {
+      this.lastRetentionCheckMs = now;
+      this.compactOldVersions(now);
+    }
     this.scheduleReady();
+  }
+
+  /** On leaders: replicate a compaction of versions older than the retention window. */
+  private compactOldVersions(now: number): void {
+    const retentionMs = this.opts.retentionMs ?? 3_600_000;
+    if (retentionMs <= 0) return;
+    for (const r of this.replicas.values()) {
+      if (!r.isLeader) continue;
+      const revision = r.sm.retentionCompactRevision(now, retentionMs);
+      if (revision <= r.sm.compactRevision) continue;
+      r.propose({ type: 'compact', revision }).then(
+        () => this.log.info({ group: r.group, revision }, 'compacted versions older than the retention window'),
+        (e: unknown) => this.log.debug({ group: r.group, err: String(e) }, 'retention compaction not applied'),
+      );
+    }
   }
 
   private receive(msgs: readonly Message[]): void {

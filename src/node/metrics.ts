@@ -26,6 +26,8 @@ export class NodeMetrics {
   readonly batchGroups: Histogram;
   readonly appliedEntries: Counter<'group'>;
   readonly leaderChanges: Counter<'group'>;
+  readonly proposals: Counter<'group'>;
+  readonly commitSeconds: Histogram;
 
   constructor(node: KvNode) {
     const registers = [this.registry];
@@ -73,6 +75,18 @@ export class NodeMetrics {
       labelNames: ['group'],
       registers,
     });
+    this.proposals = new Counter({
+      name: 'kvcascade_raft_proposals_committed_total',
+      help: 'Proposals made on this node that committed and were applied',
+      labelNames: ['group'],
+      registers,
+    });
+    this.commitSeconds = new Histogram({
+      name: 'kvcascade_raft_commit_duration_seconds',
+      help: 'Time from proposing a write to applying it (replication, quorum fsyncs, apply)',
+      buckets: [0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.5, 1, 2],
+      registers,
+    });
     const groupGauge = (name: string, help: string, pick: (g: Awaited<ReturnType<KvNode['status']>>['groups'][number]) => number) =>
       new Gauge({
         name,
@@ -118,6 +132,10 @@ export class NodeMetrics {
       },
       applied: (group, n) => this.appliedEntries.inc({ group: String(group) }, n),
       leaderChanged: (group) => this.leaderChanges.inc({ group: String(group) }),
+      committed: (group, ms) => {
+        this.proposals.inc({ group: String(group) });
+        this.commitSeconds.observe(ms / 1000);
+      },
     };
   }
 

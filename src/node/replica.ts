@@ -32,12 +32,15 @@ export interface ReplicaOptions {
   readonly stateMachine?: KvStateMachineOptions;
   readonly watch?: WatchHubOptions;
   readonly nowMs: () => number;
+  /** Called when a proposal of this replica is applied: its propose → apply latency. */
+  readonly onCommitted?: (latencyMs: number) => void;
   /** Called when a committed entry cannot be decoded (never fatal: it is applied as a no-op). */
   readonly onBadEntry?: (index: number, err: unknown) => void;
 }
 
 interface PendingProposal {
   readonly term: number;
+  readonly startedMs: number;
   readonly resolve: (r: CommandResult) => void;
   readonly reject: (e: Error) => void;
 }
@@ -119,7 +122,8 @@ export class ShardReplica {
     }
     const index = this.raw.raft.log.lastIndex();
     const term = this.raw.raft.term;
-    return new Promise((resolve, reject) => this.proposals.set(index, { term, resolve, reject }));
+    const startedMs = performance.now();
+    return new Promise((resolve, reject) => this.proposals.set(index, { term, startedMs, resolve, reject }));
   }
 
   /** Waits until this replica may serve a linearizable read (ReadIndex confirmed and applied). */
@@ -169,7 +173,10 @@ export class ShardReplica {
       const pending = this.proposals.get(e.index);
       if (pending) {
         this.proposals.delete(e.index);
-        if (pending.term === e.term) pending.resolve(out.result);
+        if (pending.term === e.term) {
+          this.opts.onCommitted?.(performance.now() - pending.startedMs);
+          pending.resolve(out.result);
+        }
         else pending.reject(new ProposalLostError());
       }
       if (out.events.length > 0) this.watches.publish(out.events);

@@ -149,6 +149,23 @@ describe('the KV API on a 3-process cluster', () => {
     expect(got[31]! - got[0]!).toBe(31);
   });
 
+  it('exposes Prometheus metrics on every node', async () => {
+    const c = cluster.client();
+    for (let i = 0; i < 5; i++) await c.put(`/metrics/${i}`, 'x');
+    await c.get('/metrics/0');
+    const leader = await cluster.waitForLeader();
+    const text = await (await fetch(`http://127.0.0.1:${cluster.node(leader).metricsPort}/metrics`)).text();
+    const value = (re: RegExp) => Number(re.exec(text)?.[1] ?? NaN);
+    expect(value(/kvcascade_requests_total\{method="put",status="ok"\} (\d+)/)).toBeGreaterThanOrEqual(5);
+    expect(value(/kvcascade_raft_is_leader\{group="1"\} (\d+)/)).toBe(1);
+    expect(value(/kvcascade_fsync_duration_seconds_count (\d+)/)).toBeGreaterThan(0);
+    expect(value(/kvcascade_raft_commit_duration_seconds_count (\d+)/)).toBeGreaterThanOrEqual(5);
+    expect(value(/kvcascade_raft_term\{group="1"\} (\d+)/)).toBeGreaterThan(0);
+    for (const name of ['kvcascade_request_duration_seconds_bucket', 'kvcascade_fsync_batch_entries_bucket', 'kvcascade_raft_applied_index', 'kvcascade_raft_log_entries', 'kvcascade_raft_leader_changes_total']) {
+      expect(text).toContain(name);
+    }
+  });
+
   it('survives a restart of every node with its data intact', async () => {
     const c = cluster.client();
     const keys = Array.from({ length: 20 }, (_, i) => `/persist/${i}`);

@@ -5,6 +5,7 @@ import { LoopbackHub } from '../../src/node/transport.js';
 import { MemoryEngine } from '../../src/storage/kv-engine.js';
 import { silentLogger } from '../../src/log.js';
 import { NotLeaderError } from '../../src/server/backend.js';
+import { CompactedRevisionError } from '../../src/statemachine/index.js';
 import type { KvEvent } from '../../src/statemachine/index.js';
 
 const enc = (s: string) => new TextEncoder().encode(s);
@@ -13,7 +14,7 @@ const deadline = () => ({ deadlineMs: Date.now() + 5000 });
 
 let nodes: KvNode[] = [];
 
-async function cluster(n = 3): Promise<{ nodes: KvNode[]; hub: LoopbackHub; engines: MemoryEngine[] }> {
+async function cluster(n = 3, extra: Partial<import('../../src/node/kv-node.js').NodeOptions> = {}): Promise<{ nodes: KvNode[]; hub: LoopbackHub; engines: MemoryEngine[] }> {
   const hub = new LoopbackHub();
   const members = new Map(Array.from({ length: n }, (_, i) => [i + 1, `node-${i + 1}`] as [number, string]));
   const engines: MemoryEngine[] = [];
@@ -21,7 +22,7 @@ async function cluster(n = 3): Promise<{ nodes: KvNode[]; hub: LoopbackHub; engi
   for (let id = 1; id <= n; id++) {
     const engine = new MemoryEngine();
     engines.push(engine);
-    const node = await KvNode.open({ id, members, tickMs: 10, log: silentLogger(), onFatal: (e) => { throw e; } }, engine, hub.transport(id));
+    const node = await KvNode.open({ id, members, tickMs: 10, log: silentLogger(), onFatal: (e) => { throw e; }, ...extra }, engine, hub.transport(id));
     node.start();
     nodes.push(node);
   }
@@ -102,5 +103,22 @@ describe('KvNode', () => {
       const g = await l2.get({ key: k, consistency: 'linearizable' }, deadline());
       expect(g.found).toBe(true);
     }
+  });
+});
+
+describe('retention', () => {
+  it('compacts versions older than the retention window, through the log, on every replica', async () => {
+    let now = 1_000_000;
+    const { nodes } = await cluster(3, { nowMs: () => now, retentionMs: 1000, retentionCheckMs: 100 });
+    const l = await leader(nodes);
+    const v1 = await l.put({ key: '/r', value: enc('old') }, deadline());
+    now += 600;
+    const v2 = await l.put({ key: '/r', value: enc('new') }, deadline());
+    // Within the window both versions are readable.
+    expect(dec((await l.get({ key: '/r', atVersion: v1.version, consistency: 'linearizable' }, deadline())).value)).toBe('old');
+    now += 5000; // the first write falls out of the window
+    while (nodes.some((n) => n.replica(DATA_GROUP)!.sm.compactRevision < v2.version)) await new Promise((r) => setTimeout(r, 10));
+    await expect(l.get({ key: '/r', atVersion: v1.version, consistency: 'linearizable' }, deadline())).rejects.toBeInstanceOf(CompactedRevisionError);
+    expect(dec((await l.get({ key: '/r', consistency: 'linearizable' }, deadline())).value)).toBe('new');
   });
 });
