@@ -234,8 +234,10 @@ export class KvNode implements KvBackend {
   }
 
   /**
-   * The only place that sequences persist → send → apply → advance. All groups' writes of one
-   * round go into one fsynced batch (group commit); work arriving meanwhile waits for the next round.
+   * The only place that sequences a Ready: stage the write → send early messages and apply
+   * committed entries → fsync → send the messages that promise durability → advance. All
+   * groups' writes of one round go into one fsynced batch (group commit); work arriving
+   * meanwhile waits for the next round.
    */
   private async runReady(): Promise<void> {
     if (this.inReady) {
@@ -269,6 +271,11 @@ export class KvNode implements KvBackend {
             if (hs) this.syncedHardState.set(r.group, hs);
             entries += rd.entries.length;
           }
+          // What need not wait for the disk goes now: the leader's appends and heartbeats (so
+          // its fsync overlaps the followers'), and applying entries already durable on a quorum.
+          this.transport.send(rd.earlyMessages);
+          r.apply(rd);
+          if (rd.committedEntries.length > 0) this.observer.applied?.(r.group, rd.committedEntries.length);
           round.push([r, rd]);
         }
         if (round.length === 0) return;
@@ -276,10 +283,8 @@ export class KvNode implements KvBackend {
         if (mustSync) await this.store.flush();
         if (mustSync) this.observer.readyBatch?.(round.length, entries, performance.now() - t0);
         for (const [r, rd] of round) {
-          this.transport.send(rd.messages);
-          r.apply(rd);
+          this.transport.send(rd.messages); // acknowledgements and votes: only once durable
           r.raw.advance(rd);
-          if (rd.committedEntries.length > 0) this.observer.applied?.(r.group, rd.committedEntries.length);
           if (rd.softState) this.noteLeader(r);
           if (r.wantsSnapshot()) this.snapshot(r);
         }

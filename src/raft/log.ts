@@ -117,6 +117,11 @@ export class RaftLog {
     }
   }
 
+  /** The last index known to be durable locally (entries handed out but not yet stable are excluded). */
+  stableLastIndex(): number {
+    return Math.min(this.storage.lastIndex(), this.unstable.offset - 1);
+  }
+
   lastTerm(): number {
     const t = this.term(this.lastIndex());
     if (t === undefined) throw new Error('raft log: last term unavailable');

@@ -361,7 +361,8 @@ export class Raft {
     const last = this.log.lastIndex();
     for (const pr of this.prs.values()) {
       const fresh = new Progress(pr.id, last + 1, this.maxInflight, pr.isLearner);
-      if (pr.id === this.id) fresh.match = last;
+      // The leader counts itself only for entries already durable on its own disk.
+      if (pr.id === this.id) fresh.match = this.log.stableLastIndex();
       this.prs.set(pr.id, fresh);
     }
     this.pendingConfIndex = 0;
@@ -660,9 +661,20 @@ export class Raft {
   private appendEntries(entries: readonly Entry[]): void {
     let index = this.log.lastIndex();
     const stamped = entries.map((e) => ({ term: this.term, index: ++index, type: e.type, data: e.data }));
-    const last = this.log.append(stamped);
-    this.prs.get(this.id)?.maybeUpdate(last);
-    this.maybeCommit();
+    this.log.append(stamped);
+    // The leader's own copy counts toward commitment only once it is durable: see `stableTo`.
+  }
+
+  /**
+   * The host made the log durable up to (index, term). A leader now counts its own copy, which
+   * may commit entries (this is what lets a leader write its log in parallel with replicating it).
+   */
+  stableTo(index: number, term: number): void {
+    if (this.role !== Role.Leader) return;
+    if (this.log.term(index) !== term) return;
+    const self = this.prs.get(this.id);
+    if (!self || !self.maybeUpdate(index)) return;
+    if (this.maybeCommit()) this.appendPending = true; // tell followers the new commit index
   }
 
   /** Applied entries no longer count against the uncommitted-bytes bound. */
@@ -1076,7 +1088,7 @@ export class Raft {
       } else {
         const fresh = new Progress(id, last + 1, this.maxInflight, learner);
         fresh.recentActive = true;
-        if (id === this.id) fresh.match = last;
+        if (id === this.id) fresh.match = this.log.stableLastIndex();
         this.prs.set(id, fresh);
       }
     }

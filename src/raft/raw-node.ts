@@ -5,6 +5,7 @@
 import { decodeConfChange, Raft, type RaftConfig } from './raft.js';
 import {
   EntryType,
+  MessageType,
   Role,
   type ConfChange,
   type ConfState,
@@ -117,10 +118,14 @@ export class RawNode {
     const committedEntries = r.log.nextCommittedEntries(r.maxApplyBytes);
     if (committedEntries.length > 0) r.log.applying = committedEntries[committedEntries.length - 1]!.index;
     const snapshot = r.log.unstable.snapshot;
+    const early: Message[] = [];
+    const late: Message[] = [];
+    for (const m of r.msgs) (EARLY_TYPES.has(m.type) ? early : late).push(m);
     const rd: Ready = {
       entries: [...r.log.unstable.entries],
       committedEntries,
-      messages: r.msgs,
+      earlyMessages: early,
+      messages: late,
       readStates: r.readStates,
       ...(sameHardState(hs, this.prevHard) ? {} : { hardState: hs }),
       ...(soft.leader !== this.prevSoft.leader || soft.role !== this.prevSoft.role ? { softState: soft } : {}),
@@ -143,7 +148,10 @@ export class RawNode {
     const r = this.raft;
     if (rd.hardState) this.prevHard = rd.hardState;
     const lastEntry = rd.entries[rd.entries.length - 1];
-    if (lastEntry) r.log.unstable.stableTo(lastEntry.index, lastEntry.term);
+    if (lastEntry) {
+      r.log.unstable.stableTo(lastEntry.index, lastEntry.term);
+      r.stableTo(lastEntry.index, lastEntry.term);
+    }
     if (rd.snapshot) {
       r.log.unstable.stableSnapTo(rd.snapshot.meta.index);
       const si = rd.snapshot.meta.index;
@@ -185,6 +193,18 @@ export class RawNode {
     };
   }
 }
+
+/**
+ * Messages only a leader sends, which depend on nothing this Ready makes durable: the leader may
+ * send them while its own disk write is in flight (Raft thesis §10.2.1).
+ */
+const EARLY_TYPES = new Set<string>([
+  MessageType.App,
+  MessageType.Heartbeat,
+  MessageType.Snap,
+  MessageType.TimeoutNow,
+  MessageType.ReadIndexResp,
+]);
 
 function isForwardable(m: Message): boolean {
   return m.type === 'Prop' || m.type === 'ReadIndex' || m.type === 'TransferLeader';

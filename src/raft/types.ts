@@ -151,11 +151,15 @@ export interface SoftState {
 }
 
 /**
- * One batch of work for the host. The host MUST handle it in this order:
- * 1. durably write `snapshot` (if any), then `entries` (replacing any conflicting suffix), then `hardState` (if any), in one fsynced batch;
- * 2. only then send `messages`;
- * 3. apply `committedEntries` to the state machine (they are already durable locally), and, if `snapshot` is set, restore the state machine from it first;
- * 4. call `advance(ready)`.
+ * One batch of work for the host. The host MUST:
+ * 1. start the durable write of `snapshot` (if any), `entries` (replacing any conflicting
+ *    suffix) and `hardState` (if any), as one atomic, fsynced batch;
+ * 2. send `earlyMessages` at any time (a leader's appends and heartbeats: they depend on
+ *    nothing in this batch, so the leader's disk write overlaps replication);
+ * 3. restore the state machine from `snapshot` (if any), then apply `committedEntries` in
+ *    order: they are durable on a quorum already, so this may happen before step 1 completes;
+ * 4. once the write of step 1 is durable, send `messages` (votes, acknowledgements: they
+ *    promise what is now on disk), then call `advance(ready)`.
  * `readStates` may be served once the state machine has applied up to each one's index.
  */
 export interface Ready {
@@ -164,6 +168,9 @@ export interface Ready {
   readonly entries: readonly Entry[];
   readonly snapshot?: Snapshot;
   readonly committedEntries: readonly Entry[];
+  /** Sendable before the write of this Ready is durable. */
+  readonly earlyMessages: readonly Message[];
+  /** Sendable only after the write of this Ready is durable. */
   readonly messages: readonly Message[];
   readonly readStates: readonly ReadState[];
 }

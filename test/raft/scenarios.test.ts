@@ -259,29 +259,14 @@ describe('linearizable reads', () => {
     const rd = net.host(1).startReady()!;
     // The read is not released before the heartbeat round.
     expect(rd.readStates).toEqual([]);
-    expect(rd.messages.filter((m) => m.type === MessageType.Heartbeat && m.context === 'r1')).toHaveLength(2);
-    net.queue.push(...net.host(1).completeReady().messages);
-    const states: { index: number; requestId: string }[] = [];
-    const orig = net.host(1).completeReady.bind(net.host(1));
-    net.host(1).completeReady = () => {
-      const out = orig();
-      states.push(...out.readStates);
-      return out;
-    };
+    expect(rd.earlyMessages.filter((m) => m.type === MessageType.Heartbeat && m.context === 'r1')).toHaveLength(2);
+    net.queue.push(...net.host(1).applyReady().messages, ...net.host(1).completeReady());
     net.stabilize();
-    expect(states).toEqual([{ index: commit, requestId: 'r1' }]);
+    expect(net.readStates(1)).toEqual([{ index: commit, requestId: 'r1' }]);
     // Through a follower: forwarded to the leader and answered with the leader's commit index.
-    const fstates: { index: number; requestId: string }[] = [];
-    const h2 = net.host(2);
-    const orig2 = h2.completeReady.bind(h2);
-    h2.completeReady = () => {
-      const out = orig2();
-      fstates.push(...out.readStates);
-      return out;
-    };
-    h2.node.readIndex('r2');
+    net.host(2).node.readIndex('r2');
     net.stabilize();
-    expect(fstates).toEqual([{ index: commit, requestId: 'r2' }]);
+    expect(net.readStates(2)).toEqual([{ index: commit, requestId: 'r2' }]);
   });
 
   it('a paused old leader serves no stale read after it resumes', () => {
@@ -294,21 +279,14 @@ describe('linearizable reads', () => {
     elect(net, 2);
     net.propose(2, 'a', 'new');
     // It resumes still believing it leads and is asked for a read before hearing anything.
-    const states: { index: number; requestId: string }[] = [];
     const h1 = net.host(1);
-    const orig = h1.completeReady.bind(h1);
-    h1.completeReady = () => {
-      const out = orig();
-      states.push(...out.readStates);
-      return out;
-    };
     expect(h1.node.raft.role).toBe(Role.Leader);
     h1.node.readIndex('stale?');
     net.resume(1);
     net.stabilize();
     // It learned of the new term from the heartbeat answers and never released the read.
     expect(h1.node.raft.role).toBe(Role.Follower);
-    expect(states).toEqual([]);
+    expect(net.readStates(1)).toEqual([]);
   });
 
   it("a new leader answers reads only after its term's no-op commits", () => {
@@ -321,20 +299,14 @@ describe('linearizable reads', () => {
     net.dropIf((m) => m.type === MessageType.App && m.from === 2);
     elect(net, 2);
     const h2 = net.host(2);
-    const states: { index: number; requestId: string }[] = [];
-    const orig = h2.completeReady.bind(h2);
-    h2.completeReady = () => {
-      const out = orig();
-      states.push(...out.readStates);
-      return out;
-    };
     h2.node.readIndex('early');
     net.tickAll(2);
-    expect(states).toEqual([]);
+    const states = () => net.readStates(2).filter((r) => r.requestId === 'early');
+    expect(states()).toEqual([]);
     net.heal().tickAll(2);
-    expect(states).toHaveLength(1);
-    expect(states[0]!.index).toBeGreaterThanOrEqual(lastIndex(net, 2) - 0);
-    expect(net.log(2)[states[0]!.index - 1]!.term).toBe(term(net, 2));
+    expect(states()).toHaveLength(1);
+    expect(states()[0]!.index).toBeGreaterThanOrEqual(lastIndex(net, 2));
+    expect(net.log(2)[states()[0]!.index - 1]!.term).toBe(term(net, 2));
   });
 });
 
@@ -429,6 +401,34 @@ describe('persistence contract', () => {
   });
 });
 
+describe('leader writes in parallel with replication', () => {
+  it("sends appends before its own write is durable, but counts its own copy only once durable", () => {
+    const net = new ScenarioNetwork([1, 2, 3, 4, 5]);
+    net.stabilize();
+    elect(net, 1);
+    net.tickAll(1);
+    const h1 = net.host(1);
+    h1.node.propose(new TextEncoder().encode(JSON.stringify({ c: 5, r: 1, k: 'p', v: 'x' })));
+    const rd = h1.startReady()!;
+    const index = rd.entries[rd.entries.length - 1]!.index;
+    const out = h1.applyReady();
+    // The appends are sendable now, while the leader's disk write is still in flight.
+    expect(out.messages.filter((m) => m.type === MessageType.App).length).toBe(4);
+    // Only node 2 answers: leader (not yet durable) + node 2 is not a quorum of 5.
+    net.queue.push(...out.messages.filter((m) => m.to === 2));
+    net.stabilize();
+    expect(committed(net, 1)).toBeLessThan(index);
+    // Node 3 answers too: nodes 2 and 3 alone are still not a quorum.
+    net.queue.push(...out.messages.filter((m) => m.to === 3));
+    net.stabilize();
+    expect(committed(net, 1)).toBeLessThan(index);
+    // The leader's write completes: now leader + 2 + 3 is a quorum.
+    net.queue.push(...h1.completeReady());
+    net.stabilize();
+    expect(committed(net, 1)).toBe(index);
+  });
+});
+
 describe('replication flow control', () => {
   it('batches many proposals into one append per follower and bounds in-flight appends', () => {
     const net = new ScenarioNetwork([1, 2, 3], { maxInflightAppends: 2 });
@@ -438,11 +438,12 @@ describe('replication flow control', () => {
     const n1 = net.host(1).node;
     for (let i = 0; i < 20; i++) n1.propose(new TextEncoder().encode(JSON.stringify({ c: 9, r: i, k: 'b', v: String(i) })));
     const rd = n1.ready();
-    const apps = rd.messages.filter((m) => m.type === MessageType.App);
+    const apps = rd.earlyMessages.filter((m) => m.type === MessageType.App);
     expect(apps).toHaveLength(2); // one per follower
     expect(apps.every((m) => m.entries!.length === 20)).toBe(true);
-    net.queue.push(...rd.messages);
+    net.queue.push(...rd.earlyMessages);
     net.host(1).outstanding = rd;
+    net.host(1).applyReady();
     net.host(1).completeReady();
     // Followers answer nothing: at most 2 appends may be in flight per follower.
     net.queue = [];
@@ -450,6 +451,7 @@ describe('replication flow control', () => {
       n1.propose(new TextEncoder().encode(JSON.stringify({ c: 9, r: 100 + i, k: 'b', v: 'x' })));
       const r = n1.ready();
       net.host(1).outstanding = r;
+      net.host(1).applyReady();
       net.host(1).completeReady();
     }
     expect(n1.raft.progress(2)!.inflights.count).toBeLessThanOrEqual(2);

@@ -33,8 +33,9 @@ export interface HostOptions {
   readonly compactionLag?: number;
 }
 
-/** What the host observed while completing a Ready (for invariant checks). */
+/** What the host did with the part of a Ready that does not wait for the disk (for invariant checks). */
 export interface ReadyOutcome {
+  /** Messages sendable at once (a leader's appends and heartbeats). */
   readonly messages: readonly Message[];
   readonly applied: readonly Entry[];
   readonly puts: readonly PutCommand[];
@@ -103,24 +104,32 @@ export class SimHost {
     return rd.entries.length > 0 || rd.hardState !== undefined || rd.snapshot !== undefined;
   }
 
-  /** The fsync finished: make the Ready durable, then release its messages, apply, advance. */
-  completeReady(): ReadyOutcome {
+  /**
+   * The part of a Ready that need not wait for the disk: restore a snapshot, apply committed
+   * entries (durable on a quorum already), and hand out the early messages.
+   */
+  applyReady(): ReadyOutcome {
     const rd = this.outstanding;
     if (!rd) throw new Error(`host ${this.id}: no outstanding ready`);
-    this.persist(rd);
     const puts: PutCommand[] = [];
-    if (rd.snapshot) {
-      this.fsm = KvFsm.restore(rd.snapshot.data);
-    }
+    if (rd.snapshot) this.fsm = KvFsm.restore(rd.snapshot.data);
     for (const e of rd.committedEntries) {
       if (e.index <= this.fsm.applied) continue;
       const put = this.fsm.apply(e);
       if (put) puts.push(put);
     }
+    return { messages: rd.earlyMessages, applied: rd.committedEntries, puts, readStates: rd.readStates };
+  }
+
+  /** The fsync finished: make the Ready durable, advance, and return the messages that waited for it. */
+  completeReady(): readonly Message[] {
+    const rd = this.outstanding;
+    if (!rd) throw new Error(`host ${this.id}: no outstanding ready`);
+    this.persist(rd);
     this.outstanding = undefined;
     this.node.advance(rd);
     this.maybeSnapshot();
-    return { messages: rd.messages, applied: rd.committedEntries, puts, readStates: rd.readStates };
+    return rd.messages;
   }
 
   private persist(rd: Ready): void {

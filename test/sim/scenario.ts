@@ -3,7 +3,7 @@
  * add nodes, campaign, deliver with drops, partition, stabilize, then look at the state.
  * Disk writes complete immediately here; the timed simulator models slow and lost writes.
  */
-import { MessageType, Role, type Message, type NodeId, type Entry } from '../../src/raft/index.js';
+import { MessageType, Role, type Message, type NodeId, type Entry, type ReadState } from '../../src/raft/index.js';
 import { SimHost, type HostOptions } from './host.js';
 import { encodePut } from './kv-fsm.js';
 
@@ -18,6 +18,8 @@ export class ScenarioNetwork {
   /** Messages dropped by the test's `dropIf` rule. */
   private dropRule: ((m: Message) => boolean) | undefined;
   private seq = 0;
+  /** Read states each node released (safe linearizable reads), in order. */
+  private readonly released = new Map<NodeId, ReadState[]>();
   /** Every message ever delivered, for assertions. */
   readonly delivered: Message[] = [];
 
@@ -119,8 +121,10 @@ export class ScenarioNetwork {
     for (const [id, h] of this.hosts) {
       if (this.down.has(id) || this.paused.has(id)) continue;
       for (let rd = h.startReady(); rd; rd = h.startReady()) {
-        const out = h.completeReady();
+        const out = h.applyReady();
         this.queue.push(...out.messages);
+        if (out.readStates.length > 0) this.released.set(id, [...(this.released.get(id) ?? []), ...out.readStates]);
+        this.queue.push(...h.completeReady());
       }
     }
   }
@@ -180,7 +184,10 @@ export class ScenarioNetwork {
       if (id === except || this.down.has(id) || this.paused.has(id)) continue;
       if (h.node.raft.role === Role.Leader) continue;
       for (let i = 0; i < ticks && h.node.raft.lead !== 0; i++) h.node.tick();
-      for (let rd = h.startReady(); rd; rd = h.startReady()) h.completeReady(); // messages lost
+      for (let rd = h.startReady(); rd; rd = h.startReady()) {
+        h.applyReady();
+        h.completeReady(); // messages lost
+      }
     }
     return this;
   }
@@ -225,6 +232,11 @@ export class ScenarioNetwork {
   /** The value the node's state machine holds for a key. */
   value(id: NodeId, key: string): string | undefined {
     return this.host(id).fsm.data.get(key);
+  }
+
+  /** The linearizable reads a node has released so far. */
+  readStates(id: NodeId): ReadState[] {
+    return this.released.get(id) ?? [];
   }
 
   /** Count of delivered messages of a type. */

@@ -299,28 +299,30 @@ export class Simulator {
     const rd = slot.host.startReady();
     if (!rd) return;
     this.checkReadyEntries(id);
+    // What need not wait for the disk happens now: apply committed entries, send early messages.
+    const out = slot.host.applyReady();
+    for (const e of out.applied) {
+      const fingerprint = `${e.term}/${e.type}/${Buffer.from(e.data).toString('base64')}`;
+      const prev = this.appliedAt.get(e.index);
+      if (prev !== undefined && prev !== fingerprint) {
+        throw new InvariantViolation(`state machine safety: node ${id} applied ${fingerprint} at ${e.index}, another applied ${prev}`);
+      }
+      this.appliedAt.set(e.index, fingerprint);
+    }
+    if (rd.snapshot) this.snapshotsInstalled++;
+    for (const m of out.messages) this.send(m);
+    for (const rs of out.readStates) {
+      const r = slot.pendingReads.get(rs.requestId);
+      if (r) r.index = rs.index;
+    }
+    this.completeRequests(slot);
     slot.syncing = true;
     const delay = slot.host.needsSync(rd) ? 1 + this.rng.nextInt(4) : 0;
     this.at(
       this.now + delay,
       this.onNode(id, () => {
         slot.syncing = false;
-        const out = slot.host.completeReady();
-        for (const e of out.applied) {
-          const fingerprint = `${e.term}/${e.type}/${Buffer.from(e.data).toString('base64')}`;
-          const prev = this.appliedAt.get(e.index);
-          if (prev !== undefined && prev !== fingerprint) {
-            throw new InvariantViolation(`state machine safety: node ${id} applied ${fingerprint} at ${e.index}, another applied ${prev}`);
-          }
-          this.appliedAt.set(e.index, fingerprint);
-        }
-        if (rd.snapshot) this.snapshotsInstalled++;
-        for (const m of out.messages) this.send(m);
-        for (const rs of out.readStates) {
-          const r = slot.pendingReads.get(rs.requestId);
-          if (r) r.index = rs.index;
-        }
-        this.completeRequests(slot);
+        for (const m of slot.host.completeReady()) this.send(m);
       }),
     );
   }
