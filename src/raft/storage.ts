@@ -113,7 +113,9 @@ export class MemoryStorage implements Storage {
     if (offset > this.ents.length) {
       throw new Error(`missing log entries: last ${this.lastIndex()}, appending at ${es[0]!.index}`);
     }
-    this.ents = this.ents.slice(0, offset).concat(es);
+    // In place: truncate a conflicting suffix (rare), then push (the common case costs O(new entries)).
+    if (offset < this.ents.length) this.ents.length = offset;
+    for (const e of es) this.ents.push(e);
   }
 
   /** Replaces the whole log with a snapshot (a follower installing one). */

@@ -1,4 +1,5 @@
 /** Minimal binary writer/reader (LEB128 varints up to 2^53, length-prefixed bytes and UTF-8 strings) for the codecs. */
+import * as zlib from 'node:zlib';
 import { ValidationError, type ValidationErrorCode } from './errors.js';
 import { utf8ByteLength } from './keys.js';
 
@@ -212,8 +213,14 @@ const CRC_TABLE: Uint32Array = (() => {
   return t;
 })();
 
-/** CRC-32 (IEEE 802.3, as zlib) of `data`. */
+/** zlib's native CRC-32 where the runtime has it (Node >= 20.15), else undefined. */
+const nativeCrc32: ((data: Uint8Array) => number) | undefined = typeof (zlib as { crc32?: unknown }).crc32 === 'function'
+  ? (zlib as unknown as { crc32: (data: Uint8Array) => number }).crc32
+  : undefined;
+
+/** CRC-32 (IEEE 802.3, as zlib) of `data` (native when available: snapshots are large). */
 export function crc32(data: Uint8Array): number {
+  if (nativeCrc32) return nativeCrc32(data) >>> 0;
   let c = 0xffffffff;
   for (let i = 0; i < data.length; i++) c = CRC_TABLE[(c ^ data[i]!) & 0xff]! ^ (c >>> 8);
   return (c ^ 0xffffffff) >>> 0;
