@@ -1,0 +1,141 @@
+/** Starts, health-checks and tears down a throwaway 3-node kvd cluster on 127.0.0.1 (free ports, temp data dirs) for the benchmark. */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { closeSync, existsSync, openSync } from 'node:fs';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { call, kvClusterStub, type KvStatusRes } from './clients.js';
+import { childEnv, freePorts, pollUntil, repoRoot, stopChild, tailFile, type RunningCluster } from './util.js';
+
+/** Options of {@link startKvdCluster}. */
+export interface KvdClusterOptions {
+  /** The compiled kvd entry point (default: dist/src/bin/kvd.js in this repository). */
+  readonly bin?: string;
+  /** Parent of the temporary data directory (default: the OS temp dir). */
+  readonly dataRoot?: string;
+  /** How long to wait for a group-1 leader (default 30 s). */
+  readonly startTimeoutMs?: number;
+  /** Extra flags appended to every kvd command line. */
+  readonly extraArgs?: readonly string[];
+  /** Progress messages. */
+  readonly log?: (msg: string) => void;
+}
+
+/** The default kvd binary: `dist/src/bin/kvd.js` under the repository root. */
+export function defaultKvdBin(): string {
+  return join(repoRoot(), 'dist', 'src', 'bin', 'kvd.js');
+}
+
+/** Returns the kvd entry point if it exists, else undefined. */
+export function findKvd(bin?: string): string | undefined {
+  const path = bin ?? defaultKvdBin();
+  return existsSync(path) ? path : undefined;
+}
+
+interface Node {
+  readonly id: number;
+  readonly port: number;
+  readonly dir: string;
+  readonly logPath: string;
+  child?: ChildProcess;
+}
+
+/**
+ * Starts 3 kvd processes (`node kvd.js --id N --listen 127.0.0.1:P --peers 1=…,2=…,3=… --data-dir D
+ * --metrics-port 0`) and resolves once every node answers Cluster.Status and at least one reports a
+ * leader for group 1. A failed start is cleaned up and retried with new ports, twice.
+ */
+export async function startKvdCluster(opts: KvdClusterOptions = {}): Promise<RunningCluster> {
+  const bin = findKvd(opts.bin);
+  if (bin === undefined) throw new Error(`kvd binary not found at ${opts.bin ?? defaultKvdBin()} (run npm run build)`);
+  let lastError: unknown;
+  for (let attempt = 1; attempt <= 3; attempt++) {
+    try {
+      return await startOnce(bin, opts);
+    } catch (err) {
+      lastError = err;
+      opts.log?.(`kvd start attempt ${attempt} failed: ${(err as Error).message}`);
+    }
+  }
+  throw lastError instanceof Error ? lastError : new Error(String(lastError));
+}
+
+async function startOnce(bin: string, opts: KvdClusterOptions): Promise<RunningCluster> {
+  const dataDir = await mkdtemp(join(opts.dataRoot ?? tmpdir(), 'kvcascade-bench-kvd-'));
+  const ports = await freePorts(3);
+  const nodes: Node[] = [1, 2, 3].map((id) => ({
+    id,
+    port: ports[id - 1]!,
+    dir: join(dataDir, `n${id}`),
+    logPath: join(dataDir, `n${id}.log`),
+  }));
+  const peers = nodes.map((n) => `${n.id}=127.0.0.1:${n.port}`).join(',');
+  const env = childEnv();
+
+  let stopped = false;
+  const stop = async (): Promise<void> => {
+    if (stopped) return;
+    stopped = true;
+    await Promise.all(nodes.map((n) => (n.child ? stopChild(n.child) : Promise.resolve())));
+    await rm(dataDir, { recursive: true, force: true });
+  };
+
+  let version = 'unknown';
+  try {
+    for (const n of nodes) {
+      await mkdir(n.dir, { recursive: true });
+      const args = [
+        bin,
+        '--id', String(n.id),
+        '--listen', `127.0.0.1:${n.port}`,
+        '--peers', peers,
+        '--data-dir', n.dir,
+        '--metrics-port', '0',
+        ...(opts.extraArgs ?? []),
+      ];
+      const fd = openSync(n.logPath, 'a');
+      try {
+        n.child = spawn(process.execPath, args, { stdio: ['ignore', fd, fd], env });
+      } finally {
+        closeSync(fd);
+      }
+      n.child.on('error', () => undefined); // reported through exitCode/abortIf below
+    }
+
+    const abortIf = (): void => {
+      for (const n of nodes) {
+        if (n.child && (n.child.exitCode !== null || n.child.signalCode !== null)) {
+          throw new Error(`kvd node ${n.id} exited (${n.child.exitCode ?? n.child.signalCode}) during startup`);
+        }
+      }
+    };
+    const probes = nodes.map((n) => kvClusterStub(`127.0.0.1:${n.port}`));
+    try {
+      const statuses = await pollUntil(
+        async () => {
+          const all: KvStatusRes[] = await Promise.all(probes.map((p) => call(p, p.status, {}, 1_000)));
+          const led = all.some((s) => (s.groups ?? []).some((g) => (g.group ?? 0) === 1 && (g.leader ?? 0) !== 0));
+          return led ? all : undefined;
+        },
+        { timeoutMs: opts.startTimeoutMs ?? 30_000, what: 'a kvd leader for group 1', abortIf },
+      );
+      version = statuses.find((s) => s.version)?.version ?? 'unknown';
+    } finally {
+      for (const p of probes) p.close();
+    }
+  } catch (err) {
+    const tails = await Promise.all(nodes.map(async (n) => `--- node ${n.id} log tail ---\n${await tailFile(n.logPath)}`));
+    await stop();
+    throw new Error(`${(err as Error).message}\n${tails.join('\n')}`);
+  }
+
+  return {
+    system: 'kvd',
+    endpoints: nodes.map((n) => `127.0.0.1:${n.port}`),
+    version,
+    dataDir,
+    pids: () => nodes.flatMap((n) => (n.child?.pid === undefined ? [] : [n.child.pid])),
+    stop,
+  };
+}
+

@@ -1,0 +1,332 @@
+/** The benchmark entry point (`node dist/bench/run.js [flags]`): runs each workload against a fresh 3-node kvd and/or etcd cluster, prints a comparison table and writes bench/results/latest.json. */
+import { mkdir, writeFile } from 'node:fs/promises';
+import { cpus, loadavg, release, totalmem } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import type { SystemName } from './clients.js';
+import { ETCD_MISSING_MESSAGE, etcdVersion, findEtcd, startEtcdCluster } from './etcd-cluster.js';
+import { findKvd, defaultKvdBin, startKvdCluster } from './kvd-cluster.js';
+import { WORKLOADS, killWorkers, populate, runWorkload, supports, type WorkloadName, type WorkloadResult } from './load.js';
+import { repoRoot, type RunningCluster } from './util.js';
+
+const USAGE = `usage: node dist/bench/run.js [flags]
+  --duration S        measured seconds per workload (default 10)
+  --warmup S          unmeasured seconds before each workload (default 2)
+  --clients N         closed-loop workers per workload (default 64)
+  --workloads LIST    comma list of ${WORKLOADS.join(',')} (default: all; pipelined-put is kvd only)
+  --systems LIST      comma list of kvd,etcd (default kvd,etcd)
+  --keys N            keyspace size for put/get/pipelined-put (default 10000)
+  --rmw-keys N        rmw draws from the first N keys (default 1000)
+  --value-bytes N     value size (default 256)
+  --pipeline-depth N  ops in flight per Pipeline stream (default 128)
+  --per-channel N     workers per gRPC connection (default 16)
+  --procs N           forked client processes (default 2; 0 = in the harness process)
+  --op-timeout S      per-call deadline (default 5)
+  --rmw-attempts N    conditional-write attempts before an rmw is abandoned (default 100)
+  --data-root DIR     parent of the clusters' temp data dirs (default: OS temp dir)
+  --etcd-bin PATH     etcd binary (default: etcd on PATH)
+  --kvd-bin PATH      kvd entry point (default: dist/src/bin/kvd.js)
+  --out FILE          JSON results (default bench/results/latest.json)
+  --help`;
+
+/** Parsed command-line configuration of a benchmark run. */
+export interface BenchConfig {
+  readonly durationS: number;
+  readonly warmupS: number;
+  readonly clients: number;
+  readonly workloads: WorkloadName[];
+  readonly systems: SystemName[];
+  readonly keys: number;
+  readonly rmwKeys: number;
+  readonly valueBytes: number;
+  readonly pipelineDepth: number;
+  readonly perChannel: number;
+  readonly procs: number;
+  readonly opTimeoutS: number;
+  readonly rmwAttempts: number;
+  readonly dataRoot?: string;
+  readonly etcdBin?: string;
+  readonly kvdBin?: string;
+  readonly out: string;
+}
+
+/** Parses argv into a {@link BenchConfig} (undefined for --help); throws with a message on bad input. */
+export function parseConfig(argv: string[]): BenchConfig | undefined {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      duration: { type: 'string', default: '10' },
+      warmup: { type: 'string', default: '2' },
+      clients: { type: 'string', default: '64' },
+      workloads: { type: 'string', default: WORKLOADS.join(',') },
+      systems: { type: 'string', default: 'kvd,etcd' },
+      keys: { type: 'string', default: '10000' },
+      'rmw-keys': { type: 'string', default: '1000' },
+      'value-bytes': { type: 'string', default: '256' },
+      'pipeline-depth': { type: 'string', default: '128' },
+      'per-channel': { type: 'string', default: '16' },
+      procs: { type: 'string', default: '2' },
+      'op-timeout': { type: 'string', default: '5' },
+      'rmw-attempts': { type: 'string', default: '100' },
+      'data-root': { type: 'string' },
+      'etcd-bin': { type: 'string' },
+      'kvd-bin': { type: 'string' },
+      out: { type: 'string' },
+      help: { type: 'boolean', default: false },
+    },
+    strict: true,
+  });
+  if (values.help) return undefined;
+  const num = (name: string, v: string, min: number): number => {
+    const n = Number(v);
+    if (!Number.isFinite(n) || n < min) throw new Error(`--${name} must be a number >= ${min}, got ${v}`);
+    return n;
+  };
+  const int = (name: string, v: string, min: number): number => {
+    const n = num(name, v, min);
+    if (!Number.isInteger(n)) throw new Error(`--${name} must be an integer, got ${v}`);
+    return n;
+  };
+  const list = <T extends string>(name: string, v: string, allowed: readonly T[]): T[] => {
+    const items = v.split(',').map((s) => s.trim()).filter((s) => s !== '');
+    for (const s of items) if (!allowed.includes(s as T)) throw new Error(`--${name}: unknown ${s} (allowed: ${allowed.join(', ')})`);
+    if (items.length === 0) throw new Error(`--${name} is empty`);
+    return [...new Set(items)] as T[];
+  };
+  const keys = int('keys', values.keys, 1);
+  return {
+    durationS: num('duration', values.duration, 0.1),
+    warmupS: num('warmup', values.warmup, 0),
+    clients: int('clients', values.clients, 1),
+    workloads: list('workloads', values.workloads, WORKLOADS),
+    systems: list('systems', values.systems, ['kvd', 'etcd'] as const),
+    keys,
+    rmwKeys: Math.min(keys, int('rmw-keys', values['rmw-keys'], 1)),
+    valueBytes: int('value-bytes', values['value-bytes'], 1),
+    pipelineDepth: int('pipeline-depth', values['pipeline-depth'], 1),
+    perChannel: int('per-channel', values['per-channel'], 1),
+    procs: int('procs', values.procs, 0),
+    opTimeoutS: num('op-timeout', values['op-timeout'], 0.01),
+    rmwAttempts: int('rmw-attempts', values['rmw-attempts'], 1),
+    ...(values['data-root'] === undefined ? {} : { dataRoot: resolve(values['data-root']) }),
+    ...(values['etcd-bin'] === undefined ? {} : { etcdBin: values['etcd-bin'] }),
+    ...(values['kvd-bin'] === undefined ? {} : { kvdBin: resolve(values['kvd-bin']) }),
+    out: values.out === undefined ? join(repoRoot(), 'bench', 'results', 'latest.json') : resolve(values.out),
+  };
+}
+
+/** Facts about the machine a run was measured on. */
+export interface MachineInfo {
+  readonly cpuModel: string;
+  readonly cores: number;
+  readonly memoryGiB: number;
+  readonly kernel: string;
+  readonly node: string;
+  /** 1, 5 and 15 minute load averages when the run started (the machine should be otherwise idle). */
+  readonly loadAvgAtStart: number[];
+  readonly etcdVersion: string | null;
+  readonly kvdVersion: string | null;
+}
+
+/** CPU use by processes other than the servers and clients (in cores) above which a run is flagged as disturbed. */
+const DISTURBED_CORES = 0.25;
+
+const log = (msg: string): void => console.error(`[bench] ${msg}`);
+
+function fmt(n: number, digits = 2): string {
+  return n.toFixed(digits);
+}
+
+function notes(r: WorkloadResult): string {
+  const out: string[] = [];
+  const errs = Object.entries(r.errors);
+  if (errs.length > 0) out.push(`errors ${errs.map(([k, v]) => `${k}=${v}`).join(' ')}`);
+  if (r.workload === 'rmw') out.push(`conflicts ${r.conflicts}, retried ${r.retriedOps}, abandoned ${r.abandoned}`);
+  if (r.misses > 0) out.push(`misses ${r.misses}`);
+  const srv = r.serverCpuCores === null ? '?' : fmt(r.serverCpuCores, 2);
+  const other = r.otherCpuCores === null ? '?' : fmt(r.otherCpuCores, 2);
+  out.push(`cpu srv ${srv} cli ${fmt(r.clientCpuCores, 2)} other ${other}`);
+  if (r.serverCpuUsPerOp !== null) out.push(`srv ${r.serverCpuUsPerOp} us/op`);
+  return out.join('; ');
+}
+
+/** kvd ops/s divided by etcd ops/s for the same workload (pipelined-put is compared with etcd's unary put). */
+export function ratioFor(r: WorkloadResult, all: readonly WorkloadResult[]): number | undefined {
+  if (r.system !== 'kvd') return undefined;
+  const against: WorkloadName = r.workload === 'pipelined-put' ? 'put' : r.workload;
+  const etcd = all.find((x) => x.system === 'etcd' && x.workload === against);
+  if (!etcd || etcd.opsPerSec === 0) return undefined;
+  return r.opsPerSec / etcd.opsPerSec;
+}
+
+/** Renders the results as a fixed-width text table. */
+export function renderTable(results: readonly WorkloadResult[]): string {
+  const head = ['system', 'workload', 'clients', 'ops/s', 'p50 ms', 'p99 ms', 'p999 ms', 'kvd/etcd', 'notes'];
+  const rows = results.map((r) => {
+    const ratio = ratioFor(r, results);
+    return [
+      r.system,
+      r.workload,
+      r.clientsLabel,
+      fmt(r.opsPerSec, 0),
+      fmt(r.p50Ms),
+      fmt(r.p99Ms),
+      fmt(r.p999Ms),
+      ratio === undefined ? '-' : `${fmt(ratio)}x${r.workload === 'pipelined-put' ? '*' : ''}`,
+      notes(r),
+    ];
+  });
+  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i]!.length)));
+  const line = (cells: string[]): string =>
+    cells.map((c, i) => (i >= 3 && i <= 7 ? c.padStart(widths[i]!) : c.padEnd(widths[i]!))).join('  ').trimEnd();
+  const out = [line(head), line(widths.map((w) => '-'.repeat(w))), ...rows.map(line)];
+  if (results.some((r) => r.workload === 'pipelined-put' && ratioFor(r, results) !== undefined)) {
+    out.push('* pipelined-put is compared with etcd\'s unary put (etcd has no pipelined KV API).');
+  }
+  return out.join('\n');
+}
+
+let active: RunningCluster | undefined;
+
+async function startSystem(system: SystemName, cfg: BenchConfig): Promise<RunningCluster | undefined> {
+  if (system === 'etcd') {
+    if (findEtcd(cfg.etcdBin) === undefined) {
+      console.log(ETCD_MISSING_MESSAGE);
+      return undefined;
+    }
+    log('starting a 3-member etcd cluster');
+    return startEtcdCluster({ ...(cfg.etcdBin ? { bin: cfg.etcdBin } : {}), ...(cfg.dataRoot ? { dataRoot: cfg.dataRoot } : {}), log });
+  }
+  if (findKvd(cfg.kvdBin) === undefined) {
+    console.log(`kvd binary not found at ${cfg.kvdBin ?? defaultKvdBin()} (npm run build); skipping kvd`);
+    return undefined;
+  }
+  log('starting a 3-node kvd cluster');
+  return startKvdCluster({ ...(cfg.kvdBin ? { bin: cfg.kvdBin } : {}), ...(cfg.dataRoot ? { dataRoot: cfg.dataRoot } : {}), log });
+}
+
+/** Runs the whole benchmark for `cfg` and returns the results (also printed and written to cfg.out). */
+export async function runBench(cfg: BenchConfig): Promise<WorkloadResult[]> {
+  const etcdBin = cfg.systems.includes('etcd') ? findEtcd(cfg.etcdBin) : undefined;
+  const loadAvgAtStart = loadavg().map((x) => Math.round(x * 100) / 100);
+  if (loadAvgAtStart[0]! > 0.5) log(`warning: load average is ${loadAvgAtStart.join(' ')} before starting; results will be noisy`);
+  let kvdVersion: string | null = null;
+  const results: WorkloadResult[] = [];
+  const skipped: string[] = [];
+
+  for (const system of cfg.systems) {
+    const workloads = cfg.workloads.filter((w) => supports(system, w));
+    for (const w of cfg.workloads) if (!supports(system, w)) skipped.push(`${system}/${w}: not supported`);
+    if (workloads.length === 0) continue;
+    let cluster: RunningCluster | undefined;
+    try {
+      cluster = await startSystem(system, cfg);
+    } catch (err) {
+      console.log(`${system}: cluster failed to start; skipping it\n${(err as Error).message}`);
+      skipped.push(`${system}: failed to start`);
+      continue;
+    }
+    if (!cluster) {
+      skipped.push(`${system}: not installed`);
+      continue;
+    }
+    active = cluster;
+    try {
+      if (system === 'kvd') kvdVersion = cluster.version;
+      log(`${system} ${cluster.version} serving on ${cluster.endpoints.join(', ')} (data in ${cluster.dataDir})`);
+      if (workloads.some((w) => w === 'get' || w === 'rmw')) {
+        const s = await populate({
+          system, endpoints: cluster.endpoints, keys: cfg.keys, valueBytes: cfg.valueBytes, concurrency: 64,
+          opTimeoutMs: cfg.opTimeoutS * 1000,
+        });
+        log(`${system}: populated ${cfg.keys} keys in ${fmt(s, 1)} s`);
+      }
+      for (const workload of workloads) {
+        log(`${system}: ${workload}, ${cfg.clients} clients, ${cfg.warmupS} s warm-up + ${cfg.durationS} s`);
+        try {
+          const r = await runWorkload({
+            system, workload, endpoints: cluster.endpoints, clients: cfg.clients, perChannel: cfg.perChannel,
+            procs: cfg.procs, warmupMs: cfg.warmupS * 1000, durationMs: cfg.durationS * 1000, keys: cfg.keys,
+            rmwKeys: cfg.rmwKeys, valueBytes: cfg.valueBytes, pipelineDepth: cfg.pipelineDepth,
+            opTimeoutMs: cfg.opTimeoutS * 1000, rmwMaxAttempts: cfg.rmwAttempts, serverPids: cluster.pids(),
+          });
+          results.push(r);
+          log(`${system}: ${workload}: ${fmt(r.opsPerSec, 0)} ops/s, p50 ${fmt(r.p50Ms)} ms, p99 ${fmt(r.p99Ms)} ms, p999 ${fmt(r.p999Ms)} ms; ${notes(r)}`);
+        } catch (err) {
+          console.log(`${system}/${workload} failed: ${(err as Error).message}`);
+          skipped.push(`${system}/${workload}: failed: ${(err as Error).message.split('\n')[0]}`);
+        }
+      }
+    } finally {
+      await cluster.stop();
+      active = undefined;
+    }
+  }
+
+  const cpuList = cpus();
+  const machine: MachineInfo = {
+    cpuModel: cpuList[0]?.model.trim() ?? 'unknown',
+    cores: cpuList.length,
+    memoryGiB: Math.round((totalmem() / 1024 ** 3) * 10) / 10,
+    kernel: release(),
+    node: process.version,
+    loadAvgAtStart,
+    etcdVersion: etcdBin === undefined ? null : await etcdVersion(etcdBin),
+    kvdVersion,
+  };
+  console.log('');
+  console.log(
+    `machine: ${machine.cpuModel}, ${machine.cores} cores, ${machine.memoryGiB} GiB, Linux ${machine.kernel}, Node ${machine.node}, ` +
+      `load avg at start ${machine.loadAvgAtStart.join(' ')}, ` +
+      `etcd ${machine.etcdVersion ?? 'n/a'}, kvd ${machine.kvdVersion ?? 'n/a'}`,
+  );
+  console.log(
+    `config: ${cfg.durationS} s measured after ${cfg.warmupS} s warm-up, ${cfg.keys} keys (rmw: ${cfg.rmwKeys}), ${cfg.valueBytes}-byte values, ` +
+      `${cfg.perChannel} workers/connection, ${cfg.procs} client process(es); servers and clients share this machine`,
+  );
+  console.log('');
+  console.log(renderTable(results));
+  for (const s of skipped) console.log(`skipped: ${s}`);
+  const disturbed = results.filter((r) => (r.otherCpuCores ?? 0) > DISTURBED_CORES);
+  if (disturbed.length > 0) {
+    console.log(
+      `warning: other processes used > ${DISTURBED_CORES} cores during ${disturbed.map((r) => `${r.system}/${r.workload}`).join(', ')}; ` +
+        'those figures are disturbed (see "other" in notes)',
+    );
+  }
+
+  const ratios = results
+    .map((r) => ({ workload: r.workload, ratio: ratioFor(r, results) }))
+    .filter((x): x is { workload: WorkloadName; ratio: number } => x.ratio !== undefined);
+  await mkdir(dirname(cfg.out), { recursive: true });
+  await writeFile(
+    cfg.out,
+    JSON.stringify({ finishedAt: new Date().toISOString(), machine, config: cfg, results, kvdOverEtcdOpsPerSec: ratios, skipped }, null, 2) + '\n',
+  );
+  console.log(`\nresults written to ${cfg.out}`);
+  return results;
+}
+
+async function main(): Promise<void> {
+  let cfg: BenchConfig | undefined;
+  try {
+    cfg = parseConfig(process.argv.slice(2));
+  } catch (err) {
+    console.error(`${(err as Error).message}\n${USAGE}`);
+    process.exit(2);
+  }
+  if (cfg === undefined) {
+    console.log(USAGE);
+    return;
+  }
+  for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+    process.once(sig, () => {
+      log(`${sig}: stopping`);
+      killWorkers();
+      void (active?.stop() ?? Promise.resolve()).finally(() => process.exit(130));
+    });
+  }
+  await runBench(cfg);
+}
+
+await main();

@@ -1,0 +1,179 @@
+/** Small helpers shared by the benchmark harness: locating repo files, free ports, polling with backoff, and child-process lifecycle. */
+import { existsSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { createServer, type Server } from 'node:net';
+import { delimiter, dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { ChildProcess } from 'node:child_process';
+
+/**
+ * The repository root: the first ancestor of this module (bench/ when run from source, dist/bench/
+ * when compiled) that holds both `bench/etcd-proto/rpc.proto` and `proto/kvcascade/v1/kv.proto`.
+ */
+export function repoRoot(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (;;) {
+    if (existsSync(join(dir, 'bench', 'etcd-proto', 'rpc.proto')) && existsSync(join(dir, 'proto', 'kvcascade', 'v1', 'kv.proto'))) {
+      return dir;
+    }
+    const parent = dirname(dir);
+    if (parent === dir) throw new Error(`bench: cannot find the repository root above ${fileURLToPath(import.meta.url)}`);
+    dir = parent;
+  }
+}
+
+/**
+ * Reserves `n` distinct free TCP ports on `host` by binding port 0 `n` times at once, then
+ * releases them all. There is a small window before the caller binds them; callers retry on a clash.
+ */
+export async function freePorts(n: number, host = '127.0.0.1'): Promise<number[]> {
+  const servers: Server[] = [];
+  try {
+    const ports: number[] = [];
+    for (let i = 0; i < n; i++) {
+      const srv = createServer();
+      servers.push(srv);
+      await new Promise<void>((resolve, reject) => {
+        srv.once('error', reject);
+        srv.listen(0, host, () => resolve());
+      });
+      const addr = srv.address();
+      if (addr === null || typeof addr === 'string') throw new Error('freePorts: unexpected address');
+      ports.push(addr.port);
+    }
+    return ports;
+  } finally {
+    await Promise.all(servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
+  }
+}
+
+/** Options of {@link pollUntil}. */
+export interface PollOptions {
+  /** Overall deadline in ms (default 30 000). */
+  readonly timeoutMs?: number;
+  /** First delay between attempts in ms (default 20), multiplied by 1.5 after each failure. */
+  readonly initialDelayMs?: number;
+  /** Largest delay between attempts in ms (default 500). */
+  readonly maxDelayMs?: number;
+  /** What is being waited for, for the timeout error. */
+  readonly what?: string;
+  /** Called before each attempt; throwing aborts the wait (for example when a process died). */
+  readonly abortIf?: () => void;
+}
+
+/**
+ * Calls `attempt` until it resolves to a value other than undefined, with exponential backoff
+ * between failed attempts (a thrown error counts as a failure); rejects after the deadline with the last error.
+ */
+export async function pollUntil<T>(attempt: () => Promise<T | undefined>, opts: PollOptions = {}): Promise<T> {
+  const deadline = performance.now() + (opts.timeoutMs ?? 30_000);
+  let delay = opts.initialDelayMs ?? 20;
+  let lastError: unknown;
+  for (;;) {
+    opts.abortIf?.();
+    try {
+      const v = await attempt();
+      if (v !== undefined) return v;
+      lastError = undefined;
+    } catch (err) {
+      lastError = err;
+    }
+    if (performance.now() + delay > deadline) {
+      const why = lastError instanceof Error ? `: ${lastError.message}` : '';
+      throw new Error(`timed out waiting for ${opts.what ?? 'condition'}${why}`);
+    }
+    await new Promise((r) => setTimeout(r, delay));
+    delay = Math.min(delay * 1.5, opts.maxDelayMs ?? 500);
+  }
+}
+
+/** Finds an executable named `name` on PATH (or returns `name` itself if it is a path that exists). */
+export function whichSync(name: string): string | undefined {
+  if (name.includes('/')) return existsSync(name) ? name : undefined;
+  for (const dir of (process.env.PATH ?? '').split(delimiter)) {
+    if (dir === '') continue;
+    const p = join(dir, name);
+    if (existsSync(p)) return p;
+  }
+  return undefined;
+}
+
+/** Sends SIGTERM to a child, waits up to `graceMs` for it to exit, then SIGKILLs it. */
+export async function stopChild(child: ChildProcess, graceMs = 5_000): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  child.kill('SIGTERM');
+  let timer: NodeJS.Timeout | undefined;
+  const timedOut = new Promise<boolean>((resolve) => {
+    timer = setTimeout(() => resolve(true), graceMs);
+  });
+  const late = await Promise.race([exited.then(() => false), timedOut]);
+  clearTimeout(timer);
+  if (late) {
+    child.kill('SIGKILL');
+    await exited;
+  }
+}
+
+/** The last `lines` lines of a text file, or '' if it cannot be read. */
+export async function tailFile(path: string, lines = 20): Promise<string> {
+  try {
+    const text = await readFile(path, 'utf8');
+    return text.split('\n').slice(-lines - 1).join('\n');
+  } catch {
+    return '';
+  }
+}
+
+/** Total user+system CPU time in seconds that process `pid` has used so far (Linux /proc), or undefined. */
+export async function processCpuSeconds(pid: number | undefined): Promise<number | undefined> {
+  if (pid === undefined) return undefined;
+  try {
+    const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15 (1-based).
+    const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    const ticks = Number(rest[11]) + Number(rest[12]);
+    return ticks / 100; // USER_HZ is 100 on Linux
+  } catch {
+    return undefined;
+  }
+}
+
+/** Environment for a server child: the harness's own, minus variables that would reconfigure it (for example ETCD_*). */
+export function childEnv(dropPrefix?: string): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = {};
+  for (const [k, v] of Object.entries(process.env)) {
+    if (dropPrefix !== undefined && k.startsWith(dropPrefix)) continue;
+    env[k] = v;
+  }
+  return env;
+}
+
+/** A running 3-node cluster of a system under test, as the harness sees it. */
+export interface RunningCluster {
+  /** 'kvd' or 'etcd'. */
+  readonly system: 'kvd' | 'etcd';
+  /** Client gRPC addresses (host:port), one per node. */
+  readonly endpoints: readonly string[];
+  /** The server's version string. */
+  readonly version: string;
+  /** Where the nodes keep their data and logs. */
+  readonly dataDir: string;
+  /** PIDs of the server processes (for CPU accounting). */
+  pids(): number[];
+  /** Stops every node and removes the data directory (idempotent). */
+  stop(): Promise<void>;
+}
+
+/** Machine-wide busy CPU seconds so far (all cores, from /proc/stat: everything but idle and iowait), or undefined. */
+export async function machineBusySeconds(): Promise<number | undefined> {
+  try {
+    const line = (await readFile('/proc/stat', 'utf8')).split('\n', 1)[0]!;
+    const f = line.trim().split(/\s+/).slice(1).map(Number);
+    // user nice system idle iowait irq softirq steal (guest time is already inside user)
+    const busy = f[0]! + f[1]! + f[2]! + f[5]! + f[6]! + f[7]!;
+    return busy / 100; // USER_HZ
+  } catch {
+    return undefined;
+  }
+}
