@@ -7,6 +7,7 @@ import { bootstrapState, SeededRandom, type NodeId, type Message } from '../raft
 import {
   validateCommand,
   type Command,
+  type CommandResult,
   type DeleteResult,
   type PutResult,
   type KvStateMachineOptions,
@@ -34,8 +35,11 @@ import type { Logger } from '../log.js';
 import { ShardReplica } from './replica.js';
 import type { Transport } from './transport.js';
 
-/** The Raft group holding user data until sharding arrives (group 0 is reserved for metadata). */
+/** The Raft group holding user data until sharding arrives. */
 export const DATA_GROUP = 1;
+
+/** The metadata group: the cluster's own state (the extension registry; later pools and placement). */
+export const META_GROUP = 0;
 
 /** The package version reported by Status. */
 export const KVCASCADE_VERSION = '0.1.0';
@@ -107,13 +111,14 @@ export class KvNode implements KvBackend {
     if (!opts.members.has(opts.id)) throw new Error(`node ${opts.id} is not among the members`);
     const store = await RaftLogStore.open(engine);
     const node = new KvNode(opts, store, transport);
-    if (!store.groups().includes(DATA_GROUP)) {
-      const voters = [...opts.members.keys()].sort((a, b) => a - b);
-      store.storageFor(DATA_GROUP, { voters, learners: [] });
+    const voters = [...opts.members.keys()].sort((a, b) => a - b);
+    for (const group of [META_GROUP, DATA_GROUP]) {
+      if (store.groups().includes(group)) continue;
+      store.storageFor(group, { voters, learners: [] });
       const b = bootstrapState(voters);
-      store.persistReady(DATA_GROUP, { entries: b.entries, hardState: b.hardState });
-      await store.flush();
+      store.persistReady(group, { entries: b.entries, hardState: b.hardState });
     }
+    await store.flush();
     for (const g of store.groups()) node.addReplica(g);
     transport.onMessages((msgs) => node.receive(msgs));
     transport.onUnreachable((peer) => {
@@ -165,9 +170,9 @@ export class KvNode implements KvBackend {
     return this.members.get(id);
   }
 
-  /** The client address of the data shard's leader, when one is known. */
-  leaderAddress(): string | undefined {
-    const leader = this.replicas.get(DATA_GROUP)?.leader;
+  /** The client address of a group's leader (default: the data shard), when one is known. */
+  leaderAddress(group = DATA_GROUP): string | undefined {
+    const leader = this.replicas.get(group)?.leader;
     return leader ? this.addressOf(leader) : undefined;
   }
 
@@ -327,8 +332,12 @@ export class KvNode implements KvBackend {
   // ------------------------------------------------------------------ KvBackend
 
   private dataReplica(): ShardReplica {
-    const r = this.replicas.get(DATA_GROUP);
-    if (!r) throw new UnavailableError('data shard not hosted on this node');
+    return this.groupReplica(DATA_GROUP);
+  }
+
+  private groupReplica(group: number): ShardReplica {
+    const r = this.replicas.get(group);
+    if (!r) throw new UnavailableError(`group ${group} is not hosted on this node`);
     return r;
   }
 
@@ -337,11 +346,19 @@ export class KvNode implements KvBackend {
     return new NotLeaderError(leader, leader ? this.addressOf(leader) : undefined);
   }
 
-  private async propose(cmd: Command, opts: CallOptions): Promise<ReturnType<ShardReplica['propose']> extends Promise<infer T> ? T : never> {
+  /**
+   * Proposes a command to `group` (its leader must be this node) and waits for its result.
+   * `hops` counts the extension lambdas that led to this write (0 for clients).
+   */
+  async execute(group: number, cmd: Command, opts: CallOptions, hops = 0): Promise<CommandResult> {
+    return this.propose(cmd, opts, group, hops);
+  }
+
+  private async propose(cmd: Command, opts: CallOptions, group = DATA_GROUP, hops = 0): Promise<CommandResult> {
     validateCommand(cmd);
-    const r = this.dataReplica();
+    const r = this.groupReplica(group);
     if (!r.isLeader) throw this.notLeader(r);
-    const p = r.propose(cmd);
+    const p = r.propose(cmd, hops);
     this.scheduleReady();
     try {
       return await withDeadline(p, opts.deadlineMs, 'write not confirmed before the deadline; its outcome is unknown');
@@ -377,8 +394,9 @@ export class KvNode implements KvBackend {
     return res;
   }
 
-  private async readable(consistency: 'linearizable' | 'serializable', opts: CallOptions): Promise<ShardReplica> {
-    const r = this.dataReplica();
+  /** Waits until `group`'s replica here may serve a read of the given consistency, and returns it. */
+  async readable(consistency: 'linearizable' | 'serializable', opts: CallOptions, group = DATA_GROUP): Promise<ShardReplica> {
+    const r = this.groupReplica(group);
     if (consistency === 'serializable') return r;
     if (!r.isLeader) throw this.notLeader(r);
     const p = r.readBarrier();

@@ -50,6 +50,9 @@ interface ReadBatch {
   readonly waiters: { resolve: () => void; reject: (e: Error) => void }[];
 }
 
+/** Revisions whose hop counts a replica remembers (only writes made by lambdas are recorded). */
+const MAX_REMEMBERED_HOPS = 200_000;
+
 /** A proposal whose log slot was taken by another leader's entry: it was not applied; retrying is safe. */
 export class ProposalLostError extends UnavailableError {
   constructor() {
@@ -69,6 +72,7 @@ export class ShardReplica {
   private readonly readBatches = new Map<string, ReadBatch>();
   private readSeq = 0;
   private lastSnapshotIndex: number;
+  private readonly hopsByRevision = new Map<number, number>();
   private lastRole: Role;
 
   constructor(private readonly opts: ReplicaOptions) {
@@ -105,13 +109,13 @@ export class ShardReplica {
   }
 
   /** Proposes a command; resolves with its result once applied here. Only the leader proposes. */
-  propose(cmd: Command): Promise<CommandResult> {
+  propose(cmd: Command, hops = 0): Promise<CommandResult> {
     if (!this.isLeader) return Promise.reject(new NotLeaderError(this.leader, undefined));
     if (this.proposals.size >= this.opts.maxPendingProposals) {
       return Promise.reject(new OverloadedError(`too many writes in flight on group ${this.group} (${this.proposals.size})`));
     }
     try {
-      this.raw.propose(encodeProposal(this.opts.nowMs(), cmd));
+      this.raw.propose(encodeProposal(this.opts.nowMs(), cmd, hops));
     } catch (e) {
       if (e instanceof ProposalDroppedError) {
         return Promise.reject(e.message.includes('transfer') || e.message.includes('no leader')
@@ -160,11 +164,13 @@ export class ShardReplica {
       if (e.index <= this.sm.appliedIndex) continue;
       let cmd: Command = { type: 'noop' };
       let ts = this.sm.lastTimestampMs;
+      let hops = 0;
       if (e.type === EntryType.Normal && e.data.length > 0) {
         try {
           const p = decodeProposal(e.data);
           cmd = p.command;
           ts = p.timestampMs;
+          hops = p.hops;
         } catch (err) {
           this.opts.onBadEntry?.(e.index, err);
         }
@@ -179,7 +185,10 @@ export class ShardReplica {
         }
         else pending.reject(new ProposalLostError());
       }
-      if (out.events.length > 0) this.watches.publish(out.events);
+      if (out.events.length > 0) {
+        if (hops > 0) this.recordHops(out.events[0]!.revision, hops);
+        this.watches.publish(out.events);
+      }
     }
     for (const rs of rd.readStates) {
       const b = this.readBatches.get(rs.requestId);
@@ -208,6 +217,22 @@ export class ShardReplica {
     for (const b of this.readBatches.values()) for (const w of b.waiters) w.reject(new NotLeaderError(this.leader, undefined));
     this.readBatches.clear();
     // Proposals stay: the new leader may still commit them, and we settle them when applied.
+  }
+
+  /**
+   * The hop count of the write that produced `revision` (0 for client writes). Kept in memory for
+   * recent revisions applied by this replica (bounded); older or snapshot-restored ones read as 0.
+   */
+  hopsOf(revision: number): number {
+    return this.hopsByRevision.get(revision) ?? 0;
+  }
+
+  private recordHops(revision: number, hops: number): void {
+    this.hopsByRevision.set(revision, hops);
+    if (this.hopsByRevision.size > MAX_REMEMBERED_HOPS) {
+      const oldest = this.hopsByRevision.keys().next().value;
+      if (oldest !== undefined) this.hopsByRevision.delete(oldest);
+    }
   }
 
   /** Whether enough has been applied since the last snapshot to take another. */

@@ -112,18 +112,18 @@ describe('faults with real processes', () => {
     for (let i = 0; i < 6000; i += 100) {
       await Promise.all(Array.from({ length: 100 }, (_, j) => c.put(`/snap/${(i + j) % 300}`, `v${i + j}`)));
     }
-    const leaderStatus = (await c.status(cluster.node(leader).address)).groups[0]!;
+    const leaderStatus = (await c.status(cluster.node(leader).address)).groups.find((g) => g.group === 1)!;
     expect(leaderStatus.firstIndex).toBeGreaterThan(1); // the leader's log was compacted
     await cluster.startNode(follower);
     const f = cluster.client([cluster.node(follower).address]);
     const deadline = Date.now() + 20_000;
     let applied = 0;
     while (Date.now() < deadline && applied < leaderStatus.appliedIndex) {
-      applied = (await f.status()).groups[0]!.appliedIndex;
+      applied = (await f.status()).groups.find((g) => g.group === 1)!.appliedIndex;
       if (applied < leaderStatus.appliedIndex) await new Promise((r) => setTimeout(r, 50));
     }
     expect(applied).toBeGreaterThanOrEqual(leaderStatus.appliedIndex);
-    const fs = (await f.status()).groups[0]!;
+    const fs = (await f.status()).groups.find((g) => g.group === 1)!;
     expect(fs.firstIndex).toBeGreaterThan(1); // its log starts after an installed snapshot
     expect(dec((await f.get('/snap/299', { consistency: 'serializable' })).value)).toBe('v5999');
   });
