@@ -1,0 +1,406 @@
+#!/usr/bin/env node
+/** kvctl, the kvcascade command-line client (put, get, cas, del, ls, watch, status), callable in-process through `main(argv, io)`. */
+import { isUtf8 } from 'node:buffer';
+import { realpathSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { pathToFileURL } from 'node:url';
+import { Command, CommanderError, InvalidArgumentError } from 'commander';
+import { KvClient, KvError, CompactedError, type KvItem, type KvNodeStatus } from '../client/index.js';
+
+/** Endpoints used when neither `--endpoints` nor KVCASCADE_ENDPOINTS is given: the local cluster `npm start` runs. */
+export const DEFAULT_ENDPOINTS = '127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003';
+
+/** kvctl's exit codes. */
+export const EXIT = {
+  /** Success. */
+  OK: 0,
+  /** A request failed, a key was not found, or an endpoint was unreachable. */
+  ERROR: 1,
+  /** A conditional write (cas, del --expected-version) found another version. */
+  CONFLICT: 2,
+  /** Bad command line. */
+  USAGE: 64,
+} as const;
+
+/** Where kvctl reads and writes; every field defaults to the process's own. */
+export interface KvctlIo {
+  readonly stdout?: { write(s: string): unknown };
+  readonly stderr?: { write(s: string): unknown };
+  /** Read for `put <key> -`. */
+  readonly stdin?: AsyncIterable<Uint8Array | string>;
+  /** Environment (for KVCASCADE_ENDPOINTS). */
+  readonly env?: Readonly<Record<string, string | undefined>>;
+  /** Ends `watch` (default: SIGINT). */
+  readonly signal?: AbortSignal;
+}
+
+/** A value as printed: UTF-8 text when valid, else base64. */
+interface RenderedValue {
+  readonly value: string;
+  readonly valueEncoding: 'utf8' | 'base64';
+}
+
+function render(v: Uint8Array): RenderedValue {
+  const b = Buffer.from(v.buffer, v.byteOffset, v.byteLength);
+  return isUtf8(b) ? { value: b.toString('utf8'), valueEncoding: 'utf8' } : { value: b.toString('base64'), valueEncoding: 'base64' };
+}
+
+/** A value for a table cell: control characters escaped, binary shown as `base64:...`. */
+function cell(v: Uint8Array): string {
+  const r = render(v);
+  if (r.valueEncoding === 'base64') return `base64:${r.value}`;
+  // eslint-disable-next-line no-control-regex
+  return r.value.replace(/[\u0000-\u001f\u007f\\]/g, (c) => {
+    const named: Record<string, string> = { '\n': '\\n', '\r': '\\r', '\t': '\\t', '\\': '\\\\' };
+    return named[c] ?? `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`;
+  });
+}
+
+function time(ms: number): string {
+  return ms > 0 ? new Date(ms).toISOString() : '-';
+}
+
+/** Formats rows as a plain-text table with aligned columns. */
+export function formatTable(headers: readonly string[], rows: readonly (readonly string[])[]): string {
+  const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
+  const line = (r: readonly string[]) =>
+    r
+      .map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]!)))
+      .join('  ')
+      .trimEnd();
+  return [line(headers), ...rows.map(line)].join('\n') + '\n';
+}
+
+function uint(what: string): (s: string) => number {
+  return (s) => {
+    if (!/^\d+$/.test(s) || !Number.isSafeInteger(Number(s))) throw new InvalidArgumentError(`${what} must be a non-negative integer`);
+    return Number(s);
+  };
+}
+
+function positive(what: string): (s: string) => number {
+  return (s) => {
+    const n = uint(what)(s);
+    if (n === 0) throw new InvalidArgumentError(`${what} must be positive`);
+    return n;
+  };
+}
+
+function timeArg(s: string): number {
+  if (/^-?\d+$/.test(s)) return Number(s);
+  const t = Date.parse(s);
+  if (Number.isNaN(t)) throw new InvalidArgumentError('expected an ISO time (e.g. 2025-01-31T12:00:00Z) or ms since the epoch');
+  return t;
+}
+
+class CliFailure extends Error {
+  constructor(
+    readonly code: string,
+    message: string,
+    readonly exitCode: number = EXIT.ERROR,
+  ) {
+    super(message);
+  }
+}
+
+interface GlobalOptions {
+  endpoints?: string;
+  json?: boolean;
+  timeout: number;
+}
+
+async function readAll(source: AsyncIterable<Uint8Array | string>): Promise<Uint8Array> {
+  const chunks: Buffer[] = [];
+  for await (const c of source) chunks.push(typeof c === 'string' ? Buffer.from(c) : Buffer.from(c.buffer, c.byteOffset, c.byteLength));
+  return Buffer.concat(chunks);
+}
+
+/**
+ * Runs kvctl with `argv` (the arguments after the program name) and returns the exit code
+ * ({@link EXIT}). Output goes to `io.stdout`; errors are one line `kvctl: <code>: <message>` on
+ * `io.stderr`.
+ */
+export async function main(argv: readonly string[], io: KvctlIo = {}): Promise<number> {
+  const out = io.stdout ?? process.stdout;
+  const err = io.stderr ?? process.stderr;
+  const env = io.env ?? process.env;
+  let exitCode: number = EXIT.OK;
+  let client: KvClient | undefined;
+
+  const program = new Command('kvctl');
+  const globals = (): GlobalOptions => program.opts<GlobalOptions>();
+  const json = (): boolean => globals().json === true;
+  const print = (doc: unknown): void => void out.write(`${JSON.stringify(doc)}\n`);
+  const kv = (): KvClient => {
+    if (client) return client;
+    const list = (globals().endpoints ?? env.KVCASCADE_ENDPOINTS ?? DEFAULT_ENDPOINTS)
+      .split(',')
+      .map((s) => s.trim())
+      .filter((s) => s.length > 0);
+    if (list.length === 0) throw new CliFailure('USAGE', 'no endpoints given', EXIT.USAGE);
+    client = new KvClient({ endpoints: list, defaultDeadlineMs: globals().timeout });
+    return client;
+  };
+  const itemDoc = (it: KvItem, keysOnly: boolean) =>
+    keysOnly
+      ? { key: it.key, version: it.version, timestampMs: it.timestampMs }
+      : { key: it.key, ...render(it.value), version: it.version, timestampMs: it.timestampMs };
+
+  program
+    .description('Command-line client of kvcascade.\nExit codes: 0 ok, 1 error or not found, 2 conflict, 64 usage.')
+    .option('--endpoints <list>', `comma-separated host:port list (default: $KVCASCADE_ENDPOINTS, else ${DEFAULT_ENDPOINTS})`)
+    .option('--json', 'print one JSON document per result')
+    .option('--timeout <ms>', 'timeout of each request in ms, retries included', positive('--timeout'), 10_000)
+    .exitOverride()
+    .showSuggestionAfterError(false)
+    .configureOutput({
+      writeOut: (s) => void out.write(s),
+      writeErr: (s) => void err.write(s),
+      outputError: (s, write) => write(`kvctl: USAGE: ${s.replace(/^error: /, '').trim()}\n`),
+    });
+
+  program
+    .command('put')
+    .description('write a value (`@file` reads a file, `-` reads stdin)')
+    .argument('<key>')
+    .argument('<value>')
+    .action(async (key: string, value: string) => {
+      const bytes = value === '-' ? await readAll(io.stdin ?? process.stdin) : value.startsWith('@') ? await readValueFile(value.slice(1)) : value;
+      const r = await kv().put(key, bytes);
+      if (json()) print({ key, succeeded: r.succeeded, version: r.version, revision: r.revision, timestampMs: r.timestampMs });
+      else out.write(formatTable(['KEY', 'VERSION', 'REVISION', 'TIMESTAMP'], [[key, String(r.version), String(r.revision), time(r.timestampMs)]]));
+    });
+
+  program
+    .command('get')
+    .description('read a key (latest, or as of a version or time)')
+    .argument('<key>')
+    .option('--version <n>', 'read as of this revision', uint('--version'))
+    .option('--time <t>', 'read as of this time (ISO 8601 or ms since the epoch)', timeArg)
+    .option('--serializable', 'read from the local replica (may be stale)')
+    .action(async (key: string, o: { version?: number; time?: number; serializable?: boolean }) => {
+      if (o.version !== undefined && o.time !== undefined) throw new CliFailure('USAGE', 'give at most one of --version and --time', EXIT.USAGE);
+      const r = await kv().get(key, {
+        ...(o.version !== undefined ? { atVersion: o.version } : {}),
+        ...(o.time !== undefined ? { atTimeMs: o.time } : {}),
+        consistency: o.serializable ? 'serializable' : 'linearizable',
+      });
+      if (json()) {
+        print(r.found ? { key, found: true, ...render(r.value), version: r.version, timestampMs: r.timestampMs, revision: r.revision } : { key, found: false, revision: r.revision });
+      } else if (r.found) {
+        out.write(formatTable(['KEY', 'VERSION', 'TIMESTAMP', 'VALUE'], [[key, String(r.version), time(r.timestampMs), cell(r.value)]]));
+      }
+      if (!r.found) {
+        if (!json()) err.write(`kvctl: NOT_FOUND: key ${JSON.stringify(key)} not found\n`);
+        exitCode = EXIT.ERROR;
+      }
+    });
+
+  program
+    .command('cas')
+    .description('compare-and-set: write only if the key is at <expectedVersion> (0 = absent); exit code 2 on conflict')
+    .argument('<key>')
+    .argument('<expectedVersion>', 'the version the key must have', uint('expectedVersion'))
+    .argument('<value>')
+    .action(async (key: string, expected: number, value: string) => {
+      const bytes = value === '-' ? await readAll(io.stdin ?? process.stdin) : value.startsWith('@') ? await readValueFile(value.slice(1)) : value;
+      const r = await kv().put(key, bytes, { expectedVersion: expected, returnCurrentValue: true });
+      if (r.succeeded) {
+        if (json()) print({ key, succeeded: true, version: r.version, revision: r.revision, timestampMs: r.timestampMs });
+        else out.write(formatTable(['KEY', 'RESULT', 'VERSION', 'REVISION'], [[key, 'ok', String(r.version), String(r.revision)]]));
+        return;
+      }
+      exitCode = EXIT.CONFLICT;
+      const current = r.currentValue !== undefined ? render(r.currentValue) : undefined;
+      if (json()) {
+        print({
+          key,
+          succeeded: false,
+          expectedVersion: expected,
+          currentVersion: r.currentVersion,
+          ...(current ? { currentValue: current.value, currentValueEncoding: current.valueEncoding } : {}),
+          revision: r.revision,
+        });
+      } else {
+        out.write(
+          formatTable(
+            ['KEY', 'RESULT', 'EXPECTED', 'CURRENT_VERSION', 'CURRENT_VALUE'],
+            [[key, 'conflict', String(expected), String(r.currentVersion), r.currentValue ? cell(r.currentValue) : '-']],
+          ),
+        );
+      }
+    });
+
+  program
+    .command('del')
+    .description('delete a key; with --expected-version only if it is at that version (exit code 2 on conflict)')
+    .argument('<key>')
+    .option('--expected-version <n>', 'delete only if the key is at this version', uint('--expected-version'))
+    .action(async (key: string, o: { expectedVersion?: number }) => {
+      const r = await kv().delete(key, o.expectedVersion !== undefined ? { expectedVersion: o.expectedVersion } : {});
+      if (!r.succeeded) exitCode = EXIT.CONFLICT;
+      if (json()) {
+        print({ key, succeeded: r.succeeded, deleted: r.deleted, revision: r.revision, ...(r.succeeded ? {} : { currentVersion: r.currentVersion }) });
+        return;
+      }
+      if (r.succeeded) out.write(formatTable(['KEY', 'RESULT', 'REVISION'], [[key, r.deleted ? 'deleted' : 'absent', String(r.revision)]]));
+      else out.write(formatTable(['KEY', 'RESULT', 'EXPECTED', 'CURRENT_VERSION'], [[key, 'conflict', String(o.expectedVersion), String(r.currentVersion)]]));
+    });
+
+  program
+    .command('ls')
+    .description('list keys under a prefix, in key order')
+    .argument('[prefix]', 'key prefix', '')
+    .option('--limit <n>', 'keys per page (default 1000)', positive('--limit'))
+    .option('--keys-only', 'omit values')
+    .option('--all', 'fetch every page')
+    .option('--page-token <token>', 'continue a previous listing')
+    .action(async (prefix: string, o: { limit?: number; keysOnly?: boolean; all?: boolean; pageToken?: string }) => {
+      const keysOnly = o.keysOnly === true;
+      const items: KvItem[] = [];
+      let pageToken = o.pageToken ?? '';
+      let revision = 0;
+      do {
+        const page = await kv().list(prefix, { ...(o.limit ? { limit: o.limit } : {}), keysOnly, pageToken });
+        items.push(...page.items);
+        revision = page.revision;
+        pageToken = page.nextPageToken;
+      } while (o.all && pageToken);
+      if (json()) {
+        print({ prefix, items: items.map((it) => itemDoc(it, keysOnly)), ...(pageToken ? { nextPageToken: pageToken } : {}), revision });
+        return;
+      }
+      out.write(
+        keysOnly
+          ? formatTable(['KEY', 'VERSION', 'TIMESTAMP'], items.map((it) => [it.key, String(it.version), time(it.timestampMs)]))
+          : formatTable(['KEY', 'VERSION', 'TIMESTAMP', 'VALUE'], items.map((it) => [it.key, String(it.version), time(it.timestampMs), cell(it.value)])),
+      );
+      if (pageToken) err.write(`kvctl: more keys remain: continue with --page-token ${pageToken} (or use --all)\n`);
+    });
+
+  program
+    .command('watch')
+    .description('print changes under a prefix until interrupted (Ctrl-C)')
+    .argument('[prefix]', 'key prefix', '')
+    .option('--from-revision <n>', 'start at this revision (default: changes from now on)', uint('--from-revision'))
+    .action(async (prefix: string, o: { fromRevision?: number }) => {
+      const ac = new AbortController();
+      const onSigint = (): void => ac.abort();
+      if (io.signal) {
+        if (io.signal.aborted) ac.abort();
+        io.signal.addEventListener('abort', onSigint, { once: true });
+      } else process.once('SIGINT', onSigint);
+      try {
+        const w = kv().watch(prefix, { ...(o.fromRevision ? { fromRevision: o.fromRevision } : {}), signal: ac.signal });
+        for await (const batch of w) {
+          for (const e of batch.events) {
+            if (json()) {
+              print({ type: e.type, key: e.key, ...(e.type === 'put' ? render(e.value) : {}), revision: e.revision, timestampMs: e.timestampMs });
+            } else {
+              out.write(`${e.revision}  ${e.type.toUpperCase().padEnd(6)}  ${e.key}${e.type === 'put' ? `  ${cell(e.value)}` : ''}\n`);
+            }
+          }
+        }
+      } finally {
+        io.signal?.removeEventListener('abort', onSigint);
+        process.removeListener('SIGINT', onSigint);
+      }
+    });
+
+  program
+    .command('status')
+    .description("show each endpoint's Raft groups")
+    .action(async () => {
+      const c = kv();
+      const list = (globals().endpoints ?? env.KVCASCADE_ENDPOINTS ?? DEFAULT_ENDPOINTS)
+        .split(',')
+        .map((s) => s.trim())
+        .filter((s) => s.length > 0);
+      type Outcome = { endpoint: string; status: KvNodeStatus } | { endpoint: string; error: Error };
+      const results = await Promise.all(
+        list.map(async (endpoint): Promise<Outcome> => {
+          try {
+            return { endpoint, status: await c.status(endpoint) };
+          } catch (e) {
+            return { endpoint, error: e as Error };
+          }
+        }),
+      );
+      const rows: string[][] = [];
+      for (const r of results) {
+        if ('error' in r) {
+          const code = r.error instanceof KvError ? r.error.code : 'ERROR';
+          err.write(`kvctl: ${code}: ${r.endpoint}: ${r.error.message}\n`);
+          exitCode = EXIT.ERROR;
+          continue;
+        }
+        const s = r.status;
+        if (json()) {
+          print({ endpoint: r.endpoint, ...s });
+          continue;
+        }
+        for (const g of s.groups) {
+          rows.push([
+            r.endpoint,
+            String(s.nodeId),
+            String(g.group),
+            String(g.leader),
+            String(g.term),
+            g.role,
+            String(g.commitIndex),
+            String(g.appliedIndex),
+            String(g.revision),
+          ]);
+        }
+      }
+      if (!json() && rows.length > 0) {
+        out.write(formatTable(['ENDPOINT', 'NODE', 'GROUP', 'LEADER', 'TERM', 'ROLE', 'COMMIT', 'APPLIED', 'REVISION'], rows));
+      }
+    });
+
+  try {
+    await program.parseAsync([...argv], { from: 'user' });
+    return exitCode;
+  } catch (e) {
+    if (e instanceof CommanderError) {
+      return e.exitCode === 0 ? EXIT.OK : EXIT.USAGE; // commander already printed help or the usage error
+    }
+    if (e instanceof CompactedError) {
+      err.write(`kvctl: ${e.code}: ${e.message} (oldest available revision ${e.compactRevision})\n`);
+      return EXIT.ERROR;
+    }
+    if (e instanceof KvError || e instanceof CliFailure) {
+      err.write(`kvctl: ${e.code}: ${e.message}\n`);
+      return e instanceof CliFailure ? e.exitCode : EXIT.ERROR;
+    }
+    const code = typeof (e as { code?: unknown }).code === 'string' ? (e as { code: string }).code : 'ERROR';
+    err.write(`kvctl: ${code}: ${(e as Error).message ?? String(e)}\n`);
+    return EXIT.ERROR;
+  } finally {
+    client?.close();
+  }
+}
+
+async function readValueFile(path: string): Promise<Uint8Array> {
+  try {
+    return await readFile(path);
+  } catch (e) {
+    throw new CliFailure((e as { code?: string }).code ?? 'ERROR', `cannot read ${JSON.stringify(path)}: ${(e as Error).message}`);
+  }
+}
+
+function invokedDirectly(): boolean {
+  const script = process.argv[1];
+  if (!script) return false;
+  try {
+    return import.meta.url === pathToFileURL(realpathSync(script)).href;
+  } catch {
+    return false;
+  }
+}
+
+if (invokedDirectly()) {
+  void main(process.argv.slice(2)).then((code) => {
+    process.exitCode = code;
+  });
+}

@@ -1,0 +1,64 @@
+/** Errors the kvcascade client throws: KvError (a gRPC status code name and message) and CompactedError. */
+import * as grpc from '@grpc/grpc-js';
+import { readKvMetadata } from '../server/metadata.js';
+
+/** The name of a gRPC status code, e.g. "UNAVAILABLE". */
+export type KvErrorCode = keyof typeof grpc.status;
+
+/** Extra facts about a failed call. */
+export interface KvErrorInfo {
+  /** The request was definitely not executed (a write may be retried safely). */
+  readonly retrySafe?: boolean;
+  /** The leader address the server reported, if any. */
+  readonly leader?: string | undefined;
+  /** The endpoint that answered (or failed). */
+  readonly endpoint?: string | undefined;
+}
+
+/** A failed kvcascade call: `code` is the gRPC status code name, `grpcCode` its number. */
+export class KvError extends Error {
+  /** gRPC status code name, e.g. "UNAVAILABLE", "INVALID_ARGUMENT". */
+  readonly code: KvErrorCode;
+  /** Numeric gRPC status code. */
+  readonly grpcCode: grpc.status;
+  /** The request was definitely not executed. */
+  readonly retrySafe: boolean;
+  /** The leader address the server reported, if any. */
+  readonly leader: string | undefined;
+  /** The endpoint that answered (or failed), if known. */
+  readonly endpoint: string | undefined;
+
+  constructor(grpcCode: grpc.status, message: string, info: KvErrorInfo = {}) {
+    const code = (grpc.status[grpcCode] ?? 'UNKNOWN') as KvErrorCode;
+    super(message);
+    this.name = 'KvError';
+    this.code = code;
+    this.grpcCode = grpcCode;
+    this.retrySafe = info.retrySafe ?? false;
+    this.leader = info.leader;
+    this.endpoint = info.endpoint;
+  }
+}
+
+/** The requested revision (a read's version, or a watch's resume point) has been compacted away. */
+export class CompactedError extends KvError {
+  /** The oldest revision still available. */
+  readonly compactRevision: number;
+
+  constructor(message: string, compactRevision: number, info: KvErrorInfo = {}) {
+    super(grpc.status.OUT_OF_RANGE, message, info);
+    this.name = 'CompactedError';
+    this.compactRevision = compactRevision;
+  }
+}
+
+/** Converts a grpc-js error (with its trailers) into a KvError or CompactedError. */
+export function fromServiceError(err: grpc.ServiceError, endpoint: string | undefined, retrySafe = false): KvError {
+  const f = readKvMetadata(err.metadata);
+  const info = { retrySafe: retrySafe || f.retrySafe === true, leader: f.leader, endpoint };
+  const message = err.details || grpc.status[err.code] || 'unknown error';
+  if (err.code === grpc.status.OUT_OF_RANGE && f.compactRevision !== undefined) {
+    return new CompactedError(message, f.compactRevision, info);
+  }
+  return new KvError(err.code, message, info);
+}

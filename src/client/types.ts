@@ -1,0 +1,280 @@
+/** Public option and result types of the kvcascade client, and their conversion from wire messages. */
+import * as grpc from '@grpc/grpc-js';
+import type {
+  DeleteResponseMsg,
+  EventMsg,
+  GetResponseMsg,
+  KeyValueMsg,
+  ListResponseMsg,
+  PutResponseMsg,
+  StatusResponseMsg,
+} from '../server/proto.js';
+import { checkKey, checkPrefix, checkValue } from '../server/request-validation.js';
+import { KvError } from './errors.js';
+
+/** Read freshness: linearizable (through the leader, the default) or serializable (local replica, may be stale). */
+export type KvConsistency = 'linearizable' | 'serializable';
+
+/** Options of `put`. */
+export interface KvPutOptions {
+  /** Conditional put: only if the key's current version equals this (0 = only if absent). */
+  readonly expectedVersion?: number;
+  /** On a conflict, also return the current value. */
+  readonly returnCurrentValue?: boolean;
+  /** Timeout of the call including retries, in ms (default: the client's `defaultDeadlineMs`). */
+  readonly deadlineMs?: number;
+}
+
+/** Result of `put`. */
+export interface KvPutResult {
+  /** False only for a conditional put whose expectation did not hold. */
+  readonly succeeded: boolean;
+  /** The key's new version (0 on conflict). */
+  readonly version: number;
+  readonly timestampMs: number;
+  /** The shard revision after the request. */
+  readonly revision: number;
+  /** On conflict: the key's current version (0 = absent). */
+  readonly currentVersion: number;
+  /** On conflict, when asked for and the key exists: its current value. */
+  readonly currentValue?: Uint8Array;
+}
+
+/** Options of `get`: at most one of `atVersion` and `atTimeMs`. */
+export interface KvGetOptions {
+  /** Read the value as of this revision. */
+  readonly atVersion?: number;
+  /** Read the value as of this time (ms since the epoch). */
+  readonly atTimeMs?: number;
+  readonly consistency?: KvConsistency;
+  /** Timeout in ms (default: the client's `defaultDeadlineMs`). */
+  readonly deadlineMs?: number;
+}
+
+/** Result of `get`; when `found` is false, `value` is empty and `version`/`timestampMs` are 0. */
+export interface KvGetResult {
+  readonly found: boolean;
+  readonly value: Uint8Array;
+  readonly version: number;
+  readonly timestampMs: number;
+  /** The shard revision the read observed. */
+  readonly revision: number;
+}
+
+/** Options of `delete`. */
+export interface KvDeleteOptions {
+  /** Conditional delete: only if the key's current version equals this. */
+  readonly expectedVersion?: number;
+  /** Timeout in ms (default: the client's `defaultDeadlineMs`). */
+  readonly deadlineMs?: number;
+}
+
+/** Result of `delete`. */
+export interface KvDeleteResult {
+  /** False only for a conditional delete whose expectation did not hold. */
+  readonly succeeded: boolean;
+  /** Whether a live key was deleted. */
+  readonly deleted: boolean;
+  readonly revision: number;
+  /** On conflict: the key's current version. */
+  readonly currentVersion: number;
+}
+
+/** Options of `list` (and `listAll`, which ignores `pageToken`). */
+export interface KvListOptions {
+  /** Most items per page (default 1000, at most 10 000). */
+  readonly limit?: number;
+  /** From a previous page's `nextPageToken`. */
+  readonly pageToken?: string;
+  /** Omit values. */
+  readonly keysOnly?: boolean;
+  readonly consistency?: KvConsistency;
+  /** Timeout per page in ms (default: the client's `defaultDeadlineMs`). */
+  readonly deadlineMs?: number;
+}
+
+/** One listed key. `value` is empty with `keysOnly`. */
+export interface KvItem {
+  readonly key: string;
+  readonly value: Uint8Array;
+  readonly version: number;
+  readonly timestampMs: number;
+}
+
+/** A page of `list`. */
+export interface KvListResult {
+  readonly items: readonly KvItem[];
+  /** Pass to the next `list` call; empty when this is the last page. */
+  readonly nextPageToken: string;
+  readonly revision: number;
+}
+
+/** Options of `watch`. */
+export interface KvWatchOptions {
+  /** First revision to deliver (default: changes after the current revision). */
+  readonly fromRevision?: number;
+  /** How often the server sends progress notifications while idle (ms; default 1000). */
+  readonly progressIntervalMs?: number;
+  /** Ends the iteration (normally, without an error) when aborted. */
+  readonly signal?: AbortSignal;
+}
+
+/** One change delivered by a watch. */
+export interface KvWatchEvent {
+  readonly type: 'put' | 'delete';
+  readonly key: string;
+  /** The new value (empty for deletes). */
+  readonly value: Uint8Array;
+  readonly revision: number;
+  readonly timestampMs: number;
+}
+
+/** What a watch iterator yields: the events of whole revisions, or a progress notification. */
+export interface KvWatchBatch {
+  readonly events: readonly KvWatchEvent[];
+  /** Every change under the prefix up to this revision has now been delivered. */
+  readonly revision: number;
+  /** True for a progress notification (no events). */
+  readonly progress: boolean;
+}
+
+/** Status of one Raft group on a node. */
+export interface KvGroupStatus {
+  readonly group: number;
+  readonly leader: number;
+  readonly term: number;
+  readonly role: string;
+  readonly commitIndex: number;
+  readonly appliedIndex: number;
+  readonly firstIndex: number;
+  readonly lastIndex: number;
+  readonly voters: readonly number[];
+  readonly learners: readonly number[];
+  readonly revision: number;
+}
+
+/** Status of a node. */
+export interface KvNodeStatus {
+  readonly nodeId: number;
+  readonly version: string;
+  readonly groups: readonly KvGroupStatus[];
+  readonly members: readonly { readonly id: number; readonly address: string }[];
+}
+
+const EMPTY = new Uint8Array(0);
+const encoder = new TextEncoder();
+
+/** A plain Uint8Array view of received bytes (no copy). */
+export function bytes(b: Uint8Array | undefined | null): Uint8Array {
+  if (!b || b.length === 0) return EMPTY;
+  return Buffer.isBuffer(b) ? new Uint8Array(b.buffer, b.byteOffset, b.byteLength) : b;
+}
+
+/** Runs a local request check, turning a ValidationError into a KvError INVALID_ARGUMENT. */
+export function local<T>(check: () => T): T {
+  try {
+    return check();
+  } catch (e) {
+    throw new KvError(grpc.status.INVALID_ARGUMENT, (e as Error).message, { retrySafe: true });
+  }
+}
+
+/** Checks a key locally (the server's rules), throwing KvError INVALID_ARGUMENT. */
+export function localKey(key: string): string {
+  return local(() => checkKey(key));
+}
+
+/** Checks a prefix locally, throwing KvError INVALID_ARGUMENT. */
+export function localPrefix(prefix: string): string {
+  return local(() => checkPrefix(prefix));
+}
+
+/** Encodes and checks a value locally (strings as UTF-8), throwing KvError INVALID_ARGUMENT. */
+export function localValue(value: Uint8Array | string): Uint8Array {
+  return local(() => checkValue(typeof value === 'string' ? encoder.encode(value) : value));
+}
+
+/** Checks an optional non-negative integer option locally. */
+export function localUint(n: number | undefined, what: string): number | undefined {
+  if (n === undefined) return undefined;
+  if (!Number.isSafeInteger(n) || n < 0) {
+    throw new KvError(grpc.status.INVALID_ARGUMENT, `${what} must be a non-negative integer, got ${n}`, { retrySafe: true });
+  }
+  return n;
+}
+
+/** Converts a PutResponse. */
+export function putResult(m: PutResponseMsg): KvPutResult {
+  const r = {
+    succeeded: m.succeeded ?? false,
+    version: m.version ?? 0,
+    timestampMs: m.timestampMs ?? 0,
+    revision: m.revision ?? 0,
+    currentVersion: m.currentVersion ?? 0,
+  };
+  return m.currentValue !== undefined && m.currentValue !== null ? { ...r, currentValue: bytes(m.currentValue) } : r;
+}
+
+/** Converts a GetResponse. */
+export function getResult(m: GetResponseMsg): KvGetResult {
+  return {
+    found: m.found ?? false,
+    value: bytes(m.value),
+    version: m.version ?? 0,
+    timestampMs: m.timestampMs ?? 0,
+    revision: m.revision ?? 0,
+  };
+}
+
+/** Converts a DeleteResponse. */
+export function deleteResult(m: DeleteResponseMsg): KvDeleteResult {
+  return {
+    succeeded: m.succeeded ?? false,
+    deleted: m.deleted ?? false,
+    revision: m.revision ?? 0,
+    currentVersion: m.currentVersion ?? 0,
+  };
+}
+
+/** Converts a KeyValue. */
+export function item(m: KeyValueMsg): KvItem {
+  return { key: m.key ?? '', value: bytes(m.value), version: m.version ?? 0, timestampMs: m.timestampMs ?? 0 };
+}
+
+/** Converts a ListResponse. */
+export function listResult(m: ListResponseMsg): KvListResult {
+  return { items: (m.items ?? []).map(item), nextPageToken: m.nextPageToken ?? '', revision: m.revision ?? 0 };
+}
+
+/** Converts an Event (unknown types are reported as puts). */
+export function watchEvent(m: EventMsg): KvWatchEvent {
+  return {
+    type: m.type === 'DELETE' || m.type === 1 ? 'delete' : 'put',
+    key: m.key ?? '',
+    value: bytes(m.value),
+    revision: m.revision ?? 0,
+    timestampMs: m.timestampMs ?? 0,
+  };
+}
+
+/** Converts a StatusResponse. */
+export function nodeStatus(m: StatusResponseMsg): KvNodeStatus {
+  return {
+    nodeId: m.nodeId ?? 0,
+    version: m.version ?? '',
+    groups: (m.groups ?? []).map((g) => ({
+      group: g.group ?? 0,
+      leader: g.leader ?? 0,
+      term: g.term ?? 0,
+      role: g.role ?? '',
+      commitIndex: g.commitIndex ?? 0,
+      appliedIndex: g.appliedIndex ?? 0,
+      firstIndex: g.firstIndex ?? 0,
+      lastIndex: g.lastIndex ?? 0,
+      voters: g.voters ?? [],
+      learners: g.learners ?? [],
+      revision: g.revision ?? 0,
+    })),
+    members: (m.members ?? []).map((x) => ({ id: x.id ?? 0, address: x.address ?? '' })),
+  };
+}

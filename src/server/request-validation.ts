@@ -1,0 +1,77 @@
+/** Client-API request checks shared by the gRPC services and the client: keys, prefixes, values, numbers and page tokens. */
+import { isUtf8 } from 'node:buffer';
+import { MAX_VALUE_BYTES, ValidationError, validateKey, validatePrefix } from '../statemachine/index.js';
+
+function checkNoNul(s: string, what: string): void {
+  if (s.includes('\0')) throw new ValidationError('INVALID_KEY', `${what} must not contain NUL`);
+}
+
+/**
+ * Checks a key: a non-empty, well-formed string of at most MAX_KEY_BYTES UTF-8 bytes without NUL.
+ * Throws ValidationError.
+ */
+export function checkKey(key: unknown, what = 'key'): string {
+  validateKey(key, what);
+  checkNoNul(key as string, what);
+  return key as string;
+}
+
+/** Checks a list/watch prefix: like {@link checkKey} but may be empty. Throws ValidationError. */
+export function checkPrefix(prefix: unknown, what = 'prefix'): string {
+  validatePrefix(prefix, what);
+  checkNoNul(prefix as string, what);
+  return prefix as string;
+}
+
+/** Checks a value's size against MAX_VALUE_BYTES (reported as INVALID_ARGUMENT, as etcd does for oversized requests). */
+export function checkValue(value: unknown, what = 'value'): Uint8Array {
+  if (!(value instanceof Uint8Array)) throw new ValidationError('INVALID_VALUE', `${what} must be bytes`);
+  if (value.length > MAX_VALUE_BYTES) {
+    throw new ValidationError('VALUE_TOO_LARGE', `${what} is ${value.length} bytes, limit ${MAX_VALUE_BYTES}`);
+  }
+  return value;
+}
+
+/** Checks a version, revision or time-like number is a non-negative safe integer (uint64 above 2^53 cannot be represented). */
+export function checkUint(n: unknown, what: string): number {
+  if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < 0) {
+    throw new ValidationError('INVALID_NUMBER', `${what} must be a non-negative integer below 2^53, got ${String(n)}`);
+  }
+  return n;
+}
+
+/** Checks a signed time in ms is a safe integer. */
+export function checkInt(n: unknown, what: string): number {
+  if (typeof n !== 'number' || !Number.isSafeInteger(n)) {
+    throw new ValidationError('INVALID_NUMBER', `${what} must be an integer of magnitude below 2^53, got ${String(n)}`);
+  }
+  return n;
+}
+
+/** The opaque page token for "continue after `key`": base64url (no padding) of its UTF-8 bytes. */
+export function encodePageToken(key: string): string {
+  return Buffer.from(key, 'utf8').toString('base64url');
+}
+
+/**
+ * Decodes a page token produced by {@link encodePageToken} for a listing of `prefix`. Throws
+ * ValidationError (INVALID_ARGUMENT) for anything else: non-canonical base64url, invalid UTF-8,
+ * an invalid key, or a key outside the prefix.
+ */
+export function decodePageToken(token: string, prefix: string): string {
+  const bad = (why: string): never => {
+    throw new ValidationError('INVALID_ARGUMENT', `invalid page token: ${why}`);
+  };
+  if (!/^[A-Za-z0-9_-]+$/.test(token)) bad('not base64url');
+  const bytes = Buffer.from(token, 'base64url');
+  if (bytes.toString('base64url') !== token) bad('not canonical base64url');
+  if (!isUtf8(bytes)) bad('not UTF-8');
+  const key = bytes.toString('utf8');
+  try {
+    checkKey(key, 'page token key');
+  } catch (e) {
+    bad((e as Error).message);
+  }
+  if (!key.startsWith(prefix)) bad('it belongs to a different prefix');
+  return key;
+}
