@@ -5,17 +5,20 @@ import { fileURLToPath } from 'node:url';
 
 let cached: string | undefined;
 
-/** The absolute path of the folder holding `kvcascade/v1/*.proto`. */
-export function protoDir(): string {
-  if (cached) return cached;
-  let dir = dirname(fileURLToPath(import.meta.url));
-  for (let i = 0; i < 8; i++) {
+/** The nearest `proto/` folder holding `kvcascade/v1/kv.proto` at or above `from` (a file URL or path). */
+export function findProtoRoot(from: string = import.meta.url): string {
+  let dir = dirname(from.startsWith('file:') ? fileURLToPath(from) : from);
+  for (;;) {
     const candidate = join(dir, 'proto');
-    if (existsSync(join(candidate, 'kvcascade', 'v1', 'kv.proto'))) {
-      cached = candidate;
-      return candidate;
-    }
-    dir = dirname(dir);
+    if (existsSync(join(candidate, 'kvcascade', 'v1', 'kv.proto'))) return candidate;
+    const parent = dirname(dir);
+    if (parent === dir) throw new Error(`cannot find proto/kvcascade/v1/kv.proto above ${from}`);
+    dir = parent;
   }
-  throw new Error('kvcascade: cannot find the proto/ folder next to the package');
+}
+
+/** The package's own proto folder (cached). */
+export function protoDir(): string {
+  cached ??= findProtoRoot(import.meta.url);
+  return cached;
 }

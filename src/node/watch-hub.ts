@@ -16,18 +16,12 @@ export interface WatchHubOptions {
   readonly maxWatchers?: number;
 }
 
-/** A sink that can report back-pressure (optional capabilities of `WatchSink`). */
-interface FlowControlledSink extends WatchSink {
-  writable?(): boolean;
-  onDrain?(cb: () => void): void;
-}
-
 interface Watcher {
   readonly id: number;
   readonly prefix: string;
   /** Next revision this watcher must see. */
   next: number;
-  readonly sink: FlowControlledSink;
+  readonly sink: WatchSink;
   readonly progressIntervalMs: number;
   lastSentMs: number;
   waitingForDrain: boolean;
@@ -76,6 +70,8 @@ export class WatchHub {
     };
     this.watchers.set(w.id, w);
     this.pump(w);
+    // Like etcd's "created": tell the watcher at once how far it has seen when it starts caught up.
+    if (!w.closed && w.next > this.sm().revision) w.sink.progress(w.next - 1);
     return { cancel: () => this.remove(w) };
   }
 

@@ -81,6 +81,10 @@ export interface WatchSink {
   progress(revision: number): void;
   /** The server ended the watch; `compactRevision` is set when the start revision was compacted. */
   canceled(reason: string, compactRevision?: number): void;
+  /** Optional flow control: false while the sink is backed up (the watch then pauses, costing no memory). */
+  writable?(): boolean;
+  /** Optional flow control: called once when a backed-up sink can take more. */
+  onDrain?(cb: () => void): void;
 }
 
 /** A running watch. */

@@ -1,8 +1,6 @@
 /** Loads the kvcascade client-API protos with @grpc/proto-loader and exports typed service definitions, client constructors and message types. */
-import { existsSync } from 'node:fs';
 import { isUtf8 } from 'node:buffer';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 
@@ -15,23 +13,11 @@ export const PROTO_LOADER_OPTIONS: protoLoader.Options = {
   oneofs: true,
 };
 
-/**
- * Finds the package's `proto/` directory by walking up from `from` (default: this module) until
- * `proto/kvcascade/v1/kv.proto` exists; works from `src/` (vitest) and from compiled `dist/src/`.
- */
-export function findProtoRoot(from: string = import.meta.url): string {
-  let dir = dirname(from.startsWith('file:') ? fileURLToPath(from) : from);
-  for (;;) {
-    const candidate = join(dir, 'proto');
-    if (existsSync(join(candidate, 'kvcascade', 'v1', 'kv.proto'))) return candidate;
-    const parent = dirname(dir);
-    if (parent === dir) throw new Error(`cannot find proto/kvcascade/v1/kv.proto above ${from}`);
-    dir = parent;
-  }
-}
+export { findProtoRoot } from '../proto-files.js';
+import { protoDir } from '../proto-files.js';
 
 /** Loads proto files (paths relative to the proto root) with {@link PROTO_LOADER_OPTIONS}. */
-export function loadProtos(files: readonly string[], root: string = findProtoRoot()): protoLoader.PackageDefinition {
+export function loadProtos(files: readonly string[], root: string = protoDir()): protoLoader.PackageDefinition {
   return protoLoader.loadSync(
     files.map((f) => join(root, f)),
     { ...PROTO_LOADER_OPTIONS, includeDirs: [root] },
