@@ -15,6 +15,8 @@ export interface KvdConfig {
   electionTicks: number;
   snapshotEveryEntries: number;
   retentionMs: number;
+  /** Token required for admin operations (extension load/unload); unset = admin disabled. */
+  adminToken?: string;
   tlsCert?: string;
   tlsKey?: string;
   tlsCa?: string;
@@ -53,6 +55,8 @@ export function parseConfig(argv: string[]): KvdConfig {
     .option('--election-ticks <n>', 'ticks before a follower campaigns', int('--election-ticks'))
     .option('--snapshot-every <entries>', 'take a snapshot after this many applied entries', int('--snapshot-every'))
     .option('--retention-ms <ms>', 'keep old versions this long (0 = bounded only by history limits)', int('--retention-ms'))
+    .option('--admin-token <token>', 'token required for admin operations such as loading extensions (or env KVCASCADE_ADMIN_TOKEN)')
+    .option('--admin-token-file <file>', 'read the admin token from a file')
     .option('--tls-cert <file>', 'PEM certificate for client and peer TLS')
     .option('--tls-key <file>', 'PEM private key for client and peer TLS')
     .option('--tls-ca <file>', 'PEM CA bundle to verify peers (and client certificates)')
@@ -85,6 +89,12 @@ export function parseConfig(argv: string[]): KvdConfig {
     snapshotEveryEntries: Number(pick('snapshotEvery', 20000)),
     retentionMs: Number(pick('retentionMs', 0)),
   };
+  const tokenFile = pick<string | undefined>('adminTokenFile', undefined);
+  const token = pick<string | undefined>('adminToken', undefined) ?? (tokenFile ? readFileSync(tokenFile, 'utf8').trim() : undefined) ?? process.env.KVCASCADE_ADMIN_TOKEN;
+  if (token !== undefined) {
+    if (token.length < 16) throw new Error('the admin token must be at least 16 characters');
+    cfg.adminToken = token;
+  }
   for (const k of ['tlsCert', 'tlsKey', 'tlsCa'] as const) {
     const v = pick<string | undefined>(k, undefined);
     if (v) cfg[k] = v;

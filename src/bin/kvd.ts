@@ -6,6 +6,9 @@ import { join } from 'node:path';
 import { createLogger } from '../log.js';
 import { KvNode } from '../node/kv-node.js';
 import { parseConfig, type KvdConfig } from './kvd-config.js';
+import { ExtensionManager } from '../extensions/manager.js';
+import { adminBackend } from './admin-backend.js';
+import { addAdminService } from '../server/admin-service.js';
 import { GrpcPeerTransport } from '../node/grpc-transport.js';
 import { NodeMetrics } from '../node/metrics.js';
 import { LevelEngine } from '../storage/kv-engine.js';
@@ -57,6 +60,8 @@ async function main(): Promise<void> {
   const metrics = new NodeMetrics(node);
   node.observer = metrics.observer();
   const server = createGrpcServer();
+  const extensions = new ExtensionManager(node, { dataDir: cfg.dataDir, log: log.child({ component: 'extensions' }), registry: metrics.registry });
+  addAdminService(server, adminBackend(node, extensions), { ...(cfg.adminToken ? { adminToken: cfg.adminToken } : {}), log });
   const services = addKvServices(server, metrics.meter(node), {
     log,
     selfAddress: cfg.listen,
@@ -69,6 +74,7 @@ async function main(): Promise<void> {
   );
   const m = await metrics.serve(cfg.metricsPort);
   node.start();
+  extensions.start();
   log.info({ listen: cfg.listen, port, metricsPort: m.port, dataDir: cfg.dataDir, peers: Object.fromEntries(cfg.peers) }, 'kvd started');
   // A machine-readable readiness line for supervisors and tests.
   process.stdout.write(`${JSON.stringify({ event: 'ready', id: cfg.id, port, metricsPort: m.port })}\n`);
@@ -79,6 +85,7 @@ async function main(): Promise<void> {
     stopping = true;
     log.info({ signal }, 'stopping');
     services.close();
+    await extensions.stop().catch(() => {});
     server.forceShutdown();
     m.server.close();
     await node.stop();

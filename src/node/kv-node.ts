@@ -30,7 +30,7 @@ import {
   type WatchHandle,
   type WatchRequest,
   type WatchSink,
-} from '../server/backend.js';
+} from './backend.js';
 import type { Logger } from '../log.js';
 import { ShardReplica } from './replica.js';
 import type { Transport } from './transport.js';

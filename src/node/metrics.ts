@@ -13,7 +13,7 @@ import type {
   PutRequest,
   WatchRequest,
   WatchSink,
-} from '../server/backend.js';
+} from './backend.js';
 import type { KvNode, NodeObserver } from './kv-node.js';
 
 /** Every metric of one node, in its own registry. */

@@ -13,7 +13,7 @@ import {
   type Ready,
 } from '../raft/index.js';
 import { KvStateMachine, type Command, type CommandResult, type KvStateMachineOptions } from '../statemachine/index.js';
-import { NotLeaderError, OverloadedError, UnavailableError } from '../server/backend.js';
+import { NotLeaderError, OverloadedError, UnavailableError } from './backend.js';
 import { decodeProposal, encodeProposal } from './envelope.js';
 import { WatchHub, type WatchHubOptions } from './watch-hub.js';
 

@@ -4,7 +4,7 @@
  * no memory per event and never slows the write path.
  */
 import { CompactedRevisionError, type KvEvent, type KvStateMachine } from '../statemachine/index.js';
-import type { WatchHandle, WatchRequest, WatchSink } from '../server/backend.js';
+import type { WatchHandle, WatchRequest, WatchSink } from './backend.js';
 
 /** Limits of a watch hub. */
 export interface WatchHubOptions {

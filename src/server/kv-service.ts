@@ -27,7 +27,7 @@ import {
   type WatchHandle,
   type WatchRequest,
   type WatchSink,
-} from './backend.js';
+} from '../node/backend.js';
 import {
   META_FORWARDED,
   kvMetadata,

@@ -1,7 +1,7 @@
 /** Tests of KvClient against loopback servers over the in-memory backend: calls, leader discovery, failover, safe retries, self-resuming watches and pipelining. */
 import { afterEach, describe, expect, it } from 'vitest';
 import { CompactedError, KvClient, KvError, type KvWatchBatch, type KvWatchEvent } from '../../src/client/index.js';
-import { NotLeaderError, OverloadedError, UnavailableError } from '../../src/server/backend.js';
+import { NotLeaderError, OverloadedError, UnavailableError } from '../../src/node/backend.js';
 import type { RunningKvServer } from '../../src/server/kv-service.js';
 import { MemoryBackend } from '../server/memory-backend.js';
 import { deferred, serve, text, utf8 } from '../server/harness.js';

@@ -4,7 +4,7 @@ import { KvNode, DATA_GROUP } from '../../src/node/kv-node.js';
 import { LoopbackHub } from '../../src/node/transport.js';
 import { MemoryEngine } from '../../src/storage/kv-engine.js';
 import { silentLogger } from '../../src/log.js';
-import { NotLeaderError } from '../../src/server/backend.js';
+import { NotLeaderError } from '../../src/node/backend.js';
 import { CompactedRevisionError } from '../../src/statemachine/index.js';
 import type { KvEvent } from '../../src/statemachine/index.js';
 

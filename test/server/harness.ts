@@ -1,6 +1,6 @@
 /** Test helpers shared by the server, client and CLI tests: loopback servers over a MemoryBackend, raw stubs, unary calls with trailers, a capturing logger. */
 import * as grpc from '@grpc/grpc-js';
-import type { KvBackend } from '../../src/server/backend.js';
+import type { KvBackend } from '../../src/node/backend.js';
 import { startKvServer, type KvServiceLogger, type KvServiceOptions, type RunningKvServer } from '../../src/server/kv-service.js';
 import { ClusterStubClient, KvStubClient, type ClusterStub, type KvStub } from '../../src/server/proto.js';
 

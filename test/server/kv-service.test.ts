@@ -1,7 +1,7 @@
 /** Tests of the gRPC KV and Cluster services over the in-memory backend: every RPC, every error status, limits, forwarding, deadlines, watches and pipelining. */
 import * as grpc from '@grpc/grpc-js';
 import { afterEach, describe, expect, it } from 'vitest';
-import { DeadlineError, NotLeaderError, OverloadedError, UnavailableError, type KvBackend } from '../../src/server/backend.js';
+import { DeadlineError, NotLeaderError, OverloadedError, UnavailableError, type KvBackend } from '../../src/node/backend.js';
 import { META_COMPACT_REVISION, META_FORWARDED, META_LEADER, META_RETRY_SAFE, metaString } from '../../src/server/metadata.js';
 import { decodePageToken, encodePageToken } from '../../src/server/request-validation.js';
 import type {

@@ -13,7 +13,7 @@ import {
   type WatchHandle,
   type WatchRequest,
   type WatchSink,
-} from '../../src/server/backend.js';
+} from '../../src/node/backend.js';
 import {
   CompactedRevisionError,
   KvStateMachine,

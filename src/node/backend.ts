@@ -1,7 +1,4 @@
-/**
- * The seam between the gRPC services and whatever serves the data (a kvd node, or an
- * in-memory twin in tests): typed requests, results and the errors the services map to statuses.
- */
+/** The seam between the gRPC services and whatever serves the data (a kvd node, or an in-memory twin in tests): typed requests, results and the errors the services map to statuses. */
 import type { DeleteResult, KvEvent, PutResult } from '../statemachine/index.js';
 
 /** How fresh a read must be. */

@@ -1,0 +1,113 @@
+/**
+ * The extension contract, published as `kvcascade/extension`: what an extension module exports
+ * (`initialize(ctx)`, optional `shutdown()`) and what its context offers (watches, the store's
+ * API, a logger, its configuration, metrics).
+ */
+
+/** What fires a lambda. */
+export type EventType = 'put' | 'delete' | 'trigger';
+
+/** One change delivered to a lambda. */
+export interface ExtensionEvent {
+  readonly type: EventType;
+  readonly key: string;
+  /** The value written (put and trigger); undefined for delete. */
+  readonly value: Uint8Array | undefined;
+  /** The revision of the change; the key's version after a put. Use it to make a lambda idempotent. */
+  readonly version: number;
+  /** Timestamp of the change (ms since the epoch). */
+  readonly timestamp: number;
+  /** The shard (Raft group) that holds the key. */
+  readonly shard: number;
+  /** How many lambda writes led to this event (0 for a client write); see `maxHops`. */
+  readonly hops: number;
+}
+
+/** A lambda: may be async; throwing (or rejecting) makes the event be retried. */
+export type Lambda = (event: ExtensionEvent) => void | Promise<void>;
+
+/** How a watch delivers. Every field has a default. */
+export interface WatchOptions {
+  /**
+   * `stateful` (default): events of one key are handled one at a time, in version order.
+   * `stateless`: events are handled concurrently (up to `concurrency`), still ordered per key on retry.
+   */
+  readonly mode?: 'stateful' | 'stateless';
+  /** Which events fire the lambda (default: puts and deletes and triggers). */
+  readonly events?: readonly EventType[];
+  /** Most events handled at once in stateless mode (default 16). */
+  readonly concurrency?: number;
+  /** Attempts before an event goes to the dead-letter keys (default 5). */
+  readonly maxAttempts?: number;
+  /** First retry delay in ms, doubled each attempt (default 100). */
+  readonly retryBackoffMs?: number;
+  /** Per-invocation wall-clock limit in ms (default 10000); past it the worker is restarted. */
+  readonly timeoutMs?: number;
+  /** Events queued for this watch before delivery pauses (back-pressure; default 10000). */
+  readonly maxBacklog?: number;
+}
+
+/** Result of a put made from a lambda. */
+export interface PutResult {
+  readonly succeeded: boolean;
+  readonly version: number;
+  /** On a conflict: the key's current version (0 = absent). */
+  readonly currentVersion: number;
+}
+
+/** A value read from the store. */
+export interface GetResult {
+  readonly found: boolean;
+  readonly value: Uint8Array | undefined;
+  readonly version: number;
+  readonly timestamp: number;
+}
+
+/** The store, as a lambda sees it. Writes carry the event's hop count (loop protection). */
+export interface ExtensionKv {
+  get(key: string, opts?: { atVersion?: number; atTimeMs?: number }): Promise<GetResult>;
+  put(key: string, value: Uint8Array | string, opts?: { expectedVersion?: number }): Promise<PutResult>;
+  /** Fires lambdas watching `key` with `value` without storing anything. */
+  trigger(key: string, value: Uint8Array | string): Promise<void>;
+  delete(key: string, opts?: { expectedVersion?: number }): Promise<{ succeeded: boolean; deleted: boolean }>;
+  list(prefix: string, opts?: { limit?: number; after?: string; keysOnly?: boolean }): Promise<{
+    items: { key: string; value: Uint8Array | undefined; version: number }[];
+    nextAfter: string | undefined;
+  }>;
+}
+
+/** Structured logging to the node's log, tagged with the extension. */
+export interface ExtensionLogger {
+  debug(msg: string, fields?: Record<string, unknown>): void;
+  info(msg: string, fields?: Record<string, unknown>): void;
+  warn(msg: string, fields?: Record<string, unknown>): void;
+  error(msg: string, fields?: Record<string, unknown>): void;
+}
+
+/** Metrics that appear on the node's `/metrics`, prefixed `kvcascade_ext_<extension>_`. */
+export interface ExtensionMetrics {
+  counter(name: string, help: string): { inc(by?: number): void };
+  histogram(name: string, help: string, buckets?: readonly number[]): { observe(value: number): void };
+}
+
+/** What `initialize` receives. */
+export interface ExtensionContext {
+  /** The extension's name as loaded. */
+  readonly name: string;
+  /** The JSON configuration given at load time (`{}` when none). */
+  readonly config: Readonly<Record<string, unknown>>;
+  readonly kv: ExtensionKv;
+  readonly log: ExtensionLogger;
+  readonly metrics: ExtensionMetrics;
+  /** Registers `lambda` for changes to keys under `prefix`. Call it during `initialize`. */
+  watch(prefix: string, lambda: Lambda, options?: WatchOptions): void;
+}
+
+/** The module shape an extension exports. */
+export interface ExtensionModule {
+  initialize(ctx: ExtensionContext): void | Promise<void>;
+  shutdown?(): void | Promise<void>;
+}
+
+/** Writes made by lambdas deeper than this many hops are refused (a loop guard; documented in the README). */
+export const DEFAULT_MAX_HOPS = 8;
