@@ -1,0 +1,126 @@
+/** `kvctl ext load | ls | unload`: managing extensions from the command line (needs the admin token). */
+import { existsSync, readFileSync } from 'node:fs';
+import { stat } from 'node:fs/promises';
+import type { Command } from 'commander';
+import { AdminClient } from '../client/admin-client.js';
+import { packFolder, readTarball } from '../extensions/package.js';
+
+/** What the extension commands need from kvctl's main. */
+export interface ExtCommandContext {
+  readonly out: { write(s: string): unknown };
+  json(): boolean;
+  print(doc: unknown): void;
+  endpoints(): string[];
+  /** The admin token from --admin-token, $KVCASCADE_ADMIN_TOKEN or ./.data/admin-token. */
+  adminToken(): string;
+  formatTable(headers: readonly string[], rows: readonly (readonly string[])[]): string;
+  timeoutMs(): number;
+  /** Sets the process exit code. */
+  fail(code: number): void;
+}
+
+/** Where `npm start` keeps the local cluster's admin token. */
+export const LOCAL_TOKEN_FILE = '.data/admin-token';
+
+/** The admin token kvctl uses: flag, then environment, then the local cluster's token file. */
+export function resolveAdminToken(flag: string | undefined, env: Readonly<Record<string, string | undefined>>): string | undefined {
+  if (flag) return flag;
+  if (env.KVCASCADE_ADMIN_TOKEN) return env.KVCASCADE_ADMIN_TOKEN;
+  if (existsSync(LOCAL_TOKEN_FILE)) return readFileSync(LOCAL_TOKEN_FILE, 'utf8').trim();
+  return undefined;
+}
+
+/** Adds the `ext` command group to kvctl. */
+export function registerExtCommands(program: Command, ctx: ExtCommandContext): void {
+  const ext = program.command('ext').description('load, list and unload extensions (admin token required)');
+  const admin = () => new AdminClient({ endpoints: ctx.endpoints(), token: ctx.adminToken(), deadlineMs: Math.max(ctx.timeoutMs(), 60_000) });
+
+  ext
+    .command('load')
+    .description('pack a folder (or take a .tgz), upload it and load it on every node; replaces a loaded version')
+    .argument('<path>', 'extension folder (with package.json) or .tgz')
+    .option('--name <name>', 'registry name (default: from package.json)')
+    .option('--config <file>', 'JSON file handed to initialize() as ctx.config')
+    .option('--in-process', 'run lambdas in the node thread (trusted, latency-critical; default: worker threads)')
+    .action(async (path: string, o: { name?: string; config?: string; inProcess?: boolean }) => {
+      const st = await stat(path);
+      const tgz = st.isDirectory() ? await packFolder(path) : await readTarball(path);
+      const config = o.config ? (JSON.parse(readFileSync(o.config, 'utf8')) as Record<string, unknown>) : {};
+      const c = admin();
+      try {
+        const r = await c.load(tgz, { ...(o.name ? { name: o.name } : {}), config, inProcess: o.inProcess ?? false });
+        if (ctx.json()) ctx.print(r);
+        else {
+          ctx.out.write(
+            ctx.formatTable(
+              ['NAME', 'VERSION', 'GENERATION', 'STATE', 'WATCHES'],
+              [[r.status.name, r.status.version, String(r.status.generation), r.status.state, r.status.watches.map((w) => `${w.prefix} (${w.mode})`).join(', ')]],
+            ),
+          );
+        }
+      } finally {
+        c.close();
+      }
+    });
+
+  ext
+    .command('ls')
+    .description('registered extensions, and their state and lambda statistics on every node')
+    .action(async () => {
+      const c = admin();
+      try {
+        const l = await c.list();
+        if (ctx.json()) {
+          ctx.print(l);
+          return;
+        }
+        if (l.records.length === 0) {
+          ctx.out.write('no extensions loaded\n');
+          return;
+        }
+        const rows: string[][] = [];
+        for (const rec of l.records) {
+          const nodes = l.statuses.filter((s) => s.name === rec.name).sort((a, b) => a.nodeId - b.nodeId);
+          for (const s of nodes) {
+            const w = s.watches;
+            const sum = (f: (x: (typeof w)[number]) => number) => w.reduce((a, x) => a + f(x), 0);
+            rows.push([
+              rec.name,
+              rec.version,
+              String(rec.generation),
+              String(s.nodeId),
+              s.state + (s.error ? `: ${s.error.slice(0, 80)}` : ''),
+              s.delivering ? 'yes' : '-',
+              w.map((x) => x.prefix).join(','),
+              String(sum((x) => x.invocations)),
+              String(sum((x) => x.errors)),
+              String(sum((x) => x.deadLettered)),
+              String(sum((x) => x.backlog)),
+              String(s.workerRestarts),
+            ]);
+          }
+          if (nodes.length === 0) rows.push([rec.name, rec.version, String(rec.generation), '-', 'no node reported', '-', '-', '-', '-', '-', '-', '-']);
+        }
+        ctx.out.write(ctx.formatTable(['NAME', 'VERSION', 'GEN', 'NODE', 'STATE', 'DELIVERING', 'WATCHES', 'INVOKED', 'ERRORS', 'DLQ', 'BACKLOG', 'RESTARTS'], rows));
+        if (l.unreachable.length > 0) ctx.out.write(`unreachable: ${l.unreachable.join(', ')}\n`);
+      } finally {
+        c.close();
+      }
+    });
+
+  ext
+    .command('unload')
+    .description('stop an extension on every node and remove it from the registry')
+    .argument('<name>')
+    .action(async (name: string) => {
+      const c = admin();
+      try {
+        const ok = await c.unload(name);
+        if (ctx.json()) ctx.print({ name, unloaded: ok });
+        else ctx.out.write(ok ? `unloaded ${name}\n` : `kvctl: NOT_FOUND: extension ${name} is not loaded\n`);
+        if (!ok) ctx.fail(1);
+      } finally {
+        c.close();
+      }
+    });
+}

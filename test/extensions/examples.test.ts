@@ -1,0 +1,46 @@
+/** The example extensions in extensions/, loaded into an in-process 3-node cluster and driven by puts. */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ExtCluster } from './cluster-harness.js';
+
+let c: ExtCluster;
+
+beforeAll(async () => {
+  c = await ExtCluster.start();
+});
+
+afterAll(async () => {
+  await c?.stop();
+});
+
+describe('example extensions', () => {
+  it('stock watch: a drop of more than 1.5% since the last price writes an alert', async () => {
+    const status = await c.load('extensions/stock-watch');
+    expect(status.state).toBe('running');
+    await c.put('/stocks/ACME', '100');
+    await c.put('/stocks/ACME', '99'); // -1%: no alert
+    const v = await c.put('/stocks/ACME', '97'); // -2.02%: alert
+    const alert = await c.until(async () => c.get(`/alerts/ACME/${v}`));
+    expect(JSON.parse(alert)).toMatchObject({ symbol: 'ACME', from: 99, to: 97 });
+    const all = await c.list('/alerts/ACME/');
+    expect(all).toHaveLength(1);
+  });
+
+  it('camera: idle -> swivel -> focus -> photo -> idle with conditional puts', async () => {
+    await c.load('extensions/camera');
+    for (const e of ['motion', 'aimed', 'focused', 'taken', 'motion']) await c.put('/cameras/c1/event', e);
+    const state = await c.until(async () => {
+      const s = await c.get('/cameras/c1/state');
+      return s && JSON.parse(s).photos === 1 && JSON.parse(s).state === 'swivel' ? JSON.parse(s) : undefined;
+    });
+    expect(state).toMatchObject({ state: 'swivel', photos: 1 });
+  });
+
+  it('photo pipeline: metadata -> interesting -> download, with hop counts', async () => {
+    await c.load('extensions/photo-pipeline');
+    await c.put('/photos/p1/meta', JSON.stringify({ url: 'http://cam/p1.jpg', score: 0.9 }));
+    await c.put('/photos/p2/meta', JSON.stringify({ url: 'http://cam/p2.jpg', score: 0.1, tags: ['tree'] }));
+    const d = await c.until(async () => c.get('/pipeline/downloads/p1'));
+    expect(JSON.parse(d)).toMatchObject({ url: 'http://cam/p1.jpg', hops: 1 });
+    expect(await c.get('/pipeline/interesting/p2')).toBeUndefined();
+  });
+});
