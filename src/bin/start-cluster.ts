@@ -4,11 +4,14 @@
  * until it has a leader, prints how to reach it, and stops it cleanly on Ctrl-C.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createWriteStream, mkdirSync } from 'node:fs';
+import { createWriteStream, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
 import { dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { KvClient } from '../client/index.js';
+import { AdminClient } from '../client/admin-client.js';
+import { packFolder } from '../extensions/package.js';
 
 const NODES = 3;
 const basePort = Number(process.env.KVCASCADE_BASE_PORT ?? 7000);
@@ -18,7 +21,19 @@ const kvd = join(dirname(fileURLToPath(import.meta.url)), 'kvd.js');
 
 const addresses = Array.from({ length: NODES }, (_, i) => `127.0.0.1:${basePort + i + 1}`);
 const peers = addresses.map((a, i) => `${i + 1}=${a}`).join(',');
+const tokenFile = join(dataRoot, 'admin-token');
+/** The example extension loaded at start (set KVCASCADE_EXAMPLE= to load none). */
+const example = process.env.KVCASCADE_EXAMPLE ?? join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'extensions', 'stock-watch');
 const children: ChildProcess[] = [];
+
+/** The local cluster's admin token: created once, kept in .data/admin-token (kvctl reads it from there). */
+function adminToken(): string {
+  mkdirSync(dataRoot, { recursive: true });
+  if (existsSync(tokenFile)) return readFileSync(tokenFile, 'utf8').trim();
+  const token = randomBytes(24).toString('base64url');
+  writeFileSync(tokenFile, `${token}\n`, { mode: 0o600 });
+  return token;
+}
 let stopping = false;
 
 function startNode(id: number): Promise<void> {
@@ -27,7 +42,7 @@ function startNode(id: number): Promise<void> {
   const logFile = createWriteStream(join(dataRoot, `node-${id}.log`), { flags: 'a' });
   const child = spawn(
     process.execPath,
-    [kvd, '--id', String(id), '--listen', addresses[id - 1]!, '--peers', peers, '--data-dir', dir, '--metrics-port', String(baseMetricsPort + id)],
+    [kvd, '--id', String(id), '--listen', addresses[id - 1]!, '--peers', peers, '--data-dir', dir, '--metrics-port', String(baseMetricsPort + id), '--admin-token-file', tokenFile],
     { stdio: ['ignore', 'pipe', 'pipe'] },
   );
   children.push(child);
@@ -68,6 +83,7 @@ async function main(): Promise<void> {
     void stopAll().then(() => process.exit(0));
   });
   process.on('SIGTERM', () => void stopAll().then(() => process.exit(0)));
+  const token = adminToken();
   await Promise.all(Array.from({ length: NODES }, (_, i) => startNode(i + 1)));
   const client = new KvClient({ endpoints: addresses });
   const deadline = Date.now() + 30_000;
@@ -83,6 +99,16 @@ async function main(): Promise<void> {
   }
   client.close();
   if (!leader) throw new Error('the cluster elected no leader within 30 s');
+  let loaded = '';
+  if (example) {
+    const admin = new AdminClient({ endpoints: addresses, token });
+    try {
+      const r = await admin.load(await packFolder(example));
+      loaded = `${r.status.name} ${r.status.version} (${r.status.state}; watches ${r.status.watches.map((w) => w.prefix).join(', ')})`;
+    } finally {
+      admin.close();
+    }
+  }
   process.stdout.write(
     [
       '',
@@ -90,11 +116,16 @@ async function main(): Promise<void> {
       `  endpoints : ${addresses.join(',')}`,
       `  metrics   : ${addresses.map((_, i) => `http://127.0.0.1:${baseMetricsPort + i + 1}/metrics`).join(' ')}`,
       `  data, logs: ${dataRoot}`,
+      `  extension : ${loaded || 'none'}`,
+      `  admin     : token in ${tokenFile} (kvctl reads it from there)`,
       '',
       'Try, in another terminal:',
       '  npx kvctl put /hello world',
       '  npx kvctl get /hello',
       '  npx kvctl status',
+      '  npx kvctl put /stocks/ACME 100 && npx kvctl put /stocks/ACME 97   # a 3% drop...',
+      '  npx kvctl ls /alerts/                                            # ...fired the stock-watch lambda',
+      '  npx kvctl ext ls',
       '',
       'Ctrl-C stops the cluster (data stays in .data; delete it to start fresh).',
       '',
