@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-/** kvctl, the kvcascade command-line client (put, get, cas, del, ls, watch, status), callable in-process through `main(argv, io)`. */
+/** kvctl, the kvcascade command-line client (put, get, cas, del, trigger, ls, watch, status), callable in-process through `main(argv, io)`. */
 import { isUtf8 } from 'node:buffer';
 import { realpathSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
@@ -26,7 +26,7 @@ export const EXIT = {
 export interface KvctlIo {
   readonly stdout?: { write(s: string): unknown };
   readonly stderr?: { write(s: string): unknown };
-  /** Read for `put <key> -`. */
+  /** Read for `put <key> -` (and `cas`, `trigger`). */
   readonly stdin?: AsyncIterable<Uint8Array | string>;
   /** Environment (for KVCASCADE_ENDPOINTS). */
   readonly env?: Readonly<Record<string, string | undefined>>;
@@ -141,6 +141,9 @@ export async function main(argv: readonly string[], io: KvctlIo = {}): Promise<n
     client = new KvClient({ endpoints: list, defaultDeadlineMs: globals().timeout });
     return client;
   };
+  /** A value argument: `-` reads stdin, `@file` reads a file, anything else is the value itself. */
+  const valueArg = async (value: string): Promise<Uint8Array | string> =>
+    value === '-' ? await readAll(io.stdin ?? process.stdin) : value.startsWith('@') ? await readValueFile(value.slice(1)) : value;
   const itemDoc = (it: KvItem, keysOnly: boolean) =>
     keysOnly
       ? { key: it.key, version: it.version, timestampMs: it.timestampMs }
@@ -165,7 +168,7 @@ export async function main(argv: readonly string[], io: KvctlIo = {}): Promise<n
     .argument('<key>')
     .argument('<value>')
     .action(async (key: string, value: string) => {
-      const bytes = value === '-' ? await readAll(io.stdin ?? process.stdin) : value.startsWith('@') ? await readValueFile(value.slice(1)) : value;
+      const bytes = await valueArg(value);
       const r = await kv().put(key, bytes);
       if (json()) print({ key, succeeded: r.succeeded, version: r.version, revision: r.revision, timestampMs: r.timestampMs });
       else out.write(formatTable(['KEY', 'VERSION', 'REVISION', 'TIMESTAMP'], [[key, String(r.version), String(r.revision), time(r.timestampMs)]]));
@@ -203,7 +206,7 @@ export async function main(argv: readonly string[], io: KvctlIo = {}): Promise<n
     .argument('<expectedVersion>', 'the version the key must have', uint('expectedVersion'))
     .argument('<value>')
     .action(async (key: string, expected: number, value: string) => {
-      const bytes = value === '-' ? await readAll(io.stdin ?? process.stdin) : value.startsWith('@') ? await readValueFile(value.slice(1)) : value;
+      const bytes = await valueArg(value);
       const r = await kv().put(key, bytes, { expectedVersion: expected, returnCurrentValue: true });
       if (r.succeeded) {
         if (json()) print({ key, succeeded: true, version: r.version, revision: r.revision, timestampMs: r.timestampMs });
@@ -245,6 +248,17 @@ export async function main(argv: readonly string[], io: KvctlIo = {}): Promise<n
       }
       if (r.succeeded) out.write(formatTable(['KEY', 'RESULT', 'REVISION'], [[key, r.deleted ? 'deleted' : 'absent', String(r.revision)]]));
       else out.write(formatTable(['KEY', 'RESULT', 'EXPECTED', 'CURRENT_VERSION'], [[key, 'conflict', String(o.expectedVersion), String(r.currentVersion)]]));
+    });
+
+  program
+    .command('trigger')
+    .description('trigger put: fire the lambdas and watchers of a key with a value, without storing it (`@file` reads a file, `-` reads stdin)')
+    .argument('<key>')
+    .argument('<value>')
+    .action(async (key: string, value: string) => {
+      const r = await kv().trigger(key, await valueArg(value));
+      if (json()) print({ key, revision: r.revision, timestampMs: r.timestampMs });
+      else out.write(formatTable(['KEY', 'REVISION', 'TIMESTAMP'], [[key, String(r.revision), time(r.timestampMs)]]));
     });
 
   program
@@ -295,9 +309,9 @@ export async function main(argv: readonly string[], io: KvctlIo = {}): Promise<n
         for await (const batch of w) {
           for (const e of batch.events) {
             if (json()) {
-              print({ type: e.type, key: e.key, ...(e.type === 'put' ? render(e.value) : {}), revision: e.revision, timestampMs: e.timestampMs });
+              print({ type: e.type, key: e.key, ...(e.type !== 'delete' ? render(e.value) : {}), revision: e.revision, timestampMs: e.timestampMs });
             } else {
-              out.write(`${e.revision}  ${e.type.toUpperCase().padEnd(6)}  ${e.key}${e.type === 'put' ? `  ${cell(e.value)}` : ''}\n`);
+              out.write(`${e.revision}  ${e.type.toUpperCase().padEnd(6)}  ${e.key}${e.type !== 'delete' ? `  ${cell(e.value)}` : ''}\n`);
             }
           }
         }

@@ -23,6 +23,8 @@ export type {
   KvGetResult,
   KvDeleteOptions,
   KvDeleteResult,
+  KvTriggerOptions,
+  KvTriggerResult,
   KvListOptions,
   KvListResult,
   KvItem,

@@ -10,6 +10,8 @@ import type {
   PutRequestMsg,
   PutResponseMsg,
   StatusResponseMsg,
+  TriggerRequestMsg,
+  TriggerResponseMsg,
 } from '../server/proto.js';
 import { KvError } from './errors.js';
 import { KvPipeline } from './pipeline.js';
@@ -24,6 +26,7 @@ import {
   localValue,
   nodeStatus,
   putResult,
+  triggerResult,
   type KvDeleteOptions,
   type KvDeleteResult,
   type KvGetOptions,
@@ -34,6 +37,8 @@ import {
   type KvNodeStatus,
   type KvPutOptions,
   type KvPutResult,
+  type KvTriggerOptions,
+  type KvTriggerResult,
   type KvWatchOptions,
 } from './types.js';
 import { KvWatch } from './watch.js';
@@ -138,6 +143,17 @@ export class KvClient {
     return deleteResult(res);
   }
 
+  /**
+   * Trigger put: fires the lambdas and watchers of `key`'s prefix with `value` (a string is sent
+   * as UTF-8) without storing it; the key's value and version are unchanged. Retried like a put.
+   */
+  async trigger(key: string, value: Uint8Array | string, opts: KvTriggerOptions = {}): Promise<KvTriggerResult> {
+    this.transport.checkOpen();
+    const req: TriggerRequestMsg = { key: localKey(key), value: localValue(value) };
+    const res = await this.transport.unary<TriggerRequestMsg, TriggerResponseMsg>('kv', 'trigger', req, 'write', this.deadline(opts.deadlineMs));
+    return triggerResult(res);
+  }
+
   /** One page of the keys under `prefix`, in key order. */
   async list(prefix: string, opts: KvListOptions = {}): Promise<KvListResult> {
     this.transport.checkOpen();
@@ -189,6 +205,7 @@ export class KvClient {
       put: (k, v, o) => this.put(k, v, o),
       get: (k, o) => this.get(k, o),
       delete: (k, o) => this.delete(k, o),
+      trigger: (k, v, o) => this.trigger(k, v, o),
     });
   }
 

@@ -1,4 +1,4 @@
-/** Many puts, gets and deletes in flight on one Pipeline stream, matched to their responses by id. */
+/** Many puts, gets, deletes and trigger puts in flight on one Pipeline stream, matched to their responses by id. */
 import * as grpc from '@grpc/grpc-js';
 import { neverReachedServer, readKvMetadata } from '../server/metadata.js';
 import type {
@@ -7,6 +7,7 @@ import type {
   PipelineRequestMsg,
   PipelineResponseMsg,
   PutRequestMsg,
+  TriggerRequestMsg,
 } from '../server/proto.js';
 import { KvError } from './errors.js';
 import type { Transport } from './transport.js';
@@ -17,15 +18,18 @@ import {
   localUint,
   localValue,
   putResult,
+  triggerResult,
   type KvDeleteOptions,
   type KvDeleteResult,
   type KvGetOptions,
   type KvGetResult,
   type KvPutOptions,
   type KvPutResult,
+  type KvTriggerOptions,
+  type KvTriggerResult,
 } from './types.js';
 
-type Op = 'put' | 'get' | 'delete';
+type Op = 'put' | 'get' | 'delete' | 'trigger';
 
 /**
  * Requests the client lets grpc-js buffer before waiting for 'drain'. Waiting at the stream's
@@ -53,10 +57,11 @@ export interface PipelineDeps {
   put(key: string, value: Uint8Array, opts: KvPutOptions): Promise<KvPutResult>;
   get(key: string, opts: KvGetOptions): Promise<KvGetResult>;
   delete(key: string, opts: KvDeleteOptions): Promise<KvDeleteResult>;
+  trigger(key: string, value: Uint8Array, opts: KvTriggerOptions): Promise<KvTriggerResult>;
 }
 
 /**
- * Puts, gets and deletes multiplexed on one Pipeline stream (opened lazily on the leader, or the
+ * Puts, gets, deletes and trigger puts multiplexed on one Pipeline stream (opened lazily on the leader, or the
  * next endpoint). Each op has its own deadline. If the stream breaks, reads and ops that never
  * left the client are re-run as unary calls (with the usual retries); writes that may have
  * reached the server fail with KvError UNAVAILABLE (outcome unknown). Per-op errors from the
@@ -140,6 +145,21 @@ export class KvPipeline {
     );
   }
 
+  /** Pipelined trigger put (see KvClient.trigger). */
+  trigger(key: string, value: Uint8Array | string, opts: KvTriggerOptions = {}): Promise<KvTriggerResult> {
+    let msg: TriggerRequestMsg;
+    let bytes: Uint8Array;
+    try {
+      bytes = localValue(value);
+      msg = { key: localKey(key), value: bytes };
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    return this.submit('trigger', msg, opts.deadlineMs, (m) => triggerResult(m.trigger ?? {}), (ms) =>
+      this.deps.trigger(key, bytes, { ...opts, deadlineMs: ms }),
+    );
+  }
+
   /** Waits for every op in flight, then half-closes the stream and waits for it to end. Later ops fail with CANCELLED. */
   close(): Promise<void> {
     this.closing ??= (async () => {
@@ -158,7 +178,7 @@ export class KvPipeline {
 
   private submit<R>(
     op: Op,
-    msg: PutRequestMsg | GetRequestMsg | DeleteRequestMsg,
+    msg: PutRequestMsg | GetRequestMsg | DeleteRequestMsg | TriggerRequestMsg,
     timeoutMs: number | undefined,
     convert: (m: PipelineResponseMsg) => R,
     unary: (remainingMs: number) => Promise<R>,

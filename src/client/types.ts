@@ -8,6 +8,7 @@ import type {
   ListResponseMsg,
   PutResponseMsg,
   StatusResponseMsg,
+  TriggerResponseMsg,
 } from '../server/proto.js';
 import { checkKey, checkPrefix, checkValue } from '../server/request-validation.js';
 import { KvError } from './errors.js';
@@ -80,6 +81,19 @@ export interface KvDeleteResult {
   readonly currentVersion: number;
 }
 
+/** Options of `trigger`. */
+export interface KvTriggerOptions {
+  /** Timeout of the call including retries, in ms (default: the client's `defaultDeadlineMs`). */
+  readonly deadlineMs?: number;
+}
+
+/** Result of `trigger`: the trigger event's revision and timestamp (nothing is stored). */
+export interface KvTriggerResult {
+  /** The shard revision of the trigger event (watches deliver it at this revision). */
+  readonly revision: number;
+  readonly timestampMs: number;
+}
+
 /** Options of `list` (and `listAll`, which ignores `pageToken`). */
 export interface KvListOptions {
   /** Most items per page (default 1000, at most 10 000). */
@@ -119,11 +133,11 @@ export interface KvWatchOptions {
   readonly signal?: AbortSignal;
 }
 
-/** One change delivered by a watch. */
+/** One change delivered by a watch: a put, a delete, or a trigger put (a value delivered but not stored). */
 export interface KvWatchEvent {
-  readonly type: 'put' | 'delete';
+  readonly type: 'put' | 'delete' | 'trigger';
   readonly key: string;
-  /** The new value (empty for deletes). */
+  /** The new value, or the triggered value (empty for deletes). */
   readonly value: Uint8Array;
   readonly revision: number;
   readonly timestampMs: number;
@@ -236,6 +250,11 @@ export function deleteResult(m: DeleteResponseMsg): KvDeleteResult {
   };
 }
 
+/** Converts a TriggerResponse. */
+export function triggerResult(m: TriggerResponseMsg): KvTriggerResult {
+  return { revision: m.revision ?? 0, timestampMs: m.timestampMs ?? 0 };
+}
+
 /** Converts a KeyValue. */
 export function item(m: KeyValueMsg): KvItem {
   return { key: m.key ?? '', value: bytes(m.value), version: m.version ?? 0, timestampMs: m.timestampMs ?? 0 };
@@ -249,7 +268,7 @@ export function listResult(m: ListResponseMsg): KvListResult {
 /** Converts an Event (unknown types are reported as puts). */
 export function watchEvent(m: EventMsg): KvWatchEvent {
   return {
-    type: m.type === 'DELETE' || m.type === 1 ? 'delete' : 'put',
+    type: m.type === 'DELETE' || m.type === 1 ? 'delete' : m.type === 'TRIGGER' || m.type === 2 ? 'trigger' : 'put',
     key: m.key ?? '',
     value: bytes(m.value),
     revision: m.revision ?? 0,

@@ -12,6 +12,18 @@ export interface PutRequest {
   readonly returnCurrentValue?: boolean;
 }
 
+/** A trigger put: fires the lambdas and watchers of `key` with `value` without storing it. */
+export interface TriggerRequest {
+  readonly key: string;
+  readonly value: Uint8Array;
+}
+
+/** The result of a trigger put: the revision of its trigger event and its timestamp. */
+export interface TriggerResponse {
+  readonly revision: number;
+  readonly timestampMs: number;
+}
+
 /** A point read: latest, as of a revision, or as of a time. */
 export interface GetRequest {
   readonly key: string;
@@ -123,6 +135,8 @@ export interface KvBackend {
   put(req: PutRequest, opts: CallOptions): Promise<PutResult>;
   get(req: GetRequest, opts: CallOptions): Promise<GetResponse>;
   delete(req: DeleteRequest, opts: CallOptions): Promise<DeleteResult>;
+  /** Trigger put: emits a `trigger` event (its own revision) and stores nothing. */
+  trigger(req: TriggerRequest, opts: CallOptions): Promise<TriggerResponse>;
   list(req: ListRequest, opts: CallOptions): Promise<ListResponse>;
   watch(req: WatchRequest, sink: WatchSink): WatchHandle;
   status(): Promise<NodeStatusInfo>;

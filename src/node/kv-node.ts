@@ -27,6 +27,8 @@ import {
   type ListResponse,
   type NodeStatusInfo,
   type PutRequest,
+  type TriggerRequest,
+  type TriggerResponse,
   type WatchHandle,
   type WatchRequest,
   type WatchSink,
@@ -392,6 +394,13 @@ export class KvNode implements KvBackend {
     if (res.type === 'rejected') throw res.error;
     if (res.type !== 'delete') throw new Error(`unexpected result ${res.type} for a delete`);
     return res;
+  }
+
+  async trigger(req: TriggerRequest, opts: CallOptions): Promise<TriggerResponse> {
+    const res = await this.propose({ type: 'triggerPut', key: req.key, value: req.value }, opts);
+    if (res.type === 'rejected') throw res.error;
+    if (res.type !== 'trigger') throw new Error(`unexpected result ${res.type} for a trigger`);
+    return { revision: res.revision, timestampMs: res.timestampMs };
   }
 
   /** Waits until `group`'s replica here may serve a read of the given consistency, and returns it. */

@@ -11,6 +11,7 @@ import type {
   KvBackend,
   ListRequest,
   PutRequest,
+  TriggerRequest,
   WatchRequest,
   WatchSink,
 } from './backend.js';
@@ -158,6 +159,7 @@ export class NodeMetrics {
       put: (req: PutRequest, o: CallOptions) => timed('put', () => backend.put(req, o)),
       get: (req: GetRequest, o: CallOptions) => timed('get', () => backend.get(req, o)),
       delete: (req: DeleteRequest, o: CallOptions) => timed('delete', () => backend.delete(req, o)),
+      trigger: (req: TriggerRequest, o: CallOptions) => timed('trigger', () => backend.trigger(req, o)),
       list: (req: ListRequest, o: CallOptions) => timed('list', () => backend.list(req, o)),
       watch: (req: WatchRequest, sink: WatchSink) => {
         this.requests.inc({ method: 'watch', status: 'ok' });

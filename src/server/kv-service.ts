@@ -24,6 +24,8 @@ import {
   type ListResponse,
   type NodeStatusInfo,
   type PutRequest,
+  type TriggerRequest,
+  type TriggerResponse,
   type WatchHandle,
   type WatchRequest,
   type WatchSink,
@@ -57,6 +59,8 @@ import {
   type PutRequestMsg,
   type PutResponseMsg,
   type StatusResponseMsg,
+  type TriggerRequestMsg,
+  type TriggerResponseMsg,
   type WatchRequestMsg,
   type WatchResponseMsg,
 } from './proto.js';
@@ -64,6 +68,7 @@ import {
   checkInt,
   checkKey,
   checkPrefix,
+  checkTrigger,
   checkUint,
   checkValue,
   decodePageToken,
@@ -125,17 +130,19 @@ export interface KvServiceHandle {
   close(): void;
 }
 
-type UnaryOp = 'put' | 'get' | 'delete' | 'list';
+type UnaryOp = 'put' | 'get' | 'delete' | 'trigger' | 'list';
 type RequestOf<O extends UnaryOp> = {
   put: PutRequestMsg;
   get: GetRequestMsg;
   delete: DeleteRequestMsg;
+  trigger: TriggerRequestMsg;
   list: ListRequestMsg;
 }[O];
 type ResponseOf<O extends UnaryOp> = {
   put: PutResponseMsg;
   get: GetResponseMsg;
   delete: DeleteResponseMsg;
+  trigger: TriggerResponseMsg;
   list: ListResponseMsg;
 }[O];
 
@@ -217,6 +224,11 @@ function toDeleteRequest(m: DeleteRequestMsg): DeleteRequest {
   return isSet(m.expectedVersion) ? { key, expectedVersion: checkUint(m.expectedVersion, 'expected_version') } : { key };
 }
 
+function toTriggerRequest(m: TriggerRequestMsg): TriggerRequest {
+  const { key, value } = checkTrigger(m.key, m.value ?? EMPTY);
+  return { key, value: new Uint8Array(value) }; // copy: do not retain the received frame
+}
+
 function toListRequest(m: ListRequestMsg): ListRequest {
   const prefix = checkPrefix(m.prefix ?? '');
   const limit = checkUint(m.limit ?? 0, 'limit');
@@ -271,6 +283,10 @@ function deleteResponse(r: DeleteResult): DeleteResponseMsg {
   return { succeeded: r.succeeded, deleted: r.deleted, revision: r.revision, currentVersion: r.current?.version ?? 0 };
 }
 
+function triggerResponse(r: TriggerResponse): TriggerResponseMsg {
+  return { revision: r.revision, timestampMs: r.timestampMs };
+}
+
 const ITEM_OVERHEAD_BYTES = 32;
 
 function listResponse(r: ListResponse, budget: number): ListResponseMsg {
@@ -317,7 +333,7 @@ function eventBytesOf(e: KvEvent): number {
 
 function eventMsg(e: KvEvent): EventMsg {
   return {
-    type: e.type === 'delete' ? 'DELETE' : 'PUT',
+    type: e.type === 'delete' ? 'DELETE' : e.type === 'trigger' ? 'TRIGGER' : 'PUT',
     key: e.key,
     value: e.type === 'delete' ? EMPTY : (e.value ?? EMPTY),
     revision: e.revision,
@@ -462,6 +478,8 @@ class KvService implements KvServiceHandle {
         return b.get(toGetRequest(m as GetRequestMsg), opts).then(getResponse) as Promise<ResponseOf<O>>;
       case 'delete':
         return b.delete(toDeleteRequest(m as DeleteRequestMsg), opts).then(deleteResponse) as Promise<ResponseOf<O>>;
+      case 'trigger':
+        return b.trigger(toTriggerRequest(m as TriggerRequestMsg), opts).then(triggerResponse) as Promise<ResponseOf<O>>;
       default: {
         const budget = this.maxResponseBytes;
         return b.list(toListRequest(m as ListRequestMsg), opts).then((r) => listResponse(r, budget)) as Promise<ResponseOf<O>>;
@@ -478,7 +496,7 @@ class KvService implements KvServiceHandle {
       const deadlineMs = ctx.deadlineMs;
       const response = await withDeadline(() => this.backendCall(op, m, { deadlineMs }), deadlineMs);
       // Only the leader applies writes: any other cached leader is stale (unknown if we do not know our own address).
-      if (op === 'put' || op === 'delete') this.leaderCache = this.self;
+      if (op === 'put' || op === 'delete' || op === 'trigger') this.leaderCache = this.self;
       return { response, leader: this.leaderHint };
     } catch (e) {
       if (e instanceof NotLeaderError) {
@@ -639,12 +657,12 @@ class KvService implements KvServiceHandle {
       events: (events, revision) => {
         if (finished) return;
         try {
-          const visible = events.filter((e) => e.type !== 'trigger');
-          if (visible.length === 0) {
+          if (events.length === 0) {
             write({ progressNotify: true, revision });
             return;
           }
-          for (const r of chunkEvents(visible, revision, this.maxResponseBytes)) write(r);
+          // Puts, deletes and trigger puts alike; chunkEvents never splits a revision.
+          for (const r of chunkEvents(events, revision, this.maxResponseBytes)) write(r);
         } catch (e) {
           finish(this.toStatus(e, 'watch'));
         }
@@ -713,7 +731,7 @@ class KvService implements KvServiceHandle {
 
   private async pipelineOp(req: PipelineRequestMsg, ctx: OpContext): Promise<PipelineResponseMsg> {
     const id = req.id ?? 0;
-    const op = req.op ?? (req.put ? 'put' : req.get ? 'get' : req.delete ? 'delete' : undefined);
+    const op = req.op ?? (req.put ? 'put' : req.get ? 'get' : req.delete ? 'delete' : req.trigger ? 'trigger' : undefined);
     const inner = op === undefined ? undefined : req[op];
     if (op === undefined || inner === undefined || inner === null) {
       return { id, error: { code: grpc.status.INVALID_ARGUMENT, message: 'pipeline request has no operation' } };
@@ -791,6 +809,7 @@ class KvService implements KvServiceHandle {
         put: this.unary('put'),
         get: this.unary('get'),
         delete: this.unary('delete'),
+        trigger: this.unary('trigger'),
         list: this.unary('list'),
         watch: this.watch,
         pipeline: this.pipeline,

@@ -83,6 +83,18 @@ export interface DeleteResponseMsg {
   currentVersion?: number;
 }
 
+/** kvcascade.v1.TriggerRequest. */
+export interface TriggerRequestMsg {
+  key?: string;
+  value?: Uint8Array;
+}
+
+/** kvcascade.v1.TriggerResponse. */
+export interface TriggerResponseMsg {
+  revision?: number;
+  timestampMs?: number;
+}
+
 /** kvcascade.v1.ListRequest. */
 export interface ListRequestMsg {
   prefix?: string;
@@ -115,7 +127,7 @@ export interface WatchRequestMsg {
 }
 
 /** kvcascade.v1.EventType as an enum name. */
-export type EventTypeName = 'PUT' | 'DELETE';
+export type EventTypeName = 'PUT' | 'DELETE' | 'TRIGGER';
 
 /** kvcascade.v1.Event. */
 export interface EventMsg {
@@ -142,7 +154,8 @@ export interface PipelineRequestMsg {
   put?: PutRequestMsg;
   get?: GetRequestMsg;
   delete?: DeleteRequestMsg;
-  op?: 'put' | 'get' | 'delete';
+  trigger?: TriggerRequestMsg;
+  op?: 'put' | 'get' | 'delete' | 'trigger';
 }
 
 /** kvcascade.v1.PipelineError. */
@@ -157,8 +170,9 @@ export interface PipelineResponseMsg {
   put?: PutResponseMsg;
   get?: GetResponseMsg;
   delete?: DeleteResponseMsg;
+  trigger?: TriggerResponseMsg;
   error?: PipelineErrorMsg;
-  result?: 'put' | 'get' | 'delete' | 'error';
+  result?: 'put' | 'get' | 'delete' | 'trigger' | 'error';
 }
 
 /** kvcascade.v1.StatusRequest. */
@@ -202,6 +216,7 @@ export interface KvServiceHandlers extends grpc.UntypedServiceImplementation {
   put: grpc.handleUnaryCall<PutRequestMsg, PutResponseMsg>;
   get: grpc.handleUnaryCall<GetRequestMsg, GetResponseMsg>;
   delete: grpc.handleUnaryCall<DeleteRequestMsg, DeleteResponseMsg>;
+  trigger: grpc.handleUnaryCall<TriggerRequestMsg, TriggerResponseMsg>;
   list: grpc.handleUnaryCall<ListRequestMsg, ListResponseMsg>;
   watch: grpc.handleServerStreamingCall<WatchRequestMsg, WatchResponseMsg>;
   pipeline: grpc.handleBidiStreamingCall<PipelineRequestMsg, PipelineResponseMsg>;
@@ -227,6 +242,7 @@ export interface KvStub extends grpc.Client {
   put: UnaryMethod<PutRequestMsg, PutResponseMsg>;
   get: UnaryMethod<GetRequestMsg, GetResponseMsg>;
   delete: UnaryMethod<DeleteRequestMsg, DeleteResponseMsg>;
+  trigger: UnaryMethod<TriggerRequestMsg, TriggerResponseMsg>;
   list: UnaryMethod<ListRequestMsg, ListResponseMsg>;
   watch(
     request: WatchRequestMsg,

@@ -32,6 +32,11 @@ export function checkValue(value: unknown, what = 'value'): Uint8Array {
   return value;
 }
 
+/** Checks a trigger put's key and value: the same rules as a put's. Throws ValidationError. */
+export function checkTrigger(key: unknown, value: unknown): { key: string; value: Uint8Array } {
+  return { key: checkKey(key), value: checkValue(value) };
+}
+
 /** Checks a version, revision or time-like number is a non-negative safe integer (uint64 above 2^53 cannot be represented). */
 export function checkUint(n: unknown, what: string): number {
   if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < 0) {

@@ -144,6 +144,56 @@ describe('cas and del', () => {
   });
 });
 
+describe('trigger', () => {
+  it('fires without storing, printing a table or one JSON document', async () => {
+    await kvctl(['put', 'k', 'stored']);
+    expect(await kvctl(['trigger', 'k', 'fired'])).toEqual({
+      code: EXIT.OK,
+      out: `KEY  REVISION  TIMESTAMP\nk    2         ${ISO0}\n`,
+      err: '',
+    });
+    const j = await kvctl(['--json', 'trigger', 'absent', 'x']);
+    expect(j.code).toBe(EXIT.OK);
+    expect(JSON.parse(j.out)).toEqual({ key: 'absent', revision: 3, timestampMs: T0 });
+    expect(backend.calls.trigger).toBe(2);
+    expect(new TextDecoder().decode(backend.sm.get('k')!.value)).toBe('stored');
+    expect(backend.sm.get('k')!.version).toBe(1);
+    expect(backend.sm.get('absent')).toBeUndefined();
+    expect(backend.sm.eventsSince(2, '', 10).events.map((e) => `${e.type} ${e.key}=${new TextDecoder().decode(e.value)}`)).toEqual([
+      'trigger k=fired',
+      'trigger absent=x',
+    ]);
+  });
+
+  it('reads the value from a file with @file or from stdin with -', async () => {
+    const file = join(dir, 'trigger-value');
+    writeFileSync(file, Buffer.from([0xff, 0x00, 0x41]));
+    expect((await kvctl(['trigger', 'f', `@${file}`])).code).toBe(EXIT.OK);
+    async function* stdin() {
+      yield 'from ';
+      yield utf8('stdin');
+    }
+    expect((await kvctl(['trigger', 's', '-'], { stdin: stdin() })).code).toBe(EXIT.OK);
+    const values = backend.sm.eventsSince(1, '', 10).events.map((e) => [e.type, e.key, Buffer.from(e.value!).toString('hex')]);
+    expect(values).toEqual([
+      ['trigger', 'f', 'ff0041'],
+      ['trigger', 's', Buffer.from('from stdin').toString('hex')],
+    ]);
+    const missing = await kvctl(['trigger', 'k', `@${join(dir, 'missing')}`]);
+    expect(missing.code).toBe(EXIT.ERROR);
+    expect(missing.err).toMatch(/^kvctl: ENOENT: cannot read .*missing/);
+    expect(backend.calls.trigger).toBe(2);
+  });
+
+  it('reports invalid keys and usage errors', async () => {
+    expect(await kvctl(['trigger', '', 'v'])).toEqual({ code: EXIT.ERROR, out: '', err: 'kvctl: INVALID_ARGUMENT: INVALID_KEY: key must not be empty\n' });
+    const usage = await kvctl(['trigger', 'k']);
+    expect(usage.code).toBe(EXIT.USAGE);
+    expect(usage.err).toMatch(/^kvctl: USAGE: [^\n]+\n$/);
+    expect(backend.calls.trigger).toBe(0);
+  });
+});
+
 describe('ls', () => {
   beforeEach(async () => {
     for (const k of ['app/a', 'app/b', 'app/c', 'other']) backend.apply({ type: 'put', key: k, value: utf8(k.toUpperCase()) });
@@ -203,6 +253,29 @@ describe('watch', () => {
     expect(await done).toBe(EXIT.OK);
     expect(stdout.text).toBe('1  PUT     w/1  one\n3  DELETE  w/1\n');
     expect(stderr.text).toBe('');
+  });
+
+  it('prints trigger events with their value', async () => {
+    const ac = new AbortController();
+    const stdout = new Captured();
+    const done = main(['--endpoints', srv.address, 'watch', 't/', '--from-revision', '1'], { stdout, stderr: new Captured(), env: {}, signal: ac.signal });
+    backend.apply({ type: 'triggerPut', key: 't/1', value: utf8('fired') });
+    backend.apply({ type: 'put', key: 't/1', value: utf8('stored') });
+    await stdout.waitFor(/stored/);
+    ac.abort();
+    expect(await done).toBe(EXIT.OK);
+    expect(stdout.text).toBe('1  TRIGGER  t/1  fired\n2  PUT     t/1  stored\n');
+
+    const ac2 = new AbortController();
+    const json = new Captured();
+    const done2 = main(['--endpoints', srv.address, '--json', 'watch', 't/', '--from-revision', '1'], { stdout: json, stderr: new Captured(), env: {}, signal: ac2.signal });
+    await json.waitFor(/stored/);
+    ac2.abort();
+    expect(await done2).toBe(EXIT.OK);
+    expect(json.text.trim().split('\n').map((l) => JSON.parse(l) as unknown)).toEqual([
+      { type: 'trigger', key: 't/1', value: 'fired', valueEncoding: 'utf8', revision: 1, timestampMs: T0 },
+      { type: 'put', key: 't/1', value: 'stored', valueEncoding: 'utf8', revision: 2, timestampMs: T0 },
+    ]);
   });
 
   it('prints one JSON document per event with --json', async () => {
@@ -293,5 +366,6 @@ describe('errors and usage', () => {
     expect(r.code).toBe(EXIT.OK);
     expect(r.out).toMatch(/Usage: kvctl/);
     expect(r.out).toMatch(/put .*<key> <value>/);
+    expect(r.out).toMatch(/trigger .*<key> <value>/);
   });
 });

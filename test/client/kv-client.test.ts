@@ -88,6 +88,23 @@ describe('KvClient calls', () => {
     expect((await c.status(s.address)).nodeId).toBe(1);
   });
 
+  it('triggers without storing, with string or byte values', async () => {
+    const backend = new MemoryBackend();
+    const s = await server(backend);
+    const c = client([s.address]);
+    await c.put('k', 'stored');
+    const t = await c.trigger('k', 'fired');
+    expect(t.revision).toBe(2);
+    expect(t.timestampMs).toBeGreaterThan(0);
+    expect(Object.keys(t).sort()).toEqual(['revision', 'timestampMs']);
+    expect(await c.trigger('absent', utf8('bytes'), { deadlineMs: 1_000 })).toMatchObject({ revision: 3 });
+    expect(await c.get('k')).toMatchObject({ found: true, version: 1, revision: 3 });
+    expect(text((await c.get('k')).value)).toBe('stored');
+    expect((await c.get('absent')).found).toBe(false);
+    expect(backend.calls.trigger).toBe(2);
+    expect(c.leader).toBe(s.address);
+  });
+
   it('rejects invalid requests locally with INVALID_ARGUMENT', async () => {
     const backend = new MemoryBackend();
     const s = await server(backend);
@@ -100,12 +117,15 @@ describe('KvClient calls', () => {
       c.get('x'.repeat(5000)),
       c.get('k', { atVersion: 1, atTimeMs: 1 }),
       c.delete('\ud800'),
+      c.trigger('', 'v'),
+      c.trigger('k', new Uint8Array(1024 * 1024 + 1)),
+      c.trigger('k', 'v', { deadlineMs: 0 }),
       c.list('p', { pageToken: '!!' }),
     ]) {
       const e = await rejection(p);
       expect(e.code).toBe('INVALID_ARGUMENT');
     }
-    expect(backend.calls.put + backend.calls.get + backend.calls.delete).toBe(0);
+    expect(backend.calls.put + backend.calls.get + backend.calls.delete + backend.calls.trigger).toBe(0);
     // Page tokens are opaque: the server judges them (before reaching the backend).
     expect(backend.calls.list).toBe(0);
   });
@@ -153,6 +173,9 @@ describe('leader discovery and failover', () => {
     expect(followerBackend.calls.put).toBe(1);
     expect(followerBackend.calls.get).toBe(0);
     expect(leaderBackend.calls.put).toBe(6);
+    await c.trigger('k', 't');
+    expect(followerBackend.calls.trigger).toBe(0);
+    expect(leaderBackend.calls.trigger).toBe(1);
   });
 
   it('fails over to the next endpoint when a server stops', async () => {
@@ -200,6 +223,17 @@ describe('leader discovery and failover', () => {
     expect((await c.get('b')).found).toBe(true);
     expect(backend.calls.get).toBe(2);
 
+    // A trigger is a write: retried when not executed, not when its outcome is unknown.
+    failures.push(new NotLeaderError(0, undefined));
+    expect((await c.trigger('t', 'x')).revision).toBe(3);
+    expect(backend.calls.trigger).toBe(2);
+    failures.push(new UnavailableError('commit not confirmed'));
+    const te = await rejection(c.trigger('t', 'y'));
+    expect(te.code).toBe('UNAVAILABLE');
+    expect(te.retrySafe).toBe(false);
+    expect(backend.calls.trigger).toBe(3);
+    expect(backend.sm.revision).toBe(3);
+
     // maxRetries bounds retries even of safe failures.
     const strict = client([s.address], { maxRetries: 0 });
     failures.push(new NotLeaderError(0, undefined));
@@ -240,6 +274,28 @@ describe('watch', () => {
     expect(w.revision).toBe(4);
     w.close();
     expect((await w.next()).done).toBe(true);
+  });
+
+  it('delivers trigger puts as trigger events with their value, in revision order with other changes', async () => {
+    const backend = new MemoryBackend();
+    const s = await server(backend);
+    const c = client([s.address]);
+    await c.put('t/k', 'stored');
+    const w = c.watch('t/');
+    expect((await w.next()).value).toMatchObject({ progress: true, revision: 1 });
+    const t = await c.trigger('t/k', 'fired');
+    await c.trigger('elsewhere', 'x');
+    await c.put('t/k', 'new');
+    await c.trigger('t/k', utf8('again'));
+    const events = await takeEvents(w, 3);
+    expect(events.map(show)).toEqual([`trigger t/k=fired@${t.revision}`, 'put t/k=new@4', 'trigger t/k=again@5']);
+    expect(events[0]!.timestampMs).toBe(t.timestampMs);
+    expect(text((await c.get('t/k', { atVersion: t.revision })).value)).toBe('stored');
+    w.close();
+    // A watch resumed from history sees them too.
+    const h = c.watch('t/', { fromRevision: 2 });
+    expect((await takeEvents(h, 3)).map(show)).toEqual(['trigger t/k=fired@2', 'put t/k=new@4', 'trigger t/k=again@5']);
+    h.close();
   });
 
   it('resumes after the server cancels it as slow, without gaps or duplicates', async () => {
@@ -338,6 +394,11 @@ describe('pipeline', () => {
     expect(gets.every((g, i) => text(g.value) === String(i * 7))).toBe(true);
     const dels = await Promise.all([p.delete('p/00000'), p.delete('p/00001', { expectedVersion: 1 })]);
     expect(dels.map((d) => [d.deleted, d.currentVersion])).toEqual([[true, 0], [false, 2]]);
+    const triggers = await Promise.all([p.trigger('p/00002', 'a'), p.trigger('p/new', utf8('b'))]);
+    expect(triggers.map((t) => t.revision)).toEqual([10_002, 10_003]);
+    expect(text((await p.get('p/00002')).value)).toBe('2');
+    expect((await p.get('p/new')).found).toBe(false);
+    expect((await rejection(p.trigger('', 'v'))).code).toBe('INVALID_ARGUMENT');
     // Per-op errors reject only that op: locally (bad key) or from the server (future revision).
     expect((await rejection(p.put('', 'v'))).code).toBe('INVALID_ARGUMENT');
     expect((await rejection(p.get('p/00002', { atVersion: 99_999 }))).code).toBe('INVALID_ARGUMENT');

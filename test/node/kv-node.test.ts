@@ -87,6 +87,40 @@ describe('KvNode', () => {
     expect([...revs].sort((a, b) => a - b)).toEqual(revs);
   });
 
+  it('trigger puts emit a trigger event at their own revision, store nothing and are refused on followers', async () => {
+    const { nodes } = await cluster();
+    const l = await leader(nodes);
+    const put = await l.put({ key: '/t/k', value: enc('stored') }, deadline());
+    const seen: KvEvent[] = [];
+    const got = new Promise<void>((resolve) => {
+      l.watch(
+        { prefix: '/t/', fromRevision: put.version, progressIntervalMs: 50 },
+        {
+          events: (evs) => {
+            seen.push(...evs);
+            if (seen.length >= 2) resolve();
+          },
+          progress: () => {},
+          canceled: () => {},
+        },
+      );
+    });
+    const t = await l.trigger({ key: '/t/k', value: enc('fired') }, deadline());
+    expect(t.revision).toBe(put.version + 1);
+    expect(t.timestampMs).toBeGreaterThanOrEqual(put.timestampMs);
+    await got;
+    expect(seen.map((e) => `${e.type}:${e.key}=${dec(e.value)}@${e.revision}`)).toEqual([
+      `put:/t/k=stored@${put.version}`,
+      `trigger:/t/k=fired@${t.revision}`,
+    ]);
+    const g = await l.get({ key: '/t/k', consistency: 'linearizable' }, deadline());
+    expect(dec(g.value)).toBe('stored');
+    expect(g.version).toBe(put.version);
+    expect(g.revision).toBe(t.revision);
+    const follower = nodes.find((n) => n !== l)!;
+    await expect(follower.trigger({ key: '/t/k', value: enc('x') }, deadline())).rejects.toBeInstanceOf(NotLeaderError);
+  });
+
   it('keeps serving after the leader is cut off, with no acknowledged write lost', async () => {
     const { nodes, hub } = await cluster();
     const l = await leader(nodes);

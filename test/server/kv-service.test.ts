@@ -12,6 +12,7 @@ import type {
   PipelineResponseMsg,
   PutResponseMsg,
   StatusResponseMsg,
+  TriggerResponseMsg,
   WatchResponseMsg,
 } from '../../src/server/proto.js';
 import { CompactedRevisionError, MAX_KEY_BYTES, MAX_VALUE_BYTES } from '../../src/statemachine/index.js';
@@ -78,6 +79,29 @@ describe('unary RPCs', () => {
     expect(d).toMatchObject({ succeeded: true, deleted: true, revision: 3 });
     const d2 = ok(await unary<object, DeleteResponseMsg>(kv, 'delete', { key: 'a' }));
     expect(d2).toMatchObject({ succeeded: true, deleted: false, revision: 3 });
+  });
+
+  it('Trigger fires at its own revision without storing the value or changing the key', async () => {
+    const backend = new MemoryBackend();
+    const { kv, srv } = await start(backend);
+    ok(await unary(kv, 'put', { key: 'k', value: utf8('stored') }));
+    const t = await unary<object, TriggerResponseMsg>(kv, 'trigger', { key: 'k', value: utf8('fired') });
+    expect(ok(t)).toMatchObject({ revision: 2 });
+    expect(ok(t).timestampMs).toBeGreaterThan(0);
+    expect(metaString(t.trailers, META_LEADER)).toBe(srv.address);
+    // The key keeps its value and version; the shard revision moved on.
+    const g = ok(await unary<object, GetResponseMsg>(kv, 'get', { key: 'k' }));
+    expect(g).toMatchObject({ found: true, version: 1, revision: 2 });
+    expect(text(g.value)).toBe('stored');
+    // A trigger of an absent key does not create it (an empty value is fine).
+    expect(ok(await unary<object, TriggerResponseMsg>(kv, 'trigger', { key: 'absent' }))).toMatchObject({ revision: 3 });
+    expect(ok(await unary<object, GetResponseMsg>(kv, 'get', { key: 'absent' }))).toMatchObject({ found: false, revision: 3 });
+    expect(ok(await unary<object, ListResponseMsg>(kv, 'list', { prefix: '' })).items!.map((i) => i.key)).toEqual(['k']);
+    expect(backend.calls.trigger).toBe(2);
+    expect(backend.sm.eventsSince(2, '', 10).events.map((e) => `${e.type} ${e.key}=${text(e.value)}@${e.revision}`)).toEqual([
+      'trigger k=fired@2',
+      'trigger absent=@3',
+    ]);
   });
 
   it('conditional put and delete report conflicts as responses, with the current value on request', async () => {
@@ -174,6 +198,12 @@ describe('validation', () => {
       expect(metaString(out.trailers, META_RETRY_SAFE)).toBe('1');
     }
     ok(await unary(kv, 'put', { key: 'x'.repeat(MAX_KEY_BYTES), value: utf8('v') }));
+    for (const key of ['', 'x'.repeat(MAX_KEY_BYTES + 1), 'a\0b']) {
+      const out = await unary(kv, 'trigger', { key, value: utf8('v') });
+      expectError(out, grpc.status.INVALID_ARGUMENT);
+      expect(metaString(out.trailers, META_RETRY_SAFE)).toBe('1');
+    }
+    ok(await unary(kv, 'trigger', { key: 'x'.repeat(MAX_KEY_BYTES), value: utf8('v') }));
     expectError(await unary(kv, 'get', { key: '' }), grpc.status.INVALID_ARGUMENT);
     expectError(await unary(kv, 'delete', { key: 'a\0' }), grpc.status.INVALID_ARGUMENT);
     expectError(await unary(kv, 'list', { prefix: 'a\0' }), grpc.status.INVALID_ARGUMENT);
@@ -185,6 +215,10 @@ describe('validation', () => {
     const err = await rawUnary(srv.address, '/kvcascade.v1.KV/Get', Buffer.from([0x0a, 0x02, 0xff, 0x61]));
     expect(err?.code).toBe(grpc.status.INVALID_ARGUMENT);
     expect(err?.details).toMatch(/key is not valid UTF-8/);
+    // TriggerRequest{key: 0xff 'a'}.
+    const trig = await rawUnary(srv.address, '/kvcascade.v1.KV/Trigger', Buffer.from([0x0a, 0x02, 0xff, 0x61]));
+    expect(trig?.code).toBe(grpc.status.INVALID_ARGUMENT);
+    expect(trig?.details).toMatch(/key is not valid UTF-8/);
     // A legitimately encoded U+FFFD is fine.
     const fine = await rawUnary(srv.address, '/kvcascade.v1.KV/Get', Buffer.from([0x0a, 0x03, 0xef, 0xbf, 0xbd]));
     expect(fine).toBeNull();
@@ -202,6 +236,11 @@ describe('validation', () => {
     const huge = await unary(kv, 'put', { key: 'k', value: new Uint8Array(2 * 1024 * 1024) });
     expectError(huge, grpc.status.RESOURCE_EXHAUSTED);
     expect(backend.calls.put).toBe(1);
+    const tooBigTrigger = await unary(kv, 'trigger', { key: 'k', value: new Uint8Array(MAX_VALUE_BYTES + 1) });
+    expect(expectError(tooBigTrigger, grpc.status.INVALID_ARGUMENT).details).toMatch(/VALUE_TOO_LARGE/);
+    expectError(await unary(kv, 'trigger', { key: 'k', value: new Uint8Array(2 * 1024 * 1024) }), grpc.status.RESOURCE_EXHAUSTED);
+    ok(await unary(kv, 'trigger', { key: 'k', value: new Uint8Array(MAX_VALUE_BYTES) }));
+    expect(backend.calls.trigger).toBe(1);
   });
 });
 
@@ -219,7 +258,7 @@ describe('error mapping', () => {
       backend.before = () => {
         throw make();
       };
-      for (const m of ['put', 'delete']) {
+      for (const m of ['put', 'delete', 'trigger']) {
         const out = await unary(kv, m, { key: 'k', value: utf8('v') });
         expectError(out, code);
         expect(metaString(out.trailers, META_RETRY_SAFE)).toBe(retrySafe ? '1' : undefined);
@@ -248,6 +287,7 @@ describe('error mapping', () => {
         throw new RangeError('sync boom');
       },
       delete: (r, o) => backend.delete(r, o),
+      trigger: (r, o) => backend.trigger(r, o),
       list: (r, o) => backend.list(r, o),
       watch: () => {
         throw new Error('watch boom');
@@ -341,6 +381,30 @@ describe('forwarding to the leader', () => {
     expect(metaString(busy.trailers, META_RETRY_SAFE)).toBe('1');
   });
 
+  it('forwards triggers to the leader, which applies them', async () => {
+    const { leaderBackend, followerBackend, leader, follower } = await pair();
+    const t0 = Date.now();
+    const t = await unary<object, TriggerResponseMsg>(follower.kv, 'trigger', { key: 't', value: utf8('x') }, { deadlineMs: 5_000 });
+    expect(ok(t)).toMatchObject({ revision: 1 });
+    expect(metaString(t.trailers, META_LEADER)).toBe(leader.srv.address);
+    expect(followerBackend.calls.trigger).toBe(1);
+    expect(leaderBackend.calls.trigger).toBe(1);
+    expect(leaderBackend.lastCallOptions!.deadlineMs).toBeGreaterThanOrEqual(t0 + 4_900);
+    expect(leaderBackend.sm.revision).toBe(1);
+    expect(leaderBackend.sm.get('t')).toBeUndefined();
+    expect(followerBackend.sm.revision).toBe(0);
+    // Invalid triggers are refused by the follower itself.
+    expectError(await unary(follower.kv, 'trigger', { key: '', value: utf8('x') }), grpc.status.INVALID_ARGUMENT);
+    expect(leaderBackend.calls.trigger).toBe(1);
+    // A forwarded trigger that reaches a non-leader is not forwarded again.
+    const md = new grpc.Metadata();
+    md.set(META_FORWARDED, '1');
+    const out = await unary(follower.kv, 'trigger', { key: 't', value: utf8('x') }, { metadata: md });
+    expect(expectError(out, grpc.status.UNAVAILABLE).details).toMatch(/forwarded/);
+    expect(metaString(out.trailers, META_RETRY_SAFE)).toBe('1');
+    expect(leaderBackend.calls.trigger).toBe(1);
+  });
+
   it('answers UNAVAILABLE (retry-safe, with kv-leader) when a forwarded request reaches a non-leader', async () => {
     const { follower, leader } = await pair();
     const md = new grpc.Metadata();
@@ -386,8 +450,14 @@ describe('forwarding to the leader', () => {
     pl.on('error', () => undefined);
     pl.write({ id: 9, put: { key: 'p', value: utf8('v') } });
     expect(await res.promise).toMatchObject({ id: 9, put: { succeeded: true } });
+    const trig = deferred<PipelineResponseMsg>();
+    pl.on('data', (m: PipelineResponseMsg) => m.id === 10 && trig.resolve(m));
+    pl.write({ id: 10, trigger: { key: 'pt', value: utf8('v') } });
+    expect(await trig.promise).toMatchObject({ id: 10, result: 'trigger', trigger: { revision: 3 } });
     pl.end();
     expect(leaderBackend.sm.get('p')).toBeDefined();
+    expect(leaderBackend.sm.get('pt')).toBeUndefined();
+    expect(leaderBackend.calls.trigger).toBe(1);
   });
 });
 
@@ -409,8 +479,10 @@ describe('Watch', () => {
     backend.apply({ type: 'triggerPut', key: 'w/t', value: utf8('trigger') });
     const stream = kv.watch({ prefix: 'w/', fromRevision: 1, progressIntervalMs: 20 });
     const live = deferred();
+    let applied = false;
     const all = await collect(stream, (msgs) => {
-      if (msgs.some((m) => m.progressNotify) && msgs.length === 3) {
+      if (!applied && msgs.some((m) => m.progressNotify)) {
+        applied = true;
         backend.apply({ type: 'put', key: 'w/live', value: utf8('l') });
         live.resolve();
       }
@@ -422,12 +494,58 @@ describe('Watch', () => {
     expect(withEvents.map((m) => m.events!.map((e) => `${e.type} ${e.key}@${e.revision}`))).toEqual([
       ['PUT w/a@1'],
       ['PUT w/b@3', 'PUT w/c@3', 'DELETE w/a@3'],
+      ['TRIGGER w/t@4'],
       ['PUT w/live@5'],
     ]);
     for (const m of withEvents) expect(m.revision).toBeGreaterThanOrEqual(m.events![m.events!.length - 1]!.revision!);
-    // The trigger at revision 4 is not a PUT or DELETE: it shows up as progress.
-    expect(all.some((m) => m.progressNotify && m.revision === 4)).toBe(true);
+    // The trigger at revision 4 carries its value but stored nothing.
+    const trigger = withEvents.flatMap((m) => m.events!).find((e) => e.type === 'TRIGGER')!;
+    expect(text(trigger.value)).toBe('trigger');
+    expect(backend.sm.get('w/t')).toBeUndefined();
     expect(all.every((m) => !m.canceled)).toBe(true);
+  });
+
+  it('delivers live Trigger RPCs as TRIGGER events with their value, and the key is not stored', async () => {
+    const backend = new MemoryBackend();
+    const { kv } = await start(backend);
+    ok(await unary(kv, 'put', { key: 't/k', value: utf8('stored') }));
+    const stream = kv.watch({ prefix: 't/' });
+    const events: string[] = [];
+    let fired = false;
+    const all = await collect(stream, (msgs) => {
+      if (!fired && msgs.some((m) => m.progressNotify)) {
+        fired = true;
+        void (async () => {
+          ok(await unary(kv, 'trigger', { key: 't/k', value: utf8('fired') }));
+          ok(await unary(kv, 'trigger', { key: 'other', value: utf8('ignored') }));
+          ok(await unary(kv, 'trigger', { key: 't/new', value: new Uint8Array(0) }));
+          ok(await unary(kv, 'put', { key: 't/k', value: utf8('again') }));
+        })();
+      }
+      const last = msgs[msgs.length - 1]!;
+      for (const e of last.events ?? []) events.push(`${e.type} ${e.key}=${text(e.value)}@${e.revision}`);
+      return events.length >= 3;
+    });
+    stream.cancel();
+    expect(events).toEqual(['TRIGGER t/k=fired@2', 'TRIGGER t/new=@4', 'PUT t/k=again@5']);
+    expect(all.every((m) => !m.canceled)).toBe(true);
+    const k = ok(await unary<object, GetResponseMsg>(kv, 'get', { key: 't/k', atVersion: 4 }));
+    expect(k).toMatchObject({ found: true, version: 1 });
+    expect(text(k.value)).toBe('stored');
+    expect(ok(await unary<object, GetResponseMsg>(kv, 'get', { key: 't/new' })).found).toBe(false);
+  });
+
+  it('resumes a watch at a trigger revision from history', async () => {
+    const backend = new MemoryBackend();
+    const { kv } = await start(backend);
+    backend.apply({ type: 'put', key: 'r/a', value: utf8('1') });
+    backend.apply({ type: 'triggerPut', key: 'r/a', value: utf8('t') });
+    backend.apply({ type: 'delete', key: 'r/a' });
+    const all = await collect(kv.watch({ prefix: 'r/', fromRevision: 2 }), (msgs) => msgs.some((m) => m.progressNotify));
+    expect(all.flatMap((m) => (m.events ?? []).map((e) => `${e.type} ${e.key}=${text(e.value)}@${e.revision}`))).toEqual([
+      'TRIGGER r/a=t@2',
+      'DELETE r/a=@3',
+    ]);
   });
 
   it('cancels with compact_revision when from_revision was compacted', async () => {
@@ -566,8 +684,10 @@ describe('Pipeline', () => {
     p.send({ id: 3, get: { key: 'a' } });
     p.send({ id: 4, delete: { key: 'a' } });
     p.send({ id: 5 });
+    p.send({ id: 6, trigger: { key: 'a', value: utf8('t') } });
+    p.send({ id: 7, trigger: { key: 'a\0', value: utf8('t') } });
     p.stream.end();
-    await p.waitFor(5);
+    await p.waitFor(7);
     expect((await p.ended).code).toBe(grpc.status.OK);
     const byId = new Map(p.responses.map((r) => [r.id, r]));
     expect(byId.get(1)).toMatchObject({ result: 'put', put: { succeeded: true, version: 1 } });
@@ -575,6 +695,9 @@ describe('Pipeline', () => {
     expect(byId.get(3)!.result).toBe('get');
     expect(byId.get(4)).toMatchObject({ result: 'delete', delete: { deleted: true } });
     expect(byId.get(5)).toMatchObject({ result: 'error', error: { code: grpc.status.INVALID_ARGUMENT } });
+    expect(byId.get(6)).toMatchObject({ result: 'trigger', trigger: { revision: 3 } });
+    expect(byId.get(6)!.trigger!.timestampMs).toBeGreaterThan(0);
+    expect(byId.get(7)).toMatchObject({ result: 'error', error: { code: grpc.status.INVALID_ARGUMENT } });
   });
 
   it('rejects invalid UTF-8 inside a pipelined op', async () => {

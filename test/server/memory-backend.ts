@@ -10,6 +10,8 @@ import {
   type ListResponse,
   type NodeStatusInfo,
   type PutRequest,
+  type TriggerRequest,
+  type TriggerResponse,
   type WatchHandle,
   type WatchRequest,
   type WatchSink,
@@ -23,10 +25,11 @@ import {
   type KvEvent,
   type KvStateMachineOptions,
   type PutResult,
+  type TriggerResult,
 } from '../../src/statemachine/index.js';
 
 /** The backend operations (for hooks and call counters). */
-export type MemoryOp = 'put' | 'get' | 'delete' | 'list' | 'watch' | 'status';
+export type MemoryOp = 'put' | 'get' | 'delete' | 'trigger' | 'list' | 'watch' | 'status';
 
 /** Options of {@link MemoryBackend}. */
 export interface MemoryBackendOptions extends KvStateMachineOptions {
@@ -170,7 +173,7 @@ export class MemoryBackend implements KvBackend {
   readonly maxWatchBuffer: number;
   readonly watchers = new Set<MemoryWatcher>();
   /** Calls per operation. */
-  readonly calls: Record<MemoryOp, number> = { put: 0, get: 0, delete: 0, list: 0, watch: 0, status: 0 };
+  readonly calls: Record<MemoryOp, number> = { put: 0, get: 0, delete: 0, trigger: 0, list: 0, watch: 0, status: 0 };
   /** The CallOptions of the most recent call. */
   lastCallOptions: CallOptions | undefined;
   /** Run at the start of every operation (after counting it): throw to fail it, return a promise to delay it. */
@@ -243,6 +246,12 @@ export class MemoryBackend implements KvBackend {
       ...(req.expectedVersion !== undefined ? { expectedVersion: req.expectedVersion } : {}),
     };
     return this.apply(cmd) as DeleteResult;
+  }
+
+  async trigger(req: TriggerRequest, opts: CallOptions): Promise<TriggerResponse> {
+    await this.enter('trigger', req, opts, true);
+    const r = this.apply({ type: 'triggerPut', key: req.key, value: req.value }) as TriggerResult;
+    return { revision: r.revision, timestampMs: r.timestampMs };
   }
 
   async get(req: GetRequest, opts: CallOptions): Promise<GetResponse> {
