@@ -1,0 +1,232 @@
+/** The extension-side runtime: imports one extension module, builds its ExtensionContext and runs initialize, lambdas and shutdown (inside the worker, or in-process in trusted mode). */
+import { AsyncLocalStorage } from 'node:async_hooks';
+import type { ExtensionContext, ExtensionEvent, ExtensionKv, ExtensionLogger, ExtensionMetrics, Lambda, WatchOptions } from '../api.js';
+import type { HostServices, KvOp, LoadErrorCode, LogLevel, RegisteredWatch } from './types.js';
+import { errorMessage } from './transfer.js';
+import { normalizeWatch } from './watch-options.js';
+
+/** How the guest reaches the node: the host services, over messages (worker) or directly (in-process). */
+export type GuestLink = HostServices;
+
+/** A load failure detected by the guest; `loadCode` tells which step failed. */
+export class GuestLoadError extends Error {
+  constructor(
+    readonly loadCode: LoadErrorCode,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+    this.name = 'GuestLoadError';
+  }
+}
+
+/** The functions an extension module provides, with the object to call them on. */
+interface LoadedModule {
+  initialize: (ctx: ExtensionContext) => unknown;
+  shutdown: (() => unknown) | undefined;
+  self: unknown;
+}
+
+const METRIC_NAME = /^[a-zA-Z_:][a-zA-Z0-9_:]*$/;
+const encoder = new TextEncoder();
+
+/** Finds `initialize` (and `shutdown`) among the named exports or on the default export (CommonJS `module.exports`). */
+function findModule(ns: unknown): LoadedModule | undefined {
+  const candidates: unknown[] = [ns];
+  if (ns !== null && typeof ns === 'object' && 'default' in ns) candidates.push((ns as { default: unknown }).default);
+  for (const c of candidates) {
+    if (c === null || (typeof c !== 'object' && typeof c !== 'function')) continue;
+    const o = c as { initialize?: unknown; shutdown?: unknown };
+    if (typeof o.initialize === 'function') {
+      return {
+        initialize: o.initialize as LoadedModule['initialize'],
+        shutdown: typeof o.shutdown === 'function' ? (o.shutdown as () => unknown) : undefined,
+        // For CommonJS the named export is a copy of module.exports.initialize: call it on module.exports.
+        self: c !== ns ? c : (candidates[1] as { initialize?: unknown } | undefined)?.initialize === o.initialize ? candidates[1] : undefined,
+      };
+    }
+  }
+  return undefined;
+}
+
+function deepFreeze<T>(v: T): T {
+  if (v !== null && typeof v === 'object' && !Object.isFrozen(v)) {
+    Object.freeze(v);
+    for (const x of Object.values(v)) deepFreeze(x);
+  }
+  return v;
+}
+
+function toBytes(value: unknown, what: string): Uint8Array {
+  if (typeof value === 'string') return encoder.encode(value);
+  if (value instanceof Uint8Array) return value;
+  throw new TypeError(`${what} must be a Uint8Array or a string (got ${typeof value})`);
+}
+
+/** Drops trailing `undefined` arguments so the host sees the same `args` however the call was written. */
+function trimArgs(args: unknown[]): unknown[] {
+  let n = args.length;
+  while (n > 0 && args[n - 1] === undefined) n--;
+  return args.slice(0, n);
+}
+
+/**
+ * One loaded extension: `load` imports the module and runs `initialize` (collecting its watches),
+ * `invoke` runs a lambda, `shutdown` runs the module's `shutdown()`. Every call the extension makes
+ * goes to the `GuestLink`; `ctx.kv` calls carry the hop count of the event being handled + 1,
+ * tracked with an `AsyncLocalStorage` so it follows the lambda through timers and promises.
+ */
+export class Guest {
+  private readonly hopScope = new AsyncLocalStorage<{ readonly hops: number }>();
+  private readonly lambdas: Lambda[] = [];
+  private readonly registered: RegisteredWatch[] = [];
+  private module: LoadedModule | undefined;
+  private initializing = false;
+  private invalidWatch: Error | undefined;
+
+  constructor(
+    private readonly name: string,
+    private readonly config: Record<string, unknown>,
+    private readonly link: GuestLink,
+  ) {}
+
+  /**
+   * Imports `moduleUrl`, runs `initialize(ctx)` and returns the watches it registered. Rejects with
+   * `GuestLoadError` (IMPORT_FAILED, NO_INITIALIZE, INITIALIZE_THREW or INVALID_WATCH).
+   * `onImported` is called between the import and `initialize`.
+   */
+  async load(moduleUrl: string, onImported?: () => void): Promise<RegisteredWatch[]> {
+    let ns: unknown;
+    try {
+      ns = await import(moduleUrl);
+    } catch (e) {
+      throw new GuestLoadError('IMPORT_FAILED', `cannot import ${moduleUrl}: ${errorMessage(e)}`, { cause: e });
+    }
+    onImported?.();
+    const mod = findModule(ns);
+    if (!mod) {
+      throw new GuestLoadError('NO_INITIALIZE', `${moduleUrl} exports no initialize() function (neither as a named export nor on its default export / module.exports)`);
+    }
+    this.module = mod;
+    const ctx = this.context();
+    this.initializing = true;
+    try {
+      await this.hopScope.run({ hops: 0 }, () => mod.initialize.call(mod.self, ctx));
+    } catch (e) {
+      if (this.invalidWatch) throw new GuestLoadError('INVALID_WATCH', this.invalidWatch.message, { cause: this.invalidWatch });
+      throw new GuestLoadError('INITIALIZE_THREW', `initialize() threw: ${errorMessage(e)}`, { cause: e });
+    } finally {
+      this.initializing = false;
+    }
+    if (this.invalidWatch) throw new GuestLoadError('INVALID_WATCH', this.invalidWatch.message, { cause: this.invalidWatch });
+    return this.registered.map((w) => ({ ...w }));
+  }
+
+  /** Runs the lambda of watch `watchId` on `event`; rejects with whatever the lambda threw. */
+  async invoke(watchId: number, event: ExtensionEvent): Promise<void> {
+    const lambda = this.lambdas[watchId - 1];
+    if (!lambda) throw new RangeError(`no watch with id ${watchId}`);
+    const ev: ExtensionEvent = Object.freeze({
+      type: event.type,
+      key: event.key,
+      value: event.value,
+      version: event.version,
+      timestamp: event.timestamp,
+      shard: event.shard,
+      hops: event.hops,
+    });
+    await this.hopScope.run({ hops: ev.hops }, () => lambda(ev));
+  }
+
+  /** Runs the module's `shutdown()` if it has one (kv calls made from it carry hop count 1). */
+  async shutdown(): Promise<void> {
+    const mod = this.module;
+    if (!mod?.shutdown) return;
+    const fn = mod.shutdown;
+    await this.hopScope.run({ hops: 0 }, () => fn.call(mod.self));
+  }
+
+  private kvCall(op: KvOp, args: unknown[]): Promise<unknown> {
+    const hops = (this.hopScope.getStore()?.hops ?? 0) + 1;
+    try {
+      if (typeof args[0] !== 'string') throw new TypeError(`ctx.kv.${op}: the ${op === 'list' ? 'prefix' : 'key'} must be a string`);
+      return this.link.kv(op, trimArgs(args), hops);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  private context(): ExtensionContext {
+    const kv: ExtensionKv = {
+      get: (key, opts) => this.kvCall('get', [key, opts]) as ReturnType<ExtensionKv['get']>,
+      put: (key, value, opts) => {
+        let bytes: Uint8Array;
+        try {
+          bytes = toBytes(value, 'ctx.kv.put: the value');
+        } catch (e) {
+          return Promise.reject(e);
+        }
+        return this.kvCall('put', [key, bytes, opts]) as ReturnType<ExtensionKv['put']>;
+      },
+      trigger: async (key, value) => {
+        await this.kvCall('trigger', [key, toBytes(value, 'ctx.kv.trigger: the value')]);
+      },
+      delete: (key, opts) => this.kvCall('delete', [key, opts]) as ReturnType<ExtensionKv['delete']>,
+      list: (prefix, opts) => this.kvCall('list', [prefix, opts]) as ReturnType<ExtensionKv['list']>,
+    };
+    const logAt = (level: LogLevel) => (msg: string, fields?: Record<string, unknown>) => {
+      this.link.log(level, String(msg), fields);
+    };
+    const log: ExtensionLogger = { debug: logAt('debug'), info: logAt('info'), warn: logAt('warn'), error: logAt('error') };
+    const checkName = (kind: string, name: unknown, help: unknown) => {
+      if (typeof name !== 'string' || !METRIC_NAME.test(name)) {
+        throw new TypeError(`ctx.metrics.${kind}: invalid metric name ${JSON.stringify(name)} (must match ${METRIC_NAME.source})`);
+      }
+      if (typeof help !== 'string') throw new TypeError(`ctx.metrics.${kind}: help must be a string`);
+    };
+    const metrics: ExtensionMetrics = {
+      counter: (name, help) => {
+        checkName('counter', name, help);
+        this.link.metric('counter', name, help, {});
+        return {
+          inc: (by = 1) => {
+            if (typeof by !== 'number' || !Number.isFinite(by) || by < 0) throw new RangeError(`counter ${name}: inc() needs a finite number >= 0 (got ${String(by)})`);
+            this.link.metric('counter', name, help, { inc: by });
+          },
+        };
+      },
+      histogram: (name, help, buckets) => {
+        checkName('histogram', name, help);
+        let b: number[] | undefined;
+        if (buckets !== undefined) {
+          if (!Array.isArray(buckets) || buckets.some((x) => typeof x !== 'number' || !Number.isFinite(x))) {
+            throw new TypeError(`ctx.metrics.histogram ${name}: buckets must be an array of finite numbers`);
+          }
+          b = [...buckets];
+        }
+        this.link.metric('histogram', name, help, b ? { buckets: b } : {});
+        return {
+          observe: (value) => {
+            if (typeof value !== 'number' || !Number.isFinite(value)) throw new RangeError(`histogram ${name}: observe() needs a finite number (got ${String(value)})`);
+            this.link.metric('histogram', name, help, { observe: value });
+          },
+        };
+      },
+    };
+    const watch = (prefix: string, lambda: Lambda, options?: WatchOptions): void => {
+      if (!this.initializing) {
+        throw new Error(`ctx.watch(${JSON.stringify(prefix)}): watches can only be registered during initialize() (extension "${this.name}")`);
+      }
+      let normalized: Required<WatchOptions>;
+      try {
+        normalized = normalizeWatch(prefix, lambda, options);
+      } catch (e) {
+        this.invalidWatch ??= e as Error;
+        throw e;
+      }
+      this.lambdas.push(lambda);
+      this.registered.push({ id: this.lambdas.length, prefix, options: normalized });
+    };
+    return Object.freeze({ name: this.name, config: deepFreeze(this.config), kv, log, metrics, watch });
+  }
+}

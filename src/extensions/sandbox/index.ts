@@ -1,0 +1,6 @@
+/** Public entry of the extension sandbox: the ExtensionRunner and its types and errors. */
+export { ExtensionRunner, RUNNER_DEFAULTS, type RunnerOptions, type RunnerState, type RunnerStats } from './runner.js';
+export { ExtensionLoadError, LambdaError } from './errors.js';
+export { WATCH_DEFAULTS, InvalidWatchError, normalizeWatch } from './watch-options.js';
+export { resolveExtensionEntry } from './resolve.js';
+export type { HostServices, KvOp, LambdaErrorKind, LoadErrorCode, LogLevel, MetricKind, MetricOp, RegisteredWatch } from './types.js';

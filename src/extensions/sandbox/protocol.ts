@@ -1,0 +1,36 @@
+/** The message protocol between the extension runner (main thread) and its worker thread. */
+import type { ExtensionEvent } from '../api.js';
+import type { KvOp, LogLevel, MetricKind, MetricOp, RegisteredWatch, SerializedError } from './types.js';
+
+/**
+ * Main thread → worker.
+ * - `init`: import `moduleUrl` and run `initialize` (answered by `imported`, then `ready` or `init-failed`).
+ * - `invoke`: run the lambda of watch `watchId` on `event` (answered by `done` with the same `id`).
+ * - `kv-result`: the answer to the worker's `kv` request `id`.
+ * - `shutdown`: run the module's `shutdown()` (answered by `shutdown-done`).
+ */
+export type ToWorker =
+  | { t: 'init'; name: string; moduleUrl: string; config: Record<string, unknown> }
+  | { t: 'invoke'; id: number; watchId: number; event: ExtensionEvent }
+  | { t: 'kv-result'; id: number; ok: true; value: unknown }
+  | { t: 'kv-result'; id: number; ok: false; error: SerializedError }
+  | { t: 'shutdown' };
+
+/**
+ * Worker → main thread.
+ * - `imported`: the module was imported (a crash after this point is an initialize failure).
+ * - `ready` / `init-failed`: outcome of `init`; `init-failed` carries `error.loadCode` and the extension's own error as `cause`.
+ * - `done`: an invocation finished (`error` set when the lambda threw or rejected).
+ * - `kv`: a `ctx.kv` call to perform on the host (`hops` already incremented).
+ * - `log` / `metric`: fire-and-forget `ctx.log` / `ctx.metrics` calls.
+ * - `shutdown-done`: the module's `shutdown()` finished (`error` set when it threw).
+ */
+export type FromWorker =
+  | { t: 'imported' }
+  | { t: 'ready'; watches: RegisteredWatch[] }
+  | { t: 'init-failed'; error: SerializedError; cause?: SerializedError }
+  | { t: 'done'; id: number; error?: SerializedError }
+  | { t: 'kv'; id: number; op: KvOp; args: unknown[]; hops: number }
+  | { t: 'log'; level: LogLevel; msg: string; fields?: Record<string, unknown> }
+  | { t: 'metric'; kind: MetricKind; name: string; help: string; op: MetricOp }
+  | { t: 'shutdown-done'; error?: SerializedError };

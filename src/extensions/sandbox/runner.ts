@@ -1,0 +1,433 @@
+/** ExtensionRunner: loads one extension and runs its lambdas, isolated in a worker thread (default) or in-process (trusted mode). */
+import type { ExtensionEvent } from '../api.js';
+import type { Backend, BackendEvents } from './backend.js';
+import { ExtensionLoadError, LambdaError } from './errors.js';
+import { InProcessBackend } from './in-process-backend.js';
+import { resolveExtensionEntry } from './resolve.js';
+import { errorMessage } from './transfer.js';
+import type { HostServices, LogLevel, RegisteredWatch } from './types.js';
+import { WorkerBackend, type WorkerLimits } from './worker-backend.js';
+import { workerEntryUrl } from './worker-url.js';
+
+/** How to load and run one extension. */
+export interface RunnerOptions {
+  /** The extension's name (`ctx.name`, error messages). */
+  name: string;
+  /** A folder with a package.json (ESM or CommonJS, with its own node_modules) or a module file. */
+  modulePath: string;
+  /** The extension's configuration (`ctx.config`); must be structured-cloneable. Default `{}`. */
+  config?: Record<string, unknown>;
+  /** `worker` (default): isolated in a worker thread. `in-process`: trusted mode on the main thread. */
+  mode?: 'worker' | 'in-process';
+  /** Worker heap limits (see RUNNER_DEFAULTS); they bound the V8 heap only, not ArrayBuffers/Buffers nor CPU. */
+  resourceLimits?: { maxOldGenerationSizeMb?: number; maxYoungGenerationSizeMb?: number; stackSizeMb?: number };
+  /** The node's services (store, log, metrics) lent to the extension. */
+  host: HostServices;
+  /** Worker restarts allowed in any 60 s window before the runner gives up (state `failed`). */
+  maxRestartsPerMinute?: number;
+  /** Limit for import + `initialize()`, at start and at each restart, in ms. */
+  initializeTimeoutMs?: number;
+  /** Limit for the module's `shutdown()` during `stop()`, in ms. */
+  shutdownTimeoutMs?: number;
+}
+
+/** The defaults of `RunnerOptions`. */
+export const RUNNER_DEFAULTS = Object.freeze({
+  mode: 'worker' as const,
+  maxOldGenerationSizeMb: 256,
+  maxYoungGenerationSizeMb: 32,
+  stackSizeMb: 4,
+  maxRestartsPerMinute: 30,
+  initializeTimeoutMs: 30_000,
+  shutdownTimeoutMs: 5_000,
+});
+
+/**
+ * `ready`: invocations run. `restarting`: the worker died and a new one is being started;
+ * invocations wait for it. `failed`: restarts exceeded `maxRestartsPerMinute` (or could not be
+ * done); invocations reject at once with kind `failed` until the node stops the runner.
+ * `stopping`/`stopped`: `stop()` was called; invocations reject with kind `stopped`.
+ */
+export type RunnerState = 'ready' | 'restarting' | 'failed' | 'stopping' | 'stopped';
+
+/** Counters of one runner since it started. */
+export interface RunnerStats {
+  /** `invoke` calls accepted (valid watch id and timeout). */
+  invocations: number;
+  /** Invocations that rejected, whatever the kind (timeouts included). */
+  errors: number;
+  /** Invocations that rejected with kind `timeout`. */
+  timeouts: number;
+  /** Workers started after the first one (successful or not). */
+  workerRestarts: number;
+  /** Invocations not yet settled (running, or waiting for a restart). */
+  inFlight: number;
+}
+
+interface Pending {
+  readonly id: number;
+  readonly watch: RegisteredWatch;
+  readonly event: ExtensionEvent;
+  readonly timeoutMs: number;
+  readonly resolve: () => void;
+  readonly reject: (e: LambdaError) => void;
+  backend: Backend | undefined;
+  timer: NodeJS.Timeout | undefined;
+}
+
+interface Resolved {
+  name: string;
+  config: Record<string, unknown>;
+  mode: 'worker' | 'in-process';
+  limits: WorkerLimits;
+  host: HostServices;
+  maxRestartsPerMinute: number;
+  initializeTimeoutMs: number;
+  shutdownTimeoutMs: number;
+}
+
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+function checkNumber(name: string, v: number | undefined, dflt: number, min: number): number {
+  if (v === undefined) return dflt;
+  if (typeof v !== 'number' || !Number.isFinite(v) || v < min || v > MAX_TIMER_MS) throw new RangeError(`RunnerOptions.${name} must be a number >= ${min} (got ${String(v)})`);
+  return v;
+}
+
+function resolveOptions(o: RunnerOptions): Resolved {
+  if (typeof o.name !== 'string' || o.name.length === 0) throw new TypeError('RunnerOptions.name must be a non-empty string');
+  if (typeof o.modulePath !== 'string' || o.modulePath.length === 0) throw new TypeError('RunnerOptions.modulePath must be a non-empty string');
+  if (!o.host || typeof o.host.kv !== 'function' || typeof o.host.log !== 'function' || typeof o.host.metric !== 'function') {
+    throw new TypeError('RunnerOptions.host must provide kv(), log() and metric()');
+  }
+  const mode = o.mode ?? RUNNER_DEFAULTS.mode;
+  if (mode !== 'worker' && mode !== 'in-process') throw new TypeError(`RunnerOptions.mode must be 'worker' or 'in-process' (got ${String(mode)})`);
+  const config = o.config ?? {};
+  if (config === null || typeof config !== 'object' || Array.isArray(config)) throw new TypeError('RunnerOptions.config must be an object');
+  const rl = o.resourceLimits ?? {};
+  return {
+    name: o.name,
+    config: structuredClone(config),
+    mode,
+    limits: {
+      maxOldGenerationSizeMb: checkNumber('resourceLimits.maxOldGenerationSizeMb', rl.maxOldGenerationSizeMb, RUNNER_DEFAULTS.maxOldGenerationSizeMb, 1),
+      maxYoungGenerationSizeMb: checkNumber('resourceLimits.maxYoungGenerationSizeMb', rl.maxYoungGenerationSizeMb, RUNNER_DEFAULTS.maxYoungGenerationSizeMb, 1),
+      stackSizeMb: checkNumber('resourceLimits.stackSizeMb', rl.stackSizeMb, RUNNER_DEFAULTS.stackSizeMb, 1),
+    },
+    host: o.host,
+    maxRestartsPerMinute: checkNumber('maxRestartsPerMinute', o.maxRestartsPerMinute, RUNNER_DEFAULTS.maxRestartsPerMinute, 0),
+    initializeTimeoutMs: checkNumber('initializeTimeoutMs', o.initializeTimeoutMs, RUNNER_DEFAULTS.initializeTimeoutMs, 1),
+    shutdownTimeoutMs: checkNumber('shutdownTimeoutMs', o.shutdownTimeoutMs, RUNNER_DEFAULTS.shutdownTimeoutMs, 1),
+  };
+}
+
+/** Describes the first difference between two watch lists, or undefined when they are equal. */
+function diffWatches(a: readonly RegisteredWatch[], b: readonly RegisteredWatch[]): string | undefined {
+  if (a.length !== b.length) return `initialize() registered ${b.length} watches after the restart, ${a.length} before`;
+  for (let i = 0; i < a.length; i++) {
+    const x = JSON.stringify({ prefix: a[i]!.prefix, options: a[i]!.options });
+    const y = JSON.stringify({ prefix: b[i]!.prefix, options: b[i]!.options });
+    if (x !== y) return `watch ${i + 1} changed after the restart: was ${x}, now ${y}`;
+  }
+  return undefined;
+}
+
+function freezeWatch(w: RegisteredWatch): RegisteredWatch {
+  return Object.freeze({ id: w.id, prefix: w.prefix, options: Object.freeze({ ...w.options, events: Object.freeze([...w.options.events]) }) });
+}
+
+/**
+ * Loads ONE extension and runs its lambdas.
+ *
+ * Worker mode (default): the extension runs in its own worker thread with V8 heap limits. Each
+ * invocation has a wall-clock timeout; when it expires the worker is terminated (nothing else can
+ * stop a CPU-bound lambda) and restarted: the module is imported again and `initialize()` re-run,
+ * and must register the same watches (else the restart counts as failed). A worker that runs out
+ * of heap, throws an uncaught error (including unhandled rejections) or calls `process.exit` is
+ * restarted the same way. Invocations in flight on a dying worker reject (`timeout` for the one
+ * that expired, `out-of-memory` / `worker-crashed` for the others); invocations made while
+ * restarting wait for the new worker. More than `maxRestartsPerMinute` restarts in 60 s puts the
+ * runner in state `failed`, where invocations reject at once (kind `failed`); the node should
+ * report it and stop the runner.
+ *
+ * In-process mode (trusted): same API on the main thread, without isolation: timeouts reject the
+ * invocation but cannot stop the lambda (a synchronous infinite loop blocks the node), memory is
+ * not limited, and an uncaught error thrown asynchronously by the extension reaches the process.
+ *
+ * Not a security boundary: a worker shares the process (file system, network, `process.kill`,
+ * ArrayBuffer memory), and hop counting relies on the worker's cooperation.
+ */
+export class ExtensionRunner {
+  private watchList: readonly RegisteredWatch[] = [];
+  private current: Backend | undefined;
+  private loading: Backend | undefined;
+  private runState: RunnerState = 'ready';
+  private failure: string | undefined;
+  private readonly pending = new Map<number, Pending>();
+  private queued: Pending[] = [];
+  private nextId = 1;
+  private restartTimes: number[] = [];
+  private readonly counters = { invocations: 0, errors: 0, timeouts: 0, workerRestarts: 0 };
+  private stopping: Promise<void> | undefined;
+
+  private constructor(
+    private readonly o: Resolved,
+    private readonly moduleUrl: string,
+    private readonly entryUrl: URL | undefined,
+  ) {}
+
+  /**
+   * Resolves and loads the extension, runs `initialize()` and resolves once its watches are known.
+   * Rejects with `ExtensionLoadError` (`IMPORT_FAILED`, `NO_INITIALIZE`, `INITIALIZE_THREW`,
+   * `INITIALIZE_TIMEOUT`, `INVALID_WATCH`), or a `TypeError`/`RangeError` for bad options.
+   */
+  static async start(opts: RunnerOptions): Promise<ExtensionRunner> {
+    const o = resolveOptions(opts);
+    let moduleUrl: string;
+    try {
+      moduleUrl = await resolveExtensionEntry(opts.modulePath);
+    } catch (e) {
+      throw new ExtensionLoadError('IMPORT_FAILED', o.name, `cannot resolve ${opts.modulePath}: ${errorMessage(e)}`, { cause: e });
+    }
+    let entryUrl: URL | undefined;
+    if (o.mode === 'worker') {
+      try {
+        entryUrl = await workerEntryUrl();
+      } catch (e) {
+        throw new ExtensionLoadError('IMPORT_FAILED', o.name, `cannot prepare the worker: ${errorMessage(e)}`, { cause: e });
+      }
+    }
+    const runner = new ExtensionRunner(o, moduleUrl, entryUrl);
+    const backend = runner.makeBackend();
+    const watches = await backend.load(o.initializeTimeoutMs);
+    runner.watchList = Object.freeze(watches.map(freezeWatch));
+    runner.current = backend;
+    return runner;
+  }
+
+  /** The watches registered by `initialize()`, with defaults filled in (ids 1, 2, … in registration order). */
+  get watches(): readonly RegisteredWatch[] {
+    return this.watchList;
+  }
+
+  /** The extension's name. */
+  get name(): string {
+    return this.o.name;
+  }
+
+  /** Where the extension runs. */
+  get mode(): 'worker' | 'in-process' {
+    return this.o.mode;
+  }
+
+  /** The runner's state (see `RunnerState`). */
+  get state(): RunnerState {
+    return this.runState;
+  }
+
+  /** Why the runner is `failed` (undefined otherwise). */
+  get failureReason(): string | undefined {
+    return this.failure;
+  }
+
+  /**
+   * Runs the lambda of watch `watchId` on `event`. Resolves when the lambda finished; rejects
+   * with `LambdaError` (kinds: `threw`, `timeout`, `worker-crashed`, `out-of-memory`, `stopped`,
+   * `failed`), or a `RangeError` for an unknown watch or a bad timeout. `timeoutMs` is wall-clock
+   * time from when the event is handed to the worker (time spent waiting for a restart excluded).
+   */
+  invoke(watchId: number, event: ExtensionEvent, timeoutMs: number): Promise<void> {
+    const watch = this.watches[watchId - 1];
+    if (!watch || watch.id !== watchId) return Promise.reject(new RangeError(`extension "${this.o.name}" has no watch ${watchId}`));
+    if (typeof timeoutMs !== 'number' || !(timeoutMs > 0) || timeoutMs > MAX_TIMER_MS) {
+      return Promise.reject(new RangeError(`timeoutMs must be a number in (0, ${MAX_TIMER_MS}] (got ${String(timeoutMs)})`));
+    }
+    this.counters.invocations++;
+    if (this.runState === 'stopping' || this.runState === 'stopped') {
+      this.counters.errors++;
+      return Promise.reject(new LambdaError('stopped', `extension "${this.o.name}" is stopped`));
+    }
+    if (this.runState === 'failed') {
+      this.counters.errors++;
+      return Promise.reject(new LambdaError('failed', `extension "${this.o.name}" has failed: ${this.failure ?? 'unknown reason'}`));
+    }
+    return new Promise<void>((resolve, reject) => {
+      const p: Pending = { id: this.nextId++, watch, event, timeoutMs, resolve, reject, backend: undefined, timer: undefined };
+      this.pending.set(p.id, p);
+      if (this.runState === 'ready') this.dispatch(p);
+      else this.queued.push(p);
+    });
+  }
+
+  /** Counters since start (see `RunnerStats`). */
+  stats(): RunnerStats {
+    return { ...this.counters, inFlight: this.pending.size };
+  }
+
+  /**
+   * Stops the extension: invocations in flight or queued reject at once with kind `stopped`, the
+   * module's `shutdown()` runs (bounded by `shutdownTimeoutMs`; it may still use `ctx.kv`), then
+   * the worker is terminated. Never rejects; idempotent.
+   */
+  stop(): Promise<void> {
+    this.stopping ??= this.doStop();
+    return this.stopping;
+  }
+
+  private async doStop(): Promise<void> {
+    const wasReady = this.runState === 'ready';
+    this.runState = 'stopping';
+    for (const p of [...this.pending.values()]) this.settle(p, new LambdaError('stopped', `extension "${this.o.name}" was stopped`));
+    this.queued = [];
+    const loading = this.loading;
+    this.loading = undefined;
+    if (loading) await loading.kill();
+    if (wasReady && this.current) {
+      const r = await this.current.shutdown(this.o.shutdownTimeoutMs);
+      if (r === 'timeout') this.log('warn', `shutdown() did not finish within ${this.o.shutdownTimeoutMs} ms`);
+      else if (r) this.log('warn', `shutdown() threw: ${r.message}`, { error: r.message });
+    }
+    await this.current?.kill();
+    this.runState = 'stopped';
+  }
+
+  private log(level: LogLevel, msg: string, fields?: Record<string, unknown>): void {
+    try {
+      this.o.host.log(level, msg, fields);
+    } catch {
+      // the host's logger failing must not take the runner down
+    }
+  }
+
+  private makeBackend(): Backend {
+    const holder: { b?: Backend } = {};
+    const events: BackendEvents = {
+      done: (id, err) => this.onDone(holder.b!, id, err),
+      down: (cause) => this.onDown(holder.b!, cause.kind, cause.message),
+    };
+    const o = this.o;
+    const b: Backend =
+      o.mode === 'in-process'
+        ? new InProcessBackend({ name: o.name, moduleUrl: this.moduleUrl, config: o.config, host: o.host, events })
+        : new WorkerBackend({ name: o.name, moduleUrl: this.moduleUrl, config: o.config, limits: o.limits, host: o.host, entryUrl: this.entryUrl!, events });
+    holder.b = b;
+    return b;
+  }
+
+  private describe(p: Pending): string {
+    return `extension "${this.o.name}", watch ${p.watch.id} (${p.watch.prefix}), ${p.event.type} ${p.event.key}`;
+  }
+
+  private dispatch(p: Pending): void {
+    const b = this.current!;
+    p.backend = b;
+    p.timer = setTimeout(() => this.onTimeout(p), p.timeoutMs);
+    if (!b.alive) {
+      this.onDown(b, 'worker-crashed', 'the worker is gone');
+      return;
+    }
+    try {
+      b.invoke(p.id, p.watch.id, p.event);
+    } catch (e) {
+      this.settle(p, new LambdaError('worker-crashed', `${this.describe(p)}: cannot deliver the event: ${errorMessage(e)}`, { cause: e }));
+    }
+  }
+
+  private settle(p: Pending, err?: LambdaError): void {
+    if (!this.pending.delete(p.id)) return;
+    clearTimeout(p.timer);
+    if (!err) {
+      p.resolve();
+      return;
+    }
+    this.counters.errors++;
+    if (err.kind === 'timeout') this.counters.timeouts++;
+    p.reject(err);
+  }
+
+  private onDone(b: Backend, id: number, err: Error | undefined): void {
+    const p = this.pending.get(id);
+    if (!p || p.backend !== b) return;
+    if (err) this.settle(p, new LambdaError('threw', `${this.describe(p)}: lambda threw: ${err.message}`, { cause: err }));
+    else this.settle(p);
+  }
+
+  private onTimeout(p: Pending): void {
+    if (!this.pending.has(p.id)) return;
+    const b = p.backend!;
+    const base = `${this.describe(p)}: lambda did not finish within ${p.timeoutMs} ms`;
+    if (!b.canKill || b !== this.current || this.runState !== 'ready') {
+      this.settle(p, new LambdaError('timeout', b.canKill ? base : `${base} (in-process: it keeps running)`));
+      return;
+    }
+    this.settle(p, new LambdaError('timeout', `${base}; the worker was terminated and is restarting`));
+    this.onDown(b, 'worker-crashed', `terminated because an invocation timed out (${this.describe(p)})`);
+  }
+
+  /** Backend `b` died (or was condemned): fail its invocations and start a replacement. */
+  private onDown(b: Backend, kind: 'worker-crashed' | 'out-of-memory', message: string): void {
+    if (b !== this.current || this.runState !== 'ready') return;
+    for (const p of [...this.pending.values()]) {
+      if (p.backend === b) this.settle(p, new LambdaError(kind, `${this.describe(p)}: ${kind === 'out-of-memory' ? 'the worker ran out of memory' : 'the worker died'}: ${message}`));
+    }
+    this.runState = 'restarting';
+    this.log('warn', `extension worker down (${message}); restarting`, { kind });
+    const killed = b.kill();
+    this.restartLoop(killed).catch((e: unknown) => this.enterFailed(`restart loop failed: ${errorMessage(e)}`));
+  }
+
+  private async restartLoop(killed: Promise<void>): Promise<void> {
+    await killed;
+    let failures = 0;
+    while (this.runState === 'restarting') {
+      const now = Date.now();
+      this.restartTimes = this.restartTimes.filter((t) => now - t < 60_000);
+      if (this.restartTimes.length >= this.o.maxRestartsPerMinute) {
+        this.enterFailed(`more than ${this.o.maxRestartsPerMinute} worker restarts within a minute`);
+        return;
+      }
+      this.restartTimes.push(now);
+      this.counters.workerRestarts++;
+      const b = this.makeBackend();
+      this.loading = b;
+      let problem: string;
+      try {
+        const watches = await b.load(this.o.initializeTimeoutMs);
+        if (this.runState !== 'restarting') {
+          await b.kill();
+          return;
+        }
+        const diff = diffWatches(this.watches, watches);
+        if (diff === undefined && b.alive) {
+          this.loading = undefined;
+          this.current = b;
+          this.runState = 'ready';
+          this.log('info', 'extension worker restarted', { restartsInLastMinute: this.restartTimes.length });
+          const q = this.queued;
+          this.queued = [];
+          for (const p of q) if (this.pending.has(p.id)) this.dispatch(p);
+          return;
+        }
+        problem = diff ?? 'the worker died right after initialize()';
+      } catch (e) {
+        problem = errorMessage(e);
+      }
+      if (this.loading === b) this.loading = undefined;
+      await b.kill();
+      if (this.runState !== 'restarting') return;
+      failures++;
+      this.log('error', `extension restart failed: ${problem}`, { attempt: failures });
+      await new Promise<void>((r) => setTimeout(r, Math.min(100 * 2 ** (failures - 1), 5_000)).unref());
+    }
+  }
+
+  private enterFailed(reason: string): void {
+    if (this.runState !== 'restarting') return;
+    this.runState = 'failed';
+    this.failure = reason;
+    const q = this.queued;
+    this.queued = [];
+    for (const p of q) this.settle(p, new LambdaError('failed', `${this.describe(p)}: extension has failed: ${reason}`));
+    this.log('error', `extension failed: ${reason}; invocations are refused until it is reloaded`, { reason });
+  }
+}

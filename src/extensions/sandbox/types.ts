@@ -1,0 +1,67 @@
+/** Type-only definitions shared by the extension runner (main thread) and its guest runtime (worker or in-process). */
+import type { WatchOptions } from '../api.js';
+
+/** A store operation an extension may ask the node to perform (`ctx.kv.<op>`). */
+export type KvOp = 'get' | 'put' | 'trigger' | 'delete' | 'list';
+
+/** Severity of a line logged through `ctx.log`. */
+export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
+
+/** Kind of metric an extension registers through `ctx.metrics`. */
+export type MetricKind = 'counter' | 'histogram';
+
+/**
+ * One metric call: `{}` (counter) or `{ buckets }` (histogram) when a metric is registered,
+ * then `{ inc }` (counter) or `{ observe }` (histogram) for each update.
+ */
+export interface MetricOp {
+  inc?: number;
+  observe?: number;
+  buckets?: number[];
+}
+
+/** Services the node (main thread) lends to one extension; every call is already tagged with the extension by the runner's creator. */
+export interface HostServices {
+  /**
+   * Performs a store call on the extension's behalf. `args` are the `ctx.kv.<op>` arguments
+   * (values as `Uint8Array`, strings already UTF-8 encoded); `hops` is the hop count of the event
+   * being handled + 1 (1 for calls made during `initialize`/`shutdown` or outside any event).
+   * A rejection is delivered to the extension as an `Error` keeping `name`, `message` and `code`.
+   */
+  kv(op: KvOp, args: unknown[], hops: number): Promise<unknown>;
+  /** Writes one log line for the extension. */
+  log(level: LogLevel, msg: string, fields?: Record<string, unknown>): void;
+  /**
+   * Registers (`op` = `{}` / `{ buckets }`) or updates (`{ inc }` / `{ observe }`) a metric.
+   * Registration is repeated after each worker restart, so it must be idempotent.
+   */
+  metric(kind: MetricKind, name: string, help: string, op: MetricOp): void;
+}
+
+/** A watch registered by the extension during `initialize`, with every option filled in. */
+export interface RegisteredWatch {
+  /** Identifies the watch in `ExtensionRunner.invoke` (1, 2, … in registration order). */
+  readonly id: number;
+  readonly prefix: string;
+  readonly options: Required<WatchOptions>;
+}
+
+/** Why an extension could not be loaded. */
+export type LoadErrorCode = 'IMPORT_FAILED' | 'NO_INITIALIZE' | 'INITIALIZE_THREW' | 'INITIALIZE_TIMEOUT' | 'INVALID_WATCH';
+
+/**
+ * Why an invocation failed: the lambda threw/rejected (`threw`), ran past its timeout (`timeout`),
+ * its worker died (`worker-crashed`) or ran out of heap (`out-of-memory`), the runner was stopped
+ * (`stopped`) or has given up restarting its worker (`failed`).
+ */
+export type LambdaErrorKind = 'threw' | 'timeout' | 'worker-crashed' | 'out-of-memory' | 'stopped' | 'failed';
+
+/** An error flattened to cross a thread boundary. */
+export interface SerializedError {
+  name: string;
+  message: string;
+  code?: string | number;
+  stack?: string;
+  /** Set on load failures reported by the guest. */
+  loadCode?: LoadErrorCode;
+}

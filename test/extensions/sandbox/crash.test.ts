@@ -1,0 +1,125 @@
+/** Tests of worker failures: timeouts (terminate + restart, main thread stays responsive), out-of-memory, process.exit, uncaught errors, the restart budget and watch changes on restart. */
+import { afterEach, describe, expect, it } from 'vitest';
+import { ExtensionRunner, LambdaError, type RunnerOptions } from '../../../src/extensions/sandbox/index.js';
+import { FakeHost, fixture, put, rejection, waitFor } from './helpers.js';
+
+const runners: ExtensionRunner[] = [];
+afterEach(async () => {
+  await Promise.all(runners.splice(0).map((r) => r.stop()));
+});
+
+async function start(opts: Partial<RunnerOptions> = {}): Promise<{ runner: ExtensionRunner; host: FakeHost }> {
+  const host = new FakeHost();
+  const runner = await ExtensionRunner.start({ name: 'esm', modulePath: fixture('esm-ext'), host, ...opts });
+  runners.push(runner);
+  return { runner, host };
+}
+
+describe('worker runner: failures', () => {
+  it("a hanging lambda times out within ~timeoutMs, the main thread keeps ticking, the worker restarts", async () => {
+    const { runner, host } = await start();
+    let ticks = 0;
+    let last = Date.now();
+    let maxGap = 0;
+    const interval = setInterval(() => {
+      ticks++;
+      maxGap = Math.max(maxGap, Date.now() - last);
+      last = Date.now();
+    }, 10);
+    const t0 = Date.now();
+    const hanging = rejection(runner.invoke(1, put('/in/hang'), 400));
+    const bystander = rejection(runner.invoke(1, put('/in/sleep/b', '5000'), 10_000));
+    const e = await hanging;
+    const elapsed = Date.now() - t0;
+    clearInterval(interval);
+    expect(e).toBeInstanceOf(LambdaError);
+    expect(e.kind).toBe('timeout');
+    expect(e.message).toContain('400 ms');
+    expect(elapsed).toBeGreaterThanOrEqual(395);
+    expect(elapsed).toBeLessThan(1500);
+    // ~40 ticks expected: the event loop was never blocked by the spinning lambda (generous bounds for loaded CI machines)
+    expect(ticks, `ticks=${ticks} maxGap=${maxGap}`).toBeGreaterThan(8);
+    expect(maxGap, `ticks=${ticks} maxGap=${maxGap}`).toBeLessThan(300);
+    expect((await bystander).kind).toBe('worker-crashed');
+    // the next invoke waits for the restarted worker, then succeeds
+    await runner.invoke(1, put('/in/echo', 'alive'), 5000);
+    expect(host.value('/out/echo')).toBe('alive');
+    expect(runner.stats()).toMatchObject({ workerRestarts: 1, timeouts: 1, errors: 2, inFlight: 0 });
+    expect(host.callsOn('/init')).toHaveLength(2); // initialize ran again
+    expect(host.logs.some((l) => l.level === 'warn' && l.msg.includes('restarting'))).toBe(true);
+  });
+
+  it("an out-of-memory lambda rejects with 'out-of-memory' and the worker restarts", async () => {
+    const { runner, host } = await start({ resourceLimits: { maxOldGenerationSizeMb: 32, maxYoungGenerationSizeMb: 8 } });
+    const e = await rejection(runner.invoke(1, put('/in/oom'), 15_000));
+    expect(e.kind).toBe('out-of-memory');
+    await runner.invoke(1, put('/in/echo', 'recovered'), 5000);
+    expect(host.value('/out/echo')).toBe('recovered');
+    expect(runner.stats().workerRestarts).toBe(1);
+  });
+
+  it("process.exit in a lambda rejects with 'worker-crashed' and the worker restarts", async () => {
+    const { runner, host } = await start();
+    const e = await rejection(runner.invoke(1, put('/in/exit'), 5000));
+    expect(e.kind).toBe('worker-crashed');
+    expect(e.message).toContain('code 7');
+    await runner.invoke(1, put('/in/echo', 'back'), 5000);
+    expect(host.value('/out/echo')).toBe('back');
+  });
+
+  it("an uncaught asynchronous error rejects in-flight invokes with 'worker-crashed'", async () => {
+    const { runner } = await start();
+    const e = await rejection(runner.invoke(1, put('/in/uncaught'), 5000));
+    expect(e.kind).toBe('worker-crashed');
+    expect(e.message).toContain('async boom');
+    await runner.invoke(1, put('/in/echo'), 5000);
+  });
+
+  it('invokes made while restarting wait for the new worker', async () => {
+    const { runner, host } = await start();
+    const crash = rejection(runner.invoke(1, put('/in/exit'), 5000));
+    await crash;
+    expect(runner.state).toBe('restarting');
+    const results = await Promise.all([1, 2, 3].map(() => runner.invoke(1, put('/in/count'), 5000)));
+    expect(results).toEqual([undefined, undefined, undefined]);
+    expect(host.value('/out/count')).toBe('3'); // counted by the fresh worker
+  });
+
+  it("beyond maxRestartsPerMinute the runner fails and invokes reject quickly with 'failed'", async () => {
+    const { runner, host } = await start({ maxRestartsPerMinute: 1 });
+    expect((await rejection(runner.invoke(1, put('/in/exit'), 5000))).kind).toBe('worker-crashed');
+    await runner.invoke(1, put('/in/echo'), 5000); // one restart allowed
+    expect((await rejection(runner.invoke(1, put('/in/exit'), 5000))).kind).toBe('worker-crashed');
+    await waitFor(() => runner.state === 'failed');
+    expect(runner.failureReason).toContain('restarts within a minute');
+    const t0 = Date.now();
+    const e = await rejection(runner.invoke(1, put('/in/echo'), 5000));
+    expect(e.kind).toBe('failed');
+    expect(Date.now() - t0).toBeLessThan(50);
+    expect(host.logs.some((l) => l.level === 'error' && l.msg.includes('extension failed'))).toBe(true);
+    await runner.stop();
+    expect(runner.state).toBe('stopped');
+  });
+
+  it('a restart that registers different watches counts as a failed restart', async () => {
+    const host = new FakeHost();
+    host.set('/boot', '1');
+    const runner = await ExtensionRunner.start({ name: 'chg', modulePath: fixture('changing-watches'), host, maxRestartsPerMinute: 2 });
+    runners.push(runner);
+    expect(runner.watches.map((w) => w.prefix)).toEqual(['/v1/']);
+    host.set('/boot', '2');
+    expect((await rejection(runner.invoke(1, put('/v1/crash'), 5000))).kind).toBe('worker-crashed');
+    await waitFor(() => runner.state === 'failed', 10_000);
+    expect(host.logs.some((l) => l.msg.includes('watch 1 changed after the restart'))).toBe(true);
+    expect(runner.stats().workerRestarts).toBe(2);
+  });
+
+  it('stop() during a restart terminates the new worker', async () => {
+    const { runner } = await start();
+    await rejection(runner.invoke(1, put('/in/exit'), 5000));
+    const queued = rejection(runner.invoke(1, put('/in/echo'), 5000));
+    await runner.stop();
+    expect((await queued).kind).toBe('stopped');
+    expect(runner.state).toBe('stopped');
+  });
+});
