@@ -83,6 +83,7 @@ export class WatchDispatcher {
   /** All events up to here were received (the watch has seen every revision <= it). */
   private seenUpTo = 0;
   private persistedCursor = 0;
+  private deliveredAtPersist = 0;
   private persisting = false;
   private drainCb: (() => void) | undefined;
   private stopped = false;
@@ -268,14 +269,21 @@ export class WatchDispatcher {
     this.stats.backlog = this.queue.length;
   }
 
-  /** Replicates the cursor if it moved (at most one write in flight). */
+  /**
+   * Replicates the cursor if events were handled since the last write (at most one write in
+   * flight). Progress alone does not write: the cursor's own write is a new revision, which
+   * would otherwise keep an idle watch writing forever.
+   */
   private async persistCursor(): Promise<void> {
     if (this.persisting || this.stats.cursor <= this.persistedCursor) return;
+    if (this.stats.delivered === this.deliveredAtPersist) return;
     this.persisting = true;
     const c = this.stats.cursor;
+    const delivered = this.stats.delivered;
     try {
       await this.host.put(cursorKey(this.extension, this.watch), new TextEncoder().encode(String(c)));
       this.persistedCursor = Math.max(this.persistedCursor, c);
+      this.deliveredAtPersist = delivered;
     } catch {
       // leadership moved or a transient error: the next tick retries
     } finally {

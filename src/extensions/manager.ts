@@ -298,8 +298,9 @@ export class ExtensionManager {
       );
       const saved = data.sm.get(cursorKey(name, w));
       const cursor = saved ? Number(new TextDecoder().decode(saved.value)) || 0 : 0;
-      // A watch never delivered before starts from now: it sees changes made after it was loaded.
-      d.start(saved ? cursor : data.sm.revision);
+      // A watch never delivered before starts where the extension was registered: it sees every
+      // change made after `load` returned, whichever node leads the shard.
+      d.start(saved ? cursor : Math.max(0, (l.record.startRevision ?? data.sm.revision + 1) - 1));
       l.dispatchers.push(d);
     }
   }
@@ -450,9 +451,12 @@ export class ExtensionManager {
       for (let i = 0; i < chunks.length; i++) {
         await this.node.execute(META_GROUP, { type: 'put', key: chunkKey(name, generation, i), value: chunks[i]! }, deadline());
       }
+      // A linearizable read makes the start point no older than any write acknowledged so far.
+      const startRevision = await this.dataRevision();
       const record: ExtensionRecord = {
         name,
         version: info.version,
+        startRevision: previous?.startRevision ?? startRevision,
         generation,
         sha256: packageDigest(tgz),
         size: tgz.length,
@@ -469,6 +473,21 @@ export class ExtensionManager {
     } finally {
       await rm(staging, { recursive: true, force: true });
     }
+  }
+
+  /** The data shard's current revision + 1, read through its leader when it is elsewhere. */
+  private async dataRevision(): Promise<number> {
+    const data = this.dataReplica();
+    if (data.isLeader) {
+      await this.node.readable('linearizable', { deadlineMs: Date.now() + 10_000 }, DATA_GROUP);
+      return data.sm.revision + 1;
+    }
+    // Not the data leader: the local replica may lag a little behind; wait briefly for it to
+    // catch up with the leader's commit index so the start point is close to "now".
+    const target = data.raw.raft.log.committed;
+    const until = Date.now() + 2000;
+    while (data.sm.appliedIndex < target && Date.now() < until) await new Promise((r) => setTimeout(r, 5));
+    return data.sm.revision + 1;
   }
 
   /** Unloads an extension cluster-wide (on the metadata leader). Resolves false when it was not loaded. */

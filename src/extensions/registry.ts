@@ -27,6 +27,11 @@ export interface ExtensionRecord {
   /** Run lambdas in the node's own thread (trusted, latency-critical). Default false: worker threads. */
   readonly inProcess?: boolean;
   readonly loadedAtMs: number;
+  /**
+   * The data shard's revision when the extension was first registered: a watch with no
+   * delivery cursor yet starts there, so changes made once `load` returned are never missed.
+   */
+  readonly startRevision?: number;
 }
 
 /** Extension names: lowercase letters, digits, `.`, `_`, `-`; 1 to 64 characters. */

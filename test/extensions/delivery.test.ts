@@ -78,10 +78,15 @@ describe('delivery', () => {
     latencies.sort((a, b) => a - b);
     // All 100 writes succeeded while the lambdas misbehaved; report the spread (not asserted as a timing bound).
     console.log(`puts during misbehaving lambdas: p50 ${latencies[50]!.toFixed(1)} ms, max ${latencies[99]!.toFixed(1)} ms, total ${Date.now() - t0} ms`);
-    const letters = await c.until(async () => {
-      const items = await c.list('/_dlq/it-misbehave/');
-      return items.length >= 3 ? items : undefined;
-    }, 30_000);
+    const letters = await c
+      .until(async () => {
+        const items = await c.list('/_dlq/it-misbehave/');
+        return items.length >= 3 ? items : undefined;
+      }, 30_000)
+      .catch(async (e: unknown) => {
+        console.log('DLQ so far', JSON.stringify(await c.list('/_dlq/it-misbehave/')), JSON.stringify(c.managers.map((m) => m.statuses().find((s) => s.name === 'it-misbehave'))));
+        throw e;
+      });
     // One dead letter per bad key. The three share one worker, so a lambda in flight when the
     // worker is restarted (after the hang's timeout or the allocation's heap limit) reports
     // 'worker-crashed' rather than its own failure.

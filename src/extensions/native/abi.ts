@@ -1,0 +1,35 @@
+/** The TypeScript mirror of the constants of `extensions/native/kvcascade.h` (a test keeps the two in sync). */
+
+import type { EventType } from '../api.js';
+
+/** The native ABI version this host speaks; a library's `kvc_abi_version()` must return exactly this. */
+export const KVC_ABI_VERSION = 1;
+
+/** Return codes of the host functions, `kvc_initialize` and lambdas (`KVC_*` in the header). */
+export const KvcStatus = {
+  OK: 0,
+  NOT_FOUND: 1,
+  ERR_INVALID: -1,
+  ERR_STATE: -2,
+  ERR_UNSUPPORTED: -3,
+  ERR_TOO_LARGE: -4,
+  ERR_TIMEOUT: -5,
+  ERR_IO: -6,
+  ERR_CONFLICT: -7,
+  ERR_NOMEM: -8,
+} as const;
+
+/** One of the {@link KvcStatus} values. */
+export type KvcStatusCode = (typeof KvcStatus)[keyof typeof KvcStatus];
+
+/** `kvc_event_type`: the native code of each event type. */
+export const KvcEventType: Readonly<Record<EventType, number>> = { put: 1, delete: 2, trigger: 3 };
+
+/** `kvc_log_level`: the native log levels, in order. */
+export const KvcLogLevel = { DEBUG: 0, INFO: 1, WARN: 2, ERROR: 3 } as const;
+
+/** The header's name for a return code (`KVC_ERR_TIMEOUT`), or `code N` for an unknown one. */
+export function kvcStatusName(code: number): string {
+  for (const [name, value] of Object.entries(KvcStatus)) if (value === code) return `KVC_${name}`;
+  return `code ${code}`;
+}
