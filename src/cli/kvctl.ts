@@ -5,6 +5,7 @@ import { realpathSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { pathToFileURL } from 'node:url';
 import { Command, CommanderError, InvalidArgumentError } from 'commander';
+import { registerExtCommands, resolveAdminToken } from './ext-commands.js';
 import { KvClient, KvError, CompactedError, type KvItem, type KvNodeStatus } from '../client/index.js';
 
 /** Endpoints used when neither `--endpoints` nor KVCASCADE_ENDPOINTS is given: the local cluster `npm start` runs. */
@@ -107,6 +108,7 @@ interface GlobalOptions {
   endpoints?: string;
   json?: boolean;
   timeout: number;
+  adminToken?: string;
 }
 
 async function readAll(source: AsyncIterable<Uint8Array | string>): Promise<Uint8Array> {
@@ -154,6 +156,7 @@ export async function main(argv: readonly string[], io: KvctlIo = {}): Promise<n
     .option('--endpoints <list>', `comma-separated host:port list (default: $KVCASCADE_ENDPOINTS, else ${DEFAULT_ENDPOINTS})`)
     .option('--json', 'print one JSON document per result')
     .option('--timeout <ms>', 'timeout of each request in ms, retries included', positive('--timeout'), 10_000)
+    .option('--admin-token <token>', 'admin token for `ext` commands (default: $KVCASCADE_ADMIN_TOKEN, else ./.data/admin-token)')
     .exitOverride()
     .showSuggestionAfterError(false)
     .configureOutput({
@@ -371,6 +374,27 @@ export async function main(argv: readonly string[], io: KvctlIo = {}): Promise<n
         out.write(formatTable(['ENDPOINT', 'NODE', 'GROUP', 'LEADER', 'TERM', 'ROLE', 'COMMIT', 'APPLIED', 'REVISION'], rows));
       }
     });
+
+  registerExtCommands(program, {
+    out,
+    json,
+    print,
+    formatTable,
+    endpoints: () =>
+      (globals().endpoints ?? env.KVCASCADE_ENDPOINTS ?? DEFAULT_ENDPOINTS)
+        .split(',')
+        .map((x) => x.trim())
+        .filter((x) => x.length > 0),
+    adminToken: () => {
+      const t = resolveAdminToken(globals().adminToken, env);
+      if (!t) throw new CliFailure('UNAUTHENTICATED', 'admin token required: --admin-token, $KVCASCADE_ADMIN_TOKEN or ./.data/admin-token', EXIT.USAGE);
+      return t;
+    },
+    timeoutMs: () => globals().timeout,
+    fail: (code) => {
+      exitCode = code;
+    },
+  });
 
   try {
     await program.parseAsync([...argv], { from: 'user' });
