@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import { KvClient } from '../../src/client/index.js';
+import { KvClient, type KvClientTlsOptions } from '../../src/client/index.js';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 /** The compiled kvd entry point (built by `npm test` before the tests run). */
@@ -50,6 +50,8 @@ export interface ClusterOptions {
   readonly electionTicks?: number;
   readonly snapshotEvery?: number;
   readonly extraArgs?: readonly string[];
+  /** TLS settings for the test's clients (when the nodes serve TLS). */
+  readonly tls?: KvClientTlsOptions;
 }
 
 /** A cluster of real kvd processes. */
@@ -152,7 +154,7 @@ export class KvdCluster {
 
   /** A client over every endpoint (closed by `stop`). */
   client(endpoints: string[] = this.endpoints): KvClient {
-    const c = new KvClient({ endpoints, defaultDeadlineMs: 5000 });
+    const c = new KvClient({ endpoints, defaultDeadlineMs: 5000, ...(this.opts.tls ? { tls: this.opts.tls } : {}) });
     this.clients.push(c);
     return c;
   }
@@ -160,7 +162,7 @@ export class KvdCluster {
   /** Polls Status until a live node reports a leader for group 1 that is alive; returns its id. */
   async waitForLeader(timeoutMs = 20_000, exclude: readonly number[] = []): Promise<number> {
     const deadline = Date.now() + timeoutMs;
-    const c = new KvClient({ endpoints: this.endpoints, defaultDeadlineMs: 1000 });
+    const c = new KvClient({ endpoints: this.endpoints, defaultDeadlineMs: 1000, ...(this.opts.tls ? { tls: this.opts.tls } : {}) });
     try {
       while (Date.now() < deadline) {
         for (const n of this.nodes) {
