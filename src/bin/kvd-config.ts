@@ -15,11 +15,21 @@ export interface KvdConfig {
   electionTicks: number;
   snapshotEveryEntries: number;
   retentionMs: number;
+  /** Extensions this node makes sure are loaded (registered cluster-wide) at start. */
+  extensions: ConfiguredExtension[];
   /** Token required for admin operations (extension load/unload); unset = admin disabled. */
   adminToken?: string;
   tlsCert?: string;
   tlsKey?: string;
   tlsCa?: string;
+}
+
+/** An extension listed in the node's configuration. */
+export interface ConfiguredExtension {
+  /** Folder (with package.json) or .tgz. */
+  path: string;
+  name?: string;
+  config?: Record<string, unknown>;
 }
 
 function parsePeers(s: string): Map<number, string> {
@@ -55,6 +65,7 @@ export function parseConfig(argv: string[]): KvdConfig {
     .option('--election-ticks <n>', 'ticks before a follower campaigns', int('--election-ticks'))
     .option('--snapshot-every <entries>', 'take a snapshot after this many applied entries', int('--snapshot-every'))
     .option('--retention-ms <ms>', 'keep old versions this long (0 = bounded only by history limits)', int('--retention-ms'))
+    .option('--extension <path>', 'load this extension folder or .tgz at start (repeatable; the config file takes {path, name, config} objects)', (v: string, prev: string[] = []) => [...prev, v])
     .option('--admin-token <token>', 'token required for admin operations such as loading extensions (or env KVCASCADE_ADMIN_TOKEN)')
     .option('--admin-token-file <file>', 'read the admin token from a file')
     .option('--tls-cert <file>', 'PEM certificate for client and peer TLS')
@@ -87,7 +98,8 @@ export function parseConfig(argv: string[]): KvdConfig {
     tickMs: Number(pick('tickMs', 100)),
     electionTicks: Number(pick('electionTicks', 10)),
     snapshotEveryEntries: Number(pick('snapshotEvery', 20000)),
-    retentionMs: Number(pick('retentionMs', 0)),
+    retentionMs: Number(pick('retentionMs', 3_600_000)),
+    extensions: parseExtensions(o.extension, file.extensions),
   };
   const tokenFile = pick<string | undefined>('adminTokenFile', undefined);
   const token = pick<string | undefined>('adminToken', undefined) ?? (tokenFile ? readFileSync(tokenFile, 'utf8').trim() : undefined) ?? process.env.KVCASCADE_ADMIN_TOKEN;
@@ -102,3 +114,23 @@ export function parseConfig(argv: string[]): KvdConfig {
   return cfg;
 }
 
+
+function parseExtensions(flags: unknown, fromFile: unknown): ConfiguredExtension[] {
+  const out: ConfiguredExtension[] = [];
+  for (const f of (flags as string[] | undefined) ?? []) out.push({ path: resolve(f) });
+  if (fromFile !== undefined) {
+    if (!Array.isArray(fromFile)) throw new Error('"extensions" in the config file must be a list');
+    for (const e of fromFile as unknown[]) {
+      if (typeof e === 'string') out.push({ path: resolve(e) });
+      else if (e && typeof e === 'object' && typeof (e as { path?: unknown }).path === 'string') {
+        const x = e as { path: string; name?: unknown; config?: unknown };
+        out.push({
+          path: resolve(x.path),
+          ...(typeof x.name === 'string' ? { name: x.name } : {}),
+          ...(x.config && typeof x.config === 'object' ? { config: x.config as Record<string, unknown> } : {}),
+        });
+      } else throw new Error('each entry of "extensions" needs a "path"');
+    }
+  }
+  return out;
+}

@@ -9,6 +9,7 @@ import { parseConfig, type KvdConfig } from './kvd-config.js';
 import { ExtensionManager } from '../extensions/manager.js';
 import { adminBackend } from './admin-backend.js';
 import { addAdminService } from '../server/admin-service.js';
+import { ensureConfiguredExtensions } from './configured-extensions.js';
 import { GrpcPeerTransport } from '../node/grpc-transport.js';
 import { NodeMetrics } from '../node/metrics.js';
 import { LevelEngine } from '../storage/kv-engine.js';
@@ -75,6 +76,7 @@ async function main(): Promise<void> {
   const m = await metrics.serve(cfg.metricsPort);
   node.start();
   extensions.start();
+  const configured = ensureConfiguredExtensions(cfg, node, extensions, log);
   log.info({ listen: cfg.listen, port, metricsPort: m.port, dataDir: cfg.dataDir, peers: Object.fromEntries(cfg.peers) }, 'kvd started');
   // A machine-readable readiness line for supervisors and tests.
   process.stdout.write(`${JSON.stringify({ event: 'ready', id: cfg.id, port, metricsPort: m.port })}\n`);
@@ -84,6 +86,7 @@ async function main(): Promise<void> {
     if (stopping) return;
     stopping = true;
     log.info({ signal }, 'stopping');
+    configured.stop();
     services.close();
     await extensions.stop().catch(() => {});
     server.forceShutdown();
