@@ -11,6 +11,8 @@ import { KvcStatus, kvcStatusName } from './abi.js';
  * half (serveSyncKv) has awaited the real store and written the answer into a SharedArrayBuffer.
  * Only the worker ever blocks: the main thread just handles a message and awaits a promise, so it
  * stays responsive. A native lambda therefore holds its worker (not the node) while it waits.
+ * Each request may carry a hop count (client option `hops`), which serveSyncKvCalls hands to the
+ * store so that loop protection also covers native writes.
  *
  * Shared buffer layout (one buffer per client; one request in flight at a time):
  *   Int32 word 0  STATE   0 idle | id > 0 request `id` pending | -1 main thread writing | -2 answer ready
@@ -79,6 +81,12 @@ export interface SyncKvClientOptions {
   readonly timeoutMs?: number;
   /** Size of the shared data area: larger values fail with KVC_ERR_TOO_LARGE (default 1 MiB, the store's own value limit). */
   readonly maxValueBytes?: number;
+  /**
+   * Called at each get/put; the hop count it returns travels with the request (see
+   * {@link SyncKvCall.hops}), so the main thread can apply loop protection to native writes. The
+   * extension runner passes the hop count of the event being handled + 1 (1 during initialize).
+   */
+  readonly hops?: () => number;
 }
 
 /** Default {@link SyncKvClientOptions.timeoutMs}. */
@@ -107,6 +115,8 @@ interface SyncKvRequest {
   readonly key: string;
   readonly value?: Uint8Array;
   readonly sab: SharedArrayBuffer;
+  /** The hop count given by {@link SyncKvClientOptions.hops} (absent without it). */
+  readonly hops?: number;
 }
 
 function isRequest(m: unknown): m is SyncKvRequest {
@@ -125,6 +135,7 @@ export function createSyncKvClient(port?: SyncKvRequestPort, options: SyncKvClie
   const target = port ?? parentPort;
   if (!target) throw new Error('createSyncKvClient: no port given and no parentPort');
   const timeoutMs = options.timeoutMs ?? DEFAULT_SYNC_KV_TIMEOUT_MS;
+  const hopsOf = options.hops;
   const capacity = Math.max(MIN_CAPACITY, options.maxValueBytes ?? DEFAULT_SYNC_KV_MAX_VALUE_BYTES);
   if (!(timeoutMs > 0)) throw new RangeError('timeoutMs must be > 0');
 
@@ -140,11 +151,17 @@ export function createSyncKvClient(port?: SyncKvRequestPort, options: SyncKvClie
       throw new SyncKvError(KvcStatus.ERR_TOO_LARGE, `value of ${value.byteLength} bytes exceeds the ${capacity}-byte bridge buffer`);
     }
     if (Atomics.load(words, STATE) !== IDLE) throw new SyncKvError(KvcStatus.ERR_STATE, 'a sync kv call is already in flight');
+    let hops: number | undefined;
+    if (hopsOf) {
+      hops = hopsOf();
+      if (!Number.isSafeInteger(hops) || hops < 0) throw new SyncKvError(KvcStatus.ERR_STATE, `invalid hop count ${String(hops)}`);
+    }
     lastId = lastId >= MAX_ID ? 1 : lastId + 1;
     const id = lastId;
     Atomics.store(words, STATE, id);
     // slice(): post only these bytes (cloning a view would copy its whole backing buffer).
-    const request: SyncKvRequest = value ? { tag: TAG, id, op, key, value: value.slice(), sab } : { tag: TAG, id, op, key, sab };
+    const base = { tag: TAG, id, op, key, sab, ...(hops === undefined ? {} : { hops }) } as const;
+    const request: SyncKvRequest = value ? { ...base, value: value.slice() } : base;
     try {
       target.postMessage(request);
     } catch (err) {
@@ -204,6 +221,28 @@ export interface SyncKvServer {
   close(): void;
 }
 
+/** One request as the main-thread half hands it to a {@link SyncKvHandler}. */
+export interface SyncKvCall {
+  /** The key of the get/put. */
+  readonly key: string;
+  /**
+   * The hop count the worker attached ({@link SyncKvClientOptions.hops}); undefined when the client
+   * was created without `hops`.
+   */
+  readonly hops: number | undefined;
+}
+
+/**
+ * What {@link serveSyncKvCalls} performs each request with. Results and errors are mapped as by
+ * {@link serveSyncKv}.
+ */
+export interface SyncKvHandler {
+  /** Reads `call.key`. */
+  get(call: SyncKvCall): Promise<{ found: boolean; value?: Uint8Array | undefined; version: number }>;
+  /** Writes `value` at `call.key`. */
+  put(call: SyncKvCall, value: Uint8Array): Promise<{ succeeded: boolean; version: number; currentVersion: number }>;
+}
+
 /**
  * The main-thread half: answers the requests that {@link createSyncKvClient} posts on `port` (a
  * `Worker`, or the MessagePort paired with the worker's) by awaiting `kv` and writing the result
@@ -212,9 +251,23 @@ export interface SyncKvServer {
  * Other messages on `port` are ignored.
  */
 export function serveSyncKv(port: SyncKvServePort, kv: SyncKvBackend): SyncKvServer {
+  return serveSyncKvCalls(port, {
+    get: (call) => kv.get(call.key),
+    put: (call, value) => kv.put(call.key, value),
+  });
+}
+
+/**
+ * Like {@link serveSyncKv}, but each request goes to `handler` with its {@link SyncKvCall} (key and
+ * the hop count the worker attached), e.g. to forward it to the extension runner's host services.
+ * After `close()`, requests still being handled are left unanswered (the worker times out).
+ */
+export function serveSyncKvCalls(port: SyncKvServePort, handler: SyncKvHandler): SyncKvServer {
   const encoder = new TextEncoder();
+  let closed = false;
 
   const answer = (req: SyncKvRequest, status: number, version: number, bytes: Uint8Array | string): void => {
+    if (closed) return;
     const words = new Int32Array(req.sab, 0, 4);
     if (Atomics.compareExchange(words, STATE, req.id, WRITING) !== req.id) return; // the worker timed out
     const data = new Uint8Array(req.sab, HEADER_BYTES);
@@ -237,12 +290,14 @@ export function serveSyncKv(port: SyncKvServePort, kv: SyncKvBackend): SyncKvSer
 
   const handle = async (req: SyncKvRequest): Promise<void> => {
     try {
+      if (typeof req.key !== 'string') throw new TypeError('malformed sync kv request: the key must be a string');
+      const call: SyncKvCall = { key: req.key, hops: typeof req.hops === 'number' ? req.hops : undefined };
       if (req.op === 'get') {
-        const r = await kv.get(req.key);
+        const r = await handler.get(call);
         if (r.found) answer(req, KvcStatus.OK, r.version, r.value ?? new Uint8Array());
         else answer(req, KvcStatus.NOT_FOUND, 0, new Uint8Array());
       } else {
-        const r = await kv.put(req.key, req.value ?? new Uint8Array());
+        const r = await handler.put(call, req.value instanceof Uint8Array ? req.value : new Uint8Array());
         if (r.succeeded) answer(req, KvcStatus.OK, r.version, new Uint8Array());
         else answer(req, KvcStatus.ERR_CONFLICT, r.currentVersion, `put ${req.key} refused (current version ${r.currentVersion})`);
       }
@@ -252,8 +307,14 @@ export function serveSyncKv(port: SyncKvServePort, kv: SyncKvBackend): SyncKvSer
   };
 
   const listener = (message: unknown): void => {
-    if (isRequest(message)) void handle(message);
+    if (!closed && isRequest(message)) void handle(message);
   };
   port.on('message', listener);
-  return { close: () => void port.off('message', listener) };
+  return {
+    close: () => {
+      if (closed) return;
+      closed = true;
+      port.off('message', listener);
+    },
+  };
 }

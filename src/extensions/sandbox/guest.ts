@@ -20,6 +20,12 @@ export class GuestLoadError extends Error {
   }
 }
 
+/**
+ * Where `Guest.load` gets the extension: a module URL to `import()`, or (native packages) a
+ * description for messages and a function producing the module namespace / ExtensionModule.
+ */
+export type ModuleSource = string | { readonly describe: string; readonly load: () => Promise<unknown> };
+
 /** The functions an extension module provides, with the object to call them on. */
 interface LoadedModule {
   initialize: (ctx: ExtensionContext) => unknown;
@@ -91,21 +97,22 @@ export class Guest {
   ) {}
 
   /**
-   * Imports `moduleUrl`, runs `initialize(ctx)` and returns the watches it registered. Rejects with
-   * `GuestLoadError` (IMPORT_FAILED, NO_INITIALIZE, INITIALIZE_THREW or INVALID_WATCH).
-   * `onImported` is called between the import and `initialize`.
+   * Imports `source` (a module URL, or a loader for native packages), runs `initialize(ctx)` and
+   * returns the watches it registered. Rejects with `GuestLoadError` (IMPORT_FAILED, NO_INITIALIZE,
+   * INITIALIZE_THREW or INVALID_WATCH). `onImported` is called between the import and `initialize`.
    */
-  async load(moduleUrl: string, onImported?: () => void): Promise<RegisteredWatch[]> {
+  async load(source: ModuleSource, onImported?: () => void): Promise<RegisteredWatch[]> {
+    const what = typeof source === 'string' ? source : source.describe;
     let ns: unknown;
     try {
-      ns = await import(moduleUrl);
+      ns = typeof source === 'string' ? await import(source) : await source.load();
     } catch (e) {
-      throw new GuestLoadError('IMPORT_FAILED', `cannot import ${moduleUrl}: ${errorMessage(e)}`, { cause: e });
+      throw new GuestLoadError('IMPORT_FAILED', `cannot ${typeof source === 'string' ? 'import' : 'load'} ${what}: ${errorMessage(e)}`, { cause: e });
     }
     onImported?.();
     const mod = findModule(ns);
     if (!mod) {
-      throw new GuestLoadError('NO_INITIALIZE', `${moduleUrl} exports no initialize() function (neither as a named export nor on its default export / module.exports)`);
+      throw new GuestLoadError('NO_INITIALIZE', `${what} exports no initialize() function (neither as a named export nor on its default export / module.exports)`);
     }
     this.module = mod;
     const ctx = this.context();
@@ -146,8 +153,17 @@ export class Guest {
     await this.hopScope.run({ hops: 0 }, () => fn.call(mod.self));
   }
 
+  /**
+   * The hop count a store call made now carries: the hop count of the event being handled + 1
+   * (1 during initialize/shutdown or outside any event). Also used by the native adapter's
+   * synchronous store calls, which run inside the lambda's call.
+   */
+  kvHops(): number {
+    return (this.hopScope.getStore()?.hops ?? 0) + 1;
+  }
+
   private kvCall(op: KvOp, args: unknown[]): Promise<unknown> {
-    const hops = (this.hopScope.getStore()?.hops ?? 0) + 1;
+    const hops = this.kvHops();
     try {
       if (typeof args[0] !== 'string') throw new TypeError(`ctx.kv.${op}: the ${op === 'list' ? 'prefix' : 'key'} must be a string`);
       return this.link.kv(op, trimArgs(args), hops);

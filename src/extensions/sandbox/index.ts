@@ -2,5 +2,5 @@
 export { ExtensionRunner, RUNNER_DEFAULTS, type RunnerOptions, type RunnerState, type RunnerStats } from './runner.js';
 export { ExtensionLoadError, LambdaError } from './errors.js';
 export { WATCH_DEFAULTS, InvalidWatchError, normalizeWatch } from './watch-options.js';
-export { resolveExtensionEntry } from './resolve.js';
+export { resolveExtension, resolveExtensionEntry, type ResolvedExtension } from './resolve.js';
 export type { HostServices, KvOp, LambdaErrorKind, LoadErrorCode, LogLevel, MetricKind, MetricOp, RegisteredWatch } from './types.js';

@@ -3,14 +3,25 @@ import type { ExtensionEvent } from '../api.js';
 import type { KvOp, LogLevel, MetricKind, MetricOp, RegisteredWatch, SerializedError } from './types.js';
 
 /**
+ * How the worker loads a native (C ABI) package instead of importing `moduleUrl`: with
+ * `loadNativeExtensionPackage(packageDir, { syncKv })`, where `syncKv` is a sync kv bridge client
+ * on the worker's parentPort (served by the WorkerBackend) with this timeout per call.
+ */
+export interface NativeInit {
+  packageDir: string;
+  kvTimeoutMs: number;
+}
+
+/**
  * Main thread → worker.
- * - `init`: import `moduleUrl` and run `initialize` (answered by `imported`, then `ready` or `init-failed`).
+ * - `init`: import `moduleUrl` (or load the native package `native`) and run `initialize`
+ *   (answered by `imported`, then `ready` or `init-failed`).
  * - `invoke`: run the lambda of watch `watchId` on `event` (answered by `done` with the same `id`).
  * - `kv-result`: the answer to the worker's `kv` request `id`.
  * - `shutdown`: run the module's `shutdown()` (answered by `shutdown-done`).
  */
 export type ToWorker =
-  | { t: 'init'; name: string; moduleUrl: string; config: Record<string, unknown> }
+  | { t: 'init'; name: string; moduleUrl: string; config: Record<string, unknown>; native?: NativeInit }
   | { t: 'invoke'; id: number; watchId: number; event: ExtensionEvent }
   | { t: 'kv-result'; id: number; ok: true; value: unknown }
   | { t: 'kv-result'; id: number; ok: false; error: SerializedError }

@@ -1,4 +1,4 @@
-/** Resolves an extension's location (a folder with package.json, or a file) to the file URL to import. */
+/** Resolves an extension's location (a folder with package.json, or a file) to the file URL to import, or to the shared library of a native package. */
 import { readFile, stat } from 'node:fs/promises';
 import { dirname, extname, join, resolve as resolvePath } from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -49,6 +49,44 @@ async function resolveMain(dir: string, main: string): Promise<string | undefine
     for (const f of ['index.js', 'index.mjs', 'index.cjs']) if (await isFile(join(base, f))) return join(base, f);
   }
   return undefined;
+}
+
+/** What an extension location holds: a JS module to import, or a native (C ABI) package. */
+export type ResolvedExtension =
+  | { readonly kind: 'module'; readonly url: string }
+  | {
+      readonly kind: 'native';
+      /** The package folder (absolute), to hand to `loadNativeExtensionPackage`. */
+      readonly packageDir: string;
+      /** The shared library its package.json declares (absolute; may not exist yet, e.g. not built). */
+      readonly library: string;
+    };
+
+/**
+ * Tells a native package from a JS one: a folder whose package.json has `"kvcascade": { "native":
+ * "<path of the .so>" }` is native (the library path is resolved against the folder, not checked);
+ * anything else resolves like {@link resolveExtensionEntry}. Throws an `Error` saying what is wrong.
+ */
+export async function resolveExtension(modulePath: string): Promise<ResolvedExtension> {
+  const abs = resolvePath(modulePath);
+  const pkgPath = join(abs, 'package.json');
+  if ((await isDir(abs)) && (await isFile(pkgPath))) {
+    let pkg: unknown;
+    try {
+      pkg = JSON.parse(await readFile(pkgPath, 'utf8'));
+    } catch (e) {
+      throw new Error(`${pkgPath} is not valid JSON: ${(e as Error).message}`);
+    }
+    const kvc = pkg !== null && typeof pkg === 'object' ? (pkg as { kvcascade?: unknown }).kvcascade : undefined;
+    const native = kvc !== null && typeof kvc === 'object' ? (kvc as { native?: unknown }).native : undefined;
+    if (native !== undefined) {
+      if (typeof native !== 'string' || native === '') {
+        throw new Error(`${pkgPath}: "kvcascade.native" must be the path of the shared library (e.g. "build/libext.so")`);
+      }
+      return { kind: 'native', packageDir: abs, library: resolvePath(abs, native) };
+    }
+  }
+  return { kind: 'module', url: await resolveExtensionEntry(abs) };
 }
 
 /**

@@ -1,9 +1,12 @@
-/** ExtensionRunner: loads one extension and runs its lambdas, isolated in a worker thread (default) or in-process (trusted mode). */
+/** ExtensionRunner: loads one extension (a JS module or a native C-ABI package) and runs its lambdas, isolated in a worker thread (default) or in-process (trusted mode, JS only). */
+import { stat } from 'node:fs/promises';
+import { pathToFileURL } from 'node:url';
 import type { ExtensionEvent } from '../api.js';
+import { DEFAULT_SYNC_KV_TIMEOUT_MS } from '../native/sync-kv-bridge.js';
 import type { Backend, BackendEvents } from './backend.js';
 import { ExtensionLoadError, LambdaError } from './errors.js';
 import { InProcessBackend } from './in-process-backend.js';
-import { resolveExtensionEntry } from './resolve.js';
+import { resolveExtension, type ResolvedExtension } from './resolve.js';
 import { errorMessage } from './transfer.js';
 import type { HostServices, LogLevel, RegisteredWatch } from './types.js';
 import { WorkerBackend, type WorkerLimits } from './worker-backend.js';
@@ -13,7 +16,11 @@ import { workerEntryUrl } from './worker-url.js';
 export interface RunnerOptions {
   /** The extension's name (`ctx.name`, error messages). */
   name: string;
-  /** A folder with a package.json (ESM or CommonJS, with its own node_modules) or a module file. */
+  /**
+   * A folder with a package.json (ESM or CommonJS, with its own node_modules) or a module file. A
+   * folder whose package.json has `"kvcascade": { "native": "<path of the .so>" }` is a native
+   * extension (C ABI, `extensions/native/kvcascade.h`): worker mode only.
+   */
   modulePath: string;
   /** The extension's configuration (`ctx.config`); must be structured-cloneable. Default `{}`. */
   config?: Record<string, unknown>;
@@ -29,6 +36,11 @@ export interface RunnerOptions {
   initializeTimeoutMs?: number;
   /** Limit for the module's `shutdown()` during `stop()`, in ms. */
   shutdownTimeoutMs?: number;
+  /**
+   * Native extensions: how long one blocking store call (host->get/put) may hold the worker waiting
+   * for `host.kv`, in ms; past it the call returns KVC_ERR_TIMEOUT to the C code.
+   */
+  nativeKvTimeoutMs?: number;
 }
 
 /** The defaults of `RunnerOptions`. */
@@ -40,6 +52,7 @@ export const RUNNER_DEFAULTS = Object.freeze({
   maxRestartsPerMinute: 30,
   initializeTimeoutMs: 30_000,
   shutdownTimeoutMs: 5_000,
+  nativeKvTimeoutMs: DEFAULT_SYNC_KV_TIMEOUT_MS,
 });
 
 /**
@@ -84,6 +97,7 @@ interface Resolved {
   maxRestartsPerMinute: number;
   initializeTimeoutMs: number;
   shutdownTimeoutMs: number;
+  nativeKvTimeoutMs: number;
 }
 
 const MAX_TIMER_MS = 2 ** 31 - 1;
@@ -118,6 +132,7 @@ function resolveOptions(o: RunnerOptions): Resolved {
     maxRestartsPerMinute: checkNumber('maxRestartsPerMinute', o.maxRestartsPerMinute, RUNNER_DEFAULTS.maxRestartsPerMinute, 0),
     initializeTimeoutMs: checkNumber('initializeTimeoutMs', o.initializeTimeoutMs, RUNNER_DEFAULTS.initializeTimeoutMs, 1),
     shutdownTimeoutMs: checkNumber('shutdownTimeoutMs', o.shutdownTimeoutMs, RUNNER_DEFAULTS.shutdownTimeoutMs, 1),
+    nativeKvTimeoutMs: checkNumber('nativeKvTimeoutMs', o.nativeKvTimeoutMs, RUNNER_DEFAULTS.nativeKvTimeoutMs, 1),
   };
 }
 
@@ -154,6 +169,17 @@ function freezeWatch(w: RegisteredWatch): RegisteredWatch {
  * invocation but cannot stop the lambda (a synchronous infinite loop blocks the node), memory is
  * not limited, and an uncaught error thrown asynchronously by the extension reaches the process.
  *
+ * Native extensions (a package whose package.json has `kvcascade.native`): the worker loads the
+ * shared library with the native adapter (`loadNativeExtensionPackage`) and runs it like a JS
+ * module: the watches its `kvc_initialize` registers are the runner's `watches`, a C lambda
+ * returning non-zero rejects with kind `threw`. Its host->get/put block the worker on a sync kv
+ * bridge served here by `host.kv` (with the hop count of the event being handled + 1, or 1 during
+ * initialize), each bounded by `nativeKvTimeoutMs`. In-process mode refuses native packages
+ * (`IMPORT_FAILED`): a blocking bridge cannot be served on the thread it blocks. A crash in the C
+ * code (segfault) takes the whole process down; code stuck in C (not in a store call) cannot be
+ * terminated. One library file is loaded once per process: two runners on the same file share its
+ * C globals, so do not run them at once.
+ *
  * Not a security boundary: a worker shares the process (file system, network, `process.kill`,
  * ArrayBuffer memory), and hop counting relies on the worker's cooperation.
  */
@@ -172,7 +198,7 @@ export class ExtensionRunner {
 
   private constructor(
     private readonly o: Resolved,
-    private readonly moduleUrl: string,
+    private readonly entry: ResolvedExtension,
     private readonly entryUrl: URL | undefined,
   ) {}
 
@@ -180,14 +206,35 @@ export class ExtensionRunner {
    * Resolves and loads the extension, runs `initialize()` and resolves once its watches are known.
    * Rejects with `ExtensionLoadError` (`IMPORT_FAILED`, `NO_INITIALIZE`, `INITIALIZE_THREW`,
    * `INITIALIZE_TIMEOUT`, `INVALID_WATCH`), or a `TypeError`/`RangeError` for bad options.
+   * Native packages fail with `IMPORT_FAILED` in-process, when the library is missing (not built),
+   * not loadable, built for another ABI version or without `kvc_initialize`; a failing
+   * `kvc_initialize` is `INITIALIZE_THREW`.
    */
   static async start(opts: RunnerOptions): Promise<ExtensionRunner> {
     const o = resolveOptions(opts);
-    let moduleUrl: string;
+    let entry: ResolvedExtension;
     try {
-      moduleUrl = await resolveExtensionEntry(opts.modulePath);
+      entry = await resolveExtension(opts.modulePath);
     } catch (e) {
       throw new ExtensionLoadError('IMPORT_FAILED', o.name, `cannot resolve ${opts.modulePath}: ${errorMessage(e)}`, { cause: e });
+    }
+    if (entry.kind === 'native') {
+      if (o.mode === 'in-process') {
+        throw new ExtensionLoadError(
+          'IMPORT_FAILED',
+          o.name,
+          `${entry.packageDir} is a native extension (package.json "kvcascade.native"): native extensions run in worker mode only ` +
+            `(their blocking host->get/put are served by the main thread, which in-process mode would block); start it with mode 'worker'`,
+        );
+      }
+      const st = await stat(entry.library).catch(() => undefined);
+      if (!st?.isFile()) {
+        throw new ExtensionLoadError(
+          'IMPORT_FAILED',
+          o.name,
+          `the native library ${entry.library} declared by ${entry.packageDir}/package.json ("kvcascade.native") does not exist: build the package first (e.g. run make in ${entry.packageDir})`,
+        );
+      }
     }
     let entryUrl: URL | undefined;
     if (o.mode === 'worker') {
@@ -197,7 +244,7 @@ export class ExtensionRunner {
         throw new ExtensionLoadError('IMPORT_FAILED', o.name, `cannot prepare the worker: ${errorMessage(e)}`, { cause: e });
       }
     }
-    const runner = new ExtensionRunner(o, moduleUrl, entryUrl);
+    const runner = new ExtensionRunner(o, entry, entryUrl);
     const backend = runner.makeBackend();
     const watches = await backend.load(o.initializeTimeoutMs);
     runner.watchList = Object.freeze(watches.map(freezeWatch));
@@ -306,10 +353,14 @@ export class ExtensionRunner {
       down: (cause) => this.onDown(holder.b!, cause.kind, cause.message),
     };
     const o = this.o;
+    const e = this.entry;
+    const moduleUrl = e.kind === 'module' ? e.url : pathToFileURL(e.library).href;
+    const native = e.kind === 'native' ? { packageDir: e.packageDir, kvTimeoutMs: o.nativeKvTimeoutMs } : undefined;
+    // (start() refuses native packages in-process.)
     const b: Backend =
       o.mode === 'in-process'
-        ? new InProcessBackend({ name: o.name, moduleUrl: this.moduleUrl, config: o.config, host: o.host, events })
-        : new WorkerBackend({ name: o.name, moduleUrl: this.moduleUrl, config: o.config, limits: o.limits, host: o.host, entryUrl: this.entryUrl!, events });
+        ? new InProcessBackend({ name: o.name, moduleUrl, config: o.config, host: o.host, events })
+        : new WorkerBackend({ name: o.name, moduleUrl, config: o.config, limits: o.limits, host: o.host, entryUrl: this.entryUrl!, events, ...(native ? { native } : {}) });
     holder.b = b;
     return b;
   }

@@ -1,9 +1,10 @@
-/** Runs one extension incarnation in a worker thread (with heap limits) and relays its messages to the host services. */
+/** Runs one extension incarnation in a worker thread (with heap limits) and relays its messages (and, for native extensions, its blocking store calls) to the host services. */
 import { Worker } from 'node:worker_threads';
 import type { ExtensionEvent } from '../api.js';
+import { serveSyncKvCalls, type SyncKvCall, type SyncKvServer } from '../native/sync-kv-bridge.js';
 import type { Backend, BackendEvents, DownCause } from './backend.js';
 import { ExtensionLoadError } from './errors.js';
-import type { FromWorker, ToWorker } from './protocol.js';
+import type { FromWorker, NativeInit, ToWorker } from './protocol.js';
 import { copyBytes, errorMessage, prepareTransfer, reviveError, serializeError } from './transfer.js';
 import type { HostServices, KvOp, LoadErrorCode, LogLevel, MetricKind, RegisteredWatch } from './types.js';
 
@@ -23,6 +24,8 @@ export interface WorkerBackendOptions {
   host: HostServices;
   entryUrl: URL;
   events: BackendEvents;
+  /** Set for a native package: the worker loads it with the native adapter, and its sync kv bridge is served here. */
+  native?: NativeInit;
 }
 
 const KV_OPS: ReadonlySet<string> = new Set<KvOp>(['get', 'put', 'trigger', 'delete', 'list']);
@@ -40,6 +43,7 @@ export class WorkerBackend implements Backend {
   private phase: 'new' | 'importing' | 'initializing' | 'ready' = 'new';
   private loadSettle: { resolve(w: RegisteredWatch[]): void; reject(e: Error): void } | undefined;
   private shutdownWaiter: ((r: Error | 'timeout' | undefined) => void) | undefined;
+  private kvServer: SyncKvServer | undefined;
 
   constructor(private readonly o: WorkerBackendOptions) {}
 
@@ -75,8 +79,9 @@ export class WorkerBackend implements Backend {
       worker.on('exit', (code) => this.onExit(code));
       worker.on('messageerror', (err) => this.safeLog('warn', 'undeliverable message from the extension worker', { error: errorMessage(err) }));
       worker.on('message', (msg: unknown) => this.onMessage(msg));
+      if (this.o.native) this.kvServer = this.serveNativeKv(worker);
       this.phase = 'importing';
-      this.send({ t: 'init', name: this.o.name, moduleUrl: this.o.moduleUrl, config: this.o.config });
+      this.send({ t: 'init', name: this.o.name, moduleUrl: this.o.moduleUrl, config: this.o.config, ...(this.o.native ? { native: this.o.native } : {}) });
     });
   }
 
@@ -136,7 +141,36 @@ export class WorkerBackend implements Backend {
 
   private markDead(): void {
     this.dead = true;
+    this.kvServer?.close(); // requests still in flight are dropped: the worker is gone (or times out)
+    this.kvServer = undefined;
     this.shutdownWaiter?.(undefined);
+  }
+
+  /**
+   * Serves the native extension's blocking host->get/put (sync kv bridge requests the worker posts
+   * next to its protocol messages) with `host.kv`, passing the hop count the worker attached. The
+   * worker waits at most its bridge timeout; a late answer is dropped by the bridge.
+   */
+  private serveNativeKv(worker: Worker): SyncKvServer {
+    const hopsOf = (call: SyncKvCall): number => {
+      if (call.hops === undefined || !Number.isSafeInteger(call.hops) || call.hops < 1) throw new TypeError('malformed kv request (no hop count)');
+      return call.hops;
+    };
+    const record = (v: unknown, what: string): Record<string, unknown> => {
+      if (v === null || typeof v !== 'object') throw new TypeError(`the host's ${what} returned no result object`);
+      return v as Record<string, unknown>;
+    };
+    return serveSyncKvCalls(worker, {
+      get: async (call) => {
+        const r = record(await this.o.host.kv('get', [call.key], hopsOf(call)), 'get');
+        const value = r['value'];
+        return { found: r['found'] === true, value: value instanceof Uint8Array ? value : undefined, version: Number(r['version'] ?? 0) };
+      },
+      put: async (call, value) => {
+        const r = record(await this.o.host.kv('put', [call.key, value], hopsOf(call)), 'put');
+        return { succeeded: r['succeeded'] === true, version: Number(r['version'] ?? 0), currentVersion: Number(r['currentVersion'] ?? 0) };
+      },
+    });
   }
 
   private loadFailed(code: LoadErrorCode, message: string, cause?: unknown): void {

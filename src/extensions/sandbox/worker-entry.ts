@@ -1,7 +1,7 @@
 /** The worker thread's main module: runs one extension's Guest and speaks the protocol in protocol.ts with the runner. */
 import { parentPort } from 'node:worker_threads';
-import { Guest, type GuestLink } from './guest.js';
-import type { FromWorker, ToWorker } from './protocol.js';
+import { Guest, type GuestLink, type ModuleSource } from './guest.js';
+import type { FromWorker, NativeInit, ToWorker } from './protocol.js';
 import { cloneSafe, prepareTransfer, reviveError, serializeError } from './transfer.js';
 import type { KvOp, LogLevel, MetricKind, MetricOp } from './types.js';
 
@@ -46,12 +46,29 @@ const link: GuestLink = {
   },
 };
 
+/**
+ * A native package as a Guest module source: the adapter and the bridge are imported only when
+ * needed (JS extensions never load koffi). host->get/put block this thread on a sync kv client
+ * posting on parentPort; each call carries `g.kvHops()`, the hop count of the event whose lambda
+ * is running + 1 (1 during initialize/shutdown), for the host's loop protection.
+ */
+function nativeSource(n: NativeInit, g: Guest): ModuleSource {
+  return {
+    describe: `the native extension in ${n.packageDir}`,
+    load: async () => {
+      const [{ loadNativeExtensionPackage }, { createSyncKvClient }] = await Promise.all([import('../native/ffi-adapter.js'), import('../native/sync-kv-bridge.js')]);
+      const syncKv = createSyncKvClient(port!, { timeoutMs: n.kvTimeoutMs, hops: () => g.kvHops() });
+      return loadNativeExtensionPackage(n.packageDir, { syncKv });
+    },
+  };
+}
+
 port.on('message', (msg: ToWorker) => {
   switch (msg.t) {
     case 'init': {
       const g = new Guest(msg.name, msg.config, link);
       guest = g;
-      g.load(msg.moduleUrl, () => post({ t: 'imported' })).then(
+      g.load(msg.native ? nativeSource(msg.native, g) : msg.moduleUrl, () => post({ t: 'imported' })).then(
         (watches) => post({ t: 'ready', watches }),
         (e: unknown) => {
           const cause = (e as { cause?: unknown } | null)?.cause;

@@ -1,7 +1,7 @@
-/** Locates the worker thread's entry module: the compiled worker-entry.js next to this file, or (when running from TypeScript sources, e.g. under vitest) a cached on-the-fly transpilation. */
+/** Locates the worker thread's entry module: the compiled worker-entry.js next to this file, or (when running from TypeScript sources, e.g. under vitest) a cached on-the-fly transpilation (with the native adapter and a link to the project's node_modules). */
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -11,9 +11,11 @@ let cached: Promise<URL> | undefined;
 /**
  * The URL to start extension workers with. In a build (`dist/`), that is the compiled
  * `worker-entry.js` beside this module. When this module runs from its `.ts` source (tests, dev),
- * Node cannot start a `.ts` worker, so the entry and the sandbox modules it imports are transpiled
- * with the `typescript` dev dependency into `<tmpdir>/kvcascade-sandbox-<hash of the sources>/`
- * (once per content hash; reused across processes).
+ * Node cannot start a `.ts` worker, so the entry and the modules it imports (statically or with
+ * `import()`: the sandbox, and the native adapter and sync kv bridge for native extensions) are
+ * transpiled with the `typescript` dev dependency into `<tmpdir>/kvcascade-sandbox-<hash>/`, with a
+ * `node_modules` link to the project's (the native adapter loads `koffi` from there). Done once per
+ * hash of the sources and of that node_modules path; reused across processes.
  */
 export function workerEntryUrl(): Promise<URL> {
   cached ??= locate().catch((e: unknown) => {
@@ -31,6 +33,15 @@ async function locate(): Promise<URL> {
     throw new Error(`cannot find the extension worker entry (looked for ${compiled.href} and ${source.href})`);
   }
   return transpileWorker(fileURLToPath(source));
+}
+
+/** The nearest `node_modules` folder at or above `dir`, if any. */
+function nearestNodeModules(dir: string): string | undefined {
+  for (let d = dir; ; d = dirname(d)) {
+    const nm = join(d, 'node_modules');
+    if (existsSync(nm)) return nm;
+    if (dirname(d) === d) return undefined;
+  }
 }
 
 const RELATIVE_IMPORT = /(?:\bfrom\s*|\bimport\s*\(?\s*)['"](\.{1,2}\/[^'"]+)['"]/g;
@@ -52,7 +63,9 @@ async function transpileWorker(entry: string): Promise<URL> {
       queue.push(dep);
     }
   }
+  const nodeModules = nearestNodeModules(root);
   const hash = createHash('sha256');
+  hash.update(nodeModules ?? '').update('\0');
   for (const [rel, code] of [...sources].sort(([a], [b]) => a.localeCompare(b))) hash.update(rel).update('\0').update(code).update('\0');
   const dir = join(tmpdir(), `kvcascade-sandbox-${hash.digest('hex').slice(0, 16)}`);
   const entryOut = join(dir, relative(root, entry).replace(/\.ts$/, '.js'));
@@ -69,6 +82,7 @@ async function transpileWorker(entry: string): Promise<URL> {
       await writeFile(target, out);
     }
     await writeFile(join(staging, 'package.json'), '{ "type": "module" }\n');
+    if (nodeModules) await symlink(nodeModules, join(staging, 'node_modules'), 'junction');
     try {
       await rename(staging, dir);
     } catch (e) {

@@ -1,7 +1,7 @@
 /** Test helpers for native extensions: building the C code, an in-memory fake ExtensionContext, and worker transpilation. */
 
 import { execFileSync, spawnSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -30,6 +30,28 @@ export function tempDir(prefix: string): string {
 export function buildCounter(buildDir: string): string {
   execFileSync('make', ['-s', '-C', join(NATIVE_DIR, 'counter'), `BUILD_DIR=${buildDir}`], { stdio: 'pipe' });
   return join(buildDir, 'libcounter.so');
+}
+
+/** The counter example's package folder (its package.json declares `build/libcounter.so`). */
+export const COUNTER_DIR = join(NATIVE_DIR, 'counter');
+
+/**
+ * Builds the counter example in place (`make` in its folder, so `build/libcounter.so` is what its
+ * package.json declares) and returns the library path. Does nothing when make says it is up to
+ * date; otherwise builds into a temporary folder under `build/` and renames the library into `build/`, so test
+ * files running in parallel never see (or dlopen) a half-written library.
+ */
+export function buildCounterInPlace(): string {
+  const lib = join(COUNTER_DIR, 'build', 'libcounter.so');
+  if (spawnSync('make', ['-q', '-C', COUNTER_DIR], { stdio: 'ignore' }).status === 0) return lib;
+  mkdirSync(dirname(lib), { recursive: true });
+  const tmp = mkdtempSync(join(dirname(lib), '.tmp-')); // same file system as lib: rename is atomic
+  try {
+    renameSync(buildCounter(tmp), lib);
+  } finally {
+    rmSync(tmp, { recursive: true, force: true });
+  }
+  return lib;
 }
 
 /** Compiles test fixture `name`.c into `outDir`/`name`.so with the example's strict flags. */

@@ -4,7 +4,14 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { MessageChannel, Worker } from 'node:worker_threads';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { KvcStatus } from '../../../src/extensions/native/abi.js';
-import { createSyncKvClient, serveSyncKv, type SyncKvClientOptions, type SyncKvServer } from '../../../src/extensions/native/sync-kv-bridge.js';
+import {
+  createSyncKvClient,
+  serveSyncKv,
+  serveSyncKvCalls,
+  type SyncKvCall,
+  type SyncKvClientOptions,
+  type SyncKvServer,
+} from '../../../src/extensions/native/sync-kv-bridge.js';
 import type { NativeWorkerCommand, NativeWorkerData, NativeWorkerReply } from './fixtures/native-worker.js';
 import { buildCounter, HAVE_GCC, MemoryKv, NO_GCC_REASON, putEvent, tempDir, transpileWorker } from './helpers.js';
 
@@ -28,6 +35,15 @@ beforeAll(() => {
 afterEach(async () => {
   for (const w of workers.splice(0)) await w.terminate();
 });
+
+/** Resolves once `cond()` holds (polling every 5 ms); rejects after 5 s. */
+async function waitUntil(cond: () => boolean): Promise<void> {
+  const deadline = Date.now() + 5000;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error('waitUntil: condition not met in time');
+    await sleep(5);
+  }
+}
 
 function startWorker(kv: MemoryKv, options: SyncKvClientOptions = {}): TestWorker {
   const { port1, port2 } = new MessageChannel();
@@ -72,6 +88,54 @@ describe('the sync kv bridge (worker <-> main thread)', () => {
     expect(await w.ok({ cmd: 'get', key: '/absent' })).toEqual({ found: false, value: undefined, version: 0 });
     expect(await w.ok({ cmd: 'put', key: '/empty', value: new Uint8Array() })).toEqual({ version: 2 });
     expect(await w.ok({ cmd: 'get', key: '/empty' })).toEqual({ found: true, value: new Uint8Array(), version: 2 });
+  });
+
+  it('carries the hop count of the client\'s `hops` option to serveSyncKvCalls (undefined without it)', async () => {
+    const seen: [string, string, number | undefined][] = [];
+    let release = () => {};
+    const held = new Promise<void>((r) => (release = r));
+    const serveWith = (data: Omit<NativeWorkerData, 'kvPort'>) => {
+      const { port1, port2 } = new MessageChannel();
+      const worker = new Worker(workerEntry, { workerData: { ...data, kvPort: port2 }, transferList: [port2] });
+      workers.push(worker);
+      worker.on('exit', () => port1.close());
+      const server = serveSyncKvCalls(port1, {
+        get: async (call: SyncKvCall) => {
+          seen.push(['get', call.key, call.hops]);
+          if (call.key === '/held') await held;
+          return { found: true, value: bytes('v'), version: 4 };
+        },
+        put: async (call: SyncKvCall, value) => {
+          seen.push(['put', `${call.key}=${new TextDecoder().decode(value)}`, call.hops]);
+          return { succeeded: true, version: 5, currentVersion: 5 };
+        },
+      });
+      const call = (command: Command) =>
+        new Promise<NativeWorkerReply>((resolve) => {
+          worker.once('message', resolve);
+          worker.postMessage({ ...command, id: 1 });
+        });
+      return { call, server };
+    };
+    const withHops = serveWith({ fixedHops: 3 });
+    expect(await withHops.call({ cmd: 'get', key: '/h' })).toMatchObject({ ok: true, result: { found: true, value: bytes('v'), version: 4 } });
+    expect(await withHops.call({ cmd: 'put', key: '/h', value: bytes('x') })).toMatchObject({ ok: true, result: { version: 5 } });
+    const without = serveWith({});
+    expect(await without.call({ cmd: 'get', key: '/n' })).toMatchObject({ ok: true });
+    expect(seen).toEqual([
+      ['get', '/h', 3],
+      ['put', '/h=x', 3],
+      ['get', '/n', undefined],
+    ]);
+    // After close(), a request still being handled is never answered: the worker times out.
+    const timed = serveWith({ fixedHops: 1, timeoutMs: 300 });
+    const pending = timed.call({ cmd: 'get', key: '/held' });
+    await waitUntil(() => seen.length === 4);
+    timed.server.close();
+    release();
+    expect(await pending).toMatchObject({ ok: false, error: { code: KvcStatus.ERR_TIMEOUT } });
+    withHops.server.close();
+    without.server.close();
   });
 
   it('values larger than the bounded buffer fail with KVC_ERR_TOO_LARGE, both ways', async () => {
