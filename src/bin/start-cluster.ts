@@ -11,7 +11,7 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { KvClient } from '../client/index.js';
 import { AdminClient } from '../client/admin-client.js';
-import { packFolder } from '../extensions/package.js';
+import { packageDigest, packFolder } from '../extensions/package.js';
 
 const NODES = 3;
 const basePort = Number(process.env.KVCASCADE_BASE_PORT ?? 7000);
@@ -103,8 +103,14 @@ async function main(): Promise<void> {
   if (example) {
     const admin = new AdminClient({ endpoints: addresses, token });
     try {
-      const r = await admin.load(await packFolder(example));
-      loaded = `${r.status.name} ${r.status.version} (${r.status.state}; watches ${r.status.watches.map((w) => w.prefix).join(', ')})`;
+      const tgz = await packFolder(example);
+      const existing = (await admin.list()).records.find((r) => r.sha256 === packageDigest(tgz));
+      if (existing) {
+        loaded = `${existing.name} ${existing.version} (already loaded)`;
+      } else {
+        const r = await admin.load(tgz);
+        loaded = `${r.status.name} ${r.status.version} (${r.status.state}; watches ${r.status.watches.map((w) => w.prefix).join(', ')})`;
+      }
     } finally {
       admin.close();
     }
