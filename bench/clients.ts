@@ -1,4 +1,4 @@
-/** Plain grpc-js unary stubs for kvcascade and etcd, and the per-system operations (put, get, rmw) the load generator drives identically on both. */
+/** Plain grpc-js stubs for kvcascade and etcd (unary KV calls, Pipeline and Watch streams), and the per-system operations (put, get, rmw) the load generator drives identically on both. */
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
@@ -42,7 +42,21 @@ export interface KvPipelineRes {
 export interface KvStatusRes {
   nodeId?: number;
   version?: string;
-  groups?: { group?: number; leader?: number; term?: number; role?: string }[];
+  groups?: { group?: number; leader?: number; term?: number; role?: string; revision?: number }[];
+  members?: { id?: number; address?: string }[];
+}
+/** kvcascade.v1.WatchRequest. */
+export interface KvWatchReq { prefix: string; fromRevision?: number; progressIntervalMs?: number }
+/** kvcascade.v1.Event. */
+export interface KvEvent { type?: 'PUT' | 'DELETE' | 'TRIGGER'; key?: string; value?: Uint8Array; revision?: number; timestampMs?: number }
+/** kvcascade.v1.WatchResponse. */
+export interface KvWatchRes {
+  events?: KvEvent[];
+  revision?: number;
+  progressNotify?: boolean;
+  canceled?: boolean;
+  cancelReason?: string;
+  compactRevision?: number;
 }
 
 /** Client stub of kvcascade.v1.KV. */
@@ -50,6 +64,7 @@ export interface KvStub extends grpc.Client {
   put: Unary<KvPutReq, KvPutRes>;
   get: Unary<KvGetReq, KvGetRes>;
   pipeline(md?: grpc.Metadata, opts?: grpc.CallOptions): grpc.ClientDuplexStream<KvPipelineReq, KvPipelineRes>;
+  watch(req: KvWatchReq, md?: grpc.Metadata, opts?: grpc.CallOptions): grpc.ClientReadableStream<KvWatchRes>;
 }
 /** Client stub of kvcascade.v1.Cluster. */
 export interface KvClusterStub extends grpc.Client {
@@ -77,6 +92,25 @@ export interface EtcdTxnReq { compare: EtcdCompare[]; success: EtcdRequestOp[]; 
 /** etcdserverpb.TxnResponse. */
 export interface EtcdTxnRes { succeeded?: boolean; responses?: { responseRange?: EtcdRangeRes; responsePut?: EtcdPutRes }[] }
 
+/** etcdserverpb.WatchCreateRequest (subset). */
+export interface EtcdWatchCreateReq { key: Uint8Array; rangeEnd?: Uint8Array; startRevision?: number; progressNotify?: boolean; prevKv?: boolean }
+/** etcdserverpb.WatchRequest. */
+export interface EtcdWatchReq { createRequest?: EtcdWatchCreateReq; cancelRequest?: { watchId: number } }
+/** etcd mvccpb.Event. */
+export interface EtcdEvent { type?: 'PUT' | 'DELETE'; kv?: EtcdKeyValue }
+/** etcdserverpb.WatchResponse. */
+export interface EtcdWatchRes {
+  header?: { revision?: number };
+  watchId?: number;
+  created?: boolean;
+  canceled?: boolean;
+  compactRevision?: number;
+  cancelReason?: string;
+  events?: EtcdEvent[];
+}
+/** etcdserverpb.StatusResponse (subset; ids as decimal strings: they are random 64-bit numbers). */
+export interface EtcdStatusRes { header?: { memberId?: string }; leader?: string; version?: string }
+
 /** Client stub of etcdserverpb.KV. */
 export interface EtcdStub extends grpc.Client {
   range: Unary<EtcdRangeReq, EtcdRangeRes>;
@@ -84,10 +118,21 @@ export interface EtcdStub extends grpc.Client {
   txn: Unary<EtcdTxnReq, EtcdTxnRes>;
 }
 
+/** Client stub of etcdserverpb.Watch. */
+export interface EtcdWatchStub extends grpc.Client {
+  watch(md?: grpc.Metadata, opts?: grpc.CallOptions): grpc.ClientDuplexStream<EtcdWatchReq, EtcdWatchRes>;
+}
+/** Client stub of etcdserverpb.Maintenance (Status only). */
+export interface EtcdMaintenanceStub extends grpc.Client {
+  status: Unary<Record<string, never>, EtcdStatusRes>;
+}
+
 type Ctor<T> = new (address: string, creds: grpc.ChannelCredentials, options?: grpc.ChannelOptions) => T;
 
 let kvCtors: { KV: Ctor<KvStub>; Cluster: Ctor<KvClusterStub> } | undefined;
 let etcdCtor: Ctor<EtcdStub> | undefined;
+let etcdWatchCtor: Ctor<EtcdWatchStub> | undefined;
+let etcdMaintenanceCtor: Ctor<EtcdMaintenanceStub> | undefined;
 
 function kvConstructors(): { KV: Ctor<KvStub>; Cluster: Ctor<KvClusterStub> } {
   if (kvCtors) return kvCtors;
@@ -104,6 +149,23 @@ function etcdConstructor(): Ctor<EtcdStub> {
   const pkg = grpc.loadPackageDefinition(def) as unknown as { etcdserverpb: { KV: Ctor<EtcdStub> } };
   etcdCtor = pkg.etcdserverpb.KV;
   return etcdCtor;
+}
+
+function etcdWatchConstructor(): Ctor<EtcdWatchStub> {
+  if (etcdWatchCtor) return etcdWatchCtor;
+  const def = protoLoader.loadSync(join(repoRoot(), 'bench', 'etcd-proto', 'rpc.proto'), LOADER_OPTIONS);
+  const pkg = grpc.loadPackageDefinition(def) as unknown as { etcdserverpb: { Watch: Ctor<EtcdWatchStub> } };
+  etcdWatchCtor = pkg.etcdserverpb.Watch;
+  return etcdWatchCtor;
+}
+
+function etcdMaintenanceConstructor(): Ctor<EtcdMaintenanceStub> {
+  if (etcdMaintenanceCtor) return etcdMaintenanceCtor;
+  // 64-bit member ids as strings (not on any hot path, so the loader options may differ here).
+  const def = protoLoader.loadSync(join(repoRoot(), 'bench', 'etcd-proto', 'rpc.proto'), { ...LOADER_OPTIONS, longs: String });
+  const pkg = grpc.loadPackageDefinition(def) as unknown as { etcdserverpb: { Maintenance: Ctor<EtcdMaintenanceStub> } };
+  etcdMaintenanceCtor = pkg.etcdserverpb.Maintenance;
+  return etcdMaintenanceCtor;
 }
 
 /**
@@ -131,6 +193,16 @@ export function etcdStub(address: string): EtcdStub {
   return new (etcdConstructor())(address, grpc.credentials.createInsecure(), CHANNEL_OPTIONS);
 }
 
+/** A new etcdserverpb.Watch stub with its own connection to `address`. */
+export function etcdWatchStub(address: string): EtcdWatchStub {
+  return new (etcdWatchConstructor())(address, grpc.credentials.createInsecure(), CHANNEL_OPTIONS);
+}
+
+/** A new etcdserverpb.Maintenance stub for `address`. */
+export function etcdMaintenanceStub(address: string): EtcdMaintenanceStub {
+  return new (etcdMaintenanceConstructor())(address, grpc.credentials.createInsecure(), CHANNEL_OPTIONS);
+}
+
 /** Calls a unary stub method as a promise, with a deadline `timeoutMs` from now. */
 export function call<Req, Res>(client: grpc.Client, method: Unary<Req, Res>, req: Req, timeoutMs: number): Promise<Res> {
   return new Promise<Res>((resolve, reject) => {
@@ -148,9 +220,13 @@ export function waitReady(client: grpc.Client, timeoutMs: number): Promise<void>
   });
 }
 
-/** The benchmark's key for index `i` (fixed width so every key has the same size on both systems). */
-export function keyName(i: number): string {
-  return `bench/k${String(i).padStart(8, '0')}`;
+/**
+ * The benchmark's key for index `i` (fixed width so every key has the same size on both systems):
+ * `bench/k00000042`, or `<keyPrefix>k00000042` when a prefix is given (the extension workloads
+ * write under a watched prefix such as `/bench/lambda/…/`).
+ */
+export function keyName(i: number, keyPrefix?: string): string {
+  return `${keyPrefix ?? 'bench/'}k${String(i).padStart(8, '0')}`;
 }
 
 /** Outcome counters of one read-modify-write. */
@@ -195,14 +271,14 @@ export class KvDriver implements Driver {
   readonly stub: KvStub;
   private readonly keys: string[] = [];
 
-  /** Connects (lazily) to `address`; `timeoutMs` is the per-call deadline. */
-  constructor(address: string, private readonly timeoutMs: number) {
+  /** Connects (lazily) to `address`; `timeoutMs` is the per-call deadline; keys are `keyName(i, keyPrefix)`. */
+  constructor(address: string, private readonly timeoutMs: number, private readonly keyPrefix?: string) {
     this.stub = kvStub(address);
   }
 
   /** The key string of index `i` (cached). */
   key(i: number): string {
-    return (this.keys[i] ??= keyName(i));
+    return (this.keys[i] ??= keyName(i, this.keyPrefix));
   }
 
   async put(i: number, value: Uint8Array): Promise<void> {
@@ -249,13 +325,13 @@ export class EtcdDriver implements Driver {
   private readonly stub: EtcdStub;
   private readonly keys: Buffer[] = [];
 
-  /** Connects (lazily) to `address`; `timeoutMs` is the per-call deadline. */
-  constructor(address: string, private readonly timeoutMs: number) {
+  /** Connects (lazily) to `address`; `timeoutMs` is the per-call deadline; keys are `keyName(i, keyPrefix)`. */
+  constructor(address: string, private readonly timeoutMs: number, private readonly keyPrefix?: string) {
     this.stub = etcdStub(address);
   }
 
   private key(i: number): Buffer {
-    return (this.keys[i] ??= Buffer.from(keyName(i)));
+    return (this.keys[i] ??= Buffer.from(keyName(i, this.keyPrefix)));
   }
 
   async put(i: number, value: Uint8Array): Promise<void> {
@@ -300,7 +376,7 @@ export class EtcdDriver implements Driver {
   }
 }
 
-/** A new driver for `system` connected to `address`. */
-export function makeDriver(system: SystemName, address: string, timeoutMs: number): Driver {
-  return system === 'kvd' ? new KvDriver(address, timeoutMs) : new EtcdDriver(address, timeoutMs);
+/** A new driver for `system` connected to `address` (keys `keyName(i, keyPrefix)`). */
+export function makeDriver(system: SystemName, address: string, timeoutMs: number, keyPrefix?: string): Driver {
+  return system === 'kvd' ? new KvDriver(address, timeoutMs, keyPrefix) : new EtcdDriver(address, timeoutMs, keyPrefix);
 }

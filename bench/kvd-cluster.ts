@@ -1,7 +1,8 @@
 /** Starts, health-checks and tears down a throwaway 3-node kvd cluster on 127.0.0.1 (free ports, temp data dirs) for the benchmark. */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { closeSync, existsSync, openSync } from 'node:fs';
-import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { call, kvClusterStub, type KvStatusRes } from './clients.js';
@@ -42,8 +43,9 @@ interface Node {
 
 /**
  * Starts 3 kvd processes (`node kvd.js --id N --listen 127.0.0.1:P --peers 1=…,2=…,3=… --data-dir D
- * --metrics-port 0`) and resolves once every node answers Cluster.Status and at least one reports a
- * leader for group 1. A failed start is cleaned up and retried with new ports, twice.
+ * --metrics-port 0 --admin-token-file DIR/admin-token`; the token is random per cluster and
+ * returned as `adminToken`, for loading extensions) and resolves once every node answers
+ * Cluster.Status and at least one reports a leader for group 1. A failed start is cleaned up and retried with new ports, twice.
  */
 export async function startKvdCluster(opts: KvdClusterOptions = {}): Promise<RunningCluster> {
   const bin = findKvd(opts.bin);
@@ -71,6 +73,10 @@ async function startOnce(bin: string, opts: KvdClusterOptions): Promise<RunningC
   }));
   const peers = nodes.map((n) => `${n.id}=127.0.0.1:${n.port}`).join(',');
   const env = childEnv();
+  // The Admin service (extension load/unload) refuses every call unless kvd has a token (>= 16 chars).
+  const adminToken = randomBytes(24).toString('hex');
+  const tokenFile = join(dataDir, 'admin-token');
+  await writeFile(tokenFile, `${adminToken}\n`, { mode: 0o600 });
 
   let stopped = false;
   const stop = async (): Promise<void> => {
@@ -91,6 +97,7 @@ async function startOnce(bin: string, opts: KvdClusterOptions): Promise<RunningC
         '--peers', peers,
         '--data-dir', n.dir,
         '--metrics-port', '0',
+        '--admin-token-file', tokenFile,
         ...(opts.extraArgs ?? []),
       ];
       const fd = openSync(n.logPath, 'a');
@@ -135,6 +142,7 @@ async function startOnce(bin: string, opts: KvdClusterOptions): Promise<RunningC
     version,
     dataDir,
     pids: () => nodes.flatMap((n) => (n.child?.pid === undefined ? [] : [n.child.pid])),
+    adminToken,
     stop,
   };
 }

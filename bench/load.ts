@@ -6,14 +6,22 @@ import * as hdr from 'hdr-histogram-js';
 import { KvDriver, makeDriver, type Driver, type KvPipelineReq, type KvPipelineRes, type SystemName } from './clients.js';
 import { machineBusySeconds, processCpuSeconds } from './util.js';
 
-/** The workloads: `pipelined-put` exists only for kvd. */
-export const WORKLOADS = ['put', 'get', 'rmw', 'pipelined-put'] as const;
+/**
+ * The workloads: `pipelined-put`, `lambda` and `lambda-throughput` exist only for kvd. `lambda`,
+ * `lambda-throughput` and `watch` (the reaction workloads) are implemented in reactions.ts.
+ */
+export const WORKLOADS = ['put', 'get', 'rmw', 'pipelined-put', 'lambda', 'lambda-throughput', 'watch'] as const;
 /** One workload's name. */
 export type WorkloadName = (typeof WORKLOADS)[number];
+/** What runs when --workloads is not given (the reaction workloads are opt-in). */
+export const DEFAULT_WORKLOADS: readonly WorkloadName[] = ['put', 'get', 'rmw', 'pipelined-put'];
+/** Workloads that measure reacting to writes (extension lambdas, client watches); see reactions.ts. */
+export const REACTION_WORKLOADS: readonly WorkloadName[] = ['lambda', 'lambda-throughput', 'watch'];
 
 /** Whether `system` can run `workload`. */
 export function supports(system: SystemName, workload: WorkloadName): boolean {
-  return workload !== 'pipelined-put' || system === 'kvd';
+  if (workload === 'pipelined-put' || workload === 'lambda' || workload === 'lambda-throughput') return system === 'kvd';
+  return true;
 }
 
 /** Parameters shared by every client process of one workload run. */
@@ -32,6 +40,8 @@ export interface LoadParams {
   readonly opTimeoutMs: number;
   /** Conditional-write attempts per rmw before it is abandoned. */
   readonly rmwMaxAttempts: number;
+  /** Key prefix instead of `bench/` (keys are `<keyPrefix>k00000042`); lambda-throughput writes under the watched prefix. */
+  readonly keyPrefix?: string;
 }
 
 /** One client connection of a process: where it goes and how many closed-loop workers share it. */
@@ -49,6 +59,8 @@ export interface LoadPartSpec extends LoadParams {
 export interface LoadPartResult {
   /** Ops completed inside the measured window. */
   readonly ops: number;
+  /** Ops completed successfully at any time (warm-up, window and drain): every write that was acknowledged. */
+  readonly opsTotal: number;
   /** Failed calls inside the measured window, by gRPC status code name (or "stream"/"pipeline-N"). */
   readonly errors: Record<string, number>;
   /** rmw: conditional writes rejected by a concurrent change. */
@@ -78,7 +90,8 @@ export function newHistogram(): hdr.Histogram {
   return hdr.build({ lowestDiscernibleValue: 1, highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: 3 });
 }
 
-function errorName(err: unknown): string {
+/** The gRPC status code name of an error ("other" when it has none). */
+export function errorName(err: unknown): string {
   const code = (err as { code?: unknown }).code;
   if (typeof code === 'number') {
     const names = ['OK', 'CANCELLED', 'UNKNOWN', 'INVALID_ARGUMENT', 'DEADLINE_EXCEEDED', 'NOT_FOUND', 'ALREADY_EXISTS',
@@ -89,10 +102,11 @@ function errorName(err: unknown): string {
   return 'other';
 }
 
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+/** Resolves after `ms` milliseconds. */
+export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /** A pool of random bytes that values are sliced from, so generating a value costs no RNG call. */
-class ValuePool {
+export class ValuePool {
   private readonly pool = randomBytes(64 * 1024);
   constructor(private readonly size: number) {}
   next(): Buffer {
@@ -103,7 +117,7 @@ class ValuePool {
 
 /** Connects one client process's channels and returns a part ready to {@link LoadPart.run}. */
 export async function prepareLoadPart(spec: LoadPartSpec): Promise<LoadPart> {
-  const drivers = spec.channels.map((c) => makeDriver(spec.system, c.address, spec.opTimeoutMs));
+  const drivers = spec.channels.map((c) => makeDriver(spec.system, c.address, spec.opTimeoutMs, spec.keyPrefix));
   try {
     await Promise.all(drivers.map((d) => d.ready(10_000)));
   } catch (err) {
@@ -126,6 +140,7 @@ interface Window {
 interface Recorder {
   readonly hist: hdr.Histogram;
   ops: number;
+  opsTotal: number;
   conflicts: number;
   retriedOps: number;
   abandoned: number;
@@ -136,7 +151,7 @@ interface Recorder {
 async function runPart(spec: LoadPartSpec, drivers: readonly Driver[], warmupMs: number, durationMs: number): Promise<LoadPartResult> {
   const start = performance.now();
   const win: Window = { measureFrom: start + warmupMs, endAt: start + warmupMs + durationMs };
-  const rec: Recorder = { hist: newHistogram(), ops: 0, conflicts: 0, retriedOps: 0, abandoned: 0, misses: 0, errors: {} };
+  const rec: Recorder = { hist: newHistogram(), ops: 0, opsTotal: 0, conflicts: 0, retriedOps: 0, abandoned: 0, misses: 0, errors: {} };
   let cpuStart: NodeJS.CpuUsage | undefined;
   let cpuSeconds = 0;
   const t1 = setTimeout(() => (cpuStart = process.cpuUsage()), warmupMs);
@@ -158,6 +173,7 @@ async function runPart(spec: LoadPartSpec, drivers: readonly Driver[], warmupMs:
   clearTimeout(t2);
   const result: LoadPartResult = {
     ops: rec.ops,
+    opsTotal: rec.opsTotal,
     errors: rec.errors,
     conflicts: rec.conflicts,
     retriedOps: rec.retriedOps,
@@ -197,6 +213,7 @@ async function unaryLoop(d: Driver, spec: LoadPartSpec, win: Window, rec: Record
           throw new Error(`unary loop cannot run ${spec.workload}`);
       }
       const t1 = performance.now();
+      if (!abandoned) rec.opsTotal++;
       if (t1 >= win.measureFrom && t1 <= win.endAt) {
         rec.conflicts += conflicts;
         if (conflicts > 0) rec.retriedOps++;
@@ -246,6 +263,7 @@ async function pipelineLoop(d: KvDriver, spec: LoadPartSpec, win: Window, rec: R
         const id = Number(res.id ?? 0);
         const t0 = started.get(id);
         started.delete(id);
+        if (t0 !== undefined && res.result !== 'error' && res.error === undefined) rec.opsTotal++;
         if (t0 !== undefined && t1 >= win.measureFrom && t1 <= win.endAt) {
           if (res.result === 'error' || res.error !== undefined) {
             const name = `pipeline-${res.error?.code ?? '?'}`;
@@ -302,6 +320,8 @@ export interface WorkloadOptions extends LoadParams {
   readonly durationMs: number;
   /** Server PIDs, for CPU accounting over the measured window. */
   readonly serverPids: readonly number[];
+  /** Called when the client processes are connected and told to start (the warm-up begins). */
+  readonly onStart?: () => void;
 }
 
 /** The merged result of one workload on one system. */
@@ -316,6 +336,8 @@ export interface WorkloadResult {
   readonly procs: number;
   readonly durationS: number;
   readonly ops: number;
+  /** Successful ops at any time, warm-up and drain included (reaction workloads: acknowledged puts). */
+  readonly opsTotal: number;
   readonly opsPerSec: number;
   readonly p50Ms: number;
   readonly p99Ms: number;
@@ -338,6 +360,10 @@ export interface WorkloadResult {
   readonly otherCpuCores: number | null;
   /** Server CPU per op in microseconds, summed over the 3 nodes (an efficiency figure that does not depend on the client). */
   readonly serverCpuUsPerOp: number | null;
+  /** Workload-specific notes printed before the CPU figures (the reaction workloads say what the columns mean). */
+  readonly notes?: readonly string[];
+  /** Workload-specific figures, written to the JSON results only. */
+  readonly extra?: Readonly<Record<string, unknown>>;
 }
 
 interface WorkerMessage {
@@ -406,6 +432,7 @@ export async function runWorkload(o: WorkloadOptions): Promise<WorkloadResult> {
   const params: LoadParams = {
     system: o.system, workload: o.workload, keys: o.keys, rmwKeys: o.rmwKeys, valueBytes: o.valueBytes,
     pipelineDepth: o.pipelineDepth, opTimeoutMs: o.opTimeoutMs, rmwMaxAttempts: o.rmwMaxAttempts,
+    ...(o.keyPrefix === undefined ? {} : { keyPrefix: o.keyPrefix }),
   };
   const parts: LoadPart[] = [];
   try {
@@ -442,6 +469,7 @@ export async function runWorkload(o: WorkloadOptions): Promise<WorkloadResult> {
         cpuWin.busy = busy === undefined || busyStart === undefined ? null : (busy - busyStart) / (o.durationMs / 1000);
       });
     }, o.warmupMs + o.durationMs);
+    o.onStart?.();
     const results = await Promise.all(parts.map((p) => p.run(o.warmupMs, o.durationMs)));
     clearTimeout(t1);
     clearTimeout(t2);
@@ -449,12 +477,13 @@ export async function runWorkload(o: WorkloadOptions): Promise<WorkloadResult> {
 
     const hist = newHistogram();
     const errors: Record<string, number> = {};
-    let ops = 0, conflicts = 0, retriedOps = 0, abandoned = 0, misses = 0, cpu = 0;
+    let ops = 0, opsTotal = 0, conflicts = 0, retriedOps = 0, abandoned = 0, misses = 0, cpu = 0;
     for (const r of results) {
       const h = hdr.decodeFromCompressedBase64(r.histogram);
       hist.add(h);
       h.destroy();
       ops += r.ops;
+      opsTotal += r.opsTotal;
       conflicts += r.conflicts;
       retriedOps += r.retriedOps;
       abandoned += r.abandoned;
@@ -474,6 +503,7 @@ export async function runWorkload(o: WorkloadOptions): Promise<WorkloadResult> {
       procs: o.procs === 0 ? 0 : plan.length,
       durationS: o.durationMs / 1000,
       ops,
+      opsTotal,
       opsPerSec: ops / (o.durationMs / 1000),
       p50Ms: ms(hist.getValueAtPercentile(50)),
       p99Ms: ms(hist.getValueAtPercentile(99)),

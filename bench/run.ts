@@ -6,14 +6,26 @@ import { parseArgs } from 'node:util';
 import type { SystemName } from './clients.js';
 import { ETCD_MISSING_MESSAGE, etcdVersion, findEtcd, startEtcdCluster } from './etcd-cluster.js';
 import { findKvd, defaultKvdBin, startKvdCluster } from './kvd-cluster.js';
-import { WORKLOADS, killWorkers, populate, runWorkload, supports, type WorkloadName, type WorkloadResult } from './load.js';
+import {
+  DEFAULT_WORKLOADS,
+  REACTION_WORKLOADS,
+  WORKLOADS,
+  killWorkers,
+  populate,
+  runWorkload,
+  supports,
+  type WorkloadName,
+  type WorkloadResult,
+} from './load.js';
+import { runReactionWorkload } from './reactions.js';
 import { repoRoot, type RunningCluster } from './util.js';
 
 const USAGE = `usage: node dist/bench/run.js [flags]
   --duration S        measured seconds per workload (default 10)
   --warmup S          unmeasured seconds before each workload (default 2)
   --clients N         closed-loop workers per workload (default 64)
-  --workloads LIST    comma list of ${WORKLOADS.join(',')} (default: all; pipelined-put is kvd only)
+  --workloads LIST    comma list of ${WORKLOADS.join(',')}
+                      (default ${DEFAULT_WORKLOADS.join(',')}; pipelined-put, lambda and lambda-throughput are kvd only)
   --systems LIST      comma list of kvd,etcd (default kvd,etcd)
   --keys N            keyspace size for put/get/pipelined-put (default 10000)
   --rmw-keys N        rmw draws from the first N keys (default 1000)
@@ -58,7 +70,7 @@ export function parseConfig(argv: string[]): BenchConfig | undefined {
       duration: { type: 'string', default: '10' },
       warmup: { type: 'string', default: '2' },
       clients: { type: 'string', default: '64' },
-      workloads: { type: 'string', default: WORKLOADS.join(',') },
+      workloads: { type: 'string', default: DEFAULT_WORKLOADS.join(',') },
       systems: { type: 'string', default: 'kvd,etcd' },
       keys: { type: 'string', default: '10000' },
       'rmw-keys': { type: 'string', default: '1000' },
@@ -138,7 +150,7 @@ function fmt(n: number, digits = 2): string {
 }
 
 function notes(r: WorkloadResult): string {
-  const out: string[] = [];
+  const out: string[] = [...(r.notes ?? [])];
   const errs = Object.entries(r.errors);
   if (errs.length > 0) out.push(`errors ${errs.map(([k, v]) => `${k}=${v}`).join(' ')}`);
   if (r.workload === 'rmw') out.push(`conflicts ${r.conflicts}, retried ${r.retriedOps}, abandoned ${r.abandoned}`);
@@ -150,12 +162,70 @@ function notes(r: WorkloadResult): string {
   return out.join('; ');
 }
 
-/** kvd ops/s divided by etcd ops/s for the same workload (pipelined-put is compared with etcd's unary put). */
+/** What a kvd row is compared with on etcd, and how. */
+interface Pairing {
+  /** The etcd workload. */
+  readonly against: WorkloadName;
+  /**
+   * `ops/s`: kvd ops/s ÷ etcd ops/s (higher = kvd better). `p50 sent→reaction`: kvd p50 ÷ etcd p50
+   * of put sent → reaction (lower = kvd better).
+   */
+  readonly kind: 'ops/s' | 'p50 sent→reaction';
+  /** Mark after the ratio, explained under the table ('' for a like-for-like pairing). */
+  readonly mark: string;
+  readonly footnote?: string;
+}
+
+/** The etcd counterpart of each kvd workload. */
+export function pairingFor(workload: WorkloadName): Pairing {
+  switch (workload) {
+    case 'pipelined-put':
+      return { against: 'put', kind: 'ops/s', mark: '*', footnote: '* pipelined-put is compared with etcd\'s unary put (etcd has no pipelined KV API).' };
+    case 'lambda':
+      return {
+        against: 'watch',
+        kind: 'p50 sent→reaction',
+        mark: '^',
+        footnote:
+          '^ lambda: LATENCY ratio, kvd p50 / etcd watch p50 of put sent→reaction (lambda start vs watch event); LOWER = kvd reacts sooner. ' +
+          'A lambda on the leader vs an event at a client, see bench/README.md.',
+      };
+    case 'lambda-throughput':
+      return {
+        against: 'watch',
+        kind: 'ops/s',
+        mark: '+',
+        footnote:
+          '+ lambda-throughput: kvd lambda events/s under pipelined puts vs etcd watch events/s under unary puts (etcd has no pipelined KV API); ' +
+          'different put loads, see bench/README.md.',
+      };
+    default:
+      return { against: workload, kind: 'ops/s', mark: '' };
+  }
+}
+
+/** A latency summary (`{p50, p99, …}` in ms) that a reaction workload put in `extra`. */
+function extraP50(r: WorkloadResult | undefined, key: 'sentToReactionMs' | 'ackToReactionMs'): number | undefined {
+  const v = (r?.extra?.[key] as { p50?: unknown } | undefined)?.p50;
+  return typeof v === 'number' && Number.isFinite(v) ? v : undefined;
+}
+
+/**
+ * kvd divided by etcd for the paired workload (see {@link pairingFor}): ops/s ratios, except
+ * lambda, whose ratio is of p50 put sent → reaction latencies (the ack → reaction p50s are
+ * often at or below 0 on both systems, which makes their ratio meaningless; they are printed under the table).
+ */
 export function ratioFor(r: WorkloadResult, all: readonly WorkloadResult[]): number | undefined {
   if (r.system !== 'kvd') return undefined;
-  const against: WorkloadName = r.workload === 'pipelined-put' ? 'put' : r.workload;
-  const etcd = all.find((x) => x.system === 'etcd' && x.workload === against);
-  if (!etcd || etcd.opsPerSec === 0) return undefined;
+  const pairing = pairingFor(r.workload);
+  const etcd = all.find((x) => x.system === 'etcd' && x.workload === pairing.against);
+  if (!etcd) return undefined;
+  if (pairing.kind === 'p50 sent→reaction') {
+    const k = extraP50(r, 'sentToReactionMs');
+    const e = extraP50(etcd, 'sentToReactionMs');
+    return k === undefined || e === undefined || !(k > 0) || !(e > 0) ? undefined : k / e;
+  }
+  if (etcd.opsPerSec === 0) return undefined;
   return r.opsPerSec / etcd.opsPerSec;
 }
 
@@ -172,7 +242,7 @@ export function renderTable(results: readonly WorkloadResult[]): string {
       fmt(r.p50Ms),
       fmt(r.p99Ms),
       fmt(r.p999Ms),
-      ratio === undefined ? '-' : `${fmt(ratio)}x${r.workload === 'pipelined-put' ? '*' : ''}`,
+      ratio === undefined ? '-' : `${fmt(ratio)}x${pairingFor(r.workload).mark}`,
       notes(r),
     ];
   });
@@ -180,8 +250,27 @@ export function renderTable(results: readonly WorkloadResult[]): string {
   const line = (cells: string[]): string =>
     cells.map((c, i) => (i >= 3 && i <= 7 ? c.padStart(widths[i]!) : c.padEnd(widths[i]!))).join('  ').trimEnd();
   const out = [line(head), line(widths.map((w) => '-'.repeat(w))), ...rows.map(line)];
-  if (results.some((r) => r.workload === 'pipelined-put' && ratioFor(r, results) !== undefined)) {
-    out.push('* pipelined-put is compared with etcd\'s unary put (etcd has no pipelined KV API).');
+  const footnotes = new Set<string>();
+  for (const r of results) {
+    const f = pairingFor(r.workload).footnote;
+    if (f !== undefined && ratioFor(r, results) !== undefined) footnotes.add(f);
+  }
+  out.push(...footnotes);
+  if (results.some((r) => REACTION_WORKLOADS.includes(r.workload))) {
+    out.push(
+      'lambda, lambda-throughput, watch: ops/s = reactions per second (lambda starts, watch events); p50/p99/p999 = reaction latency as "lat" in notes says.',
+    );
+  }
+  const lambda = results.find((r) => r.system === 'kvd' && r.workload === 'lambda');
+  const watches = results.filter((r) => r.workload === 'watch');
+  const reactors = [...(lambda ? [{ label: 'kvd lambda', r: lambda }] : []), ...watches.map((r) => ({ label: `${r.system} watch`, r }))];
+  if (reactors.length > 1) {
+    const p = (r: WorkloadResult, key: 'sentToReactionMs' | 'ackToReactionMs'): string => {
+      const v = extraP50(r, key);
+      return v === undefined ? '?' : fmt(v);
+    };
+    out.push(`p50 put sent→reaction: ${reactors.map((x) => `${x.label} ${p(x.r, 'sentToReactionMs')} ms`).join(', ')}`);
+    out.push(`p50 put ack→reaction:  ${reactors.map((x) => `${x.label} ${p(x.r, 'ackToReactionMs')} ms`).join(', ')} (< 0: the reaction came before the ack reached the client)`);
   }
   return out.join('\n');
 }
@@ -244,12 +333,15 @@ export async function runBench(cfg: BenchConfig): Promise<WorkloadResult[]> {
       for (const workload of workloads) {
         log(`${system}: ${workload}, ${cfg.clients} clients, ${cfg.warmupS} s warm-up + ${cfg.durationS} s`);
         try {
-          const r = await runWorkload({
+          const common = {
             system, workload, endpoints: cluster.endpoints, clients: cfg.clients, perChannel: cfg.perChannel,
             procs: cfg.procs, warmupMs: cfg.warmupS * 1000, durationMs: cfg.durationS * 1000, keys: cfg.keys,
-            rmwKeys: cfg.rmwKeys, valueBytes: cfg.valueBytes, pipelineDepth: cfg.pipelineDepth,
-            opTimeoutMs: cfg.opTimeoutS * 1000, rmwMaxAttempts: cfg.rmwAttempts, serverPids: cluster.pids(),
-          });
+            valueBytes: cfg.valueBytes, pipelineDepth: cfg.pipelineDepth, opTimeoutMs: cfg.opTimeoutS * 1000,
+            serverPids: cluster.pids(),
+          };
+          const r = REACTION_WORKLOADS.includes(workload)
+            ? await runReactionWorkload({ ...common, ...(cluster.adminToken ? { adminToken: cluster.adminToken } : {}), log })
+            : await runWorkload({ ...common, rmwKeys: cfg.rmwKeys, rmwMaxAttempts: cfg.rmwAttempts });
           results.push(r);
           log(`${system}: ${workload}: ${fmt(r.opsPerSec, 0)} ops/s, p50 ${fmt(r.p50Ms)} ms, p99 ${fmt(r.p99Ms)} ms, p999 ${fmt(r.p999Ms)} ms; ${notes(r)}`);
         } catch (err) {
@@ -296,8 +388,8 @@ export async function runBench(cfg: BenchConfig): Promise<WorkloadResult[]> {
   }
 
   const ratios = results
-    .map((r) => ({ workload: r.workload, ratio: ratioFor(r, results) }))
-    .filter((x): x is { workload: WorkloadName; ratio: number } => x.ratio !== undefined);
+    .map((r) => ({ workload: r.workload, against: pairingFor(r.workload).against, kind: pairingFor(r.workload).kind, ratio: ratioFor(r, results) }))
+    .filter((x): x is { workload: WorkloadName; against: WorkloadName; kind: Pairing['kind']; ratio: number } => x.ratio !== undefined);
   await mkdir(dirname(cfg.out), { recursive: true });
   await writeFile(
     cfg.out,

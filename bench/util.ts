@@ -161,6 +161,8 @@ export interface RunningCluster {
   readonly dataDir: string;
   /** PIDs of the server processes (for CPU accounting). */
   pids(): number[];
+  /** The admin token the nodes were started with (kvd only: needed to load extensions). */
+  readonly adminToken?: string;
   /** Stops every node and removes the data directory (idempotent). */
   stop(): Promise<void>;
 }

@@ -106,8 +106,10 @@ export class WatchDispatcher {
     this.handle = this.host.subscribe(this.watch.prefix, cursor + 1, {
       events: (events, upTo) => this.receive(events, upTo),
       progress: (revision) => this.advanceSeen(revision),
-      canceled: (reason) => {
-        if (!this.stopped) this.onFailure(`watch on ${this.watch.prefix} cancelled: ${reason}`);
+      canceled: (reason, compactRevision) => {
+        if (this.stopped) return;
+        this.onFailure(`watch on ${this.watch.prefix} cancelled: ${reason}`);
+        if (compactRevision !== undefined) this.skipCompacted(compactRevision);
       },
       writable: () => this.queue.length < this.watch.options.maxBacklog,
       onDrain: (cb) => {
@@ -116,6 +118,26 @@ export class WatchDispatcher {
     });
     this.persistTimer = setInterval(() => void this.persistCursor(), 200);
     this.persistTimer.unref?.();
+  }
+
+  /**
+   * The history this watch still needed was compacted (it fell further behind than the shard
+   * retains): record the lost range as a dead letter, then continue from the oldest revision left.
+   */
+  private skipCompacted(compactRevision: number): void {
+    const from = this.stats.cursor + 1;
+    const to = compactRevision - 1;
+    const body = { extension: this.extension, prefix: this.watch.prefix, kind: 'compacted', error: `events ${from}..${to} were compacted before delivery`, lostFrom: from, lostTo: to };
+    void this.host
+      .put(`${DLQ_PREFIX}${this.extension}/gap-${String(from).padStart(12, '0')}-${String(to).padStart(12, '0')}`, new TextEncoder().encode(JSON.stringify(body)))
+      .catch(() => {});
+    for (const p of this.queue) if (p.retryTimer) clearTimeout(p.retryTimer);
+    this.queue.length = 0;
+    this.keyOwner.clear();
+    this.retryOwner.clear();
+    this.handle?.cancel();
+    if (this.persistTimer) clearInterval(this.persistTimer);
+    this.start(Math.max(to, this.stats.cursor));
   }
 
   /** Stops delivering (leadership lost, unload, or replacement). In-flight lambdas finish unobserved. */

@@ -13,7 +13,7 @@ import { DATA_GROUP, META_GROUP, type KvNode } from '../node/kv-node.js';
 import type { ShardReplica } from '../node/replica.js';
 import type { Command, CommandResult } from '../statemachine/index.js';
 import { DEFAULT_MAX_HOPS, type ExtensionEvent } from './api.js';
-import { cursorKey, WatchDispatcher, type DispatchHost, type DispatchStats } from './dispatcher.js';
+import { cursorKey, SYSTEM_PREFIX, WatchDispatcher, type DispatchHost, type DispatchStats } from './dispatcher.js';
 import { packageDigest, PackageError, unpackPackage, MAX_PACKAGE_BYTES } from './package.js';
 import {
   chunkKey,
@@ -298,9 +298,12 @@ export class ExtensionManager {
       );
       const saved = data.sm.get(cursorKey(name, w));
       const cursor = saved ? Number(new TextDecoder().decode(saved.value)) || 0 : 0;
-      // A watch never delivered before starts where the extension was registered: it sees every
-      // change made after `load` returned, whichever node leads the shard.
-      d.start(saved ? cursor : Math.max(0, (l.record.startRevision ?? data.sm.revision + 1) - 1));
+      // A watch starts where the extension was registered (it sees every change made after
+      // `load` returned, whichever node leads the shard), or further on from its replicated
+      // cursor. A cursor older than the registration belongs to an earlier, unloaded incarnation
+      // and is ignored (a reload keeps the first registration's start, so its cursor counts).
+      const registeredAt = Math.max(0, (l.record.startRevision ?? data.sm.revision + 1) - 1);
+      d.start(Math.max(saved ? cursor : 0, registeredAt));
       l.dispatchers.push(d);
     }
   }
@@ -498,7 +501,24 @@ export class ExtensionManager {
     const deadline = { deadlineMs: Date.now() + 30_000 };
     await this.node.execute(META_GROUP, { type: 'delete', key: metaKey(name) }, deadline);
     await this.deleteChunks(name, record.generation);
+    await this.deleteCursors(name);
     return true;
+  }
+
+  /**
+   * Forgets an unloaded extension's delivery cursors, so that loading it again later starts
+   * from that load (not from where the old one stopped). Runs through the data leader.
+   */
+  private async deleteCursors(name: string): Promise<void> {
+    const prefix = `${SYSTEM_PREFIX}cursor/${name}/`;
+    try {
+      const page = await this.node.list({ prefix, keysOnly: true, consistency: 'linearizable', limit: 10_000 }, { deadlineMs: Date.now() + 10_000 });
+      for (const item of page.items) await this.node.execute(DATA_GROUP, { type: 'delete', key: item.key }, { deadlineMs: Date.now() + 10_000 });
+    } catch (e) {
+      // This node does not lead the data shard: the cursors stay, and a later load of the same
+      // name resumes from them (delivering what happened meanwhile, at least once). Logged.
+      this.opts.log.warn({ extension: name, err: (e as Error).message }, 'could not delete delivery cursors after unload');
+    }
   }
 
   private async deleteChunks(name: string, generation: number): Promise<void> {

@@ -121,6 +121,12 @@ describe('delivery', () => {
     await new Promise((r) => setTimeout(r, 300));
     expect(await c.get('/ver-seen/unloaded')).toBeUndefined();
     expect(await m.unload('it-version')).toBe(false);
+    // Loading it again starts from the new load: changes made while it was unloaded are not replayed.
+    await c.load(`${FIX}/it-version`, { config: { v: '3' } });
+    await c.put('/ver/reloaded', 'x');
+    expect(await c.until(async () => c.get('/ver-seen/reloaded'))).toBe('3');
+    await new Promise((r) => setTimeout(r, 300));
+    expect(await c.get('/ver-seen/unloaded')).toBeUndefined();
   });
 });
 
