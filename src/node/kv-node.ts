@@ -1,10 +1,23 @@
 /**
  * A kvd node: hosts shard replicas (Raft groups) over one LevelDB, drives them with one tick
  * timer and one ready loop (persist all groups in one fsynced batch → send → apply → advance),
- * and serves the KV API to the gRPC layer as a `KvBackend`.
+ * and serves the KV API to the gRPC layer as a `KvBackend`. Each group's state machine is durable
+ * in the same LevelDB (state-store.ts): what a round applies is staged into that round's batch
+ * with the applied index, and a restart rebuilds the machine from it and replays only later entries.
  */
-import { bootstrapState, SeededRandom, type NodeId, type Message } from '../raft/index.js';
 import {
+  bootstrapState,
+  decodeConfChange,
+  EntryType,
+  nextConfState,
+  SeededRandom,
+  type ConfState,
+  type MemoryStorage,
+  type NodeId,
+  type Message,
+} from '../raft/index.js';
+import {
+  KvStateMachine,
   validateCommand,
   type Command,
   type CommandResult,
@@ -14,6 +27,7 @@ import {
 } from '../statemachine/index.js';
 import { RaftLogStore } from '../storage/raft-log-store.js';
 import type { KvEngine } from '../storage/kv-engine.js';
+import { loadState, readStateMeta, StateRecorder, stateKeys } from '../storage/state-store.js';
 import {
   DeadlineError,
   NotLeaderError,
@@ -65,6 +79,10 @@ export interface NodeOptions {
   /** How often the leader checks whether old versions are due for compaction (ms). */
   readonly retentionCheckMs?: number;
   readonly stateMachine?: KvStateMachineOptions;
+  /** Bound on the bytes of each storage unit when a group's durable state is replaced wholesale (default 4 MiB). */
+  readonly stateUnitBytes?: number;
+  /** Bound on the bytes coalesced into one engine batch (default: the store's, 64 MiB); whole units are never split. */
+  readonly maxBatchBytes?: number;
   readonly nowMs?: () => number;
   readonly log: Logger;
   /** Called when durable storage fails: the node cannot continue safely (default: exit the process). */
@@ -111,7 +129,7 @@ export class KvNode implements KvBackend {
   /** Opens the node's storage, creating the data group on first start. Call `start()` to run. */
   static async open(opts: NodeOptions, engine: KvEngine, transport: Transport): Promise<KvNode> {
     if (!opts.members.has(opts.id)) throw new Error(`node ${opts.id} is not among the members`);
-    const store = await RaftLogStore.open(engine);
+    const store = await RaftLogStore.open(engine, opts.maxBatchBytes ? { maxBatchBytes: opts.maxBatchBytes } : {});
     const node = new KvNode(opts, store, transport);
     const voters = [...opts.members.keys()].sort((a, b) => a - b);
     for (const group of [META_GROUP, DATA_GROUP]) {
@@ -121,7 +139,8 @@ export class KvNode implements KvBackend {
       store.persistReady(group, { entries: b.entries, hardState: b.hardState });
     }
     await store.flush();
-    for (const g of store.groups()) node.addReplica(g);
+    for (const g of store.groups()) node.addReplica(g, await node.recoverState(engine, g));
+    await store.flush();
     transport.onMessages((msgs) => node.receive(msgs));
     transport.onUnreachable((peer) => {
       for (const r of node.replicas.values()) r.raw.reportUnreachable(peer);
@@ -129,7 +148,44 @@ export class KvNode implements KvBackend {
     return node;
   }
 
-  private addReplica(group: number): void {
+  /**
+   * Rebuilds `group`'s state machine at open: from its durable records when they are at least as
+   * new as the Raft snapshot (Raft then replays only later entries), else from the snapshot (or
+   * empty), rewriting the records to match (see state-store.ts). Also brings the stored membership
+   * up to the applied index, as Raft will not re-apply the configuration changes before it.
+   */
+  private async recoverState(engine: KvEngine, group: number): Promise<{ sm: KvStateMachine; recorder: StateRecorder }> {
+    const storage = this.store.storageFor(group);
+    const snap = storage.snapshot();
+    const snapIndex = snap?.meta.index ?? 0;
+    const meta = await readStateMeta(engine, group);
+    let sm: KvStateMachine;
+    let recorder: StateRecorder;
+    const fromRecords = meta !== undefined && meta.appliedIndex >= snapIndex;
+    if (fromRecords) {
+      const loaded = (await loadState(engine, group))!;
+      sm = KvStateMachine.fromRecords(loaded.data);
+      recorder = new StateRecorder(group, loaded.written);
+    } else {
+      sm = snap ? KvStateMachine.restore(snap.data) : new KvStateMachine(this.opts.stateMachine);
+      recorder = new StateRecorder(group);
+      const stale = await stateKeys(engine, group);
+      if (stale.length > 0 || sm.appliedIndex > 0) {
+        const units = recorder.replace(undefined, sm.toRecords(), {
+          deleteKeys: stale,
+          ...(this.opts.stateUnitBytes ? { maxUnitBytes: this.opts.stateUnitBytes } : {}),
+        });
+        for (const u of units) this.store.stageStateOps(group, u);
+        this.log.info({ group, snapshotIndex: snapIndex, staleRecords: stale.length }, 'state machine records rewritten from the snapshot');
+      }
+    }
+    const conf = confAt(storage, sm.appliedIndex);
+    if (conf) this.store.setConf(group, conf);
+    this.log.info({ group, appliedIndex: sm.appliedIndex, snapshotIndex: snapIndex, fromRecords }, 'state machine recovered');
+    return { sm, recorder };
+  }
+
+  private addReplica(group: number, initialState?: { sm: KvStateMachine; recorder: StateRecorder }): void {
     const storage = this.store.storageFor(group);
     const r = new ShardReplica({
       nodeId: this.id,
@@ -141,6 +197,8 @@ export class KvNode implements KvBackend {
       snapshotEveryEntries: this.opts.snapshotEveryEntries ?? 20_000,
       maxPendingProposals: this.opts.maxPendingProposals ?? 50_000,
       ...(this.opts.stateMachine ? { stateMachine: this.opts.stateMachine } : {}),
+      ...(initialState ? { initialState } : {}),
+      ...(this.opts.stateUnitBytes ? { stateUnitBytes: this.opts.stateUnitBytes } : {}),
       nowMs: this.nowMs,
       onCommitted: (ms) => this.observer.committed?.(group, ms),
       onBadEntry: (index, err) => this.log.error({ group, index, err: String(err) }, 'undecodable committed entry applied as no-op'),
@@ -282,6 +340,8 @@ export class KvNode implements KvBackend {
           // its fsync overlaps the followers'), and applying entries already durable on a quorum.
           this.transport.send(rd.earlyMessages);
           r.apply(rd);
+          // What was applied goes into this round's batch, after the log writes it came from.
+          for (const unit of r.takeStateUnits()) this.store.stageStateOps(r.group, unit);
           if (rd.committedEntries.length > 0) this.observer.applied?.(r.group, rd.committedEntries.length);
           round.push([r, rd]);
         }
@@ -502,4 +562,23 @@ export function withDeadline<T>(p: Promise<T>, deadlineMs: number, message: stri
       },
     );
   });
+}
+
+/**
+ * The membership in effect at `applied` when it differs from the one `storage` holds (which is
+ * the membership as of its snapshot, or bootstrap): the configuration changes in the log up to
+ * `applied` are applied to it. Undefined when nothing changes.
+ */
+function confAt(storage: MemoryStorage, applied: number): ConfState | undefined {
+  const first = storage.firstIndex();
+  const last = Math.min(applied, storage.lastIndex());
+  const before = storage.initialState().conf;
+  let conf = before;
+  if (last < first) return undefined;
+  for (const e of storage.entries(first, last + 1)) {
+    if (e.type === EntryType.ConfChange) conf = nextConfState(conf, decodeConfChange(e.data));
+  }
+  const sorted = (a: readonly number[]): string => [...a].sort((x, y) => x - y).join(',');
+  const same = (a: readonly number[], b: readonly number[]): boolean => sorted(a) === sorted(b);
+  return same(conf.voters, before.voters) && same(conf.learners, before.learners) ? undefined : conf;
 }

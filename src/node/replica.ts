@@ -1,7 +1,8 @@
 /**
  * One shard replica on a node: its RawNode, its versioned KV state machine, the proposals and
  * linearizable reads waiting on it, and its watches. The node drives I/O (persist, send);
- * the replica turns committed entries into applied state and settles the waiting requests.
+ * the replica turns committed entries into applied state, records the state machine's durable
+ * writes for the node to stage (`takeStateUnits`), and settles the waiting requests.
  */
 import {
   EntryType,
@@ -13,6 +14,8 @@ import {
   type Ready,
 } from '../raft/index.js';
 import { KvStateMachine, type Command, type CommandResult, type KvStateMachineOptions } from '../statemachine/index.js';
+import type { EngineOp } from '../storage/kv-engine.js';
+import { StateRecorder } from '../storage/state-store.js';
 import { NotLeaderError, OverloadedError, UnavailableError } from './backend.js';
 import { decodeProposal, encodeProposal } from './envelope.js';
 import { WatchHub, type WatchHubOptions } from './watch-hub.js';
@@ -30,6 +33,14 @@ export interface ReplicaOptions {
   /** Most proposals waiting for commit on this replica. */
   readonly maxPendingProposals: number;
   readonly stateMachine?: KvStateMachineOptions;
+  /**
+   * The state machine to start from, as the node rebuilt it (from its durable records, or from the
+   * storage snapshot), with the recorder that knows what its records on disk (or staged) hold.
+   * Default: restored from the storage snapshot, or empty, with a recorder of no records.
+   */
+  readonly initialState?: { readonly sm: KvStateMachine; readonly recorder: StateRecorder };
+  /** Bound on the bytes of each unit written when a Raft snapshot replaces the state (default 4 MiB). */
+  readonly stateUnitBytes?: number;
   readonly watch?: WatchHubOptions;
   readonly nowMs: () => number;
   /** Called when a proposal of this replica is applied: its propose → apply latency. */
@@ -74,12 +85,16 @@ export class ShardReplica {
   private lastSnapshotIndex: number;
   private readonly hopsByRevision = new Map<number, number>();
   private lastRole: Role;
+  private readonly recorder: StateRecorder;
+  private stateUnits: EngineOp[][] = [];
 
   constructor(private readonly opts: ReplicaOptions) {
     this.group = opts.group;
     const snap = opts.storage.snapshot();
-    this.sm = snap ? KvStateMachine.restore(snap.data) : new KvStateMachine(opts.stateMachine);
+    this.sm = opts.initialState?.sm ?? (snap ? KvStateMachine.restore(snap.data) : new KvStateMachine(opts.stateMachine));
     this.lastSnapshotIndex = snap?.meta.index ?? 0;
+    this.recorder = opts.initialState?.recorder ?? new StateRecorder(opts.group);
+    this.sm.observe(this.recorder);
     this.raw = new RawNode({
       id: opts.nodeId,
       group: opts.group,
@@ -156,7 +171,17 @@ export class ShardReplica {
    */
   apply(rd: Ready): void {
     if (rd.snapshot) {
+      const before = this.sm;
+      before.observe(undefined);
+      const pending = this.recorder.take(before);
+      if (pending) this.stateUnits.push(pending);
       this.sm = KvStateMachine.restore(rd.snapshot.data);
+      // The records become the snapshot's state (the difference, in bounded units).
+      const units = this.recorder.replace(before.toRecords(), this.sm.toRecords(), {
+        ...(this.opts.stateUnitBytes ? { maxUnitBytes: this.opts.stateUnitBytes } : {}),
+      });
+      for (const u of units) this.stateUnits.push(u);
+      this.sm.observe(this.recorder);
       this.lastSnapshotIndex = rd.snapshot.meta.index;
       this.watches.restored();
     }
@@ -200,6 +225,20 @@ export class ShardReplica {
       if (this.lastRole === Role.Leader) this.lostLeadership();
       this.lastRole = role;
     }
+  }
+
+  /**
+   * The durable writes of the state machine since the last call, as atomic units to stage in
+   * order (`RaftLogStore.stageStateOps`): after applying a Ready, one unit with its changes and
+   * applied index; after a snapshot install, the replacement's units first. Empty when nothing
+   * changed.
+   */
+  takeStateUnits(): EngineOp[][] {
+    const u = this.recorder.take(this.sm);
+    if (u) this.stateUnits.push(u);
+    const out = this.stateUnits;
+    this.stateUnits = [];
+    return out;
   }
 
   private settleReads(): void {

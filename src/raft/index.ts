@@ -2,7 +2,7 @@
 export * from './types.js';
 export { RaftLog } from './log.js';
 export { MemoryStorage, CompactedError, UnavailableError, type Storage, type InitialState } from './storage.js';
-export { Raft, ProposalDroppedError, encodeConfChange, decodeConfChange, type RaftConfig } from './raft.js';
+export { Raft, ProposalDroppedError, encodeConfChange, decodeConfChange, nextConfState, type RaftConfig } from './raft.js';
 export { RawNode, type RaftStatus } from './raw-node.js';
 export { SeededRandom } from './rand.js';
 export { bootstrapState, type BootstrapState } from './bootstrap.js';

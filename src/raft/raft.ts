@@ -102,6 +102,29 @@ export function decodeConfChange(data: Uint8Array): ConfChange {
   return cc;
 }
 
+/**
+ * The membership after applying the committed change `cc` to `conf`, as `Raft.applyConfChange`
+ * does (pure; a change that would leave no voter returns `conf` unchanged). Hosts that restart
+ * Raft past applied configuration changes use it to recompute the membership in effect.
+ */
+export function nextConfState(conf: ConfState, cc: ConfChange): ConfState {
+  const voters = conf.voters.filter((v) => v !== cc.nodeId);
+  const learners = conf.learners.filter((v) => v !== cc.nodeId);
+  switch (cc.type) {
+    case ConfChangeType.AddVoter:
+      voters.push(cc.nodeId);
+      break;
+    case ConfChangeType.AddLearner:
+      learners.push(cc.nodeId);
+      break;
+    case ConfChangeType.RemoveNode:
+      break;
+  }
+  if (voters.length === 0) return conf; // never leave a group without voters
+  const v = [...new Set(voters)].sort((a, b) => a - b);
+  return { voters: v, learners: [...new Set(learners)].filter((l) => !v.includes(l)).sort((a, b) => a - b) };
+}
+
 /** One replica of one Raft group. Drive it through `RawNode`, which batches its outputs. */
 export class Raft {
   readonly id: NodeId;
@@ -302,6 +325,12 @@ export class Raft {
         this.send({ type: MessageType.AppResp, group: this.group, from: this.id, to: m.from, term: this.term });
       } else if (m.type === MessageType.PreVote) {
         this.send({ type: MessageType.PreVoteResp, group: this.group, from: this.id, to: m.from, term: this.term, reject: true });
+      } else if (m.type === MessageType.Vote) {
+        // As the Raft paper's RequestVote reply: refuse, with our term, so a candidate stuck on an
+        // older term catches up. Without it, a voter that does not know the candidate is a member
+        // (it missed the configuration change) can stay one term ahead forever: each of its own
+        // campaigns skips the candidate, and the candidate's requests arrive one term too late.
+        this.send({ type: MessageType.VoteResp, group: this.group, from: this.id, to: m.from, term: this.term, reject: true });
       }
       return;
     }
@@ -1047,20 +1076,10 @@ export class Raft {
 
   /** Applies a committed membership change (called as the host applies the entry); returns the new configuration. */
   applyConfChange(cc: ConfChange): ConfState {
-    const voters = this.voters.filter((v) => v !== cc.nodeId);
-    const learners = this.learners.filter((v) => v !== cc.nodeId);
-    switch (cc.type) {
-      case ConfChangeType.AddVoter:
-        voters.push(cc.nodeId);
-        break;
-      case ConfChangeType.AddLearner:
-        learners.push(cc.nodeId);
-        break;
-      case ConfChangeType.RemoveNode:
-        break;
-    }
-    if (voters.length === 0) return this.confState(); // never leave a group without voters
-    this.applyConf({ voters, learners });
+    const cur = this.confState();
+    const next = nextConfState(cur, cc);
+    if (next === cur) return cur; // never leave a group without voters
+    this.applyConf(next);
     if (this.role === Role.Leader) {
       if (!this.voters.includes(this.id)) {
         // Removed (or demoted) leader: hand over by stepping down; the others elect a new leader.

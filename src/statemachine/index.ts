@@ -18,3 +18,7 @@ export { validateCommand, validateKey, validatePrefix } from './validation.js';
 export * from './limits.js';
 /** Command, result, event and read types. */
 export type * from './types.js';
+/** Plain records of a state machine's whole state (snapshots and durable storage), and their decoder. */
+export { decodeSnapshot, type SnapshotData, type VersionRecord } from './snapshot-codec.js';
+/** The observer of a state machine's record-level changes (incremental persistence). */
+export type { StateSink } from './state-sink.js';

@@ -12,8 +12,9 @@ import {
   MAX_LIST_LIMIT,
 } from './limits.js';
 import { Queue } from './queue.js';
-import { decodeSnapshot, encodeSnapshot, type VersionRecord } from './snapshot-codec.js';
+import { decodeSnapshot, encodeSnapshot, type SnapshotData, type VersionRecord } from './snapshot-codec.js';
 import { SortedKeySet } from './sorted-keys.js';
+import type { StateSink } from './state-sink.js';
 import type {
   ApplyOutput,
   Command,
@@ -83,6 +84,10 @@ function positiveLimit(n: unknown, def: number, max: number, what: string): numb
  *
  * Values passed in commands are stored by reference, and values returned by reads and events are
  * the stored arrays: callers must treat them as immutable.
+ *
+ * Durability: the machine itself does no I/O. A host that persists it incrementally attaches a
+ * {@link StateSink} (`observe`), which sees every record-level change as it is applied, and
+ * rebuilds the machine from the persisted records with `fromRecords` (`toRecords` is the inverse).
  */
 export class KvStateMachine {
   private readonly records = new Map<string, VersionRecord[]>();
@@ -95,6 +100,7 @@ export class KvStateMachine {
   private _appliedIndex = 0;
   private _compactRevision = 0;
   private _lastTimestampMs = 0;
+  private sink: StateSink | undefined;
   /** Events of at most this many most recent revisions are kept for `eventsSince`. */
   readonly maxHistoryRevisions: number;
   /** Cap on accounted history bytes (see {@link eventBytes}). */
@@ -115,6 +121,14 @@ export class KvStateMachine {
       'maxHistoryBytes',
     );
     this.revTimes.push(0);
+  }
+
+  /**
+   * Attaches `sink` (or detaches, with undefined): from now on every change of the machine's
+   * records is reported to it (see {@link StateSink}). Replaces any sink attached before.
+   */
+  observe(sink: StateSink | undefined): void {
+    this.sink = sink;
   }
 
   /** The Raft index of the last applied command (0 before any). */
@@ -306,8 +320,10 @@ export class KvStateMachine {
       recs = [];
       this.records.set(key, recs);
     }
-    recs.push({ revision, timestampMs: ts, value });
+    const version: VersionRecord = { revision, timestampMs: ts, value };
+    recs.push(version);
     this.writeLog.push({ revision, key });
+    this.sink?.versionAdded(key, version);
     if (value !== null && !wasLive) this.live.add(key);
     else if (value === null && wasLive) this.live.delete(key);
   }
@@ -318,12 +334,14 @@ export class KvStateMachine {
       this.history.push(e);
       this.historyBytes += eventBytes(e);
     }
+    this.sink?.revisionAdded(this._revision, events[0]!.timestampMs, events);
     for (;;) {
       const oldest = this.history.at(0)!.revision;
       const tooMany = this._revision - oldest + 1 > this.maxHistoryRevisions;
       const tooBig = this.historyBytes > this.maxHistoryBytes && oldest < this._revision;
       if (!tooMany && !tooBig) break;
       this.dropHistoryBefore(oldest + 1);
+      this.sink?.historyTrimmed(oldest);
     }
   }
 
@@ -363,9 +381,15 @@ export class KvStateMachine {
       let j = 0; // number of versions at or before c (>= 1: the key was written in (old, c])
       while (j < recs.length && recs[j]!.revision <= c) j++;
       const drop = recs[j - 1]!.value === null ? j : j - 1;
+      if (drop > 0 && this.sink) {
+        const revisions: number[] = [];
+        for (let i = 0; i < drop; i++) revisions.push(recs[i]!.revision);
+        this.sink.versionsDropped(key, revisions, drop === recs.length);
+      }
       if (drop === recs.length) this.records.delete(key);
       else if (drop > 0) recs.splice(0, drop);
     }
+    this.sink?.revisionsCompacted(this._compactRevision, c);
     this.revTimes.dropFront(c - this._compactRevision);
     this._compactRevision = c;
     this.dropHistoryBefore(c);
@@ -515,6 +539,15 @@ export class KvStateMachine {
    * version is a tombstone (live keys are already ordered).
    */
   snapshot(): Uint8Array {
+    return encodeSnapshot(this.toRecords());
+  }
+
+  /**
+   * All retained state as plain records (what `snapshot()` encodes and `fromRecords` rebuilds
+   * from). The version arrays and values are the machine's own: read them before the next
+   * `apply` or `compact`, and never mutate them. O(keys + d log d), as `snapshot()`.
+   */
+  toRecords(): SnapshotData {
     // Merge the (already ordered) live keys with the few keys whose latest version is a tombstone.
     const live = this.live.toArray();
     const dead: string[] = [];
@@ -525,7 +558,7 @@ export class KvStateMachine {
       const k = j >= dead.length || (i < live.length && compareKeys(live[i]!, dead[j]!) < 0) ? live[i++]! : dead[j++]!;
       keys.push([k, this.records.get(k)!]);
     }
-    return encodeSnapshot({
+    return {
       appliedIndex: this._appliedIndex,
       revision: this._revision,
       compactRevision: this._compactRevision,
@@ -535,7 +568,7 @@ export class KvStateMachine {
       revisionTimestamps: this.revTimes.toArray(),
       keys,
       history: this.history.toArray(),
-    });
+    };
   }
 
   /**
@@ -543,7 +576,21 @@ export class KvStateMachine {
    * original and re-snapshots to the same bytes. Throws ValidationError MALFORMED_SNAPSHOT.
    */
   static restore(bytes: Uint8Array): KvStateMachine {
-    const d = decodeSnapshot(bytes);
+    return KvStateMachine.build(decodeSnapshot(bytes), true); // the decoded lists are private: adopt them
+  }
+
+  /**
+   * Rebuilds a state machine from its records (`toRecords()` of the original, a decoded snapshot,
+   * or durable records loaded by the host); the result behaves identically to the original and
+   * snapshots to the same bytes. The records must be consistent (decoders validate them); the
+   * version lists are copied, the version records and values are shared (they are immutable).
+   * No sink is attached. O(state size).
+   */
+  static fromRecords(d: SnapshotData): KvStateMachine {
+    return KvStateMachine.build(d, false);
+  }
+
+  private static build(d: SnapshotData, adopt: boolean): KvStateMachine {
     const m = new KvStateMachine({ maxHistoryRevisions: d.maxHistoryRevisions, maxHistoryBytes: d.maxHistoryBytes });
     m._appliedIndex = d.appliedIndex;
     m._revision = d.revision;
@@ -558,7 +605,7 @@ export class KvStateMachine {
     const writeKeys: string[] = [];
     const liveKeys: string[] = [];
     for (const [key, versions] of d.keys) {
-      m.records.set(key, versions as VersionRecord[]);
+      m.records.set(key, adopt ? (versions as VersionRecord[]) : versions.slice());
       if (versions[versions.length - 1]!.value !== null) liveKeys.push(key);
       for (const v of versions) {
         if (v.revision <= d.compactRevision) continue;

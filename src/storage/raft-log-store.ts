@@ -9,10 +9,13 @@
  *   g/<group:8 hex>/snapdata             that snapshot's data, raw bytes, as one value
  *
  * Every group's keys share the prefix `g/<group>/`, so a group is one contiguous key range.
+ * The state machine of a group lives beside its Raft state, under `s/<group:8 hex>/` (layout and
+ * recovery rules in state-store.ts); this store only stages those records (`stageStateOps`), so
+ * they are ordered and made durable together with the Raft writes.
  * Invariants on disk (checked on open): the log keys of a group are contiguous and start right
  * after the snapshot index (or at 1 without a snapshot); `snap` and `snapdata` exist together.
  *
- * Write model: every mutator (`persistReady`, `setConf`, `compact`, `deleteGroup`) updates the
+ * Write model: every mutator (`persistReady`, `setConf`, `compact`, `deleteGroup`, `stageStateOps`) updates the
  * group's in-memory `MemoryStorage` at once and stages its disk writes as one atomic *unit*.
  * `flush()` writes the staged units of all groups in fsynced engine batches, one batch in flight at
  * a time; units staged while a batch is in flight go together into the next one (group commit).
@@ -22,7 +25,7 @@
  */
 import { MemoryStorage } from '../raft/storage.js';
 import { type ConfState, type Entry, type EntryType, type HardState, type Snapshot, type SnapshotMeta } from '../raft/types.js';
-import { type EngineOp, type KvEngine } from './kv-engine.js';
+import { type EngineKey, type EngineOp, type KvEngine } from './kv-engine.js';
 
 /** Default upper bound on the bytes (keys + values + per-op overhead) coalesced into one engine batch. */
 export const MAX_BATCH_BYTES = 64 * 1024 * 1024;
@@ -130,6 +133,11 @@ export function logKey(group: number, index: number): string {
   return `${groupPrefix(group)}log/${hex(index, 16)}`;
 }
 
+/** The key prefix of a group's state machine records, `s/<group:8 hex>/` (their layout: state-store.ts). */
+export function stateKeyPrefix(group: number): string {
+  return `s/${hex(group, 8)}/`;
+}
+
 /** The engine keys of a group's metadata records. */
 export function metaKey(group: number, kind: 'conf' | 'hardstate' | 'snap' | 'snapdata'): string {
   return groupPrefix(group) + kind;
@@ -171,6 +179,17 @@ const fromUtf8 = new TextDecoder();
 const json = (v: unknown): Uint8Array => utf8.encode(JSON.stringify(v));
 const parseJson = <T>(b: Uint8Array): T => JSON.parse(fromUtf8.decode(b)) as T;
 
+/** Whether `key` starts with the bytes `prefix` (string keys are ASCII-compared, as they are stored as UTF-8). */
+function hasPrefix(key: EngineKey, prefix: Uint8Array): boolean {
+  if (key.length < prefix.length) return false;
+  if (typeof key === 'string') {
+    for (let i = 0; i < prefix.length; i++) if (key.charCodeAt(i) !== prefix[i]) return false;
+    return true;
+  }
+  for (let i = 0; i < prefix.length; i++) if (key[i] !== prefix[i]) return false;
+  return true;
+}
+
 function checkGroup(group: number): void {
   if (!Number.isInteger(group) || group < 0 || group > MAX_GROUP_ID) {
     throw new RangeError(`group id ${group} is not an integer in [0, ${MAX_GROUP_ID}]`);
@@ -182,11 +201,11 @@ class UnitBuilder {
   readonly ops: EngineOp[] = [];
   bytes = 0;
   entries = 0;
-  put(key: string, value: Uint8Array): void {
+  put(key: EngineKey, value: Uint8Array): void {
     this.ops.push({ type: 'put', key, value });
     this.bytes += key.length + value.length + OP_OVERHEAD_BYTES;
   }
-  del(key: string): void {
+  del(key: EngineKey): void {
     this.ops.push({ type: 'del', key });
     this.bytes += key.length + OP_OVERHEAD_BYTES;
   }
@@ -371,7 +390,31 @@ export class RaftLogStore {
     this.stage(u);
   }
 
-  /** Forgets `group`: drops its view and stages the deletion of all its keys. */
+  /**
+   * Stages engine writes of `group`'s state machine records as one atomic unit, ordered after
+   * everything staged before (so applied state never becomes durable ahead of the log writes it
+   * was applied from) and made durable by the next `flush()`. Every key must start with
+   * {@link stateKeyPrefix}(group) (bytes or ASCII string); throws RangeError otherwise, staging
+   * nothing. An empty `ops` stages nothing. The store does not interpret these records.
+   */
+  stageStateOps(group: number, ops: readonly EngineOp[]): void {
+    this.checkUsable();
+    checkGroup(group);
+    if (ops.length === 0) return;
+    const prefix = utf8.encode(stateKeyPrefix(group));
+    const u = new UnitBuilder();
+    for (const op of ops) {
+      if (!hasPrefix(op.key, prefix)) throw new RangeError(`state op key outside ${stateKeyPrefix(group)}`);
+      if (op.type === 'put') u.put(op.key, op.value);
+      else u.del(op.key);
+    }
+    this.stage(u);
+  }
+
+  /**
+   * Forgets `group`: drops its view and stages the deletion of all its Raft keys. Its state
+   * machine records (`s/<group>/`) are the caller's to delete (see state-store.ts).
+   */
   deleteGroup(group: number): void {
     this.checkUsable();
     const ms = this.storages.get(group);

@@ -1,0 +1,885 @@
+// Durable records of each shard's versioned state machine in the node's LevelDB: their binary key layout, the recorder that turns applied commands into engine writes, whole-state replacement, and loading at open.
+/*
+ * Design. The in-memory `KvStateMachine` stays the serving structure; its durable twin is a set of
+ * records beside the group's Raft state. The machine reports every record-level change to a
+ * {@link StateRecorder} (a `StateSink`), which encodes them as engine writes. After each Ready's
+ * committed entries are applied, the node stages those writes, ending with the group's `meta`
+ * record (applied index and scalars), as ONE unit of the `RaftLogStore` (`stageStateOps`). Units
+ * are made durable in staging order and never split, so the applied data and the applied index
+ * land atomically, in the same fsynced batch as the round's Raft writes, and never ahead of the
+ * log entries and hard state (commit index) they were applied from, which were staged earlier.
+ *
+ * Key layout (every key starts with `s/<group:8 hex>/`, ASCII; the rest is binary):
+ *
+ *   s/<g>/meta                           the scalars: see encodeMeta
+ *   s/<g>/l/<key>                        latest version of a key: varint revision
+ *   s/<g>/r/<first:u64 BE>               a block of consecutive revisions first..first+n-1: varint n,
+ *                                        then per revision varint timestampMs, varint writes (versions
+ *                                        written at it: the loader checks that every revision after
+ *                                        the compaction point has exactly these), varint eventCount,
+ *                                        then per event u8 type (0 put, 1 delete, 2 trigger), varint
+ *                                        keyLength + key UTF-8, and for triggers varint valueLength +
+ *                                        value (put values live in the versions).
+ *   s/<g>/v/<key>\x00\x01<revision:u64 BE>  one version: u8 kind (0 tombstone, 1 value), varint
+ *                                        timestampMs, then the value bytes (to the end)
+ *
+ * `<key>` is the key's UTF-8 with every 0x00 byte written as 0x00 0xff, so keys sort bytewise in
+ * the state machine's key order (UTF-8 byte order), and `\x00\x01` ends the key in version keys
+ * (a key sorts before its extensions, versions of a key by revision).
+ *
+ * Revision blocks: the blocks cover [compactRevision, revision] contiguously (revision 0 is
+ * implicit, at timestamp 0, and never written; the first block may start before the compaction
+ * point: revisions before it are ignored). Each round writes ONE block for the revisions it
+ * created (not one record per revision: engine writes cost per operation), so a put costs two
+ * writes, its version and its key's latest, plus a share of the round's block and `meta`.
+ *
+ * Lifecycle: a put/delete writes its version and the key's latest; a round writes its revision
+ * block with the events; once every revision of a block has left the watch history (trimming or
+ * compaction) the block is rewritten without events (so trigger values do not outlive the
+ * history), and once it is entirely before the compaction point it is deleted; a compaction
+ * deletes the versions it drops (and the latest of forgotten keys). The loader ignores events of
+ * revisions before the history start recorded in `meta` (a block partly out of the history keeps
+ * them until it is rewritten). A compaction's deletions go in the unit of its round, atomically
+ * with the new compaction point; they are as many as the versions it drops from memory, i.e.
+ * bounded by the writes between two retention checks.
+ *
+ * Recovery (KvNode.open): when `meta` exists and its applied index is at least the group's Raft
+ * snapshot index, the machine is rebuilt from the records (`loadState` + `fromRecords`) and Raft
+ * replays only the entries after it. Otherwise (no records yet, or records older than a snapshot
+ * installed from the leader when a crash cut short their replacement) the machine is restored
+ * from the snapshot and the records are rewritten from it (`StateRecorder.replace`).
+ *
+ * Replacement (a follower installing a snapshot, or recovery as above) writes the difference
+ * between the old and new versions and latests, and rewrites the revision blocks, in several
+ * bounded units: the first deletes `meta`, the last writes the new `meta`. Units between are not
+ * atomic together, which is safe: a crash in between leaves no `meta` (or one older than the
+ * snapshot, which was staged before), so recovery takes the snapshot path and replaces again.
+ */
+import {
+  compareKeys,
+  MAX_KEY_BYTES,
+  MAX_VALUE_BYTES,
+  ValidationError,
+  type KvEvent,
+  type KvStateMachine,
+  type SnapshotData,
+  type StateSink,
+  type VersionRecord,
+} from '../statemachine/index.js';
+import { ByteReader, ByteWriter } from '../statemachine/binary.js';
+import { type EngineOp, type KvEngine } from './kv-engine.js';
+import { StorageCorruptionError, stateKeyPrefix } from './raft-log-store.js';
+
+/** Format version of the `meta` record (its first byte). */
+export const STATE_FORMAT_VERSION = 1;
+
+/** Default bound on the estimated bytes of one unit written by {@link StateRecorder.replace}. */
+export const DEFAULT_STATE_UNIT_BYTES = 4 * 1024 * 1024;
+
+/** Most revisions in one block written by a replacement (a round's block holds what the round applied). */
+export const MAX_BLOCK_REVISIONS = 4096;
+
+const OP_OVERHEAD_BYTES = 16;
+const EV_PUT = 0;
+const EV_DELETE = 1;
+const EV_TRIGGER = 2;
+const KIND_TOMBSTONE = 0;
+const KIND_VALUE = 1;
+const TWO_32 = 2 ** 32;
+const SLASH = 0x2f;
+const TAG_LATEST = 0x6c; // 'l'
+const TAG_REVISION = 0x72; // 'r'
+const TAG_VERSION = 0x76; // 'v'
+const ascii = (s: string): Uint8Array => new Uint8Array(Buffer.from(s, 'latin1'));
+const META_SUFFIX = ascii('meta');
+const utf8 = new TextEncoder();
+const scratch = new Uint8Array(MAX_KEY_BYTES * 3);
+
+/** The scalar state of a group's machine, as held in its `meta` record. */
+export interface StateMeta {
+  readonly appliedIndex: number;
+  readonly revision: number;
+  readonly compactRevision: number;
+  readonly lastTimestampMs: number;
+  readonly maxHistoryRevisions: number;
+  readonly maxHistoryBytes: number;
+  /** The first revision whose events are in the watch history (revision + 1 when empty). */
+  readonly oldestHistoryRevision: number;
+}
+
+// ------------------------------------------------------------------ keys
+
+/** Builds the keys of one group. */
+class Keys {
+  readonly prefix: Uint8Array;
+  readonly meta: Uint8Array;
+
+  constructor(readonly group: number) {
+    this.prefix = ascii(stateKeyPrefix(group));
+    this.meta = concat(this.prefix, META_SUFFIX);
+  }
+
+  latest(key: string): Uint8Array {
+    const n = escapeKey(key);
+    const out = new Uint8Array(this.prefix.length + 2 + n);
+    out.set(this.prefix);
+    out[this.prefix.length] = TAG_LATEST;
+    out[this.prefix.length + 1] = SLASH;
+    out.set(scratch.subarray(0, n), this.prefix.length + 2);
+    return out;
+  }
+
+  version(key: string, revision: number): Uint8Array {
+    const n = escapeKey(key);
+    const p = this.prefix.length;
+    const out = new Uint8Array(p + 2 + n + 2 + 8);
+    out.set(this.prefix);
+    out[p] = TAG_VERSION;
+    out[p + 1] = SLASH;
+    out.set(scratch.subarray(0, n), p + 2);
+    out[p + 2 + n] = 0x00;
+    out[p + 3 + n] = 0x01;
+    writeU64(out, p + 4 + n, revision);
+    return out;
+  }
+
+  revision(revision: number): Uint8Array {
+    const p = this.prefix.length;
+    const out = new Uint8Array(p + 2 + 8);
+    out.set(this.prefix);
+    out[p] = TAG_REVISION;
+    out[p + 1] = SLASH;
+    writeU64(out, p + 2, revision);
+    return out;
+  }
+}
+
+function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
+  const out = new Uint8Array(a.length + b.length);
+  out.set(a);
+  out.set(b, a.length);
+  return out;
+}
+
+/** Writes the escaped UTF-8 of `key` into `scratch`; returns its length. */
+function escapeKey(key: string): number {
+  const n = utf8.encodeInto(key, scratch).written;
+  let zeros = 0;
+  for (let i = 0; i < n; i++) if (scratch[i] === 0) zeros++;
+  if (zeros === 0) return n;
+  // Expand in place from the back: 0x00 -> 0x00 0xff.
+  let w = n + zeros;
+  for (let i = n - 1; i >= 0; i--) {
+    const b = scratch[i]!;
+    if (b === 0) {
+      scratch[--w] = 0xff;
+      scratch[--w] = 0;
+    } else scratch[--w] = b;
+  }
+  return n + zeros;
+}
+
+function writeU64(out: Uint8Array, at: number, n: number): void {
+  const hi = Math.floor(n / TWO_32);
+  const lo = n >>> 0;
+  out[at] = hi >>> 24;
+  out[at + 1] = (hi >>> 16) & 0xff;
+  out[at + 2] = (hi >>> 8) & 0xff;
+  out[at + 3] = hi & 0xff;
+  out[at + 4] = lo >>> 24;
+  out[at + 5] = (lo >>> 16) & 0xff;
+  out[at + 6] = (lo >>> 8) & 0xff;
+  out[at + 7] = lo & 0xff;
+}
+
+function readU64(b: Uint8Array, at: number): number {
+  const hi = ((b[at]! << 24) | (b[at + 1]! << 16) | (b[at + 2]! << 8) | b[at + 3]!) >>> 0;
+  const lo = ((b[at + 4]! << 24) | (b[at + 5]! << 16) | (b[at + 6]! << 8) | b[at + 7]!) >>> 0;
+  const n = hi * TWO_32 + lo;
+  if (!Number.isSafeInteger(n)) throw new StorageCorruptionError('revision in a state key exceeds 2^53');
+  return n;
+}
+
+// ------------------------------------------------------------------ values
+
+/** Bytes of the unsigned LEB128 encoding of a non-negative safe integer. */
+function varintLength(n: number): number {
+  let len = 1;
+  while (n >= 0x80) {
+    n = Math.floor(n / 0x80);
+    len++;
+  }
+  return len;
+}
+
+/** Writes `n` as an unsigned LEB128 varint at `at`; returns the offset after it. */
+function putVarint(out: Uint8Array, at: number, n: number): number {
+  while (n >= 0x80) {
+    out[at++] = (n % 0x80) | 0x80;
+    n = Math.floor(n / 0x80);
+  }
+  out[at++] = n;
+  return at;
+}
+
+function varintBytes(n: number): Uint8Array {
+  const out = new Uint8Array(varintLength(n));
+  putVarint(out, 0, n);
+  return out;
+}
+
+/** `u8 kind, varint timestampMs, value bytes` (one exactly sized allocation: written for every put). */
+function encodeVersion(v: VersionRecord): Uint8Array {
+  const head = 1 + varintLength(v.timestampMs);
+  const out = new Uint8Array(head + (v.value?.length ?? 0));
+  out[0] = v.value === null ? KIND_TOMBSTONE : KIND_VALUE;
+  putVarint(out, 1, v.timestampMs);
+  if (v.value !== null) out.set(v.value, head);
+  return out;
+}
+
+/** The number of versions the events of one revision wrote (all but triggers). */
+function writesOf(events: readonly KvEvent[]): number {
+  let n = 0;
+  for (const e of events) if (e.type !== 'trigger') n++;
+  return n;
+}
+
+/** Encodes a revision block; `events[i]` undefined (or no `events`) = revision `first + i` without its events. */
+function encodeBlock(ts: readonly number[], writes: readonly number[], events?: ReadonlyArray<readonly KvEvent[] | undefined>): Uint8Array {
+  let size = 16 + ts.length * 12;
+  if (events) for (const evs of events) for (const e of evs ?? []) size += 8 + e.key.length * 3 + (e.type === 'trigger' ? e.value!.length + 4 : 0);
+  const w = new ByteWriter(size);
+  w.varint(ts.length);
+  for (let i = 0; i < ts.length; i++) {
+    w.varint(ts[i]!);
+    w.varint(writes[i]!);
+    const evs = events?.[i] ?? [];
+    w.varint(evs.length);
+    for (const e of evs) {
+      w.u8(e.type === 'put' ? EV_PUT : e.type === 'delete' ? EV_DELETE : EV_TRIGGER);
+      w.str(e.key);
+      if (e.type === 'trigger') w.bytes(e.value!);
+    }
+  }
+  return w.finish();
+}
+
+/** `u8 format version, varint appliedIndex, revision, compactRevision, lastTimestampMs, maxHistoryRevisions, maxHistoryBytes, oldestHistoryRevision`. */
+function encodeMeta(m: StateMeta): Uint8Array {
+  const w = new ByteWriter(64);
+  w.u8(STATE_FORMAT_VERSION);
+  w.varint(m.appliedIndex);
+  w.varint(m.revision);
+  w.varint(m.compactRevision);
+  w.varint(m.lastTimestampMs);
+  w.varint(m.maxHistoryRevisions);
+  w.varint(m.maxHistoryBytes);
+  w.varint(m.oldestHistoryRevision);
+  return w.finish();
+}
+
+/** Decodes a `meta` record (throws StorageCorruptionError). */
+export function decodeMeta(bytes: Uint8Array): StateMeta {
+  return corruptOnError('meta record', () => {
+    const r = new ByteReader(bytes, 'MALFORMED_SNAPSHOT');
+    const version = r.u8();
+    if (version !== STATE_FORMAT_VERSION) r.fail(`unknown state format ${version}`);
+    const m: StateMeta = {
+      appliedIndex: r.varint(),
+      revision: r.varint(),
+      compactRevision: r.varint(),
+      lastTimestampMs: r.varint(),
+      maxHistoryRevisions: r.varint(),
+      maxHistoryBytes: r.varint(),
+      oldestHistoryRevision: r.varint(),
+    };
+    r.expectEnd();
+    if (m.compactRevision > m.revision) r.fail('compactRevision after revision');
+    if (m.maxHistoryRevisions < 1 || m.maxHistoryBytes < 1) r.fail('history limits must be positive');
+    if (m.oldestHistoryRevision < Math.max(1, m.compactRevision) || m.oldestHistoryRevision > m.revision + 1) {
+      r.fail('oldest history revision out of range');
+    }
+    return m;
+  });
+}
+
+function metaOf(sm: KvStateMachine): StateMeta {
+  return {
+    appliedIndex: sm.appliedIndex,
+    revision: sm.revision,
+    compactRevision: sm.compactRevision,
+    lastTimestampMs: sm.lastTimestampMs,
+    maxHistoryRevisions: sm.maxHistoryRevisions,
+    maxHistoryBytes: sm.maxHistoryBytes,
+    oldestHistoryRevision: sm.oldestHistoryRevision,
+  };
+}
+
+function metaOfRecords(d: SnapshotData): StateMeta {
+  return {
+    appliedIndex: d.appliedIndex,
+    revision: d.revision,
+    compactRevision: d.compactRevision,
+    lastTimestampMs: d.lastTimestampMs,
+    maxHistoryRevisions: d.maxHistoryRevisions,
+    maxHistoryBytes: d.maxHistoryBytes,
+    oldestHistoryRevision: d.history.length > 0 ? d.history[0]!.revision : d.revision + 1,
+  };
+}
+
+function corruptOnError<T>(what: string, fn: () => T): T {
+  try {
+    return fn();
+  } catch (e) {
+    if (e instanceof ValidationError) throw new StorageCorruptionError(`${what}: ${e.message}`);
+    throw e;
+  }
+}
+
+function opBytes(op: EngineOp): number {
+  return op.key.length + (op.type === 'put' ? op.value.length : 0) + OP_OVERHEAD_BYTES;
+}
+
+// ------------------------------------------------------------------ incremental writes
+
+/**
+ * A revision block on disk, as the recorder tracks it: revisions [first, last], with their
+ * timestamps and write counts while the block still carries events on disk (needed to rewrite it
+ * without them once they all left the history).
+ */
+export interface BlockState {
+  readonly first: number;
+  last: number;
+  /** Per revision; kept while `withEvents`. */
+  ts: number[] | undefined;
+  writes: number[] | undefined;
+  /** Whether the block on disk (or about to be written) holds events. */
+  withEvents: boolean;
+}
+
+/** The block being built in the current round, not written yet. */
+interface OpenBlock {
+  readonly block: BlockState;
+  /** Per revision its events, undefined once trimmed from the history. */
+  readonly events: Array<readonly KvEvent[] | undefined>;
+}
+
+/** What the records of a group hold, as far as a recorder continuing from them needs to know. */
+export interface WrittenState {
+  /** The applied index in `meta`. */
+  readonly appliedIndex: number;
+  /** The revision blocks on disk, in order. */
+  readonly blocks: readonly BlockState[];
+  /** The history start in `meta` (blocks wholly before it that still carry events are rewritten). */
+  readonly oldestHistoryRevision: number;
+}
+
+/**
+ * The {@link StateSink} of one group's machine: encodes each reported change as engine writes,
+ * which {@link take} hands out (with the round's revision block and the `meta` record) as one unit
+ * per round. It tracks the revision blocks on disk, so it must see every change of the records:
+ * attach it to the machine whose records the disk holds, stage every unit it hands out, in order.
+ */
+export class StateRecorder implements StateSink {
+  private readonly keys: Keys;
+  private ops: EngineOp[] = [];
+  private metaApplied: number;
+  private readonly blocks: BlockState[] = [];
+  /** Index in `blocks` of the oldest block that may still have revisions in the history. */
+  private hist = 0;
+  private open: OpenBlock | undefined;
+
+  /** A recorder for `group`, whose records hold `written` (default: no records). */
+  constructor(
+    readonly group: number,
+    written: WrittenState = { appliedIndex: 0, blocks: [], oldestHistoryRevision: 1 },
+  ) {
+    this.keys = new Keys(group);
+    this.metaApplied = written.appliedIndex;
+    for (const b of written.blocks) {
+      const copy: BlockState = { ...b, ts: b.ts?.slice(), writes: b.writes?.slice() };
+      this.blocks.push(copy);
+      // Defensive: a block wholly out of the history still carrying events (never left by this
+      // recorder, which rewrites it in the unit that trims it) is rewritten with the next unit.
+      if (copy.withEvents && copy.last < written.oldestHistoryRevision) this.rewriteTrimmed(copy);
+    }
+  }
+
+  versionAdded(key: string, version: VersionRecord): void {
+    this.ops.push({ type: 'put', key: this.keys.version(key, version.revision), value: encodeVersion(version) });
+    this.ops.push({ type: 'put', key: this.keys.latest(key), value: varintBytes(version.revision) });
+  }
+
+  versionsDropped(key: string, revisions: readonly number[], forgotten: boolean): void {
+    for (const rev of revisions) this.ops.push({ type: 'del', key: this.keys.version(key, rev) });
+    if (forgotten) this.ops.push({ type: 'del', key: this.keys.latest(key) });
+  }
+
+  revisionAdded(revision: number, timestampMs: number, events: readonly KvEvent[]): void {
+    if (!this.open) {
+      const block: BlockState = { first: revision, last: revision - 1, ts: [], writes: [], withEvents: true };
+      this.blocks.push(block);
+      this.open = { block, events: [] };
+    }
+    const b = this.open.block;
+    b.last = revision;
+    b.ts!.push(timestampMs);
+    b.writes!.push(writesOf(events));
+    this.open.events.push(events);
+  }
+
+  historyTrimmed(revision: number): void {
+    while (this.hist < this.blocks.length && this.blocks[this.hist]!.last < revision) this.hist++;
+    const b = this.blocks[this.hist];
+    if (b === undefined || revision < b.first) return;
+    if (this.open && b === this.open.block) this.open.events[revision - b.first] = undefined;
+    else if (revision === b.last && b.withEvents) this.rewriteTrimmed(b);
+  }
+
+  revisionsCompacted(_from: number, to: number): void {
+    // Blocks wholly before the new compaction point go; the one holding it stays (it has its timestamp).
+    let n = 0;
+    while (n < this.blocks.length && this.blocks[n]!.last < to && this.blocks[n] !== this.open?.block) {
+      this.ops.push({ type: 'del', key: this.keys.revision(this.blocks[n]!.first) });
+      n++;
+    }
+    if (n > 0) {
+      this.blocks.splice(0, n);
+      this.hist = Math.max(0, this.hist - n);
+    }
+  }
+
+  private rewriteTrimmed(b: BlockState): void {
+    this.ops.push({ type: 'put', key: this.keys.revision(b.first), value: encodeBlock(b.ts!, b.writes!) });
+    b.withEvents = false;
+    b.ts = undefined;
+    b.writes = undefined;
+  }
+
+  /** The revision blocks as on disk once everything handed out is written (for tests and diagnostics). */
+  get writtenBlocks(): readonly BlockState[] {
+    return this.blocks;
+  }
+
+  /**
+   * The writes recorded since the last call, then the round's revision block and the `meta` record
+   * of `sm` (the machine observed), as one unit; undefined when nothing changed (no writes, same
+   * applied index).
+   */
+  take(sm: KvStateMachine): EngineOp[] | undefined {
+    if (this.ops.length === 0 && !this.open && sm.appliedIndex === this.metaApplied) return undefined;
+    const ops = this.ops;
+    if (this.open) {
+      // Never wholly out of the history: it holds the newest revision, which is never trimmed.
+      const { block, events } = this.open;
+      ops.push({ type: 'put', key: this.keys.revision(block.first), value: encodeBlock(block.ts!, block.writes!, events) });
+      this.open = undefined;
+    }
+    ops.push({ type: 'put', key: this.keys.meta, value: encodeMeta(metaOf(sm)) });
+    this.ops = [];
+    this.metaApplied = sm.appliedIndex;
+    return ops;
+  }
+
+  /**
+   * The units that turn the records from `before` (what they hold now, as this recorder has
+   * recorded it; undefined when they hold nothing, or only `deleteKeys`) into `after`, after which
+   * the recorder continues from `after` (attach it to a machine holding `after`). Versions and
+   * latests are written as a difference (only what changed); the revision blocks are rewritten. The
+   * first unit deletes `meta`, the last one writes it (see the file header for why the units need
+   * not be atomic together). Writes recorded and not taken are discarded: take them first. Both
+   * states must come from the same committed log (a version of both is the same write), but
+   * everything that differs is rewritten regardless.
+   */
+  replace(before: SnapshotData | undefined, after: SnapshotData, options: ReplaceOptions = {}): EngineOp[][] {
+    const keys = this.keys;
+    const max = options.maxUnitBytes ?? DEFAULT_STATE_UNIT_BYTES;
+    const units: EngineOp[][] = [];
+    let cur: EngineOp[] = [];
+    let bytes = 0;
+    const push = (op: EngineOp): void => {
+      cur.push(op);
+      bytes += opBytes(op);
+      if (bytes >= max) {
+        units.push(cur);
+        cur = [];
+        bytes = 0;
+      }
+    };
+    push({ type: 'del', key: keys.meta });
+    for (const k of options.deleteKeys ?? []) push({ type: 'del', key: k });
+
+    // Versions and latests: a merge of the two key lists (both in key order).
+    const bk = before?.keys ?? [];
+    const ak = after.keys;
+    let i = 0;
+    let j = 0;
+    while (i < bk.length || j < ak.length) {
+      const c = i >= bk.length ? 1 : j >= ak.length ? -1 : compareKeys(bk[i]![0], ak[j]![0]);
+      if (c < 0) {
+        const [key, versions] = bk[i++]!;
+        for (const v of versions) push({ type: 'del', key: keys.version(key, v.revision) });
+        push({ type: 'del', key: keys.latest(key) });
+      } else if (c > 0) {
+        const [key, versions] = ak[j++]!;
+        for (const v of versions) push({ type: 'put', key: keys.version(key, v.revision), value: encodeVersion(v) });
+        push({ type: 'put', key: keys.latest(key), value: varintBytes(versions[versions.length - 1]!.revision) });
+      } else {
+        const [key, bv] = bk[i++]!;
+        const av = ak[j++]![1];
+        let x = 0;
+        let y = 0;
+        while (x < bv.length || y < av.length) {
+          const d = x >= bv.length ? 1 : y >= av.length ? -1 : bv[x]!.revision - av[y]!.revision;
+          if (d < 0) push({ type: 'del', key: keys.version(key, bv[x++]!.revision) });
+          else if (d > 0) {
+            const v = av[y++]!;
+            push({ type: 'put', key: keys.version(key, v.revision), value: encodeVersion(v) });
+          } else {
+            const o = bv[x++]!;
+            const v = av[y++]!;
+            if (!sameVersion(o, v)) push({ type: 'put', key: keys.version(key, v.revision), value: encodeVersion(v) });
+          }
+        }
+        const latest = av[av.length - 1]!.revision;
+        if (bv[bv.length - 1]!.revision !== latest) push({ type: 'put', key: keys.latest(key), value: varintBytes(latest) });
+      }
+    }
+
+    // Revision blocks: the old ones go, new ones cover [compactRevision, revision] (bounded in
+    // revisions and bytes). Write counts come from the versions: exact after the compaction point,
+    // a lower bound at it (the versions it dropped are gone; the loader checks after it only).
+    for (const b of this.blocks) push({ type: 'del', key: keys.revision(b.first) });
+    this.blocks.length = 0;
+    const aMeta = metaOfRecords(after);
+    const writes = new Map<number, number>();
+    for (const [, versions] of after.keys) {
+      for (const v of versions) if (v.revision >= after.compactRevision) writes.set(v.revision, (writes.get(v.revision) ?? 0) + 1);
+    }
+    let h = 0;
+    let block: { first: number; ts: number[]; writes: number[]; events: Array<readonly KvEvent[] | undefined>; bytes: number } | undefined;
+    const flushBlock = (): void => {
+      if (!block) return;
+      const withEvents = block.events.some((e) => e !== undefined);
+      push({ type: 'put', key: keys.revision(block.first), value: encodeBlock(block.ts, block.writes, block.events) });
+      this.blocks.push({
+        first: block.first,
+        last: block.first + block.ts.length - 1,
+        ts: withEvents ? block.ts : undefined,
+        writes: withEvents ? block.writes : undefined,
+        withEvents,
+      });
+      block = undefined;
+    };
+    for (let rev = Math.max(1, after.compactRevision); rev <= after.revision; rev++) {
+      const start = h;
+      while (h < after.history.length && after.history[h]!.revision === rev) h++;
+      const events = rev >= aMeta.oldestHistoryRevision ? after.history.slice(start, h) : undefined;
+      if (!block) block = { first: rev, ts: [], writes: [], events: [], bytes: 0 };
+      block.ts.push(after.revisionTimestamps[rev - after.compactRevision]!);
+      block.writes.push(writes.get(rev) ?? 0);
+      block.events.push(events);
+      block.bytes += 12;
+      for (const e of events ?? []) block.bytes += 8 + e.key.length * 3 + (e.type === 'trigger' ? e.value!.length : 0);
+      if (block.ts.length >= MAX_BLOCK_REVISIONS || block.bytes >= max / 2) flushBlock();
+    }
+    flushBlock();
+    this.hist = 0;
+    this.open = undefined;
+    this.ops = [];
+    this.metaApplied = after.appliedIndex;
+    cur.push({ type: 'put', key: keys.meta, value: encodeMeta(aMeta) });
+    units.push(cur);
+    return units;
+  }
+}
+
+/** Options of {@link StateRecorder.replace}. */
+export interface ReplaceOptions {
+  /** Bound on the estimated bytes of each unit (default {@link DEFAULT_STATE_UNIT_BYTES}); a unit ends after the op that reaches it. */
+  readonly maxUnitBytes?: number;
+  /** Raw keys to delete first (e.g. every key found on disk when its contents are not trusted). */
+  readonly deleteKeys?: readonly Uint8Array[];
+}
+
+function sameVersion(a: VersionRecord, b: VersionRecord): boolean {
+  if (a.revision !== b.revision || a.timestampMs !== b.timestampMs) return false;
+  if (a.value === null || b.value === null) return a.value === b.value;
+  return a.value === b.value || Buffer.compare(a.value, b.value) === 0;
+}
+
+// ------------------------------------------------------------------ loading
+
+/** Reads `group`'s `meta` record; undefined when the group has none (no records, or a replacement cut short). */
+export async function readStateMeta(engine: KvEngine, group: number): Promise<StateMeta | undefined> {
+  const v = await engine.get(new Keys(group).meta);
+  return v === undefined ? undefined : decodeMeta(v);
+}
+
+/** The raw keys of all of `group`'s state records (to delete records whose contents are not trusted). */
+export async function stateKeys(engine: KvEngine, group: number): Promise<Uint8Array[]> {
+  const out: Uint8Array[] = [];
+  for await (const [k] of engine.iterate({ prefix: stateKeyPrefix(group) })) out.push(k);
+  return out;
+}
+
+/** A group's records as loaded: the machine's data, and what a recorder continuing from them needs. */
+export interface LoadedState {
+  /** The data of `KvStateMachine.fromRecords`. */
+  readonly data: SnapshotData;
+  /** Pass to the `StateRecorder` of the rebuilt machine. */
+  readonly written: WrittenState;
+}
+
+/**
+ * Loads `group`'s records, checking the invariants the machine relies on (throws
+ * StorageCorruptionError); undefined when there is no `meta`.
+ */
+export async function loadState(engine: KvEngine, group: number): Promise<LoadedState | undefined> {
+  const keys = new Keys(group);
+  const p = keys.prefix.length;
+  const latest = new Map<string, number>();
+  let meta: StateMeta | undefined;
+  const revs: Array<{ rev: number; value: Uint8Array }> = [];
+  const versionKeys: Array<[string, VersionRecord[]]> = [];
+  let prevEscaped: Uint8Array | undefined;
+  for await (const [k, v] of engine.iterate({ prefix: keys.prefix })) {
+    const tag = k[p];
+    if (k.length === p + META_SUFFIX.length && Buffer.compare(k.subarray(p), META_SUFFIX) === 0) {
+      meta = decodeMeta(v);
+    } else if (k[p + 1] !== SLASH) {
+      throw new StorageCorruptionError(`unexpected state key ${describe(k)}`);
+    } else if (tag === TAG_LATEST) {
+      const key = decodeKey(k.subarray(p + 2), k);
+      latest.set(key, corruptOnError(`latest of ${JSON.stringify(key)}`, () => readVarintOnly(v)));
+    } else if (tag === TAG_REVISION) {
+      if (k.length !== p + 10) throw new StorageCorruptionError(`unexpected state key ${describe(k)}`);
+      revs.push({ rev: readU64(k, p + 2), value: v });
+    } else if (tag === TAG_VERSION) {
+      const end = findTerminator(k, p + 2);
+      if (end < 0 || k.length !== end + 10) throw new StorageCorruptionError(`malformed version key ${describe(k)}`);
+      const escaped = k.subarray(p + 2, end);
+      const rev = readU64(k, end + 2);
+      if (prevEscaped === undefined || Buffer.compare(prevEscaped, escaped) !== 0) {
+        const key = decodeKey(escaped, k);
+        const prev = versionKeys[versionKeys.length - 1];
+        if (prev && compareKeys(prev[0], key) >= 0) throw new StorageCorruptionError(`version keys out of order at ${describe(k)}`);
+        versionKeys.push([key, []]);
+        prevEscaped = escaped;
+      }
+      const [key, list] = versionKeys[versionKeys.length - 1]!;
+      list.push(decodeVersion(v, rev, key));
+    } else throw new StorageCorruptionError(`unexpected state key ${describe(k)}`);
+  }
+  if (meta === undefined) return undefined;
+  return assemble(group, meta, latest, revs, versionKeys);
+}
+
+function readVarintOnly(v: Uint8Array): number {
+  const r = new ByteReader(v, 'MALFORMED_SNAPSHOT');
+  const n = r.varint();
+  r.expectEnd();
+  return n;
+}
+
+function describe(k: Uint8Array): string {
+  return JSON.stringify(Buffer.from(k).toString('latin1'));
+}
+
+/** Index of the 0x00 0x01 that ends an escaped key at or after `from`, or -1. */
+function findTerminator(k: Uint8Array, from: number): number {
+  for (let i = from; i + 1 < k.length; i++) {
+    if (k[i] !== 0) continue;
+    if (k[i + 1] === 0x01) return i;
+    i++; // 0x00 0xff: an escaped zero byte
+  }
+  return -1;
+}
+
+const fatalUtf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+
+function decodeKey(escaped: Uint8Array, whole: Uint8Array): string {
+  let raw = escaped;
+  if (escaped.includes(0)) {
+    const out: number[] = [];
+    for (let i = 0; i < escaped.length; i++) {
+      if (escaped[i] === 0) {
+        if (escaped[i + 1] !== 0xff) throw new StorageCorruptionError(`bad key escape in ${describe(whole)}`);
+        i++; // 0x00 0xff is one zero byte
+        out.push(0);
+      } else out.push(escaped[i]!);
+    }
+    raw = new Uint8Array(out);
+  }
+  if (raw.length === 0 || raw.length > MAX_KEY_BYTES) throw new StorageCorruptionError(`bad key length in ${describe(whole)}`);
+  try {
+    return fatalUtf8.decode(raw);
+  } catch {
+    throw new StorageCorruptionError(`key is not UTF-8 in ${describe(whole)}`);
+  }
+}
+
+function decodeVersion(v: Uint8Array, revision: number, key: string): VersionRecord {
+  return corruptOnError(`version ${revision} of ${JSON.stringify(key)}`, () => {
+    const r = new ByteReader(v, 'MALFORMED_SNAPSHOT');
+    const kind = r.u8();
+    const timestampMs = r.varint();
+    if (kind === KIND_TOMBSTONE) {
+      r.expectEnd();
+      return { revision, timestampMs, value: null };
+    }
+    if (kind !== KIND_VALUE) r.fail(`unknown version kind ${kind}`);
+    if (r.remaining > MAX_VALUE_BYTES) r.fail('value too large');
+    return { revision, timestampMs, value: r.view(r.remaining) };
+  });
+}
+
+function findVersion(versions: readonly VersionRecord[], revision: number): VersionRecord | undefined {
+  let lo = 0;
+  let hi = versions.length - 1;
+  while (lo <= hi) {
+    const mid = (lo + hi) >>> 1;
+    const r = versions[mid]!.revision;
+    if (r === revision) return versions[mid];
+    if (r < revision) lo = mid + 1;
+    else hi = mid - 1;
+  }
+  return undefined;
+}
+
+interface RawEvent {
+  readonly type: number;
+  readonly key: string;
+  readonly value?: Uint8Array;
+}
+
+function assemble(
+  group: number,
+  meta: StateMeta,
+  latest: ReadonlyMap<string, number>,
+  revs: ReadonlyArray<{ rev: number; value: Uint8Array }>,
+  keys: Array<[string, VersionRecord[]]>,
+): LoadedState {
+  const fail = (what: string): never => {
+    throw new StorageCorruptionError(`group ${group} state: ${what}`);
+  };
+  const { compactRevision: c, revision } = meta;
+  // Revision timestamps for [c, revision] (revision 0 implicitly at 0) and the history events,
+  // from the blocks, which must cover [max(c, 1), revision] contiguously.
+  const revisionTimestamps: number[] = [];
+  const writesAt: number[] = []; // versions written at each revision in (c, revision]
+  const histRevs: Array<{ rev: number; ts: number; writes: number; events: RawEvent[] }> = [];
+  const blocks: BlockState[] = [];
+  if (c === 0) revisionTimestamps.push(0);
+  let next = -1;
+  let prevTs = 0;
+  for (const r of revs) {
+    if (next < 0 ? r.rev > Math.max(1, c) : r.rev !== next) fail(`revision block at ${r.rev} where ${next < 0 ? Math.max(1, c) : next} was expected`);
+    const block = corruptOnError(`revision block ${r.rev}`, () => {
+      const rd = new ByteReader(r.value, 'MALFORMED_SNAPSHOT');
+      const n = rd.varint();
+      if (n === 0) rd.fail('empty block');
+      const b: BlockState = { first: r.rev, last: r.rev + n - 1, ts: [], writes: [], withEvents: false };
+      for (let i = 0; i < n; i++) {
+        const rev = r.rev + i;
+        const ts = rd.varint();
+        const writes = rd.varint();
+        const count = rd.varint();
+        const events: RawEvent[] = [];
+        for (let e = 0; e < count; e++) {
+          const type = rd.u8();
+          const key = rd.str(MAX_KEY_BYTES, 'event key');
+          if (key.length === 0) rd.fail('empty event key');
+          if (type === EV_TRIGGER) events.push({ type, key, value: rd.view(rd.varintMax(MAX_VALUE_BYTES, 'trigger value length')) });
+          else if (type === EV_PUT || type === EV_DELETE) events.push({ type, key });
+          else rd.fail(`unknown event type ${type}`);
+        }
+        if (count > 0) b.withEvents = true;
+        b.ts!.push(ts);
+        b.writes!.push(writes);
+        if (rev < c) continue; // before the compaction point: left in the block that holds it
+        if (ts < prevTs) rd.fail(`revision ${rev} has a timestamp older than its predecessor`);
+        prevTs = ts;
+        revisionTimestamps.push(ts);
+        if (rev > c) writesAt.push(writes);
+        if (rev >= meta.oldestHistoryRevision) {
+          if (count === 0) rd.fail(`revision ${rev} is in the history but has no events`);
+          histRevs.push({ rev, ts, writes, events });
+        }
+      }
+      rd.expectEnd();
+      return b;
+    });
+    if (!block.withEvents) {
+      block.ts = undefined;
+      block.writes = undefined;
+    }
+    if (next < 0 && block.last < Math.max(1, c)) fail(`revision block ${block.first}..${block.last} is wholly before the compaction point ${c}`);
+    blocks.push(block);
+    next = block.last + 1;
+  }
+  if ((next < 0 ? Math.max(1, c) : next) !== revision + 1) fail(`revision blocks do not end at revision ${revision}`);
+  if (meta.lastTimestampMs < prevTs) fail('lastTimestampMs is older than the last revision');
+  if ((histRevs.length === 0) !== (revision === 0)) fail('history must be non-empty exactly when revision > 0');
+  const tsOf = (rev: number): number => revisionTimestamps[rev - c]!;
+
+  // Versions: the layout gives key order and, per key, revision order.
+  const byKey = new Map<string, VersionRecord[]>();
+  const found = new Array<number>(writesAt.length).fill(0);
+  for (const [key, versions] of keys) {
+    let prevRev = 0;
+    versions.forEach((v, i) => {
+      if (v.revision <= prevRev) fail(`versions of ${JSON.stringify(key)} out of order`);
+      prevRev = v.revision;
+      if (v.revision > revision) fail(`version ${v.revision} of ${JSON.stringify(key)} is after revision ${revision}`);
+      if (v.revision <= c && (i > 0 || v.value === null)) fail(`compacted version ${v.revision} of ${JSON.stringify(key)} survives`);
+      if (v.revision >= c ? v.timestampMs !== tsOf(v.revision) : v.timestampMs > tsOf(c)) {
+        fail(`version ${v.revision} of ${JSON.stringify(key)} has timestamp ${v.timestampMs}`);
+      }
+      if (v.revision > c) found[v.revision - c - 1]!++;
+    });
+    if (latest.get(key) !== prevRev) fail(`latest of ${JSON.stringify(key)} is ${latest.get(key)}, its newest version ${prevRev}`);
+    byKey.set(key, versions);
+  }
+  if (latest.size !== keys.length) fail(`${latest.size - keys.length} latest records without versions`);
+  for (let i = 0; i < writesAt.length; i++) {
+    if (found[i] !== writesAt[i]) fail(`revision ${c + 1 + i} wrote ${writesAt[i]} versions, ${found[i]} are stored`);
+  }
+
+  // History events: put values are the stored versions'.
+  const history: KvEvent[] = [];
+  for (const h of histRevs) {
+    let putsAndDeletes = 0;
+    for (const e of h.events) {
+      if (e.type === EV_TRIGGER) {
+        history.push({ type: 'trigger', key: e.key, value: e.value!, revision: h.rev, timestampMs: h.ts });
+        continue;
+      }
+      putsAndDeletes++;
+      const v = findVersion(byKey.get(e.key) ?? [], h.rev);
+      if (e.type === EV_PUT) {
+        if (v === undefined || v.value === null) fail(`put event of ${JSON.stringify(e.key)} at ${h.rev} without a stored version`);
+        history.push({ type: 'put', key: e.key, value: v!.value!, revision: h.rev, timestampMs: h.ts });
+      } else {
+        if (h.rev > c && (v === undefined || v.value !== null)) fail(`delete event of ${JSON.stringify(e.key)} at ${h.rev} without a stored tombstone`);
+        history.push({ type: 'delete', key: e.key, revision: h.rev, timestampMs: h.ts });
+      }
+    }
+    if (h.rev > c && putsAndDeletes !== h.writes) fail(`revision ${h.rev} has ${putsAndDeletes} put/delete events but ${h.writes} writes`);
+  }
+  return {
+    data: {
+      appliedIndex: meta.appliedIndex,
+      revision,
+      compactRevision: c,
+      lastTimestampMs: meta.lastTimestampMs,
+      maxHistoryRevisions: meta.maxHistoryRevisions,
+      maxHistoryBytes: meta.maxHistoryBytes,
+      revisionTimestamps,
+      keys,
+      history,
+    },
+    written: { appliedIndex: meta.appliedIndex, blocks, oldestHistoryRevision: meta.oldestHistoryRevision },
+  };
+}

@@ -1,0 +1,387 @@
+// Tests of the durable state machine records: key layout and order, the recorder against the in-memory machine (model-based, with crashes and snapshot replacement), atomic staging with Raft writes, and corruption checks.
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import { EntryType } from '../../src/raft/types.js';
+import {
+  compareKeys,
+  KvStateMachine,
+  type Command,
+  type KvStateMachineOptions,
+} from '../../src/statemachine/index.js';
+import { type EngineOp, MemoryEngine, scanAll } from '../../src/storage/kv-engine.js';
+import { RaftLogStore, stateKeyPrefix, StorageCorruptionError } from '../../src/storage/raft-log-store.js';
+import {
+  loadState,
+  readStateMeta,
+  StateRecorder,
+  stateKeys,
+  type WrittenState,
+} from '../../src/storage/state-store.js';
+import { commandArb, KEY_POOL, poolKey, smallValue } from '../statemachine/helpers.js';
+
+const GROUP = 7;
+const enc = new TextEncoder();
+
+/** Captures a value or the error's constructor name and message, so two machines' answers can be compared. */
+function outcome<T>(f: () => T): unknown {
+  try {
+    return { ok: f() };
+  } catch (e) {
+    return { err: (e as Error).constructor.name, message: (e as Error).message };
+  }
+}
+
+/** Requires `a` and `b` to be indistinguishable: same snapshot bytes, scalars and answers to every read. */
+function expectSameMachine(a: KvStateMachine, b: KvStateMachine): void {
+  expect(Buffer.from(a.snapshot()).equals(Buffer.from(b.snapshot()))).toBe(true);
+  for (const p of ['appliedIndex', 'revision', 'compactRevision', 'lastTimestampMs', 'oldestHistoryRevision', 'keyCount', 'maxHistoryRevisions', 'maxHistoryBytes'] as const) {
+    expect(a[p], p).toBe(b[p]);
+  }
+  for (let rev = Math.max(0, a.compactRevision - 1); rev <= a.revision + 1; rev++) {
+    for (const k of KEY_POOL) expect(outcome(() => a.get(k, { atRevision: rev }))).toEqual(outcome(() => b.get(k, { atRevision: rev })));
+    if (rev >= 1) {
+      for (const p of ['', 'a', 'b/']) expect(outcome(() => a.eventsSince(rev, p, 3))).toEqual(outcome(() => b.eventsSince(rev, p, 3)));
+    }
+  }
+  for (const p of ['', 'a', 'b/', '\u{1f600}']) expect(a.list(p, { limit: 10_000 })).toEqual(b.list(p, { limit: 10_000 }));
+  const t = a.lastTimestampMs;
+  for (const time of [0, t - 50, t - 10, t, t + 1]) {
+    expect(outcome(() => a.revisionAtTime(Math.max(0, time)))).toEqual(outcome(() => b.revisionAtTime(Math.max(0, time))));
+  }
+}
+
+async function write(engine: MemoryEngine, ops: readonly EngineOp[]): Promise<void> {
+  await engine.batch(ops, { sync: true });
+}
+
+/**
+ * The machine the records rebuild, with what they hold (for the recorder that continues from
+ * them). Also checks that no revision block wholly out of the watch history still holds events
+ * (trimming must not leave trigger values behind).
+ */
+async function loadMachine(engine: MemoryEngine): Promise<{ sm: KvStateMachine; written: WrittenState } | undefined> {
+  const d = await loadState(engine, GROUP);
+  if (!d) return undefined;
+  const sm = KvStateMachine.fromRecords(d.data);
+  for (const b of d.written.blocks) if (b.last < sm.oldestHistoryRevision) expect(b.withEvents, `block ${b.first}..${b.last}`).toBe(false);
+  return { sm, written: d.written };
+}
+
+interface LogEntry {
+  readonly index: number;
+  readonly ts: number;
+  readonly cmd: Command;
+}
+
+type Action =
+  | { a: 'apply'; cmd: Command; dt: number; step: number }
+  | { a: 'compact'; back: number }
+  | { a: 'persist' }
+  | { a: 'reload' }
+  | { a: 'crash' }
+  | { a: 'lag' }
+  | { a: 'install'; unitBytes: number; cutAfter: number };
+
+const cmdArb: fc.Arbitrary<Command> = fc.oneof(
+  { weight: 5, arbitrary: commandArb(poolKey, smallValue).filter((c) => c.type !== 'compact') },
+  { weight: 1, arbitrary: fc.record({ type: fc.constant('triggerPut' as const), key: poolKey, value: smallValue }) },
+  { weight: 2, arbitrary: fc.record({ type: fc.constant('put' as const), key: poolKey, value: smallValue }) },
+  { weight: 2, arbitrary: fc.record({ type: fc.constant('delete' as const), key: poolKey }) },
+);
+const actionArb: fc.Arbitrary<Action> = fc.oneof(
+  { weight: 14, arbitrary: fc.record({ a: fc.constant('apply' as const), cmd: cmdArb, dt: fc.integer({ min: -20, max: 40 }), step: fc.integer({ min: 1, max: 3 }) }) },
+  { weight: 3, arbitrary: fc.record({ a: fc.constant('compact' as const), back: fc.integer({ min: 0, max: 6 }) }) },
+  { weight: 3, arbitrary: fc.constant({ a: 'persist' as const }) },
+  { weight: 1, arbitrary: fc.constant({ a: 'reload' as const }) },
+  { weight: 1, arbitrary: fc.constant({ a: 'crash' as const }) },
+  { weight: 2, arbitrary: fc.constant({ a: 'lag' as const }) },
+  { weight: 2, arbitrary: fc.record({ a: fc.constant('install' as const), unitBytes: fc.integer({ min: 1, max: 600 }), cutAfter: fc.integer({ min: 0, max: 12 }) }) },
+);
+const optionsArb: fc.Arbitrary<KvStateMachineOptions> = fc.oneof(
+  fc.constant({}),
+  fc.record({ maxHistoryRevisions: fc.integer({ min: 1, max: 8 }), maxHistoryBytes: fc.integer({ min: 1, max: 600 }) }),
+);
+
+describe('durable state records', () => {
+  it('rebuild a machine identical to the one that wrote them, through crashes, lag and snapshot replacement (model-based)', async () => {
+    await fc.assert(
+      fc.asyncProperty(fc.array(actionArb, { minLength: 20, maxLength: 80 }), optionsArb, async (actions, opts) => {
+        let engine = new MemoryEngine();
+        const log: LogEntry[] = [];
+        // `ref` applies every entry and never touches disk: what replaying the committed log gives.
+        const ref = new KvStateMachine(opts);
+        // `m` is the replica whose records are kept on disk; it may lag behind the log.
+        let m = new KvStateMachine(opts);
+        let rec = new StateRecorder(GROUP);
+        m.observe(rec);
+        let lagging = false;
+        let persisted = m.snapshot();
+        const catchUp = (): void => {
+          for (const e of log) if (e.index > m.appliedIndex) m.apply(e.index, e.ts, e.cmd);
+        };
+        const persist = async (): Promise<void> => {
+          const unit = rec.take(m);
+          if (unit) await write(engine, unit);
+          persisted = m.snapshot();
+        };
+        const fresh = (): { sm: KvStateMachine; written: WrittenState } => ({ sm: new KvStateMachine(opts), written: { appliedIndex: 0, blocks: [], oldestHistoryRevision: 1 } });
+        const adopt = (next: KvStateMachine, recorder: StateRecorder): void => {
+          m.observe(undefined);
+          m = next;
+          rec = recorder;
+          m.observe(rec);
+        };
+        let index = 0;
+        let clock = 1000;
+        for (const act of actions) {
+          switch (act.a) {
+            case 'apply':
+            case 'compact': {
+              index += act.a === 'apply' ? act.step : 1;
+              if (act.a === 'apply') clock = Math.max(0, clock + act.dt);
+              const cmd: Command = act.a === 'apply' ? act.cmd : { type: 'compact', revision: Math.max(0, ref.revision - act.back) };
+              log.push({ index, ts: clock, cmd });
+              const expected = ref.apply(index, clock, cmd);
+              if (!lagging) expect(m.apply(index, clock, cmd)).toEqual(expected);
+              break;
+            }
+            case 'persist':
+              await persist();
+              break;
+            case 'reload': {
+              await persist();
+              const loaded = (await loadMachine(engine)) ?? fresh();
+              expectSameMachine(loaded.sm, m);
+              adopt(loaded.sm, new StateRecorder(GROUP, loaded.written));
+              break;
+            }
+            case 'crash': {
+              // Unstaged changes are lost; what is on disk is exactly the last persisted state.
+              engine = engine.crash();
+              const loaded = (await loadMachine(engine)) ?? fresh();
+              expect(Buffer.from(loaded.sm.snapshot()).equals(Buffer.from(persisted))).toBe(true);
+              adopt(loaded.sm, new StateRecorder(GROUP, loaded.written));
+              lagging = false;
+              catchUp(); // recovery replays the log after the durable applied index
+              break;
+            }
+            case 'lag':
+              lagging = true;
+              break;
+            case 'install': {
+              // The replica receives the leader's snapshot: its records become the snapshot's state.
+              await persist();
+              const before = m;
+              before.observe(undefined);
+              const target = KvStateMachine.restore(ref.snapshot());
+              const units = rec.replace(before.toRecords(), target.toRecords(), { maxUnitBytes: act.unitBytes });
+              for (const u of units) {
+                const bytes = u.reduce((n, op) => n + op.key.length + (op.type === 'put' ? op.value.length : 0) + 16, 0);
+                const last = u[u.length - 1]!;
+                expect(bytes - (last.key.length + (last.type === 'put' ? last.value.length : 0) + 16)).toBeLessThan(act.unitBytes);
+              }
+              if (act.cutAfter < units.length) {
+                // A crash cuts the replacement short: no meta (or the old state, untouched) is left.
+                for (const u of units.slice(0, act.cutAfter)) await write(engine, u);
+                engine = engine.crash();
+                const meta = await readStateMeta(engine, GROUP);
+                if (act.cutAfter === 0) {
+                  const loaded = (await loadMachine(engine)) ?? fresh();
+                  expect(Buffer.from(loaded.sm.snapshot()).equals(Buffer.from(persisted))).toBe(true);
+                } else expect(meta).toBeUndefined();
+                // Recovery from the (durable) snapshot rewrites the records over whatever is left.
+                const stale = await stateKeys(engine, GROUP);
+                rec = new StateRecorder(GROUP);
+                for (const u of rec.replace(undefined, target.toRecords(), { deleteKeys: stale, maxUnitBytes: act.unitBytes })) await write(engine, u);
+              } else {
+                for (const u of units) await write(engine, u);
+              }
+              const loaded = (await loadMachine(engine))!;
+              expectSameMachine(loaded.sm, target);
+              expect(rec.writtenBlocks).toEqual(loaded.written.blocks);
+              adopt(target, rec);
+              persisted = m.snapshot();
+              lagging = false;
+              break;
+            }
+          }
+        }
+        lagging = false;
+        catchUp();
+        await persist();
+        expectSameMachine(m, ref);
+        const final = (await loadMachine(engine)) ?? fresh();
+        expect(rec.writtenBlocks).toEqual(final.written.blocks);
+        const loaded = final.sm;
+        expectSameMachine(loaded, ref);
+        // The reloaded machine continues exactly like the reference (write log, live set, history).
+        const next: Command[] = [
+          { type: 'put', key: 'a', value: enc.encode('x') },
+          { type: 'compact', revision: ref.revision },
+          { type: 'delete', key: 'b' },
+          { type: 'triggerPut', key: 'z', value: enc.encode('t') },
+        ];
+        next.forEach((c, i) => expect(loaded.apply(index + 1 + i, clock + i, c)).toEqual(ref.apply(index + 1 + i, clock + i, c)));
+        expectSameMachine(loaded, ref);
+      }),
+      { numRuns: 250 },
+    );
+  });
+
+  it('toRecords / fromRecords is an exact round trip that keeps working independently of the original', () => {
+    fc.assert(
+      fc.property(fc.array(cmdArb, { maxLength: 40 }), fc.nat(40), (cmds, compactAt) => {
+        const m = new KvStateMachine({ maxHistoryRevisions: 5 });
+        cmds.forEach((c, i) => {
+          m.apply(i + 1, 1000 + i, c);
+          if (i === compactAt) m.compact(Math.max(0, m.revision - 2));
+        });
+        const copy = KvStateMachine.fromRecords(m.toRecords());
+        expectSameMachine(copy, m);
+        copy.apply(1000, 5000, { type: 'put', key: 'a', value: enc.encode('only the copy') });
+        copy.compact(copy.revision);
+        expect(m.get('a', {})?.value).not.toEqual(enc.encode('only the copy'));
+        expect(KvStateMachine.restore(m.snapshot()).snapshot()).toEqual(m.snapshot());
+      }),
+      { numRuns: 200 },
+    );
+  });
+});
+
+describe('state key layout', () => {
+  it('orders version and latest keys by key (UTF-8 byte order, NUL included) then revision', async () => {
+    const keys = ['a', 'a\u0000', 'a\u0000b', 'a\u0001', 'ab', '\ue000', '\u{1f600}', 'b', 'a/\u0000\u0000'];
+    const m = new KvStateMachine();
+    const rec = new StateRecorder(GROUP);
+    m.observe(rec);
+    let i = 0;
+    for (const round of [1, 2, 3]) for (const k of keys) m.apply(++i, 1000 + i, { type: 'put', key: k, value: enc.encode(`${k}${round}`) });
+    m.apply(++i, 5000, { type: 'delete', key: 'a\u0000' });
+    const engine = new MemoryEngine();
+    await write(engine, rec.take(m)!);
+    const rows = await scanAll(engine, { prefix: `${stateKeyPrefix(GROUP)}v/` });
+    const sorted = [...keys].sort(compareKeys);
+    const loaded = (await loadState(engine, GROUP))!.data;
+    expect(loaded.keys.map(([k]) => k)).toEqual(sorted);
+    expect(rows.length).toBe(keys.length * 3 + 1);
+    expectSameMachine(KvStateMachine.fromRecords(loaded), m);
+    const latest = await scanAll(engine, { prefix: `${stateKeyPrefix(GROUP)}l/` });
+    expect(latest.length).toBe(keys.length);
+  });
+
+  it('keeps groups apart and is found only under its own prefix', async () => {
+    const engine = new MemoryEngine();
+    for (const g of [1, 2]) {
+      const m = new KvStateMachine();
+      const rec = new StateRecorder(g);
+      m.observe(rec);
+      m.apply(1, 10, { type: 'put', key: `k${g}`, value: enc.encode(`v${g}`) });
+      await write(engine, rec.take(m)!);
+    }
+    expect((await loadState(engine, 1))!.data.keys.map(([k]) => k)).toEqual(['k1']);
+    expect((await loadState(engine, 2))!.data.keys.map(([k]) => k)).toEqual(['k2']);
+    expect(await loadState(engine, 3)).toBeUndefined();
+    expect((await stateKeys(engine, 1)).length).toBe(4); // latest, meta, revision block, version
+  });
+
+  it('take() yields nothing when nothing was applied, the meta record alone for a no-op, one block per round', async () => {
+    const m = new KvStateMachine();
+    const rec = new StateRecorder(GROUP);
+    m.observe(rec);
+    expect(rec.take(m)).toBeUndefined();
+    m.apply(1, 10, { type: 'noop' });
+    const u = rec.take(m)!;
+    expect(u.length).toBe(1);
+    expect(rec.take(m)).toBeUndefined();
+    // Ten puts of one round: ten versions, ten latests, one revision block, one meta.
+    for (let i = 0; i < 10; i++) m.apply(2 + i, 20 + i, { type: 'put', key: `k${i}`, value: enc.encode('v') });
+    expect(rec.take(m)!.length).toBe(22);
+    expect(rec.writtenBlocks.map((b) => [b.first, b.last])).toEqual([[1, 10]]);
+  });
+
+  it('detects corrupt or inconsistent records', async () => {
+    const build = async (): Promise<MemoryEngine> => {
+      const m = new KvStateMachine({ maxHistoryRevisions: 2 });
+      const rec = new StateRecorder(GROUP);
+      m.observe(rec);
+      const engine = new MemoryEngine();
+      // k0: versions 3, 6; k1: 1 (the newest at or before the compaction point), 4; k2: 2, 5
+      for (let i = 1; i <= 6; i++) m.apply(i, 100 * i, { type: 'put', key: `k${i % 3}`, value: enc.encode(`v${i}`) });
+      m.apply(7, 800, { type: 'compact', revision: 2 });
+      await write(engine, rec.take(m)!);
+      return engine;
+    };
+    const corruptions: Array<(e: MemoryEngine, keys: Uint8Array[]) => Promise<void>> = [
+      // a version record lost (k0@3, not its latest: only the write count tells)
+      async (e, keys) => write(e, [{ type: 'del', key: keys.find((k) => Buffer.from(k).includes('/v/k0'))! }]),
+      // a compacted version that survives (k1@2 beside k1@1)
+      async (e, keys) => {
+        const k = Buffer.from(keys.find((k) => Buffer.from(k).includes('/v/k1'))!);
+        k.writeUInt32BE(2, k.length - 4);
+        await write(e, [{ type: 'put', key: new Uint8Array(k), value: Uint8Array.of(1, 200, 1, 120) }]);
+      },
+      // the revision block lost
+      async (e, keys) => write(e, [{ type: 'del', key: keys.find((k) => Buffer.from(k).includes('/r/'))! }]),
+      // the revision block truncated
+      async (e, keys) => {
+        const k = keys.find((k) => Buffer.from(k).includes('/r/'))!;
+        const v = (await e.get(k))!;
+        await write(e, [{ type: 'put', key: k, value: v.subarray(0, v.length - 1) }]);
+      },
+      // a latest record lost
+      async (e, keys) => write(e, [{ type: 'del', key: keys.find((k) => Buffer.from(k).includes('/l/'))! }]),
+      // garbage in meta
+      async (e, keys) => write(e, [{ type: 'put', key: keys.find((k) => Buffer.from(k).toString().endsWith('/meta'))!, value: Uint8Array.of(9, 9) }]),
+      // an unexpected key
+      async (e) => write(e, [{ type: 'put', key: `${stateKeyPrefix(GROUP)}x/1`, value: Uint8Array.of(1) }]),
+    ];
+    for (const corrupt of corruptions) {
+      const engine = await build();
+      await corrupt(engine, await stateKeys(engine, GROUP));
+      const err = await loadState(engine, GROUP).then(() => undefined, (e: unknown) => e);
+      expect(err, `corruption ${corruptions.indexOf(corrupt)}`).toBeInstanceOf(StorageCorruptionError);
+    }
+    expect(await loadState(await build(), GROUP)).toBeDefined();
+  });
+});
+
+describe('RaftLogStore.stageStateOps', () => {
+  it('writes state ops in the same synced batch as the Raft writes staged before them, in order', async () => {
+    const engine = new MemoryEngine({ latencyMs: 1 });
+    const store = await RaftLogStore.open(engine);
+    store.storageFor(GROUP, { voters: [1], learners: [] });
+    await store.flush();
+    const before = engine.counters.syncedBatches;
+    const m = new KvStateMachine();
+    const rec = new StateRecorder(GROUP);
+    m.observe(rec);
+    store.persistReady(GROUP, { entries: [{ index: 1, term: 1, type: EntryType.Normal, data: new Uint8Array(0) }], hardState: { term: 1, vote: 1, commit: 1 } });
+    m.apply(1, 10, { type: 'put', key: 'k', value: enc.encode('v') });
+    store.stageStateOps(GROUP, rec.take(m)!);
+    await store.flush();
+    expect(engine.counters.syncedBatches - before).toBe(1);
+    expect((await readStateMeta(engine, GROUP))!.appliedIndex).toBe(1);
+    // A crash keeps a prefix of whole units: never the state without the log it came from.
+    store.persistReady(GROUP, { entries: [{ index: 2, term: 1, type: EntryType.Normal, data: new Uint8Array(0) }], hardState: { term: 1, vote: 1, commit: 2 } });
+    m.apply(2, 20, { type: 'put', key: 'k', value: enc.encode('w') });
+    store.stageStateOps(GROUP, rec.take(m)!);
+    const flushing = store.flush().catch(() => {});
+    const crashed = engine.crash(0);
+    await flushing;
+    expect((await readStateMeta(crashed, GROUP))!.appliedIndex).toBe(1);
+    const reopened = await RaftLogStore.open(crashed);
+    expect(reopened.storageFor(GROUP).lastIndex()).toBe(1);
+  });
+
+  it('refuses ops outside the group\'s state prefix, staging nothing', async () => {
+    const engine = new MemoryEngine();
+    const store = await RaftLogStore.open(engine);
+    store.storageFor(GROUP, { voters: [1], learners: [] });
+    const ok: EngineOp = { type: 'put', key: `${stateKeyPrefix(GROUP)}meta`, value: Uint8Array.of(1) };
+    expect(() => store.stageStateOps(GROUP, [ok, { type: 'put', key: 'g/00000007/hardstate', value: Uint8Array.of(1) }])).toThrow(RangeError);
+    expect(() => store.stageStateOps(GROUP, [{ type: 'del', key: enc.encode(`${stateKeyPrefix(GROUP + 1)}meta`) }])).toThrow(RangeError);
+    const staged = store.stagedBytes;
+    store.stageStateOps(GROUP, [ok]);
+    expect(store.stagedBytes).toBeGreaterThan(staged);
+  });
+});
