@@ -225,6 +225,23 @@ describe('elections', () => {
     expect(both.termGrowth).toBe(0);
   });
 
+  it('a candidate on an older term learns the newer term from the refusal (no livelock behind a voter that is ahead)', () => {
+    const net = new ScenarioNetwork([1, 2, 3], { preVote: false, checkQuorum: false });
+    net.stabilize();
+    // Node 2 is cut off and campaigns alone, so its term runs ahead.
+    net.isolate(2);
+    net.tick(2, 100);
+    const ahead = term(net, 2);
+    expect(ahead).toBeGreaterThan(term(net, 1) + 3);
+    net.heal();
+    // Node 1 asks node 2 for a vote on an older term: refused, with node 2's term in the answer.
+    net.dropIf((m) => m.from === 2 && m.type !== MessageType.VoteResp);
+    net.host(1).node.campaign();
+    net.stabilize();
+    expect(net.countDelivered(MessageType.VoteResp, (m) => m.from === 2 && m.to === 1 && m.reject === true && m.term === ahead)).toBe(1);
+    expect(term(net, 1)).toBe(ahead); // caught up: its next campaign can win node 2's vote
+  });
+
   it('a vote survives a restart: a rebooted voter does not vote twice in one term', () => {
     const net = new ScenarioNetwork([1, 2, 3], { preVote: false });
     net.stabilize();
