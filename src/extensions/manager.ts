@@ -71,8 +71,6 @@ interface Loaded {
   error?: string;
   runner?: ExtensionRunner;
   dispatchers: WatchDispatcher[];
-  /** Waiters for the outcome of loading this generation. */
-  waiters: ((s: ExtensionStatus) => void)[];
 }
 
 const CALL_MS = 10_000;
@@ -81,6 +79,8 @@ const enc = new TextEncoder();
 /** Runs a node's extensions. */
 export class ExtensionManager {
   private readonly loaded = new Map<string, Loaded>();
+  /** `load` calls waiting for a generation to load (or fail) on this node. */
+  private readonly loadWaiters = new Map<string, { generation: number; resolve: (s: ExtensionStatus) => void }[]>();
   private leading = false;
   private timer: NodeJS.Timeout | undefined;
   private stopped = false;
@@ -176,7 +176,7 @@ export class ExtensionManager {
         await this.stopLoaded(current, true);
         this.loaded.delete(name);
         current.state = 'unloaded';
-        this.settle(current);
+        this.settle(current, true);
         this.opts.log.info({ extension: name }, 'extension unloaded');
       }
       return;
@@ -189,7 +189,7 @@ export class ExtensionManager {
       return;
     }
     if (current && current.record.generation === record.generation && current.state !== 'loading') return;
-    const next: Loaded = { record, state: 'loading', dispatchers: [], waiters: current?.record.generation === record.generation ? current.waiters : [] };
+    const next: Loaded = { record, state: 'loading', dispatchers: [] };
     try {
       const tgz = this.readPackage(record);
       const dir = join(this.opts.dataDir, 'extensions', name, String(record.generation));
@@ -202,10 +202,7 @@ export class ExtensionManager {
       this.opts.log.error({ extension: name, generation: record.generation, err: next.error }, 'extension failed to load');
     }
     // Swap: the old generation's dispatchers stop (persisting their cursors), the new ones resume from them.
-    if (current) {
-      await this.stopLoaded(current, true);
-      next.waiters.push(...current.waiters.filter((w) => !next.waiters.includes(w)));
-    }
+    if (current) await this.stopLoaded(current, true);
     this.loaded.set(name, next);
     if (next.state === 'running') {
       this.opts.log.info({ extension: name, version: record.version, generation: record.generation, watches: next.runner!.watches.length }, 'extension running');
@@ -238,9 +235,18 @@ export class ExtensionManager {
     });
   }
 
-  private settle(l: Loaded): void {
+  /** Tells `load` callers waiting for this generation (or an older one, or any, on unload) how it went. */
+  private settle(l: Loaded, unloaded = false): void {
+    const waiting = this.loadWaiters.get(l.record.name);
+    if (!waiting) return;
     const s = this.statusOf(l);
-    for (const w of l.waiters.splice(0)) w(s);
+    const still = waiting.filter((w) => {
+      if (!unloaded && w.generation > l.record.generation) return true;
+      w.resolve(s);
+      return false;
+    });
+    if (still.length > 0) this.loadWaiters.set(l.record.name, still);
+    else this.loadWaiters.delete(l.record.name);
   }
 
   private async stopLoaded(l: Loaded, persist: boolean): Promise<void> {
@@ -530,34 +536,23 @@ export class ExtensionManager {
   /** Resolves with this node's status of `name` once `generation` loaded or failed here (30 s at most). */
   private waitFor(name: string, generation: number): Promise<ExtensionStatus> {
     return new Promise((resolve) => {
-      const timer = setTimeout(() => {
-        const l = this.loaded.get(name);
-        resolve(l ? this.statusOf(l) : { name, version: '?', generation, state: 'loading', delivering: false, watches: [], workerRestarts: 0, invocations: 0, errors: 0, timeouts: 0 });
-      }, 30_000);
-      const check = (s: ExtensionStatus) => {
-        if (s.generation >= generation) {
-          clearTimeout(timer);
-          resolve(s);
-        } else {
-          const l = this.loaded.get(name);
-          l?.waiters.push(check);
-        }
-      };
       const l = this.loaded.get(name);
-      if (l && l.record.generation >= generation && l.state !== 'loading') check(this.statusOf(l));
-      else if (l) l.waiters.push(check);
-      else {
-        // Not known yet: the reconcile that the record triggers creates it; poll cheaply until then.
-        const poll = setInterval(() => {
-          const now = this.loaded.get(name);
-          if (now) {
-            clearInterval(poll);
-            if (now.record.generation >= generation && now.state !== 'loading') check(this.statusOf(now));
-            else now.waiters.push(check);
-          }
-        }, 20);
-        poll.unref?.();
-      }
+      if (l && l.record.generation >= generation && l.state !== 'loading') return resolve(this.statusOf(l));
+      const waiter = {
+        generation,
+        resolve: (st: ExtensionStatus) => {
+          clearTimeout(timer);
+          resolve(st);
+        },
+      };
+      const timer = setTimeout(() => {
+        const list = this.loadWaiters.get(name) ?? [];
+        this.loadWaiters.set(name, list.filter((w) => w !== waiter));
+        const now = this.loaded.get(name);
+        resolve(now ? this.statusOf(now) : { name, version: '?', generation, state: 'loading', delivering: false, watches: [], workerRestarts: 0, invocations: 0, errors: 0, timeouts: 0 });
+      }, 30_000);
+      this.loadWaiters.set(name, [...(this.loadWaiters.get(name) ?? []), waiter]);
     });
   }
+
 }

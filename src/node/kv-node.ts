@@ -305,10 +305,8 @@ export class KvNode implements KvBackend {
    * meanwhile waits for the next round.
    */
   private async runReady(): Promise<void> {
-    if (this.inReady) {
-      this.readyScheduled = false;
-      return this.scheduleAfterCurrent();
-    }
+    // A round already running loops until there is no more work, so it picks this up.
+    if (this.inReady) return;
     this.inReady = true;
     try {
       for (;;) {
@@ -365,10 +363,6 @@ export class KvNode implements KvBackend {
     } finally {
       this.inReady = false;
     }
-  }
-
-  private scheduleAfterCurrent(): void {
-    // A round is running; it loops until there is no more work, so nothing else to do.
   }
 
   private noteLeader(r: ShardReplica): void {

@@ -105,7 +105,8 @@ export function encodeSnapshot(d: SnapshotData): Uint8Array {
   return w.finish();
 }
 
-function findVersion(versions: readonly VersionRecord[], revision: number): VersionRecord | undefined {
+/** Binary search of a key's versions (sorted by revision) for one revision. */
+export function findVersion(versions: readonly VersionRecord[], revision: number): VersionRecord | undefined {
   let lo = 0;
   let hi = versions.length - 1;
   while (lo <= hi) {

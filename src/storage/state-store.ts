@@ -67,6 +67,7 @@ import {
   type VersionRecord,
 } from '../statemachine/index.js';
 import { ByteReader, ByteWriter } from '../statemachine/binary.js';
+import { findVersion } from '../statemachine/snapshot-codec.js';
 import { type EngineOp, type KvEngine } from './kv-engine.js';
 import { StorageCorruptionError, stateKeyPrefix } from './raft-log-store.js';
 
@@ -733,19 +734,6 @@ function decodeVersion(v: Uint8Array, revision: number, key: string): VersionRec
     if (r.remaining > MAX_VALUE_BYTES) r.fail('value too large');
     return { revision, timestampMs, value: r.view(r.remaining) };
   });
-}
-
-function findVersion(versions: readonly VersionRecord[], revision: number): VersionRecord | undefined {
-  let lo = 0;
-  let hi = versions.length - 1;
-  while (lo <= hi) {
-    const mid = (lo + hi) >>> 1;
-    const r = versions[mid]!.revision;
-    if (r === revision) return versions[mid];
-    if (r < revision) lo = mid + 1;
-    else hi = mid - 1;
-  }
-  return undefined;
 }
 
 interface RawEvent {

@@ -81,14 +81,13 @@ describe('the KV API on a 3-process cluster', () => {
     await clients[0]!.put('/race/counter', '0');
     const wins: number[] = [];
     await Promise.all(
-      clients.map(async (c, ci) => {
+      clients.map(async (c) => {
         for (let round = 0; round < 15; round++) {
           const cur = await c.get('/race/counter');
           const n = Number(dec(cur.value));
           const r = await c.put('/race/counter', String(n + 1), { expectedVersion: cur.version });
           if (r.succeeded) wins.push(cur.version);
           else expect(r.currentVersion).toBeGreaterThan(cur.version);
-          void ci;
         }
       }),
     );
