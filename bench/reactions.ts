@@ -379,6 +379,29 @@ interface Window {
 type PutFn = (key: string, value: Uint8Array) => Promise<unknown>;
 
 /**
+ * The measured part shared by the reaction workloads: prime (one write must produce a reaction
+ * of `what`), reset the book, then run the unique-key put load through the warm-up and the
+ * measured window, wait for the stragglers, and read the server CPU over the window.
+ */
+async function measureReactions(
+  o: ReactionOptions,
+  channels: readonly { put: PutFn; workers: number }[],
+  prefix: string,
+  book: ReactionBook,
+  what: string,
+): Promise<{ win: Window; errors: Record<string, number>; cpuFig: CpuFigures }> {
+  await prime(book.tracked(channels[0]!.put), prefix, (k) => book.has(k), what);
+  book.reset();
+  const t0 = performance.now();
+  const win: Window = { measureFrom: t0 + o.warmupMs, endAt: t0 + o.warmupMs + o.durationMs };
+  const cpu = cpuOverWindow(o.serverPids, o.warmupMs, o.durationMs);
+  const errors: Record<string, number> = {};
+  await uniquePutLoad(channels, prefix, o.valueBytes, win, book, errors);
+  await book.settle();
+  return { win, errors, cpuFig: await cpu.result() };
+}
+
+/**
  * `workers` closed-loop writers of unique keys `<prefix>wNNN-NNNNNNNN`, over the given put
  * functions (one per connection, workers dealt like planChannels), until the window closes.
  */
@@ -599,16 +622,7 @@ async function runLambdaLatency(o: ReactionOptions): Promise<WorkloadResult> {
     const udpDropsBefore = await udpRcvbufErrors();
     probe = await loadProbe(o, receiver.port, prefix);
     await waitConnected(clients);
-    await prime(book.tracked(channels[0]!.put), prefix, (k) => book.has(k), 'lambda datagram');
-    book.reset();
-
-    const t0 = performance.now();
-    const win: Window = { measureFrom: t0 + o.warmupMs, endAt: t0 + o.warmupMs + o.durationMs };
-    const cpu = cpuOverWindow(o.serverPids, o.warmupMs, o.durationMs);
-    const errors: Record<string, number> = {};
-    await uniquePutLoad(channels, prefix, o.valueBytes, win, book, errors);
-    await book.settle();
-    const cpuFig = await cpu.result();
+    const { win, errors, cpuFig } = await measureReactions(o, channels, prefix, book, 'lambda datagram');
     const udpDrops = await udpRcvbufErrors();
     const counters = probeCounters(await probe.statuses().catch(() => []));
     const s = bookStats(book, win);
@@ -880,16 +894,7 @@ async function runWatch(o: ReactionOptions): Promise<WorkloadResult> {
   const watch = openWatch(o.system, address, prefix, (key, at) => book.reaction(key, at), (why) => failures.push(why));
   try {
     await waitConnected([...clients, watch.client]);
-    await prime(book.tracked(channels[0]!.put), prefix, (k) => book.has(k), 'watch event');
-    book.reset();
-
-    const t0 = performance.now();
-    const win: Window = { measureFrom: t0 + o.warmupMs, endAt: t0 + o.warmupMs + o.durationMs };
-    const cpu = cpuOverWindow(o.serverPids, o.warmupMs, o.durationMs);
-    const errors: Record<string, number> = {};
-    await uniquePutLoad(channels, prefix, o.valueBytes, win, book, errors);
-    await book.settle();
-    const cpuFig = await cpu.result();
+    const { win, errors, cpuFig } = await measureReactions(o, channels, prefix, book, 'watch event');
     if (failures.length > 0) errors['watch'] = failures.length;
     const s = bookStats(book, win);
     const leaderIdx = o.endpoints.indexOf(address);
