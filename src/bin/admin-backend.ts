@@ -2,10 +2,10 @@
 import { META_GROUP, type KvNode } from '../node/kv-node.js';
 import type { ExtensionManager } from '../extensions/manager.js';
 import type { AdminBackend } from '../server/admin-service.js';
+import type { ClusterAdmin } from '../node/cluster-admin.js';
 
-
-/** The Admin service's view of `node` and its extensions. */
-export function adminBackend(node: KvNode, manager: ExtensionManager): AdminBackend {
+/** The Admin service's view of `node`, its extensions and the cluster administration. */
+export function adminBackend(node: KvNode, manager: ExtensionManager, cluster: ClusterAdmin): AdminBackend {
   return {
     nodeId: node.id,
     isMetadataLeader: () => node.replica(META_GROUP)?.isLeader ?? false,
@@ -14,5 +14,8 @@ export function adminBackend(node: KvNode, manager: ExtensionManager): AdminBack
     unload: (name) => manager.unload(name),
     records: () => manager.records(),
     statuses: () => manager.statuses(),
+    createPool: (req, deadlineMs) => cluster.createPool(req, deadlineMs),
+    addMember: (id, address, deadlineMs) => cluster.addMember(id, address, deadlineMs),
+    removeMember: (id, deadlineMs) => cluster.removeMember(id, deadlineMs),
   };
 }

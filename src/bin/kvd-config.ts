@@ -15,6 +15,10 @@ export interface KvdConfig {
   electionTicks: number;
   snapshotEveryEntries: number;
   retentionMs: number;
+  /** Shards of the default pool of a brand-new cluster (only read when the cluster is created). */
+  defaultShards: number;
+  /** Join the existing cluster at this address (host:port of any member) instead of creating one. */
+  join?: string;
   /** Extensions this node makes sure are loaded (registered cluster-wide) at start. */
   extensions: ConfiguredExtension[];
   /** Token required for admin operations (extension load/unload); unset = admin disabled. */
@@ -64,6 +68,8 @@ export function parseConfig(argv: string[]): KvdConfig {
     .option('--tick-ms <ms>', 'Raft tick length', int('--tick-ms'))
     .option('--election-ticks <n>', 'ticks before a follower campaigns', int('--election-ticks'))
     .option('--snapshot-every <entries>', 'take a snapshot after this many applied entries', int('--snapshot-every'))
+    .option('--default-shards <n>', 'shards of the default pool when this node creates a new cluster (default 1)', int('--default-shards'))
+    .option('--join <host:port>', 'join the existing cluster at this member address (add the node first: kvctl member add <id> <addr>)')
     .option('--retention-ms <ms>', 'keep old versions this long (0 = bounded only by history limits)', int('--retention-ms'))
     .option('--extension <path>', 'load this extension folder or .tgz at start (repeatable; the config file takes {path, name, config} objects)', (v: string, prev: string[] = []) => [...prev, v])
     .option('--admin-token <token>', 'token required for admin operations such as loading extensions (or env KVCASCADE_ADMIN_TOKEN)')
@@ -85,10 +91,18 @@ export function parseConfig(argv: string[]): KvdConfig {
       : new Map(Object.entries(peersRaw ?? {}).map(([k, v]) => [Number(k), String(v)] as [number, string]));
   const id = Number(pick('id', 0));
   const listen = pick<string | undefined>('listen', undefined) ?? peers.get(id);
+  const join = pick<string | undefined>('join', undefined);
   if (!id) throw new Error('--id is required');
   if (!listen) throw new Error('--listen is required (or list this node in --peers)');
-  if (peers.size === 0) peers.set(id, listen);
-  if (!peers.has(id)) throw new Error(`node ${id} must be listed in --peers`);
+  if (join !== undefined) {
+    if (peers.size > 0) throw new Error('give either --join (to join a cluster) or --peers (to create one), not both');
+    if (!/^.+:\d+$/.test(join)) throw new Error(`--join "${join}" is not host:port`);
+  } else {
+    if (peers.size === 0) peers.set(id, listen);
+    if (!peers.has(id)) throw new Error(`node ${id} must be listed in --peers`);
+  }
+  const defaultShards = Number(pick('defaultShards', 1));
+  if (!Number.isSafeInteger(defaultShards) || defaultShards < 1 || defaultShards > 64) throw new Error('--default-shards must be an integer from 1 to 64');
   const cfg: KvdConfig = {
     id,
     listen,
@@ -99,6 +113,8 @@ export function parseConfig(argv: string[]): KvdConfig {
     electionTicks: Number(pick('electionTicks', 10)),
     snapshotEveryEntries: Number(pick('snapshotEvery', 20000)),
     retentionMs: Number(pick('retentionMs', 3_600_000)),
+    defaultShards,
+    ...(join !== undefined ? { join } : {}),
     extensions: parseExtensions(o.extension, file.extensions),
   };
   const tokenFile = pick<string | undefined>('adminTokenFile', undefined);

@@ -14,6 +14,43 @@ import { GrpcPeerTransport } from '../node/grpc-transport.js';
 import { NodeMetrics } from '../node/metrics.js';
 import { LevelEngine } from '../storage/kv-engine.js';
 import { addKvServices, createGrpcServer } from '../server/kv-service.js';
+import { ClusterAdmin } from '../node/cluster-admin.js';
+import { GrpcClusterProbe } from '../server/cluster-probe.js';
+import { routedLambdaKv } from '../server/lambda-kv.js';
+import { ClusterStubClient } from '../server/proto.js';
+import type { ClusterMap } from '../sharding/index.js';
+import type { Logger } from '../log.js';
+
+/**
+ * A joining node's first view of the cluster: the map served by `address`, once it lists this
+ * node as a member (the operator adds it with `kvctl member add`). Polls until then.
+ */
+async function fetchSeedMap(address: string, id: number, creds: grpc.ChannelCredentials, log: Logger): Promise<ClusterMap> {
+  const stub = new ClusterStubClient(address, creds);
+  let warned = false;
+  try {
+    for (;;) {
+      const map = await new Promise<ClusterMap | undefined>((resolve) => {
+        stub.getShardMap({}, new grpc.Metadata(), { deadline: new Date(Date.now() + 3000) }, (err, res) => {
+          if (err || !res?.mapJson) return resolve(undefined);
+          try {
+            resolve(JSON.parse(res.mapJson) as ClusterMap);
+          } catch {
+            resolve(undefined);
+          }
+        });
+      });
+      if (map?.members.some((m) => m.id === id)) return map;
+      if (!warned) {
+        log.warn({ join: address, id }, map ? 'not a member yet: waiting for `kvctl member add`' : 'cluster not reachable yet: retrying');
+        warned = true;
+      }
+      await new Promise((r) => setTimeout(r, 500));
+    }
+  } finally {
+    stub.close();
+  }
+}
 
 async function main(): Promise<void> {
   let cfg: KvdConfig;
@@ -43,12 +80,16 @@ async function main(): Promise<void> {
       )
     : grpc.credentials.createInsecure();
 
-  const transport = new GrpcPeerTransport(cfg.id, cfg.peers, { log, credentials: peerCreds });
+  const seedMap = cfg.join ? await fetchSeedMap(cfg.join, cfg.id, peerCreds, log) : undefined;
+  const members = seedMap ? new Map(seedMap.members.map((m) => [m.id, m.address] as [number, string])) : cfg.peers;
+  const transport = new GrpcPeerTransport(cfg.id, members, { log, credentials: peerCreds });
   const engine = await LevelEngine.open(join(cfg.dataDir, 'db'));
   const node = await KvNode.open(
     {
       id: cfg.id,
-      members: cfg.peers,
+      members,
+      ...(seedMap ? { join: true, seedMap } : {}),
+      defaultPool: { shards: cfg.defaultShards },
       tickMs: cfg.tickMs,
       electionTicks: cfg.electionTicks,
       snapshotEveryEntries: cfg.snapshotEveryEntries,
@@ -61,8 +102,23 @@ async function main(): Promise<void> {
   const metrics = new NodeMetrics(node);
   node.observer = metrics.observer();
   const server = createGrpcServer();
-  const extensions = new ExtensionManager(node, { dataDir: cfg.dataDir, log: log.child({ component: 'extensions' }), registry: metrics.registry });
-  addAdminService(server, adminBackend(node, extensions), { ...(cfg.adminToken ? { adminToken: cfg.adminToken } : {}), log });
+  const probe = new GrpcClusterProbe({ selfId: cfg.id, selfStatus: () => node.status(), selfAddress: cfg.listen, credentials: peerCreds });
+  const cluster = new ClusterAdmin(node, probe, log.child({ component: 'cluster' }));
+  const lambdaKv = routedLambdaKv(node, { selfAddress: cfg.listen, credentials: peerCreds });
+  const extensions = new ExtensionManager(node, {
+    dataDir: cfg.dataDir,
+    log: log.child({ component: 'extensions' }),
+    registry: metrics.registry,
+    lambdaKv,
+    shardRevisions: async (deadlineMs) => {
+      const out = new Map<number, number>();
+      for (const st of await probe.statuses(node.shardMap(), deadlineMs)) {
+        for (const g of st.groups) if (g.group !== 0 && g.role === 'Leader' && g.leader === st.nodeId) out.set(g.group, g.revision);
+      }
+      return out;
+    },
+  });
+  addAdminService(server, adminBackend(node, extensions, cluster), { ...(cfg.adminToken ? { adminToken: cfg.adminToken } : {}), log });
   const services = addKvServices(server, metrics.meter(node), {
     log,
     selfAddress: cfg.listen,
@@ -75,6 +131,7 @@ async function main(): Promise<void> {
   );
   const m = await metrics.serve(cfg.metricsPort);
   node.start();
+  cluster.start();
   extensions.start();
   const configured = ensureConfiguredExtensions(cfg, node, extensions, log);
   log.info({ listen: cfg.listen, port, metricsPort: m.port, dataDir: cfg.dataDir, peers: Object.fromEntries(cfg.peers) }, 'kvd started');
@@ -87,7 +144,10 @@ async function main(): Promise<void> {
     stopping = true;
     log.info({ signal }, 'stopping');
     configured.stop();
+    cluster.stop();
     services.close();
+    lambdaKv.close();
+    probe.close();
     await extensions.stop().catch(() => {});
     server.forceShutdown();
     m.server.close();

@@ -1,5 +1,6 @@
 /** The seam between the gRPC services and whatever serves the data (a kvd node, or an in-memory twin in tests): typed requests, results and the errors the services map to statuses. */
-import type { DeleteResult, KvEvent, PutResult } from '../statemachine/index.js';
+import type { ClusterMap } from '../sharding/index.js';
+import type { DeleteResult, KvEvent, PutResult, TxnCompare, TxnResult, TxnWrite } from '../statemachine/index.js';
 
 /** How fresh a read must be. */
 export type Consistency = 'linearizable' | 'serializable';
@@ -56,6 +57,14 @@ export interface ListRequest {
   readonly after?: string;
   readonly keysOnly: boolean;
   readonly consistency: Consistency;
+  /** Serve exactly this shard (group), instead of the shard of the prefix (which must then be unique). */
+  readonly shard?: number;
+}
+
+/** An atomic multi-key operation inside one shard: all compares hold, then all writes apply, or nothing does. */
+export interface TxnRequest {
+  readonly compares: readonly TxnCompare[];
+  readonly writes: readonly TxnWrite[];
 }
 
 /** One listed key. */
@@ -80,6 +89,8 @@ export interface WatchRequest {
   /** First revision to deliver (0 = from now on). */
   readonly fromRevision: number;
   readonly progressIntervalMs: number;
+  /** Watch exactly this shard (group), instead of the shard of the prefix (which must then be unique). */
+  readonly shard?: number;
 }
 
 /** Where a watch delivers. Each call carries whole revisions, in order. */
@@ -114,6 +125,16 @@ export interface GroupStatusInfo {
   readonly voters: readonly number[];
   readonly learners: readonly number[];
   readonly revision: number;
+  /** The pool this shard belongs to ('' default pool; undefined for the metadata group). */
+  readonly pool?: string;
+  /** The shard's index in its pool. */
+  readonly shardIndex?: number;
+  /** Map epoch of the descriptor the shard applied (0 = none yet). */
+  readonly descriptorEpoch: number;
+  /** On the leader: each replica's acknowledged log index (lag = lastIndex - match). */
+  readonly matched: ReadonlyMap<number, number>;
+  /** Live keys in the shard. */
+  readonly keys: number;
 }
 
 /** Status of a node. */
@@ -122,12 +143,16 @@ export interface NodeStatusInfo {
   readonly version: string;
   readonly groups: readonly GroupStatusInfo[];
   readonly members: readonly { id: number; address: string }[];
+  /** Epoch of the cluster map this node routes with. */
+  readonly mapEpoch: number;
 }
 
 /** Per-call options. */
 export interface CallOptions {
   /** Absolute deadline (ms since epoch); the call fails with DeadlineError after it. */
   readonly deadlineMs: number;
+  /** For writes made by extension lambdas: the depth of the lambda chain (0 or absent for clients). */
+  readonly hops?: number;
 }
 
 /** What the gRPC KV and Cluster services call. */
@@ -138,15 +163,25 @@ export interface KvBackend {
   /** Trigger put: emits a `trigger` event (its own revision) and stores nothing. */
   trigger(req: TriggerRequest, opts: CallOptions): Promise<TriggerResponse>;
   list(req: ListRequest, opts: CallOptions): Promise<ListResponse>;
+  /** Atomic multi-key compare-and-write inside one shard; WrongShardError (INVALID_ARGUMENT) when keys span shards. */
+  txn(req: TxnRequest, opts: CallOptions): Promise<TxnResult>;
   watch(req: WatchRequest, sink: WatchSink): WatchHandle;
   status(): Promise<NodeStatusInfo>;
+  /** The cluster map this node routes with. */
+  shardMap(): ClusterMap;
+  /** The shards (groups) whose keys may start with `prefix`, in group order. */
+  shardsForPrefix(prefix: string): readonly number[];
 }
 
-/** This node does not lead the shard; `leaderAddress` (client API) is set when a leader is known. */
+/**
+ * This node does not lead the shard; `leaderAddress` (client API) is set when a leader is known,
+ * or, when this node hosts no replica of the shard, the address of a node that does.
+ */
 export class NotLeaderError extends Error {
   constructor(
     readonly leaderId: number,
     readonly leaderAddress: string | undefined,
+    readonly group?: number,
   ) {
     super(leaderId ? `not the leader (leader is node ${leaderId})` : 'no leader elected yet');
     this.name = 'NotLeaderError';
@@ -166,6 +201,25 @@ export class DeadlineError extends Error {
   constructor(message = 'deadline exceeded') {
     super(message);
     this.name = 'DeadlineError';
+  }
+}
+
+/**
+ * The shard that received a request does not own the key: the sender's (or this node's) shard map
+ * is stale. Nothing was applied; retrying after the map catches up is safe.
+ */
+export class WrongShardError extends UnavailableError {
+  constructor(message: string) {
+    super(message);
+    this.name = 'WrongShardError';
+  }
+}
+
+/** The keys of one atomic operation live in different shards (not retryable: choose keys of one shard, e.g. with a pool affinity). */
+export class CrossShardError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'CrossShardError';
   }
 }
 

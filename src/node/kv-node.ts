@@ -1,9 +1,11 @@
 /**
- * A kvd node: hosts shard replicas (Raft groups) over one LevelDB, drives them with one tick
- * timer and one ready loop (persist all groups in one fsynced batch → send → apply → advance),
- * and serves the KV API to the gRPC layer as a `KvBackend`. Each group's state machine is durable
- * in the same LevelDB (state-store.ts): what a round applies is staged into that round's batch
- * with the applied index, and a restart rebuilds the machine from it and replays only later entries.
+ * A kvd node: hosts replicas of many Raft groups (the metadata group 0 and the data shards the
+ * cluster map places here) over one LevelDB, drives them with one tick timer and one ready loop
+ * (persist all groups in one fsynced batch → send → apply → advance), starts and drops replicas
+ * as the map says, routes each request to its key's shard, and serves the KV API to the gRPC layer
+ * as a `KvBackend`. Each group's state machine is durable in the same LevelDB (state-store.ts):
+ * what a round applies is staged into that round's batch with the applied index, and a restart
+ * rebuilds the machine from it and replays only later entries.
  */
 import {
   bootstrapState,
@@ -18,22 +20,35 @@ import {
 } from '../raft/index.js';
 import {
   KvStateMachine,
+  ValidationError,
   validateCommand,
   type Command,
   type CommandResult,
   type DeleteResult,
   type PutResult,
+  type TxnResult,
   type KvStateMachineOptions,
 } from '../statemachine/index.js';
 import { RaftLogStore } from '../storage/raft-log-store.js';
 import type { KvEngine } from '../storage/kv-engine.js';
-import { loadState, readStateMeta, StateRecorder, stateKeys } from '../storage/state-store.js';
+import {
+  initialMap,
+  shardOf,
+  SYSTEM_KEY_PREFIX,
+  shardsForPrefix,
+  type ClusterMap,
+  type ShardInfo,
+} from '../sharding/index.js';
+import { loadState, readStateMeta, StateRecorder, stateGroups, stateKeys } from '../storage/state-store.js';
 import {
   DeadlineError,
   NotLeaderError,
   UnavailableError,
+  CrossShardError,
+  WrongShardError,
   type CallOptions,
   type DeleteRequest,
+  type TxnRequest,
   type GetRequest,
   type GetResponse,
   type KvBackend,
@@ -48,14 +63,19 @@ import {
   type WatchSink,
 } from './backend.js';
 import type { Logger } from '../log.js';
+import { ClusterView } from './cluster-view.js';
 import { ShardReplica } from './replica.js';
+import { ShardReconciler } from './shard-reconciler.js';
 import type { Transport } from './transport.js';
 
-/** The Raft group holding user data until sharding arrives. */
+/** The first shard of the default pool (group 1): the only data shard of a cluster started with one default shard. */
 export const DATA_GROUP = 1;
 
-/** The metadata group: the cluster's own state (the extension registry; later pools and placement). */
+/** The metadata group: the cluster's own state (members, pools, shard placement, the extension registry). */
 export const META_GROUP = 0;
+
+/** A peer counts as live while heard from within this many ticks' time (times the election timeout). */
+const LIVENESS_ELECTION_TIMEOUTS = 3;
 
 /** The package version reported by Status. */
 export const KVCASCADE_VERSION = '0.1.0';
@@ -63,8 +83,20 @@ export const KVCASCADE_VERSION = '0.1.0';
 /** Everything a node needs to know; every limit has a default. */
 export interface NodeOptions {
   readonly id: NodeId;
-  /** Initial members (including this node): id → client/peer address. */
+  /**
+   * Initial members (including this node): id → client/peer address. A bootstrapping node derives
+   * the initial cluster map from them (every initial member computes the same one); a joining
+   * node is given the members it learned from the cluster.
+   */
   readonly members: ReadonlyMap<NodeId, string>;
+  /** Join an existing cluster: create no group; the leaders add this node (as the map says) and catch it up. */
+  readonly join?: boolean;
+  /** A joining node's view of the map until its metadata replica catches up. */
+  readonly seedMap?: ClusterMap;
+  /** Shards and replication of the default pool of a brand-new cluster (default 1 shard, min(3, members) replicas). */
+  readonly defaultPool?: { readonly shards: number; readonly replicas?: number };
+  /** How often leaders converge their groups toward the map (ms, default 200). */
+  readonly reconcileEveryMs?: number;
   /** Milliseconds per Raft tick. */
   readonly tickMs?: number;
   readonly electionTicks?: number;
@@ -96,13 +128,26 @@ export interface NodeObserver {
   leaderChanged?(group: number, leader: number, term: number): void;
   /** A proposal made here was applied, `latencyMs` after it was proposed. */
   committed?(group: number, latencyMs: number): void;
+  /** The cluster map changed (a new epoch was applied). */
+  mapChanged?(map: ClusterMap): void;
 }
 
 /** One kvd process's replicas and their driving loop. */
 export class KvNode implements KvBackend {
   readonly id: NodeId;
   private readonly replicas = new Map<number, ShardReplica>();
-  private readonly members: Map<NodeId, string>;
+  private members: Map<NodeId, string>;
+  private readonly view: ClusterView;
+  /** The map a brand-new cluster starts with (undefined on a joining node: it never writes one). */
+  private readonly bootMap: ClusterMap | undefined;
+  private readonly reconciler: ShardReconciler;
+  private lastReconcileMs = 0;
+  private mapDirty = true;
+  /** Last time each peer was heard from (ms). */
+  private readonly heardFrom = new Map<NodeId, number>();
+  /** Groups being dropped (their replica removed): no replica is recreated for them meanwhile. */
+  private readonly dropping = new Set<number>();
+  private readonly mapListeners = new Set<(map: ClusterMap) => void>();
   private readonly nowMs: () => number;
   private readonly log: Logger;
   private tickTimer: NodeJS.Timeout | undefined;
@@ -124,23 +169,43 @@ export class KvNode implements KvBackend {
     this.members = new Map(opts.members);
     this.nowMs = opts.nowMs ?? Date.now;
     this.log = opts.log;
+    const memberList = [...opts.members].map(([id, address]) => ({ id, address }));
+    const replicas = Math.min(3, memberList.length);
+    this.bootMap = opts.join
+      ? undefined
+      : initialMap(memberList, { shards: opts.defaultPool?.shards ?? 1, replicas: opts.defaultPool?.replicas ?? replicas });
+    this.view = new ClusterView(opts.seedMap ?? this.bootMap!);
+    this.reconciler = new ShardReconciler({
+      id: this.id,
+      propose: (group, cmd) => this.execute(group, cmd, { deadlineMs: Date.now() + 10_000 }),
+      isLive: (peer) => this.isLive(peer),
+      note: (group, what, detail) => this.log.info({ group, ...detail }, what),
+    });
   }
 
   /** Opens the node's storage, creating the data group on first start. Call `start()` to run. */
   static async open(opts: NodeOptions, engine: KvEngine, transport: Transport): Promise<KvNode> {
-    if (!opts.members.has(opts.id)) throw new Error(`node ${opts.id} is not among the members`);
+    if (!opts.join && !opts.members.has(opts.id)) throw new Error(`node ${opts.id} is not among the members`);
     const store = await RaftLogStore.open(engine, opts.maxBatchBytes ? { maxBatchBytes: opts.maxBatchBytes } : {});
     const node = new KvNode(opts, store, transport);
-    const voters = [...opts.members.keys()].sort((a, b) => a - b);
-    for (const group of [META_GROUP, DATA_GROUP]) {
-      if (store.groups().includes(group)) continue;
-      store.storageFor(group, { voters, learners: [] });
-      const b = bootstrapState(voters);
-      store.persistReady(group, { entries: b.entries, hardState: b.hardState });
+    const boot = node.bootMap;
+    if (boot && store.groups().length === 0) {
+      // A brand-new cluster: every initial member bootstraps the groups the initial map gives it.
+      if (boot.metaVoters.includes(opts.id)) node.bootstrapGroup(META_GROUP, boot.metaVoters);
+      for (const s of boot.shards) if (s.initial.includes(opts.id)) node.bootstrapGroup(s.group, s.initial);
+    }
+    // State records of groups whose Raft state is gone (a drop interrupted by a crash) are garbage.
+    const hosted = new Set(store.groups());
+    for (const g of await stateGroups(engine)) {
+      if (hosted.has(g)) continue;
+      const keys = await stateKeys(engine, g);
+      store.stageStateOps(g, keys.map((key) => ({ type: 'del' as const, key })));
     }
     await store.flush();
     for (const g of store.groups()) node.addReplica(g, await node.recoverState(engine, g));
     await store.flush();
+    node.engine = engine;
+    node.refreshMap();
     transport.onMessages((msgs) => node.receive(msgs));
     transport.onUnreachable((peer) => {
       for (const r of node.replicas.values()) r.raw.reportUnreachable(peer);
@@ -183,6 +248,15 @@ export class KvNode implements KvBackend {
     if (conf) this.store.setConf(group, conf);
     this.log.info({ group, appliedIndex: sm.appliedIndex, snapshotIndex: snapIndex, fromRecords }, 'state machine recovered');
     return { sm, recorder };
+  }
+
+  private engine: KvEngine | undefined;
+
+  /** Writes a brand-new group's bootstrap state (its initial voters) to storage. */
+  private bootstrapGroup(group: number, voters: readonly NodeId[]): void {
+    this.store.storageFor(group, { voters: [...voters], learners: [] });
+    const b = bootstrapState(voters);
+    this.store.persistReady(group, { entries: b.entries, hardState: b.hardState });
   }
 
   private addReplica(group: number, initialState?: { sm: KvStateMachine; recorder: StateRecorder }): void {
@@ -257,6 +331,10 @@ export class KvNode implements KvBackend {
       this.lastRetentionCheckMs = now;
       this.compactOldVersions(now);
     }
+    if (now - this.lastReconcileMs >= (this.opts.reconcileEveryMs ?? 200)) {
+      this.lastReconcileMs = now;
+      this.reconciler.step(this.replicas.values(), this.view.current, this.view.isInitialised, this.bootMap, now);
+    }
     this.scheduleReady();
   }
 
@@ -277,9 +355,18 @@ export class KvNode implements KvBackend {
 
   private receive(msgs: readonly Message[]): void {
     if (this.stopped) return;
+    const now = this.nowMs();
     for (const m of msgs) {
-      const r = this.replicas.get(m.group);
-      if (!r) continue;
+      this.heardFrom.set(m.from, now);
+      let r = this.replicas.get(m.group);
+      if (!r) {
+        if (!this.mayCreate(m.group, m.from)) continue;
+        // A leader added us to a group we have no state for: start empty; it catches us up.
+        this.store.storageFor(m.group, { voters: [], learners: [] });
+        this.addReplica(m.group);
+        r = this.replicas.get(m.group)!;
+        this.log.info({ group: m.group, from: m.from }, 'replica created for a group this node was added to');
+      }
       try {
         r.raw.step(m);
       } catch (e) {
@@ -287,6 +374,88 @@ export class KvNode implements KvBackend {
       }
     }
     this.scheduleReady();
+  }
+
+  /** Whether a message for a group not hosted here may create its replica (the map places it here). */
+  private mayCreate(group: number, from: NodeId): boolean {
+    if (this.dropping.has(group) || !this.members.has(from)) return false;
+    if (group === META_GROUP) return true;
+    const shard = this.view.current.shards.find((s) => s.group === group);
+    return shard !== undefined && shard.replicas.includes(this.id);
+  }
+
+  /** Whether `peer` was heard from within a few election timeouts. */
+  isLive(peer: NodeId): boolean {
+    if (peer === this.id) return true;
+    const at = this.heardFrom.get(peer);
+    const windowMs = (this.opts.tickMs ?? 100) * (this.opts.electionTicks ?? 10) * LIVENESS_ELECTION_TIMEOUTS;
+    return at !== undefined && this.nowMs() - at <= windowMs;
+  }
+
+  /** The cluster map this node routes with. */
+  shardMap(): ClusterMap {
+    return this.view.current;
+  }
+
+  /** Calls `fn` with each new map (returns an unsubscribe function). */
+  onMapChanged(fn: (map: ClusterMap) => void): () => void {
+    this.mapListeners.add(fn);
+    return () => this.mapListeners.delete(fn);
+  }
+
+  /** Re-reads the map after the metadata group applied entries; acts on a new epoch. */
+  private refreshMap(): void {
+    this.mapDirty = false;
+    const meta = this.replicas.get(META_GROUP);
+    if (!meta) return;
+    const changed = this.view.refresh(meta.sm, (e) => this.log.error({ err: String(e) }, 'cluster map in the metadata group is malformed; keeping the previous map'));
+    if (!changed && this.view.isInitialised) return;
+    const map = this.view.current;
+    if (changed) {
+      this.members = new Map(map.members.map((m) => [m.id, m.address]));
+      for (const m of map.members) if (m.id !== this.id) this.transport.setPeer?.(m.id, m.address);
+      this.log.info({ epoch: map.epoch, members: map.members.length, pools: map.pools.length, shards: map.shards.length }, 'cluster map updated');
+    }
+    // Shards of pools being created start on their initial replicas (the same bootstrap state everywhere).
+    for (const s of map.shards) {
+      if (this.replicas.has(s.group) || this.dropping.has(s.group)) continue;
+      const pool = map.pools.find((p) => p.name === s.pool);
+      if (pool?.state === 'creating' && s.initial.includes(this.id) && s.replicas.includes(this.id)) {
+        this.bootstrapGroup(s.group, s.initial);
+        this.addReplica(s.group);
+        this.log.info({ group: s.group, pool: s.pool, index: s.index }, 'shard replica bootstrapped');
+      }
+    }
+    if (changed) {
+      this.observer.mapChanged?.(map);
+      for (const fn of this.mapListeners) fn(map);
+    }
+  }
+
+  /**
+   * Drops the replica of a group whose membership no longer includes this node: its waiters fail
+   * over to the new placement, then its state records and its Raft state are deleted (in that
+   * order, so a crash in between leaves a consistent group that is dropped again).
+   */
+  private async dropReplica(group: number): Promise<void> {
+    const r = this.replicas.get(group);
+    if (!r || this.dropping.has(group) || !this.engine) return;
+    this.dropping.add(group);
+    this.replicas.delete(group);
+    r.failAll(new NotLeaderError(0, undefined, group));
+    this.log.info({ group }, 'replica removed from its group: dropping its data');
+    try {
+      // Wait for the state records staged so far to be on disk, then list and delete them.
+      await this.store.flush();
+      const keys = await stateKeys(this.engine, group);
+      this.store.stageStateOps(group, keys.map((key) => ({ type: 'del' as const, key })));
+      this.store.deleteGroup(group);
+      this.syncedHardState.delete(group);
+      this.lastLeader.delete(group);
+      await this.store.flush();
+    } finally {
+      this.dropping.delete(group);
+    }
   }
 
   private scheduleReady(): void {
@@ -340,7 +509,10 @@ export class KvNode implements KvBackend {
           r.apply(rd);
           // What was applied goes into this round's batch, after the log writes it came from.
           for (const unit of r.takeStateUnits()) this.store.stageStateOps(r.group, unit);
-          if (rd.committedEntries.length > 0) this.observer.applied?.(r.group, rd.committedEntries.length);
+          if (rd.committedEntries.length > 0) {
+            this.observer.applied?.(r.group, rd.committedEntries.length);
+            if (r.group === META_GROUP) this.mapDirty = true;
+          }
           round.push([r, rd]);
         }
         if (round.length === 0) return;
@@ -349,10 +521,15 @@ export class KvNode implements KvBackend {
         if (mustSync) this.observer.readyBatch?.(round.length, entries, performance.now() - t0);
         for (const [r, rd] of round) {
           this.transport.send(rd.messages); // acknowledgements and votes: only once durable
-          r.raw.advance(rd);
+          const conf = r.raw.advance(rd);
           if (rd.softState) this.noteLeader(r);
           if (r.wantsSnapshot()) this.snapshot(r);
+          const now = conf ?? (rd.snapshot ? rd.snapshot.meta.conf : undefined);
+          if (now && r.group !== META_GROUP && !now.voters.includes(this.id) && !now.learners.includes(this.id)) {
+            void this.dropReplica(r.group).catch((e: unknown) => this.log.error({ group: r.group, err: String(e) }, 'dropping a replica failed'));
+          }
         }
+        if (this.mapDirty) this.refreshMap();
       }
     } catch (e) {
       this.log.fatal({ err: String(e), stack: (e as Error).stack }, 'storage or apply failure: stopping the node');
@@ -387,19 +564,43 @@ export class KvNode implements KvBackend {
 
   // ------------------------------------------------------------------ KvBackend
 
-  private dataReplica(): ShardReplica {
-    return this.groupReplica(DATA_GROUP);
+  /** The data shard `key` belongs to in this node's map. */
+  shardOfKey(key: string): ShardInfo {
+    return shardOf(this.view.current, key);
   }
 
+  /** The groups whose keys may start with `prefix`. */
+  shardsForPrefix(prefix: string): number[] {
+    return shardsForPrefix(this.view.current, prefix).map((s) => s.group);
+  }
+
+  /** The replica of `group` hosted here, or NotLeaderError pointing at a node that hosts one. */
   private groupReplica(group: number): ShardReplica {
     const r = this.replicas.get(group);
-    if (!r) throw new UnavailableError(`group ${group} is not hosted on this node`);
-    return r;
+    if (r) return r;
+    throw this.elsewhere(group);
   }
+
+  /** Where a request for a group not hosted here should go: its leader if known, else a replica. */
+  private elsewhere(group: number): NotLeaderError | UnavailableError {
+    const map = this.view.current;
+    const replicas = group === META_GROUP ? map.metaVoters : map.shards.find((s) => s.group === group)?.replicas;
+    if (!replicas) return new UnavailableError(`shard ${group} is not in this node's cluster map (epoch ${map.epoch})`);
+    const hint = this.leaderHints.get(group);
+    const target = hint !== undefined && replicas.includes(hint) ? hint : replicas.find((id) => id !== this.id && this.isLive(id)) ?? replicas.find((id) => id !== this.id);
+    return new NotLeaderError(0, target !== undefined ? this.addressOf(target) : undefined, group);
+  }
+
+  /** Remembers the leader of a group not hosted here, as another node reported it (routing hint). */
+  noteLeaderHint(group: number, leader: NodeId): void {
+    this.leaderHints.set(group, leader);
+  }
+
+  private readonly leaderHints = new Map<number, NodeId>();
 
   private notLeader(r: ShardReplica): NotLeaderError {
     const leader = r.leader;
-    return new NotLeaderError(leader, leader ? this.addressOf(leader) : undefined);
+    return new NotLeaderError(leader, leader ? this.addressOf(leader) : undefined, r.group);
   }
 
   /**
@@ -407,21 +608,25 @@ export class KvNode implements KvBackend {
    * `hops` counts the extension lambdas that led to this write (0 for clients).
    */
   async execute(group: number, cmd: Command, opts: CallOptions, hops = 0): Promise<CommandResult> {
-    return this.propose(cmd, opts, group, hops);
-  }
-
-  private async propose(cmd: Command, opts: CallOptions, group = DATA_GROUP, hops = 0): Promise<CommandResult> {
     validateCommand(cmd);
     const r = this.groupReplica(group);
     if (!r.isLeader) throw this.notLeader(r);
     const p = r.propose(cmd, hops);
     this.scheduleReady();
+    let res: CommandResult;
     try {
-      return await withDeadline(p, opts.deadlineMs, 'write not confirmed before the deadline; its outcome is unknown');
+      res = await withDeadline(p, opts.deadlineMs, 'write not confirmed before the deadline; its outcome is unknown');
     } catch (e) {
       if (e instanceof NotLeaderError) throw this.notLeader(r);
       throw e;
     }
+    if (res.type === 'rejected' && res.error.code === 'WRONG_SHARD') throw new WrongShardError(res.error.message);
+    return res;
+  }
+
+  /** Proposes a client command on the shard of `key`. */
+  private proposeFor(key: string, cmd: Command, opts: CallOptions): Promise<CommandResult> {
+    return this.execute(this.shardOfKey(key).group, cmd, opts, opts.hops ?? 0);
   }
 
   async put(req: PutRequest, opts: CallOptions): Promise<PutResult> {
@@ -432,7 +637,7 @@ export class KvNode implements KvBackend {
       ...(req.expectedVersion !== undefined ? { expectedVersion: req.expectedVersion } : {}),
       ...(req.returnCurrentValue ? { returnPrevious: true } : {}),
     };
-    const res = await this.propose(cmd, opts);
+    const res = await this.proposeFor(req.key, cmd, opts);
     if (res.type === 'rejected') throw res.error;
     if (res.type !== 'put') throw new Error(`unexpected result ${res.type} for a put`);
     return res;
@@ -444,17 +649,42 @@ export class KvNode implements KvBackend {
       key: req.key,
       ...(req.expectedVersion !== undefined ? { expectedVersion: req.expectedVersion } : {}),
     };
-    const res = await this.propose(cmd, opts);
+    const res = await this.proposeFor(req.key, cmd, opts);
     if (res.type === 'rejected') throw res.error;
     if (res.type !== 'delete') throw new Error(`unexpected result ${res.type} for a delete`);
     return res;
   }
 
   async trigger(req: TriggerRequest, opts: CallOptions): Promise<TriggerResponse> {
-    const res = await this.propose({ type: 'triggerPut', key: req.key, value: req.value }, opts);
+    const res = await this.proposeFor(req.key, { type: 'triggerPut', key: req.key, value: req.value }, opts);
     if (res.type === 'rejected') throw res.error;
     if (res.type !== 'trigger') throw new Error(`unexpected result ${res.type} for a trigger`);
     return { revision: res.revision, timestampMs: res.timestampMs };
+  }
+
+  /** The one shard all of `keys` belong to, or CrossShardError naming two that differ. */
+  shardOfKeys(keys: readonly string[]): number {
+    let first: { key: string; group: number } | undefined;
+    for (const key of keys) {
+      const group = this.shardOfKey(key).group;
+      if (!first) first = { key, group };
+      else if (group !== first.group) {
+        throw new CrossShardError(
+          `keys ${JSON.stringify(first.key)} (shard ${first.group}) and ${JSON.stringify(key)} (shard ${group}) are in different shards; ` +
+            'an atomic operation must stay within one shard (give the pool an affinity pattern to keep related keys together)',
+        );
+      }
+    }
+    if (!first) throw new CrossShardError('an atomic operation needs at least one key');
+    return first.group;
+  }
+
+  async txn(req: TxnRequest, opts: CallOptions): Promise<TxnResult> {
+    const group = this.shardOfKeys([...req.compares.map((c) => c.key), ...req.writes.map((w) => w.key)]);
+    const res = await this.execute(group, { type: 'txn', compares: req.compares, writes: req.writes }, opts, opts.hops ?? 0);
+    if (res.type === 'rejected') throw res.error;
+    if (res.type !== 'txn') throw new Error(`unexpected result ${res.type} for a txn`);
+    return res;
   }
 
   /** Waits until `group`'s replica here may serve a read of the given consistency, and returns it. */
@@ -474,7 +704,8 @@ export class KvNode implements KvBackend {
   }
 
   async get(req: GetRequest, opts: CallOptions): Promise<GetResponse> {
-    const r = await this.readable(req.consistency, opts);
+    const r = await this.readable(req.consistency, opts, this.shardOfKey(req.key).group);
+    if (!r.sm.owns(req.key)) throw new WrongShardError(`key ${JSON.stringify(req.key)} is not owned by shard ${r.group}; the cluster map changed`);
     const at =
       req.atVersion !== undefined ? { atRevision: req.atVersion } : req.atTimeMs !== undefined ? { atTimeMs: req.atTimeMs } : undefined;
     const found = r.sm.get(req.key, at);
@@ -483,15 +714,31 @@ export class KvNode implements KvBackend {
     return { found: true, value: found.value, version: found.version, timestampMs: found.timestampMs, revision };
   }
 
+  /** The one group a prefix-scoped request goes to: `shard` when given, else the prefix's only shard. */
+  private groupForPrefix(prefix: string, shard: number | undefined): number {
+    if (shard !== undefined) {
+      const known = shard === META_GROUP || this.view.current.shards.some((s) => s.group === shard);
+      if (!known) throw new ValidationError('INVALID_ARGUMENT', `shard ${shard} does not exist (map epoch ${this.view.current.epoch})`);
+      return shard;
+    }
+    const groups = this.shardsForPrefix(prefix);
+    if (groups.length !== 1) {
+      throw new ValidationError('INVALID_ARGUMENT', `prefix ${JSON.stringify(prefix)} spans ${groups.length} shards; name one shard`);
+    }
+    return groups[0]!;
+  }
+
   async list(req: ListRequest, opts: CallOptions): Promise<ListResponse> {
-    const r = await this.readable(req.consistency, opts);
+    const r = await this.readable(req.consistency, opts, this.groupForPrefix(req.prefix, req.shard));
     const page = r.sm.list(req.prefix, {
       ...(req.limit ? { limit: req.limit } : {}),
       ...(req.after !== undefined ? { after: req.after } : {}),
       keysOnly: req.keysOnly,
     });
+    // Shard-local system keys (descriptor, delivery cursors) show only to listings of /_sys/ itself.
+    const hideSystem = !req.prefix.startsWith(SYSTEM_KEY_PREFIX);
     return {
-      items: page.items.map((i) => ({
+      items: (hideSystem ? page.items.filter((i) => !i.key.startsWith(SYSTEM_KEY_PREFIX)) : page.items).map((i) => ({
         key: i.key,
         ...(i.value !== undefined ? { value: i.value } : {}),
         version: i.version,
@@ -503,15 +750,32 @@ export class KvNode implements KvBackend {
   }
 
   watch(req: WatchRequest, sink: WatchSink): WatchHandle {
-    return this.dataReplica().watches.add(req, sink);
+    const r = this.groupReplica(this.groupForPrefix(req.prefix, req.shard));
+    if (req.prefix.startsWith(SYSTEM_KEY_PREFIX) || !SYSTEM_KEY_PREFIX.startsWith(req.prefix)) return r.watches.add(req, sink);
+    // A watch whose prefix covers /_sys/ does not see the shard-local system keys.
+    const filtered: WatchSink = {
+      events: (events, revision) => {
+        const visible = events.filter((e) => !e.key.startsWith(SYSTEM_KEY_PREFIX));
+        if (visible.length > 0) sink.events(visible, revision);
+        else sink.progress(revision);
+      },
+      progress: (revision) => sink.progress(revision),
+      canceled: (reason, compactRevision) => sink.canceled(reason, compactRevision),
+      ...(sink.writable ? { writable: () => sink.writable!() } : {}),
+      ...(sink.onDrain ? { onDrain: (cb: () => void) => sink.onDrain!(cb) } : {}),
+    };
+    return r.watches.add(req, filtered);
   }
 
   async status(): Promise<NodeStatusInfo> {
+    const map = this.view.current;
     return {
       nodeId: this.id,
       version: KVCASCADE_VERSION,
+      mapEpoch: map.epoch,
       groups: [...this.replicas.values()].map((r) => {
         const s = r.raw.status();
+        const shard = map.shards.find((x) => x.group === r.group);
         return {
           group: r.group,
           leader: s.leader,
@@ -524,10 +788,19 @@ export class KvNode implements KvBackend {
           voters: s.conf.voters,
           learners: s.conf.learners,
           revision: r.sm.revision,
+          ...(shard ? { pool: shard.pool, shardIndex: shard.index } : {}),
+          descriptorEpoch: r.sm.descriptor?.epoch ?? 0,
+          matched: s.matched,
+          keys: r.sm.keyCount,
         };
       }),
       members: [...this.members].map(([id, address]) => ({ id, address })),
     };
+  }
+
+  /** The groups hosted here (ids). */
+  hostedGroups(): number[] {
+    return [...this.replicas.keys()].sort((a, b) => a - b);
   }
 
   /** Storage counters (for metrics). */

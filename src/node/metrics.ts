@@ -12,6 +12,7 @@ import type {
   ListRequest,
   PutRequest,
   TriggerRequest,
+  TxnRequest,
   WatchRequest,
   WatchSink,
 } from './backend.js';
@@ -140,7 +141,7 @@ export class NodeMetrics {
     };
   }
 
-  /** Wraps a backend so that every call is counted and timed. */
+  /** Wraps a backend so that every client call (txn included) is counted and timed; the routing look-ups pass through. */
   meter(backend: KvBackend): KvBackend {
     const timed = async <T>(method: string, fn: () => Promise<T>): Promise<T> => {
       const end = this.requestSeconds.startTimer({ method });
@@ -161,11 +162,15 @@ export class NodeMetrics {
       delete: (req: DeleteRequest, o: CallOptions) => timed('delete', () => backend.delete(req, o)),
       trigger: (req: TriggerRequest, o: CallOptions) => timed('trigger', () => backend.trigger(req, o)),
       list: (req: ListRequest, o: CallOptions) => timed('list', () => backend.list(req, o)),
+      txn: (req: TxnRequest, o: CallOptions) => timed('txn', () => backend.txn(req, o)),
       watch: (req: WatchRequest, sink: WatchSink) => {
         this.requests.inc({ method: 'watch', status: 'ok' });
         return backend.watch(req, sink);
       },
       status: () => timed('status', () => backend.status()),
+      // Routing look-ups: passed through, neither counted nor timed.
+      shardMap: () => backend.shardMap(),
+      shardsForPrefix: (prefix: string) => backend.shardsForPrefix(prefix),
     };
   }
 

@@ -12,6 +12,8 @@ export interface Transport {
   onMessages(handler: (messages: readonly Message[]) => void): void;
   /** Sets the handler told when a peer could not be reached (Raft stops pipelining to it). */
   onUnreachable(handler: (peer: NodeId) => void): void;
+  /** Learns (or changes) a peer's address, when the cluster map names a new member. */
+  setPeer?(id: NodeId, address: string): void;
   close(): Promise<void>;
 }
 

@@ -27,7 +27,11 @@ export type ValidationErrorCode =
   /** Bytes given to the command decoder are not a valid encoded command. */
   | 'MALFORMED_COMMAND'
   /** Bytes given to `restore` are not a valid snapshot. */
-  | 'MALFORMED_SNAPSHOT';
+  | 'MALFORMED_SNAPSHOT'
+  /** A write names a key this shard does not own (the sender's shard map is stale); retry after refreshing it. */
+  | 'WRONG_SHARD'
+  /** A shard descriptor write is malformed or older than the one in effect. */
+  | 'INVALID_DESCRIPTOR';
 
 /** Thrown (or returned in a `rejected` apply result) when an input violates the command format or a limit. */
 export class ValidationError extends Error {

@@ -1,4 +1,5 @@
 /** The versioned, deterministic, in-memory key-value state machine of one shard, applied by the Raft host. */
+import { decodeDescriptor, ownsKey, type ShardDescriptor } from '../sharding/index.js';
 import { decodeCommand } from './command-codec.js';
 import { CompactedRevisionError, ValidationError } from './errors.js';
 import { compareKeys, utf8ByteLength } from './keys.js';
@@ -32,6 +33,9 @@ import type {
   TxnCommand,
 } from './types.js';
 import { validateCommand, validateKey, validateNonNegativeInt, validatePrefix } from './validation.js';
+
+/** The shard-local system key holding the shard's descriptor (JSON, see sharding/map-codec.ts). */
+export const SHARD_DESCRIPTOR_KEY = '/_sys/shard';
 
 const NO_EVENTS: readonly KvEvent[] = Object.freeze([]);
 
@@ -101,6 +105,7 @@ export class KvStateMachine {
   private _compactRevision = 0;
   private _lastTimestampMs = 0;
   private sink: StateSink | undefined;
+  private descriptorCache: { readonly version: number; readonly descriptor: ShardDescriptor } | undefined;
   /** Events of at most this many most recent revisions are kept for `eventsSince`. */
   readonly maxHistoryRevisions: number;
   /** Cap on accounted history bytes (see {@link eventBytes}). */
@@ -206,6 +211,8 @@ export class KvStateMachine {
       if (!(e instanceof ValidationError)) throw e;
       return { applied: true, result: { type: 'rejected', error: e, revision: this._revision, timestampMs: ts }, events: NO_EVENTS };
     }
+    const refused = this.ownershipError(cmd);
+    if (refused) return this.done({ type: 'rejected', error: refused, revision: this._revision, timestampMs: ts });
     switch (cmd.type) {
       case 'put':
         return this.applyPut(cmd, ts);
@@ -230,6 +237,62 @@ export class KvStateMachine {
         return this.done({ type: 'compact', compactRevision: this._compactRevision, revision: this._revision, timestampMs: ts });
       }
     }
+  }
+
+  /**
+   * The shard's descriptor: which keys it owns (see sharding/routing.ts). Stored as the value of
+   * {@link SHARD_DESCRIPTOR_KEY}, written through the log like any key, so ownership changes are
+   * ordered with the writes they fence. Undefined until the first descriptor is written; until
+   * then the shard accepts every key (a single-shard or not yet configured group).
+   */
+  get descriptor(): ShardDescriptor | undefined {
+    const rec = this.latestLive(SHARD_DESCRIPTOR_KEY);
+    if (!rec) return undefined;
+    if (this.descriptorCache?.version === rec.revision) return this.descriptorCache.descriptor;
+    try {
+      const descriptor = decodeDescriptor(new TextDecoder().decode(rec.value!));
+      this.descriptorCache = { version: rec.revision, descriptor };
+      return descriptor;
+    } catch {
+      return undefined; // never stored: descriptor writes are validated before they apply
+    }
+  }
+
+  /** Whether this shard owns `key` (always, without a descriptor). */
+  owns(key: string): boolean {
+    const d = this.descriptor;
+    return d === undefined || ownsKey(d, key);
+  }
+
+  /** Why `cmd` may not apply here: a key outside the descriptor, or a malformed or stale descriptor write. */
+  private ownershipError(cmd: Command): ValidationError | undefined {
+    const keys: string[] =
+      cmd.type === 'put' || cmd.type === 'delete' || cmd.type === 'triggerPut'
+        ? [cmd.key]
+        : cmd.type === 'txn'
+          ? [...cmd.compares.map((c) => c.key), ...cmd.writes.map((w) => w.key)]
+          : [];
+    for (const key of keys) {
+      if (key === SHARD_DESCRIPTOR_KEY) {
+        if (cmd.type !== 'put') return new ValidationError('INVALID_DESCRIPTOR', 'the shard descriptor is only written by a plain put');
+        let next: ShardDescriptor;
+        try {
+          next = decodeDescriptor(new TextDecoder().decode(cmd.value));
+        } catch (e) {
+          return new ValidationError('INVALID_DESCRIPTOR', `malformed shard descriptor: ${(e as Error).message}`);
+        }
+        const cur = this.descriptor;
+        if (cur && next.epoch < cur.epoch) {
+          return new ValidationError('INVALID_DESCRIPTOR', `descriptor epoch ${next.epoch} is older than ${cur.epoch}`);
+        }
+        continue;
+      }
+      if (!this.owns(key)) {
+        const d = this.descriptor!;
+        return new ValidationError('WRONG_SHARD', `key ${JSON.stringify(key)} is not owned by shard ${d.group} (map epoch ${d.epoch})`);
+      }
+    }
+    return undefined;
   }
 
   private done(result: CommandResult): ApplyOutput {

@@ -871,3 +871,20 @@ function assemble(
     written: { appliedIndex: meta.appliedIndex, blocks, oldestHistoryRevision: meta.oldestHistoryRevision },
   };
 }
+
+/** The groups that have state records on disk (one seek per group, not a scan of the records). */
+export async function stateGroups(engine: KvEngine): Promise<number[]> {
+  const out: number[] = [];
+  let from = 0;
+  for (;;) {
+    let found: number | undefined;
+    for await (const [k] of engine.iterate({ gte: stateKeyPrefix(from), lt: 's0', limit: 1 })) {
+      const text = typeof k === 'string' ? k : new TextDecoder().decode(k.subarray(0, 11));
+      found = Number.parseInt(text.slice(2, 10), 16);
+    }
+    if (found === undefined || !Number.isFinite(found)) return out;
+    out.push(found);
+    from = found + 1;
+    if (from > 0xffff_ffff) return out;
+  }
+}

@@ -13,7 +13,7 @@ const dec = (b: Uint8Array | undefined) => (b ? new TextDecoder().decode(b) : un
 
 async function openCluster(engines: MemoryEngine[]): Promise<KvNode[]> {
   const hub = new LoopbackHub();
-  const members = new Map(engines.map((_, i) => [i + 1, `node-${i + 1}`] as [number, string]));
+  const members = new Map(engines.map((_, i) => [i + 1, `127.0.0.1:${7100 + i + 1}`] as [number, string]));
   const nodes: KvNode[] = [];
   for (let i = 0; i < engines.length; i++) {
     const node = await KvNode.open(

@@ -27,7 +27,7 @@ afterEach(async () => {
 });
 
 async function openNode(id: number, engine: MemoryEngine, hub: LoopbackHub, extra: Partial<NodeOptions>): Promise<KvNode> {
-  const members = new Map([1, 2, 3].map((i) => [i, `node-${i}`] as [number, string]));
+  const members = new Map([1, 2, 3].map((i) => [i, `127.0.0.1:${7100 + i}`] as [number, string]));
   const node = await KvNode.open({ id, members, tickMs: 5, log: silentLogger(), onFatal: () => {}, ...extra }, engine, hub.transport(id));
   open.push(node);
   return node;

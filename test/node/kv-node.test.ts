@@ -16,7 +16,7 @@ let nodes: KvNode[] = [];
 
 async function cluster(n = 3, extra: Partial<import('../../src/node/kv-node.js').NodeOptions> = {}): Promise<{ nodes: KvNode[]; hub: LoopbackHub; engines: MemoryEngine[] }> {
   const hub = new LoopbackHub();
-  const members = new Map(Array.from({ length: n }, (_, i) => [i + 1, `node-${i + 1}`] as [number, string]));
+  const members = new Map(Array.from({ length: n }, (_, i) => [i + 1, `127.0.0.1:${7100 + i + 1}`] as [number, string]));
   const engines: MemoryEngine[] = [];
   nodes = [];
   for (let id = 1; id <= n; id++) {

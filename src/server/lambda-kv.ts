@@ -1,0 +1,130 @@
+/**
+ * The store as extension lambdas see it: each call runs on this node when it leads the key's
+ * shard (no network hop), and otherwise goes over gRPC to the node the local routing points at,
+ * carrying the lambda chain's hop count in `kv-hops` metadata so the hop limit holds across nodes.
+ */
+import * as grpc from '@grpc/grpc-js';
+import { NotLeaderError, type KvBackend } from '../node/backend.js';
+import type { LambdaKv } from '../extensions/store-access.js';
+import { META_FORWARDED } from './metadata.js';
+import { KvStubClient, type KvStub } from './proto.js';
+import { encodePageToken } from './request-validation.js';
+
+/** Request metadata: the depth of the lambda chain that made this write (absent = a client write). */
+export const META_HOPS = 'kv-hops';
+
+function call<Req, Res>(stub: KvStub, method: 'put' | 'get' | 'delete' | 'trigger' | 'list', req: Req, md: grpc.Metadata, deadlineMs: number): Promise<Res> {
+  return new Promise((resolve, reject) => {
+    const fn = stub[method] as unknown as (r: Req, m: grpc.Metadata, o: Partial<grpc.CallOptions>, cb: (e: grpc.ServiceError | null, r?: Res) => void) => void;
+    fn.call(stub, req, md, { deadline: new Date(deadlineMs) }, (err, res) => (err ? reject(err) : resolve(res!)));
+  });
+}
+
+/** Options of {@link routedLambdaKv}. */
+export interface RoutedLambdaKvOptions {
+  /** This node's client address (lists spanning shards are merged by its own service). */
+  readonly selfAddress: string;
+  readonly credentials?: grpc.ChannelCredentials;
+}
+
+/** A {@link LambdaKv} over the local backend, forwarding what this node does not lead. */
+export function routedLambdaKv(backend: KvBackend, opts: RoutedLambdaKvOptions): LambdaKv & { close(): void } {
+  const stubs = new Map<string, KvStub>();
+  const stub = (address: string): KvStub => {
+    let s = stubs.get(address);
+    if (!s) {
+      s = new KvStubClient(address, opts.credentials ?? grpc.credentials.createInsecure(), {
+        'grpc.initial_reconnect_backoff_ms': 100,
+        'grpc.max_reconnect_backoff_ms': 1000,
+        'grpc.max_receive_message_length': 64 * 1024 * 1024,
+      });
+      stubs.set(address, s);
+    }
+    return s;
+  };
+  const md = (hops: number): grpc.Metadata => {
+    const m = new grpc.Metadata();
+    m.set(META_FORWARDED, '1');
+    if (hops > 0) m.set(META_HOPS, String(hops));
+    return m;
+  };
+  /** Runs `local`; on NotLeaderError with a target, runs `remote` against it. */
+  const routed = async <T>(local: () => Promise<T>, remote: (address: string) => Promise<T>): Promise<T> => {
+    try {
+      return await local();
+    } catch (e) {
+      if (e instanceof NotLeaderError && e.leaderAddress && e.leaderAddress !== opts.selfAddress) return remote(e.leaderAddress);
+      throw e;
+    }
+  };
+  return {
+    get: (key, o, deadlineMs) =>
+      routed(
+        () =>
+          backend
+            .get({ key, consistency: 'linearizable', ...(o.atVersion ? { atVersion: o.atVersion } : {}), ...(o.atTimeMs ? { atTimeMs: o.atTimeMs } : {}) }, { deadlineMs })
+            .then((g) => ({ found: g.found, ...(g.value ? { value: g.value } : {}), version: g.version, timestampMs: g.timestampMs })),
+        (address) =>
+          call<object, { found: boolean; value: Uint8Array; version: number; timestampMs: number }>(
+            stub(address),
+            'get',
+            { key, ...(o.atVersion ? { atVersion: o.atVersion } : {}), ...(o.atTimeMs ? { atTimeMs: o.atTimeMs } : {}) },
+            md(0),
+            deadlineMs,
+          ).then((g) => ({ found: g.found, ...(g.found ? { value: g.value } : {}), version: g.version, timestampMs: g.timestampMs })),
+      ),
+    put: (key, value, o, hops, deadlineMs) =>
+      routed(
+        () =>
+          backend
+            .put({ key, value, ...(o.expectedVersion !== undefined ? { expectedVersion: o.expectedVersion } : {}) }, { deadlineMs, hops })
+            .then((p) => ({ succeeded: p.succeeded, version: p.succeeded ? p.version : 0, currentVersion: p.succeeded ? p.version : (p.current?.version ?? p.version) })),
+        (address) =>
+          call<object, { succeeded: boolean; version: number; currentVersion: number }>(
+            stub(address),
+            'put',
+            { key, value, ...(o.expectedVersion !== undefined ? { expectedVersion: o.expectedVersion } : {}) },
+            md(hops),
+            deadlineMs,
+          ).then((p) => ({ succeeded: p.succeeded, version: p.version, currentVersion: p.succeeded ? p.version : p.currentVersion })),
+      ),
+    delete: (key, o, hops, deadlineMs) =>
+      routed(
+        () =>
+          backend
+            .delete({ key, ...(o.expectedVersion !== undefined ? { expectedVersion: o.expectedVersion } : {}) }, { deadlineMs, hops })
+            .then((d) => ({ succeeded: d.succeeded, deleted: d.deleted })),
+        (address) =>
+          call<object, { succeeded: boolean; deleted: boolean }>(
+            stub(address),
+            'delete',
+            { key, ...(o.expectedVersion !== undefined ? { expectedVersion: o.expectedVersion } : {}) },
+            md(hops),
+            deadlineMs,
+          ).then((d) => ({ succeeded: d.succeeded, deleted: d.deleted })),
+      ),
+    trigger: (key, value, hops, deadlineMs) =>
+      routed(
+        () => backend.trigger({ key, value }, { deadlineMs, hops }).then(() => undefined),
+        (address) => call<object, object>(stub(address), 'trigger', { key, value }, md(hops), deadlineMs).then(() => undefined),
+      ),
+    list: async (prefix, o, deadlineMs) => {
+      // The local service merges the shards the prefix spans and forwards to their leaders.
+      const res = await call<object, { items: { key: string; value: Uint8Array; version: number }[]; nextPageToken: string }>(
+        stub(opts.selfAddress),
+        'list',
+        { prefix, keysOnly: o.keysOnly ?? false, ...(o.limit ? { limit: o.limit } : {}), ...(o.after !== undefined ? { pageToken: encodePageToken(o.after) } : {}) },
+        new grpc.Metadata(),
+        deadlineMs,
+      );
+      const last = res.items[res.items.length - 1];
+      return {
+        items: res.items.map((i) => ({ key: i.key, ...(o.keysOnly ? {} : { value: i.value }), version: i.version })),
+        ...(res.nextPageToken && last ? { nextAfter: last.key } : {}),
+      };
+    },
+    close: () => {
+      for (const s of stubs.values()) s.close();
+    },
+  };
+}
