@@ -340,10 +340,13 @@ export class KvNode implements KvBackend {
 
   /** On leaders: replicate a compaction of versions older than the retention window. */
   private compactOldVersions(now: number): void {
-    const retentionMs = this.opts.retentionMs ?? 3_600_000;
-    if (retentionMs <= 0) return;
+    const map = this.view.current;
     for (const r of this.replicas.values()) {
       if (!r.isLeader) continue;
+      // A pool's own retention wins over the node's default.
+      const pool = map.pools.find((p) => p.name === map.shards.find((s) => s.group === r.group)?.pool);
+      const retentionMs = pool?.retentionMs ?? this.opts.retentionMs ?? 3_600_000;
+      if (retentionMs <= 0) continue;
       const revision = r.sm.retentionCompactRevision(now, retentionMs);
       if (revision <= r.sm.compactRevision) continue;
       r.propose({ type: 'compact', revision }).then(

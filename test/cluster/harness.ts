@@ -41,6 +41,8 @@ export interface ClusterNode {
   proc: ChildProcess | undefined;
   metricsPort: number;
   stderr: string[];
+  /** Joined a running cluster (`--join`) instead of being one of the initial members. */
+  joined?: boolean;
 }
 
 /** Options of a test cluster. */
@@ -50,6 +52,8 @@ export interface ClusterOptions {
   readonly electionTicks?: number;
   readonly snapshotEvery?: number;
   readonly extraArgs?: readonly string[];
+  /** Shards of the default pool (`--default-shards`). */
+  readonly defaultShards?: number;
   /** TLS settings for the test's clients (when the nodes serve TLS). */
   readonly tls?: KvClientTlsOptions;
 }
@@ -103,7 +107,8 @@ export class KvdCluster {
       KVD,
       '--id', String(id),
       '--listen', n.address,
-      '--peers', this.peers,
+      ...(n.joined ? ['--join', this.nodes[0]!.address] : ['--peers', this.peers]),
+      ...(this.opts.defaultShards ? ['--default-shards', String(this.opts.defaultShards)] : []),
       '--data-dir', n.dataDir,
       '--metrics-port', '0',
       '--tick-ms', String(this.opts.tickMs ?? 50),
@@ -129,6 +134,20 @@ export class KvdCluster {
       });
       proc.once('exit', (code, signal) => rej(new Error(`kvd ${id} exited before ready (code ${code}, signal ${signal}): ${n.stderr.join('')}`)));
     });
+  }
+
+  /** Starts a new node that joins the running cluster (after `kvctl member add`); returns it. */
+  async join(id: number, address: string): Promise<ClusterNode> {
+    const n: ClusterNode = { id, address, dataDir: join(this.baseDir, `node-${id}`), proc: undefined, metricsPort: 0, stderr: [], joined: true };
+    this.nodes.push(n);
+    await this.startNode(id);
+    return n;
+  }
+
+  /** Reserves an address for a node to be added later (the member must be added before it starts). */
+  async reserveAddress(): Promise<string> {
+    const [port] = await freePorts(1);
+    return `127.0.0.1:${port}`;
   }
 
   /** Kills a node's process (default SIGKILL: no chance to flush anything). */
