@@ -1,15 +1,20 @@
 #!/usr/bin/env node
-/** kvctl, the kvcascade command-line client (put, get, cas, del, trigger, ls, watch, status), callable in-process through `main(argv, io)`. */
+/** kvctl, the kvcascade command-line client (put, get, cas, del, trigger, ls, watch, cluster status, pools, members, extensions), callable in-process through `main(argv, io)`. */
 import { isUtf8 } from 'node:buffer';
 import { realpathSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { pathToFileURL } from 'node:url';
 import { Command, CommanderError, InvalidArgumentError } from 'commander';
+import { positive, uint } from './args.js';
+import { registerClusterCommands } from './cluster-commands.js';
 import { registerExtCommands, resolveAdminToken } from './ext-commands.js';
-import { KvClient, KvError, CompactedError, type KvItem, type KvNodeStatus } from '../client/index.js';
+import { KvClient, KvError, CompactedError, type KvItem } from '../client/index.js';
 
 /** Endpoints used when neither `--endpoints` nor KVCASCADE_ENDPOINTS is given: the local cluster `npm start` runs. */
 export const DEFAULT_ENDPOINTS = '127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003';
+
+/** Timeout of cluster changes (pool create, member add/remove) unless --timeout is given: creating a pool waits until it serves. */
+export const CHANGE_TIMEOUT_MS = 60_000;
 
 /** kvctl's exit codes. */
 export const EXIT = {
@@ -72,21 +77,6 @@ export function formatTable(headers: readonly string[], rows: readonly (readonly
   return [line(headers), ...rows.map(line)].join('\n') + '\n';
 }
 
-function uint(what: string): (s: string) => number {
-  return (s) => {
-    if (!/^\d+$/.test(s) || !Number.isSafeInteger(Number(s))) throw new InvalidArgumentError(`${what} must be a non-negative integer`);
-    return Number(s);
-  };
-}
-
-function positive(what: string): (s: string) => number {
-  return (s) => {
-    const n = uint(what)(s);
-    if (n === 0) throw new InvalidArgumentError(`${what} must be positive`);
-    return n;
-  };
-}
-
 function timeArg(s: string): number {
   if (/^-?\d+$/.test(s)) return Number(s);
   const t = Date.parse(s);
@@ -133,14 +123,24 @@ export async function main(argv: readonly string[], io: KvctlIo = {}): Promise<n
   const globals = (): GlobalOptions => program.opts<GlobalOptions>();
   const json = (): boolean => globals().json === true;
   const print = (doc: unknown): void => void out.write(`${JSON.stringify(doc)}\n`);
-  const kv = (): KvClient => {
-    if (client) return client;
+  /** The endpoints from --endpoints, $KVCASCADE_ENDPOINTS or the default. */
+  const endpointList = (): string[] => {
     const list = (globals().endpoints ?? env.KVCASCADE_ENDPOINTS ?? DEFAULT_ENDPOINTS)
       .split(',')
       .map((s) => s.trim())
       .filter((s) => s.length > 0);
-    if (list.length === 0) throw new CliFailure('USAGE', 'no endpoints given', EXIT.USAGE);
-    client = new KvClient({ endpoints: list, defaultDeadlineMs: globals().timeout });
+    if (list.length === 0) throw new CliFailure('USAGE', 'no endpoints given: pass --endpoints host:port[,host:port...]', EXIT.USAGE);
+    return list;
+  };
+  /** The admin token from --admin-token, $KVCASCADE_ADMIN_TOKEN or ./.data/admin-token. */
+  const adminToken = (): string => {
+    const t = resolveAdminToken(globals().adminToken, env);
+    if (!t) throw new CliFailure('UNAUTHENTICATED', 'admin token required: --admin-token, $KVCASCADE_ADMIN_TOKEN or ./.data/admin-token', EXIT.USAGE);
+    return t;
+  };
+  const kv = (): KvClient => {
+    if (client) return client;
+    client = new KvClient({ endpoints: endpointList(), defaultDeadlineMs: globals().timeout });
     return client;
   };
   /** A value argument: `-` reads stdin, `@file` reads a file, anything else is the value itself. */
@@ -155,8 +155,8 @@ export async function main(argv: readonly string[], io: KvctlIo = {}): Promise<n
     .description('Command-line client of kvcascade.\nExit codes: 0 ok, 1 error or not found, 2 conflict, 64 usage.')
     .option('--endpoints <list>', `comma-separated host:port list (default: $KVCASCADE_ENDPOINTS, else ${DEFAULT_ENDPOINTS})`)
     .option('--json', 'print one JSON document per result')
-    .option('--timeout <ms>', 'timeout of each request in ms, retries included', positive('--timeout'), 10_000)
-    .option('--admin-token <token>', 'admin token for `ext` commands (default: $KVCASCADE_ADMIN_TOKEN, else ./.data/admin-token)')
+    .option('--timeout <ms>', 'timeout of each request in ms, retries included (pool create and member add|remove: 60000 unless given)', positive('--timeout'), 10_000)
+    .option('--admin-token <token>', 'admin token for `ext`, `pool create` and `member add|remove` (default: $KVCASCADE_ADMIN_TOKEN, else ./.data/admin-token)')
     .exitOverride()
     .showSuggestionAfterError(false)
     .configureOutput({
@@ -324,73 +324,29 @@ export async function main(argv: readonly string[], io: KvctlIo = {}): Promise<n
       }
     });
 
-  program
-    .command('status')
-    .description("show each endpoint's Raft groups")
-    .action(async () => {
-      const c = kv();
-      const list = (globals().endpoints ?? env.KVCASCADE_ENDPOINTS ?? DEFAULT_ENDPOINTS)
-        .split(',')
-        .map((s) => s.trim())
-        .filter((s) => s.length > 0);
-      type Outcome = { endpoint: string; status: KvNodeStatus } | { endpoint: string; error: Error };
-      const results = await Promise.all(
-        list.map(async (endpoint): Promise<Outcome> => {
-          try {
-            return { endpoint, status: await c.status(endpoint) };
-          } catch (e) {
-            return { endpoint, error: e as Error };
-          }
-        }),
-      );
-      const rows: string[][] = [];
-      for (const r of results) {
-        if ('error' in r) {
-          const code = r.error instanceof KvError ? r.error.code : 'ERROR';
-          err.write(`kvctl: ${code}: ${r.endpoint}: ${r.error.message}\n`);
-          exitCode = EXIT.ERROR;
-          continue;
-        }
-        const s = r.status;
-        if (json()) {
-          print({ endpoint: r.endpoint, ...s });
-          continue;
-        }
-        for (const g of s.groups) {
-          rows.push([
-            r.endpoint,
-            String(s.nodeId),
-            String(g.group),
-            String(g.leader),
-            String(g.term),
-            g.role,
-            String(g.commitIndex),
-            String(g.appliedIndex),
-            String(g.revision),
-          ]);
-        }
-      }
-      if (!json() && rows.length > 0) {
-        out.write(formatTable(['ENDPOINT', 'NODE', 'GROUP', 'LEADER', 'TERM', 'ROLE', 'COMMIT', 'APPLIED', 'REVISION'], rows));
-      }
-    });
-
   registerExtCommands(program, {
     out,
     json,
     print,
     formatTable,
-    endpoints: () =>
-      (globals().endpoints ?? env.KVCASCADE_ENDPOINTS ?? DEFAULT_ENDPOINTS)
-        .split(',')
-        .map((x) => x.trim())
-        .filter((x) => x.length > 0),
-    adminToken: () => {
-      const t = resolveAdminToken(globals().adminToken, env);
-      if (!t) throw new CliFailure('UNAUTHENTICATED', 'admin token required: --admin-token, $KVCASCADE_ADMIN_TOKEN or ./.data/admin-token', EXIT.USAGE);
-      return t;
-    },
+    endpoints: endpointList,
+    adminToken,
     timeoutMs: () => globals().timeout,
+    fail: (code) => {
+      exitCode = code;
+    },
+  });
+
+  registerClusterCommands(program, {
+    out,
+    err,
+    json,
+    print,
+    formatTable,
+    endpoints: endpointList,
+    adminToken,
+    timeoutMs: () => globals().timeout,
+    changeTimeoutMs: () => (program.getOptionValueSource('timeout') === 'default' ? CHANGE_TIMEOUT_MS : globals().timeout),
     fail: (code) => {
       exitCode = code;
     },

@@ -1,6 +1,13 @@
-/** A client of the Admin service: upload, replace, unload and inspect extensions (needs the admin token). */
+/**
+ * A client of the Admin and Cluster services: upload, replace, unload and inspect extensions,
+ * create pools, add and remove members (these need the admin token), and read the shard map and
+ * every member's status (these do not).
+ */
 import * as grpc from '@grpc/grpc-js';
 import { AdminStubClient } from '../server/admin-service.js';
+import { neverReachedServer } from '../server/metadata.js';
+import { ClusterStubClient, type ClusterStub, type GetShardMapResponseMsg, type GroupStatusMsg, type StatusResponseMsg } from '../server/proto.js';
+import { emptyMap, type ClusterMap, type MemberInfo, type PoolSpec, type ShardInfo } from '../sharding/index.js';
 import { KvError } from './errors.js';
 
 /** A registered extension. */
@@ -45,13 +52,81 @@ export interface ExtensionNodeInfo {
   readonly timeouts: number;
 }
 
+/** One Raft group as one node reports it (Cluster.Status). */
+export interface GroupReport {
+  readonly group: number;
+  readonly leader: number;
+  readonly term: number;
+  readonly role: string;
+  readonly commitIndex: number;
+  readonly appliedIndex: number;
+  readonly firstIndex: number;
+  readonly lastIndex: number;
+  readonly voters: readonly number[];
+  readonly learners: readonly number[];
+  readonly revision: number;
+  /** The shard's pool ('' = the default pool); absent for the metadata group. */
+  readonly pool?: string;
+  /** The shard's index in its pool. */
+  readonly shardIndex: number;
+  /** Map epoch of the ownership descriptor the shard applied (0 = none yet). */
+  readonly descriptorEpoch: number;
+  /** On the leader: each replica's acknowledged log index, by node id. */
+  readonly matched: Readonly<Record<number, number>>;
+  /** Live keys. */
+  readonly keys: number;
+}
+
+/** One node's Cluster.Status. */
+export interface NodeReport {
+  readonly nodeId: number;
+  readonly version: string;
+  readonly groups: readonly GroupReport[];
+  readonly members: readonly { readonly id: number; readonly address: string }[];
+  /** Epoch of the cluster map the node routes with. */
+  readonly mapEpoch: number;
+}
+
+/** One member in a {@link ClusterStatus}: its status, or why it did not answer. */
+export interface ClusterNodeReport {
+  /** Member id (from the map; from the node's own status when the map has no members; 0 when unknown). */
+  readonly id: number;
+  readonly address: string;
+  readonly status?: NodeReport;
+  readonly error?: KvError;
+}
+
+/** The cluster map and every member's status, as {@link AdminClient.clusterStatus} collects them. */
+export interface ClusterStatus {
+  readonly map: ClusterMap;
+  readonly nodes: readonly ClusterNodeReport[];
+}
+
+/** A pool to create (see {@link AdminClient.createPool}). */
+export interface CreatePoolRequest {
+  /** The key prefix, e.g. `/cameras`. */
+  readonly name: string;
+  readonly shards: number;
+  /** Replicas per shard (default: min(3, members)). */
+  readonly replicas?: number;
+  /** Regular expression whose first capture group is the hashed part of a key. */
+  readonly affinity?: string;
+  /** How long old versions are kept (default: the nodes' setting). */
+  readonly retentionMs?: number;
+}
+
 /** Options of an AdminClient. */
 export interface AdminClientOptions {
   readonly endpoints: readonly string[];
-  readonly token: string;
+  /** The admin token; needed by everything but {@link AdminClient.shardMap} and {@link AdminClient.clusterStatus}. */
+  readonly token?: string;
   readonly credentials?: grpc.ChannelCredentials;
+  /** Deadline of each call in ms (default 60 s). */
   readonly deadlineMs?: number;
 }
+
+/** Default deadline of each member's Status call in {@link AdminClient.clusterStatus}. */
+export const CLUSTER_STATUS_DEADLINE_MS = 3_000;
 
 type Stub = grpc.Client & Record<string, (...args: unknown[]) => unknown>;
 
@@ -104,9 +179,119 @@ function fromStatus(s: Record<string, unknown>): ExtensionNodeInfo {
   };
 }
 
+function num(v: unknown): number {
+  const n = Number(v ?? 0);
+  return Number.isFinite(n) ? n : 0;
+}
+
+function nums(v: unknown): number[] {
+  return Array.isArray(v) ? v.map(num) : [];
+}
+
+/**
+ * A uint64 map key as proto-loader decodes it: protobufjs hands 64-bit map keys over as 8-char
+ * "long hash" strings (little-endian bytes), not as decimal text; decimal keys are accepted too.
+ */
+export function mapKey64(k: string): number {
+  if (/^\d+$/.test(k)) return Number(k);
+  if (k.length !== 8) return NaN;
+  let lo = 0;
+  let hi = 0;
+  for (let i = 0; i < 4; i++) {
+    lo += k.charCodeAt(i) * 2 ** (8 * i);
+    hi += k.charCodeAt(i + 4) * 2 ** (8 * i);
+  }
+  return hi * 2 ** 32 + lo;
+}
+
+function groupReport(g: GroupStatusMsg): GroupReport {
+  const matched: Record<number, number> = {};
+  for (const [k, v] of Object.entries(g.matched ?? {})) {
+    const id = mapKey64(k);
+    if (Number.isSafeInteger(id)) matched[id] = num(v);
+  }
+  return {
+    group: num(g.group),
+    leader: num(g.leader),
+    term: num(g.term),
+    role: g.role ?? '',
+    commitIndex: num(g.commitIndex),
+    appliedIndex: num(g.appliedIndex),
+    firstIndex: num(g.firstIndex),
+    lastIndex: num(g.lastIndex),
+    voters: nums(g.voters),
+    learners: nums(g.learners),
+    revision: num(g.revision),
+    ...(typeof g.pool === 'string' ? { pool: g.pool } : {}),
+    shardIndex: num(g.shardIndex),
+    descriptorEpoch: num(g.descriptorEpoch),
+    matched,
+    keys: num(g.keys),
+  };
+}
+
+/** Decodes a Cluster.Status response. */
+export function nodeReport(m: StatusResponseMsg): NodeReport {
+  return {
+    nodeId: num(m.nodeId),
+    version: m.version ?? '',
+    groups: (m.groups ?? []).map(groupReport),
+    members: (m.members ?? []).map((x) => ({ id: num(x.id), address: x.address ?? '' })),
+    mapEpoch: num(m.mapEpoch),
+  };
+}
+
+function poolSpec(p: Record<string, unknown>): PoolSpec {
+  return {
+    name: String(p.name ?? ''),
+    shards: num(p.shards),
+    replicas: num(p.replicas),
+    ...(typeof p.affinity === 'string' ? { affinity: p.affinity } : {}),
+    ...(p.retentionMs !== undefined && p.retentionMs !== null ? { retentionMs: num(p.retentionMs) } : {}),
+    state: p.state === 'creating' || p.state === 'deleting' ? p.state : 'active',
+  };
+}
+
+function parseJsonObject(json: string, what: string, endpoint: string | undefined): Record<string, unknown> {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(json || '{}');
+  } catch (e) {
+    throw new KvError(grpc.status.INTERNAL, `${endpoint ?? 'the node'} sent a malformed ${what} (${(e as Error).message}); check that node's version and log`, { endpoint });
+  }
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) {
+    throw new KvError(grpc.status.INTERNAL, `${endpoint ?? 'the node'} sent a ${what} that is not a JSON object; check that node's version and log`, { endpoint });
+  }
+  return raw as Record<string, unknown>;
+}
+
+/** Decodes the JSON cluster map of a GetShardMap response (`{epoch, members, metaVoters, pools, shards, nextGroup}`). */
+export function parseShardMap(epoch: number, json: string, endpoint?: string): ClusterMap {
+  const o = parseJsonObject(json, 'cluster map', endpoint);
+  const list = (v: unknown): Record<string, unknown>[] => (Array.isArray(v) ? v.filter((x): x is Record<string, unknown> => typeof x === 'object' && x !== null) : []);
+  return {
+    epoch: epoch || num(o.epoch),
+    members: list(o.members).map((m): MemberInfo => ({ id: num(m.id), address: String(m.address ?? ''), state: m.state === 'removing' ? 'removing' : 'active' })),
+    metaVoters: nums(o.metaVoters),
+    pools: list(o.pools).map(poolSpec),
+    shards: list(o.shards).map(
+      (x): ShardInfo => ({
+        group: num(x.group),
+        pool: String(x.pool ?? ''),
+        index: num(x.index),
+        replicas: nums(x.replicas),
+        initial: nums(x.initial),
+        preferredLeader: num(x.preferredLeader),
+      }),
+    ),
+    nextGroup: num(o.nextGroup),
+  };
+}
+
 /** Admin operations against a cluster. */
 export class AdminClient {
   private readonly stubs = new Map<string, Stub>();
+  private readonly clusterStubs = new Map<string, ClusterStub>();
 
   constructor(private readonly opts: AdminClientOptions) {
     if (opts.endpoints.length === 0) throw new Error('AdminClient: no endpoints');
@@ -123,9 +308,18 @@ export class AdminClient {
     return s;
   }
 
+  private clusterStub(address: string): ClusterStub {
+    let s = this.clusterStubs.get(address);
+    if (!s) {
+      s = new ClusterStubClient(address, this.opts.credentials ?? grpc.credentials.createInsecure());
+      this.clusterStubs.set(address, s);
+    }
+    return s;
+  }
+
   private md(): grpc.Metadata {
     const m = new grpc.Metadata();
-    m.set('authorization', `Bearer ${this.opts.token}`);
+    if (this.opts.token !== undefined) m.set('authorization', `Bearer ${this.opts.token}`);
     return m;
   }
 
@@ -225,9 +419,144 @@ export class AdminClient {
     }
   }
 
+  /**
+   * Sends a cluster change to the metadata leader: to the first endpoint, then wherever its
+   * `kv-meta-leader` hint points (the next endpoint when there is none). Retried only when the
+   * change was certainly not applied (a redirect, no leader yet, no connection); BUSY and every
+   * other error are the caller's to handle.
+   */
+  private async onMetaLeader<T>(method: string, req: unknown): Promise<T> {
+    const eps = this.opts.endpoints;
+    let next = 0;
+    let target = eps[next]!;
+    const attempts = Math.max(6, 2 * eps.length);
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.unary<T>(target, method, req);
+      } catch (e) {
+        const retry = e instanceof KvError && e.code === 'UNAVAILABLE' && e.retrySafe && !e.message.startsWith('BUSY') && attempt < attempts;
+        if (!retry) throw e;
+        const to = e.leader && e.leader !== target ? e.leader : eps[++next % eps.length]!;
+        if (!e.leader || e.leader === target) await new Promise((r) => setTimeout(r, Math.min(1_000, 100 * attempt)));
+        target = to;
+      }
+    }
+  }
+
+  /** Creates an object pool; resolves once it serves traffic, with the pool and the map epoch that created it. */
+  async createPool(req: CreatePoolRequest): Promise<{ pool: PoolSpec; epoch: number }> {
+    const r = await this.onMetaLeader<{ poolJson?: string; epoch?: number }>('createPool', {
+      name: req.name,
+      shards: req.shards,
+      replicas: req.replicas ?? 0,
+      affinity: req.affinity ?? '',
+      retentionMs: req.retentionMs ?? 0,
+    });
+    return { pool: poolSpec(parseJsonObject(r.poolJson ?? '', 'pool', undefined)), epoch: num(r.epoch) };
+  }
+
+  /** Adds member `id` at `address` (host:port); it receives replicas as learners, then votes. */
+  async addMember(id: number, address: string): Promise<{ epoch: number }> {
+    const r = await this.onMetaLeader<{ epoch?: number }>('addMember', { id, address });
+    return { epoch: num(r.epoch) };
+  }
+
+  /** Starts removing member `id`: its replicas move elsewhere, then it leaves the map. */
+  async removeMember(id: number): Promise<{ epoch: number }> {
+    const r = await this.onMetaLeader<{ epoch?: number }>('removeMember', { id });
+    return { epoch: num(r.epoch) };
+  }
+
+  private clusterCall<T>(address: string, method: 'status' | 'getShardMap', deadlineMs: number): Promise<T> {
+    return new Promise((resolve, reject) => {
+      (this.clusterStub(address)[method] as (r: object, md: grpc.Metadata, o: grpc.CallOptions, cb: (e: grpc.ServiceError | null, r?: T) => void) => void)(
+        {},
+        new grpc.Metadata(),
+        { deadline: new Date(Date.now() + deadlineMs) },
+        (e, r) => (e ? reject(toKvError(e, address)) : resolve(r as T)),
+      );
+    });
+  }
+
+  /** The cluster map of the first endpoint that answers (Cluster.GetShardMap; no token needed). */
+  async shardMap(): Promise<ClusterMap> {
+    let lastError: unknown;
+    for (const ep of this.opts.endpoints) {
+      try {
+        const r = await this.clusterCall<GetShardMapResponseMsg>(ep, 'getShardMap', this.opts.deadlineMs ?? 60_000);
+        return parseShardMap(num(r.epoch), r.mapJson ?? '', ep);
+      } catch (e) {
+        lastError = e instanceof KvError && e.code === 'UNIMPLEMENTED' ? new KvError(e.grpcCode, `${ep} does not serve the shard map (GetShardMap): upgrade it`, { endpoint: ep }) : e;
+      }
+    }
+    throw lastError instanceof Error ? lastError : new KvError(grpc.status.UNAVAILABLE, 'no endpoint answered');
+  }
+
+  /**
+   * The cluster map and every member's Cluster.Status, asked in parallel with a short deadline
+   * (`deadlineMs`, default {@link CLUSTER_STATUS_DEADLINE_MS}). The endpoints are asked too: a
+   * member whose map address does not answer from here (NAT, port mapping, another name) still
+   * counts as up when an endpoint answers with its node id. Nodes are the map's members in id
+   * order, then endpoints that are no member (or did not answer) — all of them when the map has
+   * no members yet or the nodes do not serve it.
+   */
+  async clusterStatus(o: { deadlineMs?: number } = {}): Promise<ClusterStatus> {
+    let map: ClusterMap;
+    try {
+      map = await this.shardMap();
+    } catch (e) {
+      if (!(e instanceof KvError && e.code === 'UNIMPLEMENTED')) throw e;
+      map = emptyMap();
+    }
+    const deadlineMs = o.deadlineMs ?? Math.min(this.opts.deadlineMs ?? CLUSTER_STATUS_DEADLINE_MS, CLUSTER_STATUS_DEADLINE_MS);
+    const addresses = [...new Set([...map.members.map((m) => m.address), ...this.opts.endpoints])];
+    const answers = new Map<string, { status: NodeReport } | { error: KvError }>();
+    await Promise.all(
+      addresses.map(async (address) => {
+        try {
+          answers.set(address, { status: nodeReport(await this.clusterCall<StatusResponseMsg>(address, 'status', deadlineMs)) });
+        } catch (e) {
+          answers.set(address, { error: e instanceof KvError ? e : new KvError(grpc.status.UNKNOWN, String(e), { endpoint: address }) });
+        }
+      }),
+    );
+    const used = new Set<string>();
+    const nodes: ClusterNodeReport[] = map.members.map((m) => {
+      const own = answers.get(m.address);
+      if (own && 'status' in own) {
+        used.add(m.address);
+        return { id: m.id, address: m.address, status: own.status };
+      }
+      const viaEndpoint = this.opts.endpoints.find((ep) => {
+        const a = answers.get(ep);
+        return !used.has(ep) && a !== undefined && 'status' in a && a.status.nodeId === m.id;
+      });
+      if (viaEndpoint) {
+        used.add(viaEndpoint);
+        used.add(m.address);
+        return { id: m.id, address: m.address, status: (answers.get(viaEndpoint) as { status: NodeReport }).status };
+      }
+      used.add(m.address);
+      return { id: m.id, address: m.address, error: (own as { error: KvError } | undefined)?.error ?? new KvError(grpc.status.UNKNOWN, 'not asked', { endpoint: m.address }) };
+    });
+    const memberIds = new Set(map.members.map((m) => m.id));
+    for (const ep of this.opts.endpoints) {
+      if (used.has(ep)) continue;
+      used.add(ep);
+      const a = answers.get(ep)!;
+      if ('status' in a) {
+        if (!memberIds.has(a.status.nodeId)) nodes.push({ id: a.status.nodeId, address: ep, status: a.status });
+      } else nodes.push({ id: 0, address: ep, error: a.error });
+    }
+    return { map, nodes };
+  }
+
+  /** Closes every channel. */
   close(): void {
     for (const s of this.stubs.values()) s.close();
     this.stubs.clear();
+    for (const s of this.clusterStubs.values()) s.close();
+    this.clusterStubs.clear();
   }
 }
 
@@ -235,7 +564,7 @@ function toKvError(e: grpc.ServiceError, endpoint: string): KvError {
   const leader = e.metadata?.get('kv-meta-leader')[0];
   return new KvError(e.code, e.details || e.message, {
     endpoint,
-    retrySafe: e.metadata?.get('kv-retry-safe')[0] === '1',
+    retrySafe: e.metadata?.get('kv-retry-safe')[0] === '1' || neverReachedServer(e),
     ...(leader ? { leader: String(leader) } : {}),
   });
 }

@@ -1,6 +1,6 @@
 /**
- * Delivers one extension watch's events to its lambda on the shard leader: a cursor into the
- * shard's event history (so the backlog costs no memory per event and never blocks Raft),
+ * Delivers one extension watch's events in one shard to its lambda, on that shard's leader: a
+ * cursor into the shard's event history (so the backlog costs no memory per event and never blocks Raft),
  * per-key ordering (stateful) or bounded concurrency (stateless), retries with exponential
  * backoff, dead-lettering, the hop limit, and a delivery cursor replicated through the log so a
  * new leader resumes where the old one left off (at least once).
@@ -24,7 +24,7 @@ export interface DispatchWatch {
 /** Runs a lambda; rejects with an error whose `kind` says how it failed. */
 export type InvokeLambda = (watchId: number, event: ExtensionEvent, timeoutMs: number) => Promise<void>;
 
-/** What a dispatcher needs from the node (all calls go to the local data-group leader). */
+/** What a dispatcher needs from the node: the shard it delivers (led here) and a way to write. */
 export interface DispatchHost {
   /** Subscribes to the shard's events from `fromRevision` (whole revisions, in order). */
   subscribe(prefix: string, fromRevision: number, sink: {
@@ -36,7 +36,7 @@ export interface DispatchHost {
   }): WatchHandle;
   /** Hop count of the write at `revision`. */
   hopsOf(revision: number): number;
-  /** Replicates a put (cursor or dead letter). */
+  /** Replicates a put: a cursor (a `/_sys/` key, into this shard) or a dead letter (into whichever shard its key belongs to). */
   put(key: string, value: Uint8Array): Promise<void>;
   readonly shard: number;
   readonly maxHops: number;
@@ -70,7 +70,7 @@ export function cursorKey(extension: string, watch: DispatchWatch): string {
   return `${SYSTEM_PREFIX}cursor/${extension}/${watch.id}${watch.prefix}`;
 }
 
-/** Delivers one watch of one extension, while this node leads the shard. */
+/** Delivers one watch of one extension in one shard, while this node leads that shard. */
 export class WatchDispatcher {
   readonly stats: DispatchStats = { invocations: 0, errors: 0, retries: 0, deadLettered: 0, delivered: 0, backlog: 0, cursor: 0, lastLatencyMs: 0 };
   private readonly queue: Pending[] = [];
@@ -127,9 +127,11 @@ export class WatchDispatcher {
   private skipCompacted(compactRevision: number): void {
     const from = this.stats.cursor + 1;
     const to = compactRevision - 1;
-    const body = { extension: this.extension, prefix: this.watch.prefix, kind: 'compacted', error: `events ${from}..${to} were compacted before delivery`, lostFrom: from, lostTo: to };
+    const shard = this.host.shard;
+    const body = { extension: this.extension, prefix: this.watch.prefix, shard, kind: 'compacted', error: `events ${from}..${to} of shard ${shard} were compacted before delivery`, lostFrom: from, lostTo: to };
+    // Revisions are per shard: the key names the shard so two shards' gaps never share a key.
     void this.host
-      .put(`${DLQ_PREFIX}${this.extension}/gap-${String(from).padStart(12, '0')}-${String(to).padStart(12, '0')}`, new TextEncoder().encode(JSON.stringify(body)))
+      .put(`${DLQ_PREFIX}${this.extension}/gap-${shard}-${String(from).padStart(12, '0')}-${String(to).padStart(12, '0')}`, new TextEncoder().encode(JSON.stringify(body)))
       .catch(() => {});
     for (const p of this.queue) if (p.retryTimer) clearTimeout(p.retryTimer);
     this.queue.length = 0;
@@ -244,6 +246,7 @@ export class WatchDispatcher {
     const body = {
       extension: this.extension,
       prefix: this.watch.prefix,
+      shard: this.host.shard,
       error,
       kind,
       attempts: p.attempts,

@@ -1,35 +1,42 @@
 /**
  * The extension manager of one node: keeps the locally running extensions in line with the
- * replicated registry (metadata group), gives their lambdas the store through the node, runs
- * their watch dispatchers while this node leads the data shard, and serves the admin
- * operations (load, unload, status).
+ * replicated registry (metadata group), gives their lambdas the store (routed to each key's
+ * shard leader), runs their watch dispatchers for every data shard this node leads (one per
+ * watch and shard, from that shard's replicated cursor), and serves the admin operations
+ * (load, unload, status).
  */
 import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 import type { Logger } from '../log.js';
-import { DATA_GROUP, META_GROUP, type KvNode } from '../node/kv-node.js';
+import { UnavailableError } from '../node/backend.js';
+import { META_GROUP, type KvNode } from '../node/kv-node.js';
 import type { ShardReplica } from '../node/replica.js';
-import type { Command, CommandResult } from '../statemachine/index.js';
+import { shardsForPrefix, type ClusterMap } from '../sharding/index.js';
 import { DEFAULT_MAX_HOPS, type ExtensionEvent } from './api.js';
-import { cursorKey, SYSTEM_PREFIX, WatchDispatcher, type DispatchHost, type DispatchStats } from './dispatcher.js';
+import { cursorKey, SYSTEM_PREFIX, WatchDispatcher, type DispatchHost, type DispatchStats, type DispatchWatch } from './dispatcher.js';
+import { localLambdaKv } from './local-lambda-kv.js';
 import { packageDigest, PackageError, unpackPackage, MAX_PACKAGE_BYTES } from './package.js';
 import {
   chunkKey,
   chunkPrefix,
   decodeRecord,
   encodeRecord,
+  LEGACY_DATA_GROUP,
   metaKey,
   nameFromPackage,
   parseRegistryKey,
   REGISTRY_PREFIX,
   splitPackage,
+  startRevisionOf,
+  startRevisionsOf,
   validateExtensionName,
   type ExtensionRecord,
 } from './registry.js';
 import { ExtensionRunner } from './sandbox/runner.js';
 import type { HostServices, KvOp, LogLevel, MetricOp } from './sandbox/types.js';
+import type { LambdaKv, ShardRevisions } from './store-access.js';
 
 /** How an extension is doing on this node. */
 export interface ExtensionStatus {
@@ -38,9 +45,15 @@ export interface ExtensionStatus {
   readonly generation: number;
   readonly state: 'loading' | 'running' | 'failed' | 'unloaded';
   readonly error?: string;
-  /** Whether this node currently delivers its events (it leads the data shard). */
+  /** Whether this node currently delivers any of its events (it leads a shard its watches span). */
   readonly delivering: boolean;
-  readonly watches: readonly { prefix: string; mode: string; stats: DispatchStats | undefined }[];
+  /** The data shards (groups) this node delivers its events for, ascending. */
+  readonly shards: readonly number[];
+  /**
+   * Each watch; `stats` sums its dispatchers on this node (one per shard delivered here; `cursor`
+   * is the lowest of theirs, `lastLatencyMs` the highest), `byShard` has each one's own.
+   */
+  readonly watches: readonly { prefix: string; mode: string; stats: DispatchStats | undefined; byShard: readonly { shard: number; stats: DispatchStats }[] }[];
   readonly workerRestarts: number;
   readonly invocations: number;
   readonly errors: number;
@@ -63,6 +76,24 @@ export interface ExtensionManagerOptions {
   readonly maxHops?: number;
   /** Heap limit of each extension's worker (MiB). */
   readonly workerHeapMb?: number;
+  /**
+   * The store as lambdas see it, routed to each key's shard leader wherever it is (and the
+   * writer of dead letters). Default: {@link localLambdaKv} of this node (in-process tests).
+   */
+  readonly lambdaKv?: LambdaKv;
+  /**
+   * Every data shard's current revision (where a newly loaded extension starts). Default: the
+   * revisions of this node's own replicas (every shard must be hosted here).
+   */
+  readonly shardRevisions?: ShardRevisions;
+}
+
+/** One running dispatcher: one watch of one extension in one shard led here. */
+interface Delivery {
+  readonly group: number;
+  /** The replica it reads (a replica recreated for the group is another one). */
+  readonly replica: ShardReplica;
+  readonly dispatcher: WatchDispatcher;
 }
 
 interface Loaded {
@@ -70,18 +101,33 @@ interface Loaded {
   state: ExtensionStatus['state'];
   error?: string;
   runner?: ExtensionRunner;
-  dispatchers: WatchDispatcher[];
+  /** Its dispatchers here, by `<group>/<watch id>`. */
+  readonly deliveries: Map<string, Delivery>;
+  /** Being replaced or stopped: no dispatcher may start for it any more. */
+  stopping?: boolean;
+}
+
+/** A data shard this node leads, as seen by the last leadership pass. */
+interface LedShard {
+  readonly replica: ShardReplica;
+  /** The term it was led in: a new term (even led here again) restarts delivery from the cursor. */
+  readonly term: number;
 }
 
 const CALL_MS = 10_000;
+/** How long `load` tries to learn every shard's current revision. */
+const START_REVISIONS_MS = 10_000;
 const enc = new TextEncoder();
+const dec = new TextDecoder();
 
 /** Runs a node's extensions. */
 export class ExtensionManager {
   private readonly loaded = new Map<string, Loaded>();
   /** `load` calls waiting for a generation to load (or fail) on this node. */
   private readonly loadWaiters = new Map<string, { generation: number; resolve: (s: ExtensionStatus) => void }[]>();
-  private leading = false;
+  /** The data shards this node leads (and delivers for), by group. */
+  private readonly led = new Map<number, LedShard>();
+  private readonly kv: LambdaKv;
   private timer: NodeJS.Timeout | undefined;
   private stopped = false;
   private readonly maxHops: number;
@@ -100,6 +146,7 @@ export class ExtensionManager {
     private readonly opts: ExtensionManagerOptions,
   ) {
     this.maxHops = opts.maxHops ?? DEFAULT_MAX_HOPS;
+    this.kv = opts.lambdaKv ?? localLambdaKv(node);
     const registers = opts.registry ? [opts.registry] : [];
     this.metrics = {
       invocations: new Counter({ name: 'kvcascade_extension_invocations_total', help: 'Lambda invocations by outcome', labelNames: ['extension', 'prefix', 'outcome'], registers }),
@@ -116,7 +163,7 @@ export class ExtensionManager {
     };
   }
 
-  /** Loads what the registry holds and follows its changes; delivers while leading the data shard. */
+  /** Loads what the registry holds and follows its changes; delivers for every data shard it leads. */
   start(): void {
     const meta = this.metaReplica();
     for (const item of meta.sm.list(REGISTRY_PREFIX, { limit: 10_000 }).items) {
@@ -136,7 +183,7 @@ export class ExtensionManager {
         canceled: (reason) => this.opts.log.error({ reason }, 'extension registry watch cancelled'),
       },
     );
-    this.timer = setInterval(() => this.checkLeadership(), 100);
+    this.timer = setInterval(() => this.checkShards(), 100);
     this.timer.unref?.();
   }
 
@@ -151,12 +198,6 @@ export class ExtensionManager {
   private metaReplica(): ShardReplica {
     const r = this.node.replica(META_GROUP);
     if (!r) throw new Error('metadata group not hosted here');
-    return r;
-  }
-
-  private dataReplica(): ShardReplica {
-    const r = this.node.replica(DATA_GROUP);
-    if (!r) throw new Error('data group not hosted here');
     return r;
   }
 
@@ -189,7 +230,7 @@ export class ExtensionManager {
       return;
     }
     if (current && current.record.generation === record.generation && current.state !== 'loading') return;
-    const next: Loaded = { record, state: 'loading', dispatchers: [] };
+    const next: Loaded = { record, state: 'loading', deliveries: new Map() };
     try {
       const tgz = this.readPackage(record);
       const dir = join(this.opts.dataDir, 'extensions', name, String(record.generation));
@@ -206,7 +247,7 @@ export class ExtensionManager {
     this.loaded.set(name, next);
     if (next.state === 'running') {
       this.opts.log.info({ extension: name, version: record.version, generation: record.generation, watches: next.runner!.watches.length }, 'extension running');
-      if (this.leading) this.startDispatch(next);
+      this.startDispatch(next);
     }
     this.settle(next);
   }
@@ -249,69 +290,118 @@ export class ExtensionManager {
     else this.loadWaiters.delete(l.record.name);
   }
 
+  /** Stops `l`'s dispatchers (persisting their cursors where this node still leads) and its runner. */
   private async stopLoaded(l: Loaded, persist: boolean): Promise<void> {
-    const ds = l.dispatchers.splice(0);
-    await Promise.all(ds.map((d) => d.stop(persist)));
+    l.stopping = true;
+    const ds = [...l.deliveries.values()];
+    l.deliveries.clear();
+    await Promise.all(ds.map((d) => d.dispatcher.stop(persist)));
     await l.runner?.stop().catch(() => {});
   }
 
-  // ------------------------------------------------------------ delivery on the leader
+  // ------------------------------------------------------------ delivery on shard leaders
 
-  private checkLeadership(): void {
+  /**
+   * One pass (every 100 ms): which data shards this node leads now. Dispatchers of shards no
+   * longer led (or dropped, or led in a new term) stop without writing their cursors: another
+   * node delivers from the replicated cursor. Then every running extension gets the
+   * dispatchers it lacks on the shards led here (shards and pools that appeared since included).
+   */
+  private checkShards(): void {
     if (this.stopped) return;
-    const leading = this.dataReplica().isLeader;
-    if (leading === this.leading) return;
-    this.leading = leading;
-    for (const l of this.loaded.values()) {
-      if (leading && l.state === 'running') this.startDispatch(l);
-      if (!leading) {
-        // Another node delivers now (from the replicated cursor); drop ours without writing.
-        for (const d of l.dispatchers.splice(0)) void d.stop(false);
-      }
+    const now = new Map<number, LedShard>();
+    for (const g of this.node.hostedGroups()) {
+      if (g === META_GROUP) continue;
+      const r = this.node.replica(g);
+      if (r?.isLeader) now.set(g, { replica: r, term: r.raw.raft.term });
     }
-    this.opts.log.info({ leading }, leading ? 'delivering extension events (data shard leader)' : 'no longer delivering extension events');
+    for (const [g, was] of this.led) {
+      const cur = now.get(g);
+      if (cur && cur.replica === was.replica && cur.term === was.term) continue;
+      this.led.delete(g);
+      for (const l of this.loaded.values()) this.stopGroup(l, g);
+      this.opts.log.info({ group: g }, 'no longer delivering extension events of this shard');
+    }
+    for (const [g, cur] of now) {
+      if (this.led.has(g)) continue;
+      this.led.set(g, cur);
+      this.opts.log.info({ group: g, term: cur.term }, 'delivering extension events of this shard (its leader)');
+    }
+    for (const l of this.loaded.values()) this.startDispatch(l);
   }
 
+  /** Drops `l`'s dispatchers of `group` without persisting (leadership moved, or the replica went). */
+  private stopGroup(l: Loaded, group: number): void {
+    for (const [k, d] of l.deliveries) {
+      if (d.group !== group) continue;
+      l.deliveries.delete(k);
+      void d.dispatcher.stop(false);
+    }
+  }
+
+  /**
+   * Starts the dispatchers `l` lacks: one per watch and led shard that can hold keys of the
+   * watch's prefix. A dispatcher keeps running while its shard stays led here, even if the
+   * prefix stops mapping to it (it finishes the backlog already there).
+   */
   private startDispatch(l: Loaded): void {
     const runner = l.runner;
-    if (!runner || l.dispatchers.length > 0) return;
-    const data = this.dataReplica();
+    if (!runner || l.state !== 'running' || l.stopping || this.stopped || this.led.size === 0) return;
+    const map = this.node.shardMap();
+    for (const w of runner.watches) {
+      const groups = spannedGroups(map, w.prefix);
+      for (const [g, shard] of this.led) {
+        if (!groups.has(g) || l.deliveries.has(`${g}/${w.id}`)) continue;
+        this.startDelivery(l, runner, w, g, shard.replica);
+      }
+    }
+  }
+
+  private startDelivery(l: Loaded, runner: ExtensionRunner, w: DispatchWatch, group: number, replica: ShardReplica): void {
     const name = l.record.name;
     const host: DispatchHost = {
-      subscribe: (prefix, fromRevision, sink) => data.watches.add({ prefix, fromRevision, progressIntervalMs: 500 }, sink),
-      hopsOf: (rev) => data.hopsOf(rev),
+      subscribe: (prefix, fromRevision, sink) => replica.watches.add({ prefix, fromRevision, progressIntervalMs: 500 }, sink),
+      hopsOf: (rev) => replica.hopsOf(rev),
       put: async (key, value) => {
-        const r = await this.node.execute(DATA_GROUP, { type: 'put', key, value }, { deadlineMs: Date.now() + CALL_MS });
-        if (r.type === 'rejected') throw r.error;
+        const deadlineMs = Date.now() + CALL_MS;
+        if (key.startsWith(SYSTEM_PREFIX)) {
+          // A cursor: shard-local, written into the shard it tracks (led here).
+          const r = await this.node.execute(group, { type: 'put', key, value }, { deadlineMs });
+          if (r.type === 'rejected') throw r.error;
+        } else {
+          // A dead letter: an ordinary key, in whichever shard it hashes to.
+          await this.kv.put(key, value, {}, 0, deadlineMs);
+        }
       },
-      shard: DATA_GROUP,
+      shard: group,
       maxHops: this.maxHops,
     };
-    for (const w of runner.watches) {
-      const labels = { extension: name, prefix: w.prefix };
-      const d = new WatchDispatcher(
-        name,
-        w,
-        (id, ev: ExtensionEvent, timeoutMs) => runner.invoke(id, ev, timeoutMs),
-        host,
-        (ms, ok) => {
-          this.metrics.invocations.inc({ ...labels, outcome: ok ? 'ok' : 'error' });
-          this.metrics.latency.observe(labels, ms / 1000);
-          this.metrics.backlog.set(labels, d.stats.backlog);
-          this.metrics.deadLettered.set(labels, d.stats.deadLettered);
-        },
-        (msg) => this.opts.log.warn({ extension: name, prefix: w.prefix }, msg),
-      );
-      const saved = data.sm.get(cursorKey(name, w));
-      const cursor = saved ? Number(new TextDecoder().decode(saved.value)) || 0 : 0;
-      // A watch starts where the extension was registered (it sees every change made after
-      // `load` returned, whichever node leads the shard), or further on from its replicated
-      // cursor. A cursor older than the registration belongs to an earlier, unloaded incarnation
-      // and is ignored (a reload keeps the first registration's start, so its cursor counts).
-      const registeredAt = Math.max(0, (l.record.startRevision ?? data.sm.revision + 1) - 1);
-      d.start(Math.max(saved ? cursor : 0, registeredAt));
-      l.dispatchers.push(d);
-    }
+    const labels = { extension: name, prefix: w.prefix };
+    const d: WatchDispatcher = new WatchDispatcher(
+      name,
+      w,
+      (id, ev: ExtensionEvent, timeoutMs) => runner.invoke(id, ev, timeoutMs),
+      host,
+      (ms, ok) => {
+        this.metrics.invocations.inc({ ...labels, outcome: ok ? 'ok' : 'error' });
+        this.metrics.latency.observe(labels, ms / 1000);
+        const total = sumStats(watchDeliveries(l, w.id).map((x) => x.dispatcher.stats));
+        this.metrics.backlog.set(labels, total?.backlog ?? d.stats.backlog);
+        this.metrics.deadLettered.set(labels, total?.deadLettered ?? d.stats.deadLettered);
+      },
+      (msg) => this.opts.log.warn({ extension: name, prefix: w.prefix, group }, msg),
+    );
+    const saved = replica.sm.get(cursorKey(name, w));
+    const cursor = saved ? Number(dec.decode(saved.value)) || 0 : 0;
+    // A watch starts in this shard where the extension was registered (it sees every change made
+    // after `load` returned, whichever node leads the shard), or further on from the shard's
+    // replicated cursor. A cursor older than the registration belongs to an earlier, unloaded
+    // incarnation and is ignored (a reload keeps the first registration's start points, so its
+    // cursors count). A shard created after the registration has no start point: from its start.
+    const start = startRevisionOf(l.record, group) ?? (hasStartPoints(l.record) ? 0 : replica.sm.revision + 1);
+    const registeredAt = Math.max(0, start - 1);
+    d.start(Math.max(cursor, registeredAt));
+    l.deliveries.set(`${group}/${w.id}`, { group, replica, dispatcher: d });
   }
 
   // ------------------------------------------------------------ what lambdas may call
@@ -326,39 +416,39 @@ export class ExtensionManager {
   }
 
   private async kvCall(op: KvOp, args: unknown[], hops: number): Promise<unknown> {
-    const deadline = { deadlineMs: Date.now() + CALL_MS };
+    const deadlineMs = Date.now() + CALL_MS;
     const bytes = (v: unknown): Uint8Array => (typeof v === 'string' ? enc.encode(v) : (v as Uint8Array));
-    const write = async (cmd: Command): Promise<CommandResult> => {
+    const writable = (): void => {
       if (hops > this.maxHops) throw new HopLimitError(hops, this.maxHops);
-      const r = await this.node.execute(DATA_GROUP, cmd, deadline, hops);
-      if (r.type === 'rejected') throw r.error;
-      return r;
     };
+    const expected = (o: { expectedVersion?: number } | undefined) => (o?.expectedVersion !== undefined ? { expectedVersion: o.expectedVersion } : {});
     switch (op) {
       case 'get': {
         const [key, o] = args as [string, { atVersion?: number; atTimeMs?: number } | undefined];
-        const g = await this.node.get({ key, consistency: 'linearizable', ...(o?.atVersion ? { atVersion: o.atVersion } : {}), ...(o?.atTimeMs ? { atTimeMs: o.atTimeMs } : {}) }, deadline);
+        const g = await this.kv.get(key, { ...(o?.atVersion ? { atVersion: o.atVersion } : {}), ...(o?.atTimeMs ? { atTimeMs: o.atTimeMs } : {}) }, deadlineMs);
         return { found: g.found, value: g.value, version: g.version, timestamp: g.timestampMs };
       }
       case 'put': {
         const [key, value, o] = args as [string, unknown, { expectedVersion?: number } | undefined];
-        const r = await write({ type: 'put', key, value: bytes(value), ...(o?.expectedVersion !== undefined ? { expectedVersion: o.expectedVersion } : {}) });
-        const p = r as Extract<CommandResult, { type: 'put' }>;
-        return { succeeded: p.succeeded, version: p.succeeded ? p.version : 0, currentVersion: p.succeeded ? p.version : (p.current?.version ?? p.version) };
+        writable();
+        const p = await this.kv.put(key, bytes(value), expected(o), hops, deadlineMs);
+        return { succeeded: p.succeeded, version: p.version, currentVersion: p.currentVersion };
       }
       case 'trigger': {
         const [key, value] = args as [string, unknown];
-        await write({ type: 'triggerPut', key, value: bytes(value) });
+        writable();
+        await this.kv.trigger(key, bytes(value), hops, deadlineMs);
         return undefined;
       }
       case 'delete': {
         const [key, o] = args as [string, { expectedVersion?: number } | undefined];
-        const r = (await write({ type: 'delete', key, ...(o?.expectedVersion !== undefined ? { expectedVersion: o.expectedVersion } : {}) })) as Extract<CommandResult, { type: 'delete' }>;
+        writable();
+        const r = await this.kv.delete(key, expected(o), hops, deadlineMs);
         return { succeeded: r.succeeded, deleted: r.deleted };
       }
       case 'list': {
         const [prefix, o] = args as [string, { limit?: number; after?: string; keysOnly?: boolean } | undefined];
-        const page = await this.node.list({ prefix, keysOnly: o?.keysOnly ?? false, consistency: 'linearizable', ...(o?.limit ? { limit: o.limit } : {}), ...(o?.after ? { after: o.after } : {}) }, deadline);
+        const page = await this.kv.list(prefix, { ...(o?.limit ? { limit: o.limit } : {}), ...(o?.after ? { after: o.after } : {}), keysOnly: o?.keysOnly ?? false }, deadlineMs);
         return { items: page.items.map((i) => ({ key: i.key, value: i.value, version: i.version })), nextAfter: page.nextAfter };
       }
     }
@@ -383,11 +473,11 @@ export class ExtensionManager {
 
   private statusOf(l: Loaded): ExtensionStatus {
     const st = l.runner?.stats();
-    const watches = (l.runner?.watches ?? []).map((w) => ({
-      prefix: w.prefix,
-      mode: w.options.mode,
-      stats: l.dispatchers.find((d) => d.watch.id === w.id)?.stats,
-    }));
+    const watches = (l.runner?.watches ?? []).map((w) => {
+      const byShard = watchDeliveries(l, w.id).map((d) => ({ shard: d.group, stats: { ...d.dispatcher.stats } }));
+      return { prefix: w.prefix, mode: w.options.mode, stats: sumStats(byShard.map((x) => x.stats)), byShard };
+    });
+    const shards = [...new Set([...l.deliveries.values()].map((d) => d.group))].sort((a, b) => a - b);
     this.metrics.restarts.set({ extension: l.record.name }, st?.workerRestarts ?? 0);
     return {
       name: l.record.name,
@@ -395,7 +485,8 @@ export class ExtensionManager {
       generation: l.record.generation,
       state: l.state,
       ...(l.error ? { error: l.error } : {}),
-      delivering: l.dispatchers.length > 0,
+      delivering: shards.length > 0,
+      shards,
       watches,
       workerRestarts: st?.workerRestarts ?? 0,
       invocations: st?.invocations ?? 0,
@@ -455,17 +546,22 @@ export class ExtensionManager {
       await probe.stop();
       const previous = this.records().find((r) => r.name === name);
       const generation = (previous?.generation ?? 0) + 1;
+      // A reload keeps the first registration's start points (its cursors stay valid); shards
+      // created since have none and are delivered from their start, as they were so far. Read
+      // before anything is written: a shard without a reachable leader refuses the load cleanly.
+      const startRevisions = previous && hasStartPoints(previous) ? startRevisionsOf(previous) : await this.currentStartRevisions();
       const chunks = splitPackage(tgz);
       const deadline = () => ({ deadlineMs: Date.now() + 30_000 });
       for (let i = 0; i < chunks.length; i++) {
         await this.node.execute(META_GROUP, { type: 'put', key: chunkKey(name, generation, i), value: chunks[i]! }, deadline());
       }
-      // A linearizable read makes the start point no older than any write acknowledged so far.
-      const startRevision = await this.dataRevision();
+      const legacy = startRevisions[String(LEGACY_DATA_GROUP)];
       const record: ExtensionRecord = {
         name,
         version: info.version,
-        startRevision: previous?.startRevision ?? startRevision,
+        // Shard 1's start point also in the old field, for nodes that do not know startRevisions yet.
+        ...(legacy !== undefined ? { startRevision: legacy } : {}),
+        startRevisions,
         generation,
         sha256: packageDigest(tgz),
         size: tgz.length,
@@ -484,19 +580,68 @@ export class ExtensionManager {
     }
   }
 
-  /** The data shard's current revision + 1, read through its leader when it is elsewhere. */
-  private async dataRevision(): Promise<number> {
-    const data = this.dataReplica();
-    if (data.isLeader) {
-      await this.node.readable('linearizable', { deadlineMs: Date.now() + 10_000 }, DATA_GROUP);
-      return data.sm.revision + 1;
+  /**
+   * Every routed data shard's current revision + 1 (group → start point): as the
+   * `shardRevisions` provider reports it, else from this node's replica of the shard (a
+   * linearizable read on a leader; a follower once it applied what it knows committed, which
+   * may be a little older: the safe side), else the provider is asked again for a while. A start
+   * point is never newer than a write acknowledged before it was read. Throws UnavailableError
+   * naming the shards no revision could be learnt for. Shards of pools still being created hold
+   * no keys yet and are left out (delivered from their start).
+   */
+  private async currentStartRevisions(): Promise<Record<string, number>> {
+    const until = Date.now() + START_REVISIONS_MS;
+    const out: Record<string, number> = {};
+    const missing = (): number[] => {
+      const map = this.node.shardMap();
+      const creating = new Set(map.pools.filter((p) => p.state === 'creating').map((p) => p.name));
+      return map.shards.filter((s) => !creating.has(s.pool) && out[String(s.group)] === undefined).map((s) => s.group);
+    };
+    const provider = this.opts.shardRevisions;
+    const ask = async (): Promise<void> => {
+      if (!provider) return;
+      try {
+        const got = await provider(Math.min(until, Date.now() + 5_000));
+        // The first answer for a shard is kept: an earlier revision is the safe side.
+        for (const [g, rev] of got) if (g !== META_GROUP && out[String(g)] === undefined) out[String(g)] = rev + 1;
+      } catch (e) {
+        this.opts.log.warn({ err: (e as Error).message }, "could not read the shards' revisions");
+      }
+    };
+    await ask();
+    for (const g of missing()) {
+      const local = await this.localStartRevision(g, until);
+      if (local !== undefined) out[String(g)] = local;
     }
-    // Not the data leader: the local replica may lag a little behind; wait briefly for it to
-    // catch up with the leader's commit index so the start point is close to "now".
-    const target = data.raw.raft.log.committed;
-    const until = Date.now() + 2000;
-    while (data.sm.appliedIndex < target && Date.now() < until) await new Promise((r) => setTimeout(r, 5));
-    return data.sm.revision + 1;
+    while (provider && missing().length > 0 && Date.now() < until) {
+      await new Promise((r) => setTimeout(r, 100));
+      await ask();
+    }
+    const left = missing();
+    if (left.length > 0) {
+      throw new UnavailableError(`cannot learn the current revision of shard(s) ${left.join(', ')} (no reachable leader); nothing was loaded, try again`);
+    }
+    return out;
+  }
+
+  /** Shard `group`'s revision + 1 from its replica here (undefined when not hosted here). */
+  private async localStartRevision(group: number, until: number): Promise<number | undefined> {
+    const r = this.node.replica(group);
+    if (!r) return undefined;
+    if (r.isLeader) {
+      try {
+        // A linearizable read makes the start point no older than any write acknowledged so far.
+        const led = await this.node.readable('linearizable', { deadlineMs: Math.max(Date.now() + 1000, until) }, group);
+        return led.sm.revision + 1;
+      } catch {
+        // leadership moved meanwhile: read the replica as a follower below
+      }
+    }
+    // A follower may lag a little behind: wait briefly for it to apply what the leader committed.
+    const target = r.raw.raft.log.committed;
+    const catchUp = Math.min(until, Date.now() + 2000);
+    while (r.sm.appliedIndex < target && Date.now() < catchUp) await new Promise((res) => setTimeout(res, 5));
+    return r.sm.revision + 1;
   }
 
   /** Unloads an extension cluster-wide (on the metadata leader). Resolves false when it was not loaded. */
@@ -512,18 +657,20 @@ export class ExtensionManager {
   }
 
   /**
-   * Forgets an unloaded extension's delivery cursors, so that loading it again later starts
-   * from that load (not from where the old one stopped). Runs through the data leader.
+   * Forgets an unloaded extension's delivery cursors in the shards this node leads (best
+   * effort), so that loading it again later starts from that load. Cursors left in other shards
+   * are older than any later load's start points, and so ignored.
    */
   private async deleteCursors(name: string): Promise<void> {
     const prefix = `${SYSTEM_PREFIX}cursor/${name}/`;
-    try {
-      const page = await this.node.list({ prefix, keysOnly: true, consistency: 'linearizable', limit: 10_000 }, { deadlineMs: Date.now() + 10_000 });
-      for (const item of page.items) await this.node.execute(DATA_GROUP, { type: 'delete', key: item.key }, { deadlineMs: Date.now() + 10_000 });
-    } catch (e) {
-      // This node does not lead the data shard: the cursors stay, and a later load of the same
-      // name resumes from them (delivering what happened meanwhile, at least once). Logged.
-      this.opts.log.warn({ extension: name, err: (e as Error).message }, 'could not delete delivery cursors after unload');
+    for (const g of this.node.hostedGroups()) {
+      if (g === META_GROUP || !this.node.replica(g)?.isLeader) continue;
+      try {
+        const page = await this.node.list({ prefix, shard: g, keysOnly: true, consistency: 'linearizable', limit: 10_000 }, { deadlineMs: Date.now() + 10_000 });
+        for (const item of page.items) await this.node.execute(g, { type: 'delete', key: item.key }, { deadlineMs: Date.now() + 10_000 });
+      } catch (e) {
+        this.opts.log.warn({ extension: name, group: g, err: (e as Error).message }, 'could not delete delivery cursors after unload');
+      }
     }
   }
 
@@ -549,10 +696,43 @@ export class ExtensionManager {
         const list = this.loadWaiters.get(name) ?? [];
         this.loadWaiters.set(name, list.filter((w) => w !== waiter));
         const now = this.loaded.get(name);
-        resolve(now ? this.statusOf(now) : { name, version: '?', generation, state: 'loading', delivering: false, watches: [], workerRestarts: 0, invocations: 0, errors: 0, timeouts: 0 });
+        resolve(now ? this.statusOf(now) : { name, version: '?', generation, state: 'loading', delivering: false, shards: [], watches: [], workerRestarts: 0, invocations: 0, errors: 0, timeouts: 0 });
       }, 30_000);
       this.loadWaiters.set(name, [...(this.loadWaiters.get(name) ?? []), waiter]);
     });
   }
 
+}
+
+/** The data groups that can hold keys under `prefix` in `map`. */
+function spannedGroups(map: ClusterMap, prefix: string): Set<number> {
+  return new Set(shardsForPrefix(map, prefix).map((s) => s.group));
+}
+
+/** Whether `record` says where its watches start (records from before start points say nothing). */
+function hasStartPoints(record: ExtensionRecord): boolean {
+  return record.startRevisions !== undefined || record.startRevision !== undefined;
+}
+
+/** `l`'s dispatchers of watch `watchId`, by shard. */
+function watchDeliveries(l: Loaded, watchId: number): Delivery[] {
+  return [...l.deliveries.values()].filter((d) => d.dispatcher.watch.id === watchId).sort((a, b) => a.group - b.group);
+}
+
+/** Counters summed over shards; `cursor` the lowest, `lastLatencyMs` the highest. Undefined for none. */
+function sumStats(all: readonly DispatchStats[]): DispatchStats | undefined {
+  if (all.length === 0) return undefined;
+  if (all.length === 1) return { ...all[0]! };
+  const out: DispatchStats = { invocations: 0, errors: 0, retries: 0, deadLettered: 0, delivered: 0, backlog: 0, cursor: Number.MAX_SAFE_INTEGER, lastLatencyMs: 0 };
+  for (const s of all) {
+    out.invocations += s.invocations;
+    out.errors += s.errors;
+    out.retries += s.retries;
+    out.deadLettered += s.deadLettered;
+    out.delivered += s.delivered;
+    out.backlog += s.backlog;
+    out.cursor = Math.min(out.cursor, s.cursor);
+    out.lastLatencyMs = Math.max(out.lastLatencyMs, s.lastLatencyMs);
+  }
+  return out;
 }

@@ -28,11 +28,20 @@ export interface ExtensionRecord {
   readonly inProcess?: boolean;
   readonly loadedAtMs: number;
   /**
-   * The data shard's revision when the extension was first registered: a watch with no
-   * delivery cursor yet starts there, so changes made once `load` returned are never missed.
+   * Legacy (single data shard): revision + 1 of data shard 1 when the extension was first
+   * registered. Read as `startRevisions['1']` when that is absent (see {@link startRevisionOf}).
    */
   readonly startRevision?: number;
+  /**
+   * Per data shard (group id → revision + 1) when the extension was first registered: a watch
+   * with no delivery cursor yet starts there in that shard, so changes made once `load` returned
+   * are never missed. A shard with no entry did not exist then, and is delivered from its start.
+   */
+  readonly startRevisions?: Readonly<Record<string, number>>;
 }
+
+/** The data group a legacy record's `startRevision` belongs to (the single data shard of old clusters). */
+export const LEGACY_DATA_GROUP = 1;
 
 /** Extension names: lowercase letters, digits, `.`, `_`, `-`; 1 to 64 characters. */
 export function validateExtensionName(name: string): string {
@@ -76,13 +85,41 @@ export function encodeRecord(r: ExtensionRecord): Uint8Array {
   return new TextEncoder().encode(JSON.stringify(r));
 }
 
-/** Decodes a record value; throws on anything malformed. */
+/** Decodes a record value (records written before sharding included); throws on anything malformed. */
 export function decodeRecord(bytes: Uint8Array): ExtensionRecord {
   const r = JSON.parse(new TextDecoder().decode(bytes)) as ExtensionRecord;
-  if (typeof r.name !== 'string' || typeof r.generation !== 'number' || typeof r.chunks !== 'number' || typeof r.sha256 !== 'string') {
+  if (typeof r !== 'object' || r === null || typeof r.name !== 'string' || typeof r.generation !== 'number' || typeof r.chunks !== 'number' || typeof r.sha256 !== 'string') {
     throw new Error('malformed extension record');
   }
+  if (r.startRevision !== undefined && !isRevision(r.startRevision)) throw new Error('malformed extension record: bad startRevision');
+  if (r.startRevisions !== undefined) {
+    const s = r.startRevisions as unknown;
+    if (typeof s !== 'object' || s === null || Array.isArray(s)) throw new Error('malformed extension record: bad startRevisions');
+    for (const [group, rev] of Object.entries(s)) {
+      if (!/^(0|[1-9][0-9]{0,9})$/.test(group) || !isRevision(rev)) throw new Error(`malformed extension record: bad start revision of shard ${JSON.stringify(group)}`);
+    }
+  }
   return r;
+}
+
+function isRevision(v: unknown): v is number {
+  return typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
+}
+
+/**
+ * Where `record`'s watches start in data shard `group` (a revision + 1), or undefined when the
+ * record has none for it: the shard was created after the extension was first registered. An
+ * old record's `startRevision` is shard 1's.
+ */
+export function startRevisionOf(record: ExtensionRecord, group: number): number | undefined {
+  return record.startRevisions?.[String(group)] ?? (group === LEGACY_DATA_GROUP ? record.startRevision : undefined);
+}
+
+/** Every start point `record` holds (group id → revision + 1), an old record's `startRevision` as shard 1's. */
+export function startRevisionsOf(record: ExtensionRecord): Record<string, number> {
+  const out: Record<string, number> = { ...(record.startRevisions ?? {}) };
+  if (record.startRevision !== undefined && out[String(LEGACY_DATA_GROUP)] === undefined) out[String(LEGACY_DATA_GROUP)] = record.startRevision;
+  return out;
 }
 
 /** Splits a package into chunks. */

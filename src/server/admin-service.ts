@@ -1,9 +1,11 @@
 /**
- * The gRPC Admin service (proto/kvcascade/v1/admin.proto): extension load/unload/list behind
- * the admin token, with load and unload sent to the metadata group's leader.
+ * The gRPC Admin service (proto/kvcascade/v1/admin.proto): extension load/unload/list and cluster
+ * administration (create pool, add and remove members) behind the admin token, with every change
+ * sent to the metadata group's leader.
  */
 import * as grpc from '@grpc/grpc-js';
 import { timingSafeEqual, createHash } from 'node:crypto';
+import { MAX_NODE_ID, MAX_POOL_SHARDS, MAX_REPLICAS, isIntIn, type PoolSpec, type ShardingErrorCode } from '../sharding/index.js';
 import { loadProtos } from './proto.js';
 
 /** One registered extension as the admin API reports it. */
@@ -38,12 +40,32 @@ export interface AdminExtensionStatus {
   timeouts: number;
 }
 
-/** What the Admin service calls (implemented by the node's extension manager). */
+/** A pool to create, as the CreatePool RPC hands it to the backend (shapes checked, semantics not). */
+export interface CreatePoolInput {
+  /** The key prefix, e.g. `/cameras`. */
+  name: string;
+  shards: number;
+  /** Replicas per shard; absent = the backend's default (min(3, members)). */
+  replicas?: number;
+  /** Regular expression whose first capture group is hashed; absent = the whole key. */
+  affinity?: string;
+  /** Retention of old versions; absent = the node's default. */
+  retentionMs?: number;
+}
+
+/** What the Admin service calls (implemented by the node's extension manager and cluster administration). */
 export interface AdminBackend {
   readonly nodeId: number;
-  /** Whether this node leads the metadata group (load and unload must run there). */
+  /** Whether this node leads the metadata group (load, unload and cluster changes must run there). */
   isMetadataLeader(): boolean;
+  /** Client address of the metadata group's leader, when known. */
   metadataLeaderAddress(): string | undefined;
+  /** Cluster administration (pools and members); all run on the metadata leader. Throw ShardingError on invalid requests. */
+  createPool(req: CreatePoolInput, deadlineMs: number): Promise<{ pool: PoolSpec; epoch: number }>;
+  /** Adds a member (see {@link AdminBackend.createPool} for errors); `deadlineMs` is absolute (ms since the epoch). */
+  addMember(id: number, address: string, deadlineMs: number): Promise<{ epoch: number }>;
+  /** Starts removing a member (its replicas move away first). */
+  removeMember(id: number, deadlineMs: number): Promise<{ epoch: number }>;
   load(tgz: Uint8Array, opts: { name?: string; config?: Record<string, unknown>; inProcess?: boolean }): Promise<AdminExtensionStatus>;
   unload(name: string): Promise<boolean>;
   records(): AdminExtensionRecord[];
@@ -56,6 +78,8 @@ export interface AdminServiceOptions {
   readonly adminToken?: string;
   /** Largest package accepted. */
   readonly maxPackageBytes?: number;
+  /** Deadline of a cluster change when the caller sets none (default 60 s). */
+  readonly defaultDeadlineMs?: number;
   readonly log?: { warn(obj: object, msg: string): void; error(obj: object, msg: string): void };
 }
 
@@ -120,6 +144,62 @@ function statusToWire(nodeId: number, s: AdminExtensionStatus): Record<string, u
   };
 }
 
+/** The status code of each sharding error, and what the caller should do about it (appended to the message). */
+const SHARDING_STATUS: Record<ShardingErrorCode, { readonly code: grpc.status; readonly hint: string }> = {
+  INVALID_POOL: { code: grpc.status.INVALID_ARGUMENT, hint: 'check the pool name (a key prefix such as /cameras) and its settings, then retry' },
+  POOL_EXISTS: { code: grpc.status.ALREADY_EXISTS, hint: 'choose another name (kvctl pool ls lists the pools)' },
+  POOL_NOT_FOUND: { code: grpc.status.NOT_FOUND, hint: 'check the name with kvctl pool ls' },
+  POOL_NOT_EMPTY: { code: grpc.status.FAILED_PRECONDITION, hint: 'delete the keys under that prefix first, or choose another prefix' },
+  NOT_ENOUGH_MEMBERS: { code: grpc.status.FAILED_PRECONDITION, hint: 'add members first (kvctl member add) or ask for fewer replicas' },
+  MEMBER_EXISTS: { code: grpc.status.ALREADY_EXISTS, hint: 'choose an unused id and address (kvctl member ls lists the members)' },
+  MEMBER_NOT_FOUND: { code: grpc.status.NOT_FOUND, hint: 'check the id with kvctl member ls' },
+  INVALID_MEMBER: { code: grpc.status.INVALID_ARGUMENT, hint: `check the member id (1 to ${MAX_NODE_ID}), its host:port address and its state (kvctl member ls), then retry` },
+  BUSY: { code: grpc.status.UNAVAILABLE, hint: 'retry once the change in progress has finished (kvctl status shows progress)' },
+  INVALID_MAP: { code: grpc.status.INTERNAL, hint: "the stored cluster map is inconsistent: check the metadata leader's log" },
+};
+
+/** Validated input of one cluster change, or the INVALID_ARGUMENT to answer. */
+type Parsed<T> = { ok: true; value: T } | { ok: false; error: grpc.ServiceError };
+
+function invalid<T>(message: string): Parsed<T> {
+  return { ok: false, error: statusError(grpc.status.INVALID_ARGUMENT, message) };
+}
+
+/** Shape checks of a CreatePool request (the backend validates the rest: name syntax, affinity, member count). */
+function parseCreatePool(r: Record<string, unknown>): Parsed<CreatePoolInput> {
+  const { name, shards, replicas, affinity, retentionMs } = r;
+  if (typeof name !== 'string' || name === '') return invalid('pool name required: a key prefix such as /cameras');
+  if (!isIntIn(shards, 1, MAX_POOL_SHARDS)) return invalid(`shards must be an integer from 1 to ${MAX_POOL_SHARDS}, got ${String(shards)}`);
+  if (replicas !== undefined && !isIntIn(replicas, 0, MAX_REPLICAS)) {
+    return invalid(`replicas must be an integer from 1 to ${MAX_REPLICAS} (0 = min(3, members)), got ${String(replicas)}`);
+  }
+  if (affinity !== undefined && typeof affinity !== 'string') return invalid('affinity must be a string (a regular expression with a capture group)');
+  if (retentionMs !== undefined && !isIntIn(retentionMs, 0, Number.MAX_SAFE_INTEGER)) {
+    return invalid(`retention_ms must be an integer from 0 to ${Number.MAX_SAFE_INTEGER} (0 = the node's default), got ${String(retentionMs)}`);
+  }
+  return {
+    ok: true,
+    value: {
+      name,
+      shards,
+      ...(replicas ? { replicas } : {}),
+      ...(affinity ? { affinity } : {}),
+      ...(retentionMs ? { retentionMs } : {}),
+    },
+  };
+}
+
+function parseMemberId(id: unknown): Parsed<number> {
+  return isIntIn(id, 1, MAX_NODE_ID) ? { ok: true, value: id } : invalid(`member id must be an integer from 1 to ${MAX_NODE_ID}, got ${String(id)}`);
+}
+
+function parseAddMember(r: Record<string, unknown>): Parsed<{ id: number; address: string }> {
+  const id = parseMemberId(r.id);
+  if (!id.ok) return id;
+  if (typeof r.address !== 'string' || r.address === '') return invalid("member address required: the node's host:port");
+  return { ok: true, value: { id: id.value, address: r.address } };
+}
+
 /** Registers the Admin service on `server`. */
 export function addAdminService(server: grpc.Server, backend: AdminBackend, opts: AdminServiceOptions = {}): void {
   const maxBytes = opts.maxPackageBytes ?? 32 << 20;
@@ -156,7 +236,87 @@ export function addAdminService(server: grpc.Server, backend: AdminBackend, opts
     return statusError(grpc.status.INTERNAL, err.message ?? String(e));
   };
 
+  const defaultDeadlineMs = opts.defaultDeadlineMs ?? 60_000;
+  /** Maps the failure of a cluster change (`what`, e.g. "pool creation") to a status whose message says what to do. */
+  const clusterFailure = (e: unknown, what: string): grpc.ServiceError => {
+    const err = e as Error & { code?: unknown };
+    if (err?.name === 'ShardingError' && typeof err.code === 'string' && Object.hasOwn(SHARDING_STATUS, err.code)) {
+      const m = SHARDING_STATUS[err.code as ShardingErrorCode];
+      if (err.code === 'INVALID_MAP') opts.log?.error({ err: String(e) }, `${what} failed: the cluster map is inconsistent`);
+      return statusError(m.code, `${err.code}: ${err.message}; ${m.hint}`, err.code === 'BUSY' ? { 'kv-retry-safe': '1' } : undefined);
+    }
+    if (err?.name === 'DeadlineError') {
+      return statusError(grpc.status.DEADLINE_EXCEEDED, `${what} did not finish before the deadline; it may still complete: check kvctl status before retrying`);
+    }
+    if (err?.name === 'NotLeaderError') {
+      const leader = backend.metadataLeaderAddress();
+      return statusError(
+        grpc.status.UNAVAILABLE,
+        `this node lost the metadata leadership during the ${what}, which may or may not have been applied: check kvctl status, then retry${leader ? ` on ${leader}` : ''}`,
+        leader ? { 'kv-meta-leader': leader } : undefined,
+      );
+    }
+    opts.log?.error({ err: String(e) }, `${what} failed`);
+    return statusError(grpc.status.INTERNAL, `${what} failed: ${err?.message ?? String(e)}; check the metadata leader's log`);
+  };
+  /** A unary cluster-change handler: token, input shape, metadata leadership, deadline, error mapping. */
+  const clusterChange =
+    <T, R>(what: string, parse: (req: Record<string, unknown>) => Parsed<T>, run: (input: T, deadlineMs: number) => Promise<R>, toWire: (r: R) => unknown) =>
+    (call: grpc.ServerUnaryCall<Record<string, unknown>, unknown>, cb: grpc.sendUnaryData<unknown>): void => {
+      const denied = authorize(call.metadata);
+      if (denied) return cb(denied);
+      const parsed = parse(call.request ?? {});
+      if (!parsed.ok) return cb(parsed.error);
+      const redirect = notMetaLeader();
+      if (redirect) return cb(redirect);
+      const d = call.getDeadline();
+      const clientDeadline = d instanceof Date ? d.getTime() : d;
+      const deadlineMs = Number.isFinite(clientDeadline) ? clientDeadline : Date.now() + defaultDeadlineMs;
+      let done = false;
+      let timer: NodeJS.Timeout | undefined;
+      const finish = (e: grpc.ServiceError | null, res?: unknown): void => {
+        if (done) return;
+        done = true;
+        clearTimeout(timer);
+        if (e) cb(e);
+        else cb(null, res);
+      };
+      timer = setTimeout(
+        () => finish(clusterFailure(Object.assign(new Error('deadline exceeded'), { name: 'DeadlineError' }), what)),
+        Math.max(0, Math.min(deadlineMs - Date.now(), 2 ** 31 - 1)),
+      );
+      timer.unref?.();
+      let p: Promise<R>;
+      try {
+        p = run(parsed.value, deadlineMs);
+      } catch (e) {
+        p = Promise.reject(e);
+      }
+      p.then(
+        (r) => finish(null, toWire(r)),
+        (e: unknown) => finish(clusterFailure(e, what)),
+      );
+    };
+
   server.addService(adminServiceDefinition, {
+    createPool: clusterChange(
+      'pool creation',
+      parseCreatePool,
+      (req, deadlineMs) => backend.createPool(req, deadlineMs),
+      (r) => ({ poolJson: JSON.stringify(r.pool), epoch: r.epoch }),
+    ),
+    addMember: clusterChange(
+      'member addition',
+      parseAddMember,
+      (m, deadlineMs) => backend.addMember(m.id, m.address, deadlineMs),
+      (r) => ({ epoch: r.epoch }),
+    ),
+    removeMember: clusterChange(
+      'member removal',
+      (r) => parseMemberId(r.id),
+      (id, deadlineMs) => backend.removeMember(id, deadlineMs),
+      (r) => ({ epoch: r.epoch }),
+    ),
     loadExtension: (call: grpc.ServerReadableStream<Record<string, unknown>, unknown>, cb: grpc.sendUnaryData<unknown>) => {
       const denied = authorize(call.metadata) ?? notMetaLeader();
       if (denied) {

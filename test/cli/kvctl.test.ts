@@ -299,16 +299,17 @@ describe('watch', () => {
 });
 
 describe('status', () => {
-  it("prints each endpoint's groups", async () => {
+  it('prints the cluster: nodes, then every group with leader, term, voters, learners and lag', async () => {
     backend.apply({ type: 'put', key: 'k', value: utf8('v') });
     const r = await kvctl(['status']);
+    expect(r.err).toBe('');
     expect(r.code).toBe(EXIT.OK);
-    expect(r.out).toBe(
-      `ENDPOINT${' '.repeat(srv.address.length - 6)}NODE  GROUP  LEADER  TERM  ROLE    COMMIT  APPLIED  REVISION\n` +
-        `${srv.address}  1     1      1       1     leader  1       1        1\n`,
-    );
-    const j = JSON.parse((await kvctl(['--json', 'status'])).out) as { endpoint: string; nodeId: number; groups: object[] };
-    expect(j).toMatchObject({ endpoint: srv.address, nodeId: 1, groups: [{ group: 1, leader: 1, role: 'leader', revision: 1 }] });
+    expect(r.out).toMatch(/^NODE +ADDRESS +STATE +UP +MAP_EPOCH\n1 +\S+ +\S+ +up +\d+\n/);
+    expect(r.out).toMatch(/\nGROUP +POOL +INDEX +LEADER +TERM +VOTERS +LEARNERS +LAG\n/);
+    expect(r.out).toMatch(/\n1 +\S+ +\S+ +1 +1 +1 +- +1:0\n/);
+    const j = JSON.parse((await kvctl(['--json', 'status'])).out) as { nodes: object[]; groups: object[] };
+    expect(j.nodes).toEqual([expect.objectContaining({ id: 1, up: true })]);
+    expect(j.groups).toContainEqual(expect.objectContaining({ group: 1, leader: 1, term: 1, voters: [1], learners: [], lag: { 1: 0 } }));
   });
 
   it('reports unreachable endpoints and exits 1', async () => {
@@ -318,7 +319,8 @@ describe('status', () => {
     const stderr = new Captured();
     const code = await main(['--endpoints', `${srv.address},${dead.address}`, '--timeout', '2000', 'status'], { stdout, stderr, env: {} });
     expect(code).toBe(EXIT.ERROR);
-    expect(stdout.text).toContain(srv.address);
+    expect(stdout.text).toMatch(/\n1 +\S+ +\S+ +up /);
+    expect(stdout.text).toContain(dead.address);
     expect(stderr.text).toMatch(new RegExp(`^kvctl: (UNAVAILABLE|DEADLINE_EXCEEDED): ${dead.address}: .+\\n$`));
   });
 });

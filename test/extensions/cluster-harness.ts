@@ -1,13 +1,33 @@
-/** Three in-process nodes (loopback transport, in-memory engines) each running an ExtensionManager, for extension tests. */
+/**
+ * In-process clusters (loopback transport, in-memory engines) whose nodes each run an
+ * ExtensionManager, for extension tests: one data shard by default (the managers then use their
+ * local-node fallbacks), or several (the managers get a LambdaKv and ShardRevisions routed to
+ * each shard's leader among the in-process nodes, as the server layer gives them in kvd).
+ */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ExtensionManager } from '../../src/extensions/manager.js';
+import { localLambdaKv, type LocalStore } from '../../src/extensions/local-lambda-kv.js';
 import { packFolder } from '../../src/extensions/package.js';
+import type { LambdaKv, ShardRevisions } from '../../src/extensions/store-access.js';
 import { silentLogger } from '../../src/log.js';
-import { DATA_GROUP, KvNode, META_GROUP } from '../../src/node/kv-node.js';
+import { NotLeaderError, UnavailableError } from '../../src/node/backend.js';
+import { ClusterAdmin, type ClusterProbe } from '../../src/node/cluster-admin.js';
+import { KvNode, META_GROUP } from '../../src/node/kv-node.js';
 import { LoopbackHub } from '../../src/node/transport.js';
+import { shardOf, shardsForPrefix } from '../../src/sharding/index.js';
 import { MemoryEngine } from '../../src/storage/kv-engine.js';
+
+/** How a harness cluster is built. */
+export interface ExtClusterOptions {
+  /** Shards of the default pool (default 1). */
+  readonly shards?: number;
+  /** Give the managers LambdaKv and ShardRevisions routed across the nodes (default: when shards > 1). */
+  readonly routed?: boolean;
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** A small cluster with extension managers. */
 export class ExtCluster {
@@ -15,65 +35,147 @@ export class ExtCluster {
   readonly managers: ExtensionManager[] = [];
   readonly hub = new LoopbackHub();
   private readonly dir = mkdtempSync(join(tmpdir(), 'kvcascade-ext-'));
+  private readonly admins: ClusterAdmin[] = [];
 
-  static async start(n = 3): Promise<ExtCluster> {
+  static async start(n = 3, opts: ExtClusterOptions = {}): Promise<ExtCluster> {
     const c = new ExtCluster();
-    const members = new Map(Array.from({ length: n }, (_, i) => [i + 1, `node-${i + 1}`] as [number, string]));
+    const shards = opts.shards ?? 1;
+    const routed = opts.routed ?? shards > 1;
+    const members = new Map(Array.from({ length: n }, (_, i) => [i + 1, `127.0.0.1:${17000 + i + 1}`] as [number, string]));
     for (let id = 1; id <= n; id++) {
-      const node = await KvNode.open({ id, members, tickMs: 10, log: silentLogger(), onFatal: () => {} }, new MemoryEngine(), c.hub.transport(id));
+      const node = await KvNode.open({ id, members, tickMs: 10, log: silentLogger(), onFatal: () => {}, defaultPool: { shards } }, new MemoryEngine(), c.hub.transport(id));
       node.start();
-      const m = new ExtensionManager(node, { dataDir: join(c.dir, `node-${id}`), log: silentLogger(), workerHeapMb: 64 });
-      m.start();
       c.nodes.push(node);
+    }
+    for (const node of c.nodes) {
+      const m = new ExtensionManager(node, {
+        dataDir: join(c.dir, `node-${node.id}`),
+        log: silentLogger(),
+        workerHeapMb: 64,
+        ...(routed ? { lambdaKv: c.routedKv(node), shardRevisions: c.revisions(node) } : {}),
+      });
+      m.start();
       c.managers.push(m);
     }
-    await c.leader(DATA_GROUP);
-    await c.leader(META_GROUP);
+    await c.ready();
     return c;
   }
 
-  /** The node leading `group` (waits for one). */
-  async leader(group: number, except: readonly KvNode[] = []): Promise<KvNode> {
-    const deadline = Date.now() + 10_000;
+  /** Waits until every node routes with the initialised map and every data shard has a leader that applied its descriptor. */
+  async ready(timeoutMs = 20_000): Promise<void> {
+    await this.leader(META_GROUP, [], timeoutMs);
+    await this.until(async () => (this.nodes.every((n) => n.shardMap().epoch > 0) ? true : undefined), timeoutMs);
+    for (const s of this.nodes[0]!.shardMap().shards) {
+      await this.until(async () => ((await this.leader(s.group, [], timeoutMs)).replica(s.group)?.sm.descriptor ? true : undefined), timeoutMs);
+    }
+  }
+
+  /** The node leading `group` (waits for one); with several claimants, the one of the highest term. */
+  async leader(group: number, except: readonly KvNode[] = [], timeoutMs = 10_000): Promise<KvNode> {
+    const deadline = Date.now() + timeoutMs;
     while (Date.now() < deadline) {
-      const l = this.nodes.find((n) => !except.includes(n) && n.replica(group)?.isLeader);
+      const l = this.leaderNow(group, except);
       if (l) return l;
-      await new Promise((r) => setTimeout(r, 10));
+      await sleep(10);
     }
     throw new Error(`no leader for group ${group}`);
   }
 
+  private leaderNow(group: number, except: readonly KvNode[] = [], from?: KvNode): KvNode | undefined {
+    let best: KvNode | undefined;
+    for (const n of this.nodes) {
+      if (except.includes(n) || (from && n !== from && this.hub.blocked.has(`${from.id}>${n.id}`))) continue;
+      const r = n.replica(group);
+      if (!r?.isLeader) continue;
+      if (!best || r.raw.raft.term > best.replica(group)!.raw.raft.term) best = n;
+    }
+    return best;
+  }
+
+  /** The group of `key` in the current map. */
+  groupOf(key: string): number {
+    return shardOf(this.nodes[0]!.shardMap(), key).group;
+  }
+
+  /** The groups `prefix` spans in the current map. */
+  groupsOf(prefix: string): number[] {
+    return shardsForPrefix(this.nodes[0]!.shardMap(), prefix).map((s) => s.group);
+  }
+
+  /** The manager running on `node`. */
+  managerOf(node: KvNode): ExtensionManager {
+    return this.managers[this.nodes.indexOf(node)]!;
+  }
+
   /** The manager of the metadata leader. */
   async metaManager(): Promise<ExtensionManager> {
-    const l = await this.leader(META_GROUP);
-    return this.managers[this.nodes.indexOf(l)]!;
+    return this.managerOf(await this.leader(META_GROUP));
   }
 
-  /** Packs and loads an extension folder cluster-wide. */
+  /**
+   * Packs and loads an extension folder cluster-wide. `load` answers once the metadata leader
+   * runs the new generation; when it does, this also waits (a while) for every other node to
+   * settle on it, so that the node delivering a shard runs it too.
+   */
   async load(folder: string, opts: { name?: string; config?: Record<string, unknown> } = {}) {
     const tgz = await packFolder(folder);
-    return (await this.metaManager()).load(tgz, opts);
+    const status = await (await this.metaManager()).load(tgz, opts);
+    if (status.state === 'running') {
+      const settled = () =>
+        this.managers.every((m) => {
+          const s = m.statuses().find((x) => x.name === status.name);
+          return s !== undefined && s.generation >= status.generation && s.state !== 'loading';
+        });
+      await this.until(async () => (settled() ? true : undefined)).catch(() => {});
+    }
+    return status;
   }
 
-  /** Puts through the data leader. */
+  /** Puts through the leader of the key's shard (again when it was not the leader any more); resolves with the new version. */
   async put(key: string, value: string): Promise<number> {
-    const l = await this.leader(DATA_GROUP);
-    const r = await l.put({ key, value: new TextEncoder().encode(value) }, { deadlineMs: Date.now() + 5000 });
-    return r.version;
+    return this.retrying(async () => {
+      const l = await this.leader(this.groupOf(key));
+      const r = await l.put({ key, value: new TextEncoder().encode(value) }, { deadlineMs: Date.now() + 5000 });
+      return r.version;
+    });
   }
 
-  /** Reads (linearizable) through the data leader. */
+  /** Reads (linearizable) through the leader of the key's shard. */
   async get(key: string): Promise<string | undefined> {
-    const l = await this.leader(DATA_GROUP);
-    const g = await l.get({ key, consistency: 'linearizable' }, { deadlineMs: Date.now() + 5000 });
-    return g.found ? new TextDecoder().decode(g.value) : undefined;
+    return this.retrying(async () => {
+      const l = await this.leader(this.groupOf(key));
+      const g = await l.get({ key, consistency: 'linearizable' }, { deadlineMs: Date.now() + 5000 });
+      return g.found ? new TextDecoder().decode(g.value) : undefined;
+    });
   }
 
-  /** Lists keys under a prefix through the data leader. */
+  /** Lists keys under a prefix (every shard it spans, merged in key order) through each shard's leader. */
   async list(prefix: string): Promise<{ key: string; value: string }[]> {
-    const l = await this.leader(DATA_GROUP);
-    const page = await l.list({ prefix, keysOnly: false, consistency: 'linearizable', limit: 10_000 }, { deadlineMs: Date.now() + 5000 });
-    return page.items.map((i) => ({ key: i.key, value: new TextDecoder().decode(i.value) }));
+    const out: { key: string; value: string }[] = [];
+    for (const g of this.groupsOf(prefix)) {
+      const page = await this.retrying(async () => {
+        const l = await this.leader(g);
+        return l.list({ prefix, shard: g, keysOnly: false, consistency: 'linearizable', limit: 10_000 }, { deadlineMs: Date.now() + 5000 });
+      });
+      out.push(...page.items.map((i) => ({ key: i.key, value: new TextDecoder().decode(i.value) })));
+    }
+    return out.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+  }
+
+  /**
+   * Runs `fn` again while it fails with NotLeaderError or UnavailableError (leadership moving
+   * between finding the leader and asking it), for up to `timeoutMs`.
+   */
+  private async retrying<T>(fn: () => Promise<T>, timeoutMs = 10_000): Promise<T> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      try {
+        return await fn();
+      } catch (e) {
+        if (!(e instanceof NotLeaderError || e instanceof UnavailableError) || Date.now() >= deadline) throw e;
+        await sleep(20);
+      }
+    }
   }
 
   /** Polls until `check` returns a value (not undefined) or the deadline passes. */
@@ -83,11 +185,72 @@ export class ExtCluster {
       const v = await check();
       if (v !== undefined) return v;
       if (Date.now() > deadline) throw new Error('condition not met in time');
-      await new Promise((r) => setTimeout(r, 20));
+      await sleep(20);
     }
   }
 
+  /**
+   * Creates a pool through a ClusterAdmin on the metadata leader (an in-process probe reads the
+   * nodes' statuses and counts keys on the shards' leaders); resolves once it is active.
+   */
+  async createPool(name: string, shards: number): Promise<void> {
+    const probe: ClusterProbe = {
+      statuses: async () => Promise.all(this.nodes.map((n) => n.status())),
+      countKeys: async (group, prefix, limit) => {
+        const sm = (await this.leader(group)).replica(group)!.sm;
+        const n = (sm.get(prefix) ? 1 : 0) + sm.list(`${prefix}/`, { keysOnly: true, limit: Math.max(1, limit) }).items.length;
+        return Math.min(n, limit);
+      },
+    };
+    const admin = new ClusterAdmin(await this.leader(META_GROUP), probe, silentLogger());
+    this.admins.push(admin);
+    await admin.createPool({ name, shards }, Date.now() + 30_000);
+  }
+
+  /**
+   * A store for `self`'s lambdas: each call goes to the node leading the key's shard (itself
+   * when it leads it; else the leader of the highest term it can reach), retried on
+   * NotLeaderError and unavailability until its deadline, as kvd's routed LambdaKv does.
+   */
+  private routedKv(self: KvNode): LambdaKv {
+    const at = async <T>(group: number, deadlineMs: number, fn: (n: KvNode) => Promise<T>): Promise<T> => {
+      for (;;) {
+        const n = self.replica(group)?.isLeader ? self : this.leaderNow(group, [], self);
+        try {
+          if (!n) throw new NotLeaderError(0, undefined, group);
+          return await fn(n);
+        } catch (e) {
+          if (!(e instanceof NotLeaderError || e instanceof UnavailableError) || Date.now() + 20 >= deadlineMs) throw e;
+          await sleep(20);
+        }
+      }
+    };
+    const byKey = (key: string) => this.groupOf(key);
+    const store: LocalStore = {
+      get: (req, o) => at(byKey(req.key), o.deadlineMs, (n) => n.get(req, o)),
+      put: (req, o) => at(byKey(req.key), o.deadlineMs, (n) => n.put(req, o)),
+      delete: (req, o) => at(byKey(req.key), o.deadlineMs, (n) => n.delete(req, o)),
+      trigger: (req, o) => at(byKey(req.key), o.deadlineMs, (n) => n.trigger(req, o)),
+      list: (req, o) => at(req.shard ?? this.groupsOf(req.prefix)[0]!, o.deadlineMs, (n) => n.list(req, o)),
+      shardsForPrefix: (prefix) => self.shardsForPrefix(prefix),
+    };
+    return localLambdaKv(store);
+  }
+
+  /** Every data shard's revision as its leader (reachable from `self`) reports it. */
+  private revisions(self: KvNode): ShardRevisions {
+    return async () => {
+      const out = new Map<number, number>();
+      for (const s of self.shardMap().shards) {
+        const l = this.leaderNow(s.group, [], self);
+        if (l) out.set(s.group, l.replica(s.group)!.sm.revision);
+      }
+      return out;
+    };
+  }
+
   async stop(): Promise<void> {
+    for (const a of this.admins) a.stop();
     for (const m of this.managers) await m.stop();
     for (const n of this.nodes) await n.stop();
     rmSync(this.dir, { recursive: true, force: true });

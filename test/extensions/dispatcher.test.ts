@@ -106,7 +106,7 @@ describe('WatchDispatcher', () => {
     d.start(5);
     f.sink().canceled('compacted', 20);
     await tick();
-    expect(JSON.parse(f.puts.get('/_dlq/x/gap-000000000006-000000000019')!)).toMatchObject({ kind: 'compacted', lostFrom: 6, lostTo: 19 });
+    expect(JSON.parse(f.puts.get('/_dlq/x/gap-1-000000000006-000000000019')!)).toMatchObject({ kind: 'compacted', shard: 1, lostFrom: 6, lostTo: 19 });
     expect(f.from()).toBe(20);
     await d.stop(false);
   });

@@ -1,0 +1,28 @@
+/** Argument parsers shared by kvctl's commands: they throw commander's InvalidArgumentError, which kvctl reports as a usage error (exit code 64). */
+import { InvalidArgumentError } from 'commander';
+
+/** A parser of non-negative safe integers; `what` names the argument in the error. */
+export function uint(what: string): (s: string) => number {
+  return (s) => {
+    if (!/^\d+$/.test(s) || !Number.isSafeInteger(Number(s))) throw new InvalidArgumentError(`${what} must be a non-negative integer`);
+    return Number(s);
+  };
+}
+
+/** A parser of positive safe integers; `what` names the argument in the error. */
+export function positive(what: string): (s: string) => number {
+  return (s) => {
+    const n = uint(what)(s);
+    if (n === 0) throw new InvalidArgumentError(`${what} must be positive`);
+    return n;
+  };
+}
+
+/** A parser of integers from `min` to `max`; `what` names the argument in the error. */
+export function intIn(what: string, min: number, max: number): (s: string) => number {
+  return (s) => {
+    const n = /^\d+$/.test(s) ? Number(s) : NaN;
+    if (!Number.isSafeInteger(n) || n < min || n > max) throw new InvalidArgumentError(`${what} must be an integer from ${min} to ${max}`);
+    return n;
+  };
+}
