@@ -122,7 +122,7 @@ async function main(): Promise<void> {
   const services = addKvServices(server, metrics.meter(node), {
     log,
     selfAddress: cfg.listen,
-    leaderAddress: () => node.leaderAddress(),
+    leaderAddress: (g: number) => node.leaderAddress(g),
     forwardCredentials: peerCreds,
   });
   transport.register(server, (id) => node.isMember(id));

@@ -1,19 +1,28 @@
-/** The gRPC KV and Cluster services over a KvBackend: request validation, error-to-status mapping, leader forwarding, watches and pipelining. */
+/** The gRPC KV and Cluster services over a KvBackend: request validation, error-to-status mapping, per-shard leader forwarding, cross-shard list and watch merging, transactions and pipelining. */
 import * as grpc from '@grpc/grpc-js';
 import { pino } from 'pino';
+import { ShardingError, shardOf } from '../sharding/index.js';
 import {
   CompactedRevisionError,
+  DEFAULT_LIST_LIMIT,
   MAX_LIST_LIMIT,
   ValidationError,
+  compareKeys,
+  validateCommand,
   type DeleteResult,
   type KvEvent,
   type PutResult,
+  type TxnCompare,
+  type TxnResult,
+  type TxnWrite,
 } from '../statemachine/index.js';
 import {
+  CrossShardError,
   DeadlineError,
   NotLeaderError,
   OverloadedError,
   UnavailableError,
+  WrongShardError,
   type CallOptions,
   type Consistency,
   type DeleteRequest,
@@ -26,14 +35,18 @@ import {
   type PutRequest,
   type TriggerRequest,
   type TriggerResponse,
+  type TxnRequest,
   type WatchHandle,
   type WatchRequest,
   type WatchSink,
 } from '../node/backend.js';
 import {
+  MAX_FORWARD_HOPS,
   META_FORWARDED,
-  kvMetadata,
+  META_HOPS,
+  forwardHops,
   metaString,
+  kvMetadata,
   neverReachedServer,
   readKvMetadata,
   type KvMetadataFields,
@@ -49,6 +62,9 @@ import {
   type EventMsg,
   type GetRequestMsg,
   type GetResponseMsg,
+  type GetShardMapRequestMsg,
+  type GetShardMapResponseMsg,
+  type GroupStatusMsg,
   type KeyValueMsg,
   type KvServiceHandlers,
   type KvStub,
@@ -58,9 +74,12 @@ import {
   type PipelineResponseMsg,
   type PutRequestMsg,
   type PutResponseMsg,
+  type StatusRequestMsg,
   type StatusResponseMsg,
   type TriggerRequestMsg,
   type TriggerResponseMsg,
+  type TxnRequestMsg,
+  type TxnResponseMsg,
   type WatchRequestMsg,
   type WatchResponseMsg,
 } from './proto.js';
@@ -72,7 +91,9 @@ import {
   checkUint,
   checkValue,
   decodePageToken,
+  decodeResumeToken,
   encodePageToken,
+  encodeResumeToken,
 } from './request-validation.js';
 
 /** etcd's default request size limit (1.5 MiB): larger requests fail with RESOURCE_EXHAUSTED before reaching a handler. */
@@ -93,6 +114,9 @@ export const DEFAULT_MAX_RESPONSE_BYTES = 3 * 1024 * 1024;
 /** Minimum watch progress interval the service passes to the backend. */
 export const MIN_PROGRESS_INTERVAL_MS = 10;
 
+/** Most shards a cross-shard List queries at once. */
+export const LIST_FANOUT_CONCURRENCY = 16;
+
 /** The subset of a pino logger the services use. */
 export interface KvServiceLogger {
   error(obj: object, msg: string): void;
@@ -104,8 +128,11 @@ export interface KvServiceLogger {
 export interface KvServiceOptions {
   /** This node's client-API address (host:port) as clients reach it; a function if only known after binding. */
   readonly selfAddress?: string | (() => string | undefined);
-  /** The current leader's client-API address, if the host knows it (preferred over what the service infers). */
-  readonly leaderAddress?: () => string | undefined;
+  /**
+   * The client-API address of the leader of shard `group`, if the host knows it (preferred over
+   * what the service infers from forwarding). Called with the group of each request.
+   */
+  readonly leaderAddress?: (group: number) => string | undefined;
   /** Deadline of calls whose client set none (default {@link DEFAULT_CALL_DEADLINE_MS}). */
   readonly defaultDeadlineMs?: number;
   /** Where internal errors and forwarding are logged (a pino logger fits; default: pino on stdout). */
@@ -124,19 +151,22 @@ export interface KvServiceOptions {
 
 /** What {@link addKvServices} returns. */
 export interface KvServiceHandle {
-  /** The leader address the service currently reports in `kv-leader` (undefined when unknown). */
+  /** The leader address the service reports in `kv-leader` when the cluster map has a single shard (undefined otherwise, or when unknown). */
   readonly leaderHint: string | undefined;
+  /** The leader address the service reports in `kv-leader` for shard `group` (undefined when unknown). */
+  leaderHintOf(group: number): string | undefined;
   /** Ends running watches and pipelines with UNAVAILABLE and closes the forwarding channels. Call before shutting the server down. */
   close(): void;
 }
 
-type UnaryOp = 'put' | 'get' | 'delete' | 'trigger' | 'list';
+type UnaryOp = 'put' | 'get' | 'delete' | 'trigger' | 'list' | 'txn';
 type RequestOf<O extends UnaryOp> = {
   put: PutRequestMsg;
   get: GetRequestMsg;
   delete: DeleteRequestMsg;
   trigger: TriggerRequestMsg;
   list: ListRequestMsg;
+  txn: TxnRequestMsg;
 }[O];
 type ResponseOf<O extends UnaryOp> = {
   put: PutResponseMsg;
@@ -144,11 +174,16 @@ type ResponseOf<O extends UnaryOp> = {
   delete: DeleteResponseMsg;
   trigger: TriggerResponseMsg;
   list: ListResponseMsg;
+  txn: TxnResponseMsg;
 }[O];
 
+const WRITE_OPS: ReadonlySet<UnaryOp> = new Set<UnaryOp>(['put', 'delete', 'trigger', 'txn']);
+
 interface OpContext {
-  /** The call arrived with `kv-forwarded: 1`. */
-  readonly forwarded: boolean;
+  /** How many times the call was already forwarded (`kv-forwarded`). */
+  readonly hops: number;
+  /** For writes made by extension lambdas: the depth of the lambda chain (`kv-hops`; 0 for clients). */
+  readonly lambdaHops: number;
   /** Absolute deadline, ms since the epoch. */
   readonly deadlineMs: number;
   /** Registers a callback run if the client cancels the call. */
@@ -157,6 +192,9 @@ interface OpContext {
 
 interface OpOutcome<R> {
   readonly response: R;
+  /** The shard that served the call (undefined when it spanned several, or routing failed). */
+  readonly group: number | undefined;
+  /** That shard's leader, if known. */
   readonly leader: string | undefined;
 }
 
@@ -171,16 +209,16 @@ class OpStatus extends Error {
     this.name = 'OpStatus';
   }
 
-  toServiceError(extraLeader: string | undefined): grpc.ServerErrorResponse {
-    const metadata = kvMetadata({ leader: extraLeader, ...stripUndefined(this.fields) });
+  /** This status with `shard` set when it names none. */
+  inShard(group: number | undefined): OpStatus {
+    if (group === undefined || this.fields.shard !== undefined) return this;
+    return new OpStatus(this.code, this.message, { ...this.fields, shard: group });
+  }
+
+  toServiceError(fields: KvMetadataFields): grpc.ServerErrorResponse {
+    const metadata = kvMetadata(fields);
     return Object.assign(new Error(this.message), { code: this.code, details: this.message, metadata });
   }
-}
-
-function stripUndefined<T extends object>(o: T): Partial<T> {
-  const out: Partial<T> = {};
-  for (const [k, v] of Object.entries(o)) if (v !== undefined) (out as Record<string, unknown>)[k] = v;
-  return out;
 }
 
 const EMPTY = new Uint8Array(0);
@@ -239,8 +277,39 @@ function toListRequest(m: ListRequestMsg): ListRequest {
     consistency,
     // 0 = server default; larger than the maximum is clamped (as the proto documents "at most").
     ...(limit > 0 ? { limit: Math.min(limit, MAX_LIST_LIMIT) } : {}),
+    ...(isSet(m.shard) ? { shard: checkUint(m.shard, 'shard') } : {}),
   };
   return m.pageToken ? { ...base, after: decodePageToken(m.pageToken, prefix) } : base;
+}
+
+/**
+ * Checks a Txn request: keys like a put's, values within MAX_VALUE_BYTES, writes without
+ * `expected_version` or `return_current_value` (a txn's condition is its compares), at least one
+ * compare or write, and the state machine's txn limits (op counts, duplicate write keys, payload).
+ */
+function toTxnRequest(m: TxnRequestMsg): TxnRequest {
+  const compares: TxnCompare[] = (m.compares ?? []).map((c, i) => ({
+    key: checkKey(c?.key, `compare ${i} key`),
+    version: checkUint(c?.version ?? 0, `compare ${i} version`),
+  }));
+  const writes: TxnWrite[] = (m.writes ?? []).map((w, i): TxnWrite => {
+    const op = w?.op ?? (w?.put ? 'put' : w?.delete ? 'delete' : undefined);
+    if (op === 'put' && w.put) {
+      const p = w.put;
+      if (isSet(p.expectedVersion)) throw invalid(`write ${i}: expected_version must be unset in a txn (use a compare)`);
+      if (p.returnCurrentValue === true) throw invalid(`write ${i}: return_current_value is not supported in a txn`);
+      // Copy the value: do not retain the received frame.
+      return { type: 'put', key: checkKey(p.key, `write ${i} key`), value: new Uint8Array(checkValue(p.value ?? EMPTY, `write ${i} value`)) };
+    }
+    if (op === 'delete' && w.delete) {
+      if (isSet(w.delete.expectedVersion)) throw invalid(`write ${i}: expected_version must be unset in a txn (use a compare)`);
+      return { type: 'delete', key: checkKey(w.delete.key, `write ${i} key`) };
+    }
+    throw invalid(`write ${i} has no operation (put or delete)`);
+  });
+  if (compares.length === 0 && writes.length === 0) throw invalid('a txn needs at least one compare or write');
+  validateCommand({ type: 'txn', compares, writes });
+  return { compares, writes };
 }
 
 function toWatchRequest(m: WatchRequestMsg): WatchRequest {
@@ -251,7 +320,18 @@ function toWatchRequest(m: WatchRequestMsg): WatchRequest {
     prefix,
     fromRevision,
     progressIntervalMs: interval === 0 ? 1000 : Math.max(MIN_PROGRESS_INTERVAL_MS, interval),
+    ...(isSet(m.shard) ? { shard: checkUint(m.shard, 'shard') } : {}),
   };
+}
+
+/** The first key of a request (the one its shard is routed by), if it has one. */
+function firstKeyOf(op: UnaryOp, m: object): string | undefined {
+  if (op === 'txn') {
+    const t = m as TxnRequestMsg;
+    const w = t.writes?.[0];
+    return t.compares?.[0]?.key ?? w?.put?.key ?? w?.delete?.key;
+  }
+  return (m as { key?: string }).key;
 }
 
 function putResponse(r: PutResult): PutResponseMsg {
@@ -287,22 +367,36 @@ function triggerResponse(r: TriggerResponse): TriggerResponseMsg {
   return { revision: r.revision, timestampMs: r.timestampMs };
 }
 
+function txnResponse(r: TxnResult, shard: number | undefined): TxnResponseMsg {
+  return {
+    succeeded: r.succeeded,
+    revision: r.revision,
+    timestampMs: r.timestampMs,
+    failedCompares: [...r.failedCompares],
+    shard: shard ?? 0,
+  };
+}
+
 const ITEM_OVERHEAD_BYTES = 32;
 
-function listResponse(r: ListResponse, budget: number): ListResponseMsg {
-  const items: KeyValueMsg[] = [];
+/** How many of `items` fit in `budget` bytes (at least one). */
+function fitting(items: readonly { key?: string; value?: Uint8Array }[], budget: number): number {
   let bytes = 0;
-  let truncated = false;
-  for (const it of r.items) {
-    const size = Buffer.byteLength(it.key) + (it.value?.length ?? 0) + ITEM_OVERHEAD_BYTES;
-    if (items.length > 0 && bytes + size > budget) {
-      truncated = true;
-      break;
-    }
+  for (let i = 0; i < items.length; i++) {
+    const it = items[i]!;
+    const size = Buffer.byteLength(it.key ?? '') + (it.value?.length ?? 0) + ITEM_OVERHEAD_BYTES;
+    if (i > 0 && bytes + size > budget) return i;
     bytes += size;
-    items.push({ key: it.key, value: it.value ?? EMPTY, version: it.version, timestampMs: it.timestampMs });
   }
-  const nextAfter = truncated ? items[items.length - 1]!.key : r.nextAfter;
+  return items.length;
+}
+
+function listResponse(r: ListResponse, budget: number): ListResponseMsg {
+  const n = fitting(r.items, budget);
+  const items: KeyValueMsg[] = r.items
+    .slice(0, n)
+    .map((it) => ({ key: it.key, value: it.value ?? EMPTY, version: it.version, timestampMs: it.timestampMs }));
+  const nextAfter = n < r.items.length ? items[items.length - 1]!.key : r.nextAfter;
   return { items, nextPageToken: nextAfter === undefined ? '' : encodePageToken(nextAfter), revision: r.revision };
 }
 
@@ -310,19 +404,28 @@ function statusResponse(s: NodeStatusInfo): StatusResponseMsg {
   return {
     nodeId: s.nodeId,
     version: s.version,
-    groups: s.groups.map((g) => ({
-      group: g.group,
-      leader: g.leader,
-      term: g.term,
-      role: g.role,
-      commitIndex: g.commitIndex,
-      appliedIndex: g.appliedIndex,
-      firstIndex: g.firstIndex,
-      lastIndex: g.lastIndex,
-      voters: [...g.voters],
-      learners: [...g.learners],
-      revision: g.revision,
-    })),
+    mapEpoch: s.mapEpoch ?? 0,
+    groups: s.groups.map((g) => {
+      const out: GroupStatusMsg = {
+        group: g.group,
+        leader: g.leader,
+        term: g.term,
+        role: g.role,
+        commitIndex: g.commitIndex,
+        appliedIndex: g.appliedIndex,
+        firstIndex: g.firstIndex,
+        lastIndex: g.lastIndex,
+        voters: [...g.voters],
+        learners: [...g.learners],
+        revision: g.revision,
+        shardIndex: g.shardIndex ?? 0,
+        descriptorEpoch: g.descriptorEpoch ?? 0,
+        matched: Object.fromEntries([...(g.matched ?? new Map<number, number>())].map(([id, index]) => [String(id), index])),
+        keys: g.keys ?? 0,
+      };
+      if (g.pool !== undefined) out.pool = g.pool;
+      return out;
+    }),
     members: s.members.map((m) => ({ id: m.id, address: m.address })),
   };
 }
@@ -331,22 +434,23 @@ function eventBytesOf(e: KvEvent): number {
   return Buffer.byteLength(e.key) + (e.value?.length ?? 0) + ITEM_OVERHEAD_BYTES;
 }
 
-function eventMsg(e: KvEvent): EventMsg {
+function eventMsg(e: KvEvent, shard: number): EventMsg {
   return {
     type: e.type === 'delete' ? 'DELETE' : e.type === 'trigger' ? 'TRIGGER' : 'PUT',
     key: e.key,
     value: e.type === 'delete' ? EMPTY : (e.value ?? EMPTY),
     revision: e.revision,
     timestampMs: e.timestampMs,
+    shard,
   };
 }
 
 /**
- * Splits events (whole revisions, in order) into responses of at most `budget` bytes, never
- * splitting a revision. Each chunk's `revision` is its last event's revision, except the last
- * chunk, which gets `finalRevision`.
+ * Splits events of shard `shard` (whole revisions, in order) into responses of at most `budget`
+ * bytes, never splitting a revision. Each chunk's `revision` is its last event's revision, except
+ * the last chunk, which gets `finalRevision`.
  */
-function chunkEvents(events: readonly KvEvent[], finalRevision: number, budget: number): WatchResponseMsg[] {
+function chunkEvents(events: readonly KvEvent[], finalRevision: number, budget: number, shard: number): WatchResponseMsg[] {
   const out: WatchResponseMsg[] = [];
   let chunk: EventMsg[] = [];
   let bytes = 0;
@@ -361,13 +465,52 @@ function chunkEvents(events: readonly KvEvent[], finalRevision: number, budget: 
       chunk = [];
       bytes = 0;
     }
-    for (let k = i; k < j; k++) chunk.push(eventMsg(events[k]!));
+    for (let k = i; k < j; k++) chunk.push(eventMsg(events[k]!, shard));
     bytes += groupBytes;
     i = j;
   }
   const last = chunk.length > 0 ? chunk[chunk.length - 1]!.revision! : 0;
   out.push({ events: chunk, revision: Math.max(finalRevision, last) });
   return out;
+}
+
+/**
+ * The revision a (sub-)watch of `group` starts at: after the revision the resume token names for
+ * it; else `fromRevision`; else, when the token names other shards but not this one (a shard that
+ * is new since the token was issued, or had not reported yet), 1: all its history is unseen; else
+ * 0 (from now on).
+ */
+function startRevision(group: number, fromRevision: number, resume: ReadonlyMap<number, number> | undefined): number {
+  const seen = resume?.get(group);
+  if (seen !== undefined) return seen + 1;
+  if (fromRevision > 0) return fromRevision;
+  return resume !== undefined && resume.size > 0 ? 1 : 0;
+}
+
+/** Runs `fn` over `items` with at most `limit` calls in flight; rejects with the first failure (launching nothing more). */
+async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
+  const out = new Array<R>(items.length);
+  let next = 0;
+  let failed = false;
+  const worker = async (): Promise<void> => {
+    while (!failed && next < items.length) {
+      const i = next++;
+      try {
+        out[i] = await fn(items[i]!);
+      } catch (e) {
+        failed = true;
+        throw e;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.max(1, Math.min(limit, items.length)) }, worker));
+  return out;
+}
+
+/** The lambda chain depth a write carries in `kv-hops` metadata (0 when absent or malformed). */
+function lambdaHopsOf(md: grpc.Metadata): number {
+  const n = Number(metaString(md, META_HOPS) ?? '0');
+  return Number.isSafeInteger(n) && n > 0 && n < 1_000 ? n : 0;
 }
 
 /** The parts of a server call the services read. */
@@ -404,6 +547,29 @@ function withDeadline<T>(run: () => Promise<T>, deadlineMs: number): Promise<T> 
   });
 }
 
+/** One shard's part of a Watch call: a local backend watch or a stream forwarded to a node that serves the shard. */
+interface SubWatch {
+  readonly group: number;
+  /** The revision it was asked to start at (0 = from now on). */
+  readonly start: number;
+  /** The highest revision of the shard fully seen so far (delivered or skipped); undefined until known. */
+  seen: number | undefined;
+  /** The sub-watch has sent at least one response (events or progress). */
+  reported: boolean;
+  /** The backend or upstream ended it by itself (nothing to cancel). */
+  ended: boolean;
+  handle?: WatchHandle;
+  upstream?: grpc.ClientReadableStream<WatchResponseMsg>;
+}
+
+function toConsistencySafe(c: unknown): Consistency | undefined {
+  try {
+    return toConsistency(c);
+  } catch {
+    return undefined;
+  }
+}
+
 class KvService implements KvServiceHandle {
   private readonly log: KvServiceLogger;
   private readonly defaultDeadlineMs: number;
@@ -412,7 +578,8 @@ class KvService implements KvServiceHandle {
   private readonly maxResponseBytes: number;
   private readonly stubs = new Map<string, KvStub>();
   private readonly closers = new Set<() => void>();
-  private leaderCache: string | undefined;
+  /** Leader hints learned from forwarding and NotLeaderErrors, per shard (never mixed across shards). */
+  private readonly leaderCache = new Map<number, string>();
   private closed = false;
 
   constructor(
@@ -427,7 +594,12 @@ class KvService implements KvServiceHandle {
   }
 
   get leaderHint(): string | undefined {
-    return this.opts.leaderAddress?.() ?? this.leaderCache;
+    return this.leaderHintOf(this.soleGroup());
+  }
+
+  leaderHintOf(group: number | undefined): string | undefined {
+    if (group === undefined) return undefined;
+    return this.opts.leaderAddress?.(group) ?? this.leaderCache.get(group);
   }
 
   private get self(): string | undefined {
@@ -443,33 +615,113 @@ class KvService implements KvServiceHandle {
     this.stubs.clear();
   }
 
+  // ---- routing and metadata -------------------------------------------------------------------
+
+  /** The epoch of the backend's cluster map, if it has one. */
+  private mapEpoch(): number | undefined {
+    try {
+      return this.backend.shardMap().epoch;
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** The only data shard of the map, when it has exactly one (stream-level and Status metadata name it). */
+  private soleGroup(): number | undefined {
+    try {
+      const shards = this.backend.shardMap().shards;
+      return shards.length === 1 ? shards[0]!.group : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** The shard a single-shard request goes to by this node's map (undefined when it cannot be routed here). */
+  private requestGroup(op: UnaryOp, m: object): number | undefined {
+    try {
+      if (op === 'list') {
+        const l = m as ListRequestMsg;
+        if (isSet(l.shard)) return l.shard;
+        const groups = this.backend.shardsForPrefix(l.prefix ?? '');
+        return groups.length === 1 ? groups[0] : undefined;
+      }
+      const key = firstKeyOf(op, m);
+      return typeof key === 'string' && key !== '' ? shardOf(this.backend.shardMap(), key).group : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** Learns from a NotLeaderError of `group`: a named leader is cached; "no leader" forgets the hint. */
+  private noteNotLeader(group: number | undefined, e: NotLeaderError): void {
+    if (group === undefined) return;
+    if (e.leaderId > 0 && e.leaderAddress) this.leaderCache.set(group, e.leaderAddress);
+    else if (!e.leaderAddress || this.leaderCache.get(group) === this.self) this.leaderCache.delete(group);
+  }
+
+  /** Response metadata of a call served by `group` (no shard or leader for calls spanning shards). */
+  private responseMetadata(group: number | undefined, leader: string | undefined): grpc.Metadata {
+    return kvMetadata({ shard: group, leader, mapEpoch: this.mapEpoch() });
+  }
+
+  /** Metadata of calls not served by one shard (Status, GetShardMap, Pipeline streams): names the sole shard of a one-shard map. */
+  private nodeMetadata(): grpc.Metadata {
+    const group = this.soleGroup();
+    return this.responseMetadata(group, this.leaderHintOf(group));
+  }
+
+  /** The error to send for `s`: its fields, the leader hint of its shard when it names none, and the map epoch. */
+  private serviceError(s: OpStatus): grpc.ServerErrorResponse {
+    const shard = s.fields.shard;
+    return s.toServiceError({ ...s.fields, leader: s.fields.leader ?? this.leaderHintOf(shard), mapEpoch: this.mapEpoch() });
+  }
+
   // ---- core -----------------------------------------------------------------------------------
 
   private context(call: AnyServerCall): OpContext {
-    const forwarded = metaString(call.metadata, META_FORWARDED) === '1';
+    const hops = forwardHops(call.metadata);
     const clientDeadline = deadlineOf(call);
     const deadlineMs = Number.isFinite(clientDeadline) ? clientDeadline : Date.now() + this.defaultDeadlineMs;
-    return { forwarded, deadlineMs, onCancel: (fn) => call.on('cancelled', fn) };
+    // One 'cancelled' listener per call, however many forwarded sub-calls (cross-shard List) register.
+    let onCancelled: Array<() => void> | undefined;
+    const onCancel = (fn: () => void): void => {
+      if (!onCancelled) {
+        const fns: Array<() => void> = (onCancelled = []);
+        call.on('cancelled', () => {
+          for (const f of fns.splice(0)) f();
+        });
+      }
+      onCancelled.push(fn);
+    };
+    return { hops, lambdaHops: lambdaHopsOf(call.metadata), deadlineMs, onCancel };
   }
 
   /** Maps any failure to the status to send; unknown errors become INTERNAL and are logged. */
   private toStatus(e: unknown, what: string): OpStatus {
     if (e instanceof OpStatus) return e;
     if (e instanceof ValidationError) return invalid(e.message);
+    if (e instanceof CrossShardError) {
+      const message = e.message.includes('CROSS_SHARD') ? e.message : `CROSS_SHARD: ${e.message}`;
+      return new OpStatus(grpc.status.INVALID_ARGUMENT, message);
+    }
     if (e instanceof CompactedRevisionError) {
       return new OpStatus(grpc.status.OUT_OF_RANGE, e.message, { compactRevision: e.oldestRevision, retrySafe: true });
     }
     if (e instanceof NotLeaderError) {
-      return new OpStatus(grpc.status.UNAVAILABLE, e.message, { retrySafe: true, leader: e.leaderAddress });
+      return new OpStatus(grpc.status.UNAVAILABLE, e.message, { retrySafe: true, leader: e.leaderAddress, shard: e.group });
     }
+    // A stale map (ours or the sender's): nothing was applied; the client refetches the map (kv-map-epoch) and retries.
+    if (e instanceof WrongShardError) return new OpStatus(grpc.status.UNAVAILABLE, e.message, { retrySafe: true });
     if (e instanceof UnavailableError) return new OpStatus(grpc.status.UNAVAILABLE, e.message);
+    // The map cannot route the request (e.g. not initialised yet): nothing was applied.
+    if (e instanceof ShardingError) return new OpStatus(grpc.status.UNAVAILABLE, e.message, { retrySafe: true });
     if (e instanceof DeadlineError) return new OpStatus(grpc.status.DEADLINE_EXCEEDED, e.message);
     if (e instanceof OverloadedError) return new OpStatus(grpc.status.RESOURCE_EXHAUSTED, e.message, { retrySafe: true });
     this.log.error({ err: e, op: what }, 'internal error in kv service');
     return new OpStatus(grpc.status.INTERNAL, 'internal server error');
   }
 
-  private backendCall<O extends UnaryOp>(op: O, m: RequestOf<O>, opts: CallOptions): Promise<ResponseOf<O>> {
+  private backendCall<O extends UnaryOp>(op: O, m: RequestOf<O>, opts: CallOptions, group: number | undefined): Promise<ResponseOf<O>> {
     const b = this.backend;
     switch (op) {
       case 'put':
@@ -480,6 +732,8 @@ class KvService implements KvServiceHandle {
         return b.delete(toDeleteRequest(m as DeleteRequestMsg), opts).then(deleteResponse) as Promise<ResponseOf<O>>;
       case 'trigger':
         return b.trigger(toTriggerRequest(m as TriggerRequestMsg), opts).then(triggerResponse) as Promise<ResponseOf<O>>;
+      case 'txn':
+        return b.txn(toTxnRequest(m as TxnRequestMsg), opts).then((r) => txnResponse(r, group)) as Promise<ResponseOf<O>>;
       default: {
         const budget = this.maxResponseBytes;
         return b.list(toListRequest(m as ListRequestMsg), opts).then((r) => listResponse(r, budget)) as Promise<ResponseOf<O>>;
@@ -487,27 +741,127 @@ class KvService implements KvServiceHandle {
     }
   }
 
-  /** Runs one op: validate, call the backend, forward to the leader on NotLeaderError. Throws OpStatus. */
+  /** Runs one unary call: a List spanning several shards is scattered and merged; anything else is one {@link execute}. */
+  private run<O extends UnaryOp>(op: O, m: RequestOf<O>, ctx: OpContext): Promise<OpOutcome<ResponseOf<O>>> {
+    if (op === 'list' && !isSet((m as ListRequestMsg).shard)) {
+      let groups: readonly number[] = [];
+      try {
+        groups = this.backend.shardsForPrefix(checkPrefix((m as ListRequestMsg).prefix ?? ''));
+      } catch {
+        groups = []; // execute() reports the problem
+      }
+      if (groups.length > 1) return this.listAcrossShards(m as ListRequestMsg, groups, ctx) as Promise<OpOutcome<ResponseOf<O>>>;
+    }
+    return this.execute(op, m, ctx);
+  }
+
+  /**
+   * Runs one single-shard op: validate, call the backend, forward toward the shard's leader on
+   * NotLeaderError (while the hop count allows). Throws OpStatus naming the shard.
+   */
   private async execute<O extends UnaryOp>(op: O, m: RequestOf<O>, ctx: OpContext, badUtf8?: string): Promise<OpOutcome<ResponseOf<O>>> {
+    let group: number | undefined;
+    let out: OpOutcome<ResponseOf<O>>;
     try {
       const bad = badUtf8 ?? invalidUtf8Field(m);
       if (bad !== undefined) throw invalid(`${bad} is not valid UTF-8`);
       if (this.closed) throw new OpStatus(grpc.status.UNAVAILABLE, 'server shutting down', { retrySafe: true });
+      group = this.requestGroup(op, m);
       const deadlineMs = ctx.deadlineMs;
-      const response = await withDeadline(() => this.backendCall(op, m, { deadlineMs }), deadlineMs);
-      // Only the leader applies writes: any other cached leader is stale (unknown if we do not know our own address).
-      if (op === 'put' || op === 'delete' || op === 'trigger') this.leaderCache = this.self;
-      return { response, leader: this.leaderHint };
+      const g = group;
+      const response = await withDeadline(() => this.backendCall(op, m, ctx.lambdaHops > 0 ? { deadlineMs, hops: ctx.lambdaHops } : { deadlineMs }, g), deadlineMs);
+      // Only the shard's leader applies writes: any other cached leader of it is stale.
+      if (WRITE_OPS.has(op) && group !== undefined) {
+        const self = this.self;
+        if (self) this.leaderCache.set(group, self);
+        else this.leaderCache.delete(group);
+      }
+      out = { response, group, leader: this.leaderHintOf(group) };
     } catch (e) {
       if (e instanceof NotLeaderError) {
-        this.leaderCache = e.leaderAddress;
+        const g = e.group ?? group;
+        this.noteNotLeader(g, e);
         const target = e.leaderAddress;
-        if (target && !ctx.forwarded && target !== this.self) return this.forward(op, m, ctx, target);
-        const why = ctx.forwarded ? `forwarded request reached a non-leader: ${e.message}` : e.message;
-        throw new OpStatus(grpc.status.UNAVAILABLE, why, { retrySafe: true, leader: target });
+        if (target && ctx.hops < MAX_FORWARD_HOPS && target !== this.self) {
+          out = await this.forward(op, m, ctx, target, g);
+        } else {
+          const why = ctx.hops > 0 ? `forwarded request (${ctx.hops} hops) reached a non-leader: ${e.message}` : e.message;
+          throw new OpStatus(grpc.status.UNAVAILABLE, why, { retrySafe: true, leader: target, shard: g });
+        }
+      } else {
+        throw this.toStatus(e, op).inShard(group);
       }
-      throw this.toStatus(e, op);
     }
+    if (op === 'list' && out.group !== undefined) {
+      const r = out.response as ListResponseMsg;
+      if (!r.shardRevisions || Object.keys(r.shardRevisions).length === 0) r.shardRevisions = { [String(out.group)]: r.revision ?? 0 };
+    }
+    return out;
+  }
+
+  /**
+   * A List over several shards: every shard is asked (through {@link execute}, so each one is
+   * forwarded to a node serving it as needed) for up to `limit` keys after the page token, and
+   * the pages are merged in key (UTF-8 byte) order. The merged page ends at the smallest of the
+   * limit-th merged key and the last key of every shard page that has more (keys beyond that may
+   * be missing from the shards' pages); the next page token is that key, so nothing is skipped or
+   * repeated. `revision` is 0 and `shard_revisions` names each shard's revision.
+   */
+  private async listAcrossShards(m: ListRequestMsg, groups: readonly number[], ctx: OpContext): Promise<OpOutcome<ListResponseMsg>> {
+    let req: ListRequest;
+    try {
+      const bad = invalidUtf8Field(m);
+      if (bad !== undefined) throw invalid(`${bad} is not valid UTF-8`);
+      if (this.closed) throw new OpStatus(grpc.status.UNAVAILABLE, 'server shutting down', { retrySafe: true });
+      req = toListRequest(m);
+    } catch (e) {
+      throw this.toStatus(e, 'list');
+    }
+    const limit = req.limit ?? DEFAULT_LIST_LIMIT;
+    const pages = await mapLimit(groups, LIST_FANOUT_CONCURRENCY, async (g) => ({
+      group: g,
+      page: (await this.execute('list', { ...m, shard: g }, ctx)).response,
+    }));
+    const shardRevisions: Record<string, number> = {};
+    const all: KeyValueMsg[] = [];
+    let bound: string | undefined;
+    try {
+      for (const { group, page } of pages) {
+        shardRevisions[String(group)] = page.revision ?? 0;
+        for (const it of page.items ?? []) all.push(it);
+        if (page.nextPageToken) {
+          const last = decodePageToken(page.nextPageToken, req.prefix);
+          if (bound === undefined || compareKeys(last, bound) < 0) bound = last;
+        }
+      }
+    } catch (e) {
+      throw this.toStatus(e, 'list');
+    }
+    all.sort((a, b) => compareKeys(a.key ?? '', b.key ?? ''));
+    let end = all.length;
+    if (bound !== undefined) {
+      const b = bound;
+      end = all.findIndex((it) => compareKeys(it.key ?? '', b) > 0);
+      if (end < 0) end = all.length;
+    }
+    let next = bound;
+    if (end > limit) {
+      end = limit;
+      next = all[end - 1]!.key;
+    }
+    let items = all.slice(0, end);
+    const n = fitting(items, this.maxResponseBytes);
+    if (n < items.length) {
+      items = items.slice(0, n);
+      next = items[n - 1]!.key;
+    }
+    const response: ListResponseMsg = {
+      items,
+      nextPageToken: next === undefined ? '' : encodePageToken(next),
+      revision: 0,
+      shardRevisions,
+    };
+    return { response, group: undefined, leader: undefined };
   }
 
   private stub(address: string): KvStub {
@@ -525,26 +879,39 @@ class KvService implements KvServiceHandle {
     return s;
   }
 
-  /** Status for a forwarded call's failure: relays the leader's status and kvcascade metadata. */
-  private forwardFailure(err: grpc.ServiceError, target: string): OpStatus {
+  /** Status for a forwarded call's failure (shard `group`): relays the upstream status and kvcascade metadata. */
+  private forwardFailure(err: grpc.ServiceError, target: string, group: number | undefined): OpStatus {
     if (neverReachedServer(err)) {
-      if (this.leaderCache === target) this.leaderCache = undefined;
-      return new OpStatus(grpc.status.UNAVAILABLE, `leader ${target} unreachable: ${err.details}`, { retrySafe: true });
+      if (group !== undefined && this.leaderCache.get(group) === target) this.leaderCache.delete(group);
+      return new OpStatus(grpc.status.UNAVAILABLE, `leader ${target} unreachable: ${err.details}`, { retrySafe: true, shard: group });
     }
     const f = readKvMetadata(err.metadata);
-    if (f.leader !== undefined) this.leaderCache = f.leader;
+    const g = f.shard ?? group;
+    if (f.leader !== undefined && g !== undefined) this.leaderCache.set(g, f.leader);
     return new OpStatus(err.code, err.details, {
       leader: f.leader,
+      shard: g,
       retrySafe: f.retrySafe || undefined,
       compactRevision: f.compactRevision,
     });
   }
 
-  private forward<O extends UnaryOp>(op: O, m: RequestOf<O>, ctx: OpContext, target: string): Promise<OpOutcome<ResponseOf<O>>> {
-    if (this.closed) return Promise.reject(new OpStatus(grpc.status.UNAVAILABLE, 'server shutting down', { retrySafe: true }));
-    this.log.debug({ op, target }, 'forwarding to leader');
+  /** Forwards a single-shard op of shard `group` to `target`, one hop further. */
+  private forward<O extends UnaryOp>(
+    op: O,
+    m: RequestOf<O>,
+    ctx: OpContext,
+    target: string,
+    group: number | undefined,
+  ): Promise<OpOutcome<ResponseOf<O>>> {
+    if (this.closed) return Promise.reject(new OpStatus(grpc.status.UNAVAILABLE, 'server shutting down', { retrySafe: true, shard: group }));
+    this.log.debug({ op, target, group, hops: ctx.hops + 1 }, 'forwarding toward the shard leader');
     const md = new grpc.Metadata();
-    md.set(META_FORWARDED, '1');
+    md.set(META_FORWARDED, String(ctx.hops + 1));
+    if (ctx.lambdaHops > 0) md.set(META_HOPS, String(ctx.lambdaHops));
+    // Only a leader serves writes and linearizable reads: the target that did is the leader.
+    const leaderServes =
+      WRITE_OPS.has(op) || ((op === 'get' || op === 'list') && toConsistencySafe((m as GetRequestMsg).consistency) === 'linearizable');
     return new Promise((resolve, reject) => {
       let response: ResponseOf<O> | undefined;
       let error: grpc.ServiceError | null = null;
@@ -561,12 +928,14 @@ class KvService implements KvServiceHandle {
       ctx.onCancel?.(() => call.cancel());
       call.on('status', (status: grpc.StatusObject) => {
         if (error || response === undefined) {
-          reject(this.forwardFailure(error ?? Object.assign(new Error(status.details), status), target));
+          reject(this.forwardFailure(error ?? Object.assign(new Error(status.details), status), target, group));
           return;
         }
-        const leader = readKvMetadata(status.metadata).leader ?? target;
-        this.leaderCache = leader;
-        resolve({ response, leader });
+        const f = readKvMetadata(status.metadata);
+        const g = f.shard ?? group;
+        const leader = f.leader ?? (leaderServes ? target : undefined);
+        if (leader !== undefined && g !== undefined) this.leaderCache.set(g, leader);
+        resolve({ response, group: g, leader: leader ?? this.leaderHintOf(g) });
       });
     });
   }
@@ -575,110 +944,255 @@ class KvService implements KvServiceHandle {
 
   private unary<O extends UnaryOp>(op: O): grpc.handleUnaryCall<RequestOf<O>, ResponseOf<O>> {
     return (call, callback) => {
-      let ctx: OpContext;
-      try {
-        ctx = this.context(call);
-      } catch (e) {
-        callback(this.toStatus(e, op).toServiceError(undefined));
-        return;
-      }
-      this.execute(op, call.request, ctx).then(
-        (out) => callback(null, out.response, kvMetadata({ leader: out.leader })),
-        (e: unknown) => {
-          const s = this.toStatus(e, op);
-          callback(s.toServiceError(s.fields.leader === undefined ? this.leaderHint : undefined));
-        },
+      const ctx = this.context(call);
+      this.run(op, call.request, ctx).then(
+        (out) => callback(null, out.response, this.responseMetadata(out.group, out.leader)),
+        (e: unknown) => callback(this.serviceError(this.toStatus(e, op))),
       );
     };
   }
 
-  private status: grpc.handleUnaryCall<object, StatusResponseMsg> = (call, callback) => {
+  private status: grpc.handleUnaryCall<StatusRequestMsg, StatusResponseMsg> = (call, callback) => {
     const deadlineMs = Number.isFinite(deadlineOf(call)) ? deadlineOf(call) : Date.now() + this.defaultDeadlineMs;
     withDeadline(() => this.backend.status(), deadlineMs)
       .then(statusResponse)
       .then(
-        (res) => callback(null, res, kvMetadata({ leader: this.leaderHint })),
-        (e: unknown) => callback(this.toStatus(e, 'status').toServiceError(this.leaderHint)),
+        (res) => callback(null, res, this.nodeMetadata()),
+        (e: unknown) => callback(this.serviceError(this.toStatus(e, 'status').inShard(this.soleGroup()))),
       );
+  };
+
+  private getShardMap: grpc.handleUnaryCall<GetShardMapRequestMsg, GetShardMapResponseMsg> = (_call, callback) => {
+    try {
+      const map = this.backend.shardMap();
+      callback(null, { epoch: map.epoch, mapJson: JSON.stringify(map) }, this.nodeMetadata());
+    } catch (e) {
+      callback(this.serviceError(this.toStatus(e, 'getShardMap')));
+    }
   };
 
   // ---- watch ----------------------------------------------------------------------------------
 
+  /**
+   * Watch. The prefix's shards (or the one `shard` names) are each watched by a sub-watch: the
+   * local backend's, or, when this node cannot serve the shard, a stream forwarded toward a node
+   * that can (one hop further, like unary calls). Their responses are written as they arrive;
+   * a response never mixes shards, and every event carries its `shard`.
+   *
+   * Resume token: every response carries `resume_token`, the base64url JSON
+   * `{"v":1,"s":{"<group>":<revision>}}` of each shard's highest fully seen revision (see
+   * encodeResumeToken). A shard is in it once its position is known: from the start when it was
+   * asked to start at a revision r > 0 (as r - 1), else once its sub-watch has reported (first
+   * progress or events). Resuming with a token starts each named shard right after its revision;
+   * shards it does not name start at `from_revision`, or at 1 when `from_revision` is 0 and the
+   * token names other shards (all their history is unseen). So that a token taken from a progress
+   * response is always complete, a merged watch sends no progress until every shard has reported
+   * once; event responses flow meanwhile and carry what is known.
+   *
+   * Single shard: `revision` of every response is that shard's revision, exactly as before.
+   * Several shards: events responses carry their shard's revision; progress and cancel responses
+   * carry `revision` 0 (positions are only meaningful per shard: read the token), and progress is
+   * coalesced (sent when the token changed or the progress interval passed). When any sub-watch
+   * fails or is cancelled (compaction, leader lost, upstream error), the whole watch ends with a
+   * `canceled` response whose reason names the shard and whose token is current: resume with it.
+   * Back-pressure is the stream's: sub-watches pause while it needs draining, and a client that
+   * leaves too many responses unread is cancelled as too slow.
+   */
   private watch: grpc.handleServerStreamingCall<WatchRequestMsg, WatchResponseMsg> = (call) => {
     call.on('error', () => undefined); // write-after-end and the like must never crash the process
+    const hops = forwardHops(call.metadata);
     let finished = false;
-    let handle: WatchHandle | undefined;
-    let backendEnded = false;
+    let multi = false;
+    /** The shard of a single-shard watch. */
+    let single: number | undefined;
+    let subs: SubWatch[] = [];
     let lastRevision = 0;
-    let upstream: grpc.ClientReadableStream<WatchResponseMsg> | undefined;
+    let progressIntervalMs = 1000;
+    let createdSent = false;
+    let lastWriteMs = 0;
+    let lastToken: string | undefined;
+    const drainWaiters: Array<() => void> = [];
+    let drainArmed = false;
 
-    const finish = (status?: OpStatus): void => {
-      if (finished) return;
-      finished = true;
-      this.closers.delete(onClose);
-      if (handle && !backendEnded) {
+    const token = (): string => {
+      const seen = new Map<number, number>();
+      for (const s of subs) if (s.seen !== undefined) seen.set(s.group, s.seen);
+      return encodeResumeToken(seen);
+    };
+    const streamMetadata = (): grpc.Metadata => this.responseMetadata(single, this.leaderHintOf(single));
+
+    const stopSub = (s: SubWatch): void => {
+      if (s.handle && !s.ended) {
         try {
-          handle.cancel();
+          s.handle.cancel();
         } catch (e) {
           this.log.warn({ err: e }, 'watch cancel failed');
         }
       }
-      upstream?.cancel();
+      s.upstream?.cancel();
+    };
+    const finish = (status?: OpStatus): void => {
+      if (finished) return;
+      finished = true;
+      this.closers.delete(onClose);
+      for (const s of subs) stopSub(s);
       if (call.cancelled) return;
-      if (status) call.emit('error', status.toServiceError(status.fields.leader === undefined ? this.leaderHint : undefined));
-      else call.end(kvMetadata({ leader: this.leaderHint }));
+      if (status) call.emit('error', this.serviceError(status.inShard(single)));
+      else call.end(streamMetadata());
     };
     const onClose = (): void => finish(new OpStatus(grpc.status.UNAVAILABLE, 'server shutting down'));
 
+    const cancelWatch = (reason: string, compactRevision?: number): void => {
+      if (finished) return;
+      call.write({
+        canceled: true,
+        cancelReason: reason,
+        compactRevision: compactRevision ?? 0,
+        revision: multi ? 0 : lastRevision,
+        resumeToken: token(),
+      });
+      finish();
+    };
     const write = (msg: WatchResponseMsg): void => {
       if (finished) return;
       call.write(msg);
-      if (msg.revision !== undefined && msg.revision > lastRevision) lastRevision = msg.revision;
-      if (call.writableLength > this.maxPendingWatch && !finished) {
-        // The client is not reading: tell it to resume later; finish() stops the backend watch
-        // (or, if the backend is still inside watch(), the check after it returns does).
-        call.write({
-          canceled: true,
-          cancelReason: `watcher too slow: ${call.writableLength} responses unsent`,
-          revision: lastRevision,
-        });
-        finish();
+      lastWriteMs = Date.now();
+      lastToken = msg.resumeToken;
+      if (!multi && msg.revision !== undefined && msg.revision > lastRevision) lastRevision = msg.revision;
+      if (call.writableLength > this.maxPendingWatch) {
+        // The client is not reading: tell it to resume later; finish() stops the sub-watches
+        // (or, if a backend is still inside watch(), the check after it returns does).
+        cancelWatch(`watcher too slow: ${call.writableLength} responses unsent`);
       }
+    };
+    const onDrain = (cb: () => void): void => {
+      if (!call.writableNeedDrain) {
+        queueMicrotask(cb);
+        return;
+      }
+      drainWaiters.push(cb);
+      if (!drainArmed) {
+        drainArmed = true;
+        call.once('drain', () => {
+          drainArmed = false;
+          for (const w of drainWaiters.splice(0)) w();
+        });
+      }
+    };
+    const writeProgress = (): void => write({ progressNotify: true, revision: 0, resumeToken: token() });
+    /** `s` has sent a response: the merged watch's first progress goes out once every shard has. */
+    const reported = (s: SubWatch): void => {
+      s.reported = true;
+      if (multi && !createdSent && subs.every((x) => x.reported)) {
+        createdSent = true;
+        writeProgress();
+      }
+    };
+    const onProgress = (s: SubWatch, revision: number): void => {
+      if (finished || s.ended) return;
+      s.seen = Math.max(s.seen ?? 0, revision);
+      if (!multi) {
+        s.reported = true;
+        write({ progressNotify: true, revision, resumeToken: token() });
+        return;
+      }
+      if (!createdSent) return reported(s);
+      s.reported = true;
+      const t = token();
+      if (t !== lastToken || Date.now() - lastWriteMs >= progressIntervalMs) write({ progressNotify: true, revision: 0, resumeToken: t });
+    };
+    const onEvents = (s: SubWatch, events: readonly KvEvent[], revision: number): void => {
+      if (finished || s.ended) return;
+      if (events.length === 0) return onProgress(s, revision);
+      // Puts, deletes and trigger puts alike; chunkEvents never splits a revision.
+      for (const r of chunkEvents(events, revision, this.maxResponseBytes, s.group)) {
+        s.seen = Math.max(s.seen ?? 0, r.revision!);
+        write({ ...r, resumeToken: token() });
+        if (finished) return;
+      }
+      reported(s);
+    };
+    const onCanceled = (s: SubWatch, reason: string, compactRevision: number | undefined): void => {
+      if (finished || s.ended) return;
+      s.ended = true;
+      cancelWatch(multi ? `shard ${s.group}: ${reason}` : reason, compactRevision);
     };
 
     // Besides the WatchSink methods, the sink reports back-pressure (`writable`/`onDrain`, optional
     // capabilities a backend may use to stop feeding a watcher whose client is not reading).
-    const sink: WatchSink & { writable(): boolean; onDrain(cb: () => void): void } = {
+    const sinkOf = (s: SubWatch): WatchSink & { writable(): boolean; onDrain(cb: () => void): void } => ({
       writable: () => !finished && !call.writableNeedDrain,
-      onDrain: (cb) => {
-        if (!call.writableNeedDrain) queueMicrotask(cb);
-        else call.once('drain', cb);
-      },
+      onDrain,
       events: (events, revision) => {
-        if (finished) return;
         try {
-          if (events.length === 0) {
-            write({ progressNotify: true, revision });
-            return;
-          }
-          // Puts, deletes and trigger puts alike; chunkEvents never splits a revision.
-          for (const r of chunkEvents(events, revision, this.maxResponseBytes)) write(r);
+          onEvents(s, events, revision);
         } catch (e) {
           finish(this.toStatus(e, 'watch'));
         }
       },
-      progress: (revision) => write({ progressNotify: true, revision }),
-      canceled: (reason, compactRevision) => {
+      progress: (revision) => onProgress(s, revision),
+      canceled: (reason, compactRevision) => onCanceled(s, reason, compactRevision),
+    });
+
+    const forwardSub = (s: SubWatch, req: WatchRequest, target: string): grpc.ClientReadableStream<WatchResponseMsg> => {
+      const md = new grpc.Metadata();
+      md.set(META_FORWARDED, String(hops + 1));
+      this.log.debug({ target, group: s.group, hops: hops + 1 }, 'forwarding a watch');
+      const upReq: WatchRequestMsg = { prefix: req.prefix, fromRevision: s.start, progressIntervalMs: req.progressIntervalMs, shard: s.group };
+      const up = this.stub(target).watch(upReq, md, {});
+      let paused = false;
+      up.on('data', (m: WatchResponseMsg) => {
+        if (finished || s.ended) return;
+        if (m.canceled) return onCanceled(s, m.cancelReason || 'canceled by the shard', m.compactRevision || undefined);
+        const events = m.events ?? [];
+        if (events.length > 0) {
+          s.seen = Math.max(s.seen ?? 0, m.revision ?? 0);
+          write({ events: events.map((e) => ({ ...e, shard: s.group })), revision: m.revision ?? 0, resumeToken: token() });
+          reported(s);
+        } else onProgress(s, m.revision ?? 0);
+        if (!finished && !paused && call.writableNeedDrain) {
+          paused = true;
+          up.pause();
+          onDrain(() => {
+            paused = false;
+            up.resume();
+          });
+        }
+      });
+      up.on('error', (err: grpc.ServiceError) => {
+        if (finished || s.ended) return;
+        s.ended = true;
+        if (multi) cancelWatch(`shard ${s.group}: ${err.details}`, readKvMetadata(err.metadata).compactRevision);
+        else finish(this.forwardFailure(err, target, s.group));
+      });
+      up.on('end', () => {
+        if (finished || s.ended) return;
+        s.ended = true;
+        if (multi) cancelWatch(`shard ${s.group}: the forwarded watch ended`);
+        else finish();
+      });
+      return up;
+    };
+
+    const open = (s: SubWatch, req: WatchRequest): void => {
+      const subReq: WatchRequest = { prefix: req.prefix, fromRevision: s.start, progressIntervalMs: req.progressIntervalMs, shard: s.group };
+      try {
+        const handle = this.backend.watch(subReq, sinkOf(s));
+        s.handle = handle;
+        if (finished && !s.ended) handle.cancel(); // finished while the backend was still inside watch()
+      } catch (e) {
         if (finished) return;
-        backendEnded = true;
-        call.write({
-          canceled: true,
-          cancelReason: reason,
-          compactRevision: compactRevision ?? 0,
-          revision: lastRevision,
-        });
-        finish();
-      },
+        if (e instanceof NotLeaderError && e.leaderAddress && hops < MAX_FORWARD_HOPS && e.leaderAddress !== this.self) {
+          this.noteNotLeader(e.group ?? s.group, e);
+          s.upstream = forwardSub(s, req, e.leaderAddress);
+          return;
+        }
+        s.ended = true;
+        const status = this.toStatus(e, 'watch');
+        // E.g. CompactedRevisionError: OUT_OF_RANGE with kv-compact-revision.
+        if (!multi) return finish(status);
+        cancelWatch(`shard ${s.group}: ${status.message}`, status.fields.compactRevision);
+      }
     };
 
     call.on('cancelled', () => finish());
@@ -686,46 +1200,35 @@ class KvService implements KvServiceHandle {
     if (this.closed) return onClose();
 
     let req: WatchRequest;
+    let groups: readonly number[];
+    let resume: Map<number, number> | undefined;
     try {
       const bad = invalidUtf8Field(call.request);
       if (bad !== undefined) throw invalid(`${bad} is not valid UTF-8`);
       req = toWatchRequest(call.request);
+      resume = call.request.resumeToken ? decodeResumeToken(call.request.resumeToken) : undefined;
+      groups = req.shard !== undefined ? [req.shard] : this.backend.shardsForPrefix(req.prefix);
+      if (groups.length === 0) {
+        throw new OpStatus(grpc.status.UNAVAILABLE, `no shard serves prefix ${JSON.stringify(req.prefix)} (cluster map epoch ${this.mapEpoch() ?? 0})`, {
+          retrySafe: true,
+        });
+      }
     } catch (e) {
       return finish(this.toStatus(e, 'watch'));
     }
-    call.sendMetadata(kvMetadata({ leader: this.leaderHint }));
-    try {
-      handle = this.backend.watch(req, sink);
-      if (finished && !backendEnded) handle.cancel();
-    } catch (e) {
-      const forwarded = metaString(call.metadata, META_FORWARDED) === '1';
-      if (e instanceof NotLeaderError && e.leaderAddress && !forwarded && e.leaderAddress !== this.self) {
-        this.leaderCache = e.leaderAddress;
-        upstream = this.forwardWatch(call, e.leaderAddress, finish, write);
-        return;
-      }
-      // E.g. CompactedRevisionError: OUT_OF_RANGE with kv-compact-revision.
-      return finish(this.toStatus(e, 'watch'));
+    multi = groups.length > 1;
+    single = multi ? undefined : groups[0];
+    progressIntervalMs = req.progressIntervalMs;
+    subs = groups.map((group) => {
+      const start = startRevision(group, req.fromRevision, resume);
+      return { group, start, seen: start > 0 ? start - 1 : undefined, reported: false, ended: false };
+    });
+    call.sendMetadata(streamMetadata());
+    for (const s of subs) {
+      if (finished) break;
+      open(s, req);
     }
   };
-
-  private forwardWatch(
-    call: grpc.ServerWritableStream<WatchRequestMsg, WatchResponseMsg>,
-    target: string,
-    finish: (s?: OpStatus) => void,
-    write: (m: WatchResponseMsg) => void,
-  ): grpc.ClientReadableStream<WatchResponseMsg> {
-    const md = new grpc.Metadata();
-    md.set(META_FORWARDED, '1');
-    const up = this.stub(target).watch(call.request, md, {});
-    up.on('data', (m: WatchResponseMsg) => write(m));
-    up.on('error', (err: grpc.ServiceError) => {
-      if (err.code === grpc.status.CANCELLED && call.cancelled) return;
-      finish(this.forwardFailure(err, target));
-    });
-    up.on('end', () => finish());
-    return up;
-  }
 
   // ---- pipeline -------------------------------------------------------------------------------
 
@@ -747,7 +1250,7 @@ class KvService implements KvServiceHandle {
 
   private pipeline: grpc.handleBidiStreamingCall<PipelineRequestMsg, PipelineResponseMsg> = (call) => {
     call.on('error', () => undefined);
-    const forwarded = metaString(call.metadata, META_FORWARDED) === '1';
+    const hops = forwardHops(call.metadata);
     const streamDeadline = deadlineOf(call);
     let inFlight = 0;
     let paused = false;
@@ -756,7 +1259,7 @@ class KvService implements KvServiceHandle {
     const onClose = (): void => {
       if (done) return;
       done = true;
-      call.emit('error', new OpStatus(grpc.status.UNAVAILABLE, 'server shutting down').toServiceError(this.leaderHint));
+      call.emit('error', this.serviceError(new OpStatus(grpc.status.UNAVAILABLE, 'server shutting down').inShard(this.soleGroup())));
     };
     const stop = (): void => {
       done = true;
@@ -765,7 +1268,7 @@ class KvService implements KvServiceHandle {
     const maybeEnd = (): void => {
       if (readEnded && inFlight === 0 && !done) {
         stop();
-        call.end(kvMetadata({ leader: this.leaderHint }));
+        call.end(this.nodeMetadata());
       }
     };
     const settle = (): void => {
@@ -779,7 +1282,7 @@ class KvService implements KvServiceHandle {
     this.closers.add(onClose);
     call.on('cancelled', stop);
     if (this.closed) return onClose();
-    call.sendMetadata(kvMetadata({ leader: this.leaderHint }));
+    call.sendMetadata(this.nodeMetadata());
     call.on('data', (req: PipelineRequestMsg) => {
       if (done) return;
       inFlight++;
@@ -787,7 +1290,7 @@ class KvService implements KvServiceHandle {
         paused = true;
         call.pause();
       }
-      const ctx: OpContext = { forwarded, deadlineMs: Math.min(streamDeadline, Date.now() + this.defaultDeadlineMs) };
+      const ctx: OpContext = { hops, lambdaHops: 0, deadlineMs: Math.min(streamDeadline, Date.now() + this.defaultDeadlineMs) };
       this.pipelineOp(req, ctx).then((res) => {
         if (done) return;
         call.write(res, () => settle());
@@ -811,10 +1314,11 @@ class KvService implements KvServiceHandle {
         delete: this.unary('delete'),
         trigger: this.unary('trigger'),
         list: this.unary('list'),
+        txn: this.unary('txn'),
         watch: this.watch,
         pipeline: this.pipeline,
       },
-      cluster: { status: this.status },
+      cluster: { status: this.status, getShardMap: this.getShardMap },
     };
   }
 }

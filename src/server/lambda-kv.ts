@@ -6,12 +6,10 @@
 import * as grpc from '@grpc/grpc-js';
 import { NotLeaderError, type KvBackend } from '../node/backend.js';
 import type { LambdaKv } from '../extensions/store-access.js';
-import { META_FORWARDED } from './metadata.js';
+import { META_FORWARDED, META_HOPS } from './metadata.js';
 import { KvStubClient, type KvStub } from './proto.js';
 import { encodePageToken } from './request-validation.js';
 
-/** Request metadata: the depth of the lambda chain that made this write (absent = a client write). */
-export const META_HOPS = 'kv-hops';
 
 function call<Req, Res>(stub: KvStub, method: 'put' | 'get' | 'delete' | 'trigger' | 'list', req: Req, md: grpc.Metadata, deadlineMs: number): Promise<Res> {
   return new Promise((resolve, reject) => {

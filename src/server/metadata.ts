@@ -1,15 +1,35 @@
-/** The gRPC metadata conventions shared by the kvcascade services and clients (leader hints, forwarding, retry safety, compaction). */
+/** The gRPC metadata conventions shared by the kvcascade services and clients (per-shard leader hints, shard and map epoch, forwarding hop counts, retry safety, compaction). */
 import * as grpc from '@grpc/grpc-js';
 
 /**
  * Response metadata (trailers of unary calls and errors; initial metadata and trailers of
- * streams): the client-API address of the shard leader, when the node knows it. Clients send
- * later calls there directly.
+ * streams): the client-API address of the leader of the shard named by {@link META_SHARD}, when
+ * the node knows it. Clients send later calls for that shard there directly. It is only sent
+ * together with `kv-shard` (except by a node whose cluster map cannot route the request), never
+ * for calls that spanned several shards.
  */
 export const META_LEADER = 'kv-leader';
 
-/** Request metadata `kv-forwarded: 1`: a node forwarded this call to the leader; a non-leader answers UNAVAILABLE instead of forwarding again. */
+/** Response metadata: the shard (Raft group id, decimal) that served a single-shard call; `kv-leader` is that shard's leader. */
+export const META_SHARD = 'kv-shard';
+
+/**
+ * Response metadata on every response: the epoch of the cluster map the serving node routes
+ * with (decimal). A client whose cached map is older refetches it (Cluster.GetShardMap).
+ */
+export const META_MAP_EPOCH = 'kv-map-epoch';
+
+/**
+ * Request metadata `kv-forwarded: <n>`: how many times nodes already forwarded this call toward
+ * the shard's leader (absent = 0; the old value `1` means one hop). A node that cannot serve a
+ * call forwards it again only while n < {@link MAX_FORWARD_HOPS} (so "client → node not hosting
+ * the shard → a follower replica → leader" works); otherwise it answers UNAVAILABLE, retry-safe,
+ * with the leader hint.
+ */
 export const META_FORWARDED = 'kv-forwarded';
+
+/** Forwarding stops at this many hops (see {@link META_FORWARDED}). */
+export const MAX_FORWARD_HOPS = 2;
 
 /** Error metadata `kv-retry-safe: 1`: the request was definitely not executed, so retrying a write cannot apply it twice. */
 export const META_RETRY_SAFE = 'kv-retry-safe';
@@ -23,9 +43,31 @@ export function metaString(md: grpc.Metadata | undefined | null, key: string): s
   return typeof v === 'string' ? v : v === undefined ? undefined : v.toString('utf8');
 }
 
+/** A non-negative safe integer in decimal, or undefined. */
+function metaUint(md: grpc.Metadata | undefined | null, key: string): number | undefined {
+  const s = metaString(md, key);
+  if (s === undefined || !/^[0-9]{1,16}$/.test(s)) return undefined;
+  const n = Number(s);
+  return Number.isSafeInteger(n) ? n : undefined;
+}
+
+/**
+ * The hop count of a request's `kv-forwarded` metadata: 0 when absent; a malformed value counts
+ * as {@link MAX_FORWARD_HOPS} (never forwarded again, so it cannot loop).
+ */
+export function forwardHops(md: grpc.Metadata | undefined | null): number {
+  if (metaString(md, META_FORWARDED) === undefined) return 0;
+  return Math.min(metaUint(md, META_FORWARDED) ?? MAX_FORWARD_HOPS, MAX_FORWARD_HOPS);
+}
+
 /** Fields of a response's kvcascade metadata. */
 export interface KvMetadataFields {
+  /** Leader of `shard` (client-API address). */
   readonly leader?: string | undefined;
+  /** The shard that served the call. */
+  readonly shard?: number | undefined;
+  /** The serving node's cluster map epoch. */
+  readonly mapEpoch?: number | undefined;
   readonly retrySafe?: boolean | undefined;
   readonly compactRevision?: number | undefined;
 }
@@ -34,19 +76,21 @@ export interface KvMetadataFields {
 export function kvMetadata(fields: KvMetadataFields): grpc.Metadata {
   const md = new grpc.Metadata();
   if (fields.leader) md.set(META_LEADER, fields.leader);
+  if (fields.shard !== undefined) md.set(META_SHARD, String(fields.shard));
+  if (fields.mapEpoch !== undefined) md.set(META_MAP_EPOCH, String(fields.mapEpoch));
   if (fields.retrySafe) md.set(META_RETRY_SAFE, '1');
   if (fields.compactRevision !== undefined) md.set(META_COMPACT_REVISION, String(fields.compactRevision));
   return md;
 }
 
-/** Reads the kvcascade fields of response metadata. */
+/** Reads the kvcascade fields of response metadata (malformed numbers read as absent). */
 export function readKvMetadata(md: grpc.Metadata | undefined | null): KvMetadataFields {
-  const compact = metaString(md, META_COMPACT_REVISION);
-  const n = compact === undefined ? NaN : Number(compact);
   return {
     leader: metaString(md, META_LEADER) || undefined,
+    shard: metaUint(md, META_SHARD),
+    mapEpoch: metaUint(md, META_MAP_EPOCH),
     retrySafe: metaString(md, META_RETRY_SAFE) === '1',
-    compactRevision: Number.isSafeInteger(n) && n >= 0 ? n : undefined,
+    compactRevision: metaUint(md, META_COMPACT_REVISION),
   };
 }
 
@@ -61,3 +105,6 @@ export function neverReachedServer(err: { code?: number; details?: string } | un
   const d = err.details ?? '';
   return d.startsWith('No connection established') || d.startsWith('Stream refused by server');
 }
+
+/** Request metadata: the depth of the extension lambda chain that made this write (absent = a client write); the hop limit holds across nodes. */
+export const META_HOPS = 'kv-hops';

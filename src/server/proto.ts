@@ -102,6 +102,8 @@ export interface ListRequestMsg {
   pageToken?: string;
   keysOnly?: boolean;
   consistency?: ConsistencyName | number;
+  /** List exactly this shard (unset: every shard the prefix spans, merged). */
+  shard?: number | null;
 }
 
 /** kvcascade.v1.KeyValue. */
@@ -117,6 +119,8 @@ export interface ListResponseMsg {
   items?: KeyValueMsg[];
   nextPageToken?: string;
   revision?: number;
+  /** Each listed shard's revision, keyed by the shard id in decimal. */
+  shardRevisions?: Record<string, number>;
 }
 
 /** kvcascade.v1.WatchRequest. */
@@ -124,6 +128,10 @@ export interface WatchRequestMsg {
   prefix?: string;
   fromRevision?: number;
   progressIntervalMs?: number;
+  /** Watch exactly this shard (unset: every shard the prefix spans, merged). */
+  shard?: number | null;
+  /** Resume from a previous response's resume_token. */
+  resumeToken?: string;
 }
 
 /** kvcascade.v1.EventType as an enum name. */
@@ -136,6 +144,8 @@ export interface EventMsg {
   value?: Uint8Array;
   revision?: number;
   timestampMs?: number;
+  /** The shard (group) of the change. */
+  shard?: number;
 }
 
 /** kvcascade.v1.WatchResponse. */
@@ -146,6 +156,45 @@ export interface WatchResponseMsg {
   canceled?: boolean;
   cancelReason?: string;
   compactRevision?: number;
+  /** Every shard's revision seen so far (opaque; resume with it). */
+  resumeToken?: string;
+}
+
+/** kvcascade.v1.TxnCompare. */
+export interface TxnCompareMsg {
+  key?: string;
+  version?: number;
+}
+
+/** kvcascade.v1.TxnWrite (`op` names the set member of the oneof). */
+export interface TxnWriteMsg {
+  put?: PutRequestMsg;
+  delete?: DeleteRequestMsg;
+  op?: 'put' | 'delete';
+}
+
+/** kvcascade.v1.TxnRequest. */
+export interface TxnRequestMsg {
+  compares?: TxnCompareMsg[];
+  writes?: TxnWriteMsg[];
+}
+
+/** kvcascade.v1.TxnResponse. */
+export interface TxnResponseMsg {
+  succeeded?: boolean;
+  revision?: number;
+  timestampMs?: number;
+  failedCompares?: number[];
+  shard?: number;
+}
+
+/** kvcascade.v1.GetShardMapRequest. */
+export type GetShardMapRequestMsg = Record<string, never>;
+
+/** kvcascade.v1.GetShardMapResponse. */
+export interface GetShardMapResponseMsg {
+  epoch?: number;
+  mapJson?: string;
 }
 
 /** kvcascade.v1.PipelineRequest (`op` names the set member of the oneof). */
@@ -191,6 +240,17 @@ export interface GroupStatusMsg {
   voters?: number[];
   learners?: number[];
   revision?: number;
+  /** The shard's pool ('' = default pool); unset for the metadata group. */
+  pool?: string | null;
+  shardIndex?: number;
+  descriptorEpoch?: number;
+  /**
+   * On the leader: node id → acknowledged log index. Encode with decimal keys; protobufjs decodes
+   * uint64 map keys as 8-character little-endian "long hash" strings, not decimal.
+   */
+  matched?: Record<string, number>;
+  /** Live keys in the shard. */
+  keys?: number;
 }
 
 /** kvcascade.v1.Member. */
@@ -205,6 +265,7 @@ export interface StatusResponseMsg {
   version?: string;
   groups?: GroupStatusMsg[];
   members?: MemberMsg[];
+  mapEpoch?: number;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -220,11 +281,13 @@ export interface KvServiceHandlers extends grpc.UntypedServiceImplementation {
   list: grpc.handleUnaryCall<ListRequestMsg, ListResponseMsg>;
   watch: grpc.handleServerStreamingCall<WatchRequestMsg, WatchResponseMsg>;
   pipeline: grpc.handleBidiStreamingCall<PipelineRequestMsg, PipelineResponseMsg>;
+  txn: grpc.handleUnaryCall<TxnRequestMsg, TxnResponseMsg>;
 }
 
 /** Server-side handlers of kvcascade.v1.Cluster. */
 export interface ClusterServiceHandlers extends grpc.UntypedServiceImplementation {
   status: grpc.handleUnaryCall<StatusRequestMsg, StatusResponseMsg>;
+  getShardMap: grpc.handleUnaryCall<GetShardMapRequestMsg, GetShardMapResponseMsg>;
 }
 
 /** A unary client method of a generated stub. */
@@ -244,6 +307,7 @@ export interface KvStub extends grpc.Client {
   delete: UnaryMethod<DeleteRequestMsg, DeleteResponseMsg>;
   trigger: UnaryMethod<TriggerRequestMsg, TriggerResponseMsg>;
   list: UnaryMethod<ListRequestMsg, ListResponseMsg>;
+  txn: UnaryMethod<TxnRequestMsg, TxnResponseMsg>;
   watch(
     request: WatchRequestMsg,
     metadata?: grpc.Metadata,
@@ -258,6 +322,7 @@ export interface KvStub extends grpc.Client {
 /** Client stub of kvcascade.v1.Cluster. */
 export interface ClusterStub extends grpc.Client {
   status: UnaryMethod<StatusRequestMsg, StatusResponseMsg>;
+  getShardMap: UnaryMethod<GetShardMapRequestMsg, GetShardMapResponseMsg>;
 }
 
 /** Constructs a stub for one address. */

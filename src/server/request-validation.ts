@@ -1,4 +1,4 @@
-/** Client-API request checks shared by the gRPC services and the client: keys, prefixes, values, numbers and page tokens. */
+/** Client-API request checks shared by the gRPC services and the client: keys, prefixes, values, numbers, page tokens and watch resume tokens. */
 import { isUtf8 } from 'node:buffer';
 import { MAX_VALUE_BYTES, ValidationError, validateKey, validatePrefix } from '../statemachine/index.js';
 
@@ -79,4 +79,53 @@ export function decodePageToken(token: string, prefix: string): string {
   }
   if (!key.startsWith(prefix)) bad('it belongs to a different prefix');
   return key;
+}
+
+/** Version of the watch resume token format ({@link encodeResumeToken}). */
+export const RESUME_TOKEN_VERSION = 1;
+
+/**
+ * The opaque watch resume token for "every shard's changes up to these revisions have been
+ * seen": base64url (no padding) of the UTF-8 JSON `{"v":1,"s":{"<group>":<revision>,...}}`.
+ * An empty map encodes to a valid token naming no shard (distinct from the empty string, which
+ * means "no token").
+ */
+export function encodeResumeToken(seen: ReadonlyMap<number, number>): string {
+  const s: Record<string, number> = {};
+  for (const [group, revision] of [...seen].sort((a, b) => a[0] - b[0])) s[String(group)] = revision;
+  return Buffer.from(JSON.stringify({ v: RESUME_TOKEN_VERSION, s }), 'utf8').toString('base64url');
+}
+
+/**
+ * Decodes a token produced by {@link encodeResumeToken} into group → last seen revision. Throws
+ * ValidationError (INVALID_ARGUMENT) for anything else: non-canonical base64url, invalid JSON,
+ * an unknown version, group ids or revisions that are not non-negative safe integers.
+ */
+export function decodeResumeToken(token: string): Map<number, number> {
+  const bad = (why: string): never => {
+    throw new ValidationError('INVALID_ARGUMENT', `invalid resume token: ${why}`);
+  };
+  if (!/^[A-Za-z0-9_-]+$/.test(token)) bad('not base64url');
+  const bytes = Buffer.from(token, 'base64url');
+  if (bytes.toString('base64url') !== token) bad('not canonical base64url');
+  if (!isUtf8(bytes)) bad('not UTF-8');
+  let v: unknown;
+  try {
+    v = JSON.parse(bytes.toString('utf8'));
+  } catch {
+    bad('not JSON');
+  }
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) return bad('not a JSON object');
+  const o = v as Record<string, unknown>;
+  if (o.v !== RESUME_TOKEN_VERSION) bad(`unknown version ${JSON.stringify(o.v)}`);
+  const s = o.s;
+  if (typeof s !== 'object' || s === null || Array.isArray(s)) return bad('missing shard revisions');
+  const out = new Map<number, number>();
+  for (const [k, rev] of Object.entries(s as Record<string, unknown>)) {
+    const group = /^(0|[1-9][0-9]{0,15})$/.test(k) ? Number(k) : NaN;
+    if (!Number.isSafeInteger(group)) bad(`invalid shard id ${JSON.stringify(k)}`);
+    if (typeof rev !== 'number' || !Number.isSafeInteger(rev) || rev < 0) bad(`invalid revision of shard ${k}`);
+    out.set(group, rev as number);
+  }
+  return out;
 }

@@ -1,8 +1,9 @@
-/** Test helpers shared by the server, client and CLI tests: loopback servers over a MemoryBackend, raw stubs, unary calls with trailers, a capturing logger. */
+/** Test helpers shared by the server, client and CLI tests: loopback servers over a MemoryBackend (whose map then names the server), raw stubs, unary calls with trailers, a capturing logger. */
 import * as grpc from '@grpc/grpc-js';
 import type { KvBackend } from '../../src/node/backend.js';
 import { startKvServer, type KvServiceLogger, type KvServiceOptions, type RunningKvServer } from '../../src/server/kv-service.js';
 import { ClusterStubClient, KvStubClient, type ClusterStub, type KvStub } from '../../src/server/proto.js';
+import { MemoryBackend } from './memory-backend.js';
 
 /** A logger that records every line (level, fields, message). */
 export interface CapturingLogger extends KvServiceLogger {
@@ -20,13 +21,19 @@ export function captureLog(): CapturingLogger {
   };
 }
 
-/** Starts a server over `backend` on 127.0.0.1 (ephemeral port unless `port` is given). */
-export function serve(
+/**
+ * Starts a server over `backend` on 127.0.0.1 (ephemeral port unless `port` is given). A
+ * MemoryBackend whose map member has no address yet gets this server's (so map-routing clients
+ * reach it).
+ */
+export async function serve(
   backend: KvBackend,
   service: Omit<KvServiceOptions, 'selfAddress'> = {},
   port = 0,
 ): Promise<RunningKvServer> {
-  return startKvServer(backend, { bind: `127.0.0.1:${port}`, service: { log: captureLog(), ...service } });
+  const srv = await startKvServer(backend, { bind: `127.0.0.1:${port}`, service: { log: captureLog(), ...service } });
+  if (backend instanceof MemoryBackend && !backend.addressSet) backend.setAddress(srv.address);
+  return srv;
 }
 
 /** Raw stubs for one address. */

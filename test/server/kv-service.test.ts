@@ -2,7 +2,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { afterEach, describe, expect, it } from 'vitest';
 import { DeadlineError, NotLeaderError, OverloadedError, UnavailableError, type KvBackend } from '../../src/node/backend.js';
-import { META_COMPACT_REVISION, META_FORWARDED, META_LEADER, META_RETRY_SAFE, metaString } from '../../src/server/metadata.js';
+import { MAX_FORWARD_HOPS, META_COMPACT_REVISION, META_FORWARDED, META_LEADER, META_RETRY_SAFE, metaString } from '../../src/server/metadata.js';
 import { decodePageToken, encodePageToken } from '../../src/server/request-validation.js';
 import type {
   DeleteResponseMsg,
@@ -289,10 +289,13 @@ describe('error mapping', () => {
       delete: (r, o) => backend.delete(r, o),
       trigger: (r, o) => backend.trigger(r, o),
       list: (r, o) => backend.list(r, o),
+      txn: (r, o) => backend.txn(r, o),
       watch: () => {
         throw new Error('watch boom');
       },
       status: () => Promise.reject(new Error('status boom')),
+      shardMap: () => backend.shardMap(),
+      shardsForPrefix: (p) => backend.shardsForPrefix(p),
     };
     const { kv, cluster } = await start(broken, { log });
     const out = await unary(kv, 'put', { key: 'k', value: utf8('v') });
@@ -396,19 +399,19 @@ describe('forwarding to the leader', () => {
     // Invalid triggers are refused by the follower itself.
     expectError(await unary(follower.kv, 'trigger', { key: '', value: utf8('x') }), grpc.status.INVALID_ARGUMENT);
     expect(leaderBackend.calls.trigger).toBe(1);
-    // A forwarded trigger that reaches a non-leader is not forwarded again.
+    // A trigger forwarded MAX_FORWARD_HOPS times that reaches a non-leader is not forwarded again.
     const md = new grpc.Metadata();
-    md.set(META_FORWARDED, '1');
+    md.set(META_FORWARDED, String(MAX_FORWARD_HOPS));
     const out = await unary(follower.kv, 'trigger', { key: 't', value: utf8('x') }, { metadata: md });
     expect(expectError(out, grpc.status.UNAVAILABLE).details).toMatch(/forwarded/);
     expect(metaString(out.trailers, META_RETRY_SAFE)).toBe('1');
     expect(leaderBackend.calls.trigger).toBe(1);
   });
 
-  it('answers UNAVAILABLE (retry-safe, with kv-leader) when a forwarded request reaches a non-leader', async () => {
+  it('answers UNAVAILABLE (retry-safe, with kv-leader) when a request forwarded twice reaches a non-leader', async () => {
     const { follower, leader } = await pair();
     const md = new grpc.Metadata();
-    md.set(META_FORWARDED, '1');
+    md.set(META_FORWARDED, '2');
     const out = await unary(follower.kv, 'put', { key: 'k', value: utf8('v') }, { metadata: md });
     expect(expectError(out, grpc.status.UNAVAILABLE).details).toMatch(/forwarded/);
     expect(metaString(out.trailers, META_RETRY_SAFE)).toBe('1');

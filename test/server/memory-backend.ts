@@ -1,5 +1,6 @@
-/** An in-memory KvBackend twin on one KvStateMachine (single replica, commands applied directly) with fault injection, for service, client and CLI tests. */
+/** An in-memory KvBackend twin (one KvStateMachine per simulated shard, single replica, commands applied directly) with fault injection, for service, client and CLI tests. */
 import {
+  CrossShardError,
   NotLeaderError,
   type CallOptions,
   type DeleteRequest,
@@ -12,13 +13,16 @@ import {
   type PutRequest,
   type TriggerRequest,
   type TriggerResponse,
+  type TxnRequest,
   type WatchHandle,
   type WatchRequest,
   type WatchSink,
 } from '../../src/node/backend.js';
+import { initialMap, shardOf, shardsForPrefix, type ClusterMap } from '../../src/sharding/index.js';
 import {
   CompactedRevisionError,
   KvStateMachine,
+  ValidationError,
   type Command,
   type CommandResult,
   type DeleteResult,
@@ -26,10 +30,11 @@ import {
   type KvStateMachineOptions,
   type PutResult,
   type TriggerResult,
+  type TxnResult,
 } from '../../src/statemachine/index.js';
 
 /** The backend operations (for hooks and call counters). */
-export type MemoryOp = 'put' | 'get' | 'delete' | 'trigger' | 'list' | 'watch' | 'status';
+export type MemoryOp = 'put' | 'get' | 'delete' | 'trigger' | 'list' | 'txn' | 'watch' | 'status';
 
 /** Options of {@link MemoryBackend}. */
 export interface MemoryBackendOptions extends KvStateMachineOptions {
@@ -39,12 +44,32 @@ export interface MemoryBackendOptions extends KvStateMachineOptions {
   readonly now?: () => number;
   /** Node id reported by status (default 1). */
   readonly nodeId?: number;
+  /**
+   * Shards to simulate (default 1): the map is `initialMap` with one member and this many shards
+   * in the default pool (groups 1..shards); keys go to `shardOf(map, key)`, each shard has its
+   * own KvStateMachine and revisions.
+   */
+  readonly shards?: number;
+  /** The map epoch reported by `shardMap()` and status (default 1). */
+  readonly mapEpoch?: number;
+  /**
+   * The client-API address of the map's one member (default: unset, then the first server the
+   * test harness starts over this backend; before that `127.0.0.1:1`, which refuses connections).
+   */
+  readonly address?: string;
 }
 
 /** A flow-controlled sink (the optional capabilities the gRPC service's sink offers). */
 interface FlowSink extends WatchSink {
   writable?(): boolean;
   onDrain?(cb: () => void): void;
+}
+
+/** One simulated shard: its state machine and applied index. */
+interface MemoryShard {
+  readonly group: number;
+  readonly sm: KvStateMachine;
+  index: number;
 }
 
 class MemoryWatcher implements WatchHandle {
@@ -62,10 +87,12 @@ class MemoryWatcher implements WatchHandle {
 
   constructor(
     private readonly owner: MemoryBackend,
+    readonly group: number,
+    private readonly sm: KvStateMachine,
     readonly req: WatchRequest,
     private readonly sink: FlowSink,
   ) {
-    const current = owner.sm.revision;
+    const current = sm.revision;
     this.next = req.fromRevision > 0 ? req.fromRevision : current + 1;
     this.seen = this.next - 1;
     this.timer = setInterval(() => this.progressTick(), Math.max(10, req.progressIntervalMs || 1000));
@@ -125,7 +152,7 @@ class MemoryWatcher implements WatchHandle {
     if (this.closed) return;
     if (!this.writable()) return this.waitDrain();
     if (!this.live) {
-      const sm = this.owner.sm;
+      const sm = this.sm;
       while (!this.closed && this.next <= sm.revision) {
         let page;
         try {
@@ -164,54 +191,111 @@ class MemoryWatcher implements WatchHandle {
 }
 
 /**
- * A single-replica KvBackend: commands go straight to a KvStateMachine; watches read history with
- * `eventsSince`, then buffer live events (a watcher whose buffer overflows is cancelled as slow).
- * Tests can make it a follower (`setNotLeader`), inject failures or delays (`before`), and count calls.
+ * A single-replica KvBackend: commands go straight to the KvStateMachine of the key's shard;
+ * watches read history with `eventsSince`, then buffer live events (a watcher whose buffer
+ * overflows is cancelled as slow). With `shards > 1` it simulates a sharded node hosting every
+ * shard: list and watch then need one shard (`req.shard`, or a prefix of one shard), like a kvd
+ * node. Tests can make shards followers (`setNotLeader`), inject failures or delays (`before`),
+ * and count calls.
  */
 export class MemoryBackend implements KvBackend {
-  readonly sm: KvStateMachine;
   readonly maxWatchBuffer: number;
   readonly watchers = new Set<MemoryWatcher>();
+  /** Each shard's state machine, by group. */
+  readonly sms: ReadonlyMap<number, KvStateMachine>;
   /** Calls per operation. */
-  readonly calls: Record<MemoryOp, number> = { put: 0, get: 0, delete: 0, trigger: 0, list: 0, watch: 0, status: 0 };
+  readonly calls: Record<MemoryOp, number> = { put: 0, get: 0, delete: 0, trigger: 0, list: 0, txn: 0, watch: 0, status: 0 };
   /** The CallOptions of the most recent call. */
   lastCallOptions: CallOptions | undefined;
   /** Run at the start of every operation (after counting it): throw to fail it, return a promise to delay it. */
   before: ((op: MemoryOp, req: unknown) => void | Promise<void>) | undefined;
-  private notLeader: { readonly leaderId: number; readonly leaderAddress: string | undefined } | undefined;
-  private index = 0;
+  private readonly shards = new Map<number, MemoryShard>();
+  /** Shared by objects created with `Object.create(backend)` (tests wrap backends so). */
+  private readonly mapHolder: { map: ClusterMap; addressSet: boolean };
+  private readonly notLeader = new Map<number, { readonly leaderId: number; readonly leaderAddress: string | undefined }>();
   private readonly now: () => number;
   private readonly nodeId: number;
 
   /** Creates an empty store. */
   constructor(opts: MemoryBackendOptions = {}) {
-    this.sm = new KvStateMachine(opts);
     this.maxWatchBuffer = opts.maxWatchBuffer ?? 10_000;
     this.now = opts.now ?? Date.now;
     this.nodeId = opts.nodeId ?? 1;
+    const map = initialMap([{ id: this.nodeId, address: opts.address ?? '127.0.0.1:1' }], { shards: opts.shards ?? 1, replicas: 1 });
+    this.mapHolder = { map: { ...map, epoch: opts.mapEpoch ?? 1 }, addressSet: opts.address !== undefined };
+    for (const s of this.map.shards) this.shards.set(s.group, { group: s.group, sm: new KvStateMachine(opts), index: 0 });
+    this.sms = new Map([...this.shards].map(([g, s]) => [g, s.sm]));
   }
 
-  /** Makes writes and linearizable reads throw NotLeaderError (leader unknown when `leaderAddress` is undefined and `leaderId` 0). */
-  setNotLeader(leaderAddress: string | undefined, leaderId = leaderAddress ? 2 : 0): void {
-    this.notLeader = { leaderId, leaderAddress };
+  /** The cluster map routed with. */
+  get map(): ClusterMap {
+    return this.mapHolder.map;
   }
 
-  /** Makes this backend the leader again. */
-  setLeader(): void {
-    this.notLeader = undefined;
+  /** Whether the member address was given or set (the harness sets it to the first server's address otherwise). */
+  get addressSet(): boolean {
+    return this.mapHolder.addressSet;
   }
 
-  /** Applies a command directly (as if committed); returns its result. Rejected commands throw their ValidationError. */
-  apply(cmd: Command): CommandResult {
-    const out = this.sm.apply(++this.index, this.now(), cmd);
+  /** Sets the client-API address of the map's member (same epoch: call it before clients fetch the map). */
+  setAddress(address: string): void {
+    const map = this.mapHolder.map;
+    this.mapHolder.map = { ...map, members: map.members.map((m) => ({ ...m, address })) };
+    this.mapHolder.addressSet = true;
+  }
+
+  /** The state machine of the first shard (group 1): the whole store when there is one shard. */
+  get sm(): KvStateMachine {
+    return this.shards.get(this.map.shards[0]!.group)!.sm;
+  }
+
+  /** The groups, ascending. */
+  get groups(): number[] {
+    return [...this.shards.keys()];
+  }
+
+  /** The group `key` belongs to. */
+  groupOf(key: string): number {
+    return shardOf(this.map, key).group;
+  }
+
+  /** The state machine of `key`'s shard. */
+  smOf(key: string): KvStateMachine {
+    return this.shards.get(this.groupOf(key))!.sm;
+  }
+
+  /**
+   * Makes writes and linearizable reads of `groups` (default: every shard) throw NotLeaderError
+   * (leader unknown when `leaderAddress` is undefined and `leaderId` 0; `leaderId` 0 with an
+   * address means "a node that hosts the shard", as a node not hosting it reports).
+   */
+  setNotLeader(leaderAddress: string | undefined, leaderId = leaderAddress ? 2 : 0, groups: readonly number[] = this.groups): void {
+    for (const g of groups) this.notLeader.set(g, { leaderId, leaderAddress });
+  }
+
+  /** Makes this backend the leader of `groups` (default: every shard) again. */
+  setLeader(groups: readonly number[] = this.groups): void {
+    for (const g of groups) this.notLeader.delete(g);
+  }
+
+  /**
+   * Applies a command directly (as if committed) to `group`, by default the shard of its key(s)
+   * (CrossShardError if a txn's keys differ; keyless commands go to the first shard); returns its
+   * result. Rejected commands throw their ValidationError.
+   */
+  apply(cmd: Command, group?: number): CommandResult {
+    const g = group ?? this.commandGroup(cmd);
+    const shard = this.shards.get(g);
+    if (!shard) throw new ValidationError('INVALID_ARGUMENT', `shard ${g} does not exist`);
+    const out = shard.sm.apply(++shard.index, this.now(), cmd);
     if (out.result.type === 'rejected') throw out.result.error;
-    if (out.events.length > 0) for (const w of [...this.watchers]) w.publish(out.events);
+    if (out.events.length > 0) for (const w of [...this.watchers]) if (w.group === g) w.publish(out.events);
     return out.result;
   }
 
-  /** Compacts history so `revision` is the oldest readable one. */
-  compact(revision: number): void {
-    this.apply({ type: 'compact', revision });
+  /** Compacts the history of `group` (default the first shard) so `revision` is the oldest readable one. */
+  compact(revision: number, group = this.map.shards[0]!.group): void {
+    this.apply({ type: 'compact', revision }, group);
   }
 
   /** Cancels every watch from the server side (as a node would on shutdown). */
@@ -219,15 +303,59 @@ export class MemoryBackend implements KvBackend {
     for (const w of [...this.watchers]) w.serverCancel(reason);
   }
 
-  private async enter(op: MemoryOp, req: unknown, opts: CallOptions | undefined, needsLeader: boolean): Promise<void> {
+  private commandGroup(cmd: Command): number {
+    switch (cmd.type) {
+      case 'put':
+      case 'delete':
+      case 'triggerPut':
+        return this.groupOf(cmd.key);
+      case 'txn':
+        return this.groupOfKeys([...cmd.compares.map((c) => c.key), ...cmd.writes.map((w) => w.key)]);
+      default:
+        return this.map.shards[0]!.group;
+    }
+  }
+
+  /** The one shard of `keys` (CrossShardError when they span several, as a kvd node answers). */
+  private groupOfKeys(keys: readonly string[]): number {
+    let first: { key: string; group: number } | undefined;
+    for (const key of keys) {
+      const group = this.groupOf(key);
+      if (!first) first = { key, group };
+      else if (group !== first.group) {
+        throw new CrossShardError(`keys ${JSON.stringify(first.key)} (shard ${first.group}) and ${JSON.stringify(key)} (shard ${group}) are in different shards`);
+      }
+    }
+    if (!first) throw new CrossShardError('an atomic operation needs at least one key');
+    return first.group;
+  }
+
+  /** The one group of a prefix-scoped request: `shard` when given, else the prefix's only shard. */
+  private groupForPrefix(prefix: string, shard: number | undefined): number {
+    if (shard !== undefined) {
+      if (!this.shards.has(shard)) throw new ValidationError('INVALID_ARGUMENT', `shard ${shard} does not exist (map epoch ${this.map.epoch})`);
+      return shard;
+    }
+    const groups = this.shardsForPrefix(prefix);
+    if (groups.length !== 1) throw new ValidationError('INVALID_ARGUMENT', `prefix ${JSON.stringify(prefix)} spans ${groups.length} shards; name one shard`);
+    return groups[0]!;
+  }
+
+  private async enter(op: MemoryOp, req: unknown, opts: CallOptions | undefined): Promise<void> {
     this.calls[op]++;
     if (opts) this.lastCallOptions = opts;
     if (this.before) await this.before(op, req);
-    if (needsLeader && this.notLeader) throw new NotLeaderError(this.notLeader.leaderId, this.notLeader.leaderAddress);
+  }
+
+  private requireLeader(group: number): void {
+    const nl = this.notLeader.get(group);
+    if (nl) throw new NotLeaderError(nl.leaderId, nl.leaderAddress, group);
   }
 
   async put(req: PutRequest, opts: CallOptions): Promise<PutResult> {
-    await this.enter('put', req, opts, true);
+    await this.enter('put', req, opts);
+    const group = this.groupOf(req.key);
+    this.requireLeader(group);
     const cmd: Command = {
       type: 'put',
       key: req.key,
@@ -235,38 +363,55 @@ export class MemoryBackend implements KvBackend {
       ...(req.expectedVersion !== undefined ? { expectedVersion: req.expectedVersion } : {}),
       ...(req.returnCurrentValue ? { returnPrevious: true } : {}),
     };
-    return this.apply(cmd) as PutResult;
+    return this.apply(cmd, group) as PutResult;
   }
 
   async delete(req: DeleteRequest, opts: CallOptions): Promise<DeleteResult> {
-    await this.enter('delete', req, opts, true);
+    await this.enter('delete', req, opts);
+    const group = this.groupOf(req.key);
+    this.requireLeader(group);
     const cmd: Command = {
       type: 'delete',
       key: req.key,
       ...(req.expectedVersion !== undefined ? { expectedVersion: req.expectedVersion } : {}),
     };
-    return this.apply(cmd) as DeleteResult;
+    return this.apply(cmd, group) as DeleteResult;
   }
 
   async trigger(req: TriggerRequest, opts: CallOptions): Promise<TriggerResponse> {
-    await this.enter('trigger', req, opts, true);
-    const r = this.apply({ type: 'triggerPut', key: req.key, value: req.value }) as TriggerResult;
+    await this.enter('trigger', req, opts);
+    const group = this.groupOf(req.key);
+    this.requireLeader(group);
+    const r = this.apply({ type: 'triggerPut', key: req.key, value: req.value }, group) as TriggerResult;
     return { revision: r.revision, timestampMs: r.timestampMs };
   }
 
+  /** Applies a txn command in the one shard of its keys (CrossShardError otherwise). */
+  async txn(req: TxnRequest, opts: CallOptions): Promise<TxnResult> {
+    await this.enter('txn', req, opts);
+    const group = this.groupOfKeys([...req.compares.map((c) => c.key), ...req.writes.map((w) => w.key)]);
+    this.requireLeader(group);
+    return this.apply({ type: 'txn', compares: req.compares, writes: req.writes }, group) as TxnResult;
+  }
+
   async get(req: GetRequest, opts: CallOptions): Promise<GetResponse> {
-    await this.enter('get', req, opts, req.consistency === 'linearizable');
+    await this.enter('get', req, opts);
+    const group = this.groupOf(req.key);
+    if (req.consistency === 'linearizable') this.requireLeader(group);
+    const sm = this.shards.get(group)!.sm;
     const at =
       req.atVersion !== undefined ? { atRevision: req.atVersion } : req.atTimeMs !== undefined ? { atTimeMs: req.atTimeMs } : undefined;
-    const found = this.sm.get(req.key, at);
-    const revision = this.sm.revision;
+    const found = sm.get(req.key, at);
+    const revision = sm.revision;
     if (!found) return { found: false, version: 0, timestampMs: 0, revision };
     return { found: true, value: found.value, version: found.version, timestampMs: found.timestampMs, revision };
   }
 
   async list(req: ListRequest, opts: CallOptions): Promise<ListResponse> {
-    await this.enter('list', req, opts, req.consistency === 'linearizable');
-    const page = this.sm.list(req.prefix, {
+    await this.enter('list', req, opts);
+    const group = this.groupForPrefix(req.prefix, req.shard);
+    if (req.consistency === 'linearizable') this.requireLeader(group);
+    const page = this.shards.get(group)!.sm.list(req.prefix, {
       ...(req.limit ? { limit: req.limit } : {}),
       ...(req.after !== undefined ? { after: req.after } : {}),
       keysOnly: req.keysOnly,
@@ -280,33 +425,51 @@ export class MemoryBackend implements KvBackend {
 
   watch(req: WatchRequest, sink: WatchSink): WatchHandle {
     this.calls.watch++;
-    const w = new MemoryWatcher(this, req, sink);
+    const group = this.groupForPrefix(req.prefix, req.shard);
+    const w = new MemoryWatcher(this, group, this.shards.get(group)!.sm, req, sink);
     this.watchers.add(w);
     return w;
   }
 
   async status(): Promise<NodeStatusInfo> {
-    await this.enter('status', {}, undefined, false);
-    const leader = this.notLeader ? this.notLeader.leaderId : this.nodeId;
+    await this.enter('status', {}, undefined);
     return {
       nodeId: this.nodeId,
       version: 'memory',
-      groups: [
-        {
-          group: 1,
-          leader,
+      mapEpoch: this.map.epoch,
+      groups: this.map.shards.map((info) => {
+        const shard = this.shards.get(info.group)!;
+        const nl = this.notLeader.get(info.group);
+        return {
+          group: info.group,
+          leader: nl ? nl.leaderId : this.nodeId,
           term: 1,
-          role: this.notLeader ? 'follower' : 'leader',
-          commitIndex: this.index,
-          appliedIndex: this.sm.appliedIndex,
+          role: nl ? 'follower' : 'leader',
+          commitIndex: shard.index,
+          appliedIndex: shard.sm.appliedIndex,
           firstIndex: 1,
-          lastIndex: this.index,
+          lastIndex: shard.index,
           voters: [this.nodeId],
           learners: [],
-          revision: this.sm.revision,
-        },
-      ],
+          revision: shard.sm.revision,
+          pool: info.pool,
+          shardIndex: info.index,
+          descriptorEpoch: this.map.epoch,
+          matched: nl ? new Map<number, number>() : new Map([[this.nodeId, shard.index]]),
+          keys: shard.sm.keyCount,
+        };
+      }),
       members: [{ id: this.nodeId, address: 'memory' }],
     };
+  }
+
+  /** The simulated cluster map (one member, the default pool's shards). */
+  shardMap(): ClusterMap {
+    return this.map;
+  }
+
+  /** The groups whose keys may start with `prefix`, ascending. */
+  shardsForPrefix(prefix: string): readonly number[] {
+    return shardsForPrefix(this.map, prefix).map((s) => s.group);
   }
 }
