@@ -132,6 +132,11 @@ async function main(): Promise<void> {
   const m = await metrics.serve(cfg.metricsPort);
   node.start();
   cluster.start();
+  if (cfg.join) {
+    log.info({ join: cfg.join }, 'waiting for the metadata leader to add this node and send the cluster map');
+    await node.untilMapInitialised();
+    log.info({ epoch: node.shardMap().epoch }, 'joined the cluster');
+  }
   extensions.start();
   const configured = ensureConfiguredExtensions(cfg, node, extensions, log);
   log.info({ listen: cfg.listen, port, metricsPort: m.port, dataDir: cfg.dataDir, peers: Object.fromEntries(cfg.peers) }, 'kvd started');

@@ -400,6 +400,26 @@ export class KvNode implements KvBackend {
     return this.view.current;
   }
 
+  /**
+   * Resolves once this node hosts the metadata group and has applied a written cluster map (at
+   * once on an initial member; a joining node waits for the leader to add and catch it up).
+   */
+  async untilMapInitialised(signal?: AbortSignal): Promise<void> {
+    while (!(this.replicas.has(META_GROUP) && this.view.isInitialised)) {
+      if (this.stopped || signal?.aborted) throw new UnavailableError('node stopped before it received the cluster map');
+      await new Promise<void>((resolve) => {
+        const off = this.onMapChanged(() => {
+          off();
+          resolve();
+        });
+        setTimeout(() => {
+          off();
+          resolve();
+        }, 200).unref?.();
+      });
+    }
+  }
+
   /** Calls `fn` with each new map (returns an unsubscribe function). */
   onMapChanged(fn: (map: ClusterMap) => void): () => void {
     this.mapListeners.add(fn);

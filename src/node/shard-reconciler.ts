@@ -68,7 +68,7 @@ export class ShardReconciler {
       if (!since || since.term !== term) this.leaderSince.set(r.group, { term, sinceMs: nowMs });
       try {
         if (r.group === META_GROUP) this.stepMeta(r, map, mapInitialised, initialMap);
-        else this.stepShard(r, map, nowMs);
+        else if (mapInitialised) this.stepShard(r, map, nowMs); // data shards follow the written map only
       } catch (e) {
         this.host.note(r.group, 'reconcile step failed', { err: String(e) });
       }
