@@ -42,7 +42,7 @@ function startNode(id: number): Promise<void> {
   const logFile = createWriteStream(join(dataRoot, `node-${id}.log`), { flags: 'a' });
   const child = spawn(
     process.execPath,
-    [kvd, '--id', String(id), '--listen', addresses[id - 1]!, '--peers', peers, '--data-dir', dir, '--metrics-port', String(baseMetricsPort + id), '--admin-token-file', tokenFile],
+    [kvd, '--id', String(id), '--listen', addresses[id - 1]!, '--peers', peers, '--data-dir', dir, '--metrics-port', String(baseMetricsPort + id), '--admin-token-file', tokenFile, '--default-shards', '4'],
     { stdio: ['ignore', 'pipe', 'pipe'] },
   );
   children.push(child);

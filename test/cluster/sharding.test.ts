@@ -88,6 +88,8 @@ function startLoad(client: KvClient, writers: number, prefix = '/load') {
         acked.set(key, value);
       } catch {
         errors++; // outcome unknown: not counted as acknowledged
+        // Yield to timers: a closed client rejects at once, and a tight retry loop would starve the process.
+        await new Promise((r) => setTimeout(r, 20));
       }
     }
   });
