@@ -38,13 +38,29 @@ export interface KvPipelineRes {
   error?: { code?: number; message?: string };
   result?: 'put' | 'get' | 'delete' | 'error';
 }
+/** kvcascade.v1.GroupStatus (subset). */
+export interface KvGroupStatus {
+  group?: number;
+  leader?: number;
+  term?: number;
+  /** 'Leader', 'Follower', 'Candidate', … */
+  role?: string;
+  revision?: number;
+  lastIndex?: number;
+  /** Pool and shard index (unset for the metadata group 0). */
+  pool?: string;
+  shardIndex?: number;
+}
 /** kvcascade.v1.StatusResponse (subset). */
 export interface KvStatusRes {
   nodeId?: number;
   version?: string;
-  groups?: { group?: number; leader?: number; term?: number; role?: string; revision?: number }[];
+  groups?: KvGroupStatus[];
   members?: { id?: number; address?: string }[];
+  mapEpoch?: number;
 }
+/** kvcascade.v1.GetShardMapResponse: the cluster map as JSON (`{epoch, members, metaVoters, pools, shards, nextGroup}`). */
+export interface KvShardMapRes { epoch?: number; mapJson?: string }
 /** kvcascade.v1.WatchRequest. */
 export interface KvWatchReq { prefix: string; fromRevision?: number; progressIntervalMs?: number }
 /** kvcascade.v1.Event. */
@@ -69,6 +85,7 @@ export interface KvStub extends grpc.Client {
 /** Client stub of kvcascade.v1.Cluster. */
 export interface KvClusterStub extends grpc.Client {
   status: Unary<Record<string, never>, KvStatusRes>;
+  getShardMap: Unary<Record<string, never>, KvShardMapRes>;
 }
 
 // ---- etcdserverpb messages (only the fields the benchmark touches) ----
@@ -271,9 +288,24 @@ export class KvDriver implements Driver {
   readonly stub: KvStub;
   private readonly keys: string[] = [];
 
-  /** Connects (lazily) to `address`; `timeoutMs` is the per-call deadline; keys are `keyName(i, keyPrefix)`. */
-  constructor(address: string, private readonly timeoutMs: number, private readonly keyPrefix?: string) {
+  /** Connects (lazily) to `address` (kept as {@link address}); `timeoutMs` is the per-call deadline; keys are `keyName(i, keyPrefix)`. */
+  constructor(readonly address: string, private readonly timeoutMs: number, private readonly keyPrefix?: string) {
     this.stub = kvStub(address);
+  }
+
+  /**
+   * Unconditional write of `value` to key `i`, resolving with the response trailers (where kvd
+   * puts `kv-leader`/`kv-shard`); a failure rejects with the ServiceError, whose `metadata` has them too.
+   * The same single Put RPC as {@link put}, plus one `status` listener.
+   */
+  putWithTrailers(i: number, value: Uint8Array): Promise<grpc.Metadata> {
+    return new Promise<grpc.Metadata>((resolve, reject) => {
+      let failure: grpc.ServiceError | null = null;
+      const c = this.stub.put({ key: this.key(i), value }, new grpc.Metadata(), { deadline: Date.now() + this.timeoutMs }, (err) => {
+        failure = err;
+      });
+      c.on('status', (st: grpc.StatusObject) => (failure ? reject(failure) : resolve(st.metadata)));
+    });
   }
 
   /** The key string of index `i` (cached). */

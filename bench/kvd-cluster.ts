@@ -2,7 +2,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { closeSync, existsSync, openSync } from 'node:fs';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { call, kvClusterStub, type KvStatusRes } from './clients.js';
@@ -18,6 +18,8 @@ export interface KvdClusterOptions {
   readonly startTimeoutMs?: number;
   /** Extra flags appended to every kvd command line. */
   readonly extraArgs?: readonly string[];
+  /** Shards of the default pool of the new cluster (`--default-shards N`; kvd's default, 1, when absent). */
+  readonly defaultShards?: number;
   /** Progress messages. */
   readonly log?: (msg: string) => void;
 }
@@ -98,6 +100,7 @@ async function startOnce(bin: string, opts: KvdClusterOptions): Promise<RunningC
         '--data-dir', n.dir,
         '--metrics-port', '0',
         '--admin-token-file', tokenFile,
+        ...(opts.defaultShards === undefined ? [] : ['--default-shards', String(opts.defaultShards)]),
         ...(opts.extraArgs ?? []),
       ];
       const fd = openSync(n.logPath, 'a');
@@ -143,7 +146,28 @@ async function startOnce(bin: string, opts: KvdClusterOptions): Promise<RunningC
     dataDir,
     pids: () => nodes.flatMap((n) => (n.child?.pid === undefined ? [] : [n.child.pid])),
     adminToken,
+    metricsPorts: () => Promise.all(nodes.map((n) => readyMetricsPort(n.logPath))),
     stop,
   };
+}
+
+/** The `/metrics` port from kvd's `{"event":"ready",…,"metricsPort":P}` stdout line in `logPath`, if it is there. */
+async function readyMetricsPort(logPath: string): Promise<number | undefined> {
+  let text: string;
+  try {
+    text = await readFile(logPath, 'utf8');
+  } catch {
+    return undefined;
+  }
+  for (const line of text.split('\n')) {
+    if (!line.includes('"ready"')) continue;
+    try {
+      const o = JSON.parse(line) as { event?: unknown; metricsPort?: unknown };
+      if (o.event === 'ready' && typeof o.metricsPort === 'number') return o.metricsPort;
+    } catch {
+      // a log line that merely mentions "ready"
+    }
+  }
+  return undefined;
 }
 

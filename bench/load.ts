@@ -3,25 +3,45 @@ import { fork, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import * as hdr from 'hdr-histogram-js';
+import type * as grpc from '@grpc/grpc-js';
 import { KvDriver, makeDriver, type Driver, type KvPipelineReq, type KvPipelineRes, type SystemName } from './clients.js';
+import { KeyRouter, type RoutingSpec } from './shards.js';
 import { machineBusySeconds, processCpuSeconds } from './util.js';
 
 /**
- * The workloads: `pipelined-put`, `lambda` and `lambda-throughput` exist only for kvd. `lambda`,
- * `lambda-throughput` and `watch` (the reaction workloads) are implemented in reactions.ts.
+ * The workloads: `pipelined-put`, `put-shards`, `pipelined-put-shards`, `lambda` and
+ * `lambda-throughput` exist only for kvd. `lambda`, `lambda-throughput` and `watch` (the reaction
+ * workloads) are implemented in reactions.ts. `put-shards` and `pipelined-put-shards` (the shard
+ * scaling workloads) run `put` / `pipelined-put` with every key sent to its shard's leader, once
+ * per shard count on a fresh cluster (see run.ts).
  */
-export const WORKLOADS = ['put', 'get', 'rmw', 'pipelined-put', 'lambda', 'lambda-throughput', 'watch'] as const;
+export const WORKLOADS = ['put', 'get', 'rmw', 'pipelined-put', 'put-shards', 'pipelined-put-shards', 'lambda', 'lambda-throughput', 'watch'] as const;
 /** One workload's name. */
 export type WorkloadName = (typeof WORKLOADS)[number];
-/** What runs when --workloads is not given (the reaction workloads are opt-in). */
-export const DEFAULT_WORKLOADS: readonly WorkloadName[] = ['put', 'get', 'rmw', 'pipelined-put'];
+/** What runs when --workloads is not given (the reaction workloads and pipelined-put-shards are opt-in). */
+export const DEFAULT_WORKLOADS: readonly WorkloadName[] = ['put', 'get', 'rmw', 'pipelined-put', 'put-shards'];
 /** Workloads that measure reacting to writes (extension lambdas, client watches); see reactions.ts. */
 export const REACTION_WORKLOADS: readonly WorkloadName[] = ['lambda', 'lambda-throughput', 'watch'];
+/** Shard scaling workloads: run once per `--shards` count, each on a fresh kvd cluster, keys routed to their shard leaders. */
+export const SHARD_WORKLOADS: readonly WorkloadName[] = ['put-shards', 'pipelined-put-shards'];
 
 /** Whether `system` can run `workload`. */
 export function supports(system: SystemName, workload: WorkloadName): boolean {
-  if (workload === 'pipelined-put' || workload === 'lambda' || workload === 'lambda-throughput') return system === 'kvd';
-  return true;
+  switch (workload) {
+    case 'pipelined-put':
+    case 'put-shards':
+    case 'pipelined-put-shards':
+    case 'lambda':
+    case 'lambda-throughput':
+      return system === 'kvd';
+    default:
+      return true;
+  }
+}
+
+/** Whether `workload` keeps ops in flight on Pipeline streams (its clients column is streams x depth). */
+export function isPipelined(workload: WorkloadName): boolean {
+  return workload === 'pipelined-put' || workload === 'pipelined-put-shards';
 }
 
 /** Parameters shared by every client process of one workload run. */
@@ -42,6 +62,8 @@ export interface LoadParams {
   readonly rmwMaxAttempts: number;
   /** Key prefix instead of `bench/` (keys are `<keyPrefix>k00000042`); lambda-throughput writes under the watched prefix. */
   readonly keyPrefix?: string;
+  /** The shard map and leaders, for the shard-routed workloads (put-shards, pipelined-put-shards). */
+  readonly routing?: RoutingSpec;
 }
 
 /** One client connection of a process: where it goes and how many closed-loop workers share it. */
@@ -71,6 +93,13 @@ export interface LoadPartResult {
   readonly abandoned: number;
   /** get: reads that found no value (should be 0: keys are pre-populated). */
   readonly misses: number;
+  /**
+   * put-shards: window ops whose response's `kv-leader` named a node other than the one they were
+   * sent to (forwarded, or a wrong hint: the routing itself follows Cluster.Status).
+   */
+  readonly misrouted: number;
+  /** put-shards: times response metadata moved a shard's leader in the routing table. */
+  readonly leaderUpdates: number;
   /** Latency histogram in microseconds, hdr-histogram-js compressed base64. */
   readonly histogram: string;
   /** CPU seconds this client process used during the measured window. */
@@ -118,16 +147,27 @@ export class ValuePool {
 /** Connects one client process's channels and returns a part ready to {@link LoadPart.run}. */
 export async function prepareLoadPart(spec: LoadPartSpec): Promise<LoadPart> {
   const drivers = spec.channels.map((c) => makeDriver(spec.system, c.address, spec.opTimeoutMs, spec.keyPrefix));
+  // Shard-routed workloads need a connection to every leader: add one (without workers of its own) per missing node.
+  const extra: Driver[] = [];
+  if (spec.routing) {
+    const have = new Set(spec.channels.map((c) => c.address));
+    for (const [, addr] of spec.routing.leaders) {
+      if (have.has(addr)) continue;
+      have.add(addr);
+      extra.push(makeDriver(spec.system, addr, spec.opTimeoutMs, spec.keyPrefix));
+    }
+  }
+  const all = [...drivers, ...extra];
   try {
-    await Promise.all(drivers.map((d) => d.ready(10_000)));
+    await Promise.all(all.map((d) => d.ready(10_000)));
   } catch (err) {
-    for (const d of drivers) d.close();
+    for (const d of all) d.close();
     throw err;
   }
   return {
-    run: (warmupMs, durationMs) => runPart(spec, drivers, warmupMs, durationMs),
+    run: (warmupMs, durationMs) => runPart(spec, drivers, extra, warmupMs, durationMs),
     close: () => {
-      for (const d of drivers) d.close();
+      for (const d of all) d.close();
     },
   };
 }
@@ -145,13 +185,19 @@ interface Recorder {
   retriedOps: number;
   abandoned: number;
   misses: number;
+  misrouted: number;
   readonly errors: Record<string, number>;
 }
 
-async function runPart(spec: LoadPartSpec, drivers: readonly Driver[], warmupMs: number, durationMs: number): Promise<LoadPartResult> {
+async function runPart(
+  spec: LoadPartSpec, drivers: readonly Driver[], extra: readonly Driver[], warmupMs: number, durationMs: number,
+): Promise<LoadPartResult> {
+  const router = spec.routing ? new KeyRouter(spec.routing, spec.keys, spec.keyPrefix) : undefined;
   const start = performance.now();
   const win: Window = { measureFrom: start + warmupMs, endAt: start + warmupMs + durationMs };
-  const rec: Recorder = { hist: newHistogram(), ops: 0, opsTotal: 0, conflicts: 0, retriedOps: 0, abandoned: 0, misses: 0, errors: {} };
+  const rec: Recorder = {
+    hist: newHistogram(), ops: 0, opsTotal: 0, conflicts: 0, retriedOps: 0, abandoned: 0, misses: 0, misrouted: 0, errors: {},
+  };
   let cpuStart: NodeJS.CpuUsage | undefined;
   let cpuSeconds = 0;
   const t1 = setTimeout(() => (cpuStart = process.cpuUsage()), warmupMs);
@@ -163,6 +209,16 @@ async function runPart(spec: LoadPartSpec, drivers: readonly Driver[], warmupMs:
   const loops: Promise<void>[] = [];
   if (spec.workload === 'pipelined-put') {
     for (const d of drivers) loops.push(pipelineLoop(d as KvDriver, spec, win, rec));
+  } else if (spec.workload === 'put-shards' || spec.workload === 'pipelined-put-shards') {
+    if (!router) throw new Error(`${spec.workload} needs a routing spec`);
+    const pool = new DriverPool([...drivers, ...extra] as KvDriver[]);
+    if (spec.workload === 'pipelined-put-shards') {
+      loops.push(routedPipelineLoop(pool, drivers.length * spec.pipelineDepth, router, spec, win, rec));
+    } else {
+      spec.channels.forEach((c, i) => {
+        for (let w = 0; w < c.workers; w++) loops.push(routedUnaryLoop(drivers[i] as KvDriver, pool, router, spec, win, rec));
+      });
+    }
   } else {
     spec.channels.forEach((c, i) => {
       for (let w = 0; w < c.workers; w++) loops.push(unaryLoop(drivers[i]!, spec, win, rec));
@@ -179,6 +235,8 @@ async function runPart(spec: LoadPartSpec, drivers: readonly Driver[], warmupMs:
     retriedOps: rec.retriedOps,
     abandoned: rec.abandoned,
     misses: rec.misses,
+    misrouted: rec.misrouted,
+    leaderUpdates: router?.leaderUpdates ?? 0,
     histogram: hdr.encodeIntoCompressedBase64(rec.hist),
     cpuSeconds,
   };
@@ -291,6 +349,179 @@ async function pipelineLoop(d: KvDriver, spec: LoadPartSpec, win: Window, rec: R
   }
 }
 
+/** A process's kvd connections by address, handed out round-robin per address. */
+class DriverPool {
+  private readonly byAddress = new Map<string, { drivers: KvDriver[]; next: number }>();
+  /** Every address with at least one connection, in first-seen order. */
+  readonly addresses: string[] = [];
+
+  constructor(drivers: readonly KvDriver[]) {
+    for (const d of drivers) {
+      let e = this.byAddress.get(d.address);
+      if (!e) {
+        this.byAddress.set(d.address, (e = { drivers: [], next: 0 }));
+        this.addresses.push(d.address);
+      }
+      e.drivers.push(d);
+    }
+  }
+
+  /** The next connection to `address`, or undefined if this process has none. */
+  pick(address: string): KvDriver | undefined {
+    const e = this.byAddress.get(address);
+    if (!e) return undefined;
+    const d = e.drivers[e.next]!;
+    e.next = (e.next + 1) % e.drivers.length;
+    return d;
+  }
+
+  /** The first connection to `address`, or undefined. */
+  first(address: string): KvDriver | undefined {
+    return this.byAddress.get(address)?.drivers[0];
+  }
+}
+
+/**
+ * One closed-loop put worker that sends each key to its shard leader's connection (its own
+ * connection while the leader is unknown), learning leaders from `kv-leader`/`kv-shard` metadata.
+ */
+async function routedUnaryLoop(own: KvDriver, pool: DriverPool, router: KeyRouter, spec: LoadPartSpec, win: Window, rec: Recorder): Promise<void> {
+  const values = new ValuePool(spec.valueBytes);
+  for (;;) {
+    const t0 = performance.now();
+    if (t0 >= win.endAt) return;
+    const i = Math.floor(Math.random() * spec.keys);
+    const target = router.leaderOf(i);
+    const d = (target === undefined ? undefined : pool.pick(target)) ?? own;
+    try {
+      const leader = router.learn(await d.putWithTrailers(i, values.next()), false);
+      const t1 = performance.now();
+      rec.opsTotal++;
+      if (t1 >= win.measureFrom && t1 <= win.endAt) {
+        rec.ops++;
+        rec.hist.recordValue(Math.max(1, Math.round((t1 - t0) * 1000)));
+        if (leader !== undefined && leader !== d.address) rec.misrouted++;
+      }
+    } catch (err) {
+      router.learn((err as { metadata?: grpc.Metadata }).metadata, true);
+      const t1 = performance.now();
+      if (t1 >= win.measureFrom && t1 <= win.endAt) {
+        const name = errorName(err);
+        rec.errors[name] = (rec.errors[name] ?? 0) + 1;
+      }
+      await sleep(10); // do not spin on a failing server
+    }
+  }
+}
+
+/** One Pipeline stream of {@link routedPipelineLoop}: its node, the call (while open) and its ops in flight. */
+interface RoutedStream {
+  readonly address: string;
+  readonly driver: KvDriver;
+  call?: grpc.ClientDuplexStream<KvPipelineReq, KvPipelineRes>;
+  /** op id → start time. */
+  readonly started: Map<number, number>;
+  ending: boolean;
+}
+
+/**
+ * Pipelined puts routed by shard: one Pipeline stream per node, `inFlight` puts outstanding in
+ * total, each sent on the stream of its key's shard leader (any open stream while that one is
+ * down); every response sends the next put until the window closes. A failed stream is reopened
+ * after 10 ms and its lost ops are re-sent.
+ */
+function routedPipelineLoop(pool: DriverPool, inFlight: number, router: KeyRouter, spec: LoadPartSpec, win: Window, rec: Recorder): Promise<void> {
+  const values = new ValuePool(spec.valueBytes);
+  const streams: RoutedStream[] = pool.addresses.map((a) => ({ address: a, driver: pool.first(a)!, started: new Map(), ending: false }));
+  const byAddress = new Map(streams.map((s) => [s.address, s]));
+  let nextId = 1;
+  let owed = 0; // ops lost with a failed stream, to re-send once a stream is open
+  let live = 0; // streams opened and not yet finished
+  let endTimer: NodeJS.Timeout | undefined;
+  return new Promise<void>((resolveAll) => {
+    const finishIfDone = (): void => {
+      if (live === 0 && performance.now() >= win.endAt) {
+        clearTimeout(endTimer);
+        resolveAll();
+      }
+    };
+    const endIdle = (): void => {
+      for (const s of streams) {
+        if (s.call && !s.ending && s.started.size === 0) {
+          s.ending = true;
+          s.call.end();
+        }
+      }
+      finishIfDone();
+    };
+    const send = (): void => {
+      const i = Math.floor(Math.random() * spec.keys);
+      const target = router.leaderOf(i);
+      let s = target === undefined ? undefined : byAddress.get(target);
+      if (!s?.call || s.ending) s = streams.find((x) => x.call && !x.ending);
+      if (!s?.call) {
+        owed++;
+        return;
+      }
+      const id = nextId++;
+      s.started.set(id, performance.now());
+      s.call.write({ id, put: { key: s.driver.key(i), value: values.next() } } satisfies KvPipelineReq);
+    };
+    const open = (s: RoutedStream): void => {
+      s.ending = false;
+      const call = s.driver.stub.pipeline(undefined, { deadline: win.endAt - performance.now() + Date.now() + spec.opTimeoutMs });
+      s.call = call;
+      live++;
+      call.on('data', (res: KvPipelineRes) => {
+        const t1 = performance.now();
+        const id = Number(res.id ?? 0);
+        const t0 = s.started.get(id);
+        s.started.delete(id);
+        const failed = res.result === 'error' || res.error !== undefined;
+        if (t0 !== undefined && !failed) rec.opsTotal++;
+        if (t0 !== undefined && t1 >= win.measureFrom && t1 <= win.endAt) {
+          if (failed) {
+            const name = `pipeline-${res.error?.code ?? '?'}`;
+            rec.errors[name] = (rec.errors[name] ?? 0) + 1;
+          } else {
+            rec.ops++;
+            rec.hist.recordValue(Math.max(1, Math.round((t1 - t0) * 1000)));
+          }
+        }
+        if (t1 < win.endAt) send();
+        else endIdle();
+      });
+      call.on('error', (err) => {
+        if (performance.now() <= win.endAt) {
+          const name = `stream-${errorName(err)}`;
+          rec.errors[name] = (rec.errors[name] ?? 0) + 1;
+        }
+      });
+      call.on('status', () => {
+        live--;
+        const lost = s.started.size;
+        s.started.clear();
+        s.call = undefined;
+        if (performance.now() < win.endAt) {
+          owed += lost;
+          setTimeout(() => {
+            if (performance.now() >= win.endAt) return finishIfDone();
+            open(s);
+            const n = owed;
+            owed = 0;
+            for (let k = 0; k < n; k++) send();
+          }, 10);
+        } else {
+          endIdle();
+        }
+      });
+    };
+    for (const s of streams) open(s);
+    for (let k = 0; k < inFlight; k++) send();
+    endTimer = setTimeout(endIdle, Math.max(0, win.endAt - performance.now()) + 1);
+  });
+}
+
 /** Splits `clients` workers over connections: at most `perChannel` per connection, a multiple of the endpoint count so every node gets the same share, assigned round-robin to `procs` processes. */
 export function planChannels(endpoints: readonly string[], clients: number, perChannel: number, procs: number): ChannelPlan[][] {
   const e = endpoints.length;
@@ -349,6 +580,15 @@ export interface WorkloadResult {
   readonly retriedOps: number;
   readonly abandoned: number;
   readonly misses: number;
+  /**
+   * put-shards: ops whose response's `kv-leader` named a node other than the one they were sent to
+   * (forwarded, or a wrong hint; pipelined: not observable, absent).
+   */
+  readonly misrouted?: number;
+  /** Shard-routed workloads: leader changes the clients learned from response metadata. */
+  readonly leaderUpdates?: number;
+  /** Shard scaling workloads: data shards of the default pool of the cluster measured. */
+  readonly shards?: number;
   /** Client processes' CPU over the window, in cores (1.0 = one core busy). */
   readonly clientCpuCores: number;
   /** Server processes' CPU over the window, in cores. */
@@ -433,6 +673,7 @@ export async function runWorkload(o: WorkloadOptions): Promise<WorkloadResult> {
     system: o.system, workload: o.workload, keys: o.keys, rmwKeys: o.rmwKeys, valueBytes: o.valueBytes,
     pipelineDepth: o.pipelineDepth, opTimeoutMs: o.opTimeoutMs, rmwMaxAttempts: o.rmwMaxAttempts,
     ...(o.keyPrefix === undefined ? {} : { keyPrefix: o.keyPrefix }),
+    ...(o.routing === undefined ? {} : { routing: o.routing }),
   };
   const parts: LoadPart[] = [];
   try {
@@ -477,7 +718,7 @@ export async function runWorkload(o: WorkloadOptions): Promise<WorkloadResult> {
 
     const hist = newHistogram();
     const errors: Record<string, number> = {};
-    let ops = 0, opsTotal = 0, conflicts = 0, retriedOps = 0, abandoned = 0, misses = 0, cpu = 0;
+    let ops = 0, opsTotal = 0, conflicts = 0, retriedOps = 0, abandoned = 0, misses = 0, misrouted = 0, leaderUpdates = 0, cpu = 0;
     for (const r of results) {
       const h = hdr.decodeFromCompressedBase64(r.histogram);
       hist.add(h);
@@ -488,11 +729,13 @@ export async function runWorkload(o: WorkloadOptions): Promise<WorkloadResult> {
       retriedOps += r.retriedOps;
       abandoned += r.abandoned;
       misses += r.misses;
+      misrouted += r.misrouted;
+      leaderUpdates += r.leaderUpdates;
       cpu += r.cpuSeconds;
       for (const [k, v] of Object.entries(r.errors)) errors[k] = (errors[k] ?? 0) + v;
     }
     const connections = plan.reduce((n, p) => n + p.length, 0);
-    const pipelined = o.workload === 'pipelined-put';
+    const pipelined = isPipelined(o.workload);
     const ms = (us: number): number => Math.round(us) / 1000;
     const result: WorkloadResult = {
       system: o.system,
@@ -515,6 +758,7 @@ export async function runWorkload(o: WorkloadOptions): Promise<WorkloadResult> {
       retriedOps,
       abandoned,
       misses,
+      ...(o.routing ? { ...(o.workload === 'put-shards' ? { misrouted } : {}), leaderUpdates } : {}),
       clientCpuCores: cpu / (o.durationMs / 1000),
       serverCpuCores: cpuWin.srv,
       serverCpuUsPerOp: cpuWin.srv === null || ops === 0 ? null : Math.round((cpuWin.srv * (o.durationMs / 1000) * 1e6) / ops),

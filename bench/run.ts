@@ -9,6 +9,7 @@ import { findKvd, defaultKvdBin, startKvdCluster } from './kvd-cluster.js';
 import {
   DEFAULT_WORKLOADS,
   REACTION_WORKLOADS,
+  SHARD_WORKLOADS,
   WORKLOADS,
   killWorkers,
   populate,
@@ -18,14 +19,22 @@ import {
   type WorkloadResult,
 } from './load.js';
 import { runReactionWorkload } from './reactions.js';
-import { repoRoot, type RunningCluster } from './util.js';
+import { leaderSnapshot, movedLeaders, routingSpec, waitSettled, type RoutingSpec, type SettleReport } from './shards.js';
+import { kvClusterStub } from './clients.js';
+import { copyNodeLogs, repoRoot, type RunningCluster } from './util.js';
 
 const USAGE = `usage: node dist/bench/run.js [flags]
   --duration S        measured seconds per workload (default 10)
   --warmup S          unmeasured seconds before each workload (default 2)
   --clients N         closed-loop workers per workload (default 64)
   --workloads LIST    comma list of ${WORKLOADS.join(',')}
-                      (default ${DEFAULT_WORKLOADS.join(',')}; pipelined-put, lambda and lambda-throughput are kvd only)
+                      (default ${DEFAULT_WORKLOADS.join(',')}; pipelined-put, put-shards, pipelined-put-shards,
+                      lambda and lambda-throughput are kvd only)
+  --shards LIST       shard counts for put-shards / pipelined-put-shards (default 1,2,4,8; each 1..64): for each N a
+                      fresh 3-node kvd cluster with --default-shards N, waited on until every shard's leader has
+                      settled, then the put (pipelined-put) load with each key sent to its shard's leader. Their
+                      kvd/etcd ratio is against etcd's unary put, which is added to etcd's workloads if missing
+  --settle-timeout S  longest wait for a sharded cluster's leaders to settle (default 90; then it runs anyway, noted)
   --systems LIST      comma list of kvd,etcd (default kvd,etcd)
   --keys N            keyspace size for put/get/pipelined-put (default 10000)
   --rmw-keys N        rmw draws from the first N keys (default 1000)
@@ -47,6 +56,10 @@ export interface BenchConfig {
   readonly warmupS: number;
   readonly clients: number;
   readonly workloads: WorkloadName[];
+  /** Shard counts the shard scaling workloads run at, each on a fresh cluster. */
+  readonly shards: number[];
+  /** Longest wait for a sharded cluster's leaders to settle, in seconds. */
+  readonly settleTimeoutS: number;
   readonly systems: SystemName[];
   readonly keys: number;
   readonly rmwKeys: number;
@@ -71,6 +84,8 @@ export function parseConfig(argv: string[]): BenchConfig | undefined {
       warmup: { type: 'string', default: '2' },
       clients: { type: 'string', default: '64' },
       workloads: { type: 'string', default: DEFAULT_WORKLOADS.join(',') },
+      shards: { type: 'string', default: '1,2,4,8' },
+      'settle-timeout': { type: 'string', default: '90' },
       systems: { type: 'string', default: 'kvd,etcd' },
       keys: { type: 'string', default: '10000' },
       'rmw-keys': { type: 'string', default: '1000' },
@@ -106,11 +121,16 @@ export function parseConfig(argv: string[]): BenchConfig | undefined {
     return [...new Set(items)] as T[];
   };
   const keys = int('keys', values.keys, 1);
+  const shards = values.shards.split(',').map((x) => x.trim()).filter((x) => x !== '').map((x) => int('shards', x, 1));
+  if (shards.length === 0) throw new Error('--shards is empty');
+  for (const n of shards) if (n > 64) throw new Error(`--shards: ${n} is above kvd's limit of 64`);
   return {
     durationS: num('duration', values.duration, 0.1),
     warmupS: num('warmup', values.warmup, 0),
     clients: int('clients', values.clients, 1),
     workloads: list('workloads', values.workloads, WORKLOADS),
+    shards: [...new Set(shards)],
+    settleTimeoutS: num('settle-timeout', values['settle-timeout'], 1),
     systems: list('systems', values.systems, ['kvd', 'etcd'] as const),
     keys,
     rmwKeys: Math.min(keys, int('rmw-keys', values['rmw-keys'], 1)),
@@ -155,6 +175,7 @@ function notes(r: WorkloadResult): string {
   if (errs.length > 0) out.push(`errors ${errs.map(([k, v]) => `${k}=${v}`).join(' ')}`);
   if (r.workload === 'rmw') out.push(`conflicts ${r.conflicts}, retried ${r.retriedOps}, abandoned ${r.abandoned}`);
   if (r.misses > 0) out.push(`misses ${r.misses}`);
+  if (r.misrouted !== undefined) out.push(`kv-leader≠target ${r.misrouted}`);
   const srv = r.serverCpuCores === null ? '?' : fmt(r.serverCpuCores, 2);
   const other = r.otherCpuCores === null ? '?' : fmt(r.otherCpuCores, 2);
   out.push(`cpu srv ${srv} cli ${fmt(r.clientCpuCores, 2)} other ${other}`);
@@ -199,6 +220,20 @@ export function pairingFor(workload: WorkloadName): Pairing {
           '+ lambda-throughput: kvd lambda events/s under pipelined puts vs etcd watch events/s under unary puts (etcd has no pipelined KV API); ' +
           'different put loads, see bench/README.md.',
       };
+    case 'put-shards':
+      return {
+        against: 'put', kind: 'ops/s', mark: '#',
+        footnote:
+          '# put-shards: kvd with N shards (column "shards"), each put sent straight to its shard\'s leader, vs the one etcd unary put row ' +
+          '(etcd puts go to all 3 members; followers forward to the single leader).',
+      };
+    case 'pipelined-put-shards':
+      return {
+        against: 'put', kind: 'ops/s', mark: '*#',
+        footnote:
+          '*# pipelined-put-shards: kvd with N shards, Pipeline streams (one per node per client process) with each put on its shard leader\'s stream, ' +
+          'vs etcd\'s unary put (etcd has no pipelined KV API).',
+      };
     default:
       return { against: workload, kind: 'ops/s', mark: '' };
   }
@@ -231,12 +266,13 @@ export function ratioFor(r: WorkloadResult, all: readonly WorkloadResult[]): num
 
 /** Renders the results as a fixed-width text table. */
 export function renderTable(results: readonly WorkloadResult[]): string {
-  const head = ['system', 'workload', 'clients', 'ops/s', 'p50 ms', 'p99 ms', 'p999 ms', 'kvd/etcd', 'notes'];
+  const head = ['system', 'workload', 'shards', 'clients', 'ops/s', 'p50 ms', 'p99 ms', 'p999 ms', 'kvd/etcd', 'notes'];
   const rows = results.map((r) => {
     const ratio = ratioFor(r, results);
     return [
       r.system,
       r.workload,
+      r.system === 'etcd' ? '-' : String(r.shards ?? 1),
       r.clientsLabel,
       fmt(r.opsPerSec, 0),
       fmt(r.p50Ms),
@@ -248,7 +284,7 @@ export function renderTable(results: readonly WorkloadResult[]): string {
   });
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i]!.length)));
   const line = (cells: string[]): string =>
-    cells.map((c, i) => (i >= 3 && i <= 7 ? c.padStart(widths[i]!) : c.padEnd(widths[i]!))).join('  ').trimEnd();
+    cells.map((c, i) => (i >= 2 && i <= 8 ? c.padStart(widths[i]!) : c.padEnd(widths[i]!))).join('  ').trimEnd();
   const out = [line(head), line(widths.map((w) => '-'.repeat(w))), ...rows.map(line)];
   const footnotes = new Set<string>();
   for (const r of results) {
@@ -277,7 +313,7 @@ export function renderTable(results: readonly WorkloadResult[]): string {
 
 let active: RunningCluster | undefined;
 
-async function startSystem(system: SystemName, cfg: BenchConfig): Promise<RunningCluster | undefined> {
+async function startSystem(system: SystemName, cfg: BenchConfig, defaultShards?: number): Promise<RunningCluster | undefined> {
   if (system === 'etcd') {
     if (findEtcd(cfg.etcdBin) === undefined) {
       console.log(ETCD_MISSING_MESSAGE);
@@ -290,8 +326,121 @@ async function startSystem(system: SystemName, cfg: BenchConfig): Promise<Runnin
     console.log(`kvd binary not found at ${cfg.kvdBin ?? defaultKvdBin()} (npm run build); skipping kvd`);
     return undefined;
   }
-  log('starting a 3-node kvd cluster');
-  return startKvdCluster({ ...(cfg.kvdBin ? { bin: cfg.kvdBin } : {}), ...(cfg.dataRoot ? { dataRoot: cfg.dataRoot } : {}), log });
+  log(`starting a 3-node kvd cluster${defaultShards === undefined ? '' : ` with --default-shards ${defaultShards}`}`);
+  return startKvdCluster({
+    ...(cfg.kvdBin ? { bin: cfg.kvdBin } : {}),
+    ...(cfg.dataRoot ? { dataRoot: cfg.dataRoot } : {}),
+    ...(defaultShards === undefined ? {} : { defaultShards }),
+    log,
+  });
+}
+
+/** Runs one workload on a running cluster (pushing its result, or a skip line on failure). */
+async function measure(
+  system: SystemName, cluster: RunningCluster, workload: WorkloadName, cfg: BenchConfig,
+  results: WorkloadResult[], skipped: string[], routing?: RoutingSpec,
+): Promise<WorkloadResult | undefined> {
+  log(`${system}: ${workload}, ${cfg.clients} clients, ${cfg.warmupS} s warm-up + ${cfg.durationS} s`);
+  try {
+    const common = {
+      system, workload, endpoints: cluster.endpoints, clients: cfg.clients, perChannel: cfg.perChannel,
+      procs: cfg.procs, warmupMs: cfg.warmupS * 1000, durationMs: cfg.durationS * 1000, keys: cfg.keys,
+      valueBytes: cfg.valueBytes, pipelineDepth: cfg.pipelineDepth, opTimeoutMs: cfg.opTimeoutS * 1000,
+      serverPids: cluster.pids(),
+    };
+    const r = REACTION_WORKLOADS.includes(workload)
+      ? await runReactionWorkload({ ...common, ...(cluster.adminToken ? { adminToken: cluster.adminToken } : {}), log })
+      : await runWorkload({ ...common, rmwKeys: cfg.rmwKeys, rmwMaxAttempts: cfg.rmwAttempts, ...(routing ? { routing } : {}) });
+    results.push(r);
+    log(`${system}: ${workload}: ${fmt(r.opsPerSec, 0)} ops/s, p50 ${fmt(r.p50Ms)} ms, p99 ${fmt(r.p99Ms)} ms, p999 ${fmt(r.p999Ms)} ms; ${notes(r)}`);
+    return r;
+  } catch (err) {
+    console.log(`${system}/${workload} failed: ${(err as Error).message}`);
+    skipped.push(`${system}/${workload}: failed: ${(err as Error).message.split('\n')[0]}`);
+    return undefined;
+  }
+}
+
+/** A one-line summary of a settle wait, for the notes. */
+function settleNote(s: SettleReport): string {
+  const per = Object.entries(s.leadersPerNode).map(([id, n]) => `n${id}:${n}`).join(' ');
+  const head = s.settled ? `settled in ${fmt(s.waitedS, 1)} s` : `NOT SETTLED after ${fmt(s.waitedS, 1)} s (${s.reason ?? '?'})`;
+  return `${head}; leaders ${per || '?'}${s.offPreferred > 0 ? `, ${s.offPreferred} off preferred` : ''}`;
+}
+
+/**
+ * The shard scaling workloads on kvd: for each shard count a fresh cluster with
+ * `--default-shards N`, a wait for its leaders to settle, then each workload with keys routed to
+ * their shard leaders; a leader snapshot after each run counts shards whose leader moved meanwhile.
+ */
+async function runShardScaling(cfg: BenchConfig, workloads: readonly WorkloadName[], results: WorkloadResult[], skipped: string[]): Promise<string | null> {
+  let version: string | null = null;
+  for (const n of cfg.shards) {
+    let cluster: RunningCluster | undefined;
+    try {
+      cluster = await startSystem('kvd', cfg, n);
+    } catch (err) {
+      console.log(`kvd (${n} shards): cluster failed to start; skipping it\n${(err as Error).message}`);
+      skipped.push(`kvd/${n} shards: failed to start`);
+      continue;
+    }
+    if (!cluster) {
+      skipped.push('kvd: not installed');
+      return version;
+    }
+    active = cluster;
+    let keepLogs: string | undefined;
+    try {
+      version = cluster.version;
+      log(`kvd ${cluster.version} (${n} shards) serving on ${cluster.endpoints.join(', ')} (data in ${cluster.dataDir})`);
+      const settle = await waitSettled(cluster.endpoints, { shards: n, timeoutMs: cfg.settleTimeoutS * 1000, log });
+      if (!settle.settled) {
+        keepLogs = join(dirname(cfg.out), 'logs', `kvd-${n}-shards-${Date.now()}`);
+        await copyNodeLogs(cluster.dataDir, keepLogs);
+        log(`kvd (${n} shards): not settled; node logs so far copied to ${keepLogs}`);
+      }
+      log(`kvd (${n} shards): ${settleNote(settle)}${settle.leaderMoves > 0 ? `; ${settle.leaderMoves} leader moves while waiting` : ''}`);
+      const routing = routingSpec(settle);
+      if (!routing) {
+        console.log(`kvd (${n} shards): no shard map with ${n} shards after ${fmt(settle.waitedS, 1)} s (${settle.reason ?? '?'}); logs in ${keepLogs ?? '?'}`);
+        for (const w of workloads) skipped.push(`kvd/${w} ${n} shards: no shard map (${settle.reason ?? '?'})`);
+        continue;
+      }
+      const groups = settle.map!.shards.filter((x) => x.pool === '').map((x) => x.group);
+      let before = settle.snapshot!;
+      for (const w of workloads) {
+        const r = await measure('kvd', cluster, w, cfg, [], skipped, routing);
+        if (!r) continue;
+        if (Object.keys(r.errors).length > 0 && keepLogs === undefined) keepLogs = join(dirname(cfg.out), 'logs', `kvd-${n}-shards-${Date.now()}`);
+        const stubs = cluster.endpoints.map((e) => kvClusterStub(e));
+        let moved: number | undefined;
+        try {
+          const after = await leaderSnapshot(stubs, cluster.endpoints);
+          moved = movedLeaders(before, after, groups);
+          before = after;
+        } catch {
+          moved = undefined;
+        } finally {
+          for (const st of stubs) st.close();
+        }
+        const extraNotes = [settleNote(settle), `${moved ?? '?'} shard leader(s) moved during the run`];
+        if (keepLogs !== undefined) extraNotes.push(`logs in ${keepLogs}`);
+        results.push({
+          ...r,
+          shards: n,
+          notes: [...extraNotes, ...(r.notes ?? [])],
+          extra: { ...(r.extra ?? {}), settle: { settled: settle.settled, waitedS: settle.waitedS, reason: settle.reason ?? null,
+            offPreferred: settle.offPreferred, leaderMovesWhileWaiting: settle.leaderMoves, leadersPerNode: settle.leadersPerNode },
+            shardLeadersMovedDuringRun: moved ?? null },
+        });
+      }
+    } finally {
+      if (keepLogs !== undefined) await copyNodeLogs(cluster.dataDir, keepLogs).catch(() => undefined); // the full logs, up to the stop
+      await cluster.stop();
+      active = undefined;
+    }
+  }
+  return version;
 }
 
 /** Runs the whole benchmark for `cfg` and returns the results (also printed and written to cfg.out). */
@@ -303,55 +452,53 @@ export async function runBench(cfg: BenchConfig): Promise<WorkloadResult[]> {
   const results: WorkloadResult[] = [];
   const skipped: string[] = [];
 
+  const shardWorkloads = cfg.workloads.filter((w) => SHARD_WORKLOADS.includes(w));
   for (const system of cfg.systems) {
-    const workloads = cfg.workloads.filter((w) => supports(system, w));
+    const workloads = cfg.workloads.filter((w) => supports(system, w) && !SHARD_WORKLOADS.includes(w));
     for (const w of cfg.workloads) if (!supports(system, w)) skipped.push(`${system}/${w}: not supported`);
-    if (workloads.length === 0) continue;
-    let cluster: RunningCluster | undefined;
-    try {
-      cluster = await startSystem(system, cfg);
-    } catch (err) {
-      console.log(`${system}: cluster failed to start; skipping it\n${(err as Error).message}`);
-      skipped.push(`${system}: failed to start`);
-      continue;
+    // The shard scaling rows are compared with etcd's unary put: run it even when not asked for.
+    if (system === 'etcd' && shardWorkloads.length > 0 && !workloads.includes('put')) {
+      workloads.unshift('put');
+      log(`etcd: adding put as the baseline of ${shardWorkloads.join(', ')}`);
     }
-    if (!cluster) {
-      skipped.push(`${system}: not installed`);
-      continue;
-    }
-    active = cluster;
-    try {
-      if (system === 'kvd') kvdVersion = cluster.version;
-      log(`${system} ${cluster.version} serving on ${cluster.endpoints.join(', ')} (data in ${cluster.dataDir})`);
-      if (workloads.some((w) => w === 'get' || w === 'rmw')) {
-        const s = await populate({
-          system, endpoints: cluster.endpoints, keys: cfg.keys, valueBytes: cfg.valueBytes, concurrency: 64,
-          opTimeoutMs: cfg.opTimeoutS * 1000,
-        });
-        log(`${system}: populated ${cfg.keys} keys in ${fmt(s, 1)} s`);
+    if (workloads.length > 0) {
+      let cluster: RunningCluster | undefined;
+      try {
+        cluster = await startSystem(system, cfg);
+      } catch (err) {
+        console.log(`${system}: cluster failed to start; skipping it\n${(err as Error).message}`);
+        skipped.push(`${system}: failed to start`);
       }
-      for (const workload of workloads) {
-        log(`${system}: ${workload}, ${cfg.clients} clients, ${cfg.warmupS} s warm-up + ${cfg.durationS} s`);
+      if (cluster === undefined) {
+        if (!skipped.includes(`${system}: failed to start`)) skipped.push(`${system}: not installed`);
+      } else {
+        active = cluster;
         try {
-          const common = {
-            system, workload, endpoints: cluster.endpoints, clients: cfg.clients, perChannel: cfg.perChannel,
-            procs: cfg.procs, warmupMs: cfg.warmupS * 1000, durationMs: cfg.durationS * 1000, keys: cfg.keys,
-            valueBytes: cfg.valueBytes, pipelineDepth: cfg.pipelineDepth, opTimeoutMs: cfg.opTimeoutS * 1000,
-            serverPids: cluster.pids(),
-          };
-          const r = REACTION_WORKLOADS.includes(workload)
-            ? await runReactionWorkload({ ...common, ...(cluster.adminToken ? { adminToken: cluster.adminToken } : {}), log })
-            : await runWorkload({ ...common, rmwKeys: cfg.rmwKeys, rmwMaxAttempts: cfg.rmwAttempts });
-          results.push(r);
-          log(`${system}: ${workload}: ${fmt(r.opsPerSec, 0)} ops/s, p50 ${fmt(r.p50Ms)} ms, p99 ${fmt(r.p99Ms)} ms, p999 ${fmt(r.p999Ms)} ms; ${notes(r)}`);
-        } catch (err) {
-          console.log(`${system}/${workload} failed: ${(err as Error).message}`);
-          skipped.push(`${system}/${workload}: failed: ${(err as Error).message.split('\n')[0]}`);
+          if (system === 'kvd') kvdVersion = cluster.version;
+          log(`${system} ${cluster.version} serving on ${cluster.endpoints.join(', ')} (data in ${cluster.dataDir})`);
+          if (workloads.some((w) => w === 'get' || w === 'rmw')) {
+            const s = await populate({
+              system, endpoints: cluster.endpoints, keys: cfg.keys, valueBytes: cfg.valueBytes, concurrency: 64,
+              opTimeoutMs: cfg.opTimeoutS * 1000,
+            });
+            log(`${system}: populated ${cfg.keys} keys in ${fmt(s, 1)} s`);
+          }
+          for (const workload of workloads) await measure(system, cluster, workload, cfg, results, skipped);
+        } finally {
+          await cluster.stop();
+          active = undefined;
         }
       }
-    } finally {
-      await cluster.stop();
-      active = undefined;
+    }
+    if (system === 'kvd' && shardWorkloads.length > 0) {
+      if (findKvd(cfg.kvdBin) === undefined) {
+        if (!skipped.includes('kvd: not installed')) {
+          console.log(`kvd binary not found at ${cfg.kvdBin ?? defaultKvdBin()} (npm run build); skipping kvd`);
+          skipped.push('kvd: not installed');
+        }
+      } else {
+        kvdVersion = (await runShardScaling(cfg, shardWorkloads, results, skipped)) ?? kvdVersion;
+      }
     }
   }
 
@@ -374,7 +521,9 @@ export async function runBench(cfg: BenchConfig): Promise<WorkloadResult[]> {
   );
   console.log(
     `config: ${cfg.durationS} s measured after ${cfg.warmupS} s warm-up, ${cfg.keys} keys (rmw: ${cfg.rmwKeys}), ${cfg.valueBytes}-byte values, ` +
-      `${cfg.perChannel} workers/connection, ${cfg.procs} client process(es); servers and clients share this machine`,
+      `${cfg.perChannel} workers/connection, ${cfg.procs} client process(es)` +
+      (cfg.workloads.some((w) => SHARD_WORKLOADS.includes(w)) ? `, shard counts ${cfg.shards.join(',')}` : '') +
+      '; servers and clients share this machine',
   );
   console.log('');
   console.log(renderTable(results));

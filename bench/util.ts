@@ -1,6 +1,6 @@
 /** Small helpers shared by the benchmark harness: locating repo files, free ports, polling with backoff, and child-process lifecycle. */
 import { existsSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
+import { copyFile, mkdir, readdir, readFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:net';
 import { delimiter, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -163,6 +163,8 @@ export interface RunningCluster {
   pids(): number[];
   /** The admin token the nodes were started with (kvd only: needed to load extensions). */
   readonly adminToken?: string;
+  /** Each node's `/metrics` HTTP port on 127.0.0.1, in endpoint order (kvd only; undefined where unknown). */
+  metricsPorts?(): Promise<(number | undefined)[]>;
   /** Stops every node and removes the data directory (idempotent). */
   stop(): Promise<void>;
 }
@@ -177,5 +179,13 @@ export async function machineBusySeconds(): Promise<number | undefined> {
     return busy / 100; // USER_HZ
   } catch {
     return undefined;
+  }
+}
+
+/** Copies the node logs (`n1.log`, `n2.log`, …) of a cluster's data directory into `dest` (created), so they outlive the cluster. */
+export async function copyNodeLogs(dataDir: string, dest: string): Promise<void> {
+  await mkdir(dest, { recursive: true });
+  for (const f of await readdir(dataDir)) {
+    if (/^n[0-9]+\.log$/.test(f)) await copyFile(join(dataDir, f), join(dest, f));
   }
 }
