@@ -101,6 +101,7 @@ async function main(): Promise<void> {
   );
   const metrics = new NodeMetrics(node);
   node.observer = metrics.observer();
+  metrics.watchTransport(transport);
   const server = createGrpcServer();
   const probe = new GrpcClusterProbe({ selfId: cfg.id, selfStatus: () => node.status(), selfAddress: cfg.listen, credentials: peerCreds });
   const cluster = new ClusterAdmin(node, probe, log.child({ component: 'cluster' }));

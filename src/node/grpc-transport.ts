@@ -84,6 +84,12 @@ export class GrpcPeerTransport implements Transport {
   dropped = 0;
   /** Batches received that failed validation. */
   rejectedBatches = 0;
+  /** Raft messages handed to peer streams (all groups). */
+  sentMessages = 0;
+  /** Batches written to peer streams (one per peer per flush: every group's messages together). */
+  sentBatches = 0;
+  /** Raft messages received from peers. */
+  receivedMessages = 0;
 
   constructor(
     private readonly selfId: NodeId,
@@ -146,6 +152,7 @@ export class GrpcPeerTransport implements Transport {
               this.log.warn({ err: String(e), from: batch.fromNode }, 'dropping malformed peer message');
             }
           }
+          this.receivedMessages += out.length;
           if (out.length > 0) this.handler(out);
         });
         call.on('error', () => {});
@@ -200,6 +207,8 @@ export class GrpcPeerTransport implements Transport {
     }
     while (c.queue.length > 0) {
       const batch = c.queue.splice(0, this.maxBatch);
+      this.sentMessages += batch.length;
+      this.sentBatches++;
       const ok = stream.write({ fromNode: this.selfId, seq: ++c.seq, messages: batch.map(toWire) });
       if (!ok) {
         c.blockedUntilDrain = true;

@@ -125,6 +125,24 @@ export class NodeMetrics {
   }
 
   /** A node observer that records storage and Raft events. */
+  /** Exposes the peer transport's message and batch counts (monotonic counts, read at scrape time). */
+  watchTransport(t: { readonly sentMessages: number; readonly sentBatches: number; readonly receivedMessages: number; readonly dropped: number }): void {
+    const registers = [this.registry];
+    const counter = (name: string, help: string, read: () => number) =>
+      new Gauge({
+        name,
+        help,
+        registers,
+        collect() {
+          this.set(read());
+        },
+      });
+    counter('kvcascade_peer_messages_sent_total', 'Raft messages sent to peers (all groups)', () => t.sentMessages);
+    counter('kvcascade_peer_batches_sent_total', 'Batches written to peer streams (each carries the messages of every group for that peer)', () => t.sentBatches);
+    counter('kvcascade_peer_messages_received_total', 'Raft messages received from peers', () => t.receivedMessages);
+    counter('kvcascade_peer_messages_dropped_total', 'Raft messages dropped (queue full or peer down; Raft retransmits)', () => t.dropped);
+  }
+
   observer(): NodeObserver {
     return {
       readyBatch: (groups, entries, fsyncMs) => {
