@@ -1,7 +1,7 @@
 /** Public surface of the kvcascade client. */
 
-/** The client and its default call timeout. */
-export { KvClient, DEFAULT_CLIENT_DEADLINE_MS } from './kv-client.js';
+/** The client, its default call timeout and connection wait. */
+export { KvClient, DEFAULT_CLIENT_DEADLINE_MS, DEFAULT_CONNECT_TIMEOUT_MS } from './kv-client.js';
 /** Options of the client. */
 export type { KvClientOptions } from './kv-client.js';
 /** Errors thrown by the client. */
@@ -10,8 +10,10 @@ export { KvError, CompactedError } from './errors.js';
 export type { KvErrorCode, KvErrorInfo } from './errors.js';
 /** The self-resuming watch iterator. */
 export { KvWatch } from './watch.js';
-/** Many ops in flight on one stream. */
+/** Many ops in flight, one stream per node. */
 export { KvPipeline } from './pipeline.js';
+/** The cluster map the client routes with (as `shardMap()` returns it). */
+export type { ClusterMap, MemberInfo, PoolSpec, ShardInfo } from '../sharding/types.js';
 /** Logging and TLS options. */
 export type { KvClientLogger, KvClientTlsOptions } from './transport.js';
 /** Options and results of the calls. */
@@ -28,6 +30,11 @@ export type {
   KvListOptions,
   KvListResult,
   KvItem,
+  KvTxn,
+  KvTxnCompare,
+  KvTxnWrite,
+  KvTxnOptions,
+  KvTxnResult,
   KvWatchOptions,
   KvWatchEvent,
   KvWatchBatch,

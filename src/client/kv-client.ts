@@ -1,4 +1,4 @@
-/** The kvcascade client: key-value calls with leader discovery, failover and safe retries, self-resuming watches and pipelining. */
+/** The kvcascade client: key-value calls and transactions routed to their shard's leader, with failover and safe retries, self-resuming watches and pipelining. */
 import * as grpc from '@grpc/grpc-js';
 import type {
   DeleteRequestMsg,
@@ -12,10 +12,15 @@ import type {
   StatusResponseMsg,
   TriggerRequestMsg,
   TriggerResponseMsg,
+  TxnRequestMsg,
+  TxnResponseMsg,
+  TxnWriteMsg,
 } from '../server/proto.js';
+import type { ClusterMap } from '../sharding/types.js';
 import { KvError } from './errors.js';
 import { KvPipeline } from './pipeline.js';
-import { NOOP_LOGGER, Transport, type KvClientLogger, type KvClientTlsOptions } from './transport.js';
+import { DEFAULT_ROUTER_OPTIONS, ShardRouter } from './router.js';
+import { NOOP_LOGGER, Transport, type CallKind, type KvClientLogger, type KvClientTlsOptions } from './transport.js';
 import {
   deleteResult,
   getResult,
@@ -27,6 +32,7 @@ import {
   nodeStatus,
   putResult,
   triggerResult,
+  txnResult,
   type KvDeleteOptions,
   type KvDeleteResult,
   type KvGetOptions,
@@ -39,12 +45,18 @@ import {
   type KvPutResult,
   type KvTriggerOptions,
   type KvTriggerResult,
+  type KvTxn,
+  type KvTxnOptions,
+  type KvTxnResult,
   type KvWatchOptions,
 } from './types.js';
 import { KvWatch } from './watch.js';
 
 /** Default timeout of a call, retries included. */
 export const DEFAULT_CLIENT_DEADLINE_MS = 10_000;
+
+/** Default time a call waits for a new connection before trying another node. */
+export const DEFAULT_CONNECT_TIMEOUT_MS = 1_000;
 
 /** Options of {@link KvClient}. */
 export interface KvClientOptions {
@@ -64,16 +76,35 @@ export interface KvClientOptions {
   readonly maxBackoffMs?: number;
   /** Extra grpc-js channel options. */
   readonly channelOptions?: grpc.ChannelOptions;
+  /**
+   * How long a call waits for a new connection to a node to become ready before trying another
+   * node (default 1000 ms; 0 = as long as the deadline allows). Such a call was never sent, so
+   * even a write moves on safely: a frozen or partitioned node costs this much, not the deadline.
+   */
+  readonly connectTimeoutMs?: number;
+  /**
+   * Route each key-addressed call straight to its shard's leader using the cluster map (default
+   * true). False, or against servers without Cluster.GetShardMap: every call goes to the single
+   * leader the servers last named, and they forward it.
+   */
+  readonly shardRouting?: boolean;
+  /** Least time between two cluster map refreshes in ms (default 200). */
+  readonly mapRefreshIntervalMs?: number;
 }
 
 /**
- * A kvcascade client. Learns the leader from `kv-leader` response metadata and sends calls there;
- * on UNAVAILABLE or connection failure it moves to the next endpoint with exponential backoff
- * until the call's deadline. Reads are always retried; writes only when the server marked the
- * failure `kv-retry-safe` or the call never reached a server. Errors are {@link KvError}s.
+ * A kvcascade client. It fetches the cluster map (Cluster.GetShardMap) on first use and sends
+ * each key-addressed call to the leader of the key's shard, learned from `kv-leader`/`kv-shard`
+ * response metadata; it refreshes the map when a response names a newer `kv-map-epoch` or a call
+ * reached the wrong shard. Without a map (older servers) it keeps one leader hint for
+ * everything. On UNAVAILABLE or connection failure it moves on (to the shard's next replica or
+ * the next endpoint) with exponential backoff until the call's deadline. Reads are always
+ * retried; writes only when the server marked the failure `kv-retry-safe` or the call never
+ * reached a server. Errors are {@link KvError}s.
  */
 export class KvClient {
   private readonly transport: Transport;
+  private readonly router: ShardRouter;
   private readonly defaultDeadlineMs: number;
 
   /** Creates a client; connections are made lazily. */
@@ -87,12 +118,39 @@ export class KvClient {
       initialBackoffMs: opts.initialBackoffMs ?? 25,
       maxBackoffMs: opts.maxBackoffMs ?? 1000,
       channelOptions: opts.channelOptions,
+      connectTimeoutMs: opts.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS,
     });
+    this.router = new ShardRouter(this.transport, {
+      ...DEFAULT_ROUTER_OPTIONS,
+      enabled: opts.shardRouting !== false,
+      ...(opts.mapRefreshIntervalMs !== undefined ? { refreshIntervalMs: opts.mapRefreshIntervalMs } : {}),
+    });
+    this.transport.observer = this.router;
   }
 
-  /** The leader address learned from the servers, if any. */
+  /** The leader address the servers last named (of whichever shard served), if any. */
   get leader(): string | undefined {
     return this.transport.leader;
+  }
+
+  /** The epoch of the cached cluster map (0 before one was fetched, or when the servers have none). */
+  get mapEpoch(): number {
+    return this.router.epoch;
+  }
+
+  /** Where a call for `key` would go now: its shard (undefined without a usable map) and address. */
+  routeOf(key: string): { readonly shard: number | undefined; readonly address: string } {
+    localKey(key);
+    const shard = this.router.routing ? this.router.groupOf(key) : undefined;
+    return { shard, address: (shard === undefined ? undefined : this.router.addressFor(shard)) ?? this.transport.leader ?? this.transport.pick() };
+  }
+
+  /** Sends a call addressed to `key` (or to no key: the default route) to its shard's leader, fetching the map first on first use. */
+  private async keyed<Req, Res>(method: string, req: Req, kind: CallKind, deadlineAt: number, key: string | undefined): Promise<Res> {
+    const wait = this.router.ready(deadlineAt);
+    if (wait) await wait;
+    const route = key === undefined ? this.transport : this.router.keyRoute(key);
+    return this.transport.unary<Req, Res>('kv', method, req, kind, deadlineAt, route);
   }
 
   private deadline(ms: number | undefined): number {
@@ -111,7 +169,7 @@ export class KvClient {
       returnCurrentValue: opts.returnCurrentValue === true,
       ...(ev !== undefined ? { expectedVersion: ev } : {}),
     };
-    const res = await this.transport.unary<PutRequestMsg, PutResponseMsg>('kv', 'put', req, 'write', this.deadline(opts.deadlineMs));
+    const res = await this.keyed<PutRequestMsg, PutResponseMsg>('put', req, 'write', this.deadline(opts.deadlineMs), req.key);
     return putResult(res);
   }
 
@@ -130,7 +188,7 @@ export class KvClient {
       ...(opts.atVersion !== undefined ? { atVersion: localUint(opts.atVersion, 'atVersion')! } : {}),
       ...(opts.atTimeMs !== undefined ? { atTimeMs: opts.atTimeMs } : {}),
     };
-    const res = await this.transport.unary<GetRequestMsg, GetResponseMsg>('kv', 'get', req, 'read', this.deadline(opts.deadlineMs));
+    const res = await this.keyed<GetRequestMsg, GetResponseMsg>('get', req, 'read', this.deadline(opts.deadlineMs), req.key);
     return getResult(res);
   }
 
@@ -139,7 +197,7 @@ export class KvClient {
     this.transport.checkOpen();
     const ev = localUint(opts.expectedVersion, 'expectedVersion');
     const req: DeleteRequestMsg = { key: localKey(key), ...(ev !== undefined ? { expectedVersion: ev } : {}) };
-    const res = await this.transport.unary<DeleteRequestMsg, DeleteResponseMsg>('kv', 'delete', req, 'write', this.deadline(opts.deadlineMs));
+    const res = await this.keyed<DeleteRequestMsg, DeleteResponseMsg>('delete', req, 'write', this.deadline(opts.deadlineMs), req.key);
     return deleteResult(res);
   }
 
@@ -150,21 +208,57 @@ export class KvClient {
   async trigger(key: string, value: Uint8Array | string, opts: KvTriggerOptions = {}): Promise<KvTriggerResult> {
     this.transport.checkOpen();
     const req: TriggerRequestMsg = { key: localKey(key), value: localValue(value) };
-    const res = await this.transport.unary<TriggerRequestMsg, TriggerResponseMsg>('kv', 'trigger', req, 'write', this.deadline(opts.deadlineMs));
+    const res = await this.keyed<TriggerRequestMsg, TriggerResponseMsg>('trigger', req, 'write', this.deadline(opts.deadlineMs), req.key);
     return triggerResult(res);
   }
 
-  /** One page of the keys under `prefix`, in key order. */
+  /**
+   * Atomic multi-key operation inside one shard: if every compare holds (a key's current version
+   * equals `version`, 0 = absent), applies every write at one new revision; else changes nothing
+   * and lists the failed compares. Sent to the shard of the first key (compares first). Keys in
+   * different shards fail with KvError INVALID_ARGUMENT (a pool's affinity keeps related keys in
+   * one shard). Retried like a put.
+   */
+  async txn(txn: KvTxn, opts: KvTxnOptions = {}): Promise<KvTxnResult> {
+    this.transport.checkOpen();
+    const compares = (txn.compares ?? []).map((c) => {
+      if (c.version === undefined) throw new KvError(grpc.status.INVALID_ARGUMENT, `compare of ${JSON.stringify(c.key)} has no version`, { retrySafe: true });
+      return { key: localKey(c.key), version: localUint(c.version, 'version')! };
+    });
+    const writes = (txn.writes ?? []).map((w): TxnWriteMsg => {
+      if (w.type === 'put') return { put: { key: localKey(w.key), value: localValue(w.value) } };
+      if (w.type === 'delete') return { delete: { key: localKey(w.key) } };
+      throw new KvError(grpc.status.INVALID_ARGUMENT, `unknown txn write type ${JSON.stringify((w as { type?: unknown }).type)}`, { retrySafe: true });
+    });
+    const req: TxnRequestMsg = { compares, writes };
+    const first = compares[0]?.key ?? writes[0]?.put?.key ?? writes[0]?.delete?.key;
+    const res = await this.keyed<TxnRequestMsg, TxnResponseMsg>('txn', req, 'write', this.deadline(opts.deadlineMs), first);
+    return txnResult(res);
+  }
+
+  /**
+   * One page of the keys under `prefix`, in key order: of every shard the prefix spans (merged by
+   * the server), or with `shard`, of exactly that shard (sent to its leader).
+   */
   async list(prefix: string, opts: KvListOptions = {}): Promise<KvListResult> {
     this.transport.checkOpen();
+    const shard = localUint(opts.shard, 'shard');
     const req: ListRequestMsg = {
       prefix: localPrefix(prefix),
       limit: localUint(opts.limit, 'limit') ?? 0,
       pageToken: opts.pageToken ?? '',
       keysOnly: opts.keysOnly === true,
       consistency: opts.consistency === 'serializable' ? 'SERIALIZABLE' : 'LINEARIZABLE',
+      ...(shard !== undefined ? { shard } : {}),
     };
-    const res = await this.transport.unary<ListRequestMsg, ListResponseMsg>('kv', 'list', req, 'read', this.deadline(opts.deadlineMs));
+    const deadlineAt = this.deadline(opts.deadlineMs);
+    let route: Transport | ReturnType<ShardRouter['groupRoute']> = this.transport;
+    if (shard !== undefined) {
+      const wait = this.router.ready(deadlineAt);
+      if (wait) await wait;
+      route = this.router.groupRoute(shard);
+    }
+    const res = await this.transport.unary<ListRequestMsg, ListResponseMsg>('kv', 'list', req, 'read', deadlineAt, route);
     return listResult(res);
   }
 
@@ -179,28 +273,38 @@ export class KvClient {
   }
 
   /**
-   * Watches changes under `prefix` from `fromRevision` (default: after the current revision).
-   * The returned iterator resumes by itself after failures (see {@link KvWatch}).
+   * Watches changes under `prefix` (in every shard it spans, or only in `shard`) from
+   * `fromRevision`, or from a previous watch's `resumeToken`, by default after the current
+   * revision(s), read when `watch` is called. The returned iterator resumes by itself after
+   * failures (see {@link KvWatch}).
    */
   watch(prefix: string, opts: KvWatchOptions = {}): KvWatch {
     this.transport.checkOpen();
     localPrefix(prefix);
     if (opts.fromRevision !== undefined) localUint(opts.fromRevision, 'fromRevision');
+    const shard = localUint(opts.shard, 'shard');
     return new KvWatch(
       {
         transport: this.transport,
-        currentRevision: async (p) => (await this.list(p, { limit: 1, keysOnly: true })).revision,
+        route: () => (shard === undefined ? this.transport : this.router.groupRoute(shard)),
+        currentRevision: async (p) => {
+          const page = await this.list(p, { limit: 1, keysOnly: true, ...(shard !== undefined ? { shard } : {}) });
+          // A listing over several shards has no single revision, but each shard's.
+          const revs = Object.entries(page.shardRevisions).map(([g, r]) => [Number(g), r] as const);
+          return revs.length > 1 ? { shardRevisions: new Map(revs) } : { revision: page.revision };
+        },
       },
       prefix,
       opts,
     );
   }
 
-  /** A pipeline: many ops in flight on one stream. Close it when done. */
+  /** A pipeline: many ops in flight, on one stream per node leading the ops' shards. Close it when done. */
   pipeline(): KvPipeline {
     this.transport.checkOpen();
     return new KvPipeline({
       transport: this.transport,
+      router: this.router,
       defaultDeadlineMs: this.defaultDeadlineMs,
       put: (k, v, o) => this.put(k, v, o),
       get: (k, o) => this.get(k, o),
@@ -223,8 +327,19 @@ export class KvClient {
     return nodeStatus(res);
   }
 
+  /**
+   * Fetches the cluster map now (members, pools, shards and their placement) and caches it for
+   * routing if it is not older than the cached one. Fails with KvError UNIMPLEMENTED against
+   * servers without sharding.
+   */
+  async shardMap(opts: { deadlineMs?: number } = {}): Promise<ClusterMap> {
+    this.transport.checkOpen();
+    return this.router.fetch(this.deadline(opts.deadlineMs));
+  }
+
   /** Closes every connection; running calls, watches and pipelines end with CANCELLED (watches end normally). */
   close(): void {
+    this.router.close();
     this.transport.close();
   }
 }

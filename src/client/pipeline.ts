@@ -1,6 +1,6 @@
-/** Many puts, gets, deletes and trigger puts in flight on one Pipeline stream, matched to their responses by id. */
+/** Many puts, gets, deletes and trigger puts in flight on Pipeline streams (one per node leading the ops' shards), matched to their responses by id. */
 import * as grpc from '@grpc/grpc-js';
-import { neverReachedServer, readKvMetadata } from '../server/metadata.js';
+import { readKvMetadata } from '../server/metadata.js';
 import type {
   DeleteRequestMsg,
   GetRequestMsg,
@@ -10,7 +10,8 @@ import type {
   TriggerRequestMsg,
 } from '../server/proto.js';
 import { KvError } from './errors.js';
-import type { Transport } from './transport.js';
+import { isWrongShard, type ShardRouter } from './router.js';
+import { neverSent, type Transport } from './transport.js';
 import {
   deleteResult,
   getResult,
@@ -31,6 +32,8 @@ import {
 
 type Op = 'put' | 'get' | 'delete' | 'trigger';
 
+type PipelineStream = grpc.ClientDuplexStream<PipelineRequestMsg, PipelineResponseMsg>;
+
 /**
  * Requests the client lets grpc-js buffer before waiting for 'drain'. Waiting at the stream's
  * default high-water mark (16 messages) costs a flush round per 16 ops; the server bounds its
@@ -38,21 +41,41 @@ type Op = 'put' | 'get' | 'delete' | 'trigger';
  */
 const WRITE_WINDOW = 4096;
 
+/** One Pipeline stream, to one node. */
+interface Lane {
+  readonly address: string;
+  readonly stream: PipelineStream;
+  /** The server sent headers (so the stream reached it). */
+  headers: boolean;
+  /** Waiting for the connection or for 'drain': requests queue in `backlog`. */
+  blocked: boolean;
+  backlog: PipelineRequestMsg[];
+}
+
 interface PendingOp {
   readonly op: Op;
+  readonly key: string;
   readonly deadlineAt: number;
   readonly timer: NodeJS.Timeout;
+  /** The stream it was sent on (undefined while waiting for the cluster map). */
+  lane: Lane | undefined;
   /** Handed to the stream (it may have reached the server). */
   written: boolean;
+  /** The request (set once built). */
+  req: PipelineRequestMsg | undefined;
+  /** Already moved to another stream once after its stream could not connect. */
+  rerouted: boolean;
   readonly onResponse: (m: PipelineResponseMsg) => void;
   readonly reject: (e: unknown) => void;
   /** Re-runs the op as a unary call (with retries) within the remaining time. */
   readonly retry: (remainingMs: number) => void;
 }
 
-/** What a pipeline needs from the client: the transport and unary fallbacks for retries. */
+/** What a pipeline needs from the client: the transport, the shard router and unary fallbacks for retries. */
 export interface PipelineDeps {
   readonly transport: Transport;
+  /** Routes each op to its shard's leader (absent: every op goes on one stream, as against pre-sharding servers). */
+  readonly router?: ShardRouter;
   readonly defaultDeadlineMs: number;
   put(key: string, value: Uint8Array, opts: KvPutOptions): Promise<KvPutResult>;
   get(key: string, opts: KvGetOptions): Promise<KvGetResult>;
@@ -61,32 +84,44 @@ export interface PipelineDeps {
 }
 
 /**
- * Puts, gets, deletes and trigger puts multiplexed on one Pipeline stream (opened lazily on the leader, or the
- * next endpoint). Each op has its own deadline. If the stream breaks, reads and ops that never
- * left the client are re-run as unary calls (with the usual retries); writes that may have
- * reached the server fail with KvError UNAVAILABLE (outcome unknown). Per-op errors from the
- * server (e.g. INVALID_ARGUMENT) reject only that op.
+ * Puts, gets, deletes and trigger puts multiplexed on Pipeline streams. With a cluster map, each
+ * op goes to the leader of its key's shard, on one stream per node (opened lazily), so ops of
+ * shards led by different nodes go straight there; without one (or before the map is known for
+ * a shard's leader) they share one stream, opened on the leader hint or the next endpoint. The
+ * first ops wait for the first map fetch. Each op has its own deadline. If a stream breaks, reads
+ * and ops that never left the client are re-run as unary calls (with the usual retries); writes
+ * that may have reached the server fail with KvError UNAVAILABLE (outcome unknown); ops of a
+ * stream that could not connect move, once, to the stream their route now names. Per-op errors
+ * from the server (e.g. INVALID_ARGUMENT) reject only that op, except UNAVAILABLE for reads, and
+ * for any op that reached a shard not owning its key, which are re-run as unary calls.
  */
 export class KvPipeline {
-  private stream: grpc.ClientDuplexStream<PipelineRequestMsg, PipelineResponseMsg> | undefined;
-  private address: string | undefined;
-  private headers = false;
+  private readonly lanes = new Map<string, Lane>();
+  /** The stream of ops without a route. */
+  private fallback: Lane | undefined;
   private nextId = 1;
   private readonly pending = new Map<number, PendingOp>();
   private readonly settled = new Set<Promise<unknown>>();
-  private backlog: PipelineRequestMsg[] = [];
-  private blocked = false;
+  /** Ops submitted before the first cluster map fetch finished, in order. */
+  private waiting: PipelineRequestMsg[] = [];
+  private routerReady: boolean;
   private closing: Promise<void> | undefined;
   private readonly onClientClose = (): void => this.abort(new KvError(grpc.status.CANCELLED, 'client closed'));
 
   /** Creates a pipeline; nothing is opened until the first op. */
   constructor(private readonly deps: PipelineDeps) {
+    this.routerReady = deps.router === undefined;
     deps.transport.closeSignal.addEventListener('abort', this.onClientClose, { once: true });
   }
 
   /** Ops sent and not yet answered. */
   get inFlight(): number {
     return this.pending.size;
+  }
+
+  /** The nodes this pipeline has a stream open to. */
+  get streams(): readonly string[] {
+    return [...this.lanes.keys()];
   }
 
   /** Pipelined put (see KvClient.put). */
@@ -160,18 +195,23 @@ export class KvPipeline {
     );
   }
 
-  /** Waits for every op in flight, then half-closes the stream and waits for it to end. Later ops fail with CANCELLED. */
+  /** Waits for every op in flight, then half-closes the streams and waits for them to end. Later ops fail with CANCELLED. */
   close(): Promise<void> {
     this.closing ??= (async () => {
       while (this.settled.size > 0) await Promise.allSettled([...this.settled]);
       this.deps.transport.closeSignal.removeEventListener('abort', this.onClientClose);
-      const s = this.stream;
-      if (!s) return;
-      await new Promise<void>((resolve) => {
-        s.once('status', () => resolve());
-        s.end();
-      });
-      if (this.stream === s) this.stream = undefined;
+      const lanes = [...this.lanes.values()];
+      this.lanes.clear();
+      this.fallback = undefined;
+      await Promise.all(
+        lanes.map(
+          (l) =>
+            new Promise<void>((resolve) => {
+              l.stream.once('status', () => resolve());
+              l.stream.end();
+            }),
+        ),
+      );
     })();
     return this.closing;
   }
@@ -193,18 +233,25 @@ export class KvPipeline {
         if (this.pending.delete(id)) reject(new KvError(grpc.status.DEADLINE_EXCEEDED, `pipelined ${op} timed out`));
       }, deadlineAt - Date.now());
       timer.unref();
-      this.pending.set(id, {
+      const pending: PendingOp = {
         op,
+        key: msg.key ?? '',
         deadlineAt,
         timer,
+        lane: undefined,
         written: false,
+        req: undefined,
+        rerouted: false,
         onResponse: (m) => {
           if (m.error) {
             const code = (m.error.code ?? grpc.status.UNKNOWN) as grpc.status;
-            const e = new KvError(code, m.error.message ?? '', { endpoint: this.address });
-            // Reads are always safe to retry elsewhere.
-            if (op === 'get' && code === grpc.status.UNAVAILABLE) unary(deadlineAt - Date.now()).then(resolve, reject);
-            else reject(e);
+            const message = m.error.message ?? '';
+            this.deps.transport.observer?.failure({ code, details: message });
+            const e = new KvError(code, message, { endpoint: pending.lane?.address });
+            // Reads are always safe to retry elsewhere; so is an op that reached a shard not owning its key (nothing was applied).
+            if (code === grpc.status.UNAVAILABLE && (op === 'get' || isWrongShard({ code, details: message }))) {
+              unary(deadlineAt - Date.now()).then(resolve, reject);
+            } else reject(e);
             return;
           }
           try {
@@ -218,7 +265,8 @@ export class KvPipeline {
           if (ms <= 0) reject(new KvError(grpc.status.DEADLINE_EXCEEDED, `pipelined ${op} timed out`));
           else unary(ms).then(resolve, reject);
         },
-      });
+      };
+      this.pending.set(id, pending);
     });
     const tracked = p.then(
       () => undefined,
@@ -226,90 +274,170 @@ export class KvPipeline {
     );
     this.settled.add(tracked);
     void tracked.then(() => this.settled.delete(tracked));
-    this.send({ id, [op]: msg });
+    const req: PipelineRequestMsg = { id, [op]: msg };
+    const pending = this.pending.get(id);
+    if (pending) pending.req = req;
+    if (this.routerReady) this.dispatch(req);
+    else this.wait(req, deadlineAt);
     return p;
   }
 
-  private open(): grpc.ClientDuplexStream<PipelineRequestMsg, PipelineResponseMsg> {
+  /** Holds `req` until the first cluster map fetch has finished (so even the first ops are routed). */
+  private wait(req: PipelineRequestMsg, deadlineAt: number): void {
+    this.waiting.push(req);
+    if (this.waiting.length > 1) return;
+    const ready = this.deps.router!.ready(deadlineAt);
+    const flush = (): void => {
+      this.routerReady = true;
+      const reqs = this.waiting;
+      this.waiting = [];
+      if (this.deps.transport.closed) return;
+      for (const r of reqs) this.dispatch(r);
+    };
+    if (ready === undefined) flush();
+    else void ready.then(flush);
+  }
+
+  /** Sends `req` on the stream to its shard's leader (or the shared stream when unrouted). */
+  private dispatch(req: PipelineRequestMsg): void {
+    const op = this.pending.get(req.id ?? 0);
+    if (!op) return; // timed out while waiting
+    const router = this.deps.router;
+    const group = router?.routing ? router.groupOf(op.key) : undefined;
+    const address = group === undefined ? undefined : router!.addressFor(group);
+    const lane = address === undefined ? this.fallbackLane() : (this.lanes.get(address) ?? this.open(address));
+    op.lane = lane;
+    if (lane.blocked) {
+      lane.backlog.push(req);
+      return;
+    }
+    this.write(lane, req);
+  }
+
+  /** The shared stream of unrouted ops: on the leader hint, else the next endpoint. */
+  private fallbackLane(): Lane {
+    if (this.fallback !== undefined && this.lanes.get(this.fallback.address) === this.fallback) return this.fallback;
+    const address = this.deps.transport.pick();
+    this.fallback = this.lanes.get(address) ?? this.open(address);
+    return this.fallback;
+  }
+
+  private open(address: string): Lane {
     const t = this.deps.transport;
-    const address = t.pick();
-    const s = t.kv(address).pipeline(new grpc.Metadata(), {});
-    this.stream = s;
-    this.address = address;
-    this.headers = false;
-    this.blocked = false;
-    s.on('metadata', (md: grpc.Metadata) => {
-      if (this.stream !== s) return;
-      this.headers = true;
+    const connectMs = t.opts.connectTimeoutMs ?? 0;
+    const gate = t.whenConnected(address, connectMs);
+    const stream = t.kv(address).pipeline(new grpc.Metadata(), {});
+    // Until the connection is ready, ops wait in the backlog (never sent, so they can move elsewhere).
+    const lane: Lane = { address, stream, headers: false, blocked: gate !== true, backlog: [] };
+    this.lanes.set(address, lane);
+    if (gate !== true) {
+      void gate.then((ok) => {
+        if (this.lanes.get(address) !== lane) return;
+        if (ok) {
+          lane.blocked = false;
+          this.flush(lane);
+          return;
+        }
+        this.ended(lane, { code: grpc.status.UNAVAILABLE, details: `No connection established to ${address} within ${connectMs} ms`, metadata: new grpc.Metadata() });
+        stream.cancel();
+      });
+    }
+    stream.on('metadata', (md: grpc.Metadata) => {
+      if (this.lanes.get(address) !== lane) return;
+      lane.headers = true;
+      t.observer?.metadata(md);
       t.learn(md);
     });
-    s.on('data', (m: PipelineResponseMsg) => {
-      const op = this.pending.get(m.id ?? 0);
-      if (!op) return; // timed out meanwhile
-      this.pending.delete(m.id ?? 0);
+    stream.on('data', (m: PipelineResponseMsg) => {
+      const id = m.id ?? 0;
+      const op = this.pending.get(id);
+      if (!op || op.lane !== lane) return; // timed out meanwhile
+      this.pending.delete(id);
       clearTimeout(op.timer);
       op.onResponse(m);
     });
-    s.on('error', () => undefined); // reported through 'status'
-    s.on('status', (st: grpc.StatusObject) => this.ended(s, address, st));
-    return s;
+    stream.on('error', () => undefined); // reported through 'status'
+    stream.on('status', (st: grpc.StatusObject) => this.ended(lane, st));
+    return lane;
   }
 
-  private send(req: PipelineRequestMsg): void {
-    const s = this.stream ?? this.open();
-    if (this.blocked) {
-      this.backlog.push(req);
-      return;
-    }
-    this.write(s, req);
-  }
-
-  private write(s: grpc.ClientDuplexStream<PipelineRequestMsg, PipelineResponseMsg>, req: PipelineRequestMsg): void {
+  private write(lane: Lane, req: PipelineRequestMsg): void {
     const op = this.pending.get(req.id ?? 0);
     if (!op) return; // timed out before it could be sent
     op.written = true;
+    const s = lane.stream;
     s.write(req);
     if (s.writableLength >= WRITE_WINDOW && s.writableNeedDrain) {
-      this.blocked = true;
+      lane.blocked = true;
       s.once('drain', () => {
-        if (this.stream !== s) return;
-        this.blocked = false;
-        while (this.backlog.length > 0 && !this.blocked) this.write(s, this.backlog.shift()!);
+        if (this.lanes.get(lane.address) !== lane) return;
+        lane.blocked = false;
+        this.flush(lane);
       });
     }
   }
 
-  /** The stream ended: re-run what is safe to re-run, fail the rest. */
-  private ended(s: grpc.ClientDuplexStream<PipelineRequestMsg, PipelineResponseMsg>, address: string, st: grpc.StatusObject): void {
-    if (this.stream !== s) return;
-    this.stream = undefined;
-    this.backlog = [];
-    this.blocked = false;
-    if (this.pending.size === 0) return;
-    const connectionFailed = !this.headers && neverReachedServer(st);
-    if (st.code === grpc.status.UNAVAILABLE) this.deps.transport.failed(address, connectionFailed, readKvMetadata(st.metadata).leader);
-    const ops = [...this.pending.values()];
-    this.pending.clear();
+  /** Writes the backlog of an unblocked stream until it blocks again. */
+  private flush(lane: Lane): void {
+    while (lane.backlog.length > 0 && !lane.blocked) this.write(lane, lane.backlog.shift()!);
+  }
+
+  /** A stream ended: re-run what is safe to re-run, fail the rest. */
+  private ended(lane: Lane, st: grpc.StatusObject): void {
+    const t = this.deps.transport;
+    t.observer?.metadata(st.metadata);
+    if (this.lanes.get(lane.address) !== lane) return;
+    this.lanes.delete(lane.address);
+    const wasFallback = this.fallback === lane;
+    if (wasFallback) this.fallback = undefined;
+    lane.backlog = [];
+    lane.blocked = false;
+    const ops: PendingOp[] = [];
+    for (const [id, op] of this.pending) {
+      if (op.lane !== lane) continue;
+      this.pending.delete(id);
+      ops.push(op);
+    }
+    if (ops.length === 0) return;
+    if (st.code !== grpc.status.OK) t.observer?.failure(st);
+    const connectionFailed = !lane.headers && neverSent(st);
+    if (st.code === grpc.status.UNAVAILABLE) {
+      if (wasFallback) t.failedAt(lane.address, connectionFailed, readKvMetadata(st.metadata).leader);
+      else t.markFailed(lane.address, connectionFailed);
+      if (connectionFailed) this.deps.router?.unreachable(lane.address);
+      else this.deps.router?.forgetAddress(lane.address);
+    }
     const now = Date.now();
+    const moved: PipelineRequestMsg[] = [];
     for (const op of ops) {
+      if (connectionFailed && !op.rerouted && op.req !== undefined && !this.closing && !t.closed) {
+        // Never sent: once, try the stream its route now names (the unreachable address is avoided).
+        op.rerouted = true;
+        op.written = false;
+        this.pending.set(op.req.id ?? 0, op);
+        moved.push(op.req);
+        continue;
+      }
       clearTimeout(op.timer);
       if (!op.written || connectionFailed || op.op === 'get') op.retry(op.deadlineAt - now);
       else {
         const code = st.code === grpc.status.OK ? grpc.status.UNAVAILABLE : st.code;
-        op.reject(new KvError(code, `pipeline stream ended (${st.details || grpc.status[st.code]}); the ${op.op}'s outcome is unknown`, { endpoint: address }));
+        op.reject(new KvError(code, `pipeline stream ended (${st.details || grpc.status[st.code]}); the ${op.op}'s outcome is unknown`, { endpoint: lane.address }));
       }
     }
+    for (const req of moved) this.dispatch(req);
   }
 
   private abort(e: KvError): void {
-    const s = this.stream;
-    this.stream = undefined;
-    s?.cancel();
+    const lanes = [...this.lanes.values()];
+    this.lanes.clear();
+    this.fallback = undefined;
+    for (const l of lanes) l.stream.cancel();
     for (const op of this.pending.values()) {
       clearTimeout(op.timer);
       op.reject(e);
     }
     this.pending.clear();
-    this.backlog = [];
+    this.waiting = [];
   }
 }

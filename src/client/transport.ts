@@ -1,4 +1,4 @@
-/** Endpoint selection, leader discovery, channels, backoff and retried unary calls of the kvcascade client. */
+/** Endpoint selection, leader discovery, channels, backoff and retried unary calls (sent along a pluggable {@link CallRoute}) of the kvcascade client. */
 import { setMaxListeners } from 'node:events';
 import * as grpc from '@grpc/grpc-js';
 import { neverReachedServer, readKvMetadata } from '../server/metadata.js';
@@ -32,6 +32,8 @@ export interface TransportOptions {
   readonly initialBackoffMs: number;
   readonly maxBackoffMs: number;
   readonly channelOptions?: grpc.ChannelOptions | undefined;
+  /** How long an attempt waits for a new connection to become ready before trying elsewhere (never sent, so safe even for writes); 0 = as long as the deadline allows. */
+  readonly connectTimeoutMs?: number | undefined;
 }
 
 /** Whether a call may change data (retried only when provably not executed). */
@@ -42,19 +44,59 @@ interface Conn {
   cluster?: ClusterStub;
 }
 
+/**
+ * Where the attempts of one call go: picks each attempt's address, learns from successful
+ * responses and notes failures. The transport itself is the default route (one leader hint for
+ * everything); the shard router supplies per-shard routes.
+ */
+export interface CallRoute {
+  /** The address of the next attempt. */
+  pick(): string;
+  /** Learns from the metadata of a response (or of a non-transient error) that `address` sent. */
+  learn(md: grpc.Metadata | undefined, address: string): void;
+  /** Notes a transient failure of `address` (`connectionFailed`: no connection could be made); `md` is the error's metadata. */
+  failed(address: string, connectionFailed: boolean, md: grpc.Metadata | undefined): void;
+  /** Awaited (with the backoff) before a retry after `err`, e.g. to let a map refresh finish. */
+  beforeRetry?(err: grpc.ServiceError, deadlineAt: number): Promise<void> | undefined;
+}
+
+/** Sees the metadata and failures of every call and stream (the shard router follows map epochs with it). */
+export interface TransportObserver {
+  /** Metadata of a response, error or stream (headers or trailers). */
+  metadata(md: grpc.Metadata | undefined): void;
+  /** A call or stream failed with this status. */
+  failure(err: { readonly code: grpc.status; readonly details?: string }): void;
+}
+
 /** The outcome of one attempt of a unary call. */
 interface Attempt<Res> {
   readonly response?: Res;
   readonly error?: grpc.ServiceError;
   readonly trailers?: grpc.Metadata;
   readonly headers: boolean;
+  /** The request was never handed to a connection (it did not become ready in time). */
+  readonly notSent?: boolean;
+}
+
+/**
+ * True when a failed call or stream provably never reached a server: no connection could be
+ * made (see neverReachedServer), or the target's name did not resolve.
+ */
+export function neverSent(err: { code?: number; details?: string } | undefined): boolean {
+  if (neverReachedServer(err)) return true;
+  return err?.code === grpc.status.UNAVAILABLE && (err.details ?? '').startsWith('Name resolution failed');
+}
+
+/** A grpc-js-like error made by the client itself (e.g. for a connection that never became ready). */
+export function statusError(code: grpc.status, details: string): grpc.ServiceError {
+  return Object.assign(new Error(`${code} ${grpc.status[code]}: ${details}`), { code, details, metadata: new grpc.Metadata() });
 }
 
 /** A logger that drops everything. */
 export const NOOP_LOGGER: KvClientLogger = { debug: () => undefined, warn: () => undefined };
 
-/** Keeps the endpoints, the leader hint and one channel per address; runs unary calls with retries. */
-export class Transport {
+/** Keeps the endpoints, the leader hint and one channel per address; runs unary calls with retries. It is its own default {@link CallRoute}. */
+export class Transport implements CallRoute {
   private readonly endpoints: readonly string[];
   private readonly conns = new Map<string, Conn>();
   private readonly creds: grpc.ChannelCredentials;
@@ -63,6 +105,8 @@ export class Transport {
   private readonly closeController = new AbortController();
   private cursor = 0;
   private leaderHint: string | undefined;
+  /** Sees every response's metadata and every failure (set by the client). */
+  observer: TransportObserver | undefined;
 
   constructor(readonly opts: TransportOptions) {
     if (opts.endpoints.length === 0) throw new KvError(grpc.status.INVALID_ARGUMENT, 'no endpoints given');
@@ -82,6 +126,9 @@ export class Transport {
       // Detect frozen or partitioned nodes under long-lived calls (watches, pipelines).
       'grpc.keepalive_time_ms': 10_000,
       'grpc.keepalive_timeout_ms': 5_000,
+      // Own connections: a connection another client in the process made to a node that has
+      // since frozen would otherwise look ready (see whenConnected).
+      'grpc.use_local_subchannel_pool': 1,
       ...(tls?.serverNameOverride ? { 'grpc.ssl_target_name_override': tls.serverNameOverride } : {}),
       ...opts.channelOptions,
     };
@@ -112,10 +159,36 @@ export class Transport {
     return (c.kv ??= new KvStubClient(address, this.creds, this.channelOptions));
   }
 
-  /** The Cluster stub of an address. */
+  /** The Cluster stub of an address (on the same channel as its KV stub). */
   cluster(address: string): ClusterStub {
     const c = this.conn(address);
-    return (c.cluster ??= new ClusterStubClient(address, this.creds, this.channelOptions));
+    return (c.cluster ??= new ClusterStubClient(address, this.creds, { ...this.channelOptions, channelOverride: this.kv(address).getChannel() }));
+  }
+
+  /**
+   * Whether the connection to `address` is usable: true (synchronously) when it is ready or has
+   * failed (a call then fails fast by itself, as never sent); otherwise a promise of the same,
+   * false when it is still being established after `ms` (a frozen or partitioned node). Starts
+   * connecting if idle.
+   */
+  whenConnected(address: string, ms: number): true | Promise<boolean> {
+    const ch = this.kv(address).getChannel();
+    const settled = (st: grpc.connectivityState): boolean =>
+      st === grpc.connectivityState.READY || st === grpc.connectivityState.TRANSIENT_FAILURE || st === grpc.connectivityState.SHUTDOWN;
+    const first = ch.getConnectivityState(true);
+    if (settled(first) || !(ms > 0)) return true;
+    const until = Date.now() + ms;
+    return new Promise((resolve) => {
+      const wait = (st: grpc.connectivityState): void => {
+        ch.watchConnectivityState(st, until, (err) => {
+          if (err) return resolve(false);
+          const now = ch.getConnectivityState(true);
+          if (settled(now)) resolve(true);
+          else wait(now);
+        });
+      };
+      wait(first);
+    });
   }
 
   private conn(address: string): Conn {
@@ -128,7 +201,8 @@ export class Transport {
     return c;
   }
 
-  private isDown(address: string, now = Date.now()): boolean {
+  /** Whether `address` failed to connect recently (calls avoid it for a while). */
+  isDown(address: string, now = Date.now()): boolean {
     return (this.downUntil.get(address) ?? 0) > now;
   }
 
@@ -151,7 +225,7 @@ export class Transport {
   }
 
   /** Remembers the leader a response's metadata names. */
-  learn(md: grpc.Metadata | undefined): void {
+  learn(md: grpc.Metadata | undefined, _address?: string): void {
     const leader = readKvMetadata(md).leader;
     if (leader !== undefined && !this.isDown(leader)) {
       if (leader !== this.leaderHint) this.opts.log.debug({ leader }, 'learned leader');
@@ -160,14 +234,24 @@ export class Transport {
   }
 
   /**
-   * Notes a transient failure of `address`: follows a redirect to `leader` if the server named
-   * another one, forgets `address` as leader, moves to the next endpoint, and when no connection
-   * could be made, avoids the address for a while.
+   * Notes a transient failure of `address`: follows a redirect to the leader the error's metadata
+   * names if it is another one, forgets `address` as leader, moves to the next endpoint, and when
+   * no connection could be made, avoids the address for a while.
    */
-  failed(address: string, connectionFailed: boolean, leader?: string): void {
-    if (connectionFailed) this.downUntil.set(address, Date.now() + this.opts.maxBackoffMs);
+  failed(address: string, connectionFailed: boolean, md: grpc.Metadata | undefined): void {
+    this.failedAt(address, connectionFailed, readKvMetadata(md).leader);
+  }
+
+  /** {@link failed} with the redirect given as an address. */
+  failedAt(address: string, connectionFailed: boolean, leader: string | undefined): void {
+    this.markFailed(address, connectionFailed);
     if (leader !== undefined && leader !== address && !this.isDown(leader)) this.leaderHint = leader;
-    else if (this.leaderHint === address) this.leaderHint = undefined;
+  }
+
+  /** The route-independent part of a failure: avoid `address` for a while if it could not be reached, stop treating it as the leader, move to the next endpoint. */
+  markFailed(address: string, connectionFailed: boolean): void {
+    if (connectionFailed) this.downUntil.set(address, Date.now() + this.opts.maxBackoffMs);
+    if (this.leaderHint === address) this.leaderHint = undefined;
     const n = this.endpoints.length;
     if (this.endpoints[this.cursor % n] === address) this.cursor = (this.cursor + 1) % n;
   }
@@ -195,13 +279,29 @@ export class Transport {
     });
   }
 
-  private attempt<Req, Res>(
+  private async attempt<Req, Res>(
     service: 'kv' | 'cluster',
     method: string,
     address: string,
     req: Req,
     deadlineAt: number,
   ): Promise<Attempt<Res>> {
+    const connectMs = this.opts.connectTimeoutMs ?? 0;
+    const remaining = deadlineAt - Date.now();
+    const gate = this.whenConnected(address, connectMs > 0 ? Math.min(connectMs, remaining) : 0);
+    if (gate !== true && !(await gate)) {
+      const cut = remaining <= connectMs;
+      return {
+        error: statusError(
+          cut ? grpc.status.DEADLINE_EXCEEDED : grpc.status.UNAVAILABLE,
+          cut ? `Deadline exceeded while connecting to ${address}` : `No connection established to ${address} within ${connectMs} ms`,
+        ),
+        trailers: new grpc.Metadata(),
+        headers: false,
+        notSent: true,
+      };
+    }
+    if (this.closed) return { error: statusError(grpc.status.CANCELLED, 'client closed'), trailers: new grpc.Metadata(), headers: false, notSent: true };
     return new Promise((resolve) => {
       const stub = (service === 'kv' ? this.kv(address) : this.cluster(address)) as unknown as Record<
         string,
@@ -234,9 +334,10 @@ export class Transport {
   /**
    * Runs a unary call until it succeeds, fails permanently, runs out of retries or passes
    * `deadlineAt`. Transient failures (UNAVAILABLE; RESOURCE_EXHAUSTED marked retry-safe, i.e.
-   * overload; CANCELLED for reads) move on to the next endpoint with backoff. Writes are retried
-   * only when the server marked the failure `kv-retry-safe` or the call never reached a server.
-   * With `endpoint`, only that address is tried, once.
+   * overload; CANCELLED for reads) move on along `target` (default: this transport's leader hint
+   * and endpoints) with backoff. Writes are retried only when the server marked the failure
+   * `kv-retry-safe` or the call never reached a server. With an address as `target`, only that
+   * address is tried, once.
    */
   async unary<Req, Res>(
     service: 'kv' | 'cluster',
@@ -244,33 +345,38 @@ export class Transport {
     req: Req,
     kind: CallKind,
     deadlineAt: number,
-    endpoint?: string,
+    target: string | CallRoute = this,
   ): Promise<Res> {
+    const route = typeof target === 'string' ? undefined : target;
     for (let attempt = 0; ; attempt++) {
       this.checkOpen();
-      const address = endpoint ?? this.pick();
+      const address = route ? route.pick() : (target as string);
       const r = await this.attempt<Req, Res>(service, method, address, req, deadlineAt);
+      this.observer?.metadata(r.trailers);
       if (!r.error) {
-        this.learn(r.trailers);
+        (route ?? this).learn(r.trailers, address);
         return r.response as Res;
       }
       const err = r.error;
       if (this.closed) throw new KvError(grpc.status.CANCELLED, 'client closed', { endpoint: address });
+      this.observer?.failure(err);
       const f = readKvMetadata(err.metadata);
-      const connectionFailed = !r.headers && neverReachedServer(err);
+      const connectionFailed = !r.headers && (r.notSent === true || neverSent(err));
       const safe = connectionFailed || f.retrySafe === true;
       const transient =
         err.code === grpc.status.UNAVAILABLE ||
         (err.code === grpc.status.RESOURCE_EXHAUSTED && f.retrySafe === true) ||
         (kind === 'read' && err.code === grpc.status.CANCELLED);
-      if (transient) this.failed(address, connectionFailed, f.leader);
-      else this.learn(err.metadata);
-      const retry = transient && (kind === 'read' || safe) && endpoint === undefined && attempt < this.opts.maxRetries;
+      if (transient) (route ?? this).failed(address, connectionFailed, err.metadata);
+      else (route ?? this).learn(err.metadata, address);
+      const retry = transient && (kind === 'read' || safe) && route !== undefined && attempt < this.opts.maxRetries;
       if (!retry) throw fromServiceError(err, address, safe);
       const delay = this.backoffMs(attempt);
       if (Date.now() + delay >= deadlineAt) throw fromServiceError(err, address, safe);
       this.opts.log.debug({ method, address, code: grpc.status[err.code], details: err.details, attempt, delay }, 'retrying');
-      await this.sleep(delay);
+      const waitFor = route.beforeRetry?.(err, deadlineAt);
+      if (waitFor) await Promise.all([this.sleep(delay), waitFor]);
+      else await this.sleep(delay);
     }
   }
 
@@ -278,10 +384,7 @@ export class Transport {
   close(): void {
     if (this.closed) return;
     this.closeController.abort();
-    for (const c of this.conns.values()) {
-      c.kv?.close();
-      c.cluster?.close();
-    }
+    for (const c of this.conns.values()) c.kv?.close(); // the cluster stub shares its channel
     this.conns.clear();
   }
 }

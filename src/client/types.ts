@@ -9,6 +9,7 @@ import type {
   PutResponseMsg,
   StatusResponseMsg,
   TriggerResponseMsg,
+  TxnResponseMsg,
 } from '../server/proto.js';
 import { checkKey, checkPrefix, checkValue } from '../server/request-validation.js';
 import { KvError } from './errors.js';
@@ -105,6 +106,8 @@ export interface KvListOptions {
   readonly consistency?: KvConsistency;
   /** Timeout per page in ms (default: the client's `defaultDeadlineMs`). */
   readonly deadlineMs?: number;
+  /** List exactly this shard (Raft group id); default: every shard the prefix spans, merged in key order. */
+  readonly shard?: number;
 }
 
 /** One listed key. `value` is empty with `keysOnly`. */
@@ -120,13 +123,57 @@ export interface KvListResult {
   readonly items: readonly KvItem[];
   /** Pass to the next `list` call; empty when this is the last page. */
   readonly nextPageToken: string;
+  /** The shard revision the page was read at (0 when the listing spans several shards: see `shardRevisions`). */
   readonly revision: number;
+  /** Each listed shard's revision, by shard (Raft group) id; empty from servers that do not report it. */
+  readonly shardRevisions: Readonly<Record<number, number>>;
+}
+
+/** One compare of a transaction: `key`'s current version must equal `version` (0 = absent). */
+export interface KvTxnCompare {
+  readonly key: string;
+  readonly version: number;
+}
+
+/** One write of a transaction: an unconditional put (a string value is stored as UTF-8) or delete. */
+export type KvTxnWrite =
+  | { readonly type: 'put'; readonly key: string; readonly value: Uint8Array | string }
+  | { readonly type: 'delete'; readonly key: string };
+
+/** A transaction: if every compare holds, every write applies at one new revision; else nothing changes. All keys must be in one shard. */
+export interface KvTxn {
+  readonly compares?: readonly KvTxnCompare[];
+  /** A key at most once. */
+  readonly writes?: readonly KvTxnWrite[];
+}
+
+/** Options of `txn`. */
+export interface KvTxnOptions {
+  /** Timeout of the call including retries, in ms (default: the client's `defaultDeadlineMs`). */
+  readonly deadlineMs?: number;
+}
+
+/** Result of `txn`. */
+export interface KvTxnResult {
+  /** Whether every compare held (and so the writes were applied). */
+  readonly succeeded: boolean;
+  /** The revision of the writes (the shard's unchanged current revision when nothing was written). */
+  readonly revision: number;
+  readonly timestampMs: number;
+  /** Indexes (into `compares`) of the compares that failed. */
+  readonly failedCompares: readonly number[];
+  /** The shard (Raft group) that executed it. */
+  readonly shard: number;
 }
 
 /** Options of `watch`. */
 export interface KvWatchOptions {
-  /** First revision to deliver (default: changes after the current revision). */
+  /** First revision to deliver, in every watched shard (default: changes after the current revision). */
   readonly fromRevision?: number;
+  /** Resume a previous watch of the same prefix: the `resumeToken` of the last batch it delivered (no gap, no duplicate; overrides `fromRevision` for the shards it names). */
+  readonly resumeToken?: string;
+  /** Watch exactly this shard (Raft group id); default: every shard the prefix spans, merged (ordered per shard). */
+  readonly shard?: number;
   /** How often the server sends progress notifications while idle (ms; default 1000). */
   readonly progressIntervalMs?: number;
   /** Ends the iteration (normally, without an error) when aborted. */
@@ -141,15 +188,19 @@ export interface KvWatchEvent {
   readonly value: Uint8Array;
   readonly revision: number;
   readonly timestampMs: number;
+  /** The shard (Raft group) the change happened in: revisions are per shard (0 from servers that do not report it). */
+  readonly shard: number;
 }
 
 /** What a watch iterator yields: the events of whole revisions, or a progress notification. */
 export interface KvWatchBatch {
   readonly events: readonly KvWatchEvent[];
-  /** Every change under the prefix up to this revision has now been delivered. */
+  /** Every change under the prefix up to this revision has now been delivered (for a watch spanning several shards, the highest revision seen in any of them: use `resumeToken` to resume). */
   readonly revision: number;
   /** True for a progress notification (no events). */
   readonly progress: boolean;
+  /** Pass as `KvWatchOptions.resumeToken` to resume after this batch (empty from servers that do not send one). */
+  readonly resumeToken: string;
 }
 
 /** Status of one Raft group on a node. */
@@ -165,6 +216,16 @@ export interface KvGroupStatus {
   readonly voters: readonly number[];
   readonly learners: readonly number[];
   readonly revision: number;
+  /** The pool of the shard ('' = the default pool); undefined for the metadata group. */
+  readonly pool?: string;
+  /** The shard's index in its pool. */
+  readonly shardIndex: number;
+  /** Map epoch of the ownership descriptor the shard applied (0 = none yet). */
+  readonly descriptorEpoch: number;
+  /** On the leader: each replica's acknowledged log index, by node id. */
+  readonly matched: Readonly<Record<number, number>>;
+  /** Live keys in the shard. */
+  readonly keys: number;
 }
 
 /** Status of a node. */
@@ -173,6 +234,8 @@ export interface KvNodeStatus {
   readonly version: string;
   readonly groups: readonly KvGroupStatus[];
   readonly members: readonly { readonly id: number; readonly address: string }[];
+  /** Epoch of the cluster map the node routes with (0 from servers that do not report it). */
+  readonly mapEpoch: number;
 }
 
 const EMPTY = new Uint8Array(0);
@@ -260,9 +323,32 @@ export function item(m: KeyValueMsg): KvItem {
   return { key: m.key ?? '', value: bytes(m.value), version: m.version ?? 0, timestampMs: m.timestampMs ?? 0 };
 }
 
+/** Converts a proto map with numeric keys (decoded with string keys) into a record of numbers. */
+export function numberRecord(m: Record<string, number | string> | null | undefined): Record<number, number> {
+  const out: Record<number, number> = {};
+  if (m) for (const [k, v] of Object.entries(m)) out[Number(k)] = Number(v);
+  return out;
+}
+
 /** Converts a ListResponse. */
 export function listResult(m: ListResponseMsg): KvListResult {
-  return { items: (m.items ?? []).map(item), nextPageToken: m.nextPageToken ?? '', revision: m.revision ?? 0 };
+  return {
+    items: (m.items ?? []).map(item),
+    nextPageToken: m.nextPageToken ?? '',
+    revision: m.revision ?? 0,
+    shardRevisions: numberRecord(m.shardRevisions),
+  };
+}
+
+/** Converts a TxnResponse. */
+export function txnResult(m: TxnResponseMsg): KvTxnResult {
+  return {
+    succeeded: m.succeeded ?? false,
+    revision: m.revision ?? 0,
+    timestampMs: m.timestampMs ?? 0,
+    failedCompares: (m.failedCompares ?? []).map(Number),
+    shard: m.shard ?? 0,
+  };
 }
 
 /** Converts an Event (unknown types are reported as puts). */
@@ -273,6 +359,7 @@ export function watchEvent(m: EventMsg): KvWatchEvent {
     value: bytes(m.value),
     revision: m.revision ?? 0,
     timestampMs: m.timestampMs ?? 0,
+    shard: m.shard ?? 0,
   };
 }
 
@@ -293,7 +380,13 @@ export function nodeStatus(m: StatusResponseMsg): KvNodeStatus {
       voters: g.voters ?? [],
       learners: g.learners ?? [],
       revision: g.revision ?? 0,
+      ...(g.pool !== undefined && g.pool !== null ? { pool: g.pool } : {}),
+      shardIndex: g.shardIndex ?? 0,
+      descriptorEpoch: g.descriptorEpoch ?? 0,
+      matched: numberRecord(g.matched),
+      keys: g.keys ?? 0,
     })),
     members: (m.members ?? []).map((x) => ({ id: x.id ?? 0, address: x.address ?? '' })),
+    mapEpoch: m.mapEpoch ?? 0,
   };
 }

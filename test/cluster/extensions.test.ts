@@ -97,10 +97,11 @@ describe('extensions on real processes', () => {
       for (let i = 0; !stop; i++) {
         const key = `/in/w${w}k${i % 4}`;
         try {
-          const r = await c.put(key, String(i), { deadlineMs: Date.now() + 3000 });
+          const r = await c.put(key, String(i), { deadlineMs: 3000 });
           acked.push({ key, version: r.version });
         } catch {
-          // not acknowledged
+          // not acknowledged; yield to timers (a closed client rejects at once)
+          await new Promise((r) => setTimeout(r, 20));
         }
       }
     });

@@ -27,7 +27,7 @@ function startLoad(c: ReturnType<KvdCluster['client']>, writers: number) {
       const key = `/load/${w}/${i % 50}`;
       const value = `${w}-${i}`;
       try {
-        await c.put(key, value, { deadlineMs: Date.now() + 3000 });
+        await c.put(key, value, { deadlineMs: 3000 });
         acked.set(key, value);
         lastAckAt = Date.now();
         ackTimes.push(lastAckAt);

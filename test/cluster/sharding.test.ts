@@ -86,7 +86,7 @@ function startLoad(client: KvClient, writers: number, prefix = '/load') {
       const key = `${prefix}/${w}/${i % 40}`;
       const value = `${w}-${i}`;
       try {
-        await client.put(key, value, { deadlineMs: Date.now() + 4000 });
+        await client.put(key, value, { deadlineMs: 4000 });
         acked.set(key, value);
         acks++;
       } catch (e) {
@@ -268,7 +268,11 @@ describe('sharding with real processes', () => {
     await settled(cluster, client);
     const seen: string[] = [];
     let token = '';
-    const first = client.watch('/w/');
+    const first = client.watch('/w/', { progressIntervalMs: 100 });
+    // The watch is established once its first response (a progress notification) arrives.
+    const head = await first.next();
+    expect(head.done).toBe(false);
+    token = head.value!.resumeToken;
     const writer = (async () => {
       for (let i = 0; i < 300; i++) await client.put(`/w/${i}`, String(i));
     })();
