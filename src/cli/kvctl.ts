@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-/** kvctl, the kvcascade command-line client (put, get, cas, del, trigger, ls, watch, cluster status, pools, members, extensions), callable in-process through `main(argv, io)`. */
+/** kvctl, the kvcascade command-line client (put, get, cas, txn, del, trigger, ls, watch, cluster status, pools, members, extensions), callable in-process through `main(argv, io)`. */
 import { isUtf8 } from 'node:buffer';
 import { realpathSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
@@ -38,6 +38,11 @@ export interface KvctlIo {
   readonly env?: Readonly<Record<string, string | undefined>>;
   /** Ends `watch` (default: SIGINT). */
   readonly signal?: AbortSignal;
+}
+
+/** Commander helper for repeatable options. */
+function collect(value: string, previous: string[]): string[] {
+  return [...previous, value];
 }
 
 /** A value as printed: UTF-8 text when valid, else base64. */
@@ -232,6 +237,47 @@ export async function main(argv: readonly string[], io: KvctlIo = {}): Promise<n
           formatTable(
             ['KEY', 'RESULT', 'EXPECTED', 'CURRENT_VERSION', 'CURRENT_VALUE'],
             [[key, 'conflict', String(expected), String(r.currentVersion), r.currentValue ? cell(r.currentValue) : '-']],
+          ),
+        );
+      }
+    });
+
+  program
+    .command('txn')
+    .description(
+      'atomic multi-key operation inside one shard: if every --compare holds, apply every --put and --delete at one revision, else nothing (exit code 2); keys in different shards are refused',
+    )
+    .option('--compare <key=version>', 'the key must be at this version (0 = absent); repeatable', collect, [])
+    .option('--put <key=value>', 'write the key; repeatable', collect, [])
+    .option('--delete <key>', 'delete the key; repeatable', collect, [])
+    .action(async (o: { compare: string[]; put: string[]; delete: string[] }) => {
+      const split = (s: string, what: string): [string, string] => {
+        const i = s.indexOf('=');
+        if (i <= 0) throw new CliFailure('USAGE', `${what} "${s}" is not key=value`, EXIT.USAGE);
+        return [s.slice(0, i), s.slice(i + 1)];
+      };
+      const compares = o.compare.map((c) => {
+        const [key, v] = split(c, '--compare');
+        const version = Number(v);
+        if (!Number.isSafeInteger(version) || version < 0) throw new CliFailure('USAGE', `--compare ${c}: the version must be a non-negative integer`, EXIT.USAGE);
+        return { key, version };
+      });
+      const writes = [
+        ...o.put.map((p) => {
+          const [key, value] = split(p, '--put');
+          return { type: 'put' as const, key, value };
+        }),
+        ...o.delete.map((key) => ({ type: 'delete' as const, key })),
+      ];
+      if (compares.length + writes.length === 0) throw new CliFailure('USAGE', 'give at least one --compare, --put or --delete', EXIT.USAGE);
+      const r = await kv().txn({ compares, writes });
+      if (!r.succeeded) exitCode = EXIT.CONFLICT;
+      if (json()) print({ succeeded: r.succeeded, revision: r.revision, shard: r.shard, failedCompares: r.failedCompares });
+      else {
+        out.write(
+          formatTable(
+            ['RESULT', 'REVISION', 'SHARD', 'FAILED_COMPARES'],
+            [[r.succeeded ? 'ok' : 'conflict', String(r.revision), String(r.shard), r.failedCompares.map((i) => compares[i]!.key).join(',') || '-']],
           ),
         );
       }

@@ -144,6 +144,23 @@ describe('cas and del', () => {
   });
 });
 
+describe('txn', () => {
+  it('applies every write when the compares hold, nothing (exit code 2) when one fails, and refuses bad arguments', async () => {
+    const ok = await kvctl(['txn', '--compare', '/a=0', '--put', '/a=1', '--put', '/b=x=y']);
+    expect(ok.code).toBe(EXIT.OK);
+    expect(ok.out).toMatch(/^RESULT\s+REVISION\s+SHARD\s+FAILED_COMPARES\nok\s+1\s+1\s+-\n$/);
+    expect(JSON.parse((await kvctl(['--json', 'get', '/b'])).out)).toMatchObject({ key: '/b', value: 'x=y', version: 1 });
+    const no = await kvctl(['--json', 'txn', '--compare', '/a=0', '--delete', '/b']);
+    expect(no.code).toBe(EXIT.CONFLICT);
+    expect(JSON.parse(no.out)).toEqual({ succeeded: false, revision: 1, shard: 1, failedCompares: [0] });
+    expect((await kvctl(['get', '/b'])).code).toBe(EXIT.OK);
+    const bad = await kvctl(['txn', '--put', 'novalue']);
+    expect(bad.code).toBe(EXIT.USAGE);
+    expect(bad.err).toMatch(/not key=value/);
+    expect((await kvctl(['txn'])).code).toBe(EXIT.USAGE);
+  });
+});
+
 describe('trigger', () => {
   it('fires without storing, printing a table or one JSON document', async () => {
     await kvctl(['put', 'k', 'stored']);
