@@ -2,7 +2,8 @@
  * Multi-process sharding tests with real kvd processes (3 to 4 nodes, 8+ shards): routing of every
  * API call to the right shard from any node, kill -9 of a node leading several shards under load,
  * a node added and another removed under load, atomic multi-key operations in a pool with an
- * affinity pattern, and a watch over many shards resumed with its token after a disconnect.
+ * affinity pattern, a watch over many shards resumed with its token after a disconnect, and leaders
+ * spread over the nodes, moved off a dead node and back when it returns.
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import { AdminClient } from '../../src/client/admin-client.js';
@@ -198,6 +199,28 @@ describe('sharding with real processes', () => {
     const one = cluster.client([cluster.node(victim).address]);
     const [k, v] = [...load.acked][0]!;
     await until('the restarted node to serve', async () => dec((await one.get(k, { consistency: 'serializable' })).value) === v);
+  });
+
+  it('spreads leaders over the nodes, moves them off a dead node and back when it returns', async () => {
+    cluster = await KvdCluster.start({ nodes: 3, defaultShards: 6, tickMs: 50, electionTicks: 10, extraArgs: ['--admin-token', TOKEN] });
+    const client = cluster.client();
+    const map = await settled(cluster, client);
+    const spread = (led: Map<number, number>, nodes: number[]) => {
+      const counts = nodes.map((n) => [...led].filter(([g, l]) => g !== 0 && l === n).length);
+      return { counts, balanced: map.shards.every((s) => led.has(s.group)) && Math.max(...counts) - Math.min(...counts) <= 1 };
+    };
+    // 6 shards over 3 nodes: 2 leaders each.
+    await until('leaders spread over 3 nodes', async () => spread(await leaders(cluster!, client), [1, 2, 3]).balanced);
+    await cluster.kill(3, 'SIGKILL');
+    // Its shards elect leaders on the survivors, 3 each.
+    await until('leaders spread over the 2 survivors', async () => spread(await leaders(cluster!, client), [1, 2]).balanced, 30_000);
+    await cluster.startNode(3);
+    // Back: the preferred leaders move some shards to node 3 again.
+    const back = await until('leaders spread over 3 nodes again', async () => {
+      const s = spread(await leaders(cluster!, client), [1, 2, 3]);
+      return s.balanced ? s : undefined;
+    }, 60_000);
+    expect(back.counts).toEqual([2, 2, 2]);
   });
 
   it('adds a node and removes another under load without losing acknowledged writes', async () => {
