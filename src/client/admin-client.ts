@@ -6,9 +6,10 @@
 import * as grpc from '@grpc/grpc-js';
 import { AdminStubClient } from '../server/admin-service.js';
 import { neverReachedServer } from '../server/metadata.js';
-import { ClusterStubClient, type ClusterStub, type GetShardMapResponseMsg, type GroupStatusMsg, type StatusResponseMsg } from '../server/proto.js';
+import { ClusterStubClient, type ClusterStub, type GetShardMapResponseMsg, type StatusResponseMsg } from '../server/proto.js';
 import { emptyMap, type ClusterMap, type MemberInfo, type PoolSpec, type ShardInfo } from '../sharding/index.js';
 import { KvError } from './errors.js';
+import { nodeStatus, type KvGroupStatus, type KvNodeStatus } from './types.js';
 
 /** A registered extension. */
 export interface ExtensionRecordInfo {
@@ -52,40 +53,11 @@ export interface ExtensionNodeInfo {
   readonly timeouts: number;
 }
 
-/** One Raft group as one node reports it (Cluster.Status). */
-export interface GroupReport {
-  readonly group: number;
-  readonly leader: number;
-  readonly term: number;
-  readonly role: string;
-  readonly commitIndex: number;
-  readonly appliedIndex: number;
-  readonly firstIndex: number;
-  readonly lastIndex: number;
-  readonly voters: readonly number[];
-  readonly learners: readonly number[];
-  readonly revision: number;
-  /** The shard's pool ('' = the default pool); absent for the metadata group. */
-  readonly pool?: string;
-  /** The shard's index in its pool. */
-  readonly shardIndex: number;
-  /** Map epoch of the ownership descriptor the shard applied (0 = none yet). */
-  readonly descriptorEpoch: number;
-  /** On the leader: each replica's acknowledged log index, by node id. */
-  readonly matched: Readonly<Record<number, number>>;
-  /** Live keys. */
-  readonly keys: number;
-}
+/** One Raft group as one node reports it (Cluster.Status): the client's status type. */
+export type GroupReport = KvGroupStatus;
 
-/** One node's Cluster.Status. */
-export interface NodeReport {
-  readonly nodeId: number;
-  readonly version: string;
-  readonly groups: readonly GroupReport[];
-  readonly members: readonly { readonly id: number; readonly address: string }[];
-  /** Epoch of the cluster map the node routes with. */
-  readonly mapEpoch: number;
-}
+/** One node's Cluster.Status: the client's status type. */
+export type NodeReport = KvNodeStatus;
 
 /** One member in a {@link ClusterStatus}: its status, or why it did not answer. */
 export interface ClusterNodeReport {
@@ -188,58 +160,8 @@ function nums(v: unknown): number[] {
   return Array.isArray(v) ? v.map(num) : [];
 }
 
-/**
- * A uint64 map key as proto-loader decodes it: protobufjs hands 64-bit map keys over as 8-char
- * "long hash" strings (little-endian bytes), not as decimal text; decimal keys are accepted too.
- */
-export function mapKey64(k: string): number {
-  if (/^\d+$/.test(k)) return Number(k);
-  if (k.length !== 8) return NaN;
-  let lo = 0;
-  let hi = 0;
-  for (let i = 0; i < 4; i++) {
-    lo += k.charCodeAt(i) * 2 ** (8 * i);
-    hi += k.charCodeAt(i + 4) * 2 ** (8 * i);
-  }
-  return hi * 2 ** 32 + lo;
-}
-
-function groupReport(g: GroupStatusMsg): GroupReport {
-  const matched: Record<number, number> = {};
-  for (const [k, v] of Object.entries(g.matched ?? {})) {
-    const id = mapKey64(k);
-    if (Number.isSafeInteger(id)) matched[id] = num(v);
-  }
-  return {
-    group: num(g.group),
-    leader: num(g.leader),
-    term: num(g.term),
-    role: g.role ?? '',
-    commitIndex: num(g.commitIndex),
-    appliedIndex: num(g.appliedIndex),
-    firstIndex: num(g.firstIndex),
-    lastIndex: num(g.lastIndex),
-    voters: nums(g.voters),
-    learners: nums(g.learners),
-    revision: num(g.revision),
-    ...(typeof g.pool === 'string' ? { pool: g.pool } : {}),
-    shardIndex: num(g.shardIndex),
-    descriptorEpoch: num(g.descriptorEpoch),
-    matched,
-    keys: num(g.keys),
-  };
-}
-
-/** Decodes a Cluster.Status response. */
-export function nodeReport(m: StatusResponseMsg): NodeReport {
-  return {
-    nodeId: num(m.nodeId),
-    version: m.version ?? '',
-    groups: (m.groups ?? []).map(groupReport),
-    members: (m.members ?? []).map((x) => ({ id: num(x.id), address: x.address ?? '' })),
-    mapEpoch: num(m.mapEpoch),
-  };
-}
+/** Decodes a Cluster.Status response (the client library's decoder). */
+export const nodeReport: (m: StatusResponseMsg) => NodeReport = nodeStatus;
 
 function poolSpec(p: Record<string, unknown>): PoolSpec {
   return {

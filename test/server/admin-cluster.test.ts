@@ -1,7 +1,7 @@
 /** Tests of the Admin service's cluster RPCs (CreatePool, AddMember, RemoveMember) over a fake backend: the admin token, input checks, the metadata-leader redirect, error mapping, deadlines, and the AdminClient that follows the redirect. */
 import * as grpc from '@grpc/grpc-js';
 import { afterEach, describe, expect, it } from 'vitest';
-import { AdminClient, mapKey64 } from '../../src/client/admin-client.js';
+import { AdminClient } from '../../src/client/admin-client.js';
 import { KvError } from '../../src/client/errors.js';
 import { addAdminService, AdminStubClient, type AdminBackend, type CreatePoolInput } from '../../src/server/admin-service.js';
 import { MAX_POOL_SHARDS, MAX_REPLICAS, ShardingError, type PoolSpec, type ShardingErrorCode } from '../../src/sharding/index.js';
@@ -349,11 +349,3 @@ describe('AdminClient', () => {
   });
 });
 
-describe('mapKey64', () => {
-  it('decodes the long-hash strings protobufjs uses for uint64 map keys, and decimal keys', () => {
-    const hash = (n: number) => String.fromCharCode(...[0, 1, 2, 3, 4, 5, 6, 7].map((i) => Math.floor(n / 2 ** (8 * i)) % 256));
-    for (const n of [0, 1, 255, 256, 2 ** 31 - 1, 2 ** 32 + 5, 2 ** 40 + 7]) expect(mapKey64(hash(n)), String(n)).toBe(n);
-    expect(mapKey64('12')).toBe(12);
-    expect(mapKey64('abc')).toBeNaN();
-  });
-});

@@ -90,13 +90,6 @@ async function readWatch(
   return { msgs, ...(error ? { error } : {}), ...(headers ? { headers } : {}) };
 }
 
-/** A uint64 map key as decoded by protobufjs: decimal, or its 8-character little-endian "long hash". */
-function mapKey64(k: string): number {
-  if (/^[0-9]+$/.test(k)) return Number(k);
-  const word = (at: number): number =>
-    (k.charCodeAt(at) | (k.charCodeAt(at + 1) << 8) | (k.charCodeAt(at + 2) << 16) | (k.charCodeAt(at + 3) << 24)) >>> 0;
-  return word(4) * 2 ** 32 + word(0);
-}
 
 type Ev = string;
 const evId = (e: { shard?: number; revision?: number; key?: string; type?: unknown }): Ev => `${e.shard}:${e.revision}:${String(e.type)}:${e.key}`;
@@ -227,7 +220,7 @@ describe('cluster map, status and metadata', () => {
     expect(s.groups).toHaveLength(2);
     expect(s.groups![0]).toMatchObject({ group: 1, pool: '', shardIndex: 0, descriptorEpoch: 3, keys: 1, revision: 1 });
     expect(s.groups![1]).toMatchObject({ group: 2, pool: '', shardIndex: 1, descriptorEpoch: 3, matched: {}, keys: 1, revision: 2, role: 'follower' });
-    expect(Object.entries(s.groups![0]!.matched!).map(([k, v]) => [mapKey64(k), v])).toEqual([[1, 1]]);
+    expect(Object.entries(s.groups![0]!.matched!).map(([k, v]) => [Number(k), v])).toEqual([[1, 1]]);
     expect(metaString(out.trailers, META_MAP_EPOCH)).toBe('3');
   });
 
