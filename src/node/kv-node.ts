@@ -604,22 +604,17 @@ export class KvNode implements KvBackend {
     throw this.elsewhere(group);
   }
 
-  /** Where a request for a group not hosted here should go: its leader if known, else a replica. */
+  /**
+   * Where a request for a group not hosted here should go: a live replica of it (which forwards to
+   * its leader, or names it); the service caches the leader it learns from the answer.
+   */
   private elsewhere(group: number): NotLeaderError | UnavailableError {
     const map = this.view.current;
     const replicas = group === META_GROUP ? map.metaVoters : map.shards.find((s) => s.group === group)?.replicas;
     if (!replicas) return new UnavailableError(`shard ${group} is not in this node's cluster map (epoch ${map.epoch})`);
-    const hint = this.leaderHints.get(group);
-    const target = hint !== undefined && replicas.includes(hint) ? hint : replicas.find((id) => id !== this.id && this.isLive(id)) ?? replicas.find((id) => id !== this.id);
+    const target = replicas.find((id) => id !== this.id && this.isLive(id)) ?? replicas.find((id) => id !== this.id);
     return new NotLeaderError(0, target !== undefined ? this.addressOf(target) : undefined, group);
   }
-
-  /** Remembers the leader of a group not hosted here, as another node reported it (routing hint). */
-  noteLeaderHint(group: number, leader: NodeId): void {
-    this.leaderHints.set(group, leader);
-  }
-
-  private readonly leaderHints = new Map<number, NodeId>();
 
   private notLeader(r: ShardReplica): NotLeaderError {
     const leader = r.leader;
