@@ -1,5 +1,6 @@
 /** Test helpers shared by the server, client and CLI tests: loopback servers over a MemoryBackend (whose map then names the server), raw stubs, unary calls with trailers, a capturing logger. */
 import * as grpc from '@grpc/grpc-js';
+import { afterEach, expect } from 'vitest';
 import type { KvBackend } from '../../src/node/backend.js';
 import { startKvServer, type KvServiceLogger, type KvServiceOptions, type RunningKvServer } from '../../src/server/kv-service.js';
 import { ClusterStubClient, KvStubClient, type ClusterStub, type KvStub } from '../../src/server/proto.js';
@@ -119,4 +120,41 @@ export function utf8(s: string): Uint8Array {
 /** Decodes UTF-8 bytes. */
 export function text(b: Uint8Array | undefined): string {
   return b === undefined ? '' : new TextDecoder().decode(b);
+}
+
+/**
+ * Per-test loopback servers (call once at the top of a test file): `start` serves `backend` and
+ * returns raw stubs; `defer` registers more cleanup. Everything is closed after each test, last first.
+ */
+export function serviceFixture(): {
+  start(backend?: KvBackend, opts?: Parameters<typeof serve>[1]): Promise<{ srv: RunningKvServer; kv: KvStub; cluster: ClusterStub; close(): void }>;
+  defer(fn: () => unknown): void;
+} {
+  const cleanups: Array<() => unknown> = [];
+  afterEach(async () => {
+    while (cleanups.length > 0) await cleanups.pop()!();
+  });
+  return {
+    start: async (backend = new MemoryBackend(), opts = {}) => {
+      const srv = await serve(backend, opts);
+      const s = stubs(srv.address);
+      cleanups.push(() => srv.close(100));
+      cleanups.push(() => s.close());
+      return { srv, ...s };
+    },
+    defer: (fn) => cleanups.push(fn),
+  };
+}
+
+/** Asserts a unary outcome failed with `code` and returns the error. */
+export function expectError<R>(out: UnaryOutcome<R>, code: grpc.status): grpc.ServiceError {
+  if (out.ok) throw new Error(`expected ${grpc.status[code]}, got a response`);
+  expect(grpc.status[out.error.code]).toBe(grpc.status[code]);
+  return out.error;
+}
+
+/** The response of a unary outcome that must have succeeded. */
+export function ok<R>(out: UnaryOutcome<R>): R {
+  if (!out.ok) throw new Error(`unexpected error ${grpc.status[out.error.code]}: ${out.error.details}`);
+  return out.response;
 }

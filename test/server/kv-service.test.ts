@@ -1,6 +1,6 @@
 /** Tests of the gRPC KV and Cluster services over the in-memory backend: every RPC, every error status, limits, forwarding, deadlines, watches and pipelining. */
 import * as grpc from '@grpc/grpc-js';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { DeadlineError, NotLeaderError, OverloadedError, UnavailableError, type KvBackend } from '../../src/node/backend.js';
 import { MAX_FORWARD_HOPS, META_COMPACT_REVISION, META_FORWARDED, META_LEADER, META_RETRY_SAFE, metaString } from '../../src/server/metadata.js';
 import { decodePageToken, encodePageToken } from '../../src/server/request-validation.js';
@@ -17,31 +17,9 @@ import type {
 } from '../../src/server/proto.js';
 import { CompactedRevisionError, MAX_KEY_BYTES, MAX_VALUE_BYTES } from '../../src/statemachine/index.js';
 import { MemoryBackend } from './memory-backend.js';
-import { captureLog, deferred, rawUnary, serve, stubs, text, unary, utf8, type UnaryOutcome } from './harness.js';
+import { captureLog, deferred, expectError, ok, rawUnary, serve, serviceFixture, stubs, text, unary, utf8 } from './harness.js';
 
-const cleanups: Array<() => unknown> = [];
-afterEach(async () => {
-  while (cleanups.length > 0) await cleanups.pop()!();
-});
-
-async function start(backend: KvBackend = new MemoryBackend(), opts: Parameters<typeof serve>[1] = {}) {
-  const srv = await serve(backend, opts);
-  const s = stubs(srv.address);
-  cleanups.push(() => srv.close(100));
-  cleanups.push(() => s.close());
-  return { srv, ...s };
-}
-
-function expectError<R>(out: UnaryOutcome<R>, code: grpc.status): grpc.ServiceError {
-  if (out.ok) throw new Error(`expected ${grpc.status[code]}, got a response`);
-  expect(grpc.status[out.error.code]).toBe(grpc.status[code]);
-  return out.error;
-}
-
-function ok<R>(out: UnaryOutcome<R>): R {
-  if (!out.ok) throw new Error(`unexpected error ${grpc.status[out.error.code]}: ${out.error.details}`);
-  return out.response;
-}
+const { start, defer } = serviceFixture();
 
 async function collect(stream: grpc.ClientReadableStream<WatchResponseMsg>, until: (all: WatchResponseMsg[]) => boolean) {
   const all: WatchResponseMsg[] = [];
@@ -706,7 +684,7 @@ describe('Pipeline', () => {
   it('rejects invalid UTF-8 inside a pipelined op', async () => {
     const { srv } = await start();
     const client = new grpc.Client(srv.address, grpc.credentials.createInsecure());
-    cleanups.push(() => client.close());
+    defer(() => client.close());
     const stream = client.makeBidiStreamRequest('/kvcascade.v1.KV/Pipeline', (b: Buffer) => b, (b: Buffer) => b);
     const got = deferred<Buffer>();
     stream.on('data', (b: Buffer) => got.resolve(b));

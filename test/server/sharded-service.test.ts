@@ -1,7 +1,7 @@
 /** Tests of the sharding features of the gRPC services over the in-memory backend: Txn, GetShardMap, status fields, shard and map-epoch metadata, per-shard leader hints, forwarding hop counts, cross-shard List merging and cross-shard Watch merging with resume tokens. */
 import * as grpc from '@grpc/grpc-js';
 import fc from 'fast-check';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { NotLeaderError, WrongShardError, type KvBackend, type WatchSink } from '../../src/node/backend.js';
 import {
   MAX_FORWARD_HOPS,
@@ -25,31 +25,9 @@ import type {
 import { decodeResumeToken, encodeResumeToken } from '../../src/server/request-validation.js';
 import { MAX_TXN_OPS, MAX_VALUE_BYTES, compareKeys } from '../../src/statemachine/index.js';
 import { MemoryBackend } from './memory-backend.js';
-import { deferred, serve, stubs, text, unary, utf8, type UnaryOutcome } from './harness.js';
+import { deferred, expectError, ok, serviceFixture, text, unary, utf8 } from './harness.js';
 
-const cleanups: Array<() => unknown> = [];
-afterEach(async () => {
-  while (cleanups.length > 0) await cleanups.pop()!();
-});
-
-async function start(backend: KvBackend = new MemoryBackend(), opts: Parameters<typeof serve>[1] = {}) {
-  const srv = await serve(backend, opts);
-  const s = stubs(srv.address);
-  cleanups.push(() => srv.close(100));
-  cleanups.push(() => s.close());
-  return { srv, ...s };
-}
-
-function expectError<R>(out: UnaryOutcome<R>, code: grpc.status): grpc.ServiceError {
-  if (out.ok) throw new Error(`expected ${grpc.status[code]}, got a response`);
-  expect(grpc.status[out.error.code]).toBe(grpc.status[code]);
-  return out.error;
-}
-
-function ok<R>(out: UnaryOutcome<R>): R {
-  if (!out.ok) throw new Error(`unexpected error ${grpc.status[out.error.code]}: ${out.error.details}`);
-  return out.response;
-}
+const { start } = serviceFixture();
 
 /** Keys `${prefix}<n>` until one lies in each of `groups` (in that order). */
 function keysInShards(backend: MemoryBackend, groups: readonly number[], prefix = 'k'): string[] {
