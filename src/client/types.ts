@@ -12,6 +12,7 @@ import type {
   TxnResponseMsg,
 } from '../server/proto.js';
 import { checkKey, checkPrefix, checkValue } from '../server/request-validation.js';
+import { statusFromMsg } from '../server/status-codec.js';
 import { KvError } from './errors.js';
 
 /** Read freshness: linearizable (through the leader, the default) or serializable (local replica, may be stale). */
@@ -363,30 +364,11 @@ export function watchEvent(m: EventMsg): KvWatchEvent {
   };
 }
 
-/** Converts a StatusResponse. */
+/** Converts a StatusResponse (decoded by the server's status codec; `matched` as a plain record). */
 export function nodeStatus(m: StatusResponseMsg): KvNodeStatus {
+  const s = statusFromMsg(m);
   return {
-    nodeId: m.nodeId ?? 0,
-    version: m.version ?? '',
-    groups: (m.groups ?? []).map((g) => ({
-      group: g.group ?? 0,
-      leader: g.leader ?? 0,
-      term: g.term ?? 0,
-      role: g.role ?? '',
-      commitIndex: g.commitIndex ?? 0,
-      appliedIndex: g.appliedIndex ?? 0,
-      firstIndex: g.firstIndex ?? 0,
-      lastIndex: g.lastIndex ?? 0,
-      voters: g.voters ?? [],
-      learners: g.learners ?? [],
-      revision: g.revision ?? 0,
-      ...(g.pool !== undefined && g.pool !== null ? { pool: g.pool } : {}),
-      shardIndex: g.shardIndex ?? 0,
-      descriptorEpoch: g.descriptorEpoch ?? 0,
-      matched: numberRecord(g.matched),
-      keys: g.keys ?? 0,
-    })),
-    members: (m.members ?? []).map((x) => ({ id: x.id ?? 0, address: x.address ?? '' })),
-    mapEpoch: m.mapEpoch ?? 0,
+    ...s,
+    groups: s.groups.map((g) => ({ ...g, shardIndex: g.shardIndex ?? 0, matched: Object.fromEntries(g.matched) })),
   };
 }

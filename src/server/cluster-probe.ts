@@ -1,9 +1,10 @@
 /** The gRPC implementation of the node's ClusterProbe: other members' status, and key counts of one shard read through the cluster's own routing. */
 import * as grpc from '@grpc/grpc-js';
 import type { ClusterProbe } from '../node/cluster-admin.js';
-import type { GroupStatusInfo, NodeStatusInfo } from '../node/backend.js';
+import type { NodeStatusInfo } from '../node/backend.js';
 import type { ClusterMap } from '../sharding/index.js';
-import { ClusterStubClient, KvStubClient, type ClusterStub, type GroupStatusMsg, type KvStub, type ListResponseMsg, type StatusResponseMsg } from './proto.js';
+import { ClusterStubClient, KvStubClient, type ClusterStub, type KvStub, type ListResponseMsg } from './proto.js';
+import { statusFromMsg } from './status-codec.js';
 
 /** Options of {@link GrpcClusterProbe}. */
 export interface GrpcClusterProbeOptions {
@@ -13,38 +14,6 @@ export interface GrpcClusterProbeOptions {
   /** This node's client address: key counts go through it (it forwards to the shard's leader). */
   readonly selfAddress: string;
   readonly credentials?: grpc.ChannelCredentials;
-}
-
-function toGroup(g: GroupStatusMsg): GroupStatusInfo {
-  return {
-    group: g.group ?? 0,
-    leader: g.leader ?? 0,
-    term: g.term ?? 0,
-    role: g.role ?? '',
-    commitIndex: g.commitIndex ?? 0,
-    appliedIndex: g.appliedIndex ?? 0,
-    firstIndex: g.firstIndex ?? 0,
-    lastIndex: g.lastIndex ?? 0,
-    voters: g.voters ?? [],
-    learners: g.learners ?? [],
-    revision: g.revision ?? 0,
-    ...(g.pool !== undefined && g.pool !== null ? { pool: g.pool } : {}),
-    shardIndex: g.shardIndex ?? 0,
-    descriptorEpoch: g.descriptorEpoch ?? 0,
-    matched: new Map(Object.entries(g.matched ?? {}).map(([k, v]) => [Number(k), Number(v)])),
-    keys: g.keys ?? 0,
-  };
-}
-
-/** Converts a Status response to the backend's status shape. */
-export function statusFromMsg(m: StatusResponseMsg): NodeStatusInfo {
-  return {
-    nodeId: m.nodeId ?? 0,
-    version: m.version ?? '',
-    groups: (m.groups ?? []).map(toGroup),
-    members: (m.members ?? []).map((x) => ({ id: x.id ?? 0, address: x.address ?? '' })),
-    mapEpoch: m.mapEpoch ?? 0,
-  };
 }
 
 /** Pages of keys scanned when checking a prefix is empty. */

@@ -31,7 +31,6 @@ import {
   type KvBackend,
   type ListRequest,
   type ListResponse,
-  type NodeStatusInfo,
   type PutRequest,
   type TriggerRequest,
   type TriggerResponse,
@@ -64,7 +63,6 @@ import {
   type GetResponseMsg,
   type GetShardMapRequestMsg,
   type GetShardMapResponseMsg,
-  type GroupStatusMsg,
   type KeyValueMsg,
   type KvServiceHandlers,
   type KvStub,
@@ -95,6 +93,7 @@ import {
   encodePageToken,
   encodeResumeToken,
 } from './request-validation.js';
+import { statusToMsg } from './status-codec.js';
 
 /** etcd's default request size limit (1.5 MiB): larger requests fail with RESOURCE_EXHAUSTED before reaching a handler. */
 export const DEFAULT_MAX_REQUEST_BYTES = 1.5 * 1024 * 1024;
@@ -400,35 +399,6 @@ function listResponse(r: ListResponse, budget: number): ListResponseMsg {
   return { items, nextPageToken: nextAfter === undefined ? '' : encodePageToken(nextAfter), revision: r.revision };
 }
 
-function statusResponse(s: NodeStatusInfo): StatusResponseMsg {
-  return {
-    nodeId: s.nodeId,
-    version: s.version,
-    mapEpoch: s.mapEpoch ?? 0,
-    groups: s.groups.map((g) => {
-      const out: GroupStatusMsg = {
-        group: g.group,
-        leader: g.leader,
-        term: g.term,
-        role: g.role,
-        commitIndex: g.commitIndex,
-        appliedIndex: g.appliedIndex,
-        firstIndex: g.firstIndex,
-        lastIndex: g.lastIndex,
-        voters: [...g.voters],
-        learners: [...g.learners],
-        revision: g.revision,
-        shardIndex: g.shardIndex ?? 0,
-        descriptorEpoch: g.descriptorEpoch ?? 0,
-        matched: Object.fromEntries([...(g.matched ?? new Map<number, number>())].map(([id, index]) => [String(id), index])),
-        keys: g.keys ?? 0,
-      };
-      if (g.pool !== undefined) out.pool = g.pool;
-      return out;
-    }),
-    members: s.members.map((m) => ({ id: m.id, address: m.address })),
-  };
-}
 
 function eventBytesOf(e: KvEvent): number {
   return Buffer.byteLength(e.key) + (e.value?.length ?? 0) + ITEM_OVERHEAD_BYTES;
@@ -955,7 +925,7 @@ class KvService implements KvServiceHandle {
   private status: grpc.handleUnaryCall<StatusRequestMsg, StatusResponseMsg> = (call, callback) => {
     const deadlineMs = Number.isFinite(deadlineOf(call)) ? deadlineOf(call) : Date.now() + this.defaultDeadlineMs;
     withDeadline(() => this.backend.status(), deadlineMs)
-      .then(statusResponse)
+      .then(statusToMsg)
       .then(
         (res) => callback(null, res, this.nodeMetadata()),
         (e: unknown) => callback(this.serviceError(this.toStatus(e, 'status').inShard(this.soleGroup()))),
