@@ -6,7 +6,7 @@ import { parseArgs } from 'node:util';
 import { call, kvClusterStub } from './clients.js';
 import { defaultKvdBin, findKvd, startKvdCluster } from './kvd-cluster.js';
 import { waitSettled, type SettleReport } from './shards.js';
-import { copyNodeLogs, processCpuSeconds, repoRoot, type RunningCluster } from './util.js';
+import { copyNodeLogs, flagIntList, flagNumber, processCpuSeconds, repoRoot, type RunningCluster } from './util.js';
 
 const USAGE = `usage: node dist/bench/idle-groups.js [flags]
   --groups LIST       data shard counts of the default pool, one fresh 3-node cluster each (default 1,16,64; 1..64)
@@ -50,19 +50,10 @@ export function parseIdleConfig(argv: string[]): IdleConfig | undefined {
     strict: true,
   });
   if (values.help) return undefined;
-  const num = (name: string, v: string, min: number): number => {
-    const n = Number(v);
-    if (!Number.isFinite(n) || n < min) throw new Error(`--${name} must be a number >= ${min}, got ${v}`);
-    return n;
-  };
-  const groups = values.groups.split(',').map((x) => x.trim()).filter((x) => x !== '').map((x) => {
-    const n = Number(x);
-    if (!Number.isInteger(n) || n < 1 || n > 64) throw new Error(`--groups: ${x} is not an integer from 1 to 64`);
-    return n;
-  });
-  if (groups.length === 0) throw new Error('--groups is empty');
+  const num = flagNumber;
+  const groups = flagIntList('groups', values.groups, 1, 64);
   return {
-    groups: [...new Set(groups)],
+    groups,
     seconds: num('seconds', values.seconds, 0.1),
     pauseS: num('pause', values.pause, 0),
     settleTimeoutS: num('settle-timeout', values['settle-timeout'], 1),

@@ -21,7 +21,7 @@ import {
 import { runReactionWorkload } from './reactions.js';
 import { leaderSnapshot, movedLeaders, routingSpec, waitSettled, type RoutingSpec, type SettleReport } from './shards.js';
 import { kvClusterStub } from './clients.js';
-import { copyNodeLogs, repoRoot, type RunningCluster } from './util.js';
+import { copyNodeLogs, flagInt, flagIntList, flagNumber, repoRoot, type RunningCluster } from './util.js';
 
 const USAGE = `usage: node dist/bench/run.js [flags]
   --duration S        measured seconds per workload (default 10)
@@ -104,16 +104,8 @@ export function parseConfig(argv: string[]): BenchConfig | undefined {
     strict: true,
   });
   if (values.help) return undefined;
-  const num = (name: string, v: string, min: number): number => {
-    const n = Number(v);
-    if (!Number.isFinite(n) || n < min) throw new Error(`--${name} must be a number >= ${min}, got ${v}`);
-    return n;
-  };
-  const int = (name: string, v: string, min: number): number => {
-    const n = num(name, v, min);
-    if (!Number.isInteger(n)) throw new Error(`--${name} must be an integer, got ${v}`);
-    return n;
-  };
+  const num = flagNumber;
+  const int = flagInt;
   const list = <T extends string>(name: string, v: string, allowed: readonly T[]): T[] => {
     const items = v.split(',').map((s) => s.trim()).filter((s) => s !== '');
     for (const s of items) if (!allowed.includes(s as T)) throw new Error(`--${name}: unknown ${s} (allowed: ${allowed.join(', ')})`);
@@ -121,15 +113,13 @@ export function parseConfig(argv: string[]): BenchConfig | undefined {
     return [...new Set(items)] as T[];
   };
   const keys = int('keys', values.keys, 1);
-  const shards = values.shards.split(',').map((x) => x.trim()).filter((x) => x !== '').map((x) => int('shards', x, 1));
-  if (shards.length === 0) throw new Error('--shards is empty');
-  for (const n of shards) if (n > 64) throw new Error(`--shards: ${n} is above kvd's limit of 64`);
+  const shards = flagIntList('shards', values.shards, 1, 64); // 64: kvd's limit of shards per pool
   return {
     durationS: num('duration', values.duration, 0.1),
     warmupS: num('warmup', values.warmup, 0),
     clients: int('clients', values.clients, 1),
     workloads: list('workloads', values.workloads, WORKLOADS),
-    shards: [...new Set(shards)],
+    shards,
     settleTimeoutS: num('settle-timeout', values['settle-timeout'], 1),
     systems: list('systems', values.systems, ['kvd', 'etcd'] as const),
     keys,

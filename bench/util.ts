@@ -189,3 +189,29 @@ export async function copyNodeLogs(dataDir: string, dest: string): Promise<void>
     if (/^n[0-9]+\.log$/.test(f)) await copyFile(join(dataDir, f), join(dest, f));
   }
 }
+
+/** A numeric command-line flag, at least `min` (throws a one-line message naming the flag). */
+export function flagNumber(name: string, v: string, min: number): number {
+  const n = Number(v);
+  if (!Number.isFinite(n) || n < min) throw new Error(`--${name} must be a number >= ${min}, got ${v}`);
+  return n;
+}
+
+/** An integer command-line flag, at least `min`. */
+export function flagInt(name: string, v: string, min: number): number {
+  const n = flagNumber(name, v, min);
+  if (!Number.isInteger(n)) throw new Error(`--${name} must be an integer, got ${v}`);
+  return n;
+}
+
+/** A comma list of distinct integers from `min` to `max` (e.g. `--shards 1,2,4,8`), in the order given. */
+export function flagIntList(name: string, v: string, min: number, max: number): number[] {
+  const items = v.split(',').map((x) => x.trim()).filter((x) => x !== '');
+  if (items.length === 0) throw new Error(`--${name} is empty`);
+  const out = items.map((x) => {
+    const n = Number(x);
+    if (!Number.isInteger(n) || n < min || n > max) throw new Error(`--${name}: ${x} is not an integer from ${min} to ${max}`);
+    return n;
+  });
+  return [...new Set(out)];
+}
