@@ -10,13 +10,14 @@ import {
   addPool,
   CLUSTER_INFO_KEY,
   diffClusterMaps,
+  encodeClusterMap,
   dropMember,
   markRemoving,
   META_GROUP,
   planStep,
+  sameMap,
   poolOf,
   removePool,
-  sameMap,
   setPoolState,
   ShardingError,
   validatePoolName,
@@ -94,9 +95,10 @@ export class ClusterAdmin {
       if (diff.puts.length === 0 && diff.deletes.length === 0) return before;
       const infoVersion = meta.sm.get(CLUSTER_INFO_KEY)?.version ?? 0;
       const enc = new TextEncoder();
+      // The info record is always rewritten (same value or not), so every change bumps the version the CAS compares.
       const puts = diff.puts.some((p) => p.key === CLUSTER_INFO_KEY)
         ? diff.puts
-        : [...diff.puts, { key: CLUSTER_INFO_KEY, value: JSON.stringify({ nextGroup: after.nextGroup, metaVoters: after.metaVoters }) }];
+        : [...diff.puts, { key: CLUSTER_INFO_KEY, value: encodeClusterMap(after).get(CLUSTER_INFO_KEY)! }];
       const res = await this.node.execute(
         META_GROUP,
         {
@@ -231,8 +233,8 @@ export class ClusterAdmin {
         }
       }
       const deadlineMs = Date.now() + 5_000;
-      const next = planStep(map, live, actual);
-      if (!sameMap(next, map)) {
+      // A local check first: the write (with its linearizable read of the map) only when a step is due.
+      if (!sameMap(planStep(map, live, actual), map)) {
         await this.updateMap((m) => planStep(m, live, actual), deadlineMs);
         this.log.info({ epoch: this.node.shardMap().epoch }, 'placement step written');
         return;

@@ -7,7 +7,7 @@
  */
 import { ConfChangeType, type ConfChange, type NodeId } from '../raft/index.js';
 import {
-  CLUSTER_PREFIX,
+  CLUSTER_INFO_KEY,
   descriptorOf,
   encodeClusterMap,
   encodeDescriptor,
@@ -186,19 +186,10 @@ export class ShardReconciler {
 
 /** The metadata command writing a brand-new cluster's map, if and only if none is there yet. */
 export function initialMapCommand(map: ClusterMap): Command {
-  const records = encodeClusterMapRecords(map);
   const enc = new TextEncoder();
   return {
     type: 'txn',
-    compares: [{ key: records[0]!.key, version: 0 }],
-    writes: records.map((r) => ({ type: 'put' as const, key: r.key, value: enc.encode(r.value) })),
+    compares: [{ key: CLUSTER_INFO_KEY, version: 0 }],
+    writes: [...encodeClusterMap(map)].map(([key, value]) => ({ type: 'put' as const, key, value: enc.encode(value) })),
   };
 }
-
-function encodeClusterMapRecords(map: ClusterMap): { key: string; value: string }[] {
-  const out = [...encodeClusterMap(map)].map(([key, value]) => ({ key, value }));
-  out.sort((a, b) => (a.key === INFO_KEY ? -1 : b.key === INFO_KEY ? 1 : a.key < b.key ? -1 : 1));
-  return out;
-}
-
-const INFO_KEY = `${CLUSTER_PREFIX}info`;
