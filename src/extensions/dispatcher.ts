@@ -5,12 +5,13 @@
  * backoff, dead-lettering, the hop limit, and a delivery cursor replicated through the log so a
  * new leader resumes where the old one left off (at least once).
  */
+import { SYSTEM_KEY_PREFIX } from '../sharding/index.js';
 import type { KvEvent } from '../statemachine/index.js';
 import type { WatchHandle } from '../node/backend.js';
 import type { ExtensionEvent, WatchOptions } from './api.js';
 
-/** Keys under this prefix are the system's own (delivery cursors) and never fire lambdas. */
-export const SYSTEM_PREFIX = '/_sys/';
+/** Shard-local system keys (delivery cursors, the shard descriptor): never delivered to lambdas. */
+export const SYSTEM_PREFIX = SYSTEM_KEY_PREFIX;
 /** Dead-lettered events go under `/_dlq/<extension>/`. */
 export const DLQ_PREFIX = '/_dlq/';
 

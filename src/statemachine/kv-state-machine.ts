@@ -1,5 +1,5 @@
 /** The versioned, deterministic, in-memory key-value state machine of one shard, applied by the Raft host. */
-import { decodeDescriptor, ownsKey, type ShardDescriptor } from '../sharding/index.js';
+import { decodeDescriptor, ownsKey, SYSTEM_KEY_PREFIX, type ShardDescriptor } from '../sharding/index.js';
 import { decodeCommand } from './command-codec.js';
 import { CompactedRevisionError, ValidationError } from './errors.js';
 import { compareKeys, utf8ByteLength } from './keys.js';
@@ -35,7 +35,7 @@ import type {
 import { validateCommand, validateKey, validateNonNegativeInt, validatePrefix } from './validation.js';
 
 /** The shard-local system key holding the shard's descriptor (JSON, see sharding/map-codec.ts). */
-export const SHARD_DESCRIPTOR_KEY = '/_sys/shard';
+export const SHARD_DESCRIPTOR_KEY = `${SYSTEM_KEY_PREFIX}shard`;
 
 const NO_EVENTS: readonly KvEvent[] = Object.freeze([]);
 
