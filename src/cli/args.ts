@@ -1,4 +1,4 @@
-/** Argument parsers shared by kvctl's commands: they throw commander's InvalidArgumentError, which kvctl reports as a usage error (exit code 64). */
+/** What kvctl's command groups share: the context main gives them, and argument parsers (they throw commander's InvalidArgumentError, which kvctl reports as a usage error, exit code 64). */
 import { InvalidArgumentError } from 'commander';
 
 /** A parser of non-negative safe integers; `what` names the argument in the error. */
@@ -25,4 +25,19 @@ export function intIn(what: string, min: number, max: number): (s: string) => nu
     if (!Number.isSafeInteger(n) || n < min || n > max) throw new InvalidArgumentError(`${what} must be an integer from ${min} to ${max}`);
     return n;
   };
+}
+
+/** What a group of kvctl commands needs from kvctl's main (output, options, the admin token). */
+export interface CommandContext {
+  readonly out: { write(s: string): unknown };
+  json(): boolean;
+  print(doc: unknown): void;
+  endpoints(): string[];
+  /** The admin token from --admin-token, $KVCASCADE_ADMIN_TOKEN or ./.data/admin-token (throws when there is none). */
+  adminToken(): string;
+  formatTable(headers: readonly string[], rows: readonly (readonly string[])[]): string;
+  /** Timeout of a call (--timeout). */
+  timeoutMs(): number;
+  /** Sets the process exit code. */
+  fail(code: number): void;
 }

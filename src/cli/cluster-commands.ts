@@ -4,24 +4,13 @@ import type { Command } from 'commander';
 import { AdminClient, CLUSTER_STATUS_DEADLINE_MS, type ClusterStatus, type GroupReport } from '../client/admin-client.js';
 import { KvError } from '../client/errors.js';
 import { MAX_NODE_ID, MAX_POOL_SHARDS, MAX_REPLICAS, META_GROUP, type ClusterMap, type PoolSpec } from '../sharding/index.js';
-import { intIn, uint } from './args.js';
+import { intIn, uint, type CommandContext } from './args.js';
 
 /** What the cluster commands need from kvctl's main. */
-export interface ClusterCommandContext {
-  readonly out: { write(s: string): unknown };
+export interface ClusterCommandContext extends CommandContext {
   readonly err: { write(s: string): unknown };
-  json(): boolean;
-  print(doc: unknown): void;
-  endpoints(): string[];
-  /** The admin token from --admin-token, $KVCASCADE_ADMIN_TOKEN or ./.data/admin-token (throws when there is none). */
-  adminToken(): string;
-  formatTable(headers: readonly string[], rows: readonly (readonly string[])[]): string;
-  /** Timeout of a read (--timeout). */
-  timeoutMs(): number;
   /** Timeout of a cluster change (--timeout when given, else a minute: creating a pool waits until it serves). */
   changeTimeoutMs(): number;
-  /** Sets the process exit code. */
-  fail(code: number): void;
 }
 
 /** One node in a {@link ClusterSummary}. */

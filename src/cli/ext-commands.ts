@@ -4,20 +4,10 @@ import { stat } from 'node:fs/promises';
 import type { Command } from 'commander';
 import { AdminClient } from '../client/admin-client.js';
 import { packFolder, readTarball } from '../extensions/package.js';
+import type { CommandContext } from './args.js';
 
 /** What the extension commands need from kvctl's main. */
-export interface ExtCommandContext {
-  readonly out: { write(s: string): unknown };
-  json(): boolean;
-  print(doc: unknown): void;
-  endpoints(): string[];
-  /** The admin token from --admin-token, $KVCASCADE_ADMIN_TOKEN or ./.data/admin-token. */
-  adminToken(): string;
-  formatTable(headers: readonly string[], rows: readonly (readonly string[])[]): string;
-  timeoutMs(): number;
-  /** Sets the process exit code. */
-  fail(code: number): void;
-}
+export type ExtCommandContext = CommandContext;
 
 /** Where `npm start` keeps the local cluster's admin token. */
 export const LOCAL_TOKEN_FILE = '.data/admin-token';
