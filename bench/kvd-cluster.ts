@@ -38,13 +38,15 @@ export function findKvd(bin?: string): string | undefined {
 interface Node {
   readonly id: number;
   readonly port: number;
+  readonly peerPort: number;
   readonly dir: string;
   readonly logPath: string;
   child?: ChildProcess;
 }
 
 /**
- * Starts 3 kvd processes (`node kvd.js --id N --listen 127.0.0.1:P --peers 1=…,2=…,3=… --data-dir D
+ * Starts 3 kvd processes (`node kvd.js --id N --listen 127.0.0.1:P --peer-listen 127.0.0.1:Q
+ * --insecure-peers --peers 1=P1/Q1,2=…,3=… --data-dir D (plaintext peers, as the etcd side runs)
  * --metrics-port 0 --admin-token-file DIR/admin-token`; the token is random per cluster and
  * returned as `adminToken`, for loading extensions) and resolves once every node answers
  * Cluster.Status and at least one reports a leader for group 1. A failed start is cleaned up and retried with new ports, twice.
@@ -66,14 +68,15 @@ export async function startKvdCluster(opts: KvdClusterOptions = {}): Promise<Run
 
 async function startOnce(bin: string, opts: KvdClusterOptions): Promise<RunningCluster> {
   const dataDir = await mkdtemp(join(opts.dataRoot ?? tmpdir(), 'kvcascade-bench-kvd-'));
-  const ports = await freePorts(3);
+  const ports = await freePorts(6);
   const nodes: Node[] = [1, 2, 3].map((id) => ({
     id,
     port: ports[id - 1]!,
+    peerPort: ports[id + 2]!,
     dir: join(dataDir, `n${id}`),
     logPath: join(dataDir, `n${id}.log`),
   }));
-  const peers = nodes.map((n) => `${n.id}=127.0.0.1:${n.port}`).join(',');
+  const peers = nodes.map((n) => `${n.id}=127.0.0.1:${n.port}/127.0.0.1:${n.peerPort}`).join(',');
   const env = childEnv();
   // The Admin service (extension load/unload) refuses every call unless kvd has a token (>= 16 chars).
   const adminToken = randomBytes(24).toString('hex');
@@ -96,6 +99,8 @@ async function startOnce(bin: string, opts: KvdClusterOptions): Promise<RunningC
         bin,
         '--id', String(n.id),
         '--listen', `127.0.0.1:${n.port}`,
+        '--peer-listen', `127.0.0.1:${n.peerPort}`,
+        '--insecure-peers',
         '--peers', peers,
         '--data-dir', n.dir,
         '--metrics-port', '0',

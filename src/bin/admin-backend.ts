@@ -15,7 +15,7 @@ export function adminBackend(node: KvNode, manager: ExtensionManager, cluster: C
     records: () => manager.records(),
     statuses: () => manager.statuses(),
     createPool: (req, deadlineMs) => cluster.createPool(req, deadlineMs),
-    addMember: (id, address, deadlineMs) => cluster.addMember(id, address, deadlineMs),
+    addMember: (id, address, deadlineMs, peerAddress) => cluster.addMember(id, address, deadlineMs, peerAddress),
     removeMember: (id, deadlineMs) => cluster.removeMember(id, deadlineMs),
   };
 }

@@ -1,14 +1,24 @@
 /** Configuration of a kvd process: flags and an optional JSON file, validated into `KvdConfig`. */
 import { Command, InvalidArgumentError } from 'commander';
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { KVCASCADE_VERSION } from '../node/kv-node.js';
 
 /** The node's configuration after merging the config file and flags. */
 export interface KvdConfig {
   id: number;
+  /** The client API's address (bound and advertised). */
   listen: string;
+  /** Initial members: id → client address (empty when joining). */
   peers: Map<number, string>;
+  /** Initial members: id → peer address (their Raft listeners). */
+  peerAddresses: Map<number, string>;
+  /** Where the peer listener binds; unset only for a single-node cluster without peers. */
+  peerListen?: string;
+  /** The peer address other nodes dial (default `peerListen`). */
+  advertisePeer?: string;
+  /** Serve and dial peers without TLS (local development only: any local process can then act as a peer). */
+  insecurePeers: boolean;
   dataDir: string;
   metricsPort: number;
   tickMs: number;
@@ -23,9 +33,17 @@ export interface KvdConfig {
   extensions: ConfiguredExtension[];
   /** Token required for admin operations (extension load/unload); unset = admin disabled. */
   adminToken?: string;
+  /** Client plane: this node's certificate and key (PEM files). */
   tlsCert?: string;
   tlsKey?: string;
+  /** Client plane: CA bundle; when given, clients must present a certificate it signed. */
   tlsCa?: string;
+  /** Peer plane: certificate (naming this node), key and cluster CA; default the client plane's. */
+  peerTlsCert?: string;
+  peerTlsKey?: string;
+  peerTlsCa?: string;
+  /** Things worth telling the operator at start (insecure choices, deprecated flags). */
+  warnings: string[];
 }
 
 /** An extension listed in the node's configuration. */
@@ -36,14 +54,32 @@ export interface ConfiguredExtension {
   config?: Record<string, unknown>;
 }
 
-function parsePeers(s: string): Map<number, string> {
-  const out = new Map<number, string>();
+/** Initial members as given: id → client address and (optionally) peer address. */
+type PeerList = Map<number, { client: string; peer?: string }>;
+
+function parsePeerEntry(id: number, text: string): { client: string; peer?: string } {
+  const m = /^([^/\s]+:\d+)(?:\/([^/\s]+:\d+))?$/.exec(text.trim());
+  if (!m) throw new InvalidArgumentError(`peer "${id}=${text}" is not id=CLIENT_HOST:PORT/PEER_HOST:PORT`);
+  return { client: m[1]!, ...(m[2] !== undefined ? { peer: m[2] } : {}) };
+}
+
+function parsePeers(s: string): PeerList {
+  const out: PeerList = new Map();
   for (const part of s.split(',').map((p) => p.trim()).filter(Boolean)) {
-    const m = /^(\d+)=(.+:\d+)$/.exec(part);
-    if (!m) throw new InvalidArgumentError(`peer "${part}" is not id=host:port`);
-    out.set(Number(m[1]), m[2]!);
+    const m = /^(\d+)=(.+)$/.exec(part);
+    if (!m) throw new InvalidArgumentError(`peer "${part}" is not id=CLIENT_HOST:PORT/PEER_HOST:PORT`);
+    out.set(Number(m[1]), parsePeerEntry(Number(m[1]), m[2]!));
   }
   return out;
+}
+
+/** Reads the admin token file, refusing one that other users may read (the token is a key to code execution). */
+function readTokenFile(file: string): string {
+  const mode = statSync(file).mode;
+  if ((mode & 0o077) !== 0) {
+    throw new Error(`the admin token file ${file} is readable or writable by other users (mode ${(mode & 0o777).toString(8)}): chmod 600 ${file}`);
+  }
+  return readFileSync(file, 'utf8').trim();
 }
 
 function int(name: string) {
@@ -61,8 +97,11 @@ export function parseConfig(argv: string[]): KvdConfig {
     .version(KVCASCADE_VERSION)
     .option('--config <file>', 'JSON config file (flags override it)')
     .option('--id <n>', 'this node id (positive integer)', int('--id'))
-    .option('--listen <host:port>', 'address for clients and peers')
-    .option('--peers <list>', 'initial members: 1=host:port,2=host:port,... (including this node)')
+    .option('--listen <host:port>', 'address of the client API')
+    .option('--peer-listen <host:port>', 'address of the peer (Raft) listener: mutual TLS, never the client port')
+    .option('--advertise-peer <host:port>', 'peer address other nodes dial (default: --peer-listen)')
+    .option('--peers <list>', 'initial members: 1=CLIENT/PEER,2=CLIENT/PEER,... as host:port pairs (including this node)')
+    .option('--insecure-peers', 'serve and dial peers without TLS: LOCAL DEVELOPMENT ONLY, any process that reaches the peer port can act as a node')
     .option('--data-dir <dir>', 'where the node keeps its data')
     .option('--metrics-port <port>', 'port of the /metrics HTTP endpoint on 127.0.0.1 (0 = ephemeral)', int('--metrics-port'))
     .option('--tick-ms <ms>', 'Raft tick length', int('--tick-ms'))
@@ -72,11 +111,14 @@ export function parseConfig(argv: string[]): KvdConfig {
     .option('--join <host:port>', 'join the existing cluster at this member address (add the node first: kvctl member add <id> <addr>)')
     .option('--retention-ms <ms>', 'keep old versions this long (0 = bounded only by history limits)', int('--retention-ms'))
     .option('--extension <path>', 'load this extension folder or .tgz at start (repeatable; the config file takes {path, name, config} objects)', (v: string, prev: string[] = []) => [...prev, v])
-    .option('--admin-token <token>', 'token required for admin operations such as loading extensions (or env KVCASCADE_ADMIN_TOKEN)')
-    .option('--admin-token-file <file>', 'read the admin token from a file')
-    .option('--tls-cert <file>', 'PEM certificate for client and peer TLS')
-    .option('--tls-key <file>', 'PEM private key for client and peer TLS')
-    .option('--tls-ca <file>', 'PEM CA bundle to verify peers (and client certificates)')
+    .option('--admin-token-file <file>', 'read the admin token (for admin operations such as loading extensions) from a file only its owner can read (or env KVCASCADE_ADMIN_TOKEN)')
+    .option('--admin-token <token>', 'the admin token itself (discouraged: visible in the process list; use --admin-token-file)')
+    .option('--tls-cert <file>', 'PEM certificate of the client API (also presented when this node calls another node\'s client API)')
+    .option('--tls-key <file>', 'PEM private key of the client API')
+    .option('--tls-ca <file>', 'PEM CA bundle: clients must present a certificate it signed (client certificate authentication)')
+    .option('--peer-tls-cert <file>', 'PEM certificate of the peer listener, naming this node (CN node-<id> or SAN URI urn:kvcascade:node:<id>); default --tls-cert')
+    .option('--peer-tls-key <file>', 'PEM private key of the peer listener (default --tls-key)')
+    .option('--peer-tls-ca <file>', 'PEM CA bundle of the cluster: peers must present a certificate it signed (default --tls-ca)')
     .exitOverride()
     .configureOutput({ writeErr: (s) => process.stderr.write(s) });
   program.parse(argv, { from: 'user' });
@@ -85,28 +127,57 @@ export function parseConfig(argv: string[]): KvdConfig {
   if (typeof o.config === 'string') file = JSON.parse(readFileSync(o.config, 'utf8')) as Record<string, unknown>;
   const pick = <T>(k: string, fallback: T): T => (o[k] ?? file[k] ?? fallback) as T;
   const peersRaw = pick<string | Record<string, string> | undefined>('peers', undefined);
-  const peers =
+  const peerList: PeerList =
     typeof peersRaw === 'string'
       ? parsePeers(peersRaw)
-      : new Map(Object.entries(peersRaw ?? {}).map(([k, v]) => [Number(k), String(v)] as [number, string]));
+      : new Map(Object.entries(peersRaw ?? {}).map(([k, v]) => [Number(k), parsePeerEntry(Number(k), String(v))] as const));
   const id = Number(pick('id', 0));
-  const listen = pick<string | undefined>('listen', undefined) ?? peers.get(id);
+  const listen = pick<string | undefined>('listen', undefined) ?? peerList.get(id)?.client;
   const join = pick<string | undefined>('join', undefined);
+  const peerListen = pick<string | undefined>('peerListen', undefined);
+  const advertisePeer = pick<string | undefined>('advertisePeer', undefined) ?? peerListen ?? peerList.get(id)?.peer;
+  const insecurePeers = Boolean(pick('insecurePeers', false));
   if (!id) throw new Error('--id is required');
   if (!listen) throw new Error('--listen is required (or list this node in --peers)');
+  for (const [flag, v] of [['--peer-listen', peerListen], ['--advertise-peer', advertisePeer]] as const) {
+    if (v !== undefined && !/^[^/\s]+:\d+$/.test(v)) throw new Error(`${flag} "${v}" is not host:port`);
+  }
   if (join !== undefined) {
-    if (peers.size > 0) throw new Error('give either --join (to join a cluster) or --peers (to create one), not both');
+    if (peerList.size > 0) throw new Error('give either --join (to join a cluster) or --peers (to create one), not both');
     if (!/^.+:\d+$/.test(join)) throw new Error(`--join "${join}" is not host:port`);
   } else {
-    if (peers.size === 0) peers.set(id, listen);
-    if (!peers.has(id)) throw new Error(`node ${id} must be listed in --peers`);
+    if (peerList.size === 0) peerList.set(id, { client: listen, ...(advertisePeer !== undefined ? { peer: advertisePeer } : {}) });
+    const self = peerList.get(id);
+    if (!self) throw new Error(`node ${id} must be listed in --peers`);
+    if (self.client !== listen) throw new Error(`--listen ${listen} differs from this node's client address in --peers (${self.client})`);
+    if (advertisePeer !== undefined && self.peer !== undefined && self.peer !== advertisePeer) {
+      throw new Error(`this node's peer address in --peers (${self.peer}) differs from --advertise-peer/--peer-listen (${advertisePeer})`);
+    }
   }
+  const multiNode = join !== undefined || peerList.size > 1;
+  if (multiNode) {
+    if (peerListen === undefined) throw new Error('--peer-listen is required when the cluster has other members: Raft traffic has its own listener, never the client port');
+    for (const [pid, p] of peerList) {
+      if (p.peer === undefined) throw new Error(`member ${pid} in --peers has no peer address: write ${pid}=${p.client}/PEER_HOST:PORT`);
+    }
+  }
+  if (peerListen !== undefined && (peerListen === listen || advertisePeer === listen)) {
+    throw new Error('the peer listener must not be the client port: give --peer-listen its own host:port');
+  }
+  const peers = new Map([...peerList].map(([k, v]) => [k, v.client] as [number, string]));
+  const peerAddresses = new Map([...peerList].filter(([, v]) => v.peer !== undefined).map(([k, v]) => [k, v.peer!] as [number, string]));
   const defaultShards = Number(pick('defaultShards', 1));
   if (!Number.isSafeInteger(defaultShards) || defaultShards < 1 || defaultShards > 64) throw new Error('--default-shards must be an integer from 1 to 64');
+  const warnings: string[] = [];
   const cfg: KvdConfig = {
     id,
     listen,
     peers,
+    peerAddresses,
+    ...(peerListen !== undefined ? { peerListen } : {}),
+    ...(advertisePeer !== undefined && peerListen !== undefined ? { advertisePeer } : {}),
+    insecurePeers,
+    warnings,
     dataDir: resolve(pick('dataDir', `./data/node-${id}`)),
     metricsPort: Number(pick('metricsPort', 0)),
     tickMs: Number(pick('tickMs', 100)),
@@ -118,14 +189,34 @@ export function parseConfig(argv: string[]): KvdConfig {
     extensions: parseExtensions(o.extension, file.extensions),
   };
   const tokenFile = pick<string | undefined>('adminTokenFile', undefined);
-  const token = pick<string | undefined>('adminToken', undefined) ?? (tokenFile ? readFileSync(tokenFile, 'utf8').trim() : undefined) ?? process.env.KVCASCADE_ADMIN_TOKEN;
+  if (typeof o.adminToken === 'string') {
+    warnings.push('--admin-token puts the admin token in the process list, where any local user can read it: use --admin-token-file (mode 600) or KVCASCADE_ADMIN_TOKEN');
+  }
+  const token = pick<string | undefined>('adminToken', undefined) ?? (tokenFile ? readTokenFile(tokenFile) : undefined) ?? process.env.KVCASCADE_ADMIN_TOKEN;
   if (token !== undefined) {
     if (token.length < 16) throw new Error('the admin token must be at least 16 characters');
     cfg.adminToken = token;
   }
-  for (const k of ['tlsCert', 'tlsKey', 'tlsCa'] as const) {
+  for (const k of ['tlsCert', 'tlsKey', 'tlsCa', 'peerTlsCert', 'peerTlsKey', 'peerTlsCa'] as const) {
     const v = pick<string | undefined>(k, undefined);
     if (v) cfg[k] = v;
+  }
+  if (Boolean(cfg.tlsCert) !== Boolean(cfg.tlsKey)) throw new Error('give both --tls-cert and --tls-key (or neither)');
+  if (cfg.tlsCa && !cfg.tlsCert) throw new Error('--tls-ca needs --tls-cert and --tls-key (client certificates are checked by a TLS server)');
+  cfg.peerTlsCert ??= cfg.tlsCert;
+  cfg.peerTlsKey ??= cfg.tlsKey;
+  cfg.peerTlsCa ??= cfg.tlsCa;
+  const peerTls = Boolean(cfg.peerTlsCert && cfg.peerTlsKey && cfg.peerTlsCa);
+  if (cfg.peerListen !== undefined) {
+    if (peerTls && insecurePeers) throw new Error('give either peer TLS (--peer-tls-* or --tls-*) or --insecure-peers, not both');
+    if (!peerTls && !insecurePeers) {
+      throw new Error(
+        'refusing to start: the peer listener would accept unauthenticated Raft traffic (any process reaching it could rewrite the cluster). ' +
+          'Give the node a certificate naming it and the cluster CA (--peer-tls-cert, --peer-tls-key, --peer-tls-ca, or --tls-cert/--tls-key/--tls-ca), ' +
+          'or --insecure-peers for local development',
+      );
+    }
+    if (insecurePeers) warnings.push('--insecure-peers: peer traffic is neither encrypted nor authenticated; any process that reaches the peer port can act as a node. Local development only');
   }
   return cfg;
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 /** `kvd`: starts one kvcascade node from flags or a JSON config file. */
 import * as grpc from '@grpc/grpc-js';
-import { mkdirSync, readFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { createLogger } from '../log.js';
 import { KvNode } from '../node/kv-node.js';
@@ -11,6 +11,7 @@ import { adminBackend } from './admin-backend.js';
 import { addAdminService } from '../server/admin-service.js';
 import { ensureConfiguredExtensions } from './configured-extensions.js';
 import { GrpcPeerTransport } from '../node/grpc-transport.js';
+import { kvdCredentials } from './kvd-tls.js';
 import { NodeMetrics } from '../node/metrics.js';
 import { LevelEngine } from '../storage/kv-engine.js';
 import { addKvServices, createGrpcServer } from '../server/kv-service.js';
@@ -52,6 +53,29 @@ async function fetchSeedMap(address: string, id: number, creds: grpc.ChannelCred
   }
 }
 
+/** gRPC options of the peer listener: Raft batches and snapshot chunks, a stream per peer node. */
+const PEER_SERVER_OPTIONS: grpc.ServerOptions = {
+  'grpc.max_receive_message_length': 64 << 20,
+  'grpc.max_send_message_length': 64 << 20,
+  'grpc.max_concurrent_streams': 16,
+  'grpc.keepalive_time_ms': 10_000,
+  'grpc.keepalive_timeout_ms': 5_000,
+};
+
+function bind(server: grpc.Server, address: string, creds: grpc.ServerCredentials): Promise<number> {
+  return new Promise<number>((res, rej) => server.bindAsync(address, creds, (err, p) => (err ? rej(err) : res(p))));
+}
+
+/** Creates the data folder readable by this user only (0700), tightening an existing one. */
+function createPrivateDir(dir: string, log: Logger): void {
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const mode = statSync(dir).mode & 0o777;
+  if ((mode & 0o077) !== 0) {
+    chmodSync(dir, 0o700);
+    log.warn({ dataDir: dir, was: mode.toString(8) }, 'the data folder was accessible to other users: set to 0700');
+  }
+}
+
 async function main(): Promise<void> {
   let cfg: KvdConfig;
   try {
@@ -63,31 +87,23 @@ async function main(): Promise<void> {
     process.exit(2);
   }
   const log = createLogger('kvd', { node: cfg.id });
-  mkdirSync(cfg.dataDir, { recursive: true });
-  const tls = cfg.tlsCert && cfg.tlsKey;
-  const serverCreds = tls
-    ? grpc.ServerCredentials.createSsl(
-        cfg.tlsCa ? readFileSync(cfg.tlsCa) : null,
-        [{ cert_chain: readFileSync(cfg.tlsCert!), private_key: readFileSync(cfg.tlsKey!) }],
-        false,
-      )
-    : grpc.ServerCredentials.createInsecure();
-  const peerCreds = tls
-    ? grpc.credentials.createSsl(
-        cfg.tlsCa ? readFileSync(cfg.tlsCa) : null,
-        readFileSync(cfg.tlsKey!),
-        readFileSync(cfg.tlsCert!),
-      )
-    : grpc.credentials.createInsecure();
+  for (const w of cfg.warnings) log.warn(w);
+  createPrivateDir(cfg.dataDir, log);
+  const creds = kvdCredentials(cfg);
+  if (!creds.clientCertAuth) log.warn('the client API does not authenticate clients (no --tls-ca): anyone who reaches it may read and write data');
 
-  const seedMap = cfg.join ? await fetchSeedMap(cfg.join, cfg.id, peerCreds, log) : undefined;
+  const seedMap = cfg.join ? await fetchSeedMap(cfg.join, cfg.id, creds.clientDial, log) : undefined;
   const members = seedMap ? new Map(seedMap.members.map((m) => [m.id, m.address] as [number, string])) : cfg.peers;
-  const transport = new GrpcPeerTransport(cfg.id, members, { log, credentials: peerCreds });
+  const peerAddresses = seedMap
+    ? new Map(seedMap.members.map((m) => [m.id, m.peerAddress ?? m.address] as [number, string]))
+    : cfg.peerAddresses;
+  const transport = new GrpcPeerTransport(cfg.id, peerAddresses, { log, credentials: creds.peerDial });
   const engine = await LevelEngine.open(join(cfg.dataDir, 'db'));
   const node = await KvNode.open(
     {
       id: cfg.id,
       members,
+      peerAddresses,
       ...(seedMap ? { join: true, seedMap } : {}),
       defaultPool: { shards: cfg.defaultShards },
       tickMs: cfg.tickMs,
@@ -103,9 +119,9 @@ async function main(): Promise<void> {
   node.observer = metrics.observer();
   metrics.watchTransport(transport);
   const server = createGrpcServer();
-  const probe = new GrpcClusterProbe({ selfId: cfg.id, selfStatus: () => node.status(), selfAddress: cfg.listen, credentials: peerCreds });
+  const probe = new GrpcClusterProbe({ selfId: cfg.id, selfStatus: () => node.status(), selfAddress: cfg.listen, credentials: creds.clientDial });
   const cluster = new ClusterAdmin(node, probe, log.child({ component: 'cluster' }));
-  const lambdaKv = routedLambdaKv(node, { selfAddress: cfg.listen, credentials: peerCreds });
+  const lambdaKv = routedLambdaKv(node, { selfAddress: cfg.listen, credentials: creds.clientDial });
   const extensions = new ExtensionManager(node, {
     dataDir: cfg.dataDir,
     log: log.child({ component: 'extensions' }),
@@ -124,12 +140,16 @@ async function main(): Promise<void> {
     log,
     selfAddress: cfg.listen,
     leaderAddress: (g: number) => node.leaderAddress(g),
-    forwardCredentials: peerCreds,
+    forwardCredentials: creds.clientDial,
   });
-  transport.register(server, (id) => node.isMember(id));
-  const port = await new Promise<number>((res, rej) =>
-    server.bindAsync(cfg.listen, serverCreds, (err, p) => (err ? rej(err) : res(p))),
-  );
+  const port = await bind(server, cfg.listen, creds.clientServer);
+  // The peer plane: Raft traffic only, on its own listener (mutual TLS unless --insecure-peers).
+  const peerServer = cfg.peerListen !== undefined ? new grpc.Server(PEER_SERVER_OPTIONS) : undefined;
+  let peerPort: number | undefined;
+  if (peerServer) {
+    transport.register(peerServer, { isMember: (id) => node.isMember(id), authenticate: creds.peerAuthenticator });
+    peerPort = await bind(peerServer, cfg.peerListen!, creds.peerServer);
+  }
   const m = await metrics.serve(cfg.metricsPort);
   node.start();
   cluster.start();
@@ -140,9 +160,12 @@ async function main(): Promise<void> {
   }
   extensions.start();
   const configured = ensureConfiguredExtensions(cfg, node, extensions, log);
-  log.info({ listen: cfg.listen, port, metricsPort: m.port, dataDir: cfg.dataDir, peers: Object.fromEntries(cfg.peers) }, 'kvd started');
+  log.info(
+    { listen: cfg.listen, port, peerListen: cfg.peerListen, metricsPort: m.port, dataDir: cfg.dataDir, peers: Object.fromEntries(cfg.peers), peerAddresses: Object.fromEntries(cfg.peerAddresses) },
+    'kvd started',
+  );
   // A machine-readable readiness line for supervisors and tests.
-  process.stdout.write(`${JSON.stringify({ event: 'ready', id: cfg.id, port, metricsPort: m.port })}\n`);
+  process.stdout.write(`${JSON.stringify({ event: 'ready', id: cfg.id, port, peerPort, metricsPort: m.port })}\n`);
 
   let stopping = false;
   const stop = async (signal: string) => {
@@ -156,6 +179,7 @@ async function main(): Promise<void> {
     probe.close();
     await extensions.stop().catch(() => {});
     server.forceShutdown();
+    peerServer?.forceShutdown();
     m.server.close();
     await node.stop();
     log.flush?.();

@@ -20,7 +20,9 @@ const dataRoot = resolve(process.env.KVCASCADE_DATA ?? '.data');
 const kvd = join(dirname(fileURLToPath(import.meta.url)), 'kvd.js');
 
 const addresses = Array.from({ length: NODES }, (_, i) => `127.0.0.1:${basePort + i + 1}`);
-const peers = addresses.map((a, i) => `${i + 1}=${a}`).join(',');
+/** Peer (Raft) listeners: their own ports, never the client ports. */
+const peerAddresses = Array.from({ length: NODES }, (_, i) => `127.0.0.1:${basePort + 100 + i + 1}`);
+const peers = addresses.map((a, i) => `${i + 1}=${a}/${peerAddresses[i]}`).join(',');
 const tokenFile = join(dataRoot, 'admin-token');
 /** The example extension loaded at start (set KVCASCADE_EXAMPLE= to load none). */
 const example = process.env.KVCASCADE_EXAMPLE ?? join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'extensions', 'stock-watch');
@@ -42,7 +44,19 @@ function startNode(id: number): Promise<void> {
   const logFile = createWriteStream(join(dataRoot, `node-${id}.log`), { flags: 'a' });
   const child = spawn(
     process.execPath,
-    [kvd, '--id', String(id), '--listen', addresses[id - 1]!, '--peers', peers, '--data-dir', dir, '--metrics-port', String(baseMetricsPort + id), '--admin-token-file', tokenFile, '--default-shards', '4'],
+    [
+      kvd,
+      '--id', String(id),
+      '--listen', addresses[id - 1]!,
+      '--peer-listen', peerAddresses[id - 1]!,
+      // A local development cluster: peers on loopback without TLS. Never like this in production (docs/security.md).
+      '--insecure-peers',
+      '--peers', peers,
+      '--data-dir', dir,
+      '--metrics-port', String(baseMetricsPort + id),
+      '--admin-token-file', tokenFile,
+      '--default-shards', '4',
+    ],
     { stdio: ['ignore', 'pipe', 'pipe'] },
   );
   children.push(child);
@@ -124,6 +138,8 @@ async function main(): Promise<void> {
       `  data, logs: ${dataRoot}`,
       `  extension : ${loaded || 'none'}`,
       `  admin     : token in ${tokenFile} (kvctl reads it from there)`,
+      `  peers     : ${peerAddresses.join(',')} WITHOUT TLS (--insecure-peers): a local development cluster only.`,
+      '              For production run kvd with certificates: docs/security.md',
       '',
       'Try, in another terminal:',
       '  npx kvctl put /hello world',

@@ -258,11 +258,12 @@ export function registerClusterCommands(program: Command, ctx: ClusterCommandCon
     .command('add')
     .description('add a node: it receives replicas as learners, catches up, then votes')
     .argument('<id>', `the node's id (1 to ${MAX_NODE_ID})`, intIn('<id>', 1, MAX_NODE_ID))
-    .argument('<address>', "the node's client and peer address, host:port")
-    .action(async (id: number, address: string) => {
-      const r = await using(admin, (c) => c.addMember(id, address));
-      if (ctx.json()) ctx.print({ id, address, epoch: r.epoch });
-      else ctx.out.write(ctx.formatTable(['ID', 'ADDRESS', 'EPOCH'], [[String(id), address, String(r.epoch)]]));
+    .argument('<address>', "the node's client address, host:port (its kvd --listen)")
+    .requiredOption('--peer <host:port>', "the node's peer address (its kvd --peer-listen, or --advertise-peer)")
+    .action(async (id: number, address: string, o: { peer: string }) => {
+      const r = await using(admin, (c) => c.addMember(id, address, o.peer));
+      if (ctx.json()) ctx.print({ id, address, peerAddress: o.peer, epoch: r.epoch });
+      else ctx.out.write(ctx.formatTable(['ID', 'ADDRESS', 'PEER ADDRESS', 'EPOCH'], [[String(id), address, o.peer, String(r.epoch)]]));
     });
 
   member

@@ -377,9 +377,12 @@ export class AdminClient {
     return { pool: poolSpec(parseJsonObject(r.poolJson ?? '', 'pool', undefined)), epoch: num(r.epoch) };
   }
 
-  /** Adds member `id` at `address` (host:port); it receives replicas as learners, then votes. */
-  async addMember(id: number, address: string): Promise<{ epoch: number }> {
-    const r = await this.onMetaLeader<{ epoch?: number }>('addMember', { id, address });
+  /**
+   * Adds member `id` with client `address` and peer `peerAddress` (its Raft listener, host:port);
+   * it receives replicas as learners, then votes.
+   */
+  async addMember(id: number, address: string, peerAddress?: string): Promise<{ epoch: number }> {
+    const r = await this.onMetaLeader<{ epoch?: number }>('addMember', { id, address, ...(peerAddress !== undefined ? { peerAddress } : {}) });
     return { epoch: num(r.epoch) };
   }
 

@@ -199,10 +199,23 @@ export class ClusterAdmin {
     }
   }
 
-  /** Adds a member (the node then joins with `kvd --join`); the controller gives it replicas. */
-  async addMember(id: NodeId, address: string, deadlineMs: number): Promise<{ epoch: number }> {
-    const m = await this.updateMap((map) => addMember(map, { id, address }), deadlineMs);
-    this.log.info({ member: id, address, epoch: m.epoch }, 'member added');
+  /**
+   * Adds a member at client `address` and peer `peerAddress` (the node then joins with `kvd --join`);
+   * the controller gives it replicas. A cluster whose members have peer listeners needs the new
+   * member's too (INVALID_MEMBER otherwise): without it no peer could reach the node.
+   */
+  async addMember(id: NodeId, address: string, deadlineMs: number, peerAddress?: string): Promise<{ epoch: number }> {
+    const m = await this.updateMap((map) => {
+      if (peerAddress === undefined && map.members.some((x) => x.peerAddress !== undefined)) {
+        throw new ShardingError('INVALID_MEMBER', `member ${id} needs a peer address (its kvd --peer-listen host:port): kvctl member add ${id} ${address} --peer <host:port>`);
+      }
+      const noPeerPlane = map.members.find((x) => x.peerAddress === undefined);
+      if (peerAddress !== undefined && noPeerPlane) {
+        throw new ShardingError('INVALID_MEMBER', `member ${noPeerPlane.id} has no peer listener, so a new node could not reach it: a cluster that grows needs every node started with --peer-listen`);
+      }
+      return addMember(map, { id, address, ...(peerAddress !== undefined ? { peerAddress } : {}) });
+    }, deadlineMs);
+    this.log.info({ member: id, address, peerAddress, epoch: m.epoch }, 'member added');
     return { epoch: m.epoch };
   }
 

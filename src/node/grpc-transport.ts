@@ -1,6 +1,8 @@
 /**
  * The gRPC peer transport: one long-lived `Peer.Raft` stream to each peer carries batches of
  * Raft messages of every group; queues are bounded, dead streams are redialled with backoff.
+ * The receiving side authenticates the sending node (its certificate's node id under mutual TLS)
+ * and drops, and counts, any batch or message that claims to come from another node.
  */
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
@@ -19,9 +21,27 @@ export interface GrpcTransportOptions {
   readonly maxBatchMessages?: number;
   /** Largest peer message accepted (snapshot chunks and appends stay below it). */
   readonly maxMessageBytes?: number;
-  /** Credentials to dial peers with (default insecure, loopback only). */
-  readonly credentials?: grpc.ChannelCredentials;
+  /**
+   * Credentials to dial peer `id` with (default insecure, for local development only). Under
+   * mutual TLS they present this node's certificate and check that the server's names `id`.
+   */
+  readonly credentials?: (id: NodeId) => grpc.ChannelCredentials;
   readonly log: Logger;
+}
+
+/**
+ * How the receiving side learns who is at the other end of a peer stream: the node id bound to
+ * the caller's certificate, `'unauthenticated'` when the transport runs without TLS (local
+ * development: the batch's self-declared sender is then believed), or `undefined` when the caller
+ * presented no usable identity (the stream is refused).
+ */
+export type PeerAuthenticator = (call: grpc.ServerDuplexStream<unknown, unknown>) => NodeId | 'unauthenticated' | undefined;
+
+/** What the receiving side needs from the node: who is a member, and who the caller is. */
+export interface PeerServiceOptions {
+  /** Whether `id` is a current member (streams from others are refused). */
+  readonly isMember: (id: NodeId) => boolean;
+  readonly authenticate: PeerAuthenticator;
 }
 
 interface RaftBatchWire {
@@ -82,8 +102,10 @@ export class GrpcPeerTransport implements Transport {
   private readonly log: Logger;
   /** Messages dropped because a queue was full or a peer was down (for metrics). */
   dropped = 0;
-  /** Batches received that failed validation. */
+  /** Batches (or whole streams) refused: unauthenticated caller, sender not a member, or a sender other than the caller. */
   rejectedBatches = 0;
+  /** Messages dropped on arrival: malformed, or claiming to be from a node other than the batch's sender. */
+  rejectedMessages = 0;
   /** Raft messages handed to peer streams (all groups). */
   sentMessages = 0;
   /** Batches written to peer streams (one per peer per flush: every group's messages together). */
@@ -126,30 +148,44 @@ export class GrpcPeerTransport implements Transport {
     });
   }
 
-  /** Serves the receiving side of the peer protocol on `server`. `isMember` vets the sender. */
-  register(server: grpc.Server, isMember: (id: NodeId) => boolean): void {
+  /**
+   * Serves the receiving side of the peer protocol on `server` (the node's peer listener, never
+   * the client port). Each stream is bound to one sending node: the authenticated certificate's
+   * node id, or without TLS the first batch's sender. A batch from anyone else, or from a
+   * non-member, ends the stream; a malformed message, or one whose `from` is not the sender, is
+   * dropped. Both are counted and logged.
+   */
+  register(server: grpc.Server, opts: PeerServiceOptions): void {
     server.addService(peerService().service, {
       raft: (call: grpc.ServerDuplexStream<RaftBatchWire, { seq: number }>) => {
+        const identity = opts.authenticate(call as grpc.ServerDuplexStream<unknown, unknown>);
+        if (identity === undefined) {
+          this.rejectedBatches++;
+          this.log.warn({ peer: call.getPeer() }, 'refusing a peer stream: the caller presented no node identity');
+          call.destroy(Object.assign(new Error('no node identity in the client certificate'), { code: grpc.status.UNAUTHENTICATED }));
+          return;
+        }
+        let sender: NodeId | undefined = identity === 'unauthenticated' ? undefined : identity;
         call.sendMetadata(new grpc.Metadata()); // tells the dialer the stream is up
+        const refuse = (why: string, fromNode: unknown) => {
+          this.rejectedBatches++;
+          this.log.warn({ peer: call.getPeer(), fromNode, authenticatedAs: sender, why }, 'refusing a peer stream');
+          call.destroy(Object.assign(new Error(why), { code: grpc.status.PERMISSION_DENIED }));
+        };
         call.on('data', (batch: RaftBatchWire) => {
           if (this.closed) return;
-          if (!isMember(batch.fromNode)) {
-            this.rejectedBatches++;
-            call.destroy(new Error(`node ${batch.fromNode} is not a member`));
-            return;
-          }
+          const fromNode = batch.fromNode;
+          if (sender === undefined) sender = fromNode; // plaintext: the first batch binds the stream
+          if (fromNode !== sender) return refuse(`batch claims node ${fromNode} on a stream of node ${sender}`, fromNode);
+          if (fromNode === this.selfId) return refuse(`batch claims to come from this node (${fromNode})`, fromNode);
+          if (!opts.isMember(fromNode)) return refuse(`node ${fromNode} is not a member`, fromNode);
           const out: Message[] = [];
           for (const w of batch.messages ?? []) {
             try {
-              const m = fromWire(w);
-              if (m.from !== batch.fromNode && m.type !== 'Prop' && m.type !== 'ReadIndex' && m.type !== 'TransferLeader') {
-                throw new Error(`message from ${m.from} in a batch from node ${batch.fromNode}`);
-              }
-              if (m.to !== this.selfId) throw new Error(`message for node ${m.to} delivered to node ${this.selfId}`);
-              out.push(m);
+              out.push(decodeIncoming(w, fromNode, this.selfId));
             } catch (e) {
-              this.rejectedBatches++;
-              this.log.warn({ err: String(e), from: batch.fromNode }, 'dropping malformed peer message');
+              this.rejectedMessages++;
+              this.log.warn({ err: String(e), from: fromNode }, 'dropping an invalid peer message');
             }
           }
           this.receivedMessages += out.length;
@@ -227,7 +263,7 @@ export class GrpcPeerTransport implements Transport {
     if (now < c.retryAtMs) return undefined;
     if (!c.client) {
       const Ctor = peerService();
-      c.client = new Ctor(c.address, this.opts.credentials ?? grpc.credentials.createInsecure(), {
+      c.client = new Ctor(c.address, this.opts.credentials?.(c.id) ?? grpc.credentials.createInsecure(), {
         'grpc.max_send_message_length': this.maxMessageBytes,
         'grpc.max_receive_message_length': this.maxMessageBytes,
         'grpc.keepalive_time_ms': 10_000,
@@ -275,4 +311,13 @@ export class GrpcPeerTransport implements Transport {
     this.closed = true;
     for (const c of this.conns.values()) this.hangUp(c);
   }
+}
+
+/** Decodes one received wire message of a batch from `sender` addressed to `self`; throws if invalid. */
+function decodeIncoming(w: WireMessage, sender: NodeId, self: NodeId): Message {
+  const m = fromWire(w);
+  // A forwarded TransferLeader names the transferee in `from`; every other message is the sender's own.
+  if (m.from !== sender && m.type !== 'TransferLeader') throw new Error(`message from ${m.from} in a batch from node ${sender}`);
+  if (m.to !== self) throw new Error(`message for node ${m.to} delivered to node ${self}`);
+  return m;
 }

@@ -33,6 +33,7 @@ import { RaftLogStore } from '../storage/raft-log-store.js';
 import type { KvEngine } from '../storage/kv-engine.js';
 import {
   initialMap,
+  peerAddressOf,
   shardOf,
   SYSTEM_KEY_PREFIX,
   shardsForPrefix,
@@ -84,11 +85,16 @@ export const KVCASCADE_VERSION = '0.1.0';
 export interface NodeOptions {
   readonly id: NodeId;
   /**
-   * Initial members (including this node): id → client/peer address. A bootstrapping node derives
+   * Initial members (including this node): id → client address. A bootstrapping node derives
    * the initial cluster map from them (every initial member computes the same one); a joining
    * node is given the members it learned from the cluster.
    */
   readonly members: ReadonlyMap<NodeId, string>;
+  /**
+   * Initial members' peer addresses (their Raft listeners), recorded in the initial map. Omitted by
+   * in-memory clusters, whose transport needs no address.
+   */
+  readonly peerAddresses?: ReadonlyMap<NodeId, string>;
   /** Join an existing cluster: create no group; the leaders add this node (as the map says) and catch it up. */
   readonly join?: boolean;
   /** A joining node's view of the map until its metadata replica catches up. */
@@ -169,7 +175,10 @@ export class KvNode implements KvBackend {
     this.members = new Map(opts.members);
     this.nowMs = opts.nowMs ?? Date.now;
     this.log = opts.log;
-    const memberList = [...opts.members].map(([id, address]) => ({ id, address }));
+    const memberList = [...opts.members].map(([id, address]) => {
+      const peerAddress = opts.peerAddresses?.get(id);
+      return { id, address, ...(peerAddress !== undefined ? { peerAddress } : {}) };
+    });
     const replicas = Math.min(3, memberList.length);
     this.bootMap = opts.join
       ? undefined
@@ -436,7 +445,10 @@ export class KvNode implements KvBackend {
     const map = this.view.current;
     if (changed) {
       this.members = new Map(map.members.map((m) => [m.id, m.address]));
-      for (const m of map.members) if (m.id !== this.id) this.transport.setPeer?.(m.id, m.address);
+      // A map written before members had peer addresses: the configured ones, else the client address.
+      for (const m of map.members) {
+        if (m.id !== this.id) this.transport.setPeer?.(m.id, m.peerAddress ?? this.opts.peerAddresses?.get(m.id) ?? peerAddressOf(m));
+      }
       this.log.info({ epoch: map.epoch, members: map.members.length, pools: map.pools.length, shards: map.shards.length }, 'cluster map updated');
     }
     // Shards of pools being created start on their initial replicas (the same bootstrap state everywhere).

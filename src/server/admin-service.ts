@@ -62,8 +62,11 @@ export interface AdminBackend {
   metadataLeaderAddress(): string | undefined;
   /** Cluster administration (pools and members); all run on the metadata leader. Throw ShardingError on invalid requests. */
   createPool(req: CreatePoolInput, deadlineMs: number): Promise<{ pool: PoolSpec; epoch: number }>;
-  /** Adds a member (see {@link AdminBackend.createPool} for errors); `deadlineMs` is absolute (ms since the epoch). */
-  addMember(id: number, address: string, deadlineMs: number): Promise<{ epoch: number }>;
+  /**
+   * Adds a member at client `address` and peer `peerAddress` (see {@link AdminBackend.createPool}
+   * for errors); `deadlineMs` is absolute (ms since the epoch).
+   */
+  addMember(id: number, address: string, deadlineMs: number, peerAddress?: string): Promise<{ epoch: number }>;
   /** Starts removing a member (its replicas move away first). */
   removeMember(id: number, deadlineMs: number): Promise<{ epoch: number }>;
   load(tgz: Uint8Array, opts: { name?: string; config?: Record<string, unknown>; inProcess?: boolean }): Promise<AdminExtensionStatus>;
@@ -193,11 +196,12 @@ function parseMemberId(id: unknown): Parsed<number> {
   return isIntIn(id, 1, MAX_NODE_ID) ? { ok: true, value: id } : invalid(`member id must be an integer from 1 to ${MAX_NODE_ID}, got ${String(id)}`);
 }
 
-function parseAddMember(r: Record<string, unknown>): Parsed<{ id: number; address: string }> {
+function parseAddMember(r: Record<string, unknown>): Parsed<{ id: number; address: string; peerAddress?: string }> {
   const id = parseMemberId(r.id);
   if (!id.ok) return id;
-  if (typeof r.address !== 'string' || r.address === '') return invalid("member address required: the node's host:port");
-  return { ok: true, value: { id: id.value, address: r.address } };
+  if (typeof r.address !== 'string' || r.address === '') return invalid("member address required: the node's client host:port");
+  const peer = typeof r.peerAddress === 'string' && r.peerAddress !== '' ? { peerAddress: r.peerAddress } : {};
+  return { ok: true, value: { id: id.value, address: r.address, ...peer } };
 }
 
 /** Registers the Admin service on `server`. */
@@ -308,7 +312,7 @@ export function addAdminService(server: grpc.Server, backend: AdminBackend, opts
     addMember: clusterChange(
       'member addition',
       parseAddMember,
-      (m, deadlineMs) => backend.addMember(m.id, m.address, deadlineMs),
+      (m, deadlineMs) => backend.addMember(m.id, m.address, deadlineMs, m.peerAddress),
       (r) => ({ epoch: r.epoch }),
     ),
     removeMember: clusterChange(

@@ -29,6 +29,7 @@ export {
   leaderCounts,
   hostedGroups,
   type GroupMembership,
+  type NewMember,
 } from './placement.js';
 export {
   CLUSTER_PREFIX,

@@ -49,7 +49,7 @@ export function shardKey(group: number): string {
 }
 
 function encodeMember(m: MemberInfo): string {
-  return JSON.stringify({ id: m.id, address: m.address, state: m.state });
+  return JSON.stringify({ id: m.id, address: m.address, ...(m.peerAddress !== undefined ? { peerAddress: m.peerAddress } : {}), state: m.state });
 }
 
 function encodePool(p: PoolSpec): string {
@@ -157,14 +157,15 @@ function decodeMember(key: string, value: string): MemberInfo {
   const r = new Reader(key);
   const suffix = key.slice(CLUSTER_MEMBERS_PREFIX.length);
   if (!/^[0-9]{10}$/.test(suffix)) r.fail('the member key must end in a 10-digit id');
-  const o = r.object(value, ['id', 'address', 'state']);
+  const o = r.object(value, ['id', 'address', 'state'], ['peerAddress']);
   const id = r.int(o, 'id', 1, MAX_NODE_ID);
   if (pad10(id) !== suffix) r.fail(`id ${id} does not match the key`);
   const address = r.string(o, 'address');
-  r.check(() => validateMember(id, address));
+  const peerAddress = o.peerAddress === undefined ? undefined : r.string(o, 'peerAddress');
+  r.check(() => validateMember(id, address, peerAddress));
   const state = r.string(o, 'state');
   if (!MEMBER_STATES.includes(state)) r.fail(`unknown member state ${JSON.stringify(state)}`);
-  return { id, address, state: state as MemberInfo['state'] };
+  return { id, address, ...(peerAddress !== undefined ? { peerAddress } : {}), state: state as MemberInfo['state'] };
 }
 
 function decodePool(key: string, value: string): PoolSpec {
@@ -252,9 +253,11 @@ export function decodeClusterMap(records: Iterable<{ key: string; value: string 
   if (pools.size > MAX_POOLS) fail(CLUSTER_POOLS_PREFIX, `more than ${MAX_POOLS} pools`);
   const addresses = new Map<string, NodeId>();
   for (const m of [...members.values()].sort((a, b) => a.id - b.id)) {
-    const other = addresses.get(m.address);
-    if (other !== undefined) fail(memberKey(m.id), `address ${m.address} is also member ${other}'s`);
-    addresses.set(m.address, m.id);
+    for (const a of m.peerAddress !== undefined ? [m.address, m.peerAddress] : [m.address]) {
+      const other = addresses.get(a);
+      if (other !== undefined) fail(memberKey(m.id), `address ${a} is also member ${other}'s`);
+      addresses.set(a, m.id);
+    }
   }
   for (const v of info.metaVoters) if (!members.has(v)) fail(CLUSTER_INFO_KEY, `metadata voter ${v} is not a member`);
   if (members.size > 0 && info.metaVoters.length === 0) fail(CLUSTER_INFO_KEY, 'the metadata group has no voters');

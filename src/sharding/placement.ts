@@ -71,6 +71,17 @@ function placeShards(candidates: readonly NodeId[], existing: readonly ShardInfo
   return slots.map(({ d, cands }, i) => ({ group: firstGroup + i, pool, index: i, replicas: cands, initial: cands, preferredLeader: d.preferredLeader }));
 }
 
+/** A member to add: its id, client address and (for real processes) peer address. */
+export interface NewMember {
+  readonly id: NodeId;
+  readonly address: string;
+  readonly peerAddress?: string;
+}
+
+function addressesOf(m: NewMember): string[] {
+  return m.peerAddress !== undefined ? [m.address, m.peerAddress] : [m.address];
+}
+
 /**
  * The map a brand-new cluster starts with, a pure function of its inputs (every bootstrapping
  * node computes it alike, whatever the order of `members`): all members active; the metadata
@@ -79,17 +90,19 @@ function placeShards(candidates: readonly NodeId[], existing: readonly ShardInfo
  * preferred leaders balanced; epoch 0. Throws INVALID_MEMBER, MEMBER_EXISTS, INVALID_POOL or
  * NOT_ENOUGH_MEMBERS.
  */
-export function initialMap(members: readonly { id: NodeId; address: string }[], defaultPool: PoolOptions): ClusterMap {
+export function initialMap(members: readonly NewMember[], defaultPool: PoolOptions): ClusterMap {
   if (members.length === 0) throw new ShardingError('INVALID_MEMBER', 'a cluster needs at least one member');
   const sorted = [...members].sort((a, b) => a.id - b.id);
   const ids = new Set<NodeId>();
   const addresses = new Set<string>();
   for (const m of sorted) {
-    validateMember(m.id, m.address);
+    validateMember(m.id, m.address, m.peerAddress);
     if (ids.has(m.id)) throw new ShardingError('MEMBER_EXISTS', `member id ${m.id} is given twice`);
-    if (addresses.has(m.address)) throw new ShardingError('MEMBER_EXISTS', `member address ${m.address} is given twice`);
+    for (const a of addressesOf(m)) {
+      if (addresses.has(a)) throw new ShardingError('MEMBER_EXISTS', `member address ${a} is given twice`);
+      addresses.add(a);
+    }
     ids.add(m.id);
-    addresses.add(m.address);
   }
   const spec = validatePoolSpec(
     {
@@ -103,7 +116,7 @@ export function initialMap(members: readonly { id: NodeId; address: string }[], 
   const memberIds = sorted.map((m) => m.id);
   return {
     epoch: 0,
-    members: sorted.map((m): MemberInfo => ({ id: m.id, address: m.address, state: 'active' })),
+    members: sorted.map((m): MemberInfo => ({ id: m.id, address: m.address, ...(m.peerAddress !== undefined ? { peerAddress: m.peerAddress } : {}), state: 'active' })),
     metaVoters: memberIds.slice(0, desiredMetaVoterCount(memberIds.length)),
     pools: [{ name: DEFAULT_POOL, ...spec, state: 'active' }],
     shards: placeShards(memberIds, [], DEFAULT_POOL, spec.shards, spec.replicas, 1),
@@ -182,12 +195,14 @@ export function removePool(map: ClusterMap, name: string): ClusterMap {
 }
 
 /** Adds an active member (it gets replicas and metadata membership through {@link planStep}). Throws INVALID_MEMBER or MEMBER_EXISTS. */
-export function addMember(map: ClusterMap, member: { id: NodeId; address: string }): ClusterMap {
-  validateMember(member.id, member.address);
+export function addMember(map: ClusterMap, member: NewMember): ClusterMap {
+  validateMember(member.id, member.address, member.peerAddress);
   if (map.members.some((m) => m.id === member.id)) throw new ShardingError('MEMBER_EXISTS', `member ${member.id} already exists`);
-  const clash = map.members.find((m) => m.address === member.address);
-  if (clash) throw new ShardingError('MEMBER_EXISTS', `address ${member.address} is already used by member ${clash.id}`);
-  const info: MemberInfo = { id: member.id, address: member.address, state: 'active' };
+  for (const a of addressesOf(member)) {
+    const clash = map.members.find((m) => addressesOf(m).includes(a));
+    if (clash) throw new ShardingError('MEMBER_EXISTS', `address ${a} is already used by member ${clash.id}`);
+  }
+  const info: MemberInfo = { id: member.id, address: member.address, ...(member.peerAddress !== undefined ? { peerAddress: member.peerAddress } : {}), state: 'active' };
   return { ...map, members: [...map.members, info].sort((a, b) => a.id - b.id) };
 }
 

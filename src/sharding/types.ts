@@ -9,9 +9,19 @@ export type MemberState = 'active' | 'removing';
 /** One cluster member, as recorded in the cluster map. */
 export interface MemberInfo {
   readonly id: NodeId;
-  /** `host:port` peers and clients dial. */
+  /** `host:port` clients (and nodes forwarding client requests) dial: the node's client API. */
   readonly address: string;
+  /**
+   * `host:port` of the node's peer listener (Raft traffic only, mutual TLS in production).
+   * Absent only in maps of in-memory test clusters, whose transport needs no address.
+   */
+  readonly peerAddress?: string;
   readonly state: MemberState;
+}
+
+/** The address other nodes dial for `m`'s Raft traffic: its peer address (or, absent one, its client address). */
+export function peerAddressOf(m: MemberInfo): string {
+  return m.peerAddress ?? m.address;
 }
 
 /**

@@ -101,14 +101,25 @@ const BRACKETED_IPV6 = /^\[[0-9A-Fa-f:.]{2,45}(%[A-Za-z0-9._-]{1,64})?\]$/;
 
 /**
  * Checks a member: `id` an integer 1..2^31-1, `address` `host:port` (a host name, IPv4 address or
- * bracketed IPv6 address, and a port 1..65535). Throws INVALID_MEMBER.
+ * bracketed IPv6 address, and a port 1..65535), and `peerAddress`, when given, also `host:port`
+ * and different from `address`. Throws INVALID_MEMBER.
  */
-export function validateMember(id: unknown, address: unknown): void {
+export function validateMember(id: unknown, address: unknown, peerAddress?: unknown): void {
   if (!isIntIn(id, 1, MAX_NODE_ID)) {
     throw new ShardingError('INVALID_MEMBER', `member id must be an integer from 1 to ${MAX_NODE_ID}, got ${String(id)}`);
   }
+  validateHostPort(`address of member ${String(id)}`, address);
+  if (peerAddress !== undefined) {
+    validateHostPort(`peer address of member ${String(id)}`, peerAddress);
+    if (peerAddress === address) {
+      throw new ShardingError('INVALID_MEMBER', `member ${String(id)}: the peer address must differ from the client address (${String(address)}): Raft traffic has its own listener`);
+    }
+  }
+}
+
+function validateHostPort(what: string, address: unknown): void {
   const bad = (why: string): never => {
-    throw new ShardingError('INVALID_MEMBER', `invalid address ${JSON.stringify(address)} of member ${id}: ${why}`);
+    throw new ShardingError('INVALID_MEMBER', `invalid ${what} ${JSON.stringify(address)}: ${why}`);
   };
   if (typeof address !== 'string') return bad('not a string');
   const colon = address.lastIndexOf(':');

@@ -307,6 +307,7 @@ describe('pool create', () => {
       ['pool', 'describe'],
       ['member', 'add', 'x', 'h:1'],
       ['member', 'add', '5'],
+      ['member', 'add', '5', 'node5:7001'],
       ['member', 'remove', '0'],
     ]) {
       const r = await kvctl(args, withToken);
@@ -321,9 +322,9 @@ describe('pool create', () => {
 describe('member', () => {
   it('add and remove go to the metadata leader', async () => {
     cluster.metaLeader = 3;
-    expect(await kvctl(['member', 'add', '5', 'node5:7001'], withToken)).toEqual({
+    expect(await kvctl(['member', 'add', '5', 'node5:7001', '--peer', 'node5:7101'], withToken)).toEqual({
       code: EXIT.OK,
-      out: formatTable(['ID', 'ADDRESS', 'EPOCH'], [['5', 'node5:7001', '8']]),
+      out: formatTable(['ID', 'ADDRESS', 'PEER ADDRESS', 'EPOCH'], [['5', 'node5:7001', 'node5:7101', '8']]),
       err: '',
     });
     expect(await kvctl(['member', 'remove', '4'], withToken)).toEqual({
@@ -333,7 +334,7 @@ describe('member', () => {
     });
     expect(JSON.parse((await kvctl(['--json', 'member', 'remove', '4'], withToken)).out)).toEqual({ id: 4, state: 'removing', epoch: 8 });
     expect(cluster.calls.map((c) => [c.node, c.method, ...c.args])).toEqual([
-      [3, 'addMember', 5, 'node5:7001'],
+      [3, 'addMember', 5, 'node5:7001', 'node5:7101'],
       [3, 'removeMember', 4],
       [3, 'removeMember', 4],
     ]);

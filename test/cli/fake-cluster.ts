@@ -73,7 +73,7 @@ export class FakeCluster {
         };
         return record('createPool', [req], { pool, epoch: this.map.epoch + 1 });
       },
-      addMember: (mid: number, address: string) => record('addMember', [mid, address], { epoch: this.map.epoch + 1 }),
+      addMember: (mid: number, address: string, _deadlineMs: number, peerAddress?: string) => record('addMember', [mid, address, ...(peerAddress !== undefined ? [peerAddress] : [])], { epoch: this.map.epoch + 1 }),
       removeMember: (mid: number) => record('removeMember', [mid], { epoch: this.map.epoch + 1 }),
       load: () => Promise.reject(new Error('not supported by the fake')),
       unload: () => Promise.resolve(false),

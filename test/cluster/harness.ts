@@ -37,6 +37,8 @@ export async function freePorts(n: number): Promise<number[]> {
 export interface ClusterNode {
   readonly id: number;
   readonly address: string;
+  /** The node's peer (Raft) listener. */
+  readonly peerAddress: string;
   readonly dataDir: string;
   proc: ChildProcess | undefined;
   metricsPort: number;
@@ -52,6 +54,11 @@ export interface ClusterOptions {
   readonly electionTicks?: number;
   readonly snapshotEvery?: number;
   readonly extraArgs?: readonly string[];
+  /**
+   * Arguments for one node (its own certificate, say). Unless some node's arguments give a peer CA
+   * (`--tls-ca` or `--peer-tls-ca`), the harness passes `--insecure-peers`.
+   */
+  readonly nodeArgs?: (id: number) => readonly string[];
   /** Shards of the default pool (`--default-shards`). */
   readonly defaultShards?: number;
   /** TLS settings for the test's clients (when the nodes serve TLS). */
@@ -66,22 +73,23 @@ export class KvdCluster {
   private clients: KvClient[] = [];
 
   private constructor(
-    addresses: string[],
+    addresses: { address: string; peerAddress: string }[],
     private readonly opts: ClusterOptions,
   ) {
     if (!existsSync(KVD)) throw new Error(`${KVD} is missing: run \`npm run build\` (npm test does it)`);
     this.baseDir = mkdtempSync(join(tmpdir(), 'kvcascade-cluster-'));
-    this.peers = addresses.map((a, i) => `${i + 1}=${a}`).join(',');
-    addresses.forEach((address, i) =>
-      this.nodes.push({ id: i + 1, address, dataDir: join(this.baseDir, `node-${i + 1}`), proc: undefined, metricsPort: 0, stderr: [] }),
+    this.peers = addresses.map((a, i) => `${i + 1}=${a.address}/${a.peerAddress}`).join(',');
+    addresses.forEach((a, i) =>
+      this.nodes.push({ id: i + 1, ...a, dataDir: join(this.baseDir, `node-${i + 1}`), proc: undefined, metricsPort: 0, stderr: [] }),
     );
   }
 
   /** Starts `nodes` kvd processes and waits until group 1 has a leader. */
   static async start(opts: ClusterOptions = {}): Promise<KvdCluster> {
-    const ports = await freePorts(opts.nodes ?? 3);
+    const n = opts.nodes ?? 3;
+    const ports = await freePorts(2 * n);
     const c = new KvdCluster(
-      ports.map((p) => `127.0.0.1:${p}`),
+      Array.from({ length: n }, (_, i) => ({ address: `127.0.0.1:${ports[2 * i]}`, peerAddress: `127.0.0.1:${ports[2 * i + 1]}` })),
       opts,
     );
     await Promise.all(c.nodes.map((n) => c.startNode(n.id)));
@@ -103,10 +111,15 @@ export class KvdCluster {
   /** Starts (or restarts) a node's process and waits for its readiness line. */
   startNode(id: number): Promise<void> {
     const n = this.node(id);
+    const own = this.opts.nodeArgs?.(id) ?? [];
+    const all = [...own, ...(this.opts.extraArgs ?? [])];
+    const securePeers = all.includes('--tls-ca') || all.includes('--peer-tls-ca');
     const args = [
       KVD,
       '--id', String(id),
       '--listen', n.address,
+      '--peer-listen', n.peerAddress,
+      ...(securePeers ? [] : ['--insecure-peers']),
       ...(n.joined ? ['--join', this.nodes[0]!.address] : ['--peers', this.peers]),
       ...(this.opts.defaultShards ? ['--default-shards', String(this.opts.defaultShards)] : []),
       '--data-dir', n.dataDir,
@@ -114,7 +127,7 @@ export class KvdCluster {
       '--tick-ms', String(this.opts.tickMs ?? 50),
       '--election-ticks', String(this.opts.electionTicks ?? 10),
       ...(this.opts.snapshotEvery ? ['--snapshot-every', String(this.opts.snapshotEvery)] : []),
-      ...(this.opts.extraArgs ?? []),
+      ...all,
     ];
     const proc = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, KVCASCADE_LOG_LEVEL: 'warn' } });
     n.proc = proc;
@@ -137,17 +150,17 @@ export class KvdCluster {
   }
 
   /** Starts a new node that joins the running cluster (after `kvctl member add`); returns it. */
-  async join(id: number, address: string): Promise<ClusterNode> {
-    const n: ClusterNode = { id, address, dataDir: join(this.baseDir, `node-${id}`), proc: undefined, metricsPort: 0, stderr: [], joined: true };
+  async join(id: number, address: string, peerAddress: string): Promise<ClusterNode> {
+    const n: ClusterNode = { id, address, peerAddress, dataDir: join(this.baseDir, `node-${id}`), proc: undefined, metricsPort: 0, stderr: [], joined: true };
     this.nodes.push(n);
     await this.startNode(id);
     return n;
   }
 
-  /** Reserves an address for a node to be added later (the member must be added before it starts). */
-  async reserveAddress(): Promise<string> {
-    const [port] = await freePorts(1);
-    return `127.0.0.1:${port}`;
+  /** Reserves a client and a peer address for a node to be added later (the member must be added before it starts). */
+  async reserveAddresses(): Promise<{ address: string; peerAddress: string }> {
+    const [port, peerPort] = await freePorts(2);
+    return { address: `127.0.0.1:${port}`, peerAddress: `127.0.0.1:${peerPort}` };
   }
 
   /** Kills a node's process (default SIGKILL: no chance to flush anything). */

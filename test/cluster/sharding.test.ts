@@ -230,9 +230,9 @@ describe('sharding with real processes', () => {
     const adm = admin(cluster);
     const load = startLoad(client, 8);
     await until('writes', () => load.acks >= 100);
-    const address = await cluster.reserveAddress();
-    await adm.addMember(4, address);
-    await cluster.join(4, address);
+    const { address, peerAddress } = await cluster.reserveAddresses();
+    await adm.addMember(4, address, peerAddress);
+    await cluster.join(4, address, peerAddress);
     // Node 4 receives replicas (8 shards x 3 replicas over 4 nodes: 6 each) and leads some.
     await until('node 4 to host and lead shards', async () => {
       const st = await client.status(address);
