@@ -1,5 +1,6 @@
 /** What kvctl's command groups share: the context main gives them, and argument parsers (they throw commander's InvalidArgumentError, which kvctl reports as a usage error, exit code 64). */
 import { InvalidArgumentError } from 'commander';
+import type { KvClientTlsOptions } from '../client/index.js';
 
 /** A parser of non-negative safe integers; `what` names the argument in the error. */
 export function uint(what: string): (s: string) => number {
@@ -35,9 +36,17 @@ export interface CommandContext {
   endpoints(): string[];
   /** The admin token from --admin-token, $KVCASCADE_ADMIN_TOKEN or ./.data/admin-token (throws when there is none). */
   adminToken(): string;
+  /** TLS settings from --cacert/--cert/--key (or $KVCASCADE_CACERT/_CERT/_KEY); undefined for plaintext. */
+  tls(): KvClientTlsOptions | undefined;
   formatTable(headers: readonly string[], rows: readonly (readonly string[])[]): string;
   /** Timeout of a call (--timeout). */
   timeoutMs(): number;
   /** Sets the process exit code. */
   fail(code: number): void;
+}
+
+/** The `tls` option of a client built for `ctx` (absent for plaintext). */
+export function tlsOf(ctx: Pick<CommandContext, 'tls'>): { tls?: KvClientTlsOptions } {
+  const t = ctx.tls();
+  return t ? { tls: t } : {};
 }

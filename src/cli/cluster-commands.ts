@@ -4,7 +4,7 @@ import type { Command } from 'commander';
 import { AdminClient, CLUSTER_STATUS_DEADLINE_MS, type ClusterStatus, type GroupReport } from '../client/admin-client.js';
 import { KvError } from '../client/errors.js';
 import { MAX_NODE_ID, MAX_POOL_SHARDS, MAX_REPLICAS, META_GROUP, type ClusterMap, type PoolSpec } from '../sharding/index.js';
-import { intIn, uint, type CommandContext } from './args.js';
+import { intIn, tlsOf, uint, type CommandContext } from './args.js';
 
 /** What the cluster commands need from kvctl's main. */
 export interface ClusterCommandContext extends CommandContext {
@@ -167,9 +167,9 @@ const POOL_HEADERS = ['NAME', 'SHARDS', 'REPLICAS', 'AFFINITY', 'STATE'] as cons
 /** Adds the `pool` and `member` command groups and the cluster-wide `status` command to kvctl. */
 export function registerClusterCommands(program: Command, ctx: ClusterCommandContext): void {
   /** A client for reads (no token needed). */
-  const reader = () => new AdminClient({ endpoints: ctx.endpoints(), deadlineMs: ctx.timeoutMs() });
+  const reader = () => new AdminClient({ endpoints: ctx.endpoints(), ...tlsOf(ctx), deadlineMs: ctx.timeoutMs() });
   /** A client for changes (admin token). */
-  const admin = () => new AdminClient({ endpoints: ctx.endpoints(), token: ctx.adminToken(), deadlineMs: ctx.changeTimeoutMs() });
+  const admin = () => new AdminClient({ endpoints: ctx.endpoints(), ...tlsOf(ctx), token: ctx.adminToken(), deadlineMs: ctx.changeTimeoutMs() });
   const statusDeadline = () => Math.min(ctx.timeoutMs(), CLUSTER_STATUS_DEADLINE_MS);
   const using = async <T>(make: () => AdminClient, fn: (c: AdminClient) => Promise<T>): Promise<T> => {
     const c = make();

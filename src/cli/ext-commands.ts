@@ -4,7 +4,7 @@ import { stat } from 'node:fs/promises';
 import type { Command } from 'commander';
 import { AdminClient } from '../client/admin-client.js';
 import { packFolder, readTarball } from '../extensions/package.js';
-import type { CommandContext } from './args.js';
+import { tlsOf, type CommandContext } from './args.js';
 
 /** What the extension commands need from kvctl's main. */
 export type ExtCommandContext = CommandContext;
@@ -23,7 +23,7 @@ export function resolveAdminToken(flag: string | undefined, env: Readonly<Record
 /** Adds the `ext` command group to kvctl. */
 export function registerExtCommands(program: Command, ctx: ExtCommandContext): void {
   const ext = program.command('ext').description('load, list and unload extensions (admin token required)');
-  const admin = () => new AdminClient({ endpoints: ctx.endpoints(), token: ctx.adminToken(), deadlineMs: Math.max(ctx.timeoutMs(), 60_000) });
+  const admin = () => new AdminClient({ endpoints: ctx.endpoints(), ...tlsOf(ctx), token: ctx.adminToken(), deadlineMs: Math.max(ctx.timeoutMs(), 60_000) });
 
   ext
     .command('load')

@@ -1,14 +1,14 @@
 #!/usr/bin/env node
 /** kvctl, the kvcascade command-line client (put, get, cas, txn, del, trigger, ls, watch, cluster status, pools, members, extensions), callable in-process through `main(argv, io)`. */
 import { isUtf8 } from 'node:buffer';
-import { realpathSync } from 'node:fs';
+import { readFileSync, realpathSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { pathToFileURL } from 'node:url';
 import { Command, CommanderError, InvalidArgumentError } from 'commander';
 import { positive, uint } from './args.js';
 import { registerClusterCommands } from './cluster-commands.js';
 import { registerExtCommands, resolveAdminToken } from './ext-commands.js';
-import { KvClient, KvError, CompactedError, type KvItem } from '../client/index.js';
+import { KvClient, KvError, CompactedError, type KvItem, type KvClientTlsOptions } from '../client/index.js';
 
 /** Endpoints used when neither `--endpoints` nor KVCASCADE_ENDPOINTS is given: the local cluster `npm start` runs. */
 export const DEFAULT_ENDPOINTS = '127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003';
@@ -104,6 +104,9 @@ interface GlobalOptions {
   json?: boolean;
   timeout: number;
   adminToken?: string;
+  cacert?: string;
+  cert?: string;
+  key?: string;
 }
 
 async function readAll(source: AsyncIterable<Uint8Array | string>): Promise<Uint8Array> {
@@ -143,9 +146,29 @@ export async function main(argv: readonly string[], io: KvctlIo = {}): Promise<n
     if (!t) throw new CliFailure('UNAUTHENTICATED', 'admin token required: --admin-token, $KVCASCADE_ADMIN_TOKEN or ./.data/admin-token', EXIT.USAGE);
     return t;
   };
+  /** TLS from --cacert/--cert/--key or $KVCASCADE_CACERT/_CERT/_KEY; undefined when none is given (plaintext). */
+  const tls = (): KvClientTlsOptions | undefined => {
+    const g = globals();
+    const files = { cacert: g.cacert ?? env.KVCASCADE_CACERT, cert: g.cert ?? env.KVCASCADE_CERT, key: g.key ?? env.KVCASCADE_KEY };
+    if (!files.cacert && !files.cert && !files.key) return undefined;
+    if (Boolean(files.cert) !== Boolean(files.key)) throw new CliFailure('USAGE', 'give both --cert and --key (a client certificate and its key)', EXIT.USAGE);
+    const read = (flag: string, file: string | undefined): Buffer | undefined => {
+      if (!file) return undefined;
+      try {
+        return readFileSync(file);
+      } catch (e) {
+        throw new CliFailure('USAGE', `${flag} ${file}: ${(e as Error).message}`, EXIT.USAGE);
+      }
+    };
+    const rootCert = read('--cacert', files.cacert);
+    const certChain = read('--cert', files.cert);
+    const privateKey = read('--key', files.key);
+    return { ...(rootCert ? { rootCert } : {}), ...(certChain ? { certChain } : {}), ...(privateKey ? { privateKey } : {}) };
+  };
   const kv = (): KvClient => {
     if (client) return client;
-    client = new KvClient({ endpoints: endpointList(), defaultDeadlineMs: globals().timeout });
+    const t = tls();
+    client = new KvClient({ endpoints: endpointList(), defaultDeadlineMs: globals().timeout, ...(t ? { tls: t } : {}) });
     return client;
   };
   /** A value argument: `-` reads stdin, `@file` reads a file, anything else is the value itself. */
@@ -161,6 +184,9 @@ export async function main(argv: readonly string[], io: KvctlIo = {}): Promise<n
     .option('--endpoints <list>', `comma-separated host:port list (default: $KVCASCADE_ENDPOINTS, else ${DEFAULT_ENDPOINTS})`)
     .option('--json', 'print one JSON document per result')
     .option('--timeout <ms>', 'timeout of each request in ms, retries included (pool create and member add|remove: 60000 unless given)', positive('--timeout'), 10_000)
+    .option('--cacert <file>', 'TLS: CA bundle to verify the nodes with (default: $KVCASCADE_CACERT; plaintext when no TLS option is given)')
+    .option('--cert <file>', 'TLS: client certificate, for clusters that require one (kvd --tls-ca) (default: $KVCASCADE_CERT)')
+    .option('--key <file>', 'TLS: private key of --cert (default: $KVCASCADE_KEY)')
     .option('--admin-token <token>', 'admin token for `ext`, `pool create` and `member add|remove` (default: $KVCASCADE_ADMIN_TOKEN, else ./.data/admin-token)')
     .exitOverride()
     .showSuggestionAfterError(false)
@@ -377,6 +403,7 @@ export async function main(argv: readonly string[], io: KvctlIo = {}): Promise<n
     formatTable,
     endpoints: endpointList,
     adminToken,
+    tls,
     timeoutMs: () => globals().timeout,
     fail: (code) => {
       exitCode = code;
@@ -391,6 +418,7 @@ export async function main(argv: readonly string[], io: KvctlIo = {}): Promise<n
     formatTable,
     endpoints: endpointList,
     adminToken,
+    tls,
     timeoutMs: () => globals().timeout,
     changeTimeoutMs: () => (program.getOptionValueSource('timeout') === 'default' ? CHANGE_TIMEOUT_MS : globals().timeout),
     fail: (code) => {

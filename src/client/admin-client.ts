@@ -9,6 +9,7 @@ import { neverReachedServer } from '../server/metadata.js';
 import { ClusterStubClient, type ClusterStub, type GetShardMapResponseMsg, type StatusResponseMsg } from '../server/proto.js';
 import { emptyMap, type ClusterMap, type MemberInfo, type PoolSpec, type ShardInfo } from '../sharding/index.js';
 import { KvError } from './errors.js';
+import type { KvClientTlsOptions } from './transport.js';
 import { nodeStatus, type KvGroupStatus, type KvNodeStatus } from './types.js';
 
 /** A registered extension. */
@@ -92,7 +93,10 @@ export interface AdminClientOptions {
   readonly endpoints: readonly string[];
   /** The admin token; needed by everything but {@link AdminClient.shardMap} and {@link AdminClient.clusterStatus}. */
   readonly token?: string;
+  /** Channel credentials (overrides `tls`). */
   readonly credentials?: grpc.ChannelCredentials;
+  /** TLS settings, as the KV client takes them (CA, and a client certificate when the cluster requires one). */
+  readonly tls?: KvClientTlsOptions;
   /** Deadline of each call in ms (default 60 s). */
   readonly deadlineMs?: number;
 }
@@ -215,14 +219,20 @@ export class AdminClient {
   private readonly stubs = new Map<string, Stub>();
   private readonly clusterStubs = new Map<string, ClusterStub>();
 
+  private readonly creds: grpc.ChannelCredentials;
+
   constructor(private readonly opts: AdminClientOptions) {
     if (opts.endpoints.length === 0) throw new Error('AdminClient: no endpoints');
+    const tls = opts.tls;
+    this.creds =
+      opts.credentials ??
+      (tls ? grpc.credentials.createSsl(tls.rootCert ?? null, tls.privateKey ?? null, tls.certChain ?? null) : grpc.credentials.createInsecure());
   }
 
   private stub(address: string): Stub {
     let s = this.stubs.get(address);
     if (!s) {
-      s = new AdminStubClient(address, this.opts.credentials ?? grpc.credentials.createInsecure(), {
+      s = new AdminStubClient(address, this.creds, {
         'grpc.max_send_message_length': 8 << 20,
       }) as unknown as Stub;
       this.stubs.set(address, s);
@@ -233,7 +243,7 @@ export class AdminClient {
   private clusterStub(address: string): ClusterStub {
     let s = this.clusterStubs.get(address);
     if (!s) {
-      s = new ClusterStubClient(address, this.opts.credentials ?? grpc.credentials.createInsecure());
+      s = new ClusterStubClient(address, this.creds);
       this.clusterStubs.set(address, s);
     }
     return s;

@@ -162,18 +162,20 @@ export class GrpcPeerTransport implements Transport {
         if (identity === undefined) {
           this.rejectedBatches++;
           this.log.warn({ peer: call.getPeer() }, 'refusing a peer stream: the caller presented no node identity');
-          call.destroy(Object.assign(new Error('no node identity in the client certificate'), { code: grpc.status.UNAUTHENTICATED }));
+          endWith(call, grpc.status.UNAUTHENTICATED, 'the client certificate names no node (CN node-<id> or SAN URI urn:kvcascade:node:<id>)');
           return;
         }
         let sender: NodeId | undefined = identity === 'unauthenticated' ? undefined : identity;
         call.sendMetadata(new grpc.Metadata()); // tells the dialer the stream is up
+        let refused = false;
         const refuse = (why: string, fromNode: unknown) => {
           this.rejectedBatches++;
+          refused = true;
           this.log.warn({ peer: call.getPeer(), fromNode, authenticatedAs: sender, why }, 'refusing a peer stream');
-          call.destroy(Object.assign(new Error(why), { code: grpc.status.PERMISSION_DENIED }));
+          endWith(call, grpc.status.PERMISSION_DENIED, why);
         };
         call.on('data', (batch: RaftBatchWire) => {
-          if (this.closed) return;
+          if (this.closed || refused) return;
           const fromNode = batch.fromNode;
           if (sender === undefined) sender = fromNode; // plaintext: the first batch binds the stream
           if (fromNode !== sender) return refuse(`batch claims node ${fromNode} on a stream of node ${sender}`, fromNode);
@@ -320,4 +322,9 @@ function decodeIncoming(w: WireMessage, sender: NodeId, self: NodeId): Message {
   if (m.from !== sender && m.type !== 'TransferLeader') throw new Error(`message from ${m.from} in a batch from node ${sender}`);
   if (m.to !== self) throw new Error(`message for node ${m.to} delivered to node ${self}`);
   return m;
+}
+
+/** Ends a server stream with a status the caller sees (an 'error' event makes grpc-js send it as the trailers). */
+function endWith(call: grpc.ServerDuplexStream<unknown, unknown>, code: grpc.status, details: string): void {
+  call.emit('error', { code, details, name: 'PeerRefused', message: details });
 }

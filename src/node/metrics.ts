@@ -126,7 +126,14 @@ export class NodeMetrics {
 
   /** A node observer that records storage and Raft events. */
   /** Exposes the peer transport's message and batch counts (monotonic counts, read at scrape time). */
-  watchTransport(t: { readonly sentMessages: number; readonly sentBatches: number; readonly receivedMessages: number; readonly dropped: number }): void {
+  watchTransport(t: {
+    readonly sentMessages: number;
+    readonly sentBatches: number;
+    readonly receivedMessages: number;
+    readonly dropped: number;
+    readonly rejectedBatches?: number;
+    readonly rejectedMessages?: number;
+  }): void {
     const registers = [this.registry];
     const counter = (name: string, help: string, read: () => number) =>
       new Gauge({
@@ -141,6 +148,8 @@ export class NodeMetrics {
     counter('kvcascade_peer_batches_sent_total', 'Batches written to peer streams (each carries the messages of every group for that peer)', () => t.sentBatches);
     counter('kvcascade_peer_messages_received_total', 'Raft messages received from peers', () => t.receivedMessages);
     counter('kvcascade_peer_messages_dropped_total', 'Raft messages dropped (queue full or peer down; Raft retransmits)', () => t.dropped);
+    counter('kvcascade_peer_batches_rejected_total', 'Peer streams and batches refused: no node identity, a sender that is not a member, or a sender other than the authenticated node', () => t.rejectedBatches ?? 0);
+    counter('kvcascade_peer_messages_rejected_total', 'Peer messages dropped on arrival: malformed, or claiming a sender other than the batch\'s', () => t.rejectedMessages ?? 0);
   }
 
   observer(): NodeObserver {
