@@ -1,0 +1,56 @@
+/** Tests of kvd's configuration: the two planes' addresses, the peer TLS requirement, and how the admin token may be given. */
+import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { parseConfig } from '../../src/bin/kvd-config.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'kvcascade-config-'));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+const PEERS = '1=127.0.0.1:7001/127.0.0.1:7101,2=127.0.0.1:7002/127.0.0.1:7102,3=127.0.0.1:7003/127.0.0.1:7103';
+const base = ['--id', '1', '--listen', '127.0.0.1:7001', '--peer-listen', '127.0.0.1:7101', '--peers', PEERS];
+
+describe('kvd configuration', () => {
+  it('reads client and peer addresses of every member', () => {
+    const cfg = parseConfig([...base, '--insecure-peers']);
+    expect([...cfg.peers]).toEqual([[1, '127.0.0.1:7001'], [2, '127.0.0.1:7002'], [3, '127.0.0.1:7003']]);
+    expect([...cfg.peerAddresses]).toEqual([[1, '127.0.0.1:7101'], [2, '127.0.0.1:7102'], [3, '127.0.0.1:7103']]);
+    expect(cfg.peerListen).toBe('127.0.0.1:7101');
+    expect(cfg.advertisePeer).toBe('127.0.0.1:7101');
+    expect(cfg.warnings.join('\n')).toMatch(/--insecure-peers: .* Local development only/);
+  });
+
+  it('refuses to start with peers and no peer TLS unless --insecure-peers', () => {
+    expect(() => parseConfig(base)).toThrow(/refusing to start: the peer listener would accept unauthenticated Raft traffic/);
+    const tls = ['--tls-cert', 'n.pem', '--tls-key', 'n.key', '--tls-ca', 'ca.pem'];
+    const cfg = parseConfig([...base, ...tls]);
+    expect([cfg.peerTlsCert, cfg.peerTlsKey, cfg.peerTlsCa]).toEqual(['n.pem', 'n.key', 'ca.pem']);
+    expect(() => parseConfig([...base, ...tls, '--insecure-peers'])).toThrow(/not both/);
+    // A certificate without a CA cannot authenticate peers.
+    expect(() => parseConfig([...base, '--tls-cert', 'n.pem', '--tls-key', 'n.key'])).toThrow(/refusing to start/);
+  });
+
+  it('needs a peer listener of its own when the cluster has other members', () => {
+    expect(() => parseConfig(['--id', '1', '--listen', '127.0.0.1:7001', '--peers', PEERS, '--insecure-peers'])).toThrow(/--peer-listen is required/);
+    expect(() => parseConfig(['--id', '1', '--listen', '127.0.0.1:7001', '--peer-listen', '127.0.0.1:7001', '--peers', '1=127.0.0.1:7001/127.0.0.1:7001', '--insecure-peers'])).toThrow(/must not be the client port/);
+    expect(() => parseConfig(['--id', '1', '--listen', '127.0.0.1:7001', '--peer-listen', '127.0.0.1:7101', '--peers', '1=127.0.0.1:7001/127.0.0.1:7101,2=127.0.0.1:7002', '--insecure-peers'])).toThrow(/member 2 in --peers has no peer address/);
+    expect(() => parseConfig(['--id', '1', '--listen', '127.0.0.1:7001', '--peer-listen', '127.0.0.1:7101', '--peers', '1=127.0.0.1:7001/127.0.0.1:7199', '--insecure-peers'])).toThrow(/differs from --advertise-peer/);
+    expect(() => parseConfig(['--id', '1', '--listen', '127.0.0.1:7001', '--peers', '1=bad', '--insecure-peers'])).toThrow(/CLIENT_HOST:PORT\/PEER_HOST:PORT/);
+    // A single node needs no peer plane.
+    expect(parseConfig(['--id', '1', '--listen', '127.0.0.1:7001']).peerListen).toBeUndefined();
+    // Joining needs one too.
+    expect(() => parseConfig(['--id', '4', '--listen', '127.0.0.1:7004', '--join', '127.0.0.1:7001'])).toThrow(/--peer-listen is required/);
+  });
+
+  it('takes the admin token from a private file, and warns when it is on the command line', () => {
+    const file = join(dir, 'token');
+    writeFileSync(file, 'a-token-of-at-least-16-chars\n', { mode: 0o600 });
+    expect(parseConfig(['--id', '1', '--listen', '127.0.0.1:7001', '--admin-token-file', file]).adminToken).toBe('a-token-of-at-least-16-chars');
+    chmodSync(file, 0o644);
+    expect(() => parseConfig(['--id', '1', '--listen', '127.0.0.1:7001', '--admin-token-file', file])).toThrow(/readable or writable by other users \(mode 644\): chmod 600/);
+    const flag = parseConfig(['--id', '1', '--listen', '127.0.0.1:7001', '--admin-token', 'a-token-of-at-least-16-chars']);
+    expect(flag.adminToken).toBe('a-token-of-at-least-16-chars');
+    expect(flag.warnings.join('\n')).toMatch(/--admin-token puts the admin token in the process list/);
+  });
+});
