@@ -4,7 +4,7 @@
  * until it has a leader, prints how to reach it, and stops it cleanly on Ctrl-C.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createWriteStream, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, createWriteStream, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -30,8 +30,12 @@ const children: ChildProcess[] = [];
 
 /** The local cluster's admin token: created once, kept in .data/admin-token (kvctl reads it from there). */
 function adminToken(): string {
-  mkdirSync(dataRoot, { recursive: true });
-  if (existsSync(tokenFile)) return readFileSync(tokenFile, 'utf8').trim();
+  mkdirSync(dataRoot, { recursive: true, mode: 0o700 });
+  chmodSync(dataRoot, 0o700); // data, logs and the admin token: this user's only
+  if (existsSync(tokenFile)) {
+    chmodSync(tokenFile, 0o600); // kvd refuses a token file others may read
+    return readFileSync(tokenFile, 'utf8').trim();
+  }
   const token = randomBytes(24).toString('base64url');
   writeFileSync(tokenFile, `${token}\n`, { mode: 0o600 });
   return token;
@@ -41,7 +45,7 @@ let stopping = false;
 function startNode(id: number): Promise<void> {
   const dir = join(dataRoot, `node-${id}`);
   mkdirSync(dir, { recursive: true });
-  const logFile = createWriteStream(join(dataRoot, `node-${id}.log`), { flags: 'a' });
+  const logFile = createWriteStream(join(dataRoot, `node-${id}.log`), { flags: 'a', mode: 0o600 });
   const child = spawn(
     process.execPath,
     [
