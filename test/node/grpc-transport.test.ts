@@ -1,0 +1,119 @@
+/**
+ * The receiving side of the gRPC peer transport, on a real loopback server: a stream is bound to
+ * one sending node (here, without TLS, the first batch's sender; under mutual TLS the
+ * certificate's node), and batches or messages claiming anyone else never reach Raft.
+ */
+import * as grpc from '@grpc/grpc-js';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { GrpcPeerTransport, loadPeerProto, type PeerAuthenticator } from '../../src/node/grpc-transport.js';
+import type { Message } from '../../src/raft/index.js';
+import { silentLogger } from '../../src/log.js';
+
+const SELF = 1;
+const MEMBERS = new Set([1, 2, 3]);
+
+let server: grpc.Server;
+let transport: GrpcPeerTransport;
+let received: Message[];
+let address: string;
+let identity: ReturnType<PeerAuthenticator>;
+
+async function serve(): Promise<void> {
+  server = new grpc.Server();
+  transport = new GrpcPeerTransport(SELF, new Map(), { log: silentLogger() });
+  received = [];
+  transport.onMessages((ms) => received.push(...ms));
+  transport.register(server, { isMember: (id) => MEMBERS.has(id), authenticate: () => identity });
+  const port = await new Promise<number>((res, rej) => server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (e, p) => (e ? rej(e) : res(p))));
+  address = `127.0.0.1:${port}`;
+}
+
+beforeEach(async () => {
+  identity = 'unauthenticated';
+  await serve();
+});
+
+afterEach(async () => {
+  await transport.close();
+  server.forceShutdown();
+});
+
+type Stream = grpc.ClientDuplexStream<unknown, unknown>;
+
+/** Opens a raw Peer.Raft stream to the server under test. */
+function open(): { stream: Stream; ended: Promise<{ code: number; details: string }>; close(): void } {
+  const pkg = loadPeerProto() as unknown as { kvcascade: { v1: { peer: { Peer: grpc.ServiceClientConstructor } } } };
+  const client = new pkg.kvcascade.v1.peer.Peer(address, grpc.credentials.createInsecure()) as unknown as grpc.Client & { raft(): Stream };
+  const stream = client.raft();
+  stream.on('data', () => {});
+  const ended = new Promise<{ code: number; details: string }>((resolve) => {
+    stream.on('error', (e: grpc.ServiceError) => resolve({ code: e.code, details: e.details }));
+    stream.on('end', () => resolve({ code: grpc.status.OK, details: 'ended' }));
+  });
+  return { stream, ended, close: () => client.close() };
+}
+
+const heartbeat = (from: number, to = SELF) => ({ type: 'Heartbeat', group: 1, from, to, term: 5, commit: 0 });
+
+/** Resolves once the transport has handed `n` messages to Raft (or counted `n` rejections). */
+async function until(cond: () => boolean): Promise<void> {
+  const deadline = Date.now() + 5000;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error('condition not met within 5 s');
+    await new Promise((r) => setImmediate(r));
+  }
+}
+
+describe('peer transport, receiving side', () => {
+  it('delivers a member\'s own messages', async () => {
+    const s = open();
+    s.stream.write({ fromNode: 2, seq: 1, messages: [heartbeat(2)] });
+    await until(() => received.length === 1);
+    expect(received[0]).toMatchObject({ type: 'Heartbeat', from: 2, to: SELF, term: 5 });
+    s.close();
+  });
+
+  it('drops a message whose from is not the batch sender, and one addressed to another node', async () => {
+    const s = open();
+    s.stream.write({ fromNode: 2, seq: 1, messages: [heartbeat(3), heartbeat(2, 3), heartbeat(2)] });
+    await until(() => received.length === 1);
+    expect(received.map((m) => m.from)).toEqual([2]);
+    expect(transport.rejectedMessages).toBe(2);
+    s.close();
+  });
+
+  it('ends a stream whose batches switch sender, claim this node, or come from a non-member', async () => {
+    for (const [first, second] of [
+      [2, 3],
+      [SELF, SELF],
+      [9, 9],
+    ] as const) {
+      const s = open();
+      s.stream.write({ fromNode: first, seq: 1, messages: [] });
+      if (first !== second || first === SELF) s.stream.write({ fromNode: second, seq: 2, messages: [heartbeat(second)] });
+      const end = await s.ended;
+      expect(end.code).toBe(grpc.status.PERMISSION_DENIED);
+      s.close();
+    }
+    expect(received).toEqual([]);
+    expect(transport.rejectedBatches).toBe(3);
+  });
+
+  it('under TLS binds the stream to the certificate\'s node and refuses callers without one', async () => {
+    identity = 3;
+    const impostor = open();
+    impostor.stream.write({ fromNode: 2, seq: 1, messages: [heartbeat(2)] });
+    expect((await impostor.ended).code).toBe(grpc.status.PERMISSION_DENIED);
+    impostor.close();
+    const honest = open();
+    honest.stream.write({ fromNode: 3, seq: 1, messages: [heartbeat(3)] });
+    await until(() => received.length === 1);
+    honest.close();
+    identity = undefined;
+    const anonymous = open();
+    anonymous.stream.write({ fromNode: 3, seq: 1, messages: [heartbeat(3)] });
+    expect((await anonymous.ended).code).toBe(grpc.status.UNAUTHENTICATED);
+    anonymous.close();
+    expect(received.map((m) => m.from)).toEqual([3]);
+  });
+});
