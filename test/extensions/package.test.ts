@@ -115,6 +115,18 @@ describe('unpacking refuses unsafe entries', () => {
     expect(readFileSync(join(dest, 'old.js'), 'utf8')).toBe('old');
   });
 
+  it('an extraction failing midway (a file where a folder must go) removes everything it wrote, with tar\'s reason', async () => {
+    const parent = fresh('unpack');
+    const dest = join(parent, 'dest');
+    const many: RawEntry[] = Array.from({ length: 1500 }, (_, i) => ({ path: `node_modules/dep/f${i}.js`, body: 'x'.repeat(2000) }));
+    const tgz = tgzOf([PKG, ...many, { path: 'clash', body: 'a file' }, { path: 'clash/inner.js', body: 'under a file' }, ...many.map((e) => ({ ...e, path: `node_modules/dep2/${e.path.slice(17)}` }))]);
+    const err = await unpackPackage(tgz, dest).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(PackageError);
+    expect((err as Error).message).toMatch(/^cannot unpack: /);
+    expect((err as Error).message).not.toMatch(/ENOTEMPTY/);
+    expect(tree(parent)).toEqual([]);
+  });
+
   it('unpacks plain files and folders, and an npm-packed tarball without its prefix', async () => {
     const dest = join(fresh('unpack'), 'dest');
     const info = await unpackPackage(tgzOf([{ path: 'lib/', type: 'Directory' }, PKG, INDEX, { path: 'lib/a.js', body: 'a' }]), dest);
