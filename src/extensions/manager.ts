@@ -5,7 +5,8 @@
  * watch and shard, from that shard's replicated cursor), and serves the admin operations
  * (load, unload, status).
  */
-import { mkdir, rm } from 'node:fs/promises';
+import { rmSync } from 'node:fs';
+import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
@@ -13,19 +14,26 @@ import type { Logger } from '../log.js';
 import { UnavailableError } from '../node/backend.js';
 import { META_GROUP, type KvNode } from '../node/kv-node.js';
 import type { ShardReplica } from '../node/replica.js';
+import type { Command, CommandResult } from '../statemachine/types.js';
 import { shardsForPrefix, type ClusterMap } from '../sharding/index.js';
 import { DEFAULT_MAX_HOPS, type ExtensionEvent } from './api.js';
 import { cursorKey, SYSTEM_PREFIX, WatchDispatcher, type DispatchHost, type DispatchStats, type DispatchWatch } from './dispatcher.js';
 import { localLambdaKv } from './local-lambda-kv.js';
-import { packageDigest, PackageError, unpackPackage, MAX_PACKAGE_BYTES } from './package.js';
+import { packageDigest, PackageError, removeTree, unpackPackage, MAX_PACKAGE_BYTES, type PackageInfo } from './package.js';
 import {
+  chunkGeneration,
   chunkKey,
   chunkPrefix,
+  claimHeld,
+  claimKey,
+  decodeClaim,
   decodeRecord,
+  encodeClaim,
   encodeRecord,
   LEGACY_DATA_GROUP,
   metaKey,
   nameFromPackage,
+  packagePrefix,
   parseRegistryKey,
   REGISTRY_PREFIX,
   splitPackage,
@@ -33,6 +41,7 @@ import {
   startRevisionsOf,
   validateExtensionName,
   type ExtensionRecord,
+  type LoadClaim,
 } from './registry.js';
 import { ExtensionRunner } from './sandbox/runner.js';
 import type { HostServices, KvOp, LogLevel, MetricOp } from './sandbox/types.js';
@@ -67,6 +76,34 @@ export class HopLimitError extends Error {
     this.name = 'HopLimitError';
   }
 }
+
+/**
+ * A load or unload refused because another load of the same extension is in progress (on
+ * another node), or changed its registration meanwhile: nothing was registered or removed; try
+ * again. The admin service answers it with ABORTED.
+ */
+export class LoadConflictError extends Error {
+  constructor(
+    /** The extension. */
+    readonly extension: string,
+    message: string,
+  ) {
+    super(message);
+    this.name = 'LoadConflictError';
+  }
+}
+
+/** The LoadConflictError for a claim `c` held by another load of `name`. */
+function inProgress(name: string, c: LoadClaim): LoadConflictError {
+  const left = Math.max(1, Math.ceil((c.expiresAtMs - Date.now()) / 1000));
+  return new LoadConflictError(
+    name,
+    `another load of ${name} is in progress (generation ${c.generation}, on node ${c.node}); try again once it finished (its claim expires within ${left} s if that load died)`,
+  );
+}
+
+/** How long a load may hold its claim on a name before another load may take it over. */
+const LOAD_CLAIM_MS = 120_000;
 
 /** Options of the manager. */
 export interface ExtensionManagerOptions {
@@ -140,6 +177,10 @@ export class ExtensionManager {
   };
   private readonly extMetrics = new Map<string, Counter | Histogram>();
   private reconciling = Promise.resolve();
+  /** The last load or unload of each name on this node (they run one at a time). */
+  private readonly adminOps = new Map<string, Promise<void>>();
+  /** Names this manager in load claims (see {@link LoadClaim.loader}). */
+  private readonly loaderId = randomBytes(8).toString('hex');
 
   constructor(
     private readonly node: KvNode,
@@ -163,8 +204,16 @@ export class ExtensionManager {
     };
   }
 
-  /** Loads what the registry holds and follows its changes; delivers for every data shard it leads. */
+  /**
+   * Loads what the registry holds and follows its changes; delivers for every data shard it
+   * leads. Removes staging folders a crashed node left behind.
+   */
   start(): void {
+    try {
+      rmSync(this.stagingRoot(), { recursive: true, force: true, maxRetries: 5 });
+    } catch (e) {
+      this.opts.log.warn({ dir: this.stagingRoot(), err: (e as Error).message }, 'could not remove old extension staging folders');
+    }
     const meta = this.metaReplica();
     for (const item of meta.sm.list(REGISTRY_PREFIX, { limit: 10_000 }).items) {
       const parsed = parseRegistryKey(item.key);
@@ -519,16 +568,27 @@ export class ExtensionManager {
   /**
    * Loads (or replaces) an extension cluster-wide. Must run on the metadata group's leader.
    * The package is test-loaded here first: a module that fails to import, has no initialize
-   * or throws from it is refused with the reason, and nothing is registered.
+   * or throws from it is refused with the reason, and nothing is registered; so is a package
+   * holding links, absolute or `..` paths, devices or FIFOs (an UnsafePackageEntryError). Its
+   * staging folder is removed whatever happens.
+   *
+   * Loads and unloads of one name run one at a time on this node (a second load waits, then
+   * registers the next generation). Each load first claims its generation in the registry (see
+   * {@link LoadClaim}) and commits only if its claim still stands, so no two loads ever write the
+   * same chunk keys and the registered package is always one upload's bytes. A claim held by
+   * another loader on this node (its previous process) makes a load fail with a
+   * {@link LoadConflictError} until released or expired; one held by another node (which lost the
+   * metadata leadership mid-load) is taken over at once, and that load fails should it go on.
    */
   async load(tgz: Uint8Array, opts: { name?: string; config?: Record<string, unknown>; inProcess?: boolean }): Promise<ExtensionStatus> {
     if (tgz.length > MAX_PACKAGE_BYTES) throw new PackageError(`package is larger than ${MAX_PACKAGE_BYTES} bytes`);
-    const staging = join(this.opts.dataDir, 'extensions', '.staging', randomBytes(6).toString('hex'));
-    await mkdir(staging, { recursive: true });
-    let info;
+    const staging = join(this.stagingRoot(), randomBytes(6).toString('hex'));
+    let info: PackageInfo;
+    let name: string;
     try {
+      await mkdir(staging, { recursive: true });
       info = await unpackPackage(tgz, staging);
-      const name = validateExtensionName(opts.name ?? nameFromPackage(info.name));
+      name = validateExtensionName(opts.name ?? nameFromPackage(info.name));
       const probe = await ExtensionRunner.start({
         name,
         modulePath: staging,
@@ -544,16 +604,58 @@ export class ExtensionManager {
         },
       });
       await probe.stop();
+    } finally {
+      // Never masks the load's own outcome: a folder that cannot be removed is logged.
+      await removeTree(staging).catch((e: unknown) => this.opts.log.warn({ dir: staging, err: (e as Error).message }, 'could not remove an extension staging folder'));
+    }
+    return this.oneAtATime(name, () => this.register(name, info, tgz, opts));
+  }
+
+  /** Where `load` unpacks packages to test them (one folder per load, removed after). */
+  private stagingRoot(): string {
+    return join(this.opts.dataDir, 'extensions', '.staging');
+  }
+
+  /** Runs `fn` once every earlier load or unload of `name` on this node has finished. */
+  private oneAtATime<T>(name: string, fn: () => Promise<T>): Promise<T> {
+    const before = this.adminOps.get(name) ?? Promise.resolve();
+    const run = before.then(fn);
+    const tail = run.then(
+      () => {},
+      () => {},
+    );
+    this.adminOps.set(name, tail);
+    void tail.then(() => {
+      if (this.adminOps.get(name) === tail) this.adminOps.delete(name);
+    });
+    return run;
+  }
+
+  /**
+   * Registers a validated package as the next generation of `name`: claims the generation,
+   * writes its chunks, then writes the record and releases the claim in one txn conditional on
+   * the claim (the commit point). Anything failing before the commit deletes the chunks written
+   * and releases the claim. Resolves with this node's status once the generation loaded here.
+   */
+  private async register(name: string, info: PackageInfo, tgz: Uint8Array, opts: { config?: Record<string, unknown>; inProcess?: boolean }): Promise<ExtensionStatus> {
+    const claim = await this.claimGeneration(name);
+    const generation = claim.generation;
+    /** 'no': not committed (clean up); 'unknown': the commit's outcome is unknown (leave the chunks); 'yes'. */
+    let committed: 'no' | 'unknown' | 'yes' = 'no';
+    let waiting: { outcome: Promise<ExtensionStatus>; cancel: () => void } | undefined;
+    try {
+      // Read once the claim is ours: no record can be written for this name meanwhile.
       const previous = this.records().find((r) => r.name === name);
-      const generation = (previous?.generation ?? 0) + 1;
+      if (previous && previous.generation >= generation) {
+        throw new LoadConflictError(name, `generation ${previous.generation} of ${name} was registered while this load claimed generation ${generation}; try again`);
+      }
       // A reload keeps the first registration's start points (its cursors stay valid); shards
       // created since have none and are delivered from their start, as they were so far. Read
       // before anything is written: a shard without a reachable leader refuses the load cleanly.
       const startRevisions = previous && hasStartPoints(previous) ? startRevisionsOf(previous) : await this.currentStartRevisions();
       const chunks = splitPackage(tgz);
-      const deadline = () => ({ deadlineMs: Date.now() + 30_000 });
       for (let i = 0; i < chunks.length; i++) {
-        await this.node.execute(META_GROUP, { type: 'put', key: chunkKey(name, generation, i), value: chunks[i]! }, deadline());
+        await this.metaWrite({ type: 'put', key: chunkKey(name, generation, i), value: chunks[i]! });
       }
       const legacy = startRevisions[String(LEGACY_DATA_GROUP)];
       const record: ExtensionRecord = {
@@ -571,13 +673,104 @@ export class ExtensionManager {
         ...(opts.inProcess ? { inProcess: true } : {}),
         loadedAtMs: Date.now(),
       };
-      const outcome = this.waitFor(name, generation);
-      await this.node.execute(META_GROUP, { type: 'put', key: metaKey(name), value: encodeRecord(record) }, deadline());
-      if (previous) await this.deleteChunks(name, previous.generation);
-      return await outcome;
+      waiting = this.waitFor(name, generation);
+      committed = 'unknown';
+      const res = await this.metaWrite({
+        type: 'txn',
+        compares: [{ key: claimKey(name), version: claim.version }],
+        writes: [
+          { type: 'put', key: metaKey(name), value: encodeRecord(record) },
+          { type: 'put', key: claimKey(name), value: encodeClaim({ generation, node: this.node.id, loader: this.loaderId, expiresAtMs: 0, released: true }) },
+        ],
+      });
+      if (res.type !== 'txn' || !res.succeeded) {
+        committed = 'no';
+        throw new LoadConflictError(name, `this load of ${name} lost its claim on generation ${generation} to another load (it took longer than ${LOAD_CLAIM_MS / 1000} s); nothing was registered, try again`);
+      }
+      committed = 'yes';
+      // Earlier generations, and chunks of loads that died before committing.
+      await this.deleteChunksBelow(name, generation).catch((e: unknown) => this.opts.log.warn({ extension: name, err: (e as Error).message }, 'could not delete the previous package chunks'));
+      return await waiting.outcome;
     } finally {
-      await rm(staging, { recursive: true, force: true });
+      if (committed !== 'yes') {
+        waiting?.cancel();
+        await this.abandonClaim(name, claim, committed === 'no');
+      }
     }
+  }
+
+  /**
+   * Claims the next generation of `name` (a put of its claim key conditional on the version
+   * read). Throws a LoadConflictError while another load holds the claim, or when one took it
+   * between the read and the write.
+   */
+  private async claimGeneration(name: string): Promise<{ generation: number; version: number }> {
+    const meta = this.metaReplica();
+    const got = meta.sm.get(claimKey(name));
+    let last = 0;
+    if (got) {
+      let held: LoadClaim | undefined;
+      try {
+        held = decodeClaim(got.value);
+      } catch (e) {
+        this.opts.log.warn({ extension: name, err: String(e) }, 'malformed extension load claim: replaced');
+      }
+      if (held && this.blockedBy(held)) throw inProgress(name, held);
+      last = held?.generation ?? 0;
+    }
+    const recorded = this.records().find((r) => r.name === name)?.generation ?? 0;
+    const generation = Math.max(last, recorded) + 1;
+    const claim: LoadClaim = { generation, node: this.node.id, loader: this.loaderId, expiresAtMs: Date.now() + LOAD_CLAIM_MS, released: false };
+    const res = await this.metaWrite({ type: 'put', key: claimKey(name), value: encodeClaim(claim), expectedVersion: got?.version ?? 0 });
+    if (res.type !== 'put' || !res.succeeded) {
+      const now = meta.sm.get(claimKey(name));
+      let other: LoadClaim | undefined;
+      try {
+        other = now ? decodeClaim(now.value) : undefined;
+      } catch {
+        // reported as a plain conflict
+      }
+      throw other && claimHeld(other, Date.now()) && other.loader !== this.loaderId ? inProgress(name, other) : new LoadConflictError(name, `another load or unload of ${name} changed its registration meanwhile; try again`);
+    }
+    return { generation, version: res.version };
+  }
+
+  /**
+   * Whether claim `c` stops a load or unload here: only a claim held (unreleased, within its
+   * lease) by another loader on this node (another manager, or this node's previous process).
+   * A claim of another node never does: this node leads the metadata group now, so that load
+   * can write nothing more (and could not commit, its claim being taken over); nor one of this
+   * manager's own: its loads of a name run one at a time, so that one is a leftover.
+   */
+  private blockedBy(c: LoadClaim): boolean {
+    return claimHeld(c, Date.now()) && c.node === this.node.id && c.loader !== this.loaderId;
+  }
+
+  /**
+   * After a load that did not commit: deletes its chunks (unless the commit's outcome is unknown:
+   * they may be registered; a later load deletes them if not) and releases its claim if still
+   * held (conditional: a load that took it over keeps it). Best effort, logged.
+   */
+  private async abandonClaim(name: string, claim: { generation: number; version: number }, deleteChunks: boolean): Promise<void> {
+    if (deleteChunks) {
+      await this.deleteChunks(name, claim.generation).catch((e: unknown) =>
+        this.opts.log.warn({ extension: name, generation: claim.generation, err: (e as Error).message }, 'could not delete the chunks of a failed load'),
+      );
+    }
+    const released: LoadClaim = { generation: claim.generation, node: this.node.id, loader: this.loaderId, expiresAtMs: 0, released: true };
+    await this.metaWrite({ type: 'put', key: claimKey(name), value: encodeClaim(released), expectedVersion: claim.version }).catch((e: unknown) =>
+      this.opts.log.warn({ extension: name, generation: claim.generation, err: (e as Error).message }, 'could not release the load claim of a failed load (it expires by itself)'),
+    );
+  }
+
+  /**
+   * A write to the metadata group by a load or unload (30 s deadline); a command the state
+   * machine rejected throws its error.
+   */
+  private async metaWrite(cmd: Command): Promise<CommandResult> {
+    const res = await this.node.execute(META_GROUP, cmd, { deadlineMs: Date.now() + 30_000 });
+    if (res.type === 'rejected') throw res.error;
+    return res;
   }
 
   /**
@@ -644,16 +837,43 @@ export class ExtensionManager {
     return r.sm.revision + 1;
   }
 
-  /** Unloads an extension cluster-wide (on the metadata leader). Resolves false when it was not loaded. */
+  /**
+   * Unloads an extension cluster-wide (on the metadata leader). Resolves false when it was not
+   * loaded. Runs after any load or unload of `name` in progress on this node; throws a
+   * {@link LoadConflictError} while another loader holds its claim (see {@link load}), or when a
+   * load changed its registration meanwhile: the record is deleted only if unchanged and unclaimed.
+   */
   async unload(name: string): Promise<boolean> {
     validateExtensionName(name);
-    const record = this.records().find((r) => r.name === name);
-    if (!record) return false;
-    const deadline = { deadlineMs: Date.now() + 30_000 };
-    await this.node.execute(META_GROUP, { type: 'delete', key: metaKey(name) }, deadline);
-    await this.deleteChunks(name, record.generation);
-    await this.deleteCursors(name);
-    return true;
+    return this.oneAtATime(name, async () => {
+      const meta = this.metaReplica();
+      const got = meta.sm.get(metaKey(name));
+      const record = this.records().find((r) => r.name === name);
+      if (!got || !record) return false;
+      const claimed = meta.sm.get(claimKey(name));
+      if (claimed) {
+        let held: LoadClaim | undefined;
+        try {
+          held = decodeClaim(claimed.value);
+        } catch {
+          // a malformed claim holds nothing
+        }
+        if (held && this.blockedBy(held)) throw inProgress(name, held);
+      }
+      const res = await this.metaWrite({
+        type: 'txn',
+        compares: [
+          { key: metaKey(name), version: got.version },
+          { key: claimKey(name), version: claimed?.version ?? 0 },
+        ],
+        writes: [{ type: 'delete', key: metaKey(name) }],
+      });
+      if (res.type !== 'txn' || !res.succeeded) throw new LoadConflictError(name, `another load or unload of ${name} changed its registration meanwhile; check with ext ls and try again`);
+      // Only generations up to the unloaded one: a load that claims the next one right now keeps its chunks.
+      await this.deleteChunksBelow(name, record.generation + 1);
+      await this.deleteCursors(name);
+      return true;
+    });
   }
 
   /**
@@ -674,17 +894,40 @@ export class ExtensionManager {
     }
   }
 
+  /** Deletes one generation's chunks of `name`. */
   private async deleteChunks(name: string, generation: number): Promise<void> {
     const meta = this.metaReplica();
     const keys = meta.sm.list(chunkPrefix(name, generation), { keysOnly: true, limit: 10_000 }).items.map((i) => i.key);
-    for (const key of keys) await this.node.execute(META_GROUP, { type: 'delete', key }, { deadlineMs: Date.now() + 30_000 });
+    for (const key of keys) await this.metaWrite({ type: 'delete', key });
   }
 
-  /** Resolves with this node's status of `name` once `generation` loaded or failed here (30 s at most). */
-  private waitFor(name: string, generation: number): Promise<ExtensionStatus> {
-    return new Promise((resolve) => {
+  /** Deletes the chunks of every generation of `name` below `generation` (earlier ones, and leftovers of failed loads). */
+  private async deleteChunksBelow(name: string, generation: number): Promise<void> {
+    const meta = this.metaReplica();
+    for (;;) {
+      const keys = meta.sm
+        .list(packagePrefix(name), { keysOnly: true, limit: 10_000 })
+        .items.map((i) => i.key)
+        .filter((k) => (chunkGeneration(k) ?? Infinity) < generation);
+      if (keys.length === 0) return;
+      for (const key of keys) await this.metaWrite({ type: 'delete', key });
+    }
+  }
+
+  /**
+   * Resolves with this node's status of `name` once `generation` loaded or failed here (30 s at
+   * most); `cancel` forgets the wait (its outcome then never resolves).
+   */
+  private waitFor(name: string, generation: number): { outcome: Promise<ExtensionStatus>; cancel: () => void } {
+    let cancel = (): void => {};
+    const outcome = new Promise<ExtensionStatus>((resolve) => {
       const l = this.loaded.get(name);
       if (l && l.record.generation >= generation && l.state !== 'loading') return resolve(this.statusOf(l));
+      const forget = () => {
+        const list = (this.loadWaiters.get(name) ?? []).filter((w) => w !== waiter);
+        if (list.length > 0) this.loadWaiters.set(name, list);
+        else this.loadWaiters.delete(name);
+      };
       const waiter = {
         generation,
         resolve: (st: ExtensionStatus) => {
@@ -693,15 +936,18 @@ export class ExtensionManager {
         },
       };
       const timer = setTimeout(() => {
-        const list = this.loadWaiters.get(name) ?? [];
-        this.loadWaiters.set(name, list.filter((w) => w !== waiter));
+        forget();
         const now = this.loaded.get(name);
         resolve(now ? this.statusOf(now) : { name, version: '?', generation, state: 'loading', delivering: false, shards: [], watches: [], workerRestarts: 0, invocations: 0, errors: 0, timeouts: 0 });
       }, 30_000);
+      cancel = () => {
+        clearTimeout(timer);
+        forget();
+      };
       this.loadWaiters.set(name, [...(this.loadWaiters.get(name) ?? []), waiter]);
     });
+    return { outcome, cancel };
   }
-
 }
 
 /** The data groups that can hold keys under `prefix` in `map`. */

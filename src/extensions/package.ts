@@ -1,10 +1,12 @@
 /**
  * Extension packages: a folder packed into a gzipped tar (with its own node_modules), and the
- * safe unpacking of such a tarball into a node's data directory.
+ * safe unpacking of such a tarball into a node's data directory. Packages hold only files and
+ * folders at relative paths: links (symbolic or hard), absolute or `..` paths, devices and FIFOs
+ * are refused, when packing a folder and when unpacking an upload.
  */
 import { createHash } from 'node:crypto';
-import { mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
-import { join, resolve } from 'node:path';
+import { mkdir, readdir, readFile, readlink, rm, stat, writeFile } from 'node:fs/promises';
+import { join, posix, resolve } from 'node:path';
 import { Readable } from 'node:stream';
 import * as tar from 'tar';
 
@@ -15,9 +17,17 @@ export const MAX_UNPACKED_BYTES = 256 << 20;
 /** Most files in one package. */
 export const MAX_PACKAGE_FILES = 20_000;
 
-/** A package that cannot be packed, uploaded or unpacked; the message says why. */
+/**
+ * A package that cannot be packed, uploaded or unpacked; the message says why. Recognised by
+ * `name` ('PackageError', subclasses included) where errors cross module boundaries; `code`
+ * tells some kinds apart (see {@link UnsafePackageEntryError}).
+ */
 export class PackageError extends Error {
-  constructor(message: string) {
+  constructor(
+    message: string,
+    /** A machine-readable kind, when there is one (e.g. `UNSAFE_ENTRY`). */
+    readonly code?: string,
+  ) {
     super(message);
     this.name = 'PackageError';
   }
@@ -31,21 +41,79 @@ export interface PackageInfo {
   readonly native: string | undefined;
 }
 
-/** Packs `folder` (which must hold a package.json) into a .tgz, skipping .git. */
+/**
+ * Packs `folder` (which must hold a package.json) into a .tgz, skipping `.git` and the command
+ * shims of `node_modules/.bin` (links, and not used at run time). Any other symbolic link in the
+ * folder (a dependency installed from a `file:` or `link:` path, `npm link`, pnpm's layout) is
+ * refused with a {@link PackageError} naming it: packages may not contain links (see
+ * {@link unpackPackage}). Hard-linked files are packed as ordinary files.
+ */
 export async function packFolder(folder: string): Promise<Uint8Array> {
   const root = resolve(folder);
   const st = await stat(root).catch(() => undefined);
   if (!st?.isDirectory()) throw new PackageError(`${folder} is not a folder`);
   await readPackageInfo(root);
+  await refuseLinks(root, folder);
   const chunks: Buffer[] = [];
   let size = 0;
-  const stream = tar.create({ gzip: true, cwd: root, portable: true, filter: (p) => !/(^|\/)\.git(\/|$)/.test(p) }, ['.']);
+  const stream = tar.create(
+    {
+      gzip: true,
+      cwd: root,
+      portable: true,
+      filter: (p) => !SKIPPED_WHEN_PACKING.test(p),
+      // Never store a file as a hard link to an earlier one (the unpacker refuses links): a
+      // cache that remembers nothing makes tar pack every copy as a file.
+      linkCache: NO_LINK_CACHE,
+    },
+    ['.'],
+  );
   for await (const chunk of stream as unknown as AsyncIterable<Buffer>) {
     size += chunk.length;
     if (size > MAX_PACKAGE_BYTES) throw new PackageError(`package is larger than ${MAX_PACKAGE_BYTES} bytes`);
     chunks.push(chunk);
   }
   return new Uint8Array(Buffer.concat(chunks));
+}
+
+/** Paths (as tar.create names them, `./a/b`) left out of a packed folder: `.git`, and `node_modules/.bin` shims. */
+const SKIPPED_WHEN_PACKING = /(^|\/)\.git(\/|$)|(^|\/)node_modules\/\.bin(\/|$)/;
+
+/** A tar link cache that never remembers a file (so none is packed as a hard link). */
+const NO_LINK_CACHE = { get: () => undefined, set() { return this; } } as unknown as Map<`${number}:${number}`, string>;
+
+/**
+ * Throws a PackageError naming the symbolic links (and sockets, FIFOs, devices) under `root`
+ * that packing would keep, with what to do instead. `shown` is the folder as the user named it.
+ */
+async function refuseLinks(root: string, shown: string): Promise<void> {
+  const links: string[] = [];
+  const special: string[] = [];
+  const walk = async (rel: string): Promise<void> => {
+    const entries = await readdir(join(root, rel), { withFileTypes: true });
+    for (const e of entries) {
+      const path = rel ? `${rel}/${e.name}` : e.name;
+      if (SKIPPED_WHEN_PACKING.test(path)) continue;
+      if (e.isSymbolicLink()) {
+        const target = await readlink(join(root, path)).catch(() => '?');
+        links.push(`${path} -> ${target}`);
+      } else if (e.isDirectory()) {
+        await walk(path);
+      } else if (!e.isFile()) {
+        special.push(path);
+      }
+    }
+  };
+  await walk('');
+  const list = (xs: string[]) => xs.slice(0, 5).join(', ') + (xs.length > 5 ? ` and ${xs.length - 5} more` : '');
+  if (links.length > 0) {
+    throw new PackageError(
+      `${shown} contains symbolic link(s): ${list(links)}. Extension packages may not contain links. ` +
+        'A dependency installed from a file: or link: path (or with npm link, or by pnpm) is a link: install it as a copy ' +
+        '(npm install --install-links) or bundle it and load a tarball made with `npm pack` instead of the folder',
+    );
+  }
+  if (special.length > 0) throw new PackageError(`${shown} contains entries that are neither files nor folders (sockets, FIFOs or devices): ${list(special)}`);
 }
 
 /** Reads a .tgz file from disk (bounded). */
@@ -61,38 +129,156 @@ export function packageDigest(tgz: Uint8Array): string {
   return createHash('sha256').update(tgz).digest('hex');
 }
 
+/** {@link PackageError.code} of an {@link UnsafePackageEntryError}. */
+export const UNSAFE_ENTRY = 'UNSAFE_ENTRY';
+
 /**
- * Unpacks a package into `dest` (replaced if present), refusing absolute paths, `..`, links
- * that leave the folder, and anything over the size limits. A tarball made by `npm pack`
- * (everything under `package/`) is unpacked without that prefix. Returns its package.json info.
+ * A tar entry an extension package may not hold: a symbolic or hard link (wherever it points),
+ * an absolute path or one with a `..` segment, a device, a FIFO or any other special entry. The
+ * message names the entry; nothing of the package was written. A PackageError (same `name`, so
+ * callers that stop retrying on one stop on this too) with code {@link UNSAFE_ENTRY}, which the
+ * admin service answers with INVALID_ARGUMENT.
+ */
+export class UnsafePackageEntryError extends PackageError {
+  constructor(
+    /** The entry's path as the archive holds it. */
+    readonly entry: string,
+    why: string,
+  ) {
+    super(`refused package entry ${JSON.stringify(entry)}: ${why}`, UNSAFE_ENTRY);
+  }
+}
+
+/** One tar entry, as read (before anything is written). */
+interface EntryInfo {
+  readonly path: string;
+  /** tar's entry type: File, Directory, SymbolicLink, Link, CharacterDevice, FIFO, ... */
+  readonly type: string;
+  readonly size: number;
+  readonly linkpath: string | undefined;
+}
+
+/** The entry types a package may hold: files and folders. */
+const PLAIN_TYPES = new Set(['File', 'OldFile', 'ContiguousFile', 'Directory']);
+
+const NO_LINKS = 'extension packages may not contain links (pack the folder without them, e.g. with `npm pack`)';
+
+/**
+ * Why `e` may not be unpacked (a sentence), or undefined when it is a file or folder at a
+ * relative path without `..`. Links are refused wherever they point: npm packages need none, and
+ * a link inside the folder can still be swapped for one outside by a later entry.
+ */
+function unsafeEntry(e: EntryInfo): string | undefined {
+  if (isAbsolutePath(e.path)) return 'its path is absolute; package entries must be relative to the package root';
+  if (hasDotDot(e.path)) return "its path contains '..'; package entries must stay inside the package";
+  if (e.type === 'SymbolicLink' || e.type === 'Link') {
+    const kind = e.type === 'SymbolicLink' ? 'a symbolic link' : 'a hard link';
+    const target = e.linkpath ?? '';
+    // A symlink's target is relative to its own folder; a hard link's to the archive root.
+    const resolved = e.type === 'SymbolicLink' ? posix.normalize(posix.join(posix.dirname(e.path), target)) : posix.normalize(target);
+    const outside = isAbsolutePath(target) || resolved === '..' || resolved.startsWith('../');
+    return `it is ${kind} to ${JSON.stringify(target)}${outside ? ', outside the package' : ''}; ${NO_LINKS}`;
+  }
+  if (!PLAIN_TYPES.has(e.type)) {
+    const what: Record<string, string> = { CharacterDevice: 'a character device', BlockDevice: 'a block device', FIFO: 'a FIFO' };
+    return `it is ${what[e.type] ?? `a ${e.type} entry`}; extension packages may hold only files and folders`;
+  }
+  return undefined;
+}
+
+function isAbsolutePath(p: string): boolean {
+  return p.startsWith('/') || p.startsWith('\\') || /^[a-zA-Z]:/.test(p);
+}
+
+function hasDotDot(p: string): boolean {
+  return p.split(/[\\/]/).includes('..');
+}
+
+/**
+ * Unpacks a package into `dest` (replaced if present). Every entry is checked before anything
+ * is written: a link (symbolic or hard, even one pointing inside the package), an absolute path,
+ * a `..` path, a device or FIFO is refused with an {@link UnsafePackageEntryError} naming it, and
+ * a package over the size limits with a {@link PackageError}. A tarball made by `npm pack`
+ * (everything under `package/`) is unpacked without that prefix. On any failure `dest` is
+ * removed. Returns its package.json info.
  */
 export async function unpackPackage(tgz: Uint8Array, dest: string): Promise<PackageInfo> {
   if (tgz.length > MAX_PACKAGE_BYTES) throw new PackageError(`package is larger than ${MAX_PACKAGE_BYTES} bytes`);
   const entries = await listEntries(tgz);
   if (entries.length === 0) throw new PackageError('package is empty or not a gzipped tar');
   if (entries.length > MAX_PACKAGE_FILES) throw new PackageError(`package has more than ${MAX_PACKAGE_FILES} files`);
+  for (const e of entries) {
+    const why = unsafeEntry(e);
+    if (why) throw new UnsafePackageEntryError(e.path, why);
+  }
   const names = entries.map((e) => e.path.replace(/^\.\//, ''));
   const npmPacked = names.every((n) => n === 'package' || n === 'package/' || n.startsWith('package/'));
   const total = entries.reduce((a, e) => a + e.size, 0);
   if (total > MAX_UNPACKED_BYTES) throw new PackageError(`package unpacks to more than ${MAX_UNPACKED_BYTES} bytes`);
-  await rm(dest, { recursive: true, force: true });
+  await removeTree(dest);
   await mkdir(dest, { recursive: true });
+  try {
+    await extract(tgz, dest, npmPacked ? 1 : 0);
+    return await readPackageInfo(dest);
+  } catch (e) {
+    await removeTree(dest).catch(() => {});
+    throw e;
+  }
+}
+
+/** How long an extraction that failed may go on writing the files it had started. */
+const SETTLE_MS = 5_000;
+
+/**
+ * Extracts `tgz` (already checked entry by entry) into `dest`. Settles only once tar wrote
+ * everything it started, failure included, so that removing `dest` afterwards cannot race with
+ * writes still in flight (which made `rm` fail with ENOTEMPTY and left files behind).
+ */
+async function extract(tgz: Uint8Array, dest: string, strip: number): Promise<void> {
   await new Promise<void>((res, rej) => {
-    const x = tar.extract({ cwd: dest, strip: npmPacked ? 1 : 0, preservePaths: false, strict: true });
-    x.on('error', rej);
-    x.on('close', () => res());
-    x.on('finish', () => res());
+    let failure: Error | undefined;
+    let settled = false;
+    const settle = () => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      if (failure) rej(failure);
+      else res();
+    };
+    let timer: NodeJS.Timeout | undefined;
+    const x = tar.extract({
+      cwd: dest,
+      strip,
+      preservePaths: false,
+      strict: true,
+      // Checked already; refused here too should the archive read differently the second time.
+      filter: (_path, entry) => 'type' in entry && PLAIN_TYPES.has(entry.type),
+    });
+    x.on('error', (e: Error) => {
+      failure ??= e;
+      // Writes already started go on: wait for tar to finish them (bounded: a broken stream may never end).
+      timer ??= setTimeout(settle, SETTLE_MS);
+    });
+    x.on('finish', settle);
+    x.on('end', settle);
     Readable.from([Buffer.from(tgz)]).pipe(x);
   }).catch((e: unknown) => {
     throw new PackageError(`cannot unpack: ${(e as Error).message}`);
   });
-  return readPackageInfo(dest);
 }
 
-async function listEntries(tgz: Uint8Array): Promise<{ path: string; size: number }[]> {
-  const out: { path: string; size: number }[] = [];
+/** Removes a folder tree, retrying on the transient errors (ENOTEMPTY, EBUSY) of a tree still changing. */
+export async function removeTree(path: string): Promise<void> {
+  await rm(path, { recursive: true, force: true, maxRetries: 5, retryDelay: 50 });
+}
+
+async function listEntries(tgz: Uint8Array): Promise<EntryInfo[]> {
+  const out: EntryInfo[] = [];
   await new Promise<void>((res, rej) => {
-    const p = tar.list({ onReadEntry: (e) => out.push({ path: e.path, size: e.size ?? 0 }), strict: true });
+    const p = tar.list({
+      onReadEntry: (e) => out.push({ path: e.path, type: e.type, size: e.size ?? 0, linkpath: e.linkpath }),
+      strict: true,
+    });
     p.on('error', rej);
     p.on('end', () => res());
     p.on('close', () => res());

@@ -1,7 +1,10 @@
 /**
  * The replicated extension registry, kept in the metadata group as ordinary keys:
- * `/ext/<name>/meta` (the record, written last: the commit point) and
- * `/ext/<name>/pkg/<generation>/<chunk>` (the package bytes in chunks under the value limit).
+ * `/ext/<name>/meta` (the record, written last: the commit point),
+ * `/ext/<name>/pkg/<generation>/<chunk>` (the package bytes in chunks under the value limit) and
+ * `/ext/<name>/claim` (the last generation handed out, and the load holding it while in
+ * progress: a load claims its generation with a conditional write before writing any chunk, and
+ * commits the record only if its claim still stands, so two loads never share chunk keys).
  */
 import { PackageError } from './package.js';
 
@@ -63,7 +66,63 @@ export function metaKey(name: string): string {
 
 /** Prefix of one generation's chunks. */
 export function chunkPrefix(name: string, generation: number): string {
-  return `${REGISTRY_PREFIX}${name}/pkg/${String(generation).padStart(12, '0')}/`;
+  return `${packagePrefix(name)}${String(generation).padStart(12, '0')}/`;
+}
+
+/** Prefix of every generation's chunks of an extension. */
+export function packagePrefix(name: string): string {
+  return `${REGISTRY_PREFIX}${name}/pkg/`;
+}
+
+/** The generation a chunk key (see {@link chunkKey}) belongs to, or undefined for any other key. */
+export function chunkGeneration(key: string): number | undefined {
+  const m = /\/pkg\/([0-9]{12})\/[0-9]{6}$/.exec(key);
+  return m ? Number(m[1]) : undefined;
+}
+
+/** Key of an extension's load claim (see {@link LoadClaim}). */
+export function claimKey(name: string): string {
+  return `${REGISTRY_PREFIX}${name}/claim`;
+}
+
+/**
+ * An extension's load claim. A load takes it (a put conditional on the version it read) for
+ * the next generation before writing that generation's chunks, and releases it in the same txn
+ * that writes the record, conditional on its claim being unchanged. Generations are never handed
+ * out twice, so chunks of different loads never mix, and a load whose claim was taken over
+ * cannot commit. Whether a held claim stops another load is the manager's call (see
+ * `ExtensionManager.load`). The key stays after an unload, so generations keep increasing.
+ */
+export interface LoadClaim {
+  /** The generation handed out last (being written while the claim is held). */
+  readonly generation: number;
+  /** The node whose load holds (or held) it. */
+  readonly node: number;
+  /** Which loader of that node (random per manager instance: a restarted node is another loader). */
+  readonly loader: string;
+  /** Wall-clock time until which a load in progress holds it. */
+  readonly expiresAtMs: number;
+  /** Released: no load holds it (it committed or gave up). */
+  readonly released: boolean;
+}
+
+/** Encodes a load claim as a value. */
+export function encodeClaim(c: LoadClaim): Uint8Array {
+  return new TextEncoder().encode(JSON.stringify(c));
+}
+
+/** Decodes a load claim value; throws on anything malformed. */
+export function decodeClaim(bytes: Uint8Array): LoadClaim {
+  const c = JSON.parse(new TextDecoder().decode(bytes)) as LoadClaim;
+  if (typeof c !== 'object' || c === null || !isRevision(c.generation) || typeof c.node !== 'number' || typeof c.loader !== 'string' || typeof c.expiresAtMs !== 'number' || typeof c.released !== 'boolean') {
+    throw new Error('malformed extension load claim');
+  }
+  return c;
+}
+
+/** Whether a load holds `c` at `nowMs` (not released, not expired), wherever it runs. */
+export function claimHeld(c: LoadClaim, nowMs: number): boolean {
+  return !c.released && c.expiresAtMs > nowMs;
 }
 
 /** Key of one chunk. */

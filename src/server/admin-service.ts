@@ -231,6 +231,10 @@ export function addAdminService(server: grpc.Server, backend: AdminBackend, opts
   const failure = (e: unknown): grpc.ServiceError => {
     const err = e as Error & { code?: string };
     const name = err.name ?? '';
+    // A package holding a link, an absolute or `..` path, a device or a FIFO: the upload itself is wrong.
+    if (name === 'PackageError' && err.code === 'UNSAFE_ENTRY') return statusError(grpc.status.INVALID_ARGUMENT, `${err.code}: ${err.message}`);
+    // Another load of the same extension in progress (or it changed meanwhile): try again later.
+    if (name === 'LoadConflictError') return statusError(grpc.status.ABORTED, err.message);
     if (name === 'ExtensionLoadError' || name === 'PackageError') {
       return statusError(grpc.status.FAILED_PRECONDITION, `${err.code ? `${err.code}: ` : ''}${err.message}`);
     }

@@ -49,7 +49,7 @@ export class ExtCluster {
     }
     for (const node of c.nodes) {
       const m = new ExtensionManager(node, {
-        dataDir: join(c.dir, `node-${node.id}`),
+        dataDir: c.dataDir(node),
         log: silentLogger(),
         workerHeapMb: 64,
         ...(routed ? { lambdaKv: c.routedKv(node), shardRevisions: c.revisions(node) } : {}),
@@ -100,6 +100,11 @@ export class ExtCluster {
   /** The groups `prefix` spans in the current map. */
   groupsOf(prefix: string): number[] {
     return shardsForPrefix(this.nodes[0]!.shardMap(), prefix).map((s) => s.group);
+  }
+
+  /** The data directory `node`'s manager was given. */
+  dataDir(node: KvNode): string {
+    return join(this.dir, `node-${node.id}`);
   }
 
   /** The manager running on `node`. */

@@ -1,0 +1,95 @@
+/**
+ * The Admin service's extension load path over a backend that unpacks uploads with the real
+ * unpacker: an unsafe package entry answers INVALID_ARGUMENT naming the entry; a load or unload
+ * conflicting with another load of the same name answers ABORTED.
+ */
+import * as grpc from '@grpc/grpc-js';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { gzipSync } from 'node:zlib';
+import * as tar from 'tar';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { AdminClient } from '../../src/client/admin-client.js';
+import { LoadConflictError } from '../../src/extensions/manager.js';
+import { unpackPackage } from '../../src/extensions/package.js';
+import { addAdminService, type AdminBackend, type AdminExtensionStatus } from '../../src/server/admin-service.js';
+
+const TOKEN = 'sekret';
+const dir = mkdtempSync(join(tmpdir(), 'kvcascade-admin-ext-'));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+/** Loads by unpacking (the real unpacker) and refusing the name `busy` as if another load held it. */
+const backend: AdminBackend = {
+  nodeId: 1,
+  isMetadataLeader: () => true,
+  metadataLeaderAddress: () => undefined,
+  createPool: () => Promise.reject(new Error('not used')),
+  addMember: () => Promise.reject(new Error('not used')),
+  removeMember: () => Promise.reject(new Error('not used')),
+  async load(tgz, opts) {
+    if (opts.name === 'busy') throw new LoadConflictError('busy', 'another load of busy is in progress (generation 2, on node 3); try again once it finished');
+    const info = await unpackPackage(tgz, join(dir, 'staging'));
+    return { name: info.name, version: info.version, generation: 1, state: 'running', delivering: false, shards: [], watches: [], workerRestarts: 0, invocations: 0, errors: 0, timeouts: 0 } as unknown as AdminExtensionStatus;
+  },
+  async unload(name) {
+    throw new LoadConflictError(name, `another load of ${name} is in progress`);
+  },
+  records: () => [],
+  statuses: () => [],
+};
+
+let server: grpc.Server | undefined;
+const clients: AdminClient[] = [];
+afterEach(() => {
+  for (const a of clients.splice(0)) a.close();
+  server?.forceShutdown();
+});
+
+async function admin(): Promise<AdminClient> {
+  server = new grpc.Server();
+  addAdminService(server, backend, { adminToken: TOKEN });
+  const port = await new Promise<number>((resolve, reject) => server!.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))));
+  const a = new AdminClient({ endpoints: [`127.0.0.1:${port}`], token: TOKEN });
+  clients.push(a);
+  return a;
+}
+
+/** A gzipped tar of a package.json and one more entry. */
+function tgzWith(entry: { path: string; type: 'File' | 'SymbolicLink' | 'Link'; linkpath?: string }): Uint8Array {
+  const blocks: Buffer[] = [];
+  const add = (path: string, type: string, body: string, linkpath?: string) => {
+    const block = Buffer.alloc(512);
+    new tar.Header({ path, type: type as 'File', size: body.length, mode: 0o644, mtime: new Date(0), ...(linkpath ? { linkpath } : {}) }).encode(block, 0);
+    blocks.push(block);
+    if (body) blocks.push(Buffer.from(body), Buffer.alloc((512 - (body.length % 512)) % 512));
+  };
+  add('package.json', 'File', JSON.stringify({ name: 'up', version: '1.0.0' }));
+  add(entry.path, entry.type, entry.type === 'File' ? 'x' : '', entry.linkpath);
+  blocks.push(Buffer.alloc(1024));
+  return new Uint8Array(gzipSync(Buffer.concat(blocks)));
+}
+
+describe('extension load errors over the Admin service', () => {
+  it('answers an unsafe package entry with INVALID_ARGUMENT naming it', async () => {
+    const a = await admin();
+    for (const [entry, message] of [
+      [{ path: 'pw', type: 'SymbolicLink', linkpath: '/etc/passwd' }, /UNSAFE_ENTRY: refused package entry "pw": it is a symbolic link to "\/etc\/passwd", outside the package/],
+      [{ path: 'h', type: 'Link', linkpath: '../x' }, /refused package entry "h"/],
+      [{ path: '../evil', type: 'File' }, /refused package entry "\.\.\/evil"/],
+      [{ path: '/abs', type: 'File' }, /refused package entry "\/abs": its path is absolute/],
+    ] as const) {
+      const err = await a.load(tgzWith(entry)).catch((e: unknown) => e);
+      expect(err, entry.path).toMatchObject({ code: 'INVALID_ARGUMENT' });
+      expect((err as Error).message).toMatch(message);
+    }
+    // A safe package still loads.
+    expect((await a.load(tgzWith({ path: 'index.js', type: 'File' }))).status).toMatchObject({ name: 'up', state: 'running' });
+  });
+
+  it('answers a load or unload conflicting with another load of the name with ABORTED', async () => {
+    const a = await admin();
+    await expect(a.load(tgzWith({ path: 'index.js', type: 'File' }), { name: 'busy' })).rejects.toMatchObject({ code: 'ABORTED', message: expect.stringMatching(/another load of busy is in progress/) });
+    await expect(a.unload('busy')).rejects.toMatchObject({ code: 'ABORTED' });
+  });
+});
