@@ -4,7 +4,9 @@
  * Admin service when it has the admin token), unless the registry already holds that package.
  */
 import { stat } from 'node:fs/promises';
+import type * as grpc from '@grpc/grpc-js';
 import type { Logger } from '../log.js';
+import { KvError } from '../client/errors.js';
 import { AdminClient } from '../client/admin-client.js';
 import type { ExtensionManager } from '../extensions/manager.js';
 import { packageDigest, packFolder, readTarball } from '../extensions/package.js';
@@ -12,7 +14,13 @@ import { META_GROUP, type KvNode } from '../node/kv-node.js';
 import type { KvdConfig } from './kvd-config.js';
 
 /** Runs in the background until every configured extension is registered; `stop()` ends it. */
-export function ensureConfiguredExtensions(cfg: KvdConfig, node: KvNode, manager: ExtensionManager, log: Logger): { stop(): void } {
+export function ensureConfiguredExtensions(
+  cfg: KvdConfig,
+  node: KvNode,
+  manager: ExtensionManager,
+  log: Logger,
+  credentials: grpc.ChannelCredentials,
+): { stop(): void } {
   let stopped = false;
   const run = async () => {
     for (const ext of cfg.extensions) {
@@ -35,7 +43,7 @@ export function ensureConfiguredExtensions(cfg: KvdConfig, node: KvNode, manager
           }
           const leader = node.leaderAddress(META_GROUP);
           if (leader && cfg.adminToken) {
-            const admin = new AdminClient({ endpoints: [leader], token: cfg.adminToken });
+            const admin = new AdminClient({ endpoints: [leader], token: cfg.adminToken, credentials });
             try {
               await admin.load(tgz, { ...(ext.name ? { name: ext.name } : {}), config: ext.config ?? {} });
               break;
@@ -45,7 +53,8 @@ export function ensureConfiguredExtensions(cfg: KvdConfig, node: KvNode, manager
           }
         } catch (e) {
           const msg = (e as Error).message;
-          if ((e as Error).name === 'ExtensionLoadError' || (e as Error).name === 'PackageError' || /FAILED_PRECONDITION/.test(msg)) {
+          const refused = e instanceof KvError && ['FAILED_PRECONDITION', 'INVALID_ARGUMENT', 'PERMISSION_DENIED', 'UNAUTHENTICATED'].includes(e.code);
+          if ((e as Error).name === 'ExtensionLoadError' || (e as Error).name === 'PackageError' || refused) {
             log.error({ path: ext.path, err: msg }, 'configured extension refused');
             break;
           }

@@ -159,7 +159,7 @@ async function main(): Promise<void> {
     log.info({ epoch: node.shardMap().epoch }, 'joined the cluster');
   }
   extensions.start();
-  const configured = ensureConfiguredExtensions(cfg, node, extensions, log);
+  const configured = ensureConfiguredExtensions(cfg, node, extensions, log, creds.clientDial);
   log.info(
     { listen: cfg.listen, port, peerListen: cfg.peerListen, metricsPort: m.port, dataDir: cfg.dataDir, peers: Object.fromEntries(cfg.peers), peerAddresses: Object.fromEntries(cfg.peerAddresses) },
     'kvd started',
