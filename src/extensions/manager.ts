@@ -366,7 +366,7 @@ export class ExtensionManager {
         const deadlineMs = Date.now() + CALL_MS;
         if (key.startsWith(SYSTEM_PREFIX)) {
           // A cursor: shard-local, written into the shard it tracks (led here).
-          const r = await this.node.execute(group, { type: 'put', key, value }, { deadlineMs });
+          const r = await this.node.execute(group, { type: 'put', key, value }, { deadlineMs }, 'system');
           if (r.type === 'rejected') throw r.error;
         } else {
           // A dead letter: an ordinary key, in whichever shard it hashes to.
@@ -553,7 +553,7 @@ export class ExtensionManager {
       const chunks = splitPackage(tgz);
       const deadline = () => ({ deadlineMs: Date.now() + 30_000 });
       for (let i = 0; i < chunks.length; i++) {
-        await this.node.execute(META_GROUP, { type: 'put', key: chunkKey(name, generation, i), value: chunks[i]! }, deadline());
+        await this.node.execute(META_GROUP, { type: 'put', key: chunkKey(name, generation, i), value: chunks[i]! }, deadline(), 'system');
       }
       const legacy = startRevisions[String(LEGACY_DATA_GROUP)];
       const record: ExtensionRecord = {
@@ -572,7 +572,7 @@ export class ExtensionManager {
         loadedAtMs: Date.now(),
       };
       const outcome = this.waitFor(name, generation);
-      await this.node.execute(META_GROUP, { type: 'put', key: metaKey(name), value: encodeRecord(record) }, deadline());
+      await this.node.execute(META_GROUP, { type: 'put', key: metaKey(name), value: encodeRecord(record) }, deadline(), 'system');
       if (previous) await this.deleteChunks(name, previous.generation);
       return await outcome;
     } finally {
@@ -650,7 +650,7 @@ export class ExtensionManager {
     const record = this.records().find((r) => r.name === name);
     if (!record) return false;
     const deadline = { deadlineMs: Date.now() + 30_000 };
-    await this.node.execute(META_GROUP, { type: 'delete', key: metaKey(name) }, deadline);
+    await this.node.execute(META_GROUP, { type: 'delete', key: metaKey(name) }, deadline, 'system');
     await this.deleteChunks(name, record.generation);
     await this.deleteCursors(name);
     return true;
@@ -667,7 +667,7 @@ export class ExtensionManager {
       if (g === META_GROUP || !this.node.replica(g)?.isLeader) continue;
       try {
         const page = await this.node.list({ prefix, shard: g, keysOnly: true, consistency: 'linearizable', limit: 10_000 }, { deadlineMs: Date.now() + 10_000 });
-        for (const item of page.items) await this.node.execute(g, { type: 'delete', key: item.key }, { deadlineMs: Date.now() + 10_000 });
+        for (const item of page.items) await this.node.execute(g, { type: 'delete', key: item.key }, { deadlineMs: Date.now() + 10_000 }, 'system');
       } catch (e) {
         this.opts.log.warn({ extension: name, group: g, err: (e as Error).message }, 'could not delete delivery cursors after unload');
       }
@@ -677,7 +677,7 @@ export class ExtensionManager {
   private async deleteChunks(name: string, generation: number): Promise<void> {
     const meta = this.metaReplica();
     const keys = meta.sm.list(chunkPrefix(name, generation), { keysOnly: true, limit: 10_000 }).items.map((i) => i.key);
-    for (const key of keys) await this.node.execute(META_GROUP, { type: 'delete', key }, { deadlineMs: Date.now() + 30_000 });
+    for (const key of keys) await this.node.execute(META_GROUP, { type: 'delete', key }, { deadlineMs: Date.now() + 30_000 }, 'system');
   }
 
   /** Resolves with this node's status of `name` once `generation` loaded or failed here (30 s at most). */

@@ -53,7 +53,7 @@ describe('delivery', () => {
   it('a trigger put fires lambdas without storing the value', async () => {
     await c.load(`${FIX}/it-recorder`);
     const l = await c.leader(DATA_GROUP);
-    const r = await l.execute(DATA_GROUP, { type: 'triggerPut', key: '/in/trig', value: new TextEncoder().encode('t') }, { deadlineMs: Date.now() + 5000 });
+    const r = await l.execute(DATA_GROUP, { type: 'triggerPut', key: '/in/trig', value: new TextEncoder().encode('t') }, { deadlineMs: Date.now() + 5000 }, 'client');
     expect(r.type).toBe('trigger');
     const rec = await c.until(async () => {
       const items = await c.list('/rec/in/trig/');
