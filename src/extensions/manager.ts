@@ -13,7 +13,8 @@ import type { Logger } from '../log.js';
 import { UnavailableError } from '../node/backend.js';
 import { META_GROUP, type KvNode } from '../node/kv-node.js';
 import type { ShardReplica } from '../node/replica.js';
-import { shardsForPrefix, type ClusterMap } from '../sharding/index.js';
+import { isReservedKey, isShardLocalKey, prefixInReserved, shardsForPrefix, type ClusterMap } from '../sharding/index.js';
+import { reservedKeyError, reservedPrefixError } from '../statemachine/index.js';
 import { DEFAULT_MAX_HOPS, type ExtensionEvent } from './api.js';
 import { cursorKey, SYSTEM_PREFIX, WatchDispatcher, type DispatchHost, type DispatchStats, type DispatchWatch } from './dispatcher.js';
 import { localLambdaKv } from './local-lambda-kv.js';
@@ -77,8 +78,9 @@ export interface ExtensionManagerOptions {
   /** Heap limit of each extension's worker (MiB). */
   readonly workerHeapMb?: number;
   /**
-   * The store as lambdas see it, routed to each key's shard leader wherever it is (and the
-   * writer of dead letters). Default: {@link localLambdaKv} of this node (in-process tests).
+   * The store as lambdas see it, routed to each key's shard leader wherever it is (its writes
+   * are client-origin: no reserved key). Default: {@link localLambdaKv} of this node (in-process
+   * tests). Dead letters and cursors are not written through it but into their own shard.
    */
   readonly lambdaKv?: LambdaKv;
   /**
@@ -363,15 +365,11 @@ export class ExtensionManager {
       subscribe: (prefix, fromRevision, sink) => replica.watches.add({ prefix, fromRevision, progressIntervalMs: 500 }, sink),
       hopsOf: (rev) => replica.hopsOf(rev),
       put: async (key, value) => {
-        const deadlineMs = Date.now() + CALL_MS;
-        if (key.startsWith(SYSTEM_PREFIX)) {
-          // A cursor: shard-local, written into the shard it tracks (led here).
-          const r = await this.node.execute(group, { type: 'put', key, value }, { deadlineMs }, 'system');
-          if (r.type === 'rejected') throw r.error;
-        } else {
-          // A dead letter: an ordinary key, in whichever shard it hashes to.
-          await this.kv.put(key, value, {}, 0, deadlineMs);
-        }
+        // A cursor or a dead letter: a shard-local system key, written (system origin: lambdas
+        // cannot write reserved keys) into the shard whose events it tracks, led here.
+        if (!isShardLocalKey(key)) throw new Error(`dispatcher wrote ${JSON.stringify(key)}, which is not a shard-local key`);
+        const r = await this.node.execute(group, { type: 'put', key, value }, { deadlineMs: Date.now() + CALL_MS }, 'system');
+        if (r.type === 'rejected') throw r.error;
       },
       shard: group,
       maxHops: this.maxHops,
@@ -417,6 +415,14 @@ export class ExtensionManager {
 
   private async kvCall(op: KvOp, args: unknown[], hops: number): Promise<unknown> {
     const deadlineMs = Date.now() + CALL_MS;
+    // Lambdas are user code, like clients: the reserved keyspace is out of their reach (their
+    // writes are client-origin anyway, so the shards would refuse them too).
+    const target = args[0];
+    if (typeof target === 'string') {
+      if (op === 'list' ? prefixInReserved(target) : isReservedKey(target)) {
+        throw op === 'list' ? reservedPrefixError(target) : reservedKeyError(target, op === 'get' ? 'read' : 'write');
+      }
+    }
     const bytes = (v: unknown): Uint8Array => (typeof v === 'string' ? enc.encode(v) : (v as Uint8Array));
     const writable = (): void => {
       if (hops > this.maxHops) throw new HopLimitError(hops, this.maxHops);

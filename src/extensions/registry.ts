@@ -3,10 +3,11 @@
  * `/ext/<name>/meta` (the record, written last: the commit point) and
  * `/ext/<name>/pkg/<generation>/<chunk>` (the package bytes in chunks under the value limit).
  */
+import { EXTENSION_REGISTRY_PREFIX } from '../sharding/index.js';
 import { PackageError } from './package.js';
 
-/** Key prefix of the registry in the metadata group. */
-export const REGISTRY_PREFIX = '/ext/';
+/** Key prefix of the registry in the metadata group (reserved: out of clients' reach). */
+export const REGISTRY_PREFIX = EXTENSION_REGISTRY_PREFIX;
 /** Bytes per package chunk (below the 1 MiB value limit). */
 export const PACKAGE_CHUNK_BYTES = 768 * 1024;
 
