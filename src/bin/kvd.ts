@@ -125,6 +125,7 @@ async function main(): Promise<void> {
     selfAddress: cfg.listen,
     leaderAddress: (g: number) => node.leaderAddress(g),
     forwardCredentials: peerCreds,
+    ...(cfg.adminToken ? { adminToken: cfg.adminToken } : {}),
   });
   transport.register(server, (id) => node.isMember(id));
   const port = await new Promise<number>((res, rej) =>
