@@ -141,6 +141,7 @@ async function main(): Promise<void> {
     selfAddress: cfg.listen,
     leaderAddress: (g: number) => node.leaderAddress(g),
     forwardCredentials: creds.clientDial,
+    ...(cfg.adminToken ? { adminToken: cfg.adminToken } : {}),
   });
   const port = await bind(server, cfg.listen, creds.clientServer);
   // The peer plane: Raft traffic only, on its own listener (mutual TLS unless --insecure-peers).

@@ -9,6 +9,7 @@ import { positive, uint } from './args.js';
 import { registerClusterCommands } from './cluster-commands.js';
 import { registerExtCommands, resolveAdminToken } from './ext-commands.js';
 import { KvClient, KvError, CompactedError, type KvItem, type KvClientTlsOptions } from '../client/index.js';
+import { DEAD_LETTER_PREFIX } from '../sharding/index.js';
 
 /** Endpoints used when neither `--endpoints` nor KVCASCADE_ENDPOINTS is given: the local cluster `npm start` runs. */
 export const DEFAULT_ENDPOINTS = '127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003';
@@ -165,10 +166,16 @@ export async function main(argv: readonly string[], io: KvctlIo = {}): Promise<n
     const privateKey = read('--key', files.key);
     return { ...(rootCert ? { rootCert } : {}), ...(certChain ? { certChain } : {}), ...(privateKey ? { privateKey } : {}) };
   };
-  const kv = (): KvClient => {
+  /**
+   * The KV client. A command reading dead letters (`reading`, its key or prefix, under `/_dlq/`)
+   * sends the admin token (--admin-token, $KVCASCADE_ADMIN_TOKEN or ./.data/admin-token) when
+   * there is one: only an admin may read them. Other commands never send it.
+   */
+  const kv = (reading?: string): KvClient => {
     if (client) return client;
+    const token = reading?.startsWith(DEAD_LETTER_PREFIX) ? resolveAdminToken(globals().adminToken, env) : undefined;
     const t = tls();
-    client = new KvClient({ endpoints: endpointList(), defaultDeadlineMs: globals().timeout, ...(t ? { tls: t } : {}) });
+    client = new KvClient({ endpoints: endpointList(), defaultDeadlineMs: globals().timeout, ...(token ? { adminToken: token } : {}), ...(t ? { tls: t } : {}) });
     return client;
   };
   /** A value argument: `-` reads stdin, `@file` reads a file, anything else is the value itself. */
@@ -187,7 +194,7 @@ export async function main(argv: readonly string[], io: KvctlIo = {}): Promise<n
     .option('--cacert <file>', 'TLS: CA bundle to verify the nodes with (default: $KVCASCADE_CACERT; plaintext when no TLS option is given)')
     .option('--cert <file>', 'TLS: client certificate, for clusters that require one (kvd --tls-ca) (default: $KVCASCADE_CERT)')
     .option('--key <file>', 'TLS: private key of --cert (default: $KVCASCADE_KEY)')
-    .option('--admin-token <token>', 'admin token for `ext`, `pool create` and `member add|remove` (default: $KVCASCADE_ADMIN_TOKEN, else ./.data/admin-token)')
+    .option('--admin-token <token>', 'admin token for `ext`, `pool create`, `member add|remove` and reading dead letters (`ls /_dlq/<extension>/`) (default: $KVCASCADE_ADMIN_TOKEN, else ./.data/admin-token)')
     .exitOverride()
     .showSuggestionAfterError(false)
     .configureOutput({
@@ -217,7 +224,7 @@ export async function main(argv: readonly string[], io: KvctlIo = {}): Promise<n
     .option('--serializable', 'read from the local replica (may be stale)')
     .action(async (key: string, o: { version?: number; time?: number; serializable?: boolean }) => {
       if (o.version !== undefined && o.time !== undefined) throw new CliFailure('USAGE', 'give at most one of --version and --time', EXIT.USAGE);
-      const r = await kv().get(key, {
+      const r = await kv(key).get(key, {
         ...(o.version !== undefined ? { atVersion: o.version } : {}),
         ...(o.time !== undefined ? { atTimeMs: o.time } : {}),
         consistency: o.serializable ? 'serializable' : 'linearizable',
@@ -350,7 +357,7 @@ export async function main(argv: readonly string[], io: KvctlIo = {}): Promise<n
       let pageToken = o.pageToken ?? '';
       let revision = 0;
       do {
-        const page = await kv().list(prefix, { ...(o.limit ? { limit: o.limit } : {}), keysOnly, pageToken });
+        const page = await kv(prefix).list(prefix, { ...(o.limit ? { limit: o.limit } : {}), keysOnly, pageToken });
         items.push(...page.items);
         revision = page.revision;
         pageToken = page.nextPageToken;
@@ -380,7 +387,7 @@ export async function main(argv: readonly string[], io: KvctlIo = {}): Promise<n
         io.signal.addEventListener('abort', onSigint, { once: true });
       } else process.once('SIGINT', onSigint);
       try {
-        const w = kv().watch(prefix, { ...(o.fromRevision ? { fromRevision: o.fromRevision } : {}), signal: ac.signal });
+        const w = kv(prefix).watch(prefix, { ...(o.fromRevision ? { fromRevision: o.fromRevision } : {}), signal: ac.signal });
         for await (const batch of w) {
           for (const e of batch.events) {
             if (json()) {

@@ -5,6 +5,7 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import { AdminStubClient } from '../server/admin-service.js';
+import { AUTHORIZATION_METADATA, bearer } from '../server/admin-auth.js';
 import { neverReachedServer } from '../server/metadata.js';
 import { ClusterStubClient, type ClusterStub, type GetShardMapResponseMsg, type StatusResponseMsg } from '../server/proto.js';
 import { emptyMap, type ClusterMap, type MemberInfo, type PoolSpec, type ShardInfo } from '../sharding/index.js';
@@ -251,7 +252,7 @@ export class AdminClient {
 
   private md(): grpc.Metadata {
     const m = new grpc.Metadata();
-    if (this.opts.token !== undefined) m.set('authorization', `Bearer ${this.opts.token}`);
+    if (this.opts.token !== undefined) m.set(AUTHORIZATION_METADATA, bearer(this.opts.token));
     return m;
   }
 

@@ -90,6 +90,13 @@ export interface KvClientOptions {
   readonly shardRouting?: boolean;
   /** Least time between two cluster map refreshes in ms (default 200). */
   readonly mapRefreshIntervalMs?: number;
+  /**
+   * The cluster's admin token, sent with every KV call as `authorization: Bearer <token>`. Only
+   * needed to read dead letters (`list('/_dlq/<extension>/')`, a watch or get under `/_dlq/`):
+   * the rest of the reserved keyspace (`/_...`, `/ext/`) is refused (PERMISSION_DENIED) to every
+   * client, and dead letters are never writable. Over plaintext it travels in the clear: use TLS.
+   */
+  readonly adminToken?: string;
 }
 
 /**
@@ -119,6 +126,7 @@ export class KvClient {
       maxBackoffMs: opts.maxBackoffMs ?? 1000,
       channelOptions: opts.channelOptions,
       connectTimeoutMs: opts.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS,
+      adminToken: opts.adminToken,
     });
     this.router = new ShardRouter(this.transport, {
       ...DEFAULT_ROUTER_OPTIONS,

@@ -326,7 +326,7 @@ export class KvPipeline {
     const t = this.deps.transport;
     const connectMs = t.opts.connectTimeoutMs ?? 0;
     const gate = t.whenConnected(address, connectMs);
-    const stream = t.kv(address).pipeline(new grpc.Metadata(), {});
+    const stream = t.kv(address).pipeline(t.kvMetadata(), {});
     // Until the connection is ready, ops wait in the backlog (never sent, so they can move elsewhere).
     const lane: Lane = { address, stream, headers: false, blocked: gate !== true, backlog: [] };
     this.lanes.set(address, lane);

@@ -1,6 +1,7 @@
 /** Endpoint selection, leader discovery, channels, backoff and retried unary calls (sent along a pluggable {@link CallRoute}) of the kvcascade client. */
 import { setMaxListeners } from 'node:events';
 import * as grpc from '@grpc/grpc-js';
+import { AUTHORIZATION_METADATA, bearer } from '../server/admin-auth.js';
 import { neverReachedServer, readKvMetadata } from '../server/metadata.js';
 import { ClusterStubClient, KvStubClient, type ClusterStub, type KvStub } from '../server/proto.js';
 import { KvError, fromServiceError } from './errors.js';
@@ -34,6 +35,8 @@ export interface TransportOptions {
   readonly channelOptions?: grpc.ChannelOptions | undefined;
   /** How long an attempt waits for a new connection to become ready before trying elsewhere (never sent, so safe even for writes); 0 = as long as the deadline allows. */
   readonly connectTimeoutMs?: number | undefined;
+  /** The admin token, sent as `authorization: Bearer <token>` with every KV call (lets an operator read dead letters). */
+  readonly adminToken?: string | undefined;
 }
 
 /** Whether a call may change data (retried only when provably not executed). */
@@ -132,6 +135,13 @@ export class Transport implements CallRoute {
       ...(tls?.serverNameOverride ? { 'grpc.ssl_target_name_override': tls.serverNameOverride } : {}),
       ...opts.channelOptions,
     };
+  }
+
+  /** Request metadata of a KV call, watch or pipeline: the admin token when the client has one. */
+  kvMetadata(): grpc.Metadata {
+    const md = new grpc.Metadata();
+    if (this.opts.adminToken) md.set(AUTHORIZATION_METADATA, bearer(this.opts.adminToken));
+    return md;
   }
 
   /** Aborted when the client is closed. */
@@ -315,7 +325,8 @@ export class Transport implements CallRoute {
       let response: Res | undefined;
       let error: grpc.ServiceError | undefined;
       let headers = false;
-      const call = stub[method]!.call(stub, req, new grpc.Metadata(), { deadline: new Date(deadlineAt) }, (e, r) => {
+      const md = service === 'kv' ? this.kvMetadata() : new grpc.Metadata();
+      const call = stub[method]!.call(stub, req, md, { deadline: new Date(deadlineAt) }, (e, r) => {
         if (e) error = e;
         else response = r;
       });

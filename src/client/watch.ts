@@ -277,7 +277,7 @@ export class KvWatch implements AsyncIterableIterator<KvWatchBatch> {
         return;
       }
       if (this.stopped || gen !== this.gen) return;
-      stream = t.kv(address).watch(req, new grpc.Metadata(), {});
+      stream = t.kv(address).watch(req, t.kvMetadata(), {});
     } catch (e) {
       if (this.stopped) return;
       throw e;

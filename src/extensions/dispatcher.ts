@@ -5,15 +5,15 @@
  * backoff, dead-lettering, the hop limit, and a delivery cursor replicated through the log so a
  * new leader resumes where the old one left off (at least once).
  */
-import { SYSTEM_KEY_PREFIX } from '../sharding/index.js';
+import { DEAD_LETTER_PREFIX, hidesReservedKeys, isReservedKey, SYSTEM_KEY_PREFIX } from '../sharding/index.js';
 import type { KvEvent } from '../statemachine/index.js';
 import type { WatchHandle } from '../node/backend.js';
 import type { ExtensionEvent, WatchOptions } from './api.js';
 
 /** Shard-local system keys (delivery cursors, the shard descriptor): never delivered to lambdas. */
 export const SYSTEM_PREFIX = SYSTEM_KEY_PREFIX;
-/** Dead-lettered events go under `/_dlq/<extension>/`. */
-export const DLQ_PREFIX = '/_dlq/';
+/** Dead-lettered events go under `/_dlq/<extension>/`, in the shard whose event they record (shard-local keys). */
+export const DLQ_PREFIX = DEAD_LETTER_PREFIX;
 
 /** A registered watch with every option filled in. */
 export interface DispatchWatch {
@@ -37,7 +37,7 @@ export interface DispatchHost {
   }): WatchHandle;
   /** Hop count of the write at `revision`. */
   hopsOf(revision: number): number;
-  /** Replicates a put: a cursor (a `/_sys/` key, into this shard) or a dead letter (into whichever shard its key belongs to). */
+  /** Replicates a put into this shard (system origin): a cursor (a `/_sys/` key) or a dead letter (a `/_dlq/` key), both shard-local. */
   put(key: string, value: Uint8Array): Promise<void>;
   readonly shard: number;
   readonly maxHops: number;
@@ -156,7 +156,9 @@ export class WatchDispatcher {
     if (this.stopped) return;
     const types = this.watch.options.events;
     for (const e of events) {
-      if (e.key.startsWith(SYSTEM_PREFIX)) continue;
+      // Reserved keys are never delivered: the shard-local system keys at all, the rest (dead
+      // letters...) only to a watch inside the reserved keyspace (e.g. of `/_dlq/`).
+      if (e.key.startsWith(SYSTEM_PREFIX) || (isReservedKey(e.key) && hidesReservedKeys(this.watch.prefix))) continue;
       if (!types.includes(e.type)) continue;
       this.queue.push({ event: e, hops: this.host.hopsOf(e.revision), attempts: 0, running: false, done: false });
     }

@@ -15,7 +15,8 @@ import { UnavailableError } from '../node/backend.js';
 import { META_GROUP, type KvNode } from '../node/kv-node.js';
 import type { ShardReplica } from '../node/replica.js';
 import type { Command, CommandResult } from '../statemachine/types.js';
-import { shardsForPrefix, type ClusterMap } from '../sharding/index.js';
+import { isReservedKey, isShardLocalKey, prefixInReserved, shardsForPrefix, type ClusterMap } from '../sharding/index.js';
+import { reservedKeyError, reservedPrefixError } from '../statemachine/index.js';
 import { DEFAULT_MAX_HOPS, type ExtensionEvent } from './api.js';
 import { cursorKey, SYSTEM_PREFIX, WatchDispatcher, type DispatchHost, type DispatchStats, type DispatchWatch } from './dispatcher.js';
 import { localLambdaKv } from './local-lambda-kv.js';
@@ -114,8 +115,9 @@ export interface ExtensionManagerOptions {
   /** Heap limit of each extension's worker (MiB). */
   readonly workerHeapMb?: number;
   /**
-   * The store as lambdas see it, routed to each key's shard leader wherever it is (and the
-   * writer of dead letters). Default: {@link localLambdaKv} of this node (in-process tests).
+   * The store as lambdas see it, routed to each key's shard leader wherever it is (its writes
+   * are client-origin: no reserved key). Default: {@link localLambdaKv} of this node (in-process
+   * tests). Dead letters and cursors are not written through it but into their own shard.
    */
   readonly lambdaKv?: LambdaKv;
   /**
@@ -412,15 +414,11 @@ export class ExtensionManager {
       subscribe: (prefix, fromRevision, sink) => replica.watches.add({ prefix, fromRevision, progressIntervalMs: 500 }, sink),
       hopsOf: (rev) => replica.hopsOf(rev),
       put: async (key, value) => {
-        const deadlineMs = Date.now() + CALL_MS;
-        if (key.startsWith(SYSTEM_PREFIX)) {
-          // A cursor: shard-local, written into the shard it tracks (led here).
-          const r = await this.node.execute(group, { type: 'put', key, value }, { deadlineMs });
-          if (r.type === 'rejected') throw r.error;
-        } else {
-          // A dead letter: an ordinary key, in whichever shard it hashes to.
-          await this.kv.put(key, value, {}, 0, deadlineMs);
-        }
+        // A cursor or a dead letter: a shard-local system key, written (system origin: lambdas
+        // cannot write reserved keys) into the shard whose events it tracks, led here.
+        if (!isShardLocalKey(key)) throw new Error(`dispatcher wrote ${JSON.stringify(key)}, which is not a shard-local key`);
+        const r = await this.node.execute(group, { type: 'put', key, value }, { deadlineMs: Date.now() + CALL_MS }, 'system');
+        if (r.type === 'rejected') throw r.error;
       },
       shard: group,
       maxHops: this.maxHops,
@@ -466,6 +464,14 @@ export class ExtensionManager {
 
   private async kvCall(op: KvOp, args: unknown[], hops: number): Promise<unknown> {
     const deadlineMs = Date.now() + CALL_MS;
+    // Lambdas are user code, like clients: the reserved keyspace is out of their reach (their
+    // writes are client-origin anyway, so the shards would refuse them too).
+    const target = args[0];
+    if (typeof target === 'string') {
+      if (op === 'list' ? prefixInReserved(target) : isReservedKey(target)) {
+        throw op === 'list' ? reservedPrefixError(target) : reservedKeyError(target, op === 'get' ? 'read' : 'write');
+      }
+    }
     const bytes = (v: unknown): Uint8Array => (typeof v === 'string' ? enc.encode(v) : (v as Uint8Array));
     const writable = (): void => {
       if (hops > this.maxHops) throw new HopLimitError(hops, this.maxHops);
@@ -768,7 +774,7 @@ export class ExtensionManager {
    * machine rejected throws its error.
    */
   private async metaWrite(cmd: Command): Promise<CommandResult> {
-    const res = await this.node.execute(META_GROUP, cmd, { deadlineMs: Date.now() + 30_000 });
+    const res = await this.node.execute(META_GROUP, cmd, { deadlineMs: Date.now() + 30_000 }, 'system');
     if (res.type === 'rejected') throw res.error;
     return res;
   }
@@ -887,7 +893,7 @@ export class ExtensionManager {
       if (g === META_GROUP || !this.node.replica(g)?.isLeader) continue;
       try {
         const page = await this.node.list({ prefix, shard: g, keysOnly: true, consistency: 'linearizable', limit: 10_000 }, { deadlineMs: Date.now() + 10_000 });
-        for (const item of page.items) await this.node.execute(g, { type: 'delete', key: item.key }, { deadlineMs: Date.now() + 10_000 });
+        for (const item of page.items) await this.node.execute(g, { type: 'delete', key: item.key }, { deadlineMs: Date.now() + 10_000 }, 'system');
       } catch (e) {
         this.opts.log.warn({ extension: name, group: g, err: (e as Error).message }, 'could not delete delivery cursors after unload');
       }

@@ -6,10 +6,11 @@
  * progress: a load claims its generation with a conditional write before writing any chunk, and
  * commits the record only if its claim still stands, so two loads never share chunk keys).
  */
+import { EXTENSION_REGISTRY_PREFIX } from '../sharding/index.js';
 import { PackageError } from './package.js';
 
-/** Key prefix of the registry in the metadata group. */
-export const REGISTRY_PREFIX = '/ext/';
+/** Key prefix of the registry in the metadata group (reserved: out of clients' reach). */
+export const REGISTRY_PREFIX = EXTENSION_REGISTRY_PREFIX;
 /** Bytes per package chunk (below the 1 MiB value limit). */
 export const PACKAGE_CHUNK_BYTES = 768 * 1024;
 

@@ -110,6 +110,7 @@ export class ClusterAdmin {
           ],
         },
         { deadlineMs },
+        'system',
       );
       if (res.type === 'rejected') throw res.error;
       if (res.type === 'txn' && res.succeeded) return this.node.shardMap();

@@ -23,6 +23,7 @@ import {
   ValidationError,
   validateCommand,
   type Command,
+  type CommandOrigin,
   type CommandResult,
   type DeleteResult,
   type PutResult,
@@ -32,10 +33,11 @@ import {
 import { RaftLogStore } from '../storage/raft-log-store.js';
 import type { KvEngine } from '../storage/kv-engine.js';
 import {
+  hidesReservedKeys,
   initialMap,
+  isReservedKey,
   peerAddressOf,
   shardOf,
-  SYSTEM_KEY_PREFIX,
   shardsForPrefix,
   type ClusterMap,
   type ShardInfo,
@@ -186,7 +188,7 @@ export class KvNode implements KvBackend {
     this.view = new ClusterView(opts.seedMap ?? this.bootMap!);
     this.reconciler = new ShardReconciler({
       id: this.id,
-      propose: (group, cmd) => this.execute(group, cmd, { deadlineMs: Date.now() + 10_000 }),
+      propose: (group, cmd) => this.execute(group, cmd, { deadlineMs: Date.now() + 10_000 }, 'system'),
       isLive: (peer) => this.isLive(peer),
       note: (group, what, detail) => this.log.info({ group, ...detail }, what),
     });
@@ -358,7 +360,7 @@ export class KvNode implements KvBackend {
       if (retentionMs <= 0) continue;
       const revision = r.sm.retentionCompactRevision(now, retentionMs);
       if (revision <= r.sm.compactRevision) continue;
-      r.propose({ type: 'compact', revision }).then(
+      r.propose({ type: 'compact', revision }, 'system').then(
         () => this.log.info({ group: r.group, revision }, 'compacted versions older than the retention window'),
         (e: unknown) => this.log.debug({ group: r.group, err: String(e) }, 'retention compaction not applied'),
       );
@@ -635,13 +637,16 @@ export class KvNode implements KvBackend {
 
   /**
    * Proposes a command to `group` (its leader must be this node) and waits for its result.
-   * `hops` counts the extension lambdas that led to this write (0 for clients).
+   * `origin` is recorded with it in the log: `client` for what clients and extension lambdas ask
+   * (the state machine then rejects it, PERMISSION_DENIED, if it touches a reserved key), `system`
+   * for the cluster's own writes (descriptors, the map, the extension registry, cursors, dead
+   * letters). `opts.hops` counts the extension lambdas that led to this write (0 for clients).
    */
-  async execute(group: number, cmd: Command, opts: CallOptions, hops = 0): Promise<CommandResult> {
+  async execute(group: number, cmd: Command, opts: CallOptions, origin: CommandOrigin): Promise<CommandResult> {
     validateCommand(cmd);
     const r = this.groupReplica(group);
     if (!r.isLeader) throw this.notLeader(r);
-    const p = r.propose(cmd, hops);
+    const p = r.propose(cmd, origin, opts.hops ?? 0);
     this.scheduleReady();
     let res: CommandResult;
     try {
@@ -656,7 +661,7 @@ export class KvNode implements KvBackend {
 
   /** Proposes a client command on the shard of `key`. */
   private proposeFor(key: string, cmd: Command, opts: CallOptions): Promise<CommandResult> {
-    return this.execute(this.shardOfKey(key).group, cmd, opts, opts.hops ?? 0);
+    return this.execute(this.shardOfKey(key).group, cmd, opts, 'client');
   }
 
   async put(req: PutRequest, opts: CallOptions): Promise<PutResult> {
@@ -711,7 +716,7 @@ export class KvNode implements KvBackend {
 
   async txn(req: TxnRequest, opts: CallOptions): Promise<TxnResult> {
     const group = this.shardOfKeys([...req.compares.map((c) => c.key), ...req.writes.map((w) => w.key)]);
-    const res = await this.execute(group, { type: 'txn', compares: req.compares, writes: req.writes }, opts, opts.hops ?? 0);
+    const res = await this.execute(group, { type: 'txn', compares: req.compares, writes: req.writes }, opts, 'client');
     if (res.type === 'rejected') throw res.error;
     if (res.type !== 'txn') throw new Error(`unexpected result ${res.type} for a txn`);
     return res;
@@ -765,10 +770,10 @@ export class KvNode implements KvBackend {
       ...(req.after !== undefined ? { after: req.after } : {}),
       keysOnly: req.keysOnly,
     });
-    // Shard-local system keys (descriptor, delivery cursors) show only to listings of /_sys/ itself.
-    const hideSystem = !req.prefix.startsWith(SYSTEM_KEY_PREFIX);
+    // Reserved keys (descriptor, cursors, dead letters, ...) show only to listings inside the reserved keyspace.
+    const hide = hidesReservedKeys(req.prefix);
     return {
-      items: (hideSystem ? page.items.filter((i) => !i.key.startsWith(SYSTEM_KEY_PREFIX)) : page.items).map((i) => ({
+      items: (hide ? page.items.filter((i) => !isReservedKey(i.key)) : page.items).map((i) => ({
         key: i.key,
         ...(i.value !== undefined ? { value: i.value } : {}),
         version: i.version,
@@ -781,11 +786,11 @@ export class KvNode implements KvBackend {
 
   watch(req: WatchRequest, sink: WatchSink): WatchHandle {
     const r = this.groupReplica(this.groupForPrefix(req.prefix, req.shard));
-    if (req.prefix.startsWith(SYSTEM_KEY_PREFIX) || !SYSTEM_KEY_PREFIX.startsWith(req.prefix)) return r.watches.add(req, sink);
-    // A watch whose prefix covers /_sys/ does not see the shard-local system keys.
+    if (!hidesReservedKeys(req.prefix)) return r.watches.add(req, sink);
+    // A watch whose prefix covers the reserved keyspace (without lying inside it) does not see reserved keys.
     const filtered: WatchSink = {
       events: (events, revision) => {
-        const visible = events.filter((e) => !e.key.startsWith(SYSTEM_KEY_PREFIX));
+        const visible = events.filter((e) => !isReservedKey(e.key));
         if (visible.length > 0) sink.events(visible, revision);
         else sink.progress(revision);
       },

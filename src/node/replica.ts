@@ -13,7 +13,7 @@ import {
   type RandomSource,
   type Ready,
 } from '../raft/index.js';
-import { KvStateMachine, type Command, type CommandResult, type KvStateMachineOptions } from '../statemachine/index.js';
+import { KvStateMachine, type Command, type CommandOrigin, type CommandResult, type KvStateMachineOptions } from '../statemachine/index.js';
 import type { EngineOp } from '../storage/kv-engine.js';
 import { StateRecorder } from '../storage/state-store.js';
 import { NotLeaderError, OverloadedError, UnavailableError } from './backend.js';
@@ -123,14 +123,18 @@ export class ShardReplica {
     return this.proposals.size;
   }
 
-  /** Proposes a command; resolves with its result once applied here. Only the leader proposes. */
-  propose(cmd: Command, hops = 0): Promise<CommandResult> {
+  /**
+   * Proposes a command with its origin (recorded in the log: a `client` command touching a
+   * reserved key is rejected when applied) and lambda hop count; resolves with its result once
+   * applied here. Only the leader proposes.
+   */
+  propose(cmd: Command, origin: CommandOrigin, hops = 0): Promise<CommandResult> {
     if (!this.isLeader) return Promise.reject(new NotLeaderError(this.leader, undefined));
     if (this.proposals.size >= this.opts.maxPendingProposals) {
       return Promise.reject(new OverloadedError(`too many writes in flight on group ${this.group} (${this.proposals.size})`));
     }
     try {
-      this.raw.propose(encodeProposal(this.opts.nowMs(), cmd, hops));
+      this.raw.propose(encodeProposal(this.opts.nowMs(), cmd, origin, hops));
     } catch (e) {
       if (e instanceof ProposalDroppedError) {
         return Promise.reject(e.message.includes('transfer') || e.message.includes('no leader')
@@ -190,17 +194,19 @@ export class ShardReplica {
       let cmd: Command = { type: 'noop' };
       let ts = this.sm.lastTimestampMs;
       let hops = 0;
+      let origin: CommandOrigin = 'system';
       if (e.type === EntryType.Normal && e.data.length > 0) {
         try {
           const p = decodeProposal(e.data);
           cmd = p.command;
           ts = p.timestampMs;
           hops = p.hops;
+          origin = p.origin;
         } catch (err) {
           this.opts.onBadEntry?.(e.index, err);
         }
       }
-      const out = this.sm.apply(e.index, ts, cmd);
+      const out = this.sm.apply(e.index, ts, cmd, origin);
       const pending = this.proposals.get(e.index);
       if (pending) {
         this.proposals.delete(e.index);

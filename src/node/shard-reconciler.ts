@@ -27,7 +27,7 @@ export const MIN_LEADERSHIP_BEFORE_TRANSFER_MS = 2_000;
 /** What the reconciler needs from its host node. */
 export interface ReconcileHost {
   readonly id: NodeId;
-  /** Proposes a command to a group this node leads; the promise settles when applied. */
+  /** Proposes a system-origin command (the cluster's own write) to a group this node leads; the promise settles when applied. */
   propose(group: number, cmd: Command): Promise<unknown>;
   /** Whether peer `id` was heard from recently (a transfer target must be alive). */
   isLive(id: NodeId): boolean;

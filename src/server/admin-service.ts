@@ -4,8 +4,8 @@
  * sent to the metadata group's leader.
  */
 import * as grpc from '@grpc/grpc-js';
-import { timingSafeEqual, createHash } from 'node:crypto';
 import { MAX_NODE_ID, MAX_POOL_SHARDS, MAX_REPLICAS, isIntIn, type PoolSpec, type ShardingErrorCode } from '../sharding/index.js';
+import { AdminTokenCheck } from './admin-auth.js';
 import { loadProtos } from './proto.js';
 
 /** One registered extension as the admin API reports it. */
@@ -98,10 +98,6 @@ function statusError(code: grpc.status, details: string, md?: Record<string, str
   const metadata = new grpc.Metadata();
   for (const [k, v] of Object.entries(md ?? {})) metadata.set(k, v);
   return Object.assign(new Error(details), { code, details, metadata }) as grpc.ServiceError;
-}
-
-function digest(s: string): Buffer {
-  return createHash('sha256').update(s).digest();
 }
 
 /** Wire form of a record. */
@@ -207,17 +203,19 @@ function parseAddMember(r: Record<string, unknown>): Parsed<{ id: number; addres
 /** Registers the Admin service on `server`. */
 export function addAdminService(server: grpc.Server, backend: AdminBackend, opts: AdminServiceOptions = {}): void {
   const maxBytes = opts.maxPackageBytes ?? 32 << 20;
-  const expected = opts.adminToken ? digest(opts.adminToken) : undefined;
+  const tokens = new AdminTokenCheck(opts.adminToken);
 
   const authorize = (md: grpc.Metadata): grpc.ServiceError | undefined => {
-    if (!expected) {
-      return statusError(grpc.status.PERMISSION_DENIED, 'admin operations are disabled on this node: start kvd with --admin-token');
+    switch (tokens.check(md)) {
+      case 'ok':
+        return undefined;
+      case 'disabled':
+        return statusError(grpc.status.PERMISSION_DENIED, 'admin operations are disabled on this node: start kvd with --admin-token');
+      case 'missing':
+        return statusError(grpc.status.UNAUTHENTICATED, 'admin token required (metadata "authorization: Bearer <token>"; kvctl --admin-token)');
+      case 'wrong':
+        return statusError(grpc.status.PERMISSION_DENIED, 'wrong admin token');
     }
-    const header = String(md.get('authorization')[0] ?? '');
-    const m = /^Bearer (.+)$/.exec(header);
-    if (!m) return statusError(grpc.status.UNAUTHENTICATED, 'admin token required (metadata "authorization: Bearer <token>"; kvctl --admin-token)');
-    if (!timingSafeEqual(digest(m[1]!), expected)) return statusError(grpc.status.PERMISSION_DENIED, 'wrong admin token');
-    return undefined;
   };
   const notMetaLeader = (): grpc.ServiceError | undefined => {
     if (backend.isMetadataLeader()) return undefined;

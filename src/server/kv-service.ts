@@ -1,13 +1,23 @@
 /** The gRPC KV and Cluster services over a KvBackend: request validation, error-to-status mapping, per-shard leader forwarding, cross-shard list and watch merging, transactions and pipelining. */
 import * as grpc from '@grpc/grpc-js';
 import { pino } from 'pino';
-import { ShardingError, shardOf } from '../sharding/index.js';
+import {
+  DEAD_LETTER_PREFIX,
+  META_GROUP,
+  ShardingError,
+  hidesReservedKeys,
+  isReservedKey,
+  prefixInReserved,
+  shardOf,
+} from '../sharding/index.js';
 import {
   CompactedRevisionError,
   DEFAULT_LIST_LIMIT,
   MAX_LIST_LIMIT,
   ValidationError,
   compareKeys,
+  reservedKeyError,
+  reservedPrefixError,
   validateCommand,
   type DeleteResult,
   type KvEvent,
@@ -50,6 +60,7 @@ import {
   readKvMetadata,
   type KvMetadataFields,
 } from './metadata.js';
+import { AUTHORIZATION_METADATA, AdminTokenCheck } from './admin-auth.js';
 import {
   KvStubClient,
   clusterServiceDefinition,
@@ -116,6 +127,17 @@ export const MIN_PROGRESS_INTERVAL_MS = 10;
 /** Most shards a cross-shard List queries at once. */
 export const LIST_FANOUT_CONCURRENCY = 16;
 
+/** HTTP/2 streams (calls) one client connection may have open at once on a server from {@link createGrpcServer}. */
+export const MAX_CONCURRENT_STREAMS = 1000;
+
+/**
+ * Watches one client connection (as `call.getPeer()` names it) may have open at once; more fail
+ * with RESOURCE_EXHAUSTED until one ends. Watches forwarded by other nodes (`kv-forwarded`) are
+ * not counted: a node forwards all its clients' watches of a shard over one connection (they
+ * are bounded by {@link MAX_CONCURRENT_STREAMS}).
+ */
+export const DEFAULT_MAX_WATCHES_PER_CONNECTION = 256;
+
 /** The subset of a pino logger the services use. */
 export interface KvServiceLogger {
   error(obj: object, msg: string): void;
@@ -146,6 +168,14 @@ export interface KvServiceOptions {
   readonly watchMaxPendingResponses?: number;
   /** Soft cap of one List page or Watch response in bytes (default {@link DEFAULT_MAX_RESPONSE_BYTES}). */
   readonly maxResponseBytes?: number;
+  /**
+   * The admin token: a request carrying it (`authorization: Bearer <token>` metadata) may read
+   * (Get, List, Watch) dead letters under `/_dlq/`; the rest of the reserved keyspace stays
+   * refused to everyone. Unset: dead letters are not readable through the KV API.
+   */
+  readonly adminToken?: string;
+  /** Watches per client connection (default {@link DEFAULT_MAX_WATCHES_PER_CONNECTION}). */
+  readonly maxWatchesPerConnection?: number;
 }
 
 /** What {@link addKvServices} returns. */
@@ -187,6 +217,10 @@ interface OpContext {
   readonly deadlineMs: number;
   /** Registers a callback run if the client cancels the call. */
   readonly onCancel?: (fn: () => void) => void;
+  /** The request carries the right admin token: it may read dead letters (`/_dlq/`). */
+  readonly admin: boolean;
+  /** That request's `authorization` metadata, passed on when the call is forwarded (set only with `admin`). */
+  readonly authorization?: string;
 }
 
 interface OpOutcome<R> {
@@ -321,6 +355,43 @@ function toWatchRequest(m: WatchRequestMsg): WatchRequest {
     progressIntervalMs: interval === 0 ? 1000 : Math.max(MIN_PROGRESS_INTERVAL_MS, interval),
     ...(isSet(m.shard) ? { shard: checkUint(m.shard, 'shard') } : {}),
   };
+}
+
+/** Refuses (PERMISSION_DENIED) a client's access to reserved `key`; an admin may read dead letters. */
+function guardKey(key: string, access: 'read' | 'write', admin: boolean): void {
+  if (!isReservedKey(key)) return;
+  if (access === 'read' && admin && key.startsWith(DEAD_LETTER_PREFIX)) return;
+  throw reservedKeyError(key, access);
+}
+
+/**
+ * Refuses (PERMISSION_DENIED) a client's List or Watch of the metadata group (`shard` 0) or of a
+ * prefix inside the reserved keyspace; an admin may read dead letters. A prefix that merely
+ * covers reserved keys (`/`, `/_`...) is allowed: they are left out of its results.
+ */
+function guardPrefix(prefix: string, shard: number | undefined, admin: boolean): void {
+  if (shard === META_GROUP) {
+    throw new ValidationError(
+      'PERMISSION_DENIED',
+      `shard ${META_GROUP} is the metadata group (cluster map, extension registry): clients cannot list or watch it (use Cluster.GetShardMap and the Admin service)`,
+    );
+  }
+  if (!prefixInReserved(prefix)) return;
+  if (admin && prefix.startsWith(DEAD_LETTER_PREFIX)) return;
+  throw reservedPrefixError(prefix);
+}
+
+/** Refuses (PERMISSION_DENIED) a txn that compares or writes any reserved key. */
+function guardTxn(t: TxnRequest): void {
+  for (const c of t.compares) guardKey(c.key, 'write', false);
+  for (const w of t.writes) guardKey(w.key, 'write', false);
+}
+
+/** `r` without the reserved keys when its prefix only covers the reserved keyspace (see `hidesReservedKeys`). */
+function withoutReserved(prefix: string, r: ListResponse): ListResponse {
+  if (!hidesReservedKeys(prefix)) return r;
+  const items = r.items.filter((i) => !isReservedKey(i.key));
+  return items.length === r.items.length ? r : { ...r, items };
 }
 
 /** The first key of a request (the one its shard is routed by), if it has one. */
@@ -546,6 +617,10 @@ class KvService implements KvServiceHandle {
   private readonly maxInFlight: number;
   private readonly maxPendingWatch: number;
   private readonly maxResponseBytes: number;
+  private readonly adminTokens: AdminTokenCheck;
+  private readonly maxWatchesPerConnection: number;
+  /** Open client watches per connection (`call.getPeer()`). */
+  private readonly watchesByPeer = new Map<string, number>();
   private readonly stubs = new Map<string, KvStub>();
   private readonly closers = new Set<() => void>();
   /** Leader hints learned from forwarding and NotLeaderErrors, per shard (never mixed across shards). */
@@ -561,6 +636,8 @@ class KvService implements KvServiceHandle {
     this.maxInFlight = Math.max(1, opts.pipelineMaxInFlight ?? DEFAULT_PIPELINE_MAX_IN_FLIGHT);
     this.maxPendingWatch = Math.max(1, opts.watchMaxPendingResponses ?? DEFAULT_WATCH_MAX_PENDING_RESPONSES);
     this.maxResponseBytes = opts.maxResponseBytes ?? DEFAULT_MAX_RESPONSE_BYTES;
+    this.adminTokens = new AdminTokenCheck(opts.adminToken);
+    this.maxWatchesPerConnection = Math.max(1, opts.maxWatchesPerConnection ?? DEFAULT_MAX_WATCHES_PER_CONNECTION);
   }
 
   get leaderHint(): string | undefined {
@@ -663,12 +740,20 @@ class KvService implements KvServiceHandle {
       }
       onCancelled.push(fn);
     };
-    return { hops, lambdaHops: lambdaHopsOf(call.metadata), deadlineMs, onCancel };
+    return { hops, lambdaHops: lambdaHopsOf(call.metadata), deadlineMs, onCancel, ...this.adminOf(call.metadata) };
+  }
+
+  /** Whether a request's metadata carries the right admin token (and the header to forward with it). */
+  private adminOf(md: grpc.Metadata): { admin: boolean; authorization?: string } {
+    if (this.adminTokens.check(md) !== 'ok') return { admin: false };
+    return { admin: true, authorization: String(md.get(AUTHORIZATION_METADATA)[0]) };
   }
 
   /** Maps any failure to the status to send; unknown errors become INTERNAL and are logged. */
   private toStatus(e: unknown, what: string): OpStatus {
     if (e instanceof OpStatus) return e;
+    // The reserved keyspace (refused here, or by the shard for a client-origin command): nothing was applied.
+    if (e instanceof ValidationError && e.code === 'PERMISSION_DENIED') return new OpStatus(grpc.status.PERMISSION_DENIED, e.message, { retrySafe: true });
     if (e instanceof ValidationError) return invalid(e.message);
     if (e instanceof CrossShardError) {
       const message = e.message.includes('CROSS_SHARD') ? e.message : `CROSS_SHARD: ${e.message}`;
@@ -691,22 +776,40 @@ class KvService implements KvServiceHandle {
     return new OpStatus(grpc.status.INTERNAL, 'internal server error');
   }
 
-  private backendCall<O extends UnaryOp>(op: O, m: RequestOf<O>, opts: CallOptions, group: number | undefined): Promise<ResponseOf<O>> {
+  /** Validates a request, refuses what touches the reserved keyspace (see guardKey), and calls the backend. */
+  private backendCall<O extends UnaryOp>(op: O, m: RequestOf<O>, opts: CallOptions, group: number | undefined, admin: boolean): Promise<ResponseOf<O>> {
     const b = this.backend;
     switch (op) {
-      case 'put':
-        return b.put(toPutRequest(m as PutRequestMsg), opts).then(putResponse) as Promise<ResponseOf<O>>;
-      case 'get':
-        return b.get(toGetRequest(m as GetRequestMsg), opts).then(getResponse) as Promise<ResponseOf<O>>;
-      case 'delete':
-        return b.delete(toDeleteRequest(m as DeleteRequestMsg), opts).then(deleteResponse) as Promise<ResponseOf<O>>;
-      case 'trigger':
-        return b.trigger(toTriggerRequest(m as TriggerRequestMsg), opts).then(triggerResponse) as Promise<ResponseOf<O>>;
-      case 'txn':
-        return b.txn(toTxnRequest(m as TxnRequestMsg), opts).then((r) => txnResponse(r, group)) as Promise<ResponseOf<O>>;
+      case 'put': {
+        const req = toPutRequest(m as PutRequestMsg);
+        guardKey(req.key, 'write', admin);
+        return b.put(req, opts).then(putResponse) as Promise<ResponseOf<O>>;
+      }
+      case 'get': {
+        const req = toGetRequest(m as GetRequestMsg);
+        guardKey(req.key, 'read', admin);
+        return b.get(req, opts).then(getResponse) as Promise<ResponseOf<O>>;
+      }
+      case 'delete': {
+        const req = toDeleteRequest(m as DeleteRequestMsg);
+        guardKey(req.key, 'write', admin);
+        return b.delete(req, opts).then(deleteResponse) as Promise<ResponseOf<O>>;
+      }
+      case 'trigger': {
+        const req = toTriggerRequest(m as TriggerRequestMsg);
+        guardKey(req.key, 'write', admin);
+        return b.trigger(req, opts).then(triggerResponse) as Promise<ResponseOf<O>>;
+      }
+      case 'txn': {
+        const req = toTxnRequest(m as TxnRequestMsg);
+        guardTxn(req);
+        return b.txn(req, opts).then((r) => txnResponse(r, group)) as Promise<ResponseOf<O>>;
+      }
       default: {
         const budget = this.maxResponseBytes;
-        return b.list(toListRequest(m as ListRequestMsg), opts).then((r) => listResponse(r, budget)) as Promise<ResponseOf<O>>;
+        const req = toListRequest(m as ListRequestMsg);
+        guardPrefix(req.prefix, req.shard, admin);
+        return b.list(req, opts).then((r) => listResponse(withoutReserved(req.prefix, r), budget)) as Promise<ResponseOf<O>>;
       }
     }
   }
@@ -739,7 +842,10 @@ class KvService implements KvServiceHandle {
       group = this.requestGroup(op, m);
       const deadlineMs = ctx.deadlineMs;
       const g = group;
-      const response = await withDeadline(() => this.backendCall(op, m, ctx.lambdaHops > 0 ? { deadlineMs, hops: ctx.lambdaHops } : { deadlineMs }, g), deadlineMs);
+      const response = await withDeadline(
+        () => this.backendCall(op, m, ctx.lambdaHops > 0 ? { deadlineMs, hops: ctx.lambdaHops } : { deadlineMs }, g, ctx.admin),
+        deadlineMs,
+      );
       // Only the shard's leader applies writes: any other cached leader of it is stale.
       if (WRITE_OPS.has(op) && group !== undefined) {
         const self = this.self;
@@ -784,6 +890,7 @@ class KvService implements KvServiceHandle {
       if (bad !== undefined) throw invalid(`${bad} is not valid UTF-8`);
       if (this.closed) throw new OpStatus(grpc.status.UNAVAILABLE, 'server shutting down', { retrySafe: true });
       req = toListRequest(m);
+      guardPrefix(req.prefix, req.shard, ctx.admin);
     } catch (e) {
       throw this.toStatus(e, 'list');
     }
@@ -879,6 +986,7 @@ class KvService implements KvServiceHandle {
     const md = new grpc.Metadata();
     md.set(META_FORWARDED, String(ctx.hops + 1));
     if (ctx.lambdaHops > 0) md.set(META_HOPS, String(ctx.lambdaHops));
+    if (ctx.authorization !== undefined) md.set(AUTHORIZATION_METADATA, ctx.authorization);
     // Only a leader serves writes and linearizable reads: the target that did is the leader.
     const leaderServes =
       WRITE_OPS.has(op) || ((op === 'get' || op === 'list') && toConsistencySafe((m as GetRequestMsg).consistency) === 'linearizable');
@@ -971,6 +1079,11 @@ class KvService implements KvServiceHandle {
   private watch: grpc.handleServerStreamingCall<WatchRequestMsg, WatchResponseMsg> = (call) => {
     call.on('error', () => undefined); // write-after-end and the like must never crash the process
     const hops = forwardHops(call.metadata);
+    const auth = this.adminOf(call.metadata);
+    /** The client connection whose watch count this watch holds (released when it finishes). */
+    let countedPeer: string | undefined;
+    /** Whether events of reserved keys are left out (the prefix only covers the reserved keyspace). */
+    let hideReserved = false;
     let finished = false;
     let multi = false;
     /** The shard of a single-shard watch. */
@@ -1005,6 +1118,7 @@ class KvService implements KvServiceHandle {
       if (finished) return;
       finished = true;
       this.closers.delete(onClose);
+      if (countedPeer !== undefined) this.releaseWatch(countedPeer);
       for (const s of subs) stopSub(s);
       if (call.cancelled) return;
       if (status) call.emit('error', this.serviceError(status.inShard(single)));
@@ -1095,7 +1209,7 @@ class KvService implements KvServiceHandle {
       onDrain,
       events: (events, revision) => {
         try {
-          onEvents(s, events, revision);
+          onEvents(s, hideReserved ? events.filter((e) => !isReservedKey(e.key)) : events, revision);
         } catch (e) {
           finish(this.toStatus(e, 'watch'));
         }
@@ -1107,6 +1221,7 @@ class KvService implements KvServiceHandle {
     const forwardSub = (s: SubWatch, req: WatchRequest, target: string): grpc.ClientReadableStream<WatchResponseMsg> => {
       const md = new grpc.Metadata();
       md.set(META_FORWARDED, String(hops + 1));
+      if (auth.authorization !== undefined) md.set(AUTHORIZATION_METADATA, auth.authorization);
       this.log.debug({ target, group: s.group, hops: hops + 1 }, 'forwarding a watch');
       const upReq: WatchRequestMsg = { prefix: req.prefix, fromRevision: s.start, progressIntervalMs: req.progressIntervalMs, shard: s.group };
       const up = this.stub(target).watch(upReq, md, {});
@@ -1114,7 +1229,7 @@ class KvService implements KvServiceHandle {
       up.on('data', (m: WatchResponseMsg) => {
         if (finished || s.ended) return;
         if (m.canceled) return onCanceled(s, m.cancelReason || 'canceled by the shard', m.compactRevision || undefined);
-        const events = m.events ?? [];
+        const events = hideReserved ? (m.events ?? []).filter((e) => !isReservedKey(e.key ?? '')) : (m.events ?? []);
         if (events.length > 0) {
           s.seen = Math.max(s.seen ?? 0, m.revision ?? 0);
           write({ events: events.map((e) => ({ ...e, shard: s.group })), revision: m.revision ?? 0, resumeToken: token() });
@@ -1176,6 +1291,7 @@ class KvService implements KvServiceHandle {
       const bad = invalidUtf8Field(call.request);
       if (bad !== undefined) throw invalid(`${bad} is not valid UTF-8`);
       req = toWatchRequest(call.request);
+      guardPrefix(req.prefix, req.shard, auth.admin);
       resume = call.request.resumeToken ? decodeResumeToken(call.request.resumeToken) : undefined;
       groups = req.shard !== undefined ? [req.shard] : this.backend.shardsForPrefix(req.prefix);
       if (groups.length === 0) {
@@ -1183,9 +1299,20 @@ class KvService implements KvServiceHandle {
           retrySafe: true,
         });
       }
+      if (hops === 0) {
+        const peer = call.getPeer();
+        if (!this.holdWatch(peer)) {
+          throw new OpStatus(
+            grpc.status.RESOURCE_EXHAUSTED,
+            `too many watches on this connection (at most ${this.maxWatchesPerConnection} at once); end some, or watch a broader prefix`,
+          );
+        }
+        countedPeer = peer;
+      }
     } catch (e) {
       return finish(this.toStatus(e, 'watch'));
     }
+    hideReserved = hidesReservedKeys(req.prefix);
     multi = groups.length > 1;
     single = multi ? undefined : groups[0];
     progressIntervalMs = req.progressIntervalMs;
@@ -1199,6 +1326,21 @@ class KvService implements KvServiceHandle {
       open(s, req);
     }
   };
+
+  /** Counts a new watch of connection `peer`; false (nothing counted) when it already has the most allowed. */
+  private holdWatch(peer: string): boolean {
+    const n = this.watchesByPeer.get(peer) ?? 0;
+    if (n >= this.maxWatchesPerConnection) return false;
+    this.watchesByPeer.set(peer, n + 1);
+    return true;
+  }
+
+  /** Releases a watch counted by {@link holdWatch}. */
+  private releaseWatch(peer: string): void {
+    const n = (this.watchesByPeer.get(peer) ?? 1) - 1;
+    if (n <= 0) this.watchesByPeer.delete(peer);
+    else this.watchesByPeer.set(peer, n);
+  }
 
   // ---- pipeline -------------------------------------------------------------------------------
 
@@ -1221,6 +1363,7 @@ class KvService implements KvServiceHandle {
   private pipeline: grpc.handleBidiStreamingCall<PipelineRequestMsg, PipelineResponseMsg> = (call) => {
     call.on('error', () => undefined);
     const hops = forwardHops(call.metadata);
+    const auth = this.adminOf(call.metadata);
     const streamDeadline = deadlineOf(call);
     let inFlight = 0;
     let paused = false;
@@ -1260,7 +1403,7 @@ class KvService implements KvServiceHandle {
         paused = true;
         call.pause();
       }
-      const ctx: OpContext = { hops, lambdaHops: 0, deadlineMs: Math.min(streamDeadline, Date.now() + this.defaultDeadlineMs) };
+      const ctx: OpContext = { hops, lambdaHops: 0, deadlineMs: Math.min(streamDeadline, Date.now() + this.defaultDeadlineMs), ...auth };
       this.pipelineOp(req, ctx).then((res) => {
         if (done) return;
         call.write(res, () => settle());
@@ -1311,11 +1454,16 @@ export interface KvGrpcServerOptions extends grpc.ServerOptions {
   readonly maxRequestBytes?: number;
 }
 
-/** Builds a grpc.Server whose request size limit is etcd's 1.5 MiB (so oversized requests get RESOURCE_EXHAUSTED). */
+/**
+ * Builds a grpc.Server whose request size limit is etcd's 1.5 MiB (so oversized requests get
+ * RESOURCE_EXHAUSTED) and whose connections may each have at most {@link MAX_CONCURRENT_STREAMS}
+ * calls open at once (both overridable through `options`).
+ */
 export function createGrpcServer(options: KvGrpcServerOptions = {}): grpc.Server {
   const { maxRequestBytes, ...rest } = options;
   return new grpc.Server({
     'grpc.max_receive_message_length': maxRequestBytes ?? DEFAULT_MAX_REQUEST_BYTES,
+    'grpc.max_concurrent_streams': MAX_CONCURRENT_STREAMS,
     ...rest,
   });
 }

@@ -2,7 +2,8 @@
 import { ShardingError } from './errors.js';
 import {
   MAX_POOL_NAME_BYTES,
-  SYSTEM_KEY_PREFIX,
+  SHARD_LOCAL_PREFIXES,
+  isShardLocalKey,
   type ClusterMap,
   type PoolSpec,
   type ShardDescriptor,
@@ -189,11 +190,14 @@ export function shardOf(map: ClusterMap, key: string): ShardInfo {
  * included iff some key starting with `prefix` routes to P: either P's name starts with
  * `prefix` (then the key P itself does), or P is the longest routable pool with
  * `prefix.startsWith(P + '/')` (the default pool when there is none), which holds every key
- * starting with `prefix` that no pool in the first group takes.
+ * starting with `prefix` that no pool in the first group takes. A prefix under (or equal to) a
+ * shard-local prefix (`/_sys/`, `/_dlq/`: keys every shard may hold) spans the shards of every
+ * routable pool.
  */
 export function shardsForPrefix(map: ClusterMap, prefix: string): ShardInfo[] {
   const ix = indexOf(map);
   const included = new Set<string>();
+  if (SHARD_LOCAL_PREFIXES.some((p) => prefix.startsWith(p))) for (const name of ix.routable.keys()) included.add(name);
   for (const name of ix.routable.keys()) if (name.startsWith(prefix)) included.add(name);
   const enclosing = longestMatching(prefix, (n) => ix.routable.has(n), false);
   if (enclosing !== undefined) included.add(enclosing);
@@ -205,12 +209,12 @@ export function shardsForPrefix(map: ClusterMap, prefix: string): ShardInfo[] {
 const excludedSets = new WeakMap<ShardDescriptor, Set<string>>();
 
 /**
- * Whether the shard described by `d` owns `key`: keys under `/_sys/` (shard-local system keys)
- * always; otherwise the key must match the shard's pool, no excluded (nested) pool, and hash to
- * the shard's index.
+ * Whether the shard described by `d` owns `key`: shard-local keys (under `/_sys/`: descriptor and
+ * delivery cursors; under `/_dlq/`: dead letters) always; otherwise the key must match the
+ * shard's pool, no excluded (nested) pool, and hash to the shard's index.
  */
 export function ownsKey(d: ShardDescriptor, key: string): boolean {
-  if (key.startsWith(SYSTEM_KEY_PREFIX)) return true;
+  if (isShardLocalKey(key)) return true;
   if (!poolMatches(d.pool, key)) return false;
   if (d.excluded.length > 0) {
     let ex = excludedSets.get(d);

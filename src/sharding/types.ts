@@ -110,6 +110,75 @@ export const MAX_NODE_ID = 2 ** 31 - 1;
 /** Key prefix of shard-local system keys, owned by every shard whatever its descriptor. */
 export const SYSTEM_KEY_PREFIX = '/_sys/';
 
+/**
+ * Key prefix of extension dead letters (`/_dlq/<extension>/<revision><key>`, and the gap letters
+ * `/_dlq/<extension>/gap-<shard>-<from>-<to>`). Shard-local like {@link SYSTEM_KEY_PREFIX}: a dead
+ * letter lives in the shard whose event it records, so every shard owns the prefix, and a listing
+ * of it spans every data shard (see `shardsForPrefix`). Readable by operators holding the admin token.
+ */
+export const DEAD_LETTER_PREFIX = '/_dlq/';
+
+/** The shard-local prefixes: keys under them are owned by every shard, whatever its descriptor. */
+export const SHARD_LOCAL_PREFIXES: readonly string[] = [SYSTEM_KEY_PREFIX, DEAD_LETTER_PREFIX];
+
+/** Whether `key` is shard-local (under one of {@link SHARD_LOCAL_PREFIXES}). */
+export function isShardLocalKey(key: string): boolean {
+  return key.startsWith(SYSTEM_KEY_PREFIX) || key.startsWith(DEAD_LETTER_PREFIX);
+}
+
+/** Start of the system keyspace: `/_sys/`, `/_cluster/`, `/_dlq/` and any future `/_<name>`. */
+export const SYSTEM_KEYSPACE_PREFIX = '/_';
+
+/** Key prefix of the extension registry (in the metadata group): `/ext/<name>/meta` and package chunks. */
+export const EXTENSION_REGISTRY_PREFIX = '/ext/';
+
+/**
+ * The prefixes of the reserved keyspace (see {@link isReservedKey}): written only by the cluster
+ * itself, never by clients or extension lambdas.
+ */
+export const RESERVED_KEY_PREFIXES: readonly string[] = [SYSTEM_KEYSPACE_PREFIX, EXTENSION_REGISTRY_PREFIX];
+
+/**
+ * Whether `key` is reserved: it starts with `/_` (the system keyspace: shard descriptors and
+ * delivery cursors under `/_sys/`, the cluster map under `/_cluster/`, dead letters under
+ * `/_dlq/`, and any future `/_<name>`) or with `/ext/` (the extension registry). Reserved keys
+ * are written only by the cluster itself: the KV service refuses clients' reads and writes of
+ * them (PERMISSION_DENIED; dead letters are readable with the admin token), and every shard's
+ * state machine refuses client-origin commands that touch them.
+ */
+export function isReservedKey(key: string): boolean {
+  return key.startsWith(SYSTEM_KEYSPACE_PREFIX) || key.startsWith(EXTENSION_REGISTRY_PREFIX);
+}
+
+/**
+ * Whether some reserved key starts with `prefix`, so a listing or watch of `prefix` may meet
+ * reserved keys: `''`, `/`, `/_`, `/e`, `/ex`, `/ext` and every prefix inside the reserved
+ * keyspace. A listing or watch of such a prefix that is not itself {@link prefixInReserved}
+ * leaves the reserved keys out.
+ */
+export function prefixTouchesReserved(prefix: string): boolean {
+  return RESERVED_KEY_PREFIXES.some((r) => r.startsWith(prefix) || prefix.startsWith(r));
+}
+
+/**
+ * Whether `prefix` lies inside the reserved keyspace: every key starting with it is reserved, and
+ * it names more than the bare `/_` (`/_sys/`, `/_d`, `/ext/x`...). Clients may not list or watch
+ * such a prefix (dead letters aside, with the admin token). The bare `/_` (like `/` and `''`)
+ * only covers the reserved keyspace: listing it is allowed and returns no reserved key, so nothing.
+ */
+export function prefixInReserved(prefix: string): boolean {
+  return (prefix.startsWith(SYSTEM_KEYSPACE_PREFIX) && prefix.length > SYSTEM_KEYSPACE_PREFIX.length) || prefix.startsWith(EXTENSION_REGISTRY_PREFIX);
+}
+
+/**
+ * Whether a listing or watch of `prefix` must leave reserved keys out: some reserved key starts
+ * with it, but it is not itself inside the reserved keyspace (whose listings, allowed only to the
+ * cluster itself and to operators reading dead letters, show what they asked for).
+ */
+export function hidesReservedKeys(prefix: string): boolean {
+  return prefixTouchesReserved(prefix) && !prefixInReserved(prefix);
+}
+
 /** Desired number of metadata voters for `activeMembers` active members: 5 if at least 5, else 3 if at least 3, else all. */
 export function desiredMetaVoterCount(activeMembers: number): number {
   if (activeMembers >= META_VOTERS_MAX) return META_VOTERS_MAX;

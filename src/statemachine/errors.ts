@@ -31,7 +31,9 @@ export type ValidationErrorCode =
   /** A write names a key this shard does not own (the sender's shard map is stale); retry after refreshing it. */
   | 'WRONG_SHARD'
   /** A shard descriptor write is malformed or older than the one in effect. */
-  | 'INVALID_DESCRIPTOR';
+  | 'INVALID_DESCRIPTOR'
+  /** A client (or extension lambda) touched the reserved keyspace (`/_...`, `/ext/`), which only the cluster itself writes. */
+  | 'PERMISSION_DENIED';
 
 /** Thrown (or returned in a `rejected` apply result) when an input violates the command format or a limit. */
 export class ValidationError extends Error {

@@ -14,6 +14,8 @@ export type { ValidationErrorCode, CompactedRequest } from './errors.js';
 export { compareKeys } from './keys.js';
 /** Validation helpers for proposers (call before proposing). */
 export { validateCommand, validateKey, validatePrefix } from './validation.js';
+/** The PERMISSION_DENIED errors of requests touching the reserved keyspace. */
+export { reservedKeyError, reservedPrefixError } from './validation.js';
 /** Named limits and defaults. */
 export * from './limits.js';
 /** Command, result, event and read types. */

@@ -1,5 +1,5 @@
 /** The versioned, deterministic, in-memory key-value state machine of one shard, applied by the Raft host. */
-import { decodeDescriptor, ownsKey, SYSTEM_KEY_PREFIX, type ShardDescriptor } from '../sharding/index.js';
+import { decodeDescriptor, isReservedKey, ownsKey, SYSTEM_KEY_PREFIX, type ShardDescriptor } from '../sharding/index.js';
 import { decodeCommand } from './command-codec.js';
 import { CompactedRevisionError, ValidationError } from './errors.js';
 import { compareKeys, utf8ByteLength } from './keys.js';
@@ -19,6 +19,7 @@ import type { StateSink } from './state-sink.js';
 import type {
   ApplyOutput,
   Command,
+  CommandOrigin,
   CommandResult,
   DeleteCommand,
   EventsPage,
@@ -32,7 +33,7 @@ import type {
   PutCommand,
   TxnCommand,
 } from './types.js';
-import { validateCommand, validateKey, validateNonNegativeInt, validatePrefix } from './validation.js';
+import { reservedKeyError, validateCommand, validateKey, validateNonNegativeInt, validatePrefix } from './validation.js';
 
 /** The shard-local system key holding the shard's descriptor (JSON, see sharding/map-codec.ts). */
 export const SHARD_DESCRIPTOR_KEY = `${SYSTEM_KEY_PREFIX}shard`;
@@ -42,6 +43,19 @@ const NO_EVENTS: readonly KvEvent[] = Object.freeze([]);
 /** Accounted size of one history event: UTF-8 key bytes + value bytes + EVENT_OVERHEAD_BYTES. */
 export function eventBytes(e: KvEvent): number {
   return utf8ByteLength(e.key) + (e.value?.length ?? 0) + EVENT_OVERHEAD_BYTES;
+}
+
+/** The keys `cmd` reads or writes (a txn's compares and writes alike). */
+function commandKeys(cmd: Command): readonly string[] {
+  if (cmd.type === 'put' || cmd.type === 'delete' || cmd.type === 'triggerPut') return [cmd.key];
+  if (cmd.type === 'txn') return [...cmd.compares.map((c) => c.key), ...cmd.writes.map((w) => w.key)];
+  return [];
+}
+
+/** PERMISSION_DENIED when a client-origin `cmd` touches a reserved key (the first one it names). */
+function reservedError(cmd: Command): ValidationError | undefined {
+  const key = commandKeys(cmd).find(isReservedKey);
+  return key === undefined ? undefined : reservedKeyError(key);
 }
 
 function positiveLimit(n: unknown, def: number, max: number, what: string): number {
@@ -171,25 +185,36 @@ export class KvStateMachine {
    * Returns `skipped` (changing nothing) if `index <= appliedIndex`. A command that fails
    * validation is not thrown but returned as `rejected` (so a bad committed entry cannot wedge
    * the shard); only invalid `index`/`timestampMs` (host bugs) throw ValidationError.
+   * `origin` is the proposer recorded with the command in the log (the host passes it; default
+   * `system`, for trusted callers): a `client` command touching a reserved key (`/_...`, `/ext/`,
+   * see `isReservedKey`) is `rejected` with PERMISSION_DENIED, identically on every replica.
    */
-  apply(index: number, timestampMs: number, command: Command): ApplyOutput {
-    return this.applyWith(index, timestampMs, () => {
-      validateCommand(command);
-      return command;
-    });
+  apply(index: number, timestampMs: number, command: Command, origin: CommandOrigin = 'system'): ApplyOutput {
+    return this.applyWith(
+      index,
+      timestampMs,
+      () => {
+        validateCommand(command);
+        return command;
+      },
+      origin,
+    );
   }
 
   /**
    * Like `apply`, for an encoded Raft entry: empty data is a noop (Raft's leader no-op entry);
    * undecodable data is returned as `rejected` with a MALFORMED_COMMAND error.
    */
-  applyEntry(index: number, timestampMs: number, data: Uint8Array): ApplyOutput {
-    return this.applyWith(index, timestampMs, () =>
-      data instanceof Uint8Array && data.length === 0 ? { type: 'noop' } : decodeCommand(data),
+  applyEntry(index: number, timestampMs: number, data: Uint8Array, origin: CommandOrigin = 'system'): ApplyOutput {
+    return this.applyWith(
+      index,
+      timestampMs,
+      () => (data instanceof Uint8Array && data.length === 0 ? { type: 'noop' } : decodeCommand(data)),
+      origin,
     );
   }
 
-  private applyWith(index: number, timestampMs: number, getCommand: () => Command): ApplyOutput {
+  private applyWith(index: number, timestampMs: number, getCommand: () => Command, origin: CommandOrigin): ApplyOutput {
     if (typeof index !== 'number' || !Number.isSafeInteger(index) || index < 1) {
       throw new ValidationError('INVALID_NUMBER', `index must be a positive safe integer, got ${String(index)}`);
     }
@@ -211,7 +236,7 @@ export class KvStateMachine {
       if (!(e instanceof ValidationError)) throw e;
       return { applied: true, result: { type: 'rejected', error: e, revision: this._revision, timestampMs: ts }, events: NO_EVENTS };
     }
-    const refused = this.ownershipError(cmd);
+    const refused = (origin === 'client' ? reservedError(cmd) : undefined) ?? this.ownershipError(cmd);
     if (refused) return this.done({ type: 'rejected', error: refused, revision: this._revision, timestampMs: ts });
     switch (cmd.type) {
       case 'put':
@@ -266,13 +291,7 @@ export class KvStateMachine {
 
   /** Why `cmd` may not apply here: a key outside the descriptor, or a malformed or stale descriptor write. */
   private ownershipError(cmd: Command): ValidationError | undefined {
-    const keys: string[] =
-      cmd.type === 'put' || cmd.type === 'delete' || cmd.type === 'triggerPut'
-        ? [cmd.key]
-        : cmd.type === 'txn'
-          ? [...cmd.compares.map((c) => c.key), ...cmd.writes.map((w) => w.key)]
-          : [];
-    for (const key of keys) {
+    for (const key of commandKeys(cmd)) {
       if (key === SHARD_DESCRIPTOR_KEY) {
         if (cmd.type !== 'put') return new ValidationError('INVALID_DESCRIPTOR', 'the shard descriptor is only written by a plain put');
         let next: ShardDescriptor;

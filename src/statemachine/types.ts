@@ -80,6 +80,14 @@ export type Command =
   | NoopCommand
   | CompactCommand;
 
+/**
+ * Who proposed a command, as recorded with it in the log: `client` (the KV API and extension
+ * lambdas) or `system` (the cluster itself: shard descriptors, the cluster map, the extension
+ * registry, delivery cursors, dead letters, compaction). A client-origin command touching a
+ * reserved key (`/_...`, `/ext/`) is rejected with PERMISSION_DENIED on every replica.
+ */
+export type CommandOrigin = 'client' | 'system';
+
 /** A change notification, fed to watches and lambdas. Put and trigger events carry the value. */
 export interface KvEvent {
   readonly type: 'put' | 'delete' | 'trigger';

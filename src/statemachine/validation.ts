@@ -4,6 +4,28 @@ import { utf8ByteLength } from './keys.js';
 import { MAX_KEY_BYTES, MAX_TXN_OPS, MAX_TXN_PAYLOAD_BYTES, MAX_VALUE_BYTES } from './limits.js';
 import type { Command, TxnWrite } from './types.js';
 
+const RESERVED_KEYSPACE = 'the reserved system keyspace (/_..., /ext/)';
+
+/**
+ * The PERMISSION_DENIED error for a client (or extension lambda) touching the reserved key `key`
+ * (see `isReservedKey` in sharding/types.ts): to write it (`write`, the default) or to read it.
+ */
+export function reservedKeyError(key: string, access: 'write' | 'read' = 'write'): ValidationError {
+  const why =
+    access === 'write'
+      ? 'it is written only by the cluster itself'
+      : 'clients cannot read it (dead letters under /_dlq/ are readable with the admin token)';
+  return new ValidationError('PERMISSION_DENIED', `key ${JSON.stringify(key)} is in ${RESERVED_KEYSPACE}; ${why}`);
+}
+
+/** The PERMISSION_DENIED error for a client listing or watching `prefix`, which lies inside the reserved keyspace. */
+export function reservedPrefixError(prefix: string): ValidationError {
+  return new ValidationError(
+    'PERMISSION_DENIED',
+    `prefix ${JSON.stringify(prefix)} is in ${RESERVED_KEYSPACE}; clients cannot list or watch it (dead letters under /_dlq/ are readable with the admin token)`,
+  );
+}
+
 /** Validates a key (non-empty, well-formed, <= MAX_KEY_BYTES) and returns its UTF-8 byte length. */
 export function validateKey(key: unknown, what = 'key'): number {
   if (typeof key !== 'string') throw new ValidationError('INVALID_KEY', `${what} must be a string`);

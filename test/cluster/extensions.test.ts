@@ -1,12 +1,14 @@
 /**
  * Extensions on real kvd processes: admin authentication, clear load errors, kvctl ext
- * load/ls/unload, and at-least-once per-key-ordered delivery when the leader is killed with -9.
+ * load/ls/unload, the reserved keyspace (descriptor attack refused, dead letters read with the
+ * admin token only), and at-least-once per-key-ordered delivery when the leader is killed with -9.
  */
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AdminClient } from '../../src/client/admin-client.js';
+import { KvClient } from '../../src/client/index.js';
 import { main as kvctl } from '../../src/cli/kvctl.js';
 import { packFolder } from '../../src/extensions/package.js';
 import { KvdCluster } from './harness.js';
@@ -83,6 +85,36 @@ describe('extensions on real processes', () => {
     expect(un.code, un.err).toBe(0);
     const again = await run(['ext', 'unload', 'stock-watch']);
     expect(again.code).toBe(1);
+  });
+
+  it('the reserved keyspace: a descriptor put is refused and the shard keeps serving; dead letters are read with the admin token only', async () => {
+    const plain = cluster.client();
+    const evil = JSON.stringify({ group: 1, pool: '', index: 1, shards: 2, excluded: [], epoch: Number.MAX_SAFE_INTEGER });
+    await expect(plain.put('/_sys/shard', evil)).rejects.toMatchObject({ code: 'PERMISSION_DENIED' });
+    for (const k of ['/after/a', '/after/b', '/after/c', '/after/d']) expect((await plain.put(k, 'v')).succeeded).toBe(true);
+    await expect(plain.list('/', { shard: 0 })).rejects.toMatchObject({ code: 'PERMISSION_DENIED' });
+    expect((await plain.list('/')).items.some((i) => i.key.startsWith('/_') || i.key.startsWith('/ext/'))).toBe(false);
+
+    const load = await run(['ext', 'load', 'test/extensions/fixtures/it-flaky']);
+    expect(load.code, load.err).toBe(0);
+    await plain.put('/flaky/poison', 'x');
+    let letters: { key: string }[] = [];
+    for (const deadline = Date.now() + 20_000; letters.length === 0 && Date.now() < deadline; ) {
+      const ls = await run(['--json', 'ls', '/_dlq/it-flaky/']);
+      expect(ls.code, ls.err).toBe(0);
+      letters = JSON.parse(ls.out).items;
+      if (letters.length === 0) await new Promise((r) => setTimeout(r, 200));
+    }
+    expect(letters.map((l) => l.key)).toEqual([expect.stringMatching(/^\/_dlq\/it-flaky\/\d{12}\/flaky\/poison$/)]);
+    await expect(plain.list('/_dlq/it-flaky/')).rejects.toMatchObject({ code: 'PERMISSION_DENIED' });
+    // The admin token reads them through any node (a follower forwards the token with the read).
+    for (const endpoint of cluster.endpoints) {
+      const admin = new KvClient({ endpoints: [endpoint], adminToken: TOKEN, shardRouting: false });
+      expect((await admin.list('/_dlq/it-flaky/')).items.map((i) => i.key)).toEqual(letters.map((l) => l.key));
+      await expect(admin.delete(letters[0]!.key)).rejects.toMatchObject({ code: 'PERMISSION_DENIED' });
+      admin.close();
+    }
+    expect((await run(['ext', 'unload', 'it-flaky'])).code).toBe(0);
   });
 
   it('kill -9 of the leader with events pending: every acknowledged change is delivered at least once, in per-key order', async () => {

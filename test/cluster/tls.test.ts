@@ -76,7 +76,7 @@ function forgeBatch(address: string, creds: grpc.ChannelCredentials, batch: unkn
 /** A forged proposal to the metadata group: an extension record that, if applied, every node would import and run. */
 function forgedExtensionProp(from: number, to: number) {
   const record = new TextEncoder().encode(JSON.stringify({ name: 'evil', version: '1.0.0', generation: 1, chunks: 0 }));
-  const data = encodeProposal(Date.now(), { type: 'put', key: '/ext/evil/meta', value: record });
+  const data = encodeProposal(Date.now(), { type: 'put', key: '/ext/evil/meta', value: record }, 'system');
   return { type: 'Prop', group: 0, from, to, term: 0, entries: [{ term: 0, index: 0, type: 0, data }] };
 }
 

@@ -1,7 +1,8 @@
 /**
  * Firing semantics of extensions on an in-process 3-node cluster: retries and dead letters, the
- * hop limit, trigger puts, misbehaving lambdas under write load, reload without losing events,
- * unload, and at-least-once, per-key-ordered delivery across a leader failure.
+ * hop limit, trigger puts, lambdas kept out of the reserved keyspace, misbehaving lambdas under
+ * write load, reload without losing events, unload, and at-least-once, per-key-ordered delivery
+ * across a leader failure.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DATA_GROUP } from '../../src/node/kv-node.js';
@@ -53,7 +54,7 @@ describe('delivery', () => {
   it('a trigger put fires lambdas without storing the value', async () => {
     await c.load(`${FIX}/it-recorder`);
     const l = await c.leader(DATA_GROUP);
-    const r = await l.execute(DATA_GROUP, { type: 'triggerPut', key: '/in/trig', value: new TextEncoder().encode('t') }, { deadlineMs: Date.now() + 5000 });
+    const r = await l.execute(DATA_GROUP, { type: 'triggerPut', key: '/in/trig', value: new TextEncoder().encode('t') }, { deadlineMs: Date.now() + 5000 }, 'client');
     expect(r.type).toBe('trigger');
     const rec = await c.until(async () => {
       const items = await c.list('/rec/in/trig/');
@@ -61,6 +62,29 @@ describe('delivery', () => {
     });
     expect(rec[0]!.value).toBe('trigger');
     expect(await c.get('/in/trig')).toBeUndefined();
+  });
+
+  it('lambdas cannot reach the reserved keyspace: their writes, deletes, triggers, gets and lists there fail', async () => {
+    await c.load(`${FIX}/it-sneaky`);
+    const targets = ['/_sys/x', '/_sys/shard', '/_cluster/info', '/_dlq/it-sneaky/x', '/ext/it-sneaky/meta', '/_future/x'];
+    for (const [i, t] of targets.entries()) await c.put(`/sneak/${i}`, t);
+    for (const [i, t] of targets.entries()) {
+      for (const op of ['put', 'delete', 'trigger', 'get', 'list']) {
+        const outcome = await c.until(async () => c.get(`/sneak-result/${i}/${op}`));
+        expect(outcome, `${op} ${t}`).toMatch(/PERMISSION_DENIED/);
+        expect(outcome, `${op} ${t}`).toContain(JSON.stringify(t));
+      }
+    }
+    const l = await c.leader(DATA_GROUP);
+    const sm = l.replica(DATA_GROUP)!.sm;
+    expect(sm.get('/_sys/x')).toBeUndefined();
+    expect(sm.get('/_dlq/it-sneaky/x')).toBeUndefined();
+    expect(sm.descriptor).toBeDefined();
+    // The store a lambda gets writes with client origin: even past the manager's check, the shard refuses.
+    await expect(l.put({ key: '/_sys/x', value: new TextEncoder().encode('evil') }, { deadlineMs: Date.now() + 5000, hops: 1 })).rejects.toMatchObject({
+      code: 'PERMISSION_DENIED',
+    });
+    expect(sm.get('/_sys/x')).toBeUndefined();
   });
 
   it('hanging, throwing and memory-hungry lambdas do not stop writes', async () => {

@@ -181,7 +181,7 @@ describe('concurrent loads of one name', () => {
     expect((await m.load(v1, {})).generation).toBe(1);
     const hold = holdChunkWrites(leader, 'taken-over');
     const putClaim = (claim: { generation: number; node: number; loader: string; expiresAtMs: number }) =>
-      leader.execute(META_GROUP, { type: 'put', key: claimKey('taken-over'), value: encodeClaim({ ...claim, released: false }) }, { deadlineMs: Date.now() + 5000 });
+      leader.execute(META_GROUP, { type: 'put', key: claimKey('taken-over'), value: encodeClaim({ ...claim, released: false }) }, { deadlineMs: Date.now() + 5000 }, 'system');
     try {
       const stale = m.load(await pkg('taken-over', 'v2', 1000), {}).catch((e: unknown) => e);
       await hold.held;

@@ -1,8 +1,9 @@
 /**
  * Extensions on a sharded in-process cluster (3 nodes, a default pool of 4 shards): every event
  * of every shard is delivered at least once, in per-key order, by that shard's leader; a
- * leadership transfer of one shard resumes from its replicated cursor with nothing missed; and a
- * pool created after the load is delivered from its shards' start.
+ * leadership transfer of one shard resumes from its replicated cursor with nothing missed; a
+ * pool created after the load is delivered from its shards' start; and dead letters stay in the
+ * shard of their event.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { KvNode } from '../../src/node/kv-node.js';
@@ -177,5 +178,24 @@ describe('extensions on a sharded cluster', () => {
     const recs = await allRecorded(fresh);
     for (const a of fresh) expect(recs.get(recKey(a))!.split(':')[0]).toBe(String(a.group));
     await deliveredByLeaders([...groups, ...hot]);
+  });
+
+  it('dead letters are shard-local: each lands in the shard of its event, and listing /_dlq/ merges them all', async () => {
+    await c.load('test/extensions/fixtures/it-flaky');
+    const poisoned: Acked[] = [];
+    for (let i = 0; new Set(poisoned.map((a) => a.group)).size < SHARDS; i++) {
+      const key = `/flaky/poison-${i}`;
+      poisoned.push({ key, version: await c.put(key, 'x'), group: c.groupOf(key) });
+    }
+    const letterKey = (a: Acked) => `/_dlq/it-flaky/${String(a.version).padStart(12, '0')}${a.key}`;
+    const letters = await c.until(async () => {
+      const items = await c.list('/_dlq/it-flaky/');
+      return items.length >= poisoned.length ? items : undefined;
+    }, 30_000);
+    expect(letters.map((l) => l.key).sort()).toEqual(poisoned.map(letterKey).sort());
+    for (const a of poisoned) {
+      const sm = (await c.leader(a.group)).replica(a.group)!.sm;
+      expect(JSON.parse(new TextDecoder().decode(sm.get(letterKey(a))!.value))).toMatchObject({ shard: a.group, event: { key: a.key } });
+    }
   });
 });

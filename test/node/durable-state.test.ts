@@ -9,7 +9,7 @@ import { DATA_GROUP, KvNode, META_GROUP, type NodeOptions } from '../../src/node
 import { decodeProposal } from '../../src/node/envelope.js';
 import { LoopbackHub } from '../../src/node/transport.js';
 import { EntryType, SeededRandom } from '../../src/raft/index.js';
-import { KvStateMachine, type Command } from '../../src/statemachine/index.js';
+import { KvStateMachine, type Command, type CommandOrigin } from '../../src/statemachine/index.js';
 import { MemoryEngine } from '../../src/storage/kv-engine.js';
 import { RaftLogStore, stateKeyPrefix } from '../../src/storage/raft-log-store.js';
 import { loadState, readStateMeta } from '../../src/storage/state-store.js';
@@ -46,16 +46,18 @@ function replay(sm: KvStateMachine, entries: readonly { index: number; type: Ent
   for (const e of entries) {
     let cmd: Command = { type: 'noop' };
     let ts = sm.lastTimestampMs;
+    let origin: CommandOrigin = 'system';
     if (e.type === EntryType.Normal && e.data.length > 0) {
       try {
         const p = decodeProposal(e.data);
         cmd = p.command;
         ts = p.timestampMs;
+        origin = p.origin;
       } catch {
         // applied as a no-op, as the replica does
       }
     }
-    sm.apply(e.index, ts, cmd);
+    sm.apply(e.index, ts, cmd, origin);
   }
 }
 

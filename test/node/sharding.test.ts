@@ -203,7 +203,7 @@ describe('sharding on the node', () => {
     // The default pool's shards now refuse the prefix (a stale router cannot write there).
     const parent = map.shards.find((s) => s.pool === '')!;
     const pl = await until('parent leader', () => h.nodes.find((n) => n.replica(parent.group)?.isLeader));
-    await expect(pl.execute(parent.group, { type: 'put', key: '/cameras/9/x', value: enc('stale') }, soon())).rejects.toBeInstanceOf(WrongShardError);
+    await expect(pl.execute(parent.group, { type: 'put', key: '/cameras/9/x', value: enc('stale') }, soon(), 'client')).rejects.toBeInstanceOf(WrongShardError);
     expect(pl.replica(parent.group)!.sm.descriptor!.excluded).toEqual(['/cameras']);
   });
 

@@ -210,8 +210,11 @@ const poolNameArb = fc.array(fc.constantFrom(...SEGMENTS), { minLength: 1, maxLe
 const keyArb = fc.oneof(
   fc.array(fc.constantFrom('/', 'a', 'b', 'ab', 'c', '/a', '/b', 'x', '_'), { maxLength: 8 }).map((p) => p.join('')),
   fc.tuple(poolNameArb, fc.constantFrom('', '/', '/x', 'x', '/a/b', 'b')).map(([p, s]) => p + s),
-  fc.constantFrom('/_sys/shard', '/_sys/cursor/x'),
+  fc.constantFrom('/_sys/shard', '/_sys/cursor/x', '/_dlq/', '/_dlq/e/000000000001/a', '/_dlq/e/gap-1-x'),
 );
+
+/** Shard-local keys (owned by every shard): system keys and dead letters. */
+const shardLocal = (key: string): boolean => key.startsWith('/_sys/') || key.startsWith('/_dlq/');
 
 /** A random map of nested pools; `states` picks each added pool's state. */
 function mapArb(states: readonly PoolState[]): fc.Arbitrary<ClusterMap> {
@@ -245,6 +248,12 @@ describe('routing properties', () => {
         const key = a + b;
         const groups = new Set(shardsForPrefix(m, a).map((s) => s.group));
         expect(groups.has(shardOf(m, key).group)).toBe(true);
+        // A shard-local prefix spans every routable pool (each of their shards may hold such keys).
+        if (shardLocal(a)) {
+          const routable = m.pools.filter((p) => p.state !== 'creating').map((p) => p.name);
+          expect(new Set(shardsForPrefix(m, a).map((s) => s.pool))).toEqual(new Set(routable));
+          return;
+        }
         // precision: each included pool holds some key starting with the prefix
         const pools = new Set(shardsForPrefix(m, a).map((s) => s.pool));
         for (const p of pools) {
@@ -262,7 +271,7 @@ describe('routing properties', () => {
         const descriptors = m.shards.map((s) => descriptorOf(m, s.group)!);
         for (const key of keys) {
           const owners = descriptors.filter((d) => ownsKey(d, key)).map((d) => d.group);
-          if (key.startsWith('/_sys/')) expect(owners.length).toBe(descriptors.length);
+          if (shardLocal(key)) expect(owners.length).toBe(descriptors.length);
           else expect(owners).toEqual([shardOf(m, key).group]);
         }
       }),
@@ -273,7 +282,7 @@ describe('routing properties', () => {
   it('with pools in any state, the routed shard owns the key unless the key lies in a pool being created', () => {
     fc.assert(
       fc.property(mapArb(['creating', 'active', 'deleting']), keyArb, (m, key) => {
-        if (key.startsWith('/_sys/')) return;
+        if (shardLocal(key)) return;
         const d = descriptorOf(m, shardOf(m, key).group)!;
         const inCreating = m.pools.some((p) => p.state === 'creating' && poolMatches(p.name, key) && poolMatches(d.pool, p.name));
         expect(ownsKey(d, key)).toBe(!inCreating);
@@ -320,6 +329,7 @@ describe('ownsKey / descriptorOf', () => {
   it('system keys are owned by every shard; keys outside the pool or in an excluded pool are not', () => {
     const d = descriptorOf(m, m.shards.find((s) => s.pool === '/cameras')!.group)!;
     expect(ownsKey(d, '/_sys/shard')).toBe(true);
+    expect(ownsKey(d, '/_dlq/ext/000000000007/hello')).toBe(true); // dead letters are shard-local too
     expect(ownsKey(d, '/hello')).toBe(false);
     expect(ownsKey(d, '/cameras/archive/x')).toBe(false);
     const key = ['/cameras/1/a', '/cameras/2/a', '/cameras/3/a', '/cameras/4/a', '/cameras/5/a', '/cameras/6/a', '/cameras/7/a', '/cameras/8/a', '/cameras/9/a']

@@ -1,0 +1,61 @@
+// Covers src/node/envelope.ts: V3 entries record the origin (client | system) with the timestamp and hop count; V1 and
+// V2 entries (written before origins existed) still decode, as system-origin; malformed payloads are refused.
+import { describe, expect, it } from 'vitest';
+import { decodeProposal, encodeProposal, PROPOSAL_ENVELOPE_VERSION } from '../../src/node/envelope.js';
+import { KvStateMachine, encodeCommand, type Command } from '../../src/statemachine/index.js';
+
+const cmd: Command = { type: 'put', key: '/_sys/shard', value: new TextEncoder().encode('{"epoch":1}') };
+
+/** An entry payload in an old envelope format: `[version][timestamp f64]` (V1) or `[version][timestamp f64][hops]` (V2). */
+function legacy(version: 1 | 2, timestampMs: number, hops: number): Uint8Array {
+  const body = encodeCommand(cmd);
+  const header = version === 1 ? 9 : 10;
+  const out = new Uint8Array(header + body.length);
+  const view = new DataView(out.buffer);
+  view.setUint8(0, version);
+  view.setFloat64(1, timestampMs);
+  if (version === 2) view.setUint8(9, hops);
+  out.set(body, header);
+  return out;
+}
+
+describe('proposal envelope', () => {
+  it('V3 round-trips the origin, timestamp, hops and command', () => {
+    expect(PROPOSAL_ENVELOPE_VERSION).toBe(3);
+    for (const origin of ['client', 'system'] as const) {
+      const data = encodeProposal(1_700_000_000_123, cmd, origin, 4);
+      expect(data[0]).toBe(3);
+      expect(decodeProposal(data)).toEqual({ timestampMs: 1_700_000_000_123, hops: 4, origin, command: cmd });
+    }
+  });
+
+  it('V1 and V2 entries still decode, as system-origin (their replay gives the results they had)', () => {
+    expect(decodeProposal(legacy(1, 42, 0))).toEqual({ timestampMs: 42, hops: 0, origin: 'system', command: cmd });
+    expect(decodeProposal(legacy(2, 43, 7))).toEqual({ timestampMs: 43, hops: 7, origin: 'system', command: cmd });
+    // A V2 descriptor write replays as it applied before the origin rule: accepted.
+    const sm = new KvStateMachine();
+    const p = decodeProposal(legacy(2, 43, 0));
+    const descriptor = '{"group":1,"pool":"","index":0,"shards":1,"excluded":[],"epoch":3}';
+    const out = sm.apply(1, p.timestampMs, { ...p.command, value: new TextEncoder().encode(descriptor) } as Command, p.origin);
+    expect(out.result.type).toBe('put');
+  });
+
+  it('a client-origin proposal on a reserved key is rejected when applied', () => {
+    const sm = new KvStateMachine();
+    const p = decodeProposal(encodeProposal(1, { type: 'put', key: '/_dlq/e/1/x', value: new Uint8Array(1) }, 'client'));
+    const out = sm.apply(1, p.timestampMs, p.command, p.origin);
+    expect(out.result.type === 'rejected' && out.result.error.code).toBe('PERMISSION_DENIED');
+    const q = decodeProposal(encodeProposal(1, { type: 'put', key: '/_dlq/e/1/x', value: new Uint8Array(1) }, 'system'));
+    expect(sm.apply(2, q.timestampMs, q.command, q.origin).result.type).toBe('put');
+  });
+
+  it('refuses malformed payloads: empty, short, unknown version or origin', () => {
+    expect(() => decodeProposal(new Uint8Array(0))).toThrow(/empty/);
+    expect(() => decodeProposal(new Uint8Array([3, 0, 0]))).toThrow(/too short/);
+    expect(() => decodeProposal(new Uint8Array([9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]))).toThrow(/version 9/);
+    const bad = encodeProposal(1, cmd, 'client');
+    bad[10] = 7;
+    expect(() => decodeProposal(bad)).toThrow(/origin 7/);
+    expect(() => encodeProposal(1, cmd, 'other' as 'client')).toThrow(RangeError);
+  });
+});
