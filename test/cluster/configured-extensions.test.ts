@@ -8,7 +8,7 @@ import { KvdCluster } from './harness.js';
 
 const TOKEN = 'configured-ext-token-0123456789';
 const dir = mkdtempSync(join(tmpdir(), 'kvcascade-confext-'));
-writeFileSync(join(dir, 'token'), TOKEN);
+writeFileSync(join(dir, 'token'), TOKEN, { mode: 0o600 }); // kvd refuses a token file others may read
 let cluster: KvdCluster | undefined;
 
 afterAll(async () => {

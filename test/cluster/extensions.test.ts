@@ -16,7 +16,7 @@ import { KvdCluster } from './harness.js';
 const TOKEN = 'test-admin-token-0123456789';
 const dir = mkdtempSync(join(tmpdir(), 'kvcascade-ext-cluster-'));
 const tokenFile = join(dir, 'token');
-writeFileSync(tokenFile, TOKEN);
+writeFileSync(tokenFile, TOKEN, { mode: 0o600 }); // kvd refuses a token file others may read
 
 let cluster: KvdCluster;
 
