@@ -58,6 +58,13 @@ export const DEFAULT_CLIENT_DEADLINE_MS = 10_000;
 /** Default time a call waits for a new connection before trying another node. */
 export const DEFAULT_CONNECT_TIMEOUT_MS = 1_000;
 
+/**
+ * Default longest time of one attempt of a retryable call before the client tries another node:
+ * 1.5 × the default election timeout (10 ticks of 100 ms), so a frozen leader costs about one
+ * election, not the whole deadline.
+ */
+export const DEFAULT_ATTEMPT_TIMEOUT_MS = 1_500;
+
 /** Options of {@link KvClient}. */
 export interface KvClientOptions {
   /** Node addresses (host:port); calls go to the leader once known, else to these in turn. */
@@ -90,6 +97,13 @@ export interface KvClientOptions {
   readonly shardRouting?: boolean;
   /** Least time between two cluster map refreshes in ms (default 200). */
   readonly mapRefreshIntervalMs?: number;
+  /**
+   * Longest time one attempt of a read (or of a write that is safe to repeat) waits for a node
+   * before trying another, within the call's deadline (default {@link DEFAULT_ATTEMPT_TIMEOUT_MS};
+   * 0 = one attempt may use the whole deadline). Set it above the cluster's election timeout.
+   * A node whose attempt timed out is avoided by new calls until it answers a probe.
+   */
+  readonly attemptTimeoutMs?: number;
   /**
    * The cluster's admin token, sent with every KV call as `authorization: Bearer <token>`. Only
    * needed to read dead letters (`list('/_dlq/<extension>/')`, a watch or get under `/_dlq/`):
@@ -126,6 +140,7 @@ export class KvClient {
       maxBackoffMs: opts.maxBackoffMs ?? 1000,
       channelOptions: opts.channelOptions,
       connectTimeoutMs: opts.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS,
+      attemptTimeoutMs: opts.attemptTimeoutMs ?? DEFAULT_ATTEMPT_TIMEOUT_MS,
       adminToken: opts.adminToken,
     });
     this.router = new ShardRouter(this.transport, {
@@ -134,6 +149,14 @@ export class KvClient {
       ...(opts.mapRefreshIntervalMs !== undefined ? { refreshIntervalMs: opts.mapRefreshIntervalMs } : {}),
     });
     this.transport.observer = this.router;
+  }
+
+  /**
+   * Nodes this client avoids because an attempt to them timed out and they have not answered a
+   * probe since (diagnostics: a frozen or cut-off node shows up here).
+   */
+  suspectNodes(): string[] {
+    return this.transport.suspectAddresses();
   }
 
   /** The leader address the servers last named (of whichever shard served), if any. */

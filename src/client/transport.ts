@@ -37,10 +37,22 @@ export interface TransportOptions {
   readonly connectTimeoutMs?: number | undefined;
   /** The admin token, sent as `authorization: Bearer <token>` with every KV call (lets an operator read dead letters). */
   readonly adminToken?: string | undefined;
+  /**
+   * Longest time one attempt of a retryable call (a read, or a write with a session) may take
+   * before the client gives up on that node and tries another, within the call's deadline; 0 = no
+   * per-attempt limit. The node is then suspect: calls avoid it until a probe finds it answering.
+   */
+  readonly attemptTimeoutMs?: number | undefined;
+  /** Timeout of one probe of a suspect node, and the pause between probes (ms). */
+  readonly probeIntervalMs?: number | undefined;
 }
 
-/** Whether a call may change data (retried only when provably not executed). */
-export type CallKind = 'read' | 'write';
+/**
+ * Whether a call may change data: a `read` is always safe to retry; a `write` is retried only
+ * when provably not executed; a `session-write` carries a client session, so the servers apply it
+ * at most once however often it is retried.
+ */
+export type CallKind = 'read' | 'write' | 'session-write';
 
 interface Conn {
   kv?: KvStub;
@@ -105,6 +117,10 @@ export class Transport implements CallRoute {
   private readonly creds: grpc.ChannelCredentials;
   private readonly channelOptions: grpc.ChannelOptions;
   private readonly downUntil = new Map<string, number>();
+  /** Nodes whose attempts timed out: avoided until a probe gets an answer (outlier detection). */
+  private readonly suspects = new Set<string>();
+  /** Attempts that timed out (a node suspected), for tests and logs. */
+  attemptTimeouts = 0;
   private readonly closeController = new AbortController();
   private cursor = 0;
   private leaderHint: string | undefined;
@@ -211,9 +227,53 @@ export class Transport implements CallRoute {
     return c;
   }
 
-  /** Whether `address` failed to connect recently (calls avoid it for a while). */
+  /** Whether `address` failed to connect recently or is suspect (calls avoid it meanwhile). */
   isDown(address: string, now = Date.now()): boolean {
-    return (this.downUntil.get(address) ?? 0) > now;
+    return this.suspects.has(address) || (this.downUntil.get(address) ?? 0) > now;
+  }
+
+  /** The suspect addresses (diagnostics). */
+  suspectAddresses(): string[] {
+    return [...this.suspects];
+  }
+
+  /** Whether `address` is suspect: an attempt to it timed out and no probe has had an answer since. */
+  isSuspect(address: string): boolean {
+    return this.suspects.has(address);
+  }
+
+  /**
+   * An attempt to `address` timed out: stop using it as a leader and avoid it for new calls until
+   * it answers a probe (a cheap Cluster.Status call every probe interval). A frozen node (SIGSTOP,
+   * a long GC pause, a one-way partition) keeps its TCP connections open, so only an answer tells
+   * that it is back.
+   */
+  suspect(address: string): void {
+    this.attemptTimeouts++;
+    if (this.leaderHint === address) this.leaderHint = undefined;
+    if (this.suspects.has(address)) return;
+    this.suspects.add(address);
+    this.opts.log.debug({ address }, 'node suspect: an attempt timed out');
+    void this.probe(address);
+  }
+
+  private async probe(address: string): Promise<void> {
+    const interval = this.opts.probeIntervalMs ?? 500;
+    while (this.suspects.has(address) && !this.closed) {
+      const answered = await new Promise<boolean>((resolve) => {
+        try {
+          this.cluster(address).status({}, new grpc.Metadata(), { deadline: new Date(Date.now() + interval) }, (err) => resolve(!err));
+        } catch {
+          resolve(false);
+        }
+      });
+      if (answered) {
+        this.suspects.delete(address);
+        this.opts.log.debug({ address }, 'suspect node answered again');
+        return;
+      }
+      await this.sleep(interval);
+    }
   }
 
   /** The address to send the next call to: the known leader, else the current endpoint (skipping ones that just failed to connect). */
@@ -359,31 +419,43 @@ export class Transport implements CallRoute {
     target: string | CallRoute = this,
   ): Promise<Res> {
     const route = typeof target === 'string' ? undefined : target;
+    const repeatable = kind !== 'write';
+    const attemptMs = repeatable && route !== undefined ? (this.opts.attemptTimeoutMs ?? 0) : 0;
     for (let attempt = 0; ; attempt++) {
       this.checkOpen();
       const address = route ? route.pick() : (target as string);
-      const r = await this.attempt<Req, Res>(service, method, address, req, deadlineAt);
+      const attemptDeadline = attemptMs > 0 ? Math.min(deadlineAt, Date.now() + attemptMs) : deadlineAt;
+      const r = await this.attempt<Req, Res>(service, method, address, req, attemptDeadline);
       this.observer?.metadata(r.trailers);
       if (!r.error) {
+        this.suspects.delete(address);
         (route ?? this).learn(r.trailers, address);
         return r.response as Res;
       }
-      const err = r.error;
+      let err = r.error;
       if (this.closed) throw new KvError(grpc.status.CANCELLED, 'client closed', { endpoint: address });
+      // The attempt's own timeout (not the call's): the node is suspect, the call moves on.
+      const attemptTimedOut = err.code === grpc.status.DEADLINE_EXCEEDED && attemptDeadline < deadlineAt;
+      if (attemptTimedOut) {
+        this.suspect(address);
+        err = statusError(grpc.status.UNAVAILABLE, `no answer from ${address} within the attempt timeout (${attemptMs} ms)`);
+      }
       this.observer?.failure(err);
       const f = readKvMetadata(err.metadata);
-      const connectionFailed = !r.headers && (r.notSent === true || neverSent(err));
+      const connectionFailed = !attemptTimedOut && !r.headers && (r.notSent === true || neverSent(err));
       const safe = connectionFailed || f.retrySafe === true;
       const transient =
         err.code === grpc.status.UNAVAILABLE ||
         (err.code === grpc.status.RESOURCE_EXHAUSTED && f.retrySafe === true) ||
-        (kind === 'read' && err.code === grpc.status.CANCELLED);
+        (repeatable && err.code === grpc.status.CANCELLED);
       if (transient) (route ?? this).failed(address, connectionFailed, err.metadata);
       else (route ?? this).learn(err.metadata, address);
-      const retry = transient && (kind === 'read' || safe) && route !== undefined && attempt < this.opts.maxRetries;
-      if (!retry) throw fromServiceError(err, address, safe);
+      const retry = transient && (repeatable || safe) && route !== undefined && attempt < this.opts.maxRetries;
+      // Giving up after an attempt timed out: the call's deadline is what ran out.
+      const final = attemptTimedOut ? r.error : err;
+      if (!retry) throw fromServiceError(final, address, safe);
       const delay = this.backoffMs(attempt);
-      if (Date.now() + delay >= deadlineAt) throw fromServiceError(err, address, safe);
+      if (Date.now() + delay >= deadlineAt) throw fromServiceError(final, address, safe);
       this.opts.log.debug({ method, address, code: grpc.status[err.code], details: err.details, attempt, delay }, 'retrying');
       const waitFor = route.beforeRetry?.(err, deadlineAt);
       if (waitFor) await Promise.all([this.sleep(delay), waitFor]);

@@ -84,6 +84,8 @@ export class FakeCluster {
   map!: ClusterMap;
   /** The leader (node id) of each group (default: each shard's preferred leader). */
   readonly leaders = new Map<number, number>();
+  /** Nodes that accept calls but never answer them (a SIGSTOPped process): ids. */
+  readonly frozen = new Set<number>();
   /** Runs before every counted call: return a failure to fail it. */
   before: ((node: FakeNode, method: FakeMethod, req: unknown) => FakeFailure | undefined) | undefined;
   private readonly data = new Map<string, Entry>();
@@ -249,6 +251,7 @@ export class FakeCluster {
       (method: FakeMethod, serve: (req: never) => { res: object; group: number | undefined }) =>
       (call: grpc.ServerUnaryCall<unknown, unknown>, cb: grpc.sendUnaryData<unknown>): void => {
         node.calls[method]++;
+        if (this.frozen.has(node.id)) return; // never answered: the caller's deadline ends it
         const fail = this.before?.(node, method, call.request);
         if (fail) return cb(statusError(fail, this.metadata(node, undefined)));
         try {

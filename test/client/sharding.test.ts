@@ -285,6 +285,49 @@ describe('unreachable and frozen nodes', () => {
   });
 });
 
+describe('attempt timeouts and suspect nodes', () => {
+  it('a read whose leader froze moves to the new leader after one attempt timeout, and new calls avoid the frozen node until it answers again', async () => {
+    const fc = await fakeCluster({ nodes: 3, shards: 1, replicas: 3 });
+    const group = fc.map.shards[0]!.group;
+    fc.leaders.set(group, 1);
+    const c = client(fc.nodes.map((n) => n.address), { attemptTimeoutMs: 300, defaultDeadlineMs: 5_000 });
+    await c.put('/a', 'v1');
+    expect(c.routeOf('/a').address).toBe(fc.node(1).address);
+    // Node 1 freezes (its connections stay open) and node 2 takes over.
+    fc.frozen.add(1);
+    fc.leaders.set(group, 2);
+    const t0 = Date.now();
+    expect((await c.get('/a')).found).toBe(true);
+    const took = Date.now() - t0;
+    expect(took).toBeGreaterThanOrEqual(300);
+    expect(took).toBeLessThan(1_500);
+    expect(c.suspectNodes()).toEqual([fc.node(1).address]);
+    // New calls do not try the frozen node.
+    fc.resetCalls();
+    for (let i = 0; i < 5; i++) expect((await c.get('/a')).found).toBe(true);
+    expect(fc.node(1).calls.get).toBe(0);
+    // It answers again: a probe clears the suspicion.
+    fc.frozen.delete(1);
+    const deadline = Date.now() + 5_000;
+    while (c.suspectNodes().length > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    expect(c.suspectNodes()).toEqual([]);
+  });
+
+  it('a write without a session is not sent twice: it waits on the frozen node until its deadline', async () => {
+    const fc = await fakeCluster({ nodes: 3, shards: 1, replicas: 3 });
+    const group = fc.map.shards[0]!.group;
+    fc.leaders.set(group, 1);
+    const c = client(fc.nodes.map((n) => n.address), { attemptTimeoutMs: 200, defaultDeadlineMs: 1_000 });
+    await c.put('/a', 'v1');
+    fc.frozen.add(1);
+    fc.leaders.set(group, 2);
+    fc.resetCalls();
+    const err = await rejection(c.put('/a', 'v2'));
+    expect(err.code).toBe('DEADLINE_EXCEEDED');
+    expect(fc.total('put')).toBe(1);
+  });
+});
+
 describe('transactions', () => {
   it('applies compares and writes atomically in one shard, and refuses keys of several shards', async () => {
     const backend = new MemoryBackend({ shards: 4 });
