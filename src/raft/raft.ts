@@ -59,6 +59,13 @@ export interface RaftConfig {
   readonly preVote?: boolean;
   /** Leaders step down without a quorum; followers ignore votes while a leader is alive. Default true. */
   readonly checkQuorum?: boolean;
+  /**
+   * Called with a snapshot received from a leader before it is installed: false (or a throw)
+   * refuses it, as if it brought nothing new. Hosts use it to check that their state machine can
+   * restore the data, so a snapshot no correct leader sends cannot stop the host once installed.
+   * Default: accept every snapshot.
+   */
+  readonly acceptSnapshot?: (s: Snapshot) => boolean;
 }
 
 /** A proposal or request the leader (or this replica) could not accept. */
@@ -182,6 +189,7 @@ export class Raft {
   private readonly maxUncommittedBytes: number;
   private readonly maxPendingReads: number;
   private readonly snapshotChunkBytes: number;
+  private readonly acceptSnapshot: ((s: Snapshot) => boolean) | undefined;
 
   /** A leader transfer in progress to this node. */
   leadTransferee: NodeId = NONE;
@@ -214,6 +222,7 @@ export class Raft {
     this.maxUncommittedBytes = cfg.maxUncommittedBytes ?? 64 << 20;
     this.maxPendingReads = cfg.maxPendingReads ?? 65536;
     this.snapshotChunkBytes = cfg.snapshotChunkBytes ?? 1 << 20;
+    this.acceptSnapshot = cfg.acceptSnapshot;
     this.log = new RaftLog(cfg.storage);
 
     const { hardState, conf } = cfg.storage.initialState();
@@ -1130,9 +1139,21 @@ export class Raft {
       this.log.commitTo(s.meta.index);
       return false;
     }
+    if (this.acceptSnapshot && !this.hostAccepts(s)) {
+      this.droppedMessages++;
+      return false;
+    }
     this.log.restore(s);
     this.applyConf(s.meta.conf);
     return true;
+  }
+
+  private hostAccepts(s: Snapshot): boolean {
+    try {
+      return this.acceptSnapshot!(s);
+    } catch {
+      return false;
+    }
   }
 
   // ---------------------------------------------------------------- membership
