@@ -47,7 +47,11 @@ export interface Proposal {
   readonly command: Command;
 }
 
-/** Unwraps entry data written by `encodeProposal` (any format version); throws on a malformed payload. */
+/**
+ * Unwraps entry data written by `encodeProposal` (any format version); throws on a malformed
+ * payload, including a timestamp that is not a non-negative safe integer (the state machine
+ * refuses one, and a committed entry must decode or be skipped, never stop the replica).
+ */
 export function decodeProposal(data: Uint8Array): Proposal {
   if (data.length < 1) throw new Error('empty proposal');
   const view = new DataView(data.buffer, data.byteOffset, data.byteLength);
@@ -57,22 +61,28 @@ export function decodeProposal(data: Uint8Array): Proposal {
   };
   if (version === ENVELOPE_V1) {
     tooShort(V1_HEADER_BYTES);
-    return { timestampMs: view.getFloat64(1), hops: 0, origin: 'system', command: decodeCommand(data.subarray(V1_HEADER_BYTES)) };
+    return { timestampMs: timestamp(view), hops: 0, origin: 'system', command: decodeCommand(data.subarray(V1_HEADER_BYTES)) };
   }
   if (version === ENVELOPE_V2) {
     tooShort(V2_HEADER_BYTES);
-    return { timestampMs: view.getFloat64(1), hops: view.getUint8(9), origin: 'system', command: decodeCommand(data.subarray(V2_HEADER_BYTES)) };
+    return { timestampMs: timestamp(view), hops: view.getUint8(9), origin: 'system', command: decodeCommand(data.subarray(V2_HEADER_BYTES)) };
   }
   if (version === ENVELOPE_V3) {
     tooShort(V3_HEADER_BYTES);
     const o = view.getUint8(10);
     if (o !== ORIGIN_SYSTEM && o !== ORIGIN_CLIENT) throw new Error(`unknown proposal origin ${o}`);
     return {
-      timestampMs: view.getFloat64(1),
+      timestampMs: timestamp(view),
       hops: view.getUint8(9),
       origin: o === ORIGIN_CLIENT ? 'client' : 'system',
       command: decodeCommand(data.subarray(V3_HEADER_BYTES)),
     };
   }
   throw new Error(`unknown proposal envelope version ${version}`);
+}
+
+function timestamp(view: DataView): number {
+  const t = view.getFloat64(1);
+  if (!Number.isSafeInteger(t) || t < 0) throw new Error(`proposal timestamp ${t} is not a non-negative integer`);
+  return t;
 }

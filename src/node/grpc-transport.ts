@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import type { Message, NodeId } from '../raft/index.js';
 import type { Logger } from '../log.js';
 import { protoDir } from '../proto-files.js';
-import { fromWire, toWire, type WireMessage } from './peer-codec.js';
+import { decodePeerMessage, toWire, type WireMessage } from './peer-codec.js';
 import type { Transport } from './transport.js';
 
 /** Limits and security of the peer transport. */
@@ -184,7 +184,7 @@ export class GrpcPeerTransport implements Transport {
           const out: Message[] = [];
           for (const w of batch.messages ?? []) {
             try {
-              out.push(decodeIncoming(w, fromNode, this.selfId));
+              out.push(decodePeerMessage(w, { sender: fromNode, self: this.selfId }));
             } catch (e) {
               this.rejectedMessages++;
               this.log.warn({ err: String(e), from: fromNode }, 'dropping an invalid peer message');
@@ -315,14 +315,6 @@ export class GrpcPeerTransport implements Transport {
   }
 }
 
-/** Decodes one received wire message of a batch from `sender` addressed to `self`; throws if invalid. */
-function decodeIncoming(w: WireMessage, sender: NodeId, self: NodeId): Message {
-  const m = fromWire(w);
-  // A forwarded TransferLeader names the transferee in `from`; every other message is the sender's own.
-  if (m.from !== sender && m.type !== 'TransferLeader') throw new Error(`message from ${m.from} in a batch from node ${sender}`);
-  if (m.to !== self) throw new Error(`message for node ${m.to} delivered to node ${self}`);
-  return m;
-}
 
 /** Ends a server stream with a status the caller sees (an 'error' event makes grpc-js send it as the trailers). */
 function endWith(call: grpc.ServerDuplexStream<unknown, unknown>, code: grpc.status, details: string): void {

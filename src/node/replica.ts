@@ -12,6 +12,7 @@ import {
   type MemoryStorage,
   type RandomSource,
   type Ready,
+  type Snapshot,
 } from '../raft/index.js';
 import { KvStateMachine, type Command, type CommandOrigin, type CommandResult, type KvStateMachineOptions } from '../statemachine/index.js';
 import type { EngineOp } from '../storage/kv-engine.js';
@@ -87,6 +88,8 @@ export class ShardReplica {
   private lastRole: Role;
   private readonly recorder: StateRecorder;
   private stateUnits: EngineOp[][] = [];
+  /** The state of the snapshot Raft is about to install, decoded when it was checked (reused by `apply`). */
+  private checkedSnapshot: { readonly data: Uint8Array; readonly sm: KvStateMachine } | undefined;
 
   constructor(private readonly opts: ReplicaOptions) {
     this.group = opts.group;
@@ -103,6 +106,7 @@ export class ShardReplica {
       electionTicks: opts.electionTicks,
       heartbeatTicks: opts.heartbeatTicks,
       applied: this.sm.appliedIndex,
+      acceptSnapshot: (snap) => this.checkSnapshot(snap),
     });
     this.lastRole = this.raw.raft.role;
     this.watches = new WatchHub(() => this.sm, opts.nowMs, opts.watch);
@@ -179,7 +183,9 @@ export class ShardReplica {
       before.observe(undefined);
       const pending = this.recorder.take(before);
       if (pending) this.stateUnits.push(pending);
-      this.sm = KvStateMachine.restore(rd.snapshot.data);
+      const checked = this.checkedSnapshot;
+      this.checkedSnapshot = undefined;
+      this.sm = checked?.data === rd.snapshot.data ? checked.sm : KvStateMachine.restore(rd.snapshot.data);
       // The records become the snapshot's state (the difference, in bounded units).
       const units = this.recorder.replace(before.toRecords(), this.sm.toRecords(), {
         ...(this.opts.stateUnitBytes ? { maxUnitBytes: this.opts.stateUnitBytes } : {}),
@@ -231,6 +237,23 @@ export class ShardReplica {
       if (this.lastRole === Role.Leader) this.lostLeadership();
       this.lastRole = role;
     }
+  }
+
+  /**
+   * Whether a snapshot received from the leader may be installed: its data must restore, at its
+   * index. A snapshot that does not would make `apply` throw once Raft installed it, stopping the
+   * node (and again on restart); refused, it is dropped before Raft installs anything.
+   */
+  private checkSnapshot(snap: Snapshot): boolean {
+    let sm: KvStateMachine;
+    try {
+      sm = KvStateMachine.restore(snap.data);
+    } catch {
+      return false; // counted by Raft (RaftStatus.droppedMessages)
+    }
+    if (sm.appliedIndex !== snap.meta.index) return false;
+    this.checkedSnapshot = { data: snap.data, sm };
+    return true;
   }
 
   /**

@@ -1,5 +1,6 @@
 /** The public surface of the pure Raft core. */
 export * from './types.js';
+export { MAX_RAFT_TERM, MAX_RAFT_INDEX, MAX_SNAPSHOT_BYTES, isBoundedUint } from './bounds.js';
 export { RaftLog } from './log.js';
 export { MemoryStorage, CompactedError, UnavailableError, type Storage, type InitialState } from './storage.js';
 export { Raft, ProposalDroppedError, encodeConfChange, decodeConfChange, nextConfState, type RaftConfig } from './raft.js';

@@ -6,6 +6,7 @@
  * flow-controlled log replication with fast conflict back-off; chunked snapshot transfer;
  * ReadIndex reads; leader transfer; single-step membership changes with learners.
  */
+import { isBoundedUint, MAX_RAFT_INDEX, MAX_RAFT_TERM, MAX_SNAPSHOT_BYTES } from './bounds.js';
 import { RaftLog } from './log.js';
 import { Progress, ProgressState } from './progress.js';
 import { committedIndex, majority, voteResult, VoteResult } from './quorum.js';
@@ -58,6 +59,13 @@ export interface RaftConfig {
   readonly preVote?: boolean;
   /** Leaders step down without a quorum; followers ignore votes while a leader is alive. Default true. */
   readonly checkQuorum?: boolean;
+  /**
+   * Called with a snapshot received from a leader before it is installed: false (or a throw)
+   * refuses it, as if it brought nothing new. Hosts use it to check that their state machine can
+   * restore the data, so a snapshot no correct leader sends cannot stop the host once installed.
+   * Default: accept every snapshot.
+   */
+  readonly acceptSnapshot?: (s: Snapshot) => boolean;
 }
 
 /** A proposal or request the leader (or this replica) could not accept. */
@@ -93,13 +101,30 @@ export function encodeConfChange(cc: ConfChange): Uint8Array {
   return new TextEncoder().encode(JSON.stringify(cc));
 }
 
-/** Decodes entry data written by `encodeConfChange`. */
+/**
+ * Decodes entry data written by `encodeConfChange`; throws on anything else (not JSON, not an
+ * object, an unknown change type, a node id that is not a positive safe integer, a non-string
+ * context).
+ */
 export function decodeConfChange(data: Uint8Array): ConfChange {
-  const cc = JSON.parse(new TextDecoder().decode(data)) as ConfChange;
-  if (typeof cc.nodeId !== 'number' || !(cc.type in ConfChangeType)) {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(new TextDecoder().decode(data));
+  } catch {
     throw new Error('malformed configuration change entry');
   }
-  return cc;
+  if (typeof parsed !== 'object' || parsed === null) throw new Error('malformed configuration change entry');
+  const { type, nodeId, context } = parsed as Record<string, unknown>;
+  if (
+    (type !== ConfChangeType.AddVoter && type !== ConfChangeType.AddLearner && type !== ConfChangeType.RemoveNode) ||
+    typeof nodeId !== 'number' ||
+    !Number.isSafeInteger(nodeId) ||
+    nodeId <= 0 ||
+    (context !== undefined && typeof context !== 'string')
+  ) {
+    throw new Error('malformed configuration change entry');
+  }
+  return context === undefined ? { type, nodeId } : { type, nodeId, context };
 }
 
 /**
@@ -137,6 +162,11 @@ export class Raft {
 
   /** Outgoing messages not yet taken by the host. */
   msgs: Message[] = [];
+  /**
+   * Messages ignored because they were malformed, out of bounds (see `MAX_RAFT_TERM`) or
+   * inconsistent with this replica's state in a way no correct peer produces (for status pages).
+   */
+  droppedMessages = 0;
   /** Read states not yet taken by the host. */
   readStates: ReadState[] = [];
 
@@ -159,6 +189,7 @@ export class Raft {
   private readonly maxUncommittedBytes: number;
   private readonly maxPendingReads: number;
   private readonly snapshotChunkBytes: number;
+  private readonly acceptSnapshot: ((s: Snapshot) => boolean) | undefined;
 
   /** A leader transfer in progress to this node. */
   leadTransferee: NodeId = NONE;
@@ -191,6 +222,7 @@ export class Raft {
     this.maxUncommittedBytes = cfg.maxUncommittedBytes ?? 64 << 20;
     this.maxPendingReads = cfg.maxPendingReads ?? 65536;
     this.snapshotChunkBytes = cfg.snapshotChunkBytes ?? 1 << 20;
+    this.acceptSnapshot = cfg.acceptSnapshot;
     this.log = new RaftLog(cfg.storage);
 
     const { hardState, conf } = cfg.storage.initialState();
@@ -277,12 +309,12 @@ export class Raft {
     this.step({ type: MessageType.ReadIndex, group: this.group, from: this.id, to: this.id, term: 0, context: requestId });
   }
 
-  /** Asks the leader to hand leadership to `transferee`. */
+  /** Asks the leader to hand leadership to `transferee` (a follower forwards the request to its leader). */
   transferLeader(transferee: NodeId): void {
     if (this.role === Role.Leader) {
-      this.stepLeader({ type: MessageType.TransferLeader, group: this.group, from: transferee, to: this.id, term: this.term });
+      this.leaderTransfer(transferee);
     } else if (this.lead !== NONE) {
-      this.send({ type: MessageType.TransferLeader, group: this.group, from: transferee, to: this.lead, term: 0 });
+      this.send({ type: MessageType.TransferLeader, group: this.group, from: this.id, to: this.lead, term: 0, transferee });
     }
   }
 
@@ -297,8 +329,16 @@ export class Raft {
     if (this.role === Role.Leader && pr && pr.state === ProgressState.Replicate) pr.becomeProbe();
   }
 
-  /** Processes one message from a peer (or a local message with term 0). */
+  /**
+   * Processes one message from a peer (or a local message with term 0). A message that is not
+   * well formed (see `wellFormed`), in particular one whose term exceeds `MAX_RAFT_TERM`, is
+   * ignored and counted in `droppedMessages`: no peer input may make the core throw.
+   */
   step(m: Message): void {
+    if (!this.wellFormed(m)) {
+      this.droppedMessages++;
+      return;
+    }
     if (m.term === 0) {
       // local message
     } else if (m.term > this.term) {
@@ -372,6 +412,43 @@ export class Raft {
         this.stepFollower(m);
         return;
     }
+  }
+
+  /**
+   * Defence in depth behind the peer decoder (src/node/peer-codec.ts), which checks all of this
+   * and more before a message reaches the core: numbers are safe integers within the bounds,
+   * the local-only `Hup` and `Beat` come from this replica with term 0, a proposal arriving
+   * here (forwarded by a peer) carries only application entries (membership changes are
+   * proposed on the leader, where they are validated), an append's entries follow `index`
+   * contiguously with non-decreasing terms no later than the message's term and decodable
+   * configuration changes, and a snapshot chunk lies within its snapshot and names valid members.
+   */
+  private wellFormed(m: Message): boolean {
+    if (!isBoundedUint(m.term, MAX_RAFT_TERM)) return false;
+    if (m.index !== undefined && !isBoundedUint(m.index, MAX_RAFT_INDEX)) return false;
+    if (m.commit !== undefined && !isBoundedUint(m.commit, MAX_RAFT_INDEX)) return false;
+    if (m.rejectHint !== undefined && !isBoundedUint(m.rejectHint, MAX_RAFT_INDEX)) return false;
+    if (m.logTerm !== undefined && !isBoundedUint(m.logTerm, MAX_RAFT_TERM)) return false;
+    if (m.offset !== undefined && !isBoundedUint(m.offset, MAX_SNAPSHOT_BYTES)) return false;
+    if (m.total !== undefined && !isBoundedUint(m.total, MAX_SNAPSHOT_BYTES)) return false;
+    if ((m.type === MessageType.Hup || m.type === MessageType.Beat) && (m.from !== this.id || m.term !== 0)) return false;
+    if (m.entries && m.entries.length > 0) {
+      if (m.type === MessageType.Prop) {
+        if (m.entries.some((e) => e.type !== EntryType.Normal || !(e.data instanceof Uint8Array))) return false;
+      } else if (m.type === MessageType.App) {
+        if (!wellFormedAppend(m)) return false;
+      }
+    }
+    if (m.snapshot) {
+      const s = m.snapshot;
+      if (!isBoundedUint(s.index, MAX_RAFT_INDEX) || !isBoundedUint(s.term, MAX_RAFT_TERM)) return false;
+      if (m.type === MessageType.Snap) {
+        const end = (m.offset ?? 0) + (m.chunk?.length ?? 0);
+        if (end > (m.total ?? 0) || s.term > m.term) return false;
+        if (!s.conf || !validIds(s.conf.voters) || !validIds(s.conf.learners)) return false;
+      }
+    }
+    return true;
   }
 
   // ---------------------------------------------------------------- role transitions
@@ -498,6 +575,13 @@ export class Raft {
   }
 
   private campaignAs(kind: CampaignType): void {
+    if (this.term >= MAX_RAFT_TERM) {
+      // The next term would exceed the bound: never campaign. Only a peer that pushed the group
+      // to the bound gets it here; the group then needs an operator, but no replica ever
+      // persists (or sends) a term its peers would refuse.
+      if (this.role !== Role.Follower) this.becomeFollower(this.term, NONE);
+      return;
+    }
     let voteType: MessageType;
     let term: number;
     if (kind === 'pre-election') {
@@ -558,7 +642,7 @@ export class Raft {
         this.leaderReadIndex(m);
         return;
       case MessageType.TransferLeader:
-        this.leaderTransfer(m.from);
+        this.leaderTransfer(m.transferee ?? m.from);
         return;
       default:
         break;
@@ -639,15 +723,18 @@ export class Raft {
         this.handleSnapshotChunk(m);
         return;
       case MessageType.TransferLeader:
+        // Forwarded as our own request (so `from` names the sender), for the same transferee.
         if (this.lead === NONE) return;
-        this.send({ ...m, to: this.lead, term: 0 });
+        this.send({ type: MessageType.TransferLeader, group: this.group, from: this.id, to: this.lead, term: 0, transferee: m.transferee ?? m.from });
         return;
       case MessageType.TimeoutNow:
         // The leader asks us to take over: skip pre-vote and leases.
         this.hup('transfer');
         return;
       case MessageType.ReadIndex:
-        if (this.lead === NONE) return;
+        // Only our own reads are forwarded: the leader answers `from`, which must be the sender,
+        // so a read another follower forwarded here (to a former leader) is dropped; it retries.
+        if (this.lead === NONE || m.from !== this.id) return;
         this.send({ ...m, to: this.lead, term: 0 });
         return;
       case MessageType.ReadIndexResp:
@@ -668,6 +755,7 @@ export class Raft {
       return;
     }
     if (!this.prs.has(this.id)) throw new ProposalDroppedError('leader is not a member of the group');
+    if (this.log.lastIndex() + entries.length > MAX_RAFT_INDEX) throw new ProposalDroppedError('the log reached its index bound');
     if (this.leadTransferee !== NONE) throw new ProposalDroppedError('leadership transfer in progress');
     let bytes = 0;
     for (const e of entries) bytes += e.data.length;
@@ -788,6 +876,11 @@ export class Raft {
   private handleAppendResponse(m: Message, pr: Progress): void {
     pr.recentActive = true;
     if (m.index === undefined) return; // a term notice only
+    if (!m.reject && m.index > this.log.lastIndex()) {
+      // An acknowledgement of entries we never had: no correct follower sends one.
+      this.droppedMessages++;
+      return;
+    }
     if (m.reject) {
       let next = m.rejectHint ?? 0;
       if ((m.logTerm ?? 0) > 0) {
@@ -1046,9 +1139,21 @@ export class Raft {
       this.log.commitTo(s.meta.index);
       return false;
     }
+    if (this.acceptSnapshot && !this.hostAccepts(s)) {
+      this.droppedMessages++;
+      return false;
+    }
     this.log.restore(s);
     this.applyConf(s.meta.conf);
     return true;
+  }
+
+  private hostAccepts(s: Snapshot): boolean {
+    try {
+      return this.acceptSnapshot!(s);
+    } catch {
+      return false;
+    }
   }
 
   // ---------------------------------------------------------------- membership
@@ -1118,6 +1223,34 @@ export class Raft {
   private send(m: Message): void {
     this.msgs.push(m);
   }
+}
+
+/** An append's entries: contiguous after `index`, terms in [max(1, logTerm), term] non-decreasing, known types. */
+function wellFormedAppend(m: Message): boolean {
+  const ents = m.entries!;
+  const index = m.index ?? 0;
+  if (index + ents.length > MAX_RAFT_INDEX) return false;
+  let prevTerm = Math.max(1, m.logTerm ?? 0);
+  for (let i = 0; i < ents.length; i++) {
+    const e = ents[i]!;
+    if (e.index !== index + 1 + i || !Number.isSafeInteger(e.term) || e.term < prevTerm || e.term > m.term) return false;
+    if (!(e.data instanceof Uint8Array)) return false;
+    prevTerm = e.term;
+    if (e.type === EntryType.ConfChange) {
+      try {
+        decodeConfChange(e.data);
+      } catch {
+        return false;
+      }
+    } else if (e.type !== EntryType.Normal) {
+      return false;
+    }
+  }
+  return true;
+}
+
+function validIds(ids: readonly NodeId[] | undefined): boolean {
+  return Array.isArray(ids) && ids.every((id) => Number.isSafeInteger(id) && id > 0);
 }
 
 function concatChunks(chunks: readonly Uint8Array[], total: number): Uint8Array {

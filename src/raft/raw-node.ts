@@ -30,6 +30,8 @@ export interface RaftStatus {
   readonly conf: ConfState;
   /** Leader only: each peer's matched index. */
   readonly matched: ReadonlyMap<NodeId, number>;
+  /** Peer messages ignored as malformed, out of bounds or impossible from a correct peer (since start). */
+  readonly droppedMessages: number;
 }
 
 function sameHardState(a: HardState, b: HardState): boolean {
@@ -55,10 +57,26 @@ export class RawNode {
     this.raft.tick();
   }
 
-  /** Feeds a message received from a peer. Messages of other groups are refused. */
+  /**
+   * Feeds a message received from a peer. A message of another group is a routing bug of the
+   * host and throws. Messages no correct peer sends are dropped (and counted in the status):
+   * the local-only types (`Hup`, `Beat`), messages from this replica or for another one, a
+   * request a follower forwards (`Prop`, `ReadIndex`, `TransferLeader`) with a term, and any
+   * other message without one.
+   */
   step(m: Message): void {
     if (m.group !== this.raft.group) throw new Error(`raft: message for group ${m.group} stepped into group ${this.raft.group}`);
-    if (m.term === 0 && m.from !== this.raft.id && !isForwardable(m)) return; // peers never send local messages
+    const forwardable = isForwardable(m);
+    if (
+      m.type === MessageType.Hup ||
+      m.type === MessageType.Beat ||
+      m.from === this.raft.id ||
+      m.to !== this.raft.id ||
+      (m.term === 0) !== forwardable
+    ) {
+      this.raft.droppedMessages++;
+      return;
+    }
     this.raft.step(m);
   }
 
@@ -190,6 +208,7 @@ export class RawNode {
       firstIndex: r.log.firstIndex(),
       conf: r.confState(),
       matched,
+      droppedMessages: r.droppedMessages,
     };
   }
 }
@@ -207,5 +226,5 @@ const EARLY_TYPES = new Set<string>([
 ]);
 
 function isForwardable(m: Message): boolean {
-  return m.type === 'Prop' || m.type === 'ReadIndex' || m.type === 'TransferLeader';
+  return m.type === MessageType.Prop || m.type === MessageType.ReadIndex || m.type === MessageType.TransferLeader;
 }

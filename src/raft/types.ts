@@ -69,7 +69,7 @@ export interface ConfChange {
   readonly context?: string;
 }
 
-/** Message types exchanged between replicas (and a few local ones). */
+/** Message types exchanged between replicas (and two local ones, `Hup` and `Beat`, never sent over the network). */
 export enum MessageType {
   /** Local: start an election (pre-vote first when enabled). */
   Hup = 'Hup',
@@ -92,7 +92,7 @@ export enum MessageType {
   /** Ask the leader for a read index (forwarded by followers). */
   ReadIndex = 'ReadIndex',
   ReadIndexResp = 'ReadIndexResp',
-  /** Ask the leader to hand leadership to `from` (or to `transferee`). */
+  /** Ask the leader to hand leadership to `transferee` (or, when absent, to `from`). */
   TransferLeader = 'TransferLeader',
   /** Leader tells the transferee to campaign now, bypassing pre-vote and leases. */
   TimeoutNow = 'TimeoutNow',
@@ -128,6 +128,12 @@ export interface Message {
   readonly total?: number;
   /** Heartbeat/HeartbeatResp/ReadIndex/ReadIndexResp: read request context. Vote/PreVote: "transfer" for leader transfer. */
   readonly context?: string;
+  /**
+   * TransferLeader: the replica to hand leadership to; absent means `from` itself. A follower
+   * forwarding a transfer request sends it as `from` = itself, `transferee` = the target, so
+   * `from` always names the sender.
+   */
+  readonly transferee?: NodeId;
 }
 
 /** A linearizable read that became safe: serve it once the applied index reaches `index`. */

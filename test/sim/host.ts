@@ -31,6 +31,12 @@ export interface HostOptions {
   readonly snapshotEvery?: number;
   /** Entries kept behind a snapshot when compacting. */
   readonly compactionLag?: number;
+  /**
+   * Apply committed entries that are not puts as no-ops, and install snapshots whose data does
+   * not decode (or disagrees with their index) as an empty state at their index, as a host that
+   * must not stop would. Only for runs with forged (Byzantine) traffic; normally both are bugs.
+   */
+  readonly tolerateBadData?: boolean;
 }
 
 /** What the host did with the part of a Ready that does not wait for the disk (for invariant checks). */
@@ -85,7 +91,7 @@ export class SimHost {
     };
     this.node = new RawNode(cfg);
     const snap = this.disk.snapshot();
-    this.fsm = snap ? KvFsm.restore(snap.data) : new KvFsm();
+    this.fsm = snap ? this.restoreFsm(snap.meta.index, snap.data) : new KvFsm();
     if (snap && this.fsm.applied !== snap.meta.index) {
       throw new Error(`host ${this.id}: snapshot data applied ${this.fsm.applied} != meta index ${snap.meta.index}`);
     }
@@ -112,13 +118,25 @@ export class SimHost {
     const rd = this.outstanding;
     if (!rd) throw new Error(`host ${this.id}: no outstanding ready`);
     const puts: PutCommand[] = [];
-    if (rd.snapshot) this.fsm = KvFsm.restore(rd.snapshot.data);
+    if (rd.snapshot) this.fsm = this.restoreFsm(rd.snapshot.meta.index, rd.snapshot.data);
     for (const e of rd.committedEntries) {
       if (e.index <= this.fsm.applied) continue;
-      const put = this.fsm.apply(e);
+      const put = this.fsm.apply(e, this.opts.tolerateBadData ?? false);
       if (put) puts.push(put);
     }
     return { messages: rd.earlyMessages, applied: rd.committedEntries, puts, readStates: rd.readStates };
+  }
+
+  private restoreFsm(index: number, data: Uint8Array): KvFsm {
+    if (!this.opts.tolerateBadData) return KvFsm.restore(data);
+    let fsm: KvFsm;
+    try {
+      fsm = KvFsm.restore(data);
+    } catch {
+      fsm = new KvFsm();
+    }
+    fsm.applied = index;
+    return fsm;
   }
 
   /** The fsync finished: make the Ready durable, advance, and return the messages that waited for it. */

@@ -34,14 +34,24 @@ export class KvFsm {
   private readonly appliedRequests = new Set<string>();
   applied = 0;
 
-  /** Applies one committed entry; returns the put it carried if it took effect now. */
-  apply(e: Entry): PutCommand | undefined {
+  /**
+   * Applies one committed entry; returns the put it carried if it took effect now. With
+   * `lenient`, data that is not a put is a no-op (it throws otherwise).
+   */
+  apply(e: Entry, lenient = false): PutCommand | undefined {
     if (e.index !== this.applied + 1) {
       throw new Error(`kv fsm: applying index ${e.index} after ${this.applied}`);
     }
     this.applied = e.index;
     if (e.type !== EntryType.Normal || e.data.length === 0) return undefined;
-    const cmd = decodePut(e.data);
+    let cmd: PutCommand;
+    try {
+      cmd = decodePut(e.data);
+      if (typeof cmd !== 'object' || cmd === null || typeof cmd.k !== 'string' || typeof cmd.v !== 'string') throw new Error('not a put');
+    } catch (err) {
+      if (lenient) return undefined;
+      throw err;
+    }
     const key = requestKey(cmd.c, cmd.r);
     if (this.appliedRequests.has(key)) return undefined;
     this.appliedRequests.add(key);

@@ -4,7 +4,16 @@
  * time and are lost on a crash unless synced, pauses, and KV clients whose call/return history
  * is checked for linearizability. Safety invariants are checked after every event.
  */
-import { ConfChangeType, Role, SeededRandom, ProposalDroppedError, type Message, type NodeId } from '../../src/raft/index.js';
+import {
+  ConfChangeType,
+  Role,
+  SeededRandom,
+  ProposalDroppedError,
+  type MemoryStorage,
+  type Message,
+  type NodeId,
+  type Raft,
+} from '../../src/raft/index.js';
 import { SimHost, type HostOptions } from './host.js';
 import { encodePut, requestKey } from './kv-fsm.js';
 import type { KvOperation } from './linearizability.js';
@@ -24,7 +33,22 @@ export type Fault =
   | { readonly kind: 'transfer'; readonly to: number }
   /** A membership change proposed at the current leader (refused changes are ignored). */
   | { readonly kind: 'membership'; readonly op: 'addLearner' | 'addVoter' | 'remove'; readonly node: number }
+  /** Forged traffic: the config's `forge(batch, view)` makes messages, delivered to their `to` shortly after. */
+  | { readonly kind: 'forge'; readonly batch: number }
   | { readonly kind: 'heal' };
+
+/** A read-only view of the cluster for `SimConfig.forge`. */
+export interface SimView {
+  /** Virtual ms now. */
+  readonly now: number;
+  /** Every node id (initial voters first, then the spares). */
+  readonly ids: readonly NodeId[];
+  isUp(id: NodeId): boolean;
+  /** The node's protocol state (do not mutate). */
+  raft(id: NodeId): Raft;
+  /** The node's durable storage (do not mutate). */
+  disk(id: NodeId): MemoryStorage;
+}
 
 /** A fault applied `afterMs` after the previous step. */
 export interface ScheduleStep {
@@ -47,6 +71,21 @@ export interface SimConfig {
   readonly tickMs?: number;
   /** Client request timeout (the op's outcome becomes unknown). */
   readonly clientTimeoutMs?: number;
+  /**
+   * Every message between nodes passes through this on its way (for example the peer wire
+   * codec: encode, then decode and validate as the receiver would); whatever it throws fails the run.
+   */
+  readonly codec?: (m: Message) => Message;
+  /** Makes the messages of each `forge` fault (see `Fault`). */
+  readonly forge?: (batch: number, view: SimView) => readonly Message[];
+  /**
+   * Throw on a violated safety invariant (default true). Off only for runs whose forged
+   * messages make claims no correct member would (a Byzantine member, outside Raft's fault
+   * model): they are then counted in `SimResult.safetyViolations`.
+   */
+  readonly checkSafety?: boolean;
+  /** Fail the run when no put commits within `livenessBoundMs` after healing (default true). */
+  readonly checkLiveness?: boolean;
 }
 
 /** What a run produced. */
@@ -60,6 +99,12 @@ export interface SimResult {
   readonly snapshotsInstalled: number;
   readonly messagesDropped: number;
   readonly membershipChanges: number;
+  /** Forged messages delivered (from `forge` faults). */
+  readonly forgedDelivered: number;
+  /** Safety invariant violations counted instead of thrown (`checkSafety: false`). */
+  readonly safetyViolations: number;
+  /** Whether a put committed within the liveness bound after healing. */
+  readonly recovered: boolean;
 }
 
 /** A safety property was violated; the message says which and where. */
@@ -173,6 +218,8 @@ export class Simulator {
   private snapshotsInstalled = 0;
   private messagesDropped = 0;
   private membershipChanges = 0;
+  private forgedDelivered = 0;
+  private safetyViolations = 0;
   private clientsRunning = true;
   private reqSeq = 0;
   private leaderHint: NodeId = 0;
@@ -223,7 +270,7 @@ export class Simulator {
       committedAt = at;
     });
     this.runUntil(probeStart + bound, () => committedAt !== undefined);
-    if (committedAt === undefined) {
+    if (committedAt === undefined && (this.cfg.checkLiveness ?? true)) {
       throw new InvariantViolation(
         `liveness: no put committed within ${bound} ms after healing (leaders: ${JSON.stringify(this.describeRoles())})`,
       );
@@ -233,14 +280,38 @@ export class Simulator {
     this.runUntil(this.now + this.clientTimeoutMs + 50);
     return {
       history: this.history,
-      recoveryMs: committedAt - probeStart,
+      recoveryMs: committedAt === undefined ? Number.POSITIVE_INFINITY : committedAt - probeStart,
       events: this.events,
       elections: this.elections,
       committedEntries: this.committedTermAt.size,
       snapshotsInstalled: this.snapshotsInstalled,
       messagesDropped: this.messagesDropped,
       membershipChanges: this.membershipChanges,
+      forgedDelivered: this.forgedDelivered,
+      safetyViolations: this.safetyViolations,
+      recovered: committedAt !== undefined,
     };
+  }
+
+  /** The node's protocol state (for checks after a run). */
+  raft(id: NodeId): Raft {
+    return this.slots.get(id)!.host.node.raft;
+  }
+
+  /** The node's durable storage (for checks after a run). */
+  disk(id: NodeId): MemoryStorage {
+    return this.slots.get(id)!.host.disk;
+  }
+
+  /** Every node id. */
+  get nodeIds(): readonly NodeId[] {
+    return this.ids;
+  }
+
+  /** A violated safety invariant: thrown, or only counted when `checkSafety` is off. */
+  private violation(msg: string): void {
+    if (this.cfg.checkSafety ?? true) throw new InvariantViolation(msg);
+    this.safetyViolations++;
   }
 
   private runUntil(until: number, stop?: () => boolean): void {
@@ -305,7 +376,7 @@ export class Simulator {
       const fingerprint = `${e.term}/${e.type}/${Buffer.from(e.data).toString('base64')}`;
       const prev = this.appliedAt.get(e.index);
       if (prev !== undefined && prev !== fingerprint) {
-        throw new InvariantViolation(`state machine safety: node ${id} applied ${fingerprint} at ${e.index}, another applied ${prev}`);
+        this.violation(`state machine safety: node ${id} applied ${fingerprint} at ${e.index}, another applied ${prev}`);
       }
       this.appliedAt.set(e.index, fingerprint);
     }
@@ -355,7 +426,7 @@ export class Simulator {
         this.elections++;
         this.checkLeaderCompleteness(id);
       } else if (prev !== id) {
-        throw new InvariantViolation(`election safety: nodes ${prev} and ${id} both lead term ${raft.term}`);
+        this.violation(`election safety: nodes ${prev} and ${id} both lead term ${raft.term}`);
       }
       this.leaderHint = id;
     }
@@ -367,7 +438,7 @@ export class Simulator {
         if (t === undefined) continue;
         const prev = this.committedTermAt.get(i);
         if (prev !== undefined && prev !== t) {
-          throw new InvariantViolation(`committed entry changed: index ${i} term ${prev} vs node ${id} term ${t}`);
+          this.violation(`committed entry changed: index ${i} term ${prev} vs node ${id} term ${t}`);
         }
         this.committedTermAt.set(i, t);
         if (!this.committedDuringTerm.has(i)) this.committedDuringTerm.set(i, raft.term);
@@ -386,7 +457,7 @@ export class Simulator {
       if (i < log.firstIndex()) continue; // covered by its snapshot
       const mine = log.term(i);
       if (mine !== t) {
-        throw new InvariantViolation(`leader completeness: new leader ${id} has term ${mine} at committed index ${i} (committed term ${t})`);
+        this.violation(`leader completeness: new leader ${id} has term ${mine} at committed index ${i} (committed term ${t})`);
       }
     }
   }
@@ -405,16 +476,17 @@ export class Simulator {
         this.entryAt.set(key, { prevTerm, data });
         continue;
       }
-      if (seen.data !== data) throw new InvariantViolation(`log matching: two different entries at index ${e.index} term ${e.term} (node ${id})`);
+      if (seen.data !== data) this.violation(`log matching: two different entries at index ${e.index} term ${e.term} (node ${id})`);
       if (seen.prevTerm !== undefined && prevTerm !== undefined && seen.prevTerm !== prevTerm) {
-        throw new InvariantViolation(`log matching: entries at ${e.index}/${e.term} have different predecessors (${seen.prevTerm} vs ${prevTerm}, node ${id})`);
+        this.violation(`log matching: entries at ${e.index}/${e.term} have different predecessors (${seen.prevTerm} vs ${prevTerm}, node ${id})`);
       }
     }
   }
 
   // ------------------------------------------------------------ network
 
-  private send(m: Message): void {
+  private send(sent: Message): void {
+    const m = this.cfg.codec ? this.cfg.codec(sent) : sent;
     if (this.blocked.has(`${m.from}>${m.to}`)) {
       this.messagesDropped++;
       return;
@@ -521,6 +593,26 @@ export class Simulator {
             if (!(e instanceof ProposalDroppedError)) throw e;
           }
         })();
+        return;
+      }
+      case 'forge': {
+        if (!this.cfg.forge) return;
+        const view: SimView = {
+          now: this.now,
+          ids: this.ids,
+          isUp: (id) => this.slots.get(id)?.up ?? false,
+          raft: (id) => this.slots.get(id)!.host.node.raft,
+          disk: (id) => this.slots.get(id)!.host.disk,
+        };
+        for (const m of this.cfg.forge(f.batch, view)) {
+          // A host routes by group: a message for a group it does not run goes nowhere here.
+          if (!this.slots.has(m.to) || m.group !== (this.cfg.host?.group ?? 1)) continue;
+          this.forgedDelivered++;
+          this.at(
+            this.now + 1 + this.rng.nextInt(5),
+            this.onNode(m.to, () => this.slots.get(m.to)!.host.node.step(m)),
+          );
+        }
         return;
       }
       case 'heal':

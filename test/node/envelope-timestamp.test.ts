@@ -1,0 +1,46 @@
+/**
+ * Proposal envelope timestamps: a payload whose timestamp is not a non-negative integer is
+ * refused at decode time, where the replica skips it, rather than reach the state machine,
+ * which would stop the node.
+ */
+import { describe, expect, it } from 'vitest';
+import { decodeProposal, encodeProposal } from '../../src/node/envelope.js';
+import { ShardReplica } from '../../src/node/replica.js';
+import { EntryType, MemoryStorage, SeededRandom, type Ready } from '../../src/raft/index.js';
+import type { Command } from '../../src/statemachine/index.js';
+
+const noop: Command = { type: 'noop' };
+
+describe('proposal envelope timestamps', () => {
+  it('refuses a timestamp that is not a non-negative integer', () => {
+    for (const t of [Number.NaN, -1, 1.5, Number.POSITIVE_INFINITY, 2 ** 53]) {
+      expect(() => decodeProposal(encodeProposal(t, noop, 'client'))).toThrow(/timestamp/);
+    }
+  });
+
+  it('a committed proposal with a bad timestamp (which any member can forward to the leader) is skipped, not thrown', () => {
+    const bad: number[] = [];
+    const r = new ShardReplica({
+      nodeId: 1,
+      group: 3,
+      storage: new MemoryStorage({ voters: [1], learners: [] }),
+      random: new SeededRandom(1),
+      electionTicks: 10,
+      heartbeatTicks: 1,
+      snapshotEveryEntries: 1000,
+      maxPendingProposals: 10,
+      nowMs: () => 0,
+      onBadEntry: (index) => bad.push(index),
+    });
+    const rd: Ready = {
+      entries: [],
+      committedEntries: [{ term: 1, index: 1, type: EntryType.Normal, data: encodeProposal(Number.NaN, noop, 'client') }],
+      earlyMessages: [],
+      messages: [],
+      readStates: [],
+    };
+    expect(() => r.apply(rd)).not.toThrow();
+    expect(bad).toEqual([1]);
+    expect(r.sm.appliedIndex).toBe(1);
+  });
+});
