@@ -176,7 +176,23 @@ export interface KvServiceOptions {
   readonly adminToken?: string;
   /** Watches per client connection (default {@link DEFAULT_MAX_WATCHES_PER_CONNECTION}). */
   readonly maxWatchesPerConnection?: number;
+  /**
+   * Longest time one forwarded call may wait for the node it was forwarded to (default
+   * {@link DEFAULT_FORWARD_ATTEMPT_MS}; 0 = up to the call's deadline). A target that lets it run
+   * out is suspect: calls are not forwarded to it until it answers again or a suspicion period
+   * passes, and are answered UNAVAILABLE at once (retry-safe) so the client tries elsewhere.
+   */
+  readonly forwardAttemptMs?: number;
 }
+
+/**
+ * Default longest wait of one forwarded call (ms): below the client's default attempt timeout
+ * (1.5 s), so a frozen leader behind a forwarding node costs the client one answer, not its deadline.
+ */
+export const DEFAULT_FORWARD_ATTEMPT_MS = 1_000;
+
+/** How long a forwarding target that timed out is avoided (ms) unless it answers sooner. */
+const FORWARD_SUSPECT_MS = 3_000;
 
 /** What {@link addKvServices} returns. */
 export interface KvServiceHandle {
@@ -619,12 +635,15 @@ class KvService implements KvServiceHandle {
   private readonly maxResponseBytes: number;
   private readonly adminTokens: AdminTokenCheck;
   private readonly maxWatchesPerConnection: number;
+  private readonly forwardAttemptMs: number;
   /** Open client watches per connection (`call.getPeer()`). */
   private readonly watchesByPeer = new Map<string, number>();
   private readonly stubs = new Map<string, KvStub>();
   private readonly closers = new Set<() => void>();
   /** Leader hints learned from forwarding and NotLeaderErrors, per shard (never mixed across shards). */
   private readonly leaderCache = new Map<number, string>();
+  /** Forwarding targets that let an attempt time out: address → avoided until (ms since the epoch). */
+  private readonly suspectTargets = new Map<string, number>();
   private closed = false;
 
   constructor(
@@ -638,6 +657,7 @@ class KvService implements KvServiceHandle {
     this.maxResponseBytes = opts.maxResponseBytes ?? DEFAULT_MAX_RESPONSE_BYTES;
     this.adminTokens = new AdminTokenCheck(opts.adminToken);
     this.maxWatchesPerConnection = Math.max(1, opts.maxWatchesPerConnection ?? DEFAULT_MAX_WATCHES_PER_CONNECTION);
+    this.forwardAttemptMs = Math.max(0, opts.forwardAttemptMs ?? DEFAULT_FORWARD_ATTEMPT_MS);
   }
 
   get leaderHint(): string | undefined {
@@ -858,6 +878,12 @@ class KvService implements KvServiceHandle {
         const g = e.group ?? group;
         this.noteNotLeader(g, e);
         const target = e.leaderAddress;
+        if (target && this.isSuspectTarget(target)) {
+          // The leader this node knows froze or is cut off: say so now (the election that
+          // replaces it is under way), rather than forward into it.
+          if (g !== undefined && this.leaderCache.get(g) === target) this.leaderCache.delete(g);
+          throw new OpStatus(grpc.status.UNAVAILABLE, `the shard's leader ${target} is not answering; a new leader is being elected`, { retrySafe: true, shard: g });
+        }
         if (target && ctx.hops < MAX_FORWARD_HOPS && target !== this.self) {
           out = await this.forward(op, m, ctx, target, g);
         } else {
@@ -956,8 +982,24 @@ class KvService implements KvServiceHandle {
     return s;
   }
 
+  /** Whether forwarding to `target` timed out recently (and it has not answered since). */
+  private isSuspectTarget(target: string): boolean {
+    const until = this.suspectTargets.get(target);
+    if (until === undefined) return false;
+    if (until > Date.now()) return true;
+    this.suspectTargets.delete(target);
+    return false;
+  }
+
   /** Status for a forwarded call's failure (shard `group`): relays the upstream status and kvcascade metadata. */
-  private forwardFailure(err: grpc.ServiceError, target: string, group: number | undefined): OpStatus {
+  private forwardFailure(err: grpc.ServiceError, target: string, group: number | undefined, attemptTimedOut = false): OpStatus {
+    if (attemptTimedOut) {
+      this.suspectTargets.set(target, Date.now() + FORWARD_SUSPECT_MS);
+      if (group !== undefined && this.leaderCache.get(group) === target) this.leaderCache.delete(group);
+      this.log.warn({ target, group }, 'a forwarded call timed out: the target is suspect');
+      // It may have reached the leader: retry-safe only if the client's request cannot apply twice.
+      return new OpStatus(grpc.status.UNAVAILABLE, `the shard's leader ${target} did not answer within ${this.forwardAttemptMs} ms; the outcome of a write is unknown`, { shard: group });
+    }
     if (neverReachedServer(err)) {
       if (group !== undefined && this.leaderCache.get(group) === target) this.leaderCache.delete(group);
       return new OpStatus(grpc.status.UNAVAILABLE, `leader ${target} unreachable: ${err.details}`, { retrySafe: true, shard: group });
@@ -999,16 +1041,19 @@ class KvService implements KvServiceHandle {
         o: Partial<grpc.CallOptions>,
         cb: (err: grpc.ServiceError | null, res?: ResponseOf<O>) => void,
       ) => grpc.ClientUnaryCall;
-      const call = method.call(this.stub(target), m, md, { deadline: new Date(ctx.deadlineMs) }, (err, res) => {
+      const attemptDeadline = this.forwardAttemptMs > 0 ? Math.min(ctx.deadlineMs, Date.now() + this.forwardAttemptMs) : ctx.deadlineMs;
+      const call = method.call(this.stub(target), m, md, { deadline: new Date(attemptDeadline) }, (err, res) => {
         error = err;
         response = res;
       });
       ctx.onCancel?.(() => call.cancel());
       call.on('status', (status: grpc.StatusObject) => {
         if (error || response === undefined) {
-          reject(this.forwardFailure(error ?? Object.assign(new Error(status.details), status), target, group));
+          const timedOut = status.code === grpc.status.DEADLINE_EXCEEDED && attemptDeadline < ctx.deadlineMs;
+          reject(this.forwardFailure(error ?? Object.assign(new Error(status.details), status), target, group, timedOut));
           return;
         }
+        this.suspectTargets.delete(target);
         const f = readKvMetadata(status.metadata);
         const g = f.shard ?? group;
         const leader = f.leader ?? (leaderServes ? target : undefined);

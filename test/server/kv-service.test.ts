@@ -321,17 +321,41 @@ describe('deadlines', () => {
 });
 
 describe('forwarding to the leader', () => {
-  async function pair() {
+  it('bounds each forwarded attempt: a frozen leader is answered UNAVAILABLE after the attempt time, then at once (retry-safe) while suspect', async () => {
+    const { leaderBackend, followerBackend, follower } = await pair({ forwardAttemptMs: 300 });
+    const gate = deferred();
+    leaderBackend.before = () => gate.promise; // the leader accepts calls and never answers
+    const t0 = Date.now();
+    const first = await unary(follower.kv, 'get', { key: 'k' }, { deadlineMs: 5_000 });
+    const took = Date.now() - t0;
+    expect(expectError(first, grpc.status.UNAVAILABLE).details).toMatch(/did not answer within 300 ms/);
+    expect(metaString(first.trailers, META_RETRY_SAFE)).toBeUndefined(); // a write's outcome would be unknown
+    expect(took).toBeGreaterThanOrEqual(250);
+    expect(took).toBeLessThan(2_000);
+    // While the leader is suspect, calls are not forwarded into it: answered at once, retry-safe.
+    const calls = leaderBackend.calls.put;
+    const t1 = Date.now();
+    const second = await unary(follower.kv, 'put', { key: 'k', value: utf8('v') }, { deadlineMs: 5_000 });
+    expect(expectError(second, grpc.status.UNAVAILABLE).details).toMatch(/not answering; a new leader is being elected/);
+    expect(metaString(second.trailers, META_RETRY_SAFE)).toBe('1');
+    expect(Date.now() - t1).toBeLessThan(200);
+    expect(leaderBackend.calls.put).toBe(calls);
+    expect(followerBackend.calls.put).toBe(1);
+    gate.resolve();
+  });
+
+
+  async function pair(followerOpts: { forwardAttemptMs?: number } = {}) {
     const leaderBackend = new MemoryBackend({ nodeId: 1 });
     const followerBackend = new MemoryBackend({ nodeId: 2 });
     const leader = await start(leaderBackend);
-    const follower = await start(followerBackend);
+    const follower = await start(followerBackend, followerOpts);
     followerBackend.setNotLeader(leader.srv.address, 1);
     return { leaderBackend, followerBackend, leader, follower };
   }
 
   it('forwards writes and linearizable reads, with the deadline, and reports kv-leader', async () => {
-    const { leaderBackend, followerBackend, leader, follower } = await pair();
+    const { leaderBackend, followerBackend, leader, follower } = await pair({ forwardAttemptMs: 0 });
     const t0 = Date.now();
     const put = await unary<object, PutResponseMsg>(follower.kv, 'put', { key: 'k', value: utf8('v') }, { deadlineMs: 5_000 });
     expect(ok(put).succeeded).toBe(true);
@@ -363,7 +387,7 @@ describe('forwarding to the leader', () => {
   });
 
   it('forwards triggers to the leader, which applies them', async () => {
-    const { leaderBackend, followerBackend, leader, follower } = await pair();
+    const { leaderBackend, followerBackend, leader, follower } = await pair({ forwardAttemptMs: 0 });
     const t0 = Date.now();
     const t = await unary<object, TriggerResponseMsg>(follower.kv, 'trigger', { key: 't', value: utf8('x') }, { deadlineMs: 5_000 });
     expect(ok(t)).toMatchObject({ revision: 1 });
