@@ -1,5 +1,5 @@
 /** Configuration of a kvd process: flags and an optional JSON file, validated into `KvdConfig`. */
-import { Command, InvalidArgumentError } from 'commander';
+import { Command, InvalidArgumentError, Option } from 'commander';
 import { readFileSync, statSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { KVCASCADE_VERSION } from '../node/kv-node.js';
@@ -44,6 +44,8 @@ export interface KvdConfig {
   peerTlsCa?: string;
   /** Things worth telling the operator at start (insecure choices, deprecated flags). */
   warnings: string[];
+  /** Tests only: serve the fault-injection endpoint on the metrics port. */
+  testFaultInjection: boolean;
 }
 
 /** An extension listed in the node's configuration. */
@@ -119,6 +121,9 @@ export function parseConfig(argv: string[]): KvdConfig {
     .option('--peer-tls-cert <file>', 'PEM certificate of the peer listener, naming this node (CN node-<id> or SAN URI urn:kvcascade:node:<id>); default --tls-cert')
     .option('--peer-tls-key <file>', 'PEM private key of the peer listener (default --tls-key)')
     .option('--peer-tls-ca <file>', 'PEM CA bundle of the cluster: peers must present a certificate it signed (default --tls-ca)')
+    .addOption(
+      new Option('--test-fault-injection', 'tests only: POST /test/faults?drop-to=2,3 on the metrics port cuts this node\'s outgoing peer traffic').hideHelp(),
+    )
     .exitOverride()
     .configureOutput({ writeErr: (s) => process.stderr.write(s) });
   program.parse(argv, { from: 'user' });
@@ -178,6 +183,7 @@ export function parseConfig(argv: string[]): KvdConfig {
     ...(advertisePeer !== undefined && peerListen !== undefined ? { advertisePeer } : {}),
     insecurePeers,
     warnings,
+    testFaultInjection: o.testFaultInjection === true,
     dataDir: resolve(pick('dataDir', `./data/node-${id}`)),
     metricsPort: Number(pick('metricsPort', 0)),
     tickMs: Number(pick('tickMs', 100)),

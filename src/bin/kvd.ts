@@ -2,6 +2,7 @@
 /** `kvd`: starts one kvcascade node from flags or a JSON config file. */
 import * as grpc from '@grpc/grpc-js';
 import { chmodSync, mkdirSync, statSync } from 'node:fs';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import { join } from 'node:path';
 import { createLogger } from '../log.js';
 import { KvNode } from '../node/kv-node.js';
@@ -64,6 +65,27 @@ const PEER_SERVER_OPTIONS: grpc.ServerOptions = {
 
 function bind(server: grpc.Server, address: string, creds: grpc.ServerCredentials): Promise<number> {
   return new Promise<number>((res, rej) => server.bindAsync(address, creds, (err, p) => (err ? rej(err) : res(p))));
+}
+
+/**
+ * Tests only (--test-fault-injection): `POST /test/faults?drop-to=2,3` makes the node drop every
+ * Raft message it sends to nodes 2 and 3 (a one-way partition); `drop-to=` heals.
+ */
+function faultInjection(transport: GrpcPeerTransport, log: Logger): (req: IncomingMessage, res: ServerResponse) => boolean {
+  log.warn('test fault injection is enabled (--test-fault-injection): never in production');
+  return (req, res) => {
+    const url = new URL(req.url ?? '/', 'http://localhost');
+    if (url.pathname !== '/test/faults' || req.method !== 'POST') return false;
+    const ids = (url.searchParams.get('drop-to') ?? '').split(',').filter(Boolean).map(Number);
+    if (!ids.every((n) => Number.isSafeInteger(n) && n > 0)) {
+      res.statusCode = 400;
+      res.end('drop-to must be a comma-separated list of node ids\n');
+      return true;
+    }
+    transport.dropOutgoingTo(new Set(ids));
+    res.end(`dropping outgoing peer traffic to [${ids.join(',')}]\n`);
+    return true;
+  };
 }
 
 /** Creates the data folder readable by this user only (0700), tightening an existing one. */
@@ -151,7 +173,7 @@ async function main(): Promise<void> {
     transport.register(peerServer, { isMember: (id) => node.isMember(id), authenticate: creds.peerAuthenticator });
     peerPort = await bind(peerServer, cfg.peerListen!, creds.peerServer);
   }
-  const m = await metrics.serve(cfg.metricsPort);
+  const m = await metrics.serve(cfg.metricsPort, '127.0.0.1', cfg.testFaultInjection ? faultInjection(transport, log) : undefined);
   node.start();
   cluster.start();
   if (cfg.join) {

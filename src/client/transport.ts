@@ -436,8 +436,9 @@ export class Transport implements CallRoute {
       if (this.closed) throw new KvError(grpc.status.CANCELLED, 'client closed', { endpoint: address });
       // The attempt's own timeout (not the call's): the node is suspect, the call moves on.
       const attemptTimedOut = err.code === grpc.status.DEADLINE_EXCEEDED && attemptDeadline < deadlineAt;
+      // No answer at all before a deadline (the attempt's or the call's): the node is suspect.
+      if (err.code === grpc.status.DEADLINE_EXCEEDED && !r.headers && !r.notSent && route !== undefined) this.suspect(address);
       if (attemptTimedOut) {
-        this.suspect(address);
         err = statusError(grpc.status.UNAVAILABLE, `no answer from ${address} within the attempt timeout (${attemptMs} ms)`);
       }
       this.observer?.failure(err);

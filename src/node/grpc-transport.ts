@@ -96,6 +96,7 @@ export class GrpcPeerTransport implements Transport {
   private handler: (messages: readonly Message[]) => void = () => {};
   private unreachable: (peer: NodeId) => void = () => {};
   private closed = false;
+  private blockedTo: ReadonlySet<NodeId> = new Set();
   private readonly maxQueued: number;
   private readonly maxBatch: number;
   private readonly maxMessageBytes: number;
@@ -199,11 +200,20 @@ export class GrpcPeerTransport implements Transport {
     });
   }
 
+  /**
+   * Fault injection for tests (kvd --test-fault-injection): drop every message this node would
+   * send to these peers, as a one-way network partition would; an empty set heals it.
+   */
+  dropOutgoingTo(peers: ReadonlySet<NodeId>): void {
+    this.blockedTo = new Set(peers);
+    this.log.warn({ peers: [...peers] }, peers.size > 0 ? 'fault injection: dropping outgoing peer traffic' : 'fault injection: outgoing peer traffic restored');
+  }
+
   send(messages: readonly Message[]): void {
     if (this.closed) return;
     for (const m of messages) {
       const c = this.conns.get(m.to);
-      if (!c) {
+      if (!c || this.blockedTo.has(m.to)) {
         this.dropped++;
         continue;
       }

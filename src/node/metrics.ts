@@ -2,7 +2,7 @@
  * Prometheus metrics of a kvd node (prom-client): requests by method and status, latencies,
  * Raft and storage figures, served on an HTTP `/metrics` endpoint.
  */
-import { createServer, type Server } from 'node:http';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type {
   CallOptions,
@@ -201,9 +201,17 @@ export class NodeMetrics {
     };
   }
 
-  /** Serves `/metrics` on 127.0.0.1:`port` (0 = ephemeral); resolves with the bound port. */
-  async serve(port: number, host = '127.0.0.1'): Promise<{ server: Server; port: number }> {
+  /**
+   * Serves `/metrics` on 127.0.0.1:`port` (0 = ephemeral); resolves with the bound port. `extra`
+   * may answer other requests (it returns true when it did).
+   */
+  async serve(
+    port: number,
+    host = '127.0.0.1',
+    extra?: (req: IncomingMessage, res: ServerResponse) => boolean,
+  ): Promise<{ server: Server; port: number }> {
     const server = createServer((req, res) => {
+      if (extra?.(req, res)) return;
       if (req.url !== '/metrics') {
         res.statusCode = 404;
         res.end('not found\n');

@@ -184,9 +184,18 @@ export class KvdCluster {
     this.node(id).proc?.kill('SIGCONT');
   }
 
+  /**
+   * One-way partition (needs `--test-fault-injection` in extraArgs): node `id` drops every Raft
+   * message it sends to `to`, while still receiving theirs; `[]` heals.
+   */
+  async cutOutgoing(id: number, to: readonly number[]): Promise<void> {
+    const res = await fetch(`http://127.0.0.1:${this.node(id).metricsPort}/test/faults?drop-to=${to.join(',')}`, { method: 'POST' });
+    if (!res.ok) throw new Error(`fault injection on node ${id} failed: ${res.status} ${await res.text()}`);
+  }
+
   /** A client over every endpoint (closed by `stop`). */
-  client(endpoints: string[] = this.endpoints): KvClient {
-    const c = new KvClient({ endpoints, defaultDeadlineMs: 5000, ...(this.opts.tls ? { tls: this.opts.tls } : {}) });
+  client(endpoints: string[] = this.endpoints, opts: Partial<ConstructorParameters<typeof KvClient>[0]> = {}): KvClient {
+    const c = new KvClient({ endpoints, defaultDeadlineMs: 5000, ...(this.opts.tls ? { tls: this.opts.tls } : {}), ...opts });
     this.clients.push(c);
     return c;
   }
