@@ -51,6 +51,7 @@ import {
   type KvWatchOptions,
 } from './types.js';
 import { KvWatch } from './watch.js';
+import { ClientSession } from './session.js';
 
 /** Default timeout of a call, retries included. */
 export const DEFAULT_CLIENT_DEADLINE_MS = 10_000;
@@ -105,6 +106,13 @@ export interface KvClientOptions {
    */
   readonly attemptTimeoutMs?: number;
   /**
+   * Give every write a client session (default true): each put, delete, trigger and txn carries
+   * this client's session id and a sequence number, so it is retried after a failed or timed-out
+   * attempt and still applied once (see docs/sessions.md). False: a write is retried only when the
+   * servers say it was not executed, and a lost response leaves its outcome unknown.
+   */
+  readonly sessions?: boolean;
+  /**
    * The cluster's admin token, sent with every KV call as `authorization: Bearer <token>`. Only
    * needed to read dead letters (`list('/_dlq/<extension>/')`, a watch or get under `/_dlq/`):
    * the rest of the reserved keyspace (`/_...`, `/ext/`) is refused (PERMISSION_DENIED) to every
@@ -128,9 +136,26 @@ export class KvClient {
   private readonly router: ShardRouter;
   private readonly defaultDeadlineMs: number;
 
+  /** The write session (absent when disabled with `sessions: false`). */
+  private readonly session: ClientSession | undefined;
+
+  /**
+   * Runs a write: with a session, it carries (session id, seq) and is retried like a read (the
+   * servers apply it at most once); without one, it is retried only when provably not executed.
+   */
+  private async write<Req extends object, Res>(method: 'put' | 'delete' | 'trigger' | 'txn', req: Req, deadlineAt: number, key: string | undefined): Promise<Res> {
+    const s = this.session?.begin();
+    try {
+      return await this.keyed<Req, Res>(method, s ? { ...req, session: s.wire } : req, s ? 'session-write' : 'write', deadlineAt, key);
+    } finally {
+      s?.end();
+    }
+  }
+
   /** Creates a client; connections are made lazily. */
   constructor(opts: KvClientOptions) {
     this.defaultDeadlineMs = opts.defaultDeadlineMs ?? DEFAULT_CLIENT_DEADLINE_MS;
+    this.session = opts.sessions === false ? undefined : new ClientSession();
     this.transport = new Transport({
       endpoints: opts.endpoints,
       tls: opts.tls,
@@ -200,7 +225,7 @@ export class KvClient {
       returnCurrentValue: opts.returnCurrentValue === true,
       ...(ev !== undefined ? { expectedVersion: ev } : {}),
     };
-    const res = await this.keyed<PutRequestMsg, PutResponseMsg>('put', req, 'write', this.deadline(opts.deadlineMs), req.key);
+    const res = await this.write<PutRequestMsg, PutResponseMsg>('put', req, this.deadline(opts.deadlineMs), req.key);
     return putResult(res);
   }
 
@@ -228,7 +253,7 @@ export class KvClient {
     this.transport.checkOpen();
     const ev = localUint(opts.expectedVersion, 'expectedVersion');
     const req: DeleteRequestMsg = { key: localKey(key), ...(ev !== undefined ? { expectedVersion: ev } : {}) };
-    const res = await this.keyed<DeleteRequestMsg, DeleteResponseMsg>('delete', req, 'write', this.deadline(opts.deadlineMs), req.key);
+    const res = await this.write<DeleteRequestMsg, DeleteResponseMsg>('delete', req, this.deadline(opts.deadlineMs), req.key);
     return deleteResult(res);
   }
 
@@ -239,7 +264,7 @@ export class KvClient {
   async trigger(key: string, value: Uint8Array | string, opts: KvTriggerOptions = {}): Promise<KvTriggerResult> {
     this.transport.checkOpen();
     const req: TriggerRequestMsg = { key: localKey(key), value: localValue(value) };
-    const res = await this.keyed<TriggerRequestMsg, TriggerResponseMsg>('trigger', req, 'write', this.deadline(opts.deadlineMs), req.key);
+    const res = await this.write<TriggerRequestMsg, TriggerResponseMsg>('trigger', req, this.deadline(opts.deadlineMs), req.key);
     return triggerResult(res);
   }
 
@@ -263,7 +288,7 @@ export class KvClient {
     });
     const req: TxnRequestMsg = { compares, writes };
     const first = compares[0]?.key ?? writes[0]?.put?.key ?? writes[0]?.delete?.key;
-    const res = await this.keyed<TxnRequestMsg, TxnResponseMsg>('txn', req, 'write', this.deadline(opts.deadlineMs), first);
+    const res = await this.write<TxnRequestMsg, TxnResponseMsg>('txn', req, this.deadline(opts.deadlineMs), first);
     return txnResult(res);
   }
 

@@ -193,10 +193,10 @@ describe('leader discovery and failover', () => {
     expect(backend.sm.revision).toBe(2);
   });
 
-  it('retries a write on a dead endpoint (never reached) and on retry-safe errors, but not otherwise', async () => {
+  it('retries a write on a dead endpoint (never reached) and on retry-safe errors, but not otherwise (without a session)', async () => {
     const backend = new MemoryBackend();
     const s = await server(backend);
-    const c = client([await deadAddress(), s.address]);
+    const c = client([await deadAddress(), s.address], { sessions: false });
     await c.put('a', '1');
     expect(backend.calls.put).toBe(1);
 

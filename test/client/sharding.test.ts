@@ -313,11 +313,37 @@ describe('attempt timeouts and suspect nodes', () => {
     expect(c.suspectNodes()).toEqual([]);
   });
 
+  it('a write with a session is retried on the new leader after one attempt timeout, with the same session id and seq', async () => {
+    const fc = await fakeCluster({ nodes: 3, shards: 1, replicas: 3 });
+    const group = fc.map.shards[0]!.group;
+    fc.leaders.set(group, 1);
+    const seen: { node: number; session: { id: string; seq: number; ackedBelow: number } }[] = [];
+    fc.before = (node, method, req) => {
+      if (method === 'put') seen.push({ node: node.id, session: (req as { session: { id: string; seq: number; ackedBelow: number } }).session });
+      return undefined;
+    };
+    const c = client(fc.nodes.map((n) => n.address), { attemptTimeoutMs: 300, defaultDeadlineMs: 5_000 });
+    await c.put('/a', 'v1');
+    fc.frozen.add(1);
+    fc.leaders.set(group, 2);
+    const t0 = Date.now();
+    expect((await c.put('/a', 'v2')).succeeded).toBe(true);
+    expect(Date.now() - t0).toBeLessThan(1_500);
+    await c.put('/a', 'v3');
+    // The frozen node counted the second put but never answered (the hook runs only for answered calls).
+    expect(seen.map((s) => s.node)).toEqual([1, 2, 2]);
+    const [first, retried, third] = seen.map((s) => s.session);
+    expect(first!.id).toMatch(/^[A-Za-z0-9_-]{16,64}$/);
+    expect(retried).toMatchObject({ id: first!.id, seq: 2 });
+    expect(third).toMatchObject({ id: first!.id, seq: 3, ackedBelow: 3 });
+    expect(fc.node(1).calls.put).toBe(2);
+  });
+
   it('a write without a session is not sent twice: it waits on the frozen node until its deadline', async () => {
     const fc = await fakeCluster({ nodes: 3, shards: 1, replicas: 3 });
     const group = fc.map.shards[0]!.group;
     fc.leaders.set(group, 1);
-    const c = client(fc.nodes.map((n) => n.address), { attemptTimeoutMs: 200, defaultDeadlineMs: 1_000 });
+    const c = client(fc.nodes.map((n) => n.address), { attemptTimeoutMs: 200, defaultDeadlineMs: 1_000, sessions: false });
     await c.put('/a', 'v1');
     fc.frozen.add(1);
     fc.leaders.set(group, 2);

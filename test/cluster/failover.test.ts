@@ -1,0 +1,115 @@
+/**
+ * Failover as running clients feel it, with real kvd processes: the leader is frozen (SIGSTOP)
+ * or cut off one way (it hears its peers, they never hear it) while readers and writers keep
+ * going. Once a new leader exists, operations must succeed within about one attempt timeout plus
+ * backoff, not wait for the frozen node. Prints, per fault, the time from the fault to the first
+ * successful read and write and how many operations waited longer than an attempt timeout after
+ * the new leader was elected.
+ */
+import { afterEach, describe, expect, it } from 'vitest';
+import { KvdCluster } from './harness.js';
+
+const TICK_MS = 50;
+const ELECTION_TICKS = 10;
+const ELECTION_MS = TICK_MS * ELECTION_TICKS;
+/** The clients' attempt timeout: 1.5 election timeouts. */
+const ATTEMPT_MS = 750;
+
+let cluster: KvdCluster | undefined;
+
+afterEach(async () => {
+  await cluster?.stop();
+  cluster = undefined;
+});
+
+interface Op {
+  readonly kind: 'get' | 'put';
+  readonly start: number;
+  readonly end: number;
+  readonly ok: boolean;
+}
+
+/** Readers and writers that record every operation's start, end and outcome. */
+function startLoad(c: ReturnType<KvdCluster['client']>, workers: number) {
+  const ops: Op[] = [];
+  let stopped = false;
+  const loops = Array.from({ length: workers }, async (_, w) => {
+    for (let i = 0; !stopped; i++) {
+      const kind = w % 2 === 0 ? 'get' : 'put';
+      const key = `/fo/${w}/${i % 20}`;
+      const start = Date.now();
+      let ok = true;
+      try {
+        if (kind === 'get') await c.get(key, { deadlineMs: 5_000 });
+        else await c.put(key, `${w}-${i}`, { deadlineMs: 5_000 });
+      } catch {
+        ok = false;
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      ops.push({ kind, start, end: Date.now(), ok });
+    }
+  });
+  return {
+    ops,
+    async stop() {
+      stopped = true;
+      await Promise.all(loops);
+    },
+  };
+}
+
+/** Polls until a node other than `old` reports itself leader of group 1; returns when (ms). */
+async function newLeaderAt(c: KvdCluster, old: number): Promise<number> {
+  await c.waitForLeader(20_000, [old]);
+  return Date.now();
+}
+
+function report(name: string, ops: readonly Op[], faultAt: number, electedAt: number) {
+  const firstOk = (kind: Op['kind']) => ops.filter((o) => o.kind === kind && o.ok && o.start >= faultAt).sort((a, b) => a.end - b.end)[0];
+  const get = firstOk('get');
+  const put = firstOk('put');
+  // Operations started after the new leader existed that took longer than an attempt timeout plus backoff.
+  const slow = ops.filter((o) => o.start >= electedAt && o.end - o.start > ATTEMPT_MS + 500);
+  const failedAfter = ops.filter((o) => o.start >= electedAt && !o.ok);
+  const figures = {
+    newLeaderAfterMs: electedAt - faultAt,
+    firstGetAfterMs: get ? get.end - faultAt : undefined,
+    firstPutAfterMs: put ? put.end - faultAt : undefined,
+    slowAfterElection: slow.length,
+    failedAfterElection: failedAfter.length,
+    ops: ops.length,
+  };
+  console.log(`${name}: ${JSON.stringify(figures)}`);
+  return figures;
+}
+
+describe('failover under running clients', () => {
+  for (const fault of ['SIGSTOP of the leader', 'one-way partition of the leader'] as const) {
+    it(`${fault}: operations succeed within an attempt timeout once a new leader exists`, async () => {
+      cluster = await KvdCluster.start({ nodes: 3, tickMs: TICK_MS, electionTicks: ELECTION_TICKS, extraArgs: ['--test-fault-injection'] });
+      const c = cluster.client(cluster.endpoints, { attemptTimeoutMs: ATTEMPT_MS });
+      const load = startLoad(c, 8);
+      while (load.ops.filter((o) => o.ok).length < 100) await new Promise((r) => setTimeout(r, 20));
+      const leader = await cluster.waitForLeader();
+      const others = [1, 2, 3].filter((id) => id !== leader);
+      const faultAt = Date.now();
+      if (fault === 'SIGSTOP of the leader') cluster.pause(leader);
+      else await cluster.cutOutgoing(leader, others);
+      const electedAt = await newLeaderAt(cluster, leader);
+      // Keep the fault on for 4 s, then heal.
+      await new Promise((r) => setTimeout(r, Math.max(0, faultAt + 4_000 - Date.now())));
+      const opsDuringFault = load.ops.length;
+      if (fault === 'SIGSTOP of the leader') cluster.resume(leader);
+      else await cluster.cutOutgoing(leader, []);
+      await new Promise((r) => setTimeout(r, 500));
+      await load.stop();
+      const f = report(fault, load.ops.slice(0, opsDuringFault), faultAt, electedAt);
+      expect(f.newLeaderAfterMs).toBeLessThan(ELECTION_MS * 2 + 2_000);
+      // Reads retry at once; writes without a session may still wait for their deadline (sessions make them retryable).
+      expect(f.firstGetAfterMs).toBeDefined();
+      expect(f.firstGetAfterMs!).toBeLessThan(f.newLeaderAfterMs + ATTEMPT_MS + 1_000);
+      expect(f.firstPutAfterMs).toBeDefined();
+      expect(f.firstPutAfterMs!).toBeLessThan(f.newLeaderAfterMs + ATTEMPT_MS + 1_500);
+    }, 90_000);
+  }
+});
