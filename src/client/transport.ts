@@ -121,6 +121,7 @@ export class Transport implements CallRoute {
   private readonly suspects = new Set<string>();
   /** Attempts that timed out (a node suspected), for tests and logs. */
   attemptTimeouts = 0;
+  private readonly suspectListeners = new Set<(address: string) => void>();
   private readonly closeController = new AbortController();
   private cursor = 0;
   private leaderHint: string | undefined;
@@ -232,6 +233,12 @@ export class Transport implements CallRoute {
     return this.suspects.has(address) || (this.downUntil.get(address) ?? 0) > now;
   }
 
+  /** Calls `listener` whenever a node becomes suspect (watch streams on it move elsewhere); returns an unsubscribe function. */
+  onSuspect(listener: (address: string) => void): () => void {
+    this.suspectListeners.add(listener);
+    return () => this.suspectListeners.delete(listener);
+  }
+
   /** The suspect addresses (diagnostics). */
   suspectAddresses(): string[] {
     return [...this.suspects];
@@ -254,6 +261,7 @@ export class Transport implements CallRoute {
     if (this.suspects.has(address)) return;
     this.suspects.add(address);
     this.opts.log.debug({ address }, 'node suspect: an attempt timed out');
+    for (const l of this.suspectListeners) l(address);
     void this.probe(address);
   }
 

@@ -3,7 +3,7 @@ import * as grpc from '@grpc/grpc-js';
 import type { WatchRequestMsg, WatchResponseMsg } from '../server/proto.js';
 import { encodeResumeToken } from '../server/request-validation.js';
 import { CompactedError, fromServiceError } from './errors.js';
-import { neverSent, type CallRoute, type Transport } from './transport.js';
+import { neverSent, statusError, type CallRoute, type Transport } from './transport.js';
 import { watchEvent, type KvWatchBatch, type KvWatchEvent, type KvWatchOptions } from './types.js';
 
 /** Errors that resuming cannot fix: they end the iteration. */
@@ -292,6 +292,10 @@ export class KvWatch implements AsyncIterableIterator<KvWatchBatch> {
     stream.on('data', (msg: WatchResponseMsg) => this.push({ gen, kind: 'data', msg }));
     stream.on('error', (err: grpc.ServiceError) => this.push({ gen, kind: 'error', err }));
     stream.on('end', () => this.push({ gen, kind: 'end' }));
+    // A node other calls found frozen will not deliver either: resume elsewhere now, not after keepalive notices.
+    const offSuspect = t.onSuspect((a) => {
+      if (a === address) this.push({ gen, kind: 'error', err: statusError(grpc.status.UNAVAILABLE, `${address} is suspect (an attempt timed out)`) });
+    });
     try {
       for (;;) {
         const item = await this.take();
@@ -327,6 +331,7 @@ export class KvWatch implements AsyncIterableIterator<KvWatchBatch> {
         }
       }
     } finally {
+      offSuspect();
       if (this.stream === stream) this.stream = undefined;
       this.gen++;
       stream.cancel();
