@@ -362,10 +362,9 @@ export class KvClient {
       transport: this.transport,
       router: this.router,
       defaultDeadlineMs: this.defaultDeadlineMs,
-      put: (k, v, o) => this.put(k, v, o),
-      get: (k, o) => this.get(k, o),
-      delete: (k, o) => this.delete(k, o),
-      trigger: (k, v, o) => this.trigger(k, v, o),
+      ...(this.session ? { session: this.session } : {}),
+      unary: <Res>(op: 'put' | 'get' | 'delete' | 'trigger', req: { key?: string; session?: unknown }, deadlineAt: number) =>
+        this.keyed<typeof req, Res>(op, req, op === 'get' ? 'read' : req.session ? 'session-write' : 'write', deadlineAt, req.key),
     });
   }
 

@@ -11,6 +11,7 @@ import type {
 } from '../server/proto.js';
 import { KvError } from './errors.js';
 import { isWrongShard, type ShardRouter } from './router.js';
+import type { ClientSession } from './session.js';
 import { neverSent, type Transport } from './transport.js';
 import {
   deleteResult,
@@ -57,6 +58,10 @@ interface PendingOp {
   readonly key: string;
   readonly deadlineAt: number;
   readonly timer: NodeJS.Timeout;
+  /** Safe to send again: a read, or a write carrying a client session. */
+  readonly repeatable: boolean;
+  /** Fires when the attempt on its stream has taken the attempt timeout (repeatable ops only). */
+  attemptTimer: NodeJS.Timeout | undefined;
   /** The stream it was sent on (undefined while waiting for the cluster map). */
   lane: Lane | undefined;
   /** Handed to the stream (it may have reached the server). */
@@ -71,16 +76,16 @@ interface PendingOp {
   readonly retry: (remainingMs: number) => void;
 }
 
-/** What a pipeline needs from the client: the transport, the shard router and unary fallbacks for retries. */
+/** What a pipeline needs from the client: the transport, the shard router, the write session and a unary fallback for retries. */
 export interface PipelineDeps {
   readonly transport: Transport;
   /** Routes each op to its shard's leader (absent: every op goes on one stream, as against pre-sharding servers). */
   readonly router?: ShardRouter;
   readonly defaultDeadlineMs: number;
-  put(key: string, value: Uint8Array, opts: KvPutOptions): Promise<KvPutResult>;
-  get(key: string, opts: KvGetOptions): Promise<KvGetResult>;
-  delete(key: string, opts: KvDeleteOptions): Promise<KvDeleteResult>;
-  trigger(key: string, value: Uint8Array, opts: KvTriggerOptions): Promise<KvTriggerResult>;
+  /** The client's write session (absent: writes carry none and are not resent once they may have reached a server). */
+  readonly session?: ClientSession;
+  /** Runs the op's request (session included) as a unary call with the client's retries, until `deadlineAt`. */
+  unary<Res>(op: Op, req: PutRequestMsg | GetRequestMsg | DeleteRequestMsg | TriggerRequestMsg, deadlineAt: number): Promise<Res>;
 }
 
 /**
@@ -140,9 +145,7 @@ export class KvPipeline {
     } catch (e) {
       return Promise.reject(e);
     }
-    return this.submit('put', msg, opts.deadlineMs, (m) => putResult(m.put ?? {}), (ms) =>
-      this.deps.put(key, bytes, { ...opts, deadlineMs: ms }),
-    );
+    return this.submit('put', msg, opts.deadlineMs, (m) => putResult(m.put ?? {}), putResult);
   }
 
   /** Pipelined get (see KvClient.get). */
@@ -161,9 +164,7 @@ export class KvPipeline {
     } catch (e) {
       return Promise.reject(e);
     }
-    return this.submit('get', msg, opts.deadlineMs, (m) => getResult(m.get ?? {}), (ms) =>
-      this.deps.get(key, { ...opts, deadlineMs: ms }),
-    );
+    return this.submit('get', msg, opts.deadlineMs, (m) => getResult(m.get ?? {}), getResult);
   }
 
   /** Pipelined delete (see KvClient.delete). */
@@ -175,9 +176,7 @@ export class KvPipeline {
     } catch (e) {
       return Promise.reject(e);
     }
-    return this.submit('delete', msg, opts.deadlineMs, (m) => deleteResult(m.delete ?? {}), (ms) =>
-      this.deps.delete(key, { ...opts, deadlineMs: ms }),
-    );
+    return this.submit('delete', msg, opts.deadlineMs, (m) => deleteResult(m.delete ?? {}), deleteResult);
   }
 
   /** Pipelined trigger put (see KvClient.trigger). */
@@ -190,9 +189,7 @@ export class KvPipeline {
     } catch (e) {
       return Promise.reject(e);
     }
-    return this.submit('trigger', msg, opts.deadlineMs, (m) => triggerResult(m.trigger ?? {}), (ms) =>
-      this.deps.trigger(key, bytes, { ...opts, deadlineMs: ms }),
-    );
+    return this.submit('trigger', msg, opts.deadlineMs, (m) => triggerResult(m.trigger ?? {}), triggerResult);
   }
 
   /** Waits for every op in flight, then half-closes the streams and waits for them to end. Later ops fail with CANCELLED. */
@@ -216,18 +213,23 @@ export class KvPipeline {
     return this.closing;
   }
 
-  private submit<R>(
+  private submit<R, U>(
     op: Op,
-    msg: PutRequestMsg | GetRequestMsg | DeleteRequestMsg | TriggerRequestMsg,
+    request: PutRequestMsg | GetRequestMsg | DeleteRequestMsg | TriggerRequestMsg,
     timeoutMs: number | undefined,
     convert: (m: PipelineResponseMsg) => R,
-    unary: (remainingMs: number) => Promise<R>,
+    convertUnary: (res: U) => R,
   ): Promise<R> {
     if (this.closing || this.deps.transport.closed) {
       return Promise.reject(new KvError(grpc.status.CANCELLED, 'pipeline closed'));
     }
     const id = this.nextId++;
     const deadlineAt = Date.now() + (timeoutMs ?? this.deps.defaultDeadlineMs);
+    // A write with a session may be sent again (on another stream, or as a unary call): it applies once.
+    const write = op === 'get' ? undefined : this.deps.session?.begin();
+    const msg = write ? { ...request, session: write.wire } : request;
+    const repeatable = op === 'get' || write !== undefined;
+    const unary = (remainingMs: number): Promise<R> => this.deps.unary<U>(op, msg, Date.now() + remainingMs).then(convertUnary);
     const p = new Promise<R>((resolve, reject) => {
       const timer = setTimeout(() => {
         if (this.pending.delete(id)) reject(new KvError(grpc.status.DEADLINE_EXCEEDED, `pipelined ${op} timed out`));
@@ -238,6 +240,8 @@ export class KvPipeline {
         key: msg.key ?? '',
         deadlineAt,
         timer,
+        repeatable,
+        attemptTimer: undefined,
         lane: undefined,
         written: false,
         req: undefined,
@@ -248,8 +252,8 @@ export class KvPipeline {
             const message = m.error.message ?? '';
             this.deps.transport.observer?.failure({ code, details: message });
             const e = new KvError(code, message, { endpoint: pending.lane?.address });
-            // Reads are always safe to retry elsewhere; so is an op that reached a shard not owning its key (nothing was applied).
-            if (code === grpc.status.UNAVAILABLE && (op === 'get' || isWrongShard({ code, details: message }))) {
+            // Reads and session writes are safe to retry elsewhere; so is an op that reached a shard not owning its key (nothing was applied).
+            if (code === grpc.status.UNAVAILABLE && (repeatable || isWrongShard({ code, details: message }))) {
               unary(deadlineAt - Date.now()).then(resolve, reject);
             } else reject(e);
             return;
@@ -269,8 +273,8 @@ export class KvPipeline {
       this.pending.set(id, pending);
     });
     const tracked = p.then(
-      () => undefined,
-      () => undefined,
+      () => write?.end(),
+      () => write?.end(),
     );
     this.settled.add(tracked);
     void tracked.then(() => this.settled.delete(tracked));
@@ -354,6 +358,7 @@ export class KvPipeline {
       if (!op || op.lane !== lane) return; // timed out meanwhile
       this.pending.delete(id);
       clearTimeout(op.timer);
+      clearTimeout(op.attemptTimer);
       op.onResponse(m);
     });
     stream.on('error', () => undefined); // reported through 'status'
@@ -362,9 +367,16 @@ export class KvPipeline {
   }
 
   private write(lane: Lane, req: PipelineRequestMsg): void {
-    const op = this.pending.get(req.id ?? 0);
+    const id = req.id ?? 0;
+    const op = this.pending.get(id);
     if (!op) return; // timed out before it could be sent
     op.written = true;
+    const attemptMs = this.deps.transport.opts.attemptTimeoutMs ?? 0;
+    if (op.repeatable && attemptMs > 0 && op.deadlineAt - Date.now() > attemptMs) {
+      clearTimeout(op.attemptTimer);
+      op.attemptTimer = setTimeout(() => this.attemptTimedOut(id, op, lane), attemptMs);
+      op.attemptTimer.unref();
+    }
     const s = lane.stream;
     s.write(req);
     if (s.writableLength >= WRITE_WINDOW && s.writableNeedDrain) {
@@ -375,6 +387,19 @@ export class KvPipeline {
         this.flush(lane);
       });
     }
+  }
+
+  /**
+   * A repeatable op got no answer on `lane` within the attempt timeout: the node is suspect (new
+   * ops route around it) and the op runs again as a unary call, elsewhere, within its deadline.
+   */
+  private attemptTimedOut(id: number, op: PendingOp, lane: Lane): void {
+    if (this.pending.get(id) !== op || op.lane !== lane) return;
+    this.pending.delete(id);
+    clearTimeout(op.timer);
+    this.deps.transport.suspect(lane.address);
+    this.deps.router?.forgetAddress(lane.address);
+    op.retry(op.deadlineAt - Date.now());
   }
 
   /** Writes the backlog of an unblocked stream until it blocks again. */
@@ -419,7 +444,8 @@ export class KvPipeline {
         continue;
       }
       clearTimeout(op.timer);
-      if (!op.written || connectionFailed || op.op === 'get') op.retry(op.deadlineAt - now);
+      clearTimeout(op.attemptTimer);
+      if (!op.written || connectionFailed || op.repeatable) op.retry(op.deadlineAt - now);
       else {
         const code = st.code === grpc.status.OK ? grpc.status.UNAVAILABLE : st.code;
         op.reject(new KvError(code, `pipeline stream ended (${st.details || grpc.status[st.code]}); the ${op.op}'s outcome is unknown`, { endpoint: lane.address }));
@@ -435,6 +461,7 @@ export class KvPipeline {
     for (const l of lanes) l.stream.cancel();
     for (const op of this.pending.values()) {
       clearTimeout(op.timer);
+      clearTimeout(op.attemptTimer);
       op.reject(e);
     }
     this.pending.clear();

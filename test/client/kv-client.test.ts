@@ -407,11 +407,11 @@ describe('pipeline', () => {
     expect((await rejection(p.get('p/00002'))).code).toBe('CANCELLED');
   });
 
-  it('when the stream breaks, re-runs reads elsewhere and fails writes whose outcome is unknown', async () => {
+  it('when the stream breaks, re-runs reads elsewhere and fails writes whose outcome is unknown (without a session)', async () => {
     const backend = new MemoryBackend();
     const a = await serve(backend);
     const b = await server(backend);
-    const c = client([a.address, b.address]);
+    const c = client([a.address, b.address], { sessions: false });
     const gate = deferred();
     const bothIn = deferred();
     backend.before = async (op) => {
