@@ -2,9 +2,11 @@
  * Failover as running clients feel it, with real kvd processes: the leader is frozen (SIGSTOP)
  * or cut off one way (it hears its peers, they never hear it) while readers and writers keep
  * going. Once a new leader exists, operations must succeed within about one attempt timeout plus
- * backoff, not wait for the frozen node. Prints, per fault, the time from the fault to the first
- * successful read and write and how many operations waited longer than an attempt timeout after
- * the new leader was elected.
+ * backoff, not wait for the frozen node; every write's outcome is known at the end (client
+ * sessions let the client retry a write whose response was lost), and no write applies twice
+ * (checked from a watch of every change from revision 1). Prints, per fault, the time from the
+ * fault to the first successful read and write, how many operations waited longer than an
+ * attempt timeout after the new leader was elected, unknown outcomes and duplicates.
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import { KvdCluster } from './harness.js';
@@ -27,6 +29,10 @@ interface Op {
   readonly start: number;
   readonly end: number;
   readonly ok: boolean;
+  /** The error code when it failed. */
+  readonly code?: string;
+  /** A put's value (unique per put). */
+  readonly value?: string;
 }
 
 /** Readers and writers that record every operation's start, end and outcome. */
@@ -38,15 +44,19 @@ function startLoad(c: ReturnType<KvdCluster['client']>, workers: number) {
       const kind = w % 2 === 0 ? 'get' : 'put';
       const key = `/fo/${w}/${i % 20}`;
       const start = Date.now();
+      const value = `${w}-${i}`;
       let ok = true;
+      let code: string | undefined;
       try {
         if (kind === 'get') await c.get(key, { deadlineMs: 5_000 });
-        else await c.put(key, `${w}-${i}`, { deadlineMs: 5_000 });
-      } catch {
+        else await c.put(key, value, { deadlineMs: 5_000 });
+      } catch (e) {
         ok = false;
+        // A retry-safe failure was not applied: its outcome is known.
+        code = (e as { retrySafe?: boolean }).retrySafe ? 'NOT_APPLIED' : ((e as { code?: string }).code ?? 'UNKNOWN');
         await new Promise((r) => setTimeout(r, 20));
       }
-      ops.push({ kind, start, end: Date.now(), ok });
+      ops.push({ kind, start, end: Date.now(), ok, ...(code ? { code } : {}), ...(kind === 'put' ? { value } : {}) });
     }
   });
   return {
@@ -62,6 +72,31 @@ function startLoad(c: ReturnType<KvdCluster['client']>, workers: number) {
 async function newLeaderAt(c: KvdCluster, old: number): Promise<number> {
   await c.waitForLeader(20_000, [old]);
   return Date.now();
+}
+
+/** Puts applied more than once: every change under /fo/ from revision 1 (watched), counted per unique value. */
+async function duplicates(c: ReturnType<KvdCluster['client']>): Promise<number> {
+  const last = (await c.put('/fo/end', 'end')).version;
+  const seen = new Map<string, number>();
+  const ac = new AbortController();
+  for await (const batch of c.watch('/fo/', { fromRevision: 1, signal: ac.signal })) {
+    let done = false;
+    for (const e of batch.events) {
+      if (e.type === 'put' && e.key !== '/fo/end') {
+        const v = new TextDecoder().decode(e.value);
+        seen.set(v, (seen.get(v) ?? 0) + 1);
+      }
+      if (e.revision >= last) done = true;
+    }
+    if (done || batch.revision >= last) break;
+  }
+  ac.abort();
+  return [...seen.values()].filter((n) => n > 1).length;
+}
+
+/** Writes whose outcome the client could not know (a deadline passed, or the servers said so). */
+function unknownOutcomes(ops: readonly Op[]): number {
+  return ops.filter((o) => o.kind === 'put' && !o.ok && o.code !== 'NOT_APPLIED').length;
 }
 
 function report(name: string, ops: readonly Op[], faultAt: number, electedAt: number) {
@@ -104,6 +139,12 @@ describe('failover under running clients', () => {
       await new Promise((r) => setTimeout(r, 500));
       await load.stop();
       const f = report(fault, load.ops.slice(0, opsDuringFault), faultAt, electedAt);
+      const unknown = unknownOutcomes(load.ops);
+      const dups = await duplicates(c);
+      console.log(`${fault}: ${JSON.stringify({ writes: load.ops.filter((o) => o.kind === 'put').length, unknownOutcomes: unknown, duplicatesApplied: dups })}`);
+      expect(unknown).toBe(0);
+      expect(dups).toBe(0);
+      expect(f.slowAfterElection).toBe(0);
       expect(f.newLeaderAfterMs).toBeLessThan(ELECTION_MS * 2 + 2_000);
       // Reads retry at once; writes without a session may still wait for their deadline (sessions make them retryable).
       expect(f.firstGetAfterMs).toBeDefined();
