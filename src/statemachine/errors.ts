@@ -33,7 +33,13 @@ export type ValidationErrorCode =
   /** A shard descriptor write is malformed or older than the one in effect. */
   | 'INVALID_DESCRIPTOR'
   /** A client (or extension lambda) touched the reserved keyspace (`/_...`, `/ext/`), which only the cluster itself writes. */
-  | 'PERMISSION_DENIED';
+  | 'PERMISSION_DENIED'
+  /**
+   * A write's session sequence number is below what its session still remembers (acknowledged by
+   * the client, dropped over the per-session bound): an earlier attempt may have applied and its
+   * result is no longer kept, so the write is refused rather than risk applying it twice.
+   */
+  | 'SESSION_EXPIRED';
 
 /** Thrown (or returned in a `rejected` apply result) when an input violates the command format or a limit. */
 export class ValidationError extends Error {

@@ -5,7 +5,7 @@ export { KvStateMachine, eventBytes, SHARD_DESCRIPTOR_KEY } from './kv-state-mac
 /** Binary command codec for Raft log entries. */
 export { encodeCommand, decodeCommand, COMMAND_FORMAT_VERSION } from './command-codec.js';
 /** Snapshot format identification. */
-export { SNAPSHOT_FORMAT_VERSION, SNAPSHOT_MAGIC } from './snapshot-codec.js';
+export { SNAPSHOT_FORMAT_VERSION, SNAPSHOT_SESSIONS_FORMAT_VERSION, SNAPSHOT_MAGIC } from './snapshot-codec.js';
 /** Error classes. */
 export { ValidationError, CompactedRevisionError } from './errors.js';
 /** Error detail types. */
@@ -22,5 +22,17 @@ export * from './limits.js';
 export type * from './types.js';
 /** Plain records of a state machine's whole state (snapshots and durable storage), and their decoder. */
 export { decodeSnapshot, type SnapshotData, type VersionRecord } from './snapshot-codec.js';
+/** Client sessions: write deduplication rules, checks and the encoding of stored results. */
+export {
+  SESSION_ID_PATTERN,
+  validateWriteSession,
+  sessionExpiredError,
+  checkSessionRecords,
+  encodeSessionResult,
+  decodeSessionResult,
+  type SessionHeader,
+  type SessionRecord,
+  type SessionLimits,
+} from './sessions.js';
 /** The observer of a state machine's record-level changes (incremental persistence). */
 export type { StateSink } from './state-sink.js';

@@ -8,11 +8,15 @@ import {
   DEFAULT_LIST_LIMIT,
   DEFAULT_MAX_HISTORY_BYTES,
   DEFAULT_MAX_HISTORY_REVISIONS,
+  DEFAULT_MAX_SESSION_RESULTS,
+  DEFAULT_MAX_SESSIONS,
+  DEFAULT_SESSION_TTL_MS,
   EVENT_OVERHEAD_BYTES,
   MAX_EVENTS_LIMIT,
   MAX_LIST_LIMIT,
 } from './limits.js';
 import { Queue } from './queue.js';
+import { isStoredResult, SessionTable, validateWriteSession, type SessionDecision, type SessionRecord } from './sessions.js';
 import { decodeSnapshot, encodeSnapshot, type SnapshotData, type VersionRecord } from './snapshot-codec.js';
 import { SortedKeySet } from './sorted-keys.js';
 import type { StateSink } from './state-sink.js';
@@ -31,7 +35,9 @@ import type {
   ListOptions,
   ListResult,
   PutCommand,
+  SessionResult,
   TxnCommand,
+  WriteSession,
 } from './types.js';
 import { reservedKeyError, validateCommand, validateKey, validateNonNegativeInt, validatePrefix } from './validation.js';
 
@@ -86,6 +92,11 @@ function positiveLimit(n: unknown, def: number, max: number, what: string): numb
  * - Idempotence: `apply` ignores (returns `skipped`) any index <= appliedIndex, so the host may
  *   re-apply log entries after restarting from an older snapshot. Gaps in indices are allowed
  *   (e.g. configuration entries the host does not pass in).
+ * - Client sessions: a write applied with a {@link WriteSession} applies at most once per
+ *   (session id, seq); a repeat gets the first result back and changes nothing but the applied
+ *   index, the clock and the session's activity (see sessions.ts for expiry and bounds, which
+ *   use only log indexes and entry timestamps). The session table is part of the state:
+ *   snapshots and durable records carry it.
  *
  * Data structures and complexity (n live keys, v versions of one key, h history events):
  * - `records`: Map key -> versions sorted by revision. Latest read O(1); read at a revision O(log v).
@@ -120,10 +131,17 @@ export class KvStateMachine {
   private _lastTimestampMs = 0;
   private sink: StateSink | undefined;
   private descriptorCache: { readonly version: number; readonly descriptor: ShardDescriptor } | undefined;
+  private sessions: SessionTable;
   /** Events of at most this many most recent revisions are kept for `eventsSince`. */
   readonly maxHistoryRevisions: number;
   /** Cap on accounted history bytes (see {@link eventBytes}). */
   readonly maxHistoryBytes: number;
+  /** A client session idle (by entry timestamps) for longer than this is dropped. */
+  readonly sessionTtlMs: number;
+  /** Most client sessions kept (the least recently active is evicted beyond it). */
+  readonly maxSessions: number;
+  /** Most results kept per client session (the lowest seqs are forgotten beyond it). */
+  readonly maxSessionResults: number;
 
   /** Creates an empty shard state (revision 0, applied index 0). */
   constructor(options: KvStateMachineOptions = {}) {
@@ -139,7 +157,26 @@ export class KvStateMachine {
       Number.MAX_SAFE_INTEGER,
       'maxHistoryBytes',
     );
+    if (options.sessionTtlMs !== undefined) validateNonNegativeInt(options.sessionTtlMs, 'sessionTtlMs');
+    this.sessionTtlMs = options.sessionTtlMs ?? DEFAULT_SESSION_TTL_MS;
+    this.maxSessions = positiveLimit(options.maxSessions, DEFAULT_MAX_SESSIONS, Number.MAX_SAFE_INTEGER, 'maxSessions');
+    this.maxSessionResults = positiveLimit(options.maxSessionResults, DEFAULT_MAX_SESSION_RESULTS, Number.MAX_SAFE_INTEGER, 'maxSessionResults');
+    this.sessions = new SessionTable(this.sessionLimits(), () => this.sink);
     this.revTimes.push(0);
+  }
+
+  private sessionLimits(): { ttlMs: number; maxSessions: number; maxResults: number } {
+    return { ttlMs: this.sessionTtlMs, maxSessions: this.maxSessions, maxResults: this.maxSessionResults };
+  }
+
+  /** Number of client sessions kept. */
+  get sessionCount(): number {
+    return this.sessions.size;
+  }
+
+  /** Client session `id` as kept (floor, activity, stored results), or undefined (for diagnostics and tests). */
+  session(id: string): SessionRecord | undefined {
+    return this.sessions.get(id);
   }
 
   /**
@@ -188,8 +225,15 @@ export class KvStateMachine {
    * `origin` is the proposer recorded with the command in the log (the host passes it; default
    * `system`, for trusted callers): a `client` command touching a reserved key (`/_...`, `/ext/`,
    * see `isReservedKey`) is `rejected` with PERMISSION_DENIED, identically on every replica.
+   *
+   * `session`, recorded with the command in the log, makes the write deduplicated: if the session
+   * holds a result for its seq, that result is returned (`duplicate: true`) and nothing else
+   * changes (no revision, no events); if the seq is below what the session remembers, it is
+   * `rejected` with SESSION_EXPIRED (never applied); else the command applies and its result is
+   * stored. Every applied entry first drops the sessions idle for longer than `sessionTtlMs` at its
+   * timestamp. An invalid session is `rejected` with INVALID_ARGUMENT.
    */
-  apply(index: number, timestampMs: number, command: Command, origin: CommandOrigin = 'system'): ApplyOutput {
+  apply(index: number, timestampMs: number, command: Command, origin: CommandOrigin = 'system', session?: WriteSession): ApplyOutput {
     return this.applyWith(
       index,
       timestampMs,
@@ -198,6 +242,7 @@ export class KvStateMachine {
         return command;
       },
       origin,
+      session,
     );
   }
 
@@ -205,16 +250,17 @@ export class KvStateMachine {
    * Like `apply`, for an encoded Raft entry: empty data is a noop (Raft's leader no-op entry);
    * undecodable data is returned as `rejected` with a MALFORMED_COMMAND error.
    */
-  applyEntry(index: number, timestampMs: number, data: Uint8Array, origin: CommandOrigin = 'system'): ApplyOutput {
+  applyEntry(index: number, timestampMs: number, data: Uint8Array, origin: CommandOrigin = 'system', session?: WriteSession): ApplyOutput {
     return this.applyWith(
       index,
       timestampMs,
       () => (data instanceof Uint8Array && data.length === 0 ? { type: 'noop' } : decodeCommand(data)),
       origin,
+      session,
     );
   }
 
-  private applyWith(index: number, timestampMs: number, getCommand: () => Command, origin: CommandOrigin): ApplyOutput {
+  private applyWith(index: number, timestampMs: number, getCommand: () => Command, origin: CommandOrigin, session: WriteSession | undefined): ApplyOutput {
     if (typeof index !== 'number' || !Number.isSafeInteger(index) || index < 1) {
       throw new ValidationError('INVALID_NUMBER', `index must be a positive safe integer, got ${String(index)}`);
     }
@@ -229,6 +275,23 @@ export class KvStateMachine {
     this._appliedIndex = index;
     if (timestampMs > this._lastTimestampMs) this._lastTimestampMs = timestampMs;
     const ts = this._lastTimestampMs;
+    this.sessions.expire(ts);
+    if (session === undefined) return this.applyCommand(ts, getCommand, origin);
+    let decision: SessionDecision;
+    try {
+      decision = this.sessions.begin(validateWriteSession(session), index, ts);
+    } catch (e) {
+      if (!(e instanceof ValidationError)) throw e;
+      return this.done({ type: 'rejected', error: e, revision: this._revision, timestampMs: ts });
+    }
+    if (decision.kind === 'duplicate') return { applied: true, result: decision.result, events: NO_EVENTS, duplicate: true };
+    if (decision.kind === 'expired') return this.done({ type: 'rejected', error: decision.error, revision: this._revision, timestampMs: ts });
+    const out = this.applyCommand(ts, getCommand, origin);
+    if (isStoredResult(out.result)) this.sessions.store(decision.session, session.seq, out.result as SessionResult);
+    return out;
+  }
+
+  private applyCommand(ts: number, getCommand: () => Command, origin: CommandOrigin): ApplyOutput {
     let cmd: Command;
     try {
       cmd = getCommand();
@@ -650,6 +713,10 @@ export class KvStateMachine {
       revisionTimestamps: this.revTimes.toArray(),
       keys,
       history: this.history.toArray(),
+      sessionTtlMs: this.sessionTtlMs,
+      maxSessions: this.maxSessions,
+      maxSessionResults: this.maxSessionResults,
+      sessions: this.sessions.toRecords(),
     };
   }
 
@@ -673,7 +740,14 @@ export class KvStateMachine {
   }
 
   private static build(d: SnapshotData, adopt: boolean): KvStateMachine {
-    const m = new KvStateMachine({ maxHistoryRevisions: d.maxHistoryRevisions, maxHistoryBytes: d.maxHistoryBytes });
+    const m = new KvStateMachine({
+      maxHistoryRevisions: d.maxHistoryRevisions,
+      maxHistoryBytes: d.maxHistoryBytes,
+      ...(d.sessionTtlMs !== undefined ? { sessionTtlMs: d.sessionTtlMs } : {}),
+      ...(d.maxSessions !== undefined ? { maxSessions: d.maxSessions } : {}),
+      ...(d.maxSessionResults !== undefined ? { maxSessionResults: d.maxSessionResults } : {}),
+    });
+    if (d.sessions !== undefined && d.sessions.length > 0) m.sessions = SessionTable.fromRecords(m.sessionLimits(), () => m.sink, d.sessions);
     m._appliedIndex = d.appliedIndex;
     m._revision = d.revision;
     m._compactRevision = d.compactRevision;

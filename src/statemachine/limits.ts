@@ -36,3 +36,26 @@ export const DEFAULT_MAX_HISTORY_BYTES = 64 * 1024 * 1024;
 
 /** Fixed per-event overhead added to key and value bytes when accounting watch history size. */
 export const EVENT_OVERHEAD_BYTES = 64;
+
+/**
+ * Default idle time after which a client session is forgotten (10 minutes): a session whose last
+ * write's log timestamp is more than this before the timestamp of the entry being applied is
+ * dropped, with its stored results. Far above any call deadline (10 s by default), so a retry
+ * within its deadline always finds its session.
+ */
+export const DEFAULT_SESSION_TTL_MS = 10 * 60 * 1000;
+
+/** Default bound on the client sessions one shard keeps; a new session beyond it evicts the least recently active one. */
+export const DEFAULT_MAX_SESSIONS = 50_000;
+
+/**
+ * Default bound on the results one session keeps in one shard (writes not yet acknowledged by
+ * its client through `ackedBelow`); beyond it the lowest sequence numbers are forgotten.
+ */
+export const DEFAULT_MAX_SESSION_RESULTS = 10_000;
+
+/** Shortest client session id (characters of [A-Za-z0-9_-]). */
+export const MIN_SESSION_ID_LENGTH = 16;
+
+/** Longest client session id (characters of [A-Za-z0-9_-]). */
+export const MAX_SESSION_ID_LENGTH = 64;

@@ -2,8 +2,16 @@
 import { ByteReader, ByteWriter, crc32, utf8EncodeInto } from './binary.js';
 import { ValidationError } from './errors.js';
 import { compareKeys } from './keys.js';
-import { MAX_KEY_BYTES, MAX_VALUE_BYTES } from './limits.js';
-import type { KvEvent } from './types.js';
+import {
+  DEFAULT_MAX_SESSION_RESULTS,
+  DEFAULT_MAX_SESSIONS,
+  DEFAULT_SESSION_TTL_MS,
+  MAX_KEY_BYTES,
+  MAX_SESSION_ID_LENGTH,
+  MAX_VALUE_BYTES,
+} from './limits.js';
+import { checkSessionRecords, readSessionResult, writeSessionResult, type SessionRecord } from './sessions.js';
+import type { KvEvent, SessionResult } from './types.js';
 
 /** One stored version of a key; `value === null` is a tombstone (delete). */
 export interface VersionRecord {
@@ -26,13 +34,34 @@ export interface SnapshotData {
   readonly keys: ReadonlyArray<readonly [string, readonly VersionRecord[]]>;
   /** The watch history, oldest first: every event of revisions oldestHistoryRevision..revision. */
   readonly history: readonly KvEvent[];
+  /** Session limits (absent: the defaults, as in snapshots written before sessions existed). */
+  readonly sessionTtlMs?: number;
+  readonly maxSessions?: number;
+  readonly maxSessionResults?: number;
+  /** The client sessions, least recently active first (absent: none). */
+  readonly sessions?: readonly SessionRecord[];
+}
+
+/** Whether `d` has no sessions and the default session limits (then it is written in format 1, as before sessions). */
+function sessionless(d: SnapshotData): boolean {
+  return (
+    (d.sessions?.length ?? 0) === 0 &&
+    (d.sessionTtlMs ?? DEFAULT_SESSION_TTL_MS) === DEFAULT_SESSION_TTL_MS &&
+    (d.maxSessions ?? DEFAULT_MAX_SESSIONS) === DEFAULT_MAX_SESSIONS &&
+    (d.maxSessionResults ?? DEFAULT_MAX_SESSION_RESULTS) === DEFAULT_MAX_SESSION_RESULTS
+  );
 }
 
 /** The 4 magic bytes "KVSM" that start every snapshot. */
 export const SNAPSHOT_MAGIC = new Uint8Array([0x4b, 0x56, 0x53, 0x4d]);
 
 /**
- * Snapshot format version (byte 4). Layout after magic and version (varint = minimal LEB128):
+ * Snapshot format version (byte 4) of a state without client sessions (and with the default
+ * session limits): such a state is written exactly as before sessions existed, so nodes that
+ * predate them still read it. Any other state is written in {@link SNAPSHOT_SESSIONS_FORMAT_VERSION}.
+ * Both are read.
+ *
+ * Format 1 layout after magic and version (varint = minimal LEB128):
  *   varint appliedIndex, revision, compactRevision, lastTimestampMs, maxHistoryRevisions, maxHistoryBytes
  *   revision timestamps for compactRevision..revision: first absolute, then non-negative deltas
  *   varint keyCount, then per key in key order:
@@ -45,6 +74,17 @@ export const SNAPSHOT_MAGIC = new Uint8Array([0x4b, 0x56, 0x53, 0x4d]);
  */
 export const SNAPSHOT_FORMAT_VERSION = 1;
 
+/**
+ * Snapshot format version (byte 4) of a state with client sessions or non-default session limits.
+ * Format 2 is format 1 with, inserted before the CRC: varint sessionTtlMs, maxSessions, maxSessionResults, varint
+ *   sessionCount, then per session (least recently active first): str id, varint forgottenBelow,
+ *   lastActiveIndex, lastActiveTs, resultCount, per result (ascending seq): varint seq (first
+ *   absolute, then delta >= 1) and the result (sessions.ts, `writeSessionResult`).
+ */
+export const SNAPSHOT_SESSIONS_FORMAT_VERSION = 2;
+
+const FORMAT_V1 = SNAPSHOT_FORMAT_VERSION;
+
 const EV_PUT = 0;
 const EV_DELETE = 1;
 const EV_TRIGGER = 2;
@@ -53,7 +93,8 @@ const EV_TRIGGER = 2;
 export function encodeSnapshot(d: SnapshotData): Uint8Array {
   const w = new ByteWriter(4096);
   w.raw(SNAPSHOT_MAGIC);
-  w.u8(SNAPSHOT_FORMAT_VERSION);
+  const v1 = sessionless(d);
+  w.u8(v1 ? FORMAT_V1 : SNAPSHOT_SESSIONS_FORMAT_VERSION);
   w.varint(d.appliedIndex);
   w.varint(d.revision);
   w.varint(d.compactRevision);
@@ -101,6 +142,26 @@ export function encodeSnapshot(d: SnapshotData): Uint8Array {
     w.str(e.key);
     if (e.type === 'trigger') w.bytes(e.value!);
   }
+  if (!v1) {
+    w.varint(d.sessionTtlMs ?? DEFAULT_SESSION_TTL_MS);
+    w.varint(d.maxSessions ?? DEFAULT_MAX_SESSIONS);
+    w.varint(d.maxSessionResults ?? DEFAULT_MAX_SESSION_RESULTS);
+    const sessions = d.sessions ?? [];
+    w.varint(sessions.length);
+    for (const s of sessions) {
+      w.str(s.id);
+      w.varint(s.forgottenBelow);
+      w.varint(s.lastActiveIndex);
+      w.varint(s.lastActiveTs);
+      w.varint(s.results.length);
+      let prevSeq = 0;
+      for (const [seq, r] of s.results) {
+        w.varint(seq - prevSeq);
+        prevSeq = seq;
+        writeSessionResult(w, r);
+      }
+    }
+  }
   w.u32(crc32(w.view()));
   return w.finish();
 }
@@ -139,7 +200,7 @@ export function decodeSnapshot(bytes: Uint8Array): SnapshotData {
   const r: ByteReader = new ByteReader(own, 'MALFORMED_SNAPSHOT');
   r.view(SNAPSHOT_MAGIC.length);
   const version = r.u8();
-  if (version !== SNAPSHOT_FORMAT_VERSION) r.fail(`unsupported snapshot format version ${version}`);
+  if (version !== FORMAT_V1 && version !== SNAPSHOT_SESSIONS_FORMAT_VERSION) r.fail(`unsupported snapshot format version ${version}`);
   const appliedIndex = r.varint();
   const revision = r.varint();
   const compactRevision = r.varintMax(revision, 'compactRevision');
@@ -230,8 +291,33 @@ export function decodeSnapshot(bytes: Uint8Array): SnapshotData {
     } else r.fail(`unknown event type ${type}`);
   }
   if (nEvents > 0 && evRev !== revision) r.fail('history does not end at the snapshot revision');
+  let sessionPart: Pick<SnapshotData, 'sessionTtlMs' | 'maxSessions' | 'maxSessionResults' | 'sessions'> = {};
+  if (version !== FORMAT_V1) {
+    const limits = { ttlMs: r.varint(), maxSessions: r.varint(), maxResults: r.varint() };
+    const nSessions = r.varintMax(Math.min(r.remaining, limits.maxSessions), 'session count');
+    const sessions: SessionRecord[] = [];
+    for (let i = 0; i < nSessions; i++) {
+      const id = r.str(MAX_SESSION_ID_LENGTH, 'session id');
+      const forgottenBelow = r.varint();
+      const lastActiveIndex = r.varint();
+      const lastActiveTs = r.varint();
+      const nResults = r.varintMax(Math.min(r.remaining, limits.maxResults), 'session result count');
+      const results: Array<readonly [number, SessionResult]> = [];
+      let seq = 0;
+      for (let j = 0; j < nResults; j++) {
+        const delta = r.varint();
+        if (delta === 0 || seq + delta > Number.MAX_SAFE_INTEGER) r.fail('session results are not strictly increasing');
+        seq += delta;
+        results.push([seq, readSessionResult(r)]);
+      }
+      sessions.push({ id, forgottenBelow, lastActiveIndex, lastActiveTs, results });
+    }
+    checkSessionRecords(sessions, { appliedIndex, lastTimestampMs, revision, limits }, (what) => r.fail(what));
+    sessionPart = { sessionTtlMs: limits.ttlMs, maxSessions: limits.maxSessions, maxSessionResults: limits.maxResults, sessions };
+  }
   r.expectEnd();
   return {
+    ...sessionPart,
     appliedIndex,
     revision,
     compactRevision,

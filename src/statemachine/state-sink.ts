@@ -1,6 +1,7 @@
 /** The observer interface through which a state machine reports every change of its durable records, so a host can persist them incrementally. */
+import type { SessionHeader } from './sessions.js';
 import type { VersionRecord } from './snapshot-codec.js';
-import type { KvEvent } from './types.js';
+import type { KvEvent, SessionResult } from './types.js';
 
 /**
  * Receives, synchronously and in apply order, every change a {@link KvStateMachine} makes to the
@@ -12,7 +13,8 @@ import type { KvEvent } from './types.js';
  * - versions: per key, the retained versions (key + revision → timestamp and value or tombstone);
  *   a key's latest version is its newest one;
  * - revisions: per revision in [compactRevision, revision], its timestamp, plus its events while
- *   the revision is in the watch history (revision 0 is implicit, with timestamp 0).
+ *   the revision is in the watch history (revision 0 is implicit, with timestamp 0);
+ * - sessions: per client session, its header (floor, last activity) and its stored results by seq.
  *
  * Sinks must not call back into the machine, and must not mutate the arrays they are given.
  */
@@ -30,4 +32,12 @@ export interface StateSink {
   historyTrimmed(revision: number): void;
   /** Compaction moved the compaction point from `from` to `to`: revisions [from, to) are gone, with any events. */
   revisionsCompacted(from: number, to: number): void;
+  /** A client session was created or its header changed (activity, floor); `header` is its whole new header. */
+  sessionUpdated(header: SessionHeader): void;
+  /** Session `id` stored the result of its write `seq`. */
+  sessionResultAdded(id: string, seq: number, result: SessionResult): void;
+  /** Session `id` dropped the results of `seqs` (its floor rose above them). */
+  sessionResultsDropped(id: string, seqs: readonly number[]): void;
+  /** Session `id` was dropped whole (expired or evicted), with the results of `seqs`. */
+  sessionDropped(id: string, seqs: readonly number[]): void;
 }

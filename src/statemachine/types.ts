@@ -199,7 +199,29 @@ export interface ApplyOutput {
   readonly applied: boolean;
   readonly result: CommandResult;
   readonly events: readonly KvEvent[];
+  /**
+   * True when the entry repeated a write its session had already applied: `result` is the first
+   * attempt's, and nothing changed (no revision, no events) but the applied index, the clock and
+   * the session's activity.
+   */
+  readonly duplicate?: boolean;
 }
+
+/**
+ * Identifies a write for deduplication (Raft client sessions, dissertation §6.3): a retry with the
+ * same `id` and `seq` gets the first attempt's result instead of applying again.
+ */
+export interface WriteSession {
+  /** Chosen by the client: 16-64 characters of [A-Za-z0-9_-], random per client instance. */
+  readonly id: string;
+  /** 1, 2, 3, ... per session, one per logical write (retries reuse it). */
+  readonly seq: number;
+  /** Every seq below this has its response at the client: the shard may forget their results (<= seq). */
+  readonly ackedBelow: number;
+}
+
+/** The results a session keeps for its writes (and replays to their retries). */
+export type SessionResult = PutResult | DeleteResult | TxnResult | TriggerResult | RejectedResult;
 
 /** Options of a point read: at most one of a revision or a time (default: latest). */
 export type GetOptions =
@@ -259,4 +281,10 @@ export interface KvStateMachineOptions {
   readonly maxHistoryRevisions?: number;
   /** Cap on accounted history bytes (default DEFAULT_MAX_HISTORY_BYTES); the newest revision is always kept. */
   readonly maxHistoryBytes?: number;
+  /** A client session idle (by log timestamps) for longer than this is forgotten (default DEFAULT_SESSION_TTL_MS). */
+  readonly sessionTtlMs?: number;
+  /** Most client sessions kept; more evict the least recently active (default DEFAULT_MAX_SESSIONS). */
+  readonly maxSessions?: number;
+  /** Most results kept per session; more forget the lowest sequence numbers (default DEFAULT_MAX_SESSION_RESULTS). */
+  readonly maxSessionResults?: number;
 }

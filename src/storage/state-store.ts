@@ -22,6 +22,10 @@
  *                                        value (put values live in the versions).
  *   s/<g>/v/<key>\x00\x01<revision:u64 BE>  one version: u8 kind (0 tombstone, 1 value), varint
  *                                        timestampMs, then the value bytes (to the end)
+ *   s/<g>/c/<session id>                 a client session's header: varint forgottenBelow,
+ *                                        lastActiveIndex, lastActiveTs (ids are [A-Za-z0-9_-], ASCII)
+ *   s/<g>/d/<session id>/<seq:u64 BE>    one stored result of a session's write (sessions.ts,
+ *                                        `encodeSessionResult`)
  *
  * `<key>` is the key's UTF-8 with every 0x00 byte written as 0x00 0xff, so keys sort bytewise in
  * the state machine's key order (UTF-8 byte order), and `\x00\x01` ends the key in version keys
@@ -32,6 +36,12 @@
  * point: revisions before it are ignored). Each round writes ONE block for the revisions it
  * created (not one record per revision: engine writes cost per operation), so a put costs two
  * writes, its version and its key's latest, plus a share of the round's block and `meta`.
+ *
+ * Client sessions (the write deduplication table) are written in the same unit as the writes
+ * they deduplicate: a write with a session rewrites its session's header and adds its result; an
+ * acknowledgement (`ackedBelow`) deletes the results below it; an expired or evicted session is
+ * deleted with its results. The loader orders sessions by `lastActiveIndex` (the table's activity
+ * order, which eviction follows), so a restarted replica evicts exactly as the others do.
  *
  * Lifecycle: a put/delete writes its version and the key's latest; a round writes its revision
  * block with the events; once every revision of a block has left the watch history (trimming or
@@ -56,12 +66,23 @@
  * snapshot, which was staged before), so recovery takes the snapshot path and replaces again.
  */
 import {
+  checkSessionRecords,
   compareKeys,
+  DEFAULT_MAX_SESSION_RESULTS,
+  DEFAULT_MAX_SESSIONS,
+  DEFAULT_SESSION_TTL_MS,
+  decodeSessionResult,
+  encodeSessionResult,
   MAX_KEY_BYTES,
+  MAX_SESSION_ID_LENGTH,
   MAX_VALUE_BYTES,
+  SESSION_ID_PATTERN,
   ValidationError,
   type KvEvent,
   type KvStateMachine,
+  type SessionHeader,
+  type SessionRecord,
+  type SessionResult,
   type SnapshotData,
   type StateSink,
   type VersionRecord,
@@ -71,8 +92,14 @@ import { findVersion } from '../statemachine/snapshot-codec.js';
 import { type EngineOp, type KvEngine } from './kv-engine.js';
 import { StorageCorruptionError, stateKeyPrefix } from './raft-log-store.js';
 
-/** Format version of the `meta` record (its first byte). */
+/**
+ * Format version of the `meta` record (its first byte) when the session limits are the defaults
+ * (the layout from before sessions); with other limits it is {@link STATE_SESSIONS_FORMAT_VERSION}.
+ */
 export const STATE_FORMAT_VERSION = 1;
+
+/** Format version of a `meta` record that also holds the session limits. */
+export const STATE_SESSIONS_FORMAT_VERSION = 2;
 
 /** Default bound on the estimated bytes of one unit written by {@link StateRecorder.replace}. */
 export const DEFAULT_STATE_UNIT_BYTES = 4 * 1024 * 1024;
@@ -91,6 +118,8 @@ const SLASH = 0x2f;
 const TAG_LATEST = 0x6c; // 'l'
 const TAG_REVISION = 0x72; // 'r'
 const TAG_VERSION = 0x76; // 'v'
+const TAG_SESSION = 0x63; // 'c'
+const TAG_SESSION_RESULT = 0x64; // 'd'
 const ascii = (s: string): Uint8Array => new Uint8Array(Buffer.from(s, 'latin1'));
 const META_SUFFIX = ascii('meta');
 const utf8 = new TextEncoder();
@@ -106,6 +135,9 @@ export interface StateMeta {
   readonly maxHistoryBytes: number;
   /** The first revision whose events are in the watch history (revision + 1 when empty). */
   readonly oldestHistoryRevision: number;
+  readonly sessionTtlMs: number;
+  readonly maxSessions: number;
+  readonly maxSessionResults: number;
 }
 
 // ------------------------------------------------------------------ keys
@@ -151,6 +183,28 @@ class Keys {
     out[p] = TAG_REVISION;
     out[p + 1] = SLASH;
     writeU64(out, p + 2, revision);
+    return out;
+  }
+
+  session(id: string): Uint8Array {
+    const p = this.prefix.length;
+    const out = new Uint8Array(p + 2 + id.length);
+    out.set(this.prefix);
+    out[p] = TAG_SESSION;
+    out[p + 1] = SLASH;
+    for (let i = 0; i < id.length; i++) out[p + 2 + i] = id.charCodeAt(i); // ASCII (SESSION_ID_PATTERN)
+    return out;
+  }
+
+  sessionResult(id: string, seq: number): Uint8Array {
+    const p = this.prefix.length;
+    const out = new Uint8Array(p + 2 + id.length + 1 + 8);
+    out.set(this.prefix);
+    out[p] = TAG_SESSION_RESULT;
+    out[p + 1] = SLASH;
+    for (let i = 0; i < id.length; i++) out[p + 2 + i] = id.charCodeAt(i);
+    out[p + 2 + id.length] = SLASH;
+    writeU64(out, p + 3 + id.length, seq);
     return out;
   }
 }
@@ -266,10 +320,16 @@ function encodeBlock(ts: readonly number[], writes: readonly number[], events?: 
   return w.finish();
 }
 
-/** `u8 format version, varint appliedIndex, revision, compactRevision, lastTimestampMs, maxHistoryRevisions, maxHistoryBytes, oldestHistoryRevision`. */
+/**
+ * `u8 format version, varint appliedIndex, revision, compactRevision, lastTimestampMs,
+ * maxHistoryRevisions, maxHistoryBytes, oldestHistoryRevision`, and in format 2 `varint
+ * sessionTtlMs, maxSessions, maxSessionResults` (format 1 when they are the defaults).
+ */
 function encodeMeta(m: StateMeta): Uint8Array {
   const w = new ByteWriter(64);
-  w.u8(STATE_FORMAT_VERSION);
+  const defaults =
+    m.sessionTtlMs === DEFAULT_SESSION_TTL_MS && m.maxSessions === DEFAULT_MAX_SESSIONS && m.maxSessionResults === DEFAULT_MAX_SESSION_RESULTS;
+  w.u8(defaults ? STATE_FORMAT_VERSION : STATE_SESSIONS_FORMAT_VERSION);
   w.varint(m.appliedIndex);
   w.varint(m.revision);
   w.varint(m.compactRevision);
@@ -277,6 +337,20 @@ function encodeMeta(m: StateMeta): Uint8Array {
   w.varint(m.maxHistoryRevisions);
   w.varint(m.maxHistoryBytes);
   w.varint(m.oldestHistoryRevision);
+  if (!defaults) {
+    w.varint(m.sessionTtlMs);
+    w.varint(m.maxSessions);
+    w.varint(m.maxSessionResults);
+  }
+  return w.finish();
+}
+
+/** A session header record's value: `varint forgottenBelow, lastActiveIndex, lastActiveTs`. */
+function encodeSessionHeader(h: SessionHeader): Uint8Array {
+  const w = new ByteWriter(24);
+  w.varint(h.forgottenBelow);
+  w.varint(h.lastActiveIndex);
+  w.varint(h.lastActiveTs);
   return w.finish();
 }
 
@@ -285,7 +359,7 @@ export function decodeMeta(bytes: Uint8Array): StateMeta {
   return corruptOnError('meta record', () => {
     const r = new ByteReader(bytes, 'MALFORMED_SNAPSHOT');
     const version = r.u8();
-    if (version !== STATE_FORMAT_VERSION) r.fail(`unknown state format ${version}`);
+    if (version !== STATE_FORMAT_VERSION && version !== STATE_SESSIONS_FORMAT_VERSION) r.fail(`unknown state format ${version}`);
     const m: StateMeta = {
       appliedIndex: r.varint(),
       revision: r.varint(),
@@ -294,8 +368,12 @@ export function decodeMeta(bytes: Uint8Array): StateMeta {
       maxHistoryRevisions: r.varint(),
       maxHistoryBytes: r.varint(),
       oldestHistoryRevision: r.varint(),
+      ...(version === STATE_FORMAT_VERSION
+        ? { sessionTtlMs: DEFAULT_SESSION_TTL_MS, maxSessions: DEFAULT_MAX_SESSIONS, maxSessionResults: DEFAULT_MAX_SESSION_RESULTS }
+        : { sessionTtlMs: r.varint(), maxSessions: r.varint(), maxSessionResults: r.varint() }),
     };
     r.expectEnd();
+    if (m.maxSessions < 1 || m.maxSessionResults < 1) r.fail('session limits must be positive');
     if (m.compactRevision > m.revision) r.fail('compactRevision after revision');
     if (m.maxHistoryRevisions < 1 || m.maxHistoryBytes < 1) r.fail('history limits must be positive');
     if (m.oldestHistoryRevision < Math.max(1, m.compactRevision) || m.oldestHistoryRevision > m.revision + 1) {
@@ -314,6 +392,9 @@ function metaOf(sm: KvStateMachine): StateMeta {
     maxHistoryRevisions: sm.maxHistoryRevisions,
     maxHistoryBytes: sm.maxHistoryBytes,
     oldestHistoryRevision: sm.oldestHistoryRevision,
+    sessionTtlMs: sm.sessionTtlMs,
+    maxSessions: sm.maxSessions,
+    maxSessionResults: sm.maxSessionResults,
   };
 }
 
@@ -326,6 +407,9 @@ function metaOfRecords(d: SnapshotData): StateMeta {
     maxHistoryRevisions: d.maxHistoryRevisions,
     maxHistoryBytes: d.maxHistoryBytes,
     oldestHistoryRevision: d.history.length > 0 ? d.history[0]!.revision : d.revision + 1,
+    sessionTtlMs: d.sessionTtlMs ?? DEFAULT_SESSION_TTL_MS,
+    maxSessions: d.maxSessions ?? DEFAULT_MAX_SESSIONS,
+    maxSessionResults: d.maxSessionResults ?? DEFAULT_MAX_SESSION_RESULTS,
   };
 }
 
@@ -451,6 +535,23 @@ export class StateRecorder implements StateSink {
     }
   }
 
+  sessionUpdated(header: SessionHeader): void {
+    this.ops.push({ type: 'put', key: this.keys.session(header.id), value: encodeSessionHeader(header) });
+  }
+
+  sessionResultAdded(id: string, seq: number, result: SessionResult): void {
+    this.ops.push({ type: 'put', key: this.keys.sessionResult(id, seq), value: encodeSessionResult(result) });
+  }
+
+  sessionResultsDropped(id: string, seqs: readonly number[]): void {
+    for (const q of seqs) this.ops.push({ type: 'del', key: this.keys.sessionResult(id, q) });
+  }
+
+  sessionDropped(id: string, seqs: readonly number[]): void {
+    this.sessionResultsDropped(id, seqs);
+    this.ops.push({ type: 'del', key: this.keys.session(id) });
+  }
+
   private rewriteTrimmed(b: BlockState): void {
     this.ops.push({ type: 'put', key: this.keys.revision(b.first), value: encodeBlock(b.ts!, b.writes!) });
     b.withEvents = false;
@@ -546,6 +647,30 @@ export class StateRecorder implements StateSink {
         const latest = av[av.length - 1]!.revision;
         if (bv[bv.length - 1]!.revision !== latest) push({ type: 'put', key: keys.latest(key), value: varintBytes(latest) });
       }
+    }
+
+    // Client sessions: a difference, like the versions.
+    const bs = new Map((before?.sessions ?? []).map((x) => [x.id, x] as const));
+    for (const a of after.sessions ?? []) {
+      const b = bs.get(a.id);
+      bs.delete(a.id);
+      if (!b || b.forgottenBelow !== a.forgottenBelow || b.lastActiveIndex !== a.lastActiveIndex || b.lastActiveTs !== a.lastActiveTs) {
+        push({ type: 'put', key: keys.session(a.id), value: encodeSessionHeader(a) });
+      }
+      const old = new Map(b?.results ?? []);
+      for (const [seq, r] of a.results) {
+        const o = old.get(seq);
+        old.delete(seq);
+        const value = encodeSessionResult(r);
+        if (o === undefined || (o !== r && Buffer.compare(encodeSessionResult(o), value) !== 0)) {
+          push({ type: 'put', key: keys.sessionResult(a.id, seq), value });
+        }
+      }
+      for (const seq of old.keys()) push({ type: 'del', key: keys.sessionResult(a.id, seq) });
+    }
+    for (const b of bs.values()) {
+      for (const [seq] of b.results) push({ type: 'del', key: keys.sessionResult(b.id, seq) });
+      push({ type: 'del', key: keys.session(b.id) });
     }
 
     // Revision blocks: the old ones go, new ones cover [compactRevision, revision] (bounded in
@@ -644,6 +769,8 @@ export async function loadState(engine: KvEngine, group: number): Promise<Loaded
   let meta: StateMeta | undefined;
   const revs: Array<{ rev: number; value: Uint8Array }> = [];
   const versionKeys: Array<[string, VersionRecord[]]> = [];
+  const sessionHeaders: SessionHeader[] = [];
+  const sessionResults = new Map<string, Array<readonly [number, SessionResult]>>();
   let prevEscaped: Uint8Array | undefined;
   for await (const [k, v] of engine.iterate({ prefix: keys.prefix })) {
     const tag = k[p];
@@ -671,10 +798,61 @@ export async function loadState(engine: KvEngine, group: number): Promise<Loaded
       }
       const [key, list] = versionKeys[versionKeys.length - 1]!;
       list.push(decodeVersion(v, rev, key));
+    } else if (tag === TAG_SESSION) {
+      const id = sessionIdOf(k.subarray(p + 2), k);
+      sessionHeaders.push(corruptOnError(`session ${id}`, () => {
+        const r = new ByteReader(v, 'MALFORMED_SNAPSHOT');
+        const h: SessionHeader = { id, forgottenBelow: r.varint(), lastActiveIndex: r.varint(), lastActiveTs: r.varint() };
+        r.expectEnd();
+        return h;
+      }));
+    } else if (tag === TAG_SESSION_RESULT) {
+      if (k.length < p + 2 + 1 + 9 || k[k.length - 9] !== SLASH) throw new StorageCorruptionError(`malformed session result key ${describe(k)}`);
+      const id = sessionIdOf(k.subarray(p + 2, k.length - 9), k);
+      const seq = readU64(k, k.length - 8);
+      let list = sessionResults.get(id);
+      if (!list) sessionResults.set(id, (list = []));
+      list.push([seq, corruptOnError(`result ${seq} of session ${id}`, () => decodeSessionResult(v))]);
     } else throw new StorageCorruptionError(`unexpected state key ${describe(k)}`);
   }
   if (meta === undefined) return undefined;
-  return assemble(group, meta, latest, revs, versionKeys);
+  const loaded = assemble(group, meta, latest, revs, versionKeys);
+  const sessions = assembleSessions(group, meta, sessionHeaders, sessionResults);
+  return {
+    ...loaded,
+    data: {
+      ...loaded.data,
+      sessionTtlMs: meta.sessionTtlMs,
+      maxSessions: meta.maxSessions,
+      maxSessionResults: meta.maxSessionResults,
+      sessions,
+    },
+  };
+}
+
+function sessionIdOf(raw: Uint8Array, whole: Uint8Array): string {
+  const id = raw.length <= MAX_SESSION_ID_LENGTH ? Buffer.from(raw).toString('latin1') : '';
+  if (!SESSION_ID_PATTERN.test(id)) throw new StorageCorruptionError(`bad session id in ${describe(whole)}`);
+  return id;
+}
+
+/** The sessions in activity order (by last active index), with their results, checked. */
+function assembleSessions(
+  group: number,
+  meta: StateMeta,
+  headers: SessionHeader[],
+  results: ReadonlyMap<string, Array<readonly [number, SessionResult]>>,
+): SessionRecord[] {
+  const fail = (what: string): never => {
+    throw new StorageCorruptionError(`group ${group} state: ${what}`);
+  };
+  const ids = new Set(headers.map((h) => h.id));
+  for (const id of results.keys()) if (!ids.has(id)) fail(`results of session ${id} without its header`);
+  headers.sort((a, b) => a.lastActiveIndex - b.lastActiveIndex);
+  const sessions = headers.map((h) => ({ ...h, results: results.get(h.id) ?? [] }));
+  const limits = { ttlMs: meta.sessionTtlMs, maxSessions: meta.maxSessions, maxResults: meta.maxSessionResults };
+  checkSessionRecords(sessions, { appliedIndex: meta.appliedIndex, lastTimestampMs: meta.lastTimestampMs, revision: meta.revision, limits }, fail);
+  return sessions;
 }
 
 function readVarintOnly(v: Uint8Array): number {
