@@ -1,6 +1,6 @@
 /** The seam between the gRPC services and whatever serves the data (a kvd node, or an in-memory twin in tests): typed requests, results and the errors the services map to statuses. */
 import type { ClusterMap } from '../sharding/index.js';
-import type { DeleteResult, KvEvent, PutResult, TxnCompare, TxnResult, TxnWrite } from '../statemachine/index.js';
+import type { DeleteResult, KvEvent, PutResult, TxnCompare, TxnResult, TxnWrite, WriteSession } from '../statemachine/index.js';
 
 /** How fresh a read must be. */
 export type Consistency = 'linearizable' | 'serializable';
@@ -153,7 +153,17 @@ export interface CallOptions {
   readonly deadlineMs: number;
   /** For writes made by extension lambdas: the depth of the lambda chain (0 or absent for clients). */
   readonly hops?: number;
+  /**
+   * For writes (put, delete, trigger, txn): the client session that makes the write safe to retry.
+   * A retry with the same `id` and `seq` gets the first attempt's result instead of applying again;
+   * a `seq` below what the shard still remembers fails with ValidationError SESSION_EXPIRED (its
+   * earlier attempt may have applied). Ignored by reads.
+   */
+  readonly session?: { readonly id: string; readonly seq: number; readonly ackedBelow: number };
 }
+
+/** A write session as the backend takes it (see {@link CallOptions.session}). */
+export type CallSession = WriteSession;
 
 /** What the gRPC KV and Cluster services call. */
 export interface KvBackend {

@@ -5,36 +5,68 @@
  * same values.
  *
  * Versions (the first byte): V1 `[1][timestamp f64]`, V2 `[2][timestamp f64][hops u8]`, V3
- * `[3][timestamp f64][hops u8][origin u8]` (origin 0 = system, 1 = client), each followed by the
- * command. New entries are written as V3; V1 and V2 entries, written before origins were
- * recorded, decode as system-origin (so replaying them gives the results they had).
+ * `[3][timestamp f64][hops u8][origin u8]` (origin 0 = system, 1 = client), V4 = V3 followed by
+ * the write's client session `[id length u8][id ASCII][seq varint][ackedBelow varint]` (varint =
+ * minimal unsigned LEB128), each followed by the command. New entries are written as V3, or as V4
+ * when the write carries a session (so a cluster only needs the new version once clients use
+ * sessions); V1 and V2 entries, written before origins were recorded, decode as system-origin (so
+ * replaying them gives the results they had). Entries without a session apply as before.
  */
-import { decodeCommand, encodeCommand, type Command, type CommandOrigin } from '../statemachine/index.js';
+import { ByteReader, ByteWriter } from '../statemachine/binary.js';
+import {
+  decodeCommand,
+  encodeCommand,
+  validateWriteSession,
+  ValidationError,
+  type Command,
+  type CommandOrigin,
+  type WriteSession,
+} from '../statemachine/index.js';
 
 const ENVELOPE_V1 = 1;
 const ENVELOPE_V2 = 2;
 const ENVELOPE_V3 = 3;
+const ENVELOPE_V4 = 4;
 const V1_HEADER_BYTES = 9;
 const V2_HEADER_BYTES = 10;
 const V3_HEADER_BYTES = 11;
 const ORIGIN_SYSTEM = 0;
 const ORIGIN_CLIENT = 1;
 
-/** The envelope version {@link encodeProposal} writes. */
+/** The envelope version {@link encodeProposal} writes for a command without a session. */
 export const PROPOSAL_ENVELOPE_VERSION = ENVELOPE_V3;
 
-/** Wraps a command, its origin, its proposal timestamp (ms since the epoch) and hop count into entry data (V3). */
-export function encodeProposal(timestampMs: number, cmd: Command, origin: CommandOrigin, hops = 0): Uint8Array {
+/** The envelope version {@link encodeProposal} writes for a command with a client session. */
+export const PROPOSAL_SESSION_ENVELOPE_VERSION = ENVELOPE_V4;
+
+/**
+ * Wraps a command, its origin, its proposal timestamp (ms since the epoch), hop count and, for a
+ * deduplicated write, its client session into entry data (V3, or V4 with a session). Throws
+ * RangeError for a bad hop count or origin, ValidationError for a bad command or session.
+ */
+export function encodeProposal(timestampMs: number, cmd: Command, origin: CommandOrigin, hops = 0, session?: WriteSession): Uint8Array {
   if (!Number.isInteger(hops) || hops < 0 || hops > 255) throw new RangeError(`hop count must be 0..255, got ${hops}`);
   if (origin !== 'client' && origin !== 'system') throw new RangeError(`origin must be 'client' or 'system', got ${String(origin)}`);
   const body = encodeCommand(cmd);
-  const out = new Uint8Array(V3_HEADER_BYTES + body.length);
+  let trailer: Uint8Array | undefined;
+  if (session !== undefined) {
+    validateWriteSession(session);
+    const w = new ByteWriter(1 + session.id.length + 16);
+    w.u8(session.id.length);
+    for (let i = 0; i < session.id.length; i++) w.u8(session.id.charCodeAt(i)); // ASCII by SESSION_ID_PATTERN
+    w.varint(session.seq);
+    w.varint(session.ackedBelow);
+    trailer = w.finish();
+  }
+  const header = V3_HEADER_BYTES + (trailer?.length ?? 0);
+  const out = new Uint8Array(header + body.length);
   const view = new DataView(out.buffer);
-  view.setUint8(0, ENVELOPE_V3);
+  view.setUint8(0, trailer ? ENVELOPE_V4 : ENVELOPE_V3);
   view.setFloat64(1, timestampMs);
   view.setUint8(9, hops);
   view.setUint8(10, origin === 'client' ? ORIGIN_CLIENT : ORIGIN_SYSTEM);
-  out.set(body, V3_HEADER_BYTES);
+  if (trailer) out.set(trailer, V3_HEADER_BYTES);
+  out.set(body, header);
   return out;
 }
 
@@ -45,6 +77,8 @@ export interface Proposal {
   /** Who proposed it (`system` for V1 and V2 entries). */
   readonly origin: CommandOrigin;
   readonly command: Command;
+  /** The write's client session (V4 entries only; absent otherwise). */
+  readonly session?: WriteSession;
 }
 
 /**
@@ -67,16 +101,24 @@ export function decodeProposal(data: Uint8Array): Proposal {
     tooShort(V2_HEADER_BYTES);
     return { timestampMs: timestamp(view), hops: view.getUint8(9), origin: 'system', command: decodeCommand(data.subarray(V2_HEADER_BYTES)) };
   }
-  if (version === ENVELOPE_V3) {
+  if (version === ENVELOPE_V3 || version === ENVELOPE_V4) {
     tooShort(V3_HEADER_BYTES);
     const o = view.getUint8(10);
     if (o !== ORIGIN_SYSTEM && o !== ORIGIN_CLIENT) throw new Error(`unknown proposal origin ${o}`);
-    return {
-      timestampMs: timestamp(view),
-      hops: view.getUint8(9),
-      origin: o === ORIGIN_CLIENT ? 'client' : 'system',
-      command: decodeCommand(data.subarray(V3_HEADER_BYTES)),
-    };
+    const base = { timestampMs: timestamp(view), hops: view.getUint8(9), origin: o === ORIGIN_CLIENT ? ('client' as const) : ('system' as const) };
+    if (version === ENVELOPE_V3) return { ...base, command: decodeCommand(data.subarray(V3_HEADER_BYTES)) };
+    let session: WriteSession;
+    let bodyAt: number;
+    try {
+      const r = new ByteReader(data.subarray(V3_HEADER_BYTES), 'MALFORMED_COMMAND');
+      const id = String.fromCharCode(...r.view(r.u8()));
+      session = validateWriteSession({ id, seq: r.varint(), ackedBelow: r.varint() });
+      bodyAt = V3_HEADER_BYTES + r.offset;
+    } catch (e) {
+      if (e instanceof ValidationError) throw new Error(`malformed proposal session: ${e.message}`);
+      throw e;
+    }
+    return { ...base, command: decodeCommand(data.subarray(bodyAt)), session };
   }
   throw new Error(`unknown proposal envelope version ${version}`);
 }

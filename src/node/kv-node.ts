@@ -22,6 +22,7 @@ import {
   KvStateMachine,
   ValidationError,
   validateCommand,
+  validateWriteSession,
   type Command,
   type CommandOrigin,
   type CommandResult,
@@ -136,6 +137,8 @@ export interface NodeObserver {
   leaderChanged?(group: number, leader: number, term: number): void;
   /** A proposal made here was applied, `latencyMs` after it was proposed. */
   committed?(group: number, latencyMs: number): void;
+  /** An applied entry repeated a write its client session had already applied: answered from the session, applied nothing. */
+  duplicateWrite?(group: number): void;
   /** The cluster map changed (a new epoch was applied). */
   mapChanged?(map: ClusterMap): void;
 }
@@ -287,6 +290,7 @@ export class KvNode implements KvBackend {
       nowMs: this.nowMs,
       onCommitted: (ms) => this.observer.committed?.(group, ms),
       onBadEntry: (index, err) => this.log.error({ group, index, err: String(err) }, 'undecodable committed entry applied as no-op'),
+      onDuplicate: () => this.observer.duplicateWrite?.(group),
     });
     this.replicas.set(group, r);
   }
@@ -641,12 +645,15 @@ export class KvNode implements KvBackend {
    * (the state machine then rejects it, PERMISSION_DENIED, if it touches a reserved key), `system`
    * for the cluster's own writes (descriptors, the map, the extension registry, cursors, dead
    * letters). `opts.hops` counts the extension lambdas that led to this write (0 for clients).
+   * `opts.session` (validated here, ValidationError INVALID_ARGUMENT) travels in the entry: the
+   * shard applies each (session, seq) once and answers every attempt with the first result.
    */
   async execute(group: number, cmd: Command, opts: CallOptions, origin: CommandOrigin): Promise<CommandResult> {
     validateCommand(cmd);
+    if (opts.session !== undefined) validateWriteSession(opts.session);
     const r = this.groupReplica(group);
     if (!r.isLeader) throw this.notLeader(r);
-    const p = r.propose(cmd, origin, opts.hops ?? 0);
+    const p = r.propose(cmd, origin, opts.hops ?? 0, opts.session);
     this.scheduleReady();
     let res: CommandResult;
     try {

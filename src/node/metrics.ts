@@ -29,6 +29,8 @@ export class NodeMetrics {
   readonly appliedEntries: Counter<'group'>;
   readonly leaderChanges: Counter<'group'>;
   readonly proposals: Counter<'group'>;
+  /** Writes answered from their client session (retries of writes already applied). */
+  readonly duplicateWrites: Counter<'group'>;
   readonly commitSeconds: Histogram;
 
   constructor(node: KvNode) {
@@ -80,6 +82,12 @@ export class NodeMetrics {
     this.proposals = new Counter({
       name: 'kvcascade_raft_proposals_committed_total',
       help: 'Proposals made on this node that committed and were applied',
+      labelNames: ['group'],
+      registers,
+    });
+    this.duplicateWrites = new Counter({
+      name: 'kvcascade_session_duplicate_writes_total',
+      help: 'Applied entries that repeated a write their client session had already applied (a retry answered with the first result)',
       labelNames: ['group'],
       registers,
     });
@@ -165,6 +173,7 @@ export class NodeMetrics {
         this.proposals.inc({ group: String(group) });
         this.commitSeconds.observe(ms / 1000);
       },
+      duplicateWrite: (group) => this.duplicateWrites.inc({ group: String(group) }),
     };
   }
 

@@ -14,7 +14,14 @@ import {
   type Ready,
   type Snapshot,
 } from '../raft/index.js';
-import { KvStateMachine, type Command, type CommandOrigin, type CommandResult, type KvStateMachineOptions } from '../statemachine/index.js';
+import {
+  KvStateMachine,
+  type Command,
+  type CommandOrigin,
+  type CommandResult,
+  type KvStateMachineOptions,
+  type WriteSession,
+} from '../statemachine/index.js';
 import type { EngineOp } from '../storage/kv-engine.js';
 import { StateRecorder } from '../storage/state-store.js';
 import { NotLeaderError, OverloadedError, UnavailableError } from './backend.js';
@@ -48,6 +55,8 @@ export interface ReplicaOptions {
   readonly onCommitted?: (latencyMs: number) => void;
   /** Called when a committed entry cannot be decoded (never fatal: it is applied as a no-op). */
   readonly onBadEntry?: (index: number, err: unknown) => void;
+  /** Called when an entry repeated a write its client session had already applied (answered from the session). */
+  readonly onDuplicate?: () => void;
 }
 
 interface PendingProposal {
@@ -129,16 +138,18 @@ export class ShardReplica {
 
   /**
    * Proposes a command with its origin (recorded in the log: a `client` command touching a
-   * reserved key is rejected when applied) and lambda hop count; resolves with its result once
-   * applied here. Only the leader proposes.
+   * reserved key is rejected when applied), lambda hop count and, for a deduplicated write, its
+   * client session (recorded in the entry: the state machine applies each (session, seq) at most
+   * once and answers a repeat with the first result); resolves with its result once applied
+   * here. Only the leader proposes.
    */
-  propose(cmd: Command, origin: CommandOrigin, hops = 0): Promise<CommandResult> {
+  propose(cmd: Command, origin: CommandOrigin, hops = 0, session?: WriteSession): Promise<CommandResult> {
     if (!this.isLeader) return Promise.reject(new NotLeaderError(this.leader, undefined));
     if (this.proposals.size >= this.opts.maxPendingProposals) {
       return Promise.reject(new OverloadedError(`too many writes in flight on group ${this.group} (${this.proposals.size})`));
     }
     try {
-      this.raw.propose(encodeProposal(this.opts.nowMs(), cmd, origin, hops));
+      this.raw.propose(encodeProposal(this.opts.nowMs(), cmd, origin, hops, session));
     } catch (e) {
       if (e instanceof ProposalDroppedError) {
         return Promise.reject(e.message.includes('transfer') || e.message.includes('no leader')
@@ -201,6 +212,7 @@ export class ShardReplica {
       let ts = this.sm.lastTimestampMs;
       let hops = 0;
       let origin: CommandOrigin = 'system';
+      let session: WriteSession | undefined;
       if (e.type === EntryType.Normal && e.data.length > 0) {
         try {
           const p = decodeProposal(e.data);
@@ -208,11 +220,13 @@ export class ShardReplica {
           ts = p.timestampMs;
           hops = p.hops;
           origin = p.origin;
+          session = p.session;
         } catch (err) {
           this.opts.onBadEntry?.(e.index, err);
         }
       }
-      const out = this.sm.apply(e.index, ts, cmd, origin);
+      const out = this.sm.apply(e.index, ts, cmd, origin, session);
+      if (out.duplicate) this.opts.onDuplicate?.();
       const pending = this.proposals.get(e.index);
       if (pending) {
         this.proposals.delete(e.index);

@@ -9,7 +9,7 @@ import { DATA_GROUP, KvNode, META_GROUP, type NodeOptions } from '../../src/node
 import { decodeProposal } from '../../src/node/envelope.js';
 import { LoopbackHub } from '../../src/node/transport.js';
 import { EntryType, SeededRandom } from '../../src/raft/index.js';
-import { KvStateMachine, type Command, type CommandOrigin } from '../../src/statemachine/index.js';
+import { KvStateMachine, type Command, type CommandOrigin, type WriteSession } from '../../src/statemachine/index.js';
 import { MemoryEngine } from '../../src/storage/kv-engine.js';
 import { RaftLogStore, stateKeyPrefix } from '../../src/storage/raft-log-store.js';
 import { loadState, readStateMeta } from '../../src/storage/state-store.js';
@@ -47,17 +47,19 @@ function replay(sm: KvStateMachine, entries: readonly { index: number; type: Ent
     let cmd: Command = { type: 'noop' };
     let ts = sm.lastTimestampMs;
     let origin: CommandOrigin = 'system';
+    let session: WriteSession | undefined;
     if (e.type === EntryType.Normal && e.data.length > 0) {
       try {
         const p = decodeProposal(e.data);
         cmd = p.command;
         ts = p.timestampMs;
         origin = p.origin;
+        session = p.session;
       } catch {
         // applied as a no-op, as the replica does
       }
     }
-    sm.apply(e.index, ts, cmd, origin);
+    sm.apply(e.index, ts, cmd, origin, session);
   }
 }
 
@@ -259,18 +261,33 @@ describe('durable state machine', () => {
       const down = new Set<KvNode>();
       let stop = false;
       let acked = 0;
+      // Odd writers use a client session and retry a failed write with the same seq until it is
+      // answered (as a client does after an unknown outcome): the session table goes through the
+      // same crashes, snapshot installs and recoveries as the data.
+      let expired = 0;
       const writer = async (w: number) => {
+        const id = `crash-writer-${w}-session`;
+        let seq = 0;
+        let ackedBelow = 0;
         for (let n = 0; !stop; n++) {
           const key = `/c/${w}/${n % 25}`;
-          try {
-            const l = await leaderOf(nodes, down);
-            const kind = n % 7;
-            if (kind === 5) await l.delete({ key }, deadline());
-            else if (kind === 6) await l.trigger({ key, value: enc(`t${n}`) }, deadline());
-            else await l.put({ key, value: enc(`${w}:${n}:${'x'.repeat(n % 40)}`) }, deadline());
-            acked++;
-          } catch {
-            await sleep(3);
+          const session = w % 2 === 1 ? { id, seq: ++seq, ackedBelow } : undefined;
+          for (let attempt = 0; ; attempt++) {
+            try {
+              const o = { ...deadline(), ...(session ? { session } : {}) };
+              const l = await leaderOf(nodes, down);
+              const kind = n % 7;
+              if (kind === 5) await l.delete({ key }, o);
+              else if (kind === 6) await l.trigger({ key, value: enc(`t${n}`) }, o);
+              else await l.put({ key, value: enc(`${w}:${n}:${'x'.repeat(n % 40)}`) }, o);
+              acked++;
+              if (session) ackedBelow = session.seq + 1;
+              break;
+            } catch (e) {
+              if ((e as { code?: string }).code === 'SESSION_EXPIRED') expired++;
+              await sleep(3);
+              if (!session || stop) break;
+            }
           }
         }
       };
@@ -314,6 +331,8 @@ describe('durable state machine', () => {
       }
       open = [];
       expect(acked).toBeGreaterThan(200);
+      expect(expired).toBe(0);
+      expect(nodes[0]!.replica(DATA_GROUP)!.sm.sessionCount).toBe(3);
       expect(installs).toBeGreaterThan(0);
       expect(fromRecords).toBeGreaterThan(0);
     });

@@ -1,7 +1,8 @@
-// Covers src/node/envelope.ts: V3 entries record the origin (client | system) with the timestamp and hop count; V1 and
-// V2 entries (written before origins existed) still decode, as system-origin; malformed payloads are refused.
+// Covers src/node/envelope.ts: V3 entries record the origin (client | system) with the timestamp and hop count; V4
+// entries add the write's client session; V1 and V2 entries (written before origins existed) still decode, as
+// system-origin; malformed payloads are refused.
 import { describe, expect, it } from 'vitest';
-import { decodeProposal, encodeProposal, PROPOSAL_ENVELOPE_VERSION } from '../../src/node/envelope.js';
+import { decodeProposal, encodeProposal, PROPOSAL_ENVELOPE_VERSION, PROPOSAL_SESSION_ENVELOPE_VERSION } from '../../src/node/envelope.js';
 import { KvStateMachine, encodeCommand, type Command } from '../../src/statemachine/index.js';
 
 const cmd: Command = { type: 'put', key: '/_sys/shard', value: new TextEncoder().encode('{"epoch":1}') };
@@ -57,5 +58,39 @@ describe('proposal envelope', () => {
     bad[10] = 7;
     expect(() => decodeProposal(bad)).toThrow(/origin 7/);
     expect(() => encodeProposal(1, cmd, 'other' as 'client')).toThrow(RangeError);
+  });
+
+  it('V4 carries the client session; without one the entry is still V3', () => {
+    const session = { id: 'Ab_-0123456789xyzXYZ', seq: 2 ** 40 + 3, ackedBelow: 2 ** 40 };
+    const put: Command = { type: 'put', key: '/k', value: new Uint8Array([1, 2, 3]), expectedVersion: 0 };
+    const data = encodeProposal(1_700_000_000_999, put, 'client', 2, session);
+    expect(data[0]).toBe(PROPOSAL_SESSION_ENVELOPE_VERSION);
+    expect(decodeProposal(data)).toEqual({ timestampMs: 1_700_000_000_999, hops: 2, origin: 'client', command: put, session });
+    const plain = decodeProposal(encodeProposal(5, put, 'client'));
+    expect(encodeProposal(5, put, 'client')[0]).toBe(PROPOSAL_ENVELOPE_VERSION);
+    expect('session' in plain).toBe(false);
+    // The state machine deduplicates what the entries carry.
+    const sm = new KvStateMachine();
+    for (const index of [1, 2]) {
+      const p = decodeProposal(data);
+      sm.apply(index, p.timestampMs, p.command, p.origin, p.session);
+    }
+    expect(sm.revision).toBe(1);
+    expect(sm.appliedIndex).toBe(2);
+  });
+
+  it('refuses a bad session when encoding, and a malformed one when decoding', () => {
+    const put: Command = { type: 'put', key: '/k', value: new Uint8Array(0) };
+    expect(() => encodeProposal(1, put, 'client', 0, { id: 'short', seq: 1, ackedBelow: 0 })).toThrow(/INVALID_ARGUMENT/);
+    expect(() => encodeProposal(1, put, 'client', 0, { id: 'a'.repeat(20), seq: 0, ackedBelow: 0 })).toThrow(/INVALID_ARGUMENT/);
+    const good = encodeProposal(1, put, 'client', 0, { id: 'a'.repeat(20), seq: 5, ackedBelow: 5 });
+    const badId = good.slice();
+    badId[12] = 0x20; // a space in the id
+    expect(() => decodeProposal(badId)).toThrow(/malformed proposal session/);
+    const truncated = good.subarray(0, 11 + 1 + 10);
+    expect(() => decodeProposal(truncated)).toThrow(/malformed proposal session/);
+    const acked = good.slice();
+    acked[11 + 1 + 20 + 1] = 6; // ackedBelow 6 > seq 5
+    expect(() => decodeProposal(acked)).toThrow(/acked_below/);
   });
 });
