@@ -96,6 +96,7 @@ import {
   checkInt,
   checkKey,
   checkPrefix,
+  checkSession,
   checkTrigger,
   checkUint,
   checkValue,
@@ -347,11 +348,13 @@ function toTxnRequest(m: TxnRequestMsg): TxnRequest {
       const p = w.put;
       if (isSet(p.expectedVersion)) throw invalid(`write ${i}: expected_version must be unset in a txn (use a compare)`);
       if (p.returnCurrentValue === true) throw invalid(`write ${i}: return_current_value is not supported in a txn`);
+      if (isSet(p.session)) throw invalid(`write ${i}: session must be unset in a txn (set it on the TxnRequest)`);
       // Copy the value: do not retain the received frame.
       return { type: 'put', key: checkKey(p.key, `write ${i} key`), value: new Uint8Array(checkValue(p.value ?? EMPTY, `write ${i} value`)) };
     }
     if (op === 'delete' && w.delete) {
       if (isSet(w.delete.expectedVersion)) throw invalid(`write ${i}: expected_version must be unset in a txn (use a compare)`);
+      if (isSet(w.delete.session)) throw invalid(`write ${i}: session must be unset in a txn (set it on the TxnRequest)`);
       return { type: 'delete', key: checkKey(w.delete.key, `write ${i} key`) };
     }
     throw invalid(`write ${i} has no operation (put or delete)`);
@@ -371,6 +374,12 @@ function toWatchRequest(m: WatchRequestMsg): WatchRequest {
     progressIntervalMs: interval === 0 ? 1000 : Math.max(MIN_PROGRESS_INTERVAL_MS, interval),
     ...(isSet(m.shard) ? { shard: checkUint(m.shard, 'shard') } : {}),
   };
+}
+
+/** `opts` with the write's session (kvcascade.v1.WriteSession, checked) when the request carries one. */
+function withSession(opts: CallOptions, m: { session?: unknown }): CallOptions {
+  const session = checkSession(m.session);
+  return session ? { ...opts, session } : opts;
 }
 
 /** Refuses (PERMISSION_DENIED) a client's access to reserved `key`; an admin may read dead letters. */
@@ -774,6 +783,8 @@ class KvService implements KvServiceHandle {
     if (e instanceof OpStatus) return e;
     // The reserved keyspace (refused here, or by the shard for a client-origin command): nothing was applied.
     if (e instanceof ValidationError && e.code === 'PERMISSION_DENIED') return new OpStatus(grpc.status.PERMISSION_DENIED, e.message, { retrySafe: true });
+    // A write session's seq the shard no longer remembers: an earlier attempt may have applied.
+    if (e instanceof ValidationError && e.code === 'SESSION_EXPIRED') return new OpStatus(grpc.status.FAILED_PRECONDITION, e.message);
     if (e instanceof ValidationError) return invalid(e.message);
     if (e instanceof CrossShardError) {
       const message = e.message.includes('CROSS_SHARD') ? e.message : `CROSS_SHARD: ${e.message}`;
@@ -803,7 +814,7 @@ class KvService implements KvServiceHandle {
       case 'put': {
         const req = toPutRequest(m as PutRequestMsg);
         guardKey(req.key, 'write', admin);
-        return b.put(req, opts).then(putResponse) as Promise<ResponseOf<O>>;
+        return b.put(req, withSession(opts, m as PutRequestMsg)).then(putResponse) as Promise<ResponseOf<O>>;
       }
       case 'get': {
         const req = toGetRequest(m as GetRequestMsg);
@@ -813,17 +824,17 @@ class KvService implements KvServiceHandle {
       case 'delete': {
         const req = toDeleteRequest(m as DeleteRequestMsg);
         guardKey(req.key, 'write', admin);
-        return b.delete(req, opts).then(deleteResponse) as Promise<ResponseOf<O>>;
+        return b.delete(req, withSession(opts, m as DeleteRequestMsg)).then(deleteResponse) as Promise<ResponseOf<O>>;
       }
       case 'trigger': {
         const req = toTriggerRequest(m as TriggerRequestMsg);
         guardKey(req.key, 'write', admin);
-        return b.trigger(req, opts).then(triggerResponse) as Promise<ResponseOf<O>>;
+        return b.trigger(req, withSession(opts, m as TriggerRequestMsg)).then(triggerResponse) as Promise<ResponseOf<O>>;
       }
       case 'txn': {
         const req = toTxnRequest(m as TxnRequestMsg);
         guardTxn(req);
-        return b.txn(req, opts).then((r) => txnResponse(r, group)) as Promise<ResponseOf<O>>;
+        return b.txn(req, withSession(opts, m as TxnRequestMsg)).then((r) => txnResponse(r, group)) as Promise<ResponseOf<O>>;
       }
       default: {
         const budget = this.maxResponseBytes;

@@ -33,12 +33,21 @@ export function loadProtos(files: readonly string[], root: string = protoDir()):
 /** Read consistency as an enum name (unknown wire values decode to their number). */
 export type ConsistencyName = 'LINEARIZABLE' | 'SERIALIZABLE';
 
+/** kvcascade.v1.WriteSession: identifies a write for deduplication (a retry with the same id and seq gets the first result). */
+export interface WriteSessionMsg {
+  id?: string;
+  seq?: number;
+  ackedBelow?: number;
+}
+
 /** kvcascade.v1.PutRequest. */
 export interface PutRequestMsg {
   key?: string;
   value?: Uint8Array;
   expectedVersion?: number;
   returnCurrentValue?: boolean;
+  /** Unset: null when decoded. */
+  session?: WriteSessionMsg | null;
 }
 
 /** kvcascade.v1.PutResponse. */
@@ -73,6 +82,7 @@ export interface GetResponseMsg {
 export interface DeleteRequestMsg {
   key?: string;
   expectedVersion?: number;
+  session?: WriteSessionMsg | null;
 }
 
 /** kvcascade.v1.DeleteResponse. */
@@ -87,6 +97,7 @@ export interface DeleteResponseMsg {
 export interface TriggerRequestMsg {
   key?: string;
   value?: Uint8Array;
+  session?: WriteSessionMsg | null;
 }
 
 /** kvcascade.v1.TriggerResponse. */
@@ -177,6 +188,7 @@ export interface TxnWriteMsg {
 export interface TxnRequestMsg {
   compares?: TxnCompareMsg[];
   writes?: TxnWriteMsg[];
+  session?: WriteSessionMsg | null;
 }
 
 /** kvcascade.v1.TxnResponse. */

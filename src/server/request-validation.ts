@@ -1,6 +1,6 @@
 /** Client-API request checks shared by the gRPC services and the client: keys, prefixes, values, numbers, page tokens and watch resume tokens. */
 import { isUtf8 } from 'node:buffer';
-import { MAX_VALUE_BYTES, ValidationError, validateKey, validatePrefix } from '../statemachine/index.js';
+import { MAX_VALUE_BYTES, ValidationError, validateKey, validatePrefix, validateWriteSession, type WriteSession } from '../statemachine/index.js';
 
 function checkNoNul(s: string, what: string): void {
   if (s.includes('\0')) throw new ValidationError('INVALID_KEY', `${what} must not contain NUL`);
@@ -43,6 +43,18 @@ export function checkUint(n: unknown, what: string): number {
     throw new ValidationError('INVALID_NUMBER', `${what} must be a non-negative integer below 2^53, got ${String(n)}`);
   }
   return n;
+}
+
+/**
+ * Checks a write's `session` field (kvcascade.v1.WriteSession): undefined when unset (null or
+ * absent: the write is not deduplicated); else an id of 16-64 characters of [A-Za-z0-9_-], a seq
+ * >= 1 and an acked_below <= seq, all below 2^53. Throws ValidationError (INVALID_ARGUMENT).
+ */
+export function checkSession(m: unknown, what = 'session'): WriteSession | undefined {
+  if (m === undefined || m === null) return undefined;
+  if (typeof m !== 'object') throw new ValidationError('INVALID_ARGUMENT', `${what} must be a WriteSession`);
+  const o = m as { id?: unknown; seq?: unknown; ackedBelow?: unknown };
+  return validateWriteSession({ id: o.id ?? '', seq: o.seq ?? 0, ackedBelow: o.ackedBelow ?? 0 }, what);
 }
 
 /** Checks a signed time in ms is a safe integer. */
