@@ -1,10 +1,12 @@
 /**
  * The fallback {@link LambdaKv} of a node run without the server layer (in-process tests): every
- * call runs on this node, on the key's shard (writes carry the hop count), and so succeeds only
- * where this node leads that shard; a listing spanning shards is merged from each of them.
+ * call runs on this node, on the key's shard (writes carry the hop count and the store's write
+ * session, so a store that retries a call deduplicates it), and so succeeds only where this node
+ * leads that shard; a listing spanning shards is merged from each of them.
  */
 import type { KvBackend } from '../node/backend.js';
 import type { LambdaKv } from './store-access.js';
+import { WriteSessionSource } from './write-session.js';
 
 /** Keys per listed page when the lambda names no limit (the state machine's default). */
 const DEFAULT_PAGE = 1000;
@@ -12,8 +14,12 @@ const DEFAULT_PAGE = 1000;
 /** What {@link localLambdaKv} needs of the node. */
 export type LocalStore = Pick<KvBackend, 'get' | 'put' | 'delete' | 'trigger' | 'list' | 'shardsForPrefix'>;
 
-/** A LambdaKv over the local node only (NotLeaderError for shards another node leads). */
-export function localLambdaKv(node: LocalStore): LambdaKv {
+/**
+ * A LambdaKv over the local node only (NotLeaderError for shards another node leads). Its writes
+ * carry a client session (`sessions`, default a new random one): each write gets its own seq,
+ * which `node` may reuse to retry the write safely.
+ */
+export function localLambdaKv(node: LocalStore, sessions: WriteSessionSource = new WriteSessionSource()): LambdaKv {
   return {
     get: async (key, o, deadlineMs) => {
       const g = await node.get(
@@ -23,15 +29,19 @@ export function localLambdaKv(node: LocalStore): LambdaKv {
       return { found: g.found, ...(g.value ? { value: g.value } : {}), version: g.version, timestampMs: g.timestampMs };
     },
     put: async (key, value, o, hops, deadlineMs) => {
-      const p = await node.put({ key, value, ...(o.expectedVersion !== undefined ? { expectedVersion: o.expectedVersion } : {}) }, { deadlineMs, hops });
+      const p = await sessions.run((session) =>
+        node.put({ key, value, ...(o.expectedVersion !== undefined ? { expectedVersion: o.expectedVersion } : {}) }, { deadlineMs, hops, session }),
+      );
       return { succeeded: p.succeeded, version: p.succeeded ? p.version : 0, currentVersion: p.succeeded ? p.version : (p.current?.version ?? p.version) };
     },
     delete: async (key, o, hops, deadlineMs) => {
-      const d = await node.delete({ key, ...(o.expectedVersion !== undefined ? { expectedVersion: o.expectedVersion } : {}) }, { deadlineMs, hops });
+      const d = await sessions.run((session) =>
+        node.delete({ key, ...(o.expectedVersion !== undefined ? { expectedVersion: o.expectedVersion } : {}) }, { deadlineMs, hops, session }),
+      );
       return { succeeded: d.succeeded, deleted: d.deleted };
     },
     trigger: async (key, value, hops, deadlineMs) => {
-      await node.trigger({ key, value }, { deadlineMs, hops });
+      await sessions.run((session) => node.trigger({ key, value }, { deadlineMs, hops, session }));
     },
     list: async (prefix, o, deadlineMs) => {
       const limit = o.limit ?? DEFAULT_PAGE;

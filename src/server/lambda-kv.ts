@@ -2,13 +2,48 @@
  * The store as extension lambdas see it: each call runs on this node when it leads the key's
  * shard (no network hop), and otherwise goes over gRPC to the node the local routing points at,
  * carrying the lambda chain's hop count in `kv-hops` metadata so the hop limit holds across nodes.
+ * Writes carry the store's client session (one random id per store, i.e. per node process, and a
+ * seq per logical write), so a write whose attempt failed with an unknown outcome (a dropped
+ * connection, an unavailable leader, a lost leadership) is retried within its deadline under the
+ * same seq: the shard applies it at most once and answers the retry with the first result.
  */
 import * as grpc from '@grpc/grpc-js';
-import { NotLeaderError, type KvBackend } from '../node/backend.js';
+import { NotLeaderError, OverloadedError, UnavailableError, type CallOptions, type KvBackend } from '../node/backend.js';
 import type { LambdaKv } from '../extensions/store-access.js';
+import { WriteSessionSource } from '../extensions/write-session.js';
+import type { WriteSession } from '../statemachine/index.js';
 import { META_FORWARDED, META_HOPS } from './metadata.js';
 import { KvStubClient, type KvStub } from './proto.js';
 import { encodePageToken } from './request-validation.js';
+
+/** Most attempts of one lambda write (the first one included), within its deadline. */
+export const LAMBDA_WRITE_MAX_ATTEMPTS = 8;
+
+/** Pause before the first retry of a lambda write; doubled per retry up to {@link LAMBDA_WRITE_BACKOFF_MAX_MS}. */
+export const LAMBDA_WRITE_BACKOFF_MS = 25;
+
+/** Longest pause between two attempts of a lambda write. */
+export const LAMBDA_WRITE_BACKOFF_MAX_MS = 400;
+
+/** gRPC statuses after which a write with a session is retried: it was not applied, or its outcome is unknown. */
+const RETRIED_STATUSES: ReadonlySet<number> = new Set([
+  grpc.status.UNAVAILABLE,
+  grpc.status.DEADLINE_EXCEEDED,
+  grpc.status.UNKNOWN,
+  grpc.status.INTERNAL,
+  grpc.status.CANCELLED,
+  grpc.status.ABORTED,
+  grpc.status.RESOURCE_EXHAUSTED,
+]);
+
+/** Whether a failed attempt of a write with a session may be retried (not applied, or outcome unknown; never a definite refusal). */
+export function isRetriableWriteFailure(e: unknown): boolean {
+  if (e instanceof NotLeaderError || e instanceof UnavailableError || e instanceof OverloadedError) return true;
+  const code = (e as { code?: unknown } | null)?.code;
+  return typeof code === 'number' && RETRIED_STATUSES.has(code); // a gRPC status (the store's own errors have string codes)
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 
 function call<Req, Res>(stub: KvStub, method: 'put' | 'get' | 'delete' | 'trigger' | 'list', req: Req, md: grpc.Metadata, deadlineMs: number): Promise<Res> {
@@ -23,6 +58,8 @@ export interface RoutedLambdaKvOptions {
   /** This node's client address (lists spanning shards are merged by its own service). */
   readonly selfAddress: string;
   readonly credentials?: grpc.ChannelCredentials;
+  /** The session the writes carry (default: a new random one, i.e. one per store and process). */
+  readonly sessions?: WriteSessionSource;
 }
 
 /** A {@link LambdaKv} over the local backend, forwarding what this node does not lead. */
@@ -55,6 +92,28 @@ export function routedLambdaKv(backend: KvBackend, opts: RoutedLambdaKvOptions):
       throw e;
     }
   };
+  const sessions = opts.sessions ?? new WriteSessionSource();
+  /**
+   * One logical write under a new seq of the session: routed attempts (local, else remote),
+   * retried with backoff while they fail retriably and the deadline allows; every attempt carries
+   * the same (id, seq), so the write applies at most once however many attempts reach the shard.
+   */
+  const write = <T>(
+    deadlineMs: number,
+    hops: number,
+    local: (o: CallOptions) => Promise<T>,
+    remote: (address: string, session: WriteSession) => Promise<T>,
+  ): Promise<T> =>
+    sessions.run(async (session) => {
+      for (let attempt = 1, backoff = LAMBDA_WRITE_BACKOFF_MS; ; attempt++, backoff = Math.min(backoff * 2, LAMBDA_WRITE_BACKOFF_MAX_MS)) {
+        try {
+          return await routed(() => local({ deadlineMs, hops, session }), (address) => remote(address, session));
+        } catch (e) {
+          if (!isRetriableWriteFailure(e) || attempt >= LAMBDA_WRITE_MAX_ATTEMPTS || Date.now() + backoff >= deadlineMs) throw e;
+          await sleep(backoff);
+        }
+      }
+    });
   return {
     get: (key, o, deadlineMs) =>
       routed(
@@ -72,39 +131,45 @@ export function routedLambdaKv(backend: KvBackend, opts: RoutedLambdaKvOptions):
           ).then((g) => ({ found: g.found, ...(g.found ? { value: g.value } : {}), version: g.version, timestampMs: g.timestampMs })),
       ),
     put: (key, value, o, hops, deadlineMs) =>
-      routed(
-        () =>
+      write(
+        deadlineMs,
+        hops,
+        (co) =>
           backend
-            .put({ key, value, ...(o.expectedVersion !== undefined ? { expectedVersion: o.expectedVersion } : {}) }, { deadlineMs, hops })
+            .put({ key, value, ...(o.expectedVersion !== undefined ? { expectedVersion: o.expectedVersion } : {}) }, co)
             .then((p) => ({ succeeded: p.succeeded, version: p.succeeded ? p.version : 0, currentVersion: p.succeeded ? p.version : (p.current?.version ?? p.version) })),
-        (address) =>
+        (address, session) =>
           call<object, { succeeded: boolean; version: number; currentVersion: number }>(
             stub(address),
             'put',
-            { key, value, ...(o.expectedVersion !== undefined ? { expectedVersion: o.expectedVersion } : {}) },
+            { key, value, ...(o.expectedVersion !== undefined ? { expectedVersion: o.expectedVersion } : {}), session },
             md(hops),
             deadlineMs,
           ).then((p) => ({ succeeded: p.succeeded, version: p.version, currentVersion: p.succeeded ? p.version : p.currentVersion })),
       ),
     delete: (key, o, hops, deadlineMs) =>
-      routed(
-        () =>
+      write(
+        deadlineMs,
+        hops,
+        (co) =>
           backend
-            .delete({ key, ...(o.expectedVersion !== undefined ? { expectedVersion: o.expectedVersion } : {}) }, { deadlineMs, hops })
+            .delete({ key, ...(o.expectedVersion !== undefined ? { expectedVersion: o.expectedVersion } : {}) }, co)
             .then((d) => ({ succeeded: d.succeeded, deleted: d.deleted })),
-        (address) =>
+        (address, session) =>
           call<object, { succeeded: boolean; deleted: boolean }>(
             stub(address),
             'delete',
-            { key, ...(o.expectedVersion !== undefined ? { expectedVersion: o.expectedVersion } : {}) },
+            { key, ...(o.expectedVersion !== undefined ? { expectedVersion: o.expectedVersion } : {}), session },
             md(hops),
             deadlineMs,
           ).then((d) => ({ succeeded: d.succeeded, deleted: d.deleted })),
       ),
     trigger: (key, value, hops, deadlineMs) =>
-      routed(
-        () => backend.trigger({ key, value }, { deadlineMs, hops }).then(() => undefined),
-        (address) => call<object, object>(stub(address), 'trigger', { key, value }, md(hops), deadlineMs).then(() => undefined),
+      write(
+        deadlineMs,
+        hops,
+        (co) => backend.trigger({ key, value }, co).then(() => undefined),
+        (address, session) => call<object, object>(stub(address), 'trigger', { key, value, session }, md(hops), deadlineMs).then(() => undefined),
       ),
     list: async (prefix, o, deadlineMs) => {
       // The local service merges the shards the prefix spans and forwards to their leaders.
