@@ -142,6 +142,7 @@ export class SessionTable {
 
   /** Drops every session idle for longer than the TTL at effective timestamp `ts`. O(sessions dropped). */
   expire(ts: number): void {
+    if (this.sessions.size === 0) return;
     for (const s of this.sessions.values()) {
       if (ts - s.lastActiveTs <= this.limits.ttlMs) break; // activity order is timestamp order
       this.drop(s);
