@@ -1,6 +1,6 @@
 /** The seam between the gRPC services and whatever serves the data (a kvd node, or an in-memory twin in tests): typed requests, results and the errors the services map to statuses. */
 import type { ClusterMap } from '../sharding/index.js';
-import type { DeleteResult, KvEvent, PutResult, TxnCompare, TxnResult, TxnWrite, WriteSession } from '../statemachine/index.js';
+import type { DeleteResult, KvEvent, PutResult, TxnCompare, TxnResult, TxnWrite } from '../statemachine/index.js';
 
 /** How fresh a read must be. */
 export type Consistency = 'linearizable' | 'serializable';
@@ -161,9 +161,6 @@ export interface CallOptions {
    */
   readonly session?: { readonly id: string; readonly seq: number; readonly ackedBelow: number };
 }
-
-/** A write session as the backend takes it (see {@link CallOptions.session}). */
-export type CallSession = WriteSession;
 
 /** What the gRPC KV and Cluster services call. */
 export interface KvBackend {

@@ -135,6 +135,7 @@ export interface StateMeta {
   readonly maxHistoryBytes: number;
   /** The first revision whose events are in the watch history (revision + 1 when empty). */
   readonly oldestHistoryRevision: number;
+  /** The machine's client session limits (format 1 records hold the defaults). */
   readonly sessionTtlMs: number;
   readonly maxSessions: number;
   readonly maxSessionResults: number;
