@@ -16,15 +16,20 @@ export class ExtensionLoadError extends Error {
 
 /**
  * An invocation did not complete; `kind` says why (see `LambdaErrorKind`). For `threw`, `cause`
- * is the lambda's error (rebuilt from the worker: same name, message, code and stack).
+ * is the lambda's error (rebuilt from the worker: same name, message, code and stack). For an
+ * `out-of-memory` of a child process killed past its memory budget, `rssBytes` is the RSS seen.
  */
 export class LambdaError extends Error {
+  /** The resident memory (bytes) the node saw when it killed the extension's process (`out-of-memory` past the budget). */
+  readonly rssBytes?: number;
+
   constructor(
     readonly kind: LambdaErrorKind,
     message: string,
-    options?: { cause?: unknown },
+    options?: { cause?: unknown; rssBytes?: number },
   ) {
     super(message, options);
     this.name = 'LambdaError';
+    if (options?.rssBytes !== undefined) this.rssBytes = options.rssBytes;
   }
 }

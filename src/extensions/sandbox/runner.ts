@@ -1,16 +1,17 @@
-/** ExtensionRunner: loads one extension (a JS module or a native C-ABI package) and runs its lambdas, isolated in a worker thread (default) or in-process (trusted mode, JS only). */
+/** ExtensionRunner: loads one extension (a JS module or a native C-ABI package) and runs its lambdas, isolated in a worker thread, in a child process (JS only) or in-process (trusted mode, JS only). */
 import { stat } from 'node:fs/promises';
 import { pathToFileURL } from 'node:url';
 import type { ExtensionEvent } from '../api.js';
 import { DEFAULT_SYNC_KV_TIMEOUT_MS } from '../native/sync-kv-bridge.js';
-import type { Backend, BackendEvents } from './backend.js';
+import type { Backend, BackendEvents, DownCause } from './backend.js';
 import { ExtensionLoadError, LambdaError } from './errors.js';
 import { InProcessBackend } from './in-process-backend.js';
+import { ProcessBackend, type ProcessLimits } from './process-backend.js';
 import { resolveExtension, type ResolvedExtension } from './resolve.js';
 import { errorMessage } from './transfer.js';
 import type { HostServices, LogLevel, RegisteredWatch } from './types.js';
 import { WorkerBackend, type WorkerLimits } from './worker-backend.js';
-import { workerEntryUrl } from './worker-url.js';
+import { sandboxEntryUrl } from './worker-url.js';
 
 /** How to load and run one extension. */
 export interface RunnerOptions {
@@ -24,10 +25,26 @@ export interface RunnerOptions {
   modulePath: string;
   /** The extension's configuration (`ctx.config`); must be structured-cloneable. Default `{}`. */
   config?: Record<string, unknown>;
-  /** `worker` (default): isolated in a worker thread. `in-process`: trusted mode on the main thread. */
-  mode?: 'worker' | 'in-process';
-  /** Worker heap limits (see RUNNER_DEFAULTS); they bound the V8 heap only, not ArrayBuffers/Buffers nor CPU. */
+  /**
+   * Where the lambdas run (see {@link IsolationMode}). Default: `RUNNER_DEFAULTS.mode` for a JS
+   * module; a native package always runs in a worker.
+   */
+  mode?: IsolationMode;
+  /**
+   * Heap limits (see RUNNER_DEFAULTS); they bound the V8 heap only, not ArrayBuffers/Buffers nor
+   * CPU. In process mode only `maxOldGenerationSizeMb` applies (`--max-old-space-size`).
+   */
   resourceLimits?: { maxOldGenerationSizeMb?: number; maxYoungGenerationSizeMb?: number; stackSizeMb?: number };
+  /**
+   * Process mode: the budget for the child process's whole resident memory (V8 heap, Buffers and
+   * ArrayBuffers, native allocations), MiB; past it the process is killed and its invocations fail
+   * with kind `out-of-memory`. Default `RUNNER_DEFAULTS.memoryLimitMb`.
+   */
+  memoryLimitMb?: number;
+  /** Process mode: how often the node samples the child's RSS and CPU time, ms (default 100). */
+  memorySampleMs?: number;
+  /** Process mode: a hard RLIMIT_AS for the child (`prlimit --as`), MiB; 0 (default) = none. See `ProcessLimits.addressSpaceMb`. */
+  addressSpaceLimitMb?: number;
   /** The node's services (store, log, metrics) lent to the extension. */
   host: HostServices;
   /** Worker restarts allowed in any 60 s window before the runner gives up (state `failed`). */
@@ -45,8 +62,11 @@ export interface RunnerOptions {
 
 /** The defaults of `RunnerOptions`. */
 export const RUNNER_DEFAULTS = Object.freeze({
-  mode: 'worker' as const,
+  mode: 'worker' as IsolationMode,
   maxOldGenerationSizeMb: 256,
+  memoryLimitMb: 512,
+  memorySampleMs: 100,
+  addressSpaceLimitMb: 0,
   maxYoungGenerationSizeMb: 32,
   stackSizeMb: 4,
   maxRestartsPerMinute: 30,
@@ -54,6 +74,20 @@ export const RUNNER_DEFAULTS = Object.freeze({
   shutdownTimeoutMs: 5_000,
   nativeKvTimeoutMs: DEFAULT_SYNC_KV_TIMEOUT_MS,
 });
+
+/**
+ * Where an extension's lambdas run:
+ * - `worker`: a worker thread per extension, V8 heap limits (`resourceLimits`), wall-clock timeout
+ *   per invocation (the worker is terminated). Buffers/ArrayBuffers are not bounded.
+ * - `process`: a child process per extension: heap limit, the whole RSS bounded by a watchdog in
+ *   the node (`memoryLimitMb`), the timeout kills the process, CPU time measured per invocation and
+ *   in total; a crash cannot touch the node. JS modules only.
+ * - `in-process`: the node's own thread (trusted; nothing is bounded).
+ */
+export type IsolationMode = 'worker' | 'process' | 'in-process';
+
+/** The isolation modes, for validating user input. */
+export const ISOLATION_MODES: readonly IsolationMode[] = Object.freeze(['worker', 'process', 'in-process'] as IsolationMode[]);
 
 /**
  * `ready`: invocations run. `restarting`: the worker died and a new one is being started;
@@ -71,10 +105,28 @@ export interface RunnerStats {
   errors: number;
   /** Invocations that rejected with kind `timeout`. */
   timeouts: number;
-  /** Workers started after the first one (successful or not). */
+  /** Workers (or processes) started after the first one (successful or not). */
   workerRestarts: number;
   /** Invocations not yet settled (running, or waiting for a restart). */
   inFlight: number;
+  /** Times the worker or process died of memory: V8 heap exhaustion, or (process mode) RSS past `memoryLimitMb`. */
+  outOfMemory: number;
+  /**
+   * Process mode: CPU time (user + system, ms) of the extension's processes since start, all
+   * incarnations, read by the node from /proc (the CPU time the invocations reported where /proc
+   * is not available). 0 in the other modes.
+   */
+  cpuMs: number;
+  /** Process mode: CPU time (ms) of the invocations that completed (reported by the child), summed. */
+  invocationCpuMs: number;
+  /** Process mode: CPU time (ms) of the last invocation that completed. */
+  lastInvocationCpuMs: number;
+  /** Process mode: the highest CPU time (ms) of one completed invocation. */
+  maxInvocationCpuMs: number;
+  /** Process mode: resident memory (bytes) of the current process at the last sample (0 otherwise). */
+  rssBytes: number;
+  /** Process mode: highest resident memory (bytes) sampled, all incarnations. */
+  peakRssBytes: number;
 }
 
 interface Pending {
@@ -91,8 +143,10 @@ interface Pending {
 interface Resolved {
   name: string;
   config: Record<string, unknown>;
-  mode: 'worker' | 'in-process';
+  /** Undefined: the default for the kind of package. */
+  mode: IsolationMode | undefined;
   limits: WorkerLimits;
+  processLimits: ProcessLimits;
   host: HostServices;
   maxRestartsPerMinute: number;
   initializeTimeoutMs: number;
@@ -114,8 +168,8 @@ function resolveOptions(o: RunnerOptions): Resolved {
   if (!o.host || typeof o.host.kv !== 'function' || typeof o.host.log !== 'function' || typeof o.host.metric !== 'function') {
     throw new TypeError('RunnerOptions.host must provide kv(), log() and metric()');
   }
-  const mode = o.mode ?? RUNNER_DEFAULTS.mode;
-  if (mode !== 'worker' && mode !== 'in-process') throw new TypeError(`RunnerOptions.mode must be 'worker' or 'in-process' (got ${String(mode)})`);
+  const mode = o.mode;
+  if (mode !== undefined && !ISOLATION_MODES.includes(mode)) throw new TypeError(`RunnerOptions.mode must be one of ${ISOLATION_MODES.join(', ')} (got ${String(mode)})`);
   const config = o.config ?? {};
   if (config === null || typeof config !== 'object' || Array.isArray(config)) throw new TypeError('RunnerOptions.config must be an object');
   const rl = o.resourceLimits ?? {};
@@ -127,6 +181,12 @@ function resolveOptions(o: RunnerOptions): Resolved {
       maxOldGenerationSizeMb: checkNumber('resourceLimits.maxOldGenerationSizeMb', rl.maxOldGenerationSizeMb, RUNNER_DEFAULTS.maxOldGenerationSizeMb, 1),
       maxYoungGenerationSizeMb: checkNumber('resourceLimits.maxYoungGenerationSizeMb', rl.maxYoungGenerationSizeMb, RUNNER_DEFAULTS.maxYoungGenerationSizeMb, 1),
       stackSizeMb: checkNumber('resourceLimits.stackSizeMb', rl.stackSizeMb, RUNNER_DEFAULTS.stackSizeMb, 1),
+    },
+    processLimits: {
+      heapMb: checkNumber('resourceLimits.maxOldGenerationSizeMb', rl.maxOldGenerationSizeMb, RUNNER_DEFAULTS.maxOldGenerationSizeMb, 1),
+      memoryMb: checkNumber('memoryLimitMb', o.memoryLimitMb, RUNNER_DEFAULTS.memoryLimitMb, 16),
+      sampleMs: checkNumber('memorySampleMs', o.memorySampleMs, RUNNER_DEFAULTS.memorySampleMs, 10),
+      addressSpaceMb: checkNumber('addressSpaceLimitMb', o.addressSpaceLimitMb, RUNNER_DEFAULTS.addressSpaceLimitMb, 0),
     },
     host: o.host,
     maxRestartsPerMinute: checkNumber('maxRestartsPerMinute', o.maxRestartsPerMinute, RUNNER_DEFAULTS.maxRestartsPerMinute, 0),
@@ -193,11 +253,14 @@ export class ExtensionRunner {
   private queued: Pending[] = [];
   private nextId = 1;
   private restartTimes: number[] = [];
-  private readonly counters = { invocations: 0, errors: 0, timeouts: 0, workerRestarts: 0 };
+  private readonly counters = { invocations: 0, errors: 0, timeouts: 0, workerRestarts: 0, outOfMemory: 0 };
+  private readonly cpu = { invocationUs: 0, lastUs: 0, maxUs: 0, retiredUs: 0, peakRssBytes: 0 };
+  private readonly retired = new WeakSet<Backend>();
   private stopping: Promise<void> | undefined;
 
   private constructor(
     private readonly o: Resolved,
+    private readonly isolation: IsolationMode,
     private readonly entry: ResolvedExtension,
     private readonly entryUrl: URL | undefined,
   ) {}
@@ -218,13 +281,22 @@ export class ExtensionRunner {
     } catch (e) {
       throw new ExtensionLoadError('IMPORT_FAILED', o.name, `cannot resolve ${opts.modulePath}: ${errorMessage(e)}`, { cause: e });
     }
+    const mode: IsolationMode = o.mode ?? (entry.kind === 'native' ? 'worker' : RUNNER_DEFAULTS.mode);
     if (entry.kind === 'native') {
-      if (o.mode === 'in-process') {
+      if (mode === 'in-process') {
         throw new ExtensionLoadError(
           'IMPORT_FAILED',
           o.name,
           `${entry.packageDir} is a native extension (package.json "kvcascade.native"): native extensions run in worker mode only ` +
             `(their blocking host->get/put are served by the main thread, which in-process mode would block); start it with mode 'worker'`,
+        );
+      }
+      if (mode === 'process') {
+        throw new ExtensionLoadError(
+          'IMPORT_FAILED',
+          o.name,
+          `${entry.packageDir} is a native extension (package.json "kvcascade.native"): native extensions run in worker mode only ` +
+            `(their blocking host->get/put wait on memory shared with the node, which a child process does not have); start it with mode 'worker'`,
         );
       }
       const st = await stat(entry.library).catch(() => undefined);
@@ -237,14 +309,14 @@ export class ExtensionRunner {
       }
     }
     let entryUrl: URL | undefined;
-    if (o.mode === 'worker') {
+    if (mode !== 'in-process') {
       try {
-        entryUrl = await workerEntryUrl();
+        entryUrl = await sandboxEntryUrl(mode === 'process' ? 'process-entry' : 'worker-entry');
       } catch (e) {
-        throw new ExtensionLoadError('IMPORT_FAILED', o.name, `cannot prepare the worker: ${errorMessage(e)}`, { cause: e });
+        throw new ExtensionLoadError('IMPORT_FAILED', o.name, `cannot prepare the ${mode}: ${errorMessage(e)}`, { cause: e });
       }
     }
-    const runner = new ExtensionRunner(o, entry, entryUrl);
+    const runner = new ExtensionRunner(o, mode, entry, entryUrl);
     const backend = runner.makeBackend();
     const watches = await backend.load(o.initializeTimeoutMs);
     runner.watchList = Object.freeze(watches.map(freezeWatch));
@@ -263,8 +335,8 @@ export class ExtensionRunner {
   }
 
   /** Where the extension runs. */
-  get mode(): 'worker' | 'in-process' {
-    return this.o.mode;
+  get mode(): IsolationMode {
+    return this.isolation;
   }
 
   /** The runner's state (see `RunnerState`). */
@@ -308,7 +380,30 @@ export class ExtensionRunner {
 
   /** Counters since start (see `RunnerStats`). */
   stats(): RunnerStats {
-    return { ...this.counters, inFlight: this.pending.size };
+    const u = this.current?.usage?.();
+    const ms = (us: number) => Math.round(us / 1000);
+    return {
+      ...this.counters,
+      inFlight: this.pending.size,
+      cpuMs: ms(this.cpu.retiredUs + (u && !this.retired.has(this.current!) ? u.cpuUs : 0)),
+      invocationCpuMs: ms(this.cpu.invocationUs),
+      lastInvocationCpuMs: ms(this.cpu.lastUs),
+      maxInvocationCpuMs: ms(this.cpu.maxUs),
+      rssBytes: u && this.current?.alive ? u.rssBytes : 0,
+      peakRssBytes: Math.max(this.cpu.peakRssBytes, u?.peakRssBytes ?? 0),
+    };
+  }
+
+  /** Kills backend `b` and adds its resource use to the totals (once). */
+  private async retire(b: Backend): Promise<void> {
+    await b.kill();
+    if (this.retired.has(b)) return;
+    this.retired.add(b);
+    const u = b.usage?.();
+    if (u) {
+      this.cpu.retiredUs += u.cpuUs;
+      this.cpu.peakRssBytes = Math.max(this.cpu.peakRssBytes, u.peakRssBytes);
+    }
   }
 
   /**
@@ -328,13 +423,13 @@ export class ExtensionRunner {
     this.queued = [];
     const loading = this.loading;
     this.loading = undefined;
-    if (loading) await loading.kill();
+    if (loading) await this.retire(loading);
     if (wasReady && this.current) {
       const r = await this.current.shutdown(this.o.shutdownTimeoutMs);
       if (r === 'timeout') this.log('warn', `shutdown() did not finish within ${this.o.shutdownTimeoutMs} ms`);
       else if (r) this.log('warn', `shutdown() threw: ${r.message}`, { error: r.message });
     }
-    await this.current?.kill();
+    if (this.current) await this.retire(this.current);
     this.runState = 'stopped';
   }
 
@@ -349,8 +444,8 @@ export class ExtensionRunner {
   private makeBackend(): Backend {
     const holder: { b?: Backend } = {};
     const events: BackendEvents = {
-      done: (id, err) => this.onDone(holder.b!, id, err),
-      down: (cause) => this.onDown(holder.b!, cause.kind, cause.message),
+      done: (id, err, cpuUs) => this.onDone(holder.b!, id, err, cpuUs),
+      down: (cause) => this.onDown(holder.b!, cause.kind, cause.message, cause.rssBytes),
     };
     const o = this.o;
     const e = this.entry;
@@ -358,9 +453,11 @@ export class ExtensionRunner {
     const native = e.kind === 'native' ? { packageDir: e.packageDir, kvTimeoutMs: o.nativeKvTimeoutMs } : undefined;
     // (start() refuses native packages in-process.)
     const b: Backend =
-      o.mode === 'in-process'
+      this.isolation === 'in-process'
         ? new InProcessBackend({ name: o.name, moduleUrl, config: o.config, host: o.host, events })
-        : new WorkerBackend({ name: o.name, moduleUrl, config: o.config, limits: o.limits, host: o.host, entryUrl: this.entryUrl!, events, ...(native ? { native } : {}) });
+        : this.isolation === 'process'
+          ? new ProcessBackend({ name: o.name, moduleUrl, config: o.config, limits: o.processLimits, host: o.host, entryUrl: this.entryUrl!, events })
+          : new WorkerBackend({ name: o.name, moduleUrl, config: o.config, limits: o.limits, host: o.host, entryUrl: this.entryUrl!, events, ...(native ? { native } : {}) });
     holder.b = b;
     return b;
   }
@@ -396,9 +493,14 @@ export class ExtensionRunner {
     p.reject(err);
   }
 
-  private onDone(b: Backend, id: number, err: Error | undefined): void {
+  private onDone(b: Backend, id: number, err: Error | undefined, cpuUs: number | undefined): void {
     const p = this.pending.get(id);
     if (!p || p.backend !== b) return;
+    if (cpuUs !== undefined) {
+      this.cpu.invocationUs += cpuUs;
+      this.cpu.lastUs = cpuUs;
+      this.cpu.maxUs = Math.max(this.cpu.maxUs, cpuUs);
+    }
     if (err) this.settle(p, new LambdaError('threw', `${this.describe(p)}: lambda threw: ${err.message}`, { cause: err }));
     else this.settle(p);
   }
@@ -411,19 +513,25 @@ export class ExtensionRunner {
       this.settle(p, new LambdaError('timeout', b.canKill ? base : `${base} (in-process: it keeps running)`));
       return;
     }
-    this.settle(p, new LambdaError('timeout', `${base}; the worker was terminated and is restarting`));
-    this.onDown(b, 'worker-crashed', `terminated because an invocation timed out (${this.describe(p)})`);
+    const what = this.isolation === 'process' ? 'process was killed' : 'worker was terminated';
+    this.settle(p, new LambdaError('timeout', `${base}; the ${what} and is restarting`));
+    this.onDown(b, this.isolation === 'process' ? 'process-exited' : 'worker-crashed', `terminated because an invocation timed out (${this.describe(p)})`);
   }
 
   /** Backend `b` died (or was condemned): fail its invocations and start a replacement. */
-  private onDown(b: Backend, kind: 'worker-crashed' | 'out-of-memory', message: string): void {
+  private onDown(b: Backend, kind: DownCause['kind'], message: string, rssBytes?: number): void {
     if (b !== this.current || this.runState !== 'ready') return;
+    if (kind === 'out-of-memory') this.counters.outOfMemory++;
+    const what = this.isolation === 'process' ? 'process' : 'worker';
     for (const p of [...this.pending.values()]) {
-      if (p.backend === b) this.settle(p, new LambdaError(kind, `${this.describe(p)}: ${kind === 'out-of-memory' ? 'the worker ran out of memory' : 'the worker died'}: ${message}`));
+      if (p.backend === b) {
+        const why = kind === 'out-of-memory' ? `the ${what} ran out of memory` : `the ${what} died`;
+        this.settle(p, new LambdaError(kind, `${this.describe(p)}: ${why}: ${message}`, rssBytes !== undefined ? { rssBytes } : undefined));
+      }
     }
     this.runState = 'restarting';
-    this.log('warn', `extension worker down (${message}); restarting`, { kind });
-    const killed = b.kill();
+    this.log('warn', `extension ${what} down (${message}); restarting`, { kind, ...(rssBytes !== undefined ? { rssBytes } : {}) });
+    const killed = this.retire(b);
     this.restartLoop(killed).catch((e: unknown) => this.enterFailed(`restart loop failed: ${errorMessage(e)}`));
   }
 
@@ -445,7 +553,7 @@ export class ExtensionRunner {
       try {
         const watches = await b.load(this.o.initializeTimeoutMs);
         if (this.runState !== 'restarting') {
-          await b.kill();
+          await this.retire(b);
           return;
         }
         const diff = diffWatches(this.watches, watches);
@@ -464,7 +572,7 @@ export class ExtensionRunner {
         problem = errorMessage(e);
       }
       if (this.loading === b) this.loading = undefined;
-      await b.kill();
+      await this.retire(b);
       if (this.runState !== 'restarting') return;
       failures++;
       this.log('error', `extension restart failed: ${problem}`, { attempt: failures });

@@ -1,0 +1,203 @@
+/** Tests of process isolation: lambdas in a child process, with ctx.kv back to the node, the whole memory bounded (Buffers included), timeouts and crashes killing/restarting the process, and CPU time per invocation. */
+import { afterEach, describe, expect, it } from 'vitest';
+import { ExtensionRunner, LambdaError, type RunnerOptions } from '../../../src/extensions/sandbox/index.js';
+import { FakeHost, fixture, put, rejection, waitFor } from './helpers.js';
+
+const MIB = 1024 * 1024;
+const runners: ExtensionRunner[] = [];
+afterEach(async () => {
+  await Promise.all(runners.splice(0).map((r) => r.stop()));
+});
+
+async function start(opts: Partial<RunnerOptions> = {}, module = 'esm-ext'): Promise<{ runner: ExtensionRunner; host: FakeHost }> {
+  const host = new FakeHost();
+  const runner = await ExtensionRunner.start({ name: module, modulePath: fixture(module), host, mode: 'process', ...opts });
+  runners.push(runner);
+  return { runner, host };
+}
+
+/** Whether process `pid` exists. */
+function running(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** The pid of the runner's current child process (asked through the resource-hog fixture). */
+async function childPid(runner: ExtensionRunner, host: FakeHost): Promise<number> {
+  await runner.invoke(1, put('/hog/pid'), 5000);
+  return Number(host.value('/out/pid'));
+}
+
+describe('process runner: invocations', () => {
+  it('runs lambdas in another process, with ctx.kv, log and metrics going to the node', async () => {
+    const { runner, host } = await start({ config: { x: true } });
+    expect(runner.mode).toBe('process');
+    expect(host.value('/init')).toBe('config={"x":true}');
+    expect(host.logs.some((l) => l.msg === 'initialized' && l.fields?.['name'] === 'esm-ext')).toBe(true);
+    await runner.invoke(1, { ...put('/in/info', 'héllo', 2), type: 'trigger' }, 5000);
+    expect(JSON.parse(host.value('/out/info')!)).toEqual({
+      type: 'trigger', key: '/in/info', version: 7, shard: 3, hops: 2, isU8: true, value: 'héllo', frozen: true,
+    });
+    const buf = Buffer.from('xxpayloadxx').subarray(2, 9);
+    await runner.invoke(1, { ...put('/in/echo', '', 3), value: buf }, 5000);
+    const c = host.callsOn('/out/echo').at(-1)!;
+    expect(c).toMatchObject({ op: 'put', hops: 4 });
+    expect(c.args[1]).toBeInstanceOf(Uint8Array);
+    expect(Buffer.from(c.args[1] as Uint8Array).toString()).toBe('payload');
+    host.set('/data', 'stored');
+    await runner.invoke(1, put('/in/get'), 5000);
+    expect(JSON.parse(host.value('/out/get')!)).toEqual({ found: true, isU8: true, value: 'stored', version: expect.any(Number) });
+    await runner.invoke(1, put('/in/kv-error'), 5000);
+    expect(host.value('/out/kv-error')).toBe('UnavailableError|shard 3 unavailable|E_SHARD|true');
+    await runner.invoke(1, put('/in/async', '', 5), 5000);
+    expect(host.callsOn('/out/async').at(-1)).toMatchObject({ op: 'trigger', hops: 6 });
+    expect(host.metrics.some((m) => m.name === 'events_total' && m.op.inc === 1)).toBe(true);
+    await runner.invoke(1, put('/in/log'), 5000);
+    await waitFor(() => host.logs.some((l) => l.msg === 'from lambda'));
+    const e = await rejection(runner.invoke(1, put('/in/throw'), 5000));
+    expect(e).toBeInstanceOf(LambdaError);
+    expect(e.kind).toBe('threw');
+    expect(e.message).toContain('lambda boom');
+    await Promise.all([1, 2, 3].map((i) => runner.invoke(1, put(`/in/sleep/${i}`, '100'), 5000)));
+    expect(runner.stats()).toMatchObject({ workerRestarts: 0, errors: 1, inFlight: 0 });
+    await runner.stop();
+    expect(host.value('/shutdown')).toBe('esm'); // shutdown() ran, with ctx.kv
+  });
+
+  it('the lambda runs in its own process, which stop() kills', async () => {
+    const { runner, host } = await start({}, 'resource-hog');
+    const pid = await childPid(runner, host);
+    expect(pid).not.toBe(process.pid);
+    expect(running(pid)).toBe(true);
+    await runner.stop();
+    expect(running(pid)).toBe(false);
+  });
+
+  it('refuses native packages (their blocking store calls need memory shared with the node)', async () => {
+    const e = await rejection(start({}, '../../../extensions/native/counter'));
+    expect(e).toMatchObject({ code: 'IMPORT_FAILED' });
+    expect(e.message).toContain('native extensions run in worker mode only');
+  });
+});
+
+describe('process runner: memory bounds', () => {
+  it("a lambda growing Buffers without bound is killed past memoryLimitMb with 'out-of-memory'; the node's RSS stays flat", async () => {
+    const { runner, host } = await start({ memoryLimitMb: 192 }, 'resource-hog');
+    const pid = await childPid(runner, host);
+    const base = process.memoryUsage.rss();
+    let parentMax = base;
+    const watch = setInterval(() => (parentMax = Math.max(parentMax, process.memoryUsage.rss())), 10);
+    const t0 = Date.now();
+    const e = await rejection(runner.invoke(1, put('/hog/buffers', '4'), 30_000)); // 4 MiB every 5 ms
+    clearInterval(watch);
+    expect(e).toBeInstanceOf(LambdaError);
+    expect(e.kind).toBe('out-of-memory');
+    expect(e.message).toMatch(/used \d+ MiB of memory \(RSS\), over its budget of 192 MiB/);
+    const rss = (e as LambdaError).rssBytes!;
+    expect(rss).toBeGreaterThan(192 * MIB);
+    expect(rss).toBeLessThan(512 * MIB); // sampled every 100 ms: the overshoot is what 100 ms of growth allocates
+    expect(Date.now() - t0).toBeLessThan(10_000);
+    expect(parentMax - base, `parent grew by ${((parentMax - base) / MIB).toFixed(0)} MiB`).toBeLessThan(100 * MIB);
+    await waitFor(() => !running(pid), 2000); // SIGKILLed (and reaped)
+    expect(runner.stats()).toMatchObject({ outOfMemory: 1, errors: 1 });
+    expect(runner.stats().peakRssBytes).toBeGreaterThan(192 * MIB);
+    expect(host.logs.some((l) => l.level === 'warn' && l.msg.includes('over its memory budget'))).toBe(true);
+    // The next invocation runs in a fresh process.
+    const pid2 = await childPid(runner, host);
+    expect(pid2).not.toBe(pid);
+    expect(runner.stats().workerRestarts).toBe(1);
+  });
+
+  it('a lambda filling memory as fast as it can is killed too', async () => {
+    const { runner, host } = await start({ memoryLimitMb: 128 }, 'resource-hog');
+    const base = process.memoryUsage.rss();
+    const e = await rejection(runner.invoke(1, put('/hog/buffers-sync', '16'), 30_000));
+    expect(e.kind).toBe('out-of-memory');
+    expect(process.memoryUsage.rss() - base).toBeLessThan(100 * MIB);
+    await runner.invoke(1, put('/hog/rss'), 5000);
+    expect(Number(host.value('/out/rss'))).toBeLessThan(128 * MIB);
+  });
+
+  it("a lambda exhausting the V8 heap fails with 'out-of-memory' and the process restarts", async () => {
+    const { runner, host } = await start({ resourceLimits: { maxOldGenerationSizeMb: 48 }, memoryLimitMb: 1024 });
+    const e = await rejection(runner.invoke(1, put('/in/oom'), 30_000));
+    expect(e.kind).toBe('out-of-memory');
+    expect(e.message).toContain('V8 heap');
+    await runner.invoke(1, put('/in/echo', 'recovered'), 5000);
+    expect(host.value('/out/echo')).toBe('recovered');
+  });
+});
+
+describe('process runner: CPU, timeouts and crashes', () => {
+  it('reports the CPU time of each invocation and in total', async () => {
+    const { runner } = await start({}, 'resource-hog');
+    await runner.invoke(1, put('/hog/burn', '200'), 5000);
+    const s = runner.stats();
+    expect(s.lastInvocationCpuMs).toBeGreaterThanOrEqual(150);
+    expect(s.lastInvocationCpuMs).toBeLessThan(1000);
+    expect(s.maxInvocationCpuMs).toBe(s.lastInvocationCpuMs);
+    await runner.invoke(1, put('/hog/burn', '0'), 5000);
+    expect(runner.stats().lastInvocationCpuMs).toBeLessThan(50);
+    expect(runner.stats().invocationCpuMs).toBeGreaterThanOrEqual(150);
+    await waitFor(() => runner.stats().cpuMs >= 150, 2000); // read by the node from /proc at its next sample
+    expect(runner.stats().rssBytes).toBeGreaterThan(10 * MIB);
+  });
+
+  it("a spinning lambda is killed at its timeout, the node keeps ticking, the process restarts", async () => {
+    const { runner, host } = await start();
+    let ticks = 0;
+    const interval = setInterval(() => ticks++, 10);
+    const t0 = Date.now();
+    const hanging = rejection(runner.invoke(1, put('/in/hang'), 400));
+    const bystander = rejection(runner.invoke(1, put('/in/sleep/b', '5000'), 10_000));
+    const e = await hanging;
+    const elapsed = Date.now() - t0;
+    clearInterval(interval);
+    expect(e.kind).toBe('timeout');
+    expect(e.message).toContain('the process was killed');
+    expect(elapsed).toBeGreaterThanOrEqual(395);
+    expect(elapsed).toBeLessThan(1500);
+    expect(ticks).toBeGreaterThan(8);
+    expect((await bystander).kind).toBe('process-exited');
+    await runner.invoke(1, put('/in/echo', 'alive'), 5000);
+    expect(host.value('/out/echo')).toBe('alive');
+    expect(runner.stats()).toMatchObject({ workerRestarts: 1, timeouts: 1, errors: 2, inFlight: 0 });
+    expect(runner.stats().cpuMs).toBeGreaterThanOrEqual(200); // the spin's CPU time counts
+  });
+
+  it("process.exit is reported as 'process-exited' with the code, and the next invocation works", async () => {
+    const { runner, host } = await start();
+    const e = await rejection(runner.invoke(1, put('/in/exit'), 5000));
+    expect(e.kind).toBe('process-exited');
+    expect(e.message).toContain('code 7');
+    await runner.invoke(1, put('/in/echo', 'back'), 5000);
+    expect(host.value('/out/echo')).toBe('back');
+    expect(host.callsOn('/init')).toHaveLength(2); // initialize ran again in the new process
+  });
+
+  it("an uncaught error is reported with its message; a fatal signal with the signal", async () => {
+    const { runner } = await start();
+    const e = await rejection(runner.invoke(1, put('/in/uncaught'), 5000));
+    expect(e.kind).toBe('process-exited');
+    expect(e.message).toContain('async boom');
+    await runner.invoke(1, put('/in/echo'), 5000);
+    const { runner: hog } = await start({}, 'resource-hog');
+    const s = await rejection(hog.invoke(1, put('/hog/signal'), 5000));
+    expect(s.kind).toBe('process-exited');
+    expect(s.message).toContain('SIGSEGV');
+    await hog.invoke(1, put('/hog/burn', '0'), 5000);
+  });
+
+  it("beyond maxRestartsPerMinute the runner fails", async () => {
+    const { runner } = await start({ maxRestartsPerMinute: 1 });
+    expect((await rejection(runner.invoke(1, put('/in/exit'), 5000))).kind).toBe('process-exited');
+    await runner.invoke(1, put('/in/echo'), 5000);
+    expect((await rejection(runner.invoke(1, put('/in/exit'), 5000))).kind).toBe('process-exited');
+    await waitFor(() => runner.state === 'failed');
+    expect((await rejection(runner.invoke(1, put('/in/echo'), 5000))).kind).toBe('failed');
+  });
+});
