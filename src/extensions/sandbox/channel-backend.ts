@@ -37,8 +37,11 @@ export abstract class ChannelBackend implements Backend {
   protected abstract readonly what: string;
   /** Starts the guest and wires its messages to `onMessage` and its death to `died`; throws when it cannot be started. */
   protected abstract start(): void;
-  /** Sends one message to the guest (only called while alive). */
-  protected abstract post(msg: ToWorker, transfer: ArrayBuffer[]): void;
+  /**
+   * Sends one message to the guest (only called while alive). When it cannot be sent (it cannot
+   * be cloned), calls `onFail` (at once, or later for a batching channel); without `onFail`, may throw.
+   */
+  protected abstract post(msg: ToWorker, transfer: ArrayBuffer[], onFail?: (e: unknown) => void): void;
   /** Stops the guest for good; resolves once it is gone (or after a bounded wait). */
   protected abstract terminate(): Promise<void>;
   /** Called once when the backend is dead (killed or died): release what the subclass holds. */
@@ -117,9 +120,9 @@ export abstract class ChannelBackend implements Backend {
     return this.killed;
   }
 
-  protected send(msg: ToWorker, transfer: ArrayBuffer[] = []): void {
+  protected send(msg: ToWorker, transfer: ArrayBuffer[] = [], onFail?: (e: unknown) => void): void {
     if (this.dead) return;
-    this.post(msg, transfer);
+    this.post(msg, transfer, onFail);
   }
 
   private markDead(): void {
@@ -209,21 +212,24 @@ export abstract class ChannelBackend implements Backend {
 
   private onKv(msg: Extract<FromWorker, { t: 'kv' }>): void {
     const { id } = msg;
-    const reply = (r: { ok: true; value: unknown } | { ok: false; error: unknown }) => {
-      if (this.dead) return;
-      if (r.ok) {
-        const prepared = prepareTransfer(r.value);
-        try {
-          this.send({ t: 'kv-result', id, ok: true, value: prepared.value }, prepared.transfer);
-          return;
-        } catch (e) {
-          r = { ok: false, error: e };
-        }
-      }
+    const fail = (error: unknown) => {
       try {
-        this.send({ t: 'kv-result', id, ok: false, error: serializeError(r.error) });
+        this.send({ t: 'kv-result', id, ok: false, error: serializeError(error) }, [], () => {});
       } catch {
         // the guest is gone
+      }
+    };
+    const reply = (r: { ok: true; value: unknown } | { ok: false; error: unknown }) => {
+      if (this.dead) return;
+      if (!r.ok) {
+        fail(r.error);
+        return;
+      }
+      const prepared = prepareTransfer(r.value);
+      try {
+        this.send({ t: 'kv-result', id, ok: true, value: prepared.value }, prepared.transfer, fail);
+      } catch (e) {
+        fail(e);
       }
     };
     if (!KV_OPS.has(msg.op) || !Array.isArray(msg.args) || !Number.isSafeInteger(msg.hops) || msg.hops < 1) {

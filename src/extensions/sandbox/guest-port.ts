@@ -6,8 +6,11 @@ import type { KvOp, LogLevel, MetricKind, MetricOp } from './types.js';
 
 /** How the guest talks to the runner: a worker's parentPort, or a child process's IPC channel. */
 export interface GuestPort {
-  /** Sends one message (may throw synchronously when `msg` cannot be cloned). */
-  post(msg: FromWorker, transfer?: ArrayBuffer[]): void;
+  /**
+   * Sends one message. When it cannot be sent (it cannot be cloned), calls `onFail`, at once or
+   * later (a batching port serializes later); without `onFail`, may throw.
+   */
+  post(msg: FromWorker, transfer: ArrayBuffer[], onFail?: (e: unknown) => void): void;
   /** Registers the handler of the runner's messages. */
   onMessage(handler: (msg: ToWorker) => void): void;
   /**
@@ -32,7 +35,7 @@ export function serveGuest(port: GuestPort): void {
   let guest: Guest | undefined;
   let nextKvId = 1;
   const pendingKv = new Map<number, { resolve(v: unknown): void; reject(e: unknown): void }>();
-  const post = (msg: FromWorker, transfer: ArrayBuffer[] = []): void => port.post(msg, transfer);
+  const post = (msg: FromWorker, transfer: ArrayBuffer[] = [], onFail?: (e: unknown) => void): void => port.post(msg, transfer, onFail);
 
   const link: GuestLink = {
     kv(op: KvOp, args: unknown[], hops: number): Promise<unknown> {
@@ -40,12 +43,10 @@ export function serveGuest(port: GuestPort): void {
         const id = nextKvId++;
         const prepared = prepareTransfer(args);
         pendingKv.set(id, { resolve, reject });
-        try {
-          post({ t: 'kv', id, op, args: prepared.value, hops }, prepared.transfer);
-        } catch (e) {
+        post({ t: 'kv', id, op, args: prepared.value, hops }, prepared.transfer, (e) => {
           pendingKv.delete(id);
           reject(e);
-        }
+        });
       });
     },
     log(level: LogLevel, msg: string, fields?: Record<string, unknown>): void {
@@ -53,11 +54,7 @@ export function serveGuest(port: GuestPort): void {
         post({ t: 'log', level, msg });
         return;
       }
-      try {
-        post({ t: 'log', level, msg, fields });
-      } catch {
-        post({ t: 'log', level, msg, fields: cloneSafe(fields) });
-      }
+      post({ t: 'log', level, msg, fields }, [], () => post({ t: 'log', level, msg, fields: cloneSafe(fields) }));
     },
     metric(kind: MetricKind, name: string, help: string, op: MetricOp): void {
       post({ t: 'metric', kind, name, help, op });

@@ -5,6 +5,7 @@ import { fileURLToPath } from 'node:url';
 import type { BackendEvents, BackendUsage } from './backend.js';
 import { ChannelBackend } from './channel-backend.js';
 import type { ToWorker } from './protocol.js';
+import { IpcBatcher, unbatch } from './ipc-batch.js';
 import { errorMessage } from './transfer.js';
 import type { HostServices } from './types.js';
 
@@ -102,6 +103,7 @@ function lastWords(tail: string): string | undefined {
 export class ProcessBackend extends ChannelBackend {
   protected readonly what = 'process';
   private child: ChildProcess | undefined;
+  private out: IpcBatcher<ToWorker> | undefined;
   private exited: Promise<void> | undefined;
   private sampler: NodeJS.Timeout | undefined;
   private stderrTail = '';
@@ -109,6 +111,8 @@ export class ProcessBackend extends ChannelBackend {
   private peakRssBytes = 0;
   private cpuUs = 0;
   private reportedCpuUs = 0;
+  /** Whether /proc could be read at least once. */
+  private sampled = false;
 
   constructor(private readonly o: ProcessBackendOptions) {
     super(o);
@@ -120,8 +124,9 @@ export class ProcessBackend extends ChannelBackend {
   }
 
   usage(): BackendUsage {
-    // Where /proc is not readable, the CPU time the child reported for its invocations.
-    return { cpuUs: Math.max(this.cpuUs, this.reportedCpuUs), rssBytes: this.rssBytes, peakRssBytes: this.peakRssBytes };
+    // Where /proc is not readable, the CPU time the child reported for its invocations (an
+    // overestimate when invocations overlap: each one's figure includes the others').
+    return { cpuUs: this.sampled ? this.cpuUs : this.reportedCpuUs, rssBytes: this.rssBytes, peakRssBytes: this.peakRssBytes };
   }
 
   protected start(): void {
@@ -145,7 +150,18 @@ export class ProcessBackend extends ChannelBackend {
     this.exited = new Promise((r) => child.once('exit', () => r()));
     child.on('exit', (code, signal) => this.onExit(code, signal));
     child.on('error', (err) => this.onChildError(err));
-    child.on('message', (msg: unknown) => this.onMessage(msg));
+    child.on('message', (wire: unknown) => {
+      for (const msg of unbatch(wire)) this.onMessage(msg);
+    });
+    // send() serializes at once (throws for a value that cannot be cloned: the batcher then calls
+    // the message's onFail); a write failure (the child died) goes to the callback, and the exit
+    // is reported through 'exit'.
+    this.out = new IpcBatcher<ToWorker>((wire) => {
+      if (!child.connected) return;
+      child.send(wire, (err) => {
+        if (err && !this.dead) this.safeLog('debug', 'could not send to the extension process', { error: errorMessage(err) });
+      });
+    });
     this.pipeOutput(child.stdout, 'info', false);
     this.pipeOutput(child.stderr, 'warn', true);
     // A forgotten runner must not keep the node alive.
@@ -155,14 +171,8 @@ export class ProcessBackend extends ChannelBackend {
     this.sampler.unref();
   }
 
-  protected post(msg: ToWorker): void {
-    const c = this.child;
-    if (!c?.connected) return;
-    // send() serializes at once (throws for a value that cannot be cloned); a write failure (the
-    // child died) goes to the callback, and the exit is reported through 'exit'.
-    c.send(msg, (err) => {
-      if (err && !this.dead) this.safeLog('debug', 'could not send to the extension process', { error: errorMessage(err) });
-    });
+  protected post(msg: ToWorker, _transfer: ArrayBuffer[], onFail?: (e: unknown) => void): void {
+    this.out?.push(msg, onFail);
   }
 
   protected override onCpu(cpuUs: number): void {
@@ -178,6 +188,7 @@ export class ProcessBackend extends ChannelBackend {
     const c = this.child;
     if (!c || c.exitCode !== null || c.signalCode !== null) return;
     this.sample(false); // last look at its CPU time
+    c.ref(); // whoever awaits this kill keeps the node alive until the exit is seen
     try {
       c.kill('SIGKILL');
     } catch {
@@ -200,6 +211,7 @@ export class ProcessBackend extends ChannelBackend {
     if (pid === undefined) return;
     const u = readProcUsage(pid);
     if (!u) return;
+    this.sampled = true;
     this.rssBytes = u.rssBytes;
     this.peakRssBytes = Math.max(this.peakRssBytes, u.rssBytes);
     this.cpuUs = Math.max(this.cpuUs, u.cpuUs);

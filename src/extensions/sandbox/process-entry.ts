@@ -1,5 +1,6 @@
 /** The child process's main module (process isolation): runs one extension's Guest and speaks the protocol in protocol.ts with the runner over the IPC channel `child_process.fork` opened. */
 import { serveGuest } from './guest-port.js';
+import { IpcBatcher, unbatch } from './ipc-batch.js';
 import type { FromWorker, ToWorker } from './protocol.js';
 
 const send = process.send?.bind(process);
@@ -8,14 +9,17 @@ if (!send) throw new Error('process-entry must run in a child process forked wit
 // The node closed the channel (it stopped or died): nothing is left to do here.
 process.on('disconnect', () => process.exit(0));
 
+// Messages go out in batches, one IPC write per event-loop turn (see IpcBatcher).
+const out = new IpcBatcher<FromWorker>((wire) => {
+  send(wire);
+});
+
 serveGuest({
-  // Messages are serialized on the spot ('advanced' serialization: structured clone), so a value
-  // that cannot be cloned throws here, as postMessage does in a worker.
-  post: (msg: FromWorker) => {
-    send(msg);
-  },
+  post: (msg: FromWorker, _transfer: ArrayBuffer[], onFail?: (e: unknown) => void) => out.push(msg, onFail),
   onMessage: (handler: (msg: ToWorker) => void) => {
-    process.on('message', (m) => handler(m as ToWorker));
+    process.on('message', (wire) => {
+      for (const m of unbatch<ToWorker>(wire)) handler(m);
+    });
   },
   cpuMeter: () => {
     const start = process.cpuUsage();

@@ -117,7 +117,11 @@ export interface RunnerStats {
    * is not available). 0 in the other modes.
    */
   cpuMs: number;
-  /** Process mode: CPU time (ms) of the invocations that completed (reported by the child), summed. */
+  /**
+   * Process mode: CPU time (ms) of the invocations that completed (reported by the child), summed.
+   * Each invocation's figure is the process's CPU time while it ran: when invocations overlap
+   * (stateless watches, several keys in flight) each includes the others', so this sum can exceed `cpuMs`.
+   */
   invocationCpuMs: number;
   /** Process mode: CPU time (ms) of the last invocation that completed. */
   lastInvocationCpuMs: number;

@@ -55,8 +55,16 @@ export class WorkerBackend extends ChannelBackend {
     return { t: 'init', name: this.o.name, moduleUrl: this.o.moduleUrl, config: this.o.config, ...(this.o.native ? { native: this.o.native } : {}) };
   }
 
-  protected post(msg: ToWorker, transfer: ArrayBuffer[]): void {
-    this.worker?.postMessage(msg, transfer);
+  protected post(msg: ToWorker, transfer: ArrayBuffer[], onFail?: (e: unknown) => void): void {
+    if (!onFail) {
+      this.worker?.postMessage(msg, transfer);
+      return;
+    }
+    try {
+      this.worker?.postMessage(msg, transfer);
+    } catch (e) {
+      onFail(e);
+    }
   }
 
   protected override onDead(): void {

@@ -25,7 +25,17 @@ function nativeSource(n: NativeInit, g: Guest): ModuleSource {
 }
 
 serveGuest({
-  post: (msg: FromWorker, transfer: ArrayBuffer[] = []) => port.postMessage(msg, transfer),
+  post: (msg: FromWorker, transfer: ArrayBuffer[], onFail?: (e: unknown) => void) => {
+    if (!onFail) {
+      port.postMessage(msg, transfer);
+      return;
+    }
+    try {
+      port.postMessage(msg, transfer);
+    } catch (e) {
+      onFail(e);
+    }
+  },
   onMessage: (handler: (msg: ToWorker) => void) => port.on('message', handler),
   native: nativeSource,
 });
