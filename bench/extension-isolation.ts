@@ -36,6 +36,8 @@ interface Result {
   p50Us: number;
   p99Us: number;
   concurrentPerS: number;
+  /** CPU time per invocation in the concurrent workload: the node process (its worker threads included) plus the extension's child process. */
+  cpuUsPerInvocation: number;
 }
 
 function percentile(sorted: number[], p: number): number {
@@ -56,9 +58,14 @@ async function serial(r: ExtensionRunner, watch: number, key: string, ms: number
   return { perS: lat.length / (ms / 1000), p50: percentile(lat, 50), p99: percentile(lat, 99) };
 }
 
-/** `n` closed-loop callers for `ms`: invocations/s. */
-async function concurrent(r: ExtensionRunner, watch: number, key: string, n: number, ms: number): Promise<number> {
+/** `n` closed-loop callers for `ms`: invocations/s, and CPU µs per invocation (this process, threads included, + the child's). */
+async function concurrent(r: ExtensionRunner, watch: number, key: string, n: number, ms: number): Promise<{ perS: number; cpuUs: number }> {
   let done = 0;
+  const cpu0 = process.cpuUsage();
+  // The child's CPU time comes from /proc samples (every 100 ms): let one pass on each side.
+  await new Promise((res) => setTimeout(res, 150));
+  const child0 = r.stats().cpuMs;
+  const t0 = performance.now();
   const end = performance.now() + ms;
   const ev = event(key);
   await Promise.all(
@@ -69,7 +76,11 @@ async function concurrent(r: ExtensionRunner, watch: number, key: string, n: num
       }
     }),
   );
-  return done / (ms / 1000);
+  const wall = performance.now() - t0;
+  await new Promise((res) => setTimeout(res, 150));
+  const childMs = r.stats().cpuMs - child0;
+  const own = process.cpuUsage(cpu0);
+  return { perS: done / (wall / 1000), cpuUs: (own.user + own.system + childMs * 1000) / done };
 }
 
 async function main(): Promise<void> {
@@ -95,7 +106,7 @@ async function main(): Promise<void> {
           await concurrent(r, watch, key, n, 1000); // warm-up
           const s = await serial(r, watch, key, ms);
           const c = await concurrent(r, watch, key, n, ms);
-          results.push({ mode, workload, serialPerS: s.perS, p50Us: s.p50, p99Us: s.p99, concurrentPerS: c });
+          results.push({ mode, workload, serialPerS: s.perS, p50Us: s.p50, p99Us: s.p99, concurrentPerS: c.perS, cpuUsPerInvocation: c.cpuUs });
         }
         const st = r.stats();
         console.error(`${mode}: started in ${startMs.toFixed(0)} ms; ${st.invocations} invocations, cpuMs ${st.cpuMs}, rss ${(st.rssBytes / 2 ** 20).toFixed(0)} MiB`);
@@ -106,10 +117,10 @@ async function main(): Promise<void> {
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
-  console.log('mode        workload  serial inv/s  p50 µs  p99 µs  concurrent(' + n + ') inv/s');
+  console.log(`mode        workload  serial inv/s  p50 µs  p99 µs  concurrent(${n}) inv/s  CPU µs/inv`);
   for (const x of results) {
     console.log(
-      `${x.mode.padEnd(11)} ${x.workload.padEnd(9)} ${x.serialPerS.toFixed(0).padStart(12)} ${x.p50Us.toFixed(0).padStart(7)} ${x.p99Us.toFixed(0).padStart(7)} ${x.concurrentPerS.toFixed(0).padStart(18)}`,
+      `${x.mode.padEnd(11)} ${x.workload.padEnd(9)} ${x.serialPerS.toFixed(0).padStart(12)} ${x.p50Us.toFixed(0).padStart(7)} ${x.p99Us.toFixed(0).padStart(7)} ${x.concurrentPerS.toFixed(0).padStart(18)} ${x.cpuUsPerInvocation.toFixed(1).padStart(11)}`,
     );
   }
   const by = (m: IsolationMode, w: string) => results.find((x) => x.mode === m && x.workload === w);
@@ -117,7 +128,10 @@ async function main(): Promise<void> {
     const a = by('worker', w);
     const b = by('process', w);
     if (a && b) {
-      console.log(`process/worker ${w}: p50 latency ×${(b.p50Us / a.p50Us).toFixed(2)}, serial throughput ×${(b.serialPerS / a.serialPerS).toFixed(2)}, concurrent throughput ×${(b.concurrentPerS / a.concurrentPerS).toFixed(2)}`);
+      console.log(
+        `process/worker ${w}: p50 latency ×${(b.p50Us / a.p50Us).toFixed(2)}, serial throughput ×${(b.serialPerS / a.serialPerS).toFixed(2)}, ` +
+          `concurrent throughput ×${(b.concurrentPerS / a.concurrentPerS).toFixed(2)}, CPU per invocation ×${(b.cpuUsPerInvocation / a.cpuUsPerInvocation).toFixed(2)}`,
+      );
     }
   }
 }

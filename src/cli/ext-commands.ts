@@ -31,14 +31,20 @@ export function registerExtCommands(program: Command, ctx: ExtCommandContext): v
     .argument('<path>', 'extension folder (with package.json) or .tgz')
     .option('--name <name>', 'registry name (default: from package.json)')
     .option('--config <file>', 'JSON file handed to initialize() as ctx.config')
-    .option('--in-process', 'run lambdas in the node thread (trusted, latency-critical; default: worker threads)')
-    .action(async (path: string, o: { name?: string; config?: string; inProcess?: boolean }) => {
+    .option('--isolation <mode>', 'where lambdas run: process (own process, all memory bounded), worker (worker thread, heap bounded) or in-process (node thread, trusted); default: the node\'s')
+    .option('--in-process', 'same as --isolation in-process')
+    .action(async (path: string, o: { name?: string; config?: string; inProcess?: boolean; isolation?: string }) => {
+      if (o.isolation !== undefined && o.isolation !== 'worker' && o.isolation !== 'process' && o.isolation !== 'in-process') {
+        throw new Error(`--isolation must be process, worker or in-process (got ${o.isolation})`);
+      }
+      if (o.inProcess && o.isolation !== undefined && o.isolation !== 'in-process') throw new Error(`--in-process contradicts --isolation ${o.isolation}`);
+      const isolation = o.isolation as 'worker' | 'process' | 'in-process' | undefined;
       const st = await stat(path);
       const tgz = st.isDirectory() ? await packFolder(path) : await readTarball(path);
       const config = o.config ? (JSON.parse(readFileSync(o.config, 'utf8')) as Record<string, unknown>) : {};
       const c = admin();
       try {
-        const r = await c.load(tgz, { ...(o.name ? { name: o.name } : {}), config, inProcess: o.inProcess ?? false });
+        const r = await c.load(tgz, { ...(o.name ? { name: o.name } : {}), config, inProcess: o.inProcess ?? false, ...(isolation ? { isolation } : {}) });
         if (ctx.json()) ctx.print(r);
         else {
           ctx.out.write(

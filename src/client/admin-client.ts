@@ -23,6 +23,8 @@ export interface ExtensionRecordInfo {
   readonly config: Record<string, unknown>;
   readonly native: string;
   readonly inProcess: boolean;
+  /** 'worker', 'process' or 'in-process'; '' when loaded without one (the node's default, or in-process when `inProcess`). */
+  readonly isolation: string;
   readonly loadedAtMs: number;
 }
 
@@ -125,6 +127,7 @@ function fromRecord(r: Record<string, unknown>): ExtensionRecordInfo {
     config,
     native: String(r.native ?? ''),
     inProcess: Boolean(r.inProcess),
+    isolation: String(r.isolation ?? ''),
     loadedAtMs: Number(r.loadedAtMs),
   };
 }
@@ -300,7 +303,7 @@ export class AdminClient {
   }
 
   /** Uploads a package (.tgz bytes); resolves once the receiving node has loaded it. */
-  async load(tgz: Uint8Array, o: { name?: string; config?: Record<string, unknown>; inProcess?: boolean } = {}): Promise<{ record: ExtensionRecordInfo | undefined; status: ExtensionNodeInfo }> {
+  async load(tgz: Uint8Array, o: { name?: string; config?: Record<string, unknown>; inProcess?: boolean; isolation?: 'worker' | 'process' | 'in-process' } = {}): Promise<{ record: ExtensionRecordInfo | undefined; status: ExtensionNodeInfo }> {
     let target = await this.metaLeader();
     for (let attempt = 0; ; attempt++) {
       try {
@@ -317,7 +320,7 @@ export class AdminClient {
     }
   }
 
-  private upload(address: string, tgz: Uint8Array, o: { name?: string; config?: Record<string, unknown>; inProcess?: boolean }): Promise<{ record: ExtensionRecordInfo | undefined; status: ExtensionNodeInfo }> {
+  private upload(address: string, tgz: Uint8Array, o: { name?: string; config?: Record<string, unknown>; inProcess?: boolean; isolation?: string }): Promise<{ record: ExtensionRecordInfo | undefined; status: ExtensionNodeInfo }> {
     return new Promise((resolve, reject) => {
       const call = (this.stub(address).loadExtension as (md: grpc.Metadata, o: grpc.CallOptions, cb: (e: grpc.ServiceError | null, r?: { record?: Record<string, unknown>; status?: Record<string, unknown> }) => void) => grpc.ClientWritableStream<unknown>)(
         this.md(),
@@ -327,7 +330,7 @@ export class AdminClient {
           resolve({ record: r?.record ? fromRecord(r.record) : undefined, status: fromStatus(r?.status ?? {}) });
         },
       );
-      call.write({ header: { name: o.name ?? '', configJson: JSON.stringify(o.config ?? {}), inProcess: o.inProcess ?? false, size: tgz.length } });
+      call.write({ header: { name: o.name ?? '', configJson: JSON.stringify(o.config ?? {}), inProcess: o.inProcess ?? false, isolation: o.isolation ?? '', size: tgz.length } });
       for (let off = 0; off < tgz.length; off += UPLOAD_CHUNK) call.write({ chunk: Buffer.from(tgz.subarray(off, Math.min(tgz.length, off + UPLOAD_CHUNK))) });
       call.end();
     });

@@ -41,10 +41,11 @@ import {
   startRevisionOf,
   startRevisionsOf,
   validateExtensionName,
+  isolationOf,
   type ExtensionRecord,
   type LoadClaim,
 } from './registry.js';
-import { ExtensionRunner } from './sandbox/runner.js';
+import { ExtensionRunner, ISOLATION_MODES, type IsolationMode } from './sandbox/runner.js';
 import type { HostServices, KvOp, LogLevel, MetricOp } from './sandbox/types.js';
 import type { LambdaKv, ShardRevisions } from './store-access.js';
 
@@ -112,8 +113,15 @@ export interface ExtensionManagerOptions {
   readonly log: Logger;
   readonly registry?: Registry;
   readonly maxHops?: number;
-  /** Heap limit of each extension's worker (MiB). */
+  /** Heap limit of each extension's worker or process (MiB). */
   readonly workerHeapMb?: number;
+  /**
+   * Where extensions loaded without an `isolation` run (default: the runner's default,
+   * `RUNNER_DEFAULTS.mode`; native packages always run in a worker).
+   */
+  readonly defaultIsolation?: IsolationMode;
+  /** Process isolation: the budget for each extension process's whole resident memory (MiB; default `RUNNER_DEFAULTS.memoryLimitMb`). */
+  readonly extensionMemoryMb?: number;
   /**
    * The store as lambdas see it, routed to each key's shard leader wherever it is (its writes
    * are client-origin: no reserved key). Default: {@link localLambdaKv} of this node (in-process
@@ -321,10 +329,18 @@ export class ExtensionManager {
       name: record.name,
       modulePath: dir,
       config: record.config,
-      mode: record.inProcess ? 'in-process' : 'worker',
-      resourceLimits: { maxOldGenerationSizeMb: this.opts.workerHeapMb ?? 256 },
+      ...this.runnerPlacement(isolationOf(record) ?? (record.native ? undefined : this.opts.defaultIsolation)),
       host: this.hostServices(record.name),
     });
+  }
+
+  /** The runner options that choose where an extension runs and its limits. */
+  private runnerPlacement(mode: IsolationMode | undefined): { mode?: IsolationMode; resourceLimits: { maxOldGenerationSizeMb: number }; memoryLimitMb?: number } {
+    return {
+      ...(mode ? { mode } : {}),
+      resourceLimits: { maxOldGenerationSizeMb: this.opts.workerHeapMb ?? 256 },
+      ...(this.opts.extensionMemoryMb !== undefined ? { memoryLimitMb: this.opts.extensionMemoryMb } : {}),
+    };
   }
 
   /** Tells `load` callers waiting for this generation (or an older one, or any, on unload) how it went. */
@@ -586,8 +602,10 @@ export class ExtensionManager {
    * {@link LoadConflictError} until released or expired; one held by another node (which lost the
    * metadata leadership mid-load) is taken over at once, and that load fails should it go on.
    */
-  async load(tgz: Uint8Array, opts: { name?: string; config?: Record<string, unknown>; inProcess?: boolean }): Promise<ExtensionStatus> {
+  async load(tgz: Uint8Array, opts: { name?: string; config?: Record<string, unknown>; inProcess?: boolean; isolation?: IsolationMode }): Promise<ExtensionStatus> {
     if (tgz.length > MAX_PACKAGE_BYTES) throw new PackageError(`package is larger than ${MAX_PACKAGE_BYTES} bytes`);
+    if (opts.isolation !== undefined && !ISOLATION_MODES.includes(opts.isolation)) throw new PackageError(`isolation must be one of ${ISOLATION_MODES.join(', ')} (got ${String(opts.isolation)})`);
+    if (opts.inProcess && opts.isolation !== undefined && opts.isolation !== 'in-process') throw new PackageError(`inProcess contradicts isolation '${opts.isolation}'`);
     const staging = join(this.stagingRoot(), randomBytes(6).toString('hex'));
     let info: PackageInfo;
     let name: string;
@@ -599,8 +617,8 @@ export class ExtensionManager {
         name,
         modulePath: staging,
         config: opts.config ?? {},
-        mode: 'worker',
-        resourceLimits: { maxOldGenerationSizeMb: this.opts.workerHeapMb ?? 256 },
+        // Tried where it will run (in-process extensions are tried in a worker: not on this thread yet).
+        ...this.runnerPlacement(opts.isolation === 'process' ? 'process' : 'worker'),
         host: {
           kv: async () => {
             throw new Error('the store is not available while an extension is being validated');
@@ -643,7 +661,7 @@ export class ExtensionManager {
    * the claim (the commit point). Anything failing before the commit deletes the chunks written
    * and releases the claim. Resolves with this node's status once the generation loaded here.
    */
-  private async register(name: string, info: PackageInfo, tgz: Uint8Array, opts: { config?: Record<string, unknown>; inProcess?: boolean }): Promise<ExtensionStatus> {
+  private async register(name: string, info: PackageInfo, tgz: Uint8Array, opts: { config?: Record<string, unknown>; inProcess?: boolean; isolation?: IsolationMode }): Promise<ExtensionStatus> {
     const claim = await this.claimGeneration(name);
     const generation = claim.generation;
     /** 'no': not committed (clean up); 'unknown': the commit's outcome is unknown (leave the chunks); 'yes'. */
@@ -676,7 +694,8 @@ export class ExtensionManager {
         chunks: chunks.length,
         config: opts.config ?? {},
         ...(info.native ? { native: info.native } : {}),
-        ...(opts.inProcess ? { inProcess: true } : {}),
+        ...(opts.inProcess || opts.isolation === 'in-process' ? { inProcess: true } : {}),
+        ...(opts.isolation ? { isolation: opts.isolation } : {}),
         loadedAtMs: Date.now(),
       };
       waiting = this.waitFor(name, generation);

@@ -18,6 +18,8 @@ export interface AdminExtensionRecord {
   config: Record<string, unknown>;
   native?: string;
   inProcess?: boolean;
+  /** Where the lambdas run ('worker', 'process', 'in-process'); absent: the node's default. */
+  isolation?: string;
   loadedAtMs: number;
 }
 
@@ -69,7 +71,7 @@ export interface AdminBackend {
   addMember(id: number, address: string, deadlineMs: number, peerAddress?: string): Promise<{ epoch: number }>;
   /** Starts removing a member (its replicas move away first). */
   removeMember(id: number, deadlineMs: number): Promise<{ epoch: number }>;
-  load(tgz: Uint8Array, opts: { name?: string; config?: Record<string, unknown>; inProcess?: boolean }): Promise<AdminExtensionStatus>;
+  load(tgz: Uint8Array, opts: { name?: string; config?: Record<string, unknown>; inProcess?: boolean; isolation?: 'worker' | 'process' | 'in-process' }): Promise<AdminExtensionStatus>;
   unload(name: string): Promise<boolean>;
   records(): AdminExtensionRecord[];
   statuses(): AdminExtensionStatus[];
@@ -111,6 +113,7 @@ function recordToWire(r: AdminExtensionRecord): Record<string, unknown> {
     configJson: JSON.stringify(r.config ?? {}),
     native: r.native ?? '',
     inProcess: r.inProcess ?? false,
+    isolation: r.isolation ?? '',
     loadedAtMs: r.loadedAtMs,
   };
 }
@@ -331,7 +334,7 @@ export function addAdminService(server: grpc.Server, backend: AdminBackend, opts
         cb(denied);
         return;
       }
-      let header: { name?: string; configJson?: string; inProcess?: boolean; size?: number } | undefined;
+      let header: { name?: string; configJson?: string; inProcess?: boolean; size?: number; isolation?: string } | undefined;
       const parts: Buffer[] = [];
       let size = 0;
       let failed = false;
@@ -372,8 +375,15 @@ export function addAdminService(server: grpc.Server, backend: AdminBackend, opts
             return fail(statusError(grpc.status.INVALID_ARGUMENT, `bad config: ${(e as Error).message}`));
           }
         }
+        const isolation = header.isolation || undefined;
+        if (isolation !== undefined && isolation !== 'worker' && isolation !== 'process' && isolation !== 'in-process') {
+          return fail(statusError(grpc.status.INVALID_ARGUMENT, `bad isolation ${JSON.stringify(isolation)}: use worker, process or in-process`));
+        }
+        if (header.inProcess && isolation !== undefined && isolation !== 'in-process') {
+          return fail(statusError(grpc.status.INVALID_ARGUMENT, `in_process contradicts isolation ${JSON.stringify(isolation)}`));
+        }
         backend
-          .load(new Uint8Array(Buffer.concat(parts)), { ...(header.name ? { name: header.name } : {}), config, inProcess: header.inProcess ?? false })
+          .load(new Uint8Array(Buffer.concat(parts)), { ...(header.name ? { name: header.name } : {}), config, inProcess: header.inProcess ?? false, ...(isolation ? { isolation } : {}) })
           .then((status) => {
             if (status.state === 'failed') return fail(statusError(grpc.status.FAILED_PRECONDITION, status.error ?? 'extension failed to load'));
             const record = backend.records().find((r) => r.name === status.name);
