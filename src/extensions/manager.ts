@@ -617,8 +617,8 @@ export class ExtensionManager {
         name,
         modulePath: staging,
         config: opts.config ?? {},
-        // Tried where it will run (in-process extensions are tried in a worker: not on this thread yet).
-        ...this.runnerPlacement(opts.isolation === 'process' ? 'process' : 'worker'),
+        // Tried where it will run (in-process extensions in a worker: not on this thread yet).
+        ...this.runnerPlacement(opts.isolation === 'in-process' || opts.inProcess ? 'worker' : (opts.isolation ?? this.opts.defaultIsolation)),
         host: {
           kv: async () => {
             throw new Error('the store is not available while an extension is being validated');

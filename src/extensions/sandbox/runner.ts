@@ -62,7 +62,7 @@ export interface RunnerOptions {
 
 /** The defaults of `RunnerOptions`. */
 export const RUNNER_DEFAULTS = Object.freeze({
-  mode: 'worker' as IsolationMode,
+  mode: 'process' as IsolationMode,
   maxOldGenerationSizeMb: 256,
   memoryLimitMb: 512,
   memorySampleMs: 100,
@@ -218,7 +218,14 @@ function freezeWatch(w: RegisteredWatch): RegisteredWatch {
 /**
  * Loads ONE extension and runs its lambdas.
  *
- * Worker mode (default): the extension runs in its own worker thread with V8 heap limits. Each
+ * Process mode (the default for JS modules): the extension runs in its own child process (see
+ * `ProcessBackend`), with a V8 heap limit and its whole resident memory bounded by a watchdog in
+ * the node (`memoryLimitMb`: past it the process is SIGKILLed and its invocations fail with
+ * `out-of-memory`); a timeout kills the process, an exit or a crash fails the invocations in
+ * flight with `process-exited`; restarts work as in worker mode (below). CPU time is reported
+ * per invocation and in total (`stats()`).
+ *
+ * Worker mode (native packages always): the extension runs in its own worker thread with V8 heap limits. Each
  * invocation has a wall-clock timeout; when it expires the worker is terminated (nothing else can
  * stop a CPU-bound lambda) and restarted: the module is imported again and `initialize()` re-run,
  * and must register the same watches (else the restart counts as failed). A worker that runs out
@@ -245,7 +252,8 @@ function freezeWatch(w: RegisteredWatch): RegisteredWatch {
  * C globals, so do not run them at once.
  *
  * Not a security boundary: a worker shares the process (file system, network, `process.kill`,
- * ArrayBuffer memory), and hop counting relies on the worker's cooperation.
+ * ArrayBuffer memory); a child process runs as the node's user with its environment; hop counting
+ * relies on the guest's cooperation.
  */
 export class ExtensionRunner {
   private watchList: readonly RegisteredWatch[] = [];
