@@ -1,9 +1,16 @@
 /** Tests of process isolation: lambdas in a child process, with ctx.kv back to the node, the whole memory bounded (Buffers included), timeouts and crashes killing/restarting the process, and CPU time per invocation. */
+import { spawn } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ExtensionRunner, LambdaError, type RunnerOptions } from '../../../src/extensions/sandbox/index.js';
 import { FakeHost, fixture, put, rejection, waitFor } from './helpers.js';
 
 const MIB = 1024 * 1024;
+/** The compiled sandbox (`npx tsc -p tsconfig.json`), for the test that needs a node process of its own to kill. */
+const DIST_SANDBOX = fileURLToPath(new URL('../../../dist/src/extensions/sandbox/index.js', import.meta.url));
+const HOG = fixture('resource-hog');
+const HAVE_SETPRIV = ['/usr/bin/setpriv', '/bin/setpriv'].some((p) => existsSync(p));
 const runners: ExtensionRunner[] = [];
 afterEach(async () => {
   await Promise.all(runners.splice(0).map((r) => r.stop()));
@@ -16,13 +23,18 @@ async function start(opts: Partial<RunnerOptions> = {}, module = 'esm-ext'): Pro
   return { runner, host };
 }
 
-/** Whether process `pid` exists. */
+/** Whether process `pid` exists and is not a zombie (dead, waiting to be reaped). */
 function running(pid: number): boolean {
   try {
     process.kill(pid, 0);
-    return true;
   } catch {
     return false;
+  }
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
+    return stat.slice(stat.lastIndexOf(')') + 2)[0] !== 'Z';
+  } catch {
+    return process.platform !== 'linux';
   }
 }
 
@@ -208,4 +220,38 @@ describe('process runner: CPU, timeouts and crashes', () => {
     await waitFor(() => runner.state === 'failed');
     expect((await rejection(runner.invoke(1, put('/in/echo'), 5000))).kind).toBe('failed');
   });
+});
+
+describe('process runner: the node dies', () => {
+  it.skipIf(process.platform !== 'linux' || !HAVE_SETPRIV || !existsSync(DIST_SANDBOX))(
+    'a lambda spinning in its process dies with the node when the node is SIGKILLed (setpriv --pdeathsig)',
+    async () => {
+      const script = `
+        const { ExtensionRunner } = await import(${JSON.stringify(DIST_SANDBOX)});
+        const host = { kv: async (op, args) => { if (args[0] === '/out/pid') console.log('PID ' + Buffer.from(args[1]).toString()); return { succeeded: true, version: 1 }; }, log() {}, metric() {} };
+        const r = await ExtensionRunner.start({ name: 'hog', modulePath: ${JSON.stringify(HOG)}, host, mode: 'process' });
+        const ev = (key, v) => ({ type: 'put', key, value: v === undefined ? undefined : new TextEncoder().encode(v), version: 1, timestamp: 0, shard: 0, hops: 0 });
+        await r.invoke(1, ev('/hog/pid'), 5000);
+        r.invoke(1, ev('/hog/burn', '600000'), 600000).catch(() => {});
+        setInterval(() => {}, 1000);
+      `;
+      const node = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+      try {
+        const pid = await new Promise<number>((resolve, reject) => {
+          let out = '';
+          node.stdout.on('data', (d: Buffer) => {
+            out += d.toString();
+            const m = /PID (\d+)/.exec(out);
+            if (m) resolve(Number(m[1]));
+          });
+          node.on('exit', (code) => reject(new Error(`the node script exited (code ${code})`)));
+        });
+        expect(running(pid)).toBe(true);
+        node.kill('SIGKILL');
+        await waitFor(() => !running(pid), 5000);
+      } finally {
+        node.kill('SIGKILL');
+      }
+    },
+  );
 });
