@@ -148,6 +148,8 @@ async function main(): Promise<void> {
     dataDir: cfg.dataDir,
     log: log.child({ component: 'extensions' }),
     registry: metrics.registry,
+    ...(cfg.extensionIsolation ? { defaultIsolation: cfg.extensionIsolation } : {}),
+    ...(cfg.extensionMemoryMb !== undefined ? { extensionMemoryMb: cfg.extensionMemoryMb } : {}),
     lambdaKv,
     shardRevisions: async (deadlineMs) => {
       const out = new Map<number, number>();
