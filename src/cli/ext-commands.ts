@@ -76,6 +76,8 @@ export function registerExtCommands(program: Command, ctx: ExtCommandContext): v
         }
         const rows: string[][] = [];
         for (const rec of l.records) {
+          // Loaded without one: the node's default (kvd --extension-isolation; process unless set).
+          const isolation = rec.isolation || (rec.inProcess ? 'in-process' : 'default');
           const nodes = l.statuses.filter((s) => s.name === rec.name).sort((a, b) => a.nodeId - b.nodeId);
           for (const s of nodes) {
             const w = s.watches;
@@ -84,6 +86,7 @@ export function registerExtCommands(program: Command, ctx: ExtCommandContext): v
               rec.name,
               rec.version,
               String(rec.generation),
+              isolation,
               String(s.nodeId),
               s.state + (s.error ? `: ${s.error.slice(0, 80)}` : ''),
               s.delivering ? 'yes' : '-',
@@ -95,9 +98,9 @@ export function registerExtCommands(program: Command, ctx: ExtCommandContext): v
               String(s.workerRestarts),
             ]);
           }
-          if (nodes.length === 0) rows.push([rec.name, rec.version, String(rec.generation), '-', 'no node reported', '-', '-', '-', '-', '-', '-', '-']);
+          if (nodes.length === 0) rows.push([rec.name, rec.version, String(rec.generation), isolation, '-', 'no node reported', '-', '-', '-', '-', '-', '-', '-']);
         }
-        ctx.out.write(ctx.formatTable(['NAME', 'VERSION', 'GEN', 'NODE', 'STATE', 'DELIVERING', 'WATCHES', 'INVOKED', 'ERRORS', 'DLQ', 'BACKLOG', 'RESTARTS'], rows));
+        ctx.out.write(ctx.formatTable(['NAME', 'VERSION', 'GEN', 'ISOLATION', 'NODE', 'STATE', 'DELIVERING', 'WATCHES', 'INVOKED', 'ERRORS', 'DLQ', 'BACKLOG', 'RESTARTS'], rows));
         if (l.unreachable.length > 0) ctx.out.write(`unreachable: ${l.unreachable.join(', ')}\n`);
       } finally {
         c.close();
