@@ -1,5 +1,5 @@
 /** Runs one extension incarnation in a child process whose whole memory (RSS, not only the V8 heap) is bounded by a watchdog in the node, with its CPU time measured per invocation and in total. */
-import { fork, type ChildProcess } from 'node:child_process';
+import { fork, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import type { BackendEvents, BackendUsage } from './backend.js';
@@ -48,10 +48,22 @@ const MAX_LINE = 2000;
 const CLOCK_TICKS_PER_S = 100;
 const MIB = 1024 * 1024;
 
-/** A wrapper command, when installed (util-linux): `setpriv --pdeathsig KILL` and `prlimit --as`. */
-function tool(name: string): string | undefined {
+/**
+ * A wrapper command (util-linux: `setpriv --pdeathsig KILL`, `prlimit --as`), when installed and
+ * working with `args` (checked once by running it on `true`: an old setpriv lacks --pdeathsig).
+ */
+function tool(name: string, args: string[]): string | undefined {
   if (process.platform !== 'linux') return undefined;
-  for (const dir of ['/usr/bin', '/bin', '/usr/sbin', '/sbin']) if (existsSync(`${dir}/${name}`)) return `${dir}/${name}`;
+  for (const dir of ['/usr/bin', '/bin', '/usr/sbin', '/sbin']) {
+    const path = `${dir}/${name}`;
+    if (!existsSync(path)) continue;
+    try {
+      const r = spawnSync(path, [...args, '--', 'true'], { stdio: 'ignore', timeout: 5000 });
+      return r.status === 0 ? path : undefined;
+    } catch {
+      return undefined;
+    }
+  }
   return undefined;
 }
 let tools: { setpriv: string | undefined; prlimit: string | undefined } | undefined;
@@ -131,7 +143,7 @@ export class ProcessBackend extends ChannelBackend {
 
   protected start(): void {
     const l = this.o.limits;
-    tools ??= { setpriv: tool('setpriv'), prlimit: tool('prlimit') };
+    tools ??= { setpriv: tool('setpriv', ['--pdeathsig', 'KILL']), prlimit: tool('prlimit', [`--as=${4096 * MIB}`]) };
     const node = [`--max-old-space-size=${Math.max(1, Math.floor(l.heapMb))}`];
     const wrap: string[] = [];
     if (tools.prlimit && l.addressSpaceMb > 0) wrap.push(tools.prlimit, `--as=${Math.floor(l.addressSpaceMb * MIB)}`, '--');

@@ -11,6 +11,7 @@ const MIB = 1024 * 1024;
 const DIST_SANDBOX = fileURLToPath(new URL('../../../dist/src/extensions/sandbox/index.js', import.meta.url));
 const HOG = fixture('resource-hog');
 const HAVE_SETPRIV = ['/usr/bin/setpriv', '/bin/setpriv'].some((p) => existsSync(p));
+const HAVE_PRLIMIT = ['/usr/bin/prlimit', '/bin/prlimit'].some((p) => existsSync(p));
 const runners: ExtensionRunner[] = [];
 afterEach(async () => {
   await Promise.all(runners.splice(0).map((r) => r.stop()));
@@ -140,6 +141,17 @@ describe('process runner: memory bounds', () => {
     expect(process.memoryUsage.rss() - base).toBeLessThan(100 * MIB);
     await runner.invoke(1, put('/hog/rss'), 5000);
     expect(Number(host.value('/out/rss'))).toBeLessThan(128 * MIB);
+  });
+
+  it.skipIf(process.platform !== 'linux' || !HAVE_PRLIMIT)('addressSpaceLimitMb (RLIMIT_AS) makes allocations past it fail inside the lambda, however fast', async () => {
+    // V8 reserves ~750 MiB of address space at start: 1536 MiB leaves the lambda ~700 MiB.
+    const { runner } = await start({ addressSpaceLimitMb: 1536, memoryLimitMb: 4096 }, 'resource-hog');
+    const e = await rejection(runner.invoke(1, put('/hog/buffers-sync', '16'), 30_000));
+    expect(e.kind).toBe('threw');
+    expect(e.message).toContain('Array buffer allocation failed');
+    expect(runner.stats().peakRssBytes).toBeLessThan(1536 * MIB);
+    await runner.invoke(1, put('/hog/burn', '0'), 5000); // the same process goes on
+    expect(runner.stats().workerRestarts).toBe(0);
   });
 
   it("a lambda exhausting the V8 heap fails with 'out-of-memory' and the process restarts", async () => {
