@@ -19,7 +19,7 @@ import { addKvServices, createGrpcServer } from '../server/kv-service.js';
 import { ClusterAdmin } from '../node/cluster-admin.js';
 import { GrpcClusterProbe } from '../server/cluster-probe.js';
 import { routedLambdaKv } from '../server/lambda-kv.js';
-import { ClusterStubClient } from '../server/proto.js';
+import { ClusterStubClient } from '../wire/proto.js';
 import type { ClusterMap } from '../sharding/index.js';
 import type { Logger } from '../log.js';
 
