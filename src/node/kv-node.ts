@@ -1,7 +1,8 @@
 /**
  * A kvd node: hosts replicas of many Raft groups (the metadata group 0 and the data shards the
  * cluster map places here) over one LevelDB, drives them with one tick timer and one ready loop
- * (persist all groups in one fsynced batch → send → apply → advance), starts and drops replicas
+ * (stage every group's writes → send early messages and apply → fsync the round's one batch →
+ * send the messages that promise durability → advance; see runReady), starts and drops replicas
  * as the map says, routes each request to its key's shard, and serves the KV API to the gRPC layer
  * as a `KvBackend`. Each group's state machine is durable in the same LevelDB (state-store.ts):
  * what a round applies is staged into that round's batch with the applied index, and a restart
