@@ -82,6 +82,24 @@ export const META_GROUP = 0;
 /** A peer counts as live while heard from within this many ticks' time (times the election timeout). */
 const LIVENESS_ELECTION_TIMEOUTS = 3;
 
+/** The defaults of {@link NodeOptions}, by name: every limit of a node in one place. */
+export const NODE_DEFAULTS = {
+  tickMs: 100,
+  electionTicks: 10,
+  heartbeatTicks: 1,
+  snapshotEveryEntries: 20_000,
+  /** Log entries kept after a snapshot, for followers slightly behind (they need no snapshot). */
+  keepEntriesAfterSnapshot: 5_000,
+  maxPendingProposals: 50_000,
+  retentionMs: 3_600_000,
+  retentionCheckMs: 10_000,
+  reconcileEveryMs: 200,
+  /** Deadline of a proposal the shard reconciler makes (descriptor, membership). */
+  reconcileProposalMs: 10_000,
+  /** How often a node waiting for its first cluster map looks again, besides map-change events. */
+  mapWaitPollMs: 200,
+} as const;
+
 /** The package version reported by Status. */
 export const KVCASCADE_VERSION = '0.1.0';
 
@@ -192,7 +210,7 @@ export class KvNode implements KvBackend {
     this.view = new ClusterView(opts.seedMap ?? this.bootMap!);
     this.reconciler = new ShardReconciler({
       id: this.id,
-      propose: (group, cmd) => this.execute(group, cmd, { deadlineMs: Date.now() + 10_000 }, 'system'),
+      propose: (group, cmd) => this.execute(group, cmd, { deadlineMs: Date.now() + NODE_DEFAULTS.reconcileProposalMs }, 'system'),
       isLive: (peer) => this.isLive(peer),
       note: (group, what, detail) => this.log.info({ group, ...detail }, what),
     });
@@ -281,10 +299,10 @@ export class KvNode implements KvBackend {
       group,
       storage,
       random: new SeededRandom((Date.now() ^ (this.id * 2654435761) ^ (group * 40503)) >>> 0),
-      electionTicks: this.opts.electionTicks ?? 10,
-      heartbeatTicks: this.opts.heartbeatTicks ?? 1,
-      snapshotEveryEntries: this.opts.snapshotEveryEntries ?? 20_000,
-      maxPendingProposals: this.opts.maxPendingProposals ?? 50_000,
+      electionTicks: this.opts.electionTicks ?? NODE_DEFAULTS.electionTicks,
+      heartbeatTicks: this.opts.heartbeatTicks ?? NODE_DEFAULTS.heartbeatTicks,
+      snapshotEveryEntries: this.opts.snapshotEveryEntries ?? NODE_DEFAULTS.snapshotEveryEntries,
+      maxPendingProposals: this.opts.maxPendingProposals ?? NODE_DEFAULTS.maxPendingProposals,
       ...(this.opts.stateMachine ? { stateMachine: this.opts.stateMachine } : {}),
       ...(initialState ? { initialState } : {}),
       ...(this.opts.stateUnitBytes ? { stateUnitBytes: this.opts.stateUnitBytes } : {}),
@@ -298,7 +316,7 @@ export class KvNode implements KvBackend {
 
   /** Starts ticking. */
   start(): void {
-    const tickMs = this.opts.tickMs ?? 100;
+    const tickMs = this.opts.tickMs ?? NODE_DEFAULTS.tickMs;
     this.tickTimer = setInterval(() => this.tick(), tickMs);
     this.tickTimer.unref?.();
     this.scheduleReady();
@@ -343,11 +361,11 @@ export class KvNode implements KvBackend {
       r.watches.tick();
     }
     const now = this.nowMs();
-    if (now - this.lastRetentionCheckMs >= (this.opts.retentionCheckMs ?? 10_000)) {
+    if (now - this.lastRetentionCheckMs >= (this.opts.retentionCheckMs ?? NODE_DEFAULTS.retentionCheckMs)) {
       this.lastRetentionCheckMs = now;
       this.compactOldVersions(now);
     }
-    if (now - this.lastReconcileMs >= (this.opts.reconcileEveryMs ?? 200)) {
+    if (now - this.lastReconcileMs >= (this.opts.reconcileEveryMs ?? NODE_DEFAULTS.reconcileEveryMs)) {
       this.lastReconcileMs = now;
       this.reconciler.step(this.replicas.values(), this.view.current, this.view.isInitialised, this.bootMap, now);
     }
@@ -361,7 +379,7 @@ export class KvNode implements KvBackend {
       if (!r.isLeader) continue;
       // A pool's own retention wins over the node's default.
       const pool = map.pools.find((p) => p.name === map.shards.find((s) => s.group === r.group)?.pool);
-      const retentionMs = pool?.retentionMs ?? this.opts.retentionMs ?? 3_600_000;
+      const retentionMs = pool?.retentionMs ?? this.opts.retentionMs ?? NODE_DEFAULTS.retentionMs;
       if (retentionMs <= 0) continue;
       const revision = r.sm.retentionCompactRevision(now, retentionMs);
       if (revision <= r.sm.compactRevision) continue;
@@ -407,7 +425,7 @@ export class KvNode implements KvBackend {
   isLive(peer: NodeId): boolean {
     if (peer === this.id) return true;
     const at = this.heardFrom.get(peer);
-    const windowMs = (this.opts.tickMs ?? 100) * (this.opts.electionTicks ?? 10) * LIVENESS_ELECTION_TIMEOUTS;
+    const windowMs = (this.opts.tickMs ?? NODE_DEFAULTS.tickMs) * (this.opts.electionTicks ?? NODE_DEFAULTS.electionTicks) * LIVENESS_ELECTION_TIMEOUTS;
     return at !== undefined && this.nowMs() - at <= windowMs;
   }
 
@@ -431,7 +449,7 @@ export class KvNode implements KvBackend {
         setTimeout(() => {
           off();
           resolve();
-        }, 200).unref?.();
+        }, NODE_DEFAULTS.mapWaitPollMs).unref?.();
       });
     }
   }
@@ -598,7 +616,7 @@ export class KvNode implements KvBackend {
     const term = r.raw.raft.log.term(index);
     if (term === undefined) return;
     const data = r.sm.snapshot();
-    this.store.compact(r.group, { meta: { index, term, conf: r.raw.raft.confState() }, data }, this.opts.keepEntriesAfterSnapshot ?? 5000);
+    this.store.compact(r.group, { meta: { index, term, conf: r.raw.raft.confState() }, data }, this.opts.keepEntriesAfterSnapshot ?? NODE_DEFAULTS.keepEntriesAfterSnapshot);
     r.snapshotTaken(index);
     this.log.info({ group: r.group, index, bytes: data.length }, 'snapshot taken, log compacted');
     this.scheduleReady();
