@@ -25,7 +25,7 @@ import {
 import type { EngineOp } from '../storage/kv-engine.js';
 import { StateRecorder } from '../storage/state-store.js';
 import { NotLeaderError, OverloadedError, UnavailableError } from './backend.js';
-import { decodeProposal, encodeProposal } from './envelope.js';
+import { decodeProposal, encodeProposal, UnknownEnvelopeVersionError } from './envelope.js';
 import { WatchHub, type WatchHubOptions } from './watch-hub.js';
 
 /** Tuning of a replica. */
@@ -222,6 +222,8 @@ export class ShardReplica {
           origin = p.origin;
           session = p.session;
         } catch (err) {
+          // A newer format cannot be skipped without diverging from the peers: stop the node.
+          if (err instanceof UnknownEnvelopeVersionError) throw err;
           this.opts.onBadEntry?.(e.index, err);
         }
       }

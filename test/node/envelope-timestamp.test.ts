@@ -4,7 +4,7 @@
  * which would stop the node.
  */
 import { describe, expect, it } from 'vitest';
-import { decodeProposal, encodeProposal } from '../../src/node/envelope.js';
+import { decodeProposal, encodeProposal, UnknownEnvelopeVersionError } from '../../src/node/envelope.js';
 import { ShardReplica } from '../../src/node/replica.js';
 import { EntryType, MemoryStorage, SeededRandom, type Ready } from '../../src/raft/index.js';
 import type { Command } from '../../src/statemachine/index.js';
@@ -42,5 +42,26 @@ describe('proposal envelope timestamps', () => {
     expect(() => r.apply(rd)).not.toThrow();
     expect(bad).toEqual([1]);
     expect(r.sm.appliedIndex).toBe(1);
+  });
+
+  it('an entry in an envelope version this code does not know stops the replica instead of being skipped', () => {
+    const bad: number[] = [];
+    const r = new ShardReplica({
+      nodeId: 1,
+      group: 3,
+      storage: new MemoryStorage({ voters: [1], learners: [] }),
+      random: new SeededRandom(1),
+      electionTicks: 10,
+      heartbeatTicks: 1,
+      snapshotEveryEntries: 1000,
+      maxPendingProposals: 10,
+      nowMs: () => 0,
+      onBadEntry: (index) => bad.push(index),
+    });
+    const future = new Uint8Array([99, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    const rd: Ready = { entries: [], committedEntries: [{ term: 1, index: 1, type: EntryType.Normal, data: future }], earlyMessages: [], messages: [], readStates: [] };
+    expect(() => r.apply(rd)).toThrow(UnknownEnvelopeVersionError);
+    expect(bad).toEqual([]);
+    expect(r.sm.appliedIndex).toBe(0);
   });
 });
