@@ -115,6 +115,14 @@ async function main(): Promise<void> {
   if (!creds.clientCertAuth) log.warn('the client API does not authenticate clients (no --tls-ca): anyone who reaches it may read and write data');
 
   const seedMap = cfg.join ? await fetchSeedMap(cfg.join, cfg.id, creds.clientDial, log) : undefined;
+  const self = seedMap?.members.find((m) => m.id === cfg.id);
+  if (self && (self.address !== cfg.listen || (self.peerAddress !== undefined && self.peerAddress !== cfg.advertisePeer))) {
+    // The others would dial addresses this process does not serve.
+    throw new Error(
+      `the cluster knows member ${cfg.id} as client ${self.address} / peer ${self.peerAddress ?? '-'}, but this node serves client ${cfg.listen} / peer ${cfg.advertisePeer ?? '-'}: ` +
+        'start it with those addresses (--listen, --peer-listen/--advertise-peer), or remove and re-add the member',
+    );
+  }
   const members = seedMap ? new Map(seedMap.members.map((m) => [m.id, m.address] as [number, string])) : cfg.peers;
   const peerAddresses = seedMap
     ? new Map(seedMap.members.map((m) => [m.id, m.peerAddress ?? m.address] as [number, string]))
