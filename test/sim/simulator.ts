@@ -6,6 +6,7 @@
  */
 import {
   ConfChangeType,
+  decodeConfChange,
   Role,
   SeededRandom,
   ProposalDroppedError,
@@ -13,6 +14,7 @@ import {
   type Message,
   type NodeId,
   type Raft,
+  type Ready,
 } from '../../src/raft/index.js';
 import { SimHost, type HostOptions } from './host.js';
 import { encodePut, requestKey } from './kv-fsm.js';
@@ -86,6 +88,8 @@ export interface SimConfig {
   readonly checkSafety?: boolean;
   /** Fail the run when no put commits within `livenessBoundMs` after healing (default true). */
   readonly checkLiveness?: boolean;
+  /** Receives one line per fault, delivered message, role change and applied change (debugging). */
+  readonly trace?: (line: string) => void;
 }
 
 /** What a run produced. */
@@ -308,6 +312,10 @@ export class Simulator {
     return this.ids;
   }
 
+  private trace(line: string): void {
+    this.cfg.trace?.(`${String(this.now).padStart(6)} ${line}`);
+  }
+
   /** A violated safety invariant: thrown, or only counted when `checkSafety` is off. */
   private violation(msg: string): void {
     if (this.cfg.checkSafety ?? true) throw new InvariantViolation(msg);
@@ -369,6 +377,7 @@ export class Simulator {
     if (slot.syncing) return;
     const rd = slot.host.startReady();
     if (!rd) return;
+    if (this.cfg.trace) this.traceReady(id, rd);
     this.checkReadyEntries(id);
     // What need not wait for the disk happens now: apply committed entries, send early messages.
     const out = slot.host.applyReady();
@@ -396,6 +405,18 @@ export class Simulator {
         for (const m of slot.host.completeReady()) this.send(m);
       }),
     );
+  }
+
+  private traceReady(id: NodeId, rd: Ready): void {
+    const r = this.slots.get(id)!.host.node.raft;
+    if (rd.softState) this.trace(`node ${id}: ${rd.softState.role} term ${r.term} leader ${rd.softState.leader}`);
+    if (rd.entries.length > 0) {
+      this.trace(`node ${id}: append ${rd.entries.map((e) => `${e.index}/${e.term}${e.type === 1 ? `:${JSON.stringify(decodeConfChange(e.data))}` : e.data.length === 0 ? ':noop' : ''}`).join(' ')}`);
+    }
+    if (rd.hardState) this.trace(`node ${id}: hard state ${JSON.stringify(rd.hardState)}`);
+    for (const e of rd.committedEntries) {
+      if (e.type === 1) this.trace(`node ${id}: apply ${e.index} ${JSON.stringify(decodeConfChange(e.data))}`);
+    }
   }
 
   private completeRequests(slot: NodeSlot): void {
@@ -506,6 +527,7 @@ export class Simulator {
             this.messagesDropped++;
             return;
           }
+          if (this.cfg.trace) this.trace(`deliver ${describeMessage(m)}`);
           this.slots.get(m.to)!.host.node.step(m);
         }),
       );
@@ -515,6 +537,7 @@ export class Simulator {
   // ------------------------------------------------------------ faults
 
   private inject(f: Fault): void {
+    if (this.cfg.trace) this.trace(`FAULT ${JSON.stringify(f)}`);
     switch (f.kind) {
       case 'none':
         return;
@@ -766,4 +789,16 @@ export class Simulator {
     };
     attempt();
   }
+}
+
+/** One line describing a message (for traces). */
+export function describeMessage(m: Message): string {
+  const parts = [`${m.type} ${m.from}->${m.to} t${m.term}`];
+  if (m.index !== undefined) parts.push(`i${m.index}`);
+  if (m.logTerm !== undefined) parts.push(`lt${m.logTerm}`);
+  if (m.entries && m.entries.length > 0) parts.push(`ents[${m.entries[0]!.index}..${m.entries[m.entries.length - 1]!.index}]`);
+  if (m.commit !== undefined) parts.push(`c${m.commit}`);
+  if (m.reject) parts.push('REJECT');
+  if (m.context !== undefined) parts.push(`ctx=${m.context}`);
+  return parts.join(' ');
 }
