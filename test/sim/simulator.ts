@@ -6,6 +6,7 @@
  */
 import {
   ConfChangeType,
+  MessageType,
   decodeConfChange,
   Role,
   SeededRandom,
@@ -504,9 +505,31 @@ export class Simulator {
     }
   }
 
+  /**
+   * What a message promises must already be on the sender's simulated disk when it leaves: a
+   * granted vote (and a candidate's request, which carries its vote for itself) the vote or a
+   * higher term; an acknowledgement of entries those entries. Otherwise a crash right after the
+   * send forgets the promise (a second vote in the same term, an acknowledged entry lost).
+   */
+  private checkDurablePromise(m: Message): void {
+    const slot = this.slots.get(m.from);
+    if (!slot) return;
+    const disk = slot.host.disk;
+    const hs = disk.initialState().hardState;
+    const voted = (candidate: NodeId): boolean => hs.term > m.term || (hs.term === m.term && hs.vote === candidate);
+    if (m.type === MessageType.VoteResp && !m.reject && !voted(m.to)) {
+      this.violation(`durability: node ${m.from} granted its vote to ${m.to} in term ${m.term} before it was on disk (disk: ${JSON.stringify(hs)})`);
+    } else if (m.type === MessageType.Vote && !voted(m.from)) {
+      this.violation(`durability: node ${m.from} asked for votes in term ${m.term} before its own vote was on disk (disk: ${JSON.stringify(hs)})`);
+    } else if (m.type === MessageType.AppResp && !m.reject && m.index !== undefined && disk.lastIndex() < m.index) {
+      this.violation(`durability: node ${m.from} acknowledged index ${m.index} with only ${disk.lastIndex()} on disk`);
+    }
+  }
+
   // ------------------------------------------------------------ network
 
   private send(sent: Message): void {
+    this.checkDurablePromise(sent);
     const m = this.cfg.codec ? this.cfg.codec(sent) : sent;
     if (this.blocked.has(`${m.from}>${m.to}`)) {
       this.messagesDropped++;
