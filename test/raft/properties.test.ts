@@ -173,11 +173,14 @@ const configArb = fc
     seed: fc.integer({ min: 1, max: 0x7fffffff }),
     nodes: fc.constantFrom(3, 5),
     snapshotEvery: fc.constantFrom(0, 8, 25),
+    // Small appends carry one entry each: acknowledgements then cover part of what a new leader
+    // sends (its predecessors' entries without its no-op), and the in-flight window fills.
+    maxAppendBytes: fc.constantFrom(4096, 64),
     // Production runs with both on; the core supports every combination, so all are exercised.
     preVote: fc.boolean(),
     checkQuorum: fc.boolean(),
   })
-  .chain(({ seed, nodes, snapshotEvery, preVote, checkQuorum }) =>
+  .chain(({ seed, nodes, snapshotEvery, maxAppendBytes, preVote, checkQuorum }) =>
     scheduleArb(nodes).map(
       (schedule): SimConfig => ({
         seed,
@@ -186,7 +189,7 @@ const configArb = fc
         schedule,
         clients: 3,
         keys: ['x', 'y'],
-        host: { snapshotEvery, compactionLag: 3, electionTicks: 10, heartbeatTicks: 2, snapshotChunkBytes: 128, preVote, checkQuorum },
+        host: { snapshotEvery, compactionLag: 3, electionTicks: 10, heartbeatTicks: 2, snapshotChunkBytes: 128, maxAppendBytes, preVote, checkQuorum },
         livenessBoundMs: 4000,
       }),
     ),

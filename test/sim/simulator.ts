@@ -454,6 +454,13 @@ export class Simulator {
     }
     const slot = this.slots.get(id)!;
     const log = raft.log;
+    if (raft.role === Role.Leader && log.committed > slot.lastCommitSeen && log.term(log.committed) !== raft.term) {
+      // Raft's figure-8 rule: counting replicas commits only an entry of the leader's own term
+      // (older entries commit with it). A leader's commit index moves only by counting.
+      this.violation(
+        `commit rule: leader ${id} of term ${raft.term} advanced its commit to ${log.committed}, an entry of term ${log.term(log.committed)}`,
+      );
+    }
     if (log.committed > slot.lastCommitSeen) {
       for (let i = Math.max(slot.lastCommitSeen + 1, log.firstIndex()); i <= log.committed; i++) {
         const t = log.term(i);
