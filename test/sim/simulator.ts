@@ -186,7 +186,8 @@ interface NodeSlot {
   syncing: boolean;
   lastCommitSeen: number;
   pendingPuts: Map<string, (ok: boolean) => void>;
-  pendingReads: Map<string, { key: string; index: number | undefined; reply: (v: string | undefined) => void }>;
+  /** Reads issued here: `minIndex` is the highest index committed anywhere when the read was issued. */
+  pendingReads: Map<string, { key: string; minIndex: number; index: number | undefined; reply: (v: string | undefined) => void }>;
 }
 
 interface ClientOp {
@@ -216,6 +217,8 @@ export class Simulator {
   /** The term of the node that first observed index i committed: a leader of any later term must hold it. */
   private readonly committedDuringTerm = new Map<number, number>();
   private readonly appliedAt = new Map<number, string>();
+  /** The highest index any node has seen committed so far. */
+  private highestCommitted = 0;
 
   readonly history: KvOperation[] = [];
   private events = 0;
@@ -394,7 +397,13 @@ export class Simulator {
     for (const m of out.messages) this.send(m);
     for (const rs of out.readStates) {
       const r = slot.pendingReads.get(rs.requestId);
-      if (r) r.index = rs.index;
+      if (!r) continue;
+      if (rs.index < r.minIndex) {
+        // A read must see every write that completed before it began: its index may not be
+        // below anything committed (anywhere) when it was issued.
+        this.violation(`read index: node ${id} released read ${rs.requestId} at index ${rs.index}, but ${r.minIndex} was committed when it was issued`);
+      }
+      r.index = rs.index;
     }
     this.completeRequests(slot);
     slot.syncing = true;
@@ -473,6 +482,7 @@ export class Simulator {
         if (!this.committedDuringTerm.has(i)) this.committedDuringTerm.set(i, raft.term);
       }
       slot.lastCommitSeen = log.committed;
+      if (log.committed > this.highestCommitted) this.highestCommitted = log.committed;
     }
   }
 
@@ -781,7 +791,12 @@ export class Simulator {
           }
           slot.pendingPuts.set(rkey, () => reply(() => finish({ value: undefined })));
         } else {
-          slot.pendingReads.set(rkey, { key: op.key, index: undefined, reply: (v) => reply(() => finish({ value: v })) });
+          slot.pendingReads.set(rkey, {
+            key: op.key,
+            minIndex: this.highestCommitted,
+            index: undefined,
+            reply: (v) => reply(() => finish({ value: v })),
+          });
           node.readIndex(rkey);
         }
       }),
