@@ -6,6 +6,7 @@
  */
 import {
   ConfChangeType,
+  EntryType,
   MessageType,
   decodeConfChange,
   Role,
@@ -501,11 +502,28 @@ export class Simulator {
     }
   }
 
-  /** Log matching, checked incrementally: an (index, term) pair always names the same entry and predecessor term. */
+  /**
+   * Log matching, checked incrementally: an (index, term) pair always names the same entry and
+   * predecessor term. And one configuration change at a time: when a leader appends one, no
+   * other configuration change in its log is unapplied.
+   */
   private checkReadyEntries(id: NodeId): void {
     const slot = this.slots.get(id)!;
     const rd = slot.host.outstanding!;
-    const log = slot.host.node.raft.log;
+    const raft = slot.host.node.raft;
+    const log = raft.log;
+    if (raft.role === Role.Leader) {
+      for (const e of rd.entries) {
+        if (e.type !== EntryType.ConfChange || e.term !== raft.term) continue;
+        const lo = Math.max(log.applied + 1, log.firstIndex());
+        const earlier = e.index > lo ? log.slice(lo, e.index).filter((x) => x.type === EntryType.ConfChange) : [];
+        if (earlier.length > 0) {
+          this.violation(
+            `one change at a time: leader ${id} appended a configuration change at ${e.index} while the one at ${earlier[0]!.index} is unapplied (applied ${log.applied})`,
+          );
+        }
+      }
+    }
     for (const e of rd.entries) {
       const key = `${e.index}:${e.term}`;
       const prevTerm = e.index > 1 ? log.term(e.index - 1) : 0;
