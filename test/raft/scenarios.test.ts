@@ -188,6 +188,28 @@ describe('elections', () => {
     expect(term(net, 1)).toBeGreaterThan(t); // the healthy leader had to step down
   });
 
+  it('a follower that stops hearing the leader (one-way cut) gets no pre-vote while the leader is live, and rejoins the same term', () => {
+    const net = new ScenarioNetwork([1, 2, 3]); // pre-vote and check-quorum on, as in production
+    net.stabilize();
+    elect(net, 1);
+    const t = term(net, 1);
+    const votesBefore = net.countDelivered(MessageType.Vote);
+    // Only leader → node 3 is cut: node 3 hears nothing, but everything it sends arrives.
+    net.cutOneWay(1, 3);
+    net.tickAll(100);
+    // Node 3 timed out again and again and asked for pre-votes; node 2 (hearing the leader) and
+    // the leader itself ignored them, so it never started a real election.
+    expect(net.countDelivered(MessageType.PreVote, (m) => m.from === 3)).toBeGreaterThan(0);
+    expect(net.countDelivered(MessageType.PreVoteResp, (m) => m.to === 3 && !m.reject)).toBe(0);
+    expect(net.countDelivered(MessageType.Vote)).toBe(votesBefore);
+    expect(term(net, 3)).toBe(t);
+    net.heal().tickAll(30);
+    expect(net.leaders()).toEqual([1]);
+    for (const id of [1, 2, 3]) expect(term(net, id)).toBe(t);
+    net.propose(1, 'a', 'after');
+    expect(net.value(3, 'a')).toBe('after');
+  });
+
   it('a leader cut off from its quorum steps down (check-quorum), and the majority elects another', () => {
     const net = new ScenarioNetwork([1, 2, 3]);
     net.stabilize();
