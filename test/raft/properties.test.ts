@@ -128,6 +128,17 @@ const faultArb = (nodes: number): fc.Arbitrary<Fault> => {
         unsyncedSurvives: fc.boolean(),
       }),
     },
+    {
+      // a crash triggered by the node's next vote or write of log entries (see Fault)
+      weight: 3,
+      arbitrary: fc.record({
+        kind: fc.constant('crashOn' as const),
+        node,
+        on: fc.constantFrom('vote' as const, 'append' as const, 'sync' as const),
+        afterMs: fc.integer({ min: 0, max: 60 }),
+        unsyncedSurvives: fc.boolean(),
+      }),
+    },
     { weight: 2, arbitrary: fc.record({ kind: fc.constant('pause' as const), node, forMs: fc.integer({ min: 50, max: 800 }) }) },
     {
       weight: 3,
@@ -230,6 +241,7 @@ describe('raft under random fault schedules', () => {
     let snapshots = 0;
     let dropped = 0;
     let confChanges = 0;
+    let triggeredCrashes = 0;
     let undecided = 0;
     fc.assert(
       fc.property(
@@ -243,6 +255,7 @@ describe('raft under random fault schedules', () => {
           snapshots += result.snapshotsInstalled;
           dropped += result.messagesDropped;
           confChanges += result.membershipChanges;
+          triggeredCrashes += result.triggeredCrashes;
           if (result.undecided) undecided++;
         }),
       ),
@@ -256,10 +269,12 @@ describe('raft under random fault schedules', () => {
     expect(elections).toBeGreaterThan(RUNS);
     expect(snapshots).toBeGreaterThan(0);
     expect(confChanges).toBeGreaterThan(RUNS / 10);
+    expect(triggeredCrashes).toBeGreaterThan(RUNS / 10);
     expect(undecided).toBeLessThanOrEqual(Math.ceil(RUNS / 100));
     console.log(
       `schedules=${RUNS} events=${totalEvents} clientOps=${totalOps} elections=${elections} ` +
-        `snapshotsInstalled=${snapshots} messagesDropped=${dropped} membershipChanges=${confChanges} undecided=${undecided} worstRecoveryMs=${maxRecovery}`,
+        `snapshotsInstalled=${snapshots} messagesDropped=${dropped} membershipChanges=${confChanges} triggeredCrashes=${triggeredCrashes} ` +
+        `undecided=${undecided} worstRecoveryMs=${maxRecovery}`,
     );
   });
 

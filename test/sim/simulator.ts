@@ -29,6 +29,22 @@ export type Fault =
   | { readonly kind: 'restart'; readonly node: number }
   /** Crash and come back `afterMs` later (a quick reboot: the classic way to forget a vote). */
   | { readonly kind: 'reboot'; readonly node: number; readonly afterMs: number; readonly unsyncedSurvives: boolean }
+  /**
+   * Crash triggered by an event: arms `node` to crash at its next `on` event and come back
+   * `afterMs` later. `vote`: right after it sends a granted vote or a vote request (its own
+   * vote), which must then be on disk. `append`: right after it hands a write with log entries
+   * to its disk, before the write is synced (lost unless `unsyncedSurvives`); a leader's appends
+   * to its followers have left already. `sync`: the same write, at the last moment before it
+   * would have been durable (answers to a leader's appends may have arrived meanwhile).
+   * Disarmed by any crash and by the final heal.
+   */
+  | {
+      readonly kind: 'crashOn';
+      readonly node: number;
+      readonly on: 'vote' | 'append' | 'sync';
+      readonly afterMs: number;
+      readonly unsyncedSurvives: boolean;
+    }
   | { readonly kind: 'pause'; readonly node: number; readonly forMs: number }
   | { readonly kind: 'partition'; readonly sides: readonly (readonly number[])[] }
   | { readonly kind: 'oneWay'; readonly from: number; readonly to: number }
@@ -105,6 +121,8 @@ export interface SimResult {
   readonly snapshotsInstalled: number;
   readonly messagesDropped: number;
   readonly membershipChanges: number;
+  /** Crashes triggered by events (`crashOn` faults that fired). */
+  readonly triggeredCrashes: number;
   /** Forged messages delivered (from `forge` faults). */
   readonly forgedDelivered: number;
   /** Safety invariant violations counted instead of thrown (`checkSafety: false`). */
@@ -182,6 +200,8 @@ interface NodeSlot {
   /** Bumped on crash: events scheduled for an older incarnation are ignored. */
   epoch: number;
   pausedUntil: number;
+  /** An armed event-triggered crash (the `crashOn` fault). */
+  crashOn: Extract<Fault, { kind: 'crashOn' }> | undefined;
   /** Events that arrived while paused, replayed on resume in order. */
   held: (() => void)[];
   syncing: boolean;
@@ -227,6 +247,7 @@ export class Simulator {
   private snapshotsInstalled = 0;
   private messagesDropped = 0;
   private membershipChanges = 0;
+  private triggeredCrashes = 0;
   private forgedDelivered = 0;
   private safetyViolations = 0;
   private clientsRunning = true;
@@ -246,6 +267,7 @@ export class Simulator {
         up: true,
         epoch: 0,
         pausedUntil: 0,
+        crashOn: undefined,
         held: [],
         syncing: false,
         lastCommitSeen: 0,
@@ -296,6 +318,7 @@ export class Simulator {
       snapshotsInstalled: this.snapshotsInstalled,
       messagesDropped: this.messagesDropped,
       membershipChanges: this.membershipChanges,
+      triggeredCrashes: this.triggeredCrashes,
       forgedDelivered: this.forgedDelivered,
       safetyViolations: this.safetyViolations,
       recovered: committedAt !== undefined,
@@ -378,6 +401,7 @@ export class Simulator {
   /** After anything happened on a node: check invariants and start its next Ready. */
   private afterNodeEvent(id: NodeId): void {
     const slot = this.slots.get(id)!;
+    if (!slot.up) return; // it crashed during the event (an event-triggered crash)
     this.checkNode(id);
     if (slot.syncing) return;
     const rd = slot.host.startReady();
@@ -395,7 +419,10 @@ export class Simulator {
       this.appliedAt.set(e.index, fingerprint);
     }
     if (rd.snapshot) this.snapshotsInstalled++;
-    for (const m of out.messages) this.send(m);
+    for (const m of out.messages) {
+      this.send(m);
+      if (!slot.up) return;
+    }
     for (const rs of out.readStates) {
       const r = slot.pendingReads.get(rs.requestId);
       if (!r) continue;
@@ -409,13 +436,31 @@ export class Simulator {
     this.completeRequests(slot);
     slot.syncing = true;
     const delay = slot.host.needsSync(rd) ? 1 + this.rng.nextInt(4) : 0;
+    const trigger = slot.crashOn;
+    if (trigger?.on === 'sync' && rd.entries.length > 0) {
+      // Queued before the write's completion at the same instant, so it runs first.
+      slot.crashOn = undefined;
+      this.at(this.now + delay, this.onNode(id, () => this.triggeredCrash(id, trigger)));
+    }
     this.at(
       this.now + delay,
       this.onNode(id, () => {
         slot.syncing = false;
-        for (const m of slot.host.completeReady()) this.send(m);
+        for (const m of slot.host.completeReady()) {
+          this.send(m);
+          if (!slot.up) return;
+        }
       }),
     );
+    if (trigger?.on === 'append' && rd.entries.length > 0) this.triggeredCrash(id, trigger);
+  }
+
+  /** An armed `crashOn` fault fires: crash now, come back `afterMs` later. */
+  private triggeredCrash(id: NodeId, f: Extract<Fault, { kind: 'crashOn' }>): void {
+    if (this.cfg.trace) this.trace(`node ${id}: crash on ${f.on}`);
+    this.triggeredCrashes++;
+    this.crashNode(id, f.unsyncedSurvives);
+    this.at(this.now + f.afterMs, () => this.restart(id));
   }
 
   private traceReady(id: NodeId, rd: Ready): void {
@@ -565,6 +610,13 @@ export class Simulator {
 
   private send(sent: Message): void {
     this.checkDurablePromise(sent);
+    this.dispatch(sent);
+    const trigger = this.slots.get(sent.from)?.crashOn;
+    const voted = (sent.type === MessageType.VoteResp && !sent.reject) || sent.type === MessageType.Vote;
+    if (trigger?.on === 'vote' && voted) this.triggeredCrash(sent.from, trigger);
+  }
+
+  private dispatch(sent: Message): void {
     const m = this.cfg.codec ? this.cfg.codec(sent) : sent;
     if (this.blocked.has(`${m.from}>${m.to}`)) {
       this.messagesDropped++;
@@ -599,17 +651,12 @@ export class Simulator {
     switch (f.kind) {
       case 'none':
         return;
-      case 'crash': {
+      case 'crash':
+        this.crashNode(this.nodeId(f.node), f.unsyncedSurvives);
+        return;
+      case 'crashOn': {
         const slot = this.slots.get(this.nodeId(f.node))!;
-        if (!slot.up) return;
-        slot.host.crash(f.unsyncedSurvives);
-        slot.up = false;
-        slot.epoch++;
-        slot.syncing = false;
-        slot.held = [];
-        slot.pausedUntil = 0;
-        slot.pendingPuts.clear();
-        slot.pendingReads.clear();
+        if (slot.up) slot.crashOn = f;
         return;
       }
       case 'restart':
@@ -704,6 +751,20 @@ export class Simulator {
     }
   }
 
+  private crashNode(id: NodeId, unsyncedSurvives: boolean): void {
+    const slot = this.slots.get(id)!;
+    if (!slot.up) return;
+    slot.host.crash(unsyncedSurvives);
+    slot.up = false;
+    slot.epoch++;
+    slot.syncing = false;
+    slot.held = [];
+    slot.pausedUntil = 0;
+    slot.crashOn = undefined;
+    slot.pendingPuts.clear();
+    slot.pendingReads.clear();
+  }
+
   private nodeId(n: number): NodeId {
     return this.ids[((n % this.ids.length) + this.ids.length) % this.ids.length]!;
   }
@@ -722,7 +783,9 @@ export class Simulator {
     if (!slot.up || slot.pausedUntil > this.now) return;
     const held = slot.held;
     slot.held = [];
+    const epoch = slot.epoch;
     for (const fn of held) {
+      if (!slot.up || slot.epoch !== epoch) return; // crashed meanwhile (an event-triggered crash)
       fn();
       this.afterNodeEvent(id);
     }
@@ -733,6 +796,7 @@ export class Simulator {
     this.inject({ kind: 'heal' });
     for (const id of this.ids) {
       const slot = this.slots.get(id)!;
+      slot.crashOn = undefined;
       if (!slot.up) this.restart(id);
       else if (slot.pausedUntil > this.now) {
         slot.pausedUntil = this.now;
