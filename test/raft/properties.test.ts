@@ -276,7 +276,7 @@ describe('raft under random fault schedules', () => {
         `snapshotsInstalled=${snapshots} messagesDropped=${dropped} membershipChanges=${confChanges} triggeredCrashes=${triggeredCrashes} ` +
         `undecided=${undecided} worstRecoveryMs=${maxRecovery}`,
     );
-  });
+  }, Math.max(120_000, RUNS * 40)); // SIM_RUNS=20000 takes minutes
 
   for (const { name, cfg } of REGRESSION_SCHEDULES) {
     it(`regression: ${name}`, () => {
