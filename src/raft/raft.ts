@@ -546,7 +546,10 @@ export class Raft {
     this.electionElapsed++;
     if (this.electionElapsed >= this.electionTicks) {
       this.electionElapsed = 0;
-      if (this.checkQuorum && !this.quorumActive()) {
+      // A leader that is no longer a voter checks its quorum even without check-quorum: once it
+      // hears from no quorum of the voters it cannot hand over, and stepping down is safe (every
+      // entry of its log is committed), while a stale leader nobody answers would linger.
+      if ((this.checkQuorum || !this.voters.includes(this.id)) && !this.quorumActive()) {
         this.becomeFollower(this.term, NONE);
         return;
       }
