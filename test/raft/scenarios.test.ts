@@ -694,6 +694,29 @@ describe('leader transfer and membership', () => {
     for (const id of [1, 3]) expect(net.value(id, 'k')).toBe('after');
   });
 
+  it('a leader that removed itself and hears from no voter steps down after an election timeout, even without check-quorum', () => {
+    const net = new ScenarioNetwork([1, 2, 3], { preVote: false, checkQuorum: false });
+    net.stabilize();
+    elect(net, 1);
+    const h1 = net.host(1);
+    h1.node.proposeConfChange({ type: ConfChangeType.RemoveNode, nodeId: 1 });
+    const change = lastIndex(net, 1);
+    // Nodes 2 and 3 acknowledge; nothing that would tell them of the commit, nor the hand-over, arrives.
+    net.dropIf((m) => m.from === 1 && (m.type !== MessageType.App || (m.commit ?? 0) >= change));
+    net.stabilize();
+    expect(h1.node.raft.confState().voters).toEqual([2, 3]);
+    expect(h1.node.raft.role).toBe(Role.Leader); // leaving: waiting to hand over
+    net.heal().isolate(1);
+    net.tick(1, 25);
+    expect(h1.node.raft.role).toBe(Role.Follower);
+    // Nodes 2 and 3 elect a leader among themselves (under the old configuration: 2 of 3).
+    elect(net, 2);
+    net.heal();
+    net.propose(2, 'k', 'v');
+    expect(net.value(3, 'k')).toBe('v');
+    expect(net.host(2).node.raft.confState().voters).toEqual([2, 3]);
+  });
+
   it('rejects invalid configuration changes with a clear error', () => {
     const net = new ScenarioNetwork([1, 2, 3]);
     net.stabilize();
