@@ -177,6 +177,8 @@ export class KvNode implements KvBackend {
   private readonly heardFrom = new Map<NodeId, number>();
   /** Groups being dropped (their replica removed): no replica is recreated for them meanwhile. */
   private readonly dropping = new Set<number>();
+  /** Groups whose configuration no longer includes this node: dropped once this replica does not lead them. */
+  private readonly removedFrom = new Set<number>();
   private readonly mapListeners = new Set<(map: ClusterMap) => void>();
   private readonly nowMs: () => number;
   private readonly log: Logger;
@@ -585,8 +587,12 @@ export class KvNode implements KvBackend {
           if (rd.softState) this.noteLeader(r);
           if (r.wantsSnapshot()) this.snapshot(r);
           const now = conf ?? (rd.snapshot ? rd.snapshot.meta.conf : undefined);
-          if (now && r.group !== META_GROUP && !now.voters.includes(this.id) && !now.learners.includes(this.id)) {
-            void this.dropReplica(r.group).catch((e: unknown) => this.log.error({ group: r.group, err: String(e) }, 'dropping a replica failed'));
+          if (now && r.group !== META_GROUP && !now.voters.includes(this.id) && !now.learners.includes(this.id)) this.removedFrom.add(r.group);
+          // A leader that removed itself keeps leading until it has handed over (raft.ts): drop it after.
+          if (this.removedFrom.has(r.group) && !r.isLeader) {
+            this.removedFrom.delete(r.group);
+            // Added back meanwhile: keep it.
+            if (!r.includes(this.id)) void this.dropReplica(r.group).catch((e: unknown) => this.log.error({ group: r.group, err: String(e) }, 'dropping a replica failed'));
           }
         }
         if (this.mapDirty) this.refreshMap();

@@ -122,6 +122,12 @@ export class ShardReplica {
   }
 
   /** Whether this replica currently leads its group. */
+  /** Whether node `id` is a voter or learner of this group in the configuration applied here. */
+  includes(id: number): boolean {
+    const c = this.raw.raft.confState();
+    return c.voters.includes(id) || c.learners.includes(id);
+  }
+
   get isLeader(): boolean {
     return this.raw.raft.role === Role.Leader;
   }
