@@ -5,6 +5,11 @@
  * Features: leader election with randomised timeouts, pre-vote and check-quorum; pipelined,
  * flow-controlled log replication with fast conflict back-off; chunked snapshot transfer;
  * ReadIndex reads; leader transfer; single-step membership changes with learners.
+ *
+ * Why one file of this size: it is one state machine whose role handlers (follower, candidate,
+ * leader) share every field and must be read together to check an invariant; the separable
+ * concepts already live apart (log.ts, progress.ts, quorum.ts, bounds.ts, storage.ts, the
+ * RawNode driver interface in raw-node.ts).
  */
 import { isBoundedUint, MAX_RAFT_INDEX, MAX_RAFT_TERM, MAX_SNAPSHOT_BYTES } from './bounds.js';
 import { RaftLog } from './log.js';
