@@ -13,6 +13,7 @@ import { addAdminService } from '../server/admin-service.js';
 import { ensureConfiguredExtensions } from './configured-extensions.js';
 import { GrpcPeerTransport } from '../node/grpc-transport.js';
 import { kvdCredentials } from './kvd-tls.js';
+import { addHealthService } from '../server/health.js';
 import { NodeMetrics } from '../node/metrics.js';
 import { LevelEngine } from '../storage/kv-engine.js';
 import { addKvServices, createGrpcServer } from '../server/kv-service.js';
@@ -173,6 +174,7 @@ async function main(): Promise<void> {
     forwardCredentials: creds.clientDial,
     ...(cfg.adminToken ? { adminToken: cfg.adminToken } : {}),
   });
+  const health = addHealthService(server, () => node.readiness(), log);
   const port = await bind(server, cfg.listen, creds.clientServer);
   // The peer plane: Raft traffic only, on its own listener (mutual TLS unless --insecure-peers).
   const peerServer = cfg.peerListen !== undefined ? new grpc.Server(PEER_SERVER_OPTIONS) : undefined;
@@ -203,6 +205,7 @@ async function main(): Promise<void> {
     if (stopping) return;
     stopping = true;
     log.info({ signal }, 'stopping');
+    health.close();
     configured.stop();
     cluster.stop();
     services.close();

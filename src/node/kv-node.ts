@@ -98,6 +98,8 @@ export const NODE_DEFAULTS = {
   reconcileProposalMs: 10_000,
   /** How often a node waiting for its first cluster map looks again, besides map-change events. */
   mapWaitPollMs: 200,
+  /** Committed entries a group may still have to apply for the node to report itself ready (health). */
+  readyMaxApplyLag: 1_000,
 } as const;
 
 /** The package version reported by Status. */
@@ -832,6 +834,21 @@ export class KvNode implements KvBackend {
       ...(sink.onDrain ? { onDrain: (cb: () => void) => sink.onDrain!(cb) } : {}),
     };
     return r.watches.add(req, filtered);
+  }
+
+  /**
+   * Whether this node may take traffic: it has the cluster map and is a member of it, and every
+   * group it hosts has a leader and has applied its log up to (nearly) the commit index it knows.
+   */
+  readiness(): { ready: boolean; reason?: string } {
+    if (!this.replicas.has(META_GROUP) || !this.view.isInitialised) return { ready: false, reason: 'waiting for the cluster map' };
+    if (!this.members.has(this.id)) return { ready: false, reason: 'not a member of the cluster map' };
+    for (const r of this.replicas.values()) {
+      if (!r.leader) return { ready: false, reason: `group ${r.group} has no leader` };
+      const lag = r.commitIndex - r.sm.appliedIndex;
+      if (lag > NODE_DEFAULTS.readyMaxApplyLag) return { ready: false, reason: `group ${r.group} is ${lag} entries behind its commit index` };
+    }
+    return { ready: true };
   }
 
   async status(): Promise<NodeStatusInfo> {

@@ -133,6 +133,11 @@ export class ShardReplica {
   }
 
   /** The leader this replica knows of (0 = none). */
+  /** The commit index this replica knows. */
+  get commitIndex(): number {
+    return this.raw.raft.log.committed;
+  }
+
   get leader(): number {
     return this.raw.raft.lead;
   }
