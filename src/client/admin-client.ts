@@ -4,10 +4,10 @@
  * every member's status (these do not).
  */
 import * as grpc from '@grpc/grpc-js';
-import { AdminStubClient } from '../server/admin-service.js';
-import { AUTHORIZATION_METADATA, bearer } from '../server/admin-auth.js';
-import { neverReachedServer } from '../server/metadata.js';
-import { ClusterStubClient, type ClusterStub, type GetShardMapResponseMsg, type StatusResponseMsg } from '../server/proto.js';
+import { AdminStubClient } from '../wire/admin-proto.js';
+import { AUTHORIZATION_METADATA, bearer } from '../wire/auth.js';
+import { neverReachedServer } from '../wire/metadata.js';
+import { ClusterStubClient, type ClusterStub, type GetShardMapResponseMsg, type StatusResponseMsg } from '../wire/proto.js';
 import { emptyMap, type ClusterMap, type MemberInfo, type PoolSpec, type ShardInfo } from '../sharding/index.js';
 import { KvError } from './errors.js';
 import type { KvClientTlsOptions } from './transport.js';

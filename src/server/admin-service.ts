@@ -5,8 +5,8 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import { MAX_NODE_ID, MAX_POOL_SHARDS, MAX_REPLICAS, isIntIn, type PoolSpec, type ShardingErrorCode } from '../sharding/index.js';
-import { AdminTokenCheck } from './admin-auth.js';
-import { loadProtos } from './proto.js';
+import { AdminTokenCheck } from '../wire/auth.js';
+import { adminServiceDefinition } from '../wire/admin-proto.js';
 
 /** One registered extension as the admin API reports it. */
 export interface AdminExtensionRecord {
@@ -88,13 +88,6 @@ export interface AdminServiceOptions {
   readonly log?: { warn(obj: object, msg: string): void; error(obj: object, msg: string): void };
 }
 
-const adminPackage = loadProtos(['kvcascade/v1/admin.proto']);
-/** Service definition of kvcascade.v1.Admin. */
-export const adminServiceDefinition = adminPackage['kvcascade.v1.Admin'] as grpc.ServiceDefinition;
-/** Client constructor of kvcascade.v1.Admin. */
-export const AdminStubClient = (grpc.loadPackageDefinition(adminPackage) as unknown as {
-  kvcascade: { v1: { Admin: grpc.ServiceClientConstructor } };
-}).kvcascade.v1.Admin;
 
 function statusError(code: grpc.status, details: string, md?: Record<string, string>): grpc.ServiceError {
   const metadata = new grpc.Metadata();

@@ -3,8 +3,8 @@ import * as grpc from '@grpc/grpc-js';
 import type { ClusterProbe } from '../node/cluster-admin.js';
 import type { NodeStatusInfo } from '../node/backend.js';
 import type { ClusterMap } from '../sharding/index.js';
-import { ClusterStubClient, KvStubClient, type ClusterStub, type KvStub, type ListResponseMsg } from './proto.js';
-import { statusFromMsg } from './status-codec.js';
+import { ClusterStubClient, KvStubClient, type ClusterStub, type KvStub, type ListResponseMsg } from '../wire/proto.js';
+import { statusFromMsg } from '../wire/status-codec.js';
 
 /** Options of {@link GrpcClusterProbe}. */
 export interface GrpcClusterProbeOptions {

@@ -59,8 +59,8 @@ import {
   neverReachedServer,
   readKvMetadata,
   type KvMetadataFields,
-} from './metadata.js';
-import { AUTHORIZATION_METADATA, AdminTokenCheck } from './admin-auth.js';
+} from '../wire/metadata.js';
+import { AUTHORIZATION_METADATA, AdminTokenCheck } from '../wire/auth.js';
 import {
   KvStubClient,
   clusterServiceDefinition,
@@ -91,7 +91,7 @@ import {
   type TxnResponseMsg,
   type WatchRequestMsg,
   type WatchResponseMsg,
-} from './proto.js';
+} from '../wire/proto.js';
 import {
   checkInt,
   checkKey,
@@ -104,8 +104,8 @@ import {
   decodeResumeToken,
   encodePageToken,
   encodeResumeToken,
-} from './request-validation.js';
-import { statusToMsg } from './status-codec.js';
+} from '../wire/request-validation.js';
+import { statusToMsg } from '../wire/status-codec.js';
 
 /** etcd's default request size limit (1.5 MiB): larger requests fail with RESOURCE_EXHAUSTED before reaching a handler. */
 export const DEFAULT_MAX_REQUEST_BYTES = 1.5 * 1024 * 1024;

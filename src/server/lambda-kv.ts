@@ -12,9 +12,9 @@ import { NotLeaderError, OverloadedError, UnavailableError, type CallOptions, ty
 import type { LambdaKv } from '../extensions/store-access.js';
 import { WriteSessionSource } from '../extensions/write-session.js';
 import type { WriteSession } from '../statemachine/index.js';
-import { META_FORWARDED, META_HOPS } from './metadata.js';
-import { KvStubClient, type KvStub } from './proto.js';
-import { encodePageToken } from './request-validation.js';
+import { META_FORWARDED, META_HOPS } from '../wire/metadata.js';
+import { KvStubClient, type KvStub } from '../wire/proto.js';
+import { encodePageToken } from '../wire/request-validation.js';
 
 /** Most attempts of one lambda write (the first one included), within its deadline. */
 export const LAMBDA_WRITE_MAX_ATTEMPTS = 8;
