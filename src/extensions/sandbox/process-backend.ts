@@ -1,6 +1,6 @@
 /** Runs one extension incarnation in a child process whose whole memory (RSS, not only the V8 heap) is bounded by a watchdog in the node, with its CPU time measured per invocation and in total. */
 import { fork, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import type { BackendEvents, BackendUsage } from './backend.js';
 import { ChannelBackend } from './channel-backend.js';
@@ -106,7 +106,8 @@ function lastWords(tail: string): string | undefined {
  *   invocation by the child (`process.cpuUsage()` delta, reported with `done`) and in total by
  *   the node (utime + stime from /proc/<pid>/stat), see `usage()`;
  * - crash containment: an exit, a crash or a signal is reported as `process-exited` with the
- *   code or signal; the node's own memory and thread are untouched.
+ *   code or signal; the node's own memory and thread are untouched. The child's
+ *   `oom_score_adj` is 1000, so a kernel OOM kill takes it before the node.
  * On Linux the child is started under `setpriv --pdeathsig KILL` when installed, so it dies with
  * the node even if the node is killed with SIGKILL (otherwise it exits when the IPC channel
  * closes, which a lambda stuck in a loop never notices). Off Linux, only the heap bound and the
@@ -135,6 +136,7 @@ export class ProcessBackend extends ChannelBackend {
     return this.child?.pid;
   }
 
+  /** CPU time and RSS of the child as the node last sampled them (see `BackendUsage`). */
   usage(): BackendUsage {
     // Where /proc is not readable, the CPU time the child reported for its invocations (an
     // overestimate when invocations overlap: each one's figure includes the others').
@@ -159,6 +161,16 @@ export class ProcessBackend extends ChannelBackend {
       env: process.env,
     });
     this.child = child;
+    // Linux: should memory run out before the watchdog sees it (or for the node's whole cgroup),
+    // the kernel's OOM killer picks the extension's process first, not the node (raising one's
+    // own child's score needs no privilege).
+    if (child.pid !== undefined && process.platform === 'linux') {
+      try {
+        writeFileSync(`/proc/${child.pid}/oom_score_adj`, '1000');
+      } catch {
+        // best effort
+      }
+    }
     this.exited = new Promise((r) => child.once('exit', () => r()));
     child.on('exit', (code, signal) => this.onExit(code, signal));
     child.on('error', (err) => this.onChildError(err));

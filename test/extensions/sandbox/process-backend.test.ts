@@ -94,6 +94,7 @@ describe('process runner: invocations', () => {
     const pid = await childPid(runner, host);
     expect(pid).not.toBe(process.pid);
     expect(running(pid)).toBe(true);
+    if (process.platform === 'linux') expect(readFileSync(`/proc/${pid}/oom_score_adj`, 'latin1').trim()).toBe('1000'); // the kernel's first pick
     await runner.stop();
     expect(running(pid)).toBe(false);
   });
