@@ -1,9 +1,8 @@
 /** The gRPC KV and Cluster services over a {@link Coordinator}: call metadata to routing context, failures to statuses with kvcascade metadata, watch and pipeline stream plumbing, and the handler table. */
 import * as grpc from '@grpc/grpc-js';
-import { hidesReservedKeys, isReservedKey } from '../sharding/index.js';
-import type { KvEvent } from '../statemachine/index.js';
-import { NotLeaderError, type KvBackend, type WatchHandle, type WatchRequest, type WatchSink } from '../node/backend.js';
-import { MAX_FORWARD_HOPS, META_FORWARDED, META_HOPS, forwardHops, metaString, kvMetadata, readKvMetadata } from '../wire/metadata.js';
+import { hidesReservedKeys } from '../sharding/index.js';
+import type { KvBackend, WatchRequest } from '../node/backend.js';
+import { META_HOPS, forwardHops, metaString, kvMetadata } from '../wire/metadata.js';
 import { AUTHORIZATION_METADATA, AdminTokenCheck } from '../wire/auth.js';
 import {
   clusterServiceDefinition,
@@ -20,12 +19,13 @@ import {
   type WatchRequestMsg,
   type WatchResponseMsg,
 } from '../wire/proto.js';
-import { decodeResumeToken, encodeResumeToken } from '../wire/request-validation.js';
+import { decodeResumeToken } from '../wire/request-validation.js';
 import { statusToMsg } from '../wire/status-codec.js';
 import { Coordinator, DEFAULT_FORWARD_ATTEMPT_MS, DEFAULT_MAX_RESPONSE_BYTES, withDeadline, type RouteContext } from '../coordinator/coordinator.js';
 import { LIST_FANOUT_CONCURRENCY } from '../coordinator/list-merge.js';
-import { MIN_PROGRESS_INTERVAL_MS, chunkEvents, guardPrefix, toWatchRequest, type RequestOf, type ResponseOf, type UnaryOp } from '../coordinator/messages.js';
+import { MIN_PROGRESS_INTERVAL_MS, guardPrefix, toWatchRequest, type RequestOf, type ResponseOf, type UnaryOp } from '../coordinator/messages.js';
 import { OpStatus, invalid } from '../coordinator/op-status.js';
+import { MergedWatch, type WatchOutput } from '../coordinator/merged-watch.js';
 
 export { DEFAULT_FORWARD_ATTEMPT_MS, DEFAULT_MAX_RESPONSE_BYTES, LIST_FANOUT_CONCURRENCY, MIN_PROGRESS_INTERVAL_MS };
 
@@ -113,19 +113,6 @@ export interface KvServiceHandle {
   close(): void;
 }
 
-/**
- * The revision a (sub-)watch of `group` starts at: after the revision the resume token names for
- * it; else `fromRevision`; else, when the token names other shards but not this one (a shard that
- * is new since the token was issued, or had not reported yet), 1: all its history is unseen; else
- * 0 (from now on).
- */
-function startRevision(group: number, fromRevision: number, resume: ReadonlyMap<number, number> | undefined): number {
-  const seen = resume?.get(group);
-  if (seen !== undefined) return seen + 1;
-  if (fromRevision > 0) return fromRevision;
-  return resume !== undefined && resume.size > 0 ? 1 : 0;
-}
-
 /** The lambda chain depth a write carries in `kv-hops` metadata (0 when absent or malformed). */
 function lambdaHopsOf(md: grpc.Metadata): number {
   const n = Number(metaString(md, META_HOPS) ?? '0');
@@ -141,21 +128,6 @@ function deadlineOf(call: { getDeadline(): grpc.Deadline }): number {
   return Number.isFinite(ms) ? ms : Infinity;
 }
 
-/** One shard's part of a Watch call: a local backend watch or a stream forwarded to a node that serves the shard. */
-interface SubWatch {
-  readonly group: number;
-  /** The revision it was asked to start at (0 = from now on). */
-  readonly start: number;
-  /** The highest revision of the shard fully seen so far (delivered or skipped); undefined until known. */
-  seen: number | undefined;
-  /** The sub-watch has sent at least one response (events or progress). */
-  reported: boolean;
-  /** The backend or upstream ended it by itself (nothing to cancel). */
-  ended: boolean;
-  handle?: WatchHandle;
-  upstream?: grpc.ClientReadableStream<WatchResponseMsg>;
-}
-
 type OpContext = RouteContext;
 
 class KvService implements KvServiceHandle {
@@ -165,7 +137,6 @@ class KvService implements KvServiceHandle {
   private readonly defaultDeadlineMs: number;
   private readonly maxInFlight: number;
   private readonly maxPendingWatch: number;
-  private readonly maxResponseBytes: number;
   private readonly adminTokens: AdminTokenCheck;
   private readonly maxWatchesPerConnection: number;
   /** Open client watches per connection (`call.getPeer()`). */
@@ -190,17 +161,12 @@ class KvService implements KvServiceHandle {
     this.defaultDeadlineMs = opts.defaultDeadlineMs ?? DEFAULT_CALL_DEADLINE_MS;
     this.maxInFlight = Math.max(1, opts.pipelineMaxInFlight ?? DEFAULT_PIPELINE_MAX_IN_FLIGHT);
     this.maxPendingWatch = Math.max(1, opts.watchMaxPendingResponses ?? DEFAULT_WATCH_MAX_PENDING_RESPONSES);
-    this.maxResponseBytes = this.coord.maxResponseBytes;
     this.adminTokens = new AdminTokenCheck(opts.adminToken);
     this.maxWatchesPerConnection = Math.max(1, opts.maxWatchesPerConnection ?? DEFAULT_MAX_WATCHES_PER_CONNECTION);
   }
 
   private get backend(): KvBackend {
     return this.coord.backend;
-  }
-
-  private get self(): string | undefined {
-    return this.coord.self;
   }
 
   get leaderHint(): string | undefined {
@@ -330,203 +296,20 @@ class KvService implements KvServiceHandle {
     const auth = this.adminOf(call.metadata);
     /** The client connection whose watch count this watch holds (released when it finishes). */
     let countedPeer: string | undefined;
-    /** Whether events of reserved keys are left out (the prefix only covers the reserved keyspace). */
-    let hideReserved = false;
-    let finished = false;
-    let multi = false;
-    /** The shard of a single-shard watch. */
-    let single: number | undefined;
-    let subs: SubWatch[] = [];
-    let lastRevision = 0;
-    let progressIntervalMs = 1000;
-    let createdSent = false;
-    let lastWriteMs = 0;
-    let lastToken: string | undefined;
-    const drainWaiters: Array<() => void> = [];
-    let drainArmed = false;
-
-    const token = (): string => {
-      const seen = new Map<number, number>();
-      for (const s of subs) if (s.seen !== undefined) seen.set(s.group, s.seen);
-      return encodeResumeToken(seen);
-    };
-    const streamMetadata = (): grpc.Metadata => this.responseMetadata(single, this.leaderHintOf(single));
-
-    const stopSub = (s: SubWatch): void => {
-      if (s.handle && !s.ended) {
-        try {
-          s.handle.cancel();
-        } catch (e) {
-          this.log.warn({ err: e }, 'watch cancel failed');
-        }
-      }
-      s.upstream?.cancel();
-    };
-    const finish = (status?: OpStatus): void => {
-      if (finished) return;
-      finished = true;
+    let watch: MergedWatch | undefined;
+    let closed = false;
+    /** Ends the call once: releases what the watch held, then ends the stream or fails it with `status`. */
+    const close = (status?: OpStatus): void => {
+      if (closed) return;
+      closed = true;
       this.closers.delete(onClose);
       if (countedPeer !== undefined) this.releaseWatch(countedPeer);
-      for (const s of subs) stopSub(s);
       if (call.cancelled) return;
-      if (status) call.emit('error', this.serviceError(status.inShard(single)));
-      else call.end(streamMetadata());
+      if (status) call.emit('error', this.serviceError(status));
+      else call.end(this.responseMetadata(watch?.single, this.leaderHintOf(watch?.single)));
     };
+    const finish = (status?: OpStatus): void => (watch ? watch.finish(status) : close(status));
     const onClose = (): void => finish(new OpStatus(grpc.status.UNAVAILABLE, 'server shutting down'));
-
-    const cancelWatch = (reason: string, compactRevision?: number): void => {
-      if (finished) return;
-      call.write({
-        canceled: true,
-        cancelReason: reason,
-        compactRevision: compactRevision ?? 0,
-        revision: multi ? 0 : lastRevision,
-        resumeToken: token(),
-      });
-      finish();
-    };
-    const write = (msg: WatchResponseMsg): void => {
-      if (finished) return;
-      call.write(msg);
-      lastWriteMs = Date.now();
-      lastToken = msg.resumeToken;
-      if (!multi && msg.revision !== undefined && msg.revision > lastRevision) lastRevision = msg.revision;
-      if (call.writableLength > this.maxPendingWatch) {
-        // The client is not reading: tell it to resume later; finish() stops the sub-watches
-        // (or, if a backend is still inside watch(), the check after it returns does).
-        cancelWatch(`watcher too slow: ${call.writableLength} responses unsent`);
-      }
-    };
-    const onDrain = (cb: () => void): void => {
-      if (!call.writableNeedDrain) {
-        queueMicrotask(cb);
-        return;
-      }
-      drainWaiters.push(cb);
-      if (!drainArmed) {
-        drainArmed = true;
-        call.once('drain', () => {
-          drainArmed = false;
-          for (const w of drainWaiters.splice(0)) w();
-        });
-      }
-    };
-    const writeProgress = (): void => write({ progressNotify: true, revision: 0, resumeToken: token() });
-    /** `s` has sent a response: the merged watch's first progress goes out once every shard has. */
-    const reported = (s: SubWatch): void => {
-      s.reported = true;
-      if (multi && !createdSent && subs.every((x) => x.reported)) {
-        createdSent = true;
-        writeProgress();
-      }
-    };
-    const onProgress = (s: SubWatch, revision: number): void => {
-      if (finished || s.ended) return;
-      s.seen = Math.max(s.seen ?? 0, revision);
-      if (!multi) {
-        s.reported = true;
-        write({ progressNotify: true, revision, resumeToken: token() });
-        return;
-      }
-      if (!createdSent) return reported(s);
-      s.reported = true;
-      const t = token();
-      if (t !== lastToken || Date.now() - lastWriteMs >= progressIntervalMs) write({ progressNotify: true, revision: 0, resumeToken: t });
-    };
-    const onEvents = (s: SubWatch, events: readonly KvEvent[], revision: number): void => {
-      if (finished || s.ended) return;
-      if (events.length === 0) return onProgress(s, revision);
-      // Puts, deletes and trigger puts alike; chunkEvents never splits a revision.
-      for (const r of chunkEvents(events, revision, this.maxResponseBytes, s.group)) {
-        s.seen = Math.max(s.seen ?? 0, r.revision!);
-        write({ ...r, resumeToken: token() });
-        if (finished) return;
-      }
-      reported(s);
-    };
-    const onCanceled = (s: SubWatch, reason: string, compactRevision: number | undefined): void => {
-      if (finished || s.ended) return;
-      s.ended = true;
-      cancelWatch(multi ? `shard ${s.group}: ${reason}` : reason, compactRevision);
-    };
-
-    // Besides the WatchSink methods, the sink reports back-pressure (`writable`/`onDrain`, optional
-    // capabilities a backend may use to stop feeding a watcher whose client is not reading).
-    const sinkOf = (s: SubWatch): WatchSink & { writable(): boolean; onDrain(cb: () => void): void } => ({
-      writable: () => !finished && !call.writableNeedDrain,
-      onDrain,
-      events: (events, revision) => {
-        try {
-          onEvents(s, hideReserved ? events.filter((e) => !isReservedKey(e.key)) : events, revision);
-        } catch (e) {
-          finish(this.toStatus(e, 'watch'));
-        }
-      },
-      progress: (revision) => onProgress(s, revision),
-      canceled: (reason, compactRevision) => onCanceled(s, reason, compactRevision),
-    });
-
-    const forwardSub = (s: SubWatch, req: WatchRequest, target: string): grpc.ClientReadableStream<WatchResponseMsg> => {
-      const md = new grpc.Metadata();
-      md.set(META_FORWARDED, String(hops + 1));
-      if (auth.authorization !== undefined) md.set(AUTHORIZATION_METADATA, auth.authorization);
-      this.log.debug({ target, group: s.group, hops: hops + 1 }, 'forwarding a watch');
-      const upReq: WatchRequestMsg = { prefix: req.prefix, fromRevision: s.start, progressIntervalMs: req.progressIntervalMs, shard: s.group };
-      const up = this.coord.stubs.kv(target).watch(upReq, md, {});
-      let paused = false;
-      up.on('data', (m: WatchResponseMsg) => {
-        if (finished || s.ended) return;
-        if (m.canceled) return onCanceled(s, m.cancelReason || 'canceled by the shard', m.compactRevision || undefined);
-        const events = hideReserved ? (m.events ?? []).filter((e) => !isReservedKey(e.key ?? '')) : (m.events ?? []);
-        if (events.length > 0) {
-          s.seen = Math.max(s.seen ?? 0, m.revision ?? 0);
-          write({ events: events.map((e) => ({ ...e, shard: s.group })), revision: m.revision ?? 0, resumeToken: token() });
-          reported(s);
-        } else onProgress(s, m.revision ?? 0);
-        if (!finished && !paused && call.writableNeedDrain) {
-          paused = true;
-          up.pause();
-          onDrain(() => {
-            paused = false;
-            up.resume();
-          });
-        }
-      });
-      up.on('error', (err: grpc.ServiceError) => {
-        if (finished || s.ended) return;
-        s.ended = true;
-        if (multi) cancelWatch(`shard ${s.group}: ${err.details}`, readKvMetadata(err.metadata).compactRevision);
-        else finish(this.coord.forwardFailure(err, target, s.group));
-      });
-      up.on('end', () => {
-        if (finished || s.ended) return;
-        s.ended = true;
-        if (multi) cancelWatch(`shard ${s.group}: the forwarded watch ended`);
-        else finish();
-      });
-      return up;
-    };
-
-    const open = (s: SubWatch, req: WatchRequest): void => {
-      const subReq: WatchRequest = { prefix: req.prefix, fromRevision: s.start, progressIntervalMs: req.progressIntervalMs, shard: s.group };
-      try {
-        const handle = this.backend.watch(subReq, sinkOf(s));
-        s.handle = handle;
-        if (finished && !s.ended) handle.cancel(); // finished while the backend was still inside watch()
-      } catch (e) {
-        if (finished) return;
-        if (e instanceof NotLeaderError && e.leaderAddress && hops < MAX_FORWARD_HOPS && e.leaderAddress !== this.self) {
-          this.coord.noteNotLeader(e.group ?? s.group, e);
-          s.upstream = forwardSub(s, req, e.leaderAddress);
-          return;
-        }
-        s.ended = true;
-        const status = this.toStatus(e, 'watch');
-        // E.g. CompactedRevisionError: OUT_OF_RANGE with kv-compact-revision.
-        if (!multi) return finish(status);
-        cancelWatch(`shard ${s.group}: ${status.message}`, status.fields.compactRevision);
-      }
-    };
 
     call.on('cancelled', () => finish());
     this.closers.add(onClose);
@@ -560,19 +343,24 @@ class KvService implements KvServiceHandle {
     } catch (e) {
       return finish(this.toStatus(e, 'watch'));
     }
-    hideReserved = hidesReservedKeys(req.prefix);
-    multi = groups.length > 1;
-    single = multi ? undefined : groups[0];
-    progressIntervalMs = req.progressIntervalMs;
-    subs = groups.map((group) => {
-      const start = startRevision(group, req.fromRevision, resume);
-      return { group, start, seen: start > 0 ? start - 1 : undefined, reported: false, ended: false };
-    });
-    call.sendMetadata(streamMetadata());
-    for (const s of subs) {
-      if (finished) break;
-      open(s, req);
-    }
+    const out: WatchOutput = {
+      write: (msg) => call.write(msg),
+      get writableLength() {
+        return call.writableLength;
+      },
+      get writableNeedDrain() {
+        return call.writableNeedDrain;
+      },
+      once: (event, fn) => call.once(event, fn),
+      close,
+    };
+    watch = new MergedWatch(
+      this.coord,
+      { req, groups, resume, hops, authorization: auth.authorization, hideReserved: hidesReservedKeys(req.prefix), maxPendingResponses: this.maxPendingWatch },
+      out,
+    );
+    call.sendMetadata(this.responseMetadata(watch.single, this.leaderHintOf(watch.single)));
+    watch.start();
   };
 
   /** Counts a new watch of connection `peer`; false (nothing counted) when it already has the most allowed. */
