@@ -72,7 +72,9 @@ import { invalid } from './op-status.js';
 /** Minimum watch progress interval passed to the backend. */
 export const MIN_PROGRESS_INTERVAL_MS = 10;
 
+/** The unary KV operations. */
 export type UnaryOp = 'put' | 'get' | 'delete' | 'trigger' | 'list' | 'txn';
+/** The wire request of each unary operation. */
 export type RequestOf<O extends UnaryOp> = {
   put: PutRequestMsg;
   get: GetRequestMsg;
@@ -81,6 +83,7 @@ export type RequestOf<O extends UnaryOp> = {
   list: ListRequestMsg;
   txn: TxnRequestMsg;
 }[O];
+/** The wire response of each unary operation. */
 export type ResponseOf<O extends UnaryOp> = {
   put: PutResponseMsg;
   get: GetResponseMsg;
@@ -90,20 +93,25 @@ export type ResponseOf<O extends UnaryOp> = {
   txn: TxnResponseMsg;
 }[O];
 
+/** The operations that write (only a shard's leader applies them). */
 export const WRITE_OPS: ReadonlySet<UnaryOp> = new Set<UnaryOp>(['put', 'delete', 'trigger', 'txn']);
 
+/** The empty value. */
 export const EMPTY = new Uint8Array(0);
 
+/** The consistency a request names (unset = linearizable); ValidationError for an unknown one. */
 export function toConsistency(c: unknown): Consistency {
   if (c === undefined || c === null || c === 'LINEARIZABLE' || c === 0) return 'linearizable';
   if (c === 'SERIALIZABLE' || c === 1) return 'serializable';
   throw new ValidationError('INVALID_ARGUMENT', `unknown consistency ${String(c)}`);
 }
 
+/** Whether an optional wire field is set. */
 export function isSet<T>(v: T | null | undefined): v is T {
   return v !== undefined && v !== null;
 }
 
+/** A Put request, checked (the value is copied: the received frame is not retained). */
 export function toPutRequest(m: PutRequestMsg): PutRequest {
   const key = checkKey(m.key);
   const value = new Uint8Array(checkValue(m.value ?? EMPTY)); // copy: do not retain the received frame
@@ -113,6 +121,7 @@ export function toPutRequest(m: PutRequestMsg): PutRequest {
     : { key, value, returnCurrentValue };
 }
 
+/** A Get request, checked (at most one of at_version and at_time_ms). */
 export function toGetRequest(m: GetRequestMsg): GetRequest {
   const key = checkKey(m.key);
   const consistency = toConsistency(m.consistency);
@@ -124,16 +133,19 @@ export function toGetRequest(m: GetRequestMsg): GetRequest {
   return { key, consistency };
 }
 
+/** A Delete request, checked. */
 export function toDeleteRequest(m: DeleteRequestMsg): DeleteRequest {
   const key = checkKey(m.key);
   return isSet(m.expectedVersion) ? { key, expectedVersion: checkUint(m.expectedVersion, 'expected_version') } : { key };
 }
 
+/** A Trigger request, checked (the value is copied). */
 export function toTriggerRequest(m: TriggerRequestMsg): TriggerRequest {
   const { key, value } = checkTrigger(m.key, m.value ?? EMPTY);
   return { key, value: new Uint8Array(value) }; // copy: do not retain the received frame
 }
 
+/** A List request, checked (limit clamped to the maximum; the page token decoded within the prefix). */
 export function toListRequest(m: ListRequestMsg): ListRequest {
   const prefix = checkPrefix(m.prefix ?? '');
   const limit = checkUint(m.limit ?? 0, 'limit');
@@ -181,6 +193,7 @@ export function toTxnRequest(m: TxnRequestMsg): TxnRequest {
   return { compares, writes };
 }
 
+/** A Watch request, checked (progress interval defaulted and floored at {@link MIN_PROGRESS_INTERVAL_MS}). */
 export function toWatchRequest(m: WatchRequestMsg): WatchRequest {
   const prefix = checkPrefix(m.prefix ?? '');
   const fromRevision = checkUint(m.fromRevision ?? 0, 'from_revision');
@@ -246,6 +259,7 @@ export function firstKeyOf(op: UnaryOp, m: object): string | undefined {
   return (m as { key?: string }).key;
 }
 
+/** The wire response of a put. */
 export function putResponse(r: PutResult): PutResponseMsg {
   if (r.succeeded) {
     return { succeeded: true, version: r.version, timestampMs: r.timestampMs, currentVersion: 0, revision: r.revision };
@@ -261,6 +275,7 @@ export function putResponse(r: PutResult): PutResponseMsg {
   return res;
 }
 
+/** The wire response of a get. */
 export function getResponse(r: GetResponse): GetResponseMsg {
   return {
     found: r.found,
@@ -271,14 +286,17 @@ export function getResponse(r: GetResponse): GetResponseMsg {
   };
 }
 
+/** The wire response of a delete. */
 export function deleteResponse(r: DeleteResult): DeleteResponseMsg {
   return { succeeded: r.succeeded, deleted: r.deleted, revision: r.revision, currentVersion: r.current?.version ?? 0 };
 }
 
+/** The wire response of a trigger. */
 export function triggerResponse(r: TriggerResponse): TriggerResponseMsg {
   return { revision: r.revision, timestampMs: r.timestampMs };
 }
 
+/** The wire response of a txn served by shard `shard`. */
 export function txnResponse(r: TxnResult, shard: number | undefined): TxnResponseMsg {
   return {
     succeeded: r.succeeded,
@@ -289,6 +307,7 @@ export function txnResponse(r: TxnResult, shard: number | undefined): TxnRespons
   };
 }
 
+/** Bytes counted per listed item or event besides its key and value. */
 export const ITEM_OVERHEAD_BYTES = 32;
 
 /** How many of `items` fit in `budget` bytes (at least one). */
@@ -303,6 +322,7 @@ export function fitting(items: readonly { key?: string; value?: Uint8Array }[], 
   return items.length;
 }
 
+/** The wire page of a backend page, cut to `budget` bytes (the next page token then names the last key sent). */
 export function listResponse(r: ListResponse, budget: number): ListResponseMsg {
   const n = fitting(r.items, budget);
   const items: KeyValueMsg[] = r.items
@@ -313,10 +333,12 @@ export function listResponse(r: ListResponse, budget: number): ListResponseMsg {
 }
 
 
+/** The bytes an event counts for in a watch response. */
 export function eventBytesOf(e: KvEvent): number {
   return Buffer.byteLength(e.key) + (e.value?.length ?? 0) + ITEM_OVERHEAD_BYTES;
 }
 
+/** The wire event of a backend event of shard `shard`. */
 export function eventMsg(e: KvEvent, shard: number): EventMsg {
   return {
     type: e.type === 'delete' ? 'DELETE' : e.type === 'trigger' ? 'TRIGGER' : 'PUT',
