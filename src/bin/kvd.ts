@@ -13,6 +13,7 @@ import { addAdminService } from '../server/admin-service.js';
 import { ensureConfiguredExtensions } from './configured-extensions.js';
 import { GrpcPeerTransport } from '../node/grpc-transport.js';
 import { kvdCredentials } from './kvd-tls.js';
+import { addHealthService } from '../server/health.js';
 import { NodeMetrics } from '../node/metrics.js';
 import { LevelEngine } from '../storage/kv-engine.js';
 import { addKvServices, createGrpcServer } from '../server/kv-service.js';
@@ -117,6 +118,14 @@ async function main(): Promise<void> {
   if (!creds.clientCertAuth) log.warn('the client API does not authenticate clients (no --tls-ca): anyone who reaches it may read and write data');
 
   const seedMap = cfg.join ? await fetchSeedMap(cfg.join, cfg.id, creds.clientDial, log) : undefined;
+  const self = seedMap?.members.find((m) => m.id === cfg.id);
+  if (self && (self.address !== cfg.listen || (self.peerAddress !== undefined && self.peerAddress !== cfg.advertisePeer))) {
+    // The others would dial addresses this process does not serve.
+    throw new Error(
+      `the cluster knows member ${cfg.id} as client ${self.address} / peer ${self.peerAddress ?? '-'}, but this node serves client ${cfg.listen} / peer ${cfg.advertisePeer ?? '-'}: ` +
+        'start it with those addresses (--listen, --peer-listen/--advertise-peer), or remove and re-add the member',
+    );
+  }
   const members = seedMap ? new Map(seedMap.members.map((m) => [m.id, m.address] as [number, string])) : cfg.peers;
   const peerAddresses = seedMap
     ? new Map(seedMap.members.map((m) => [m.id, m.peerAddress ?? m.address] as [number, string]))
@@ -174,6 +183,7 @@ async function main(): Promise<void> {
     coordinator,
     ...(cfg.adminToken ? { adminToken: cfg.adminToken } : {}),
   });
+  const health = addHealthService(server, () => node.readiness(), log);
   const port = await bind(server, cfg.listen, creds.clientServer);
   // The peer plane: Raft traffic only, on its own listener (mutual TLS unless --insecure-peers).
   const peerServer = cfg.peerListen !== undefined ? new grpc.Server(PEER_SERVER_OPTIONS) : undefined;
@@ -204,6 +214,7 @@ async function main(): Promise<void> {
     if (stopping) return;
     stopping = true;
     log.info({ signal }, 'stopping');
+    health.close();
     configured.stop();
     cluster.stop();
     services.close();
