@@ -20,6 +20,8 @@ import { addKvServices, createGrpcServer } from '../server/kv-service.js';
 import { ClusterAdmin } from '../node/cluster-admin.js';
 import { GrpcClusterProbe } from '../server/cluster-probe.js';
 import { routedLambdaKv } from '../server/lambda-kv.js';
+import { Coordinator } from '../coordinator/coordinator.js';
+import { PeerStubs } from '../coordinator/peer-stubs.js';
 import { ClusterStubClient } from '../wire/proto.js';
 import type { ClusterMap } from '../sharding/index.js';
 import type { Logger } from '../log.js';
@@ -150,9 +152,18 @@ async function main(): Promise<void> {
   node.observer = metrics.observer();
   metrics.watchTransport(transport);
   const server = createGrpcServer();
-  const probe = new GrpcClusterProbe({ selfId: cfg.id, selfStatus: () => node.status(), selfAddress: cfg.listen, credentials: creds.clientDial });
+  // One stub pool and one coordinator per node: the client API, the extension lambdas and the
+  // cluster probe all route through them.
+  const stubs = new PeerStubs({ credentials: creds.clientDial });
+  const coordinator = new Coordinator(metrics.meter(node), {
+    log,
+    selfAddress: cfg.listen,
+    leaderAddress: (g: number) => node.leaderAddress(g),
+    stubs,
+  });
+  const probe = new GrpcClusterProbe({ selfId: cfg.id, selfStatus: () => node.status(), stubs, coordinator });
   const cluster = new ClusterAdmin(node, probe, log.child({ component: 'cluster' }));
-  const lambdaKv = routedLambdaKv(node, { selfAddress: cfg.listen, credentials: creds.clientDial });
+  const lambdaKv = routedLambdaKv(coordinator);
   const extensions = new ExtensionManager(node, {
     dataDir: cfg.dataDir,
     log: log.child({ component: 'extensions' }),
@@ -169,11 +180,9 @@ async function main(): Promise<void> {
     },
   });
   addAdminService(server, adminBackend(node, extensions, cluster), { ...(cfg.adminToken ? { adminToken: cfg.adminToken } : {}), log });
-  const services = addKvServices(server, metrics.meter(node), {
+  const services = addKvServices(server, coordinator.backend, {
     log,
-    selfAddress: cfg.listen,
-    leaderAddress: (g: number) => node.leaderAddress(g),
-    forwardCredentials: creds.clientDial,
+    coordinator,
     ...(cfg.adminToken ? { adminToken: cfg.adminToken } : {}),
   });
   const health = addHealthService(server, () => node.readiness(), log);
@@ -213,6 +222,8 @@ async function main(): Promise<void> {
     services.close();
     lambdaKv.close();
     probe.close();
+    coordinator.close();
+    stubs.close();
     await extensions.stop().catch(() => {});
     server.forceShutdown();
     peerServer?.forceShutdown();
