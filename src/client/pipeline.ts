@@ -51,6 +51,10 @@ interface Lane {
   /** Waiting for the connection or for 'drain': requests queue in `backlog`. */
   blocked: boolean;
   backlog: PipelineRequestMsg[];
+  /** When the node last answered anything on this stream (ms since the epoch). */
+  lastHeardAt: number;
+  /** The liveness check of this stream, while repeatable ops wait on it. */
+  watchdog: NodeJS.Timeout | undefined;
 }
 
 interface PendingOp {
@@ -60,8 +64,6 @@ interface PendingOp {
   readonly timer: NodeJS.Timeout;
   /** Safe to send again: a read, or a write carrying a client session. */
   readonly repeatable: boolean;
-  /** Fires when the attempt on its stream has taken the attempt timeout (repeatable ops only). */
-  attemptTimer: NodeJS.Timeout | undefined;
   /** The stream it was sent on (undefined while waiting for the cluster map). */
   lane: Lane | undefined;
   /** Handed to the stream (it may have reached the server). */
@@ -241,7 +243,6 @@ export class KvPipeline {
         deadlineAt,
         timer,
         repeatable,
-        attemptTimer: undefined,
         lane: undefined,
         written: false,
         req: undefined,
@@ -332,7 +333,7 @@ export class KvPipeline {
     const gate = t.whenConnected(address, connectMs);
     const stream = t.kv(address).pipeline(t.kvMetadata(), {});
     // Until the connection is ready, ops wait in the backlog (never sent, so they can move elsewhere).
-    const lane: Lane = { address, stream, headers: false, blocked: gate !== true, backlog: [] };
+    const lane: Lane = { address, stream, headers: false, blocked: gate !== true, backlog: [], lastHeardAt: Date.now(), watchdog: undefined };
     this.lanes.set(address, lane);
     if (gate !== true) {
       void gate.then((ok) => {
@@ -353,12 +354,12 @@ export class KvPipeline {
       t.learn(md);
     });
     stream.on('data', (m: PipelineResponseMsg) => {
+      lane.lastHeardAt = Date.now();
       const id = m.id ?? 0;
       const op = this.pending.get(id);
       if (!op || op.lane !== lane) return; // timed out meanwhile
       this.pending.delete(id);
       clearTimeout(op.timer);
-      clearTimeout(op.attemptTimer);
       op.onResponse(m);
     });
     stream.on('error', () => undefined); // reported through 'status'
@@ -371,12 +372,7 @@ export class KvPipeline {
     const op = this.pending.get(id);
     if (!op) return; // timed out before it could be sent
     op.written = true;
-    const attemptMs = this.deps.transport.opts.attemptTimeoutMs ?? 0;
-    if (op.repeatable && attemptMs > 0 && op.deadlineAt - Date.now() > attemptMs) {
-      clearTimeout(op.attemptTimer);
-      op.attemptTimer = setTimeout(() => this.attemptTimedOut(id, op, lane), attemptMs);
-      op.attemptTimer.unref();
-    }
+    if (op.repeatable) this.watch(lane);
     const s = lane.stream;
     s.write(req);
     if (s.writableLength >= WRITE_WINDOW && s.writableNeedDrain) {
@@ -390,16 +386,35 @@ export class KvPipeline {
   }
 
   /**
-   * A repeatable op got no answer on `lane` within the attempt timeout: the node is suspect (new
-   * ops route around it) and the op runs again as a unary call, elsewhere, within its deadline.
+   * Stream liveness: while repeatable ops (reads, session writes) wait on `lane`, the node must
+   * answer something within the attempt timeout. Queueing behind other ops does not count against
+   * it (a busy node keeps answering); a node that answers nothing at all is suspect: new ops route
+   * around it and the waiting repeatable ops run again as unary calls, elsewhere, within their deadlines.
    */
-  private attemptTimedOut(id: number, op: PendingOp, lane: Lane): void {
-    if (this.pending.get(id) !== op || op.lane !== lane) return;
-    this.pending.delete(id);
-    clearTimeout(op.timer);
-    this.deps.transport.suspect(lane.address);
-    this.deps.router?.forgetAddress(lane.address);
-    op.retry(op.deadlineAt - Date.now());
+  private watch(lane: Lane): void {
+    const attemptMs = this.deps.transport.opts.attemptTimeoutMs ?? 0;
+    if (attemptMs <= 0 || lane.watchdog !== undefined) return;
+    const check = (): void => {
+      lane.watchdog = undefined;
+      if (this.lanes.get(lane.address) !== lane) return;
+      const waiting = [...this.pending].filter(([, op]) => op.lane === lane && op.repeatable && op.written);
+      if (waiting.length === 0) return;
+      const silentMs = Date.now() - lane.lastHeardAt;
+      if (silentMs < attemptMs) {
+        lane.watchdog = setTimeout(check, attemptMs - silentMs);
+        lane.watchdog.unref();
+        return;
+      }
+      this.deps.transport.suspect(lane.address);
+      this.deps.router?.forgetAddress(lane.address);
+      for (const [id, op] of waiting) {
+        this.pending.delete(id);
+        clearTimeout(op.timer);
+        op.retry(op.deadlineAt - Date.now());
+      }
+    };
+    lane.watchdog = setTimeout(check, attemptMs);
+    lane.watchdog.unref();
   }
 
   /** Writes the backlog of an unblocked stream until it blocks again. */
@@ -444,7 +459,6 @@ export class KvPipeline {
         continue;
       }
       clearTimeout(op.timer);
-      clearTimeout(op.attemptTimer);
       if (!op.written || connectionFailed || op.repeatable) op.retry(op.deadlineAt - now);
       else {
         const code = st.code === grpc.status.OK ? grpc.status.UNAVAILABLE : st.code;
@@ -461,7 +475,6 @@ export class KvPipeline {
     for (const l of lanes) l.stream.cancel();
     for (const op of this.pending.values()) {
       clearTimeout(op.timer);
-      clearTimeout(op.attemptTimer);
       op.reject(e);
     }
     this.pending.clear();

@@ -279,6 +279,7 @@ export class FakeCluster {
       call.sendMetadata(this.sharded ? kvMetadata({ mapEpoch: this.mapOf(node).epoch }) : new grpc.Metadata());
       call.on('data', (req: PipelineRequestMsg) => {
         node.calls.pipelineOp++;
+        if (this.frozen.has(node.id)) return; // never answered
         const op = req.op!;
         try {
           const { res } = this.keyed(node, op, req[op]!);

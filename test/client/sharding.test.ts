@@ -339,6 +339,24 @@ describe('attempt timeouts and suspect nodes', () => {
     expect(fc.node(1).calls.put).toBe(2);
   });
 
+  it('pipelined reads and session writes leave a stream whose node stops answering, after one attempt timeout', async () => {
+    const fc = await fakeCluster({ nodes: 3, shards: 1, replicas: 3 });
+    const group = fc.map.shards[0]!.group;
+    fc.leaders.set(group, 1);
+    const c = client(fc.nodes.map((n) => n.address), { attemptTimeoutMs: 300, defaultDeadlineMs: 5_000 });
+    const p = c.pipeline();
+    expect((await p.put('/a', 'v1')).succeeded).toBe(true); // the stream to node 1 is up
+    fc.frozen.add(1);
+    fc.leaders.set(group, 2);
+    const t0 = Date.now();
+    const [put, get] = await Promise.all([p.put('/a', 'v2'), p.get('/a')]);
+    expect(Date.now() - t0).toBeLessThan(2_000);
+    expect(put.succeeded).toBe(true);
+    expect(get.found).toBe(true);
+    expect(c.suspectNodes()).toEqual([fc.node(1).address]);
+    await p.close().catch(() => undefined);
+  });
+
   it('a write without a session is not sent twice: it waits on the frozen node until its deadline', async () => {
     const fc = await fakeCluster({ nodes: 3, shards: 1, replicas: 3 });
     const group = fc.map.shards[0]!.group;

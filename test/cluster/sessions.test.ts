@@ -66,8 +66,9 @@ describe('write sessions on a 3-process cluster', () => {
     expect(first.succeeded).toBe(true);
     expect(second).toEqual(first);
     const g = await call<GetResponseMsg>(f, 'get', { key: '/sess/a' });
+    // The repeat applied nothing: the key is still at the first write's version. (The shard's
+    // revision may have moved meanwhile: a fresh shard's leader writes its descriptor.)
     expect(g.version).toBe(first.version);
-    expect(g.revision).toBe(first.revision); // nothing else was applied by the repeat
     expect(await metric(cluster.node(leaderId).metricsPort, 'kvcascade_session_duplicate_writes_total')).toBeGreaterThanOrEqual(1);
 
     // The answer to this write is "lost" with its leader: the retry goes to whichever node leads next.
