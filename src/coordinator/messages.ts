@@ -227,7 +227,7 @@ export function guardKey(key: string, access: 'read' | 'write', admin: boolean):
 export function guardPrefix(prefix: string, shard: number | undefined, admin: boolean): void {
   if (shard === META_GROUP) {
     throw new ValidationError(
-      'PERMISSION_DENIED',
+      'RESERVED',
       `shard ${META_GROUP} is the metadata group (cluster map, extension registry): clients cannot list or watch it (use Cluster.GetShardMap and the Admin service)`,
     );
   }

@@ -47,7 +47,7 @@ export function classify(e: unknown): OpStatus | undefined {
   if (e instanceof OpStatus) return e;
   const s = (code: grpc.status, message: string, fields: KvMetadataFields = {}): OpStatus => new OpStatus(code, message, fields, { cause: e });
   // The reserved keyspace (refused here, or by the shard for a client-origin command): nothing was applied.
-  if (e instanceof ValidationError && e.code === 'PERMISSION_DENIED') return s(grpc.status.PERMISSION_DENIED, e.message, { retrySafe: true });
+  if (e instanceof ValidationError && e.code === 'RESERVED') return s(grpc.status.PERMISSION_DENIED, e.message, { retrySafe: true });
   // A write session's seq the shard no longer remembers: an earlier attempt may have applied.
   if (e instanceof ValidationError && e.code === 'SESSION_EXPIRED') return s(grpc.status.FAILED_PRECONDITION, e.message);
   if (e instanceof ValidationError) return s(grpc.status.INVALID_ARGUMENT, e.message, { retrySafe: true });

@@ -33,7 +33,7 @@ export type ValidationErrorCode =
   /** A shard descriptor write is malformed or older than the one in effect. */
   | 'INVALID_DESCRIPTOR'
   /** A client (or extension lambda) touched the reserved keyspace (`/_...`, `/ext/`), which only the cluster itself writes. */
-  | 'PERMISSION_DENIED'
+  | 'RESERVED'
   /**
    * A write's session sequence number is below what its session still remembers (acknowledged by
    * the client, dropped over the per-session bound): an earlier attempt may have applied and its

@@ -15,13 +15,13 @@ export function reservedKeyError(key: string, access: 'write' | 'read' = 'write'
     access === 'write'
       ? 'it is written only by the cluster itself'
       : 'clients cannot read it (dead letters under /_dlq/ are readable with the admin token)';
-  return new ValidationError('PERMISSION_DENIED', `key ${JSON.stringify(key)} is in ${RESERVED_KEYSPACE}; ${why}`);
+  return new ValidationError('RESERVED', `key ${JSON.stringify(key)} is in ${RESERVED_KEYSPACE}; ${why}`);
 }
 
 /** The PERMISSION_DENIED error for a client listing or watching `prefix`, which lies inside the reserved keyspace. */
 export function reservedPrefixError(prefix: string): ValidationError {
   return new ValidationError(
-    'PERMISSION_DENIED',
+    'RESERVED',
     `prefix ${JSON.stringify(prefix)} is in ${RESERVED_KEYSPACE}; clients cannot list or watch it (dead letters under /_dlq/ are readable with the admin token)`,
   );
 }

@@ -45,7 +45,7 @@ describe('proposal envelope', () => {
     const sm = new KvStateMachine();
     const p = decodeProposal(encodeProposal(1, { type: 'put', key: '/_dlq/e/1/x', value: new Uint8Array(1) }, 'client'));
     const out = sm.apply(1, p.timestampMs, p.command, p.origin);
-    expect(out.result.type === 'rejected' && out.result.error.code).toBe('PERMISSION_DENIED');
+    expect(out.result.type === 'rejected' && out.result.error.code).toBe('RESERVED');
     const q = decodeProposal(encodeProposal(1, { type: 'put', key: '/_dlq/e/1/x', value: new Uint8Array(1) }, 'system'));
     expect(sm.apply(2, q.timestampMs, q.command, q.origin).result.type).toBe('put');
   });

@@ -50,7 +50,7 @@ describe('client-origin commands on reserved keys', () => {
       ];
       for (const cmd of cmds) {
         const out = d.run(cmd, 'client');
-        expect(rejectedCode(out), `${cmd.type} ${key}`).toBe('PERMISSION_DENIED');
+        expect(rejectedCode(out), `${cmd.type} ${key}`).toBe('RESERVED');
         expect(out.events).toEqual([]);
         if (out.result.type === 'rejected') expect(out.result.error.message).toContain(JSON.stringify(key));
       }
@@ -71,7 +71,7 @@ describe('client-origin commands on reserved keys', () => {
     const owned = ['a', 'b', 'c', 'd', 'e', 'f'].map((k) => `/k/${k}`).filter((k) => d.m.owns(k));
     expect(owned.length).toBeGreaterThan(0);
     const attack = d.run({ type: 'put', key: SHARD_DESCRIPTOR_KEY, value: descriptor(1, Number.MAX_SAFE_INTEGER) }, 'client');
-    expect(rejectedCode(attack)).toBe('PERMISSION_DENIED');
+    expect(rejectedCode(attack)).toBe('RESERVED');
     expect(d.m.descriptor?.epoch).toBe(5);
     expect(d.m.descriptor?.index).toBe(0);
     for (const k of owned) expect(d.run({ type: 'put', key: k, value: b('v') }, 'client').result.type).toBe('put');
@@ -94,7 +94,7 @@ describe('client-origin commands on reserved keys', () => {
   it('applyEntry honours the origin too', () => {
     const m = new KvStateMachine();
     const data = encodeCommand({ type: 'put', key: '/_sys/x', value: b('x') });
-    expect(rejectedCode(m.applyEntry(1, 1, data, 'client'))).toBe('PERMISSION_DENIED');
+    expect(rejectedCode(m.applyEntry(1, 1, data, 'client'))).toBe('RESERVED');
     expect(m.applyEntry(2, 1, data, 'system').result.type).toBe('put');
     expect(m.applyEntry(3, 1, data).result.type).toBe('put');
   });

@@ -107,7 +107,7 @@ describe('client sessions: deduplication', () => {
   it('replays a rejection too (the command is never applied on a later attempt)', () => {
     const d = new Driver();
     const first = d.apply(put('/_sys/x', 'v'), ws(A, 1)).result;
-    expect(rejectedCode(first)).toBe('PERMISSION_DENIED');
+    expect(rejectedCode(first)).toBe('RESERVED');
     const again = d.apply(put('/_sys/x', 'v'), ws(A, 1));
     expect(again.duplicate).toBe(true);
     expect(again.result).toEqual(first);
@@ -414,7 +414,7 @@ function runModel(steps: readonly Step[], opts: KvStateMachineOptions, exact: bo
         expect(out.result).toEqual(prior);
       } else {
         expect(out.duplicate).toBeUndefined();
-        expect(code === undefined || code === 'PERMISSION_DENIED').toBe(true);
+        expect(code === undefined || code === 'RESERVED').toBe(true);
       }
     }
     if (out.duplicate) {
