@@ -18,7 +18,7 @@ import type { Command, CommandResult } from '../statemachine/types.js';
 import { isReservedKey, isShardLocalKey, prefixInReserved, shardsForPrefix, type ClusterMap } from '../sharding/index.js';
 import { reservedKeyError, reservedPrefixError } from '../statemachine/index.js';
 import { DEFAULT_MAX_HOPS, type ExtensionEvent } from './api.js';
-import { cursorKey, SYSTEM_PREFIX, WatchDispatcher, type DispatchHost, type DispatchStats, type DispatchWatch } from './dispatcher.js';
+import { attemptKey, cursorKey, decodeAttemptRecord, FAULT_DEFAULTS, SYSTEM_PREFIX, WatchDispatcher, type DispatchHost, type DispatchStats, type DispatchWatch } from './dispatcher.js';
 import { localLambdaKv } from './local-lambda-kv.js';
 import { packageDigest, PackageError, removeTree, unpackPackage, MAX_PACKAGE_BYTES, type PackageInfo } from './package.js';
 import {
@@ -125,6 +125,10 @@ export interface ExtensionManagerOptions {
    * revisions of this node's own replicas (every shard must be hosted here).
    */
   readonly shardRevisions?: ShardRevisions;
+  /** Runner-killing failures of one event before it is dead-lettered as `poison` (default 3). */
+  readonly poisonAttempts?: number;
+  /** Distinct nodes it may fail that way on before `poison` (default 2). */
+  readonly poisonNodes?: number;
 }
 
 /** One running dispatcher: one watch of one extension in one shard led here. */
@@ -183,6 +187,8 @@ export class ExtensionManager {
   private readonly adminOps = new Map<string, Promise<void>>();
   /** Names this manager in load claims (see {@link LoadClaim.loader}). */
   private readonly loaderId = randomBytes(8).toString('hex');
+  /** This process (a restarted node is another boot): tells a start that died with its node from one that lost the shard. */
+  private readonly bootId = randomBytes(8).toString('hex');
 
   constructor(
     private readonly node: KvNode,
@@ -420,6 +426,16 @@ export class ExtensionManager {
         const r = await this.node.execute(group, { type: 'put', key, value }, { deadlineMs: Date.now() + CALL_MS }, 'system');
         if (r.type === 'rejected') throw r.error;
       },
+      write: async (writes) => {
+        for (const w of writes) if (!isShardLocalKey(w.key)) throw new Error(`dispatcher wrote ${JSON.stringify(w.key)}, which is not a shard-local key`);
+        const r = await this.node.execute(
+          group,
+          { type: 'txn', compares: [], writes: writes.map((w) => (w.value ? { type: 'put' as const, key: w.key, value: w.value } : { type: 'delete' as const, key: w.key })) },
+          { deadlineMs: Date.now() + CALL_MS },
+          'system',
+        );
+        if (r.type === 'rejected') throw r.error;
+      },
       shard: group,
       maxHops: this.maxHops,
     };
@@ -429,16 +445,26 @@ export class ExtensionManager {
       w,
       (id, ev: ExtensionEvent, timeoutMs) => runner.invoke(id, ev, timeoutMs),
       host,
-      (ms, ok) => {
-        this.metrics.invocations.inc({ ...labels, outcome: ok ? 'ok' : 'error' });
-        this.metrics.latency.observe(labels, ms / 1000);
-        const total = sumStats(watchDeliveries(l, w.id).map((x) => x.dispatcher.stats));
-        this.metrics.backlog.set(labels, total?.backlog ?? d.stats.backlog);
-        this.metrics.deadLettered.set(labels, total?.deadLettered ?? d.stats.deadLettered);
+      {
+        invoked: (ms, failure) => {
+          this.metrics.invocations.inc({ ...labels, outcome: failure === undefined ? 'ok' : 'error' });
+          this.metrics.latency.observe(labels, ms / 1000);
+          const total = sumStats(watchDeliveries(l, w.id).map((x) => x.dispatcher.stats));
+          this.metrics.backlog.set(labels, total?.backlog ?? d.stats.backlog);
+          this.metrics.deadLettered.set(labels, total?.deadLettered ?? d.stats.deadLettered);
+        },
       },
       (msg) => this.opts.log.warn({ extension: name, prefix: w.prefix, group }, msg),
+      {
+        poisonAttempts: this.opts.poisonAttempts ?? FAULT_DEFAULTS.poisonAttempts,
+        poisonNodes: this.opts.poisonNodes ?? FAULT_DEFAULTS.poisonNodes,
+        armEveryInvocation: runner.mode === 'in-process',
+        node: this.node.id,
+        boot: this.bootId,
+      },
     );
     const saved = replica.sm.get(cursorKey(name, w));
+    const record = decodeAttemptRecord(replica.sm.get(attemptKey(name, w))?.value);
     const cursor = saved ? Number(dec.decode(saved.value)) || 0 : 0;
     // A watch starts in this shard where the extension was registered (it sees every change made
     // after `load` returned, whichever node leads the shard), or further on from the shard's
@@ -447,7 +473,7 @@ export class ExtensionManager {
     // cursors count). A shard created after the registration has no start point: from its start.
     const start = startRevisionOf(l.record, group) ?? (hasStartPoints(l.record) ? 0 : replica.sm.revision + 1);
     const registeredAt = Math.max(0, start - 1);
-    d.start(Math.max(cursor, registeredAt));
+    d.start(Math.max(cursor, registeredAt), record);
     l.deliveries.set(`${group}/${w.id}`, { group, replica, dispatcher: d });
   }
 
@@ -888,12 +914,13 @@ export class ExtensionManager {
    * are older than any later load's start points, and so ignored.
    */
   private async deleteCursors(name: string): Promise<void> {
-    const prefix = `${SYSTEM_PREFIX}cursor/${name}/`;
     for (const g of this.node.hostedGroups()) {
       if (g === META_GROUP || !this.node.replica(g)?.isLeader) continue;
       try {
-        const page = await this.node.list({ prefix, shard: g, keysOnly: true, consistency: 'linearizable', limit: 10_000 }, { deadlineMs: Date.now() + 10_000 });
-        for (const item of page.items) await this.node.execute(g, { type: 'delete', key: item.key }, { deadlineMs: Date.now() + 10_000 }, 'system');
+        for (const prefix of [`${SYSTEM_PREFIX}cursor/${name}/`, `${SYSTEM_PREFIX}attempt/${name}/`]) {
+          const page = await this.node.list({ prefix, shard: g, keysOnly: true, consistency: 'linearizable', limit: 10_000 }, { deadlineMs: Date.now() + 10_000 });
+          for (const item of page.items) await this.node.execute(g, { type: 'delete', key: item.key }, { deadlineMs: Date.now() + 10_000 }, 'system');
+        }
       } catch (e) {
         this.opts.log.warn({ extension: name, group: g, err: (e as Error).message }, 'could not delete delivery cursors after unload');
       }

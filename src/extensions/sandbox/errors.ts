@@ -19,12 +19,21 @@ export class ExtensionLoadError extends Error {
  * is the lambda's error (rebuilt from the worker: same name, message, code and stack).
  */
 export class LambdaError extends Error {
+  /**
+   * For a failure that brought the runner down: whether this invocation caused it. `true`: it
+   * did (it timed out, or was the only one running on the worker that died); `false`: it was
+   * collateral (in flight on a worker terminated for another invocation's timeout); undefined:
+   * unknown (several were running when the worker died: each of them is run alone next time).
+   */
+  culprit: boolean | undefined;
+
   constructor(
     readonly kind: LambdaErrorKind,
     message: string,
-    options?: { cause?: unknown },
+    options?: { cause?: unknown; culprit?: boolean },
   ) {
     super(message, options);
     this.name = 'LambdaError';
+    this.culprit = options?.culprit;
   }
 }

@@ -194,6 +194,14 @@ export class ExtensionRunner {
   private nextId = 1;
   private restartTimes: number[] = [];
   private readonly counters = { invocations: 0, errors: 0, timeouts: 0, workerRestarts: 0 };
+  /**
+   * Events (watch, shard, version, key) that were in flight, with others, on a worker that died:
+   * any of them may have killed it, so each runs alone next time (its outcome then says).
+   */
+  private readonly suspects = new Set<string>();
+  /** The suspect running (or about to run) alone; other invocations wait in `held`. */
+  private solo: { p: Pending; started: boolean } | undefined;
+  private held: Pending[] = [];
   private stopping: Promise<void> | undefined;
 
   private constructor(
@@ -301,8 +309,7 @@ export class ExtensionRunner {
     return new Promise<void>((resolve, reject) => {
       const p: Pending = { id: this.nextId++, watch, event, timeoutMs, resolve, reject, backend: undefined, timer: undefined };
       this.pending.set(p.id, p);
-      if (this.runState === 'ready') this.dispatch(p);
-      else this.queued.push(p);
+      this.dispatchOrHold(p);
     });
   }
 
@@ -369,6 +376,52 @@ export class ExtensionRunner {
     return `extension "${this.o.name}", watch ${p.watch.id} (${p.watch.prefix}), ${p.event.type} ${p.event.key}`;
   }
 
+  private identity(p: Pending): string {
+    return `${p.watch.id}|${p.event.shard}|${p.event.version}|${p.event.key}`;
+  }
+
+  /** Whether any invocation is running on the current backend. */
+  private busy(): boolean {
+    for (const q of this.pending.values()) if (q.backend !== undefined && q.backend === this.current) return true;
+    return false;
+  }
+
+  /** Dispatches `p` now, or holds it: while restarting, while a suspect runs alone, or until `p` (a suspect) can run alone. */
+  private dispatchOrHold(p: Pending): void {
+    if (this.runState !== 'ready') {
+      this.queued.push(p);
+      return;
+    }
+    if (this.solo) {
+      this.held.push(p);
+      return;
+    }
+    if (this.suspects.has(this.identity(p))) {
+      this.solo = { p, started: false };
+      this.startSoloIfIdle();
+      return;
+    }
+    this.dispatch(p);
+  }
+
+  private startSoloIfIdle(): void {
+    const s = this.solo;
+    if (!s || s.started || this.runState !== 'ready' || this.busy()) return;
+    if (!this.pending.has(s.p.id)) {
+      this.endSolo();
+      return;
+    }
+    s.started = true;
+    this.dispatch(s.p);
+  }
+
+  private endSolo(): void {
+    this.solo = undefined;
+    const h = this.held;
+    this.held = [];
+    for (const p of h) if (this.pending.has(p.id)) this.dispatchOrHold(p);
+  }
+
   private dispatch(p: Pending): void {
     const b = this.current!;
     p.backend = b;
@@ -387,6 +440,14 @@ export class ExtensionRunner {
   private settle(p: Pending, err?: LambdaError): void {
     if (!this.pending.delete(p.id)) return;
     clearTimeout(p.timer);
+    if (this.solo?.p === p) {
+      // It ran alone: its outcome is its own.
+      this.suspects.delete(this.identity(p));
+      this.solo = undefined;
+      queueMicrotask(() => {
+        if (!this.solo) this.endSolo();
+      });
+    } else if (this.solo && !this.solo.started) queueMicrotask(() => this.startSoloIfIdle());
     if (!err) {
       p.resolve();
       return;
@@ -408,18 +469,25 @@ export class ExtensionRunner {
     const b = p.backend!;
     const base = `${this.describe(p)}: lambda did not finish within ${p.timeoutMs} ms`;
     if (!b.canKill || b !== this.current || this.runState !== 'ready') {
-      this.settle(p, new LambdaError('timeout', b.canKill ? base : `${base} (in-process: it keeps running)`));
+      this.settle(p, new LambdaError('timeout', b.canKill ? base : `${base} (in-process: it keeps running)`, { culprit: true }));
       return;
     }
-    this.settle(p, new LambdaError('timeout', `${base}; the worker was terminated and is restarting`));
-    this.onDown(b, 'worker-crashed', `terminated because an invocation timed out (${this.describe(p)})`);
+    this.settle(p, new LambdaError('timeout', `${base}; the worker was terminated and is restarting`, { culprit: true }));
+    this.onDown(b, 'worker-crashed', `terminated because an invocation timed out (${this.describe(p)})`, true);
   }
 
-  /** Backend `b` died (or was condemned): fail its invocations and start a replacement. */
-  private onDown(b: Backend, kind: 'worker-crashed' | 'out-of-memory', message: string): void {
+  /**
+   * Backend `b` died (or was condemned): fail its invocations and start a replacement.
+   * `collateral`: it was terminated for another invocation (already settled), not by these.
+   */
+  private onDown(b: Backend, kind: 'worker-crashed' | 'out-of-memory', message: string, collateral = false): void {
     if (b !== this.current || this.runState !== 'ready') return;
-    for (const p of [...this.pending.values()]) {
-      if (p.backend === b) this.settle(p, new LambdaError(kind, `${this.describe(p)}: ${kind === 'out-of-memory' ? 'the worker ran out of memory' : 'the worker died'}: ${message}`));
+    const victims = [...this.pending.values()].filter((p) => p.backend === b);
+    const culprit = collateral ? false : victims.length === 1 ? true : undefined;
+    if (culprit === undefined) for (const p of victims) this.suspects.add(this.identity(p));
+    if (this.suspects.size > 10_000) this.suspects.clear();
+    for (const p of victims) {
+      this.settle(p, new LambdaError(kind, `${this.describe(p)}: ${kind === 'out-of-memory' ? 'the worker ran out of memory' : 'the worker died'}: ${message}`, culprit === undefined ? {} : { culprit }));
     }
     this.runState = 'restarting';
     this.log('warn', `extension worker down (${message}); restarting`, { kind });
@@ -456,7 +524,7 @@ export class ExtensionRunner {
           this.log('info', 'extension worker restarted', { restartsInLastMinute: this.restartTimes.length });
           const q = this.queued;
           this.queued = [];
-          for (const p of q) if (this.pending.has(p.id)) this.dispatch(p);
+          for (const p of q) if (this.pending.has(p.id)) this.dispatchOrHold(p);
           return;
         }
         problem = diff ?? 'the worker died right after initialize()';
