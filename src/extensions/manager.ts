@@ -129,6 +129,8 @@ export interface ExtensionManagerOptions {
   readonly poisonAttempts?: number;
   /** Distinct nodes it may fail that way on before `poison` (default 2). */
   readonly poisonNodes?: number;
+  /** Worker restarts of one extension within a minute before it pauses (default 30; see the runner's circuit breaker). */
+  readonly maxRestartsPerMinute?: number;
 }
 
 /** One running dispatcher: one watch of one extension in one shard led here. */
@@ -329,6 +331,7 @@ export class ExtensionManager {
       config: record.config,
       mode: record.inProcess ? 'in-process' : 'worker',
       resourceLimits: { maxOldGenerationSizeMb: this.opts.workerHeapMb ?? 256 },
+      ...(this.opts.maxRestartsPerMinute !== undefined ? { maxRestartsPerMinute: this.opts.maxRestartsPerMinute } : {}),
       host: this.hostServices(record.name),
     });
   }
