@@ -99,6 +99,23 @@ export function registerExtCommands(program: Command, ctx: ExtCommandContext): v
     });
 
   ext
+    .command('resume')
+    .description('resume a paused extension (circuit breaker open after repeated worker failures) at once on every node')
+    .argument('<name>')
+    .action(async (name: string) => {
+      const c = admin();
+      try {
+        const r = await c.resume(name);
+        if (ctx.json()) ctx.print({ name, ...r });
+        else if (!r.loaded) ctx.out.write(`kvctl: NOT_FOUND: extension ${name} is not loaded\n`);
+        else ctx.out.write(`resumed ${name}${r.wasPaused ? '' : ' (it was not paused on the metadata leader; every node was told)'}\n`);
+        if (!r.loaded) ctx.fail(1);
+      } finally {
+        c.close();
+      }
+    });
+
+  ext
     .command('unload')
     .description('stop an extension on every node and remove it from the registry')
     .argument('<name>')

@@ -53,6 +53,10 @@ export interface ExtensionNodeInfo {
   readonly invocations: number;
   readonly errors: number;
   readonly timeouts: number;
+  /** Circuit breaker: when the paused extension tries again (ms since the epoch; 0 = not paused). */
+  readonly retryAtMs: number;
+  /** Dead letters written by this node since it started (all watches). */
+  readonly deadLettered: number;
 }
 
 /** One Raft group as one node reports it (Cluster.Status): the client's status type. */
@@ -153,6 +157,8 @@ function fromStatus(s: Record<string, unknown>): ExtensionNodeInfo {
     invocations: Number(s.invocations),
     errors: Number(s.errors),
     timeouts: Number(s.timeouts),
+    retryAtMs: Number(s.retryAtMs ?? 0),
+    deadLettered: Number(s.deadLettered ?? 0),
   };
 }
 
@@ -331,6 +337,25 @@ export class AdminClient {
       for (let off = 0; off < tgz.length; off += UPLOAD_CHUNK) call.write({ chunk: Buffer.from(tgz.subarray(off, Math.min(tgz.length, off + UPLOAD_CHUNK))) });
       call.end();
     });
+  }
+
+  /** Resumes a paused extension on every node at once; resolves false when it is not loaded. */
+  async resume(name: string): Promise<{ loaded: boolean; wasPaused: boolean }> {
+    let target = await this.metaLeader();
+    for (let attempt = 0; ; attempt++) {
+      try {
+        const r = await this.unary<{ wasPaused?: boolean }>(target, 'resumeExtension', { name });
+        return { loaded: true, wasPaused: r.wasPaused === true };
+      } catch (e) {
+        if (e instanceof KvError && e.code === 'NOT_FOUND') return { loaded: false, wasPaused: false };
+        if (e instanceof KvError && e.code === 'UNAVAILABLE' && attempt < 5) {
+          await new Promise((r) => setTimeout(r, 200 * (attempt + 1)));
+          target = e.leader ?? (await this.metaLeader());
+          continue;
+        }
+        throw e;
+      }
+    }
   }
 
   /** Unloads an extension everywhere; resolves false when it was not loaded. */

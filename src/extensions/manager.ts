@@ -37,6 +37,7 @@ import {
   packagePrefix,
   parseRegistryKey,
   REGISTRY_PREFIX,
+  resumeKey,
   splitPackage,
   startRevisionOf,
   startRevisionsOf,
@@ -53,8 +54,11 @@ export interface ExtensionStatus {
   readonly name: string;
   readonly version: string;
   readonly generation: number;
-  readonly state: 'loading' | 'running' | 'failed' | 'unloaded';
+  /** `paused`: its circuit breaker is open (`error` says why and when it retries; events wait); `half-open`: one trial invocation runs. */
+  readonly state: 'loading' | 'running' | 'paused' | 'half-open' | 'failed' | 'unloaded';
   readonly error?: string;
+  /** When a paused extension tries again (ms since the epoch). */
+  readonly retryAtMs?: number;
   /** Whether this node currently delivers any of its events (it leads a shard its watches span). */
   readonly delivering: boolean;
   /** The data shards (groups) this node delivers its events for, ascending. */
@@ -131,6 +135,10 @@ export interface ExtensionManagerOptions {
   readonly poisonNodes?: number;
   /** Worker restarts of one extension within a minute before it pauses (default 30; see the runner's circuit breaker). */
   readonly maxRestartsPerMinute?: number;
+  /** First pause of the circuit breaker (ms, default 30 s; doubled after each failed half-open trial, up to `maxPauseMs`). */
+  readonly pauseMs?: number;
+  /** Longest pause of the circuit breaker (ms, default 10 min). */
+  readonly maxPauseMs?: number;
 }
 
 /** One running dispatcher: one watch of one extension in one shard led here. */
@@ -236,6 +244,7 @@ export class ExtensionManager {
           for (const e of events) {
             const parsed = parseRegistryKey(e.key);
             if (parsed?.isMeta) this.enqueue(() => this.reconcile(parsed.name));
+            else if (parsed && e.key === resumeKey(parsed.name) && e.type === 'put') this.resumeLocal(parsed.name);
           }
         },
         progress: () => {},
@@ -332,6 +341,8 @@ export class ExtensionManager {
       mode: record.inProcess ? 'in-process' : 'worker',
       resourceLimits: { maxOldGenerationSizeMb: this.opts.workerHeapMb ?? 256 },
       ...(this.opts.maxRestartsPerMinute !== undefined ? { maxRestartsPerMinute: this.opts.maxRestartsPerMinute } : {}),
+      ...(this.opts.pauseMs !== undefined ? { pauseMs: this.opts.pauseMs } : {}),
+      ...(this.opts.maxPauseMs !== undefined ? { maxPauseMs: this.opts.maxPauseMs } : {}),
       host: this.hostServices(record.name),
     });
   }
@@ -555,8 +566,38 @@ export class ExtensionManager {
 
   // ------------------------------------------------------------ status and admin
 
+  /** Closes `name`'s circuit breaker on this node; undefined when not loaded here. */
+  private resumeLocal(name: string): boolean | undefined {
+    const l = this.loaded.get(name);
+    if (!l) return undefined;
+    const was = l.runner?.resume() ?? false;
+    if (was) this.opts.log.info({ extension: name }, 'extension resumed by an operator');
+    return was;
+  }
+
+  /**
+   * Resumes a paused extension at once on every node (on the metadata leader): writes its resume
+   * key, which every node's registry watch acts on. Resolves whether it was paused here;
+   * undefined when it is not loaded.
+   */
+  async resume(name: string): Promise<boolean | undefined> {
+    validateExtensionName(name);
+    if (!this.records().some((r) => r.name === name)) return undefined;
+    const was = this.resumeLocal(name) ?? false;
+    await this.metaWrite({ type: 'put', key: resumeKey(name), value: enc.encode(String(Date.now())) });
+    return was;
+  }
+
   private statusOf(l: Loaded): ExtensionStatus {
     const st = l.runner?.stats();
+    const breaker = l.runner?.breaker();
+    let state: ExtensionStatus['state'] = l.state;
+    let error = l.error;
+    if (l.state === 'running' && breaker && breaker.state !== 'closed') {
+      state = breaker.state === 'open' ? 'paused' : 'half-open';
+      const at = breaker.retryAtMs !== undefined ? `, retry at ${new Date(breaker.retryAtMs).toISOString()}` : ', one trial invocation running';
+      error = `${breaker.reason ?? 'worker restarts'}${at}`;
+    }
     const watches = (l.runner?.watches ?? []).map((w) => {
       const byShard = watchDeliveries(l, w.id).map((d) => ({ shard: d.group, stats: { ...d.dispatcher.stats } }));
       return { prefix: w.prefix, mode: w.options.mode, stats: sumStats(byShard.map((x) => x.stats)), byShard };
@@ -567,8 +608,9 @@ export class ExtensionManager {
       name: l.record.name,
       version: l.record.version,
       generation: l.record.generation,
-      state: l.state,
-      ...(l.error ? { error: l.error } : {}),
+      state,
+      ...(error ? { error } : {}),
+      ...(breaker?.retryAtMs !== undefined && breaker.state === 'open' ? { retryAtMs: breaker.retryAtMs } : {}),
       delivering: shards.length > 0,
       shards,
       watches,

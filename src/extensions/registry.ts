@@ -60,6 +60,11 @@ export function nameFromPackage(pkgName: string): string {
   return validateExtensionName(pkgName.replace(/^@/, '').replace(/[/]/g, '-').toLowerCase().slice(0, 64));
 }
 
+/** Key an operator's `ext resume` writes (a timestamp): every node resumes its paused runner of `name` when it changes. */
+export function resumeKey(name: string): string {
+  return `${REGISTRY_PREFIX}${name}/resume`;
+}
+
 /** Key of an extension's record. */
 export function metaKey(name: string): string {
   return `${REGISTRY_PREFIX}${name}/meta`;

@@ -38,6 +38,8 @@ export interface AdminExtensionStatus {
   invocations: number;
   errors: number;
   timeouts: number;
+  retryAtMs?: number;
+  deadLettered?: number;
 }
 
 /** A pool to create, as the CreatePool RPC hands it to the backend (shapes checked, semantics not). */
@@ -71,6 +73,8 @@ export interface AdminBackend {
   removeMember(id: number, deadlineMs: number): Promise<{ epoch: number }>;
   load(tgz: Uint8Array, opts: { name?: string; config?: Record<string, unknown>; inProcess?: boolean }): Promise<AdminExtensionStatus>;
   unload(name: string): Promise<boolean>;
+  /** Resumes a paused extension on every node; resolves whether it was paused here, undefined when not loaded. */
+  resume?(name: string): Promise<boolean | undefined>;
   records(): AdminExtensionRecord[];
   statuses(): AdminExtensionStatus[];
 }
@@ -140,6 +144,8 @@ function statusToWire(nodeId: number, s: AdminExtensionStatus): Record<string, u
     invocations: s.invocations,
     errors: s.errors,
     timeouts: s.timeouts,
+    retryAtMs: s.retryAtMs ?? 0,
+    deadLettered: s.deadLettered ?? 0,
   };
 }
 
@@ -389,6 +395,17 @@ export function addAdminService(server: grpc.Server, backend: AdminBackend, opts
       if (!name) return cb(statusError(grpc.status.INVALID_ARGUMENT, 'extension name required'));
       backend.unload(name).then(
         (unloaded) => (unloaded ? cb(null, { unloaded }) : cb(statusError(grpc.status.NOT_FOUND, `extension ${name} is not loaded`))),
+        (e: unknown) => cb(failure(e)),
+      );
+    },
+    resumeExtension: (call: grpc.ServerUnaryCall<{ name?: string }, unknown>, cb: grpc.sendUnaryData<unknown>) => {
+      const denied = authorize(call.metadata) ?? notMetaLeader();
+      if (denied) return cb(denied);
+      const name = call.request.name ?? '';
+      if (!name) return cb(statusError(grpc.status.INVALID_ARGUMENT, 'extension name required'));
+      if (!backend.resume) return cb(statusError(grpc.status.UNIMPLEMENTED, 'this node cannot resume extensions'));
+      backend.resume(name).then(
+        (was) => (was === undefined ? cb(statusError(grpc.status.NOT_FOUND, `extension ${name} is not loaded`)) : cb(null, { wasPaused: was })),
         (e: unknown) => cb(failure(e)),
       );
     },

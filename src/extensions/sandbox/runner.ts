@@ -30,8 +30,19 @@ export interface RunnerOptions {
   resourceLimits?: { maxOldGenerationSizeMb?: number; maxYoungGenerationSizeMb?: number; stackSizeMb?: number };
   /** The node's services (store, log, metrics) lent to the extension. */
   host: HostServices;
-  /** Worker restarts allowed in any 60 s window before the runner gives up (state `failed`). */
+  /**
+   * Worker restarts allowed in any 60 s window; one more opens the circuit breaker: the runner
+   * pauses (state `paused`; invocations wait, none is rejected), tries again on its own after
+   * `pauseMs` (half-open: one invocation; success closes, failure pauses again for twice as
+   * long, up to `maxPauseMs`), or at once on `resume()`.
+   */
   maxRestartsPerMinute?: number;
+  /** First pause of the circuit breaker, in ms (doubled on each failed half-open trial). */
+  pauseMs?: number;
+  /** Longest pause of the circuit breaker, in ms. */
+  maxPauseMs?: number;
+  /** Told as things happen (metrics). */
+  observer?: RunnerObserver;
   /** Limit for import + `initialize()`, at start and at each restart, in ms. */
   initializeTimeoutMs?: number;
   /** Limit for the module's `shutdown()` during `stop()`, in ms. */
@@ -43,6 +54,16 @@ export interface RunnerOptions {
   nativeKvTimeoutMs?: number;
 }
 
+/** What a runner reports as it happens. */
+export interface RunnerObserver {
+  /** A worker restart began. */
+  restarted?(): void;
+  /** The breaker opened: invocations wait until `retryAtMs`. */
+  paused?(reason: string, retryAtMs: number): void;
+  /** The breaker closed again. */
+  resumed?(): void;
+}
+
 /** The defaults of `RunnerOptions`. */
 export const RUNNER_DEFAULTS = Object.freeze({
   mode: 'worker' as const,
@@ -50,6 +71,8 @@ export const RUNNER_DEFAULTS = Object.freeze({
   maxYoungGenerationSizeMb: 32,
   stackSizeMb: 4,
   maxRestartsPerMinute: 30,
+  pauseMs: 30_000,
+  maxPauseMs: 600_000,
   initializeTimeoutMs: 30_000,
   shutdownTimeoutMs: 5_000,
   nativeKvTimeoutMs: DEFAULT_SYNC_KV_TIMEOUT_MS,
@@ -61,7 +84,16 @@ export const RUNNER_DEFAULTS = Object.freeze({
  * done); invocations reject at once with kind `failed` until the node stops the runner.
  * `stopping`/`stopped`: `stop()` was called; invocations reject with kind `stopped`.
  */
-export type RunnerState = 'ready' | 'restarting' | 'failed' | 'stopping' | 'stopped';
+export type RunnerState = 'ready' | 'restarting' | 'paused' | 'failed' | 'stopping' | 'stopped';
+
+/** The circuit breaker: `closed` (normal), `open` (paused until `retryAtMs`), `half-open` (one trial invocation). */
+export interface BreakerStatus {
+  readonly state: 'closed' | 'open' | 'half-open';
+  readonly reason?: string;
+  readonly retryAtMs?: number;
+  /** Times it opened since it last closed. */
+  readonly opened: number;
+}
 
 /** Counters of one runner since it started. */
 export interface RunnerStats {
@@ -95,6 +127,9 @@ interface Resolved {
   limits: WorkerLimits;
   host: HostServices;
   maxRestartsPerMinute: number;
+  pauseMs: number;
+  maxPauseMs: number;
+  observer: RunnerObserver;
   initializeTimeoutMs: number;
   shutdownTimeoutMs: number;
   nativeKvTimeoutMs: number;
@@ -130,6 +165,9 @@ function resolveOptions(o: RunnerOptions): Resolved {
     },
     host: o.host,
     maxRestartsPerMinute: checkNumber('maxRestartsPerMinute', o.maxRestartsPerMinute, RUNNER_DEFAULTS.maxRestartsPerMinute, 0),
+    pauseMs: checkNumber('pauseMs', o.pauseMs, RUNNER_DEFAULTS.pauseMs, 1),
+    maxPauseMs: checkNumber('maxPauseMs', o.maxPauseMs, RUNNER_DEFAULTS.maxPauseMs, 1),
+    observer: o.observer ?? {},
     initializeTimeoutMs: checkNumber('initializeTimeoutMs', o.initializeTimeoutMs, RUNNER_DEFAULTS.initializeTimeoutMs, 1),
     shutdownTimeoutMs: checkNumber('shutdownTimeoutMs', o.shutdownTimeoutMs, RUNNER_DEFAULTS.shutdownTimeoutMs, 1),
     nativeKvTimeoutMs: checkNumber('nativeKvTimeoutMs', o.nativeKvTimeoutMs, RUNNER_DEFAULTS.nativeKvTimeoutMs, 1),
@@ -202,6 +240,13 @@ export class ExtensionRunner {
   /** The suspect running (or about to run) alone; other invocations wait in `held`. */
   private solo: { p: Pending; started: boolean } | undefined;
   private held: Pending[] = [];
+  /** Circuit breaker: times opened since it last closed, when it retries, its timer, the half-open trial. */
+  private opened = 0;
+  private retryAtMs: number | undefined;
+  private pauseTimer: NodeJS.Timeout | undefined;
+  /** Half-open: the restart after a pause succeeded; one invocation (the trial) runs, the others wait. */
+  private probing = false;
+  private trial: Pending | undefined;
   private stopping: Promise<void> | undefined;
 
   private constructor(
@@ -303,6 +348,7 @@ export class ExtensionRunner {
       return Promise.reject(new LambdaError('stopped', `extension "${this.o.name}" is stopped`));
     }
     if (this.runState === 'failed') {
+      // (Only when `maxRestartsPerMinute` is 0... never: a runner pauses instead; kept for safety.)
       this.counters.errors++;
       return Promise.reject(new LambdaError('failed', `extension "${this.o.name}" has failed: ${this.failure ?? 'unknown reason'}`));
     }
@@ -311,6 +357,55 @@ export class ExtensionRunner {
       this.pending.set(p.id, p);
       this.dispatchOrHold(p);
     });
+  }
+
+  /** The circuit breaker's state. */
+  breaker(): BreakerStatus {
+    if (this.runState === 'paused') return { state: 'open', ...(this.failure ? { reason: this.failure } : {}), ...(this.retryAtMs !== undefined ? { retryAtMs: this.retryAtMs } : {}), opened: this.opened };
+    if (this.probing) return { state: 'half-open', ...(this.failure ? { reason: this.failure } : {}), opened: this.opened };
+    return { state: 'closed', opened: this.opened };
+  }
+
+  /**
+   * Closes the breaker at once (operator's `ext resume`): a paused runner restarts its worker now
+   * with a fresh restart budget; a half-open one runs everything waiting. Resolves true when it
+   * was paused or half-open.
+   */
+  resume(): boolean {
+    if (this.runState === 'paused') {
+      clearTimeout(this.pauseTimer);
+      this.pauseTimer = undefined;
+      this.opened = 0;
+      this.restartTimes = [];
+      this.retryAtMs = undefined;
+      this.runState = 'restarting';
+      this.log('info', 'extension resumed by an operator: restarting its worker');
+      this.restartLoop(Promise.resolve()).catch((e: unknown) => this.enterPaused(`restart loop failed: ${errorMessage(e)}`));
+      return true;
+    }
+    if (this.probing) {
+      this.closeBreaker();
+      return true;
+    }
+    return false;
+  }
+
+  private closeBreaker(): void {
+    this.probing = false;
+    this.trial = undefined;
+    this.opened = 0;
+    this.failure = undefined;
+    this.retryAtMs = undefined;
+    this.restartTimes = [];
+    this.log('info', 'extension circuit breaker closed: delivering again');
+    try {
+      this.o.observer.resumed?.();
+    } catch {
+      // observers must not break the runner
+    }
+    const q = this.queued;
+    this.queued = [];
+    for (const p of q) if (this.pending.has(p.id)) this.dispatchOrHold(p);
   }
 
   /** Counters since start (see `RunnerStats`). */
@@ -331,6 +426,8 @@ export class ExtensionRunner {
   private async doStop(): Promise<void> {
     const wasReady = this.runState === 'ready';
     this.runState = 'stopping';
+    clearTimeout(this.pauseTimer);
+    this.probing = false;
     for (const p of [...this.pending.values()]) this.settle(p, new LambdaError('stopped', `extension "${this.o.name}" was stopped`));
     this.queued = [];
     const loading = this.loading;
@@ -392,6 +489,16 @@ export class ExtensionRunner {
       this.queued.push(p);
       return;
     }
+    if (this.probing) {
+      // Half-open: the first invocation is the trial; the others wait for its outcome.
+      if (this.trial) {
+        this.queued.push(p);
+        return;
+      }
+      this.trial = p;
+      this.dispatch(p);
+      return;
+    }
     if (this.solo) {
       this.held.push(p);
       return;
@@ -440,6 +547,11 @@ export class ExtensionRunner {
   private settle(p: Pending, err?: LambdaError): void {
     if (!this.pending.delete(p.id)) return;
     clearTimeout(p.timer);
+    if (this.trial === p) {
+      this.trial = undefined;
+      // The worker survived it (done, or the lambda threw): close. A crash or timeout pauses again (onDown).
+      if (!err || err.kind === 'threw') queueMicrotask(() => this.probing && this.closeBreaker());
+    }
     if (this.solo?.p === p) {
       // It ran alone: its outcome is its own.
       this.suspects.delete(this.identity(p));
@@ -490,23 +602,73 @@ export class ExtensionRunner {
       this.settle(p, new LambdaError(kind, `${this.describe(p)}: ${kind === 'out-of-memory' ? 'the worker ran out of memory' : 'the worker died'}: ${message}`, culprit === undefined ? {} : { culprit }));
     }
     this.runState = 'restarting';
-    this.log('warn', `extension worker down (${message}); restarting`, { kind });
     const killed = b.kill();
-    this.restartLoop(killed).catch((e: unknown) => this.enterFailed(`restart loop failed: ${errorMessage(e)}`));
+    if (this.probing) {
+      // The half-open trial (or whatever ran with it) brought the worker down again.
+      this.probing = false;
+      this.trial = undefined;
+      void killed.then(() => this.enterPaused(`${this.failure ?? 'worker restarts'}; the half-open trial failed too (${message})`));
+      return;
+    }
+    this.log('warn', `extension worker down (${message}); restarting`, { kind });
+    this.restartLoop(killed).catch((e: unknown) => this.enterPaused(`restart loop failed: ${errorMessage(e)}`));
   }
 
-  private async restartLoop(killed: Promise<void>): Promise<void> {
+  /** The breaker's pause before half-open trial number `opened`. */
+  private pauseFor(opened: number): number {
+    return Math.min(this.o.pauseMs * 2 ** Math.max(0, opened - 1), this.o.maxPauseMs);
+  }
+
+  /**
+   * Opens the breaker: no worker runs; invocations wait (queued, their timeouts not started)
+   * until a half-open trial after the pause, or `resume()`.
+   */
+  private enterPaused(reason: string): void {
+    if (this.runState !== 'restarting') return;
+    this.runState = 'paused';
+    this.opened++;
+    this.failure = reason;
+    const wait = this.pauseFor(this.opened);
+    this.retryAtMs = Date.now() + wait;
+    this.log('error', `extension paused: ${reason}; events wait, retry at ${new Date(this.retryAtMs).toISOString()}`, { reason, retryAtMs: this.retryAtMs });
+    try {
+      this.o.observer.paused?.(reason, this.retryAtMs);
+    } catch {
+      // ignore
+    }
+    this.pauseTimer = setTimeout(() => this.halfOpen(), wait);
+    this.pauseTimer.unref?.();
+  }
+
+  /** The pause is over: restart the worker once; it then runs one trial invocation. */
+  private halfOpen(): void {
+    if (this.runState !== 'paused') return;
+    this.pauseTimer = undefined;
+    this.runState = 'restarting';
+    this.probing = true;
+    this.restartTimes = [];
+    this.log('info', 'extension half-open: restarting its worker for one trial invocation');
+    this.restartLoop(Promise.resolve(), true).catch((e: unknown) => this.enterPaused(`restart loop failed: ${errorMessage(e)}`));
+  }
+
+  private async restartLoop(killed: Promise<void>, probe = false): Promise<void> {
     await killed;
     let failures = 0;
     while (this.runState === 'restarting') {
       const now = Date.now();
       this.restartTimes = this.restartTimes.filter((t) => now - t < 60_000);
-      if (this.restartTimes.length >= this.o.maxRestartsPerMinute) {
-        this.enterFailed(`more than ${this.o.maxRestartsPerMinute} worker restarts within a minute`);
+      if (probe ? failures > 0 : this.restartTimes.length >= this.o.maxRestartsPerMinute) {
+        this.probing = false;
+        this.enterPaused(probe ? `the half-open restart failed` : `more than ${this.o.maxRestartsPerMinute} worker restarts within a minute`);
         return;
       }
       this.restartTimes.push(now);
       this.counters.workerRestarts++;
+      try {
+        this.o.observer.restarted?.();
+      } catch {
+        // ignore
+      }
       const b = this.makeBackend();
       this.loading = b;
       let problem: string;
@@ -521,7 +683,7 @@ export class ExtensionRunner {
           this.loading = undefined;
           this.current = b;
           this.runState = 'ready';
-          this.log('info', 'extension worker restarted', { restartsInLastMinute: this.restartTimes.length });
+          this.log('info', probe ? 'extension worker restarted (half-open: one trial invocation)' : 'extension worker restarted', { restartsInLastMinute: this.restartTimes.length });
           const q = this.queued;
           this.queued = [];
           for (const p of q) if (this.pending.has(p.id)) this.dispatchOrHold(p);
@@ -540,13 +702,5 @@ export class ExtensionRunner {
     }
   }
 
-  private enterFailed(reason: string): void {
-    if (this.runState !== 'restarting') return;
-    this.runState = 'failed';
-    this.failure = reason;
-    const q = this.queued;
-    this.queued = [];
-    for (const p of q) this.settle(p, new LambdaError('failed', `${this.describe(p)}: extension has failed: ${reason}`));
-    this.log('error', `extension failed: ${reason}; invocations are refused until it is reloaded`, { reason });
-  }
+
 }

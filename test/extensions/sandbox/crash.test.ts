@@ -85,20 +85,49 @@ describe('worker runner: failures', () => {
     expect(host.value('/out/count')).toBe('3'); // counted by the fresh worker
   });
 
-  it("beyond maxRestartsPerMinute the runner fails and invokes reject quickly with 'failed'", async () => {
-    const { runner, host } = await start({ maxRestartsPerMinute: 1 });
+  it('beyond maxRestartsPerMinute the circuit breaker opens: invocations wait (none rejected), a half-open trial closes it', async () => {
+    const paused: number[] = [];
+    let resumed = 0;
+    const { runner, host } = await start({ maxRestartsPerMinute: 1, pauseMs: 400, observer: { paused: (_r, at) => paused.push(at), resumed: () => resumed++ } });
     expect((await rejection(runner.invoke(1, put('/in/exit'), 5000))).kind).toBe('worker-crashed');
     await runner.invoke(1, put('/in/echo'), 5000); // one restart allowed
     expect((await rejection(runner.invoke(1, put('/in/exit'), 5000))).kind).toBe('worker-crashed');
-    await waitFor(() => runner.state === 'failed');
+    await waitFor(() => runner.state === 'paused');
     expect(runner.failureReason).toContain('restarts within a minute');
-    const t0 = Date.now();
-    const e = await rejection(runner.invoke(1, put('/in/echo'), 5000));
-    expect(e.kind).toBe('failed');
-    expect(Date.now() - t0).toBeLessThan(50);
-    expect(host.logs.some((l) => l.level === 'error' && l.msg.includes('extension failed'))).toBe(true);
-    await runner.stop();
-    expect(runner.state).toBe('stopped');
+    const b = runner.breaker();
+    expect(b.state).toBe('open');
+    expect(b.retryAtMs).toBeGreaterThan(Date.now());
+    expect(paused).toHaveLength(1);
+    expect(host.logs.some((l) => l.level === 'error' && l.msg.includes('extension paused'))).toBe(true);
+    // Waits instead of failing; runs once the half-open trial closes the breaker.
+    let settled = false;
+    const waiting = runner.invoke(1, put('/in/echo', 'later'), 5000).then(() => (settled = true));
+    await new Promise((r) => setTimeout(r, 150));
+    expect(settled).toBe(false);
+    await waiting;
+    expect(host.value('/out/echo')).toBe('later');
+    await waitFor(() => runner.breaker().state === 'closed');
+    expect(resumed).toBe(1);
+    expect(runner.state).toBe('ready');
+  });
+
+  it('a failing half-open trial opens the breaker again for longer; resume() closes it at once', async () => {
+    const { runner } = await start({ maxRestartsPerMinute: 0, pauseMs: 300 });
+    expect((await rejection(runner.invoke(1, put('/in/exit'), 5000))).kind).toBe('worker-crashed');
+    await waitFor(() => runner.state === 'paused');
+    const first = runner.breaker();
+    // The trial crashes the worker again: paused for twice as long.
+    const trial = rejection(runner.invoke(1, put('/in/exit'), 5000));
+    expect((await trial).kind).toBe('worker-crashed');
+    await waitFor(() => runner.state === 'paused' && runner.breaker().opened === 2);
+    const second = runner.breaker();
+    expect(second.retryAtMs! - Date.now()).toBeGreaterThan(350);
+    expect(second.reason).toContain('half-open trial failed');
+    expect(first.opened).toBe(1);
+    expect(runner.resume()).toBe(true);
+    await runner.invoke(1, put('/in/echo', 'now'), 5000);
+    expect(runner.breaker().state).toBe('closed');
+    expect(runner.resume()).toBe(false);
   });
 
   it('a restart that registers different watches counts as a failed restart', async () => {
@@ -109,7 +138,7 @@ describe('worker runner: failures', () => {
     expect(runner.watches.map((w) => w.prefix)).toEqual(['/v1/']);
     host.set('/boot', '2');
     expect((await rejection(runner.invoke(1, put('/v1/crash'), 5000))).kind).toBe('worker-crashed');
-    await waitFor(() => runner.state === 'failed', 10_000);
+    await waitFor(() => runner.state === 'paused', 10_000);
     expect(host.logs.some((l) => l.msg.includes('watch 1 changed after the restart'))).toBe(true);
     expect(runner.stats().workerRestarts).toBe(2);
   });
