@@ -89,6 +89,24 @@ export function registerExtCommands(program: Command, ctx: ExtCommandContext): v
               String(s.workerRestarts),
             ]);
           }
+          if (nodes.length > 1) {
+            // Each node counts what it ran (kept across leader changes): the cluster's totals are their sum.
+            const all = (f: (x: (typeof nodes)[number]['watches'][number]) => number) => nodes.reduce((a, s) => a + s.watches.reduce((b, x) => b + f(x), 0), 0);
+            rows.push([
+              rec.name,
+              rec.version,
+              String(rec.generation),
+              'all',
+              '-',
+              '-',
+              '-',
+              String(all((x) => x.invocations)),
+              String(all((x) => x.errors)),
+              String(all((x) => x.deadLettered)),
+              String(all((x) => x.backlog)),
+              String(nodes.reduce((a, s) => a + s.workerRestarts, 0)),
+            ]);
+          }
           if (nodes.length === 0) rows.push([rec.name, rec.version, String(rec.generation), '-', 'no node reported', '-', '-', '-', '-', '-', '-', '-']);
         }
         ctx.out.write(ctx.formatTable(['NAME', 'VERSION', 'GEN', 'NODE', 'STATE', 'DELIVERING', 'WATCHES', 'INVOKED', 'ERRORS', 'DLQ', 'BACKLOG', 'RESTARTS'], rows));

@@ -157,6 +157,8 @@ export interface DispatchObserver {
   deadLettered(kind: string): void;
   /** An event failed and will be retried. */
   retried(): void;
+  /** An event was handled (delivered or dead-lettered): the cursor may pass it. */
+  delivered(): void;
 }
 
 const eventId = (revision: number, key: string): string => `${revision}\u0000${key}`;
@@ -591,6 +593,7 @@ export class WatchDispatcher {
     if (this.keyOwner.get(p.event.key) === p) this.keyOwner.delete(p.event.key);
     if (this.retryOwner.get(p.event.key) === p) this.retryOwner.delete(p.event.key);
     this.stats.delivered++;
+    this.observer.delivered?.();
     // Drop the handled prefix of the queue.
     while (this.queue.length > 0 && this.queue[0]!.done) this.queue.shift();
     this.updateCursor();

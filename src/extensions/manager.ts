@@ -68,11 +68,25 @@ export interface ExtensionStatus {
    * is the lowest of theirs, `lastLatencyMs` the highest), `byShard` has each one's own.
    */
   readonly watches: readonly { prefix: string; mode: string; stats: DispatchStats | undefined; byShard: readonly { shard: number; stats: DispatchStats }[] }[];
+  /** This node's counters since it started (kept across leader changes and reloads of the extension). */
   readonly workerRestarts: number;
   readonly invocations: number;
   readonly errors: number;
   readonly timeouts: number;
+  readonly deadLettered?: number;
 }
+
+/** An extension's counters on this node. */
+interface ExtTotals {
+  invocations: number;
+  errors: number;
+  timeouts: number;
+  workerRestarts: number;
+  deadLettered: number;
+}
+
+/** A watch's counters on this node. */
+type WatchTotals = Pick<DispatchStats, 'invocations' | 'errors' | 'retries' | 'deadLettered' | 'delivered'>;
 
 /** A write attempted deeper in a lambda chain than the hop limit allows. */
 export class HopLimitError extends Error {
@@ -186,12 +200,23 @@ export class ExtensionManager {
   private readonly maxHops: number;
   private readonly metrics: {
     invocations: Counter<'extension' | 'prefix' | 'outcome'>;
+    errors: Counter<'extension' | 'prefix' | 'kind'>;
+    timeouts: Counter<'extension' | 'prefix'>;
+    deadLetters: Counter<'extension' | 'prefix' | 'kind'>;
     latency: Histogram<'extension' | 'prefix'>;
     deadLettered: Gauge<'extension' | 'prefix'>;
     backlog: Gauge<'extension' | 'prefix'>;
     restarts: Gauge<'extension'>;
+    restartsTotal: Counter<'extension'>;
+    paused: Gauge<'extension'>;
   };
-  private readonly extMetrics = new Map<string, Counter | Histogram>();
+  private readonly extMetrics = new Map<string, { ext: string; metric: Counter | Histogram }>();
+  /**
+   * This node's counters per extension, kept across leader changes and reloads (dispatchers come
+   * and go with shard leadership; these do not), forgotten on unload: per watch (by
+   * `<id><prefix>`) and for the whole extension.
+   */
+  private readonly totals = new Map<string, { ext: ExtTotals; watches: Map<string, WatchTotals> }>();
   private reconciling = Promise.resolve();
   /** The last load or unload of each name on this node (they run one at a time). */
   private readonly adminOps = new Map<string, Promise<void>>();
@@ -216,9 +241,20 @@ export class ExtensionManager {
         buckets: [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5, 10],
         registers,
       }),
-      deadLettered: new Gauge({ name: 'kvcascade_extension_dead_lettered', help: 'Events sent to the dead-letter keys since this node started delivering', labelNames: ['extension', 'prefix'], registers }),
-      backlog: new Gauge({ name: 'kvcascade_extension_backlog', help: 'Events received and not yet handled', labelNames: ['extension', 'prefix'], registers }),
-      restarts: new Gauge({ name: 'kvcascade_extension_worker_restarts', help: 'Worker restarts (timeouts, crashes, out of memory)', labelNames: ['extension'], registers }),
+      errors: new Counter({ name: 'kvcascade_extension_errors_total', help: 'Failed lambda invocations by kind (threw, timeout, worker-crashed, out-of-memory...)', labelNames: ['extension', 'prefix', 'kind'], registers }),
+      timeouts: new Counter({ name: 'kvcascade_extension_timeouts_total', help: 'Lambda invocations that ran past their timeout', labelNames: ['extension', 'prefix'], registers }),
+      deadLetters: new Counter({ name: 'kvcascade_extension_dead_letters_total', help: 'Events written to the dead-letter keys by this node, by kind', labelNames: ['extension', 'prefix', 'kind'], registers }),
+      deadLettered: new Gauge({ name: 'kvcascade_extension_dead_lettered', help: 'Events sent to the dead-letter keys by this node since it started (updated as they are written)', labelNames: ['extension', 'prefix'], registers }),
+      backlog: new Gauge({
+        name: 'kvcascade_extension_backlog',
+        help: 'Events received and not yet handled (read at scrape time)',
+        labelNames: ['extension', 'prefix'],
+        registers,
+        collect: () => this.collectBacklog(),
+      }),
+      restarts: new Gauge({ name: 'kvcascade_extension_worker_restarts', help: 'Worker restarts (timeouts, crashes, out of memory) on this node since it started (updated as they happen)', labelNames: ['extension'], registers }),
+      restartsTotal: new Counter({ name: 'kvcascade_extension_worker_restarts_total', help: 'Worker restarts (timeouts, crashes, out of memory)', labelNames: ['extension'], registers }),
+      paused: new Gauge({ name: 'kvcascade_extension_paused', help: '1 while the extension is paused by its circuit breaker (0.5 half-open), else 0 (read at scrape time)', labelNames: ['extension'], registers, collect: () => this.collectPaused() }),
     };
   }
 
@@ -284,6 +320,7 @@ export class ExtensionManager {
       if (current) {
         await this.stopLoaded(current, true);
         this.loaded.delete(name);
+        await this.forgetMetrics(name);
         current.state = 'unloaded';
         this.settle(current, true);
         this.opts.log.info({ extension: name }, 'extension unloaded');
@@ -343,6 +380,14 @@ export class ExtensionManager {
       ...(this.opts.maxRestartsPerMinute !== undefined ? { maxRestartsPerMinute: this.opts.maxRestartsPerMinute } : {}),
       ...(this.opts.pauseMs !== undefined ? { pauseMs: this.opts.pauseMs } : {}),
       ...(this.opts.maxPauseMs !== undefined ? { maxPauseMs: this.opts.maxPauseMs } : {}),
+      observer: {
+        restarted: () => {
+          const t = this.totalsOf(record.name).ext;
+          t.workerRestarts++;
+          this.metrics.restartsTotal.inc({ extension: record.name });
+          this.metrics.restarts.set({ extension: record.name }, t.workerRestarts);
+        },
+      },
       host: this.hostServices(record.name),
     });
   }
@@ -461,11 +506,34 @@ export class ExtensionManager {
       host,
       {
         invoked: (ms, failure) => {
+          const t = this.totalsOf(name);
+          const wt = this.watchTotalsOf(name, w);
+          wt.invocations++;
+          t.ext.invocations++;
           this.metrics.invocations.inc({ ...labels, outcome: failure === undefined ? 'ok' : 'error' });
           this.metrics.latency.observe(labels, ms / 1000);
-          const total = sumStats(watchDeliveries(l, w.id).map((x) => x.dispatcher.stats));
-          this.metrics.backlog.set(labels, total?.backlog ?? d.stats.backlog);
-          this.metrics.deadLettered.set(labels, total?.deadLettered ?? d.stats.deadLettered);
+          if (failure !== undefined && failure !== 'stopped') {
+            wt.errors++;
+            t.ext.errors++;
+            this.metrics.errors.inc({ ...labels, kind: failure });
+            if (failure === 'timeout') {
+              t.ext.timeouts++;
+              this.metrics.timeouts.inc(labels);
+            }
+          }
+        },
+        retried: () => {
+          this.watchTotalsOf(name, w).retries++;
+        },
+        deadLettered: (kind) => {
+          const wt = this.watchTotalsOf(name, w);
+          wt.deadLettered++;
+          this.totalsOf(name).ext.deadLettered++;
+          this.metrics.deadLetters.inc({ ...labels, kind });
+          this.metrics.deadLettered.set(labels, wt.deadLettered);
+        },
+        delivered: () => {
+          this.watchTotalsOf(name, w).delivered++;
         },
       },
       (msg) => this.opts.log.warn({ extension: name, prefix: w.prefix, group }, msg),
@@ -552,19 +620,80 @@ export class ExtensionManager {
   private extMetric(ext: string, kind: 'counter' | 'histogram', metricName: string, help: string, op: MetricOp): void {
     if (!this.opts.registry) return;
     const safe = `kvcascade_ext_${ext.replace(/[^a-zA-Z0-9_]/g, '_')}_${metricName.replace(/[^a-zA-Z0-9_]/g, '_')}`;
-    let m = this.extMetrics.get(safe);
+    let m = this.extMetrics.get(safe)?.metric;
     if (!m) {
       m =
         kind === 'counter'
           ? new Counter({ name: safe, help: help || metricName, registers: [this.opts.registry] })
           : new Histogram({ name: safe, help: help || metricName, registers: [this.opts.registry], ...(op.buckets ? { buckets: op.buckets } : {}) });
-      this.extMetrics.set(safe, m);
+      this.extMetrics.set(safe, { ext, metric: m });
     }
     if (m instanceof Counter && op.inc !== undefined) m.inc(op.inc);
     if (m instanceof Histogram && op.observe !== undefined) m.observe(op.observe);
   }
 
   // ------------------------------------------------------------ status and admin
+
+  private totalsOf(name: string): { ext: ExtTotals; watches: Map<string, WatchTotals> } {
+    let t = this.totals.get(name);
+    if (!t) {
+      t = { ext: { invocations: 0, errors: 0, timeouts: 0, workerRestarts: 0, deadLettered: 0 }, watches: new Map() };
+      this.totals.set(name, t);
+    }
+    return t;
+  }
+
+  private watchTotalsOf(name: string, w: DispatchWatch): WatchTotals {
+    const t = this.totalsOf(name);
+    const k = `${w.id}${w.prefix}`;
+    let wt = t.watches.get(k);
+    if (!wt) {
+      wt = { invocations: 0, errors: 0, retries: 0, deadLettered: 0, delivered: 0 };
+      t.watches.set(k, wt);
+    }
+    return wt;
+  }
+
+  /** Scrape time: each watch's backlog, summed over the dispatchers running now. */
+  private collectBacklog(): void {
+    this.metrics.backlog.reset();
+    for (const l of this.loaded.values()) {
+      for (const w of l.runner?.watches ?? []) {
+        const live = sumStats(watchDeliveries(l, w.id).map((d) => d.dispatcher.stats));
+        this.metrics.backlog.set({ extension: l.record.name, prefix: w.prefix }, live?.backlog ?? 0);
+      }
+    }
+  }
+
+  private collectPaused(): void {
+    this.metrics.paused.reset();
+    for (const l of this.loaded.values()) {
+      const b = l.runner?.breaker();
+      this.metrics.paused.set({ extension: l.record.name }, b?.state === 'open' ? 1 : b?.state === 'half-open' ? 0.5 : 0);
+    }
+  }
+
+  /** An unloaded extension's series leave /metrics (its own metrics too), and its counters are forgotten. */
+  private async forgetMetrics(name: string): Promise<void> {
+    this.totals.delete(name);
+    const labelled = [this.metrics.invocations, this.metrics.errors, this.metrics.timeouts, this.metrics.deadLetters, this.metrics.latency, this.metrics.deadLettered, this.metrics.restarts, this.metrics.restartsTotal] as const;
+    for (const m of labelled) {
+      const seen = new Set<string>();
+      for (const v of (await (m as Counter).get()).values) {
+        if (v.labels.extension !== name) continue;
+        const { le: _le, ...labels } = v.labels as Record<string, string | number>;
+        const key = JSON.stringify(labels);
+        if (seen.has(key)) continue;
+        seen.add(key);
+        (m as Counter).remove(labels);
+      }
+    }
+    for (const [safe, x] of this.extMetrics) {
+      if (x.ext !== name) continue;
+      this.opts.registry?.removeSingleMetric(safe);
+      this.extMetrics.delete(safe);
+    }
+  }
 
   /** Closes `name`'s circuit breaker on this node; undefined when not loaded here. */
   private resumeLocal(name: string): boolean | undefined {
@@ -589,7 +718,6 @@ export class ExtensionManager {
   }
 
   private statusOf(l: Loaded): ExtensionStatus {
-    const st = l.runner?.stats();
     const breaker = l.runner?.breaker();
     let state: ExtensionStatus['state'] = l.state;
     let error = l.error;
@@ -598,12 +726,17 @@ export class ExtensionManager {
       const at = breaker.retryAtMs !== undefined ? `, retry at ${new Date(breaker.retryAtMs).toISOString()}` : ', one trial invocation running';
       error = `${breaker.reason ?? 'worker restarts'}${at}`;
     }
+    const totals = this.totalsOf(l.record.name);
     const watches = (l.runner?.watches ?? []).map((w) => {
       const byShard = watchDeliveries(l, w.id).map((d) => ({ shard: d.group, stats: { ...d.dispatcher.stats } }));
-      return { prefix: w.prefix, mode: w.options.mode, stats: sumStats(byShard.map((x) => x.stats)), byShard };
+      const live = sumStats(byShard.map((x) => x.stats));
+      const wt = this.watchTotalsOf(l.record.name, w);
+      // Counters: this node's since it started (kept across leader changes and reloads); backlog,
+      // cursor and latency: the dispatchers running now.
+      const stats: DispatchStats = { ...wt, backlog: live?.backlog ?? 0, cursor: live?.cursor ?? 0, lastLatencyMs: live?.lastLatencyMs ?? 0 };
+      return { prefix: w.prefix, mode: w.options.mode, stats, byShard };
     });
     const shards = [...new Set([...l.deliveries.values()].map((d) => d.group))].sort((a, b) => a - b);
-    this.metrics.restarts.set({ extension: l.record.name }, st?.workerRestarts ?? 0);
     return {
       name: l.record.name,
       version: l.record.version,
@@ -614,10 +747,11 @@ export class ExtensionManager {
       delivering: shards.length > 0,
       shards,
       watches,
-      workerRestarts: st?.workerRestarts ?? 0,
-      invocations: st?.invocations ?? 0,
-      errors: st?.errors ?? 0,
-      timeouts: st?.timeouts ?? 0,
+      workerRestarts: totals.ext.workerRestarts,
+      invocations: totals.ext.invocations,
+      errors: totals.ext.errors,
+      timeouts: totals.ext.timeouts,
+      deadLettered: totals.ext.deadLettered,
     };
   }
 
