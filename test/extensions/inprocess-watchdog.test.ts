@@ -12,6 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AdminClient } from '../../src/client/admin-client.js';
 import { KvClient } from '../../src/client/index.js';
 import { packFolder } from '../../src/extensions/package.js';
+import { main as kvctl } from '../../src/cli/kvctl.js';
 import { KvdCluster } from '../cluster/harness.js';
 
 const TOKEN = 'test-admin-token-0123456789';
@@ -23,7 +24,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 let cluster: KvdCluster;
 
 beforeAll(async () => {
-  cluster = await KvdCluster.start({ nodes: 3, tickMs: 50, electionTicks: 10, extraArgs: ['--admin-token-file', tokenFile, '--loop-block-kill-ms', '3000'] });
+  cluster = await KvdCluster.start({ nodes: 3, tickMs: 50, electionTicks: 10, extraArgs: ['--admin-token-file', tokenFile, '--loop-block-kill-ms', '3000', '--ext-max-restarts-per-minute', '2', '--ext-poison-attempts', '10'] });
 });
 
 afterAll(async () => {
@@ -43,6 +44,17 @@ async function until<T>(f: () => Promise<T | undefined>, ms = 30_000): Promise<T
     if (Date.now() > end) throw new Error('condition not met in time');
     await sleep(100);
   }
+}
+
+async function run(args: string[]): Promise<{ code: number; out: string; err: string }> {
+  let out = '';
+  let err = '';
+  const code = await kvctl(['--endpoints', cluster.endpoints.join(','), ...args], {
+    stdout: { write: (x: string) => (out += x) },
+    stderr: { write: (x: string) => (err += x) },
+    env: { KVCASCADE_ADMIN_TOKEN: TOKEN },
+  });
+  return { code, out, err };
 }
 
 describe('in-process lambda that never returns', () => {
@@ -95,5 +107,42 @@ describe('in-process lambda that never returns', () => {
       reader.close();
       admin.close();
     }
+  });
+
+  it('a crashing worker-mode extension pauses (kvctl ext ls says why and when), events wait, kvctl ext resume resumes it; /metrics counted it live', async () => {
+    const load = await run(['ext', 'load', 'test/extensions/fixtures/it-breaker']);
+    expect(load.code, load.err).toBe(0);
+    const c = cluster.client();
+    await c.put('/brk/x', '1');
+    const ls = await until(async () => {
+      const r = await run(['ext', 'ls']);
+      return /it-breaker.*paused: more than 2 worker restarts within a minute, retry at \d{4}-/.test(r.out) ? r.out : undefined;
+    });
+    expect(ls).toMatch(/\ball\b/); // the row summing the nodes
+    const leader = await cluster.waitForLeader();
+    const metrics = await (await fetch(`http://127.0.0.1:${cluster.node(leader).metricsPort}/metrics`)).text();
+    expect(metrics).toMatch(/kvcascade_extension_worker_restarts_total\{extension="it-breaker"\} [1-9]/);
+    expect(metrics).toMatch(/kvcascade_extension_paused\{extension="it-breaker"\} 1/);
+    expect(metrics).toMatch(/kvcascade_extension_errors_total\{[^}]*extension="it-breaker"[^}]*kind="worker-crashed"[^}]*\} [1-9]/);
+    const reader = new KvClient({ endpoints: cluster.endpoints, adminToken: TOKEN, defaultDeadlineMs: 5000 });
+    try {
+      expect((await reader.list('/_dlq/it-breaker/')).items).toEqual([]);
+    } finally {
+      reader.close();
+    }
+    await c.put('/brk-fixed', '1');
+    const t0 = Date.now();
+    const r = await run(['ext', 'resume', 'it-breaker']);
+    expect(r.code, r.err).toBe(0);
+    await until(async () => ((await c.get('/brk-done/brk/x')).found ? true : undefined));
+    expect(Date.now() - t0).toBeLessThan(15_000); // the pause was 30 s
+    const after = await until(async () => {
+      const x = await run(['--json', 'ext', 'ls']);
+      const doc = JSON.parse(x.out) as { statuses: { name: string; state: string }[] };
+      const mine = doc.statuses.filter((s) => s.name === 'it-breaker');
+      return mine.length === 3 && mine.every((s) => s.state === 'running') ? mine : undefined;
+    });
+    expect(after).toHaveLength(3);
+    expect((await run(['ext', 'resume', 'no-such-ext'])).code).not.toBe(0);
   });
 });
