@@ -125,7 +125,7 @@ export class ExtCluster {
    * runs the new generation; when it does, this also waits (a while) for every other node to
    * settle on it, so that the node delivering a shard runs it too.
    */
-  async load(folder: string, opts: { name?: string; config?: Record<string, unknown> } = {}) {
+  async load(folder: string, opts: { name?: string; config?: Record<string, unknown>; inProcess?: boolean } = {}) {
     const tgz = await packFolder(folder);
     const status = await (await this.metaManager()).load(tgz, opts);
     if (status.state === 'running') {

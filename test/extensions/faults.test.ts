@@ -20,6 +20,33 @@ afterAll(async () => {
 
 const letters = async (ext: string) => (await c.list(`/_dlq/${ext}/`)).map((x) => JSON.parse(x.value) as { kind: string; error: string; attempts: number; event: { key: string; version: number } });
 
+describe('what the attempt record costs', () => {
+  it('worker mode writes only cursors; in-process mode arms invocations in batches (measured)', async () => {
+    const n = 200;
+    const report: string[] = [];
+    const costs: Record<string, number> = {};
+    for (const mode of ['worker', 'in-process'] as const) {
+      const prefix = `/fast-${mode}/`;
+      const out = `/fast-out-${mode}`;
+      await c.load(`${FIX}/it-fast`, { name: `fast-${mode}`, config: { prefix, out }, inProcess: mode === 'in-process' });
+      await new Promise((r) => setTimeout(r, 500));
+      const sm = async () => (await c.leader(DATA_GROUP)).replica(DATA_GROUP)!.sm;
+      const rev0 = (await sm()).revision;
+      const t0 = Date.now();
+      for (let i = 0; i < n; i += 20) await Promise.all(Array.from({ length: 20 }, (_, j) => c.put(`${prefix}k${(i + j) % 20}`, String(i + j))));
+      await c.until(async () => ((await c.list(`${out}/`)).length === n ? true : undefined), 30_000);
+      const ms = Date.now() - t0;
+      await new Promise((r) => setTimeout(r, 600)); // the last cursor (and attempt record) writes
+      const system = (await sm()).revision - rev0 - 2 * n; // minus the client puts and the lambdas' puts
+      costs[mode] = system;
+      report.push(`${mode}: ${n} events in ${ms} ms, ${system} system writes (cursor + attempt record; ${(system / n).toFixed(2)} per event)`);
+    }
+    console.log(`attempt record cost: ${report.join('; ')}`);
+    expect(costs.worker!).toBeLessThan(n / 4);
+    expect(costs['in-process']!).toBeLessThanOrEqual(n + 10);
+  });
+});
+
 describe('poison pills', () => {
   it('an event that crashes its worker on every attempt is dead-lettered as poison after 3 attempts; later events are delivered', async () => {
     await c.load(`${FIX}/it-crasher`);
