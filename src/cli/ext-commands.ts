@@ -32,13 +32,21 @@ export function registerExtCommands(program: Command, ctx: ExtCommandContext): v
     .option('--name <name>', 'registry name (default: from package.json)')
     .option('--config <file>', 'JSON file handed to initialize() as ctx.config')
     .option('--in-process', 'run lambdas in the node thread (trusted, latency-critical; default: worker threads)')
-    .action(async (path: string, o: { name?: string; config?: string; inProcess?: boolean }) => {
+    .option('--max-restarts-per-minute <n>', 'worker restarts within a minute before the extension pauses (circuit breaker; default: the node\'s, 30)', (v: string) => Number(v))
+    .option('--pause-ms <ms>', 'first pause of the circuit breaker (doubled after each failed retry; default: the node\'s, 30000)', (v: string) => Number(v))
+    .action(async (path: string, o: { name?: string; config?: string; inProcess?: boolean; maxRestartsPerMinute?: number; pauseMs?: number }) => {
       const st = await stat(path);
       const tgz = st.isDirectory() ? await packFolder(path) : await readTarball(path);
       const config = o.config ? (JSON.parse(readFileSync(o.config, 'utf8')) as Record<string, unknown>) : {};
       const c = admin();
       try {
-        const r = await c.load(tgz, { ...(o.name ? { name: o.name } : {}), config, inProcess: o.inProcess ?? false });
+        const r = await c.load(tgz, {
+          ...(o.name ? { name: o.name } : {}),
+          config,
+          inProcess: o.inProcess ?? false,
+          ...(o.maxRestartsPerMinute !== undefined ? { maxRestartsPerMinute: o.maxRestartsPerMinute } : {}),
+          ...(o.pauseMs !== undefined ? { pauseMs: o.pauseMs } : {}),
+        });
         if (ctx.json()) ctx.print(r);
         else {
           ctx.out.write(

@@ -23,6 +23,9 @@ export interface ExtensionRecordInfo {
   readonly config: Record<string, unknown>;
   readonly native: string;
   readonly inProcess: boolean;
+  /** Circuit breaker limits given at load (0 = the node's defaults). */
+  readonly maxRestartsPerMinute: number;
+  readonly pauseMs: number;
   readonly loadedAtMs: number;
 }
 
@@ -37,6 +40,17 @@ export interface ExtensionWatchInfo {
   readonly backlog: number;
   readonly cursor: number;
   readonly lastLatencyMs: number;
+}
+
+/** How to load an extension (see `kvctl ext load`). */
+export interface LoadExtensionOptions {
+  name?: string;
+  config?: Record<string, unknown>;
+  inProcess?: boolean;
+  /** Circuit breaker: worker restarts within a minute before it pauses (default: the node's). */
+  maxRestartsPerMinute?: number;
+  /** Circuit breaker: first pause in ms (default: the node's). */
+  pauseMs?: number;
 }
 
 /** One node's view of one extension. */
@@ -128,6 +142,8 @@ function fromRecord(r: Record<string, unknown>): ExtensionRecordInfo {
     size: Number(r.size),
     config,
     native: String(r.native ?? ''),
+    maxRestartsPerMinute: Number(r.maxRestartsPerMinute ?? 0),
+    pauseMs: Number(r.pauseMs ?? 0),
     inProcess: Boolean(r.inProcess),
     loadedAtMs: Number(r.loadedAtMs),
   };
@@ -306,7 +322,7 @@ export class AdminClient {
   }
 
   /** Uploads a package (.tgz bytes); resolves once the receiving node has loaded it. */
-  async load(tgz: Uint8Array, o: { name?: string; config?: Record<string, unknown>; inProcess?: boolean } = {}): Promise<{ record: ExtensionRecordInfo | undefined; status: ExtensionNodeInfo }> {
+  async load(tgz: Uint8Array, o: LoadExtensionOptions = {}): Promise<{ record: ExtensionRecordInfo | undefined; status: ExtensionNodeInfo }> {
     let target = await this.metaLeader();
     for (let attempt = 0; ; attempt++) {
       try {
@@ -323,7 +339,7 @@ export class AdminClient {
     }
   }
 
-  private upload(address: string, tgz: Uint8Array, o: { name?: string; config?: Record<string, unknown>; inProcess?: boolean }): Promise<{ record: ExtensionRecordInfo | undefined; status: ExtensionNodeInfo }> {
+  private upload(address: string, tgz: Uint8Array, o: LoadExtensionOptions): Promise<{ record: ExtensionRecordInfo | undefined; status: ExtensionNodeInfo }> {
     return new Promise((resolve, reject) => {
       const call = (this.stub(address).loadExtension as (md: grpc.Metadata, o: grpc.CallOptions, cb: (e: grpc.ServiceError | null, r?: { record?: Record<string, unknown>; status?: Record<string, unknown> }) => void) => grpc.ClientWritableStream<unknown>)(
         this.md(),
@@ -333,7 +349,7 @@ export class AdminClient {
           resolve({ record: r?.record ? fromRecord(r.record) : undefined, status: fromStatus(r?.status ?? {}) });
         },
       );
-      call.write({ header: { name: o.name ?? '', configJson: JSON.stringify(o.config ?? {}), inProcess: o.inProcess ?? false, size: tgz.length } });
+      call.write({ header: { name: o.name ?? '', configJson: JSON.stringify(o.config ?? {}), inProcess: o.inProcess ?? false, size: tgz.length, maxRestartsPerMinute: o.maxRestartsPerMinute ?? 0, pauseMs: o.pauseMs ?? 0 } });
       for (let off = 0; off < tgz.length; off += UPLOAD_CHUNK) call.write({ chunk: Buffer.from(tgz.subarray(off, Math.min(tgz.length, off + UPLOAD_CHUNK))) });
       call.end();
     });

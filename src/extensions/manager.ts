@@ -76,6 +76,17 @@ export interface ExtensionStatus {
   readonly deadLettered?: number;
 }
 
+/** How to load an extension. */
+export interface LoadOptions {
+  name?: string;
+  config?: Record<string, unknown>;
+  inProcess?: boolean;
+  /** Worker restarts within a minute before it pauses (circuit breaker); default: the node's (30). */
+  maxRestartsPerMinute?: number;
+  /** The circuit breaker's first pause in ms; default: the node's (30 s). */
+  pauseMs?: number;
+}
+
 /** An extension's counters on this node. */
 interface ExtTotals {
   invocations: number;
@@ -377,8 +388,8 @@ export class ExtensionManager {
       config: record.config,
       mode: record.inProcess ? 'in-process' : 'worker',
       resourceLimits: { maxOldGenerationSizeMb: this.opts.workerHeapMb ?? 256 },
-      ...(this.opts.maxRestartsPerMinute !== undefined ? { maxRestartsPerMinute: this.opts.maxRestartsPerMinute } : {}),
-      ...(this.opts.pauseMs !== undefined ? { pauseMs: this.opts.pauseMs } : {}),
+      ...((record.maxRestartsPerMinute ?? this.opts.maxRestartsPerMinute) !== undefined ? { maxRestartsPerMinute: record.maxRestartsPerMinute ?? this.opts.maxRestartsPerMinute } : {}),
+      ...((record.pauseMs ?? this.opts.pauseMs) !== undefined ? { pauseMs: record.pauseMs ?? this.opts.pauseMs } : {}),
       ...(this.opts.maxPauseMs !== undefined ? { maxPauseMs: this.opts.maxPauseMs } : {}),
       observer: {
         restarted: () => {
@@ -791,7 +802,11 @@ export class ExtensionManager {
    * {@link LoadConflictError} until released or expired; one held by another node (which lost the
    * metadata leadership mid-load) is taken over at once, and that load fails should it go on.
    */
-  async load(tgz: Uint8Array, opts: { name?: string; config?: Record<string, unknown>; inProcess?: boolean }): Promise<ExtensionStatus> {
+  async load(tgz: Uint8Array, opts: LoadOptions): Promise<ExtensionStatus> {
+    for (const [k, min] of [['maxRestartsPerMinute', 0], ['pauseMs', 1]] as const) {
+      const v = opts[k];
+      if (v !== undefined && (!Number.isSafeInteger(v) || v < min || v > 2 ** 31 - 1)) throw new PackageError(`${k} must be an integer >= ${min} (got ${String(v)})`);
+    }
     if (tgz.length > MAX_PACKAGE_BYTES) throw new PackageError(`package is larger than ${MAX_PACKAGE_BYTES} bytes`);
     const staging = join(this.stagingRoot(), randomBytes(6).toString('hex'));
     let info: PackageInfo;
@@ -848,7 +863,7 @@ export class ExtensionManager {
    * the claim (the commit point). Anything failing before the commit deletes the chunks written
    * and releases the claim. Resolves with this node's status once the generation loaded here.
    */
-  private async register(name: string, info: PackageInfo, tgz: Uint8Array, opts: { config?: Record<string, unknown>; inProcess?: boolean }): Promise<ExtensionStatus> {
+  private async register(name: string, info: PackageInfo, tgz: Uint8Array, opts: LoadOptions): Promise<ExtensionStatus> {
     const claim = await this.claimGeneration(name);
     const generation = claim.generation;
     /** 'no': not committed (clean up); 'unknown': the commit's outcome is unknown (leave the chunks); 'yes'. */
@@ -882,6 +897,8 @@ export class ExtensionManager {
         config: opts.config ?? {},
         ...(info.native ? { native: info.native } : {}),
         ...(opts.inProcess ? { inProcess: true } : {}),
+        ...(opts.maxRestartsPerMinute !== undefined ? { maxRestartsPerMinute: opts.maxRestartsPerMinute } : {}),
+        ...(opts.pauseMs !== undefined ? { pauseMs: opts.pauseMs } : {}),
         loadedAtMs: Date.now(),
       };
       waiting = this.waitFor(name, generation);

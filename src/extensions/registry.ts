@@ -30,6 +30,10 @@ export interface ExtensionRecord {
   readonly native?: string;
   /** Run lambdas in the node's own thread (trusted, latency-critical). Default false: worker threads. */
   readonly inProcess?: boolean;
+  /** Worker restarts within a minute before the extension pauses (circuit breaker); default: the node's. */
+  readonly maxRestartsPerMinute?: number;
+  /** The circuit breaker's first pause (ms); default: the node's. */
+  readonly pauseMs?: number;
   readonly loadedAtMs: number;
   /**
    * Legacy (single data shard): revision + 1 of data shard 1 when the extension was first

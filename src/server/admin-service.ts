@@ -18,6 +18,8 @@ export interface AdminExtensionRecord {
   config: Record<string, unknown>;
   native?: string;
   inProcess?: boolean;
+  maxRestartsPerMinute?: number;
+  pauseMs?: number;
   loadedAtMs: number;
 }
 
@@ -71,7 +73,7 @@ export interface AdminBackend {
   addMember(id: number, address: string, deadlineMs: number, peerAddress?: string): Promise<{ epoch: number }>;
   /** Starts removing a member (its replicas move away first). */
   removeMember(id: number, deadlineMs: number): Promise<{ epoch: number }>;
-  load(tgz: Uint8Array, opts: { name?: string; config?: Record<string, unknown>; inProcess?: boolean }): Promise<AdminExtensionStatus>;
+  load(tgz: Uint8Array, opts: { name?: string; config?: Record<string, unknown>; inProcess?: boolean; maxRestartsPerMinute?: number; pauseMs?: number }): Promise<AdminExtensionStatus>;
   unload(name: string): Promise<boolean>;
   /** Resumes a paused extension on every node; resolves whether it was paused here, undefined when not loaded. */
   resume?(name: string): Promise<boolean | undefined>;
@@ -115,6 +117,8 @@ function recordToWire(r: AdminExtensionRecord): Record<string, unknown> {
     configJson: JSON.stringify(r.config ?? {}),
     native: r.native ?? '',
     inProcess: r.inProcess ?? false,
+    maxRestartsPerMinute: r.maxRestartsPerMinute ?? 0,
+    pauseMs: r.pauseMs ?? 0,
     loadedAtMs: r.loadedAtMs,
   };
 }
@@ -337,7 +341,7 @@ export function addAdminService(server: grpc.Server, backend: AdminBackend, opts
         cb(denied);
         return;
       }
-      let header: { name?: string; configJson?: string; inProcess?: boolean; size?: number } | undefined;
+      let header: { name?: string; configJson?: string; inProcess?: boolean; size?: number; maxRestartsPerMinute?: number; pauseMs?: number | string } | undefined;
       const parts: Buffer[] = [];
       let size = 0;
       let failed = false;
@@ -379,7 +383,13 @@ export function addAdminService(server: grpc.Server, backend: AdminBackend, opts
           }
         }
         backend
-          .load(new Uint8Array(Buffer.concat(parts)), { ...(header.name ? { name: header.name } : {}), config, inProcess: header.inProcess ?? false })
+          .load(new Uint8Array(Buffer.concat(parts)), {
+            ...(header.name ? { name: header.name } : {}),
+            config,
+            inProcess: header.inProcess ?? false,
+            ...(header.maxRestartsPerMinute ? { maxRestartsPerMinute: Number(header.maxRestartsPerMinute) } : {}),
+            ...(header.pauseMs && Number(header.pauseMs) > 0 ? { pauseMs: Number(header.pauseMs) } : {}),
+          })
           .then((status) => {
             if (status.state === 'failed') return fail(statusError(grpc.status.FAILED_PRECONDITION, status.error ?? 'extension failed to load'));
             const record = backend.records().find((r) => r.name === status.name);

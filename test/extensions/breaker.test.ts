@@ -62,4 +62,23 @@ describe('circuit breaker', () => {
     expect(await c.list('/_dlq/it-breaker/')).toEqual([]);
     expect(await (await c.metaManager()).resume('no-such-ext')).toBeUndefined();
   });
+
+  it('the limits are load options: an extension loaded with maxRestartsPerMinute 0 pauses at its first crash, for its own pauseMs', async () => {
+    await c.load(`${FIX}/it-breaker`, { name: 'brk-strict', maxRestartsPerMinute: 0, pauseMs: 60_000 });
+    await c.put('/brk-fixed', '0');
+    await c.put('/brk/strict', 'x');
+    const s = await c.until(async () => {
+      const l = await c.leader(DATA_GROUP);
+      const st = c.managerOf(l).statuses().find((x) => x.name === 'brk-strict')!;
+      return st.state === 'paused' ? st : undefined;
+    }, 20_000);
+    expect(s.error).toMatch(/more than 0 worker restarts within a minute/);
+    expect(s.retryAtMs! - Date.now()).toBeGreaterThan(50_000);
+    expect(s.workerRestarts).toBe(0);
+    await expect((await c.metaManager()).load(new Uint8Array(10), { maxRestartsPerMinute: -1 })).rejects.toThrow(/maxRestartsPerMinute/);
+    await c.put('/brk-fixed', '1');
+    await (await c.metaManager()).resume('brk-strict');
+    await (await c.metaManager()).resume('it-breaker');
+    await c.until(async () => c.get('/brk-done/brk/strict'), 20_000);
+  });
 });
