@@ -406,6 +406,7 @@ export class ExtensionRunner {
     const q = this.queued;
     this.queued = [];
     for (const p of q) if (this.pending.has(p.id)) this.dispatchOrHold(p);
+    this.startSoloIfIdle();
   }
 
   /** Counters since start (see `RunnerStats`). */
@@ -687,6 +688,7 @@ export class ExtensionRunner {
           const q = this.queued;
           this.queued = [];
           for (const p of q) if (this.pending.has(p.id)) this.dispatchOrHold(p);
+          this.startSoloIfIdle(); // a suspect waiting to run alone when the worker went down
           return;
         }
         problem = diff ?? 'the worker died right after initialize()';

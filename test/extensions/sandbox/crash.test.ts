@@ -130,6 +130,32 @@ describe('worker runner: failures', () => {
     expect(runner.resume()).toBe(false);
   });
 
+  it('a worker that dies with several invocations running blames none; each of them then runs alone, which tells the culprit', async () => {
+    const { runner, host } = await start();
+    const innocent = rejection(runner.invoke(1, put('/in/sleep/i', '400'), 5000));
+    await new Promise((r) => setTimeout(r, 50));
+    const bad = rejection(runner.invoke(1, put('/in/exit'), 5000));
+    const [e1, e2] = await Promise.all([innocent, bad]);
+    expect([e1.kind, e2.kind]).toEqual(['worker-crashed', 'worker-crashed']);
+    expect([e1.culprit, e2.culprit]).toEqual([undefined, undefined]);
+    // Again, together: each runs alone (the innocent one first), so the crash blames the right one.
+    const t0 = Date.now();
+    const again = runner.invoke(1, put('/in/sleep/i', '400'), 5000);
+    const badAgain = rejection(runner.invoke(1, put('/in/exit'), 5000));
+    await again;
+    expect(host.value('/out/slept//in/sleep/i')).toBe('400');
+    const e = await badAgain;
+    expect(e.kind).toBe('worker-crashed');
+    expect(e.culprit).toBe(true);
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(390);
+    // A hang that times out is the culprit; what ran beside it is collateral.
+    await waitFor(() => runner.state === 'ready');
+    const by = rejection(runner.invoke(1, put('/in/sleep/b', '5000'), 10_000));
+    const hang = rejection(runner.invoke(1, put('/in/hang'), 300));
+    expect((await hang).culprit).toBe(true);
+    expect((await by).culprit).toBe(false);
+  });
+
   it('a restart that registers different watches counts as a failed restart', async () => {
     const host = new FakeHost();
     host.set('/boot', '1');
