@@ -80,8 +80,9 @@ export const RUNNER_DEFAULTS = Object.freeze({
 
 /**
  * `ready`: invocations run. `restarting`: the worker died and a new one is being started;
- * invocations wait for it. `failed`: restarts exceeded `maxRestartsPerMinute` (or could not be
- * done); invocations reject at once with kind `failed` until the node stops the runner.
+ * invocations wait for it. `paused`: restarts exceeded `maxRestartsPerMinute` (the circuit
+ * breaker is open); invocations wait until it half-opens or is resumed. `failed`: no longer
+ * entered (invocations would reject at once with kind `failed`).
  * `stopping`/`stopped`: `stop()` was called; invocations reject with kind `stopped`.
  */
 export type RunnerState = 'ready' | 'restarting' | 'paused' | 'failed' | 'stopping' | 'stopped';
@@ -199,9 +200,12 @@ function freezeWatch(w: RegisteredWatch): RegisteredWatch {
  * of heap, throws an uncaught error (including unhandled rejections) or calls `process.exit` is
  * restarted the same way. Invocations in flight on a dying worker reject (`timeout` for the one
  * that expired, `out-of-memory` / `worker-crashed` for the others); invocations made while
- * restarting wait for the new worker. More than `maxRestartsPerMinute` restarts in 60 s puts the
- * runner in state `failed`, where invocations reject at once (kind `failed`); the node should
- * report it and stop the runner.
+ * restarting wait for the new worker. More than `maxRestartsPerMinute` restarts in 60 s open the
+ * circuit breaker: state `paused`, invocations wait (none is rejected) until a half-open trial
+ * after `pauseMs` (doubled after each failed trial) or `resume()`. A worker that dies with
+ * several invocations running blames none of them (`LambdaError.culprit` undefined): each then
+ * runs alone once, so its outcome is its own; a timed-out invocation is the culprit, what ran
+ * beside it collateral (`culprit: false`).
  *
  * In-process mode (trusted): same API on the main thread, without isolation: timeouts reject the
  * invocation but cannot stop the lambda (a synchronous infinite loop blocks the node), memory is
