@@ -551,7 +551,9 @@ export class ExtensionManager {
       {
         poisonAttempts: this.opts.poisonAttempts ?? FAULT_DEFAULTS.poisonAttempts,
         poisonNodes: this.opts.poisonNodes ?? FAULT_DEFAULTS.poisonNodes,
-        armEveryInvocation: runner.mode === 'in-process',
+        // In-process lambdas share the node's thread, and native ones its process (a segfault in C
+        // takes the node down): a fault of theirs can kill the node, so every invocation is armed first.
+        armEveryInvocation: runner.mode === 'in-process' || l.record.native !== undefined,
         node: this.node.id,
         boot: this.bootId,
       },
