@@ -31,6 +31,10 @@ export interface KvdConfig {
   join?: string;
   /** Extensions this node makes sure are loaded (registered cluster-wide) at start. */
   extensions: ConfiguredExtension[];
+  /** Where extensions loaded without an isolation run on this node (unset: the runner's default, `process`). */
+  extensionIsolation?: 'worker' | 'process' | 'in-process';
+  /** Process isolation: each extension process's resident-memory budget, MiB (unset: the runner's default). */
+  extensionMemoryMb?: number;
   /** Token required for admin operations (extension load/unload); unset = admin disabled. */
   adminToken?: string;
   /** Client plane: this node's certificate and key (PEM files). */
@@ -121,6 +125,8 @@ export function parseConfig(argv: string[]): KvdConfig {
     .option('--join <host:port>', 'join the existing cluster at this member address (add the node first: kvctl member add <id> <addr>)')
     .option('--retention-ms <ms>', 'keep old versions this long (0 = bounded only by history limits)', int('--retention-ms'))
     .option('--extension <path>', 'load this extension folder or .tgz at start (repeatable; the config file takes {path, name, config} objects)', (v: string, prev: string[] = []) => [...prev, v])
+    .option('--extension-isolation <mode>', 'where extensions loaded without --isolation run: process (default), worker or in-process')
+    .option('--extension-memory-mb <n>', 'resident-memory budget of each extension process, MiB (default 512)', int('--extension-memory-mb'))
     .option('--admin-token-file <file>', 'read the admin token (for admin operations such as loading extensions) from a file only its owner can read (or env KVCASCADE_ADMIN_TOKEN)')
     .option('--admin-token <token>', 'the admin token itself (discouraged: visible in the process list; use --admin-token-file)')
     .option('--tls-cert <file>', 'PEM certificate of the client API (also presented when this node calls another node\'s client API)')
@@ -213,6 +219,16 @@ export function parseConfig(argv: string[]): KvdConfig {
     if (v !== undefined) cfg[k] = Number(v);
   }
   if (cfg.loopBlockKillMs !== 0 && cfg.loopBlockKillMs < cfg.loopBlockWarnMs) throw new Error('--loop-block-kill-ms must be 0 or at least --loop-block-warn-ms');
+  const isolation = pick<unknown>('extensionIsolation', undefined);
+  if (isolation !== undefined) {
+    if (isolation !== 'worker' && isolation !== 'process' && isolation !== 'in-process') throw new Error(`--extension-isolation must be process, worker or in-process (got ${String(isolation)})`);
+    cfg.extensionIsolation = isolation;
+  }
+  const memoryMb = pick<unknown>('extensionMemoryMb', undefined);
+  if (memoryMb !== undefined) {
+    if (typeof memoryMb !== 'number' || !Number.isSafeInteger(memoryMb) || memoryMb < 16) throw new Error(`--extension-memory-mb must be an integer >= 16 (got ${String(memoryMb)})`);
+    cfg.extensionMemoryMb = memoryMb;
+  }
   const tokenFile = pick<string | undefined>('adminTokenFile', undefined);
   if (typeof o.adminToken === 'string') {
     warnings.push('--admin-token puts the admin token in the process list, where any local user can read it: use --admin-token-file (mode 600) or KVCASCADE_ADMIN_TOKEN');

@@ -13,13 +13,16 @@ import { addAdminService } from '../server/admin-service.js';
 import { ensureConfiguredExtensions } from './configured-extensions.js';
 import { GrpcPeerTransport } from '../node/grpc-transport.js';
 import { kvdCredentials } from './kvd-tls.js';
+import { addHealthService } from '../server/health.js';
 import { NodeMetrics } from '../node/metrics.js';
 import { LevelEngine } from '../storage/kv-engine.js';
 import { addKvServices, createGrpcServer } from '../server/kv-service.js';
 import { ClusterAdmin } from '../node/cluster-admin.js';
 import { GrpcClusterProbe } from '../server/cluster-probe.js';
 import { routedLambdaKv } from '../server/lambda-kv.js';
-import { ClusterStubClient } from '../server/proto.js';
+import { Coordinator } from '../coordinator/coordinator.js';
+import { PeerStubs } from '../coordinator/peer-stubs.js';
+import { ClusterStubClient } from '../wire/proto.js';
 import type { ClusterMap } from '../sharding/index.js';
 import type { Logger } from '../log.js';
 import { Counter } from 'prom-client';
@@ -117,6 +120,14 @@ async function main(): Promise<void> {
   if (!creds.clientCertAuth) log.warn('the client API does not authenticate clients (no --tls-ca): anyone who reaches it may read and write data');
 
   const seedMap = cfg.join ? await fetchSeedMap(cfg.join, cfg.id, creds.clientDial, log) : undefined;
+  const self = seedMap?.members.find((m) => m.id === cfg.id);
+  if (self && (self.address !== cfg.listen || (self.peerAddress !== undefined && self.peerAddress !== cfg.advertisePeer))) {
+    // The others would dial addresses this process does not serve.
+    throw new Error(
+      `the cluster knows member ${cfg.id} as client ${self.address} / peer ${self.peerAddress ?? '-'}, but this node serves client ${cfg.listen} / peer ${cfg.advertisePeer ?? '-'}: ` +
+        'start it with those addresses (--listen, --peer-listen/--advertise-peer), or remove and re-add the member',
+    );
+  }
   const members = seedMap ? new Map(seedMap.members.map((m) => [m.id, m.address] as [number, string])) : cfg.peers;
   const peerAddresses = seedMap
     ? new Map(seedMap.members.map((m) => [m.id, m.peerAddress ?? m.address] as [number, string]))
@@ -143,9 +154,18 @@ async function main(): Promise<void> {
   node.observer = metrics.observer();
   metrics.watchTransport(transport);
   const server = createGrpcServer();
-  const probe = new GrpcClusterProbe({ selfId: cfg.id, selfStatus: () => node.status(), selfAddress: cfg.listen, credentials: creds.clientDial });
+  // One stub pool and one coordinator per node: the client API, the extension lambdas and the
+  // cluster probe all route through them.
+  const stubs = new PeerStubs({ credentials: creds.clientDial });
+  const coordinator = new Coordinator(metrics.meter(node), {
+    log,
+    selfAddress: cfg.listen,
+    leaderAddress: (g: number) => node.leaderAddress(g),
+    stubs,
+  });
+  const probe = new GrpcClusterProbe({ selfId: cfg.id, selfStatus: () => node.status(), stubs, coordinator });
   const cluster = new ClusterAdmin(node, probe, log.child({ component: 'cluster' }));
-  const lambdaKv = routedLambdaKv(node, { selfAddress: cfg.listen, credentials: creds.clientDial });
+  const lambdaKv = routedLambdaKv(coordinator);
   const loopBlocked = new Counter({ name: 'kvcascade_event_loop_blocked_total', help: `Times the event loop was blocked longer than ${cfg.loopBlockWarnMs} ms`, registers: [metrics.registry] });
   const watchdog = new LoopWatchdog({
     warnMs: cfg.loopBlockWarnMs,
@@ -162,6 +182,8 @@ async function main(): Promise<void> {
     ...(cfg.extPoisonAttempts !== undefined ? { poisonAttempts: cfg.extPoisonAttempts } : {}),
     log: log.child({ component: 'extensions' }),
     registry: metrics.registry,
+    ...(cfg.extensionIsolation ? { defaultIsolation: cfg.extensionIsolation } : {}),
+    ...(cfg.extensionMemoryMb !== undefined ? { extensionMemoryMb: cfg.extensionMemoryMb } : {}),
     lambdaKv,
     shardRevisions: async (deadlineMs) => {
       const out = new Map<number, number>();
@@ -172,13 +194,12 @@ async function main(): Promise<void> {
     },
   });
   addAdminService(server, adminBackend(node, extensions, cluster), { ...(cfg.adminToken ? { adminToken: cfg.adminToken } : {}), log });
-  const services = addKvServices(server, metrics.meter(node), {
+  const services = addKvServices(server, coordinator.backend, {
     log,
-    selfAddress: cfg.listen,
-    leaderAddress: (g: number) => node.leaderAddress(g),
-    forwardCredentials: creds.clientDial,
+    coordinator,
     ...(cfg.adminToken ? { adminToken: cfg.adminToken } : {}),
   });
+  const health = addHealthService(server, () => node.readiness(), log);
   const port = await bind(server, cfg.listen, creds.clientServer);
   // The peer plane: Raft traffic only, on its own listener (mutual TLS unless --insecure-peers).
   const peerServer = cfg.peerListen !== undefined ? new grpc.Server(PEER_SERVER_OPTIONS) : undefined;
@@ -209,11 +230,14 @@ async function main(): Promise<void> {
     if (stopping) return;
     stopping = true;
     log.info({ signal }, 'stopping');
+    health.close();
     configured.stop();
     cluster.stop();
     services.close();
     lambdaKv.close();
     probe.close();
+    coordinator.close();
+    stubs.close();
     await extensions.stop().catch(() => {});
     await watchdog.stop().catch(() => {});
     server.forceShutdown();

@@ -31,10 +31,16 @@ export function registerExtCommands(program: Command, ctx: ExtCommandContext): v
     .argument('<path>', 'extension folder (with package.json) or .tgz')
     .option('--name <name>', 'registry name (default: from package.json)')
     .option('--config <file>', 'JSON file handed to initialize() as ctx.config')
-    .option('--in-process', 'run lambdas in the node thread (trusted, latency-critical; default: worker threads)')
-    .option('--max-restarts-per-minute <n>', 'worker restarts within a minute before the extension pauses (circuit breaker; default: the node\'s, 30)', (v: string) => Number(v))
+    .option('--isolation <mode>', 'where lambdas run: process (own process, all memory bounded), worker (worker thread, heap bounded) or in-process (node thread, trusted); default: the node\'s')
+    .option('--in-process', 'same as --isolation in-process')
+    .option('--max-restarts-per-minute <n>', 'restarts within a minute before the extension pauses (circuit breaker; default: the node\'s, 30)', (v: string) => Number(v))
     .option('--pause-ms <ms>', 'first pause of the circuit breaker (doubled after each failed retry; default: the node\'s, 30000)', (v: string) => Number(v))
-    .action(async (path: string, o: { name?: string; config?: string; inProcess?: boolean; maxRestartsPerMinute?: number; pauseMs?: number }) => {
+    .action(async (path: string, o: { name?: string; config?: string; inProcess?: boolean; isolation?: string; maxRestartsPerMinute?: number; pauseMs?: number }) => {
+      if (o.isolation !== undefined && o.isolation !== 'worker' && o.isolation !== 'process' && o.isolation !== 'in-process') {
+        throw new Error(`--isolation must be process, worker or in-process (got ${o.isolation})`);
+      }
+      if (o.inProcess && o.isolation !== undefined && o.isolation !== 'in-process') throw new Error(`--in-process contradicts --isolation ${o.isolation}`);
+      const isolation = o.isolation as 'worker' | 'process' | 'in-process' | undefined;
       const st = await stat(path);
       const tgz = st.isDirectory() ? await packFolder(path) : await readTarball(path);
       const config = o.config ? (JSON.parse(readFileSync(o.config, 'utf8')) as Record<string, unknown>) : {};
@@ -44,6 +50,7 @@ export function registerExtCommands(program: Command, ctx: ExtCommandContext): v
           ...(o.name ? { name: o.name } : {}),
           config,
           inProcess: o.inProcess ?? false,
+          ...(isolation ? { isolation } : {}),
           ...(o.maxRestartsPerMinute !== undefined ? { maxRestartsPerMinute: o.maxRestartsPerMinute } : {}),
           ...(o.pauseMs !== undefined ? { pauseMs: o.pauseMs } : {}),
         });
@@ -78,6 +85,8 @@ export function registerExtCommands(program: Command, ctx: ExtCommandContext): v
         }
         const rows: string[][] = [];
         for (const rec of l.records) {
+          // Loaded without one: the node's default (kvd --extension-isolation; process unless set).
+          const isolation = rec.isolation || (rec.inProcess ? 'in-process' : 'default');
           const nodes = l.statuses.filter((s) => s.name === rec.name).sort((a, b) => a.nodeId - b.nodeId);
           for (const s of nodes) {
             const w = s.watches;
@@ -86,6 +95,7 @@ export function registerExtCommands(program: Command, ctx: ExtCommandContext): v
               rec.name,
               rec.version,
               String(rec.generation),
+              isolation,
               String(s.nodeId),
               s.state + (s.error ? `: ${s.error.slice(0, 80)}` : ''),
               s.delivering ? 'yes' : '-',
@@ -104,6 +114,7 @@ export function registerExtCommands(program: Command, ctx: ExtCommandContext): v
               rec.name,
               rec.version,
               String(rec.generation),
+              isolation,
               'all',
               '-',
               '-',
@@ -115,9 +126,9 @@ export function registerExtCommands(program: Command, ctx: ExtCommandContext): v
               String(nodes.reduce((a, s) => a + s.workerRestarts, 0)),
             ]);
           }
-          if (nodes.length === 0) rows.push([rec.name, rec.version, String(rec.generation), '-', 'no node reported', '-', '-', '-', '-', '-', '-', '-']);
+          if (nodes.length === 0) rows.push([rec.name, rec.version, String(rec.generation), isolation, '-', 'no node reported', '-', '-', '-', '-', '-', '-', '-']);
         }
-        ctx.out.write(ctx.formatTable(['NAME', 'VERSION', 'GEN', 'NODE', 'STATE', 'DELIVERING', 'WATCHES', 'INVOKED', 'ERRORS', 'DLQ', 'BACKLOG', 'RESTARTS'], rows));
+        ctx.out.write(ctx.formatTable(['NAME', 'VERSION', 'GEN', 'ISOLATION', 'NODE', 'STATE', 'DELIVERING', 'WATCHES', 'INVOKED', 'ERRORS', 'DLQ', 'BACKLOG', 'RESTARTS'], rows));
         if (l.unreachable.length > 0) ctx.out.write(`unreachable: ${l.unreachable.join(', ')}\n`);
       } finally {
         c.close();

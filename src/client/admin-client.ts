@@ -4,10 +4,10 @@
  * every member's status (these do not).
  */
 import * as grpc from '@grpc/grpc-js';
-import { AdminStubClient } from '../server/admin-service.js';
-import { AUTHORIZATION_METADATA, bearer } from '../server/admin-auth.js';
-import { neverReachedServer } from '../server/metadata.js';
-import { ClusterStubClient, type ClusterStub, type GetShardMapResponseMsg, type StatusResponseMsg } from '../server/proto.js';
+import { AdminStubClient } from '../wire/admin-proto.js';
+import { AUTHORIZATION_METADATA, bearer } from '../wire/auth.js';
+import { neverReachedServer } from '../wire/metadata.js';
+import { ClusterStubClient, type ClusterStub, type GetShardMapResponseMsg, type StatusResponseMsg } from '../wire/proto.js';
 import { emptyMap, type ClusterMap, type MemberInfo, type PoolSpec, type ShardInfo } from '../sharding/index.js';
 import { KvError } from './errors.js';
 import type { KvClientTlsOptions } from './transport.js';
@@ -26,6 +26,8 @@ export interface ExtensionRecordInfo {
   /** Circuit breaker limits given at load (0 = the node's defaults). */
   readonly maxRestartsPerMinute: number;
   readonly pauseMs: number;
+  /** 'worker', 'process' or 'in-process'; '' when loaded without one (the node's default, or in-process when `inProcess`). */
+  readonly isolation: string;
   readonly loadedAtMs: number;
 }
 
@@ -47,6 +49,7 @@ export interface LoadExtensionOptions {
   name?: string;
   config?: Record<string, unknown>;
   inProcess?: boolean;
+  isolation?: 'worker' | 'process' | 'in-process';
   /** Circuit breaker: worker restarts within a minute before it pauses (default: the node's). */
   maxRestartsPerMinute?: number;
   /** Circuit breaker: first pause in ms (default: the node's). */
@@ -145,6 +148,7 @@ function fromRecord(r: Record<string, unknown>): ExtensionRecordInfo {
     maxRestartsPerMinute: Number(r.maxRestartsPerMinute ?? 0),
     pauseMs: Number(r.pauseMs ?? 0),
     inProcess: Boolean(r.inProcess),
+    isolation: String(r.isolation ?? ''),
     loadedAtMs: Number(r.loadedAtMs),
   };
 }
@@ -349,7 +353,17 @@ export class AdminClient {
           resolve({ record: r?.record ? fromRecord(r.record) : undefined, status: fromStatus(r?.status ?? {}) });
         },
       );
-      call.write({ header: { name: o.name ?? '', configJson: JSON.stringify(o.config ?? {}), inProcess: o.inProcess ?? false, size: tgz.length, maxRestartsPerMinute: o.maxRestartsPerMinute ?? 0, pauseMs: o.pauseMs ?? 0 } });
+      call.write({
+        header: {
+          name: o.name ?? '',
+          configJson: JSON.stringify(o.config ?? {}),
+          inProcess: o.inProcess ?? false,
+          isolation: o.isolation ?? '',
+          size: tgz.length,
+          maxRestartsPerMinute: o.maxRestartsPerMinute ?? 0,
+          pauseMs: o.pauseMs ?? 0,
+        },
+      });
       for (let off = 0; off < tgz.length; off += UPLOAD_CHUNK) call.write({ chunk: Buffer.from(tgz.subarray(off, Math.min(tgz.length, off + UPLOAD_CHUNK))) });
       call.end();
     });

@@ -1,6 +1,6 @@
 /** Errors the kvcascade client throws: KvError (a gRPC status code name and message) and CompactedError. */
 import * as grpc from '@grpc/grpc-js';
-import { readKvMetadata } from '../server/metadata.js';
+import { readKvMetadata } from '../wire/metadata.js';
 
 /** The name of a gRPC status code, e.g. "UNAVAILABLE". */
 export type KvErrorCode = keyof typeof grpc.status;

@@ -15,7 +15,7 @@ import type {
   TxnRequestMsg,
   TxnResponseMsg,
   TxnWriteMsg,
-} from '../server/proto.js';
+} from '../wire/proto.js';
 import type { ClusterMap } from '../sharding/types.js';
 import { KvError } from './errors.js';
 import { KvPipeline } from './pipeline.js';

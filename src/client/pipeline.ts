@@ -1,6 +1,6 @@
 /** Many puts, gets, deletes and trigger puts in flight on Pipeline streams (one per node leading the ops' shards), matched to their responses by id. */
 import * as grpc from '@grpc/grpc-js';
-import { readKvMetadata } from '../server/metadata.js';
+import { readKvMetadata } from '../wire/metadata.js';
 import type {
   DeleteRequestMsg,
   GetRequestMsg,
@@ -8,7 +8,7 @@ import type {
   PipelineResponseMsg,
   PutRequestMsg,
   TriggerRequestMsg,
-} from '../server/proto.js';
+} from '../wire/proto.js';
 import { KvError } from './errors.js';
 import { isWrongShard, type ShardRouter } from './router.js';
 import type { ClientSession } from './session.js';

@@ -1,7 +1,7 @@
 /** Shard-aware routing of the kvcascade client: the cached cluster map (Cluster.GetShardMap, refreshed when a newer map epoch shows up), per-shard leader caches, and the routes key-addressed calls follow. */
 import * as grpc from '@grpc/grpc-js';
-import { readKvMetadata } from '../server/metadata.js';
-import type { GetShardMapRequestMsg, GetShardMapResponseMsg } from '../server/proto.js';
+import { readKvMetadata } from '../wire/metadata.js';
+import type { GetShardMapRequestMsg, GetShardMapResponseMsg } from '../wire/proto.js';
 import { shardOf } from '../sharding/routing.js';
 import type { ClusterMap, MemberInfo, PoolSpec, ShardInfo } from '../sharding/types.js';
 import { KvError } from './errors.js';

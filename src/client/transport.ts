@@ -1,9 +1,9 @@
 /** Endpoint selection, leader discovery, channels, backoff and retried unary calls (sent along a pluggable {@link CallRoute}) of the kvcascade client. */
 import { setMaxListeners } from 'node:events';
 import * as grpc from '@grpc/grpc-js';
-import { AUTHORIZATION_METADATA, bearer } from '../server/admin-auth.js';
-import { neverReachedServer, readKvMetadata } from '../server/metadata.js';
-import { ClusterStubClient, KvStubClient, type ClusterStub, type KvStub } from '../server/proto.js';
+import { AUTHORIZATION_METADATA, bearer } from '../wire/auth.js';
+import { neverReachedServer, readKvMetadata } from '../wire/metadata.js';
+import { ClusterStubClient, KvStubClient, type ClusterStub, type KvStub } from '../wire/proto.js';
 import { KvError, fromServiceError } from './errors.js';
 
 /** Where the client logs retries and watch resumptions (a pino logger fits). */

@@ -10,9 +10,9 @@ import type {
   StatusResponseMsg,
   TriggerResponseMsg,
   TxnResponseMsg,
-} from '../server/proto.js';
-import { checkKey, checkPrefix, checkValue } from '../server/request-validation.js';
-import { statusFromMsg } from '../server/status-codec.js';
+} from '../wire/proto.js';
+import { checkKey, checkPrefix, checkValue } from '../wire/request-validation.js';
+import { statusFromMsg } from '../wire/status-codec.js';
 import { KvError } from './errors.js';
 
 /** Read freshness: linearizable (through the leader, the default) or serializable (local replica, may be stale). */

@@ -1,7 +1,7 @@
 /** A watch iterator that resumes itself after disconnects, server cancellations and node failures, with the server's resume token (or from the last seen revision + 1): no gap, no duplicate. */
 import * as grpc from '@grpc/grpc-js';
-import type { WatchRequestMsg, WatchResponseMsg } from '../server/proto.js';
-import { encodeResumeToken } from '../server/request-validation.js';
+import type { WatchRequestMsg, WatchResponseMsg } from '../wire/proto.js';
+import { encodeResumeToken } from '../wire/request-validation.js';
 import { CompactedError, fromServiceError } from './errors.js';
 import { neverSent, statusError, type CallRoute, type Transport } from './transport.js';
 import { watchEvent, type KvWatchBatch, type KvWatchEvent, type KvWatchOptions } from './types.js';

@@ -72,7 +72,7 @@ export interface FaultOptions {
 export const FAULT_DEFAULTS = Object.freeze({ poisonAttempts: 3, poisonNodes: 2 });
 
 /** Kinds of failure that kill (or hang) the lambda's runner: counted towards `poison`. */
-export const RUNNER_KILLING_KINDS: ReadonlySet<string> = new Set(['timeout', 'worker-crashed', 'out-of-memory']);
+export const RUNNER_KILLING_KINDS: ReadonlySet<string> = new Set(['timeout', 'worker-crashed', 'process-exited', 'out-of-memory']);
 
 /** One event of a watch with a history of runner-killing failures, or being attempted (armed). */
 export interface AttemptEntry {

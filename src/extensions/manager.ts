@@ -42,10 +42,11 @@ import {
   startRevisionOf,
   startRevisionsOf,
   validateExtensionName,
+  isolationOf,
   type ExtensionRecord,
   type LoadClaim,
 } from './registry.js';
-import { ExtensionRunner } from './sandbox/runner.js';
+import { ExtensionRunner, ISOLATION_MODES, type IsolationMode } from './sandbox/runner.js';
 import type { HostServices, KvOp, LogLevel, MetricOp } from './sandbox/types.js';
 import type { LambdaKv, ShardRevisions } from './store-access.js';
 
@@ -81,6 +82,8 @@ export interface LoadOptions {
   name?: string;
   config?: Record<string, unknown>;
   inProcess?: boolean;
+  /** Where the lambdas run; absent: the node's default (`inProcess` set: in-process). */
+  isolation?: IsolationMode;
   /** Worker restarts within a minute before it pauses (circuit breaker); default: the node's (30). */
   maxRestartsPerMinute?: number;
   /** The circuit breaker's first pause in ms; default: the node's (30 s). */
@@ -141,8 +144,15 @@ export interface ExtensionManagerOptions {
   readonly log: Logger;
   readonly registry?: Registry;
   readonly maxHops?: number;
-  /** Heap limit of each extension's worker (MiB). */
+  /** Heap limit of each extension's worker or process (MiB). */
   readonly workerHeapMb?: number;
+  /**
+   * Where extensions loaded without an `isolation` run (default: the runner's default,
+   * `RUNNER_DEFAULTS.mode`; native packages always run in a worker).
+   */
+  readonly defaultIsolation?: IsolationMode;
+  /** Process isolation: the budget for each extension process's whole resident memory (MiB; default `RUNNER_DEFAULTS.memoryLimitMb`). */
+  readonly extensionMemoryMb?: number;
   /**
    * The store as lambdas see it, routed to each key's shard leader wherever it is (its writes
    * are client-origin: no reserved key). Default: {@link localLambdaKv} of this node (in-process
@@ -386,8 +396,7 @@ export class ExtensionManager {
       name: record.name,
       modulePath: dir,
       config: record.config,
-      mode: record.inProcess ? 'in-process' : 'worker',
-      resourceLimits: { maxOldGenerationSizeMb: this.opts.workerHeapMb ?? 256 },
+      ...this.runnerPlacement(isolationOf(record) ?? (record.native ? undefined : this.opts.defaultIsolation)),
       ...((record.maxRestartsPerMinute ?? this.opts.maxRestartsPerMinute) !== undefined ? { maxRestartsPerMinute: record.maxRestartsPerMinute ?? this.opts.maxRestartsPerMinute } : {}),
       ...((record.pauseMs ?? this.opts.pauseMs) !== undefined ? { pauseMs: record.pauseMs ?? this.opts.pauseMs } : {}),
       ...(this.opts.maxPauseMs !== undefined ? { maxPauseMs: this.opts.maxPauseMs } : {}),
@@ -401,6 +410,15 @@ export class ExtensionManager {
       },
       host: this.hostServices(record.name),
     });
+  }
+
+  /** The runner options that choose where an extension runs and its limits. */
+  private runnerPlacement(mode: IsolationMode | undefined): { mode?: IsolationMode; resourceLimits: { maxOldGenerationSizeMb: number }; memoryLimitMb?: number } {
+    return {
+      ...(mode ? { mode } : {}),
+      resourceLimits: { maxOldGenerationSizeMb: this.opts.workerHeapMb ?? 256 },
+      ...(this.opts.extensionMemoryMb !== undefined ? { memoryLimitMb: this.opts.extensionMemoryMb } : {}),
+    };
   }
 
   /** Tells `load` callers waiting for this generation (or an older one, or any, on unload) how it went. */
@@ -810,6 +828,8 @@ export class ExtensionManager {
       if (v !== undefined && (!Number.isSafeInteger(v) || v < min || v > 2 ** 31 - 1)) throw new PackageError(`${k} must be an integer >= ${min} (got ${String(v)})`);
     }
     if (tgz.length > MAX_PACKAGE_BYTES) throw new PackageError(`package is larger than ${MAX_PACKAGE_BYTES} bytes`);
+    if (opts.isolation !== undefined && !ISOLATION_MODES.includes(opts.isolation)) throw new PackageError(`isolation must be one of ${ISOLATION_MODES.join(', ')} (got ${String(opts.isolation)})`);
+    if (opts.inProcess && opts.isolation !== undefined && opts.isolation !== 'in-process') throw new PackageError(`inProcess contradicts isolation '${opts.isolation}'`);
     const staging = join(this.stagingRoot(), randomBytes(6).toString('hex'));
     let info: PackageInfo;
     let name: string;
@@ -821,8 +841,8 @@ export class ExtensionManager {
         name,
         modulePath: staging,
         config: opts.config ?? {},
-        mode: 'worker',
-        resourceLimits: { maxOldGenerationSizeMb: this.opts.workerHeapMb ?? 256 },
+        // Tried where it will run (in-process extensions in a worker: not on this thread yet).
+        ...this.runnerPlacement(opts.isolation === 'in-process' || opts.inProcess ? 'worker' : (opts.isolation ?? this.opts.defaultIsolation)),
         host: {
           kv: async () => {
             throw new Error('the store is not available while an extension is being validated');
@@ -898,7 +918,8 @@ export class ExtensionManager {
         chunks: chunks.length,
         config: opts.config ?? {},
         ...(info.native ? { native: info.native } : {}),
-        ...(opts.inProcess ? { inProcess: true } : {}),
+        ...(opts.inProcess || opts.isolation === 'in-process' ? { inProcess: true } : {}),
+        ...(opts.isolation ? { isolation: opts.isolation } : {}),
         ...(opts.maxRestartsPerMinute !== undefined ? { maxRestartsPerMinute: opts.maxRestartsPerMinute } : {}),
         ...(opts.pauseMs !== undefined ? { pauseMs: opts.pauseMs } : {}),
         loadedAtMs: Date.now(),

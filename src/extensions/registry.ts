@@ -8,6 +8,7 @@
  */
 import { EXTENSION_REGISTRY_PREFIX } from '../sharding/index.js';
 import { PackageError } from './package.js';
+import type { IsolationMode } from './sandbox/runner.js';
 
 /** Key prefix of the registry in the metadata group (reserved: out of clients' reach). */
 export const REGISTRY_PREFIX = EXTENSION_REGISTRY_PREFIX;
@@ -28,12 +29,17 @@ export interface ExtensionRecord {
   readonly config: Record<string, unknown>;
   /** Set for native extensions: the shared library inside the package. */
   readonly native?: string;
-  /** Run lambdas in the node's own thread (trusted, latency-critical). Default false: worker threads. */
+  /**
+   * Run lambdas in the node's own thread (trusted, latency-critical). Kept (set with `isolation:
+   * 'in-process'`) for nodes that do not know `isolation`.
+   */
   readonly inProcess?: boolean;
   /** Worker restarts within a minute before the extension pauses (circuit breaker); default: the node's. */
   readonly maxRestartsPerMinute?: number;
   /** The circuit breaker's first pause (ms); default: the node's. */
   readonly pauseMs?: number;
+  /** Where the lambdas run (see {@link isolationOf}); absent: `inProcess`, else the node's default. */
+  readonly isolation?: IsolationMode;
   readonly loadedAtMs: number;
   /**
    * Legacy (single data shard): revision + 1 of data shard 1 when the extension was first
@@ -46,6 +52,15 @@ export interface ExtensionRecord {
    * are never missed. A shard with no entry did not exist then, and is delivered from its start.
    */
   readonly startRevisions?: Readonly<Record<string, number>>;
+}
+
+/**
+ * Where a record's lambdas run: its `isolation`, else `in-process` for `inProcess: true`, else
+ * undefined (the node's default; native packages always run in a worker).
+ */
+export function isolationOf(r: Pick<ExtensionRecord, 'isolation' | 'inProcess'>): IsolationMode | undefined {
+  if (r.isolation === 'worker' || r.isolation === 'process' || r.isolation === 'in-process') return r.isolation;
+  return r.inProcess ? 'in-process' : undefined;
 }
 
 /** The data group a legacy record's `startRevision` belongs to (the single data shard of old clusters). */

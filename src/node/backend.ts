@@ -170,7 +170,7 @@ export interface KvBackend {
   /** Trigger put: emits a `trigger` event (its own revision) and stores nothing. */
   trigger(req: TriggerRequest, opts: CallOptions): Promise<TriggerResponse>;
   list(req: ListRequest, opts: CallOptions): Promise<ListResponse>;
-  /** Atomic multi-key compare-and-write inside one shard; WrongShardError (INVALID_ARGUMENT) when keys span shards. */
+  /** Atomic multi-key compare-and-write inside one shard; CrossShardError (INVALID_ARGUMENT, CROSS_SHARD) when keys span shards. */
   txn(req: TxnRequest, opts: CallOptions): Promise<TxnResult>;
   watch(req: WatchRequest, sink: WatchSink): WatchHandle;
   status(): Promise<NodeStatusInfo>;

@@ -82,6 +82,18 @@ export interface Proposal {
 }
 
 /**
+ * An entry in an envelope format this code does not know: written by a newer kvcascade. It must
+ * stop the replica (upgrade the node), never be skipped: skipping would make this replica's state
+ * differ from its peers'.
+ */
+export class UnknownEnvelopeVersionError extends Error {
+  constructor(readonly version: number) {
+    super(`log entry in proposal envelope version ${version}, which this kvcascade does not know: it was written by a newer version; upgrade this node`);
+    this.name = 'UnknownEnvelopeVersionError';
+  }
+}
+
+/**
  * Unwraps entry data written by `encodeProposal` (any format version); throws on a malformed
  * payload, including a timestamp that is not a non-negative safe integer (the state machine
  * refuses one, and a committed entry must decode or be skipped, never stop the replica).
@@ -120,7 +132,7 @@ export function decodeProposal(data: Uint8Array): Proposal {
     }
     return { ...base, command: decodeCommand(data.subarray(bodyAt)), session };
   }
-  throw new Error(`unknown proposal envelope version ${version}`);
+  throw new UnknownEnvelopeVersionError(version);
 }
 
 function timestamp(view: DataView): number {

@@ -1,7 +1,8 @@
 /**
  * A kvd node: hosts replicas of many Raft groups (the metadata group 0 and the data shards the
  * cluster map places here) over one LevelDB, drives them with one tick timer and one ready loop
- * (persist all groups in one fsynced batch → send → apply → advance), starts and drops replicas
+ * (stage every group's writes → send early messages and apply → fsync the round's one batch →
+ * send the messages that promise durability → advance; see runReady), starts and drops replicas
  * as the map says, routes each request to its key's shard, and serves the KV API to the gRPC layer
  * as a `KvBackend`. Each group's state machine is durable in the same LevelDB (state-store.ts):
  * what a round applies is staged into that round's batch with the applied index, and a restart
@@ -81,6 +82,26 @@ export const META_GROUP = 0;
 /** A peer counts as live while heard from within this many ticks' time (times the election timeout). */
 const LIVENESS_ELECTION_TIMEOUTS = 3;
 
+/** The defaults of {@link NodeOptions}, by name: every limit of a node in one place. */
+export const NODE_DEFAULTS = {
+  tickMs: 100,
+  electionTicks: 10,
+  heartbeatTicks: 1,
+  snapshotEveryEntries: 20_000,
+  /** Log entries kept after a snapshot, for followers slightly behind (they need no snapshot). */
+  keepEntriesAfterSnapshot: 5_000,
+  maxPendingProposals: 50_000,
+  retentionMs: 3_600_000,
+  retentionCheckMs: 10_000,
+  reconcileEveryMs: 200,
+  /** Deadline of a proposal the shard reconciler makes (descriptor, membership). */
+  reconcileProposalMs: 10_000,
+  /** How often a node waiting for its first cluster map looks again, besides map-change events. */
+  mapWaitPollMs: 200,
+  /** Committed entries a group may still have to apply for the node to report itself ready (health). */
+  readyMaxApplyLag: 1_000,
+} as const;
+
 /** The package version reported by Status. */
 export const KVCASCADE_VERSION = '0.1.0';
 
@@ -158,6 +179,8 @@ export class KvNode implements KvBackend {
   private readonly heardFrom = new Map<NodeId, number>();
   /** Groups being dropped (their replica removed): no replica is recreated for them meanwhile. */
   private readonly dropping = new Set<number>();
+  /** Groups whose configuration no longer includes this node: dropped once this replica does not lead them. */
+  private readonly removedFrom = new Set<number>();
   private readonly mapListeners = new Set<(map: ClusterMap) => void>();
   private readonly nowMs: () => number;
   private readonly log: Logger;
@@ -191,7 +214,7 @@ export class KvNode implements KvBackend {
     this.view = new ClusterView(opts.seedMap ?? this.bootMap!);
     this.reconciler = new ShardReconciler({
       id: this.id,
-      propose: (group, cmd) => this.execute(group, cmd, { deadlineMs: Date.now() + 10_000 }, 'system'),
+      propose: (group, cmd) => this.execute(group, cmd, { deadlineMs: Date.now() + NODE_DEFAULTS.reconcileProposalMs }, 'system'),
       isLive: (peer) => this.isLive(peer),
       note: (group, what, detail) => this.log.info({ group, ...detail }, what),
     });
@@ -280,10 +303,10 @@ export class KvNode implements KvBackend {
       group,
       storage,
       random: new SeededRandom((Date.now() ^ (this.id * 2654435761) ^ (group * 40503)) >>> 0),
-      electionTicks: this.opts.electionTicks ?? 10,
-      heartbeatTicks: this.opts.heartbeatTicks ?? 1,
-      snapshotEveryEntries: this.opts.snapshotEveryEntries ?? 20_000,
-      maxPendingProposals: this.opts.maxPendingProposals ?? 50_000,
+      electionTicks: this.opts.electionTicks ?? NODE_DEFAULTS.electionTicks,
+      heartbeatTicks: this.opts.heartbeatTicks ?? NODE_DEFAULTS.heartbeatTicks,
+      snapshotEveryEntries: this.opts.snapshotEveryEntries ?? NODE_DEFAULTS.snapshotEveryEntries,
+      maxPendingProposals: this.opts.maxPendingProposals ?? NODE_DEFAULTS.maxPendingProposals,
       ...(this.opts.stateMachine ? { stateMachine: this.opts.stateMachine } : {}),
       ...(initialState ? { initialState } : {}),
       ...(this.opts.stateUnitBytes ? { stateUnitBytes: this.opts.stateUnitBytes } : {}),
@@ -297,7 +320,7 @@ export class KvNode implements KvBackend {
 
   /** Starts ticking. */
   start(): void {
-    const tickMs = this.opts.tickMs ?? 100;
+    const tickMs = this.opts.tickMs ?? NODE_DEFAULTS.tickMs;
     this.tickTimer = setInterval(() => this.tick(), tickMs);
     this.tickTimer.unref?.();
     this.scheduleReady();
@@ -342,11 +365,11 @@ export class KvNode implements KvBackend {
       r.watches.tick();
     }
     const now = this.nowMs();
-    if (now - this.lastRetentionCheckMs >= (this.opts.retentionCheckMs ?? 10_000)) {
+    if (now - this.lastRetentionCheckMs >= (this.opts.retentionCheckMs ?? NODE_DEFAULTS.retentionCheckMs)) {
       this.lastRetentionCheckMs = now;
       this.compactOldVersions(now);
     }
-    if (now - this.lastReconcileMs >= (this.opts.reconcileEveryMs ?? 200)) {
+    if (now - this.lastReconcileMs >= (this.opts.reconcileEveryMs ?? NODE_DEFAULTS.reconcileEveryMs)) {
       this.lastReconcileMs = now;
       this.reconciler.step(this.replicas.values(), this.view.current, this.view.isInitialised, this.bootMap, now);
     }
@@ -360,7 +383,7 @@ export class KvNode implements KvBackend {
       if (!r.isLeader) continue;
       // A pool's own retention wins over the node's default.
       const pool = map.pools.find((p) => p.name === map.shards.find((s) => s.group === r.group)?.pool);
-      const retentionMs = pool?.retentionMs ?? this.opts.retentionMs ?? 3_600_000;
+      const retentionMs = pool?.retentionMs ?? this.opts.retentionMs ?? NODE_DEFAULTS.retentionMs;
       if (retentionMs <= 0) continue;
       const revision = r.sm.retentionCompactRevision(now, retentionMs);
       if (revision <= r.sm.compactRevision) continue;
@@ -406,7 +429,7 @@ export class KvNode implements KvBackend {
   isLive(peer: NodeId): boolean {
     if (peer === this.id) return true;
     const at = this.heardFrom.get(peer);
-    const windowMs = (this.opts.tickMs ?? 100) * (this.opts.electionTicks ?? 10) * LIVENESS_ELECTION_TIMEOUTS;
+    const windowMs = (this.opts.tickMs ?? NODE_DEFAULTS.tickMs) * (this.opts.electionTicks ?? NODE_DEFAULTS.electionTicks) * LIVENESS_ELECTION_TIMEOUTS;
     return at !== undefined && this.nowMs() - at <= windowMs;
   }
 
@@ -430,7 +453,7 @@ export class KvNode implements KvBackend {
         setTimeout(() => {
           off();
           resolve();
-        }, 200).unref?.();
+        }, NODE_DEFAULTS.mapWaitPollMs).unref?.();
       });
     }
   }
@@ -566,8 +589,12 @@ export class KvNode implements KvBackend {
           if (rd.softState) this.noteLeader(r);
           if (r.wantsSnapshot()) this.snapshot(r);
           const now = conf ?? (rd.snapshot ? rd.snapshot.meta.conf : undefined);
-          if (now && r.group !== META_GROUP && !now.voters.includes(this.id) && !now.learners.includes(this.id)) {
-            void this.dropReplica(r.group).catch((e: unknown) => this.log.error({ group: r.group, err: String(e) }, 'dropping a replica failed'));
+          if (now && r.group !== META_GROUP && !now.voters.includes(this.id) && !now.learners.includes(this.id)) this.removedFrom.add(r.group);
+          // A leader that removed itself keeps leading until it has handed over (raft.ts): drop it after.
+          if (this.removedFrom.has(r.group) && !r.isLeader) {
+            this.removedFrom.delete(r.group);
+            // Added back meanwhile: keep it.
+            if (!r.includes(this.id)) void this.dropReplica(r.group).catch((e: unknown) => this.log.error({ group: r.group, err: String(e) }, 'dropping a replica failed'));
           }
         }
         if (this.mapDirty) this.refreshMap();
@@ -597,7 +624,7 @@ export class KvNode implements KvBackend {
     const term = r.raw.raft.log.term(index);
     if (term === undefined) return;
     const data = r.sm.snapshot();
-    this.store.compact(r.group, { meta: { index, term, conf: r.raw.raft.confState() }, data }, this.opts.keepEntriesAfterSnapshot ?? 5000);
+    this.store.compact(r.group, { meta: { index, term, conf: r.raw.raft.confState() }, data }, this.opts.keepEntriesAfterSnapshot ?? NODE_DEFAULTS.keepEntriesAfterSnapshot);
     r.snapshotTaken(index);
     this.log.info({ group: r.group, index, bytes: data.length }, 'snapshot taken, log compacted');
     this.scheduleReady();
@@ -807,6 +834,21 @@ export class KvNode implements KvBackend {
       ...(sink.onDrain ? { onDrain: (cb: () => void) => sink.onDrain!(cb) } : {}),
     };
     return r.watches.add(req, filtered);
+  }
+
+  /**
+   * Whether this node may take traffic: it has the cluster map and is a member of it, and every
+   * group it hosts has a leader and has applied its log up to (nearly) the commit index it knows.
+   */
+  readiness(): { ready: boolean; reason?: string } {
+    if (!this.replicas.has(META_GROUP) || !this.view.isInitialised) return { ready: false, reason: 'waiting for the cluster map' };
+    if (!this.members.has(this.id)) return { ready: false, reason: 'not a member of the cluster map' };
+    for (const r of this.replicas.values()) {
+      if (!r.leader) return { ready: false, reason: `group ${r.group} has no leader` };
+      const lag = r.commitIndex - r.sm.appliedIndex;
+      if (lag > NODE_DEFAULTS.readyMaxApplyLag) return { ready: false, reason: `group ${r.group} is ${lag} entries behind its commit index` };
+    }
+    return { ready: true };
   }
 
   async status(): Promise<NodeStatusInfo> {

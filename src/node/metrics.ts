@@ -114,22 +114,27 @@ export class NodeMetrics {
     groupGauge('kvcascade_raft_applied_index', 'Applied index', (g) => g.appliedIndex);
     groupGauge('kvcascade_raft_log_entries', 'Entries held in the log (after the last compaction)', (g) => g.lastIndex - g.firstIndex + 1);
     groupGauge('kvcascade_revision', 'State machine revision', (g) => g.revision);
-    new Gauge({
-      name: 'kvcascade_raft_pending_proposals',
-      help: 'Proposals waiting for commit on this node',
-      registers,
-      collect() {
-        this.set(node.replica(1)?.pendingProposals ?? 0);
-      },
-    });
-    new Gauge({
-      name: 'kvcascade_watchers',
-      help: 'Active watches served by this node',
-      registers,
-      collect() {
-        this.set(node.replica(1)?.watches.size ?? 0);
-      },
-    });
+    const sumOverReplicas = (name: string, help: string, pick: (r: NonNullable<ReturnType<KvNode['replica']>>) => number) =>
+      new Gauge({
+        name,
+        help,
+        registers,
+        collect() {
+          let n = 0;
+          for (const g of node.hostedGroups()) {
+            const r = node.replica(g);
+            if (r) n += pick(r);
+          }
+          this.set(n);
+        },
+      });
+    sumOverReplicas('kvcascade_raft_pending_proposals', 'Proposals waiting for commit on this node (all groups)', (r) => r.pendingProposals);
+    sumOverReplicas('kvcascade_watchers', 'Active watches served by this node (all groups)', (r) => r.watches.size);
+    sumOverReplicas(
+      'kvcascade_raft_messages_ignored_total',
+      'Raft messages the core ignored as invalid (out-of-bound terms or indexes, local-only types, inconsistent entries), all groups since start',
+      (r) => r.raw.raft.droppedMessages,
+    );
   }
 
   /** A node observer that records storage and Raft events. */

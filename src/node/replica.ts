@@ -25,7 +25,7 @@ import {
 import type { EngineOp } from '../storage/kv-engine.js';
 import { StateRecorder } from '../storage/state-store.js';
 import { NotLeaderError, OverloadedError, UnavailableError } from './backend.js';
-import { decodeProposal, encodeProposal } from './envelope.js';
+import { decodeProposal, encodeProposal, UnknownEnvelopeVersionError } from './envelope.js';
 import { WatchHub, type WatchHubOptions } from './watch-hub.js';
 
 /** Tuning of a replica. */
@@ -122,11 +122,22 @@ export class ShardReplica {
   }
 
   /** Whether this replica currently leads its group. */
+  /** Whether node `id` is a voter or learner of this group in the configuration applied here. */
+  includes(id: number): boolean {
+    const c = this.raw.raft.confState();
+    return c.voters.includes(id) || c.learners.includes(id);
+  }
+
   get isLeader(): boolean {
     return this.raw.raft.role === Role.Leader;
   }
 
   /** The leader this replica knows of (0 = none). */
+  /** The commit index this replica knows. */
+  get commitIndex(): number {
+    return this.raw.raft.log.committed;
+  }
+
   get leader(): number {
     return this.raw.raft.lead;
   }
@@ -222,6 +233,8 @@ export class ShardReplica {
           origin = p.origin;
           session = p.session;
         } catch (err) {
+          // A newer format cannot be skipped without diverging from the peers: stop the node.
+          if (err instanceof UnknownEnvelopeVersionError) throw err;
           this.opts.onBadEntry?.(e.index, err);
         }
       }

@@ -3,7 +3,7 @@
  * unstable tail (entries and snapshot handed to the host but not yet persisted), with the
  * commit and apply cursors.
  */
-import { CompactedError, UnavailableError, type Storage } from './storage.js';
+import { LogCompactedError, LogUnavailableError, type Storage } from './storage.js';
 import type { Entry, Snapshot } from './types.js';
 
 /** Entries and a snapshot accepted by the core but not yet durable. */
@@ -112,7 +112,7 @@ export class RaftLog {
     try {
       return this.storage.term(i);
     } catch (e) {
-      if (e instanceof CompactedError || e instanceof UnavailableError) return undefined;
+      if (e instanceof LogCompactedError || e instanceof LogUnavailableError) return undefined;
       throw e;
     }
   }
@@ -212,8 +212,8 @@ export class RaftLog {
   slice(lo: number, hi: number, maxBytes = Infinity): Entry[] {
     if (lo >= hi) return [];
     const first = this.firstIndex();
-    if (lo < first) throw new CompactedError(lo, first);
-    if (hi > this.lastIndex() + 1) throw new UnavailableError(hi - 1, this.lastIndex());
+    if (lo < first) throw new LogCompactedError(lo, first);
+    if (hi > this.lastIndex() + 1) throw new LogUnavailableError(hi - 1, this.lastIndex());
     let out: Entry[] = [];
     const uOff = this.unstable.offset;
     if (lo < uOff) {

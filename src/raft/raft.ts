@@ -5,6 +5,11 @@
  * Features: leader election with randomised timeouts, pre-vote and check-quorum; pipelined,
  * flow-controlled log replication with fast conflict back-off; chunked snapshot transfer;
  * ReadIndex reads; leader transfer; single-step membership changes with learners.
+ *
+ * Why one file of this size: it is one state machine whose role handlers (follower, candidate,
+ * leader) share every field and must be read together to check an invariant; the separable
+ * concepts already live apart (log.ts, progress.ts, quorum.ts, bounds.ts, storage.ts, the
+ * RawNode driver interface in raw-node.ts).
  */
 import { isBoundedUint, MAX_RAFT_INDEX, MAX_RAFT_TERM, MAX_SNAPSHOT_BYTES } from './bounds.js';
 import { RaftLog } from './log.js';
@@ -195,6 +200,12 @@ export class Raft {
   leadTransferee: NodeId = NONE;
   /** Index of the last configuration change proposed; a new one waits until it is applied. */
   private pendingConfIndex = 0;
+  /**
+   * Leader only: index of a configuration change in this leader's log (not yet applied) that
+   * removes or demotes this leader, 0 when there is none. From then on the leader appends nothing
+   * more (see `leaving`), so every entry of its log sits on a majority once the change commits.
+   */
+  private selfRemovalIndex = 0;
   private uncommittedBytes = 0;
   /** Reads waiting for a heartbeat quorum. */
   private pendingReads: PendingRead[] = [];
@@ -267,6 +278,15 @@ export class Raft {
   /** Whether this replica may campaign: it is a voter. */
   promotable(): boolean {
     return this.voters.includes(this.id);
+  }
+
+  /**
+   * A leader on its way out: a configuration change that removes or demotes it is in its log
+   * (proposed, or applied already). It takes no proposals any more, keeps replicating, and
+   * once the change is applied hands leadership to a caught-up voter (see `maybeHandOver`).
+   */
+  leaving(): boolean {
+    return this.role === Role.Leader && (this.selfRemovalIndex > 0 || !this.voters.includes(this.id));
   }
 
   /** Whether the leader owes followers an append of freshly proposed entries. */
@@ -472,6 +492,7 @@ export class Raft {
       this.prs.set(pr.id, fresh);
     }
     this.pendingConfIndex = 0;
+    this.selfRemovalIndex = 0;
     this.uncommittedBytes = 0;
     this.pendingReads = [];
     this.readsAwaitingCommit = [];
@@ -509,6 +530,8 @@ export class Raft {
     if (self) self.becomeReplicate();
     // Configuration changes wait until everything before this term (and its no-op) is applied.
     this.pendingConfIndex = this.log.lastIndex();
+    // An unapplied change from an earlier term may remove or demote us: then only the no-op follows it.
+    this.selfRemovalIndex = this.findSelfRemoval(this.log.applied + 1, this.log.lastIndex());
     // The no-op entry of the new term: committing it commits everything before it.
     this.appendEntries([{ term: 0, index: 0, type: EntryType.Normal, data: EMPTY }]);
   }
@@ -528,11 +551,15 @@ export class Raft {
     this.electionElapsed++;
     if (this.electionElapsed >= this.electionTicks) {
       this.electionElapsed = 0;
-      if (this.checkQuorum && !this.quorumActive()) {
+      // A leader that is no longer a voter checks its quorum even without check-quorum: once it
+      // hears from no quorum of the voters it cannot hand over, and stepping down is safe (every
+      // entry of its log is committed), while a stale leader nobody answers would linger.
+      if ((this.checkQuorum || !this.voters.includes(this.id)) && !this.quorumActive()) {
         this.becomeFollower(this.term, NONE);
         return;
       }
       if (this.leadTransferee !== NONE) this.leadTransferee = NONE; // transfer timed out
+      this.maybeHandOver(); // a leader that is leaving tries again (another voter, perhaps)
     }
     if (this.heartbeatElapsed >= this.heartbeatTicks) {
       this.heartbeatElapsed = 0;
@@ -755,6 +782,7 @@ export class Raft {
       return;
     }
     if (!this.prs.has(this.id)) throw new ProposalDroppedError('leader is not a member of the group');
+    if (this.leaving()) throw new ProposalDroppedError('the leader is leaving the group');
     if (this.log.lastIndex() + entries.length > MAX_RAFT_INDEX) throw new ProposalDroppedError('the log reached its index bound');
     if (this.leadTransferee !== NONE) throw new ProposalDroppedError('leadership transfer in progress');
     let bytes = 0;
@@ -769,9 +797,11 @@ export class Raft {
         es = es.map((e) => (e.type === EntryType.ConfChange ? { ...e, type: EntryType.Normal, data: EMPTY } : e));
       }
     }
+    const first = this.log.lastIndex() + 1;
     this.appendEntries(es);
     this.uncommittedBytes += bytes;
     for (const e of es) if (e.type === EntryType.ConfChange) this.pendingConfIndex = this.log.lastIndex();
+    if (this.selfRemovalIndex === 0) this.selfRemovalIndex = this.findSelfRemoval(first, this.log.lastIndex());
     this.appendPending = true;
   }
 
@@ -922,6 +952,8 @@ export class Raft {
     }
     if (m.from === this.leadTransferee && pr.match === this.log.lastIndex()) {
       this.sendTimeoutNow(m.from);
+    } else {
+      this.maybeHandOver();
     }
   }
 
@@ -948,7 +980,10 @@ export class Raft {
     if (i < 0) return;
     const read = this.pendingReads[i]!;
     if (this.voters.includes(m.from)) read.acks.add(m.from);
-    if (read.acks.size < majority(this.voters.length)) return;
+    // Only voters of the configuration in effect count (a leader that is leaving is not one).
+    let acks = 0;
+    for (const id of read.acks) if (this.voters.includes(id)) acks++;
+    if (acks < majority(this.voters.length)) return;
     // This read and every earlier one are confirmed by the same heartbeat round.
     const done = this.pendingReads.splice(0, i + 1);
     for (const r of done) this.releaseRead(r.requestId, r.index, r.from);
@@ -1186,16 +1221,58 @@ export class Raft {
     if (next === cur) return cur; // never leave a group without voters
     this.applyConf(next);
     if (this.role === Role.Leader) {
-      if (!this.voters.includes(this.id)) {
-        // Removed (or demoted) leader: hand over by stepping down; the others elect a new leader.
-        this.becomeFollower(this.term, NONE);
-      } else {
-        if (this.leadTransferee !== NONE && !this.voters.includes(this.leadTransferee)) this.leadTransferee = NONE;
-        if (this.maybeCommit()) this.bcastAppend();
-        else this.bcastAppend();
-      }
+      if (this.selfRemovalIndex !== 0 && this.selfRemovalIndex <= this.log.applying) this.selfRemovalIndex = 0;
+      if (this.leadTransferee !== NONE && !this.voters.includes(this.leadTransferee)) this.leadTransferee = NONE;
+      // Under the new configuration a quorum may already hold more: commit it, tell everyone.
+      this.maybeCommit();
+      this.bcastAppend();
+      // A removed (or demoted) leader does not just step down: a remaining voter that has not
+      // learnt that the change committed still counts this node in its quorum, and would wait
+      // for its vote. It keeps leading (taking no proposals) until it hands over to a voter
+      // holding its whole log (see `maybeHandOver`).
+      this.maybeHandOver();
     }
     return this.confState();
+  }
+
+  /**
+   * The rule for a leader that is no longer a voter: once a voter of the configuration in
+   * effect has matched this leader's whole log, tell it to campaign at once (TimeoutNow); the
+   * leader steps down when that campaign reaches it with the higher term. Retried after every
+   * election timeout (the transfer's) until it succeeds. The target's log is at least as up to
+   * date as any other replica's, so it wins under either configuration (the old one, if it has
+   * not yet applied the change, where this node's vote counts and is granted; or the new one).
+   */
+  private maybeHandOver(): void {
+    if (this.role !== Role.Leader || this.voters.includes(this.id) || this.leadTransferee !== NONE) return;
+    const last = this.log.lastIndex();
+    const target = this.voters.find((v) => (this.prs.get(v)?.match ?? 0) >= last);
+    if (target === undefined) return; // not yet: every append response tries again
+    this.leadTransferee = target;
+    this.electionElapsed = 0; // the transfer times out after one election timeout
+    this.sendTimeoutNow(target);
+  }
+
+  /** The index of the first configuration change in [lo, hi] that removes or demotes this replica (0: none). */
+  private findSelfRemoval(lo: number, hi: number): number {
+    if (hi < lo) return 0;
+    let ents: Entry[];
+    try {
+      ents = this.log.slice(Math.max(lo, this.log.firstIndex()), hi + 1);
+    } catch {
+      return 0;
+    }
+    for (const e of ents) {
+      if (e.type !== EntryType.ConfChange) continue;
+      let cc: ConfChange;
+      try {
+        cc = decodeConfChange(e.data);
+      } catch {
+        continue;
+      }
+      if (cc.nodeId === this.id && (cc.type === ConfChangeType.AddLearner || cc.type === ConfChangeType.RemoveNode)) return e.index;
+    }
+    return 0;
   }
 
   private applyConf(conf: ConfState): void {

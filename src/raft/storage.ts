@@ -5,18 +5,18 @@
 import { type ConfState, type Entry, type HardState, type Snapshot } from './types.js';
 
 /** Thrown when asking for log positions that were compacted into a snapshot. */
-export class CompactedError extends Error {
+export class LogCompactedError extends Error {
   constructor(index: number, firstIndex: number) {
     super(`log index ${index} is compacted (first available index ${firstIndex})`);
-    this.name = 'CompactedError';
+    this.name = 'LogCompactedError';
   }
 }
 
 /** Thrown when asking for log positions that do not exist yet. */
-export class UnavailableError extends Error {
+export class LogUnavailableError extends Error {
   constructor(index: number, lastIndex: number) {
     super(`log index ${index} is unavailable (last index ${lastIndex})`);
-    this.name = 'UnavailableError';
+    this.name = 'LogUnavailableError';
   }
 }
 
@@ -34,7 +34,7 @@ export interface InitialState {
 export interface Storage {
   /** Hard state and configuration to restart from. */
   initialState(): InitialState;
-  /** Entries in [lo, hi). Throws CompactedError when lo < firstIndex(). */
+  /** Entries in [lo, hi). Throws LogCompactedError when lo < firstIndex(). */
   entries(lo: number, hi: number): Entry[];
   /** Term of the entry at index i (i may be firstIndex()-1, the snapshot's index). */
   term(i: number): number;
@@ -85,15 +85,15 @@ export class MemoryStorage implements Storage {
 
   term(i: number): number {
     const offset = this.ents[0]!.index;
-    if (i < offset) throw new CompactedError(i, offset + 1);
-    if (i - offset >= this.ents.length) throw new UnavailableError(i, this.lastIndex());
+    if (i < offset) throw new LogCompactedError(i, offset + 1);
+    if (i - offset >= this.ents.length) throw new LogUnavailableError(i, this.lastIndex());
     return this.ents[i - offset]!.term;
   }
 
   entries(lo: number, hi: number): Entry[] {
     const offset = this.ents[0]!.index;
-    if (lo <= offset) throw new CompactedError(lo, offset + 1);
-    if (hi > this.lastIndex() + 1) throw new UnavailableError(hi - 1, this.lastIndex());
+    if (lo <= offset) throw new LogCompactedError(lo, offset + 1);
+    if (hi > this.lastIndex() + 1) throw new LogUnavailableError(hi - 1, this.lastIndex());
     return this.ents.slice(lo - offset, hi - offset);
   }
 
@@ -133,7 +133,7 @@ export class MemoryStorage implements Storage {
    */
   createSnapshot(index: number, conf: ConfState, data: Uint8Array): Snapshot {
     if (this.snap && index <= this.snap.meta.index) return this.snap;
-    if (index > this.lastIndex()) throw new UnavailableError(index, this.lastIndex());
+    if (index > this.lastIndex()) throw new LogUnavailableError(index, this.lastIndex());
     const snap: Snapshot = { meta: { index, term: this.term(index), conf }, data };
     this.snap = snap;
     this.conf = conf;
@@ -144,7 +144,7 @@ export class MemoryStorage implements Storage {
   compact(index: number): void {
     const offset = this.ents[0]!.index;
     if (index <= offset) return;
-    if (index > this.lastIndex()) throw new UnavailableError(index, this.lastIndex());
+    if (index > this.lastIndex()) throw new LogUnavailableError(index, this.lastIndex());
     const t = this.term(index);
     this.ents = [{ term: t, index, type: 0, data: new Uint8Array(0) }, ...this.ents.slice(index - offset + 1)];
   }

@@ -5,8 +5,8 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import { MAX_NODE_ID, MAX_POOL_SHARDS, MAX_REPLICAS, isIntIn, type PoolSpec, type ShardingErrorCode } from '../sharding/index.js';
-import { AdminTokenCheck } from './admin-auth.js';
-import { loadProtos } from './proto.js';
+import { AdminTokenCheck } from '../wire/auth.js';
+import { adminServiceDefinition } from '../wire/admin-proto.js';
 
 /** One registered extension as the admin API reports it. */
 export interface AdminExtensionRecord {
@@ -20,6 +20,8 @@ export interface AdminExtensionRecord {
   inProcess?: boolean;
   maxRestartsPerMinute?: number;
   pauseMs?: number;
+  /** Where the lambdas run ('worker', 'process', 'in-process'); absent: the node's default. */
+  isolation?: string;
   loadedAtMs: number;
 }
 
@@ -73,7 +75,7 @@ export interface AdminBackend {
   addMember(id: number, address: string, deadlineMs: number, peerAddress?: string): Promise<{ epoch: number }>;
   /** Starts removing a member (its replicas move away first). */
   removeMember(id: number, deadlineMs: number): Promise<{ epoch: number }>;
-  load(tgz: Uint8Array, opts: { name?: string; config?: Record<string, unknown>; inProcess?: boolean; maxRestartsPerMinute?: number; pauseMs?: number }): Promise<AdminExtensionStatus>;
+  load(tgz: Uint8Array, opts: { name?: string; config?: Record<string, unknown>; inProcess?: boolean; isolation?: 'worker' | 'process' | 'in-process'; maxRestartsPerMinute?: number; pauseMs?: number }): Promise<AdminExtensionStatus>;
   unload(name: string): Promise<boolean>;
   /** Resumes a paused extension on every node; resolves whether it was paused here, undefined when not loaded. */
   resume?(name: string): Promise<boolean | undefined>;
@@ -92,13 +94,6 @@ export interface AdminServiceOptions {
   readonly log?: { warn(obj: object, msg: string): void; error(obj: object, msg: string): void };
 }
 
-const adminPackage = loadProtos(['kvcascade/v1/admin.proto']);
-/** Service definition of kvcascade.v1.Admin. */
-export const adminServiceDefinition = adminPackage['kvcascade.v1.Admin'] as grpc.ServiceDefinition;
-/** Client constructor of kvcascade.v1.Admin. */
-export const AdminStubClient = (grpc.loadPackageDefinition(adminPackage) as unknown as {
-  kvcascade: { v1: { Admin: grpc.ServiceClientConstructor } };
-}).kvcascade.v1.Admin;
 
 function statusError(code: grpc.status, details: string, md?: Record<string, string>): grpc.ServiceError {
   const metadata = new grpc.Metadata();
@@ -119,6 +114,7 @@ function recordToWire(r: AdminExtensionRecord): Record<string, unknown> {
     inProcess: r.inProcess ?? false,
     maxRestartsPerMinute: r.maxRestartsPerMinute ?? 0,
     pauseMs: r.pauseMs ?? 0,
+    isolation: r.isolation ?? '',
     loadedAtMs: r.loadedAtMs,
   };
 }
@@ -341,7 +337,7 @@ export function addAdminService(server: grpc.Server, backend: AdminBackend, opts
         cb(denied);
         return;
       }
-      let header: { name?: string; configJson?: string; inProcess?: boolean; size?: number; maxRestartsPerMinute?: number; pauseMs?: number | string } | undefined;
+      let header: { name?: string; configJson?: string; inProcess?: boolean; size?: number; isolation?: string; maxRestartsPerMinute?: number; pauseMs?: number | string } | undefined;
       const parts: Buffer[] = [];
       let size = 0;
       let failed = false;
@@ -382,11 +378,19 @@ export function addAdminService(server: grpc.Server, backend: AdminBackend, opts
             return fail(statusError(grpc.status.INVALID_ARGUMENT, `bad config: ${(e as Error).message}`));
           }
         }
+        const isolation = header.isolation || undefined;
+        if (isolation !== undefined && isolation !== 'worker' && isolation !== 'process' && isolation !== 'in-process') {
+          return fail(statusError(grpc.status.INVALID_ARGUMENT, `bad isolation ${JSON.stringify(isolation)}: use worker, process or in-process`));
+        }
+        if (header.inProcess && isolation !== undefined && isolation !== 'in-process') {
+          return fail(statusError(grpc.status.INVALID_ARGUMENT, `in_process contradicts isolation ${JSON.stringify(isolation)}`));
+        }
         backend
           .load(new Uint8Array(Buffer.concat(parts)), {
             ...(header.name ? { name: header.name } : {}),
             config,
             inProcess: header.inProcess ?? false,
+            ...(isolation ? { isolation } : {}),
             ...(header.maxRestartsPerMinute ? { maxRestartsPerMinute: Number(header.maxRestartsPerMinute) } : {}),
             ...(header.pauseMs && Number(header.pauseMs) > 0 ? { pauseMs: Number(header.pauseMs) } : {}),
           })

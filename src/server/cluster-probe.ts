@@ -1,53 +1,35 @@
-/** The gRPC implementation of the node's ClusterProbe: other members' status, and key counts of one shard read through the cluster's own routing. */
+/** The gRPC implementation of the node's ClusterProbe: other members' status over the node's stub pool, and key counts of one shard read through the node's coordinator. */
 import * as grpc from '@grpc/grpc-js';
 import type { ClusterProbe } from '../node/cluster-admin.js';
 import type { NodeStatusInfo } from '../node/backend.js';
 import type { ClusterMap } from '../sharding/index.js';
-import { ClusterStubClient, KvStubClient, type ClusterStub, type KvStub, type ListResponseMsg } from './proto.js';
-import { statusFromMsg } from './status-codec.js';
+import type { Coordinator } from '../coordinator/coordinator.js';
+import type { PeerStubs } from '../coordinator/peer-stubs.js';
+import { statusFromMsg } from '../wire/status-codec.js';
 
 /** Options of {@link GrpcClusterProbe}. */
 export interface GrpcClusterProbeOptions {
   readonly selfId: number;
   /** This node's own status (not fetched over the network). */
   readonly selfStatus: () => Promise<NodeStatusInfo>;
-  /** This node's client address: key counts go through it (it forwards to the shard's leader). */
-  readonly selfAddress: string;
-  readonly credentials?: grpc.ChannelCredentials;
+  /** The node's stub pool (its owner closes it). */
+  readonly stubs: PeerStubs;
+  /** The node's coordinator: key counts go through it (it forwards to the shard's leader). */
+  readonly coordinator: Coordinator;
 }
 
 /** Pages of keys scanned when checking a prefix is empty. */
 const MAX_PAGES = 20;
 
-/** Probes members over gRPC; channels are cached per address. */
+/** Probes members over gRPC through the node's stub pool. */
 export class GrpcClusterProbe implements ClusterProbe {
-  private readonly clusterStubs = new Map<string, ClusterStub>();
-  private kvStub: KvStub | undefined;
-
   constructor(private readonly opts: GrpcClusterProbeOptions) {}
-
-  private cluster(address: string): ClusterStub {
-    let s = this.clusterStubs.get(address);
-    if (!s) {
-      s = new ClusterStubClient(address, this.opts.credentials ?? grpc.credentials.createInsecure(), {
-        'grpc.initial_reconnect_backoff_ms': 100,
-        'grpc.max_reconnect_backoff_ms': 1000,
-      });
-      this.clusterStubs.set(address, s);
-    }
-    return s;
-  }
-
-  private kv(): KvStub {
-    this.kvStub ??= new KvStubClient(this.opts.selfAddress, this.opts.credentials ?? grpc.credentials.createInsecure(), {});
-    return this.kvStub;
-  }
 
   async statuses(map: ClusterMap, deadlineMs: number): Promise<NodeStatusInfo[]> {
     const calls = map.members.map(async (m): Promise<NodeStatusInfo | undefined> => {
       if (m.id === this.opts.selfId) return this.opts.selfStatus();
       return new Promise((resolve) => {
-        this.cluster(m.address).status({}, new grpc.Metadata(), { deadline: new Date(deadlineMs) }, (err, res) => {
+        this.opts.stubs.cluster(m.address).status({}, new grpc.Metadata(), { deadline: new Date(deadlineMs) }, (err, res) => {
           resolve(err || !res ? undefined : statusFromMsg(res));
         });
       });
@@ -62,11 +44,8 @@ export class GrpcClusterProbe implements ClusterProbe {
     let n = 0;
     let pageToken = '';
     for (let page = 0; page < MAX_PAGES; page++) {
-      const res = await new Promise<ListResponseMsg>((resolve, reject) => {
-        this.kv().list({ prefix, shard: group, limit: 1000, keysOnly: true, pageToken }, new grpc.Metadata(), { deadline: new Date(deadlineMs) }, (err, r) =>
-          err ? reject(err) : resolve(r!),
-        );
-      });
+      const req = { prefix, shard: group, limit: 1000, keysOnly: true, pageToken };
+      const res = (await this.opts.coordinator.run('list', req, { hops: 0, lambdaHops: 0, deadlineMs, admin: false })).response;
       for (const it of res.items ?? []) {
         if (it.key === prefix || it.key?.startsWith(`${prefix}/`)) n++;
         if (n >= limit) return n;
@@ -77,9 +56,6 @@ export class GrpcClusterProbe implements ClusterProbe {
     throw new Error(`too many keys share the characters of ${prefix} in shard ${group} to check it is empty`);
   }
 
-  /** Closes the cached channels. */
-  close(): void {
-    for (const s of this.clusterStubs.values()) s.close();
-    this.kvStub?.close();
-  }
+  /** Nothing of its own to close: the stub pool's owner closes it. */
+  close(): void {}
 }

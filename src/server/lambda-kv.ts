@@ -1,20 +1,21 @@
 /**
- * The store as extension lambdas see it: each call runs on this node when it leads the key's
- * shard (no network hop), and otherwise goes over gRPC to the node the local routing points at,
- * carrying the lambda chain's hop count in `kv-hops` metadata so the hop limit holds across nodes.
- * Writes carry the store's client session (one random id per store, i.e. per node process, and a
- * seq per logical write), so a write whose attempt failed with an unknown outcome (a dropped
+ * The store as extension lambdas see it: a thin adapter over the node's {@link Coordinator}, so a
+ * lambda's reads, writes and lists are routed like a client's (served by this node when it leads
+ * the key's shard, forwarded to the leader otherwise, lists merged across shards) without ever
+ * calling this node over gRPC. Writes carry the lambda chain's hop count (`kv-hops` when
+ * forwarded) and the store's client session (one random id per store, i.e. per node process, and
+ * a seq per logical write), so a write whose attempt failed with an unknown outcome (a dropped
  * connection, an unavailable leader, a lost leadership) is retried within its deadline under the
  * same seq: the shard applies it at most once and answers the retry with the first result.
  */
 import * as grpc from '@grpc/grpc-js';
-import { NotLeaderError, OverloadedError, UnavailableError, type CallOptions, type KvBackend } from '../node/backend.js';
+import { NotLeaderError, OverloadedError, UnavailableError, type KvBackend } from '../node/backend.js';
 import type { LambdaKv } from '../extensions/store-access.js';
 import { WriteSessionSource } from '../extensions/write-session.js';
 import type { WriteSession } from '../statemachine/index.js';
-import { META_FORWARDED, META_HOPS } from './metadata.js';
-import { KvStubClient, type KvStub } from './proto.js';
-import { encodePageToken } from './request-validation.js';
+import { Coordinator, type RouteContext } from '../coordinator/coordinator.js';
+import { OpStatus } from '../coordinator/op-status.js';
+import { encodePageToken } from '../wire/request-validation.js';
 
 /** Most attempts of one lambda write (the first one included), within its deadline. */
 export const LAMBDA_WRITE_MAX_ATTEMPTS = 8;
@@ -36,158 +37,107 @@ const RETRIED_STATUSES: ReadonlySet<number> = new Set([
   grpc.status.RESOURCE_EXHAUSTED,
 ]);
 
-/** Whether a failed attempt of a write with a session may be retried (not applied, or outcome unknown; never a definite refusal). */
+/**
+ * Whether a failed attempt of a write with a session may be retried (not applied, or outcome
+ * unknown; never a definite refusal). A coordinator status is judged by the store error it
+ * classifies when it has one, else (a forwarded call's status) by its code.
+ */
 export function isRetriableWriteFailure(e: unknown): boolean {
+  if (e instanceof OpStatus) return e.cause !== undefined ? isRetriableWriteFailure(e.cause) : RETRIED_STATUSES.has(e.code);
   if (e instanceof NotLeaderError || e instanceof UnavailableError || e instanceof OverloadedError) return true;
   const code = (e as { code?: unknown } | null)?.code;
   return typeof code === 'number' && RETRIED_STATUSES.has(code); // a gRPC status (the store's own errors have string codes)
 }
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-
-function call<Req, Res>(stub: KvStub, method: 'put' | 'get' | 'delete' | 'trigger' | 'list', req: Req, md: grpc.Metadata, deadlineMs: number): Promise<Res> {
-  return new Promise((resolve, reject) => {
-    const fn = stub[method] as unknown as (r: Req, m: grpc.Metadata, o: Partial<grpc.CallOptions>, cb: (e: grpc.ServiceError | null, r?: Res) => void) => void;
-    fn.call(stub, req, md, { deadline: new Date(deadlineMs) }, (err, res) => (err ? reject(err) : resolve(res!)));
-  });
+/** What a lambda sees of a failure: the store's own error when this node's backend raised it, else the coordinator's status. */
+function unwrap(e: unknown): unknown {
+  return e instanceof OpStatus && e.cause !== undefined ? e.cause : e;
 }
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** Options of {@link routedLambdaKv}. */
 export interface RoutedLambdaKvOptions {
-  /** This node's client address (lists spanning shards are merged by its own service). */
-  readonly selfAddress: string;
+  /** This node's client address (used, with `credentials`, only when the store builds a coordinator of its own). */
+  readonly selfAddress?: string;
   readonly credentials?: grpc.ChannelCredentials;
   /** The session the writes carry (default: a new random one, i.e. one per store and process). */
   readonly sessions?: WriteSessionSource;
 }
 
-/** A {@link LambdaKv} over the local backend, forwarding what this node does not lead. */
-export function routedLambdaKv(backend: KvBackend, opts: RoutedLambdaKvOptions): LambdaKv & { close(): void } {
-  const stubs = new Map<string, KvStub>();
-  const stub = (address: string): KvStub => {
-    let s = stubs.get(address);
-    if (!s) {
-      s = new KvStubClient(address, opts.credentials ?? grpc.credentials.createInsecure(), {
-        'grpc.initial_reconnect_backoff_ms': 100,
-        'grpc.max_reconnect_backoff_ms': 1000,
-        'grpc.max_receive_message_length': 64 * 1024 * 1024,
-      });
-      stubs.set(address, s);
-    }
-    return s;
-  };
-  const md = (hops: number): grpc.Metadata => {
-    const m = new grpc.Metadata();
-    m.set(META_FORWARDED, '1');
-    if (hops > 0) m.set(META_HOPS, String(hops));
-    return m;
-  };
-  /** Runs `local`; on NotLeaderError with a target, runs `remote` against it. */
-  const routed = async <T>(local: () => Promise<T>, remote: (address: string) => Promise<T>): Promise<T> => {
-    try {
-      return await local();
-    } catch (e) {
-      if (e instanceof NotLeaderError && e.leaderAddress && e.leaderAddress !== opts.selfAddress) return remote(e.leaderAddress);
-      throw e;
-    }
-  };
+/**
+ * A {@link LambdaKv} over the node's coordinator (or, given a backend, over a coordinator of its
+ * own, closed with the store). `close` does not close a coordinator it was given.
+ */
+export function routedLambdaKv(over: Coordinator | KvBackend, opts: RoutedLambdaKvOptions = {}): LambdaKv & { close(): void } {
+  const owned = !(over instanceof Coordinator);
+  const coord =
+    over instanceof Coordinator
+      ? over
+      : new Coordinator(over, {
+          ...(opts.selfAddress !== undefined ? { selfAddress: opts.selfAddress } : {}),
+          ...(opts.credentials ? { forwardCredentials: opts.credentials } : {}),
+        });
+  const ctx = (deadlineMs: number, lambdaHops = 0): RouteContext => ({ hops: 0, lambdaHops, deadlineMs, admin: false });
   const sessions = opts.sessions ?? new WriteSessionSource();
   /**
-   * One logical write under a new seq of the session: routed attempts (local, else remote),
-   * retried with backoff while they fail retriably and the deadline allows; every attempt carries
-   * the same (id, seq), so the write applies at most once however many attempts reach the shard.
+   * One logical write under a new seq of the session: attempts routed by the coordinator, retried
+   * with backoff while they fail retriably and the deadline allows; every attempt carries the
+   * same (id, seq), so the write applies at most once however many attempts reach the shard.
    */
-  const write = <T>(
-    deadlineMs: number,
-    hops: number,
-    local: (o: CallOptions) => Promise<T>,
-    remote: (address: string, session: WriteSession) => Promise<T>,
-  ): Promise<T> =>
+  const write = <T>(deadlineMs: number, attemptOnce: (session: WriteSession) => Promise<T>): Promise<T> =>
     sessions.run(async (session) => {
       for (let attempt = 1, backoff = LAMBDA_WRITE_BACKOFF_MS; ; attempt++, backoff = Math.min(backoff * 2, LAMBDA_WRITE_BACKOFF_MAX_MS)) {
         try {
-          return await routed(() => local({ deadlineMs, hops, session }), (address) => remote(address, session));
+          return await attemptOnce(session);
         } catch (e) {
-          if (!isRetriableWriteFailure(e) || attempt >= LAMBDA_WRITE_MAX_ATTEMPTS || Date.now() + backoff >= deadlineMs) throw e;
+          if (!isRetriableWriteFailure(e) || attempt >= LAMBDA_WRITE_MAX_ATTEMPTS || Date.now() + backoff >= deadlineMs) throw unwrap(e);
           await sleep(backoff);
         }
       }
     });
+  const read = async <T>(fn: () => Promise<T>): Promise<T> => {
+    try {
+      return await fn();
+    } catch (e) {
+      throw unwrap(e);
+    }
+  };
+  const expected = (o: { expectedVersion?: number }) => (o.expectedVersion !== undefined ? { expectedVersion: o.expectedVersion } : {});
   return {
     get: (key, o, deadlineMs) =>
-      routed(
-        () =>
-          backend
-            .get({ key, consistency: 'linearizable', ...(o.atVersion ? { atVersion: o.atVersion } : {}), ...(o.atTimeMs ? { atTimeMs: o.atTimeMs } : {}) }, { deadlineMs })
-            .then((g) => ({ found: g.found, ...(g.value ? { value: g.value } : {}), version: g.version, timestampMs: g.timestampMs })),
-        (address) =>
-          call<object, { found: boolean; value: Uint8Array; version: number; timestampMs: number }>(
-            stub(address),
-            'get',
-            { key, ...(o.atVersion ? { atVersion: o.atVersion } : {}), ...(o.atTimeMs ? { atTimeMs: o.atTimeMs } : {}) },
-            md(0),
-            deadlineMs,
-          ).then((g) => ({ found: g.found, ...(g.found ? { value: g.value } : {}), version: g.version, timestampMs: g.timestampMs })),
-      ),
+      read(async () => {
+        const req = { key, ...(o.atVersion ? { atVersion: o.atVersion } : {}), ...(o.atTimeMs ? { atTimeMs: o.atTimeMs } : {}) };
+        const g = (await coord.run('get', req, ctx(deadlineMs))).response;
+        return { found: g.found === true, ...(g.found ? { value: g.value ?? new Uint8Array(0) } : {}), version: g.version ?? 0, timestampMs: g.timestampMs ?? 0 };
+      }),
     put: (key, value, o, hops, deadlineMs) =>
-      write(
-        deadlineMs,
-        hops,
-        (co) =>
-          backend
-            .put({ key, value, ...(o.expectedVersion !== undefined ? { expectedVersion: o.expectedVersion } : {}) }, co)
-            .then((p) => ({ succeeded: p.succeeded, version: p.succeeded ? p.version : 0, currentVersion: p.succeeded ? p.version : (p.current?.version ?? p.version) })),
-        (address, session) =>
-          call<object, { succeeded: boolean; version: number; currentVersion: number }>(
-            stub(address),
-            'put',
-            { key, value, ...(o.expectedVersion !== undefined ? { expectedVersion: o.expectedVersion } : {}), session },
-            md(hops),
-            deadlineMs,
-          ).then((p) => ({ succeeded: p.succeeded, version: p.version, currentVersion: p.succeeded ? p.version : p.currentVersion })),
-      ),
+      write(deadlineMs, async (session) => {
+        const p = (await coord.run('put', { key, value, ...expected(o), session }, ctx(deadlineMs, hops))).response;
+        return { succeeded: p.succeeded === true, version: p.version ?? 0, currentVersion: (p.succeeded ? p.version : p.currentVersion) ?? 0 };
+      }),
     delete: (key, o, hops, deadlineMs) =>
-      write(
-        deadlineMs,
-        hops,
-        (co) =>
-          backend
-            .delete({ key, ...(o.expectedVersion !== undefined ? { expectedVersion: o.expectedVersion } : {}) }, co)
-            .then((d) => ({ succeeded: d.succeeded, deleted: d.deleted })),
-        (address, session) =>
-          call<object, { succeeded: boolean; deleted: boolean }>(
-            stub(address),
-            'delete',
-            { key, ...(o.expectedVersion !== undefined ? { expectedVersion: o.expectedVersion } : {}), session },
-            md(hops),
-            deadlineMs,
-          ).then((d) => ({ succeeded: d.succeeded, deleted: d.deleted })),
-      ),
+      write(deadlineMs, async (session) => {
+        const d = (await coord.run('delete', { key, ...expected(o), session }, ctx(deadlineMs, hops))).response;
+        return { succeeded: d.succeeded === true, deleted: d.deleted === true };
+      }),
     trigger: (key, value, hops, deadlineMs) =>
-      write(
-        deadlineMs,
-        hops,
-        (co) => backend.trigger({ key, value }, co).then(() => undefined),
-        (address, session) => call<object, object>(stub(address), 'trigger', { key, value, session }, md(hops), deadlineMs).then(() => undefined),
-      ),
-    list: async (prefix, o, deadlineMs) => {
-      // The local service merges the shards the prefix spans and forwards to their leaders.
-      const res = await call<object, { items: { key: string; value: Uint8Array; version: number }[]; nextPageToken: string }>(
-        stub(opts.selfAddress),
-        'list',
-        { prefix, keysOnly: o.keysOnly ?? false, ...(o.limit ? { limit: o.limit } : {}), ...(o.after !== undefined ? { pageToken: encodePageToken(o.after) } : {}) },
-        new grpc.Metadata(),
-        deadlineMs,
-      );
-      const last = res.items[res.items.length - 1];
-      return {
-        items: res.items.map((i) => ({ key: i.key, ...(o.keysOnly ? {} : { value: i.value }), version: i.version })),
-        ...(res.nextPageToken && last ? { nextAfter: last.key } : {}),
-      };
-    },
+      write(deadlineMs, async (session) => {
+        await coord.run('trigger', { key, value, session }, ctx(deadlineMs, hops));
+      }),
+    list: (prefix, o, deadlineMs) =>
+      read(async () => {
+        const req = { prefix, keysOnly: o.keysOnly ?? false, ...(o.limit ? { limit: o.limit } : {}), ...(o.after !== undefined ? { pageToken: encodePageToken(o.after) } : {}) };
+        const res = (await coord.run('list', req, ctx(deadlineMs))).response;
+        const items = res.items ?? [];
+        const last = items[items.length - 1];
+        return {
+          items: items.map((i) => ({ key: i.key ?? '', ...(o.keysOnly ? {} : { value: i.value ?? new Uint8Array(0) }), version: i.version ?? 0 })),
+          ...(res.nextPageToken && last ? { nextAfter: last.key ?? '' } : {}),
+        };
+      }),
     close: () => {
-      for (const s of stubs.values()) s.close();
+      if (owned) coord.close();
     },
   };
 }

@@ -17,7 +17,8 @@ import {
 } from './limits.js';
 import { Queue } from './queue.js';
 import { isStoredResult, SessionTable, validateWriteSession, type SessionDecision, type SessionRecord } from './sessions.js';
-import { decodeSnapshot, encodeSnapshot, type SnapshotData, type VersionRecord } from './snapshot-codec.js';
+import { decodeSnapshot, encodeSnapshot, type SnapshotData } from './snapshot-codec.js';
+import type { VersionRecord } from './types.js';
 import { SortedKeySet } from './sorted-keys.js';
 import type { StateSink } from './state-sink.js';
 import type {

@@ -30,7 +30,7 @@ import { ByteReader, ByteWriter } from './binary.js';
 import { ValidationError, type ValidationErrorCode } from './errors.js';
 import { MAX_SESSION_ID_LENGTH, MAX_VALUE_BYTES, MAX_TXN_OPS, MIN_SESSION_ID_LENGTH } from './limits.js';
 import type { StateSink } from './state-sink.js';
-import type { SessionResult, VersionedValue, WriteSession } from './types.js';
+import type { SessionHeader, SessionResult, VersionedValue, WriteSession } from './types.js';
 
 /** The characters and length a session id must have. */
 export const SESSION_ID_PATTERN = new RegExp(`^[A-Za-z0-9_-]{${MIN_SESSION_ID_LENGTH},${MAX_SESSION_ID_LENGTH}}$`);
@@ -45,16 +45,6 @@ export interface SessionLimits {
   readonly maxResults: number;
 }
 
-/** A session's scalars, as stored (the durable header record). */
-export interface SessionHeader {
-  readonly id: string;
-  /** Every seq below this is forgotten (acknowledged by the client, or dropped over the bound). */
-  readonly forgottenBelow: number;
-  /** The log index of the session's last write (unique per session: one entry touches one session). */
-  readonly lastActiveIndex: number;
-  /** The effective timestamp of that entry (expiry measures idleness from it). */
-  readonly lastActiveTs: number;
-}
 
 /** A whole session, as snapshots and durable records carry it. */
 export interface SessionRecord extends SessionHeader {

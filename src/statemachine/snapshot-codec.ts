@@ -11,14 +11,8 @@ import {
   MAX_VALUE_BYTES,
 } from './limits.js';
 import { checkSessionRecords, readSessionResult, writeSessionResult, type SessionRecord } from './sessions.js';
-import type { KvEvent, SessionResult } from './types.js';
+import type { KvEvent, SessionResult, VersionRecord } from './types.js';
 
-/** One stored version of a key; `value === null` is a tombstone (delete). */
-export interface VersionRecord {
-  readonly revision: number;
-  readonly timestampMs: number;
-  readonly value: Uint8Array | null;
-}
 
 /** The plain data a snapshot carries; `KvStateMachine` converts to and from it. */
 export interface SnapshotData {

@@ -1,7 +1,5 @@
 /** The observer interface through which a state machine reports every change of its durable records, so a host can persist them incrementally. */
-import type { SessionHeader } from './sessions.js';
-import type { VersionRecord } from './snapshot-codec.js';
-import type { KvEvent, SessionResult } from './types.js';
+import type { KvEvent, SessionHeader, SessionResult, VersionRecord } from './types.js';
 
 /**
  * Receives, synchronously and in apply order, every change a {@link KvStateMachine} makes to the

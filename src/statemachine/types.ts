@@ -288,3 +288,21 @@ export interface KvStateMachineOptions {
   /** Most results kept per session; more forget the lowest sequence numbers (default DEFAULT_MAX_SESSION_RESULTS). */
   readonly maxSessionResults?: number;
 }
+
+/** One stored version of a key; `value === null` is a tombstone (delete). */
+export interface VersionRecord {
+  readonly revision: number;
+  readonly timestampMs: number;
+  readonly value: Uint8Array | null;
+}
+
+/** A session's scalars, as stored (the durable header record). */
+export interface SessionHeader {
+  readonly id: string;
+  /** Every seq below this is forgotten (acknowledged by the client, or dropped over the bound). */
+  readonly forgottenBelow: number;
+  /** The log index of the session's last write (unique per session: one entry touches one session). */
+  readonly lastActiveIndex: number;
+  /** The effective timestamp of that entry (expiry measures idleness from it). */
+  readonly lastActiveTs: number;
+}

@@ -1,4 +1,4 @@
-/** Tests of kvd's configuration: the two planes' addresses, the peer TLS requirement, and how the admin token may be given. */
+/** Tests of kvd's configuration: the two planes' addresses, the peer TLS requirement, how the admin token may be given, and the extension isolation defaults. */
 import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -52,5 +52,18 @@ describe('kvd configuration', () => {
     const flag = parseConfig(['--id', '1', '--listen', '127.0.0.1:7001', '--admin-token', 'a-token-of-at-least-16-chars']);
     expect(flag.adminToken).toBe('a-token-of-at-least-16-chars');
     expect(flag.warnings.join('\n')).toMatch(/--admin-token puts the admin token in the process list/);
+  });
+
+  it('takes the default extension isolation and memory budget from flags or the file', () => {
+    const cfg = parseConfig([...base, '--insecure-peers', '--extension-isolation', 'worker', '--extension-memory-mb', '300']);
+    expect(cfg).toMatchObject({ extensionIsolation: 'worker', extensionMemoryMb: 300 });
+    const none = parseConfig([...base, '--insecure-peers']);
+    expect(none.extensionIsolation).toBeUndefined();
+    expect(none.extensionMemoryMb).toBeUndefined();
+    const file = join(dir, 'iso.json');
+    writeFileSync(file, JSON.stringify({ extensionIsolation: 'process', extensionMemoryMb: 128 }));
+    expect(parseConfig([...base, '--insecure-peers', '--config', file])).toMatchObject({ extensionIsolation: 'process', extensionMemoryMb: 128 });
+    expect(() => parseConfig([...base, '--insecure-peers', '--extension-isolation', 'vm'])).toThrow(/must be process, worker or in-process/);
+    expect(() => parseConfig([...base, '--insecure-peers', '--extension-memory-mb', '8'])).toThrow(/>= 16/);
   });
 });

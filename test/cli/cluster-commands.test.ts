@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { EXIT, formatTable, main } from '../../src/cli/kvctl.js';
-import { clusterServiceDefinition, type StatusResponseMsg } from '../../src/server/proto.js';
+import { clusterServiceDefinition, type StatusResponseMsg } from '../../src/wire/proto.js';
 import { MAX_POOL_SHARDS, MAX_REPLICAS, ShardingError } from '../../src/sharding/index.js';
 import { deadAddress, FAKE_TOKEN, FakeCluster, group } from './fake-cluster.js';
 

@@ -1,7 +1,7 @@
 /** A fake sharded cluster for the kvctl tests: loopback nodes serving scripted Cluster.Status / GetShardMap answers and the Admin service over a recording backend. */
 import * as grpc from '@grpc/grpc-js';
 import { addAdminService, type AdminBackend, type CreatePoolInput } from '../../src/server/admin-service.js';
-import { clusterServiceDefinition, type GroupStatusMsg, type StatusResponseMsg } from '../../src/server/proto.js';
+import { clusterServiceDefinition, type GroupStatusMsg, type StatusResponseMsg } from '../../src/wire/proto.js';
 import type { ClusterMap, PoolSpec } from '../../src/sharding/index.js';
 
 /** The admin token the fake nodes accept. */

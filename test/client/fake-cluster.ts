@@ -1,6 +1,6 @@
 /** Fake kvcascade nodes for client routing tests: gRPC servers over one shared in-memory store that route by a cluster map, count calls per node and report the shard, its leader and the map epoch like real nodes. */
 import * as grpc from '@grpc/grpc-js';
-import { kvMetadata } from '../../src/server/metadata.js';
+import { kvMetadata } from '../../src/wire/metadata.js';
 import {
   clusterServiceDefinition,
   kvServiceDefinition,
@@ -12,7 +12,7 @@ import {
   type PutRequestMsg,
   type TriggerRequestMsg,
   type TxnRequestMsg,
-} from '../../src/server/proto.js';
+} from '../../src/wire/proto.js';
 import { initialMap, shardOf, type ClusterMap } from '../../src/sharding/index.js';
 
 /** The calls a fake node counts (`pipelineOp`: one per op received on a Pipeline stream). */

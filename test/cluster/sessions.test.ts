@@ -5,7 +5,7 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { KvStubClient, type GetResponseMsg, type KvStub, type PutResponseMsg } from '../../src/server/proto.js';
+import { KvStubClient, type GetResponseMsg, type KvStub, type PutResponseMsg } from '../../src/wire/proto.js';
 import { KvdCluster } from './harness.js';
 
 let cluster: KvdCluster;

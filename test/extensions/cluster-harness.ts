@@ -7,7 +7,7 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ExtensionManager, type ExtensionManagerOptions, type LoadOptions } from '../../src/extensions/manager.js';
+import { ExtensionManager, type ExtensionManagerOptions } from '../../src/extensions/manager.js';
 import { localLambdaKv, type LocalStore } from '../../src/extensions/local-lambda-kv.js';
 import { packFolder } from '../../src/extensions/package.js';
 import type { LambdaKv, ShardRevisions } from '../../src/extensions/store-access.js';
@@ -125,7 +125,7 @@ export class ExtCluster {
    * runs the new generation; when it does, this also waits (a while) for every other node to
    * settle on it, so that the node delivering a shard runs it too.
    */
-  async load(folder: string, opts: LoadOptions = {}) {
+  async load(folder: string, opts: Parameters<ExtensionManager['load']>[1] = {}) {
     const tgz = await packFolder(folder);
     const status = await (await this.metaManager()).load(tgz, opts);
     if (status.state === 'running') {

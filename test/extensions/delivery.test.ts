@@ -111,15 +111,15 @@ describe('delivery', () => {
         console.log('DLQ so far', JSON.stringify(await c.list('/_dlq/it-misbehave/')), JSON.stringify(c.managers.map((m) => m.statuses().find((s) => s.name === 'it-misbehave'))));
         throw e;
       });
-    // One dead letter per bad key. The three share one worker, so a lambda in flight when the
-    // worker is restarted (after the hang's timeout or the allocation's heap limit) reports
-    // 'worker-crashed' rather than its own failure.
+    // One dead letter per bad key. The three share one worker (or process), so a lambda in flight
+    // when it is restarted (after the hang's timeout or the allocation's heap limit) reports
+    // 'worker-crashed' ('process-exited' in process isolation) rather than its own failure.
     const byKey = new Map(letters.map((x) => [JSON.parse(x.value).event.key as string, JSON.parse(x.value).kind as string]));
     expect([...byKey.keys()].sort()).toEqual(['/bad/hang', '/bad/oom', '/bad/throw']);
     // Any of them may be in flight on the worker another one brings down (then it reports that
     // worker's end); 'poison' when a leader change (a loaded machine) spread its runner-killing
     // failures over two nodes.
-    const downs = ['timeout', 'worker-crashed', 'out-of-memory', 'poison'];
+    const downs = ['timeout', 'worker-crashed', 'out-of-memory', 'process-exited', 'poison'];
     expect(downs).toContain(byKey.get('/bad/hang'));
     expect(['threw', ...downs]).toContain(byKey.get('/bad/throw'));
     expect(downs).toContain(byKey.get('/bad/oom'));

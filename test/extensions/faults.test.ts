@@ -28,7 +28,7 @@ describe('what the attempt record costs', () => {
     for (const mode of ['worker', 'in-process'] as const) {
       const prefix = `/fast-${mode}/`;
       const out = `/fast-out-${mode}`;
-      await c.load(`${FIX}/it-fast`, { name: `fast-${mode}`, config: { prefix, out }, inProcess: mode === 'in-process' });
+      await c.load(`${FIX}/it-fast`, { name: `fast-${mode}`, config: { prefix, out }, isolation: mode });
       await new Promise((r) => setTimeout(r, 500));
       const sm = async () => (await c.leader(DATA_GROUP)).replica(DATA_GROUP)!.sm;
       const rev0 = (await sm()).revision;

@@ -123,7 +123,7 @@ describe('in-process lambda that never returns', () => {
     const metrics = await (await fetch(`http://127.0.0.1:${cluster.node(leader).metricsPort}/metrics`)).text();
     expect(metrics).toMatch(/kvcascade_extension_worker_restarts_total\{extension="it-breaker"\} [1-9]/);
     expect(metrics).toMatch(/kvcascade_extension_paused\{extension="it-breaker"\} 1/);
-    expect(metrics).toMatch(/kvcascade_extension_errors_total\{[^}]*extension="it-breaker"[^}]*kind="worker-crashed"[^}]*\} [1-9]/);
+    expect(metrics).toMatch(/kvcascade_extension_errors_total\{[^}]*extension="it-breaker"[^}]*kind="(worker-crashed|process-exited)"[^}]*\} [1-9]/);
     const reader = new KvClient({ endpoints: cluster.endpoints, adminToken: TOKEN, defaultDeadlineMs: 5000 });
     try {
       expect((await reader.list('/_dlq/it-breaker/')).items).toEqual([]);

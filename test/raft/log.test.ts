@@ -1,7 +1,7 @@
 // Covers src/raft/log.ts: RaftLog over MemoryStorage (append, maybeAppend, conflicts, isUpToDate, commit, slice, apply cursor, restore, stableTo) and limitSize.
 import { describe, expect, it } from 'vitest';
 import { limitSize, RaftLog } from '../../src/raft/log.js';
-import { CompactedError, MemoryStorage, UnavailableError } from '../../src/raft/storage.js';
+import { LogCompactedError, MemoryStorage, LogUnavailableError } from '../../src/raft/storage.js';
 import { EntryType, type Entry, type Snapshot } from '../../src/raft/types.js';
 
 const ent = (index: number, term: number, size = 0): Entry => ({
@@ -322,8 +322,8 @@ describe('RaftLog.slice', () => {
     s.compact(2);
     const log = new RaftLog(s);
     log.append([ent(4, 2)]);
-    expect(() => log.slice(2, 4)).toThrow(CompactedError);
-    expect(() => log.slice(3, 6)).toThrow(UnavailableError);
+    expect(() => log.slice(2, 4)).toThrow(LogCompactedError);
+    expect(() => log.slice(3, 6)).toThrow(LogUnavailableError);
     expect(idx(log.slice(3, 5))).toEqual([3, 4]);
   });
 });
@@ -389,7 +389,7 @@ describe('RaftLog.restore', () => {
     expect(log.committed).toBe(11);
     expect(log.lastIndex()).toBe(12);
     expect(idx(log.slice(11, 13))).toEqual([11, 12]);
-    expect(() => log.slice(10, 12)).toThrow(CompactedError);
+    expect(() => log.slice(10, 12)).toThrow(LogCompactedError);
     log.unstable.stableSnapTo(9); // wrong index: ignored
     expect(log.unstable.snapshot).toBe(snap);
     log.unstable.stableSnapTo(10);

@@ -5,7 +5,7 @@
 import { describe, expect, it } from 'vitest';
 import { ConfChangeType, EntryType, MessageType, ProposalDroppedError, Role, type NodeId } from '../../src/raft/index.js';
 import { ScenarioNetwork } from '../sim/scenario.js';
-import { decodePut } from '../sim/kv-fsm.js';
+import { decodePut, encodePut } from '../sim/kv-fsm.js';
 
 /**
  * Campaigns until `id` leads. If the first try fails (others still hold the old leader's lease,
@@ -186,6 +186,28 @@ describe('elections', () => {
     expect(term(net, 3)).toBeGreaterThan(t + 3); // its term ran away while cut off
     net.heal().tickAll(30);
     expect(term(net, 1)).toBeGreaterThan(t); // the healthy leader had to step down
+  });
+
+  it('a follower that stops hearing the leader (one-way cut) gets no pre-vote while the leader is live, and rejoins the same term', () => {
+    const net = new ScenarioNetwork([1, 2, 3]); // pre-vote and check-quorum on, as in production
+    net.stabilize();
+    elect(net, 1);
+    const t = term(net, 1);
+    const votesBefore = net.countDelivered(MessageType.Vote);
+    // Only leader → node 3 is cut: node 3 hears nothing, but everything it sends arrives.
+    net.cutOneWay(1, 3);
+    net.tickAll(100);
+    // Node 3 timed out again and again and asked for pre-votes; node 2 (hearing the leader) and
+    // the leader itself ignored them, so it never started a real election.
+    expect(net.countDelivered(MessageType.PreVote, (m) => m.from === 3)).toBeGreaterThan(0);
+    expect(net.countDelivered(MessageType.PreVoteResp, (m) => m.to === 3 && !m.reject)).toBe(0);
+    expect(net.countDelivered(MessageType.Vote)).toBe(votesBefore);
+    expect(term(net, 3)).toBe(t);
+    net.heal().tickAll(30);
+    expect(net.leaders()).toEqual([1]);
+    for (const id of [1, 2, 3]) expect(term(net, id)).toBe(t);
+    net.propose(1, 'a', 'after');
+    expect(net.value(3, 'a')).toBe('after');
   });
 
   it('a leader cut off from its quorum steps down (check-quorum), and the majority elects another', () => {
@@ -556,6 +578,143 @@ describe('leader transfer and membership', () => {
     net.stabilize();
     expect(h2.node.raft.log.applied).toBeGreaterThanOrEqual(confIndex);
     elect(net, 2);
+  });
+
+  // The two stories below are schedules the property test found (seeds 1251114197 and
+  // -2073154312; their configurations run on every CI run, see REGRESSION_SCHEDULES in
+  // properties.test.ts). Before the fix, a leader that removed or demoted itself stepped down as
+  // soon as it applied the change, holding an entry proposed after the change that no one else
+  // had. The remaining voter, which had not learnt that the change committed, still counted the
+  // old leader in its quorum and needed its vote; the old leader refused (its log was longer)
+  // and, no longer a voter, never campaigned itself. No leader, ever.
+
+  it('a leader that demotes itself keeps leading until it hands over, so the last voter need not learn the commit first (seed 1251114197)', () => {
+    const net = new ScenarioNetwork([1, 2, 3], { preVote: true, checkQuorum: false });
+    net.stabilize();
+    elect(net, 2);
+    // Node 3 is demoted: the voters are 1 and 2.
+    net.host(2).node.proposeConfChange({ type: ConfChangeType.AddLearner, nodeId: 3 });
+    net.stabilize();
+    expect(net.host(1).node.raft.confState()).toEqual({ voters: [1, 2], learners: [3] });
+    // Leader 2 demotes itself.
+    const h2 = net.host(2);
+    h2.node.proposeConfChange({ type: ConfChangeType.AddLearner, nodeId: 2 });
+    const change = lastIndex(net, 2);
+    expect(h2.node.raft.leaving()).toBe(true);
+    // A client put arrives while the change is in flight. Before the fix it was appended after
+    // the change, on node 2 alone; now the leader takes no more proposals.
+    expect(() => h2.node.propose(encodePut({ c: 7, r: 1, k: 'k', v: 'late' }))).toThrow(/leaving/);
+    // Node 1 acknowledges the change; every message that would tell it the change committed is lost.
+    net.dropIf((m) => m.from === 2 && m.to === 1 && (m.commit ?? 0) >= change);
+    net.stabilize();
+    expect(committed(net, 2)).toBeGreaterThanOrEqual(change);
+    // Node 2 applied its demotion and did not step down: it told node 1, which holds its whole
+    // log, to campaign now (TimeoutNow). Node 1 had not learnt that the change committed, so it
+    // campaigned under the old configuration {1, 2}: it asked node 2 for its vote, and got it
+    // (their logs are equal), then won.
+    expect(net.countDelivered(MessageType.TimeoutNow, (m) => m.from === 2 && m.to === 1)).toBe(1);
+    expect(net.countDelivered(MessageType.Vote, (m) => m.from === 1 && m.to === 2)).toBe(1);
+    expect(net.countDelivered(MessageType.VoteResp, (m) => m.from === 2 && m.to === 1 && !m.reject)).toBe(1);
+    expect(net.leaders()).toEqual([1]);
+    expect(h2.node.raft.role).toBe(Role.Follower);
+    // Node 1's no-op committed the change on node 1 too: it is the only voter now.
+    expect(net.host(1).node.raft.confState()).toEqual({ voters: [1], learners: [2, 3] });
+    net.heal();
+    net.propose(1, 'k', 'after');
+    for (const id of [1, 2, 3]) expect(net.value(id, 'k')).toBe('after');
+  });
+
+  it('a leader demoting itself appends nothing after the change, so a newer term that deposes it before the hand-over still gets its vote', () => {
+    const net = new ScenarioNetwork([1, 2, 3], { preVote: false, checkQuorum: false });
+    net.stabilize();
+    elect(net, 2);
+    net.host(2).node.proposeConfChange({ type: ConfChangeType.AddLearner, nodeId: 3 });
+    net.stabilize();
+    const h2 = net.host(2);
+    h2.node.proposeConfChange({ type: ConfChangeType.AddLearner, nodeId: 2 });
+    const change = lastIndex(net, 2);
+    expect(() => h2.node.propose(encodePut({ c: 7, r: 1, k: 'k', v: 'late' }))).toThrow(/leaving/);
+    // Node 1 acknowledges; then nothing from node 2 reaches node 1 (no commit, no TimeoutNow).
+    net.dropIf((m) => m.from === 2 && m.to === 1 && (m.type !== MessageType.App || (m.commit ?? 0) >= change));
+    net.stabilize();
+    net.cutOneWay(2, 1);
+    expect(committed(net, 2)).toBeGreaterThanOrEqual(change);
+    expect(h2.node.raft.role).toBe(Role.Leader); // applied, leaving, waiting to hand over
+    expect(h2.node.raft.confState().voters).toEqual([1]);
+    // Node 1 hears no leader and campaigns on a newer term, under the old configuration {1, 2}:
+    // its vote request deposes node 2 before it could hand over. Node 2 grants the vote (node
+    // 1's log holds all of its own); the answers are lost until the link heals.
+    const before = term(net, 2);
+    net.tick(1, 25);
+    expect(h2.node.raft.role).toBe(Role.Follower);
+    expect(term(net, 2)).toBeGreaterThan(before);
+    expect(net.leaders()).toEqual([]);
+    net.heal();
+    net.tickAll(25);
+    expect(net.countDelivered(MessageType.VoteResp, (m) => m.from === 2 && m.to === 1 && !m.reject)).toBeGreaterThan(0);
+    expect(net.leaders()).toEqual([1]);
+    expect(net.host(1).node.raft.confState().voters).toEqual([1]);
+    net.propose(1, 'k', 'after');
+    expect(net.value(2, 'k')).toBe('after');
+  });
+
+  it("a voter that crashes right after acknowledging the leader's self-demotion is caught up and handed leadership when it returns (seed -2073154312)", () => {
+    const net = new ScenarioNetwork([1, 2, 3], { preVote: false, checkQuorum: false });
+    net.stabilize();
+    elect(net, 1);
+    // Node 2 is removed: the voters are 1 and 3. Node 2 keeps running and still thinks node 1 leads.
+    net.host(1).node.proposeConfChange({ type: ConfChangeType.RemoveNode, nodeId: 2 });
+    net.stabilize();
+    expect(net.host(3).node.raft.confState()).toEqual({ voters: [1, 3], learners: [] });
+    // Leader 1 demotes itself; node 3 acknowledges, and crashes before it hears of the commit.
+    const h1 = net.host(1);
+    h1.node.proposeConfChange({ type: ConfChangeType.AddLearner, nodeId: 1 });
+    const change = lastIndex(net, 1);
+    net.dropIf((m) => m.from === 1 && m.to === 3 && (m.type !== MessageType.App || (m.commit ?? 0) >= change));
+    net.stabilize();
+    net.crash(3);
+    expect(committed(net, 1)).toBeGreaterThanOrEqual(change);
+    expect(net.host(3).disk.initialState().hardState.commit).toBeLessThan(change);
+    // A client put, and one the removed node 2 forwards: before the fix the leader appended
+    // them after its demotion (on its log alone); now the first is refused and the second dropped.
+    expect(() => h1.node.propose(encodePut({ c: 7, r: 1, k: 'k', v: 'late' }))).toThrow(/leaving/);
+    net.host(2).node.propose(encodePut({ c: 7, r: 2, k: 'k', v: 'forwarded' }));
+    net.heal().stabilize();
+    expect(lastIndex(net, 1)).toBe(change);
+    // Node 1 applied its demotion and keeps leading: no voter holds its whole log yet.
+    expect(h1.node.raft.role).toBe(Role.Leader);
+    expect(h1.node.raft.confState()).toEqual({ voters: [3], learners: [1] });
+    // Node 3 returns with the change in its log but not known as committed: it still counts
+    // node 1 in its quorum. The heartbeats bring it up to date, then the hand-over.
+    net.restart(3);
+    net.tickAll(12);
+    expect(net.countDelivered(MessageType.TimeoutNow, (m) => m.from === 1 && m.to === 3)).toBe(1);
+    expect(net.leaders()).toEqual([3]);
+    net.propose(3, 'k', 'after');
+    for (const id of [1, 3]) expect(net.value(id, 'k')).toBe('after');
+  });
+
+  it('a leader that removed itself and hears from no voter steps down after an election timeout, even without check-quorum', () => {
+    const net = new ScenarioNetwork([1, 2, 3], { preVote: false, checkQuorum: false });
+    net.stabilize();
+    elect(net, 1);
+    const h1 = net.host(1);
+    h1.node.proposeConfChange({ type: ConfChangeType.RemoveNode, nodeId: 1 });
+    const change = lastIndex(net, 1);
+    // Nodes 2 and 3 acknowledge; nothing that would tell them of the commit, nor the hand-over, arrives.
+    net.dropIf((m) => m.from === 1 && (m.type !== MessageType.App || (m.commit ?? 0) >= change));
+    net.stabilize();
+    expect(h1.node.raft.confState().voters).toEqual([2, 3]);
+    expect(h1.node.raft.role).toBe(Role.Leader); // leaving: waiting to hand over
+    net.heal().isolate(1);
+    net.tick(1, 25);
+    expect(h1.node.raft.role).toBe(Role.Follower);
+    // Nodes 2 and 3 elect a leader among themselves (under the old configuration: 2 of 3).
+    elect(net, 2);
+    net.heal();
+    net.propose(2, 'k', 'v');
+    expect(net.value(3, 'k')).toBe('v');
+    expect(net.host(2).node.raft.confState().voters).toEqual([2, 3]);
   });
 
   it('rejects invalid configuration changes with a clear error', () => {

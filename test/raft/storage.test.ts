@@ -1,7 +1,7 @@
 // Covers src/raft/storage.ts: MemoryStorage append/truncation, bounds errors, createSnapshot + compact, applySnapshot, plus a fast-check model test.
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { CompactedError, MemoryStorage, UnavailableError } from '../../src/raft/storage.js';
+import { LogCompactedError, MemoryStorage, LogUnavailableError } from '../../src/raft/storage.js';
 import { EntryType, type ConfState, type Entry, type Snapshot } from '../../src/raft/types.js';
 
 const ent = (index: number, term: number, tag = 0): Entry => ({
@@ -65,7 +65,7 @@ describe('MemoryStorage', () => {
       expect(s.term(2)).toBe(1);
       expect(s.term(3)).toBe(2);
       expect(s.term(4)).toBe(2);
-      expect(() => s.term(5)).toThrow(UnavailableError);
+      expect(() => s.term(5)).toThrow(LogUnavailableError);
       // Overwriting with a longer tail.
       s.append([ent(2, 3), ent(3, 3), ent(4, 3), ent(5, 3), ent(6, 3)]);
       expect(idxTerm(s.entries(1, 7)).map(([, t]) => t)).toEqual([1, 3, 3, 3, 3, 3]);
@@ -110,9 +110,9 @@ describe('MemoryStorage', () => {
       const s = mk();
       expect(s.term(3)).toBe(3);
       expect(s.term(6)).toBe(6);
-      expect(() => s.term(2)).toThrow(CompactedError);
-      expect(() => s.term(0)).toThrow(CompactedError);
-      expect(() => s.term(7)).toThrow(UnavailableError);
+      expect(() => s.term(2)).toThrow(LogCompactedError);
+      expect(() => s.term(0)).toThrow(LogCompactedError);
+      expect(() => s.term(7)).toThrow(LogUnavailableError);
     });
 
     it('entries: lo at or below the dummy is compacted, hi beyond last+1 is unavailable', () => {
@@ -124,9 +124,9 @@ describe('MemoryStorage', () => {
       ]);
       expect(idxTerm(s.entries(5, 6))).toEqual([[5, 5]]);
       expect(s.entries(7, 7)).toEqual([]);
-      expect(() => s.entries(3, 5)).toThrow(CompactedError);
-      expect(() => s.entries(2, 5)).toThrow(CompactedError);
-      expect(() => s.entries(4, 8)).toThrow(UnavailableError);
+      expect(() => s.entries(3, 5)).toThrow(LogCompactedError);
+      expect(() => s.entries(2, 5)).toThrow(LogCompactedError);
+      expect(() => s.entries(4, 8)).toThrow(LogUnavailableError);
     });
 
     it('errors carry their names', () => {
@@ -135,13 +135,13 @@ describe('MemoryStorage', () => {
         s.term(1);
         expect.unreachable();
       } catch (e) {
-        expect((e as Error).name).toBe('CompactedError');
+        expect((e as Error).name).toBe('LogCompactedError');
       }
       try {
         s.entries(4, 10);
         expect.unreachable();
       } catch (e) {
-        expect((e as Error).name).toBe('UnavailableError');
+        expect((e as Error).name).toBe('LogUnavailableError');
       }
     });
   });
@@ -175,7 +175,7 @@ describe('MemoryStorage', () => {
     it('createSnapshot beyond the last index throws', () => {
       const s = new MemoryStorage();
       s.append(ents(1, 1));
-      expect(() => s.createSnapshot(3, conf(1), new Uint8Array())).toThrow(UnavailableError);
+      expect(() => s.createSnapshot(3, conf(1), new Uint8Array())).toThrow(LogUnavailableError);
       expect(s.snapshot()).toBeUndefined();
     });
 
@@ -198,7 +198,7 @@ describe('MemoryStorage', () => {
       expect(s.firstIndex()).toBe(4);
       expect(s.size).toBe(2);
       // Beyond the log throws.
-      expect(() => s.compact(6)).toThrow(UnavailableError);
+      expect(() => s.compact(6)).toThrow(LogUnavailableError);
       // Compact everything.
       s.compact(5);
       expect(s.firstIndex()).toBe(6);
@@ -221,8 +221,8 @@ describe('MemoryStorage', () => {
       expect(s.lastIndex()).toBe(10);
       expect(s.size).toBe(0);
       expect(s.term(10)).toBe(4);
-      expect(() => s.term(4)).toThrow(CompactedError);
-      expect(() => s.entries(4, 5)).toThrow(CompactedError);
+      expect(() => s.term(4)).toThrow(LogCompactedError);
+      expect(() => s.entries(4, 5)).toThrow(LogCompactedError);
       expect(s.initialState().conf).toEqual(conf(1, 2, 3));
       s.append([ent(11, 4)]);
       expect(s.lastIndex()).toBe(11);

@@ -3,7 +3,8 @@ import * as grpc from '@grpc/grpc-js';
 import { afterEach, describe, expect, it } from 'vitest';
 import { AdminClient } from '../../src/client/admin-client.js';
 import { KvError } from '../../src/client/errors.js';
-import { addAdminService, AdminStubClient, type AdminBackend, type CreatePoolInput } from '../../src/server/admin-service.js';
+import { addAdminService, type AdminBackend, type CreatePoolInput } from '../../src/server/admin-service.js';
+import { AdminStubClient } from '../../src/wire/admin-proto.js';
 import { MAX_POOL_SHARDS, MAX_REPLICAS, ShardingError, type PoolSpec, type ShardingErrorCode } from '../../src/sharding/index.js';
 
 const TOKEN = 'sekret';

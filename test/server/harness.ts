@@ -3,7 +3,7 @@ import * as grpc from '@grpc/grpc-js';
 import { afterEach, expect } from 'vitest';
 import type { KvBackend } from '../../src/node/backend.js';
 import { startKvServer, type KvServiceLogger, type KvServiceOptions, type RunningKvServer } from '../../src/server/kv-service.js';
-import { ClusterStubClient, KvStubClient, type ClusterStub, type KvStub } from '../../src/server/proto.js';
+import { ClusterStubClient, KvStubClient, type ClusterStub, type KvStub } from '../../src/wire/proto.js';
 import { MemoryBackend } from './memory-backend.js';
 
 /** A logger that records every line (level, fields, message). */

@@ -2,8 +2,8 @@
 import * as grpc from '@grpc/grpc-js';
 import { describe, expect, it } from 'vitest';
 import { DeadlineError, NotLeaderError, OverloadedError, UnavailableError, type KvBackend } from '../../src/node/backend.js';
-import { MAX_FORWARD_HOPS, META_COMPACT_REVISION, META_FORWARDED, META_LEADER, META_RETRY_SAFE, metaString } from '../../src/server/metadata.js';
-import { decodePageToken, encodePageToken } from '../../src/server/request-validation.js';
+import { MAX_FORWARD_HOPS, META_COMPACT_REVISION, META_FORWARDED, META_LEADER, META_RETRY_SAFE, metaString } from '../../src/wire/metadata.js';
+import { decodePageToken, encodePageToken } from '../../src/wire/request-validation.js';
 import type {
   DeleteResponseMsg,
   GetResponseMsg,
@@ -14,7 +14,7 @@ import type {
   StatusResponseMsg,
   TriggerResponseMsg,
   WatchResponseMsg,
-} from '../../src/server/proto.js';
+} from '../../src/wire/proto.js';
 import { CompactedRevisionError, MAX_KEY_BYTES, MAX_VALUE_BYTES } from '../../src/statemachine/index.js';
 import { MemoryBackend } from './memory-backend.js';
 import { captureLog, deferred, expectError, ok, rawUnary, serve, serviceFixture, stubs, text, unary, utf8 } from './harness.js';
@@ -715,7 +715,7 @@ describe('Pipeline', () => {
     stream.on('error', () => undefined);
     const inner = Buffer.from([0x0a, 0x02, 0xc3, 0x28]); // GetRequest{key: invalid}
     stream.write(Buffer.concat([Buffer.from([0x08, 0x07, 0x1a, inner.length]), inner]));
-    const res = (await import('../../src/server/proto.js')).kvServiceDefinition.Pipeline!.responseDeserialize(await got.promise);
+    const res = (await import('../../src/wire/proto.js')).kvServiceDefinition.Pipeline!.responseDeserialize(await got.promise);
     stream.end();
     expect(res).toMatchObject({ id: 7, error: { code: grpc.status.INVALID_ARGUMENT } });
   });

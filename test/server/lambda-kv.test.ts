@@ -130,4 +130,19 @@ describe('the write session of lambda stores', () => {
     await expect(kv2.put('/d/b', utf8('v'), {}, 1, Date.now() + 5000)).rejects.toThrow(/no/);
     expect(refusals.sessions).toHaveLength(1);
   });
+
+  it('lists and reads through the coordinator, never over gRPC to its own node', async () => {
+    const backend = new MemoryBackend();
+    // Nothing listens at the self address: a call to it would fail.
+    const kv = routedLambdaKv(backend, { selfAddress: '127.0.0.1:1' });
+    defer(() => kv.close());
+    for (const k of ['/ls/a', '/ls/b', '/ls/c']) await kv.put(k, utf8(k), {}, 1, Date.now() + 5000);
+    const page = await kv.list('/ls/', { limit: 2 }, Date.now() + 5000);
+    expect(page.items.map((i) => i.key)).toEqual(['/ls/a', '/ls/b']);
+    expect(page.nextAfter).toBe('/ls/b');
+    const rest = await kv.list('/ls/', { after: page.nextAfter!, keysOnly: true }, Date.now() + 5000);
+    expect(rest.items.map((i) => [i.key, 'value' in i])).toEqual([['/ls/c', false]]);
+    expect(rest.nextAfter).toBeUndefined();
+    expect(await kv.get('/ls/a', {}, Date.now() + 5000)).toMatchObject({ found: true, value: utf8('/ls/a') });
+  });
 });

@@ -13,9 +13,9 @@ import { KvClient } from '../../src/client/index.js';
 import { silentLogger } from '../../src/log.js';
 import { DATA_GROUP, KvNode } from '../../src/node/kv-node.js';
 import { LoopbackHub } from '../../src/node/transport.js';
-import { AUTHORIZATION_METADATA, bearer } from '../../src/server/admin-auth.js';
+import { AUTHORIZATION_METADATA, bearer } from '../../src/wire/auth.js';
 import { MAX_CONCURRENT_STREAMS, createGrpcServer } from '../../src/server/kv-service.js';
-import { META_FORWARDED } from '../../src/server/metadata.js';
+import { META_FORWARDED } from '../../src/wire/metadata.js';
 import type {
   GetResponseMsg,
   ListResponseMsg,
@@ -23,7 +23,7 @@ import type {
   PutResponseMsg,
   WatchRequestMsg,
   WatchResponseMsg,
-} from '../../src/server/proto.js';
+} from '../../src/wire/proto.js';
 import { encodeDescriptor } from '../../src/sharding/index.js';
 import { SHARD_DESCRIPTOR_KEY, type Command } from '../../src/statemachine/index.js';
 import { MemoryEngine } from '../../src/storage/kv-engine.js';

@@ -13,7 +13,7 @@ import type {
   PutResponseMsg,
   TriggerResponseMsg,
   TxnResponseMsg,
-} from '../../src/server/proto.js';
+} from '../../src/wire/proto.js';
 import { MemoryBackend } from './memory-backend.js';
 import { deferred, expectError, ok, serviceFixture, unary, utf8 } from './harness.js';
 

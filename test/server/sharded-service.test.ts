@@ -12,7 +12,7 @@ import {
   META_SHARD,
   forwardHops,
   metaString,
-} from '../../src/server/metadata.js';
+} from '../../src/wire/metadata.js';
 import type {
   GetShardMapResponseMsg,
   ListResponseMsg,
@@ -21,8 +21,8 @@ import type {
   TxnResponseMsg,
   WatchRequestMsg,
   WatchResponseMsg,
-} from '../../src/server/proto.js';
-import { decodeResumeToken, encodeResumeToken } from '../../src/server/request-validation.js';
+} from '../../src/wire/proto.js';
+import { decodeResumeToken, encodeResumeToken } from '../../src/wire/request-validation.js';
 import { MAX_TXN_OPS, MAX_VALUE_BYTES, compareKeys } from '../../src/statemachine/index.js';
 import { MemoryBackend } from './memory-backend.js';
 import { deferred, expectError, ok, serviceFixture, text, unary, utf8 } from './harness.js';

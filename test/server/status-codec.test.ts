@@ -1,7 +1,7 @@
 /** The Cluster.Status codec: what the service encodes, the probe and the client decode to the same status. */
 import { describe, expect, it } from 'vitest';
 import type { NodeStatusInfo } from '../../src/node/backend.js';
-import { statusFromMsg, statusToMsg } from '../../src/server/status-codec.js';
+import { statusFromMsg, statusToMsg } from '../../src/wire/status-codec.js';
 
 const status: NodeStatusInfo = {
   nodeId: 2,

@@ -1,6 +1,6 @@
 /**
  * One simulated replica host: a RawNode, a durable disk modelled by MemoryStorage (only what
- * was synced reaches it), the KV state machine, and the persist → send → apply → advance loop
+ * was synced reaches it), the KV state machine, and a persist → send → apply → advance loop (a simpler order than KvNode.runReady's, which sends early messages and applies before its fsync)
  * split in two so a simulated fsync can take time (and a crash can land in between).
  */
 import {

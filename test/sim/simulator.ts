@@ -6,6 +6,9 @@
  */
 import {
   ConfChangeType,
+  EntryType,
+  MessageType,
+  decodeConfChange,
   Role,
   SeededRandom,
   ProposalDroppedError,
@@ -13,6 +16,7 @@ import {
   type Message,
   type NodeId,
   type Raft,
+  type Ready,
 } from '../../src/raft/index.js';
 import { SimHost, type HostOptions } from './host.js';
 import { encodePut, requestKey } from './kv-fsm.js';
@@ -25,6 +29,22 @@ export type Fault =
   | { readonly kind: 'restart'; readonly node: number }
   /** Crash and come back `afterMs` later (a quick reboot: the classic way to forget a vote). */
   | { readonly kind: 'reboot'; readonly node: number; readonly afterMs: number; readonly unsyncedSurvives: boolean }
+  /**
+   * Crash triggered by an event: arms `node` to crash at its next `on` event and come back
+   * `afterMs` later. `vote`: right after it sends a granted vote or a vote request (its own
+   * vote), which must then be on disk. `append`: right after it hands a write with log entries
+   * to its disk, before the write is synced (lost unless `unsyncedSurvives`); a leader's appends
+   * to its followers have left already. `sync`: the same write, at the last moment before it
+   * would have been durable (answers to a leader's appends may have arrived meanwhile).
+   * Disarmed by any crash and by the final heal.
+   */
+  | {
+      readonly kind: 'crashOn';
+      readonly node: number;
+      readonly on: 'vote' | 'append' | 'sync';
+      readonly afterMs: number;
+      readonly unsyncedSurvives: boolean;
+    }
   | { readonly kind: 'pause'; readonly node: number; readonly forMs: number }
   | { readonly kind: 'partition'; readonly sides: readonly (readonly number[])[] }
   | { readonly kind: 'oneWay'; readonly from: number; readonly to: number }
@@ -86,6 +106,8 @@ export interface SimConfig {
   readonly checkSafety?: boolean;
   /** Fail the run when no put commits within `livenessBoundMs` after healing (default true). */
   readonly checkLiveness?: boolean;
+  /** Receives one line per fault, delivered message, role change and applied change (debugging). */
+  readonly trace?: (line: string) => void;
 }
 
 /** What a run produced. */
@@ -99,6 +121,8 @@ export interface SimResult {
   readonly snapshotsInstalled: number;
   readonly messagesDropped: number;
   readonly membershipChanges: number;
+  /** Crashes triggered by events (`crashOn` faults that fired). */
+  readonly triggeredCrashes: number;
   /** Forged messages delivered (from `forge` faults). */
   readonly forgedDelivered: number;
   /** Safety invariant violations counted instead of thrown (`checkSafety: false`). */
@@ -176,12 +200,15 @@ interface NodeSlot {
   /** Bumped on crash: events scheduled for an older incarnation are ignored. */
   epoch: number;
   pausedUntil: number;
+  /** An armed event-triggered crash (the `crashOn` fault). */
+  crashOn: Extract<Fault, { kind: 'crashOn' }> | undefined;
   /** Events that arrived while paused, replayed on resume in order. */
   held: (() => void)[];
   syncing: boolean;
   lastCommitSeen: number;
   pendingPuts: Map<string, (ok: boolean) => void>;
-  pendingReads: Map<string, { key: string; index: number | undefined; reply: (v: string | undefined) => void }>;
+  /** Reads issued here: `minIndex` is the highest index committed anywhere when the read was issued. */
+  pendingReads: Map<string, { key: string; minIndex: number; index: number | undefined; reply: (v: string | undefined) => void }>;
 }
 
 interface ClientOp {
@@ -211,6 +238,8 @@ export class Simulator {
   /** The term of the node that first observed index i committed: a leader of any later term must hold it. */
   private readonly committedDuringTerm = new Map<number, number>();
   private readonly appliedAt = new Map<number, string>();
+  /** The highest index any node has seen committed so far. */
+  private highestCommitted = 0;
 
   readonly history: KvOperation[] = [];
   private events = 0;
@@ -218,6 +247,7 @@ export class Simulator {
   private snapshotsInstalled = 0;
   private messagesDropped = 0;
   private membershipChanges = 0;
+  private triggeredCrashes = 0;
   private forgedDelivered = 0;
   private safetyViolations = 0;
   private clientsRunning = true;
@@ -237,6 +267,7 @@ export class Simulator {
         up: true,
         epoch: 0,
         pausedUntil: 0,
+        crashOn: undefined,
         held: [],
         syncing: false,
         lastCommitSeen: 0,
@@ -287,6 +318,7 @@ export class Simulator {
       snapshotsInstalled: this.snapshotsInstalled,
       messagesDropped: this.messagesDropped,
       membershipChanges: this.membershipChanges,
+      triggeredCrashes: this.triggeredCrashes,
       forgedDelivered: this.forgedDelivered,
       safetyViolations: this.safetyViolations,
       recovered: committedAt !== undefined,
@@ -306,6 +338,10 @@ export class Simulator {
   /** Every node id. */
   get nodeIds(): readonly NodeId[] {
     return this.ids;
+  }
+
+  private trace(line: string): void {
+    this.cfg.trace?.(`${String(this.now).padStart(6)} ${line}`);
   }
 
   /** A violated safety invariant: thrown, or only counted when `checkSafety` is off. */
@@ -365,10 +401,12 @@ export class Simulator {
   /** After anything happened on a node: check invariants and start its next Ready. */
   private afterNodeEvent(id: NodeId): void {
     const slot = this.slots.get(id)!;
+    if (!slot.up) return; // it crashed during the event (an event-triggered crash)
     this.checkNode(id);
     if (slot.syncing) return;
     const rd = slot.host.startReady();
     if (!rd) return;
+    if (this.cfg.trace) this.traceReady(id, rd);
     this.checkReadyEntries(id);
     // What need not wait for the disk happens now: apply committed entries, send early messages.
     const out = slot.host.applyReady();
@@ -381,21 +419,60 @@ export class Simulator {
       this.appliedAt.set(e.index, fingerprint);
     }
     if (rd.snapshot) this.snapshotsInstalled++;
-    for (const m of out.messages) this.send(m);
+    for (const m of out.messages) {
+      this.send(m);
+      if (!slot.up) return;
+    }
     for (const rs of out.readStates) {
       const r = slot.pendingReads.get(rs.requestId);
-      if (r) r.index = rs.index;
+      if (!r) continue;
+      if (rs.index < r.minIndex) {
+        // A read must see every write that completed before it began: its index may not be
+        // below anything committed (anywhere) when it was issued.
+        this.violation(`read index: node ${id} released read ${rs.requestId} at index ${rs.index}, but ${r.minIndex} was committed when it was issued`);
+      }
+      r.index = rs.index;
     }
     this.completeRequests(slot);
     slot.syncing = true;
     const delay = slot.host.needsSync(rd) ? 1 + this.rng.nextInt(4) : 0;
+    const trigger = slot.crashOn;
+    if (trigger?.on === 'sync' && rd.entries.length > 0) {
+      // Queued before the write's completion at the same instant, so it runs first.
+      slot.crashOn = undefined;
+      this.at(this.now + delay, this.onNode(id, () => this.triggeredCrash(id, trigger)));
+    }
     this.at(
       this.now + delay,
       this.onNode(id, () => {
         slot.syncing = false;
-        for (const m of slot.host.completeReady()) this.send(m);
+        for (const m of slot.host.completeReady()) {
+          this.send(m);
+          if (!slot.up) return;
+        }
       }),
     );
+    if (trigger?.on === 'append' && rd.entries.length > 0) this.triggeredCrash(id, trigger);
+  }
+
+  /** An armed `crashOn` fault fires: crash now, come back `afterMs` later. */
+  private triggeredCrash(id: NodeId, f: Extract<Fault, { kind: 'crashOn' }>): void {
+    if (this.cfg.trace) this.trace(`node ${id}: crash on ${f.on}`);
+    this.triggeredCrashes++;
+    this.crashNode(id, f.unsyncedSurvives);
+    this.at(this.now + f.afterMs, () => this.restart(id));
+  }
+
+  private traceReady(id: NodeId, rd: Ready): void {
+    const r = this.slots.get(id)!.host.node.raft;
+    if (rd.softState) this.trace(`node ${id}: ${rd.softState.role} term ${r.term} leader ${rd.softState.leader}`);
+    if (rd.entries.length > 0) {
+      this.trace(`node ${id}: append ${rd.entries.map((e) => `${e.index}/${e.term}${e.type === 1 ? `:${JSON.stringify(decodeConfChange(e.data))}` : e.data.length === 0 ? ':noop' : ''}`).join(' ')}`);
+    }
+    if (rd.hardState) this.trace(`node ${id}: hard state ${JSON.stringify(rd.hardState)}`);
+    for (const e of rd.committedEntries) {
+      if (e.type === 1) this.trace(`node ${id}: apply ${e.index} ${JSON.stringify(decodeConfChange(e.data))}`);
+    }
   }
 
   private completeRequests(slot: NodeSlot): void {
@@ -432,6 +509,13 @@ export class Simulator {
     }
     const slot = this.slots.get(id)!;
     const log = raft.log;
+    if (raft.role === Role.Leader && log.committed > slot.lastCommitSeen && log.term(log.committed) !== raft.term) {
+      // Raft's figure-8 rule: counting replicas commits only an entry of the leader's own term
+      // (older entries commit with it). A leader's commit index moves only by counting.
+      this.violation(
+        `commit rule: leader ${id} of term ${raft.term} advanced its commit to ${log.committed}, an entry of term ${log.term(log.committed)}`,
+      );
+    }
     if (log.committed > slot.lastCommitSeen) {
       for (let i = Math.max(slot.lastCommitSeen + 1, log.firstIndex()); i <= log.committed; i++) {
         const t = log.term(i);
@@ -444,6 +528,7 @@ export class Simulator {
         if (!this.committedDuringTerm.has(i)) this.committedDuringTerm.set(i, raft.term);
       }
       slot.lastCommitSeen = log.committed;
+      if (log.committed > this.highestCommitted) this.highestCommitted = log.committed;
     }
   }
 
@@ -462,11 +547,28 @@ export class Simulator {
     }
   }
 
-  /** Log matching, checked incrementally: an (index, term) pair always names the same entry and predecessor term. */
+  /**
+   * Log matching, checked incrementally: an (index, term) pair always names the same entry and
+   * predecessor term. And one configuration change at a time: when a leader appends one, no
+   * other configuration change in its log is unapplied.
+   */
   private checkReadyEntries(id: NodeId): void {
     const slot = this.slots.get(id)!;
     const rd = slot.host.outstanding!;
-    const log = slot.host.node.raft.log;
+    const raft = slot.host.node.raft;
+    const log = raft.log;
+    if (raft.role === Role.Leader) {
+      for (const e of rd.entries) {
+        if (e.type !== EntryType.ConfChange || e.term !== raft.term) continue;
+        const lo = Math.max(log.applied + 1, log.firstIndex());
+        const earlier = e.index > lo ? log.slice(lo, e.index).filter((x) => x.type === EntryType.ConfChange) : [];
+        if (earlier.length > 0) {
+          this.violation(
+            `one change at a time: leader ${id} appended a configuration change at ${e.index} while the one at ${earlier[0]!.index} is unapplied (applied ${log.applied})`,
+          );
+        }
+      }
+    }
     for (const e of rd.entries) {
       const key = `${e.index}:${e.term}`;
       const prevTerm = e.index > 1 ? log.term(e.index - 1) : 0;
@@ -483,9 +585,38 @@ export class Simulator {
     }
   }
 
+  /**
+   * What a message promises must already be on the sender's simulated disk when it leaves: a
+   * granted vote (and a candidate's request, which carries its vote for itself) the vote or a
+   * higher term; an acknowledgement of entries those entries. Otherwise a crash right after the
+   * send forgets the promise (a second vote in the same term, an acknowledged entry lost).
+   */
+  private checkDurablePromise(m: Message): void {
+    const slot = this.slots.get(m.from);
+    if (!slot) return;
+    const disk = slot.host.disk;
+    const hs = disk.initialState().hardState;
+    const voted = (candidate: NodeId): boolean => hs.term > m.term || (hs.term === m.term && hs.vote === candidate);
+    if (m.type === MessageType.VoteResp && !m.reject && !voted(m.to)) {
+      this.violation(`durability: node ${m.from} granted its vote to ${m.to} in term ${m.term} before it was on disk (disk: ${JSON.stringify(hs)})`);
+    } else if (m.type === MessageType.Vote && !voted(m.from)) {
+      this.violation(`durability: node ${m.from} asked for votes in term ${m.term} before its own vote was on disk (disk: ${JSON.stringify(hs)})`);
+    } else if (m.type === MessageType.AppResp && !m.reject && m.index !== undefined && disk.lastIndex() < m.index) {
+      this.violation(`durability: node ${m.from} acknowledged index ${m.index} with only ${disk.lastIndex()} on disk`);
+    }
+  }
+
   // ------------------------------------------------------------ network
 
   private send(sent: Message): void {
+    this.checkDurablePromise(sent);
+    this.dispatch(sent);
+    const trigger = this.slots.get(sent.from)?.crashOn;
+    const voted = (sent.type === MessageType.VoteResp && !sent.reject) || sent.type === MessageType.Vote;
+    if (trigger?.on === 'vote' && voted) this.triggeredCrash(sent.from, trigger);
+  }
+
+  private dispatch(sent: Message): void {
     const m = this.cfg.codec ? this.cfg.codec(sent) : sent;
     if (this.blocked.has(`${m.from}>${m.to}`)) {
       this.messagesDropped++;
@@ -506,6 +637,7 @@ export class Simulator {
             this.messagesDropped++;
             return;
           }
+          if (this.cfg.trace) this.trace(`deliver ${describeMessage(m)}`);
           this.slots.get(m.to)!.host.node.step(m);
         }),
       );
@@ -515,20 +647,16 @@ export class Simulator {
   // ------------------------------------------------------------ faults
 
   private inject(f: Fault): void {
+    if (this.cfg.trace) this.trace(`FAULT ${JSON.stringify(f)}`);
     switch (f.kind) {
       case 'none':
         return;
-      case 'crash': {
+      case 'crash':
+        this.crashNode(this.nodeId(f.node), f.unsyncedSurvives);
+        return;
+      case 'crashOn': {
         const slot = this.slots.get(this.nodeId(f.node))!;
-        if (!slot.up) return;
-        slot.host.crash(f.unsyncedSurvives);
-        slot.up = false;
-        slot.epoch++;
-        slot.syncing = false;
-        slot.held = [];
-        slot.pausedUntil = 0;
-        slot.pendingPuts.clear();
-        slot.pendingReads.clear();
+        if (slot.up) slot.crashOn = f;
         return;
       }
       case 'restart':
@@ -623,6 +751,20 @@ export class Simulator {
     }
   }
 
+  private crashNode(id: NodeId, unsyncedSurvives: boolean): void {
+    const slot = this.slots.get(id)!;
+    if (!slot.up) return;
+    slot.host.crash(unsyncedSurvives);
+    slot.up = false;
+    slot.epoch++;
+    slot.syncing = false;
+    slot.held = [];
+    slot.pausedUntil = 0;
+    slot.crashOn = undefined;
+    slot.pendingPuts.clear();
+    slot.pendingReads.clear();
+  }
+
   private nodeId(n: number): NodeId {
     return this.ids[((n % this.ids.length) + this.ids.length) % this.ids.length]!;
   }
@@ -641,7 +783,9 @@ export class Simulator {
     if (!slot.up || slot.pausedUntil > this.now) return;
     const held = slot.held;
     slot.held = [];
+    const epoch = slot.epoch;
     for (const fn of held) {
+      if (!slot.up || slot.epoch !== epoch) return; // crashed meanwhile (an event-triggered crash)
       fn();
       this.afterNodeEvent(id);
     }
@@ -652,6 +796,7 @@ export class Simulator {
     this.inject({ kind: 'heal' });
     for (const id of this.ids) {
       const slot = this.slots.get(id)!;
+      slot.crashOn = undefined;
       if (!slot.up) this.restart(id);
       else if (slot.pausedUntil > this.now) {
         slot.pausedUntil = this.now;
@@ -728,7 +873,12 @@ export class Simulator {
           }
           slot.pendingPuts.set(rkey, () => reply(() => finish({ value: undefined })));
         } else {
-          slot.pendingReads.set(rkey, { key: op.key, index: undefined, reply: (v) => reply(() => finish({ value: v })) });
+          slot.pendingReads.set(rkey, {
+            key: op.key,
+            minIndex: this.highestCommitted,
+            index: undefined,
+            reply: (v) => reply(() => finish({ value: v })),
+          });
           node.readIndex(rkey);
         }
       }),
@@ -766,4 +916,16 @@ export class Simulator {
     };
     attempt();
   }
+}
+
+/** One line describing a message (for traces). */
+export function describeMessage(m: Message): string {
+  const parts = [`${m.type} ${m.from}->${m.to} t${m.term}`];
+  if (m.index !== undefined) parts.push(`i${m.index}`);
+  if (m.logTerm !== undefined) parts.push(`lt${m.logTerm}`);
+  if (m.entries && m.entries.length > 0) parts.push(`ents[${m.entries[0]!.index}..${m.entries[m.entries.length - 1]!.index}]`);
+  if (m.commit !== undefined) parts.push(`c${m.commit}`);
+  if (m.reject) parts.push('REJECT');
+  if (m.context !== undefined) parts.push(`ctx=${m.context}`);
+  return parts.join(' ');
 }

@@ -16,7 +16,8 @@ export class ExtensionLoadError extends Error {
 
 /**
  * An invocation did not complete; `kind` says why (see `LambdaErrorKind`). For `threw`, `cause`
- * is the lambda's error (rebuilt from the worker: same name, message, code and stack).
+ * is the lambda's error (rebuilt from the worker: same name, message, code and stack). For an
+ * `out-of-memory` of a child process killed past its memory budget, `rssBytes` is the RSS seen.
  */
 export class LambdaError extends Error {
   /**
@@ -26,14 +27,17 @@ export class LambdaError extends Error {
    * unknown (several were running when the worker died: each of them is run alone next time).
    */
   culprit: boolean | undefined;
+  /** The resident memory (bytes) the node saw when it killed the extension's process (`out-of-memory` past the budget). */
+  readonly rssBytes?: number;
 
   constructor(
     readonly kind: LambdaErrorKind,
     message: string,
-    options?: { cause?: unknown; culprit?: boolean },
+    options?: { cause?: unknown; culprit?: boolean; rssBytes?: number },
   ) {
     super(message, options);
     this.name = 'LambdaError';
     this.culprit = options?.culprit;
+    if (options?.rssBytes !== undefined) this.rssBytes = options.rssBytes;
   }
 }

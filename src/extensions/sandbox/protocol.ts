@@ -1,4 +1,4 @@
-/** The message protocol between the extension runner (main thread) and its worker thread. */
+/** The message protocol between the extension runner (main thread) and its guest: a worker thread, or a child process (over its IPC channel). */
 import type { ExtensionEvent } from '../api.js';
 import type { KvOp, LogLevel, MetricKind, MetricOp, RegisteredWatch, SerializedError } from './types.js';
 
@@ -31,7 +31,8 @@ export type ToWorker =
  * Worker → main thread.
  * - `imported`: the module was imported (a crash after this point is an initialize failure).
  * - `ready` / `init-failed`: outcome of `init`; `init-failed` carries `error.loadCode` and the extension's own error as `cause`.
- * - `done`: an invocation finished (`error` set when the lambda threw or rejected).
+ * - `done`: an invocation finished (`error` set when the lambda threw or rejected; `cpuUs`, from a
+ *   child process only: the process CPU time, user + system, used while it ran).
  * - `kv`: a `ctx.kv` call to perform on the host (`hops` already incremented).
  * - `log` / `metric`: fire-and-forget `ctx.log` / `ctx.metrics` calls.
  * - `shutdown-done`: the module's `shutdown()` finished (`error` set when it threw).
@@ -40,7 +41,7 @@ export type FromWorker =
   | { t: 'imported' }
   | { t: 'ready'; watches: RegisteredWatch[] }
   | { t: 'init-failed'; error: SerializedError; cause?: SerializedError }
-  | { t: 'done'; id: number; error?: SerializedError }
+  | { t: 'done'; id: number; error?: SerializedError; cpuUs?: number }
   | { t: 'kv'; id: number; op: KvOp; args: unknown[]; hops: number }
   | { t: 'log'; level: LogLevel; msg: string; fields?: Record<string, unknown> }
   | { t: 'metric'; kind: MetricKind; name: string; help: string; op: MetricOp }

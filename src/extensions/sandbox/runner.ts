@@ -1,16 +1,17 @@
-/** ExtensionRunner: loads one extension (a JS module or a native C-ABI package) and runs its lambdas, isolated in a worker thread (default) or in-process (trusted mode, JS only). */
+/** ExtensionRunner: loads one extension (a JS module or a native C-ABI package) and runs its lambdas, isolated in a worker thread, in a child process (JS only) or in-process (trusted mode, JS only). */
 import { stat } from 'node:fs/promises';
 import { pathToFileURL } from 'node:url';
 import type { ExtensionEvent } from '../api.js';
 import { DEFAULT_SYNC_KV_TIMEOUT_MS } from '../native/sync-kv-bridge.js';
-import type { Backend, BackendEvents } from './backend.js';
+import type { Backend, BackendEvents, DownCause } from './backend.js';
 import { ExtensionLoadError, LambdaError } from './errors.js';
 import { InProcessBackend } from './in-process-backend.js';
+import { ProcessBackend, type ProcessLimits } from './process-backend.js';
 import { resolveExtension, type ResolvedExtension } from './resolve.js';
 import { errorMessage } from './transfer.js';
 import type { HostServices, LogLevel, RegisteredWatch } from './types.js';
 import { WorkerBackend, type WorkerLimits } from './worker-backend.js';
-import { workerEntryUrl } from './worker-url.js';
+import { sandboxEntryUrl } from './worker-url.js';
 
 /** How to load and run one extension. */
 export interface RunnerOptions {
@@ -24,10 +25,26 @@ export interface RunnerOptions {
   modulePath: string;
   /** The extension's configuration (`ctx.config`); must be structured-cloneable. Default `{}`. */
   config?: Record<string, unknown>;
-  /** `worker` (default): isolated in a worker thread. `in-process`: trusted mode on the main thread. */
-  mode?: 'worker' | 'in-process';
-  /** Worker heap limits (see RUNNER_DEFAULTS); they bound the V8 heap only, not ArrayBuffers/Buffers nor CPU. */
+  /**
+   * Where the lambdas run (see {@link IsolationMode}). Default: `RUNNER_DEFAULTS.mode` for a JS
+   * module; a native package always runs in a worker.
+   */
+  mode?: IsolationMode;
+  /**
+   * Heap limits (see RUNNER_DEFAULTS); they bound the V8 heap only, not ArrayBuffers/Buffers nor
+   * CPU. In process mode only `maxOldGenerationSizeMb` applies (`--max-old-space-size`).
+   */
   resourceLimits?: { maxOldGenerationSizeMb?: number; maxYoungGenerationSizeMb?: number; stackSizeMb?: number };
+  /**
+   * Process mode: the budget for the child process's whole resident memory (V8 heap, Buffers and
+   * ArrayBuffers, native allocations), MiB; past it the process is killed and its invocations fail
+   * with kind `out-of-memory`. Default `RUNNER_DEFAULTS.memoryLimitMb`.
+   */
+  memoryLimitMb?: number;
+  /** Process mode: how often the node samples the child's RSS and CPU time, ms (default 100). */
+  memorySampleMs?: number;
+  /** Process mode: a hard RLIMIT_AS for the child (`prlimit --as`), MiB; 0 (default) = none. See `ProcessLimits.addressSpaceMb`. */
+  addressSpaceLimitMb?: number;
   /** The node's services (store, log, metrics) lent to the extension. */
   host: HostServices;
   /**
@@ -66,8 +83,11 @@ export interface RunnerObserver {
 
 /** The defaults of `RunnerOptions`. */
 export const RUNNER_DEFAULTS = Object.freeze({
-  mode: 'worker' as const,
+  mode: 'process' as IsolationMode,
   maxOldGenerationSizeMb: 256,
+  memoryLimitMb: 512,
+  memorySampleMs: 100,
+  addressSpaceLimitMb: 0,
   maxYoungGenerationSizeMb: 32,
   stackSizeMb: 4,
   maxRestartsPerMinute: 30,
@@ -77,6 +97,20 @@ export const RUNNER_DEFAULTS = Object.freeze({
   shutdownTimeoutMs: 5_000,
   nativeKvTimeoutMs: DEFAULT_SYNC_KV_TIMEOUT_MS,
 });
+
+/**
+ * Where an extension's lambdas run:
+ * - `worker`: a worker thread per extension, V8 heap limits (`resourceLimits`), wall-clock timeout
+ *   per invocation (the worker is terminated). Buffers/ArrayBuffers are not bounded.
+ * - `process`: a child process per extension: heap limit, the whole RSS bounded by a watchdog in
+ *   the node (`memoryLimitMb`), the timeout kills the process, CPU time measured per invocation and
+ *   in total; a crash cannot touch the node. JS modules only.
+ * - `in-process`: the node's own thread (trusted; nothing is bounded).
+ */
+export type IsolationMode = 'worker' | 'process' | 'in-process';
+
+/** The isolation modes, for validating user input. */
+export const ISOLATION_MODES: readonly IsolationMode[] = Object.freeze(['worker', 'process', 'in-process'] as IsolationMode[]);
 
 /**
  * `ready`: invocations run. `restarting`: the worker died and a new one is being started;
@@ -104,10 +138,32 @@ export interface RunnerStats {
   errors: number;
   /** Invocations that rejected with kind `timeout`. */
   timeouts: number;
-  /** Workers started after the first one (successful or not). */
+  /** Workers (or processes) started after the first one (successful or not). */
   workerRestarts: number;
   /** Invocations not yet settled (running, or waiting for a restart). */
   inFlight: number;
+  /** Times the worker or process died of memory: V8 heap exhaustion, or (process mode) RSS past `memoryLimitMb`. */
+  outOfMemory: number;
+  /**
+   * Process mode: CPU time (user + system, ms) of the extension's processes since start, all
+   * incarnations, read by the node from /proc (the CPU time the invocations reported where /proc
+   * is not available). 0 in the other modes.
+   */
+  cpuMs: number;
+  /**
+   * Process mode: CPU time (ms) of the invocations that completed (reported by the child), summed.
+   * Each invocation's figure is the process's CPU time while it ran: when invocations overlap
+   * (stateless watches, several keys in flight) each includes the others', so this sum can exceed `cpuMs`.
+   */
+  invocationCpuMs: number;
+  /** Process mode: CPU time (ms) of the last invocation that completed. */
+  lastInvocationCpuMs: number;
+  /** Process mode: the highest CPU time (ms) of one completed invocation. */
+  maxInvocationCpuMs: number;
+  /** Process mode: resident memory (bytes) of the current process at the last sample (0 otherwise). */
+  rssBytes: number;
+  /** Process mode: highest resident memory (bytes) sampled, all incarnations. */
+  peakRssBytes: number;
 }
 
 interface Pending {
@@ -124,8 +180,10 @@ interface Pending {
 interface Resolved {
   name: string;
   config: Record<string, unknown>;
-  mode: 'worker' | 'in-process';
+  /** Undefined: the default for the kind of package. */
+  mode: IsolationMode | undefined;
   limits: WorkerLimits;
+  processLimits: ProcessLimits;
   host: HostServices;
   maxRestartsPerMinute: number;
   pauseMs: number;
@@ -150,8 +208,8 @@ function resolveOptions(o: RunnerOptions): Resolved {
   if (!o.host || typeof o.host.kv !== 'function' || typeof o.host.log !== 'function' || typeof o.host.metric !== 'function') {
     throw new TypeError('RunnerOptions.host must provide kv(), log() and metric()');
   }
-  const mode = o.mode ?? RUNNER_DEFAULTS.mode;
-  if (mode !== 'worker' && mode !== 'in-process') throw new TypeError(`RunnerOptions.mode must be 'worker' or 'in-process' (got ${String(mode)})`);
+  const mode = o.mode;
+  if (mode !== undefined && !ISOLATION_MODES.includes(mode)) throw new TypeError(`RunnerOptions.mode must be one of ${ISOLATION_MODES.join(', ')} (got ${String(mode)})`);
   const config = o.config ?? {};
   if (config === null || typeof config !== 'object' || Array.isArray(config)) throw new TypeError('RunnerOptions.config must be an object');
   const rl = o.resourceLimits ?? {};
@@ -163,6 +221,12 @@ function resolveOptions(o: RunnerOptions): Resolved {
       maxOldGenerationSizeMb: checkNumber('resourceLimits.maxOldGenerationSizeMb', rl.maxOldGenerationSizeMb, RUNNER_DEFAULTS.maxOldGenerationSizeMb, 1),
       maxYoungGenerationSizeMb: checkNumber('resourceLimits.maxYoungGenerationSizeMb', rl.maxYoungGenerationSizeMb, RUNNER_DEFAULTS.maxYoungGenerationSizeMb, 1),
       stackSizeMb: checkNumber('resourceLimits.stackSizeMb', rl.stackSizeMb, RUNNER_DEFAULTS.stackSizeMb, 1),
+    },
+    processLimits: {
+      heapMb: checkNumber('resourceLimits.maxOldGenerationSizeMb', rl.maxOldGenerationSizeMb, RUNNER_DEFAULTS.maxOldGenerationSizeMb, 1),
+      memoryMb: checkNumber('memoryLimitMb', o.memoryLimitMb, RUNNER_DEFAULTS.memoryLimitMb, 16),
+      sampleMs: checkNumber('memorySampleMs', o.memorySampleMs, RUNNER_DEFAULTS.memorySampleMs, 10),
+      addressSpaceMb: checkNumber('addressSpaceLimitMb', o.addressSpaceLimitMb, RUNNER_DEFAULTS.addressSpaceLimitMb, 0),
     },
     host: o.host,
     maxRestartsPerMinute: checkNumber('maxRestartsPerMinute', o.maxRestartsPerMinute, RUNNER_DEFAULTS.maxRestartsPerMinute, 0),
@@ -193,7 +257,14 @@ function freezeWatch(w: RegisteredWatch): RegisteredWatch {
 /**
  * Loads ONE extension and runs its lambdas.
  *
- * Worker mode (default): the extension runs in its own worker thread with V8 heap limits. Each
+ * Process mode (the default for JS modules): the extension runs in its own child process (see
+ * `ProcessBackend`), with a V8 heap limit and its whole resident memory bounded by a watchdog in
+ * the node (`memoryLimitMb`: past it the process is SIGKILLed and its invocations fail with
+ * `out-of-memory`); a timeout kills the process, an exit or a crash fails the invocations in
+ * flight with `process-exited`; restarts work as in worker mode (below). CPU time is reported
+ * per invocation and in total (`stats()`).
+ *
+ * Worker mode (native packages always): the extension runs in its own worker thread with V8 heap limits. Each
  * invocation has a wall-clock timeout; when it expires the worker is terminated (nothing else can
  * stop a CPU-bound lambda) and restarted: the module is imported again and `initialize()` re-run,
  * and must register the same watches (else the restart counts as failed). A worker that runs out
@@ -223,7 +294,8 @@ function freezeWatch(w: RegisteredWatch): RegisteredWatch {
  * C globals, so do not run them at once.
  *
  * Not a security boundary: a worker shares the process (file system, network, `process.kill`,
- * ArrayBuffer memory), and hop counting relies on the worker's cooperation.
+ * ArrayBuffer memory); a child process runs as the node's user with its environment; hop counting
+ * relies on the guest's cooperation.
  */
 export class ExtensionRunner {
   private watchList: readonly RegisteredWatch[] = [];
@@ -235,7 +307,9 @@ export class ExtensionRunner {
   private queued: Pending[] = [];
   private nextId = 1;
   private restartTimes: number[] = [];
-  private readonly counters = { invocations: 0, errors: 0, timeouts: 0, workerRestarts: 0 };
+  private readonly counters = { invocations: 0, errors: 0, timeouts: 0, workerRestarts: 0, outOfMemory: 0 };
+  private readonly cpu = { invocationUs: 0, lastUs: 0, maxUs: 0, retiredUs: 0, peakRssBytes: 0 };
+  private readonly retired = new WeakSet<Backend>();
   /**
    * Events (watch, shard, version, key) that were in flight, with others, on a worker that died:
    * any of them may have killed it, so each runs alone next time (its outcome then says).
@@ -255,6 +329,7 @@ export class ExtensionRunner {
 
   private constructor(
     private readonly o: Resolved,
+    private readonly isolation: IsolationMode,
     private readonly entry: ResolvedExtension,
     private readonly entryUrl: URL | undefined,
   ) {}
@@ -275,13 +350,22 @@ export class ExtensionRunner {
     } catch (e) {
       throw new ExtensionLoadError('IMPORT_FAILED', o.name, `cannot resolve ${opts.modulePath}: ${errorMessage(e)}`, { cause: e });
     }
+    const mode: IsolationMode = o.mode ?? (entry.kind === 'native' ? 'worker' : RUNNER_DEFAULTS.mode);
     if (entry.kind === 'native') {
-      if (o.mode === 'in-process') {
+      if (mode === 'in-process') {
         throw new ExtensionLoadError(
           'IMPORT_FAILED',
           o.name,
           `${entry.packageDir} is a native extension (package.json "kvcascade.native"): native extensions run in worker mode only ` +
             `(their blocking host->get/put are served by the main thread, which in-process mode would block); start it with mode 'worker'`,
+        );
+      }
+      if (mode === 'process') {
+        throw new ExtensionLoadError(
+          'IMPORT_FAILED',
+          o.name,
+          `${entry.packageDir} is a native extension (package.json "kvcascade.native"): native extensions run in worker mode only ` +
+            `(their blocking host->get/put wait on memory shared with the node, which a child process does not have); start it with mode 'worker'`,
         );
       }
       const st = await stat(entry.library).catch(() => undefined);
@@ -294,14 +378,14 @@ export class ExtensionRunner {
       }
     }
     let entryUrl: URL | undefined;
-    if (o.mode === 'worker') {
+    if (mode !== 'in-process') {
       try {
-        entryUrl = await workerEntryUrl();
+        entryUrl = await sandboxEntryUrl(mode === 'process' ? 'process-entry' : 'worker-entry');
       } catch (e) {
-        throw new ExtensionLoadError('IMPORT_FAILED', o.name, `cannot prepare the worker: ${errorMessage(e)}`, { cause: e });
+        throw new ExtensionLoadError('IMPORT_FAILED', o.name, `cannot prepare the ${mode}: ${errorMessage(e)}`, { cause: e });
       }
     }
-    const runner = new ExtensionRunner(o, entry, entryUrl);
+    const runner = new ExtensionRunner(o, mode, entry, entryUrl);
     const backend = runner.makeBackend();
     const watches = await backend.load(o.initializeTimeoutMs);
     runner.watchList = Object.freeze(watches.map(freezeWatch));
@@ -320,8 +404,8 @@ export class ExtensionRunner {
   }
 
   /** Where the extension runs. */
-  get mode(): 'worker' | 'in-process' {
-    return this.o.mode;
+  get mode(): IsolationMode {
+    return this.isolation;
   }
 
   /** The runner's state (see `RunnerState`). */
@@ -415,7 +499,30 @@ export class ExtensionRunner {
 
   /** Counters since start (see `RunnerStats`). */
   stats(): RunnerStats {
-    return { ...this.counters, inFlight: this.pending.size };
+    const u = this.current?.usage?.();
+    const ms = (us: number) => Math.round(us / 1000);
+    return {
+      ...this.counters,
+      inFlight: this.pending.size,
+      cpuMs: ms(this.cpu.retiredUs + (u && !this.retired.has(this.current!) ? u.cpuUs : 0)),
+      invocationCpuMs: ms(this.cpu.invocationUs),
+      lastInvocationCpuMs: ms(this.cpu.lastUs),
+      maxInvocationCpuMs: ms(this.cpu.maxUs),
+      rssBytes: u && this.current?.alive ? u.rssBytes : 0,
+      peakRssBytes: Math.max(this.cpu.peakRssBytes, u?.peakRssBytes ?? 0),
+    };
+  }
+
+  /** Kills backend `b` and adds its resource use to the totals (once). */
+  private async retire(b: Backend): Promise<void> {
+    await b.kill();
+    if (this.retired.has(b)) return;
+    this.retired.add(b);
+    const u = b.usage?.();
+    if (u) {
+      this.cpu.retiredUs += u.cpuUs;
+      this.cpu.peakRssBytes = Math.max(this.cpu.peakRssBytes, u.peakRssBytes);
+    }
   }
 
   /**
@@ -437,13 +544,13 @@ export class ExtensionRunner {
     this.queued = [];
     const loading = this.loading;
     this.loading = undefined;
-    if (loading) await loading.kill();
+    if (loading) await this.retire(loading);
     if (wasReady && this.current) {
       const r = await this.current.shutdown(this.o.shutdownTimeoutMs);
       if (r === 'timeout') this.log('warn', `shutdown() did not finish within ${this.o.shutdownTimeoutMs} ms`);
       else if (r) this.log('warn', `shutdown() threw: ${r.message}`, { error: r.message });
     }
-    await this.current?.kill();
+    if (this.current) await this.retire(this.current);
     this.runState = 'stopped';
   }
 
@@ -458,8 +565,8 @@ export class ExtensionRunner {
   private makeBackend(): Backend {
     const holder: { b?: Backend } = {};
     const events: BackendEvents = {
-      done: (id, err) => this.onDone(holder.b!, id, err),
-      down: (cause) => this.onDown(holder.b!, cause.kind, cause.message),
+      done: (id, err, cpuUs) => this.onDone(holder.b!, id, err, cpuUs),
+      down: (cause) => this.onDown(holder.b!, cause.kind, cause.message, cause.rssBytes),
     };
     const o = this.o;
     const e = this.entry;
@@ -467,9 +574,11 @@ export class ExtensionRunner {
     const native = e.kind === 'native' ? { packageDir: e.packageDir, kvTimeoutMs: o.nativeKvTimeoutMs } : undefined;
     // (start() refuses native packages in-process.)
     const b: Backend =
-      o.mode === 'in-process'
+      this.isolation === 'in-process'
         ? new InProcessBackend({ name: o.name, moduleUrl, config: o.config, host: o.host, events })
-        : new WorkerBackend({ name: o.name, moduleUrl, config: o.config, limits: o.limits, host: o.host, entryUrl: this.entryUrl!, events, ...(native ? { native } : {}) });
+        : this.isolation === 'process'
+          ? new ProcessBackend({ name: o.name, moduleUrl, config: o.config, limits: o.processLimits, host: o.host, entryUrl: this.entryUrl!, events })
+          : new WorkerBackend({ name: o.name, moduleUrl, config: o.config, limits: o.limits, host: o.host, entryUrl: this.entryUrl!, events, ...(native ? { native } : {}) });
     holder.b = b;
     return b;
   }
@@ -574,9 +683,14 @@ export class ExtensionRunner {
     p.reject(err);
   }
 
-  private onDone(b: Backend, id: number, err: Error | undefined): void {
+  private onDone(b: Backend, id: number, err: Error | undefined, cpuUs: number | undefined): void {
     const p = this.pending.get(id);
     if (!p || p.backend !== b) return;
+    if (cpuUs !== undefined) {
+      this.cpu.invocationUs += cpuUs;
+      this.cpu.lastUs = cpuUs;
+      this.cpu.maxUs = Math.max(this.cpu.maxUs, cpuUs);
+    }
     if (err) this.settle(p, new LambdaError('threw', `${this.describe(p)}: lambda threw: ${err.message}`, { cause: err }));
     else this.settle(p);
   }
@@ -589,33 +703,37 @@ export class ExtensionRunner {
       this.settle(p, new LambdaError('timeout', b.canKill ? base : `${base} (in-process: it keeps running)`, { culprit: true }));
       return;
     }
-    this.settle(p, new LambdaError('timeout', `${base}; the worker was terminated and is restarting`, { culprit: true }));
-    this.onDown(b, 'worker-crashed', `terminated because an invocation timed out (${this.describe(p)})`, true);
+    const what = this.isolation === 'process' ? 'process was killed' : 'worker was terminated';
+    this.settle(p, new LambdaError('timeout', `${base}; the ${what} and is restarting`, { culprit: true }));
+    this.onDown(b, this.isolation === 'process' ? 'process-exited' : 'worker-crashed', `terminated because an invocation timed out (${this.describe(p)})`, undefined, true);
   }
 
   /**
    * Backend `b` died (or was condemned): fail its invocations and start a replacement.
    * `collateral`: it was terminated for another invocation (already settled), not by these.
    */
-  private onDown(b: Backend, kind: 'worker-crashed' | 'out-of-memory', message: string, collateral = false): void {
+  private onDown(b: Backend, kind: DownCause['kind'], message: string, rssBytes?: number, collateral = false): void {
     if (b !== this.current || this.runState !== 'ready') return;
+    if (kind === 'out-of-memory') this.counters.outOfMemory++;
+    const what = this.isolation === 'process' ? 'process' : 'worker';
     const victims = [...this.pending.values()].filter((p) => p.backend === b);
     const culprit = collateral ? false : victims.length === 1 ? true : undefined;
     if (culprit === undefined) for (const p of victims) this.suspects.add(this.identity(p));
     if (this.suspects.size > 10_000) this.suspects.clear();
     for (const p of victims) {
-      this.settle(p, new LambdaError(kind, `${this.describe(p)}: ${kind === 'out-of-memory' ? 'the worker ran out of memory' : 'the worker died'}: ${message}`, culprit === undefined ? {} : { culprit }));
+      const why = kind === 'out-of-memory' ? `the ${what} ran out of memory` : `the ${what} died`;
+      this.settle(p, new LambdaError(kind, `${this.describe(p)}: ${why}: ${message}`, { ...(rssBytes !== undefined ? { rssBytes } : {}), ...(culprit !== undefined ? { culprit } : {}) }));
     }
     this.runState = 'restarting';
-    const killed = b.kill();
+    const killed = this.retire(b);
     if (this.probing) {
-      // The half-open trial (or whatever ran with it) brought the worker down again.
+      // The half-open trial (or whatever ran with it) brought the runner down again.
       this.probing = false;
       this.trial = undefined;
-      void killed.then(() => this.enterPaused(`${this.failure ?? 'worker restarts'}; the half-open trial failed too (${message})`));
+      void killed.then(() => this.enterPaused(`${this.failure ?? 'restarts'}; the half-open trial failed too (${message})`));
       return;
     }
-    this.log('warn', `extension worker down (${message}); restarting`, { kind });
+    this.log('warn', `extension ${what} down (${message}); restarting`, { kind, ...(rssBytes !== undefined ? { rssBytes } : {}) });
     this.restartLoop(killed).catch((e: unknown) => this.enterPaused(`restart loop failed: ${errorMessage(e)}`));
   }
 
@@ -680,7 +798,7 @@ export class ExtensionRunner {
       try {
         const watches = await b.load(this.o.initializeTimeoutMs);
         if (this.runState !== 'restarting') {
-          await b.kill();
+          await this.retire(b);
           return;
         }
         const diff = diffWatches(this.watches, watches);
@@ -700,7 +818,7 @@ export class ExtensionRunner {
         problem = errorMessage(e);
       }
       if (this.loading === b) this.loading = undefined;
-      await b.kill();
+      await this.retire(b);
       if (this.runState !== 'restarting') return;
       failures++;
       this.log('error', `extension restart failed: ${problem}`, { attempt: failures });

@@ -51,10 +51,12 @@ export type LoadErrorCode = 'IMPORT_FAILED' | 'NO_INITIALIZE' | 'INITIALIZE_THRE
 
 /**
  * Why an invocation failed: the lambda threw/rejected (`threw`), ran past its timeout (`timeout`),
- * its worker died (`worker-crashed`) or ran out of heap (`out-of-memory`), the runner was stopped
- * (`stopped`) or has given up restarting its worker (`failed`).
+ * its worker died (`worker-crashed`), its child process exited, crashed or was killed by a signal
+ * (`process-exited`, process isolation), it ran out of memory (`out-of-memory`: the V8 heap limit,
+ * or in process isolation the process's RSS past its memory budget), the runner was stopped
+ * (`stopped`) or has given up restarting its worker or process (`failed`).
  */
-export type LambdaErrorKind = 'threw' | 'timeout' | 'worker-crashed' | 'out-of-memory' | 'stopped' | 'failed';
+export type LambdaErrorKind = 'threw' | 'timeout' | 'worker-crashed' | 'process-exited' | 'out-of-memory' | 'stopped' | 'failed';
 
 /** An error flattened to cross a thread boundary. */
 export interface SerializedError {

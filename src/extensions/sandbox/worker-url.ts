@@ -1,4 +1,4 @@
-/** Locates the worker thread's entry module: the compiled worker-entry.js next to this file, or (when running from TypeScript sources, e.g. under vitest) a cached on-the-fly transpilation (with the native adapter and a link to the project's node_modules). */
+/** Locates the sandbox entry modules (the worker thread's and the child process's): the compiled .js next to this file, or (when running from TypeScript sources, e.g. under vitest) a cached on-the-fly transpilation (with the native adapter and a link to the project's node_modules). */
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, readFile, rename, rm, symlink, writeFile } from 'node:fs/promises';
@@ -6,7 +6,10 @@ import { tmpdir } from 'node:os';
 import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 
-let cached: Promise<URL> | undefined;
+/** The sandbox's entry modules: `worker-entry` (worker threads) and `process-entry` (child processes). */
+export type SandboxEntry = 'worker-entry' | 'process-entry';
+
+const cached = new Map<SandboxEntry, Promise<URL>>();
 
 /**
  * The URL to start extension workers with. In a build (`dist/`), that is the compiled
@@ -18,19 +21,28 @@ let cached: Promise<URL> | undefined;
  * hash of the sources and of that node_modules path; reused across processes.
  */
 export function workerEntryUrl(): Promise<URL> {
-  cached ??= locate().catch((e: unknown) => {
-    cached = undefined;
-    throw e;
-  });
-  return cached;
+  return sandboxEntryUrl('worker-entry');
 }
 
-async function locate(): Promise<URL> {
-  const compiled = new URL('./worker-entry.js', import.meta.url);
+/** The URL of a sandbox entry module (`worker-entry` or `process-entry`), located as `workerEntryUrl` explains. */
+export function sandboxEntryUrl(entry: SandboxEntry): Promise<URL> {
+  let p = cached.get(entry);
+  if (!p) {
+    p = locate(entry).catch((e: unknown) => {
+      cached.delete(entry);
+      throw e;
+    });
+    cached.set(entry, p);
+  }
+  return p;
+}
+
+async function locate(entry: SandboxEntry): Promise<URL> {
+  const compiled = new URL(`./${entry}.js`, import.meta.url);
   if (compiled.protocol === 'file:' && existsSync(fileURLToPath(compiled))) return compiled;
-  const source = new URL('./worker-entry.ts', import.meta.url);
+  const source = new URL(`./${entry}.ts`, import.meta.url);
   if (source.protocol !== 'file:' || !existsSync(fileURLToPath(source))) {
-    throw new Error(`cannot find the extension worker entry (looked for ${compiled.href} and ${source.href})`);
+    throw new Error(`cannot find the extension sandbox entry (looked for ${compiled.href} and ${source.href})`);
   }
   return transpileWorker(fileURLToPath(source));
 }

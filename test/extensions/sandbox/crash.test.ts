@@ -10,7 +10,7 @@ afterEach(async () => {
 
 async function start(opts: Partial<RunnerOptions> = {}): Promise<{ runner: ExtensionRunner; host: FakeHost }> {
   const host = new FakeHost();
-  const runner = await ExtensionRunner.start({ name: 'esm', modulePath: fixture('esm-ext'), host, ...opts });
+  const runner = await ExtensionRunner.start({ name: 'esm', modulePath: fixture('esm-ext'), host, mode: 'worker', ...opts });
   runners.push(runner);
   return { runner, host };
 }
@@ -161,7 +161,7 @@ describe('worker runner: failures', () => {
   it('a restart that registers different watches counts as a failed restart', async () => {
     const host = new FakeHost();
     host.set('/boot', '1');
-    const runner = await ExtensionRunner.start({ name: 'chg', modulePath: fixture('changing-watches'), host, maxRestartsPerMinute: 2 });
+    const runner = await ExtensionRunner.start({ name: 'chg', modulePath: fixture('changing-watches'), host, mode: 'worker', maxRestartsPerMinute: 2 });
     runners.push(runner);
     expect(runner.watches.map((w) => w.prefix)).toEqual(['/v1/']);
     host.set('/boot', '2');

@@ -9,7 +9,7 @@ describe('worker runner: invocations', () => {
 
   beforeAll(async () => {
     host = new FakeHost();
-    runner = await ExtensionRunner.start({ name: 'esm', modulePath: fixture('esm-ext'), host, config: { x: true } });
+    runner = await ExtensionRunner.start({ name: 'esm', modulePath: fixture('esm-ext'), host, mode: 'worker', config: { x: true } });
   });
   afterAll(() => runner.stop());
 
@@ -104,7 +104,7 @@ describe('worker runner: invocations', () => {
 describe('worker runner: stop()', () => {
   it("calls shutdown() (which may still use ctx.kv), rejects in-flight invokes with 'stopped'", async () => {
     const host = new FakeHost();
-    const runner = await ExtensionRunner.start({ name: 'esm', modulePath: fixture('esm-ext'), host });
+    const runner = await ExtensionRunner.start({ name: 'esm', modulePath: fixture('esm-ext'), host, mode: 'worker' });
     const inflight = rejection(runner.invoke(1, put('/in/sleep/x', '5000'), 10_000));
     await new Promise((r) => setTimeout(r, 50));
     await runner.stop();
@@ -119,7 +119,7 @@ describe('worker runner: stop()', () => {
 
   it('calls a CommonJS shutdown() with this = module.exports', async () => {
     const host = new FakeHost();
-    const runner = await ExtensionRunner.start({ name: 'cjs', modulePath: fixture('cjs-ext'), host, config: { greeting: 'yo' } });
+    const runner = await ExtensionRunner.start({ name: 'cjs', modulePath: fixture('cjs-ext'), host, mode: 'worker', config: { greeting: 'yo' } });
     await runner.stop();
     expect(host.value('/shutdown')).toBe('cjs');
   });

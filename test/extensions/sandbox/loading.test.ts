@@ -1,4 +1,4 @@
-/** Tests of loading extensions: module resolution (ESM, CommonJS, exports/main, own node_modules) and every ExtensionLoadError code, in both modes. */
+/** Tests of loading extensions: module resolution (ESM, CommonJS, exports/main, own node_modules) and every ExtensionLoadError code, in every isolation mode. */
 import { mkdtemp, mkdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -17,7 +17,7 @@ async function start(opts: Partial<RunnerOptions> & { modulePath: string }): Pro
   return r;
 }
 
-describe.each(['worker', 'in-process'] as const)('loading (%s)', (mode) => {
+describe.each(['worker', 'process', 'in-process'] as const)('loading (%s)', (mode) => {
   it('loads an ESM package through its "exports" and fills in watch defaults', async () => {
     const host = new FakeHost();
     const r = await start({ modulePath: fixture('esm-ext'), mode, host, config: { a: 1 } });
@@ -102,10 +102,10 @@ describe.each(['worker', 'in-process'] as const)('loading (%s)', (mode) => {
   });
 });
 
-describe('loading (worker only)', () => {
+describe.each(['worker', 'process'] as const)('loading (%s, which can kill)', (mode) => {
   it('INITIALIZE_TIMEOUT terminates an initialize() that spins', async () => {
     const t0 = Date.now();
-    const e = await rejection(start({ modulePath: fixture('init-hangs'), config: { spin: true }, initializeTimeoutMs: 300 }));
+    const e = await rejection(start({ modulePath: fixture('init-hangs'), mode, config: { spin: true }, initializeTimeoutMs: 300 }));
     expect(e.code).toBe('INITIALIZE_TIMEOUT');
     expect(Date.now() - t0).toBeLessThan(3000);
   });
@@ -123,7 +123,7 @@ describe('loading (worker only)', () => {
         'const shout = require("shout");\nexports.initialize = (ctx) => { ctx.watch("/s/", (e) => ctx.kv.put("/shouted", shout(e.key))); };\n',
       );
       const host = new FakeHost();
-      const r = await start({ modulePath: dir, host });
+      const r = await start({ modulePath: dir, host, mode });
       await r.invoke(1, put('/s/hey'), 1000);
       expect(host.value('/shouted')).toBe('/S/HEY!');
     } finally {
