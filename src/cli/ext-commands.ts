@@ -97,7 +97,7 @@ export function registerExtCommands(program: Command, ctx: ExtCommandContext): v
               String(rec.generation),
               isolation,
               String(s.nodeId),
-              s.state + (s.error ? `: ${s.error.slice(0, 80)}` : ''),
+              s.state + (s.error ? `: ${s.error.slice(0, 200)}` : ''),
               s.delivering ? 'yes' : '-',
               w.map((x) => x.prefix).join(','),
               String(sum((x) => x.invocations)),
