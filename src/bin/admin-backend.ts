@@ -12,6 +12,7 @@ export function adminBackend(node: KvNode, manager: ExtensionManager, cluster: C
     metadataLeaderAddress: () => node.leaderAddress(META_GROUP),
     load: (tgz, opts) => manager.load(tgz, opts),
     unload: (name) => manager.unload(name),
+    resume: (name) => manager.resume(name),
     records: () => manager.records(),
     statuses: () => manager.statuses(),
     createPool: (req, deadlineMs) => cluster.createPool(req, deadlineMs),

@@ -50,6 +50,14 @@ export interface KvdConfig {
   warnings: string[];
   /** Tests only: serve the fault-injection endpoint on the metrics port. */
   testFaultInjection: boolean;
+  /** Report an event loop blocked this long (ms). */
+  loopBlockWarnMs: number;
+  /** Kill the process once its event loop is blocked this long (ms; 0 = never). */
+  loopBlockKillMs: number;
+  /** Extensions: worker restarts within a minute before an extension pauses (circuit breaker). */
+  extMaxRestartsPerMinute?: number;
+  /** Extensions: runner-killing failures of one event before it is dead-lettered as poison. */
+  extPoisonAttempts?: number;
 }
 
 /** An extension listed in the node's configuration. */
@@ -127,6 +135,10 @@ export function parseConfig(argv: string[]): KvdConfig {
     .option('--peer-tls-cert <file>', 'PEM certificate of the peer listener, naming this node (CN node-<id> or SAN URI urn:kvcascade:node:<id>); default --tls-cert')
     .option('--peer-tls-key <file>', 'PEM private key of the peer listener (default --tls-key)')
     .option('--peer-tls-ca <file>', 'PEM CA bundle of the cluster: peers must present a certificate it signed (default --tls-ca)')
+    .option('--loop-block-warn-ms <ms>', 'report an event loop blocked this long (default 1000)', int('--loop-block-warn-ms'))
+    .option('--loop-block-kill-ms <ms>', 'kill the process when its event loop stays blocked this long, e.g. by an in-process lambda in an endless loop (default 5000; 0 = never)', int('--loop-block-kill-ms'))
+    .option('--ext-max-restarts-per-minute <n>', 'worker restarts of one extension within a minute before it pauses (default 30)', int('--ext-max-restarts-per-minute'))
+    .option('--ext-poison-attempts <n>', 'runner-killing failures of one event before it is dead-lettered as poison (default 3)', int('--ext-poison-attempts'))
     .addOption(
       new Option('--test-fault-injection', 'tests only: POST /test/faults?drop-to=2,3 on the metrics port cuts this node\'s outgoing peer traffic').hideHelp(),
     )
@@ -199,7 +211,14 @@ export function parseConfig(argv: string[]): KvdConfig {
     defaultShards,
     ...(join !== undefined ? { join } : {}),
     extensions: parseExtensions(o.extension, file.extensions),
+    loopBlockWarnMs: Number(pick('loopBlockWarnMs', 1000)),
+    loopBlockKillMs: Number(pick('loopBlockKillMs', 5000)),
   };
+  for (const k of ['extMaxRestartsPerMinute', 'extPoisonAttempts'] as const) {
+    const v = pick<number | undefined>(k, undefined);
+    if (v !== undefined) cfg[k] = Number(v);
+  }
+  if (cfg.loopBlockKillMs !== 0 && cfg.loopBlockKillMs < cfg.loopBlockWarnMs) throw new Error('--loop-block-kill-ms must be 0 or at least --loop-block-warn-ms');
   const isolation = pick<unknown>('extensionIsolation', undefined);
   if (isolation !== undefined) {
     if (isolation !== 'worker' && isolation !== 'process' && isolation !== 'in-process') throw new Error(`--extension-isolation must be process, worker or in-process (got ${String(isolation)})`);

@@ -25,6 +25,8 @@ import { PeerStubs } from '../coordinator/peer-stubs.js';
 import { ClusterStubClient } from '../wire/proto.js';
 import type { ClusterMap } from '../sharding/index.js';
 import type { Logger } from '../log.js';
+import { Counter } from 'prom-client';
+import { LoopWatchdog } from '../node/loop-watchdog.js';
 
 /**
  * A joining node's first view of the cluster: the map served by `address`, once it lists this
@@ -164,8 +166,20 @@ async function main(): Promise<void> {
   const probe = new GrpcClusterProbe({ selfId: cfg.id, selfStatus: () => node.status(), stubs, coordinator });
   const cluster = new ClusterAdmin(node, probe, log.child({ component: 'cluster' }));
   const lambdaKv = routedLambdaKv(coordinator);
+  const loopBlocked = new Counter({ name: 'kvcascade_event_loop_blocked_total', help: `Times the event loop was blocked longer than ${cfg.loopBlockWarnMs} ms`, registers: [metrics.registry] });
+  const watchdog = new LoopWatchdog({
+    warnMs: cfg.loopBlockWarnMs,
+    killMs: cfg.loopBlockKillMs,
+    label: `kvd node ${cfg.id}`,
+    onBlocked: (ms) => {
+      loopBlocked.inc();
+      log.warn({ blockedMs: ms }, 'the event loop was blocked (an in-process lambda?)');
+    },
+  });
   const extensions = new ExtensionManager(node, {
     dataDir: cfg.dataDir,
+    ...(cfg.extMaxRestartsPerMinute !== undefined ? { maxRestartsPerMinute: cfg.extMaxRestartsPerMinute } : {}),
+    ...(cfg.extPoisonAttempts !== undefined ? { poisonAttempts: cfg.extPoisonAttempts } : {}),
     log: log.child({ component: 'extensions' }),
     registry: metrics.registry,
     ...(cfg.extensionIsolation ? { defaultIsolation: cfg.extensionIsolation } : {}),
@@ -225,6 +239,7 @@ async function main(): Promise<void> {
     coordinator.close();
     stubs.close();
     await extensions.stop().catch(() => {});
+    await watchdog.stop().catch(() => {});
     server.forceShutdown();
     peerServer?.forceShutdown();
     m.server.close();

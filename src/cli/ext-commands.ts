@@ -33,7 +33,9 @@ export function registerExtCommands(program: Command, ctx: ExtCommandContext): v
     .option('--config <file>', 'JSON file handed to initialize() as ctx.config')
     .option('--isolation <mode>', 'where lambdas run: process (own process, all memory bounded), worker (worker thread, heap bounded) or in-process (node thread, trusted); default: the node\'s')
     .option('--in-process', 'same as --isolation in-process')
-    .action(async (path: string, o: { name?: string; config?: string; inProcess?: boolean; isolation?: string }) => {
+    .option('--max-restarts-per-minute <n>', 'restarts within a minute before the extension pauses (circuit breaker; default: the node\'s, 30)', (v: string) => Number(v))
+    .option('--pause-ms <ms>', 'first pause of the circuit breaker (doubled after each failed retry; default: the node\'s, 30000)', (v: string) => Number(v))
+    .action(async (path: string, o: { name?: string; config?: string; inProcess?: boolean; isolation?: string; maxRestartsPerMinute?: number; pauseMs?: number }) => {
       if (o.isolation !== undefined && o.isolation !== 'worker' && o.isolation !== 'process' && o.isolation !== 'in-process') {
         throw new Error(`--isolation must be process, worker or in-process (got ${o.isolation})`);
       }
@@ -44,7 +46,14 @@ export function registerExtCommands(program: Command, ctx: ExtCommandContext): v
       const config = o.config ? (JSON.parse(readFileSync(o.config, 'utf8')) as Record<string, unknown>) : {};
       const c = admin();
       try {
-        const r = await c.load(tgz, { ...(o.name ? { name: o.name } : {}), config, inProcess: o.inProcess ?? false, ...(isolation ? { isolation } : {}) });
+        const r = await c.load(tgz, {
+          ...(o.name ? { name: o.name } : {}),
+          config,
+          inProcess: o.inProcess ?? false,
+          ...(isolation ? { isolation } : {}),
+          ...(o.maxRestartsPerMinute !== undefined ? { maxRestartsPerMinute: o.maxRestartsPerMinute } : {}),
+          ...(o.pauseMs !== undefined ? { pauseMs: o.pauseMs } : {}),
+        });
         if (ctx.json()) ctx.print(r);
         else {
           ctx.out.write(
@@ -88,7 +97,7 @@ export function registerExtCommands(program: Command, ctx: ExtCommandContext): v
               String(rec.generation),
               isolation,
               String(s.nodeId),
-              s.state + (s.error ? `: ${s.error.slice(0, 80)}` : ''),
+              s.state + (s.error ? `: ${s.error.slice(0, 200)}` : ''),
               s.delivering ? 'yes' : '-',
               w.map((x) => x.prefix).join(','),
               String(sum((x) => x.invocations)),
@@ -98,10 +107,46 @@ export function registerExtCommands(program: Command, ctx: ExtCommandContext): v
               String(s.workerRestarts),
             ]);
           }
+          if (nodes.length > 1) {
+            // Each node counts what it ran (kept across leader changes): the cluster's totals are their sum.
+            const all = (f: (x: (typeof nodes)[number]['watches'][number]) => number) => nodes.reduce((a, s) => a + s.watches.reduce((b, x) => b + f(x), 0), 0);
+            rows.push([
+              rec.name,
+              rec.version,
+              String(rec.generation),
+              isolation,
+              'all',
+              '-',
+              '-',
+              '-',
+              String(all((x) => x.invocations)),
+              String(all((x) => x.errors)),
+              String(all((x) => x.deadLettered)),
+              String(all((x) => x.backlog)),
+              String(nodes.reduce((a, s) => a + s.workerRestarts, 0)),
+            ]);
+          }
           if (nodes.length === 0) rows.push([rec.name, rec.version, String(rec.generation), isolation, '-', 'no node reported', '-', '-', '-', '-', '-', '-', '-']);
         }
         ctx.out.write(ctx.formatTable(['NAME', 'VERSION', 'GEN', 'ISOLATION', 'NODE', 'STATE', 'DELIVERING', 'WATCHES', 'INVOKED', 'ERRORS', 'DLQ', 'BACKLOG', 'RESTARTS'], rows));
         if (l.unreachable.length > 0) ctx.out.write(`unreachable: ${l.unreachable.join(', ')}\n`);
+      } finally {
+        c.close();
+      }
+    });
+
+  ext
+    .command('resume')
+    .description('resume a paused extension (circuit breaker open after repeated worker failures) at once on every node')
+    .argument('<name>')
+    .action(async (name: string) => {
+      const c = admin();
+      try {
+        const r = await c.resume(name);
+        if (ctx.json()) ctx.print({ name, ...r });
+        else if (!r.loaded) ctx.out.write(`kvctl: NOT_FOUND: extension ${name} is not loaded\n`);
+        else ctx.out.write(`resumed ${name}${r.wasPaused ? '' : ' (it was not paused on the metadata leader; every node was told)'}\n`);
+        if (!r.loaded) ctx.fail(1);
       } finally {
         c.close();
       }

@@ -23,6 +23,9 @@ export interface ExtensionRecordInfo {
   readonly config: Record<string, unknown>;
   readonly native: string;
   readonly inProcess: boolean;
+  /** Circuit breaker limits given at load (0 = the node's defaults). */
+  readonly maxRestartsPerMinute: number;
+  readonly pauseMs: number;
   /** 'worker', 'process' or 'in-process'; '' when loaded without one (the node's default, or in-process when `inProcess`). */
   readonly isolation: string;
   readonly loadedAtMs: number;
@@ -41,6 +44,18 @@ export interface ExtensionWatchInfo {
   readonly lastLatencyMs: number;
 }
 
+/** How to load an extension (see `kvctl ext load`). */
+export interface LoadExtensionOptions {
+  name?: string;
+  config?: Record<string, unknown>;
+  inProcess?: boolean;
+  isolation?: 'worker' | 'process' | 'in-process';
+  /** Circuit breaker: worker restarts within a minute before it pauses (default: the node's). */
+  maxRestartsPerMinute?: number;
+  /** Circuit breaker: first pause in ms (default: the node's). */
+  pauseMs?: number;
+}
+
 /** One node's view of one extension. */
 export interface ExtensionNodeInfo {
   readonly nodeId: number;
@@ -55,6 +70,10 @@ export interface ExtensionNodeInfo {
   readonly invocations: number;
   readonly errors: number;
   readonly timeouts: number;
+  /** Circuit breaker: when the paused extension tries again (ms since the epoch; 0 = not paused). */
+  readonly retryAtMs: number;
+  /** Dead letters written by this node since it started (all watches). */
+  readonly deadLettered: number;
 }
 
 /** One Raft group as one node reports it (Cluster.Status): the client's status type. */
@@ -126,6 +145,8 @@ function fromRecord(r: Record<string, unknown>): ExtensionRecordInfo {
     size: Number(r.size),
     config,
     native: String(r.native ?? ''),
+    maxRestartsPerMinute: Number(r.maxRestartsPerMinute ?? 0),
+    pauseMs: Number(r.pauseMs ?? 0),
     inProcess: Boolean(r.inProcess),
     isolation: String(r.isolation ?? ''),
     loadedAtMs: Number(r.loadedAtMs),
@@ -156,6 +177,8 @@ function fromStatus(s: Record<string, unknown>): ExtensionNodeInfo {
     invocations: Number(s.invocations),
     errors: Number(s.errors),
     timeouts: Number(s.timeouts),
+    retryAtMs: Number(s.retryAtMs ?? 0),
+    deadLettered: Number(s.deadLettered ?? 0),
   };
 }
 
@@ -303,7 +326,7 @@ export class AdminClient {
   }
 
   /** Uploads a package (.tgz bytes); resolves once the receiving node has loaded it. */
-  async load(tgz: Uint8Array, o: { name?: string; config?: Record<string, unknown>; inProcess?: boolean; isolation?: 'worker' | 'process' | 'in-process' } = {}): Promise<{ record: ExtensionRecordInfo | undefined; status: ExtensionNodeInfo }> {
+  async load(tgz: Uint8Array, o: LoadExtensionOptions = {}): Promise<{ record: ExtensionRecordInfo | undefined; status: ExtensionNodeInfo }> {
     let target = await this.metaLeader();
     for (let attempt = 0; ; attempt++) {
       try {
@@ -320,7 +343,7 @@ export class AdminClient {
     }
   }
 
-  private upload(address: string, tgz: Uint8Array, o: { name?: string; config?: Record<string, unknown>; inProcess?: boolean; isolation?: string }): Promise<{ record: ExtensionRecordInfo | undefined; status: ExtensionNodeInfo }> {
+  private upload(address: string, tgz: Uint8Array, o: LoadExtensionOptions): Promise<{ record: ExtensionRecordInfo | undefined; status: ExtensionNodeInfo }> {
     return new Promise((resolve, reject) => {
       const call = (this.stub(address).loadExtension as (md: grpc.Metadata, o: grpc.CallOptions, cb: (e: grpc.ServiceError | null, r?: { record?: Record<string, unknown>; status?: Record<string, unknown> }) => void) => grpc.ClientWritableStream<unknown>)(
         this.md(),
@@ -330,10 +353,39 @@ export class AdminClient {
           resolve({ record: r?.record ? fromRecord(r.record) : undefined, status: fromStatus(r?.status ?? {}) });
         },
       );
-      call.write({ header: { name: o.name ?? '', configJson: JSON.stringify(o.config ?? {}), inProcess: o.inProcess ?? false, isolation: o.isolation ?? '', size: tgz.length } });
+      call.write({
+        header: {
+          name: o.name ?? '',
+          configJson: JSON.stringify(o.config ?? {}),
+          inProcess: o.inProcess ?? false,
+          isolation: o.isolation ?? '',
+          size: tgz.length,
+          maxRestartsPerMinute: o.maxRestartsPerMinute ?? 0,
+          pauseMs: o.pauseMs ?? 0,
+        },
+      });
       for (let off = 0; off < tgz.length; off += UPLOAD_CHUNK) call.write({ chunk: Buffer.from(tgz.subarray(off, Math.min(tgz.length, off + UPLOAD_CHUNK))) });
       call.end();
     });
+  }
+
+  /** Resumes a paused extension on every node at once; resolves false when it is not loaded. */
+  async resume(name: string): Promise<{ loaded: boolean; wasPaused: boolean }> {
+    let target = await this.metaLeader();
+    for (let attempt = 0; ; attempt++) {
+      try {
+        const r = await this.unary<{ wasPaused?: boolean }>(target, 'resumeExtension', { name });
+        return { loaded: true, wasPaused: r.wasPaused === true };
+      } catch (e) {
+        if (e instanceof KvError && e.code === 'NOT_FOUND') return { loaded: false, wasPaused: false };
+        if (e instanceof KvError && e.code === 'UNAVAILABLE' && attempt < 5) {
+          await new Promise((r) => setTimeout(r, 200 * (attempt + 1)));
+          target = e.leader ?? (await this.metaLeader());
+          continue;
+        }
+        throw e;
+      }
+    }
   }
 
   /** Unloads an extension everywhere; resolves false when it was not loaded. */

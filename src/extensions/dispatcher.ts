@@ -39,8 +39,87 @@ export interface DispatchHost {
   hopsOf(revision: number): number;
   /** Replicates a put into this shard (system origin): a cursor (a `/_sys/` key) or a dead letter (a `/_dlq/` key), both shard-local. */
   put(key: string, value: Uint8Array): Promise<void>;
+  /**
+   * Replicates several puts (`value` set) and deletes (`value` undefined) of shard-local keys in
+   * one txn (one Raft entry), system origin: the cursor and the attempt record together.
+   */
+  write(writes: readonly { key: string; value: Uint8Array | undefined }[]): Promise<void>;
   readonly shard: number;
   readonly maxHops: number;
+}
+
+/**
+ * Poison-pill protection (see {@link AttemptRecord}): how many runner-killing failures an event
+ * may cause, and on how many nodes, before it is dead-lettered with kind `poison`.
+ */
+export interface FaultOptions {
+  /** Runner-killing failures (timeout, worker-crashed, out-of-memory, or a start that never finished) before `poison` (default 3). */
+  readonly poisonAttempts: number;
+  /** Distinct nodes on which it failed that way before `poison` (default 2). */
+  readonly poisonNodes: number;
+  /**
+   * Record every invocation in the attempt record before it starts (in-process mode: a lambda
+   * that blocks the thread takes the node down, and nothing can be written then). A start found
+   * unfinished by the next leader is then dead-lettered at once (it would block that node too).
+   */
+  readonly armEveryInvocation: boolean;
+  /** This node's id and this process's boot id (a restart of the node is another boot). */
+  readonly node: number;
+  readonly boot: string;
+}
+
+/** The defaults of the fault options. */
+export const FAULT_DEFAULTS = Object.freeze({ poisonAttempts: 3, poisonNodes: 2 });
+
+/** Kinds of failure that kill (or hang) the lambda's runner: counted towards `poison`. */
+export const RUNNER_KILLING_KINDS: ReadonlySet<string> = new Set(['timeout', 'worker-crashed', 'process-exited', 'out-of-memory']);
+
+/** One event of a watch with a history of runner-killing failures, or being attempted (armed). */
+export interface AttemptEntry {
+  readonly revision: number;
+  readonly key: string;
+  /** Runner-killing failures so far (a start found unfinished by a new leader counts as one). */
+  failures: number;
+  /** Nodes on which it failed that way, ascending, distinct. */
+  nodes: number[];
+  /** The last failure. */
+  reason?: string;
+  /** Set while an attempt may be running: the node and process (boot) that started it. */
+  armed?: { node: number; boot: string; atMs: number };
+  /** Found armed by a new process of the same node: the node died while running it. */
+  diedHere?: boolean;
+  /** Found armed (in-process) by another node: that node died or lost the shard while running it. */
+  unfinishedElsewhere?: number;
+}
+
+/**
+ * The replicated attempt record of one watch in one shard (`/_sys/attempt/<ext>/<watch id><prefix>`,
+ * written with the cursor in one txn): the events after the cursor that failed in a way that
+ * kills the runner, or that are being attempted. Written only (a) in in-process mode before
+ * invocations start (batched: one write arms every event about to start, and carries the cursor),
+ * (b) after a runner-killing failure, arming the retry, and (c) with the periodic cursor write
+ * while it is not empty (to drop finished events). A well-behaved worker-mode watch never writes it.
+ */
+export interface AttemptRecord {
+  readonly v: 1;
+  readonly cursor: number;
+  readonly events: readonly AttemptEntry[];
+}
+
+/** The key of a watch's attempt record. */
+export function attemptKey(extension: string, watch: DispatchWatch): string {
+  return `${SYSTEM_PREFIX}attempt/${extension}/${watch.id}${watch.prefix}`;
+}
+
+/** Parses an attempt record (undefined when absent or malformed). */
+export function decodeAttemptRecord(value: Uint8Array | undefined): AttemptRecord | undefined {
+  if (!value) return undefined;
+  try {
+    const r = JSON.parse(new TextDecoder().decode(value)) as AttemptRecord;
+    return r && r.v === 1 && Array.isArray(r.events) ? r : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /** Per-watch counters, for metrics and `kvctl ext ls`. */
@@ -64,7 +143,25 @@ interface Pending {
   running: boolean;
   done: boolean;
   retryTimer?: NodeJS.Timeout;
+  /** Its runner-killing failure history (also in the attempt record). */
+  entry?: AttemptEntry;
+  /** `wanted`: must be armed before it runs; `durable`: armed in the replicated record; `running`: an armed attempt runs. */
+  arm: 'none' | 'wanted' | 'durable' | 'running';
 }
+
+/** What a dispatcher reports as it goes (metrics, totals). */
+export interface DispatchObserver {
+  /** An invocation ended: its latency, and the failure kind (undefined when it succeeded). */
+  invoked(latencyMs: number, failure: string | undefined): void;
+  /** An event was dead-lettered with `kind`. */
+  deadLettered(kind: string): void;
+  /** An event failed and will be retried. */
+  retried(): void;
+  /** An event was handled (delivered or dead-lettered): the cursor may pass it. */
+  delivered(): void;
+}
+
+const eventId = (revision: number, key: string): string => `${revision}\u0000${key}`;
 
 /** The key under which a watch's delivery cursor is replicated. */
 export function cursorKey(extension: string, watch: DispatchWatch): string {
@@ -89,18 +186,72 @@ export class WatchDispatcher {
   private drainCb: (() => void) | undefined;
   private stopped = false;
   private persistTimer: NodeJS.Timeout | undefined;
+  private readonly faults: FaultOptions;
+  /** Entries of the attempt record found at start, not yet matched to a received event. */
+  private inherited = new Map<string, AttemptEntry>();
+  /** Whether the replicated attempt record holds entries (else a cursor write leaves it alone). */
+  private recordDurable = false;
+  /** The attempt record changed since it was last written. */
+  private recordDirty = false;
+  private writing = false;
+  private writeAgain = false;
+  /** Attempt-record writes done (metrics, tests). */
+  recordWrites = 0;
 
   constructor(
     private readonly extension: string,
     readonly watch: DispatchWatch,
     private readonly invoke: InvokeLambda,
     private readonly host: DispatchHost,
-    private readonly observe: (latencyMs: number, ok: boolean) => void = () => {},
+    private readonly observer: Partial<DispatchObserver> = {},
     private readonly onFailure: (msg: string) => void = () => {},
-  ) {}
+    faults: Partial<FaultOptions> = {},
+  ) {
+    this.faults = {
+      poisonAttempts: faults.poisonAttempts ?? FAULT_DEFAULTS.poisonAttempts,
+      poisonNodes: faults.poisonNodes ?? FAULT_DEFAULTS.poisonNodes,
+      armEveryInvocation: faults.armEveryInvocation ?? false,
+      node: faults.node ?? 0,
+      boot: faults.boot ?? '',
+    };
+  }
 
-  /** Starts delivering every event after `cursor` (the replicated cursor read by the caller). */
-  start(cursor: number): void {
+  /**
+   * Starts delivering every event after `cursor` (the replicated cursor read by the caller);
+   * `record` is the watch's replicated attempt record: its entries after the cursor are the
+   * failure history of those events, and an entry still armed is an attempt that never finished
+   * (its node died or lost the shard meanwhile): counted as a failure on that node.
+   */
+  start(cursor: number, record?: AttemptRecord): void {
+    if (record) {
+      this.inherited = new Map();
+      for (const e of record.events) {
+        if (e.revision <= cursor) continue;
+        const entry: AttemptEntry = { revision: e.revision, key: e.key, failures: e.failures, nodes: [...e.nodes], ...(e.reason ? { reason: e.reason } : {}) };
+        if (e.diedHere) entry.diedHere = true;
+        if (e.unfinishedElsewhere !== undefined) entry.unfinishedElsewhere = e.unfinishedElsewhere;
+        if (e.armed) {
+          const self = e.armed.node === this.faults.node;
+          if (self && e.armed.boot === this.faults.boot) {
+            // This very process started it and lost the shard meanwhile: it did not die in it.
+          } else {
+            entry.failures++;
+            if (!entry.nodes.includes(e.armed.node)) entry.nodes = [...entry.nodes, e.armed.node].sort((a, b) => a - b);
+            const at = new Date(e.armed.atMs).toISOString();
+            if (self) {
+              entry.diedHere = true;
+              entry.reason = `node ${e.armed.node} restarted after it died (or was killed) while running it (started ${at})`;
+            } else {
+              if (this.faults.armEveryInvocation) entry.unfinishedElsewhere = e.armed.node;
+              entry.reason = `node ${e.armed.node} died or lost the shard while running it (started ${at})`;
+            }
+          }
+        }
+        this.inherited.set(eventId(e.revision, e.key), entry);
+      }
+      this.recordDurable = record.events.length > 0;
+      this.recordDirty = this.recordDurable;
+    }
     this.stats.cursor = cursor;
     this.persistedCursor = cursor;
     this.seenUpTo = cursor;
@@ -140,6 +291,8 @@ export class WatchDispatcher {
     this.retryOwner.clear();
     this.handle?.cancel();
     if (this.persistTimer) clearInterval(this.persistTimer);
+    this.inherited.clear();
+    this.recordDirty = this.recordDurable;
     this.start(Math.max(to, this.stats.cursor));
   }
 
@@ -149,7 +302,13 @@ export class WatchDispatcher {
     this.handle?.cancel();
     if (this.persistTimer) clearInterval(this.persistTimer);
     for (const p of this.queue) if (p.retryTimer) clearTimeout(p.retryTimer);
-    if (persist) await this.persistCursor().catch(() => {});
+    if (persist) {
+      // Still leading (unload, replacement): this process did not die in what it was running.
+      for (const p of this.queue) if (p.arm !== 'none') p.arm = 'none';
+      while (this.writing) await new Promise((r) => setTimeout(r, 5));
+      if (this.recordDurable || this.buildRecord().length > 0) await this.writeState(true);
+      else await this.persistCursor().catch(() => {});
+    }
   }
 
   private receive(events: readonly KvEvent[], upTo: number): void {
@@ -160,7 +319,15 @@ export class WatchDispatcher {
       // letters...) only to a watch inside the reserved keyspace (e.g. of `/_dlq/`).
       if (e.key.startsWith(SYSTEM_PREFIX) || (isReservedKey(e.key) && hidesReservedKeys(this.watch.prefix))) continue;
       if (!types.includes(e.type)) continue;
-      this.queue.push({ event: e, hops: this.host.hopsOf(e.revision), attempts: 0, running: false, done: false });
+      const p: Pending = { event: e, hops: this.host.hopsOf(e.revision), attempts: 0, running: false, done: false, arm: 'none' };
+      const id = eventId(e.revision, e.key);
+      const entry = this.inherited.get(id);
+      if (entry) {
+        this.inherited.delete(id);
+        p.entry = entry;
+        p.attempts = entry.failures;
+      }
+      this.queue.push(p);
     }
     this.advanceSeen(upTo);
     this.pump();
@@ -175,25 +342,72 @@ export class WatchDispatcher {
     if (this.stopped) return;
     const stateful = this.watch.options.mode === 'stateful';
     const limit = this.watch.options.concurrency;
+    const waitingArm = (q: Pending) => !q.running && !q.done && !q.retryTimer && (q.arm === 'wanted' || q.arm === 'durable');
+    // Events being armed count towards the concurrency: they are about to run.
+    let busy = this.running;
+    for (const q of this.queue) if (waitingArm(q)) busy++;
     for (const p of this.queue) {
-      if (this.running >= limit) break;
       if (p.running || p.done || p.retryTimer) continue;
       const owner = (stateful ? this.keyOwner : this.retryOwner).get(p.event.key);
       if (owner !== undefined && owner !== p) continue;
+      if (p.arm === 'durable') {
+        this.run(p); // counted in `busy` already
+        continue;
+      }
+      if (p.arm === 'wanted') continue;
+      if (busy >= limit) {
+        if (this.running >= limit) break;
+        continue;
+      }
+      busy++;
+      if (this.mustArm(p)) {
+        // Recorded as attempted (replicated) before it starts: batched into one write.
+        if (stateful) this.keyOwner.set(p.event.key, p);
+        p.arm = 'wanted';
+        this.requestWrite();
+        continue;
+      }
       this.run(p);
     }
     this.stats.backlog = this.queue.length;
+  }
+
+  /** Whether `p` must be in the replicated attempt record before it runs. */
+  private mustArm(p: Pending): boolean {
+    return this.faults.armEveryInvocation || p.entry !== undefined;
+  }
+
+  /** Why `p` is a poison pill (undefined when it may run). */
+  private poisonReason(p: Pending): string | undefined {
+    const e = p.entry;
+    if (!e) return undefined;
+    const last = e.reason ? `; last: ${e.reason}` : '';
+    if (e.diedHere) return `poison: ${e.reason ?? 'this node died while running it'} (${e.failures} runner-killing failure(s) on node(s) ${e.nodes.join(', ')})`;
+    if (e.unfinishedElsewhere !== undefined) {
+      return `poison: in-process lambda never finished on node ${e.unfinishedElsewhere} (it died or lost the shard while running it); not retried on another node${last}`;
+    }
+    if (e.failures >= this.faults.poisonAttempts) return `poison: killed or hung its runner ${e.failures} times (limit ${this.faults.poisonAttempts}) on node(s) ${e.nodes.join(', ')}${last}`;
+    if (e.nodes.length >= this.faults.poisonNodes) return `poison: killed or hung its runner on ${e.nodes.length} nodes (${e.nodes.join(', ')}; limit ${this.faults.poisonNodes})${last}`;
+    return undefined;
   }
 
   private run(p: Pending): void {
     p.running = true;
     this.running++;
     if (this.watch.options.mode === 'stateful') this.keyOwner.set(p.event.key, p);
-    p.attempts++;
     if (p.hops >= this.host.maxHops) {
+      p.attempts++;
       void this.deadLetter(p, `hop limit ${this.host.maxHops} reached (a lambda chain longer than the limit)`, 'hop-limit');
       return;
     }
+    const poison = this.poisonReason(p);
+    if (poison) {
+      void this.deadLetter(p, poison, 'poison');
+      return;
+    }
+    p.attempts++;
+    const armed = p.arm === 'durable';
+    if (armed) p.arm = 'running';
     const ev: ExtensionEvent = {
       type: p.event.type,
       key: p.event.key,
@@ -209,23 +423,47 @@ export class WatchDispatcher {
       () => {
         const ms = performance.now() - t0;
         this.stats.lastLatencyMs = ms;
-        this.observe(ms, true);
+        this.observer.invoked?.(ms, undefined);
+        this.disarm(p);
         this.finish(p);
       },
       (err: unknown) => {
-        this.observe(performance.now() - t0, false);
+        const kind = (err as { kind?: string }).kind ?? 'threw';
+        this.observer.invoked?.(performance.now() - t0, kind);
         this.stats.errors++;
         if (this.stopped) return;
-        const kind = (err as { kind?: string }).kind ?? 'threw';
         if (kind === 'stopped') return; // the runner is being replaced; the next one redelivers from the cursor
+        const message = (err as Error).message ?? String(err);
+        this.disarm(p);
+        // Counted unless it was certainly another event's doing (collateral of its timeout). When
+        // unknown (several ran on the worker that died), each counts once: the runner then runs
+        // each of them alone, so an innocent one succeeds on its retry.
+        if (RUNNER_KILLING_KINDS.has(kind) && (err as { culprit?: boolean }).culprit !== false) {
+          const e = (p.entry ??= { revision: p.event.revision, key: p.event.key, failures: 0, nodes: [] });
+          e.failures++;
+          if (!e.nodes.includes(this.faults.node)) e.nodes = [...e.nodes, this.faults.node].sort((a, b) => a - b);
+          e.reason = `${kind} on node ${this.faults.node}: ${message.slice(0, 300)}`;
+          this.recordDirty = true;
+          const poison = this.poisonReason(p);
+          if (poison) {
+            void this.deadLetter(p, poison, 'poison');
+            return;
+          }
+        }
         if (p.attempts >= this.watch.options.maxAttempts) {
-          void this.deadLetter(p, (err as Error).message ?? String(err), kind);
+          void this.deadLetter(p, message, kind);
           return;
         }
         // Retry later; the key stays owned by this event so its later events wait (order is kept).
         this.running--;
         p.running = false;
         this.stats.retries++;
+        this.observer.retried?.();
+        if (p.entry) {
+          // Arm the retry now (replicated before the backoff ends): the failure count survives a leader change.
+          p.arm = 'wanted';
+          this.requestWrite();
+        }
         if (this.watch.options.mode === 'stateless') this.retryOwner.set(p.event.key, p);
         const delay = this.watch.options.retryBackoffMs * 2 ** (p.attempts - 1);
         p.retryTimer = setTimeout(() => {
@@ -239,7 +477,79 @@ export class WatchDispatcher {
 
   private pumpWithRetryFirst(p: Pending): void {
     if (this.stopped) return;
-    if (!p.done && !p.running && this.running < this.watch.options.concurrency) this.run(p);
+    if (!p.done && !p.running && this.running < this.watch.options.concurrency && (!this.mustArm(p) || p.arm === 'durable')) this.run(p);
+    this.pump();
+  }
+
+  /** An attempt of `p` ended (one way or another): it is no longer armed. */
+  private disarm(p: Pending): void {
+    if (p.arm !== 'none') {
+      p.arm = 'none';
+      this.recordDirty = true;
+    }
+  }
+
+  /** The attempt record as it stands now. */
+  private buildRecord(): AttemptEntry[] {
+    const out: AttemptEntry[] = [...this.inherited.values()].filter((e) => e.revision > this.stats.cursor);
+    const self = { node: this.faults.node, boot: this.faults.boot };
+    for (const p of this.queue) {
+      if (p.done || (!p.entry && p.arm === 'none')) continue;
+      const e: AttemptEntry = p.entry ? { ...p.entry } : { revision: p.event.revision, key: p.event.key, failures: 0, nodes: [] };
+      if (p.arm !== 'none') e.armed = { ...self, atMs: Date.now() };
+      out.push(e);
+    }
+    return out;
+  }
+
+  private requestWrite(): void {
+    if (this.stopped) return;
+    if (this.writing) {
+      this.writeAgain = true;
+      return;
+    }
+    void this.writeState();
+  }
+
+  /**
+   * Writes the cursor and the attempt record in one txn; arms (marks durable) the events that
+   * wanted it when the write began. At most one write in flight; a failed write is tried again
+   * (unless stopped: leadership moved, the next leader reads what was written).
+   */
+  private async writeState(final = false): Promise<void> {
+    this.writing = true;
+    this.writeAgain = false;
+    const wanted = this.queue.filter((p) => p.arm === 'wanted');
+    const events = this.buildRecord();
+    const c = this.stats.cursor;
+    const delivered = this.stats.delivered;
+    const writes: { key: string; value: Uint8Array | undefined }[] = [{ key: cursorKey(this.extension, this.watch), value: new TextEncoder().encode(String(Math.max(c, this.persistedCursor))) }];
+    if (events.length > 0 || this.recordDurable) {
+      const rec: AttemptRecord = { v: 1, cursor: c, events };
+      writes.push({ key: attemptKey(this.extension, this.watch), value: events.length > 0 ? new TextEncoder().encode(JSON.stringify(rec)) : undefined });
+    }
+    this.recordDirty = false;
+    let ok = false;
+    try {
+      await this.host.write(writes);
+      ok = true;
+      this.recordWrites++;
+      this.recordDurable = events.length > 0;
+      this.persistedCursor = Math.max(this.persistedCursor, c);
+      this.deliveredAtPersist = delivered;
+      for (const p of wanted) if (p.arm === 'wanted' && !p.done) p.arm = 'durable';
+    } catch (e) {
+      this.recordDirty = true;
+      if (!this.stopped) this.onFailure(`writing the attempt record failed: ${(e as Error).message}`);
+    } finally {
+      this.writing = false;
+    }
+    if (this.stopped || final) return;
+    if (!ok) {
+      setTimeout(() => this.requestWrite(), 100).unref?.();
+      return;
+    }
+    if (this.writeAgain || this.queue.some((p) => p.arm === 'wanted')) this.requestWrite();
     this.pump();
   }
 
@@ -264,6 +574,9 @@ export class WatchDispatcher {
     try {
       await this.host.put(key, new TextEncoder().encode(JSON.stringify(body)));
       this.stats.deadLettered++;
+      this.observer.deadLettered?.(kind);
+      if (p.entry || p.arm !== 'none') this.recordDirty = true;
+      p.arm = 'none';
       this.finish(p);
     } catch (err) {
       // Could not record it (for example leadership moved): leave it for the next leader.
@@ -280,6 +593,7 @@ export class WatchDispatcher {
     if (this.keyOwner.get(p.event.key) === p) this.keyOwner.delete(p.event.key);
     if (this.retryOwner.get(p.event.key) === p) this.retryOwner.delete(p.event.key);
     this.stats.delivered++;
+    this.observer.delivered?.();
     // Drop the handled prefix of the queue.
     while (this.queue.length > 0 && this.queue[0]!.done) this.queue.shift();
     this.updateCursor();
@@ -303,6 +617,15 @@ export class WatchDispatcher {
    * would otherwise keep an idle watch writing forever.
    */
   private async persistCursor(): Promise<void> {
+    if (this.recordDirty) {
+      if (this.recordDurable || this.buildRecord().length > 0) {
+        // The attempt record changed (an armed event finished, a failure...): cursor and record together.
+        if (!this.persisting) this.requestWrite();
+        return;
+      }
+      this.recordDirty = false;
+    }
+    if (this.writing) return;
     if (this.persisting || this.stats.cursor <= this.persistedCursor) return;
     if (this.stats.delivered === this.deliveredAtPersist) return;
     this.persisting = true;

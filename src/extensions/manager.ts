@@ -18,7 +18,7 @@ import type { Command, CommandResult } from '../statemachine/types.js';
 import { isReservedKey, isShardLocalKey, prefixInReserved, shardsForPrefix, type ClusterMap } from '../sharding/index.js';
 import { reservedKeyError, reservedPrefixError } from '../statemachine/index.js';
 import { DEFAULT_MAX_HOPS, type ExtensionEvent } from './api.js';
-import { cursorKey, SYSTEM_PREFIX, WatchDispatcher, type DispatchHost, type DispatchStats, type DispatchWatch } from './dispatcher.js';
+import { attemptKey, cursorKey, decodeAttemptRecord, FAULT_DEFAULTS, SYSTEM_PREFIX, WatchDispatcher, type DispatchHost, type DispatchStats, type DispatchWatch } from './dispatcher.js';
 import { localLambdaKv } from './local-lambda-kv.js';
 import { packageDigest, PackageError, removeTree, unpackPackage, MAX_PACKAGE_BYTES, type PackageInfo } from './package.js';
 import {
@@ -37,6 +37,7 @@ import {
   packagePrefix,
   parseRegistryKey,
   REGISTRY_PREFIX,
+  resumeKey,
   splitPackage,
   startRevisionOf,
   startRevisionsOf,
@@ -54,8 +55,11 @@ export interface ExtensionStatus {
   readonly name: string;
   readonly version: string;
   readonly generation: number;
-  readonly state: 'loading' | 'running' | 'failed' | 'unloaded';
+  /** `paused`: its circuit breaker is open (`error` says why and when it retries; events wait); `half-open`: one trial invocation runs. */
+  readonly state: 'loading' | 'running' | 'paused' | 'half-open' | 'failed' | 'unloaded';
   readonly error?: string;
+  /** When a paused extension tries again (ms since the epoch). */
+  readonly retryAtMs?: number;
   /** Whether this node currently delivers any of its events (it leads a shard its watches span). */
   readonly delivering: boolean;
   /** The data shards (groups) this node delivers its events for, ascending. */
@@ -65,11 +69,38 @@ export interface ExtensionStatus {
    * is the lowest of theirs, `lastLatencyMs` the highest), `byShard` has each one's own.
    */
   readonly watches: readonly { prefix: string; mode: string; stats: DispatchStats | undefined; byShard: readonly { shard: number; stats: DispatchStats }[] }[];
+  /** This node's counters since it started (kept across leader changes and reloads of the extension). */
   readonly workerRestarts: number;
   readonly invocations: number;
   readonly errors: number;
   readonly timeouts: number;
+  readonly deadLettered?: number;
 }
+
+/** How to load an extension. */
+export interface LoadOptions {
+  name?: string;
+  config?: Record<string, unknown>;
+  inProcess?: boolean;
+  /** Where the lambdas run; absent: the node's default (`inProcess` set: in-process). */
+  isolation?: IsolationMode;
+  /** Worker restarts within a minute before it pauses (circuit breaker); default: the node's (30). */
+  maxRestartsPerMinute?: number;
+  /** The circuit breaker's first pause in ms; default: the node's (30 s). */
+  pauseMs?: number;
+}
+
+/** An extension's counters on this node. */
+interface ExtTotals {
+  invocations: number;
+  errors: number;
+  timeouts: number;
+  workerRestarts: number;
+  deadLettered: number;
+}
+
+/** A watch's counters on this node. */
+type WatchTotals = Pick<DispatchStats, 'invocations' | 'errors' | 'retries' | 'deadLettered' | 'delivered'>;
 
 /** A write attempted deeper in a lambda chain than the hop limit allows. */
 export class HopLimitError extends Error {
@@ -133,6 +164,16 @@ export interface ExtensionManagerOptions {
    * revisions of this node's own replicas (every shard must be hosted here).
    */
   readonly shardRevisions?: ShardRevisions;
+  /** Runner-killing failures of one event before it is dead-lettered as `poison` (default 3). */
+  readonly poisonAttempts?: number;
+  /** Distinct nodes it may fail that way on before `poison` (default 2). */
+  readonly poisonNodes?: number;
+  /** Worker restarts of one extension within a minute before it pauses (default 30; see the runner's circuit breaker). */
+  readonly maxRestartsPerMinute?: number;
+  /** First pause of the circuit breaker (ms, default 30 s; doubled after each failed half-open trial, up to `maxPauseMs`). */
+  readonly pauseMs?: number;
+  /** Longest pause of the circuit breaker (ms, default 10 min). */
+  readonly maxPauseMs?: number;
 }
 
 /** One running dispatcher: one watch of one extension in one shard led here. */
@@ -180,17 +221,30 @@ export class ExtensionManager {
   private readonly maxHops: number;
   private readonly metrics: {
     invocations: Counter<'extension' | 'prefix' | 'outcome'>;
+    errors: Counter<'extension' | 'prefix' | 'kind'>;
+    timeouts: Counter<'extension' | 'prefix'>;
+    deadLetters: Counter<'extension' | 'prefix' | 'kind'>;
     latency: Histogram<'extension' | 'prefix'>;
     deadLettered: Gauge<'extension' | 'prefix'>;
     backlog: Gauge<'extension' | 'prefix'>;
     restarts: Gauge<'extension'>;
+    restartsTotal: Counter<'extension'>;
+    paused: Gauge<'extension'>;
   };
-  private readonly extMetrics = new Map<string, Counter | Histogram>();
+  private readonly extMetrics = new Map<string, { ext: string; metric: Counter | Histogram }>();
+  /**
+   * This node's counters per extension, kept across leader changes and reloads (dispatchers come
+   * and go with shard leadership; these do not), forgotten on unload: per watch (by
+   * `<id><prefix>`) and for the whole extension.
+   */
+  private readonly totals = new Map<string, { ext: ExtTotals; watches: Map<string, WatchTotals> }>();
   private reconciling = Promise.resolve();
   /** The last load or unload of each name on this node (they run one at a time). */
   private readonly adminOps = new Map<string, Promise<void>>();
   /** Names this manager in load claims (see {@link LoadClaim.loader}). */
   private readonly loaderId = randomBytes(8).toString('hex');
+  /** This process (a restarted node is another boot): tells a start that died with its node from one that lost the shard. */
+  private readonly bootId = randomBytes(8).toString('hex');
 
   constructor(
     private readonly node: KvNode,
@@ -208,9 +262,20 @@ export class ExtensionManager {
         buckets: [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5, 10],
         registers,
       }),
-      deadLettered: new Gauge({ name: 'kvcascade_extension_dead_lettered', help: 'Events sent to the dead-letter keys since this node started delivering', labelNames: ['extension', 'prefix'], registers }),
-      backlog: new Gauge({ name: 'kvcascade_extension_backlog', help: 'Events received and not yet handled', labelNames: ['extension', 'prefix'], registers }),
-      restarts: new Gauge({ name: 'kvcascade_extension_worker_restarts', help: 'Worker restarts (timeouts, crashes, out of memory)', labelNames: ['extension'], registers }),
+      errors: new Counter({ name: 'kvcascade_extension_errors_total', help: 'Failed lambda invocations by kind (threw, timeout, worker-crashed, out-of-memory...)', labelNames: ['extension', 'prefix', 'kind'], registers }),
+      timeouts: new Counter({ name: 'kvcascade_extension_timeouts_total', help: 'Lambda invocations that ran past their timeout', labelNames: ['extension', 'prefix'], registers }),
+      deadLetters: new Counter({ name: 'kvcascade_extension_dead_letters_total', help: 'Events written to the dead-letter keys by this node, by kind', labelNames: ['extension', 'prefix', 'kind'], registers }),
+      deadLettered: new Gauge({ name: 'kvcascade_extension_dead_lettered', help: 'Events sent to the dead-letter keys by this node since it started (updated as they are written)', labelNames: ['extension', 'prefix'], registers }),
+      backlog: new Gauge({
+        name: 'kvcascade_extension_backlog',
+        help: 'Events received and not yet handled (read at scrape time)',
+        labelNames: ['extension', 'prefix'],
+        registers,
+        collect: () => this.collectBacklog(),
+      }),
+      restarts: new Gauge({ name: 'kvcascade_extension_worker_restarts', help: 'Worker restarts (timeouts, crashes, out of memory) on this node since it started (updated as they happen)', labelNames: ['extension'], registers }),
+      restartsTotal: new Counter({ name: 'kvcascade_extension_worker_restarts_total', help: 'Worker restarts (timeouts, crashes, out of memory)', labelNames: ['extension'], registers }),
+      paused: new Gauge({ name: 'kvcascade_extension_paused', help: '1 while the extension is paused by its circuit breaker (0.5 half-open), else 0 (read at scrape time)', labelNames: ['extension'], registers, collect: () => this.collectPaused() }),
     };
   }
 
@@ -236,6 +301,7 @@ export class ExtensionManager {
           for (const e of events) {
             const parsed = parseRegistryKey(e.key);
             if (parsed?.isMeta) this.enqueue(() => this.reconcile(parsed.name));
+            else if (parsed && e.key === resumeKey(parsed.name) && e.type === 'put') this.resumeLocal(parsed.name);
           }
         },
         progress: () => {},
@@ -275,6 +341,7 @@ export class ExtensionManager {
       if (current) {
         await this.stopLoaded(current, true);
         this.loaded.delete(name);
+        await this.forgetMetrics(name);
         current.state = 'unloaded';
         this.settle(current, true);
         this.opts.log.info({ extension: name }, 'extension unloaded');
@@ -330,6 +397,17 @@ export class ExtensionManager {
       modulePath: dir,
       config: record.config,
       ...this.runnerPlacement(isolationOf(record) ?? (record.native ? undefined : this.opts.defaultIsolation)),
+      ...((record.maxRestartsPerMinute ?? this.opts.maxRestartsPerMinute) !== undefined ? { maxRestartsPerMinute: record.maxRestartsPerMinute ?? this.opts.maxRestartsPerMinute } : {}),
+      ...((record.pauseMs ?? this.opts.pauseMs) !== undefined ? { pauseMs: record.pauseMs ?? this.opts.pauseMs } : {}),
+      ...(this.opts.maxPauseMs !== undefined ? { maxPauseMs: this.opts.maxPauseMs } : {}),
+      observer: {
+        restarted: () => {
+          const t = this.totalsOf(record.name).ext;
+          t.workerRestarts++;
+          this.metrics.restartsTotal.inc({ extension: record.name });
+          this.metrics.restarts.set({ extension: record.name }, t.workerRestarts);
+        },
+      },
       host: this.hostServices(record.name),
     });
   }
@@ -436,6 +514,16 @@ export class ExtensionManager {
         const r = await this.node.execute(group, { type: 'put', key, value }, { deadlineMs: Date.now() + CALL_MS }, 'system');
         if (r.type === 'rejected') throw r.error;
       },
+      write: async (writes) => {
+        for (const w of writes) if (!isShardLocalKey(w.key)) throw new Error(`dispatcher wrote ${JSON.stringify(w.key)}, which is not a shard-local key`);
+        const r = await this.node.execute(
+          group,
+          { type: 'txn', compares: [], writes: writes.map((w) => (w.value ? { type: 'put' as const, key: w.key, value: w.value } : { type: 'delete' as const, key: w.key })) },
+          { deadlineMs: Date.now() + CALL_MS },
+          'system',
+        );
+        if (r.type === 'rejected') throw r.error;
+      },
       shard: group,
       maxHops: this.maxHops,
     };
@@ -445,16 +533,51 @@ export class ExtensionManager {
       w,
       (id, ev: ExtensionEvent, timeoutMs) => runner.invoke(id, ev, timeoutMs),
       host,
-      (ms, ok) => {
-        this.metrics.invocations.inc({ ...labels, outcome: ok ? 'ok' : 'error' });
-        this.metrics.latency.observe(labels, ms / 1000);
-        const total = sumStats(watchDeliveries(l, w.id).map((x) => x.dispatcher.stats));
-        this.metrics.backlog.set(labels, total?.backlog ?? d.stats.backlog);
-        this.metrics.deadLettered.set(labels, total?.deadLettered ?? d.stats.deadLettered);
+      {
+        invoked: (ms, failure) => {
+          const t = this.totalsOf(name);
+          const wt = this.watchTotalsOf(name, w);
+          wt.invocations++;
+          t.ext.invocations++;
+          this.metrics.invocations.inc({ ...labels, outcome: failure === undefined ? 'ok' : 'error' });
+          this.metrics.latency.observe(labels, ms / 1000);
+          if (failure !== undefined && failure !== 'stopped') {
+            wt.errors++;
+            t.ext.errors++;
+            this.metrics.errors.inc({ ...labels, kind: failure });
+            if (failure === 'timeout') {
+              t.ext.timeouts++;
+              this.metrics.timeouts.inc(labels);
+            }
+          }
+        },
+        retried: () => {
+          this.watchTotalsOf(name, w).retries++;
+        },
+        deadLettered: (kind) => {
+          const wt = this.watchTotalsOf(name, w);
+          wt.deadLettered++;
+          this.totalsOf(name).ext.deadLettered++;
+          this.metrics.deadLetters.inc({ ...labels, kind });
+          this.metrics.deadLettered.set(labels, wt.deadLettered);
+        },
+        delivered: () => {
+          this.watchTotalsOf(name, w).delivered++;
+        },
       },
       (msg) => this.opts.log.warn({ extension: name, prefix: w.prefix, group }, msg),
+      {
+        poisonAttempts: this.opts.poisonAttempts ?? FAULT_DEFAULTS.poisonAttempts,
+        poisonNodes: this.opts.poisonNodes ?? FAULT_DEFAULTS.poisonNodes,
+        // In-process lambdas share the node's thread, and native ones its process (a segfault in C
+        // takes the node down): a fault of theirs can kill the node, so every invocation is armed first.
+        armEveryInvocation: runner.mode === 'in-process' || l.record.native !== undefined,
+        node: this.node.id,
+        boot: this.bootId,
+      },
     );
     const saved = replica.sm.get(cursorKey(name, w));
+    const record = decodeAttemptRecord(replica.sm.get(attemptKey(name, w))?.value);
     const cursor = saved ? Number(dec.decode(saved.value)) || 0 : 0;
     // A watch starts in this shard where the extension was registered (it sees every change made
     // after `load` returned, whichever node leads the shard), or further on from the shard's
@@ -463,7 +586,7 @@ export class ExtensionManager {
     // cursors count). A shard created after the registration has no start point: from its start.
     const start = startRevisionOf(l.record, group) ?? (hasStartPoints(l.record) ? 0 : replica.sm.revision + 1);
     const registeredAt = Math.max(0, start - 1);
-    d.start(Math.max(cursor, registeredAt));
+    d.start(Math.max(cursor, registeredAt), record);
     l.deliveries.set(`${group}/${w.id}`, { group, replica, dispatcher: d });
   }
 
@@ -528,13 +651,13 @@ export class ExtensionManager {
   private extMetric(ext: string, kind: 'counter' | 'histogram', metricName: string, help: string, op: MetricOp): void {
     if (!this.opts.registry) return;
     const safe = `kvcascade_ext_${ext.replace(/[^a-zA-Z0-9_]/g, '_')}_${metricName.replace(/[^a-zA-Z0-9_]/g, '_')}`;
-    let m = this.extMetrics.get(safe);
+    let m = this.extMetrics.get(safe)?.metric;
     if (!m) {
       m =
         kind === 'counter'
           ? new Counter({ name: safe, help: help || metricName, registers: [this.opts.registry] })
           : new Histogram({ name: safe, help: help || metricName, registers: [this.opts.registry], ...(op.buckets ? { buckets: op.buckets } : {}) });
-      this.extMetrics.set(safe, m);
+      this.extMetrics.set(safe, { ext, metric: m });
     }
     if (m instanceof Counter && op.inc !== undefined) m.inc(op.inc);
     if (m instanceof Histogram && op.observe !== undefined) m.observe(op.observe);
@@ -542,27 +665,124 @@ export class ExtensionManager {
 
   // ------------------------------------------------------------ status and admin
 
+  private totalsOf(name: string): { ext: ExtTotals; watches: Map<string, WatchTotals> } {
+    let t = this.totals.get(name);
+    if (!t) {
+      t = { ext: { invocations: 0, errors: 0, timeouts: 0, workerRestarts: 0, deadLettered: 0 }, watches: new Map() };
+      this.totals.set(name, t);
+    }
+    return t;
+  }
+
+  private watchTotalsOf(name: string, w: DispatchWatch): WatchTotals {
+    const t = this.totalsOf(name);
+    const k = `${w.id}${w.prefix}`;
+    let wt = t.watches.get(k);
+    if (!wt) {
+      wt = { invocations: 0, errors: 0, retries: 0, deadLettered: 0, delivered: 0 };
+      t.watches.set(k, wt);
+    }
+    return wt;
+  }
+
+  /** Scrape time: each watch's backlog, summed over the dispatchers running now. */
+  private collectBacklog(): void {
+    this.metrics.backlog.reset();
+    for (const l of this.loaded.values()) {
+      for (const w of l.runner?.watches ?? []) {
+        const live = sumStats(watchDeliveries(l, w.id).map((d) => d.dispatcher.stats));
+        this.metrics.backlog.set({ extension: l.record.name, prefix: w.prefix }, live?.backlog ?? 0);
+      }
+    }
+  }
+
+  private collectPaused(): void {
+    this.metrics.paused.reset();
+    for (const l of this.loaded.values()) {
+      const b = l.runner?.breaker();
+      this.metrics.paused.set({ extension: l.record.name }, b?.state === 'open' ? 1 : b?.state === 'half-open' ? 0.5 : 0);
+    }
+  }
+
+  /** An unloaded extension's series leave /metrics (its own metrics too), and its counters are forgotten. */
+  private async forgetMetrics(name: string): Promise<void> {
+    this.totals.delete(name);
+    const labelled = [this.metrics.invocations, this.metrics.errors, this.metrics.timeouts, this.metrics.deadLetters, this.metrics.latency, this.metrics.deadLettered, this.metrics.restarts, this.metrics.restartsTotal] as const;
+    for (const m of labelled) {
+      const seen = new Set<string>();
+      for (const v of (await (m as Counter).get()).values) {
+        if (v.labels.extension !== name) continue;
+        const { le: _le, ...labels } = v.labels as Record<string, string | number>;
+        const key = JSON.stringify(labels);
+        if (seen.has(key)) continue;
+        seen.add(key);
+        (m as Counter).remove(labels);
+      }
+    }
+    for (const [safe, x] of this.extMetrics) {
+      if (x.ext !== name) continue;
+      this.opts.registry?.removeSingleMetric(safe);
+      this.extMetrics.delete(safe);
+    }
+  }
+
+  /** Closes `name`'s circuit breaker on this node; undefined when not loaded here. */
+  private resumeLocal(name: string): boolean | undefined {
+    const l = this.loaded.get(name);
+    if (!l) return undefined;
+    const was = l.runner?.resume() ?? false;
+    if (was) this.opts.log.info({ extension: name }, 'extension resumed by an operator');
+    return was;
+  }
+
+  /**
+   * Resumes a paused extension at once on every node (on the metadata leader): writes its resume
+   * key, which every node's registry watch acts on. Resolves whether it was paused here;
+   * undefined when it is not loaded.
+   */
+  async resume(name: string): Promise<boolean | undefined> {
+    validateExtensionName(name);
+    if (!this.records().some((r) => r.name === name)) return undefined;
+    const was = this.resumeLocal(name) ?? false;
+    await this.metaWrite({ type: 'put', key: resumeKey(name), value: enc.encode(String(Date.now())) });
+    return was;
+  }
+
   private statusOf(l: Loaded): ExtensionStatus {
-    const st = l.runner?.stats();
+    const breaker = l.runner?.breaker();
+    let state: ExtensionStatus['state'] = l.state;
+    let error = l.error;
+    if (l.state === 'running' && breaker && breaker.state !== 'closed') {
+      state = breaker.state === 'open' ? 'paused' : 'half-open';
+      const at = breaker.retryAtMs !== undefined ? `, retry at ${new Date(breaker.retryAtMs).toISOString()}` : ', one trial invocation running';
+      error = `${breaker.reason ?? 'worker restarts'}${at}`;
+    }
+    const totals = this.totalsOf(l.record.name);
     const watches = (l.runner?.watches ?? []).map((w) => {
       const byShard = watchDeliveries(l, w.id).map((d) => ({ shard: d.group, stats: { ...d.dispatcher.stats } }));
-      return { prefix: w.prefix, mode: w.options.mode, stats: sumStats(byShard.map((x) => x.stats)), byShard };
+      const live = sumStats(byShard.map((x) => x.stats));
+      const wt = this.watchTotalsOf(l.record.name, w);
+      // Counters: this node's since it started (kept across leader changes and reloads); backlog,
+      // cursor and latency: the dispatchers running now.
+      const stats: DispatchStats = { ...wt, backlog: live?.backlog ?? 0, cursor: live?.cursor ?? 0, lastLatencyMs: live?.lastLatencyMs ?? 0 };
+      return { prefix: w.prefix, mode: w.options.mode, stats, byShard };
     });
     const shards = [...new Set([...l.deliveries.values()].map((d) => d.group))].sort((a, b) => a - b);
-    this.metrics.restarts.set({ extension: l.record.name }, st?.workerRestarts ?? 0);
     return {
       name: l.record.name,
       version: l.record.version,
       generation: l.record.generation,
-      state: l.state,
-      ...(l.error ? { error: l.error } : {}),
+      state,
+      ...(error ? { error } : {}),
+      ...(breaker?.retryAtMs !== undefined && breaker.state === 'open' ? { retryAtMs: breaker.retryAtMs } : {}),
       delivering: shards.length > 0,
       shards,
       watches,
-      workerRestarts: st?.workerRestarts ?? 0,
-      invocations: st?.invocations ?? 0,
-      errors: st?.errors ?? 0,
-      timeouts: st?.timeouts ?? 0,
+      workerRestarts: totals.ext.workerRestarts,
+      invocations: totals.ext.invocations,
+      errors: totals.ext.errors,
+      timeouts: totals.ext.timeouts,
+      deadLettered: totals.ext.deadLettered,
     };
   }
 
@@ -602,7 +822,11 @@ export class ExtensionManager {
    * {@link LoadConflictError} until released or expired; one held by another node (which lost the
    * metadata leadership mid-load) is taken over at once, and that load fails should it go on.
    */
-  async load(tgz: Uint8Array, opts: { name?: string; config?: Record<string, unknown>; inProcess?: boolean; isolation?: IsolationMode }): Promise<ExtensionStatus> {
+  async load(tgz: Uint8Array, opts: LoadOptions): Promise<ExtensionStatus> {
+    for (const [k, min] of [['maxRestartsPerMinute', 0], ['pauseMs', 1]] as const) {
+      const v = opts[k];
+      if (v !== undefined && (!Number.isSafeInteger(v) || v < min || v > 2 ** 31 - 1)) throw new PackageError(`${k} must be an integer >= ${min} (got ${String(v)})`);
+    }
     if (tgz.length > MAX_PACKAGE_BYTES) throw new PackageError(`package is larger than ${MAX_PACKAGE_BYTES} bytes`);
     if (opts.isolation !== undefined && !ISOLATION_MODES.includes(opts.isolation)) throw new PackageError(`isolation must be one of ${ISOLATION_MODES.join(', ')} (got ${String(opts.isolation)})`);
     if (opts.inProcess && opts.isolation !== undefined && opts.isolation !== 'in-process') throw new PackageError(`inProcess contradicts isolation '${opts.isolation}'`);
@@ -661,7 +885,7 @@ export class ExtensionManager {
    * the claim (the commit point). Anything failing before the commit deletes the chunks written
    * and releases the claim. Resolves with this node's status once the generation loaded here.
    */
-  private async register(name: string, info: PackageInfo, tgz: Uint8Array, opts: { config?: Record<string, unknown>; inProcess?: boolean; isolation?: IsolationMode }): Promise<ExtensionStatus> {
+  private async register(name: string, info: PackageInfo, tgz: Uint8Array, opts: LoadOptions): Promise<ExtensionStatus> {
     const claim = await this.claimGeneration(name);
     const generation = claim.generation;
     /** 'no': not committed (clean up); 'unknown': the commit's outcome is unknown (leave the chunks); 'yes'. */
@@ -696,6 +920,8 @@ export class ExtensionManager {
         ...(info.native ? { native: info.native } : {}),
         ...(opts.inProcess || opts.isolation === 'in-process' ? { inProcess: true } : {}),
         ...(opts.isolation ? { isolation: opts.isolation } : {}),
+        ...(opts.maxRestartsPerMinute !== undefined ? { maxRestartsPerMinute: opts.maxRestartsPerMinute } : {}),
+        ...(opts.pauseMs !== undefined ? { pauseMs: opts.pauseMs } : {}),
         loadedAtMs: Date.now(),
       };
       waiting = this.waitFor(name, generation);
@@ -907,12 +1133,13 @@ export class ExtensionManager {
    * are older than any later load's start points, and so ignored.
    */
   private async deleteCursors(name: string): Promise<void> {
-    const prefix = `${SYSTEM_PREFIX}cursor/${name}/`;
     for (const g of this.node.hostedGroups()) {
       if (g === META_GROUP || !this.node.replica(g)?.isLeader) continue;
       try {
-        const page = await this.node.list({ prefix, shard: g, keysOnly: true, consistency: 'linearizable', limit: 10_000 }, { deadlineMs: Date.now() + 10_000 });
-        for (const item of page.items) await this.node.execute(g, { type: 'delete', key: item.key }, { deadlineMs: Date.now() + 10_000 }, 'system');
+        for (const prefix of [`${SYSTEM_PREFIX}cursor/${name}/`, `${SYSTEM_PREFIX}attempt/${name}/`]) {
+          const page = await this.node.list({ prefix, shard: g, keysOnly: true, consistency: 'linearizable', limit: 10_000 }, { deadlineMs: Date.now() + 10_000 });
+          for (const item of page.items) await this.node.execute(g, { type: 'delete', key: item.key }, { deadlineMs: Date.now() + 10_000 }, 'system');
+        }
       } catch (e) {
         this.opts.log.warn({ extension: name, group: g, err: (e as Error).message }, 'could not delete delivery cursors after unload');
       }

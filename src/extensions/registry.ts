@@ -34,6 +34,10 @@ export interface ExtensionRecord {
    * 'in-process'`) for nodes that do not know `isolation`.
    */
   readonly inProcess?: boolean;
+  /** Worker restarts within a minute before the extension pauses (circuit breaker); default: the node's. */
+  readonly maxRestartsPerMinute?: number;
+  /** The circuit breaker's first pause (ms); default: the node's. */
+  readonly pauseMs?: number;
   /** Where the lambdas run (see {@link isolationOf}); absent: `inProcess`, else the node's default. */
   readonly isolation?: IsolationMode;
   readonly loadedAtMs: number;
@@ -73,6 +77,11 @@ export function validateExtensionName(name: string): string {
 /** A registry-safe name derived from an npm package name (`@scope/pkg` → `scope-pkg`). */
 export function nameFromPackage(pkgName: string): string {
   return validateExtensionName(pkgName.replace(/^@/, '').replace(/[/]/g, '-').toLowerCase().slice(0, 64));
+}
+
+/** Key an operator's `ext resume` writes (a timestamp): every node resumes its paused runner of `name` when it changes. */
+export function resumeKey(name: string): string {
+  return `${REGISTRY_PREFIX}${name}/resume`;
 }
 
 /** Key of an extension's record. */

@@ -18,6 +18,8 @@ export interface AdminExtensionRecord {
   config: Record<string, unknown>;
   native?: string;
   inProcess?: boolean;
+  maxRestartsPerMinute?: number;
+  pauseMs?: number;
   /** Where the lambdas run ('worker', 'process', 'in-process'); absent: the node's default. */
   isolation?: string;
   loadedAtMs: number;
@@ -40,6 +42,8 @@ export interface AdminExtensionStatus {
   invocations: number;
   errors: number;
   timeouts: number;
+  retryAtMs?: number;
+  deadLettered?: number;
 }
 
 /** A pool to create, as the CreatePool RPC hands it to the backend (shapes checked, semantics not). */
@@ -71,8 +75,10 @@ export interface AdminBackend {
   addMember(id: number, address: string, deadlineMs: number, peerAddress?: string): Promise<{ epoch: number }>;
   /** Starts removing a member (its replicas move away first). */
   removeMember(id: number, deadlineMs: number): Promise<{ epoch: number }>;
-  load(tgz: Uint8Array, opts: { name?: string; config?: Record<string, unknown>; inProcess?: boolean; isolation?: 'worker' | 'process' | 'in-process' }): Promise<AdminExtensionStatus>;
+  load(tgz: Uint8Array, opts: { name?: string; config?: Record<string, unknown>; inProcess?: boolean; isolation?: 'worker' | 'process' | 'in-process'; maxRestartsPerMinute?: number; pauseMs?: number }): Promise<AdminExtensionStatus>;
   unload(name: string): Promise<boolean>;
+  /** Resumes a paused extension on every node; resolves whether it was paused here, undefined when not loaded. */
+  resume?(name: string): Promise<boolean | undefined>;
   records(): AdminExtensionRecord[];
   statuses(): AdminExtensionStatus[];
 }
@@ -106,6 +112,8 @@ function recordToWire(r: AdminExtensionRecord): Record<string, unknown> {
     configJson: JSON.stringify(r.config ?? {}),
     native: r.native ?? '',
     inProcess: r.inProcess ?? false,
+    maxRestartsPerMinute: r.maxRestartsPerMinute ?? 0,
+    pauseMs: r.pauseMs ?? 0,
     isolation: r.isolation ?? '',
     loadedAtMs: r.loadedAtMs,
   };
@@ -136,6 +144,8 @@ function statusToWire(nodeId: number, s: AdminExtensionStatus): Record<string, u
     invocations: s.invocations,
     errors: s.errors,
     timeouts: s.timeouts,
+    retryAtMs: s.retryAtMs ?? 0,
+    deadLettered: s.deadLettered ?? 0,
   };
 }
 
@@ -327,7 +337,7 @@ export function addAdminService(server: grpc.Server, backend: AdminBackend, opts
         cb(denied);
         return;
       }
-      let header: { name?: string; configJson?: string; inProcess?: boolean; size?: number; isolation?: string } | undefined;
+      let header: { name?: string; configJson?: string; inProcess?: boolean; size?: number; isolation?: string; maxRestartsPerMinute?: number; pauseMs?: number | string } | undefined;
       const parts: Buffer[] = [];
       let size = 0;
       let failed = false;
@@ -376,7 +386,14 @@ export function addAdminService(server: grpc.Server, backend: AdminBackend, opts
           return fail(statusError(grpc.status.INVALID_ARGUMENT, `in_process contradicts isolation ${JSON.stringify(isolation)}`));
         }
         backend
-          .load(new Uint8Array(Buffer.concat(parts)), { ...(header.name ? { name: header.name } : {}), config, inProcess: header.inProcess ?? false, ...(isolation ? { isolation } : {}) })
+          .load(new Uint8Array(Buffer.concat(parts)), {
+            ...(header.name ? { name: header.name } : {}),
+            config,
+            inProcess: header.inProcess ?? false,
+            ...(isolation ? { isolation } : {}),
+            ...(header.maxRestartsPerMinute ? { maxRestartsPerMinute: Number(header.maxRestartsPerMinute) } : {}),
+            ...(header.pauseMs && Number(header.pauseMs) > 0 ? { pauseMs: Number(header.pauseMs) } : {}),
+          })
           .then((status) => {
             if (status.state === 'failed') return fail(statusError(grpc.status.FAILED_PRECONDITION, status.error ?? 'extension failed to load'));
             const record = backend.records().find((r) => r.name === status.name);
@@ -392,6 +409,17 @@ export function addAdminService(server: grpc.Server, backend: AdminBackend, opts
       if (!name) return cb(statusError(grpc.status.INVALID_ARGUMENT, 'extension name required'));
       backend.unload(name).then(
         (unloaded) => (unloaded ? cb(null, { unloaded }) : cb(statusError(grpc.status.NOT_FOUND, `extension ${name} is not loaded`))),
+        (e: unknown) => cb(failure(e)),
+      );
+    },
+    resumeExtension: (call: grpc.ServerUnaryCall<{ name?: string }, unknown>, cb: grpc.sendUnaryData<unknown>) => {
+      const denied = authorize(call.metadata) ?? notMetaLeader();
+      if (denied) return cb(denied);
+      const name = call.request.name ?? '';
+      if (!name) return cb(statusError(grpc.status.INVALID_ARGUMENT, 'extension name required'));
+      if (!backend.resume) return cb(statusError(grpc.status.UNIMPLEMENTED, 'this node cannot resume extensions'));
+      backend.resume(name).then(
+        (was) => (was === undefined ? cb(statusError(grpc.status.NOT_FOUND, `extension ${name} is not loaded`)) : cb(null, { wasPaused: was })),
         (e: unknown) => cb(failure(e)),
       );
     },

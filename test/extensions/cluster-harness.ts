@@ -7,7 +7,7 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ExtensionManager } from '../../src/extensions/manager.js';
+import { ExtensionManager, type ExtensionManagerOptions } from '../../src/extensions/manager.js';
 import { localLambdaKv, type LocalStore } from '../../src/extensions/local-lambda-kv.js';
 import { packFolder } from '../../src/extensions/package.js';
 import type { LambdaKv, ShardRevisions } from '../../src/extensions/store-access.js';
@@ -25,6 +25,8 @@ export interface ExtClusterOptions {
   readonly shards?: number;
   /** Give the managers LambdaKv and ShardRevisions routed across the nodes (default: when shards > 1). */
   readonly routed?: boolean;
+  /** More options for the manager of node `id` (its metrics registry, fault limits...). */
+  readonly manager?: (id: number) => Partial<ExtensionManagerOptions>;
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -53,6 +55,7 @@ export class ExtCluster {
         log: silentLogger(),
         workerHeapMb: 64,
         ...(routed ? { lambdaKv: c.routedKv(node), shardRevisions: c.revisions(node) } : {}),
+        ...(opts.manager?.(node.id) ?? {}),
       });
       m.start();
       c.managers.push(m);

@@ -20,6 +20,12 @@ function fakeHost() {
     put: async (key, value) => {
       puts.set(key, new TextDecoder().decode(value));
     },
+    write: async (writes) => {
+      for (const w of writes) {
+        if (w.value) puts.set(w.key, new TextDecoder().decode(w.value));
+        else puts.delete(w.key);
+      }
+    },
     shard: 1,
     maxHops: 8,
   };

@@ -20,16 +20,24 @@ export class ExtensionLoadError extends Error {
  * `out-of-memory` of a child process killed past its memory budget, `rssBytes` is the RSS seen.
  */
 export class LambdaError extends Error {
+  /**
+   * For a failure that brought the runner down: whether this invocation caused it. `true`: it
+   * did (it timed out, or was the only one running on the worker that died); `false`: it was
+   * collateral (in flight on a worker terminated for another invocation's timeout); undefined:
+   * unknown (several were running when the worker died: each of them is run alone next time).
+   */
+  culprit: boolean | undefined;
   /** The resident memory (bytes) the node saw when it killed the extension's process (`out-of-memory` past the budget). */
   readonly rssBytes?: number;
 
   constructor(
     readonly kind: LambdaErrorKind,
     message: string,
-    options?: { cause?: unknown; rssBytes?: number },
+    options?: { cause?: unknown; culprit?: boolean; rssBytes?: number },
   ) {
     super(message, options);
     this.name = 'LambdaError';
+    this.culprit = options?.culprit;
     if (options?.rssBytes !== undefined) this.rssBytes = options.rssBytes;
   }
 }

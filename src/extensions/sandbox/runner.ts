@@ -47,8 +47,19 @@ export interface RunnerOptions {
   addressSpaceLimitMb?: number;
   /** The node's services (store, log, metrics) lent to the extension. */
   host: HostServices;
-  /** Worker restarts allowed in any 60 s window before the runner gives up (state `failed`). */
+  /**
+   * Worker restarts allowed in any 60 s window; one more opens the circuit breaker: the runner
+   * pauses (state `paused`; invocations wait, none is rejected), tries again on its own after
+   * `pauseMs` (half-open: one invocation; success closes, failure pauses again for twice as
+   * long, up to `maxPauseMs`), or at once on `resume()`.
+   */
   maxRestartsPerMinute?: number;
+  /** First pause of the circuit breaker, in ms (doubled on each failed half-open trial). */
+  pauseMs?: number;
+  /** Longest pause of the circuit breaker, in ms. */
+  maxPauseMs?: number;
+  /** Told as things happen (metrics). */
+  observer?: RunnerObserver;
   /** Limit for import + `initialize()`, at start and at each restart, in ms. */
   initializeTimeoutMs?: number;
   /** Limit for the module's `shutdown()` during `stop()`, in ms. */
@@ -58,6 +69,16 @@ export interface RunnerOptions {
    * for `host.kv`, in ms; past it the call returns KVC_ERR_TIMEOUT to the C code.
    */
   nativeKvTimeoutMs?: number;
+}
+
+/** What a runner reports as it happens. */
+export interface RunnerObserver {
+  /** A worker restart began. */
+  restarted?(): void;
+  /** The breaker opened: invocations wait until `retryAtMs`. */
+  paused?(reason: string, retryAtMs: number): void;
+  /** The breaker closed again. */
+  resumed?(): void;
 }
 
 /** The defaults of `RunnerOptions`. */
@@ -70,6 +91,8 @@ export const RUNNER_DEFAULTS = Object.freeze({
   maxYoungGenerationSizeMb: 32,
   stackSizeMb: 4,
   maxRestartsPerMinute: 30,
+  pauseMs: 30_000,
+  maxPauseMs: 600_000,
   initializeTimeoutMs: 30_000,
   shutdownTimeoutMs: 5_000,
   nativeKvTimeoutMs: DEFAULT_SYNC_KV_TIMEOUT_MS,
@@ -91,11 +114,21 @@ export const ISOLATION_MODES: readonly IsolationMode[] = Object.freeze(['worker'
 
 /**
  * `ready`: invocations run. `restarting`: the worker died and a new one is being started;
- * invocations wait for it. `failed`: restarts exceeded `maxRestartsPerMinute` (or could not be
- * done); invocations reject at once with kind `failed` until the node stops the runner.
+ * invocations wait for it. `paused`: restarts exceeded `maxRestartsPerMinute` (the circuit
+ * breaker is open); invocations wait until it half-opens or is resumed. `failed`: no longer
+ * entered (invocations would reject at once with kind `failed`).
  * `stopping`/`stopped`: `stop()` was called; invocations reject with kind `stopped`.
  */
-export type RunnerState = 'ready' | 'restarting' | 'failed' | 'stopping' | 'stopped';
+export type RunnerState = 'ready' | 'restarting' | 'paused' | 'failed' | 'stopping' | 'stopped';
+
+/** The circuit breaker: `closed` (normal), `open` (paused until `retryAtMs`), `half-open` (one trial invocation). */
+export interface BreakerStatus {
+  readonly state: 'closed' | 'open' | 'half-open';
+  readonly reason?: string;
+  readonly retryAtMs?: number;
+  /** Times it opened since it last closed. */
+  readonly opened: number;
+}
 
 /** Counters of one runner since it started. */
 export interface RunnerStats {
@@ -153,6 +186,9 @@ interface Resolved {
   processLimits: ProcessLimits;
   host: HostServices;
   maxRestartsPerMinute: number;
+  pauseMs: number;
+  maxPauseMs: number;
+  observer: RunnerObserver;
   initializeTimeoutMs: number;
   shutdownTimeoutMs: number;
   nativeKvTimeoutMs: number;
@@ -194,6 +230,9 @@ function resolveOptions(o: RunnerOptions): Resolved {
     },
     host: o.host,
     maxRestartsPerMinute: checkNumber('maxRestartsPerMinute', o.maxRestartsPerMinute, RUNNER_DEFAULTS.maxRestartsPerMinute, 0),
+    pauseMs: checkNumber('pauseMs', o.pauseMs, RUNNER_DEFAULTS.pauseMs, 1),
+    maxPauseMs: checkNumber('maxPauseMs', o.maxPauseMs, RUNNER_DEFAULTS.maxPauseMs, 1),
+    observer: o.observer ?? {},
     initializeTimeoutMs: checkNumber('initializeTimeoutMs', o.initializeTimeoutMs, RUNNER_DEFAULTS.initializeTimeoutMs, 1),
     shutdownTimeoutMs: checkNumber('shutdownTimeoutMs', o.shutdownTimeoutMs, RUNNER_DEFAULTS.shutdownTimeoutMs, 1),
     nativeKvTimeoutMs: checkNumber('nativeKvTimeoutMs', o.nativeKvTimeoutMs, RUNNER_DEFAULTS.nativeKvTimeoutMs, 1),
@@ -232,9 +271,12 @@ function freezeWatch(w: RegisteredWatch): RegisteredWatch {
  * of heap, throws an uncaught error (including unhandled rejections) or calls `process.exit` is
  * restarted the same way. Invocations in flight on a dying worker reject (`timeout` for the one
  * that expired, `out-of-memory` / `worker-crashed` for the others); invocations made while
- * restarting wait for the new worker. More than `maxRestartsPerMinute` restarts in 60 s puts the
- * runner in state `failed`, where invocations reject at once (kind `failed`); the node should
- * report it and stop the runner.
+ * restarting wait for the new worker. More than `maxRestartsPerMinute` restarts in 60 s open the
+ * circuit breaker: state `paused`, invocations wait (none is rejected) until a half-open trial
+ * after `pauseMs` (doubled after each failed trial) or `resume()`. A worker that dies with
+ * several invocations running blames none of them (`LambdaError.culprit` undefined): each then
+ * runs alone once, so its outcome is its own; a timed-out invocation is the culprit, what ran
+ * beside it collateral (`culprit: false`).
  *
  * In-process mode (trusted): same API on the main thread, without isolation: timeouts reject the
  * invocation but cannot stop the lambda (a synchronous infinite loop blocks the node), memory is
@@ -268,6 +310,21 @@ export class ExtensionRunner {
   private readonly counters = { invocations: 0, errors: 0, timeouts: 0, workerRestarts: 0, outOfMemory: 0 };
   private readonly cpu = { invocationUs: 0, lastUs: 0, maxUs: 0, retiredUs: 0, peakRssBytes: 0 };
   private readonly retired = new WeakSet<Backend>();
+  /**
+   * Events (watch, shard, version, key) that were in flight, with others, on a worker that died:
+   * any of them may have killed it, so each runs alone next time (its outcome then says).
+   */
+  private readonly suspects = new Set<string>();
+  /** The suspect running (or about to run) alone; other invocations wait in `held`. */
+  private solo: { p: Pending; started: boolean } | undefined;
+  private held: Pending[] = [];
+  /** Circuit breaker: times opened since it last closed, when it retries, its timer, the half-open trial. */
+  private opened = 0;
+  private retryAtMs: number | undefined;
+  private pauseTimer: NodeJS.Timeout | undefined;
+  /** Half-open: the restart after a pause succeeded; one invocation (the trial) runs, the others wait. */
+  private probing = false;
+  private trial: Pending | undefined;
   private stopping: Promise<void> | undefined;
 
   private constructor(
@@ -379,15 +436,65 @@ export class ExtensionRunner {
       return Promise.reject(new LambdaError('stopped', `extension "${this.o.name}" is stopped`));
     }
     if (this.runState === 'failed') {
+      // (Only when `maxRestartsPerMinute` is 0... never: a runner pauses instead; kept for safety.)
       this.counters.errors++;
       return Promise.reject(new LambdaError('failed', `extension "${this.o.name}" has failed: ${this.failure ?? 'unknown reason'}`));
     }
     return new Promise<void>((resolve, reject) => {
       const p: Pending = { id: this.nextId++, watch, event, timeoutMs, resolve, reject, backend: undefined, timer: undefined };
       this.pending.set(p.id, p);
-      if (this.runState === 'ready') this.dispatch(p);
-      else this.queued.push(p);
+      this.dispatchOrHold(p);
     });
+  }
+
+  /** The circuit breaker's state. */
+  breaker(): BreakerStatus {
+    if (this.runState === 'paused') return { state: 'open', ...(this.failure ? { reason: this.failure } : {}), ...(this.retryAtMs !== undefined ? { retryAtMs: this.retryAtMs } : {}), opened: this.opened };
+    if (this.probing) return { state: 'half-open', ...(this.failure ? { reason: this.failure } : {}), opened: this.opened };
+    return { state: 'closed', opened: this.opened };
+  }
+
+  /**
+   * Closes the breaker at once (operator's `ext resume`): a paused runner restarts its worker now
+   * with a fresh restart budget; a half-open one runs everything waiting. Resolves true when it
+   * was paused or half-open.
+   */
+  resume(): boolean {
+    if (this.runState === 'paused') {
+      clearTimeout(this.pauseTimer);
+      this.pauseTimer = undefined;
+      this.opened = 0;
+      this.restartTimes = [];
+      this.retryAtMs = undefined;
+      this.runState = 'restarting';
+      this.log('info', 'extension resumed by an operator: restarting its worker');
+      this.restartLoop(Promise.resolve()).catch((e: unknown) => this.enterPaused(`restart loop failed: ${errorMessage(e)}`));
+      return true;
+    }
+    if (this.probing) {
+      this.closeBreaker();
+      return true;
+    }
+    return false;
+  }
+
+  private closeBreaker(): void {
+    this.probing = false;
+    this.trial = undefined;
+    this.opened = 0;
+    this.failure = undefined;
+    this.retryAtMs = undefined;
+    this.restartTimes = [];
+    this.log('info', 'extension circuit breaker closed: delivering again');
+    try {
+      this.o.observer.resumed?.();
+    } catch {
+      // observers must not break the runner
+    }
+    const q = this.queued;
+    this.queued = [];
+    for (const p of q) if (this.pending.has(p.id)) this.dispatchOrHold(p);
+    this.startSoloIfIdle();
   }
 
   /** Counters since start (see `RunnerStats`). */
@@ -431,6 +538,8 @@ export class ExtensionRunner {
   private async doStop(): Promise<void> {
     const wasReady = this.runState === 'ready';
     this.runState = 'stopping';
+    clearTimeout(this.pauseTimer);
+    this.probing = false;
     for (const p of [...this.pending.values()]) this.settle(p, new LambdaError('stopped', `extension "${this.o.name}" was stopped`));
     this.queued = [];
     const loading = this.loading;
@@ -478,6 +587,62 @@ export class ExtensionRunner {
     return `extension "${this.o.name}", watch ${p.watch.id} (${p.watch.prefix}), ${p.event.type} ${p.event.key}`;
   }
 
+  private identity(p: Pending): string {
+    return `${p.watch.id}|${p.event.shard}|${p.event.version}|${p.event.key}`;
+  }
+
+  /** Whether any invocation is running on the current backend. */
+  private busy(): boolean {
+    for (const q of this.pending.values()) if (q.backend !== undefined && q.backend === this.current) return true;
+    return false;
+  }
+
+  /** Dispatches `p` now, or holds it: while restarting, while a suspect runs alone, or until `p` (a suspect) can run alone. */
+  private dispatchOrHold(p: Pending): void {
+    if (this.runState !== 'ready') {
+      this.queued.push(p);
+      return;
+    }
+    if (this.probing) {
+      // Half-open: the first invocation is the trial; the others wait for its outcome.
+      if (this.trial) {
+        this.queued.push(p);
+        return;
+      }
+      this.trial = p;
+      this.dispatch(p);
+      return;
+    }
+    if (this.solo) {
+      this.held.push(p);
+      return;
+    }
+    if (this.suspects.has(this.identity(p))) {
+      this.solo = { p, started: false };
+      this.startSoloIfIdle();
+      return;
+    }
+    this.dispatch(p);
+  }
+
+  private startSoloIfIdle(): void {
+    const s = this.solo;
+    if (!s || s.started || this.runState !== 'ready' || this.busy()) return;
+    if (!this.pending.has(s.p.id)) {
+      this.endSolo();
+      return;
+    }
+    s.started = true;
+    this.dispatch(s.p);
+  }
+
+  private endSolo(): void {
+    this.solo = undefined;
+    const h = this.held;
+    this.held = [];
+    for (const p of h) if (this.pending.has(p.id)) this.dispatchOrHold(p);
+  }
+
   private dispatch(p: Pending): void {
     const b = this.current!;
     p.backend = b;
@@ -496,6 +661,19 @@ export class ExtensionRunner {
   private settle(p: Pending, err?: LambdaError): void {
     if (!this.pending.delete(p.id)) return;
     clearTimeout(p.timer);
+    if (this.trial === p) {
+      this.trial = undefined;
+      // The worker survived it (done, or the lambda threw): close. A crash or timeout pauses again (onDown).
+      if (!err || err.kind === 'threw') queueMicrotask(() => this.probing && this.closeBreaker());
+    }
+    if (this.solo?.p === p) {
+      // It ran alone: its outcome is its own.
+      this.suspects.delete(this.identity(p));
+      this.solo = undefined;
+      queueMicrotask(() => {
+        if (!this.solo) this.endSolo();
+      });
+    } else if (this.solo && !this.solo.started) queueMicrotask(() => this.startSoloIfIdle());
     if (!err) {
       p.resolve();
       return;
@@ -522,43 +700,98 @@ export class ExtensionRunner {
     const b = p.backend!;
     const base = `${this.describe(p)}: lambda did not finish within ${p.timeoutMs} ms`;
     if (!b.canKill || b !== this.current || this.runState !== 'ready') {
-      this.settle(p, new LambdaError('timeout', b.canKill ? base : `${base} (in-process: it keeps running)`));
+      this.settle(p, new LambdaError('timeout', b.canKill ? base : `${base} (in-process: it keeps running)`, { culprit: true }));
       return;
     }
     const what = this.isolation === 'process' ? 'process was killed' : 'worker was terminated';
-    this.settle(p, new LambdaError('timeout', `${base}; the ${what} and is restarting`));
-    this.onDown(b, this.isolation === 'process' ? 'process-exited' : 'worker-crashed', `terminated because an invocation timed out (${this.describe(p)})`);
+    this.settle(p, new LambdaError('timeout', `${base}; the ${what} and is restarting`, { culprit: true }));
+    this.onDown(b, this.isolation === 'process' ? 'process-exited' : 'worker-crashed', `terminated because an invocation timed out (${this.describe(p)})`, undefined, true);
   }
 
-  /** Backend `b` died (or was condemned): fail its invocations and start a replacement. */
-  private onDown(b: Backend, kind: DownCause['kind'], message: string, rssBytes?: number): void {
+  /**
+   * Backend `b` died (or was condemned): fail its invocations and start a replacement.
+   * `collateral`: it was terminated for another invocation (already settled), not by these.
+   */
+  private onDown(b: Backend, kind: DownCause['kind'], message: string, rssBytes?: number, collateral = false): void {
     if (b !== this.current || this.runState !== 'ready') return;
     if (kind === 'out-of-memory') this.counters.outOfMemory++;
     const what = this.isolation === 'process' ? 'process' : 'worker';
-    for (const p of [...this.pending.values()]) {
-      if (p.backend === b) {
-        const why = kind === 'out-of-memory' ? `the ${what} ran out of memory` : `the ${what} died`;
-        this.settle(p, new LambdaError(kind, `${this.describe(p)}: ${why}: ${message}`, rssBytes !== undefined ? { rssBytes } : undefined));
-      }
+    const victims = [...this.pending.values()].filter((p) => p.backend === b);
+    const culprit = collateral ? false : victims.length === 1 ? true : undefined;
+    if (culprit === undefined) for (const p of victims) this.suspects.add(this.identity(p));
+    if (this.suspects.size > 10_000) this.suspects.clear();
+    for (const p of victims) {
+      const why = kind === 'out-of-memory' ? `the ${what} ran out of memory` : `the ${what} died`;
+      this.settle(p, new LambdaError(kind, `${this.describe(p)}: ${why}: ${message}`, { ...(rssBytes !== undefined ? { rssBytes } : {}), ...(culprit !== undefined ? { culprit } : {}) }));
     }
     this.runState = 'restarting';
-    this.log('warn', `extension ${what} down (${message}); restarting`, { kind, ...(rssBytes !== undefined ? { rssBytes } : {}) });
     const killed = this.retire(b);
-    this.restartLoop(killed).catch((e: unknown) => this.enterFailed(`restart loop failed: ${errorMessage(e)}`));
+    if (this.probing) {
+      // The half-open trial (or whatever ran with it) brought the runner down again.
+      this.probing = false;
+      this.trial = undefined;
+      void killed.then(() => this.enterPaused(`${this.failure ?? 'restarts'}; the half-open trial failed too (${message})`));
+      return;
+    }
+    this.log('warn', `extension ${what} down (${message}); restarting`, { kind, ...(rssBytes !== undefined ? { rssBytes } : {}) });
+    this.restartLoop(killed).catch((e: unknown) => this.enterPaused(`restart loop failed: ${errorMessage(e)}`));
   }
 
-  private async restartLoop(killed: Promise<void>): Promise<void> {
+  /** The breaker's pause before half-open trial number `opened`. */
+  private pauseFor(opened: number): number {
+    return Math.min(this.o.pauseMs * 2 ** Math.max(0, opened - 1), this.o.maxPauseMs);
+  }
+
+  /**
+   * Opens the breaker: no worker runs; invocations wait (queued, their timeouts not started)
+   * until a half-open trial after the pause, or `resume()`.
+   */
+  private enterPaused(reason: string): void {
+    if (this.runState !== 'restarting') return;
+    this.runState = 'paused';
+    this.opened++;
+    this.failure = reason;
+    const wait = this.pauseFor(this.opened);
+    this.retryAtMs = Date.now() + wait;
+    this.log('error', `extension paused: ${reason}; events wait, retry at ${new Date(this.retryAtMs).toISOString()}`, { reason, retryAtMs: this.retryAtMs });
+    try {
+      this.o.observer.paused?.(reason, this.retryAtMs);
+    } catch {
+      // ignore
+    }
+    this.pauseTimer = setTimeout(() => this.halfOpen(), wait);
+    this.pauseTimer.unref?.();
+  }
+
+  /** The pause is over: restart the worker once; it then runs one trial invocation. */
+  private halfOpen(): void {
+    if (this.runState !== 'paused') return;
+    this.pauseTimer = undefined;
+    this.runState = 'restarting';
+    this.probing = true;
+    this.restartTimes = [];
+    this.log('info', 'extension half-open: restarting its worker for one trial invocation');
+    this.restartLoop(Promise.resolve(), true).catch((e: unknown) => this.enterPaused(`restart loop failed: ${errorMessage(e)}`));
+  }
+
+  private async restartLoop(killed: Promise<void>, probe = false): Promise<void> {
     await killed;
     let failures = 0;
     while (this.runState === 'restarting') {
       const now = Date.now();
       this.restartTimes = this.restartTimes.filter((t) => now - t < 60_000);
-      if (this.restartTimes.length >= this.o.maxRestartsPerMinute) {
-        this.enterFailed(`more than ${this.o.maxRestartsPerMinute} worker restarts within a minute`);
+      if (probe ? failures > 0 : this.restartTimes.length >= this.o.maxRestartsPerMinute) {
+        this.probing = false;
+        this.enterPaused(probe ? `the half-open restart failed` : `more than ${this.o.maxRestartsPerMinute} worker restarts within a minute`);
         return;
       }
       this.restartTimes.push(now);
       this.counters.workerRestarts++;
+      try {
+        this.o.observer.restarted?.();
+      } catch {
+        // ignore
+      }
       const b = this.makeBackend();
       this.loading = b;
       let problem: string;
@@ -573,10 +806,11 @@ export class ExtensionRunner {
           this.loading = undefined;
           this.current = b;
           this.runState = 'ready';
-          this.log('info', 'extension worker restarted', { restartsInLastMinute: this.restartTimes.length });
+          this.log('info', probe ? 'extension worker restarted (half-open: one trial invocation)' : 'extension worker restarted', { restartsInLastMinute: this.restartTimes.length });
           const q = this.queued;
           this.queued = [];
-          for (const p of q) if (this.pending.has(p.id)) this.dispatch(p);
+          for (const p of q) if (this.pending.has(p.id)) this.dispatchOrHold(p);
+          this.startSoloIfIdle(); // a suspect waiting to run alone when the worker went down
           return;
         }
         problem = diff ?? 'the worker died right after initialize()';
@@ -592,13 +826,5 @@ export class ExtensionRunner {
     }
   }
 
-  private enterFailed(reason: string): void {
-    if (this.runState !== 'restarting') return;
-    this.runState = 'failed';
-    this.failure = reason;
-    const q = this.queued;
-    this.queued = [];
-    for (const p of q) this.settle(p, new LambdaError('failed', `${this.describe(p)}: extension has failed: ${reason}`));
-    this.log('error', `extension failed: ${reason}; invocations are refused until it is reloaded`, { reason });
-  }
+
 }

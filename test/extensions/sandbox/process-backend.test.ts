@@ -225,13 +225,19 @@ describe('process runner: CPU, timeouts and crashes', () => {
     await hog.invoke(1, put('/hog/burn', '0'), 5000);
   });
 
-  it("beyond maxRestartsPerMinute the runner fails", async () => {
-    const { runner } = await start({ maxRestartsPerMinute: 1 });
+  it('beyond maxRestartsPerMinute the runner pauses (circuit breaker): invocations wait, resume() runs them', async () => {
+    const { runner } = await start({ maxRestartsPerMinute: 1, pauseMs: 60_000 });
     expect((await rejection(runner.invoke(1, put('/in/exit'), 5000))).kind).toBe('process-exited');
     await runner.invoke(1, put('/in/echo'), 5000);
     expect((await rejection(runner.invoke(1, put('/in/exit'), 5000))).kind).toBe('process-exited');
-    await waitFor(() => runner.state === 'failed');
-    expect((await rejection(runner.invoke(1, put('/in/echo'), 5000))).kind).toBe('failed');
+    await waitFor(() => runner.state === 'paused');
+    let done = false;
+    const waiting = runner.invoke(1, put('/in/echo'), 5000).then(() => (done = true));
+    await new Promise((r) => setTimeout(r, 200));
+    expect(done).toBe(false);
+    expect(runner.resume()).toBe(true);
+    await waiting;
+    expect(runner.breaker().state).toBe('closed');
   });
 });
 

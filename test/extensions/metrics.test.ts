@@ -1,0 +1,100 @@
+/**
+ * Live, honest extension counters on an in-process 3-node cluster (one metrics registry per
+ * node): invocations, errors, timeouts, restarts and dead letters move on /metrics as events
+ * fail, before anyone asks for a status; a node's totals survive it losing the shard's
+ * leadership; an unloaded extension's series (its own metrics included) leave /metrics.
+ */
+import { Registry } from 'prom-client';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { DATA_GROUP } from '../../src/node/kv-node.js';
+import { ExtCluster } from './cluster-harness.js';
+
+const FIX = 'test/extensions/fixtures';
+const registries = new Map<number, Registry>();
+let c: ExtCluster;
+
+beforeAll(async () => {
+  c = await ExtCluster.start(3, {
+    manager: (id) => {
+      const r = new Registry();
+      registries.set(id, r);
+      return { registry: r };
+    },
+  });
+});
+
+afterAll(async () => {
+  await c?.stop();
+});
+
+/** The value of one series in node `id`'s /metrics text (0 when absent). */
+async function series(id: number, name: string, labels: Record<string, string>): Promise<number> {
+  const text = await registries.get(id)!.metrics();
+  for (const line of text.split('\n')) {
+    if (!line.startsWith(`${name}{`) && !line.startsWith(`${name} `)) continue;
+    if (Object.entries(labels).every(([k, v]) => line.includes(`${k}="${v}"`))) return Number(line.slice(line.lastIndexOf(' ') + 1));
+  }
+  return 0;
+}
+
+describe('extension metrics', () => {
+  it('counters move as events fail, before any status call; totals survive a leader change; series leave after unload', async () => {
+    await c.load(`${FIX}/it-crasher`);
+    await c.load(`${FIX}/it-misbehave`);
+    const leader = await c.leader(DATA_GROUP);
+    const id = leader.id;
+    await c.put('/crash/ok-m1', 'x');
+    await c.put('/crash/bad-m', 'x');
+    await c.put('/bad/hang-m', 'x');
+    const ext = { extension: 'it-crasher' };
+    // No statuses() call anywhere in this test until the counters are checked.
+    await c.until(async () => ((await series(id, 'kvcascade_extension_dead_letters_total', { ...ext, kind: 'poison' })) === 1 ? true : undefined), 30_000);
+    expect(await series(id, 'kvcascade_extension_worker_restarts_total', ext)).toBeGreaterThanOrEqual(2);
+    expect(await series(id, 'kvcascade_extension_worker_restarts', ext)).toBeGreaterThanOrEqual(2);
+    // The runner dies as a worker or as a process, depending on the isolation (the node's default).
+    const died = (await series(id, 'kvcascade_extension_errors_total', { ...ext, kind: 'worker-crashed' })) + (await series(id, 'kvcascade_extension_errors_total', { ...ext, kind: 'process-exited' }));
+    expect(died).toBeGreaterThanOrEqual(3);
+    expect(await series(id, 'kvcascade_extension_invocations_total', { ...ext, outcome: 'ok' })).toBeGreaterThanOrEqual(1);
+    expect(await series(id, 'kvcascade_extension_dead_lettered', ext)).toBe(1);
+    expect(await series(id, 'kvcascade_ext_it_crasher_done_total', {})).toBeGreaterThanOrEqual(1);
+    await c.until(async () => ((await series(id, 'kvcascade_extension_timeouts_total', { extension: 'it-misbehave' })) >= 1 ? true : undefined), 30_000);
+    expect(await series(id, 'kvcascade_extension_backlog', ext)).toBe(0);
+
+    // The leader loses the shard: its counters stay (ext ls sums the nodes).
+    const before = c.managerOf(leader).statuses().find((s) => s.name === 'it-crasher')!;
+    expect(before.invocations).toBeGreaterThanOrEqual(4);
+    for (const n of c.nodes)
+      if (n !== leader) {
+        c.hub.blocked.add(`${leader.id}>${n.id}`);
+        c.hub.blocked.add(`${n.id}>${leader.id}`);
+      }
+    try {
+      const next = await c.leader(DATA_GROUP, [leader]);
+      await c.until(async () => (c.managerOf(leader).statuses().find((s) => s.name === 'it-crasher')!.delivering ? undefined : true));
+      const after = c.managerOf(leader).statuses().find((s) => s.name === 'it-crasher')!;
+      expect(after.invocations).toBe(before.invocations);
+      expect(after.watches[0]!.stats!.invocations).toBe(before.watches[0]!.stats!.invocations);
+      expect(after.deadLettered).toBe(1);
+      await c.put('/crash/ok-m2', 'x');
+      await c.until(async () => c.get('/crash-done/crash/ok-m2'));
+      const sum = c.managers.map((m) => m.statuses().find((s) => s.name === 'it-crasher')?.invocations ?? 0).reduce((a, b) => a + b, 0);
+      expect(sum).toBeGreaterThan(before.invocations);
+      expect(await series(next.id, 'kvcascade_extension_invocations_total', { ...ext, outcome: 'ok' })).toBeGreaterThanOrEqual(1);
+    } finally {
+      for (const n of c.nodes) {
+        c.hub.blocked.delete(`${leader.id}>${n.id}`);
+        c.hub.blocked.delete(`${n.id}>${leader.id}`);
+      }
+    }
+
+    // Unloaded: its series leave every node's /metrics; the other extension's stay.
+    expect(await (await c.metaManager()).unload('it-crasher')).toBe(true);
+    await c.until(async () => (c.managers.every((m) => !m.statuses().some((s) => s.name === 'it-crasher')) ? true : undefined));
+    for (const r of registries.values()) {
+      const text = await r.metrics();
+      expect(text).not.toContain('extension="it-crasher"');
+      expect(text).not.toContain('kvcascade_ext_it_crasher_');
+    }
+    expect(await registries.get(id)!.metrics()).toContain('extension="it-misbehave"');
+  });
+});

@@ -1,0 +1,212 @@
+/**
+ * Poison-pill protection of WatchDispatcher with a fake replicated host: an event that kills or
+ * hangs its runner is dead-lettered as `poison` after N attempts or on 2 nodes, the failure
+ * count survives a leader change (the attempt record), a node restarted after dying in an
+ * in-process lambda does not run that event again, and what the attempt record costs in writes.
+ */
+import { describe, expect, it } from 'vitest';
+import { attemptKey, decodeAttemptRecord, WatchDispatcher, type DispatchHost, type DispatchWatch, type FaultOptions } from '../../src/extensions/dispatcher.js';
+import type { KvEvent } from '../../src/statemachine/index.js';
+import type { ExtensionEvent } from '../../src/extensions/api.js';
+import { LambdaError } from '../../src/extensions/sandbox/errors.js';
+
+type Sink = Parameters<DispatchHost['subscribe']>[2];
+const enc = new TextEncoder();
+
+/** A shard: replicated keys shared by the dispatchers of successive "leaders". */
+function fakeShard(writeMs = 0) {
+  const keys = new Map<string, Uint8Array>();
+  const counts = { puts: 0, txns: 0 };
+  const hostFor = () => {
+    let sink: Sink | undefined;
+    const host: DispatchHost = {
+      subscribe: (_p, _from, s) => {
+        sink = s;
+        return { cancel: () => {} };
+      },
+      hopsOf: () => 0,
+      put: async (key, value) => {
+        counts.puts++;
+        keys.set(key, value);
+      },
+      write: async (writes) => {
+        counts.txns++;
+        if (writeMs > 0) await sleep(writeMs);
+        for (const w of writes) {
+          if (w.value) keys.set(w.key, w.value);
+          else keys.delete(w.key);
+        }
+      },
+      shard: 1,
+      maxHops: 8,
+    };
+    return { host, sink: () => sink! };
+  };
+  const dlq = () =>
+    [...keys.entries()].filter(([k]) => k.startsWith('/_dlq/')).map(([k, v]) => ({ key: k, ...(JSON.parse(new TextDecoder().decode(v)) as { kind: string; error: string; event: { key: string } }) }));
+  const cursor = (w: DispatchWatch) => Number(new TextDecoder().decode(keys.get(`/_sys/cursor/x/${w.id}${w.prefix}`) ?? enc.encode('0')));
+  return { keys, counts, hostFor, dlq, cursor };
+}
+
+const ev = (key: string, revision: number): KvEvent => ({ type: 'put', key, value: new Uint8Array([1]), revision, timestampMs: revision });
+
+function watch(over: Partial<DispatchWatch['options']> = {}): DispatchWatch {
+  return {
+    id: 1,
+    prefix: '/p/',
+    options: { mode: 'stateful', events: ['put', 'delete', 'trigger'], concurrency: 16, maxAttempts: 5, retryBackoffMs: 1, timeoutMs: 1000, maxBacklog: 1000, ...over },
+  };
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+async function until(check: () => boolean, ms = 3000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!check()) {
+    if (Date.now() > end) throw new Error('condition not met in time');
+    await sleep(2);
+  }
+}
+
+function dispatcher(shard: ReturnType<typeof fakeShard>, w: DispatchWatch, invoke: (e: ExtensionEvent) => Promise<void>, faults: Partial<FaultOptions>) {
+  const h = shard.hostFor();
+  const d = new WatchDispatcher('x', w, (_id, e) => invoke(e), h.host, {}, () => {}, faults);
+  const record = decodeAttemptRecord(shard.keys.get(attemptKey('x', w)));
+  d.start(shard.cursor(w), record);
+  return { d, sink: h.sink };
+}
+
+const crash = () => Promise.reject(new LambdaError('worker-crashed', 'the worker died: process.exit', { culprit: true }));
+
+describe('poison pills', () => {
+  it('an event that crashes its worker on every attempt is dead-lettered as poison after 3 attempts; later events are delivered', async () => {
+    const s = fakeShard();
+    const w = watch();
+    const runs = new Map<string, number>();
+    const { d, sink } = dispatcher(s, w, (e) => {
+      runs.set(e.key, (runs.get(e.key) ?? 0) + 1);
+      return e.version === 1 ? crash() : Promise.resolve();
+    }, { node: 1, boot: 'a' });
+    sink().events([ev('/p/bad', 1), ev('/p/ok', 2), ev('/p/bad', 3)], 3);
+    await until(() => s.dlq().length === 1 && d.stats.cursor === 3);
+    const [letter] = s.dlq();
+    expect(letter!.kind).toBe('poison');
+    expect(letter!.error).toMatch(/killed or hung its runner 3 times/);
+    expect(letter!.event.key).toBe('/p/bad');
+    // Revision 1 crashed 3 times (maxAttempts is 5: poison stopped it first); revision 3 of the same key then ran.
+    expect(runs.get('/p/bad')).toBe(4);
+    expect(runs.get('/p/ok')).toBe(1);
+    await d.stop(true);
+  });
+
+  it('a well-behaved worker-mode watch never writes the attempt record', async () => {
+    const s = fakeShard();
+    const w = watch();
+    const { d, sink } = dispatcher(s, w, () => Promise.resolve(), { node: 1, boot: 'a' });
+    sink().events(Array.from({ length: 50 }, (_, i) => ev(`/p/k${i % 7}`, i + 1)), 50);
+    await until(() => d.stats.cursor === 50);
+    await sleep(450);
+    expect(s.keys.has(attemptKey('x', w))).toBe(false);
+    expect(s.counts.txns).toBe(0);
+    expect(s.cursor(w)).toBe(50);
+    await d.stop(true);
+  });
+
+  it('the failure count survives a leader change: at most 3 attempts in total, across two nodes', async () => {
+    const s = fakeShard();
+    const w = watch({ retryBackoffMs: 50 });
+    let runs = 0;
+    const lambda = (e: ExtensionEvent) => {
+      if (e.key !== '/p/bad') return Promise.resolve();
+      runs++;
+      return crash();
+    };
+    const a = dispatcher(s, w, lambda, { node: 1, boot: 'a' });
+    a.sink().events([ev('/p/bad', 1)], 1);
+    // First failure recorded (and the retry armed) before the backoff ends.
+    await until(() => decodeAttemptRecord(s.keys.get(attemptKey('x', w)))?.events[0]?.failures === 1);
+    await a.d.stop(false); // leadership moves
+    const rec = decodeAttemptRecord(s.keys.get(attemptKey('x', w)))!;
+    expect(rec.events[0]).toMatchObject({ revision: 1, key: '/p/bad', failures: 1, nodes: [1], armed: { node: 1, boot: 'a' } });
+    const b = dispatcher(s, w, lambda, { node: 2, boot: 'b' });
+    b.sink().events([ev('/p/bad', 1), ev('/p/next', 2)], 2);
+    await until(() => s.dlq().length === 1 && b.d.stats.cursor === 2);
+    expect(s.dlq()[0]!.kind).toBe('poison');
+    expect(s.dlq()[0]!.error).toMatch(/nodes \(1, 2|3 times/);
+    expect(runs).toBeLessThanOrEqual(3);
+    expect(runs).toBe(2); // node 1 once, node 2 once: it failed on two nodes
+    await b.d.stop(true);
+    // Finished: the attempt record is gone once the cursor passed it.
+    expect(s.keys.has(attemptKey('x', w))).toBe(false);
+  });
+
+  it('in-process: every invocation is armed before it starts; a start the next leader finds unfinished is dead-lettered, not run', async () => {
+    const s = fakeShard();
+    const w = watch();
+    let runs = 0;
+    const hang = (e: ExtensionEvent) => {
+      if (e.key === '/p/spin') {
+        runs++;
+        return new Promise<void>(() => {}); // never finishes: the node "dies" in it
+      }
+      return Promise.resolve();
+    };
+    const a = dispatcher(s, w, hang, { node: 1, boot: 'a', armEveryInvocation: true });
+    a.sink().events([ev('/p/spin', 1)], 1);
+    await until(() => runs === 1);
+    // It was in the replicated record before it started.
+    expect(decodeAttemptRecord(s.keys.get(attemptKey('x', w)))!.events[0]).toMatchObject({ revision: 1, armed: { node: 1, boot: 'a' } });
+    await a.d.stop(false); // node 1 died
+    const b = dispatcher(s, w, hang, { node: 2, boot: 'b', armEveryInvocation: true });
+    b.sink().events([ev('/p/spin', 1), ev('/p/after', 2)], 2);
+    await until(() => s.dlq().length === 1 && b.d.stats.cursor === 2);
+    expect(runs).toBe(1);
+    expect(s.dlq()[0]).toMatchObject({ kind: 'poison', event: { key: '/p/spin' } });
+    expect(s.dlq()[0]!.error).toMatch(/never finished on node 1/);
+    await b.d.stop(true);
+  });
+
+  it('in-process: the same node restarted (a new boot) skips the event it died in; the same process re-leading runs it again', async () => {
+    const s = fakeShard();
+    const w = watch();
+    let runs = 0;
+    let release: (() => void) | undefined;
+    const lambda = (e: ExtensionEvent) => {
+      if (e.key !== '/p/spin') return Promise.resolve();
+      runs++;
+      return new Promise<void>((r) => (release = r));
+    };
+    const a = dispatcher(s, w, lambda, { node: 1, boot: 'a', armEveryInvocation: true });
+    a.sink().events([ev('/p/spin', 1)], 1);
+    await until(() => runs === 1);
+    await a.d.stop(false); // lost the shard, same process
+    const again = dispatcher(s, w, lambda, { node: 1, boot: 'a', armEveryInvocation: true });
+    again.sink().events([ev('/p/spin', 1)], 1);
+    await until(() => runs === 2);
+    await again.d.stop(false); // now the process dies in it
+    release?.();
+    const restarted = dispatcher(s, w, lambda, { node: 1, boot: 'a2', armEveryInvocation: true });
+    restarted.sink().events([ev('/p/spin', 1), ev('/p/x', 2)], 2);
+    await until(() => s.dlq().length === 1 && restarted.d.stats.cursor === 2);
+    expect(runs).toBe(2);
+    expect(s.dlq()[0]!.error).toMatch(/node 1 restarted after it died/);
+    await restarted.d.stop(true);
+  });
+
+  it('in-process: arming is batched (one write covers every event about to start) and carries the cursor', async () => {
+    const s = fakeShard(2); // a Raft round of 2 ms
+    const w = watch({ mode: 'stateless', concurrency: 16 });
+    const { d, sink } = dispatcher(s, w, () => new Promise((r) => setTimeout(r, 1)), { node: 1, boot: 'a', armEveryInvocation: true });
+    const n = 400;
+    const t0 = performance.now();
+    for (let i = 0; i < n; i += 40) sink().events(Array.from({ length: 40 }, (_, j) => ev(`/p/k${(i + j) % 13}`, i + j + 1)), i + 40);
+    await until(() => d.stats.cursor === n);
+    const ms = performance.now() - t0;
+    console.log(`in-process arming: ${n} events, ${d.recordWrites} record writes (${(d.recordWrites / n).toFixed(2)} per event), ${ms.toFixed(0)} ms`);
+    expect(d.recordWrites).toBeLessThan(n / 4);
+    await sleep(450);
+    // Finished events leave the record with the next cursor write.
+    expect(s.keys.has(attemptKey('x', w))).toBe(false);
+    expect(s.cursor(w)).toBe(n);
+    await d.stop(true);
+  });
+});
