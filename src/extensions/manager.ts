@@ -230,6 +230,10 @@ export class ExtensionManager {
     restarts: Gauge<'extension'>;
     restartsTotal: Counter<'extension'>;
     paused: Gauge<'extension'>;
+    cpuSeconds: Gauge<'extension'>;
+    rssBytes: Gauge<'extension'>;
+    peakRssBytes: Gauge<'extension'>;
+    maxInvocationCpuSeconds: Gauge<'extension'>;
   };
   private readonly extMetrics = new Map<string, { ext: string; metric: Counter | Histogram }>();
   /**
@@ -276,6 +280,16 @@ export class ExtensionManager {
       restarts: new Gauge({ name: 'kvcascade_extension_worker_restarts', help: 'Worker restarts (timeouts, crashes, out of memory) on this node since it started (updated as they happen)', labelNames: ['extension'], registers }),
       restartsTotal: new Counter({ name: 'kvcascade_extension_worker_restarts_total', help: 'Worker restarts (timeouts, crashes, out of memory)', labelNames: ['extension'], registers }),
       paused: new Gauge({ name: 'kvcascade_extension_paused', help: '1 while the extension is paused by its circuit breaker (0.5 half-open), else 0 (read at scrape time)', labelNames: ['extension'], registers, collect: () => this.collectPaused() }),
+      cpuSeconds: new Gauge({
+        name: 'kvcascade_extension_cpu_seconds_total',
+        help: 'CPU time (user + system) of the extension\'s processes on this node since it started, all restarts (process isolation; read at scrape time)',
+        labelNames: ['extension'],
+        registers,
+        collect: () => this.collectResources(),
+      }),
+      rssBytes: new Gauge({ name: 'kvcascade_extension_resident_memory_bytes', help: 'Resident memory of the extension\'s process on this node (process isolation; read at scrape time)', labelNames: ['extension'], registers }),
+      peakRssBytes: new Gauge({ name: 'kvcascade_extension_resident_memory_peak_bytes', help: 'Highest resident memory sampled of the extension\'s processes on this node (process isolation)', labelNames: ['extension'], registers }),
+      maxInvocationCpuSeconds: new Gauge({ name: 'kvcascade_extension_invocation_cpu_seconds_max', help: 'Most CPU time one invocation took (process isolation)', labelNames: ['extension'], registers }),
     };
   }
 
@@ -701,6 +715,21 @@ export class ExtensionManager {
     for (const l of this.loaded.values()) {
       const b = l.runner?.breaker();
       this.metrics.paused.set({ extension: l.record.name }, b?.state === 'open' ? 1 : b?.state === 'half-open' ? 0.5 : 0);
+    }
+  }
+
+  /** The process-isolation resource figures of every loaded extension, for a scrape. */
+  private collectResources(): void {
+    const m = this.metrics;
+    for (const g of [m.cpuSeconds, m.rssBytes, m.peakRssBytes, m.maxInvocationCpuSeconds]) g.reset();
+    for (const l of this.loaded.values()) {
+      const s = l.runner?.stats();
+      if (!s) continue;
+      const labels = { extension: l.record.name };
+      m.cpuSeconds.set(labels, s.cpuMs / 1000);
+      m.rssBytes.set(labels, s.rssBytes);
+      m.peakRssBytes.set(labels, s.peakRssBytes);
+      m.maxInvocationCpuSeconds.set(labels, s.maxInvocationCpuMs / 1000);
     }
   }
 

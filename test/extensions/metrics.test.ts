@@ -97,4 +97,20 @@ describe('extension metrics', () => {
     }
     expect(await registries.get(id)!.metrics()).toContain('extension="it-misbehave"');
   });
+
+  it('process isolation: CPU time and resident memory of each extension appear on /metrics, and leave with it', async () => {
+    await c.load(`${FIX}/resource-hog`, { isolation: 'process' });
+    const leader = await c.leader(DATA_GROUP);
+    await c.put('/hog/burn', '200');
+    await c.until(async () => c.get('/out/burn'), 30_000);
+    const ext = { extension: 'resource-hog' };
+    // The node samples the child's CPU time from /proc periodically.
+    await c.until(async () => ((await series(leader.id, 'kvcascade_extension_cpu_seconds_total', ext)) >= 0.15 ? true : undefined), 10_000);
+    expect(await series(leader.id, 'kvcascade_extension_invocation_cpu_seconds_max', ext)).toBeGreaterThanOrEqual(0.15);
+    expect(await series(leader.id, 'kvcascade_extension_resident_memory_bytes', ext)).toBeGreaterThan(10 * 1024 * 1024);
+    expect(await series(leader.id, 'kvcascade_extension_resident_memory_peak_bytes', ext)).toBeGreaterThan(10 * 1024 * 1024);
+    expect(await (await c.metaManager()).unload('resource-hog')).toBe(true);
+    await c.until(async () => (c.managers.every((m) => !m.statuses().some((s) => s.name === 'resource-hog')) ? true : undefined));
+    expect(await registries.get(leader.id)!.metrics()).not.toContain('extension="resource-hog"');
+  });
 });
