@@ -74,24 +74,38 @@ async function newLeaderAt(c: KvdCluster, old: number): Promise<number> {
   return Date.now();
 }
 
-/** Puts applied more than once: every change under /fo/ from revision 1 (watched), counted per unique value. */
-async function duplicates(c: ReturnType<KvdCluster['client']>): Promise<number> {
-  const last = (await c.put('/fo/end', 'end')).version;
+/**
+ * Counts puts applied more than once: a watch of /fo/ opened before the load starts sees every
+ * change as it commits (a watch from revision 1 afterwards could find the history compacted);
+ * each put's value is unique. `finish` writes an end marker and resolves once the watch saw it.
+ */
+function duplicateCounter(c: ReturnType<KvdCluster['client']>, fromRevision: number) {
   const seen = new Map<string, number>();
   const ac = new AbortController();
-  for await (const batch of c.watch('/fo/', { fromRevision: 1, signal: ac.signal })) {
-    let done = false;
-    for (const e of batch.events) {
-      if (e.type === 'put' && e.key !== '/fo/end') {
+  let endRevision = Number.POSITIVE_INFINITY;
+  let reached: () => void = () => {};
+  const done = new Promise<void>((r) => (reached = r));
+  const watching = (async () => {
+    for await (const batch of c.watch('/fo/', { fromRevision, signal: ac.signal })) {
+      for (const e of batch.events) {
+        if (e.type !== 'put') continue;
+        if (e.key === '/fo/end') continue;
         const v = new TextDecoder().decode(e.value);
         seen.set(v, (seen.get(v) ?? 0) + 1);
       }
-      if (e.revision >= last) done = true;
+      if (batch.revision >= endRevision) reached();
     }
-    if (done || batch.revision >= last) break;
-  }
-  ac.abort();
-  return [...seen.values()].filter((n) => n > 1).length;
+  })().catch((e: unknown) => {
+    if (!ac.signal.aborted) throw e;
+  });
+  return {
+    async finish(): Promise<number> {
+      endRevision = (await c.put('/fo/end', 'end')).version;
+      await Promise.race([done, watching.then(() => Promise.reject(new Error('the watch ended before the end marker')))]);
+      ac.abort();
+      return [...seen.values()].filter((n) => n > 1).length;
+    },
+  };
 }
 
 /** Writes whose outcome the client could not know (a deadline passed, or the servers said so). */
@@ -152,6 +166,7 @@ describe('failover under running clients', () => {
     it(`${fault}: operations succeed within an attempt timeout once a new leader exists; no unknown outcome, no duplicate`, async () => {
       cluster = await KvdCluster.start({ nodes: 3, tickMs: TICK_MS, electionTicks: ELECTION_TICKS, extraArgs: ['--test-fault-injection'] });
       const c = cluster.client(cluster.endpoints, { attemptTimeoutMs: ATTEMPT_MS });
+      const counter = duplicateCounter(c, (await c.put('/fo/start', 'start')).version + 1);
       const load = startLoad(c, 8);
       while (load.ops.filter((o) => o.ok).length < 100) await new Promise((r) => setTimeout(r, 20));
       const leader = await cluster.waitForLeader();
@@ -166,7 +181,7 @@ describe('failover under running clients', () => {
       await load.stop();
       const f = report(fault, load.ops.slice(0, opsDuringFault), faultAt, electedAt);
       const unknown = unknownOutcomes(load.ops);
-      const dups = await duplicates(c);
+      const dups = await counter.finish();
       console.log(`${fault}: ${JSON.stringify({ writes: load.ops.filter((o) => o.kind === 'put').length, unknownOutcomes: unknown, duplicatesApplied: dups })}`);
       expect(unknown).toBe(0);
       expect(dups).toBe(0);
