@@ -21,7 +21,7 @@ import { ClusterAdmin } from '../node/cluster-admin.js';
 import { GrpcClusterProbe } from '../server/cluster-probe.js';
 import { routedLambdaKv } from '../server/lambda-kv.js';
 import { Coordinator } from '../coordinator/coordinator.js';
-import { PeerStubs } from '../coordinator/peer-stubs.js';
+import { NodeStubs } from '../coordinator/node-stubs.js';
 import { ClusterStubClient } from '../wire/proto.js';
 import type { ClusterMap } from '../sharding/index.js';
 import type { Logger } from '../log.js';
@@ -156,7 +156,7 @@ async function main(): Promise<void> {
   const server = createGrpcServer();
   // One stub pool and one coordinator per node: the client API, the extension lambdas and the
   // cluster probe all route through them.
-  const stubs = new PeerStubs({ credentials: creds.clientDial });
+  const stubs = new NodeStubs({ credentials: creds.clientDial });
   const coordinator = new Coordinator(metrics.meter(node), {
     log,
     selfAddress: cfg.listen,

@@ -41,7 +41,7 @@ import {
   type UnaryOp,
 } from './messages.js';
 import { OpStatus, invalid, toStatus, type CoordinatorLogger } from './op-status.js';
-import { PeerStubs } from './peer-stubs.js';
+import { NodeStubs } from './node-stubs.js';
 
 /**
  * Default longest wait of one forwarded call (ms): below the client's default attempt timeout
@@ -64,7 +64,7 @@ export interface CoordinatorOptions {
   /** Where internal errors and forwarding are logged (default: pino on stdout). */
   readonly log?: CoordinatorLogger;
   /** The node's stub pool (shared with the cluster probe; its owner closes it). Default: a pool of the coordinator's own. */
-  readonly stubs?: PeerStubs;
+  readonly stubs?: NodeStubs;
   /** Credentials of a pool of the coordinator's own (ignored with `stubs`). */
   readonly forwardCredentials?: grpc.ChannelCredentials;
   /** Extra channel options of a pool of the coordinator's own (ignored with `stubs`). */
@@ -135,7 +135,7 @@ export function withDeadline<T>(run: () => Promise<T>, deadlineMs: number): Prom
 export class Coordinator {
   readonly log: CoordinatorLogger;
   /** The node's stub pool. */
-  readonly stubs: PeerStubs;
+  readonly stubs: NodeStubs;
   /** Soft cap of one List page or Watch response in bytes. */
   readonly maxResponseBytes: number;
   private readonly ownsStubs: boolean;
@@ -152,7 +152,7 @@ export class Coordinator {
   ) {
     this.log = opts.log ?? pino({ name: 'kvcascade-coordinator' });
     this.ownsStubs = opts.stubs === undefined;
-    this.stubs = opts.stubs ?? new PeerStubs({ credentials: opts.forwardCredentials, channelOptions: opts.forwardChannelOptions });
+    this.stubs = opts.stubs ?? new NodeStubs({ credentials: opts.forwardCredentials, channelOptions: opts.forwardChannelOptions });
     this.maxResponseBytes = opts.maxResponseBytes ?? DEFAULT_MAX_RESPONSE_BYTES;
     this.forwardAttemptMs = Math.max(0, opts.forwardAttemptMs ?? DEFAULT_FORWARD_ATTEMPT_MS);
   }

@@ -4,7 +4,7 @@ import type { ClusterProbe } from '../node/cluster-admin.js';
 import type { NodeStatusInfo } from '../node/backend.js';
 import type { ClusterMap } from '../sharding/index.js';
 import type { Coordinator } from '../coordinator/coordinator.js';
-import type { PeerStubs } from '../coordinator/peer-stubs.js';
+import type { NodeStubs } from '../coordinator/node-stubs.js';
 import { statusFromMsg } from '../wire/status-codec.js';
 
 /** Options of {@link GrpcClusterProbe}. */
@@ -13,7 +13,7 @@ export interface GrpcClusterProbeOptions {
   /** This node's own status (not fetched over the network). */
   readonly selfStatus: () => Promise<NodeStatusInfo>;
   /** The node's stub pool (its owner closes it). */
-  readonly stubs: PeerStubs;
+  readonly stubs: NodeStubs;
   /** The node's coordinator: key counts go through it (it forwards to the shard's leader). */
   readonly coordinator: Coordinator;
 }

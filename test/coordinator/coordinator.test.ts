@@ -7,7 +7,7 @@ import * as grpc from '@grpc/grpc-js';
 import { describe, expect, it } from 'vitest';
 import { Coordinator, type RouteContext } from '../../src/coordinator/coordinator.js';
 import { OpStatus } from '../../src/coordinator/op-status.js';
-import { PeerStubs } from '../../src/coordinator/peer-stubs.js';
+import { NodeStubs } from '../../src/coordinator/node-stubs.js';
 import { routedLambdaKv } from '../../src/server/lambda-kv.js';
 import { MAX_FORWARD_HOPS } from '../../src/wire/metadata.js';
 import { MemoryBackend } from '../server/memory-backend.js';
@@ -32,7 +32,7 @@ describe('Coordinator', () => {
     const leaderBackend = new MemoryBackend({ nodeId: 1 });
     const leader = await start(leaderBackend);
     const local = new MemoryBackend({ nodeId: 2 });
-    const stubs = new PeerStubs();
+    const stubs = new NodeStubs();
     defer(() => stubs.close());
     const coord = new Coordinator(local, { selfAddress: '127.0.0.1:1', stubs, log: captureLog() });
     defer(() => coord.close());

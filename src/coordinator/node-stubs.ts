@@ -2,8 +2,8 @@
 import * as grpc from '@grpc/grpc-js';
 import { ClusterStubClient, KvStubClient, type ClusterStub, type KvStub } from '../wire/proto.js';
 
-/** Options of {@link PeerStubs}. */
-export interface PeerStubsOptions {
+/** Options of {@link NodeStubs}. */
+export interface NodeStubsOptions {
   /** Credentials of the channels (default insecure). */
   readonly credentials?: grpc.ChannelCredentials;
   /** Extra channel options (override the defaults). */
@@ -14,14 +14,14 @@ export interface PeerStubsOptions {
  * KV and Cluster stubs per address, created on first use and shared by every caller on this node
  * (one channel per address and service). Calls are never retried by grpc-js: the callers decide.
  */
-export class PeerStubs {
+export class NodeStubs {
   private readonly kvStubs = new Map<string, KvStub>();
   private readonly clusterStubs = new Map<string, ClusterStub>();
   private readonly credentials: grpc.ChannelCredentials;
   private readonly channelOptions: grpc.ChannelOptions;
   private closed = false;
 
-  constructor(opts: PeerStubsOptions = {}) {
+  constructor(opts: NodeStubsOptions = {}) {
     this.credentials = opts.credentials ?? grpc.credentials.createInsecure();
     this.channelOptions = {
       'grpc.initial_reconnect_backoff_ms': 100,
