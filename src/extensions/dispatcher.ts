@@ -46,6 +46,12 @@ export interface DispatchHost {
   write(writes: readonly { key: string; value: Uint8Array | undefined }[]): Promise<void>;
   readonly shard: number;
   readonly maxHops: number;
+  /**
+   * An in-process lambda of this watch never finished on another node (it took that node down):
+   * this dispatcher has stopped running events, and the host should run the extension somewhere
+   * a lambda cannot take the node down (process isolation) and deliver from the cursor again.
+   */
+  inProcessKilledANode?(node: number): void;
 }
 
 /**
@@ -185,6 +191,8 @@ export class WatchDispatcher {
   private persisting = false;
   private drainCb: (() => void) | undefined;
   private stopped = false;
+  /** Stopped running events after an in-process lambda took another node down (see DispatchHost.inProcessKilledANode). */
+  private halted = false;
   private persistTimer: NodeJS.Timeout | undefined;
   private readonly faults: FaultOptions;
   /** Entries of the attempt record found at start, not yet matched to a received event. */
@@ -339,7 +347,7 @@ export class WatchDispatcher {
   }
 
   private pump(): void {
-    if (this.stopped) return;
+    if (this.stopped || this.halted) return;
     const stateful = this.watch.options.mode === 'stateful';
     const limit = this.watch.options.concurrency;
     const waitingArm = (q: Pending) => !q.running && !q.done && !q.retryTimer && (q.arm === 'wanted' || q.arm === 'durable');
@@ -392,6 +400,7 @@ export class WatchDispatcher {
   }
 
   private run(p: Pending): void {
+    if (this.halted) return;
     p.running = true;
     this.running++;
     if (this.watch.options.mode === 'stateful') this.keyOwner.set(p.event.key, p);
@@ -403,6 +412,12 @@ export class WatchDispatcher {
     const poison = this.poisonReason(p);
     if (poison) {
       void this.deadLetter(p, poison, 'poison');
+      const killed = p.entry?.unfinishedElsewhere;
+      if (killed !== undefined && this.faults.armEveryInvocation && this.host.inProcessKilledANode) {
+        // The next event may do the same to this node: run nothing more in this thread.
+        this.halted = true;
+        this.host.inProcessKilledANode(killed);
+      }
       return;
     }
     p.attempts++;
@@ -476,7 +491,7 @@ export class WatchDispatcher {
   }
 
   private pumpWithRetryFirst(p: Pending): void {
-    if (this.stopped) return;
+    if (this.stopped || this.halted) return;
     if (!p.done && !p.running && this.running < this.watch.options.concurrency && (!this.mustArm(p) || p.arm === 'durable')) this.run(p);
     this.pump();
   }

@@ -102,6 +102,15 @@ interface ExtTotals {
 /** A watch's counters on this node. */
 type WatchTotals = Pick<DispatchStats, 'invocations' | 'errors' | 'retries' | 'deadLettered' | 'delivered'>;
 
+/**
+ * The shard-local marker that an in-process lambda of `extension` took a node down in this shard:
+ * every node that leads the shard then runs the extension in process isolation. Under the attempt
+ * records' prefix, so unloading the extension removes it.
+ */
+function demotedKey(extension: string): string {
+  return `${SYSTEM_PREFIX}attempt/${extension}/!in-process-killed-a-node`;
+}
+
 /** A write attempted deeper in a lambda chain than the hop limit allows. */
 export class HopLimitError extends Error {
   constructor(hops: number, max: number) {
@@ -211,6 +220,8 @@ const dec = new TextDecoder();
 /** Runs a node's extensions. */
 export class ExtensionManager {
   private readonly loaded = new Map<string, Loaded>();
+  /** In-process extensions this node runs in process isolation instead, since one of their lambdas took a node down. */
+  private readonly demoted = new Set<string>();
   /** `load` calls waiting for a generation to load (or fail) on this node. */
   private readonly loadWaiters = new Map<string, { generation: number; resolve: (s: ExtensionStatus) => void }[]>();
   /** The data shards this node leads (and delivers for), by group. */
@@ -346,7 +357,11 @@ export class ExtensionManager {
 
   // ------------------------------------------------------------ reconcile with the registry
 
-  private async reconcile(name: string): Promise<void> {
+  /**
+   * (Re)starts extension `name` as its registry record says; with `force`, even when the same
+   * generation runs already (a local change of where it runs: see demote).
+   */
+  private async reconcile(name: string, force = false): Promise<void> {
     if (this.stopped) return;
     const meta = this.metaReplica();
     const got = meta.sm.get(metaKey(name));
@@ -369,7 +384,7 @@ export class ExtensionManager {
       this.opts.log.error({ extension: name, err: String(e) }, 'bad extension record');
       return;
     }
-    if (current && current.record.generation === record.generation && current.state !== 'loading') return;
+    if (!force && current && current.record.generation === record.generation && current.state !== 'loading') return;
     const next: Loaded = { record, state: 'loading', deliveries: new Map() };
     try {
       const tgz = this.readPackage(record);
@@ -405,12 +420,33 @@ export class ExtensionManager {
     return tgz;
   }
 
+  /**
+   * An in-process lambda of `name` took node `node` down: from now on this node runs `name` in a
+   * child process (where the same lambda only kills that process), delivering again from the
+   * replicated cursor. Local to this node: each node that sees such a death moves the extension
+   * once, so a stream of distinct poison events cannot walk through the cluster.
+   */
+  private demote(name: string, node: number | undefined, group?: number): void {
+    if (group !== undefined) {
+      // Replicated in the shard, so whichever node leads it next starts in a child process too.
+      const marker = new TextEncoder().encode(JSON.stringify({ killedNode: node, byNode: this.node.id, atMs: Date.now() }));
+      void this.node
+        .execute(group, { type: 'put', key: demotedKey(name), value: marker }, { deadlineMs: Date.now() + CALL_MS }, 'system')
+        .catch((e: unknown) => this.opts.log.error({ extension: name, group, err: String(e) }, 'could not record the move to process isolation'));
+    }
+    if (this.demoted.has(name)) return;
+    this.demoted.add(name);
+    this.opts.log.warn({ extension: name, killedNode: node }, 'an in-process lambda took a node down: running this extension in process isolation on this node from now on');
+    this.enqueue(() => this.reconcile(name, true));
+  }
+
   private async startRunner(record: ExtensionRecord, dir: string): Promise<ExtensionRunner> {
+    const wanted = isolationOf(record) ?? (record.native ? undefined : this.opts.defaultIsolation);
     return ExtensionRunner.start({
       name: record.name,
       modulePath: dir,
       config: record.config,
-      ...this.runnerPlacement(isolationOf(record) ?? (record.native ? undefined : this.opts.defaultIsolation)),
+      ...this.runnerPlacement(wanted === 'in-process' && this.demoted.has(record.name) && !record.native ? 'process' : wanted),
       ...((record.maxRestartsPerMinute ?? this.opts.maxRestartsPerMinute) !== undefined ? { maxRestartsPerMinute: record.maxRestartsPerMinute ?? this.opts.maxRestartsPerMinute } : {}),
       ...((record.pauseMs ?? this.opts.pauseMs) !== undefined ? { pauseMs: record.pauseMs ?? this.opts.pauseMs } : {}),
       ...(this.opts.maxPauseMs !== undefined ? { maxPauseMs: this.opts.maxPauseMs } : {}),
@@ -518,6 +554,12 @@ export class ExtensionManager {
 
   private startDelivery(l: Loaded, runner: ExtensionRunner, w: DispatchWatch, group: number, replica: ShardReplica): void {
     const name = l.record.name;
+    // An in-process lambda of this extension took a node down in this shard before: never run it
+    // in this thread here either (the marker is replicated, so every later leader sees it).
+    if (runner.mode === 'in-process' && replica.sm.get(demotedKey(name))) {
+      this.demote(name, undefined);
+      return;
+    }
     const host: DispatchHost = {
       subscribe: (prefix, fromRevision, sink) => replica.watches.add({ prefix, fromRevision, progressIntervalMs: 500 }, sink),
       hopsOf: (rev) => replica.hopsOf(rev),
@@ -540,6 +582,8 @@ export class ExtensionManager {
       },
       shard: group,
       maxHops: this.maxHops,
+      // Only an in-process runner can take the node down with it: it moves to a child process.
+      ...(runner.mode === 'in-process' ? { inProcessKilledANode: (node: number) => this.demote(name, node, group) } : {}),
     };
     const labels = { extension: name, prefix: w.prefix };
     const d: WatchDispatcher = new WatchDispatcher(

@@ -2,8 +2,9 @@
  * In-process extensions on real kvd processes: a lambda that spins forever blocks its node's
  * thread; the event-loop watchdog kills that node, the other two keep every group led and the
  * cluster serving, the next leader dead-letters the event as `poison` (it was armed in the
- * replicated attempt record before it started) instead of running it, and the killed node,
- * restarted, does not run it again.
+ * replicated attempt record before it started) instead of running it and moves the extension to
+ * process isolation, so a second spinning event takes no other node; the killed node, restarted,
+ * does not run the first event again.
  */
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -92,7 +93,7 @@ describe('in-process lambda that never returns', () => {
       const letter = JSON.parse(new TextDecoder().decode(letters[0]!.value)) as { kind: string; error: string; event: { key: string } };
       expect(letter).toMatchObject({ kind: 'poison', event: { key: '/spin/forever' } });
       expect(letter.error).toMatch(new RegExp(`never finished on node ${stuck}`));
-      const runs = async () => (await c.list('/spin-runs/')).items.length;
+      const runs = async () => (await c.list('/spin-runs/spin/forever/')).items.length;
       expect(await runs()).toBe(1);
       console.log(`stuck node ${stuck} killed by its watchdog after ${killedAfter} ms; ${letter.error}`);
       // The stuck node restarts: it does not run the event again, and the cluster keeps serving.
@@ -103,6 +104,16 @@ describe('in-process lambda that never returns', () => {
       expect(await runs()).toBe(1);
       expect(cluster.node(stuck).proc?.exitCode).toBeNull();
       for (let i = 0; i < 20; i++) expect((await c.put(`/after/${i}`, 'v')).succeeded).toBe(true);
+      // A second, distinct spinning event must not take another node: the shard now carries a
+      // replicated marker, so whichever node leads it runs the extension in a child process, where
+      // the lambda only kills that process.
+      const survivors = cluster.nodes; // the restarted node too
+      const died = survivors.map((n) => new Promise<number>((res) => n.proc!.once('exit', () => res(n.id))));
+      await c.put('/spin/forever-2', 'x');
+      const second = await Promise.race([...died, sleep(8_000).then(() => 0)]);
+      expect(second).toBe(0);
+      expect(survivors.some((n) => n.stderr.join('').includes('in process isolation on this node'))).toBe(true);
+      for (let i = 0; i < 5; i++) expect((await c.put(`/mid/${i}`, 'v')).succeeded).toBe(true);
     } finally {
       reader.close();
       admin.close();
