@@ -21,10 +21,10 @@ import {
 } from '../wire/proto.js';
 import { decodeResumeToken } from '../wire/request-validation.js';
 import { statusToMsg } from '../wire/status-codec.js';
-import { Coordinator, DEFAULT_FORWARD_ATTEMPT_MS, DEFAULT_MAX_RESPONSE_BYTES, withDeadline, type RouteContext } from '../coordinator/coordinator.js';
+import { Coordinator, DEFAULT_FORWARD_ATTEMPT_MS, DEFAULT_MAX_RESPONSE_BYTES, withDeadline, type CoordinatorOptions, type RouteContext } from '../coordinator/coordinator.js';
 import { LIST_FANOUT_CONCURRENCY } from '../coordinator/list-merge.js';
 import { MIN_PROGRESS_INTERVAL_MS, guardPrefix, toWatchRequest, type RequestOf, type ResponseOf, type UnaryOp } from '../coordinator/messages.js';
-import { OpStatus, invalid } from '../coordinator/op-status.js';
+import { OpStatus, invalid, type CoordinatorLogger } from '../coordinator/op-status.js';
 import { MergedWatch, type WatchOutput } from '../coordinator/merged-watch.js';
 
 export { DEFAULT_FORWARD_ATTEMPT_MS, DEFAULT_MAX_RESPONSE_BYTES, LIST_FANOUT_CONCURRENCY, MIN_PROGRESS_INTERVAL_MS };
@@ -51,36 +51,20 @@ export const MAX_CONCURRENT_STREAMS = 1000;
  * are bounded by {@link MAX_CONCURRENT_STREAMS}).
  */
 export const DEFAULT_MAX_WATCHES_PER_CONNECTION = 256;
-/** The subset of a pino logger the services use. */
-export interface KvServiceLogger {
-  error(obj: object, msg: string): void;
-  warn(obj: object, msg: string): void;
-  debug(obj: object, msg: string): void;
-}
+/** The subset of a pino logger the services use (the coordinator's). */
+export type KvServiceLogger = CoordinatorLogger;
 
-/** Options of {@link addKvServices}. */
-export interface KvServiceOptions {
-  /** This node's client-API address (host:port) as clients reach it; a function if only known after binding. */
-  readonly selfAddress?: string | (() => string | undefined);
-  /**
-   * The client-API address of the leader of shard `group`, if the host knows it (preferred over
-   * what the service infers from forwarding). Called with the group of each request.
-   */
-  readonly leaderAddress?: (group: number) => string | undefined;
+/**
+ * Options of {@link addKvServices}: the service's own, plus those of the coordinator it builds
+ * when none is given (forwarding, leader hints, response size; see {@link CoordinatorOptions}).
+ */
+export interface KvServiceOptions extends Omit<CoordinatorOptions, 'stubs'> {
   /** Deadline of calls whose client set none (default {@link DEFAULT_CALL_DEADLINE_MS}). */
   readonly defaultDeadlineMs?: number;
-  /** Where internal errors and forwarding are logged (a pino logger fits; default: pino on stdout). */
-  readonly log?: KvServiceLogger;
-  /** Credentials of the channels used to forward calls to the leader (default insecure). */
-  readonly forwardCredentials?: grpc.ChannelCredentials;
-  /** Extra channel options of the forwarding channels. */
-  readonly forwardChannelOptions?: grpc.ChannelOptions;
   /** Ops per Pipeline stream in flight before reads pause (default {@link DEFAULT_PIPELINE_MAX_IN_FLIGHT}). */
   readonly pipelineMaxInFlight?: number;
   /** Unsent Watch responses before the watch is cancelled as too slow (default {@link DEFAULT_WATCH_MAX_PENDING_RESPONSES}). */
   readonly watchMaxPendingResponses?: number;
-  /** Soft cap of one List page or Watch response in bytes (default {@link DEFAULT_MAX_RESPONSE_BYTES}). */
-  readonly maxResponseBytes?: number;
   /**
    * The admin token: a request carrying it (`authorization: Bearer <token>` metadata) may read
    * (Get, List, Watch) dead letters under `/_dlq/`; the rest of the reserved keyspace stays
@@ -90,15 +74,8 @@ export interface KvServiceOptions {
   /** Watches per client connection (default {@link DEFAULT_MAX_WATCHES_PER_CONNECTION}). */
   readonly maxWatchesPerConnection?: number;
   /**
-   * Longest time one forwarded call may wait for the node it was forwarded to (default
-   * {@link DEFAULT_FORWARD_ATTEMPT_MS}; 0 = up to the call's deadline). A target that lets it run
-   * out is suspect: calls are not forwarded to it until it answers again or a suspicion period
-   * passes, and are answered UNAVAILABLE at once (retry-safe) so the client tries elsewhere.
-   */
-  readonly forwardAttemptMs?: number;
-  /**
-   * The node's coordinator, shared with its extension lambdas (the forwarding, leader-hint and
-   * response-size options above then belong to it). Default: one of the service's own, closed with it.
+   * The node's coordinator, shared with its extension lambdas (the coordinator options above then
+   * belong to it). Default: one of the service's own, closed with it.
    */
   readonly coordinator?: Coordinator;
 }
@@ -148,15 +125,7 @@ class KvService implements KvServiceHandle {
     this.ownsCoordinator = opts.coordinator === undefined;
     this.coord =
       opts.coordinator ??
-      new Coordinator(backend, {
-        ...(opts.selfAddress !== undefined ? { selfAddress: opts.selfAddress } : {}),
-        ...(opts.leaderAddress ? { leaderAddress: opts.leaderAddress } : {}),
-        ...(opts.log ? { log: opts.log } : {}),
-        ...(opts.forwardCredentials ? { forwardCredentials: opts.forwardCredentials } : {}),
-        ...(opts.forwardChannelOptions ? { forwardChannelOptions: opts.forwardChannelOptions } : {}),
-        ...(opts.maxResponseBytes !== undefined ? { maxResponseBytes: opts.maxResponseBytes } : {}),
-        ...(opts.forwardAttemptMs !== undefined ? { forwardAttemptMs: opts.forwardAttemptMs } : {}),
-      });
+      new Coordinator(backend, opts);
     this.log = this.coord.log;
     this.defaultDeadlineMs = opts.defaultDeadlineMs ?? DEFAULT_CALL_DEADLINE_MS;
     this.maxInFlight = Math.max(1, opts.pipelineMaxInFlight ?? DEFAULT_PIPELINE_MAX_IN_FLIGHT);
