@@ -4,6 +4,9 @@
  * per-key ordering (stateful) or bounded concurrency (stateless), retries with exponential
  * backoff, dead-lettering, the hop limit, and a delivery cursor replicated through the log so a
  * new leader resumes where the old one left off (at least once).
+ *
+ * Size: one class because the queue, the per-key order, retries, the attempt record and the
+ * cursor all advance together on each event; the attempt record's encoding could move out next.
  */
 import { DEAD_LETTER_PREFIX, hidesReservedKeys, isReservedKey, SYSTEM_KEY_PREFIX } from '../sharding/index.js';
 import type { KvEvent } from '../statemachine/index.js';

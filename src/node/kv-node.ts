@@ -7,6 +7,10 @@
  * as a `KvBackend`. Each group's state machine is durable in the same LevelDB (state-store.ts):
  * what a round applies is staged into that round's batch with the applied index, and a restart
  * rebuilds the machine from it and replays only later entries.
+ *
+ * Size: the driver (ready loop), the replica set and the KvBackend implementation still live
+ * here together; splitting them (with the clock injected, so the simulator can run the real
+ * driver) is the open part of issue 10.
  */
 import {
   bootstrapState,

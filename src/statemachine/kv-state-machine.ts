@@ -1,4 +1,5 @@
 /** The versioned, deterministic, in-memory key-value state machine of one shard, applied by the Raft host. */
+// Size: the apply rules (put, delete, txn, trigger, descriptor, retention, sessions) share the same version index and revision counter; codecs, sessions and sorted keys already live apart.
 import { decodeDescriptor, isReservedKey, ownsKey, SYSTEM_KEY_PREFIX, type ShardDescriptor } from '../sharding/index.js';
 import { decodeCommand } from './command-codec.js';
 import { CompactedRevisionError, ValidationError } from './errors.js';

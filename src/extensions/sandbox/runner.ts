@@ -1,4 +1,5 @@
 /** ExtensionRunner: loads one extension (a JS module or a native C-ABI package) and runs its lambdas, isolated in a worker thread, in a child process (JS only) or in-process (trusted mode, JS only). */
+// Size: one class because the restart loop, the circuit breaker and the per-invocation timeouts share one state machine (runState); the backends and the guest side live in their own files.
 import { stat } from 'node:fs/promises';
 import { pathToFileURL } from 'node:url';
 import type { ExtensionEvent } from '../api.js';
