@@ -50,11 +50,20 @@ export interface DispatchHost {
   readonly shard: number;
   readonly maxHops: number;
   /**
-   * An in-process lambda of this watch never finished on another node (it took that node down):
-   * this dispatcher has stopped running events, and the host should run the extension somewhere
-   * a lambda cannot take the node down (process isolation) and deliver from the cursor again.
+   * An in-process lambda of this watch never finished on another node: that node died in it (or
+   * merely lost the shard: a leader change looks the same from here). This dispatcher has stopped
+   * running events, and the host should run the extension where a lambda cannot take the node
+   * down (process isolation) and deliver from the cursor again: the unfinished events are retried
+   * there, counted as one runner-killing failure each.
    */
   inProcessKilledANode?(node: number): void;
+  /**
+   * Every event an in-process lambda left unfinished on another node (see inProcessKilledANode)
+   * has now been handled by this isolated dispatcher: `confirmed` when one of them failed here
+   * too and was dead-lettered as poison (the node died in it), false when they all completed (the
+   * node only lost the shard, or died of something else).
+   */
+  suspectsResolved?(confirmed: boolean): void;
 }
 
 /**
@@ -67,11 +76,15 @@ export interface FaultOptions {
   /** Distinct nodes on which it failed that way before `poison` (default 2). */
   readonly poisonNodes: number;
   /**
-   * Record every invocation in the attempt record before it starts (in-process mode: a lambda
-   * that blocks the thread takes the node down, and nothing can be written then). A start found
-   * unfinished by the next leader is then dead-lettered at once (it would block that node too).
+   * Record every invocation in the attempt record before it starts (in-process and native
+   * lambdas: one that blocks the thread or crashes takes the node down, and nothing can be
+   * written then). A start another node finds unfinished is never run again in a shared thread:
+   * with `canIsolate` the host moves the extension to process isolation (inProcessKilledANode)
+   * and it is retried there; without (native), it is dead-lettered at once.
    */
   readonly armEveryInvocation: boolean;
+  /** The lambdas run in the node's thread and the host can move them to a child process (JS in-process mode). */
+  readonly canIsolate: boolean;
   /** This node's id and this process's boot id (a restart of the node is another boot). */
   readonly node: number;
   readonly boot: string;
@@ -93,11 +106,17 @@ export interface AttemptEntry {
   nodes: number[];
   /** The last failure. */
   reason?: string;
-  /** Set while an attempt may be running: the node and process (boot) that started it. */
-  armed?: { node: number; boot: string; atMs: number };
+  /**
+   * Set while an attempt may be running: the node and process (boot) that started it; `shared`
+   * when it ran in that node's own process (in-process or native), where it could kill the node.
+   */
+  armed?: { node: number; boot: string; atMs: number; shared?: boolean };
   /** Found armed by a new process of the same node: the node died while running it. */
   diedHere?: boolean;
-  /** Found armed (in-process) by another node: that node died or lost the shard while running it. */
+  /**
+   * Found armed (in-process or native) by another node: that node died or lost the shard while
+   * running it. Never run again in a node's own thread; retried in process isolation.
+   */
   unfinishedElsewhere?: number;
 }
 
@@ -208,6 +227,10 @@ export class WatchDispatcher {
   private writeAgain = false;
   /** Attempt-record writes done (metrics, tests). */
   recordWrites = 0;
+  /** Events an in-process lambda left unfinished elsewhere, retried here in isolation and not yet handled. */
+  private readonly suspects = new Set<string>();
+  /** One of the suspects failed here too and was dead-lettered as poison. */
+  private suspectConfirmed = false;
 
   constructor(
     private readonly extension: string,
@@ -222,6 +245,7 @@ export class WatchDispatcher {
       poisonAttempts: faults.poisonAttempts ?? FAULT_DEFAULTS.poisonAttempts,
       poisonNodes: faults.poisonNodes ?? FAULT_DEFAULTS.poisonNodes,
       armEveryInvocation: faults.armEveryInvocation ?? false,
+      canIsolate: faults.canIsolate ?? false,
       node: faults.node ?? 0,
       boot: faults.boot ?? '',
     };
@@ -253,12 +277,14 @@ export class WatchDispatcher {
               entry.diedHere = true;
               entry.reason = `node ${e.armed.node} restarted after it died (or was killed) while running it (started ${at})`;
             } else {
-              if (this.faults.armEveryInvocation) entry.unfinishedElsewhere = e.armed.node;
+              // Armed in that node's own thread (legacy records: when this watch arms every invocation).
+              if (e.armed.shared ?? this.faults.armEveryInvocation) entry.unfinishedElsewhere = e.armed.node;
               entry.reason = `node ${e.armed.node} died or lost the shard while running it (started ${at})`;
             }
           }
         }
         this.inherited.set(eventId(e.revision, e.key), entry);
+        if (entry.unfinishedElsewhere !== undefined && !this.faults.armEveryInvocation) this.suspects.add(eventId(e.revision, e.key));
       }
       this.recordDurable = record.events.length > 0;
       this.recordDirty = this.recordDurable;
@@ -266,6 +292,15 @@ export class WatchDispatcher {
     this.stats.cursor = cursor;
     this.persistedCursor = cursor;
     this.seenUpTo = cursor;
+    const killer = [...this.inherited.values()].find((e) => e.unfinishedElsewhere !== undefined)?.unfinishedElsewhere;
+    if (killer !== undefined && this.faults.armEveryInvocation && this.faults.canIsolate && this.host.inProcessKilledANode) {
+      // An in-process lambda may have taken that node down, and the same event (or the next) may
+      // do it to this one: run nothing in this thread; the host retries them in process isolation.
+      this.halted = true;
+      const report = this.host.inProcessKilledANode.bind(this.host);
+      queueMicrotask(() => report(killer));
+      return;
+    }
     this.handle = this.host.subscribe(this.watch.prefix, cursor + 1, {
       events: (events, upTo) => this.receive(events, upTo),
       progress: (revision) => this.advanceSeen(revision),
@@ -394,8 +429,8 @@ export class WatchDispatcher {
     if (!e) return undefined;
     const last = e.reason ? `; last: ${e.reason}` : '';
     if (e.diedHere) return `poison: ${e.reason ?? 'this node died while running it'} (${e.failures} runner-killing failure(s) on node(s) ${e.nodes.join(', ')})`;
-    if (e.unfinishedElsewhere !== undefined) {
-      return `poison: in-process lambda never finished on node ${e.unfinishedElsewhere} (it died or lost the shard while running it); not retried on another node${last}`;
+    if (e.unfinishedElsewhere !== undefined && this.faults.armEveryInvocation && !this.faults.canIsolate) {
+      return `poison: native lambda never finished on node ${e.unfinishedElsewhere} (it died or lost the shard while running it); not retried in another node's process${last}`;
     }
     if (e.failures >= this.faults.poisonAttempts) return `poison: killed or hung its runner ${e.failures} times (limit ${this.faults.poisonAttempts}) on node(s) ${e.nodes.join(', ')}${last}`;
     if (e.nodes.length >= this.faults.poisonNodes) return `poison: killed or hung its runner on ${e.nodes.length} nodes (${e.nodes.join(', ')}; limit ${this.faults.poisonNodes})${last}`;
@@ -415,12 +450,6 @@ export class WatchDispatcher {
     const poison = this.poisonReason(p);
     if (poison) {
       void this.deadLetter(p, poison, 'poison');
-      const killed = p.entry?.unfinishedElsewhere;
-      if (killed !== undefined && this.faults.armEveryInvocation && this.host.inProcessKilledANode) {
-        // The next event may do the same to this node: run nothing more in this thread.
-        this.halted = true;
-        this.host.inProcessKilledANode(killed);
-      }
       return;
     }
     p.attempts++;
@@ -514,7 +543,7 @@ export class WatchDispatcher {
     for (const p of this.queue) {
       if (p.done || (!p.entry && p.arm === 'none')) continue;
       const e: AttemptEntry = p.entry ? { ...p.entry } : { revision: p.event.revision, key: p.event.key, failures: 0, nodes: [] };
-      if (p.arm !== 'none') e.armed = { ...self, atMs: Date.now() };
+      if (p.arm !== 'none') e.armed = { ...self, atMs: Date.now(), ...(this.faults.armEveryInvocation ? { shared: true } : {}) };
       out.push(e);
     }
     return out;
@@ -595,6 +624,7 @@ export class WatchDispatcher {
       this.observer.deadLettered?.(kind);
       if (p.entry || p.arm !== 'none') this.recordDirty = true;
       p.arm = 'none';
+      if (kind === 'poison' && this.suspects.has(eventId(e.revision, e.key))) this.suspectConfirmed = true;
       this.finish(p);
     } catch (err) {
       // Could not record it (for example leadership moved): leave it for the next leader.
@@ -605,6 +635,7 @@ export class WatchDispatcher {
   }
 
   private finish(p: Pending): void {
+    if (this.suspects.delete(eventId(p.event.revision, p.event.key)) && this.suspects.size === 0) this.host.suspectsResolved?.(this.suspectConfirmed);
     p.done = true;
     p.running = false;
     this.running--;

@@ -64,6 +64,8 @@ export interface ExtensionStatus {
   readonly error?: string;
   /** When a paused extension tries again (ms since the epoch). */
   readonly retryAtMs?: number;
+  /** Where its lambdas run on this node now (an in-process extension moved to process isolation says `process`). */
+  readonly runsIn?: IsolationMode;
   /** Whether this node currently delivers any of its events (it leads a shard its watches span). */
   readonly delivering: boolean;
   /** The data shards (groups) this node delivers its events for, ascending. */
@@ -107,9 +109,11 @@ interface ExtTotals {
 type WatchTotals = Pick<DispatchStats, 'invocations' | 'errors' | 'retries' | 'deadLettered' | 'delivered'>;
 
 /**
- * The shard-local marker that an in-process lambda of `extension` took a node down in this shard:
- * every node that leads the shard then runs the extension in process isolation. Under the attempt
- * records' prefix, so unloading the extension removes it.
+ * The shard-local marker that an in-process lambda of `extension` may have taken a node down in
+ * this shard: every node that leads the shard then runs the extension in process isolation. It is
+ * `provisional` while the events that node left unfinished are retried in isolation (the node may
+ * only have lost the shard), removed when they all complete, and made permanent when one of them
+ * proves to be poison. Under the attempt records' prefix, so unloading the extension removes it.
  */
 function demotedKey(extension: string): string {
   return `${SYSTEM_PREFIX}attempt/${extension}/!in-process-killed-a-node`;
@@ -425,22 +429,60 @@ export class ExtensionManager {
   }
 
   /**
-   * An in-process lambda of `name` took node `node` down: from now on this node runs `name` in a
-   * child process (where the same lambda only kills that process), delivering again from the
-   * replicated cursor. Local to this node: each node that sees such a death moves the extension
-   * once, so a stream of distinct poison events cannot walk through the cluster.
+   * An in-process lambda of `name` left events unfinished on node `node` (it may have taken that
+   * node down): from now on this node runs `name` in a child process (where the same lambda only
+   * kills that process), delivering again from the replicated cursor and retrying those events
+   * there. Local to this node, plus a replicated provisional marker in `group` so every later
+   * leader of the shard does the same: a stream of distinct poison events cannot walk through the
+   * cluster. `suspectsResolved` undoes it when those events complete in isolation.
    */
   private demote(name: string, node: number | undefined, group?: number): void {
-    if (group !== undefined) {
-      // Replicated in the shard, so whichever node leads it next starts in a child process too.
-      const marker = new TextEncoder().encode(JSON.stringify({ killedNode: node, byNode: this.node.id, atMs: Date.now() }));
-      void this.node
-        .execute(group, { type: 'put', key: demotedKey(name), value: marker }, { deadlineMs: Date.now() + CALL_MS }, 'system')
-        .catch((e: unknown) => this.opts.log.error({ extension: name, group, err: String(e) }, 'could not record the move to process isolation'));
-    }
+    if (group !== undefined) this.writeDemotion(name, group, { killedNode: node, byNode: this.node.id, atMs: Date.now(), provisional: true });
     if (this.demoted.has(name)) return;
     this.demoted.add(name);
-    this.opts.log.warn({ extension: name, killedNode: node }, 'an in-process lambda took a node down: running this extension in process isolation on this node from now on');
+    this.opts.log.warn(
+      { extension: name, node },
+      node !== undefined
+        ? `in-process lambdas of this extension never finished on node ${node} (it died or lost the shard): running this extension in process isolation on this node until those events complete there`
+        : 'running this extension in process isolation on this node: the shard is marked (an in-process lambda may have taken a node down)',
+    );
+    this.enqueue(() => this.reconcile(name, true));
+  }
+
+  /** Replicates the demotion marker of `name` in `group` (undefined: removes it). */
+  private writeDemotion(name: string, group: number, marker: Record<string, unknown> | undefined): Promise<void> {
+    const cmd: Command = marker ? { type: 'put', key: demotedKey(name), value: new TextEncoder().encode(JSON.stringify(marker)) } : { type: 'delete', key: demotedKey(name) };
+    return this.node
+      .execute(group, cmd, { deadlineMs: Date.now() + CALL_MS }, 'system')
+      .then(() => undefined)
+      .catch((e: unknown) => this.opts.log.error({ extension: name, group, err: String(e) }, 'could not record where this extension runs (process isolation marker)'));
+  }
+
+  /**
+   * The events an in-process lambda of `name` left unfinished in `group` were retried in process
+   * isolation: `confirmed` (one of them was poison there too) makes the shard's marker permanent;
+   * otherwise the marker goes, and once no shard led here carries one, `name` runs in-process again.
+   */
+  private async suspectsResolved(name: string, group: number, confirmed: boolean): Promise<void> {
+    const current = this.node.replica(group)?.sm.get(demotedKey(name));
+    if (!current) return;
+    let marker: Record<string, unknown> = {};
+    try {
+      marker = JSON.parse(dec.decode(current.value)) as Record<string, unknown>;
+    } catch {
+      // a malformed marker is replaced
+    }
+    if (confirmed) {
+      if (marker.provisional === false) return;
+      this.opts.log.warn({ extension: name, group }, 'an event an in-process lambda left unfinished was poison in isolation too: this extension stays in process isolation in this shard');
+      await this.writeDemotion(name, group, { ...marker, provisional: false, confirmedAtMs: Date.now() });
+      return;
+    }
+    if (marker.provisional !== true) return;
+    await this.writeDemotion(name, group, undefined);
+    const stillMarked = [...this.led.keys()].some((g) => this.node.replica(g)?.sm.get(demotedKey(name)));
+    if (stillMarked || !this.demoted.delete(name)) return;
+    this.opts.log.info({ extension: name, group }, 'the events left unfinished completed in process isolation: this extension runs in-process again on this node');
     this.enqueue(() => this.reconcile(name, true));
   }
 
@@ -588,6 +630,8 @@ export class ExtensionManager {
       maxHops: this.maxHops,
       // Only an in-process runner can take the node down with it: it moves to a child process.
       ...(runner.mode === 'in-process' ? { inProcessKilledANode: (node: number) => this.demote(name, node, group) } : {}),
+      // In isolation, the events an in-process lambda left unfinished elsewhere decide whether it may come back.
+      ...(runner.mode !== 'in-process' && !l.record.native ? { suspectsResolved: (confirmed: boolean) => void this.suspectsResolved(name, group, confirmed) } : {}),
     };
     const labels = { extension: name, prefix: w.prefix };
     const d: WatchDispatcher = new WatchDispatcher(
@@ -634,6 +678,7 @@ export class ExtensionManager {
         // In-process lambdas share the node's thread, and native ones its process (a segfault in C
         // takes the node down): a fault of theirs can kill the node, so every invocation is armed first.
         armEveryInvocation: runner.mode === 'in-process' || l.record.native !== undefined,
+        canIsolate: runner.mode === 'in-process',
         node: this.node.id,
         boot: this.bootId,
       },
@@ -852,6 +897,7 @@ export class ExtensionManager {
       state,
       ...(error ? { error } : {}),
       ...(breaker?.retryAtMs !== undefined && breaker.state === 'open' ? { retryAtMs: breaker.retryAtMs } : {}),
+      ...(l.runner ? { runsIn: l.runner.mode } : {}),
       delivering: shards.length > 0,
       shards,
       watches,

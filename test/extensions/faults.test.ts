@@ -47,6 +47,41 @@ describe('what the attempt record costs', () => {
   });
 });
 
+describe('leader changes under load (regression: CI run of stop 17, in-process events dead-lettered as poison)', () => {
+  it('every event is delivered, none dead-lettered; an in-process extension retries what the old leader left unfinished in isolation, then runs in-process again', async () => {
+    const n = 200;
+    for (const mode of ['worker', 'in-process'] as const) {
+      for (let round = 0; round < 3; round++) {
+        const name = `lc-${mode}-${round}`;
+        const prefix = `/lc-${mode}-${round}/`;
+        const out = `/lc-out-${mode}-${round}`;
+        await c.load(`${FIX}/it-fast`, { name, config: { prefix, out }, isolation: mode });
+        const old = await c.leader(DATA_GROUP);
+        const puts = (async () => {
+          for (let i = 0; i < n; i += 20) await Promise.all(Array.from({ length: 20 }, (_, j) => c.put(`${prefix}k${(i + j) % 20}`, String(i + j))));
+        })();
+        // The leader is cut off while its lambdas run (it lost the shard: it did not die).
+        await new Promise((r) => setTimeout(r, 30 + round * 60));
+        const cut = c.nodes.filter((x) => x !== old).flatMap((x) => [`${old.id}>${x.id}`, `${x.id}>${old.id}`]);
+        for (const b of cut) c.hub.blocked.add(b);
+        await c.leader(DATA_GROUP, [old]);
+        for (const b of cut) c.hub.blocked.delete(b);
+        await puts;
+        await c.until(async () => ((await c.list(`${out}/`)).length === n ? true : undefined), 30_000);
+        expect(await letters(name)).toEqual([]);
+        if (mode === 'in-process') {
+          // Back in the node's thread on the leader once the unfinished events completed in isolation.
+          const runsIn = async () => {
+            const l = await c.leader(DATA_GROUP);
+            return c.managerOf(l).statuses().find((x) => x.name === name)?.runsIn;
+          };
+          expect(await c.until(async () => ((await runsIn()) === 'in-process' ? true : undefined), 15_000)).toBe(true);
+        }
+      }
+    }
+  });
+});
+
 describe('poison pills', () => {
   it('an event that crashes its worker on every attempt is dead-lettered as poison after 3 attempts; later events are delivered', async () => {
     await c.load(`${FIX}/it-crasher`);

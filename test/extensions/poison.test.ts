@@ -67,9 +67,15 @@ async function until(check: () => boolean, ms = 3000): Promise<void> {
   }
 }
 
-function dispatcher(shard: ReturnType<typeof fakeShard>, w: DispatchWatch, invoke: (e: ExtensionEvent) => Promise<void>, faults: Partial<FaultOptions>) {
+function dispatcher(
+  shard: ReturnType<typeof fakeShard>,
+  w: DispatchWatch,
+  invoke: (e: ExtensionEvent) => Promise<void>,
+  faults: Partial<FaultOptions>,
+  hooks: Pick<DispatchHost, 'inProcessKilledANode' | 'suspectsResolved'> = {},
+) {
   const h = shard.hostFor();
-  const d = new WatchDispatcher('x', w, (_id, e) => invoke(e), h.host, {}, () => {}, faults);
+  const d = new WatchDispatcher('x', w, (_id, e) => invoke(e), { ...h.host, ...hooks }, {}, () => {}, faults);
   const record = decodeAttemptRecord(shard.keys.get(attemptKey('x', w)));
   d.start(shard.cursor(w), record);
   return { d, sink: h.sink };
@@ -139,29 +145,86 @@ describe('poison pills', () => {
     expect(s.keys.has(attemptKey('x', w))).toBe(false);
   });
 
-  it('in-process: every invocation is armed before it starts; a start the next leader finds unfinished is dead-lettered, not run', async () => {
+  it('in-process: every invocation is armed before it starts; a start another node finds unfinished is not run in its thread but retried in isolation, and completing there lifts the suspicion', async () => {
     const s = fakeShard();
     const w = watch();
     let runs = 0;
-    const hang = (e: ExtensionEvent) => {
+    let healthy = false;
+    const lambda = (e: ExtensionEvent) => {
       if (e.key === '/p/spin') {
         runs++;
-        return new Promise<void>(() => {}); // never finishes: the node "dies" in it
+        if (!healthy) return new Promise<void>(() => {}); // never finishes on node 1
       }
       return Promise.resolve();
     };
-    const a = dispatcher(s, w, hang, { node: 1, boot: 'a', armEveryInvocation: true });
+    const a = dispatcher(s, w, lambda, { node: 1, boot: 'a', armEveryInvocation: true, canIsolate: true });
     a.sink().events([ev('/p/spin', 1)], 1);
     await until(() => runs === 1);
-    // It was in the replicated record before it started.
-    expect(decodeAttemptRecord(s.keys.get(attemptKey('x', w)))!.events[0]).toMatchObject({ revision: 1, armed: { node: 1, boot: 'a' } });
-    await a.d.stop(false); // node 1 died
-    const b = dispatcher(s, w, hang, { node: 2, boot: 'b', armEveryInvocation: true });
+    // It was in the replicated record before it started, marked as run in the node's own thread.
+    expect(decodeAttemptRecord(s.keys.get(attemptKey('x', w)))!.events[0]).toMatchObject({ revision: 1, armed: { node: 1, boot: 'a', shared: true } });
+    await a.d.stop(false); // node 1 died, or only lost the shard: the next leader cannot tell
+    let killed: number | undefined;
+    const b = dispatcher(s, w, lambda, { node: 2, boot: 'b', armEveryInvocation: true, canIsolate: true }, { inProcessKilledANode: (n) => (killed = n) });
+    await until(() => killed === 1);
+    expect(runs).toBe(1); // not run again in node 2's thread
+    await b.d.stop(true); // the host moves the extension to process isolation
+    expect(s.dlq()).toEqual([]);
+    // In isolation (no arming of every invocation), it is retried, counted as one failure on node 1.
+    healthy = true;
+    let resolved: boolean | undefined;
+    const c = dispatcher(s, w, lambda, { node: 2, boot: 'b' }, { suspectsResolved: (confirmed) => (resolved = confirmed) });
+    c.sink().events([ev('/p/spin', 1), ev('/p/after', 2)], 2);
+    await until(() => c.d.stats.cursor === 2);
+    expect(runs).toBe(2);
+    expect(s.dlq()).toEqual([]);
+    expect(resolved).toBe(false);
+    await c.d.stop(true);
+    expect(s.keys.has(attemptKey('x', w))).toBe(false);
+  });
+
+  it('in-process: a start left unfinished that fails in isolation too is poison there, and the suspicion is confirmed', async () => {
+    const s = fakeShard();
+    const w = watch();
+    let runs = 0;
+    const lambda = (e: ExtensionEvent) => {
+      if (e.key !== '/p/spin') return Promise.resolve();
+      runs++;
+      return runs === 1 ? new Promise<void>(() => {}) : crash();
+    };
+    const a = dispatcher(s, w, lambda, { node: 1, boot: 'a', armEveryInvocation: true, canIsolate: true });
+    a.sink().events([ev('/p/spin', 1)], 1);
+    await until(() => runs === 1);
+    await a.d.stop(false);
+    let resolved: boolean | undefined;
+    const c = dispatcher(s, w, lambda, { node: 2, boot: 'b' }, { suspectsResolved: (confirmed) => (resolved = confirmed) });
+    c.sink().events([ev('/p/spin', 1), ev('/p/after', 2)], 2);
+    await until(() => s.dlq().length === 1 && c.d.stats.cursor === 2);
+    expect(runs).toBe(2); // once in node 1's thread, once in isolation on node 2
+    expect(s.dlq()[0]).toMatchObject({ kind: 'poison', event: { key: '/p/spin' } });
+    expect(s.dlq()[0]!.error).toMatch(/on 2 nodes \(1, 2/);
+    expect(s.dlq()[0]!.error).toMatch(/node 1 died or lost the shard|worker-crashed on node 2/);
+    expect(resolved).toBe(true);
+    await c.d.stop(true);
+  });
+
+  it('native: a start another node finds unfinished is dead-lettered at once (it cannot be isolated from the node process)', async () => {
+    const s = fakeShard();
+    const w = watch();
+    let runs = 0;
+    const lambda = (e: ExtensionEvent) => {
+      if (e.key !== '/p/spin') return Promise.resolve();
+      runs++;
+      return new Promise<void>(() => {});
+    };
+    const a = dispatcher(s, w, lambda, { node: 1, boot: 'a', armEveryInvocation: true });
+    a.sink().events([ev('/p/spin', 1)], 1);
+    await until(() => runs === 1);
+    await a.d.stop(false);
+    const b = dispatcher(s, w, lambda, { node: 2, boot: 'b', armEveryInvocation: true });
     b.sink().events([ev('/p/spin', 1), ev('/p/after', 2)], 2);
     await until(() => s.dlq().length === 1 && b.d.stats.cursor === 2);
     expect(runs).toBe(1);
-    expect(s.dlq()[0]).toMatchObject({ kind: 'poison', event: { key: '/p/spin' } });
-    expect(s.dlq()[0]!.error).toMatch(/never finished on node 1/);
+    expect(s.dlq()[0]!.error).toMatch(/native lambda never finished on node 1/);
     await b.d.stop(true);
   });
 
