@@ -45,7 +45,10 @@ export class ExtCluster {
     const routed = opts.routed ?? shards > 1;
     const members = new Map(Array.from({ length: n }, (_, i) => [i + 1, `127.0.0.1:${17000 + i + 1}`] as [number, string]));
     for (let id = 1; id <= n; id++) {
-      const node = await KvNode.open({ id, members, tickMs: 10, log: silentLogger(), onFatal: () => {}, defaultPool: { shards } }, new MemoryEngine(), c.hub.transport(id));
+      // 10 ms ticks, elections after 400-800 ms: quick, yet a test machine busy spawning extension
+      // processes (CI runs test files in parallel on 2 cores) does not change leaders by accident;
+      // tests that want a leader change make one (hub.blocked).
+      const node = await KvNode.open({ id, members, tickMs: 10, electionTicks: 40, log: silentLogger(), onFatal: () => {}, defaultPool: { shards } }, new MemoryEngine(), c.hub.transport(id));
       node.start();
       c.nodes.push(node);
     }
