@@ -4,6 +4,7 @@ import * as grpc from '@grpc/grpc-js';
 import { chmodSync, mkdirSync, statSync } from 'node:fs';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
 import { createLogger } from '../log.js';
 import { KvNode } from '../node/kv-node.js';
 import { parseConfig, type KvdConfig } from './kvd-config.js';
@@ -26,7 +27,7 @@ import { ClusterStubClient } from '../wire/proto.js';
 import type { ClusterMap } from '../sharding/index.js';
 import type { Logger } from '../log.js';
 import { Counter } from 'prom-client';
-import { LoopWatchdog } from '../node/loop-watchdog.js';
+import { LoopWatchdog, takeDeathNote } from '../node/loop-watchdog.js';
 
 /**
  * A joining node's first view of the cluster: the map served by `address`, once it lists this
@@ -167,10 +168,17 @@ async function main(): Promise<void> {
   const cluster = new ClusterAdmin(node, probe, log.child({ component: 'cluster' }));
   const lambdaKv = routedLambdaKv(coordinator);
   const loopBlocked = new Counter({ name: 'kvcascade_event_loop_blocked_total', help: `Times the event loop was blocked longer than ${cfg.loopBlockWarnMs} ms`, registers: [metrics.registry] });
+  // The boot id names this process in the extensions' attempt records; the watchdog leaves a
+  // death note with it when it kills the process, which the next process reads here.
+  const bootId = randomBytes(8).toString('hex');
+  const deathNotePath = join(cfg.dataDir, 'loop-watchdog-death.json');
+  const previousDeath = takeDeathNote(deathNotePath);
+  if (previousDeath) log.warn({ blockedMs: previousDeath.blockedMs, at: new Date(previousDeath.atMs).toISOString() }, 'the previous process of this node was killed by its event-loop watchdog (a blocked loop)');
   const watchdog = new LoopWatchdog({
     warnMs: cfg.loopBlockWarnMs,
     killMs: cfg.loopBlockKillMs,
     label: `kvd node ${cfg.id}`,
+    deathNote: { path: deathNotePath, boot: bootId },
     onBlocked: (ms) => {
       loopBlocked.inc();
       log.warn({ blockedMs: ms }, 'the event loop was blocked (an in-process lambda?)');
@@ -178,6 +186,8 @@ async function main(): Promise<void> {
   });
   const extensions = new ExtensionManager(node, {
     dataDir: cfg.dataDir,
+    bootId,
+    ...(previousDeath ? { blockedBoot: previousDeath.boot } : {}),
     ...(cfg.extMaxRestartsPerMinute !== undefined ? { maxRestartsPerMinute: cfg.extMaxRestartsPerMinute } : {}),
     ...(cfg.extPoisonAttempts !== undefined ? { poisonAttempts: cfg.extPoisonAttempts } : {}),
     log: log.child({ component: 'extensions' }),

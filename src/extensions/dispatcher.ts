@@ -88,6 +88,12 @@ export interface FaultOptions {
   /** This node's id and this process's boot id (a restart of the node is another boot). */
   readonly node: number;
   readonly boot: string;
+  /**
+   * The boot id of this node's previous process when its event-loop watchdog killed it (a lambda
+   * blocked the thread): what that boot left armed is dead-lettered at once. Any other death
+   * (kill -9, out of memory, power) is not known to be the lambda's doing: retried in isolation.
+   */
+  readonly blockedBoot?: string;
 }
 
 /** The defaults of the fault options. */
@@ -114,8 +120,9 @@ export interface AttemptEntry {
   /** Found armed by a new process of the same node: the node died while running it. */
   diedHere?: boolean;
   /**
-   * Found armed (in-process or native) by another node: that node died or lost the shard while
-   * running it. Never run again in a node's own thread; retried in process isolation.
+   * Found armed (in-process or native) by another node (it died or lost the shard while running
+   * it), or by this node's previous process when it did not die of a blocked loop: the node that
+   * ran it. Never run again in a node's own thread; retried in process isolation.
    */
   unfinishedElsewhere?: number;
 }
@@ -248,6 +255,7 @@ export class WatchDispatcher {
       canIsolate: faults.canIsolate ?? false,
       node: faults.node ?? 0,
       boot: faults.boot ?? '',
+      ...(faults.blockedBoot !== undefined ? { blockedBoot: faults.blockedBoot } : {}),
     };
   }
 
@@ -273,8 +281,13 @@ export class WatchDispatcher {
             entry.failures++;
             if (!entry.nodes.includes(e.armed.node)) entry.nodes = [...entry.nodes, e.armed.node].sort((a, b) => a - b);
             const at = new Date(e.armed.atMs).toISOString();
-            if (self) {
+            if (self && e.armed.boot === this.faults.blockedBoot) {
+              // This node's watchdog killed its previous process while it ran this: it blocked the thread.
               entry.diedHere = true;
+              entry.reason = `node ${e.armed.node} was killed by its event-loop watchdog while running it (started ${at})`;
+            } else if (self) {
+              // Died some other way (kill -9, out of memory...): retried where it cannot take the node down.
+              if (e.armed.shared ?? this.faults.armEveryInvocation) entry.unfinishedElsewhere = e.armed.node;
               entry.reason = `node ${e.armed.node} restarted after it died (or was killed) while running it (started ${at})`;
             } else {
               // Armed in that node's own thread (legacy records: when this watch arms every invocation).
@@ -430,7 +443,7 @@ export class WatchDispatcher {
     const last = e.reason ? `; last: ${e.reason}` : '';
     if (e.diedHere) return `poison: ${e.reason ?? 'this node died while running it'} (${e.failures} runner-killing failure(s) on node(s) ${e.nodes.join(', ')})`;
     if (e.unfinishedElsewhere !== undefined && this.faults.armEveryInvocation && !this.faults.canIsolate) {
-      return `poison: native lambda never finished on node ${e.unfinishedElsewhere} (it died or lost the shard while running it); not retried in another node's process${last}`;
+      return `poison: native lambda never finished on node ${e.unfinishedElsewhere} (it died or lost the shard while running it); not run again in a node's process${last}`;
     }
     if (e.failures >= this.faults.poisonAttempts) return `poison: killed or hung its runner ${e.failures} times (limit ${this.faults.poisonAttempts}) on node(s) ${e.nodes.join(', ')}${last}`;
     if (e.nodes.length >= this.faults.poisonNodes) return `poison: killed or hung its runner on ${e.nodes.length} nodes (${e.nodes.join(', ')}; limit ${this.faults.poisonNodes})${last}`;

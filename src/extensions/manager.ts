@@ -159,6 +159,13 @@ const LOAD_CLAIM_MS = 120_000;
 export interface ExtensionManagerOptions {
   readonly dataDir: string;
   readonly log: Logger;
+  /** This process's boot id (default: a random one); the event-loop watchdog's death note names it. */
+  readonly bootId?: string;
+  /**
+   * The boot id of this node's previous process when its event-loop watchdog killed it (see
+   * takeDeathNote): the in-process events that process left armed are dead-lettered as poison.
+   */
+  readonly blockedBoot?: string;
   readonly registry?: Registry;
   readonly maxHops?: number;
   /** Heap limit of each extension's worker or process (MiB). */
@@ -267,13 +274,14 @@ export class ExtensionManager {
   /** Names this manager in load claims (see {@link LoadClaim.loader}). */
   private readonly loaderId = randomBytes(8).toString('hex');
   /** This process (a restarted node is another boot): tells a start that died with its node from one that lost the shard. */
-  private readonly bootId = randomBytes(8).toString('hex');
+  private readonly bootId: string;
 
   constructor(
     private readonly node: KvNode,
     private readonly opts: ExtensionManagerOptions,
   ) {
     this.maxHops = opts.maxHops ?? DEFAULT_MAX_HOPS;
+    this.bootId = opts.bootId ?? randomBytes(8).toString('hex');
     this.kv = opts.lambdaKv ?? localLambdaKv(node);
     const registers = opts.registry ? [opts.registry] : [];
     this.metrics = {
@@ -681,6 +689,7 @@ export class ExtensionManager {
         canIsolate: runner.mode === 'in-process',
         node: this.node.id,
         boot: this.bootId,
+        ...(this.opts.blockedBoot !== undefined ? { blockedBoot: this.opts.blockedBoot } : {}),
       },
     );
     const saved = replica.sm.get(cursorKey(name, w));

@@ -7,6 +7,7 @@
  * nothing and only holds its shards' leadership hostage; dead, the rest of the cluster elects new
  * leaders, and the replicated attempt record keeps the event that was running from running again.
  */
+import { readFileSync, rmSync } from 'node:fs';
 import { Worker } from 'node:worker_threads';
 
 /** Options of the watchdog. */
@@ -21,13 +22,47 @@ export interface LoopWatchdogOptions {
   readonly onBlocked?: (blockedMs: number) => void;
   /** Text written to stderr by the watchdog thread before it kills the process (the node, say). */
   readonly label?: string;
+  /**
+   * A file the watchdog thread writes (synchronously, JSON {@link DeathNote}) just before it
+   * kills the process, so the next process of the node knows how its predecessor ended.
+   */
+  readonly deathNote?: { readonly path: string; readonly boot: string };
+}
+
+/** What the watchdog leaves behind when it kills the process (see LoopWatchdogOptions.deathNote). */
+export interface DeathNote {
+  readonly cause: 'loop-blocked';
+  /** The boot id of the process that was killed. */
+  readonly boot: string;
+  readonly blockedMs: number;
+  readonly atMs: number;
+}
+
+/**
+ * Reads and removes the death note at `path`: the note of the previous process of this node when
+ * the watchdog killed it, else undefined (it ended some other way, or cleanly).
+ */
+export function takeDeathNote(path: string): DeathNote | undefined {
+  let raw: string;
+  try {
+    raw = readFileSync(path, 'utf8');
+  } catch {
+    return undefined;
+  }
+  rmSync(path, { force: true });
+  try {
+    const n = JSON.parse(raw) as Partial<DeathNote>;
+    return n.cause === 'loop-blocked' && typeof n.boot === 'string' && typeof n.blockedMs === 'number' && typeof n.atMs === 'number' ? (n as DeathNote) : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /** The watchdog thread's code (plain JS, evaluated in the worker). */
 const WATCHDOG_SOURCE = `
 const { workerData, parentPort } = require('node:worker_threads');
-const { writeSync } = require('node:fs');
-const { beat, base, warnMs, killMs, label } = workerData;
+const { writeSync, writeFileSync } = require('node:fs');
+const { beat, base, warnMs, killMs, label, note } = workerData;
 const view = new Int32Array(beat);
 let blockedSince = 0;
 let warned = false;
@@ -44,6 +79,7 @@ setInterval(() => {
     worst = Math.max(worst, gap);
     if (killMs > 0 && gap > killMs) {
       line({ msg: 'event loop blocked past the watchdog limit: killing the process', event: 'loop-watchdog-kill', blockedMs: gap, killMs });
+      if (note) { try { writeFileSync(note.path, JSON.stringify({ cause: 'loop-blocked', boot: note.boot, blockedMs: gap, atMs: Date.now() })); } catch {} }
       process.kill(process.pid, 'SIGKILL');
     }
   } else if (warned) {
@@ -70,7 +106,7 @@ export class LoopWatchdog {
     beat();
     this.timer = setInterval(beat, beatMs);
     this.timer.unref();
-    this.worker = new Worker(WATCHDOG_SOURCE, { eval: true, workerData: { beat: sab, base, warnMs, killMs, label: opts.label ?? '' } });
+    this.worker = new Worker(WATCHDOG_SOURCE, { eval: true, workerData: { beat: sab, base, warnMs, killMs, label: opts.label ?? '', note: opts.deathNote } });
     this.worker.unref();
     this.worker.on('message', (m: { blockedMs?: number }) => {
       if (typeof m.blockedMs === 'number') opts.onBlocked?.(m.blockedMs);

@@ -100,6 +100,8 @@ describe('in-process lambda that never returns', () => {
       console.log(`stuck node ${stuck} killed by its watchdog after ${killedAfter} ms; ${letter.error}`);
       // The stuck node restarts: it does not run the event again, and the cluster keeps serving.
       await cluster.startNode(stuck);
+      // It read its predecessor's death note: it knows the watchdog ended it (a blocked loop).
+      expect(cluster.node(stuck).stderr.join('')).toContain('killed by its event-loop watchdog');
       await c.put('/spin/ok3', 'x');
       await until(async () => ((await c.get('/spin-done/spin/ok3')).found ? true : undefined));
       await sleep(1500);

@@ -228,7 +228,7 @@ describe('poison pills', () => {
     await b.d.stop(true);
   });
 
-  it('in-process: the same node restarted (a new boot) skips the event it died in; the same process re-leading runs it again', async () => {
+  it('in-process: the same node restarted after its watchdog killed it (a new boot) skips the event it died in; the same process re-leading runs it again', async () => {
     const s = fakeShard();
     const w = watch();
     let runs = 0;
@@ -238,21 +238,51 @@ describe('poison pills', () => {
       runs++;
       return new Promise<void>((r) => (release = r));
     };
-    const a = dispatcher(s, w, lambda, { node: 1, boot: 'a', armEveryInvocation: true });
+    const a = dispatcher(s, w, lambda, { node: 1, boot: 'a', armEveryInvocation: true, canIsolate: true });
     a.sink().events([ev('/p/spin', 1)], 1);
     await until(() => runs === 1);
     await a.d.stop(false); // lost the shard, same process
-    const again = dispatcher(s, w, lambda, { node: 1, boot: 'a', armEveryInvocation: true });
+    const again = dispatcher(s, w, lambda, { node: 1, boot: 'a', armEveryInvocation: true, canIsolate: true });
     again.sink().events([ev('/p/spin', 1)], 1);
     await until(() => runs === 2);
-    await again.d.stop(false); // now the process dies in it
+    await again.d.stop(false); // now the watchdog kills the process in it (its death note names boot a)
     release?.();
-    const restarted = dispatcher(s, w, lambda, { node: 1, boot: 'a2', armEveryInvocation: true });
+    let moved = false;
+    const restarted = dispatcher(s, w, lambda, { node: 1, boot: 'a2', blockedBoot: 'a', armEveryInvocation: true, canIsolate: true }, { inProcessKilledANode: () => (moved = true) });
     restarted.sink().events([ev('/p/spin', 1), ev('/p/x', 2)], 2);
     await until(() => s.dlq().length === 1 && restarted.d.stats.cursor === 2);
     expect(runs).toBe(2);
-    expect(s.dlq()[0]!.error).toMatch(/node 1 restarted after it died/);
+    expect(moved).toBe(false);
+    expect(s.dlq()[0]!.error).toMatch(/node 1 was killed by its event-loop watchdog while running it/);
     await restarted.d.stop(true);
+  });
+
+  it('in-process: the same node restarted after some other death (kill -9, no death note) retries the event in isolation, not in its thread', async () => {
+    const s = fakeShard();
+    const w = watch();
+    let runs = 0;
+    const lambda = (e: ExtensionEvent) => {
+      if (e.key !== '/p/k') return Promise.resolve();
+      runs++;
+      return runs === 1 ? new Promise<void>(() => {}) : Promise.resolve();
+    };
+    const a = dispatcher(s, w, lambda, { node: 1, boot: 'a', armEveryInvocation: true, canIsolate: true });
+    a.sink().events([ev('/p/k', 1)], 1);
+    await until(() => runs === 1);
+    await a.d.stop(false); // kill -9
+    let moved: number | undefined;
+    const restarted = dispatcher(s, w, lambda, { node: 1, boot: 'a2', armEveryInvocation: true, canIsolate: true }, { inProcessKilledANode: (n) => (moved = n) });
+    await until(() => moved === 1);
+    expect(runs).toBe(1);
+    await restarted.d.stop(true);
+    let resolved: boolean | undefined;
+    const isolated = dispatcher(s, w, lambda, { node: 1, boot: 'a2' }, { suspectsResolved: (c) => (resolved = c) });
+    isolated.sink().events([ev('/p/k', 1)], 1);
+    await until(() => isolated.d.stats.cursor === 1);
+    expect(runs).toBe(2);
+    expect(s.dlq()).toEqual([]);
+    expect(resolved).toBe(false);
+    await isolated.d.stop(true);
   });
 
   it('in-process: arming is batched (one write covers every event about to start) and carries the cursor', async () => {
