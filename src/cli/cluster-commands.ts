@@ -237,7 +237,7 @@ export function registerClusterCommands(program: Command, ctx: ClusterCommandCon
       ctx.out.write('\n');
       ctx.out.write(
         ctx.formatTable(
-          ['GROUP', 'INDEX', 'REPLICAS', 'PREFERRED', 'LEADER', 'TERM', 'KEYS', 'LAG'],
+          ['SHARD', 'INDEX', 'REPLICAS', 'PREFERRED', 'LEADER', 'TERM', 'KEYS', 'LAG'],
           shards.map((g) => [
             String(g.group),
             String(g.index ?? '-'),

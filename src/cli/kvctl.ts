@@ -21,10 +21,12 @@ export const CHANGE_TIMEOUT_MS = 60_000;
 export const EXIT = {
   /** Success. */
   OK: 0,
-  /** A request failed, a key was not found, or an endpoint was unreachable. */
+  /** A request failed, or no node was reachable. */
   ERROR: 1,
   /** A conditional write (cas, del --expected-version) found another version. */
   CONFLICT: 2,
+  /** `get` found no such key (or no version at the time or revision asked). */
+  NOT_FOUND: 3,
   /** Bad command line. */
   USAGE: 64,
 } as const;
@@ -175,7 +177,7 @@ export async function main(argv: readonly string[], io: KvctlIo = {}): Promise<n
     if (client) return client;
     const token = reading?.startsWith(DEAD_LETTER_PREFIX) ? resolveAdminToken(globals().adminToken, env) : undefined;
     const t = tls();
-    client = new KvClient({ endpoints: endpointList(), defaultDeadlineMs: globals().timeout, ...(token ? { adminToken: token } : {}), ...(t ? { tls: t } : {}) });
+    client = new KvClient({ endpoints: endpointList(), defaultDeadlineMs: globals().timeout, failFastWhenNoNodeListens: true, ...(token ? { adminToken: token } : {}), ...(t ? { tls: t } : {}) });
     return client;
   };
   /** A value argument: `-` reads stdin, `@file` reads a file, anything else is the value itself. */
@@ -187,7 +189,7 @@ export async function main(argv: readonly string[], io: KvctlIo = {}): Promise<n
       : { key: it.key, ...render(it.value), version: it.version, timestampMs: it.timestampMs };
 
   program
-    .description('Command-line client of kvcascade.\nExit codes: 0 ok, 1 error or not found, 2 conflict, 64 usage.')
+    .description('Command-line client of kvcascade.\nExit codes: 0 ok, 1 error, 2 conflict, 3 key not found, 64 usage.')
     .option('--endpoints <list>', `comma-separated host:port list (default: $KVCASCADE_ENDPOINTS, else ${DEFAULT_ENDPOINTS})`)
     .option('--json', 'print one JSON document per result')
     .option('--timeout <ms>', 'timeout of each request in ms, retries included (pool create and member add|remove: 60000 unless given)', positive('--timeout'), 10_000)
@@ -236,7 +238,7 @@ export async function main(argv: readonly string[], io: KvctlIo = {}): Promise<n
       }
       if (!r.found) {
         if (!json()) err.write(`kvctl: NOT_FOUND: key ${JSON.stringify(key)} not found\n`);
-        exitCode = EXIT.ERROR;
+        exitCode = EXIT.NOT_FOUND;
       }
     });
 
@@ -284,20 +286,20 @@ export async function main(argv: readonly string[], io: KvctlIo = {}): Promise<n
     .option('--put <key=value>', 'write the key; repeatable', collect, [])
     .option('--delete <key>', 'delete the key; repeatable', collect, [])
     .action(async (o: { compare: string[]; put: string[]; delete: string[] }) => {
-      const split = (s: string, what: string): [string, string] => {
+      const split = (s: string, what: string, form: string): [string, string] => {
         const i = s.indexOf('=');
-        if (i <= 0) throw new CliFailure('USAGE', `${what} "${s}" is not key=value`, EXIT.USAGE);
+        if (i <= 0) throw new CliFailure('USAGE', `${what} "${s}" is not ${form}`, EXIT.USAGE);
         return [s.slice(0, i), s.slice(i + 1)];
       };
       const compares = o.compare.map((c) => {
-        const [key, v] = split(c, '--compare');
+        const [key, v] = split(c, '--compare', 'key=version');
         const version = Number(v);
         if (!Number.isSafeInteger(version) || version < 0) throw new CliFailure('USAGE', `--compare ${c}: the version must be a non-negative integer`, EXIT.USAGE);
         return { key, version };
       });
       const writes = [
         ...o.put.map((p) => {
-          const [key, value] = split(p, '--put');
+          const [key, value] = split(p, '--put', 'key=value');
           return { type: 'put' as const, key, value };
         }),
         ...o.delete.map((key) => ({ type: 'delete' as const, key })),
@@ -380,6 +382,10 @@ export async function main(argv: readonly string[], io: KvctlIo = {}): Promise<n
     .argument('[prefix]', 'key prefix', '')
     .option('--from-revision <n>', 'start at this revision (default: changes from now on)', uint('--from-revision'))
     .action(async (prefix: string, o: { fromRevision?: number }) => {
+      // Fixed columns (a stream cannot be aligned afterwards): revisions and shards are numbers.
+      const row = (rev: string, shard: string, type: string, key: string, value: string | undefined) =>
+        `${rev.padEnd(10)}  ${shard.padEnd(5)}  ${type.padEnd(7)}  ${key}${value !== undefined ? `  ${value}` : ''}\n`;
+      if (!json()) out.write(row('REVISION', 'SHARD', 'TYPE', 'KEY', 'VALUE'));
       const ac = new AbortController();
       const onSigint = (): void => ac.abort();
       if (io.signal) {
@@ -391,9 +397,9 @@ export async function main(argv: readonly string[], io: KvctlIo = {}): Promise<n
         for await (const batch of w) {
           for (const e of batch.events) {
             if (json()) {
-              print({ type: e.type, key: e.key, ...(e.type !== 'delete' ? render(e.value) : {}), revision: e.revision, timestampMs: e.timestampMs });
+              print({ type: e.type, key: e.key, ...(e.type !== 'delete' ? render(e.value) : {}), revision: e.revision, shard: e.shard, timestampMs: e.timestampMs });
             } else {
-              out.write(`${e.revision}  ${e.type.toUpperCase().padEnd(6)}  ${e.key}${e.type !== 'delete' ? `  ${cell(e.value)}` : ''}\n`);
+              out.write(row(String(e.revision), String(e.shard), e.type.toUpperCase(), e.key, e.type !== 'delete' ? cell(e.value) : undefined));
             }
           }
         }
@@ -440,16 +446,19 @@ export async function main(argv: readonly string[], io: KvctlIo = {}): Promise<n
     if (e instanceof CommanderError) {
       return e.exitCode === 0 ? EXIT.OK : EXIT.USAGE; // commander already printed help or the usage error
     }
+    // One line `kvctl: CODE: message`, or with --json one JSON object {"error": {code, message}}.
+    const fail = (code: string, message: string, extra: Record<string, unknown> = {}): void =>
+      void err.write(json() ? `${JSON.stringify({ error: { code, message, ...extra } })}\n` : `kvctl: ${code}: ${message}\n`);
     if (e instanceof CompactedError) {
-      err.write(`kvctl: ${e.code}: ${e.message} (oldest available revision ${e.compactRevision})\n`);
+      fail(e.code, json() ? e.message : `${e.message} (oldest available revision ${e.compactRevision})`, { compactRevision: e.compactRevision });
       return EXIT.ERROR;
     }
     if (e instanceof KvError || e instanceof CliFailure) {
-      err.write(`kvctl: ${e.code}: ${e.message}\n`);
+      fail(e.code, e.message);
       return e instanceof CliFailure ? e.exitCode : EXIT.ERROR;
     }
     const code = typeof (e as { code?: unknown }).code === 'string' ? (e as { code: string }).code : 'ERROR';
-    err.write(`kvctl: ${code}: ${(e as Error).message ?? String(e)}\n`);
+    fail(code, (e as Error).message ?? String(e));
     return EXIT.ERROR;
   } finally {
     client?.close();

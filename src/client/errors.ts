@@ -56,9 +56,28 @@ export class CompactedError extends KvError {
 export function fromServiceError(err: grpc.ServiceError, endpoint: string | undefined, retrySafe = false): KvError {
   const f = readKvMetadata(err.metadata);
   const info = { retrySafe: retrySafe || f.retrySafe === true, leader: f.leader, endpoint };
-  const message = err.details || grpc.status[err.code] || 'unknown error';
+  const message = readableDetails(err, endpoint);
   if (err.code === grpc.status.OUT_OF_RANGE && f.compactRevision !== undefined) {
     return new CompactedError(message, f.compactRevision, info);
   }
   return new KvError(err.code, message, info);
+}
+
+/**
+ * grpc-js's own details, made readable for people: its connection messages end with an empty
+ * "Resolution note:" and its deadline messages speak of name resolution when no connection was
+ * ever made; say instead which endpoint did not answer.
+ */
+function readableDetails(err: grpc.ServiceError, endpoint: string | undefined): string {
+  const raw = (err.details || grpc.status[err.code] || 'unknown error').replace(/\.?\s*Resolution note:\s*$/, '');
+  const at = endpoint ? ` at ${endpoint}` : '';
+  if (err.code === grpc.status.DEADLINE_EXCEEDED && /waiting for (name resolution|connection|LB pick)/i.test(raw)) {
+    return `deadline exceeded before a connection to the node${at} was ready (is it running and reachable?)`;
+  }
+  const refused = /connect (ECONNREFUSED|EHOSTUNREACH|ENETUNREACH|ETIMEDOUT) ([^\s.]+(?:\.[^\s.]+)*)/.exec(raw);
+  if (err.code === grpc.status.UNAVAILABLE && refused) {
+    const why = refused[1] === 'ECONNREFUSED' ? 'connection refused' : refused[1]!.toLowerCase();
+    return `no connection to the node${at} (${why})`;
+  }
+  return raw;
 }

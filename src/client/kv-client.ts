@@ -106,6 +106,12 @@ export interface KvClientOptions {
    */
   readonly attemptTimeoutMs?: number;
   /**
+   * Fail a call at once, UNAVAILABLE ("no node answered at ..."), when every endpoint refused its
+   * connection twice (nothing listens: a stopped cluster), instead of retrying until the deadline
+   * (default false: an application rides out a whole-cluster restart; kvctl sets it).
+   */
+  readonly failFastWhenNoNodeListens?: boolean;
+  /**
    * Give every write a client session (default true): each put, delete, trigger and txn carries
    * this client's session id and a sequence number, so it is retried after a failed or timed-out
    * attempt and still applied once (see docs/sessions.md). False: a write is retried only when the
@@ -167,6 +173,7 @@ export class KvClient {
       connectTimeoutMs: opts.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS,
       attemptTimeoutMs: opts.attemptTimeoutMs ?? DEFAULT_ATTEMPT_TIMEOUT_MS,
       adminToken: opts.adminToken,
+      failFastWhenNoNodeListens: opts.failFastWhenNoNodeListens === true,
     });
     this.router = new ShardRouter(this.transport, {
       ...DEFAULT_ROUTER_OPTIONS,

@@ -45,6 +45,8 @@ export interface TransportOptions {
   readonly attemptTimeoutMs?: number | undefined;
   /** Timeout of one probe of a suspect node, and the pause between probes (ms). */
   readonly probeIntervalMs?: number | undefined;
+  /** Give up a call once every endpoint refused its connection {@link REFUSALS_BEFORE_GIVING_UP} times (default false). */
+  readonly failFastWhenNoNodeListens?: boolean | undefined;
 }
 
 /**
@@ -82,6 +84,13 @@ export interface TransportObserver {
   /** A call or stream failed with this status. */
   failure(err: { readonly code: grpc.status; readonly details?: string }): void;
 }
+
+/**
+ * With `failFastWhenNoNodeListens`, a call gives up early, UNAVAILABLE, once every endpoint
+ * refused its connection this many times (nothing listens there: a stopped cluster is reported at
+ * once instead of after the deadline).
+ */
+export const REFUSALS_BEFORE_GIVING_UP = 2;
 
 /** The outcome of one attempt of a unary call. */
 interface Attempt<Res> {
@@ -429,6 +438,8 @@ export class Transport implements CallRoute {
     const route = typeof target === 'string' ? undefined : target;
     const repeatable = kind !== 'write';
     const attemptMs = repeatable && route !== undefined ? (this.opts.attemptTimeoutMs ?? 0) : 0;
+    /** Connections refused during this call, by address: when every endpoint refused twice, no node runs there. */
+    const refused = new Map<string, number>();
     for (let attempt = 0; ; attempt++) {
       this.checkOpen();
       const address = route ? route.pick() : (target as string);
@@ -459,6 +470,12 @@ export class Transport implements CallRoute {
         (repeatable && err.code === grpc.status.CANCELLED);
       if (transient) (route ?? this).failed(address, connectionFailed, err.metadata);
       else (route ?? this).learn(err.metadata, address);
+      if (this.opts.failFastWhenNoNodeListens && connectionFailed && route !== undefined && /ECONNREFUSED/.test(err.details ?? '')) {
+        refused.set(address, (refused.get(address) ?? 0) + 1);
+        if (this.endpoints.every((e) => (refused.get(e) ?? 0) >= REFUSALS_BEFORE_GIVING_UP)) {
+          throw new KvError(grpc.status.UNAVAILABLE, `no node answered at ${this.endpoints.join(', ')} (connection refused): is the cluster running?`, { retrySafe: true, endpoint: address });
+        }
+      }
       const retry = transient && (repeatable || safe) && route !== undefined && attempt < this.opts.maxRetries;
       // Giving up after an attempt timed out: the call's deadline is what ran out.
       const final = attemptTimedOut ? r.error : err;

@@ -133,7 +133,7 @@ export interface GroupStatusInfo {
   readonly descriptorEpoch: number;
   /** On the leader: each replica's acknowledged log index (lag = lastIndex - match). */
   readonly matched: ReadonlyMap<number, number>;
-  /** Live keys in the shard. */
+  /** Live keys users wrote in the shard (reserved keys such as extension cursors not counted). */
   readonly keys: number;
 }
 

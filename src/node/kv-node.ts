@@ -879,7 +879,7 @@ export class KvNode implements KvBackend {
           ...(shard ? { pool: shard.pool, shardIndex: shard.index } : {}),
           descriptorEpoch: r.sm.descriptor?.epoch ?? 0,
           matched: s.matched,
-          keys: r.sm.keyCount,
+          keys: r.sm.userKeyCount,
         };
       }),
       members: [...this.members].map(([id, address]) => ({ id, address })),

@@ -123,6 +123,8 @@ function positiveLimit(n: unknown, def: number, max: number, what: string): numb
 export class KvStateMachine {
   private readonly records = new Map<string, VersionRecord[]>();
   private live = new SortedKeySet();
+  /** Live keys among `live` that are reserved (see userKeyCount). */
+  private reservedLive = 0;
   private readonly writeLog = new Queue<{ readonly revision: number; readonly key: string }>();
   private readonly revTimes = new Queue<number>();
   private readonly history = new Queue<KvEvent>();
@@ -217,6 +219,11 @@ export class KvStateMachine {
   /** Number of live (not deleted) keys. */
   get keyCount(): number {
     return this.live.size;
+  }
+
+  /** Number of live keys users wrote: reserved keys (cursors, dead letters, descriptors: `/_...`, `/ext/`) not counted. */
+  get userKeyCount(): number {
+    return this.live.size - this.reservedLive;
   }
 
   /**
@@ -471,8 +478,13 @@ export class KvStateMachine {
     recs.push(version);
     this.writeLog.push({ revision, key });
     this.sink?.versionAdded(key, version);
-    if (value !== null && !wasLive) this.live.add(key);
-    else if (value === null && wasLive) this.live.delete(key);
+    if (value !== null && !wasLive) {
+      this.live.add(key);
+      if (isReservedKey(key)) this.reservedLive++;
+    } else if (value === null && wasLive) {
+      this.live.delete(key);
+      if (isReservedKey(key)) this.reservedLive--;
+    }
   }
 
   /** Appends one revision's events to the history and trims it to the limits. */
@@ -764,7 +776,10 @@ export class KvStateMachine {
     const liveKeys: string[] = [];
     for (const [key, versions] of d.keys) {
       m.records.set(key, adopt ? (versions as VersionRecord[]) : versions.slice());
-      if (versions[versions.length - 1]!.value !== null) liveKeys.push(key);
+      if (versions[versions.length - 1]!.value !== null) {
+        liveKeys.push(key);
+        if (isReservedKey(key)) m.reservedLive++;
+      }
       for (const v of versions) {
         if (v.revision <= d.compactRevision) continue;
         const slot = v.revision - d.compactRevision;

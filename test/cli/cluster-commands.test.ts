@@ -226,12 +226,12 @@ describe('pool ls and describe', () => {
     expect(r.out).toBe(
       formatTable(['NAME', 'SHARDS', 'REPLICAS', 'AFFINITY', 'STATE', 'RETENTION_MS'], [['/cameras', '1', '2', AFFINITY, 'active', '3600000']]) +
         '\n' +
-        formatTable(['GROUP', 'INDEX', 'REPLICAS', 'PREFERRED', 'LEADER', 'TERM', 'KEYS', 'LAG'], [['3', '0', '2,3', '3', '3', '1', '2', '2:5,3:0,4:0']]),
+        formatTable(['SHARD', 'INDEX', 'REPLICAS', 'PREFERRED', 'LEADER', 'TERM', 'KEYS', 'LAG'], [['3', '0', '2,3', '3', '3', '1', '2', '2:5,3:0,4:0']]),
     );
     const def = await kvctl(['pool', 'describe', '(default)']);
     expect(def.out).toContain(
       formatTable(
-        ['GROUP', 'INDEX', 'REPLICAS', 'PREFERRED', 'LEADER', 'TERM', 'KEYS', 'LAG'],
+        ['SHARD', 'INDEX', 'REPLICAS', 'PREFERRED', 'LEADER', 'TERM', 'KEYS', 'LAG'],
         [
           ['1', '0', '1,2,3', '1', '1', '3', '10', '1:0,2:2,3:0'],
           ['2', '1', '1,2,3', '2', '2', '4', '5', '1:0,2:0,3:5'],

@@ -46,6 +46,14 @@ async function kvctl(args: string[], io: Partial<KvctlIo> = {}) {
   return { code, out: stdout.text, err: stderr.text };
 }
 
+/** kvctl against other endpoints than the test server. */
+async function runAt(endpoints: string, args: string[]) {
+  const stdout = new Captured();
+  const stderr = new Captured();
+  const code = await main(['--endpoints', endpoints, ...args], { stdout, stderr, env: {} });
+  return { code, out: stdout.text, err: stderr.text };
+}
+
 describe('formatTable', () => {
   it('aligns columns and trims trailing space', () => {
     expect(formatTable(['A', 'LONGER', 'C'], [['xxxx', '1', ''], ['y', '22', 'z']])).toBe('A     LONGER  C\nxxxx  1\ny     22      z\n');
@@ -93,14 +101,15 @@ describe('put and get', () => {
     await kvctl(['put', 'k', 'v2']);
     expect((await kvctl(['get', 'k', '--version', '1'])).out).toMatch(/k\s+1\s+\S+\s+v1\n$/);
     expect((await kvctl(['get', 'k', '--time', ISO0])).out).toMatch(/k\s+2\s+\S+\s+v2\n$/);
-    expect((await kvctl(['get', 'k', '--time', String(T0 - 1)])).code).toBe(EXIT.ERROR);
+    expect((await kvctl(['get', 'k', '--time', String(T0 - 1)])).code).toBe(EXIT.NOT_FOUND);
     expect((await kvctl(['get', 'k', '--serializable'])).out).toMatch(/v2\n$/);
   });
 
-  it('report a missing key with exit code 1', async () => {
-    expect(await kvctl(['get', 'nope'])).toEqual({ code: EXIT.ERROR, out: '', err: 'kvctl: NOT_FOUND: key "nope" not found\n' });
+  it('report a missing key with its own exit code (3), not the error code', async () => {
+    expect(await kvctl(['get', 'nope'])).toEqual({ code: EXIT.NOT_FOUND, out: '', err: 'kvctl: NOT_FOUND: key "nope" not found\n' });
+    expect(EXIT.NOT_FOUND).not.toBe(EXIT.ERROR);
     const j = await kvctl(['--json', 'get', 'nope']);
-    expect(j.code).toBe(EXIT.ERROR);
+    expect(j.code).toBe(EXIT.NOT_FOUND);
     expect(JSON.parse(j.out)).toEqual({ key: 'nope', found: false, revision: 0 });
   });
 });
@@ -268,7 +277,11 @@ describe('watch', () => {
     await stdout.waitFor(/DELETE/);
     ac.abort();
     expect(await done).toBe(EXIT.OK);
-    expect(stdout.text).toBe('1  PUT     w/1  one\n3  DELETE  w/1\n');
+    expect(stdout.text).toBe(
+      'REVISION    SHARD  TYPE     KEY  VALUE\n' + //
+        '1           1      PUT      w/1  one\n' +
+        '3           1      DELETE   w/1\n',
+    );
     expect(stderr.text).toBe('');
   });
 
@@ -281,7 +294,7 @@ describe('watch', () => {
     await stdout.waitFor(/stored/);
     ac.abort();
     expect(await done).toBe(EXIT.OK);
-    expect(stdout.text).toBe('1  TRIGGER  t/1  fired\n2  PUT     t/1  stored\n');
+    expect(stdout.text).toBe('REVISION    SHARD  TYPE     KEY  VALUE\n1           1      TRIGGER  t/1  fired\n2           1      PUT      t/1  stored\n');
 
     const ac2 = new AbortController();
     const json = new Captured();
@@ -290,8 +303,8 @@ describe('watch', () => {
     ac2.abort();
     expect(await done2).toBe(EXIT.OK);
     expect(json.text.trim().split('\n').map((l) => JSON.parse(l) as unknown)).toEqual([
-      { type: 'trigger', key: 't/1', value: 'fired', valueEncoding: 'utf8', revision: 1, timestampMs: T0 },
-      { type: 'put', key: 't/1', value: 'stored', valueEncoding: 'utf8', revision: 2, timestampMs: T0 },
+      { type: 'trigger', key: 't/1', value: 'fired', valueEncoding: 'utf8', revision: 1, shard: 1, timestampMs: T0 },
+      { type: 'put', key: 't/1', value: 'stored', valueEncoding: 'utf8', revision: 2, shard: 1, timestampMs: T0 },
     ]);
   });
 
@@ -303,7 +316,7 @@ describe('watch', () => {
     await stdout.waitFor(/\n/);
     ac.abort();
     expect(await done).toBe(EXIT.OK);
-    expect(JSON.parse(stdout.text)).toEqual({ type: 'put', key: 'a', value: '/w==', valueEncoding: 'base64', revision: 1, timestampMs: T0 });
+    expect(JSON.parse(stdout.text)).toEqual({ type: 'put', key: 'a', value: '/w==', valueEncoding: 'base64', revision: 1, shard: 1, timestampMs: T0 });
   });
 
   it('reports a compacted start revision', async () => {
@@ -312,6 +325,10 @@ describe('watch', () => {
     const r = await kvctl(['watch', '', '--from-revision', '1']);
     expect(r.code).toBe(EXIT.ERROR);
     expect(r.err).toMatch(/^kvctl: OUT_OF_RANGE: .*oldest available revision 3\)\n$/);
+    // With --json the error is one JSON object on stderr.
+    const j = await kvctl(['--json', 'watch', '', '--from-revision', '1']);
+    expect(j.code).toBe(EXIT.ERROR);
+    expect(JSON.parse(j.err)).toEqual({ error: { code: 'OUT_OF_RANGE', message: expect.any(String), compactRevision: 3 } });
   });
 });
 
@@ -386,5 +403,37 @@ describe('errors and usage', () => {
     expect(r.out).toMatch(/Usage: kvctl/);
     expect(r.out).toMatch(/put .*<key> <value>/);
     expect(r.out).toMatch(/trigger .*<key> <value>/);
+  });
+});
+
+describe('a stopped cluster', () => {
+  /** A loopback port nothing listens on (bound, then released). */
+  const deadPort = async (): Promise<number> => {
+    const { createServer } = await import('node:net');
+    const s = createServer();
+    await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+    const port = (s.address() as { port: number }).port;
+    await new Promise((r) => s.close(r));
+    return port;
+  };
+
+  it('is reported at once, naming every endpoint, not after the deadline; with --json as one JSON object', async () => {
+    const eps = [await deadPort(), await deadPort()].map((p) => `127.0.0.1:${p}`);
+    const t0 = Date.now();
+    const r = await runAt(eps.join(','), ['--timeout', '60000', 'get', 'k']);
+    expect(r.code).toBe(EXIT.ERROR);
+    expect(r.err).toBe(`kvctl: UNAVAILABLE: no node answered at ${eps.join(', ')} (connection refused): is the cluster running?\n`);
+    expect(Date.now() - t0).toBeLessThan(30_000); // well before the 60 s deadline
+    const j = await runAt(eps.join(','), ['--json', '--timeout', '60000', 'put', 'k', 'v']);
+    expect(j.code).toBe(EXIT.ERROR);
+    expect(JSON.parse(j.err)).toEqual({ error: { code: 'UNAVAILABLE', message: expect.stringContaining('no node answered') } });
+  });
+
+  it('a deadline shorter than a connection says which node did not answer, not gRPC internals', async () => {
+    const ep = `127.0.0.1:${await deadPort()}`;
+    const r = await runAt(ep, ['--timeout', '1', 'put', 'k', 'v']);
+    expect(r.code).toBe(EXIT.ERROR);
+    expect(r.err).not.toMatch(/name resolution|Resolution note/);
+    expect(r.err).toMatch(new RegExp(`^kvctl: (DEADLINE_EXCEEDED|UNAVAILABLE): .*${ep.replace(/\./g, '\\.')}`));
   });
 });

@@ -52,6 +52,22 @@ describe('put', () => {
     expect(d.m.keyCount).toBe(2);
   });
 
+  it('counts the keys users wrote apart from reserved ones (system-origin cursors, dead letters)', () => {
+    const d = new Driver();
+    d.put('/a', '1');
+    d.put('/_sys/cursor/x/1/a', '5'); // the Driver applies with system origin
+    d.put('/_dlq/x/1', 'letter');
+    expect(d.m.keyCount).toBe(3);
+    expect(d.m.userKeyCount).toBe(1);
+    d.del('/_dlq/x/1');
+    d.put('/_sys/cursor/x/1/a', '6'); // an overwrite is no new key
+    expect(d.m.userKeyCount).toBe(1);
+    expect(d.m.keyCount).toBe(2);
+    d.del('/a');
+    expect(d.m.userKeyCount).toBe(0);
+    expect(KvStateMachine.restore(d.m.snapshot()).userKeyCount).toBe(0);
+  });
+
   it('expectedVersion 0 creates only if absent; conflict returns the current version and no event', () => {
     const d = new Driver();
     expect(d.put('k', 'a', 5, { expectedVersion: 0 }).result).toMatchObject({ succeeded: true, version: 1 });

@@ -52,7 +52,7 @@ describe('snapshot / restore', () => {
     const bytes = m.snapshot();
     const r = KvStateMachine.restore(bytes);
     expect(r.snapshot()).toEqual(bytes);
-    for (const p of ['appliedIndex', 'revision', 'compactRevision', 'lastTimestampMs', 'oldestHistoryRevision', 'keyCount', 'maxHistoryRevisions'] as const) {
+    for (const p of ['appliedIndex', 'revision', 'compactRevision', 'lastTimestampMs', 'oldestHistoryRevision', 'keyCount', 'userKeyCount', 'maxHistoryRevisions'] as const) {
       expect(r[p]).toEqual(m[p]);
     }
     for (let rev = m.compactRevision; rev <= m.revision; rev++) {

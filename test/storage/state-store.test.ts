@@ -34,7 +34,7 @@ function outcome<T>(f: () => T): unknown {
 /** Requires `a` and `b` to be indistinguishable: same snapshot bytes, scalars and answers to every read. */
 function expectSameMachine(a: KvStateMachine, b: KvStateMachine): void {
   expect(Buffer.from(a.snapshot()).equals(Buffer.from(b.snapshot()))).toBe(true);
-  for (const p of ['appliedIndex', 'revision', 'compactRevision', 'lastTimestampMs', 'oldestHistoryRevision', 'keyCount', 'maxHistoryRevisions', 'maxHistoryBytes'] as const) {
+  for (const p of ['appliedIndex', 'revision', 'compactRevision', 'lastTimestampMs', 'oldestHistoryRevision', 'keyCount', 'userKeyCount', 'maxHistoryRevisions', 'maxHistoryBytes'] as const) {
     expect(a[p], p).toBe(b[p]);
   }
   for (let rev = Math.max(0, a.compactRevision - 1); rev <= a.revision + 1; rev++) {
