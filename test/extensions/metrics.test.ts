@@ -2,7 +2,8 @@
  * Live, honest extension counters on an in-process 3-node cluster (one metrics registry per
  * node): invocations, errors, timeouts, restarts and dead letters move on /metrics as events
  * fail, before anyone asks for a status; a node's totals survive it losing the shard's
- * leadership; an unloaded extension's series (its own metrics included) leave /metrics.
+ * leadership; an unloaded extension's series (its own metrics included) leave /metrics; CPU time
+ * and memory are reported, on /metrics and in the status, for process isolation only.
  */
 import { Registry } from 'prom-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -109,6 +110,19 @@ describe('extension metrics', () => {
     expect(await series(leader.id, 'kvcascade_extension_invocation_cpu_seconds_max', ext)).toBeGreaterThanOrEqual(0.15);
     expect(await series(leader.id, 'kvcascade_extension_resident_memory_bytes', ext)).toBeGreaterThan(10 * 1024 * 1024);
     expect(await series(leader.id, 'kvcascade_extension_resident_memory_peak_bytes', ext)).toBeGreaterThan(10 * 1024 * 1024);
+    // The same figures in the node's status (what kvctl ext ls shows).
+    const st = c.managerOf(leader).statuses().find((s) => s.name === 'resource-hog')!;
+    expect(st.runsIn).toBe('process');
+    expect(st.resources!.cpuSeconds).toBeGreaterThanOrEqual(0.15);
+    expect(st.resources!.rssBytes).toBeGreaterThan(10 * 1024 * 1024);
+    expect(st.resources!.peakRssBytes).toBeGreaterThanOrEqual(st.resources!.rssBytes);
+    // A worker has no CPU time or RSS of its own: no figures, no series (not zeros).
+    await c.load(`${FIX}/it-recorder`, { isolation: 'worker' });
+    const w = c.managerOf(leader).statuses().find((s) => s.name === 'it-recorder')!;
+    expect(w.runsIn).toBe('worker');
+    expect(w.resources).toBeUndefined();
+    expect(await registries.get(leader.id)!.metrics()).not.toMatch(/kvcascade_extension_(cpu_seconds_total|resident_memory_bytes)\{extension="it-recorder"\}/);
+    expect(await (await c.metaManager()).unload('it-recorder')).toBe(true);
     expect(await (await c.metaManager()).unload('resource-hog')).toBe(true);
     await c.until(async () => (c.managers.every((m) => !m.statuses().some((s) => s.name === 'resource-hog')) ? true : undefined));
     expect(await registries.get(leader.id)!.metrics()).not.toContain('extension="resource-hog"');
