@@ -101,9 +101,12 @@ describe('extension metrics', () => {
 
   it('process isolation: CPU time and resident memory of each extension appear on /metrics, and leave with it', async () => {
     await c.load(`${FIX}/resource-hog`, { isolation: 'process' });
-    const leader = await c.leader(DATA_GROUP);
     await c.put('/hog/burn', '200');
     await c.until(async () => c.get('/out/burn'), 30_000);
+    // The node that ran it (the shard's leader then: leadership may have moved on a busy machine,
+    // and another node's process may show 0.15 s of CPU time from its start alone).
+    // (Its completion reaches the node a moment after the lambda's own write.)
+    const leader = await c.until(async () => c.nodes.find((n) => (c.managerOf(n).statuses().find((s) => s.name === 'resource-hog')?.invocations ?? 0) > 0), 10_000);
     const ext = { extension: 'resource-hog' };
     // The node samples the child's CPU time from /proc periodically.
     await c.until(async () => ((await series(leader.id, 'kvcascade_extension_cpu_seconds_total', ext)) >= 0.15 ? true : undefined), 10_000);
