@@ -35,6 +35,8 @@ export interface KvdConfig {
   extensionIsolation?: 'worker' | 'process' | 'in-process';
   /** Process isolation: each extension process's resident-memory budget, MiB (unset: the runner's default). */
   extensionMemoryMb?: number;
+  /** V8 heap limit of each extension's worker or process, MiB (unset: the manager's default, 256). */
+  extensionHeapMb?: number;
   /** Token required for admin operations (extension load/unload); unset = admin disabled. */
   adminToken?: string;
   /** Client plane: this node's certificate and key (PEM files). */
@@ -127,6 +129,7 @@ export function parseConfig(argv: string[]): KvdConfig {
     .option('--extension <path>', 'load this extension folder or .tgz at start (repeatable; the config file takes {path, name, config} objects)', (v: string, prev: string[] = []) => [...prev, v])
     .option('--extension-isolation <mode>', 'where extensions loaded without --isolation run: process (default), worker or in-process')
     .option('--extension-memory-mb <n>', 'resident-memory budget of each extension process, MiB (default 512)', int('--extension-memory-mb'))
+    .option('--extension-heap-mb <n>', 'V8 heap limit (old generation) of each extension worker or process, MiB (default 256)', int('--extension-heap-mb'))
     .option('--admin-token-file <file>', 'read the admin token (for admin operations such as loading extensions) from a file only its owner can read (or env KVCASCADE_ADMIN_TOKEN)')
     .option('--admin-token <token>', 'the admin token itself (discouraged: visible in the process list; use --admin-token-file)')
     .option('--tls-cert <file>', 'PEM certificate of the client API (also presented when this node calls another node\'s client API)')
@@ -228,6 +231,11 @@ export function parseConfig(argv: string[]): KvdConfig {
   if (memoryMb !== undefined) {
     if (typeof memoryMb !== 'number' || !Number.isSafeInteger(memoryMb) || memoryMb < 16) throw new Error(`--extension-memory-mb must be an integer >= 16 (got ${String(memoryMb)})`);
     cfg.extensionMemoryMb = memoryMb;
+  }
+  const heapMb = pick<unknown>('extensionHeapMb', undefined);
+  if (heapMb !== undefined) {
+    if (typeof heapMb !== 'number' || !Number.isSafeInteger(heapMb) || heapMb < 8) throw new Error(`--extension-heap-mb must be an integer >= 8 (got ${String(heapMb)})`);
+    cfg.extensionHeapMb = heapMb;
   }
   const tokenFile = pick<string | undefined>('adminTokenFile', undefined);
   if (typeof o.adminToken === 'string') {

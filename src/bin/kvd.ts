@@ -194,6 +194,7 @@ async function main(): Promise<void> {
     registry: metrics.registry,
     ...(cfg.extensionIsolation ? { defaultIsolation: cfg.extensionIsolation } : {}),
     ...(cfg.extensionMemoryMb !== undefined ? { extensionMemoryMb: cfg.extensionMemoryMb } : {}),
+    ...(cfg.extensionHeapMb !== undefined ? { workerHeapMb: cfg.extensionHeapMb } : {}),
     lambdaKv,
     shardRevisions: async (deadlineMs) => {
       const out = new Map<number, number>();

@@ -70,7 +70,7 @@ export function registerExtCommands(program: Command, ctx: ExtCommandContext): v
 
   ext
     .command('ls')
-    .description('registered extensions, and their state and lambda statistics on every node')
+    .description('registered extensions: state, lambda statistics, where the lambdas run and (process isolation) CPU seconds and RSS on every node')
     .action(async () => {
       const c = admin();
       try {
@@ -105,11 +105,15 @@ export function registerExtCommands(program: Command, ctx: ExtCommandContext): v
               String(sum((x) => x.deadLettered)),
               String(sum((x) => x.backlog)),
               String(s.workerRestarts),
+              s.runsIn || '-',
+              s.resources ? cpuText(s.resources.cpuSeconds) : '-',
+              s.resources ? rssText(s.resources.rssBytes) : '-',
             ]);
           }
           if (nodes.length > 1) {
             // Each node counts what it ran (kept across leader changes): the cluster's totals are their sum.
             const all = (f: (x: (typeof nodes)[number]['watches'][number]) => number) => nodes.reduce((a, s) => a + s.watches.reduce((b, x) => b + f(x), 0), 0);
+            const measured = nodes.flatMap((s) => (s.resources ? [s.resources] : []));
             rows.push([
               rec.name,
               rec.version,
@@ -124,11 +128,17 @@ export function registerExtCommands(program: Command, ctx: ExtCommandContext): v
               String(all((x) => x.deadLettered)),
               String(all((x) => x.backlog)),
               String(nodes.reduce((a, s) => a + s.workerRestarts, 0)),
+              [...new Set(nodes.map((s) => s.runsIn).filter((x) => x))].join(',') || '-',
+              // CPU time and memory add up over the nodes that measure them (process isolation).
+              measured.length > 0 ? cpuText(measured.reduce((a, r) => a + r.cpuSeconds, 0)) : '-',
+              measured.length > 0 ? rssText(measured.reduce((a, r) => a + r.rssBytes, 0)) : '-',
             ]);
           }
-          if (nodes.length === 0) rows.push([rec.name, rec.version, String(rec.generation), isolation, '-', 'no node reported', '-', '-', '-', '-', '-', '-', '-']);
+          if (nodes.length === 0) rows.push([rec.name, rec.version, String(rec.generation), isolation, '-', 'no node reported', '-', '-', '-', '-', '-', '-', '-', '-', '-', '-']);
         }
-        ctx.out.write(ctx.formatTable(['NAME', 'VERSION', 'GEN', 'ISOLATION', 'NODE', 'STATE', 'DELIVERING', 'WATCHES', 'INVOKED', 'ERRORS', 'DLQ', 'BACKLOG', 'RESTARTS'], rows));
+        ctx.out.write(
+          ctx.formatTable(['NAME', 'VERSION', 'GEN', 'ISOLATION', 'NODE', 'STATE', 'DELIVERING', 'WATCHES', 'INVOKED', 'ERRORS', 'DLQ', 'BACKLOG', 'RESTARTS', 'RUNS IN', 'CPU S', 'RSS MIB'], rows),
+        );
         if (l.unreachable.length > 0) ctx.out.write(`unreachable: ${l.unreachable.join(', ')}\n`);
       } finally {
         c.close();
@@ -167,4 +177,14 @@ export function registerExtCommands(program: Command, ctx: ExtCommandContext): v
         c.close();
       }
     });
+}
+
+/** CPU seconds as `kvctl ext ls` shows them. */
+function cpuText(seconds: number): string {
+  return seconds.toFixed(2);
+}
+
+/** Resident memory in MiB as `kvctl ext ls` shows it. */
+function rssText(bytes: number): string {
+  return (bytes / (1024 * 1024)).toFixed(1);
 }

@@ -74,6 +74,23 @@ export interface ExtensionNodeInfo {
   readonly retryAtMs: number;
   /** Dead letters written by this node since it started (all watches). */
   readonly deadLettered: number;
+  /** Where its lambdas run on this node now: 'worker', 'process' or 'in-process'; '' while no runner is up. */
+  readonly runsIn: string;
+  /**
+   * CPU time and memory of the extension's process on this node: process isolation only
+   * (undefined in worker and in-process mode, where Node measures neither per extension).
+   */
+  readonly resources?: ExtensionResourceInfo;
+}
+
+/** An extension's resource use on one node (process isolation). */
+export interface ExtensionResourceInfo {
+  /** CPU time (user + system, s) of its processes since the node started, every restart included. */
+  readonly cpuSeconds: number;
+  /** Resident memory (bytes) of its current process (0 while none runs). */
+  readonly rssBytes: number;
+  /** Highest resident memory (bytes) sampled, every restart included. */
+  readonly peakRssBytes: number;
 }
 
 /** One Raft group as one node reports it (Cluster.Status): the client's status type. */
@@ -179,6 +196,8 @@ function fromStatus(s: Record<string, unknown>): ExtensionNodeInfo {
     timeouts: Number(s.timeouts),
     retryAtMs: Number(s.retryAtMs ?? 0),
     deadLettered: Number(s.deadLettered ?? 0),
+    runsIn: String(s.runsIn ?? ''),
+    ...(s.resourcesMeasured ? { resources: { cpuSeconds: Number(s.cpuSeconds ?? 0), rssBytes: Number(s.rssBytes ?? 0), peakRssBytes: Number(s.peakRssBytes ?? 0) } } : {}),
   };
 }
 

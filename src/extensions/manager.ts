@@ -75,12 +75,30 @@ export interface ExtensionStatus {
    * is the lowest of theirs, `lastLatencyMs` the highest), `byShard` has each one's own.
    */
   readonly watches: readonly { prefix: string; mode: string; stats: DispatchStats | undefined; byShard: readonly { shard: number; stats: DispatchStats }[] }[];
+  /**
+   * CPU time and memory of its lambdas on this node, where they are measured: process isolation
+   * only (read from /proc by the node). Absent in worker and in-process mode: Node gives no CPU
+   * time or resident memory of one worker thread, and in-process lambdas share the node's.
+   */
+  readonly resources?: ExtensionResources;
   /** This node's counters since it started (kept across leader changes and reloads of the extension). */
   readonly workerRestarts: number;
   readonly invocations: number;
   readonly errors: number;
   readonly timeouts: number;
   readonly deadLettered?: number;
+}
+
+/** An extension's resource use on one node (process isolation: measured by the node from /proc). */
+export interface ExtensionResources {
+  /** CPU time (user + system, s) of its processes on this node since it started, every restart included. */
+  readonly cpuSeconds: number;
+  /** Resident memory (bytes) of its current process at the last sample (0 while none runs). */
+  readonly rssBytes: number;
+  /** Highest resident memory (bytes) sampled, every restart included. */
+  readonly peakRssBytes: number;
+  /** Most CPU time (s) one completed invocation took. */
+  readonly maxInvocationCpuSeconds: number;
 }
 
 /** How to load an extension. */
@@ -820,18 +838,29 @@ export class ExtensionManager {
     }
   }
 
+  /**
+   * The resource figures of `l` on this node (what /metrics and `ext ls` report), or undefined
+   * where they are not measured: no runner, or one that does not run in process isolation (a
+   * worker's or the node's own thread has no CPU time or RSS of its own in Node 20).
+   */
+  private resourcesOf(l: Loaded): ExtensionResources | undefined {
+    if (!l.runner || l.runner.mode !== 'process') return undefined;
+    const s = l.runner.stats();
+    return { cpuSeconds: s.cpuMs / 1000, rssBytes: s.rssBytes, peakRssBytes: s.peakRssBytes, maxInvocationCpuSeconds: s.maxInvocationCpuMs / 1000 };
+  }
+
   /** The process-isolation resource figures of every loaded extension, for a scrape. */
   private collectResources(): void {
     const m = this.metrics;
     for (const g of [m.cpuSeconds, m.rssBytes, m.peakRssBytes, m.maxInvocationCpuSeconds]) g.reset();
     for (const l of this.loaded.values()) {
-      const s = l.runner?.stats();
-      if (!s) continue;
+      const r = this.resourcesOf(l);
+      if (!r) continue;
       const labels = { extension: l.record.name };
-      m.cpuSeconds.set(labels, s.cpuMs / 1000);
-      m.rssBytes.set(labels, s.rssBytes);
-      m.peakRssBytes.set(labels, s.peakRssBytes);
-      m.maxInvocationCpuSeconds.set(labels, s.maxInvocationCpuMs / 1000);
+      m.cpuSeconds.set(labels, r.cpuSeconds);
+      m.rssBytes.set(labels, r.rssBytes);
+      m.peakRssBytes.set(labels, r.peakRssBytes);
+      m.maxInvocationCpuSeconds.set(labels, r.maxInvocationCpuSeconds);
     }
   }
 
@@ -899,6 +928,7 @@ export class ExtensionManager {
       return { prefix: w.prefix, mode: w.options.mode, stats, byShard };
     });
     const shards = [...new Set([...l.deliveries.values()].map((d) => d.group))].sort((a, b) => a - b);
+    const resources = this.resourcesOf(l);
     return {
       name: l.record.name,
       version: l.record.version,
@@ -907,6 +937,7 @@ export class ExtensionManager {
       ...(error ? { error } : {}),
       ...(breaker?.retryAtMs !== undefined && breaker.state === 'open' ? { retryAtMs: breaker.retryAtMs } : {}),
       ...(l.runner ? { runsIn: l.runner.mode } : {}),
+      ...(resources ? { resources } : {}),
       delivering: shards.length > 0,
       shards,
       watches,

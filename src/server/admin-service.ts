@@ -44,6 +44,10 @@ export interface AdminExtensionStatus {
   timeouts: number;
   retryAtMs?: number;
   deadLettered?: number;
+  /** Where its lambdas run on this node now ('worker', 'process', 'in-process'); absent while no runner is up. */
+  runsIn?: string;
+  /** CPU and memory of its process on this node (process isolation only; absent where not measured). */
+  resources?: { cpuSeconds: number; rssBytes: number; peakRssBytes: number };
 }
 
 /** A pool to create, as the CreatePool RPC hands it to the backend (shapes checked, semantics not). */
@@ -146,6 +150,11 @@ function statusToWire(nodeId: number, s: AdminExtensionStatus): Record<string, u
     timeouts: s.timeouts,
     retryAtMs: s.retryAtMs ?? 0,
     deadLettered: s.deadLettered ?? 0,
+    runsIn: s.runsIn ?? '',
+    resourcesMeasured: s.resources !== undefined,
+    cpuSeconds: s.resources?.cpuSeconds ?? 0,
+    rssBytes: s.resources?.rssBytes ?? 0,
+    peakRssBytes: s.resources?.peakRssBytes ?? 0,
   };
 }
 

@@ -66,4 +66,13 @@ describe('kvd configuration', () => {
     expect(() => parseConfig([...base, '--insecure-peers', '--extension-isolation', 'vm'])).toThrow(/must be process, worker or in-process/);
     expect(() => parseConfig([...base, '--insecure-peers', '--extension-memory-mb', '8'])).toThrow(/>= 16/);
   });
+
+  it('takes the extension heap limit from the flag or the file', () => {
+    expect(parseConfig([...base, '--insecure-peers', '--extension-heap-mb', '48']).extensionHeapMb).toBe(48);
+    expect(parseConfig([...base, '--insecure-peers']).extensionHeapMb).toBeUndefined();
+    const file = join(dir, 'heap.json');
+    writeFileSync(file, JSON.stringify({ extensionHeapMb: 64 }));
+    expect(parseConfig([...base, '--insecure-peers', '--config', file]).extensionHeapMb).toBe(64);
+    expect(() => parseConfig([...base, '--insecure-peers', '--extension-heap-mb', '4'])).toThrow(/--extension-heap-mb must be an integer >= 8/);
+  });
 });

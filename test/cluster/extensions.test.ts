@@ -81,6 +81,46 @@ describe('extensions on real processes', () => {
     expect(mine.map((s) => s.nodeId).sort()).toEqual([1, 2, 3]);
     expect(mine.every((s) => s.state === 'running')).toBe(true);
     expect(mine.filter((s) => s.delivering)).toHaveLength(1);
+    // Where it runs, and its process's CPU time and memory (kvd's default: process isolation).
+    const full = doc as unknown as { statuses: { name: string; runsIn: string; resources?: { cpuSeconds: number; rssBytes: number; peakRssBytes: number } }[] };
+    for (const s of full.statuses.filter((x) => x.name === 'stock-watch')) {
+      expect(s.runsIn).toBe('process');
+      expect(s.resources?.rssBytes).toBeGreaterThan(10 * 1024 * 1024); // a Node process, measured from /proc
+      expect(s.resources!.peakRssBytes).toBeGreaterThanOrEqual(s.resources!.rssBytes);
+      expect(s.resources!.cpuSeconds).toBeGreaterThan(0); // it started Node and ran initialize
+    }
+    // A worker-mode extension beside it: runs in a worker, with no CPU or RSS figure of its own.
+    const w = await run(['ext', 'load', '--isolation', 'worker', '--name', 'rec-worker', 'test/extensions/fixtures/it-recorder']);
+    expect(w.code, w.err).toBe(0);
+    // Every node runs it once its registry watch saw the load (the answer came from the leader's).
+    let table = await run(['ext', 'ls']);
+    for (let end = Date.now() + 10_000; (table.out.match(/^rec-worker .* running /gm) ?? []).length < 3 && Date.now() < end; ) {
+      await new Promise((r) => setTimeout(r, 100));
+      table = await run(['ext', 'ls']);
+    }
+    expect(table.code, table.err).toBe(0);
+    const lines = table.out.split('\n');
+    expect(lines[0]).toMatch(/RESTARTS\s+RUNS IN\s+CPU S\s+RSS MIB$/);
+    const cells = (name: string, node: string) => {
+      const row = lines.map((l) => l.split(/\s+/)).find((f) => f[0] === name && f[4] === node);
+      expect(row, `${name} node ${node} in\n${table.out}`).toBeDefined();
+      return { runsIn: row!.at(-3), cpu: row!.at(-2), rss: row!.at(-1) };
+    };
+    let rssSum = 0;
+    for (const node of ['1', '2', '3']) {
+      const p = cells('stock-watch', node);
+      expect(p.runsIn).toBe('process');
+      expect(p.cpu).toMatch(/^\d+\.\d\d$/);
+      expect(Number(p.rss)).toBeGreaterThan(10);
+      rssSum += Number(p.rss);
+      expect(cells('rec-worker', node)).toEqual({ runsIn: 'worker', cpu: '-', rss: '-' });
+    }
+    // The `all` row sums the nodes' CPU time and memory (rounding aside).
+    const all = cells('stock-watch', 'all');
+    expect(all.runsIn).toBe('process');
+    expect(Math.abs(Number(all.rss) - rssSum)).toBeLessThan(0.5);
+    expect(cells('rec-worker', 'all')).toEqual({ runsIn: 'worker', cpu: '-', rss: '-' });
+    expect((await run(['ext', 'unload', 'rec-worker'])).code).toBe(0);
     const un = await run(['ext', 'unload', 'stock-watch']);
     expect(un.code, un.err).toBe(0);
     const again = await run(['ext', 'unload', 'stock-watch']);

@@ -2,7 +2,8 @@
  * Live, honest extension counters on an in-process 3-node cluster (one metrics registry per
  * node): invocations, errors, timeouts, restarts and dead letters move on /metrics as events
  * fail, before anyone asks for a status; a node's totals survive it losing the shard's
- * leadership; an unloaded extension's series (its own metrics included) leave /metrics.
+ * leadership; an unloaded extension's series (its own metrics included) leave /metrics; CPU time
+ * and memory are reported, on /metrics and in the status, for process isolation only.
  */
 import { Registry } from 'prom-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -100,15 +101,31 @@ describe('extension metrics', () => {
 
   it('process isolation: CPU time and resident memory of each extension appear on /metrics, and leave with it', async () => {
     await c.load(`${FIX}/resource-hog`, { isolation: 'process' });
-    const leader = await c.leader(DATA_GROUP);
     await c.put('/hog/burn', '200');
     await c.until(async () => c.get('/out/burn'), 30_000);
+    // The node that ran it (the shard's leader then: leadership may have moved on a busy machine,
+    // and another node's process may show 0.15 s of CPU time from its start alone).
+    // (Its completion reaches the node a moment after the lambda's own write.)
+    const leader = await c.until(async () => c.nodes.find((n) => (c.managerOf(n).statuses().find((s) => s.name === 'resource-hog')?.invocations ?? 0) > 0), 10_000);
     const ext = { extension: 'resource-hog' };
     // The node samples the child's CPU time from /proc periodically.
     await c.until(async () => ((await series(leader.id, 'kvcascade_extension_cpu_seconds_total', ext)) >= 0.15 ? true : undefined), 10_000);
     expect(await series(leader.id, 'kvcascade_extension_invocation_cpu_seconds_max', ext)).toBeGreaterThanOrEqual(0.15);
     expect(await series(leader.id, 'kvcascade_extension_resident_memory_bytes', ext)).toBeGreaterThan(10 * 1024 * 1024);
     expect(await series(leader.id, 'kvcascade_extension_resident_memory_peak_bytes', ext)).toBeGreaterThan(10 * 1024 * 1024);
+    // The same figures in the node's status (what kvctl ext ls shows).
+    const st = c.managerOf(leader).statuses().find((s) => s.name === 'resource-hog')!;
+    expect(st.runsIn).toBe('process');
+    expect(st.resources!.cpuSeconds).toBeGreaterThanOrEqual(0.15);
+    expect(st.resources!.rssBytes).toBeGreaterThan(10 * 1024 * 1024);
+    expect(st.resources!.peakRssBytes).toBeGreaterThanOrEqual(st.resources!.rssBytes);
+    // A worker has no CPU time or RSS of its own: no figures, no series (not zeros).
+    await c.load(`${FIX}/it-recorder`, { isolation: 'worker' });
+    const w = c.managerOf(leader).statuses().find((s) => s.name === 'it-recorder')!;
+    expect(w.runsIn).toBe('worker');
+    expect(w.resources).toBeUndefined();
+    expect(await registries.get(leader.id)!.metrics()).not.toMatch(/kvcascade_extension_(cpu_seconds_total|resident_memory_bytes)\{extension="it-recorder"\}/);
+    expect(await (await c.metaManager()).unload('it-recorder')).toBe(true);
     expect(await (await c.metaManager()).unload('resource-hog')).toBe(true);
     await c.until(async () => (c.managers.every((m) => !m.statuses().some((s) => s.name === 'resource-hog')) ? true : undefined));
     expect(await registries.get(leader.id)!.metrics()).not.toContain('extension="resource-hog"');

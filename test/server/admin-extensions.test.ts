@@ -1,7 +1,8 @@
 /**
  * The Admin service's extension load path over a backend that unpacks uploads with the real
  * unpacker: an unsafe package entry answers INVALID_ARGUMENT naming the entry; a load or unload
- * conflicting with another load of the same name answers ABORTED.
+ * conflicting with another load of the same name answers ABORTED; the list carries where each
+ * extension runs and its measured resources.
  */
 import * as grpc from '@grpc/grpc-js';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -36,8 +37,10 @@ const backend: AdminBackend = {
     throw new LoadConflictError(name, `another load of ${name} is in progress`);
   },
   records: () => [],
-  statuses: () => [],
+  statuses: () => statuses,
 };
+/** What the backend's `statuses()` answers. */
+let statuses: AdminExtensionStatus[] = [];
 
 let server: grpc.Server | undefined;
 const clients: AdminClient[] = [];
@@ -85,6 +88,26 @@ describe('extension load errors over the Admin service', () => {
     }
     // A safe package still loads.
     expect((await a.load(tgzWith({ path: 'index.js', type: 'File' }))).status).toMatchObject({ name: 'up', state: 'running' });
+  });
+
+  it('lists where each extension runs and, where measured, its CPU time and memory', async () => {
+    const base = { version: '1.0.0', generation: 1, state: 'running', delivering: true, watches: [], workerRestarts: 0, invocations: 0, errors: 0, timeouts: 0 };
+    statuses = [
+      { ...base, name: 'in-proc-isolated', runsIn: 'process', resources: { cpuSeconds: 1.25, rssBytes: 50 * 1024 * 1024, peakRssBytes: 300 * 1024 * 1024 } },
+      { ...base, name: 'threaded', runsIn: 'worker' },
+      { ...base, name: 'failed', state: 'failed' },
+    ];
+    try {
+      const l = await (await admin()).list();
+      const by = new Map(l.statuses.map((x) => [x.name, x]));
+      expect(by.get('in-proc-isolated')).toMatchObject({ nodeId: 1, runsIn: 'process', resources: { cpuSeconds: 1.25, rssBytes: 50 * 1024 * 1024, peakRssBytes: 300 * 1024 * 1024 } });
+      expect(by.get('threaded')!.runsIn).toBe('worker');
+      expect(by.get('threaded')!.resources).toBeUndefined(); // not measured, not zeros
+      expect(by.get('failed')!.runsIn).toBe('');
+      expect(by.get('failed')!.resources).toBeUndefined();
+    } finally {
+      statuses = [];
+    }
   });
 
   it('answers a load or unload conflicting with another load of the name with ABORTED', async () => {
