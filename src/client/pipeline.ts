@@ -394,14 +394,20 @@ export class KvPipeline {
   private watch(lane: Lane): void {
     const attemptMs = this.deps.transport.opts.attemptTimeoutMs ?? 0;
     if (attemptMs <= 0 || lane.watchdog !== undefined) return;
+    let dueAt = Date.now() + attemptMs;
     const check = (): void => {
       lane.watchdog = undefined;
       if (this.lanes.get(lane.address) !== lane) return;
       const waiting = [...this.pending].filter(([, op]) => op.lane === lane && op.repeatable && op.written);
       if (waiting.length === 0) return;
-      const silentMs = Date.now() - lane.lastHeardAt;
+      // A check that runs late means this process's own loop was busy (answers may be waiting,
+      // unread, in the socket): that time is not the node's silence.
+      const lateMs = Math.max(0, Date.now() - dueAt);
+      const silentMs = Date.now() - lane.lastHeardAt - lateMs;
       if (silentMs < attemptMs) {
-        lane.watchdog = setTimeout(check, attemptMs - silentMs);
+        const waitMs = Math.max(1, attemptMs - Math.max(0, silentMs));
+        dueAt = Date.now() + waitMs;
+        lane.watchdog = setTimeout(check, waitMs);
         lane.watchdog.unref();
         return;
       }
