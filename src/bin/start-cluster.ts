@@ -12,6 +12,8 @@ import { fileURLToPath } from 'node:url';
 import { KvClient } from '../client/index.js';
 import { AdminClient } from '../client/admin-client.js';
 import { packageDigest, packFolder } from '../extensions/package.js';
+import { DEFAULT_ENDPOINTS } from '../cli/kvctl.js';
+import { LOCAL_TOKEN_FILE } from '../cli/ext-commands.js';
 
 const NODES = 3;
 const basePort = Number(process.env.KVCASCADE_BASE_PORT ?? 7000);
@@ -27,6 +29,8 @@ const tokenFile = join(dataRoot, 'admin-token');
 /** The example extension loaded at start (set KVCASCADE_EXAMPLE= to load none). */
 const example = process.env.KVCASCADE_EXAMPLE ?? join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'extensions', 'stock-watch');
 const children: ChildProcess[] = [];
+/** The whole cluster came up once: from then on a node that dies is restarted. */
+let started = false;
 
 /** The local cluster's admin token: created once, kept in .data/admin-token (kvctl reads it from there). */
 function adminToken(): string {
@@ -41,6 +45,29 @@ function adminToken(): string {
   return token;
 }
 let stopping = false;
+/** Restarts of each node within the last minute (a node that keeps dying is left down). */
+const restarts = new Map<number, number[]>();
+/** Restarts of one node allowed within a minute before start-cluster gives up on it. */
+const MAX_RESTARTS_PER_MINUTE = 3;
+
+/** A node ended while the cluster runs: say how, and start it again unless it keeps dying. */
+function nodeEnded(id: number, code: number | null, signal: NodeJS.Signals | null): void {
+  const how = signal ? `was killed by ${signal}` : `exited with code ${code}`;
+  const log = join(dataRoot, `node-${id}.log`);
+  const now = Date.now();
+  const recent = (restarts.get(id) ?? []).filter((t) => now - t < 60_000);
+  if (recent.length >= MAX_RESTARTS_PER_MINUTE) {
+    process.stderr.write(`node ${id} ${how}; it died ${recent.length} times within a minute, so it stays down: see ${log}\n`);
+    return;
+  }
+  recent.push(now);
+  restarts.set(id, recent);
+  process.stderr.write(`node ${id} ${how}; restarting it (see ${log})\n`);
+  startNode(id).then(
+    () => process.stderr.write(`node ${id} is back\n`),
+    () => {}, // its exit was reported (and handled) by the handler of the new process
+  );
+}
 
 function startNode(id: number): Promise<void> {
   const dir = join(dataRoot, `node-${id}`);
@@ -63,19 +90,28 @@ function startNode(id: number): Promise<void> {
     ],
     { stdio: ['ignore', 'pipe', 'pipe'] },
   );
-  children.push(child);
+  children[id - 1] = child;
   child.stderr!.pipe(logFile);
   return new Promise((resolveReady, reject) => {
+    let ready = false;
     const lines = createInterface({ input: child.stdout! });
     lines.on('line', (line) => {
       logFile.write(`${line}\n`);
-      if (line.includes('"event":"ready"')) resolveReady();
-    });
-    child.once('exit', (code) => {
-      if (!stopping) {
-        process.stderr.write(`node ${id} exited with code ${code}; see ${join(dataRoot, `node-${id}.log`)}\n`);
-        reject(new Error(`node ${id} exited`));
+      if (line.includes('"event":"ready"')) {
+        ready = true;
+        resolveReady();
       }
+    });
+    child.once('exit', (code, signal) => {
+      if (stopping) return;
+      if (!ready && !started) {
+        // Still starting the cluster: give up with the reason.
+        process.stderr.write(`node ${id} ${signal ? `was killed by ${signal}` : `exited with code ${code}`} while starting; see ${join(dataRoot, `node-${id}.log`)}\n`);
+        reject(new Error(`node ${id} did not start`));
+        return;
+      }
+      reject(new Error(`node ${id} ended`));
+      nodeEnded(id, code, signal);
     });
   });
 }
@@ -83,7 +119,7 @@ function startNode(id: number): Promise<void> {
 async function stopAll(): Promise<void> {
   stopping = true;
   await Promise.all(
-    children.map(
+    children.filter((c) => c !== undefined).map(
       (c) =>
         new Promise<void>((res) => {
           if (c.exitCode !== null) return res();
@@ -117,6 +153,7 @@ async function main(): Promise<void> {
   }
   client.close();
   if (!leader) throw new Error('the cluster elected no leader within 30 s');
+  started = true;
   let loaded = '';
   if (example) {
     const admin = new AdminClient({ endpoints: addresses, token });
@@ -133,6 +170,10 @@ async function main(): Promise<void> {
       admin.close();
     }
   }
+  // kvctl's defaults are this script's defaults: say what to set when they differ.
+  const env: string[] = [];
+  if (addresses.join(',') !== DEFAULT_ENDPOINTS) env.push(`  export KVCASCADE_ENDPOINTS=${addresses.join(',')}`);
+  if (resolve(LOCAL_TOKEN_FILE) !== tokenFile) env.push(`  export KVCASCADE_ADMIN_TOKEN="$(cat ${tokenFile})"`);
   process.stdout.write(
     [
       '',
@@ -145,6 +186,7 @@ async function main(): Promise<void> {
       `  peers     : ${peerAddresses.join(',')} WITHOUT TLS (--insecure-peers): a local development cluster only.`,
       '              For production run kvd with certificates: docs/security.md',
       '',
+      ...(env.length > 0 ? ['First, in the other terminal (kvctl defaults to port 7001-7003 and ./.data/admin-token):', ...env] : []),
       'Try, in another terminal:',
       '  npx kvctl put /hello world',
       '  npx kvctl get /hello',
@@ -153,7 +195,7 @@ async function main(): Promise<void> {
       '  npx kvctl ls /alerts/                                            # ...fired the stock-watch lambda',
       '  npx kvctl ext ls',
       '',
-      'Ctrl-C stops the cluster (data stays in .data; delete it to start fresh).',
+      `Ctrl-C stops the cluster (data stays in ${dataRoot}; delete it to start fresh). A node that dies is restarted.`,
       '',
     ].join('\n'),
   );
