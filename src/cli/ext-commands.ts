@@ -1,6 +1,7 @@
 /** `kvctl ext load | ls | unload`: managing extensions from the command line (needs the admin token). */
 import { existsSync, readFileSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
+import { fileURLToPath } from 'node:url';
 import type { Command } from 'commander';
 import { AdminClient } from '../client/admin-client.js';
 import { packFolder, readTarball } from '../extensions/package.js';
@@ -12,11 +13,23 @@ export type ExtCommandContext = CommandContext;
 /** Where `npm start` keeps the local cluster's admin token. */
 export const LOCAL_TOKEN_FILE = '.data/admin-token';
 
-/** The admin token kvctl uses: flag, then environment, then the local cluster's token file. */
-export function resolveAdminToken(flag: string | undefined, env: Readonly<Record<string, string | undefined>>): string | undefined {
+/**
+ * The token file of the `npm start` cluster of the checkout this kvctl belongs to (kvctl run from
+ * another folder still finds it): `<package root>/.data/admin-token`.
+ */
+export const PACKAGE_TOKEN_FILE = fileURLToPath(new URL('../../../.data/admin-token', import.meta.url));
+
+/** Where kvctl looks for the admin token when no flag or variable gives it, in order. */
+export const DEFAULT_TOKEN_FILES: readonly string[] = [LOCAL_TOKEN_FILE, PACKAGE_TOKEN_FILE];
+
+/**
+ * The admin token kvctl uses: flag, then environment, then the local cluster's token file
+ * (`./.data/admin-token`, else the one of this checkout's `npm start` cluster).
+ */
+export function resolveAdminToken(flag: string | undefined, env: Readonly<Record<string, string | undefined>>, files: readonly string[] = DEFAULT_TOKEN_FILES): string | undefined {
   if (flag) return flag;
   if (env.KVCASCADE_ADMIN_TOKEN) return env.KVCASCADE_ADMIN_TOKEN;
-  if (existsSync(LOCAL_TOKEN_FILE)) return readFileSync(LOCAL_TOKEN_FILE, 'utf8').trim();
+  for (const file of files) if (existsSync(file)) return readFileSync(file, 'utf8').trim();
   return undefined;
 }
 

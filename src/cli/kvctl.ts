@@ -41,6 +41,8 @@ export interface KvctlIo {
   readonly env?: Readonly<Record<string, string | undefined>>;
   /** Ends `watch` (default: SIGINT). */
   readonly signal?: AbortSignal;
+  /** Token files tried when no flag or variable gives the admin token (default: DEFAULT_TOKEN_FILES). */
+  readonly adminTokenFiles?: readonly string[];
 }
 
 /** Commander helper for repeatable options. */
@@ -145,7 +147,7 @@ export async function main(argv: readonly string[], io: KvctlIo = {}): Promise<n
   };
   /** The admin token from --admin-token, $KVCASCADE_ADMIN_TOKEN or ./.data/admin-token. */
   const adminToken = (): string => {
-    const t = resolveAdminToken(globals().adminToken, env);
+    const t = resolveAdminToken(globals().adminToken, env, io.adminTokenFiles);
     if (!t) throw new CliFailure('UNAUTHENTICATED', 'admin token required: --admin-token, $KVCASCADE_ADMIN_TOKEN or ./.data/admin-token', EXIT.USAGE);
     return t;
   };
@@ -175,7 +177,7 @@ export async function main(argv: readonly string[], io: KvctlIo = {}): Promise<n
    */
   const kv = (reading?: string): KvClient => {
     if (client) return client;
-    const token = reading?.startsWith(DEAD_LETTER_PREFIX) ? resolveAdminToken(globals().adminToken, env) : undefined;
+    const token = reading?.startsWith(DEAD_LETTER_PREFIX) ? resolveAdminToken(globals().adminToken, env, io.adminTokenFiles) : undefined;
     const t = tls();
     client = new KvClient({ endpoints: endpointList(), defaultDeadlineMs: globals().timeout, failFastWhenNoNodeListens: true, ...(token ? { adminToken: token } : {}), ...(t ? { tls: t } : {}) });
     return client;

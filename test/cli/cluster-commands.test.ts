@@ -1,5 +1,5 @@
 /** Tests of kvctl's cluster commands (status, pool create|ls|describe, member add|remove|ls) run in-process against a fake sharded cluster: tables, --json, the admin token, leader redirects, error lines and exit codes. */
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
@@ -73,13 +73,14 @@ beforeEach(async () => {
 });
 afterEach(() => cluster.close());
 
-async function kvctl(args: string[], env: Record<string, string> = {}, endpoints = cluster.node(1).address) {
+async function kvctl(args: string[], env: Record<string, string> = {}, endpoints = cluster.node(1).address, adminTokenFiles: readonly string[] = []) {
   let out = '';
   let err = '';
   const code = await main(['--endpoints', endpoints, '--timeout', '3000', ...args], {
     stdout: { write: (s: string) => (out += s) },
     stderr: { write: (s: string) => (err += s) },
     env,
+    adminTokenFiles, // none by default: a developer's own ./.data/admin-token must not change these tests
   });
   return { code, out, err };
 }
@@ -284,17 +285,18 @@ describe('pool create', () => {
   it('needs the admin token', async () => {
     const wrong = await kvctl(['--admin-token', 'wrong', 'pool', 'create', '/x', '--shards', '1']);
     expect(wrong).toEqual({ code: EXIT.ERROR, out: '', err: 'kvctl: PERMISSION_DENIED: wrong admin token\n' });
-    const cwd = process.cwd();
-    const empty = mkdtempSync(join(tmpdir(), 'kvctl-no-token-'));
-    process.chdir(empty); // no ./.data/admin-token here
+    const dir = mkdtempSync(join(tmpdir(), 'kvctl-no-token-'));
     try {
-      const none = await kvctl(['pool', 'create', '/x', '--shards', '1']);
+      const none = await kvctl(['pool', 'create', '/x', '--shards', '1'], {}, undefined, [join(dir, 'missing'), join(dir, 'also-missing')]);
       expect(none).toEqual({ code: EXIT.USAGE, out: '', err: 'kvctl: UNAUTHENTICATED: admin token required: --admin-token, $KVCASCADE_ADMIN_TOKEN or ./.data/admin-token\n' });
+      expect(cluster.calls).toEqual([]);
+      // The first token file that exists is used (./.data/admin-token, then the checkout's own).
+      writeFileSync(join(dir, 'token'), 'wrong-from-file\n');
+      const fromFile = await kvctl(['pool', 'create', '/x', '--shards', '1'], {}, undefined, [join(dir, 'missing'), join(dir, 'token')]);
+      expect(fromFile.err).toBe('kvctl: PERMISSION_DENIED: wrong admin token\n');
     } finally {
-      process.chdir(cwd);
-      rmSync(empty, { recursive: true, force: true });
+      rmSync(dir, { recursive: true, force: true });
     }
-    expect(cluster.calls).toEqual([]);
   });
 
   it('rejects bad command lines with exit code 64', async () => {
