@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { createLogger } from '../log.js';
 import { KvNode } from '../node/kv-node.js';
 import { parseConfig, type KvdConfig } from './kvd-config.js';
+import { kvNodeHost } from '../extensions/kv-node-host.js';
 import { ExtensionManager } from '../extensions/manager.js';
 import { adminBackend } from './admin-backend.js';
 import { addAdminService } from '../server/admin-service.js';
@@ -176,7 +177,7 @@ async function main(): Promise<void> {
       log.warn({ blockedMs: ms }, 'the event loop was blocked (an in-process lambda?)');
     },
   });
-  const extensions = new ExtensionManager(node, {
+  const extensions = new ExtensionManager(kvNodeHost(node), {
     dataDir: cfg.dataDir,
     ...(cfg.extMaxRestartsPerMinute !== undefined ? { maxRestartsPerMinute: cfg.extMaxRestartsPerMinute } : {}),
     ...(cfg.extPoisonAttempts !== undefined ? { poisonAttempts: cfg.extPoisonAttempts } : {}),

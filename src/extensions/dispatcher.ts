@@ -28,18 +28,21 @@ export interface DispatchWatch {
 /** Runs a lambda; rejects with an error whose `kind` says how it failed. */
 export type InvokeLambda = (watchId: number, event: ExtensionEvent, timeoutMs: number) => Promise<void>;
 
+/** An event as a dispatcher receives it: with the hop count of the lambda chain that wrote it, when the host knows it. */
+export type DispatchEvent = KvEvent & { readonly hops?: number };
+
 /** What a dispatcher needs from the node: the shard it delivers (led here) and a way to write. */
 export interface DispatchHost {
   /** Subscribes to the shard's events from `fromRevision` (whole revisions, in order). */
   subscribe(prefix: string, fromRevision: number, sink: {
-    events(events: readonly KvEvent[], upTo: number): void;
+    events(events: readonly DispatchEvent[], upTo: number): void;
     progress(revision: number): void;
     canceled(reason: string, compactRevision?: number): void;
     writable(): boolean;
     onDrain(cb: () => void): void;
   }): WatchHandle;
-  /** Hop count of the write at `revision`. */
-  hopsOf(revision: number): number;
+  /** Hop count of the write at `revision`, for events that carry none (absent: 0). */
+  hopsOf?(revision: number): number;
   /** Replicates a put into this shard (system origin): a cursor (a `/_sys/` key) or a dead letter (a `/_dlq/` key), both shard-local. */
   put(key: string, value: Uint8Array): Promise<void>;
   /**
@@ -357,7 +360,7 @@ export class WatchDispatcher {
     }
   }
 
-  private receive(events: readonly KvEvent[], upTo: number): void {
+  private receive(events: readonly DispatchEvent[], upTo: number): void {
     if (this.stopped) return;
     const types = this.watch.options.events;
     for (const e of events) {
@@ -365,7 +368,7 @@ export class WatchDispatcher {
       // letters...) only to a watch inside the reserved keyspace (e.g. of `/_dlq/`).
       if (e.key.startsWith(SYSTEM_PREFIX) || (isReservedKey(e.key) && hidesReservedKeys(this.watch.prefix))) continue;
       if (!types.includes(e.type)) continue;
-      const p: Pending = { event: e, hops: this.host.hopsOf(e.revision), attempts: 0, running: false, done: false, arm: 'none' };
+      const p: Pending = { event: e, hops: e.hops ?? this.host.hopsOf?.(e.revision) ?? 0, attempts: 0, running: false, done: false, arm: 'none' };
       const id = eventId(e.revision, e.key);
       const entry = this.inherited.get(id);
       if (entry) {

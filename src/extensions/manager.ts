@@ -3,11 +3,12 @@
  * replicated registry (metadata group), gives their lambdas the store (routed to each key's
  * shard leader), runs their watch dispatchers for every data shard this node leads (one per
  * watch and shard, from that shard's replicated cursor), and serves the admin operations
- * (load, unload, status).
+ * (load, unload, status). It sees the node only through the {@link ExtensionHost} seam (host.ts):
+ * leadership is pushed to it, reads are local, cursors and the registry are written by proposals.
  *
  * Size: this file still holds registry sync, delivery on shard leaders, load/unload with its
- * claims, statuses and metrics. Splitting it along those lines behind an ExtensionHost seam is
- * the open part of issue 10 (the next step of the redesign); until then, sections are marked.
+ * claims, statuses and metrics. Splitting it along those lines is the open part of issue 10's
+ * item 3; until then, sections are marked.
  */
 import { rmSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
@@ -16,14 +17,12 @@ import { randomBytes } from 'node:crypto';
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 import type { Logger } from '../log.js';
 import { UnavailableError } from '../node/backend.js';
-import { META_GROUP, type KvNode } from '../node/kv-node.js';
-import type { ShardReplica } from '../node/replica.js';
-import type { Command, CommandResult } from '../statemachine/types.js';
-import { isReservedKey, isShardLocalKey, prefixInReserved, shardsForPrefix, type ClusterMap } from '../sharding/index.js';
+import type { CommandResult } from '../statemachine/types.js';
+import { isReservedKey, isShardLocalKey, META_GROUP, prefixInReserved, shardsForPrefix, type ClusterMap } from '../sharding/index.js';
 import { reservedKeyError, reservedPrefixError } from '../statemachine/index.js';
 import { DEFAULT_MAX_HOPS, type ExtensionEvent } from './api.js';
 import { attemptKey, cursorKey, decodeAttemptRecord, FAULT_DEFAULTS, SYSTEM_PREFIX, WatchDispatcher, type DispatchHost, type DispatchStats, type DispatchWatch } from './dispatcher.js';
-import { localLambdaKv } from './local-lambda-kv.js';
+import type { ExtensionHost, HostShard, LeadershipChange, SystemCommand } from './host.js';
 import { packageDigest, PackageError, removeTree, unpackPackage, MAX_PACKAGE_BYTES, type PackageInfo } from './package.js';
 import {
   chunkGeneration,
@@ -172,10 +171,10 @@ export interface ExtensionManagerOptions {
   readonly extensionMemoryMb?: number;
   /**
    * The store as lambdas see it, routed to each key's shard leader wherever it is (its writes
-   * are client-origin: no reserved key). Default: {@link localLambdaKv} of this node (in-process
-   * tests). Dead letters and cursors are not written through it but into their own shard.
+   * are client-origin: no reserved key); in-process tests of one node give it `localLambdaKv`
+   * of that node. Dead letters and cursors are not written through it but into their own shard.
    */
-  readonly lambdaKv?: LambdaKv;
+  readonly lambdaKv: LambdaKv;
   /**
    * Every data shard's current revision (where a newly loaded extension starts). Default: the
    * revisions of this node's own replicas (every shard must be hosted here).
@@ -196,8 +195,6 @@ export interface ExtensionManagerOptions {
 /** One running dispatcher: one watch of one extension in one shard led here. */
 interface Delivery {
   readonly group: number;
-  /** The replica it reads (a replica recreated for the group is another one). */
-  readonly replica: ShardReplica;
   readonly dispatcher: WatchDispatcher;
 }
 
@@ -212,16 +209,37 @@ interface Loaded {
   stopping?: boolean;
 }
 
-/** A data shard this node leads, as seen by the last leadership pass. */
+/** A data shard this node leads, as the host last reported it. */
 interface LedShard {
-  readonly replica: ShardReplica;
-  /** The term it was led in: a new term (even led here again) restarts delivery from the cursor. */
+  readonly shard: HostShard;
+  /** The term it is led in: a new term (even led here again) restarts delivery from the cursor. */
   readonly term: number;
 }
 
+/** Deadline of a write the manager or a dispatcher makes into a data shard, and of a lambda's store call. */
 const CALL_MS = 10_000;
 /** How long `load` tries to learn every shard's current revision. */
 const START_REVISIONS_MS = 10_000;
+/** Deadline of one ask of the `shardRevisions` provider. */
+const REVISIONS_ASK_MS = 5_000;
+/** Pause between asks of the `shardRevisions` provider while shards are missing. */
+const REVISIONS_RETRY_MS = 100;
+/** Deadline of a write into the metadata group by a load, unload or resume. */
+const META_WRITE_MS = 30_000;
+/** How long `load` waits for its generation to load (or fail) on this node before answering with the status so far. */
+const LOAD_WAIT_MS = 30_000;
+/** Registry keys read in one local listing (records; the registry holds far fewer). */
+const REGISTRY_PAGE = 10_000;
+/** Package chunk keys read (and deleted) per local listing of one extension's chunks. */
+const CHUNK_KEYS_PAGE = 10_000;
+/** Cursor and attempt-record keys of one extension deleted per shard after an unload. */
+const DELIVERY_KEYS_PAGE = 10_000;
+/** Progress interval of the registry subscription (its progress reports are ignored). */
+const REGISTRY_PROGRESS_MS = 60_000;
+/** Progress interval of a dispatcher's event subscription (an idle watch's cursor follows the shard's revision). */
+const DELIVERY_PROGRESS_MS = 500;
+/** Heap limit of each extension's worker or process (MiB) when the options name none. */
+const DEFAULT_WORKER_HEAP_MB = 256;
 const enc = new TextEncoder();
 const dec = new TextDecoder();
 
@@ -235,7 +253,8 @@ export class ExtensionManager {
   /** The data shards this node leads (and delivers for), by group. */
   private readonly led = new Map<number, LedShard>();
   private readonly kv: LambdaKv;
-  private timer: NodeJS.Timeout | undefined;
+  /** Ends the host subscriptions taken by `start` (leadership, map, registry). */
+  private readonly unsubscribe: (() => void)[] = [];
   private stopped = false;
   private readonly maxHops: number;
   private readonly metrics: {
@@ -270,11 +289,11 @@ export class ExtensionManager {
   private readonly bootId = randomBytes(8).toString('hex');
 
   constructor(
-    private readonly node: KvNode,
+    private readonly host: ExtensionHost,
     private readonly opts: ExtensionManagerOptions,
   ) {
     this.maxHops = opts.maxHops ?? DEFAULT_MAX_HOPS;
-    this.kv = opts.lambdaKv ?? localLambdaKv(node);
+    this.kv = opts.lambdaKv;
     const registers = opts.registry ? [opts.registry] : [];
     this.metrics = {
       invocations: new Counter({ name: 'kvcascade_extension_invocations_total', help: 'Lambda invocations by outcome', labelNames: ['extension', 'prefix', 'outcome'], registers }),
@@ -322,13 +341,14 @@ export class ExtensionManager {
     } catch (e) {
       this.opts.log.warn({ dir: this.stagingRoot(), err: (e as Error).message }, 'could not remove old extension staging folders');
     }
-    const meta = this.metaReplica();
-    for (const item of meta.sm.list(REGISTRY_PREFIX, { limit: 10_000 }).items) {
+    const meta = this.host.meta();
+    for (const item of meta.list(REGISTRY_PREFIX, { limit: REGISTRY_PAGE }).items) {
       const parsed = parseRegistryKey(item.key);
       if (parsed?.isMeta && item.value) this.enqueue(() => this.reconcile(parsed.name));
     }
-    meta.watches.add(
-      { prefix: REGISTRY_PREFIX, fromRevision: meta.sm.revision + 1, progressIntervalMs: 60_000 },
+    const registry = meta.subscribe(
+      REGISTRY_PREFIX,
+      meta.revision() + 1,
       {
         events: (events) => {
           for (const e of events) {
@@ -340,23 +360,22 @@ export class ExtensionManager {
         progress: () => {},
         canceled: (reason) => this.opts.log.error({ reason }, 'extension registry watch cancelled'),
       },
+      REGISTRY_PROGRESS_MS,
     );
-    this.timer = setInterval(() => this.checkShards(), 100);
-    this.timer.unref?.();
+    this.unsubscribe.push(() => registry.cancel());
+    // Leadership is pushed by the host: the shards led now, then every change.
+    this.unsubscribe.push(this.host.onLeadershipChanged((c) => this.leadershipChanged(c)));
+    // A new map can make a shard led here hold keys of a watch (a pool created, a split...).
+    this.unsubscribe.push(this.host.onShardMapChanged(() => this.startAllDispatch()));
+    for (const [group, term] of this.host.ledShards()) this.leadershipChanged({ group, term, leader: true });
   }
 
   /** Stops every extension (node shutdown). */
   async stop(): Promise<void> {
     this.stopped = true;
-    if (this.timer) clearInterval(this.timer);
+    for (const off of this.unsubscribe.splice(0)) off();
     await this.reconciling.catch(() => {});
     for (const l of this.loaded.values()) await this.stopLoaded(l, true);
-  }
-
-  private metaReplica(): ShardReplica {
-    const r = this.node.replica(META_GROUP);
-    if (!r) throw new Error('metadata group not hosted here');
-    return r;
   }
 
   private enqueue(fn: () => Promise<void>): void {
@@ -371,8 +390,7 @@ export class ExtensionManager {
    */
   private async reconcile(name: string, force = false): Promise<void> {
     if (this.stopped) return;
-    const meta = this.metaReplica();
-    const got = meta.sm.get(metaKey(name));
+    const got = this.host.meta().get(metaKey(name));
     const current = this.loaded.get(name);
     if (!got) {
       if (current) {
@@ -416,10 +434,10 @@ export class ExtensionManager {
   }
 
   private readPackage(record: ExtensionRecord): Uint8Array {
-    const meta = this.metaReplica();
+    const meta = this.host.meta();
     const parts: Uint8Array[] = [];
     for (let i = 0; i < record.chunks; i++) {
-      const c = meta.sm.get(chunkKey(record.name, record.generation, i));
+      const c = meta.get(chunkKey(record.name, record.generation, i));
       if (!c) throw new PackageError(`package chunk ${i} of ${record.name} is missing`);
       parts.push(c.value);
     }
@@ -437,7 +455,7 @@ export class ExtensionManager {
    * cluster. `suspectsResolved` undoes it when those events complete in isolation.
    */
   private demote(name: string, node: number | undefined, group?: number): void {
-    if (group !== undefined) this.writeDemotion(name, group, { killedNode: node, byNode: this.node.id, atMs: Date.now(), provisional: true });
+    if (group !== undefined) this.writeDemotion(name, group, { killedNode: node, byNode: this.host.nodeId, atMs: Date.now(), provisional: true });
     if (this.demoted.has(name)) return;
     this.demoted.add(name);
     this.opts.log.warn(
@@ -451,9 +469,8 @@ export class ExtensionManager {
 
   /** Replicates the demotion marker of `name` in `group` (undefined: removes it). */
   private writeDemotion(name: string, group: number, marker: Record<string, unknown> | undefined): Promise<void> {
-    const cmd: Command = marker ? { type: 'put', key: demotedKey(name), value: new TextEncoder().encode(JSON.stringify(marker)) } : { type: 'delete', key: demotedKey(name) };
-    return this.node
-      .execute(group, cmd, { deadlineMs: Date.now() + CALL_MS }, 'system')
+    const cmd: SystemCommand = marker ? { type: 'put', key: demotedKey(name), value: new TextEncoder().encode(JSON.stringify(marker)) } : { type: 'delete', key: demotedKey(name) };
+    return this.proposeIn(group, cmd)
       .then(() => undefined)
       .catch((e: unknown) => this.opts.log.error({ extension: name, group, err: String(e) }, 'could not record where this extension runs (process isolation marker)'));
   }
@@ -464,7 +481,7 @@ export class ExtensionManager {
    * otherwise the marker goes, and once no shard led here carries one, `name` runs in-process again.
    */
   private async suspectsResolved(name: string, group: number, confirmed: boolean): Promise<void> {
-    const current = this.node.replica(group)?.sm.get(demotedKey(name));
+    const current = this.host.shard(group)?.get(demotedKey(name));
     if (!current) return;
     let marker: Record<string, unknown> = {};
     try {
@@ -480,7 +497,7 @@ export class ExtensionManager {
     }
     if (marker.provisional !== true) return;
     await this.writeDemotion(name, group, undefined);
-    const stillMarked = [...this.led.keys()].some((g) => this.node.replica(g)?.sm.get(demotedKey(name)));
+    const stillMarked = [...this.led.values()].some((s) => s.shard.get(demotedKey(name)));
     if (stillMarked || !this.demoted.delete(name)) return;
     this.opts.log.info({ extension: name, group }, 'the events left unfinished completed in process isolation: this extension runs in-process again on this node');
     this.enqueue(() => this.reconcile(name, true));
@@ -512,7 +529,7 @@ export class ExtensionManager {
   private runnerPlacement(mode: IsolationMode | undefined): { mode?: IsolationMode; resourceLimits: { maxOldGenerationSizeMb: number }; memoryLimitMb?: number } {
     return {
       ...(mode ? { mode } : {}),
-      resourceLimits: { maxOldGenerationSizeMb: this.opts.workerHeapMb ?? 256 },
+      resourceLimits: { maxOldGenerationSizeMb: this.opts.workerHeapMb ?? DEFAULT_WORKER_HEAP_MB },
       ...(this.opts.extensionMemoryMb !== undefined ? { memoryLimitMb: this.opts.extensionMemoryMb } : {}),
     };
   }
@@ -543,31 +560,37 @@ export class ExtensionManager {
   // ------------------------------------------------------------ delivery on shard leaders
 
   /**
-   * One pass (every 100 ms): which data shards this node leads now. Dispatchers of shards no
-   * longer led (or dropped, or led in a new term) stop without writing their cursors: another
-   * node delivers from the replicated cursor. Then every running extension gets the
-   * dispatchers it lacks on the shards led here (shards and pools that appeared since included).
+   * The host reported a change of leadership. A shard lost (or led in a new term: reported as
+   * lost, then gained) drops its dispatchers without writing their cursors: another node (or
+   * this one, in its new term) delivers from the replicated cursor. A shard gained gets the
+   * dispatchers every running extension lacks there. Reports of a state already known are ignored.
    */
-  private checkShards(): void {
+  private leadershipChanged(c: LeadershipChange): void {
     if (this.stopped) return;
-    const now = new Map<number, LedShard>();
-    for (const g of this.node.hostedGroups()) {
-      if (g === META_GROUP) continue;
-      const r = this.node.replica(g);
-      if (r?.isLeader) now.set(g, { replica: r, term: r.raw.raft.term });
+    const was = this.led.get(c.group);
+    if (!c.leader) {
+      if (was?.term === c.term) this.dropLed(c.group);
+      return;
     }
-    for (const [g, was] of this.led) {
-      const cur = now.get(g);
-      if (cur && cur.replica === was.replica && cur.term === was.term) continue;
-      this.led.delete(g);
-      for (const l of this.loaded.values()) this.stopGroup(l, g);
-      this.opts.log.info({ group: g }, 'no longer delivering extension events of this shard');
-    }
-    for (const [g, cur] of now) {
-      if (this.led.has(g)) continue;
-      this.led.set(g, cur);
-      this.opts.log.info({ group: g, term: cur.term }, 'delivering extension events of this shard (its leader)');
-    }
+    if (was?.term === c.term) return;
+    if (was) this.dropLed(c.group);
+    const shard = this.host.shard(c.group);
+    if (!shard) return;
+    this.led.set(c.group, { shard, term: c.term });
+    this.opts.log.info({ group: c.group, term: c.term }, 'delivering extension events of this shard (its leader)');
+    this.startAllDispatch();
+  }
+
+  /** Forgets led shard `group` and drops its dispatchers (see stopGroup). */
+  private dropLed(group: number): void {
+    this.led.delete(group);
+    for (const l of this.loaded.values()) this.stopGroup(l, group);
+    this.opts.log.info({ group }, 'no longer delivering extension events of this shard');
+  }
+
+  /** Gives every running extension the dispatchers it lacks on the shards led here. */
+  private startAllDispatch(): void {
+    if (this.stopped) return;
     for (const l of this.loaded.values()) this.startDispatch(l);
   }
 
@@ -588,41 +611,38 @@ export class ExtensionManager {
   private startDispatch(l: Loaded): void {
     const runner = l.runner;
     if (!runner || l.state !== 'running' || l.stopping || this.stopped || this.led.size === 0) return;
-    const map = this.node.shardMap();
+    const map = this.host.shardMap();
     for (const w of runner.watches) {
       const groups = spannedGroups(map, w.prefix);
-      for (const [g, shard] of this.led) {
+      for (const [g, led] of this.led) {
         if (!groups.has(g) || l.deliveries.has(`${g}/${w.id}`)) continue;
-        this.startDelivery(l, runner, w, g, shard.replica);
+        this.startDelivery(l, runner, w, g, led.shard);
       }
     }
   }
 
-  private startDelivery(l: Loaded, runner: ExtensionRunner, w: DispatchWatch, group: number, replica: ShardReplica): void {
+  private startDelivery(l: Loaded, runner: ExtensionRunner, w: DispatchWatch, group: number, shard: HostShard): void {
     const name = l.record.name;
     // An in-process lambda of this extension took a node down in this shard before: never run it
     // in this thread here either (the marker is replicated, so every later leader sees it).
-    if (runner.mode === 'in-process' && replica.sm.get(demotedKey(name))) {
+    if (runner.mode === 'in-process' && shard.get(demotedKey(name))) {
       this.demote(name, undefined);
       return;
     }
     const host: DispatchHost = {
-      subscribe: (prefix, fromRevision, sink) => replica.watches.add({ prefix, fromRevision, progressIntervalMs: 500 }, sink),
-      hopsOf: (rev) => replica.hopsOf(rev),
+      subscribe: (prefix, fromRevision, sink) => shard.subscribe(prefix, fromRevision, sink, DELIVERY_PROGRESS_MS),
       put: async (key, value) => {
         // A cursor or a dead letter: a shard-local system key, written (system origin: lambdas
         // cannot write reserved keys) into the shard whose events it tracks, led here.
         if (!isShardLocalKey(key)) throw new Error(`dispatcher wrote ${JSON.stringify(key)}, which is not a shard-local key`);
-        const r = await this.node.execute(group, { type: 'put', key, value }, { deadlineMs: Date.now() + CALL_MS }, 'system');
+        const r = await shard.propose({ type: 'put', key, value }, Date.now() + CALL_MS);
         if (r.type === 'rejected') throw r.error;
       },
       write: async (writes) => {
         for (const w of writes) if (!isShardLocalKey(w.key)) throw new Error(`dispatcher wrote ${JSON.stringify(w.key)}, which is not a shard-local key`);
-        const r = await this.node.execute(
-          group,
+        const r = await shard.propose(
           { type: 'txn', compares: [], writes: writes.map((w) => (w.value ? { type: 'put' as const, key: w.key, value: w.value } : { type: 'delete' as const, key: w.key })) },
-          { deadlineMs: Date.now() + CALL_MS },
-          'system',
+          Date.now() + CALL_MS,
         );
         if (r.type === 'rejected') throw r.error;
       },
@@ -679,22 +699,22 @@ export class ExtensionManager {
         // takes the node down): a fault of theirs can kill the node, so every invocation is armed first.
         armEveryInvocation: runner.mode === 'in-process' || l.record.native !== undefined,
         canIsolate: runner.mode === 'in-process',
-        node: this.node.id,
+        node: this.host.nodeId,
         boot: this.bootId,
       },
     );
-    const saved = replica.sm.get(cursorKey(name, w));
-    const record = decodeAttemptRecord(replica.sm.get(attemptKey(name, w))?.value);
+    const saved = shard.get(cursorKey(name, w));
+    const record = decodeAttemptRecord(shard.get(attemptKey(name, w))?.value);
     const cursor = saved ? Number(dec.decode(saved.value)) || 0 : 0;
     // A watch starts in this shard where the extension was registered (it sees every change made
     // after `load` returned, whichever node leads the shard), or further on from the shard's
     // replicated cursor. A cursor older than the registration belongs to an earlier, unloaded
     // incarnation and is ignored (a reload keeps the first registration's start points, so its
     // cursors count). A shard created after the registration has no start point: from its start.
-    const start = startRevisionOf(l.record, group) ?? (hasStartPoints(l.record) ? 0 : replica.sm.revision + 1);
+    const start = startRevisionOf(l.record, group) ?? (hasStartPoints(l.record) ? 0 : shard.revision() + 1);
     const registeredAt = Math.max(0, start - 1);
     d.start(Math.max(cursor, registeredAt), record);
-    l.deliveries.set(`${group}/${w.id}`, { group, replica, dispatcher: d });
+    l.deliveries.set(`${group}/${w.id}`, { group, dispatcher: d });
   }
 
   // ------------------------------------------------------------ what lambdas may call
@@ -916,9 +936,8 @@ export class ExtensionManager {
 
   /** The registry as replicated (read locally). */
   records(): ExtensionRecord[] {
-    const meta = this.metaReplica();
     const out: ExtensionRecord[] = [];
-    for (const item of meta.sm.list(REGISTRY_PREFIX, { limit: 10_000 }).items) {
+    for (const item of this.host.meta().list(REGISTRY_PREFIX, { limit: REGISTRY_PAGE }).items) {
       if (parseRegistryKey(item.key)?.isMeta && item.value) {
         try {
           out.push(decodeRecord(item.value));
@@ -1054,7 +1073,7 @@ export class ExtensionManager {
         compares: [{ key: claimKey(name), version: claim.version }],
         writes: [
           { type: 'put', key: metaKey(name), value: encodeRecord(record) },
-          { type: 'put', key: claimKey(name), value: encodeClaim({ generation, node: this.node.id, loader: this.loaderId, expiresAtMs: 0, released: true }) },
+          { type: 'put', key: claimKey(name), value: encodeClaim({ generation, node: this.host.nodeId, loader: this.loaderId, expiresAtMs: 0, released: true }) },
         ],
       });
       if (res.type !== 'txn' || !res.succeeded) {
@@ -1079,8 +1098,8 @@ export class ExtensionManager {
    * between the read and the write.
    */
   private async claimGeneration(name: string): Promise<{ generation: number; version: number }> {
-    const meta = this.metaReplica();
-    const got = meta.sm.get(claimKey(name));
+    const meta = this.host.meta();
+    const got = meta.get(claimKey(name));
     let last = 0;
     if (got) {
       let held: LoadClaim | undefined;
@@ -1094,10 +1113,10 @@ export class ExtensionManager {
     }
     const recorded = this.records().find((r) => r.name === name)?.generation ?? 0;
     const generation = Math.max(last, recorded) + 1;
-    const claim: LoadClaim = { generation, node: this.node.id, loader: this.loaderId, expiresAtMs: Date.now() + LOAD_CLAIM_MS, released: false };
+    const claim: LoadClaim = { generation, node: this.host.nodeId, loader: this.loaderId, expiresAtMs: Date.now() + LOAD_CLAIM_MS, released: false };
     const res = await this.metaWrite({ type: 'put', key: claimKey(name), value: encodeClaim(claim), expectedVersion: got?.version ?? 0 });
     if (res.type !== 'put' || !res.succeeded) {
-      const now = meta.sm.get(claimKey(name));
+      const now = meta.get(claimKey(name));
       let other: LoadClaim | undefined;
       try {
         other = now ? decodeClaim(now.value) : undefined;
@@ -1117,7 +1136,7 @@ export class ExtensionManager {
    * manager's own: its loads of a name run one at a time, so that one is a leftover.
    */
   private blockedBy(c: LoadClaim): boolean {
-    return claimHeld(c, Date.now()) && c.node === this.node.id && c.loader !== this.loaderId;
+    return claimHeld(c, Date.now()) && c.node === this.host.nodeId && c.loader !== this.loaderId;
   }
 
   /**
@@ -1131,20 +1150,27 @@ export class ExtensionManager {
         this.opts.log.warn({ extension: name, generation: claim.generation, err: (e as Error).message }, 'could not delete the chunks of a failed load'),
       );
     }
-    const released: LoadClaim = { generation: claim.generation, node: this.node.id, loader: this.loaderId, expiresAtMs: 0, released: true };
+    const released: LoadClaim = { generation: claim.generation, node: this.host.nodeId, loader: this.loaderId, expiresAtMs: 0, released: true };
     await this.metaWrite({ type: 'put', key: claimKey(name), value: encodeClaim(released), expectedVersion: claim.version }).catch((e: unknown) =>
       this.opts.log.warn({ extension: name, generation: claim.generation, err: (e as Error).message }, 'could not release the load claim of a failed load (it expires by itself)'),
     );
   }
 
   /**
-   * A write to the metadata group by a load or unload (30 s deadline); a command the state
+   * A write to the metadata group by a load or unload (META_WRITE_MS deadline); a command the state
    * machine rejected throws its error.
    */
-  private async metaWrite(cmd: Command): Promise<CommandResult> {
-    const res = await this.node.execute(META_GROUP, cmd, { deadlineMs: Date.now() + 30_000 }, 'system');
+  private async metaWrite(cmd: SystemCommand): Promise<CommandResult> {
+    const res = await this.host.meta().propose(cmd, Date.now() + META_WRITE_MS);
     if (res.type === 'rejected') throw res.error;
     return res;
+  }
+
+  /** Proposes a system command to data shard `group` (hosted and led here) with the call deadline. */
+  private proposeIn(group: number, cmd: SystemCommand): Promise<CommandResult> {
+    const shard = this.host.shard(group);
+    if (!shard) return Promise.reject(new UnavailableError(`shard ${group} is not hosted on node ${this.host.nodeId}`));
+    return shard.propose(cmd, Date.now() + CALL_MS);
   }
 
   /**
@@ -1160,7 +1186,7 @@ export class ExtensionManager {
     const until = Date.now() + START_REVISIONS_MS;
     const out: Record<string, number> = {};
     const missing = (): number[] => {
-      const map = this.node.shardMap();
+      const map = this.host.shardMap();
       const creating = new Set(map.pools.filter((p) => p.state === 'creating').map((p) => p.name));
       return map.shards.filter((s) => !creating.has(s.pool) && out[String(s.group)] === undefined).map((s) => s.group);
     };
@@ -1168,7 +1194,7 @@ export class ExtensionManager {
     const ask = async (): Promise<void> => {
       if (!provider) return;
       try {
-        const got = await provider(Math.min(until, Date.now() + 5_000));
+        const got = await provider(Math.min(until, Date.now() + REVISIONS_ASK_MS));
         // The first answer for a shard is kept: an earlier revision is the safe side.
         for (const [g, rev] of got) if (g !== META_GROUP && out[String(g)] === undefined) out[String(g)] = rev + 1;
       } catch (e) {
@@ -1181,7 +1207,7 @@ export class ExtensionManager {
       if (local !== undefined) out[String(g)] = local;
     }
     while (provider && missing().length > 0 && Date.now() < until) {
-      await new Promise((r) => setTimeout(r, 100));
+      await new Promise((r) => setTimeout(r, REVISIONS_RETRY_MS));
       await ask();
     }
     const left = missing();
@@ -1191,24 +1217,10 @@ export class ExtensionManager {
     return out;
   }
 
-  /** Shard `group`'s revision + 1 from its replica here (undefined when not hosted here). */
+  /** Shard `group`'s current revision + 1 from its replica here (undefined when not hosted here). */
   private async localStartRevision(group: number, until: number): Promise<number | undefined> {
-    const r = this.node.replica(group);
-    if (!r) return undefined;
-    if (r.isLeader) {
-      try {
-        // A linearizable read makes the start point no older than any write acknowledged so far.
-        const led = await this.node.readable('linearizable', { deadlineMs: Math.max(Date.now() + 1000, until) }, group);
-        return led.sm.revision + 1;
-      } catch {
-        // leadership moved meanwhile: read the replica as a follower below
-      }
-    }
-    // A follower may lag a little behind: wait briefly for it to apply what the leader committed.
-    const target = r.raw.raft.log.committed;
-    const catchUp = Math.min(until, Date.now() + 2000);
-    while (r.sm.appliedIndex < target && Date.now() < catchUp) await new Promise((res) => setTimeout(res, 5));
-    return r.sm.revision + 1;
+    const shard = this.host.shard(group);
+    return shard ? (await shard.currentRevision(until)) + 1 : undefined;
   }
 
   /**
@@ -1220,11 +1232,11 @@ export class ExtensionManager {
   async unload(name: string): Promise<boolean> {
     validateExtensionName(name);
     return this.oneAtATime(name, async () => {
-      const meta = this.metaReplica();
-      const got = meta.sm.get(metaKey(name));
+      const meta = this.host.meta();
+      const got = meta.get(metaKey(name));
       const record = this.records().find((r) => r.name === name);
       if (!got || !record) return false;
-      const claimed = meta.sm.get(claimKey(name));
+      const claimed = meta.get(claimKey(name));
       if (claimed) {
         let held: LoadClaim | undefined;
         try {
@@ -1256,12 +1268,14 @@ export class ExtensionManager {
    * are older than any later load's start points, and so ignored.
    */
   private async deleteCursors(name: string): Promise<void> {
-    for (const g of this.node.hostedGroups()) {
-      if (g === META_GROUP || !this.node.replica(g)?.isLeader) continue;
+    for (const g of this.host.ledShards().keys()) {
+      const shard = this.host.shard(g);
+      if (!shard) continue;
       try {
         for (const prefix of [`${SYSTEM_PREFIX}cursor/${name}/`, `${SYSTEM_PREFIX}attempt/${name}/`]) {
-          const page = await this.node.list({ prefix, shard: g, keysOnly: true, consistency: 'linearizable', limit: 10_000 }, { deadlineMs: Date.now() + 10_000 });
-          for (const item of page.items) await this.node.execute(g, { type: 'delete', key: item.key }, { deadlineMs: Date.now() + 10_000 }, 'system');
+          await shard.barrier(Date.now() + CALL_MS);
+          const page = shard.list(prefix, { keysOnly: true, limit: DELIVERY_KEYS_PAGE });
+          for (const item of page.items) await shard.propose({ type: 'delete', key: item.key }, Date.now() + CALL_MS);
         }
       } catch (e) {
         this.opts.log.warn({ extension: name, group: g, err: (e as Error).message }, 'could not delete delivery cursors after unload');
@@ -1271,17 +1285,16 @@ export class ExtensionManager {
 
   /** Deletes one generation's chunks of `name`. */
   private async deleteChunks(name: string, generation: number): Promise<void> {
-    const meta = this.metaReplica();
-    const keys = meta.sm.list(chunkPrefix(name, generation), { keysOnly: true, limit: 10_000 }).items.map((i) => i.key);
+    const keys = this.host.meta().list(chunkPrefix(name, generation), { keysOnly: true, limit: CHUNK_KEYS_PAGE }).items.map((i) => i.key);
     for (const key of keys) await this.metaWrite({ type: 'delete', key });
   }
 
   /** Deletes the chunks of every generation of `name` below `generation` (earlier ones, and leftovers of failed loads). */
   private async deleteChunksBelow(name: string, generation: number): Promise<void> {
-    const meta = this.metaReplica();
     for (;;) {
-      const keys = meta.sm
-        .list(packagePrefix(name), { keysOnly: true, limit: 10_000 })
+      const keys = this.host
+        .meta()
+        .list(packagePrefix(name), { keysOnly: true, limit: CHUNK_KEYS_PAGE })
         .items.map((i) => i.key)
         .filter((k) => (chunkGeneration(k) ?? Infinity) < generation);
       if (keys.length === 0) return;
@@ -1314,7 +1327,7 @@ export class ExtensionManager {
         forget();
         const now = this.loaded.get(name);
         resolve(now ? this.statusOf(now) : { name, version: '?', generation, state: 'loading', delivering: false, shards: [], watches: [], workerRestarts: 0, invocations: 0, errors: 0, timeouts: 0 });
-      }, 30_000);
+      }, LOAD_WAIT_MS);
       cancel = () => {
         clearTimeout(timer);
         forget();

@@ -8,6 +8,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ExtensionManager, type ExtensionManagerOptions } from '../../src/extensions/manager.js';
+import { kvNodeHost } from '../../src/extensions/kv-node-host.js';
 import { localLambdaKv, type LocalStore } from '../../src/extensions/local-lambda-kv.js';
 import { packFolder } from '../../src/extensions/package.js';
 import type { LambdaKv, ShardRevisions } from '../../src/extensions/store-access.js';
@@ -50,11 +51,11 @@ export class ExtCluster {
       c.nodes.push(node);
     }
     for (const node of c.nodes) {
-      const m = new ExtensionManager(node, {
+      const m = new ExtensionManager(kvNodeHost(node), {
         dataDir: c.dataDir(node),
         log: silentLogger(),
         workerHeapMb: 64,
-        ...(routed ? { lambdaKv: c.routedKv(node), shardRevisions: c.revisions(node) } : {}),
+        ...(routed ? { lambdaKv: c.routedKv(node), shardRevisions: c.revisions(node) } : { lambdaKv: localLambdaKv(node) }),
         ...(opts.manager?.(node.id) ?? {}),
       });
       m.start();
