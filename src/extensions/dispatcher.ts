@@ -93,6 +93,23 @@ export interface FaultOptions {
   readonly boot: string;
 }
 
+/** How often a dispatcher replicates its cursor when events were handled since the last write (ms). */
+export const CURSOR_PERSIST_MS = 200;
+/** Longest backoff between two attempts of a failed event (ms); the watch's `retryBackoffMs` doubles up to it. */
+export const MAX_RETRY_BACKOFF_MS = 60_000;
+/** Pause before a failed write of the cursor and attempt record is tried again (ms). */
+export const STATE_WRITE_RETRY_MS = 100;
+/** First pause before a failed dead-letter write of a compaction gap is tried again (ms); doubled up to {@link GAP_WRITE_MAX_BACKOFF_MS}. */
+export const GAP_WRITE_RETRY_MS = 100;
+/** Longest pause between attempts of a compaction gap's dead-letter write (ms). */
+export const GAP_WRITE_MAX_BACKOFF_MS = 5_000;
+/** How often `stop` looks whether the write in flight has finished (ms). */
+const WRITE_WAIT_POLL_MS = 5;
+/** Digits of a revision in dead-letter keys (zero-padded, so keys sort by revision). */
+const REVISION_DIGITS = 12;
+/** Characters of a failure's message kept in the attempt record. */
+const MAX_REASON_CHARS = 300;
+
 /** The defaults of the fault options. */
 export const FAULT_DEFAULTS = Object.freeze({ poisonAttempts: 3, poisonNodes: 2 });
 
@@ -190,9 +207,14 @@ export interface DispatchObserver {
   retried(): void;
   /** An event was handled (delivered or dead-lettered): the cursor may pass it. */
   delivered(): void;
+  /** A dead-letter write failed (`kind` of the letter, e.g. `compacted` for a gap); it is tried again. */
+  deadLetterFailed(kind: string): void;
 }
 
 const eventId = (revision: number, key: string): string => `${revision}\u0000${key}`;
+
+/** A revision as it appears in dead-letter keys: zero-padded to {@link REVISION_DIGITS} digits. */
+const revisionDigits = (revision: number): string => String(revision).padStart(REVISION_DIGITS, '0');
 
 /** The key under which a watch's delivery cursor is replicated. */
 export function cursorKey(extension: string, watch: DispatchWatch): string {
@@ -317,13 +339,16 @@ export class WatchDispatcher {
         this.drainCb = cb;
       },
     });
-    this.persistTimer = setInterval(() => void this.persistCursor(), 200);
+    this.persistTimer = setInterval(() => void this.persistCursor(), CURSOR_PERSIST_MS);
     this.persistTimer.unref?.();
   }
 
   /**
    * The history this watch still needed was compacted (it fell further behind than the shard
    * retains): record the lost range as a dead letter, then continue from the oldest revision left.
+   * The letter is written before anything moves on: a failed write is reported (onFailure, the
+   * observer's deadLetterFailed) and tried again with a bounded backoff while this dispatcher runs,
+   * and the cursor stays before the gap meanwhile, so a next leader finds the gap and records it.
    */
   private skipCompacted(compactRevision: number): void {
     const from = this.stats.cursor + 1;
@@ -331,18 +356,32 @@ export class WatchDispatcher {
     const shard = this.host.shard;
     const body = { extension: this.extension, prefix: this.watch.prefix, shard, kind: 'compacted', error: `events ${from}..${to} of shard ${shard} were compacted before delivery`, lostFrom: from, lostTo: to };
     // Revisions are per shard: the key names the shard so two shards' gaps never share a key.
-    void this.host
-      .put(`${DLQ_PREFIX}${this.extension}/gap-${shard}-${String(from).padStart(12, '0')}-${String(to).padStart(12, '0')}`, new TextEncoder().encode(JSON.stringify(body)))
-      .catch(() => {});
+    const key = `${DLQ_PREFIX}${this.extension}/gap-${shard}-${revisionDigits(from)}-${revisionDigits(to)}`;
     for (const p of this.queue) if (p.retryTimer) clearTimeout(p.retryTimer);
     this.queue.length = 0;
     this.keyOwner.clear();
     this.retryOwner.clear();
     this.handle?.cancel();
+    this.handle = undefined;
     if (this.persistTimer) clearInterval(this.persistTimer);
+    this.persistTimer = undefined;
     this.inherited.clear();
     this.recordDirty = this.recordDurable;
-    this.start(Math.max(to, this.stats.cursor));
+    const attempt = (backoffMs: number): void => {
+      if (this.stopped) return;
+      this.host.put(key, new TextEncoder().encode(JSON.stringify(body))).then(
+        () => {
+          if (!this.stopped) this.start(Math.max(to, this.stats.cursor));
+        },
+        (e: unknown) => {
+          if (this.stopped) return;
+          this.onFailure(`recording the compacted gap ${from}..${to} as a dead letter failed (retried in ${backoffMs} ms): ${(e as Error).message}`);
+          this.observer.deadLetterFailed?.('compacted');
+          setTimeout(() => attempt(Math.min(backoffMs * 2, GAP_WRITE_MAX_BACKOFF_MS)), backoffMs).unref?.();
+        },
+      );
+    };
+    attempt(GAP_WRITE_RETRY_MS);
   }
 
   /** Stops delivering (leadership lost, unload, or replacement). In-flight lambdas finish unobserved. */
@@ -354,7 +393,7 @@ export class WatchDispatcher {
     if (persist) {
       // Still leading (unload, replacement): this process did not die in what it was running.
       for (const p of this.queue) if (p.arm !== 'none') p.arm = 'none';
-      while (this.writing) await new Promise((r) => setTimeout(r, 5));
+      while (this.writing) await new Promise((r) => setTimeout(r, WRITE_WAIT_POLL_MS));
       if (this.recordDurable || this.buildRecord().length > 0) await this.writeState(true);
       else await this.persistCursor().catch(() => {});
     }
@@ -492,7 +531,7 @@ export class WatchDispatcher {
           const e = (p.entry ??= { revision: p.event.revision, key: p.event.key, failures: 0, nodes: [] });
           e.failures++;
           if (!e.nodes.includes(this.faults.node)) e.nodes = [...e.nodes, this.faults.node].sort((a, b) => a - b);
-          e.reason = `${kind} on node ${this.faults.node}: ${message.slice(0, 300)}`;
+          e.reason = `${kind} on node ${this.faults.node}: ${message.slice(0, MAX_REASON_CHARS)}`;
           this.recordDirty = true;
           const poison = this.poisonReason(p);
           if (poison) {
@@ -519,7 +558,7 @@ export class WatchDispatcher {
         p.retryTimer = setTimeout(() => {
           p.retryTimer = undefined;
           this.pumpWithRetryFirst(p);
-        }, Math.min(delay, 60_000));
+        }, Math.min(delay, MAX_RETRY_BACKOFF_MS));
         this.pump();
       },
     );
@@ -596,7 +635,7 @@ export class WatchDispatcher {
     }
     if (this.stopped || final) return;
     if (!ok) {
-      setTimeout(() => this.requestWrite(), 100).unref?.();
+      setTimeout(() => this.requestWrite(), STATE_WRITE_RETRY_MS).unref?.();
       return;
     }
     if (this.writeAgain || this.queue.some((p) => p.arm === 'wanted')) this.requestWrite();
@@ -605,7 +644,7 @@ export class WatchDispatcher {
 
   private async deadLetter(p: Pending, error: string, kind: string): Promise<void> {
     const e = p.event;
-    const key = `${DLQ_PREFIX}${this.extension}/${String(e.revision).padStart(12, '0')}${e.key}`;
+    const key = `${DLQ_PREFIX}${this.extension}/${revisionDigits(e.revision)}${e.key}`;
     const body = {
       extension: this.extension,
       prefix: this.watch.prefix,

@@ -240,6 +240,10 @@ const REGISTRY_PROGRESS_MS = 60_000;
 const DELIVERY_PROGRESS_MS = 500;
 /** Heap limit of each extension's worker or process (MiB) when the options name none. */
 const DEFAULT_WORKER_HEAP_MB = 256;
+/** Largest `maxRestartsPerMinute` or `pauseMs` a load may give (a timer's largest delay, 2^31 - 1 ms). */
+const MAX_LOAD_OPTION = 2 ** 31 - 1;
+/** Buckets of the lambda run-time histogram (seconds): half a millisecond to ten seconds. */
+const LAMBDA_DURATION_BUCKETS = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5, 10];
 const enc = new TextEncoder();
 const dec = new TextDecoder();
 
@@ -262,6 +266,7 @@ export class ExtensionManager {
     errors: Counter<'extension' | 'prefix' | 'kind'>;
     timeouts: Counter<'extension' | 'prefix'>;
     deadLetters: Counter<'extension' | 'prefix' | 'kind'>;
+    deadLetterFailures: Counter<'extension' | 'prefix' | 'kind'>;
     latency: Histogram<'extension' | 'prefix'>;
     deadLettered: Gauge<'extension' | 'prefix'>;
     backlog: Gauge<'extension' | 'prefix'>;
@@ -301,12 +306,18 @@ export class ExtensionManager {
         name: 'kvcascade_extension_lambda_duration_seconds',
         help: 'Lambda run time',
         labelNames: ['extension', 'prefix'],
-        buckets: [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5, 10],
+        buckets: LAMBDA_DURATION_BUCKETS,
         registers,
       }),
       errors: new Counter({ name: 'kvcascade_extension_errors_total', help: 'Failed lambda invocations by kind (threw, timeout, worker-crashed, out-of-memory...)', labelNames: ['extension', 'prefix', 'kind'], registers }),
       timeouts: new Counter({ name: 'kvcascade_extension_timeouts_total', help: 'Lambda invocations that ran past their timeout', labelNames: ['extension', 'prefix'], registers }),
       deadLetters: new Counter({ name: 'kvcascade_extension_dead_letters_total', help: 'Events written to the dead-letter keys by this node, by kind', labelNames: ['extension', 'prefix', 'kind'], registers }),
+      deadLetterFailures: new Counter({
+        name: 'kvcascade_extension_dead_letter_write_failures_total',
+        help: 'Dead-letter writes that failed on this node and are tried again, by kind (compacted: the record of a compaction gap)',
+        labelNames: ['extension', 'prefix', 'kind'],
+        registers,
+      }),
       deadLettered: new Gauge({ name: 'kvcascade_extension_dead_lettered', help: 'Events sent to the dead-letter keys by this node since it started (updated as they are written)', labelNames: ['extension', 'prefix'], registers }),
       backlog: new Gauge({
         name: 'kvcascade_extension_backlog',
@@ -690,6 +701,7 @@ export class ExtensionManager {
         delivered: () => {
           this.watchTotalsOf(name, w).delivered++;
         },
+        deadLetterFailed: (kind) => this.metrics.deadLetterFailures.inc({ ...labels, kind }),
       },
       (msg) => this.opts.log.warn({ extension: name, prefix: w.prefix, group }, msg),
       {
@@ -849,7 +861,7 @@ export class ExtensionManager {
   /** An unloaded extension's series leave /metrics (its own metrics too), and its counters are forgotten. */
   private async forgetMetrics(name: string): Promise<void> {
     this.totals.delete(name);
-    const labelled = [this.metrics.invocations, this.metrics.errors, this.metrics.timeouts, this.metrics.deadLetters, this.metrics.latency, this.metrics.deadLettered, this.metrics.restarts, this.metrics.restartsTotal] as const;
+    const labelled = [this.metrics.invocations, this.metrics.errors, this.metrics.timeouts, this.metrics.deadLetters, this.metrics.deadLetterFailures, this.metrics.latency, this.metrics.deadLettered, this.metrics.restarts, this.metrics.restartsTotal] as const;
     for (const m of labelled) {
       const seen = new Set<string>();
       for (const v of (await (m as Counter).get()).values) {
@@ -967,7 +979,7 @@ export class ExtensionManager {
   async load(tgz: Uint8Array, opts: LoadOptions): Promise<ExtensionStatus> {
     for (const [k, min] of [['maxRestartsPerMinute', 0], ['pauseMs', 1]] as const) {
       const v = opts[k];
-      if (v !== undefined && (!Number.isSafeInteger(v) || v < min || v > 2 ** 31 - 1)) throw new PackageError(`${k} must be an integer >= ${min} (got ${String(v)})`);
+      if (v !== undefined && (!Number.isSafeInteger(v) || v < min || v > MAX_LOAD_OPTION)) throw new PackageError(`${k} must be an integer >= ${min} (got ${String(v)})`);
     }
     if (tgz.length > MAX_PACKAGE_BYTES) throw new PackageError(`package is larger than ${MAX_PACKAGE_BYTES} bytes`);
     if (opts.isolation !== undefined && !ISOLATION_MODES.includes(opts.isolation)) throw new PackageError(`isolation must be one of ${ISOLATION_MODES.join(', ')} (got ${String(opts.isolation)})`);
