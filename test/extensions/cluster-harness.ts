@@ -1,7 +1,7 @@
 /**
  * In-process clusters (loopback transport, in-memory engines) whose nodes each run an
- * ExtensionManager, for extension tests: one data shard by default (the managers then use their
- * local-node fallbacks), or several (the managers get a LambdaKv and ShardRevisions routed to
+ * ExtensionManager (over the KvNode adapter of its ExtensionHost seam), for extension tests: one
+ * data shard by default (the managers then use their node's local LambdaKv and revisions), or several (the managers get a LambdaKv and ShardRevisions routed to
  * each shard's leader among the in-process nodes, as the server layer gives them in kvd).
  */
 import { mkdtempSync, rmSync } from 'node:fs';
