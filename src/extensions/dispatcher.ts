@@ -6,12 +6,13 @@
  * new leader resumes where the old one left off (at least once).
  *
  * Size: one class because the queue, the per-key order, retries, the attempt record and the
- * cursor all advance together on each event; the attempt record's encoding could move out next.
+ * cursor all advance together on each event (the record's keys and encoding are in attempt-record.ts).
  */
 import { DEAD_LETTER_PREFIX, hidesReservedKeys, isReservedKey, SYSTEM_KEY_PREFIX } from '../sharding/index.js';
 import type { KvEvent } from '../statemachine/index.js';
 import type { WatchHandle } from '../node/backend.js';
 import type { ExtensionEvent, WatchOptions } from './api.js';
+import { attemptKey, cursorKey, FAULT_DEFAULTS, RUNNER_KILLING_KINDS, type AttemptEntry, type AttemptRecord, type FaultOptions } from './attempt-record.js';
 
 /** Shard-local system keys (delivery cursors, the shard descriptor): never delivered to lambdas. */
 export const SYSTEM_PREFIX = SYSTEM_KEY_PREFIX;
@@ -69,30 +70,6 @@ export interface DispatchHost {
   suspectsResolved?(confirmed: boolean): void;
 }
 
-/**
- * Poison-pill protection (see {@link AttemptRecord}): how many runner-killing failures an event
- * may cause, and on how many nodes, before it is dead-lettered with kind `poison`.
- */
-export interface FaultOptions {
-  /** Runner-killing failures (timeout, worker-crashed, out-of-memory, or a start that never finished) before `poison` (default 3). */
-  readonly poisonAttempts: number;
-  /** Distinct nodes on which it failed that way before `poison` (default 2). */
-  readonly poisonNodes: number;
-  /**
-   * Record every invocation in the attempt record before it starts (in-process and native
-   * lambdas: one that blocks the thread or crashes takes the node down, and nothing can be
-   * written then). A start another node finds unfinished is never run again in a shared thread:
-   * with `canIsolate` the host moves the extension to process isolation (inProcessKilledANode)
-   * and it is retried there; without (native), it is dead-lettered at once.
-   */
-  readonly armEveryInvocation: boolean;
-  /** The lambdas run in the node's thread and the host can move them to a child process (JS in-process mode). */
-  readonly canIsolate: boolean;
-  /** This node's id and this process's boot id (a restart of the node is another boot). */
-  readonly node: number;
-  readonly boot: string;
-}
-
 /** How often a dispatcher replicates its cursor when events were handled since the last write (ms). */
 export const CURSOR_PERSIST_MS = 200;
 /** Longest backoff between two attempts of a failed event (ms); the watch's `retryBackoffMs` doubles up to it. */
@@ -109,66 +86,6 @@ const WRITE_WAIT_POLL_MS = 5;
 const REVISION_DIGITS = 12;
 /** Characters of a failure's message kept in the attempt record. */
 const MAX_REASON_CHARS = 300;
-
-/** The defaults of the fault options. */
-export const FAULT_DEFAULTS = Object.freeze({ poisonAttempts: 3, poisonNodes: 2 });
-
-/** Kinds of failure that kill (or hang) the lambda's runner: counted towards `poison`. */
-export const RUNNER_KILLING_KINDS: ReadonlySet<string> = new Set(['timeout', 'worker-crashed', 'process-exited', 'out-of-memory']);
-
-/** One event of a watch with a history of runner-killing failures, or being attempted (armed). */
-export interface AttemptEntry {
-  readonly revision: number;
-  readonly key: string;
-  /** Runner-killing failures so far (a start found unfinished by a new leader counts as one). */
-  failures: number;
-  /** Nodes on which it failed that way, ascending, distinct. */
-  nodes: number[];
-  /** The last failure. */
-  reason?: string;
-  /**
-   * Set while an attempt may be running: the node and process (boot) that started it; `shared`
-   * when it ran in that node's own process (in-process or native), where it could kill the node.
-   */
-  armed?: { node: number; boot: string; atMs: number; shared?: boolean };
-  /** Found armed by a new process of the same node: the node died while running it. */
-  diedHere?: boolean;
-  /**
-   * Found armed (in-process or native) by another node: that node died or lost the shard while
-   * running it. Never run again in a node's own thread; retried in process isolation.
-   */
-  unfinishedElsewhere?: number;
-}
-
-/**
- * The replicated attempt record of one watch in one shard (`/_sys/attempt/<ext>/<watch id><prefix>`,
- * written with the cursor in one txn): the events after the cursor that failed in a way that
- * kills the runner, or that are being attempted. Written only (a) in in-process mode before
- * invocations start (batched: one write arms every event about to start, and carries the cursor),
- * (b) after a runner-killing failure, arming the retry, and (c) with the periodic cursor write
- * while it is not empty (to drop finished events). A well-behaved worker-mode watch never writes it.
- */
-export interface AttemptRecord {
-  readonly v: 1;
-  readonly cursor: number;
-  readonly events: readonly AttemptEntry[];
-}
-
-/** The key of a watch's attempt record. */
-export function attemptKey(extension: string, watch: DispatchWatch): string {
-  return `${SYSTEM_PREFIX}attempt/${extension}/${watch.id}${watch.prefix}`;
-}
-
-/** Parses an attempt record (undefined when absent or malformed). */
-export function decodeAttemptRecord(value: Uint8Array | undefined): AttemptRecord | undefined {
-  if (!value) return undefined;
-  try {
-    const r = JSON.parse(new TextDecoder().decode(value)) as AttemptRecord;
-    return r && r.v === 1 && Array.isArray(r.events) ? r : undefined;
-  } catch {
-    return undefined;
-  }
-}
 
 /** Per-watch counters, for metrics and `kvctl ext ls`. */
 export interface DispatchStats {
@@ -215,11 +132,6 @@ const eventId = (revision: number, key: string): string => `${revision}\u0000${k
 
 /** A revision as it appears in dead-letter keys: zero-padded to {@link REVISION_DIGITS} digits. */
 const revisionDigits = (revision: number): string => String(revision).padStart(REVISION_DIGITS, '0');
-
-/** The key under which a watch's delivery cursor is replicated. */
-export function cursorKey(extension: string, watch: DispatchWatch): string {
-  return `${SYSTEM_PREFIX}cursor/${extension}/${watch.id}${watch.prefix}`;
-}
 
 /** Delivers one watch of one extension in one shard, while this node leads that shard. */
 export class WatchDispatcher {
