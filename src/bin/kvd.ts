@@ -8,6 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { createLogger } from '../log.js';
 import { KvNode } from '../node/kv-node.js';
 import { parseConfig, type KvdConfig } from './kvd-config.js';
+import { kvNodeHost } from '../extensions/kv-node-host.js';
 import { ExtensionManager } from '../extensions/manager.js';
 import { adminBackend } from './admin-backend.js';
 import { addAdminService } from '../server/admin-service.js';
@@ -184,7 +185,7 @@ async function main(): Promise<void> {
       log.warn({ blockedMs: ms }, 'the event loop was blocked (an in-process lambda?)');
     },
   });
-  const extensions = new ExtensionManager(node, {
+  const extensions = new ExtensionManager(kvNodeHost(node), {
     dataDir: cfg.dataDir,
     bootId,
     ...(previousDeath ? { blockedBoot: previousDeath.boot } : {}),

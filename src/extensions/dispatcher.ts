@@ -6,12 +6,13 @@
  * new leader resumes where the old one left off (at least once).
  *
  * Size: one class because the queue, the per-key order, retries, the attempt record and the
- * cursor all advance together on each event; the attempt record's encoding could move out next.
+ * cursor all advance together on each event (the record's keys and encoding are in attempt-record.ts).
  */
 import { DEAD_LETTER_PREFIX, hidesReservedKeys, isReservedKey, SYSTEM_KEY_PREFIX } from '../sharding/index.js';
 import type { KvEvent } from '../statemachine/index.js';
 import type { WatchHandle } from '../node/backend.js';
 import type { ExtensionEvent, WatchOptions } from './api.js';
+import { attemptKey, cursorKey, FAULT_DEFAULTS, RUNNER_KILLING_KINDS, type AttemptEntry, type AttemptRecord, type FaultOptions } from './attempt-record.js';
 
 /** Shard-local system keys (delivery cursors, the shard descriptor): never delivered to lambdas. */
 export const SYSTEM_PREFIX = SYSTEM_KEY_PREFIX;
@@ -28,18 +29,21 @@ export interface DispatchWatch {
 /** Runs a lambda; rejects with an error whose `kind` says how it failed. */
 export type InvokeLambda = (watchId: number, event: ExtensionEvent, timeoutMs: number) => Promise<void>;
 
+/** An event as a dispatcher receives it: with the hop count of the lambda chain that wrote it, when the host knows it. */
+export type DispatchEvent = KvEvent & { readonly hops?: number };
+
 /** What a dispatcher needs from the node: the shard it delivers (led here) and a way to write. */
 export interface DispatchHost {
   /** Subscribes to the shard's events from `fromRevision` (whole revisions, in order). */
   subscribe(prefix: string, fromRevision: number, sink: {
-    events(events: readonly KvEvent[], upTo: number): void;
+    events(events: readonly DispatchEvent[], upTo: number): void;
     progress(revision: number): void;
     canceled(reason: string, compactRevision?: number): void;
     writable(): boolean;
     onDrain(cb: () => void): void;
   }): WatchHandle;
-  /** Hop count of the write at `revision`. */
-  hopsOf(revision: number): number;
+  /** Hop count of the write at `revision`, for events that carry none (absent: 0). */
+  hopsOf?(revision: number): number;
   /** Replicates a put into this shard (system origin): a cursor (a `/_sys/` key) or a dead letter (a `/_dlq/` key), both shard-local. */
   put(key: string, value: Uint8Array): Promise<void>;
   /**
@@ -66,96 +70,22 @@ export interface DispatchHost {
   suspectsResolved?(confirmed: boolean): void;
 }
 
-/**
- * Poison-pill protection (see {@link AttemptRecord}): how many runner-killing failures an event
- * may cause, and on how many nodes, before it is dead-lettered with kind `poison`.
- */
-export interface FaultOptions {
-  /** Runner-killing failures (timeout, worker-crashed, out-of-memory, or a start that never finished) before `poison` (default 3). */
-  readonly poisonAttempts: number;
-  /** Distinct nodes on which it failed that way before `poison` (default 2). */
-  readonly poisonNodes: number;
-  /**
-   * Record every invocation in the attempt record before it starts (in-process and native
-   * lambdas: one that blocks the thread or crashes takes the node down, and nothing can be
-   * written then). A start another node finds unfinished is never run again in a shared thread:
-   * with `canIsolate` the host moves the extension to process isolation (inProcessKilledANode)
-   * and it is retried there; without (native), it is dead-lettered at once.
-   */
-  readonly armEveryInvocation: boolean;
-  /** The lambdas run in the node's thread and the host can move them to a child process (JS in-process mode). */
-  readonly canIsolate: boolean;
-  /** This node's id and this process's boot id (a restart of the node is another boot). */
-  readonly node: number;
-  readonly boot: string;
-  /**
-   * The boot id of this node's previous process when its event-loop watchdog killed it (a lambda
-   * blocked the thread): what that boot left armed is dead-lettered at once. Any other death
-   * (kill -9, out of memory, power) is not known to be the lambda's doing: retried in isolation.
-   */
-  readonly blockedBoot?: string;
-}
-
-/** The defaults of the fault options. */
-export const FAULT_DEFAULTS = Object.freeze({ poisonAttempts: 3, poisonNodes: 2 });
-
-/** Kinds of failure that kill (or hang) the lambda's runner: counted towards `poison`. */
-export const RUNNER_KILLING_KINDS: ReadonlySet<string> = new Set(['timeout', 'worker-crashed', 'process-exited', 'out-of-memory']);
-
-/** One event of a watch with a history of runner-killing failures, or being attempted (armed). */
-export interface AttemptEntry {
-  readonly revision: number;
-  readonly key: string;
-  /** Runner-killing failures so far (a start found unfinished by a new leader counts as one). */
-  failures: number;
-  /** Nodes on which it failed that way, ascending, distinct. */
-  nodes: number[];
-  /** The last failure. */
-  reason?: string;
-  /**
-   * Set while an attempt may be running: the node and process (boot) that started it; `shared`
-   * when it ran in that node's own process (in-process or native), where it could kill the node.
-   */
-  armed?: { node: number; boot: string; atMs: number; shared?: boolean };
-  /** Found armed by a new process of the same node: the node died while running it. */
-  diedHere?: boolean;
-  /**
-   * Found armed (in-process or native) by another node (it died or lost the shard while running
-   * it), or by this node's previous process when it did not die of a blocked loop: the node that
-   * ran it. Never run again in a node's own thread; retried in process isolation.
-   */
-  unfinishedElsewhere?: number;
-}
-
-/**
- * The replicated attempt record of one watch in one shard (`/_sys/attempt/<ext>/<watch id><prefix>`,
- * written with the cursor in one txn): the events after the cursor that failed in a way that
- * kills the runner, or that are being attempted. Written only (a) in in-process mode before
- * invocations start (batched: one write arms every event about to start, and carries the cursor),
- * (b) after a runner-killing failure, arming the retry, and (c) with the periodic cursor write
- * while it is not empty (to drop finished events). A well-behaved worker-mode watch never writes it.
- */
-export interface AttemptRecord {
-  readonly v: 1;
-  readonly cursor: number;
-  readonly events: readonly AttemptEntry[];
-}
-
-/** The key of a watch's attempt record. */
-export function attemptKey(extension: string, watch: DispatchWatch): string {
-  return `${SYSTEM_PREFIX}attempt/${extension}/${watch.id}${watch.prefix}`;
-}
-
-/** Parses an attempt record (undefined when absent or malformed). */
-export function decodeAttemptRecord(value: Uint8Array | undefined): AttemptRecord | undefined {
-  if (!value) return undefined;
-  try {
-    const r = JSON.parse(new TextDecoder().decode(value)) as AttemptRecord;
-    return r && r.v === 1 && Array.isArray(r.events) ? r : undefined;
-  } catch {
-    return undefined;
-  }
-}
+/** How often a dispatcher replicates its cursor when events were handled since the last write (ms). */
+export const CURSOR_PERSIST_MS = 200;
+/** Longest backoff between two attempts of a failed event (ms); the watch's `retryBackoffMs` doubles up to it. */
+export const MAX_RETRY_BACKOFF_MS = 60_000;
+/** Pause before a failed write of the cursor and attempt record is tried again (ms). */
+export const STATE_WRITE_RETRY_MS = 100;
+/** First pause before a failed dead-letter write of a compaction gap is tried again (ms); doubled up to {@link GAP_WRITE_MAX_BACKOFF_MS}. */
+export const GAP_WRITE_RETRY_MS = 100;
+/** Longest pause between attempts of a compaction gap's dead-letter write (ms). */
+export const GAP_WRITE_MAX_BACKOFF_MS = 5_000;
+/** How often `stop` looks whether the write in flight has finished (ms). */
+const WRITE_WAIT_POLL_MS = 5;
+/** Digits of a revision in dead-letter keys (zero-padded, so keys sort by revision). */
+const REVISION_DIGITS = 12;
+/** Characters of a failure's message kept in the attempt record. */
+const MAX_REASON_CHARS = 300;
 
 /** Per-watch counters, for metrics and `kvctl ext ls`. */
 export interface DispatchStats {
@@ -194,14 +124,14 @@ export interface DispatchObserver {
   retried(): void;
   /** An event was handled (delivered or dead-lettered): the cursor may pass it. */
   delivered(): void;
+  /** A dead-letter write failed (`kind` of the letter, e.g. `compacted` for a gap); it is tried again. */
+  deadLetterFailed(kind: string): void;
 }
 
 const eventId = (revision: number, key: string): string => `${revision}\u0000${key}`;
 
-/** The key under which a watch's delivery cursor is replicated. */
-export function cursorKey(extension: string, watch: DispatchWatch): string {
-  return `${SYSTEM_PREFIX}cursor/${extension}/${watch.id}${watch.prefix}`;
-}
+/** A revision as it appears in dead-letter keys: zero-padded to {@link REVISION_DIGITS} digits. */
+const revisionDigits = (revision: number): string => String(revision).padStart(REVISION_DIGITS, '0');
 
 /** Delivers one watch of one extension in one shard, while this node leads that shard. */
 export class WatchDispatcher {
@@ -327,13 +257,16 @@ export class WatchDispatcher {
         this.drainCb = cb;
       },
     });
-    this.persistTimer = setInterval(() => void this.persistCursor(), 200);
+    this.persistTimer = setInterval(() => void this.persistCursor(), CURSOR_PERSIST_MS);
     this.persistTimer.unref?.();
   }
 
   /**
    * The history this watch still needed was compacted (it fell further behind than the shard
    * retains): record the lost range as a dead letter, then continue from the oldest revision left.
+   * The letter is written before anything moves on: a failed write is reported (onFailure, the
+   * observer's deadLetterFailed) and tried again with a bounded backoff while this dispatcher runs,
+   * and the cursor stays before the gap meanwhile, so a next leader finds the gap and records it.
    */
   private skipCompacted(compactRevision: number): void {
     const from = this.stats.cursor + 1;
@@ -341,18 +274,32 @@ export class WatchDispatcher {
     const shard = this.host.shard;
     const body = { extension: this.extension, prefix: this.watch.prefix, shard, kind: 'compacted', error: `events ${from}..${to} of shard ${shard} were compacted before delivery`, lostFrom: from, lostTo: to };
     // Revisions are per shard: the key names the shard so two shards' gaps never share a key.
-    void this.host
-      .put(`${DLQ_PREFIX}${this.extension}/gap-${shard}-${String(from).padStart(12, '0')}-${String(to).padStart(12, '0')}`, new TextEncoder().encode(JSON.stringify(body)))
-      .catch(() => {});
+    const key = `${DLQ_PREFIX}${this.extension}/gap-${shard}-${revisionDigits(from)}-${revisionDigits(to)}`;
     for (const p of this.queue) if (p.retryTimer) clearTimeout(p.retryTimer);
     this.queue.length = 0;
     this.keyOwner.clear();
     this.retryOwner.clear();
     this.handle?.cancel();
+    this.handle = undefined;
     if (this.persistTimer) clearInterval(this.persistTimer);
+    this.persistTimer = undefined;
     this.inherited.clear();
     this.recordDirty = this.recordDurable;
-    this.start(Math.max(to, this.stats.cursor));
+    const attempt = (backoffMs: number): void => {
+      if (this.stopped) return;
+      this.host.put(key, new TextEncoder().encode(JSON.stringify(body))).then(
+        () => {
+          if (!this.stopped) this.start(Math.max(to, this.stats.cursor));
+        },
+        (e: unknown) => {
+          if (this.stopped) return;
+          this.onFailure(`recording the compacted gap ${from}..${to} as a dead letter failed (retried in ${backoffMs} ms): ${(e as Error).message}`);
+          this.observer.deadLetterFailed?.('compacted');
+          setTimeout(() => attempt(Math.min(backoffMs * 2, GAP_WRITE_MAX_BACKOFF_MS)), backoffMs).unref?.();
+        },
+      );
+    };
+    attempt(GAP_WRITE_RETRY_MS);
   }
 
   /** Stops delivering (leadership lost, unload, or replacement). In-flight lambdas finish unobserved. */
@@ -364,13 +311,13 @@ export class WatchDispatcher {
     if (persist) {
       // Still leading (unload, replacement): this process did not die in what it was running.
       for (const p of this.queue) if (p.arm !== 'none') p.arm = 'none';
-      while (this.writing) await new Promise((r) => setTimeout(r, 5));
+      while (this.writing) await new Promise((r) => setTimeout(r, WRITE_WAIT_POLL_MS));
       if (this.recordDurable || this.buildRecord().length > 0) await this.writeState(true);
       else await this.persistCursor().catch(() => {});
     }
   }
 
-  private receive(events: readonly KvEvent[], upTo: number): void {
+  private receive(events: readonly DispatchEvent[], upTo: number): void {
     if (this.stopped) return;
     const types = this.watch.options.events;
     for (const e of events) {
@@ -378,7 +325,7 @@ export class WatchDispatcher {
       // letters...) only to a watch inside the reserved keyspace (e.g. of `/_dlq/`).
       if (e.key.startsWith(SYSTEM_PREFIX) || (isReservedKey(e.key) && hidesReservedKeys(this.watch.prefix))) continue;
       if (!types.includes(e.type)) continue;
-      const p: Pending = { event: e, hops: this.host.hopsOf(e.revision), attempts: 0, running: false, done: false, arm: 'none' };
+      const p: Pending = { event: e, hops: e.hops ?? this.host.hopsOf?.(e.revision) ?? 0, attempts: 0, running: false, done: false, arm: 'none' };
       const id = eventId(e.revision, e.key);
       const entry = this.inherited.get(id);
       if (entry) {
@@ -502,7 +449,7 @@ export class WatchDispatcher {
           const e = (p.entry ??= { revision: p.event.revision, key: p.event.key, failures: 0, nodes: [] });
           e.failures++;
           if (!e.nodes.includes(this.faults.node)) e.nodes = [...e.nodes, this.faults.node].sort((a, b) => a - b);
-          e.reason = `${kind} on node ${this.faults.node}: ${message.slice(0, 300)}`;
+          e.reason = `${kind} on node ${this.faults.node}: ${message.slice(0, MAX_REASON_CHARS)}`;
           this.recordDirty = true;
           const poison = this.poisonReason(p);
           if (poison) {
@@ -529,7 +476,7 @@ export class WatchDispatcher {
         p.retryTimer = setTimeout(() => {
           p.retryTimer = undefined;
           this.pumpWithRetryFirst(p);
-        }, Math.min(delay, 60_000));
+        }, Math.min(delay, MAX_RETRY_BACKOFF_MS));
         this.pump();
       },
     );
@@ -606,7 +553,7 @@ export class WatchDispatcher {
     }
     if (this.stopped || final) return;
     if (!ok) {
-      setTimeout(() => this.requestWrite(), 100).unref?.();
+      setTimeout(() => this.requestWrite(), STATE_WRITE_RETRY_MS).unref?.();
       return;
     }
     if (this.writeAgain || this.queue.some((p) => p.arm === 'wanted')) this.requestWrite();
@@ -615,7 +562,7 @@ export class WatchDispatcher {
 
   private async deadLetter(p: Pending, error: string, kind: string): Promise<void> {
     const e = p.event;
-    const key = `${DLQ_PREFIX}${this.extension}/${String(e.revision).padStart(12, '0')}${e.key}`;
+    const key = `${DLQ_PREFIX}${this.extension}/${revisionDigits(e.revision)}${e.key}`;
     const body = {
       extension: this.extension,
       prefix: this.watch.prefix,

@@ -212,3 +212,8 @@ export function splitPackage(tgz: Uint8Array): Uint8Array[] {
   for (let off = 0; off < tgz.length; off += PACKAGE_CHUNK_BYTES) out.push(tgz.subarray(off, Math.min(tgz.length, off + PACKAGE_CHUNK_BYTES)));
   return out;
 }
+
+/** Whether `record` says where its watches start (records from before start points say nothing). */
+export function hasStartPoints(record: ExtensionRecord): boolean {
+  return record.startRevisions !== undefined || record.startRevision !== undefined;
+}

@@ -168,6 +168,16 @@ export interface NodeObserver {
   mapChanged?(map: ClusterMap): void;
 }
 
+/**
+ * A replica of this node became the leader of its group (`leader` true), or stopped leading it
+ * (`leader` false: stepped down, or its replica was dropped); `term` is the term it led in.
+ */
+export interface LeadershipChange {
+  readonly group: number;
+  readonly term: number;
+  readonly leader: boolean;
+}
+
 /** One kvd process's replicas and their driving loop. */
 export class KvNode implements KvBackend {
   readonly id: NodeId;
@@ -193,6 +203,9 @@ export class KvNode implements KvBackend {
   private inReady = false;
   private stopped = false;
   private readonly lastLeader = new Map<number, string>();
+  /** The groups a replica here leads, with the term it leads in (as the ready loop last saw them). */
+  private readonly led = new Map<number, number>();
+  private readonly leadershipListeners = new Set<(change: LeadershipChange) => void>();
   private lastRetentionCheckMs = 0;
   /** The last hard state handed to storage per group (to tell whether a Ready needs an fsync). */
   private readonly syncedHardState = new Map<number, { term: number; vote: number }>();
@@ -520,6 +533,7 @@ export class KvNode implements KvBackend {
       this.store.deleteGroup(group);
       this.syncedHardState.delete(group);
       this.lastLeader.delete(group);
+      this.noteLeadership(group, undefined);
       await this.store.flush();
     } finally {
       this.dropping.delete(group);
@@ -591,6 +605,7 @@ export class KvNode implements KvBackend {
           this.transport.send(rd.messages); // acknowledgements and votes: only once durable
           const conf = r.raw.advance(rd);
           if (rd.softState) this.noteLeader(r);
+          this.noteLeadership(r.group, r.isLeader ? r.raw.raft.term : undefined);
           if (r.wantsSnapshot()) this.snapshot(r);
           const now = conf ?? (rd.snapshot ? rd.snapshot.meta.conf : undefined);
           if (now && r.group !== META_GROUP && !now.voters.includes(this.id) && !now.learners.includes(this.id)) this.removedFrom.add(r.group);
@@ -621,6 +636,49 @@ export class KvNode implements KvBackend {
     this.lastLeader.set(r.group, key);
     this.log.info({ group: r.group, leader: s.leader, term: s.term, role: s.role }, 'leader changed');
     this.observer.leaderChanged?.(r.group, s.leader, s.term);
+  }
+
+  /**
+   * Records who leads `group` here after a ready round (`term` undefined: not this node) and tells
+   * the leadership listeners of a change: a loss (of the term led before) and then a gain (of the
+   * new term), so a new term led here again reads as lost then gained. The listeners run in a
+   * microtask, outside the ready loop.
+   */
+  private noteLeadership(group: number, term: number | undefined): void {
+    const was = this.led.get(group);
+    if (was === term) return;
+    const changes: LeadershipChange[] = [];
+    if (was !== undefined) changes.push({ group, term: was, leader: false });
+    if (term !== undefined) changes.push({ group, term, leader: true });
+    if (term === undefined) this.led.delete(group);
+    else this.led.set(group, term);
+    if (this.leadershipListeners.size === 0) return;
+    queueMicrotask(() => {
+      for (const c of changes) {
+        for (const fn of this.leadershipListeners) {
+          try {
+            fn(c);
+          } catch (e) {
+            this.log.error({ group: c.group, err: String(e) }, 'a leadership listener threw');
+          }
+        }
+      }
+    });
+  }
+
+  /**
+   * Calls `fn` whenever a replica here gains or loses its group's leadership (every group, the
+   * metadata group included), pushed from the ready loop where roles change; returns an
+   * unsubscribe function. {@link ledGroups} is the state those changes lead to.
+   */
+  onLeadershipChanged(fn: (change: LeadershipChange) => void): () => void {
+    this.leadershipListeners.add(fn);
+    return () => this.leadershipListeners.delete(fn);
+  }
+
+  /** The groups a replica here leads (group → term), as of the last ready round. */
+  ledGroups(): ReadonlyMap<number, number> {
+    return new Map(this.led);
   }
 
   private snapshot(r: ShardReplica): void {

@@ -163,9 +163,8 @@ export class ShardReplica {
       this.raw.propose(encodeProposal(this.opts.nowMs(), cmd, origin, hops, session));
     } catch (e) {
       if (e instanceof ProposalDroppedError) {
-        return Promise.reject(e.message.includes('transfer') || e.message.includes('no leader')
-          ? new NotLeaderError(this.leader, undefined)
-          : new OverloadedError(e.message));
+        // Classified by kind, not by message: no leader known or a transfer in progress → ask the leader.
+        return Promise.reject(e.kind === 'transfer' || e.kind === 'no-leader' ? new NotLeaderError(this.leader, undefined) : new OverloadedError(e.message));
       }
       throw e;
     }

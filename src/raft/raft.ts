@@ -73,9 +73,21 @@ export interface RaftConfig {
   readonly acceptSnapshot?: (s: Snapshot) => boolean;
 }
 
-/** A proposal or request the leader (or this replica) could not accept. */
+/**
+ * Why a proposal was dropped, for callers to act on without reading the message: `no-leader`
+ * (this replica knows no leader to forward to), `transfer` (a leadership transfer is in
+ * progress), both of which mean "ask the leader (soon)"; `refused` for everything else (not the
+ * leader, a pending configuration change, flow control, an invalid configuration change...).
+ */
+export type ProposalDropKind = 'no-leader' | 'transfer' | 'refused';
+
+/** A proposal or request the leader (or this replica) could not accept; `kind` classifies why. */
 export class ProposalDroppedError extends Error {
-  constructor(reason: string) {
+  constructor(
+    reason: string,
+    /** Why, by type (see {@link ProposalDropKind}). */
+    readonly kind: ProposalDropKind = 'refused',
+  ) {
     super(`proposal dropped: ${reason}`);
     this.name = 'ProposalDroppedError';
   }
@@ -776,7 +788,7 @@ export class Raft {
 
   private proposeEntries(entries: readonly Entry[], local: boolean): void {
     if (this.role !== Role.Leader) {
-      if (this.lead === NONE || this.role !== Role.Follower) throw new ProposalDroppedError('no leader');
+      if (this.lead === NONE || this.role !== Role.Follower) throw new ProposalDroppedError('no leader', 'no-leader');
       if (!local) return;
       this.send({ type: MessageType.Prop, group: this.group, from: this.id, to: this.lead, term: 0, entries });
       return;
@@ -784,7 +796,7 @@ export class Raft {
     if (!this.prs.has(this.id)) throw new ProposalDroppedError('leader is not a member of the group');
     if (this.leaving()) throw new ProposalDroppedError('the leader is leaving the group');
     if (this.log.lastIndex() + entries.length > MAX_RAFT_INDEX) throw new ProposalDroppedError('the log reached its index bound');
-    if (this.leadTransferee !== NONE) throw new ProposalDroppedError('leadership transfer in progress');
+    if (this.leadTransferee !== NONE) throw new ProposalDroppedError('leadership transfer in progress', 'transfer');
     let bytes = 0;
     for (const e of entries) bytes += e.data.length;
     if (this.uncommittedBytes > 0 && this.uncommittedBytes + bytes > this.maxUncommittedBytes) {

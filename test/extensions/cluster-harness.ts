@@ -1,13 +1,14 @@
 /**
  * In-process clusters (loopback transport, in-memory engines) whose nodes each run an
- * ExtensionManager, for extension tests: one data shard by default (the managers then use their
- * local-node fallbacks), or several (the managers get a LambdaKv and ShardRevisions routed to
+ * ExtensionManager (over the KvNode adapter of its ExtensionHost seam), for extension tests: one
+ * data shard by default (the managers then use their node's local LambdaKv and revisions), or several (the managers get a LambdaKv and ShardRevisions routed to
  * each shard's leader among the in-process nodes, as the server layer gives them in kvd).
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ExtensionManager, type ExtensionManagerOptions } from '../../src/extensions/manager.js';
+import { kvNodeHost } from '../../src/extensions/kv-node-host.js';
 import { localLambdaKv, type LocalStore } from '../../src/extensions/local-lambda-kv.js';
 import { packFolder } from '../../src/extensions/package.js';
 import type { LambdaKv, ShardRevisions } from '../../src/extensions/store-access.js';
@@ -53,11 +54,11 @@ export class ExtCluster {
       c.nodes.push(node);
     }
     for (const node of c.nodes) {
-      const m = new ExtensionManager(node, {
+      const m = new ExtensionManager(kvNodeHost(node), {
         dataDir: c.dataDir(node),
         log: silentLogger(),
         workerHeapMb: 64,
-        ...(routed ? { lambdaKv: c.routedKv(node), shardRevisions: c.revisions(node) } : {}),
+        ...(routed ? { lambdaKv: c.routedKv(node), shardRevisions: c.revisions(node) } : { lambdaKv: localLambdaKv(node) }),
         ...(opts.manager?.(node.id) ?? {}),
       });
       m.start();

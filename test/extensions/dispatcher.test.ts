@@ -116,4 +116,32 @@ describe('WatchDispatcher', () => {
     expect(f.from()).toBe(20);
     await d.stop(false);
   });
+
+  it('a compacted gap whose dead letter cannot be written is reported and retried; the cursor stays before the gap until it lands', async () => {
+    const f = fakeHost();
+    const put = f.host.put;
+    let failures = 2;
+    f.host.put = async (key, value) => {
+      if (key.includes('/gap-') && failures-- > 0) throw new Error('not the leader');
+      return put(key, value);
+    };
+    const reported: string[] = [];
+    const failed: string[] = [];
+    const d = new WatchDispatcher('x', watch(), async () => {}, f.host, { deadLetterFailed: (kind) => failed.push(kind) }, (msg) => reported.push(msg));
+    d.start(5);
+    const firstSink = f.sink();
+    firstSink.canceled('compacted', 20);
+    await tick();
+    expect(f.puts.has('/_dlq/x/gap-1-000000000006-000000000019')).toBe(false);
+    expect(failed).toEqual(['compacted']);
+    expect(reported.some((m) => m.includes('compacted gap 6..19'))).toBe(true);
+    expect(d.stats.cursor).toBe(5);
+    expect(f.sink()).toBe(firstSink); // not resubscribed past the gap yet
+    for (let i = 0; i < 50 && !f.puts.has('/_dlq/x/gap-1-000000000006-000000000019'); i++) await new Promise((r) => setTimeout(r, 20));
+    expect(failed).toEqual(['compacted', 'compacted']);
+    expect(JSON.parse(f.puts.get('/_dlq/x/gap-1-000000000006-000000000019')!)).toMatchObject({ kind: 'compacted', lostFrom: 6, lostTo: 19 });
+    await tick();
+    expect(f.from()).toBe(20);
+    await d.stop(false);
+  });
 });

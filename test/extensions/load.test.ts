@@ -11,6 +11,8 @@ import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import * as tar from 'tar';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { kvNodeHost } from '../../src/extensions/kv-node-host.js';
+import { localLambdaKv } from '../../src/extensions/local-lambda-kv.js';
 import { ExtensionManager, LoadConflictError } from '../../src/extensions/manager.js';
 import { packFolder, PackageError, UnsafePackageEntryError } from '../../src/extensions/package.js';
 import { chunkGeneration, chunkKey, claimKey, decodeClaim, decodeRecord, encodeClaim, metaKey, packagePrefix } from '../../src/extensions/registry.js';
@@ -82,7 +84,7 @@ function holdChunkWrites(node: KvNode, name: string) {
 
 /** A second manager on `node` (another loader, as a previous process of the node would be), with its own data directory; stopped by the caller. */
 function secondManager(node: KvNode): ExtensionManager {
-  const m = new ExtensionManager(node, { dataDir: join(tmp, `second-${++seq}`), log: silentLogger(), workerHeapMb: 64 });
+  const m = new ExtensionManager(kvNodeHost(node), { dataDir: join(tmp, `second-${++seq}`), log: silentLogger(), workerHeapMb: 64, lambdaKv: localLambdaKv(node) });
   m.start();
   return m;
 }

@@ -78,8 +78,9 @@ describe('extension metrics', () => {
       expect(after.deadLettered).toBe(1);
       await c.put('/crash/ok-m2', 'x');
       await c.until(async () => c.get('/crash-done/crash/ok-m2'));
-      const sum = c.managers.map((m) => m.statuses().find((s) => s.name === 'it-crasher')?.invocations ?? 0).reduce((a, b) => a + b, 0);
-      expect(sum).toBeGreaterThan(before.invocations);
+      // Counted once the invocation returns, which is after its write is visible.
+      const sum = () => c.managers.map((m) => m.statuses().find((s) => s.name === 'it-crasher')?.invocations ?? 0).reduce((a, b) => a + b, 0);
+      await c.until(async () => (sum() > before.invocations ? true : undefined), 5_000);
       expect(await series(next.id, 'kvcascade_extension_invocations_total', { ...ext, outcome: 'ok' })).toBeGreaterThanOrEqual(1);
     } finally {
       for (const n of c.nodes) {

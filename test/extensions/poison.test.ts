@@ -5,7 +5,8 @@
  * in-process lambda does not run that event again, and what the attempt record costs in writes.
  */
 import { describe, expect, it } from 'vitest';
-import { attemptKey, decodeAttemptRecord, WatchDispatcher, type DispatchHost, type DispatchWatch, type FaultOptions } from '../../src/extensions/dispatcher.js';
+import { attemptKey, decodeAttemptRecord, type FaultOptions } from '../../src/extensions/attempt-record.js';
+import { WatchDispatcher, type DispatchHost, type DispatchWatch } from '../../src/extensions/dispatcher.js';
 import type { KvEvent } from '../../src/statemachine/index.js';
 import type { ExtensionEvent } from '../../src/extensions/api.js';
 import { LambdaError } from '../../src/extensions/sandbox/errors.js';

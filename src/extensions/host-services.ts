@@ -1,0 +1,85 @@
+/**
+ * What an extension's lambdas may call on their node (the sandbox's HostServices): the store
+ * (through the LambdaKv, with the reserved keyspace out of reach and the hop limit on writes),
+ * logging into the node's log, and the extension's own metrics.
+ */
+import type { Logger } from '../log.js';
+import { isReservedKey, prefixInReserved } from '../sharding/index.js';
+import { reservedKeyError, reservedPrefixError } from '../statemachine/index.js';
+import type { HostServices, KvOp, LogLevel, MetricOp } from './sandbox/types.js';
+import type { LambdaKv } from './store-access.js';
+
+/** Deadline of a lambda's store call. */
+export const LAMBDA_CALL_MS = 10_000;
+
+const enc = new TextEncoder();
+
+/** A write attempted deeper in a lambda chain than the hop limit allows. */
+export class HopLimitError extends Error {
+  constructor(hops: number, max: number) {
+    super(`hop limit exceeded: this write would be hop ${hops} of a lambda chain (limit ${max})`);
+    this.name = 'HopLimitError';
+  }
+}
+
+/** An extension's own metric: counted or observed (see MetricOp). */
+export type ExtensionMetricSink = (kind: 'counter' | 'histogram', metricName: string, help: string, op: MetricOp) => void;
+
+/** The services of extension `name`'s lambdas: `kv` the store as lambdas see it, writes refused beyond `maxHops`. */
+export function hostServices(name: string, o: { readonly kv: LambdaKv; readonly maxHops: number; readonly log: Logger; readonly metric: ExtensionMetricSink }): HostServices {
+  const log = o.log.child({ extension: name });
+  return {
+    kv: (op: KvOp, args: unknown[], hops: number) => kvCall(o.kv, o.maxHops, op, args, hops),
+    log: (level: LogLevel, msg: string, fields?: Record<string, unknown>) => log[level](fields ?? {}, msg),
+    metric: o.metric,
+  };
+}
+
+/** One store call of a lambda at chain depth `hops`. */
+async function kvCall(kv: LambdaKv, maxHops: number, op: KvOp, args: unknown[], hops: number): Promise<unknown> {
+  const deadlineMs = Date.now() + LAMBDA_CALL_MS;
+  // Lambdas are user code, like clients: the reserved keyspace is out of their reach (their
+  // writes are client-origin anyway, so the shards would refuse them too).
+  const target = args[0];
+  if (typeof target === 'string') {
+    if (op === 'list' ? prefixInReserved(target) : isReservedKey(target)) {
+      throw op === 'list' ? reservedPrefixError(target) : reservedKeyError(target, op === 'get' ? 'read' : 'write');
+    }
+  }
+  const bytes = (v: unknown): Uint8Array => (typeof v === 'string' ? enc.encode(v) : (v as Uint8Array));
+  const writable = (): void => {
+    if (hops > maxHops) throw new HopLimitError(hops, maxHops);
+  };
+  const expected = (o: { expectedVersion?: number } | undefined) => (o?.expectedVersion !== undefined ? { expectedVersion: o.expectedVersion } : {});
+  switch (op) {
+    case 'get': {
+      const [key, o] = args as [string, { atVersion?: number; atTimeMs?: number } | undefined];
+      const g = await kv.get(key, { ...(o?.atVersion ? { atVersion: o.atVersion } : {}), ...(o?.atTimeMs ? { atTimeMs: o.atTimeMs } : {}) }, deadlineMs);
+      return { found: g.found, value: g.value, version: g.version, timestamp: g.timestampMs };
+    }
+    case 'put': {
+      const [key, value, o] = args as [string, unknown, { expectedVersion?: number } | undefined];
+      writable();
+      const p = await kv.put(key, bytes(value), expected(o), hops, deadlineMs);
+      return { succeeded: p.succeeded, version: p.version, currentVersion: p.currentVersion };
+    }
+    case 'trigger': {
+      const [key, value] = args as [string, unknown];
+      writable();
+      await kv.trigger(key, bytes(value), hops, deadlineMs);
+      return undefined;
+    }
+    case 'delete': {
+      const [key, o] = args as [string, { expectedVersion?: number } | undefined];
+      writable();
+      const r = await kv.delete(key, expected(o), hops, deadlineMs);
+      return { succeeded: r.succeeded, deleted: r.deleted };
+    }
+    case 'list': {
+      const [prefix, o] = args as [string, { limit?: number; after?: string; keysOnly?: boolean } | undefined];
+      const page = await kv.list(prefix, { ...(o?.limit ? { limit: o.limit } : {}), ...(o?.after ? { after: o.after } : {}), keysOnly: o?.keysOnly ?? false }, deadlineMs);
+      return { items: page.items.map((i) => ({ key: i.key, value: i.value, version: i.version })), nextAfter: page.nextAfter };
+    }
+  }
+}
+
