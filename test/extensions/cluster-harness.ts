@@ -152,6 +152,14 @@ export class ExtCluster {
     });
   }
 
+  /** Deletes through the leader of the key's shard. */
+  async del(key: string): Promise<void> {
+    await this.retrying(async () => {
+      const l = await this.leader(this.groupOf(key));
+      await l.delete({ key }, { deadlineMs: Date.now() + 5000 });
+    });
+  }
+
   /** Reads (linearizable) through the leader of the key's shard. */
   async get(key: string): Promise<string | undefined> {
     return this.retrying(async () => {
