@@ -23,6 +23,7 @@ import { ClusterAdmin } from '../node/cluster-admin.js';
 import { GrpcClusterProbe } from '../server/cluster-probe.js';
 import { routedLambdaKv } from '../server/lambda-kv.js';
 import { Coordinator } from '../coordinator/coordinator.js';
+import { classify } from '../coordinator/op-status.js';
 import { NodeStubs } from '../coordinator/node-stubs.js';
 import { ClusterStubClient } from '../wire/proto.js';
 import type { ClusterMap } from '../sharding/index.js';
@@ -159,7 +160,9 @@ async function main(): Promise<void> {
   // One stub pool and one coordinator per node: the client API, the extension lambdas and the
   // cluster probe all route through them.
   const stubs = new NodeStubs({ credentials: creds.clientDial });
-  const coordinator = new Coordinator(metrics.meter(node), {
+  // Requests are counted by the gRPC status code name the client gets (OK, NOT_FOUND, UNAVAILABLE...).
+  const statusName = (e: unknown): string => grpc.status[classify(e)?.code ?? grpc.status.INTERNAL];
+  const coordinator = new Coordinator(metrics.meter(node, statusName), {
     log,
     selfAddress: cfg.listen,
     leaderAddress: (g: number) => node.leaderAddress(g),

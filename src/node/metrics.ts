@@ -35,10 +35,11 @@ export class NodeMetrics {
 
   constructor(node: KvNode) {
     const registers = [this.registry];
-    collectDefaultMetrics({ register: this.registry, prefix: 'kvcascade_process_' });
+    // Node's own series with our prefix: kvcascade_process_cpu_seconds_total, kvcascade_nodejs_heap_size_used_bytes...
+    collectDefaultMetrics({ register: this.registry, prefix: 'kvcascade_' });
     this.requests = new Counter({
       name: 'kvcascade_requests_total',
-      help: 'Client requests by method and outcome (ok or the error kind)',
+      help: 'Client requests by method and outcome (OK, or the gRPC status code name the client got: NOT_FOUND, UNAVAILABLE...)',
       labelNames: ['method', 'status'],
       registers,
     });
@@ -148,15 +149,20 @@ export class NodeMetrics {
     readonly rejectedMessages?: number;
   }): void {
     const registers = [this.registry];
-    const counter = (name: string, help: string, read: () => number) =>
-      new Gauge({
+    // Counters read from the transport's running totals at scrape time (they only grow).
+    const counter = (name: string, help: string, read: () => number) => {
+      let seen = 0;
+      return new Counter({
         name,
         help,
         registers,
         collect() {
-          this.set(read());
+          const v = read();
+          if (v > seen) this.inc(v - seen);
+          seen = Math.max(seen, v);
         },
       });
+    };
     counter('kvcascade_peer_messages_sent_total', 'Raft messages sent to peers (all groups)', () => t.sentMessages);
     counter('kvcascade_peer_batches_sent_total', 'Batches written to peer streams (each carries the messages of every group for that peer)', () => t.sentBatches);
     counter('kvcascade_peer_messages_received_total', 'Raft messages received from peers', () => t.receivedMessages);
@@ -183,15 +189,15 @@ export class NodeMetrics {
   }
 
   /** Wraps a backend so that every client call (txn included) is counted and timed; the routing look-ups pass through. */
-  meter(backend: KvBackend): KvBackend {
+  meter(backend: KvBackend, statusName: (e: unknown) => string = (e) => (e as Error).name ?? 'Error'): KvBackend {
     const timed = async <T>(method: string, fn: () => Promise<T>): Promise<T> => {
       const end = this.requestSeconds.startTimer({ method });
       try {
         const v = await fn();
-        this.requests.inc({ method, status: 'ok' });
+        this.requests.inc({ method, status: 'OK' });
         return v;
       } catch (e) {
-        this.requests.inc({ method, status: (e as Error).name ?? 'Error' });
+        this.requests.inc({ method, status: statusName(e) });
         throw e;
       } finally {
         end();
@@ -205,7 +211,7 @@ export class NodeMetrics {
       list: (req: ListRequest, o: CallOptions) => timed('list', () => backend.list(req, o)),
       txn: (req: TxnRequest, o: CallOptions) => timed('txn', () => backend.txn(req, o)),
       watch: (req: WatchRequest, sink: WatchSink) => {
-        this.requests.inc({ method: 'watch', status: 'ok' });
+        this.requests.inc({ method: 'watch', status: 'OK' });
         return backend.watch(req, sink);
       },
       status: () => timed('status', () => backend.status()),

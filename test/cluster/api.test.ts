@@ -155,7 +155,7 @@ describe('the KV API on a 3-process cluster', () => {
     const leader = await cluster.waitForLeader();
     const text = await (await fetch(`http://127.0.0.1:${cluster.node(leader).metricsPort}/metrics`)).text();
     const value = (re: RegExp) => Number(re.exec(text)?.[1] ?? NaN);
-    expect(value(/kvcascade_requests_total\{method="put",status="ok"\} (\d+)/)).toBeGreaterThanOrEqual(5);
+    expect(value(/kvcascade_requests_total\{method="put",status="OK"\} (\d+)/)).toBeGreaterThanOrEqual(5);
     expect(value(/kvcascade_raft_is_leader\{group="1"\} (\d+)/)).toBe(1);
     expect(value(/kvcascade_fsync_duration_seconds_count (\d+)/)).toBeGreaterThan(0);
     expect(value(/kvcascade_raft_commit_duration_seconds_count (\d+)/)).toBeGreaterThanOrEqual(5);
@@ -163,6 +163,16 @@ describe('the KV API on a 3-process cluster', () => {
     for (const name of ['kvcascade_request_duration_seconds_bucket', 'kvcascade_fsync_batch_entries_bucket', 'kvcascade_raft_applied_index', 'kvcascade_raft_log_entries', 'kvcascade_raft_leader_changes_total']) {
       expect(text).toContain(name);
     }
+    // A missing key is counted under the gRPC code name the client got, never an internal class name.
+    await c.get('/metrics/absent');
+    await c.put('/_sys/forbidden', 'x').catch(() => undefined);
+    const after = await (await fetch(`http://127.0.0.1:${cluster.node(leader).metricsPort}/metrics`)).text();
+    const statuses = [...after.matchAll(/kvcascade_requests_total\{method="[a-z]+",status="([^"]+)"\}/g)].map((m) => m[1]!);
+    for (const st of statuses) expect(st).toMatch(/^[A-Z_]+$/);
+    // Totals are counters (their TYPE says so), and process series carry the prefix once.
+    expect(after).toMatch(/# TYPE kvcascade_peer_messages_sent_total counter/);
+    expect(after).toContain('kvcascade_process_cpu_seconds_total');
+    expect(after).not.toContain('kvcascade_process_process_');
   });
 
   it('survives a restart of every node with its data intact', async () => {
