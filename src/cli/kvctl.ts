@@ -355,19 +355,24 @@ export async function main(argv: readonly string[], io: KvctlIo = {}): Promise<n
     .option('--keys-only', 'omit values')
     .option('--all', 'fetch every page')
     .option('--page-token <token>', 'continue a previous listing')
-    .action(async (prefix: string, o: { limit?: number; keysOnly?: boolean; all?: boolean; pageToken?: string }) => {
+    .option('--shard <group>', 'list only this shard (its Raft group id: `kvctl pool describe`); shard-local system keys such as /_sys/ exist once per shard', positive('--shard'))
+    .action(async (prefix: string, o: { limit?: number; keysOnly?: boolean; all?: boolean; pageToken?: string; shard?: number }) => {
       const keysOnly = o.keysOnly === true;
       const items: KvItem[] = [];
       let pageToken = o.pageToken ?? '';
       let revision = 0;
+      let shardRevisions: Readonly<Record<number, number>> = {};
       do {
-        const page = await kv(prefix).list(prefix, { ...(o.limit ? { limit: o.limit } : {}), keysOnly, pageToken });
+        const page = await kv(prefix).list(prefix, { ...(o.limit ? { limit: o.limit } : {}), keysOnly, pageToken, ...(o.shard !== undefined ? { shard: o.shard } : {}) });
         items.push(...page.items);
         revision = page.revision;
+        shardRevisions = page.shardRevisions;
         pageToken = page.nextPageToken;
       } while (o.all && pageToken);
       if (json()) {
-        print({ prefix, items: items.map((it) => itemDoc(it, keysOnly)), ...(pageToken ? { nextPageToken: pageToken } : {}), revision });
+        // One shard: its revision; several: each shard's (revisions are per shard).
+        const at = revision > 0 || Object.keys(shardRevisions).length === 0 ? { revision } : { shardRevisions };
+        print({ prefix, items: items.map((it) => itemDoc(it, keysOnly)), ...(pageToken ? { nextPageToken: pageToken } : {}), ...at });
         return;
       }
       out.write(

@@ -41,3 +41,17 @@ export type {
   KvGroupStatus,
   KvNodeStatus,
 } from './types.js';
+/** The admin API (extensions, pools, members; needs the admin token). */
+export { AdminClient } from './admin-client.js';
+/** Options and results of the admin calls. */
+export type {
+  AdminClientOptions,
+  ClusterNodeReport,
+  ClusterStatus,
+  CreatePoolRequest,
+  ExtensionNodeInfo,
+  ExtensionRecordInfo,
+  ExtensionResourceInfo,
+  ExtensionWatchInfo,
+  LoadExtensionOptions,
+} from './admin-client.js';

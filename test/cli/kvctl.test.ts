@@ -246,6 +246,15 @@ describe('ls', () => {
     expect(all.err).toBe('');
   });
 
+  it('--shard lists one shard (its group id), with its revision; 0 is a usage error', async () => {
+    const one = await kvctl(['--json', 'ls', 'app/', '--shard', '1', '--keys-only']);
+    expect(one.code).toBe(EXIT.OK);
+    const doc = JSON.parse(one.out) as { items: { key: string }[]; revision: number };
+    expect(doc.items.map((i) => i.key)).toEqual(['app/a', 'app/b', 'app/c']);
+    expect(doc.revision).toBeGreaterThan(0);
+    expect((await kvctl(['ls', 'app/', '--shard', '0'])).code).toBe(EXIT.USAGE);
+  });
+
   it('prints one JSON document with --json', async () => {
     const j = await kvctl(['--json', 'ls', 'app/', '--limit', '2']);
     const doc = JSON.parse(j.out) as { items: unknown[]; nextPageToken: string; revision: number };
