@@ -36,6 +36,8 @@ export interface CommandContext {
   endpoints(): string[];
   /** The admin token from --admin-token, $KVCASCADE_ADMIN_TOKEN or ./.data/admin-token (throws when there is none). */
   adminToken(): string;
+  /** The admin token when one is given or found, else undefined (for calls that work without it). */
+  adminTokenIfAny?(): string | undefined;
   /** TLS settings from --cacert/--cert/--key (or $KVCASCADE_CACERT/_CERT/_KEY); undefined for plaintext. */
   tls(): KvClientTlsOptions | undefined;
   formatTable(headers: readonly string[], rows: readonly (readonly string[])[]): string;

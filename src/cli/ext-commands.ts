@@ -35,7 +35,7 @@ export function resolveAdminToken(flag: string | undefined, env: Readonly<Record
 
 /** Adds the `ext` command group to kvctl. */
 export function registerExtCommands(program: Command, ctx: ExtCommandContext): void {
-  const ext = program.command('ext').description('load, list and unload extensions (admin token required)');
+  const ext = program.command('ext').description('load, list and unload extensions (admin token required, except to list)');
   const admin = () => new AdminClient({ endpoints: ctx.endpoints(), ...tlsOf(ctx), token: ctx.adminToken(), deadlineMs: Math.max(ctx.timeoutMs(), 60_000) });
 
   ext
@@ -85,7 +85,9 @@ export function registerExtCommands(program: Command, ctx: ExtCommandContext): v
     .command('ls')
     .description('registered extensions: state, lambda statistics, where the lambdas run and (process isolation) CPU seconds and RSS on every node')
     .action(async () => {
-      const c = admin();
+      // Listing needs no token; with one, the extensions' configs are shown too.
+      const token = ctx.adminTokenIfAny?.();
+      const c = new AdminClient({ endpoints: ctx.endpoints(), ...tlsOf(ctx), ...(token ? { token } : {}), deadlineMs: Math.max(ctx.timeoutMs(), 60_000) });
       try {
         const l = await c.list();
         if (ctx.json()) {

@@ -423,6 +423,7 @@ export async function main(argv: readonly string[], io: KvctlIo = {}): Promise<n
     formatTable,
     endpoints: endpointList,
     adminToken,
+    adminTokenIfAny: () => resolveAdminToken(globals().adminToken, env, io.adminTokenFiles),
     tls,
     timeoutMs: () => globals().timeout,
     fail: (code) => {

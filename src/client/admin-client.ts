@@ -20,7 +20,10 @@ export interface ExtensionRecordInfo {
   readonly generation: number;
   readonly sha256: string;
   readonly size: number;
+  /** The config handed to `initialize` (empty, with `configHidden`, when listed without the admin token). */
   readonly config: Record<string, unknown>;
+  /** The config was withheld: the listing was made without the admin token (it may hold secrets). */
+  readonly configHidden?: boolean;
   readonly native: string;
   readonly inProcess: boolean;
   /** Circuit breaker limits given at load (0 = the node's defaults). */
@@ -149,8 +152,12 @@ const UPLOAD_CHUNK = 512 * 1024;
 
 function fromRecord(r: Record<string, unknown>): ExtensionRecordInfo {
   let config: Record<string, unknown> = {};
+  let configHidden = false;
   try {
-    config = JSON.parse(String(r.configJson || '{}')) as Record<string, unknown>;
+    const parsed = JSON.parse(String(r.configJson || '{}')) as unknown;
+    // A listing without the admin token carries a note instead of the config object.
+    if (parsed !== null && typeof parsed === 'object' && !Array.isArray(parsed)) config = parsed as Record<string, unknown>;
+    else configHidden = true;
   } catch {
     // shown as empty
   }
@@ -161,6 +168,7 @@ function fromRecord(r: Record<string, unknown>): ExtensionRecordInfo {
     sha256: String(r.sha256),
     size: Number(r.size),
     config,
+    ...(configHidden ? { configHidden: true } : {}),
     native: String(r.native ?? ''),
     maxRestartsPerMinute: Number(r.maxRestartsPerMinute ?? 0),
     pauseMs: Number(r.pauseMs ?? 0),

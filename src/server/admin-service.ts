@@ -106,6 +106,9 @@ function statusError(code: grpc.status, details: string, md?: Record<string, str
 }
 
 /** Wire form of a record. */
+/** The config an extension listing shows a caller without the admin token. */
+export const REDACTED_CONFIG = '"(config shown with the admin token)"';
+
 function recordToWire(r: AdminExtensionRecord): Record<string, unknown> {
   return {
     name: r.name,
@@ -433,10 +436,13 @@ export function addAdminService(server: grpc.Server, backend: AdminBackend, opts
       );
     },
     listExtensions: (call: grpc.ServerUnaryCall<unknown, unknown>, cb: grpc.sendUnaryData<unknown>) => {
-      const denied = authorize(call.metadata);
-      if (denied) return cb(denied);
+      // Listing needs no token (what runs where, and how it is doing); a wrong token is still
+      // refused, and an extension's config (it may hold secrets) is shown to the admin only.
+      const verdict = tokens.check(call.metadata);
+      if (verdict === 'wrong') return cb(authorize(call.metadata)!);
+      const admin = verdict === 'ok';
       cb(null, {
-        records: backend.records().map(recordToWire),
+        records: backend.records().map((r) => (admin ? recordToWire(r) : { ...recordToWire(r), configJson: REDACTED_CONFIG })),
         statuses: backend.statuses().map((s) => statusToWire(backend.nodeId, s)),
         metadataLeader: backend.metadataLeaderAddress() ?? '',
       });

@@ -36,11 +36,13 @@ const backend: AdminBackend = {
   async unload(name) {
     throw new LoadConflictError(name, `another load of ${name} is in progress`);
   },
-  records: () => [],
+  records: () => records,
   statuses: () => statuses,
 };
 /** What the backend's `statuses()` answers. */
 let statuses: AdminExtensionStatus[] = [];
+/** What the backend's `records()` answers. */
+let records: ReturnType<AdminBackend['records']> = [];
 
 let server: grpc.Server | undefined;
 const clients: AdminClient[] = [];
@@ -49,11 +51,11 @@ afterEach(() => {
   server?.forceShutdown();
 });
 
-async function admin(): Promise<AdminClient> {
+async function admin(token: string | null = TOKEN): Promise<AdminClient> {
   server = new grpc.Server();
   addAdminService(server, backend, { adminToken: TOKEN });
   const port = await new Promise<number>((resolve, reject) => server!.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))));
-  const a = new AdminClient({ endpoints: [`127.0.0.1:${port}`], token: TOKEN });
+  const a = new AdminClient({ endpoints: [`127.0.0.1:${port}`], ...(token !== null ? { token } : {}) });
   clients.push(a);
   return a;
 }
@@ -114,5 +116,24 @@ describe('extension load errors over the Admin service', () => {
     const a = await admin();
     await expect(a.load(tgzWith({ path: 'index.js', type: 'File' }), { name: 'busy' })).rejects.toMatchObject({ code: 'ABORTED', message: expect.stringMatching(/another load of busy is in progress/) });
     await expect(a.unload('busy')).rejects.toMatchObject({ code: 'ABORTED' });
+  });
+});
+
+describe('listing extensions', () => {
+  it('needs no token, but shows the configs (they may hold secrets) only with it; a wrong token is refused', async () => {
+    records = [{ name: 'cam', version: '1.0.0', generation: 3, sha256: 'ab', size: 10, config: { apiKey: 'k-123' }, loadedAtMs: 1 } as unknown as ReturnType<AdminBackend['records']>[number]];
+    try {
+      const anon = await (await admin(null)).list();
+      expect(anon.records.map((r) => [r.name, r.generation, r.configHidden, r.config])).toEqual([['cam', 3, true, {}]]);
+      expect(JSON.stringify(anon)).not.toContain('k-123');
+      server?.forceShutdown();
+      const full = await (await admin()).list();
+      expect(full.records[0]).toMatchObject({ config: { apiKey: 'k-123' } });
+      expect(full.records[0]!.configHidden).toBeUndefined();
+      server?.forceShutdown();
+      await expect((await admin('wrong')).list()).rejects.toMatchObject({ message: expect.stringMatching(/wrong admin token/) });
+    } finally {
+      records = [];
+    }
   });
 });
