@@ -117,6 +117,8 @@ export interface ExtensionManagerOptions {
 const REGISTRY_PAGE = 10_000;
 /** Progress interval of the registry subscription (its progress reports are ignored). */
 const REGISTRY_PROGRESS_MS = 60_000;
+/** Pause before following the registry again after the node cancelled its watch (ms). */
+const REGISTRY_REFOLLOW_MS = 1_000;
 /** How long `load` waits for its generation to load (or fail) on this node before answering with the status so far. */
 const LOAD_WAIT_MS = 30_000;
 /** Heap limit of each extension's worker or process (MiB) when the options name none. */
@@ -178,6 +180,17 @@ export class ExtensionManager {
     } catch (e) {
       this.opts.log.warn({ dir: this.writes.stagingRoot(), err: (e as Error).message }, 'could not remove old extension staging folders');
     }
+    this.followRegistry();
+    // Leadership is pushed by the host: the shards led now, then every change.
+    this.delivery.start();
+  }
+
+  /**
+   * Reconciles every registered extension, then follows the registry's changes. A watch the node
+   * cancels (not this manager's own stop) is followed again after a pause, from a fresh listing.
+   */
+  private followRegistry(): void {
+    if (this.stopped) return;
     const meta = this.host.meta();
     for (const item of meta.list(REGISTRY_PREFIX, { limit: REGISTRY_PAGE }).items) {
       const parsed = parseRegistryKey(item.key);
@@ -195,13 +208,17 @@ export class ExtensionManager {
           }
         },
         progress: () => {},
-        canceled: (reason) => this.opts.log.error({ reason }, 'extension registry watch cancelled'),
+        canceled: (reason) => {
+          if (this.stopped) return; // our own stop
+          this.opts.log.warn({ reason }, 'extension registry watch cancelled by the node: following it again shortly');
+          const t = setTimeout(() => this.followRegistry(), REGISTRY_REFOLLOW_MS);
+          t.unref();
+          this.unsubscribe.push(() => clearTimeout(t));
+        },
       },
       REGISTRY_PROGRESS_MS,
     );
     this.unsubscribe.push(() => registry.cancel());
-    // Leadership is pushed by the host: the shards led now, then every change.
-    this.delivery.start();
   }
 
   /** Stops every extension (node shutdown). */
