@@ -24,6 +24,8 @@ export interface KvdConfig {
   tickMs: number;
   electionTicks: number;
   snapshotEveryEntries: number;
+  /** Log entries kept behind a snapshot, so a follower slightly behind catches up without one. */
+  snapshotKeepEntries: number;
   retentionMs: number;
   /** Shards of the default pool of a brand-new cluster (only read when the cluster is created). */
   defaultShards: number;
@@ -123,6 +125,7 @@ export function parseConfig(argv: string[]): KvdConfig {
     .option('--tick-ms <ms>', 'Raft tick length', int('--tick-ms'))
     .option('--election-ticks <n>', 'ticks before a follower campaigns', int('--election-ticks'))
     .option('--snapshot-every <entries>', 'take a snapshot after this many applied entries', int('--snapshot-every'))
+    .option('--snapshot-keep-entries <entries>', 'log entries kept behind a snapshot for followers slightly behind (default 5000)', int('--snapshot-keep-entries'))
     .option('--default-shards <n>', 'shards of the default pool when this node creates a new cluster (default 1)', int('--default-shards'))
     .option('--join <host:port>', 'join the existing cluster at this member address (add the node first: kvctl member add <id> <addr>)')
     .option('--retention-ms <ms>', 'keep old versions this long (0 = bounded only by history limits)', int('--retention-ms'))
@@ -210,6 +213,7 @@ export function parseConfig(argv: string[]): KvdConfig {
     tickMs: Number(pick('tickMs', 100)),
     electionTicks: Number(pick('electionTicks', 10)),
     snapshotEveryEntries: Number(pick('snapshotEvery', 20000)),
+    snapshotKeepEntries: Number(pick('snapshotKeepEntries', 5000)),
     retentionMs: Number(pick('retentionMs', 3_600_000)),
     defaultShards,
     ...(join !== undefined ? { join } : {}),

@@ -147,6 +147,7 @@ async function main(): Promise<void> {
       tickMs: cfg.tickMs,
       electionTicks: cfg.electionTicks,
       snapshotEveryEntries: cfg.snapshotEveryEntries,
+      keepEntriesAfterSnapshot: cfg.snapshotKeepEntries,
       retentionMs: cfg.retentionMs,
       log,
     },

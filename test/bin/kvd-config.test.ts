@@ -75,4 +75,13 @@ describe('kvd configuration', () => {
     expect(parseConfig([...base, '--insecure-peers', '--config', file]).extensionHeapMb).toBe(64);
     expect(() => parseConfig([...base, '--insecure-peers', '--extension-heap-mb', '4'])).toThrow(/--extension-heap-mb must be an integer >= 8/);
   });
+
+  it('takes the log entries kept behind a snapshot from the flag or the file (default 5000)', () => {
+    expect(parseConfig([...base, '--insecure-peers']).snapshotKeepEntries).toBe(5000);
+    expect(parseConfig([...base, '--insecure-peers', '--snapshot-keep-entries', '200']).snapshotKeepEntries).toBe(200);
+    const file = join(dir, 'keep.json');
+    writeFileSync(file, JSON.stringify({ snapshotKeepEntries: 1000 }));
+    expect(parseConfig([...base, '--insecure-peers', '--config', file]).snapshotKeepEntries).toBe(1000);
+    expect(() => parseConfig([...base, '--insecure-peers', '--snapshot-keep-entries', 'x'])).toThrow(/--snapshot-keep-entries/);
+  });
 });
