@@ -18,6 +18,8 @@ export interface KvdClusterOptions {
   readonly startTimeoutMs?: number;
   /** Extra flags appended to every kvd command line. */
   readonly extraArgs?: readonly string[];
+  /** Write a V8 CPU profile of every kvd process into this directory (`node --cpu-prof`, saved when it stops): `kvd-nN-<time>.cpuprofile`. */
+  readonly profileDir?: string;
   /** Shards of the default pool of the new cluster (`--default-shards N`; kvd's default, 1, when absent). */
   readonly defaultShards?: number;
   /** Progress messages. */
@@ -95,7 +97,9 @@ async function startOnce(bin: string, opts: KvdClusterOptions): Promise<RunningC
   try {
     for (const n of nodes) {
       await mkdir(n.dir, { recursive: true });
+      const prof = opts.profileDir === undefined ? [] : ['--cpu-prof', '--cpu-prof-dir', opts.profileDir, '--cpu-prof-name', `kvd-n${n.id}-${Date.now()}.cpuprofile`];
       const args = [
+        ...prof,
         bin,
         '--id', String(n.id),
         '--listen', `127.0.0.1:${n.port}`,
