@@ -18,7 +18,7 @@ export interface KvdClusterOptions {
   readonly startTimeoutMs?: number;
   /** Extra flags appended to every kvd command line. */
   readonly extraArgs?: readonly string[];
-  /** Write a V8 CPU profile of every kvd process into this directory (`node --cpu-prof`, saved when it stops): `kvd-nN-<time>.cpuprofile`. */
+  /** Let the bench profile every kvd process (KVCASCADE_CPU_PROFILE_DIR: SIGUSR2 starts and stops a profile, saved here as `kvd-nN-<pid>-<k>.cpuprofile`). */
   readonly profileDir?: string;
   /** Shards of the default pool of the new cluster (`--default-shards N`; kvd's default, 1, when absent). */
   readonly defaultShards?: number;
@@ -79,7 +79,7 @@ async function startOnce(bin: string, opts: KvdClusterOptions): Promise<RunningC
     logPath: join(dataDir, `n${id}.log`),
   }));
   const peers = nodes.map((n) => `${n.id}=127.0.0.1:${n.port}/127.0.0.1:${n.peerPort}`).join(',');
-  const env = childEnv();
+  const env = { ...childEnv(), ...(opts.profileDir === undefined ? {} : { KVCASCADE_CPU_PROFILE_DIR: opts.profileDir }) };
   // The Admin service (extension load/unload) refuses every call unless kvd has a token (>= 16 chars).
   const adminToken = randomBytes(24).toString('hex');
   const tokenFile = join(dataDir, 'admin-token');
@@ -97,9 +97,7 @@ async function startOnce(bin: string, opts: KvdClusterOptions): Promise<RunningC
   try {
     for (const n of nodes) {
       await mkdir(n.dir, { recursive: true });
-      const prof = opts.profileDir === undefined ? [] : ['--cpu-prof', '--cpu-prof-dir', opts.profileDir, '--cpu-prof-name', `kvd-n${n.id}-${Date.now()}.cpuprofile`];
       const args = [
-        ...prof,
         bin,
         '--id', String(n.id),
         '--listen', `127.0.0.1:${n.port}`,

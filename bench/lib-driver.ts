@@ -23,9 +23,13 @@ export class LibDriver implements Driver {
   private readonly client: KvClient;
   private readonly keys: string[] = [];
 
-  /** A client of the cluster at `endpoints`, trying `address` first; `timeoutMs` is each call's deadline. */
-  constructor(readonly address: string, endpoints: readonly string[], timeoutMs: number, private readonly keyPrefix?: string) {
-    this.client = new KvClient({ endpoints: [address, ...endpoints.filter((e) => e !== address)], defaultDeadlineMs: timeoutMs });
+  /** A client of the cluster at `endpoints`, trying `address` first; `timeoutMs` is each call's deadline; `unbatched`: `batching: false`. */
+  constructor(readonly address: string, endpoints: readonly string[], timeoutMs: number, private readonly keyPrefix?: string, unbatched = false) {
+    this.client = new KvClient({
+      endpoints: [address, ...endpoints.filter((e) => e !== address)],
+      defaultDeadlineMs: timeoutMs,
+      ...(unbatched ? { batching: false } : {}),
+    });
   }
 
   private key(i: number): string {

@@ -43,8 +43,8 @@ export function supports(system: SystemName, workload: WorkloadName): boolean {
   }
 }
 
-/** How kvd's put/get/rmw are driven: `stub` = plain grpc-js unary stubs (as etcd's), `lib` = the client library's default KvClient API. */
-export const KVD_CLIENT_MODES = ['stub', 'lib'] as const;
+/** How kvd's put/get/rmw are driven: `stub` = plain grpc-js unary stubs (as etcd's), `lib` = the client library's default KvClient API, `lib-unary` = KvClient with `batching: false` (every call unary). */
+export const KVD_CLIENT_MODES = ['stub', 'lib', 'lib-unary'] as const;
 /** One of {@link KVD_CLIENT_MODES}. */
 export type KvdClientMode = (typeof KVD_CLIENT_MODES)[number];
 
@@ -161,10 +161,10 @@ export class ValuePool {
 
 /** Connects one client process's channels and returns a part ready to {@link LoadPart.run}. */
 export async function prepareLoadPart(spec: LoadPartSpec): Promise<LoadPart> {
-  const lib = spec.system === 'kvd' && spec.kvdClient === 'lib' && ['put', 'get', 'rmw'].includes(spec.workload);
+  const lib = spec.system === 'kvd' && spec.kvdClient !== undefined && spec.kvdClient !== 'stub' && ['put', 'get', 'rmw'].includes(spec.workload);
   const drivers = spec.channels.map((c) =>
     lib
-      ? new LibDriver(c.address, spec.clusterEndpoints ?? [c.address], spec.opTimeoutMs, spec.keyPrefix)
+      ? new LibDriver(c.address, spec.clusterEndpoints ?? [c.address], spec.opTimeoutMs, spec.keyPrefix, spec.kvdClient === 'lib-unary')
       : makeDriver(spec.system, c.address, spec.opTimeoutMs, spec.keyPrefix),
   );
   // Shard-routed workloads need a connection to every leader: add one (without workers of its own) per missing node.
@@ -732,7 +732,19 @@ export async function runWorkload(o: WorkloadOptions): Promise<WorkloadResult> {
     const cpuWin: { srv: number | null; busy: number | null } = { srv: null, busy: null };
     const sample = (): Promise<[(number | undefined)[], number | undefined]> =>
       Promise.all([Promise.all(o.serverPids.map((p) => processCpuSeconds(p))), machineBusySeconds()]);
+    // With --profile, SIGUSR2 makes each kvd start (then save) a CPU profile of the window.
+    const toggleServerProfiles = (): void => {
+      if (o.profileDir === undefined || o.system !== 'kvd') return;
+      for (const pid of o.serverPids) {
+        try {
+          process.kill(pid, 'SIGUSR2');
+        } catch {
+          // gone
+        }
+      }
+    };
     const t1 = setTimeout(() => {
+      toggleServerProfiles();
       void sample().then(([srv, busy]) => {
         srvStart = srv;
         busyStart = busy;
@@ -740,6 +752,7 @@ export async function runWorkload(o: WorkloadOptions): Promise<WorkloadResult> {
     }, o.warmupMs);
     const t2 = setTimeout(() => {
       void sample().then(([end, busy]) => {
+        toggleServerProfiles();
         let sum = 0;
         let ok = end.length > 0;
         end.forEach((e, i) => {
@@ -803,7 +816,7 @@ export async function runWorkload(o: WorkloadOptions): Promise<WorkloadResult> {
       clientCpuCores: cpu / (o.durationMs / 1000),
       serverCpuCores: cpuWin.srv,
       serverCpuUsPerOp: cpuWin.srv === null || ops === 0 ? null : Math.round((cpuWin.srv * (o.durationMs / 1000) * 1e6) / ops),
-      ...(o.kvdClient === 'lib' && o.system === 'kvd' && ['put', 'get', 'rmw'].includes(o.workload) ? { kvdClient: 'lib' as const } : {}),
+      ...(o.kvdClient !== undefined && o.kvdClient !== 'stub' && o.system === 'kvd' && ['put', 'get', 'rmw'].includes(o.workload) ? { kvdClient: o.kvdClient } : {}),
       otherCpuCores: cpuWin.busy === null || cpuWin.srv === null ? null : Math.max(0, cpuWin.busy - cpuWin.srv - cpu / (o.durationMs / 1000)),
     };
     hist.destroy();

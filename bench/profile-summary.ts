@@ -21,7 +21,7 @@ interface CpuProfile {
 /** Self time of one profile, in microseconds, by function and by area. */
 export interface ProfileSummary {
   readonly file: string;
-  /** Sampled time (idle excluded), µs. */
+  /** Sampled time (idle and the profiler's own work excluded), µs; wall time a runnable thread spent, so it overstates CPU on a busy machine. */
   readonly busyUs: number;
   readonly idleUs: number;
   readonly byFunction: ReadonlyMap<string, number>;
@@ -34,7 +34,7 @@ export function areaOf(url: string, fn: string): string {
     if (fn === '(garbage collector)') return 'GC';
     if (fn === '(program)') return '(program: native)';
     if (fn === '(idle)') return '(idle)';
-    return `native ${fn}`;
+    return `native ${fn || "(anonymous: addon or builtin)"}`;
   }
   const nm = url.lastIndexOf('node_modules/');
   if (nm >= 0) {
@@ -56,6 +56,15 @@ export async function summarise(file: string): Promise<ProfileSummary> {
   const p = JSON.parse(await readFile(file, 'utf8')) as CpuProfile;
   const byId = new Map<number, ProfileNode>();
   for (const n of p.nodes) byId.set(n.id, n);
+  // The profiler's own work (stopping and serialising the profile) is not the process's.
+  const profiler = new Set<number>();
+  const mark = (id: number, inside: boolean): void => {
+    const n = byId.get(id)!;
+    const here = inside || n.callFrame.url === 'node:inspector';
+    if (here) profiler.add(id);
+    for (const c of n.children ?? []) mark(c, here);
+  };
+  if (p.nodes.length > 0) mark(p.nodes[0]!.id, false);
   const selfById = new Map<number, number>();
   for (let i = 0; i < p.samples.length; i++) {
     const id = p.samples[i]!;
@@ -67,7 +76,7 @@ export async function summarise(file: string): Promise<ProfileSummary> {
   let idleUs = 0;
   for (const [id, us] of selfById) {
     const cf = byId.get(id)!.callFrame;
-    if (cf.functionName === '(idle)') {
+    if (cf.functionName === '(idle)' || profiler.has(id)) {
       idleUs += us;
       continue;
     }

@@ -50,11 +50,12 @@ const USAGE = `usage: node dist/bench/run.js [flags]
   --etcd-bin PATH     etcd binary (default: etcd on PATH)
   --kvd-bin PATH      kvd entry point (default: dist/src/bin/kvd.js)
   --out FILE          JSON results (default bench/results/latest.json)
-  --profile DIR       save V8 CPU profiles: every kvd process over its whole life (kvd-nN-*.cpuprofile) and every
-                      client process over each measured window (client-<workload>-<pid>.cpuprofile); summarise
-                      with node dist/bench/profile-summary.js DIR
-  --kvd-client MODE   stub (default: plain grpc-js unary stubs, identical to etcd's) or lib (kvd's put, get and rmw
+  --profile DIR       save V8 CPU profiles of every measured window: each kvd process (kvd-nN-<pid>-<k>.cpuprofile,
+                      through SIGUSR2, see src/bin/cpu-profile-signal.ts) and each client process
+                      (client-<system>-<workload>-<pid>.cpuprofile); summarise with node dist/bench/profile-summary.js DIR
+  --kvd-client MODE   stub (default: plain grpc-js unary stubs, identical to etcd's), lib (kvd's put, get and rmw
                       through the client library's default KvClient API, one KvClient per connection of the plan)
+                      or lib-unary (the same with batching: false, every call unary)
   --help`;
 
 /** Parsed command-line configuration of a benchmark run. */
@@ -186,7 +187,7 @@ function notes(r: WorkloadResult): string {
   out.push(`cpu srv ${srv} cli ${fmt(r.clientCpuCores, 2)} other ${other}`);
   if (r.serverCpuUsPerOp !== null) out.push(`srv ${r.serverCpuUsPerOp} us/op`);
   if (r.opsPerSec > 0) out.push(`cli ${Math.round((r.clientCpuCores * 1e6) / r.opsPerSec)} us/op`);
-  if (r.kvdClient === 'lib') out.push('KvClient');
+  if (r.kvdClient !== undefined) out.push(r.kvdClient === 'lib' ? 'KvClient' : 'KvClient unbatched');
   return out.join('; ');
 }
 
@@ -356,7 +357,7 @@ async function measure(
       valueBytes: cfg.valueBytes, pipelineDepth: cfg.pipelineDepth, opTimeoutMs: cfg.opTimeoutS * 1000,
       serverPids: cluster.pids(),
       ...(cfg.profileDir === undefined ? {} : { profileDir: cfg.profileDir }),
-      ...(system === 'kvd' && cfg.kvdClient === 'lib' ? { kvdClient: cfg.kvdClient } : {}),
+      ...(system === 'kvd' && cfg.kvdClient !== 'stub' ? { kvdClient: cfg.kvdClient } : {}),
     };
     const r = REACTION_WORKLOADS.includes(workload)
       ? await runReactionWorkload({ ...common, ...(cluster.adminToken ? { adminToken: cluster.adminToken } : {}), log })

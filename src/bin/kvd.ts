@@ -27,6 +27,7 @@ import type { ClusterMap } from '../sharding/index.js';
 import type { Logger } from '../log.js';
 import { Counter } from 'prom-client';
 import { LoopWatchdog } from '../node/loop-watchdog.js';
+import { installCpuProfileSignal } from './cpu-profile-signal.js';
 
 /**
  * A joining node's first view of the cluster: the map served by `address`, once it lists this
@@ -114,6 +115,7 @@ async function main(): Promise<void> {
     process.exit(2);
   }
   const log = createLogger('kvd', { node: cfg.id });
+  installCpuProfileSignal(`kvd-n${cfg.id}`, (msg) => log.info(msg));
   for (const w of cfg.warnings) log.warn(w);
   createPrivateDir(cfg.dataDir, log);
   const creds = kvdCredentials(cfg);
