@@ -51,6 +51,21 @@ export function areaOf(url: string, fn: string): string {
   return basename(url);
 }
 
+/** The coarse bucket of an area, for the "where the time goes" tables: gRPC and HTTP/2 of both planes with protobuf and request routing, peer transport codec, Raft, storage, state machine, GC, native. */
+export function bucketOf(area: string): string {
+  if (area === 'GC') return 'GC';
+  if (area === '(program: native)' || area.startsWith('native (anonymous')) return 'native (unattributed: syscalls, addons, builtins)';
+  if (/^(classic-level|abstract-level|level|maybe-combine-errors|module-error)$/.test(area) || area.startsWith('src/storage/')) return 'storage (LevelDB, log and state stores)';
+  if (area.startsWith('src/statemachine/') || area === 'src/node/envelope') return 'state machine (apply, sessions, proposal envelope)';
+  if (area.startsWith('src/raft/') || area === 'src/node/replica' || area === 'src/node/kv-node') return 'Raft and replica (ready loop, propose, apply driver)';
+  if (area.startsWith('src/node/grpc-transport') || area.startsWith('src/node/peer') || /RaftBatch|RaftMessage/.test(area)) return 'peer transport (codec, streams)';
+  if (area.startsWith('grpc-js') || area.startsWith('node http2') || area === 'protobufjs' || area.startsWith('@protobufjs') || area === '@grpc/proto-loader' || /\$(encode|decode|fromObject|toObject)$/.test(area) || area.startsWith('src/server/') || area.startsWith('src/coordinator/') || area.startsWith('src/wire/') || area.startsWith('src/client/')) return 'gRPC, HTTP/2, protobuf (client API and peer plane), request routing';
+  if (area === 'prom-client' || area === 'src/node/metrics') return 'metrics (prom-client)';
+  if (area.startsWith('node ') || area.startsWith('native ')) return 'Node runtime (streams, events, timers, buffers, microtasks)';
+  if (area.startsWith('bench/') || area === 'hdr-histogram-js') return 'load generator';
+  return 'other';
+}
+
 /** Reads and summarises one profile. */
 export async function summarise(file: string): Promise<ProfileSummary> {
   const p = JSON.parse(await readFile(file, 'utf8')) as CpuProfile;
@@ -65,6 +80,17 @@ export async function summarise(file: string): Promise<ProfileSummary> {
     for (const c of n.children ?? []) mark(c, here);
   };
   if (p.nodes.length > 0) mark(p.nodes[0]!.id, false);
+  // A native frame (no script) is charged to the nearest caller with one: LevelDB's batch put is
+  // storage, a protobuf codec function is the gRPC layer that called it.
+  const parent = new Map<number, number>();
+  for (const n of p.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
+  const scriptedCaller = (id: number): ProfileNode['callFrame'] | undefined => {
+    for (let q = parent.get(id); q !== undefined; q = parent.get(q)) {
+      const f = byId.get(q)!.callFrame;
+      if (f.url !== '') return f;
+    }
+    return undefined;
+  };
   const selfById = new Map<number, number>();
   for (let i = 0; i < p.samples.length; i++) {
     const id = p.samples[i]!;
@@ -81,8 +107,12 @@ export async function summarise(file: string): Promise<ProfileSummary> {
       continue;
     }
     busyUs += us;
-    const area = areaOf(cf.url, cf.functionName);
-    const fname = `${cf.functionName || '(anonymous)'} ${cf.url ? `${basename(cf.url)}:${cf.lineNumber + 1}` : ''}`.trim();
+    const special = cf.functionName === '(garbage collector)' || cf.functionName === '(program)';
+    const caller = cf.url === '' && !special ? scriptedCaller(id) : undefined;
+    const area = caller ? areaOf(caller.url, caller.functionName) : areaOf(cf.url, cf.functionName);
+    const fname = caller
+      ? `${cf.functionName || '(native)'} in ${caller.functionName || '(anonymous)'} ${basename(caller.url)}:${caller.lineNumber + 1}`
+      : `${cf.functionName || '(anonymous)'} ${cf.url ? `${basename(cf.url)}:${cf.lineNumber + 1}` : ''}`.trim();
     byFunction.set(fname, (byFunction.get(fname) ?? 0) + us);
     byArea.set(area, (byArea.get(area) ?? 0) + us);
   }
@@ -115,6 +145,11 @@ export function render(s: ProfileSummary, n = 20, opsForPerOp?: number): string 
   const head = opsForPerOp ? ' | µs/op' : '';
   const sep = opsForPerOp ? '|---' : '';
   const out = [`### ${s.file}: busy ${(s.busyUs / 1e6).toFixed(2)} s, idle ${(s.idleUs / 1e6).toFixed(2)} s`, ''];
+  const buckets = new Map<string, number>();
+  for (const [k, v] of s.byArea) buckets.set(bucketOf(k), (buckets.get(bucketOf(k)) ?? 0) + v);
+  out.push(`| bucket | self${head} |`, `|---|---${sep}|`);
+  for (const [k, v] of top(buckets, n)) out.push(`| ${k} | ${pct(v)}${perOp(v)} |`);
+  out.push('');
   out.push(`| area | self${head} |`, `|---|---${sep}|`);
   for (const [k, v] of top(s.byArea, n)) out.push(`| ${k} | ${pct(v)}${perOp(v)} |`);
   out.push('', `| function | self${head} |`, `|---|---${sep}|`);
