@@ -5,6 +5,7 @@ import { closeSync, existsSync, openSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { KVD_NODE_FLAGS } from '../src/bin/runtime-flags.js';
 import { call, kvClusterStub, type KvStatusRes } from './clients.js';
 import { childEnv, freePorts, pollUntil, repoRoot, stopChild, tailFile, type RunningCluster } from './util.js';
 
@@ -47,7 +48,7 @@ interface Node {
 }
 
 /**
- * Starts 3 kvd processes (`node kvd.js --id N --listen 127.0.0.1:P --peer-listen 127.0.0.1:Q
+ * Starts 3 kvd processes (`node KVD_NODE_FLAGS kvd.js --id N --listen 127.0.0.1:P --peer-listen 127.0.0.1:Q
  * --insecure-peers --peers 1=P1/Q1,2=…,3=… --data-dir D (plaintext peers, as the etcd side runs)
  * --metrics-port 0 --admin-token-file DIR/admin-token`; the token is random per cluster and
  * returned as `adminToken`, for loading extensions) and resolves once every node answers
@@ -98,6 +99,7 @@ async function startOnce(bin: string, opts: KvdClusterOptions): Promise<RunningC
     for (const n of nodes) {
       await mkdir(n.dir, { recursive: true });
       const args = [
+        ...KVD_NODE_FLAGS,
         bin,
         '--id', String(n.id),
         '--listen', `127.0.0.1:${n.port}`,

@@ -1,5 +1,5 @@
-#!/usr/bin/env node
-/** `kvd`: starts one kvcascade node from flags or a JSON config file. */
+#!/usr/bin/env -S node --max-semi-space-size=32
+/** `kvd`: starts one kvcascade node from flags or a JSON config file. (The shebang passes runtime-flags.ts's KVD_NODE_FLAGS; run as `node kvd.js`, pass them yourself.) */
 import * as grpc from '@grpc/grpc-js';
 import { chmodSync, mkdirSync, statSync } from 'node:fs';
 import type { IncomingMessage, ServerResponse } from 'node:http';

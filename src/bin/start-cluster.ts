@@ -12,6 +12,7 @@ import { fileURLToPath } from 'node:url';
 import { KvClient } from '../client/index.js';
 import { AdminClient } from '../client/admin-client.js';
 import { packageDigest, packFolder } from '../extensions/package.js';
+import { KVD_NODE_FLAGS } from './runtime-flags.js';
 
 const NODES = 3;
 const basePort = Number(process.env.KVCASCADE_BASE_PORT ?? 7000);
@@ -49,6 +50,7 @@ function startNode(id: number): Promise<void> {
   const child = spawn(
     process.execPath,
     [
+      ...KVD_NODE_FLAGS,
       kvd,
       '--id', String(id),
       '--listen', addresses[id - 1]!,
