@@ -5,6 +5,7 @@ import { closeSync, existsSync, openSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { KVD_NODE_FLAGS } from '../src/bin/runtime-flags.js';
 import { call, kvClusterStub, type KvStatusRes } from './clients.js';
 import { childEnv, freePorts, pollUntil, repoRoot, stopChild, tailFile, type RunningCluster } from './util.js';
 
@@ -18,6 +19,8 @@ export interface KvdClusterOptions {
   readonly startTimeoutMs?: number;
   /** Extra flags appended to every kvd command line. */
   readonly extraArgs?: readonly string[];
+  /** Let the bench profile every kvd process (KVCASCADE_CPU_PROFILE_DIR: SIGUSR2 starts and stops a profile, saved here as `kvd-nN-<pid>-<k>.cpuprofile`). */
+  readonly profileDir?: string;
   /** Shards of the default pool of the new cluster (`--default-shards N`; kvd's default, 1, when absent). */
   readonly defaultShards?: number;
   /** Progress messages. */
@@ -45,7 +48,7 @@ interface Node {
 }
 
 /**
- * Starts 3 kvd processes (`node kvd.js --id N --listen 127.0.0.1:P --peer-listen 127.0.0.1:Q
+ * Starts 3 kvd processes (`node KVD_NODE_FLAGS kvd.js --id N --listen 127.0.0.1:P --peer-listen 127.0.0.1:Q
  * --insecure-peers --peers 1=P1/Q1,2=…,3=… --data-dir D (plaintext peers, as the etcd side runs)
  * --metrics-port 0 --admin-token-file DIR/admin-token`; the token is random per cluster and
  * returned as `adminToken`, for loading extensions) and resolves once every node answers
@@ -77,7 +80,7 @@ async function startOnce(bin: string, opts: KvdClusterOptions): Promise<RunningC
     logPath: join(dataDir, `n${id}.log`),
   }));
   const peers = nodes.map((n) => `${n.id}=127.0.0.1:${n.port}/127.0.0.1:${n.peerPort}`).join(',');
-  const env = childEnv();
+  const env = { ...childEnv(), ...(opts.profileDir === undefined ? {} : { KVCASCADE_CPU_PROFILE_DIR: opts.profileDir }) };
   // The Admin service (extension load/unload) refuses every call unless kvd has a token (>= 16 chars).
   const adminToken = randomBytes(24).toString('hex');
   const tokenFile = join(dataDir, 'admin-token');
@@ -96,6 +99,7 @@ async function startOnce(bin: string, opts: KvdClusterOptions): Promise<RunningC
     for (const n of nodes) {
       await mkdir(n.dir, { recursive: true });
       const args = [
+        ...KVD_NODE_FLAGS,
         bin,
         '--id', String(n.id),
         '--listen', `127.0.0.1:${n.port}`,

@@ -5,6 +5,10 @@ import { fileURLToPath } from 'node:url';
 import * as hdr from 'hdr-histogram-js';
 import type * as grpc from '@grpc/grpc-js';
 import { KvDriver, makeDriver, type Driver, type KvPipelineReq, type KvPipelineRes, type SystemName } from './clients.js';
+import { writeFile } from 'node:fs/promises';
+import { Session } from 'node:inspector/promises';
+import { join } from 'node:path';
+import { LibDriver } from './lib-driver.js';
 import { KeyRouter, type RoutingSpec } from './shards.js';
 import { machineBusySeconds, processCpuSeconds } from './util.js';
 
@@ -39,6 +43,11 @@ export function supports(system: SystemName, workload: WorkloadName): boolean {
   }
 }
 
+/** How kvd's put/get/rmw are driven: `stub` = plain grpc-js unary stubs (as etcd's), `lib` = the client library's default KvClient API, `lib-unary` = KvClient with `batching: false` (every call unary). */
+export const KVD_CLIENT_MODES = ['stub', 'lib', 'lib-unary'] as const;
+/** One of {@link KVD_CLIENT_MODES}. */
+export type KvdClientMode = (typeof KVD_CLIENT_MODES)[number];
+
 /** Whether `workload` keeps ops in flight on Pipeline streams (its clients column is streams x depth). */
 export function isPipelined(workload: WorkloadName): boolean {
   return workload === 'pipelined-put' || workload === 'pipelined-put-shards';
@@ -64,6 +73,12 @@ export interface LoadParams {
   readonly keyPrefix?: string;
   /** The shard map and leaders, for the shard-routed workloads (put-shards, pipelined-put-shards). */
   readonly routing?: RoutingSpec;
+  /** Save a CPU profile of each client process over the measured window here. */
+  readonly profileDir?: string;
+  /** kvd put/get/rmw through KvClient (`lib`) instead of stubs (default `stub`). */
+  readonly kvdClient?: KvdClientMode;
+  /** Every node of the cluster (the `lib` driver's endpoints). */
+  readonly clusterEndpoints?: readonly string[];
 }
 
 /** One client connection of a process: where it goes and how many closed-loop workers share it. */
@@ -146,7 +161,12 @@ export class ValuePool {
 
 /** Connects one client process's channels and returns a part ready to {@link LoadPart.run}. */
 export async function prepareLoadPart(spec: LoadPartSpec): Promise<LoadPart> {
-  const drivers = spec.channels.map((c) => makeDriver(spec.system, c.address, spec.opTimeoutMs, spec.keyPrefix));
+  const lib = spec.system === 'kvd' && spec.kvdClient !== undefined && spec.kvdClient !== 'stub' && ['put', 'get', 'rmw'].includes(spec.workload);
+  const drivers = spec.channels.map((c) =>
+    lib
+      ? new LibDriver(c.address, spec.clusterEndpoints ?? [c.address], spec.opTimeoutMs, spec.keyPrefix, spec.kvdClient === 'lib-unary')
+      : makeDriver(spec.system, c.address, spec.opTimeoutMs, spec.keyPrefix),
+  );
   // Shard-routed workloads need a connection to every leader: add one (without workers of its own) per missing node.
   const extra: Driver[] = [];
   if (spec.routing) {
@@ -200,11 +220,30 @@ async function runPart(
   };
   let cpuStart: NodeJS.CpuUsage | undefined;
   let cpuSeconds = 0;
-  const t1 = setTimeout(() => (cpuStart = process.cpuUsage()), warmupMs);
-  const t2 = setTimeout(() => {
+  const profiler = spec.profileDir === undefined ? undefined : new Session();
+  let profiled: Promise<void> | undefined;
+  const t1 = setTimeout(() => {
+    cpuStart = process.cpuUsage();
+    if (profiler) {
+      profiler.connect();
+      profiled = profiler.post('Profiler.enable').then(() => profiler.post('Profiler.start'));
+    }
+  }, warmupMs);
+  let windowClosed = false;
+  const closeWindow = (): void => {
+    if (windowClosed) return;
+    windowClosed = true;
     const d = process.cpuUsage(cpuStart);
     cpuSeconds = (d.user + d.system) / 1e6;
-  }, warmupMs + durationMs);
+    if (profiler && profiled) {
+      const file = join(spec.profileDir!, `client-${spec.system}-${spec.workload}-${process.pid}.cpuprofile`);
+      profiled = profiled
+        .then(() => profiler.post('Profiler.stop'))
+        .then(({ profile }) => writeFile(file, JSON.stringify(profile)))
+        .finally(() => profiler.disconnect());
+    }
+  };
+  const t2 = setTimeout(closeWindow, warmupMs + durationMs);
 
   const loops: Promise<void>[] = [];
   if (spec.workload === 'pipelined-put') {
@@ -227,6 +266,9 @@ async function runPart(
   await Promise.all(loops);
   clearTimeout(t1);
   clearTimeout(t2);
+  // The workers may stop at the window's end just before its timer fires: the CPU is counted either way.
+  closeWindow();
+  await profiled;
   const result: LoadPartResult = {
     ops: rec.ops,
     opsTotal: rec.opsTotal,
@@ -600,6 +642,8 @@ export interface WorkloadResult {
   readonly otherCpuCores: number | null;
   /** Server CPU per op in microseconds, summed over the 3 nodes (an efficiency figure that does not depend on the client). */
   readonly serverCpuUsPerOp: number | null;
+  /** kvd driven through KvClient (`--kvd-client lib`). */
+  readonly kvdClient?: KvdClientMode;
   /** Workload-specific notes printed before the CPU figures (the reaction workloads say what the columns mean). */
   readonly notes?: readonly string[];
   /** Workload-specific figures, written to the JSON results only. */
@@ -674,6 +718,9 @@ export async function runWorkload(o: WorkloadOptions): Promise<WorkloadResult> {
     pipelineDepth: o.pipelineDepth, opTimeoutMs: o.opTimeoutMs, rmwMaxAttempts: o.rmwMaxAttempts,
     ...(o.keyPrefix === undefined ? {} : { keyPrefix: o.keyPrefix }),
     ...(o.routing === undefined ? {} : { routing: o.routing }),
+    ...(o.profileDir === undefined ? {} : { profileDir: o.profileDir }),
+    ...(o.kvdClient === undefined ? {} : { kvdClient: o.kvdClient }),
+    clusterEndpoints: o.endpoints,
   };
   const parts: LoadPart[] = [];
   try {
@@ -691,7 +738,19 @@ export async function runWorkload(o: WorkloadOptions): Promise<WorkloadResult> {
     const cpuWin: { srv: number | null; busy: number | null } = { srv: null, busy: null };
     const sample = (): Promise<[(number | undefined)[], number | undefined]> =>
       Promise.all([Promise.all(o.serverPids.map((p) => processCpuSeconds(p))), machineBusySeconds()]);
+    // With --profile, SIGUSR2 makes each kvd start (then save) a CPU profile of the window.
+    const toggleServerProfiles = (): void => {
+      if (o.profileDir === undefined || o.system !== 'kvd') return;
+      for (const pid of o.serverPids) {
+        try {
+          process.kill(pid, 'SIGUSR2');
+        } catch {
+          // gone
+        }
+      }
+    };
     const t1 = setTimeout(() => {
+      toggleServerProfiles();
       void sample().then(([srv, busy]) => {
         srvStart = srv;
         busyStart = busy;
@@ -699,6 +758,7 @@ export async function runWorkload(o: WorkloadOptions): Promise<WorkloadResult> {
     }, o.warmupMs);
     const t2 = setTimeout(() => {
       void sample().then(([end, busy]) => {
+        toggleServerProfiles();
         let sum = 0;
         let ok = end.length > 0;
         end.forEach((e, i) => {
@@ -762,6 +822,7 @@ export async function runWorkload(o: WorkloadOptions): Promise<WorkloadResult> {
       clientCpuCores: cpu / (o.durationMs / 1000),
       serverCpuCores: cpuWin.srv,
       serverCpuUsPerOp: cpuWin.srv === null || ops === 0 ? null : Math.round((cpuWin.srv * (o.durationMs / 1000) * 1e6) / ops),
+      ...(o.kvdClient !== undefined && o.kvdClient !== 'stub' && o.system === 'kvd' && ['put', 'get', 'rmw'].includes(o.workload) ? { kvdClient: o.kvdClient } : {}),
       otherCpuCores: cpuWin.busy === null || cpuWin.srv === null ? null : Math.max(0, cpuWin.busy - cpuWin.srv - cpu / (o.durationMs / 1000)),
     };
     hist.destroy();

@@ -8,6 +8,8 @@ import { ETCD_MISSING_MESSAGE, etcdVersion, findEtcd, startEtcdCluster } from '.
 import { findKvd, defaultKvdBin, startKvdCluster } from './kvd-cluster.js';
 import {
   DEFAULT_WORKLOADS,
+  KVD_CLIENT_MODES,
+  type KvdClientMode,
   REACTION_WORKLOADS,
   SHARD_WORKLOADS,
   WORKLOADS,
@@ -48,6 +50,12 @@ const USAGE = `usage: node dist/bench/run.js [flags]
   --etcd-bin PATH     etcd binary (default: etcd on PATH)
   --kvd-bin PATH      kvd entry point (default: dist/src/bin/kvd.js)
   --out FILE          JSON results (default bench/results/latest.json)
+  --profile DIR       save V8 CPU profiles of every measured window: each kvd process (kvd-nN-<pid>-<k>.cpuprofile,
+                      through SIGUSR2, see src/bin/cpu-profile-signal.ts) and each client process
+                      (client-<system>-<workload>-<pid>.cpuprofile); summarise with node dist/bench/profile-summary.js DIR
+  --kvd-client MODE   stub (default: plain grpc-js unary stubs, identical to etcd's), lib (kvd's put, get and rmw
+                      through the client library's default KvClient API, one KvClient per connection of the plan)
+                      or lib-unary (the same with batching: false, every call unary)
   --help`;
 
 /** Parsed command-line configuration of a benchmark run. */
@@ -73,6 +81,10 @@ export interface BenchConfig {
   readonly etcdBin?: string;
   readonly kvdBin?: string;
   readonly out: string;
+  /** Save CPU profiles of every kvd process and every client process here (`--profile DIR`). */
+  readonly profileDir?: string;
+  /** How kvd's put/get/rmw are driven: plain grpc-js unary stubs (`stub`, the etcd-identical path) or the client library's default KvClient API (`lib`). */
+  readonly kvdClient: KvdClientMode;
 }
 
 /** Parses argv into a {@link BenchConfig} (undefined for --help); throws with a message on bad input. */
@@ -99,6 +111,8 @@ export function parseConfig(argv: string[]): BenchConfig | undefined {
       'etcd-bin': { type: 'string' },
       'kvd-bin': { type: 'string' },
       out: { type: 'string' },
+      profile: { type: 'string' },
+      'kvd-client': { type: 'string', default: 'stub' },
       help: { type: 'boolean', default: false },
     },
     strict: true,
@@ -134,6 +148,8 @@ export function parseConfig(argv: string[]): BenchConfig | undefined {
     ...(values['etcd-bin'] === undefined ? {} : { etcdBin: values['etcd-bin'] }),
     ...(values['kvd-bin'] === undefined ? {} : { kvdBin: resolve(values['kvd-bin']) }),
     out: values.out === undefined ? join(repoRoot(), 'bench', 'results', 'latest.json') : resolve(values.out),
+    ...(values.profile === undefined ? {} : { profileDir: resolve(values.profile) }),
+    kvdClient: list('kvd-client', values['kvd-client'], KVD_CLIENT_MODES)[0]!,
   };
 }
 
@@ -170,6 +186,8 @@ function notes(r: WorkloadResult): string {
   const other = r.otherCpuCores === null ? '?' : fmt(r.otherCpuCores, 2);
   out.push(`cpu srv ${srv} cli ${fmt(r.clientCpuCores, 2)} other ${other}`);
   if (r.serverCpuUsPerOp !== null) out.push(`srv ${r.serverCpuUsPerOp} us/op`);
+  if (r.opsPerSec > 0) out.push(`cli ${Math.round((r.clientCpuCores * 1e6) / r.opsPerSec)} us/op`);
+  if (r.kvdClient !== undefined) out.push(r.kvdClient === 'lib' ? 'KvClient' : 'KvClient unbatched');
   return out.join('; ');
 }
 
@@ -321,6 +339,7 @@ async function startSystem(system: SystemName, cfg: BenchConfig, defaultShards?:
     ...(cfg.kvdBin ? { bin: cfg.kvdBin } : {}),
     ...(cfg.dataRoot ? { dataRoot: cfg.dataRoot } : {}),
     ...(defaultShards === undefined ? {} : { defaultShards }),
+    ...(cfg.profileDir === undefined ? {} : { profileDir: cfg.profileDir }),
     log,
   });
 }
@@ -337,6 +356,8 @@ async function measure(
       procs: cfg.procs, warmupMs: cfg.warmupS * 1000, durationMs: cfg.durationS * 1000, keys: cfg.keys,
       valueBytes: cfg.valueBytes, pipelineDepth: cfg.pipelineDepth, opTimeoutMs: cfg.opTimeoutS * 1000,
       serverPids: cluster.pids(),
+      ...(cfg.profileDir === undefined ? {} : { profileDir: cfg.profileDir }),
+      ...(system === 'kvd' && cfg.kvdClient !== 'stub' ? { kvdClient: cfg.kvdClient } : {}),
     };
     const r = REACTION_WORKLOADS.includes(workload)
       ? await runReactionWorkload({ ...common, ...(cluster.adminToken ? { adminToken: cluster.adminToken } : {}), log })
@@ -435,6 +456,7 @@ async function runShardScaling(cfg: BenchConfig, workloads: readonly WorkloadNam
 
 /** Runs the whole benchmark for `cfg` and returns the results (also printed and written to cfg.out). */
 export async function runBench(cfg: BenchConfig): Promise<WorkloadResult[]> {
+  if (cfg.profileDir !== undefined) await mkdir(cfg.profileDir, { recursive: true });
   const etcdBin = cfg.systems.includes('etcd') ? findEtcd(cfg.etcdBin) : undefined;
   const loadAvgAtStart = loadavg().map((x) => Math.round(x * 100) / 100);
   if (loadAvgAtStart[0]! > 0.5) log(`warning: load average is ${loadAvgAtStart.join(' ')} before starting; results will be noisy`);

@@ -1,5 +1,5 @@
-#!/usr/bin/env node
-/** `kvd`: starts one kvcascade node from flags or a JSON config file. */
+#!/usr/bin/env -S node --max-semi-space-size=32
+/** `kvd`: starts one kvcascade node from flags or a JSON config file. (The shebang passes runtime-flags.ts's KVD_NODE_FLAGS; run as `node kvd.js`, pass them yourself.) */
 import * as grpc from '@grpc/grpc-js';
 import { chmodSync, mkdirSync, statSync } from 'node:fs';
 import type { IncomingMessage, ServerResponse } from 'node:http';
@@ -30,6 +30,8 @@ import type { ClusterMap } from '../sharding/index.js';
 import type { Logger } from '../log.js';
 import { Counter } from 'prom-client';
 import { LoopWatchdog, takeDeathNote } from '../node/loop-watchdog.js';
+import { LoopWatchdog } from '../node/loop-watchdog.js';
+import { installCpuProfileSignal } from './cpu-profile-signal.js';
 
 /**
  * A joining node's first view of the cluster: the map served by `address`, once it lists this
@@ -117,6 +119,7 @@ async function main(): Promise<void> {
     process.exit(2);
   }
   const log = createLogger('kvd', { node: cfg.id });
+  installCpuProfileSignal(`kvd-n${cfg.id}`, (msg) => log.info(msg));
   for (const w of cfg.warnings) log.warn(w);
   createPrivateDir(cfg.dataDir, log);
   const creds = kvdCredentials(cfg);

@@ -14,6 +14,7 @@ import { AdminClient } from '../client/admin-client.js';
 import { packageDigest, packFolder } from '../extensions/package.js';
 import { DEFAULT_ENDPOINTS } from '../cli/kvctl.js';
 import { LOCAL_TOKEN_FILE } from '../cli/ext-commands.js';
+import { KVD_NODE_FLAGS } from './runtime-flags.js';
 
 const NODES = 3;
 const basePort = Number(process.env.KVCASCADE_BASE_PORT ?? 7000);
@@ -76,6 +77,7 @@ function startNode(id: number): Promise<void> {
   const child = spawn(
     process.execPath,
     [
+      ...KVD_NODE_FLAGS,
       kvd,
       '--id', String(id),
       '--listen', addresses[id - 1]!,

@@ -66,6 +66,13 @@ export const DEFAULT_CONNECT_TIMEOUT_MS = 1_000;
  */
 export const DEFAULT_ATTEMPT_TIMEOUT_MS = 1_500;
 
+/**
+ * Largest request (key + value bytes) the default path batches on a node's stream; larger ones go
+ * as unary calls, so a request over the servers' size bound fails alone (RESOURCE_EXHAUSTED) and
+ * never takes a shared stream down with it.
+ */
+export const MAX_BATCHED_REQUEST_BYTES = 64 * 1024;
+
 /** Options of {@link KvClient}. */
 export interface KvClientOptions {
   /** Node addresses (host:port); calls go to the leader once known, else to these in turn. */
@@ -125,6 +132,14 @@ export interface KvClientOptions {
    * client, and dead letters are never writable. Over plaintext it travels in the clear: use TLS.
    */
   readonly adminToken?: string;
+  /**
+   * Batch concurrent calls (default true): while other put, get or delete calls of this client
+   * are in flight, a new one is sent on the client's long-lived Pipeline stream to its shard
+   * leader's node rather than as a unary call, so concurrent calls share HTTP/2 messages and the
+   * per-call header and interceptor work. A call made when none is in flight stays a unary call.
+   * Guarantees are those of the unary calls: deadlines, retries (sessions), failover, auth.
+   */
+  readonly batching?: boolean;
 }
 
 /**
@@ -145,6 +160,35 @@ export class KvClient {
   /** The write session (absent when disabled with `sessions: false`). */
   private readonly session: ClientSession | undefined;
 
+  /** Whether concurrent put/get/delete calls are batched on Pipeline streams. */
+  private batching: boolean;
+  /** The stream(s) concurrent calls are batched on (created on first use). */
+  private batcher: KvPipeline | undefined;
+  /** put/get/delete calls in flight (unary or batched). */
+  private inFlight = 0;
+
+  /**
+   * Runs a put, get or delete of the default path: as a unary call when it is the only one in
+   * flight (or is large), else batched on the shard leader's stream.
+   */
+  private async keyedOp<Res, R>(op: 'put' | 'get' | 'delete', req: PutRequestMsg | GetRequestMsg | DeleteRequestMsg, deadlineAt: number, size: number, convert: (res: Res) => R): Promise<R> {
+    const batched = this.batching && this.inFlight > 0 && size <= MAX_BATCHED_REQUEST_BYTES;
+    this.inFlight++;
+    try {
+      if (batched) {
+        this.batcher ??= this.pipeline();
+        if (this.batcher.unsupported) this.batching = false;
+        else return await this.batcher.send(op, req, deadlineAt, (res) => convert(res as Res));
+      }
+      const res = op === 'get'
+        ? await this.keyed<GetRequestMsg, Res>('get', req as GetRequestMsg, 'read', deadlineAt, req.key)
+        : await this.write<typeof req, Res>(op, req, deadlineAt, req.key);
+      return convert(res);
+    } finally {
+      this.inFlight--;
+    }
+  }
+
   /**
    * Runs a write: with a session, it carries (session id, seq) and is retried like a read (the
    * servers apply it at most once); without one, it is retried only when provably not executed.
@@ -162,6 +206,7 @@ export class KvClient {
   constructor(opts: KvClientOptions) {
     this.defaultDeadlineMs = opts.defaultDeadlineMs ?? DEFAULT_CLIENT_DEADLINE_MS;
     this.session = opts.sessions === false ? undefined : new ClientSession();
+    this.batching = opts.batching !== false;
     this.transport = new Transport({
       endpoints: opts.endpoints,
       tls: opts.tls,
@@ -232,8 +277,7 @@ export class KvClient {
       returnCurrentValue: opts.returnCurrentValue === true,
       ...(ev !== undefined ? { expectedVersion: ev } : {}),
     };
-    const res = await this.write<PutRequestMsg, PutResponseMsg>('put', req, this.deadline(opts.deadlineMs), req.key);
-    return putResult(res);
+    return this.keyedOp<PutResponseMsg, KvPutResult>('put', req, this.deadline(opts.deadlineMs), req.key!.length + req.value!.length, putResult);
   }
 
   /** Reads `key` (latest, or as of `atVersion` / `atTimeMs`); `found` tells whether it exists there. */
@@ -251,8 +295,9 @@ export class KvClient {
       ...(opts.atVersion !== undefined ? { atVersion: localUint(opts.atVersion, 'atVersion')! } : {}),
       ...(opts.atTimeMs !== undefined ? { atTimeMs: opts.atTimeMs } : {}),
     };
-    const res = await this.keyed<GetRequestMsg, GetResponseMsg>('get', req, 'read', this.deadline(opts.deadlineMs), req.key);
-    return getResult(res);
+    // Reads of the past may fail with a compaction (CompactedError needs the unary trailers): unary.
+    const size = opts.atVersion !== undefined || opts.atTimeMs !== undefined ? Infinity : req.key!.length;
+    return this.keyedOp<GetResponseMsg, KvGetResult>('get', req, this.deadline(opts.deadlineMs), size, getResult);
   }
 
   /** Deletes `key` (conditionally with `expectedVersion`). */
@@ -260,8 +305,7 @@ export class KvClient {
     this.transport.checkOpen();
     const ev = localUint(opts.expectedVersion, 'expectedVersion');
     const req: DeleteRequestMsg = { key: localKey(key), ...(ev !== undefined ? { expectedVersion: ev } : {}) };
-    const res = await this.write<DeleteRequestMsg, DeleteResponseMsg>('delete', req, this.deadline(opts.deadlineMs), req.key);
-    return deleteResult(res);
+    return this.keyedOp<DeleteResponseMsg, KvDeleteResult>('delete', req, this.deadline(opts.deadlineMs), req.key!.length, deleteResult);
   }
 
   /**

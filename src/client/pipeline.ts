@@ -113,6 +113,8 @@ export class KvPipeline {
   private waiting: PipelineRequestMsg[] = [];
   private routerReady: boolean;
   private closing: Promise<void> | undefined;
+  /** A server answered UNIMPLEMENTED for the Pipeline method (the client's default path then stops batching). */
+  unsupported = false;
   private readonly onClientClose = (): void => this.abort(new KvError(grpc.status.CANCELLED, 'client closed'));
 
   /** Creates a pipeline; nothing is opened until the first op. */
@@ -147,7 +149,7 @@ export class KvPipeline {
     } catch (e) {
       return Promise.reject(e);
     }
-    return this.submit('put', msg, opts.deadlineMs, (m) => putResult(m.put ?? {}), putResult);
+    return this.submit('put', msg, this.deadlineOf(opts.deadlineMs), (m) => putResult(m.put ?? {}), putResult);
   }
 
   /** Pipelined get (see KvClient.get). */
@@ -166,7 +168,7 @@ export class KvPipeline {
     } catch (e) {
       return Promise.reject(e);
     }
-    return this.submit('get', msg, opts.deadlineMs, (m) => getResult(m.get ?? {}), getResult);
+    return this.submit('get', msg, this.deadlineOf(opts.deadlineMs), (m) => getResult(m.get ?? {}), getResult);
   }
 
   /** Pipelined delete (see KvClient.delete). */
@@ -178,7 +180,7 @@ export class KvPipeline {
     } catch (e) {
       return Promise.reject(e);
     }
-    return this.submit('delete', msg, opts.deadlineMs, (m) => deleteResult(m.delete ?? {}), deleteResult);
+    return this.submit('delete', msg, this.deadlineOf(opts.deadlineMs), (m) => deleteResult(m.delete ?? {}), deleteResult);
   }
 
   /** Pipelined trigger put (see KvClient.trigger). */
@@ -191,7 +193,7 @@ export class KvPipeline {
     } catch (e) {
       return Promise.reject(e);
     }
-    return this.submit('trigger', msg, opts.deadlineMs, (m) => triggerResult(m.trigger ?? {}), triggerResult);
+    return this.submit('trigger', msg, this.deadlineOf(opts.deadlineMs), (m) => triggerResult(m.trigger ?? {}), triggerResult);
   }
 
   /** Waits for every op in flight, then half-closes the streams and waits for them to end. Later ops fail with CANCELLED. */
@@ -215,18 +217,30 @@ export class KvPipeline {
     return this.closing;
   }
 
+  private deadlineOf(timeoutMs: number | undefined): number {
+    return Date.now() + (timeoutMs ?? this.deps.defaultDeadlineMs);
+  }
+
+  /**
+   * Sends one op whose request the caller has already validated and built (the client's default
+   * path batches its concurrent calls through here), to be answered by `deadlineAt`; the
+   * response (or, after a fallback to a unary call, the unary response) is handed to `convert`.
+   */
+  send<R>(op: Op, request: PutRequestMsg | GetRequestMsg | DeleteRequestMsg | TriggerRequestMsg, deadlineAt: number, convert: (res: object) => R): Promise<R> {
+    return this.submit(op, request, deadlineAt, (m) => convert(m[op] ?? {}), convert);
+  }
+
   private submit<R, U>(
     op: Op,
     request: PutRequestMsg | GetRequestMsg | DeleteRequestMsg | TriggerRequestMsg,
-    timeoutMs: number | undefined,
+    deadlineAt: number,
     convert: (m: PipelineResponseMsg) => R,
     convertUnary: (res: U) => R,
   ): Promise<R> {
     if (this.closing || this.deps.transport.closed) {
-      return Promise.reject(new KvError(grpc.status.CANCELLED, 'pipeline closed'));
+      return Promise.reject(new KvError(grpc.status.CANCELLED, this.deps.transport.closed ? 'client closed' : 'pipeline closed'));
     }
     const id = this.nextId++;
-    const deadlineAt = Date.now() + (timeoutMs ?? this.deps.defaultDeadlineMs);
     // A write with a session may be sent again (on another stream, or as a unary call): it applies once.
     const write = op === 'get' ? undefined : this.deps.session?.begin();
     const msg = write ? { ...request, session: write.wire } : request;
@@ -251,13 +265,19 @@ export class KvPipeline {
           if (m.error) {
             const code = (m.error.code ?? grpc.status.UNKNOWN) as grpc.status;
             const message = m.error.message ?? '';
+            const retrySafe = m.error.retrySafe === true;
             this.deps.transport.observer?.failure({ code, details: message });
-            const e = new KvError(code, message, { endpoint: pending.lane?.address });
-            // Reads and session writes are safe to retry elsewhere; so is an op that reached a shard not owning its key (nothing was applied).
-            if (code === grpc.status.UNAVAILABLE && (repeatable || isWrongShard({ code, details: message }))) {
+            const e = new KvError(code, message, { endpoint: pending.lane?.address, retrySafe, leader: m.error.leader || undefined });
+            // As a unary call retries: reads and session writes are safe to retry elsewhere; so is
+            // any op the server says was not executed (e.g. it reached a shard not owning its key).
+            const transient = code === grpc.status.UNAVAILABLE || (code === grpc.status.RESOURCE_EXHAUSTED && retrySafe);
+            if (transient && (repeatable || retrySafe || isWrongShard({ code, details: message }))) {
               unary(deadlineAt - Date.now()).then(resolve, reject);
             } else reject(e);
             return;
+          }
+          if (m.leader && m.shard !== undefined && m.shard > 0 && pending.lane !== undefined && m.leader !== pending.lane.address) {
+            this.deps.router?.setLeader(m.shard, m.leader);
           }
           try {
             resolve(convert(m));
@@ -374,6 +394,7 @@ export class KvPipeline {
     op.written = true;
     if (op.repeatable) this.watch(lane);
     const s = lane.stream;
+    req.timeoutMs = Math.max(1, op.deadlineAt - Date.now());
     s.write(req);
     if (s.writableLength >= WRITE_WINDOW && s.writableNeedDrain) {
       lane.blocked = true;
@@ -447,6 +468,9 @@ export class KvPipeline {
     if (ops.length === 0) return;
     if (st.code !== grpc.status.OK) t.observer?.failure(st);
     const connectionFailed = !lane.headers && neverSent(st);
+    // A server without the Pipeline method executed nothing: every op runs as a unary call.
+    const unsupported = st.code === grpc.status.UNIMPLEMENTED;
+    if (unsupported) this.unsupported = true;
     if (st.code === grpc.status.UNAVAILABLE) {
       if (wasFallback) t.failedAt(lane.address, connectionFailed, readKvMetadata(st.metadata).leader);
       else t.markFailed(lane.address, connectionFailed);
@@ -465,7 +489,7 @@ export class KvPipeline {
         continue;
       }
       clearTimeout(op.timer);
-      if (!op.written || connectionFailed || op.repeatable) op.retry(op.deadlineAt - now);
+      if (!op.written || connectionFailed || unsupported || op.repeatable) op.retry(op.deadlineAt - now);
       else {
         const code = st.code === grpc.status.OK ? grpc.status.UNAVAILABLE : st.code;
         op.reject(new KvError(code, `pipeline stream ended (${st.details || grpc.status[st.code]}); the ${op.op}'s outcome is unknown`, { endpoint: lane.address }));

@@ -117,22 +117,43 @@ export function decodeProposal(data: Uint8Array): Proposal {
     tooShort(V3_HEADER_BYTES);
     const o = view.getUint8(10);
     if (o !== ORIGIN_SYSTEM && o !== ORIGIN_CLIENT) throw new Error(`unknown proposal origin ${o}`);
-    const base = { timestampMs: timestamp(view), hops: view.getUint8(9), origin: o === ORIGIN_CLIENT ? ('client' as const) : ('system' as const) };
-    if (version === ENVELOPE_V3) return { ...base, command: decodeCommand(data.subarray(V3_HEADER_BYTES)) };
+    const timestampMs = timestamp(view);
+    const hops = view.getUint8(9);
+    const origin = o === ORIGIN_CLIENT ? ('client' as const) : ('system' as const);
+    if (version === ENVELOPE_V3) return { timestampMs, hops, origin, command: decodeCommand(data.subarray(V3_HEADER_BYTES)) };
     let session: WriteSession;
     let bodyAt: number;
     try {
       const r = new ByteReader(data.subarray(V3_HEADER_BYTES), 'MALFORMED_COMMAND');
-      const id = String.fromCharCode(...r.view(r.u8()));
+      const id = sessionIdOf(r.view(r.u8()));
       session = validateWriteSession({ id, seq: r.varint(), ackedBelow: r.varint() });
       bodyAt = V3_HEADER_BYTES + r.offset;
     } catch (e) {
       if (e instanceof ValidationError) throw new Error(`malformed proposal session: ${e.message}`);
       throw e;
     }
-    return { ...base, command: decodeCommand(data.subarray(bodyAt)), session };
+    return { timestampMs, hops, origin, command: decodeCommand(data.subarray(bodyAt)), session };
   }
   throw new UnknownEnvelopeVersionError(version);
+}
+
+/** The bytes and string of the last session id decoded: a client's writes repeat it, so its string is reused. */
+let lastIdBytes: Uint8Array | undefined;
+let lastId = '';
+
+/** The session id (ASCII, validated by the caller) in `b`, reusing the last one decoded when the bytes are the same. */
+function sessionIdOf(b: Uint8Array): string {
+  const last = lastIdBytes;
+  if (last !== undefined && last.length === b.length) {
+    let i = 0;
+    while (i < b.length && last[i] === b[i]) i++;
+    if (i === b.length) return lastId;
+  }
+  let id = '';
+  for (let i = 0; i < b.length; i++) id += String.fromCharCode(b[i]!);
+  lastIdBytes = b.slice();
+  lastId = id;
+  return id;
 }
 
 function timestamp(view: DataView): number {

@@ -358,10 +358,13 @@ class KvService implements KvServiceHandle {
     }
     try {
       const out = await this.coord.execute(op, inner, ctx, invalidUtf8Field(req));
+      // Served elsewhere (forwarded): name that leader, so the client goes there next time.
+      if (out.leader !== undefined && out.group !== undefined && out.leader !== this.coord.self) return { id, [op]: out.response, leader: out.leader, shard: out.group };
       return { id, [op]: out.response };
     } catch (e) {
       const s = this.toStatus(e, op);
-      return { id, error: { code: s.code, message: s.message } };
+      const leader = s.fields.leader ?? this.leaderHintOf(s.fields.shard);
+      return { id, error: { code: s.code, message: s.message, ...(s.fields.retrySafe ? { retrySafe: true } : {}), ...(leader ? { leader } : {}) } };
     }
   }
 
@@ -408,7 +411,8 @@ class KvService implements KvServiceHandle {
         paused = true;
         call.pause();
       }
-      const ctx: OpContext = { hops, lambdaHops: 0, deadlineMs: Math.min(streamDeadline, Date.now() + this.defaultDeadlineMs), ...auth };
+      const timeoutMs = req.timeoutMs !== undefined && req.timeoutMs > 0 ? req.timeoutMs : this.defaultDeadlineMs;
+      const ctx: OpContext = { hops, lambdaHops: 0, deadlineMs: Math.min(streamDeadline, Date.now() + timeoutMs), ...auth };
       this.pipelineOp(req, ctx).then((res) => {
         if (done) return;
         call.write(res, () => settle());

@@ -471,6 +471,13 @@ export interface WrittenState {
 export class StateRecorder implements StateSink {
   private readonly keys: Keys;
   private ops: EngineOp[] = [];
+  /**
+   * Where in `ops` this unit's put of a session's header is: a later update of the same header in
+   * the unit replaces that put (one engine write per session per round, however many of its
+   * writes the round applies). Only a put or delete of the same key could make order matter, and
+   * a dropped session's delete removes its entry (a later update then appends).
+   */
+  private sessionHeaderAt = new Map<string, number>();
   private metaApplied: number;
   private readonly blocks: BlockState[] = [];
   /** Index in `blocks` of the oldest block that may still have revisions in the history. */
@@ -538,6 +545,13 @@ export class StateRecorder implements StateSink {
   }
 
   sessionUpdated(header: SessionHeader): void {
+    const at = this.sessionHeaderAt.get(header.id);
+    const prior = at === undefined ? undefined : this.ops[at];
+    if (prior !== undefined && prior.type === 'put') {
+      this.ops[at!] = { type: 'put', key: prior.key, value: encodeSessionHeader(header) };
+      return;
+    }
+    this.sessionHeaderAt.set(header.id, this.ops.length);
     this.ops.push({ type: 'put', key: this.keys.session(header.id), value: encodeSessionHeader(header) });
   }
 
@@ -551,6 +565,7 @@ export class StateRecorder implements StateSink {
 
   sessionDropped(id: string, seqs: readonly number[]): void {
     this.sessionResultsDropped(id, seqs);
+    this.sessionHeaderAt.delete(id);
     this.ops.push({ type: 'del', key: this.keys.session(id) });
   }
 
@@ -582,6 +597,7 @@ export class StateRecorder implements StateSink {
     }
     ops.push({ type: 'put', key: this.keys.meta, value: encodeMeta(metaOf(sm)) });
     this.ops = [];
+    this.sessionHeaderAt.clear();
     this.metaApplied = sm.appliedIndex;
     return ops;
   }
@@ -716,6 +732,7 @@ export class StateRecorder implements StateSink {
     this.hist = 0;
     this.open = undefined;
     this.ops = [];
+    this.sessionHeaderAt.clear();
     this.metaApplied = after.appliedIndex;
     cur.push({ type: 'put', key: keys.meta, value: encodeMeta(aMeta) });
     units.push(cur);

@@ -217,12 +217,18 @@ export interface PipelineRequestMsg {
   delete?: DeleteRequestMsg;
   trigger?: TriggerRequestMsg;
   op?: 'put' | 'get' | 'delete' | 'trigger';
+  /** The op's remaining time in ms when sent (0/absent: the server's default). */
+  timeoutMs?: number;
 }
 
 /** kvcascade.v1.PipelineError. */
 export interface PipelineErrorMsg {
   code?: number;
   message?: string;
+  /** The op was definitely not executed (as the `kv-retry-safe` trailer of a unary call). */
+  retrySafe?: boolean;
+  /** The shard's leader, if known (as `kv-leader`). */
+  leader?: string;
 }
 
 /** kvcascade.v1.PipelineResponse (`result` names the set member of the oneof). */
@@ -234,6 +240,10 @@ export interface PipelineResponseMsg {
   trigger?: TriggerResponseMsg;
   error?: PipelineErrorMsg;
   result?: 'put' | 'get' | 'delete' | 'trigger' | 'error';
+  /** The node that served the op when it is not the one the stream is on (it was forwarded there). */
+  leader?: string;
+  /** The shard that served the op, with `leader`. */
+  shard?: number;
 }
 
 /** kvcascade.v1.StatusRequest. */

@@ -377,6 +377,50 @@ describe('watch', () => {
   });
 });
 
+describe('batched default path', () => {
+  it('keeps the unary guarantees: per-call deadlines, retry of retry-safe failures, per-call errors, admin token', async () => {
+    const backend = new MemoryBackend();
+    const s = await server(backend, 0, { adminToken: 'secret-token-0123456789' });
+    const c = client([s.address], { defaultDeadlineMs: 5_000, initialBackoffMs: 5 });
+    await c.put('warm', 'x');
+    // A slow op times out on its own deadline; the others of the batch complete.
+    const gate = deferred();
+    backend.before = async (op, req) => {
+      if (op === 'put' && (req as { key?: string }).key === 'slow') await gate.promise;
+    };
+    const slow = rejection(c.put('slow', 'x', { deadlineMs: 300 }));
+    const t0 = Date.now();
+    const fast = await Promise.all(Array.from({ length: 20 }, (_, i) => c.put(`f${i}`, 'y')));
+    expect(fast.every((r) => r.succeeded)).toBe(true);
+    const e = await slow;
+    expect(e.code).toBe('DEADLINE_EXCEEDED');
+    expect(Date.now() - t0).toBeLessThan(2_000);
+    gate.resolve();
+    // An overloaded server (RESOURCE_EXHAUSTED, retry-safe) is retried, as for a unary call.
+    let overloads = 0;
+    backend.before = (op) => {
+      if (op === 'put' && overloads < 5) {
+        overloads++;
+        throw new OverloadedError('busy');
+      }
+    };
+    const rs = await Promise.all(Array.from({ length: 10 }, (_, i) => c.put(`o${i}`, 'z')));
+    expect(rs.every((r) => r.succeeded)).toBe(true);
+    expect(overloads).toBe(5);
+    backend.before = undefined;
+    // Per-call errors reject only that call.
+    const mixed = await Promise.allSettled([c.put('ok1', 'v'), c.get('/_ext/x'), c.put('ok2', 'v')]);
+    expect(mixed.map((m) => m.status)).toEqual(['fulfilled', 'rejected', 'fulfilled']);
+    expect(((mixed[1] as PromiseRejectedResult).reason as KvError).code).toBe('PERMISSION_DENIED');
+    // Concurrent reads of dead letters carry the admin token on the stream.
+    const admin = client([s.address], { adminToken: 'secret-token-0123456789' });
+    const reads = await Promise.all([admin.get('/_dlq/e/1'), admin.get('/_dlq/e/2'), admin.get('/_dlq/e/3')]);
+    expect(reads.every((r) => !r.found)).toBe(true);
+    const denied = await Promise.allSettled([c.get('/_dlq/e/1'), c.get('/_dlq/e/2')]);
+    expect(denied.every((d) => d.status === 'rejected' && (d.reason as KvError).code === 'PERMISSION_DENIED')).toBe(true);
+  });
+});
+
 describe('pipeline', () => {
   it('multiplexes 10 000 ops in flight on one stream', async () => {
     const backend = new MemoryBackend();

@@ -94,8 +94,9 @@ describe('shard routing', () => {
     expect(fc.forwarded).toBe(0);
     for (const n of fc.nodes) {
       const led = keys.filter((k) => fc.leaderOf(k) === n).length;
-      expect(n.calls.put).toBe(led);
-      expect(n.calls.get).toBe(led);
+      // Concurrent calls are batched on the node's stream (the first of a burst goes unary).
+      expect(n.calls.put + n.calls.get + n.calls.pipelineOp).toBe(2 * led);
+      expect(n.calls.pipeline).toBeLessThanOrEqual(1);
     }
     expect(fc.leaderOf(keys[0]!).calls.delete).toBe(1);
     expect(fc.leaderOf(keys[1]!).calls.trigger).toBe(1);
@@ -195,6 +196,45 @@ describe('shard routing', () => {
     for (let i = 0; i < 5; i++) await c.put(`k${i}`, 'x');
     expect(fc.total('getShardMap')).toBe(0);
     expect(c.mapEpoch).toBe(0);
+  });
+});
+
+describe('batching of the default path', () => {
+  it('sends concurrent calls on one stream per leading node, a lone call as a unary call, large values and batching: false unary', async () => {
+    const fc = await fakeCluster({ nodes: 3, shards: 6, replicas: 2 });
+    const c = client([fc.node(1).address]);
+    const groups = fc.map.shards.map((s) => s.group);
+    const keys = keysOverGroups((k) => fc.groupOf(k), groups, 20);
+    await c.put(keys[0]!, 'warm'); // the map, and a lone call
+    fc.resetCalls();
+    await c.put(keys[0]!, 'lone');
+    expect(fc.total('put')).toBe(1);
+    expect(fc.total('pipelineOp')).toBe(0);
+    fc.resetCalls();
+    const puts = await Promise.all(keys.map((k) => c.put(k, `v-${k}`)));
+    expect(puts.every((r) => r.succeeded)).toBe(true);
+    const gets = await Promise.all(keys.map((k) => c.get(k)));
+    expect(gets.map((g) => text(g.value))).toEqual(keys.map((k) => `v-${k}`));
+    const dels = await Promise.all(keys.slice(0, 10).map((k) => c.delete(k)));
+    expect(dels.every((d) => d.deleted)).toBe(true);
+    // All but the first call of each burst were batched, each on its shard leader's stream.
+    expect(fc.total('put') + fc.total('get') + fc.total('delete')).toBeLessThanOrEqual(3);
+    expect(fc.total('pipelineOp')).toBe(2 * keys.length + 10 - (fc.total('put') + fc.total('get') + fc.total('delete')));
+    expect(fc.forwarded).toBe(0);
+    for (const n of fc.nodes) expect(n.calls.pipeline).toBeLessThanOrEqual(1);
+
+    fc.resetCalls();
+    const big = new Uint8Array(100 * 1024);
+    await Promise.all([c.put(keys[1]!, big), c.put(keys[2]!, big), c.put(keys[3]!, big)]);
+    expect(fc.total('put')).toBe(3);
+    expect(fc.total('pipelineOp')).toBe(0);
+
+    const u = client([fc.node(1).address], { batching: false });
+    await u.put(keys[0]!, 'warm');
+    fc.resetCalls();
+    await Promise.all(keys.map((k) => u.put(k, 'x')));
+    expect(fc.total('put')).toBe(keys.length);
+    expect(fc.total('pipelineOp')).toBe(0);
   });
 });
 

@@ -79,6 +79,15 @@ describe('proposal envelope', () => {
     expect(sm.appliedIndex).toBe(2);
   });
 
+  it('decodes interleaved sessions of the same id length exactly (the last id is reused only for the same bytes)', () => {
+    const ids = ['aaaaaaaaaaaaaaaaaaaaaa', 'aaaaaaaaaaaaaaaaaaaaab', 'baaaaaaaaaaaaaaaaaaaaa', 'aaaaaaaaaaaaaaaaaaaaab', 'aaaaaaaaaaaaaaaaaaaaaaaa'];
+    const cmd: Command = { type: 'put', key: '/k', value: new Uint8Array([1]) };
+    for (const [i, id] of [...ids, ...ids.reverse()].entries()) {
+      const p = decodeProposal(encodeProposal(1, cmd, 'client', 0, { id, seq: i + 1, ackedBelow: i }));
+      expect(p.session).toEqual({ id, seq: i + 1, ackedBelow: i });
+    }
+  });
+
   it('refuses a bad session when encoding, and a malformed one when decoding', () => {
     const put: Command = { type: 'put', key: '/k', value: new Uint8Array(0) };
     expect(() => encodeProposal(1, put, 'client', 0, { id: 'short', seq: 1, ackedBelow: 0 })).toThrow(/INVALID_ARGUMENT/);

@@ -163,6 +163,22 @@ describe('durable client sessions', () => {
     );
   });
 
+  it('a round writes one header per session however many of its writes it applies, and the records load back the same', async () => {
+    const engine = new MemoryEngine();
+    const m = new KvStateMachine();
+    const rec = new StateRecorder(GROUP);
+    m.observe(rec);
+    for (let i = 1; i <= 10; i++) {
+      m.apply(i, 100 + i, { type: 'put', key: `/k${i}`, value: enc.encode('v') }, 'client', { id: IDS[i % 2]!, seq: i, ackedBelow: Math.max(1, i - 3) });
+    }
+    const unit = rec.take(m)!;
+    const headers = unit.filter((op) => op.type === 'put' && Buffer.from(op.key as Uint8Array).includes(Buffer.from('/c/')));
+    expect(headers.length).toBe(2);
+    await write(engine, unit);
+    const back = (await load(engine))!;
+    expect(same(back.sm, m)).toBe(true);
+  });
+
   it('a restart from the records keeps deduplicating: the repeat consumes no revision', async () => {
     let engine = new MemoryEngine();
     const m = new KvStateMachine();
