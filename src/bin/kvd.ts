@@ -30,7 +30,6 @@ import type { ClusterMap } from '../sharding/index.js';
 import type { Logger } from '../log.js';
 import { Counter } from 'prom-client';
 import { LoopWatchdog, takeDeathNote } from '../node/loop-watchdog.js';
-import { LoopWatchdog } from '../node/loop-watchdog.js';
 import { installCpuProfileSignal } from './cpu-profile-signal.js';
 
 /**
