@@ -53,9 +53,9 @@ const USAGE = `usage: node dist/bench/run.js [flags]
   --profile DIR       save V8 CPU profiles of every measured window: each kvd process (kvd-nN-<pid>-<k>.cpuprofile,
                       through SIGUSR2, see src/bin/cpu-profile-signal.ts) and each client process
                       (client-<system>-<workload>-<pid>.cpuprofile); summarise with node dist/bench/profile-summary.js DIR
-  --kvd-client MODE   stub (default: plain grpc-js unary stubs, identical to etcd's), lib (kvd's put, get and rmw
-                      through the client library's default KvClient API, one KvClient per connection of the plan)
-                      or lib-unary (the same with batching: false, every call unary)
+  --kvd-client MODE   lib (default: kvd's put, get and rmw through the client library's default KvClient API,
+                      one KvClient per connection of the plan: what an application gets), stub (plain grpc-js
+                      unary stubs, identical to etcd's client) or lib-unary (KvClient with batching: false)
   --help`;
 
 /** Parsed command-line configuration of a benchmark run. */
@@ -112,7 +112,7 @@ export function parseConfig(argv: string[]): BenchConfig | undefined {
       'kvd-bin': { type: 'string' },
       out: { type: 'string' },
       profile: { type: 'string' },
-      'kvd-client': { type: 'string', default: 'stub' },
+      'kvd-client': { type: 'string', default: 'lib' },
       help: { type: 'boolean', default: false },
     },
     strict: true,
