@@ -565,6 +565,11 @@ export class StateRecorder implements StateSink {
     b.writes = undefined;
   }
 
+  /** The applied index of the `meta` record of the last unit handed out (by `take` or `replace`), or of the records it started from. */
+  get takenAppliedIndex(): number {
+    return this.metaApplied;
+  }
+
   /** The revision blocks as on disk once everything handed out is written (for tests and diagnostics). */
   get writtenBlocks(): readonly BlockState[] {
     return this.blocks;
