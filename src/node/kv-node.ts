@@ -288,6 +288,7 @@ export class KvNode implements KvBackend {
           ...(this.opts.stateUnitBytes ? { maxUnitBytes: this.opts.stateUnitBytes } : {}),
         });
         for (const u of units) this.store.stageStateOps(group, u);
+        this.store.dropSnapshotData(group); // staged after the records: the data stays on disk until they are
         this.log.info({ group, snapshotIndex: snapIndex, staleRecords: stale.length }, 'state machine records rewritten from the snapshot');
       }
     }

@@ -1358,7 +1358,8 @@ export async function encodeSnapshotFromRecords(
   pw.cut();
 
   // Join the parts (slice by slice) and append the CRC.
-  const data = new Uint8Array(pw.total + 4);
+  // Not zero-filled (every byte is written below): zeroing hundreds of MiB would block the loop.
+  const data: Uint8Array = Buffer.allocUnsafeSlow(pw.total + 4);
   let at = 0;
   for (let i = 0; i < pw.parts.length; i++) {
     data.set(pw.parts[i]!, at);
