@@ -54,17 +54,38 @@
  * with the new compaction point; they are as many as the versions it drops from memory, i.e.
  * bounded by the writes between two retention checks.
  *
+ * Log compaction (KvNode.snapshot) serialises nothing: the records already hold the state at the
+ * applied index, so the Raft snapshot is a *records snapshot*, metadata only (index, term,
+ * membership; raft-log-store.ts), staged after the round's unit whose `meta` is at (or past) its
+ * index. Units become durable in staging order, so whenever the records snapshot is durable, so
+ * are records at least as new: `meta` >= snapshot index always holds for it.
+ *
  * Recovery (KvNode.open): when `meta` exists and its applied index is at least the group's Raft
  * snapshot index, the machine is rebuilt from the records (`loadState` + `fromRecords`) and Raft
  * replays only the entries after it. Otherwise (no records yet, or records older than a snapshot
  * installed from the leader when a crash cut short their replacement) the machine is restored
- * from the snapshot and the records are rewritten from it (`StateRecorder.replace`).
+ * from the snapshot, which then has its data (an installed snapshot is written with its data and
+ * keeps it until its replacement is staged), and the records are rewritten from it
+ * (`StateRecorder.replace`), after which the snapshot's data is dropped. A records snapshot with
+ * no records at or past it cannot happen by the ordering above; it is reported as corruption.
+ *
+ * Snapshots sent to a lagging follower are produced on demand (node/snapshot-sender.ts) by
+ * {@link encodeSnapshotFromRecords} from a consistent view of the engine (`KvEngine.view`): the
+ * records of a view are always a prefix of the staged units, so its `meta` names the applied
+ * index they hold (no `meta`: a replacement under way; try later). It reads the records in key
+ * order in a few passes and yields to the event loop between slices of work; the result is the
+ * snapshot format of snapshot-codec.ts, byte for byte what the machine would encode, so a
+ * follower installs it as before.
  *
  * Replacement (a follower installing a snapshot, or recovery as above) writes the difference
  * between the old and new versions and latests, and rewrites the revision blocks, in several
  * bounded units: the first deletes `meta`, the last writes the new `meta`. Units between are not
  * atomic together, which is safe: a crash in between leaves no `meta` (or one older than the
- * snapshot, which was staged before), so recovery takes the snapshot path and replaces again.
+ * snapshot, which was staged before with its data), so recovery takes the snapshot path and
+ * replaces again. The node then stages `RaftLogStore.dropSnapshotData`, which turns the installed
+ * snapshot into a records snapshot once the replacement is durable. (The install itself is still
+ * one synchronous step on the follower: the Raft core hands over the whole snapshot, which is
+ * decoded and diffed at once; only the writes are bounded units.)
  */
 import {
   checkSessionRecords,
