@@ -40,6 +40,10 @@ export interface SnapshotCostResult {
   readonly produceMs: number;
   readonly produceBlockMs: number;
   readonly installBlockMs: number;
+  /** The follower's synchronous steps: taking the last chunk (Raft assembles the data, the replica decodes and checks it), applying the install (the records replacement is computed and staged), and the longest block while the replacement is written. */
+  readonly installStepMs: number;
+  readonly installApplyMs: number;
+  readonly installWriteBlockMs: number;
   readonly snapshotMiB: number;
   readonly peakRssMiB: number;
 }
@@ -185,6 +189,9 @@ async function runOne(mode: 'before' | 'after', keys: number, valueBytes: number
     const produceMs = Math.round(performance.now() - k0);
     const produceBlockMs = probe.take();
     let installBlockMs = 0;
+    let installStepMs = 0;
+    let installApplyMs = 0;
+    let installWriteBlockMs = 0;
     const total = snap.data.length;
     for (let offset = 0; offset < total || offset === 0; ) {
       const end = Math.min(total, offset + CHUNK);
@@ -193,23 +200,32 @@ async function runOne(mode: 'before' | 'after', keys: number, valueBytes: number
         offset, chunk: snap.data.subarray(offset, end), total, done: end >= total,
       };
       await turn(); // the network
+      const s0 = performance.now();
       follower.raw.step(m);
+      if (m.done) installStepMs = Math.round(performance.now() - s0);
+      await turn(); // KvNode.receive steps, then runs the Ready round on a later turn (scheduleReady)
       // The follower's Ready rounds, as KvNode.runReady runs them.
       while (follower.raw.hasReady()) {
         const rd = follower.raw.ready();
         if (rd.entries.length > 0 || rd.hardState || rd.snapshot) {
           fStore.persistReady(GROUP, { entries: rd.entries, ...(rd.hardState ? { hardState: rd.hardState } : {}), ...(rd.snapshot ? { snapshot: rd.snapshot } : {}) });
         }
+        const a0 = performance.now();
         follower.apply(rd);
         for (const u of follower.takeStateUnits()) fStore.stageStateOps(GROUP, u);
         if (rd.snapshot && mode === 'after') fStore.dropSnapshotData(GROUP);
+        if (rd.snapshot) {
+          installApplyMs = Math.round(performance.now() - a0);
+          installBlockMs = Math.max(installBlockMs, probe.take());
+        }
         await fStore.flush();
+        if (rd.snapshot) installWriteBlockMs = probe.take();
         follower.raw.advance(rd);
       }
       offset = end;
       if (total === 0) break;
     }
-    installBlockMs = probe.take();
+    installBlockMs = Math.max(installBlockMs, installWriteBlockMs, probe.take());
     const catchupMs = Math.round(performance.now() - k0);
     if (follower.sm.appliedIndex !== snap.meta.index || follower.sm.keyCount !== sm.keyCount) {
       throw new Error(`follower at ${follower.sm.appliedIndex} with ${follower.sm.keyCount} keys, leader snapshot at ${snap.meta.index} with ${sm.keyCount}`);
@@ -227,6 +243,9 @@ async function runOne(mode: 'before' | 'after', keys: number, valueBytes: number
       produceMs,
       produceBlockMs,
       installBlockMs,
+      installStepMs,
+      installApplyMs,
+      installWriteBlockMs,
       snapshotMiB: mib(total),
       peakRssMiB: mib(probe.peakRss),
     };
@@ -266,7 +285,7 @@ async function main(): Promise<void> {
     return;
   }
   const rows: SnapshotCostResult[] = [];
-  console.log('mode    keys     fill s  compact ms  compact block ms  stored MiB  rss MiB  snapshot MiB  produce ms  produce block ms  install block ms  catch-up ms  catch-up block ms  peak rss MiB');
+  console.log('mode    keys     fill s  compact ms  compact block ms  stored MiB  rss MiB  snapshot MiB  produce ms  produce block ms  install block ms  catch-up ms  catch-up block ms  peak rss MiB  (install: last chunk ms, apply ms, write block ms)');
   for (const keys of values.keys!.split(',').map(Number)) {
     for (const mode of values.modes!.split(',') as Array<'before' | 'after'>) {
       const r = await new Promise<SnapshotCostResult>((resolve, reject) => {
@@ -282,7 +301,8 @@ async function main(): Promise<void> {
         [r.mode.padEnd(6), String(r.keys).padStart(7), String(r.fillS).padStart(7), String(r.compactMs).padStart(10), String(r.compactBlockMs).padStart(16),
           String(mib(r.compactStoredBytes)).padStart(10), String(r.rssAfterCompactMiB).padStart(7), String(r.snapshotMiB).padStart(12),
           String(r.produceMs).padStart(10), String(r.produceBlockMs).padStart(16), String(r.installBlockMs).padStart(16),
-          String(r.catchupMs).padStart(11), String(r.catchupBlockMs).padStart(17), String(r.peakRssMiB).padStart(12)].join('  '),
+          String(r.catchupMs).padStart(11), String(r.catchupBlockMs).padStart(17), String(r.peakRssMiB).padStart(12),
+          `  (${r.installStepMs}, ${r.installApplyMs}, ${r.installWriteBlockMs})`].join('  '),
       );
     }
   }

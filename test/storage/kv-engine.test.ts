@@ -325,3 +325,25 @@ describe('MemoryEngine crash model', () => {
     expect(str(await e.get('k'))).toBe('abc');
   });
 });
+
+describe('LevelEngine large batches', () => {
+  it('fills a large batch over several event-loop turns, and it stays atomic: none of it is visible before it is written, all of it after', async () => {
+    const e = await harnesses[0]!.open();
+    const ops: EngineOp[] = Array.from({ length: 20_000 }, (_, i) => ({ type: 'put', key: `big/${String(i).padStart(6, '0')}`, value: new Uint8Array(512).fill(i & 0xff) }));
+    let turns = 0;
+    let seenEarly = false;
+    let done = false;
+    const written = e.batch(ops, { sync: true }).then(() => (done = true));
+    while (!done) {
+      await new Promise<void>((r) => setImmediate(r));
+      turns++;
+      // Reads that complete before the batch does may see nothing of it (or all of it, once written).
+      const [first, last] = await Promise.all([e.get('big/000000'), e.get('big/019999')]);
+      if (!done && (first === undefined) !== (last === undefined)) seenEarly = true;
+    }
+    await written;
+    expect(seenEarly).toBe(false);
+    expect(turns).toBeGreaterThan(1);
+    expect((await scanAll(e, { prefix: 'big/' })).length).toBe(20_000);
+  });
+});
