@@ -83,6 +83,9 @@ export const DATA_GROUP = 1;
 /** The metadata group: the cluster's own state (members, pools, shard placement, the extension registry). */
 export const META_GROUP = 0;
 
+/** Longest stretch (ms) of computing and staging a snapshot's records replacement before yielding. */
+const INSTALL_SLICE_MS = 10;
+
 /** A peer counts as live while heard from within this many ticks' time (times the election timeout). */
 const LIVENESS_ELECTION_TIMEOUTS = 3;
 
@@ -322,6 +325,7 @@ export class KvNode implements KvBackend {
       ...(initialState ? { initialState } : {}),
       ...(this.opts.stateUnitBytes ? { stateUnitBytes: this.opts.stateUnitBytes } : {}),
       openView: () => this.engine?.view(),
+      stepwiseInstall: true,
       onSnapshotProduced: () => this.scheduleReady(),
       onSnapshotFailed: (err) => this.log.warn({ group, err: String(err) }, 'producing a snapshot for a lagging follower failed; retrying'),
       nowMs: this.nowMs,
@@ -565,6 +569,7 @@ export class KvNode implements KvBackend {
         let entries = 0;
         let mustSync = false;
         for (const r of this.replicas.values()) {
+          if (r.installing) continue; // its snapshot's records are being staged (finishInstall)
           r.flushReads();
           if (!r.raw.hasReady()) continue;
           const rd = r.raw.ready();
@@ -591,7 +596,8 @@ export class KvNode implements KvBackend {
           // What was applied goes into this round's batch, after the log writes it came from.
           for (const unit of r.takeStateUnits()) this.store.stageStateOps(r.group, unit);
           // An installed snapshot's data is needed on disk only until the records replacing the state are.
-          if (rd.snapshot) this.store.dropSnapshotData(r.group);
+          if (rd.snapshot && r.installing) void this.finishInstall(r);
+          else if (rd.snapshot) this.store.dropSnapshotData(r.group);
           if (rd.committedEntries.length > 0) {
             this.observer.applied?.(r.group, rd.committedEntries.length);
             if (r.group === META_GROUP) this.mapDirty = true;
@@ -653,6 +659,43 @@ export class KvNode implements KvBackend {
     r.snapshotTaken(index);
     this.log.info({ group: r.group, index }, 'log compacted (records snapshot)');
     this.scheduleReady();
+  }
+
+  /**
+   * Stages the records replacement of the snapshot `r` installed, unit by unit over event-loop
+   * turns (each turn at most ~INSTALL_SLICE_MS of work), then the drop of the snapshot's data;
+   * `r` gets no Ready meanwhile, so nothing else of its group is staged in between. The snapshot
+   * (with its data) was staged before: a crash before the last unit leaves no `meta`, and recovery
+   * installs from the snapshot again (state-store.ts).
+   */
+  private async finishInstall(r: ShardReplica): Promise<void> {
+    try {
+      for (;;) {
+        if (this.stopped || this.replicas.get(r.group) !== r) return;
+        const t0 = performance.now();
+        let done = false;
+        while (performance.now() - t0 < INSTALL_SLICE_MS) {
+          const unit = r.nextReplacementUnit();
+          if (unit === undefined) {
+            done = true;
+            break;
+          }
+          this.store.stageStateOps(r.group, unit);
+        }
+        if (done) break;
+        // Start writing what is staged (bounds the memory it holds); a failure surfaces at the next flush.
+        this.store.flush().catch(() => {});
+        await new Promise<void>((resolve) => setImmediate(resolve));
+      }
+      this.store.dropSnapshotData(r.group);
+      this.scheduleReady();
+    } catch (e) {
+      this.log.fatal({ group: r.group, err: String(e), stack: (e as Error).stack }, 'storage failure while installing a snapshot: stopping the node');
+      (this.opts.onFatal ?? ((err) => {
+        console.error(err);
+        process.exit(70);
+      }))(e);
+    }
   }
 
   // ------------------------------------------------------------------ KvBackend

@@ -62,6 +62,12 @@ export interface ReplicaOptions {
   readonly onSnapshotFailed?: (err: unknown) => void;
   /** Tuning of snapshot production. */
   readonly snapshotSender?: SnapshotSenderOptions;
+  /**
+   * Install a snapshot's records replacement over several event-loop turns: `apply` only starts
+   * it and the host hands the units out (`installing`, `nextReplacementUnit`). Default false:
+   * `apply` computes every unit at once (`takeStateUnits` returns them).
+   */
+  readonly stepwiseInstall?: boolean;
   readonly watch?: WatchHubOptions;
   readonly nowMs: () => number;
   /** Called when a proposal of this replica is applied: its propose → apply latency. */
@@ -112,6 +118,8 @@ export class ShardReplica {
   private stateUnits: EngineOp[][] = [];
   /** The state of the snapshot Raft is about to install, decoded when it was checked (reused by `apply`). */
   private checkedSnapshot: { readonly data: Uint8Array; readonly sm: KvStateMachine } | undefined;
+  /** The records replacement of a snapshot being installed stepwise (see `nextReplacementUnit`). */
+  private replacing: Iterator<EngineOp[]> | undefined;
   /** The storage the Raft core reads: the replica's, with snapshots to send produced from the records. */
   readonly snapshots: SnapshotSender;
 
@@ -246,10 +254,16 @@ export class ShardReplica {
       this.checkedSnapshot = undefined;
       this.sm = checked?.data === rd.snapshot.data ? checked.sm : KvStateMachine.restore(rd.snapshot.data);
       // The records become the snapshot's state (the difference, in bounded units).
-      const units = this.recorder.replace(before.toRecords(), this.sm.toRecords(), {
+      const steps = this.recorder.replaceSteps(before.toRecords(), this.sm.toRecords(), {
         ...(this.opts.stateUnitBytes ? { maxUnitBytes: this.opts.stateUnitBytes } : {}),
       });
-      for (const u of units) this.stateUnits.push(u);
+      if (this.opts.stepwiseInstall && rd.committedEntries.length === 0) {
+        // Computed unit by unit over later event-loop turns (`nextReplacementUnit`); nothing more
+        // is applied here until the last one is handed out.
+        this.replacing = steps;
+      } else {
+        for (const u of steps) this.stateUnits.push(u);
+      }
       this.sm.observe(this.recorder);
       this.lastSnapshotIndex = rd.snapshot.meta.index;
       this.watches.restored();
@@ -324,14 +338,42 @@ export class ShardReplica {
   }
 
   /**
+   * Whether the records replacement of a snapshot installed with `stepwiseInstall` is still being
+   * handed out: the host must not give this replica another Ready (nor take its state units)
+   * until `nextReplacementUnit` returned undefined.
+   */
+  get installing(): boolean {
+    return this.replacing !== undefined;
+  }
+
+  /**
+   * The next unit of the records replacement of the snapshot being installed (stage it, in order,
+   * before anything else of this group), or undefined when the replacement is complete (then the
+   * installed snapshot's data may be dropped: `RaftLogStore.dropSnapshotData`).
+   */
+  nextReplacementUnit(): EngineOp[] | undefined {
+    if (!this.replacing) return undefined;
+    const next = this.replacing.next();
+    if (next.done) {
+      this.replacing = undefined;
+      return undefined;
+    }
+    return next.value;
+  }
+
+  /**
    * The durable writes of the state machine since the last call, as atomic units to stage in
    * order (`RaftLogStore.stageStateOps`): after applying a Ready, one unit with its changes and
    * applied index; after a snapshot install, the replacement's units first. Empty when nothing
    * changed.
    */
   takeStateUnits(): EngineOp[][] {
-    const u = this.recorder.take(this.sm);
-    if (u) this.stateUnits.push(u);
+    // While a replacement is handed out the recorder is in the middle of it: only what was
+    // recorded before it (the old state's last unit) goes now.
+    if (!this.replacing) {
+      const u = this.recorder.take(this.sm);
+      if (u) this.stateUnits.push(u);
+    }
     const out = this.stateUnits;
     this.stateUnits = [];
     return out;

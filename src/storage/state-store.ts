@@ -83,9 +83,11 @@
  * atomic together, which is safe: a crash in between leaves no `meta` (or one older than the
  * snapshot, which was staged before with its data), so recovery takes the snapshot path and
  * replaces again. The node then stages `RaftLogStore.dropSnapshotData`, which turns the installed
- * snapshot into a records snapshot once the replacement is durable. (The install itself is still
- * one synchronous step on the follower: the Raft core hands over the whole snapshot, which is
- * decoded and diffed at once; only the writes are bounded units.)
+ * snapshot into a records snapshot once the replacement is durable. A follower computes and
+ * stages the replacement unit by unit over event-loop turns (`StateRecorder.replaceSteps`,
+ * KvNode.finishInstall), its replica getting no Ready meanwhile so nothing else of the group is
+ * staged in between. What is still one synchronous step: the Raft core assembles the whole
+ * snapshot from its chunks and the replica decodes it into a machine before accepting it.
  */
 import {
   checkSessionRecords,
@@ -627,6 +629,16 @@ export class StateRecorder implements StateSink {
    * everything that differs is rewritten regardless.
    */
   replace(before: SnapshotData | undefined, after: SnapshotData, options: ReplaceOptions = {}): EngineOp[][] {
+    return [...this.replaceSteps(before, after, options)];
+  }
+
+  /**
+   * {@link replace}, one unit at a time, computed as it is asked for (so a caller can spread the
+   * work over event-loop turns). The recorder is in the middle of the replacement until the
+   * iteration ends: iterate it to the end, staging every unit in order, before recording anything
+   * else, and keep `before` and `after` unchanged meanwhile.
+   */
+  *replaceSteps(before: SnapshotData | undefined, after: SnapshotData, options: ReplaceOptions = {}): Generator<EngineOp[], void, undefined> {
     const keys = this.keys;
     const max = options.maxUnitBytes ?? DEFAULT_STATE_UNIT_BYTES;
     const units: EngineOp[][] = [];
@@ -642,7 +654,10 @@ export class StateRecorder implements StateSink {
       }
     };
     push({ type: 'del', key: keys.meta });
-    for (const k of options.deleteKeys ?? []) push({ type: 'del', key: k });
+    for (const k of options.deleteKeys ?? []) {
+      push({ type: 'del', key: k });
+      if (units.length > 0) yield* units.splice(0);
+    }
 
     // Versions and latests: a merge of the two key lists (both in key order).
     const bk = before?.keys ?? [];
@@ -679,6 +694,7 @@ export class StateRecorder implements StateSink {
         const latest = av[av.length - 1]!.revision;
         if (bv[bv.length - 1]!.revision !== latest) push({ type: 'put', key: keys.latest(key), value: varintBytes(latest) });
       }
+      if (units.length > 0) yield* units.splice(0);
     }
 
     // Client sessions: a difference, like the versions.
@@ -699,10 +715,12 @@ export class StateRecorder implements StateSink {
         }
       }
       for (const seq of old.keys()) push({ type: 'del', key: keys.sessionResult(a.id, seq) });
+      if (units.length > 0) yield* units.splice(0);
     }
     for (const b of bs.values()) {
       for (const [seq] of b.results) push({ type: 'del', key: keys.sessionResult(b.id, seq) });
       push({ type: 'del', key: keys.session(b.id) });
+      if (units.length > 0) yield* units.splice(0);
     }
 
     // Revision blocks: the old ones go, new ones cover [compactRevision, revision] (bounded in
@@ -741,6 +759,7 @@ export class StateRecorder implements StateSink {
       block.bytes += 12;
       for (const e of events ?? []) block.bytes += 8 + e.key.length * 3 + (e.type === 'trigger' ? e.value!.length : 0);
       if (block.ts.length >= MAX_BLOCK_REVISIONS || block.bytes >= max / 2) flushBlock();
+      if (units.length > 0) yield* units.splice(0);
     }
     flushBlock();
     this.hist = 0;
@@ -749,7 +768,7 @@ export class StateRecorder implements StateSink {
     this.metaApplied = after.appliedIndex;
     cur.push({ type: 'put', key: keys.meta, value: encodeMeta(aMeta) });
     units.push(cur);
-    return units;
+    yield* units.splice(0);
   }
 }
 

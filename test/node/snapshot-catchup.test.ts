@@ -3,7 +3,8 @@
  * metadata (no whole-state buffer, `KvStateMachine.snapshot` is never called), and a follower
  * that fell behind the compacted log catches up by a snapshot the leader produces from its
  * records, ending with exactly the leader's state (every retained version, the sessions, the
- * revision and the compaction point), also when it crashes in the middle of a chunked transfer.
+ * revision and the compaction point), installing it stepwise (the records replacement is staged
+ * over event-loop turns), also when it crashes in the middle of a chunked transfer.
  */
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { DATA_GROUP, KvNode, type NodeOptions } from '../../src/node/kv-node.js';
@@ -77,7 +78,7 @@ async function workload(l: KvNode, rounds: number, tag: string, valueBytes = 40)
 
 describe('snapshots from the records', () => {
   it('compaction serialises nothing and stores no snapshot data; a follower behind the compacted log catches up to the same state', async () => {
-    const opts: Partial<NodeOptions> = { snapshotEveryEntries: 60, keepEntriesAfterSnapshot: 5 };
+    const opts: Partial<NodeOptions> = { snapshotEveryEntries: 60, keepEntriesAfterSnapshot: 5, stateUnitBytes: 1024 };
     const hub = new LoopbackHub();
     const engines = [1, 2, 3].map(() => new MemoryEngine());
     const nodes = await Promise.all(engines.map((e, i) => openNode(i + 1, e, hub, opts)));
@@ -93,6 +94,14 @@ describe('snapshots from the records', () => {
     fr.apply = (rd) => {
       if (rd.snapshot) installs++;
       apply(rd);
+    };
+    // The install's records replacement is handed out unit by unit, over event-loop turns.
+    let units = 0;
+    const next = fr.nextReplacementUnit.bind(fr);
+    fr.nextReplacementUnit = () => {
+      const u = next();
+      if (u) units++;
+      return u;
     };
 
     const serialised = vi.spyOn(KvStateMachine.prototype, 'snapshot');
@@ -110,6 +119,8 @@ describe('snapshots from the records', () => {
     expect(serialised).not.toHaveBeenCalled();
     serialised.mockRestore();
     expect(installs).toBeGreaterThan(0);
+    expect(units).toBeGreaterThanOrEqual(installs);
+    expect(fr.installing).toBe(false);
     expect(lr.snapshots.counters.produced).toBeGreaterThan(0);
     // The installed snapshot's data is dropped once the records replacing the state are staged.
     await sleep(50);
