@@ -275,6 +275,8 @@ export class KvNode implements KvBackend {
       const loaded = (await loadState(engine, group))!;
       sm = KvStateMachine.fromRecords(loaded.data);
       recorder = new StateRecorder(group, loaded.written);
+      // Durable records at or past the snapshot: its data (an install cut short before the drop) is not needed.
+      this.store.dropSnapshotData(group);
     } else {
       if (snap && snap.data.length === 0) {
         // A records snapshot is staged only after records at (or past) its index: they must be here.
