@@ -36,7 +36,7 @@ import {
   type TxnResult,
   type KvStateMachineOptions,
 } from '../statemachine/index.js';
-import { RaftLogStore } from '../storage/raft-log-store.js';
+import { RaftLogStore, StorageCorruptionError } from '../storage/raft-log-store.js';
 import type { KvEngine } from '../storage/kv-engine.js';
 import {
   hidesReservedKeys,
@@ -82,6 +82,9 @@ export const DATA_GROUP = 1;
 
 /** The metadata group: the cluster's own state (members, pools, shard placement, the extension registry). */
 export const META_GROUP = 0;
+
+/** Longest stretch (ms) of computing and staging a snapshot's records replacement before yielding. */
+const INSTALL_SLICE_MS = 10;
 
 /** A peer counts as live while heard from within this many ticks' time (times the election timeout). */
 const LIVENESS_ELECTION_TIMEOUTS = 3;
@@ -285,7 +288,15 @@ export class KvNode implements KvBackend {
       const loaded = (await loadState(engine, group))!;
       sm = KvStateMachine.fromRecords(loaded.data);
       recorder = new StateRecorder(group, loaded.written);
+      // Durable records at or past the snapshot: its data (an install cut short before the drop) is not needed.
+      this.store.dropSnapshotData(group);
     } else {
+      if (snap && snap.data.length === 0) {
+        // A records snapshot is staged only after records at (or past) its index: they must be here.
+        throw new StorageCorruptionError(
+          `group ${group}: the log is compacted to ${snapIndex} with the state in the records, but they ${meta ? `are at ${meta.appliedIndex}` : 'are missing'}`,
+        );
+      }
       sm = snap ? KvStateMachine.restore(snap.data) : new KvStateMachine(this.opts.stateMachine);
       recorder = new StateRecorder(group);
       const stale = await stateKeys(engine, group);
@@ -295,6 +306,7 @@ export class KvNode implements KvBackend {
           ...(this.opts.stateUnitBytes ? { maxUnitBytes: this.opts.stateUnitBytes } : {}),
         });
         for (const u of units) this.store.stageStateOps(group, u);
+        this.store.dropSnapshotData(group); // staged after the records: the data stays on disk until they are
         this.log.info({ group, snapshotIndex: snapIndex, staleRecords: stale.length }, 'state machine records rewritten from the snapshot');
       }
     }
@@ -327,6 +339,10 @@ export class KvNode implements KvBackend {
       ...(this.opts.stateMachine ? { stateMachine: this.opts.stateMachine } : {}),
       ...(initialState ? { initialState } : {}),
       ...(this.opts.stateUnitBytes ? { stateUnitBytes: this.opts.stateUnitBytes } : {}),
+      openView: () => this.engine?.view(),
+      stepwiseInstall: true,
+      onSnapshotProduced: () => this.scheduleReady(),
+      onSnapshotFailed: (err) => this.log.warn({ group, err: String(err) }, 'producing a snapshot for a lagging follower failed; retrying'),
       nowMs: this.nowMs,
       onCommitted: (ms) => this.observer.committed?.(group, ms),
       onBadEntry: (index, err) => this.log.error({ group, index, err: String(err) }, 'undecodable committed entry applied as no-op'),
@@ -515,8 +531,9 @@ export class KvNode implements KvBackend {
 
   /**
    * Drops the replica of a group whose membership no longer includes this node: its waiters fail
-   * over to the new placement, then its state records and its Raft state are deleted (in that
-   * order, so a crash in between leaves a consistent group that is dropped again).
+   * over to the new placement, then its Raft state and its state records are deleted (in that
+   * order: its snapshot may hold only metadata, the state being in the records; a crash in between
+   * leaves records without a group, which `open` deletes).
    */
   private async dropReplica(group: number): Promise<void> {
     const r = this.replicas.get(group);
@@ -526,11 +543,13 @@ export class KvNode implements KvBackend {
     r.failAll(new NotLeaderError(0, undefined, group));
     this.log.info({ group }, 'replica removed from its group: dropping its data');
     try {
-      // Wait for the state records staged so far to be on disk, then list and delete them.
+      // Wait for the state records staged so far to be on disk, then list them; the Raft state
+      // goes first (its snapshot may hold no data: the state is in the records, which must not go
+      // before it), then the records (a crash in between leaves records `open` deletes).
       await this.store.flush();
       const keys = await stateKeys(this.engine, group);
-      this.store.stageStateOps(group, keys.map((key) => ({ type: 'del' as const, key })));
       this.store.deleteGroup(group);
+      this.store.stageStateOps(group, keys.map((key) => ({ type: 'del' as const, key })));
       this.syncedHardState.delete(group);
       this.lastLeader.delete(group);
       this.noteLeadership(group, undefined);
@@ -566,6 +585,7 @@ export class KvNode implements KvBackend {
         let entries = 0;
         let mustSync = false;
         for (const r of this.replicas.values()) {
+          if (r.installing) continue; // its snapshot's records are being staged (finishInstall)
           r.flushReads();
           if (!r.raw.hasReady()) continue;
           const rd = r.raw.ready();
@@ -591,6 +611,9 @@ export class KvNode implements KvBackend {
           r.apply(rd);
           // What was applied goes into this round's batch, after the log writes it came from.
           for (const unit of r.takeStateUnits()) this.store.stageStateOps(r.group, unit);
+          // An installed snapshot's data is needed on disk only until the records replacing the state are.
+          if (rd.snapshot && r.installing) void this.finishInstall(r);
+          else if (rd.snapshot) this.store.dropSnapshotData(r.group);
           if (rd.committedEntries.length > 0) {
             this.observer.applied?.(r.group, rd.committedEntries.length);
             if (r.group === META_GROUP) this.mapDirty = true;
@@ -681,15 +704,58 @@ export class KvNode implements KvBackend {
     return new Map(this.led);
   }
 
+  /**
+   * Compacts `r`'s log up to its applied index without serialising the state machine: the
+   * snapshot records only its metadata (a records snapshot, raft-log-store.ts), as the state at
+   * that index is in the group's records, staged (`takeStateUnits`) before this unit, so durable
+   * whenever it is. A lagging follower gets a snapshot produced then from the records
+   * (snapshot-sender.ts).
+   */
   private snapshot(r: ShardReplica): void {
     const index = r.sm.appliedIndex;
     const term = r.raw.raft.log.term(index);
-    if (term === undefined) return;
-    const data = r.sm.snapshot();
-    this.store.compact(r.group, { meta: { index, term, conf: r.raw.raft.confState() }, data }, this.opts.keepEntriesAfterSnapshot ?? NODE_DEFAULTS.keepEntriesAfterSnapshot);
+    if (term === undefined || r.recordedIndex < index) return;
+    this.store.compact(r.group, { meta: { index, term, conf: r.raw.raft.confState() }, data: new Uint8Array(0) }, this.opts.keepEntriesAfterSnapshot ?? NODE_DEFAULTS.keepEntriesAfterSnapshot);
     r.snapshotTaken(index);
-    this.log.info({ group: r.group, index, bytes: data.length }, 'snapshot taken, log compacted');
+    this.log.info({ group: r.group, index }, 'log compacted (records snapshot)');
     this.scheduleReady();
+  }
+
+  /**
+   * Stages the records replacement of the snapshot `r` installed, unit by unit over event-loop
+   * turns (each turn at most ~INSTALL_SLICE_MS of work), then the drop of the snapshot's data;
+   * `r` gets no Ready meanwhile, so nothing else of its group is staged in between. The snapshot
+   * (with its data) was staged before: a crash before the last unit leaves no `meta`, and recovery
+   * installs from the snapshot again (state-store.ts).
+   */
+  private async finishInstall(r: ShardReplica): Promise<void> {
+    try {
+      for (;;) {
+        if (this.stopped || this.replicas.get(r.group) !== r) return;
+        const t0 = performance.now();
+        let done = false;
+        while (performance.now() - t0 < INSTALL_SLICE_MS) {
+          const unit = r.nextReplacementUnit();
+          if (unit === undefined) {
+            done = true;
+            break;
+          }
+          this.store.stageStateOps(r.group, unit);
+        }
+        if (done) break;
+        // Start writing what is staged (bounds the memory it holds); a failure surfaces at the next flush.
+        this.store.flush().catch(() => {});
+        await new Promise<void>((resolve) => setImmediate(resolve));
+      }
+      this.store.dropSnapshotData(r.group);
+      this.scheduleReady();
+    } catch (e) {
+      this.log.fatal({ group: r.group, err: String(e), stack: (e as Error).stack }, 'storage failure while installing a snapshot: stopping the node');
+      (this.opts.onFatal ?? ((err) => {
+        console.error(err);
+        process.exit(70);
+      }))(e);
+    }
   }
 
   // ------------------------------------------------------------------ KvBackend

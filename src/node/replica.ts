@@ -22,10 +22,11 @@ import {
   type KvStateMachineOptions,
   type WriteSession,
 } from '../statemachine/index.js';
-import type { EngineOp } from '../storage/kv-engine.js';
+import type { EngineOp, EngineView } from '../storage/kv-engine.js';
 import { StateRecorder } from '../storage/state-store.js';
 import { NotLeaderError, OverloadedError, UnavailableError } from './backend.js';
 import { decodeProposal, encodeProposal, UnknownEnvelopeVersionError } from './envelope.js';
+import { confAtIndex, SnapshotSender, type SnapshotSenderOptions } from './snapshot-sender.js';
 import { WatchHub, type WatchHubOptions } from './watch-hub.js';
 
 /** Tuning of a replica. */
@@ -49,6 +50,24 @@ export interface ReplicaOptions {
   readonly initialState?: { readonly sm: KvStateMachine; readonly recorder: StateRecorder };
   /** Bound on the bytes of each unit written when a Raft snapshot replaces the state (default 4 MiB). */
   readonly stateUnitBytes?: number;
+  /**
+   * A consistent view of the engine holding this replica's records: snapshots sent to lagging
+   * followers are produced from it on demand (snapshot-sender.ts). Without it only a stored
+   * snapshot that has its data is sent.
+   */
+  readonly openView?: () => EngineView | undefined;
+  /** Called when a snapshot to send was produced (run a Ready round: Raft sends it on its next try). */
+  readonly onSnapshotProduced?: () => void;
+  /** Called when producing a snapshot to send failed (retried later). */
+  readonly onSnapshotFailed?: (err: unknown) => void;
+  /** Tuning of snapshot production. */
+  readonly snapshotSender?: SnapshotSenderOptions;
+  /**
+   * Install a snapshot's records replacement over several event-loop turns: `apply` only starts
+   * it and the host hands the units out (`installing`, `nextReplacementUnit`). Default false:
+   * `apply` computes every unit at once (`takeStateUnits` returns them).
+   */
+  readonly stepwiseInstall?: boolean;
   readonly watch?: WatchHubOptions;
   readonly nowMs: () => number;
   /** Called when a proposal of this replica is applied: its propose → apply latency. */
@@ -99,18 +118,44 @@ export class ShardReplica {
   private stateUnits: EngineOp[][] = [];
   /** The state of the snapshot Raft is about to install, decoded when it was checked (reused by `apply`). */
   private checkedSnapshot: { readonly data: Uint8Array; readonly sm: KvStateMachine } | undefined;
+  /** The records replacement of a snapshot being installed stepwise (see `nextReplacementUnit`). */
+  private replacing: Iterator<EngineOp[]> | undefined;
+  /** The storage the Raft core reads: the replica's, with snapshots to send produced from the records. */
+  readonly snapshots: SnapshotSender;
 
   constructor(private readonly opts: ReplicaOptions) {
     this.group = opts.group;
     const snap = opts.storage.snapshot();
+    if (!opts.initialState && snap && snap.data.length === 0) {
+      throw new Error(`group ${opts.group}: a records snapshot (metadata only) needs the machine rebuilt from the records (initialState)`);
+    }
     this.sm = opts.initialState?.sm ?? (snap ? KvStateMachine.restore(snap.data) : new KvStateMachine(opts.stateMachine));
     this.lastSnapshotIndex = snap?.meta.index ?? 0;
     this.recorder = opts.initialState?.recorder ?? new StateRecorder(opts.group);
     this.sm.observe(this.recorder);
+    this.snapshots = new SnapshotSender(
+      opts.storage,
+      {
+        group: opts.group,
+        openView: () => opts.openView?.(),
+        termAt: (index) => this.raw.raft.log.term(index),
+        confAt: (index) =>
+          confAtIndex(index, this.raw.raft.log.applied, this.raw.raft.confState(), (lo, hi) => {
+            try {
+              return this.raw.raft.log.slice(lo, hi);
+            } catch {
+              return undefined;
+            }
+          }),
+        produced: () => opts.onSnapshotProduced?.(),
+        failed: (err) => opts.onSnapshotFailed?.(err),
+      },
+      opts.snapshotSender,
+    );
     this.raw = new RawNode({
       id: opts.nodeId,
       group: opts.group,
-      storage: opts.storage,
+      storage: this.snapshots,
       random: opts.random,
       electionTicks: opts.electionTicks,
       heartbeatTicks: opts.heartbeatTicks,
@@ -208,10 +253,16 @@ export class ShardReplica {
       this.checkedSnapshot = undefined;
       this.sm = checked?.data === rd.snapshot.data ? checked.sm : KvStateMachine.restore(rd.snapshot.data);
       // The records become the snapshot's state (the difference, in bounded units).
-      const units = this.recorder.replace(before.toRecords(), this.sm.toRecords(), {
+      const steps = this.recorder.replaceSteps(before.toRecords(), this.sm.toRecords(), {
         ...(this.opts.stateUnitBytes ? { maxUnitBytes: this.opts.stateUnitBytes } : {}),
       });
-      for (const u of units) this.stateUnits.push(u);
+      if (this.opts.stepwiseInstall && rd.committedEntries.length === 0) {
+        // Computed unit by unit over later event-loop turns (`nextReplacementUnit`); nothing more
+        // is applied here until the last one is handed out.
+        this.replacing = steps;
+      } else {
+        for (const u of steps) this.stateUnits.push(u);
+      }
       this.sm.observe(this.recorder);
       this.lastSnapshotIndex = rd.snapshot.meta.index;
       this.watches.restored();
@@ -260,7 +311,10 @@ export class ShardReplica {
     this.settleReads();
     const role = this.raw.raft.role;
     if (role !== this.lastRole) {
-      if (this.lastRole === Role.Leader) this.lostLeadership();
+      if (this.lastRole === Role.Leader) {
+        this.lostLeadership();
+        this.snapshots.release();
+      }
       this.lastRole = role;
     }
   }
@@ -283,14 +337,42 @@ export class ShardReplica {
   }
 
   /**
+   * Whether the records replacement of a snapshot installed with `stepwiseInstall` is still being
+   * handed out: the host must not give this replica another Ready (nor take its state units)
+   * until `nextReplacementUnit` returned undefined.
+   */
+  get installing(): boolean {
+    return this.replacing !== undefined;
+  }
+
+  /**
+   * The next unit of the records replacement of the snapshot being installed (stage it, in order,
+   * before anything else of this group), or undefined when the replacement is complete (then the
+   * installed snapshot's data may be dropped: `RaftLogStore.dropSnapshotData`).
+   */
+  nextReplacementUnit(): EngineOp[] | undefined {
+    if (!this.replacing) return undefined;
+    const next = this.replacing.next();
+    if (next.done) {
+      this.replacing = undefined;
+      return undefined;
+    }
+    return next.value;
+  }
+
+  /**
    * The durable writes of the state machine since the last call, as atomic units to stage in
    * order (`RaftLogStore.stageStateOps`): after applying a Ready, one unit with its changes and
    * applied index; after a snapshot install, the replacement's units first. Empty when nothing
    * changed.
    */
   takeStateUnits(): EngineOp[][] {
-    const u = this.recorder.take(this.sm);
-    if (u) this.stateUnits.push(u);
+    // While a replacement is handed out the recorder is in the middle of it: only what was
+    // recorded before it (the old state's last unit) goes now.
+    if (!this.replacing) {
+      const u = this.recorder.take(this.sm);
+      if (u) this.stateUnits.push(u);
+    }
     const out = this.stateUnits;
     this.stateUnits = [];
     return out;
@@ -339,8 +421,18 @@ export class ShardReplica {
     this.lastSnapshotIndex = index;
   }
 
+  /**
+   * The applied index of the last unit of records handed out by `takeStateUnits`: a log
+   * compaction at or below it may record only the snapshot's metadata (the records staged before
+   * it hold the state).
+   */
+  get recordedIndex(): number {
+    return this.recorder.takenAppliedIndex;
+  }
+
   /** Fails everything waiting (node shutdown). */
   failAll(err: Error): void {
+    this.snapshots.release();
     for (const p of this.proposals.values()) p.reject(err);
     this.proposals.clear();
     for (const b of this.readBatches.values()) for (const w of b.waiters) w.reject(err);

@@ -140,6 +140,14 @@ export class MemoryStorage implements Storage {
     return snap;
   }
 
+  /**
+   * Keeps the current snapshot's metadata and drops its data (a host whose state machine is
+   * durable elsewhere, once that copy covers the snapshot, stops holding the bytes).
+   */
+  dropSnapshotData(): void {
+    if (this.snap && this.snap.data.length > 0) this.snap = { meta: this.snap.meta, data: new Uint8Array(0) };
+  }
+
   /** Discards log entries up to and including `index` (which must be covered by a snapshot). */
   compact(index: number): void {
     const offset = this.ents[0]!.index;

@@ -7,14 +7,22 @@
  *   g/<group:8 hex>/hardstate            JSON HardState
  *   g/<group:8 hex>/log/<index:16 hex>   one entry, binary (see encodeEntry)
  *   g/<group:8 hex>/snap                 JSON SnapshotMeta of the latest snapshot
- *   g/<group:8 hex>/snapdata             that snapshot's data, raw bytes, as one value
+ *   g/<group:8 hex>/snapdata             that snapshot's data, raw bytes, as one value; absent for a
+ *                                        *records snapshot* (see below)
  *
  * Every group's keys share the prefix `g/<group>/`, so a group is one contiguous key range.
  * The state machine of a group lives beside its Raft state, under `s/<group:8 hex>/` (layout and
  * recovery rules in state-store.ts); this store only stages those records (`stageStateOps`), so
  * they are ordered and made durable together with the Raft writes.
  * Invariants on disk (checked on open): the log keys of a group are contiguous and start right
- * after the snapshot index (or at 1 without a snapshot); `snap` and `snapdata` exist together.
+ * after the snapshot index (or at 1 without a snapshot); `snapdata` exists only with `snap`.
+ *
+ * Records snapshots: a group whose state machine is durable in its own records (state-store.ts)
+ * compacts its log with a snapshot that has metadata only (`compact` with empty data; in memory its
+ * data is empty): the state at its index is in the records, which the caller staged before it (so
+ * they are durable whenever the snapshot is). A snapshot installed from a leader is written with
+ * its data (the records are replaced after it, not atomically), and `dropSnapshotData`, staged once
+ * the replacement is, turns it into a records snapshot.
  *
  * Write model: every mutator (`persistReady`, `setConf`, `compact`, `deleteGroup`, `stageStateOps`) updates the
  * group's in-memory `MemoryStorage` at once and stages its disk writes as one atomic *unit*.
@@ -359,7 +367,8 @@ export class RaftLogStore {
   }
 
   /**
-   * Records a snapshot the state machine took (metadata + data, data as one value) and discards
+   * Records a snapshot the state machine took (metadata + data, data as one value; empty data
+   * records a records snapshot, see the file header, and deletes any older data) and discards
    * the log entries up to its index, in memory and (staged) on disk. `snapshot.meta.index` must be
    * in the log and `snapshot.meta.term` must be that entry's term. A snapshot not newer than the
    * current one is ignored. If the view adopts the snapshot's configuration (as
@@ -379,7 +388,8 @@ export class RaftLogStore {
     const u = new UnitBuilder();
     const confBefore = ms.initialState().conf;
     u.put(metaKey(group, 'snap'), json(snapshot.meta));
-    u.put(metaKey(group, 'snapdata'), snapshot.data);
+    if (snapshot.data.length > 0) u.put(metaKey(group, 'snapdata'), snapshot.data);
+    else u.del(metaKey(group, 'snapdata'));
     ms.createSnapshot(index, conf, snapshot.data);
     // Keep a tail of entries behind the snapshot so slightly lagging followers need no snapshot.
     const upTo = index - keepEntries;
@@ -388,6 +398,24 @@ export class RaftLogStore {
       ms.compact(upTo);
     }
     mirrorConf(u, group, ms, confBefore);
+    this.stage(u);
+  }
+
+  /**
+   * Turns `group`'s current snapshot into a records snapshot (metadata only): its data is dropped
+   * from memory and its `snapdata` deletion staged. Call only once units making the group's records
+   * hold the state at (or after) the snapshot's index have been staged (e.g. the replacement that
+   * follows an install): staging order then keeps the data on disk until the records are durable.
+   * A no-op without a snapshot or when it has no data.
+   */
+  dropSnapshotData(group: number): void {
+    this.checkUsable();
+    const ms = this.storages.get(group);
+    const snap = ms?.snapshot();
+    if (!ms || !snap || snap.data.length === 0) return;
+    ms.dropSnapshotData();
+    const u = new UnitBuilder();
+    u.del(metaKey(group, 'snapdata'));
     this.stage(u);
   }
 
@@ -585,11 +613,12 @@ function mirrorConf(u: UnitBuilder, group: number, ms: MemoryStorage, before: Co
 
 function buildStorage(group: number, g: Loaded): MemoryStorage {
   const ms = new MemoryStorage(g.conf ?? g.snapMeta?.conf ?? EMPTY_CONF);
-  if ((g.snapMeta === undefined) !== (g.snapData === undefined)) {
-    throw new StorageCorruptionError(`group ${group}: snapshot metadata and data must exist together`);
+  if (g.snapMeta === undefined && g.snapData !== undefined) {
+    throw new StorageCorruptionError(`group ${group}: snapshot data without its metadata`);
   }
-  if (g.snapMeta && g.snapData) {
-    ms.applySnapshot({ meta: g.snapMeta, data: g.snapData });
+  if (g.snapMeta) {
+    // No data: a records snapshot (the state is in the group's records).
+    ms.applySnapshot({ meta: g.snapMeta, data: g.snapData ?? new Uint8Array(0) });
     if (g.conf) ms.setConfState(g.conf);
   }
   let expected = ms.lastIndex() + 1;

@@ -54,17 +54,40 @@
  * with the new compaction point; they are as many as the versions it drops from memory, i.e.
  * bounded by the writes between two retention checks.
  *
+ * Log compaction (KvNode.snapshot) serialises nothing: the records already hold the state at the
+ * applied index, so the Raft snapshot is a *records snapshot*, metadata only (index, term,
+ * membership; raft-log-store.ts), staged after the round's unit whose `meta` is at (or past) its
+ * index. Units become durable in staging order, so whenever the records snapshot is durable, so
+ * are records at least as new: `meta` >= snapshot index always holds for it.
+ *
  * Recovery (KvNode.open): when `meta` exists and its applied index is at least the group's Raft
  * snapshot index, the machine is rebuilt from the records (`loadState` + `fromRecords`) and Raft
  * replays only the entries after it. Otherwise (no records yet, or records older than a snapshot
  * installed from the leader when a crash cut short their replacement) the machine is restored
- * from the snapshot and the records are rewritten from it (`StateRecorder.replace`).
+ * from the snapshot, which then has its data (an installed snapshot is written with its data and
+ * keeps it until its replacement is staged), and the records are rewritten from it
+ * (`StateRecorder.replace`), after which the snapshot's data is dropped. A records snapshot with
+ * no records at or past it cannot happen by the ordering above; it is reported as corruption.
+ *
+ * Snapshots sent to a lagging follower are produced on demand (node/snapshot-sender.ts) by
+ * {@link encodeSnapshotFromRecords} from a consistent view of the engine (`KvEngine.view`): the
+ * records of a view are always a prefix of the staged units, so its `meta` names the applied
+ * index they hold (no `meta`: a replacement under way; try later). It reads the records in key
+ * order in a few passes and yields to the event loop between slices of work; the result is the
+ * snapshot format of snapshot-codec.ts, byte for byte what the machine would encode, so a
+ * follower installs it as before.
  *
  * Replacement (a follower installing a snapshot, or recovery as above) writes the difference
  * between the old and new versions and latests, and rewrites the revision blocks, in several
  * bounded units: the first deletes `meta`, the last writes the new `meta`. Units between are not
  * atomic together, which is safe: a crash in between leaves no `meta` (or one older than the
- * snapshot, which was staged before), so recovery takes the snapshot path and replaces again.
+ * snapshot, which was staged before with its data), so recovery takes the snapshot path and
+ * replaces again. The node then stages `RaftLogStore.dropSnapshotData`, which turns the installed
+ * snapshot into a records snapshot once the replacement is durable. A follower computes and
+ * stages the replacement unit by unit over event-loop turns (`StateRecorder.replaceSteps`,
+ * KvNode.finishInstall), its replica getting no Ready meanwhile so nothing else of the group is
+ * staged in between. What is still one synchronous step: the Raft core assembles the whole
+ * snapshot from its chunks and the replica decodes it into a machine before accepting it.
  */
 import {
   checkSessionRecords,
@@ -78,6 +101,9 @@ import {
   MAX_SESSION_ID_LENGTH,
   MAX_VALUE_BYTES,
   SESSION_ID_PATTERN,
+  SNAPSHOT_FORMAT_VERSION,
+  SNAPSHOT_MAGIC,
+  SNAPSHOT_SESSIONS_FORMAT_VERSION,
   ValidationError,
   type KvEvent,
   type KvStateMachine,
@@ -88,6 +114,7 @@ import {
   type StateSink,
   type VersionRecord,
 } from '../statemachine/index.js';
+import * as zlib from 'node:zlib';
 import { ByteReader, ByteWriter } from '../statemachine/binary.js';
 import { findVersion } from '../statemachine/snapshot-codec.js';
 import { type EngineOp, type KvEngine } from './kv-engine.js';
@@ -576,6 +603,11 @@ export class StateRecorder implements StateSink {
     b.writes = undefined;
   }
 
+  /** The applied index of the `meta` record of the last unit handed out (by `take` or `replace`), or of the records it started from. */
+  get takenAppliedIndex(): number {
+    return this.metaApplied;
+  }
+
   /** The revision blocks as on disk once everything handed out is written (for tests and diagnostics). */
   get writtenBlocks(): readonly BlockState[] {
     return this.blocks;
@@ -613,6 +645,16 @@ export class StateRecorder implements StateSink {
    * everything that differs is rewritten regardless.
    */
   replace(before: SnapshotData | undefined, after: SnapshotData, options: ReplaceOptions = {}): EngineOp[][] {
+    return [...this.replaceSteps(before, after, options)];
+  }
+
+  /**
+   * {@link replace}, one unit at a time, computed as it is asked for (so a caller can spread the
+   * work over event-loop turns). The recorder is in the middle of the replacement until the
+   * iteration ends: iterate it to the end, staging every unit in order, before recording anything
+   * else, and keep `before` and `after` unchanged meanwhile.
+   */
+  *replaceSteps(before: SnapshotData | undefined, after: SnapshotData, options: ReplaceOptions = {}): Generator<EngineOp[], void, undefined> {
     const keys = this.keys;
     const max = options.maxUnitBytes ?? DEFAULT_STATE_UNIT_BYTES;
     const units: EngineOp[][] = [];
@@ -628,7 +670,10 @@ export class StateRecorder implements StateSink {
       }
     };
     push({ type: 'del', key: keys.meta });
-    for (const k of options.deleteKeys ?? []) push({ type: 'del', key: k });
+    for (const k of options.deleteKeys ?? []) {
+      push({ type: 'del', key: k });
+      if (units.length > 0) yield* units.splice(0);
+    }
 
     // Versions and latests: a merge of the two key lists (both in key order).
     const bk = before?.keys ?? [];
@@ -665,6 +710,7 @@ export class StateRecorder implements StateSink {
         const latest = av[av.length - 1]!.revision;
         if (bv[bv.length - 1]!.revision !== latest) push({ type: 'put', key: keys.latest(key), value: varintBytes(latest) });
       }
+      if (units.length > 0) yield* units.splice(0);
     }
 
     // Client sessions: a difference, like the versions.
@@ -685,10 +731,12 @@ export class StateRecorder implements StateSink {
         }
       }
       for (const seq of old.keys()) push({ type: 'del', key: keys.sessionResult(a.id, seq) });
+      if (units.length > 0) yield* units.splice(0);
     }
     for (const b of bs.values()) {
       for (const [seq] of b.results) push({ type: 'del', key: keys.sessionResult(b.id, seq) });
       push({ type: 'del', key: keys.session(b.id) });
+      if (units.length > 0) yield* units.splice(0);
     }
 
     // Revision blocks: the old ones go, new ones cover [compactRevision, revision] (bounded in
@@ -727,6 +775,7 @@ export class StateRecorder implements StateSink {
       block.bytes += 12;
       for (const e of events ?? []) block.bytes += 8 + e.key.length * 3 + (e.type === 'trigger' ? e.value!.length : 0);
       if (block.ts.length >= MAX_BLOCK_REVISIONS || block.bytes >= max / 2) flushBlock();
+      if (units.length > 0) yield* units.splice(0);
     }
     flushBlock();
     this.hist = 0;
@@ -736,7 +785,7 @@ export class StateRecorder implements StateSink {
     this.metaApplied = after.appliedIndex;
     cur.push({ type: 'put', key: keys.meta, value: encodeMeta(aMeta) });
     units.push(cur);
-    return units;
+    yield* units.splice(0);
   }
 }
 
@@ -1085,3 +1134,302 @@ export async function stateGroups(engine: KvEngine): Promise<number[]> {
     if (from > 0xffff_ffff) return out;
   }
 }
+
+// ------------------------------------------------------------------ streaming a snapshot from the records
+
+/** Options of {@link encodeSnapshotFromRecords}. */
+export interface SnapshotStreamOptions {
+  /** Longest stretch of synchronous work before yielding to the event loop (ms, default 8). */
+  readonly sliceMs?: number;
+  /** Size of the pieces the encoding is built in before they are joined (bytes, default 1 MiB). */
+  readonly partBytes?: number;
+}
+
+/** Yields to the event loop (a macrotask turn: timers and I/O run) once `sliceMs` of work has passed. */
+class Slicer {
+  private last = performance.now();
+  constructor(private readonly sliceMs: number) {}
+  async maybeYield(): Promise<void> {
+    if (performance.now() - this.last < this.sliceMs) return;
+    await new Promise<void>((resolve) => setImmediate(resolve));
+    this.last = performance.now();
+  }
+}
+
+const zlibCrc32 = (zlib as { crc32?: (data: Uint8Array, value?: number) => number }).crc32;
+const CRC_TABLE = (() => {
+  const t = new Uint32Array(256);
+  for (let n = 0; n < 256; n++) {
+    let c = n;
+    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+    t[n] = c >>> 0;
+  }
+  return t;
+})();
+
+/** CRC-32 (as zlib) of `data` continuing from the CRC `prev` of what came before it. */
+function crc32Update(prev: number, data: Uint8Array): number {
+  if (zlibCrc32) return zlibCrc32(data, prev) >>> 0;
+  let c = (prev ^ 0xffffffff) >>> 0;
+  for (let i = 0; i < data.length; i++) c = CRC_TABLE[(c ^ data[i]!) & 0xff]! ^ (c >>> 8);
+  return (c ^ 0xffffffff) >>> 0;
+}
+
+/** The encoding written in bounded parts, with the CRC kept as it goes. */
+class PartWriter {
+  private w: ByteWriter;
+  readonly parts: Uint8Array[] = [];
+  crc = 0;
+  total = 0;
+  constructor(private readonly partBytes: number) {
+    this.w = new ByteWriter(partBytes + 64);
+  }
+  get out(): ByteWriter {
+    return this.w;
+  }
+  /** Ends the current part once it reached the part size. */
+  maybeCut(): void {
+    if (this.w.length >= this.partBytes) this.cut();
+  }
+  cut(): void {
+    if (this.w.length === 0) return;
+    const part = this.w.finish();
+    this.crc = crc32Update(this.crc, part);
+    this.total += part.length;
+    this.parts.push(part);
+    this.w = new ByteWriter(this.partBytes + 64);
+  }
+}
+
+/** The UTF-8 bytes of an escaped key (0x00 0xff -> 0x00), as a view when it has no zero byte. */
+function unescapeKey(escaped: Uint8Array): Uint8Array {
+  if (!escaped.includes(0)) return escaped;
+  const out: number[] = [];
+  for (let i = 0; i < escaped.length; i++) {
+    if (escaped[i] === 0) {
+      if (escaped[i + 1] !== 0xff) throw new StorageCorruptionError('bad key escape in a version key');
+      i++;
+    }
+    out.push(escaped[i]!);
+  }
+  return new Uint8Array(out);
+}
+
+/**
+ * Encodes the snapshot of `group`'s state (the `KvStateMachine.snapshot()` format of
+ * snapshot-codec.ts, byte for byte what the machine would encode at the records' applied index)
+ * from its records as `view` holds them, without building the machine: a few passes over the
+ * records in key order (revision blocks, latests, versions, sessions), yielding to the event loop
+ * between slices of work, writing the encoding in bounded parts that are joined at the end (the
+ * wire format is one blob; the parts and the joined copy are the only whole-state buffers).
+ * Undefined when the view holds no `meta` (no records, or a replacement under way). Throws
+ * StorageCorruptionError on records it cannot read. Use a view (`KvEngine.view`): the records
+ * must not change between the passes.
+ */
+export async function encodeSnapshotFromRecords(
+  view: Pick<KvEngine, 'get' | 'iterate'>,
+  group: number,
+  options: SnapshotStreamOptions = {},
+): Promise<{ readonly data: Uint8Array; readonly appliedIndex: number } | undefined> {
+  const keys = new Keys(group);
+  const p = keys.prefix.length;
+  const metaBytes = await view.get(keys.meta);
+  if (metaBytes === undefined) return undefined;
+  const meta = decodeMeta(metaBytes);
+  const slicer = new Slicer(options.sliceMs ?? 8);
+  const tagPrefix = (tag: number): Uint8Array => {
+    const out = new Uint8Array(p + 2);
+    out.set(keys.prefix);
+    out[p] = tag;
+    out[p + 1] = SLASH;
+    return out;
+  };
+  const c = meta.compactRevision;
+
+  // Pass 1: revision timestamps for [c, revision] and the history's events, from the blocks.
+  const timestamps: number[] = c === 0 ? [0] : [];
+  const events: Array<{ rev: number; type: number; key: Uint8Array; value?: Uint8Array }> = [];
+  for await (const [k, v] of view.iterate({ prefix: tagPrefix(TAG_REVISION) })) {
+    const first = readU64(k, p + 2);
+    corruptOnError(`revision block ${first}`, () => {
+      const rd = new ByteReader(v, 'MALFORMED_SNAPSHOT');
+      const n = rd.varint();
+      for (let i = 0; i < n; i++) {
+        const rev = first + i;
+        const ts = rd.varint();
+        rd.varint(); // writes
+        const count = rd.varint();
+        const keep = rev >= c && rev >= meta.oldestHistoryRevision;
+        for (let e = 0; e < count; e++) {
+          const type = rd.u8();
+          const key = rd.view(rd.varintMax(MAX_KEY_BYTES, 'event key length'));
+          const value = type === EV_TRIGGER ? rd.view(rd.varintMax(MAX_VALUE_BYTES, 'trigger value length')) : undefined;
+          if (keep) events.push({ rev, type, key: key.slice(), ...(value ? { value: value.slice() } : {}) });
+        }
+        if (rev >= c && rev <= meta.revision) timestamps.push(ts);
+      }
+    });
+    await slicer.maybeYield();
+  }
+  if (timestamps.length !== meta.revision - c + 1) {
+    throw new StorageCorruptionError(`group ${group} state: revision blocks hold ${timestamps.length} timestamps for [${c}, ${meta.revision}]`);
+  }
+
+  // Pass 2: the number of keys (one latest record each).
+  let nKeys = 0;
+  for await (const _ of view.iterate({ prefix: tagPrefix(TAG_LATEST) })) {
+    nKeys++;
+    await slicer.maybeYield();
+  }
+  let hasSessions = false;
+  for await (const _ of view.iterate({ prefix: tagPrefix(TAG_SESSION), limit: 1 })) hasSessions = true;
+  const v1 =
+    !hasSessions &&
+    meta.sessionTtlMs === DEFAULT_SESSION_TTL_MS &&
+    meta.maxSessions === DEFAULT_MAX_SESSIONS &&
+    meta.maxSessionResults === DEFAULT_MAX_SESSION_RESULTS;
+
+  const pw = new PartWriter(options.partBytes ?? 1 << 20);
+  let w = pw.out;
+  w.raw(SNAPSHOT_MAGIC);
+  w.u8(v1 ? SNAPSHOT_FORMAT_VERSION : SNAPSHOT_SESSIONS_FORMAT_VERSION);
+  w.varint(meta.appliedIndex);
+  w.varint(meta.revision);
+  w.varint(c);
+  w.varint(meta.lastTimestampMs);
+  w.varint(meta.maxHistoryRevisions);
+  w.varint(meta.maxHistoryBytes);
+  let prevTs = 0;
+  for (let i = 0; i < timestamps.length; i++) {
+    w.varint(i === 0 ? timestamps[i]! : timestamps[i]! - prevTs);
+    prevTs = timestamps[i]!;
+    if ((i & 0xffff) === 0xffff) {
+      pw.maybeCut();
+      w = pw.out;
+    }
+  }
+  w.varint(nKeys);
+
+  // Pass 3: the versions, key by key (the layout orders them by key, then revision).
+  let prevKey: Uint8Array = new Uint8Array(0);
+  let curEscaped: Uint8Array | undefined;
+  let curVersions: Array<{ rev: number; value: Uint8Array | null; ts: number }> = [];
+  let written = 0;
+  const flushKey = (): void => {
+    if (curEscaped === undefined) return;
+    const key = unescapeKey(curEscaped);
+    let shared = 0;
+    const max = Math.min(key.length, prevKey.length);
+    while (shared < max && key[shared] === prevKey[shared]) shared++;
+    w.varint(shared);
+    w.bytes(key.subarray(shared));
+    w.varint(curVersions.length);
+    let prevRev = 0;
+    for (const v of curVersions) {
+      w.varint(v.rev - prevRev);
+      prevRev = v.rev;
+      if (v.value === null) w.varint(0);
+      else {
+        w.varint(v.value.length + 1);
+        w.raw(v.value);
+      }
+      if (v.rev < c) w.varint(v.ts);
+    }
+    prevKey = key; // curEscaped is a private copy, so is key
+    curVersions = [];
+    written++;
+    pw.maybeCut();
+    w = pw.out;
+  };
+  for await (const [k, v] of view.iterate({ prefix: tagPrefix(TAG_VERSION) })) {
+    const end = findTerminator(k, p + 2);
+    if (end < 0 || k.length !== end + 10) throw new StorageCorruptionError(`malformed version key ${describe(k)}`);
+    const escaped = k.subarray(p + 2, end);
+    if (curEscaped === undefined || Buffer.compare(curEscaped, escaped) !== 0) {
+      flushKey();
+      curEscaped = escaped.slice();
+    }
+    const rev = readU64(k, end + 2);
+    const d = decodeVersion(v, rev, '(streamed)');
+    curVersions.push({ rev, value: d.value, ts: d.timestampMs });
+    await slicer.maybeYield();
+  }
+  flushKey();
+  if (written !== nKeys) throw new StorageCorruptionError(`group ${group} state: ${nKeys} latest records, ${written} keys with versions`);
+
+  // The history's events (put values are the versions').
+  w.varint(events.length);
+  let prevEvRev = 0;
+  for (const e of events) {
+    w.varint(e.rev - prevEvRev);
+    prevEvRev = e.rev;
+    w.u8(e.type);
+    w.bytes(e.key);
+    if (e.type === EV_TRIGGER) w.bytes(e.value!);
+    pw.maybeCut();
+    w = pw.out;
+  }
+  await slicer.maybeYield();
+
+  // Client sessions, least recently active first (as the loader orders them).
+  if (!v1) {
+    w.varint(meta.sessionTtlMs);
+    w.varint(meta.maxSessions);
+    w.varint(meta.maxSessionResults);
+    const headers: Array<{ id: string; value: Uint8Array; lastActiveIndex: number }> = [];
+    for await (const [k, v] of view.iterate({ prefix: tagPrefix(TAG_SESSION) })) {
+      const id = sessionIdOf(k.subarray(p + 2), k);
+      const lastActiveIndex = corruptOnError(`session ${id}`, () => {
+        const r = new ByteReader(v, 'MALFORMED_SNAPSHOT');
+        r.varint();
+        return r.varint();
+      });
+      headers.push({ id, value: v, lastActiveIndex });
+    }
+    const results = new Map<string, Array<readonly [number, Uint8Array]>>();
+    for await (const [k, v] of view.iterate({ prefix: tagPrefix(TAG_SESSION_RESULT) })) {
+      if (k.length < p + 2 + 1 + 9 || k[k.length - 9] !== SLASH) throw new StorageCorruptionError(`malformed session result key ${describe(k)}`);
+      const id = sessionIdOf(k.subarray(p + 2, k.length - 9), k);
+      let list = results.get(id);
+      if (!list) results.set(id, (list = []));
+      list.push([readU64(k, k.length - 8), v]);
+      await slicer.maybeYield();
+    }
+    headers.sort((a, b) => a.lastActiveIndex - b.lastActiveIndex);
+    w.varint(headers.length);
+    for (const h of headers) {
+      w.str(h.id);
+      w.raw(h.value); // varint forgottenBelow, lastActiveIndex, lastActiveTs: as the snapshot writes them
+      const list = results.get(h.id) ?? [];
+      w.varint(list.length);
+      let prevSeq = 0;
+      for (const [seq, r] of list) {
+        w.varint(seq - prevSeq);
+        prevSeq = seq;
+        w.raw(r); // the stored result is `writeSessionResult`'s encoding
+      }
+      pw.maybeCut();
+      w = pw.out;
+    }
+  }
+  pw.cut();
+
+  // Join the parts (slice by slice) and append the CRC.
+  // Not zero-filled (every byte is written below): zeroing hundreds of MiB would block the loop.
+  const data: Uint8Array = Buffer.allocUnsafeSlow(pw.total + 4);
+  let at = 0;
+  for (let i = 0; i < pw.parts.length; i++) {
+    data.set(pw.parts[i]!, at);
+    at += pw.parts[i]!.length;
+    pw.parts[i] = EMPTY;
+    await slicer.maybeYield();
+  }
+  const crc = pw.crc;
+  data[at] = crc >>> 24;
+  data[at + 1] = (crc >>> 16) & 0xff;
+  data[at + 2] = (crc >>> 8) & 0xff;
+  data[at + 3] = crc & 0xff;
+  return { data, appliedIndex: meta.appliedIndex };
+}
+
+const EMPTY = new Uint8Array(0);

@@ -67,6 +67,28 @@ const hexOf = (x: Uint8Array): string => Buffer.from(x).toString('hex');
 const keysOf = async (e: KvEngine, o?: ScanOptions): Promise<string[]> => (await scanAll(e, o)).map(([k]) => hexOf(k));
 
 describe.each(harnesses)('KvEngine conformance: $name', (h) => {
+  it('a view reads the data as it was when it was taken, whatever is written after (gets and scans, in both directions)', async () => {
+    const e = await h.open();
+    await e.batch([{ type: 'put', key: 'a', value: s('1') }, { type: 'put', key: 'b', value: s('2') }, { type: 'put', key: 'c', value: s('3') }], { sync: true });
+    const v = e.view();
+    const it = v.iterate()[Symbol.asyncIterator]();
+    expect(str((await it.next()).value?.[1])).toBe('1'); // a scan already under way
+    await e.batch([{ type: 'del', key: 'b' }, { type: 'put', key: 'c', value: s('33') }, { type: 'put', key: 'bb', value: s('new') }, { type: 'put', key: 'a', value: s('11') }], { sync: false });
+    expect(str((await it.next()).value?.[1])).toBe('2');
+    expect(str((await it.next()).value?.[1])).toBe('3');
+    expect((await it.next()).done).toBe(true);
+    expect(str(await v.get('a'))).toBe('1');
+    expect(str(await v.get('b'))).toBe('2');
+    expect(await v.get('bb')).toBeUndefined();
+    expect((await scanAll(v)).map(([k, x]) => `${str(k)}=${str(x)}`)).toEqual(['a=1', 'b=2', 'c=3']);
+    expect((await scanAll(v, { reverse: true, limit: 2 })).map(([k]) => str(k))).toEqual(['c', 'b']);
+    expect((await scanAll(v, { gte: 'b' })).map(([k]) => str(k))).toEqual(['b', 'c']);
+    // The engine itself sees the new data.
+    expect((await scanAll(e)).map(([k, x]) => `${str(k)}=${str(x)}`)).toEqual(['a=11', 'bb=new', 'c=33']);
+    await v.close();
+    await expect(async () => v.get('a')).rejects.toThrow();
+  });
+
   it('puts, gets and deletes; missing keys read as undefined', async () => {
     const e = await h.open();
     expect(await e.get('a')).toBeUndefined();
@@ -301,5 +323,27 @@ describe('MemoryEngine crash model', () => {
     await e.batch([{ type: 'put', key: 'k', value: v }], { sync: true });
     v[0] = 0;
     expect(str(await e.get('k'))).toBe('abc');
+  });
+});
+
+describe('LevelEngine large batches', () => {
+  it('fills a large batch over several event-loop turns, and it stays atomic: none of it is visible before it is written, all of it after', async () => {
+    const e = await harnesses[0]!.open();
+    const ops: EngineOp[] = Array.from({ length: 20_000 }, (_, i) => ({ type: 'put', key: `big/${String(i).padStart(6, '0')}`, value: new Uint8Array(512).fill(i & 0xff) }));
+    let turns = 0;
+    let seenEarly = false;
+    let done = false;
+    const written = e.batch(ops, { sync: true }).then(() => (done = true));
+    while (!done) {
+      await new Promise<void>((r) => setImmediate(r));
+      turns++;
+      // Reads that complete before the batch does may see nothing of it (or all of it, once written).
+      const [first, last] = await Promise.all([e.get('big/000000'), e.get('big/019999')]);
+      if (!done && (first === undefined) !== (last === undefined)) seenEarly = true;
+    }
+    await written;
+    expect(seenEarly).toBe(false);
+    expect(turns).toBeGreaterThan(1);
+    expect((await scanAll(e, { prefix: 'big/' })).length).toBe(20_000);
   });
 });

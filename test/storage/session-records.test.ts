@@ -6,7 +6,7 @@ import { describe, expect, it } from 'vitest';
 import { KvStateMachine, type Command, type KvStateMachineOptions, type WriteSession } from '../../src/statemachine/index.js';
 import { type EngineOp, MemoryEngine, scanAll } from '../../src/storage/kv-engine.js';
 import { stateKeyPrefix, StorageCorruptionError } from '../../src/storage/raft-log-store.js';
-import { loadState, readStateMeta, StateRecorder, stateKeys, STATE_FORMAT_VERSION, STATE_SESSIONS_FORMAT_VERSION } from '../../src/storage/state-store.js';
+import { encodeSnapshotFromRecords, loadState, readStateMeta, StateRecorder, stateKeys, STATE_FORMAT_VERSION, STATE_SESSIONS_FORMAT_VERSION } from '../../src/storage/state-store.js';
 
 const GROUP = 5;
 const enc = new TextEncoder();
@@ -76,6 +76,13 @@ describe('durable client sessions', () => {
           const unit = rec.take(m);
           if (unit) await write(engine, unit);
           persisted = m.snapshot();
+          // The snapshot streamed from the records carries the sessions byte for byte as the machine encodes them.
+          if (await readStateMeta(engine, GROUP)) {
+            const view = engine.view();
+            const streamed = await encodeSnapshotFromRecords(view, GROUP, { partBytes: 5 });
+            await view.close();
+            expect(Buffer.from(streamed!.data).equals(Buffer.from(persisted))).toBe(true);
+          }
         };
         const adopt = (next: KvStateMachine, recorder: StateRecorder): void => {
           m.observe(undefined);

@@ -11,6 +11,7 @@ import {
 import { type EngineOp, MemoryEngine, scanAll } from '../../src/storage/kv-engine.js';
 import { RaftLogStore, stateKeyPrefix, StorageCorruptionError } from '../../src/storage/raft-log-store.js';
 import {
+  encodeSnapshotFromRecords,
   loadState,
   readStateMeta,
   StateRecorder,
@@ -65,6 +66,28 @@ async function loadMachine(engine: MemoryEngine): Promise<{ sm: KvStateMachine; 
   const sm = KvStateMachine.fromRecords(d.data);
   for (const b of d.written.blocks) if (b.last < sm.oldestHistoryRevision) expect(b.withEvents, `block ${b.first}..${b.last}`).toBe(false);
   return { sm, written: d.written };
+}
+
+/**
+ * The snapshot streamed from the records (tiny parts, so part boundaries fall everywhere) is byte
+ * for byte the machine's own encoding; a write after the view was taken does not disturb it.
+ */
+async function expectStreamedSnapshot(engine: MemoryEngine, expected: Uint8Array): Promise<void> {
+  const meta = await readStateMeta(engine, GROUP);
+  const view = engine.view();
+  // Writes after the view: the stream must not see them.
+  const noise = await engine.get(`${stateKeyPrefix(GROUP)}meta`);
+  if (noise) await engine.batch([{ type: 'del', key: `${stateKeyPrefix(GROUP)}meta` }, { type: 'put', key: `${stateKeyPrefix(GROUP)}l/zzz`, value: new Uint8Array([1]) }], { sync: false });
+  const streamed = await encodeSnapshotFromRecords(view, GROUP, { partBytes: 7, sliceMs: 0 });
+  await view.close();
+  if (noise) await engine.batch([{ type: 'put', key: `${stateKeyPrefix(GROUP)}meta`, value: noise }, { type: 'del', key: `${stateKeyPrefix(GROUP)}l/zzz` }], { sync: true });
+  expect(engine.openViews).toBe(0);
+  if (!meta) {
+    expect(streamed).toBeUndefined();
+    return;
+  }
+  expect(streamed!.appliedIndex).toBe(meta.appliedIndex);
+  expect(Buffer.from(streamed!.data).equals(Buffer.from(expected))).toBe(true);
 }
 
 interface LogEntry {
@@ -123,6 +146,7 @@ describe('durable state records', () => {
           const unit = rec.take(m);
           if (unit) await write(engine, unit);
           persisted = m.snapshot();
+          await expectStreamedSnapshot(engine, persisted);
         };
         const fresh = (): { sm: KvStateMachine; written: WrittenState } => ({ sm: new KvStateMachine(opts), written: { appliedIndex: 0, blocks: [], oldestHistoryRevision: 1 } });
         const adopt = (next: KvStateMachine, recorder: StateRecorder): void => {

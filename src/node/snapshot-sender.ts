@@ -1,0 +1,172 @@
+/**
+ * The leader side of snapshot transfer for a replica whose state machine is durable in its
+ * records (state-store.ts): the Raft core asks its Storage for "the snapshot to send" only when a
+ * follower is behind the compacted log; this wrapper answers from a snapshot produced on demand
+ * from a consistent view of the engine, in bounded steps that yield to the event loop, instead
+ * of one kept from compaction time (compaction records only the snapshot's metadata).
+ */
+import { EntryType, type ConfState, type Entry, type InitialState, type Snapshot, type Storage } from '../raft/index.js';
+import type { MemoryStorage } from '../raft/index.js';
+import type { EngineView } from '../storage/kv-engine.js';
+import { encodeSnapshotFromRecords, type SnapshotStreamOptions } from '../storage/state-store.js';
+
+/** What a {@link SnapshotSender} needs from its replica and node. */
+export interface SnapshotSenderHost {
+  readonly group: number;
+  /** A consistent view of the node's engine (undefined when it has none yet: nothing is produced). */
+  openView(): EngineView | undefined;
+  /** The term of the log entry at `index` as the Raft core knows it, or undefined (compacted or absent). */
+  termAt(index: number): number | undefined;
+  /**
+   * The configuration in effect once the entries up to `index` are applied, or undefined when it
+   * cannot be told (a configuration change between `index` and what Raft has applied).
+   */
+  confAt(index: number): ConfState | undefined;
+  /** Called when a snapshot became available (the node runs a Ready round: the core retries). */
+  produced(snapshot: Snapshot): void;
+  /** Called when producing failed (it is retried on the next request). */
+  failed(err: unknown): void;
+}
+
+/** Options of a {@link SnapshotSender}. */
+export interface SnapshotSenderOptions extends SnapshotStreamOptions {
+  /** Drop a produced snapshot not asked for during this long (ms, default 30 s). */
+  readonly idleMs?: number;
+  /** Wait at least this long after a failed or unusable production before the next (ms, default 200). */
+  readonly retryMs?: number;
+}
+
+/**
+ * The `Storage` the Raft core of a replica reads: the replica's `MemoryStorage`, except that
+ * `snapshot()` (which the core calls only to send one) returns a snapshot produced on demand.
+ * A stored snapshot that has its data (installed from a leader before the data was dropped) is
+ * sent as it is; a records snapshot (metadata only) never is: the first request starts producing
+ * one from the records, `snapshot()` answers undefined ("not yet", the core retries on the next
+ * heartbeat response) until it is ready. A produced snapshot is kept while it is asked for and
+ * still usable (the log still holds the entry after it), and dropped when idle.
+ */
+export class SnapshotSender implements Storage {
+  private current: Snapshot | undefined;
+  private producing = false;
+  private lastAskedMs = 0;
+  private notBeforeMs = 0;
+  private idleTimer: NodeJS.Timeout | undefined;
+  private readonly idleMs: number;
+  private readonly retryMs: number;
+  /** Productions started, finished with a snapshot, and dropped idle (for tests and metrics). */
+  readonly counters = { started: 0, produced: 0, dropped: 0 };
+
+  constructor(
+    private readonly storage: MemoryStorage,
+    private readonly host: SnapshotSenderHost,
+    private readonly options: SnapshotSenderOptions = {},
+  ) {
+    this.idleMs = options.idleMs ?? 30_000;
+    this.retryMs = options.retryMs ?? 200;
+  }
+
+  initialState(): InitialState {
+    return this.storage.initialState();
+  }
+  entries(lo: number, hi: number): Entry[] {
+    return this.storage.entries(lo, hi);
+  }
+  term(i: number): number {
+    return this.storage.term(i);
+  }
+  firstIndex(): number {
+    return this.storage.firstIndex();
+  }
+  lastIndex(): number {
+    return this.storage.lastIndex();
+  }
+
+  /** The snapshot to send to a lagging follower, or undefined while one is being produced. */
+  snapshot(): Snapshot | undefined {
+    const now = Date.now();
+    this.lastAskedMs = now;
+    const floor = this.storage.firstIndex() - 1;
+    const stored = this.storage.snapshot();
+    if (stored && stored.data.length > 0 && stored.meta.index >= floor) return stored;
+    if (this.current && this.current.meta.index >= floor) return this.current;
+    this.current = undefined;
+    if (!this.producing && now >= this.notBeforeMs) void this.produce();
+    return undefined;
+  }
+
+  /** Whether a snapshot is being produced. */
+  get busy(): boolean {
+    return this.producing;
+  }
+
+  /** Drops the produced snapshot (the replica stopped leading, or shuts down). */
+  release(): void {
+    this.current = undefined;
+    if (this.idleTimer) clearTimeout(this.idleTimer);
+    this.idleTimer = undefined;
+  }
+
+  private async produce(): Promise<void> {
+    const view = this.host.openView();
+    if (!view) return;
+    this.producing = true;
+    this.counters.started++;
+    try {
+      let out: Awaited<ReturnType<typeof encodeSnapshotFromRecords>>;
+      try {
+        out = await encodeSnapshotFromRecords(view, this.host.group, this.options);
+      } finally {
+        await view.close();
+      }
+      const index = out?.appliedIndex;
+      const term = index === undefined ? undefined : this.host.termAt(index);
+      const conf = index === undefined ? undefined : this.host.confAt(index);
+      if (!out || term === undefined || conf === undefined || out.appliedIndex < this.storage.firstIndex() - 1) {
+        // No records (a replacement under way), or the point read is no longer usable: later.
+        this.notBeforeMs = Date.now() + this.retryMs;
+        return;
+      }
+      this.current = { meta: { index: out.appliedIndex, term, conf }, data: out.data };
+      this.counters.produced++;
+      this.armIdle();
+      this.host.produced(this.current);
+    } catch (e) {
+      this.notBeforeMs = Date.now() + this.retryMs;
+      this.host.failed(e);
+    } finally {
+      this.producing = false;
+    }
+  }
+
+  private armIdle(): void {
+    if (this.idleTimer) clearTimeout(this.idleTimer);
+    this.idleTimer = setTimeout(() => {
+      this.idleTimer = undefined;
+      if (!this.current) return;
+      if (Date.now() - this.lastAskedMs >= this.idleMs) {
+        this.current = undefined;
+        this.counters.dropped++;
+      } else this.armIdle();
+    }, this.idleMs);
+    this.idleTimer.unref?.();
+  }
+}
+
+/**
+ * The configuration in effect after applying the entries up to `index`, from `conf` (the one in
+ * effect after `applied`) and the log entries between the two: undefined when a configuration
+ * change lies between them (or they are not all in `entries`' reach).
+ */
+export function confAtIndex(
+  index: number,
+  applied: number,
+  conf: ConfState,
+  entries: (lo: number, hi: number) => readonly Entry[] | undefined,
+): ConfState | undefined {
+  if (index === applied) return conf;
+  const lo = Math.min(index, applied) + 1;
+  const hi = Math.max(index, applied) + 1;
+  const between = entries(lo, hi);
+  if (!between || between.length !== hi - lo) return undefined;
+  return between.some((e) => e.type === EntryType.ConfChange) ? undefined : conf;
+}
