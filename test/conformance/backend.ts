@@ -1,0 +1,316 @@
+/** The conformance suite of the `KvBackend` seam: the API semantics every implementation (a KvNode, the in-memory twin) must give, as one function run against each. */
+import fc from 'fast-check';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { CallOptions, KvBackend, WatchSink } from '../../src/node/backend.js';
+import { MAX_KEY_BYTES } from '../../src/statemachine/limits.js';
+import { ValidationError, type KvEvent } from '../../src/statemachine/index.js';
+
+/** A running backend (with one shard holding every key) and how to release it. */
+export interface BackendUnderTest {
+  readonly backend: KvBackend;
+  close(): Promise<void>;
+}
+
+/** Starts a backend ready to serve (its shards have a leader). */
+export type BackendFactory = () => Promise<BackendUnderTest>;
+
+const enc = (s: string): Uint8Array => new TextEncoder().encode(s);
+const dec = (b: Uint8Array | undefined): string | undefined => (b ? new TextDecoder().decode(b) : undefined);
+const opts = (): CallOptions => ({ deadlineMs: Date.now() + 5000 });
+
+/** Polls `cond` until it holds, failing after `ms`. */
+async function until(cond: () => boolean, ms = 5000, what = 'condition'): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`${what} not met within ${ms} ms`);
+    await new Promise((r) => setTimeout(r, 2));
+  }
+}
+
+/** The ValidationError code a call rejects with (fails the test when it resolves or throws anything else). */
+async function validationCode(p: Promise<unknown>): Promise<string> {
+  try {
+    await p;
+  } catch (e) {
+    expect(e).toBeInstanceOf(ValidationError);
+    return (e as ValidationError).code;
+  }
+  throw new Error('expected a ValidationError, but the call succeeded');
+}
+
+/** Runs the KvBackend conformance suite against the implementation `factory` starts. */
+export function backendConformance(name: string, factory: BackendFactory): void {
+  describe(`KvBackend conformance: ${name}`, () => {
+    let under: BackendUnderTest;
+    let b: KvBackend;
+    beforeAll(async () => {
+      under = await factory();
+      b = under.backend;
+    });
+    afterAll(async () => {
+      await under?.close();
+    });
+
+    it('put: a success returns version = its revision, revisions increase, and get reads the value at that version', async () => {
+      const r1 = await b.put({ key: '/p/a', value: enc('1') }, opts());
+      const r2 = await b.put({ key: '/p/a', value: enc('2') }, opts());
+      const r3 = await b.put({ key: '/p/b', value: enc('3') }, opts());
+      for (const r of [r1, r2, r3]) {
+        expect(r.succeeded).toBe(true);
+        expect(r.version).toBe(r.revision);
+      }
+      expect(r2.revision).toBeGreaterThan(r1.revision);
+      expect(r3.revision).toBeGreaterThan(r2.revision);
+      const g = await b.get({ key: '/p/a', consistency: 'linearizable' }, opts());
+      expect({ found: g.found, value: dec(g.value), version: g.version }).toEqual({ found: true, value: '2', version: r2.version });
+      expect(g.revision).toBeGreaterThanOrEqual(r3.revision);
+      const s = await b.get({ key: '/p/a', consistency: 'serializable' }, opts());
+      expect(dec(s.value)).toBe('2');
+      const missing = await b.get({ key: '/p/none', consistency: 'linearizable' }, opts());
+      expect(missing.found).toBe(false);
+      expect(missing.version).toBe(0);
+    });
+
+    it('put with expectedVersion: 0 means only if absent; a mismatch changes nothing and reports the current version (and value when asked)', async () => {
+      const created = await b.put({ key: '/cas/k', value: enc('a'), expectedVersion: 0 }, opts());
+      expect(created.succeeded).toBe(true);
+      const again = await b.put({ key: '/cas/k', value: enc('b'), expectedVersion: 0 }, opts());
+      expect(again.succeeded).toBe(false);
+      expect(again.version).toBe(created.version);
+      expect(again.current?.version).toBe(created.version);
+      const wrong = await b.put({ key: '/cas/k', value: enc('c'), expectedVersion: created.version + 1000, returnCurrentValue: true }, opts());
+      expect(wrong.succeeded).toBe(false);
+      expect(wrong.current?.version).toBe(created.version);
+      expect(dec(wrong.current?.value)).toBe('a');
+      const right = await b.put({ key: '/cas/k', value: enc('d'), expectedVersion: created.version, returnCurrentValue: true }, opts());
+      expect(right.succeeded).toBe(true);
+      expect(right.previous?.version).toBe(created.version);
+      expect(dec(right.previous?.value)).toBe('a');
+      expect(dec((await b.get({ key: '/cas/k', consistency: 'linearizable' }, opts())).value)).toBe('d');
+      const absent = await b.put({ key: '/cas/absent', value: enc('x'), expectedVersion: 5 }, opts());
+      expect(absent.succeeded).toBe(false);
+      expect(absent.version).toBe(0);
+    });
+
+    it('get at a version reads the value as of that revision', async () => {
+      const before = await b.put({ key: '/at/other', value: enc('o') }, opts());
+      const v1 = await b.put({ key: '/at/k', value: enc('v1') }, opts());
+      const v2 = await b.put({ key: '/at/k', value: enc('v2') }, opts());
+      await b.delete({ key: '/at/k' }, opts());
+      const at = (atVersion: number) => b.get({ key: '/at/k', atVersion, consistency: 'linearizable' }, opts());
+      expect((await at(before.revision)).found).toBe(false);
+      expect(dec((await at(v1.revision)).value)).toBe('v1');
+      expect((await at(v1.revision)).version).toBe(v1.version);
+      expect(dec((await at(v2.revision - 1)).value)).toBe('v1');
+      expect(dec((await at(v2.revision)).value)).toBe('v2');
+      expect((await b.get({ key: '/at/k', consistency: 'linearizable' }, opts())).found).toBe(false);
+    });
+
+    it('delete: removes a live key at a new revision, is a successful no-op on an absent key, and honours expectedVersion', async () => {
+      const p = await b.put({ key: '/del/k', value: enc('x') }, opts());
+      const conflict = await b.delete({ key: '/del/k', expectedVersion: p.version + 7 }, opts());
+      expect(conflict.succeeded).toBe(false);
+      expect(conflict.deleted).toBe(false);
+      expect(conflict.current?.version).toBe(p.version);
+      const d = await b.delete({ key: '/del/k', expectedVersion: p.version }, opts());
+      expect(d.succeeded).toBe(true);
+      expect(d.deleted).toBe(true);
+      expect(d.revision).toBeGreaterThan(p.revision);
+      expect((await b.get({ key: '/del/k', consistency: 'linearizable' }, opts())).found).toBe(false);
+      const none = await b.delete({ key: '/del/k' }, opts());
+      expect(none.succeeded).toBe(true);
+      expect(none.deleted).toBe(false);
+      expect(none.revision).toBe(d.revision);
+    });
+
+    it('trigger: takes its own revision and stores nothing', async () => {
+      const p = await b.put({ key: '/trg/k', value: enc('stored') }, opts());
+      const t = await b.trigger({ key: '/trg/k', value: enc('fired') }, opts());
+      expect(t.revision).toBeGreaterThan(p.revision);
+      const g = await b.get({ key: '/trg/k', consistency: 'linearizable' }, opts());
+      expect(dec(g.value)).toBe('stored');
+      expect(g.version).toBe(p.version);
+      const t2 = await b.trigger({ key: '/trg/absent', value: enc('fired') }, opts());
+      expect(t2.revision).toBeGreaterThan(t.revision);
+      expect((await b.get({ key: '/trg/absent', consistency: 'linearizable' }, opts())).found).toBe(false);
+    });
+
+    it('txn: all writes apply at one revision when every compare holds; otherwise nothing changes and the failed compares are named', async () => {
+      const a = await b.put({ key: '/txn/a', value: enc('a0') }, opts());
+      const ok = await b.txn(
+        {
+          compares: [{ key: '/txn/a', version: a.version }, { key: '/txn/b', version: 0 }],
+          writes: [{ type: 'put', key: '/txn/b', value: enc('b1') }, { type: 'delete', key: '/txn/a' }, { type: 'put', key: '/txn/c', value: enc('c1') }],
+        },
+        opts(),
+      );
+      expect(ok.succeeded).toBe(true);
+      expect(ok.failedCompares).toEqual([]);
+      const gb = await b.get({ key: '/txn/b', consistency: 'linearizable' }, opts());
+      const gc = await b.get({ key: '/txn/c', consistency: 'linearizable' }, opts());
+      expect([gb.version, gc.version]).toEqual([ok.revision, ok.revision]);
+      expect((await b.get({ key: '/txn/a', consistency: 'linearizable' }, opts())).found).toBe(false);
+      const failed = await b.txn(
+        {
+          compares: [{ key: '/txn/b', version: ok.revision }, { key: '/txn/c', version: 1 }, { key: '/txn/a', version: 3 }],
+          writes: [{ type: 'put', key: '/txn/b', value: enc('b2') }, { type: 'delete', key: '/txn/c' }],
+        },
+        opts(),
+      );
+      expect(failed.succeeded).toBe(false);
+      expect(failed.failedCompares).toEqual([1, 2]);
+      expect(failed.revision).toBe(ok.revision);
+      expect(dec((await b.get({ key: '/txn/b', consistency: 'linearizable' }, opts())).value)).toBe('b1');
+      expect((await b.get({ key: '/txn/c', consistency: 'linearizable' }, opts())).found).toBe(true);
+      expect(await validationCode(b.txn({ compares: [], writes: [{ type: 'put', key: '/txn/d', value: enc('1') }, { type: 'delete', key: '/txn/d' }] }, opts()))).toBe('DUPLICATE_TXN_KEY');
+    });
+
+    it('list: keys under the prefix in ascending order, values unless keysOnly, pages that cover every key once', async () => {
+      const keys = ['/ls/b', '/ls/a', '/ls/c/1', '/ls/ä', '/ls/B', '/ls/a0', '/lsx', '/ls/c'];
+      const versions = new Map<string, number>();
+      for (const k of keys) versions.set(k, (await b.put({ key: k, value: enc(`v:${k}`) }, opts())).version);
+      const under = keys.filter((k) => k.startsWith('/ls/'));
+      const sorted = [...under].sort((x, y) => Buffer.compare(Buffer.from(x), Buffer.from(y)));
+      const all = await b.list({ prefix: '/ls/', keysOnly: false, consistency: 'linearizable' }, opts());
+      expect(all.items.map((i) => i.key)).toEqual(sorted);
+      expect(all.nextAfter).toBeUndefined();
+      for (const i of all.items) {
+        expect(dec(i.value)).toBe(`v:${i.key}`);
+        expect(i.version).toBe(versions.get(i.key));
+      }
+      const ko = await b.list({ prefix: '/ls/', keysOnly: true, consistency: 'serializable' }, opts());
+      expect(ko.items.map((i) => i.key)).toEqual(sorted);
+      for (const i of ko.items) expect(i.value).toBeUndefined();
+      for (const limit of [1, 2, 3, sorted.length]) {
+        const seen: string[] = [];
+        let after: string | undefined;
+        for (let pages = 0; pages < 20; pages++) {
+          const page = await b.list({ prefix: '/ls/', limit, keysOnly: true, consistency: 'linearizable', ...(after !== undefined ? { after } : {}) }, opts());
+          expect(page.items.length).toBeLessThanOrEqual(limit);
+          seen.push(...page.items.map((i) => i.key));
+          if (page.nextAfter === undefined) break;
+          expect(page.nextAfter).toBe(page.items[page.items.length - 1]!.key);
+          after = page.nextAfter;
+        }
+        expect(seen).toEqual(sorted);
+      }
+    });
+
+    it('bad keys and arguments fail with the same ValidationError code', async () => {
+      const long = '/' + 'k'.repeat(MAX_KEY_BYTES);
+      const codes = {
+        putEmpty: await validationCode(b.put({ key: '', value: enc('x') }, opts())),
+        putSurrogate: await validationCode(b.put({ key: '/bad\ud800', value: enc('x') }, opts())),
+        putLong: await validationCode(b.put({ key: long, value: enc('x') }, opts())),
+        putVersion: await validationCode(b.put({ key: '/v/ok', value: enc('x'), expectedVersion: -1 }, opts())),
+        getEmpty: await validationCode(b.get({ key: '', consistency: 'linearizable' }, opts())),
+        getAt: await validationCode(b.get({ key: '/v/ok', atVersion: -1, consistency: 'linearizable' }, opts())),
+        deleteEmpty: await validationCode(b.delete({ key: '' }, opts())),
+        triggerEmpty: await validationCode(b.trigger({ key: '', value: enc('x') }, opts())),
+        txnEmptyKey: await validationCode(b.txn({ compares: [], writes: [{ type: 'put', key: '', value: enc('x') }] }, opts())),
+      };
+      expect(codes).toEqual({
+        putEmpty: 'INVALID_KEY',
+        putSurrogate: 'INVALID_KEY',
+        putLong: 'KEY_TOO_LONG',
+        putVersion: 'INVALID_NUMBER',
+        getEmpty: 'INVALID_KEY',
+        getAt: 'INVALID_NUMBER',
+        deleteEmpty: 'INVALID_KEY',
+        triggerEmpty: 'INVALID_KEY',
+        txnEmptyKey: 'INVALID_KEY',
+      });
+      expect(await validationCode(b.list({ prefix: long, keysOnly: true, consistency: 'linearizable' }, opts()))).toBe('KEY_TOO_LONG');
+    });
+
+    it('watch from a revision delivers every later event under the prefix, in revision order, history then live', async () => {
+      const first = await b.put({ key: '/w/a', value: enc('1') }, opts());
+      await b.put({ key: '/w-not/x', value: enc('no') }, opts());
+      await b.put({ key: '/w/b', value: enc('2') }, opts());
+      await b.delete({ key: '/w/a' }, opts());
+      const seen: KvEvent[] = [];
+      let highest = 0;
+      const sink: WatchSink = {
+        events: (evs, revision) => {
+          seen.push(...evs);
+          highest = revision;
+        },
+        progress: () => {},
+        canceled: () => {},
+      };
+      const h = b.watch({ prefix: '/w/', fromRevision: first.revision, progressIntervalMs: 50 }, sink);
+      try {
+        await until(() => seen.length >= 3, 5000, 'history');
+        await b.trigger({ key: '/w/t', value: enc('t') }, opts());
+        const tx = await b.txn({ compares: [], writes: [{ type: 'put', key: '/w/c', value: enc('3') }, { type: 'put', key: '/w/d', value: enc('4') }] }, opts());
+        await until(() => seen.length >= 6, 5000, 'live events');
+        expect(seen.map((e) => [e.type, e.key, dec(e.value)])).toEqual([
+          ['put', '/w/a', '1'],
+          ['put', '/w/b', '2'],
+          ['delete', '/w/a', undefined],
+          ['trigger', '/w/t', 't'],
+          ['put', '/w/c', '3'],
+          ['put', '/w/d', '4'],
+        ]);
+        expect(seen[0]!.revision).toBe(first.revision);
+        for (let i = 1; i < seen.length; i++) expect(seen[i]!.revision).toBeGreaterThanOrEqual(seen[i - 1]!.revision);
+        expect(seen[4]!.revision).toBe(tx.revision);
+        expect(seen[5]!.revision).toBe(tx.revision);
+        expect(highest).toBeGreaterThanOrEqual(tx.revision);
+      } finally {
+        h.cancel();
+      }
+    });
+
+    it('random puts, conditional puts and deletes agree with a model where version = revision of the last write', async () => {
+      let round = 0;
+      await fc.assert(
+        fc.asyncProperty(
+          fc.array(
+            fc.record({ op: fc.constantFrom('put', 'cas', 'casStale', 'delete', 'get'), key: fc.integer({ min: 0, max: 3 }) }),
+            { minLength: 1, maxLength: 15 },
+          ),
+          async (ops) => {
+            round++;
+            const model = new Map<string, { value: string; version: number }>();
+            let lastRevision = 0;
+            for (const [i, o] of ops.entries()) {
+              const key = `/model/${round}/${o.key}`;
+              const cur = model.get(key);
+              const value = `${round}.${i}`;
+              if (o.op === 'put' || o.op === 'cas' || o.op === 'casStale') {
+                const expectedVersion = o.op === 'put' ? undefined : o.op === 'cas' ? (cur?.version ?? 0) : (cur?.version ?? 0) + 1;
+                const r = await b.put({ key, value: enc(value), ...(expectedVersion !== undefined ? { expectedVersion } : {}) }, opts());
+                expect(r.succeeded).toBe(o.op !== 'casStale');
+                if (r.succeeded) {
+                  expect(r.revision).toBeGreaterThan(lastRevision);
+                  lastRevision = r.revision;
+                  model.set(key, { value, version: r.version });
+                } else expect(r.version).toBe(cur?.version ?? 0);
+              } else if (o.op === 'delete') {
+                const r = await b.delete({ key }, opts());
+                expect(r.succeeded).toBe(true);
+                expect(r.deleted).toBe(cur !== undefined);
+                if (r.deleted) {
+                  expect(r.revision).toBeGreaterThan(lastRevision);
+                  lastRevision = r.revision;
+                }
+                model.delete(key);
+              } else {
+                const g = await b.get({ key, consistency: 'linearizable' }, opts());
+                expect({ found: g.found, value: dec(g.value), version: g.version }).toEqual(
+                  cur ? { found: true, value: cur.value, version: cur.version } : { found: false, value: undefined, version: 0 },
+                );
+              }
+            }
+            const page = await b.list({ prefix: `/model/${round}/`, keysOnly: false, consistency: 'linearizable' }, opts());
+            expect(page.items.map((it) => [it.key, dec(it.value), it.version])).toEqual(
+              [...model.entries()].sort(([x], [y]) => (x < y ? -1 : 1)).map(([k, v]) => [k, v.value, v.version]),
+            );
+          },
+        ),
+        { numRuns: 15 },
+      );
+    });
+  });
+}
