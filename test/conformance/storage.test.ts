@@ -1,4 +1,4 @@
-/** Runs the raft Storage conformance suite against MemoryStorage and RaftLogStore (its live view, and its view reloaded from a MemoryEngine and from LevelDB after each write). */
+/** Runs the raft Storage conformance suite against MemoryStorage and RaftLogStore (its live view, with and without a catch-up tail, and its view reloaded from a MemoryEngine and from LevelDB after each write). */
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -29,7 +29,12 @@ storageConformance('MemoryStorage', async (conf) => {
  * RaftLogStore as a Storage: writes go through persistReady / compact; `reopen` (when given) makes
  * every write durable and reopens the store over what is on disk, so reads see the reloaded view.
  */
-async function logStore(engine: KvEngine, conf: ConfState, reopen?: (engine: KvEngine, store: RaftLogStore) => Promise<KvEngine>): Promise<StorageUnderTest> {
+async function logStore(
+  engine: KvEngine,
+  conf: ConfState,
+  reopen?: (engine: KvEngine, store: RaftLogStore) => Promise<KvEngine>,
+  keepEntries = 0,
+): Promise<StorageUnderTest> {
   let store = await RaftLogStore.open(engine);
   store.storageFor(GROUP, conf);
   const after = async (): Promise<void> => {
@@ -59,7 +64,7 @@ async function logStore(engine: KvEngine, conf: ConfState, reopen?: (engine: KvE
       // The host never snapshots behind its last snapshot; the store ignores such a call anyway.
       const term = cur && index <= cur.meta.index ? cur.meta.term : view.term(index);
       const snap: Snapshot = { meta: { index, term, conf: c }, data };
-      store.compact(GROUP, snap);
+      store.compact(GROUP, snap, keepEntries);
       await after();
     },
     close: async () => {
@@ -91,4 +96,26 @@ storageConformance(
     };
   },
   { numRuns: 15 },
+);
+
+/**
+ * Divergence (reported, not fixed: RaftLogStore's snapshot/compaction internals are being changed
+ * on another branch): with a catch-up tail (`compact(..., keepEntries)`, kvd keeps 5000 by default)
+ * the live view's firstIndex() is below snapshot index + 1 and entries before the snapshot stay
+ * readable, while the Storage doc says firstIndex() is the snapshot index + 1 and
+ * term(firstIndex() - 1) is the snapshot's term; after a restart the tail is gone (load drops it),
+ * so the live and reloaded views of the same durable state differ.
+ */
+const TAIL = 'the view keeps a catch-up tail behind the snapshot, so firstIndex() < snapshot index + 1 (Storage doc: = snapshot index + 1)';
+storageConformance(
+  'RaftLogStore view keeping 2 entries behind a snapshot (as kvd keeps 5000)',
+  async (conf) => logStore(new MemoryEngine(), conf, undefined, 2),
+  {
+    divergences: {
+      'reads outside the log: LogUnavailableError past the end, LogCompactedError before the start': TAIL,
+      'compaction: entries up to the index are gone, the index keeps its term, later entries stay, the snapshot is reported': TAIL,
+      'compacting the whole log leaves it empty at the snapshot index': TAIL,
+      'random append / hard state / compaction / snapshot sequences read back as the reference MemoryStorage does': TAIL,
+    },
+  },
 );
