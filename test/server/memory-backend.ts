@@ -1,6 +1,7 @@
 /** An in-memory KvBackend twin (one KvStateMachine per simulated shard, single replica, commands applied directly) with fault injection, for service, client and CLI tests. */
 import {
   CrossShardError,
+  DeadlineError,
   NotLeaderError,
   type CallOptions,
   type DeleteRequest,
@@ -348,6 +349,9 @@ export class MemoryBackend implements KvBackend {
   private async enter(op: MemoryOp, req: unknown, opts: CallOptions | undefined): Promise<void> {
     this.calls[op]++;
     if (opts) this.lastCallOptions = opts;
+    // As a kvd node: a write or a linearizable read fails with DeadlineError once its deadline passed.
+    const serializable = (req as { consistency?: string }).consistency === 'serializable';
+    if (opts && !serializable && Date.now() >= opts.deadlineMs) throw new DeadlineError(`${op}: deadline exceeded`);
     if (this.before) await this.before(op, req);
   }
 
