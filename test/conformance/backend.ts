@@ -2,7 +2,7 @@
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it as vit } from 'vitest';
 import { CrossShardError, DeadlineError, type CallOptions, type KvBackend, type WatchSink } from '../../src/node/backend.js';
-import { MAX_KEY_BYTES } from '../../src/statemachine/limits.js';
+import { MAX_KEY_BYTES, MAX_TXN_OPS, MAX_VALUE_BYTES } from '../../src/statemachine/limits.js';
 import { ValidationError, type KvEvent } from '../../src/statemachine/index.js';
 
 /** A running backend (with one shard holding every key) and how to release it. */
@@ -232,6 +232,10 @@ export function backendConformance(
         txnEmptyKey: 'INVALID_KEY',
       });
       expect(await validationCode(b.list({ prefix: long, keysOnly: true, consistency: 'linearizable' }, call()))).toBe('KEY_TOO_LONG');
+      expect(await validationCode(b.put({ key: '/v/big', value: new Uint8Array(MAX_VALUE_BYTES + 1) }, call()))).toBe('VALUE_TOO_LARGE');
+      const many = Array.from({ length: MAX_TXN_OPS + 1 }, (_, i) => ({ type: 'put' as const, key: `/v/t${i}`, value: enc('x') }));
+      expect(await validationCode(b.txn({ compares: [], writes: many }, call()))).toBe('TOO_MANY_TXN_OPS');
+      expect((await b.get({ key: '/v/big', consistency: 'linearizable' }, call())).found).toBe(false);
     });
 
     it('watch from a revision delivers every later event under the prefix, in revision order, history then live', async () => {

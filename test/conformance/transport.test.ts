@@ -12,6 +12,11 @@ transportConformance('LoopbackHub', async (ids) => {
   return {
     transports,
     stop: async (id) => transports.get(id)!.close(),
+    restart: async (id) => {
+      const t = hub.transport(id);
+      transports.set(id, t);
+      return t;
+    },
     close: async () => {
       for (const t of transports.values()) await t.close();
     },
@@ -44,9 +49,27 @@ transportConformance('GrpcPeerTransport', async (ids) => {
     await transports.get(id)!.close();
     servers.get(id)!.forceShutdown();
   };
+  /** A node's transport and its peer listener on an ephemeral loopback port (peers learn the address through setPeer). */
+  const listen = async (id: NodeId): Promise<GrpcPeerTransport> => {
+    const server = new grpc.Server();
+    const t = new GrpcPeerTransport(id, new Map(), { log: silentLogger() });
+    t.register(server, { isMember: (n) => members.has(n), authenticate: () => 'unauthenticated' });
+    const port = await new Promise<number>((res, rej) => server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (e, p) => (e ? rej(e) : res(p))));
+    servers.set(id, server);
+    transports.set(id, t);
+    addresses.set(id, `127.0.0.1:${port}`);
+    return t;
+  };
   return {
     transports,
     stop,
+    restart: async (id) => {
+      const t = await listen(id);
+      stopped.delete(id);
+      for (const [peer, addr] of addresses) if (peer !== id) t.setPeer(peer, addr);
+      for (const [peer, other] of transports) if (peer !== id) other.setPeer(id, addresses.get(id)!);
+      return t;
+    },
     close: async () => {
       for (const id of ids) await stop(id);
     },

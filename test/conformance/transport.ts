@@ -10,6 +10,11 @@ export interface TransportCluster {
   readonly transports: ReadonlyMap<NodeId, Transport>;
   /** Takes a node down: closes its transport and whatever listens for it. */
   stop(id: NodeId): Promise<void>;
+  /**
+   * Brings a stopped node back with a new transport (a restarted process; it may listen at a new
+   * address, which its peers learn through `setPeer`, as they would from the cluster map).
+   */
+  restart(id: NodeId): Promise<Transport>;
   /** Releases everything (transports already stopped are skipped). */
   close(): Promise<void>;
 }
@@ -29,7 +34,7 @@ export async function until(cond: () => boolean, ms = 5000, what = 'condition'):
 }
 
 /** Turns bytes into a tagged hex string and drops undefined fields, so messages compare by value whatever byte class a transport hands back. */
-function norm(v: unknown): unknown {
+export function norm(v: unknown): unknown {
   if (ArrayBuffer.isView(v)) return `bytes:${Buffer.from(v.buffer, v.byteOffset, v.byteLength).toString('hex')}`;
   if (Array.isArray(v)) return v.map(norm);
   if (typeof v === 'object' && v !== null) {
@@ -166,6 +171,37 @@ export function transportConformance(name: string, factory: TransportFactory): v
       expect(inbox.get(3)).toEqual([]);
       // A report, when the implementation gives one, names only the down peer.
       expect(unreachable.slice(before).every((p) => p === 3)).toBe(true);
+    });
+
+    it('a node that comes back after being down receives again (the sender keeps no stuck state)', async () => {
+      clear();
+      const back = await cluster.restart(3);
+      const got: Message[] = [];
+      back.onMessages((ms) => got.push(...ms));
+      // Best effort: a sender may drop while it reconnects, so it re-sends as Raft would, until one arrives.
+      const deadline = Date.now() + 8000;
+      let n = 0;
+      while (got.length === 0) {
+        if (Date.now() > deadline) throw new Error('no delivery to the restarted node within 8 s');
+        t(1).send([{ type: MessageType.Heartbeat, group: 1, from: 1, to: 3, term: 2, commit: ++n }]);
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      expect(got[0]).toMatchObject({ type: MessageType.Heartbeat, from: 1, to: 3, term: 2 });
+      // And in order from then on.
+      const start = got.length;
+      const batch = Array.from({ length: 50 }, (_, i): Message => ({ type: MessageType.Heartbeat, group: 1, from: 1, to: 3, term: 3, commit: 1000 + i }));
+      t(1).send(batch);
+      await until(() => got.filter((m) => m.term === 3).length >= 50, 5000, 'delivery after restart');
+      expect(got.slice(start).filter((m) => m.term === 3).map((m) => m.commit)).toEqual(batch.map((m) => m.commit));
+    });
+
+    it('carries a large snapshot chunk (1 MiB) intact', async () => {
+      clear();
+      const chunk = new Uint8Array(1 << 20).map((_, i) => (i * 31 + 7) & 0xff);
+      const m: Message = { type: MessageType.Snap, group: 2, from: 1, to: 2, term: 4, snapshot: { index: 9, term: 3, conf: { voters: [1, 2, 3], learners: [] } }, offset: 0, chunk, done: true, total: chunk.length };
+      t(1).send([m]);
+      await until(() => inbox.get(2)!.length >= 1, 5000, 'delivery');
+      expect(norm(inbox.get(2)![0])).toMatchObject(norm(m) as object);
     });
 
     it('after close a transport neither delivers what it is sent nor throws on send, and close is idempotent', async () => {
