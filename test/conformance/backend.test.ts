@@ -1,4 +1,4 @@
-/** Runs the KvBackend conformance suite against a single-node KvNode (loopback transport, in-memory engine) and the in-memory MemoryBackend twin. */
+/** Runs the KvBackend conformance suite against the in-memory MemoryBackend twin and KvNode (single node, and the leader of three) over a loopback transport and in-memory engines. */
 import { KvNode, DATA_GROUP } from '../../src/node/kv-node.js';
 import { LoopbackHub } from '../../src/node/transport.js';
 import { MemoryEngine } from '../../src/storage/kv-engine.js';
@@ -22,4 +22,27 @@ backendConformance('KvNode (single node)', async () => {
     await new Promise((r) => setTimeout(r, 5));
   }
   return { backend: node, close: () => node.stop() };
+});
+
+backendConformance('KvNode (leader of a 3-node cluster)', async () => {
+  const hub = new LoopbackHub();
+  const members = new Map([1, 2, 3].map((id) => [id, `127.0.0.1:${7200 + id}`] as [number, string]));
+  const nodes: KvNode[] = [];
+  for (const id of [1, 2, 3]) {
+    const node = await KvNode.open({ id, members, tickMs: 20, log: silentLogger(), onFatal: (e) => { throw e; } }, new MemoryEngine(), hub.transport(id));
+    node.start();
+    nodes.push(node);
+  }
+  const deadline = Date.now() + 15_000;
+  let leader: KvNode | undefined;
+  while (!(leader = nodes.find((n) => n.replica(DATA_GROUP)?.isLeader))) {
+    if (Date.now() > deadline) throw new Error('no leader within 15 s');
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  return {
+    backend: leader,
+    close: async () => {
+      for (const n of nodes) await n.stop();
+    },
+  };
 });
