@@ -331,12 +331,12 @@ export function backendConformance(
       }
     });
 
-    it('random puts, conditional puts and deletes agree with a model where version = revision of the last write', async () => {
+    it('random puts, conditional puts, txns and deletes agree with a model where version = revision of the last write', async () => {
       let round = 0;
       await fc.assert(
         fc.asyncProperty(
           fc.array(
-            fc.record({ op: fc.constantFrom('put', 'cas', 'casStale', 'delete', 'get'), key: fc.integer({ min: 0, max: 3 }) }),
+            fc.record({ op: fc.constantFrom('put', 'cas', 'casStale', 'delete', 'get', 'txn', 'txnStale'), key: fc.integer({ min: 0, max: 3 }), other: fc.integer({ min: 0, max: 3 }) }),
             { minLength: 1, maxLength: 15 },
           ),
           async (ops) => {
@@ -356,6 +356,23 @@ export function backendConformance(
                   lastRevision = r.revision;
                   model.set(key, { value, version: r.version });
                 } else expect(r.version).toBe(cur?.version ?? 0);
+              } else if (o.op === 'txn' || o.op === 'txnStale') {
+                // Compares `key` (its current version, or one off when stale), then puts `key` and deletes `other` (just the put when they coincide).
+                const other = `/model/${round}/${o.other}`;
+                const version = (cur?.version ?? 0) + (o.op === 'txnStale' ? 1 : 0);
+                const writes =
+                  other === key
+                    ? [{ type: 'put' as const, key, value: enc(value) }]
+                    : [{ type: 'put' as const, key, value: enc(value) }, { type: 'delete' as const, key: other }];
+                const r = await b.txn({ compares: [{ key, version }], writes }, call());
+                expect(r.succeeded).toBe(o.op === 'txn');
+                expect(r.failedCompares).toEqual(o.op === 'txn' ? [] : [0]);
+                if (r.succeeded) {
+                  expect(r.revision).toBeGreaterThan(lastRevision);
+                  lastRevision = r.revision;
+                  model.set(key, { value, version: r.revision });
+                  if (other !== key) model.delete(other);
+                } else expect(r.revision).toBe(lastRevision || r.revision);
               } else if (o.op === 'delete') {
                 const r = await b.delete({ key }, call());
                 expect(r.succeeded).toBe(true);
@@ -378,7 +395,7 @@ export function backendConformance(
             );
           },
         ),
-        { numRuns: 15 },
+        { numRuns: 20 },
       );
     });
   });
