@@ -331,6 +331,49 @@ export function backendConformance(
       }
     });
 
+    it('watch: one delivery carries whole revisions (a txn\'s events together), cancel stops delivery', async () => {
+      const calls: KvEvent[][] = [];
+      const start = await b.put({ key: '/wb/start', value: enc('s') }, call());
+      const h = b.watch({ prefix: '/wb/', fromRevision: start.revision + 1, progressIntervalMs: 50 }, { events: (evs) => calls.push([...evs]), progress: () => {}, canceled: () => {} });
+      const tx = await b.txn({ compares: [], writes: ['a', 'b', 'c'].map((k) => ({ type: 'put' as const, key: `/wb/${k}`, value: enc(k) })) }, call());
+      await until(() => calls.flat().length >= 3, 5000, 'txn events');
+      const withTx = calls.filter((c) => c.some((e) => e.revision === tx.revision));
+      expect(withTx.length).toBe(1);
+      expect(withTx[0]!.filter((e) => e.revision === tx.revision).map((e) => e.key)).toEqual(['/wb/a', '/wb/b', '/wb/c']);
+      h.cancel();
+      const seen = calls.flat().length;
+      await b.put({ key: '/wb/after', value: enc('x') }, call());
+      await new Promise((r) => setTimeout(r, 50));
+      expect(calls.flat().length).toBe(seen);
+    });
+
+    it('watch from a future revision starts delivering at that revision', async () => {
+      const now = await b.put({ key: '/wf/0', value: enc('0') }, call());
+      const seen: KvEvent[] = [];
+      const h = b.watch({ prefix: '/wf/', fromRevision: now.revision + 2, progressIntervalMs: 50 }, { events: (evs) => seen.push(...evs), progress: () => {}, canceled: () => {} });
+      try {
+        await b.put({ key: '/wf/1', value: enc('1') }, call());
+        const r2 = await b.put({ key: '/wf/2', value: enc('2') }, call());
+        const r3 = await b.put({ key: '/wf/3', value: enc('3') }, call());
+        await until(() => seen.length >= 2, 5000, 'events');
+        expect(seen.map((e) => e.revision)).toEqual([r2.revision, r3.revision]);
+      } finally {
+        h.cancel();
+      }
+    });
+
+    it('watch progress: a quiet prefix is told, within a few intervals, that nothing happened up to a later revision', async () => {
+      const progress: number[] = [];
+      const h = b.watch({ prefix: '/wq/', fromRevision: 0, progressIntervalMs: 20 }, { events: () => {}, progress: (rev) => progress.push(rev), canceled: () => {} });
+      try {
+        const elsewhere = await b.put({ key: '/wq-elsewhere', value: enc('x') }, call());
+        await until(() => progress.some((r) => r >= elsewhere.revision), 5000, 'progress past the unrelated write');
+        for (let i = 1; i < progress.length; i++) expect(progress[i]!).toBeGreaterThanOrEqual(progress[i - 1]!);
+      } finally {
+        h.cancel();
+      }
+    });
+
     it('random puts, conditional puts, txns and deletes agree with a model where version = revision of the last write', async () => {
       let round = 0;
       await fc.assert(
