@@ -3,6 +3,7 @@ import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Transport } from '../../src/node/transport.js';
 import { EntryType, MessageType, type Message, type NodeId } from '../../src/raft/index.js';
+import { MAX_RAFT_INDEX, MAX_RAFT_TERM } from '../../src/raft/bounds.js';
 
 /** A set of connected transports, one per node id, as an implementation's factory builds them. */
 export interface TransportCluster {
@@ -113,6 +114,42 @@ export function transportConformance(name: string, factory: TransportFactory): v
       expect(inbox.get(3)!.map(norm)).toMatchObject(toThree.map(norm));
       expect(inbox.get(1)).toEqual([]);
       for (const m of [...inbox.get(2)!, ...inbox.get(3)!]) expect(m.from).toBe(1);
+    });
+
+    it('random append messages (any group, terms and indexes up to their bounds, any bytes) arrive intact', async () => {
+      await fc.assert(
+        fc.asyncProperty(
+          fc.array(
+            fc
+              .record({
+                group: fc.oneof(fc.integer({ min: 0, max: 10 }), fc.constant(Number.MAX_SAFE_INTEGER), fc.maxSafeNat()),
+                term: fc.integer({ min: 2, max: MAX_RAFT_TERM }),
+                index: fc.integer({ min: 0, max: MAX_RAFT_INDEX - 10 }),
+                commit: fc.integer({ min: 0, max: MAX_RAFT_INDEX }),
+                datas: fc.array(fc.uint8Array({ maxLength: 64 }), { maxLength: 4 }),
+              })
+              .map(({ group, term, index, commit, datas }): Message => ({
+                type: MessageType.App,
+                group,
+                from: 1,
+                to: 2,
+                term,
+                index,
+                logTerm: term - 1,
+                commit,
+                entries: datas.map((data, i) => ({ index: index + 1 + i, term, type: EntryType.Normal, data })),
+              })),
+            { minLength: 1, maxLength: 8 },
+          ),
+          async (msgs) => {
+            clear();
+            t(1).send(msgs);
+            await until(() => inbox.get(2)!.length >= msgs.length, 5000, 'delivery');
+            expect(inbox.get(2)!.map(norm)).toMatchObject(msgs.map((m) => norm({ ...m, entries: m.entries!.length > 0 ? m.entries : undefined })));
+          },
+        ),
+        { numRuns: 30 },
+      );
     });
 
     it('keeps the order of one sender\'s messages to one peer, across sends and groups', async () => {
