@@ -1,6 +1,7 @@
 /** An in-memory KvBackend twin (one KvStateMachine per simulated shard, single replica, commands applied directly) with fault injection, for service, client and CLI tests. */
 import {
   CrossShardError,
+  DeadlineError,
   NotLeaderError,
   type CallOptions,
   type DeleteRequest,
@@ -24,6 +25,7 @@ import {
   KvStateMachine,
   ValidationError,
   type Command,
+  type CommandOrigin,
   type CommandResult,
   type DeleteResult,
   type KvEvent,
@@ -282,13 +284,15 @@ export class MemoryBackend implements KvBackend {
    * Applies a command directly (as if committed) to `group`, by default the shard of its key(s)
    * (CrossShardError if a txn's keys differ; keyless commands go to the first shard); returns its
    * result. Rejected commands throw their ValidationError. With a client `session` the command is
-   * deduplicated as a kvd shard does it (the state machine keeps the session table).
+   * deduplicated as a kvd shard does it (the state machine keeps the session table). `origin` is
+   * `system` by default (test setup may write reserved keys); the client API methods apply as
+   * `client`, as a kvd node does, so their writes to the reserved keyspace are refused (RESERVED).
    */
-  apply(cmd: Command, group?: number, session?: CallOptions['session']): CommandResult {
+  apply(cmd: Command, group?: number, session?: CallOptions['session'], origin: CommandOrigin = 'system'): CommandResult {
     const g = group ?? this.commandGroup(cmd);
     const shard = this.shards.get(g);
     if (!shard) throw new ValidationError('INVALID_ARGUMENT', `shard ${g} does not exist`);
-    const out = shard.sm.apply(++shard.index, this.now(), cmd, 'system', session);
+    const out = shard.sm.apply(++shard.index, this.now(), cmd, origin, session);
     if (out.result.type === 'rejected') throw out.result.error;
     if (out.events.length > 0) for (const w of [...this.watchers]) if (w.group === g) w.publish(out.events);
     return out.result;
@@ -345,6 +349,9 @@ export class MemoryBackend implements KvBackend {
   private async enter(op: MemoryOp, req: unknown, opts: CallOptions | undefined): Promise<void> {
     this.calls[op]++;
     if (opts) this.lastCallOptions = opts;
+    // As a kvd node: a write or a linearizable read fails with DeadlineError once its deadline passed.
+    const serializable = (req as { consistency?: string }).consistency === 'serializable';
+    if (opts && !serializable && Date.now() >= opts.deadlineMs) throw new DeadlineError(`${op}: deadline exceeded`);
     if (this.before) await this.before(op, req);
   }
 
@@ -364,7 +371,7 @@ export class MemoryBackend implements KvBackend {
       ...(req.expectedVersion !== undefined ? { expectedVersion: req.expectedVersion } : {}),
       ...(req.returnCurrentValue ? { returnPrevious: true } : {}),
     };
-    return this.apply(cmd, group, opts.session) as PutResult;
+    return this.apply(cmd, group, opts.session, 'client') as PutResult;
   }
 
   async delete(req: DeleteRequest, opts: CallOptions): Promise<DeleteResult> {
@@ -376,14 +383,14 @@ export class MemoryBackend implements KvBackend {
       key: req.key,
       ...(req.expectedVersion !== undefined ? { expectedVersion: req.expectedVersion } : {}),
     };
-    return this.apply(cmd, group, opts.session) as DeleteResult;
+    return this.apply(cmd, group, opts.session, 'client') as DeleteResult;
   }
 
   async trigger(req: TriggerRequest, opts: CallOptions): Promise<TriggerResponse> {
     await this.enter('trigger', req, opts);
     const group = this.groupOf(req.key);
     this.requireLeader(group);
-    const r = this.apply({ type: 'triggerPut', key: req.key, value: req.value }, group, opts.session) as TriggerResult;
+    const r = this.apply({ type: 'triggerPut', key: req.key, value: req.value }, group, opts.session, 'client') as TriggerResult;
     return { revision: r.revision, timestampMs: r.timestampMs };
   }
 
@@ -392,7 +399,7 @@ export class MemoryBackend implements KvBackend {
     await this.enter('txn', req, opts);
     const group = this.groupOfKeys([...req.compares.map((c) => c.key), ...req.writes.map((w) => w.key)]);
     this.requireLeader(group);
-    return this.apply({ type: 'txn', compares: req.compares, writes: req.writes }, group, opts.session) as TxnResult;
+    return this.apply({ type: 'txn', compares: req.compares, writes: req.writes }, group, opts.session, 'client') as TxnResult;
   }
 
   async get(req: GetRequest, opts: CallOptions): Promise<GetResponse> {
