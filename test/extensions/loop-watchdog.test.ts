@@ -42,7 +42,16 @@ setTimeout(() => { for (;;) {} }, 100);`;
       const file = join(dir, 'blocker.mjs');
       writeFileSync(file, script);
       const child = spawn(process.execPath, [file], { stdio: 'ignore' });
-      const signal = await new Promise<NodeJS.Signals | null>((r) => child.once('exit', (_c, sig) => r(sig)));
+      let signal: NodeJS.Signals | null | 'still running';
+      try {
+        // The watchdog ends it within about a second; a child it failed to end is ended here.
+        signal = await Promise.race([
+          new Promise<NodeJS.Signals | null>((r) => child.once('exit', (_c, sig) => r(sig))),
+          new Promise<'still running'>((r) => setTimeout(() => r('still running'), 20_000).unref()),
+        ]);
+      } finally {
+        if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      }
       expect(signal).toBe('SIGKILL');
       const n = takeDeathNote(note);
       expect(n).toMatchObject({ cause: 'loop-blocked', boot: 'boot-1' });
