@@ -50,7 +50,7 @@ describe('what the attempt record costs', () => {
 describe('leader changes under load (regression: CI run of stop 17, in-process events dead-lettered as poison)', () => {
   it('every event is delivered, none dead-lettered; an in-process extension retries what the old leader left unfinished in isolation, then runs in-process again', async () => {
     const n = 200;
-    for (const mode of ['worker', 'in-process'] as const) {
+    for (const mode of ['process', 'worker', 'in-process'] as const) {
       for (let round = 0; round < 3; round++) {
         const name = `lc-${mode}-${round}`;
         const prefix = `/lc-${mode}-${round}/`;
