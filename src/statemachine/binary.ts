@@ -214,14 +214,19 @@ const CRC_TABLE: Uint32Array = (() => {
 })();
 
 /** zlib's native CRC-32 where the runtime has it (Node >= 20.15), else undefined. */
-const nativeCrc32: ((data: Uint8Array) => number) | undefined = typeof (zlib as { crc32?: unknown }).crc32 === 'function'
-  ? (zlib as unknown as { crc32: (data: Uint8Array) => number }).crc32
+const nativeCrc32: ((data: Uint8Array, value?: number) => number) | undefined = typeof (zlib as { crc32?: unknown }).crc32 === 'function'
+  ? (zlib as unknown as { crc32: (data: Uint8Array, value?: number) => number }).crc32
   : undefined;
 
 /** CRC-32 (IEEE 802.3, as zlib) of `data` (native when available: snapshots are large). */
 export function crc32(data: Uint8Array): number {
-  if (nativeCrc32) return nativeCrc32(data) >>> 0;
-  let c = 0xffffffff;
+  return crc32Update(0, data);
+}
+
+/** CRC-32 (as zlib) of `data` continuing from the CRC `prev` of what came before it (0 to start). */
+export function crc32Update(prev: number, data: Uint8Array): number {
+  if (nativeCrc32) return nativeCrc32(data, prev) >>> 0;
+  let c = (prev ^ 0xffffffff) >>> 0;
   for (let i = 0; i < data.length; i++) c = CRC_TABLE[(c ^ data[i]!) & 0xff]! ^ (c >>> 8);
   return (c ^ 0xffffffff) >>> 0;
 }

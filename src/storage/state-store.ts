@@ -114,8 +114,7 @@ import {
   type StateSink,
   type VersionRecord,
 } from '../statemachine/index.js';
-import * as zlib from 'node:zlib';
-import { ByteReader, ByteWriter } from '../statemachine/binary.js';
+import { ByteReader, ByteWriter, crc32Update } from '../statemachine/binary.js';
 import { findVersion } from '../statemachine/snapshot-codec.js';
 import { type EngineOp, type KvEngine } from './kv-engine.js';
 import { StorageCorruptionError, stateKeyPrefix } from './raft-log-store.js';
@@ -1154,25 +1153,6 @@ class Slicer {
     await new Promise<void>((resolve) => setImmediate(resolve));
     this.last = performance.now();
   }
-}
-
-const zlibCrc32 = (zlib as { crc32?: (data: Uint8Array, value?: number) => number }).crc32;
-const CRC_TABLE = (() => {
-  const t = new Uint32Array(256);
-  for (let n = 0; n < 256; n++) {
-    let c = n;
-    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
-    t[n] = c >>> 0;
-  }
-  return t;
-})();
-
-/** CRC-32 (as zlib) of `data` continuing from the CRC `prev` of what came before it. */
-function crc32Update(prev: number, data: Uint8Array): number {
-  if (zlibCrc32) return zlibCrc32(data, prev) >>> 0;
-  let c = (prev ^ 0xffffffff) >>> 0;
-  for (let i = 0; i < data.length; i++) c = CRC_TABLE[(c ^ data[i]!) & 0xff]! ^ (c >>> 8);
-  return (c ^ 0xffffffff) >>> 0;
 }
 
 /** The encoding written in bounded parts, with the CRC kept as it goes. */
