@@ -1,5 +1,5 @@
 // Durable records of each shard's versioned state machine in the node's LevelDB: their binary key layout, the recorder that turns applied commands into engine writes, whole-state replacement, and loading at open.
-// Size: one module because the record layout, the recorder that writes it and the loader that reads it must change together (a layout change touches all three).
+// Size: one module because the record layout, the recorder that writes it, the loader that reads it and the streaming snapshot encoder that reads it in key order must change together (a layout change touches all four; they share the private key and value codecs).
 /*
  * Design. The in-memory `KvStateMachine` stays the serving structure; its durable twin is a set of
  * records beside the group's Raft state. The machine reports every record-level change to a
