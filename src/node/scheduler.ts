@@ -1,0 +1,40 @@
+/**
+ * The node's view of time: a clock and timers behind one small interface, so the real driver
+ * runs on the wall clock in kvd and on a virtual clock under the deterministic simulator
+ * (test/sim), where "later" means "when the simulator says so".
+ */
+
+/** A cancellable timer handle returned by a Scheduler. */
+export interface TimerHandle {
+  /** Cancel the timer; a no-op if it already fired or was cancelled. */
+  cancel(): void;
+}
+
+/** Clock and timers for a node. Implementations: `realScheduler` (kvd) and the simulator's virtual one. */
+export interface Scheduler {
+  /** Milliseconds since the epoch (wall clock in kvd, virtual time in the simulator). */
+  now(): number;
+  /** Run `fn` once after `ms` milliseconds. */
+  setTimeout(fn: () => void, ms: number): TimerHandle;
+  /** Run `fn` every `ms` milliseconds until cancelled. */
+  setInterval(fn: () => void, ms: number): TimerHandle;
+  /** Run `fn` after the current event-loop turn's I/O (setImmediate in kvd). */
+  setImmediate(fn: () => void): TimerHandle;
+}
+
+/** The wall-clock scheduler kvd uses: Node's own timers. Timers are unref'd only where the caller does so. */
+export const realScheduler: Scheduler = {
+  now: () => Date.now(),
+  setTimeout(fn, ms) {
+    const t = setTimeout(fn, ms);
+    return { cancel: () => clearTimeout(t) };
+  },
+  setInterval(fn, ms) {
+    const t = setInterval(fn, ms);
+    return { cancel: () => clearInterval(t) };
+  },
+  setImmediate(fn) {
+    const t = setImmediate(fn);
+    return { cancel: () => clearImmediate(t) };
+  },
+};
