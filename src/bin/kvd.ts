@@ -26,19 +26,25 @@ import { Coordinator } from '../coordinator/coordinator.js';
 import { classify } from '../coordinator/op-status.js';
 import { NodeStubs } from '../coordinator/node-stubs.js';
 import { ClusterStubClient } from '../wire/proto.js';
+import { AdminClient } from '../client/admin-client.js';
 import type { ClusterMap } from '../sharding/index.js';
 import type { Logger } from '../log.js';
 import { Counter } from 'prom-client';
 import { LoopWatchdog, takeDeathNote } from '../node/loop-watchdog.js';
 import { installCpuProfileSignal } from './cpu-profile-signal.js';
 
+/** How often a joining node with `--join-auto-add` asks the cluster to add it, while it is not a member yet. */
+const AUTO_ADD_RETRY_MS = 5_000;
+
 /**
  * A joining node's first view of the cluster: the map served by `address`, once it lists this
- * node as a member (the operator adds it with `kvctl member add`). Polls until then.
+ * node as a member. The operator adds it with `kvctl member add`, or (`autoAdd`, from
+ * `--join-auto-add`) the node asks for it itself with the admin token. Polls until then.
  */
-async function fetchSeedMap(address: string, id: number, creds: grpc.ChannelCredentials, log: Logger): Promise<ClusterMap> {
+async function fetchSeedMap(address: string, id: number, creds: grpc.ChannelCredentials, log: Logger, autoAdd?: () => Promise<void>): Promise<ClusterMap> {
   const stub = new ClusterStubClient(address, creds);
   let warned = false;
+  let lastAddMs = 0;
   try {
     for (;;) {
       const map = await new Promise<ClusterMap | undefined>((resolve) => {
@@ -52,6 +58,14 @@ async function fetchSeedMap(address: string, id: number, creds: grpc.ChannelCred
         });
       });
       if (map?.members.some((m) => m.id === id)) return map;
+      if (map && autoAdd && Date.now() - lastAddMs >= AUTO_ADD_RETRY_MS) {
+        lastAddMs = Date.now();
+        await autoAdd().then(
+          () => log.info({ join: address, id }, 'asked the cluster to add this node (--join-auto-add)'),
+          (e: unknown) => log.warn({ join: address, id, err: e instanceof Error ? e.message : String(e) }, 'could not add this node yet (--join-auto-add): retrying'),
+        );
+        continue;
+      }
       if (!warned) {
         log.warn({ join: address, id }, map ? 'not a member yet: waiting for `kvctl member add`' : 'cluster not reachable yet: retrying');
         warned = true;
@@ -124,7 +138,17 @@ async function main(): Promise<void> {
   const creds = kvdCredentials(cfg);
   if (!creds.clientCertAuth) log.warn('the client API does not authenticate clients (no --tls-ca): anyone who reaches it may read and write data');
 
-  const seedMap = cfg.join ? await fetchSeedMap(cfg.join, cfg.id, creds.clientDial, log) : undefined;
+  const autoAdd = cfg.join && cfg.joinAutoAdd
+    ? async (): Promise<void> => {
+        const admin = new AdminClient({ endpoints: [cfg.join!], credentials: creds.clientDial, ...(cfg.adminToken !== undefined ? { token: cfg.adminToken } : {}) });
+        try {
+          await admin.addMember(cfg.id, cfg.advertise, cfg.advertisePeer);
+        } finally {
+          admin.close();
+        }
+      }
+    : undefined;
+  const seedMap = cfg.join ? await fetchSeedMap(cfg.join, cfg.id, creds.clientDial, log, autoAdd) : undefined;
   const self = seedMap?.members.find((m) => m.id === cfg.id);
   if (self && (self.address !== cfg.advertise || (self.peerAddress !== undefined && self.peerAddress !== cfg.advertisePeer))) {
     // The others would dial addresses this process does not serve.
