@@ -23,6 +23,8 @@ export interface KvdConfig {
   insecurePeers: boolean;
   dataDir: string;
   metricsPort: number;
+  /** Interface the metrics/probe HTTP endpoint binds (default 127.0.0.1). */
+  metricsHost: string;
   tickMs: number;
   electionTicks: number;
   snapshotEveryEntries: number;
@@ -126,7 +128,8 @@ export function parseConfig(argv: string[]): KvdConfig {
     .option('--peers <list>', 'initial members: 1=CLIENT/PEER,2=CLIENT/PEER,... as host:port pairs (including this node)')
     .option('--insecure-peers', 'serve and dial peers without TLS: LOCAL DEVELOPMENT ONLY, any process that reaches the peer port can act as a node')
     .option('--data-dir <dir>', 'where the node keeps its data')
-    .option('--metrics-port <port>', 'port of the /metrics HTTP endpoint on 127.0.0.1 (0 = ephemeral)', int('--metrics-port'))
+    .option('--metrics-port <port>', 'port of the HTTP endpoint serving /metrics, /readyz and /livez (0 = ephemeral)', int('--metrics-port'))
+    .option('--metrics-host <host>', 'interface of the metrics endpoint (default 127.0.0.1; 0.0.0.0 in a container, so probes and scrapers reach it)')
     .option('--tick-ms <ms>', 'Raft tick length', int('--tick-ms'))
     .option('--election-ticks <n>', 'ticks before a follower campaigns', int('--election-ticks'))
     .option('--snapshot-every <entries>', 'take a snapshot after this many applied entries', int('--snapshot-every'))
@@ -225,6 +228,7 @@ export function parseConfig(argv: string[]): KvdConfig {
     testFaultInjection: o.testFaultInjection === true,
     dataDir: resolve(pick('dataDir', `./data/node-${id}`)),
     metricsPort: Number(pick('metricsPort', 0)),
+    metricsHost: String(pick('metricsHost', '127.0.0.1')),
     tickMs: Number(pick('tickMs', 100)),
     electionTicks: Number(pick('electionTicks', 10)),
     snapshotEveryEntries: Number(pick('snapshotEvery', 20000)),

@@ -94,6 +94,27 @@ function bind(server: grpc.Server, address: string, creds: grpc.ServerCredential
  * Tests only (--test-fault-injection): `POST /test/faults?drop-to=2,3` makes the node drop every
  * Raft message it sends to nodes 2 and 3 (a one-way partition); `drop-to=` heals.
  */
+/**
+ * HTTP probes for orchestrators on the metrics port (they work whether or not the client API
+ * uses TLS): `/readyz` is 200 once the node has joined and its groups have leaders and are
+ * caught up (503 with the reason otherwise, and while shutting down); `/livez` is 200 whenever
+ * the event loop answers at all.
+ */
+function probeEndpoints(readiness: () => { ready: boolean; reason?: string }): (req: IncomingMessage, res: ServerResponse) => boolean {
+  return (req, res) => {
+    const path = new URL(req.url ?? '/', 'http://localhost').pathname;
+    if (path === '/livez') {
+      res.end('ok\n');
+      return true;
+    }
+    if (path !== '/readyz') return false;
+    const r = readiness();
+    res.statusCode = r.ready ? 200 : 503;
+    res.end(r.ready ? 'ready\n' : `not ready: ${r.reason ?? 'unknown'}\n`);
+    return true;
+  };
+}
+
 function faultInjection(transport: GrpcPeerTransport, log: Logger): (req: IncomingMessage, res: ServerResponse) => boolean {
   log.warn('test fault injection is enabled (--test-fault-injection): never in production');
   return (req, res) => {
@@ -241,6 +262,7 @@ async function main(): Promise<void> {
     coordinator,
     ...(cfg.adminToken ? { adminToken: cfg.adminToken } : {}),
   });
+  let stopping = false;
   const health = addHealthService(server, () => node.readiness(), log);
   const port = await bind(server, cfg.listen, creds.clientServer);
   // The peer plane: Raft traffic only, on its own listener (mutual TLS unless --insecure-peers).
@@ -250,7 +272,9 @@ async function main(): Promise<void> {
     transport.register(peerServer, { isMember: (id) => node.isMember(id), authenticate: creds.peerAuthenticator });
     peerPort = await bind(peerServer, cfg.peerListen!, creds.peerServer);
   }
-  const m = await metrics.serve(cfg.metricsPort, '127.0.0.1', cfg.testFaultInjection ? faultInjection(transport, log) : undefined);
+  const faults = cfg.testFaultInjection ? faultInjection(transport, log) : undefined;
+  const probes = probeEndpoints(() => (stopping ? { ready: false, reason: 'shutting down' } : node.readiness()));
+  const m = await metrics.serve(cfg.metricsPort, cfg.metricsHost, (req, res) => probes(req, res) || (faults?.(req, res) ?? false));
   node.start();
   cluster.start();
   if (cfg.join) {
@@ -267,7 +291,6 @@ async function main(): Promise<void> {
   // A machine-readable readiness line for supervisors and tests.
   process.stdout.write(`${JSON.stringify({ event: 'ready', id: cfg.id, port, peerPort, metricsPort: m.port })}\n`);
 
-  let stopping = false;
   const stop = async (signal: string) => {
     if (stopping) return;
     stopping = true;

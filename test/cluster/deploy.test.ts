@@ -42,6 +42,14 @@ describe('deployment: members known by DNS names', () => {
     expect(cluster.endpoints.every((e) => e.startsWith('localhost:'))).toBe(true);
     await client.put('/deploy/a', Buffer.from('1'));
     expect(Buffer.from((await client.get('/deploy/a'))?.value ?? []).toString()).toBe('1');
+    for (const n of cluster.nodes) {
+      const ready = await until(`node ${n.id} /readyz`, async () => {
+        const r = await fetch(`http://127.0.0.1:${n.metricsPort}/readyz`);
+        return r.status === 200 ? r : undefined;
+      });
+      expect(await ready.text()).toBe('ready\n');
+      expect((await fetch(`http://127.0.0.1:${n.metricsPort}/livez`)).status).toBe(200);
+    }
     const map = await client.shardMap();
     expect(map.members.map((m) => m.address).sort()).toEqual([...cluster.endpoints].sort());
 
