@@ -9,6 +9,11 @@ import {
   ProposalDroppedError,
   RawNode,
   Role,
+  type ConfChange,
+  type ConfState,
+  type Message,
+  type NodeId,
+  type RaftStatus,
   type MemoryStorage,
   type RandomSource,
   type Ready,
@@ -19,12 +24,17 @@ import {
   type Command,
   type CommandOrigin,
   type CommandResult,
+  type GetOptions,
+  type GetResult,
   type KvStateMachineOptions,
+  type ListOptions,
+  type ListResult,
   type WriteSession,
 } from '../statemachine/index.js';
+import type { ShardDescriptor } from '../sharding/index.js';
 import type { EngineOp, EngineView } from '../storage/kv-engine.js';
 import { StateRecorder } from '../storage/state-store.js';
-import { NotLeaderError, OverloadedError, UnavailableError } from './backend.js';
+import { NotLeaderError, OverloadedError, UnavailableError, type WatchHandle, type WatchRequest, type WatchSink } from './backend.js';
 import { decodeProposal, encodeProposal, UnknownEnvelopeVersionError } from './envelope.js';
 import { confAtIndex, SnapshotSender, type SnapshotSenderOptions } from './snapshot-sender.js';
 import { WatchHub, type WatchHubOptions } from './watch-hub.js';
@@ -166,25 +176,155 @@ export class ShardReplica {
     this.watches = new WatchHub(() => this.sm, opts.nowMs, opts.watch);
   }
 
-  /** Whether this replica currently leads its group. */
   /** Whether node `id` is a voter or learner of this group in the configuration applied here. */
   includes(id: number): boolean {
     const c = this.raw.raft.confState();
     return c.voters.includes(id) || c.learners.includes(id);
   }
 
+  /** Whether this replica currently leads its group. */
   get isLeader(): boolean {
     return this.raw.raft.role === Role.Leader;
   }
 
-  /** The leader this replica knows of (0 = none). */
   /** The commit index this replica knows. */
   get commitIndex(): number {
     return this.raw.raft.log.committed;
   }
 
+  /** The leader this replica knows of (0 = none). */
   get leader(): number {
     return this.raw.raft.lead;
+  }
+
+  /** The Raft term this replica is in. */
+  get term(): number {
+    return this.raw.raft.term;
+  }
+
+  /** Whether a leadership transfer started by this (leader) replica is still in progress. */
+  get transferringLeadership(): boolean {
+    return this.raw.raft.leadTransferee !== 0;
+  }
+
+  /** Messages the Raft core dropped (malformed, refused snapshots; for metrics). */
+  get droppedMessages(): number {
+    return this.raw.raft.droppedMessages;
+  }
+
+  /** A summary of the Raft state (role, term, indexes, configuration, followers' progress). */
+  status(): RaftStatus {
+    return this.raw.status();
+  }
+
+  /** The membership in the configuration applied here. */
+  confState(): ConfState {
+    return this.raw.raft.confState();
+  }
+
+  /** The term of the log entry at `index`, if the log still holds it (or its snapshot is at it). */
+  logTerm(index: number): number | undefined {
+    return this.raw.raft.log.term(index);
+  }
+
+  // ---- driving the Raft core (the node's driver calls these)
+
+  /** Advances the Raft clock and the watches' progress timers by one tick. */
+  tick(): void {
+    this.raw.tick();
+    this.watches.tick();
+  }
+
+  /** Hands a peer's message to the Raft core (throws if it refuses it). */
+  step(m: Message): void {
+    this.raw.step(m);
+  }
+
+  /** Tells the Raft core that `peer` could not be reached (it backs off sending to it). */
+  reportUnreachable(peer: NodeId): void {
+    this.raw.reportUnreachable(peer);
+  }
+
+  /** Whether the Raft core has work for a ready round (writes, messages, committed entries). */
+  hasReady(): boolean {
+    return this.raw.hasReady();
+  }
+
+  /** Takes the Raft core's pending work (call `apply` then `advance` with it). */
+  ready(): Ready {
+    return this.raw.ready();
+  }
+
+  /** Tells the Raft core a Ready was persisted, sent and applied; returns the membership it applied, if changed. */
+  advance(rd: Ready): ConfState | undefined {
+    return this.raw.advance(rd);
+  }
+
+  /** Leader only: starts handing leadership to `to`. */
+  transferLeader(to: NodeId): void {
+    this.raw.transferLeader(to);
+  }
+
+  /** Leader only: proposes a membership change (applied when committed). */
+  proposeConfChange(cc: ConfChange): void {
+    this.raw.proposeConfChange(cc);
+  }
+
+  // ---- reading the applied state
+
+  /** The index of the last entry applied here. */
+  get appliedIndex(): number {
+    return this.sm.appliedIndex;
+  }
+
+  /** The shard's revision: that of its last applied write. */
+  get revision(): number {
+    return this.sm.revision;
+  }
+
+  /** The oldest revision still readable (versions before it were compacted). */
+  get compactRevision(): number {
+    return this.sm.compactRevision;
+  }
+
+  /** The revision up to which versions older than `retentionMs` at `nowMs` may be compacted. */
+  retentionCompactRevision(nowMs: number, retentionMs: number): number {
+    return this.sm.retentionCompactRevision(nowMs, retentionMs);
+  }
+
+  /** The shard's descriptor (which keys it owns), once written. */
+  get descriptor(): ShardDescriptor | undefined {
+    return this.sm.descriptor;
+  }
+
+  /** Number of user (non-reserved) keys held. */
+  get userKeyCount(): number {
+    return this.sm.userKeyCount;
+  }
+
+  /** Whether this shard owns `key` by its descriptor. */
+  ownsKey(key: string): boolean {
+    return this.sm.owns(key);
+  }
+
+  /** The value of `key` as applied here (latest, or at a revision or time), if any. */
+  readValue(key: string, at?: GetOptions): GetResult | undefined {
+    return this.sm.get(key, at);
+  }
+
+  /** A page of keys under `prefix` as applied here. */
+  list(prefix: string, options?: ListOptions): ListResult {
+    return this.sm.list(prefix, options);
+  }
+
+  /** Starts a watch of this shard's events (history from `req.fromRevision`, then live). */
+  watch(req: WatchRequest, sink: WatchSink): WatchHandle {
+    return this.watches.add(req, sink);
+  }
+
+  /** Number of active watches on this replica. */
+  get watchCount(): number {
+    return this.watches.size;
   }
 
   /** Number of proposals waiting for commit. */
