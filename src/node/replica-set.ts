@@ -225,7 +225,7 @@ export class ReplicaSet {
     const meta = this.replicas.get(META_GROUP);
     if (!meta) return;
     const { log, opts, transport, store } = this.parts;
-    const changed = this.view.refresh(meta.sm, (e) => log.error({ err: String(e) }, 'cluster map in the metadata group is malformed; keeping the previous map'));
+    const changed = this.view.refresh(meta, (e) => log.error({ err: String(e) }, 'cluster map in the metadata group is malformed; keeping the previous map'));
     if (!changed && this.view.isInitialised) return;
     const map = this.view.current;
     if (changed) {
