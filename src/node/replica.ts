@@ -255,6 +255,27 @@ export class ShardReplica {
 
   // ---- driving the Raft core (the node's driver calls these)
 
+  /** Whether the group is quiesced here (src/raft `quiesce`): its ticks cost nothing until it wakes. */
+  get quiesced(): boolean {
+    return this.raw.raft.quiesced;
+  }
+
+  /** Leader: quiesces the group when it has had nothing in flight for `minIdleTicks` ticks; returns whether it did. */
+  quiesceIfIdle(minIdleTicks: number): boolean {
+    return this.raw.raft.canQuiesce(minIdleTicks) && this.raw.raft.quiesce();
+  }
+
+  /** Ends quiescence; `leaderSilent`: the leader's node went silent, so campaigning may start soon. */
+  wake(leaderSilent = false): void {
+    this.raw.raft.wake(leaderSilent);
+  }
+
+  /** Voters and learners of the group (as of the applied configuration). */
+  members(): NodeId[] {
+    const c = this.raw.raft.confState();
+    return [...c.voters, ...c.learners];
+  }
+
   /** Advances the Raft clock and the watches' progress timers by one tick. */
   tick(): void {
     this.raw.tick();
