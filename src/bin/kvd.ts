@@ -31,6 +31,7 @@ import type { Logger } from '../log.js';
 import { Counter } from 'prom-client';
 import { LoopWatchdog, takeDeathNote } from '../node/loop-watchdog.js';
 import { installCpuProfileSignal } from './cpu-profile-signal.js';
+import { createNodeConsole } from '../console/index.js';
 
 /**
  * A joining node's first view of the cluster: the map served by `address`, once it lists this
@@ -218,6 +219,18 @@ async function main(): Promise<void> {
     ...(cfg.adminToken ? { adminToken: cfg.adminToken } : {}),
   });
   const health = addHealthService(server, () => node.readiness(), log);
+  // The web console: its page on the metrics port, the Console service on the client API.
+  const webConsole = createNodeConsole({
+    nodeId: cfg.id,
+    grpcServer: server,
+    registry: metrics.registry,
+    map: () => node.shardMap(),
+    status: () => node.status(),
+    extensions: () => extensions.statuses(),
+    stubs,
+    credentials: creds.clientDial,
+    log: log.child({ component: 'console' }),
+  });
   const port = await bind(server, cfg.listen, creds.clientServer);
   // The peer plane: Raft traffic only, on its own listener (mutual TLS unless --insecure-peers).
   const peerServer = cfg.peerListen !== undefined ? new grpc.Server(PEER_SERVER_OPTIONS) : undefined;
@@ -226,7 +239,8 @@ async function main(): Promise<void> {
     transport.register(peerServer, { isMember: (id) => node.isMember(id), authenticate: creds.peerAuthenticator });
     peerPort = await bind(peerServer, cfg.peerListen!, creds.peerServer);
   }
-  const m = await metrics.serve(cfg.metricsPort, '127.0.0.1', cfg.testFaultInjection ? faultInjection(transport, log) : undefined);
+  const faults = cfg.testFaultInjection ? faultInjection(transport, log) : undefined;
+  const m = await metrics.serve(cfg.metricsPort, '127.0.0.1', (req, res) => webConsole.handle(req, res) || (faults?.(req, res) ?? false));
   node.start();
   cluster.start();
   if (cfg.join) {
@@ -249,6 +263,7 @@ async function main(): Promise<void> {
     stopping = true;
     log.info({ signal }, 'stopping');
     health.close();
+    webConsole.close();
     configured.stop();
     cluster.stop();
     services.close();
