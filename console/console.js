@@ -104,6 +104,15 @@
       started = true;
     });
     ctx.stroke();
+    // A point with no neighbour draws no line: mark it.
+    ctx.fillStyle = ctx.strokeStyle;
+    values.forEach(function (v, i) {
+      var alone = v !== null && (i === 0 || values[i - 1] === null) && (i === values.length - 1 || values[i + 1] === null);
+      if (!alone) return;
+      var x = ((offset + i) / (n - 1)) * (w - 2) + 1;
+      var y = hgt - 2 - (max > 0 ? (v / max) * (hgt - 4) : 0);
+      ctx.fillRect(x - 1.5, y - 1.5, 3, 3);
+    });
     return c;
   }
 

@@ -175,6 +175,8 @@ export interface ConsoleGathererOptions {
   readonly callDeadlineMs?: number;
   /** Points of history kept per node for the charts (default 60). */
   readonly historyPoints?: number;
+  /** A longer time between two samples (nobody watched) starts the charts anew (default 5000 ms). */
+  readonly maxGapMs?: number;
   /** The clock (tests). */
   readonly now?: () => number;
 }
@@ -222,6 +224,7 @@ function reason(e: unknown): string {
 export class ConsoleGatherer {
   private readonly callDeadlineMs: number;
   private readonly historyPoints: number;
+  private readonly maxGapMs: number;
   private readonly now: () => number;
   private readonly lastStats = new Map<number, { t: number; stats: NodeStats }>();
   private readonly history = new Map<number, RatePoint[]>();
@@ -232,6 +235,7 @@ export class ConsoleGatherer {
   ) {
     this.callDeadlineMs = opts.callDeadlineMs ?? 800;
     this.historyPoints = opts.historyPoints ?? 60;
+    this.maxGapMs = opts.maxGapMs ?? 5000;
     this.now = opts.now ?? Date.now;
   }
 
@@ -332,7 +336,10 @@ export class ConsoleGatherer {
     this.lastStats.set(id, { t: at, stats });
     const h = this.history.get(id) ?? [];
     this.history.set(id, h);
-    if (prev && at > prev.t && stats.requests >= prev.stats.requests) {
+    if (prev && at - prev.t > this.maxGapMs) {
+      // Nobody watched for a while: the old points would sit next to the new ones as if recent.
+      h.length = 0;
+    } else if (prev && at > prev.t && stats.requests >= prev.stats.requests) {
       h.push({
         t: at,
         ops: Math.round(((stats.requests - prev.stats.requests) * 1000 * 10) / (at - prev.t)) / 10,

@@ -237,6 +237,23 @@ describe('ConsoleGatherer', () => {
     expect((await g.gather()).nodes.find((n) => n.id === 2)!.history).toEqual([]);
   });
 
+  it('starts the charts anew after nobody watched for a while', async () => {
+    const f = healthy();
+    let now = 0;
+    const g = new ConsoleGatherer(f, { now: () => now, maxGapMs: 5000 });
+    for (let i = 1; i <= 3; i++) {
+      now += 1000;
+      f.counters.set(1, stats(i * 10));
+      await g.gather();
+    }
+    now += 60_000;
+    f.counters.set(1, stats(1000));
+    expect((await g.gather()).nodes.find((n) => n.id === 1)!.history).toEqual([]);
+    now += 1000;
+    f.counters.set(1, stats(1010));
+    expect((await g.gather()).nodes.find((n) => n.id === 1)!.history).toEqual([{ t: now, ops: 10, p99Ms: 1 }]);
+  });
+
   it('keeps a bounded history per node', async () => {
     const f = healthy();
     let now = 0;
