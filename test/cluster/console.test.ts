@@ -1,9 +1,10 @@
 /**
  * The web console in a real headless browser against real kvd processes: Debian's chromium driven
  * by puppeteer-core opens one node's console; the page shows each shard's leader (as the nodes
- * themselves report it); then the test kills one shard's leader and waits, event-driven, until
- * the page shows another leader for that shard and the killed node as down. A second cluster
- * with TLS on the client API checks that the console reaches the other nodes there too.
+ * themselves report it), and a pool named with markup as plain text; then the test kills one
+ * shard's leader and waits, event-driven, until the page shows another leader for that shard and
+ * the killed node as down. A second cluster with TLS on the client API checks that the console
+ * reaches the other nodes there too.
  *
  * Without chromium (KVCASCADE_CHROMIUM, default /usr/bin/chromium) or puppeteer-core, the
  * browser test is skipped with a message locally and fails under CI (.ci/run installs both).
@@ -17,6 +18,7 @@ import { pathToFileURL } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ConsoleSnapshot } from '../../src/console/gather.js';
 import { KVCASCADE_VERSION } from '../../src/node/kv-node.js';
+import { AdminClient } from '../../src/client/admin-client.js';
 import { KvdCluster } from './harness.js';
 import { TestPki } from './pki.js';
 
@@ -44,6 +46,11 @@ interface PageElement {
   querySelectorAll(selector: string): Iterable<PageElement>;
 }
 declare const document: { readonly body: PageElement; querySelector(selector: string): PageElement | null; querySelectorAll(selector: string): Iterable<PageElement> };
+
+/** A pool whose name and affinity are markup: the page must show them as text. */
+const MARKUP_POOL = '/<img src=x onerror=window.__xss=1>';
+const MARKUP_AFFINITY = '^/<script>window.__xss=2</script>(x)';
+const TOKEN = 'console-test-admin-token-0123456789';
 
 const CHROMIUM = process.env.KVCASCADE_CHROMIUM ?? '/usr/bin/chromium';
 
@@ -79,7 +86,13 @@ describe.runIf(runBrowser)('web console in a headless browser', () => {
 
   beforeAll(async () => {
     if (missing.length > 0) throw new Error(`the browser test needs ${missing.join(' and ')} (.ci/run installs both)`);
-    cluster = await KvdCluster.start({ nodes: 3, defaultShards: 2 });
+    cluster = await KvdCluster.start({ nodes: 3, defaultShards: 2, extraArgs: ['--admin-token', TOKEN] });
+    const admin = new AdminClient({ endpoints: cluster.endpoints, token: TOKEN });
+    try {
+      await admin.createPool({ name: MARKUP_POOL, shards: 1, affinity: MARKUP_AFFINITY });
+    } finally {
+      admin.close();
+    }
     browser = await puppeteer!.launch({ executablePath: CHROMIUM, args: ['--headless=new', '--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage'] });
     page = await browser.newPage();
     page.on('pageerror', (e) => pageErrors.push(e.message));
@@ -113,7 +126,7 @@ describe.runIf(runBrowser)('web console in a headless browser', () => {
         return (
           nodes.length === 3 &&
           nodes.every((r) => r.getAttribute('data-up') === 'true') &&
-          shards.length === 3 && // the metadata group and 2 data shards
+          shards.length === 4 && // the metadata group, 2 default shards and the markup pool's
           shards.every((r) => r.getAttribute('data-leader') !== '0' && r.getAttribute('data-leader-down') === 'false')
         );
       },
@@ -138,13 +151,26 @@ describe.runIf(runBrowser)('web console in a headless browser', () => {
     let truth = await leadersFromNodes();
     for (let attempt = 0; attempt < 50; attempt++) {
       const shown = await shownLeaders();
-      if (shown.length === 3 && shown.every(([g, l]) => truth.get(g) === l)) break;
+      if (shown.length === 4 && shown.every(([g, l]) => truth.get(g) === l)) break;
       await page.waitForFunction((at: string | null) => document.body.getAttribute('data-updated') !== at, { polling: 'mutation', timeout: 10_000 }, await page.evaluate(() => document.body.getAttribute('data-updated')));
       truth = await leadersFromNodes();
     }
     const shown = await shownLeaders();
     expect(shown.map(([g, l]) => [g, l])).toEqual([...truth].sort((a, b) => a[0] - b[0]));
     for (const [, l, text] of shown) expect(text).toBe(`n${l}`);
+
+    // User data is shown as text, never run or parsed as markup.
+    const markup = await page.evaluate(() => ({
+      pools: [...document.querySelectorAll('#pools tbody tr td.mono')].map((td) => td.textContent),
+      shardPools: [...document.querySelectorAll('#shards tbody tr td.mono')].map((td) => td.textContent),
+      injected: [...document.querySelectorAll('main img, main script')].length,
+      xss: (globalThis as { __xss?: unknown }).__xss ?? null,
+    }));
+    expect(markup.pools).toContain(MARKUP_POOL);
+    expect(markup.pools).toContain(MARKUP_AFFINITY);
+    expect(markup.shardPools).toContain(`${MARKUP_POOL} #0`);
+    expect(markup.injected).toBe(0);
+    expect(markup.xss).toBeNull();
 
     // Kill the leader of data shard 1, watching from a node that survives.
     const victim = shown.find(([g]) => g === 1)![1];
