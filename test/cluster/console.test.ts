@@ -96,7 +96,7 @@ describe.runIf(runBrowser)('web console in a headless browser', () => {
     browser = await puppeteer!.launch({ executablePath: CHROMIUM, args: ['--headless=new', '--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage'] });
     page = await browser.newPage();
     page.on('pageerror', (e) => pageErrors.push(e.message));
-  });
+  }, 180_000);
 
   afterAll(async () => {
     await page?.close().catch(() => {});
@@ -222,7 +222,7 @@ describe('web console with TLS on the client API', () => {
       nodeArgs: (id) => pki.nodeArgs(id),
       tls: { rootCert: readFileSync(pki.ca), certChain: readFileSync(app.cert), privateKey: readFileSync(app.key) },
     });
-  });
+  }, 120_000);
 
   afterAll(async () => {
     await cluster?.stop();
