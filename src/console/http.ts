@@ -58,7 +58,10 @@ export interface ConsoleServerOptions {
   readonly maxViewers?: number;
   /** Who may view (default: everyone who reaches the port, until access control lands). */
   readonly mayView?: ConsoleViewerCheck;
-  /** The folder of index.html, console.js and console.css (default: the package's `console/`). */
+  /**
+   * The folder of index.html, console.js and console.css (default: the package's `console/`,
+   * looked up on the first request; when it is missing the page answers 503 and the node runs on).
+   */
   readonly assetsDir?: string;
   readonly log?: { warn(obj: object, msg: string): void };
 }
@@ -69,7 +72,7 @@ export class ConsoleServer {
   private readonly intervalMs: number;
   private readonly maxViewers: number;
   private readonly mayView: ConsoleViewerCheck;
-  private readonly assetsDir: string;
+  private assetsDir: string | undefined;
   private readonly files = new Map<string, Buffer>();
   private latest: ConsoleSnapshot | undefined;
   private inFlight: Promise<ConsoleSnapshot> | undefined;
@@ -82,7 +85,7 @@ export class ConsoleServer {
     this.intervalMs = opts.intervalMs ?? 1000;
     this.maxViewers = opts.maxViewers ?? 16;
     this.mayView = opts.mayView ?? allowEveryViewer;
-    this.assetsDir = opts.assetsDir ?? findConsoleAssets();
+    this.assetsDir = opts.assetsDir;
   }
 
   /** Viewers connected to the event stream now. */
@@ -143,10 +146,11 @@ export class ConsoleServer {
     let body = this.files.get(asset.file);
     if (!body) {
       try {
+        this.assetsDir ??= findConsoleAssets();
         body = readFileSync(join(this.assetsDir, asset.file));
       } catch (e) {
-        res.writeHead(500, { 'Content-Type': 'text/plain; charset=utf-8' });
-        res.end(`console file missing: ${asset.file}\n`);
+        res.writeHead(503, { 'Content-Type': 'text/plain; charset=utf-8' });
+        res.end(`the web console's files are not installed (${asset.file}; the package's console/ folder): /metrics and /console/state.json still answer\n`);
         this.opts.log?.warn({ err: String(e), dir: this.assetsDir }, 'console file missing');
         return;
       }

@@ -142,6 +142,14 @@ describe('ConsoleServer', () => {
     expect((await fetch(`${url}/console/events`)).status).toBe(403);
     expect(seen).toEqual(['/', '/console/events']);
   });
+
+  it('answers 503 for the page when its files are missing, and still serves snapshots', async () => {
+    const { url } = await start({ assetsDir: join(root, 'no-such-folder') });
+    const page = await fetch(`${url}/`);
+    expect(page.status).toBe(503);
+    expect(await page.text()).toContain('not installed');
+    expect((await fetch(`${url}/console/state.json`)).status).toBe(200);
+  });
 });
 
 describe('the console page files', () => {
