@@ -19,6 +19,7 @@ module.exports = {
     { name: 'extensions-below-coordinator', severity: 'error', from: { path: layer('extensions') }, to: { path: [layer('server'), layer('client'), layer('cli'), layer('bin'), layer('coordinator'), layer('wire')] } },
     { name: 'node-below-extensions', severity: 'error', from: { path: layer('node') }, to: { path: [layer('extensions'), layer('server'), layer('client'), layer('cli'), layer('bin'), layer('coordinator'), layer('wire')] } },
     { name: 'state-below-node', severity: 'error', from: { path: [layer('statemachine'), layer('storage')] }, to: { path: [layer('node'), layer('extensions'), layer('server'), layer('client'), layer('cli'), layer('bin'), layer('coordinator'), layer('wire')] } },
+    { name: 'console-from-bin', severity: 'error', comment: 'the web console is mounted by kvd only', from: { path: '^src/', pathNot: [layer('bin'), layer('console')] }, to: { path: layer('console') } },
     { name: 'cli-through-client', severity: 'error', comment: 'kvctl talks to the cluster through the client library', from: { path: layer('cli') }, to: { path: [layer('server'), layer('node'), layer('coordinator'), layer('storage'), layer('raft')] } },
   ],
   options: {
