@@ -13,7 +13,7 @@ import { NODE_DEFAULTS, type NodeParts } from './node-options.js';
 import type { ShardReplica } from './replica.js';
 import type { ReplicaSet } from './replica-set.js';
 import { realScheduler, type Scheduler, type TimerHandle } from './scheduler.js';
-import { DRAINING_CONTEXT, keepalive, LIVENESS_GROUP, stepQuiescence } from './quiescence.js';
+import { beforeVoteRequest, DRAINING_CONTEXT, keepalive, LIVENESS_GROUP, stepQuiescence } from './quiescence.js';
 
 /** Longest stretch (ms) of computing and staging a snapshot's records replacement before yielding. */
 const INSTALL_SLICE_MS = 10;
@@ -76,12 +76,18 @@ export class NodeDriver {
     if (this.stopped) return;
     const { opts, id } = this.parts;
     const tickMs = opts.tickMs ?? NODE_DEFAULTS.tickMs;
-    const electionMs = tickMs * (opts.electionTicks ?? NODE_DEFAULTS.electionTicks);
+    const electionMs = this.electionMs();
     if (opts.quiesce !== false) stepQuiescence(this.replicas.values(), id, (peer) => this.replicas.heardWithin(peer, electionMs));
     for (const r of this.replicas.values()) r.tick();
     this.replicas.periodic(this.scheduler.now());
     this.sendKeepalives(tickMs);
     this.scheduleReady();
+  }
+
+  /** One election timeout in ms: how long a peer's node may be silent before it counts as down. */
+  private electionMs(): number {
+    const { opts } = this.parts;
+    return (opts.tickMs ?? NODE_DEFAULTS.tickMs) * (opts.electionTicks ?? NODE_DEFAULTS.electionTicks);
   }
 
   /** A keepalive to every member nothing was sent to during the last tick (node liveness, see quiescence.ts). */
@@ -116,6 +122,7 @@ export class NodeDriver {
       if (this.draining && m.type === MessageType.TimeoutNow) continue; // take no leadership while draining
       const r = this.replicas.replicaFor(m);
       if (!r) continue;
+      beforeVoteRequest(r, m, (peer) => this.replicas.heardWithin(peer, this.electionMs()));
       try {
         r.step(m);
       } catch (e) {

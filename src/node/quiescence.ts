@@ -46,3 +46,16 @@ export function stepQuiescence(replicas: Iterable<ShardReplica>, self: NodeId, l
     }
   }
 }
+
+/**
+ * Before a quiesced follower steps a (pre-)vote request: if its leader's node has gone silent, it
+ * wakes as one whose leader lease has lapsed, so it can grant the vote at once. (Woken by the
+ * message alone it would keep the lease it had when it quiesced and ignore the candidate for one
+ * more election timeout, delaying the failover of an idle group.) While the leader's node is
+ * heard from, the lease holds and a disruptive candidate is ignored as usual.
+ */
+export function beforeVoteRequest(r: ShardReplica, m: Message, live: (peer: NodeId) => boolean): void {
+  if (m.type !== MessageType.PreVote && m.type !== MessageType.Vote) return;
+  if (r.quiesced && !r.isLeader && (r.leader === 0 || !live(r.leader))) r.wake(true);
+}
+
