@@ -28,6 +28,12 @@ export interface SnapshotSenderHost {
   failed(err: unknown): void;
 }
 
+/** Defaults of {@link SnapshotSenderOptions}. */
+export const SNAPSHOT_SENDER_DEFAULTS = {
+  idleMs: 30_000,
+  retryMs: 200,
+} as const;
+
 /** Options of a {@link SnapshotSender}. */
 export interface SnapshotSenderOptions extends SnapshotStreamOptions {
   /** Drop a produced snapshot not asked for during this long (ms, default 30 s). */
@@ -61,8 +67,8 @@ export class SnapshotSender implements Storage {
     private readonly host: SnapshotSenderHost,
     private readonly options: SnapshotSenderOptions = {},
   ) {
-    this.idleMs = options.idleMs ?? 30_000;
-    this.retryMs = options.retryMs ?? 200;
+    this.idleMs = options.idleMs ?? SNAPSHOT_SENDER_DEFAULTS.idleMs;
+    this.retryMs = options.retryMs ?? SNAPSHOT_SENDER_DEFAULTS.retryMs;
   }
 
   initialState(): InitialState {
