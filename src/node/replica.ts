@@ -43,6 +43,7 @@ import { NotLeaderError, OverloadedError, type WatchHandle, type WatchRequest, t
 import { decodeProposal, encodeProposal, UnknownEnvelopeVersionError } from './envelope.js';
 import { confAtIndex, SnapshotSender, type SnapshotSenderOptions } from './snapshot-sender.js';
 import { ReplicaRecords } from './replica-records.js';
+import type { Scheduler } from './scheduler.js';
 import { PendingProposals, PendingReads } from './waiters.js';
 import { WatchHub, type WatchHubOptions } from './watch-hub.js';
 
@@ -87,6 +88,8 @@ export interface ReplicaOptions {
   readonly stepwiseInstall?: boolean;
   readonly watch?: WatchHubOptions;
   readonly nowMs: () => number;
+  /** The node's timers (snapshot production's retry and idle drop); default: the wall clock's. */
+  readonly scheduler?: Scheduler;
   /** Called when a proposal of this replica is applied: its propose → apply latency. */
   readonly onCommitted?: (latencyMs: number) => void;
   /** Called when a committed entry cannot be decoded (never fatal: it is applied as a no-op). */
@@ -145,7 +148,7 @@ export class ShardReplica {
         produced: () => opts.onSnapshotProduced?.(),
         failed: (err) => opts.onSnapshotFailed?.(err),
       },
-      opts.snapshotSender,
+      { ...opts.snapshotSender, ...(opts.scheduler ? { scheduler: opts.scheduler } : {}) },
     );
     this.raw = new RawNode({
       id: opts.nodeId,
