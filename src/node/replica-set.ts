@@ -122,6 +122,7 @@ export class ReplicaSet {
       onSnapshotProduced: () => this.hooks.scheduleReady(),
       onSnapshotFailed: (err) => log.warn({ group, err: String(err) }, 'producing a snapshot for a lagging follower failed; retrying'),
       nowMs: () => scheduler.now(),
+      scheduler,
       onCommitted: (ms) => this.parts.observer().committed?.(group, ms),
       onBadEntry: (index, err) => log.error({ group, index, err: String(err) }, 'undecodable committed entry applied as no-op'),
       onDuplicate: () => this.parts.observer().duplicateWrite?.(group),
