@@ -46,7 +46,9 @@ export function handoverTarget(r: ShardReplica, self: NodeId, mayLead: (peer: No
 
 /**
  * Transfers every leadership away, polling every `pollMs`, until none is left or `deadlineMs`.
- * A transfer Raft aborts (after an election timeout) is retried, with the best target then.
+ * A transfer Raft aborts (after an election timeout) is retried, with the best target then. It
+ * gives up early when no group has anyone to hand over to (every other voter down or draining
+ * too, as when a whole local cluster stops at once).
  */
 export async function drainLeaderships(host: DrainHost, deadlineMs: number, pollMs: number): Promise<DrainResult> {
   const leading = (): ShardReplica[] => [...host.replicas()].filter((r) => r.isLeader);
@@ -54,11 +56,19 @@ export async function drainLeaderships(host: DrainHost, deadlineMs: number, poll
   for (;;) {
     const left = leading();
     if (left.length === 0 || host.now() >= deadlineMs) return { led, stillLeading: left.map((r) => r.group) };
+    let progress = false;
     for (const r of left) {
-      if (r.transferringLeadership) continue;
+      if (r.transferringLeadership) {
+        progress = true;
+        continue;
+      }
       const target = handoverTarget(r, host.id, (p) => host.mayLead(p));
-      if (target !== undefined) r.transferLeader(target);
+      if (target !== undefined) {
+        r.transferLeader(target);
+        progress = true;
+      }
     }
+    if (!progress) return { led, stillLeading: left.map((r) => r.group) };
     await host.sleep(pollMs);
   }
 }
