@@ -95,6 +95,8 @@ export interface AccessControlOptions {
 export const DEFAULT_TOKEN_TTL_MS = 10 * 60_000;
 /** Lifetime of the tokens a node mints to forward a certificate's user, a lambda's role or root. */
 const FORWARD_TOKEN_TTL_MS = 5 * 60_000;
+/** An address may fail this many times more than one user before it is locked out. */
+const PEER_FAILURE_FACTOR = 4;
 /** Keys of the auth state read per listing page. */
 const PAGE = 10_000;
 /** Tokens whose verification is cached (per state revision). */
@@ -148,7 +150,8 @@ export class AccessControl {
     this.adminDigest = opts.adminToken ? digest(opts.adminToken) : undefined;
     this.tokenTtlMs = opts.tokenTtlMs ?? DEFAULT_TOKEN_TTL_MS;
     this.userFailures = new FailureLimiter(opts.limiter);
-    this.peerFailures = new FailureLimiter(opts.limiter);
+    // An address may be shared by many users (NAT): it is locked out only after more failures.
+    this.peerFailures = new FailureLimiter({ ...opts.limiter, maxFailures: PEER_FAILURE_FACTOR * (opts.limiter?.maxFailures ?? 5) });
   }
 
   private metaStore(): AuthMetaStore | undefined {
