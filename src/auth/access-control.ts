@@ -141,7 +141,7 @@ export class AccessControl {
   private readonly userFailures: FailureLimiter;
   private readonly peerFailures: FailureLimiter;
   /** Verified tokens → principal, valid for `cacheRevision`. */
-  private readonly tokenCache = new Map<string, Principal>();
+  private readonly tokenCache = new Map<string, { readonly principal: Principal; readonly untilMs: number }>();
   private cacheRevision = -1;
   /** Minted forwarding tokens by subject key. */
   private readonly minted = new Map<string, { token: string; renewAtMs: number }>();
@@ -226,15 +226,12 @@ export class AccessControl {
     }
     if (header !== undefined && header !== '') {
       const hit = this.tokenCache.get(header);
-      if (hit) {
-        // Tokens carry their expiry: a cached one is re-checked only for it.
-        if (this.expiry(header) > Date.now()) return hit;
-        this.tokenCache.delete(header);
-      }
-      const p = this.fromHeader(state, header);
+      // A cached principal holds until its token (or the token it forwards with) expires.
+      if (hit && hit.untilMs > Date.now()) return hit.principal;
+      const { principal, untilMs } = this.fromHeader(state, header);
       if (this.tokenCache.size >= TOKEN_CACHE_MAX) this.tokenCache.clear();
-      this.tokenCache.set(header, p);
-      return p;
+      this.tokenCache.set(header, { principal, untilMs });
+      return principal;
     }
     if (certName !== undefined && state.users.has(certName)) {
       const subject: TokenSubject = { kind: 'user', name: certName };
@@ -246,16 +243,13 @@ export class AccessControl {
     );
   }
 
-  /** Expiry recorded for cached tokens. */
-  private readonly expiries = new Map<string, number>();
-  private expiry(header: string): number {
-    return this.expiries.get(header) ?? Infinity;
-  }
-
-  private fromHeader(state: AuthState, header: string): Principal {
+  /** The principal of an `authorization` value, and until when it may be reused without checking the token again. */
+  private fromHeader(state: AuthState, header: string): { principal: Principal; untilMs: number } {
     if (!header.startsWith('Bearer ')) throw new AuthError('UNAUTHENTICATED', 'malformed authorization metadata: expected "Bearer <token>"');
     if (this.isAdminToken(header)) {
-      return { name: 'root', root: true, permissions: [], authorization: `Bearer ${this.mint(state, { kind: 'root' })}` };
+      // Reused only while the token it forwards with is fresh.
+      const authorization = `Bearer ${this.mint(state, { kind: 'root' })}`;
+      return { principal: { name: 'root', root: true, permissions: [], authorization }, untilMs: this.minted.get('root')!.renewAtMs };
     }
     const token = header.slice(7);
     if (!token.startsWith(TOKEN_PREFIX)) throw new AuthError('UNAUTHENTICATED', 'unknown token (neither a login token nor the admin token)');
@@ -263,9 +257,7 @@ export class AccessControl {
     const v = verifyToken(state.secret, token);
     if (v === 'expired') throw new AuthError('UNAUTHENTICATED', 'token expired: log in again');
     if (typeof v === 'string') throw new AuthError('UNAUTHENTICATED', 'invalid token (not signed by this cluster)');
-    if (this.expiries.size >= TOKEN_CACHE_MAX) this.expiries.clear();
-    this.expiries.set(header, v.expiresAtMs);
-    return this.principalOf(state, v.subject, header);
+    return { principal: this.principalOf(state, v.subject, header), untilMs: v.expiresAtMs };
   }
 
   /** Throws PERMISSION_DENIED unless `p` (undefined: access control off) may `access` key `key` (see {@link authorizeKey}). */
