@@ -11,7 +11,6 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AdminClient } from '../../src/client/admin-client.js';
 import { AuthClient, KvClient, login } from '../../src/client/index.js';
 import { main as kvctl } from '../../src/cli/kvctl.js';
-import { packFolder } from '../../src/extensions/package.js';
 import { KvdCluster } from './harness.js';
 
 const TOKEN = 'auth-test-admin-token-0123456789';
@@ -224,9 +223,9 @@ describe('access control on real processes', () => {
     await root.addRole('watcher');
     await root.grantPermission('watcher', '/stocks/', 'readwrite');
     const admin = new AdminClient({ endpoints: cluster.endpoints, token: TOKEN });
-    const tgz = await packFolder('extensions/stock-watch');
-    const loaded = await admin.load(tgz, { role: 'watcher', config: { thresholdPct: 1 } });
-    expect(loaded.status.state).toBe('running');
+    const loaded = await run(['ext', 'load', 'extensions/stock-watch', '--name', 'stock-watch', '--role', 'watcher']);
+    expect(loaded.code, loaded.err).toBe(0);
+    expect(loaded.out).toMatch(/stock-watch.*running/);
     const dave = as('dave');
     await dave.put('/stocks/AAA', '50');
     const v1 = await dave.put('/stocks/AAA', '40');
