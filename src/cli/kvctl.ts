@@ -151,7 +151,8 @@ export async function main(argv: readonly string[], io: KvctlIo = {}): Promise<n
   };
   /** The admin token from --admin-token, $KVCASCADE_ADMIN_TOKEN or ./.data/admin-token. */
   const adminToken = (): string => {
-    const t = resolveAdminToken(globals().adminToken, env, io.adminTokenFiles);
+    // A root user's login token (--token, $KVCASCADE_TOKEN: `kvctl auth login`) works as well.
+    const t = resolveAdminToken(globals().adminToken, env, io.adminTokenFiles) ?? (globals().token ?? env.KVCASCADE_TOKEN);
     if (!t) throw new CliFailure('UNAUTHENTICATED', 'admin token required: --admin-token, $KVCASCADE_ADMIN_TOKEN or ./.data/admin-token', EXIT.USAGE);
     return t;
   };
@@ -454,7 +455,7 @@ export async function main(argv: readonly string[], io: KvctlIo = {}): Promise<n
     formatTable,
     endpoints: endpointList,
     adminToken,
-    adminTokenIfAny: () => resolveAdminToken(globals().adminToken, env, io.adminTokenFiles),
+    adminTokenIfAny: () => resolveAdminToken(globals().adminToken, env, io.adminTokenFiles) ?? (globals().token ?? env.KVCASCADE_TOKEN),
     tls,
     timeoutMs: () => globals().timeout,
     fail: (code) => {

@@ -178,6 +178,12 @@ describe('access control on real processes', () => {
     const dave = new AdminClient({ endpoints: cluster.endpoints, token: daveToken });
     expect((await dave.list()).records).toBeDefined();
     dave.close?.();
+    // kvctl's admin commands take a root user's token as well as the admin token.
+    const ls = await run(['--json', 'ext', 'ls'], { KVCASCADE_TOKEN: daveToken });
+    expect(ls.code, ls.err).toBe(0);
+    const lsBob = await run(['--json', 'ext', 'ls'], { KVCASCADE_TOKEN: bobToken });
+    expect(lsBob.code).toBe(1);
+    expect(lsBob.err).toMatch(/PERMISSION_DENIED/);
     // A root user reads and writes everything, and administers access control.
     const daveKv = as('dave');
     expect((await daveKv.put('/anything', 'v')).succeeded).toBe(true);
