@@ -171,6 +171,11 @@ export class AccessControl {
     return this.cached;
   }
 
+  /** Resolves once this node's replica applied what it knows committed (at most until `untilMs`): reads after a change see it. */
+  async caughtUp(untilMs: number): Promise<void> {
+    await this.metaStore()?.currentRevision(untilMs).catch(() => undefined);
+  }
+
   /** Whether access control is on (false while the state is unknown here). */
   get enabled(): boolean {
     try {
@@ -309,9 +314,8 @@ export class AccessControl {
     if (locked > 0) {
       throw new AuthError('RESOURCE_EXHAUSTED', `too many failed logins for ${JSON.stringify(name)} or from this address: try again in ${Math.ceil(locked / 1000)} s`);
     }
-    const meta = this.metaStore();
     // A user added a moment ago on the leader: let this replica apply what it knows committed.
-    if (meta) await meta.currentRevision(Date.now() + 2000).catch(() => undefined);
+    await this.caughtUp(Date.now() + 2000);
     const state = this.state();
     const user = state.users.get(name);
     const ok = user?.passwordHash !== undefined && password.length <= MAX_PASSWORD_LENGTH ? await verifyPassword(password, user.passwordHash) : false;

@@ -87,7 +87,8 @@ export function addAuthService(server: grpc.Server, access: AccessControl, opts:
   /** A listing: root only, any node (its local state). */
   const read =
     (run: () => unknown) =>
-    (call: grpc.ServerUnaryCall<Req, unknown>, cb: grpc.sendUnaryData<unknown>): void => {
+    async (call: grpc.ServerUnaryCall<Req, unknown>, cb: grpc.sendUnaryData<unknown>): Promise<void> => {
+      await access.caughtUp(Date.now() + 2000);
       try {
         access.requireRoot(authorizationOf(call), certNameOf(call));
         cb(null, run());
@@ -115,7 +116,8 @@ export function addAuthService(server: grpc.Server, access: AccessControl, opts:
         (e: unknown) => cb(fail(e)),
       );
     },
-    authStatus: (call: grpc.ServerUnaryCall<Req, unknown>, cb: grpc.sendUnaryData<unknown>) => {
+    authStatus: async (call: grpc.ServerUnaryCall<Req, unknown>, cb: grpc.sendUnaryData<unknown>) => {
+      await access.caughtUp(Date.now() + 2000);
       try {
         const enabled = access.state().enabled;
         let p: Principal | undefined;

@@ -32,7 +32,7 @@ afterAll(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-async function run(args: string[], env: Record<string, string> = { KVCASCADE_ADMIN_TOKEN: TOKEN }): Promise<{ code: number; out: string; err: string }> {
+async function run(args: string[], env: Record<string, string> = { KVCASCADE_ADMIN_TOKEN: TOKEN }, stdin?: string): Promise<{ code: number; out: string; err: string }> {
   let out = '';
   let err = '';
   const code = await kvctl(['--endpoints', cluster.endpoints.join(','), ...args], {
@@ -40,6 +40,7 @@ async function run(args: string[], env: Record<string, string> = { KVCASCADE_ADM
     stderr: { write: (s: string) => (err += s) },
     env,
     adminTokenFiles: [],
+    ...(stdin !== undefined ? { stdin: (async function* () { yield stdin; })() } : {}),
   });
   return { code, out, err };
 }
@@ -93,11 +94,15 @@ describe('access control on real processes', () => {
       ['user', 'add', 'carol', '--new-password', 'carol-pw'],
       ['user', 'add', 'dave', '--new-password', 'dave-pw'],
       ['user', 'grant-role', 'dave', 'root'],
-      ['user', 'add', 'eve', '--new-password', 'eve-pw'],
     ]) {
       const r = await run(args);
       expect(r.code, `${args.join(' ')}: ${r.err}`).toBe(0);
     }
+    const eve = await run(['user', 'add', 'eve', '--new-password-stdin'], { KVCASCADE_ADMIN_TOKEN: TOKEN }, 'eve-pw\n');
+    expect(eve.code, eve.err).toBe(0);
+    const noPw = await run(['user', 'add', 'frank']);
+    expect(noPw.code).not.toBe(0);
+    expect(noPw.err).toMatch(/--new-password, --new-password-stdin or --no-password/);
     const ls = await run(['--json', 'user', 'ls']);
     expect(JSON.parse(ls.out).users.map((u: { name: string }) => u.name)).toEqual(['alice', 'bob', 'carol', 'dave', 'eve']);
     const roles = await run(['role', 'ls']);
@@ -126,6 +131,10 @@ describe('access control on real processes', () => {
     await expect(alice.list('/')).rejects.toMatchObject({ code: 'PERMISSION_DENIED' });
     await expect(alice.get('/other')).rejects.toMatchObject({ code: 'PERMISSION_DENIED' });
     expect(await firstWatchBatch(alice, '/app/')).toBeDefined();
+    for (const ep of cluster.endpoints) {
+      const one = cluster.client([ep], { user: 'alice', password: 'alice-pw', shardRouting: false, batching: false });
+      expect(await firstWatchBatch(one, '/app/')).toBeDefined(); // served here or forwarded with alice's token
+    }
     await expect(firstWatchBatch(alice, '/')).rejects.toMatchObject({ code: 'PERMISSION_DENIED' });
     await expect(alice.put('/app/x', 'v')).rejects.toMatchObject({ code: 'PERMISSION_DENIED' });
     await expect(alice.put('/app/x', 'v', { expectedVersion: 0 })).rejects.toMatchObject({ code: 'PERMISSION_DENIED' });
