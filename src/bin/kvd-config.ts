@@ -45,8 +45,10 @@ export interface KvdConfig {
   extensionMemoryMb?: number;
   /** V8 heap limit of each extension's worker or process, MiB (unset: the manager's default, 256). */
   extensionHeapMb?: number;
-  /** Token required for admin operations (extension load/unload); unset = admin disabled. */
+  /** Token required for admin operations (extension load/unload); unset = admin disabled. With access control on, it is root's credential. */
   adminToken?: string;
+  /** Lifetime of the tokens users get by logging in (ms; unset: 10 minutes). */
+  authTokenTtlMs?: number;
   /** Client plane: this node's certificate and key (PEM files). */
   tlsCert?: string;
   tlsKey?: string;
@@ -143,6 +145,7 @@ export function parseConfig(argv: string[]): KvdConfig {
     .option('--extension-memory-mb <n>', 'resident-memory budget of each extension process, MiB (default 512)', int('--extension-memory-mb'))
     .option('--extension-heap-mb <n>', 'V8 heap limit (old generation) of each extension worker or process, MiB (default 256)', int('--extension-heap-mb'))
     .option('--admin-token-file <file>', 'read the admin token (for admin operations such as loading extensions) from a file only its owner can read (or env KVCASCADE_ADMIN_TOKEN)')
+    .option('--auth-token-ttl-ms <ms>', 'access control: lifetime of a login token (default 600000, 10 minutes; clients log in again before it ends)', int('--auth-token-ttl-ms'))
     .option('--admin-token <token>', 'the admin token itself (discouraged: visible in the process list; use --admin-token-file)')
     .option('--tls-cert <file>', 'PEM certificate of the client API (also presented when this node calls another node\'s client API)')
     .option('--tls-key <file>', 'PEM private key of the client API')
@@ -241,6 +244,11 @@ export function parseConfig(argv: string[]): KvdConfig {
     loopBlockWarnMs: Number(pick('loopBlockWarnMs', 1000)),
     loopBlockKillMs: Number(pick('loopBlockKillMs', 5000)),
   };
+  const ttl = pick<unknown>('authTokenTtlMs', undefined);
+  if (ttl !== undefined) {
+    if (typeof ttl !== 'number' || !Number.isSafeInteger(ttl) || ttl < 1000) throw new Error(`--auth-token-ttl-ms must be an integer >= 1000 (got ${String(ttl)})`);
+    cfg.authTokenTtlMs = ttl;
+  }
   for (const k of ['extMaxRestartsPerMinute', 'extPoisonAttempts'] as const) {
     const v = pick<number | undefined>(k, undefined);
     if (v !== undefined) cfg[k] = Number(v);

@@ -48,7 +48,8 @@ export function registerExtCommands(program: Command, ctx: ExtCommandContext): v
     .option('--in-process', 'same as --isolation in-process')
     .option('--max-restarts-per-minute <n>', 'restarts within a minute before the extension pauses (circuit breaker; default: the node\'s, 30)', (v: string) => Number(v))
     .option('--pause-ms <ms>', 'first pause of the circuit breaker (doubled after each failed retry; default: the node\'s, 30000)', (v: string) => Number(v))
-    .action(async (path: string, o: { name?: string; config?: string; inProcess?: boolean; isolation?: string; maxRestartsPerMinute?: number; pauseMs?: number }) => {
+    .option('--role <role>', 'access control: the role its lambdas act with (default: root, every key)')
+    .action(async (path: string, o: { name?: string; role?: string; config?: string; inProcess?: boolean; isolation?: string; maxRestartsPerMinute?: number; pauseMs?: number }) => {
       if (o.isolation !== undefined && o.isolation !== 'worker' && o.isolation !== 'process' && o.isolation !== 'in-process') {
         throw new Error(`--isolation must be process, worker or in-process (got ${o.isolation})`);
       }
@@ -66,6 +67,7 @@ export function registerExtCommands(program: Command, ctx: ExtCommandContext): v
           ...(isolation ? { isolation } : {}),
           ...(o.maxRestartsPerMinute !== undefined ? { maxRestartsPerMinute: o.maxRestartsPerMinute } : {}),
           ...(o.pauseMs !== undefined ? { pauseMs: o.pauseMs } : {}),
+          ...(o.role ? { role: o.role } : {}),
         });
         if (ctx.json()) ctx.print(r);
         else {

@@ -62,6 +62,8 @@ export interface LoadExtensionOptions {
   maxRestartsPerMinute?: number;
   /** Circuit breaker: first pause in ms (default: the node's). */
   pauseMs?: number;
+  /** Access control: the role the lambdas act with (default: root). */
+  role?: string;
 }
 
 /** One node's view of one extension. */
@@ -394,6 +396,7 @@ export class AdminClient {
           size: tgz.length,
           maxRestartsPerMinute: o.maxRestartsPerMinute ?? 0,
           pauseMs: o.pauseMs ?? 0,
+          role: o.role ?? '',
         },
       });
       for (let off = 0; off < tgz.length; off += UPLOAD_CHUNK) call.write({ chunk: Buffer.from(tgz.subarray(off, Math.min(tgz.length, off + UPLOAD_CHUNK))) });

@@ -96,6 +96,8 @@ export interface ExtensionManagerOptions {
    * of that node. Dead letters and cursors are not written through it but into their own shard.
    */
   readonly lambdaKv: LambdaKv;
+  /** The store of extension `name`'s lambdas when it differs per extension (access control: its role); default `lambdaKv`. */
+  readonly lambdaKvFor?: (name: string) => LambdaKv;
   /**
    * Every data shard's current revision (where a newly loaded extension starts). Default: the
    * revisions of this node's own replicas (every shard must be hosted here).
@@ -312,7 +314,7 @@ export class ExtensionManager {
         restarted: () => this.metrics.restarted(record.name),
       },
       host: hostServices(record.name, {
-        kv: this.opts.lambdaKv,
+        kv: this.opts.lambdaKvFor?.(record.name) ?? this.opts.lambdaKv,
         maxHops: this.maxHops,
         log: this.opts.log,
         metric: (kind, metricName, help, op) => this.metrics.extMetric(record.name, kind, metricName, help, op),

@@ -16,6 +16,7 @@ import type { WriteSession } from '../statemachine/index.js';
 import { Coordinator, type RouteContext } from '../coordinator/coordinator.js';
 import { OpStatus } from '../coordinator/op-status.js';
 import { encodePageToken } from '../wire/request-validation.js';
+import type { Principal } from '../auth/access-control.js';
 
 /** Most attempts of one lambda write (the first one included), within its deadline. */
 export const LAMBDA_WRITE_MAX_ATTEMPTS = 8;
@@ -63,6 +64,12 @@ export interface RoutedLambdaKvOptions {
   readonly credentials?: grpc.ChannelCredentials;
   /** The session the writes carry (default: a new random one, i.e. one per store and process). */
   readonly sessions?: WriteSessionSource;
+  /**
+   * Who the lambdas act as when access control is on (an extension's role; see
+   * AccessControl.lambdaPrincipal), asked at every call so role changes apply at once. Unset or
+   * undefined: no checks.
+   */
+  readonly principal?: () => Principal | undefined;
 }
 
 /**
@@ -78,7 +85,10 @@ export function routedLambdaKv(over: Coordinator | KvBackend, opts: RoutedLambda
           ...(opts.selfAddress !== undefined ? { selfAddress: opts.selfAddress } : {}),
           ...(opts.credentials ? { forwardCredentials: opts.credentials } : {}),
         });
-  const ctx = (deadlineMs: number, lambdaHops = 0): RouteContext => ({ hops: 0, lambdaHops, deadlineMs, admin: false });
+  const ctx = (deadlineMs: number, lambdaHops = 0): RouteContext => {
+    const principal = opts.principal?.();
+    return { hops: 0, lambdaHops, deadlineMs, admin: false, ...(principal ? { principal, authorization: principal.authorization } : {}) };
+  };
   const sessions = opts.sessions ?? new WriteSessionSource();
   /**
    * One logical write under a new seq of the session: attempts routed by the coordinator, retried
