@@ -48,7 +48,8 @@ import {
   type ClusterMap,
   type ShardInfo,
 } from '../sharding/index.js';
-import { loadState, readStateMeta, StateRecorder, stateGroups, stateKeys } from '../storage/state-store.js';
+import { EngineValueSource, loadState, readStateMeta, StateRecorder, stateGroups, stateKeys } from '../storage/state-store.js';
+import { DEFAULT_VALUE_CACHE_BYTES, ValueCache } from '../storage/value-cache.js';
 import {
   DeadlineError,
   NotLeaderError,
@@ -152,6 +153,12 @@ export interface NodeOptions {
   readonly stateUnitBytes?: number;
   /** Bound on the bytes coalesced into one engine batch (default: the store's, 64 MiB); whole units are never split. */
   readonly maxBatchBytes?: number;
+  /**
+   * Bound on the node's cache of value bytes (all groups; default 64 MiB). Values live in the
+   * engine; the heap holds each group's key and version index, values not yet durable, the watch
+   * history (its own bound) and this cache (README "Memory model").
+   */
+  readonly valueCacheBytes?: number;
   readonly nowMs?: () => number;
   readonly log: Logger;
   /** Called when durable storage fails: the node cannot continue safely (default: exit the process). */
@@ -220,6 +227,7 @@ export class KvNode implements KvBackend {
     private readonly transport: Transport,
   ) {
     this.id = opts.id;
+    this.valueCache = new ValueCache(opts.valueCacheBytes ?? DEFAULT_VALUE_CACHE_BYTES);
     this.members = new Map(opts.members);
     this.nowMs = opts.nowMs ?? Date.now;
     this.log = opts.log;
@@ -259,9 +267,9 @@ export class KvNode implements KvBackend {
       store.stageStateOps(g, keys.map((key) => ({ type: 'del' as const, key })));
     }
     await store.flush();
+    node.engine = engine;
     for (const g of store.groups()) node.addReplica(g, await node.recoverState(engine, g));
     await store.flush();
-    node.engine = engine;
     node.refreshMap();
     transport.onMessages((msgs) => node.receive(msgs));
     transport.onUnreachable((peer) => {
@@ -285,7 +293,7 @@ export class KvNode implements KvBackend {
     let recorder: StateRecorder;
     const fromRecords = meta !== undefined && meta.appliedIndex >= snapIndex;
     if (fromRecords) {
-      const loaded = (await loadState(engine, group))!;
+      const loaded = (await loadState(engine, group, { values: false }))!; // values stay in the engine
       sm = KvStateMachine.fromRecords(loaded.data);
       recorder = new StateRecorder(group, loaded.written);
       // Durable records at or past the snapshot: its data (an install cut short before the drop) is not needed.
@@ -317,6 +325,8 @@ export class KvNode implements KvBackend {
   }
 
   private engine: KvEngine | undefined;
+  /** The node's cache of value bytes, shared by its groups (values are served from the engine). */
+  readonly valueCache: ValueCache;
 
   /** Writes a brand-new group's bootstrap state (its initial voters) to storage. */
   private bootstrapGroup(group: number, voters: readonly NodeId[]): void {
@@ -340,6 +350,7 @@ export class KvNode implements KvBackend {
       ...(initialState ? { initialState } : {}),
       ...(this.opts.stateUnitBytes ? { stateUnitBytes: this.opts.stateUnitBytes } : {}),
       openView: () => this.engine?.view(),
+      ...(this.engine ? { values: { source: new EngineValueSource(this.engine, group, this.valueCache), whenDurable: () => this.store.whenDurable() } } : {}),
       stepwiseInstall: true,
       onSnapshotProduced: () => this.scheduleReady(),
       onSnapshotFailed: (err) => this.log.warn({ group, err: String(err) }, 'producing a snapshot for a lagging follower failed; retrying'),

@@ -20,6 +20,7 @@ import {
   type CommandOrigin,
   type CommandResult,
   type KvStateMachineOptions,
+  type ValueSource,
   type WriteSession,
 } from '../statemachine/index.js';
 import type { EngineOp, EngineView } from '../storage/kv-engine.js';
@@ -69,6 +70,13 @@ export interface ReplicaOptions {
    */
   readonly stepwiseInstall?: boolean;
   readonly watch?: WatchHubOptions;
+  /**
+   * Serve values from the engine (issue 17): the machine keeps only its index in the heap and each
+   * value until the records written with it are durable (`whenDurable` resolved after they were
+   * staged), then reads it back from `source` (the group's version records behind the node's
+   * bounded cache). Without it every value stays in the heap.
+   */
+  readonly values?: { readonly source: ValueSource; readonly whenDurable: () => Promise<void> };
   readonly nowMs: () => number;
   /** Called when a proposal of this replica is applied: its propose → apply latency. */
   readonly onCommitted?: (latencyMs: number) => void;
@@ -89,6 +97,9 @@ interface ReadBatch {
   index: number | undefined;
   readonly waiters: { resolve: () => void; reject: (e: Error) => void }[];
 }
+
+/** Most values dropped from the heap in one event-loop turn (see `scheduleRelease`). */
+const RELEASE_SLICE = 20_000;
 
 /** Revisions whose hop counts a replica remembers (only writes made by lambdas are recorded). */
 const MAX_REMEMBERED_HOPS = 200_000;
@@ -122,6 +133,8 @@ export class ShardReplica {
   private replacing: Iterator<EngineOp[]> | undefined;
   /** The storage the Raft core reads: the replica's, with snapshots to send produced from the records. */
   readonly snapshots: SnapshotSender;
+  /** The machine and revision the last value release was scheduled for (see `scheduleRelease`). */
+  private releaseFor: { sm: KvStateMachine; revision: number } | undefined;
 
   constructor(private readonly opts: ReplicaOptions) {
     this.group = opts.group;
@@ -133,6 +146,11 @@ export class ShardReplica {
     this.lastSnapshotIndex = snap?.meta.index ?? 0;
     this.recorder = opts.initialState?.recorder ?? new StateRecorder(opts.group);
     this.sm.observe(this.recorder);
+    if (opts.values) {
+      this.sm.attachValues(opts.values.source);
+      // The host stages what the machine was rebuilt from before this replica's first Ready.
+      this.scheduleRelease();
+    }
     this.snapshots = new SnapshotSender(
       opts.storage,
       {
@@ -264,6 +282,8 @@ export class ShardReplica {
         for (const u of steps) this.stateUnits.push(u);
       }
       this.sm.observe(this.recorder);
+      // Its values stay in the heap until the replacement is durable (released after its last unit).
+      if (this.opts.values) this.sm.attachValues(this.opts.values.source);
       this.lastSnapshotIndex = rd.snapshot.meta.index;
       this.watches.restored();
     }
@@ -355,6 +375,7 @@ export class ShardReplica {
     const next = this.replacing.next();
     if (next.done) {
       this.replacing = undefined;
+      this.scheduleRelease(); // every unit was handed out (and staged) before this call
       return undefined;
     }
     return next.value;
@@ -372,10 +393,32 @@ export class ShardReplica {
     if (!this.replacing) {
       const u = this.recorder.take(this.sm);
       if (u) this.stateUnits.push(u);
+      // The host stages the units synchronously after this returns: wait for them from a microtask.
+      if (this.opts.values) queueMicrotask(() => this.scheduleRelease());
     }
     const out = this.stateUnits;
     this.stateUnits = [];
     return out;
+  }
+
+  /**
+   * Once everything staged so far is durable, drops from the heap the values of the versions the
+   * machine holds up to its current revision (their records are in it), in slices over event-loop
+   * turns. Skipped while a replacement is handed out, and a release scheduled for a machine that a
+   * snapshot install replaced since does nothing (its revisions say nothing about the new one's).
+   */
+  private scheduleRelease(): void {
+    const values = this.opts.values;
+    if (!values || this.replacing) return;
+    const sm = this.sm;
+    const revision = sm.revision;
+    if (this.releaseFor?.sm === sm && this.releaseFor.revision >= revision && sm.residentValues === 0) return;
+    this.releaseFor = { sm, revision };
+    const step = (): void => {
+      if (this.sm !== sm || this.replacing) return;
+      if (sm.releaseValues(revision, RELEASE_SLICE)) setImmediate(step);
+    };
+    values.whenDurable().then(step, () => {}); // a storage failure stops the node elsewhere
   }
 
   private settleReads(): void {

@@ -22,6 +22,7 @@ import { decodeSnapshot, encodeSnapshot, type SnapshotData } from './snapshot-co
 import type { VersionRecord } from './types.js';
 import { SortedKeySet } from './sorted-keys.js';
 import type { StateSink } from './state-sink.js';
+import { VALUE_ON_DISK, type ValueSource } from './value-source.js';
 import type {
   ApplyOutput,
   Command,
@@ -64,6 +65,18 @@ function commandKeys(cmd: Command): readonly string[] {
 function reservedError(cmd: Command): ValidationError | undefined {
   const key = commandKeys(cmd).find(isReservedKey);
   return key === undefined ? undefined : reservedKeyError(key);
+}
+
+/** Index in `recs` (ascending revisions) of the version at `revision`, or -1. */
+function versionIndex(recs: readonly VersionRecord[], revision: number): number {
+  let lo = 0;
+  let hi = recs.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (recs[mid]!.revision < revision) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo < recs.length && recs[lo]!.revision === revision ? lo : -1;
 }
 
 function positiveLimit(n: unknown, def: number, max: number, what: string): number {
@@ -136,6 +149,10 @@ export class KvStateMachine {
   private sink: StateSink | undefined;
   private descriptorCache: { readonly version: number; readonly descriptor: ShardDescriptor } | undefined;
   private sessions: SessionTable;
+  /** Where released values are read from (undefined: every value stays in the heap). */
+  private values: ValueSource | undefined;
+  /** Versions whose value is still in the heap, to drop once the source holds it (`releaseValues`); only with a source. */
+  private readonly resident = new Queue<{ readonly revision: number; readonly key: string }>();
   /** Events of at most this many most recent revisions are kept for `eventsSince`. */
   readonly maxHistoryRevisions: number;
   /** Cap on accounted history bytes (see {@link eventBytes}). */
@@ -347,7 +364,7 @@ export class KvStateMachine {
     if (!rec) return undefined;
     if (this.descriptorCache?.version === rec.revision) return this.descriptorCache.descriptor;
     try {
-      const descriptor = decodeDescriptor(new TextDecoder().decode(rec.value!));
+      const descriptor = decodeDescriptor(new TextDecoder().decode(this.valueOf(SHARD_DESCRIPTOR_KEY, rec)));
       this.descriptorCache = { version: rec.revision, descriptor };
       return descriptor;
     } catch {
@@ -394,16 +411,17 @@ export class KvStateMachine {
     const cur = this.latestLive(cmd.key);
     const curVersion = cur?.revision ?? 0;
     if (cmd.expectedVersion !== undefined && cmd.expectedVersion !== curVersion) {
-      const current = cmd.returnPrevious && cur ? { version: curVersion, value: cur.value! } : { version: curVersion };
+      const current = cmd.returnPrevious && cur ? { version: curVersion, value: this.valueOf(cmd.key, cur) } : { version: curVersion };
       return this.done({ type: 'put', succeeded: false, revision: this._revision, version: curVersion, timestampMs: ts, current });
     }
+    const previous = cmd.returnPrevious && cur ? this.valueOf(cmd.key, cur) : undefined;
     const revision = this.bump(ts);
     this.write(cmd.key, cmd.value, revision, ts);
     const events: KvEvent[] = [{ type: 'put', key: cmd.key, value: cmd.value, revision, timestampMs: ts }];
     this.record(events);
     const result =
-      cmd.returnPrevious && cur
-        ? ({ type: 'put', succeeded: true, revision, version: revision, timestampMs: ts, previous: { version: curVersion, value: cur.value! } } as const)
+      previous !== undefined
+        ? ({ type: 'put', succeeded: true, revision, version: revision, timestampMs: ts, previous: { version: curVersion, value: previous } } as const)
         : ({ type: 'put', succeeded: true, revision, version: revision, timestampMs: ts } as const);
     return { applied: true, result, events };
   }
@@ -478,6 +496,7 @@ export class KvStateMachine {
     recs.push(version);
     this.writeLog.push({ revision, key });
     this.sink?.versionAdded(key, version);
+    if (value !== null && this.values !== undefined) this.resident.push({ revision, key });
     if (value !== null && !wasLive) {
       this.live.add(key);
       if (isReservedKey(key)) this.reservedLive++;
@@ -624,7 +643,7 @@ export class KvStateMachine {
       v = lo > 0 ? recs[lo - 1] : undefined;
     }
     if (v === undefined || v.value === null) return undefined;
-    return { value: v.value, version: v.revision, timestampMs: v.timestampMs };
+    return { value: this.valueOf(key, v), version: v.revision, timestampMs: v.timestampMs };
   }
 
   /**
@@ -654,7 +673,7 @@ export class KvStateMachine {
       items.push(
         keysOnly
           ? { key, version: v.revision, timestampMs: v.timestampMs }
-          : { key, value: v.value!, version: v.revision, timestampMs: v.timestampMs },
+          : { key, value: this.valueOf(key, v), version: v.revision, timestampMs: v.timestampMs },
       );
     }
     return more ? { items, nextAfter: items[items.length - 1]!.key, revision: this._revision } : { items, revision: this._revision };
@@ -698,13 +717,91 @@ export class KvStateMachine {
    * version is a tombstone (live keys are already ordered).
    */
   snapshot(): Uint8Array {
-    return encodeSnapshot(this.toRecords());
+    const d = this.toRecords();
+    if (this.values === undefined) return encodeSnapshot(d);
+    // Released values are read back from the source (this copy of the state is whole, in the heap).
+    const keys = d.keys.map(([k, versions]) => [k, versions.map((v) => (v.value === VALUE_ON_DISK ? { ...v, value: this.valueOf(k, v) } : v))] as const);
+    return encodeSnapshot({ ...d, keys });
+  }
+
+  /**
+   * Attaches the store of this machine's values (see value-source.ts): from now on a value leaves
+   * the heap when {@link releaseValues} is told that the store holds it, and reads of it go to the
+   * source. Every value in the heap now, and every value written later, is released that way. Call
+   * once, before the first `releaseValues`. History events keep their values (the watch history is
+   * bounded by `maxHistoryBytes`); those that are views into a larger buffer (a decoded snapshot)
+   * are copied, so the history does not keep that buffer alive.
+   */
+  attachValues(source: ValueSource): void {
+    if (this.values !== undefined) throw new Error('a value source is already attached');
+    this.values = source;
+    // Order does not matter for safety: an entry is released only by a revision at or above its own.
+    for (const [key, recs] of this.records) {
+      for (const v of recs) if (v.value !== null && v.value !== VALUE_ON_DISK) this.resident.push({ revision: v.revision, key });
+    }
+    const events = this.history.toArray();
+    if (events.some((e) => e.value !== undefined && e.value.byteLength < e.value.buffer.byteLength)) {
+      this.history.dropFront(events.length);
+      for (const e of events) this.history.push(e.value !== undefined && e.value.byteLength < e.value.buffer.byteLength ? { ...e, value: e.value.slice() } : e);
+    }
+  }
+
+  /**
+   * Drops from the heap the values of versions at or before `upToRevision` that are still there
+   * (the attached source must hold them durably: on a node, once the records written with those
+   * versions are on disk), offering each to the source's cache. Releases at most `maxCount`
+   * versions; returns true when more remain at or before `upToRevision` (call again). A no-op
+   * without a source. Reads are unchanged (values are read back from the source).
+   */
+  releaseValues(upToRevision: number, maxCount = Number.MAX_SAFE_INTEGER): boolean {
+    const source = this.values;
+    if (source === undefined) return false;
+    let n = 0;
+    for (;;) {
+      const e = this.resident.at(n);
+      if (e === undefined || e.revision > upToRevision) break;
+      if (n === maxCount) {
+        this.resident.dropFront(n);
+        return true;
+      }
+      n++;
+      const recs = this.records.get(e.key);
+      if (recs === undefined) continue; // compacted away
+      const i = versionIndex(recs, e.revision);
+      const v = i < 0 ? undefined : recs[i]!;
+      if (v === undefined || v.value === null || v.value === VALUE_ON_DISK) continue;
+      recs[i] = { revision: v.revision, timestampMs: v.timestampMs, value: VALUE_ON_DISK };
+      source.released(e.key, v.revision, v.value);
+    }
+    this.resident.dropFront(n);
+    return false;
+  }
+
+  /** Number of versions whose value is still in the heap awaiting release (0 without a source: then all values are in the heap). */
+  get residentValues(): number {
+    return this.resident.length;
+  }
+
+  /** Accounted bytes of the values this machine holds in the heap in its versions (not the watch history or sessions). O(versions): for tests and diagnostics. */
+  heapValueBytes(): number {
+    let n = 0;
+    for (const recs of this.records.values()) for (const v of recs) if (v.value !== null && v.value !== VALUE_ON_DISK) n += v.value.byteLength;
+    return n;
+  }
+
+  /** The value of version `v` of `key` (not a tombstone): in the heap, or read from the source. */
+  private valueOf(key: string, v: VersionRecord): Uint8Array {
+    if (v.value !== VALUE_ON_DISK) return v.value!;
+    const got = this.values?.read(key, v.revision);
+    if (got === undefined) throw new Error(`the value of ${JSON.stringify(key)} at revision ${v.revision} is missing from the value store`);
+    return got;
   }
 
   /**
    * All retained state as plain records (what `snapshot()` encodes and `fromRecords` rebuilds
    * from). The version arrays and values are the machine's own: read them before the next
-   * `apply` or `compact`, and never mutate them. O(keys + d log d), as `snapshot()`.
+   * `apply`, `compact` or `releaseValues`, and never mutate them. With a value source attached,
+   * released values are the {@link VALUE_ON_DISK} placeholder (not read back). O(keys + d log d).
    */
   toRecords(): SnapshotData {
     // Merge the (already ordered) live keys with the few keys whose latest version is a tombstone.

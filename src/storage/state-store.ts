@@ -112,12 +112,15 @@ import {
   type SessionResult,
   type SnapshotData,
   type StateSink,
+  type ValueSource,
   type VersionRecord,
+  VALUE_ON_DISK,
 } from '../statemachine/index.js';
 import { ByteReader, ByteWriter, crc32Update } from '../statemachine/binary.js';
 import { findVersion } from '../statemachine/snapshot-codec.js';
 import { type EngineOp, type KvEngine } from './kv-engine.js';
 import { StorageCorruptionError, stateKeyPrefix } from './raft-log-store.js';
+import { ownedCopy, type ValueCache } from './value-cache.js';
 
 /**
  * Format version of the `meta` record (its first byte) when the session limits are the defaults
@@ -313,6 +316,7 @@ function varintBytes(n: number): Uint8Array {
 
 /** `u8 kind, varint timestampMs, value bytes` (one exactly sized allocation: written for every put). */
 function encodeVersion(v: VersionRecord): Uint8Array {
+  if (v.value === VALUE_ON_DISK) throw new Error(`version ${v.revision}: a value held on disk cannot be re-encoded from the index`);
   const head = 1 + varintLength(v.timestampMs);
   const out = new Uint8Array(head + (v.value?.length ?? 0));
   out[0] = v.value === null ? KIND_TOMBSTONE : KIND_VALUE;
@@ -799,7 +803,50 @@ export interface ReplaceOptions {
 function sameVersion(a: VersionRecord, b: VersionRecord): boolean {
   if (a.revision !== b.revision || a.timestampMs !== b.timestampMs) return false;
   if (a.value === null || b.value === null) return a.value === b.value;
+  // A value held on disk: both states come from the same committed log, so the same revision is the same write.
+  if (a.value === VALUE_ON_DISK || b.value === VALUE_ON_DISK) return true;
   return a.value === b.value || Buffer.compare(a.value, b.value) === 0;
+}
+
+// ------------------------------------------------------------------ reading values
+
+/**
+ * The {@link ValueSource} of one group's machine on a node: a value is looked up in the node's
+ * shared {@link ValueCache}, else read synchronously from the group's version record in the engine
+ * (`KvEngine.getSync`) and cached. The machine releases a value to it only once the record holding
+ * it is durable (so visible to `getSync`), and versions are immutable, so a cached value never goes
+ * stale: a compacted version is simply never asked for again.
+ */
+export class EngineValueSource implements ValueSource {
+  private readonly keys: Keys;
+  private readonly cachePrefix: string;
+
+  /** The source of `group`'s values in `engine`, caching in `cache`. */
+  constructor(
+    private readonly engine: Pick<KvEngine, 'getSync'>,
+    readonly group: number,
+    private readonly cache: ValueCache,
+  ) {
+    this.keys = new Keys(group);
+    this.cachePrefix = `${group}/`;
+  }
+
+  read(key: string, revision: number): Uint8Array | undefined {
+    const ck = `${this.cachePrefix}${revision}/${key}`;
+    const hit = this.cache.get(ck);
+    if (hit !== undefined) return hit;
+    const raw = this.engine.getSync(this.keys.version(key, revision));
+    if (raw === undefined) return undefined;
+    const v = decodeVersion(raw, revision, key);
+    if (v.value === null) return undefined;
+    const value = ownedCopy(v.value);
+    this.cache.set(ck, value);
+    return value;
+  }
+
+  released(key: string, revision: number, value: Uint8Array): void {
+    this.cache.set(`${this.cachePrefix}${revision}/${key}`, ownedCopy(value));
+  }
 }
 
 // ------------------------------------------------------------------ loading
@@ -817,6 +864,17 @@ export async function stateKeys(engine: KvEngine, group: number): Promise<Uint8A
   return out;
 }
 
+/** Options of {@link loadState}. */
+export interface LoadOptions {
+  /**
+   * Read the values of the versions into the heap (default true). With false, every value is the
+   * {@link VALUE_ON_DISK} placeholder (tombstones stay null) except those of the watch history's
+   * put events: the machine built from the records must then read values through an
+   * {@link EngineValueSource} (`KvStateMachine.attachValues`).
+   */
+  readonly values?: boolean;
+}
+
 /** A group's records as loaded: the machine's data, and what a recorder continuing from them needs. */
 export interface LoadedState {
   /** The data of `KvStateMachine.fromRecords`. */
@@ -829,7 +887,8 @@ export interface LoadedState {
  * Loads `group`'s records, checking the invariants the machine relies on (throws
  * StorageCorruptionError); undefined when there is no `meta`.
  */
-export async function loadState(engine: KvEngine, group: number): Promise<LoadedState | undefined> {
+export async function loadState(engine: KvEngine, group: number, options: LoadOptions = {}): Promise<LoadedState | undefined> {
+  const withValues = options.values !== false;
   const keys = new Keys(group);
   const p = keys.prefix.length;
   const latest = new Map<string, number>();
@@ -864,7 +923,7 @@ export async function loadState(engine: KvEngine, group: number): Promise<Loaded
         prevEscaped = escaped;
       }
       const [key, list] = versionKeys[versionKeys.length - 1]!;
-      list.push(decodeVersion(v, rev, key));
+      list.push(withValues ? decodeVersion(v, rev, key) : decodeVersionHead(v, rev, key));
     } else if (tag === TAG_SESSION) {
       const id = sessionIdOf(k.subarray(p + 2), k);
       sessionHeaders.push(corruptOnError(`session ${id}`, () => {
@@ -884,6 +943,17 @@ export async function loadState(engine: KvEngine, group: number): Promise<Loaded
   }
   if (meta === undefined) return undefined;
   const loaded = assemble(group, meta, latest, revs, versionKeys);
+  if (!withValues) {
+    // The watch history keeps its put values (bounded by maxHistoryBytes): read those back.
+    const history = loaded.data.history as KvEvent[];
+    for (let i = 0; i < history.length; i++) {
+      const e = history[i]!;
+      if (e.value !== VALUE_ON_DISK) continue;
+      const raw = await engine.get(keys.version(e.key, e.revision));
+      if (raw === undefined) throw new StorageCorruptionError(`group ${group} state: version ${e.revision} of ${JSON.stringify(e.key)} vanished while loading`);
+      history[i] = { ...e, value: ownedCopy(decodeVersion(raw, e.revision, e.key).value!) };
+    }
+  }
   const sessions = assembleSessions(group, meta, sessionHeaders, sessionResults);
   return {
     ...loaded,
@@ -964,6 +1034,22 @@ function decodeKey(escaped: Uint8Array, whole: Uint8Array): string {
   } catch {
     throw new StorageCorruptionError(`key is not UTF-8 in ${describe(whole)}`);
   }
+}
+
+/** A version record without its value bytes: tombstone or {@link VALUE_ON_DISK}, with its timestamp. */
+function decodeVersionHead(v: Uint8Array, revision: number, key: string): VersionRecord {
+  return corruptOnError(`version ${revision} of ${JSON.stringify(key)}`, () => {
+    const r = new ByteReader(v, 'MALFORMED_SNAPSHOT');
+    const kind = r.u8();
+    const timestampMs = r.varint();
+    if (kind === KIND_TOMBSTONE) {
+      r.expectEnd();
+      return { revision, timestampMs, value: null };
+    }
+    if (kind !== KIND_VALUE) r.fail(`unknown version kind ${kind}`);
+    if (r.remaining > MAX_VALUE_BYTES) r.fail('value too large');
+    return { revision, timestampMs, value: VALUE_ON_DISK };
+  });
 }
 
 function decodeVersion(v: Uint8Array, revision: number, key: string): VersionRecord {
