@@ -1,8 +1,15 @@
 // Durable records of each shard's versioned state machine in the node's LevelDB: their binary key layout, the recorder that turns applied commands into engine writes, whole-state replacement, and loading at open.
 // Size: one module because the record layout, the recorder that writes it, the loader that reads it and the streaming snapshot encoder that reads it in key order must change together (a layout change touches all four; they share the private key and value codecs).
 /*
- * Design. The in-memory `KvStateMachine` stays the serving structure; its durable twin is a set of
- * records beside the group's Raft state. The machine reports every record-level change to a
+ * Design. The in-memory `KvStateMachine` is the serving *index* (keys, versions, revision times,
+ * watch history); its durable twin is a set of records beside the group's Raft state, and those
+ * records are also where values are served from (issue 17): once the unit holding a version is
+ * durable the machine drops the value from the heap (`KvStateMachine.releaseValues`) and reads it
+ * back through an {@link EngineValueSource} (the node's bounded value cache, then a synchronous
+ * engine point read of the version record). Until then the value stays in the heap, so a read never
+ * misses a record that is staged but not yet written. A restart loads the index without values
+ * (`loadState(..., { values: false })`: each version becomes the `VALUE_ON_DISK` placeholder, only
+ * the watch history's put values are read). The machine reports every record-level change to a
  * {@link StateRecorder} (a `StateSink`), which encodes them as engine writes. After each Ready's
  * committed entries are applied, the node stages those writes, ending with the group's `meta`
  * record (applied index and scalars), as ONE unit of the `RaftLogStore` (`stageStateOps`). Units
@@ -87,7 +94,11 @@
  * stages the replacement unit by unit over event-loop turns (`StateRecorder.replaceSteps`,
  * KvNode.finishInstall), its replica getting no Ready meanwhile so nothing else of the group is
  * staged in between. What is still one synchronous step: the Raft core assembles the whole
- * snapshot from its chunks and the replica decodes it into a machine before accepting it.
+ * snapshot from its chunks and the replica decodes it into a machine before accepting it. The
+ * installed machine's values are views into that decoded copy and stay in the heap until the last
+ * replacement unit is durable; then they are released like any other (the copy is freed once the
+ * watch history, whose values `attachValues` copies out, no longer shares it; session results
+ * holding a previous value may still share it until their session forgets them).
  */
 import {
   checkSessionRecords,
