@@ -335,6 +335,12 @@ export class KvNode implements KvBackend {
     this.store.persistReady(group, { entries: b.entries, hardState: b.hardState });
   }
 
+  /** How `group`'s replica serves values: from `engine` through the node's cache, released once durable. */
+  private valuesOf(engine: KvEngine, group: number): NonNullable<ConstructorParameters<typeof ShardReplica>[0]['values']> {
+    const source = new EngineValueSource(engine, group, this.valueCache);
+    return { source, whenDurable: () => this.store.whenDurable(), prefetch: (read) => source.prefetch(read) };
+  }
+
   private addReplica(group: number, initialState?: { sm: KvStateMachine; recorder: StateRecorder }): void {
     const storage = this.store.storageFor(group);
     const r = new ShardReplica({
@@ -350,7 +356,7 @@ export class KvNode implements KvBackend {
       ...(initialState ? { initialState } : {}),
       ...(this.opts.stateUnitBytes ? { stateUnitBytes: this.opts.stateUnitBytes } : {}),
       openView: () => this.engine?.view(),
-      ...(this.engine ? { values: { source: new EngineValueSource(this.engine, group, this.valueCache), whenDurable: () => this.store.whenDurable() } } : {}),
+      ...(this.engine ? { values: this.valuesOf(this.engine, group) } : {}),
       stepwiseInstall: true,
       onSnapshotProduced: () => this.scheduleReady(),
       onSnapshotFailed: (err) => this.log.warn({ group, err: String(err) }, 'producing a snapshot for a lagging follower failed; retrying'),
@@ -916,6 +922,7 @@ export class KvNode implements KvBackend {
     if (!r.sm.owns(req.key)) throw new WrongShardError(`key ${JSON.stringify(req.key)} is not owned by shard ${r.group}; the cluster map changed`);
     const at =
       req.atVersion !== undefined ? { atRevision: req.atVersion } : req.atTimeMs !== undefined ? { atTimeMs: req.atTimeMs } : undefined;
+    await r.prefetchValues(() => r.sm.get(req.key, at)); // cold values come from the disk off the event loop
     const found = r.sm.get(req.key, at);
     const revision = r.sm.revision;
     if (!found) return { found: false, version: 0, timestampMs: 0, revision };
@@ -938,11 +945,13 @@ export class KvNode implements KvBackend {
 
   async list(req: ListRequest, opts: CallOptions): Promise<ListResponse> {
     const r = await this.readable(req.consistency, opts, this.groupForPrefix(req.prefix, req.shard));
-    const page = r.sm.list(req.prefix, {
+    const listOptions = {
       ...(req.limit ? { limit: req.limit } : {}),
       ...(req.after !== undefined ? { after: req.after } : {}),
       keysOnly: req.keysOnly,
-    });
+    };
+    if (!req.keysOnly) await r.prefetchValues(() => r.sm.list(req.prefix, listOptions)); // cold values off the event loop
+    const page = r.sm.list(req.prefix, listOptions);
     // Reserved keys (descriptor, cursors, dead letters, ...) show only to listings inside the reserved keyspace.
     const hide = hidesReservedKeys(req.prefix);
     return {

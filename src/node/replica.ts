@@ -76,7 +76,12 @@ export interface ReplicaOptions {
    * staged), then reads it back from `source` (the group's version records behind the node's
    * bounded cache). Without it every value stays in the heap.
    */
-  readonly values?: { readonly source: ValueSource; readonly whenDurable: () => Promise<void> };
+  readonly values?: {
+    readonly source: ValueSource;
+    readonly whenDurable: () => Promise<void>;
+    /** Reads the values `read` would miss into the cache without blocking the event loop (EngineValueSource.prefetch). */
+    readonly prefetch?: (read: () => unknown) => Promise<void>;
+  };
   readonly nowMs: () => number;
   /** Called when a proposal of this replica is applied: its propose → apply latency. */
   readonly onCommitted?: (latencyMs: number) => void;
@@ -182,6 +187,16 @@ export class ShardReplica {
     });
     this.lastRole = this.raw.raft.role;
     this.watches = new WatchHub(() => this.sm, opts.nowMs, opts.watch);
+  }
+
+  /**
+   * Before a read of the machine at the node's edge: brings the values `read` would take from the
+   * engine into the cache asynchronously, so the read that follows does not block the event loop
+   * on the disk. A no-op when values stay in the heap. `read` runs once as a dry run (its result
+   * is discarded); run it again after this resolves.
+   */
+  prefetchValues(read: () => unknown): Promise<void> {
+    return this.opts.values?.prefetch?.(read) ?? Promise.resolve();
   }
 
   /** Whether this replica currently leads its group. */

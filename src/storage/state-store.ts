@@ -831,10 +831,12 @@ function sameVersion(a: VersionRecord, b: VersionRecord): boolean {
 export class EngineValueSource implements ValueSource {
   private readonly keys: Keys;
   private readonly cachePrefix: string;
+  /** While `prefetch` runs its read: the versions it missed (read answers a placeholder instead of blocking). */
+  private missing: Array<readonly [string, number]> | undefined;
 
   /** The source of `group`'s values in `engine`, caching in `cache`. */
   constructor(
-    private readonly engine: Pick<KvEngine, 'getSync'>,
+    private readonly engine: Pick<KvEngine, 'getSync' | 'get'>,
     readonly group: number,
     private readonly cache: ValueCache,
   ) {
@@ -844,6 +846,11 @@ export class EngineValueSource implements ValueSource {
 
   read(key: string, revision: number): Uint8Array | undefined {
     const ck = `${this.cachePrefix}${revision}/${key}`;
+    if (this.missing !== undefined) {
+      // A dry run (prefetch): note what is not cached; the caller discards what it read.
+      if (!this.cache.has(ck)) this.missing.push([key, revision]);
+      return VALUE_ON_DISK;
+    }
     const hit = this.cache.get(ck);
     if (hit !== undefined) return hit;
     const raw = this.engine.getSync(this.keys.version(key, revision));
@@ -857,6 +864,36 @@ export class EngineValueSource implements ValueSource {
 
   released(key: string, revision: number, value: Uint8Array): void {
     this.cache.set(`${this.cachePrefix}${revision}/${key}`, ownedCopy(value));
+  }
+
+  /**
+   * Runs `read` (a synchronous read of the machine, e.g. `() => sm.get(key)`) as a dry run that
+   * notes which values are neither in the heap nor cached, then reads those from the engine
+   * asynchronously (off the event loop) into the cache. The caller then runs its read for real,
+   * mostly from the cache (a value evicted or written meanwhile is read synchronously, still
+   * correct). Whatever `read` returns or throws in the dry run is discarded.
+   */
+  async prefetch(read: () => unknown): Promise<void> {
+    if (this.missing !== undefined) return; // not reentrant (read is synchronous: cannot happen)
+    const missing: Array<readonly [string, number]> = [];
+    this.missing = missing;
+    try {
+      read();
+    } catch {
+      // the real read reports it
+    } finally {
+      this.missing = undefined;
+    }
+    if (missing.length === 0) return;
+    this.cache.countMisses(missing.length);
+    await Promise.all(
+      missing.map(async ([key, revision]) => {
+        const raw = await this.engine.get(this.keys.version(key, revision));
+        if (raw === undefined) return; // compacted meanwhile: the real read will not ask for it
+        const v = decodeVersion(raw, revision, key);
+        if (v.value !== null) this.cache.set(`${this.cachePrefix}${revision}/${key}`, ownedCopy(v.value));
+      }),
+    );
   }
 }
 

@@ -52,6 +52,16 @@ export class ValueCache {
     return v;
   }
 
+  /** Whether `key` is cached (counts nothing, changes no recency). */
+  has(key: string): boolean {
+    return this.map.has(key);
+  }
+
+  /** Counts `n` misses served outside `get` (values read ahead from the engine). */
+  countMisses(n: number): void {
+    this.counters.misses += n;
+  }
+
   /** Stores `value` under `key` as the most recently used, evicting the least recently used entries beyond the bound. */
   set(key: string, value: Uint8Array): void {
     const cost = entryCost(key, value);

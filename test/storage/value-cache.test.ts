@@ -149,4 +149,39 @@ describe('EngineValueSource', () => {
     expect(Buffer.from(restarted.snapshot()).equals(Buffer.from(sm.snapshot()))).toBe(true);
     expect(stateKeyPrefix(group)).toBe('s/00000007/');
   });
+
+  it('prefetch reads what a read would miss asynchronously, so the read itself does no synchronous engine read', async () => {
+    const engine = new MemoryEngine();
+    const group = 3;
+    const sm = new KvStateMachine();
+    const recorder = new StateRecorder(group);
+    sm.observe(recorder);
+    let syncReads = 0;
+    const counted = {
+      getSync: (k: Parameters<MemoryEngine['getSync']>[0]) => {
+        syncReads++;
+        return engine.getSync(k);
+      },
+      get: (k: Parameters<MemoryEngine['get']>[0]) => engine.get(k),
+    };
+    const cache = new ValueCache(1 << 20);
+    const source = new EngineValueSource(counted, group, new ValueCache(0)); // releases are not cached here
+    sm.attachValues(source);
+    for (let i = 0; i < 20; i++) sm.apply(i + 1, 1000, { type: 'put', key: `p/${String(i).padStart(2, '0')}`, value: enc(`v${i}`) });
+    await engine.batch(recorder.take(sm)!, { sync: true });
+    sm.releaseValues(sm.revision);
+    const cached = new EngineValueSource(counted, group, cache);
+    const warm = KvStateMachine.fromRecords((await loadState(engine, group, { values: false }))!.data);
+    warm.attachValues(cached);
+    await cached.prefetch(() => warm.list('p/', { limit: 5 }));
+    await cached.prefetch(() => warm.get('p/17'));
+    expect(cache.stats).toMatchObject({ misses: 6, hits: 0, entries: 6 });
+    expect(syncReads).toBe(0);
+    expect(warm.list('p/', { limit: 5 }).items.map((i) => dec(i.value))).toEqual(['v0', 'v1', 'v2', 'v3', 'v4']);
+    expect(dec(warm.get('p/17')!.value)).toBe('v17');
+    expect(syncReads).toBe(0);
+    expect(cache.stats.hits).toBe(6);
+    expect(dec(warm.get('p/18')!.value)).toBe('v18'); // not prefetched: one synchronous read
+    expect(syncReads).toBe(1);
+  });
 });
