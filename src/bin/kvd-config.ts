@@ -7,8 +7,10 @@ import { KVCASCADE_VERSION } from '../node/kv-node.js';
 /** The node's configuration after merging the config file and flags. */
 export interface KvdConfig {
   id: number;
-  /** The client API's address (bound and advertised). */
+  /** Where the client API binds (e.g. 0.0.0.0:7379 in a container). */
   listen: string;
+  /** The client API address other nodes and clients are told (the map's member address; default `listen`). */
+  advertise: string;
   /** Initial members: id → client address (empty when joining). */
   peers: Map<number, string>;
   /** Initial members: id → peer address (their Raft listeners). */
@@ -21,6 +23,8 @@ export interface KvdConfig {
   insecurePeers: boolean;
   dataDir: string;
   metricsPort: number;
+  /** Interface the metrics/probe HTTP endpoint binds (default 127.0.0.1). */
+  metricsHost: string;
   tickMs: number;
   electionTicks: number;
   snapshotEveryEntries: number;
@@ -33,6 +37,8 @@ export interface KvdConfig {
   defaultShards: number;
   /** Join the existing cluster at this address (host:port of any member) instead of creating one. */
   join?: string;
+  /** With `join`: add this node to the cluster itself (with the admin token) instead of waiting for `kvctl member add`. */
+  joinAutoAdd?: boolean;
   /** Extensions this node makes sure are loaded (registered cluster-wide) at start. */
   extensions: ConfiguredExtension[];
   /** Where extensions loaded without an isolation run on this node (unset: the runner's default, `process`). */
@@ -117,19 +123,22 @@ export function parseConfig(argv: string[]): KvdConfig {
     .version(KVCASCADE_VERSION)
     .option('--config <file>', 'JSON config file (flags override it)')
     .option('--id <n>', 'this node id (positive integer)', int('--id'))
-    .option('--listen <host:port>', 'address of the client API')
+    .option('--listen <host:port>', 'address the client API binds (e.g. 0.0.0.0:7379)')
+    .option('--advertise <host:port>', 'client API address other nodes and clients are told, e.g. a DNS name (default: --listen)')
     .option('--peer-listen <host:port>', 'address of the peer (Raft) listener: mutual TLS, never the client port')
     .option('--advertise-peer <host:port>', 'peer address other nodes dial (default: --peer-listen)')
     .option('--peers <list>', 'initial members: 1=CLIENT/PEER,2=CLIENT/PEER,... as host:port pairs (including this node)')
     .option('--insecure-peers', 'serve and dial peers without TLS: LOCAL DEVELOPMENT ONLY, any process that reaches the peer port can act as a node')
     .option('--data-dir <dir>', 'where the node keeps its data')
-    .option('--metrics-port <port>', 'port of the /metrics HTTP endpoint on 127.0.0.1 (0 = ephemeral)', int('--metrics-port'))
+    .option('--metrics-port <port>', 'port of the HTTP endpoint serving /metrics, /readyz and /livez (0 = ephemeral)', int('--metrics-port'))
+    .option('--metrics-host <host>', 'interface of the metrics endpoint (default 127.0.0.1; 0.0.0.0 in a container, so probes and scrapers reach it)')
     .option('--tick-ms <ms>', 'Raft tick length', int('--tick-ms'))
     .option('--election-ticks <n>', 'ticks before a follower campaigns', int('--election-ticks'))
     .option('--snapshot-every <entries>', 'take a snapshot after this many applied entries', int('--snapshot-every'))
     .option('--snapshot-keep-entries <entries>', 'log entries kept behind a snapshot for followers slightly behind (default 5000)', int('--snapshot-keep-entries'))
     .option('--default-shards <n>', 'shards of the default pool when this node creates a new cluster (default 1)', int('--default-shards'))
     .option('--join <host:port>', 'join the existing cluster at this member address (add the node first: kvctl member add <id> <addr>)')
+    .option('--join-auto-add', 'with --join: add this node to the cluster itself (needs the admin token), e.g. a new StatefulSet ordinal')
     .option('--retention-ms <ms>', 'keep old versions this long (0 = bounded only by history limits)', int('--retention-ms'))
     .option('--value-cache-mib <n>', 'bound of the cache of values read from disk, MiB (default 64)', int('--value-cache-mib'))
     .option('--extension <path>', 'load this extension folder or .tgz at start (repeatable; the config file takes {path, name, config} objects)', (v: string, prev: string[] = []) => [...prev, v])
@@ -164,24 +173,32 @@ export function parseConfig(argv: string[]): KvdConfig {
       ? parsePeers(peersRaw)
       : new Map(Object.entries(peersRaw ?? {}).map(([k, v]) => [Number(k), parsePeerEntry(Number(k), String(v))] as const));
   const id = Number(pick('id', 0));
-  const listen = pick<string | undefined>('listen', undefined) ?? peerList.get(id)?.client;
+  const listenFlag = pick<string | undefined>('listen', undefined);
+  const advertiseFlag = pick<string | undefined>('advertise', undefined);
+  const listen = listenFlag ?? advertiseFlag ?? peerList.get(id)?.client;
+  const advertise = advertiseFlag ?? (listenFlag !== undefined && !isWildcard(listenFlag) ? listenFlag : peerList.get(id)?.client ?? listenFlag);
   const join = pick<string | undefined>('join', undefined);
   const peerListen = pick<string | undefined>('peerListen', undefined);
   const advertisePeer = pick<string | undefined>('advertisePeer', undefined) ?? peerListen ?? peerList.get(id)?.peer;
   const insecurePeers = Boolean(pick('insecurePeers', false));
   if (!id) throw new Error('--id is required');
-  if (!listen) throw new Error('--listen is required (or list this node in --peers)');
-  for (const [flag, v] of [['--peer-listen', peerListen], ['--advertise-peer', advertisePeer]] as const) {
+  if (!listen || !advertise) throw new Error('--listen is required (or list this node in --peers)');
+  if (isWildcard(advertise)) {
+    throw new Error(`--listen ${listen} binds every interface: give --advertise host:port, the address other nodes and clients can reach this node at`);
+  }
+  for (const [flag, v] of [['--listen', listen], ['--advertise', advertise], ['--peer-listen', peerListen], ['--advertise-peer', advertisePeer]] as const) {
     if (v !== undefined && !/^[^/\s]+:\d+$/.test(v)) throw new Error(`${flag} "${v}" is not host:port`);
   }
   if (join !== undefined) {
     if (peerList.size > 0) throw new Error('give either --join (to join a cluster) or --peers (to create one), not both');
     if (!/^.+:\d+$/.test(join)) throw new Error(`--join "${join}" is not host:port`);
   } else {
-    if (peerList.size === 0) peerList.set(id, { client: listen, ...(advertisePeer !== undefined ? { peer: advertisePeer } : {}) });
+    if (peerList.size === 0) peerList.set(id, { client: advertise, ...(advertisePeer !== undefined ? { peer: advertisePeer } : {}) });
     const self = peerList.get(id);
     if (!self) throw new Error(`node ${id} must be listed in --peers`);
-    if (self.client !== listen) throw new Error(`--listen ${listen} differs from this node's client address in --peers (${self.client})`);
+    if (self.client !== advertise) {
+      throw new Error(`this node's client address in --peers (${self.client}) differs from ${advertiseFlag !== undefined ? '--advertise' : '--listen'} ${advertise}`);
+    }
     if (advertisePeer !== undefined && self.peer !== undefined && self.peer !== advertisePeer) {
       throw new Error(`this node's peer address in --peers (${self.peer}) differs from --advertise-peer/--peer-listen (${advertisePeer})`);
     }
@@ -193,7 +210,7 @@ export function parseConfig(argv: string[]): KvdConfig {
       if (p.peer === undefined) throw new Error(`member ${pid} in --peers has no peer address: write ${pid}=${p.client}/PEER_HOST:PORT`);
     }
   }
-  if (peerListen !== undefined && (peerListen === listen || advertisePeer === listen)) {
+  if (peerListen !== undefined && (peerListen === listen || advertisePeer === advertise)) {
     throw new Error('the peer listener must not be the client port: give --peer-listen its own host:port');
   }
   const peers = new Map([...peerList].map(([k, v]) => [k, v.client] as [number, string]));
@@ -204,6 +221,7 @@ export function parseConfig(argv: string[]): KvdConfig {
   const cfg: KvdConfig = {
     id,
     listen,
+    advertise,
     peers,
     peerAddresses,
     ...(peerListen !== undefined ? { peerListen } : {}),
@@ -213,6 +231,7 @@ export function parseConfig(argv: string[]): KvdConfig {
     testFaultInjection: o.testFaultInjection === true,
     dataDir: resolve(pick('dataDir', `./data/node-${id}`)),
     metricsPort: Number(pick('metricsPort', 0)),
+    metricsHost: String(pick('metricsHost', '127.0.0.1')),
     tickMs: Number(pick('tickMs', 100)),
     electionTicks: Number(pick('electionTicks', 10)),
     snapshotEveryEntries: Number(pick('snapshotEvery', 20000)),
@@ -221,6 +240,7 @@ export function parseConfig(argv: string[]): KvdConfig {
     valueCacheMib: Number(pick('valueCacheMib', 64)),
     defaultShards,
     ...(join !== undefined ? { join } : {}),
+    ...(pick('joinAutoAdd', false) ? { joinAutoAdd: true } : {}),
     extensions: parseExtensions(o.extension, file.extensions),
     loopBlockWarnMs: Number(pick('loopBlockWarnMs', 1000)),
     loopBlockKillMs: Number(pick('loopBlockKillMs', 5000)),
@@ -253,6 +273,9 @@ export function parseConfig(argv: string[]): KvdConfig {
   if (token !== undefined) {
     if (token.length < 16) throw new Error('the admin token must be at least 16 characters');
     cfg.adminToken = token;
+  }
+  if (cfg.joinAutoAdd && (cfg.join === undefined || cfg.adminToken === undefined)) {
+    throw new Error('--join-auto-add needs --join (the cluster to join) and the admin token (--admin-token-file or KVCASCADE_ADMIN_TOKEN): adding a member is an admin operation');
   }
   for (const k of ['tlsCert', 'tlsKey', 'tlsCa', 'peerTlsCert', 'peerTlsKey', 'peerTlsCa'] as const) {
     const v = pick<string | undefined>(k, undefined);
@@ -297,4 +320,10 @@ function parseExtensions(flags: unknown, fromFile: unknown): ConfiguredExtension
     }
   }
   return out;
+}
+
+/** Whether a host:port binds every interface (0.0.0.0, [::]), so it cannot be advertised. */
+function isWildcard(address: string): boolean {
+  const host = address.slice(0, address.lastIndexOf(':'));
+  return host === '0.0.0.0' || host === '[::]' || host === '::' || host === '';
 }

@@ -42,8 +42,8 @@ async function converged(nodes: KvNode[], timeoutMs = 20_000): Promise<void> {
   for (;;) {
     const done = [META_GROUP, DATA_GROUP].every((g) => {
       const rs = nodes.map((n) => n.replica(g)!);
-      const commit = rs[0]!.raw.status().commit;
-      return rs.every((r) => r.sm.appliedIndex === commit && r.raw.status().commit === commit);
+      const commit = rs[0]!.status().commit;
+      return rs.every((r) => r.sm.appliedIndex === commit && r.status().commit === commit);
     });
     if (done) return;
     if (Date.now() > until) throw new Error('replicas did not converge');
