@@ -40,6 +40,7 @@ import type {
   PutCommand,
   SessionResult,
   TxnCommand,
+  VersionedValue,
   WriteSession,
 } from './types.js';
 import { reservedKeyError, validateCommand, validateKey, validateNonNegativeInt, validatePrefix } from './validation.js';
@@ -741,8 +742,8 @@ export class KvStateMachine {
    * the heap when {@link releaseValues} is told that the store holds it, and reads of it go to the
    * source. Every value in the heap now, and every value written later, is released that way. Call
    * once, before the first `releaseValues`. History events keep their values (the watch history is
-   * bounded by `maxHistoryBytes`); those that are views into a larger buffer (a decoded snapshot)
-   * are copied, so the history does not keep that buffer alive.
+   * bounded by `maxHistoryBytes`); those, and stored session results' values, that are views into a
+   * larger buffer (a decoded snapshot) are copied, so they do not keep that buffer alive.
    */
   attachValues(source: ValueSource): void {
     if (this.values !== undefined) throw new Error('a value source is already attached');
@@ -750,6 +751,23 @@ export class KvStateMachine {
     // Order does not matter for safety: an entry is released only by a revision at or above its own.
     for (const [key, recs] of this.records) {
       for (const v of recs) if (v.value !== null && v.value !== VALUE_ON_DISK) this.resident.push({ revision: v.revision, key });
+    }
+    // Stored session results holding a value (returnPrevious) that is a view: copied likewise.
+    const shared = (v: Uint8Array | undefined): boolean => v !== undefined && v.byteLength < v.buffer.byteLength;
+    const sessions = this.sessions.toRecords();
+    const sharesBuffer = (r: SessionResult): boolean => r.type === 'put' && (shared(r.previous?.value) || shared(r.current?.value));
+    if (sessions.some((x) => x.results.some(([, r]) => sharesBuffer(r)))) {
+      const own = (v: VersionedValue | undefined): VersionedValue | undefined => (v && shared(v.value) ? { ...v, value: v.value!.slice() } : v);
+      const copied = sessions.map((x) => ({
+        ...x,
+        results: x.results.map(([seq, r]) => {
+          if (r.type !== 'put' || !sharesBuffer(r)) return [seq, r] as const;
+          const previous = own(r.previous);
+          const current = own(r.current);
+          return [seq, { ...r, ...(previous ? { previous } : {}), ...(current ? { current } : {}) }] as const;
+        }),
+      }));
+      this.sessions = SessionTable.fromRecords(this.sessionLimits(), () => this.sink, copied);
     }
     const events = this.history.toArray();
     if (events.some((e) => e.value !== undefined && e.value.byteLength < e.value.buffer.byteLength)) {

@@ -96,9 +96,8 @@
  * staged in between. What is still one synchronous step: the Raft core assembles the whole
  * snapshot from its chunks and the replica decodes it into a machine before accepting it. The
  * installed machine's values are views into that decoded copy and stay in the heap until the last
- * replacement unit is durable; then they are released like any other (the copy is freed once the
- * watch history, whose values `attachValues` copies out, no longer shares it; session results
- * holding a previous value may still share it until their session forgets them).
+ * replacement unit is durable; then they are released like any other, and the copy is freed
+ * (`attachValues` copies the watch history's and stored session results' values out of it).
  */
 import {
   checkSessionRecords,

@@ -110,6 +110,26 @@ describe('a state machine with its values released', () => {
   });
 });
 
+describe('attachValues on a restored machine', () => {
+  it('copies the watch history and stored session values out of the decoded snapshot, so releasing the versions frees it', () => {
+    const a = new KvStateMachine();
+    const session = { id: 'session-abcdefghijklmnop', seq: 1, ackedBelow: 1 };
+    a.apply(1, 1000, { type: 'put', key: 'k', value: enc('one') });
+    a.apply(2, 1000, { type: 'put', key: 'k', value: enc('two'), returnPrevious: true }, 'client', session);
+    const b = KvStateMachine.restore(a.snapshot());
+    const owns = (v: Uint8Array | undefined) => v !== undefined && v.byteLength === v.buffer.byteLength;
+    expect(b.eventsSince(1).events.every((e) => owns(e.value))).toBe(false); // views into the snapshot copy
+    b.attachValues(new MapSource());
+    expect(b.eventsSince(1).events.every((e) => owns(e.value))).toBe(true);
+    const [, r] = b.session(session.id)!.results[0]!;
+    expect(r.type === 'put' && owns(r.previous?.value)).toBe(true);
+    expect(dec(r.type === 'put' ? r.previous?.value : undefined)).toBe('one');
+    b.releaseValues(b.revision);
+    expect(b.heapValueBytes()).toBe(0);
+    expect(Buffer.from(b.snapshot()).equals(Buffer.from(a.snapshot()))).toBe(true);
+  });
+});
+
 describe('EngineValueSource', () => {
   it('reads released values from the group records in the engine (cache misses), then from the cache; restart loads the index without values', async () => {
     const engine = new MemoryEngine();
