@@ -32,6 +32,7 @@ import type { Logger } from '../log.js';
 import { Counter } from 'prom-client';
 import { LoopWatchdog, takeDeathNote } from '../node/loop-watchdog.js';
 import { installCpuProfileSignal } from './cpu-profile-signal.js';
+import { createNodeConsole } from '../console/index.js';
 
 /** How often a joining node with `--join-auto-add` asks the cluster to add it, while it is not a member yet. */
 const AUTO_ADD_RETRY_MS = 5_000;
@@ -265,6 +266,18 @@ async function main(): Promise<void> {
   });
   let stopping = false;
   const health = addHealthService(server, () => node.readiness(), log);
+  // The web console: its page on the metrics port, the Console service on the client API.
+  const webConsole = createNodeConsole({
+    nodeId: cfg.id,
+    grpcServer: server,
+    registry: metrics.registry,
+    map: () => node.shardMap(),
+    status: () => node.status(),
+    extensions: () => extensions.statuses(),
+    stubs,
+    credentials: creds.clientDial,
+    log: log.child({ component: 'console' }),
+  });
   const port = await bind(server, cfg.listen, creds.clientServer);
   // The peer plane: Raft traffic only, on its own listener (mutual TLS unless --insecure-peers).
   const peerServer = cfg.peerListen !== undefined ? new grpc.Server(PEER_SERVER_OPTIONS) : undefined;
@@ -275,7 +288,7 @@ async function main(): Promise<void> {
   }
   const faults = cfg.testFaultInjection ? faultInjection(transport, log) : undefined;
   const probes = probeEndpoints(() => (stopping ? { ready: false, reason: 'shutting down' } : node.readiness()));
-  const m = await metrics.serve(cfg.metricsPort, cfg.metricsHost, (req, res) => probes(req, res) || (faults?.(req, res) ?? false));
+  const m = await metrics.serve(cfg.metricsPort, cfg.metricsHost, (req, res) => probes(req, res) || webConsole.handle(req, res) || (faults?.(req, res) ?? false));
   node.start();
   cluster.start();
   if (cfg.join) {
@@ -297,6 +310,7 @@ async function main(): Promise<void> {
     stopping = true;
     log.info({ signal }, 'stopping');
     health.close();
+    webConsole.close();
     configured.stop();
     cluster.stop();
     services.close();
