@@ -825,7 +825,8 @@ function sameVersion(a: VersionRecord, b: VersionRecord): boolean {
  * shared {@link ValueCache}, else read synchronously from the group's version record in the engine
  * (`KvEngine.getSync`) and cached. The machine releases a value to it only once the record holding
  * it is durable (so visible to `getSync`), and versions are immutable, so a cached value never goes
- * stale: a compacted version is simply never asked for again.
+ * stale: a compacted version is simply never asked for again, and group ids are never reused (the
+ * map's `nextGroup`), so a dropped group's entries only age out of the cache.
  */
 export class EngineValueSource implements ValueSource {
   private readonly keys: Keys;
