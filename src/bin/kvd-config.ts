@@ -31,6 +31,8 @@ export interface KvdConfig {
   /** Log entries kept behind a snapshot, so a follower slightly behind catches up without one. */
   snapshotKeepEntries: number;
   retentionMs: number;
+  /** Bound of the node's cache of value bytes, MiB (values live in LevelDB; README "Memory model"). */
+  valueCacheMib: number;
   /** Shards of the default pool of a brand-new cluster (only read when the cluster is created). */
   defaultShards: number;
   /** Join the existing cluster at this address (host:port of any member) instead of creating one. */
@@ -140,6 +142,7 @@ export function parseConfig(argv: string[]): KvdConfig {
     .option('--join <host:port>', 'join the existing cluster at this member address (add the node first: kvctl member add <id> <addr>)')
     .option('--join-auto-add', 'with --join: add this node to the cluster itself (needs the admin token), e.g. a new StatefulSet ordinal')
     .option('--retention-ms <ms>', 'keep old versions this long (0 = bounded only by history limits)', int('--retention-ms'))
+    .option('--value-cache-mib <n>', 'bound of the cache of values read from disk, MiB (default 64)', int('--value-cache-mib'))
     .option('--extension <path>', 'load this extension folder or .tgz at start (repeatable; the config file takes {path, name, config} objects)', (v: string, prev: string[] = []) => [...prev, v])
     .option('--extension-isolation <mode>', 'where extensions loaded without --isolation run: process (default), worker or in-process')
     .option('--extension-memory-mb <n>', 'resident-memory budget of each extension process, MiB (default 512)', int('--extension-memory-mb'))
@@ -237,6 +240,7 @@ export function parseConfig(argv: string[]): KvdConfig {
     snapshotEveryEntries: Number(pick('snapshotEvery', 20000)),
     snapshotKeepEntries: Number(pick('snapshotKeepEntries', 5000)),
     retentionMs: Number(pick('retentionMs', 3_600_000)),
+    valueCacheMib: Number(pick('valueCacheMib', 64)),
     defaultShards,
     ...(join !== undefined ? { join } : {}),
     ...(pick('joinAutoAdd', false) ? { joinAutoAdd: true } : {}),

@@ -252,6 +252,7 @@ async function main(): Promise<void> {
       snapshotEveryEntries: cfg.snapshotEveryEntries,
       keepEntriesAfterSnapshot: cfg.snapshotKeepEntries,
       retentionMs: cfg.retentionMs,
+      valueCacheBytes: cfg.valueCacheMib * 1024 * 1024,
       log,
     },
     engine,
