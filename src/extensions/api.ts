@@ -9,12 +9,24 @@ export type EventType = 'put' | 'delete' | 'trigger';
 
 /** One change delivered to a lambda. */
 export interface ExtensionEvent {
+  /** `put` (see `created` for a new key vs an update), `delete`, or `trigger` (fired without storing). */
   readonly type: EventType;
   readonly key: string;
   /** The value written (put and trigger); undefined for delete. */
   readonly value: Uint8Array | undefined;
   /** The revision of the change; the key's version after a put. Use it to make a lambda idempotent. */
   readonly version: number;
+  /** The shard revision of the change (equal to `version`; revisions are per shard, all events of one txn share one). */
+  readonly revision?: number;
+  /**
+   * The key's version before the change (0: the key did not exist); undefined when no longer
+   * known (the shard compacted that history before the event was delivered).
+   */
+  readonly previousVersion?: number;
+  /** A put that created the key (it did not exist before); false for updates, deletes and triggers. */
+  readonly created?: boolean;
+  /** The key's value before the change, with the watch option `previousValue: true` (undefined when absent or unknown). */
+  readonly previousValue?: Uint8Array;
   /** Timestamp of the change (ms since the epoch). */
   readonly timestamp: number;
   /** The shard (Raft group) that holds the key. */
@@ -45,6 +57,8 @@ export interface WatchOptions {
   readonly timeoutMs?: number;
   /** Events queued for this watch before delivery pauses (back-pressure; default 10000). */
   readonly maxBacklog?: number;
+  /** Give each event the key's value before the change as `previousValue` (default false: it costs a copy per event). */
+  readonly previousValue?: boolean;
 }
 
 /** Result of a put made from a lambda. */

@@ -65,6 +65,11 @@ export interface HostShard {
   isLeader(): boolean;
   /** The key as applied here (undefined when absent). */
   get(key: string): HostEntry | undefined;
+  /**
+   * The key as of `revision` as applied here (undefined when absent then); throws when that
+   * history was compacted. Optional: hosts without it give events no previous version.
+   */
+  getAt?(key: string, revision: number): HostEntry | undefined;
   /** A page of keys under `prefix` as applied here, in key order. */
   list(prefix: string, o: { readonly limit: number; readonly after?: string; readonly keysOnly?: boolean }): HostPage;
   /** The highest revision applied here. */

@@ -24,14 +24,25 @@ import { hostServices } from './host-services.js';
 import { sumStats, watchDeliveries, type ExtensionState, type Loaded } from './loaded.js';
 import { packageDigest, PackageError, unpackPackage } from './package.js';
 import { chunkKey, decodeRecord, isolationOf, metaKey, parseRegistryKey, REGISTRY_PREFIX, resumeKey, validateExtensionName, type ExtensionRecord } from './registry.js';
-import { RegistryWrites, type LoadOptions } from './registry-writes.js';
+import { RegistryWrites, type LoadOptions, type UnloadOptions } from './registry-writes.js';
 import { ExtensionRunner, type IsolationMode, type RunnerOptions } from './sandbox/runner.js';
 import type { LambdaKv, ShardRevisions } from './store-access.js';
 
 export { HopLimitError } from './host-services.js';
-export { LoadConflictError, type LoadOptions } from './registry-writes.js';
+export { LoadConflictError, type LoadOptions, type UnloadOptions } from './registry-writes.js';
 export type { ExtensionState } from './loaded.js';
 export type { ExtensionResources } from './extension-metrics.js';
+
+/**
+ * One watch's delivery in one shard led here: its dispatcher's counters (`stats.cursor`: every
+ * event up to it handled) and the shard's revision now; `revision - stats.cursor` is the lag.
+ */
+export interface ShardCursor {
+  readonly shard: number;
+  readonly stats: DispatchStats;
+  /** The shard's applied revision when the status was taken. */
+  readonly revision: number;
+}
 
 /** How an extension is doing on this node. */
 export interface ExtensionStatus {
@@ -53,7 +64,7 @@ export interface ExtensionStatus {
    * Each watch; `stats` sums its dispatchers on this node (one per shard delivered here; `cursor`
    * is the lowest of theirs, `lastLatencyMs` the highest), `byShard` has each one's own.
    */
-  readonly watches: readonly { prefix: string; mode: string; stats: DispatchStats | undefined; byShard: readonly { shard: number; stats: DispatchStats }[] }[];
+  readonly watches: readonly { prefix: string; mode: string; stats: DispatchStats | undefined; byShard: readonly ShardCursor[] }[];
   /**
    * CPU time and memory of its lambdas on this node, where they are measured: process isolation
    * only (read from /proc by the node). Absent in worker and in-process mode: Node gives no CPU
@@ -397,7 +408,7 @@ export class ExtensionManager {
     }
     const totals = this.totalsOf(l.record.name);
     const watches = (l.runner?.watches ?? []).map((w) => {
-      const byShard = watchDeliveries(l, w.id).map((d) => ({ shard: d.group, stats: { ...d.dispatcher.stats } }));
+      const byShard = watchDeliveries(l, w.id).map((d): ShardCursor => ({ shard: d.group, stats: { ...d.dispatcher.stats }, revision: this.host.shard(d.group)?.revision() ?? d.dispatcher.stats.cursor }));
       const live = sumStats(byShard.map((x) => x.stats));
       const wt = this.watchTotalsOf(l.record.name, w);
       // Counters: this node's since it started (kept across leader changes and reloads); backlog,
@@ -456,8 +467,8 @@ export class ExtensionManager {
   }
 
   /** Unloads an extension cluster-wide (on the metadata leader); false when it was not loaded: see {@link RegistryWrites.unload}. */
-  unload(name: string): Promise<boolean> {
-    return this.writes.unload(name);
+  unload(name: string, opts: UnloadOptions = {}): Promise<boolean> {
+    return this.writes.unload(name, opts);
   }
 
   /**

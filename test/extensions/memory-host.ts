@@ -29,6 +29,11 @@ export class MemoryShard implements HostShard {
     return got ? { value: got.value, version: got.version } : undefined;
   }
 
+  getAt(key: string, revision: number): { value: Uint8Array; version: number } | undefined {
+    const got = this.sm.get(key, { atRevision: revision });
+    return got ? { value: got.value, version: got.version } : undefined;
+  }
+
   list(prefix: string, o: { readonly limit: number; readonly after?: string; readonly keysOnly?: boolean }) {
     const page = this.sm.list(prefix, { limit: o.limit, keysOnly: o.keysOnly ?? false, ...(o.after !== undefined ? { after: o.after } : {}) });
     return { items: page.items, ...(page.nextAfter !== undefined ? { nextAfter: page.nextAfter } : {}) };
