@@ -4,7 +4,8 @@ import { stat } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import type { Command } from 'commander';
 import { AdminClient } from '../client/admin-client.js';
-import { packFolder, readTarball } from '../extensions/package.js';
+import { readTarball } from '../extensions/package.js';
+import { packFolder } from '../extensions/pack-folder.js';
 import { tlsOf, type CommandContext } from './args.js';
 
 /** What the extension commands need from kvctl's main. */

@@ -11,6 +11,7 @@
  * - extension-metrics.ts: the Prometheus series and this node's counters.
  */
 import { rmSync } from 'node:fs';
+import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { Registry } from 'prom-client';
@@ -22,7 +23,7 @@ import { ExtensionMetrics, resourcesOf, type ExtensionResources } from './extens
 import type { ExtensionHost } from './host.js';
 import { hostServices } from './host-services.js';
 import { sumStats, watchDeliveries, type ExtensionState, type Loaded } from './loaded.js';
-import { packageDigest, PackageError, unpackPackage } from './package.js';
+import { packageDigest, PackageError, removeTree, unpackPackage } from './package.js';
 import { chunkKey, decodeRecord, isolationOf, metaKey, parseRegistryKey, REGISTRY_PREFIX, resumeKey, validateExtensionName, type ExtensionRecord } from './registry.js';
 import { RegistryWrites, type LoadOptions, type UnloadOptions } from './registry-writes.js';
 import { ExtensionRunner, type IsolationMode, type RunnerOptions } from './sandbox/runner.js';
@@ -262,6 +263,7 @@ export class ExtensionManager {
         await this.metrics.forget(name);
         current.state = 'unloaded';
         this.settle(current, true);
+        await this.pruneUnpacked(name, undefined);
         this.opts.log.info({ extension: name }, 'extension unloaded');
       }
       return;
@@ -289,11 +291,31 @@ export class ExtensionManager {
     // Swap: the old generation's dispatchers stop (persisting their cursors), the new ones resume from them.
     if (current) await this.stopLoaded(current, true);
     this.loaded.set(name, next);
+    // Earlier generations' unpacked folders are not needed any more (nor is a failed one's).
+    await this.pruneUnpacked(name, next.state === 'running' ? record.generation : undefined);
     if (next.state === 'running') {
       this.opts.log.info({ extension: name, version: record.version, generation: record.generation, watches: next.runner!.watches.length }, 'extension running');
       this.delivery.startDispatch(next);
     }
     this.settle(next);
+  }
+
+  /**
+   * Removes the unpacked folders of `name` on this node (`extensions/<name>/<generation>`) but
+   * generation `keep`'s; best effort, logged. A restarted node unpacks its generation afresh.
+   */
+  private async pruneUnpacked(name: string, keep: number | undefined): Promise<void> {
+    const dir = join(this.opts.dataDir, 'extensions', name);
+    let entries: string[];
+    try {
+      entries = await readdir(dir);
+    } catch {
+      return;
+    }
+    for (const e of entries) {
+      if (keep !== undefined && e === String(keep)) continue;
+      await removeTree(join(dir, e)).catch((err: unknown) => this.opts.log.warn({ extension: name, dir: join(dir, e), err: (err as Error).message }, 'could not remove an unpacked extension folder'));
+    }
   }
 
   private readPackage(record: ExtensionRecord): Uint8Array {

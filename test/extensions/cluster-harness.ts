@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { ExtensionManager, type ExtensionManagerOptions } from '../../src/extensions/manager.js';
 import { kvNodeHost } from '../../src/extensions/kv-node-host.js';
 import { localLambdaKv, type LocalStore } from '../../src/extensions/local-lambda-kv.js';
-import { packFolder } from '../../src/extensions/package.js';
+import { packFolder } from '../../src/extensions/pack-folder.js';
 import type { LambdaKv, ShardRevisions } from '../../src/extensions/store-access.js';
 import { silentLogger } from '../../src/log.js';
 import { NotLeaderError, UnavailableError } from '../../src/node/backend.js';

@@ -2,6 +2,7 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
 import type { ExtensionContext, ExtensionEvent, ExtensionKv, ExtensionLogger, ExtensionMetrics, Lambda, WatchOptions } from '../api.js';
 import type { HostServices, KvOp, LoadErrorCode, LogLevel, RegisteredWatch } from './types.js';
+import { describeImportFailure, locationIn, packageRootOf, relativeToPackage } from './author-errors.js';
 import { errorMessage } from './transfer.js';
 import { normalizeWatch } from './watch-options.js';
 
@@ -107,12 +108,16 @@ export class Guest {
     try {
       ns = typeof source === 'string' ? await import(source) : await source.load();
     } catch (e) {
-      throw new GuestLoadError('IMPORT_FAILED', `cannot ${typeof source === 'string' ? 'import' : 'load'} ${what}: ${errorMessage(e)}`, { cause: e });
+      if (typeof source !== 'string') throw new GuestLoadError('IMPORT_FAILED', `cannot load ${what}: ${errorMessage(e)}`, { cause: e });
+      // For the author: the file and line inside the package, no path of the node's own folders.
+      const root = packageRootOf(source);
+      throw new GuestLoadError('IMPORT_FAILED', `cannot import ${relativeToPackage(what, root)}: ${describeImportFailure(e, source)}`, { cause: e });
     }
     onImported?.();
     const mod = findModule(ns);
+    const root = typeof source === 'string' ? packageRootOf(source) : undefined;
     if (!mod) {
-      throw new GuestLoadError('NO_INITIALIZE', `${what} exports no initialize() function (neither as a named export nor on its default export / module.exports)`);
+      throw new GuestLoadError('NO_INITIALIZE', `${relativeToPackage(what, root)} exports no initialize() function (neither as a named export nor on its default export / module.exports)`);
     }
     this.module = mod;
     const ctx = this.context();
@@ -121,7 +126,8 @@ export class Guest {
       await this.hopScope.run({ hops: 0 }, () => mod.initialize.call(mod.self, ctx));
     } catch (e) {
       if (this.invalidWatch) throw new GuestLoadError('INVALID_WATCH', this.invalidWatch.message, { cause: this.invalidWatch });
-      throw new GuestLoadError('INITIALIZE_THREW', `initialize() threw: ${errorMessage(e)}`, { cause: e });
+      const at = root ? locationIn(e, root) : undefined;
+      throw new GuestLoadError('INITIALIZE_THREW', relativeToPackage(`initialize() threw: ${errorMessage(e)}${at ? ` (at ${at})` : ''}`, root), { cause: e });
     } finally {
       this.initializing = false;
     }
