@@ -77,7 +77,13 @@ export interface GetResult {
   readonly timestamp: number;
 }
 
-/** The store, as a lambda sees it. Writes carry the event's hop count (loop protection). */
+/**
+ * The store, as a lambda sees it. Writes carry the event's hop count (loop protection) and, made
+ * while handling an event, an idempotency key derived from it (the event's shard, key and
+ * version, the write's keys and how many such writes came before it in the invocation): when the
+ * event is delivered again, the same writes in the same order are answered with their first
+ * result and not applied twice (effectively once; see the README for the window this holds in).
+ */
 export interface ExtensionKv {
   get(key: string, opts?: { atVersion?: number; atTimeMs?: number }): Promise<GetResult>;
   put(key: string, value: Uint8Array | string, opts?: { expectedVersion?: number }): Promise<PutResult>;
@@ -88,6 +94,27 @@ export interface ExtensionKv {
     items: { key: string; value: Uint8Array | undefined; version: number }[];
     nextAfter: string | undefined;
   }>;
+  /**
+   * All-or-nothing within one shard: if every compare holds (`version` 0: the key is absent),
+   * applies every write at one revision; else changes nothing (`failedCompares` says which did
+   * not hold). Keys of several shards fail with CROSS_SHARD.
+   */
+  txn(t: TxnInput): Promise<TxnOutcome>;
+}
+
+/** The argument of `ctx.kv.txn`. */
+export interface TxnInput {
+  readonly compares?: readonly { readonly key: string; readonly version: number }[];
+  readonly writes: readonly ({ readonly type: 'put'; readonly key: string; readonly value: Uint8Array | string } | { readonly type: 'delete'; readonly key: string })[];
+}
+
+/** The outcome of `ctx.kv.txn`. */
+export interface TxnOutcome {
+  readonly succeeded: boolean;
+  /** The revision the writes were applied at (on failure: the shard's current revision). */
+  readonly revision: number;
+  /** Indices of the compares that did not hold (empty on success). */
+  readonly failedCompares: readonly number[];
 }
 
 /** Structured logging to the node's log, tagged with the extension. */

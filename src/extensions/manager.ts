@@ -349,6 +349,8 @@ export class ExtensionManager {
         maxHops: this.maxHops,
         log: this.opts.log,
         metric: (kind, metricName, help, op) => this.metrics.extMetric(record.name, kind, metricName, help, op),
+        // A load with an explicit start (`from`) replays on purpose: its writes are new effects.
+        ...(record.cursorEpoch ? { effectEpoch: record.cursorEpoch } : {}),
       }),
     });
   }

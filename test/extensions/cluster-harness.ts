@@ -251,6 +251,7 @@ export class ExtCluster {
       put: (req, o) => at(byKey(req.key), o.deadlineMs, (n) => n.put(req, o)),
       delete: (req, o) => at(byKey(req.key), o.deadlineMs, (n) => n.delete(req, o)),
       trigger: (req, o) => at(byKey(req.key), o.deadlineMs, (n) => n.trigger(req, o)),
+      txn: (req, o) => at(byKey(req.compares[0]?.key ?? req.writes[0]!.key), o.deadlineMs, (n) => n.txn(req, o)),
       list: (req, o) => at(req.shard ?? this.groupsOf(req.prefix)[0]!, o.deadlineMs, (n) => n.list(req, o)),
       shardsForPrefix: (prefix) => self.shardsForPrefix(prefix),
     };

@@ -43,6 +43,7 @@ function twinKv(host: MemoryExtensionHost): LambdaKv {
     get: unsupported,
     delete: unsupported,
     trigger: unsupported,
+    txn: unsupported,
     list: unsupported,
   };
 }

@@ -15,7 +15,7 @@ export interface ChannelBackendOptions {
   events: BackendEvents;
 }
 
-const KV_OPS: ReadonlySet<string> = new Set<KvOp>(['get', 'put', 'trigger', 'delete', 'list']);
+const KV_OPS: ReadonlySet<string> = new Set<KvOp>(['get', 'put', 'trigger', 'delete', 'list', 'txn']);
 const LOG_LEVELS: ReadonlySet<string> = new Set<LogLevel>(['debug', 'info', 'warn', 'error']);
 const METRIC_KINDS: ReadonlySet<string> = new Set<MetricKind>(['counter', 'histogram']);
 
@@ -244,7 +244,7 @@ export abstract class ChannelBackend implements Backend {
     }
     let p: Promise<unknown>;
     try {
-      p = Promise.resolve(this.base.host.kv(msg.op, msg.args, msg.hops));
+      p = Promise.resolve(this.base.host.kv(msg.op, msg.args, msg.hops, msg.effect));
     } catch (e) {
       p = Promise.reject(e);
     }
