@@ -7,6 +7,7 @@ import { AdminClient } from '../client/admin-client.js';
 import { readTarball } from '../extensions/package.js';
 import { packFolder } from '../extensions/pack-folder.js';
 import { tlsOf, type CommandContext } from './args.js';
+import { writeExtensionProject } from './ext-init.js';
 
 /** What the extension commands need from kvctl's main. */
 export type ExtCommandContext = CommandContext;
@@ -83,6 +84,18 @@ export function registerExtCommands(program: Command, ctx: ExtCommandContext): v
       } finally {
         c.close();
       }
+    });
+
+  ext
+    .command('init')
+    .description('write a new extension project in TypeScript into <dir>: a typed module, a vitest test on kvcascade/testing, build and load scripts')
+    .argument('<dir>', 'a new or empty folder')
+    .option('--name <name>', 'package name (default: the folder\'s name)')
+    .option('--kvcascade <spec>', 'devDependency spec of kvcascade (default: file: this kvcascade\'s folder)')
+    .action((dir: string, o: { name?: string; kvcascade?: string }) => {
+      const files = writeExtensionProject(dir, o);
+      if (ctx.json()) ctx.print({ dir, files });
+      else ctx.out.write(`wrote ${files.join(', ')} into ${dir}\nnext: cd ${dir} && npm install && npm test && npm run load\n`);
     });
 
   ext
