@@ -5,7 +5,7 @@
  * included), a subscription to its committed events from a revision (each event carrying its
  * lambda hop count), its current revision, and proposals of system commands with a deadline; the
  * metadata group (the extension registry) through the same shard handle; and the cluster map.
- * The KvNode adapter (kv-node-host.ts) implements it for a real node; test/extensions/memory-host.ts
+ * The KvNode adapter (kv-node-host.ts) implements it for a real node; testing/memory-host.ts
  * is its in-memory twin.
  */
 import type { ClusterMap } from '../sharding/index.js';
