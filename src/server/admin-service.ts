@@ -39,6 +39,8 @@ export interface AdminExtensionStatus {
     prefix: string;
     mode: string;
     stats?: { invocations: number; errors: number; retries: number; deadLettered: number; backlog: number; cursor: number; lastLatencyMs: number } | undefined;
+    /** Per data shard delivered here: its cursor, backlog and the shard's revision. */
+    byShard?: readonly { shard: number; stats: { cursor: number; backlog: number }; revision: number }[];
   }[];
   workerRestarts: number;
   invocations: number;
@@ -81,8 +83,9 @@ export interface AdminBackend {
   addMember(id: number, address: string, deadlineMs: number, peerAddress?: string): Promise<{ epoch: number }>;
   /** Starts removing a member (its replicas move away first). */
   removeMember(id: number, deadlineMs: number): Promise<{ epoch: number }>;
-  load(tgz: Uint8Array, opts: { name?: string; config?: Record<string, unknown>; inProcess?: boolean; isolation?: 'worker' | 'process' | 'in-process'; maxRestartsPerMinute?: number; pauseMs?: number }): Promise<AdminExtensionStatus>;
-  unload(name: string): Promise<boolean>;
+  load(tgz: Uint8Array, opts: { name?: string; config?: Record<string, unknown>; inProcess?: boolean; isolation?: 'worker' | 'process' | 'in-process'; maxRestartsPerMinute?: number; pauseMs?: number; from?: 'now' | number }): Promise<AdminExtensionStatus>;
+  /** Unloads; `purge` also forgets the delivery cursors. False when it was not loaded. */
+  unload(name: string, opts?: { purge?: boolean }): Promise<boolean>;
   /** Resumes a paused extension on every node; resolves whether it was paused here, undefined when not loaded. */
   resume?(name: string): Promise<boolean | undefined>;
   records(): AdminExtensionRecord[];
@@ -153,6 +156,7 @@ function statusToWire(nodeId: number, s: AdminExtensionStatus): Record<string, u
       backlog: w.stats?.backlog ?? 0,
       cursor: w.stats?.cursor ?? 0,
       lastLatencyMs: w.stats?.lastLatencyMs ?? 0,
+      shards: (w.byShard ?? []).map((b) => ({ shard: b.shard, cursor: b.stats.cursor, revision: b.revision, backlog: b.stats.backlog })),
     })),
     workerRestarts: s.workerRestarts,
     invocations: s.invocations,
@@ -366,7 +370,7 @@ export function addAdminService(server: grpc.Server, backend: AdminBackend, opts
         cb(denied);
         return;
       }
-      let header: { name?: string; role?: string; configJson?: string; inProcess?: boolean; size?: number; isolation?: string; maxRestartsPerMinute?: number; pauseMs?: number | string } | undefined;
+      let header: { name?: string; role?: string; configJson?: string; inProcess?: boolean; size?: number; isolation?: string; maxRestartsPerMinute?: number; pauseMs?: number | string; from?: string } | undefined;
       const parts: Buffer[] = [];
       let size = 0;
       let failed = false;
@@ -415,6 +419,11 @@ export function addAdminService(server: grpc.Server, backend: AdminBackend, opts
           return fail(statusError(grpc.status.INVALID_ARGUMENT, `in_process contradicts isolation ${JSON.stringify(isolation)}`));
         }
         const h = header;
+        const fromText = h.from ?? '';
+        if (fromText !== '' && fromText !== 'now' && !/^(0|[1-9][0-9]{0,15})$/.test(fromText)) {
+          return fail(statusError(grpc.status.INVALID_ARGUMENT, `bad from ${JSON.stringify(fromText)}: use now or a revision`));
+        }
+        const from = fromText === '' ? undefined : fromText === 'now' ? ('now' as const) : Number(fromText);
         const role = h.role || undefined;
         const name = h.name || undefined;
         const roleDeadline = Date.now() + 30_000;
@@ -422,6 +431,7 @@ export function addAdminService(server: grpc.Server, backend: AdminBackend, opts
         const before = access && name ? access.setExtensionRole(name, role, roleDeadline) : Promise.resolve();
         before
           .then(() => backend.load(new Uint8Array(Buffer.concat(parts)), {
+            ...(from !== undefined ? { from } : {}),
             ...(h.name ? { name: h.name } : {}),
             config,
             inProcess: h.inProcess ?? false,
@@ -438,12 +448,12 @@ export function addAdminService(server: grpc.Server, backend: AdminBackend, opts
           .catch((e: unknown) => fail(e instanceof AuthError ? authErrorToStatus(e) : failure(e)));
       });
     },
-    unloadExtension: (call: grpc.ServerUnaryCall<{ name?: string }, unknown>, cb: grpc.sendUnaryData<unknown>) => {
+    unloadExtension: (call: grpc.ServerUnaryCall<{ name?: string; purge?: boolean }, unknown>, cb: grpc.sendUnaryData<unknown>) => {
       const denied = authorize(call) ?? notMetaLeader();
       if (denied) return cb(denied);
       const name = call.request.name ?? '';
       if (!name) return cb(statusError(grpc.status.INVALID_ARGUMENT, 'extension name required'));
-      backend.unload(name).then(
+      backend.unload(name, { purge: call.request.purge === true }).then(
         (unloaded) => (unloaded ? cb(null, { unloaded }) : cb(statusError(grpc.status.NOT_FOUND, `extension ${name} is not loaded`))),
         (e: unknown) => cb(failure(e)),
       );

@@ -10,7 +10,7 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import { NotLeaderError, OverloadedError, UnavailableError, type KvBackend } from '../node/backend.js';
-import type { LambdaKv } from '../extensions/store-access.js';
+import type { EffectKey, LambdaKv } from '../extensions/store-access.js';
 import { WriteSessionSource } from '../extensions/write-session.js';
 import type { WriteSession } from '../statemachine/index.js';
 import { Coordinator, type RouteContext } from '../coordinator/coordinator.js';
@@ -95,8 +95,8 @@ export function routedLambdaKv(over: Coordinator | KvBackend, opts: RoutedLambda
    * with backoff while they fail retriably and the deadline allows; every attempt carries the
    * same (id, seq), so the write applies at most once however many attempts reach the shard.
    */
-  const write = <T>(deadlineMs: number, attemptOnce: (session: WriteSession) => Promise<T>): Promise<T> =>
-    sessions.run(async (session) => {
+  const write = <T>(deadlineMs: number, attemptOnce: (session: WriteSession) => Promise<T>, effect?: EffectKey): Promise<T> =>
+    (effect ? (fn: (s: WriteSession) => Promise<T>) => fn({ id: effect.id, seq: effect.seq, ackedBelow: 0 }) : (fn: (s: WriteSession) => Promise<T>) => sessions.run(fn))(async (session) => {
       for (let attempt = 1, backoff = LAMBDA_WRITE_BACKOFF_MS; ; attempt++, backoff = Math.min(backoff * 2, LAMBDA_WRITE_BACKOFF_MAX_MS)) {
         try {
           return await attemptOnce(session);
@@ -121,20 +121,46 @@ export function routedLambdaKv(over: Coordinator | KvBackend, opts: RoutedLambda
         const g = (await coord.run('get', req, ctx(deadlineMs))).response;
         return { found: g.found === true, ...(g.found ? { value: g.value ?? new Uint8Array(0) } : {}), version: g.version ?? 0, timestampMs: g.timestampMs ?? 0 };
       }),
-    put: (key, value, o, hops, deadlineMs) =>
-      write(deadlineMs, async (session) => {
-        const p = (await coord.run('put', { key, value, ...expected(o), session }, ctx(deadlineMs, hops))).response;
-        return { succeeded: p.succeeded === true, version: p.version ?? 0, currentVersion: (p.succeeded ? p.version : p.currentVersion) ?? 0 };
-      }),
-    delete: (key, o, hops, deadlineMs) =>
-      write(deadlineMs, async (session) => {
-        const d = (await coord.run('delete', { key, ...expected(o), session }, ctx(deadlineMs, hops))).response;
-        return { succeeded: d.succeeded === true, deleted: d.deleted === true };
-      }),
-    trigger: (key, value, hops, deadlineMs) =>
-      write(deadlineMs, async (session) => {
-        await coord.run('trigger', { key, value, session }, ctx(deadlineMs, hops));
-      }),
+    put: (key, value, o, hops, deadlineMs, effect) =>
+      write(
+        deadlineMs,
+        async (session) => {
+          const p = (await coord.run('put', { key, value, ...expected(o), session }, ctx(deadlineMs, hops))).response;
+          return { succeeded: p.succeeded === true, version: p.version ?? 0, currentVersion: (p.succeeded ? p.version : p.currentVersion) ?? 0 };
+        },
+        effect,
+      ),
+    delete: (key, o, hops, deadlineMs, effect) =>
+      write(
+        deadlineMs,
+        async (session) => {
+          const d = (await coord.run('delete', { key, ...expected(o), session }, ctx(deadlineMs, hops))).response;
+          return { succeeded: d.succeeded === true, deleted: d.deleted === true };
+        },
+        effect,
+      ),
+    trigger: (key, value, hops, deadlineMs, effect) =>
+      write(
+        deadlineMs,
+        async (session) => {
+          await coord.run('trigger', { key, value, session }, ctx(deadlineMs, hops));
+        },
+        effect,
+      ),
+    txn: (t, hops, deadlineMs, effect) =>
+      write(
+        deadlineMs,
+        async (session) => {
+          const req = {
+            compares: t.compares.map((c) => ({ key: c.key, version: c.version })),
+            writes: t.writes.map((w) => (w.type === 'put' ? { put: { key: w.key, value: w.value } } : { delete: { key: w.key } })),
+            session,
+          };
+          const r = (await coord.run('txn', req, ctx(deadlineMs, hops))).response;
+          return { succeeded: r.succeeded === true, revision: r.revision ?? 0, failedCompares: [...(r.failedCompares ?? [])] };
+        },
+        effect,
+      ),
     list: (prefix, o, deadlineMs) =>
       read(async () => {
         const req = { prefix, keysOnly: o.keysOnly ?? false, ...(o.limit ? { limit: o.limit } : {}), ...(o.after !== undefined ? { pageToken: encodePageToken(o.after) } : {}) };
