@@ -1,0 +1,777 @@
+/**
+ * The node-level deterministic simulation: real `KvNode`s (3 or 5) over in-memory engines with
+ * their crash model (unsynced batches are lost), a simulated network (sim-network.ts) and a
+ * virtual clock (virtual-scheduler.ts), all drawn from one seed. Clients call the nodes'
+ * coordinators as the gRPC handlers do (sim-rpc.ts), with bounded attempts and a write session;
+ * watchers follow the data prefix through the nodes' watches, resuming on another node from the
+ * last revision they saw; a lambda runs in-process behind the real delivery layer
+ * (extensions/delivery.ts ShardDelivery → WatchDispatcher over the kvNodeHost seam), with a
+ * runner that records what it is given. One schedule: start, wait for leaders, run clients,
+ * watchers and a random fault schedule for a while, heal and restart everything, let it settle,
+ * then check (checks.ts).
+ *
+ * Fault mix (drawn per schedule): crash + restart of a node or of the data leader, losing its
+ * unsynced writes (sometimes keeping a prefix of them, a torn log); a partition (a minority cut
+ * off, or an even split); one-way link cuts; message loss and duplication; slow links (large
+ * random delays reorder messages); a pause (frozen process) of the data leader or another node.
+ *
+ * Determinism: the same seed gives the same run (`digest`). The node, coordinator, extension and
+ * storage layers still read the global clock and timers in places; the run installs the virtual
+ * scheduler as those globals (see VirtualScheduler.install), so they are virtual too.
+ */
+import * as grpc from '@grpc/grpc-js';
+import { createHash } from 'node:crypto';
+import { pino, type Logger } from 'pino';
+import { Coordinator } from '../../../src/coordinator/coordinator.js';
+import type { RequestOf, ResponseOf, UnaryOp } from '../../../src/coordinator/messages.js';
+import { ShardDelivery } from '../../../src/extensions/delivery.js';
+import { ExtensionMetrics } from '../../../src/extensions/extension-metrics.js';
+import type { ExtensionEvent } from '../../../src/extensions/api.js';
+import type { DispatchWatch } from '../../../src/extensions/dispatcher.js';
+import { kvNodeHost } from '../../../src/extensions/kv-node-host.js';
+import type { Loaded } from '../../../src/extensions/loaded.js';
+import type { ExtensionRecord } from '../../../src/extensions/registry.js';
+import type { ExtensionRunner } from '../../../src/extensions/sandbox/runner.js';
+import type { WatchHandle } from '../../../src/node/backend.js';
+import { DATA_GROUP, KvNode, META_GROUP, type NodeOptions } from '../../../src/node/kv-node.js';
+import { SeededRandom, type NodeId } from '../../../src/raft/index.js';
+import type { KvEvent } from '../../../src/statemachine/index.js';
+import { MemoryEngine } from '../../../src/storage/kv-engine.js';
+import { readKvMetadata } from '../../../src/wire/metadata.js';
+import type { GetResponseMsg, PutResponseMsg } from '../../../src/wire/proto.js';
+import type { KvOperation } from '../linearizability.js';
+import { CLIENT_HOST, SimNetwork } from './sim-network.js';
+import { serveUnary, serviceError, simNodeStubs, type UnaryOutcome } from './sim-rpc.js';
+import { SIM_OWNER, VirtualScheduler, type Owner } from './virtual-scheduler.js';
+
+/** The prefix clients write under, watchers follow and the lambda watches. */
+export const DATA_PREFIX = '/k/';
+
+/** Virtual epoch of every run (a fixed date; the seed moves it a little so replicas' seeds differ per run). */
+const EPOCH_MS = Date.UTC(2026, 0, 1);
+
+/** What one schedule does; everything not given is drawn from the seed. */
+export interface NodeSimOptions {
+  readonly seed: number;
+  /** Nodes (default: 3, or 5 for one seed in four). */
+  readonly nodes?: number;
+  /** Virtual ms of clients and faults after the cluster is up (default 2000). */
+  readonly activeMs?: number;
+  /** Virtual ms after the final heal for deliveries and watches to catch up (default 3000). */
+  readonly settleMs?: number;
+  /** Inject faults (default true). */
+  readonly faults?: boolean;
+  /** One line per fault and per notable event (debugging a seed). */
+  readonly trace?: (line: string) => void;
+}
+
+/** One watch stream a watcher held: where it was opened, from which revision, and what it got. */
+export interface WatchStream {
+  readonly watcher: number;
+  readonly node: NodeId;
+  readonly from: number;
+  /** Each call of the sink, in arrival order. */
+  readonly batches: { readonly kind: 'events' | 'progress'; readonly events: readonly SeenEvent[]; readonly revision: number }[];
+  /** Set when the server cancelled it. */
+  canceled?: string;
+}
+
+/** A watch or history event reduced to what the checks compare. */
+export interface SeenEvent {
+  readonly revision: number;
+  readonly key: string;
+  readonly type: string;
+  readonly value: string | undefined;
+}
+
+/** One successful lambda invocation. */
+export interface Delivery {
+  readonly node: NodeId;
+  readonly at: number;
+  readonly key: string;
+  readonly revision: number;
+  readonly value: string | undefined;
+}
+
+/** Everything a schedule produced, for the checks and the report. */
+export interface NodeSimRun {
+  readonly seed: number;
+  readonly nodes: number;
+  readonly faults: readonly string[];
+  readonly history: KvOperation[];
+  readonly streams: WatchStream[];
+  readonly deliveries: Delivery[];
+  /** The data shard's committed events under DATA_PREFIX, from revision 1, per node that served a full watch of them at the end. */
+  readonly finalHistories: Map<NodeId, SeenEvent[]>;
+  /** Re-watches from earlier revisions opened at the end: node, from, what they got. */
+  readonly rewatches: { node: NodeId; from: number; events: SeenEvent[]; upTo: number; canceled?: string }[];
+  /** Problems seen while running (a fatal storage failure, an internal error, an unexpected status). */
+  readonly problems: string[];
+  readonly stats: {
+    virtualMs: number;
+    events: number;
+    ops: number;
+    opsOk: number;
+    raftSent: number;
+    raftDropped: number;
+    crashes: number;
+  };
+}
+
+interface Incarnation {
+  readonly id: NodeId;
+  readonly owner: Owner;
+  readonly engine: MemoryEngine;
+  node?: KvNode;
+  coord?: Coordinator;
+  delivery?: ShardDelivery;
+  dead: boolean;
+}
+
+const dec = new TextDecoder();
+const enc = new TextEncoder();
+const text = (v: Uint8Array | undefined): string | undefined => (v === undefined ? undefined : dec.decode(v));
+
+/** The client address of node `id` (no socket behind it: the directory maps it back). */
+export const addressOf = (id: NodeId): string => `sim-node-${id}:7000`;
+
+/** A pino logger that keeps what is logged at error level and above (no output). */
+function keepingLogger(into: string[], prefix: string): Logger {
+  return pino({ level: 'error', base: null, timestamp: false }, { write: (line: string) => void into.push(`${prefix} ${line.trim()}`) });
+}
+
+/** Runs one schedule (see the file's top); installs and restores the virtual globals itself. */
+export async function runNodeSim(opts: NodeSimOptions): Promise<NodeSimRun> {
+  const sched = new VirtualScheduler(EPOCH_MS + (opts.seed % 100_000) * 1000, opts.seed);
+  const restore = sched.install();
+  try {
+    const sim = new NodeSim(sched, opts);
+    return await sim.run();
+  } finally {
+    sched.clear();
+    restore();
+  }
+}
+
+/** One schedule's cluster, clients, watchers and faults. */
+class NodeSim {
+  private readonly rng: SeededRandom;
+  private readonly net: SimNetwork;
+  private readonly n: number;
+  private readonly ids: NodeId[];
+  private readonly incs = new Map<NodeId, Incarnation>();
+  /** Nodes that are down, with the disk their crash left. */
+  private readonly down = new Map<NodeId, MemoryEngine>();
+  private nextOwner = 1;
+  private readonly faultLog: string[] = [];
+  private readonly history: KvOperation[] = [];
+  private readonly streams: WatchStream[] = [];
+  private readonly deliveries: Delivery[] = [];
+  private readonly problems: string[] = [];
+  private crashes = 0;
+  private ops = 0;
+  private opsOk = 0;
+  private activeEnd = Infinity;
+  private readonly members: Map<NodeId, string>;
+  private readonly snapshotEvery: number;
+
+  constructor(
+    private readonly sched: VirtualScheduler,
+    private readonly opts: NodeSimOptions,
+  ) {
+    this.rng = new SeededRandom(opts.seed);
+    this.net = new SimNetwork(sched, opts.seed);
+    this.n = opts.nodes ?? (this.rng.nextInt(4) === 0 ? 5 : 3);
+    this.ids = Array.from({ length: this.n }, (_, i) => i + 1);
+    this.members = new Map(this.ids.map((id) => [id, addressOf(id)]));
+    // Some schedules compact the log often, so followers that fall behind need snapshots.
+    this.snapshotEvery = this.rng.nextInt(3) === 0 ? 40 : 20_000;
+  }
+
+  private trace(line: string): void {
+    this.opts.trace?.(`${String(this.sched.now() - EPOCH_MS).padStart(7)} ${line}`);
+  }
+
+  private note(fault: string): void {
+    this.faultLog.push(`@${this.sched.now() - this.startMs} ${fault}`);
+    this.trace(`FAULT ${fault}`);
+  }
+
+  private startMs = 0;
+
+  async run(): Promise<NodeSimRun> {
+    const s = this.sched;
+    this.startMs = s.now();
+    for (const id of this.ids) this.boot(id, new MemoryEngine());
+    // Up: every node has the map and the data shard has a leader that applied its descriptor.
+    await s.run(s.now() + 10_000, () => this.clusterUp());
+    if (!this.clusterUp()) this.problems.push('the cluster did not come up within 10 s (virtual)');
+    const activeMs = this.opts.activeMs ?? 2000;
+    const settleMs = this.opts.settleMs ?? 3000;
+    const t0 = s.now();
+    this.activeEnd = t0 + activeMs;
+    for (let c = 1; c <= 3; c++) s.at(SIM_OWNER, 0, () => void this.client(c));
+    for (let w = 1; w <= 2; w++) s.at(SIM_OWNER, 0, () => this.watcher(w));
+    if (this.opts.faults !== false) this.scheduleFaults(t0, activeMs);
+    // The end of the active phase: heal the network, wake and restart every node.
+    s.at(SIM_OWNER, activeMs, () => this.healAll());
+    await s.run(t0 + activeMs + settleMs);
+    const end = await this.finalChecksData();
+    return {
+      seed: this.opts.seed,
+      nodes: this.n,
+      faults: this.faultLog,
+      history: this.history,
+      streams: this.streams,
+      deliveries: this.deliveries,
+      finalHistories: end.finalHistories,
+      rewatches: end.rewatches,
+      problems: this.problems,
+      stats: {
+        virtualMs: s.now() - this.startMs,
+        events: s.events,
+        ops: this.ops,
+        opsOk: this.opsOk,
+        raftSent: this.net.stats.raftSent,
+        raftDropped: this.net.stats.raftDropped,
+        crashes: this.crashes,
+      },
+    };
+  }
+
+  // ------------------------------------------------------------------ nodes
+
+  private clusterUp(): boolean {
+    for (const id of this.ids) {
+      const node = this.incs.get(id)?.node;
+      if (!node || node.shardMap().epoch === 0) return false;
+    }
+    const leader = this.leaderOf(DATA_GROUP);
+    return leader !== undefined && leader.replica(DATA_GROUP)?.sm.descriptor !== undefined && this.leaderOf(META_GROUP) !== undefined;
+  }
+
+  /** The live node leading `group` in the highest term, if any. */
+  private leaderOf(group: number): KvNode | undefined {
+    let best: KvNode | undefined;
+    let term = -1;
+    for (const inc of this.incs.values()) {
+      const r = inc.node?.replica(group);
+      if (inc.dead || !r?.isLeader) continue;
+      const t = r.raw.raft.term;
+      if (t > term) {
+        term = t;
+        best = inc.node;
+      }
+    }
+    return best;
+  }
+
+  /** Starts a new incarnation of node `id` over `engine`. */
+  private boot(id: NodeId, engine: MemoryEngine): void {
+    const owner = this.nextOwner++;
+    const inc: Incarnation = { id, owner, engine, dead: false };
+    this.incs.set(id, inc);
+    const transport = this.net.attach(id, owner);
+    const nodeOpts: NodeOptions = {
+      id,
+      members: this.members,
+      tickMs: 10,
+      electionTicks: 10,
+      heartbeatTicks: 1,
+      snapshotEveryEntries: this.snapshotEvery,
+      keepEntriesAfterSnapshot: Math.min(this.snapshotEvery, 20),
+      log: keepingLogger(this.problems, `node ${id}#${owner}:`),
+      onFatal: (err) => {
+        if (!inc.dead) this.problems.push(`node ${id}#${owner}: fatal: ${String(err)}`);
+      },
+    };
+    this.sched.at(owner, 0, () => {
+      KvNode.open(nodeOpts, engine, transport).then(
+        (node) => {
+          if (inc.dead) return;
+          node.start();
+          inc.node = node;
+          inc.coord = new Coordinator(node, {
+            selfAddress: addressOf(id),
+            leaderAddress: (g) => node.leaderAddress(g),
+            stubs: simNodeStubs(this.net, id, { idOf: (a) => this.idOf(a), coordinatorOf: (x) => this.coordinatorOf(x) }),
+            log: {
+              error: (o, msg) => void this.problems.push(`coordinator ${id}: ${msg} ${JSON.stringify(o, errReplacer)}`),
+              warn: () => {},
+              debug: () => {},
+            },
+          });
+          inc.delivery = this.startLambda(inc, node);
+          this.trace(`node ${id}#${owner} up`);
+        },
+        (e: unknown) => {
+          if (!inc.dead) this.problems.push(`node ${id}#${owner}: open failed: ${String(e)}`);
+        },
+      );
+    });
+  }
+
+  private idOf(address: string): NodeId | undefined {
+    const m = /^sim-node-(\d+):/.exec(address);
+    return m ? Number(m[1]) : undefined;
+  }
+
+  private coordinatorOf(id: NodeId): Coordinator | undefined {
+    const inc = this.incs.get(id);
+    return inc && !inc.dead ? inc.coord : undefined;
+  }
+
+  /** Crashes node `id`: its process stops dead, and its disk keeps only what was synced (plus `keepUnsynced` whole batches). */
+  private crash(id: NodeId, keepUnsynced: number): MemoryEngine | undefined {
+    const inc = this.incs.get(id);
+    if (!inc || inc.dead) return undefined;
+    inc.dead = true;
+    this.crashes++;
+    this.sched.kill(inc.owner);
+    this.net.detach(id);
+    inc.delivery?.stop();
+    const survivor = inc.engine.crash(keepUnsynced);
+    this.down.set(id, survivor);
+    return survivor;
+  }
+
+  /** Boots node `id` again over what its disk kept, if it is down. */
+  private restart(id: NodeId): void {
+    const engine = this.down.get(id);
+    if (!engine) return;
+    this.down.delete(id);
+    this.note(`restart node ${id}`);
+    this.boot(id, engine);
+  }
+
+  // ------------------------------------------------------------------ faults
+
+  private scheduleFaults(t0: number, activeMs: number): void {
+    const steps = 1 + this.rng.nextInt(4);
+    for (let i = 0; i < steps; i++) {
+      const at = this.rng.nextInt(Math.max(1, activeMs - 300));
+      const kind = this.rng.nextInt(7);
+      this.sched.at(SIM_OWNER, t0 + at - this.sched.now(), () => this.fault(kind));
+    }
+  }
+
+  private pick<T>(xs: readonly T[]): T {
+    return xs[this.rng.nextInt(xs.length)]!;
+  }
+
+  private fault(kind: number): void {
+    const s = this.sched;
+    const lead = this.leaderOf(DATA_GROUP)?.id;
+    const victim = lead !== undefined && this.rng.nextInt(2) === 0 ? lead : this.pick(this.ids);
+    switch (kind) {
+      case 0: {
+        // Crash and restart, losing unsynced writes (sometimes a torn prefix of them survives).
+        const keep = this.rng.nextInt(3) === 0 ? 1 + this.rng.nextInt(3) : 0;
+        if (!this.crash(victim, keep)) return;
+        const downMs = 50 + this.rng.nextInt(600);
+        this.note(`crash node ${victim}${victim === lead ? ' (data leader)' : ''}, keep ${keep} unsynced batches, restart in ${downMs} ms`);
+        s.at(SIM_OWNER, downMs, () => this.restart(victim));
+        return;
+      }
+      case 1: {
+        // A partition: a minority (or one node) cut off, or an even split.
+        const shuffled = [...this.ids].sort(() => this.rng.nextFloat() - 0.5);
+        const cut = 1 + this.rng.nextInt(Math.floor(this.n / 2));
+        const sides = [shuffled.slice(0, cut), shuffled.slice(cut)];
+        this.net.partition(sides);
+        const ms = 150 + this.rng.nextInt(800);
+        this.note(`partition ${JSON.stringify(sides)} for ${ms} ms`);
+        s.at(SIM_OWNER, ms, () => {
+          this.net.partition([]);
+          this.note('partition healed');
+        });
+        return;
+      }
+      case 2: {
+        const from = victim;
+        const to = this.pick(this.ids.filter((x) => x !== from));
+        this.net.cutOneWay(from, to);
+        const ms = 150 + this.rng.nextInt(800);
+        this.note(`one-way cut ${from}>${to} for ${ms} ms`);
+        s.at(SIM_OWNER, ms, () => {
+          this.net.partition([]);
+          this.note('links healed');
+        });
+        return;
+      }
+      case 3: {
+        const dropRate = 0.05 + this.rng.nextFloat() * 0.3;
+        const duplicateRate = this.rng.nextFloat() * 0.1;
+        this.net.conditions = { ...this.net.conditions, dropRate, duplicateRate };
+        const ms = 200 + this.rng.nextInt(800);
+        this.note(`lossy network (drop ${dropRate.toFixed(2)}, duplicate ${duplicateRate.toFixed(2)}) for ${ms} ms`);
+        s.at(SIM_OWNER, ms, () => {
+          this.net.conditions = { ...this.net.conditions, dropRate: 0, duplicateRate: 0 };
+        });
+        return;
+      }
+      case 4: {
+        const maxDelayMs = 20 + this.rng.nextInt(120);
+        this.net.conditions = { ...this.net.conditions, minDelayMs: 1, maxDelayMs };
+        const ms = 200 + this.rng.nextInt(800);
+        this.note(`slow links (1..${maxDelayMs} ms, reordering) for ${ms} ms`);
+        s.at(SIM_OWNER, ms, () => {
+          this.net.conditions = { ...this.net.conditions, minDelayMs: 1, maxDelayMs: 4 };
+        });
+        return;
+      }
+      default: {
+        // A frozen process (GC pause, SIGSTOP): the data leader more often than not.
+        const target = lead !== undefined && this.rng.nextInt(3) > 0 ? lead : victim;
+        const inc = this.incs.get(target);
+        if (!inc || inc.dead) return;
+        const ms = 100 + this.rng.nextInt(900);
+        s.pause(inc.owner, s.now() + ms);
+        this.note(`pause node ${target}${target === lead ? ' (data leader)' : ''} for ${ms} ms`);
+        return;
+      }
+    }
+  }
+
+  private healAll(): void {
+    this.net.heal();
+    this.note('heal all');
+    for (const id of this.ids) this.restart(id);
+  }
+
+  // ------------------------------------------------------------------ clients
+
+  /** One unary call attempt from a client to node `to`: its outcome, or 'timeout' (no answer within `attemptMs`). */
+  private attempt<O extends UnaryOp>(op: O, req: RequestOf<O>, to: NodeId, attemptMs: number): Promise<UnaryOutcome<ResponseOf<O>> | 'timeout'> {
+    return new Promise((resolve) => {
+      let done = false;
+      const settle = (v: UnaryOutcome<ResponseOf<O>> | 'timeout'): void => {
+        if (done) return;
+        done = true;
+        timer.cancel();
+        resolve(v);
+      };
+      const timer = this.sched.at(SIM_OWNER, attemptMs, () => settle('timeout'));
+      if (this.net.ownerOf(to) === undefined) {
+        // Connection refused: the node is down.
+        this.sched.at(SIM_OWNER, this.net.delay(), () => settle({ ok: false, error: serviceError(grpc.status.UNAVAILABLE, 'No connection established (simulated: node down)') }));
+        return;
+      }
+      const deadlineMs = this.sched.now() + attemptMs;
+      this.net.request(
+        CLIENT_HOST,
+        to,
+        () => {
+          const c = this.coordinatorOf(to);
+          if (!c) return Promise.resolve<UnaryOutcome<ResponseOf<O>>>({ ok: false, error: serviceError(grpc.status.UNAVAILABLE, 'Stream refused by server (simulated: node starting)') });
+          return serveUnary(c, op, req, new grpc.Metadata(), deadlineMs);
+        },
+        (outcome) => {
+          if (outcome.ok) settle(outcome.value);
+        },
+      );
+    });
+  }
+
+  /**
+   * One logical operation with bounded attempts (at most 6, within 2 s): retried on the leader
+   * the answer names, else on another node; writes carry the client's session, so a retry never
+   * applies twice. Resolves with the response, or undefined when the outcome stays unknown.
+   */
+  private async call<O extends UnaryOp>(client: number, op: O, req: RequestOf<O>): Promise<ResponseOf<O> | undefined> {
+    const deadline = this.sched.now() + 2000;
+    let target = this.pick(this.ids);
+    for (let i = 0; i < 6 && this.sched.now() < deadline; i++) {
+      const out = await this.attempt(op, req, target, Math.min(600, Math.max(1, deadline - this.sched.now())));
+      if (out !== 'timeout' && out.ok) return out.response;
+      if (out !== 'timeout') {
+        const e = out.error;
+        const f = readKvMetadata(e.metadata);
+        const definite = [grpc.status.INVALID_ARGUMENT, grpc.status.PERMISSION_DENIED, grpc.status.INTERNAL, grpc.status.NOT_FOUND, grpc.status.UNIMPLEMENTED];
+        if (definite.includes(e.code)) {
+          this.problems.push(`client ${client}: ${op} ${JSON.stringify(req, errReplacer)} failed: ${e.details}`);
+          return undefined;
+        }
+        if (e.code === grpc.status.FAILED_PRECONDITION) return undefined; // session expired: outcome unknown
+        const hinted = f.leader !== undefined ? this.idOf(f.leader) : undefined;
+        target = hinted !== undefined && hinted !== target ? hinted : this.pick(this.ids.filter((x) => x !== target));
+      } else {
+        target = this.pick(this.ids.filter((x) => x !== target));
+      }
+      await this.sleep(5 + this.rng.nextInt(30));
+    }
+    return undefined;
+  }
+
+  private sleep(ms: number): Promise<void> {
+    return new Promise((r) => this.sched.at(SIM_OWNER, ms, r));
+  }
+
+  private async client(c: number): Promise<void> {
+    const keys = ['a', 'b', 'c'].map((k) => `${DATA_PREFIX}${k}`);
+    const session = `simclient${String(this.opts.seed).padStart(10, '0')}x${c}`;
+    let seq = 0;
+    let n = 0;
+    const known = new Map<string, { version: number; value: string | undefined }>();
+    while (this.sched.now() < this.activeEnd) {
+      const key = this.pick(keys);
+      const roll = this.rng.nextInt(10);
+      const call = this.sched.now();
+      this.ops++;
+      if (roll < 4) {
+        const value = `c${c}-${++n}`;
+        seq++;
+        const op: KvOperation = { clientId: c, kind: 'put', key, value, call };
+        this.history.push(op);
+        const r = (await this.call(c, 'put', { key, value: enc.encode(value), session: { id: session, seq, ackedBelow: seq } })) as PutResponseMsg | undefined;
+        if (r) {
+          op.ret = this.sched.now();
+          this.opsOk++;
+          known.set(key, { version: r.version ?? 0, value });
+        }
+      } else if (roll < 7) {
+        const op: KvOperation = { clientId: c, kind: 'get', key, call };
+        const r = (await this.call(c, 'get', { key, consistency: 'LINEARIZABLE' })) as GetResponseMsg | undefined;
+        if (r) {
+          op.ret = this.sched.now();
+          op.output = r.found ? text(r.value) : undefined;
+          this.history.push(op);
+          this.opsOk++;
+          known.set(key, { version: r.found ? (r.version ?? 0) : 0, value: op.output });
+        }
+      } else {
+        // A conditional put on the version this client saw last (or "absent").
+        const seen = known.get(key) ?? { version: 0, value: undefined };
+        const value = `c${c}-${++n}`;
+        seq++;
+        const op: KvOperation = { clientId: c, kind: 'cas', key, value, call, ...(seen.value !== undefined ? { expected: seen.value } : {}) };
+        this.history.push(op);
+        const r = (await this.call(c, 'put', { key, value: enc.encode(value), expectedVersion: seen.version, session: { id: session, seq, ackedBelow: seq } })) as PutResponseMsg | undefined;
+        if (r) {
+          op.ret = this.sched.now();
+          op.casOk = r.succeeded === true;
+          this.opsOk++;
+          if (op.casOk) known.set(key, { version: r.version ?? 0, value });
+          else known.delete(key);
+        }
+      }
+      await this.sleep(this.rng.nextInt(20));
+    }
+  }
+
+  // ------------------------------------------------------------------ watchers
+
+  /**
+   * A watcher follows DATA_PREFIX from revision 1: on a random node's watch, resuming from the
+   * revision after the last it saw on another node when its stream ends (the node crashed, the
+   * server cancelled it) or goes quiet for too long.
+   */
+  private watcher(w: number): void {
+    let next = 1;
+    let current: { stream: WatchStream; handle?: WatchHandle; owner: Owner; lastHeard: number } | undefined;
+    const open = (): void => {
+      const up = this.ids.filter((id) => {
+        const inc = this.incs.get(id);
+        return inc && !inc.dead && inc.node?.replica(DATA_GROUP);
+      });
+      if (up.length === 0) return;
+      const id = this.pick(up);
+      const inc = this.incs.get(id)!;
+      const stream: WatchStream = { watcher: w, node: id, from: next, batches: [] };
+      this.streams.push(stream);
+      const cur: NonNullable<typeof current> = { stream, owner: inc.owner, lastHeard: this.sched.now() };
+      current = cur;
+      // Responses reach the watcher in order (one stream), each after a network delay.
+      let lastArrival = 0;
+      const arrive = (fn: () => void): void => {
+        const at = Math.max(this.sched.now() + this.net.delay(), lastArrival);
+        lastArrival = at;
+        this.sched.at(SIM_OWNER, at - this.sched.now(), () => {
+          if (current !== cur) return;
+          cur.lastHeard = this.sched.now();
+          fn();
+        });
+      };
+      this.sched.at(inc.owner, this.net.delay(), () => {
+        if (inc.dead || !inc.node) return;
+        try {
+          cur.handle = inc.node.watch(
+            { prefix: DATA_PREFIX, fromRevision: next, progressIntervalMs: 50, shard: DATA_GROUP },
+            {
+              events: (events, revision) => {
+                const seen = events.map(seenOf);
+                arrive(() => {
+                  stream.batches.push({ kind: 'events', events: seen, revision });
+                  next = Math.max(next, revision + 1);
+                });
+              },
+              progress: (revision) =>
+                arrive(() => {
+                  stream.batches.push({ kind: 'progress', events: [], revision });
+                  next = Math.max(next, revision + 1);
+                }),
+              canceled: (reason) =>
+                arrive(() => {
+                  stream.canceled = reason;
+                  current = undefined;
+                }),
+            },
+          );
+        } catch (e) {
+          arrive(() => {
+            stream.canceled = `watch refused: ${String(e)}`;
+            current = undefined;
+          });
+        }
+      });
+    };
+    const check = (): void => {
+      const now = this.sched.now();
+      if (now > this.activeEnd + (this.opts.settleMs ?? 3000) - 500) {
+        // The end: stop listening so the final comparison sees a settled stream.
+        if (current) {
+          const cur = current;
+          const inc = [...this.incs.values()].find((i) => i.owner === cur.owner);
+          if (inc && !inc.dead) this.sched.at(inc.owner, 0, () => cur.handle?.cancel());
+          current = undefined;
+        }
+        return;
+      }
+      const inc = current ? [...this.incs.values()].find((i) => i.owner === current!.owner) : undefined;
+      const gone = !current || !inc || inc.dead || this.incs.get(inc.id) !== inc;
+      const quiet = current !== undefined && now - current.lastHeard > 400;
+      if (gone || quiet || this.rng.nextInt(25) === 0) {
+        // Resume elsewhere (and now and then move on purpose: resumption from any revision).
+        if (current && inc && !inc.dead) {
+          const cur = current;
+          this.sched.at(inc.owner, 0, () => cur.handle?.cancel());
+        }
+        current = undefined;
+        open();
+      }
+      this.sched.at(SIM_OWNER, 100, check);
+    };
+    open();
+    this.sched.at(SIM_OWNER, 100, check);
+  }
+
+  // ------------------------------------------------------------------ the lambda
+
+  /**
+   * Runs the delivery layer of the extensions on `node` with one in-process lambda watching
+   * DATA_PREFIX (stateful: per-key order) that records each event it is given and fails now and
+   * then (retried by the dispatcher).
+   */
+  private startLambda(inc: Incarnation, node: KvNode): ShardDelivery {
+    const watch: DispatchWatch = {
+      id: 1,
+      prefix: DATA_PREFIX,
+      options: { mode: 'stateful', events: ['put', 'delete'], concurrency: 4, maxAttempts: 12, retryBackoffMs: 20, timeoutMs: 1000, maxBacklog: 1000 },
+    };
+    const runner = {
+      mode: 'worker',
+      watches: [watch],
+      invoke: (_id: number, ev: ExtensionEvent): Promise<void> =>
+        new Promise((resolve, reject) => {
+          // The lambda takes a little time, and fails one time in ten.
+          setTimeout(() => {
+            if (this.rng.nextInt(10) === 0) {
+              reject(Object.assign(new Error('simulated lambda failure'), { kind: 'threw' }));
+              return;
+            }
+            if (!inc.dead) this.deliveries.push({ node: inc.id, at: this.sched.now(), key: ev.key, revision: ev.version, value: text(ev.value) });
+            resolve();
+          }, this.rng.nextInt(15));
+        }),
+    } as unknown as ExtensionRunner;
+    const record = { name: 'simlambda', version: '1.0.0', generation: 1, sha256: '', size: 0, chunks: 0, config: {}, startRevisions: { [String(DATA_GROUP)]: 1 } } as unknown as ExtensionRecord;
+    const loaded: Loaded = { record, state: 'running', runner, deliveries: new Map() };
+    const all = (): Loaded[] => [loaded];
+    const log = keepingLogger(this.problems, `delivery ${inc.id}#${inc.owner}:`);
+    const delivery = new ShardDelivery(kvNodeHost(node), {
+      log,
+      maxHops: 8,
+      metrics: new ExtensionMetrics(undefined, all),
+      loaded: all,
+      reload: () => {},
+      bootId: `boot-${inc.owner}`,
+    });
+    delivery.start();
+    return delivery;
+  }
+
+  // ------------------------------------------------------------------ the end
+
+  /**
+   * Collects, once everything settled, each live node's full history of DATA_PREFIX (a watch from
+   * revision 1) and re-watches from random earlier revisions on random nodes.
+   */
+  private async finalChecksData(): Promise<{ finalHistories: Map<NodeId, SeenEvent[]>; rewatches: NodeSimRun['rewatches'] }> {
+    const finalHistories = new Map<NodeId, SeenEvent[]>();
+    const rewatches: NodeSimRun['rewatches'] = [];
+    const lastRevision = Math.max(0, ...[...this.incs.values()].map((i) => (i.dead ? 0 : (i.node?.replica(DATA_GROUP)?.sm.revision ?? 0))));
+    const collectors: (() => void)[] = [];
+    const watchFrom = (inc: Incarnation, from: number, done: (events: SeenEvent[], upTo: number, canceled?: string) => void): void => {
+      const events: SeenEvent[] = [];
+      let upTo = from - 1;
+      let canceled: string | undefined;
+      let handle: WatchHandle | undefined;
+      this.sched.at(inc.owner, 0, () => {
+        try {
+          handle = inc.node!.watch(
+            { prefix: DATA_PREFIX, fromRevision: from, progressIntervalMs: 20, shard: DATA_GROUP },
+            {
+              events: (evs, revision) => {
+                events.push(...evs.map(seenOf));
+                upTo = Math.max(upTo, revision);
+              },
+              progress: (revision) => void (upTo = Math.max(upTo, revision)),
+              canceled: (reason) => void (canceled = reason),
+            },
+          );
+        } catch (e) {
+          canceled = String(e);
+        }
+      });
+      collectors.push(() => {
+        handle?.cancel();
+        done(events, upTo, canceled);
+      });
+    };
+    for (const inc of this.incs.values()) {
+      if (inc.dead || !inc.node?.replica(DATA_GROUP)) continue;
+      watchFrom(inc, 1, (events, upTo, canceled) => {
+        if (canceled === undefined && upTo >= lastRevision) finalHistories.set(inc.id, events);
+        else this.problems.push(`final watch from 1 on node ${inc.id}: ${canceled ? `cancelled (${canceled})` : `reached only revision ${upTo} of ${lastRevision}`}`);
+      });
+      for (let i = 0; i < 2 && lastRevision > 1; i++) {
+        const from = 1 + this.rng.nextInt(lastRevision);
+        watchFrom(inc, from, (events, upTo, canceled) => rewatches.push({ node: inc.id, from, events, upTo, ...(canceled !== undefined ? { canceled } : {}) }));
+      }
+    }
+    await this.sched.run(this.sched.now() + 300);
+    for (const c of collectors) c();
+    return { finalHistories, rewatches };
+  }
+}
+
+function seenOf(e: KvEvent): SeenEvent {
+  return { revision: e.revision, key: e.key, type: e.type, value: text(e.value) };
+}
+
+function errReplacer(_k: string, v: unknown): unknown {
+  if (v instanceof Uint8Array) return dec.decode(v);
+  if (v instanceof Error) return `${v.name}: ${v.message}`;
+  return v;
+}
+
+/** A digest of a run's observable outcome: history, streams, deliveries, faults (determinism check). */
+export function runDigest(run: NodeSimRun): string {
+  const h = createHash('sha256');
+  h.update(JSON.stringify(run.history));
+  h.update(JSON.stringify(run.streams));
+  h.update(JSON.stringify(run.deliveries));
+  h.update(JSON.stringify(run.faults));
+  h.update(JSON.stringify(run.stats));
+  return h.digest('hex').slice(0, 16);
+}
