@@ -55,9 +55,9 @@ export interface NodeSimOptions {
   readonly seed: number;
   /** Nodes (default: 3, or 5 for one seed in four). */
   readonly nodes?: number;
-  /** Virtual ms of clients and faults after the cluster is up (default 2000). */
+  /** Virtual ms of clients and faults after the cluster is up (default 1500). */
   readonly activeMs?: number;
-  /** Virtual ms after the final heal for deliveries and watches to catch up (default 3000). */
+  /** Virtual ms after the final heal for deliveries and watches to catch up (default 2000). */
   readonly settleMs?: number;
   /** Inject faults (default true). */
   readonly faults?: boolean;
@@ -206,8 +206,8 @@ class NodeSim {
     // Up: every node has the map and the data shard has a leader that applied its descriptor.
     await s.run(s.now() + 10_000, () => this.clusterUp());
     if (!this.clusterUp()) this.problems.push('the cluster did not come up within 10 s (virtual)');
-    const activeMs = this.opts.activeMs ?? 2000;
-    const settleMs = this.opts.settleMs ?? 3000;
+    const activeMs = this.opts.activeMs ?? 1500;
+    const settleMs = this.opts.settleMs ?? 2000;
     const t0 = s.now();
     this.activeEnd = t0 + activeMs;
     for (let c = 1; c <= 3; c++) s.at(SIM_OWNER, 0, () => void this.client(c));
@@ -277,7 +277,7 @@ class NodeSim {
       members: this.members,
       tickMs: 10,
       electionTicks: 10,
-      heartbeatTicks: 1,
+      heartbeatTicks: 2,
       snapshotEveryEntries: this.snapshotEvery,
       keepEntriesAfterSnapshot: Math.min(this.snapshotEvery, 20),
       log: keepingLogger(this.problems, `node ${id}#${owner}:`),
@@ -627,7 +627,7 @@ class NodeSim {
     };
     const check = (): void => {
       const now = this.sched.now();
-      if (now > this.activeEnd + (this.opts.settleMs ?? 3000) - 500) {
+      if (now > this.activeEnd + (this.opts.settleMs ?? 2000) - 400) {
         // The end: stop listening so the final comparison sees a settled stream.
         if (current) {
           const cur = current;

@@ -4,13 +4,11 @@
  * clients' calls), all under the run's seeded random and virtual clock. Every message waits a
  * random delay (so messages between two nodes can overtake each other), may be dropped or
  * duplicated while the network is lossy, and is dropped on a cut link (a partition). Raft
- * messages travel encoded as on the wire (peer-codec toWire/fromWire), so no object is shared
- * between two nodes. A message reaches the incarnation that was current when it was sent; one
+ * messages of one send to one node travel as one frame. A message reaches the incarnation that was current when it was sent; one
  * that crashed meanwhile never sees it.
  */
 import type { Message, NodeId } from '../../../src/raft/index.js';
 import { SeededRandom } from '../../../src/raft/index.js';
-import { fromWire, toWire } from '../../../src/node/peer-codec.js';
 import type { Transport } from '../../../src/node/transport.js';
 import { SIM_OWNER, type Owner, type VirtualScheduler } from './virtual-scheduler.js';
 
@@ -106,22 +104,31 @@ export class SimNetwork {
     return this.conditions.dropRate > 0 && this.random.nextFloat() < this.conditions.dropRate;
   }
 
-  /** @internal Sends Raft messages from `from`: each on its own delay, per the links and conditions. */
+  /**
+   * @internal Sends Raft messages from `from`: the messages of one call to each node travel
+   * together (as one frame of a peer stream), each frame on its own delay, per the links and
+   * conditions. Messages are shared, not copied (as LoopbackHub does): nodes never mutate them.
+   */
   sendRaft(from: NodeId, messages: readonly Message[]): void {
+    const byNode = new Map<NodeId, Message[]>();
     for (const m of messages) {
       this.stats.raftSent++;
-      const to = this.endpoints.get(m.to);
-      if (!to || !this.reachable(from, m.to) || this.lost()) {
-        this.stats.raftDropped++;
+      let list = byNode.get(m.to);
+      if (!list) byNode.set(m.to, (list = []));
+      list.push(m);
+    }
+    for (const [toId, list] of byNode) {
+      const to = this.endpoints.get(toId);
+      if (!to || !this.reachable(from, toId) || this.lost()) {
+        this.stats.raftDropped += list.length;
         continue;
       }
-      const wire = toWire(m);
       const copies = this.conditions.duplicateRate > 0 && this.random.nextFloat() < this.conditions.duplicateRate ? 2 : 1;
       for (let i = 0; i < copies; i++) {
         this.sched.at(to.owner, this.delay(), () => {
-          // A link cut while the message was in flight loses it too.
-          if (this.cut.has(`${from}>${m.to}`)) return;
-          to.transport.receive([fromWire(wire)]);
+          // A link cut while the frame was in flight loses it too.
+          if (this.cut.has(`${from}>${toId}`)) return;
+          to.transport.receive(list);
         });
       }
     }
