@@ -10,7 +10,8 @@
  * watch hub) run on the virtual clock through the globals the run installs (VirtualScheduler.install).
  */
 import { describe, expect, it } from 'vitest';
-import { runDigest, runNodeSim } from './node/node-sim.js';
+import { checkRun } from './node/checks.js';
+import { runDigest, runNodeSim, type NodeSimRun } from './node/node-sim.js';
 import { runBatch, seedsOf } from './node/schedules.js';
 
 describe('node-level simulation (real KvNode, coordinator, delivery), part 1', () => {
@@ -25,5 +26,25 @@ describe('node-level simulation (real KvNode, coordinator, delivery), part 1', (
     const a = runDigest(await runNodeSim({ seed, activeMs: 800, settleMs: 1000 }));
     const b = runDigest(await runNodeSim({ seed, activeMs: 800, settleMs: 1000 }));
     expect(b).toBe(a);
+  });
+
+  it('the checks catch a gap, a duplicate, a lost write, a stale read, a missed or reordered delivery', async () => {
+    const run = await runNodeSim({ seed: 11, activeMs: 800, settleMs: 1000, faults: false });
+    expect(checkRun(run)).toEqual([]);
+    const copy = (): NodeSimRun => structuredClone(run);
+    const eventBatches = (r: NodeSimRun) => r.streams.map((s) => s.batches.filter((b) => b.events.length > 0)).find((bs) => bs.length > 1)!;
+    const mutations: [string, (r: NodeSimRun) => void, RegExp][] = [
+      ['gap', (r) => eventBatches(r)[0]!.events.splice(0), /gap/],
+      ['duplicate', (r) => { const [a, b] = eventBatches(r); b!.events.unshift(...a!.events); }, /in a response for revisions/],
+      ['lost write', (r) => { for (const h of r.finalHistories.values()) h.splice(h.findIndex((e) => r.history.some((o) => o.kind === 'put' && o.ret !== undefined && o.value === e.value)), 1); }, /lost|not linearizable/],
+      ['stale read', (r) => { const g = r.history.filter((o) => o.kind === 'get' && o.output !== undefined); const op = g[g.length - 1]!; op.output = 'never-written'; }, /not linearizable/],
+      ['missed delivery', (r) => { const first = r.deliveries[0]!; r.deliveries.splice(0, r.deliveries.length, ...r.deliveries.filter((d) => d.revision !== first.revision || d.key !== first.key)); }, /never got/],
+      ['reordered delivery', (r) => { const k = r.deliveries[0]!.key; const i = r.deliveries.findIndex((d, j) => j > 0 && d.key === k && d.revision > r.deliveries[0]!.revision); const [later] = r.deliveries.splice(i, 1); r.deliveries.unshift(later!); }, /per-key order/],
+    ];
+    for (const [name, mutate, expected] of mutations) {
+      const r = copy();
+      mutate(r);
+      expect(checkRun(r).join('\n'), name).toMatch(expected);
+    }
   });
 });

@@ -71,7 +71,7 @@ export interface WatchStream {
   readonly node: NodeId;
   readonly from: number;
   /** Each call of the sink, in arrival order. */
-  readonly batches: { readonly kind: 'events' | 'progress'; readonly events: readonly SeenEvent[]; readonly revision: number }[];
+  readonly batches: { readonly kind: 'events' | 'progress'; readonly events: SeenEvent[]; readonly revision: number }[];
   /** Set when the server cancelled it. */
   canceled?: string;
 }
