@@ -7,8 +7,10 @@ import { KVCASCADE_VERSION } from '../node/kv-node.js';
 /** The node's configuration after merging the config file and flags. */
 export interface KvdConfig {
   id: number;
-  /** The client API's address (bound and advertised). */
+  /** Where the client API binds (e.g. 0.0.0.0:7379 in a container). */
   listen: string;
+  /** The client API address other nodes and clients are told (the map's member address; default `listen`). */
+  advertise: string;
   /** Initial members: id → client address (empty when joining). */
   peers: Map<number, string>;
   /** Initial members: id → peer address (their Raft listeners). */
@@ -115,7 +117,8 @@ export function parseConfig(argv: string[]): KvdConfig {
     .version(KVCASCADE_VERSION)
     .option('--config <file>', 'JSON config file (flags override it)')
     .option('--id <n>', 'this node id (positive integer)', int('--id'))
-    .option('--listen <host:port>', 'address of the client API')
+    .option('--listen <host:port>', 'address the client API binds (e.g. 0.0.0.0:7379)')
+    .option('--advertise <host:port>', 'client API address other nodes and clients are told, e.g. a DNS name (default: --listen)')
     .option('--peer-listen <host:port>', 'address of the peer (Raft) listener: mutual TLS, never the client port')
     .option('--advertise-peer <host:port>', 'peer address other nodes dial (default: --peer-listen)')
     .option('--peers <list>', 'initial members: 1=CLIENT/PEER,2=CLIENT/PEER,... as host:port pairs (including this node)')
@@ -161,24 +164,32 @@ export function parseConfig(argv: string[]): KvdConfig {
       ? parsePeers(peersRaw)
       : new Map(Object.entries(peersRaw ?? {}).map(([k, v]) => [Number(k), parsePeerEntry(Number(k), String(v))] as const));
   const id = Number(pick('id', 0));
-  const listen = pick<string | undefined>('listen', undefined) ?? peerList.get(id)?.client;
+  const listenFlag = pick<string | undefined>('listen', undefined);
+  const advertiseFlag = pick<string | undefined>('advertise', undefined);
+  const listen = listenFlag ?? advertiseFlag ?? peerList.get(id)?.client;
+  const advertise = advertiseFlag ?? (listenFlag !== undefined && !isWildcard(listenFlag) ? listenFlag : peerList.get(id)?.client ?? listenFlag);
   const join = pick<string | undefined>('join', undefined);
   const peerListen = pick<string | undefined>('peerListen', undefined);
   const advertisePeer = pick<string | undefined>('advertisePeer', undefined) ?? peerListen ?? peerList.get(id)?.peer;
   const insecurePeers = Boolean(pick('insecurePeers', false));
   if (!id) throw new Error('--id is required');
-  if (!listen) throw new Error('--listen is required (or list this node in --peers)');
-  for (const [flag, v] of [['--peer-listen', peerListen], ['--advertise-peer', advertisePeer]] as const) {
+  if (!listen || !advertise) throw new Error('--listen is required (or list this node in --peers)');
+  if (isWildcard(advertise)) {
+    throw new Error(`--listen ${listen} binds every interface: give --advertise host:port, the address other nodes and clients can reach this node at`);
+  }
+  for (const [flag, v] of [['--listen', listen], ['--advertise', advertise], ['--peer-listen', peerListen], ['--advertise-peer', advertisePeer]] as const) {
     if (v !== undefined && !/^[^/\s]+:\d+$/.test(v)) throw new Error(`${flag} "${v}" is not host:port`);
   }
   if (join !== undefined) {
     if (peerList.size > 0) throw new Error('give either --join (to join a cluster) or --peers (to create one), not both');
     if (!/^.+:\d+$/.test(join)) throw new Error(`--join "${join}" is not host:port`);
   } else {
-    if (peerList.size === 0) peerList.set(id, { client: listen, ...(advertisePeer !== undefined ? { peer: advertisePeer } : {}) });
+    if (peerList.size === 0) peerList.set(id, { client: advertise, ...(advertisePeer !== undefined ? { peer: advertisePeer } : {}) });
     const self = peerList.get(id);
     if (!self) throw new Error(`node ${id} must be listed in --peers`);
-    if (self.client !== listen) throw new Error(`--listen ${listen} differs from this node's client address in --peers (${self.client})`);
+    if (self.client !== advertise) {
+      throw new Error(`this node's client address in --peers (${self.client}) differs from ${advertiseFlag !== undefined ? '--advertise' : '--listen'} ${advertise}`);
+    }
     if (advertisePeer !== undefined && self.peer !== undefined && self.peer !== advertisePeer) {
       throw new Error(`this node's peer address in --peers (${self.peer}) differs from --advertise-peer/--peer-listen (${advertisePeer})`);
     }
@@ -190,7 +201,7 @@ export function parseConfig(argv: string[]): KvdConfig {
       if (p.peer === undefined) throw new Error(`member ${pid} in --peers has no peer address: write ${pid}=${p.client}/PEER_HOST:PORT`);
     }
   }
-  if (peerListen !== undefined && (peerListen === listen || advertisePeer === listen)) {
+  if (peerListen !== undefined && (peerListen === listen || advertisePeer === advertise)) {
     throw new Error('the peer listener must not be the client port: give --peer-listen its own host:port');
   }
   const peers = new Map([...peerList].map(([k, v]) => [k, v.client] as [number, string]));
@@ -201,6 +212,7 @@ export function parseConfig(argv: string[]): KvdConfig {
   const cfg: KvdConfig = {
     id,
     listen,
+    advertise,
     peers,
     peerAddresses,
     ...(peerListen !== undefined ? { peerListen } : {}),
@@ -293,4 +305,10 @@ function parseExtensions(flags: unknown, fromFile: unknown): ConfiguredExtension
     }
   }
   return out;
+}
+
+/** Whether a host:port binds every interface (0.0.0.0, [::]), so it cannot be advertised. */
+function isWildcard(address: string): boolean {
+  const host = address.slice(0, address.lastIndexOf(':'));
+  return host === '0.0.0.0' || host === '[::]' || host === '::' || host === '';
 }

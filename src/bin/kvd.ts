@@ -126,11 +126,11 @@ async function main(): Promise<void> {
 
   const seedMap = cfg.join ? await fetchSeedMap(cfg.join, cfg.id, creds.clientDial, log) : undefined;
   const self = seedMap?.members.find((m) => m.id === cfg.id);
-  if (self && (self.address !== cfg.listen || (self.peerAddress !== undefined && self.peerAddress !== cfg.advertisePeer))) {
+  if (self && (self.address !== cfg.advertise || (self.peerAddress !== undefined && self.peerAddress !== cfg.advertisePeer))) {
     // The others would dial addresses this process does not serve.
     throw new Error(
-      `the cluster knows member ${cfg.id} as client ${self.address} / peer ${self.peerAddress ?? '-'}, but this node serves client ${cfg.listen} / peer ${cfg.advertisePeer ?? '-'}: ` +
-        'start it with those addresses (--listen, --peer-listen/--advertise-peer), or remove and re-add the member',
+      `the cluster knows member ${cfg.id} as client ${self.address} / peer ${self.peerAddress ?? '-'}, but this node advertises client ${cfg.advertise} / peer ${cfg.advertisePeer ?? '-'}: ` +
+        'start it with those addresses (--advertise or --listen, --advertise-peer or --peer-listen), or remove and re-add the member',
     );
   }
   const members = seedMap ? new Map(seedMap.members.map((m) => [m.id, m.address] as [number, string])) : cfg.peers;
@@ -167,7 +167,7 @@ async function main(): Promise<void> {
   const statusName = (e: unknown): string => grpc.status[classify(e)?.code ?? grpc.status.INTERNAL];
   const coordinator = new Coordinator(metrics.meter(node, statusName), {
     log,
-    selfAddress: cfg.listen,
+    selfAddress: cfg.advertise,
     leaderAddress: (g: number) => node.leaderAddress(g),
     stubs,
   });
@@ -237,7 +237,7 @@ async function main(): Promise<void> {
   extensions.start();
   const configured = ensureConfiguredExtensions(cfg, node, extensions, log, creds.clientDial);
   log.info(
-    { listen: cfg.listen, port, peerListen: cfg.peerListen, metricsPort: m.port, dataDir: cfg.dataDir, peers: Object.fromEntries(cfg.peers), peerAddresses: Object.fromEntries(cfg.peerAddresses) },
+    { listen: cfg.listen, advertise: cfg.advertise, port, peerListen: cfg.peerListen, metricsPort: m.port, dataDir: cfg.dataDir, peers: Object.fromEntries(cfg.peers), peerAddresses: Object.fromEntries(cfg.peerAddresses) },
     'kvd started',
   );
   // A machine-readable readiness line for supervisors and tests.

@@ -41,6 +41,7 @@ export interface WireMessage {
   total?: number;
   context?: string;
   transferee?: number;
+  quiesce?: boolean;
 }
 
 /** The longest `context` (a read request id, or "transfer" on a vote request) a peer may send. */
@@ -102,7 +103,8 @@ type Field =
   | 'done'
   | 'total'
   | 'context'
-  | 'transferee';
+  | 'transferee'
+  | 'quiesce';
 
 const ALL_FIELDS: readonly Field[] = [
   'index',
@@ -118,6 +120,7 @@ const ALL_FIELDS: readonly Field[] = [
   'total',
   'context',
   'transferee',
+  'quiesce',
 ];
 
 interface TypeRule {
@@ -143,7 +146,7 @@ const RULES: ReadonlyMap<string, TypeRule> = new Map<MessageType, TypeRule>([
   [MessageType.PreVoteResp, { required: [], optional: ['reject'] }],
   [MessageType.Snap, { required: ['snapshot', 'offset', 'total'], optional: ['chunk', 'done'] }],
   [MessageType.SnapChunkResp, { required: ['snapshot', 'offset'], optional: ['reject'] }],
-  [MessageType.Heartbeat, { required: ['commit'], optional: ['context'] }],
+  [MessageType.Heartbeat, { required: ['commit'], optional: ['context', 'quiesce'] }],
   [MessageType.HeartbeatResp, { required: [], optional: ['context'] }],
   [MessageType.ReadIndex, { required: ['context'], optional: [], forwarded: true }],
   [MessageType.ReadIndexResp, { required: ['index', 'context'], optional: [] }],
@@ -176,6 +179,7 @@ export function toWire(m: Message): WireMessage {
   if (m.total !== undefined) w.total = m.total;
   if (m.context !== undefined) w.context = m.context;
   if (m.transferee !== undefined) w.transferee = m.transferee;
+  if (m.quiesce) w.quiesce = true;
   return w;
 }
 
@@ -280,6 +284,10 @@ function decodeStructure(input: unknown): Message {
     out.context = c;
   }
   if (present.has('transferee')) out.transferee = nodeId(w['transferee'], 'transferee');
+  if (present.has('quiesce')) {
+    if (w['quiesce'] !== true) throw new PeerMessageError('malformed', 'quiesce is not a boolean');
+    out.quiesce = true;
+  }
   if (present.has('entries')) out.entries = decodeEntries(w['entries'], out);
   if (present.has('snapshot')) out.snapshot = decodeSnapshotMeta(w['snapshot'], term);
   if (type === MessageType.Snap) {

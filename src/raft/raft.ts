@@ -4,7 +4,9 @@
  *
  * Features: leader election with randomised timeouts, pre-vote and check-quorum; pipelined,
  * flow-controlled log replication with fast conflict back-off; chunked snapshot transfer;
- * ReadIndex reads; leader transfer; single-step membership changes with learners.
+ * ReadIndex reads; leader transfer; single-step membership changes with learners; quiescence
+ * of idle groups (the leader stops heartbeating, caught-up followers stop their election timers;
+ * the host wakes a follower whose leader's node looks dead, see `quiesce`/`wake`).
  *
  * Why one file of this size: it is one state machine whose role handlers (follower, candidate,
  * leader) share every field and must be read together to check an invariant; the separable
@@ -226,6 +228,10 @@ export class Raft {
   /** Entries were appended on the leader and not yet broadcast (batched until the next Ready). */
   private appendPending = false;
   private incomingSnapshot: IncomingSnapshot | undefined;
+  /** Quiesced: ticks do nothing (no heartbeats, no election timer) until a message or the host wakes us. */
+  private quiescedState = false;
+  /** Leader: consecutive ticks during which the group had nothing in flight (see `canQuiesce`). */
+  private idleTicks = 0;
 
   constructor(cfg: RaftConfig) {
     if (!Number.isInteger(cfg.id) || cfg.id <= 0) throw new Error(`raft: invalid replica id ${cfg.id}`);
@@ -310,8 +316,75 @@ export class Raft {
 
   /** Advances the logical clock by one tick. */
   tick(): void {
-    if (this.role === Role.Leader) this.tickHeartbeat();
-    else this.tickElection();
+    if (this.quiescedState) return;
+    if (this.role === Role.Leader) {
+      this.idleTicks = this.idleNow() ? this.idleTicks + 1 : 0;
+      this.tickHeartbeat();
+    } else this.tickElection();
+  }
+
+  // ---------------------------------------------------------------- quiescence
+
+  /** Whether this replica is quiesced: its ticks do nothing until a message arrives or `wake`. */
+  get quiesced(): boolean {
+    return this.quiescedState;
+  }
+
+  /**
+   * Leader: whether the group has been idle for at least `minIdleTicks` ticks — every entry
+   * committed and matched by every member, no reads, transfer, configuration change or
+   * snapshot in flight — so `quiesce` may stop its heartbeats. The host adds what the core
+   * cannot know: that every member's node is live (a dead member must keep the group awake).
+   */
+  canQuiesce(minIdleTicks: number): boolean {
+    return !this.quiescedState && this.role === Role.Leader && this.idleTicks >= minIdleTicks && this.idleNow();
+  }
+
+  /**
+   * Leader: quiesce the group. A last heartbeat marked `quiesce` tells every follower; from then
+   * on ticks send nothing. Any proposal, read, transfer or peer message other than an
+   * acknowledgement wakes the leader again; `wake` does too. Returns whether it quiesced.
+   * Quiescence only changes timing: no decision of the protocol depends on it.
+   */
+  quiesce(): boolean {
+    if (!this.canQuiesce(0)) return false;
+    this.bcastHeartbeat(undefined, true);
+    this.quiescedState = true;
+    return true;
+  }
+
+  /**
+   * Ends quiescence. `leaderSilent`: a follower's host saw no sign of life from the leader's node
+   * for an election timeout, so the follower resumes as one that has not heard from its leader
+   * for that long (it may campaign within one more randomised timeout, and grants votes at once).
+   */
+  wake(leaderSilent = false): void {
+    if (!this.quiescedState) return;
+    this.quiescedState = false;
+    this.idleTicks = 0;
+    this.heartbeatElapsed = 0;
+    if (this.role === Role.Leader) {
+      // Check-quorum starts a fresh window: marks from before quiescence say nothing about now.
+      this.electionElapsed = 0;
+      for (const pr of this.prs.values()) pr.recentActive = false;
+    } else {
+      this.electionElapsed = leaderSilent ? this.electionTicks : 0;
+    }
+  }
+
+  /** Leader: nothing in flight now (see `canQuiesce`). */
+  private idleNow(): boolean {
+    if (this.role !== Role.Leader) return false;
+    const last = this.log.lastIndex();
+    if (this.log.committed !== last || this.log.stableLastIndex() !== last) return false;
+    if (this.pendingReads.length > 0 || this.readsAwaitingCommit.length > 0 || this.appendPending) return false;
+    if (this.leadTransferee !== NONE || this.selfRemovalIndex > 0 || this.pendingConfIndex > this.log.applied) return false;
+    if (!this.voters.includes(this.id)) return false;
+    for (const [id, pr] of this.prs) {
+      if (id === this.id) continue;
+      if (pr.match !== last || pr.state !== ProgressState.Replicate || pr.inflights.count > 0) return false;
+    }
+    return true;
   }
 
   /** Sends out the appends owed after proposals (called when the host asks for a Ready). */
@@ -322,12 +395,14 @@ export class Raft {
 
   /** Proposes application data; throws ProposalDroppedError when it cannot be accepted here. */
   propose(data: readonly Uint8Array[]): void {
+    this.wake();
     const entries = data.map((d) => ({ term: 0, index: 0, type: EntryType.Normal, data: d }));
     this.proposeEntries(entries, true);
   }
 
   /** Proposes a membership change (one at a time). */
   proposeConfChange(cc: ConfChange): void {
+    this.wake();
     if (this.role !== Role.Leader) throw new ProposalDroppedError('not the leader');
     if (this.pendingConfIndex > this.log.applied) {
       throw new ProposalDroppedError('another configuration change is not yet applied');
@@ -343,6 +418,7 @@ export class Raft {
 
   /** Asks the leader to hand leadership to `transferee` (a follower forwards the request to its leader). */
   transferLeader(transferee: NodeId): void {
+    this.wake();
     if (this.role === Role.Leader) {
       this.leaderTransfer(transferee);
     } else if (this.lead !== NONE) {
@@ -371,6 +447,7 @@ export class Raft {
       this.droppedMessages++;
       return;
     }
+    if (this.quiescedState && !this.keepsQuiescence(m)) this.wake();
     if (m.term === 0) {
       // local message
     } else if (m.term > this.term) {
@@ -483,6 +560,17 @@ export class Raft {
     return true;
   }
 
+  /**
+   * Messages a quiesced replica takes without waking: the leader's quiesce heartbeat (again) and,
+   * on a leader, acknowledgements of its current term that ask for nothing (a heartbeat reply,
+   * an append reply that refuses nothing).
+   */
+  private keepsQuiescence(m: Message): boolean {
+    if (m.type === MessageType.Heartbeat) return m.quiesce === true && m.term === this.term && m.from === this.lead;
+    if (this.role !== Role.Leader || m.term !== this.term) return false;
+    return m.type === MessageType.HeartbeatResp || (m.type === MessageType.AppResp && !m.reject);
+  }
+
   // ---------------------------------------------------------------- role transitions
 
   private reset(term: number): void {
@@ -493,6 +581,8 @@ export class Raft {
     this.lead = NONE;
     this.electionElapsed = 0;
     this.heartbeatElapsed = 0;
+    this.quiescedState = false;
+    this.idleTicks = 0;
     this.randomizedElectionTimeout = this.electionTicks + this.random.nextInt(this.electionTicks);
     this.leadTransferee = NONE;
     this.votes.clear();
@@ -520,6 +610,7 @@ export class Raft {
 
   private becomePreCandidate(): void {
     if (this.role === Role.Leader) throw new Error('raft: leader cannot become pre-candidate');
+    this.quiescedState = false;
     // Term and vote are untouched: a pre-vote round must not disturb anyone.
     this.votes.clear();
     this.lead = NONE;
@@ -866,7 +957,7 @@ export class Raft {
     }
   }
 
-  private bcastHeartbeat(context: string | undefined): void {
+  private bcastHeartbeat(context: string | undefined, quiesce = false): void {
     for (const [id, pr] of this.prs) {
       if (id === this.id) continue;
       const m: Message = {
@@ -877,6 +968,7 @@ export class Raft {
         term: this.term,
         commit: Math.min(pr.match, this.log.committed),
         ...(context !== undefined ? { context } : {}),
+        ...(quiesce ? { quiesce: true } : {}),
       };
       this.send(m);
     }
@@ -1123,6 +1215,12 @@ export class Raft {
 
   private handleHeartbeat(m: Message): void {
     this.log.commitTo(Math.min(m.commit ?? 0, this.log.lastIndex()));
+    // Quiesce only when our log is exactly the leader's (else stay awake: the leader wakes on our
+    // next message, e.g. a pre-vote after our election timeout, and catches us up).
+    const commit = m.commit ?? 0;
+    if (m.quiesce === true && this.role === Role.Follower && this.log.lastIndex() === commit && this.log.committed === commit) {
+      this.quiescedState = true;
+    }
     const resp: Message = {
       type: MessageType.HeartbeatResp,
       group: this.group,

@@ -134,6 +134,12 @@ export interface Message {
    * `from` always names the sender.
    */
   readonly transferee?: NodeId;
+  /**
+   * Heartbeat: the leader is idle (everything committed and matched everywhere) and stops
+   * heartbeating; a caught-up follower stops its election timer until any other message arrives
+   * or its host wakes it (see `Raft.quiesce`).
+   */
+  readonly quiesce?: boolean;
 }
 
 /** A linearizable read that became safe: serve it once the applied index reaches `index`. */

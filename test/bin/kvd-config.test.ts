@@ -21,6 +21,23 @@ describe('kvd configuration', () => {
     expect(cfg.warnings.join('\n')).toMatch(/--insecure-peers: .* Local development only/);
   });
 
+  it('binds --listen and advertises --advertise (a DNS name), as in a container', () => {
+    const dns = '1=kvd-0.kvd:7379/kvd-0.kvd:7380,2=kvd-1.kvd:7379/kvd-1.kvd:7380,3=kvd-2.kvd:7379/kvd-2.kvd:7380';
+    const cfg = parseConfig(['--id', '1', '--listen', '0.0.0.0:7379', '--advertise', 'kvd-0.kvd:7379', '--peer-listen', '0.0.0.0:7380', '--advertise-peer', 'kvd-0.kvd:7380', '--peers', dns, '--insecure-peers']);
+    expect(cfg.listen).toBe('0.0.0.0:7379');
+    expect(cfg.advertise).toBe('kvd-0.kvd:7379');
+    expect(cfg.peers.get(2)).toBe('kvd-1.kvd:7379');
+    expect(cfg.peerAddresses.get(3)).toBe('kvd-2.kvd:7380');
+    // Without --advertise, --listen is advertised.
+    expect(parseConfig([...base, '--insecure-peers']).advertise).toBe('127.0.0.1:7001');
+    // A wildcard cannot be advertised, and the advertised address must be this node's in --peers.
+    expect(() => parseConfig(['--id', '1', '--listen', '0.0.0.0:7379'])).toThrow(/give --advertise host:port/);
+    expect(() => parseConfig(['--id', '1', '--listen', '0.0.0.0:7379', '--advertise', 'kvd-9.kvd:7379', '--peer-listen', '0.0.0.0:7380', '--advertise-peer', 'kvd-0.kvd:7380', '--peers', dns, '--insecure-peers'])).toThrow(
+      /client address in --peers \(kvd-0.kvd:7379\) differs from --advertise kvd-9.kvd:7379/,
+    );
+    expect(() => parseConfig(['--id', '1', '--listen', '127.0.0.1:7001', '--advertise', 'no-port'])).toThrow(/--advertise "no-port" is not host:port/);
+  });
+
   it('refuses to start with peers and no peer TLS unless --insecure-peers', () => {
     expect(() => parseConfig(base)).toThrow(/refusing to start: the peer listener would accept unauthenticated Raft traffic/);
     const tls = ['--tls-cert', 'n.pem', '--tls-key', 'n.key', '--tls-ca', 'ca.pem'];

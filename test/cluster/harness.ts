@@ -63,6 +63,11 @@ export interface ClusterOptions {
   readonly defaultShards?: number;
   /** TLS settings for the test's clients (when the nodes serve TLS). */
   readonly tls?: KvClientTlsOptions;
+  /**
+   * Advertise every address under this host name (e.g. `localhost`) while binding 127.0.0.1, as
+   * nodes behind DNS names do (`--advertise`, `--advertise-peer`, `--peers` by name).
+   */
+  readonly advertiseHost?: string;
 }
 
 /** A cluster of real kvd processes. */
@@ -89,7 +94,10 @@ export class KvdCluster {
     const n = opts.nodes ?? 3;
     const ports = await freePorts(2 * n);
     const c = new KvdCluster(
-      Array.from({ length: n }, (_, i) => ({ address: `127.0.0.1:${ports[2 * i]}`, peerAddress: `127.0.0.1:${ports[2 * i + 1]}` })),
+      Array.from({ length: n }, (_, i) => ({
+        address: `${opts.advertiseHost ?? '127.0.0.1'}:${ports[2 * i]}`,
+        peerAddress: `${opts.advertiseHost ?? '127.0.0.1'}:${ports[2 * i + 1]}`,
+      })),
       opts,
     );
     await Promise.all(c.nodes.map((n) => c.startNode(n.id)));
@@ -114,11 +122,13 @@ export class KvdCluster {
     const own = this.opts.nodeArgs?.(id) ?? [];
     const all = [...own, ...(this.opts.extraArgs ?? [])];
     const securePeers = all.includes('--tls-ca') || all.includes('--peer-tls-ca');
+    const bindAddress = (a: string): string => (this.opts.advertiseHost ? `127.0.0.1:${a.slice(a.lastIndexOf(':') + 1)}` : a);
     const args = [
       KVD,
       '--id', String(id),
-      '--listen', n.address,
-      '--peer-listen', n.peerAddress,
+      '--listen', bindAddress(n.address),
+      '--peer-listen', bindAddress(n.peerAddress),
+      ...(this.opts.advertiseHost ? ['--advertise', n.address, '--advertise-peer', n.peerAddress] : []),
       ...(securePeers ? [] : ['--insecure-peers']),
       ...(n.joined ? ['--join', this.nodes[0]!.address] : ['--peers', this.peers]),
       ...(this.opts.defaultShards ? ['--default-shards', String(this.opts.defaultShards)] : []),
@@ -160,7 +170,8 @@ export class KvdCluster {
   /** Reserves a client and a peer address for a node to be added later (the member must be added before it starts). */
   async reserveAddresses(): Promise<{ address: string; peerAddress: string }> {
     const [port, peerPort] = await freePorts(2);
-    return { address: `127.0.0.1:${port}`, peerAddress: `127.0.0.1:${peerPort}` };
+    const host = this.opts.advertiseHost ?? '127.0.0.1';
+    return { address: `${host}:${port}`, peerAddress: `${host}:${peerPort}` };
   }
 
   /** Kills a node's process (default SIGKILL: no chance to flush anything). */

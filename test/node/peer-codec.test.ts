@@ -214,6 +214,17 @@ describe('decodePeerMessage: fields per type', () => {
     rejects(app({ entries: [null as unknown as Entry] }), 'malformed');
   });
 
+  it('carries the quiesce flag on heartbeats only, through the proto encoding', () => {
+    expect(decodePeerMessage(heartbeat({ quiesce: true }), CTX).quiesce).toBe(true);
+    expect(decodePeerMessage(heartbeat({ quiesce: false }), CTX).quiesce).toBeUndefined();
+    rejects(heartbeat({ quiesce: 'yes' as unknown as boolean }), 'malformed');
+    rejects({ ...app(), quiesce: true }, 'unexpected-field');
+    const hb = { type: MessageType.Heartbeat, group: 7, from: 2, to: 1, term: 5, commit: 3, quiesce: true };
+    const rpc = (loadPeerProto() as unknown as { kvcascade: { v1: { peer: { Peer: { service: { Raft: RaftRpc } } } } } }).kvcascade.v1.peer.Peer.service.Raft;
+    const [w] = rpc.requestDeserialize(rpc.requestSerialize({ fromNode: 2, seq: 1, messages: [toWire(hb)] })).messages;
+    expect(decodePeerMessage(w, CTX).quiesce).toBe(true);
+  });
+
   it('bounds the context', () => {
     rejects(heartbeat({ context: 'x'.repeat(MAX_PEER_CONTEXT_LENGTH + 1) }), 'out-of-bounds');
     expect(decodePeerMessage(heartbeat({ context: 'x'.repeat(MAX_PEER_CONTEXT_LENGTH) }), CTX).context).toHaveLength(MAX_PEER_CONTEXT_LENGTH);
@@ -442,7 +453,9 @@ const validMessageArb: fc.Arbitrary<Message> = fc
           .record({ index: indexArb, snapTerm: fc.nat(term), conf: confArb, offset: fc.nat(), reject: fc.boolean() })
           .map((r) => clean({ ...head, snapshot: { index: r.index, term: r.snapTerm, conf: r.conf }, offset: r.offset, reject: r.reject || undefined }));
       case MessageType.Heartbeat:
-        return fc.record({ commit: indexArb, context: opt(contextArb) }).map((r) => clean({ ...head, ...r }));
+        return fc
+          .record({ commit: indexArb, context: opt(contextArb), quiesce: fc.boolean() })
+          .map((r) => clean({ ...head, commit: r.commit, context: r.context, quiesce: r.quiesce || undefined }));
       case MessageType.HeartbeatResp:
         return opt(contextArb).map((context) => clean({ ...head, context }));
       case MessageType.ReadIndex:
