@@ -7,7 +7,8 @@
  *   acknowledged write is in the final history (durability).
  * - watches: each stream is ordered (revisions ascending, whole revisions per response), unique,
  *   gap-free (exactly the committed events from its start revision up to the last revision it
- *   reported), and re-watches opened at the end from random earlier revisions match the history.
+ *   reported), each watcher (resuming across streams) caught up with the last committed event once
+ *   everything healed, and re-watches opened at the end from random earlier revisions match the history.
  * - lambda delivery: every committed put under the watched prefix was delivered at least once,
  *   with its value, nothing uncommitted was delivered, and per key the first deliveries come in
  *   revision order (a redelivery after a leader change may repeat older ones).
@@ -93,6 +94,10 @@ export function checkWatches(run: NodeSimRun, history: readonly SeenEvent[]): st
     }
     if (!bad) problems.push(...checkStream(what, events, s.from, last, history));
   }
+  const last = history.at(-1)?.revision ?? 0;
+  run.watcherEnds.forEach((upTo, i) => {
+    if (upTo < last) problems.push(`watcher ${i + 1} saw revisions up to ${upTo} only, after everything healed (the last committed event is at ${last})`);
+  });
   for (const w of run.rewatches) {
     const what = `re-watch on node ${w.node}`;
     if (w.canceled !== undefined) problems.push(`${what} from ${w.from} was cancelled: ${w.canceled}`);

@@ -11,7 +11,8 @@
  * then check (checks.ts).
  *
  * Fault mix (drawn per schedule): crash + restart of a node or of the data leader, losing its
- * unsynced writes (sometimes keeping a prefix of them, a torn log); a partition (a minority cut
+ * unsynced writes (sometimes keeping a prefix of them, a torn log; disks take 0-5 ms per batch,
+ * so writes stay unsynced for a while); a power loss of a majority or of every node at once; a partition (a minority cut
  * off, or an even split); one-way link cuts; message loss and duplication; slow links (large
  * random delays reorder messages); a pause (frozen process) of the data leader or another node.
  *
@@ -103,6 +104,8 @@ export interface NodeSimRun {
   readonly deliveries: Delivery[];
   /** The data shard's committed events under DATA_PREFIX, from revision 1, per node that served a full watch of them at the end. */
   readonly finalHistories: Map<NodeId, SeenEvent[]>;
+  /** Per watcher, the revision it had seen everything up to at the end. */
+  readonly watcherEnds: number[];
   /** Re-watches from earlier revisions opened at the end: node, from, what they got. */
   readonly rewatches: { node: NodeId; from: number; events: SeenEvent[]; upTo: number; canceled?: string }[];
   /** Problems seen while running (a fatal storage failure, an internal error, an unexpected status). */
@@ -174,6 +177,14 @@ class NodeSim {
   private activeEnd = Infinity;
   private readonly members: Map<NodeId, string>;
   private readonly snapshotEvery: number;
+  /** Set once the final histories are collected: watchers stop. */
+  private ended = false;
+  /** Per watcher: the last revision it has seen everything up to. */
+  private readonly watcherEnds: (() => number)[] = [];
+  /** Each node's disk latency (ms per batch; writes are unsynced for that long, so a crash can lose them). */
+  private readonly diskMs = new Map<NodeId, number>();
+  /** Each client's attempt timeout (ms): short ones retry while the first attempt may still apply. */
+  private readonly attemptMs = new Map<number, number>();
 
   constructor(
     private readonly sched: VirtualScheduler,
@@ -186,6 +197,8 @@ class NodeSim {
     this.members = new Map(this.ids.map((id) => [id, addressOf(id)]));
     // Some schedules compact the log often, so followers that fall behind need snapshots.
     this.snapshotEvery = this.rng.nextInt(3) === 0 ? 40 : 20_000;
+    for (const id of this.ids) this.diskMs.set(id, this.pick([0, 1, 2, 5]));
+    for (let c = 1; c <= 3; c++) this.attemptMs.set(c, this.pick([150, 300, 600]));
   }
 
   private trace(line: string): void {
@@ -202,7 +215,7 @@ class NodeSim {
   async run(): Promise<NodeSimRun> {
     const s = this.sched;
     this.startMs = s.now();
-    for (const id of this.ids) this.boot(id, new MemoryEngine());
+    for (const id of this.ids) this.boot(id, new MemoryEngine({ latencyMs: this.diskMs.get(id)! }));
     // Up: every node has the map and the data shard has a leader that applied its descriptor.
     await s.run(s.now() + 10_000, () => this.clusterUp());
     if (!this.clusterUp()) this.problems.push('the cluster did not come up within 10 s (virtual)');
@@ -225,6 +238,7 @@ class NodeSim {
       streams: this.streams,
       deliveries: this.deliveries,
       finalHistories: end.finalHistories,
+      watcherEnds: this.watcherEnds.map((f) => f()),
       rewatches: end.rewatches,
       problems: this.problems,
       stats: {
@@ -347,10 +361,10 @@ class NodeSim {
   // ------------------------------------------------------------------ faults
 
   private scheduleFaults(t0: number, activeMs: number): void {
-    const steps = 1 + this.rng.nextInt(4);
+    const steps = 1 + this.rng.nextInt(6);
     for (let i = 0; i < steps; i++) {
       const at = this.rng.nextInt(Math.max(1, activeMs - 300));
-      const kind = this.rng.nextInt(7);
+      const kind = this.rng.nextInt(8);
       this.sched.at(SIM_OWNER, t0 + at - this.sched.now(), () => this.fault(kind));
     }
   }
@@ -420,6 +434,18 @@ class NodeSim {
         });
         return;
       }
+      case 5: {
+        // A power loss of a majority (or of every node) at once; each comes back on its own.
+        const all = this.rng.nextInt(3) === 0;
+        const count = all ? this.n : Math.floor(this.n / 2) + 1;
+        const victims = [...this.ids].sort(() => this.rng.nextFloat() - 0.5).slice(0, count);
+        this.note(`power loss of nodes ${victims.join(',')}`);
+        for (const v of victims) {
+          if (!this.crash(v, 0)) continue;
+          s.at(SIM_OWNER, 50 + this.rng.nextInt(400), () => this.restart(v));
+        }
+        return;
+      }
       default: {
         // A frozen process (GC pause, SIGSTOP): the data leader more often than not.
         const target = lead !== undefined && this.rng.nextInt(3) > 0 ? lead : victim;
@@ -474,15 +500,15 @@ class NodeSim {
   }
 
   /**
-   * One logical operation with bounded attempts (at most 6, within 2 s): retried on the leader
+   * One logical operation with bounded attempts (at most 6, within 1.5 s): retried on the leader
    * the answer names, else on another node; writes carry the client's session, so a retry never
    * applies twice. Resolves with the response, or undefined when the outcome stays unknown.
    */
   private async call<O extends UnaryOp>(client: number, op: O, req: RequestOf<O>): Promise<ResponseOf<O> | undefined> {
-    const deadline = this.sched.now() + 2000;
+    const deadline = this.sched.now() + 1500;
     let target = this.pick(this.ids);
     for (let i = 0; i < 6 && this.sched.now() < deadline; i++) {
-      const out = await this.attempt(op, req, target, Math.min(600, Math.max(1, deadline - this.sched.now())));
+      const out = await this.attempt(op, req, target, Math.min(this.attemptMs.get(client)!, Math.max(1, deadline - this.sched.now())));
       if (out !== 'timeout' && out.ok) return out.response;
       if (out !== 'timeout') {
         const e = out.error;
@@ -568,6 +594,7 @@ class NodeSim {
    */
   private watcher(w: number): void {
     let next = 1;
+    this.watcherEnds.push(() => next - 1);
     let current: { stream: WatchStream; handle?: WatchHandle; owner: Owner; lastHeard: number } | undefined;
     const open = (): void => {
       const up = this.ids.filter((id) => {
@@ -627,8 +654,8 @@ class NodeSim {
     };
     const check = (): void => {
       const now = this.sched.now();
-      if (now > this.activeEnd + (this.opts.settleMs ?? 2000) - 400) {
-        // The end: stop listening so the final comparison sees a settled stream.
+      if (this.ended) {
+        // The end: stop listening (after the final histories were collected).
         if (current) {
           const cur = current;
           const inc = [...this.incs.values()].find((i) => i.owner === cur.owner);
@@ -751,6 +778,7 @@ class NodeSim {
     }
     await this.sched.run(this.sched.now() + 300);
     for (const c of collectors) c();
+    this.ended = true;
     return { finalHistories, rewatches };
   }
 }
