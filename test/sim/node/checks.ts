@@ -10,11 +10,12 @@
  *   reported), each watcher (resuming across streams) caught up with the last committed event once
  *   everything healed, and re-watches opened at the end from random earlier revisions match the history.
  * - lambda delivery: every committed put under the watched prefix was delivered at least once,
- *   with its value, nothing uncommitted was delivered, and per key the first deliveries come in
- *   revision order (a redelivery after a leader change may repeat older ones).
+ *   with its value, nothing uncommitted was delivered, per key the first deliveries come in
+ *   revision order (a redelivery after a leader change may repeat older ones), and every write the
+ *   lambda made through the coordinator and saw acknowledged is in the final state.
  */
 import { checkKvLinearizable } from '../linearizability.js';
-import type { NodeSimRun, SeenEvent } from './node-sim.js';
+import { derivedKey, type NodeSimRun, type SeenEvent } from './node-sim.js';
 
 const id = (e: SeenEvent): string => `${e.revision}/${e.key}`;
 const show = (e: SeenEvent | undefined): string => (e ? `${e.type} ${e.key}=${String(e.value)} @${e.revision}` : 'nothing');
@@ -120,6 +121,8 @@ export function checkDeliveries(run: NodeSimRun, history: readonly SeenEvent[]):
       continue;
     }
     if (c.value !== d.value) problems.push(`lambda got ${d.key} @${d.revision} with value ${String(d.value)}, committed ${String(c.value)}`);
+    const wrote = run.derived.get(derivedKey(d.key, d.revision));
+    if (wrote !== d.value) problems.push(`the lambda's acknowledged write for ${d.key} @${d.revision} ${wrote === undefined ? 'is lost' : `holds ${wrote}`} (expected ${String(d.value)})`);
     if (delivered.has(k)) continue;
     delivered.add(k);
     const max = firstMax.get(d.key) ?? 0;

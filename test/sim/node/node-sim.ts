@@ -6,7 +6,8 @@
  * watchers follow the data prefix through the nodes' watches, resuming on another node from the
  * last revision they saw; a lambda runs in-process behind the real delivery layer
  * (extensions/delivery.ts ShardDelivery → WatchDispatcher over the kvNodeHost seam), with a
- * runner that records what it is given. One schedule: start, wait for leaders, run clients,
+ * runner whose lambda writes a key per event through the node's coordinator (routedLambdaKv, as
+ * kvd gives lambdas) and records what it handled. One schedule: start, wait for leaders, run clients,
  * watchers and a random fault schedule for a while, heal and restart everything, let it settle,
  * then check (checks.ts).
  *
@@ -27,6 +28,8 @@ import { Coordinator } from '../../../src/coordinator/coordinator.js';
 import type { RequestOf, ResponseOf, UnaryOp } from '../../../src/coordinator/messages.js';
 import { ShardDelivery } from '../../../src/extensions/delivery.js';
 import { ExtensionMetrics } from '../../../src/extensions/extension-metrics.js';
+import { WriteSessionSource } from '../../../src/extensions/write-session.js';
+import { routedLambdaKv } from '../../../src/server/lambda-kv.js';
 import type { ExtensionEvent } from '../../../src/extensions/api.js';
 import type { DispatchWatch } from '../../../src/extensions/dispatcher.js';
 import { kvNodeHost } from '../../../src/extensions/kv-node-host.js';
@@ -47,6 +50,12 @@ import { SIM_OWNER, VirtualScheduler, type Owner } from './virtual-scheduler.js'
 
 /** The prefix clients write under, watchers follow and the lambda watches. */
 export const DATA_PREFIX = '/k/';
+
+/** Where the lambda writes what it saw: one key per event it handled. */
+export const DERIVED_PREFIX = '/d/';
+
+/** The key the lambda writes for the event of `key` at `revision`. */
+export const derivedKey = (key: string, revision: number): string => `${DERIVED_PREFIX}${key.slice(DATA_PREFIX.length)}@${revision}`;
 
 /** Virtual epoch of every run (a fixed date; the seed moves it a little so replicas' seeds differ per run). */
 const EPOCH_MS = Date.UTC(2026, 0, 1);
@@ -85,7 +94,7 @@ export interface SeenEvent {
   readonly value: string | undefined;
 }
 
-/** One successful lambda invocation. */
+/** One successful lambda invocation (its write under DERIVED_PREFIX acknowledged). */
 export interface Delivery {
   readonly node: NodeId;
   readonly at: number;
@@ -104,6 +113,8 @@ export interface NodeSimRun {
   readonly deliveries: Delivery[];
   /** The data shard's committed events under DATA_PREFIX, from revision 1, per node that served a full watch of them at the end. */
   readonly finalHistories: Map<NodeId, SeenEvent[]>;
+  /** The keys under DERIVED_PREFIX at the end (what the lambda's writes left), with their values. */
+  readonly derived: Map<string, string>;
   /** Per watcher, the revision it had seen everything up to at the end. */
   readonly watcherEnds: number[];
   /** Re-watches from earlier revisions opened at the end: node, from, what they got. */
@@ -239,6 +250,7 @@ class NodeSim {
       deliveries: this.deliveries,
       finalHistories: end.finalHistories,
       watcherEnds: this.watcherEnds.map((f) => f()),
+      derived: end.derived,
       rewatches: end.rewatches,
       problems: this.problems,
       stats: {
@@ -315,7 +327,7 @@ class NodeSim {
               debug: () => {},
             },
           });
-          inc.delivery = this.startLambda(inc, node);
+          inc.delivery = this.startLambda(inc, node, inc.coord);
           this.trace(`node ${id}#${owner} up`);
         },
         (e: unknown) => {
@@ -689,7 +701,8 @@ class NodeSim {
    * DATA_PREFIX (stateful: per-key order) that records each event it is given and fails now and
    * then (retried by the dispatcher).
    */
-  private startLambda(inc: Incarnation, node: KvNode): ShardDelivery {
+  private startLambda(inc: Incarnation, node: KvNode, coord: Coordinator): ShardDelivery {
+    const lambdaKv = routedLambdaKv(coord, { sessions: new WriteSessionSource(`simlambda-${String(this.opts.seed).padStart(10, '0')}-${inc.owner}`) });
     const watch: DispatchWatch = {
       id: 1,
       prefix: DATA_PREFIX,
@@ -706,8 +719,15 @@ class NodeSim {
               reject(Object.assign(new Error('simulated lambda failure'), { kind: 'threw' }));
               return;
             }
-            if (!inc.dead) this.deliveries.push({ node: inc.id, at: this.sched.now(), key: ev.key, revision: ev.version, value: text(ev.value) });
-            resolve();
+            // It writes what it saw under DERIVED_PREFIX through the node's coordinator (a lambda's store).
+            const derived = derivedKey(ev.key, ev.version);
+            lambdaKv.put(derived, ev.value ?? new Uint8Array(0), {}, ev.hops + 1, Date.now() + 1000).then(
+              () => {
+                if (!inc.dead) this.deliveries.push({ node: inc.id, at: this.sched.now(), key: ev.key, revision: ev.version, value: text(ev.value) });
+                resolve();
+              },
+              (e: unknown) => reject(Object.assign(new Error(`the lambda's write failed: ${String(e)}`), { kind: 'threw' })),
+            );
           }, this.rng.nextInt(15));
         }),
     } as unknown as ExtensionRunner;
@@ -733,7 +753,7 @@ class NodeSim {
    * Collects, once everything settled, each live node's full history of DATA_PREFIX (a watch from
    * revision 1) and re-watches from random earlier revisions on random nodes.
    */
-  private async finalChecksData(): Promise<{ finalHistories: Map<NodeId, SeenEvent[]>; rewatches: NodeSimRun['rewatches'] }> {
+  private async finalChecksData(): Promise<{ finalHistories: Map<NodeId, SeenEvent[]>; rewatches: NodeSimRun['rewatches']; derived: Map<string, string> }> {
     const finalHistories = new Map<NodeId, SeenEvent[]>();
     const rewatches: NodeSimRun['rewatches'] = [];
     const lastRevision = Math.max(0, ...[...this.incs.values()].map((i) => (i.dead ? 0 : (i.node?.replica(DATA_GROUP)?.sm.revision ?? 0))));
@@ -779,7 +799,14 @@ class NodeSim {
     await this.sched.run(this.sched.now() + 300);
     for (const c of collectors) c();
     this.ended = true;
-    return { finalHistories, rewatches };
+    // What the lambda wrote, as the most advanced live data replica holds it.
+    const derived = new Map<string, string>();
+    const best = [...this.incs.values()]
+      .filter((i) => !i.dead && i.node?.replica(DATA_GROUP))
+      .sort((a, b) => b.node!.replica(DATA_GROUP)!.sm.appliedIndex - a.node!.replica(DATA_GROUP)!.sm.appliedIndex)[0];
+    const page = best?.node!.replica(DATA_GROUP)!.sm.list(DERIVED_PREFIX, { limit: 10_000, keysOnly: false });
+    for (const item of page?.items ?? []) derived.set(item.key, text(item.value) ?? '');
+    return { finalHistories, rewatches, derived };
   }
 }
 
