@@ -15,7 +15,8 @@
  * unsynced writes (sometimes keeping a prefix of them, a torn log; disks take 0-5 ms per batch,
  * so writes stay unsynced for a while); a power loss of a majority or of every node at once; a partition (a minority cut
  * off, or an even split); one-way link cuts; message loss and duplication; slow links (large
- * random delays reorder messages); a pause (frozen process) of the data leader or another node.
+ * random delays reorder messages); a pause (frozen process) of the data leader or another node;
+ * and, in one schedule in three, node clocks that disagree by up to ±500 ms.
  *
  * Determinism: the same seed gives the same run (`digest`). The node, coordinator, extension and
  * storage layers still read the global clock and timers in places; the run installs the virtual
@@ -194,6 +195,8 @@ class NodeSim {
   private readonly watcherEnds: (() => number)[] = [];
   /** Each node's disk latency (ms per batch; writes are unsynced for that long, so a crash can lose them). */
   private readonly diskMs = new Map<NodeId, number>();
+  /** Each node's clock skew (ms ahead of virtual time; negative: behind). */
+  private readonly skewMs = new Map<NodeId, number>();
   /** Each client's attempt timeout (ms): short ones retry while the first attempt may still apply. */
   private readonly attemptMs = new Map<number, number>();
 
@@ -209,6 +212,8 @@ class NodeSim {
     // Some schedules compact the log often, so followers that fall behind need snapshots.
     this.snapshotEvery = this.rng.nextInt(3) === 0 ? 40 : 20_000;
     for (const id of this.ids) this.diskMs.set(id, this.pick([0, 1, 2, 5]));
+    // One schedule in three has clocks that disagree (up to half a second either way).
+    if (this.rng.nextInt(3) === 0) for (const id of this.ids) this.skewMs.set(id, this.rng.nextInt(1001) - 500);
     for (let c = 1; c <= 3; c++) this.attemptMs.set(c, this.pick([150, 300, 600]));
   }
 
@@ -296,6 +301,7 @@ class NodeSim {
   private boot(id: NodeId, engine: MemoryEngine): void {
     const owner = this.nextOwner++;
     const inc: Incarnation = { id, owner, engine, dead: false };
+    this.sched.setSkew(owner, this.skewMs.get(id) ?? 0);
     this.incs.set(id, inc);
     const transport = this.net.attach(id, owner);
     const nodeOpts: NodeOptions = {
@@ -495,14 +501,14 @@ class NodeSim {
         this.sched.at(SIM_OWNER, this.net.delay(), () => settle({ ok: false, error: serviceError(grpc.status.UNAVAILABLE, 'No connection established (simulated: node down)') }));
         return;
       }
-      const deadlineMs = this.sched.now() + attemptMs;
       this.net.request(
         CLIENT_HOST,
         to,
         () => {
           const c = this.coordinatorOf(to);
           if (!c) return Promise.resolve<UnaryOutcome<ResponseOf<O>>>({ ok: false, error: serviceError(grpc.status.UNAVAILABLE, 'Stream refused by server (simulated: node starting)') });
-          return serveUnary(c, op, req, new grpc.Metadata(), deadlineMs);
+          // The client's attempt timeout, on the serving node's clock.
+          return serveUnary(c, op, req, new grpc.Metadata(), Date.now() + attemptMs);
         },
         (outcome) => {
           if (outcome.ok) settle(outcome.value);

@@ -32,6 +32,11 @@ export function seedsOf(part: number, parts: number): number[] {
   return out;
 }
 
+/** The test timeout for part `part` of 2: the default 2 minutes, or 3 s a schedule when more are asked for. */
+export function scheduleTimeoutMs(part: number): number {
+  return Math.max(120_000, seedsOf(part, 2).length * 3_000);
+}
+
 /** The one-line command that replays `seed`. */
 export function replayCommand(seed: number): string {
   return `KVC_SIM_SEED=${seed} KVC_SIM_TRACE=1 npx vitest run test/sim/node-sim.test.ts`;

@@ -71,7 +71,9 @@ export function simNodeStubs(net: SimNetwork, from: NodeId, dir: SimDirectory): 
           const status = err ? { code: err.code, details: err.details, metadata: err.metadata } : { code: grpc.status.OK, details: 'OK', metadata: trailer };
           statusFn?.(status);
         };
+        // The deadline travels as a timeout (grpc-timeout), so each side reads it on its own clock.
         const d = o.deadline instanceof Date ? o.deadline.getTime() : typeof o.deadline === 'number' ? o.deadline : Infinity;
+        const timeoutMs = d - Date.now();
         const to = dir.idOf(address);
         const coord = to !== undefined ? dir.coordinatorOf(to) : undefined;
         let deadline: ReturnType<typeof setTimeout> | undefined;
@@ -79,14 +81,14 @@ export function simNodeStubs(net: SimNetwork, from: NodeId, dir: SimDirectory): 
         if (to === undefined || coord === undefined || net.ownerOf(to) === undefined) {
           setTimeout(() => finish(serviceError(grpc.status.UNAVAILABLE, `No connection established to ${address} (simulated: node down)`), undefined, new grpc.Metadata()), net.delay());
         } else {
-          if (Number.isFinite(d)) deadline = setTimeout(() => finish(serviceError(grpc.status.DEADLINE_EXCEEDED, 'Deadline exceeded'), undefined, new grpc.Metadata()), Math.max(1, d - Date.now()));
+          if (Number.isFinite(d)) deadline = setTimeout(() => finish(serviceError(grpc.status.DEADLINE_EXCEEDED, 'Deadline exceeded'), undefined, new grpc.Metadata()), Math.max(1, timeoutMs));
           net.request(
             from,
             to,
             () => {
               const c = dir.coordinatorOf(to);
               if (!c) return Promise.resolve<UnaryOutcome<unknown>>({ ok: false, error: serviceError(grpc.status.UNAVAILABLE, 'Stream refused by server (simulated: node starting)') });
-              return serveUnary(c, op, req as RequestOf<typeof op>, md, d);
+              return serveUnary(c, op, req as RequestOf<typeof op>, md, Date.now() + timeoutMs);
             },
             (outcome) => {
               if (!outcome.ok) return; // serveUnary never rejects

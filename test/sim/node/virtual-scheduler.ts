@@ -133,6 +133,8 @@ export class VirtualScheduler implements Scheduler {
   private readonly heap = new TimerHeap();
   private readonly paused = new Map<Owner, number>();
   private readonly killed = new Set<Owner>();
+  /** Per owner, how far its clock is ahead (ms; negative: behind) of virtual time. */
+  private readonly skews = new Map<Owner, number>();
   /** The owner whose work runs now (timers created now belong to it). */
   current: Owner = SIM_OWNER;
   /** Timers run so far. */
@@ -166,6 +168,33 @@ export class VirtualScheduler implements Scheduler {
   /** Runs `fn` as `owner`'s work `delayMs` from now (0: after what is queued for now). */
   at(owner: Owner, delayMs: number, fn: () => void): VirtualTimer {
     return this.enqueue(owner, Math.max(0, delayMs), fn, undefined);
+  }
+
+  /** Sets `owner`'s clock `ms` ahead of virtual time (negative: behind): what `Date.now` reads in its work, and its view's `now`. */
+  setSkew(owner: Owner, ms: number): void {
+    if (ms === 0) this.skews.delete(owner);
+    else this.skews.set(owner, ms);
+  }
+
+  /** The clock as `owner` reads it (virtual time plus its skew). */
+  nowOf(owner: Owner): number {
+    return this.clock + (this.skews.get(owner) ?? 0);
+  }
+
+  /**
+   * A Scheduler for `owner` alone (what a node is given): its timers belong to `owner` whoever
+   * creates them, and `now` is its own clock (with its skew).
+   */
+  viewFor(owner: Owner): Scheduler {
+    return {
+      now: () => this.nowOf(owner),
+      setTimeout: (fn, ms) => this.enqueue(owner, Math.max(1, Math.floor(Number.isFinite(ms) ? ms : 1)), fn, undefined),
+      setInterval: (fn, ms) => {
+        const every = Math.max(1, Math.floor(Number.isFinite(ms) ? ms : 1));
+        return this.enqueue(owner, every, fn, every);
+      },
+      setImmediate: (fn) => this.enqueue(owner, 0, fn, undefined),
+    };
   }
 
   /** Drops every timer of `owner`, now and later (a crashed node incarnation). */
@@ -273,9 +302,10 @@ export class VirtualScheduler implements Scheduler {
     g.clearTimeout = clear(saved.clearTimeout);
     g.clearInterval = clear(saved.clearInterval);
     g.clearImmediate = clear(saved.clearImmediate);
-    Date.now = () => this.clock;
+    // Each owner's work reads its own clock (clock skew between nodes).
+    Date.now = () => this.nowOf(this.current);
     const start = this.clock;
-    performance.now = () => this.clock - start;
+    performance.now = () => this.nowOf(this.current) - start;
     Math.random = () => this.random.nextFloat();
     return () => {
       g.setTimeout = saved.setTimeout;
