@@ -202,12 +202,12 @@ async function runOne(mode: 'before' | 'after', keys: number, valueBytes: number
       };
       await turn(); // the network
       const s0 = performance.now();
-      follower.raw.step(m);
+      follower.step(m);
       if (m.done) installStepMs = Math.round(performance.now() - s0);
       await turn(); // KvNode.receive steps, then runs the Ready round on a later turn (scheduleReady)
       // The follower's Ready rounds, as KvNode.runReady runs them.
-      while (follower.raw.hasReady()) {
-        const rd = follower.raw.ready();
+      while (follower.hasReady()) {
+        const rd = follower.ready();
         if (rd.entries.length > 0 || rd.hardState || rd.snapshot) {
           fStore.persistReady(GROUP, { entries: rd.entries, ...(rd.hardState ? { hardState: rd.hardState } : {}), ...(rd.snapshot ? { snapshot: rd.snapshot } : {}) });
         }
@@ -219,7 +219,7 @@ async function runOne(mode: 'before' | 'after', keys: number, valueBytes: number
           installBlockMs = Math.max(installBlockMs, probe.take());
         }
         await fStore.flush();
-        follower.raw.advance(rd);
+        follower.advance(rd);
         if (rd.snapshot && follower.installing) {
           // As KvNode.finishInstall: the replacement's units, ~10 ms of work per turn, then the data drop.
           for (let done = false; !done; ) {

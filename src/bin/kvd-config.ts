@@ -23,6 +23,8 @@ export interface KvdConfig {
   insecurePeers: boolean;
   dataDir: string;
   metricsPort: number;
+  /** Interface the metrics/probe HTTP endpoint binds (default 127.0.0.1). */
+  metricsHost: string;
   tickMs: number;
   electionTicks: number;
   snapshotEveryEntries: number;
@@ -33,6 +35,8 @@ export interface KvdConfig {
   defaultShards: number;
   /** Join the existing cluster at this address (host:port of any member) instead of creating one. */
   join?: string;
+  /** With `join`: add this node to the cluster itself (with the admin token) instead of waiting for `kvctl member add`. */
+  joinAutoAdd?: boolean;
   /** Extensions this node makes sure are loaded (registered cluster-wide) at start. */
   extensions: ConfiguredExtension[];
   /** Where extensions loaded without an isolation run on this node (unset: the runner's default, `process`). */
@@ -124,13 +128,15 @@ export function parseConfig(argv: string[]): KvdConfig {
     .option('--peers <list>', 'initial members: 1=CLIENT/PEER,2=CLIENT/PEER,... as host:port pairs (including this node)')
     .option('--insecure-peers', 'serve and dial peers without TLS: LOCAL DEVELOPMENT ONLY, any process that reaches the peer port can act as a node')
     .option('--data-dir <dir>', 'where the node keeps its data')
-    .option('--metrics-port <port>', 'port of the /metrics HTTP endpoint on 127.0.0.1 (0 = ephemeral)', int('--metrics-port'))
+    .option('--metrics-port <port>', 'port of the HTTP endpoint serving /metrics, /readyz and /livez (0 = ephemeral)', int('--metrics-port'))
+    .option('--metrics-host <host>', 'interface of the metrics endpoint (default 127.0.0.1; 0.0.0.0 in a container, so probes and scrapers reach it)')
     .option('--tick-ms <ms>', 'Raft tick length', int('--tick-ms'))
     .option('--election-ticks <n>', 'ticks before a follower campaigns', int('--election-ticks'))
     .option('--snapshot-every <entries>', 'take a snapshot after this many applied entries', int('--snapshot-every'))
     .option('--snapshot-keep-entries <entries>', 'log entries kept behind a snapshot for followers slightly behind (default 5000)', int('--snapshot-keep-entries'))
     .option('--default-shards <n>', 'shards of the default pool when this node creates a new cluster (default 1)', int('--default-shards'))
     .option('--join <host:port>', 'join the existing cluster at this member address (add the node first: kvctl member add <id> <addr>)')
+    .option('--join-auto-add', 'with --join: add this node to the cluster itself (needs the admin token), e.g. a new StatefulSet ordinal')
     .option('--retention-ms <ms>', 'keep old versions this long (0 = bounded only by history limits)', int('--retention-ms'))
     .option('--extension <path>', 'load this extension folder or .tgz at start (repeatable; the config file takes {path, name, config} objects)', (v: string, prev: string[] = []) => [...prev, v])
     .option('--extension-isolation <mode>', 'where extensions loaded without --isolation run: process (default), worker or in-process')
@@ -222,6 +228,7 @@ export function parseConfig(argv: string[]): KvdConfig {
     testFaultInjection: o.testFaultInjection === true,
     dataDir: resolve(pick('dataDir', `./data/node-${id}`)),
     metricsPort: Number(pick('metricsPort', 0)),
+    metricsHost: String(pick('metricsHost', '127.0.0.1')),
     tickMs: Number(pick('tickMs', 100)),
     electionTicks: Number(pick('electionTicks', 10)),
     snapshotEveryEntries: Number(pick('snapshotEvery', 20000)),
@@ -229,6 +236,7 @@ export function parseConfig(argv: string[]): KvdConfig {
     retentionMs: Number(pick('retentionMs', 3_600_000)),
     defaultShards,
     ...(join !== undefined ? { join } : {}),
+    ...(pick('joinAutoAdd', false) ? { joinAutoAdd: true } : {}),
     extensions: parseExtensions(o.extension, file.extensions),
     loopBlockWarnMs: Number(pick('loopBlockWarnMs', 1000)),
     loopBlockKillMs: Number(pick('loopBlockKillMs', 5000)),
@@ -261,6 +269,9 @@ export function parseConfig(argv: string[]): KvdConfig {
   if (token !== undefined) {
     if (token.length < 16) throw new Error('the admin token must be at least 16 characters');
     cfg.adminToken = token;
+  }
+  if (cfg.joinAutoAdd && (cfg.join === undefined || cfg.adminToken === undefined)) {
+    throw new Error('--join-auto-add needs --join (the cluster to join) and the admin token (--admin-token-file or KVCASCADE_ADMIN_TOKEN): adding a member is an admin operation');
   }
   for (const k of ['tlsCert', 'tlsKey', 'tlsCa', 'peerTlsCert', 'peerTlsKey', 'peerTlsCa'] as const) {
     const v = pick<string | undefined>(k, undefined);

@@ -26,19 +26,25 @@ import { Coordinator } from '../coordinator/coordinator.js';
 import { classify } from '../coordinator/op-status.js';
 import { NodeStubs } from '../coordinator/node-stubs.js';
 import { ClusterStubClient } from '../wire/proto.js';
+import { AdminClient } from '../client/admin-client.js';
 import type { ClusterMap } from '../sharding/index.js';
 import type { Logger } from '../log.js';
 import { Counter } from 'prom-client';
 import { LoopWatchdog, takeDeathNote } from '../node/loop-watchdog.js';
 import { installCpuProfileSignal } from './cpu-profile-signal.js';
 
+/** How often a joining node with `--join-auto-add` asks the cluster to add it, while it is not a member yet. */
+const AUTO_ADD_RETRY_MS = 5_000;
+
 /**
  * A joining node's first view of the cluster: the map served by `address`, once it lists this
- * node as a member (the operator adds it with `kvctl member add`). Polls until then.
+ * node as a member. The operator adds it with `kvctl member add`, or (`autoAdd`, from
+ * `--join-auto-add`) the node asks for it itself with the admin token. Polls until then.
  */
-async function fetchSeedMap(address: string, id: number, creds: grpc.ChannelCredentials, log: Logger): Promise<ClusterMap> {
+async function fetchSeedMap(address: string, id: number, creds: grpc.ChannelCredentials, log: Logger, autoAdd?: () => Promise<void>): Promise<ClusterMap> {
   const stub = new ClusterStubClient(address, creds);
   let warned = false;
+  let lastAddMs = 0;
   try {
     for (;;) {
       const map = await new Promise<ClusterMap | undefined>((resolve) => {
@@ -52,6 +58,14 @@ async function fetchSeedMap(address: string, id: number, creds: grpc.ChannelCred
         });
       });
       if (map?.members.some((m) => m.id === id)) return map;
+      if (map && autoAdd && Date.now() - lastAddMs >= AUTO_ADD_RETRY_MS) {
+        lastAddMs = Date.now();
+        await autoAdd().then(
+          () => log.info({ join: address, id }, 'asked the cluster to add this node (--join-auto-add)'),
+          (e: unknown) => log.warn({ join: address, id, err: e instanceof Error ? e.message : String(e) }, 'could not add this node yet (--join-auto-add): retrying'),
+        );
+        continue;
+      }
       if (!warned) {
         log.warn({ join: address, id }, map ? 'not a member yet: waiting for `kvctl member add`' : 'cluster not reachable yet: retrying');
         warned = true;
@@ -80,6 +94,27 @@ function bind(server: grpc.Server, address: string, creds: grpc.ServerCredential
  * Tests only (--test-fault-injection): `POST /test/faults?drop-to=2,3` makes the node drop every
  * Raft message it sends to nodes 2 and 3 (a one-way partition); `drop-to=` heals.
  */
+/**
+ * HTTP probes for orchestrators on the metrics port (they work whether or not the client API
+ * uses TLS): `/readyz` is 200 once the node has joined and its groups have leaders and are
+ * caught up (503 with the reason otherwise, and while shutting down); `/livez` is 200 whenever
+ * the event loop answers at all.
+ */
+function probeEndpoints(readiness: () => { ready: boolean; reason?: string }): (req: IncomingMessage, res: ServerResponse) => boolean {
+  return (req, res) => {
+    const path = new URL(req.url ?? '/', 'http://localhost').pathname;
+    if (path === '/livez') {
+      res.end('ok\n');
+      return true;
+    }
+    if (path !== '/readyz') return false;
+    const r = readiness();
+    res.statusCode = r.ready ? 200 : 503;
+    res.end(r.ready ? 'ready\n' : `not ready: ${r.reason ?? 'unknown'}\n`);
+    return true;
+  };
+}
+
 function faultInjection(transport: GrpcPeerTransport, log: Logger): (req: IncomingMessage, res: ServerResponse) => boolean {
   log.warn('test fault injection is enabled (--test-fault-injection): never in production');
   return (req, res) => {
@@ -124,7 +159,17 @@ async function main(): Promise<void> {
   const creds = kvdCredentials(cfg);
   if (!creds.clientCertAuth) log.warn('the client API does not authenticate clients (no --tls-ca): anyone who reaches it may read and write data');
 
-  const seedMap = cfg.join ? await fetchSeedMap(cfg.join, cfg.id, creds.clientDial, log) : undefined;
+  const autoAdd = cfg.join && cfg.joinAutoAdd
+    ? async (): Promise<void> => {
+        const admin = new AdminClient({ endpoints: [cfg.join!], credentials: creds.clientDial, ...(cfg.adminToken !== undefined ? { token: cfg.adminToken } : {}) });
+        try {
+          await admin.addMember(cfg.id, cfg.advertise, cfg.advertisePeer);
+        } finally {
+          admin.close();
+        }
+      }
+    : undefined;
+  const seedMap = cfg.join ? await fetchSeedMap(cfg.join, cfg.id, creds.clientDial, log, autoAdd) : undefined;
   const self = seedMap?.members.find((m) => m.id === cfg.id);
   if (self && (self.address !== cfg.advertise || (self.peerAddress !== undefined && self.peerAddress !== cfg.advertisePeer))) {
     // The others would dial addresses this process does not serve.
@@ -217,6 +262,7 @@ async function main(): Promise<void> {
     coordinator,
     ...(cfg.adminToken ? { adminToken: cfg.adminToken } : {}),
   });
+  let stopping = false;
   const health = addHealthService(server, () => node.readiness(), log);
   const port = await bind(server, cfg.listen, creds.clientServer);
   // The peer plane: Raft traffic only, on its own listener (mutual TLS unless --insecure-peers).
@@ -226,7 +272,9 @@ async function main(): Promise<void> {
     transport.register(peerServer, { isMember: (id) => node.isMember(id), authenticate: creds.peerAuthenticator });
     peerPort = await bind(peerServer, cfg.peerListen!, creds.peerServer);
   }
-  const m = await metrics.serve(cfg.metricsPort, '127.0.0.1', cfg.testFaultInjection ? faultInjection(transport, log) : undefined);
+  const faults = cfg.testFaultInjection ? faultInjection(transport, log) : undefined;
+  const probes = probeEndpoints(() => (stopping ? { ready: false, reason: 'shutting down' } : node.readiness()));
+  const m = await metrics.serve(cfg.metricsPort, cfg.metricsHost, (req, res) => probes(req, res) || (faults?.(req, res) ?? false));
   node.start();
   cluster.start();
   if (cfg.join) {
@@ -243,7 +291,6 @@ async function main(): Promise<void> {
   // A machine-readable readiness line for supervisors and tests.
   process.stdout.write(`${JSON.stringify({ event: 'ready', id: cfg.id, port, peerPort, metricsPort: m.port })}\n`);
 
-  let stopping = false;
   const stop = async (signal: string) => {
     if (stopping) return;
     stopping = true;

@@ -93,7 +93,7 @@ export class ClusterAdmin {
       const after = mutate(before);
       const diff = diffClusterMaps(before, after);
       if (diff.puts.length === 0 && diff.deletes.length === 0) return before;
-      const infoVersion = meta.sm.get(CLUSTER_INFO_KEY)?.version ?? 0;
+      const infoVersion = meta.readValue(CLUSTER_INFO_KEY)?.version ?? 0;
       const enc = new TextEncoder();
       // The info record is always rewritten (same value or not), so every change bumps the version the CAS compares.
       const puts = diff.puts.some((p) => p.key === CLUSTER_INFO_KEY)

@@ -4,10 +4,18 @@
  * every bootstrapping node computes alike from its flags.
  */
 import { CLUSTER_PREFIX, decodeClusterMap, type ClusterMap } from '../sharding/index.js';
-import type { KvStateMachine } from '../statemachine/index.js';
+import type { ListOptions, ListResult } from '../statemachine/index.js';
 
 /** Records of the map read per page while decoding. */
 const PAGE = 1000;
+
+/** What the view reads the map from: the metadata group's applied state (its replica here). */
+export interface MapSource {
+  /** The revision of the last applied write. */
+  readonly revision: number;
+  /** A page of keys under `prefix`. */
+  list(prefix: string, options?: ListOptions): ListResult;
+}
 
 /** Caches the decoded map per metadata revision. */
 export class ClusterView {
@@ -35,7 +43,7 @@ export class ClusterView {
    * true when the map (its epoch) changed. A malformed map is reported through `onError` and the
    * previous map kept (routing on a known-good map beats routing on garbage).
    */
-  refresh(meta: KvStateMachine, onError: (e: unknown) => void): boolean {
+  refresh(meta: MapSource, onError: (e: unknown) => void): boolean {
     if (meta.revision === this.readAtRevision) return false;
     this.readAtRevision = meta.revision;
     const records: { key: string; value: string }[] = [];

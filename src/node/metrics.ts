@@ -130,11 +130,11 @@ export class NodeMetrics {
         },
       });
     sumOverReplicas('kvcascade_raft_pending_proposals', 'Proposals waiting for commit on this node (all groups)', (r) => r.pendingProposals);
-    sumOverReplicas('kvcascade_watchers', 'Active watches served by this node (all groups)', (r) => r.watches.size);
+    sumOverReplicas('kvcascade_watchers', 'Active watches served by this node (all groups)', (r) => r.watchCount);
     sumOverReplicas(
       'kvcascade_raft_messages_ignored_total',
       'Raft messages the core ignored as invalid (out-of-bound terms or indexes, local-only types, inconsistent entries), all groups since start',
-      (r) => r.raw.raft.droppedMessages,
+      (r) => r.droppedMessages,
     );
   }
 

@@ -9,6 +9,11 @@ import {
   ProposalDroppedError,
   RawNode,
   Role,
+  type ConfChange,
+  type ConfState,
+  type Message,
+  type NodeId,
+  type RaftStatus,
   type MemoryStorage,
   type RandomSource,
   type Ready,
@@ -19,12 +24,17 @@ import {
   type Command,
   type CommandOrigin,
   type CommandResult,
+  type GetOptions,
+  type GetResult,
   type KvStateMachineOptions,
+  type ListOptions,
+  type ListResult,
   type WriteSession,
 } from '../statemachine/index.js';
+import type { ShardDescriptor } from '../sharding/index.js';
 import type { EngineOp, EngineView } from '../storage/kv-engine.js';
 import { StateRecorder } from '../storage/state-store.js';
-import { NotLeaderError, OverloadedError, UnavailableError } from './backend.js';
+import { NotLeaderError, OverloadedError, UnavailableError, type WatchHandle, type WatchRequest, type WatchSink } from './backend.js';
 import { decodeProposal, encodeProposal, UnknownEnvelopeVersionError } from './envelope.js';
 import { confAtIndex, SnapshotSender, type SnapshotSenderOptions } from './snapshot-sender.js';
 import { WatchHub, type WatchHubOptions } from './watch-hub.js';
@@ -104,9 +114,9 @@ export class ProposalLostError extends UnavailableError {
 /** One replica of one shard. */
 export class ShardReplica {
   readonly group: number;
-  readonly raw: RawNode;
-  sm: KvStateMachine;
-  readonly watches: WatchHub;
+  private readonly raw: RawNode;
+  private machine: KvStateMachine;
+  private readonly hub: WatchHub;
   private readonly proposals = new Map<number, PendingProposal>();
   private nextReads: ReadBatch['waiters'] = [];
   private readonly readBatches = new Map<string, ReadBatch>();
@@ -129,10 +139,10 @@ export class ShardReplica {
     if (!opts.initialState && snap && snap.data.length === 0) {
       throw new Error(`group ${opts.group}: a records snapshot (metadata only) needs the machine rebuilt from the records (initialState)`);
     }
-    this.sm = opts.initialState?.sm ?? (snap ? KvStateMachine.restore(snap.data) : new KvStateMachine(opts.stateMachine));
+    this.machine = opts.initialState?.sm ?? (snap ? KvStateMachine.restore(snap.data) : new KvStateMachine(opts.stateMachine));
     this.lastSnapshotIndex = snap?.meta.index ?? 0;
     this.recorder = opts.initialState?.recorder ?? new StateRecorder(opts.group);
-    this.sm.observe(this.recorder);
+    this.machine.observe(this.recorder);
     this.snapshots = new SnapshotSender(
       opts.storage,
       {
@@ -159,32 +169,188 @@ export class ShardReplica {
       random: opts.random,
       electionTicks: opts.electionTicks,
       heartbeatTicks: opts.heartbeatTicks,
-      applied: this.sm.appliedIndex,
+      applied: this.machine.appliedIndex,
       acceptSnapshot: (snap) => this.checkSnapshot(snap),
     });
     this.lastRole = this.raw.raft.role;
-    this.watches = new WatchHub(() => this.sm, opts.nowMs, opts.watch);
+    this.hub = new WatchHub(() => this.machine, opts.nowMs, opts.watch);
   }
 
-  /** Whether this replica currently leads its group. */
+  /**
+   * The state machine as applied here.
+   * @deprecated Read through the methods that say what they read (`readValue`, `list`, `revision`,
+   * `appliedIndex`, ...). Kept only for src/extensions/kv-node-host.ts, which the extension-host
+   * work is rewriting onto them; nothing else in src/ may use it.
+   */
+  get sm(): KvStateMachine {
+    return this.machine;
+  }
+
+  /**
+   * The replica's watches.
+   * @deprecated Use `watch(...)` and `watchCount`; kept only for src/extensions/kv-node-host.ts (see `sm`).
+   */
+  get watches(): WatchHub {
+    return this.hub;
+  }
+
+  /**
+   * Test-only: the replica's internals (its Raft node, state machine and watches), for tests in
+   * test/ that inspect or drive them directly. Code in src/ must use the methods above.
+   */
+  internalsForTests(): { readonly raw: RawNode; readonly sm: KvStateMachine; readonly watches: WatchHub } {
+    return { raw: this.raw, sm: this.machine, watches: this.hub };
+  }
+
   /** Whether node `id` is a voter or learner of this group in the configuration applied here. */
   includes(id: number): boolean {
     const c = this.raw.raft.confState();
     return c.voters.includes(id) || c.learners.includes(id);
   }
 
+  /** Whether this replica currently leads its group. */
   get isLeader(): boolean {
     return this.raw.raft.role === Role.Leader;
   }
 
-  /** The leader this replica knows of (0 = none). */
   /** The commit index this replica knows. */
   get commitIndex(): number {
     return this.raw.raft.log.committed;
   }
 
+  /** The leader this replica knows of (0 = none). */
   get leader(): number {
     return this.raw.raft.lead;
+  }
+
+  /** The Raft term this replica is in. */
+  get term(): number {
+    return this.raw.raft.term;
+  }
+
+  /** Whether a leadership transfer started by this (leader) replica is still in progress. */
+  get transferringLeadership(): boolean {
+    return this.raw.raft.leadTransferee !== 0;
+  }
+
+  /** Messages the Raft core dropped (malformed, refused snapshots; for metrics). */
+  get droppedMessages(): number {
+    return this.raw.raft.droppedMessages;
+  }
+
+  /** A summary of the Raft state (role, term, indexes, configuration, followers' progress). */
+  status(): RaftStatus {
+    return this.raw.status();
+  }
+
+  /** The membership in the configuration applied here. */
+  confState(): ConfState {
+    return this.raw.raft.confState();
+  }
+
+  /** The term of the log entry at `index`, if the log still holds it (or its snapshot is at it). */
+  logTerm(index: number): number | undefined {
+    return this.raw.raft.log.term(index);
+  }
+
+  // ---- driving the Raft core (the node's driver calls these)
+
+  /** Advances the Raft clock and the watches' progress timers by one tick. */
+  tick(): void {
+    this.raw.tick();
+    this.hub.tick();
+  }
+
+  /** Hands a peer's message to the Raft core (throws if it refuses it). */
+  step(m: Message): void {
+    this.raw.step(m);
+  }
+
+  /** Tells the Raft core that `peer` could not be reached (it backs off sending to it). */
+  reportUnreachable(peer: NodeId): void {
+    this.raw.reportUnreachable(peer);
+  }
+
+  /** Whether the Raft core has work for a ready round (writes, messages, committed entries). */
+  hasReady(): boolean {
+    return this.raw.hasReady();
+  }
+
+  /** Takes the Raft core's pending work (call `apply` then `advance` with it). */
+  ready(): Ready {
+    return this.raw.ready();
+  }
+
+  /** Tells the Raft core a Ready was persisted, sent and applied; returns the membership it applied, if changed. */
+  advance(rd: Ready): ConfState | undefined {
+    return this.raw.advance(rd);
+  }
+
+  /** Leader only: starts handing leadership to `to`. */
+  transferLeader(to: NodeId): void {
+    this.raw.transferLeader(to);
+  }
+
+  /** Leader only: proposes a membership change (applied when committed). */
+  proposeConfChange(cc: ConfChange): void {
+    this.raw.proposeConfChange(cc);
+  }
+
+  // ---- reading the applied state
+
+  /** The index of the last entry applied here. */
+  get appliedIndex(): number {
+    return this.machine.appliedIndex;
+  }
+
+  /** The shard's revision: that of its last applied write. */
+  get revision(): number {
+    return this.machine.revision;
+  }
+
+  /** The oldest revision still readable (versions before it were compacted). */
+  get compactRevision(): number {
+    return this.machine.compactRevision;
+  }
+
+  /** The revision up to which versions older than `retentionMs` at `nowMs` may be compacted. */
+  retentionCompactRevision(nowMs: number, retentionMs: number): number {
+    return this.machine.retentionCompactRevision(nowMs, retentionMs);
+  }
+
+  /** The shard's descriptor (which keys it owns), once written. */
+  get descriptor(): ShardDescriptor | undefined {
+    return this.machine.descriptor;
+  }
+
+  /** Number of user (non-reserved) keys held. */
+  get userKeyCount(): number {
+    return this.machine.userKeyCount;
+  }
+
+  /** Whether this shard owns `key` by its descriptor. */
+  ownsKey(key: string): boolean {
+    return this.machine.owns(key);
+  }
+
+  /** The value of `key` as applied here (latest, or at a revision or time), if any. */
+  readValue(key: string, at?: GetOptions): GetResult | undefined {
+    return this.machine.get(key, at);
+  }
+
+  /** A page of keys under `prefix` as applied here. */
+  list(prefix: string, options?: ListOptions): ListResult {
+    return this.machine.list(prefix, options);
+  }
+
+  /** Starts a watch of this shard's events (history from `req.fromRevision`, then live). */
+  watch(req: WatchRequest, sink: WatchSink): WatchHandle {
+    return this.hub.add(req, sink);
+  }
+
+  /** Number of active watches on this replica. */
+  get watchCount(): number {
+    return this.hub.size;
   }
 
   /** Number of proposals waiting for commit. */
@@ -245,15 +411,15 @@ export class ShardReplica {
    */
   apply(rd: Ready): void {
     if (rd.snapshot) {
-      const before = this.sm;
+      const before = this.machine;
       before.observe(undefined);
       const pending = this.recorder.take(before);
       if (pending) this.stateUnits.push(pending);
       const checked = this.checkedSnapshot;
       this.checkedSnapshot = undefined;
-      this.sm = checked?.data === rd.snapshot.data ? checked.sm : KvStateMachine.restore(rd.snapshot.data);
+      this.machine = checked?.data === rd.snapshot.data ? checked.sm : KvStateMachine.restore(rd.snapshot.data);
       // The records become the snapshot's state (the difference, in bounded units).
-      const steps = this.recorder.replaceSteps(before.toRecords(), this.sm.toRecords(), {
+      const steps = this.recorder.replaceSteps(before.toRecords(), this.machine.toRecords(), {
         ...(this.opts.stateUnitBytes ? { maxUnitBytes: this.opts.stateUnitBytes } : {}),
       });
       if (this.opts.stepwiseInstall && rd.committedEntries.length === 0) {
@@ -263,14 +429,14 @@ export class ShardReplica {
       } else {
         for (const u of steps) this.stateUnits.push(u);
       }
-      this.sm.observe(this.recorder);
+      this.machine.observe(this.recorder);
       this.lastSnapshotIndex = rd.snapshot.meta.index;
-      this.watches.restored();
+      this.hub.restored();
     }
     for (const e of rd.committedEntries) {
-      if (e.index <= this.sm.appliedIndex) continue;
+      if (e.index <= this.machine.appliedIndex) continue;
       let cmd: Command = { type: 'noop' };
-      let ts = this.sm.lastTimestampMs;
+      let ts = this.machine.lastTimestampMs;
       let hops = 0;
       let origin: CommandOrigin = 'system';
       let session: WriteSession | undefined;
@@ -288,7 +454,7 @@ export class ShardReplica {
           this.opts.onBadEntry?.(e.index, err);
         }
       }
-      const out = this.sm.apply(e.index, ts, cmd, origin, session);
+      const out = this.machine.apply(e.index, ts, cmd, origin, session);
       if (out.duplicate) this.opts.onDuplicate?.();
       const pending = this.proposals.get(e.index);
       if (pending) {
@@ -301,7 +467,7 @@ export class ShardReplica {
       }
       if (out.events.length > 0) {
         if (hops > 0) this.recordHops(out.events[0]!.revision, hops);
-        this.watches.publish(out.events);
+        this.hub.publish(out.events);
       }
     }
     for (const rs of rd.readStates) {
@@ -370,7 +536,7 @@ export class ShardReplica {
     // While a replacement is handed out the recorder is in the middle of it: only what was
     // recorded before it (the old state's last unit) goes now.
     if (!this.replacing) {
-      const u = this.recorder.take(this.sm);
+      const u = this.recorder.take(this.machine);
       if (u) this.stateUnits.push(u);
     }
     const out = this.stateUnits;
@@ -379,7 +545,7 @@ export class ShardReplica {
   }
 
   private settleReads(): void {
-    const applied = this.sm.appliedIndex;
+    const applied = this.machine.appliedIndex;
     for (const [id, b] of this.readBatches) {
       if (b.index !== undefined && b.index <= applied) {
         this.readBatches.delete(id);
@@ -413,7 +579,7 @@ export class ShardReplica {
 
   /** Whether enough has been applied since the last snapshot to take another. */
   wantsSnapshot(): boolean {
-    return this.sm.appliedIndex - this.lastSnapshotIndex >= this.opts.snapshotEveryEntries;
+    return this.machine.appliedIndex - this.lastSnapshotIndex >= this.opts.snapshotEveryEntries;
   }
 
   /** Records that a snapshot at `index` was taken. */
@@ -439,6 +605,6 @@ export class ShardReplica {
     this.readBatches.clear();
     for (const w of this.nextReads) w.reject(err);
     this.nextReads = [];
-    this.watches.closeAll('node shutting down');
+    this.hub.closeAll('node shutting down');
   }
 }

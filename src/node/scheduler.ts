@@ -8,6 +8,8 @@
 export interface TimerHandle {
   /** Cancel the timer; a no-op if it already fired or was cancelled. */
   cancel(): void;
+  /** Let the process exit while only this timer is pending (kvd's tick timer); absent where meaningless (virtual time). */
+  unref?(): void;
 }
 
 /** Clock and timers for a node. Implementations: `realScheduler` (kvd) and the simulator's virtual one. */
@@ -27,11 +29,11 @@ export const realScheduler: Scheduler = {
   now: () => Date.now(),
   setTimeout(fn, ms) {
     const t = setTimeout(fn, ms);
-    return { cancel: () => clearTimeout(t) };
+    return { cancel: () => clearTimeout(t), unref: () => void t.unref() };
   },
   setInterval(fn, ms) {
     const t = setInterval(fn, ms);
-    return { cancel: () => clearInterval(t) };
+    return { cancel: () => clearInterval(t), unref: () => void t.unref() };
   },
   setImmediate(fn) {
     const t = setImmediate(fn);

@@ -63,7 +63,7 @@ export class ShardReconciler {
         this.leaderSince.delete(r.group);
         continue;
       }
-      const term = r.raw.raft.term;
+      const term = r.term;
       const since = this.leaderSince.get(r.group);
       if (!since || since.term !== term) this.leaderSince.set(r.group, { term, sinceMs: nowMs });
       try {
@@ -103,7 +103,7 @@ export class ShardReconciler {
     const shard = map.shards.find((s) => s.group === r.group);
     if (!shard) return; // not (yet) in our map: leave it as it is
     const want = descriptorOf(map, r.group);
-    if (want && !sameOwnership(want, r.sm.descriptor)) {
+    if (want && !sameOwnership(want, r.descriptor)) {
       const value = new TextEncoder().encode(encodeDescriptor({ ...want, epoch: map.epoch }));
       this.once(`desc-${r.group}`, r.group, 'descriptor', () => this.host.propose(r.group, { type: 'put', key: SHARD_DESCRIPTOR_KEY, value }));
       return; // ownership first: membership and leadership can wait a step
@@ -119,7 +119,7 @@ export class ShardReconciler {
    * Returns whether a change is pending or was proposed.
    */
   private stepMembership(r: ShardReplica, voters: readonly NodeId[], learners: readonly NodeId[]): boolean {
-    const st = r.raw.status();
+    const st = r.status();
     const cur = st.conf;
     const inConf = new Set([...cur.voters, ...cur.learners]);
     const caughtUp = (id: NodeId): boolean => (st.matched.get(id) ?? 0) + CATCH_UP_MAX_LAG_ENTRIES >= st.lastIndex;
@@ -143,9 +143,9 @@ export class ShardReconciler {
         if (voters.includes(id)) continue;
         if (id === this.host.id) {
           const target = voters.find((v) => v !== id && caughtUp(v) && this.host.isLive(v));
-          if (target !== undefined && r.raw.raft.leadTransferee === 0) {
+          if (target !== undefined && !r.transferringLeadership) {
             this.host.note(r.group, 'leaving the group: transferring leadership', { to: target });
-            r.raw.transferLeader(target);
+            r.transferLeader(target);
           }
           return true;
         }
@@ -163,7 +163,7 @@ export class ShardReconciler {
     }
     if (!cc) return false;
     try {
-      r.raw.proposeConfChange(cc);
+      r.proposeConfChange(cc);
       this.host.note(r.group, 'membership change proposed', { change: ConfChangeType[cc.type] ?? cc.type, node: cc.nodeId });
     } catch {
       // Another change is still being applied, or a transfer is in progress: try again next pass.
@@ -175,12 +175,12 @@ export class ShardReconciler {
     if (preferred === 0 || preferred === this.host.id) return;
     const since = this.leaderSince.get(r.group);
     if (!since || nowMs - since.sinceMs < MIN_LEADERSHIP_BEFORE_TRANSFER_MS) return;
-    const st = r.raw.status();
+    const st = r.status();
     if (!st.conf.voters.includes(preferred) || !this.host.isLive(preferred)) return;
     if ((st.matched.get(preferred) ?? 0) + CATCH_UP_MAX_LAG_ENTRIES < st.lastIndex) return;
-    if (r.raw.raft.leadTransferee !== 0) return;
+    if (r.transferringLeadership) return;
     this.host.note(r.group, 'transferring leadership to the preferred leader', { to: preferred });
-    r.raw.transferLeader(preferred);
+    r.transferLeader(preferred);
   }
 }
 

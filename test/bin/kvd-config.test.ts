@@ -36,6 +36,10 @@ describe('kvd configuration', () => {
       /client address in --peers \(kvd-0.kvd:7379\) differs from --advertise kvd-9.kvd:7379/,
     );
     expect(() => parseConfig(['--id', '1', '--listen', '127.0.0.1:7001', '--advertise', 'no-port'])).toThrow(/--advertise "no-port" is not host:port/);
+    // Adding itself is an admin operation.
+    const joining = ['--id', '4', '--listen', '127.0.0.1:7004', '--peer-listen', '127.0.0.1:7104', '--join', 'kvd-0.kvd:7379', '--insecure-peers', '--join-auto-add'];
+    expect(() => parseConfig(joining)).toThrow(/--join-auto-add needs --join .* and the admin token/);
+    expect(parseConfig([...joining, '--admin-token', 'a-long-enough-admin-token']).joinAutoAdd).toBe(true);
   });
 
   it('refuses to start with peers and no peer TLS unless --insecure-peers', () => {

@@ -32,11 +32,24 @@ async function until<T>(what: string, check: () => Promise<T | undefined | false
 
 describe('deployment: members known by DNS names', () => {
   it('binds 127.0.0.1, advertises localhost names, serves through them, and a new member joins by name', async () => {
-    cluster = await KvdCluster.start({ nodes: 3, advertiseHost: 'localhost', extraArgs: ['--admin-token', TOKEN] });
+    cluster = await KvdCluster.start({
+      nodes: 3,
+      advertiseHost: 'localhost',
+      extraArgs: ['--admin-token', TOKEN],
+      nodeArgs: (id) => (id === 5 ? ['--join-auto-add'] : []),
+    });
     const client = cluster.client();
     expect(cluster.endpoints.every((e) => e.startsWith('localhost:'))).toBe(true);
     await client.put('/deploy/a', Buffer.from('1'));
     expect(Buffer.from((await client.get('/deploy/a'))?.value ?? []).toString()).toBe('1');
+    for (const n of cluster.nodes) {
+      const ready = await until(`node ${n.id} /readyz`, async () => {
+        const r = await fetch(`http://127.0.0.1:${n.metricsPort}/readyz`);
+        return r.status === 200 ? r : undefined;
+      });
+      expect(await ready.text()).toBe('ready\n');
+      expect((await fetch(`http://127.0.0.1:${n.metricsPort}/livez`)).status).toBe(200);
+    }
     const map = await client.shardMap();
     expect(map.members.map((m) => m.address).sort()).toEqual([...cluster.endpoints].sort());
 
@@ -56,6 +69,11 @@ describe('deployment: members known by DNS names', () => {
         const only4 = cluster!.client([address]);
         return Buffer.from((await only4.get('/deploy/a'))?.value ?? []).toString() === '1';
       });
+      // Node 5 adds itself (--join-auto-add with the admin token), as a new StatefulSet ordinal does.
+      const five = await cluster.reserveAddresses();
+      await cluster.join(5, five.address, five.peerAddress);
+      const map = await client.shardMap();
+      expect(map.members.find((m) => m.id === 5)?.address).toBe(five.address);
     } finally {
       admin.close();
     }

@@ -94,7 +94,7 @@ export class ExtCluster {
       if (except.includes(n) || (from && n !== from && this.hub.blocked.has(`${from.id}>${n.id}`))) continue;
       const r = n.replica(group);
       if (!r?.isLeader) continue;
-      if (!best || r.raw.raft.term > best.replica(group)!.raw.raft.term) best = n;
+      if (!best || r.term > best.replica(group)!.term) best = n;
     }
     return best;
   }

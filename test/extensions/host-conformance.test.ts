@@ -159,7 +159,7 @@ conformance('KvNode adapter', async () => {
     await until(() => {
       const l = leaderOf();
       if (l === to) return true;
-      l?.replica(DATA_GROUP)!.raw.transferLeader(to.id);
+      l?.replica(DATA_GROUP)!.transferLeader(to.id);
       return false;
     });
   };

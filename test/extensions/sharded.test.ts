@@ -143,7 +143,7 @@ describe('extensions on a sharded cluster', () => {
       }
     })();
     while (acked.length < 96 + 20) await new Promise((r) => setTimeout(r, 5));
-    old.replica(g)!.raw.transferLeader(target.id);
+    old.replica(g)!.transferLeader(target.id);
     const next: KvNode = await c.leader(g, [old]);
     expect(next).toBe(target);
     transferred = true;

@@ -130,8 +130,8 @@ async function converged(nodes: KvNode[], timeoutMs = 20_000): Promise<void> {
   for (;;) {
     const done = [META_GROUP, DATA_GROUP].every((g) => {
       const rs = nodes.map((n) => n.replica(g)!);
-      const commit = rs[0]!.raw.status().commit;
-      return rs.every((r) => r.sm.appliedIndex === commit && r.raw.status().commit === commit);
+      const commit = rs[0]!.status().commit;
+      return rs.every((r) => r.sm.appliedIndex === commit && r.status().commit === commit);
     });
     if (done) return;
     if (Date.now() > until) throw new Error('replicas did not converge');
@@ -165,9 +165,9 @@ describe('durable state machine', () => {
       const r = n.replica(DATA_GROUP)!;
       // Before running anything: the machine is back at the applied index, from disk.
       expect(r.sm.appliedIndex).toBe(before[i]!.applied);
-      expect(r.raw.status().applied).toBe(before[i]!.applied);
+      expect(r.status().applied).toBe(before[i]!.applied);
       expect(same(r.sm.snapshot(), before[i]!.bytes)).toBe(true);
-      expect(r.raw.status().firstIndex).toBe(1); // the whole log is there, yet not replayed
+      expect(r.status().firstIndex).toBe(1); // the whole log is there, yet not replayed
       n.observer = { applied: (g, entries) => { if (g === DATA_GROUP) replayed[i]! += entries; } };
       n.start();
     });

@@ -2,6 +2,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { KvNode, DATA_GROUP } from '../../src/node/kv-node.js';
 import { LoopbackHub } from '../../src/node/transport.js';
+import { realScheduler, type Scheduler } from '../../src/node/scheduler.js';
 import { MemoryEngine } from '../../src/storage/kv-engine.js';
 import { silentLogger } from '../../src/log.js';
 import { NotLeaderError } from '../../src/node/backend.js';
@@ -142,8 +143,11 @@ describe('KvNode', () => {
 
 describe('retention', () => {
   it('compacts versions older than the retention window, through the log, on every replica', async () => {
+    // The nodes' clock is this test's: the wall clock's timers, a clock the test moves (deadlines go by it too).
     let now = 1_000_000;
-    const { nodes } = await cluster(3, { nowMs: () => now, retentionMs: 1000, retentionCheckMs: 100 });
+    const scheduler: Scheduler = { ...realScheduler, now: () => now };
+    const deadline = () => ({ deadlineMs: now + 5000 });
+    const { nodes } = await cluster(3, { scheduler, retentionMs: 1000, retentionCheckMs: 100 });
     const l = await leader(nodes);
     const v1 = await l.put({ key: '/r', value: enc('old') }, deadline());
     now += 600;

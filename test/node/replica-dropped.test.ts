@@ -21,14 +21,14 @@ function leaderDropping(kind: ProposalDropKind): ShardReplica {
     maxPendingProposals: 10,
     nowMs: () => 0,
   });
-  r.raw.campaign();
-  while (r.raw.hasReady()) {
-    const rd = r.raw.ready();
+  r.internalsForTests().raw.campaign();
+  while (r.hasReady()) {
+    const rd = r.ready();
     r.apply(rd);
-    r.raw.advance(rd);
+    r.advance(rd);
   }
   expect(r.isLeader).toBe(true);
-  r.raw.propose = () => {
+  r.internalsForTests().raw.propose = () => {
     throw new ProposalDroppedError('something', kind);
   };
   return r;

@@ -39,10 +39,10 @@ function snapMessage(index: number, data: Uint8Array): Message {
 
 /** Runs the replica's Ready loop as the node does (without a disk). */
 function drain(r: ShardReplica): void {
-  while (r.raw.hasReady()) {
-    const rd = r.raw.ready();
+  while (r.hasReady()) {
+    const rd = r.ready();
     r.apply(rd);
-    r.raw.advance(rd);
+    r.advance(rd);
   }
 }
 
@@ -55,20 +55,20 @@ function stateAt(index: number): Uint8Array {
 describe('snapshots from the leader', () => {
   it('refuses data the state machine cannot restore, or restores at another index, without throwing', () => {
     const r = follower();
-    r.raw.step(snapMessage(5, new Uint8Array([1, 2, 3, 4])));
-    r.raw.step(snapMessage(6, stateAt(5)));
+    r.step(snapMessage(5, new Uint8Array([1, 2, 3, 4])));
+    r.step(snapMessage(6, stateAt(5)));
     expect(() => drain(r)).not.toThrow();
-    expect(r.raw.status().commit).toBe(0);
-    expect(r.raw.status().droppedMessages).toBe(2);
+    expect(r.status().commit).toBe(0);
+    expect(r.status().droppedMessages).toBe(2);
     expect(r.sm.appliedIndex).toBe(0);
   });
 
   it('installs a snapshot whose data restores at its index', () => {
     const r = follower();
-    r.raw.step(snapMessage(5, stateAt(5)));
+    r.step(snapMessage(5, stateAt(5)));
     drain(r);
-    expect(r.raw.status().commit).toBe(5);
+    expect(r.status().commit).toBe(5);
     expect(r.sm.appliedIndex).toBe(5);
-    expect(r.raw.status().droppedMessages).toBe(0);
+    expect(r.status().droppedMessages).toBe(0);
   });
 });

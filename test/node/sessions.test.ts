@@ -41,8 +41,8 @@ async function converged(nodes: KvNode[]): Promise<void> {
   const until = Date.now() + 20_000;
   for (;;) {
     const rs = nodes.map((n) => n.replica(DATA_GROUP)!);
-    const commit = rs[0]!.raw.status().commit;
-    if (rs.every((r) => r.sm.appliedIndex === commit && r.raw.status().commit === commit)) return;
+    const commit = rs[0]!.status().commit;
+    if (rs.every((r) => r.sm.appliedIndex === commit && r.status().commit === commit)) return;
     if (Date.now() > until) throw new Error('replicas did not converge');
     await sleep(10);
   }

@@ -46,8 +46,8 @@ async function converged(nodes: KvNode[], timeoutMs = 20_000): Promise<void> {
   const until = Date.now() + timeoutMs;
   for (;;) {
     const rs = nodes.map((n) => n.replica(DATA_GROUP)!);
-    const commit = rs[0]!.raw.status().commit;
-    if (rs.every((r) => r.sm.appliedIndex === commit && r.raw.status().commit === commit)) return;
+    const commit = rs[0]!.status().commit;
+    if (rs.every((r) => r.sm.appliedIndex === commit && r.status().commit === commit)) return;
     if (Date.now() > until) throw new Error('replicas did not converge');
     await sleep(10);
   }
@@ -108,7 +108,7 @@ describe('snapshots from the records', () => {
     isolate(hub, nodes, f);
     await workload(l, 60, 'a');
     const lr = l.replica(DATA_GROUP)!;
-    expect(lr.raw.status().firstIndex).toBeGreaterThan(fr.sm.appliedIndex + 1); // behind the compacted log
+    expect(lr.status().firstIndex).toBeGreaterThan(fr.sm.appliedIndex + 1); // behind the compacted log
     // No whole-state buffer at compaction: the stored snapshot is metadata only.
     const le = engines[nodes.indexOf(l)]!;
     expect(await le.get(metaKey(DATA_GROUP, 'snap'))).toBeDefined();
@@ -162,15 +162,15 @@ describe('a crash in the middle of a chunked snapshot transfer', () => {
     isolate(hub, nodes, f);
     await workload(l, 40, 'big', 30_000); // a state of several 1 MiB chunks
     const lr = l.replica(DATA_GROUP)!;
-    expect(lr.raw.status().firstIndex).toBeGreaterThan(f.replica(DATA_GROUP)!.sm.appliedIndex + 1);
+    expect(lr.status().firstIndex).toBeGreaterThan(f.replica(DATA_GROUP)!.sm.appliedIndex + 1);
 
     // The follower takes the first chunk, then the power goes while the next is on its way.
     const fr = f.replica(DATA_GROUP)!;
-    const step = fr.raw.step.bind(fr.raw);
+    const step = fr.internalsForTests().raw.step.bind(fr.internalsForTests().raw);
     let chunks = 0;
     let cut: () => void = () => {};
     const cutAt = new Promise<void>((resolve) => (cut = resolve));
-    fr.raw.step = (m) => {
+    fr.internalsForTests().raw.step = (m) => {
       if (m.type === MessageType.Snap) {
         chunks++;
         if ((m.offset ?? 0) > 0) {

@@ -115,7 +115,7 @@ describe('a vote survives a crash right after it is sent', () => {
         hub.transport(100 + round), // not attached as a member: nothing reaches it
       );
       open.push(reopened);
-      const st = reopened.replica(v.group)!.raw.status();
+      const st = reopened.replica(v.group)!.status();
       expect(st.term).toBeGreaterThanOrEqual(v.term);
       if (st.term === v.term) expect(st.vote).toBe(v.candidate);
     });

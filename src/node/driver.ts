@@ -1,0 +1,254 @@
+/**
+ * The driver of a node: one tick timer and one ready loop for all the replicas it hosts, on an
+ * injected `Scheduler` (scheduler.ts) — the wall clock in kvd, virtual time under the simulator.
+ * Each ready round stages every group's writes → sends the early messages (a leader's appends and
+ * heartbeats) and applies what is committed → fsyncs the round's one batch → sends the messages
+ * that promise durability (acknowledgements, votes) → advances. It also receives peers' messages,
+ * stages an installed snapshot's records in time slices, and offers the deadline and map waits
+ * that go by the same clock.
+ */
+import type { Message, Ready } from '../raft/index.js';
+import { DeadlineError, UnavailableError } from './backend.js';
+import { NODE_DEFAULTS, type NodeParts } from './node-options.js';
+import type { ShardReplica } from './replica.js';
+import type { ReplicaSet } from './replica-set.js';
+import { realScheduler, type Scheduler, type TimerHandle } from './scheduler.js';
+
+/** Longest stretch (ms) of computing and staging a snapshot's records replacement before yielding. */
+const INSTALL_SLICE_MS = 10;
+
+/** Runs the tick timer and the ready loop of one node's replicas. */
+export class NodeDriver {
+  private tickTimer: TimerHandle | undefined;
+  private readyScheduled = false;
+  private inReady = false;
+  private stopped = false;
+  /** The last hard state handed to storage per group (to tell whether a Ready needs an fsync). */
+  private readonly syncedHardState = new Map<number, { term: number; vote: number }>();
+  private readonly scheduler: Scheduler;
+
+  constructor(
+    private readonly parts: NodeParts,
+    private readonly replicas: ReplicaSet,
+  ) {
+    this.scheduler = parts.scheduler;
+  }
+
+  /** Whether `stop()` was called. */
+  get isStopped(): boolean {
+    return this.stopped;
+  }
+
+  /** Starts ticking (every `tickMs`) and runs a first ready round. */
+  start(): void {
+    const tickMs = this.parts.opts.tickMs ?? NODE_DEFAULTS.tickMs;
+    this.tickTimer = this.scheduler.setInterval(() => this.tick(), tickMs);
+    this.tickTimer.unref?.();
+    this.scheduleReady();
+  }
+
+  /** Stops ticking and scheduling rounds; resolves once the round in progress (if any) has finished. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    this.tickTimer?.cancel();
+    while (this.inReady) await this.sleep(NODE_DEFAULTS.stopPollMs);
+  }
+
+  /** Resolves after `ms` on the scheduler's clock. */
+  sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => this.scheduler.setTimeout(resolve, ms));
+  }
+
+  /** Forgets a dropped group's last synced hard state. */
+  forget(group: number): void {
+    this.syncedHardState.delete(group);
+  }
+
+  private tick(): void {
+    if (this.stopped) return;
+    for (const r of this.replicas.values()) r.tick();
+    this.replicas.periodic(this.scheduler.now());
+    this.scheduleReady();
+  }
+
+  /** Hands peers' messages to their replicas (creating one when a leader added this node to a group). */
+  receive(msgs: readonly Message[]): void {
+    if (this.stopped) return;
+    const now = this.scheduler.now();
+    for (const m of msgs) {
+      this.replicas.heard(m.from, now);
+      const r = this.replicas.replicaFor(m);
+      if (!r) continue;
+      try {
+        r.step(m);
+      } catch (e) {
+        this.parts.log.warn({ err: String(e), type: m.type, from: m.from }, 'raft refused a message');
+      }
+    }
+    this.scheduleReady();
+  }
+
+  /** Runs a ready round soon (once, however often it is asked before it runs). */
+  scheduleReady(): void {
+    if (this.readyScheduled || this.stopped) return;
+    this.readyScheduled = true;
+    this.scheduler.setImmediate(() => {
+      this.readyScheduled = false;
+      void this.runReady();
+    });
+  }
+
+  /**
+   * The only place that sequences a Ready: stage the write → send early messages and apply
+   * committed entries → fsync → send the messages that promise durability → advance. All
+   * groups' writes of one round go into one fsynced batch (group commit); work arriving
+   * meanwhile waits for the next round.
+   */
+  private async runReady(): Promise<void> {
+    // A round already running loops until there is no more work, so it picks this up.
+    if (this.inReady) return;
+    this.inReady = true;
+    const { store, transport } = this.parts;
+    try {
+      for (;;) {
+        if (this.stopped) return;
+        const round: [ShardReplica, Ready][] = [];
+        let entries = 0;
+        let mustSync = false;
+        for (const r of this.replicas.values()) {
+          if (r.installing) continue; // its snapshot's records are being staged (finishInstall)
+          r.flushReads();
+          if (!r.hasReady()) continue;
+          const rd = r.ready();
+          if (rd.entries.length > 0 || rd.hardState || rd.snapshot) {
+            store.persistReady(r.group, {
+              entries: rd.entries,
+              ...(rd.hardState ? { hardState: rd.hardState } : {}),
+              ...(rd.snapshot ? { snapshot: rd.snapshot } : {}),
+            });
+            // As etcd: a commit-index-only change need not be synced before acting on it (a
+            // restart recovers the commit index from a quorum); entries, term and vote must be.
+            const hs = rd.hardState;
+            const prev = this.syncedHardState.get(r.group);
+            if (rd.entries.length > 0 || rd.snapshot || (hs && (!prev || hs.term !== prev.term || hs.vote !== prev.vote))) {
+              mustSync = true;
+            }
+            if (hs) this.syncedHardState.set(r.group, hs);
+            entries += rd.entries.length;
+          }
+          // What need not wait for the disk goes now: the leader's appends and heartbeats (so
+          // its fsync overlaps the followers'), and applying entries already durable on a quorum.
+          transport.send(rd.earlyMessages);
+          r.apply(rd);
+          // What was applied goes into this round's batch, after the log writes it came from.
+          for (const unit of r.takeStateUnits()) store.stageStateOps(r.group, unit);
+          // An installed snapshot's data is needed on disk only until the records replacing the state are.
+          if (rd.snapshot && r.installing) void this.finishInstall(r);
+          else if (rd.snapshot) store.dropSnapshotData(r.group);
+          this.replicas.applied(r, rd);
+          round.push([r, rd]);
+        }
+        if (round.length === 0) return;
+        // A measurement for metrics only (it decides nothing), so the monotonic clock.
+        const t0 = performance.now();
+        if (mustSync) await store.flush();
+        if (mustSync) this.parts.observer().readyBatch?.(round.length, entries, performance.now() - t0);
+        for (const [r, rd] of round) {
+          transport.send(rd.messages); // acknowledgements and votes: only once durable
+          const conf = r.advance(rd);
+          this.replicas.advanced(r, rd, conf);
+        }
+        this.replicas.refreshMapIfDirty();
+      }
+    } catch (e) {
+      this.parts.log.fatal({ err: String(e), stack: (e as Error).stack }, 'storage or apply failure: stopping the node');
+      this.parts.fatal(e);
+    } finally {
+      this.inReady = false;
+    }
+  }
+
+  /**
+   * Stages the records replacement of the snapshot `r` installed, unit by unit over scheduler
+   * turns (each turn at most ~INSTALL_SLICE_MS of work), then the drop of the snapshot's data;
+   * `r` gets no Ready meanwhile, so nothing else of its group is staged in between. The snapshot
+   * (with its data) was staged before: a crash before the last unit leaves no `meta`, and recovery
+   * installs from the snapshot again (state-store.ts).
+   */
+  private async finishInstall(r: ShardReplica): Promise<void> {
+    const { store } = this.parts;
+    try {
+      for (;;) {
+        if (this.stopped || this.replicas.get(r.group) !== r) return;
+        const t0 = this.scheduler.now();
+        let done = false;
+        while (this.scheduler.now() - t0 < INSTALL_SLICE_MS) {
+          const unit = r.nextReplacementUnit();
+          if (unit === undefined) {
+            done = true;
+            break;
+          }
+          store.stageStateOps(r.group, unit);
+        }
+        if (done) break;
+        // Start writing what is staged (bounds the memory it holds); a failure surfaces at the next flush.
+        store.flush().catch(() => {});
+        await new Promise<void>((resolve) => this.scheduler.setImmediate(resolve));
+      }
+      store.dropSnapshotData(r.group);
+      this.scheduleReady();
+    } catch (e) {
+      this.parts.log.fatal({ group: r.group, err: String(e), stack: (e as Error).stack }, 'storage failure while installing a snapshot: stopping the node');
+      this.parts.fatal(e);
+    }
+  }
+
+  /**
+   * Resolves once this node hosts the metadata group and has applied a written cluster map (at
+   * once on an initial member; a joining node waits for the leader to add and catch it up).
+   */
+  async untilMapInitialised(signal?: AbortSignal): Promise<void> {
+    while (!this.replicas.mapInitialised) {
+      if (this.stopped || signal?.aborted) throw new UnavailableError('node stopped before it received the cluster map');
+      await new Promise<void>((resolve) => {
+        const off = this.replicas.onMapChanged(() => {
+          off();
+          resolve();
+        });
+        this.scheduler
+          .setTimeout(() => {
+            off();
+            resolve();
+          }, NODE_DEFAULTS.mapWaitPollMs)
+          .unref?.();
+      });
+    }
+  }
+
+  /** Resolves or rejects like `p`, or rejects with DeadlineError at `deadlineMs` (this node's clock). */
+  withDeadline<T>(p: Promise<T>, deadlineMs: number, message: string): Promise<T> {
+    return withDeadline(p, deadlineMs, message, this.scheduler);
+  }
+}
+
+/** Resolves or rejects like `p`, or rejects with DeadlineError at `deadlineMs` (epoch ms on `scheduler`'s clock). */
+export function withDeadline<T>(p: Promise<T>, deadlineMs: number, message: string, scheduler: Scheduler = realScheduler): Promise<T> {
+  const left = deadlineMs - scheduler.now();
+  if (left <= 0) {
+    p.catch(() => {});
+    return Promise.reject(new DeadlineError(message));
+  }
+  return new Promise<T>((resolve, reject) => {
+    const timer = scheduler.setTimeout(() => reject(new DeadlineError(message)), left);
+    p.then(
+      (v) => {
+        timer.cancel();
+        resolve(v);
+      },
+      (e) => {
+        timer.cancel();
+        reject(e);
+      },
+    );
+  });
+}

@@ -1,0 +1,175 @@
+/**
+ * What a kvd node is configured with and reports: its options with their defaults
+ * (`NodeOptions`, `NODE_DEFAULTS`), the observer hooks metrics attach to, the leadership-change
+ * record, the well-known groups, and the wiring the node's parts share (`NodeParts`). It sits
+ * below the driver, the replica set and the backend so those import it rather than each other.
+ */
+import { SeededRandom, type NodeId } from '../raft/index.js';
+import type { KvStateMachineOptions } from '../statemachine/index.js';
+import type { ClusterMap } from '../sharding/index.js';
+import type { RaftLogStore } from '../storage/raft-log-store.js';
+import type { Logger } from '../log.js';
+import { realScheduler, type Scheduler } from './scheduler.js';
+import type { Transport } from './transport.js';
+
+/** The first shard of the default pool (group 1): the only data shard of a cluster started with one default shard. */
+export const DATA_GROUP = 1;
+
+/** The metadata group: the cluster's own state (members, pools, shard placement, the extension registry). */
+export const META_GROUP = 0;
+
+/** The package version reported by Status. */
+export const KVCASCADE_VERSION = '0.1.0';
+
+/** The defaults of {@link NodeOptions}, by name: every limit of a node in one place. */
+export const NODE_DEFAULTS = {
+  tickMs: 100,
+  electionTicks: 10,
+  heartbeatTicks: 1,
+  snapshotEveryEntries: 20_000,
+  /** Log entries kept after a snapshot, for followers slightly behind (they need no snapshot). */
+  keepEntriesAfterSnapshot: 5_000,
+  maxPendingProposals: 50_000,
+  retentionMs: 3_600_000,
+  retentionCheckMs: 10_000,
+  reconcileEveryMs: 200,
+  /** Deadline of a proposal the shard reconciler makes (descriptor, membership). */
+  reconcileProposalMs: 10_000,
+  /** How often a node waiting for its first cluster map looks again, besides map-change events. */
+  mapWaitPollMs: 200,
+  /** Committed entries a group may still have to apply for the node to report itself ready (health). */
+  readyMaxApplyLag: 1_000,
+  /** Replicas of each shard of a brand-new cluster's default pool, at most (fewer when fewer members). */
+  defaultPoolReplicas: 3,
+  /** How often `stop()` looks again whether the ready round in progress has finished (ms). */
+  stopPollMs: 5,
+} as const;
+
+/** Everything a node needs to know; every limit has a default. */
+export interface NodeOptions {
+  readonly id: NodeId;
+  /**
+   * Initial members (including this node): id → client address. A bootstrapping node derives
+   * the initial cluster map from them (every initial member computes the same one); a joining
+   * node is given the members it learned from the cluster.
+   */
+  readonly members: ReadonlyMap<NodeId, string>;
+  /**
+   * Initial members' peer addresses (their Raft listeners), recorded in the initial map. Omitted by
+   * in-memory clusters, whose transport needs no address.
+   */
+  readonly peerAddresses?: ReadonlyMap<NodeId, string>;
+  /** Join an existing cluster: create no group; the leaders add this node (as the map says) and catch it up. */
+  readonly join?: boolean;
+  /** A joining node's view of the map until its metadata replica catches up. */
+  readonly seedMap?: ClusterMap;
+  /** Shards and replication of the default pool of a brand-new cluster (default 1 shard, min(3, members) replicas). */
+  readonly defaultPool?: { readonly shards: number; readonly replicas?: number };
+  /** How often leaders converge their groups toward the map (ms, default 200). */
+  readonly reconcileEveryMs?: number;
+  /** Milliseconds per Raft tick. */
+  readonly tickMs?: number;
+  readonly electionTicks?: number;
+  readonly heartbeatTicks?: number;
+  /** Snapshot and compact the log after this many applied entries. */
+  readonly snapshotEveryEntries?: number;
+  /** Entries kept behind a snapshot for followers that lag a little. */
+  readonly keepEntriesAfterSnapshot?: number;
+  readonly maxPendingProposals?: number;
+  /** Keep old versions this long (ms); older ones are compacted (default 1 hour; 0 = never by time). */
+  readonly retentionMs?: number;
+  /** How often the leader checks whether old versions are due for compaction (ms). */
+  readonly retentionCheckMs?: number;
+  readonly stateMachine?: KvStateMachineOptions;
+  /** Bound on the bytes of each storage unit when a group's durable state is replaced wholesale (default 4 MiB). */
+  readonly stateUnitBytes?: number;
+  /** Bound on the bytes coalesced into one engine batch (default: the store's, 64 MiB); whole units are never split. */
+  readonly maxBatchBytes?: number;
+  /**
+   * The node's clock and timers (default: the wall clock, `realScheduler`). Everything the node
+   * times — ticks, ready rounds, install slices, deadlines, liveness, entry timestamps — uses it,
+   * so the simulator can run the real node on virtual time.
+   */
+  readonly scheduler?: Scheduler;
+  /**
+   * Seed of the replicas' election randomness (each replica mixes in its node and group). Default:
+   * the scheduler's clock at replica creation — reproducible under a virtual scheduler.
+   */
+  readonly seed?: number;
+  /**
+   * The clock alone (the scheduler's timers stay the wall clock's).
+   * @deprecated Give `scheduler` instead; kept so older callers compile.
+   */
+  readonly nowMs?: () => number;
+  readonly log: Logger;
+  /** Called when durable storage fails: the node cannot continue safely (default: exit the process). */
+  readonly onFatal?: (err: unknown) => void;
+}
+
+/** Observations for metrics. */
+export interface NodeObserver {
+  readyBatch?(groups: number, entries: number, fsyncMs: number): void;
+  applied?(group: number, entries: number): void;
+  leaderChanged?(group: number, leader: number, term: number): void;
+  /** A proposal made here was applied, `latencyMs` after it was proposed. */
+  committed?(group: number, latencyMs: number): void;
+  /** An applied entry repeated a write its client session had already applied: answered from the session, applied nothing. */
+  duplicateWrite?(group: number): void;
+  /** The cluster map changed (a new epoch was applied). */
+  mapChanged?(map: ClusterMap): void;
+}
+
+/**
+ * A replica of this node became the leader of its group (`leader` true), or stopped leading it
+ * (`leader` false: stepped down, or its replica was dropped); `term` is the term it led in.
+ */
+export interface LeadershipChange {
+  readonly group: number;
+  readonly term: number;
+  readonly leader: boolean;
+}
+
+/** Exit code of a node stopped by a storage failure (EX_SOFTWARE). */
+const FATAL_EXIT_CODE = 70;
+
+/** What the node's parts (driver, replica set, backend) share: its options, clock, storage and transport. */
+export interface NodeParts {
+  readonly id: NodeId;
+  readonly opts: NodeOptions;
+  readonly log: Logger;
+  readonly scheduler: Scheduler;
+  readonly store: RaftLogStore;
+  readonly transport: Transport;
+  /** The observer metrics set on the node (read at each use: it may be replaced after open). */
+  observer(): NodeObserver;
+  /** Stops the node after a storage or apply failure (`opts.onFatal`, default: exit the process). */
+  fatal(err: unknown): void;
+}
+
+/** The scheduler `opts` ask for: `scheduler`, else the wall clock's timers with `nowMs` as the clock when given. */
+export function schedulerOf(opts: NodeOptions): Scheduler {
+  if (opts.scheduler) return opts.scheduler;
+  const nowMs = opts.nowMs;
+  return nowMs ? { ...realScheduler, now: nowMs } : realScheduler;
+}
+
+/** The default fatal handler: log to stderr and exit. */
+export function fatalHandler(opts: NodeOptions): (err: unknown) => void {
+  return (
+    opts.onFatal ??
+    ((err) => {
+      console.error(err);
+      process.exit(FATAL_EXIT_CODE);
+    })
+  );
+}
+
+/** Multipliers mixing the node id and group into a replica's seed (so replicas do not time out in step). */
+const SEED_NODE_MIX = 2654435761;
+const SEED_GROUP_MIX = 40503;
+
+/** The election randomness of `group`'s replica on node `id`: from `opts.seed`, else the scheduler's clock. */
+export function replicaRandom(opts: NodeOptions, scheduler: Scheduler, id: NodeId, group: number): SeededRandom {
+  const base = opts.seed ?? scheduler.now();
+  return new SeededRandom((base ^ (id * SEED_NODE_MIX) ^ (group * SEED_GROUP_MIX)) >>> 0);
+}

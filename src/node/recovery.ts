@@ -1,0 +1,112 @@
+/**
+ * Rebuilding a node's groups when it opens: writing a brand-new group's bootstrap state, deleting
+ * state records left by a drop a crash interrupted, and rebuilding each group's state machine
+ * from its durable records or its Raft snapshot (state-store.ts explains the records).
+ */
+import {
+  bootstrapState,
+  decodeConfChange,
+  EntryType,
+  nextConfState,
+  type ConfState,
+  type MemoryStorage,
+  type NodeId,
+} from '../raft/index.js';
+import { KvStateMachine, type KvStateMachineOptions } from '../statemachine/index.js';
+import { StorageCorruptionError, type RaftLogStore } from '../storage/raft-log-store.js';
+import type { KvEngine } from '../storage/kv-engine.js';
+import { loadState, readStateMeta, StateRecorder, stateGroups, stateKeys } from '../storage/state-store.js';
+import type { Logger } from '../log.js';
+
+/** A group's state machine as rebuilt at open, with the recorder that knows its records. */
+export interface RecoveredState {
+  readonly sm: KvStateMachine;
+  readonly recorder: StateRecorder;
+}
+
+/** Writes a brand-new group's bootstrap state (its initial voters) to storage. */
+export function bootstrapGroup(store: RaftLogStore, group: number, voters: readonly NodeId[]): void {
+  store.storageFor(group, { voters: [...voters], learners: [] });
+  const b = bootstrapState(voters);
+  store.persistReady(group, { entries: b.entries, hardState: b.hardState });
+}
+
+/** Stages the deletion of state records of groups whose Raft state is gone (a drop interrupted by a crash). */
+export async function deleteOrphanRecords(store: RaftLogStore, engine: KvEngine): Promise<void> {
+  const hosted = new Set(store.groups());
+  for (const g of await stateGroups(engine)) {
+    if (hosted.has(g)) continue;
+    const keys = await stateKeys(engine, g);
+    store.stageStateOps(g, keys.map((key) => ({ type: 'del' as const, key })));
+  }
+}
+
+/**
+ * Rebuilds `group`'s state machine at open: from its durable records when they are at least as
+ * new as the Raft snapshot (Raft then replays only later entries), else from the snapshot (or
+ * empty), rewriting the records to match (see state-store.ts). Also brings the stored membership
+ * up to the applied index, as Raft will not re-apply the configuration changes before it.
+ */
+export async function recoverState(
+  store: RaftLogStore,
+  engine: KvEngine,
+  group: number,
+  o: { readonly stateMachine?: KvStateMachineOptions; readonly stateUnitBytes?: number; readonly log: Logger },
+): Promise<RecoveredState> {
+  const storage = store.storageFor(group);
+  const snap = storage.snapshot();
+  const snapIndex = snap?.meta.index ?? 0;
+  const meta = await readStateMeta(engine, group);
+  let sm: KvStateMachine;
+  let recorder: StateRecorder;
+  const fromRecords = meta !== undefined && meta.appliedIndex >= snapIndex;
+  if (fromRecords) {
+    const loaded = (await loadState(engine, group))!;
+    sm = KvStateMachine.fromRecords(loaded.data);
+    recorder = new StateRecorder(group, loaded.written);
+    // Durable records at or past the snapshot: its data (an install cut short before the drop) is not needed.
+    store.dropSnapshotData(group);
+  } else {
+    if (snap && snap.data.length === 0) {
+      // A records snapshot is staged only after records at (or past) its index: they must be here.
+      throw new StorageCorruptionError(
+        `group ${group}: the log is compacted to ${snapIndex} with the state in the records, but they ${meta ? `are at ${meta.appliedIndex}` : 'are missing'}`,
+      );
+    }
+    sm = snap ? KvStateMachine.restore(snap.data) : new KvStateMachine(o.stateMachine);
+    recorder = new StateRecorder(group);
+    const stale = await stateKeys(engine, group);
+    if (stale.length > 0 || sm.appliedIndex > 0) {
+      const units = recorder.replace(undefined, sm.toRecords(), {
+        deleteKeys: stale,
+        ...(o.stateUnitBytes ? { maxUnitBytes: o.stateUnitBytes } : {}),
+      });
+      for (const u of units) store.stageStateOps(group, u);
+      store.dropSnapshotData(group); // staged after the records: the data stays on disk until they are
+      o.log.info({ group, snapshotIndex: snapIndex, staleRecords: stale.length }, 'state machine records rewritten from the snapshot');
+    }
+  }
+  const conf = confAt(storage, sm.appliedIndex);
+  if (conf) store.setConf(group, conf);
+  o.log.info({ group, appliedIndex: sm.appliedIndex, snapshotIndex: snapIndex, fromRecords }, 'state machine recovered');
+  return { sm, recorder };
+}
+
+/**
+ * The membership in effect at `applied` when it differs from the one `storage` holds (which is
+ * the membership as of its snapshot, or bootstrap): the configuration changes in the log up to
+ * `applied` are applied to it. Undefined when nothing changes.
+ */
+function confAt(storage: MemoryStorage, applied: number): ConfState | undefined {
+  const first = storage.firstIndex();
+  const last = Math.min(applied, storage.lastIndex());
+  const before = storage.initialState().conf;
+  let conf = before;
+  if (last < first) return undefined;
+  for (const e of storage.entries(first, last + 1)) {
+    if (e.type === EntryType.ConfChange) conf = nextConfState(conf, decodeConfChange(e.data));
+  }
+  const sorted = (a: readonly number[]): string => [...a].sort((x, y) => x - y).join(',');
+  const same = (a: readonly number[], b: readonly number[]): boolean => sorted(a) === sorted(b);
+  return same(conf.voters, before.voters) && same(conf.learners, before.learners) ? undefined : conf;
+}
