@@ -18,9 +18,13 @@
  * random delays reorder messages); a pause (frozen process) of the data leader or another node;
  * and, in one schedule in three, node clocks that disagree by up to ±500 ms.
  *
- * Determinism: the same seed gives the same run (`digest`). The node, coordinator, extension and
- * storage layers still read the global clock and timers in places; the run installs the virtual
- * scheduler as those globals (see VirtualScheduler.install), so they are virtual too.
+ * Determinism: the same seed gives the same run (`runDigest`). The node's driver takes the run's
+ * virtual scheduler (NodeOptions.scheduler, a view owned by the incarnation: `viewFor`) and its
+ * replicas' election seeds come from the schedule's seed (NodeOptions.seed). The coordinator, the
+ * extension layer (dispatcher, delivery, kv-node-host), the watch hub, the snapshot sender and
+ * the storage layer (MemoryEngine's latency, the state store's yielding) still read the global
+ * clock and timers; the run installs the virtual scheduler as those globals while it runs
+ * (VirtualScheduler.install), so they are virtual and reproducible too, but not yet by injection.
  */
 import * as grpc from '@grpc/grpc-js';
 import { createHash } from 'node:crypto';
@@ -278,7 +282,7 @@ class NodeSim {
       if (!node || node.shardMap().epoch === 0) return false;
     }
     const leader = this.leaderOf(DATA_GROUP);
-    return leader !== undefined && leader.replica(DATA_GROUP)?.sm.descriptor !== undefined && this.leaderOf(META_GROUP) !== undefined;
+    return leader !== undefined && leader.replica(DATA_GROUP)?.descriptor !== undefined && this.leaderOf(META_GROUP) !== undefined;
   }
 
   /** The live node leading `group` in the highest term, if any. */
@@ -288,7 +292,7 @@ class NodeSim {
     for (const inc of this.incs.values()) {
       const r = inc.node?.replica(group);
       if (inc.dead || !r?.isLeader) continue;
-      const t = r.raw.raft.term;
+      const t = r.term;
       if (t > term) {
         term = t;
         best = inc.node;
@@ -311,6 +315,10 @@ class NodeSim {
       electionTicks: 10,
       heartbeatTicks: 2,
       snapshotEveryEntries: this.snapshotEvery,
+      // The node's own clock and timers: virtual, its timers this incarnation's (see VirtualScheduler.viewFor).
+      scheduler: this.sched.viewFor(owner),
+      // Election randomness from the schedule's seed (each replica mixes in its node and group).
+      seed: (this.opts.seed * 1_000_003 + owner * 7919) >>> 0,
       keepEntriesAfterSnapshot: Math.min(this.snapshotEvery, 20),
       log: keepingLogger(this.problems, `node ${id}#${owner}:`),
       onFatal: (err) => {
@@ -762,7 +770,7 @@ class NodeSim {
   private async finalChecksData(): Promise<{ finalHistories: Map<NodeId, SeenEvent[]>; rewatches: NodeSimRun['rewatches']; derived: Map<string, string> }> {
     const finalHistories = new Map<NodeId, SeenEvent[]>();
     const rewatches: NodeSimRun['rewatches'] = [];
-    const lastRevision = Math.max(0, ...[...this.incs.values()].map((i) => (i.dead ? 0 : (i.node?.replica(DATA_GROUP)?.sm.revision ?? 0))));
+    const lastRevision = Math.max(0, ...[...this.incs.values()].map((i) => (i.dead ? 0 : (i.node?.replica(DATA_GROUP)?.revision ?? 0))));
     const collectors: (() => void)[] = [];
     const watchFrom = (inc: Incarnation, from: number, done: (events: SeenEvent[], upTo: number, canceled?: string) => void): void => {
       const events: SeenEvent[] = [];
@@ -809,8 +817,8 @@ class NodeSim {
     const derived = new Map<string, string>();
     const best = [...this.incs.values()]
       .filter((i) => !i.dead && i.node?.replica(DATA_GROUP))
-      .sort((a, b) => b.node!.replica(DATA_GROUP)!.sm.appliedIndex - a.node!.replica(DATA_GROUP)!.sm.appliedIndex)[0];
-    const page = best?.node!.replica(DATA_GROUP)!.sm.list(DERIVED_PREFIX, { limit: 10_000, keysOnly: false });
+      .sort((a, b) => b.node!.replica(DATA_GROUP)!.appliedIndex - a.node!.replica(DATA_GROUP)!.appliedIndex)[0];
+    const page = best?.node!.replica(DATA_GROUP)!.list(DERIVED_PREFIX, { limit: 10_000, keysOnly: false });
     for (const item of page?.items ?? []) derived.set(item.key, text(item.value) ?? '');
     return { finalHistories, rewatches, derived };
   }
