@@ -442,3 +442,17 @@ describe('checkKvLinearizable: compare-and-set', () => {
     expect(ok([put('k', 'x', 0, 1), cas('k', 'a', 'b', 2), get('k', 'b', 10, 11)])).toBe(false);
   });
 });
+
+describe('checkKvLinearizable: delete', () => {
+  const del = (key: string, call: number, ret?: number): KvOperation => ({ clientId: 8, kind: 'delete', key, call, ...(ret !== undefined ? { ret } : {}) });
+
+  it('a delete makes the key absent', () => {
+    expect(ok([put('k', 'a', 0, 1), del('k', 2, 3), get('k', undefined, 4, 5)])).toBe(true);
+    expect(ok([put('k', 'a', 0, 1), del('k', 2, 3), get('k', 'a', 4, 5)])).toBe(false);
+  });
+
+  it('a pending delete may or may not have happened', () => {
+    expect(ok([put('k', 'a', 0, 1), del('k', 2), get('k', 'a', 4, 5), get('k', undefined, 6, 7)])).toBe(true);
+    expect(ok([put('k', 'a', 0, 1), del('k', 2), get('k', undefined, 4, 5), get('k', 'a', 6, 7)])).toBe(false);
+  });
+});

@@ -3,7 +3,7 @@
 /** One operation observed by a client: invoked at `call`, returned at `ret` (virtual time). */
 export interface KvOperation {
   clientId: number;
-  kind: 'put' | 'get' | 'cas';
+  kind: 'put' | 'get' | 'cas' | 'delete';
   key: string;
   /** For put and cas: the value written. */
   value?: string;
@@ -38,6 +38,7 @@ export const DEFAULT_MAX_STEPS_PER_KEY = 2_000_000;
  * is linearizable. Each key is checked on its own (linearizability is compositional).
  *
  * - A completed get must observe the register value at its linearization point (undefined = absent).
+ * - A delete makes the register absent (like a put of "absent").
  * - A cas (compare-and-set, e.g. a put with an expected version whose value is known) writes
  *   `value` when the register holds `expected`; a completed cas says whether it did (`casOk`).
  * - An operation with `ret === undefined` is pending: a pending get is ignored; a pending put (or a
@@ -115,7 +116,7 @@ function checkRegister(all: KvOperation[], maxSteps: number): Verdict {
 
   // Fast rejection: a completed get observing a value no put on this key ever wrote.
   const written = new Set<string | undefined>([undefined]);
-  for (const op of ops) if (op.kind !== 'get') written.add(op.value);
+  for (const op of ops) if (op.kind === 'put' || op.kind === 'cas') written.add(op.value);
   for (const op of ops) if (op.kind === 'get' && op.ret !== undefined && !written.has(op.output)) return 'fail';
 
   // Build events sorted by time; on equal times calls come before returns, so an op returning at t
@@ -144,7 +145,7 @@ function checkRegister(all: KvOperation[], maxSteps: number): Verdict {
   // Register states are interned as small integers (0 = absent).
   const stateIds = new Map<string | undefined, number>();
   for (const v of written) stateIds.set(v, stateIds.size);
-  const effect = ops.map((op) => stateIds.get(op.kind === 'get' ? op.output : op.value)!);
+  const effect = ops.map((op) => stateIds.get(op.kind === 'get' ? op.output : op.kind === 'delete' ? undefined : op.value)!);
   // A cas expecting a value nothing wrote can never see it (-1 matches no state).
   const expected = ops.map((op) => (op.kind === 'cas' ? (stateIds.get(op.expected) ?? -1) : -1));
 
@@ -171,7 +172,7 @@ function checkRegister(all: KvOperation[], maxSteps: number): Verdict {
     if (node.isCall) {
       let allowed: boolean;
       let nextState: number;
-      if (op.kind === 'put') {
+      if (op.kind === 'put' || op.kind === 'delete') {
         allowed = true;
         nextState = effect[i]!;
       } else if (op.kind === 'get') {

@@ -9,7 +9,7 @@
  *   gap-free (exactly the committed events from its start revision up to the last revision it
  *   reported), each watcher (resuming across streams) caught up with the last committed event once
  *   everything healed, and re-watches opened at the end from random earlier revisions match the history.
- * - lambda delivery: every committed put under the watched prefix was delivered at least once,
+ * - lambda delivery: every committed put and delete under the watched prefix was delivered at least once,
  *   with its value, nothing uncommitted was delivered, per key the first deliveries come in
  *   revision order (a redelivery after a leader change may repeat older ones), and every write the
  *   lambda made through the coordinator and saw acknowledged is in the final state.
@@ -110,7 +110,7 @@ export function checkWatches(run: NodeSimRun, history: readonly SeenEvent[]): st
 /** Lambda delivery: complete, nothing uncommitted, first deliveries in per-key order. */
 export function checkDeliveries(run: NodeSimRun, history: readonly SeenEvent[]): string[] {
   const problems: string[] = [];
-  const committed = new Map(history.filter((e) => e.type === 'put').map((e) => [id(e), e]));
+  const committed = new Map(history.filter((e) => e.type === 'put' || e.type === 'delete').map((e) => [id(e), e]));
   const delivered = new Set<string>();
   const firstMax = new Map<string, number>();
   for (const d of run.deliveries) {
@@ -122,7 +122,7 @@ export function checkDeliveries(run: NodeSimRun, history: readonly SeenEvent[]):
     }
     if (c.value !== d.value) problems.push(`lambda got ${d.key} @${d.revision} with value ${String(d.value)}, committed ${String(c.value)}`);
     const wrote = run.derived.get(derivedKey(d.key, d.revision));
-    if (wrote !== d.value) problems.push(`the lambda's acknowledged write for ${d.key} @${d.revision} ${wrote === undefined ? 'is lost' : `holds ${wrote}`} (expected ${String(d.value)})`);
+    if (wrote !== (d.value ?? '')) problems.push(`the lambda's acknowledged write for ${d.key} @${d.revision} ${wrote === undefined ? 'is lost' : `holds ${wrote}`} (expected ${String(d.value)})`);
     if (delivered.has(k)) continue;
     delivered.add(k);
     const max = firstMax.get(d.key) ?? 0;

@@ -2,7 +2,8 @@
  * The node-level deterministic simulation: real `KvNode`s (3 or 5) over in-memory engines with
  * their crash model (unsynced batches are lost), a simulated network (sim-network.ts) and a
  * virtual clock (virtual-scheduler.ts), all drawn from one seed. Clients call the nodes'
- * coordinators as the gRPC handlers do (sim-rpc.ts), with bounded attempts and a write session;
+ * coordinators as the gRPC handlers do (sim-rpc.ts) — puts, deletes, linearizable gets and
+ * conditional puts — with bounded attempts and a write session;
  * watchers follow the data prefix through the nodes' watches, resuming on another node from the
  * last revision they saw; a lambda runs in-process behind the real delivery layer
  * (extensions/delivery.ts ShardDelivery → WatchDispatcher over the kvNodeHost seam), with a
@@ -47,7 +48,7 @@ import { SeededRandom, type NodeId } from '../../../src/raft/index.js';
 import type { KvEvent } from '../../../src/statemachine/index.js';
 import { MemoryEngine } from '../../../src/storage/kv-engine.js';
 import { readKvMetadata } from '../../../src/wire/metadata.js';
-import type { GetResponseMsg, PutResponseMsg } from '../../../src/wire/proto.js';
+import type { DeleteResponseMsg, GetResponseMsg, PutResponseMsg } from '../../../src/wire/proto.js';
 import type { KvOperation } from '../linearizability.js';
 import { CLIENT_HOST, SimNetwork } from './sim-network.js';
 import { serveUnary, serviceError, simNodeStubs, type UnaryOutcome } from './sim-rpc.js';
@@ -567,7 +568,7 @@ class NodeSim {
     const known = new Map<string, { version: number; value: string | undefined }>();
     while (this.sched.now() < this.activeEnd) {
       const key = this.pick(keys);
-      const roll = this.rng.nextInt(10);
+      const roll = this.rng.nextInt(12);
       const call = this.sched.now();
       this.ops++;
       if (roll < 4) {
@@ -590,6 +591,16 @@ class NodeSim {
           this.history.push(op);
           this.opsOk++;
           known.set(key, { version: r.found ? (r.version ?? 0) : 0, value: op.output });
+        }
+      } else if (roll >= 10) {
+        seq++;
+        const op: KvOperation = { clientId: c, kind: 'delete', key, call };
+        this.history.push(op);
+        const r = (await this.call(c, 'delete', { key, session: { id: session, seq, ackedBelow: seq } })) as DeleteResponseMsg | undefined;
+        if (r) {
+          op.ret = this.sched.now();
+          this.opsOk++;
+          known.set(key, { version: 0, value: undefined });
         }
       } else {
         // A conditional put on the version this client saw last (or "absent").
