@@ -4,8 +4,9 @@
  * virtual clock (virtual-scheduler.ts), all drawn from one seed. Clients call the nodes'
  * coordinators as the gRPC handlers do (sim-rpc.ts) — puts, deletes, linearizable gets and
  * conditional puts — with bounded attempts and a write session;
- * watchers follow the data prefix through the nodes' watches, resuming on another node from the
- * last revision they saw; a lambda runs in-process behind the real delivery layer
+ * watchers follow the data prefix (one through the coordinator's MergedWatch, as the gRPC Watch
+ * handler does, one on the node's own watch), resuming on another node from the last revision
+ * they saw; a lambda runs in-process behind the real delivery layer
  * (extensions/delivery.ts ShardDelivery → WatchDispatcher over the kvNodeHost seam), with a
  * runner whose lambda writes a key per event through the node's coordinator (routedLambdaKv, as
  * kvd gives lambdas) and records what it handled. One schedule: start, wait for leaders, run clients,
@@ -31,6 +32,7 @@ import * as grpc from '@grpc/grpc-js';
 import { createHash } from 'node:crypto';
 import { pino, type Logger } from 'pino';
 import { Coordinator } from '../../../src/coordinator/coordinator.js';
+import { MergedWatch, type WatchOutput } from '../../../src/coordinator/merged-watch.js';
 import type { RequestOf, ResponseOf, UnaryOp } from '../../../src/coordinator/messages.js';
 import { ShardDelivery } from '../../../src/extensions/delivery.js';
 import { ExtensionMetrics } from '../../../src/extensions/extension-metrics.js';
@@ -48,7 +50,7 @@ import { SeededRandom, type NodeId } from '../../../src/raft/index.js';
 import type { KvEvent } from '../../../src/statemachine/index.js';
 import { MemoryEngine } from '../../../src/storage/kv-engine.js';
 import { readKvMetadata } from '../../../src/wire/metadata.js';
-import type { DeleteResponseMsg, GetResponseMsg, PutResponseMsg } from '../../../src/wire/proto.js';
+import type { DeleteResponseMsg, EventMsg, GetResponseMsg, PutResponseMsg } from '../../../src/wire/proto.js';
 import type { KvOperation } from '../linearizability.js';
 import { CLIENT_HOST, SimNetwork } from './sim-network.js';
 import { serveUnary, serviceError, simNodeStubs, type UnaryOutcome } from './sim-rpc.js';
@@ -85,6 +87,8 @@ export interface NodeSimOptions {
 export interface WatchStream {
   readonly watcher: number;
   readonly node: NodeId;
+  /** Through the coordinator's MergedWatch (the gRPC Watch path), or the node's own watch (the backend). */
+  readonly via: 'coordinator' | 'backend';
   readonly from: number;
   /** Each call of the sink, in arrival order. */
   readonly batches: { readonly kind: 'events' | 'progress'; readonly events: SeenEvent[]; readonly revision: number }[];
@@ -641,7 +645,7 @@ class NodeSim {
       if (up.length === 0) return;
       const id = this.pick(up);
       const inc = this.incs.get(id)!;
-      const stream: WatchStream = { watcher: w, node: id, from: next, batches: [] };
+      const stream: WatchStream = { watcher: w, node: id, via: w % 2 === 1 ? 'coordinator' : 'backend', from: next, batches: [] };
       this.streams.push(stream);
       const cur: NonNullable<typeof current> = { stream, owner: inc.owner, lastHeard: this.sched.now() };
       current = cur;
@@ -656,36 +660,54 @@ class NodeSim {
           fn();
         });
       };
+      const onEvents = (seen: SeenEvent[], revision: number): void =>
+        arrive(() => {
+          stream.batches.push({ kind: 'events', events: seen, revision });
+          next = Math.max(next, revision + 1);
+        });
+      const onProgress = (revision: number): void =>
+        arrive(() => {
+          stream.batches.push({ kind: 'progress', events: [], revision });
+          next = Math.max(next, revision + 1);
+        });
+      const onCanceled = (reason: string): void =>
+        arrive(() => {
+          stream.canceled = reason;
+          current = undefined;
+        });
       this.sched.at(inc.owner, this.net.delay(), () => {
-        if (inc.dead || !inc.node) return;
+        if (inc.dead || !inc.node || !inc.coord) return;
         try {
-          cur.handle = inc.node.watch(
-            { prefix: DATA_PREFIX, fromRevision: next, progressIntervalMs: 50, shard: DATA_GROUP },
-            {
-              events: (events, revision) => {
-                const seen = events.map(seenOf);
-                arrive(() => {
-                  stream.batches.push({ kind: 'events', events: seen, revision });
-                  next = Math.max(next, revision + 1);
-                });
+          if (stream.via === 'coordinator') {
+            // The gRPC Watch path: the coordinator's MergedWatch, writing wire responses.
+            const out: WatchOutput = {
+              write: (msg) => {
+                if (msg.canceled) onCanceled(msg.cancelReason ?? 'canceled');
+                else if (msg.events && msg.events.length > 0) onEvents(msg.events.map(seenOfMsg), msg.revision ?? 0);
+                else if (msg.progressNotify) onProgress(msg.revision ?? 0);
               },
-              progress: (revision) =>
-                arrive(() => {
-                  stream.batches.push({ kind: 'progress', events: [], revision });
-                  next = Math.max(next, revision + 1);
-                }),
-              canceled: (reason) =>
-                arrive(() => {
-                  stream.canceled = reason;
-                  current = undefined;
-                }),
-            },
-          );
+              writableLength: 0,
+              writableNeedDrain: false,
+              once: () => undefined,
+              close: (status) => {
+                if (status) onCanceled(`closed: ${status.message}`);
+              },
+            };
+            const mw = new MergedWatch(
+              inc.coord,
+              { req: { prefix: DATA_PREFIX, fromRevision: next, progressIntervalMs: 50 }, groups: [DATA_GROUP], hops: 0, hideReserved: false, maxPendingResponses: 10_000 },
+              out,
+            );
+            cur.handle = { cancel: () => mw.finish() };
+            mw.start();
+          } else {
+            cur.handle = inc.node.watch(
+              { prefix: DATA_PREFIX, fromRevision: next, progressIntervalMs: 50, shard: DATA_GROUP },
+              { events: (events, revision) => onEvents(events.map(seenOf), revision), progress: onProgress, canceled: onCanceled },
+            );
+          }
         } catch (e) {
-          arrive(() => {
-            stream.canceled = `watch refused: ${String(e)}`;
-            current = undefined;
-          });
+          onCanceled(`watch refused: ${String(e)}`);
         }
       });
     };
@@ -837,6 +859,12 @@ class NodeSim {
 
 function seenOf(e: KvEvent): SeenEvent {
   return { revision: e.revision, key: e.key, type: e.type, value: text(e.value) };
+}
+
+/** A wire event (a Watch response's) as the checks compare it. */
+function seenOfMsg(e: EventMsg): SeenEvent {
+  const type = e.type === 'DELETE' || e.type === 1 ? 'delete' : e.type === 'TRIGGER' || e.type === 2 ? 'trigger' : 'put';
+  return { revision: e.revision ?? 0, key: e.key ?? '', type, value: type === 'delete' ? undefined : text(e.value ?? new Uint8Array(0)) };
 }
 
 function errReplacer(_k: string, v: unknown): unknown {
