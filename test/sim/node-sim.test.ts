@@ -21,6 +21,16 @@ describe('node-level simulation (real KvNode, coordinator, delivery), part 1', (
     expect(r.failures).toEqual([]);
   }, scheduleTimeoutMs(0));
 
+  // Seeds that once failed, kept (seeds shift whenever the schedule generator changes: re-pin then).
+  // 19: the data leader froze with an in-process lambda running; the next leaders counted it as
+  // a node dying in that event and, after a crash of their own in it, dead-lettered it as poison;
+  // the frozen node then woke and finished it, after a later event of the key had been delivered
+  // (order holds by start: checks.ts orders deliveries by when they started).
+  it.each([19])('regression seed %i', async (seed) => {
+    const r = await runBatch([seed]);
+    expect(r.failures).toEqual([]);
+  });
+
   it('a seed replays exactly (same seed, same history, watches, deliveries)', async () => {
     for (const seed of [7, 8, 9]) {
       const a = runDigest(await runNodeSim({ seed, activeMs: 800, settleMs: 1000 }));
@@ -40,7 +50,7 @@ describe('node-level simulation (real KvNode, coordinator, delivery), part 1', (
       ['lost write', (r) => { for (const h of r.finalHistories.values()) h.splice(h.findIndex((e) => r.history.some((o) => o.kind === 'put' && o.ret !== undefined && o.value === e.value)), 1); }, /lost|not linearizable/],
       ['stale read', (r) => { const g = r.history.filter((o) => o.kind === 'get' && o.output !== undefined); const op = g[g.length - 1]!; op.output = 'never-written'; }, /not linearizable/],
       ['missed delivery', (r) => { const first = r.deliveries[0]!; r.deliveries.splice(0, r.deliveries.length, ...r.deliveries.filter((d) => d.revision !== first.revision || d.key !== first.key)); }, /never got/],
-      ['reordered delivery', (r) => { const k = r.deliveries[0]!.key; const i = r.deliveries.findIndex((d, j) => j > 0 && d.key === k && d.revision > r.deliveries[0]!.revision); const [later] = r.deliveries.splice(i, 1); r.deliveries.unshift(later!); }, /per-key order/],
+      ['reordered delivery', (r) => { const k = r.deliveries[0]!.key; const i = r.deliveries.findIndex((d, j) => j > 0 && d.key === k && d.revision > r.deliveries[0]!.revision); const [later] = r.deliveries.splice(i, 1); r.deliveries.unshift({ ...later!, startedAt: r.deliveries[0]!.startedAt - 1 }); }, /per-key order/],
     ];
     for (const [name, mutate, expected] of mutations) {
       const r = copy();

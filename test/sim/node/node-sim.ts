@@ -107,6 +107,9 @@ export interface SeenEvent {
 /** One successful lambda invocation (its write under DERIVED_PREFIX acknowledged). */
 export interface Delivery {
   readonly node: NodeId;
+  /** When the invocation started (virtual ms). */
+  readonly startedAt: number;
+  /** When it finished (its write acknowledged). */
   readonly at: number;
   readonly key: string;
   readonly revision: number;
@@ -125,6 +128,10 @@ export interface NodeSimRun {
   readonly finalHistories: Map<NodeId, SeenEvent[]>;
   /** The keys under DERIVED_PREFIX at the end (what the lambda's writes left), with their values. */
   readonly derived: Map<string, string>;
+  /** The lambda's dead letters at the end (events it gave up on), by kind. */
+  readonly deadLetters: { kind: string; key: string; revision: number }[];
+  /** How the lambda ran (it may have been moved to process isolation meanwhile). */
+  readonly lambdaMode: 'in-process' | 'worker';
   /** Per watcher, the revision it had seen everything up to at the end. */
   readonly watcherEnds: number[];
   /** Re-watches from earlier revisions opened at the end: node, from, what they got. */
@@ -198,6 +205,8 @@ class NodeSim {
   private activeEnd = Infinity;
   private readonly members: Map<NodeId, string>;
   private readonly snapshotEvery: number;
+  /** Whether the lambda runs in-process (armed invocations, demotion) or in a worker. */
+  private readonly inProcess: boolean;
   /** Set once the final histories are collected: watchers stop. */
   private ended = false;
   /** Per watcher: the last revision it has seen everything up to. */
@@ -220,6 +229,7 @@ class NodeSim {
     this.members = new Map(this.ids.map((id) => [id, addressOf(id)]));
     // Some schedules compact the log often, so followers that fall behind need snapshots.
     this.snapshotEvery = this.rng.nextInt(3) === 0 ? 40 : 20_000;
+    this.inProcess = this.rng.nextInt(2) === 0;
     for (const id of this.ids) this.diskMs.set(id, this.pick([0, 1, 2, 5]));
     // One schedule in three has clocks that disagree (up to half a second either way).
     if (this.rng.nextInt(3) === 0) for (const id of this.ids) this.skewMs.set(id, this.rng.nextInt(1001) - 500);
@@ -265,6 +275,8 @@ class NodeSim {
       finalHistories: end.finalHistories,
       watcherEnds: this.watcherEnds.map((f) => f()),
       derived: end.derived,
+      deadLetters: end.deadLetters,
+      lambdaMode: this.inProcess ? 'in-process' : 'worker',
       rewatches: end.rewatches,
       problems: this.problems,
       stats: {
@@ -756,10 +768,13 @@ class NodeSim {
       options: { mode: 'stateful', events: ['put', 'delete'], concurrency: 4, maxAttempts: 12, retryBackoffMs: 20, timeoutMs: 1000, maxBacklog: 1000 },
     };
     const runner = {
-      mode: 'worker',
+      // In-process (every invocation armed first; a node dying in one moves the extension to
+      // process isolation, see ShardDelivery.demote) in half the schedules; a worker otherwise.
+      mode: this.inProcess ? 'in-process' : 'worker',
       watches: [watch],
-      invoke: (_id: number, ev: ExtensionEvent): Promise<void> =>
-        new Promise((resolve, reject) => {
+      invoke: (_id: number, ev: ExtensionEvent): Promise<void> => {
+        const startedAt = this.sched.now();
+        return new Promise((resolve, reject) => {
           // The lambda takes a little time, and fails one time in ten.
           setTimeout(() => {
             if (this.rng.nextInt(10) === 0) {
@@ -770,13 +785,14 @@ class NodeSim {
             const derived = derivedKey(ev.key, ev.version);
             lambdaKv.put(derived, ev.value ?? new Uint8Array(0), {}, ev.hops + 1, Date.now() + 1000).then(
               () => {
-                if (!inc.dead) this.deliveries.push({ node: inc.id, at: this.sched.now(), key: ev.key, revision: ev.version, value: text(ev.value) });
+                if (!inc.dead) this.deliveries.push({ node: inc.id, startedAt, at: this.sched.now(), key: ev.key, revision: ev.version, value: text(ev.value) });
                 resolve();
               },
               (e: unknown) => reject(Object.assign(new Error(`the lambda's write failed: ${String(e)}`), { kind: 'threw' })),
             );
           }, this.rng.nextInt(15));
-        }),
+        });
+      },
     } as unknown as ExtensionRunner;
     const record = { name: 'simlambda', version: '1.0.0', generation: 1, sha256: '', size: 0, chunks: 0, config: {}, startRevisions: { [String(DATA_GROUP)]: 1 } } as unknown as ExtensionRecord;
     const loaded: Loaded = { record, state: 'running', runner, deliveries: new Map() };
@@ -787,7 +803,19 @@ class NodeSim {
       maxHops: 8,
       metrics: new ExtensionMetrics(undefined, all),
       loaded: all,
-      reload: () => {},
+      // As the manager does (reconcile): stop the dispatchers, persisting their cursors, then run
+      // the extension where the delivery says (process isolation while demoted) and deliver again.
+      reload: (name) => {
+        void (async () => {
+          for (const [k, d] of [...loaded.deliveries]) {
+            loaded.deliveries.delete(k);
+            await d.dispatcher.stop(true).catch(() => {});
+          }
+          (runner as unknown as { mode: string }).mode = delivery.isDemoted(name) ? 'process' : 'in-process';
+          this.trace(`lambda on node ${inc.id}#${inc.owner} reloaded in ${(runner as unknown as { mode: string }).mode} mode`);
+          delivery.startDispatch(loaded);
+        })();
+      },
       bootId: `boot-${inc.owner}`,
     });
     delivery.start();
@@ -800,7 +828,7 @@ class NodeSim {
    * Collects, once everything settled, each live node's full history of DATA_PREFIX (a watch from
    * revision 1) and re-watches from random earlier revisions on random nodes.
    */
-  private async finalChecksData(): Promise<{ finalHistories: Map<NodeId, SeenEvent[]>; rewatches: NodeSimRun['rewatches']; derived: Map<string, string> }> {
+  private async finalChecksData(): Promise<{ finalHistories: Map<NodeId, SeenEvent[]>; rewatches: NodeSimRun['rewatches']; derived: Map<string, string>; deadLetters: NodeSimRun['deadLetters'] }> {
     const finalHistories = new Map<NodeId, SeenEvent[]>();
     const rewatches: NodeSimRun['rewatches'] = [];
     const lastRevision = Math.max(0, ...[...this.incs.values()].map((i) => (i.dead ? 0 : (i.node?.replica(DATA_GROUP)?.revision ?? 0))));
@@ -853,7 +881,18 @@ class NodeSim {
       .sort((a, b) => b.node!.replica(DATA_GROUP)!.appliedIndex - a.node!.replica(DATA_GROUP)!.appliedIndex)[0];
     const page = best?.node!.replica(DATA_GROUP)!.list(DERIVED_PREFIX, { limit: 10_000, keysOnly: false });
     for (const item of page?.items ?? []) derived.set(item.key, text(item.value) ?? '');
-    return { finalHistories, rewatches, derived };
+    // The lambda's dead letters (an event it gave up on: poison, too many failures).
+    const deadLetters: NodeSimRun['deadLetters'] = [];
+    const dlq = best?.node!.replica(DATA_GROUP)!.list('/_dlq/simlambda/', { limit: 10_000, keysOnly: false });
+    for (const item of dlq?.items ?? []) {
+      try {
+        const body = JSON.parse(text(item.value) ?? '{}') as { kind?: string; event?: { key?: string; version?: number } };
+        deadLetters.push({ kind: body.kind ?? '?', key: body.event?.key ?? '', revision: body.event?.version ?? 0 });
+      } catch {
+        deadLetters.push({ kind: `unreadable ${item.key}`, key: '', revision: 0 });
+      }
+    }
+    return { finalHistories, rewatches, derived, deadLetters };
   }
 }
 
