@@ -136,6 +136,8 @@ export interface NodeSimRun {
   readonly watcherEnds: number[];
   /** Re-watches from earlier revisions opened at the end: node, from, what they got. */
   readonly rewatches: { node: NodeId; from: number; events: SeenEvent[]; upTo: number; canceled?: string }[];
+  /** Error-level logs of nodes and deliveries (not failures by themselves: e.g. a write lost to a leadership change). */
+  readonly notes: string[];
   /** Problems seen while running (a fatal storage failure, an internal error, an unexpected status). */
   readonly problems: string[];
   readonly stats: {
@@ -156,6 +158,8 @@ interface Incarnation {
   node?: KvNode;
   coord?: Coordinator;
   delivery?: ShardDelivery;
+  /** The lambda's extension as loaded on this incarnation (its dispatchers, for the report). */
+  loaded?: Loaded;
   dead: boolean;
 }
 
@@ -166,9 +170,20 @@ const text = (v: Uint8Array | undefined): string | undefined => (v === undefined
 /** The client address of node `id` (no socket behind it: the directory maps it back). */
 export const addressOf = (id: NodeId): string => `sim-node-${id}:7000`;
 
-/** A pino logger that keeps what is logged at error level and above (no output). */
-function keepingLogger(into: string[], prefix: string): Logger {
-  return pino({ level: 'error', base: null, timestamp: false }, { write: (line: string) => void into.push(`${prefix} ${line.trim()}`) });
+/**
+ * A pino logger (no output) that keeps what is logged at fatal level in `problems` (a run with
+ * one fails) and at error level in `notes` (reported, e.g. a write lost to a leadership change).
+ */
+function keepingLogger(problems: string[], notes: string[], prefix: string): Logger {
+  return pino(
+    { level: 'error', base: null, timestamp: false },
+    {
+      write: (line: string) => {
+        const fatal = (JSON.parse(line) as { level?: number }).level! >= 60;
+        (fatal ? problems : notes).push(`${prefix} ${line.trim()}`);
+      },
+    },
+  );
 }
 
 /** Runs one schedule (see the file's top); installs and restores the virtual globals itself. */
@@ -199,6 +214,7 @@ class NodeSim {
   private readonly streams: WatchStream[] = [];
   private readonly deliveries: Delivery[] = [];
   private readonly problems: string[] = [];
+  private readonly notes: string[] = [];
   private crashes = 0;
   private ops = 0;
   private opsOk = 0;
@@ -279,6 +295,7 @@ class NodeSim {
       lambdaMode: this.inProcess ? 'in-process' : 'worker',
       rewatches: end.rewatches,
       problems: this.problems,
+      notes: this.notes,
       stats: {
         virtualMs: s.now() - this.startMs,
         events: s.events,
@@ -337,7 +354,7 @@ class NodeSim {
       // Election randomness from the schedule's seed (each replica mixes in its node and group).
       seed: (this.opts.seed * 1_000_003 + owner * 7919) >>> 0,
       keepEntriesAfterSnapshot: Math.min(this.snapshotEvery, 20),
-      log: keepingLogger(this.problems, `node ${id}#${owner}:`),
+      log: keepingLogger(this.problems, this.notes, `node ${id}#${owner}:`),
       onFatal: (err) => {
         if (!inc.dead) this.problems.push(`node ${id}#${owner}: fatal: ${String(err)}`);
       },
@@ -767,54 +784,66 @@ class NodeSim {
       prefix: DATA_PREFIX,
       options: { mode: 'stateful', events: ['put', 'delete'], concurrency: 4, maxAttempts: 12, retryBackoffMs: 20, timeoutMs: 1000, maxBacklog: 1000 },
     };
-    const runner = {
-      // In-process (every invocation armed first; a node dying in one moves the extension to
-      // process isolation, see ShardDelivery.demote) in half the schedules; a worker otherwise.
-      mode: this.inProcess ? 'in-process' : 'worker',
-      watches: [watch],
-      invoke: (_id: number, ev: ExtensionEvent): Promise<void> => {
-        const startedAt = this.sched.now();
-        return new Promise((resolve, reject) => {
-          // The lambda takes a little time, and fails one time in ten.
-          setTimeout(() => {
-            if (this.rng.nextInt(10) === 0) {
-              reject(Object.assign(new Error('simulated lambda failure'), { kind: 'threw' }));
-              return;
-            }
-            // It writes what it saw under DERIVED_PREFIX through the node's coordinator (a lambda's store).
-            const derived = derivedKey(ev.key, ev.version);
-            lambdaKv.put(derived, ev.value ?? new Uint8Array(0), {}, ev.hops + 1, Date.now() + 1000).then(
-              () => {
-                if (!inc.dead) this.deliveries.push({ node: inc.id, startedAt, at: this.sched.now(), key: ev.key, revision: ev.version, value: text(ev.value) });
-                resolve();
-              },
-              (e: unknown) => reject(Object.assign(new Error(`the lambda's write failed: ${String(e)}`), { kind: 'threw' })),
-            );
-          }, this.rng.nextInt(15));
-        });
-      },
-    } as unknown as ExtensionRunner;
+    // In-process (every invocation armed first; a node dying in one moves the extension to
+    // process isolation, see ShardDelivery.demote) in half the schedules; a worker otherwise.
+    const runnerIn = (mode: 'in-process' | 'process' | 'worker'): ExtensionRunner =>
+      ({
+        mode,
+        watches: [watch],
+        stop: async () => {},
+        invoke: (_id: number, ev: ExtensionEvent): Promise<void> => {
+          const startedAt = this.sched.now();
+          return new Promise((resolve, reject) => {
+            // The lambda takes a little time, and fails one time in ten.
+            setTimeout(() => {
+              if (this.rng.nextInt(10) === 0) {
+                reject(Object.assign(new Error('simulated lambda failure'), { kind: 'threw' }));
+                return;
+              }
+              // It writes what it saw under DERIVED_PREFIX through the node's coordinator (a lambda's store).
+              const derived = derivedKey(ev.key, ev.version);
+              lambdaKv.put(derived, ev.value ?? new Uint8Array(0), {}, ev.hops + 1, Date.now() + 1000).then(
+                () => {
+                  if (!inc.dead) this.deliveries.push({ node: inc.id, startedAt, at: this.sched.now(), key: ev.key, revision: ev.version, value: text(ev.value) });
+                  resolve();
+                },
+                (e: unknown) => reject(Object.assign(new Error(`the lambda's write failed: ${String(e)}`), { kind: 'threw' })),
+              );
+            }, this.rng.nextInt(15));
+          });
+        },
+      }) as unknown as ExtensionRunner;
     const record = { name: 'simlambda', version: '1.0.0', generation: 1, sha256: '', size: 0, chunks: 0, config: {}, startRevisions: { [String(DATA_GROUP)]: 1 } } as unknown as ExtensionRecord;
-    const loaded: Loaded = { record, state: 'running', runner, deliveries: new Map() };
+    let loaded: Loaded = { record, state: 'running', runner: runnerIn(this.inProcess ? 'in-process' : 'worker'), deliveries: new Map() };
+    inc.loaded = loaded;
     const all = (): Loaded[] => [loaded];
-    const log = keepingLogger(this.problems, `delivery ${inc.id}#${inc.owner}:`);
+    const log = process.env.KVC_SIM_DEBUG
+      ? pino({ level: 'info' }, { write: (l: string) => this.trace(`delivery ${inc.id}#${inc.owner}: ${l.trim()}`) })
+      : keepingLogger(this.problems, this.notes, `delivery ${inc.id}#${inc.owner}:`);
+    let reloads = Promise.resolve();
     const delivery = new ShardDelivery(kvNodeHost(node), {
       log,
       maxHops: 8,
       metrics: new ExtensionMetrics(undefined, all),
       loaded: all,
-      // As the manager does (reconcile): stop the dispatchers, persisting their cursors, then run
-      // the extension where the delivery says (process isolation while demoted) and deliver again.
+      // As the manager does (reconcile, one at a time): start a runner where the delivery says
+      // (process isolation while demoted; starting one takes a while), then stop the current
+      // dispatchers persisting their cursors (stopLoaded), swap, and deliver from the new one.
       reload: (name) => {
-        void (async () => {
-          for (const [k, d] of [...loaded.deliveries]) {
-            loaded.deliveries.delete(k);
-            await d.dispatcher.stop(true).catch(() => {});
-          }
-          (runner as unknown as { mode: string }).mode = delivery.isDemoted(name) ? 'process' : 'in-process';
-          this.trace(`lambda on node ${inc.id}#${inc.owner} reloaded in ${(runner as unknown as { mode: string }).mode} mode`);
-          delivery.startDispatch(loaded);
-        })();
+        reloads = reloads.then(async () => {
+          const mode = delivery.isDemoted(name) ? 'process' : 'in-process';
+          await new Promise((r) => setTimeout(r, 20 + this.rng.nextInt(100)));
+          const next: Loaded = { record, state: 'running', runner: runnerIn(mode), deliveries: new Map() };
+          const current = loaded;
+          current.stopping = true;
+          const ds = [...current.deliveries.values()];
+          current.deliveries.clear();
+          await Promise.all(ds.map((d) => d.dispatcher.stop(true).catch(() => {})));
+          loaded = next;
+          inc.loaded = next;
+          this.trace(`lambda on node ${inc.id}#${inc.owner} reloaded in ${mode} mode`);
+          delivery.startDispatch(next);
+        });
       },
       bootId: `boot-${inc.owner}`,
     });
@@ -891,6 +920,12 @@ class NodeSim {
       } catch {
         deadLetters.push({ kind: `unreadable ${item.key}`, key: '', revision: 0 });
       }
+    }
+    for (const inc of this.incs.values()) {
+      if (inc.dead || !inc.loaded) continue;
+      const leads = inc.node?.replica(DATA_GROUP)?.isLeader ?? false;
+      const ds = [...inc.loaded.deliveries.values()].map((d) => JSON.stringify(d.dispatcher.stats));
+      this.trace(`END node ${inc.id}#${inc.owner}: ${leads ? 'leads' : 'follows'} the data shard; lambda ${(inc.loaded.runner as unknown as { mode: string }).mode}; dispatchers ${ds.join(' ') || 'none'}`);
     }
     return { finalHistories, rewatches, derived, deadLetters };
   }

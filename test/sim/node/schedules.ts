@@ -70,7 +70,7 @@ export async function runBatch(seeds: readonly number[]): Promise<BatchResult> {
       ops += run.stats.ops;
       crashes += run.stats.crashes;
       events += run.stats.events;
-      if (traceOn) console.log(`seed ${seed}: digest ${runDigest(run)}, ${JSON.stringify(run.stats)}`);
+      if (traceOn) console.log(`seed ${seed}: digest ${runDigest(run)}, ${JSON.stringify(run.stats)}${run.notes.length > 0 ? `\nerror logs:\n  ${run.notes.join('\n  ')}` : ''}`);
     }
     if (problems.length > 0) {
       const faults = run ? `\n  faults: ${run.faults.join('; ')}` : '';
