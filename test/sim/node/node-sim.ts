@@ -27,6 +27,11 @@
  * the storage layer (MemoryEngine's latency, the state store's yielding) still read the global
  * clock and timers; the run installs the virtual scheduler as those globals while it runs
  * (VirtualScheduler.install), so they are virtual and reproducible too, but not yet by injection.
+ *
+ * Size: one class (about 800 lines) for one schedule's cluster, clients, watchers, lambda and
+ * faults, because they all draw from the run's one random sequence in one order (that order is
+ * what makes a seed replay); the network, the gRPC edge, the clock and the checks are modules of
+ * their own.
  */
 import * as grpc from '@grpc/grpc-js';
 import { createHash } from 'node:crypto';
