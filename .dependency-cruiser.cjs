@@ -5,6 +5,9 @@
  *
  *   bin, cli  →  client | server  →  wire  →  coordinator  →  extensions  →  node
  *             →  statemachine | storage  →  sharding  →  raft          (log, proto-files: anywhere)
+ *
+ * Inside node: kv-node.ts (the KvNode facade) → node-backend.ts → driver.ts → replica-set.ts →
+ * replica.ts (each part below also uses node-options.ts and scheduler.ts).
  */
 const layer = (name) => `^src/${name}/`;
 module.exports = {
@@ -19,6 +22,9 @@ module.exports = {
     { name: 'extensions-below-coordinator', severity: 'error', from: { path: layer('extensions') }, to: { path: [layer('server'), layer('client'), layer('cli'), layer('bin'), layer('coordinator'), layer('wire')] } },
     { name: 'node-below-extensions', severity: 'error', from: { path: layer('node') }, to: { path: [layer('extensions'), layer('server'), layer('client'), layer('cli'), layer('bin'), layer('coordinator'), layer('wire')] } },
     { name: 'state-below-node', severity: 'error', from: { path: [layer('statemachine'), layer('storage')] }, to: { path: [layer('node'), layer('extensions'), layer('server'), layer('client'), layer('cli'), layer('bin'), layer('coordinator'), layer('wire')] } },
+    { name: 'console-from-bin', severity: 'error', comment: 'the web console is mounted by kvd only', from: { path: '^src/', pathNot: [layer('bin'), layer('console')] }, to: { path: layer('console') } },
+    { name: 'node-facade-on-top', severity: 'error', comment: 'inside src/node: KvNode (kv-node.ts) composes the backend, the driver and the replica set; none of its parts imports the facade or the backend', from: { path: '^src/node/(driver|replica-set|replica|replica-records|recovery|leadership|waiters|node-options|scheduler)[.]ts$' }, to: { path: '^src/node/(kv-node|node-backend)[.]ts$' } },
+    { name: 'node-driver-over-replica-set', severity: 'error', comment: 'the driver runs the replica set; the replica set reaches the driver only through the hooks it is given', from: { path: '^src/node/(replica-set|replica|replica-records|recovery|leadership|waiters|node-options|scheduler)[.]ts$' }, to: { path: '^src/node/driver[.]ts$' } },
     { name: 'cli-through-client', severity: 'error', comment: 'kvctl talks to the cluster through the client library', from: { path: layer('cli') }, to: { path: [layer('server'), layer('node'), layer('coordinator'), layer('storage'), layer('raft')] } },
   ],
   options: {

@@ -27,11 +27,13 @@ import { classify } from '../coordinator/op-status.js';
 import { NodeStubs } from '../coordinator/node-stubs.js';
 import { ClusterStubClient } from '../wire/proto.js';
 import { AdminClient } from '../client/admin-client.js';
+import { AdminTokenCheck, AUTHORIZATION_METADATA } from '../wire/auth.js';
 import type { ClusterMap } from '../sharding/index.js';
 import type { Logger } from '../log.js';
 import { Counter } from 'prom-client';
 import { LoopWatchdog, takeDeathNote } from '../node/loop-watchdog.js';
 import { installCpuProfileSignal } from './cpu-profile-signal.js';
+import { createNodeConsole } from '../console/index.js';
 
 /** How often a joining node with `--join-auto-add` asks the cluster to add it, while it is not a member yet. */
 const AUTO_ADD_RETRY_MS = 5_000;
@@ -111,6 +113,56 @@ function probeEndpoints(readiness: () => { ready: boolean; reason?: string }): (
     const r = readiness();
     res.statusCode = r.ready ? 200 : 503;
     res.end(r.ready ? 'ready\n' : `not ready: ${r.reason ?? 'unknown'}\n`);
+    return true;
+  };
+}
+
+/** How long a stopping kvd (SIGTERM, SIGINT) spends handing its leaderships over before it closes. */
+const DRAIN_ON_STOP_MS = 10_000;
+/** The default and the longest wait of `POST /drain` (a preStop hook's budget is the pod's grace period). */
+const DRAIN_DEFAULT_MS = 20_000;
+const DRAIN_MAX_MS = 120_000;
+
+/**
+ * `POST /drain[?timeout-ms=N]` on the metrics port, with `authorization: Bearer <admin token>`:
+ * hands every leadership this node holds to other voters and refuses new ones (a Kubernetes
+ * preStop hook calls it), then answers with what moved. The node keeps serving as a follower and
+ * reports not ready from then on. Refused without the admin token (403 when this node has none).
+ */
+function drainEndpoint(
+  adminToken: string | undefined,
+  drain: (deadlineMs: number) => Promise<{ led: number; stillLeading: number[] }>,
+): (req: IncomingMessage, res: ServerResponse) => boolean {
+  const tokens = new AdminTokenCheck(adminToken);
+  return (req, res) => {
+    const url = new URL(req.url ?? '/', 'http://localhost');
+    if (url.pathname !== '/drain') return false;
+    const reply = (status: number, body: object): void => {
+      res.statusCode = status;
+      res.setHeader('Content-Type', 'application/json');
+      res.end(`${JSON.stringify(body)}\n`);
+    };
+    if (req.method !== 'POST') {
+      reply(405, { error: 'POST /drain' });
+      return true;
+    }
+    const md = new grpc.Metadata();
+    if (req.headers.authorization) md.set(AUTHORIZATION_METADATA, req.headers.authorization);
+    const auth = tokens.check(md);
+    if (auth !== 'ok') {
+      reply(auth === 'disabled' ? 403 : 401, { error: auth === 'disabled' ? 'drain needs the admin token: this node has none (--admin-token-file)' : 'drain needs the admin token (authorization: Bearer <token>)' });
+      return true;
+    }
+    const raw = url.searchParams.get('timeout-ms');
+    const timeoutMs = raw === null ? DRAIN_DEFAULT_MS : Number(raw);
+    if (!Number.isSafeInteger(timeoutMs) || timeoutMs < 0 || timeoutMs > DRAIN_MAX_MS) {
+      reply(400, { error: `timeout-ms must be an integer from 0 to ${DRAIN_MAX_MS}` });
+      return true;
+    }
+    drain(Date.now() + timeoutMs).then(
+      (r) => reply(r.stillLeading.length === 0 ? 200 : 504, { drained: r.stillLeading.length === 0, led: r.led, stillLeading: r.stillLeading }),
+      (e: unknown) => reply(500, { error: e instanceof Error ? e.message : String(e) }),
+    );
     return true;
   };
 }
@@ -264,6 +316,18 @@ async function main(): Promise<void> {
   });
   let stopping = false;
   const health = addHealthService(server, () => node.readiness(), log);
+  // The web console: its page on the metrics port, the Console service on the client API.
+  const webConsole = createNodeConsole({
+    nodeId: cfg.id,
+    grpcServer: server,
+    registry: metrics.registry,
+    map: () => node.shardMap(),
+    status: () => node.status(),
+    extensions: () => extensions.statuses(),
+    stubs,
+    credentials: creds.clientDial,
+    log: log.child({ component: 'console' }),
+  });
   const port = await bind(server, cfg.listen, creds.clientServer);
   // The peer plane: Raft traffic only, on its own listener (mutual TLS unless --insecure-peers).
   const peerServer = cfg.peerListen !== undefined ? new grpc.Server(PEER_SERVER_OPTIONS) : undefined;
@@ -273,8 +337,15 @@ async function main(): Promise<void> {
     peerPort = await bind(peerServer, cfg.peerListen!, creds.peerServer);
   }
   const faults = cfg.testFaultInjection ? faultInjection(transport, log) : undefined;
-  const probes = probeEndpoints(() => (stopping ? { ready: false, reason: 'shutting down' } : node.readiness()));
-  const m = await metrics.serve(cfg.metricsPort, cfg.metricsHost, (req, res) => probes(req, res) || (faults?.(req, res) ?? false));
+  const probes = probeEndpoints(() =>
+    stopping ? { ready: false, reason: 'shutting down' } : node.draining ? { ready: false, reason: 'draining: leaderships handed over, the node is about to stop' } : node.readiness(),
+  );
+  const drainer = drainEndpoint(cfg.adminToken, async (deadlineMs) => {
+    const r = await node.drain(deadlineMs);
+    log.info({ led: r.led, stillLeading: r.stillLeading }, r.stillLeading.length === 0 ? 'drained: no leadership left here' : 'drain deadline passed with leaderships left');
+    return r;
+  });
+  const m = await metrics.serve(cfg.metricsPort, cfg.metricsHost, (req, res) => probes(req, res) || drainer(req, res) || webConsole.handle(req, res) || (faults?.(req, res) ?? false));
   node.start();
   cluster.start();
   if (cfg.join) {
@@ -295,7 +366,13 @@ async function main(): Promise<void> {
     if (stopping) return;
     stopping = true;
     log.info({ signal }, 'stopping');
+    // Hand the leaderships over first (bounded), so clients see a leader change, not a dead leader.
+    const drained = await node.drain(Date.now() + DRAIN_ON_STOP_MS).catch(() => undefined);
+    if (drained && drained.led > 0) log.info({ led: drained.led, stillLeading: drained.stillLeading }, 'leaderships handed over before stopping');
+    // The counterpart of the readiness line.
+    process.stdout.write(`${JSON.stringify({ event: 'stopping', id: cfg.id, signal, led: drained?.led ?? 0, stillLeading: drained?.stillLeading ?? [] })}\n`);
     health.close();
+    webConsole.close();
     configured.stop();
     cluster.stop();
     services.close();

@@ -181,6 +181,7 @@ async function main(): Promise<void> {
       '',
       `kvcascade: 3-node cluster running (leader: node ${leader})`,
       `  endpoints : ${addresses.join(',')}`,
+      `  console   : http://127.0.0.1:${baseMetricsPort + 1}/ (any node's metrics port serves it)`,
       `  metrics   : ${addresses.map((_, i) => `http://127.0.0.1:${baseMetricsPort + i + 1}/metrics`).join(' ')}`,
       `  data, logs: ${dataRoot}`,
       `  extension : ${loaded || 'none'}`,

@@ -1,4 +1,9 @@
-/** Many puts, gets, deletes and trigger puts in flight on Pipeline streams (one per node leading the ops' shards), matched to their responses by id. */
+/**
+ * Many puts, gets, deletes and trigger puts in flight on Pipeline streams (one per node leading the ops' shards), matched to their responses by id.
+ *
+ * Size: one class (just over 500 lines): the lanes, the write window, the pending-op table and
+ * the resend-on-leader-change path share the same per-op state and are read together.
+ */
 import * as grpc from '@grpc/grpc-js';
 import { readKvMetadata } from '../wire/metadata.js';
 import type {

@@ -48,6 +48,22 @@ export const CONTROLLER_INTERVAL_MS = 1_000;
 /** Poll interval while waiting for shards to reach a state (ms). */
 const WAIT_POLL_MS = 100;
 
+/** Backoff before retrying a map change that lost to a concurrent one: a base plus a random spread (ms). */
+const UPDATE_RETRY_BASE_MS = 5;
+const UPDATE_RETRY_SPREAD_MS = 20;
+
+/** Deadline of rolling back a failed pool creation (ms). */
+const ROLLBACK_DEADLINE_MS = 10_000;
+
+/** Deadline of one round of status probes while waiting for shards (ms). */
+const SHARD_PROBE_MS = 2_000;
+
+/** Deadline of the placement controller's status probes (ms; shorter than its interval). */
+const CONTROLLER_PROBE_MS = 800;
+
+/** Deadline of the placement controller's map write (ms). */
+const CONTROLLER_WRITE_MS = 5_000;
+
 /** What a pool creation asks for. */
 export interface CreatePoolRequest {
   readonly name: string;
@@ -114,7 +130,7 @@ export class ClusterAdmin {
       );
       if (res.type === 'rejected') throw res.error;
       if (res.type === 'txn' && res.succeeded) return this.node.shardMap();
-      await sleep(5 + Math.random() * 20);
+      await sleep(UPDATE_RETRY_BASE_MS + Math.random() * UPDATE_RETRY_SPREAD_MS);
     }
     throw new ShardingError('BUSY', 'the cluster map kept changing concurrently; try again');
   }
@@ -150,7 +166,7 @@ export class ClusterAdmin {
         await this.requireEmpty(parents, name, deadlineMs);
       } catch (e) {
         this.log.warn({ pool: name, err: String(e) }, 'pool creation failed: rolling back');
-        await this.updateMap((m) => (m.pools.some((p) => p.name === name && p.state === 'creating') ? removePool(m, name) : m), Date.now() + 10_000).catch(
+        await this.updateMap((m) => (m.pools.some((p) => p.name === name && p.state === 'creating') ? removePool(m, name) : m), Date.now() + ROLLBACK_DEADLINE_MS).catch(
           (err: unknown) => this.log.error({ pool: name, err: String(err) }, 'rollback of a failed pool creation failed'),
         );
         throw e;
@@ -188,7 +204,7 @@ export class ClusterAdmin {
       if (Date.now() >= deadlineMs) {
         throw new DeadlineError(`shards ${[...pending].join(', ')} did not take the new ownership before the deadline; the pool was not created`);
       }
-      const statuses = await this.probe.statuses(this.node.shardMap(), Math.min(deadlineMs, Date.now() + 2_000));
+      const statuses = await this.probe.statuses(this.node.shardMap(), Math.min(deadlineMs, Date.now() + SHARD_PROBE_MS));
       const ready = new Set<number>();
       for (const st of statuses) {
         for (const g of st.groups) {
@@ -234,7 +250,7 @@ export class ClusterAdmin {
     try {
       const map = this.node.shardMap();
       if (map.epoch === 0) return;
-      const statuses = await this.probe.statuses(map, Date.now() + 800);
+      const statuses = await this.probe.statuses(map, Date.now() + CONTROLLER_PROBE_MS);
       const live = new Set<NodeId>(statuses.map((s) => s.nodeId));
       const actual = new Map<number, GroupMembership>();
       const actualTerm = new Map<number, number>();
@@ -246,7 +262,7 @@ export class ClusterAdmin {
           actual.set(g.group, { voters: g.voters, learners: g.learners });
         }
       }
-      const deadlineMs = Date.now() + 5_000;
+      const deadlineMs = Date.now() + CONTROLLER_WRITE_MS;
       // A local check first: the write (with its linearizable read of the map) only when a step is due.
       if (!sameMap(planStep(map, live, actual), map)) {
         await this.updateMap((m) => planStep(m, live, actual), deadlineMs);

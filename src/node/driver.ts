@@ -7,12 +7,13 @@
  * stages an installed snapshot's records in time slices, and offers the deadline and map waits
  * that go by the same clock.
  */
-import type { Message, Ready } from '../raft/index.js';
+import { MessageType, type Message, type NodeId, type Ready } from '../raft/index.js';
 import { DeadlineError, UnavailableError } from './backend.js';
 import { NODE_DEFAULTS, type NodeParts } from './node-options.js';
 import type { ShardReplica } from './replica.js';
 import type { ReplicaSet } from './replica-set.js';
 import { realScheduler, type Scheduler, type TimerHandle } from './scheduler.js';
+import { beforeVoteRequest, DRAINING_CONTEXT, keepalive, LIVENESS_GROUP, stepQuiescence } from './quiescence.js';
 
 /** Longest stretch (ms) of computing and staging a snapshot's records replacement before yielding. */
 const INSTALL_SLICE_MS = 10;
@@ -26,6 +27,13 @@ export class NodeDriver {
   /** The last hard state handed to storage per group (to tell whether a Ready needs an fsync). */
   private readonly syncedHardState = new Map<number, { term: number; vote: number }>();
   private readonly scheduler: Scheduler;
+  /** When something was last sent to each peer (a keepalive goes to a peer nothing else reached during a tick). */
+  private readonly lastSentMs = new Map<NodeId, number>();
+  /**
+   * Draining (before a planned stop): this node refuses leadership (drops `TimeoutNow`) and tells
+   * its peers with every tick's keepalive, so their reconcilers hand it none; see `KvNode.drain`.
+   */
+  draining = false;
 
   constructor(
     private readonly parts: NodeParts,
@@ -66,9 +74,39 @@ export class NodeDriver {
 
   private tick(): void {
     if (this.stopped) return;
+    const { opts, id } = this.parts;
+    const tickMs = opts.tickMs ?? NODE_DEFAULTS.tickMs;
+    const electionMs = this.electionMs();
+    if (opts.quiesce !== false) stepQuiescence(this.replicas.values(), id, (peer) => this.replicas.heardWithin(peer, electionMs));
     for (const r of this.replicas.values()) r.tick();
     this.replicas.periodic(this.scheduler.now());
+    this.sendKeepalives(tickMs);
     this.scheduleReady();
+  }
+
+  /** One election timeout in ms: how long a peer's node may be silent before it counts as down. */
+  private electionMs(): number {
+    const { opts } = this.parts;
+    return (opts.tickMs ?? NODE_DEFAULTS.tickMs) * (opts.electionTicks ?? NODE_DEFAULTS.electionTicks);
+  }
+
+  /** A keepalive to every member nothing was sent to during the last tick (node liveness, see quiescence.ts). */
+  private sendKeepalives(tickMs: number): void {
+    const now = this.scheduler.now();
+    const out: Message[] = [];
+    for (const peer of this.replicas.memberAddresses().keys()) {
+      if (peer === this.parts.id) continue;
+      if (this.draining || now - (this.lastSentMs.get(peer) ?? 0) >= tickMs) out.push(keepalive(this.parts.id, peer, this.draining));
+    }
+    this.send(out);
+  }
+
+  /** Sends through the transport, noting when each peer was last sent something. */
+  private send(msgs: readonly Message[]): void {
+    if (msgs.length === 0) return;
+    const now = this.scheduler.now();
+    for (const m of msgs) this.lastSentMs.set(m.to, now);
+    this.parts.transport.send(msgs);
   }
 
   /** Hands peers' messages to their replicas (creating one when a leader added this node to a group). */
@@ -77,8 +115,14 @@ export class NodeDriver {
     const now = this.scheduler.now();
     for (const m of msgs) {
       this.replicas.heard(m.from, now);
+      if (m.group === LIVENESS_GROUP) {
+        this.replicas.noteDraining(m.from, m.context === DRAINING_CONTEXT, now); // a node keepalive
+        continue;
+      }
+      if (this.draining && m.type === MessageType.TimeoutNow) continue; // take no leadership while draining
       const r = this.replicas.replicaFor(m);
       if (!r) continue;
+      beforeVoteRequest(r, m, (peer) => this.replicas.heardWithin(peer, this.electionMs()));
       try {
         r.step(m);
       } catch (e) {
@@ -108,7 +152,7 @@ export class NodeDriver {
     // A round already running loops until there is no more work, so it picks this up.
     if (this.inReady) return;
     this.inReady = true;
-    const { store, transport } = this.parts;
+    const { store } = this.parts;
     try {
       for (;;) {
         if (this.stopped) return;
@@ -138,7 +182,7 @@ export class NodeDriver {
           }
           // What need not wait for the disk goes now: the leader's appends and heartbeats (so
           // its fsync overlaps the followers'), and applying entries already durable on a quorum.
-          transport.send(rd.earlyMessages);
+          this.send(rd.earlyMessages);
           r.apply(rd);
           // What was applied goes into this round's batch, after the log writes it came from.
           for (const unit of r.takeStateUnits()) store.stageStateOps(r.group, unit);
@@ -154,7 +198,7 @@ export class NodeDriver {
         if (mustSync) await store.flush();
         if (mustSync) this.parts.observer().readyBatch?.(round.length, entries, performance.now() - t0);
         for (const [r, rd] of round) {
-          transport.send(rd.messages); // acknowledgements and votes: only once durable
+          this.send(rd.messages); // acknowledgements and votes: only once durable
           const conf = r.advance(rd);
           this.replicas.advanced(r, rd, conf);
         }

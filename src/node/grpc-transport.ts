@@ -54,6 +54,23 @@ type PeerClient = grpc.Client & {
   raft(): grpc.ClientDuplexStream<RaftBatchWire, { seq: number }>;
 };
 
+
+/** Defaults and fixed tunings of the gRPC peer transport. */
+export const GRPC_TRANSPORT_DEFAULTS = {
+  maxQueuedMessages: 50_000,
+  maxBatchMessages: 4096,
+  maxMessageBytes: 64 << 20,
+  /** gRPC keepalive ping interval and its answer's timeout (ms). */
+  keepaliveTimeMs: 10_000,
+  keepaliveTimeoutMs: 5_000,
+  /** gRPC's own reconnect backoff, first and longest (ms). */
+  reconnectBackoffMs: 100,
+  maxReconnectBackoffMs: 1000,
+  /** Our stream re-open backoff after a peer stream fails: first (and after any sign of life) and longest (ms). */
+  streamBackoffMs: 50,
+  maxStreamBackoffMs: 1000,
+} as const;
+
 interface PeerConn {
   readonly id: NodeId;
   address: string;
@@ -119,9 +136,9 @@ export class GrpcPeerTransport implements Transport {
     peers: ReadonlyMap<NodeId, string>,
     private readonly opts: GrpcTransportOptions,
   ) {
-    this.maxQueued = opts.maxQueuedMessages ?? 50_000;
-    this.maxBatch = opts.maxBatchMessages ?? 4096;
-    this.maxMessageBytes = opts.maxMessageBytes ?? 64 << 20;
+    this.maxQueued = opts.maxQueuedMessages ?? GRPC_TRANSPORT_DEFAULTS.maxQueuedMessages;
+    this.maxBatch = opts.maxBatchMessages ?? GRPC_TRANSPORT_DEFAULTS.maxBatchMessages;
+    this.maxMessageBytes = opts.maxMessageBytes ?? GRPC_TRANSPORT_DEFAULTS.maxMessageBytes;
     this.log = opts.log;
     for (const [id, address] of peers) if (id !== selfId) this.setPeer(id, address);
   }
@@ -144,7 +161,7 @@ export class GrpcPeerTransport implements Transport {
       flushScheduled: false,
       blockedUntilDrain: false,
       retryAtMs: 0,
-      backoffMs: 50,
+      backoffMs: GRPC_TRANSPORT_DEFAULTS.streamBackoffMs,
       seq: 0,
     });
   }
@@ -278,10 +295,10 @@ export class GrpcPeerTransport implements Transport {
       c.client = new Ctor(c.address, this.opts.credentials?.(c.id) ?? grpc.credentials.createInsecure(), {
         'grpc.max_send_message_length': this.maxMessageBytes,
         'grpc.max_receive_message_length': this.maxMessageBytes,
-        'grpc.keepalive_time_ms': 10_000,
-        'grpc.keepalive_timeout_ms': 5_000,
-        'grpc.initial_reconnect_backoff_ms': 100,
-        'grpc.max_reconnect_backoff_ms': 1000,
+        'grpc.keepalive_time_ms': GRPC_TRANSPORT_DEFAULTS.keepaliveTimeMs,
+        'grpc.keepalive_timeout_ms': GRPC_TRANSPORT_DEFAULTS.keepaliveTimeoutMs,
+        'grpc.initial_reconnect_backoff_ms': GRPC_TRANSPORT_DEFAULTS.reconnectBackoffMs,
+        'grpc.max_reconnect_backoff_ms': GRPC_TRANSPORT_DEFAULTS.maxReconnectBackoffMs,
       }) as unknown as PeerClient;
     }
     const stream = c.client.raft();
@@ -291,15 +308,15 @@ export class GrpcPeerTransport implements Transport {
       c.stream = undefined;
       c.blockedUntilDrain = false;
       c.retryAtMs = Date.now() + c.backoffMs;
-      c.backoffMs = Math.min(c.backoffMs * 2, 1000);
+      c.backoffMs = Math.min(c.backoffMs * 2, GRPC_TRANSPORT_DEFAULTS.maxStreamBackoffMs);
       this.log.debug({ peer: c.id, why }, 'peer stream closed');
       this.unreachable(c.id);
     };
     stream.on('data', () => {
-      c.backoffMs = 50;
+      c.backoffMs = GRPC_TRANSPORT_DEFAULTS.streamBackoffMs;
     });
     stream.on('metadata', () => {
-      c.backoffMs = 50;
+      c.backoffMs = GRPC_TRANSPORT_DEFAULTS.streamBackoffMs;
     });
     stream.on('error', (e) => fail(String(e)));
     stream.on('end', () => fail('ended'));

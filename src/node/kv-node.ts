@@ -39,8 +39,9 @@ import {
 } from './backend.js';
 import { NodeDriver } from './driver.js';
 import { NodeBackend } from './node-backend.js';
-import { DATA_GROUP, fatalHandler, schedulerOf, type LeadershipChange, type NodeObserver, type NodeOptions, type NodeParts } from './node-options.js';
+import { DATA_GROUP, fatalHandler, NODE_DEFAULTS, schedulerOf, type LeadershipChange, type NodeObserver, type NodeOptions, type NodeParts } from './node-options.js';
 import type { ShardReplica } from './replica.js';
+import { drainLeaderships, type DrainResult } from './drain.js';
 import { ReplicaSet } from './replica-set.js';
 import type { Transport } from './transport.js';
 
@@ -55,6 +56,7 @@ export class KvNode implements KvBackend {
   private readonly driver: NodeDriver;
   private readonly backend: NodeBackend;
   private observerHooks: NodeObserver = {};
+  private readonly parts: NodeParts;
 
   private constructor(
     opts: NodeOptions,
@@ -73,6 +75,7 @@ export class KvNode implements KvBackend {
       observer: () => this.observerHooks,
       fatal: (err) => fatal(err),
     };
+    this.parts = parts;
     this.replicas = new ReplicaSet(parts, {
       scheduleReady: () => this.driver.scheduleReady(),
       dropped: (group) => this.driver.forget(group),
@@ -107,6 +110,32 @@ export class KvNode implements KvBackend {
   /** Starts ticking. */
   start(): void {
     this.driver.start();
+  }
+
+  /**
+   * Before a planned stop: hands every leadership held here to another voter and refuses new
+   * ones (peers are told, so their reconcilers move none here), until none is left or
+   * `deadlineMs` (this node's clock). The node keeps serving as a follower; `stop` ends it.
+   */
+  async drain(deadlineMs: number): Promise<DrainResult> {
+    this.driver.draining = true;
+    const tickMs = this.parts.opts.tickMs ?? NODE_DEFAULTS.tickMs;
+    return drainLeaderships(
+      {
+        id: this.id,
+        replicas: () => this.replicas.values(),
+        mayLead: (peer) => this.replicas.isLive(peer) && !this.replicas.isDraining(peer),
+        now: () => this.parts.scheduler.now(),
+        sleep: (ms) => this.driver.sleep(ms),
+      },
+      deadlineMs,
+      tickMs,
+    );
+  }
+
+  /** Whether `drain` was called. */
+  get draining(): boolean {
+    return this.driver.draining;
   }
 
   /** Stops ticking, fails waiting requests and closes storage and transport. */

@@ -71,6 +71,11 @@ export interface NodeOptions {
   readonly tickMs?: number;
   readonly electionTicks?: number;
   readonly heartbeatTicks?: number;
+  /**
+   * Quiesce idle groups (default true): a group with nothing in flight stops heartbeating, and one
+   * keepalive per peer node per tick stands in for all of them (src/node/quiescence.ts).
+   */
+  readonly quiesce?: boolean;
   /** Snapshot and compact the log after this many applied entries. */
   readonly snapshotEveryEntries?: number;
   /** Entries kept behind a snapshot for followers that lag a little. */

@@ -45,6 +45,8 @@ export class ReplicaSet {
   private mapDirty = true;
   /** Last time each peer was heard from (ms). */
   private readonly heardFrom = new Map<NodeId, number>();
+  /** Peers whose last keepalive said they are draining, and when. */
+  private readonly drainingSince = new Map<NodeId, number>();
   /** Groups being dropped (their replica removed): no replica is recreated for them meanwhile. */
   private readonly dropping = new Set<number>();
   /** Groups whose configuration no longer includes this node: dropped once this replica does not lead them. */
@@ -73,7 +75,7 @@ export class ReplicaSet {
     this.reconciler = new ShardReconciler({
       id: parts.id,
       propose: (group, cmd) => hooks.propose(group, cmd, parts.scheduler.now() + NODE_DEFAULTS.reconcileProposalMs),
-      isLive: (peer) => this.isLive(peer),
+      isLive: (peer) => this.isLive(peer) && !this.isDraining(peer),
       note: (group, what, detail) => parts.log.info({ group, ...detail }, what),
     });
   }
@@ -120,6 +122,7 @@ export class ReplicaSet {
       onSnapshotProduced: () => this.hooks.scheduleReady(),
       onSnapshotFailed: (err) => log.warn({ group, err: String(err) }, 'producing a snapshot for a lagging follower failed; retrying'),
       nowMs: () => scheduler.now(),
+      scheduler,
       onCommitted: (ms) => this.parts.observer().committed?.(group, ms),
       onBadEntry: (index, err) => log.error({ group, index, err: String(err) }, 'undecodable committed entry applied as no-op'),
       onDuplicate: () => this.parts.observer().duplicateWrite?.(group),
@@ -172,6 +175,27 @@ export class ReplicaSet {
   /** Records that `peer` was heard from at `nowMs`. */
   heard(peer: NodeId, nowMs: number): void {
     this.heardFrom.set(peer, nowMs);
+  }
+
+  /** Records whether `peer` says it is draining (its keepalives carry the flag; see quiescence.ts). */
+  noteDraining(peer: NodeId, draining: boolean, nowMs: number): void {
+    if (draining) this.drainingSince.set(peer, nowMs);
+    else this.drainingSince.delete(peer);
+  }
+
+  /** Whether `peer` said it is draining within an election timeout: it must not be given leadership. */
+  isDraining(peer: NodeId): boolean {
+    const at = this.drainingSince.get(peer);
+    const { opts } = this.parts;
+    const windowMs = (opts.tickMs ?? NODE_DEFAULTS.tickMs) * (opts.electionTicks ?? NODE_DEFAULTS.electionTicks);
+    return at !== undefined && this.parts.scheduler.now() - at <= windowMs;
+  }
+
+  /** Whether `peer` was heard from within the last `windowMs` (this node counts as heard). */
+  heardWithin(peer: NodeId, windowMs: number): boolean {
+    if (peer === this.parts.id) return true;
+    const at = this.heardFrom.get(peer);
+    return at !== undefined && this.parts.scheduler.now() - at <= windowMs;
   }
 
   /** Whether `peer` was heard from within a few election timeouts. */

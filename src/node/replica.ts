@@ -1,8 +1,13 @@
 /**
- * One shard replica on a node: its RawNode, its versioned KV state machine, the proposals and
- * linearizable reads waiting on it, and its watches. The node drives I/O (persist, send);
- * the replica turns committed entries into applied state, records the state machine's durable
- * writes for the node to stage (`takeStateUnits`), and settles the waiting requests.
+ * One shard replica on a node: its RawNode, its versioned KV state machine, the requests waiting
+ * on it (waiters.ts) and its watches (watch-hub.ts). The node's driver does the I/O (persist,
+ * send); the replica turns committed entries into applied state, records the state machine's
+ * durable writes for the driver to stage (replica-records.ts, `takeStateUnits`), and settles the
+ * waiting requests. Its Raft node and state machine are private: the rest of the node reads and
+ * drives them through the named methods below.
+ *
+ * Size: about 530 lines, one piece — a third of it is that named surface (one short documented
+ * method per thing the node reads or does), the rest the apply path the surface stands over.
  */
 import {
   EntryType,
@@ -34,9 +39,12 @@ import {
 import type { ShardDescriptor } from '../sharding/index.js';
 import type { EngineOp, EngineView } from '../storage/kv-engine.js';
 import { StateRecorder } from '../storage/state-store.js';
-import { NotLeaderError, OverloadedError, UnavailableError, type WatchHandle, type WatchRequest, type WatchSink } from './backend.js';
+import { NotLeaderError, OverloadedError, type WatchHandle, type WatchRequest, type WatchSink } from './backend.js';
 import { decodeProposal, encodeProposal, UnknownEnvelopeVersionError } from './envelope.js';
 import { confAtIndex, SnapshotSender, type SnapshotSenderOptions } from './snapshot-sender.js';
+import { ReplicaRecords } from './replica-records.js';
+import type { Scheduler } from './scheduler.js';
+import { PendingProposals, PendingReads } from './waiters.js';
 import { WatchHub, type WatchHubOptions } from './watch-hub.js';
 
 /** Tuning of a replica. */
@@ -80,6 +88,8 @@ export interface ReplicaOptions {
   readonly stepwiseInstall?: boolean;
   readonly watch?: WatchHubOptions;
   readonly nowMs: () => number;
+  /** The node's timers (snapshot production's retry and idle drop); default: the wall clock's. */
+  readonly scheduler?: Scheduler;
   /** Called when a proposal of this replica is applied: its propose → apply latency. */
   readonly onCommitted?: (latencyMs: number) => void;
   /** Called when a committed entry cannot be decoded (never fatal: it is applied as a no-op). */
@@ -88,28 +98,10 @@ export interface ReplicaOptions {
   readonly onDuplicate?: () => void;
 }
 
-interface PendingProposal {
-  readonly term: number;
-  readonly startedMs: number;
-  readonly resolve: (r: CommandResult) => void;
-  readonly reject: (e: Error) => void;
-}
-
-interface ReadBatch {
-  index: number | undefined;
-  readonly waiters: { resolve: () => void; reject: (e: Error) => void }[];
-}
-
 /** Revisions whose hop counts a replica remembers (only writes made by lambdas are recorded). */
 const MAX_REMEMBERED_HOPS = 200_000;
 
-/** A proposal whose log slot was taken by another leader's entry: it was not applied; retrying is safe. */
-export class ProposalLostError extends UnavailableError {
-  constructor() {
-    super('leadership changed before the write committed; it was not applied');
-    this.name = 'ProposalLostError';
-  }
-}
+export { ProposalLostError } from './waiters.js';
 
 /** One replica of one shard. */
 export class ShardReplica {
@@ -117,32 +109,28 @@ export class ShardReplica {
   private readonly raw: RawNode;
   private machine: KvStateMachine;
   private readonly hub: WatchHub;
-  private readonly proposals = new Map<number, PendingProposal>();
-  private nextReads: ReadBatch['waiters'] = [];
-  private readonly readBatches = new Map<string, ReadBatch>();
-  private readSeq = 0;
+  private readonly proposals = new PendingProposals();
+  private readonly reads: PendingReads;
   private lastSnapshotIndex: number;
   private readonly hopsByRevision = new Map<number, number>();
   private lastRole: Role;
-  private readonly recorder: StateRecorder;
-  private stateUnits: EngineOp[][] = [];
+  private readonly records: ReplicaRecords;
   /** The state of the snapshot Raft is about to install, decoded when it was checked (reused by `apply`). */
   private checkedSnapshot: { readonly data: Uint8Array; readonly sm: KvStateMachine } | undefined;
-  /** The records replacement of a snapshot being installed stepwise (see `nextReplacementUnit`). */
-  private replacing: Iterator<EngineOp[]> | undefined;
   /** The storage the Raft core reads: the replica's, with snapshots to send produced from the records. */
   readonly snapshots: SnapshotSender;
 
   constructor(private readonly opts: ReplicaOptions) {
     this.group = opts.group;
+    this.reads = new PendingReads(opts.group);
     const snap = opts.storage.snapshot();
     if (!opts.initialState && snap && snap.data.length === 0) {
       throw new Error(`group ${opts.group}: a records snapshot (metadata only) needs the machine rebuilt from the records (initialState)`);
     }
     this.machine = opts.initialState?.sm ?? (snap ? KvStateMachine.restore(snap.data) : new KvStateMachine(opts.stateMachine));
     this.lastSnapshotIndex = snap?.meta.index ?? 0;
-    this.recorder = opts.initialState?.recorder ?? new StateRecorder(opts.group);
-    this.machine.observe(this.recorder);
+    this.records = new ReplicaRecords(opts.initialState?.recorder ?? new StateRecorder(opts.group), opts.stateUnitBytes);
+    this.records.attach(this.machine);
     this.snapshots = new SnapshotSender(
       opts.storage,
       {
@@ -160,7 +148,7 @@ export class ShardReplica {
         produced: () => opts.onSnapshotProduced?.(),
         failed: (err) => opts.onSnapshotFailed?.(err),
       },
-      opts.snapshotSender,
+      { ...opts.snapshotSender, ...(opts.scheduler ? { scheduler: opts.scheduler } : {}) },
     );
     this.raw = new RawNode({
       id: opts.nodeId,
@@ -254,6 +242,27 @@ export class ShardReplica {
   }
 
   // ---- driving the Raft core (the node's driver calls these)
+
+  /** Whether the group is quiesced here (src/raft `quiesce`): its ticks cost nothing until it wakes. */
+  get quiesced(): boolean {
+    return this.raw.raft.quiesced;
+  }
+
+  /** Leader: quiesces the group when it has had nothing in flight for `minIdleTicks` ticks; returns whether it did. */
+  quiesceIfIdle(minIdleTicks: number): boolean {
+    return this.raw.raft.canQuiesce(minIdleTicks) && this.raw.raft.quiesce();
+  }
+
+  /** Ends quiescence; `leaderSilent`: the leader's node went silent, so campaigning may start soon. */
+  wake(leaderSilent = false): void {
+    this.raw.raft.wake(leaderSilent);
+  }
+
+  /** Voters and learners of the group (as of the applied configuration). */
+  members(): NodeId[] {
+    const c = this.raw.raft.confState();
+    return [...c.voters, ...c.learners];
+  }
 
   /** Advances the Raft clock and the watches' progress timers by one tick. */
   tick(): void {
@@ -379,30 +388,19 @@ export class ShardReplica {
       }
       throw e;
     }
-    const index = this.raw.raft.log.lastIndex();
-    const term = this.raw.raft.term;
-    const startedMs = performance.now();
-    return new Promise((resolve, reject) => this.proposals.set(index, { term, startedMs, resolve, reject }));
+    return this.proposals.wait(this.raw.raft.log.lastIndex(), this.raw.raft.term);
   }
 
   /** Waits until this replica may serve a linearizable read (ReadIndex confirmed and applied). */
   readBarrier(): Promise<void> {
     if (!this.isLeader) return Promise.reject(new NotLeaderError(this.leader, undefined));
-    return new Promise((resolve, reject) => this.nextReads.push({ resolve, reject }));
+    return this.reads.wait();
   }
 
   /** Starts one ReadIndex round for every read that arrived since the last round (read coalescing). */
   flushReads(): void {
-    if (this.nextReads.length === 0) return;
-    const waiters = this.nextReads;
-    this.nextReads = [];
-    if (!this.isLeader) {
-      for (const w of waiters) w.reject(new NotLeaderError(this.leader, undefined));
-      return;
-    }
-    const id = `r${this.group}.${++this.readSeq}`;
-    this.readBatches.set(id, { index: undefined, waiters });
-    this.raw.readIndex(id);
+    const id = this.reads.startRound(this.isLeader ? undefined : () => new NotLeaderError(this.leader, undefined));
+    if (id !== undefined) this.raw.readIndex(id);
   }
 
   /**
@@ -412,24 +410,13 @@ export class ShardReplica {
   apply(rd: Ready): void {
     if (rd.snapshot) {
       const before = this.machine;
-      before.observe(undefined);
-      const pending = this.recorder.take(before);
-      if (pending) this.stateUnits.push(pending);
       const checked = this.checkedSnapshot;
       this.checkedSnapshot = undefined;
       this.machine = checked?.data === rd.snapshot.data ? checked.sm : KvStateMachine.restore(rd.snapshot.data);
-      // The records become the snapshot's state (the difference, in bounded units).
-      const steps = this.recorder.replaceSteps(before.toRecords(), this.machine.toRecords(), {
-        ...(this.opts.stateUnitBytes ? { maxUnitBytes: this.opts.stateUnitBytes } : {}),
-      });
-      if (this.opts.stepwiseInstall && rd.committedEntries.length === 0) {
-        // Computed unit by unit over later event-loop turns (`nextReplacementUnit`); nothing more
-        // is applied here until the last one is handed out.
-        this.replacing = steps;
-      } else {
-        for (const u of steps) this.stateUnits.push(u);
-      }
-      this.machine.observe(this.recorder);
+      // The records become the snapshot's state. Stepwise: computed unit by unit over later
+      // event-loop turns (`nextReplacementUnit`); nothing more is applied here until the last one
+      // is handed out.
+      this.records.replace(before, this.machine, this.opts.stepwiseInstall === true && rd.committedEntries.length === 0);
       this.lastSnapshotIndex = rd.snapshot.meta.index;
       this.hub.restored();
     }
@@ -456,25 +443,15 @@ export class ShardReplica {
       }
       const out = this.machine.apply(e.index, ts, cmd, origin, session);
       if (out.duplicate) this.opts.onDuplicate?.();
-      const pending = this.proposals.get(e.index);
-      if (pending) {
-        this.proposals.delete(e.index);
-        if (pending.term === e.term) {
-          this.opts.onCommitted?.(performance.now() - pending.startedMs);
-          pending.resolve(out.result);
-        }
-        else pending.reject(new ProposalLostError());
-      }
+      const latencyMs = this.proposals.applied(e.index, e.term, out.result);
+      if (latencyMs !== undefined) this.opts.onCommitted?.(latencyMs);
       if (out.events.length > 0) {
         if (hops > 0) this.recordHops(out.events[0]!.revision, hops);
         this.hub.publish(out.events);
       }
     }
-    for (const rs of rd.readStates) {
-      const b = this.readBatches.get(rs.requestId);
-      if (b) b.index = rs.index;
-    }
-    this.settleReads();
+    for (const rs of rd.readStates) this.reads.confirmed(rs.requestId, rs.index);
+    this.reads.settle(this.machine.appliedIndex);
     const role = this.raw.raft.role;
     if (role !== this.lastRole) {
       if (this.lastRole === Role.Leader) {
@@ -508,7 +485,7 @@ export class ShardReplica {
    * until `nextReplacementUnit` returned undefined.
    */
   get installing(): boolean {
-    return this.replacing !== undefined;
+    return this.records.installing;
   }
 
   /**
@@ -517,13 +494,7 @@ export class ShardReplica {
    * installed snapshot's data may be dropped: `RaftLogStore.dropSnapshotData`).
    */
   nextReplacementUnit(): EngineOp[] | undefined {
-    if (!this.replacing) return undefined;
-    const next = this.replacing.next();
-    if (next.done) {
-      this.replacing = undefined;
-      return undefined;
-    }
-    return next.value;
+    return this.records.nextReplacementUnit();
   }
 
   /**
@@ -533,31 +504,12 @@ export class ShardReplica {
    * changed.
    */
   takeStateUnits(): EngineOp[][] {
-    // While a replacement is handed out the recorder is in the middle of it: only what was
-    // recorded before it (the old state's last unit) goes now.
-    if (!this.replacing) {
-      const u = this.recorder.take(this.machine);
-      if (u) this.stateUnits.push(u);
-    }
-    const out = this.stateUnits;
-    this.stateUnits = [];
-    return out;
-  }
-
-  private settleReads(): void {
-    const applied = this.machine.appliedIndex;
-    for (const [id, b] of this.readBatches) {
-      if (b.index !== undefined && b.index <= applied) {
-        this.readBatches.delete(id);
-        for (const w of b.waiters) w.resolve();
-      }
-    }
+    return this.records.take(this.machine);
   }
 
   private lostLeadership(): void {
     // Reads in flight can no longer be confirmed by us; the client retries at the new leader.
-    for (const b of this.readBatches.values()) for (const w of b.waiters) w.reject(new NotLeaderError(this.leader, undefined));
-    this.readBatches.clear();
+    this.reads.failStarted(() => new NotLeaderError(this.leader, undefined));
     // Proposals stay: the new leader may still commit them, and we settle them when applied.
   }
 
@@ -593,18 +545,14 @@ export class ShardReplica {
    * it hold the state).
    */
   get recordedIndex(): number {
-    return this.recorder.takenAppliedIndex;
+    return this.records.recordedIndex;
   }
 
   /** Fails everything waiting (node shutdown). */
   failAll(err: Error): void {
     this.snapshots.release();
-    for (const p of this.proposals.values()) p.reject(err);
-    this.proposals.clear();
-    for (const b of this.readBatches.values()) for (const w of b.waiters) w.reject(err);
-    this.readBatches.clear();
-    for (const w of this.nextReads) w.reject(err);
-    this.nextReads = [];
+    this.proposals.failAll(err);
+    this.reads.failAll(err);
     this.hub.closeAll('node shutting down');
   }
 }

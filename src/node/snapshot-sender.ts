@@ -8,6 +8,7 @@
 import { EntryType, type ConfState, type Entry, type InitialState, type Snapshot, type Storage } from '../raft/index.js';
 import type { MemoryStorage } from '../raft/index.js';
 import type { EngineView } from '../storage/kv-engine.js';
+import { realScheduler, type Scheduler, type TimerHandle } from './scheduler.js';
 import { encodeSnapshotFromRecords, type SnapshotStreamOptions } from '../storage/state-store.js';
 
 /** What a {@link SnapshotSender} needs from its replica and node. */
@@ -28,12 +29,20 @@ export interface SnapshotSenderHost {
   failed(err: unknown): void;
 }
 
+/** Defaults of {@link SnapshotSenderOptions}. */
+export const SNAPSHOT_SENDER_DEFAULTS = {
+  idleMs: 30_000,
+  retryMs: 200,
+} as const;
+
 /** Options of a {@link SnapshotSender}. */
 export interface SnapshotSenderOptions extends SnapshotStreamOptions {
   /** Drop a produced snapshot not asked for during this long (ms, default 30 s). */
   readonly idleMs?: number;
   /** Wait at least this long after a failed or unusable production before the next (ms, default 200). */
   readonly retryMs?: number;
+  /** Clock and timers (default: the wall clock); the node passes its own, so a simulated run is reproducible. */
+  readonly scheduler?: Scheduler;
 }
 
 /**
@@ -50,7 +59,8 @@ export class SnapshotSender implements Storage {
   private producing = false;
   private lastAskedMs = 0;
   private notBeforeMs = 0;
-  private idleTimer: NodeJS.Timeout | undefined;
+  private idleTimer: TimerHandle | undefined;
+  private readonly scheduler: Scheduler;
   private readonly idleMs: number;
   private readonly retryMs: number;
   /** Productions started, finished with a snapshot, and dropped idle (for tests and metrics). */
@@ -61,8 +71,9 @@ export class SnapshotSender implements Storage {
     private readonly host: SnapshotSenderHost,
     private readonly options: SnapshotSenderOptions = {},
   ) {
-    this.idleMs = options.idleMs ?? 30_000;
-    this.retryMs = options.retryMs ?? 200;
+    this.idleMs = options.idleMs ?? SNAPSHOT_SENDER_DEFAULTS.idleMs;
+    this.retryMs = options.retryMs ?? SNAPSHOT_SENDER_DEFAULTS.retryMs;
+    this.scheduler = options.scheduler ?? realScheduler;
   }
 
   initialState(): InitialState {
@@ -83,7 +94,7 @@ export class SnapshotSender implements Storage {
 
   /** The snapshot to send to a lagging follower, or undefined while one is being produced. */
   snapshot(): Snapshot | undefined {
-    const now = Date.now();
+    const now = this.scheduler.now();
     this.lastAskedMs = now;
     const floor = this.storage.firstIndex() - 1;
     const stored = this.storage.snapshot();
@@ -102,7 +113,7 @@ export class SnapshotSender implements Storage {
   /** Drops the produced snapshot (the replica stopped leading, or shuts down). */
   release(): void {
     this.current = undefined;
-    if (this.idleTimer) clearTimeout(this.idleTimer);
+    this.idleTimer?.cancel();
     this.idleTimer = undefined;
   }
 
@@ -123,7 +134,7 @@ export class SnapshotSender implements Storage {
       const conf = index === undefined ? undefined : this.host.confAt(index);
       if (!out || term === undefined || conf === undefined || out.appliedIndex < this.storage.firstIndex() - 1) {
         // No records (a replacement under way), or the point read is no longer usable: later.
-        this.notBeforeMs = Date.now() + this.retryMs;
+        this.notBeforeMs = this.scheduler.now() + this.retryMs;
         return;
       }
       this.current = { meta: { index: out.appliedIndex, term, conf }, data: out.data };
@@ -131,7 +142,7 @@ export class SnapshotSender implements Storage {
       this.armIdle();
       this.host.produced(this.current);
     } catch (e) {
-      this.notBeforeMs = Date.now() + this.retryMs;
+      this.notBeforeMs = this.scheduler.now() + this.retryMs;
       this.host.failed(e);
     } finally {
       this.producing = false;
@@ -139,11 +150,11 @@ export class SnapshotSender implements Storage {
   }
 
   private armIdle(): void {
-    if (this.idleTimer) clearTimeout(this.idleTimer);
-    this.idleTimer = setTimeout(() => {
+    this.idleTimer?.cancel();
+    this.idleTimer = this.scheduler.setTimeout(() => {
       this.idleTimer = undefined;
       if (!this.current) return;
-      if (Date.now() - this.lastAskedMs >= this.idleMs) {
+      if (this.scheduler.now() - this.lastAskedMs >= this.idleMs) {
         this.current = undefined;
         this.counters.dropped++;
       } else this.armIdle();

@@ -6,6 +6,15 @@
 import { CompactedRevisionError, type KvEvent, type KvStateMachine } from '../statemachine/index.js';
 import type { WatchHandle, WatchRequest, WatchSink } from './backend.js';
 
+/** Defaults of {@link WatchHubOptions}, and of a watch's progress interval. */
+export const WATCH_HUB_DEFAULTS = {
+  pageEvents: 1000,
+  maxLagRevisions: 50_000,
+  maxWatchers: 10_000,
+  /** Progress notifications of a watch that asked for none (interval 0) come this often (ms). */
+  progressIntervalMs: 1000,
+} as const;
+
 /** Limits of a watch hub. */
 export interface WatchHubOptions {
   /** Events per history page when catching up. */
@@ -41,9 +50,9 @@ export class WatchHub {
     private readonly nowMs: () => number,
     opts: WatchHubOptions = {},
   ) {
-    this.pageEvents = opts.pageEvents ?? 1000;
-    this.maxLagRevisions = opts.maxLagRevisions ?? 50_000;
-    this.maxWatchers = opts.maxWatchers ?? 10_000;
+    this.pageEvents = opts.pageEvents ?? WATCH_HUB_DEFAULTS.pageEvents;
+    this.maxLagRevisions = opts.maxLagRevisions ?? WATCH_HUB_DEFAULTS.maxLagRevisions;
+    this.maxWatchers = opts.maxWatchers ?? WATCH_HUB_DEFAULTS.maxWatchers;
   }
 
   /** Number of active watchers. */
@@ -63,7 +72,7 @@ export class WatchHub {
       prefix: req.prefix,
       next: req.fromRevision > 0 ? req.fromRevision : current + 1,
       sink,
-      progressIntervalMs: req.progressIntervalMs > 0 ? req.progressIntervalMs : 1000,
+      progressIntervalMs: req.progressIntervalMs > 0 ? req.progressIntervalMs : WATCH_HUB_DEFAULTS.progressIntervalMs,
       lastSentMs: this.nowMs(),
       waitingForDrain: false,
       closed: false,

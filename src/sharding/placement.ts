@@ -1,4 +1,9 @@
-/** Pure placement planning: the initial map, pool and member changes, and step-wise reconciliation of replicas and leaders. */
+/**
+ * Pure placement planning: the initial map, pool and member changes, and step-wise reconciliation of replicas and leaders.
+ *
+ * Size: just over 500 lines of small pure functions over one ClusterMap; the map edits and the
+ * planner share the placement helpers (counts, candidate order) that keep them consistent.
+ */
 import { ShardingError } from './errors.js';
 import { diffClusterMaps } from './map-codec.js';
 import { compareStrings } from './routing.js';

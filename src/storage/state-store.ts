@@ -54,13 +54,13 @@
  * with the new compaction point; they are as many as the versions it drops from memory, i.e.
  * bounded by the writes between two retention checks.
  *
- * Log compaction (KvNode.snapshot) serialises nothing: the records already hold the state at the
+ * Log compaction (ReplicaSet.snapshot, node/replica-set.ts) serialises nothing: the records already hold the state at the
  * applied index, so the Raft snapshot is a *records snapshot*, metadata only (index, term,
  * membership; raft-log-store.ts), staged after the round's unit whose `meta` is at (or past) its
  * index. Units become durable in staging order, so whenever the records snapshot is durable, so
  * are records at least as new: `meta` >= snapshot index always holds for it.
  *
- * Recovery (KvNode.open): when `meta` exists and its applied index is at least the group's Raft
+ * Recovery (recoverState, node/recovery.ts): when `meta` exists and its applied index is at least the group's Raft
  * snapshot index, the machine is rebuilt from the records (`loadState` + `fromRecords`) and Raft
  * replays only the entries after it. Otherwise (no records yet, or records older than a snapshot
  * installed from the leader when a crash cut short their replacement) the machine is restored
@@ -85,7 +85,7 @@
  * replaces again. The node then stages `RaftLogStore.dropSnapshotData`, which turns the installed
  * snapshot into a records snapshot once the replacement is durable. A follower computes and
  * stages the replacement unit by unit over event-loop turns (`StateRecorder.replaceSteps`,
- * KvNode.finishInstall), its replica getting no Ready meanwhile so nothing else of the group is
+ * NodeDriver.finishInstall in node/driver.ts), its replica getting no Ready meanwhile so nothing else of the group is
  * staged in between. What is still one synchronous step: the Raft core assembles the whole
  * snapshot from its chunks and the replica decodes it into a machine before accepting it.
  */
