@@ -408,3 +408,51 @@ describe('checkKvLinearizable: performance', () => {
     expect(r.key).toBe('hot');
   });
 });
+
+describe('checkKvLinearizable: compare-and-set', () => {
+  const cas = (key: string, expected: string | undefined, value: string, call: number, ret?: number, casOk?: boolean): KvOperation => ({
+    clientId: 9,
+    kind: 'cas',
+    key,
+    value,
+    call,
+    ...(expected !== undefined ? { expected } : {}),
+    ...(ret !== undefined ? { ret, casOk: casOk ?? false } : {}),
+  });
+
+  it('accepts a cas that wrote over what it expected, and one that failed on something else', () => {
+    expect(ok([put('k', 'a', 0, 1), cas('k', 'a', 'b', 2, 3, true), get('k', 'b', 4, 5), cas('k', 'a', 'c', 6, 7, false), get('k', 'b', 8, 9)])).toBe(true);
+  });
+
+  it('rejects a cas that succeeded although the register held something else', () => {
+    expect(ok([put('k', 'a', 0, 1), put('k', 'x', 2, 3), cas('k', 'a', 'b', 4, 5, true)])).toBe(false);
+  });
+
+  it('rejects a cas that failed although the register held what it expected', () => {
+    expect(ok([put('k', 'a', 0, 1), cas('k', 'a', 'b', 2, 3, false)])).toBe(false);
+  });
+
+  it('a cas on "absent" succeeds only on an absent key', () => {
+    expect(ok([cas('k', undefined, 'a', 0, 1, true), get('k', 'a', 2, 3)])).toBe(true);
+    expect(ok([put('k', 'z', 0, 1), cas('k', undefined, 'a', 2, 3, true)])).toBe(false);
+  });
+
+  it('a pending cas may take effect only where its condition holds', () => {
+    expect(ok([put('k', 'a', 0, 1), cas('k', 'a', 'b', 2), get('k', 'b', 10, 11)])).toBe(true);
+    expect(ok([put('k', 'x', 0, 1), cas('k', 'a', 'b', 2), get('k', 'b', 10, 11)])).toBe(false);
+  });
+});
+
+describe('checkKvLinearizable: delete', () => {
+  const del = (key: string, call: number, ret?: number): KvOperation => ({ clientId: 8, kind: 'delete', key, call, ...(ret !== undefined ? { ret } : {}) });
+
+  it('a delete makes the key absent', () => {
+    expect(ok([put('k', 'a', 0, 1), del('k', 2, 3), get('k', undefined, 4, 5)])).toBe(true);
+    expect(ok([put('k', 'a', 0, 1), del('k', 2, 3), get('k', 'a', 4, 5)])).toBe(false);
+  });
+
+  it('a pending delete may or may not have happened', () => {
+    expect(ok([put('k', 'a', 0, 1), del('k', 2), get('k', 'a', 4, 5), get('k', undefined, 6, 7)])).toBe(true);
+    expect(ok([put('k', 'a', 0, 1), del('k', 2), get('k', undefined, 4, 5), get('k', 'a', 6, 7)])).toBe(false);
+  });
+});

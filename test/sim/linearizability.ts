@@ -3,10 +3,14 @@
 /** One operation observed by a client: invoked at `call`, returned at `ret` (virtual time). */
 export interface KvOperation {
   clientId: number;
-  kind: 'put' | 'get';
+  kind: 'put' | 'get' | 'cas' | 'delete';
   key: string;
-  /** For put: the value written. */
+  /** For put and cas: the value written. */
   value?: string;
+  /** For cas: the value the register must hold for the write to happen (undefined = key absent). */
+  expected?: string;
+  /** For a completed cas: whether it wrote (the register held `expected`) or not (it held something else). */
+  casOk?: boolean;
   /** For get: the value observed (undefined = key absent). Only meaningful when `ret` is defined. */
   output?: string;
   call: number;
@@ -34,8 +38,11 @@ export const DEFAULT_MAX_STEPS_PER_KEY = 2_000_000;
  * is linearizable. Each key is checked on its own (linearizability is compositional).
  *
  * - A completed get must observe the register value at its linearization point (undefined = absent).
- * - An operation with `ret === undefined` is pending: a pending get is ignored; a pending put may
- *   take effect at any point after its `call`, or never.
+ * - A delete makes the register absent (like a put of "absent").
+ * - A cas (compare-and-set, e.g. a put with an expected version whose value is known) writes
+ *   `value` when the register holds `expected`; a completed cas says whether it did (`casOk`).
+ * - An operation with `ret === undefined` is pending: a pending get is ignored; a pending put (or a
+ *   pending cas whose condition holds) may take effect at any point after its `call`, or never.
  * - Real-time order: op A precedes op B only when `A.ret < B.call` strictly; equal times are concurrent.
  * - `clientId` is not used by the check.
  *
@@ -79,8 +86,11 @@ function validate(op: KvOperation): void {
   if (op.ret !== undefined && (Number.isNaN(op.ret) || op.ret < op.call)) {
     throw new RangeError(`operation returns before it is called: ${JSON.stringify(op)}`);
   }
-  if (op.kind === 'put' && op.value === undefined) {
-    throw new RangeError(`put without a value: ${JSON.stringify(op)}`);
+  if ((op.kind === 'put' || op.kind === 'cas') && op.value === undefined) {
+    throw new RangeError(`${op.kind} without a value: ${JSON.stringify(op)}`);
+  }
+  if (op.kind === 'cas' && op.ret !== undefined && op.casOk === undefined) {
+    throw new RangeError(`completed cas without an outcome: ${JSON.stringify(op)}`);
   }
 }
 
@@ -100,13 +110,13 @@ type Verdict = 'ok' | 'fail' | 'unknown';
 /** Wing–Gong/Lowe search over the sub-history of one register. */
 function checkRegister(all: KvOperation[], maxSteps: number): Verdict {
   // Pending gets have no observable effect: drop them. Pending puts get an infinite return time.
-  const ops = all.filter((op) => op.kind === 'put' || op.ret !== undefined);
+  const ops = all.filter((op) => op.kind !== 'get' || op.ret !== undefined);
   const completedCount = ops.filter((op) => op.ret !== undefined).length;
   if (completedCount === 0) return 'ok';
 
   // Fast rejection: a completed get observing a value no put on this key ever wrote.
   const written = new Set<string | undefined>([undefined]);
-  for (const op of ops) if (op.kind === 'put') written.add(op.value);
+  for (const op of ops) if (op.kind === 'put' || op.kind === 'cas') written.add(op.value);
   for (const op of ops) if (op.kind === 'get' && op.ret !== undefined && !written.has(op.output)) return 'fail';
 
   // Build events sorted by time; on equal times calls come before returns, so an op returning at t
@@ -135,7 +145,9 @@ function checkRegister(all: KvOperation[], maxSteps: number): Verdict {
   // Register states are interned as small integers (0 = absent).
   const stateIds = new Map<string | undefined, number>();
   for (const v of written) stateIds.set(v, stateIds.size);
-  const effect = ops.map((op) => stateIds.get(op.kind === 'put' ? op.value : op.output)!);
+  const effect = ops.map((op) => stateIds.get(op.kind === 'get' ? op.output : op.kind === 'delete' ? undefined : op.value)!);
+  // A cas expecting a value nothing wrote can never see it (-1 matches no state).
+  const expected = ops.map((op) => (op.kind === 'cas' ? (stateIds.get(op.expected) ?? -1) : -1));
 
   // Set of linearized ops as a bitset; the cache key is its 16-bit words as a fixed-length string
   // plus the state id. (Exact keys: no hashing shortcuts that could wrongly prune the search.)
@@ -158,9 +170,22 @@ function checkRegister(all: KvOperation[], maxSteps: number): Verdict {
     const i = node.op;
     const op = ops[i]!;
     if (node.isCall) {
-      const isPut = op.kind === 'put';
-      if (isPut || effect[i] === state) {
-        const nextState = isPut ? effect[i]! : state;
+      let allowed: boolean;
+      let nextState: number;
+      if (op.kind === 'put' || op.kind === 'delete') {
+        allowed = true;
+        nextState = effect[i]!;
+      } else if (op.kind === 'get') {
+        allowed = effect[i] === state;
+        nextState = state;
+      } else if (op.ret === undefined || op.casOk === true) {
+        allowed = expected[i] === state;
+        nextState = effect[i]!;
+      } else {
+        allowed = expected[i] !== state;
+        nextState = state;
+      }
+      if (allowed) {
         words[i >> 4]! ^= 1 << (i & 15);
         const key = String.fromCharCode(...words) + nextState;
         if (!cache.has(key)) {
