@@ -12,7 +12,7 @@ import { parseArgs } from 'node:util';
 import { build } from 'hdr-histogram-js';
 import { KvClient } from '../src/client/index.js';
 import { AdminClient } from '../src/client/admin-client.js';
-import { packFolder } from '../src/extensions/package.js';
+import { packFolder } from '../src/extensions/pack-folder.js';
 import { startKvdCluster } from './kvd-cluster.js';
 import { repoRoot } from './util.js';
 

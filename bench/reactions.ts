@@ -18,7 +18,7 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type * as grpc from '@grpc/grpc-js';
 import { AdminClient, type ExtensionNodeInfo } from '../src/client/admin-client.js';
-import { packFolder } from '../src/extensions/package.js';
+import { packFolder } from '../src/extensions/pack-folder.js';
 import {
   call,
   etcdMaintenanceStub,

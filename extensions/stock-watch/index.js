@@ -16,8 +16,10 @@ export function initialize(ctx) {
         ctx.log.warn('not a price', { key: event.key });
         return;
       }
-      const before = await ctx.kv.get(event.key, { atVersion: event.version - 1 });
-      if (!before.found) return; // the first price of this symbol
+      if (event.created) return; // the first price of this symbol
+      // The price before this change (previousVersion; version - 1 reads the same on older nodes).
+      const before = await ctx.kv.get(event.key, { atVersion: event.previousVersion ?? event.version - 1 });
+      if (!before.found) return;
       const previous = parsePrice(before.value);
       if (previous === undefined || previous <= 0) return;
       const dropPct = ((previous - price) / previous) * 100;

@@ -11,7 +11,7 @@ export function adminBackend(node: KvNode, manager: ExtensionManager, cluster: C
     isMetadataLeader: () => node.replica(META_GROUP)?.isLeader ?? false,
     metadataLeaderAddress: () => node.leaderAddress(META_GROUP),
     load: (tgz, opts) => manager.load(tgz, opts),
-    unload: (name) => manager.unload(name),
+    unload: (name, opts) => manager.unload(name, opts),
     resume: (name) => manager.resume(name),
     records: () => manager.records(),
     statuses: () => manager.statuses(),

@@ -9,7 +9,8 @@ import type { Logger } from '../log.js';
 import { KvError } from '../client/errors.js';
 import { AdminClient } from '../client/admin-client.js';
 import type { ExtensionManager } from '../extensions/manager.js';
-import { packageDigest, packFolder, readTarball } from '../extensions/package.js';
+import { packageDigest, readTarball } from '../extensions/package.js';
+import { packFolder } from '../extensions/pack-folder.js';
 import { META_GROUP, type KvNode } from '../node/kv-node.js';
 import type { KvdConfig } from './kvd-config.js';
 

@@ -31,6 +31,8 @@ export interface KvdConfig {
   /** Log entries kept behind a snapshot, so a follower slightly behind catches up without one. */
   snapshotKeepEntries: number;
   retentionMs: number;
+  /** Bound of the node's cache of value bytes, MiB (values live in LevelDB; README "Memory model"). */
+  valueCacheMib: number;
   /** Shards of the default pool of a brand-new cluster (only read when the cluster is created). */
   defaultShards: number;
   /** Join the existing cluster at this address (host:port of any member) instead of creating one. */
@@ -45,8 +47,10 @@ export interface KvdConfig {
   extensionMemoryMb?: number;
   /** V8 heap limit of each extension's worker or process, MiB (unset: the manager's default, 256). */
   extensionHeapMb?: number;
-  /** Token required for admin operations (extension load/unload); unset = admin disabled. */
+  /** Token required for admin operations (extension load/unload); unset = admin disabled. With access control on, it is root's credential. */
   adminToken?: string;
+  /** Lifetime of the tokens users get by logging in (ms; unset: 10 minutes). */
+  authTokenTtlMs?: number;
   /** Client plane: this node's certificate and key (PEM files). */
   tlsCert?: string;
   tlsKey?: string;
@@ -138,11 +142,13 @@ export function parseConfig(argv: string[]): KvdConfig {
     .option('--join <host:port>', 'join the existing cluster at this member address (add the node first: kvctl member add <id> <addr>)')
     .option('--join-auto-add', 'with --join: add this node to the cluster itself (needs the admin token), e.g. a new StatefulSet ordinal')
     .option('--retention-ms <ms>', 'keep old versions this long (0 = bounded only by history limits)', int('--retention-ms'))
+    .option('--value-cache-mib <n>', 'bound of the cache of values read from disk, MiB (default 64)', int('--value-cache-mib'))
     .option('--extension <path>', 'load this extension folder or .tgz at start (repeatable; the config file takes {path, name, config} objects)', (v: string, prev: string[] = []) => [...prev, v])
     .option('--extension-isolation <mode>', 'where extensions loaded without --isolation run: process (default), worker or in-process')
     .option('--extension-memory-mb <n>', 'resident-memory budget of each extension process, MiB (default 512)', int('--extension-memory-mb'))
     .option('--extension-heap-mb <n>', 'V8 heap limit (old generation) of each extension worker or process, MiB (default 256)', int('--extension-heap-mb'))
     .option('--admin-token-file <file>', 'read the admin token (for admin operations such as loading extensions) from a file only its owner can read (or env KVCASCADE_ADMIN_TOKEN)')
+    .option('--auth-token-ttl-ms <ms>', 'access control: lifetime of a login token (default 600000, 10 minutes; clients log in again before it ends)', int('--auth-token-ttl-ms'))
     .option('--admin-token <token>', 'the admin token itself (discouraged: visible in the process list; use --admin-token-file)')
     .option('--tls-cert <file>', 'PEM certificate of the client API (also presented when this node calls another node\'s client API)')
     .option('--tls-key <file>', 'PEM private key of the client API')
@@ -234,6 +240,7 @@ export function parseConfig(argv: string[]): KvdConfig {
     snapshotEveryEntries: Number(pick('snapshotEvery', 20000)),
     snapshotKeepEntries: Number(pick('snapshotKeepEntries', 5000)),
     retentionMs: Number(pick('retentionMs', 3_600_000)),
+    valueCacheMib: Number(pick('valueCacheMib', 64)),
     defaultShards,
     ...(join !== undefined ? { join } : {}),
     ...(pick('joinAutoAdd', false) ? { joinAutoAdd: true } : {}),
@@ -241,6 +248,11 @@ export function parseConfig(argv: string[]): KvdConfig {
     loopBlockWarnMs: Number(pick('loopBlockWarnMs', 1000)),
     loopBlockKillMs: Number(pick('loopBlockKillMs', 5000)),
   };
+  const ttl = pick<unknown>('authTokenTtlMs', undefined);
+  if (ttl !== undefined) {
+    if (typeof ttl !== 'number' || !Number.isSafeInteger(ttl) || ttl < 1000) throw new Error(`--auth-token-ttl-ms must be an integer >= 1000 (got ${String(ttl)})`);
+    cfg.authTokenTtlMs = ttl;
+  }
   for (const k of ['extMaxRestartsPerMinute', 'extPoisonAttempts'] as const) {
     const v = pick<number | undefined>(k, undefined);
     if (v !== undefined) cfg[k] = Number(v);

@@ -34,6 +34,10 @@ import { Counter } from 'prom-client';
 import { LoopWatchdog, takeDeathNote } from '../node/loop-watchdog.js';
 import { installCpuProfileSignal } from './cpu-profile-signal.js';
 import { createNodeConsole } from '../console/index.js';
+import { AccessControl } from '../auth/access-control.js';
+import { addAuthService } from '../server/auth-service.js';
+import type { LambdaKv } from '../extensions/store-access.js';
+import { META_GROUP } from '../node/kv-node.js';
 
 /** How often a joining node with `--join-auto-add` asks the cluster to add it, while it is not a member yet. */
 const AUTO_ADD_RETRY_MS = 5_000;
@@ -248,6 +252,7 @@ async function main(): Promise<void> {
       snapshotEveryEntries: cfg.snapshotEveryEntries,
       keepEntriesAfterSnapshot: cfg.snapshotKeepEntries,
       retentionMs: cfg.retentionMs,
+      valueCacheBytes: cfg.valueCacheMib * 1024 * 1024,
       log,
     },
     engine,
@@ -271,6 +276,24 @@ async function main(): Promise<void> {
   const probe = new GrpcClusterProbe({ selfId: cfg.id, selfStatus: () => node.status(), stubs, coordinator });
   const cluster = new ClusterAdmin(node, probe, log.child({ component: 'cluster' }));
   const lambdaKv = routedLambdaKv(coordinator);
+  // Access control (off until `kvctl auth enable`): its state is read from this node's replica of
+  // the metadata group; the admin token is root's credential.
+  const authHost = kvNodeHost(node);
+  const access = new AccessControl({
+    meta: () => authHost.meta(),
+    adminToken: cfg.adminToken,
+    ...(cfg.authTokenTtlMs !== undefined ? { tokenTtlMs: cfg.authTokenTtlMs } : {}),
+  });
+  // Each extension's lambdas act with the role named when it was loaded (root when none was).
+  const extensionKv = new Map<string, LambdaKv & { close(): void }>();
+  const lambdaKvFor = (name: string): LambdaKv => {
+    let kv = extensionKv.get(name);
+    if (!kv) {
+      kv = routedLambdaKv(coordinator, { principal: () => access.lambdaPrincipal(name) });
+      extensionKv.set(name, kv);
+    }
+    return kv;
+  };
   const loopBlocked = new Counter({ name: 'kvcascade_event_loop_blocked_total', help: `Times the event loop was blocked longer than ${cfg.loopBlockWarnMs} ms`, registers: [metrics.registry] });
   // The boot id names this process in the extensions' attempt records; the watchdog leaves a
   // death note with it when it kills the process, which the next process reads here.
@@ -300,6 +323,7 @@ async function main(): Promise<void> {
     ...(cfg.extensionMemoryMb !== undefined ? { extensionMemoryMb: cfg.extensionMemoryMb } : {}),
     ...(cfg.extensionHeapMb !== undefined ? { workerHeapMb: cfg.extensionHeapMb } : {}),
     lambdaKv,
+    lambdaKvFor,
     shardRevisions: async (deadlineMs) => {
       const out = new Map<number, number>();
       for (const st of await probe.statuses(node.shardMap(), deadlineMs)) {
@@ -308,10 +332,12 @@ async function main(): Promise<void> {
       return out;
     },
   });
-  addAdminService(server, adminBackend(node, extensions, cluster), { ...(cfg.adminToken ? { adminToken: cfg.adminToken } : {}), log });
+  addAdminService(server, adminBackend(node, extensions, cluster), { ...(cfg.adminToken ? { adminToken: cfg.adminToken } : {}), log, access });
+  addAuthService(server, access, { metadataLeaderAddress: () => node.leaderAddress(META_GROUP), log });
   const services = addKvServices(server, coordinator.backend, {
     log,
     coordinator,
+    access,
     ...(cfg.adminToken ? { adminToken: cfg.adminToken } : {}),
   });
   let stopping = false;
@@ -377,6 +403,7 @@ async function main(): Promise<void> {
     cluster.stop();
     services.close();
     lambdaKv.close();
+    for (const kv of extensionKv.values()) kv.close();
     probe.close();
     coordinator.close();
     stubs.close();

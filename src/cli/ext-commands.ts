@@ -4,8 +4,10 @@ import { stat } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import type { Command } from 'commander';
 import { AdminClient } from '../client/admin-client.js';
-import { packFolder, readTarball } from '../extensions/package.js';
+import { readTarball } from '../extensions/package.js';
+import { packFolder } from '../extensions/pack-folder.js';
 import { tlsOf, type CommandContext } from './args.js';
+import { writeExtensionProject } from './ext-init.js';
 
 /** What the extension commands need from kvctl's main. */
 export type ExtCommandContext = CommandContext;
@@ -48,12 +50,15 @@ export function registerExtCommands(program: Command, ctx: ExtCommandContext): v
     .option('--in-process', 'same as --isolation in-process')
     .option('--max-restarts-per-minute <n>', 'restarts within a minute before the extension pauses (circuit breaker; default: the node\'s, 30)', (v: string) => Number(v))
     .option('--pause-ms <ms>', 'first pause of the circuit breaker (doubled after each failed retry; default: the node\'s, 30000)', (v: string) => Number(v))
-    .action(async (path: string, o: { name?: string; config?: string; inProcess?: boolean; isolation?: string; maxRestartsPerMinute?: number; pauseMs?: number }) => {
+    .option('--role <role>', 'access control: the role its lambdas act with (default: root, every key)')
+    .option('--from <now|revision>', 'where delivery starts: now (skip the backlog) or a revision (every change from it on, in every shard); default: where it left off (its delivery cursors, kept across replacements and unloads without --purge)')
+    .action(async (path: string, o: { name?: string; role?: string; config?: string; inProcess?: boolean; isolation?: string; maxRestartsPerMinute?: number; pauseMs?: number; from?: string }) => {
       if (o.isolation !== undefined && o.isolation !== 'worker' && o.isolation !== 'process' && o.isolation !== 'in-process') {
         throw new Error(`--isolation must be process, worker or in-process (got ${o.isolation})`);
       }
       if (o.inProcess && o.isolation !== undefined && o.isolation !== 'in-process') throw new Error(`--in-process contradicts --isolation ${o.isolation}`);
       const isolation = o.isolation as 'worker' | 'process' | 'in-process' | undefined;
+      const from = parseFrom(o.from);
       const st = await stat(path);
       const tgz = st.isDirectory() ? await packFolder(path) : await readTarball(path);
       const config = o.config ? (JSON.parse(readFileSync(o.config, 'utf8')) as Record<string, unknown>) : {};
@@ -66,6 +71,8 @@ export function registerExtCommands(program: Command, ctx: ExtCommandContext): v
           ...(isolation ? { isolation } : {}),
           ...(o.maxRestartsPerMinute !== undefined ? { maxRestartsPerMinute: o.maxRestartsPerMinute } : {}),
           ...(o.pauseMs !== undefined ? { pauseMs: o.pauseMs } : {}),
+          ...(o.role ? { role: o.role } : {}),
+          ...(from !== undefined ? { from } : {}),
         });
         if (ctx.json()) ctx.print(r);
         else {
@@ -79,6 +86,18 @@ export function registerExtCommands(program: Command, ctx: ExtCommandContext): v
       } finally {
         c.close();
       }
+    });
+
+  ext
+    .command('init')
+    .description('write a new extension project in TypeScript into <dir>: a typed module, a vitest test on kvcascade/testing, build and load scripts')
+    .argument('<dir>', 'a new or empty folder')
+    .option('--name <name>', 'package name (default: the folder\'s name)')
+    .option('--kvcascade <spec>', 'devDependency spec of kvcascade (default: file: this kvcascade\'s folder)')
+    .action((dir: string, o: { name?: string; kvcascade?: string }) => {
+      const files = writeExtensionProject(dir, o);
+      if (ctx.json()) ctx.print({ dir, files });
+      else ctx.out.write(`wrote ${files.join(', ')} into ${dir}\nnext: cd ${dir} && npm install && npm test && npm run load\n`);
     });
 
   ext
@@ -154,6 +173,16 @@ export function registerExtCommands(program: Command, ctx: ExtCommandContext): v
         ctx.out.write(
           ctx.formatTable(['NAME', 'VERSION', 'GEN', 'ISOLATION', 'NODE', 'STATE', 'DELIVERING', 'WATCHES', 'INVOKED', 'ERRORS', 'DLQ', 'BACKLOG', 'RESTARTS', 'RUNS IN', 'CPU S', 'RSS MIB'], rows),
         );
+        const cursors: string[][] = [];
+        for (const s of [...l.statuses].sort((a, b) => a.name.localeCompare(b.name) || a.nodeId - b.nodeId)) {
+          for (const w of s.watches) {
+            for (const x of w.shards) cursors.push([s.name, w.prefix, String(x.shard), String(s.nodeId), String(x.cursor), String(x.revision), String(Math.max(0, x.revision - x.cursor)), String(x.backlog)]);
+          }
+        }
+        if (cursors.length > 0) {
+          ctx.out.write('\ndelivery (per shard, on the node leading it; LAG = shard revision - cursor):\n');
+          ctx.out.write(ctx.formatTable(['NAME', 'WATCH', 'SHARD', 'NODE', 'CURSOR', 'REVISION', 'LAG', 'BACKLOG'], cursors));
+        }
         if (l.unreachable.length > 0) ctx.out.write(`unreachable: ${l.unreachable.join(', ')}\n`);
       } finally {
         c.close();
@@ -179,19 +208,28 @@ export function registerExtCommands(program: Command, ctx: ExtCommandContext): v
 
   ext
     .command('unload')
-    .description('stop an extension on every node and remove it from the registry')
+    .description('stop an extension on every node and remove it from the registry; its delivery cursors are kept (a later load resumes from them) unless --purge')
     .argument('<name>')
-    .action(async (name: string) => {
+    .option('--purge', 'also forget its delivery cursors: a later load starts from that load, as a first one')
+    .action(async (name: string, o: { purge?: boolean }) => {
       const c = admin();
       try {
-        const ok = await c.unload(name);
+        const ok = await c.unload(name, { purge: o.purge === true });
         if (ctx.json()) ctx.print({ name, unloaded: ok });
-        else ctx.out.write(ok ? `unloaded ${name}\n` : `kvctl: NOT_FOUND: extension ${name} is not loaded\n`);
+        else ctx.out.write(ok ? `unloaded ${name}${o.purge ? ' (delivery cursors forgotten)' : ' (delivery cursors kept: loading it again resumes from them; --purge forgets them)'}\n` : `kvctl: NOT_FOUND: extension ${name} is not loaded\n`);
         if (!ok) ctx.fail(1);
       } finally {
         c.close();
       }
     });
+}
+
+/** `--from` of `ext load`: undefined (resume), 'now' or a revision; throws on anything else. */
+export function parseFrom(v: string | undefined): 'now' | number | undefined {
+  if (v === undefined) return undefined;
+  if (v === 'now') return 'now';
+  if (/^(0|[1-9][0-9]{0,15})$/.test(v)) return Number(v);
+  throw new Error(`--from must be now or a revision (a non-negative integer), got ${JSON.stringify(v)}`);
 }
 
 /** CPU seconds as `kvctl ext ls` shows them. */

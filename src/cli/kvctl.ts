@@ -7,6 +7,7 @@ import { pathToFileURL } from 'node:url';
 import { Command, CommanderError, InvalidArgumentError } from 'commander';
 import { positive, uint } from './args.js';
 import { registerClusterCommands } from './cluster-commands.js';
+import { registerAuthCommands } from './auth-commands.js';
 import { registerExtCommands, resolveAdminToken } from './ext-commands.js';
 import { KvClient, KvError, CompactedError, type KvItem, type KvClientTlsOptions } from '../client/index.js';
 import { DEAD_LETTER_PREFIX } from '../sharding/index.js';
@@ -109,6 +110,9 @@ interface GlobalOptions {
   json?: boolean;
   timeout: number;
   adminToken?: string;
+  user?: string;
+  password?: string;
+  token?: string;
   cacert?: string;
   cert?: string;
   key?: string;
@@ -147,7 +151,8 @@ export async function main(argv: readonly string[], io: KvctlIo = {}): Promise<n
   };
   /** The admin token from --admin-token, $KVCASCADE_ADMIN_TOKEN or ./.data/admin-token. */
   const adminToken = (): string => {
-    const t = resolveAdminToken(globals().adminToken, env, io.adminTokenFiles);
+    // A root user's login token (--token, $KVCASCADE_TOKEN: `kvctl auth login`) works as well.
+    const t = resolveAdminToken(globals().adminToken, env, io.adminTokenFiles) ?? (globals().token ?? env.KVCASCADE_TOKEN);
     if (!t) throw new CliFailure('UNAUTHENTICATED', 'admin token required: --admin-token, $KVCASCADE_ADMIN_TOKEN or ./.data/admin-token', EXIT.USAGE);
     return t;
   };
@@ -179,9 +184,33 @@ export async function main(argv: readonly string[], io: KvctlIo = {}): Promise<n
     if (client) return client;
     const token = reading?.startsWith(DEAD_LETTER_PREFIX) ? resolveAdminToken(globals().adminToken, env, io.adminTokenFiles) : undefined;
     const t = tls();
-    client = new KvClient({ endpoints: endpointList(), defaultDeadlineMs: globals().timeout, failFastWhenNoNodeListens: true, ...(token ? { adminToken: token } : {}), ...(t ? { tls: t } : {}) });
+    const login = loginCredentials();
+    client = new KvClient({
+      endpoints: endpointList(),
+      defaultDeadlineMs: globals().timeout,
+      failFastWhenNoNodeListens: true,
+      ...(token ? { adminToken: token } : {}),
+      ...(login.user !== undefined ? { user: login.user, password: login.password ?? '' } : login.token !== undefined ? { token: login.token } : {}),
+      ...(t ? { tls: t } : {}),
+    });
     return client;
   };
+  /**
+   * Who kvctl logs in as (access control): `--user name[:password]` and `--password`, else
+   * $KVCASCADE_USER and $KVCASCADE_PASSWORD; or a token from `--token` / $KVCASCADE_TOKEN.
+   */
+  function loginCredentials(): { user?: string; password?: string; token?: string } {
+    const g = globals();
+    let user = g.user ?? env.KVCASCADE_USER;
+    let password = g.password ?? env.KVCASCADE_PASSWORD;
+    if (user !== undefined && user.includes(':') && password === undefined) {
+      password = user.slice(user.indexOf(':') + 1);
+      user = user.slice(0, user.indexOf(':'));
+    }
+    if (user) return { user, password: password ?? '' };
+    const token = g.token ?? env.KVCASCADE_TOKEN;
+    return token ? { token } : {};
+  }
   /** A value argument: `-` reads stdin, `@file` reads a file, anything else is the value itself. */
   const valueArg = async (value: string): Promise<Uint8Array | string> =>
     value === '-' ? await readAll(io.stdin ?? process.stdin) : value.startsWith('@') ? await readValueFile(value.slice(1)) : value;
@@ -198,6 +227,9 @@ export async function main(argv: readonly string[], io: KvctlIo = {}): Promise<n
     .option('--cacert <file>', 'TLS: CA bundle to verify the nodes with (default: $KVCASCADE_CACERT; plaintext when no TLS option is given)')
     .option('--cert <file>', 'TLS: client certificate, for clusters that require one (kvd --tls-ca) (default: $KVCASCADE_CERT)')
     .option('--key <file>', 'TLS: private key of --cert (default: $KVCASCADE_KEY)')
+    .option('--user <name[:password]>', 'access control: log in as this user (default: $KVCASCADE_USER); the password from here, --password or $KVCASCADE_PASSWORD')
+    .option('--password <password>', 'access control: the password of --user (default: $KVCASCADE_PASSWORD; visible in the process list: prefer the variable)')
+    .option('--token <token>', 'access control: a token from `kvctl auth login` (default: $KVCASCADE_TOKEN)')
     .option('--admin-token <token>', 'admin token for `ext`, `pool create`, `member add|remove` and reading dead letters (`ls /_dlq/<extension>/`) (default: $KVCASCADE_ADMIN_TOKEN, else ./.data/admin-token)')
     .exitOverride()
     .showSuggestionAfterError(false)
@@ -423,12 +455,32 @@ export async function main(argv: readonly string[], io: KvctlIo = {}): Promise<n
     formatTable,
     endpoints: endpointList,
     adminToken,
-    adminTokenIfAny: () => resolveAdminToken(globals().adminToken, env, io.adminTokenFiles),
+    adminTokenIfAny: () => resolveAdminToken(globals().adminToken, env, io.adminTokenFiles) ?? (globals().token ?? env.KVCASCADE_TOKEN),
     tls,
     timeoutMs: () => globals().timeout,
     fail: (code) => {
       exitCode = code;
     },
+  });
+
+  registerAuthCommands(program, {
+    out,
+    json,
+    print,
+    formatTable,
+    endpoints: endpointList,
+    tls,
+    timeoutMs: () => globals().timeout,
+    fail: (code) => {
+      exitCode = code;
+    },
+    credentials: () => {
+      const c = loginCredentials();
+      if (c.user !== undefined || c.token !== undefined) return c;
+      const admin = resolveAdminToken(globals().adminToken, env, io.adminTokenFiles);
+      return admin ? { token: admin } : {};
+    },
+    readStdin: async () => Buffer.from(await readAll(io.stdin ?? process.stdin)).toString('utf8'),
   });
 
   registerClusterCommands(program, {

@@ -50,6 +50,8 @@ export interface ExtensionWatchInfo {
   readonly backlog: number;
   readonly cursor: number;
   readonly lastLatencyMs: number;
+  /** Per data shard this node delivers: its cursor, the shard's revision (lag = revision - cursor) and backlog. */
+  readonly shards: readonly { readonly shard: number; readonly cursor: number; readonly revision: number; readonly backlog: number }[];
 }
 
 /** How to load an extension (see `kvctl ext load`). */
@@ -62,6 +64,10 @@ export interface LoadExtensionOptions {
   maxRestartsPerMinute?: number;
   /** Circuit breaker: first pause in ms (default: the node's). */
   pauseMs?: number;
+  /** Access control: the role the lambdas act with (default: root). */
+  role?: string;
+  /** Where delivery starts: absent, resume from the cursors; 'now', skip the backlog; a revision, from it on (every shard). */
+  from?: 'now' | number;
 }
 
 /** One node's view of one extension. */
@@ -202,6 +208,7 @@ function fromStatus(s: Record<string, unknown>): ExtensionNodeInfo {
       backlog: Number(w.backlog),
       cursor: Number(w.cursor),
       lastLatencyMs: Number(w.lastLatencyMs),
+      shards: ((w.shards as Record<string, unknown>[] | undefined) ?? []).map((x) => ({ shard: num(x.shard), cursor: num(x.cursor), revision: num(x.revision), backlog: num(x.backlog) })),
     })),
     workerRestarts: Number(s.workerRestarts),
     invocations: Number(s.invocations),
@@ -394,6 +401,8 @@ export class AdminClient {
           size: tgz.length,
           maxRestartsPerMinute: o.maxRestartsPerMinute ?? 0,
           pauseMs: o.pauseMs ?? 0,
+          role: o.role ?? '',
+          from: o.from === undefined ? '' : String(o.from),
         },
       });
       for (let off = 0; off < tgz.length; off += UPLOAD_CHUNK) call.write({ chunk: Buffer.from(tgz.subarray(off, Math.min(tgz.length, off + UPLOAD_CHUNK))) });
@@ -421,11 +430,11 @@ export class AdminClient {
   }
 
   /** Unloads an extension everywhere; resolves false when it was not loaded. */
-  async unload(name: string): Promise<boolean> {
+  async unload(name: string, o: { purge?: boolean } = {}): Promise<boolean> {
     let target = await this.metaLeader();
     for (let attempt = 0; ; attempt++) {
       try {
-        const r = await this.unary<{ unloaded?: boolean }>(target, 'unloadExtension', { name });
+        const r = await this.unary<{ unloaded?: boolean }>(target, 'unloadExtension', { name, purge: o.purge === true });
         return r.unloaded === true;
       } catch (e) {
         if (e instanceof KvError && e.code === 'NOT_FOUND') return false;

@@ -55,3 +55,7 @@ export type {
   ExtensionWatchInfo,
   LoadExtensionOptions,
 } from './admin-client.js';
+/** Access control: logging in, users, roles and permissions. */
+export { AuthClient, LoginCredentials, login } from './auth-client.js';
+/** Options and listings of the auth client. */
+export type { AuthClientOptions, UserInfo, RoleInfo, PermissionInfo } from './auth-client.js';

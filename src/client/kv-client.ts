@@ -1,4 +1,5 @@
 /** The kvcascade client: key-value calls and transactions routed to their shard's leader, with failover and safe retries, self-resuming watches and pipelining. */
+import { LoginCredentials, login } from './auth-client.js';
 import * as grpc from '@grpc/grpc-js';
 import type {
   DeleteRequestMsg,
@@ -133,6 +134,16 @@ export interface KvClientOptions {
    */
   readonly adminToken?: string;
   /**
+   * Access control: log in as this user with `password` (the client logs in before its first
+   * call and again before the token expires). Over plaintext the password and token travel in
+   * the clear: use TLS.
+   */
+  readonly user?: string;
+  /** The password of `user`. */
+  readonly password?: string;
+  /** Access control: a token got elsewhere (`kvctl auth login`, AuthClient.authenticate); not renewed. */
+  readonly token?: string;
+  /**
    * Batch concurrent calls (default true): while other put, get or delete calls of this client
    * are in flight, a new one is sent on the client's long-lived Pipeline stream to its shard
    * leader's node rather than as a unary call, so concurrent calls share HTTP/2 messages and the
@@ -172,6 +183,9 @@ export class KvClient {
    * flight (or is large), else batched on the shard leader's stream.
    */
   private async keyedOp<Res, R>(op: 'put' | 'get' | 'delete', req: PutRequestMsg | GetRequestMsg | DeleteRequestMsg, deadlineAt: number, size: number, convert: (res: Res) => R): Promise<R> {
+    // Logged in before any stream opens (a stream carries the token it was opened with).
+    const auth = this.transport.authReady(deadlineAt);
+    if (auth) await auth;
     const batched = this.batching && this.inFlight > 0 && size <= MAX_BATCHED_REQUEST_BYTES;
     this.inFlight++;
     try {
@@ -217,7 +231,14 @@ export class KvClient {
       channelOptions: opts.channelOptions,
       connectTimeoutMs: opts.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS,
       attemptTimeoutMs: opts.attemptTimeoutMs ?? DEFAULT_ATTEMPT_TIMEOUT_MS,
-      adminToken: opts.adminToken,
+      adminToken: opts.token ?? opts.adminToken,
+      ...(opts.user !== undefined
+        ? {
+            credentials: new LoginCredentials((deadlineAt) =>
+              login(opts.endpoints, opts.user!, opts.password ?? '', { tls: opts.tls, deadlineAt }),
+            ),
+          }
+        : {}),
       failFastWhenNoNodeListens: opts.failFastWhenNoNodeListens === true,
     });
     this.router = new ShardRouter(this.transport, {
@@ -257,6 +278,8 @@ export class KvClient {
   private async keyed<Req, Res>(method: string, req: Req, kind: CallKind, deadlineAt: number, key: string | undefined): Promise<Res> {
     const wait = this.router.ready(deadlineAt);
     if (wait) await wait;
+    const auth = this.transport.authReady(deadlineAt);
+    if (auth) await auth;
     const route = key === undefined ? this.transport : this.router.keyRoute(key);
     return this.transport.unary<Req, Res>('kv', method, req, kind, deadlineAt, route);
   }

@@ -245,6 +245,9 @@ export class KvPipeline {
     if (this.closing || this.deps.transport.closed) {
       return Promise.reject(new KvError(grpc.status.CANCELLED, this.deps.transport.closed ? 'client closed' : 'pipeline closed'));
     }
+    // Logged in before the op picks a stream (a stream carries the token it was opened with).
+    const auth = this.deps.transport.authReady(deadlineAt);
+    if (auth) return auth.then(() => this.submit(op, request, deadlineAt, convert, convertUnary));
     const id = this.nextId++;
     // A write with a session may be sent again (on another stream, or as a unary call): it applies once.
     const write = op === 'get' ? undefined : this.deps.session?.begin();

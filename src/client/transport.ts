@@ -37,6 +37,8 @@ export interface TransportOptions {
   readonly connectTimeoutMs?: number | undefined;
   /** The admin token, sent as `authorization: Bearer <token>` with every KV call (lets an operator read dead letters). */
   readonly adminToken?: string | undefined;
+  /** A user's credentials (access control): their token is sent with every KV call instead of the admin token. */
+  readonly credentials?: CallCredentialSource | undefined;
   /**
    * Longest time one attempt of a retryable call (a read, or a write with a session) may take
    * before the client gives up on that node and tries another, within the call's deadline; 0 = no
@@ -47,6 +49,16 @@ export interface TransportOptions {
   readonly probeIntervalMs?: number | undefined;
   /** Give up a call once every endpoint refused its connection {@link REFUSALS_BEFORE_GIVING_UP} times (default false). */
   readonly failFastWhenNoNodeListens?: boolean | undefined;
+}
+
+/** Where a client's `authorization` comes from when it logs in (see LoginCredentials). */
+export interface CallCredentialSource {
+  /** The value to send now, if any. */
+  header(): string | undefined;
+  /** Resolves once a fresh credential is at hand (undefined: one is). */
+  ensure(deadlineAt: number): Promise<void> | undefined;
+  /** The servers refused the credential: get a new one before the next call. */
+  invalidate(): void;
 }
 
 /**
@@ -166,8 +178,15 @@ export class Transport implements CallRoute {
   /** Request metadata of a KV call, watch or pipeline: the admin token when the client has one. */
   kvMetadata(): grpc.Metadata {
     const md = new grpc.Metadata();
-    if (this.opts.adminToken) md.set(AUTHORIZATION_METADATA, bearer(this.opts.adminToken));
+    const login = this.opts.credentials?.header();
+    if (login) md.set(AUTHORIZATION_METADATA, login);
+    else if (this.opts.adminToken) md.set(AUTHORIZATION_METADATA, bearer(this.opts.adminToken));
     return md;
+  }
+
+  /** Resolves once the client's login token is fresh (undefined when no login is needed now). */
+  authReady(deadlineAt: number): Promise<void> | undefined {
+    return this.opts.credentials?.ensure(deadlineAt);
   }
 
   /** Aborted when the client is closed. */
@@ -389,6 +408,10 @@ export class Transport implements CallRoute {
       };
     }
     if (this.closed) return { error: statusError(grpc.status.CANCELLED, 'client closed'), trailers: new grpc.Metadata(), headers: false, notSent: true };
+    if (service === 'kv') {
+      const login = this.authReady(deadlineAt);
+      if (login) await login;
+    }
     return new Promise((resolve) => {
       const stub = (service === 'kv' ? this.kv(address) : this.cluster(address)) as unknown as Record<
         string,
@@ -440,6 +463,7 @@ export class Transport implements CallRoute {
     const attemptMs = repeatable && route !== undefined ? (this.opts.attemptTimeoutMs ?? 0) : 0;
     /** Connections refused during this call, by address: when every endpoint refused twice, no node runs there. */
     const refused = new Map<string, number>();
+    let loggedInAgain = false;
     for (let attempt = 0; ; attempt++) {
       this.checkOpen();
       const address = route ? route.pick() : (target as string);
@@ -453,6 +477,13 @@ export class Transport implements CallRoute {
       }
       let err = r.error;
       if (this.closed) throw new KvError(grpc.status.CANCELLED, 'client closed', { endpoint: address });
+      // A login token the servers refuse (expired, or signed before a change): log in again, once.
+      if (err.code === grpc.status.UNAUTHENTICATED && this.opts.credentials && !loggedInAgain && /token/.test(err.details ?? '')) {
+        loggedInAgain = true;
+        this.opts.credentials.invalidate();
+        attempt--;
+        continue;
+      }
       // The attempt's own timeout (not the call's): the node is suspect, the call moves on.
       const attemptTimedOut = err.code === grpc.status.DEADLINE_EXCEEDED && attemptDeadline < deadlineAt;
       // No answer at all before a deadline (the attempt's or the call's): the node is suspect.

@@ -276,6 +276,8 @@ export class KvWatch implements AsyncIterableIterator<KvWatchBatch> {
         log.debug({ address, connectMs, resumeFrom: resumeFrom() }, 'watch could not connect; resuming elsewhere');
         return;
       }
+      const auth = t.authReady(Date.now() + 30_000);
+      if (auth) await auth;
       if (this.stopped || gen !== this.gen) return;
       stream = t.kv(address).watch(req, t.kvMetadata(), {});
     } catch (e) {

@@ -11,6 +11,7 @@ import { DEFAULT_LIST_LIMIT } from '../statemachine/index.js';
 import { DeadlineError, NotLeaderError, type CallOptions, type KvBackend, type ListRequest } from '../node/backend.js';
 import { MAX_FORWARD_HOPS, META_FORWARDED, META_HOPS, neverReachedServer, readKvMetadata } from '../wire/metadata.js';
 import { AUTHORIZATION_METADATA } from '../wire/auth.js';
+import { authorizeKey, authorizePrefix, type Principal } from '../auth/access-control.js';
 import { invalidUtf8Field, type GetRequestMsg, type ListRequestMsg, type PutRequestMsg, type DeleteRequestMsg, type TriggerRequestMsg, type TxnRequestMsg, type ListResponseMsg } from '../wire/proto.js';
 import { checkPrefix } from '../wire/request-validation.js';
 import { LIST_FANOUT_CONCURRENCY, mapLimit, mergeListPages } from './list-merge.js';
@@ -92,8 +93,33 @@ export interface RouteContext {
   readonly onCancel?: (fn: () => void) => void;
   /** The request carries the right admin token: it may read dead letters (`/_dlq/`). */
   readonly admin: boolean;
-  /** That request's `authorization` metadata, passed on when the call is forwarded (set only with `admin`). */
+  /** The `authorization` metadata passed on when the call is forwarded (the admin token, or the principal's token). */
   readonly authorization?: string;
+  /** Who asks, when access control is on (undefined: it is off, or the cluster itself asks): every op is authorized for it. */
+  readonly principal?: Principal | undefined;
+}
+
+/**
+ * Throws PERMISSION_DENIED unless `p` may run `op` with `m`: get and list need read (list: over
+ * the whole prefix), put, delete and trigger need write, a txn needs read on the keys it
+ * compares and write on the keys it writes.
+ */
+export function authorizeOp(op: UnaryOp, m: object, p: Principal | undefined): void {
+  if (!p || p.root) return;
+  switch (op) {
+    case 'get':
+      return authorizeKey(p, 'read', (m as GetRequestMsg).key ?? '');
+    case 'list':
+      return authorizePrefix(p, 'read', (m as ListRequestMsg).prefix ?? '');
+    case 'txn': {
+      const t = m as TxnRequestMsg;
+      for (const c of t.compares ?? []) authorizeKey(p, 'read', c.key ?? '');
+      for (const w of t.writes ?? []) authorizeKey(p, 'write', (w.put ?? w.delete)?.key ?? '');
+      return;
+    }
+    default:
+      return authorizeKey(p, 'write', (m as PutRequestMsg).key ?? '');
+  }
 }
 
 /** What a routed call returned, and where it was served. */
@@ -291,6 +317,7 @@ export class Coordinator {
       const bad = badUtf8 ?? invalidUtf8Field(m);
       if (bad !== undefined) throw invalid(`${bad} is not valid UTF-8`);
       if (this.closedFlag) throw new OpStatus(grpc.status.UNAVAILABLE, 'server shutting down', { retrySafe: true });
+      authorizeOp(op, m, ctx.principal);
       group = this.requestGroup(op, m);
       const deadlineMs = ctx.deadlineMs;
       const g = group;
@@ -345,6 +372,7 @@ export class Coordinator {
       if (bad !== undefined) throw invalid(`${bad} is not valid UTF-8`);
       if (this.closedFlag) throw new OpStatus(grpc.status.UNAVAILABLE, 'server shutting down', { retrySafe: true });
       req = toListRequest(m);
+      authorizeOp('list', m, ctx.principal);
       guardPrefix(req.prefix, req.shard, ctx.admin);
     } catch (e) {
       throw this.toStatus(e, 'list');

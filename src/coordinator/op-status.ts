@@ -11,6 +11,7 @@ import {
   WrongShardError,
 } from '../node/backend.js';
 import { kvMetadata, type KvMetadataFields } from '../wire/metadata.js';
+import { AuthError } from '../auth/access-control.js';
 
 /** A status to send, with the kvcascade metadata fields; `cause` is the store error it classifies, if any. */
 export class OpStatus extends Error {
@@ -45,6 +46,8 @@ export function invalid(message: string): OpStatus {
 /** The status of a known store error (kept as `cause`), or undefined for an unknown one (an internal error). */
 export function classify(e: unknown): OpStatus | undefined {
   if (e instanceof OpStatus) return e;
+  // Not authenticated, or not allowed: nothing was applied.
+  if (e instanceof AuthError) return new OpStatus(grpc.status[e.code], e.message, { retrySafe: true }, { cause: e });
   const s = (code: grpc.status, message: string, fields: KvMetadataFields = {}): OpStatus => new OpStatus(code, message, fields, { cause: e });
   // The reserved keyspace (refused here, or by the shard for a client-origin command): nothing was applied.
   if (e instanceof ValidationError && e.code === 'RESERVED') return s(grpc.status.PERMISSION_DENIED, e.message, { retrySafe: true });

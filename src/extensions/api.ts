@@ -9,12 +9,24 @@ export type EventType = 'put' | 'delete' | 'trigger';
 
 /** One change delivered to a lambda. */
 export interface ExtensionEvent {
+  /** `put` (see `created` for a new key vs an update), `delete`, or `trigger` (fired without storing). */
   readonly type: EventType;
   readonly key: string;
   /** The value written (put and trigger); undefined for delete. */
   readonly value: Uint8Array | undefined;
   /** The revision of the change; the key's version after a put. Use it to make a lambda idempotent. */
   readonly version: number;
+  /** The shard revision of the change (equal to `version`; revisions are per shard, all events of one txn share one). */
+  readonly revision?: number;
+  /**
+   * The key's version before the change (0: the key did not exist); undefined when no longer
+   * known (the shard compacted that history before the event was delivered).
+   */
+  readonly previousVersion?: number;
+  /** A put that created the key (it did not exist before); false for updates, deletes and triggers. */
+  readonly created?: boolean;
+  /** The key's value before the change, with the watch option `previousValue: true` (undefined when absent or unknown). */
+  readonly previousValue?: Uint8Array;
   /** Timestamp of the change (ms since the epoch). */
   readonly timestamp: number;
   /** The shard (Raft group) that holds the key. */
@@ -45,6 +57,8 @@ export interface WatchOptions {
   readonly timeoutMs?: number;
   /** Events queued for this watch before delivery pauses (back-pressure; default 10000). */
   readonly maxBacklog?: number;
+  /** Give each event the key's value before the change as `previousValue` (default false: it costs a copy per event). */
+  readonly previousValue?: boolean;
 }
 
 /** Result of a put made from a lambda. */
@@ -63,7 +77,13 @@ export interface GetResult {
   readonly timestamp: number;
 }
 
-/** The store, as a lambda sees it. Writes carry the event's hop count (loop protection). */
+/**
+ * The store, as a lambda sees it. Writes carry the event's hop count (loop protection) and, made
+ * while handling an event, an idempotency key derived from it (the event's shard, key and
+ * version, the write's keys and how many such writes came before it in the invocation): when the
+ * event is delivered again, the same writes in the same order are answered with their first
+ * result and not applied twice (effectively once; see the README for the window this holds in).
+ */
 export interface ExtensionKv {
   get(key: string, opts?: { atVersion?: number; atTimeMs?: number }): Promise<GetResult>;
   put(key: string, value: Uint8Array | string, opts?: { expectedVersion?: number }): Promise<PutResult>;
@@ -74,6 +94,27 @@ export interface ExtensionKv {
     items: { key: string; value: Uint8Array | undefined; version: number }[];
     nextAfter: string | undefined;
   }>;
+  /**
+   * All-or-nothing within one shard: if every compare holds (`version` 0: the key is absent),
+   * applies every write at one revision; else changes nothing (`failedCompares` says which did
+   * not hold). Keys of several shards fail with CROSS_SHARD.
+   */
+  txn(t: TxnInput): Promise<TxnOutcome>;
+}
+
+/** The argument of `ctx.kv.txn`. */
+export interface TxnInput {
+  readonly compares?: readonly { readonly key: string; readonly version: number }[];
+  readonly writes: readonly ({ readonly type: 'put'; readonly key: string; readonly value: Uint8Array | string } | { readonly type: 'delete'; readonly key: string })[];
+}
+
+/** The outcome of `ctx.kv.txn`. */
+export interface TxnOutcome {
+  readonly succeeded: boolean;
+  /** The revision the writes were applied at (on failure: the shard's current revision). */
+  readonly revision: number;
+  /** Indices of the compares that did not hold (empty on success). */
+  readonly failedCompares: readonly number[];
 }
 
 /** Structured logging to the node's log, tagged with the extension. */

@@ -87,8 +87,8 @@ export interface AttemptRecord {
 }
 
 /** The key of a watch's attempt record. */
-export function attemptKey(extension: string, watch: WatchId): string {
-  return `${SYSTEM_KEY_PREFIX}attempt/${extension}/${watch.id}${watch.prefix}`;
+export function attemptKey(extension: string, watch: WatchId, epoch = 0): string {
+  return `${SYSTEM_KEY_PREFIX}attempt/${extension}/${epochPart(epoch)}${watch.id}${watch.prefix}`;
 }
 
 /** Parses an attempt record (undefined when absent or malformed). */
@@ -103,6 +103,11 @@ export function decodeAttemptRecord(value: Uint8Array | undefined): AttemptRecor
 }
 
 /** The key under which a watch's delivery cursor is replicated. */
-export function cursorKey(extension: string, watch: WatchId): string {
-  return `${SYSTEM_KEY_PREFIX}cursor/${extension}/${watch.id}${watch.prefix}`;
+export function cursorKey(extension: string, watch: WatchId, epoch = 0): string {
+  return `${SYSTEM_KEY_PREFIX}cursor/${extension}/${epochPart(epoch)}${watch.id}${watch.prefix}`;
+}
+
+/** The part of a cursor or attempt key naming its cursor epoch (none for epoch 0, the original keys). */
+function epochPart(epoch: number): string {
+  return epoch > 0 ? `e${epoch}/` : '';
 }

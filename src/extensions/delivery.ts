@@ -182,8 +182,18 @@ export class ShardDelivery {
         );
         if (r.type === 'rejected') throw r.error;
       },
+      previous: (key, revision) => {
+        if (!shard.getAt || revision < 1) return revision < 1 ? { version: 0 } : undefined;
+        try {
+          const e = shard.getAt(key, revision);
+          return e ? { version: e.version, value: e.value } : { version: 0 };
+        } catch {
+          return undefined; // compacted: no longer known
+        }
+      },
       shard: group,
       maxHops: this.opts.maxHops,
+      cursorEpoch: l.record.cursorEpoch ?? 0,
       // Only an in-process runner can take the node down with it: it moves to a child process.
       ...(runner.mode === 'in-process' ? { inProcessKilledANode: (node: number) => this.demote(name, node, group) } : {}),
       // In isolation, the events an in-process lambda left unfinished elsewhere decide whether it may come back.
@@ -208,14 +218,16 @@ export class ShardDelivery {
         ...(this.opts.blockedBoot !== undefined ? { blockedBoot: this.opts.blockedBoot } : {}),
       },
     );
-    const saved = shard.get(cursorKey(name, w));
-    const record = decodeAttemptRecord(shard.get(attemptKey(name, w))?.value);
+    const epoch = l.record.cursorEpoch ?? 0;
+    const saved = shard.get(cursorKey(name, w, epoch));
+    const record = decodeAttemptRecord(shard.get(attemptKey(name, w, epoch))?.value);
     const cursor = saved ? Number(dec.decode(saved.value)) || 0 : 0;
     // A watch starts in this shard where the extension was registered (it sees every change made
     // after `load` returned, whichever node leads the shard), or further on from the shard's
-    // replicated cursor. A cursor older than the registration belongs to an earlier, unloaded
-    // incarnation and is ignored (a reload keeps the first registration's start points, so its
-    // cursors count). A shard created after the registration has no start point: from its start.
+    // replicated cursor. A cursor older than the start point belongs to an earlier incarnation
+    // (purged, or loaded with `from`) and is ignored; a reload, and a load after an unload
+    // without purge, keep the start points, so their cursors count. A shard created after the
+    // registration has no start point: from its start.
     const start = startRevisionOf(l.record, group) ?? (hasStartPoints(l.record) ? 0 : shard.revision() + 1);
     const registeredAt = Math.max(0, start - 1);
     d.start(Math.max(cursor, registeredAt), record);
@@ -287,8 +299,8 @@ export class ShardDelivery {
   }
 
   /**
-   * Forgets an unloaded extension's delivery cursors in the shards this node leads (best
-   * effort), so that loading it again later starts from that load. Cursors left in other shards
+   * Forgets an extension's delivery cursors (unload with purge) in the shards this node leads
+   * (best effort), so that loading it again later starts from that load. Cursors left in other shards
    * are older than any later load's start points, and so ignored.
    */
   async forgetCursors(name: string): Promise<void> {

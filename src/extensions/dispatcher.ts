@@ -42,6 +42,11 @@ export interface DispatchHost {
     writable(): boolean;
     onDrain(cb: () => void): void;
   }): WatchHandle;
+  /**
+   * The key as of `revision` in this shard (`version` 0: absent then), or undefined when that
+   * is no longer known (compacted history, or a host that cannot tell): the event's previous version.
+   */
+  previous?(key: string, revision: number): { version: number; value?: Uint8Array } | undefined;
   /** Hop count of the write at `revision`, for events that carry none (absent: 0). */
   hopsOf?(revision: number): number;
   /** Replicates a put into this shard (system origin): a cursor (a `/_sys/` key) or a dead letter (a `/_dlq/` key), both shard-local. */
@@ -53,6 +58,8 @@ export interface DispatchHost {
   write(writes: readonly { key: string; value: Uint8Array | undefined }[]): Promise<void>;
   readonly shard: number;
   readonly maxHops: number;
+  /** Which set of cursor and attempt-record keys this watch uses (see the record's `cursorEpoch`; default 0). */
+  readonly cursorEpoch?: number;
   /**
    * An in-process lambda of this watch never finished on another node: that node died in it (or
    * merely lost the shard: a leader change looks the same from here). This dispatcher has stopped
@@ -272,7 +279,7 @@ export class WatchDispatcher {
     const from = this.stats.cursor + 1;
     const to = compactRevision - 1;
     const shard = this.host.shard;
-    const body = { extension: this.extension, prefix: this.watch.prefix, shard, kind: 'compacted', error: `events ${from}..${to} of shard ${shard} were compacted before delivery`, lostFrom: from, lostTo: to };
+    const body = { extension: this.extension, prefix: this.watch.prefix, shard, kind: 'compacted', error: `events ${from}..${to} of shard ${shard} were compacted before delivery: this watch fell further behind than the shard's history window (unloaded, paused or down for too long); they are lost to it`, lostFrom: from, lostTo: to };
     // Revisions are per shard: the key names the shard so two shards' gaps never share a key.
     const key = `${DLQ_PREFIX}${this.extension}/gap-${shard}-${revisionDigits(from)}-${revisionDigits(to)}`;
     for (const p of this.queue) if (p.retryTimer) clearTimeout(p.retryTimer);
@@ -415,11 +422,15 @@ export class WatchDispatcher {
     p.attempts++;
     const armed = p.arm === 'durable';
     if (armed) p.arm = 'running';
+    const prev = this.host.previous?.(p.event.key, p.event.revision - 1);
     const ev: ExtensionEvent = {
       type: p.event.type,
       key: p.event.key,
       value: p.event.value,
       version: p.event.revision,
+      revision: p.event.revision,
+      ...(prev ? { previousVersion: prev.version, created: p.event.type === 'put' && prev.version === 0 } : { created: false }),
+      ...(prev?.value && this.watch.options.previousValue ? { previousValue: prev.value } : {}),
       timestamp: p.event.timestampMs,
       shard: this.host.shard,
       hops: p.hops,
@@ -530,10 +541,10 @@ export class WatchDispatcher {
     const events = this.buildRecord();
     const c = this.stats.cursor;
     const delivered = this.stats.delivered;
-    const writes: { key: string; value: Uint8Array | undefined }[] = [{ key: cursorKey(this.extension, this.watch), value: new TextEncoder().encode(String(Math.max(c, this.persistedCursor))) }];
+    const writes: { key: string; value: Uint8Array | undefined }[] = [{ key: cursorKey(this.extension, this.watch, this.host.cursorEpoch), value: new TextEncoder().encode(String(Math.max(c, this.persistedCursor))) }];
     if (events.length > 0 || this.recordDurable) {
       const rec: AttemptRecord = { v: 1, cursor: c, events };
-      writes.push({ key: attemptKey(this.extension, this.watch), value: events.length > 0 ? new TextEncoder().encode(JSON.stringify(rec)) : undefined });
+      writes.push({ key: attemptKey(this.extension, this.watch, this.host.cursorEpoch), value: events.length > 0 ? new TextEncoder().encode(JSON.stringify(rec)) : undefined });
     }
     this.recordDirty = false;
     let ok = false;
@@ -574,6 +585,7 @@ export class WatchDispatcher {
         type: e.type,
         key: e.key,
         version: e.revision,
+        revision: e.revision,
         timestamp: e.timestampMs,
         value: e.value ? Buffer.from(e.value).toString('base64') : null,
       },
@@ -641,7 +653,7 @@ export class WatchDispatcher {
     const c = this.stats.cursor;
     const delivered = this.stats.delivered;
     try {
-      await this.host.put(cursorKey(this.extension, this.watch), new TextEncoder().encode(String(c)));
+      await this.host.put(cursorKey(this.extension, this.watch, this.host.cursorEpoch), new TextEncoder().encode(String(c)));
       this.persistedCursor = Math.max(this.persistedCursor, c);
       this.deliveredAtPersist = delivered;
     } catch {

@@ -3,11 +3,12 @@
  * (through the LambdaKv, with the reserved keyspace out of reach and the hop limit on writes),
  * logging into the node's log, and the extension's own metrics.
  */
+import { createHash } from 'node:crypto';
 import type { Logger } from '../log.js';
 import { isReservedKey, prefixInReserved } from '../sharding/index.js';
 import { reservedKeyError, reservedPrefixError } from '../statemachine/index.js';
-import type { HostServices, KvOp, LogLevel, MetricOp } from './sandbox/types.js';
-import type { LambdaKv } from './store-access.js';
+import type { EffectSession, HostServices, KvOp, LogLevel, MetricOp } from './sandbox/types.js';
+import type { LambdaKv, LambdaTxn } from './store-access.js';
 
 /** Deadline of a lambda's store call. */
 export const LAMBDA_CALL_MS = 10_000;
@@ -26,17 +27,33 @@ export class HopLimitError extends Error {
 export type ExtensionMetricSink = (kind: 'counter' | 'histogram', metricName: string, help: string, op: MetricOp) => void;
 
 /** The services of extension `name`'s lambdas: `kv` the store as lambdas see it, writes refused beyond `maxHops`. */
-export function hostServices(name: string, o: { readonly kv: LambdaKv; readonly maxHops: number; readonly log: Logger; readonly metric: ExtensionMetricSink }): HostServices {
+export function hostServices(
+  name: string,
+  o: {
+    readonly kv: LambdaKv;
+    readonly maxHops: number;
+    readonly log: Logger;
+    readonly metric: ExtensionMetricSink;
+    /**
+     * Salts the idempotency keys of the lambdas' writes (the record's cursor epoch): a load that
+     * replays events on purpose (`from`) makes new effects, while a replacement or a redelivery
+     * (same epoch) repeats none.
+     */
+    readonly effectEpoch?: number;
+  },
+): HostServices {
   const log = o.log.child({ extension: name });
+  const salt = (e: EffectSession | undefined): EffectSession | undefined =>
+    e && o.effectEpoch ? { id: `fx${createHash('sha256').update(`${e.id}\u0000${o.effectEpoch}`).digest('base64url').slice(0, 40)}`, seq: e.seq } : e;
   return {
-    kv: (op: KvOp, args: unknown[], hops: number) => kvCall(o.kv, o.maxHops, op, args, hops),
+    kv: (op: KvOp, args: unknown[], hops: number, effect?: EffectSession) => kvCall(o.kv, o.maxHops, op, args, hops, salt(effect)),
     log: (level: LogLevel, msg: string, fields?: Record<string, unknown>) => log[level](fields ?? {}, msg),
     metric: o.metric,
   };
 }
 
 /** One store call of a lambda at chain depth `hops`. */
-async function kvCall(kv: LambdaKv, maxHops: number, op: KvOp, args: unknown[], hops: number): Promise<unknown> {
+async function kvCall(kv: LambdaKv, maxHops: number, op: KvOp, args: unknown[], hops: number, effect: EffectSession | undefined): Promise<unknown> {
   const deadlineMs = Date.now() + LAMBDA_CALL_MS;
   // Lambdas are user code, like clients: the reserved keyspace is out of their reach (their
   // writes are client-origin anyway, so the shards would refuse them too).
@@ -46,6 +63,7 @@ async function kvCall(kv: LambdaKv, maxHops: number, op: KvOp, args: unknown[], 
       throw op === 'list' ? reservedPrefixError(target) : reservedKeyError(target, op === 'get' ? 'read' : 'write');
     }
   }
+  const fx = effect && typeof effect.id === 'string' && Number.isSafeInteger(effect.seq) && effect.seq >= 1 ? { id: effect.id, seq: effect.seq } : undefined;
   const bytes = (v: unknown): Uint8Array => (typeof v === 'string' ? enc.encode(v) : (v as Uint8Array));
   const writable = (): void => {
     if (hops > maxHops) throw new HopLimitError(hops, maxHops);
@@ -60,20 +78,28 @@ async function kvCall(kv: LambdaKv, maxHops: number, op: KvOp, args: unknown[], 
     case 'put': {
       const [key, value, o] = args as [string, unknown, { expectedVersion?: number } | undefined];
       writable();
-      const p = await kv.put(key, bytes(value), expected(o), hops, deadlineMs);
+      const p = await kv.put(key, bytes(value), expected(o), hops, deadlineMs, fx);
       return { succeeded: p.succeeded, version: p.version, currentVersion: p.currentVersion };
     }
     case 'trigger': {
       const [key, value] = args as [string, unknown];
       writable();
-      await kv.trigger(key, bytes(value), hops, deadlineMs);
+      await kv.trigger(key, bytes(value), hops, deadlineMs, fx);
       return undefined;
     }
     case 'delete': {
       const [key, o] = args as [string, { expectedVersion?: number } | undefined];
       writable();
-      const r = await kv.delete(key, expected(o), hops, deadlineMs);
+      const r = await kv.delete(key, expected(o), hops, deadlineMs, fx);
       return { succeeded: r.succeeded, deleted: r.deleted };
+    }
+    case 'txn': {
+      const [t] = args as [LambdaTxn];
+      if (typeof t !== 'object' || t === null || !Array.isArray(t.compares) || !Array.isArray(t.writes)) throw new TypeError('malformed txn');
+      for (const k of [...t.compares.map((c) => c.key), ...t.writes.map((w) => w.key)]) if (isReservedKey(k)) throw reservedKeyError(k, 'write');
+      if (t.writes.length > 0) writable();
+      const r = await kv.txn(t, hops, deadlineMs, fx);
+      return { succeeded: r.succeeded, revision: r.revision, failedCompares: r.failedCompares };
     }
     case 'list': {
       const [prefix, o] = args as [string, { limit?: number; after?: string; keysOnly?: boolean } | undefined];

@@ -5,7 +5,7 @@
  * included), a subscription to its committed events from a revision (each event carrying its
  * lambda hop count), its current revision, and proposals of system commands with a deadline; the
  * metadata group (the extension registry) through the same shard handle; and the cluster map.
- * The KvNode adapter (kv-node-host.ts) implements it for a real node; test/extensions/memory-host.ts
+ * The KvNode adapter (kv-node-host.ts) implements it for a real node; testing/memory-host.ts
  * is its in-memory twin.
  */
 import type { ClusterMap } from '../sharding/index.js';
@@ -65,6 +65,11 @@ export interface HostShard {
   isLeader(): boolean;
   /** The key as applied here (undefined when absent). */
   get(key: string): HostEntry | undefined;
+  /**
+   * The key as of `revision` as applied here (undefined when absent then); throws when that
+   * history was compacted. Optional: hosts without it give events no previous version.
+   */
+  getAt?(key: string, revision: number): HostEntry | undefined;
   /** A page of keys under `prefix` as applied here, in key order. */
   list(prefix: string, o: { readonly limit: number; readonly after?: string; readonly keysOnly?: boolean }): HostPage;
   /** The highest revision applied here. */

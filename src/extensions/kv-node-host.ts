@@ -59,6 +59,10 @@ function replicaShard(node: KvNode, group: number): HostShard {
       const got = node.replica(group)?.sm.get(key);
       return got ? { value: got.value, version: got.version } : undefined;
     },
+    getAt: (key, revision) => {
+      const got = replica().sm.get(key, { atRevision: revision });
+      return got ? { value: got.value, version: got.version } : undefined;
+    },
     list: (prefix, o) => {
       const r = node.replica(group);
       if (!r) return { items: [] };

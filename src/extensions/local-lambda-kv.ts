@@ -5,14 +5,15 @@
  * leads that shard; a listing spanning shards is merged from each of them.
  */
 import type { KvBackend } from '../node/backend.js';
-import type { LambdaKv } from './store-access.js';
+import type { WriteSession } from '../statemachine/index.js';
+import type { EffectKey, LambdaKv } from './store-access.js';
 import { WriteSessionSource } from './write-session.js';
 
 /** Keys per listed page when the lambda names no limit (the state machine's default). */
 const DEFAULT_PAGE = 1000;
 
 /** What {@link localLambdaKv} needs of the node. */
-export type LocalStore = Pick<KvBackend, 'get' | 'put' | 'delete' | 'trigger' | 'list' | 'shardsForPrefix'>;
+export type LocalStore = Pick<KvBackend, 'get' | 'put' | 'delete' | 'trigger' | 'txn' | 'list' | 'shardsForPrefix'>;
 
 /**
  * A LambdaKv over the local node only (NotLeaderError for shards another node leads). Its writes
@@ -20,6 +21,9 @@ export type LocalStore = Pick<KvBackend, 'get' | 'put' | 'delete' | 'trigger' | 
  * which `node` may reuse to retry the write safely.
  */
 export function localLambdaKv(node: LocalStore, sessions: WriteSessionSource = new WriteSessionSource()): LambdaKv {
+  /** A write under its effect's session (kept: ackedBelow 0), else under a new seq of the store's own session. */
+  const withSession = <T>(effect: EffectKey | undefined, fn: (session: WriteSession) => Promise<T>): Promise<T> =>
+    effect ? fn({ id: effect.id, seq: effect.seq, ackedBelow: 0 }) : sessions.run(fn);
   return {
     get: async (key, o, deadlineMs) => {
       const g = await node.get(
@@ -28,20 +32,24 @@ export function localLambdaKv(node: LocalStore, sessions: WriteSessionSource = n
       );
       return { found: g.found, ...(g.value ? { value: g.value } : {}), version: g.version, timestampMs: g.timestampMs };
     },
-    put: async (key, value, o, hops, deadlineMs) => {
-      const p = await sessions.run((session) =>
+    put: async (key, value, o, hops, deadlineMs, effect) => {
+      const p = await withSession(effect, (session) =>
         node.put({ key, value, ...(o.expectedVersion !== undefined ? { expectedVersion: o.expectedVersion } : {}) }, { deadlineMs, hops, session }),
       );
       return { succeeded: p.succeeded, version: p.succeeded ? p.version : 0, currentVersion: p.succeeded ? p.version : (p.current?.version ?? p.version) };
     },
-    delete: async (key, o, hops, deadlineMs) => {
-      const d = await sessions.run((session) =>
+    delete: async (key, o, hops, deadlineMs, effect) => {
+      const d = await withSession(effect, (session) =>
         node.delete({ key, ...(o.expectedVersion !== undefined ? { expectedVersion: o.expectedVersion } : {}) }, { deadlineMs, hops, session }),
       );
       return { succeeded: d.succeeded, deleted: d.deleted };
     },
-    trigger: async (key, value, hops, deadlineMs) => {
-      await sessions.run((session) => node.trigger({ key, value }, { deadlineMs, hops, session }));
+    trigger: async (key, value, hops, deadlineMs, effect) => {
+      await withSession(effect, (session) => node.trigger({ key, value }, { deadlineMs, hops, session }));
+    },
+    txn: async (t, hops, deadlineMs, effect) => {
+      const r = await withSession(effect, (session) => node.txn({ compares: t.compares, writes: t.writes }, { deadlineMs, hops, session }));
+      return { succeeded: r.succeeded, revision: r.revision, failedCompares: [...r.failedCompares] };
     },
     list: async (prefix, o, deadlineMs) => {
       const limit = o.limit ?? DEFAULT_PAGE;

@@ -11,6 +11,7 @@
  * - extension-metrics.ts: the Prometheus series and this node's counters.
  */
 import { rmSync } from 'node:fs';
+import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { Registry } from 'prom-client';
@@ -22,16 +23,27 @@ import { ExtensionMetrics, resourcesOf, type ExtensionResources } from './extens
 import type { ExtensionHost } from './host.js';
 import { hostServices } from './host-services.js';
 import { sumStats, watchDeliveries, type ExtensionState, type Loaded } from './loaded.js';
-import { packageDigest, PackageError, unpackPackage } from './package.js';
+import { packageDigest, PackageError, removeTree, unpackPackage } from './package.js';
 import { chunkKey, decodeRecord, isolationOf, metaKey, parseRegistryKey, REGISTRY_PREFIX, resumeKey, validateExtensionName, type ExtensionRecord } from './registry.js';
-import { RegistryWrites, type LoadOptions } from './registry-writes.js';
+import { RegistryWrites, type LoadOptions, type UnloadOptions } from './registry-writes.js';
 import { ExtensionRunner, type IsolationMode, type RunnerOptions } from './sandbox/runner.js';
 import type { LambdaKv, ShardRevisions } from './store-access.js';
 
 export { HopLimitError } from './host-services.js';
-export { LoadConflictError, type LoadOptions } from './registry-writes.js';
+export { LoadConflictError, type LoadOptions, type UnloadOptions } from './registry-writes.js';
 export type { ExtensionState } from './loaded.js';
 export type { ExtensionResources } from './extension-metrics.js';
+
+/**
+ * One watch's delivery in one shard led here: its dispatcher's counters (`stats.cursor`: every
+ * event up to it handled) and the shard's revision now; `revision - stats.cursor` is the lag.
+ */
+export interface ShardCursor {
+  readonly shard: number;
+  readonly stats: DispatchStats;
+  /** The shard's applied revision when the status was taken. */
+  readonly revision: number;
+}
 
 /** How an extension is doing on this node. */
 export interface ExtensionStatus {
@@ -53,7 +65,7 @@ export interface ExtensionStatus {
    * Each watch; `stats` sums its dispatchers on this node (one per shard delivered here; `cursor`
    * is the lowest of theirs, `lastLatencyMs` the highest), `byShard` has each one's own.
    */
-  readonly watches: readonly { prefix: string; mode: string; stats: DispatchStats | undefined; byShard: readonly { shard: number; stats: DispatchStats }[] }[];
+  readonly watches: readonly { prefix: string; mode: string; stats: DispatchStats | undefined; byShard: readonly ShardCursor[] }[];
   /**
    * CPU time and memory of its lambdas on this node, where they are measured: process isolation
    * only (read from /proc by the node). Absent in worker and in-process mode: Node gives no CPU
@@ -96,6 +108,8 @@ export interface ExtensionManagerOptions {
    * of that node. Dead letters and cursors are not written through it but into their own shard.
    */
   readonly lambdaKv: LambdaKv;
+  /** The store of extension `name`'s lambdas when it differs per extension (access control: its role); default `lambdaKv`. */
+  readonly lambdaKvFor?: (name: string) => LambdaKv;
   /**
    * Every data shard's current revision (where a newly loaded extension starts). Default: the
    * revisions of this node's own replicas (every shard must be hosted here).
@@ -251,6 +265,7 @@ export class ExtensionManager {
         await this.metrics.forget(name);
         current.state = 'unloaded';
         this.settle(current, true);
+        await this.pruneUnpacked(name, undefined);
         this.opts.log.info({ extension: name }, 'extension unloaded');
       }
       return;
@@ -278,11 +293,31 @@ export class ExtensionManager {
     // Swap: the old generation's dispatchers stop (persisting their cursors), the new ones resume from them.
     if (current) await this.stopLoaded(current, true);
     this.loaded.set(name, next);
+    // Earlier generations' unpacked folders are not needed any more (nor is a failed one's).
+    await this.pruneUnpacked(name, next.state === 'running' ? record.generation : undefined);
     if (next.state === 'running') {
       this.opts.log.info({ extension: name, version: record.version, generation: record.generation, watches: next.runner!.watches.length }, 'extension running');
       this.delivery.startDispatch(next);
     }
     this.settle(next);
+  }
+
+  /**
+   * Removes the unpacked folders of `name` on this node (`extensions/<name>/<generation>`) but
+   * generation `keep`'s; best effort, logged. A restarted node unpacks its generation afresh.
+   */
+  private async pruneUnpacked(name: string, keep: number | undefined): Promise<void> {
+    const dir = join(this.opts.dataDir, 'extensions', name);
+    let entries: string[];
+    try {
+      entries = await readdir(dir);
+    } catch {
+      return;
+    }
+    for (const e of entries) {
+      if (keep !== undefined && e === String(keep)) continue;
+      await removeTree(join(dir, e)).catch((err: unknown) => this.opts.log.warn({ extension: name, dir: join(dir, e), err: (err as Error).message }, 'could not remove an unpacked extension folder'));
+    }
   }
 
   private readPackage(record: ExtensionRecord): Uint8Array {
@@ -312,10 +347,12 @@ export class ExtensionManager {
         restarted: () => this.metrics.restarted(record.name),
       },
       host: hostServices(record.name, {
-        kv: this.opts.lambdaKv,
+        kv: this.opts.lambdaKvFor?.(record.name) ?? this.opts.lambdaKv,
         maxHops: this.maxHops,
         log: this.opts.log,
         metric: (kind, metricName, help, op) => this.metrics.extMetric(record.name, kind, metricName, help, op),
+        // A load with an explicit start (`from`) replays on purpose: its writes are new effects.
+        ...(record.cursorEpoch ? { effectEpoch: record.cursorEpoch } : {}),
       }),
     });
   }
@@ -397,7 +434,7 @@ export class ExtensionManager {
     }
     const totals = this.totalsOf(l.record.name);
     const watches = (l.runner?.watches ?? []).map((w) => {
-      const byShard = watchDeliveries(l, w.id).map((d) => ({ shard: d.group, stats: { ...d.dispatcher.stats } }));
+      const byShard = watchDeliveries(l, w.id).map((d): ShardCursor => ({ shard: d.group, stats: { ...d.dispatcher.stats }, revision: this.host.shard(d.group)?.revision() ?? d.dispatcher.stats.cursor }));
       const live = sumStats(byShard.map((x) => x.stats));
       const wt = this.watchTotalsOf(l.record.name, w);
       // Counters: this node's since it started (kept across leader changes and reloads); backlog,
@@ -456,8 +493,8 @@ export class ExtensionManager {
   }
 
   /** Unloads an extension cluster-wide (on the metadata leader); false when it was not loaded: see {@link RegistryWrites.unload}. */
-  unload(name: string): Promise<boolean> {
-    return this.writes.unload(name);
+  unload(name: string, opts: UnloadOptions = {}): Promise<boolean> {
+    return this.writes.unload(name, opts);
   }
 
   /**

@@ -1,12 +1,12 @@
 /**
- * Extension packages: a folder packed into a gzipped tar (with its own node_modules), and the
- * safe unpacking of such a tarball into a node's data directory. Packages hold only files and
- * folders at relative paths: links (symbolic or hard), absolute or `..` paths, devices and FIFOs
- * are refused, when packing a folder and when unpacking an upload.
+ * Extension packages: the safe unpacking of an uploaded gzipped tar into a node's data directory,
+ * their limits, digest and package.json (a folder is packed by pack-folder.ts). Packages hold
+ * only files and folders at relative paths: links (symbolic or hard), absolute or `..` paths,
+ * devices and FIFOs are refused when unpacking an upload.
  */
 import { createHash } from 'node:crypto';
-import { mkdir, readdir, readFile, readlink, rm, stat, writeFile } from 'node:fs/promises';
-import { join, posix, resolve } from 'node:path';
+import { mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { join, posix } from 'node:path';
 import { Readable } from 'node:stream';
 import * as tar from 'tar';
 
@@ -39,81 +39,6 @@ export interface PackageInfo {
   readonly version: string;
   /** Set for native extensions: the shared library, relative to the package root. */
   readonly native: string | undefined;
-}
-
-/**
- * Packs `folder` (which must hold a package.json) into a .tgz, skipping `.git` and the command
- * shims of `node_modules/.bin` (links, and not used at run time). Any other symbolic link in the
- * folder (a dependency installed from a `file:` or `link:` path, `npm link`, pnpm's layout) is
- * refused with a {@link PackageError} naming it: packages may not contain links (see
- * {@link unpackPackage}). Hard-linked files are packed as ordinary files.
- */
-export async function packFolder(folder: string): Promise<Uint8Array> {
-  const root = resolve(folder);
-  const st = await stat(root).catch(() => undefined);
-  if (!st?.isDirectory()) throw new PackageError(`${folder} is not a folder`);
-  await readPackageInfo(root);
-  await refuseLinks(root, folder);
-  const chunks: Buffer[] = [];
-  let size = 0;
-  const stream = tar.create(
-    {
-      gzip: true,
-      cwd: root,
-      portable: true,
-      filter: (p) => !SKIPPED_WHEN_PACKING.test(p),
-      // Never store a file as a hard link to an earlier one (the unpacker refuses links): a
-      // cache that remembers nothing makes tar pack every copy as a file.
-      linkCache: NO_LINK_CACHE,
-    },
-    ['.'],
-  );
-  for await (const chunk of stream as unknown as AsyncIterable<Buffer>) {
-    size += chunk.length;
-    if (size > MAX_PACKAGE_BYTES) throw new PackageError(`package is larger than ${MAX_PACKAGE_BYTES} bytes`);
-    chunks.push(chunk);
-  }
-  return new Uint8Array(Buffer.concat(chunks));
-}
-
-/** Paths (as tar.create names them, `./a/b`) left out of a packed folder: `.git`, and `node_modules/.bin` shims. */
-const SKIPPED_WHEN_PACKING = /(^|\/)\.git(\/|$)|(^|\/)node_modules\/\.bin(\/|$)/;
-
-/** A tar link cache that never remembers a file (so none is packed as a hard link). */
-const NO_LINK_CACHE = { get: () => undefined, set() { return this; } } as unknown as Map<`${number}:${number}`, string>;
-
-/**
- * Throws a PackageError naming the symbolic links (and sockets, FIFOs, devices) under `root`
- * that packing would keep, with what to do instead. `shown` is the folder as the user named it.
- */
-async function refuseLinks(root: string, shown: string): Promise<void> {
-  const links: string[] = [];
-  const special: string[] = [];
-  const walk = async (rel: string): Promise<void> => {
-    const entries = await readdir(join(root, rel), { withFileTypes: true });
-    for (const e of entries) {
-      const path = rel ? `${rel}/${e.name}` : e.name;
-      if (SKIPPED_WHEN_PACKING.test(path)) continue;
-      if (e.isSymbolicLink()) {
-        const target = await readlink(join(root, path)).catch(() => '?');
-        links.push(`${path} -> ${target}`);
-      } else if (e.isDirectory()) {
-        await walk(path);
-      } else if (!e.isFile()) {
-        special.push(path);
-      }
-    }
-  };
-  await walk('');
-  const list = (xs: string[]) => xs.slice(0, 5).join(', ') + (xs.length > 5 ? ` and ${xs.length - 5} more` : '');
-  if (links.length > 0) {
-    throw new PackageError(
-      `${shown} contains symbolic link(s): ${list(links)}. Extension packages may not contain links. ` +
-        'A dependency installed from a file: or link: path (or with npm link, or by pnpm) is a link: install it as a copy ' +
-        '(npm install --install-links) or bundle it and load a tarball made with `npm pack` instead of the folder',
-    );
-  }
-  if (special.length > 0) throw new PackageError(`${shown} contains entries that are neither files nor folders (sockets, FIFOs or devices): ${list(special)}`);
 }
 
 /** Reads a .tgz file from disk (bounded). */

@@ -1,8 +1,9 @@
 /**
  * The writes of loads and unloads into the replicated registry (on the metadata group's leader):
  * a load test-loads the package, claims its generation, writes the package's chunks and commits
- * the record conditional on its claim; an unload deletes the record (conditional too), then the
- * package and the delivery cursors. Loads and unloads of one name run one at a time per node.
+ * the record conditional on its claim; an unload deletes the record (conditional too), leaving
+ * where delivery stands for a later load (or, purged, deletes the delivery cursors too), then
+ * the package. Loads and unloads of one name run one at a time per node.
  * Every node then follows the registry (the manager's reconcile).
  */
 import { mkdir } from 'node:fs/promises';
@@ -21,6 +22,8 @@ import {
   claimHeld,
   claimKey,
   decodeClaim,
+  decodeUnloaded,
+  encodeUnloaded,
   encodeClaim,
   encodeRecord,
   hasStartPoints,
@@ -30,9 +33,11 @@ import {
   packagePrefix,
   splitPackage,
   startRevisionsOf,
+  unloadedKey,
   validateExtensionName,
   type ExtensionRecord,
   type LoadClaim,
+  type UnloadedRecord,
 } from './registry.js';
 import { ExtensionRunner, ISOLATION_MODES, type IsolationMode, type RunnerOptions } from './sandbox/runner.js';
 import type { ShardRevisions } from './store-access.js';
@@ -88,6 +93,23 @@ export interface LoadOptions {
   maxRestartsPerMinute?: number;
   /** The circuit breaker's first pause in ms; default: the node's (30 s). */
   pauseMs?: number;
+  /**
+   * Where delivery starts. Absent (default): where it left off: from each watch's delivery
+   * cursor, kept across replacements and across an unload without purge (so changes made while
+   * it was unloaded are delivered), else from the first registration. `'now'`: only changes made
+   * from this load on (the backlog is skipped). A revision: every change from that revision on,
+   * in every data shard (revisions are per shard), the cursors of earlier loads ignored.
+   */
+  from?: 'now' | number;
+}
+
+/** Options of an unload. */
+export interface UnloadOptions {
+  /**
+   * Also forget the delivery cursors and start points: a later load starts from that load,
+   * like a first one. Without it they stay, and a later load resumes from them.
+   */
+  purge?: boolean;
 }
 
 /** What the registry writes need besides the host; `S` is the status a load resolves with. */
@@ -143,6 +165,7 @@ export class RegistryWrites<S> {
     if (tgz.length > MAX_PACKAGE_BYTES) throw new PackageError(`package is larger than ${MAX_PACKAGE_BYTES} bytes`);
     if (opts.isolation !== undefined && !ISOLATION_MODES.includes(opts.isolation)) throw new PackageError(`isolation must be one of ${ISOLATION_MODES.join(', ')} (got ${String(opts.isolation)})`);
     if (opts.inProcess && opts.isolation !== undefined && opts.isolation !== 'in-process') throw new PackageError(`inProcess contradicts isolation '${opts.isolation}'`);
+    if (opts.from !== undefined && opts.from !== 'now' && !(Number.isSafeInteger(opts.from) && opts.from >= 0)) throw new PackageError(`from must be 'now' or a revision (an integer >= 0), got ${JSON.stringify(opts.from)}`);
     const staging = join(this.stagingRoot(), randomBytes(6).toString('hex'));
     let info: PackageInfo;
     let name: string;
@@ -210,10 +233,24 @@ export class RegistryWrites<S> {
       if (previous && previous.generation >= generation) {
         throw new LoadConflictError(name, `generation ${previous.generation} of ${name} was registered while this load claimed generation ${generation}; try again`);
       }
-      // A reload keeps the first registration's start points (its cursors stay valid); shards
-      // created since have none and are delivered from their start, as they were so far. Read
-      // before anything is written: a shard without a reachable leader refuses the load cleanly.
-      const startRevisions = previous && hasStartPoints(previous) ? startRevisionsOf(previous) : await this.currentStartRevisions();
+      // A reload keeps the first registration's start points (its cursors stay valid), and so
+      // does a load after an unload without purge (the unloaded record keeps them): delivery
+      // resumes from the cursors. Shards created since have none and are delivered from their
+      // start, as they were so far. Read before anything is written: a shard without a reachable
+      // leader refuses the load cleanly. An explicit `from` starts afresh, with new cursors.
+      const unloaded = previous ? undefined : this.unloadedRecord(name);
+      let startRevisions: Record<string, number>;
+      let cursorEpoch = previous?.cursorEpoch ?? unloaded?.cursorEpoch;
+      if (opts.from === 'now') {
+        startRevisions = await this.currentStartRevisions();
+        cursorEpoch = generation;
+      } else if (opts.from !== undefined) {
+        const from = opts.from;
+        startRevisions = Object.fromEntries(Object.keys(await this.currentStartRevisions()).map((g) => [g, from]));
+        cursorEpoch = generation;
+      } else if (previous && hasStartPoints(previous)) startRevisions = startRevisionsOf(previous);
+      else if (unloaded) startRevisions = { ...unloaded.startRevisions };
+      else startRevisions = await this.currentStartRevisions();
       const chunks = splitPackage(tgz);
       for (let i = 0; i < chunks.length; i++) {
         await this.metaWrite({ type: 'put', key: chunkKey(name, generation, i), value: chunks[i]! });
@@ -235,6 +272,7 @@ export class RegistryWrites<S> {
         ...(opts.isolation ? { isolation: opts.isolation } : {}),
         ...(opts.maxRestartsPerMinute !== undefined ? { maxRestartsPerMinute: opts.maxRestartsPerMinute } : {}),
         ...(opts.pauseMs !== undefined ? { pauseMs: opts.pauseMs } : {}),
+        ...(cursorEpoch ? { cursorEpoch } : {}),
         loadedAtMs: Date.now(),
       };
       waiting = this.opts.waitFor(name, generation);
@@ -245,6 +283,8 @@ export class RegistryWrites<S> {
         writes: [
           { type: 'put', key: metaKey(name), value: encodeRecord(record) },
           { type: 'put', key: claimKey(name), value: encodeClaim({ generation, node: this.host.nodeId, loader: this.loaderId, expiresAtMs: 0, released: true }) },
+          // Registered again: what an unload left is now in the record.
+          ...(unloaded ? [{ type: 'delete' as const, key: unloadedKey(name) }] : []),
         ],
       });
       if (res.type !== 'txn' || !res.succeeded) {
@@ -283,7 +323,8 @@ export class RegistryWrites<S> {
       last = held?.generation ?? 0;
     }
     const recorded = this.opts.records().find((r) => r.name === name)?.generation ?? 0;
-    const generation = Math.max(last, recorded) + 1;
+    // Generations never go back, even should the claim key be gone: an unload leaves its last one.
+    const generation = Math.max(last, recorded, this.unloadedRecord(name)?.generation ?? 0) + 1;
     const claim: LoadClaim = { generation, node: this.host.nodeId, loader: this.loaderId, expiresAtMs: Date.now() + LOAD_CLAIM_MS, released: false };
     const res = await this.metaWrite({ type: 'put', key: claimKey(name), value: encodeClaim(claim), expectedVersion: got?.version ?? 0 });
     if (res.type !== 'put' || !res.succeeded) {
@@ -392,14 +433,26 @@ export class RegistryWrites<S> {
    * loaded. Runs after any load or unload of `name` in progress on this node; throws a
    * {@link LoadConflictError} while another loader holds its claim (see {@link load}), or when a
    * load changed its registration meanwhile: the record is deleted only if unchanged and unclaimed.
+   * Without `purge`, an unloaded record keeps the start points and the cursors stay in the data
+   * shards: a later load resumes from them. With it, those are forgotten (the cursors in the
+   * shards led here are deleted; any left elsewhere are older than a later load's start points,
+   * and so ignored); a purge of an extension already unloaded without one resolves true.
    */
-  async unload(name: string): Promise<boolean> {
+  async unload(name: string, opts: UnloadOptions = {}): Promise<boolean> {
     validateExtensionName(name);
     return this.oneAtATime(name, async () => {
       const meta = this.host.meta();
       const got = meta.get(metaKey(name));
       const record = this.opts.records().find((r) => r.name === name);
-      if (!got || !record) return false;
+      if (!got || !record) {
+        // Already unloaded: a purge still forgets what the unload kept.
+        if (opts.purge && meta.get(unloadedKey(name))) {
+          await this.metaWrite({ type: 'delete', key: unloadedKey(name) });
+          await this.opts.forgetCursors(name);
+          return true;
+        }
+        return false;
+      }
       const claimed = meta.get(claimKey(name));
       if (claimed) {
         let held: LoadClaim | undefined;
@@ -416,14 +469,37 @@ export class RegistryWrites<S> {
           { key: metaKey(name), version: got.version },
           { key: claimKey(name), version: claimed?.version ?? 0 },
         ],
-        writes: [{ type: 'delete', key: metaKey(name) }],
+        writes: [
+          { type: 'delete', key: metaKey(name) },
+          // Kept unless purged: where a later load resumes (the cursors stay in the data shards).
+          opts.purge
+            ? { type: 'delete', key: unloadedKey(name) }
+            : {
+                type: 'put',
+                key: unloadedKey(name),
+                value: encodeUnloaded({
+                  name,
+                  version: record.version,
+                  generation: record.generation,
+                  startRevisions: hasStartPoints(record) ? startRevisionsOf(record) : await this.currentStartRevisions(),
+                  ...(record.cursorEpoch ? { cursorEpoch: record.cursorEpoch } : {}),
+                  unloadedAtMs: Date.now(),
+                }),
+              },
+        ],
       });
       if (res.type !== 'txn' || !res.succeeded) throw new LoadConflictError(name, `another load or unload of ${name} changed its registration meanwhile; check with ext ls and try again`);
       // Only generations up to the unloaded one: a load that claims the next one right now keeps its chunks.
       await this.deleteChunksBelow(name, record.generation + 1);
-      await this.opts.forgetCursors(name);
+      if (opts.purge) await this.opts.forgetCursors(name);
       return true;
     });
+  }
+
+  /** What the last unload of `name` left (undefined when none, or malformed). */
+  private unloadedRecord(name: string): UnloadedRecord | undefined {
+    const got = this.host.meta().get(unloadedKey(name));
+    return got ? decodeUnloaded(got.value) : undefined;
   }
 
   /** Deletes one generation's chunks of `name`. */

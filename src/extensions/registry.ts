@@ -52,6 +52,50 @@ export interface ExtensionRecord {
    * are never missed. A shard with no entry did not exist then, and is delivered from its start.
    */
   readonly startRevisions?: Readonly<Record<string, number>>;
+  /**
+   * Which set of delivery cursors the watches use (absent or 0: the original keys). A load with
+   * an explicit start (`from`) sets it to its generation, so the cursors of earlier loads are
+   * ignored and delivery starts exactly at the start points (see `cursorKey`).
+   */
+  readonly cursorEpoch?: number;
+}
+
+/**
+ * What an unload without `purge` leaves in the registry (`/ext/<name>/unloaded`): where the
+ * unloaded extension's watches started and which cursors they used, so that loading it again
+ * resumes from its delivery cursors (events written meanwhile are delivered), and its last
+ * generation (generations never go back). Removed by the next load, or by an unload with purge.
+ */
+export interface UnloadedRecord {
+  readonly name: string;
+  readonly version: string;
+  readonly generation: number;
+  readonly startRevisions: Readonly<Record<string, number>>;
+  readonly cursorEpoch?: number;
+  readonly unloadedAtMs: number;
+}
+
+/** Key of the record an unload leaves (see {@link UnloadedRecord}). */
+export function unloadedKey(name: string): string {
+  return `${REGISTRY_PREFIX}${name}/unloaded`;
+}
+
+/** Encodes an unloaded record. */
+export function encodeUnloaded(r: UnloadedRecord): Uint8Array {
+  return new TextEncoder().encode(JSON.stringify(r));
+}
+
+/** Decodes an unloaded record; undefined when malformed. */
+export function decodeUnloaded(bytes: Uint8Array): UnloadedRecord | undefined {
+  try {
+    const r = JSON.parse(new TextDecoder().decode(bytes)) as UnloadedRecord;
+    if (typeof r !== 'object' || r === null || typeof r.name !== 'string' || !isRevision(r.generation) || typeof r.startRevisions !== 'object' || r.startRevisions === null) return undefined;
+    for (const v of Object.values(r.startRevisions)) if (!isRevision(v)) return undefined;
+    if (r.cursorEpoch !== undefined && !isRevision(r.cursorEpoch)) return undefined;
+    return r;
+  } catch {
+    return undefined;
+  }
 }
 
 /**
@@ -175,6 +219,7 @@ export function decodeRecord(bytes: Uint8Array): ExtensionRecord {
   if (typeof r !== 'object' || r === null || typeof r.name !== 'string' || typeof r.generation !== 'number' || typeof r.chunks !== 'number' || typeof r.sha256 !== 'string') {
     throw new Error('malformed extension record');
   }
+  if (r.cursorEpoch !== undefined && !isRevision(r.cursorEpoch)) throw new Error('malformed extension record: bad cursorEpoch');
   if (r.startRevision !== undefined && !isRevision(r.startRevision)) throw new Error('malformed extension record: bad startRevision');
   if (r.startRevisions !== undefined) {
     const s = r.startRevisions as unknown;

@@ -282,4 +282,9 @@ export class KvNode implements KvBackend {
   get storeMetrics(): RaftLogStore['metrics'] {
     return this.store.metrics;
   }
+
+  /** The node's cache of values read from the engine (bound, hits, misses, bytes; for metrics and tests). */
+  get valueCache(): ReplicaSet['valueCache'] {
+    return this.replicas.valueCache;
+  }
 }

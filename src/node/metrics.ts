@@ -115,6 +115,21 @@ export class NodeMetrics {
     groupGauge('kvcascade_raft_applied_index', 'Applied index', (g) => g.appliedIndex);
     groupGauge('kvcascade_raft_log_entries', 'Entries held in the log (after the last compaction)', (g) => g.lastIndex - g.firstIndex + 1);
     groupGauge('kvcascade_revision', 'State machine revision', (g) => g.revision);
+    const cacheGauge = (name: string, help: string, pick: (c: KvNode['valueCache']['stats']) => number) =>
+      new Gauge({
+        name,
+        help,
+        registers,
+        collect() {
+          this.set(pick(node.valueCache.stats));
+        },
+      });
+    cacheGauge('kvcascade_value_cache_bytes', 'Accounted bytes held by the value cache (values served from the engine)', (c) => c.bytes);
+    cacheGauge('kvcascade_value_cache_max_bytes', 'Bound of the value cache', (c) => c.maxBytes);
+    cacheGauge('kvcascade_value_cache_entries', 'Values held by the value cache', (c) => c.entries);
+    cacheGauge('kvcascade_value_cache_hits', 'Value reads answered by the cache since start', (c) => c.hits);
+    cacheGauge('kvcascade_value_cache_misses', 'Value reads that went to the engine since start', (c) => c.misses);
+    cacheGauge('kvcascade_value_cache_evictions', 'Values evicted from the cache to stay within its bound since start', (c) => c.evictions);
     const sumOverReplicas = (name: string, help: string, pick: (r: NonNullable<ReturnType<KvNode['replica']>>) => number) =>
       new Gauge({
         name,

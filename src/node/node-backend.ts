@@ -200,6 +200,7 @@ export class NodeBackend implements KvBackend {
     if (!r.ownsKey(req.key)) throw new WrongShardError(`key ${JSON.stringify(req.key)} is not owned by shard ${r.group}; the cluster map changed`);
     const at =
       req.atVersion !== undefined ? { atRevision: req.atVersion } : req.atTimeMs !== undefined ? { atTimeMs: req.atTimeMs } : undefined;
+    await r.prefetchValues(() => r.readValue(req.key, at)); // cold values come from the disk off the event loop
     const found = r.readValue(req.key, at);
     const revision = r.revision;
     if (!found) return { found: false, version: 0, timestampMs: 0, revision };
@@ -223,11 +224,13 @@ export class NodeBackend implements KvBackend {
 
   async list(req: ListRequest, opts: CallOptions): Promise<ListResponse> {
     const r = await this.readable(req.consistency, opts, this.groupForPrefix(req.prefix, req.shard));
-    const page = r.list(req.prefix, {
+    const listOptions = {
       ...(req.limit ? { limit: req.limit } : {}),
       ...(req.after !== undefined ? { after: req.after } : {}),
       keysOnly: req.keysOnly,
-    });
+    };
+    if (!req.keysOnly) await r.prefetchValues(() => r.list(req.prefix, listOptions)); // cold values off the event loop
+    const page = r.list(req.prefix, listOptions);
     // Reserved keys (descriptor, cursors, dead letters, ...) show only to listings inside the reserved keyspace.
     const hide = hidesReservedKeys(req.prefix);
     return {

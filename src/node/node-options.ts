@@ -91,6 +91,12 @@ export interface NodeOptions {
   /** Bound on the bytes coalesced into one engine batch (default: the store's, 64 MiB); whole units are never split. */
   readonly maxBatchBytes?: number;
   /**
+   * Bound on the node's cache of value bytes (all groups; default 64 MiB). Values live in the
+   * engine; the heap holds each group's key and version index, values not yet durable, the watch
+   * history (its own bound) and this cache (README "Memory model").
+   */
+  readonly valueCacheBytes?: number;
+  /**
    * The node's clock and timers (default: the wall clock, `realScheduler`). Everything the node
    * times — ticks, ready rounds, install slices, deadlines, liveness, entry timestamps — uses it,
    * so the simulator can run the real node on virtual time.

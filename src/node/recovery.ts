@@ -61,7 +61,7 @@ export async function recoverState(
   let recorder: StateRecorder;
   const fromRecords = meta !== undefined && meta.appliedIndex >= snapIndex;
   if (fromRecords) {
-    const loaded = (await loadState(engine, group))!;
+    const loaded = (await loadState(engine, group, { values: false }))!; // values stay in the engine
     sm = KvStateMachine.fromRecords(loaded.data);
     recorder = new StateRecorder(group, loaded.written);
     // Durable records at or past the snapshot: its data (an install cut short before the drop) is not needed.

@@ -10,7 +10,8 @@ import type { Message, NodeId, Ready } from '../raft/index.js';
 import { initialMap, peerAddressOf, type ClusterMap } from '../sharding/index.js';
 import type { Command } from '../statemachine/index.js';
 import type { KvEngine } from '../storage/kv-engine.js';
-import { stateKeys } from '../storage/state-store.js';
+import { EngineValueSource, stateKeys } from '../storage/state-store.js';
+import { DEFAULT_VALUE_CACHE_BYTES, ValueCache } from '../storage/value-cache.js';
 import { NotLeaderError } from './backend.js';
 import { ClusterView } from './cluster-view.js';
 import { LeadershipTracker } from './leadership.js';
@@ -53,6 +54,8 @@ export class ReplicaSet {
   private readonly removedFrom = new Set<number>();
   private readonly mapListeners = new Set<(map: ClusterMap) => void>();
   private engine: KvEngine | undefined;
+  /** The node's cache of value bytes, shared by its groups (values are served from the engine). */
+  readonly valueCache: ValueCache;
   /** Who leads each group, and this node's gains and losses of leadership. */
   readonly leadership: LeadershipTracker;
 
@@ -62,6 +65,7 @@ export class ReplicaSet {
   ) {
     const { opts } = parts;
     this.members = new Map(opts.members);
+    this.valueCache = new ValueCache(opts.valueCacheBytes ?? DEFAULT_VALUE_CACHE_BYTES);
     const memberList = [...opts.members].map(([id, address]) => {
       const peerAddress = opts.peerAddresses?.get(id);
       return { id, address, ...(peerAddress !== undefined ? { peerAddress } : {}) };
@@ -95,12 +99,18 @@ export class ReplicaSet {
     }
     await deleteOrphanRecords(store, engine);
     await store.flush();
+    this.engine = engine; // before the replicas: they serve values from it
     for (const g of store.groups()) {
       this.addReplica(g, await recoverState(store, engine, g, { ...(opts.stateMachine ? { stateMachine: opts.stateMachine } : {}), ...(opts.stateUnitBytes ? { stateUnitBytes: opts.stateUnitBytes } : {}), log }));
     }
     await store.flush();
-    this.engine = engine;
     this.refreshMap();
+  }
+
+  /** How `group`'s replica serves values: from `engine` through the node's cache, released once durable. */
+  private valuesOf(engine: KvEngine, group: number): NonNullable<ConstructorParameters<typeof ShardReplica>[0]['values']> {
+    const source = new EngineValueSource(engine, group, this.valueCache);
+    return { source, whenDurable: () => this.parts.store.whenDurable(), prefetch: (read) => source.prefetch(read) };
   }
 
   private addReplica(group: number, initialState?: RecoveredState): void {
@@ -118,6 +128,7 @@ export class ReplicaSet {
       ...(initialState ? { initialState } : {}),
       ...(opts.stateUnitBytes ? { stateUnitBytes: opts.stateUnitBytes } : {}),
       openView: () => this.engine?.view(),
+      ...(this.engine ? { values: this.valuesOf(this.engine, group) } : {}),
       stepwiseInstall: true,
       onSnapshotProduced: () => this.hooks.scheduleReady(),
       onSnapshotFailed: (err) => log.warn({ group, err: String(err) }, 'producing a snapshot for a lagging follower failed; retrying'),

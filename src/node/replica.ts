@@ -34,6 +34,7 @@ import {
   type KvStateMachineOptions,
   type ListOptions,
   type ListResult,
+  type ValueSource,
   type WriteSession,
 } from '../statemachine/index.js';
 import type { ShardDescriptor } from '../sharding/index.js';
@@ -96,7 +97,22 @@ export interface ReplicaOptions {
   readonly onBadEntry?: (index: number, err: unknown) => void;
   /** Called when an entry repeated a write its client session had already applied (answered from the session). */
   readonly onDuplicate?: () => void;
+  /**
+   * Serve values from the engine (issue 17): the machine keeps only its index in the heap and each
+   * value until the records written with it are durable (`whenDurable` resolved after they were
+   * staged), then reads it back from `source` (the group's version records behind the node's
+   * bounded cache). Without it every value stays in the heap.
+   */
+  readonly values?: {
+    readonly source: ValueSource;
+    readonly whenDurable: () => Promise<void>;
+    /** Reads the values `read` would miss into the cache without blocking the event loop (EngineValueSource.prefetch). */
+    readonly prefetch?: (read: () => unknown) => Promise<void>;
+  };
 }
+
+/** Most values dropped from the heap in one event-loop turn (see `scheduleRelease`). */
+const RELEASE_SLICE = 20_000;
 
 /** Revisions whose hop counts a replica remembers (only writes made by lambdas are recorded). */
 const MAX_REMEMBERED_HOPS = 200_000;
@@ -119,6 +135,8 @@ export class ShardReplica {
   private checkedSnapshot: { readonly data: Uint8Array; readonly sm: KvStateMachine } | undefined;
   /** The storage the Raft core reads: the replica's, with snapshots to send produced from the records. */
   readonly snapshots: SnapshotSender;
+  /** The machine and revision the last value release was scheduled for (see `scheduleRelease`). */
+  private releaseFor: { sm: KvStateMachine; revision: number } | undefined;
 
   constructor(private readonly opts: ReplicaOptions) {
     this.group = opts.group;
@@ -131,6 +149,11 @@ export class ShardReplica {
     this.lastSnapshotIndex = snap?.meta.index ?? 0;
     this.records = new ReplicaRecords(opts.initialState?.recorder ?? new StateRecorder(opts.group), opts.stateUnitBytes);
     this.records.attach(this.machine);
+    if (opts.values) {
+      this.machine.attachValues(opts.values.source);
+      // The host stages what the machine was rebuilt from before this replica's first Ready.
+      this.scheduleRelease();
+    }
     this.snapshots = new SnapshotSender(
       opts.storage,
       {
@@ -352,6 +375,16 @@ export class ShardReplica {
     return this.machine.list(prefix, options);
   }
 
+  /**
+   * Before a read at the node's edge: brings the values `read` would take from the engine into
+   * the cache asynchronously, so the read that follows does not block the event loop on the disk.
+   * A no-op when values stay in the heap. `read` runs once as a dry run (its result is discarded);
+   * run it again after this resolves.
+   */
+  prefetchValues(read: () => unknown): Promise<void> {
+    return this.opts.values?.prefetch?.(read) ?? Promise.resolve();
+  }
+
   /** Starts a watch of this shard's events (history from `req.fromRevision`, then live). */
   watch(req: WatchRequest, sink: WatchSink): WatchHandle {
     return this.hub.add(req, sink);
@@ -417,6 +450,8 @@ export class ShardReplica {
       // event-loop turns (`nextReplacementUnit`); nothing more is applied here until the last one
       // is handed out.
       this.records.replace(before, this.machine, this.opts.stepwiseInstall === true && rd.committedEntries.length === 0);
+      // Its values stay in the heap until the replacement is durable (released after its last unit).
+      if (this.opts.values) this.machine.attachValues(this.opts.values.source);
       this.lastSnapshotIndex = rd.snapshot.meta.index;
       this.hub.restored();
     }
@@ -494,7 +529,9 @@ export class ShardReplica {
    * installed snapshot's data may be dropped: `RaftLogStore.dropSnapshotData`).
    */
   nextReplacementUnit(): EngineOp[] | undefined {
-    return this.records.nextReplacementUnit();
+    const unit = this.records.nextReplacementUnit();
+    if (unit === undefined) this.scheduleRelease(); // every unit was handed out (and staged) before this call
+    return unit;
   }
 
   /**
@@ -504,7 +541,30 @@ export class ShardReplica {
    * changed.
    */
   takeStateUnits(): EngineOp[][] {
-    return this.records.take(this.machine);
+    const out = this.records.take(this.machine);
+    // The host stages the units synchronously after this returns: wait for them from a microtask.
+    if (this.opts.values && !this.records.installing) queueMicrotask(() => this.scheduleRelease());
+    return out;
+  }
+
+  /**
+   * Once everything staged so far is durable, drops from the heap the values of the versions the
+   * machine holds up to its current revision (their records are in it), in slices over event-loop
+   * turns. Skipped while a replacement is handed out, and a release scheduled for a machine that a
+   * snapshot install replaced since does nothing (its revisions say nothing about the new one's).
+   */
+  private scheduleRelease(): void {
+    const values = this.opts.values;
+    if (!values || this.records.installing) return;
+    const sm = this.machine;
+    const revision = sm.revision;
+    if (this.releaseFor?.sm === sm && this.releaseFor.revision >= revision && sm.residentValues === 0) return;
+    this.releaseFor = { sm, revision };
+    const step = (): void => {
+      if (this.machine !== sm || this.records.installing) return;
+      if (sm.releaseValues(revision, RELEASE_SLICE)) setImmediate(step);
+    };
+    values.whenDurable().then(step, () => {}); // a storage failure stops the node elsewhere
   }
 
   private lostLeadership(): void {

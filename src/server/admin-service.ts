@@ -6,6 +6,8 @@
 import * as grpc from '@grpc/grpc-js';
 import { MAX_NODE_ID, MAX_POOL_SHARDS, MAX_REPLICAS, isIntIn, type PoolSpec, type ShardingErrorCode } from '../sharding/index.js';
 import { AdminTokenCheck } from '../wire/auth.js';
+import { AuthError, type AccessControl } from '../auth/access-control.js';
+import { authErrorToStatus, authorizationOf, certNameOf, type CredentialCall } from './auth-service.js';
 import { adminServiceDefinition } from '../wire/admin-proto.js';
 
 /** One registered extension as the admin API reports it. */
@@ -37,6 +39,8 @@ export interface AdminExtensionStatus {
     prefix: string;
     mode: string;
     stats?: { invocations: number; errors: number; retries: number; deadLettered: number; backlog: number; cursor: number; lastLatencyMs: number } | undefined;
+    /** Per data shard delivered here: its cursor, backlog and the shard's revision. */
+    byShard?: readonly { shard: number; stats: { cursor: number; backlog: number }; revision: number }[];
   }[];
   workerRestarts: number;
   invocations: number;
@@ -79,8 +83,9 @@ export interface AdminBackend {
   addMember(id: number, address: string, deadlineMs: number, peerAddress?: string): Promise<{ epoch: number }>;
   /** Starts removing a member (its replicas move away first). */
   removeMember(id: number, deadlineMs: number): Promise<{ epoch: number }>;
-  load(tgz: Uint8Array, opts: { name?: string; config?: Record<string, unknown>; inProcess?: boolean; isolation?: 'worker' | 'process' | 'in-process'; maxRestartsPerMinute?: number; pauseMs?: number }): Promise<AdminExtensionStatus>;
-  unload(name: string): Promise<boolean>;
+  load(tgz: Uint8Array, opts: { name?: string; config?: Record<string, unknown>; inProcess?: boolean; isolation?: 'worker' | 'process' | 'in-process'; maxRestartsPerMinute?: number; pauseMs?: number; from?: 'now' | number }): Promise<AdminExtensionStatus>;
+  /** Unloads; `purge` also forgets the delivery cursors. False when it was not loaded. */
+  unload(name: string, opts?: { purge?: boolean }): Promise<boolean>;
   /** Resumes a paused extension on every node; resolves whether it was paused here, undefined when not loaded. */
   resume?(name: string): Promise<boolean | undefined>;
   records(): AdminExtensionRecord[];
@@ -96,6 +101,11 @@ export interface AdminServiceOptions {
   /** Deadline of a cluster change when the caller sets none (default 60 s). */
   readonly defaultDeadlineMs?: number;
   readonly log?: { warn(obj: object, msg: string): void; error(obj: object, msg: string): void };
+  /**
+   * The node's access control: with it on, every admin call needs root (the admin token, or a
+   * user holding the root role); LoadExtension records the role its lambdas act with.
+   */
+  readonly access?: AccessControl;
 }
 
 
@@ -146,6 +156,7 @@ function statusToWire(nodeId: number, s: AdminExtensionStatus): Record<string, u
       backlog: w.stats?.backlog ?? 0,
       cursor: w.stats?.cursor ?? 0,
       lastLatencyMs: w.stats?.lastLatencyMs ?? 0,
+      shards: (w.byShard ?? []).map((b) => ({ shard: b.shard, cursor: b.stats.cursor, revision: b.revision, backlog: b.stats.backlog })),
     })),
     workerRestarts: s.workerRestarts,
     invocations: s.invocations,
@@ -223,8 +234,18 @@ export function addAdminService(server: grpc.Server, backend: AdminBackend, opts
   const maxBytes = opts.maxPackageBytes ?? 32 << 20;
   const tokens = new AdminTokenCheck(opts.adminToken);
 
-  const authorize = (md: grpc.Metadata): grpc.ServiceError | undefined => {
-    switch (tokens.check(md)) {
+  const access = opts.access;
+  const authorize = (call: CredentialCall): grpc.ServiceError | undefined => {
+    if (access) {
+      try {
+        access.requireRoot(authorizationOf(call), certNameOf(call));
+        return undefined;
+      } catch (e) {
+        if (e instanceof AuthError) return authErrorToStatus(e);
+        throw e;
+      }
+    }
+    switch (tokens.check(call.metadata)) {
       case 'ok':
         return undefined;
       case 'disabled':
@@ -287,7 +308,7 @@ export function addAdminService(server: grpc.Server, backend: AdminBackend, opts
   const clusterChange =
     <T, R>(what: string, parse: (req: Record<string, unknown>) => Parsed<T>, run: (input: T, deadlineMs: number) => Promise<R>, toWire: (r: R) => unknown) =>
     (call: grpc.ServerUnaryCall<Record<string, unknown>, unknown>, cb: grpc.sendUnaryData<unknown>): void => {
-      const denied = authorize(call.metadata);
+      const denied = authorize(call);
       if (denied) return cb(denied);
       const parsed = parse(call.request ?? {});
       if (!parsed.ok) return cb(parsed.error);
@@ -342,14 +363,14 @@ export function addAdminService(server: grpc.Server, backend: AdminBackend, opts
       (r) => ({ epoch: r.epoch }),
     ),
     loadExtension: (call: grpc.ServerReadableStream<Record<string, unknown>, unknown>, cb: grpc.sendUnaryData<unknown>) => {
-      const denied = authorize(call.metadata) ?? notMetaLeader();
+      const denied = authorize(call) ?? notMetaLeader();
       if (denied) {
         call.on('data', () => {});
         call.on('error', () => {});
         cb(denied);
         return;
       }
-      let header: { name?: string; configJson?: string; inProcess?: boolean; size?: number; isolation?: string; maxRestartsPerMinute?: number; pauseMs?: number | string } | undefined;
+      let header: { name?: string; role?: string; configJson?: string; inProcess?: boolean; size?: number; isolation?: string; maxRestartsPerMinute?: number; pauseMs?: number | string; from?: string } | undefined;
       const parts: Buffer[] = [];
       let size = 0;
       let failed = false;
@@ -397,35 +418,48 @@ export function addAdminService(server: grpc.Server, backend: AdminBackend, opts
         if (header.inProcess && isolation !== undefined && isolation !== 'in-process') {
           return fail(statusError(grpc.status.INVALID_ARGUMENT, `in_process contradicts isolation ${JSON.stringify(isolation)}`));
         }
-        backend
-          .load(new Uint8Array(Buffer.concat(parts)), {
-            ...(header.name ? { name: header.name } : {}),
+        const h = header;
+        const fromText = h.from ?? '';
+        if (fromText !== '' && fromText !== 'now' && !/^(0|[1-9][0-9]{0,15})$/.test(fromText)) {
+          return fail(statusError(grpc.status.INVALID_ARGUMENT, `bad from ${JSON.stringify(fromText)}: use now or a revision`));
+        }
+        const from = fromText === '' ? undefined : fromText === 'now' ? ('now' as const) : Number(fromText);
+        const role = h.role || undefined;
+        const name = h.name || undefined;
+        const roleDeadline = Date.now() + 30_000;
+        // The role first when the name is known, so the new lambdas never run with another one.
+        const before = access && name ? access.setExtensionRole(name, role, roleDeadline) : Promise.resolve();
+        before
+          .then(() => backend.load(new Uint8Array(Buffer.concat(parts)), {
+            ...(from !== undefined ? { from } : {}),
+            ...(h.name ? { name: h.name } : {}),
             config,
-            inProcess: header.inProcess ?? false,
+            inProcess: h.inProcess ?? false,
             ...(isolation ? { isolation } : {}),
-            ...(header.maxRestartsPerMinute ? { maxRestartsPerMinute: Number(header.maxRestartsPerMinute) } : {}),
-            ...(header.pauseMs && Number(header.pauseMs) > 0 ? { pauseMs: Number(header.pauseMs) } : {}),
-          })
-          .then((status) => {
+            ...(h.maxRestartsPerMinute ? { maxRestartsPerMinute: Number(h.maxRestartsPerMinute) } : {}),
+            ...(h.pauseMs && Number(h.pauseMs) > 0 ? { pauseMs: Number(h.pauseMs) } : {}),
+          }))
+          .then(async (status) => {
             if (status.state === 'failed') return fail(statusError(grpc.status.FAILED_PRECONDITION, status.error ?? 'extension failed to load'));
+            if (access && !name) await access.setExtensionRole(status.name, role, roleDeadline);
             const record = backend.records().find((r) => r.name === status.name);
             cb(null, { record: record ? recordToWire(record) : undefined, status: statusToWire(backend.nodeId, status) });
           })
-          .catch((e: unknown) => fail(failure(e)));
+          .catch((e: unknown) => fail(e instanceof AuthError ? authErrorToStatus(e) : failure(e)));
       });
     },
-    unloadExtension: (call: grpc.ServerUnaryCall<{ name?: string }, unknown>, cb: grpc.sendUnaryData<unknown>) => {
-      const denied = authorize(call.metadata) ?? notMetaLeader();
+    unloadExtension: (call: grpc.ServerUnaryCall<{ name?: string; purge?: boolean }, unknown>, cb: grpc.sendUnaryData<unknown>) => {
+      const denied = authorize(call) ?? notMetaLeader();
       if (denied) return cb(denied);
       const name = call.request.name ?? '';
       if (!name) return cb(statusError(grpc.status.INVALID_ARGUMENT, 'extension name required'));
-      backend.unload(name).then(
+      backend.unload(name, { purge: call.request.purge === true }).then(
         (unloaded) => (unloaded ? cb(null, { unloaded }) : cb(statusError(grpc.status.NOT_FOUND, `extension ${name} is not loaded`))),
         (e: unknown) => cb(failure(e)),
       );
     },
     resumeExtension: (call: grpc.ServerUnaryCall<{ name?: string }, unknown>, cb: grpc.sendUnaryData<unknown>) => {
-      const denied = authorize(call.metadata) ?? notMetaLeader();
+      const denied = authorize(call) ?? notMetaLeader();
       if (denied) return cb(denied);
       const name = call.request.name ?? '';
       if (!name) return cb(statusError(grpc.status.INVALID_ARGUMENT, 'extension name required'));
@@ -438,9 +472,17 @@ export function addAdminService(server: grpc.Server, backend: AdminBackend, opts
     listExtensions: (call: grpc.ServerUnaryCall<unknown, unknown>, cb: grpc.sendUnaryData<unknown>) => {
       // Listing needs no token (what runs where, and how it is doing); a wrong token is still
       // refused, and an extension's config (it may hold secrets) is shown to the admin only.
-      const verdict = tokens.check(call.metadata);
-      if (verdict === 'wrong') return cb(authorize(call.metadata)!);
-      const admin = verdict === 'ok';
+      let admin: boolean;
+      if (access?.enabled) {
+        // With access control on, listing needs root like every admin call.
+        const denied = authorize(call as CredentialCall);
+        if (denied) return cb(denied);
+        admin = true;
+      } else {
+        const verdict = tokens.check(call.metadata);
+        if (verdict === 'wrong') return cb(authorize(call as CredentialCall)!);
+        admin = verdict === 'ok';
+      }
       cb(null, {
         records: backend.records().map((r) => (admin ? recordToWire(r) : { ...recordToWire(r), configJson: REDACTED_CONFIG })),
         statuses: backend.statuses().map((s) => statusToWire(backend.nodeId, s)),

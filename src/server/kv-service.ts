@@ -9,6 +9,8 @@ import { hidesReservedKeys } from '../sharding/index.js';
 import type { KvBackend, WatchRequest } from '../node/backend.js';
 import { META_HOPS, forwardHops, metaString, kvMetadata } from '../wire/metadata.js';
 import { AUTHORIZATION_METADATA, AdminTokenCheck } from '../wire/auth.js';
+import { authorizePrefix, type AccessControl, type Principal } from '../auth/access-control.js';
+import { authorizationOf, certNameOf, type CredentialCall } from './auth-service.js';
 import {
   clusterServiceDefinition,
   invalidUtf8Field,
@@ -79,6 +81,11 @@ export interface KvServiceOptions extends Omit<CoordinatorOptions, 'stubs'> {
   /** Watches per client connection (default {@link DEFAULT_MAX_WATCHES_PER_CONNECTION}). */
   readonly maxWatchesPerConnection?: number;
   /**
+   * The node's access control: when it is enabled, every call is authenticated and each op
+   * authorized (get, list, watch need read; put, delete, trigger, txn write). Unset: no checks.
+   */
+  readonly access?: AccessControl;
+  /**
    * The node's coordinator, shared with its extension lambdas (the coordinator options above then
    * belong to it). Default: one of the service's own, closed with it.
    */
@@ -102,7 +109,7 @@ function lambdaHopsOf(md: grpc.Metadata): number {
 }
 
 /** The parts of a server call the services read. */
-type AnyServerCall = Pick<grpc.ServerUnaryCall<unknown, unknown>, 'metadata' | 'getDeadline' | 'on'>;
+type AnyServerCall = Pick<grpc.ServerUnaryCall<unknown, unknown>, 'metadata' | 'getDeadline' | 'on' | 'getAuthContext'>;
 
 function deadlineOf(call: { getDeadline(): grpc.Deadline }): number {
   const d = call.getDeadline();
@@ -120,6 +127,7 @@ class KvService implements KvServiceHandle {
   private readonly maxInFlight: number;
   private readonly maxPendingWatch: number;
   private readonly adminTokens: AdminTokenCheck;
+  private readonly access: AccessControl | undefined;
   private readonly maxWatchesPerConnection: number;
   /** Open client watches per connection (`call.getPeer()`). */
   private readonly watchesByPeer = new Map<string, number>();
@@ -136,6 +144,7 @@ class KvService implements KvServiceHandle {
     this.maxInFlight = Math.max(1, opts.pipelineMaxInFlight ?? DEFAULT_PIPELINE_MAX_IN_FLIGHT);
     this.maxPendingWatch = Math.max(1, opts.watchMaxPendingResponses ?? DEFAULT_WATCH_MAX_PENDING_RESPONSES);
     this.adminTokens = new AdminTokenCheck(opts.adminToken);
+    this.access = opts.access;
     this.maxWatchesPerConnection = Math.max(1, opts.maxWatchesPerConnection ?? DEFAULT_MAX_WATCHES_PER_CONNECTION);
   }
 
@@ -197,7 +206,20 @@ class KvService implements KvServiceHandle {
       }
       onCancelled.push(fn);
     };
-    return { hops, lambdaHops: lambdaHopsOf(call.metadata), deadlineMs, onCancel, ...this.adminOf(call.metadata) };
+    return { hops, lambdaHops: lambdaHopsOf(call.metadata), deadlineMs, onCancel, ...this.authOf(call) };
+  }
+
+  /**
+   * Who a call is: with access control on, its principal (throws AuthError when it cannot be
+   * authenticated), which may read dead letters when root; otherwise whether it carries the
+   * admin token (see {@link adminOf}).
+   */
+  private authOf(call: CredentialCall): { admin: boolean; authorization?: string; principal?: Principal } {
+    if (this.access) {
+      const principal = this.access.authenticate(authorizationOf(call), certNameOf(call));
+      if (principal) return { admin: principal.root, authorization: principal.authorization, principal };
+    }
+    return this.adminOf(call.metadata);
   }
 
   /** Whether a request's metadata carries the right admin token (and the header to forward with it). */
@@ -210,7 +232,12 @@ class KvService implements KvServiceHandle {
 
   private unary<O extends UnaryOp>(op: O): grpc.handleUnaryCall<RequestOf<O>, ResponseOf<O>> {
     return (call, callback) => {
-      const ctx = this.context(call);
+      let ctx: OpContext;
+      try {
+        ctx = this.context(call);
+      } catch (e) {
+        return callback(this.serviceError(this.toStatus(e, op)));
+      }
       this.coord.run(op, call.request, ctx).then(
         (out) => callback(null, out.response, this.responseMetadata(out.group, out.leader)),
         (e: unknown) => callback(this.serviceError(this.toStatus(e, op))),
@@ -267,7 +294,7 @@ class KvService implements KvServiceHandle {
   private watch: grpc.handleServerStreamingCall<WatchRequestMsg, WatchResponseMsg> = (call) => {
     call.on('error', () => undefined); // write-after-end and the like must never crash the process
     const hops = forwardHops(call.metadata);
-    const auth = this.adminOf(call.metadata);
+    let auth: { admin: boolean; authorization?: string; principal?: Principal } = { admin: false };
     /** The client connection whose watch count this watch holds (released when it finishes). */
     let countedPeer: string | undefined;
     let watch: MergedWatch | undefined;
@@ -295,7 +322,9 @@ class KvService implements KvServiceHandle {
     try {
       const bad = invalidUtf8Field(call.request);
       if (bad !== undefined) throw invalid(`${bad} is not valid UTF-8`);
+      auth = this.authOf(call);
       req = toWatchRequest(call.request);
+      authorizePrefix(auth.principal, 'read', req.prefix);
       guardPrefix(req.prefix, req.shard, auth.admin);
       resume = call.request.resumeToken ? decodeResumeToken(call.request.resumeToken) : undefined;
       groups = req.shard !== undefined ? [req.shard] : this.backend.shardsForPrefix(req.prefix);
@@ -376,7 +405,13 @@ class KvService implements KvServiceHandle {
   private pipeline: grpc.handleBidiStreamingCall<PipelineRequestMsg, PipelineResponseMsg> = (call) => {
     call.on('error', () => undefined);
     const hops = forwardHops(call.metadata);
-    const auth = this.adminOf(call.metadata);
+    let auth: { admin: boolean; authorization?: string; principal?: Principal };
+    try {
+      auth = this.authOf(call);
+    } catch (e) {
+      call.emit('error', this.serviceError(this.toStatus(e, 'pipeline')));
+      return;
+    }
     const streamDeadline = deadlineOf(call);
     let inFlight = 0;
     let paused = false;

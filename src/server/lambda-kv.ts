@@ -10,12 +10,13 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import { NotLeaderError, OverloadedError, UnavailableError, type KvBackend } from '../node/backend.js';
-import type { LambdaKv } from '../extensions/store-access.js';
+import type { EffectKey, LambdaKv } from '../extensions/store-access.js';
 import { WriteSessionSource } from '../extensions/write-session.js';
 import type { WriteSession } from '../statemachine/index.js';
 import { Coordinator, type RouteContext } from '../coordinator/coordinator.js';
 import { OpStatus } from '../coordinator/op-status.js';
 import { encodePageToken } from '../wire/request-validation.js';
+import type { Principal } from '../auth/access-control.js';
 
 /** Most attempts of one lambda write (the first one included), within its deadline. */
 export const LAMBDA_WRITE_MAX_ATTEMPTS = 8;
@@ -63,6 +64,12 @@ export interface RoutedLambdaKvOptions {
   readonly credentials?: grpc.ChannelCredentials;
   /** The session the writes carry (default: a new random one, i.e. one per store and process). */
   readonly sessions?: WriteSessionSource;
+  /**
+   * Who the lambdas act as when access control is on (an extension's role; see
+   * AccessControl.lambdaPrincipal), asked at every call so role changes apply at once. Unset or
+   * undefined: no checks.
+   */
+  readonly principal?: () => Principal | undefined;
 }
 
 /**
@@ -78,15 +85,18 @@ export function routedLambdaKv(over: Coordinator | KvBackend, opts: RoutedLambda
           ...(opts.selfAddress !== undefined ? { selfAddress: opts.selfAddress } : {}),
           ...(opts.credentials ? { forwardCredentials: opts.credentials } : {}),
         });
-  const ctx = (deadlineMs: number, lambdaHops = 0): RouteContext => ({ hops: 0, lambdaHops, deadlineMs, admin: false });
+  const ctx = (deadlineMs: number, lambdaHops = 0): RouteContext => {
+    const principal = opts.principal?.();
+    return { hops: 0, lambdaHops, deadlineMs, admin: false, ...(principal ? { principal, authorization: principal.authorization } : {}) };
+  };
   const sessions = opts.sessions ?? new WriteSessionSource();
   /**
    * One logical write under a new seq of the session: attempts routed by the coordinator, retried
    * with backoff while they fail retriably and the deadline allows; every attempt carries the
    * same (id, seq), so the write applies at most once however many attempts reach the shard.
    */
-  const write = <T>(deadlineMs: number, attemptOnce: (session: WriteSession) => Promise<T>): Promise<T> =>
-    sessions.run(async (session) => {
+  const write = <T>(deadlineMs: number, attemptOnce: (session: WriteSession) => Promise<T>, effect?: EffectKey): Promise<T> =>
+    (effect ? (fn: (s: WriteSession) => Promise<T>) => fn({ id: effect.id, seq: effect.seq, ackedBelow: 0 }) : (fn: (s: WriteSession) => Promise<T>) => sessions.run(fn))(async (session) => {
       for (let attempt = 1, backoff = LAMBDA_WRITE_BACKOFF_MS; ; attempt++, backoff = Math.min(backoff * 2, LAMBDA_WRITE_BACKOFF_MAX_MS)) {
         try {
           return await attemptOnce(session);
@@ -111,20 +121,46 @@ export function routedLambdaKv(over: Coordinator | KvBackend, opts: RoutedLambda
         const g = (await coord.run('get', req, ctx(deadlineMs))).response;
         return { found: g.found === true, ...(g.found ? { value: g.value ?? new Uint8Array(0) } : {}), version: g.version ?? 0, timestampMs: g.timestampMs ?? 0 };
       }),
-    put: (key, value, o, hops, deadlineMs) =>
-      write(deadlineMs, async (session) => {
-        const p = (await coord.run('put', { key, value, ...expected(o), session }, ctx(deadlineMs, hops))).response;
-        return { succeeded: p.succeeded === true, version: p.version ?? 0, currentVersion: (p.succeeded ? p.version : p.currentVersion) ?? 0 };
-      }),
-    delete: (key, o, hops, deadlineMs) =>
-      write(deadlineMs, async (session) => {
-        const d = (await coord.run('delete', { key, ...expected(o), session }, ctx(deadlineMs, hops))).response;
-        return { succeeded: d.succeeded === true, deleted: d.deleted === true };
-      }),
-    trigger: (key, value, hops, deadlineMs) =>
-      write(deadlineMs, async (session) => {
-        await coord.run('trigger', { key, value, session }, ctx(deadlineMs, hops));
-      }),
+    put: (key, value, o, hops, deadlineMs, effect) =>
+      write(
+        deadlineMs,
+        async (session) => {
+          const p = (await coord.run('put', { key, value, ...expected(o), session }, ctx(deadlineMs, hops))).response;
+          return { succeeded: p.succeeded === true, version: p.version ?? 0, currentVersion: (p.succeeded ? p.version : p.currentVersion) ?? 0 };
+        },
+        effect,
+      ),
+    delete: (key, o, hops, deadlineMs, effect) =>
+      write(
+        deadlineMs,
+        async (session) => {
+          const d = (await coord.run('delete', { key, ...expected(o), session }, ctx(deadlineMs, hops))).response;
+          return { succeeded: d.succeeded === true, deleted: d.deleted === true };
+        },
+        effect,
+      ),
+    trigger: (key, value, hops, deadlineMs, effect) =>
+      write(
+        deadlineMs,
+        async (session) => {
+          await coord.run('trigger', { key, value, session }, ctx(deadlineMs, hops));
+        },
+        effect,
+      ),
+    txn: (t, hops, deadlineMs, effect) =>
+      write(
+        deadlineMs,
+        async (session) => {
+          const req = {
+            compares: t.compares.map((c) => ({ key: c.key, version: c.version })),
+            writes: t.writes.map((w) => (w.type === 'put' ? { put: { key: w.key, value: w.value } } : { delete: { key: w.key } })),
+            session,
+          };
+          const r = (await coord.run('txn', req, ctx(deadlineMs, hops))).response;
+          return { succeeded: r.succeeded === true, revision: r.revision ?? 0, failedCompares: [...(r.failedCompares ?? [])] };
+        },
+        effect,
+      ),
     list: (prefix, o, deadlineMs) =>
       read(async () => {
         const req = { prefix, keysOnly: o.keysOnly ?? false, ...(o.limit ? { limit: o.limit } : {}), ...(o.after !== undefined ? { pageToken: encodePageToken(o.after) } : {}) };

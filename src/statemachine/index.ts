@@ -35,3 +35,5 @@ export {
 } from './sessions.js';
 /** The observer of a state machine's record-level changes (incremental persistence). */
 export type { StateSink } from './state-sink.js';
+/** Values out of the heap: the placeholder of a released value and the source it is read back from. */
+export { VALUE_ON_DISK, type ValueSource } from './value-source.js';

@@ -30,6 +30,7 @@ import { decodeSnapshot, encodeSnapshot, type SnapshotData } from './snapshot-co
 import type { VersionRecord } from './types.js';
 import { SortedKeySet } from './sorted-keys.js';
 import type { StateSink } from './state-sink.js';
+import { VALUE_ON_DISK, type ValueSource } from './value-source.js';
 import type {
   ApplyOutput,
   Command,
@@ -47,6 +48,7 @@ import type {
   PutCommand,
   SessionResult,
   TxnCommand,
+  VersionedValue,
   WriteSession,
 } from './types.js';
 import { reservedKeyError, validateCommand, validateKey, validateNonNegativeInt, validatePrefix } from './validation.js';
@@ -72,6 +74,18 @@ function commandKeys(cmd: Command): readonly string[] {
 function reservedError(cmd: Command): ValidationError | undefined {
   const key = commandKeys(cmd).find(isReservedKey);
   return key === undefined ? undefined : reservedKeyError(key);
+}
+
+/** Index in `recs` (ascending revisions) of the version at `revision`, or -1. */
+function versionIndex(recs: readonly VersionRecord[], revision: number): number {
+  let lo = 0;
+  let hi = recs.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (recs[mid]!.revision < revision) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo < recs.length && recs[lo]!.revision === revision ? lo : -1;
 }
 
 function positiveLimit(n: unknown, def: number, max: number, what: string): number {
@@ -109,7 +123,8 @@ function positiveLimit(n: unknown, def: number, max: number, what: string): numb
  *   snapshots and durable records carry it.
  *
  * Data structures and complexity (n live keys, v versions of one key, h history events):
- * - `records`: Map key -> versions sorted by revision. Latest read O(1); read at a revision O(log v).
+ * - `records`: Map key -> versions sorted by revision (values, or placeholders of released values).
+ *   Latest read O(1); read at a revision O(log v) (plus one source read for a released value).
  * - `live`: SortedKeySet of live keys in UTF-8 byte order (sorted blocks of <= 512 keys). `list`
  *   is O(log n + page): binary search to the prefix start, then walk while the prefix matches;
  *   deleted keys are not in the set, so they cost nothing. Creating or deleting a key is
@@ -123,6 +138,17 @@ function positiveLimit(n: unknown, def: number, max: number, what: string): numb
  *
  * Values passed in commands are stored by reference, and values returned by reads and events are
  * the stored arrays: callers must treat them as immutable.
+ *
+ * Values out of the heap (issue 17): a host that keeps values in durable storage attaches a
+ * {@link ValueSource} (`attachValues`) and calls `releaseValues(revision)` once the versions up to
+ * `revision` are durable there; each released version's value becomes the `VALUE_ON_DISK`
+ * placeholder in `records`, and reads (`get`, `list`, `returnPrevious`, the descriptor,
+ * `snapshot()`) fetch it from the source synchronously, so `apply` and reads stay synchronous and
+ * deterministic (the outcome never depends on what is cached). `records` is then an index: per
+ * version its revision, timestamp and whether it is a tombstone (about 380 bytes of heap per key
+ * with one version and 150 per further retained version, measured with 14-character keys). The
+ * watch history keeps its events' values within `maxHistoryBytes`. Without a source every value
+ * stays in the heap (tests, tools, the simulator's reference models).
  *
  * Durability: the machine itself does no I/O. A host that persists it incrementally attaches a
  * {@link StateSink} (`observe`), which sees every record-level change as it is applied, and
@@ -144,6 +170,10 @@ export class KvStateMachine {
   private sink: StateSink | undefined;
   private descriptorCache: { readonly version: number; readonly descriptor: ShardDescriptor } | undefined;
   private sessions: SessionTable;
+  /** Where released values are read from (undefined: every value stays in the heap). */
+  private values: ValueSource | undefined;
+  /** Versions whose value is still in the heap, to drop once the source holds it (`releaseValues`); only with a source. */
+  private readonly resident = new Queue<{ readonly revision: number; readonly key: string }>();
   /** Events of at most this many most recent revisions are kept for `eventsSince`. */
   readonly maxHistoryRevisions: number;
   /** Cap on accounted history bytes (see {@link eventBytes}). */
@@ -355,7 +385,7 @@ export class KvStateMachine {
     if (!rec) return undefined;
     if (this.descriptorCache?.version === rec.revision) return this.descriptorCache.descriptor;
     try {
-      const descriptor = decodeDescriptor(new TextDecoder().decode(rec.value!));
+      const descriptor = decodeDescriptor(new TextDecoder().decode(this.valueOf(SHARD_DESCRIPTOR_KEY, rec)));
       this.descriptorCache = { version: rec.revision, descriptor };
       return descriptor;
     } catch {
@@ -402,16 +432,17 @@ export class KvStateMachine {
     const cur = this.latestLive(cmd.key);
     const curVersion = cur?.revision ?? 0;
     if (cmd.expectedVersion !== undefined && cmd.expectedVersion !== curVersion) {
-      const current = cmd.returnPrevious && cur ? { version: curVersion, value: cur.value! } : { version: curVersion };
+      const current = cmd.returnPrevious && cur ? { version: curVersion, value: this.valueOf(cmd.key, cur) } : { version: curVersion };
       return this.done({ type: 'put', succeeded: false, revision: this._revision, version: curVersion, timestampMs: ts, current });
     }
+    const previous = cmd.returnPrevious && cur ? this.valueOf(cmd.key, cur) : undefined;
     const revision = this.bump(ts);
     this.write(cmd.key, cmd.value, revision, ts);
     const events: KvEvent[] = [{ type: 'put', key: cmd.key, value: cmd.value, revision, timestampMs: ts }];
     this.record(events);
     const result =
-      cmd.returnPrevious && cur
-        ? ({ type: 'put', succeeded: true, revision, version: revision, timestampMs: ts, previous: { version: curVersion, value: cur.value! } } as const)
+      previous !== undefined
+        ? ({ type: 'put', succeeded: true, revision, version: revision, timestampMs: ts, previous: { version: curVersion, value: previous } } as const)
         : ({ type: 'put', succeeded: true, revision, version: revision, timestampMs: ts } as const);
     return { applied: true, result, events };
   }
@@ -486,6 +517,7 @@ export class KvStateMachine {
     recs.push(version);
     this.writeLog.push({ revision, key });
     this.sink?.versionAdded(key, version);
+    if (value !== null && this.values !== undefined) this.resident.push({ revision, key });
     if (value !== null && !wasLive) {
       this.live.add(key);
       if (isReservedKey(key)) this.reservedLive++;
@@ -632,7 +664,7 @@ export class KvStateMachine {
       v = lo > 0 ? recs[lo - 1] : undefined;
     }
     if (v === undefined || v.value === null) return undefined;
-    return { value: v.value, version: v.revision, timestampMs: v.timestampMs };
+    return { value: this.valueOf(key, v), version: v.revision, timestampMs: v.timestampMs };
   }
 
   /**
@@ -662,7 +694,7 @@ export class KvStateMachine {
       items.push(
         keysOnly
           ? { key, version: v.revision, timestampMs: v.timestampMs }
-          : { key, value: v.value!, version: v.revision, timestampMs: v.timestampMs },
+          : { key, value: this.valueOf(key, v), version: v.revision, timestampMs: v.timestampMs },
       );
     }
     return more ? { items, nextAfter: items[items.length - 1]!.key, revision: this._revision } : { items, revision: this._revision };
@@ -706,13 +738,108 @@ export class KvStateMachine {
    * version is a tombstone (live keys are already ordered).
    */
   snapshot(): Uint8Array {
-    return encodeSnapshot(this.toRecords());
+    const d = this.toRecords();
+    if (this.values === undefined) return encodeSnapshot(d);
+    // Released values are read back from the source (this copy of the state is whole, in the heap).
+    const keys = d.keys.map(([k, versions]) => [k, versions.map((v) => (v.value === VALUE_ON_DISK ? { ...v, value: this.valueOf(k, v) } : v))] as const);
+    return encodeSnapshot({ ...d, keys });
+  }
+
+  /**
+   * Attaches the store of this machine's values (see value-source.ts): from now on a value leaves
+   * the heap when {@link releaseValues} is told that the store holds it, and reads of it go to the
+   * source. Every value in the heap now, and every value written later, is released that way. Call
+   * once, before the first `releaseValues`. History events keep their values (the watch history is
+   * bounded by `maxHistoryBytes`); those, and stored session results' values, that are views into a
+   * larger buffer (a decoded snapshot) are copied, so they do not keep that buffer alive.
+   */
+  attachValues(source: ValueSource): void {
+    if (this.values !== undefined) throw new Error('a value source is already attached');
+    this.values = source;
+    // Order does not matter for safety: an entry is released only by a revision at or above its own.
+    for (const [key, recs] of this.records) {
+      for (const v of recs) if (v.value !== null && v.value !== VALUE_ON_DISK) this.resident.push({ revision: v.revision, key });
+    }
+    // Stored session results holding a value (returnPrevious) that is a view: copied likewise.
+    const shared = (v: Uint8Array | undefined): boolean => v !== undefined && v.byteLength < v.buffer.byteLength;
+    const sessions = this.sessions.toRecords();
+    const sharesBuffer = (r: SessionResult): boolean => r.type === 'put' && (shared(r.previous?.value) || shared(r.current?.value));
+    if (sessions.some((x) => x.results.some(([, r]) => sharesBuffer(r)))) {
+      const own = (v: VersionedValue | undefined): VersionedValue | undefined => (v && shared(v.value) ? { ...v, value: v.value!.slice() } : v);
+      const copied = sessions.map((x) => ({
+        ...x,
+        results: x.results.map(([seq, r]) => {
+          if (r.type !== 'put' || !sharesBuffer(r)) return [seq, r] as const;
+          const previous = own(r.previous);
+          const current = own(r.current);
+          return [seq, { ...r, ...(previous ? { previous } : {}), ...(current ? { current } : {}) }] as const;
+        }),
+      }));
+      this.sessions = SessionTable.fromRecords(this.sessionLimits(), () => this.sink, copied);
+    }
+    const events = this.history.toArray();
+    if (events.some((e) => e.value !== undefined && e.value.byteLength < e.value.buffer.byteLength)) {
+      this.history.dropFront(events.length);
+      for (const e of events) this.history.push(e.value !== undefined && e.value.byteLength < e.value.buffer.byteLength ? { ...e, value: e.value.slice() } : e);
+    }
+  }
+
+  /**
+   * Drops from the heap the values of versions at or before `upToRevision` that are still there
+   * (the attached source must hold them durably: on a node, once the records written with those
+   * versions are on disk), offering each to the source's cache. Releases at most `maxCount`
+   * versions; returns true when more remain at or before `upToRevision` (call again). A no-op
+   * without a source. Reads are unchanged (values are read back from the source).
+   */
+  releaseValues(upToRevision: number, maxCount = Number.MAX_SAFE_INTEGER): boolean {
+    const source = this.values;
+    if (source === undefined) return false;
+    let n = 0;
+    for (;;) {
+      const e = this.resident.at(n);
+      if (e === undefined || e.revision > upToRevision) break;
+      if (n === maxCount) {
+        this.resident.dropFront(n);
+        return true;
+      }
+      n++;
+      const recs = this.records.get(e.key);
+      if (recs === undefined) continue; // compacted away
+      const i = versionIndex(recs, e.revision);
+      const v = i < 0 ? undefined : recs[i]!;
+      if (v === undefined || v.value === null || v.value === VALUE_ON_DISK) continue;
+      recs[i] = { revision: v.revision, timestampMs: v.timestampMs, value: VALUE_ON_DISK };
+      source.released(e.key, v.revision, v.value);
+    }
+    this.resident.dropFront(n);
+    return false;
+  }
+
+  /** Number of versions whose value is still in the heap awaiting release (0 without a source: then all values are in the heap). */
+  get residentValues(): number {
+    return this.resident.length;
+  }
+
+  /** Accounted bytes of the values this machine holds in the heap in its versions (not the watch history or sessions). O(versions): for tests and diagnostics. */
+  heapValueBytes(): number {
+    let n = 0;
+    for (const recs of this.records.values()) for (const v of recs) if (v.value !== null && v.value !== VALUE_ON_DISK) n += v.value.byteLength;
+    return n;
+  }
+
+  /** The value of version `v` of `key` (not a tombstone): in the heap, or read from the source. */
+  private valueOf(key: string, v: VersionRecord): Uint8Array {
+    if (v.value !== VALUE_ON_DISK) return v.value!;
+    const got = this.values?.read(key, v.revision);
+    if (got === undefined) throw new Error(`the value of ${JSON.stringify(key)} at revision ${v.revision} is missing from the value store`);
+    return got;
   }
 
   /**
    * All retained state as plain records (what `snapshot()` encodes and `fromRecords` rebuilds
    * from). The version arrays and values are the machine's own: read them before the next
-   * `apply` or `compact`, and never mutate them. O(keys + d log d), as `snapshot()`.
+   * `apply`, `compact` or `releaseValues`, and never mutate them. With a value source attached,
+   * released values are the {@link VALUE_ON_DISK} placeholder (not read back). O(keys + d log d).
    */
   toRecords(): SnapshotData {
     // Merge the (already ordered) live keys with the few keys whose latest version is a tombstone.

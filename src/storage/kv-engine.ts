@@ -58,6 +58,12 @@ export interface KvEngine {
   batch(ops: readonly EngineOp[], options: EngineBatchOptions): Promise<void>;
   /** The value stored under `key`, or undefined. */
   get(key: EngineKey): Promise<Uint8Array | undefined>;
+  /**
+   * `get`, synchronously: blocks the event loop for one point read (LevelDB: its block cache, the
+   * OS page cache, or one disk read). Sees every batch whose write completed. For the state
+   * machine's value reads (storage/value-cache.ts), which must stay synchronous.
+   */
+  getSync(key: EngineKey): Uint8Array | undefined;
   /** Pairs in key order (bytewise) within the bounds, read from a consistent point-in-time view. */
   iterate(options?: ScanOptions): AsyncIterable<EngineEntry>;
   /**
@@ -165,6 +171,10 @@ export class LevelEngine implements KvEngine {
 
   async get(key: EngineKey): Promise<Uint8Array | undefined> {
     return this.db.get(keyBytes(key));
+  }
+
+  getSync(key: EngineKey): Uint8Array | undefined {
+    return this.db.getSync(keyBytes(key));
   }
 
   iterate(options: ScanOptions = {}): AsyncIterable<EngineEntry> {
@@ -308,6 +318,10 @@ export class MemoryEngine implements KvEngine {
   }
 
   async get(key: EngineKey): Promise<Uint8Array | undefined> {
+    return this.getSync(key);
+  }
+
+  getSync(key: EngineKey): Uint8Array | undefined {
     this.checkOpen();
     return this.current.get(toBin(keyBytes(key)))?.slice();
   }

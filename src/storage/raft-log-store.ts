@@ -470,6 +470,18 @@ export class RaftLogStore {
     });
   }
 
+  /**
+   * Resolves once everything staged before this call is durable, like {@link flush}, but starts no
+   * write: it waits for the batches that later flushes write (for work that may lag, such as
+   * dropping values from the heap once their records are on disk). Rejects like `flush`.
+   */
+  whenDurable(): Promise<void> {
+    if (this.failed) return Promise.reject(this.failed);
+    const target = this.nextSeq - 1;
+    if (target <= this.durableSeq) return Promise.resolve();
+    return new Promise<void>((resolve, reject) => this.waiters.push({ target, resolve, reject }));
+  }
+
   /** A copy of the cumulative write metrics. */
   get metrics(): StoreMetrics {
     return { ...this.counters };

@@ -1,8 +1,15 @@
 // Durable records of each shard's versioned state machine in the node's LevelDB: their binary key layout, the recorder that turns applied commands into engine writes, whole-state replacement, and loading at open.
 // Size: one module because the record layout, the recorder that writes it, the loader that reads it and the streaming snapshot encoder that reads it in key order must change together (a layout change touches all four; they share the private key and value codecs).
 /*
- * Design. The in-memory `KvStateMachine` stays the serving structure; its durable twin is a set of
- * records beside the group's Raft state. The machine reports every record-level change to a
+ * Design. The in-memory `KvStateMachine` is the serving *index* (keys, versions, revision times,
+ * watch history); its durable twin is a set of records beside the group's Raft state, and those
+ * records are also where values are served from (issue 17): once the unit holding a version is
+ * durable the machine drops the value from the heap (`KvStateMachine.releaseValues`) and reads it
+ * back through an {@link EngineValueSource} (the node's bounded value cache, then a synchronous
+ * engine point read of the version record). Until then the value stays in the heap, so a read never
+ * misses a record that is staged but not yet written. A restart loads the index without values
+ * (`loadState(..., { values: false })`: each version becomes the `VALUE_ON_DISK` placeholder, only
+ * the watch history's put values are read). The machine reports every record-level change to a
  * {@link StateRecorder} (a `StateSink`), which encodes them as engine writes. After each Ready's
  * committed entries are applied, the node stages those writes, ending with the group's `meta`
  * record (applied index and scalars), as ONE unit of the `RaftLogStore` (`stageStateOps`). Units
@@ -87,7 +94,10 @@
  * stages the replacement unit by unit over event-loop turns (`StateRecorder.replaceSteps`,
  * NodeDriver.finishInstall in node/driver.ts), its replica getting no Ready meanwhile so nothing else of the group is
  * staged in between. What is still one synchronous step: the Raft core assembles the whole
- * snapshot from its chunks and the replica decodes it into a machine before accepting it.
+ * snapshot from its chunks and the replica decodes it into a machine before accepting it. The
+ * installed machine's values are views into that decoded copy and stay in the heap until the last
+ * replacement unit is durable; then they are released like any other, and the copy is freed
+ * (`attachValues` copies the watch history's and stored session results' values out of it).
  */
 import {
   checkSessionRecords,
@@ -112,12 +122,15 @@ import {
   type SessionResult,
   type SnapshotData,
   type StateSink,
+  type ValueSource,
   type VersionRecord,
+  VALUE_ON_DISK,
 } from '../statemachine/index.js';
 import { ByteReader, ByteWriter, crc32Update } from '../statemachine/binary.js';
 import { findVersion } from '../statemachine/snapshot-codec.js';
 import { type EngineOp, type KvEngine } from './kv-engine.js';
 import { StorageCorruptionError, stateKeyPrefix } from './raft-log-store.js';
+import { ownedCopy, type ValueCache } from './value-cache.js';
 
 /**
  * Format version of the `meta` record (its first byte) when the session limits are the defaults
@@ -313,6 +326,7 @@ function varintBytes(n: number): Uint8Array {
 
 /** `u8 kind, varint timestampMs, value bytes` (one exactly sized allocation: written for every put). */
 function encodeVersion(v: VersionRecord): Uint8Array {
+  if (v.value === VALUE_ON_DISK) throw new Error(`version ${v.revision}: a value held on disk cannot be re-encoded from the index`);
   const head = 1 + varintLength(v.timestampMs);
   const out = new Uint8Array(head + (v.value?.length ?? 0));
   out[0] = v.value === null ? KIND_TOMBSTONE : KIND_VALUE;
@@ -799,7 +813,88 @@ export interface ReplaceOptions {
 function sameVersion(a: VersionRecord, b: VersionRecord): boolean {
   if (a.revision !== b.revision || a.timestampMs !== b.timestampMs) return false;
   if (a.value === null || b.value === null) return a.value === b.value;
+  // A value held on disk: both states come from the same committed log, so the same revision is the same write.
+  if (a.value === VALUE_ON_DISK || b.value === VALUE_ON_DISK) return true;
   return a.value === b.value || Buffer.compare(a.value, b.value) === 0;
+}
+
+// ------------------------------------------------------------------ reading values
+
+/**
+ * The {@link ValueSource} of one group's machine on a node: a value is looked up in the node's
+ * shared {@link ValueCache}, else read synchronously from the group's version record in the engine
+ * (`KvEngine.getSync`) and cached. The machine releases a value to it only once the record holding
+ * it is durable (so visible to `getSync`), and versions are immutable, so a cached value never goes
+ * stale: a compacted version is simply never asked for again, and group ids are never reused (the
+ * map's `nextGroup`), so a dropped group's entries only age out of the cache.
+ */
+export class EngineValueSource implements ValueSource {
+  private readonly keys: Keys;
+  private readonly cachePrefix: string;
+  /** While `prefetch` runs its read: the versions it missed (read answers a placeholder instead of blocking). */
+  private missing: Array<readonly [string, number]> | undefined;
+
+  /** The source of `group`'s values in `engine`, caching in `cache`. */
+  constructor(
+    private readonly engine: Pick<KvEngine, 'getSync' | 'get'>,
+    readonly group: number,
+    private readonly cache: ValueCache,
+  ) {
+    this.keys = new Keys(group);
+    this.cachePrefix = `${group}/`;
+  }
+
+  read(key: string, revision: number): Uint8Array | undefined {
+    const ck = `${this.cachePrefix}${revision}/${key}`;
+    if (this.missing !== undefined) {
+      // A dry run (prefetch): note what is not cached; the caller discards what it read.
+      if (!this.cache.has(ck)) this.missing.push([key, revision]);
+      return VALUE_ON_DISK;
+    }
+    const hit = this.cache.get(ck);
+    if (hit !== undefined) return hit;
+    const raw = this.engine.getSync(this.keys.version(key, revision));
+    if (raw === undefined) return undefined;
+    const v = decodeVersion(raw, revision, key);
+    if (v.value === null) return undefined;
+    const value = ownedCopy(v.value);
+    this.cache.set(ck, value);
+    return value;
+  }
+
+  released(key: string, revision: number, value: Uint8Array): void {
+    this.cache.set(`${this.cachePrefix}${revision}/${key}`, ownedCopy(value));
+  }
+
+  /**
+   * Runs `read` (a synchronous read of the machine, e.g. `() => sm.get(key)`) as a dry run that
+   * notes which values are neither in the heap nor cached, then reads those from the engine
+   * asynchronously (off the event loop) into the cache. The caller then runs its read for real,
+   * mostly from the cache (a value evicted or written meanwhile is read synchronously, still
+   * correct). Whatever `read` returns or throws in the dry run is discarded.
+   */
+  async prefetch(read: () => unknown): Promise<void> {
+    if (this.missing !== undefined) return; // not reentrant (read is synchronous: cannot happen)
+    const missing: Array<readonly [string, number]> = [];
+    this.missing = missing;
+    try {
+      read();
+    } catch {
+      // the real read reports it
+    } finally {
+      this.missing = undefined;
+    }
+    if (missing.length === 0) return;
+    this.cache.countMisses(missing.length);
+    await Promise.all(
+      missing.map(async ([key, revision]) => {
+        const raw = await this.engine.get(this.keys.version(key, revision));
+        if (raw === undefined) return; // compacted meanwhile: the real read will not ask for it
+        const v = decodeVersion(raw, revision, key);
+        if (v.value !== null) this.cache.set(`${this.cachePrefix}${revision}/${key}`, ownedCopy(v.value));
+      }),
+    );
+  }
 }
 
 // ------------------------------------------------------------------ loading
@@ -817,6 +912,17 @@ export async function stateKeys(engine: KvEngine, group: number): Promise<Uint8A
   return out;
 }
 
+/** Options of {@link loadState}. */
+export interface LoadOptions {
+  /**
+   * Read the values of the versions into the heap (default true). With false, every value is the
+   * {@link VALUE_ON_DISK} placeholder (tombstones stay null) except those of the watch history's
+   * put events: the machine built from the records must then read values through an
+   * {@link EngineValueSource} (`KvStateMachine.attachValues`).
+   */
+  readonly values?: boolean;
+}
+
 /** A group's records as loaded: the machine's data, and what a recorder continuing from them needs. */
 export interface LoadedState {
   /** The data of `KvStateMachine.fromRecords`. */
@@ -829,7 +935,8 @@ export interface LoadedState {
  * Loads `group`'s records, checking the invariants the machine relies on (throws
  * StorageCorruptionError); undefined when there is no `meta`.
  */
-export async function loadState(engine: KvEngine, group: number): Promise<LoadedState | undefined> {
+export async function loadState(engine: KvEngine, group: number, options: LoadOptions = {}): Promise<LoadedState | undefined> {
+  const withValues = options.values !== false;
   const keys = new Keys(group);
   const p = keys.prefix.length;
   const latest = new Map<string, number>();
@@ -864,7 +971,7 @@ export async function loadState(engine: KvEngine, group: number): Promise<Loaded
         prevEscaped = escaped;
       }
       const [key, list] = versionKeys[versionKeys.length - 1]!;
-      list.push(decodeVersion(v, rev, key));
+      list.push(withValues ? decodeVersion(v, rev, key) : decodeVersionHead(v, rev, key));
     } else if (tag === TAG_SESSION) {
       const id = sessionIdOf(k.subarray(p + 2), k);
       sessionHeaders.push(corruptOnError(`session ${id}`, () => {
@@ -884,6 +991,17 @@ export async function loadState(engine: KvEngine, group: number): Promise<Loaded
   }
   if (meta === undefined) return undefined;
   const loaded = assemble(group, meta, latest, revs, versionKeys);
+  if (!withValues) {
+    // The watch history keeps its put values (bounded by maxHistoryBytes): read those back.
+    const history = loaded.data.history as KvEvent[];
+    for (let i = 0; i < history.length; i++) {
+      const e = history[i]!;
+      if (e.value !== VALUE_ON_DISK) continue;
+      const raw = await engine.get(keys.version(e.key, e.revision));
+      if (raw === undefined) throw new StorageCorruptionError(`group ${group} state: version ${e.revision} of ${JSON.stringify(e.key)} vanished while loading`);
+      history[i] = { ...e, value: ownedCopy(decodeVersion(raw, e.revision, e.key).value!) };
+    }
+  }
   const sessions = assembleSessions(group, meta, sessionHeaders, sessionResults);
   return {
     ...loaded,
@@ -964,6 +1082,22 @@ function decodeKey(escaped: Uint8Array, whole: Uint8Array): string {
   } catch {
     throw new StorageCorruptionError(`key is not UTF-8 in ${describe(whole)}`);
   }
+}
+
+/** A version record without its value bytes: tombstone or {@link VALUE_ON_DISK}, with its timestamp. */
+function decodeVersionHead(v: Uint8Array, revision: number, key: string): VersionRecord {
+  return corruptOnError(`version ${revision} of ${JSON.stringify(key)}`, () => {
+    const r = new ByteReader(v, 'MALFORMED_SNAPSHOT');
+    const kind = r.u8();
+    const timestampMs = r.varint();
+    if (kind === KIND_TOMBSTONE) {
+      r.expectEnd();
+      return { revision, timestampMs, value: null };
+    }
+    if (kind !== KIND_VALUE) r.fail(`unknown version kind ${kind}`);
+    if (r.remaining > MAX_VALUE_BYTES) r.fail('value too large');
+    return { revision, timestampMs, value: VALUE_ON_DISK };
+  });
 }
 
 function decodeVersion(v: Uint8Array, revision: number, key: string): VersionRecord {

@@ -15,7 +15,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AdminClient } from '../../src/client/admin-client.js';
 import { KvClient } from '../../src/client/index.js';
 import { main as kvctl } from '../../src/cli/kvctl.js';
-import { packFolder } from '../../src/extensions/package.js';
+import { packFolder } from '../../src/extensions/pack-folder.js';
 import { KvdCluster } from './harness.js';
 
 const TOKEN = 'test-admin-token-0123456789';

@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AdminClient } from '../../src/client/admin-client.js';
 import { KvClient } from '../../src/client/index.js';
 import { main as kvctl } from '../../src/cli/kvctl.js';
-import { packFolder } from '../../src/extensions/package.js';
+import { packFolder } from '../../src/extensions/pack-folder.js';
 import { KvdCluster } from './harness.js';
 
 const TOKEN = 'test-admin-token-0123456789';
@@ -123,8 +123,28 @@ describe('extensions on real processes', () => {
     expect((await run(['ext', 'unload', 'rec-worker'])).code).toBe(0);
     const un = await run(['ext', 'unload', 'stock-watch']);
     expect(un.code, un.err).toBe(0);
+    expect(un.out).toMatch(/cursors kept/);
     const again = await run(['ext', 'unload', 'stock-watch']);
     expect(again.code).toBe(1);
+    // A price drop while it is unloaded is delivered once it is loaded again (from its cursor).
+    const missed = await c.put('/stocks/ZZZ', '30');
+    const re = await run(['ext', 'load', 'extensions/stock-watch']);
+    expect(re.code, re.err).toBe(0);
+    const reDeadline = Date.now() + 10_000;
+    let late = await c.get(`/alerts/ZZZ/${missed.version}`);
+    while (!late.found && Date.now() < reDeadline) late = await c.get(`/alerts/ZZZ/${missed.version}`);
+    expect(late.found).toBe(true);
+    // ext ls shows each shard's cursor and lag.
+    let cursors = await run(['ext', 'ls']);
+    for (let end = Date.now() + 5_000; !/^stock-watch\s+\/stocks\/\s+\d+\s+\d+\s+\d+\s+\d+\s+\d+/m.test(cursors.out) && Date.now() < end; ) {
+      await new Promise((r) => setTimeout(r, 100));
+      cursors = await run(['ext', 'ls']);
+    }
+    expect(cursors.out).toMatch(/SHARD\s+NODE\s+CURSOR\s+REVISION\s+LAG\s+BACKLOG/);
+    expect(cursors.out).toMatch(/^stock-watch\s+\/stocks\/\s+\d+\s+\d+\s+\d+\s+\d+\s+\d+/m);
+    const purged = await run(['ext', 'unload', '--purge', 'stock-watch']);
+    expect(purged.code, purged.err).toBe(0);
+    expect(purged.out).toMatch(/cursors forgotten/);
   });
 
   it('the reserved keyspace: a descriptor put is refused and the shard keeps serving; dead letters are read with the admin token only', async () => {

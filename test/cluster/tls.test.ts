@@ -14,6 +14,7 @@ import { tmpdir } from 'node:os';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KvClient } from '../../src/client/index.js';
 import { AdminClient } from '../../src/client/admin-client.js';
+import { AuthClient } from '../../src/client/auth-client.js';
 import { loadPeerProto } from '../../src/node/grpc-transport.js';
 import { encodeProposal } from '../../src/node/envelope.js';
 import { freePorts, KVD, KvdCluster } from './harness.js';
@@ -168,5 +169,39 @@ describe('TLS on both planes', () => {
     const r = await run();
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(/refusing to start: the peer listener would accept unauthenticated Raft traffic/);
+  });
+
+  it('with access control on, a client certificate authenticates the user its common name names, on every node', async () => {
+    const root = new AuthClient({ endpoints: cluster.endpoints, token: TOKEN, tls: tlsFor(clientCert) });
+    const stranger = pki.issue('stranger', 'stranger');
+    try {
+      await root.addRole('tls-app');
+      await root.grantPermission('tls-app', '/tls-app/', 'readwrite');
+      await root.addUser('app-client'); // no password: certificate only
+      await root.grantRole('app-client', 'tls-app');
+      await root.enable();
+      // Each node, including those that forward to the shard's leader (with a token they sign).
+      for (const ep of cluster.endpoints) {
+        const one = cluster.client([ep], { shardRouting: false, batching: false });
+        const deadline = Date.now() + 5000;
+        for (;;) {
+          try {
+            expect((await one.put(`/tls-app/${ep}`, 'v')).succeeded).toBe(true);
+            break;
+          } catch (e) {
+            if (Date.now() > deadline) throw e;
+            await new Promise((r) => setTimeout(r, 100));
+          }
+        }
+        await expect(one.put('/tls/other', 'v')).rejects.toMatchObject({ code: 'PERMISSION_DENIED' });
+      }
+      expect(await root.status()).toMatchObject({ enabled: true, principal: 'root', root: true });
+      const other = new KvClient({ endpoints: cluster.endpoints, defaultDeadlineMs: 3000, tls: tlsFor(stranger) });
+      await expect(other.get('/tls-app/x')).rejects.toMatchObject({ code: 'UNAUTHENTICATED' });
+      other.close();
+    } finally {
+      await root.disable();
+      root.close();
+    }
   });
 });

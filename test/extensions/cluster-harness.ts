@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { ExtensionManager, type ExtensionManagerOptions } from '../../src/extensions/manager.js';
 import { kvNodeHost } from '../../src/extensions/kv-node-host.js';
 import { localLambdaKv, type LocalStore } from '../../src/extensions/local-lambda-kv.js';
-import { packFolder } from '../../src/extensions/package.js';
+import { packFolder } from '../../src/extensions/pack-folder.js';
 import type { LambdaKv, ShardRevisions } from '../../src/extensions/store-access.js';
 import { silentLogger } from '../../src/log.js';
 import { NotLeaderError, UnavailableError } from '../../src/node/backend.js';
@@ -251,6 +251,7 @@ export class ExtCluster {
       put: (req, o) => at(byKey(req.key), o.deadlineMs, (n) => n.put(req, o)),
       delete: (req, o) => at(byKey(req.key), o.deadlineMs, (n) => n.delete(req, o)),
       trigger: (req, o) => at(byKey(req.key), o.deadlineMs, (n) => n.trigger(req, o)),
+      txn: (req, o) => at(byKey(req.compares[0]?.key ?? req.writes[0]!.key), o.deadlineMs, (n) => n.txn(req, o)),
       list: (req, o) => at(req.shard ?? this.groupsOf(req.prefix)[0]!, o.deadlineMs, (n) => n.list(req, o)),
       shardsForPrefix: (prefix) => self.shardsForPrefix(prefix),
     };

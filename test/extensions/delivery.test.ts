@@ -127,6 +127,23 @@ describe('delivery', () => {
     expect(Math.max(...restarts)).toBeGreaterThan(0);
   });
 
+  it('an event says what changed: created or updated, the previous version (and value on request), revision, shard, hops, timestamp', async () => {
+    await c.load(`${FIX}/it-fields`);
+    const v1 = await c.put('/fields/a', 'one');
+    const v2 = await c.put('/fields/a', 'two');
+    await c.del('/fields/a');
+    const seen = await c.until(async () => {
+      const items = await c.list('/fields-seen/a/');
+      return items.length === 3 ? items.map((i) => JSON.parse(i.value)) : undefined;
+    });
+    const [created, updated, deleted] = seen;
+    expect(created).toMatchObject({ type: 'put', key: '/fields/a', value: 'one', version: v1, revision: v1, previousVersion: 0, created: true, previousValue: null, shard: DATA_GROUP, hops: 0 });
+    expect(updated).toMatchObject({ type: 'put', value: 'two', version: v2, revision: v2, previousVersion: v1, created: false, previousValue: 'one' });
+    expect(deleted).toMatchObject({ type: 'delete', value: null, previousVersion: v2, created: false, previousValue: 'two' });
+    expect(deleted.version).toBeGreaterThan(v2);
+    for (const e of seen) expect(Math.abs(e.timestamp - Date.now())).toBeLessThan(60_000);
+  });
+
   it('reloading a new version replaces the old one without losing events', async () => {
     await c.load(`${FIX}/it-version`, { config: { v: '1' } });
     await c.put('/ver/a', 'x');
@@ -141,20 +158,51 @@ describe('delivery', () => {
     for (let i = 0; i < 40; i++) expect(await c.until(async () => c.get(`/ver-seen/k${i}`))).toMatch(/^[12]$/);
   });
 
-  it('unload stops the lambdas everywhere', async () => {
+  it('unload stops the lambdas everywhere; loading again delivers what was written meanwhile, with a later generation', async () => {
     const m = await c.metaManager();
+    const before = m.records().find((r) => r.name === 'it-version')!.generation;
     expect(await m.unload('it-version')).toBe(true);
     await c.until(async () => (c.managers.every((x) => !x.statuses().some((s) => s.name === 'it-version')) ? true : undefined));
-    await c.put('/ver/unloaded', 'x');
+    for (let i = 0; i < 5; i++) await c.put(`/ver/unloaded${i}`, 'x');
     await new Promise((r) => setTimeout(r, 300));
-    expect(await c.get('/ver-seen/unloaded')).toBeUndefined();
+    expect(await c.get('/ver-seen/unloaded0')).toBeUndefined();
     expect(await m.unload('it-version')).toBe(false);
-    // Loading it again starts from the new load: changes made while it was unloaded are not replayed.
-    await c.load(`${FIX}/it-version`, { config: { v: '3' } });
+    // Loading it again resumes from its delivery cursors: the 5 changes made while it was unloaded are delivered.
+    const st = await c.load(`${FIX}/it-version`, { config: { v: '3' } });
+    expect(st.generation).toBeGreaterThan(before);
     await c.put('/ver/reloaded', 'x');
     expect(await c.until(async () => c.get('/ver-seen/reloaded'))).toBe('3');
+    for (let i = 0; i < 5; i++) expect(await c.until(async () => c.get(`/ver-seen/unloaded${i}`))).toBe('3');
+    // ext ls: each shard's cursor and the shard's revision (the lag).
+    const leader = await c.leader(DATA_GROUP);
+    const w = c.managerOf(leader).statuses().find((s) => s.name === 'it-version')!.watches[0]!;
+    expect(w.byShard.map((x) => x.shard)).toEqual([DATA_GROUP]);
+    expect(w.byShard[0]!.revision).toBeGreaterThanOrEqual(w.byShard[0]!.stats.cursor);
+  });
+
+  it('unload --purge forgets the cursors; --from now skips the backlog; --from <revision> replays', async () => {
+    const m = await c.metaManager();
+    expect(await m.unload('it-version', { purge: true })).toBe(true);
+    await c.until(async () => (c.managers.every((x) => !x.statuses().some((s) => s.name === 'it-version')) ? true : undefined));
+    await c.put('/ver/purged', 'x');
+    await c.load(`${FIX}/it-version`, { config: { v: '4' } });
+    await c.put('/ver/after-purge', 'x');
+    expect(await c.until(async () => c.get('/ver-seen/after-purge'))).toBe('4');
     await new Promise((r) => setTimeout(r, 300));
-    expect(await c.get('/ver-seen/unloaded')).toBeUndefined();
+    expect(await c.get('/ver-seen/purged')).toBeUndefined();
+    // Unloaded (cursors kept), then loaded with from 'now': what was written meanwhile is skipped.
+    expect(await m.unload('it-version')).toBe(true);
+    await c.until(async () => (c.managers.every((x) => !x.statuses().some((s) => s.name === 'it-version')) ? true : undefined));
+    const skippedAt = await c.put('/ver/skipped', 'x');
+    await c.load(`${FIX}/it-version`, { config: { v: '5' }, from: 'now' });
+    await c.put('/ver/after-now', 'x');
+    expect(await c.until(async () => c.get('/ver-seen/after-now'))).toBe('5');
+    await new Promise((r) => setTimeout(r, 300));
+    expect(await c.get('/ver-seen/skipped')).toBeUndefined();
+    // from a revision: every change from it on is delivered again, the cursors notwithstanding.
+    await c.load(`${FIX}/it-version`, { config: { v: '6' }, from: skippedAt });
+    expect(await c.until(async () => ((await c.get('/ver-seen/skipped')) === '6' ? '6' : undefined))).toBe('6');
+    expect(await c.until(async () => ((await c.get('/ver-seen/after-now')) === '6' ? '6' : undefined))).toBe('6');
   });
 });
 

@@ -38,7 +38,7 @@ function watch(over: Partial<DispatchWatch['options']> = {}): DispatchWatch {
   return {
     id: 1,
     prefix: '/p/',
-    options: { mode: 'stateful', events: ['put', 'delete', 'trigger'], concurrency: 16, maxAttempts: 3, retryBackoffMs: 1, timeoutMs: 1000, maxBacklog: 100, ...over },
+    options: { mode: 'stateful', events: ['put', 'delete', 'trigger'], concurrency: 16, maxAttempts: 3, retryBackoffMs: 1, timeoutMs: 1000, maxBacklog: 100, previousValue: false, ...over },
   };
 }
 

@@ -1,4 +1,10 @@
-/** The example extensions in extensions/, loaded into an in-process 3-node cluster and driven by puts. */
+/**
+ * The example extensions in extensions/, and the README's extension snippet as written, loaded
+ * into an in-process 3-node cluster and driven by puts.
+ */
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ExtCluster } from './cluster-harness.js';
 
@@ -23,6 +29,33 @@ describe('example extensions', () => {
     expect(JSON.parse(alert)).toMatchObject({ symbol: 'ACME', from: 99, to: 97 });
     const all = await c.list('/alerts/ACME/');
     expect(all).toHaveLength(1);
+  });
+
+  it("the README's snippet runs as written and writes the alert the README shows", async () => {
+    const readme = readFileSync('README.md', 'utf8');
+    const snippet = /```js\n(\/\/ extensions\/stock-watch\/index\.js[^\n]*\n[\s\S]*?)```/.exec(readme)?.[1];
+    expect(snippet).toBeDefined();
+    const dir = mkdtempSync(join(tmpdir(), 'kvcascade-readme-'));
+    try {
+      writeFileSync(join(dir, 'package.json'), JSON.stringify({ name: 'readme-snippet', version: '1.0.0', type: 'module', main: 'index.js' }));
+      writeFileSync(join(dir, 'index.js'), snippet!);
+      expect((await c.load(dir)).state).toBe('running');
+      await c.put('/stocks/README', '100');
+      const v = await c.put('/stocks/README', '97'); // the README's 3% drop
+      // The stock-watch example (loaded above) writes the same key: wait for the snippet's own value.
+      const shown = /\/alerts\/ACME\/<version>\s+(\{[^}]*)\}/.exec(readme)?.[1];
+      expect(shown).toContain('"symbol":"ACME","from":100,"to":97');
+      const alerts = await c.until(async () => {
+        const items = await c.list('/alerts/README/');
+        return items.length > 0 ? items : undefined;
+      });
+      expect(alerts.map((a) => a.key)).toEqual([`/alerts/README/${v}`]);
+      expect(JSON.parse(alerts[0]!.value)).toMatchObject({ symbol: 'README', from: 100, to: 97 });
+      const dlq = await c.list('/_dlq/readme-snippet/').catch(() => []);
+      expect(dlq).toEqual([]);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('camera: idle -> swivel -> focus -> photo -> idle with conditional puts', async () => {

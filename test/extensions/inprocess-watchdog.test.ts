@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AdminClient } from '../../src/client/admin-client.js';
 import { KvClient } from '../../src/client/index.js';
-import { packFolder } from '../../src/extensions/package.js';
+import { packFolder } from '../../src/extensions/pack-folder.js';
 import { main as kvctl } from '../../src/cli/kvctl.js';
 import { KvdCluster } from '../cluster/harness.js';
 

@@ -14,7 +14,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { kvNodeHost } from '../../src/extensions/kv-node-host.js';
 import { localLambdaKv } from '../../src/extensions/local-lambda-kv.js';
 import { ExtensionManager, LoadConflictError } from '../../src/extensions/manager.js';
-import { packFolder, PackageError, UnsafePackageEntryError } from '../../src/extensions/package.js';
+import { PackageError, UnsafePackageEntryError } from '../../src/extensions/package.js';
+import { packFolder } from '../../src/extensions/pack-folder.js';
 import { chunkGeneration, chunkKey, claimKey, decodeClaim, decodeRecord, encodeClaim, metaKey, packagePrefix } from '../../src/extensions/registry.js';
 import { silentLogger } from '../../src/log.js';
 import { META_GROUP, type KvNode } from '../../src/node/kv-node.js';
@@ -117,6 +118,21 @@ describe('a refused load', () => {
   it('a module that fails its test load leaves no staging folder either', async () => {
     await expect((await c.metaManager()).load(await packFolder('test/extensions/fixtures/no-initialize'), {})).rejects.toThrow(/initialize/);
     expect(staged()).toEqual([]);
+  });
+});
+
+describe('unpacked folders on the nodes', () => {
+  it('only the running generation stays unpacked; an unload removes it', async () => {
+    const m = await c.metaManager();
+    await m.load(await pkg('pruned', 'a'), {});
+    const st = await m.load(await pkg('pruned', 'b'), {});
+    const unpacked = () => c.nodes.flatMap((n) => {
+      const dir = join(c.dataDir(n), 'extensions', 'pruned');
+      return existsSync(dir) ? readdirSync(dir).map((g) => `${n.id}:${g}`) : [];
+    });
+    expect(await c.until(async () => (unpacked().length === 3 ? unpacked().sort() : undefined))).toEqual([1, 2, 3].map((n) => `${n}:${st.generation}`));
+    expect(await m.unload('pruned', { purge: true })).toBe(true);
+    expect(await c.until(async () => (unpacked().length === 0 ? true : undefined))).toBe(true);
   });
 });
 

@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { ExtensionManager } from '../../src/extensions/manager.js';
-import { packFolder } from '../../src/extensions/package.js';
+import { packFolder } from '../../src/extensions/pack-folder.js';
 import type { LambdaKv } from '../../src/extensions/store-access.js';
 import { silentLogger } from '../../src/log.js';
 import { DATA_GROUP } from '../../src/node/kv-node.js';
@@ -43,6 +43,7 @@ function twinKv(host: MemoryExtensionHost): LambdaKv {
     get: unsupported,
     delete: unsupported,
     trigger: unsupported,
+    txn: unsupported,
     list: unsupported,
   };
 }

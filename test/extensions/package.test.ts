@@ -1,7 +1,8 @@
 /**
  * Extension packages: unpacking refuses links, absolute and `..` paths, devices and FIFOs (each
- * named in the error, nothing written anywhere); packing a folder refuses symbolic links with a
- * clear error; a load that fails leaves nothing in the staging folder.
+ * named in the error, nothing written anywhere); packing a folder follows npm pack (files,
+ * .npmignore) plus the production dependencies, packs file: links as copies, and refuses missing
+ * dependencies, links among its own files and packages over the size limit with clear errors.
  */
 import { existsSync, linkSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -9,7 +10,8 @@ import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import * as tar from 'tar';
 import { afterAll, describe, expect, it } from 'vitest';
-import { packFolder, PackageError, unpackPackage, UnsafePackageEntryError } from '../../src/extensions/package.js';
+import { PackageError, unpackPackage, UnsafePackageEntryError } from '../../src/extensions/package.js';
+import { packFolder } from '../../src/extensions/pack-folder.js';
 
 const tmp = mkdtempSync(join(tmpdir(), 'kvcascade-pkg-'));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
@@ -138,37 +140,104 @@ describe('unpacking refuses unsafe entries', () => {
   });
 });
 
-describe('packing a folder', () => {
-  const writePkg = (dir: string) => {
-    writeFileSync(join(dir, 'package.json'), JSON.stringify({ name: 'linked', version: '1.0.0', type: 'module', main: 'index.js' }));
+describe('packing a folder (npm pack semantics, production dependencies, links resolved)', () => {
+  const writePkg = (dir: string, extra: Record<string, unknown> = {}) => {
+    writeFileSync(join(dir, 'package.json'), JSON.stringify({ name: 'packed', version: '1.0.0', type: 'module', main: 'index.js', ...extra }));
     writeFileSync(join(dir, 'index.js'), 'export function initialize() {}\n');
   };
+  const dep = (dir: string, name: string, pkg: Record<string, unknown> = {}) => {
+    mkdirSync(dir, { recursive: true });
+    writeFileSync(join(dir, 'package.json'), JSON.stringify({ name, version: '1.0.0', ...pkg }));
+    writeFileSync(join(dir, 'index.js'), `module.exports = ${JSON.stringify(name)};\n`);
+  };
+  const unpacked = async (tgz: Uint8Array) => {
+    const dest = join(fresh('unpack'), 'dest');
+    await unpackPackage(tgz, dest);
+    return { dest, files: tree(dest).filter((f) => /\.(js|json)$/.test(f)) };
+  };
 
-  it('refuses a symbolic link (a file: dependency) with an error naming it and saying what to do', async () => {
+  it('packs a file: dependency (a link) as a copy of its target, with its own dependencies: the result unpacks', async () => {
     const dir = fresh('pack');
-    writePkg(dir);
-    const dep = fresh('dep');
-    writeFileSync(join(dep, 'package.json'), '{"name":"dep"}');
+    writePkg(dir, { dependencies: { lib: 'file:../lib' } });
+    const lib = fresh('lib');
+    dep(lib, 'lib', { dependencies: { inner: '1.0.0' } });
+    dep(join(lib, 'node_modules', 'inner'), 'inner');
     mkdirSync(join(dir, 'node_modules'));
-    symlinkSync(dep, join(dir, 'node_modules', 'dep'));
-    const err = await packFolder(dir).catch((e: unknown) => e);
-    expect(err).toBeInstanceOf(PackageError);
-    expect((err as Error).message).toContain(`node_modules/dep -> ${dep}`);
-    expect((err as Error).message).toMatch(/may not contain links/);
-    expect((err as Error).message).toMatch(/npm pack/);
+    symlinkSync(lib, join(dir, 'node_modules', 'lib'));
+    const { files } = await unpacked(await packFolder(dir));
+    expect(files).toEqual(['index.js', 'node_modules/lib/index.js', 'node_modules/lib/node_modules/inner/index.js', 'node_modules/lib/node_modules/inner/package.json', 'node_modules/lib/package.json', 'package.json']);
   });
 
-  it('skips node_modules/.bin shims, and packs hard-linked files as files (the result unpacks)', async () => {
+  it('packs production dependencies only (not devDependencies, extraneous packages or node_modules/.bin), hard links as files', async () => {
+    const dir = fresh('pack');
+    writePkg(dir, { dependencies: { tool: '1.0.0', '@scope/x': '1.0.0' }, optionalDependencies: { absent: '1.0.0' }, devDependencies: { typescript: '5' } });
+    dep(join(dir, 'node_modules', 'tool'), 'tool', { dependencies: { hoisted: '1.0.0' } });
+    dep(join(dir, 'node_modules', 'hoisted'), 'hoisted');
+    dep(join(dir, 'node_modules', '@scope', 'x'), '@scope/x');
+    dep(join(dir, 'node_modules', 'typescript'), 'typescript');
+    dep(join(dir, 'node_modules', 'extraneous'), 'extraneous');
+    mkdirSync(join(dir, 'node_modules', '.bin'), { recursive: true });
+    symlinkSync('../tool/index.js', join(dir, 'node_modules', '.bin', 'tool'));
+    linkSync(join(dir, 'index.js'), join(dir, 'same.js'));
+    writeFileSync(join(dir, 'package-lock.json'), '{}');
+    writeFileSync(join(dir, '.npmrc'), 'secret=1');
+    const { dest, files } = await unpacked(await packFolder(dir));
+    expect(files).toEqual([
+      'index.js',
+      'node_modules/@scope/x/index.js',
+      'node_modules/@scope/x/package.json',
+      'node_modules/hoisted/index.js',
+      'node_modules/hoisted/package.json',
+      'node_modules/tool/index.js',
+      'node_modules/tool/package.json',
+      'package.json',
+      'same.js',
+    ]);
+    expect(existsSync(join(dest, '.npmrc'))).toBe(false);
+    expect(readFileSync(join(dest, 'same.js'), 'utf8')).toBe(readFileSync(join(dir, 'index.js'), 'utf8'));
+  });
+
+  it('honours the "files" list and .npmignore as npm pack does', async () => {
+    const dir = fresh('pack');
+    writePkg(dir, { main: 'dist/index.js', files: ['dist'] });
+    mkdirSync(join(dir, 'dist'));
+    mkdirSync(join(dir, 'src'));
+    writeFileSync(join(dir, 'dist', 'index.js'), 'export function initialize() {}\n');
+    writeFileSync(join(dir, 'dist', 'index.test.js'), '// test');
+    writeFileSync(join(dir, 'src', 'index.ts'), '// source');
+    writeFileSync(join(dir, 'dist', '.npmignore'), '*.test.js\n');
+    expect((await unpacked(await packFolder(dir))).files).toEqual(['dist/index.js', 'package.json']);
+    const ig = fresh('pack');
+    writePkg(ig);
+    writeFileSync(join(ig, '.npmignore'), 'secret.js\n');
+    writeFileSync(join(ig, 'secret.js'), '// left out');
+    expect((await unpacked(await packFolder(ig))).files).toEqual(['index.js', 'package.json']);
+  });
+
+  it('refuses a dependency that is not installed, saying to run npm install', async () => {
+    const dir = fresh('pack');
+    writePkg(dir, { dependencies: { 'left-pad': '1.0.0' } });
+    const err = await packFolder(dir).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(PackageError);
+    expect((err as Error).message).toMatch(/dependencies not installed: left-pad\. Run `npm install`/);
+  });
+
+  it('refuses a package over the size limit, naming its largest parts', async () => {
+    const dir = fresh('pack');
+    writePkg(dir, { dependencies: { big: '1.0.0' } });
+    dep(join(dir, 'node_modules', 'big'), 'big');
+    writeFileSync(join(dir, 'node_modules', 'big', 'blob.bin'), Buffer.from(Array.from({ length: 20_000 }, () => Math.floor(Math.random() * 256))));
+    const err = await packFolder(dir, { maxBytes: 4096 }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(PackageError);
+    expect((err as Error).message).toMatch(/packs to .* MiB, more than the 0\.0 MiB an extension package may be\. Largest parts \(unpacked\): node_modules\/big /);
+    expect((err as Error).message).toMatch(/devDependencies/);
+  });
+
+  it('refuses a symbolic link among its own files, naming it', async () => {
     const dir = fresh('pack');
     writePkg(dir);
-    mkdirSync(join(dir, 'node_modules', '.bin'), { recursive: true });
-    mkdirSync(join(dir, 'node_modules', 'tool'), { recursive: true });
-    writeFileSync(join(dir, 'node_modules', 'tool', 'cli.js'), '// cli');
-    symlinkSync('../tool/cli.js', join(dir, 'node_modules', '.bin', 'tool'));
-    linkSync(join(dir, 'index.js'), join(dir, 'same.js'));
-    const dest = join(fresh('unpack'), 'dest');
-    await unpackPackage(await packFolder(dir), dest);
-    expect(tree(dest)).toEqual(['index.js', 'node_modules', 'node_modules/tool', 'node_modules/tool/cli.js', 'package.json', 'same.js']);
-    expect(readFileSync(join(dest, 'same.js'), 'utf8')).toBe(readFileSync(join(dir, 'index.js'), 'utf8'));
+    symlinkSync('/etc/hostname', join(dir, 'host'));
+    const err = await packFolder(dir).catch((e: unknown) => e);
+    expect((err as Error).message).toMatch(/contains a symbolic link: host -> \/etc\/hostname/);
   });
 });

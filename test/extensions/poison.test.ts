@@ -55,7 +55,7 @@ function watch(over: Partial<DispatchWatch['options']> = {}): DispatchWatch {
   return {
     id: 1,
     prefix: '/p/',
-    options: { mode: 'stateful', events: ['put', 'delete', 'trigger'], concurrency: 16, maxAttempts: 5, retryBackoffMs: 1, timeoutMs: 1000, maxBacklog: 1000, ...over },
+    options: { mode: 'stateful', events: ['put', 'delete', 'trigger'], concurrency: 16, maxAttempts: 5, retryBackoffMs: 1, timeoutMs: 1000, maxBacklog: 1000, previousValue: false, ...over },
   };
 }
 

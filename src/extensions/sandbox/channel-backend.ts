@@ -15,7 +15,7 @@ export interface ChannelBackendOptions {
   events: BackendEvents;
 }
 
-const KV_OPS: ReadonlySet<string> = new Set<KvOp>(['get', 'put', 'trigger', 'delete', 'list']);
+const KV_OPS: ReadonlySet<string> = new Set<KvOp>(['get', 'put', 'trigger', 'delete', 'list', 'txn']);
 const LOG_LEVELS: ReadonlySet<string> = new Set<LogLevel>(['debug', 'info', 'warn', 'error']);
 const METRIC_KINDS: ReadonlySet<string> = new Set<MetricKind>(['counter', 'histogram']);
 
@@ -86,16 +86,22 @@ export abstract class ChannelBackend implements Backend {
 
   invoke(id: number, watchId: number, event: ExtensionEvent): void {
     const value = copyBytes(event.value);
+    const previousValue = copyBytes(event.previousValue);
     const ev: ExtensionEvent = {
       type: event.type,
       key: event.key,
       value,
       version: event.version,
+      ...(event.revision !== undefined ? { revision: event.revision } : {}),
+      ...(event.previousVersion !== undefined ? { previousVersion: event.previousVersion } : {}),
+      ...(event.created !== undefined ? { created: event.created } : {}),
+      ...(previousValue ? { previousValue } : {}),
       timestamp: event.timestamp,
       shard: event.shard,
       hops: event.hops,
     };
-    this.send({ t: 'invoke', id, watchId, event: ev }, value ? [value.buffer as ArrayBuffer] : []);
+    const transfer = [value?.buffer, previousValue?.buffer].filter((b): b is ArrayBuffer => b !== undefined) as ArrayBuffer[];
+    this.send({ t: 'invoke', id, watchId, event: ev }, transfer);
   }
 
   shutdown(timeoutMs: number): Promise<Error | 'timeout' | undefined> {
@@ -238,7 +244,7 @@ export abstract class ChannelBackend implements Backend {
     }
     let p: Promise<unknown>;
     try {
-      p = Promise.resolve(this.base.host.kv(msg.op, msg.args, msg.hops));
+      p = Promise.resolve(this.base.host.kv(msg.op, msg.args, msg.hops, msg.effect));
     } catch (e) {
       p = Promise.reject(e);
     }

@@ -2,7 +2,7 @@
 import { Guest, type GuestLink, type ModuleSource } from './guest.js';
 import type { FromWorker, NativeInit, ToWorker } from './protocol.js';
 import { cloneSafe, prepareTransfer, reviveError, serializeError } from './transfer.js';
-import type { KvOp, LogLevel, MetricKind, MetricOp } from './types.js';
+import type { EffectSession, KvOp, LogLevel, MetricKind, MetricOp } from './types.js';
 
 /** How the guest talks to the runner: a worker's parentPort, or a child process's IPC channel. */
 export interface GuestPort {
@@ -38,12 +38,12 @@ export function serveGuest(port: GuestPort): void {
   const post = (msg: FromWorker, transfer: ArrayBuffer[] = [], onFail?: (e: unknown) => void): void => port.post(msg, transfer, onFail);
 
   const link: GuestLink = {
-    kv(op: KvOp, args: unknown[], hops: number): Promise<unknown> {
+    kv(op: KvOp, args: unknown[], hops: number, effect?: EffectSession): Promise<unknown> {
       return new Promise((resolve, reject) => {
         const id = nextKvId++;
         const prepared = prepareTransfer(args);
         pendingKv.set(id, { resolve, reject });
-        post({ t: 'kv', id, op, args: prepared.value, hops }, prepared.transfer, (e) => {
+        post({ t: 'kv', id, op, args: prepared.value, hops, ...(effect ? { effect } : {}) }, prepared.transfer, (e) => {
           pendingKv.delete(id);
           reject(e);
         });

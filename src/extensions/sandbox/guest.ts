@@ -2,6 +2,8 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
 import type { ExtensionContext, ExtensionEvent, ExtensionKv, ExtensionLogger, ExtensionMetrics, Lambda, WatchOptions } from '../api.js';
 import type { HostServices, KvOp, LoadErrorCode, LogLevel, RegisteredWatch } from './types.js';
+import { describeImportFailure, locationIn, packageRootOf, relativeToPackage } from './author-errors.js';
+import { EffectSessions } from './effect-session.js';
 import { errorMessage } from './transfer.js';
 import { normalizeWatch } from './watch-options.js';
 
@@ -69,6 +71,34 @@ function toBytes(value: unknown, what: string): Uint8Array {
   throw new TypeError(`${what} must be a Uint8Array or a string (got ${typeof value})`);
 }
 
+/** A `ctx.kv.txn` argument as the host receives it (values as bytes). */
+interface TxnSpec {
+  readonly compares: { key: string; version: number }[];
+  readonly writes: ({ type: 'put'; key: string; value: Uint8Array } | { type: 'delete'; key: string })[];
+}
+
+/** Checks a `ctx.kv.txn` argument; throws a TypeError saying what is wrong. */
+function checkTxn(t: unknown): TxnSpec {
+  if (typeof t !== 'object' || t === null) throw new TypeError('ctx.kv.txn: expects { compares?, writes }');
+  const o = t as { compares?: unknown; writes?: unknown };
+  const compares = o.compares === undefined ? [] : o.compares;
+  if (!Array.isArray(compares)) throw new TypeError('ctx.kv.txn: compares must be an array of { key, version }');
+  if (!Array.isArray(o.writes)) throw new TypeError('ctx.kv.txn: writes must be an array of { type: "put", key, value } or { type: "delete", key }');
+  const cs = compares.map((c: unknown, i) => {
+    const x = c as { key?: unknown; version?: unknown };
+    if (typeof x?.key !== 'string' || typeof x.version !== 'number') throw new TypeError(`ctx.kv.txn: compare ${i} must be { key: string, version: number } (version 0: the key is absent)`);
+    return { key: x.key, version: x.version };
+  });
+  const ws = (o.writes as unknown[]).map((w: unknown, i): TxnSpec['writes'][number] => {
+    const x = w as { type?: unknown; key?: unknown; value?: unknown };
+    if (typeof x?.key !== 'string') throw new TypeError(`ctx.kv.txn: write ${i} needs a string key`);
+    if (x.type === 'put') return { type: 'put', key: x.key, value: toBytes(x.value, `ctx.kv.txn: write ${i}'s value`) };
+    if (x.type === 'delete') return { type: 'delete', key: x.key };
+    throw new TypeError(`ctx.kv.txn: write ${i} must have type "put" or "delete"`);
+  });
+  return { compares: cs, writes: ws };
+}
+
 /** Drops trailing `undefined` arguments so the host sees the same `args` however the call was written. */
 function trimArgs(args: unknown[]): unknown[] {
   let n = args.length;
@@ -83,7 +113,7 @@ function trimArgs(args: unknown[]): unknown[] {
  * tracked with an `AsyncLocalStorage` so it follows the lambda through timers and promises.
  */
 export class Guest {
-  private readonly hopScope = new AsyncLocalStorage<{ readonly hops: number }>();
+  private readonly hopScope = new AsyncLocalStorage<{ readonly hops: number; readonly effects?: EffectSessions }>();
   private readonly lambdas: Lambda[] = [];
   private readonly registered: RegisteredWatch[] = [];
   private module: LoadedModule | undefined;
@@ -107,12 +137,16 @@ export class Guest {
     try {
       ns = typeof source === 'string' ? await import(source) : await source.load();
     } catch (e) {
-      throw new GuestLoadError('IMPORT_FAILED', `cannot ${typeof source === 'string' ? 'import' : 'load'} ${what}: ${errorMessage(e)}`, { cause: e });
+      if (typeof source !== 'string') throw new GuestLoadError('IMPORT_FAILED', `cannot load ${what}: ${errorMessage(e)}`, { cause: e });
+      // For the author: the file and line inside the package, no path of the node's own folders.
+      const root = packageRootOf(source);
+      throw new GuestLoadError('IMPORT_FAILED', `cannot import ${relativeToPackage(what, root)}: ${describeImportFailure(e, source)}`, { cause: e });
     }
     onImported?.();
     const mod = findModule(ns);
+    const root = typeof source === 'string' ? packageRootOf(source) : undefined;
     if (!mod) {
-      throw new GuestLoadError('NO_INITIALIZE', `${what} exports no initialize() function (neither as a named export nor on its default export / module.exports)`);
+      throw new GuestLoadError('NO_INITIALIZE', `${relativeToPackage(what, root)} exports no initialize() function (neither as a named export nor on its default export / module.exports)`);
     }
     this.module = mod;
     const ctx = this.context();
@@ -121,7 +155,8 @@ export class Guest {
       await this.hopScope.run({ hops: 0 }, () => mod.initialize.call(mod.self, ctx));
     } catch (e) {
       if (this.invalidWatch) throw new GuestLoadError('INVALID_WATCH', this.invalidWatch.message, { cause: this.invalidWatch });
-      throw new GuestLoadError('INITIALIZE_THREW', `initialize() threw: ${errorMessage(e)}`, { cause: e });
+      const at = root ? locationIn(e, root) : undefined;
+      throw new GuestLoadError('INITIALIZE_THREW', relativeToPackage(`initialize() threw: ${errorMessage(e)}${at ? ` (at ${at})` : ''}`, root), { cause: e });
     } finally {
       this.initializing = false;
     }
@@ -138,11 +173,17 @@ export class Guest {
       key: event.key,
       value: event.value,
       version: event.version,
+      ...(event.revision !== undefined ? { revision: event.revision } : {}),
+      ...(event.previousVersion !== undefined ? { previousVersion: event.previousVersion } : {}),
+      ...(event.created !== undefined ? { created: event.created } : {}),
+      ...(event.previousValue !== undefined ? { previousValue: event.previousValue } : {}),
       timestamp: event.timestamp,
       shard: event.shard,
       hops: event.hops,
     });
-    await this.hopScope.run({ hops: ev.hops }, () => lambda(ev));
+    // Its writes carry idempotency keys derived from this event: a redelivery applies none twice.
+    const effects = new EffectSessions({ extension: this.name, watchId, shard: ev.shard, key: ev.key, version: ev.version });
+    await this.hopScope.run({ hops: ev.hops, effects }, () => lambda(ev));
   }
 
   /** Runs the module's `shutdown()` if it has one (kv calls made from it carry hop count 1). */
@@ -162,11 +203,13 @@ export class Guest {
     return (this.hopScope.getStore()?.hops ?? 0) + 1;
   }
 
-  private kvCall(op: KvOp, args: unknown[]): Promise<unknown> {
+  private kvCall(op: KvOp, args: unknown[], keys?: readonly string[]): Promise<unknown> {
     const hops = this.kvHops();
     try {
-      if (typeof args[0] !== 'string') throw new TypeError(`ctx.kv.${op}: the ${op === 'list' ? 'prefix' : 'key'} must be a string`);
-      return this.link.kv(op, trimArgs(args), hops);
+      if (op !== 'txn' && typeof args[0] !== 'string') throw new TypeError(`ctx.kv.${op}: the ${op === 'list' ? 'prefix' : 'key'} must be a string`);
+      const effects = op === 'get' || op === 'list' ? undefined : this.hopScope.getStore()?.effects;
+      const effect = effects?.next(op, keys ?? [args[0] as string]);
+      return this.link.kv(op, trimArgs(args), hops, effect);
     } catch (e) {
       return Promise.reject(e);
     }
@@ -189,6 +232,16 @@ export class Guest {
       },
       delete: (key, opts) => this.kvCall('delete', [key, opts]) as ReturnType<ExtensionKv['delete']>,
       list: (prefix, opts) => this.kvCall('list', [prefix, opts]) as ReturnType<ExtensionKv['list']>,
+      txn: (t) => {
+        let spec: TxnSpec;
+        try {
+          spec = checkTxn(t);
+        } catch (e) {
+          return Promise.reject(e);
+        }
+        const keys = [...new Set([...spec.compares.map((c) => c.key), ...spec.writes.map((w) => w.key)])].sort();
+        return this.kvCall('txn', [spec], keys) as ReturnType<ExtensionKv['txn']>;
+      },
     };
     const logAt = (level: LogLevel) => (msg: string, fields?: Record<string, unknown>) => {
       this.link.log(level, String(msg), fields);

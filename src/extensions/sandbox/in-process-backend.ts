@@ -29,9 +29,9 @@ export class InProcessBackend implements Backend {
   constructor(private readonly o: InProcessBackendOptions) {
     const host = o.host;
     this.guest = new Guest(o.name, structuredClone(o.config), {
-      kv: (op, args, hops) => {
+      kv: (op, args, hops, effect) => {
         try {
-          return Promise.resolve(host.kv(op, args, hops));
+          return Promise.resolve(host.kv(op, args, hops, effect));
         } catch (e) {
           return Promise.reject(e);
         }

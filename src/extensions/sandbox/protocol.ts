@@ -1,6 +1,6 @@
 /** The message protocol between the extension runner (main thread) and its guest: a worker thread, or a child process (over its IPC channel). */
 import type { ExtensionEvent } from '../api.js';
-import type { KvOp, LogLevel, MetricKind, MetricOp, RegisteredWatch, SerializedError } from './types.js';
+import type { EffectSession, KvOp, LogLevel, MetricKind, MetricOp, RegisteredWatch, SerializedError } from './types.js';
 
 /**
  * How the worker loads a native (C ABI) package instead of importing `moduleUrl`: with
@@ -42,7 +42,7 @@ export type FromWorker =
   | { t: 'ready'; watches: RegisteredWatch[] }
   | { t: 'init-failed'; error: SerializedError; cause?: SerializedError }
   | { t: 'done'; id: number; error?: SerializedError; cpuUs?: number }
-  | { t: 'kv'; id: number; op: KvOp; args: unknown[]; hops: number }
+  | { t: 'kv'; id: number; op: KvOp; args: unknown[]; hops: number; effect?: EffectSession }
   | { t: 'log'; level: LogLevel; msg: string; fields?: Record<string, unknown> }
   | { t: 'metric'; kind: MetricKind; name: string; help: string; op: MetricOp }
   | { t: 'shutdown-done'; error?: SerializedError };

@@ -2,7 +2,7 @@
 import type { WatchOptions } from '../api.js';
 
 /** A store operation an extension may ask the node to perform (`ctx.kv.<op>`). */
-export type KvOp = 'get' | 'put' | 'trigger' | 'delete' | 'list';
+export type KvOp = 'get' | 'put' | 'trigger' | 'delete' | 'list' | 'txn';
 
 /** Severity of a line logged through `ctx.log`. */
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
@@ -27,8 +27,11 @@ export interface HostServices {
    * (values as `Uint8Array`, strings already UTF-8 encoded); `hops` is the hop count of the event
    * being handled + 1 (1 for calls made during `initialize`/`shutdown` or outside any event).
    * A rejection is delivered to the extension as an `Error` keeping `name`, `message` and `code`.
+   * `effect` (writes made while handling an event) is the write's idempotency key: the client
+   * session derived from the triggering event (see effect-session.ts), so that the write applies
+   * once however often the event is delivered.
    */
-  kv(op: KvOp, args: unknown[], hops: number): Promise<unknown>;
+  kv(op: KvOp, args: unknown[], hops: number, effect?: EffectSession): Promise<unknown>;
   /** Writes one log line for the extension. */
   log(level: LogLevel, msg: string, fields?: Record<string, unknown>): void;
   /**
@@ -36,6 +39,12 @@ export interface HostServices {
    * Registration is repeated after each worker restart, so it must be idempotent.
    */
   metric(kind: MetricKind, name: string, help: string, op: MetricOp): void;
+}
+
+/** The client session (id, seq) of one write of a lambda: see effect-session.ts. */
+export interface EffectSession {
+  readonly id: string;
+  readonly seq: number;
 }
 
 /** A watch registered by the extension during `initialize`, with every option filled in. */

@@ -10,6 +10,7 @@ export const WATCH_DEFAULTS: Readonly<Required<WatchOptions>> = Object.freeze({
   retryBackoffMs: 100,
   timeoutMs: 10_000,
   maxBacklog: 10_000,
+  previousValue: false,
 });
 
 const EVENT_TYPES: readonly EventType[] = ['put', 'delete', 'trigger'];
@@ -38,6 +39,13 @@ function duration(options: WatchOptions, key: 'retryBackoffMs' | 'timeoutMs', mi
   if (typeof v !== 'number' || !Number.isFinite(v) || v < min || v > 2 ** 31 - 1) {
     throw new InvalidWatchError(`option ${key} must be a number of ms${min > 0 ? ' > 0' : ' >= 0'} (got ${String(v)})`);
   }
+  return v;
+}
+
+function flag(options: WatchOptions, key: 'previousValue'): boolean {
+  const v = options[key];
+  if (v === undefined) return WATCH_DEFAULTS[key];
+  if (typeof v !== 'boolean') throw new InvalidWatchError(`option ${key} must be true or false (got ${String(v)})`);
   return v;
 }
 
@@ -81,6 +89,7 @@ export function normalizeWatch(prefix: unknown, lambda: unknown, options: unknow
       retryBackoffMs: duration(o, 'retryBackoffMs', 0),
       timeoutMs: duration(o, 'timeoutMs', Number.MIN_VALUE),
       maxBacklog: positiveInt(o, 'maxBacklog'),
+      previousValue: flag(o, 'previousValue'),
     });
   } catch (e) {
     if (e instanceof InvalidWatchError) throw new InvalidWatchError(`${where}: ${e.message}`);

@@ -107,6 +107,9 @@ export class MemoryKv implements ExtensionKv {
   list(): ReturnType<ExtensionKv['list']> {
     return Promise.reject(new Error('not supported by MemoryKv'));
   }
+  txn(): ReturnType<ExtensionKv['txn']> {
+    return Promise.reject(new Error('not supported by MemoryKv'));
+  }
 }
 
 /** A SyncKv over a MemoryKv's map, for running native extensions on the test's own thread. */

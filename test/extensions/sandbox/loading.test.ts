@@ -56,6 +56,21 @@ describe.each(['worker', 'process', 'in-process'] as const)('loading (%s)', (mod
     expect(e.message).toContain('extension "test"');
   });
 
+  // In-process under vitest, imports go through vite's transformer, which words syntax errors its own way.
+  it.skipIf(mode === 'in-process')('IMPORT_FAILED for a syntax error names the file and line inside the package, and no folder of the node', async () => {
+    const e = await rejection(start({ modulePath: fixture('syntax-error'), mode }));
+    expect(e.code).toBe('IMPORT_FAILED');
+    expect(e.message).toMatch(/cannot import index\.js: lib\/helper\.js:3: SyntaxError: Unexpected token '\*'/);
+    expect(e.message).toContain('return 1 +* 2;');
+    expect(e.message).not.toContain(fixture('syntax-error'));
+  });
+
+  it('IMPORT_FAILED for a throw at import time says where, relative to the package', async () => {
+    const e = await rejection(start({ modulePath: fixture('import-fails'), mode }));
+    expect(e.message).toMatch(/Error: kaboom at import time \(at index\.js:2:7\)/);
+    expect(e.message).not.toContain(fixture('import-fails'));
+  });
+
   it('IMPORT_FAILED when the path does not exist', async () => {
     const e = await rejection(start({ modulePath: fixture('does-not-exist'), mode }));
     expect(e.code).toBe('IMPORT_FAILED');

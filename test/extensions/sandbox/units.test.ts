@@ -9,7 +9,7 @@ const noop = () => {};
 describe('normalizeWatch', () => {
   it('fills the documented defaults', () => {
     expect(normalizeWatch('/a/', noop, undefined)).toEqual({
-      mode: 'stateful', events: ['put', 'delete', 'trigger'], concurrency: 16, maxAttempts: 5, retryBackoffMs: 100, timeoutMs: 10_000, maxBacklog: 10_000,
+      mode: 'stateful', events: ['put', 'delete', 'trigger'], concurrency: 16, maxAttempts: 5, retryBackoffMs: 100, timeoutMs: 10_000, maxBacklog: 10_000, previousValue: false,
     });
     expect(normalizeWatch('/', noop, {})).toEqual(WATCH_DEFAULTS);
   });

@@ -787,7 +787,7 @@ class NodeSim {
     const watch: DispatchWatch = {
       id: 1,
       prefix: DATA_PREFIX,
-      options: { mode: 'stateful', events: ['put', 'delete'], concurrency: 4, maxAttempts: 12, retryBackoffMs: 20, timeoutMs: 1000, maxBacklog: 1000 },
+      options: { mode: 'stateful', events: ['put', 'delete'], concurrency: 4, maxAttempts: 12, retryBackoffMs: 20, timeoutMs: 1000, maxBacklog: 1000, previousValue: false },
     };
     // In-process (every invocation armed first; a node dying in one moves the extension to
     // process isolation, see ShardDelivery.demote) in half the schedules; a worker otherwise.
