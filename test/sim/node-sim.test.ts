@@ -2,7 +2,7 @@
  * The node-level deterministic simulation (test/sim/node): real KvNodes, coordinator and
  * extension delivery under random fault schedules; checks linearizability, watches and lambda
  * delivery (test/sim/node/checks.ts). This file runs the first half of the schedules, and
- * node-sim-2.test.ts the second (so the two run on two cores); see test/sim/node/schedules.ts
+ * node-sim-2.test.ts the second (so that two workers can share them); see test/sim/node/schedules.ts
  * for the environment variables (KVC_SIM_SEED replays one seed, KVC_SIM_SCHEDULES sets the count).
  *
  * Determinism: a seed replays exactly (checked below by running one twice and comparing digests).
@@ -22,14 +22,29 @@ describe('node-level simulation (real KvNode, coordinator, delivery), part 1', (
   }, scheduleTimeoutMs(0));
 
   // Seeds that once failed, kept (seeds shift whenever the schedule generator changes: re-pin then).
-  // 19: the data leader froze with an in-process lambda running; the next leaders counted it as
-  // a node dying in that event and, after a crash of their own in it, dead-lettered it as poison;
-  // the frozen node then woke and finished it, after a later event of the key had been delivered
-  // (order holds by start: checks.ts orders deliveries by when they started).
+  // 19 failed (generator of commit 24b6298) when a frozen data leader finished an in-process
+  // lambda after its event had been dead-lettered as poison and a later event of the key had been
+  // delivered: the check now orders deliveries by when they started. Under today's generator it
+  // still freezes data leaders running an in-process lambda and dead-letters one event as poison.
   it.each([19])('regression seed %i', async (seed) => {
     const r = await runBatch([seed]);
     expect(r.failures).toEqual([]);
   });
+
+  // Known failures: a bug found and not fixed yet (see docs/raft.md, "The node-level simulator").
+  // The data leader freezes (GC pause, SIGSTOP) with an in-process lambda running; a new leader
+  // takes the shard, treats the unfinished event as one that killed a node, dead-letters it as
+  // poison and delivers later events of the key; the frozen node wakes and, before it has
+  // processed the messages that depose it (Node runs expired timers before network reads), its
+  // dispatcher starts a lambda for that older event: per-key order (and poison) broken. These
+  // turn red once fixed (a leader lease checked before each start would do): then make them
+  // regression seeds.
+  for (const seed of [100381, 101511]) {
+    it.fails(`known failure, seed ${seed}: a woken deposed leader starts a lambda for an older event`, async () => {
+      const r = await runBatch([seed]);
+      expect(r.failures).toEqual([]);
+    });
+  }
 
   it('a seed replays exactly (same seed, same history, watches, deliveries)', async () => {
     for (const seed of [7, 8, 9]) {
