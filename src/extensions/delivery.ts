@@ -167,6 +167,7 @@ export class ShardDelivery {
     }
     const host: DispatchHost = {
       subscribe: (prefix, fromRevision, sink) => shard.subscribe(prefix, fromRevision, sink, DELIVERY_PROGRESS_MS),
+      ...(shard.holdsLease ? { holdsLease: () => shard.holdsLease!() } : {}),
       put: async (key, value) => {
         // A cursor or a dead letter: a shard-local system key, written (system origin: lambdas
         // cannot write reserved keys) into the shard whose events it tracks, led here.

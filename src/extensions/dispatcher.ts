@@ -47,6 +47,12 @@ export interface DispatchHost {
    * is no longer known (compacted history, or a host that cannot tell): the event's previous version.
    */
   previous?(key: string, revision: number): { version: number; value?: Uint8Array } | undefined;
+  /**
+   * Whether this node may start lambdas of the shard now: it leads and holds a leader lease (see
+   * HostShard.holdsLease). While false, nothing starts; the dispatcher looks again shortly (a
+   * deposed leader's dispatcher is stopped meanwhile). Absent: always.
+   */
+  holdsLease?(): boolean;
   /** Hop count of the write at `revision`, for events that carry none (absent: 0). */
   hopsOf?(revision: number): number;
   /** Replicates a put into this shard (system origin): a cursor (a `/_sys/` key) or a dead letter (a `/_dlq/` key), both shard-local. */
@@ -87,6 +93,8 @@ export const STATE_WRITE_RETRY_MS = 100;
 export const GAP_WRITE_RETRY_MS = 100;
 /** Longest pause between attempts of a compaction gap's dead-letter write (ms). */
 export const GAP_WRITE_MAX_BACKOFF_MS = 5_000;
+/** How soon a dispatcher waiting for the leader lease looks again (ms). */
+const LEASE_RECHECK_MS = 20;
 /** How often `stop` looks whether the write in flight has finished (ms). */
 const WRITE_WAIT_POLL_MS = 5;
 /** Digits of a revision in dead-letter keys (zero-padded, so keys sort by revision). */
@@ -159,6 +167,8 @@ export class WatchDispatcher {
   private stopped = false;
   /** Stopped running events after an in-process lambda took another node down (see DispatchHost.inProcessKilledANode). */
   private halted = false;
+  /** A fresh look at the leader lease is scheduled (see waitingForLease). */
+  private leaseTimer: ReturnType<typeof setTimeout> | undefined;
   private persistTimer: NodeJS.Timeout | undefined;
   private readonly faults: FaultOptions;
   /** Entries of the attempt record found at start, not yet matched to a received event. */
@@ -351,8 +361,24 @@ export class WatchDispatcher {
     this.updateCursor();
   }
 
+  /**
+   * Whether starts must wait for the leader lease (a leader that was paused runs its due timers
+   * before it reads the messages that depose it); schedules a fresh look when so.
+   */
+  private waitingForLease(): boolean {
+    if (!this.host.holdsLease || this.host.holdsLease()) return false;
+    if (!this.leaseTimer) {
+      this.leaseTimer = setTimeout(() => {
+        this.leaseTimer = undefined;
+        this.pump();
+      }, LEASE_RECHECK_MS);
+      this.leaseTimer.unref?.();
+    }
+    return true;
+  }
+
   private pump(): void {
-    if (this.stopped || this.halted) return;
+    if (this.stopped || this.halted || this.waitingForLease()) return;
     const stateful = this.watch.options.mode === 'stateful';
     const limit = this.watch.options.concurrency;
     const waitingArm = (q: Pending) => !q.running && !q.done && !q.retryTimer && (q.arm === 'wanted' || q.arm === 'durable');
@@ -494,7 +520,7 @@ export class WatchDispatcher {
   }
 
   private pumpWithRetryFirst(p: Pending): void {
-    if (this.stopped || this.halted) return;
+    if (this.stopped || this.halted || this.waitingForLease()) return;
     if (!p.done && !p.running && this.running < this.watch.options.concurrency && (!this.mustArm(p) || p.arm === 'durable')) this.run(p);
     this.pump();
   }

@@ -63,6 +63,12 @@ export interface HostShard {
   readonly group: number;
   /** Whether this node leads the group now. */
   isLeader(): boolean;
+  /**
+   * Whether this node leads the group and heard from a quorum of its members within an election
+   * timeout (a leader lease on the node's clock). False on a leader that was just paused, before
+   * it learns it was deposed; lambdas start only while it holds. Absent: `isLeader` stands in.
+   */
+  holdsLease?(): boolean;
   /** The key as applied here (undefined when absent). */
   get(key: string): HostEntry | undefined;
   /**

@@ -55,6 +55,7 @@ function replicaShard(node: KvNode, group: number): HostShard {
   return {
     group,
     isLeader: () => node.replica(group)?.isLeader ?? false,
+    holdsLease: () => node.holdsLease(group),
     get: (key) => {
       const got = node.replica(group)?.sm.get(key);
       return got ? { value: got.value, version: got.version } : undefined;

@@ -34,6 +34,10 @@ export class NodeDriver {
    * its peers with every tick's keepalive, so their reconcilers hand it none; see `KvNode.drain`.
    */
   draining = false;
+  /** When the tick timer last ran (this node's clock); a long gap means the process was paused or starved. */
+  lastTickMs: number | undefined;
+  /** When a tick last came late by more than two ticks (a pause or starvation of the process): leases need fresh proof. */
+  lateTickAtMs = 0;
 
   constructor(
     private readonly parts: NodeParts,
@@ -76,6 +80,9 @@ export class NodeDriver {
     if (this.stopped) return;
     const { opts, id } = this.parts;
     const tickMs = opts.tickMs ?? NODE_DEFAULTS.tickMs;
+    const now = this.scheduler.now();
+    if (this.lastTickMs !== undefined && now - this.lastTickMs > 2 * tickMs) this.lateTickAtMs = now;
+    this.lastTickMs = now;
     const electionMs = this.electionMs();
     if (opts.quiesce !== false) stepQuiescence(this.replicas.values(), id, (peer) => this.replicas.heardWithin(peer, electionMs));
     for (const r of this.replicas.values()) r.tick();

@@ -57,6 +57,10 @@ export class KvNode implements KvBackend {
   private readonly backend: NodeBackend;
   private observerHooks: NodeObserver = {};
   private readonly parts: NodeParts;
+  /** Per group: when a leadership confirmation round (see holdsLease) that succeeded was started. */
+  private readonly leaseConfirmedMs = new Map<number, number>();
+  /** Groups with a confirmation round in flight. */
+  private readonly leaseConfirming = new Set<number>();
 
   private constructor(
     opts: NodeOptions,
@@ -131,6 +135,40 @@ export class KvNode implements KvBackend {
       deadlineMs,
       tickMs,
     );
+  }
+
+  /**
+   * Whether this node leads `group` and may act as its leader now (start a lambda): a quorum of
+   * its voters' nodes (itself included) was heard from within an election timeout, and — when
+   * this process was paused or starved since (a tick came late, or is overdue now) — a heartbeat
+   * round sent after that confirmed the leadership. Receive times alone cannot tell: a woken
+   * leader reads acknowledgements sent before its pause. While unconfirmed it answers false and
+   * starts the confirming round (a ReadIndex barrier) once.
+   */
+  holdsLease(group: number): boolean {
+    const r = this.replicas.get(group);
+    if (!r?.isLeader) return false;
+    const { opts, scheduler } = this.parts;
+    const tickMs = opts.tickMs ?? NODE_DEFAULTS.tickMs;
+    const now = scheduler.now();
+    const last = this.driver.lastTickMs;
+    if (last !== undefined && now - last > 2 * tickMs) this.driver.lateTickAtMs = now; // overdue: paused just now
+    const late = this.driver.lateTickAtMs;
+    if (late > 0 && (this.leaseConfirmedMs.get(group) ?? 0) <= late) {
+      if (!this.leaseConfirming.has(group)) {
+        const started = now;
+        this.leaseConfirming.add(group);
+        r.readBarrier().then(
+          () => this.leaseConfirmedMs.set(group, started),
+          () => {},
+        ).finally(() => this.leaseConfirming.delete(group));
+      }
+      return false;
+    }
+    const windowMs = tickMs * (opts.electionTicks ?? NODE_DEFAULTS.electionTicks);
+    const voters = r.confState().voters;
+    const heard = voters.filter((v) => this.replicas.heardWithin(v, windowMs)).length;
+    return heard > voters.length / 2;
   }
 
   /** Whether `drain` was called. */

@@ -31,16 +31,16 @@ describe('node-level simulation (real KvNode, coordinator, delivery), part 1', (
     expect(r.failures).toEqual([]);
   });
 
-  // Known failures: a bug found and not fixed yet (see docs/raft.md, "The node-level simulator").
-  // The data leader freezes (GC pause, SIGSTOP) with an in-process lambda running; a new leader
-  // takes the shard, treats the unfinished event as one that killed a node, dead-letters it as
-  // poison and delivers later events of the key; the frozen node wakes and, before it has
-  // processed the messages that depose it (Node runs expired timers before network reads), its
-  // dispatcher starts a lambda for that older event: per-key order (and poison) broken. These
-  // turn red once fixed (a leader lease checked before each start would do): then make them
-  // regression seeds.
+  // Regression seeds: the data leader froze (GC pause, SIGSTOP) with an in-process lambda running;
+  // a new leader took the shard, treated the unfinished event as one that killed a node,
+  // dead-lettered it as poison and delivered later events of the key; the frozen node woke and,
+  // before it had processed the messages that depose it (Node runs expired timers before network
+  // reads), its dispatcher started a lambda for that older event: per-key order (and poison)
+  // broken. Fixed by the leader lease the dispatcher checks before each start
+  // (KvNode.holdsLease: a quorum heard within an election timeout, and after a late tick a
+  // leadership confirmation round sent after it).
   for (const seed of [100381, 101511]) {
-    it.fails(`known failure, seed ${seed}: a woken deposed leader starts a lambda for an older event`, async () => {
+    it(`regression seed ${seed}: a woken deposed leader starts no lambda for an older event`, async () => {
       const r = await runBatch([seed]);
       expect(r.failures).toEqual([]);
     });
