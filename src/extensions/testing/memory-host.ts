@@ -8,19 +8,25 @@ import type { ExtensionHost, HostEvent, HostShard, LeadershipChange, SystemComma
 import { NotLeaderError } from '../../node/backend.js';
 import { WatchHub } from '../../node/watch-hub.js';
 import { initialMap, META_GROUP, type ClusterMap } from '../../sharding/index.js';
-import { KvStateMachine, type Command, type CommandOrigin, type CommandResult, type WriteSession } from '../../statemachine/index.js';
+import { KvStateMachine, type Command, type CommandOrigin, type CommandResult, type KvStateMachineOptions, type WriteSession } from '../../statemachine/index.js';
 
 /** One group of the twin: a state machine, its watches, and the hop count of each lambda write. */
 export class MemoryShard implements HostShard {
   /** The group's state machine (the real one, in memory). */
-  readonly sm = new KvStateMachine();
+  readonly sm: KvStateMachine;
   private readonly watches = new WatchHub(() => this.sm, Date.now);
   private readonly hops = new Map<number, number>();
   private index = 0;
   /** The term this twin leads the group in (undefined: it does not lead). */
   term: number | undefined;
 
-  constructor(readonly group: number) {}
+  constructor(
+    readonly group: number,
+    /** Options of its state machine (a short history window, for tests of compaction). */
+    smOptions: KvStateMachineOptions = {},
+  ) {
+    this.sm = new KvStateMachine(smOptions);
+  }
 
   isLeader(): boolean {
     return this.term !== undefined;
@@ -102,11 +108,13 @@ export class MemoryExtensionHost implements ExtensionHost {
   constructor(
     readonly nodeId = 1,
     shards = 1,
+    /** Options of the data shards' state machines. */
+    smOptions: KvStateMachineOptions = {},
   ) {
     this.map = initialMap([{ id: nodeId, address: `127.0.0.1:${17000 + nodeId}` }], { shards, replicas: 1 });
     this.groups.set(META_GROUP, new MemoryShard(META_GROUP));
     this.groups.get(META_GROUP)!.term = 1;
-    for (const s of this.map.shards) this.groups.set(s.group, new MemoryShard(s.group));
+    for (const s of this.map.shards) this.groups.set(s.group, new MemoryShard(s.group, smOptions));
   }
 
   shardMap(): ClusterMap {
