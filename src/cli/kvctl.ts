@@ -1,5 +1,11 @@
 #!/usr/bin/env node
-/** kvctl, the kvcascade command-line client (put, get, cas, txn, del, trigger, ls, watch, cluster status, pools, members, extensions), callable in-process through `main(argv, io)`. */
+/**
+ * kvctl, the kvcascade command-line client (put, get, cas, txn, del, trigger, ls, watch, cluster
+ * status, pools, members, extensions), callable in-process through `main(argv, io)`.
+ *
+ * Size: about 550 lines of one command table (the data commands; ext, auth, user and role
+ * commands live in their own files): each command is a short declaration and its action.
+ */
 import { isUtf8 } from 'node:buffer';
 import { readFileSync, realpathSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';

@@ -102,9 +102,29 @@ export class ClusterAdmin {
    * Applies `mutate` to the current map as one metadata txn (compare-and-set on the map's info
    * record), retrying on conflicts. Returns the map as applied. Must run on the metadata leader.
    */
+  /** Resolves once this node has applied a written cluster map; UNAVAILABLE-style error at `deadlineMs`. */
+  private async untilMapWritten(deadlineMs: number): Promise<void> {
+    const ac = new AbortController();
+    const timer = setTimeout(() => ac.abort(), Math.max(0, deadlineMs - Date.now()));
+    try {
+      await this.node.untilMapInitialised(ac.signal);
+    } catch (e) {
+      if (ac.signal.aborted) throw new DeadlineError('the cluster map is not written yet (the cluster is starting): retry');
+      throw e;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
   async updateMap(mutate: (m: ClusterMap) => ClusterMap, deadlineMs: number): Promise<ClusterMap> {
+    // Until the first map is written, this node routes with the bootstrap map, and a change
+    // computed against it would be written as a diff of it: the stored map would lack what only
+    // the bootstrap map had (the default pool), be refused as malformed by every node, and the
+    // initial write would then fail its compare. Changes wait for the written map.
+    await this.untilMapWritten(deadlineMs);
     for (let attempt = 0; attempt < MAX_UPDATE_ATTEMPTS; attempt++) {
       const meta = await this.node.readable('linearizable', { deadlineMs }, META_GROUP);
+      await this.node.whenMapCurrent(); // the read barrier resolves as entries apply, before the map is re-read
       const before = this.node.shardMap();
       const after = mutate(before);
       const diff = diffClusterMaps(before, after);
@@ -129,7 +149,10 @@ export class ClusterAdmin {
         'system',
       );
       if (res.type === 'rejected') throw res.error;
-      if (res.type === 'txn' && res.succeeded) return this.node.shardMap();
+      if (res.type === 'txn' && res.succeeded) {
+        await this.node.whenMapCurrent();
+        return this.node.shardMap();
+      }
       await sleep(UPDATE_RETRY_BASE_MS + Math.random() * UPDATE_RETRY_SPREAD_MS);
     }
     throw new ShardingError('BUSY', 'the cluster map kept changing concurrently; try again');

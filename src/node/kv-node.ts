@@ -212,6 +212,11 @@ export class KvNode implements KvBackend {
     return this.replicas.isLive(peer);
   }
 
+  /** Resolves once `shardMap()` reflects everything the metadata group applied here (see ReplicaSet.whenMapCurrent). */
+  whenMapCurrent(): Promise<void> {
+    return this.replicas.whenMapCurrent();
+  }
+
   /** The cluster map this node routes with. */
   shardMap(): ClusterMap {
     return this.replicas.map;

@@ -44,6 +44,8 @@ export class ReplicaSet {
   private lastReconcileMs = 0;
   private lastRetentionCheckMs = 0;
   private mapDirty = true;
+  /** Waiting for the end of the round that re-reads the map (see whenMapCurrent). */
+  private readonly mapWaiters: (() => void)[] = [];
   /** Last time each peer was heard from (ms). */
   private readonly heardFrom = new Map<NodeId, number>();
   /** Peers whose last keepalive said they are draining, and when. */
@@ -252,6 +254,18 @@ export class ReplicaSet {
   /** Re-reads the map after a round in which the metadata group applied entries. */
   refreshMapIfDirty(): void {
     if (this.mapDirty) this.refreshMap();
+    const waiters = this.mapWaiters.splice(0);
+    for (const w of waiters) w();
+  }
+
+  /**
+   * Resolves once the map reflects everything the metadata group has applied here: at once, or at
+   * the end of the ready round that applied metadata entries (the map is re-read then). A write to
+   * the metadata group resolves when applied, a little before that: read the map after this.
+   */
+  whenMapCurrent(): Promise<void> {
+    if (!this.mapDirty) return Promise.resolve();
+    return new Promise((resolve) => this.mapWaiters.push(resolve));
   }
 
   /** Re-reads the map after the metadata group applied entries; acts on a new epoch. */
