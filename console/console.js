@@ -254,7 +254,9 @@
   }
 
   function connect() {
-    source = new EventSource('/console/events');
+    // With access control on, the page is opened as /?token=<root token>: the stream needs it too.
+    var token = new URLSearchParams(window.location.search).get('token');
+    source = new EventSource('/console/events' + (token ? '?token=' + encodeURIComponent(token) : ''));
     source.addEventListener('open', function () {
       setConn('up', 'live');
     });

@@ -121,6 +121,29 @@ function probeEndpoints(readiness: () => { ready: boolean; reason?: string }): (
   };
 }
 
+/**
+ * Who may view the web console's cluster state (`/console/events`, `/console/state.json`): anyone
+ * who reaches the metrics port while access control is off; root only while it is on (the admin
+ * token, or a root user's token), given as `authorization: Bearer <token>` or, for the browser
+ * page (an EventSource cannot set headers), `?token=<token>` on the page's URL, which the page
+ * passes on. The page's static files carry no cluster data and are served to anyone.
+ */
+function consoleViewerCheck(access: AccessControl): (req: IncomingMessage) => boolean {
+  return (req) => {
+    if (!access.enabled) return true;
+    const url = new URL(req.url ?? '/', 'http://localhost');
+    if (url.pathname !== '/console/events' && url.pathname !== '/console/state.json') return true;
+    const token = url.searchParams.get('token');
+    const header = req.headers.authorization ?? (token ? `Bearer ${token}` : undefined);
+    try {
+      access.requireRoot(header, undefined);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+}
+
 /** How long a stopping kvd (SIGTERM, SIGINT) spends handing its leaderships over before it closes. */
 const DRAIN_ON_STOP_MS = 10_000;
 /** The default and the longest wait of `POST /drain` (a preStop hook's budget is the pod's grace period). */
@@ -353,6 +376,7 @@ async function main(): Promise<void> {
     stubs,
     credentials: creds.clientDial,
     log: log.child({ component: 'console' }),
+    mayView: consoleViewerCheck(access),
   });
   const port = await bind(server, cfg.listen, creds.clientServer);
   // The peer plane: Raft traffic only, on its own listener (mutual TLS unless --insecure-peers).

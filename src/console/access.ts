@@ -2,10 +2,10 @@
  * Who may view the web console: the single access-control hook of the console's HTTP endpoints
  * (the page, its script and style, `/console/events` and `/console/state.json`).
  *
- * Until access control lands, every request that reaches the metrics port may view everything
- * (the port listens on 127.0.0.1 only). When it lands, replace {@link allowEveryViewer} (or pass
- * another {@link ConsoleViewerCheck} to the console server) with a check of the request's
- * credentials; it may also narrow what a viewer sees once snapshots are filtered per viewer.
+ * kvd passes its own check (src/bin/kvd.ts `consoleViewerCheck`): while access control is off,
+ * every request that reaches the metrics port may view everything; while it is on, the cluster
+ * state is for root only (the admin token or a root user's token, as a header or `?token=`).
+ * {@link allowEveryViewer} is the default for embedders and tests.
  */
 import type { IncomingMessage } from 'node:http';
 
