@@ -100,8 +100,13 @@ export class KvdCluster {
       })),
       opts,
     );
-    await Promise.all(c.nodes.map((n) => c.startNode(n.id)));
-    await c.waitForLeader();
+    try {
+      await Promise.all(c.nodes.map((n) => c.startNode(n.id)));
+      await c.waitForLeader();
+    } catch (e) {
+      await c.stop(); // never leave processes behind a failed start
+      throw e;
+    }
     return c;
   }
 
