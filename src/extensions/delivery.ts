@@ -5,7 +5,7 @@
  * when one of its lambdas may have taken a node down (the replicated demotion marker).
  */
 import type { Logger } from '../log.js';
-import { UnavailableError } from '../node/backend.js';
+import { DeadlineError, NotLeaderError, UnavailableError } from '../node/backend.js';
 import { isShardLocalKey, shardsForPrefix, type ClusterMap } from '../sharding/index.js';
 import type { CommandResult } from '../statemachine/types.js';
 import type { ExtensionEvent } from './api.js';
@@ -261,7 +261,12 @@ export class ShardDelivery {
     const cmd: SystemCommand = marker ? { type: 'put', key: demotedKey(name), value: new TextEncoder().encode(JSON.stringify(marker)) } : { type: 'delete', key: demotedKey(name) };
     return this.proposeIn(group, cmd)
       .then(() => undefined)
-      .catch((e: unknown) => this.opts.log.error({ extension: name, group, err: String(e) }, 'could not record where this extension runs (process isolation marker)'));
+      .catch((e: unknown) => {
+        // Lost to a leadership change: the shard's next leader finds the same unfinished events and
+        // decides again, so it is worth a warning only; anything else (storage) is an error.
+        const leadershipMoved = e instanceof NotLeaderError || e instanceof UnavailableError || e instanceof DeadlineError;
+        this.opts.log[leadershipMoved ? 'warn' : 'error']({ extension: name, group, err: String(e) }, 'could not record where this extension runs (process isolation marker)');
+      });
   }
 
   /**

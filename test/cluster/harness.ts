@@ -70,6 +70,9 @@ export interface ClusterOptions {
   readonly advertiseHost?: string;
 }
 
+/** Longest wait for a kvd process's readiness line (a joining node waits for its member add too). */
+const READY_TIMEOUT_MS = 90_000;
+
 /** A cluster of real kvd processes. */
 export class KvdCluster {
   readonly nodes: ClusterNode[] = [];
@@ -151,16 +154,25 @@ export class KvdCluster {
       if (n.stderr.length > 200) n.stderr.shift();
     });
     return new Promise((res, rej) => {
+      // A node that never gets ready (it hangs) fails the start instead of hanging the test.
+      const timer = setTimeout(() => {
+        proc.kill('SIGKILL');
+        rej(new Error(`kvd ${id} not ready within ${READY_TIMEOUT_MS} ms: ${n.stderr.join('')}`));
+      }, READY_TIMEOUT_MS);
       const lines = createInterface({ input: proc.stdout! });
       lines.on('line', (line) => {
         if (!line.startsWith('{')) return;
         const msg = JSON.parse(line) as { event?: string; metricsPort?: number };
         if (msg.event === 'ready') {
+          clearTimeout(timer);
           n.metricsPort = msg.metricsPort ?? 0;
           res();
         }
       });
-      proc.once('exit', (code, signal) => rej(new Error(`kvd ${id} exited before ready (code ${code}, signal ${signal}): ${n.stderr.join('')}`)));
+      proc.once('exit', (code, signal) => {
+        clearTimeout(timer);
+        rej(new Error(`kvd ${id} exited before ready (code ${code}, signal ${signal}): ${n.stderr.join('')}`));
+      });
     });
   }
 
