@@ -200,9 +200,8 @@ export class NodeBackend implements KvBackend {
     if (!r.ownsKey(req.key)) throw new WrongShardError(`key ${JSON.stringify(req.key)} is not owned by shard ${r.group}; the cluster map changed`);
     const at =
       req.atVersion !== undefined ? { atRevision: req.atVersion } : req.atTimeMs !== undefined ? { atTimeMs: req.atTimeMs } : undefined;
-    await r.prefetchValues(() => r.readValue(req.key, at)); // cold values come from the disk off the event loop
-    const found = r.readValue(req.key, at);
-    const revision = r.revision;
+    // Cold values come from the disk off the event loop; the revision is taken in the same pass as the value.
+    const { found, revision } = await r.readWithValues(() => ({ found: r.readValue(req.key, at), revision: r.revision }));
     if (!found) return { found: false, version: 0, timestampMs: 0, revision };
     return { found: true, value: found.value, version: found.version, timestampMs: found.timestampMs, revision };
   }
@@ -229,8 +228,7 @@ export class NodeBackend implements KvBackend {
       ...(req.after !== undefined ? { after: req.after } : {}),
       keysOnly: req.keysOnly,
     };
-    if (!req.keysOnly) await r.prefetchValues(() => r.list(req.prefix, listOptions)); // cold values off the event loop
-    const page = r.list(req.prefix, listOptions);
+    const page = req.keysOnly ? r.list(req.prefix, listOptions) : await r.readWithValues(() => r.list(req.prefix, listOptions)); // cold values off the event loop
     // Reserved keys (descriptor, cursors, dead letters, ...) show only to listings inside the reserved keyspace.
     const hide = hidesReservedKeys(req.prefix);
     return {

@@ -112,7 +112,7 @@ export class ReplicaSet {
   /** How `group`'s replica serves values: from `engine` through the node's cache, released once durable. */
   private valuesOf(engine: KvEngine, group: number): NonNullable<ConstructorParameters<typeof ShardReplica>[0]['values']> {
     const source = new EngineValueSource(engine, group, this.valueCache);
-    return { source, whenDurable: () => this.parts.store.whenDurable(), prefetch: (read) => source.prefetch(read) };
+    return { source, whenDurable: () => this.parts.store.whenDurable(), readCached: (read) => source.readCached(read) };
   }
 
   private addReplica(group: number, initialState?: RecoveredState): void {

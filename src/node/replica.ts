@@ -107,8 +107,8 @@ export interface ReplicaOptions {
   readonly values?: {
     readonly source: ValueSource;
     readonly whenDurable: () => Promise<void>;
-    /** Reads the values `read` would miss into the cache without blocking the event loop (EngineValueSource.prefetch). */
-    readonly prefetch?: (read: () => unknown) => Promise<void>;
+    /** Runs a read with the values it needs, fetching misses without blocking the event loop (EngineValueSource.readCached). */
+    readonly readCached?: <T>(read: () => T) => Promise<T>;
   };
 }
 
@@ -377,13 +377,13 @@ export class ShardReplica {
   }
 
   /**
-   * Before a read at the node's edge: brings the values `read` would take from the engine into
-   * the cache asynchronously, so the read that follows does not block the event loop on the disk.
-   * A no-op when values stay in the heap. `read` runs once as a dry run (its result is discarded);
-   * run it again after this resolves.
+   * A read at the node's edge: runs `read` with the values it needs, reading any the cache
+   * misses from the engine asynchronously first, so the event loop never blocks on the disk (one
+   * pass when everything is hot). `read` runs at once when values stay in the heap.
    */
-  prefetchValues(read: () => unknown): Promise<void> {
-    return this.opts.values?.prefetch?.(read) ?? Promise.resolve();
+  readWithValues<T>(read: () => T): Promise<T> {
+    const readCached = this.opts.values?.readCached;
+    return readCached ? readCached(read) : Promise.resolve().then(read);
   }
 
   /** Starts a watch of this shard's events (history from `req.fromRevision`, then live). */

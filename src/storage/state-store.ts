@@ -833,6 +833,8 @@ export class EngineValueSource implements ValueSource {
   private readonly cachePrefix: string;
   /** While `prefetch` runs its read: the versions it missed (read answers a placeholder instead of blocking). */
   private missing: Array<readonly [string, number]> | undefined;
+  /** The pass in progress is `prefetch`'s dry run (its result is discarded). */
+  private dryRun = false;
 
   /** The source of `group`'s values in `engine`, caching in `cache`. */
   constructor(
@@ -847,9 +849,13 @@ export class EngineValueSource implements ValueSource {
   read(key: string, revision: number): Uint8Array | undefined {
     const ck = `${this.cachePrefix}${revision}/${key}`;
     if (this.missing !== undefined) {
-      // A dry run (prefetch): note what is not cached; the caller discards what it read.
-      if (!this.cache.has(ck)) this.missing.push([key, revision]);
-      return VALUE_ON_DISK;
+      // A first pass (readCached) or a dry run (prefetch): note a miss instead of blocking on the
+      // disk. A dry run's result is discarded, so it neither uses nor counts what is cached.
+      if (!this.cache.has(ck)) {
+        this.missing.push([key, revision]);
+        return VALUE_ON_DISK;
+      }
+      if (this.dryRun) return VALUE_ON_DISK;
     }
     const hit = this.cache.get(ck);
     if (hit !== undefined) return hit;
@@ -874,17 +880,45 @@ export class EngineValueSource implements ValueSource {
    * correct). Whatever `read` returns or throws in the dry run is discarded.
    */
   async prefetch(read: () => unknown): Promise<void> {
-    if (this.missing !== undefined) return; // not reentrant (read is synchronous: cannot happen)
+    this.dryRun = true;
+    const missing = this.firstPass(read).missing;
+    this.dryRun = false;
+    if (missing.length > 0) await this.fetch(missing);
+  }
+
+  /**
+   * Runs `read` (a synchronous read of the machine) with the values it needs, never blocking the
+   * event loop on the disk: a first pass serves what the heap and the cache hold and notes the
+   * rest; when nothing was missing its result is the answer (one pass: the common case, hot
+   * data); otherwise the misses are read asynchronously into the cache and `read` runs again.
+   */
+  async readCached<T>(read: () => T): Promise<T> {
+    if (this.missing !== undefined) return read(); // not reentrant (read is synchronous: cannot happen)
+    const first = this.firstPass(read);
+    if (first.missing.length === 0) {
+      if ('error' in first) throw first.error;
+      return first.result as T;
+    }
+    await this.fetch(first.missing);
+    return read();
+  }
+
+  /** Runs `read` once, misses noted instead of read (their values are placeholders in the result). */
+  private firstPass(read: () => unknown): { missing: Array<readonly [string, number]>; result?: unknown; error?: unknown } {
     const missing: Array<readonly [string, number]> = [];
+    if (this.missing !== undefined) return { missing };
     this.missing = missing;
     try {
-      read();
-    } catch {
-      // the real read reports it
+      return { missing, result: read() };
+    } catch (error) {
+      return { missing, error };
     } finally {
       this.missing = undefined;
     }
-    if (missing.length === 0) return;
+  }
+
+  /** Reads `missing` versions from the engine, asynchronously, into the cache. */
+  private async fetch(missing: ReadonlyArray<readonly [string, number]>): Promise<void> {
     this.cache.countMisses(missing.length);
     await Promise.all(
       missing.map(async ([key, revision]) => {

@@ -204,4 +204,44 @@ describe('EngineValueSource', () => {
     expect(dec(warm.get('p/18')!.value)).toBe('v18'); // not prefetched: one synchronous read
     expect(syncReads).toBe(1);
   });
+
+  it('readCached answers a hot read in one pass, and a cold one after reading its misses asynchronously', async () => {
+    const engine = new MemoryEngine();
+    const group = 4;
+    const sm = new KvStateMachine();
+    const recorder = new StateRecorder(group);
+    sm.observe(recorder);
+    let syncReads = 0;
+    const counted = {
+      getSync: (k: Parameters<MemoryEngine['getSync']>[0]) => {
+        syncReads++;
+        return engine.getSync(k);
+      },
+      get: (k: Parameters<MemoryEngine['get']>[0]) => engine.get(k),
+    };
+    sm.attachValues(new EngineValueSource(counted, group, new ValueCache(0)));
+    for (let i = 0; i < 10; i++) sm.apply(i + 1, 1000, { type: 'put', key: `q/${i}`, value: enc(`w${i}`) });
+    await engine.batch(recorder.take(sm)!, { sync: true });
+    sm.releaseValues(sm.revision);
+    const cache = new ValueCache(1 << 20);
+    const source = new EngineValueSource(counted, group, cache);
+    const warm = KvStateMachine.fromRecords((await loadState(engine, group, { values: false }))!.data);
+    warm.attachValues(source);
+    let passes = 0;
+    const read = () => {
+      passes++;
+      return dec(warm.get('q/3')!.value);
+    };
+    expect(await source.readCached(read)).toBe('w3'); // cold: a first pass, the fetch, a second pass
+    expect(passes).toBe(2);
+    passes = 0;
+    expect(await source.readCached(read)).toBe('w3'); // hot: one pass
+    expect(passes).toBe(1);
+    expect(syncReads).toBe(0);
+    await expect(
+      source.readCached(() => {
+        throw new Error('boom');
+      }),
+    ).rejects.toThrow('boom'); // a read that throws (and misses nothing) throws once
+  });
 });
