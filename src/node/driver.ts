@@ -9,7 +9,7 @@
  */
 import { MessageType, type Message, type NodeId, type Ready } from '../raft/index.js';
 import { DeadlineError, UnavailableError } from './backend.js';
-import { NODE_DEFAULTS, type NodeParts } from './node-options.js';
+import { electionTimeoutMs, NODE_DEFAULTS, type NodeParts } from './node-options.js';
 import type { ShardReplica } from './replica.js';
 import type { ReplicaSet } from './replica-set.js';
 import { realScheduler, type Scheduler, type TimerHandle } from './scheduler.js';
@@ -93,8 +93,7 @@ export class NodeDriver {
 
   /** One election timeout in ms: how long a peer's node may be silent before it counts as down. */
   private electionMs(): number {
-    const { opts } = this.parts;
-    return (opts.tickMs ?? NODE_DEFAULTS.tickMs) * (opts.electionTicks ?? NODE_DEFAULTS.electionTicks);
+    return electionTimeoutMs(this.parts.opts);
   }
 
   /** A keepalive to every member nothing was sent to during the last tick (node liveness, see quiescence.ts). */

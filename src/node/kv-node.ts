@@ -162,13 +162,11 @@ export class KvNode implements KvBackend {
           () => this.leaseConfirmedMs.set(group, started),
           () => {},
         ).finally(() => this.leaseConfirming.delete(group));
+        this.driver.scheduleReady(); // the confirming heartbeat goes out with the next round
       }
       return false;
     }
-    const windowMs = tickMs * (opts.electionTicks ?? NODE_DEFAULTS.electionTicks);
-    const voters = r.confState().voters;
-    const heard = voters.filter((v) => this.replicas.heardWithin(v, windowMs)).length;
-    return heard > voters.length / 2;
+    return this.replicas.quorumHeard(r);
   }
 
   /** Whether `drain` was called. */

@@ -157,6 +157,11 @@ export interface NodeParts {
   fatal(err: unknown): void;
 }
 
+/** One election timeout in ms (tick × election ticks): how long a peer's node may be silent before it counts as down, and a leader lease's length. */
+export function electionTimeoutMs(opts: Pick<NodeOptions, 'tickMs' | 'electionTicks'>): number {
+  return (opts.tickMs ?? NODE_DEFAULTS.tickMs) * (opts.electionTicks ?? NODE_DEFAULTS.electionTicks);
+}
+
 /** The scheduler `opts` ask for: `scheduler`, else the wall clock's timers with `nowMs` as the clock when given. */
 export function schedulerOf(opts: NodeOptions): Scheduler {
   if (opts.scheduler) return opts.scheduler;

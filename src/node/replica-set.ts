@@ -15,7 +15,7 @@ import { DEFAULT_VALUE_CACHE_BYTES, ValueCache } from '../storage/value-cache.js
 import { NotLeaderError } from './backend.js';
 import { ClusterView } from './cluster-view.js';
 import { LeadershipTracker } from './leadership.js';
-import { META_GROUP, NODE_DEFAULTS, replicaRandom, type NodeParts } from './node-options.js';
+import { electionTimeoutMs, META_GROUP, NODE_DEFAULTS, replicaRandom, type NodeParts } from './node-options.js';
 import { bootstrapGroup, deleteOrphanRecords, recoverState, type RecoveredState } from './recovery.js';
 import { ShardReplica } from './replica.js';
 import { ShardReconciler } from './shard-reconciler.js';
@@ -199,9 +199,14 @@ export class ReplicaSet {
   /** Whether `peer` said it is draining within an election timeout: it must not be given leadership. */
   isDraining(peer: NodeId): boolean {
     const at = this.drainingSince.get(peer);
-    const { opts } = this.parts;
-    const windowMs = (opts.tickMs ?? NODE_DEFAULTS.tickMs) * (opts.electionTicks ?? NODE_DEFAULTS.electionTicks);
-    return at !== undefined && this.parts.scheduler.now() - at <= windowMs;
+    return at !== undefined && this.parts.scheduler.now() - at <= electionTimeoutMs(this.parts.opts);
+  }
+
+  /** Whether a majority of `r`'s voters' nodes (this one included) was heard from within an election timeout. */
+  quorumHeard(r: ShardReplica): boolean {
+    const voters = r.confState().voters;
+    const windowMs = electionTimeoutMs(this.parts.opts);
+    return voters.filter((v) => this.heardWithin(v, windowMs)).length > voters.length / 2;
   }
 
   /** Whether `peer` was heard from within the last `windowMs` (this node counts as heard). */
@@ -216,7 +221,7 @@ export class ReplicaSet {
     if (peer === this.parts.id) return true;
     const at = this.heardFrom.get(peer);
     const { opts } = this.parts;
-    const windowMs = (opts.tickMs ?? NODE_DEFAULTS.tickMs) * (opts.electionTicks ?? NODE_DEFAULTS.electionTicks) * LIVENESS_ELECTION_TIMEOUTS;
+    const windowMs = electionTimeoutMs(opts) * LIVENESS_ELECTION_TIMEOUTS;
     return at !== undefined && this.parts.scheduler.now() - at <= windowMs;
   }
 

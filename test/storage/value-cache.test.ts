@@ -10,6 +10,30 @@ const enc = (s: string) => new TextEncoder().encode(s);
 const dec = (b: Uint8Array | undefined) => (b === undefined ? undefined : new TextDecoder().decode(b));
 const cost = (key: string, bytes: number) => bytes + key.length * 2 + CACHE_ENTRY_OVERHEAD_BYTES;
 
+/**
+ * An engine holding `n` puts of group `group` whose values the writing machine has released, and
+ * an engine view that counts synchronous reads (the event loop blocking on the disk).
+ */
+async function releasedValues(group: number, n: number, key: (i: number) => string, value: (i: number) => string) {
+  const engine = new MemoryEngine();
+  const sm = new KvStateMachine();
+  const recorder = new StateRecorder(group);
+  sm.observe(recorder);
+  const syncReads = { n: 0 };
+  const counted = {
+    getSync: (k: Parameters<MemoryEngine['getSync']>[0]) => {
+      syncReads.n++;
+      return engine.getSync(k);
+    },
+    get: (k: Parameters<MemoryEngine['get']>[0]) => engine.get(k),
+  };
+  sm.attachValues(new EngineValueSource(counted, group, new ValueCache(0))); // releases are not cached here
+  for (let i = 0; i < n; i++) sm.apply(i + 1, 1000, { type: 'put', key: key(i), value: enc(value(i)) });
+  await engine.batch(recorder.take(sm)!, { sync: true });
+  sm.releaseValues(sm.revision);
+  return { engine, counted, syncReads };
+}
+
 describe('ValueCache', () => {
   it('holds its byte bound, evicts the least recently used, and counts hits, misses, evictions and bytes', () => {
     const per = cost('k0', 100);
@@ -171,58 +195,28 @@ describe('EngineValueSource', () => {
   });
 
   it('prefetch reads what a read would miss asynchronously, so the read itself does no synchronous engine read', async () => {
-    const engine = new MemoryEngine();
     const group = 3;
-    const sm = new KvStateMachine();
-    const recorder = new StateRecorder(group);
-    sm.observe(recorder);
-    let syncReads = 0;
-    const counted = {
-      getSync: (k: Parameters<MemoryEngine['getSync']>[0]) => {
-        syncReads++;
-        return engine.getSync(k);
-      },
-      get: (k: Parameters<MemoryEngine['get']>[0]) => engine.get(k),
-    };
+    const { engine, counted, syncReads: reads } = await releasedValues(group, 20, (i) => `p/${String(i).padStart(2, '0')}`, (i) => `v${i}`);
+    const syncReads = () => reads.n;
     const cache = new ValueCache(1 << 20);
-    const source = new EngineValueSource(counted, group, new ValueCache(0)); // releases are not cached here
-    sm.attachValues(source);
-    for (let i = 0; i < 20; i++) sm.apply(i + 1, 1000, { type: 'put', key: `p/${String(i).padStart(2, '0')}`, value: enc(`v${i}`) });
-    await engine.batch(recorder.take(sm)!, { sync: true });
-    sm.releaseValues(sm.revision);
     const cached = new EngineValueSource(counted, group, cache);
     const warm = KvStateMachine.fromRecords((await loadState(engine, group, { values: false }))!.data);
     warm.attachValues(cached);
     await cached.prefetch(() => warm.list('p/', { limit: 5 }));
     await cached.prefetch(() => warm.get('p/17'));
     expect(cache.stats).toMatchObject({ misses: 6, hits: 0, entries: 6 });
-    expect(syncReads).toBe(0);
+    expect(syncReads()).toBe(0);
     expect(warm.list('p/', { limit: 5 }).items.map((i) => dec(i.value))).toEqual(['v0', 'v1', 'v2', 'v3', 'v4']);
     expect(dec(warm.get('p/17')!.value)).toBe('v17');
-    expect(syncReads).toBe(0);
+    expect(syncReads()).toBe(0);
     expect(cache.stats.hits).toBe(6);
     expect(dec(warm.get('p/18')!.value)).toBe('v18'); // not prefetched: one synchronous read
-    expect(syncReads).toBe(1);
+    expect(syncReads()).toBe(1);
   });
 
   it('readCached answers a hot read in one pass, and a cold one after reading its misses asynchronously', async () => {
-    const engine = new MemoryEngine();
     const group = 4;
-    const sm = new KvStateMachine();
-    const recorder = new StateRecorder(group);
-    sm.observe(recorder);
-    let syncReads = 0;
-    const counted = {
-      getSync: (k: Parameters<MemoryEngine['getSync']>[0]) => {
-        syncReads++;
-        return engine.getSync(k);
-      },
-      get: (k: Parameters<MemoryEngine['get']>[0]) => engine.get(k),
-    };
-    sm.attachValues(new EngineValueSource(counted, group, new ValueCache(0)));
-    for (let i = 0; i < 10; i++) sm.apply(i + 1, 1000, { type: 'put', key: `q/${i}`, value: enc(`w${i}`) });
-    await engine.batch(recorder.take(sm)!, { sync: true });
-    sm.releaseValues(sm.revision);
+    const { engine, counted, syncReads } = await releasedValues(group, 10, (i) => `q/${i}`, (i) => `w${i}`);
     const cache = new ValueCache(1 << 20);
     const source = new EngineValueSource(counted, group, cache);
     const warm = KvStateMachine.fromRecords((await loadState(engine, group, { values: false }))!.data);
@@ -237,7 +231,7 @@ describe('EngineValueSource', () => {
     passes = 0;
     expect(await source.readCached(read)).toBe('w3'); // hot: one pass
     expect(passes).toBe(1);
-    expect(syncReads).toBe(0);
+    expect(syncReads.n).toBe(0);
     await expect(
       source.readCached(() => {
         throw new Error('boom');
