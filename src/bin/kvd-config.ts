@@ -33,6 +33,8 @@ export interface KvdConfig {
   retentionMs: number;
   /** Bound of the node's cache of value bytes, MiB (values live in LevelDB; README "Memory model"). */
   valueCacheMib: number;
+  /** The node's memory budget, MiB (unset: 60 % of V8's heap limit; README "Memory model"). */
+  memoryBudgetMib?: number;
   /** Shards of the default pool of a brand-new cluster (only read when the cluster is created). */
   defaultShards: number;
   /** Join the existing cluster at this address (host:port of any member) instead of creating one. */
@@ -143,6 +145,7 @@ export function parseConfig(argv: string[]): KvdConfig {
     .option('--join-auto-add', 'with --join: add this node to the cluster itself (needs the admin token), e.g. a new StatefulSet ordinal')
     .option('--retention-ms <ms>', 'keep old versions this long (0 = bounded only by history limits)', int('--retention-ms'))
     .option('--value-cache-mib <n>', 'bound of the cache of values read from disk, MiB (default 64)', int('--value-cache-mib'))
+    .option('--memory-budget-mib <n>', "memory budget of the node, MiB: past it writes that add data get RESOURCE_EXHAUSTED (default 60 % of V8's heap limit; 0: none)", int('--memory-budget-mib'))
     .option('--extension <path>', 'load this extension folder or .tgz at start (repeatable; the config file takes {path, name, config} objects)', (v: string, prev: string[] = []) => [...prev, v])
     .option('--extension-isolation <mode>', 'where extensions loaded without --isolation run: process (default), worker or in-process')
     .option('--extension-memory-mb <n>', 'resident-memory budget of each extension process, MiB (default 512)', int('--extension-memory-mb'))
@@ -248,6 +251,11 @@ export function parseConfig(argv: string[]): KvdConfig {
     loopBlockWarnMs: Number(pick('loopBlockWarnMs', 1000)),
     loopBlockKillMs: Number(pick('loopBlockKillMs', 5000)),
   };
+  const budget = pick<unknown>('memoryBudgetMib', undefined);
+  if (budget !== undefined) {
+    if (typeof budget !== 'number' || !Number.isSafeInteger(budget) || budget < 0) throw new Error(`--memory-budget-mib must be a non-negative integer (got ${String(budget)})`);
+    cfg.memoryBudgetMib = budget;
+  }
   const ttl = pick<unknown>('authTokenTtlMs', undefined);
   if (ttl !== undefined) {
     if (typeof ttl !== 'number' || !Number.isSafeInteger(ttl) || ttl < 1000) throw new Error(`--auth-token-ttl-ms must be an integer >= 1000 (got ${String(ttl)})`);

@@ -5,6 +5,7 @@ import { chmodSync, mkdirSync, statSync } from 'node:fs';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
+import { getHeapStatistics } from 'node:v8';
 import { createLogger } from '../log.js';
 import { KvNode } from '../node/kv-node.js';
 import { parseConfig, type KvdConfig } from './kvd-config.js';
@@ -91,6 +92,26 @@ const PEER_SERVER_OPTIONS: grpc.ServerOptions = {
   'grpc.keepalive_time_ms': 10_000,
   'grpc.keepalive_timeout_ms': 5_000,
 };
+
+/** Default memory budget: this fraction of V8's heap limit (the rest is headroom for requests, garbage and an installing snapshot). */
+const DEFAULT_BUDGET_OF_HEAP = 0.6;
+
+/**
+ * The memory budget in MiB: the flag's, or 60 % of V8's heap limit. The V8 heap the node needs is
+ * its budget plus headroom (README "Memory model"); a budget above 75 % of the heap limit is
+ * warned about with the `--max-old-space-size` to start node with.
+ */
+function memoryBudgetMib(flag: number | undefined, log: Logger): number {
+  const heapMib = Math.floor(getHeapStatistics().heap_size_limit / 2 ** 20);
+  if (flag === undefined) return Math.floor(heapMib * DEFAULT_BUDGET_OF_HEAP);
+  if (flag > heapMib * 0.75) {
+    log.warn(
+      { memoryBudgetMib: flag, heapLimitMib: heapMib },
+      `the memory budget is above 75 % of V8's heap limit: start node with --max-old-space-size=${Math.ceil(flag / DEFAULT_BUDGET_OF_HEAP)} (writes are refused anyway once the heap is 85 % full)`,
+    );
+  }
+  return flag;
+}
 
 function bind(server: grpc.Server, address: string, creds: grpc.ServerCredentials): Promise<number> {
   return new Promise<number>((res, rej) => server.bindAsync(address, creds, (err, p) => (err ? rej(err) : res(p))));
@@ -276,6 +297,7 @@ async function main(): Promise<void> {
       keepEntriesAfterSnapshot: cfg.snapshotKeepEntries,
       retentionMs: cfg.retentionMs,
       valueCacheBytes: cfg.valueCacheMib * 1024 * 1024,
+      memoryBudgetBytes: memoryBudgetMib(cfg.memoryBudgetMib, log) * 1024 * 1024,
       log,
     },
     engine,

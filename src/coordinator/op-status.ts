@@ -10,6 +10,7 @@ import {
   UnavailableError,
   WrongShardError,
 } from '../node/backend.js';
+import { MemoryBudgetError } from '../node/memory-budget.js';
 import { kvMetadata, type KvMetadataFields } from '../wire/metadata.js';
 import { AuthError } from '../auth/access-control.js';
 
@@ -71,6 +72,9 @@ export function classify(e: unknown): OpStatus | undefined {
   if (e instanceof ShardingError) return s(grpc.status.UNAVAILABLE, e.message, { retrySafe: true });
   if (e instanceof DeadlineError) return s(grpc.status.DEADLINE_EXCEEDED, e.message);
   if (e instanceof OverloadedError) return s(grpc.status.RESOURCE_EXHAUSTED, e.message, { retrySafe: true });
+  // The node's memory budget is spent: nothing was applied, but a retry soon would fail the same
+  // way, so it is not marked retry-safe (the client fails at once with the reason).
+  if (e instanceof MemoryBudgetError) return s(grpc.status.RESOURCE_EXHAUSTED, e.message);
   return undefined;
 }
 

@@ -328,4 +328,9 @@ export class KvNode implements KvBackend {
   get valueCache(): ReplicaSet['valueCache'] {
     return this.replicas.valueCache;
   }
+
+  /** The node's memory budget: accounted memory and refused writes (for metrics and tests). */
+  get memoryBudget(): ReplicaSet['memoryBudget'] {
+    return this.replicas.memoryBudget;
+  }
 }

@@ -130,6 +130,47 @@ export class NodeMetrics {
     cacheGauge('kvcascade_value_cache_hits', 'Value reads answered by the cache since start', (c) => c.hits);
     cacheGauge('kvcascade_value_cache_misses', 'Value reads that went to the engine since start', (c) => c.misses);
     cacheGauge('kvcascade_value_cache_evictions', 'Values evicted from the cache to stay within its bound since start', (c) => c.evictions);
+    const budget = node.memoryBudget;
+    new Gauge({
+      name: 'kvcascade_memory_budget_bytes',
+      help: "The node's memory budget (--memory-budget-mib; 0: none)",
+      registers,
+      collect() {
+        this.set(budget.maxBytes);
+      },
+    });
+    new Gauge({
+      name: 'kvcascade_memory_accounted_bytes',
+      help: 'Accounted memory by part (index: key/version index of all hosted replicas; history: watch histories; log: in-memory Raft logs; value_cache), as last sampled',
+      labelNames: ['part'],
+      registers,
+      collect() {
+        const a = budget.accounted;
+        this.set({ part: 'index' }, a.index);
+        this.set({ part: 'history' }, a.history);
+        this.set({ part: 'log' }, a.log);
+        this.set({ part: 'value_cache' }, a.valueCache);
+      },
+    });
+    new Gauge({
+      name: 'kvcascade_memory_budget_exhausted',
+      help: '1 while writes that add data are refused (memory budget spent, or the V8 heap nearly full)',
+      registers,
+      collect() {
+        this.set(budget.exhausted ? 1 : 0);
+      },
+    });
+    let refusedSeen = 0;
+    new Counter({
+      name: 'kvcascade_memory_budget_refusals_total',
+      help: 'Writes refused with RESOURCE_EXHAUSTED (MEMORY_BUDGET) since start',
+      registers,
+      collect() {
+        const v = budget.refusals;
+        if (v > refusedSeen) this.inc(v - refusedSeen);
+        refusedSeen = Math.max(refusedSeen, v);
+      },
+    });
     const sumOverReplicas = (name: string, help: string, pick: (r: NonNullable<ReturnType<KvNode['replica']>>) => number) =>
       new Gauge({
         name,

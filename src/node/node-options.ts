@@ -29,6 +29,12 @@ export const NODE_DEFAULTS = {
   snapshotEveryEntries: 20_000,
   /** Log entries kept after a snapshot, for followers slightly behind (they need no snapshot). */
   keepEntriesAfterSnapshot: 5_000,
+  /** Bytes of applied entry data after which the log is compacted too (a log of large values stays bounded in bytes). */
+  snapshotEveryBytes: 64 * 1024 * 1024,
+  /** Most bytes of entry data kept behind a snapshot (besides the entry count). */
+  keepBytesAfterSnapshot: 16 * 1024 * 1024,
+  /** How often the node samples its memory figures for the budget (ms). */
+  memoryRefreshMs: 250,
   maxPendingProposals: 50_000,
   retentionMs: 3_600_000,
   retentionCheckMs: 10_000,
@@ -80,11 +86,24 @@ export interface NodeOptions {
   readonly snapshotEveryEntries?: number;
   /** Entries kept behind a snapshot for followers that lag a little. */
   readonly keepEntriesAfterSnapshot?: number;
+  /** Snapshot and compact the log also after this many bytes of applied entry data (default 64 MiB). */
+  readonly snapshotEveryBytes?: number;
+  /** Most bytes of entry data kept behind a snapshot (default 16 MiB). */
+  readonly keepBytesAfterSnapshot?: number;
+  /**
+   * The node's memory budget in bytes (default 0: none): once its accounted memory (every hosted
+   * replica's index, watch history and in-memory log, plus the value cache; memory-budget.ts)
+   * reaches it, writes that add data are refused with RESOURCE_EXHAUSTED (`MEMORY_BUDGET`). Writes
+   * are refused too when the V8 heap is nearly full, budget or not.
+   */
+  readonly memoryBudgetBytes?: number;
   readonly maxPendingProposals?: number;
   /** Keep old versions this long (ms); older ones are compacted (default 1 hour; 0 = never by time). */
   readonly retentionMs?: number;
   /** How often the leader checks whether old versions are due for compaction (ms). */
   readonly retentionCheckMs?: number;
+  /** Most revisions one retention compaction step covers (default 10,000; a backlog takes several steps, one per tick). */
+  readonly compactRevisionsPerStep?: number;
   readonly stateMachine?: KvStateMachineOptions;
   /** Bound on the bytes of each storage unit when a group's durable state is replaced wholesale (default 4 MiB). */
   readonly stateUnitBytes?: number;

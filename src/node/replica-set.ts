@@ -6,6 +6,7 @@
  * who leads each group — and runs the periodic leader duties (retention compaction, converging
  * groups toward the map). The driver (driver.ts) runs the I/O; this module decides what exists.
  */
+import { getHeapStatistics } from 'node:v8';
 import type { Message, NodeId, Ready } from '../raft/index.js';
 import { initialMap, peerAddressOf, type ClusterMap } from '../sharding/index.js';
 import type { Command } from '../statemachine/index.js';
@@ -15,10 +16,19 @@ import { DEFAULT_VALUE_CACHE_BYTES, ValueCache } from '../storage/value-cache.js
 import { NotLeaderError } from './backend.js';
 import { ClusterView } from './cluster-view.js';
 import { LeadershipTracker } from './leadership.js';
+import { MemoryBudget } from './memory-budget.js';
 import { electionTimeoutMs, META_GROUP, NODE_DEFAULTS, replicaRandom, type NodeParts } from './node-options.js';
 import { bootstrapGroup, deleteOrphanRecords, recoverState, type RecoveredState } from './recovery.js';
 import { ShardReplica } from './replica.js';
 import { ShardReconciler } from './shard-reconciler.js';
+
+/**
+ * Most revisions one retention compaction step covers: a compaction drops the versions of these
+ * revisions in one apply (and one storage unit), so a backlog (a restart after a pause, a lowered
+ * retention, a write burst) is worked off in bounded steps, one committed step after another,
+ * instead of one stop-the-world apply.
+ */
+export const MAX_COMPACT_REVISIONS_PER_STEP = 10_000;
 
 /** A peer counts as live while heard from within this many election timeouts. */
 const LIVENESS_ELECTION_TIMEOUTS = 3;
@@ -43,6 +53,10 @@ export class ReplicaSet {
   private readonly reconciler: ShardReconciler;
   private lastReconcileMs = 0;
   private lastRetentionCheckMs = 0;
+  /** Groups with a retention compaction step proposed and not settled (one step at a time per group). */
+  private readonly compacting = new Set<number>();
+  /** A step left versions due for compaction behind: check again on the next tick. */
+  private compactionBehind = false;
   private mapDirty = true;
   /** Waiting for the end of the round that re-reads the map (see whenMapCurrent). */
   private readonly mapWaiters: (() => void)[] = [];
@@ -60,6 +74,9 @@ export class ReplicaSet {
   readonly valueCache: ValueCache;
   /** Who leads each group, and this node's gains and losses of leadership. */
   readonly leadership: LeadershipTracker;
+  /** The node's memory budget: accounted memory, and the admission check of writes that add data. */
+  readonly memoryBudget: MemoryBudget;
+  private lastMemoryRefreshMs = Number.NEGATIVE_INFINITY;
 
   constructor(
     private readonly parts: NodeParts,
@@ -68,6 +85,15 @@ export class ReplicaSet {
     const { opts } = parts;
     this.members = new Map(opts.members);
     this.valueCache = new ValueCache(opts.valueCacheBytes ?? DEFAULT_VALUE_CACHE_BYTES);
+    this.memoryBudget = new MemoryBudget(opts.memoryBudgetBytes ?? 0, () => {
+      const heap = getHeapStatistics();
+      return {
+        replicas: [...this.replicas.values()].map((r) => r.memory),
+        valueCacheBytes: this.valueCache.stats.bytes,
+        heapUsed: heap.used_heap_size,
+        heapLimit: heap.heap_size_limit,
+      };
+    });
     const memberList = [...opts.members].map(([id, address]) => {
       const peerAddress = opts.peerAddresses?.get(id);
       return { id, address, ...(peerAddress !== undefined ? { peerAddress } : {}) };
@@ -125,6 +151,8 @@ export class ReplicaSet {
       electionTicks: opts.electionTicks ?? NODE_DEFAULTS.electionTicks,
       heartbeatTicks: opts.heartbeatTicks ?? NODE_DEFAULTS.heartbeatTicks,
       snapshotEveryEntries: opts.snapshotEveryEntries ?? NODE_DEFAULTS.snapshotEveryEntries,
+      snapshotEveryBytes: opts.snapshotEveryBytes ?? NODE_DEFAULTS.snapshotEveryBytes,
+      admit: (cmd, origin) => this.memoryBudget.check(cmd, origin),
       maxPendingProposals: opts.maxPendingProposals ?? NODE_DEFAULTS.maxPendingProposals,
       ...(opts.stateMachine ? { stateMachine: opts.stateMachine } : {}),
       ...(initialState ? { initialState } : {}),
@@ -374,8 +402,9 @@ export class ReplicaSet {
     const term = r.logTerm(index);
     if (term === undefined || r.recordedIndex < index) return;
     const keep = this.parts.opts.keepEntriesAfterSnapshot ?? NODE_DEFAULTS.keepEntriesAfterSnapshot;
-    this.parts.store.compact(r.group, { meta: { index, term, conf: r.confState() }, data: new Uint8Array(0) }, keep);
-    r.snapshotTaken(index);
+    const keepBytes = this.parts.opts.keepBytesAfterSnapshot ?? NODE_DEFAULTS.keepBytesAfterSnapshot;
+    const kept = this.parts.store.compact(r.group, { meta: { index, term, conf: r.confState() }, data: new Uint8Array(0) }, keep, keepBytes);
+    r.snapshotTaken(index, kept);
     this.parts.log.info({ group: r.group, index }, 'log compacted (records snapshot)');
     this.hooks.scheduleReady();
   }
@@ -383,7 +412,11 @@ export class ReplicaSet {
   /** The periodic leader duties, on each tick: retention compaction and converging groups toward the map, each when due. */
   periodic(now: number): void {
     const { opts } = this.parts;
-    if (now - this.lastRetentionCheckMs >= (opts.retentionCheckMs ?? NODE_DEFAULTS.retentionCheckMs)) {
+    if (now - this.lastMemoryRefreshMs >= NODE_DEFAULTS.memoryRefreshMs) {
+      this.lastMemoryRefreshMs = now;
+      this.memoryBudget.refresh();
+    }
+    if (this.compactionBehind || now - this.lastRetentionCheckMs >= (opts.retentionCheckMs ?? NODE_DEFAULTS.retentionCheckMs)) {
       this.lastRetentionCheckMs = now;
       this.compactOldVersions(now);
     }
@@ -397,18 +430,29 @@ export class ReplicaSet {
   private compactOldVersions(now: number): void {
     const map = this.view.current;
     const { opts, log } = this.parts;
+    this.compactionBehind = false;
     for (const r of this.replicas.values()) {
       if (!r.isLeader) continue;
+      if (this.compacting.has(r.group)) {
+        this.compactionBehind = true;
+        continue;
+      }
       // A pool's own retention wins over the node's default.
       const pool = map.pools.find((p) => p.name === map.shards.find((s) => s.group === r.group)?.pool);
       const retentionMs = pool?.retentionMs ?? opts.retentionMs ?? NODE_DEFAULTS.retentionMs;
       if (retentionMs <= 0) continue;
-      const revision = r.retentionCompactRevision(now, retentionMs);
-      if (revision <= r.compactRevision) continue;
-      r.propose({ type: 'compact', revision }, 'system').then(
-        () => log.info({ group: r.group, revision }, 'compacted versions older than the retention window'),
-        (e: unknown) => log.debug({ group: r.group, err: String(e) }, 'retention compaction not applied'),
-      );
+      const due = r.retentionCompactRevision(now, retentionMs);
+      if (due <= r.compactRevision) continue;
+      const revision = Math.min(due, r.compactRevision + (opts.compactRevisionsPerStep ?? MAX_COMPACT_REVISIONS_PER_STEP));
+      if (revision < due) this.compactionBehind = true;
+      this.compacting.add(r.group);
+      const group = r.group;
+      r.propose({ type: 'compact', revision }, 'system')
+        .then(
+          () => log.info({ group, revision, due }, 'compacted versions older than the retention window'),
+          (e: unknown) => log.debug({ group, err: String(e) }, 'retention compaction not applied'),
+        )
+        .finally(() => this.compacting.delete(group));
     }
   }
 

@@ -44,6 +44,7 @@ import { StateRecorder } from '../storage/state-store.js';
 import { NotLeaderError, OverloadedError, type WatchHandle, type WatchRequest, type WatchSink } from './backend.js';
 import { decodeProposal, encodeProposal, UnknownEnvelopeVersionError } from './envelope.js';
 import { confAtIndex, SnapshotSender, type SnapshotSenderOptions } from './snapshot-sender.js';
+import type { ReplicaMemory } from './memory-budget.js';
 import { ReplicaRecords } from './replica-records.js';
 import type { Scheduler } from './scheduler.js';
 import { PendingProposals, PendingReads } from './waiters.js';
@@ -59,6 +60,13 @@ export interface ReplicaOptions {
   readonly heartbeatTicks: number;
   /** Take a state machine snapshot (and compact the log) after this many applied entries. */
   readonly snapshotEveryEntries: number;
+  /** Also after this many bytes of applied entry data (default: no byte bound), so a log of large values stays bounded in bytes. */
+  readonly snapshotEveryBytes?: number;
+  /**
+   * Admission of a proposal (the node's memory budget, memory-budget.ts): an error to refuse it
+   * with before anything is proposed, or undefined to let it through.
+   */
+  readonly admit?: (cmd: Command, origin: CommandOrigin) => Error | undefined;
   /** Most proposals waiting for commit on this replica. */
   readonly maxPendingProposals: number;
   readonly stateMachine?: KvStateMachineOptions;
@@ -129,6 +137,10 @@ export class ShardReplica {
   private readonly proposals = new PendingProposals();
   private readonly reads: PendingReads;
   private lastSnapshotIndex: number;
+  /** Bytes of entry data applied since the last log compaction (held in the in-memory log). */
+  private appliedLogBytes = 0;
+  /** Bytes of entry data the last log compaction kept behind its snapshot. */
+  private keptLogBytes = 0;
   private readonly hopsByRevision = new Map<number, number>();
   private lastRole: Role;
   private readonly records: ReplicaRecords;
@@ -410,6 +422,8 @@ export class ShardReplica {
    */
   propose(cmd: Command, origin: CommandOrigin, hops = 0, session?: WriteSession): Promise<CommandResult> {
     if (!this.isLeader) return Promise.reject(new NotLeaderError(this.leader, undefined));
+    const refused = this.opts.admit?.(cmd, origin);
+    if (refused) return Promise.reject(refused);
     if (this.proposals.size >= this.opts.maxPendingProposals) {
       return Promise.reject(new OverloadedError(`too many writes in flight on group ${this.group} (${this.proposals.size})`));
     }
@@ -454,10 +468,13 @@ export class ShardReplica {
       // Its values stay in the heap until the replacement is durable (released after its last unit).
       if (this.opts.values) this.machine.attachValues(this.opts.values.source);
       this.lastSnapshotIndex = rd.snapshot.meta.index;
+      this.appliedLogBytes = 0;
+      this.keptLogBytes = 0;
       this.hub.restored();
     }
     for (const e of rd.committedEntries) {
       if (e.index <= this.machine.appliedIndex) continue;
+      this.appliedLogBytes += e.data.length;
       let cmd: Command = { type: 'noop' };
       let ts = this.machine.lastTimestampMs;
       let hops = 0;
@@ -592,12 +609,23 @@ export class ShardReplica {
 
   /** Whether enough has been applied since the last snapshot to take another. */
   wantsSnapshot(): boolean {
-    return this.machine.appliedIndex - this.lastSnapshotIndex >= this.opts.snapshotEveryEntries;
+    return (
+      this.machine.appliedIndex - this.lastSnapshotIndex >= this.opts.snapshotEveryEntries ||
+      (this.opts.snapshotEveryBytes !== undefined && this.appliedLogBytes >= this.opts.snapshotEveryBytes && this.machine.appliedIndex > this.lastSnapshotIndex)
+    );
   }
 
-  /** Records that a snapshot at `index` was taken. */
-  snapshotTaken(index: number): void {
+  /** Records that a snapshot at `index` was taken, the log keeping `keptBytes` of entry data behind it. */
+  snapshotTaken(index: number, keptBytes = 0): void {
     this.lastSnapshotIndex = index;
+    this.appliedLogBytes = 0;
+    this.keptLogBytes = keptBytes;
+  }
+
+  /** What this replica holds in the heap, for the node's memory budget (memory-budget.ts). O(1). */
+  get memory(): ReplicaMemory {
+    const ix = this.machine.indexSize;
+    return { keys: ix.keys, writes: ix.writes, historyBytes: ix.historyBytes, logBytes: this.appliedLogBytes + this.keptLogBytes };
   }
 
   /**

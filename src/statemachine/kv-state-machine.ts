@@ -259,6 +259,15 @@ export class KvStateMachine {
     return this.live.size;
   }
 
+  /**
+   * The size of the heap index, for memory accounting (node/memory-budget.ts): keys held in
+   * `records` (live, and deleted ones whose versions are still retained), writes since the
+   * compaction point (each a retained version) and the watch history's accounted bytes. O(1).
+   */
+  get indexSize(): { readonly keys: number; readonly writes: number; readonly historyBytes: number } {
+    return { keys: this.records.size, writes: this.writeLog.length, historyBytes: this.historyBytes };
+  }
+
   /** Number of live keys users wrote: reserved keys (cursors, dead letters, descriptors: `/_...`, `/ext/`) not counted. */
   get userKeyCount(): number {
     return this.live.size - this.reservedLive;

@@ -372,9 +372,12 @@ export class RaftLogStore {
    * the log entries up to its index, in memory and (staged) on disk. `snapshot.meta.index` must be
    * in the log and `snapshot.meta.term` must be that entry's term. A snapshot not newer than the
    * current one is ignored. If the view adopts the snapshot's configuration (as
-   * `MemoryStorage.createSnapshot` does), the conf record on disk follows it.
+   * `MemoryStorage.createSnapshot` does), the conf record on disk follows it. The tail kept
+   * behind the snapshot is at most `keepEntries` entries and, when `keepBytes` is given, at most
+   * that many bytes of entry data (whichever is smaller: a tail of large values must not keep a
+   * heap's worth of log). Returns the data bytes of the kept tail up to the snapshot's index.
    */
-  compact(group: number, snapshot: Snapshot, keepEntries = 0): void {
+  compact(group: number, snapshot: Snapshot, keepEntries = 0, keepBytes = Number.POSITIVE_INFINITY): number {
     this.checkUsable();
     const ms = this.storages.get(group);
     if (!ms) throw new RangeError(`unknown group ${group}`);
@@ -382,7 +385,7 @@ export class RaftLogStore {
     if (!Number.isInteger(index) || index < 1) throw new RangeError(`cannot compact at index ${index}`);
     if (!Number.isInteger(keepEntries) || keepEntries < 0) throw new RangeError(`invalid keepEntries ${keepEntries}`);
     const prev = ms.snapshot();
-    if (prev && index <= prev.meta.index) return;
+    if (prev && index <= prev.meta.index) return 0;
     const actual = ms.term(index); // throws when index is not in the log
     if (actual !== term) throw new RangeError(`snapshot term ${term} does not match term ${actual} of entry ${index}`);
     const u = new UnitBuilder();
@@ -392,13 +395,27 @@ export class RaftLogStore {
     else u.del(metaKey(group, 'snapdata'));
     ms.createSnapshot(index, conf, snapshot.data);
     // Keep a tail of entries behind the snapshot so slightly lagging followers need no snapshot.
-    const upTo = index - keepEntries;
+    let upTo = index - keepEntries;
+    let kept = 0;
+    const from = Math.max(upTo + 1, ms.firstIndex());
+    if (from <= index) {
+      const tail = ms.entries(from, index + 1);
+      for (let i = tail.length - 1; i >= 0; i--) {
+        const n = tail[i]!.data.length;
+        if (kept + n > keepBytes) {
+          upTo = Math.max(upTo, tail[i]!.index);
+          break;
+        }
+        kept += n;
+      }
+    }
     if (upTo >= ms.firstIndex()) {
       u.delLog(group, ms.firstIndex(), upTo);
       ms.compact(upTo);
     }
     mirrorConf(u, group, ms, confBefore);
     this.stage(u);
+    return kept;
   }
 
   /**

@@ -1,0 +1,154 @@
+/**
+ * The node's memory budget (issue 17): what the node's long-lived in-heap structures are
+ * accounted at, and the admission check that refuses writes adding data once the budget is spent
+ * (RESOURCE_EXHAUSTED with a reason, a counter), so a node that is full keeps serving reads,
+ * deletes, compaction and Raft instead of growing until V8 kills it or its GC pauses cost its
+ * leaderships.
+ *
+ * Accounted, per hosted replica: its key and version index (measured heap cost per key and per
+ * retained version, see {@link INDEX_BYTES_PER_KEY}), its watch history's accounted bytes and its
+ * in-memory Raft log (entry data applied since the last log compaction plus the tail kept behind
+ * it); per node: the value cache's accounted bytes. Also watched: the V8 heap itself (used bytes
+ * against V8's heap limit), a safety net for what the accounting misses (in-flight requests,
+ * an installing snapshot, garbage). The figures are sampled by `refresh` (the node calls it on
+ * its tick), so a check costs a comparison; the budget is enforced at admission on the leader,
+ * never in `apply` (which must stay deterministic: a committed write is always applied).
+ */
+import type { Command, CommandOrigin } from '../statemachine/index.js';
+
+/**
+ * Heap bytes of one key of the index with one version (the `records` map entry, its version
+ * array and record, the sorted live-key set's share; 14-character keys, measured with
+ * `node --expose-gc` over 100 k keys). Longer keys cost 2 bytes per further character.
+ */
+export const INDEX_BYTES_PER_KEY = 380;
+
+/** Heap bytes of each further retained version of a key (its record and its write-log entry). */
+export const INDEX_BYTES_PER_VERSION = 150;
+
+/** Fraction of V8's heap limit above which writes are refused whatever the accounting says. */
+export const HEAP_LIMIT_FRACTION = 0.85;
+
+/** The accounted figures of one replica. */
+export interface ReplicaMemory {
+  /** Keys held in the index (live and deleted-but-retained). */
+  readonly keys: number;
+  /** Writes since the compaction point (each a retained version). */
+  readonly writes: number;
+  /** The watch history's accounted bytes. */
+  readonly historyBytes: number;
+  /** Bytes of Raft entry data held in memory. */
+  readonly logBytes: number;
+}
+
+/** What the budget samples on each refresh. */
+export interface MemorySample {
+  readonly replicas: Iterable<ReplicaMemory>;
+  readonly valueCacheBytes: number;
+  /** V8 heap used and its limit (bytes). */
+  readonly heapUsed: number;
+  readonly heapLimit: number;
+}
+
+/** The accounted bytes by part, as last refreshed. */
+export interface MemoryAccount {
+  readonly index: number;
+  readonly history: number;
+  readonly log: number;
+  readonly valueCache: number;
+  readonly total: number;
+  readonly heapUsed: number;
+  readonly heapLimit: number;
+}
+
+/** A write refused because the node's memory budget (or V8's heap) is spent; nothing was applied. */
+export class MemoryBudgetError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'MemoryBudgetError';
+  }
+}
+
+/** The heap bytes of the index of a replica holding `m`. */
+export function indexBytes(m: ReplicaMemory): number {
+  return m.keys * INDEX_BYTES_PER_KEY + Math.max(0, m.writes - m.keys) * INDEX_BYTES_PER_VERSION;
+}
+
+/** Whether `cmd` can add data to a shard (a put, a txn that puts, a trigger's history event). Deletes, compaction and no-ops free or keep memory. */
+export function addsData(cmd: Command): boolean {
+  switch (cmd.type) {
+    case 'put':
+    case 'triggerPut':
+      return true;
+    case 'txn':
+      return cmd.writes.some((w) => w.type === 'put');
+    default:
+      return false;
+  }
+}
+
+/**
+ * A node's memory budget: `maxBytes` accounted bytes (0 = no budget; the V8 heap check still
+ * applies). Refreshed from a {@link MemorySample}; `check` says whether a command may be proposed.
+ */
+export class MemoryBudget {
+  private account: MemoryAccount = { index: 0, history: 0, log: 0, valueCache: 0, total: 0, heapUsed: 0, heapLimit: 0 };
+  private reason: string | undefined;
+  private refused = 0;
+
+  constructor(
+    /** The budget in bytes (0: none). */
+    readonly maxBytes: number,
+    private readonly sample: () => MemorySample,
+  ) {
+    if (!Number.isSafeInteger(maxBytes) || maxBytes < 0) throw new RangeError(`memory budget must be a non-negative integer of bytes, got ${maxBytes}`);
+  }
+
+  /** Samples the figures again and decides whether writes that add data are refused. */
+  refresh(): void {
+    const s = this.sample();
+    let index = 0;
+    let history = 0;
+    let log = 0;
+    for (const r of s.replicas) {
+      index += indexBytes(r);
+      history += r.historyBytes;
+      log += r.logBytes;
+    }
+    const total = index + history + log + s.valueCacheBytes;
+    this.account = { index, history, log, valueCache: s.valueCacheBytes, total, heapUsed: s.heapUsed, heapLimit: s.heapLimit };
+    const mib = (n: number): string => `${(n / 2 ** 20).toFixed(1)} MiB`;
+    if (this.maxBytes > 0 && total >= this.maxBytes) {
+      this.reason =
+        `MEMORY_BUDGET: the node's memory budget (${mib(this.maxBytes)}, --memory-budget-mib) is spent: ` +
+        `index ${mib(index)}, watch history ${mib(history)}, Raft log ${mib(log)}, value cache ${mib(s.valueCacheBytes)}; ` +
+        'writes that add data are refused (nothing was applied); deletes, reads and compaction still work';
+    } else if (s.heapLimit > 0 && s.heapUsed >= s.heapLimit * HEAP_LIMIT_FRACTION) {
+      this.reason =
+        `MEMORY_BUDGET: the V8 heap is nearly full (${mib(s.heapUsed)} used of ${mib(s.heapLimit)}); ` +
+        'writes that add data are refused (nothing was applied); raise --max-old-space-size or lower the data per node';
+    } else this.reason = undefined;
+  }
+
+  /** The error to refuse `cmd` with, or undefined to let it through (system commands and commands that add nothing always pass). */
+  check(cmd: Command, origin: CommandOrigin): MemoryBudgetError | undefined {
+    if (this.reason === undefined || origin === 'system' || !addsData(cmd)) return undefined;
+    this.refused++;
+    return new MemoryBudgetError(this.reason);
+  }
+
+  /** Whether writes that add data are being refused now. */
+  get exhausted(): boolean {
+    return this.reason !== undefined;
+  }
+
+  /** Writes refused so far. */
+  get refusals(): number {
+    return this.refused;
+  }
+
+  /** The accounted bytes as last refreshed. */
+  get accounted(): MemoryAccount {
+    return this.account;
+  }
+}

@@ -1,0 +1,192 @@
+/**
+ * Bounded memory (issue 17): the node's memory budget refuses writes that add data with a clear
+ * MEMORY_BUDGET error once its accounted memory is spent, while reads, deletes and leadership carry
+ * on; the in-memory Raft log is bounded in bytes (snapshot by bytes, tail kept by bytes); and a
+ * retention compaction backlog is worked off in bounded steps.
+ */
+import { afterEach, describe, expect, it } from 'vitest';
+import * as grpc from '@grpc/grpc-js';
+import { DATA_GROUP, KvNode, META_GROUP, type NodeOptions } from '../../src/node/kv-node.js';
+import { addsData, indexBytes, INDEX_BYTES_PER_KEY, MemoryBudget, MemoryBudgetError, type MemorySample } from '../../src/node/memory-budget.js';
+import { classify } from '../../src/coordinator/op-status.js';
+import { LoopbackHub } from '../../src/node/transport.js';
+import { MemoryEngine } from '../../src/storage/kv-engine.js';
+import { silentLogger } from '../../src/log.js';
+
+const enc = (s: string) => new TextEncoder().encode(s);
+const dec = (b: Uint8Array | undefined) => (b === undefined ? undefined : new TextDecoder().decode(b));
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const deadline = (ms = 5000) => ({ deadlineMs: Date.now() + ms });
+
+let open: KvNode[] = [];
+afterEach(async () => {
+  for (const n of open) await n.stop().catch(() => {});
+  open = [];
+});
+
+/** Three in-process nodes; `retention` (when given) is read by the nodes each time they check retention. */
+async function cluster(extra: Partial<NodeOptions>, retention?: () => number): Promise<KvNode[]> {
+  const hub = new LoopbackHub();
+  const members = new Map([1, 2, 3].map((i) => [i, `127.0.0.1:${7300 + i}`] as [number, string]));
+  const optionsOf = (id: number): NodeOptions => {
+    const o: NodeOptions = { id, members, tickMs: 5, log: silentLogger(), onFatal: () => {}, ...extra };
+    if (retention) Object.defineProperty(o, 'retentionMs', { get: retention, enumerable: true });
+    return o;
+  };
+  const nodes = await Promise.all([1, 2, 3].map((id) => KvNode.open(optionsOf(id), new MemoryEngine(), hub.transport(id))));
+  open.push(...nodes);
+  for (const n of nodes) n.start();
+  return nodes;
+}
+
+async function leaderOf(nodes: KvNode[]): Promise<KvNode> {
+  for (;;) {
+    const l = nodes.find((n) => n.replica(DATA_GROUP)?.isLeader && n.replica(META_GROUP) !== undefined);
+    if (l) return l;
+    await sleep(5);
+  }
+}
+
+async function until(what: string, cond: () => boolean, timeoutMs = 15_000): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await sleep(10);
+  }
+}
+
+describe('MemoryBudget', () => {
+  const sampleOf = (keys: number, extra: Partial<MemorySample> = {}): MemorySample => ({
+    replicas: [{ keys, writes: keys, historyBytes: 0, logBytes: 0 }],
+    valueCacheBytes: 0,
+    heapUsed: 0,
+    heapLimit: 0,
+    ...extra,
+  });
+
+  it('refuses client writes that add data once the accounted bytes reach the budget, and nothing else', () => {
+    let keys = 10;
+    const b = new MemoryBudget(100 * INDEX_BYTES_PER_KEY, () => sampleOf(keys));
+    b.refresh();
+    expect(b.check({ type: 'put', key: '/a', value: enc('x') }, 'client')).toBeUndefined();
+    keys = 100;
+    b.refresh();
+    expect(b.exhausted).toBe(true);
+    const err = b.check({ type: 'put', key: '/a', value: enc('x') }, 'client');
+    expect(err).toBeInstanceOf(MemoryBudgetError);
+    expect(err!.message).toMatch(/^MEMORY_BUDGET: .*index 0\.0 MiB/);
+    expect(b.check({ type: 'txn', compares: [], writes: [{ type: 'put', key: '/a', value: enc('x') }] }, 'client')).toBeInstanceOf(MemoryBudgetError);
+    expect(b.check({ type: 'triggerPut', key: '/a', value: enc('x') }, 'client')).toBeInstanceOf(MemoryBudgetError);
+    // Deletes free memory, system writes (compaction, the map, cursors) keep the cluster working.
+    expect(b.check({ type: 'delete', key: '/a' }, 'client')).toBeUndefined();
+    expect(b.check({ type: 'txn', compares: [], writes: [{ type: 'delete', key: '/a' }] }, 'client')).toBeUndefined();
+    expect(b.check({ type: 'put', key: '/a', value: enc('x') }, 'system')).toBeUndefined();
+    expect(b.check({ type: 'compact', revision: 3 }, 'system')).toBeUndefined();
+    expect(b.refusals).toBe(3);
+    keys = 50;
+    b.refresh();
+    expect(b.exhausted).toBe(false);
+    expect(b.accounted.index).toBe(50 * INDEX_BYTES_PER_KEY);
+  });
+
+  it('refuses when the V8 heap is nearly full, even with no budget', () => {
+    const b = new MemoryBudget(0, () => sampleOf(1, { heapUsed: 90, heapLimit: 100 }));
+    b.refresh();
+    expect(b.check({ type: 'put', key: '/a', value: enc('x') }, 'client')?.message).toMatch(/V8 heap is nearly full/);
+  });
+
+  it('accounts retained versions beyond one per key', () => {
+    expect(indexBytes({ keys: 10, writes: 10, historyBytes: 0, logBytes: 0 })).toBe(10 * INDEX_BYTES_PER_KEY);
+    expect(indexBytes({ keys: 10, writes: 30, historyBytes: 0, logBytes: 0 })).toBeGreaterThan(10 * INDEX_BYTES_PER_KEY);
+    expect(addsData({ type: 'noop' })).toBe(false);
+  });
+
+  it('is RESOURCE_EXHAUSTED on the wire, not marked retry-safe', () => {
+    const s = classify(new MemoryBudgetError('MEMORY_BUDGET: spent'));
+    expect(s?.code).toBe(grpc.status.RESOURCE_EXHAUSTED);
+    expect(s?.fields.retrySafe).toBeUndefined();
+  });
+});
+
+describe('a node over its memory budget', () => {
+  it('refuses puts with MEMORY_BUDGET and keeps serving reads and deletes without losing its leadership', async () => {
+    // 200 keys of index (plus the metadata group's few) fill this budget; the value cache is off.
+    const nodes = await cluster({ memoryBudgetBytes: 200 * INDEX_BYTES_PER_KEY, valueCacheBytes: 0, snapshotEveryEntries: 1_000_000 });
+    const l = await leaderOf(nodes);
+    const term = l.replica(DATA_GROUP)!.term;
+    let refused: unknown;
+    let written = 0;
+    for (let i = 0; i < 2_000 && refused === undefined; i++) {
+      try {
+        await l.put({ key: `/m/${String(i).padStart(5, '0')}`, value: enc(`v${i}`) }, deadline());
+        written++;
+      } catch (e) {
+        refused = e;
+      }
+      if (i % 50 === 49) await sleep(300); // the budget is sampled every 250 ms
+    }
+    expect(refused).toBeInstanceOf(MemoryBudgetError);
+    expect(String((refused as Error).message)).toMatch(/^MEMORY_BUDGET: the node's memory budget/);
+    expect(written).toBeGreaterThan(100);
+    expect(written).toBeLessThan(400);
+    expect(l.memoryBudget.refusals).toBeGreaterThan(0);
+    // Reads and deletes still work; the leader kept its term.
+    expect(dec((await l.get({ key: '/m/00001', consistency: 'linearizable' }, deadline())).value)).toBe('v1');
+    await l.delete({ key: '/m/00001' }, deadline());
+    expect((await l.get({ key: '/m/00001', consistency: 'linearizable' }, deadline())).value).toBeUndefined();
+    await expect(l.put({ key: '/m/new', value: enc('x') }, deadline())).rejects.toBeInstanceOf(MemoryBudgetError);
+    expect(l.replica(DATA_GROUP)!.isLeader).toBe(true);
+    expect(l.replica(DATA_GROUP)!.term).toBe(term);
+  });
+});
+
+describe('the in-memory Raft log is bounded in bytes', () => {
+  it('compacts after snapshotEveryBytes and keeps at most keepBytesAfterSnapshot behind the snapshot', async () => {
+    const nodes = await cluster({ snapshotEveryEntries: 1_000_000, keepEntriesAfterSnapshot: 1_000_000, snapshotEveryBytes: 64 * 1024, keepBytesAfterSnapshot: 16 * 1024 });
+    const l = await leaderOf(nodes);
+    const big = 'x'.repeat(4096);
+    for (let i = 0; i < 100; i++) await l.put({ key: `/log/${i}`, value: enc(big) }, deadline());
+    await until('every replica applied', () => nodes.every((n) => n.replica(DATA_GROUP)!.sm.revision >= 100));
+    for (const n of nodes) {
+      const r = n.replica(DATA_GROUP)!;
+      const s = r.status();
+      // 100 entries of ~4 KiB went through: without the byte bound all 100 would be held.
+      expect(s.lastIndex - s.firstIndex + 1).toBeLessThan(40);
+      expect(r.memory.logBytes).toBeLessThan(64 * 1024 + 16 * 1024 + 8 * 1024);
+    }
+  });
+});
+
+describe('retention compaction in bounded steps', () => {
+  it('works a backlog off in steps of at most compactRevisionsPerStep revisions', async () => {
+    let retentionMs = 0;
+    // Every step a leader proposes is logged with the revision it compacts to (and the one due).
+    const steps: Array<{ group: number; revision: number; due: number }> = [];
+    const log = silentLogger();
+    const info = log.info.bind(log);
+    log.info = ((obj: unknown, msg?: string) => {
+      const step = obj as { group: number; revision: number; due: number };
+      if (msg === 'compacted versions older than the retention window' && step.group === DATA_GROUP) steps.push(step);
+      return info(obj as object, msg);
+    }) as typeof log.info;
+    const nodes = await cluster({ log, retentionCheckMs: 20, compactRevisionsPerStep: 50, snapshotEveryEntries: 1_000_000 }, () => retentionMs);
+    const l = await leaderOf(nodes);
+    // Write a backlog with retention off, then turn it on (a lowered retention, or a restart after a pause).
+    for (let i = 0; i < 300; i++) await l.put({ key: `/c/${i % 7}`, value: enc(`v${i}`) }, deadline());
+    const r = l.replica(DATA_GROUP)!;
+    expect(r.compactRevision).toBe(0);
+    retentionMs = 1;
+    await until('the backlog compacted', () => r.compactRevision >= 290);
+    // At least six steps of at most 50 revisions each, each from where the previous one ended.
+    expect(steps.length).toBeGreaterThanOrEqual(6);
+    let at = 0;
+    for (const s of steps) {
+      expect(s.revision - at).toBeGreaterThan(0);
+      expect(s.revision - at).toBeLessThanOrEqual(50);
+      at = s.revision;
+    }
+    expect(steps[0]!.due).toBeGreaterThan(250); // the whole backlog was due at once
+    // The newest version of every key is still readable.
+    expect(dec((await l.get({ key: '/c/6', consistency: 'linearizable' }, deadline())).value)).toBe('v293');
+  });
+});
