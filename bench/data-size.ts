@@ -1,36 +1,54 @@
-// Data-size workload (issue 17): fills N distinct keys × 1 KiB through the client library into a fresh 3-node kvd cluster and prints, at each checkpoint, the put rate and every node's RSS, V8 heap and "external" memory (value buffers), so memory per byte of user data can be compared before and after a change.
+// Data-size workload (issue 17): fills N distinct keys × 1 KiB into a fresh 3-node cluster — kvd, and etcd beside it with the same data — and prints, at each checkpoint, every node's RSS and disk size, put and get throughput and p99, and for kvd its event-loop delay, leader changes and accounted memory; after the last checkpoint it restarts one node and times it until it serves the last key written.
 //
 // Run: npx tsc -p tsconfig.json (or npm run build), then
-//   node dist/bench/data-size.js [--checkpoints 10000,100000] [--big] [--value-bytes 1024] [--concurrency 64] [--kvd-args "--value-cache-mib 64"] [--bin dist/src/bin/kvd.js]
-// `--big` adds the 1 000 000-key checkpoint. Figures come from each node's Prometheus `/metrics`
-// (prom-client's default process metrics: kvcascade_process_resident_memory_bytes,
-// kvcascade_nodejs_heap_size_used_bytes, kvcascade_nodejs_external_memory_bytes) and, when kvd
-// exports them, the value cache's (kvcascade_value_cache_*). On a shared machine the put rate is
-// indicative only; RSS and heap are the figures to compare.
+//   node dist/bench/data-size.js [--checkpoints 10000,100000] [--big] [--system kvd|etcd|both] [--value-bytes 1024]
+//     [--concurrency 64] [--gets 5000] [--kvd-args "--value-cache-mib 64"] [--bin dist/src/bin/kvd.js] [--etcd-bin /usr/bin/etcd]
+// `--big` adds the 1 000 000-key checkpoint (about 1 GiB per replica: run it on a quiet machine).
+// Both systems are driven the same way (bench/clients.ts drivers: one unary Put per write, one
+// linearizable Get per read, `concurrency` workers spread over the three endpoints; a follower
+// forwards to its leader in both). RSS is read from /proc/<pid>/status, disk size is the bytes of
+// the node's data directory; kvd's event-loop delay (max and p99 over the fill, from prom-client's
+// monitorEventLoopDelay), leader changes and accounted memory come from its /metrics. On a shared
+// machine throughput is indicative only.
+import { randomBytes } from 'node:crypto';
 import { request } from 'node:http';
+import { readdir, readFile, stat } from 'node:fs/promises';
+import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { KvClient } from '../src/client/index.js';
+import { call, etcdStub, kvStub, makeDriver, type Driver, type SystemName } from './clients.js';
+import { ETCD_MISSING_MESSAGE, findEtcd, startEtcdCluster } from './etcd-cluster.js';
 import { startKvdCluster } from './kvd-cluster.js';
-import { flagInt, flagIntList } from './util.js';
+import { flagInt, flagIntList, type RunningCluster } from './util.js';
 
-/** One node's memory figures at a checkpoint (MiB). */
-export interface NodeMemory {
+/** One node's figures at a checkpoint (MiB where sizes). */
+export interface NodeFigures {
   readonly node: number;
   readonly rssMiB: number;
-  readonly heapUsedMiB: number;
-  readonly externalMiB: number;
+  readonly diskMiB: number;
+  /** kvd only: V8 heap used, external memory, value cache, accounted index, max event-loop delay (ms), leader changes so far. */
+  readonly heapUsedMiB?: number;
+  readonly externalMiB?: number;
   readonly cacheMiB?: number;
+  readonly indexMiB?: number;
+  readonly loopDelayMaxMs?: number;
+  readonly loopDelayP99Ms?: number;
+  readonly leaderChanges?: number;
 }
 
 /** The figures at one checkpoint. */
 export interface DataSizeCheckpoint {
+  readonly system: SystemName;
   readonly keys: number;
   readonly putsPerSec: number;
-  readonly errors: number;
-  readonly nodes: readonly NodeMemory[];
+  readonly putP99Ms: number;
+  readonly putErrors: number;
+  readonly getsPerSec: number;
+  readonly getP99Ms: number;
+  readonly nodes: readonly NodeFigures[];
 }
 
 const mib = (n: number): number => Math.round((n / 2 ** 20) * 10) / 10;
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 function scrape(port: number): Promise<string> {
   return new Promise((resolve, reject) => {
@@ -46,34 +64,189 @@ function scrape(port: number): Promise<string> {
   });
 }
 
-/** The value of an unlabelled (or first-labelled) sample `name` in a Prometheus text page. */
-function sample(text: string, name: string): number | undefined {
+/** The sum of the samples of `name` (with any labels, or only those whose labels contain `label`) in a Prometheus text page, or undefined. */
+function sample(text: string, name: string, label?: string): number | undefined {
+  let sum: number | undefined;
   for (const line of text.split('\n')) {
     if (!line.startsWith(name)) continue;
     const rest = line.slice(name.length);
     if (rest[0] !== ' ' && rest[0] !== '{') continue;
+    if (label !== undefined && !rest.includes(label)) continue;
     const v = Number(line.slice(line.lastIndexOf(' ') + 1));
-    if (Number.isFinite(v)) return v;
+    if (Number.isFinite(v)) sum = (sum ?? 0) + v;
+  }
+  return sum;
+}
+
+async function rssOf(pid: number | undefined): Promise<number> {
+  if (pid === undefined) return 0;
+  try {
+    const m = /VmRSS:\s+(\d+) kB/.exec(await readFile(`/proc/${pid}/status`, 'utf8'));
+    return m ? Number(m[1]) * 1024 : 0;
+  } catch {
+    return 0;
+  }
+}
+
+async function duBytes(dir: string): Promise<number> {
+  let n = 0;
+  let entries;
+  try {
+    entries = await readdir(dir, { withFileTypes: true });
+  } catch {
+    return 0;
+  }
+  for (const e of entries) {
+    const p = join(dir, e.name);
+    if (e.isDirectory()) n += await duBytes(p);
+    else if (e.isFile()) n += (await stat(p).catch(() => ({ size: 0 }))).size;
+  }
+  return n;
+}
+
+async function figuresOf(cluster: RunningCluster): Promise<NodeFigures[]> {
+  const pids = cluster.nodePids?.() ?? [];
+  const dirs = cluster.nodeDirs ?? [];
+  const ports = cluster.system === 'kvd' ? ((await cluster.metricsPorts?.()) ?? []) : [];
+  const out: NodeFigures[] = [];
+  for (let i = 0; i < cluster.endpoints.length; i++) {
+    const base = { node: i + 1, rssMiB: mib(await rssOf(pids[i])), diskMiB: mib(await duBytes(dirs[i] ?? '')) };
+    const port = ports[i];
+    if (port === undefined) {
+      out.push(base);
+      continue;
+    }
+    const text = await scrape(port).catch(() => '');
+    out.push({
+      ...base,
+      heapUsedMiB: mib(sample(text, 'kvcascade_nodejs_heap_size_used_bytes') ?? 0),
+      externalMiB: mib(sample(text, 'kvcascade_nodejs_external_memory_bytes') ?? 0),
+      cacheMiB: mib(sample(text, 'kvcascade_value_cache_bytes') ?? 0),
+      indexMiB: mib(sample(text, 'kvcascade_memory_accounted_bytes', 'part="index"') ?? 0),
+      // prom-client resets its event-loop delay histogram at each scrape: these cover the time since the last checkpoint.
+      loopDelayMaxMs: Math.round((sample(text, 'kvcascade_nodejs_eventloop_lag_max_seconds') ?? 0) * 1000),
+      loopDelayP99Ms: Math.round((sample(text, 'kvcascade_nodejs_eventloop_lag_p99_seconds') ?? 0) * 1000),
+      leaderChanges: sample(text, 'kvcascade_raft_leader_changes_total') ?? 0,
+    });
+  }
+  return out;
+}
+
+function p99(xs: number[]): number {
+  if (xs.length === 0) return 0;
+  xs.sort((a, b) => a - b);
+  return Math.round(xs[Math.min(xs.length - 1, Math.floor(xs.length * 0.99))]! * 10) / 10;
+}
+
+/** Runs `total` operations `op(i)` over `drivers` with `concurrency` workers; returns ops/s, p99 ms and failures. */
+async function drive(drivers: Driver[], concurrency: number, from: number, to: number, op: (d: Driver, i: number) => Promise<unknown>): Promise<{ rate: number; p99: number; errors: number; firstErrors: string[] }> {
+  let next = from;
+  let errors = 0;
+  const firstErrors: string[] = [];
+  const lat: number[] = [];
+  const t0 = performance.now();
+  await Promise.all(
+    Array.from({ length: concurrency }, async (_, w) => {
+      const d = drivers[w % drivers.length]!;
+      for (;;) {
+        const i = next++;
+        if (i >= to) return;
+        for (let attempt = 0; ; attempt++) {
+          const s = performance.now();
+          try {
+            await op(d, i);
+            lat.push(performance.now() - s);
+            break;
+          } catch (e) {
+            errors++;
+            if (firstErrors.length < 3) firstErrors.push((e as Error).message);
+            if (attempt >= 5) throw new Error(`operation ${i} failed 6 times: ${(e as Error).message}`);
+            await sleep(50 * (attempt + 1));
+          }
+        }
+      }
+    }),
+  );
+  const s = (performance.now() - t0) / 1000;
+  return { rate: Math.round((to - from) / s), p99: p99(lat), errors, firstErrors };
+}
+
+/** Restarts node 3 (index 2) and returns the seconds until it serves a local (serializable) read of `key`. */
+async function restartSeconds(cluster: RunningCluster, key: string): Promise<number | undefined> {
+  if (!cluster.restartNode) return undefined;
+  const address = cluster.endpoints[2]!;
+  const t0 = performance.now();
+  await cluster.restartNode(2);
+  const until = Date.now() + 600_000;
+  while (Date.now() < until) {
+    const stub = cluster.system === 'kvd' ? kvStub(address) : etcdStub(address);
+    try {
+      const found =
+        cluster.system === 'kvd'
+          ? (await call(stub as ReturnType<typeof kvStub>, (stub as ReturnType<typeof kvStub>).get, { key, consistency: 'SERIALIZABLE' }, 1_000)).found === true
+          : ((await call(stub as ReturnType<typeof etcdStub>, (stub as ReturnType<typeof etcdStub>).range, { key: Buffer.from(key), serializable: true }, 1_000)).kvs?.length ?? 0) > 0;
+      if (found) return Math.round((performance.now() - t0) / 100) / 10;
+    } catch {
+      // not up yet
+    } finally {
+      stub.close();
+    }
+    await sleep(100);
   }
   return undefined;
 }
 
-async function memoryOf(ports: readonly (number | undefined)[]): Promise<NodeMemory[]> {
-  const out: NodeMemory[] = [];
-  for (let i = 0; i < ports.length; i++) {
-    const port = ports[i];
-    if (port === undefined) continue;
-    const text = await scrape(port).catch(() => '');
-    const cache = sample(text, 'kvcascade_value_cache_bytes');
-    out.push({
-      node: i + 1,
-      rssMiB: mib(sample(text, 'kvcascade_process_resident_memory_bytes') ?? 0),
-      heapUsedMiB: mib(sample(text, 'kvcascade_nodejs_heap_size_used_bytes') ?? 0),
-      externalMiB: mib(sample(text, 'kvcascade_nodejs_external_memory_bytes') ?? 0),
-      ...(cache !== undefined ? { cacheMiB: mib(cache) } : {}),
-    });
+async function runSystem(system: SystemName, checkpoints: number[], o: { valueBytes: number; concurrency: number; gets: number; kvdArgs: string[]; bin?: string; etcdBin?: string }): Promise<DataSizeCheckpoint[]> {
+  const log = (m: string) => console.error(m);
+  const cluster =
+    system === 'kvd'
+      ? await startKvdCluster({ extraArgs: o.kvdArgs, ...(o.bin !== undefined ? { bin: o.bin } : {}), log })
+      : await startEtcdCluster({ ...(o.etcdBin !== undefined ? { bin: o.etcdBin } : {}), log });
+  const results: DataSizeCheckpoint[] = [];
+  // The bench drivers name keys bench/kNNNNNNNN; the restart probe reads the last one.
+  const drivers = cluster.endpoints.map((e) => makeDriver(system, e, 30_000, 'data/'));
+  try {
+    await Promise.all(drivers.map((d) => d.ready(10_000)));
+    // Reset the event-loop histograms before the fill; leader changes are counted from here (not the start's elections).
+    const before = await figuresOf(cluster);
+    // Distinct incompressible values (LevelDB compresses its blocks; bbolt does not).
+    const pool = randomBytes(o.valueBytes * 64);
+    const valueOf = (i: number): Uint8Array => {
+      const v = Buffer.from(pool.subarray((i % 63) * o.valueBytes, (i % 63) * o.valueBytes + o.valueBytes));
+      v.writeUInt32LE(i >>> 0, 0);
+      return v;
+    };
+    let from = 0;
+    for (const target of checkpoints) {
+      const put = await drive(drivers, o.concurrency, from, target, (d, i) => d.put(i, valueOf(i)));
+      if (put.errors > 0) console.error(`${system}: ${put.errors} failed put attempts (retried), e.g. ${put.firstErrors.join(' / ')}`);
+      from = target;
+      await sleep(3_000); // let the nodes settle (apply, flush, GC) before sampling
+      const nodes = (await figuresOf(cluster)).map((n, i) =>
+        n.leaderChanges === undefined ? n : { ...n, leaderChanges: n.leaderChanges - (before[i]?.leaderChanges ?? 0) },
+      );
+      let seed = target;
+      const rnd = (): number => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
+      const get = await drive(drivers, o.concurrency, 0, o.gets, async (d) => {
+        if (!(await d.get(Math.floor(rnd() * target)))) throw new Error('a written key was not found');
+      });
+      const cp: DataSizeCheckpoint = { system, keys: target, putsPerSec: put.rate, putP99Ms: put.p99, putErrors: put.errors, getsPerSec: get.rate, getP99Ms: get.p99, nodes };
+      results.push(cp);
+      const per = nodes
+        .map((n) => {
+          const k = n.heapUsedMiB === undefined ? '' : ` heap ${n.heapUsedMiB} ext ${n.externalMiB} cache ${n.cacheMiB} index ${n.indexMiB} loop max/p99 ${n.loopDelayMaxMs}/${n.loopDelayP99Ms} ms leader changes since fill start ${n.leaderChanges}`;
+          return `n${n.node} rss ${n.rssMiB} disk ${n.diskMiB}${k}`;
+        })
+        .join(' | ');
+      console.log(`${system} keys ${target}  put/s ${cp.putsPerSec} p99 ${cp.putP99Ms} ms errors ${cp.putErrors}  get/s ${cp.getsPerSec} p99 ${cp.getP99Ms} ms  MiB: ${per}`);
+    }
+    const restart = await restartSeconds(cluster, `data/k${String(from - 1).padStart(8, '0')}`);
+    console.log(`${system} restart of node 3 with ${from} keys: serving its data again after ${restart ?? 'n/a'} s`);
+    return results;
+  } finally {
+    for (const d of drivers) d.close();
+    await cluster.stop();
   }
-  return out;
 }
 
 async function main(): Promise<void> {
@@ -81,70 +254,42 @@ async function main(): Promise<void> {
     options: {
       checkpoints: { type: 'string', default: '10000,100000' },
       big: { type: 'boolean', default: false },
+      system: { type: 'string', default: 'both' },
       'value-bytes': { type: 'string', default: '1024' },
       concurrency: { type: 'string', default: '64' },
+      gets: { type: 'string', default: '5000' },
       'kvd-args': { type: 'string', default: '' },
       bin: { type: 'string' },
+      'etcd-bin': { type: 'string' },
       help: { type: 'boolean', default: false },
     },
   });
   if (values.help) {
-    console.log('node dist/bench/data-size.js [--checkpoints 10000,100000] [--big] [--value-bytes 1024] [--concurrency 64] [--kvd-args "..."]');
+    console.log('node dist/bench/data-size.js [--checkpoints 10000,100000] [--big] [--system kvd|etcd|both] [--value-bytes 1024] [--concurrency 64] [--gets 5000] [--kvd-args "..."]');
     return;
   }
   const checkpoints = flagIntList('checkpoints', values.checkpoints, 1, 100_000_000);
   if (values.big && !checkpoints.includes(1_000_000)) checkpoints.push(1_000_000);
   checkpoints.sort((a, b) => a - b);
-  const valueBytes = flagInt('value-bytes', values['value-bytes'], 1);
-  const concurrency = flagInt('concurrency', values.concurrency, 1);
-  const extraArgs = values['kvd-args'].split(' ').filter((s) => s.length > 0);
-  const cluster = await startKvdCluster({ extraArgs, ...(values.bin !== undefined ? { bin: values.bin } : {}), log: (m) => console.error(m) });
-  const client = new KvClient({ endpoints: cluster.endpoints, defaultDeadlineMs: 30_000 });
-  const results: DataSizeCheckpoint[] = [];
-  try {
-    const ports = (await cluster.metricsPorts?.()) ?? [];
-    const value = new Uint8Array(valueBytes).fill(0x61);
-    let next = 0;
-    let errors = 0;
-    let from = 0;
-    for (const target of checkpoints) {
-      const t0 = performance.now();
-      const errorsBefore = errors;
-      await Promise.all(
-        Array.from({ length: concurrency }, async () => {
-          for (;;) {
-            const i = next++;
-            if (i >= target) return;
-            const key = `data/${i.toString().padStart(9, '0')}`;
-            for (let attempt = 0; ; attempt++) {
-              try {
-                await client.put(key, value);
-                break;
-              } catch {
-                errors++;
-                if (attempt >= 5) throw new Error(`put ${key} failed 6 times`);
-              }
-            }
-          }
-        }),
-      );
-      const s = (performance.now() - t0) / 1000;
-      next = target;
-      // Let the nodes settle (apply, flush, GC) before sampling.
-      await new Promise((r) => setTimeout(r, 3_000));
-      const cp: DataSizeCheckpoint = { keys: target, putsPerSec: Math.round((target - from) / s), errors: errors - errorsBefore, nodes: await memoryOf(ports) };
-      from = target;
-      results.push(cp);
-      const per = cp.nodes
-        .map((n) => `n${n.node} rss ${n.rssMiB} heap ${n.heapUsedMiB} ext ${n.externalMiB}${n.cacheMiB !== undefined ? ` cache ${n.cacheMiB}` : ''}`)
-        .join(' | ');
-      console.log(`keys ${target}  puts/s ${cp.putsPerSec}  errors ${cp.errors}  MiB: ${per}`);
+  const systems: SystemName[] = values.system === 'both' ? ['kvd', 'etcd'] : [values.system as SystemName];
+  if (!systems.every((s) => s === 'kvd' || s === 'etcd')) throw new Error('--system must be kvd, etcd or both');
+  const o = {
+    valueBytes: flagInt('value-bytes', values['value-bytes'], 1),
+    concurrency: flagInt('concurrency', values.concurrency, 1),
+    gets: flagInt('gets', values.gets, 1),
+    kvdArgs: values['kvd-args'].split(' ').filter((s) => s.length > 0),
+    ...(values.bin !== undefined ? { bin: values.bin } : {}),
+    ...(values['etcd-bin'] !== undefined ? { etcdBin: values['etcd-bin'] } : {}),
+  };
+  const all: DataSizeCheckpoint[] = [];
+  for (const system of systems) {
+    if (system === 'etcd' && findEtcd(o.etcdBin) === undefined) {
+      console.error(ETCD_MISSING_MESSAGE);
+      continue;
     }
-    console.log(JSON.stringify({ valueBytes, concurrency, extraArgs, results }));
-  } finally {
-    client.close();
-    await cluster.stop();
+    all.push(...(await runSystem(system, checkpoints, o)));
   }
+  console.log(JSON.stringify({ valueBytes: o.valueBytes, concurrency: o.concurrency, kvdArgs: o.kvdArgs, results: all }));
 }
 
 main().catch((e: unknown) => {

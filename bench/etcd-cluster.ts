@@ -41,6 +41,7 @@ export async function etcdVersion(bin: string): Promise<string> {
 }
 
 interface Member {
+  args?: string[];
   readonly name: string;
   readonly clientPort: number;
   readonly peerPort: number;
@@ -111,13 +112,8 @@ async function startOnce(bin: string, version: string, opts: EtcdClusterOptions)
         '--log-outputs=stderr',
         '--log-level=warn',
       ];
-      const fd = openSync(m.logPath, 'a');
-      try {
-        m.child = spawn(bin, args, { stdio: ['ignore', fd, fd], env });
-      } finally {
-        closeSync(fd);
-      }
-      m.child.on('error', () => undefined); // reported through exitCode/abortIf below
+      m.args = args;
+      spawnMember(bin, m, env);
     }
 
     const abortIf = (): void => {
@@ -152,6 +148,25 @@ async function startOnce(bin: string, version: string, opts: EtcdClusterOptions)
     version,
     dataDir,
     pids: () => members.flatMap((m) => (m.child?.pid === undefined ? [] : [m.child.pid])),
+    nodePids: () => members.map((m) => (m.child && m.child.exitCode === null && m.child.signalCode === null ? m.child.pid : undefined)),
+    nodeDirs: members.map((m) => m.dir),
+    restartNode: async (index: number) => {
+      const m = members[index];
+      if (!m) throw new RangeError(`no member ${index}`);
+      if (m.child) await stopChild(m.child);
+      spawnMember(bin, m, env); // --initial-cluster* are ignored on an existing data dir
+    },
     stop,
   };
+}
+
+/** Starts member `m`'s etcd process with its command line, output appended to its log. */
+function spawnMember(bin: string, m: Member, env: NodeJS.ProcessEnv): void {
+  const fd = openSync(m.logPath, 'a');
+  try {
+    m.child = spawn(bin, m.args!, { stdio: ['ignore', fd, fd], env });
+  } finally {
+    closeSync(fd);
+  }
+  m.child.on('error', () => undefined); // reported through exitCode/abortIf
 }

@@ -39,6 +39,7 @@ export function findKvd(bin?: string): string | undefined {
 }
 
 interface Node {
+  args?: string[];
   readonly id: number;
   readonly port: number;
   readonly peerPort: number;
@@ -112,13 +113,8 @@ async function startOnce(bin: string, opts: KvdClusterOptions): Promise<RunningC
         ...(opts.defaultShards === undefined ? [] : ['--default-shards', String(opts.defaultShards)]),
         ...(opts.extraArgs ?? []),
       ];
-      const fd = openSync(n.logPath, 'a');
-      try {
-        n.child = spawn(process.execPath, args, { stdio: ['ignore', fd, fd], env });
-      } finally {
-        closeSync(fd);
-      }
-      n.child.on('error', () => undefined); // reported through exitCode/abortIf below
+      n.args = args;
+      spawnNode(n, env);
     }
 
     const abortIf = (): void => {
@@ -154,13 +150,32 @@ async function startOnce(bin: string, opts: KvdClusterOptions): Promise<RunningC
     version,
     dataDir,
     pids: () => nodes.flatMap((n) => (n.child?.pid === undefined ? [] : [n.child.pid])),
+    nodePids: () => nodes.map((n) => (n.child && n.child.exitCode === null && n.child.signalCode === null ? n.child.pid : undefined)),
+    nodeDirs: nodes.map((n) => n.dir),
+    restartNode: async (index: number) => {
+      const n = nodes[index];
+      if (!n) throw new RangeError(`no node ${index}`);
+      if (n.child) await stopChild(n.child);
+      spawnNode(n, env);
+    },
     adminToken,
     metricsPorts: () => Promise.all(nodes.map((n) => readyMetricsPort(n.logPath))),
     stop,
   };
 }
 
-/** The `/metrics` port from kvd's `{"event":"ready",…,"metricsPort":P}` stdout line in `logPath`, if it is there. */
+/** Starts node `n`'s kvd process with its command line, output appended to its log. */
+function spawnNode(n: Node, env: NodeJS.ProcessEnv): void {
+  const fd = openSync(n.logPath, 'a');
+  try {
+    n.child = spawn(process.execPath, n.args!, { stdio: ['ignore', fd, fd], env });
+  } finally {
+    closeSync(fd);
+  }
+  n.child.on('error', () => undefined); // reported through exitCode/abortIf
+}
+
+/** The `/metrics` port from kvd's last `{"event":"ready",…,"metricsPort":P}` stdout line in `logPath` (a restarted node appends a new one), if it is there. */
 async function readyMetricsPort(logPath: string): Promise<number | undefined> {
   let text: string;
   try {
@@ -168,15 +183,16 @@ async function readyMetricsPort(logPath: string): Promise<number | undefined> {
   } catch {
     return undefined;
   }
+  let port: number | undefined;
   for (const line of text.split('\n')) {
     if (!line.includes('"ready"')) continue;
     try {
       const o = JSON.parse(line) as { event?: unknown; metricsPort?: unknown };
-      if (o.event === 'ready' && typeof o.metricsPort === 'number') return o.metricsPort;
+      if (o.event === 'ready' && typeof o.metricsPort === 'number') port = o.metricsPort;
     } catch {
       // a log line that merely mentions "ready"
     }
   }
-  return undefined;
+  return port;
 }
 

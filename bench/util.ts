@@ -165,6 +165,16 @@ export interface RunningCluster {
   readonly adminToken?: string;
   /** Each node's `/metrics` HTTP port on 127.0.0.1, in endpoint order (kvd only; undefined where unknown). */
   metricsPorts?(): Promise<(number | undefined)[]>;
+  /**
+   * Stops node `index` (0-based, endpoint order; SIGTERM, SIGKILL after a grace) and starts it
+   * again on its data with the same command line; resolves once the new process is spawned (the
+   * caller waits for it to serve). Used by the data-size bench's restart measurement.
+   */
+  restartNode?(index: number): Promise<void>;
+  /** The server process ids by node, in endpoint order (undefined while a node is down). */
+  nodePids?(): (number | undefined)[];
+  /** Each node's data directory, in endpoint order. */
+  readonly nodeDirs?: readonly string[];
   /** Stops every node and removes the data directory (idempotent). */
   stop(): Promise<void>;
 }
