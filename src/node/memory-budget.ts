@@ -8,7 +8,8 @@
  * Accounted, per hosted replica: its key and version index (measured heap cost per key and per
  * retained version, see {@link INDEX_BYTES_PER_KEY}), its watch history's accounted bytes and its
  * in-memory Raft log (entry data applied since the last log compaction plus the tail kept behind
- * it); per node: the value cache's accounted bytes. Also watched: the V8 heap itself (used bytes
+ * it); per node: the value cache's accounted bytes and the snapshots held for sending to lagging
+ * followers (one is built at a time, snapshot-sender.ts `SnapshotGate`). Also watched: the V8 heap itself (used bytes
  * against V8's heap limit), a safety net for what the accounting misses (in-flight requests,
  * an installing snapshot, garbage). The figures are sampled by `refresh` (the node calls it on
  * its tick), so a check costs a comparison; the budget is enforced at admission on the leader,
@@ -45,6 +46,8 @@ export interface ReplicaMemory {
 export interface MemorySample {
   readonly replicas: Iterable<ReplicaMemory>;
   readonly valueCacheBytes: number;
+  /** Bytes of snapshots produced for lagging followers and held for sending (default 0). */
+  readonly snapshotBytes?: number;
   /** V8 heap used and its limit (bytes). */
   readonly heapUsed: number;
   readonly heapLimit: number;
@@ -56,6 +59,7 @@ export interface MemoryAccount {
   readonly history: number;
   readonly log: number;
   readonly valueCache: number;
+  readonly snapshots: number;
   readonly total: number;
   readonly heapUsed: number;
   readonly heapLimit: number;
@@ -92,7 +96,7 @@ export function addsData(cmd: Command): boolean {
  * applies). Refreshed from a {@link MemorySample}; `check` says whether a command may be proposed.
  */
 export class MemoryBudget {
-  private account: MemoryAccount = { index: 0, history: 0, log: 0, valueCache: 0, total: 0, heapUsed: 0, heapLimit: 0 };
+  private account: MemoryAccount = { index: 0, history: 0, log: 0, valueCache: 0, snapshots: 0, total: 0, heapUsed: 0, heapLimit: 0 };
   private reason: string | undefined;
   private refused = 0;
 
@@ -115,13 +119,14 @@ export class MemoryBudget {
       history += r.historyBytes;
       log += r.logBytes;
     }
-    const total = index + history + log + s.valueCacheBytes;
-    this.account = { index, history, log, valueCache: s.valueCacheBytes, total, heapUsed: s.heapUsed, heapLimit: s.heapLimit };
+    const snapshots = s.snapshotBytes ?? 0;
+    const total = index + history + log + s.valueCacheBytes + snapshots;
+    this.account = { index, history, log, valueCache: s.valueCacheBytes, snapshots, total, heapUsed: s.heapUsed, heapLimit: s.heapLimit };
     const mib = (n: number): string => `${(n / 2 ** 20).toFixed(1)} MiB`;
     if (this.maxBytes > 0 && total >= this.maxBytes) {
       this.reason =
         `MEMORY_BUDGET: the node's memory budget (${mib(this.maxBytes)}, --memory-budget-mib) is spent: ` +
-        `index ${mib(index)}, watch history ${mib(history)}, Raft log ${mib(log)}, value cache ${mib(s.valueCacheBytes)}; ` +
+        `index ${mib(index)}, watch history ${mib(history)}, Raft log ${mib(log)}, value cache ${mib(s.valueCacheBytes)}, snapshots being sent ${mib(snapshots)}; ` +
         'writes that add data are refused (nothing was applied); deletes, reads and compaction still work';
     } else if (s.heapLimit > 0 && s.heapUsed >= s.heapLimit * HEAP_LIMIT_FRACTION) {
       this.reason =

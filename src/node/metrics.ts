@@ -141,7 +141,7 @@ export class NodeMetrics {
     });
     new Gauge({
       name: 'kvcascade_memory_accounted_bytes',
-      help: 'Accounted memory by part (index: key/version index of all hosted replicas; history: watch histories; log: in-memory Raft logs; value_cache), as last sampled',
+      help: 'Accounted memory by part (index: key/version index of all hosted replicas; history: watch histories; log: in-memory Raft logs; value_cache; snapshots: produced for lagging followers, held for sending), as last sampled',
       labelNames: ['part'],
       registers,
       collect() {
@@ -150,6 +150,7 @@ export class NodeMetrics {
         this.set({ part: 'history' }, a.history);
         this.set({ part: 'log' }, a.log);
         this.set({ part: 'value_cache' }, a.valueCache);
+        this.set({ part: 'snapshots' }, a.snapshots);
       },
     });
     new Gauge({

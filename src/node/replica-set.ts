@@ -20,6 +20,7 @@ import { MemoryBudget } from './memory-budget.js';
 import { electionTimeoutMs, META_GROUP, NODE_DEFAULTS, replicaRandom, type NodeParts } from './node-options.js';
 import { bootstrapGroup, deleteOrphanRecords, recoverState, type RecoveredState } from './recovery.js';
 import { ShardReplica } from './replica.js';
+import { SnapshotGate } from './snapshot-sender.js';
 import { ShardReconciler } from './shard-reconciler.js';
 
 /**
@@ -77,6 +78,8 @@ export class ReplicaSet {
   /** The node's memory budget: accounted memory, and the admission check of writes that add data. */
   readonly memoryBudget: MemoryBudget;
   private lastMemoryRefreshMs = Number.NEGATIVE_INFINITY;
+  /** One snapshot for a lagging follower is built at a time on this node; the ones held are accounted. */
+  private readonly snapshotGate = new SnapshotGate(1);
 
   constructor(
     private readonly parts: NodeParts,
@@ -90,6 +93,7 @@ export class ReplicaSet {
       return {
         replicas: [...this.replicas.values()].map((r) => r.memory),
         valueCacheBytes: this.valueCache.stats.bytes,
+        snapshotBytes: this.snapshotGate.heldBytes,
         heapUsed: heap.used_heap_size,
         heapLimit: heap.heap_size_limit,
       };
@@ -160,6 +164,7 @@ export class ReplicaSet {
       openView: () => this.engine?.view(),
       ...(this.engine ? { values: this.valuesOf(this.engine, group) } : {}),
       stepwiseInstall: true,
+      snapshotSender: { gate: this.snapshotGate },
       onSnapshotProduced: () => this.hooks.scheduleReady(),
       onSnapshotFailed: (err) => log.warn({ group, err: String(err) }, 'producing a snapshot for a lagging follower failed; retrying'),
       nowMs: () => scheduler.now(),

@@ -35,8 +35,40 @@ export const SNAPSHOT_SENDER_DEFAULTS = {
   retryMs: 200,
 } as const;
 
+/**
+ * The node-wide bound on snapshots produced for lagging followers: at most `maxProducing`
+ * productions run at once (each builds a whole shard's encoding in memory), and the bytes of the
+ * produced snapshots held for sending are counted (the node's memory budget accounts them). A
+ * sender that finds the gate full answers "not yet", and the Raft core asks again later.
+ */
+export class SnapshotGate {
+  private producing = 0;
+  private held = 0;
+  constructor(readonly maxProducing = 1) {}
+  /** Takes a production slot, or false when all are taken. */
+  tryAcquire(): boolean {
+    if (this.producing >= this.maxProducing) return false;
+    this.producing++;
+    return true;
+  }
+  /** Gives a production slot back. */
+  release(): void {
+    this.producing--;
+  }
+  /** Counts `delta` bytes of produced snapshots held (negative when one is dropped). */
+  hold(delta: number): void {
+    this.held += delta;
+  }
+  /** Bytes of produced snapshots held by the node's senders. */
+  get heldBytes(): number {
+    return this.held;
+  }
+}
+
 /** Options of a {@link SnapshotSender}. */
 export interface SnapshotSenderOptions extends SnapshotStreamOptions {
+  /** The node-wide gate shared by every replica's sender (default: none, no bound). */
+  readonly gate?: SnapshotGate;
   /** Drop a produced snapshot not asked for during this long (ms, default 30 s). */
   readonly idleMs?: number;
   /** Wait at least this long after a failed or unusable production before the next (ms, default 200). */
@@ -100,7 +132,7 @@ export class SnapshotSender implements Storage {
     const stored = this.storage.snapshot();
     if (stored && stored.data.length > 0 && stored.meta.index >= floor) return stored;
     if (this.current && this.current.meta.index >= floor) return this.current;
-    this.current = undefined;
+    this.setCurrent(undefined);
     if (!this.producing && now >= this.notBeforeMs) void this.produce();
     return undefined;
   }
@@ -112,14 +144,25 @@ export class SnapshotSender implements Storage {
 
   /** Drops the produced snapshot (the replica stopped leading, or shuts down). */
   release(): void {
-    this.current = undefined;
+    this.setCurrent(undefined);
     this.idleTimer?.cancel();
     this.idleTimer = undefined;
   }
 
+  /** Replaces the held snapshot, keeping the gate's count of held bytes. */
+  private setCurrent(s: Snapshot | undefined): void {
+    this.options.gate?.hold((s?.data.length ?? 0) - (this.current?.data.length ?? 0));
+    this.current = s;
+  }
+
   private async produce(): Promise<void> {
+    const gate = this.options.gate;
+    if (gate && !gate.tryAcquire()) return; // another shard's snapshot is being built: asked again later
     const view = this.host.openView();
-    if (!view) return;
+    if (!view) {
+      gate?.release();
+      return;
+    }
     this.producing = true;
     this.counters.started++;
     try {
@@ -137,15 +180,16 @@ export class SnapshotSender implements Storage {
         this.notBeforeMs = this.scheduler.now() + this.retryMs;
         return;
       }
-      this.current = { meta: { index: out.appliedIndex, term, conf }, data: out.data };
+      this.setCurrent({ meta: { index: out.appliedIndex, term, conf }, data: out.data });
       this.counters.produced++;
       this.armIdle();
-      this.host.produced(this.current);
+      this.host.produced(this.current!);
     } catch (e) {
       this.notBeforeMs = this.scheduler.now() + this.retryMs;
       this.host.failed(e);
     } finally {
       this.producing = false;
+      gate?.release();
     }
   }
 
@@ -155,7 +199,7 @@ export class SnapshotSender implements Storage {
       this.idleTimer = undefined;
       if (!this.current) return;
       if (this.scheduler.now() - this.lastAskedMs >= this.idleMs) {
-        this.current = undefined;
+        this.setCurrent(undefined);
         this.counters.dropped++;
       } else this.armIdle();
     }, this.idleMs);

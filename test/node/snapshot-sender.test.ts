@@ -1,6 +1,6 @@
 // Unit tests of the leader's snapshot production (src/node/snapshot-sender.ts): on demand from the records, never from a records snapshot's empty data, retried while the records are being replaced, refused across a configuration change, dropped when idle.
 import { describe, expect, it } from 'vitest';
-import { confAtIndex, SnapshotSender, type SnapshotSenderHost } from '../../src/node/snapshot-sender.js';
+import { confAtIndex, SnapshotGate, SnapshotSender, type SnapshotSenderHost } from '../../src/node/snapshot-sender.js';
 import { EntryType, MemoryStorage, type ConfState, type Entry, type Snapshot } from '../../src/raft/index.js';
 import { KvStateMachine } from '../../src/statemachine/index.js';
 import { MemoryEngine } from '../../src/storage/kv-engine.js';
@@ -43,6 +43,32 @@ function host(engine: MemoryEngine, storage: MemoryStorage, over: Partial<Snapsh
 }
 
 describe('SnapshotSender', () => {
+  it('builds one snapshot at a time per node (a shared gate) and counts the bytes of the ones it holds', async () => {
+    const a = await setup(20, 12);
+    const b = await setup(20, 12);
+    const gate = new SnapshotGate(1);
+    const sa = new SnapshotSender(a.storage, host(a.engine, a.storage), { gate, idleMs: 20 });
+    const sb = new SnapshotSender(b.storage, host(b.engine, b.storage), { gate });
+    expect(sa.snapshot()).toBeUndefined();
+    expect(sa.busy).toBe(true);
+    expect(sb.snapshot()).toBeUndefined(); // the gate is taken: not started
+    expect(sb.busy).toBe(false);
+    expect(sb.counters.started).toBe(0);
+    while (sa.busy) await sleep(1);
+    const held = sa.snapshot()!;
+    expect(gate.heldBytes).toBe(held.data.length);
+    expect(sb.snapshot()).toBeUndefined(); // the slot is free again
+    expect(sb.busy).toBe(true);
+    while (sb.busy) await sleep(1);
+    expect(gate.heldBytes).toBe(held.data.length + sb.snapshot()!.data.length);
+    sb.release();
+    expect(gate.heldBytes).toBe(held.data.length);
+    // Dropped when idle: no longer held.
+    await sleep(60);
+    expect(sa.counters.dropped).toBe(1);
+    expect(gate.heldBytes).toBe(0);
+  });
+
   it('never hands out a records snapshot; produces one from the records on demand, the machine\'s own encoding', async () => {
     const { storage, engine, sm } = await setup(20, 12);
     const h = host(engine, storage);
