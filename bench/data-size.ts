@@ -1,8 +1,8 @@
-// Data-size workload (issue 17): fills N distinct keys × 1 KiB into a fresh 3-node cluster — kvd, and etcd beside it with the same data — and prints, at each checkpoint, every node's RSS and disk size, put and get throughput and p99, and for kvd its event-loop delay, leader changes and accounted memory; after the last checkpoint it restarts one node and times it until it serves the last key written.
+// Data-size workload (issue 17): fills N distinct keys × 1 KiB into a fresh 3-node cluster — kvd, and etcd beside it with the same data — and prints, at each checkpoint, every node's RSS and disk size, put and get throughput and p99, and for kvd its event-loop delay, leader changes and accounted memory; after the last checkpoint it restarts one node and times it until it serves the last key written, then stops it, writes `--catch-up-keys` more and times its catch-up (kvd sends it a snapshot of the whole shard).
 //
 // Run: npx tsc -p tsconfig.json (or npm run build), then
 //   node dist/bench/data-size.js [--checkpoints 10000,100000] [--big] [--system kvd|etcd|both] [--value-bytes 1024]
-//     [--concurrency 64] [--gets 5000] [--kvd-args "--value-cache-mib 64"] [--bin dist/src/bin/kvd.js] [--etcd-bin /usr/bin/etcd]
+//     [--concurrency 64] [--gets 5000] [--catch-up-keys 30000] [--keep-logs DIR] [--kvd-args "--value-cache-mib 64"] [--bin dist/src/bin/kvd.js] [--etcd-bin /usr/bin/etcd]
 // `--big` adds the 1 000 000-key checkpoint (about 1 GiB per replica: run it on a quiet machine).
 // Both systems are driven the same way (bench/clients.ts drivers: one unary Put per write, one
 // linearizable Get per read, `concurrency` workers spread over the three endpoints; a follower
@@ -18,7 +18,7 @@ import { parseArgs } from 'node:util';
 import { call, etcdStub, kvStub, makeDriver, type Driver, type SystemName } from './clients.js';
 import { ETCD_MISSING_MESSAGE, findEtcd, startEtcdCluster } from './etcd-cluster.js';
 import { startKvdCluster } from './kvd-cluster.js';
-import { flagInt, flagIntList, type RunningCluster } from './util.js';
+import { copyNodeLogs, flagInt, flagIntList, type RunningCluster } from './util.js';
 
 /** One node's figures at a checkpoint (MiB where sizes). */
 export interface NodeFigures {
@@ -33,6 +33,10 @@ export interface NodeFigures {
   readonly loopDelayMaxMs?: number;
   readonly loopDelayP99Ms?: number;
   readonly leaderChanges?: number;
+  /** kvd only, since start: ready rounds whose fsynced batch took over 0.5 s, and major GC pauses (count, total ms). */
+  readonly slowFsyncs?: number;
+  readonly majorGcs?: number;
+  readonly majorGcMs?: number;
 }
 
 /** The figures at one checkpoint. */
@@ -127,6 +131,9 @@ async function figuresOf(cluster: RunningCluster): Promise<NodeFigures[]> {
       loopDelayMaxMs: Math.round((sample(text, 'kvcascade_nodejs_eventloop_lag_max_seconds') ?? 0) * 1000),
       loopDelayP99Ms: Math.round((sample(text, 'kvcascade_nodejs_eventloop_lag_p99_seconds') ?? 0) * 1000),
       leaderChanges: sample(text, 'kvcascade_raft_leader_changes_total') ?? 0,
+      slowFsyncs: (sample(text, 'kvcascade_fsync_duration_seconds_count') ?? 0) - (sample(text, 'kvcascade_fsync_duration_seconds_bucket', 'le="0.5"') ?? 0),
+      majorGcs: sample(text, 'kvcascade_nodejs_gc_duration_seconds_count', 'kind="major"') ?? 0,
+      majorGcMs: Math.round((sample(text, 'kvcascade_nodejs_gc_duration_seconds_sum', 'kind="major"') ?? 0) * 1000),
     });
   }
   return out;
@@ -160,8 +167,9 @@ async function drive(drivers: Driver[], concurrency: number, from: number, to: n
           } catch (e) {
             errors++;
             if (firstErrors.length < 3) firstErrors.push((e as Error).message);
-            if (attempt >= 5) throw new Error(`operation ${i} failed 6 times: ${(e as Error).message}`);
-            await sleep(50 * (attempt + 1));
+            // Patient enough to ride out an election (about 30 s of attempts in all).
+            if (attempt >= 20) throw new Error(`operation ${i} failed ${attempt + 1} times: ${(e as Error).message}`);
+            await sleep(Math.min(2_000, 50 * 2 ** attempt));
           }
         }
       }
@@ -174,9 +182,14 @@ async function drive(drivers: Driver[], concurrency: number, from: number, to: n
 /** Restarts node 3 (index 2) and returns the seconds until it serves a local (serializable) read of `key`. */
 async function restartSeconds(cluster: RunningCluster, key: string): Promise<number | undefined> {
   if (!cluster.restartNode) return undefined;
-  const address = cluster.endpoints[2]!;
   const t0 = performance.now();
   await cluster.restartNode(2);
+  return servingAfter(cluster, key, t0);
+}
+
+/** Seconds from `t0` until node 3 serves a local (serializable) read of `key` (undefined after 10 minutes). */
+async function servingAfter(cluster: RunningCluster, key: string, t0: number): Promise<number | undefined> {
+  const address = cluster.endpoints[2]!;
   const until = Date.now() + 600_000;
   while (Date.now() < until) {
     const stub = cluster.system === 'kvd' ? kvStub(address) : etcdStub(address);
@@ -196,7 +209,43 @@ async function restartSeconds(cluster: RunningCluster, key: string): Promise<num
   return undefined;
 }
 
-async function runSystem(system: SystemName, checkpoints: number[], o: { valueBytes: number; concurrency: number; gets: number; kvdArgs: string[]; bin?: string; etcdBin?: string }): Promise<DataSizeCheckpoint[]> {
+/**
+ * Catch-up of a lagging replica: stops node 3, writes `extra` more keys through nodes 1 and 2
+ * (more than a log compaction's worth, so kvd's leader sends a snapshot of the whole shard), starts
+ * node 3 and times it until it serves the last of them, sampling its RSS meanwhile (peak).
+ */
+async function catchUp(
+  cluster: RunningCluster,
+  drivers: Driver[],
+  o: { concurrency: number },
+  from: number,
+  extra: number,
+  valueOf: (i: number) => Uint8Array,
+): Promise<{ seconds: number | undefined; peakRssMiB: number } | undefined> {
+  if (!cluster.stopNode || !cluster.startNode) return undefined;
+  await cluster.stopNode(2);
+  await drive(drivers.slice(0, 2), o.concurrency, from, from + extra, (d, i) => d.put(i, valueOf(i)));
+  let peak = 0;
+  let sampling = true;
+  const sampler = (async () => {
+    while (sampling) {
+      peak = Math.max(peak, await rssOf(cluster.nodePids?.()[2]));
+      await sleep(100);
+    }
+  })();
+  const t0 = performance.now();
+  cluster.startNode(2);
+  const seconds = await servingAfter(cluster, `data/k${String(from + extra - 1).padStart(8, '0')}`, t0);
+  sampling = false;
+  await sampler;
+  return { seconds, peakRssMiB: mib(peak) };
+}
+
+async function runSystem(
+  system: SystemName,
+  checkpoints: number[],
+  o: { valueBytes: number; concurrency: number; gets: number; catchUpKeys: number; kvdArgs: string[]; bin?: string; etcdBin?: string; keepLogs?: string },
+): Promise<DataSizeCheckpoint[]> {
   const log = (m: string) => console.error(m);
   const cluster =
     system === 'kvd'
@@ -234,7 +283,7 @@ async function runSystem(system: SystemName, checkpoints: number[], o: { valueBy
       results.push(cp);
       const per = nodes
         .map((n) => {
-          const k = n.heapUsedMiB === undefined ? '' : ` heap ${n.heapUsedMiB} ext ${n.externalMiB} cache ${n.cacheMiB} index ${n.indexMiB} loop max/p99 ${n.loopDelayMaxMs}/${n.loopDelayP99Ms} ms leader changes since fill start ${n.leaderChanges}`;
+          const k = n.heapUsedMiB === undefined ? '' : ` heap ${n.heapUsedMiB} ext ${n.externalMiB} cache ${n.cacheMiB} index ${n.indexMiB} loop max/p99 ${n.loopDelayMaxMs}/${n.loopDelayP99Ms} ms leader changes since fill start ${n.leaderChanges} fsyncs>0.5s ${n.slowFsyncs} major GCs ${n.majorGcs} (${n.majorGcMs} ms)`;
           return `n${n.node} rss ${n.rssMiB} disk ${n.diskMiB}${k}`;
         })
         .join(' | ');
@@ -242,9 +291,17 @@ async function runSystem(system: SystemName, checkpoints: number[], o: { valueBy
     }
     const restart = await restartSeconds(cluster, `data/k${String(from - 1).padStart(8, '0')}`);
     console.log(`${system} restart of node 3 with ${from} keys: serving its data again after ${restart ?? 'n/a'} s`);
+    if (o.catchUpKeys > 0) {
+      await sleep(3_000);
+      const c = await catchUp(cluster, drivers, o, from, o.catchUpKeys, valueOf);
+      console.log(
+        `${system} catch-up: node 3 stopped, ${o.catchUpKeys} more keys written, restarted: serving the last of ${from + o.catchUpKeys} keys after ${c?.seconds ?? 'n/a'} s, peak RSS ${c?.peakRssMiB ?? 'n/a'} MiB`,
+      );
+    }
     return results;
   } finally {
     for (const d of drivers) d.close();
+    if (o.keepLogs !== undefined) await copyNodeLogs(cluster.dataDir, join(o.keepLogs, system)).catch(() => undefined);
     await cluster.stop();
   }
 }
@@ -258,6 +315,8 @@ async function main(): Promise<void> {
       'value-bytes': { type: 'string', default: '1024' },
       concurrency: { type: 'string', default: '64' },
       gets: { type: 'string', default: '5000' },
+      'catch-up-keys': { type: 'string', default: '30000' },
+      'keep-logs': { type: 'string' },
       'kvd-args': { type: 'string', default: '' },
       bin: { type: 'string' },
       'etcd-bin': { type: 'string' },
@@ -277,9 +336,11 @@ async function main(): Promise<void> {
     valueBytes: flagInt('value-bytes', values['value-bytes'], 1),
     concurrency: flagInt('concurrency', values.concurrency, 1),
     gets: flagInt('gets', values.gets, 1),
+    catchUpKeys: flagInt('catch-up-keys', values['catch-up-keys'], 0),
     kvdArgs: values['kvd-args'].split(' ').filter((s) => s.length > 0),
     ...(values.bin !== undefined ? { bin: values.bin } : {}),
     ...(values['etcd-bin'] !== undefined ? { etcdBin: values['etcd-bin'] } : {}),
+    ...(values['keep-logs'] !== undefined ? { keepLogs: values['keep-logs'] } : {}),
   };
   const all: DataSizeCheckpoint[] = [];
   for (const system of systems) {

@@ -156,6 +156,15 @@ async function startOnce(bin: string, version: string, opts: EtcdClusterOptions)
       if (m.child) await stopChild(m.child);
       spawnMember(bin, m, env); // --initial-cluster* are ignored on an existing data dir
     },
+    stopNode: async (index: number) => {
+      const m = members[index];
+      if (m?.child) await stopChild(m.child);
+    },
+    startNode: (index: number) => {
+      const m = members[index];
+      if (!m) throw new RangeError(`no member ${index}`);
+      spawnMember(bin, m, env);
+    },
     stop,
   };
 }

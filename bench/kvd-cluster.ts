@@ -158,6 +158,15 @@ async function startOnce(bin: string, opts: KvdClusterOptions): Promise<RunningC
       if (n.child) await stopChild(n.child);
       spawnNode(n, env);
     },
+    stopNode: async (index: number) => {
+      const n = nodes[index];
+      if (n?.child) await stopChild(n.child);
+    },
+    startNode: (index: number) => {
+      const n = nodes[index];
+      if (!n) throw new RangeError(`no node ${index}`);
+      spawnNode(n, env);
+    },
     adminToken,
     metricsPorts: () => Promise.all(nodes.map((n) => readyMetricsPort(n.logPath))),
     stop,

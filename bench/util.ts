@@ -171,6 +171,10 @@ export interface RunningCluster {
    * caller waits for it to serve). Used by the data-size bench's restart measurement.
    */
   restartNode?(index: number): Promise<void>;
+  /** Stops node `index` (as restartNode does) and leaves it down. */
+  stopNode?(index: number): Promise<void>;
+  /** Starts node `index` again on its data (after stopNode). */
+  startNode?(index: number): void;
   /** The server process ids by node, in endpoint order (undefined while a node is down). */
   nodePids?(): (number | undefined)[];
   /** Each node's data directory, in endpoint order. */
