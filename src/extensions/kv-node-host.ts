@@ -2,8 +2,8 @@
  * The ExtensionHost of a real node: a thin adapter over KvNode. Leadership changes come from the
  * node's ready loop (KvNode.onLeadershipChanged); reads go to the replica hosted here, resolved
  * at each call (a replica dropped and recreated is followed); proposals go through
- * KvNode.execute with system origin; event subscriptions are the replica's watches, each event
- * given the hop count the replica recorded for its revision.
+ * KvNode.execute with system origin; event subscriptions are the replica's watches (each event
+ * carries the hop count the state machine recorded with it).
  */
 import { META_GROUP, type KvNode } from '../node/kv-node.js';
 import type { ExtensionHost, HostEvent, HostShard } from './host.js';
@@ -96,7 +96,7 @@ function replicaShard(node: KvNode, group: number): HostShard {
       return r.watches.add(
         { prefix, fromRevision, progressIntervalMs },
         {
-          events: (events, upTo) => sink.events(events.map((e): HostEvent => ({ ...e, hops: r.hopsOf(e.revision) })), upTo),
+          events: (events, upTo) => sink.events(events.map((e): HostEvent => ({ ...e, hops: e.hops ?? 0 })), upTo),
           progress: (revision) => sink.progress(revision),
           canceled: (reason, compactRevision) => sink.canceled(reason, compactRevision),
           ...(sink.writable ? { writable: () => sink.writable!() } : {}),

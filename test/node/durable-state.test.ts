@@ -48,6 +48,7 @@ function replay(sm: KvStateMachine, entries: readonly { index: number; type: Ent
     let ts = sm.lastTimestampMs;
     let origin: CommandOrigin = 'system';
     let session: WriteSession | undefined;
+    let hops = 0;
     if (e.type === EntryType.Normal && e.data.length > 0) {
       try {
         const p = decodeProposal(e.data);
@@ -55,11 +56,12 @@ function replay(sm: KvStateMachine, entries: readonly { index: number; type: Ent
         ts = p.timestampMs;
         origin = p.origin;
         session = p.session;
+        hops = p.hops;
       } catch {
         // applied as a no-op, as the replica does
       }
     }
-    sm.apply(e.index, ts, cmd, origin, session);
+    sm.apply(e.index, ts, cmd, origin, session, hops);
   }
 }
 
@@ -152,6 +154,9 @@ describe('durable state machine', () => {
     }));
     await l.delete({ key: '/r/0/0' }, deadline());
     await l.trigger({ key: '/r/t', value: enc('t') }, deadline());
+    // A lambda's write (hop count 4): the count is recorded with the version and event, on disk.
+    const lambdaPut = await l.execute(DATA_GROUP, { type: 'put', key: '/r/lambda', value: enc('l') }, { ...deadline(), hops: 4 }, 'client');
+    if (lambdaPut.type !== 'put') throw new Error(`unexpected ${lambdaPut.type}`);
     await converged(nodes);
     const before = nodes.map((n) => ({ applied: n.replica(DATA_GROUP)!.sm.appliedIndex, bytes: n.replica(DATA_GROUP)!.sm.snapshot() }));
     expect(before[0]!.applied).toBeGreaterThan(240);
@@ -168,6 +173,7 @@ describe('durable state machine', () => {
       expect(r.status().applied).toBe(before[i]!.applied);
       expect(same(r.sm.snapshot(), before[i]!.bytes)).toBe(true);
       expect(r.status().firstIndex).toBe(1); // the whole log is there, yet not replayed
+      expect(r.hopsOf(lambdaPut.revision)).toBe(4);
       n.observer = { applied: (g, entries) => { if (g === DATA_GROUP) replayed[i]! += entries; } };
       n.start();
     });
