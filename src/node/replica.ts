@@ -185,24 +185,6 @@ export class ShardReplica {
   }
 
   /**
-   * The state machine as applied here.
-   * @deprecated Read through the methods that say what they read (`readValue`, `list`, `revision`,
-   * `appliedIndex`, ...). Kept only for src/extensions/kv-node-host.ts, which the extension-host
-   * work is rewriting onto them; nothing else in src/ may use it.
-   */
-  get sm(): KvStateMachine {
-    return this.machine;
-  }
-
-  /**
-   * The replica's watches.
-   * @deprecated Use `watch(...)` and `watchCount`; kept only for src/extensions/kv-node-host.ts (see `sm`).
-   */
-  get watches(): WatchHub {
-    return this.hub;
-  }
-
-  /**
    * Test-only: the replica's internals (its Raft node, state machine and watches), for tests in
    * test/ that inspect or drive them directly. Code in src/ must use the methods above.
    */
