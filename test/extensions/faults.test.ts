@@ -41,7 +41,7 @@ describe('what the attempt record costs', () => {
       const out = `/fast-out-${mode}`;
       await c.load(`${FIX}/it-fast`, { name: `fast-${mode}`, config: { prefix, out }, isolation: mode });
       await new Promise((r) => setTimeout(r, 500));
-      const sm = async () => (await c.leader(DATA_GROUP)).replica(DATA_GROUP)!.sm;
+      const sm = async () => (await c.leader(DATA_GROUP)).replica(DATA_GROUP)!.internalsForTests().sm;
       const rev0 = (await sm()).revision;
       const t0 = Date.now();
       for (let i = 0; i < n; i += 20) await Promise.all(Array.from({ length: 20 }, (_, j) => c.put(`${prefix}k${(i + j) % 20}`, String(i + j))));
@@ -102,7 +102,7 @@ describe('poison pills', () => {
     await c.until(async () => ((await letters('it-crasher')).length >= 2 ? true : undefined), 30_000).catch(async (e: unknown) => {
       console.log('DLQ', JSON.stringify(await letters('it-crasher')), 'runs', JSON.stringify(await c.list('/crash-runs/')), JSON.stringify(c.managers.map((m) => m.statuses())));
       const l = await c.leader(DATA_GROUP);
-      console.log(JSON.stringify(l.replica(DATA_GROUP)!.sm.list('/_sys/', { limit: 100 }).items.map((i) => [i.key, new TextDecoder().decode(i.value)])));
+      console.log(JSON.stringify(l.replica(DATA_GROUP)!.list('/_sys/', { limit: 100 }).items.map((i) => [i.key, new TextDecoder().decode(i.value)])));
       throw e;
     });
     const ls = await letters('it-crasher');

@@ -48,6 +48,7 @@ function replay(sm: KvStateMachine, entries: readonly { index: number; type: Ent
     let ts = sm.lastTimestampMs;
     let origin: CommandOrigin = 'system';
     let session: WriteSession | undefined;
+    let hops = 0;
     if (e.type === EntryType.Normal && e.data.length > 0) {
       try {
         const p = decodeProposal(e.data);
@@ -55,11 +56,12 @@ function replay(sm: KvStateMachine, entries: readonly { index: number; type: Ent
         ts = p.timestampMs;
         origin = p.origin;
         session = p.session;
+        hops = p.hops;
       } catch {
         // applied as a no-op, as the replica does
       }
     }
-    sm.apply(e.index, ts, cmd, origin, session);
+    sm.apply(e.index, ts, cmd, origin, session, hops);
   }
 }
 
@@ -131,7 +133,7 @@ async function converged(nodes: KvNode[], timeoutMs = 20_000): Promise<void> {
     const done = [META_GROUP, DATA_GROUP].every((g) => {
       const rs = nodes.map((n) => n.replica(g)!);
       const commit = rs[0]!.status().commit;
-      return rs.every((r) => r.sm.appliedIndex === commit && r.status().commit === commit);
+      return rs.every((r) => r.appliedIndex === commit && r.status().commit === commit);
     });
     if (done) return;
     if (Date.now() > until) throw new Error('replicas did not converge');
@@ -152,8 +154,11 @@ describe('durable state machine', () => {
     }));
     await l.delete({ key: '/r/0/0' }, deadline());
     await l.trigger({ key: '/r/t', value: enc('t') }, deadline());
+    // A lambda's write (hop count 4): the count is recorded with the version and event, on disk.
+    const lambdaPut = await l.execute(DATA_GROUP, { type: 'put', key: '/r/lambda', value: enc('l') }, { ...deadline(), hops: 4 }, 'client');
+    if (lambdaPut.type !== 'put') throw new Error(`unexpected ${lambdaPut.type}`);
     await converged(nodes);
-    const before = nodes.map((n) => ({ applied: n.replica(DATA_GROUP)!.sm.appliedIndex, bytes: n.replica(DATA_GROUP)!.sm.snapshot() }));
+    const before = nodes.map((n) => ({ applied: n.replica(DATA_GROUP)!.appliedIndex, bytes: n.replica(DATA_GROUP)!.internalsForTests().sm.snapshot() }));
     expect(before[0]!.applied).toBeGreaterThan(240);
     for (const n of nodes) await n.stop();
     open = [];
@@ -164,10 +169,11 @@ describe('durable state machine', () => {
     nodes.forEach((n, i) => {
       const r = n.replica(DATA_GROUP)!;
       // Before running anything: the machine is back at the applied index, from disk.
-      expect(r.sm.appliedIndex).toBe(before[i]!.applied);
+      expect(r.appliedIndex).toBe(before[i]!.applied);
       expect(r.status().applied).toBe(before[i]!.applied);
-      expect(same(r.sm.snapshot(), before[i]!.bytes)).toBe(true);
+      expect(same(r.internalsForTests().sm.snapshot(), before[i]!.bytes)).toBe(true);
       expect(r.status().firstIndex).toBe(1); // the whole log is there, yet not replayed
+      expect(r.hopsOf(lambdaPut.revision)).toBe(4);
       n.observer = { applied: (g, entries) => { if (g === DATA_GROUP) replayed[i]! += entries; } };
       n.start();
     });
@@ -255,7 +261,7 @@ describe('durable state machine', () => {
       nodes[fi]!.start();
       await (await leaderOf(nodes)).put({ key: '/s/last', value: enc('2') }, deadline(5000));
       await converged(nodes);
-      const bytes = nodes.map((n) => n.replica(DATA_GROUP)!.sm.snapshot());
+      const bytes = nodes.map((n) => n.replica(DATA_GROUP)!.internalsForTests().sm.snapshot());
       for (const b of bytes) expect(same(b, bytes[0]!)).toBe(true);
     });
   }
@@ -366,14 +372,14 @@ describe('durable state machine', () => {
       await Promise.allSettled(writers);
       await converged(nodes);
       for (const g of [META_GROUP, DATA_GROUP]) {
-        const states = nodes.map((n) => n.replica(g)!.sm.snapshot());
+        const states = nodes.map((n) => n.replica(g)!.internalsForTests().sm.snapshot());
         for (const s of states) expect(same(s, states[0]!), `group ${g}`).toBe(true);
       }
       // A final power cut of every node after a clean stop: each recovers from its records exactly
       // the state it stopped with (the others may apply a little more meanwhile: retention runs).
       for (let i = 0; i < 3; i++) {
         await nodes[i]!.stop();
-        const stoppedWith = nodes[i]!.replica(DATA_GROUP)!.sm.snapshot();
+        const stoppedWith = nodes[i]!.replica(DATA_GROUP)!.internalsForTests().sm.snapshot();
         engines[i] = engines[i]!.crash(0);
         const used = await checkRecoverable(engines[i]!, opts.stateMachine, ledger);
         expect(used.get(DATA_GROUP)).toBe(true);
@@ -383,7 +389,7 @@ describe('durable state machine', () => {
       open = [];
       expect(acked).toBeGreaterThan(200);
       expect(expired).toBe(0);
-      expect(nodes[0]!.replica(DATA_GROUP)!.sm.sessionCount).toBe(3);
+      expect(nodes[0]!.replica(DATA_GROUP)!.internalsForTests().sm.sessionCount).toBe(3);
       expect(installs).toBeGreaterThan(0);
       expect(fromRecords).toBeGreaterThan(0);
     });
