@@ -146,7 +146,7 @@ describe('the in-memory Raft log is bounded in bytes', () => {
     const l = await leaderOf(nodes);
     const big = 'x'.repeat(4096);
     for (let i = 0; i < 100; i++) await l.put({ key: `/log/${i}`, value: enc(big) }, deadline());
-    await until('every replica applied', () => nodes.every((n) => n.replica(DATA_GROUP)!.sm.revision >= 100));
+    await until('every replica applied', () => nodes.every((n) => n.replica(DATA_GROUP)!.revision >= 100));
     for (const n of nodes) {
       const r = n.replica(DATA_GROUP)!;
       const s = r.status();
