@@ -27,6 +27,7 @@ import {
 } from '../raft/index.js';
 import {
   KvStateMachine,
+  snapshotAppliedIndex,
   type Command,
   type CommandOrigin,
   type CommandResult,
@@ -141,7 +142,11 @@ export class ShardReplica {
   private lastRole: Role;
   private readonly records: ReplicaRecords;
   /** The state of the snapshot Raft is about to install, decoded when it was checked (reused by `apply`). */
-  private checkedSnapshot: { readonly data: Uint8Array; readonly sm: KvStateMachine } | undefined;
+  /**
+   * A stepwise install's first phase: the snapshot decoded into a machine a few thousand keys per
+   * step (`nextReplacementUnit`), replacing `before` once done; then the records replacement.
+   */
+  private restoring: { readonly steps: Generator<void, KvStateMachine, undefined>; readonly before: KvStateMachine } | undefined;
   /** The storage the Raft core reads: the replica's, with snapshots to send produced from the records. */
   readonly snapshots: SnapshotSender;
   /** The machine and revision the last value release was scheduled for (see `scheduleRelease`). */
@@ -436,19 +441,15 @@ export class ShardReplica {
   apply(rd: Ready): void {
     if (rd.snapshot) {
       const before = this.machine;
-      const checked = this.checkedSnapshot;
-      this.checkedSnapshot = undefined;
-      this.machine = checked?.data === rd.snapshot.data ? checked.sm : KvStateMachine.restore(rd.snapshot.data);
-      // The records become the snapshot's state. Stepwise: computed unit by unit over later
-      // event-loop turns (`nextReplacementUnit`); nothing more is applied here until the last one
-      // is handed out.
-      this.records.replace(before, this.machine, this.opts.stepwiseInstall === true && rd.committedEntries.length === 0);
-      // Its values stay in the heap until the replacement is durable (released after its last unit).
-      if (this.opts.values) this.machine.attachValues(this.opts.values.source);
       this.lastSnapshotIndex = rd.snapshot.meta.index;
       this.appliedLogBytes = 0;
       this.keptLogBytes = 0;
-      this.hub.restored();
+      // Stepwise: the snapshot is decoded into a machine, then the records become its state, both
+      // over later event-loop turns (`nextReplacementUnit`: a large shard's install never blocks
+      // the node for long); nothing more is applied here until the last unit is handed out.
+      if (this.opts.stepwiseInstall === true && rd.committedEntries.length === 0) {
+        this.restoring = { steps: KvStateMachine.restoreSteps(rd.snapshot.data), before };
+      } else this.installMachine(before, KvStateMachine.restore(rd.snapshot.data), false);
     }
     for (const e of rd.committedEntries) {
       if (e.index <= this.machine.appliedIndex) continue;
@@ -496,15 +497,24 @@ export class ShardReplica {
    * node (and again on restart); refused, it is dropped before Raft installs anything.
    */
   private checkSnapshot(snap: Snapshot): boolean {
-    let sm: KvStateMachine;
+    // Checksum, format and index only (no decoding: a large shard's snapshot is decoded in steps
+    // when applied). Data that passes the checksum and still fails to decode is a bug or a format
+    // mismatch between versions: applying it stops the node, as any undecodable state would.
     try {
-      sm = KvStateMachine.restore(snap.data);
+      return snapshotAppliedIndex(snap.data) === snap.meta.index;
     } catch {
       return false; // counted by Raft (RaftStatus.droppedMessages)
     }
-    if (sm.appliedIndex !== snap.meta.index) return false;
-    this.checkedSnapshot = { data: snap.data, sm };
-    return true;
+  }
+
+  /** Makes `sm` (restored from an installed snapshot) the machine, in place of `before`, and starts replacing the records with its state. */
+  private installMachine(before: KvStateMachine, sm: KvStateMachine, stepwise: boolean): void {
+    this.machine = sm;
+    // The records become the snapshot's state (stepwise: unit by unit, `nextReplacementUnit`).
+    this.records.replace(before, sm, stepwise);
+    // Its values stay in the heap until the replacement is durable (released after its last unit).
+    if (this.opts.values) sm.attachValues(this.opts.values.source);
+    this.hub.restored();
   }
 
   /**
@@ -513,7 +523,7 @@ export class ShardReplica {
    * until `nextReplacementUnit` returned undefined.
    */
   get installing(): boolean {
-    return this.records.installing;
+    return this.restoring !== undefined || this.records.installing;
   }
 
   /**
@@ -522,6 +532,16 @@ export class ShardReplica {
    * installed snapshot's data may be dropped: `RaftLogStore.dropSnapshotData`).
    */
   nextReplacementUnit(): EngineOp[] | undefined {
+    const restoring = this.restoring;
+    if (restoring) {
+      // Decoding the snapshot: one bounded step, nothing to stage yet.
+      const step = restoring.steps.next();
+      if (step.done) {
+        this.restoring = undefined;
+        this.installMachine(restoring.before, step.value, true);
+      }
+      return [];
+    }
     const unit = this.records.nextReplacementUnit();
     if (unit === undefined) this.scheduleRelease(); // every unit was handed out (and staged) before this call
     return unit;
@@ -536,7 +556,7 @@ export class ShardReplica {
   takeStateUnits(): EngineOp[][] {
     const out = this.records.take(this.machine);
     // The host stages the units synchronously after this returns: wait for them from a microtask.
-    if (this.opts.values && !this.records.installing) queueMicrotask(() => this.scheduleRelease());
+    if (this.opts.values && !this.installing) queueMicrotask(() => this.scheduleRelease());
     return out;
   }
 
@@ -548,13 +568,13 @@ export class ShardReplica {
    */
   private scheduleRelease(): void {
     const values = this.opts.values;
-    if (!values || this.records.installing) return;
+    if (!values || this.installing) return;
     const sm = this.machine;
     const revision = sm.revision;
     if (this.releaseFor?.sm === sm && this.releaseFor.revision >= revision && sm.residentValues === 0) return;
     this.releaseFor = { sm, revision };
     const step = (): void => {
-      if (this.machine !== sm || this.records.installing) return;
+      if (this.machine !== sm || this.installing) return;
       if (sm.releaseValues(revision, RELEASE_SLICE)) setImmediate(step);
     };
     values.whenDurable().then(step, () => {}); // a storage failure stops the node elsewhere

@@ -27,7 +27,7 @@ import {
 } from './limits.js';
 import { Queue } from './queue.js';
 import { isStoredResult, SessionTable, validateWriteSession, type SessionDecision, type SessionRecord } from './sessions.js';
-import { decodeSnapshot, encodeSnapshot, type SnapshotData } from './snapshot-codec.js';
+import { decodeSnapshotSteps, encodeSnapshot, RESTORE_STEP_KEYS, runSteps, type SnapshotData } from './snapshot-codec.js';
 import type { VersionRecord } from './types.js';
 import { SortedKeySet } from './sorted-keys.js';
 import type { StateSink } from './state-sink.js';
@@ -909,7 +909,16 @@ export class KvStateMachine {
    * original and re-snapshots to the same bytes. Throws ValidationError MALFORMED_SNAPSHOT.
    */
   static restore(bytes: Uint8Array): KvStateMachine {
-    return KvStateMachine.build(decodeSnapshot(bytes), true); // the decoded lists are private: adopt them
+    return runSteps(KvStateMachine.restoreSteps(bytes));
+  }
+
+  /**
+   * {@link restore} in bounded steps (a generator yielding after every few thousand keys decoded
+   * or rebuilt), so a host installing a large snapshot can spread the work over event-loop turns.
+   */
+  static *restoreSteps(bytes: Uint8Array): Generator<void, KvStateMachine, undefined> {
+    const d = yield* decodeSnapshotSteps(bytes);
+    return yield* KvStateMachine.buildSteps(d, true); // the decoded lists are private: adopt them
   }
 
   /**
@@ -924,6 +933,10 @@ export class KvStateMachine {
   }
 
   private static build(d: SnapshotData, adopt: boolean): KvStateMachine {
+    return runSteps(KvStateMachine.buildSteps(d, adopt));
+  }
+
+  private static *buildSteps(d: SnapshotData, adopt: boolean): Generator<void, KvStateMachine, undefined> {
     const m = new KvStateMachine({
       maxHistoryRevisions: d.maxHistoryRevisions,
       maxHistoryBytes: d.maxHistoryBytes,
@@ -944,7 +957,9 @@ export class KvStateMachine {
     const next: number[] = [];
     const writeKeys: string[] = [];
     const liveKeys: string[] = [];
+    let step = 0;
     for (const [key, versions] of d.keys) {
+      if (++step % RESTORE_STEP_KEYS === 0) yield;
       m.records.set(key, adopt ? (versions as VersionRecord[]) : versions.slice());
       if (versions[versions.length - 1]!.value !== null) {
         liveKeys.push(key);
@@ -960,6 +975,7 @@ export class KvStateMachine {
     }
     for (let slot = 1; slot <= span; slot++) {
       for (let i = firstAt[slot]!; i >= 0; i = next[i]!) m.writeLog.push({ revision: d.compactRevision + slot, key: writeKeys[i]! });
+      if (slot % RESTORE_STEP_KEYS === 0) yield;
     }
     m.live = SortedKeySet.fromSorted(liveKeys);
     for (const e of d.history) {

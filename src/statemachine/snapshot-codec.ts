@@ -222,6 +222,16 @@ export function findVersion(versions: readonly VersionRecord[], revision: number
  * instead of one per value), so the copy stays alive while any restored value is retained.
  */
 export function decodeSnapshot(bytes: Uint8Array): SnapshotData {
+  return runSteps(decodeSnapshotSteps(bytes));
+}
+
+/**
+ * The checks of a snapshot that cost no decoding — magic, checksum (one native pass), format
+ * version — and its applied index, read from the header; throws ValidationError
+ * (MALFORMED_SNAPSHOT) like {@link decodeSnapshot}. A host uses it to accept a large snapshot
+ * before decoding it over several steps ({@link decodeSnapshotSteps}).
+ */
+export function snapshotAppliedIndex(bytes: Uint8Array): number {
   if (!(bytes instanceof Uint8Array)) throw new ValidationError('MALFORMED_SNAPSHOT', 'snapshot must be a Uint8Array');
   if (bytes.length < SNAPSHOT_MAGIC.length + 1 + 4) throw new ValidationError('MALFORMED_SNAPSHOT', 'snapshot too short');
   for (let i = 0; i < SNAPSHOT_MAGIC.length; i++) {
@@ -230,8 +240,42 @@ export function decodeSnapshot(bytes: Uint8Array): SnapshotData {
   const body = bytes.length - 4;
   const stored = ((bytes[body]! << 24) | (bytes[body + 1]! << 16) | (bytes[body + 2]! << 8) | bytes[body + 3]!) >>> 0;
   if (stored !== crc32(bytes.subarray(0, body))) throw new ValidationError('MALFORMED_SNAPSHOT', 'checksum mismatch');
+  const r = new ByteReader(bytes.subarray(0, body), 'MALFORMED_SNAPSHOT');
+  r.view(SNAPSHOT_MAGIC.length);
+  const version = r.u8();
+  if (version !== FORMAT_V1 && version !== SNAPSHOT_SESSIONS_FORMAT_VERSION) r.fail(`unsupported snapshot format version ${version}`);
+  return r.varint();
+}
+
+/** Keys decoded (or rebuilt) between two yields of the stepwise decoders. */
+export const RESTORE_STEP_KEYS = 2048;
+
+/** Runs a stepwise computation (a generator that yields between bounded steps) to its end. */
+export function runSteps<T>(steps: Generator<void, T, undefined>): T {
+  for (;;) {
+    const r = steps.next();
+    if (r.done) return r.value;
+  }
+}
+
+/**
+ * {@link decodeSnapshot} in bounded steps: yields after every {@link RESTORE_STEP_KEYS} keys (the
+ * checksum and the copy are one step each), so a host can spread a large snapshot's decoding over
+ * event-loop turns. Returns the same result, throws the same errors.
+ */
+export function* decodeSnapshotSteps(bytes: Uint8Array): Generator<void, SnapshotData, undefined> {
+  if (!(bytes instanceof Uint8Array)) throw new ValidationError('MALFORMED_SNAPSHOT', 'snapshot must be a Uint8Array');
+  if (bytes.length < SNAPSHOT_MAGIC.length + 1 + 4) throw new ValidationError('MALFORMED_SNAPSHOT', 'snapshot too short');
+  for (let i = 0; i < SNAPSHOT_MAGIC.length; i++) {
+    if (bytes[i] !== SNAPSHOT_MAGIC[i]) throw new ValidationError('MALFORMED_SNAPSHOT', 'bad magic (not a kvcascade snapshot)');
+  }
+  const body = bytes.length - 4;
+  const stored = ((bytes[body]! << 24) | (bytes[body + 1]! << 16) | (bytes[body + 2]! << 8) | bytes[body + 3]!) >>> 0;
+  if (stored !== crc32(bytes.subarray(0, body))) throw new ValidationError('MALFORMED_SNAPSHOT', 'checksum mismatch');
+  yield;
 
   const own = bytes.slice(0, body);
+  yield;
   const r: ByteReader = new ByteReader(own, 'MALFORMED_SNAPSHOT');
   r.view(SNAPSHOT_MAGIC.length);
   const version = r.u8();
@@ -295,6 +339,7 @@ export function decodeSnapshot(bytes: Uint8Array): SnapshotData {
     }
     keys.push([key, versions]);
     byKey.set(key, versions);
+    if (k % RESTORE_STEP_KEYS === RESTORE_STEP_KEYS - 1) yield;
   }
 
   const nEvents = r.varintMax(r.remaining, 'event count');
