@@ -99,11 +99,13 @@
  * snapshot into a records snapshot once the replacement is durable. A follower computes and
  * stages the replacement unit by unit over event-loop turns (`StateRecorder.replaceSteps`,
  * NodeDriver.finishInstall in node/driver.ts), its replica getting no Ready meanwhile so nothing else of the group is
- * staged in between. What is still one synchronous step: the Raft core assembles the whole
- * snapshot from its chunks and the replica decodes it into a machine before accepting it. The
- * installed machine's values are views into that decoded copy and stay in the heap until the last
- * replacement unit is durable; then they are released like any other, and the copy is freed
- * (`attachValues` copies the watch history's and stored session results' values out of it).
+ * staged in between; before that, in the same stepwise install, the snapshot is decoded into a
+ * machine a few thousand keys per step (`KvStateMachine.restoreSteps`; the replica accepted it on
+ * its checksum, format and index alone). What is still one synchronous step: the Raft core
+ * assembles the whole snapshot from its chunks (one copy of the shard's encoding, then the
+ * decoder's own). The installed machine's values are views into that decoded copy and stay in the
+ * heap until the last replacement unit is durable; then they are released like any other, and the
+ * copy is freed (`attachValues` copies the watch history's and stored session results' values out of it).
  */
 import {
   checkSessionRecords,
