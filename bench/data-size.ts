@@ -2,7 +2,7 @@
 //
 // Run: npx tsc -p tsconfig.json (or npm run build), then
 //   node dist/bench/data-size.js [--checkpoints 10000,100000] [--big] [--system kvd|etcd|both] [--value-bytes 1024]
-//     [--concurrency 64] [--gets 5000] [--catch-up-keys 30000] [--keep-logs DIR] [--kvd-args "--value-cache-mib 64"] [--bin dist/src/bin/kvd.js] [--etcd-bin /usr/bin/etcd]
+//     [--concurrency 64] [--gets 5000] [--catch-up-keys 30000] [--overwrites 0] [--keep-logs DIR] [--kvd-args "--value-cache-mib 64"] [--bin dist/src/bin/kvd.js] [--etcd-bin /usr/bin/etcd]
 // `--big` adds the 1 000 000-key checkpoint (about 1 GiB per replica: run it on a quiet machine).
 // Both systems are driven the same way (bench/clients.ts drivers: one unary Put per write, one
 // linearizable Get per read, `concurrency` workers spread over the three endpoints; a follower
@@ -244,7 +244,7 @@ async function catchUp(
 async function runSystem(
   system: SystemName,
   checkpoints: number[],
-  o: { valueBytes: number; concurrency: number; gets: number; catchUpKeys: number; kvdArgs: string[]; bin?: string; etcdBin?: string; keepLogs?: string },
+  o: { valueBytes: number; concurrency: number; gets: number; catchUpKeys: number; overwrites: number; kvdArgs: string[]; bin?: string; etcdBin?: string; keepLogs?: string },
 ): Promise<DataSizeCheckpoint[]> {
   const log = (m: string) => console.error(m);
   const cluster =
@@ -289,6 +289,20 @@ async function runSystem(
         .join(' | ');
       console.log(`${system} keys ${target}  put/s ${cp.putsPerSec} p99 ${cp.putP99Ms} ms errors ${cp.putErrors}  get/s ${cp.getsPerSec} p99 ${cp.getP99Ms} ms  MiB: ${per}`);
     }
+    if (o.overwrites > 0) {
+      // Old versions pile up (retention: kvd's --retention-ms, default 1 h; etcd keeps them until compacted):
+      // run once with "--kvd-args=--retention-ms 10000" and once without to see what compaction costs.
+      let seed = 7;
+      const rnd = (): number => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
+      const ow = await drive(drivers, o.concurrency, 0, o.overwrites, (d, i) => {
+        const k = Math.floor(rnd() * from);
+        return d.put(k, valueOf(i + k));
+      });
+      await sleep(3_000);
+      const nodes = await figuresOf(cluster);
+      const per = nodes.map((n) => `n${n.node} rss ${n.rssMiB} disk ${n.diskMiB}${n.heapUsedMiB === undefined ? '' : ` heap ${n.heapUsedMiB} index ${n.indexMiB} loop max ${n.loopDelayMaxMs} ms`}`).join(' | ');
+      console.log(`${system} overwrites ${o.overwrites} of random keys among ${from}: put/s ${ow.rate} p99 ${ow.p99} ms errors ${ow.errors}  MiB: ${per}`);
+    }
     const restart = await restartSeconds(cluster, `data/k${String(from - 1).padStart(8, '0')}`);
     console.log(`${system} restart of node 3 with ${from} keys: serving its data again after ${restart ?? 'n/a'} s`);
     if (o.catchUpKeys > 0) {
@@ -316,6 +330,7 @@ async function main(): Promise<void> {
       concurrency: { type: 'string', default: '64' },
       gets: { type: 'string', default: '5000' },
       'catch-up-keys': { type: 'string', default: '30000' },
+      overwrites: { type: 'string', default: '0' },
       'keep-logs': { type: 'string' },
       'kvd-args': { type: 'string', default: '' },
       bin: { type: 'string' },
@@ -337,6 +352,7 @@ async function main(): Promise<void> {
     concurrency: flagInt('concurrency', values.concurrency, 1),
     gets: flagInt('gets', values.gets, 1),
     catchUpKeys: flagInt('catch-up-keys', values['catch-up-keys'], 0),
+    overwrites: flagInt('overwrites', values.overwrites, 0),
     kvdArgs: values['kvd-args'].split(' ').filter((s) => s.length > 0),
     ...(values.bin !== undefined ? { bin: values.bin } : {}),
     ...(values['etcd-bin'] !== undefined ? { etcdBin: values['etcd-bin'] } : {}),
