@@ -154,6 +154,23 @@ describe('RaftLogStore on LevelDB', () => {
     expect(await diskIndexes(engine, 1)).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9]);
   });
 
+  it('keeps at most keepBytes of entry data behind a snapshot, besides keepEntries', async () => {
+    const engine = new MemoryEngine();
+    const s = await RaftLogStore.open(engine);
+    // Entries 1..20 of 100 bytes each.
+    s.persistReady(3, { entries: Array.from({ length: 20 }, (_, i) => ent(i + 1, 1, 'x'.repeat(100))) });
+    await s.flush();
+    // Keep up to 10 entries, but at most 350 bytes: 3 entries (300 bytes) stay behind index 16.
+    const kept = s.compact(3, { meta: { index: 16, term: 1, conf: CONF }, data: new Uint8Array(0) }, 10, 350);
+    await s.flush();
+    expect(kept).toBe(300);
+    expect(s.storageFor(3).firstIndex()).toBe(14);
+    expect(await diskIndexes(engine, 3)).toEqual([14, 15, 16, 17, 18, 19, 20]);
+    // The entry count still bounds when it is the smaller: 2 entries kept behind index 20.
+    expect(s.compact(3, { meta: { index: 20, term: 1, conf: CONF }, data: new Uint8Array(0) }, 2, 1_000_000)).toBe(200);
+    expect(s.storageFor(3).firstIndex()).toBe(19);
+  });
+
   it('compacts the log into a snapshot on disk and in memory', async () => {
     const dir = await levelDir();
     const s1 = await openLevel(dir);
