@@ -448,7 +448,8 @@ export class ShardReplica {
       // over later event-loop turns (`nextReplacementUnit`: a large shard's install never blocks
       // the node for long); nothing more is applied here until the last unit is handed out.
       if (this.opts.stepwiseInstall === true && rd.committedEntries.length === 0) {
-        this.restoring = { steps: KvStateMachine.restoreSteps(rd.snapshot.data), before };
+        // The snapshot's data is Raft's own assembled copy, never changed: the machine's values view it.
+        this.restoring = { steps: KvStateMachine.restoreSteps(rd.snapshot.data, true), before };
       } else this.installMachine(before, KvStateMachine.restore(rd.snapshot.data), false);
     }
     for (const e of rd.committedEntries) {

@@ -915,9 +915,11 @@ export class KvStateMachine {
   /**
    * {@link restore} in bounded steps (a generator yielding after every few thousand keys decoded
    * or rebuilt), so a host installing a large snapshot can spread the work over event-loop turns.
+   * With `adoptInput` the machine's values are views into `bytes` (no copy of it): the caller
+   * promises never to change `bytes` (a snapshot received from the leader, held read-only).
    */
-  static *restoreSteps(bytes: Uint8Array): Generator<void, KvStateMachine, undefined> {
-    const d = yield* decodeSnapshotSteps(bytes);
+  static *restoreSteps(bytes: Uint8Array, adoptInput = false): Generator<void, KvStateMachine, undefined> {
+    const d = yield* decodeSnapshotSteps(bytes, adoptInput);
     return yield* KvStateMachine.buildSteps(d, true); // the decoded lists are private: adopt them
   }
 

@@ -261,9 +261,11 @@ export function runSteps<T>(steps: Generator<void, T, undefined>): T {
 /**
  * {@link decodeSnapshot} in bounded steps: yields after every {@link RESTORE_STEP_KEYS} keys (the
  * checksum and the copy are one step each), so a host can spread a large snapshot's decoding over
- * event-loop turns. Returns the same result, throws the same errors.
+ * event-loop turns. Returns the same result, throws the same errors. With `adoptInput`, values
+ * are views into `bytes` itself instead of a private copy (no second copy of a large snapshot): the
+ * caller promises never to change `bytes`.
  */
-export function* decodeSnapshotSteps(bytes: Uint8Array): Generator<void, SnapshotData, undefined> {
+export function* decodeSnapshotSteps(bytes: Uint8Array, adoptInput = false): Generator<void, SnapshotData, undefined> {
   if (!(bytes instanceof Uint8Array)) throw new ValidationError('MALFORMED_SNAPSHOT', 'snapshot must be a Uint8Array');
   if (bytes.length < SNAPSHOT_MAGIC.length + 1 + 4) throw new ValidationError('MALFORMED_SNAPSHOT', 'snapshot too short');
   for (let i = 0; i < SNAPSHOT_MAGIC.length; i++) {
@@ -274,7 +276,7 @@ export function* decodeSnapshotSteps(bytes: Uint8Array): Generator<void, Snapsho
   if (stored !== crc32(bytes.subarray(0, body))) throw new ValidationError('MALFORMED_SNAPSHOT', 'checksum mismatch');
   yield;
 
-  const own = bytes.slice(0, body);
+  const own = adoptInput ? bytes.subarray(0, body) : bytes.slice(0, body);
   yield;
   const r: ByteReader = new ByteReader(own, 'MALFORMED_SNAPSHOT');
   r.view(SNAPSHOT_MAGIC.length);
