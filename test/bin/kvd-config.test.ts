@@ -97,6 +97,17 @@ describe('kvd configuration', () => {
     expect(() => parseConfig([...base, '--insecure-peers', '--extension-heap-mb', '4'])).toThrow(/--extension-heap-mb must be an integer >= 8/);
   });
 
+  it('takes the memory budget from the flag or the file (unset: kvd derives it from the V8 heap limit)', () => {
+    expect(parseConfig([...base, '--insecure-peers', '--memory-budget-mib', '512']).memoryBudgetMib).toBe(512);
+    expect(parseConfig([...base, '--insecure-peers', '--memory-budget-mib', '0']).memoryBudgetMib).toBe(0);
+    expect(parseConfig([...base, '--insecure-peers']).memoryBudgetMib).toBeUndefined();
+    const file = join(dir, 'budget.json');
+    writeFileSync(file, JSON.stringify({ memoryBudgetMib: 256 }));
+    expect(parseConfig([...base, '--insecure-peers', '--config', file]).memoryBudgetMib).toBe(256);
+    writeFileSync(file, JSON.stringify({ memoryBudgetMib: -1 }));
+    expect(() => parseConfig([...base, '--insecure-peers', '--config', file])).toThrow(/--memory-budget-mib must be a non-negative integer/);
+  });
+
   it('takes the log entries kept behind a snapshot from the flag or the file (default 5000)', () => {
     expect(parseConfig([...base, '--insecure-peers']).snapshotKeepEntries).toBe(5000);
     expect(parseConfig([...base, '--insecure-peers', '--snapshot-keep-entries', '200']).snapshotKeepEntries).toBe(200);
