@@ -161,10 +161,11 @@ export class WatchDispatcher {
   /** Subscriptions made so far: a cancel of an earlier one is ignored (see follow). */
   private subscriptions = 0;
   /**
-   * A compaction gap whose dead letter is not written yet: events after it wait and the cursor
-   * stays before it (see skipCompacted). `passed`: written, and the cursor not replicated since.
+   * Compaction gaps whose dead letters are not written yet, oldest first: events after the first
+   * wait and the cursor stays before it (see skipCompacted).
    */
-  private gap: { readonly from: number; readonly to: number } | undefined;
+  private readonly gaps: { readonly from: number; readonly to: number }[] = [];
+  /** A gap's letter was written and the cursor (which may have jumped it) not replicated since. */
   private gapPassed = false;
   /** All events up to here were received (the watch has seen every revision <= it). */
   private seenUpTo = 0;
@@ -340,15 +341,21 @@ export class WatchDispatcher {
     const body = { extension: this.extension, prefix: this.watch.prefix, shard, kind: 'compacted', error: `events ${from}..${to} of shard ${shard} were compacted before delivery: this watch fell further behind than the shard's history window (unloaded, paused or down for too long); they are lost to it`, lostFrom: from, lostTo: to };
     // Revisions are per shard: the key names the shard so two shards' gaps never share a key.
     const key = `${DLQ_PREFIX}${this.extension}/gap-${shard}-${revisionDigits(from)}-${revisionDigits(to)}`;
-    this.gap = { from, to };
+    const gap = { from, to };
+    this.gaps.push(gap);
     this.seenUpTo = to;
-    this.follow(to + 1);
+    try {
+      this.follow(to + 1);
+    } catch (e) {
+      this.onFailure(`following the events of ${this.watch.prefix} after the gap failed: ${(e as Error).message}`);
+      this.followAgain(this.subscriptions, GAP_WRITE_RETRY_MS);
+    }
     const attempt = (backoffMs: number): void => {
       if (this.stopped) return;
       this.host.put(key, new TextEncoder().encode(JSON.stringify(body))).then(
         () => {
           if (this.stopped) return;
-          this.gap = undefined;
+          this.gaps.splice(this.gaps.indexOf(gap), 1);
           this.gapPassed = true;
           this.forgetLost(to);
           this.updateCursor();
@@ -386,7 +393,8 @@ export class WatchDispatcher {
     if (persist) {
       // Still leading (unload, replacement): this process did not die in what it was running.
       for (const p of this.queue) if (p.arm !== 'none') p.arm = 'none';
-      while (this.writing) await new Promise((r) => setTimeout(r, WRITE_WAIT_POLL_MS));
+      // A periodic cursor write in flight carries an older cursor: wait for it, then write the last one.
+      while (this.writing || this.persisting) await new Promise((r) => setTimeout(r, WRITE_WAIT_POLL_MS));
       if (this.recordDurable || this.buildRecord().length > 0) await this.writeState(true);
       else await this.persistCursor().catch(() => {});
     }
@@ -444,7 +452,7 @@ export class WatchDispatcher {
     let busy = this.running;
     for (const q of this.queue) if (waitingArm(q)) busy++;
     for (const p of this.queue) {
-      if (this.gap && p.event.revision > this.gap.to) break; // after a gap whose letter is not written yet
+      if (this.afterPendingGap(p)) break;
       if (p.running || p.done || p.retryTimer) continue;
       const owner = (stateful ? this.keyOwner : this.retryOwner).get(p.event.key);
       if (owner !== undefined && owner !== p) continue;
@@ -468,6 +476,11 @@ export class WatchDispatcher {
       this.run(p);
     }
     this.stats.backlog = this.queue.length;
+  }
+
+  /** Whether `p` comes after a compaction gap whose dead letter is not written yet (it waits). */
+  private afterPendingGap(p: Pending): boolean {
+    return this.gaps.length > 0 && p.event.revision > this.gaps[0]!.to;
   }
 
   /** Whether `p` must be in the replicated attempt record before it runs. */
@@ -580,7 +593,7 @@ export class WatchDispatcher {
 
   private pumpWithRetryFirst(p: Pending): void {
     if (this.stopped || this.halted || this.waitingForLease()) return;
-    if (this.gap && p.event.revision > this.gap.to) return;
+    if (this.afterPendingGap(p)) return;
     if (!p.done && !p.running && this.running < this.watch.options.concurrency && (!this.mustArm(p) || p.arm === 'durable')) this.run(p);
     this.pump();
   }
@@ -627,7 +640,7 @@ export class WatchDispatcher {
     const events = this.buildRecord();
     const c = this.stats.cursor;
     const delivered = this.stats.delivered;
-    const gapPending = this.gap !== undefined;
+    const gapPending = this.gaps.length > 0;
     const writes: { key: string; value: Uint8Array | undefined }[] = [{ key: cursorKey(this.extension, this.watch, this.host.cursorEpoch), value: new TextEncoder().encode(String(Math.max(c, this.persistedCursor))) }];
     if (events.length > 0 || this.recordDurable) {
       const rec: AttemptRecord = { v: 1, cursor: c, events };
@@ -718,7 +731,7 @@ export class WatchDispatcher {
     const firstOpen = this.queue.find((q) => !q.done);
     const c = firstOpen ? firstOpen.event.revision - 1 : this.seenUpTo;
     // Never past a gap whose dead letter is not written yet.
-    this.stats.cursor = this.gap ? Math.min(c, this.gap.from - 1) : c;
+    this.stats.cursor = this.gaps.length > 0 ? Math.min(c, this.gaps[0]!.from - 1) : c;
     this.stats.backlog = this.queue.length;
   }
 
@@ -742,7 +755,7 @@ export class WatchDispatcher {
     this.persisting = true;
     const c = this.stats.cursor;
     const delivered = this.stats.delivered;
-    const gapPending = this.gap !== undefined;
+    const gapPending = this.gaps.length > 0;
     try {
       await this.host.put(cursorKey(this.extension, this.watch, this.host.cursorEpoch), new TextEncoder().encode(String(c)));
       this.persistedCursor = Math.max(this.persistedCursor, c);

@@ -63,7 +63,7 @@ interface Watcher {
  */
 class ModelShard {
   revision = 0;
-  readonly log: { revision: number; key: string; system: boolean }[] = [];
+  readonly log: { revision: number; key: string; system: boolean; value: string }[] = [];
   readonly values = new Map<string, string>();
   private readonly watchers = new Set<Watcher>();
   failRate = 0;
@@ -79,7 +79,7 @@ class ModelShard {
 
   write(key: string, value: string, system: boolean): void {
     this.revision++;
-    this.log.push({ revision: this.revision, key, system });
+    this.log.push({ revision: this.revision, key, system, value });
     this.values.set(key, value);
     for (const w of [...this.watchers]) if (!w.waiting) this.pump(w);
   }
@@ -209,6 +209,12 @@ async function runScenario(s: Scenario): Promise<string[]> {
       last.set(f.key, Math.max(last.get(f.key) ?? 0, f.revision));
     }
   }
+  // The replicated cursor never passed a gap before its letter was written (a next leader would not know it).
+  for (const letter of shard.log.filter((e) => e.key.startsWith('/_dlq/x/gap-'))) {
+    const { lostFrom } = JSON.parse(letter.value) as { lostFrom: number };
+    const early = shard.log.find((e) => e.key === '/_sys/cursor/x/1/p/' && e.revision < letter.revision && Number(e.value) >= lostFrom);
+    if (early) problems.push(`cursor ${early.value} replicated @${early.revision} before the letter of the gap from ${lostFrom} @${letter.revision}`);
+  }
   const cursor = Number(shard.values.get('/_sys/cursor/x/1/p/') ?? 0);
   if (cursor < lastClient) problems.push(`the replicated cursor ${cursor} is before the last change @${lastClient}`);
   return problems;
@@ -248,6 +254,10 @@ describe('WatchDispatcher over a shard with a short history window (seeded sched
 
   it('regression: the smallest schedule the dispatcher used to fail (4 changes before the start, a 3-revision window: 79 one-revision gap letters, cursor never moved)', async () => {
     expect(await runScenario({ seed: 1, window: 3, before: 4, after: 0, keys: 1, maxBacklog: 1, mode: 'stateful', lambdaMs: 1, lambdaFails: 0, writeFails: 0 })).toEqual([]);
+  });
+
+  it('regression: stop (unload, replacement) while a periodic cursor write was in flight left that older cursor replicated (68, last change 73)', async () => {
+    expect(await runScenario({ seed: 1870867721, window: 29, before: 71, after: 1, keys: 3, maxBacklog: 5, mode: 'stateless', lambdaMs: 17, lambdaFails: 0.1, writeFails: 0 })).toEqual([]);
   });
 
   it('the schedule that outruns the window before the start and keeps writing (the reload after a long unload)', async () => {
