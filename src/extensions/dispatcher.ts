@@ -11,6 +11,7 @@
 import { DEAD_LETTER_PREFIX, hidesReservedKeys, isReservedKey, SYSTEM_KEY_PREFIX } from '../sharding/index.js';
 import type { KvEvent } from '../statemachine/index.js';
 import type { WatchHandle } from '../node/backend.js';
+import { realScheduler, sleep, type Scheduler, type TimerHandle } from '../node/scheduler.js';
 import type { ExtensionEvent, WatchOptions } from './api.js';
 import { attemptKey, cursorKey, FAULT_DEFAULTS, RUNNER_KILLING_KINDS, type AttemptEntry, type AttemptRecord, type FaultOptions } from './attempt-record.js';
 
@@ -53,8 +54,8 @@ export interface DispatchHost {
    * deposed leader's dispatcher is stopped meanwhile). Absent: always.
    */
   holdsLease?(): boolean;
-  /** Hop count of the write at `revision`, for events that carry none (absent: 0). */
-  hopsOf?(revision: number): number;
+  /** The clock and timers of retries, cursor writes and lease looks (default: the wall clock, `realScheduler`). */
+  readonly clock?: Scheduler;
   /** Replicates a put into this shard (system origin): a cursor (a `/_sys/` key) or a dead letter (a `/_dlq/` key), both shard-local. */
   put(key: string, value: Uint8Array): Promise<void>;
   /**
@@ -122,7 +123,7 @@ interface Pending {
   attempts: number;
   running: boolean;
   done: boolean;
-  retryTimer?: NodeJS.Timeout;
+  retryTimer?: TimerHandle;
   /** Its runner-killing failure history (also in the attempt record). */
   entry?: AttemptEntry;
   /** `wanted`: must be armed before it runs; `durable`: armed in the replicated record; `running`: an armed attempt runs. */
@@ -168,8 +169,9 @@ export class WatchDispatcher {
   /** Stopped running events after an in-process lambda took another node down (see DispatchHost.inProcessKilledANode). */
   private halted = false;
   /** A fresh look at the leader lease is scheduled (see waitingForLease). */
-  private leaseTimer: ReturnType<typeof setTimeout> | undefined;
-  private persistTimer: NodeJS.Timeout | undefined;
+  private leaseTimer: TimerHandle | undefined;
+  private persistTimer: TimerHandle | undefined;
+  private readonly clock: Scheduler;
   private readonly faults: FaultOptions;
   /** Entries of the attempt record found at start, not yet matched to a received event. */
   private inherited = new Map<string, AttemptEntry>();
@@ -195,6 +197,7 @@ export class WatchDispatcher {
     private readonly onFailure: (msg: string) => void = () => {},
     faults: Partial<FaultOptions> = {},
   ) {
+    this.clock = host.clock ?? realScheduler;
     this.faults = {
       poisonAttempts: faults.poisonAttempts ?? FAULT_DEFAULTS.poisonAttempts,
       poisonNodes: faults.poisonNodes ?? FAULT_DEFAULTS.poisonNodes,
@@ -274,7 +277,7 @@ export class WatchDispatcher {
         this.drainCb = cb;
       },
     });
-    this.persistTimer = setInterval(() => void this.persistCursor(), CURSOR_PERSIST_MS);
+    this.persistTimer = this.clock.setInterval(() => void this.persistCursor(), CURSOR_PERSIST_MS);
     this.persistTimer.unref?.();
   }
 
@@ -292,13 +295,13 @@ export class WatchDispatcher {
     const body = { extension: this.extension, prefix: this.watch.prefix, shard, kind: 'compacted', error: `events ${from}..${to} of shard ${shard} were compacted before delivery: this watch fell further behind than the shard's history window (unloaded, paused or down for too long); they are lost to it`, lostFrom: from, lostTo: to };
     // Revisions are per shard: the key names the shard so two shards' gaps never share a key.
     const key = `${DLQ_PREFIX}${this.extension}/gap-${shard}-${revisionDigits(from)}-${revisionDigits(to)}`;
-    for (const p of this.queue) if (p.retryTimer) clearTimeout(p.retryTimer);
+    for (const p of this.queue) p.retryTimer?.cancel();
     this.queue.length = 0;
     this.keyOwner.clear();
     this.retryOwner.clear();
     this.handle?.cancel();
     this.handle = undefined;
-    if (this.persistTimer) clearInterval(this.persistTimer);
+    this.persistTimer?.cancel();
     this.persistTimer = undefined;
     this.inherited.clear();
     this.recordDirty = this.recordDurable;
@@ -312,7 +315,7 @@ export class WatchDispatcher {
           if (this.stopped) return;
           this.onFailure(`recording the compacted gap ${from}..${to} as a dead letter failed (retried in ${backoffMs} ms): ${(e as Error).message}`);
           this.observer.deadLetterFailed?.('compacted');
-          setTimeout(() => attempt(Math.min(backoffMs * 2, GAP_WRITE_MAX_BACKOFF_MS)), backoffMs).unref?.();
+          this.clock.setTimeout(() => attempt(Math.min(backoffMs * 2, GAP_WRITE_MAX_BACKOFF_MS)), backoffMs).unref?.();
         },
       );
     };
@@ -323,12 +326,12 @@ export class WatchDispatcher {
   async stop(persist: boolean): Promise<void> {
     this.stopped = true;
     this.handle?.cancel();
-    if (this.persistTimer) clearInterval(this.persistTimer);
-    for (const p of this.queue) if (p.retryTimer) clearTimeout(p.retryTimer);
+    this.persistTimer?.cancel();
+    for (const p of this.queue) p.retryTimer?.cancel();
     if (persist) {
       // Still leading (unload, replacement): this process did not die in what it was running.
       for (const p of this.queue) if (p.arm !== 'none') p.arm = 'none';
-      while (this.writing) await new Promise((r) => setTimeout(r, WRITE_WAIT_POLL_MS));
+      while (this.writing) await sleep(this.clock, WRITE_WAIT_POLL_MS);
       if (this.recordDurable || this.buildRecord().length > 0) await this.writeState(true);
       else await this.persistCursor().catch(() => {});
     }
@@ -342,7 +345,7 @@ export class WatchDispatcher {
       // letters...) only to a watch inside the reserved keyspace (e.g. of `/_dlq/`).
       if (e.key.startsWith(SYSTEM_PREFIX) || (isReservedKey(e.key) && hidesReservedKeys(this.watch.prefix))) continue;
       if (!types.includes(e.type)) continue;
-      const p: Pending = { event: e, hops: e.hops ?? this.host.hopsOf?.(e.revision) ?? 0, attempts: 0, running: false, done: false, arm: 'none' };
+      const p: Pending = { event: e, hops: e.hops ?? 0, attempts: 0, running: false, done: false, arm: 'none' };
       const id = eventId(e.revision, e.key);
       const entry = this.inherited.get(id);
       if (entry) {
@@ -368,7 +371,7 @@ export class WatchDispatcher {
   private waitingForLease(): boolean {
     if (!this.host.holdsLease || this.host.holdsLease()) return false;
     if (!this.leaseTimer) {
-      this.leaseTimer = setTimeout(() => {
+      this.leaseTimer = this.clock.setTimeout(() => {
         this.leaseTimer = undefined;
         this.pump();
       }, LEASE_RECHECK_MS);
@@ -510,7 +513,7 @@ export class WatchDispatcher {
         }
         if (this.watch.options.mode === 'stateless') this.retryOwner.set(p.event.key, p);
         const delay = this.watch.options.retryBackoffMs * 2 ** (p.attempts - 1);
-        p.retryTimer = setTimeout(() => {
+        p.retryTimer = this.clock.setTimeout(() => {
           p.retryTimer = undefined;
           this.pumpWithRetryFirst(p);
         }, Math.min(delay, MAX_RETRY_BACKOFF_MS));
@@ -540,7 +543,7 @@ export class WatchDispatcher {
     for (const p of this.queue) {
       if (p.done || (!p.entry && p.arm === 'none')) continue;
       const e: AttemptEntry = p.entry ? { ...p.entry } : { revision: p.event.revision, key: p.event.key, failures: 0, nodes: [] };
-      if (p.arm !== 'none') e.armed = { ...self, atMs: Date.now(), ...(this.faults.armEveryInvocation ? { shared: true } : {}) };
+      if (p.arm !== 'none') e.armed = { ...self, atMs: this.clock.now(), ...(this.faults.armEveryInvocation ? { shared: true } : {}) };
       out.push(e);
     }
     return out;
@@ -590,7 +593,7 @@ export class WatchDispatcher {
     }
     if (this.stopped || final) return;
     if (!ok) {
-      setTimeout(() => this.requestWrite(), STATE_WRITE_RETRY_MS).unref?.();
+      this.clock.setTimeout(() => this.requestWrite(), STATE_WRITE_RETRY_MS).unref?.();
       return;
     }
     if (this.writeAgain || this.queue.some((p) => p.arm === 'wanted')) this.requestWrite();

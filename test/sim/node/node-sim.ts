@@ -22,11 +22,15 @@
  *
  * Determinism: the same seed gives the same run (`runDigest`). The node's driver takes the run's
  * virtual scheduler (NodeOptions.scheduler, a view owned by the incarnation: `viewFor`) and its
- * replicas' election seeds come from the schedule's seed (NodeOptions.seed). The coordinator, the
- * extension layer (dispatcher, delivery, kv-node-host), the watch hub, the snapshot sender and
- * the storage layer (MemoryEngine's latency, the state store's yielding) still read the global
- * clock and timers; the run installs the virtual scheduler as those globals while it runs
- * (VirtualScheduler.install), so they are virtual and reproducible too, but not yet by injection.
+ * replicas' election seeds come from the schedule's seed (NodeOptions.seed). The coordinator
+ * (CoordinatorOptions.clock, with its MergedWatches) and the extension layer (delivery,
+ * dispatchers, registry writes, lambda services: ExtensionHost.clock, which kvNodeHost takes from
+ * KvNode.scheduler) run on that same view by injection. What still reads the global clock and
+ * timers: the storage layer (MemoryEngine's latency, the state store's and LevelEngine's
+ * yielding), value release and the loopback transport's setImmediate, server/lambda-kv.ts's
+ * retry sleep, performance.now latency metrics, and this file's own lambda and reload; the run
+ * installs the virtual scheduler as those globals while it runs (VirtualScheduler.install), so
+ * they are virtual and reproducible too.
  *
  * Size: one class (about 800 lines) for one schedule's cluster, clients, watchers, lambda and
  * faults, because they all draw from the run's one random sequence in one order (that order is
@@ -371,6 +375,8 @@ class NodeSim {
           node.start();
           inc.node = node;
           inc.coord = new Coordinator(node, {
+            // The node's virtual clock and timers, by injection (deadlines, suspicion periods; MergedWatch reads it too).
+            clock: node.scheduler,
             selfAddress: addressOf(id),
             leaderAddress: (g) => node.leaderAddress(g),
             stubs: simNodeStubs(this.net, id, { idOf: (a) => this.idOf(a), coordinatorOf: (x) => this.coordinatorOf(x) }),
