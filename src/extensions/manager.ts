@@ -346,6 +346,7 @@ export class ExtensionManager {
       name: record.name,
       modulePath: dir,
       config: record.config,
+      clock: this.clock,
       ...this.runnerPlacement(wanted === 'in-process' && this.delivery.isDemoted(record.name) && !record.native ? 'process' : wanted),
       ...((record.maxRestartsPerMinute ?? this.opts.maxRestartsPerMinute) !== undefined ? { maxRestartsPerMinute: record.maxRestartsPerMinute ?? this.opts.maxRestartsPerMinute } : {}),
       ...((record.pauseMs ?? this.opts.pauseMs) !== undefined ? { pauseMs: record.pauseMs ?? this.opts.pauseMs } : {}),

@@ -1,7 +1,7 @@
 /**
  * The coordinator and the extension layer run on the clock they are given (issue 10): a
- * dispatcher's retries and cursor writes, a coordinator's deadlines, a lambda call's deadline and
- * the KvNode host's clock all follow an injected scheduler, not the wall clock (what lets the
+ * dispatcher's retries and cursor writes, a coordinator's deadlines, a lambda call's deadline, a
+ * runner's invocation timeout and the KvNode host's clock all follow an injected scheduler, not the wall clock (what lets the
  * simulator run them on virtual time without swapping globals for them).
  */
 import { describe, expect, it } from 'vitest';
@@ -9,7 +9,9 @@ import { withDeadline } from '../../src/coordinator/coordinator.js';
 import { WatchDispatcher, CURSOR_PERSIST_MS, type DispatchHost, type DispatchWatch } from '../../src/extensions/dispatcher.js';
 import { hostServices, LAMBDA_CALL_MS } from '../../src/extensions/host-services.js';
 import { kvNodeHost } from '../../src/extensions/kv-node-host.js';
+import { ExtensionRunner, LambdaError } from '../../src/extensions/sandbox/index.js';
 import type { LambdaKv } from '../../src/extensions/store-access.js';
+import { FakeHost, fixture, put } from './sandbox/helpers.js';
 import { DeadlineError } from '../../src/node/backend.js';
 import { KvNode } from '../../src/node/kv-node.js';
 import type { Scheduler, TimerHandle } from '../../src/node/scheduler.js';
@@ -139,6 +141,23 @@ describe('an injected clock', () => {
     const services = hostServices('x', { kv, maxHops: 8, log: silentLogger(), metric: () => {}, clock: { now: () => 42_000 } });
     await services.kv('put', ['/k', 'v'], 1);
     expect(deadlines).toEqual([42_000 + LAMBDA_CALL_MS]);
+  });
+
+  it("times a runner's invocation out on the clock", async () => {
+    const clock = new ManualClock();
+    const runner = await ExtensionRunner.start({ name: 'clocked', modulePath: fixture('esm-ext'), host: new FakeHost(), mode: 'in-process', config: {}, clock });
+    try {
+      let err: unknown;
+      const p = runner.invoke(1, put('/in/sleep/s', '300'), 1000).catch((e: unknown) => (err = e));
+      await new Promise((r) => setTimeout(r, 30));
+      expect(err).toBeUndefined(); // the wall clock does not time it out
+      await clock.advance(1000);
+      await p;
+      expect(err).toBeInstanceOf(LambdaError);
+      expect((err as LambdaError).kind).toBe('timeout');
+    } finally {
+      await runner.stop();
+    }
   });
 
   it('reaches the extension layer from the node: kvNodeHost gives the node its scheduler', async () => {
