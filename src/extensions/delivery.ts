@@ -5,6 +5,7 @@
  * when one of its lambdas may have taken a node down (the replicated demotion marker).
  */
 import type { Logger } from '../log.js';
+import { invariant } from '../invariant.js';
 import { DeadlineError, NotLeaderError, UnavailableError } from '../node/backend.js';
 import { realScheduler, type Scheduler } from '../node/scheduler.js';
 import { isShardLocalKey, shardsForPrefix, type ClusterMap } from '../sharding/index.js';
@@ -177,12 +178,12 @@ export class ShardDelivery {
       put: async (key, value) => {
         // A cursor or a dead letter: a shard-local system key, written (system origin: lambdas
         // cannot write reserved keys) into the shard whose events it tracks, led here.
-        if (!isShardLocalKey(key)) throw new Error(`dispatcher wrote ${JSON.stringify(key)}, which is not a shard-local key`);
+        invariant(isShardLocalKey(key), () => `dispatcher wrote ${JSON.stringify(key)}, which is not a shard-local key`);
         const r = await shard.propose({ type: 'put', key, value }, this.clock.now() + SHARD_WRITE_MS);
         if (r.type === 'rejected') throw r.error;
       },
       write: async (writes) => {
-        for (const w of writes) if (!isShardLocalKey(w.key)) throw new Error(`dispatcher wrote ${JSON.stringify(w.key)}, which is not a shard-local key`);
+        for (const w of writes) invariant(isShardLocalKey(w.key), () => `dispatcher wrote ${JSON.stringify(w.key)}, which is not a shard-local key`);
         const r = await shard.propose(
           { type: 'txn', compares: [], writes: writes.map((w) => (w.value ? { type: 'put' as const, key: w.key, value: w.value } : { type: 'delete' as const, key: w.key })) },
           this.clock.now() + SHARD_WRITE_MS,
