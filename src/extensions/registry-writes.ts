@@ -5,6 +5,10 @@
  * where delivery stands for a later load (or, purged, deletes the delivery cursors too), then
  * the package. Loads and unloads of one name run one at a time per node.
  * Every node then follows the registry (the manager's reconcile).
+ *
+ * Size: about 530 lines, one piece: loads and unloads are two sides of one protocol on the
+ * registry (the load claim taken, checked and released, the conditional record write, the
+ * package chunks), and each step's failure handling depends on the others' state.
  */
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
