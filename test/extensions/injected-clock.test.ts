@@ -9,11 +9,12 @@ import { withDeadline } from '../../src/coordinator/coordinator.js';
 import { WatchDispatcher, CURSOR_PERSIST_MS, type DispatchHost, type DispatchWatch } from '../../src/extensions/dispatcher.js';
 import { hostServices, LAMBDA_CALL_MS } from '../../src/extensions/host-services.js';
 import { kvNodeHost } from '../../src/extensions/kv-node-host.js';
+import { MemoryExtensionHost } from '../../src/extensions/testing/memory-host.js';
 import { ExtensionRunner, LambdaError } from '../../src/extensions/sandbox/index.js';
 import type { LambdaKv } from '../../src/extensions/store-access.js';
 import { FakeHost, fixture, put } from './sandbox/helpers.js';
 import { DeadlineError } from '../../src/node/backend.js';
-import { KvNode } from '../../src/node/kv-node.js';
+import { DATA_GROUP, KvNode } from '../../src/node/kv-node.js';
 import type { Scheduler, TimerHandle } from '../../src/node/scheduler.js';
 import { LoopbackHub } from '../../src/node/transport.js';
 import { silentLogger } from '../../src/log.js';
@@ -173,5 +174,17 @@ describe('an injected clock', () => {
     } finally {
       await node.stop();
     }
+  });
+
+  it('runs the ExtensionHost twin too: its clock is the host clock, its writes and deadlines read it', async () => {
+    const clock = new ManualClock();
+    const host = new MemoryExtensionHost(1, 1, {}, clock);
+    expect(host.clock).toBe(clock);
+    host.lead(DATA_GROUP, 1);
+    const shard = host.shard(DATA_GROUP)!;
+    const r = await shard.propose({ type: 'put', key: '/_sys/t', value: new Uint8Array([1]) }, clock.now() + 10);
+    expect(r.type === 'put' && r.timestampMs).toBe(clock.now());
+    await clock.advance(11);
+    await expect(shard.propose({ type: 'put', key: '/_sys/t', value: new Uint8Array([2]) }, clock.now() - 1)).rejects.toThrow('deadline passed');
   });
 });
