@@ -303,6 +303,19 @@ describe('durable state machine', () => {
       const down = new Set<KvNode>();
       let stop = false;
       let acked = 0;
+      // Progress, not wall time, paces the crashes: under a loaded machine a fixed sleep let too
+      // few writes through (acked <= 200, no snapshot install), so the test waits for acks.
+      const ackWaiters: { target: number; resolve: () => void }[] = [];
+      const onAck = () => {
+        acked++;
+        for (let k = ackWaiters.length - 1; k >= 0; k--) if (acked >= ackWaiters[k]!.target) ackWaiters.splice(k, 1)[0]!.resolve();
+      };
+      /** Resolves once `more` further writes were acknowledged (or after `timeoutMs`: the checks below then say what is missing). */
+      const acks = (more: number, timeoutMs = 20_000) =>
+        new Promise<void>((resolve) => {
+          const t = setTimeout(resolve, timeoutMs);
+          ackWaiters.push({ target: acked + more, resolve: () => (clearTimeout(t), resolve()) });
+        });
       // Odd writers use a client session and retry a failed write with the same seq until it is
       // answered (as a client does after an unknown outcome): the session table goes through the
       // same crashes, snapshot installs and recoveries as the data.
@@ -322,7 +335,7 @@ describe('durable state machine', () => {
               if (kind === 5) await l.delete({ key }, o);
               else if (kind === 6) await l.trigger({ key, value: enc(`t${n}`) }, o);
               else await l.put({ key, value: enc(`${w}:${n}:${'x'.repeat(n % 40)}`) }, o);
-              acked++;
+              onAck();
               if (session) ackedBelow = session.seq + 1;
               break;
             } catch (e) {
@@ -336,7 +349,7 @@ describe('durable state machine', () => {
       const writers = Array.from({ length: 6 }, (_, w) => writer(w));
       let fromRecords = 0;
       for (let crash = 0; crash < 6; crash++) {
-        await sleep(60 + pick(200));
+        await Promise.all([sleep(60 + pick(200)), acks(40)]);
         const i = pick(3);
         const victim = nodes[i]!;
         down.add(victim);
@@ -345,7 +358,9 @@ describe('durable state machine', () => {
         open = open.filter((n) => n !== victim);
         const used = await checkRecoverable(engines[i]!, opts.stateMachine, ledger);
         if (used.get(DATA_GROUP)) fromRecords++;
-        await sleep(pick(2) === 0 ? 0 : 150 + pick(250)); // stay down long enough to need a snapshot
+        // Half the time stay down long enough to need a snapshot: more writes than a snapshot
+        // interval plus the kept tail (the leader's log then no longer holds what this node lacks).
+        if (pick(2) !== 0) await Promise.all([sleep(150 + pick(250)), acks(opts.snapshotEveryEntries! + opts.keepEntriesAfterSnapshot! + 10)]);
         const node = await openNode(i + 1, engines[i]!, hub, opts);
         watchInstalls(node);
         nodes[i] = node;
