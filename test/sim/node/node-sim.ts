@@ -139,6 +139,12 @@ export interface NodeSimRun {
   readonly derived: Map<string, string>;
   /** The lambda's dead letters at the end (events it gave up on), by kind. */
   readonly deadLetters: { kind: string; key: string; revision: number }[];
+  /**
+   * Per live data replica at the end, the hop count of each event under DERIVED_PREFIX still in
+   * its history (the lambda's writes: 1 each, recorded with the data, through crashes, restarts
+   * from the records and snapshot installs).
+   */
+  readonly derivedHops: { node: NodeId; hops: { key: string; revision: number; hops: number }[] }[];
   /** How the lambda ran (it may have been moved to process isolation meanwhile). */
   readonly lambdaMode: 'in-process' | 'worker';
   /** Per watcher, the revision it had seen everything up to at the end. */
@@ -301,6 +307,7 @@ class NodeSim {
       watcherEnds: this.watcherEnds.map((f) => f()),
       derived: end.derived,
       deadLetters: end.deadLetters,
+      derivedHops: end.derivedHops,
       lambdaMode: this.inProcess ? 'in-process' : 'worker',
       rewatches: end.rewatches,
       problems: this.problems,
@@ -868,7 +875,7 @@ class NodeSim {
    * Collects, once everything settled, each live node's full history of DATA_PREFIX (a watch from
    * revision 1) and re-watches from random earlier revisions on random nodes.
    */
-  private async finalChecksData(): Promise<{ finalHistories: Map<NodeId, SeenEvent[]>; rewatches: NodeSimRun['rewatches']; derived: Map<string, string>; deadLetters: NodeSimRun['deadLetters'] }> {
+  private async finalChecksData(): Promise<{ finalHistories: Map<NodeId, SeenEvent[]>; rewatches: NodeSimRun['rewatches']; derived: Map<string, string>; deadLetters: NodeSimRun['deadLetters']; derivedHops: NodeSimRun['derivedHops'] }> {
     const finalHistories = new Map<NodeId, SeenEvent[]>();
     const rewatches: NodeSimRun['rewatches'] = [];
     const lastRevision = Math.max(0, ...[...this.incs.values()].map((i) => (i.dead ? 0 : (i.node?.replica(DATA_GROUP)?.revision ?? 0))));
@@ -938,7 +945,22 @@ class NodeSim {
       const ds = [...inc.loaded.deliveries.values()].map((d) => JSON.stringify(d.dispatcher.stats));
       this.trace(`END node ${inc.id}#${inc.owner}: ${leads ? 'leads' : 'follows'} the data shard; lambda ${(inc.loaded.runner as unknown as { mode: string }).mode}; dispatchers ${ds.join(' ') || 'none'}`);
     }
-    return { finalHistories, rewatches, derived, deadLetters };
+    // The hop count each replica recorded with the lambda's writes (its events still in the history).
+    const derivedHops: NodeSimRun['derivedHops'] = [];
+    for (const inc of this.incs.values()) {
+      const r = inc.dead ? undefined : inc.node?.replica(DATA_GROUP);
+      if (!r) continue;
+      const sm = r.internalsForTests().sm;
+      const hops: NodeSimRun['derivedHops'][number]['hops'] = [];
+      for (let from = sm.oldestHistoryRevision; ; ) {
+        const page = sm.eventsSince(from, DERIVED_PREFIX);
+        for (const e of page.events) hops.push({ key: e.key, revision: e.revision, hops: e.hops ?? 0 });
+        if (!page.more) break;
+        from = page.nextRevision;
+      }
+      derivedHops.push({ node: inc.id, hops });
+    }
+    return { finalHistories, rewatches, derived, deadLetters, derivedHops };
   }
 }
 
