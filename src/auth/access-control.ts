@@ -49,6 +49,14 @@ export class AuthError extends Error {
   }
 }
 
+/** An auth change asked of a node that does not lead the metadata group (UNAVAILABLE: send it to the leader). */
+export class NotMetaLeaderError extends AuthError {
+  constructor() {
+    super('UNAVAILABLE', 'this node does not lead the metadata group');
+    this.name = 'NotMetaLeaderError';
+  }
+}
+
 /** Who a request acts as (auth enabled). */
 export interface Principal {
   /** A user name, `role:<name>` (an extension's lambdas) or `root` (the admin token). */
@@ -342,7 +350,7 @@ export class AccessControl {
   private async change(deadlineMs: number, plan: (s: AuthState) => { writes: TxnWrite[]; reads: string[] }): Promise<void> {
     for (let attempt = 0; ; attempt++) {
       const meta = this.metaStore();
-      if (!meta?.isLeader()) throw new AuthError('UNAVAILABLE', 'this node does not lead the metadata group');
+      if (!meta?.isLeader()) throw new NotMetaLeaderError();
       await meta.barrier(deadlineMs);
       const state = this.state();
       const { writes, reads } = plan(state);

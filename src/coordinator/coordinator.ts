@@ -9,6 +9,7 @@ import { pino } from 'pino';
 import { shardOf } from '../sharding/index.js';
 import { DEFAULT_LIST_LIMIT } from '../statemachine/index.js';
 import { DeadlineError, NotLeaderError, type CallOptions, type KvBackend, type ListRequest } from '../node/backend.js';
+import { realScheduler, type Scheduler } from '../node/scheduler.js';
 import { MAX_FORWARD_HOPS, META_FORWARDED, META_HOPS, neverReachedServer, readKvMetadata } from '../wire/metadata.js';
 import { AUTHORIZATION_METADATA } from '../wire/auth.js';
 import { authorizeKey, authorizePrefix, type Principal } from '../auth/access-control.js';
@@ -79,6 +80,8 @@ export interface CoordinatorOptions {
    * passes, and are answered UNAVAILABLE at once (retry-safe) so the client tries elsewhere.
    */
   readonly forwardAttemptMs?: number;
+  /** The clock and timers deadlines and suspicion periods run on (default: the wall clock, `realScheduler`; the simulator's virtual one). */
+  readonly clock?: Scheduler;
 }
 
 /** Who asks, and within what: the routing context of one request. */
@@ -131,12 +134,12 @@ export interface RouteOutcome<R> {
   readonly leader: string | undefined;
 }
 
-/** Runs `run`, failing with DeadlineError at `deadlineMs`. */
-export function withDeadline<T>(run: () => Promise<T>, deadlineMs: number): Promise<T> {
-  const remaining = deadlineMs - Date.now();
+/** Runs `run`, failing with DeadlineError at `deadlineMs` (on `clock`'s time and timers). */
+export function withDeadline<T>(run: () => Promise<T>, deadlineMs: number, clock: Scheduler = realScheduler): Promise<T> {
+  const remaining = deadlineMs - clock.now();
   if (remaining <= 0) return Promise.reject(new DeadlineError());
   return new Promise<T>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new DeadlineError()), Math.min(remaining, 2 ** 31 - 1));
+    const timer = clock.setTimeout(() => reject(new DeadlineError()), Math.min(remaining, 2 ** 31 - 1));
     timer.unref?.();
     let p: Promise<T>;
     try {
@@ -146,11 +149,11 @@ export function withDeadline<T>(run: () => Promise<T>, deadlineMs: number): Prom
     }
     Promise.resolve(p).then(
       (v) => {
-        clearTimeout(timer);
+        timer.cancel();
         resolve(v);
       },
       (e: unknown) => {
-        clearTimeout(timer);
+        timer.cancel();
         reject(e);
       },
     );
@@ -166,6 +169,8 @@ export class Coordinator {
   readonly maxResponseBytes: number;
   private readonly ownsStubs: boolean;
   private readonly forwardAttemptMs: number;
+  /** The clock and timers of deadlines and suspicion periods. */
+  readonly clock: Scheduler;
   /** Leader hints learned from forwarding and NotLeaderErrors, per shard (never mixed across shards). */
   private readonly leaderCache = new Map<number, string>();
   /** Forwarding targets that let an attempt time out: address → avoided until (ms since the epoch). */
@@ -181,6 +186,7 @@ export class Coordinator {
     this.stubs = opts.stubs ?? new NodeStubs({ credentials: opts.forwardCredentials, channelOptions: opts.forwardChannelOptions });
     this.maxResponseBytes = opts.maxResponseBytes ?? DEFAULT_MAX_RESPONSE_BYTES;
     this.forwardAttemptMs = Math.max(0, opts.forwardAttemptMs ?? DEFAULT_FORWARD_ATTEMPT_MS);
+    this.clock = opts.clock ?? realScheduler;
   }
 
   /** This node's client-API address, if known. */
@@ -324,6 +330,7 @@ export class Coordinator {
       const response = await withDeadline(
         () => this.backendCall(op, m, ctx.lambdaHops > 0 ? { deadlineMs, hops: ctx.lambdaHops } : { deadlineMs }, g, ctx.admin),
         deadlineMs,
+        this.clock,
       );
       // Only the shard's leader applies writes: any other cached leader of it is stale.
       if (WRITE_OPS.has(op) && group !== undefined) {
@@ -393,7 +400,7 @@ export class Coordinator {
   private isSuspectTarget(target: string): boolean {
     const until = this.suspectTargets.get(target);
     if (until === undefined) return false;
-    if (until > Date.now()) return true;
+    if (until > this.clock.now()) return true;
     this.suspectTargets.delete(target);
     return false;
   }
@@ -401,7 +408,7 @@ export class Coordinator {
   /** Status for a forwarded call's failure (shard `group`): relays the upstream status and kvcascade metadata. */
   forwardFailure(err: grpc.ServiceError, target: string, group: number | undefined, attemptTimedOut = false): OpStatus {
     if (attemptTimedOut) {
-      this.suspectTargets.set(target, Date.now() + FORWARD_SUSPECT_MS);
+      this.suspectTargets.set(target, this.clock.now() + FORWARD_SUSPECT_MS);
       if (group !== undefined && this.leaderCache.get(group) === target) this.leaderCache.delete(group);
       this.log.warn({ target, group }, 'a forwarded call timed out: the target is suspect');
       // It may have reached the leader: retry-safe only if the client's request cannot apply twice.
@@ -449,7 +456,7 @@ export class Coordinator {
         o: Partial<grpc.CallOptions>,
         cb: (err: grpc.ServiceError | null, res?: ResponseOf<O>) => void,
       ) => grpc.ClientUnaryCall;
-      const attemptDeadline = this.forwardAttemptMs > 0 ? Math.min(ctx.deadlineMs, Date.now() + this.forwardAttemptMs) : ctx.deadlineMs;
+      const attemptDeadline = this.forwardAttemptMs > 0 ? Math.min(ctx.deadlineMs, this.clock.now() + this.forwardAttemptMs) : ctx.deadlineMs;
       const call = method.call(stub, m, md, { deadline: new Date(attemptDeadline) }, (err, res) => {
         error = err;
         response = res;

@@ -153,7 +153,7 @@ export class MergedWatch {
   private write(msg: WatchResponseMsg): void {
     if (this.finished) return;
     this.out.write(msg);
-    this.lastWriteMs = Date.now();
+    this.lastWriteMs = this.coord.clock.now();
     this.lastToken = msg.resumeToken;
     if (!this.multi && msg.revision !== undefined && msg.revision > this.lastRevision) this.lastRevision = msg.revision;
     if (this.out.writableLength > this.spec.maxPendingResponses) {
@@ -199,7 +199,7 @@ export class MergedWatch {
     if (!this.createdSent) return this.reported(s);
     s.reported = true;
     const t = this.token();
-    if (t !== this.lastToken || Date.now() - this.lastWriteMs >= this.spec.req.progressIntervalMs) this.write({ progressNotify: true, revision: 0, resumeToken: t });
+    if (t !== this.lastToken || this.coord.clock.now() - this.lastWriteMs >= this.spec.req.progressIntervalMs) this.write({ progressNotify: true, revision: 0, resumeToken: t });
   }
 
   private onEvents(s: SubWatch, events: readonly KvEvent[], revision: number): void {

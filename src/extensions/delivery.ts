@@ -5,7 +5,9 @@
  * when one of its lambdas may have taken a node down (the replicated demotion marker).
  */
 import type { Logger } from '../log.js';
+import { invariant } from '../invariant.js';
 import { DeadlineError, NotLeaderError, UnavailableError } from '../node/backend.js';
+import { realScheduler, type Scheduler } from '../node/scheduler.js';
 import { isShardLocalKey, shardsForPrefix, type ClusterMap } from '../sharding/index.js';
 import type { CommandResult } from '../statemachine/types.js';
 import type { ExtensionEvent } from './api.js';
@@ -70,10 +72,15 @@ export class ShardDelivery {
   private readonly unsubscribe: (() => void)[] = [];
   private stopped = false;
 
+  /** The clock deadlines and markers are read on (the host's: virtual under the simulator). */
+  private readonly clock: Scheduler;
+
   constructor(
     private readonly host: ExtensionHost,
     private readonly opts: DeliveryOptions,
-  ) {}
+  ) {
+    this.clock = host.clock ?? realScheduler;
+  }
 
   /** Follows the host's leadership (the shards led now, then every change) and map changes. */
   start(): void {
@@ -171,15 +178,15 @@ export class ShardDelivery {
       put: async (key, value) => {
         // A cursor or a dead letter: a shard-local system key, written (system origin: lambdas
         // cannot write reserved keys) into the shard whose events it tracks, led here.
-        if (!isShardLocalKey(key)) throw new Error(`dispatcher wrote ${JSON.stringify(key)}, which is not a shard-local key`);
-        const r = await shard.propose({ type: 'put', key, value }, Date.now() + SHARD_WRITE_MS);
+        invariant(isShardLocalKey(key), () => `dispatcher wrote ${JSON.stringify(key)}, which is not a shard-local key`);
+        const r = await shard.propose({ type: 'put', key, value }, this.clock.now() + SHARD_WRITE_MS);
         if (r.type === 'rejected') throw r.error;
       },
       write: async (writes) => {
-        for (const w of writes) if (!isShardLocalKey(w.key)) throw new Error(`dispatcher wrote ${JSON.stringify(w.key)}, which is not a shard-local key`);
+        for (const w of writes) invariant(isShardLocalKey(w.key), () => `dispatcher wrote ${JSON.stringify(w.key)}, which is not a shard-local key`);
         const r = await shard.propose(
           { type: 'txn', compares: [], writes: writes.map((w) => (w.value ? { type: 'put' as const, key: w.key, value: w.value } : { type: 'delete' as const, key: w.key })) },
-          Date.now() + SHARD_WRITE_MS,
+          this.clock.now() + SHARD_WRITE_MS,
         );
         if (r.type === 'rejected') throw r.error;
       },
@@ -193,6 +200,7 @@ export class ShardDelivery {
         }
       },
       shard: group,
+      clock: this.clock,
       maxHops: this.opts.maxHops,
       cursorEpoch: l.record.cursorEpoch ?? 0,
       // Only an in-process runner can take the node down with it: it moves to a child process.
@@ -244,7 +252,7 @@ export class ShardDelivery {
    * cluster. `suspectsResolved` undoes it when those events complete in isolation.
    */
   private demote(name: string, node: number | undefined, group?: number): void {
-    if (group !== undefined) this.writeDemotion(name, group, { killedNode: node, byNode: this.host.nodeId, atMs: Date.now(), provisional: true });
+    if (group !== undefined) this.writeDemotion(name, group, { killedNode: node, byNode: this.host.nodeId, atMs: this.clock.now(), provisional: true });
     if (this.demoted.has(name)) return;
     this.demoted.add(name);
     this.opts.log.warn(
@@ -286,7 +294,7 @@ export class ShardDelivery {
     if (confirmed) {
       if (marker.provisional === false) return;
       this.opts.log.warn({ extension: name, group }, 'an event an in-process lambda left unfinished was poison in isolation too: this extension stays in process isolation in this shard');
-      await this.writeDemotion(name, group, { ...marker, provisional: false, confirmedAtMs: Date.now() });
+      await this.writeDemotion(name, group, { ...marker, provisional: false, confirmedAtMs: this.clock.now() });
       return;
     }
     if (marker.provisional !== true) return;
@@ -301,7 +309,7 @@ export class ShardDelivery {
   private proposeIn(group: number, cmd: SystemCommand): Promise<CommandResult> {
     const shard = this.host.shard(group);
     if (!shard) return Promise.reject(new UnavailableError(`shard ${group} is not hosted on node ${this.host.nodeId}`));
-    return shard.propose(cmd, Date.now() + SHARD_WRITE_MS);
+    return shard.propose(cmd, this.clock.now() + SHARD_WRITE_MS);
   }
 
   /**
@@ -315,9 +323,9 @@ export class ShardDelivery {
       if (!shard) continue;
       try {
         for (const prefix of [`${SYSTEM_PREFIX}cursor/${name}/`, `${SYSTEM_PREFIX}attempt/${name}/`]) {
-          await shard.barrier(Date.now() + SHARD_WRITE_MS);
+          await shard.barrier(this.clock.now() + SHARD_WRITE_MS);
           const page = shard.list(prefix, { keysOnly: true, limit: DELIVERY_KEYS_PAGE });
-          for (const item of page.items) await shard.propose({ type: 'delete', key: item.key }, Date.now() + SHARD_WRITE_MS);
+          for (const item of page.items) await shard.propose({ type: 'delete', key: item.key }, this.clock.now() + SHARD_WRITE_MS);
         }
       } catch (e) {
         this.opts.log.warn({ extension: name, group: g, err: (e as Error).message }, 'could not delete delivery cursors after unload');

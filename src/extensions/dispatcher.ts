@@ -11,6 +11,7 @@
 import { DEAD_LETTER_PREFIX, hidesReservedKeys, isReservedKey, SYSTEM_KEY_PREFIX } from '../sharding/index.js';
 import type { KvEvent } from '../statemachine/index.js';
 import type { WatchHandle } from '../node/backend.js';
+import { realScheduler, sleep, type Scheduler, type TimerHandle } from '../node/scheduler.js';
 import type { ExtensionEvent, WatchOptions } from './api.js';
 import { attemptKey, cursorKey, FAULT_DEFAULTS, RUNNER_KILLING_KINDS, type AttemptEntry, type AttemptRecord, type FaultOptions } from './attempt-record.js';
 
@@ -53,8 +54,8 @@ export interface DispatchHost {
    * deposed leader's dispatcher is stopped meanwhile). Absent: always.
    */
   holdsLease?(): boolean;
-  /** Hop count of the write at `revision`, for events that carry none (absent: 0). */
-  hopsOf?(revision: number): number;
+  /** The clock and timers of retries, cursor writes and lease looks (default: the wall clock, `realScheduler`). */
+  readonly clock?: Scheduler;
   /** Replicates a put into this shard (system origin): a cursor (a `/_sys/` key) or a dead letter (a `/_dlq/` key), both shard-local. */
   put(key: string, value: Uint8Array): Promise<void>;
   /**
@@ -122,7 +123,7 @@ interface Pending {
   attempts: number;
   running: boolean;
   done: boolean;
-  retryTimer?: NodeJS.Timeout;
+  retryTimer?: TimerHandle;
   /** Its runner-killing failure history (also in the attempt record). */
   entry?: AttemptEntry;
   /** `wanted`: must be armed before it runs; `durable`: armed in the replicated record; `running`: an armed attempt runs. */
@@ -177,8 +178,9 @@ export class WatchDispatcher {
   /** Stopped running events after an in-process lambda took another node down (see DispatchHost.inProcessKilledANode). */
   private halted = false;
   /** A fresh look at the leader lease is scheduled (see waitingForLease). */
-  private leaseTimer: ReturnType<typeof setTimeout> | undefined;
-  private persistTimer: NodeJS.Timeout | undefined;
+  private leaseTimer: TimerHandle | undefined;
+  private persistTimer: TimerHandle | undefined;
+  private readonly clock: Scheduler;
   private readonly faults: FaultOptions;
   /** Entries of the attempt record found at start, not yet matched to a received event. */
   private inherited = new Map<string, AttemptEntry>();
@@ -204,6 +206,7 @@ export class WatchDispatcher {
     private readonly onFailure: (msg: string) => void = () => {},
     faults: Partial<FaultOptions> = {},
   ) {
+    this.clock = host.clock ?? realScheduler;
     this.faults = {
       poisonAttempts: faults.poisonAttempts ?? FAULT_DEFAULTS.poisonAttempts,
       poisonNodes: faults.poisonNodes ?? FAULT_DEFAULTS.poisonNodes,
@@ -270,7 +273,7 @@ export class WatchDispatcher {
       queueMicrotask(() => report(killer));
       return;
     }
-    this.persistTimer = setInterval(() => void this.persistCursor(), CURSOR_PERSIST_MS);
+    this.persistTimer = this.clock.setInterval(() => void this.persistCursor(), CURSOR_PERSIST_MS);
     this.persistTimer.unref?.();
     this.follow(cursor + 1);
   }
@@ -306,7 +309,7 @@ export class WatchDispatcher {
    */
   private followAgain(n: number, backoffMs: number): void {
     this.handle = undefined;
-    setTimeout(() => {
+    this.clock.setTimeout(() => {
       if (this.stopped || n !== this.subscriptions) return;
       try {
         this.follow(this.seenUpTo + 1);
@@ -365,7 +368,7 @@ export class WatchDispatcher {
           if (this.stopped) return;
           this.onFailure(`recording the compacted gap ${from}..${to} as a dead letter failed (retried in ${backoffMs} ms): ${(e as Error).message}`);
           this.observer.deadLetterFailed?.('compacted');
-          setTimeout(() => attempt(Math.min(backoffMs * 2, GAP_WRITE_MAX_BACKOFF_MS)), backoffMs).unref?.();
+          this.clock.setTimeout(() => attempt(Math.min(backoffMs * 2, GAP_WRITE_MAX_BACKOFF_MS)), backoffMs).unref?.();
         },
       );
     };
@@ -388,13 +391,13 @@ export class WatchDispatcher {
   async stop(persist: boolean): Promise<void> {
     this.stopped = true;
     this.handle?.cancel();
-    if (this.persistTimer) clearInterval(this.persistTimer);
-    for (const p of this.queue) if (p.retryTimer) clearTimeout(p.retryTimer);
+    this.persistTimer?.cancel();
+    for (const p of this.queue) p.retryTimer?.cancel();
     if (persist) {
       // Still leading (unload, replacement): this process did not die in what it was running.
       for (const p of this.queue) if (p.arm !== 'none') p.arm = 'none';
       // A periodic cursor write in flight carries an older cursor: wait for it, then write the last one.
-      while (this.writing || this.persisting) await new Promise((r) => setTimeout(r, WRITE_WAIT_POLL_MS));
+      while (this.writing || this.persisting) await sleep(this.clock, WRITE_WAIT_POLL_MS);
       if (this.recordDurable || this.buildRecord().length > 0) await this.writeState(true);
       else await this.persistCursor().catch(() => {});
     }
@@ -408,7 +411,7 @@ export class WatchDispatcher {
       // letters...) only to a watch inside the reserved keyspace (e.g. of `/_dlq/`).
       if (e.key.startsWith(SYSTEM_PREFIX) || (isReservedKey(e.key) && hidesReservedKeys(this.watch.prefix))) continue;
       if (!types.includes(e.type)) continue;
-      const p: Pending = { event: e, hops: e.hops ?? this.host.hopsOf?.(e.revision) ?? 0, attempts: 0, running: false, done: false, arm: 'none' };
+      const p: Pending = { event: e, hops: e.hops ?? 0, attempts: 0, running: false, done: false, arm: 'none' };
       const id = eventId(e.revision, e.key);
       const entry = this.inherited.get(id);
       if (entry) {
@@ -434,7 +437,7 @@ export class WatchDispatcher {
   private waitingForLease(): boolean {
     if (!this.host.holdsLease || this.host.holdsLease()) return false;
     if (!this.leaseTimer) {
-      this.leaseTimer = setTimeout(() => {
+      this.leaseTimer = this.clock.setTimeout(() => {
         this.leaseTimer = undefined;
         this.pump();
       }, LEASE_RECHECK_MS);
@@ -582,7 +585,7 @@ export class WatchDispatcher {
         }
         if (this.watch.options.mode === 'stateless') this.retryOwner.set(p.event.key, p);
         const delay = this.watch.options.retryBackoffMs * 2 ** (p.attempts - 1);
-        p.retryTimer = setTimeout(() => {
+        p.retryTimer = this.clock.setTimeout(() => {
           p.retryTimer = undefined;
           this.pumpWithRetryFirst(p);
         }, Math.min(delay, MAX_RETRY_BACKOFF_MS));
@@ -613,7 +616,7 @@ export class WatchDispatcher {
     for (const p of this.queue) {
       if (p.done || (!p.entry && p.arm === 'none')) continue;
       const e: AttemptEntry = p.entry ? { ...p.entry } : { revision: p.event.revision, key: p.event.key, failures: 0, nodes: [] };
-      if (p.arm !== 'none') e.armed = { ...self, atMs: Date.now(), ...(this.faults.armEveryInvocation ? { shared: true } : {}) };
+      if (p.arm !== 'none') e.armed = { ...self, atMs: this.clock.now(), ...(this.faults.armEveryInvocation ? { shared: true } : {}) };
       out.push(e);
     }
     return out;
@@ -665,7 +668,7 @@ export class WatchDispatcher {
     }
     if (this.stopped || final) return;
     if (!ok) {
-      setTimeout(() => this.requestWrite(), STATE_WRITE_RETRY_MS).unref?.();
+      this.clock.setTimeout(() => this.requestWrite(), STATE_WRITE_RETRY_MS).unref?.();
       return;
     }
     if (this.writeAgain || this.queue.some((p) => p.arm === 'wanted')) this.requestWrite();

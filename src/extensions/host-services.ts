@@ -5,6 +5,7 @@
  */
 import { createHash } from 'node:crypto';
 import type { Logger } from '../log.js';
+import { realClock, type Clock } from '../node/scheduler.js';
 import { isReservedKey, prefixInReserved } from '../sharding/index.js';
 import { reservedKeyError, reservedPrefixError } from '../statemachine/index.js';
 import type { EffectSession, HostServices, KvOp, LogLevel, MetricOp } from './sandbox/types.js';
@@ -40,21 +41,22 @@ export function hostServices(
      * (same epoch) repeats none.
      */
     readonly effectEpoch?: number;
+    /** The clock the lambdas' call deadlines are read on (default: the wall clock). */
+    readonly clock?: Clock;
   },
 ): HostServices {
   const log = o.log.child({ extension: name });
   const salt = (e: EffectSession | undefined): EffectSession | undefined =>
     e && o.effectEpoch ? { id: `fx${createHash('sha256').update(`${e.id}\u0000${o.effectEpoch}`).digest('base64url').slice(0, 40)}`, seq: e.seq } : e;
   return {
-    kv: (op: KvOp, args: unknown[], hops: number, effect?: EffectSession) => kvCall(o.kv, o.maxHops, op, args, hops, salt(effect)),
+    kv: (op: KvOp, args: unknown[], hops: number, effect?: EffectSession) => kvCall(o.kv, o.maxHops, op, args, hops, salt(effect), (o.clock ?? realClock).now() + LAMBDA_CALL_MS),
     log: (level: LogLevel, msg: string, fields?: Record<string, unknown>) => log[level](fields ?? {}, msg),
     metric: o.metric,
   };
 }
 
-/** One store call of a lambda at chain depth `hops`. */
-async function kvCall(kv: LambdaKv, maxHops: number, op: KvOp, args: unknown[], hops: number, effect: EffectSession | undefined): Promise<unknown> {
-  const deadlineMs = Date.now() + LAMBDA_CALL_MS;
+/** One store call of a lambda at chain depth `hops`, to finish by `deadlineMs`. */
+async function kvCall(kv: LambdaKv, maxHops: number, op: KvOp, args: unknown[], hops: number, effect: EffectSession | undefined, deadlineMs: number): Promise<unknown> {
   // Lambdas are user code, like clients: the reserved keyspace is out of their reach (their
   // writes are client-origin anyway, so the shards would refuse them too).
   const target = args[0];

@@ -8,6 +8,7 @@
  * The KvNode adapter (kv-node-host.ts) implements it for a real node; testing/memory-host.ts
  * is its in-memory twin.
  */
+import type { Scheduler } from '../node/scheduler.js';
 import type { ClusterMap } from '../sharding/index.js';
 import type { Command, CommandResult, KvEvent } from '../statemachine/types.js';
 
@@ -117,4 +118,10 @@ export interface ExtensionHost {
   shard(group: number): HostShard | undefined;
   /** The metadata group (the extension registry); throws when it is not hosted here. */
   meta(): HostShard;
+  /**
+   * The node's clock and timers, which the extension layer (delivery, dispatchers, registry
+   * writes, lambda services) runs on: virtual under the simulator. Absent: the wall clock
+   * (`realScheduler`).
+   */
+  readonly clock?: Scheduler;
 }

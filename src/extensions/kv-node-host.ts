@@ -6,6 +6,7 @@
  * carries the hop count the state machine recorded with it).
  */
 import { META_GROUP, type KvNode } from '../node/kv-node.js';
+import { sleep } from '../node/scheduler.js';
 import type { ExtensionHost, HostEvent, HostShard } from './host.js';
 
 /** How long a follower waits, at most, to apply what it knows committed before reporting its revision. */
@@ -42,11 +43,13 @@ export function kvNodeHost(node: KvNode): ExtensionHost {
       if (!m) throw new Error('metadata group not hosted here');
       return m;
     },
+    clock: node.scheduler,
   };
 }
 
 /** The HostShard of `group` on `node` (its replica looked up at each call). */
 function replicaShard(node: KvNode, group: number): HostShard {
+  const clock = node.scheduler;
   const replica = () => {
     const r = node.replica(group);
     if (!r) throw new Error(`group ${group} is no longer hosted on node ${node.id}`);
@@ -76,7 +79,7 @@ function replicaShard(node: KvNode, group: number): HostShard {
       if (r.isLeader) {
         try {
           // A linearizable read makes the revision no older than any write acknowledged so far.
-          const led = await node.readable('linearizable', { deadlineMs: Math.max(Date.now() + MIN_LEADER_READ_MS, untilMs) }, group);
+          const led = await node.readable('linearizable', { deadlineMs: Math.max(clock.now() + MIN_LEADER_READ_MS, untilMs) }, group);
           return led.revision;
         } catch {
           // leadership moved meanwhile: read the replica as a follower below
@@ -84,8 +87,8 @@ function replicaShard(node: KvNode, group: number): HostShard {
       }
       // A follower may lag a little behind: wait briefly for it to apply what the leader committed.
       const target = r.commitIndex;
-      const catchUp = Math.min(untilMs, Date.now() + FOLLOWER_CATCH_UP_MS);
-      while (r.appliedIndex < target && Date.now() < catchUp) await new Promise((res) => setTimeout(res, CATCH_UP_POLL_MS));
+      const catchUp = Math.min(untilMs, clock.now() + FOLLOWER_CATCH_UP_MS);
+      while (r.appliedIndex < target && clock.now() < catchUp) await sleep(clock, CATCH_UP_POLL_MS);
       return r.revision;
     },
     barrier: async (deadlineMs) => {

@@ -19,6 +19,7 @@ import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { Registry } from 'prom-client';
 import type { Logger } from '../log.js';
+import { realScheduler, type Scheduler } from '../node/scheduler.js';
 import { DEFAULT_MAX_HOPS } from './api.js';
 import { ShardDelivery } from './delivery.js';
 import type { DispatchStats } from './dispatcher.js';
@@ -155,11 +156,14 @@ export class ExtensionManager {
   private readonly delivery: ShardDelivery;
   private readonly writes: RegistryWrites<ExtensionStatus>;
   private reconciling = Promise.resolve();
+  /** The clock and timers of the manager (the host's: virtual under the simulator). */
+  private readonly clock: Scheduler;
 
   constructor(
     private readonly host: ExtensionHost,
     private readonly opts: ExtensionManagerOptions,
   ) {
+    this.clock = host.clock ?? realScheduler;
     this.maxHops = opts.maxHops ?? DEFAULT_MAX_HOPS;
     const loaded = () => this.loaded.values();
     this.metrics = new ExtensionMetrics(opts.registry, loaded);
@@ -228,9 +232,9 @@ export class ExtensionManager {
         canceled: (reason) => {
           if (this.stopped) return; // our own stop
           this.opts.log.warn({ reason }, 'extension registry watch cancelled by the node: following it again shortly');
-          const t = setTimeout(() => this.followRegistry(), REGISTRY_REFOLLOW_MS);
-          t.unref();
-          this.unsubscribe.push(() => clearTimeout(t));
+          const t = this.clock.setTimeout(() => this.followRegistry(), REGISTRY_REFOLLOW_MS);
+          t.unref?.();
+          this.unsubscribe.push(() => t.cancel());
         },
       },
       REGISTRY_PROGRESS_MS,
@@ -342,6 +346,7 @@ export class ExtensionManager {
       name: record.name,
       modulePath: dir,
       config: record.config,
+      clock: this.clock,
       ...this.runnerPlacement(wanted === 'in-process' && this.delivery.isDemoted(record.name) && !record.native ? 'process' : wanted),
       ...((record.maxRestartsPerMinute ?? this.opts.maxRestartsPerMinute) !== undefined ? { maxRestartsPerMinute: record.maxRestartsPerMinute ?? this.opts.maxRestartsPerMinute } : {}),
       ...((record.pauseMs ?? this.opts.pauseMs) !== undefined ? { pauseMs: record.pauseMs ?? this.opts.pauseMs } : {}),
@@ -354,6 +359,7 @@ export class ExtensionManager {
         maxHops: this.maxHops,
         log: this.opts.log,
         metric: (kind, metricName, help, op) => this.metrics.extMetric(record.name, kind, metricName, help, op),
+        clock: this.clock,
         // A load with an explicit start (`from`) replays on purpose: its writes are new effects.
         ...(record.cursorEpoch ? { effectEpoch: record.cursorEpoch } : {}),
       }),
@@ -422,7 +428,7 @@ export class ExtensionManager {
     validateExtensionName(name);
     if (!this.records().some((r) => r.name === name)) return undefined;
     const was = this.resumeLocal(name) ?? false;
-    await this.writes.metaWrite({ type: 'put', key: resumeKey(name), value: enc.encode(String(Date.now())) });
+    await this.writes.metaWrite({ type: 'put', key: resumeKey(name), value: enc.encode(String(this.clock.now())) });
     return was;
   }
 
@@ -517,17 +523,17 @@ export class ExtensionManager {
       const waiter = {
         generation,
         resolve: (st: ExtensionStatus) => {
-          clearTimeout(timer);
+          timer.cancel();
           resolve(st);
         },
       };
-      const timer = setTimeout(() => {
+      const timer = this.clock.setTimeout(() => {
         forget();
         const now = this.loaded.get(name);
         resolve(now ? this.statusOf(now) : { name, version: '?', generation, state: 'loading', delivering: false, shards: [], watches: [], workerRestarts: 0, invocations: 0, errors: 0, timeouts: 0 });
       }, LOAD_WAIT_MS);
       cancel = () => {
-        clearTimeout(timer);
+        timer.cancel();
         forget();
       };
       this.loadWaiters.set(name, [...(this.loadWaiters.get(name) ?? []), waiter]);

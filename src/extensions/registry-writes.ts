@@ -5,12 +5,17 @@
  * where delivery stands for a later load (or, purged, deletes the delivery cursors too), then
  * the package. Loads and unloads of one name run one at a time per node.
  * Every node then follows the registry (the manager's reconcile).
+ *
+ * Size: about 530 lines, one piece: loads and unloads are two sides of one protocol on the
+ * registry (the load claim taken, checked and released, the conditional record write, the
+ * package chunks), and each step's failure handling depends on the others' state.
  */
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { Logger } from '../log.js';
 import { UnavailableError } from '../node/backend.js';
+import { realScheduler, sleep, type Scheduler } from '../node/scheduler.js';
 import { META_GROUP } from '../sharding/index.js';
 import type { CommandResult } from '../statemachine/types.js';
 import type { ExtensionHost, SystemCommand } from './host.js';
@@ -74,8 +79,8 @@ export class LoadConflictError extends Error {
 }
 
 /** The LoadConflictError for a claim `c` held by another load of `name`. */
-function inProgress(name: string, c: LoadClaim): LoadConflictError {
-  const left = Math.max(1, Math.ceil((c.expiresAtMs - Date.now()) / 1000));
+function inProgress(name: string, c: LoadClaim, nowMs: number): LoadConflictError {
+  const left = Math.max(1, Math.ceil((c.expiresAtMs - nowMs) / 1000));
   return new LoadConflictError(
     name,
     `another load of ${name} is in progress (generation ${c.generation}, on node ${c.node}); try again once it finished (its claim expires within ${left} s if that load died)`,
@@ -137,10 +142,15 @@ export class RegistryWrites<S> {
   /** Names this node's loads in load claims (see {@link LoadClaim.loader}). */
   private readonly loaderId = randomBytes(8).toString('hex');
 
+  /** The clock claims, deadlines and registry timestamps are read on (the host's). */
+  private readonly clock: Scheduler;
+
   constructor(
     private readonly host: ExtensionHost,
     private readonly opts: RegistryWritesOptions<S>,
-  ) {}
+  ) {
+    this.clock = host.clock ?? realScheduler;
+  }
 
   /**
    * Loads (or replaces) an extension cluster-wide. Must run on the metadata group's leader.
@@ -273,7 +283,7 @@ export class RegistryWrites<S> {
         ...(opts.maxRestartsPerMinute !== undefined ? { maxRestartsPerMinute: opts.maxRestartsPerMinute } : {}),
         ...(opts.pauseMs !== undefined ? { pauseMs: opts.pauseMs } : {}),
         ...(cursorEpoch ? { cursorEpoch } : {}),
-        loadedAtMs: Date.now(),
+        loadedAtMs: this.clock.now(),
       };
       waiting = this.opts.waitFor(name, generation);
       committed = 'unknown';
@@ -319,13 +329,13 @@ export class RegistryWrites<S> {
       } catch (e) {
         this.opts.log.warn({ extension: name, err: String(e) }, 'malformed extension load claim: replaced');
       }
-      if (held && this.blockedBy(held)) throw inProgress(name, held);
+      if (held && this.blockedBy(held)) throw inProgress(name, held, this.clock.now());
       last = held?.generation ?? 0;
     }
     const recorded = this.opts.records().find((r) => r.name === name)?.generation ?? 0;
     // Generations never go back, even should the claim key be gone: an unload leaves its last one.
     const generation = Math.max(last, recorded, this.unloadedRecord(name)?.generation ?? 0) + 1;
-    const claim: LoadClaim = { generation, node: this.host.nodeId, loader: this.loaderId, expiresAtMs: Date.now() + LOAD_CLAIM_MS, released: false };
+    const claim: LoadClaim = { generation, node: this.host.nodeId, loader: this.loaderId, expiresAtMs: this.clock.now() + LOAD_CLAIM_MS, released: false };
     const res = await this.metaWrite({ type: 'put', key: claimKey(name), value: encodeClaim(claim), expectedVersion: got?.version ?? 0 });
     if (res.type !== 'put' || !res.succeeded) {
       const now = meta.get(claimKey(name));
@@ -335,7 +345,7 @@ export class RegistryWrites<S> {
       } catch {
         // reported as a plain conflict
       }
-      throw other && claimHeld(other, Date.now()) && other.loader !== this.loaderId ? inProgress(name, other) : new LoadConflictError(name, `another load or unload of ${name} changed its registration meanwhile; try again`);
+      throw other && claimHeld(other, this.clock.now()) && other.loader !== this.loaderId ? inProgress(name, other, this.clock.now()) : new LoadConflictError(name, `another load or unload of ${name} changed its registration meanwhile; try again`);
     }
     return { generation, version: res.version };
   }
@@ -348,7 +358,7 @@ export class RegistryWrites<S> {
    * manager's own: its loads of a name run one at a time, so that one is a leftover.
    */
   private blockedBy(c: LoadClaim): boolean {
-    return claimHeld(c, Date.now()) && c.node === this.host.nodeId && c.loader !== this.loaderId;
+    return claimHeld(c, this.clock.now()) && c.node === this.host.nodeId && c.loader !== this.loaderId;
   }
 
   /**
@@ -373,7 +383,7 @@ export class RegistryWrites<S> {
    * machine rejected throws its error.
    */
   async metaWrite(cmd: SystemCommand): Promise<CommandResult> {
-    const res = await this.host.meta().propose(cmd, Date.now() + META_WRITE_MS);
+    const res = await this.host.meta().propose(cmd, this.clock.now() + META_WRITE_MS);
     if (res.type === 'rejected') throw res.error;
     return res;
   }
@@ -388,7 +398,7 @@ export class RegistryWrites<S> {
    * no keys yet and are left out (delivered from their start).
    */
   private async currentStartRevisions(): Promise<Record<string, number>> {
-    const until = Date.now() + START_REVISIONS_MS;
+    const until = this.clock.now() + START_REVISIONS_MS;
     const out: Record<string, number> = {};
     const missing = (): number[] => {
       const map = this.host.shardMap();
@@ -399,7 +409,7 @@ export class RegistryWrites<S> {
     const ask = async (): Promise<void> => {
       if (!provider) return;
       try {
-        const got = await provider(Math.min(until, Date.now() + REVISIONS_ASK_MS));
+        const got = await provider(Math.min(until, this.clock.now() + REVISIONS_ASK_MS));
         // The first answer for a shard is kept: an earlier revision is the safe side.
         for (const [g, rev] of got) if (g !== META_GROUP && out[String(g)] === undefined) out[String(g)] = rev + 1;
       } catch (e) {
@@ -411,8 +421,8 @@ export class RegistryWrites<S> {
       const local = await this.localStartRevision(g, until);
       if (local !== undefined) out[String(g)] = local;
     }
-    while (provider && missing().length > 0 && Date.now() < until) {
-      await new Promise((r) => setTimeout(r, REVISIONS_RETRY_MS));
+    while (provider && missing().length > 0 && this.clock.now() < until) {
+      await sleep(this.clock, REVISIONS_RETRY_MS);
       await ask();
     }
     const left = missing();
@@ -461,7 +471,7 @@ export class RegistryWrites<S> {
         } catch {
           // a malformed claim holds nothing
         }
-        if (held && this.blockedBy(held)) throw inProgress(name, held);
+        if (held && this.blockedBy(held)) throw inProgress(name, held, this.clock.now());
       }
       const res = await this.metaWrite({
         type: 'txn',
@@ -483,7 +493,7 @@ export class RegistryWrites<S> {
                   generation: record.generation,
                   startRevisions: hasStartPoints(record) ? startRevisionsOf(record) : await this.currentStartRevisions(),
                   ...(record.cursorEpoch ? { cursorEpoch: record.cursorEpoch } : {}),
-                  unloadedAtMs: Date.now(),
+                  unloadedAtMs: this.clock.now(),
                 }),
               },
         ],

@@ -16,6 +16,7 @@ import { ByteReader, ByteWriter } from '../statemachine/binary.js';
 import {
   decodeCommand,
   encodeCommand,
+  MAX_HOP_COUNT,
   validateWriteSession,
   ValidationError,
   type Command,
@@ -45,7 +46,7 @@ export const PROPOSAL_SESSION_ENVELOPE_VERSION = ENVELOPE_V4;
  * RangeError for a bad hop count or origin, ValidationError for a bad command or session.
  */
 export function encodeProposal(timestampMs: number, cmd: Command, origin: CommandOrigin, hops = 0, session?: WriteSession): Uint8Array {
-  if (!Number.isInteger(hops) || hops < 0 || hops > 255) throw new RangeError(`hop count must be 0..255, got ${hops}`);
+  if (!Number.isInteger(hops) || hops < 0 || hops > MAX_HOP_COUNT) throw new RangeError(`hop count must be 0..${MAX_HOP_COUNT}, got ${hops}`);
   if (origin !== 'client' && origin !== 'system') throw new RangeError(`origin must be 'client' or 'system', got ${String(origin)}`);
   const body = encodeCommand(cmd);
   let trailer: Uint8Array | undefined;

@@ -40,6 +40,7 @@ import {
 import { NodeDriver } from './driver.js';
 import { NodeBackend } from './node-backend.js';
 import { DATA_GROUP, fatalHandler, NODE_DEFAULTS, schedulerOf, type LeadershipChange, type NodeObserver, type NodeOptions, type NodeParts } from './node-options.js';
+import type { Scheduler } from './scheduler.js';
 import type { ShardReplica } from './replica.js';
 import { drainLeaderships, type DrainResult } from './drain.js';
 import { ReplicaSet } from './replica-set.js';
@@ -87,6 +88,11 @@ export class KvNode implements KvBackend {
     });
     this.driver = new NodeDriver(parts, this.replicas);
     this.backend = new NodeBackend(opts.id, this.replicas, this.driver);
+  }
+
+  /** The node's clock and timers (NodeOptions.scheduler: the wall clock in kvd, virtual under the simulator), for the layers above it. */
+  get scheduler(): Scheduler {
+    return this.parts.scheduler;
   }
 
   /** Observations for metrics (set after open; read at each event). */

@@ -40,6 +40,7 @@ import {
   type WriteSession,
 } from '../statemachine/index.js';
 import type { ShardDescriptor } from '../sharding/index.js';
+import { invariant } from '../invariant.js';
 import type { EngineOp, EngineView } from '../storage/kv-engine.js';
 import { StateRecorder } from '../storage/state-store.js';
 import { NotLeaderError, OverloadedError, type WatchHandle, type WatchRequest, type WatchSink } from './backend.js';
@@ -156,9 +157,7 @@ export class ShardReplica {
     this.group = opts.group;
     this.reads = new PendingReads(opts.group);
     const snap = opts.storage.snapshot();
-    if (!opts.initialState && snap && snap.data.length === 0) {
-      throw new Error(`group ${opts.group}: a records snapshot (metadata only) needs the machine rebuilt from the records (initialState)`);
-    }
+    invariant(opts.initialState || !snap || snap.data.length > 0, () => `group ${opts.group}: a records snapshot (metadata only) needs the machine rebuilt from the records (initialState)`);
     this.machine = opts.initialState?.sm ?? (snap ? KvStateMachine.restore(snap.data) : new KvStateMachine(opts.stateMachine));
     this.lastSnapshotIndex = snap?.meta.index ?? 0;
     this.records = new ReplicaRecords(opts.initialState?.recorder ?? new StateRecorder(opts.group), opts.stateUnitBytes);

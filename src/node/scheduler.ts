@@ -12,16 +12,31 @@ export interface TimerHandle {
   unref?(): void;
 }
 
-/** Clock and timers for a node. Implementations: `realScheduler` (kvd) and the simulator's virtual one. */
-export interface Scheduler {
+/**
+ * What time it is, for code that only reads the time (deadlines, timestamps, ages). Passed in,
+ * so the simulator can give virtual time; `realClock` (the wall clock) by default.
+ */
+export interface Clock {
   /** Milliseconds since the epoch (wall clock in kvd, virtual time in the simulator). */
   now(): number;
+}
+
+/** The wall clock (`Date.now`). */
+export const realClock: Clock = { now: () => Date.now() };
+
+/** Clock and timers for a node (and the layers above it that set timers). Implementations: `realScheduler` (kvd) and the simulator's virtual one. */
+export interface Scheduler extends Clock {
   /** Run `fn` once after `ms` milliseconds. */
   setTimeout(fn: () => void, ms: number): TimerHandle;
   /** Run `fn` every `ms` milliseconds until cancelled. */
   setInterval(fn: () => void, ms: number): TimerHandle;
   /** Run `fn` after the current event-loop turn's I/O (setImmediate in kvd). */
   setImmediate(fn: () => void): TimerHandle;
+}
+
+/** Resolves after `ms` milliseconds on `scheduler`'s timers. */
+export function sleep(scheduler: Scheduler, ms: number): Promise<void> {
+  return new Promise((resolve) => scheduler.setTimeout(resolve, ms));
 }
 
 /** The wall-clock scheduler kvd uses: Node's own timers. Timers are unref'd only where the caller does so. */

@@ -1,6 +1,7 @@
 /**
  * The host-facing driver of one Raft replica: feeds inputs to `Raft` and hands its outputs out
- * as one `Ready` batch at a time, enforcing the persist → send → apply → advance contract.
+ * as one `Ready` batch at a time, enforcing its contract (see `Ready` in types.ts): start the
+ * durable write → send early messages → apply → once durable, send the other messages → advance.
  */
 import { decodeConfChange, Raft, type RaftConfig } from './raft.js';
 import {
@@ -124,8 +125,9 @@ export class RawNode {
   }
 
   /**
-   * Takes the next batch of work. The host must persist, send, apply (in that order, see
-   * `Ready`) and then call `advance` before asking for another Ready.
+   * Takes the next batch of work. The host must handle it as `Ready` says (start its durable
+   * write, send early messages, apply, send the other messages once the write is durable) and
+   * then call `advance` before asking for another Ready.
    */
   ready(): Ready {
     if (this.outstanding) throw new Error('raft: ready() called again before advance()');

@@ -4,7 +4,7 @@
  * metadata leader by root. Also the helpers the other services use to read a call's credentials.
  */
 import * as grpc from '@grpc/grpc-js';
-import { AccessControl, AuthError, type Principal } from '../auth/access-control.js';
+import { AccessControl, AuthError, NotMetaLeaderError, type Principal } from '../auth/access-control.js';
 import { parsePermissionType, type PermissionType } from '../auth/permissions.js';
 import { authServiceDefinition, META_LEADER_METADATA } from '../wire/auth-proto.js';
 import { AUTHORIZATION_METADATA } from '../wire/auth.js';
@@ -50,7 +50,7 @@ export function addAuthService(server: grpc.Server, access: AccessControl, opts:
   const defaultDeadlineMs = opts.defaultDeadlineMs ?? 30_000;
   const fail = (e: unknown): grpc.ServiceError => {
     if (e instanceof AuthError) {
-      if (e.code === 'UNAVAILABLE' && e.message.includes('does not lead the metadata group')) {
+      if (e instanceof NotMetaLeaderError) {
         const leader = opts.metadataLeaderAddress();
         return authErrorToStatus(
           new AuthError('UNAVAILABLE', leader ? `this node does not lead the metadata group; send auth changes to ${leader}` : 'no metadata leader elected yet'),
@@ -61,7 +61,7 @@ export function addAuthService(server: grpc.Server, access: AccessControl, opts:
     }
     const err = e as Error;
     if (err?.name === 'DeadlineError') return authErrorToStatus(new AuthError('UNAVAILABLE', 'the change was not confirmed before the deadline; check with kvctl user ls / role ls before retrying'));
-    if (err?.name === 'NotLeaderError') return fail(new AuthError('UNAVAILABLE', 'this node does not lead the metadata group'));
+    if (err?.name === 'NotLeaderError') return fail(new NotMetaLeaderError());
     opts.log?.error({ err: String(e) }, 'auth call failed');
     return Object.assign(new Error(err?.message ?? String(e)), { code: grpc.status.INTERNAL, details: err?.message ?? String(e), metadata: new grpc.Metadata() }) as grpc.ServiceError;
   };

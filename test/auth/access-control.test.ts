@@ -1,6 +1,6 @@
 /** AccessControl over an in-memory metadata group: changes as conditional txns, authentication (admin token, tokens, certificate names), authorization, lambdas' roles and the login lock-out. */
 import { describe, expect, it } from 'vitest';
-import { AccessControl, AuthError, type AuthMetaStore } from '../../src/auth/access-control.js';
+import { AccessControl, AuthError, NotMetaLeaderError, type AuthMetaStore } from '../../src/auth/access-control.js';
 import { authorizeOp } from '../../src/coordinator/coordinator.js';
 import type { CommandResult, TxnCommand } from '../../src/statemachine/types.js';
 
@@ -128,6 +128,8 @@ describe('AccessControl', () => {
     await expect(ac.grantPermission('app', '/_sys/', 'read', soon())).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
     await expect(ac.userRole('alice', 'nope', true, soon())).rejects.toMatchObject({ code: 'NOT_FOUND' });
     meta.leader = false;
+    // Classified by type (the gRPC layer answers it with the leader's address), not by its message.
+    await expect(ac.addRole('r2', soon())).rejects.toBeInstanceOf(NotMetaLeaderError);
     await expect(ac.addRole('r2', soon())).rejects.toMatchObject({ code: 'UNAVAILABLE' });
   });
 });

@@ -16,7 +16,6 @@ function fakeHost() {
       from = fromRevision;
       return { cancel: () => {} };
     },
-    hopsOf: () => 0,
     put: async (key, value) => {
       puts.set(key, new TextDecoder().decode(value));
     },

@@ -25,7 +25,6 @@ function fakeShard(writeMs = 0) {
         sink = s;
         return { cancel: () => {} };
       },
-      hopsOf: () => 0,
       put: async (key, value) => {
         counts.puts++;
         keys.set(key, value);

@@ -54,7 +54,7 @@ describe('node-level simulation (real KvNode, coordinator, delivery), part 1', (
     }
   });
 
-  it('the checks catch a gap, a duplicate, a lost write, a stale read, a missed or reordered delivery', async () => {
+  it('the checks catch a gap, a duplicate, a lost write, a stale read, a missed or reordered delivery, a lost hop count', async () => {
     const run = await runNodeSim({ seed: 11, activeMs: 800, settleMs: 1000, faults: false });
     expect(checkRun(run)).toEqual([]);
     const copy = (): NodeSimRun => structuredClone(run);
@@ -65,6 +65,8 @@ describe('node-level simulation (real KvNode, coordinator, delivery), part 1', (
       ['lost write', (r) => { for (const h of r.finalHistories.values()) h.splice(h.findIndex((e) => r.history.some((o) => o.kind === 'put' && o.ret !== undefined && o.value === e.value)), 1); }, /lost|not linearizable/],
       ['stale read', (r) => { const g = r.history.filter((o) => o.kind === 'get' && o.output !== undefined); const op = g[g.length - 1]!; op.output = 'never-written'; }, /not linearizable/],
       ['missed delivery', (r) => { const first = r.deliveries[0]!; r.deliveries.splice(0, r.deliveries.length, ...r.deliveries.filter((d) => d.revision !== first.revision || d.key !== first.key)); }, /never got/],
+      ['hop count lost (read as 0)', (r) => { const h = r.derivedHops.find((x) => x.hops.length > 0)!; h.hops[0] = { ...h.hops[0]!, hops: 0 }; }, /hop count other than 1/],
+      ['no lambda write left to check', (r) => { for (const x of r.derivedHops) x.hops.splice(0); }, /no replica holds an event/],
       ['reordered delivery', (r) => { const k = r.deliveries[0]!.key; const i = r.deliveries.findIndex((d, j) => j > 0 && d.key === k && d.revision > r.deliveries[0]!.revision); const [later] = r.deliveries.splice(i, 1); r.deliveries.unshift({ ...later!, startedAt: r.deliveries[0]!.startedAt - 1 }); }, /per-key order/],
     ];
     for (const [name, mutate, expected] of mutations) {

@@ -9,6 +9,7 @@
 // Size: one class because the restart loop, the circuit breaker and the per-invocation timeouts share one state machine (runState); the backends and the guest side live in their own files.
 import { stat } from 'node:fs/promises';
 import { pathToFileURL } from 'node:url';
+import { realScheduler, type Scheduler, type TimerHandle } from '../../node/scheduler.js';
 import type { ExtensionEvent } from '../api.js';
 import { DEFAULT_SYNC_KV_TIMEOUT_MS } from '../native/sync-kv-bridge.js';
 import type { Backend, BackendEvents, DownCause } from './backend.js';
@@ -77,6 +78,8 @@ export interface RunnerOptions {
    * for `host.kv`, in ms; past it the call returns KVC_ERR_TIMEOUT to the C code.
    */
   nativeKvTimeoutMs?: number;
+  /** The clock and timers of invocation timeouts, the restart window and backoff, and the breaker's pauses (default: the wall clock). */
+  clock?: Scheduler;
 }
 
 /** What a runner reports as it happens. */
@@ -182,7 +185,7 @@ interface Pending {
   readonly resolve: () => void;
   readonly reject: (e: LambdaError) => void;
   backend: Backend | undefined;
-  timer: NodeJS.Timeout | undefined;
+  timer: TimerHandle | undefined;
 }
 
 interface Resolved {
@@ -200,6 +203,19 @@ interface Resolved {
   initializeTimeoutMs: number;
   shutdownTimeoutMs: number;
   nativeKvTimeoutMs: number;
+  clock: Scheduler;
+}
+
+/** The window the restart budget (`maxRestartsPerMinute`) counts restarts in, ms. */
+const RESTART_WINDOW_MS = 60_000;
+/** First pause between two failed restarts of a worker, ms (doubled per failure up to {@link MAX_RESTART_BACKOFF_MS}). */
+const RESTART_BACKOFF_MS = 100;
+/** Longest pause between two failed restarts of a worker, ms. */
+const MAX_RESTART_BACKOFF_MS = 5_000;
+
+/** Resolves after `ms` on `clock`'s timers, without keeping the process alive for it. */
+function sleepUnref(clock: Scheduler, ms: number): Promise<void> {
+  return new Promise((resolve) => void clock.setTimeout(resolve, ms).unref?.());
 }
 
 const MAX_TIMER_MS = 2 ** 31 - 1;
@@ -244,6 +260,7 @@ function resolveOptions(o: RunnerOptions): Resolved {
     initializeTimeoutMs: checkNumber('initializeTimeoutMs', o.initializeTimeoutMs, RUNNER_DEFAULTS.initializeTimeoutMs, 1),
     shutdownTimeoutMs: checkNumber('shutdownTimeoutMs', o.shutdownTimeoutMs, RUNNER_DEFAULTS.shutdownTimeoutMs, 1),
     nativeKvTimeoutMs: checkNumber('nativeKvTimeoutMs', o.nativeKvTimeoutMs, RUNNER_DEFAULTS.nativeKvTimeoutMs, 1),
+    clock: o.clock ?? realScheduler,
   };
 }
 
@@ -329,7 +346,7 @@ export class ExtensionRunner {
   /** Circuit breaker: times opened since it last closed, when it retries, its timer, the half-open trial. */
   private opened = 0;
   private retryAtMs: number | undefined;
-  private pauseTimer: NodeJS.Timeout | undefined;
+  private pauseTimer: TimerHandle | undefined;
   /** Half-open: the restart after a pause succeeded; one invocation (the trial) runs, the others wait. */
   private probing = false;
   private trial: Pending | undefined;
@@ -469,7 +486,7 @@ export class ExtensionRunner {
    */
   resume(): boolean {
     if (this.runState === 'paused') {
-      clearTimeout(this.pauseTimer);
+      this.pauseTimer?.cancel();
       this.pauseTimer = undefined;
       this.opened = 0;
       this.restartTimes = [];
@@ -546,7 +563,7 @@ export class ExtensionRunner {
   private async doStop(): Promise<void> {
     const wasReady = this.runState === 'ready';
     this.runState = 'stopping';
-    clearTimeout(this.pauseTimer);
+    this.pauseTimer?.cancel();
     this.probing = false;
     for (const p of [...this.pending.values()]) this.settle(p, new LambdaError('stopped', `extension "${this.o.name}" was stopped`));
     this.queued = [];
@@ -654,7 +671,7 @@ export class ExtensionRunner {
   private dispatch(p: Pending): void {
     const b = this.current!;
     p.backend = b;
-    p.timer = setTimeout(() => this.onTimeout(p), p.timeoutMs);
+    p.timer = this.o.clock.setTimeout(() => this.onTimeout(p), p.timeoutMs);
     if (!b.alive) {
       this.onDown(b, 'worker-crashed', 'the worker is gone');
       return;
@@ -668,7 +685,7 @@ export class ExtensionRunner {
 
   private settle(p: Pending, err?: LambdaError): void {
     if (!this.pending.delete(p.id)) return;
-    clearTimeout(p.timer);
+    p.timer?.cancel();
     if (this.trial === p) {
       this.trial = undefined;
       // The worker survived it (done, or the lambda threw): close. A crash or timeout pauses again (onDown).
@@ -760,14 +777,14 @@ export class ExtensionRunner {
     this.opened++;
     this.failure = reason;
     const wait = this.pauseFor(this.opened);
-    this.retryAtMs = Date.now() + wait;
+    this.retryAtMs = this.o.clock.now() + wait;
     this.log('error', `extension paused: ${reason}; events wait, retry at ${new Date(this.retryAtMs).toISOString()}`, { reason, retryAtMs: this.retryAtMs });
     try {
       this.o.observer.paused?.(reason, this.retryAtMs);
     } catch {
       // ignore
     }
-    this.pauseTimer = setTimeout(() => this.halfOpen(), wait);
+    this.pauseTimer = this.o.clock.setTimeout(() => this.halfOpen(), wait);
     this.pauseTimer.unref?.();
   }
 
@@ -786,8 +803,8 @@ export class ExtensionRunner {
     await killed;
     let failures = 0;
     while (this.runState === 'restarting') {
-      const now = Date.now();
-      this.restartTimes = this.restartTimes.filter((t) => now - t < 60_000);
+      const now = this.o.clock.now();
+      this.restartTimes = this.restartTimes.filter((t) => now - t < RESTART_WINDOW_MS);
       if (probe ? failures > 0 : this.restartTimes.length >= this.o.maxRestartsPerMinute) {
         this.probing = false;
         this.enterPaused(probe ? `the half-open restart failed` : `more than ${this.o.maxRestartsPerMinute} worker restarts within a minute`);
@@ -830,7 +847,7 @@ export class ExtensionRunner {
       if (this.runState !== 'restarting') return;
       failures++;
       this.log('error', `extension restart failed: ${problem}`, { attempt: failures });
-      await new Promise<void>((r) => setTimeout(r, Math.min(100 * 2 ** (failures - 1), 5_000)).unref());
+      await sleepUnref(this.o.clock, Math.min(RESTART_BACKOFF_MS * 2 ** (failures - 1), MAX_RESTART_BACKOFF_MS));
     }
   }
 

@@ -6,6 +6,7 @@
  */
 import type { ExtensionHost, HostEvent, HostShard, LeadershipChange, SystemCommand } from '../host.js';
 import { NotLeaderError } from '../../node/backend.js';
+import { realScheduler, type Scheduler } from '../../node/scheduler.js';
 import { WatchHub } from '../../node/watch-hub.js';
 import { initialMap, META_GROUP, type ClusterMap } from '../../sharding/index.js';
 import { KvStateMachine, type Command, type CommandOrigin, type CommandResult, type KvStateMachineOptions, type WriteSession } from '../../statemachine/index.js';
@@ -14,7 +15,7 @@ import { KvStateMachine, type Command, type CommandOrigin, type CommandResult, t
 export class MemoryShard implements HostShard {
   /** The group's state machine (the real one, in memory). */
   readonly sm: KvStateMachine;
-  private readonly watches = new WatchHub(() => this.sm, Date.now);
+  private readonly watches: WatchHub;
   private index = 0;
   /** The term this twin leads the group in (undefined: it does not lead). */
   term: number | undefined;
@@ -23,8 +24,11 @@ export class MemoryShard implements HostShard {
     readonly group: number,
     /** Options of its state machine (a short history window, for tests of compaction). */
     smOptions: KvStateMachineOptions = {},
+    /** The clock of its write timestamps, proposal deadlines and watch progress (default: the wall clock). */
+    private readonly clock: Scheduler = realScheduler,
   ) {
     this.sm = new KvStateMachine(smOptions);
+    this.watches = new WatchHub(() => this.sm, () => this.clock.now());
   }
 
   isLeader(): boolean {
@@ -77,7 +81,7 @@ export class MemoryShard implements HostShard {
   }
 
   async propose(cmd: SystemCommand, deadlineMs: number): Promise<CommandResult> {
-    if (Date.now() > deadlineMs) throw new Error('deadline passed');
+    if (this.clock.now() > deadlineMs) throw new Error('deadline passed');
     if (!this.isLeader()) throw new NotLeaderError(0, undefined, this.group);
     return this.apply(cmd, 'system', 0);
   }
@@ -87,7 +91,7 @@ export class MemoryShard implements HostShard {
    * session when it has one: a repeated session write gets its first result), whoever leads.
    */
   apply(cmd: Command, origin: CommandOrigin, hops: number, session?: WriteSession): CommandResult {
-    const out = this.sm.apply(++this.index, Date.now(), cmd, origin, session, hops);
+    const out = this.sm.apply(++this.index, this.clock.now(), cmd, origin, session, hops);
     if (out.events.length > 0) this.watches.publish(out.events);
     return out.result;
   }
@@ -106,11 +110,13 @@ export class MemoryExtensionHost implements ExtensionHost {
     shards = 1,
     /** Options of the data shards' state machines. */
     smOptions: KvStateMachineOptions = {},
+    /** The twin's clock and timers (`ExtensionHost.clock`: what the extension layer runs on; default the wall clock). */
+    readonly clock: Scheduler = realScheduler,
   ) {
     this.map = initialMap([{ id: nodeId, address: `127.0.0.1:${17000 + nodeId}` }], { shards, replicas: 1 });
-    this.groups.set(META_GROUP, new MemoryShard(META_GROUP));
+    this.groups.set(META_GROUP, new MemoryShard(META_GROUP, {}, clock));
     this.groups.get(META_GROUP)!.term = 1;
-    for (const s of this.map.shards) this.groups.set(s.group, new MemoryShard(s.group, smOptions));
+    for (const s of this.map.shards) this.groups.set(s.group, new MemoryShard(s.group, smOptions, clock));
   }
 
   shardMap(): ClusterMap {
@@ -120,7 +126,7 @@ export class MemoryExtensionHost implements ExtensionHost {
   /** Replaces the cluster map and tells the map listeners. */
   setMap(map: ClusterMap): void {
     this.map = map;
-    for (const s of map.shards) if (!this.groups.has(s.group)) this.groups.set(s.group, new MemoryShard(s.group));
+    for (const s of map.shards) if (!this.groups.has(s.group)) this.groups.set(s.group, new MemoryShard(s.group, {}, this.clock));
     for (const fn of this.mapListeners) fn(map);
   }
 

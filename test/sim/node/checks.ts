@@ -146,8 +146,24 @@ export function checkDeliveries(run: NodeSimRun, history: readonly SeenEvent[]):
   return problems;
 }
 
+/**
+ * Hop counts recorded with the data: every lambda write (under DERIVED_PREFIX, made at depth 1
+ * by a lambda handling a client's write) still in a replica's history carries hop count 1 there,
+ * whatever crashes, restarts and snapshot installs it went through; and if the lambda wrote
+ * anything, some replica still holds such an event (the check is not vacuous).
+ */
+export function checkHops(run: NodeSimRun): string[] {
+  const problems: string[] = [];
+  for (const r of run.derivedHops) {
+    const wrong = r.hops.filter((h) => h.hops !== 1);
+    if (wrong.length > 0) problems.push(`node ${r.node}: ${wrong.length} lambda write(s) recorded with a hop count other than 1, first ${wrong[0]!.key} @${wrong[0]!.revision} with ${wrong[0]!.hops}`);
+  }
+  if (run.derived.size > 0 && !run.derivedHops.some((r) => r.hops.length > 0)) problems.push('the lambda wrote, but no replica holds an event of its writes to check the hop count of');
+  return problems;
+}
+
 /** Every check of a run; the problems found (empty when it passed). */
 export function checkRun(run: NodeSimRun): string[] {
   const { history, problems } = agreedHistory(run);
-  return [...run.problems, ...problems, ...checkClients(run, history), ...checkWatches(run, history), ...checkDeliveries(run, history)];
+  return [...run.problems, ...problems, ...checkClients(run, history), ...checkWatches(run, history), ...checkDeliveries(run, history), ...checkHops(run)];
 }

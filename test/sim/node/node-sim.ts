@@ -22,11 +22,15 @@
  *
  * Determinism: the same seed gives the same run (`runDigest`). The node's driver takes the run's
  * virtual scheduler (NodeOptions.scheduler, a view owned by the incarnation: `viewFor`) and its
- * replicas' election seeds come from the schedule's seed (NodeOptions.seed). The coordinator, the
- * extension layer (dispatcher, delivery, kv-node-host), the watch hub, the snapshot sender and
- * the storage layer (MemoryEngine's latency, the state store's yielding) still read the global
- * clock and timers; the run installs the virtual scheduler as those globals while it runs
- * (VirtualScheduler.install), so they are virtual and reproducible too, but not yet by injection.
+ * replicas' election seeds come from the schedule's seed (NodeOptions.seed). The coordinator
+ * (CoordinatorOptions.clock, with its MergedWatches) and the extension layer (delivery,
+ * dispatchers, registry writes, lambda services: ExtensionHost.clock, which kvNodeHost takes from
+ * KvNode.scheduler) run on that same view by injection. What still reads the global clock and
+ * timers: the storage layer (MemoryEngine's latency, the state store's and LevelEngine's
+ * yielding), value release and the loopback transport's setImmediate, server/lambda-kv.ts's
+ * retry sleep, performance.now latency metrics, and this file's own lambda and reload; the run
+ * installs the virtual scheduler as those globals while it runs (VirtualScheduler.install), so
+ * they are virtual and reproducible too.
  *
  * Size: one class (about 800 lines) for one schedule's cluster, clients, watchers, lambda and
  * faults, because they all draw from the run's one random sequence in one order (that order is
@@ -135,6 +139,12 @@ export interface NodeSimRun {
   readonly derived: Map<string, string>;
   /** The lambda's dead letters at the end (events it gave up on), by kind. */
   readonly deadLetters: { kind: string; key: string; revision: number }[];
+  /**
+   * Per live data replica at the end, the hop count of each event under DERIVED_PREFIX still in
+   * its history (the lambda's writes: 1 each, recorded with the data, through crashes, restarts
+   * from the records and snapshot installs).
+   */
+  readonly derivedHops: { node: NodeId; hops: { key: string; revision: number; hops: number }[] }[];
   /** How the lambda ran (it may have been moved to process isolation meanwhile). */
   readonly lambdaMode: 'in-process' | 'worker';
   /** Per watcher, the revision it had seen everything up to at the end. */
@@ -297,6 +307,7 @@ class NodeSim {
       watcherEnds: this.watcherEnds.map((f) => f()),
       derived: end.derived,
       deadLetters: end.deadLetters,
+      derivedHops: end.derivedHops,
       lambdaMode: this.inProcess ? 'in-process' : 'worker',
       rewatches: end.rewatches,
       problems: this.problems,
@@ -371,6 +382,8 @@ class NodeSim {
           node.start();
           inc.node = node;
           inc.coord = new Coordinator(node, {
+            // The node's virtual clock and timers, by injection (deadlines, suspicion periods; MergedWatch reads it too).
+            clock: node.scheduler,
             selfAddress: addressOf(id),
             leaderAddress: (g) => node.leaderAddress(g),
             stubs: simNodeStubs(this.net, id, { idOf: (a) => this.idOf(a), coordinatorOf: (x) => this.coordinatorOf(x) }),
@@ -862,7 +875,7 @@ class NodeSim {
    * Collects, once everything settled, each live node's full history of DATA_PREFIX (a watch from
    * revision 1) and re-watches from random earlier revisions on random nodes.
    */
-  private async finalChecksData(): Promise<{ finalHistories: Map<NodeId, SeenEvent[]>; rewatches: NodeSimRun['rewatches']; derived: Map<string, string>; deadLetters: NodeSimRun['deadLetters'] }> {
+  private async finalChecksData(): Promise<{ finalHistories: Map<NodeId, SeenEvent[]>; rewatches: NodeSimRun['rewatches']; derived: Map<string, string>; deadLetters: NodeSimRun['deadLetters']; derivedHops: NodeSimRun['derivedHops'] }> {
     const finalHistories = new Map<NodeId, SeenEvent[]>();
     const rewatches: NodeSimRun['rewatches'] = [];
     const lastRevision = Math.max(0, ...[...this.incs.values()].map((i) => (i.dead ? 0 : (i.node?.replica(DATA_GROUP)?.revision ?? 0))));
@@ -932,7 +945,22 @@ class NodeSim {
       const ds = [...inc.loaded.deliveries.values()].map((d) => JSON.stringify(d.dispatcher.stats));
       this.trace(`END node ${inc.id}#${inc.owner}: ${leads ? 'leads' : 'follows'} the data shard; lambda ${(inc.loaded.runner as unknown as { mode: string }).mode}; dispatchers ${ds.join(' ') || 'none'}`);
     }
-    return { finalHistories, rewatches, derived, deadLetters };
+    // The hop count each replica recorded with the lambda's writes (its events still in the history).
+    const derivedHops: NodeSimRun['derivedHops'] = [];
+    for (const inc of this.incs.values()) {
+      const r = inc.dead ? undefined : inc.node?.replica(DATA_GROUP);
+      if (!r) continue;
+      const sm = r.internalsForTests().sm;
+      const hops: NodeSimRun['derivedHops'][number]['hops'] = [];
+      for (let from = sm.oldestHistoryRevision; ; ) {
+        const page = sm.eventsSince(from, DERIVED_PREFIX);
+        for (const e of page.events) hops.push({ key: e.key, revision: e.revision, hops: e.hops ?? 0 });
+        if (!page.more) break;
+        from = page.nextRevision;
+      }
+      derivedHops.push({ node: inc.id, hops });
+    }
+    return { finalHistories, rewatches, derived, deadLetters, derivedHops };
   }
 }
 

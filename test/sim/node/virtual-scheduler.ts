@@ -11,8 +11,10 @@
  * to that owner too, so `kill(owner)` cancels everything a crashed node left behind and
  * `pause(owner)` holds all of a node's work (a frozen process) until it resumes.
  *
- * Global shim: the node's own timers go through the Scheduler it is given, but other layers
- * (coordinator, extensions, storage) still call the global `setTimeout`/`Date.now`. While a run
+ * Global shim: the node's own timers go through the Scheduler it is given, and so do the
+ * coordinator's and the extension layer's (injected: see node-sim.ts), but other layers (storage,
+ * value release, the loopback transport, lambda-kv's retry sleep) still call the global
+ * `setTimeout`/`Date.now`. While a run
  * is {@link VirtualScheduler.install}ed, the globals (`setTimeout`, `setInterval`, `setImmediate`,
  * their `clear*`, `Date.now`, `performance.now`, `Math.random`) are this clock and the seeded
  * random, so every layer runs on virtual time and the same seed gives the same run.
