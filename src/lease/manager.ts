@@ -352,12 +352,14 @@ export class LeaseManager {
           this.versions.delete(id);
           if (expired) this.counters.expired++;
           else this.counters.revokes++;
+          this.pendingShardRevokes.add(id);
         } else {
           this.keeper.revokeFailed(id);
         }
       }
     }
     if (!ok) throw new LeaseError('UNAVAILABLE', 'the revoke did not commit (the lease table changed or leadership moved); retry');
+    void this.cleanShards();
   }
 
   private async checkpoint(): Promise<void> {
@@ -470,6 +472,7 @@ export class LeaseManager {
     if (res.type === 'rejected') throw res.error;
     if (res.type !== 'txn') throw new Error(`unexpected result ${res.type}`);
     if (!res.succeeded) return { succeeded: false, revision: res.revision, version: s.get(req.key)?.version ?? 0 };
+    this.knownLeases.add(id); // its record's deletion, when this node applies it, cleans this shard
     // Revoked meanwhile: the fan-out may have run before this put applied; clean up now.
     const meta = this.host.meta();
     if (meta && !meta.get(leaseRecordKey(id))) await this.revokeInShard(s, id).catch(() => {});
