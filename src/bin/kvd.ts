@@ -16,6 +16,7 @@ import { ensureConfiguredExtensions } from './configured-extensions.js';
 import { GrpcPeerTransport } from '../node/grpc-transport.js';
 import { kvdCredentials } from './kvd-tls.js';
 import { addHealthService } from '../server/health.js';
+import { startNodeLeases } from './lease-wiring.js';
 import { NodeMetrics } from '../node/metrics.js';
 import { LevelEngine } from '../storage/kv-engine.js';
 import { addKvServices, createGrpcServer } from '../server/kv-service.js';
@@ -363,6 +364,7 @@ async function main(): Promise<void> {
     access,
     ...(cfg.adminToken ? { adminToken: cfg.adminToken } : {}),
   });
+  const leases = startNodeLeases(node, server, { access, log: log.child({ component: 'leases' }) });
   let stopping = false;
   const health = addHealthService(server, () => node.readiness(), log);
   // The web console: its page on the metrics port, the Console service on the client API.
@@ -422,6 +424,7 @@ async function main(): Promise<void> {
     // The counterpart of the readiness line.
     process.stdout.write(`${JSON.stringify({ event: 'stopping', id: cfg.id, signal, led: drained?.led ?? 0, stillLeading: drained?.stillLeading ?? [] })}\n`);
     health.close();
+    leases.stop();
     webConsole.close();
     configured.stop();
     cluster.stop();

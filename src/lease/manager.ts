@@ -456,7 +456,7 @@ export class LeaseManager {
    * A put with a lease, on the key's shard leader: one txn writes the key and its attachment (so
    * the key and its lease bond at one revision). NOT_FOUND when the lease does not exist.
    */
-  async put(req: LeasePut, deadlineMs: number): Promise<{ succeeded: boolean; revision: number; version: number }> {
+  async put(req: LeasePut, deadlineMs: number): Promise<{ succeeded: boolean; revision: number; version: number; timestampMs: number }> {
     const id = checkLeaseId(req.lease);
     const group = this.host.groupOfKey(req.key);
     const s = this.host.shard(group);
@@ -471,12 +471,12 @@ export class LeaseManager {
     const res = await s.propose({ type: 'txn', compares, writes: [{ type: 'put', key: req.key, value: req.value }, { type: 'put', key: aKey, value: EMPTY }] }, deadlineMs);
     if (res.type === 'rejected') throw res.error;
     if (res.type !== 'txn') throw new Error(`unexpected result ${res.type}`);
-    if (!res.succeeded) return { succeeded: false, revision: res.revision, version: s.get(req.key)?.version ?? 0 };
+    if (!res.succeeded) return { succeeded: false, revision: res.revision, version: s.get(req.key)?.version ?? 0, timestampMs: res.timestampMs };
     this.knownLeases.add(id); // its record's deletion, when this node applies it, cleans this shard
     // Revoked meanwhile: the fan-out may have run before this put applied; clean up now.
     const meta = this.host.meta();
     if (meta && !meta.get(leaseRecordKey(id))) await this.revokeInShard(s, id).catch(() => {});
-    return { succeeded: true, revision: res.revision, version: res.revision };
+    return { succeeded: true, revision: res.revision, version: res.revision, timestampMs: res.timestampMs };
   }
 
   /** Deletes lease `id`'s keys (those still at their attached version) and attachments in shard `s`: one txn, one revision. */
