@@ -364,7 +364,14 @@ async function main(): Promise<void> {
     access,
     ...(cfg.adminToken ? { adminToken: cfg.adminToken } : {}),
   });
-  const leases = startNodeLeases(node, server, { access, log: log.child({ component: 'leases' }) });
+  const leases = startNodeLeases(node, server, {
+    access,
+    log: log.child({ component: 'leases' }),
+    options: {
+      ...(cfg.leaseGraceMs !== undefined ? { graceMs: cfg.leaseGraceMs } : {}),
+      limits: { ...(cfg.maxLeases !== undefined ? { maxLeases: cfg.maxLeases } : {}), ...(cfg.leaseMinTtl !== undefined ? { minTtlSec: cfg.leaseMinTtl } : {}) },
+    },
+  });
   let stopping = false;
   const health = addHealthService(server, () => node.readiness(), log);
   // The web console: its page on the metrics port, the Console service on the client API.
