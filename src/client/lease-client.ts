@@ -145,6 +145,11 @@ export class LeaseClient extends EventEmitter<LeaseClientEvents> {
     }
   }
 
+  /** The node that last answered a lease call or carried the keep-alive stream: the metadata leader as far as this client knows. */
+  get metaLeader(): string {
+    return this.streamTarget;
+  }
+
   /** Grants a lease of `ttlSec` seconds; resolves with its id. */
   async grant(ttlSec: number): Promise<number> {
     const r = await this.call<{ id?: number | string }>('leaseGrant', { ttl: ttlSec });

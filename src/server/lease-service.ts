@@ -137,7 +137,7 @@ export function addLeaseService(server: grpc.Server, leases: LeaseManager, opts:
       try {
         p = principalOf(call);
       } catch (e) {
-        call.destroy(fail(e));
+        call.emit('error', fail(e));
         streams.delete(call);
         return;
       }
@@ -164,7 +164,7 @@ export function addLeaseService(server: grpc.Server, leases: LeaseManager, opts:
             call.write({ id: leaseId, ttl: 0 });
           } else if (e instanceof LeaseError && e.code === 'UNAVAILABLE') {
             // Not (or no longer) the metadata leader: end the stream; the client reconnects to the leader.
-            call.destroy(fail(e));
+            call.emit('error', fail(e));
           } else {
             const code = e instanceof LeaseError || e instanceof AuthError ? e.code : 'INVALID_ARGUMENT';
             call.write({ id: leaseId, ttl: 0, error: code });
@@ -184,7 +184,7 @@ export function addLeaseService(server: grpc.Server, leases: LeaseManager, opts:
   });
   return {
     close: () => {
-      for (const s of streams) s.destroy(status(grpc.status.UNAVAILABLE, 'node is shutting down', { 'kv-retry-safe': '1' }));
+      for (const s of streams) s.emit('error', status(grpc.status.UNAVAILABLE, 'node is shutting down', { 'kv-retry-safe': '1' }));
       streams.clear();
     },
   };

@@ -1,0 +1,158 @@
+/**
+ * Leases on real kvd processes (3 nodes, 4 shards): expiry after the TTL deleting keys in two
+ * shards (watches see DELETE events, one revision per shard), keep-alives extending, revoke,
+ * bad input, a kill -9 of the metadata leader during keep-alives expiring no live lease, and a
+ * client that stops renewing losing its lease.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { KvClient, LeaseClient, type KvWatchEvent } from '../../src/client/index.js';
+import { KvdCluster } from './harness.js';
+
+let cluster: KvdCluster;
+let kv: KvClient;
+const leaseClients: LeaseClient[] = [];
+
+beforeAll(async () => {
+  cluster = await KvdCluster.start({ nodes: 3, tickMs: 50, electionTicks: 10, defaultShards: 4, extraArgs: ['--lease-grace-ms', '3000'] });
+  kv = cluster.client();
+  await kv.shardMap();
+}, 120_000);
+
+afterAll(async () => {
+  for (const c of leaseClients) c.close();
+  await cluster?.stop();
+});
+
+function leases(): LeaseClient {
+  const c = new LeaseClient({ endpoints: cluster.endpoints });
+  leaseClients.push(c);
+  return c;
+}
+
+/** Keys under `prefix` spread over at least two shards: `perShard` keys in each of two shards. */
+function keysInTwoShards(prefix: string, perShard: number): { keys: string[]; shards: number[] } {
+  const byShard = new Map<number, string[]>();
+  for (let i = 0; i < 200; i++) {
+    const k = `${prefix}${i}`;
+    const s = kv.routeOf(k).shard!;
+    byShard.set(s, [...(byShard.get(s) ?? []), k]);
+  }
+  const two = [...byShard.entries()].filter(([, ks]) => ks.length >= perShard).slice(0, 2);
+  expect(two.length).toBe(2);
+  return { keys: two.flatMap(([, ks]) => ks.slice(0, perShard)), shards: two.map(([s]) => s) };
+}
+
+/** Collects watch events under `prefix` until `done` says so (or the timeout). */
+async function collect(prefix: string, done: (evs: KvWatchEvent[]) => boolean, timeoutMs: number): Promise<KvWatchEvent[]> {
+  const w = kv.watch(prefix);
+  const out: KvWatchEvent[] = [];
+  const timer = setTimeout(() => w.close(), timeoutMs);
+  try {
+    for await (const b of w) {
+      out.push(...b.events);
+      if (done(out)) break;
+    }
+  } finally {
+    clearTimeout(timer);
+    w.close();
+  }
+  return out;
+}
+
+async function exists(key: string): Promise<boolean> {
+  return (await kv.get(key)).found;
+}
+
+describe('leases on a kvd cluster', () => {
+  it('a lease not kept alive expires after its TTL: its keys in two shards are deleted, one revision per shard, and watches see the DELETEs', async () => {
+    const lc = leases();
+    const { keys, shards } = keysInTwoShards('/cams/a/', 2);
+    const id = await lc.grant(2);
+    const granted = Date.now();
+    for (const k of keys) expect((await kv.put(k, 'online', { lease: id })).succeeded).toBe(true);
+    expect((await lc.timeToLive(id, { keys: true })).keys).toEqual([...keys].sort());
+    const dels = collect('/cams/a/', (evs) => evs.filter((e) => e.type === 'delete').length >= keys.length, 15_000);
+    const evs = (await dels).filter((e) => e.type === 'delete');
+    const elapsed = Date.now() - granted;
+    expect(evs.map((e) => e.key).sort()).toEqual([...keys].sort());
+    expect(elapsed).toBeGreaterThanOrEqual(2_000);
+    expect(elapsed).toBeLessThan(8_000);
+    for (const s of shards) expect(new Set(evs.filter((e) => e.shard === s).map((e) => e.revision)).size).toBe(1);
+    for (const k of keys) expect(await exists(k)).toBe(false);
+    await expect(lc.timeToLive(id)).rejects.toMatchObject({ code: 'NOT_FOUND' });
+  }, 30_000);
+
+  it('keep-alives keep a lease and its keys past many TTLs; revoke then deletes every key', async () => {
+    const lc = leases();
+    const id = await lc.grant(2);
+    await kv.put('/cams/b/1', 'x', { lease: id });
+    await kv.put('/cams/b/2', 'y', { lease: id });
+    lc.keepAlive(id, 2);
+    await new Promise((r) => setTimeout(r, 6_000));
+    expect(await exists('/cams/b/1')).toBe(true);
+    expect((await lc.timeToLive(id)).ttl).toBeGreaterThan(0);
+    expect(lc.stats.received).toBeGreaterThanOrEqual(3);
+    await lc.revoke(id);
+    const deadline = Date.now() + 5_000;
+    while (Date.now() < deadline && ((await exists('/cams/b/1')) || (await exists('/cams/b/2')))) await new Promise((r) => setTimeout(r, 50));
+    expect(await exists('/cams/b/1')).toBe(false);
+    expect(await exists('/cams/b/2')).toBe(false);
+    expect((await lc.leases()).some((l) => l.id === id)).toBe(false);
+  }, 30_000);
+
+  it('bad input gets clear errors', async () => {
+    const lc = leases();
+    await expect(lc.grant(1)).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', message: expect.stringMatching(/TTL is a whole number of seconds from 2/) });
+    await expect(kv.put('/cams/x', 'v', { lease: 999_999 })).rejects.toMatchObject({ code: 'NOT_FOUND' });
+    const id = await lc.grant(10);
+    await expect(lc.put('/_sys/evil', 'v', { lease: id })).rejects.toMatchObject({ code: 'PERMISSION_DENIED' });
+    await expect(lc.revoke(123_456_789)).rejects.toMatchObject({ code: 'NOT_FOUND' });
+    await lc.revoke(id);
+  }, 30_000);
+
+  it('a client that stops sending keep-alives loses its lease: the keys go and the other leases stay', async () => {
+    const lc = leases();
+    const paused = await lc.grant(2);
+    const kept = await lc.grant(2);
+    await kv.put('/cams/c/paused', 'on', { lease: paused });
+    await kv.put('/cams/c/kept', 'on', { lease: kept });
+    const lost: number[] = [];
+    lc.on('lost', (id) => lost.push(id));
+    lc.keepAlive(paused, 2);
+    lc.keepAlive(kept, 2);
+    await new Promise((r) => setTimeout(r, 3_000));
+    lc.stopKeepAlive(paused);
+    const deadline = Date.now() + 10_000;
+    while (Date.now() < deadline && (await exists('/cams/c/paused'))) await new Promise((r) => setTimeout(r, 100));
+    expect(await exists('/cams/c/paused')).toBe(false);
+    expect(await exists('/cams/c/kept')).toBe(true);
+    expect(lost).toEqual([]);
+    await lc.revoke(kept);
+  }, 30_000);
+
+  it('kill -9 of the metadata leader during keep-alives expires no live lease; the abandoned one still expires', async () => {
+    const lc = leases();
+    const ids: number[] = [];
+    for (let i = 0; i < 20; i++) ids.push(await lc.grant(3));
+    for (const [i, id] of ids.entries()) await kv.put(`/cams/d/${i}`, 'on', { lease: id });
+    const abandoned = await lc.grant(3);
+    await kv.put('/cams/d/abandoned', 'on', { lease: abandoned });
+    const lost: string[] = [];
+    lc.on('lost', (id, reason, detail) => lost.push(`${id} ${reason} ${detail} at ${Date.now()}`));
+    for (const id of ids) lc.keepAlive(id, 3);
+    await new Promise((r) => setTimeout(r, 2_000));
+    const leader = cluster.nodes.find((n) => n.address === lc.metaLeader)!;
+    expect(leader).toBeDefined();
+    await cluster.kill(leader.id, 'SIGKILL');
+    // Through the election, the grace and well past the TTL.
+    await new Promise((r) => setTimeout(r, 9_000));
+    expect(lost).toEqual([]);
+    expect(lc.metaLeader).not.toBe(leader.address);
+    const survivors = cluster.endpoints.filter((e) => e !== leader.address);
+    const kv2 = cluster.client(survivors);
+    for (let i = 0; i < ids.length; i++) expect((await kv2.get(`/cams/d/${i}`)).found).toBe(true);
+    expect((await kv2.get('/cams/d/abandoned')).found).toBe(false);
+    for (const id of ids) lc.stopKeepAlive(id);
+    await cluster.startNode(leader.id);
+  }, 60_000);
+});
