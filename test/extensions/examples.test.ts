@@ -68,7 +68,7 @@ describe('example extensions', () => {
     expect(state).toMatchObject({ state: 'swivel', photos: 1 });
   });
 
-  it('camera: a presence key deleted (its lease ended) fires the offline lambda', async () => {
+  it('camera (loaded above): a presence key deleted (its lease ended) fires the offline lambda', async () => {
     await c.put('/cameras/c9/online', 'yes');
     const on = await c.until(async () => {
       const s = await c.get('/cameras/c9/presence');
