@@ -57,15 +57,14 @@ async function runKvd(n: number, ttl: number, seconds: number, log: (s: string) 
   const lc = new LeaseClient({ endpoints: c.endpoints, deadlineMs: 30_000 });
   try {
     const t0 = Date.now();
-    const ids: number[] = new Array(n);
-    await mapLimit([...Array(n).keys()], 256, async (i) => {
-      ids[i] = await lc.grant(ttl);
+    let lost = 0;
+    lc.on('lost', () => lost++);
+    // Each lease is kept alive from its grant on.
+    await mapLimit([...Array(n).keys()], 256, async () => {
+      lc.keepAlive(await lc.grant(ttl), ttl);
     });
     const grantSeconds = (Date.now() - t0) / 1000;
     log(`kvd: ${n} leases granted in ${grantSeconds.toFixed(1)} s`);
-    let lost = 0;
-    lc.on('lost', () => lost++);
-    for (const id of ids) lc.keepAlive(id, ttl);
     // Warm up one keep-alive round before measuring.
     await new Promise((r) => setTimeout(r, (ttl * 1000) / 3 + 500));
     const s0 = { ...lc.stats };
@@ -109,18 +108,11 @@ async function runEtcd(n: number, ttl: number, seconds: number, log: (s: string)
   const c = await startEtcdCluster({ log });
   const stub = etcdLeaseStub(c.endpoints[0]!);
   try {
-    const t0 = Date.now();
-    const ids: string[] = new Array(n);
-    await mapLimit([...Array(n).keys()], 256, async (i) => {
-      ids[i] = await new Promise<string>((res, rej) =>
-        stub.leaseGrant({ TTL: ttl }, new grpc.Metadata(), { deadline: new Date(Date.now() + 30_000) }, (e, r) => (e ? rej(e) : res(r!.ID))),
-      );
-    });
-    const grantSeconds = (Date.now() - t0) / 1000;
-    log(`etcd: ${n} leases granted in ${grantSeconds.toFixed(1)} s`);
-    // One stream, every lease renewed every TTL/3 (etcd's clientv3 does the same per lease).
+    const ids: string[] = [];
+    // One stream, every lease renewed every TTL/3 (etcd's clientv3 does the same per lease), from its grant on.
     const stream = stub.leaseKeepAlive();
     const stats = { sent: 0, received: 0 };
+    const t0 = Date.now();
     const lostIds = new Set<string>();
     stream.on('data', (m: { ID: string; TTL: string }) => {
       stats.received++;
@@ -133,8 +125,16 @@ async function runEtcd(n: number, ttl: number, seconds: number, log: (s: string)
         stream.write({ ID: id });
       }
     };
-    round();
     const timer = setInterval(round, (ttl * 1000) / 3);
+    await mapLimit([...Array(n).keys()], 256, async () => {
+      ids.push(
+        await new Promise<string>((res, rej) =>
+          stub.leaseGrant({ TTL: ttl }, new grpc.Metadata(), { deadline: new Date(Date.now() + 30_000) }, (e, r) => (e ? rej(e) : res(r!.ID))),
+        ),
+      );
+    });
+    const grantSeconds = (Date.now() - t0) / 1000;
+    log(`etcd: ${n} leases granted in ${grantSeconds.toFixed(1)} s`);
     await new Promise((r) => setTimeout(r, (ttl * 1000) / 3 + 500));
     const s0 = { ...stats };
     const cpu0 = await cpuOf(c);

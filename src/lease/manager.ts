@@ -99,8 +99,12 @@ export interface LeasePut {
   readonly expectedVersion?: number;
 }
 
-/** Records per txn the manager writes (grants, checkpoints, revokes). */
+/** Records per txn the manager writes (checkpoints, revokes). */
 const BATCH = 60;
+/** Leases per grant txn (with the counter: at most MAX_TXN_OPS writes). */
+const GRANT_BATCH = 120;
+/** Grant txns in flight at once. */
+const GRANTS_IN_FLIGHT = 8;
 /** Batches of checkpoints or revokes written per check at most. */
 const MAX_BATCHES_PER_CHECK = 50;
 const EMPTY = new Uint8Array(0);
@@ -132,7 +136,6 @@ export class LeaseManager {
   /** Record versions, by lease id, as this leader last wrote or read them. */
   private readonly versions = new Map<number, number>();
   private nextId = 1;
-  private counterVersion = 0;
   private chain: Promise<unknown> = Promise.resolve();
   private pendingGrants: { ttlMs: number; owner: string; resolve: (id: number) => void; reject: (e: unknown) => void }[] = [];
   private grantScheduled = false;
@@ -227,7 +230,6 @@ export class LeaseManager {
       }
       const counter = meta.get(LEASE_NEXT_ID_KEY);
       this.nextId = counter ? Number(dec.decode(counter.value)) || 1 : 1;
-      this.counterVersion = counter?.version ?? 0;
       this.keeper.takeOver(leases, this.clock.now());
       this.leadingTerm = term;
       this.opts.log?.info?.({ leases: leases.length, term }, 'leases loaded: leading the metadata group; every lease has the grace period');
@@ -275,34 +277,43 @@ export class LeaseManager {
     });
   }
 
+  /**
+   * Writes the waiting grants: up to {@link GRANT_BATCH} leases per txn, several txns in flight
+   * (ids come from this leader's in-memory counter, and each record is written only if absent;
+   * the counter key records the next id for the next leader).
+   */
   private async flushGrants(): Promise<void> {
     this.grantScheduled = false;
     while (this.pendingGrants.length > 0) {
-      const batch = this.pendingGrants.splice(0, BATCH);
-      try {
-        const now = this.clock.now();
-        const first = this.nextId;
-        const leases = batch.map((g, i): DurableLease => ({ id: first + i, ttlMs: g.ttlMs, owner: g.owner, expiresAtMs: now + g.ttlMs }));
-        const writes: TxnWrite[] = [
-          { type: 'put', key: LEASE_NEXT_ID_KEY, value: enc.encode(String(first + batch.length)) },
-          ...leases.map((l): TxnWrite => ({ type: 'put', key: leaseRecordKey(l.id), value: encodeLease(l) })),
-        ];
-        const res = await this.propose([{ key: LEASE_NEXT_ID_KEY, version: this.counterVersion }], writes);
-        if (!res.succeeded) {
-          this.stale();
-          throw new LeaseError('UNAVAILABLE', 'the lease table changed under this leader; retry');
-        }
-        this.nextId = first + batch.length;
-        this.counterVersion = res.revision;
-        leases.forEach((l, i) => {
-          this.versions.set(l.id, res.revision);
-          this.keeper.granted(l);
-          this.counters.grants++;
-          batch[i]!.resolve(l.id);
-        });
-      } catch (e) {
-        for (const g of batch) g.reject(e);
+      const batches: (typeof this.pendingGrants)[] = [];
+      while (this.pendingGrants.length > 0 && batches.length < GRANTS_IN_FLIGHT) batches.push(this.pendingGrants.splice(0, GRANT_BATCH));
+      await Promise.all(batches.map((b) => this.writeGrants(b)));
+    }
+  }
+
+  private async writeGrants(batch: LeaseManager['pendingGrants']): Promise<void> {
+    try {
+      const now = this.clock.now();
+      const first = this.nextId;
+      this.nextId += batch.length;
+      const leases = batch.map((g, i): DurableLease => ({ id: first + i, ttlMs: g.ttlMs, owner: g.owner, expiresAtMs: now + g.ttlMs }));
+      const writes: TxnWrite[] = [
+        { type: 'put', key: LEASE_NEXT_ID_KEY, value: enc.encode(String(first + batch.length)) },
+        ...leases.map((l): TxnWrite => ({ type: 'put', key: leaseRecordKey(l.id), value: encodeLease(l) })),
+      ];
+      const res = await this.propose(leases.map((l) => ({ key: leaseRecordKey(l.id), version: 0 })), writes);
+      if (!res.succeeded) {
+        this.stale();
+        throw new LeaseError('UNAVAILABLE', 'the lease table changed under this leader; retry');
       }
+      leases.forEach((l, i) => {
+        this.versions.set(l.id, res.revision);
+        this.keeper.granted(l);
+        this.counters.grants++;
+        batch[i]!.resolve(l.id);
+      });
+    } catch (e) {
+      for (const g of batch) g.reject(e);
     }
   }
 
