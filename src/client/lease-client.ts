@@ -83,6 +83,7 @@ export class LeaseClient extends EventEmitter<LeaseClientEvents> {
   private closed = false;
   /** When the oldest unanswered keep-alive on the current stream was sent (0: none outstanding). */
   private awaitingSince = 0;
+  private pumpQueued = false;
   /** Keep-alive messages sent and answered (for the bench). */
   readonly stats = { sent: 0, received: 0, reconnects: 0 };
 
@@ -197,7 +198,14 @@ export class LeaseClient extends EventEmitter<LeaseClientEvents> {
     const now = Date.now();
     this.kept.set(id, { id, ttlMs: ttlSec * 1000, confirmedUntil: now + ttlSec * 1000, nextSendAt: now });
     this.timer ??= setInterval(() => this.pump(), 100);
-    this.pump();
+    // One pump for every lease added in this turn (not one pass over all leases per lease).
+    if (!this.pumpQueued) {
+      this.pumpQueued = true;
+      setImmediate(() => {
+        this.pumpQueued = false;
+        this.pump();
+      });
+    }
   }
 
   /** Stops keeping lease `id` alive (it then expires after its TTL unless revoked). */
