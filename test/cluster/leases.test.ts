@@ -6,6 +6,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KvClient, LeaseClient, type KvWatchEvent } from '../../src/client/index.js';
+import { main as kvctl } from '../../src/cli/kvctl.js';
 import { KvdCluster } from './harness.js';
 
 let cluster: KvdCluster;
@@ -98,6 +99,39 @@ describe('leases on a kvd cluster', () => {
     expect(await exists('/cams/b/1')).toBe(false);
     expect(await exists('/cams/b/2')).toBe(false);
     expect((await lc.leases()).some((l) => l.id === id)).toBe(false);
+  }, 30_000);
+
+  it('kvctl lease grant | ttl | ls | keepalive --once | revoke and put --lease', async () => {
+    const run = async (...args: string[]): Promise<{ code: number; out: string; err: string }> => {
+      let out = '';
+      let err = '';
+      const code = await kvctl(['--endpoints', cluster.endpoints.join(','), ...args], {
+        stdout: { write: (s: string) => (out += s) },
+        stderr: { write: (s: string) => (err += s) },
+        env: {},
+        adminTokenFiles: [],
+      });
+      return { code, out, err };
+    };
+    const g = await run('--json', 'lease', 'grant', '30');
+    expect(g.code, g.err).toBe(0);
+    const id = JSON.parse(g.out).id as number;
+    expect((await run('put', '--lease', String(id), '/cams/e/1', 'on')).code).toBe(0);
+    const ttl = await run('lease', 'ttl', String(id), '--keys');
+    expect(ttl.out).toMatch(new RegExp(`lease ${id} granted with TTL 30s, remaining (29|30)s`));
+    expect(ttl.out).toContain('keys: /cams/e/1');
+    expect((await run('lease', 'ls')).out).toMatch(new RegExp(`^${id}\\s+(29|30)\\s+30`, 'm'));
+    const ka = await run('--json', 'lease', 'keepalive', String(id), '--once');
+    expect(ka.code, ka.err).toBe(0);
+    expect(JSON.parse(ka.out).ttl).toBeGreaterThanOrEqual(29);
+    expect((await run('lease', 'revoke', String(id))).out).toBe(`lease ${id} revoked\n`);
+    const gone = await run('lease', 'ttl', String(id));
+    expect(gone.code).toBe(1);
+    expect(gone.err).toMatch(/NOT_FOUND: lease \d+ not found \(expired or revoked\)/);
+    const bad = await run('lease', 'grant', '0');
+    expect(bad.code).toBe(64);
+    const short = await run('lease', 'grant', '1');
+    expect(short.err).toMatch(/INVALID_ARGUMENT: a lease TTL is a whole number of seconds from 2 to 86400, got 1/);
   }, 30_000);
 
   it('bad input gets clear errors', async () => {
