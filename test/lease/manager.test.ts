@@ -145,10 +145,14 @@ describe('LeaseManager', () => {
     const c = cluster();
     await leading(c);
     const id = await c.mgr.grant(60, '');
-    await c.mgr.put({ key: '/a/x', value: enc.encode('1'), lease: id }, c.clock.now() + 1000);
+    for (const k of ['/a/x', '/a/y', '/a/z']) await c.mgr.put({ key: k, value: enc.encode('1'), lease: id }, c.clock.now() + 1000);
     await c.mgr.revoke(id);
     await c.clock.advance(300);
     expect(c.shards.get(1)!.get('/a/x')).toBeUndefined();
+    const dels = c.shards.get(1)!.events.filter((e) => e.type === 'delete' && !e.key.startsWith('/_'));
+    expect(dels.map((e) => e.key)).toEqual(['/a/x', '/a/y', '/a/z']);
+    expect(new Set(dels.map((e) => e.revision)).size).toBe(1);
+    expect(c.shards.get(1)!.sm.list('/_sys/lease-key/', { limit: 10 }).items).toEqual([]);
     await expect(c.mgr.put({ key: '/a/y', value: enc.encode('1'), lease: id }, c.clock.now() + 1000)).rejects.toMatchObject({ code: 'NOT_FOUND' });
     await expect(c.mgr.revoke(id)).rejects.toMatchObject({ code: 'NOT_FOUND' });
     expect(() => c.mgr.grant(1, '')).toThrow(/TTL is a whole number of seconds from 2/);
