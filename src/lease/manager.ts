@@ -43,6 +43,13 @@ export interface LeaseShard {
   barrier(deadlineMs: number): Promise<void>;
   currentRevision(untilMs: number): Promise<number>;
   propose(cmd: { type: 'txn'; compares: readonly TxnCompare[]; writes: readonly TxnWrite[] }, deadlineMs: number): Promise<CommandResult>;
+  /** Committed events under `prefix` from `fromRevision` (optional: without it the manager lists the lease records when the group's revision moves). */
+  subscribe?(
+    prefix: string,
+    fromRevision: number,
+    sink: { events(events: readonly { readonly type: string; readonly key: string }[], upTo: number): void; progress(revision: number): void; canceled(reason: string): void },
+    progressIntervalMs: number,
+  ): { cancel(): void };
 }
 
 /** The node as the lease manager sees it. */
@@ -144,6 +151,8 @@ export class LeaseManager {
   /** Lease ids revoked in the metadata group, not yet cleaned from the shards led here. */
   private readonly pendingShardRevokes = new Set<number>();
   private lastMetaRevision = -1;
+  /** The subscription to lease record deletions in the metadata group (when the host offers one). */
+  private metaSub: { cancel(): void } | undefined;
   private knownLeases = new Set<number>();
   private cleaning = false;
   /** Counters (grants, keep-alives, revokes...). */
@@ -170,6 +179,8 @@ export class LeaseManager {
   /** Stops the timers (pending calls fail as the node stops). */
   stop(): void {
     for (const c of this.cancels.splice(0)) c();
+    this.metaSub?.cancel();
+    this.metaSub = undefined;
   }
 
   /** Whether this node leads the metadata group and has loaded the lease table. */
@@ -512,6 +523,30 @@ export class LeaseManager {
   private watchMeta(): void {
     const meta = this.host.meta();
     if (!meta) return;
+    if (meta.subscribe) {
+      if (this.metaSub) return;
+      let ended = false;
+      const sub = meta.subscribe(
+        LEASE_RECORD_PREFIX,
+        meta.revision() + 1,
+        {
+          events: (events) => {
+            for (const e of events) if (e.type === 'delete') this.pendingShardRevokes.add(Number(e.key.slice(LEASE_RECORD_PREFIX.length)));
+            if (this.pendingShardRevokes.size > 0) void this.cleanShards();
+          },
+          progress: () => {},
+          canceled: () => {
+            // Resubscribed at the next check; the sweep covers what was missed meanwhile.
+            ended = true;
+            this.metaSub = undefined;
+            void this.sweep();
+          },
+        },
+        1000,
+      );
+      if (!ended) this.metaSub = sub;
+      return;
+    }
     const rev = meta.revision();
     if (rev === this.lastMetaRevision) return;
     this.lastMetaRevision = rev;
