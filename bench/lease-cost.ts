@@ -16,6 +16,8 @@ const USAGE = `usage: node dist/bench/lease-cost.js [flags]
   --seconds S      measured keep-alive window (default 30)
   --systems LIST   kvd,etcd (default both; etcd is skipped when not installed)
   --out FILE       JSON results (default bench/results/lease-cost.json)
+  --profile DIR    kvd only: a CPU profile of each kvd process over the window (SIGUSR2), saved in DIR
+                   (summarise with node dist/bench/profile-summary.js DIR)
   --help
 Both systems are driven the same way: one client process, one keep-alive stream to one node,
 each lease renewed every TTL/3. Server CPU is the sum over the 3 server processes during the
@@ -52,8 +54,12 @@ async function mapLimit<T>(items: readonly T[], limit: number, fn: (t: T) => Pro
   );
 }
 
-async function runKvd(n: number, ttl: number, seconds: number, log: (s: string) => void): Promise<Row> {
-  const c = await startKvdCluster({ log });
+async function runKvd(n: number, ttl: number, seconds: number, log: (s: string) => void, profileDir?: string): Promise<Row> {
+  if (profileDir) await mkdir(profileDir, { recursive: true });
+  const c = await startKvdCluster({ log, ...(profileDir ? { profileDir } : {}) });
+  const profile = (): void => {
+    if (profileDir) for (const pid of c.pids()) process.kill(pid, 'SIGUSR2');
+  };
   const lc = new LeaseClient({ endpoints: c.endpoints, deadlineMs: 30_000 });
   try {
     const t0 = Date.now();
@@ -68,11 +74,14 @@ async function runKvd(n: number, ttl: number, seconds: number, log: (s: string) 
     // Warm up one keep-alive round before measuring.
     await new Promise((r) => setTimeout(r, (ttl * 1000) / 3 + 500));
     const s0 = { ...lc.stats };
+    profile();
     const cpu0 = await cpuOf(c);
     const w0 = Date.now();
     await new Promise((r) => setTimeout(r, seconds * 1000));
     const window = (Date.now() - w0) / 1000;
     const cpu = (await cpuOf(c)) - cpu0;
+    profile();
+    await new Promise((r) => setTimeout(r, profileDir ? 2000 : 0));
     const sent = lc.stats.sent - s0.sent;
     const answered = lc.stats.received - s0.received;
     return {
@@ -171,6 +180,7 @@ async function main(): Promise<void> {
       seconds: { type: 'string', default: '30' },
       systems: { type: 'string', default: 'kvd,etcd' },
       out: { type: 'string' },
+      profile: { type: 'string' },
       help: { type: 'boolean', default: false },
     },
   });
@@ -186,7 +196,7 @@ async function main(): Promise<void> {
   const rows: Row[] = [];
   if (systems.includes('kvd')) {
     if (!findKvd()) throw new Error('kvd is not built: run npm run build');
-    rows.push(await runKvd(n, ttl, seconds, log));
+    rows.push(await runKvd(n, ttl, seconds, log, values.profile));
   }
   if (systems.includes('etcd')) {
     if (findEtcd() === undefined) log(ETCD_MISSING_MESSAGE);
