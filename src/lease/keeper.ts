@@ -6,8 +6,9 @@
  * - Every lease has a durable deadline `expiresAtMs` in the metadata group (written at grant and
  *   by checkpoints), and on the leader an in-memory deadline that each keep-alive moves to
  *   `now + ttl`. Keep-alives are not logged; a checkpoint writes a lease's in-memory deadline once
- *   its durable one is less than half a TTL ahead,
- *   so a lease kept alive costs about one logged record per half TTL, however often it is kept alive.
+ *   its durable one has passed, so a lease kept alive costs about one logged record per TTL,
+ *   however often it is kept alive. The durable deadline of a live lease thus lags the leader's
+ *   clock by at most one expiry check (plus a commit), well within the grace below.
  * - A leader that takes over (or that finds its own expiry loop stalled) does not revoke a lease
  *   before `graceUntil = min(now + grace, durableExpiresAt + grace)`: clients get a grace period to
  *   reach the new leader (etcd issue 15247), but never beyond one grace past the lease's durable
@@ -156,15 +157,14 @@ export class LeaseKeeper {
 
   /**
    * The leases whose durable deadline should move to their in-memory one at `nowMs`: those kept
-   * alive whose durable deadline is less than half a TTL ahead. At most `max`.
+   * alive whose durable deadline has passed. At most `max`.
    */
   checkpointDue(nowMs: number, max: number): { id: number; expiresAtMs: number }[] {
     const out: { id: number; expiresAtMs: number }[] = [];
     for (const l of this.leases.values()) {
       if (out.length >= max) break;
       if (l.revoking || l.expiresAtMs <= l.durableMs) continue;
-      const ahead = l.durableMs - nowMs;
-      if (ahead < l.ttlMs / 2) out.push({ id: l.id, expiresAtMs: l.expiresAtMs });
+      if (l.durableMs <= nowMs) out.push({ id: l.id, expiresAtMs: l.expiresAtMs });
     }
     return out;
   }

@@ -67,7 +67,7 @@ describe('LeaseKeeper', () => {
     const k = keeper();
     k.takeOver([], 0);
     k.granted(lease(1, 2_000, 2_000));
-    // Kept alive every 600 ms; checkpointed when less than half a TTL ahead.
+    // Kept alive every 600 ms; checkpointed once the durable deadline passed.
     let durable = 2_000;
     for (let t = 0; t <= 10_000; t += 250) {
       if (t % 600 < 250) k.keepAlive(1, t);
@@ -101,7 +101,7 @@ describe('LeaseKeeper', () => {
     expect(due.get(1)).toBe(7_000);
   });
 
-  it('checkpoints a lease kept alive once per half TTL, not per keep-alive', () => {
+  it('checkpoints a lease kept alive about once per TTL, not per keep-alive', () => {
     const k = keeper();
     k.takeOver([], 0);
     k.granted(lease(1, 10_000, 10_000));
@@ -113,9 +113,9 @@ describe('LeaseKeeper', () => {
         records++;
       }
     }
-    // 60 keep-alives in 60 s with a 10 s TTL: one record per ~5 s.
-    expect(records).toBeGreaterThanOrEqual(10);
-    expect(records).toBeLessThanOrEqual(13);
+    // 60 keep-alives in 60 s with a 10 s TTL: one record per ~10 s.
+    expect(records).toBeGreaterThanOrEqual(5);
+    expect(records).toBeLessThanOrEqual(7);
   });
 
   it('an explicit revoke that fails leaves the lease live', () => {
