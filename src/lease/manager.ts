@@ -423,21 +423,25 @@ export class LeaseManager {
   }
 
   /** A live lease's TTL, remaining time and (with `keys`) its attached keys in the shards hosted here. */
-  timeToLive(id: number, keys: boolean): LeaseInfo & { keys?: string[] } {
+  timeToLive(id: number): LeaseInfo {
     this.requireLeader();
     const l = this.keeper.get(id);
     const remaining = this.keeper.remaining(id, this.clock.now());
     if (!l || remaining === undefined) throw new LeaseError('NOT_FOUND', `lease ${id} not found (expired or revoked)`);
-    const info: LeaseInfo = { id, ttlSec: l.ttlMs / 1000, remainingSec: Math.ceil(remaining / 1000), owner: l.owner };
-    return keys ? { ...info, keys: this.attachedKeysHere(id, this.host.hostedShards()) } : info;
+    return { id, ttlSec: l.ttlMs / 1000, remainingSec: Math.ceil(remaining / 1000), owner: l.owner };
   }
 
-  /** The keys attached to lease `id` in every shard hosted here (as applied here). */
-  attachedKeysHere(id: number, groups: Iterable<number>): string[] {
+  /**
+   * The keys attached to lease `id` in the shards hosted here, each shard read once it applied
+   * what it knows committed (so a put acknowledged before the call is seen; waits until `untilMs` at most).
+   */
+  async attachedKeys(id: number, untilMs: number): Promise<string[]> {
     const out: string[] = [];
-    for (const g of groups) {
+    for (const g of this.host.hostedShards()) {
       const s = this.host.shard(g);
-      if (s) out.push(...this.attachedIn(s, id).filter((a) => a.live).map((a) => a.key));
+      if (!s) continue;
+      await s.currentRevision(untilMs).catch(() => undefined);
+      out.push(...this.attachedIn(s, id).filter((a) => a.live).map((a) => a.key));
     }
     return out.sort();
   }

@@ -102,11 +102,12 @@ export function addLeaseService(server: grpc.Server, leases: LeaseManager, opts:
       await leases.revoke(leaseId);
       return {};
     }),
-    leaseTimeToLive: unary((req, p) => {
+    leaseTimeToLive: unary(async (req, p, call) => {
       const leaseId = id(req['id']);
-      const t = leases.timeToLive(leaseId, req['keys'] === true);
+      const t = leases.timeToLive(leaseId);
       mayUse(p, t.owner, leaseId);
-      return { id: leaseId, ttl: t.remainingSec, grantedTtl: t.ttlSec, keys: t.keys ?? [], owner: t.owner };
+      const keys = req['keys'] === true ? await leases.attachedKeys(leaseId, Math.min(deadlineOf(call), Date.now() + 2_000)) : [];
+      return { id: leaseId, ttl: t.remainingSec, grantedTtl: t.ttlSec, keys, owner: t.owner };
     }),
     leaseLeases: unary((_req, p) => ({
       leases: leases.list(p && !p.root ? p.name : undefined).map((l) => ({ id: l.id, ttl: l.remainingSec, grantedTtl: l.ttlSec, owner: l.owner })),

@@ -109,7 +109,7 @@ describe('LeaseManager', () => {
     await c.mgr.put({ key: '/a/1', value: enc.encode('x'), lease: id }, deadline);
     await c.mgr.put({ key: '/a/2', value: enc.encode('y'), lease: id }, deadline);
     await c.mgr.put({ key: '/b/1', value: enc.encode('z'), lease: id }, deadline);
-    expect(c.mgr.timeToLive(id, true).keys).toEqual(['/a/1', '/a/2', '/b/1']);
+    expect(await c.mgr.attachedKeys(id, c.clock.now() + 1000)).toEqual(['/a/1', '/a/2', '/b/1']);
     await c.clock.advance(2_500);
     expect(c.shards.get(1)!.get('/a/1')).toBeDefined();
     await c.clock.advance(1_000);
@@ -120,7 +120,7 @@ describe('LeaseManager', () => {
     expect(dels.map((e) => e.key)).toEqual(['/a/1', '/a/2']);
     expect(new Set(dels.map((e) => e.revision)).size).toBe(1);
     expect(c.mgr.counters.expired).toBe(1);
-    expect(() => c.mgr.timeToLive(id, false)).toThrow(LeaseError);
+    expect(() => c.mgr.timeToLive(id)).toThrow(LeaseError);
   });
 
   it('keep-alives keep a lease and its keys; a put without the lease detaches the key', async () => {
