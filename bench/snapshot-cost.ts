@@ -245,8 +245,8 @@ async function runOne(mode: 'before' | 'after', keys: number, valueBytes: number
     }
     installBlockMs = Math.max(installBlockMs, installWriteBlockMs, probe.take());
     const catchupMs = Math.round(performance.now() - k0);
-    if (follower.sm.appliedIndex !== snap.meta.index || follower.sm.keyCount !== sm.keyCount) {
-      throw new Error(`follower at ${follower.sm.appliedIndex} with ${follower.sm.keyCount} keys, leader snapshot at ${snap.meta.index} with ${sm.keyCount}`);
+    if (follower.appliedIndex !== snap.meta.index || follower.internalsForTests().sm.keyCount !== sm.keyCount) {
+      throw new Error(`follower at ${follower.appliedIndex} with ${follower.internalsForTests().sm.keyCount} keys, leader snapshot at ${snap.meta.index} with ${sm.keyCount}`);
     }
     const result: SnapshotCostResult = {
       mode,

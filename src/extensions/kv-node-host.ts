@@ -2,8 +2,8 @@
  * The ExtensionHost of a real node: a thin adapter over KvNode. Leadership changes come from the
  * node's ready loop (KvNode.onLeadershipChanged); reads go to the replica hosted here, resolved
  * at each call (a replica dropped and recreated is followed); proposals go through
- * KvNode.execute with system origin; event subscriptions are the replica's watches, each event
- * given the hop count the replica recorded for its revision.
+ * KvNode.execute with system origin; event subscriptions are the replica's watches (each event
+ * carries the hop count the state machine recorded with it).
  */
 import { META_GROUP, type KvNode } from '../node/kv-node.js';
 import type { ExtensionHost, HostEvent, HostShard } from './host.js';
@@ -57,27 +57,27 @@ function replicaShard(node: KvNode, group: number): HostShard {
     isLeader: () => node.replica(group)?.isLeader ?? false,
     holdsLease: () => node.holdsLease(group),
     get: (key) => {
-      const got = node.replica(group)?.sm.get(key);
+      const got = node.replica(group)?.readValue(key);
       return got ? { value: got.value, version: got.version } : undefined;
     },
     getAt: (key, revision) => {
-      const got = replica().sm.get(key, { atRevision: revision });
+      const got = replica().readValue(key, { atRevision: revision });
       return got ? { value: got.value, version: got.version } : undefined;
     },
     list: (prefix, o) => {
       const r = node.replica(group);
       if (!r) return { items: [] };
-      const page = r.sm.list(prefix, { limit: o.limit, keysOnly: o.keysOnly ?? false, ...(o.after !== undefined ? { after: o.after } : {}) });
+      const page = r.list(prefix, { limit: o.limit, keysOnly: o.keysOnly ?? false, ...(o.after !== undefined ? { after: o.after } : {}) });
       return { items: page.items, ...(page.nextAfter !== undefined ? { nextAfter: page.nextAfter } : {}) };
     },
-    revision: () => replica().sm.revision,
+    revision: () => replica().revision,
     currentRevision: async (untilMs) => {
       const r = replica();
       if (r.isLeader) {
         try {
           // A linearizable read makes the revision no older than any write acknowledged so far.
           const led = await node.readable('linearizable', { deadlineMs: Math.max(Date.now() + MIN_LEADER_READ_MS, untilMs) }, group);
-          return led.sm.revision;
+          return led.revision;
         } catch {
           // leadership moved meanwhile: read the replica as a follower below
         }
@@ -85,18 +85,18 @@ function replicaShard(node: KvNode, group: number): HostShard {
       // A follower may lag a little behind: wait briefly for it to apply what the leader committed.
       const target = r.commitIndex;
       const catchUp = Math.min(untilMs, Date.now() + FOLLOWER_CATCH_UP_MS);
-      while (r.sm.appliedIndex < target && Date.now() < catchUp) await new Promise((res) => setTimeout(res, CATCH_UP_POLL_MS));
-      return r.sm.revision;
+      while (r.appliedIndex < target && Date.now() < catchUp) await new Promise((res) => setTimeout(res, CATCH_UP_POLL_MS));
+      return r.revision;
     },
     barrier: async (deadlineMs) => {
       await node.readable('linearizable', { deadlineMs }, group);
     },
     subscribe: (prefix, fromRevision, sink, progressIntervalMs) => {
       const r = replica();
-      return r.watches.add(
+      return r.watch(
         { prefix, fromRevision, progressIntervalMs },
         {
-          events: (events, upTo) => sink.events(events.map((e): HostEvent => ({ ...e, hops: r.hopsOf(e.revision) })), upTo),
+          events: (events, upTo) => sink.events(events.map((e): HostEvent => ({ ...e, hops: e.hops ?? 0 })), upTo),
           progress: (revision) => sink.progress(revision),
           canceled: (reason, compactRevision) => sink.canceled(reason, compactRevision),
           ...(sink.writable ? { writable: () => sink.writable!() } : {}),

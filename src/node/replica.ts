@@ -115,9 +115,6 @@ export interface ReplicaOptions {
 /** Most values dropped from the heap in one event-loop turn (see `scheduleRelease`). */
 const RELEASE_SLICE = 20_000;
 
-/** Revisions whose hop counts a replica remembers (only writes made by lambdas are recorded). */
-const MAX_REMEMBERED_HOPS = 200_000;
-
 export { ProposalLostError } from './waiters.js';
 
 /** One replica of one shard. */
@@ -129,7 +126,6 @@ export class ShardReplica {
   private readonly proposals = new PendingProposals();
   private readonly reads: PendingReads;
   private lastSnapshotIndex: number;
-  private readonly hopsByRevision = new Map<number, number>();
   private lastRole: Role;
   private readonly records: ReplicaRecords;
   /** The state of the snapshot Raft is about to install, decoded when it was checked (reused by `apply`). */
@@ -186,24 +182,6 @@ export class ShardReplica {
     });
     this.lastRole = this.raw.raft.role;
     this.hub = new WatchHub(() => this.machine, opts.nowMs, opts.watch);
-  }
-
-  /**
-   * The state machine as applied here.
-   * @deprecated Read through the methods that say what they read (`readValue`, `list`, `revision`,
-   * `appliedIndex`, ...). Kept only for src/extensions/kv-node-host.ts, which the extension-host
-   * work is rewriting onto them; nothing else in src/ may use it.
-   */
-  get sm(): KvStateMachine {
-    return this.machine;
-  }
-
-  /**
-   * The replica's watches.
-   * @deprecated Use `watch(...)` and `watchCount`; kept only for src/extensions/kv-node-host.ts (see `sm`).
-   */
-  get watches(): WatchHub {
-    return this.hub;
   }
 
   /**
@@ -477,14 +455,11 @@ export class ShardReplica {
           this.opts.onBadEntry?.(e.index, err);
         }
       }
-      const out = this.machine.apply(e.index, ts, cmd, origin, session);
+      const out = this.machine.apply(e.index, ts, cmd, origin, session, hops);
       if (out.duplicate) this.opts.onDuplicate?.();
       const latencyMs = this.proposals.applied(e.index, e.term, out.result);
       if (latencyMs !== undefined) this.opts.onCommitted?.(latencyMs);
-      if (out.events.length > 0) {
-        if (hops > 0) this.recordHops(out.events[0]!.revision, hops);
-        this.hub.publish(out.events);
-      }
+      if (out.events.length > 0) this.hub.publish(out.events);
     }
     for (const rs of rd.readStates) this.reads.confirmed(rs.requestId, rs.index);
     this.reads.settle(this.machine.appliedIndex);
@@ -575,19 +550,12 @@ export class ShardReplica {
   }
 
   /**
-   * The hop count of the write that produced `revision` (0 for client writes). Kept in memory for
-   * recent revisions applied by this replica (bounded); older or snapshot-restored ones read as 0.
+   * The lambda hop count of the write that produced `revision` (0 for client writes), as its
+   * events in the watch history carry it (the state machine records it with each version and
+   * event, so snapshots and durable records keep it); 0 once the history no longer holds it.
    */
   hopsOf(revision: number): number {
-    return this.hopsByRevision.get(revision) ?? 0;
-  }
-
-  private recordHops(revision: number, hops: number): void {
-    this.hopsByRevision.set(revision, hops);
-    if (this.hopsByRevision.size > MAX_REMEMBERED_HOPS) {
-      const oldest = this.hopsByRevision.keys().next().value;
-      if (oldest !== undefined) this.hopsByRevision.delete(oldest);
-    }
+    return this.machine.hopsAt(revision) ?? 0;
   }
 
   /** Whether enough has been applied since the last snapshot to take another. */

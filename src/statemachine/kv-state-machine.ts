@@ -22,6 +22,7 @@ import {
   DEFAULT_SESSION_TTL_MS,
   EVENT_OVERHEAD_BYTES,
   MAX_EVENTS_LIMIT,
+  MAX_HOP_COUNT,
   MAX_LIST_LIMIT,
 } from './limits.js';
 import { Queue } from './queue.js';
@@ -86,6 +87,12 @@ function versionIndex(recs: readonly VersionRecord[], revision: number): number 
     else hi = mid;
   }
   return lo < recs.length && recs[lo]!.revision === revision ? lo : -1;
+}
+
+/** `o` with `hops` set when it is not 0 (records and events of client writes carry no field). */
+function withHops<T extends { readonly hops?: number }>(o: T, hops: number): T {
+  if (hops > 0) (o as { hops?: number }).hops = hops;
+  return o;
 }
 
 function positiveLimit(n: unknown, def: number, max: number, what: string): number {
@@ -279,8 +286,12 @@ export class KvStateMachine {
    * `rejected` with SESSION_EXPIRED (never applied); else the command applies and its result is
    * stored. Every applied entry first drops the sessions idle for longer than `sessionTtlMs` at its
    * timestamp. An invalid session is `rejected` with INVALID_ARGUMENT.
+   *
+   * `hops`, recorded with the command in the log, is how many extension lambda writes led to it
+   * (0 for clients): every version and event the command writes carries it (`VersionRecord.hops`,
+   * `KvEvent.hops`), so snapshots and durable records keep it with the data.
    */
-  apply(index: number, timestampMs: number, command: Command, origin: CommandOrigin = 'system', session?: WriteSession): ApplyOutput {
+  apply(index: number, timestampMs: number, command: Command, origin: CommandOrigin = 'system', session?: WriteSession, hops = 0): ApplyOutput {
     return this.applyWith(
       index,
       timestampMs,
@@ -290,6 +301,7 @@ export class KvStateMachine {
       },
       origin,
       session,
+      hops,
     );
   }
 
@@ -297,21 +309,25 @@ export class KvStateMachine {
    * Like `apply`, for an encoded Raft entry: empty data is a noop (Raft's leader no-op entry);
    * undecodable data is returned as `rejected` with a MALFORMED_COMMAND error.
    */
-  applyEntry(index: number, timestampMs: number, data: Uint8Array, origin: CommandOrigin = 'system', session?: WriteSession): ApplyOutput {
+  applyEntry(index: number, timestampMs: number, data: Uint8Array, origin: CommandOrigin = 'system', session?: WriteSession, hops = 0): ApplyOutput {
     return this.applyWith(
       index,
       timestampMs,
       () => (data instanceof Uint8Array && data.length === 0 ? { type: 'noop' } : decodeCommand(data)),
       origin,
       session,
+      hops,
     );
   }
 
-  private applyWith(index: number, timestampMs: number, getCommand: () => Command, origin: CommandOrigin, session: WriteSession | undefined): ApplyOutput {
+  private applyWith(index: number, timestampMs: number, getCommand: () => Command, origin: CommandOrigin, session: WriteSession | undefined, hops: number): ApplyOutput {
     if (typeof index !== 'number' || !Number.isSafeInteger(index) || index < 1) {
       throw new ValidationError('INVALID_NUMBER', `index must be a positive safe integer, got ${String(index)}`);
     }
     validateNonNegativeInt(timestampMs, 'timestampMs');
+    if (!Number.isInteger(hops) || hops < 0 || hops > MAX_HOP_COUNT) {
+      throw new ValidationError('INVALID_NUMBER', `hop count must be an integer in [0, ${MAX_HOP_COUNT}], got ${String(hops)}`);
+    }
     if (index <= this._appliedIndex) {
       return {
         applied: false,
@@ -323,7 +339,7 @@ export class KvStateMachine {
     if (timestampMs > this._lastTimestampMs) this._lastTimestampMs = timestampMs;
     const ts = this._lastTimestampMs;
     this.sessions.expire(ts);
-    if (session === undefined) return this.applyCommand(ts, getCommand, origin);
+    if (session === undefined) return this.applyCommand(ts, getCommand, origin, hops);
     let decision: SessionDecision;
     try {
       decision = this.sessions.begin(validateWriteSession(session), index, ts);
@@ -333,12 +349,12 @@ export class KvStateMachine {
     }
     if (decision.kind === 'duplicate') return { applied: true, result: decision.result, events: NO_EVENTS, duplicate: true };
     if (decision.kind === 'expired') return this.done({ type: 'rejected', error: decision.error, revision: this._revision, timestampMs: ts });
-    const out = this.applyCommand(ts, getCommand, origin);
+    const out = this.applyCommand(ts, getCommand, origin, hops);
     if (isStoredResult(out.result)) this.sessions.store(decision.session, session.seq, out.result as SessionResult);
     return out;
   }
 
-  private applyCommand(ts: number, getCommand: () => Command, origin: CommandOrigin): ApplyOutput {
+  private applyCommand(ts: number, getCommand: () => Command, origin: CommandOrigin, hops: number): ApplyOutput {
     let cmd: Command;
     try {
       cmd = getCommand();
@@ -350,14 +366,14 @@ export class KvStateMachine {
     if (refused) return this.done({ type: 'rejected', error: refused, revision: this._revision, timestampMs: ts });
     switch (cmd.type) {
       case 'put':
-        return this.applyPut(cmd, ts);
+        return this.applyPut(cmd, ts, hops);
       case 'delete':
-        return this.applyDelete(cmd, ts);
+        return this.applyDelete(cmd, ts, hops);
       case 'txn':
-        return this.applyTxn(cmd, ts);
+        return this.applyTxn(cmd, ts, hops);
       case 'triggerPut': {
         const revision = this.bump(ts);
-        const events: KvEvent[] = [{ type: 'trigger', key: cmd.key, value: cmd.value, revision, timestampMs: ts }];
+        const events: KvEvent[] = [withHops<KvEvent>({ type: 'trigger', key: cmd.key, value: cmd.value, revision, timestampMs: ts }, hops)];
         this.record(events);
         return { applied: true, result: { type: 'trigger', revision, timestampMs: ts }, events };
       }
@@ -428,7 +444,7 @@ export class KvStateMachine {
     return { applied: true, result, events: NO_EVENTS };
   }
 
-  private applyPut(cmd: PutCommand, ts: number): ApplyOutput {
+  private applyPut(cmd: PutCommand, ts: number, hops: number): ApplyOutput {
     const cur = this.latestLive(cmd.key);
     const curVersion = cur?.revision ?? 0;
     if (cmd.expectedVersion !== undefined && cmd.expectedVersion !== curVersion) {
@@ -437,8 +453,8 @@ export class KvStateMachine {
     }
     const previous = cmd.returnPrevious && cur ? this.valueOf(cmd.key, cur) : undefined;
     const revision = this.bump(ts);
-    this.write(cmd.key, cmd.value, revision, ts);
-    const events: KvEvent[] = [{ type: 'put', key: cmd.key, value: cmd.value, revision, timestampMs: ts }];
+    this.write(cmd.key, cmd.value, revision, ts, hops);
+    const events: KvEvent[] = [withHops<KvEvent>({ type: 'put', key: cmd.key, value: cmd.value, revision, timestampMs: ts }, hops)];
     this.record(events);
     const result =
       previous !== undefined
@@ -447,7 +463,7 @@ export class KvStateMachine {
     return { applied: true, result, events };
   }
 
-  private applyDelete(cmd: DeleteCommand, ts: number): ApplyOutput {
+  private applyDelete(cmd: DeleteCommand, ts: number, hops: number): ApplyOutput {
     const cur = this.latestLive(cmd.key);
     const curVersion = cur?.revision ?? 0;
     if (cmd.expectedVersion !== undefined && cmd.expectedVersion !== curVersion) {
@@ -462,13 +478,13 @@ export class KvStateMachine {
     }
     if (!cur) return this.done({ type: 'delete', succeeded: true, revision: this._revision, timestampMs: ts, deleted: false });
     const revision = this.bump(ts);
-    this.write(cmd.key, null, revision, ts);
-    const events: KvEvent[] = [{ type: 'delete', key: cmd.key, revision, timestampMs: ts }];
+    this.write(cmd.key, null, revision, ts, hops);
+    const events: KvEvent[] = [withHops<KvEvent>({ type: 'delete', key: cmd.key, revision, timestampMs: ts }, hops)];
     this.record(events);
     return { applied: true, result: { type: 'delete', succeeded: true, revision, timestampMs: ts, deleted: true }, events };
   }
 
-  private applyTxn(cmd: TxnCommand, ts: number): ApplyOutput {
+  private applyTxn(cmd: TxnCommand, ts: number, hops: number): ApplyOutput {
     const failedCompares: number[] = [];
     cmd.compares.forEach((c, i) => {
       if ((this.latestLive(c.key)?.revision ?? 0) !== c.version) failedCompares.push(i);
@@ -484,11 +500,11 @@ export class KvStateMachine {
     const revision = this.bump(ts);
     const events: KvEvent[] = effective.map((w) => {
       if (w.type === 'put') {
-        this.write(w.key, w.value, revision, ts);
-        return { type: 'put', key: w.key, value: w.value, revision, timestampMs: ts };
+        this.write(w.key, w.value, revision, ts, hops);
+        return withHops<KvEvent>({ type: 'put', key: w.key, value: w.value, revision, timestampMs: ts }, hops);
       }
-      this.write(w.key, null, revision, ts);
-      return { type: 'delete', key: w.key, revision, timestampMs: ts };
+      this.write(w.key, null, revision, ts, hops);
+      return withHops<KvEvent>({ type: 'delete', key: w.key, revision, timestampMs: ts }, hops);
     });
     this.record(events);
     return { applied: true, result: { type: 'txn', succeeded: true, revision, timestampMs: ts, failedCompares }, events };
@@ -506,14 +522,14 @@ export class KvStateMachine {
     return this._revision;
   }
 
-  private write(key: string, value: Uint8Array | null, revision: number, ts: number): void {
+  private write(key: string, value: Uint8Array | null, revision: number, ts: number, hops: number): void {
     let recs = this.records.get(key);
     const wasLive = recs !== undefined && recs[recs.length - 1]!.value !== null;
     if (recs === undefined) {
       recs = [];
       this.records.set(key, recs);
     }
-    const version: VersionRecord = { revision, timestampMs: ts, value };
+    const version = withHops<VersionRecord>({ revision, timestampMs: ts, value }, hops);
     recs.push(version);
     this.writeLog.push({ revision, key });
     this.sink?.versionAdded(key, version);
@@ -733,6 +749,16 @@ export class KvStateMachine {
   }
 
   /**
+   * The lambda hop count of the write that produced `revision` (0 for client and system writes),
+   * read from its events in the watch history; undefined when the history no longer (or does not
+   * yet) hold that revision. O(log h).
+   */
+  hopsAt(revision: number): number | undefined {
+    const e = this.history.at(this.history.firstIndexWhere((x) => x.revision >= revision));
+    return e !== undefined && e.revision === revision ? (e.hops ?? 0) : undefined;
+  }
+
+  /**
    * Encodes all retained state (see snapshot-codec.ts for the format). Deterministic: replicas with
    * the same applied log produce identical bytes. O(state size + d log d) for d keys whose latest
    * version is a tombstone (live keys are already ordered).
@@ -808,7 +834,7 @@ export class KvStateMachine {
       const i = versionIndex(recs, e.revision);
       const v = i < 0 ? undefined : recs[i]!;
       if (v === undefined || v.value === null || v.value === VALUE_ON_DISK) continue;
-      recs[i] = { revision: v.revision, timestampMs: v.timestampMs, value: VALUE_ON_DISK };
+      recs[i] = { ...v, value: VALUE_ON_DISK }; // its other fields (hops) stay
       source.released(e.key, v.revision, v.value);
     }
     this.resident.dropFront(n);

@@ -59,3 +59,6 @@ export const MIN_SESSION_ID_LENGTH = 16;
 
 /** Longest client session id (characters of [A-Za-z0-9_-]). */
 export const MAX_SESSION_ID_LENGTH = 64;
+
+/** Largest lambda hop count a write can carry (the log entry's envelope holds it in one byte). */
+export const MAX_HOP_COUNT = 255;

@@ -6,6 +6,7 @@ import {
   DEFAULT_MAX_SESSION_RESULTS,
   DEFAULT_MAX_SESSIONS,
   DEFAULT_SESSION_TTL_MS,
+  MAX_HOP_COUNT,
   MAX_KEY_BYTES,
   MAX_SESSION_ID_LENGTH,
   MAX_VALUE_BYTES,
@@ -77,6 +78,42 @@ export const SNAPSHOT_FORMAT_VERSION = 1;
  */
 export const SNAPSHOT_SESSIONS_FORMAT_VERSION = 2;
 
+/*
+ * Optional trailing sections (both formats), after the last section of the format and before the
+ * CRC: each is `u8 tag` and its body, in strictly ascending tag order, written only when it has
+ * something to say; a reader fails on a tag it does not know (never skips data it cannot read).
+ * Readers from before these sections refuse a snapshot holding one (trailing bytes).
+ *
+ * Tag 1, hop counts: present when any retained version or history event carries a lambda hop
+ * count (`VersionRecord.hops`, `KvEvent.hops` > 0): varint count (>= 1), then per revision,
+ * ascending: varint revision (first absolute, then delta >= 1) and varint hops (1..MAX_HOP_COUNT).
+ * Every version and event of a listed revision has that hop count (one command wrote them all);
+ * every other has none. A state without hop counts is written exactly as before they existed, and
+ * a snapshot without the section decodes with none.
+ */
+
+/** Tag of the trailing hop-count section. */
+const SECTION_HOPS = 1;
+
+/** Appends the trailing hop-count section of `hopsByRevision` (revision -> hops > 0), if it is not empty. */
+export function writeHopsSection(w: ByteWriter, hopsByRevision: ReadonlyMap<number, number>): void {
+  if (hopsByRevision.size === 0) return;
+  const revisions = [...hopsByRevision.keys()].sort((a, b) => a - b);
+  w.u8(SECTION_HOPS);
+  w.varint(revisions.length);
+  let prev = 0;
+  for (const rev of revisions) {
+    w.varint(rev - prev);
+    prev = rev;
+    w.varint(hopsByRevision.get(rev)!);
+  }
+}
+
+/** Notes the hop count of `x` (when it has one) under its revision. */
+function noteHops(into: Map<number, number>, x: { readonly revision: number; readonly hops?: number }): void {
+  if (x.hops !== undefined && x.hops > 0) into.set(x.revision, x.hops);
+}
+
 const FORMAT_V1 = SNAPSHOT_FORMAT_VERSION;
 
 const EV_PUT = 0;
@@ -101,6 +138,7 @@ export function encodeSnapshot(d: SnapshotData): Uint8Array {
     prevTs = t;
   });
   w.varint(d.keys.length);
+  const hops = new Map<number, number>();
   // Two scratch buffers (current and previous key) avoid an allocation per key.
   let cur = new Uint8Array(MAX_KEY_BYTES);
   let prev = new Uint8Array(MAX_KEY_BYTES);
@@ -117,6 +155,7 @@ export function encodeSnapshot(d: SnapshotData): Uint8Array {
     w.varint(versions.length);
     let prevRev = 0;
     for (const v of versions) {
+      noteHops(hops, v);
       w.varint(v.revision - prevRev);
       prevRev = v.revision;
       if (v.value === null) w.varint(0);
@@ -130,6 +169,7 @@ export function encodeSnapshot(d: SnapshotData): Uint8Array {
   w.varint(d.history.length);
   let prevEvRev = 0;
   for (const e of d.history) {
+    noteHops(hops, e);
     w.varint(e.revision - prevEvRev);
     prevEvRev = e.revision;
     w.u8(e.type === 'put' ? EV_PUT : e.type === 'delete' ? EV_DELETE : EV_TRIGGER);
@@ -156,6 +196,7 @@ export function encodeSnapshot(d: SnapshotData): Uint8Array {
       }
     }
   }
+  writeHopsSection(w, hops);
   w.u32(crc32(w.view()));
   return w.finish();
 }
@@ -309,6 +350,13 @@ export function decodeSnapshot(bytes: Uint8Array): SnapshotData {
     checkSessionRecords(sessions, { appliedIndex, lastTimestampMs, revision, limits }, (what) => r.fail(what));
     sessionPart = { sessionTtlMs: limits.ttlMs, maxSessions: limits.maxSessions, maxSessionResults: limits.maxResults, sessions };
   }
+  for (let lastTag = 0; r.remaining > 0; ) {
+    const tag = r.u8();
+    if (tag <= lastTag) r.fail(`trailing bytes (section ${tag} after section ${lastTag})`);
+    lastTag = tag;
+    if (tag === SECTION_HOPS) readHopsSection(r, keys, history);
+    else r.fail(`trailing bytes (unknown section ${tag})`);
+  }
   r.expectEnd();
   return {
     ...sessionPart,
@@ -322,4 +370,40 @@ export function decodeSnapshot(bytes: Uint8Array): SnapshotData {
     keys,
     history,
   };
+}
+
+/**
+ * Reads the trailing hop-count section and gives each listed revision's versions (in `keys`) and
+ * history events their hop count, in place; fails on a malformed section or a listed revision
+ * with neither (the encoder lists only revisions it found, so a canonical snapshot has none).
+ */
+function readHopsSection(r: ByteReader, keys: Array<readonly [string, VersionRecord[]]>, history: KvEvent[]): void {
+  const n = r.varintMax(r.remaining, 'hop count entries');
+  if (n === 0) r.fail('empty hop count section');
+  const hops = new Map<number, number>();
+  let rev = 0;
+  for (let i = 0; i < n; i++) {
+    const delta = r.varint();
+    if (delta === 0) r.fail('hop count revisions are not strictly increasing');
+    rev += delta;
+    const h = r.varintMax(MAX_HOP_COUNT, 'hop count');
+    if (h === 0) r.fail('hop count 0 listed');
+    hops.set(rev, h);
+  }
+  const used = new Set<number>();
+  for (const [, versions] of keys) {
+    for (let i = 0; i < versions.length; i++) {
+      const h = hops.get(versions[i]!.revision);
+      if (h === undefined) continue;
+      versions[i] = { ...versions[i]!, hops: h };
+      used.add(versions[i]!.revision);
+    }
+  }
+  for (let i = 0; i < history.length; i++) {
+    const h = hops.get(history[i]!.revision);
+    if (h === undefined) continue;
+    history[i] = { ...history[i]!, hops: h };
+    used.add(history[i]!.revision);
+  }
+  if (used.size !== hops.size) r.fail('hop count listed for a revision with no version or event');
 }

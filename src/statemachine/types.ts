@@ -97,6 +97,11 @@ export interface KvEvent {
   readonly revision: number;
   /** The shard-monotonic timestamp of that revision. */
   readonly timestampMs: number;
+  /**
+   * How many extension lambda writes led to the command that produced it (the lambda loop
+   * guard); absent for 0 (client and system writes). All events of one revision share it.
+   */
+  readonly hops?: number;
 }
 
 /** A key's version (and optionally value) reported alongside a conditional outcome. */
@@ -294,6 +299,8 @@ export interface VersionRecord {
   readonly revision: number;
   readonly timestampMs: number;
   readonly value: Uint8Array | null;
+  /** The lambda hop count of the write that produced it (see `KvEvent.hops`); absent for 0. */
+  readonly hops?: number;
 }
 
 /** A session's scalars, as stored (the durable header record). */

@@ -25,11 +25,17 @@
  *                                        then per revision varint timestampMs, varint writes (versions
  *                                        written at it: the loader checks that every revision after
  *                                        the compaction point has exactly these), varint eventCount,
- *                                        then per event u8 type (0 put, 1 delete, 2 trigger), varint
- *                                        keyLength + key UTF-8, and for triggers varint valueLength +
- *                                        value (put values live in the versions).
- *   s/<g>/v/<key>\x00\x01<revision:u64 BE>  one version: u8 kind (0 tombstone, 1 value), varint
- *                                        timestampMs, then the value bytes (to the end)
+ *                                        then per event u8 type (0 put, 1 delete, 2 trigger; plus 0x80
+ *                                        when a hop count follows), varint keyLength + key UTF-8, for
+ *                                        triggers varint valueLength + value (put values live in the
+ *                                        versions), and with 0x80 varint hops (1..MAX_HOP_COUNT).
+ *   s/<g>/v/<key>\x00\x01<revision:u64 BE>  one version: u8 kind (0 tombstone, 1 value; plus 0x02 when a
+ *                                        hop count follows), varint timestampMs, with 0x02 varint hops
+ *                                        (1..MAX_HOP_COUNT), then the value bytes (to the end)
+ *
+ * Hop counts (the lambda hop count of the write, `VersionRecord.hops` / `KvEvent.hops`) are flags:
+ * a version or event without one is written exactly as before they existed, and records written
+ * before them read as hop count 0. Other flag bits are refused (a newer layout), never ignored.
  *   s/<g>/c/<session id>                 a client session's header: varint forgottenBelow,
  *                                        lastActiveIndex, lastActiveTs (ids are [A-Za-z0-9_-], ASCII)
  *   s/<g>/d/<session id>/<seq:u64 BE>    one stored result of a session's write (sessions.ts,
@@ -107,6 +113,7 @@ import {
   DEFAULT_SESSION_TTL_MS,
   decodeSessionResult,
   encodeSessionResult,
+  MAX_HOP_COUNT,
   MAX_KEY_BYTES,
   MAX_SESSION_ID_LENGTH,
   MAX_VALUE_BYTES,
@@ -127,7 +134,7 @@ import {
   VALUE_ON_DISK,
 } from '../statemachine/index.js';
 import { ByteReader, ByteWriter, crc32Update } from '../statemachine/binary.js';
-import { findVersion } from '../statemachine/snapshot-codec.js';
+import { findVersion, writeHopsSection } from '../statemachine/snapshot-codec.js';
 import { type EngineOp, type KvEngine } from './kv-engine.js';
 import { StorageCorruptionError, stateKeyPrefix } from './raft-log-store.js';
 import { ownedCopy, type ValueCache } from './value-cache.js';
@@ -151,8 +158,12 @@ const OP_OVERHEAD_BYTES = 16;
 const EV_PUT = 0;
 const EV_DELETE = 1;
 const EV_TRIGGER = 2;
+/** Flag of an event's type byte in a revision block: a varint hop count follows the event. */
+const EV_HOPS = 0x80;
 const KIND_TOMBSTONE = 0;
 const KIND_VALUE = 1;
+/** Flag of a version's kind byte: a varint hop count follows the timestamp. */
+const KIND_HOPS = 0x02;
 const TWO_32 = 2 ** 32;
 const SLASH = 0x2f;
 const TAG_LATEST = 0x6c; // 'l'
@@ -324,13 +335,15 @@ function varintBytes(n: number): Uint8Array {
   return out;
 }
 
-/** `u8 kind, varint timestampMs, value bytes` (one exactly sized allocation: written for every put). */
+/** `u8 kind, varint timestampMs, [varint hops], value bytes` (one exactly sized allocation: written for every put). */
 function encodeVersion(v: VersionRecord): Uint8Array {
   if (v.value === VALUE_ON_DISK) throw new Error(`version ${v.revision}: a value held on disk cannot be re-encoded from the index`);
-  const head = 1 + varintLength(v.timestampMs);
+  const hops = v.hops ?? 0;
+  const head = 1 + varintLength(v.timestampMs) + (hops > 0 ? varintLength(hops) : 0);
   const out = new Uint8Array(head + (v.value?.length ?? 0));
-  out[0] = v.value === null ? KIND_TOMBSTONE : KIND_VALUE;
-  putVarint(out, 1, v.timestampMs);
+  out[0] = (v.value === null ? KIND_TOMBSTONE : KIND_VALUE) | (hops > 0 ? KIND_HOPS : 0);
+  const at = putVarint(out, 1, v.timestampMs);
+  if (hops > 0) putVarint(out, at, hops);
   if (v.value !== null) out.set(v.value, head);
   return out;
 }
@@ -354,9 +367,11 @@ function encodeBlock(ts: readonly number[], writes: readonly number[], events?: 
     const evs = events?.[i] ?? [];
     w.varint(evs.length);
     for (const e of evs) {
-      w.u8(e.type === 'put' ? EV_PUT : e.type === 'delete' ? EV_DELETE : EV_TRIGGER);
+      const hops = e.hops ?? 0;
+      w.u8((e.type === 'put' ? EV_PUT : e.type === 'delete' ? EV_DELETE : EV_TRIGGER) | (hops > 0 ? EV_HOPS : 0));
       w.str(e.key);
       if (e.type === 'trigger') w.bytes(e.value!);
+      if (hops > 0) w.varint(hops);
     }
   }
   return w.finish();
@@ -811,7 +826,7 @@ export interface ReplaceOptions {
 }
 
 function sameVersion(a: VersionRecord, b: VersionRecord): boolean {
-  if (a.revision !== b.revision || a.timestampMs !== b.timestampMs) return false;
+  if (a.revision !== b.revision || a.timestampMs !== b.timestampMs || (a.hops ?? 0) !== (b.hops ?? 0)) return false;
   if (a.value === null || b.value === null) return a.value === b.value;
   // A value held on disk: both states come from the same committed log, so the same revision is the same write.
   if (a.value === VALUE_ON_DISK || b.value === VALUE_ON_DISK) return true;
@@ -1118,41 +1133,57 @@ function decodeKey(escaped: Uint8Array, whole: Uint8Array): string {
   }
 }
 
-/** A version record without its value bytes: tombstone or {@link VALUE_ON_DISK}, with its timestamp. */
+/** A version record without its value bytes: tombstone or {@link VALUE_ON_DISK}, with its timestamp (and hop count). */
 function decodeVersionHead(v: Uint8Array, revision: number, key: string): VersionRecord {
-  return corruptOnError(`version ${revision} of ${JSON.stringify(key)}`, () => {
-    const r = new ByteReader(v, 'MALFORMED_SNAPSHOT');
-    const kind = r.u8();
-    const timestampMs = r.varint();
-    if (kind === KIND_TOMBSTONE) {
-      r.expectEnd();
-      return { revision, timestampMs, value: null };
-    }
-    if (kind !== KIND_VALUE) r.fail(`unknown version kind ${kind}`);
-    if (r.remaining > MAX_VALUE_BYTES) r.fail('value too large');
-    return { revision, timestampMs, value: VALUE_ON_DISK };
-  });
+  return decodeVersionWith(v, revision, key, false);
 }
 
 function decodeVersion(v: Uint8Array, revision: number, key: string): VersionRecord {
+  return decodeVersionWith(v, revision, key, true);
+}
+
+function decodeVersionWith(v: Uint8Array, revision: number, key: string, withValue: boolean): VersionRecord {
   return corruptOnError(`version ${revision} of ${JSON.stringify(key)}`, () => {
     const r = new ByteReader(v, 'MALFORMED_SNAPSHOT');
     const kind = r.u8();
+    if ((kind & ~KIND_HOPS) !== KIND_TOMBSTONE && (kind & ~KIND_HOPS) !== KIND_VALUE) r.fail(`unknown version kind ${kind}`);
     const timestampMs = r.varint();
-    if (kind === KIND_TOMBSTONE) {
+    const hops = kind & KIND_HOPS ? readHops(r) : 0;
+    let value: Uint8Array | null;
+    if ((kind & ~KIND_HOPS) === KIND_TOMBSTONE) {
       r.expectEnd();
-      return { revision, timestampMs, value: null };
+      value = null;
+    } else {
+      if (r.remaining > MAX_VALUE_BYTES) r.fail('value too large');
+      value = withValue ? r.view(r.remaining) : VALUE_ON_DISK;
     }
-    if (kind !== KIND_VALUE) r.fail(`unknown version kind ${kind}`);
-    if (r.remaining > MAX_VALUE_BYTES) r.fail('value too large');
-    return { revision, timestampMs, value: r.view(r.remaining) };
+    return hops > 0 ? { revision, timestampMs, value, hops } : { revision, timestampMs, value };
   });
+}
+
+/** A flagged hop count: 1..MAX_HOP_COUNT (a flag with 0 is not canonical). */
+function readHops(r: ByteReader): number {
+  const hops = r.varintMax(MAX_HOP_COUNT, 'hop count');
+  if (hops === 0) r.fail('hop count 0 flagged');
+  return hops;
+}
+
+/** Reads one event of a revision block: its type byte (with the hop flag cleared), key, trigger value and hop count. */
+function readBlockEvent(rd: ByteReader): { readonly type: number; readonly key: Uint8Array; readonly value?: Uint8Array; readonly hops: number } {
+  const flagged = rd.u8();
+  const type = flagged & ~EV_HOPS;
+  if (type !== EV_PUT && type !== EV_DELETE && type !== EV_TRIGGER) rd.fail(`unknown event type ${flagged}`);
+  const key = rd.view(rd.varintMax(MAX_KEY_BYTES, 'event key length'));
+  const value = type === EV_TRIGGER ? rd.view(rd.varintMax(MAX_VALUE_BYTES, 'trigger value length')) : undefined;
+  const hops = flagged & EV_HOPS ? readHops(rd) : 0;
+  return value !== undefined ? { type, key, value, hops } : { type, key, hops };
 }
 
 interface RawEvent {
   readonly type: number;
   readonly key: string;
   readonly value?: Uint8Array;
+  readonly hops: number;
 }
 
 function assemble(
@@ -1189,12 +1220,10 @@ function assemble(
         const count = rd.varint();
         const events: RawEvent[] = [];
         for (let e = 0; e < count; e++) {
-          const type = rd.u8();
-          const key = rd.str(MAX_KEY_BYTES, 'event key');
+          const ev = readBlockEvent(rd);
+          const key = rd.decodeUtf8(ev.key, 'event key');
           if (key.length === 0) rd.fail('empty event key');
-          if (type === EV_TRIGGER) events.push({ type, key, value: rd.view(rd.varintMax(MAX_VALUE_BYTES, 'trigger value length')) });
-          else if (type === EV_PUT || type === EV_DELETE) events.push({ type, key });
-          else rd.fail(`unknown event type ${type}`);
+          events.push(ev.value !== undefined ? { type: ev.type, key, value: ev.value, hops: ev.hops } : { type: ev.type, key, hops: ev.hops });
         }
         if (count > 0) b.withEvents = true;
         b.ts!.push(ts);
@@ -1253,18 +1282,20 @@ function assemble(
   for (const h of histRevs) {
     let putsAndDeletes = 0;
     for (const e of h.events) {
+      const hops = e.hops > 0 ? { hops: e.hops } : undefined;
       if (e.type === EV_TRIGGER) {
-        history.push({ type: 'trigger', key: e.key, value: e.value!, revision: h.rev, timestampMs: h.ts });
+        history.push({ type: 'trigger', key: e.key, value: e.value!, revision: h.rev, timestampMs: h.ts, ...hops });
         continue;
       }
       putsAndDeletes++;
       const v = findVersion(byKey.get(e.key) ?? [], h.rev);
+      if (v !== undefined && (v.hops ?? 0) !== e.hops) fail(`event of ${JSON.stringify(e.key)} at ${h.rev} has hop count ${e.hops}, its version ${v.hops ?? 0}`);
       if (e.type === EV_PUT) {
         if (v === undefined || v.value === null) fail(`put event of ${JSON.stringify(e.key)} at ${h.rev} without a stored version`);
-        history.push({ type: 'put', key: e.key, value: v!.value!, revision: h.rev, timestampMs: h.ts });
+        history.push({ type: 'put', key: e.key, value: v!.value!, revision: h.rev, timestampMs: h.ts, ...hops });
       } else {
         if (h.rev > c && (v === undefined || v.value !== null)) fail(`delete event of ${JSON.stringify(e.key)} at ${h.rev} without a stored tombstone`);
-        history.push({ type: 'delete', key: e.key, revision: h.rev, timestampMs: h.ts });
+        history.push({ type: 'delete', key: e.key, revision: h.rev, timestampMs: h.ts, ...hops });
       }
     }
     if (h.rev > c && putsAndDeletes !== h.writes) fail(`revision ${h.rev} has ${putsAndDeletes} put/delete events but ${h.writes} writes`);
@@ -1397,6 +1428,7 @@ export async function encodeSnapshotFromRecords(
   // Pass 1: revision timestamps for [c, revision] and the history's events, from the blocks.
   const timestamps: number[] = c === 0 ? [0] : [];
   const events: Array<{ rev: number; type: number; key: Uint8Array; value?: Uint8Array }> = [];
+  const hopsByRevision = new Map<number, number>(); // of the retained versions and history events (the trailing section)
   for await (const [k, v] of view.iterate({ prefix: tagPrefix(TAG_REVISION) })) {
     const first = readU64(k, p + 2);
     corruptOnError(`revision block ${first}`, () => {
@@ -1409,10 +1441,10 @@ export async function encodeSnapshotFromRecords(
         const count = rd.varint();
         const keep = rev >= c && rev >= meta.oldestHistoryRevision;
         for (let e = 0; e < count; e++) {
-          const type = rd.u8();
-          const key = rd.view(rd.varintMax(MAX_KEY_BYTES, 'event key length'));
-          const value = type === EV_TRIGGER ? rd.view(rd.varintMax(MAX_VALUE_BYTES, 'trigger value length')) : undefined;
-          if (keep) events.push({ rev, type, key: key.slice(), ...(value ? { value: value.slice() } : {}) });
+          const { type, key, value, hops } = readBlockEvent(rd);
+          if (!keep) continue;
+          events.push({ rev, type, key: key.slice(), ...(value ? { value: value.slice() } : {}) });
+          if (hops > 0) hopsByRevision.set(rev, hops);
         }
         if (rev >= c && rev <= meta.revision) timestamps.push(ts);
       }
@@ -1500,6 +1532,7 @@ export async function encodeSnapshotFromRecords(
     const rev = readU64(k, end + 2);
     const d = decodeVersion(v, rev, '(streamed)');
     curVersions.push({ rev, value: d.value, ts: d.timestampMs });
+    if (d.hops !== undefined) hopsByRevision.set(rev, d.hops);
     await slicer.maybeYield();
   }
   flushKey();
@@ -1560,6 +1593,7 @@ export async function encodeSnapshotFromRecords(
       w = pw.out;
     }
   }
+  writeHopsSection(w, hopsByRevision);
   pw.cut();
 
   // Join the parts (slice by slice) and append the CRC.

@@ -348,6 +348,27 @@ export function backendConformance(
       expect(calls.flat().length).toBe(seen);
     });
 
+    it('a lambda write (opts.hops) gives its events that hop count, in history and live; client writes carry none', async () => {
+      const client = await b.put({ key: '/wh/client', value: enc('c') }, call());
+      const lambda = await b.put({ key: '/wh/lambda', value: enc('l') }, { ...call(), hops: 3 });
+      const deep = await b.trigger({ key: '/wh/trigger', value: enc('t') }, { ...call(), hops: 9 });
+      const seen: KvEvent[] = [];
+      const h = b.watch({ prefix: '/wh/', fromRevision: client.revision, progressIntervalMs: 50 }, { events: (evs) => seen.push(...evs), progress: () => {}, canceled: () => {} });
+      try {
+        await until(() => seen.length >= 3, 5000, 'history events');
+        const live = await b.delete({ key: '/wh/lambda' }, { ...call(), hops: 1 });
+        await until(() => seen.length >= 4, 5000, 'live event');
+        expect(seen.map((e) => [e.revision, e.type, e.hops ?? 0])).toEqual([
+          [client.revision, 'put', 0],
+          [lambda.revision, 'put', 3],
+          [deep.revision, 'trigger', 9],
+          [live.revision, 'delete', 1],
+        ]);
+      } finally {
+        h.cancel();
+      }
+    });
+
     it('watch from a future revision starts delivering at that revision', async () => {
       const now = await b.put({ key: '/wf/0', value: enc('0') }, call());
       const seen: KvEvent[] = [];

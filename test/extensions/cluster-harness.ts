@@ -73,7 +73,7 @@ export class ExtCluster {
     await this.leader(META_GROUP, [], timeoutMs);
     await this.until(async () => (this.nodes.every((n) => n.shardMap().epoch > 0) ? true : undefined), timeoutMs);
     for (const s of this.nodes[0]!.shardMap().shards) {
-      await this.until(async () => ((await this.leader(s.group, [], timeoutMs)).replica(s.group)?.sm.descriptor ? true : undefined), timeoutMs);
+      await this.until(async () => ((await this.leader(s.group, [], timeoutMs)).replica(s.group)?.descriptor ? true : undefined), timeoutMs);
     }
   }
 
@@ -217,7 +217,7 @@ export class ExtCluster {
     const probe: ClusterProbe = {
       statuses: async () => Promise.all(this.nodes.map((n) => n.status())),
       countKeys: async (group, prefix, limit) => {
-        const sm = (await this.leader(group)).replica(group)!.sm;
+        const sm = (await this.leader(group)).replica(group)!.internalsForTests().sm;
         const n = (sm.get(prefix) ? 1 : 0) + sm.list(`${prefix}/`, { keysOnly: true, limit: Math.max(1, limit) }).items.length;
         return Math.min(n, limit);
       },
@@ -264,7 +264,7 @@ export class ExtCluster {
       const out = new Map<number, number>();
       for (const s of self.shardMap().shards) {
         const l = this.leaderNow(s.group, [], self);
-        if (l) out.set(s.group, l.replica(s.group)!.sm.revision);
+        if (l) out.set(s.group, l.replica(s.group)!.revision);
       }
       return out;
     };

@@ -76,7 +76,7 @@ describe('delivery', () => {
       }
     }
     const l = await c.leader(DATA_GROUP);
-    const sm = l.replica(DATA_GROUP)!.sm;
+    const sm = l.replica(DATA_GROUP)!.internalsForTests().sm;
     expect(sm.get('/_sys/x')).toBeUndefined();
     expect(sm.get('/_dlq/it-sneaky/x')).toBeUndefined();
     expect(sm.descriptor).toBeDefined();

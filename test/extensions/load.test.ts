@@ -46,7 +46,7 @@ async function pkg(name: string, tag: string, blobKb = 0): Promise<Uint8Array> {
 
 /** What the metadata group (read on `node`) holds for `name`: the record, its reassembled package, and the generations that have chunks. */
 function registered(node: KvNode, name: string) {
-  const sm = node.replica(META_GROUP)!.sm;
+  const sm = node.replica(META_GROUP)!.internalsForTests().sm;
   const got = sm.get(metaKey(name));
   const record = got ? decodeRecord(got.value) : undefined;
   const bytes = record ? Buffer.concat(Array.from({ length: record.chunks }, (_, i) => sm.get(chunkKey(name, record.generation, i))?.value ?? new Uint8Array())) : undefined;
@@ -150,7 +150,7 @@ describe('concurrent loads of one name', () => {
     expect(r.record!.generation).toBe(Math.max(sa.generation, sb.generation));
     expect(r.bytes!.equals(Buffer.from(last))).toBe(true);
     expect(r.generations).toEqual([r.record!.generation]);
-    expect(decodeClaim(leader.replica(META_GROUP)!.sm.get(claimKey('same-node'))!.value)).toMatchObject({ generation: r.record!.generation, released: true });
+    expect(decodeClaim(leader.replica(META_GROUP)!.readValue(claimKey('same-node'))!.value)).toMatchObject({ generation: r.record!.generation, released: true });
   });
 
   it('with two loaders on one node (another manager): a load while the other holds the claim fails with LoadConflictError; the first registers its own bytes', async () => {

@@ -119,7 +119,7 @@ describe('extensions on a sharded cluster', () => {
     const old = await c.leader(g);
     const maxVersion = Math.max(...acked.filter((a) => a.group === g).map((a) => a.version));
     const cursor = await c.until(async () => {
-      const item = old.replica(g)!.sm.list(`/_sys/cursor/${EXT}/`, {}).items[0];
+      const item = old.replica(g)!.list(`/_sys/cursor/${EXT}/`, {}).items[0];
       const v = item ? Number(new TextDecoder().decode(item.value)) : 0;
       return v >= maxVersion ? v : undefined;
     });
@@ -194,7 +194,7 @@ describe('extensions on a sharded cluster', () => {
     }, 30_000);
     expect(letters.map((l) => l.key).sort()).toEqual(poisoned.map(letterKey).sort());
     for (const a of poisoned) {
-      const sm = (await c.leader(a.group)).replica(a.group)!.sm;
+      const sm = (await c.leader(a.group)).replica(a.group)!.internalsForTests().sm;
       expect(JSON.parse(new TextDecoder().decode(sm.get(letterKey(a))!.value))).toMatchObject({ shard: a.group, event: { key: a.key } });
     }
   });

@@ -48,6 +48,7 @@ function replay(sm: KvStateMachine, entries: readonly { index: number; type: Ent
     let ts = sm.lastTimestampMs;
     let origin: CommandOrigin = 'system';
     let session: WriteSession | undefined;
+    let hops = 0;
     if (e.type === EntryType.Normal && e.data.length > 0) {
       try {
         const p = decodeProposal(e.data);
@@ -55,11 +56,12 @@ function replay(sm: KvStateMachine, entries: readonly { index: number; type: Ent
         ts = p.timestampMs;
         origin = p.origin;
         session = p.session;
+        hops = p.hops;
       } catch {
         // applied as a no-op, as the replica does
       }
     }
-    sm.apply(e.index, ts, cmd, origin, session);
+    sm.apply(e.index, ts, cmd, origin, session, hops);
   }
 }
 
@@ -131,7 +133,7 @@ async function converged(nodes: KvNode[], timeoutMs = 20_000): Promise<void> {
     const done = [META_GROUP, DATA_GROUP].every((g) => {
       const rs = nodes.map((n) => n.replica(g)!);
       const commit = rs[0]!.status().commit;
-      return rs.every((r) => r.sm.appliedIndex === commit && r.status().commit === commit);
+      return rs.every((r) => r.appliedIndex === commit && r.status().commit === commit);
     });
     if (done) return;
     if (Date.now() > until) throw new Error('replicas did not converge');
@@ -152,8 +154,11 @@ describe('durable state machine', () => {
     }));
     await l.delete({ key: '/r/0/0' }, deadline());
     await l.trigger({ key: '/r/t', value: enc('t') }, deadline());
+    // A lambda's write (hop count 4): the count is recorded with the version and event, on disk.
+    const lambdaPut = await l.execute(DATA_GROUP, { type: 'put', key: '/r/lambda', value: enc('l') }, { ...deadline(), hops: 4 }, 'client');
+    if (lambdaPut.type !== 'put') throw new Error(`unexpected ${lambdaPut.type}`);
     await converged(nodes);
-    const before = nodes.map((n) => ({ applied: n.replica(DATA_GROUP)!.sm.appliedIndex, bytes: n.replica(DATA_GROUP)!.sm.snapshot() }));
+    const before = nodes.map((n) => ({ applied: n.replica(DATA_GROUP)!.appliedIndex, bytes: n.replica(DATA_GROUP)!.internalsForTests().sm.snapshot() }));
     expect(before[0]!.applied).toBeGreaterThan(240);
     for (const n of nodes) await n.stop();
     open = [];
@@ -164,10 +169,11 @@ describe('durable state machine', () => {
     nodes.forEach((n, i) => {
       const r = n.replica(DATA_GROUP)!;
       // Before running anything: the machine is back at the applied index, from disk.
-      expect(r.sm.appliedIndex).toBe(before[i]!.applied);
+      expect(r.appliedIndex).toBe(before[i]!.applied);
       expect(r.status().applied).toBe(before[i]!.applied);
-      expect(same(r.sm.snapshot(), before[i]!.bytes)).toBe(true);
+      expect(same(r.internalsForTests().sm.snapshot(), before[i]!.bytes)).toBe(true);
       expect(r.status().firstIndex).toBe(1); // the whole log is there, yet not replayed
+      expect(r.hopsOf(lambdaPut.revision)).toBe(4);
       n.observer = { applied: (g, entries) => { if (g === DATA_GROUP) replayed[i]! += entries; } };
       n.start();
     });
@@ -255,7 +261,7 @@ describe('durable state machine', () => {
       nodes[fi]!.start();
       await (await leaderOf(nodes)).put({ key: '/s/last', value: enc('2') }, deadline(5000));
       await converged(nodes);
-      const bytes = nodes.map((n) => n.replica(DATA_GROUP)!.sm.snapshot());
+      const bytes = nodes.map((n) => n.replica(DATA_GROUP)!.internalsForTests().sm.snapshot());
       for (const b of bytes) expect(same(b, bytes[0]!)).toBe(true);
     });
   }
@@ -297,6 +303,19 @@ describe('durable state machine', () => {
       const down = new Set<KvNode>();
       let stop = false;
       let acked = 0;
+      // Progress, not wall time, paces the crashes: under a loaded machine a fixed sleep let too
+      // few writes through (acked <= 200, no snapshot install), so the test waits for acks.
+      const ackWaiters: { target: number; resolve: () => void }[] = [];
+      const onAck = () => {
+        acked++;
+        for (let k = ackWaiters.length - 1; k >= 0; k--) if (acked >= ackWaiters[k]!.target) ackWaiters.splice(k, 1)[0]!.resolve();
+      };
+      /** Resolves once `more` further writes were acknowledged (or after `timeoutMs`: the checks below then say what is missing). */
+      const acks = (more: number, timeoutMs = 20_000) =>
+        new Promise<void>((resolve) => {
+          const t = setTimeout(resolve, timeoutMs);
+          ackWaiters.push({ target: acked + more, resolve: () => (clearTimeout(t), resolve()) });
+        });
       // Odd writers use a client session and retry a failed write with the same seq until it is
       // answered (as a client does after an unknown outcome): the session table goes through the
       // same crashes, snapshot installs and recoveries as the data.
@@ -316,7 +335,7 @@ describe('durable state machine', () => {
               if (kind === 5) await l.delete({ key }, o);
               else if (kind === 6) await l.trigger({ key, value: enc(`t${n}`) }, o);
               else await l.put({ key, value: enc(`${w}:${n}:${'x'.repeat(n % 40)}`) }, o);
-              acked++;
+              onAck();
               if (session) ackedBelow = session.seq + 1;
               break;
             } catch (e) {
@@ -330,7 +349,7 @@ describe('durable state machine', () => {
       const writers = Array.from({ length: 6 }, (_, w) => writer(w));
       let fromRecords = 0;
       for (let crash = 0; crash < 6; crash++) {
-        await sleep(60 + pick(200));
+        await Promise.all([sleep(60 + pick(200)), acks(40)]);
         const i = pick(3);
         const victim = nodes[i]!;
         down.add(victim);
@@ -339,7 +358,9 @@ describe('durable state machine', () => {
         open = open.filter((n) => n !== victim);
         const used = await checkRecoverable(engines[i]!, opts.stateMachine, ledger);
         if (used.get(DATA_GROUP)) fromRecords++;
-        await sleep(pick(2) === 0 ? 0 : 150 + pick(250)); // stay down long enough to need a snapshot
+        // Half the time stay down long enough to need a snapshot: more writes than a snapshot
+        // interval plus the kept tail (the leader's log then no longer holds what this node lacks).
+        if (pick(2) !== 0) await Promise.all([sleep(150 + pick(250)), acks(opts.snapshotEveryEntries! + opts.keepEntriesAfterSnapshot! + 10)]);
         const node = await openNode(i + 1, engines[i]!, hub, opts);
         watchInstalls(node);
         nodes[i] = node;
@@ -351,14 +372,14 @@ describe('durable state machine', () => {
       await Promise.allSettled(writers);
       await converged(nodes);
       for (const g of [META_GROUP, DATA_GROUP]) {
-        const states = nodes.map((n) => n.replica(g)!.sm.snapshot());
+        const states = nodes.map((n) => n.replica(g)!.internalsForTests().sm.snapshot());
         for (const s of states) expect(same(s, states[0]!), `group ${g}`).toBe(true);
       }
       // A final power cut of every node after a clean stop: each recovers from its records exactly
       // the state it stopped with (the others may apply a little more meanwhile: retention runs).
       for (let i = 0; i < 3; i++) {
         await nodes[i]!.stop();
-        const stoppedWith = nodes[i]!.replica(DATA_GROUP)!.sm.snapshot();
+        const stoppedWith = nodes[i]!.replica(DATA_GROUP)!.internalsForTests().sm.snapshot();
         engines[i] = engines[i]!.crash(0);
         const used = await checkRecoverable(engines[i]!, opts.stateMachine, ledger);
         expect(used.get(DATA_GROUP)).toBe(true);
@@ -368,7 +389,7 @@ describe('durable state machine', () => {
       open = [];
       expect(acked).toBeGreaterThan(200);
       expect(expired).toBe(0);
-      expect(nodes[0]!.replica(DATA_GROUP)!.sm.sessionCount).toBe(3);
+      expect(nodes[0]!.replica(DATA_GROUP)!.internalsForTests().sm.sessionCount).toBe(3);
       expect(installs).toBeGreaterThan(0);
       expect(fromRecords).toBeGreaterThan(0);
     });

@@ -46,7 +46,7 @@ describe('proposal envelope timestamps', () => {
     };
     expect(() => r.apply(rd)).not.toThrow();
     expect(bad).toEqual([1]);
-    expect(r.sm.appliedIndex).toBe(1);
+    expect(r.appliedIndex).toBe(1);
   });
 
   it('an entry in an envelope version this code does not know stops the replica instead of being skipped', () => {
@@ -56,6 +56,6 @@ describe('proposal envelope timestamps', () => {
     const rd: Ready = { entries: [], committedEntries: [{ term: 1, index: 1, type: EntryType.Normal, data: future }], earlyMessages: [], messages: [], readStates: [] };
     expect(() => r.apply(rd)).toThrow(UnknownEnvelopeVersionError);
     expect(bad).toEqual([]);
-    expect(r.sm.appliedIndex).toBe(0);
+    expect(r.appliedIndex).toBe(0);
   });
 });

@@ -155,7 +155,7 @@ describe('retention', () => {
     // Within the window both versions are readable.
     expect(dec((await l.get({ key: '/r', atVersion: v1.version, consistency: 'linearizable' }, deadline())).value)).toBe('old');
     now += 5000; // the first write falls out of the window
-    while (nodes.some((n) => n.replica(DATA_GROUP)!.sm.compactRevision < v2.version)) await new Promise((r) => setTimeout(r, 10));
+    while (nodes.some((n) => n.replica(DATA_GROUP)!.compactRevision < v2.version)) await new Promise((r) => setTimeout(r, 10));
     await expect(l.get({ key: '/r', atVersion: v1.version, consistency: 'linearizable' }, deadline())).rejects.toBeInstanceOf(CompactedRevisionError);
     expect(dec((await l.get({ key: '/r', consistency: 'linearizable' }, deadline())).value)).toBe('new');
   });

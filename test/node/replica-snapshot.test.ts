@@ -60,7 +60,7 @@ describe('snapshots from the leader', () => {
     expect(() => drain(r)).not.toThrow();
     expect(r.status().commit).toBe(0);
     expect(r.status().droppedMessages).toBe(2);
-    expect(r.sm.appliedIndex).toBe(0);
+    expect(r.appliedIndex).toBe(0);
   });
 
   it('installs a snapshot whose data restores at its index', () => {
@@ -68,7 +68,7 @@ describe('snapshots from the leader', () => {
     r.step(snapMessage(5, stateAt(5)));
     drain(r);
     expect(r.status().commit).toBe(5);
-    expect(r.sm.appliedIndex).toBe(5);
+    expect(r.appliedIndex).toBe(5);
     expect(r.status().droppedMessages).toBe(0);
   });
 });

@@ -42,7 +42,7 @@ async function converged(nodes: KvNode[]): Promise<void> {
   for (;;) {
     const rs = nodes.map((n) => n.replica(DATA_GROUP)!);
     const commit = rs[0]!.status().commit;
-    if (rs.every((r) => r.sm.appliedIndex === commit && r.status().commit === commit)) return;
+    if (rs.every((r) => r.appliedIndex === commit && r.status().commit === commit)) return;
     if (Date.now() > until) throw new Error('replicas did not converge');
     await sleep(10);
   }
@@ -97,24 +97,24 @@ describe('client sessions on a node', () => {
     const trig = await l.trigger({ key: '/t', value: enc('t') }, call(sess(6)));
     const txn = await l.txn({ compares: [{ key: '/d', version: results[4]!.version }], writes: [{ type: 'delete', key: '/d' }] }, call(sess(7)));
     await converged(nodes);
-    const before = nodes.map((n) => n.replica(DATA_GROUP)!.sm.snapshot());
+    const before = nodes.map((n) => n.replica(DATA_GROUP)!.internalsForTests().sm.snapshot());
     // 1. A clean stop, then a power cut: the table comes back from the records, before any replay.
     for (const n of nodes) await n.stop();
     open = [];
     let disks = engines.map((e) => e.crash(0));
     nodes = await Promise.all(disks.map((e, i) => openNode(i + 1, e, hub, opts)));
     nodes.forEach((n, i) => {
-      const sm = n.replica(DATA_GROUP)!.sm;
+      const sm = n.replica(DATA_GROUP)!.internalsForTests().sm;
       expect(same(sm.snapshot(), before[i]!)).toBe(true);
       expect(sm.session(SID)!.results.map(([q]) => q)).toEqual([1, 2, 3, 4, 5, 6, 7]);
     });
     for (const n of nodes) n.start();
     let l2 = await leaderOf(nodes);
-    const rev = l2.replica(DATA_GROUP)!.sm.revision;
+    const rev = l2.replica(DATA_GROUP)!.revision;
     expect(await l2.put({ key: '/d', value: enc('v3') }, call(sess(3)))).toEqual(results[2]);
     expect(await l2.trigger({ key: '/t', value: enc('t') }, call(sess(6)))).toEqual(trig);
     expect(await l2.txn({ compares: [{ key: '/d', version: results[4]!.version }], writes: [{ type: 'delete', key: '/d' }] }, call(sess(7)))).toEqual(txn);
-    expect(l2.replica(DATA_GROUP)!.sm.revision).toBe(rev);
+    expect(l2.replica(DATA_GROUP)!.revision).toBe(rev);
     // 2. A power cut without a clean stop, right after an acknowledged write: recovery (records
     // plus whatever log replay they need) still answers its retry from the session.
     const eighth = await l2.put({ key: '/d', value: enc('v8') }, call(sess(8)));
@@ -128,7 +128,7 @@ describe('client sessions on a node', () => {
     const g = await l2.get({ key: '/d', consistency: 'linearizable' }, { deadlineMs: Date.now() + 3000 });
     expect(g.version).toBe(eighth.version);
     await converged(nodes);
-    const after = nodes.map((n) => n.replica(DATA_GROUP)!.sm.snapshot());
+    const after = nodes.map((n) => n.replica(DATA_GROUP)!.internalsForTests().sm.snapshot());
     for (const b of after) expect(same(b, after[0]!)).toBe(true);
   });
 
@@ -149,8 +149,8 @@ describe('client sessions on a node', () => {
     hub.blocked.clear();
     await converged(nodes);
     expect(installs).toBeGreaterThan(0);
-    expect(same(f.replica(DATA_GROUP)!.sm.snapshot(), l.replica(DATA_GROUP)!.sm.snapshot())).toBe(true);
-    expect(f.replica(DATA_GROUP)!.sm.session(SID)!.results.map(([q]) => q)).toEqual([97, 98, 99, 100]);
+    expect(same(f.replica(DATA_GROUP)!.internalsForTests().sm.snapshot(), l.replica(DATA_GROUP)!.internalsForTests().sm.snapshot())).toBe(true);
+    expect(f.replica(DATA_GROUP)!.internalsForTests().sm.session(SID)!.results.map(([q]) => q)).toEqual([97, 98, 99, 100]);
     // The follower, leading now, answers the retry of the last write from its session.
     await l.stop();
     open = open.filter((n) => n !== l);

@@ -114,7 +114,7 @@ async function settled(h: Harness): Promise<ClusterMap> {
     if (e === 0 || maps.some((m) => m.epoch !== e)) return undefined;
     for (const s of maps[0]!.shards) {
       const l = h.nodes.find((n) => n.replica(s.group)?.isLeader);
-      if (!l || l.replica(s.group)!.sm.descriptor === undefined) return undefined;
+      if (!l || l.replica(s.group)!.descriptor === undefined) return undefined;
     }
     return maps[0];
   });
@@ -138,11 +138,11 @@ describe('sharding on the node', () => {
       perShard.set(g, (perShard.get(g) ?? 0) + 1);
       const l = h.nodes.find((n) => n.replica(g)?.isLeader)!;
       // The key lives in exactly its shard, whose descriptor owns it.
-      expect(dec(l.replica(g)!.sm.get(key)?.value)).toBe(key);
-      expect(ownsKey(l.replica(g)!.sm.descriptor!, key)).toBe(true);
+      expect(dec(l.replica(g)!.readValue(key)?.value)).toBe(key);
+      expect(ownsKey(l.replica(g)!.descriptor!, key)).toBe(true);
       for (const other of map.shards.filter((s) => s.group !== g)) {
         const ol = h.nodes.find((n) => n.replica(other.group))!;
-        expect(ol.replica(other.group)!.sm.get(key)).toBeUndefined();
+        expect(ol.replica(other.group)!.readValue(key)).toBeUndefined();
       }
       const got = await anywhere(h, (n) => n.get({ key, consistency: 'linearizable' }, soon()));
       expect(dec(got.value)).toBe(key);
@@ -204,7 +204,7 @@ describe('sharding on the node', () => {
     const parent = map.shards.find((s) => s.pool === '')!;
     const pl = await until('parent leader', () => h.nodes.find((n) => n.replica(parent.group)?.isLeader));
     await expect(pl.execute(parent.group, { type: 'put', key: '/cameras/9/x', value: enc('stale') }, soon(), 'client')).rejects.toBeInstanceOf(WrongShardError);
-    expect(pl.replica(parent.group)!.sm.descriptor!.excluded).toEqual(['/cameras']);
+    expect(pl.replica(parent.group)!.descriptor!.excluded).toEqual(['/cameras']);
   });
 
   it('adds a member: it joins as a learner, catches up, takes replicas and leadership; removing it moves them back', async () => {

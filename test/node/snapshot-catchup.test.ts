@@ -47,7 +47,7 @@ async function converged(nodes: KvNode[], timeoutMs = 20_000): Promise<void> {
   for (;;) {
     const rs = nodes.map((n) => n.replica(DATA_GROUP)!);
     const commit = rs[0]!.status().commit;
-    if (rs.every((r) => r.sm.appliedIndex === commit && r.status().commit === commit)) return;
+    if (rs.every((r) => r.appliedIndex === commit && r.status().commit === commit)) return;
     if (Date.now() > until) throw new Error('replicas did not converge');
     await sleep(10);
   }
@@ -73,7 +73,7 @@ async function workload(l: KvNode, rounds: number, tag: string, valueBytes = 40)
     }
   }));
   const r = l.replica(DATA_GROUP)!;
-  await l.execute(DATA_GROUP, { type: 'compact', revision: Math.max(0, r.sm.revision - 30) }, deadline(), 'system');
+  await l.execute(DATA_GROUP, { type: 'compact', revision: Math.max(0, r.revision - 30) }, deadline(), 'system');
 }
 
 describe('snapshots from the records', () => {
@@ -108,7 +108,7 @@ describe('snapshots from the records', () => {
     isolate(hub, nodes, f);
     await workload(l, 60, 'a');
     const lr = l.replica(DATA_GROUP)!;
-    expect(lr.status().firstIndex).toBeGreaterThan(fr.sm.appliedIndex + 1); // behind the compacted log
+    expect(lr.status().firstIndex).toBeGreaterThan(fr.appliedIndex + 1); // behind the compacted log
     // No whole-state buffer at compaction: the stored snapshot is metadata only.
     const le = engines[nodes.indexOf(l)]!;
     expect(await le.get(metaKey(DATA_GROUP, 'snap'))).toBeDefined();
@@ -129,8 +129,8 @@ describe('snapshots from the records', () => {
     expect(engines.every((e) => e.openViews === 0)).toBe(true);
 
     // The same state: versions, sessions, revision, compaction point (the encoding covers all of it).
-    const lsm = lr.sm;
-    const fsm = f.replica(DATA_GROUP)!.sm;
+    const lsm = lr.internalsForTests().sm;
+    const fsm = f.replica(DATA_GROUP)!.internalsForTests().sm;
     expect(fsm.appliedIndex).toBe(lsm.appliedIndex);
     expect(fsm.revision).toBe(lsm.revision);
     expect(fsm.compactRevision).toBe(lsm.compactRevision);
@@ -162,7 +162,7 @@ describe('a crash in the middle of a chunked snapshot transfer', () => {
     isolate(hub, nodes, f);
     await workload(l, 40, 'big', 30_000); // a state of several 1 MiB chunks
     const lr = l.replica(DATA_GROUP)!;
-    expect(lr.status().firstIndex).toBeGreaterThan(f.replica(DATA_GROUP)!.sm.appliedIndex + 1);
+    expect(lr.status().firstIndex).toBeGreaterThan(f.replica(DATA_GROUP)!.appliedIndex + 1);
 
     // The follower takes the first chunk, then the power goes while the next is on its way.
     const fr = f.replica(DATA_GROUP)!;
@@ -193,9 +193,9 @@ describe('a crash in the middle of a chunked snapshot transfer', () => {
     hub.blocked.clear();
     await l.put({ key: '/k/last', value: enc('2') }, deadline());
     await converged(nodes);
-    const fsm = nodes[fi]!.replica(DATA_GROUP)!.sm;
-    expect(fsm.compactRevision).toBe(lr.sm.compactRevision);
-    expect(same(fsm.snapshot(), lr.sm.snapshot())).toBe(true);
+    const fsm = nodes[fi]!.replica(DATA_GROUP)!.internalsForTests().sm;
+    expect(fsm.compactRevision).toBe(lr.compactRevision);
+    expect(same(fsm.snapshot(), lr.internalsForTests().sm.snapshot())).toBe(true);
     expect(engines.every((e) => e.openViews === 0)).toBe(true);
   });
 });

@@ -43,7 +43,7 @@ async function converged(nodes: KvNode[], timeoutMs = 20_000): Promise<void> {
     const done = [META_GROUP, DATA_GROUP].every((g) => {
       const rs = nodes.map((n) => n.replica(g)!);
       const commit = rs[0]!.status().commit;
-      return rs.every((r) => r.sm.appliedIndex === commit && r.status().commit === commit);
+      return rs.every((r) => r.appliedIndex === commit && r.status().commit === commit);
     });
     if (done) return;
     if (Date.now() > until) throw new Error('replicas did not converge');
@@ -55,7 +55,7 @@ async function converged(nodes: KvNode[], timeoutMs = 20_000): Promise<void> {
 async function released(nodes: KvNode[], maxBytes: number, timeoutMs = 10_000): Promise<void> {
   const until = Date.now() + timeoutMs;
   for (;;) {
-    const worst = Math.max(...nodes.map((n) => n.replica(DATA_GROUP)!.sm.heapValueBytes()));
+    const worst = Math.max(...nodes.map((n) => n.replica(DATA_GROUP)!.internalsForTests().sm.heapValueBytes()));
     if (worst <= maxBytes) return;
     if (Date.now() > until) throw new Error(`values still in the heap: ${worst} bytes`);
     // A round's records are durable with the next fsynced batch: a write makes one.
@@ -102,13 +102,13 @@ describe('values served from the engine', () => {
       expect(n.valueCache.stats.bytes).toBeLessThanOrEqual(8 * 1024);
     }
 
-    const before = nodes.map((n) => n.replica(DATA_GROUP)!.sm.snapshot());
+    const before = nodes.map((n) => n.replica(DATA_GROUP)!.internalsForTests().sm.snapshot());
     for (const n of nodes) await n.stop();
     open = [];
     engines = engines.map((e) => e.crash(0));
     nodes = await Promise.all(engines.map((e, i) => openNode(i + 1, e, hub, opts)));
     for (const [i, n] of nodes.entries()) {
-      const sm = n.replica(DATA_GROUP)!.sm;
+      const sm = n.replica(DATA_GROUP)!.internalsForTests().sm;
       // Rebuilt from the records: the index only, no value was loaded into the heap.
       expect(sm.heapValueBytes()).toBe(0);
       expect(sm.residentValues).toBe(0);
@@ -152,8 +152,8 @@ describe('values served from the engine', () => {
     await l.put({ key: '/s/tick', value: enc('t2') }, deadline());
     await converged(nodes);
     await released([f], 2 * 1024);
-    const fsm = f.replica(DATA_GROUP)!.sm;
-    expect(Buffer.from(fsm.snapshot()).equals(Buffer.from(l.replica(DATA_GROUP)!.sm.snapshot()))).toBe(true);
+    const fsm = f.replica(DATA_GROUP)!.internalsForTests().sm;
+    expect(Buffer.from(fsm.snapshot()).equals(Buffer.from(l.replica(DATA_GROUP)!.internalsForTests().sm.snapshot()))).toBe(true);
     for (const i of [0, 49, 50, 149]) {
       const got = await f.get({ key: `/s/${String(i).padStart(3, '0')}`, consistency: 'serializable' }, deadline());
       expect(dec(got.value)).toBe(value(i < 50 ? i + 150 : i, i < 50 ? 1 : 0));

@@ -287,12 +287,13 @@ export class MemoryBackend implements KvBackend {
    * deduplicated as a kvd shard does it (the state machine keeps the session table). `origin` is
    * `system` by default (test setup may write reserved keys); the client API methods apply as
    * `client`, as a kvd node does, so their writes to the reserved keyspace are refused (RESERVED).
+   * `hops` is the lambda hop count the write's versions and events record (0 for clients).
    */
-  apply(cmd: Command, group?: number, session?: CallOptions['session'], origin: CommandOrigin = 'system'): CommandResult {
+  apply(cmd: Command, group?: number, session?: CallOptions['session'], origin: CommandOrigin = 'system', hops = 0): CommandResult {
     const g = group ?? this.commandGroup(cmd);
     const shard = this.shards.get(g);
     if (!shard) throw new ValidationError('INVALID_ARGUMENT', `shard ${g} does not exist`);
-    const out = shard.sm.apply(++shard.index, this.now(), cmd, origin, session);
+    const out = shard.sm.apply(++shard.index, this.now(), cmd, origin, session, hops);
     if (out.result.type === 'rejected') throw out.result.error;
     if (out.events.length > 0) for (const w of [...this.watchers]) if (w.group === g) w.publish(out.events);
     return out.result;
@@ -371,7 +372,7 @@ export class MemoryBackend implements KvBackend {
       ...(req.expectedVersion !== undefined ? { expectedVersion: req.expectedVersion } : {}),
       ...(req.returnCurrentValue ? { returnPrevious: true } : {}),
     };
-    return this.apply(cmd, group, opts.session, 'client') as PutResult;
+    return this.apply(cmd, group, opts.session, 'client', opts.hops) as PutResult;
   }
 
   async delete(req: DeleteRequest, opts: CallOptions): Promise<DeleteResult> {
@@ -383,14 +384,14 @@ export class MemoryBackend implements KvBackend {
       key: req.key,
       ...(req.expectedVersion !== undefined ? { expectedVersion: req.expectedVersion } : {}),
     };
-    return this.apply(cmd, group, opts.session, 'client') as DeleteResult;
+    return this.apply(cmd, group, opts.session, 'client', opts.hops) as DeleteResult;
   }
 
   async trigger(req: TriggerRequest, opts: CallOptions): Promise<TriggerResponse> {
     await this.enter('trigger', req, opts);
     const group = this.groupOf(req.key);
     this.requireLeader(group);
-    const r = this.apply({ type: 'triggerPut', key: req.key, value: req.value }, group, opts.session, 'client') as TriggerResult;
+    const r = this.apply({ type: 'triggerPut', key: req.key, value: req.value }, group, opts.session, 'client', opts.hops) as TriggerResult;
     return { revision: r.revision, timestampMs: r.timestampMs };
   }
 
@@ -399,7 +400,7 @@ export class MemoryBackend implements KvBackend {
     await this.enter('txn', req, opts);
     const group = this.groupOfKeys([...req.compares.map((c) => c.key), ...req.writes.map((w) => w.key)]);
     this.requireLeader(group);
-    return this.apply({ type: 'txn', compares: req.compares, writes: req.writes }, group, opts.session, 'client') as TxnResult;
+    return this.apply({ type: 'txn', compares: req.compares, writes: req.writes }, group, opts.session, 'client', opts.hops) as TxnResult;
   }
 
   async get(req: GetRequest, opts: CallOptions): Promise<GetResponse> {

@@ -77,7 +77,7 @@ async function nodeService(): Promise<{ node: KvNode; kv: Awaited<ReturnType<typ
   );
   node.start();
   defer(() => node.stop());
-  for (let i = 0; !(node.replica(DATA_GROUP)?.isLeader && node.replica(DATA_GROUP)!.sm.descriptor); i++) {
+  for (let i = 0; !(node.replica(DATA_GROUP)?.isLeader && node.replica(DATA_GROUP)!.descriptor); i++) {
     if (i > 500) throw new Error('the node did not get a descriptor');
     await new Promise((r) => setTimeout(r, 10));
   }
@@ -94,7 +94,7 @@ async function systemWrite(node: KvNode, cmd: Command): Promise<void> {
 describe('the reserved keyspace through the KV service', () => {
   it('a client put of /_sys/shard with a huge-epoch descriptor is refused, and the shard keeps accepting puts', async () => {
     const { node, kv } = await nodeService();
-    const sm = () => node.replica(DATA_GROUP)!.sm;
+    const sm = () => node.replica(DATA_GROUP)!.internalsForTests().sm;
     const before = sm().descriptor!;
     const evil = utf8(encodeDescriptor({ group: DATA_GROUP, pool: '', index: 1, shards: 2, excluded: [], epoch: Number.MAX_SAFE_INTEGER }));
     const out = await unary(kv, 'put', { key: SHARD_DESCRIPTOR_KEY, value: evil });
@@ -145,7 +145,7 @@ describe('the reserved keyspace through the KV service', () => {
     pl.end();
     for (const m of got.values()) expect(grpc.status[m.error?.code ?? 0], JSON.stringify(m)).toBe('PERMISSION_DENIED');
     // Nothing was written; the shard serves ordinary keys.
-    const sm = node.replica(DATA_GROUP)!.sm;
+    const sm = node.replica(DATA_GROUP)!.internalsForTests().sm;
     for (const key of RESERVED) expect(sm.get(key)).toBeUndefined();
     expect(sm.get('/fine')).toBeUndefined();
     ok(await unary(kv, 'put', { key: '/fine', value: utf8('x') }));
@@ -209,7 +209,7 @@ describe('the reserved keyspace through the KV service', () => {
     expectError(await unary(kv, 'get', { key: SHARD_DESCRIPTOR_KEY }, { metadata: adminMd() }), grpc.status.PERMISSION_DENIED);
     expectError(await unary(kv, 'list', { prefix: '/_sys/' }, { metadata: adminMd() }), grpc.status.PERMISSION_DENIED);
     expectError(await unary(kv, 'list', { prefix: '/ext/' }, { metadata: adminMd() }), grpc.status.PERMISSION_DENIED);
-    expect(text(node.replica(DATA_GROUP)!.sm.get(LETTER)!.value)).toBe('letter');
+    expect(text(node.replica(DATA_GROUP)!.readValue(LETTER)!.value)).toBe('letter');
   });
 
   it('the client library and kvctl read dead letters with the admin token, and are refused without it', async () => {

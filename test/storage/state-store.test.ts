@@ -94,10 +94,12 @@ interface LogEntry {
   readonly index: number;
   readonly ts: number;
   readonly cmd: Command;
+  /** The lambda hop count the entry carries (recorded with its versions and events). */
+  readonly hops: number;
 }
 
 type Action =
-  | { a: 'apply'; cmd: Command; dt: number; step: number }
+  | { a: 'apply'; cmd: Command; dt: number; step: number; hops: number }
   | { a: 'compact'; back: number }
   | { a: 'persist' }
   | { a: 'reload' }
@@ -111,8 +113,10 @@ const cmdArb: fc.Arbitrary<Command> = fc.oneof(
   { weight: 2, arbitrary: fc.record({ type: fc.constant('put' as const), key: poolKey, value: smallValue }) },
   { weight: 2, arbitrary: fc.record({ type: fc.constant('delete' as const), key: poolKey }) },
 );
+/** Mostly client writes (0), some lambda writes (1..255: the flagged hop count in versions and events). */
+const hopsArb: fc.Arbitrary<number> = fc.oneof({ weight: 3, arbitrary: fc.constant(0) }, { weight: 1, arbitrary: fc.integer({ min: 1, max: 255 }) });
 const actionArb: fc.Arbitrary<Action> = fc.oneof(
-  { weight: 14, arbitrary: fc.record({ a: fc.constant('apply' as const), cmd: cmdArb, dt: fc.integer({ min: -20, max: 40 }), step: fc.integer({ min: 1, max: 3 }) }) },
+  { weight: 14, arbitrary: fc.record({ a: fc.constant('apply' as const), cmd: cmdArb, dt: fc.integer({ min: -20, max: 40 }), step: fc.integer({ min: 1, max: 3 }), hops: hopsArb }) },
   { weight: 3, arbitrary: fc.record({ a: fc.constant('compact' as const), back: fc.integer({ min: 0, max: 6 }) }) },
   { weight: 3, arbitrary: fc.constant({ a: 'persist' as const }) },
   { weight: 1, arbitrary: fc.constant({ a: 'reload' as const }) },
@@ -140,7 +144,7 @@ describe('durable state records', () => {
         let lagging = false;
         let persisted = m.snapshot();
         const catchUp = (): void => {
-          for (const e of log) if (e.index > m.appliedIndex) m.apply(e.index, e.ts, e.cmd);
+          for (const e of log) if (e.index > m.appliedIndex) m.apply(e.index, e.ts, e.cmd, 'system', undefined, e.hops);
         };
         const persist = async (): Promise<void> => {
           const unit = rec.take(m);
@@ -164,9 +168,10 @@ describe('durable state records', () => {
               index += act.a === 'apply' ? act.step : 1;
               if (act.a === 'apply') clock = Math.max(0, clock + act.dt);
               const cmd: Command = act.a === 'apply' ? act.cmd : { type: 'compact', revision: Math.max(0, ref.revision - act.back) };
-              log.push({ index, ts: clock, cmd });
-              const expected = ref.apply(index, clock, cmd);
-              if (!lagging) expect(m.apply(index, clock, cmd)).toEqual(expected);
+              const hops = act.a === 'apply' ? act.hops : 0;
+              log.push({ index, ts: clock, cmd, hops });
+              const expected = ref.apply(index, clock, cmd, 'system', undefined, hops);
+              if (!lagging) expect(m.apply(index, clock, cmd, 'system', undefined, hops)).toEqual(expected);
               break;
             }
             case 'persist':

@@ -10,12 +10,11 @@ import { WatchHub } from '../../node/watch-hub.js';
 import { initialMap, META_GROUP, type ClusterMap } from '../../sharding/index.js';
 import { KvStateMachine, type Command, type CommandOrigin, type CommandResult, type KvStateMachineOptions, type WriteSession } from '../../statemachine/index.js';
 
-/** One group of the twin: a state machine, its watches, and the hop count of each lambda write. */
+/** One group of the twin: a state machine (which records each lambda write's hop count) and its watches. */
 export class MemoryShard implements HostShard {
   /** The group's state machine (the real one, in memory). */
   readonly sm: KvStateMachine;
   private readonly watches = new WatchHub(() => this.sm, Date.now);
-  private readonly hops = new Map<number, number>();
   private index = 0;
   /** The term this twin leads the group in (undefined: it does not lead). */
   term: number | undefined;
@@ -63,7 +62,7 @@ export class MemoryShard implements HostShard {
     return this.watches.add(
       { prefix, fromRevision, progressIntervalMs },
       {
-        events: (events, upTo) => sink.events(events.map((e): HostEvent => ({ ...e, hops: this.hops.get(e.revision) ?? 0 })), upTo),
+        events: (events, upTo) => sink.events(events.map((e): HostEvent => ({ ...e, hops: e.hops ?? 0 })), upTo),
         progress: (revision) => sink.progress(revision),
         canceled: (reason, compactRevision) => sink.canceled(reason, compactRevision),
         ...(sink.writable ? { writable: () => sink.writable!() } : {}),
@@ -88,11 +87,8 @@ export class MemoryShard implements HostShard {
    * session when it has one: a repeated session write gets its first result), whoever leads.
    */
   apply(cmd: Command, origin: CommandOrigin, hops: number, session?: WriteSession): CommandResult {
-    const out = this.sm.apply(++this.index, Date.now(), cmd, origin, session);
-    if (out.events.length > 0) {
-      if (hops > 0) this.hops.set(out.events[0]!.revision, hops);
-      this.watches.publish(out.events);
-    }
+    const out = this.sm.apply(++this.index, Date.now(), cmd, origin, session, hops);
+    if (out.events.length > 0) this.watches.publish(out.events);
     return out.result;
   }
 }
