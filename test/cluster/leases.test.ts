@@ -4,10 +4,12 @@
  * bad input, a kill -9 of the metadata leader during keep-alives expiring no live lease, and a
  * client that stops renewing losing its lease.
  */
+import { spawn } from 'node:child_process';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KvClient, LeaseClient, type KvWatchEvent } from '../../src/client/index.js';
 import { main as kvctl } from '../../src/cli/kvctl.js';
-import { KvdCluster } from './harness.js';
+import { KVD, KvdCluster } from './harness.js';
 
 let cluster: KvdCluster;
 let kv: KvClient;
@@ -70,9 +72,11 @@ describe('leases on a kvd cluster', () => {
     const { keys, shards } = keysInTwoShards('/cams/a/', 2);
     const id = await lc.grant(2);
     const granted = Date.now();
-    for (const k of keys) expect((await kv.put(k, 'online', { lease: id })).succeeded).toBe(true);
-    expect((await lc.timeToLive(id, { keys: true })).keys).toEqual([...keys].sort());
     const dels = collect('/cams/a/', (evs) => evs.filter((e) => e.type === 'delete').length >= keys.length, 15_000);
+    for (const k of keys) expect((await kv.put(k, 'online', { lease: id })).succeeded).toBe(true);
+    const ttlStarted = Date.now();
+    expect((await lc.timeToLive(id, { keys: true })).keys).toEqual([...keys].sort());
+    expect(Date.now() - ttlStarted).toBeLessThan(1_500);
     const evs = (await dels).filter((e) => e.type === 'delete');
     const elapsed = Date.now() - granted;
     expect(evs.map((e) => e.key).sort()).toEqual([...keys].sort());
@@ -163,6 +167,35 @@ describe('leases on a kvd cluster', () => {
     expect(lost).toEqual([]);
     await lc.revoke(kept);
   }, 30_000);
+
+  it('a frozen client process (SIGSTOP of kvctl lease keepalive) loses its lease: the key goes, and the thawed client says so', async () => {
+    const lc = leases();
+    const id = await lc.grant(2);
+    await kv.put('/cams/f/frozen', 'on', { lease: id });
+    const child = spawn(process.execPath, [join(KVD, '..', 'kvctl.js'), '--endpoints', cluster.endpoints.join(','), 'lease', 'keepalive', String(id)], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+    try {
+      const started = Date.now();
+      while (!out.includes(`keeping lease ${id} alive`) && Date.now() - started < 10_000) await new Promise((r) => setTimeout(r, 50));
+      expect(out).toContain(`keeping lease ${id} alive (TTL 2s)`);
+      await new Promise((r) => setTimeout(r, 4_000)); // two TTLs: alive only because kvctl renews it
+      expect(await exists('/cams/f/frozen')).toBe(true);
+      child.kill('SIGSTOP');
+      const frozenAt = Date.now();
+      while ((await exists('/cams/f/frozen')) && Date.now() - frozenAt < 10_000) await new Promise((r) => setTimeout(r, 100));
+      expect(await exists('/cams/f/frozen')).toBe(false);
+      expect(Date.now() - frozenAt).toBeGreaterThanOrEqual(1_000);
+      child.kill('SIGCONT');
+      expect(await exited).toBe(1);
+      expect(err).toMatch(new RegExp(`lease ${id} lost \\((expired|unconfirmed)`));
+    } finally {
+      child.kill('SIGKILL');
+    }
+  }, 40_000);
 
   it('kill -9 of the metadata leader during keep-alives expires no live lease; the abandoned one still expires', async () => {
     const lc = leases();
