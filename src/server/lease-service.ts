@@ -33,6 +33,9 @@ export interface LeaseServiceHandle {
 
 type Req = Record<string, unknown>;
 
+/** Longest wait of a revoke for the lease's keys to be deleted in the shards hosted on the answering node (ms). */
+const REVOKE_WAIT_MS = 3_000;
+
 function status(code: grpc.status, message: string, md: Record<string, string> = {}): grpc.ServiceError {
   const metadata = new grpc.Metadata();
   for (const [k, v] of Object.entries(md)) metadata.set(k, v);
@@ -96,10 +99,13 @@ export function addLeaseService(server: grpc.Server, leases: LeaseManager, opts:
       const leaseId = await leases.grant(ttl, p?.name ?? '');
       return { id: leaseId, ttl };
     }),
-    leaseRevoke: unary(async (req, p) => {
+    leaseRevoke: unary(async (req, p, call) => {
       const leaseId = id(req['id']);
       mayUse(p, leases.ownerOf(leaseId), leaseId);
       await leases.revoke(leaseId);
+      // Answer once the shards hosted here deleted the lease's keys (bounded): a read after the revoke then misses them.
+      const until = Math.min(deadlineOf(call), Date.now() + REVOKE_WAIT_MS);
+      while (Date.now() < until && (await leases.attachedKeys(leaseId, until)).length > 0) await new Promise((r) => setTimeout(r, 20));
       return {};
     }),
     leaseTimeToLive: unary(async (req, p, call) => {

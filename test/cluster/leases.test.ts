@@ -98,8 +98,7 @@ describe('leases on a kvd cluster', () => {
     expect((await lc.timeToLive(id)).ttl).toBeGreaterThan(0);
     expect(lc.stats.received).toBeGreaterThanOrEqual(3);
     await lc.revoke(id);
-    const deadline = Date.now() + 5_000;
-    while (Date.now() < deadline && ((await exists('/cams/b/1')) || (await exists('/cams/b/2')))) await new Promise((r) => setTimeout(r, 50));
+    // Revoke answers once the keys are gone (every shard is hosted on every node of this cluster).
     expect(await exists('/cams/b/1')).toBe(false);
     expect(await exists('/cams/b/2')).toBe(false);
     expect((await lc.leases()).some((l) => l.id === id)).toBe(false);
