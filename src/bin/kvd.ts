@@ -367,6 +367,7 @@ async function main(): Promise<void> {
   const leases = startNodeLeases(node, server, {
     access,
     log: log.child({ component: 'leases' }),
+    registry: metrics.registry,
     options: {
       ...(cfg.leaseGraceMs !== undefined ? { graceMs: cfg.leaseGraceMs } : {}),
       limits: { ...(cfg.maxLeases !== undefined ? { maxLeases: cfg.maxLeases } : {}), ...(cfg.leaseMinTtl !== undefined ? { minTtlSec: cfg.leaseMinTtl } : {}) },

@@ -113,6 +113,11 @@ export class LeaseManager {
     return this.attachments.sweep();
   }
 
+  /** Leases in this node's table (the metadata leader's: every live lease). */
+  get size(): number {
+    return this.keeper.size;
+  }
+
   /** Whether this node leads the metadata group and has loaded the lease table. */
   get leading(): boolean {
     return this.leadingTerm !== undefined && this.host.metaLeaderTerm() === this.leadingTerm;

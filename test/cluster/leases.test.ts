@@ -97,6 +97,11 @@ describe('leases on a kvd cluster', () => {
     expect(await exists('/cams/b/1')).toBe(true);
     expect((await lc.timeToLive(id)).ttl).toBeGreaterThan(0);
     expect(lc.stats.received).toBeGreaterThanOrEqual(3);
+    // The metadata leader counts them and holds the lease (Prometheus).
+    const metrics = await Promise.all(cluster.nodes.map(async (n) => (await fetch(`http://127.0.0.1:${n.metricsPort}/metrics`)).text()));
+    const sum = (name: string): number => metrics.reduce((acc, t) => acc + Number(new RegExp(`^${name} (\\d+)`, 'm').exec(t)?.[1] ?? 0), 0);
+    expect(sum('kvcascade_lease_keepalives_total')).toBeGreaterThanOrEqual(3);
+    expect(sum('kvcascade_leases')).toBeGreaterThanOrEqual(1);
     await lc.revoke(id);
     // Revoke answers once the keys are gone (every shard is hosted on every node of this cluster).
     expect(await exists('/cams/b/1')).toBe(false);
