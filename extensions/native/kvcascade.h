@@ -19,8 +19,26 @@
  *                                              successful kvc_initialize (not after a failed one:
  *                                              kvc_initialize must clean up before failing).
  *
- * The host refuses a library whose kvc_abi_version() differs from its own KVC_ABI_VERSION, or
- * that lacks kvc_abi_version or kvc_initialize.
+ * The host refuses a library whose kvc_abi_version() is not one it speaks (KVC_MIN_ABI_VERSION up
+ * to its own KVC_ABI_VERSION), or that lacks kvc_abi_version or kvc_initialize. It speaks the
+ * library's version: host->abi_version is what kvc_abi_version() returned.
+ *
+ * Versions
+ * --------
+ * 1: the first ABI.
+ * 2: appends to kvc_event what changed (revision, previous_version, flags: created / previous
+ *    known, previous_value on request) and to kvc_host watch_with (a watch with options, e.g. the
+ *    previous value). A version 1 library runs unchanged on a version 2 host (it never reads the
+ *    appended fields).
+ *
+ * Effectively once
+ * ----------------
+ * Every host->put a lambda makes carries an idempotency key derived from the event (extension,
+ * watch, shard, key, version) and the write (its key, and how many puts of that key came before
+ * it in this call): when the event is delivered again (a retry, a leader change, a crash), the
+ * same puts in the same order are answered with their first result and not applied twice. So a
+ * lambda that reads, computes and writes (a counter) counts each event once, as long as it makes
+ * the same puts for the same event.
  *
  * Threads
  * -------
@@ -58,8 +76,10 @@
 extern "C" {
 #endif
 
-/** The ABI version of this header. Bump it on ANY incompatible change to the declarations below. */
-#define KVC_ABI_VERSION 1
+/** The ABI version of this header. Bump it on ANY change to the declarations below. */
+#define KVC_ABI_VERSION 2
+/** The oldest ABI version a host built with this header still loads. */
+#define KVC_MIN_ABI_VERSION 1
 
 /** Marks a function as exported from the shared library (use with -fvisibility=hidden). */
 #if defined(_WIN32)
@@ -87,6 +107,14 @@ typedef enum kvc_event_type {
   KVC_EVENT_TRIGGER = 3   /**< A trigger (nothing stored); value holds the trigger's payload. */
 } kvc_event_type;
 
+/* kvc_event.flags (ABI 2). */
+#define KVC_EVENT_CREATED 1            /**< A put that created the key (it did not exist before). */
+#define KVC_EVENT_PREVIOUS_KNOWN 2     /**< previous_version is known (unset: that history was compacted before delivery). */
+#define KVC_EVENT_HAS_PREVIOUS_VALUE 4 /**< previous_value holds the value before the change (watch_with KVC_WATCH_PREVIOUS_VALUE, key present before). */
+
+/* Flags of host->watch_with (ABI 2). */
+#define KVC_WATCH_PREVIOUS_VALUE 1     /**< Give each event the key's value before the change (costs a copy per event). */
+
 /** Log levels for host->log. */
 typedef enum kvc_log_level {
   KVC_LOG_DEBUG = 0,
@@ -106,6 +134,12 @@ typedef struct kvc_event {
   int64_t timestamp_ms;    /**< Time of the change, ms since the epoch. */
   uint32_t shard;          /**< The shard (Raft group) holding the key. */
   uint32_t hops;           /**< How many lambda writes led to this event (0 = a client write). */
+  /* ABI 2 (read only when host->abi_version >= 2): */
+  uint64_t revision;          /**< The shard revision of the change (equal to version; all writes of one txn share it). */
+  uint64_t previous_version;  /**< The key's version before the change (0: it did not exist); valid with KVC_EVENT_PREVIOUS_KNOWN. */
+  uint32_t flags;             /**< KVC_EVENT_* bits. */
+  const uint8_t *previous_value; /**< The value before the change with KVC_EVENT_HAS_PREVIOUS_VALUE; else NULL. Owned by the host, valid during the call. */
+  size_t previous_value_len;  /**< Bytes at previous_value. */
 } kvc_event;
 
 /** A byte buffer filled by the host (host->get). The host owns data; see "Ownership" above. */
@@ -123,7 +157,7 @@ typedef int (*kvc_lambda)(const kvc_event *ev, void *user_data);
 
 /** The host's services, passed to kvc_initialize. Valid until kvc_shutdown returns. */
 typedef struct kvc_host {
-  /** KVC_ABI_VERSION of the host (equal to the extension's: checked before kvc_initialize). */
+  /** The ABI version the host speaks with this extension: what its kvc_abi_version() returned. */
   uint32_t abi_version;
   /** Opaque host state: pass it back as the first argument of every function below. */
   void *host_ctx;
@@ -150,6 +184,13 @@ typedef struct kvc_host {
 
   /** Logs `msg` (NUL-terminated UTF-8) at `level` (a kvc_log_level) to the node's log. */
   void (*log)(void *host_ctx, int level, const char *msg);
+
+  /* ABI 2 (present only when host->abi_version >= 2): */
+  /**
+   * Like watch, with `flags` (KVC_WATCH_* bits, e.g. KVC_WATCH_PREVIOUS_VALUE). Only valid during
+   * kvc_initialize. Returns KVC_OK, KVC_ERR_STATE, or KVC_ERR_INVALID (unknown flag, bad argument).
+   */
+  int (*watch_with)(void *host_ctx, const char *prefix, kvc_lambda fn, void *user_data, uint32_t flags);
 } kvc_host;
 
 /* What the extension exports (declared here so the compiler checks the signatures). */

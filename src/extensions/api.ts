@@ -11,6 +11,7 @@ export type EventType = 'put' | 'delete' | 'trigger';
 export interface ExtensionEvent {
   /** `put` (see `created` for a new key vs an update), `delete`, or `trigger` (fired without storing). */
   readonly type: EventType;
+  /** The key that changed. */
   readonly key: string;
   /** The value written (put and trigger); undefined for delete. */
   readonly value: Uint8Array | undefined;
@@ -63,7 +64,9 @@ export interface WatchOptions {
 
 /** Result of a put made from a lambda. */
 export interface PutResult {
+  /** False when `expectedVersion` did not match (nothing written). */
   readonly succeeded: boolean;
+  /** The key's new version (the shard revision of the write). */
   readonly version: number;
   /** On a conflict: the key's current version (0 = absent). */
   readonly currentVersion: number;
@@ -71,9 +74,13 @@ export interface PutResult {
 
 /** A value read from the store. */
 export interface GetResult {
+  /** Whether the key exists (at the version or time asked for). */
   readonly found: boolean;
+  /** Its value (undefined when not found). */
   readonly value: Uint8Array | undefined;
+  /** Its version (0 when not found). */
   readonly version: number;
+  /** When that version was written (ms since the epoch; 0 when not found). */
   readonly timestamp: number;
 }
 
@@ -85,11 +92,15 @@ export interface GetResult {
  * result and not applied twice (effectively once; see the README for the window this holds in).
  */
 export interface ExtensionKv {
+  /** Reads `key` (linearizable), or as of a version or a time within the shard's history. */
   get(key: string, opts?: { atVersion?: number; atTimeMs?: number }): Promise<GetResult>;
+  /** Writes `key` (a string is stored as UTF-8); with `expectedVersion`, only if the key is at that version (0: absent). */
   put(key: string, value: Uint8Array | string, opts?: { expectedVersion?: number }): Promise<PutResult>;
   /** Fires lambdas watching `key` with `value` without storing anything. */
   trigger(key: string, value: Uint8Array | string): Promise<void>;
+  /** Deletes `key` (`deleted`: it existed); with `expectedVersion`, only if the key is at that version. */
   delete(key: string, opts?: { expectedVersion?: number }): Promise<{ succeeded: boolean; deleted: boolean }>;
+  /** Keys under `prefix` in key order, a page of at most `limit` at a time (`nextAfter`: pass it as `after` for the next page). */
   list(prefix: string, opts?: { limit?: number; after?: string; keysOnly?: boolean }): Promise<{
     items: { key: string; value: Uint8Array | undefined; version: number }[];
     nextAfter: string | undefined;
@@ -104,12 +115,15 @@ export interface ExtensionKv {
 
 /** The argument of `ctx.kv.txn`. */
 export interface TxnInput {
+  /** Conditions: each key must be at `version` (0: absent). */
   readonly compares?: readonly { readonly key: string; readonly version: number }[];
+  /** Puts and deletes applied together when every compare holds. */
   readonly writes: readonly ({ readonly type: 'put'; readonly key: string; readonly value: Uint8Array | string } | { readonly type: 'delete'; readonly key: string })[];
 }
 
 /** The outcome of `ctx.kv.txn`. */
 export interface TxnOutcome {
+  /** Whether every compare held (and the writes were applied). */
   readonly succeeded: boolean;
   /** The revision the writes were applied at (on failure: the shard's current revision). */
   readonly revision: number;
@@ -119,15 +133,21 @@ export interface TxnOutcome {
 
 /** Structured logging to the node's log, tagged with the extension. */
 export interface ExtensionLogger {
+  /** Logs at debug level (hidden at the node's default level). */
   debug(msg: string, fields?: Record<string, unknown>): void;
+  /** Logs at info level. */
   info(msg: string, fields?: Record<string, unknown>): void;
+  /** Logs at warn level. */
   warn(msg: string, fields?: Record<string, unknown>): void;
+  /** Logs at error level. */
   error(msg: string, fields?: Record<string, unknown>): void;
 }
 
 /** Metrics that appear on the node's `/metrics`, prefixed `kvcascade_ext_<extension>_`. */
 export interface ExtensionMetrics {
+  /** A counter `name` (letters, digits, `_`, `:`; not starting with a digit) with its help text; `inc(by)` adds a finite number >= 0 (default 1). */
   counter(name: string, help: string): { inc(by?: number): void };
+  /** A histogram `name` with its help text and bucket bounds (default: Prometheus's); `observe(value)` records a finite number. */
   histogram(name: string, help: string, buckets?: readonly number[]): { observe(value: number): void };
 }
 
@@ -137,8 +157,11 @@ export interface ExtensionContext {
   readonly name: string;
   /** The JSON configuration given at load time (`{}` when none). */
   readonly config: Readonly<Record<string, unknown>>;
+  /** The store (see {@link ExtensionKv}). */
   readonly kv: ExtensionKv;
+  /** The node's log, tagged with the extension. */
   readonly log: ExtensionLogger;
+  /** Metrics on the node's `/metrics`. */
   readonly metrics: ExtensionMetrics;
   /** Registers `lambda` for changes to keys under `prefix`. Call it during `initialize`. */
   watch(prefix: string, lambda: Lambda, options?: WatchOptions): void;
@@ -146,7 +169,9 @@ export interface ExtensionContext {
 
 /** The module shape an extension exports. */
 export interface ExtensionModule {
+  /** Registers the watches (`ctx.watch`) and prepares state; a throw (or rejection) fails the load with its message. */
   initialize(ctx: ExtensionContext): void | Promise<void>;
+  /** Called once when the extension is unloaded or replaced on a node (optional). */
   shutdown?(): void | Promise<void>;
 }
 

@@ -158,6 +158,15 @@ export class WatchDispatcher {
   private readonly retryOwner = new Map<string, Pending>();
   private running = 0;
   private handle: WatchHandle | undefined;
+  /** Subscriptions made so far: a cancel of an earlier one is ignored (see follow). */
+  private subscriptions = 0;
+  /**
+   * Compaction gaps whose dead letters are not written yet, oldest first: events after the first
+   * wait and the cursor stays before it (see skipCompacted).
+   */
+  private readonly gaps: { readonly from: number; readonly to: number }[] = [];
+  /** A gap's letter was written and the cursor (which may have jumped it) not replicated since. */
+  private gapPassed = false;
   /** All events up to here were received (the watch has seen every revision <= it). */
   private seenUpTo = 0;
   private persistedCursor = 0;
@@ -261,52 +270,96 @@ export class WatchDispatcher {
       queueMicrotask(() => report(killer));
       return;
     }
-    this.handle = this.host.subscribe(this.watch.prefix, cursor + 1, {
+    this.persistTimer = setInterval(() => void this.persistCursor(), CURSOR_PERSIST_MS);
+    this.persistTimer.unref?.();
+    this.follow(cursor + 1);
+  }
+
+  /**
+   * Subscribes to the shard's events from `fromRevision`. The host may cancel a subscription
+   * from inside `subscribe` (its start was compacted): the cancel then subscribes again
+   * (skipCompacted), and the handle kept is that later one's.
+   */
+  private follow(fromRevision: number): void {
+    const n = ++this.subscriptions;
+    const handle = this.host.subscribe(this.watch.prefix, fromRevision, {
       events: (events, upTo) => this.receive(events, upTo),
       progress: (revision) => this.advanceSeen(revision),
       canceled: (reason, compactRevision) => {
-        if (this.stopped) return;
+        if (this.stopped || n !== this.subscriptions) return;
         this.onFailure(`watch on ${this.watch.prefix} cancelled: ${reason}`);
         if (compactRevision !== undefined) this.skipCompacted(compactRevision);
+        else this.followAgain(n, GAP_WRITE_RETRY_MS);
       },
       writable: () => this.queue.length < this.watch.options.maxBacklog,
       onDrain: (cb) => {
         this.drainCb = cb;
       },
     });
-    this.persistTimer = setInterval(() => void this.persistCursor(), CURSOR_PERSIST_MS);
-    this.persistTimer.unref?.();
+    if (n === this.subscriptions) this.handle = handle;
+  }
+
+  /**
+   * Subscription `n` ended for another reason than compaction (a slow watcher cut off, too many
+   * watchers...): follows again after `backoffMs` from the first revision not received, doubling
+   * the pause up to {@link GAP_WRITE_MAX_BACKOFF_MS} while subscribing fails.
+   */
+  private followAgain(n: number, backoffMs: number): void {
+    this.handle = undefined;
+    setTimeout(() => {
+      if (this.stopped || n !== this.subscriptions) return;
+      try {
+        this.follow(this.seenUpTo + 1);
+      } catch (e) {
+        this.onFailure(`following the events of ${this.watch.prefix} again failed (retried in ${backoffMs} ms): ${(e as Error).message}`);
+        this.followAgain(this.subscriptions, Math.min(backoffMs * 2, GAP_WRITE_MAX_BACKOFF_MS));
+      }
+    }, backoffMs).unref?.();
   }
 
   /**
    * The history this watch still needed was compacted (it fell further behind than the shard
-   * retains): record the lost range as a dead letter, then continue from the oldest revision left.
-   * The letter is written before anything moves on: a failed write is reported (onFailure, the
-   * observer's deadLetterFailed) and tried again with a bounded backoff while this dispatcher runs,
-   * and the cursor stays before the gap meanwhile, so a next leader finds the gap and records it.
+   * retains): the lost range is recorded as a dead letter, and delivery continues from the
+   * oldest revision left. The watch follows again at once, from that revision (before anything
+   * else is written to the shard: the letter itself is a revision, and a full history window
+   * drops its oldest revision for it, so subscribing only after the letter landed chased the
+   * window's tail forever, one one-revision gap after another). Events received before the gap
+   * are still delivered; those after it wait, and the cursor stays before the gap, until the
+   * letter is written. A failed write is reported (onFailure, the observer's deadLetterFailed)
+   * and tried again with a bounded backoff while this dispatcher runs; a next leader finds the
+   * gap again meanwhile and records it.
    */
   private skipCompacted(compactRevision: number): void {
-    const from = this.stats.cursor + 1;
+    const from = this.seenUpTo + 1;
     const to = compactRevision - 1;
+    this.handle = undefined;
+    if (to < from) {
+      this.follow(from);
+      return;
+    }
     const shard = this.host.shard;
     const body = { extension: this.extension, prefix: this.watch.prefix, shard, kind: 'compacted', error: `events ${from}..${to} of shard ${shard} were compacted before delivery: this watch fell further behind than the shard's history window (unloaded, paused or down for too long); they are lost to it`, lostFrom: from, lostTo: to };
     // Revisions are per shard: the key names the shard so two shards' gaps never share a key.
     const key = `${DLQ_PREFIX}${this.extension}/gap-${shard}-${revisionDigits(from)}-${revisionDigits(to)}`;
-    for (const p of this.queue) if (p.retryTimer) clearTimeout(p.retryTimer);
-    this.queue.length = 0;
-    this.keyOwner.clear();
-    this.retryOwner.clear();
-    this.handle?.cancel();
-    this.handle = undefined;
-    if (this.persistTimer) clearInterval(this.persistTimer);
-    this.persistTimer = undefined;
-    this.inherited.clear();
-    this.recordDirty = this.recordDurable;
+    const gap = { from, to };
+    this.gaps.push(gap);
+    this.seenUpTo = to;
+    try {
+      this.follow(to + 1);
+    } catch (e) {
+      this.onFailure(`following the events of ${this.watch.prefix} after the gap failed: ${(e as Error).message}`);
+      this.followAgain(this.subscriptions, GAP_WRITE_RETRY_MS);
+    }
     const attempt = (backoffMs: number): void => {
       if (this.stopped) return;
       this.host.put(key, new TextEncoder().encode(JSON.stringify(body))).then(
         () => {
-          if (!this.stopped) this.start(Math.max(to, this.stats.cursor));
+          if (this.stopped) return;
+          this.gaps.splice(this.gaps.indexOf(gap), 1);
+          this.gapPassed = true;
+          this.forgetLost(to);
+          this.updateCursor();
+          this.pump();
         },
         (e: unknown) => {
           if (this.stopped) return;
@@ -319,6 +372,18 @@ export class WatchDispatcher {
     attempt(GAP_WRITE_RETRY_MS);
   }
 
+  /** Forgets the attempt-record entries and suspects of events up to `to` (lost to a compaction gap). */
+  private forgetLost(to: number): void {
+    for (const [id, e] of this.inherited) {
+      if (e.revision > to) continue;
+      this.inherited.delete(id);
+      this.recordDirty = true;
+    }
+    const hadSuspects = this.suspects.size > 0;
+    for (const id of this.suspects) if (Number(id.slice(0, id.indexOf('\u0000'))) <= to) this.suspects.delete(id);
+    if (hadSuspects && this.suspects.size === 0) this.host.suspectsResolved?.(this.suspectConfirmed);
+  }
+
   /** Stops delivering (leadership lost, unload, or replacement). In-flight lambdas finish unobserved. */
   async stop(persist: boolean): Promise<void> {
     this.stopped = true;
@@ -328,7 +393,8 @@ export class WatchDispatcher {
     if (persist) {
       // Still leading (unload, replacement): this process did not die in what it was running.
       for (const p of this.queue) if (p.arm !== 'none') p.arm = 'none';
-      while (this.writing) await new Promise((r) => setTimeout(r, WRITE_WAIT_POLL_MS));
+      // A periodic cursor write in flight carries an older cursor: wait for it, then write the last one.
+      while (this.writing || this.persisting) await new Promise((r) => setTimeout(r, WRITE_WAIT_POLL_MS));
       if (this.recordDurable || this.buildRecord().length > 0) await this.writeState(true);
       else await this.persistCursor().catch(() => {});
     }
@@ -386,6 +452,7 @@ export class WatchDispatcher {
     let busy = this.running;
     for (const q of this.queue) if (waitingArm(q)) busy++;
     for (const p of this.queue) {
+      if (this.afterPendingGap(p)) break;
       if (p.running || p.done || p.retryTimer) continue;
       const owner = (stateful ? this.keyOwner : this.retryOwner).get(p.event.key);
       if (owner !== undefined && owner !== p) continue;
@@ -409,6 +476,11 @@ export class WatchDispatcher {
       this.run(p);
     }
     this.stats.backlog = this.queue.length;
+  }
+
+  /** Whether `p` comes after a compaction gap whose dead letter is not written yet (it waits). */
+  private afterPendingGap(p: Pending): boolean {
+    return this.gaps.length > 0 && p.event.revision > this.gaps[0]!.to;
   }
 
   /** Whether `p` must be in the replicated attempt record before it runs. */
@@ -521,6 +593,7 @@ export class WatchDispatcher {
 
   private pumpWithRetryFirst(p: Pending): void {
     if (this.stopped || this.halted || this.waitingForLease()) return;
+    if (this.afterPendingGap(p)) return;
     if (!p.done && !p.running && this.running < this.watch.options.concurrency && (!this.mustArm(p) || p.arm === 'durable')) this.run(p);
     this.pump();
   }
@@ -567,6 +640,7 @@ export class WatchDispatcher {
     const events = this.buildRecord();
     const c = this.stats.cursor;
     const delivered = this.stats.delivered;
+    const gapPending = this.gaps.length > 0;
     const writes: { key: string; value: Uint8Array | undefined }[] = [{ key: cursorKey(this.extension, this.watch, this.host.cursorEpoch), value: new TextEncoder().encode(String(Math.max(c, this.persistedCursor))) }];
     if (events.length > 0 || this.recordDurable) {
       const rec: AttemptRecord = { v: 1, cursor: c, events };
@@ -581,6 +655,7 @@ export class WatchDispatcher {
       this.recordDurable = events.length > 0;
       this.persistedCursor = Math.max(this.persistedCursor, c);
       this.deliveredAtPersist = delivered;
+      if (!gapPending) this.gapPassed = false;
       for (const p of wanted) if (p.arm === 'wanted' && !p.done) p.arm = 'durable';
     } catch (e) {
       this.recordDirty = true;
@@ -654,7 +729,9 @@ export class WatchDispatcher {
 
   private updateCursor(): void {
     const firstOpen = this.queue.find((q) => !q.done);
-    this.stats.cursor = firstOpen ? firstOpen.event.revision - 1 : this.seenUpTo;
+    const c = firstOpen ? firstOpen.event.revision - 1 : this.seenUpTo;
+    // Never past a gap whose dead letter is not written yet.
+    this.stats.cursor = this.gaps.length > 0 ? Math.min(c, this.gaps[0]!.from - 1) : c;
     this.stats.backlog = this.queue.length;
   }
 
@@ -674,14 +751,16 @@ export class WatchDispatcher {
     }
     if (this.writing) return;
     if (this.persisting || this.stats.cursor <= this.persistedCursor) return;
-    if (this.stats.delivered === this.deliveredAtPersist) return;
+    if (this.stats.delivered === this.deliveredAtPersist && !this.gapPassed) return;
     this.persisting = true;
     const c = this.stats.cursor;
     const delivered = this.stats.delivered;
+    const gapPending = this.gaps.length > 0;
     try {
       await this.host.put(cursorKey(this.extension, this.watch, this.host.cursorEpoch), new TextEncoder().encode(String(c)));
       this.persistedCursor = Math.max(this.persistedCursor, c);
       this.deliveredAtPersist = delivered;
+      if (!gapPending) this.gapPassed = false;
     } catch {
       // leadership moved or a transient error: the next tick retries
     } finally {

@@ -19,6 +19,7 @@ import { KvNode, META_GROUP } from '../../src/node/kv-node.js';
 import { LoopbackHub } from '../../src/node/transport.js';
 import { shardOf, shardsForPrefix } from '../../src/sharding/index.js';
 import { MemoryEngine } from '../../src/storage/kv-engine.js';
+import type { KvStateMachineOptions } from '../../src/statemachine/index.js';
 
 /** How a harness cluster is built. */
 export interface ExtClusterOptions {
@@ -28,6 +29,8 @@ export interface ExtClusterOptions {
   readonly routed?: boolean;
   /** More options for the manager of node `id` (its metrics registry, fault limits...). */
   readonly manager?: (id: number) => Partial<ExtensionManagerOptions>;
+  /** State machine options of every replica (a short history window, for tests of compaction). */
+  readonly stateMachine?: KvStateMachineOptions;
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -49,7 +52,7 @@ export class ExtCluster {
       // 10 ms ticks, elections after 400-800 ms: quick, yet a test machine busy spawning extension
       // processes (CI runs test files in parallel on 2 cores) does not change leaders by accident;
       // tests that want a leader change make one (hub.blocked).
-      const node = await KvNode.open({ id, members, tickMs: 10, electionTicks: 40, log: silentLogger(), onFatal: () => {}, defaultPool: { shards } }, new MemoryEngine(), c.hub.transport(id));
+      const node = await KvNode.open({ id, members, tickMs: 10, electionTicks: 40, log: silentLogger(), onFatal: () => {}, defaultPool: { shards }, ...(opts.stateMachine ? { stateMachine: opts.stateMachine } : {}) }, new MemoryEngine(), c.hub.transport(id));
       node.start();
       c.nodes.push(node);
     }

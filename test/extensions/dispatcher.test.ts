@@ -136,12 +136,83 @@ describe('WatchDispatcher', () => {
     expect(failed).toEqual(['compacted']);
     expect(reported.some((m) => m.includes('compacted gap 6..19'))).toBe(true);
     expect(d.stats.cursor).toBe(5);
-    expect(f.sink()).toBe(firstSink); // not resubscribed past the gap yet
+    // Followed again at once from the oldest revision left, but what comes after the gap waits for its letter.
+    expect(f.sink()).not.toBe(firstSink);
+    expect(f.from()).toBe(20);
+    f.sink().events([ev('/p/a', 21)], 21);
+    await tick();
+    expect(d.stats.invocations).toBe(0);
+    expect(d.stats.cursor).toBe(5);
     for (let i = 0; i < 50 && !f.puts.has('/_dlq/x/gap-1-000000000006-000000000019'); i++) await new Promise((r) => setTimeout(r, 20));
     expect(failed).toEqual(['compacted', 'compacted']);
     expect(JSON.parse(f.puts.get('/_dlq/x/gap-1-000000000006-000000000019')!)).toMatchObject({ kind: 'compacted', lostFrom: 6, lostTo: 19 });
     await tick();
-    expect(f.from()).toBe(20);
+    expect(d.stats.invocations).toBe(1);
+    expect(d.stats.cursor).toBe(21);
+    await d.stop(true);
+    expect(f.puts.get('/_sys/cursor/x/1/p/')).toBe('21');
+  });
+
+  it('a watch the node cut off (a slow watcher) is followed again from the first revision not received', async () => {
+    const f = fakeHost();
+    const seen: number[] = [];
+    const reported: string[] = [];
+    const d = new WatchDispatcher('x', watch(), async (_id, e) => void seen.push(e.version), f.host, {}, (msg) => reported.push(msg));
+    d.start(5);
+    const first = f.sink();
+    first.events([ev('/p/a', 7)], 9);
+    first.canceled('slow watcher: more than 50000 revisions behind; resume from revision 10');
+    for (let i = 0; i < 100 && f.sink() === first; i++) await tick();
+    expect(f.sink()).not.toBe(first);
+    expect(f.from()).toBe(10);
+    expect(reported.some((m) => m.includes('slow watcher'))).toBe(true);
+    f.sink().events([ev('/p/b', 12)], 12);
+    await tick();
+    expect(seen).toEqual([7, 12]);
+    expect(d.stats.cursor).toBe(12);
     await d.stop(false);
+  });
+
+  it('a gap found with the history window full is recorded once, then delivery resumes (it used to chase the window: each letter dropped the oldest revision)', async () => {
+    // A shard whose history holds its last WINDOW revisions: every write (the letter, a cursor) drops the oldest.
+    const WINDOW = 10;
+    let revision = 100;
+    const oldest = () => revision - WINDOW + 1;
+    const puts = new Map<string, string>();
+    let sink: Sink | undefined;
+    const subscribed: number[] = [];
+    const write = () => void revision++;
+    const host: DispatchHost = {
+      subscribe: (_prefix, fromRevision, s) => {
+        subscribed.push(fromRevision);
+        if (subscribed.length > 20) throw new Error(`subscribed ${subscribed.length} times: ${subscribed.join(', ')}`);
+        if (fromRevision < oldest()) s.canceled(`revision ${fromRevision} is compacted`, oldest()); // from inside subscribe, as the node's watch hub does
+        else sink = s;
+        return { cancel: () => {} };
+      },
+      put: async (key, value) => {
+        await Promise.resolve();
+        write();
+        puts.set(key, new TextDecoder().decode(value));
+      },
+      write: async (writes) => {
+        await Promise.resolve();
+        write();
+        for (const w of writes) if (w.value) puts.set(w.key, new TextDecoder().decode(w.value));
+      },
+      shard: 1,
+      maxHops: 8,
+    };
+    const seen: number[] = [];
+    const d = new WatchDispatcher('x', watch(), async (_id, e) => void seen.push(e.version), host);
+    d.start(5);
+    expect(subscribed).toEqual([6, 91]);
+    sink!.events([ev('/p/a', 95), ev('/p/b', 100)], 100);
+    for (let i = 0; i < 50 && seen.length < 2; i++) await tick();
+    expect([...puts.keys()].filter((k) => k.includes('/gap-'))).toEqual(['/_dlq/x/gap-1-000000000006-000000000090']);
+    expect(seen).toEqual([95, 100]);
+    expect(d.stats.cursor).toBe(100);
+    await d.stop(true);
+    expect(puts.get('/_sys/cursor/x/1/p/')).toBe('100');
   });
 });

@@ -4,7 +4,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, resolve } from 'node:path';
 import type { ExtensionContext, ExtensionEvent, ExtensionModule, Lambda, WatchOptions } from '../api.js';
-import { KVC_ABI_VERSION, KvcEventType, KvcLogLevel, KvcStatus, kvcStatusName } from './abi.js';
+import { KVC_ABI_VERSION, KVC_MIN_ABI_VERSION, KvcEventFlag, KvcEventType, KvcLogLevel, KvcStatus, kvcStatusName, KvcWatchFlag } from './abi.js';
 import { SyncKvError, type SyncKv } from './sync-kv-bridge.js';
 
 type Koffi = typeof import('koffi').default;
@@ -74,6 +74,12 @@ function defineTypes(k: Koffi) {
     timestamp_ms: 'int64_t',
     shard: 'uint32_t',
     hops: 'uint32_t',
+    // ABI 2 (appended: a version 1 library reads only the fields above)
+    revision: 'uint64_t',
+    previous_version: 'uint64_t',
+    flags: 'uint32_t',
+    previous_value: 'const uint8_t *',
+    previous_value_len: 'size_t',
   });
   const buf = k.struct({ data: 'const uint8_t *', len: 'size_t' });
   const lambda = k.proto('int', [k.pointer(event), 'void *']);
@@ -81,6 +87,7 @@ function defineTypes(k: Koffi) {
   const get = k.proto('int', ['void *', 'const char *', k.pointer(buf), 'uint64_t *']);
   const put = k.proto('int', ['void *', 'const char *', 'const uint8_t *', 'size_t', 'uint64_t *']);
   const log = k.proto('void', ['void *', 'int', 'const char *']);
+  const watchWith = k.proto('int', ['void *', 'const char *', k.pointer(lambda), 'void *', 'uint32_t']);
   const host = k.struct({
     abi_version: 'uint32_t',
     host_ctx: 'void *',
@@ -88,8 +95,10 @@ function defineTypes(k: Koffi) {
     get: k.pointer(get),
     put: k.pointer(put),
     log: k.pointer(log),
+    // ABI 2
+    watch_with: k.pointer(watchWith),
   });
-  return { event, buf, lambda, watch, get, put, log, host };
+  return { event, buf, lambda, watch, get, put, log, watchWith, host };
 }
 
 function nativeTypes(): ReturnType<typeof defineTypes> {
@@ -143,10 +152,10 @@ export function loadNativeExtension(soPath: string, options: NativeExtensionOpti
     );
   }
   const built = abiVersion() as number;
-  if (built !== KVC_ABI_VERSION) {
+  if (!Number.isInteger(built) || built < KVC_MIN_ABI_VERSION || built > KVC_ABI_VERSION) {
     throw new NativeExtensionError(
-      `native extension ${path} was built for kvcascade native ABI version ${built}, but this host speaks version ` +
-        `${KVC_ABI_VERSION}: rebuild it against this kvcascade's extensions/native/kvcascade.h`,
+      `native extension ${path} was built for kvcascade native ABI version ${built}, but this host speaks versions ` +
+        `${KVC_MIN_ABI_VERSION} to ${KVC_ABI_VERSION}: rebuild it against this kvcascade's extensions/native/kvcascade.h`,
     );
   }
   const kvcInitialize = symbol('kvc_initialize', 'int', [k.pointer(t.host)]);
@@ -184,6 +193,9 @@ export function loadNativeExtension(soPath: string, options: NativeExtensionOpti
 
   const toNativeEvent = (ev: ExtensionEvent) => {
     const value = ev.type === 'delete' || ev.value === undefined ? null : ev.value;
+    const previous = ev.previousValue;
+    const flags =
+      (ev.created ? KvcEventFlag.CREATED : 0) | (ev.previousVersion !== undefined ? KvcEventFlag.PREVIOUS_KNOWN : 0) | (previous !== undefined ? KvcEventFlag.HAS_PREVIOUS_VALUE : 0);
     return {
       type: KvcEventType[ev.type] ?? 0,
       key: ev.key,
@@ -194,6 +206,11 @@ export function loadNativeExtension(soPath: string, options: NativeExtensionOpti
       timestamp_ms: ev.timestamp,
       shard: ev.shard,
       hops: ev.hops,
+      revision: ev.revision ?? ev.version,
+      previous_version: ev.previousVersion ?? 0,
+      flags,
+      previous_value: previous && previous.byteLength > 0 ? previous : null,
+      previous_value_len: previous ? previous.byteLength : 0,
     };
   };
 
@@ -236,22 +253,29 @@ export function loadNativeExtension(soPath: string, options: NativeExtensionOpti
         }
       };
 
-    const watch = guard(KvcStatus.ERR_INVALID, (i, prefix: string | null, fn: Ptr, userData: Ptr) => {
+    const addWatch = (i: Instance, prefix: string | null, fn: Ptr, userData: Ptr, flags: number): number => {
       if (!i.initializing) return KvcStatus.ERR_STATE;
       if (typeof prefix !== 'string' || fn === null) return KvcStatus.ERR_INVALID;
+      if ((flags & ~KvcWatchFlag.PREVIOUS_VALUE) !== 0) {
+        i.ctx.log.error(`native watch ${JSON.stringify(prefix)} refused: unknown flags 0x${(flags >>> 0).toString(16)}`);
+        return KvcStatus.ERR_INVALID;
+      }
+      const watchOptions: WatchOptions | undefined = flags & KvcWatchFlag.PREVIOUS_VALUE ? { ...options.watchOptions, previousValue: true } : options.watchOptions;
       const lambda: Lambda = (event) => {
         if (!i.alive) throw new NativeExtensionError(`native extension ${path} is not initialized`);
         const rc = native(i, () => k.call(fn, t.lambda, toNativeEvent(event), userData) as number);
         if (rc !== 0) throw new NativeLambdaError(rc, prefix, event);
       };
       try {
-        i.ctx.watch(prefix, lambda, options.watchOptions);
+        i.ctx.watch(prefix, lambda, watchOptions);
       } catch (err) {
         i.ctx.log.error(`native watch ${JSON.stringify(prefix)} refused: ${(err as Error).message}`);
         return KvcStatus.ERR_INVALID;
       }
       return KvcStatus.OK;
-    });
+    };
+    const watch = guard(KvcStatus.ERR_INVALID, (i, prefix: string | null, fn: Ptr, userData: Ptr) => addWatch(i, prefix, fn, userData, 0));
+    const watchWith = guard(KvcStatus.ERR_INVALID, (i, prefix: string | null, fn: Ptr, userData: Ptr, flags: number) => addWatch(i, prefix, fn, userData, Number(flags)));
 
     const get = guard(KvcStatus.ERR_IO, (i, key: string | null, outValue: Ptr, outVersion: Ptr) => {
       if (typeof key !== 'string' || outValue === null) return KvcStatus.ERR_INVALID;
@@ -299,7 +323,7 @@ export function loadNativeExtension(soPath: string, options: NativeExtensionOpti
       return 0;
     });
 
-    return { watch, get, put, log };
+    return { watch, get, put, log, watchWith };
   };
 
   return {
@@ -331,12 +355,13 @@ export function loadNativeExtension(soPath: string, options: NativeExtensionOpti
       let rc: number;
       try {
         k.encode(hostPtr, t.host, {
-          abi_version: KVC_ABI_VERSION,
+          abi_version: built, // the library's version: the host speaks it (see KVC_MIN_ABI_VERSION)
           host_ctx: hostPtr,
           watch: register(fns.watch, t.watch),
           get: register(fns.get, t.get),
           put: register(fns.put, t.put),
           log: register(fns.log, t.log),
+          watch_with: register(fns.watchWith, t.watchWith),
         });
         rc = native(inst, () => kvcInitialize(hostPtr) as number);
       } catch (err) {

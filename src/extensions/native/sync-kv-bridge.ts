@@ -12,7 +12,8 @@ import { KvcStatus, kvcStatusName } from './abi.js';
  * Only the worker ever blocks: the main thread just handles a message and awaits a promise, so it
  * stays responsive. A native lambda therefore holds its worker (not the node) while it waits.
  * Each request may carry a hop count (client option `hops`), which serveSyncKvCalls hands to the
- * store so that loop protection also covers native writes.
+ * store so that loop protection also covers native writes, and a put an idempotency key (client
+ * option `effect`), so that a redelivered event's native writes apply once.
  *
  * Shared buffer layout (one buffer per client; one request in flight at a time):
  *   Int32 word 0  STATE   0 idle | id > 0 request `id` pending | -1 main thread writing | -2 answer ready
@@ -87,6 +88,18 @@ export interface SyncKvClientOptions {
    * extension runner passes the hop count of the event being handled + 1 (1 during initialize).
    */
   readonly hops?: () => number;
+  /**
+   * Called at each put; the idempotency key it returns travels with the request (see
+   * {@link SyncKvCall.effect}). The extension runner passes the session derived from the event
+   * being handled and the write (undefined outside a lambda).
+   */
+  readonly effect?: (op: 'put', key: string) => SyncKvEffect | undefined;
+}
+
+/** The idempotency key (a client session and its sequence number) of one put: see sandbox/effect-session.ts. */
+export interface SyncKvEffect {
+  readonly id: string;
+  readonly seq: number;
 }
 
 /** Default {@link SyncKvClientOptions.timeoutMs}. */
@@ -117,6 +130,8 @@ interface SyncKvRequest {
   readonly sab: SharedArrayBuffer;
   /** The hop count given by {@link SyncKvClientOptions.hops} (absent without it). */
   readonly hops?: number;
+  /** The put's idempotency key given by {@link SyncKvClientOptions.effect} (absent without it). */
+  readonly effect?: SyncKvEffect;
 }
 
 function isRequest(m: unknown): m is SyncKvRequest {
@@ -136,6 +151,7 @@ export function createSyncKvClient(port?: SyncKvRequestPort, options: SyncKvClie
   if (!target) throw new Error('createSyncKvClient: no port given and no parentPort');
   const timeoutMs = options.timeoutMs ?? DEFAULT_SYNC_KV_TIMEOUT_MS;
   const hopsOf = options.hops;
+  const effectOf = options.effect;
   const capacity = Math.max(MIN_CAPACITY, options.maxValueBytes ?? DEFAULT_SYNC_KV_MAX_VALUE_BYTES);
   if (!(timeoutMs > 0)) throw new RangeError('timeoutMs must be > 0');
 
@@ -156,11 +172,12 @@ export function createSyncKvClient(port?: SyncKvRequestPort, options: SyncKvClie
       hops = hopsOf();
       if (!Number.isSafeInteger(hops) || hops < 0) throw new SyncKvError(KvcStatus.ERR_STATE, `invalid hop count ${String(hops)}`);
     }
+    const effect = op === 'put' ? effectOf?.('put', key) : undefined;
     lastId = lastId >= MAX_ID ? 1 : lastId + 1;
     const id = lastId;
     Atomics.store(words, STATE, id);
     // slice(): post only these bytes (cloning a view would copy its whole backing buffer).
-    const base = { tag: TAG, id, op, key, sab, ...(hops === undefined ? {} : { hops }) } as const;
+    const base = { tag: TAG, id, op, key, sab, ...(hops === undefined ? {} : { hops }), ...(effect ? { effect: { id: effect.id, seq: effect.seq } } : {}) } as const;
     const request: SyncKvRequest = value ? { ...base, value: value.slice() } : base;
     try {
       target.postMessage(request);
@@ -230,6 +247,8 @@ export interface SyncKvCall {
    * was created without `hops`.
    */
   readonly hops: number | undefined;
+  /** A put's idempotency key ({@link SyncKvClientOptions.effect}); undefined without one. */
+  readonly effect: SyncKvEffect | undefined;
 }
 
 /**
@@ -291,7 +310,9 @@ export function serveSyncKvCalls(port: SyncKvServePort, handler: SyncKvHandler):
   const handle = async (req: SyncKvRequest): Promise<void> => {
     try {
       if (typeof req.key !== 'string') throw new TypeError('malformed sync kv request: the key must be a string');
-      const call: SyncKvCall = { key: req.key, hops: typeof req.hops === 'number' ? req.hops : undefined };
+      const fx = req.effect;
+      const effect = fx && typeof fx.id === 'string' && Number.isSafeInteger(fx.seq) && fx.seq >= 1 ? { id: fx.id, seq: fx.seq } : undefined;
+      const call: SyncKvCall = { key: req.key, hops: typeof req.hops === 'number' ? req.hops : undefined, effect };
       if (req.op === 'get') {
         const r = await handler.get(call);
         if (r.found) answer(req, KvcStatus.OK, r.version, r.value ?? new Uint8Array());

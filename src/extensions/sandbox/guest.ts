@@ -1,7 +1,7 @@
 /** The extension-side runtime: imports one extension module, builds its ExtensionContext and runs initialize, lambdas and shutdown (inside the worker, or in-process in trusted mode). */
 import { AsyncLocalStorage } from 'node:async_hooks';
 import type { ExtensionContext, ExtensionEvent, ExtensionKv, ExtensionLogger, ExtensionMetrics, Lambda, WatchOptions } from '../api.js';
-import type { HostServices, KvOp, LoadErrorCode, LogLevel, RegisteredWatch } from './types.js';
+import type { EffectSession, HostServices, KvOp, LoadErrorCode, LogLevel, RegisteredWatch } from './types.js';
 import { describeImportFailure, locationIn, packageRootOf, relativeToPackage } from './author-errors.js';
 import { EffectSessions } from './effect-session.js';
 import { errorMessage } from './transfer.js';
@@ -201,6 +201,15 @@ export class Guest {
    */
   kvHops(): number {
     return (this.hopScope.getStore()?.hops ?? 0) + 1;
+  }
+
+  /**
+   * The idempotency key of a write `op` of `keys` made now: derived from the event being handled
+   * (undefined outside one: initialize, shutdown). Also used by the native adapter's synchronous
+   * puts, which run inside the lambda's call.
+   */
+  kvEffect(op: KvOp, keys: readonly string[]): EffectSession | undefined {
+    return this.hopScope.getStore()?.effects?.next(op, keys);
   }
 
   private kvCall(op: KvOp, args: unknown[], keys?: readonly string[]): Promise<unknown> {

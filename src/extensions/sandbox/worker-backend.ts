@@ -91,8 +91,9 @@ export class WorkerBackend extends ChannelBackend {
 
   /**
    * Serves the native extension's blocking host->get/put (sync kv bridge requests the worker posts
-   * next to its protocol messages) with `host.kv`, passing the hop count the worker attached. The
-   * worker waits at most its bridge timeout; a late answer is dropped by the bridge.
+   * next to its protocol messages) with `host.kv`, passing the hop count and a put's idempotency
+   * key the worker attached. The worker waits at most its bridge timeout; a late answer is
+   * dropped by the bridge.
    */
   private serveNativeKv(worker: Worker): SyncKvServer {
     const hopsOf = (call: SyncKvCall): number => {
@@ -110,7 +111,7 @@ export class WorkerBackend extends ChannelBackend {
         return { found: r['found'] === true, value: value instanceof Uint8Array ? value : undefined, version: Number(r['version'] ?? 0) };
       },
       put: async (call, value) => {
-        const r = record(await this.o.host.kv('put', [call.key, value], hopsOf(call)), 'put');
+        const r = record(await this.o.host.kv('put', [call.key, value], hopsOf(call), call.effect), 'put');
         return { succeeded: r['succeeded'] === true, version: Number(r['version'] ?? 0), currentVersion: Number(r['currentVersion'] ?? 0) };
       },
     });

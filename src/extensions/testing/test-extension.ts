@@ -30,17 +30,25 @@ export interface TestExtensionOptions {
 
 /** A line the extension logged through `ctx.log`. */
 export interface TestLogLine {
+  /** The `ctx.log` method called. */
   readonly level: 'debug' | 'info' | 'warn' | 'error';
+  /** The message. */
   readonly msg: string;
+  /** The structured fields passed with it (`{}` when none). */
   readonly fields: Record<string, unknown>;
 }
 
 /** A dead-lettered event, as the node writes it under `/_dlq/<extension>/`. */
 export interface TestDeadLetter {
+  /** Its key: `/_dlq/<extension>/<revision, 12 digits><event key>`. */
   readonly key: string;
+  /** Why: the failure kind (`threw`, `timeout`, `hop-limit`, `poison`...). */
   readonly kind: string;
+  /** The last failure's message. */
   readonly error: string;
+  /** Attempts made. */
   readonly attempts: number;
+  /** The event that failed. */
   readonly event: { readonly type: string; readonly key: string; readonly version: number };
 }
 

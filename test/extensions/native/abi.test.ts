@@ -3,7 +3,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { KVC_ABI_VERSION, KvcEventType, KvcLogLevel, KvcStatus, kvcStatusName } from '../../../src/extensions/native/abi.js';
+import { KVC_ABI_VERSION, KVC_MIN_ABI_VERSION, KvcEventFlag, KvcEventType, KvcLogLevel, KvcStatus, kvcStatusName, KvcWatchFlag } from '../../../src/extensions/native/abi.js';
 import { NATIVE_DIR } from './helpers.js';
 
 const header = readFileSync(join(NATIVE_DIR, 'kvcascade.h'), 'utf8');
@@ -21,6 +21,12 @@ describe('the C header and abi.ts', () => {
 
   it('agree on the ABI version', () => {
     expect(c.get('KVC_ABI_VERSION')).toBe(KVC_ABI_VERSION);
+    expect(c.get('KVC_MIN_ABI_VERSION')).toBe(KVC_MIN_ABI_VERSION);
+  });
+
+  it('agree on the event and watch flags (ABI 2)', () => {
+    expect({ CREATED: c.get('KVC_EVENT_CREATED'), PREVIOUS_KNOWN: c.get('KVC_EVENT_PREVIOUS_KNOWN'), HAS_PREVIOUS_VALUE: c.get('KVC_EVENT_HAS_PREVIOUS_VALUE') }).toEqual(KvcEventFlag);
+    expect({ PREVIOUS_VALUE: c.get('KVC_WATCH_PREVIOUS_VALUE') }).toEqual(KvcWatchFlag);
   });
 
   it('agree on every return code', () => {

@@ -4,7 +4,7 @@ import { copyFileSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { ExtensionModule } from '../../../src/extensions/api.js';
-import { KVC_ABI_VERSION, KvcEventType, KvcLogLevel, KvcStatus } from '../../../src/extensions/native/abi.js';
+import { KVC_ABI_VERSION, KvcEventFlag, KvcEventType, KvcLogLevel, KvcStatus } from '../../../src/extensions/native/abi.js';
 import {
   loadNativeExtension,
   loadNativeExtensionPackage,
@@ -145,8 +145,19 @@ describe.skipIf(!HAVE_GCC)(HAVE_GCC ? 'load errors' : NO_GCC_REASON, () => {
     })();
     expect(err).toBeInstanceOf(NativeExtensionError);
     expect((err as Error).message).toMatch(
-      new RegExp(`built for kvcascade native ABI version ${KVC_ABI_VERSION + 998}, but this host speaks version ${KVC_ABI_VERSION}: rebuild`),
+      new RegExp(`built for kvcascade native ABI version ${KVC_ABI_VERSION + 998}, but this host speaks versions 1 to ${KVC_ABI_VERSION}: rebuild`),
     );
+  });
+
+  it('loads a library built for ABI version 1 and speaks version 1 to it (host->abi_version 1; the appended fields unread)', async () => {
+    const so = buildFixture('abi1', dir);
+    const kv = new MemoryKv();
+    const ctx = fakeContext(kv);
+    const mod = loadNativeExtension(so, { syncKv: memorySyncKv(kv) });
+    await mod.initialize(ctx); // kvc_initialize fails unless host->abi_version is 1
+    live.push(mod);
+    await ctx.deliver(putEvent('/abi1/in/x', 'v', 3, { revision: 3, previousVersion: 0, created: true }));
+    expect(kv.text('/abi1/seen')).toBe('/abi1/in/x');
   });
 
   it('refuses a library without kvc_initialize', () => {
@@ -204,12 +215,32 @@ describe.skipIf(!HAVE_GCC)(HAVE_GCC ? 'the host functions (probe fixture)' : NO_
   it('converts every ExtensionEvent field into kvc_event, and passes user_data back', async () => {
     const { kv, ctx } = await probe();
     const value = text('xhéllo!!').subarray(1, 7); // a view into a larger buffer: "héllo" (6 bytes)
-    await ctx.deliver({ type: 'trigger', key: '/probe/event', value, version: 2 ** 40, timestamp: 1_700_000_123_456, shard: 3, hops: 2 });
+    await ctx.deliver({ type: 'trigger', key: '/probe/event', value, version: 2 ** 40, revision: 2 ** 40, previousVersion: 17, created: false, timestamp: 1_700_000_123_456, shard: 3, hops: 2 });
     expect(kv.text('/probe/seen')).toBe(
-      `type=${KvcEventType.trigger} key=/probe/event key_len=12 value_len=6 value=héllo version=${2 ** 40} ts=1700000123456 shard=3 hops=2 user_data=42`,
+      `type=${KvcEventType.trigger} key=/probe/event key_len=12 value_len=6 value=héllo version=${2 ** 40} ts=1700000123456 shard=3 hops=2 user_data=42` +
+        ` revision=${2 ** 40} previous_version=17 flags=${KvcEventFlag.PREVIOUS_KNOWN} previous_value_len=0 previous_value=`,
     );
     await ctx.deliver({ type: 'delete', key: '/probe/event', value: undefined, version: 5, timestamp: 1, shard: 0, hops: 0 });
-    expect(kv.text('/probe/seen')).toBe('type=2 key=/probe/event key_len=12 value_len=0 value= version=5 ts=1 shard=0 hops=0 user_data=42');
+    // No revision given (an older host): the version; no previous version: not known.
+    expect(kv.text('/probe/seen')).toBe('type=2 key=/probe/event key_len=12 value_len=0 value= version=5 ts=1 shard=0 hops=0 user_data=42 revision=5 previous_version=0 flags=0 previous_value_len=0 previous_value=');
+    // A created key, and an update with its previous value.
+    await ctx.deliver({ type: 'put', key: '/probe/event', value: text('v'), version: 9, revision: 9, previousVersion: 0, created: true, timestamp: 1, shard: 0, hops: 0 });
+    expect(kv.text('/probe/seen')).toMatch(new RegExp(`revision=9 previous_version=0 flags=${KvcEventFlag.CREATED | KvcEventFlag.PREVIOUS_KNOWN} previous_value_len=0 previous_value=$`));
+    await ctx.deliver({ type: 'put', key: '/probe/event', value: text('v2'), version: 11, revision: 11, previousVersion: 9, created: false, previousValue: text('old\u0000!'), timestamp: 1, shard: 0, hops: 0 });
+    expect(kv.text('/probe/seen')).toMatch(new RegExp(`revision=11 previous_version=9 flags=${KvcEventFlag.PREVIOUS_KNOWN | KvcEventFlag.HAS_PREVIOUS_VALUE} previous_value_len=5 previous_value=old$`));
+  });
+
+  it('host->watch_with registers a watch with the previous value (KVC_WATCH_PREVIOUS_VALUE) and refuses unknown flags', async () => {
+    const { kv, ctx } = await probe();
+    expect(ctx.watches.map((w) => [w.prefix, w.options?.previousValue ?? false])).toEqual([
+      ['/probe/', false],
+      ['/probe-prev/', true],
+    ]);
+    expect(ctx.logs.some((l) => l.level === 'error' && l.msg.includes('"/probe-bad/" refused: unknown flags 0x80'))).toBe(true);
+    await ctx.deliver({ type: 'put', key: '/probe-prev/a', value: text('new'), version: 4, revision: 4, previousVersion: 2, created: false, previousValue: text('before'), timestamp: 1, shard: 0, hops: 0 });
+    expect(kv.text('/probe/prev-seen')).toBe('created=0 known=1 has_prev=1 previous_version=2 previous_value=before');
+    await ctx.deliver({ type: 'put', key: '/probe-prev/b', value: text('new'), version: 5, revision: 5, previousVersion: 0, created: true, timestamp: 1, shard: 0, hops: 0 });
+    expect(kv.text('/probe/prev-seen')).toBe('created=1 known=1 has_prev=0 previous_version=0 previous_value=');
   });
 
   it('host->get and host->put move binary values (NULs included) and versions', async () => {
@@ -244,13 +275,14 @@ describe.skipIf(!HAVE_GCC)(HAVE_GCC ? 'the host functions (probe fixture)' : NO_
   it('host->watch outside kvc_initialize returns KVC_ERR_STATE; a NULL prefix KVC_ERR_INVALID', async () => {
     const { ctx } = await probe();
     await ctx.deliver(putEvent('/probe/late-watch', '', 1)); // the fixture checks the code itself
-    expect(ctx.watches.map((w) => w.prefix)).toEqual(['/probe/']); // and initialize checked the NULL prefix
+    expect(ctx.watches.map((w) => w.prefix)).toEqual(['/probe/', '/probe-prev/']); // and initialize checked the NULL prefix
   });
 
   it('host->log maps levels to ctx.log', async () => {
     const { ctx } = await probe();
     await ctx.deliver(putEvent('/probe/log', '', 1));
     expect(ctx.logs).toEqual([
+      { level: 'error', msg: 'native watch "/probe-bad/" refused: unknown flags 0x80' },
       { level: 'info', msg: 'probe: initialized' },
       { level: 'debug', msg: 'probe: debug' },
       { level: 'warn', msg: 'probe: warn' },
@@ -276,6 +308,6 @@ describe.skipIf(!HAVE_GCC)(HAVE_GCC ? 'the host functions (probe fixture)' : NO_
     await mod.initialize(ctx2);
     live.push(mod);
     await ctx2.deliver(putEvent('/probe/log', '', 1));
-    expect(ctx2.logs).toHaveLength(4);
+    expect(ctx2.logs).toHaveLength(5);
   });
 });

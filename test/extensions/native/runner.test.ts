@@ -14,6 +14,7 @@ import {
   type KvOp,
   type RunnerOptions,
 } from '../../../src/extensions/sandbox/index.js';
+import type { EffectSession } from '../../../src/extensions/sandbox/types.js';
 import { FakeHost, rejection, waitFor } from '../sandbox/helpers.js';
 import { buildCounterInPlace, buildFixture, COUNTER_DIR, HAVE_GCC, NO_GCC_REASON, tempDir } from './helpers.js';
 
@@ -123,6 +124,35 @@ describe('native packages: refused or failing loads', () => {
   });
 });
 
+/**
+ * A host that de-duplicates writes by their idempotency key (client session id and seq) as a shard
+ * does: a write seen before is answered with its first result and not applied. `failOnce` makes the
+ * next put of that key fail.
+ */
+class DedupingHost extends HoldingHost {
+  failOnce: string | undefined;
+  readonly effects: { op: KvOp; key: string; effect: EffectSession | undefined }[] = [];
+  readonly deduplicated: string[] = [];
+  private readonly sessions = new Map<string, unknown>();
+
+  override async kv(op: KvOp, args: unknown[], hops: number, effect?: EffectSession): Promise<unknown> {
+    const key = args[0] as string;
+    if (op !== 'get') this.effects.push({ op, key, effect });
+    if (op === 'put' && this.failOnce === key) {
+      this.failOnce = undefined;
+      throw new Error('the shard lost its leader');
+    }
+    const id = effect ? `${effect.id}/${effect.seq}` : undefined;
+    if (id !== undefined && this.sessions.has(id)) {
+      this.deduplicated.push(key);
+      return this.sessions.get(id);
+    }
+    const result = await super.kv(op, args, hops);
+    if (id !== undefined) this.sessions.set(id, result);
+    return result;
+  }
+}
+
 describe.skipIf(!HAVE_GCC)(HAVE_GCC ? 'native packages in an ExtensionRunner (worker mode)' : NO_GCC_REASON, () => {
   let fixtures: string;
   beforeAll(() => {
@@ -135,7 +165,7 @@ describe.skipIf(!HAVE_GCC)(HAVE_GCC ? 'native packages in an ExtensionRunner (wo
     const r = await start({ modulePath: COUNTER_DIR, host });
     expect(r.mode).toBe('worker');
     expect(r.watches).toEqual([{ id: 1, prefix: '/counter/events/', options: WATCH_DEFAULTS }]);
-    expect(host.logs).toContainEqual({ level: 'info', msg: 'counter: watching /counter/events/ (abi 1)', fields: undefined });
+    expect(host.logs).toContainEqual({ level: 'info', msg: 'counter: watching /counter/events/ (abi 2)', fields: undefined });
 
     await r.invoke(1, putAt('/counter/events/a', 10, 0), 5000);
     await r.invoke(1, putAt('/counter/events/b', 11, 3), 5000);
@@ -162,6 +192,32 @@ describe.skipIf(!HAVE_GCC)(HAVE_GCC ? 'native packages in an ExtensionRunner (wo
     await r.invoke(1, putAt('/counter/events/a', 12, 7), 5000);
     expect(host.value('/counter/total')).toBe('3');
     expect(r.stats()).toMatchObject({ invocations: 4, errors: 0, workerRestarts: 0, inFlight: 0 });
+  });
+
+  it('native puts carry idempotency keys derived from the event: a redelivery after a failure between two puts counts once', async () => {
+    const host = new DedupingHost();
+    const r = await start({ modulePath: COUNTER_DIR, host });
+    // The first delivery writes the total, then its marker put fails (as if the worker died there).
+    host.failOnce = '/counter/last-version/a';
+    await expect(r.invoke(1, putAt('/counter/events/a', 5), 5000)).rejects.toBeInstanceOf(LambdaError);
+    expect(host.value('/counter/total')).toBe('1');
+    expect(host.value('/counter/last-version/a')).toBeUndefined();
+    // Redelivered: it reads total 1 and puts 2, but that put is the same write of the same event: answered, not applied.
+    await r.invoke(1, putAt('/counter/events/a', 5), 5000);
+    expect(host.value('/counter/total')).toBe('1');
+    expect(host.value('/counter/last-version/a')).toBe('5');
+    expect(host.deduplicated).toEqual(['/counter/total']);
+    // Every put carried a session; the same event's put of a key had the same one, another event's another.
+    const totals = host.effects.filter((e) => e.key === '/counter/total');
+    expect(totals).toHaveLength(2);
+    expect(totals[0]!.effect).toEqual(totals[1]!.effect);
+    await r.invoke(1, putAt('/counter/events/a', 6), 5000);
+    expect(host.value('/counter/total')).toBe('2');
+    const third = host.effects.filter((e) => e.key === '/counter/total')[2]!;
+    expect(third.effect?.id).not.toBe(totals[0]!.effect?.id);
+    // Gets carry none.
+    expect(host.calls.filter((c) => c.op === 'get').length).toBeGreaterThan(0);
+    expect(host.effects.every((e) => e.op === 'put' && e.effect !== undefined)).toBe(true);
   });
 
   it('a put refused by the host (hop limit) makes the C lambda fail: LambdaError threw, nothing counted', async () => {
@@ -245,9 +301,15 @@ describe.skipIf(!HAVE_GCC)(HAVE_GCC ? 'native packages in an ExtensionRunner (wo
     const dir = nativePackage(buildFixture('probe', fixtures));
     const host = new HoldingHost();
     const r = await start({ modulePath: dir, host });
-    expect(r.watches.map((w) => w.prefix)).toEqual(['/probe/']);
-    await r.invoke(1, { type: 'trigger', key: '/probe/event', value: enc.encode('hi'), version: 9, timestamp: 1234, shard: 3, hops: 2 }, 5000);
-    expect(host.value('/probe/seen')).toBe('type=3 key=/probe/event key_len=12 value_len=2 value=hi version=9 ts=1234 shard=3 hops=2 user_data=42');
+    expect(r.watches.map((w) => w.prefix)).toEqual(['/probe/', '/probe-prev/']);
+    await r.invoke(1, { type: 'trigger', key: '/probe/event', value: enc.encode('hi'), version: 9, revision: 9, previousVersion: 4, created: false, timestamp: 1234, shard: 3, hops: 2 }, 5000);
+    expect(host.value('/probe/seen')).toBe(
+      'type=3 key=/probe/event key_len=12 value_len=2 value=hi version=9 ts=1234 shard=3 hops=2 user_data=42 revision=9 previous_version=4 flags=2 previous_value_len=0 previous_value=',
+    );
+    // A watch with the previous value (host->watch_with): the option reaches the runner, the value C.
+    expect(r.watches.find((w) => w.prefix === '/probe-prev/')?.options.previousValue).toBe(true);
+    await r.invoke(2, { type: 'put', key: '/probe-prev/k', value: enc.encode('b'), version: 12, revision: 12, previousVersion: 10, created: false, previousValue: enc.encode('a'), timestamp: 1, shard: 3, hops: 0 }, 5000);
+    expect(host.value('/probe/prev-seen')).toBe('created=0 known=1 has_prev=1 previous_version=10 previous_value=a');
     expect(host.callsOn('/probe/seen')[0]!.hops).toBe(3);
     const e = await rejection(r.invoke(1, putAt('/probe/fail', 1), 5000));
     expect(e).toBeInstanceOf(LambdaError);
@@ -263,7 +325,7 @@ describe.skipIf(!HAVE_GCC)(HAVE_GCC ? 'native packages in an ExtensionRunner (wo
     const e = await rejection(start({ modulePath: nativePackage(buildFixture('bad-abi', fixtures)) }));
     expect(e).toBeInstanceOf(ExtensionLoadError);
     expect(e.code).toBe('IMPORT_FAILED');
-    expect(e.message).toMatch(/built for kvcascade native ABI version 999, but this host speaks version 1/);
+    expect(e.message).toMatch(/built for kvcascade native ABI version 1000, but this host speaks versions 1 to 2/);
   });
 
   it('IMPORT_FAILED for a library without kvc_initialize or kvc_abi_version', async () => {
