@@ -5,18 +5,27 @@
  * client that stops renewing losing its lease.
  */
 import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KvClient, LeaseClient, type KvWatchEvent } from '../../src/client/index.js';
+import { AdminClient } from '../../src/client/admin-client.js';
 import { main as kvctl } from '../../src/cli/kvctl.js';
+import { packFolder } from '../../src/extensions/pack-folder.js';
 import { KVD, KvdCluster } from './harness.js';
+
+const TOKEN = 'lease-test-admin-token-0123456789';
+const dir = mkdtempSync(join(tmpdir(), 'kvcascade-leases-'));
+const tokenFile = join(dir, 'token');
+writeFileSync(tokenFile, TOKEN, { mode: 0o600 });
 
 let cluster: KvdCluster;
 let kv: KvClient;
 const leaseClients: LeaseClient[] = [];
 
 beforeAll(async () => {
-  cluster = await KvdCluster.start({ nodes: 3, tickMs: 50, electionTicks: 10, defaultShards: 4, extraArgs: ['--lease-grace-ms', '3000'] });
+  cluster = await KvdCluster.start({ nodes: 3, tickMs: 50, electionTicks: 10, defaultShards: 4, extraArgs: ['--lease-grace-ms', '3000', '--admin-token-file', tokenFile] });
   kv = cluster.client();
   await kv.shardMap();
 }, 120_000);
@@ -24,6 +33,7 @@ beforeAll(async () => {
 afterAll(async () => {
   for (const c of leaseClients) c.close();
   await cluster?.stop();
+  rmSync(dir, { recursive: true, force: true });
 });
 
 function leases(): LeaseClient {
@@ -200,6 +210,31 @@ describe('leases on a kvd cluster', () => {
       child.kill('SIGKILL');
     }
   }, 40_000);
+
+  it('the camera example: a camera that stops renewing its lease goes offline, seen by a lambda on the DELETE', async () => {
+    const admin = new AdminClient({ endpoints: cluster.endpoints, token: TOKEN });
+    try {
+      await admin.load(await packFolder('extensions/camera'));
+    } finally {
+      admin.close();
+    }
+    const presence = async (): Promise<{ online: boolean } | undefined> => {
+      const g = await kv.get('/cameras/cam7/presence');
+      return g.found ? (JSON.parse(new TextDecoder().decode(g.value)) as { online: boolean }) : undefined;
+    };
+    const until = async (want: boolean): Promise<void> => {
+      const deadline = Date.now() + 20_000;
+      while ((await presence())?.online !== want && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+      expect((await presence())?.online).toBe(want);
+    };
+    const lc = leases();
+    const id = await lc.grant(2);
+    await kv.put('/cameras/cam7/online', 'yes', { lease: id });
+    await until(true);
+    // The camera never renews: its lease expires, the key is deleted, the lambda records it.
+    await until(false);
+    expect((await kv.get('/cameras/cam7/online')).found).toBe(false);
+  }, 60_000);
 
   it('kill -9 of the metadata leader during keep-alives expires no live lease; the abandoned one still expires', async () => {
     const lc = leases();
