@@ -4,6 +4,12 @@
 // "reset"); a stateful watch hands one key's events to the lambda one at a time, in version
 // order. The lambda advances the state with a conditional put on the version it read, and
 // re-reads and retries when another writer (an operator's reset, say) got there first: no locks.
+//
+// Presence: a camera announces itself with /cameras/<id>/online, put with a lease it keeps
+// alive (`kvctl put --lease`, or `client.put(key, v, { lease })` + `client.leases.keepAlive`).
+// When the camera stops renewing, the lease expires, the key is deleted through the log, and the
+// second lambda below sees that DELETE: "camera 7 went offline" is written to
+// /cameras/<id>/presence (and back to online when the key is put again). See docs/leases.md.
 
 const TRANSITIONS = {
   idle: { motion: 'swivel' },
@@ -43,5 +49,22 @@ export function initialize(ctx) {
       throw new Error(`camera ${camera}: gave up after ${maxRetries} conflicting updates`);
     },
     { mode: 'stateful', events: ['put'] },
+  );
+  const offline = ctx.metrics.counter('cameras_offline_total', 'cameras that went offline (their lease ended)');
+  ctx.watch(
+    '/cameras/',
+    async (event) => {
+      const m = /^\/cameras\/([^/]+)\/online$/.exec(event.key);
+      if (!m) return;
+      const camera = m[1];
+      const online = event.type === 'put';
+      if (!online) {
+        offline.inc();
+        ctx.log.info('camera went offline', { camera, at: new Date(event.timestamp).toISOString() });
+      }
+      // Idempotent on redelivery: the presence record names the event's version.
+      await ctx.kv.put(`/cameras/${camera}/presence`, JSON.stringify({ online, since: event.timestamp, version: event.version }));
+    },
+    { mode: 'stateful', events: ['put', 'delete'] },
   );
 }

@@ -53,6 +53,10 @@ export interface KvdConfig {
   adminToken?: string;
   /** Lifetime of the tokens users get by logging in (ms; unset: 10 minutes). */
   authTokenTtlMs?: number;
+  /** Leases (docs/leases.md): the grace a new metadata leader gives every lease (ms), the most leases, the shortest TTL (s). Unset: the defaults. */
+  leaseGraceMs?: number;
+  maxLeases?: number;
+  leaseMinTtl?: number;
   /** Client plane: this node's certificate and key (PEM files). */
   tlsCert?: string;
   tlsKey?: string;
@@ -151,6 +155,9 @@ export function parseConfig(argv: string[]): KvdConfig {
     .option('--extension-memory-mb <n>', 'resident-memory budget of each extension process, MiB (default 512)', int('--extension-memory-mb'))
     .option('--extension-heap-mb <n>', 'V8 heap limit (old generation) of each extension worker or process, MiB (default 256)', int('--extension-heap-mb'))
     .option('--admin-token-file <file>', 'read the admin token (for admin operations such as loading extensions) from a file only its owner can read (or env KVCASCADE_ADMIN_TOKEN)')
+    .option('--lease-grace-ms <ms>', 'leases: the grace a new metadata leader gives every lease before revoking it (default 5000; docs/leases.md)', int('--lease-grace-ms'))
+    .option('--max-leases <n>', 'leases: the most leases the cluster holds (default 100000)', int('--max-leases'))
+    .option('--lease-min-ttl <s>', 'leases: the shortest TTL a grant may ask for, seconds (default 2)', int('--lease-min-ttl'))
     .option('--auth-token-ttl-ms <ms>', 'access control: lifetime of a login token (default 600000, 10 minutes; clients log in again before it ends)', int('--auth-token-ttl-ms'))
     .option('--admin-token <token>', 'the admin token itself (discouraged: visible in the process list; use --admin-token-file)')
     .option('--tls-cert <file>', 'PEM certificate of the client API (also presented when this node calls another node\'s client API)')
@@ -260,6 +267,12 @@ export function parseConfig(argv: string[]): KvdConfig {
   if (ttl !== undefined) {
     if (typeof ttl !== 'number' || !Number.isSafeInteger(ttl) || ttl < 1000) throw new Error(`--auth-token-ttl-ms must be an integer >= 1000 (got ${String(ttl)})`);
     cfg.authTokenTtlMs = ttl;
+  }
+  for (const [k, min] of [['leaseGraceMs', 0], ['maxLeases', 1], ['leaseMinTtl', 1]] as const) {
+    const v = pick<unknown>(k, undefined);
+    if (v === undefined) continue;
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min) throw new Error(`--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} must be an integer >= ${min} (got ${String(v)})`);
+    cfg[k] = v;
   }
   for (const k of ['extMaxRestartsPerMinute', 'extPoisonAttempts'] as const) {
     const v = pick<number | undefined>(k, undefined);

@@ -17,6 +17,7 @@ import { ensureConfiguredExtensions } from './configured-extensions.js';
 import { GrpcPeerTransport } from '../node/grpc-transport.js';
 import { kvdCredentials } from './kvd-tls.js';
 import { addHealthService } from '../server/health.js';
+import { startNodeLeases } from './lease-wiring.js';
 import { NodeMetrics } from '../node/metrics.js';
 import { LevelEngine } from '../storage/kv-engine.js';
 import { addKvServices, createGrpcServer } from '../server/kv-service.js';
@@ -385,6 +386,15 @@ async function main(): Promise<void> {
     access,
     ...(cfg.adminToken ? { adminToken: cfg.adminToken } : {}),
   });
+  const leases = startNodeLeases(node, server, {
+    access,
+    log: log.child({ component: 'leases' }),
+    registry: metrics.registry,
+    options: {
+      ...(cfg.leaseGraceMs !== undefined ? { graceMs: cfg.leaseGraceMs } : {}),
+      limits: { ...(cfg.maxLeases !== undefined ? { maxLeases: cfg.maxLeases } : {}), ...(cfg.leaseMinTtl !== undefined ? { minTtlSec: cfg.leaseMinTtl } : {}) },
+    },
+  });
   let stopping = false;
   const health = addHealthService(server, () => node.readiness(), log);
   // The web console: its page on the metrics port, the Console service on the client API.
@@ -444,6 +454,7 @@ async function main(): Promise<void> {
     // The counterpart of the readiness line.
     process.stdout.write(`${JSON.stringify({ event: 'stopping', id: cfg.id, signal, led: drained?.led ?? 0, stillLeading: drained?.stillLeading ?? [] })}\n`);
     health.close();
+    leases.stop();
     webConsole.close();
     configured.stop();
     cluster.stop();

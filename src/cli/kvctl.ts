@@ -14,6 +14,7 @@ import { Command, CommanderError, InvalidArgumentError } from 'commander';
 import { positive, uint } from './args.js';
 import { registerClusterCommands } from './cluster-commands.js';
 import { registerAuthCommands } from './auth-commands.js';
+import { registerLeaseCommands } from './lease-commands.js';
 import { registerExtCommands, resolveAdminToken } from './ext-commands.js';
 import { KvClient, KvError, CompactedError, type KvItem, type KvClientTlsOptions } from '../client/index.js';
 import { DEAD_LETTER_PREFIX } from '../sharding/index.js';
@@ -250,9 +251,10 @@ export async function main(argv: readonly string[], io: KvctlIo = {}): Promise<n
     .description('write a value (`@file` reads a file, `-` reads stdin)')
     .argument('<key>')
     .argument('<value>')
-    .action(async (key: string, value: string) => {
+    .option('--lease <id>', 'attach the key to this lease (`kvctl lease grant`): it is deleted when the lease ends', positive('--lease'))
+    .action(async (key: string, value: string, o: { lease?: number }) => {
       const bytes = await valueArg(value);
-      const r = await kv().put(key, bytes);
+      const r = await kv().put(key, bytes, o.lease !== undefined ? { lease: o.lease } : {});
       if (json()) print({ key, succeeded: r.succeeded, version: r.version, revision: r.revision, timestampMs: r.timestampMs });
       else out.write(formatTable(['KEY', 'VERSION', 'REVISION', 'TIMESTAMP'], [[key, String(r.version), String(r.revision), time(r.timestampMs)]]));
     });
@@ -487,6 +489,30 @@ export async function main(argv: readonly string[], io: KvctlIo = {}): Promise<n
       return admin ? { token: admin } : {};
     },
     readStdin: async () => Buffer.from(await readAll(io.stdin ?? process.stdin)).toString('utf8'),
+  });
+
+  registerLeaseCommands(program, {
+    out,
+    json,
+    print,
+    formatTable,
+    endpoints: endpointList,
+    tls,
+    timeoutMs: () => globals().timeout,
+    fail: (code) => {
+      exitCode = code;
+    },
+    credentials: () => {
+      const c = loginCredentials();
+      if (c.user !== undefined || c.token !== undefined) return c;
+      const admin = resolveAdminToken(globals().adminToken, env, io.adminTokenFiles);
+      return admin ? { token: admin } : {};
+    },
+    interrupted: () =>
+      new Promise<void>((resolve) => {
+        if (io.signal) io.signal.addEventListener('abort', () => resolve(), { once: true });
+        else process.once('SIGINT', () => resolve());
+      }),
   });
 
   registerClusterCommands(program, {

@@ -10,6 +10,9 @@ export { KvError, CompactedError } from './errors.js';
 export type { KvErrorCode, KvErrorInfo } from './errors.js';
 /** The self-resuming watch iterator. */
 export { KvWatch } from './watch.js';
+/** Leases: keys that vanish when their owner stops renewing. */
+export { LeaseClient } from './lease-client.js';
+export type { LeaseClientOptions, LeaseStatus, LeaseLostReason, LeaseClientEvents } from './lease-client.js';
 /** Many ops in flight, one stream per node. */
 export { KvPipeline } from './pipeline.js';
 /** The cluster map the client routes with (as `shardMap()` returns it). */

@@ -20,6 +20,7 @@ import type {
 import type { ClusterMap } from '../sharding/types.js';
 import { KvError } from './errors.js';
 import { KvPipeline } from './pipeline.js';
+import { LeaseClient } from './lease-client.js';
 import { DEFAULT_ROUTER_OPTIONS, ShardRouter } from './router.js';
 import { NOOP_LOGGER, Transport, type CallKind, type KvClientLogger, type KvClientTlsOptions } from './transport.js';
 import {
@@ -165,6 +166,8 @@ export interface KvClientOptions {
  */
 export class KvClient {
   private readonly transport: Transport;
+  private leaseClient: LeaseClient | undefined;
+  private readonly leaseOptions: ConstructorParameters<typeof LeaseClient>[0];
   private readonly router: ShardRouter;
   private readonly defaultDeadlineMs: number;
 
@@ -221,6 +224,8 @@ export class KvClient {
     this.defaultDeadlineMs = opts.defaultDeadlineMs ?? DEFAULT_CLIENT_DEADLINE_MS;
     this.session = opts.sessions === false ? undefined : new ClientSession();
     this.batching = opts.batching !== false;
+    const token = opts.token ?? opts.adminToken;
+    this.leaseOptions = { endpoints: opts.endpoints, ...(opts.tls ? { tls: opts.tls } : {}), ...(token !== undefined ? { token } : {}), ...(opts.user !== undefined ? { user: opts.user, password: opts.password ?? '' } : {}) };
     this.transport = new Transport({
       endpoints: opts.endpoints,
       tls: opts.tls,
@@ -293,6 +298,7 @@ export class KvClient {
   /** Writes `value` (a string is stored as UTF-8) under `key`; with `expectedVersion`, only if the key's version equals it (0 = absent). */
   async put(key: string, value: Uint8Array | string, opts: KvPutOptions = {}): Promise<KvPutResult> {
     this.transport.checkOpen();
+    if (opts.lease !== undefined) return this.leases.put(localKey(key), value, { lease: opts.lease, ...(opts.expectedVersion !== undefined ? { expectedVersion: opts.expectedVersion } : {}), route: this.routeOf(key).address });
     const ev = localUint(opts.expectedVersion, 'expectedVersion');
     const req: PutRequestMsg = {
       key: localKey(key),
@@ -466,8 +472,15 @@ export class KvClient {
     return this.router.fetch(this.deadline(opts.deadlineMs));
   }
 
+  /** Leases (grant, keep-alive, revoke, time-to-live; a `lost` event when a kept-alive lease ends), on this client's endpoints and credentials. */
+  get leases(): LeaseClient {
+    this.leaseClient ??= new LeaseClient(this.leaseOptions);
+    return this.leaseClient;
+  }
+
   /** Closes every connection; running calls, watches and pipelines end with CANCELLED (watches end normally). */
   close(): void {
+    this.leaseClient?.close();
     this.router.close();
     this.transport.close();
   }

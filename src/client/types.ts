@@ -26,6 +26,8 @@ export interface KvPutOptions {
   readonly returnCurrentValue?: boolean;
   /** Timeout of the call including retries, in ms (default: the client's `defaultDeadlineMs`). */
   readonly deadlineMs?: number;
+  /** Attach the key to this lease (`client.leases.grant`): the key is deleted when the lease ends. */
+  readonly lease?: number;
 }
 
 /** Result of `put`. */

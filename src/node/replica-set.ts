@@ -33,6 +33,8 @@ export const MAX_COMPACT_REVISIONS_PER_STEP = 10_000;
 
 /** A peer counts as live while heard from within this many election timeouts. */
 const LIVENESS_ELECTION_TIMEOUTS = 3;
+/** Most versions history the metadata group keeps (ms): its keys are the cluster's bookkeeping, rewritten often (lease checkpoints: docs/leases.md). */
+export const META_RETENTION_MS = 5 * 60_000;
 
 /** What the replica set needs from the rest of the node. */
 export interface ReplicaSetHooks {
@@ -444,8 +446,10 @@ export class ReplicaSet {
       }
       // A pool's own retention wins over the node's default.
       const pool = map.pools.find((p) => p.name === map.shards.find((s) => s.group === r.group)?.pool);
-      const retentionMs = pool?.retentionMs ?? opts.retentionMs ?? NODE_DEFAULTS.retentionMs;
+      let retentionMs = pool?.retentionMs ?? opts.retentionMs ?? NODE_DEFAULTS.retentionMs;
       if (retentionMs <= 0) continue;
+      // The metadata group's versions are the cluster's own bookkeeping (lease checkpoints among them): a short window.
+      if (r.group === META_GROUP) retentionMs = Math.min(retentionMs, META_RETENTION_MS);
       const due = r.retentionCompactRevision(now, retentionMs);
       if (due <= r.compactRevision) continue;
       const revision = Math.min(due, r.compactRevision + (opts.compactRevisionsPerStep ?? MAX_COMPACT_REVISIONS_PER_STEP));

@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AdminClient } from '../../src/client/admin-client.js';
-import { AuthClient, KvClient, login } from '../../src/client/index.js';
+import { AuthClient, KvClient, LeaseClient, login } from '../../src/client/index.js';
 import { main as kvctl } from '../../src/cli/kvctl.js';
 import { KvdCluster } from './harness.js';
 
@@ -169,6 +169,38 @@ describe('access control on real processes', () => {
     await expect(bob.txn({ compares: [{ key: '/elsewhere', version: 0 }], writes: [{ type: 'put', key: '/app/d', value: 'x' }] })).rejects.toMatchObject({
       code: 'PERMISSION_DENIED',
     });
+  });
+
+  it('leases: grant needs a user, a put with a lease needs write on the key, and only the owner or root may keep alive, look up, list or revoke', async () => {
+    const lcs: LeaseClient[] = [];
+    const lease = (o: Partial<ConstructorParameters<typeof LeaseClient>[0]> = {}): LeaseClient => {
+      const c = new LeaseClient({ endpoints: cluster.endpoints, ...o });
+      lcs.push(c);
+      return c;
+    };
+    try {
+      await expect(lease().grant(10)).rejects.toMatchObject({ code: 'UNAUTHENTICATED' });
+      const bob = lease({ user: 'bob', password: 'bob-pw' });
+      const id = await bob.grant(10);
+      const bobKv = as('bob');
+      expect((await bobKv.put('/app/leased', 'v', { lease: id })).succeeded).toBe(true);
+      await expect(bobKv.put('/elsewhere', 'v', { lease: id })).rejects.toMatchObject({ code: 'PERMISSION_DENIED' });
+      await expect(as('alice').put('/app/leased2', 'v', { lease: id })).rejects.toMatchObject({ code: 'PERMISSION_DENIED' });
+      const alice = lease({ user: 'alice', password: 'alice-pw' });
+      await expect(alice.timeToLive(id)).rejects.toMatchObject({ code: 'PERMISSION_DENIED' });
+      await expect(alice.revoke(id)).rejects.toMatchObject({ code: 'PERMISSION_DENIED' });
+      expect(await alice.leases()).toEqual([]);
+      const refused = new Promise<string>((resolve) => alice.on('lost', (_id, reason, detail) => resolve(`${reason} ${detail}`)));
+      alice.keepAlive(id, 10);
+      expect(await refused).toBe('refused PERMISSION_DENIED');
+      expect((await lease({ token: TOKEN }).leases()).map((l) => l.id)).toContain(id);
+      expect((await bob.timeToLive(id, { keys: true })).keys).toEqual(['/app/leased']);
+      expect((await bob.leases()).map((l) => l.owner)).toEqual(['bob']);
+      await bob.revoke(id);
+      await eventually(async () => expect((await bobKv.get('/app/leased')).found).toBe(false));
+    } finally {
+      for (const c of lcs) c.close();
+    }
   });
 
   it('admin APIs need root: a root user or the admin token, never another user', async () => {

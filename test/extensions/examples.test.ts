@@ -68,6 +68,22 @@ describe('example extensions', () => {
     expect(state).toMatchObject({ state: 'swivel', photos: 1 });
   });
 
+  it('camera (loaded above): a presence key deleted (its lease ended) fires the offline lambda', async () => {
+    await c.put('/cameras/c9/online', 'yes');
+    const on = await c.until(async () => {
+      const s = await c.get('/cameras/c9/presence');
+      return s && JSON.parse(s).online === true ? JSON.parse(s) : undefined;
+    });
+    expect(on.online).toBe(true);
+    await c.del('/cameras/c9/online'); // what a lease's expiry does through the log
+    const off = await c.until(async () => {
+      const s = await c.get('/cameras/c9/presence');
+      return s && JSON.parse(s).online === false ? JSON.parse(s) : undefined;
+    });
+    expect(off.version).toBeGreaterThan(on.version);
+    expect(off.since).toBeGreaterThanOrEqual(on.since);
+  });
+
   it('photo pipeline: metadata -> interesting -> download, with hop counts', async () => {
     await c.load('extensions/photo-pipeline');
     await c.put('/photos/p1/meta', JSON.stringify({ url: 'http://cam/p1.jpg', score: 0.9 }));
