@@ -88,6 +88,8 @@ describe('shard routing', () => {
     await Promise.all(keys.map((k) => c.put(k, `v-${k}`)));
     const got = await Promise.all(keys.map((k) => c.get(k)));
     expect(got.map((g) => text(g.value))).toEqual(keys.map((k) => `v-${k}`));
+    // A call made in the turn a batch finished is batched too; after a turn, a lone call is unary.
+    await new Promise((r) => setImmediate(r));
     await c.delete(keys[0]!);
     await c.trigger(keys[1]!, 't');
     // No hop: every call reached its shard's leader directly.
@@ -101,6 +103,23 @@ describe('shard routing', () => {
     expect(fc.leaderOf(keys[0]!).calls.delete).toBe(1);
     expect(fc.leaderOf(keys[1]!).calls.trigger).toBe(1);
     expect(fc.total('getShardMap')).toBe(0);
+  });
+
+  it('batches the calls made as a burst of batched calls finishes (not one unary call per burst); a lone call later is unary', async () => {
+    const fc = await fakeCluster({ nodes: 3, shards: 1, replicas: 3 });
+    const c = client([fc.node(1).address]);
+    await c.put('warm', 'w');
+    fc.resetCalls();
+    // 10 workers, 6 calls each, one after another: every burst of answers triggers the next burst.
+    await Promise.all(Array.from({ length: 10 }, async (_, w) => {
+      for (let i = 0; i < 6; i++) await c.put(`k${w}-${i}`, 'v');
+    }));
+    expect(fc.total('put') + fc.total('pipelineOp')).toBe(60);
+    expect(fc.total('put')).toBeLessThanOrEqual(2); // the burst's first call; not one per burst (6)
+    await new Promise((r) => setImmediate(r));
+    await c.put('lone', 'v');
+    expect(fc.total('put')).toBeLessThanOrEqual(3);
+    expect(fc.total('put') + fc.total('pipelineOp')).toBe(61);
   });
 
   it('routes a list of one shard to that shard leader and reports shard revisions', async () => {
