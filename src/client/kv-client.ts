@@ -193,7 +193,9 @@ export class KvClient {
     // Logged in before any stream opens (a stream carries the token it was opened with).
     const auth = this.transport.authReady(deadlineAt);
     if (auth) await auth;
-    const batched = this.batching && (this.inFlight > 0 || this.batchedThisTurn) && size <= MAX_BATCHED_REQUEST_BYTES;
+    // A read goes on the stream even alone (no per-call HTTP/2 work: a lone get's latency is about a
+    // third of a unary one's); a write alone stays unary (its retry and failover rules are the unary call's).
+    const batched = this.batching && (op === 'get' || this.inFlight > 0 || this.batchedThisTurn) && size <= MAX_BATCHED_REQUEST_BYTES;
     this.inFlight++;
     try {
       if (batched) {

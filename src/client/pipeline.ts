@@ -5,7 +5,7 @@
  * the resend-on-leader-change path share the same per-op state and are read together.
  */
 import * as grpc from '@grpc/grpc-js';
-import { META_PIPELINE_BATCH, readKvMetadata } from '../wire/metadata.js';
+import { META_PIPELINE_BATCH, kvMetadata, readKvMetadata } from '../wire/metadata.js';
 import { MAX_PIPELINE_BATCH } from '../wire/proto.js';
 import type {
   DeleteRequestMsg,
@@ -63,6 +63,8 @@ interface Lane {
   batching: boolean;
   /** Requests of this event-loop turn, sent together as one batch message at the end of it. */
   outbox: PipelineRequestMsg[];
+  /** The highest map epoch the server named on this stream (told to the router when it grows). */
+  mapEpoch: number;
   /** The liveness check of this stream, while repeatable ops wait on it. */
   watchdog: NodeJS.Timeout | undefined;
 }
@@ -367,7 +369,7 @@ export class KvPipeline {
     const stream = t.kv(address).pipeline(t.kvMetadata(), {});
     // Until the connection is ready, ops wait in the backlog (never sent, so they can move elsewhere).
     const lane: Lane = {
-      address, stream, headers: false, blocked: gate !== true, backlog: [], lastHeardAt: Date.now(), watchdog: undefined, batching: false, outbox: [],
+      address, stream, headers: false, blocked: gate !== true, backlog: [], lastHeardAt: Date.now(), watchdog: undefined, batching: false, outbox: [], mapEpoch: 0,
     };
     this.lanes.set(address, lane);
     if (gate !== true) {
@@ -391,6 +393,10 @@ export class KvPipeline {
     });
     stream.on('data', (m: PipelineResponseMsg) => {
       lane.lastHeardAt = Date.now();
+      if (m.mapEpoch !== undefined && m.mapEpoch > lane.mapEpoch) {
+        lane.mapEpoch = m.mapEpoch;
+        t.observer?.metadata(kvMetadata({ mapEpoch: m.mapEpoch }));
+      }
       if (m.batch !== undefined && m.batch.length > 0) for (const r of m.batch) this.answered(lane, r);
       else this.answered(lane, m);
     });

@@ -463,13 +463,18 @@ class KvService implements KvServiceHandle {
         for (let i = 0; i < out.length; i++) settle();
         return;
       }
-      call.write(out.length === 1 ? out[0]! : { batch: out }, () => {
+      const msg: PipelineResponseMsg = out.length === 1 ? out[0]! : { batch: out };
+      const epoch = this.coord.mapEpoch();
+      if (epoch !== undefined) msg.mapEpoch = epoch;
+      call.write(msg, () => {
         for (let i = 0; i < out.length; i++) settle();
       });
     };
     const answer = (res: PipelineResponseMsg): void => {
       if (done) return settle();
       if (!batching) {
+        const epoch = this.coord.mapEpoch();
+        if (epoch !== undefined) res.mapEpoch = epoch;
         call.write(res, () => settle());
         return;
       }

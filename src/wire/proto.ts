@@ -256,6 +256,8 @@ export interface PipelineResponseMsg {
   shard?: number;
   /** Several responses in one message (each as its own message); see kv.proto. */
   batch?: PipelineResponseMsg[];
+  /** The serving node's cluster map epoch (0/absent: not given). */
+  mapEpoch?: number;
 }
 
 /** kvcascade.v1.StatusRequest. */

@@ -293,7 +293,9 @@ export class FakeCluster {
         node.calls.pipelineOp += reqs.length;
         if (this.frozen.has(node.id)) return; // never answered
         const out = reqs.map(answer);
-        call.write(out.length === 1 ? out[0]! : { batch: out });
+        const msg: PipelineResponseMsg = out.length === 1 ? out[0]! : { batch: out };
+        if (this.sharded) msg.mapEpoch = this.mapOf(node).epoch;
+        call.write(msg);
       });
       call.on('end', () => call.end());
       call.on('error', () => undefined);
