@@ -19,11 +19,11 @@ import { machineBusySeconds, processCpuSeconds } from './util.js';
  * scaling workloads) run `put` / `pipelined-put` with every key sent to its shard's leader, once
  * per shard count on a fresh cluster (see run.ts).
  */
-export const WORKLOADS = ['put', 'get', 'rmw', 'pipelined-put', 'put-shards', 'pipelined-put-shards', 'lambda', 'lambda-throughput', 'watch'] as const;
+export const WORKLOADS = ['put', 'get', 'rmw', 'pipelined-put', 'put-shards', 'pipelined-put-shards', 'lambda', 'lambda-throughput', 'watch', 'h2load'] as const;
 /** One workload's name. */
 export type WorkloadName = (typeof WORKLOADS)[number];
-/** What runs when --workloads is not given (the reaction workloads and pipelined-put-shards are opt-in). */
-export const DEFAULT_WORKLOADS: readonly WorkloadName[] = ['put', 'get', 'rmw', 'pipelined-put', 'put-shards'];
+/** What runs when --workloads is not given (the reaction workloads and pipelined-put-shards are opt-in; h2load runs only where installed). */
+export const DEFAULT_WORKLOADS: readonly WorkloadName[] = ['put', 'get', 'rmw', 'pipelined-put', 'put-shards', 'h2load'];
 /** Workloads that measure reacting to writes (extension lambdas, client watches); see reactions.ts. */
 export const REACTION_WORKLOADS: readonly WorkloadName[] = ['lambda', 'lambda-throughput', 'watch'];
 /** Shard scaling workloads: run once per `--shards` count, each on a fresh kvd cluster, keys routed to their shard leaders. */
@@ -38,6 +38,8 @@ export function supports(system: SystemName, workload: WorkloadName): boolean {
     case 'lambda':
     case 'lambda-throughput':
       return system === 'kvd';
+    case 'h2load':
+      return system === 'etcd';
     default:
       return true;
   }

@@ -809,7 +809,7 @@ async function runLambdaThroughput(o: ReactionOptions): Promise<WorkloadResult> 
 // ------------------------------------------------------------------ watch
 
 /** The client address of the node leading kvd's data shard, or of etcd's leader (the first endpoint if it cannot be told). */
-async function leaderEndpoint(system: SystemName, endpoints: readonly string[], timeoutMs: number): Promise<string> {
+export async function leaderEndpoint(system: SystemName, endpoints: readonly string[], timeoutMs: number): Promise<string> {
   if (system === 'kvd') {
     const stub = kvClusterStub(endpoints[0]!);
     try {

@@ -20,6 +20,7 @@ import {
   type WorkloadName,
   type WorkloadResult,
 } from './load.js';
+import { findH2load, H2LOAD_IN_FLIGHT, H2LOAD_MISSING_MESSAGE, runH2loadPut } from './h2load.js';
 import { runReactionWorkload } from './reactions.js';
 import { leaderSnapshot, movedLeaders, routingSpec, waitSettled, type RoutingSpec, type SettleReport } from './shards.js';
 import { kvClusterStub } from './clients.js';
@@ -31,7 +32,8 @@ const USAGE = `usage: node dist/bench/run.js [flags]
   --clients N         closed-loop workers per workload (default 64)
   --workloads LIST    comma list of ${WORKLOADS.join(',')}
                       (default ${DEFAULT_WORKLOADS.join(',')}; pipelined-put, put-shards, pipelined-put-shards,
-                      lambda and lambda-throughput are kvd only)
+                      lambda and lambda-throughput are kvd only; h2load is etcd only: etcd's Put ceiling driven by
+                      h2load (nghttp2-client) at 64 and 256 in flight, skipped with a message where h2load is missing)
   --shards LIST       shard counts for put-shards / pipelined-put-shards (default 1,2,4,8; each 1..64): for each N a
                       fresh 3-node kvd cluster with --default-shards N, waited on until every shard's leader has
                       settled, then the put (pipelined-put) load with each key sent to its shard's leader. Their
@@ -172,7 +174,7 @@ const DISTURBED_CORES = 0.25;
 const log = (msg: string): void => console.error(`[bench] ${msg}`);
 
 function fmt(n: number, digits = 2): string {
-  return n.toFixed(digits);
+  return Number.isFinite(n) ? n.toFixed(digits) : '-';
 }
 
 function notes(r: WorkloadResult): string {
@@ -300,6 +302,15 @@ export function renderTable(results: readonly WorkloadResult[]): string {
     if (f !== undefined && ratioFor(r, results) !== undefined) footnotes.add(f);
   }
   out.push(...footnotes);
+  const ceiling = results.filter((r) => r.workload === 'h2load').sort((a, b) => b.opsPerSec - a.opsPerSec)[0];
+  const kvdPut = results.find((r) => r.system === 'kvd' && r.workload === 'put');
+  if (ceiling !== undefined && ceiling.opsPerSec > 0) {
+    out.push(
+      `etcd's ceiling (h2load Put, best of ${results.filter((r) => r.workload === 'h2load').map((r) => r.clients).join('/')} in flight): ` +
+        `${fmt(ceiling.opsPerSec, 0)}/s at ${ceiling.clients}` +
+        (kvdPut !== undefined ? `; kvd put / that ceiling = ${fmt(kvdPut.opsPerSec / ceiling.opsPerSec)}x` : ''),
+    );
+  }
   if (results.some((r) => REACTION_WORKLOADS.includes(r.workload))) {
     out.push(
       'lambda, lambda-throughput, watch: ops/s = reactions per second (lambda starts, watch events); p50/p99/p999 = reaction latency as "lat" in notes says.',
@@ -369,6 +380,30 @@ async function measure(
     console.log(`${system}/${workload} failed: ${(err as Error).message}`);
     skipped.push(`${system}/${workload}: failed: ${(err as Error).message.split('\n')[0]}`);
     return undefined;
+  }
+}
+
+/** etcd's Put ceiling with h2load at each of {@link H2LOAD_IN_FLIGHT} requests in flight (one row each). */
+async function measureH2load(cluster: RunningCluster, cfg: BenchConfig, results: WorkloadResult[], skipped: string[]): Promise<void> {
+  const bin = findH2load();
+  if (bin === undefined) {
+    console.log(H2LOAD_MISSING_MESSAGE);
+    skipped.push('etcd/h2load: h2load not installed');
+    return;
+  }
+  for (const inFlight of H2LOAD_IN_FLIGHT) {
+    log(`etcd: h2load Put, ${inFlight} in flight, ${cfg.warmupS} s warm-up + ${cfg.durationS} s`);
+    try {
+      const r = await runH2loadPut({
+        endpoints: cluster.endpoints, inFlight, warmupS: cfg.warmupS, durationS: cfg.durationS, valueBytes: cfg.valueBytes,
+        opTimeoutMs: cfg.opTimeoutS * 1000, serverPids: cluster.pids(), h2load: bin,
+      });
+      results.push(r);
+      log(`etcd: h2load ${inFlight}: ${fmt(r.opsPerSec, 0)} req/s; ${notes(r)}`);
+    } catch (err) {
+      console.log(`etcd/h2load ${inFlight} failed: ${(err as Error).message}`);
+      skipped.push(`etcd/h2load ${inFlight}: failed: ${(err as Error).message.split('\n')[0]}`);
+    }
   }
 }
 
@@ -467,7 +502,8 @@ export async function runBench(cfg: BenchConfig): Promise<WorkloadResult[]> {
   const shardWorkloads = cfg.workloads.filter((w) => SHARD_WORKLOADS.includes(w));
   for (const system of cfg.systems) {
     const workloads = cfg.workloads.filter((w) => supports(system, w) && !SHARD_WORKLOADS.includes(w));
-    for (const w of cfg.workloads) if (!supports(system, w)) skipped.push(`${system}/${w}: not supported`);
+    // (h2load is etcd's ceiling by design: no "not supported" line for kvd.)
+    for (const w of cfg.workloads) if (!supports(system, w) && w !== 'h2load') skipped.push(`${system}/${w}: not supported`);
     // The shard scaling rows are compared with etcd's unary put: run it even when not asked for.
     if (system === 'etcd' && shardWorkloads.length > 0 && !workloads.includes('put')) {
       workloads.unshift('put');
@@ -495,7 +531,10 @@ export async function runBench(cfg: BenchConfig): Promise<WorkloadResult[]> {
             });
             log(`${system}: populated ${cfg.keys} keys in ${fmt(s, 1)} s`);
           }
-          for (const workload of workloads) await measure(system, cluster, workload, cfg, results, skipped);
+          for (const workload of workloads) {
+            if (workload === 'h2load') await measureH2load(cluster, cfg, results, skipped);
+            else await measure(system, cluster, workload, cfg, results, skipped);
+          }
         } finally {
           await cluster.stop();
           active = undefined;

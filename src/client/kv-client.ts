@@ -148,7 +148,8 @@ export interface KvClientOptions {
    * Batch concurrent calls (default true): while other put, get or delete calls of this client
    * are in flight, a new one is sent on the client's long-lived Pipeline stream to its shard
    * leader's node rather than as a unary call, so concurrent calls share HTTP/2 messages and the
-   * per-call header and interceptor work. A call made when none is in flight stays a unary call.
+   * per-call header and interceptor work. A call made when none is in flight (and no batched call
+   * finished during the same event-loop turn) stays a unary call.
    * Guarantees are those of the unary calls: deadlines, retries (sessions), failover, auth.
    */
   readonly batching?: boolean;
@@ -180,6 +181,12 @@ export class KvClient {
   private batcher: KvPipeline | undefined;
   /** put/get/delete calls in flight (unary or batched). */
   private inFlight = 0;
+  /**
+   * A batched call completed during this event-loop turn. The calls its completion triggers are
+   * batched too: the answers of a batch arrive together, so every call of it may have finished
+   * before the first caller makes its next call, and that call would otherwise go unary.
+   */
+  private batchedThisTurn = false;
 
   /**
    * Runs a put, get or delete of the default path: as a unary call when it is the only one in
@@ -189,7 +196,9 @@ export class KvClient {
     // Logged in before any stream opens (a stream carries the token it was opened with).
     const auth = this.transport.authReady(deadlineAt);
     if (auth) await auth;
-    const batched = this.batching && this.inFlight > 0 && size <= MAX_BATCHED_REQUEST_BYTES;
+    // A read goes on the stream even alone (no per-call HTTP/2 work: a lone get's latency is about a
+    // third of a unary one's); a write alone stays unary (its retry and failover rules are the unary call's).
+    const batched = this.batching && (op === 'get' || this.inFlight > 0 || this.batchedThisTurn) && size <= MAX_BATCHED_REQUEST_BYTES;
     this.inFlight++;
     try {
       if (batched) {
@@ -203,6 +212,10 @@ export class KvClient {
       return convert(res);
     } finally {
       this.inFlight--;
+      if (batched && !this.batchedThisTurn) {
+        this.batchedThisTurn = true;
+        setImmediate(() => (this.batchedThisTurn = false));
+      }
     }
   }
 

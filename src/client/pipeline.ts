@@ -5,7 +5,8 @@
  * the resend-on-leader-change path share the same per-op state and are read together.
  */
 import * as grpc from '@grpc/grpc-js';
-import { readKvMetadata } from '../wire/metadata.js';
+import { META_PIPELINE_BATCH, kvMetadata, readKvMetadata } from '../wire/metadata.js';
+import { MAX_PIPELINE_BATCH } from '../wire/proto.js';
 import type {
   DeleteRequestMsg,
   GetRequestMsg,
@@ -58,6 +59,12 @@ interface Lane {
   backlog: PipelineRequestMsg[];
   /** When the node last answered anything on this stream (ms since the epoch). */
   lastHeardAt: number;
+  /** The server takes batched requests on this stream (its headers said `kv-pipeline-batch: 1`). */
+  batching: boolean;
+  /** Requests of this event-loop turn, sent together as one batch message at the end of it. */
+  outbox: PipelineRequestMsg[];
+  /** The highest map epoch the server named on this stream (told to the router when it grows). */
+  mapEpoch: number;
   /** The liveness check of this stream, while repeatable ops wait on it. */
   watchdog: NodeJS.Timeout | undefined;
 }
@@ -361,7 +368,9 @@ export class KvPipeline {
     const gate = t.whenConnected(address, connectMs);
     const stream = t.kv(address).pipeline(t.kvMetadata(), {});
     // Until the connection is ready, ops wait in the backlog (never sent, so they can move elsewhere).
-    const lane: Lane = { address, stream, headers: false, blocked: gate !== true, backlog: [], lastHeardAt: Date.now(), watchdog: undefined };
+    const lane: Lane = {
+      address, stream, headers: false, blocked: gate !== true, backlog: [], lastHeardAt: Date.now(), watchdog: undefined, batching: false, outbox: [], mapEpoch: 0,
+    };
     this.lanes.set(address, lane);
     if (gate !== true) {
       void gate.then((ok) => {
@@ -378,32 +387,84 @@ export class KvPipeline {
     stream.on('metadata', (md: grpc.Metadata) => {
       if (this.lanes.get(address) !== lane) return;
       lane.headers = true;
+      lane.batching = md.get(META_PIPELINE_BATCH)[0] === '1';
       t.observer?.metadata(md);
       t.learn(md);
     });
     stream.on('data', (m: PipelineResponseMsg) => {
       lane.lastHeardAt = Date.now();
-      const id = m.id ?? 0;
-      const op = this.pending.get(id);
-      if (!op || op.lane !== lane) return; // timed out meanwhile
-      this.pending.delete(id);
-      clearTimeout(op.timer);
-      op.onResponse(m);
+      if (m.mapEpoch !== undefined && m.mapEpoch > lane.mapEpoch) {
+        lane.mapEpoch = m.mapEpoch;
+        t.observer?.metadata(kvMetadata({ mapEpoch: m.mapEpoch }));
+      }
+      if (m.batch !== undefined && m.batch.length > 0) for (const r of m.batch) this.answered(lane, r);
+      else this.answered(lane, m);
     });
     stream.on('error', () => undefined); // reported through 'status'
     stream.on('status', (st: grpc.StatusObject) => this.ended(lane, st));
     return lane;
   }
 
-  private write(lane: Lane, req: PipelineRequestMsg): void {
-    const id = req.id ?? 0;
+  /** Hands one response to its op (unless it timed out meanwhile or was moved to another stream). */
+  private answered(lane: Lane, m: PipelineResponseMsg): void {
+    const id = m.id ?? 0;
     const op = this.pending.get(id);
-    if (!op) return; // timed out before it could be sent
+    if (!op || op.lane !== lane) return;
+    this.pending.delete(id);
+    clearTimeout(op.timer);
+    op.onResponse(m);
+  }
+
+  /**
+   * Sends `req` on `lane`: at once, or, on a stream whose server takes batches, with the other
+   * requests of this event-loop turn in one message (per-message gRPC and HTTP/2 work is then
+   * paid once per turn; order is kept, and the server handles each op as its own message).
+   */
+  private write(lane: Lane, req: PipelineRequestMsg): void {
+    if (!lane.batching) {
+      if (this.stamp(lane, req)) this.writeMessage(lane, req);
+      return;
+    }
+    lane.outbox.push(req);
+    if (lane.outbox.length === 1) setImmediate(() => this.sendOutbox(lane));
+    else if (lane.outbox.length >= MAX_PIPELINE_BATCH) this.sendOutbox(lane);
+  }
+
+  /** Sends what `lane`'s outbox holds (ops that timed out meanwhile are left out). */
+  private sendOutbox(lane: Lane): void {
+    const reqs = lane.outbox;
+    if (reqs.length === 0) return;
+    lane.outbox = [];
+    if (this.lanes.get(lane.address) !== lane) {
+      // The stream ended before the batch left: its ops never reached a server, so they are re-run elsewhere.
+      for (const req of reqs) {
+        const op = this.pending.get(req.id ?? 0);
+        if (!op || op.lane !== lane) continue;
+        this.pending.delete(req.id ?? 0);
+        clearTimeout(op.timer);
+        op.retry(op.deadlineAt - Date.now());
+      }
+      return;
+    }
+    const out = reqs.filter((r) => this.stamp(lane, r));
+    if (out.length === 0) return;
+    this.writeMessage(lane, out.length === 1 ? out[0]! : { batch: out });
+  }
+
+  /** Marks `req`'s op as handed to `lane` and sets its remaining time; false when the op is gone (timed out). */
+  private stamp(lane: Lane, req: PipelineRequestMsg): boolean {
+    const op = this.pending.get(req.id ?? 0);
+    if (!op) return false;
     op.written = true;
     if (op.repeatable) this.watch(lane);
-    const s = lane.stream;
     req.timeoutMs = Math.max(1, op.deadlineAt - Date.now());
-    s.write(req);
+    return true;
+  }
+
+  /** Writes one message to `lane`'s stream, blocking the lane while the stream's buffer is past the window. */
+  private writeMessage(lane: Lane, msg: PipelineRequestMsg): void {
+    const s = lane.stream;
+    s.write(msg);
     if (s.writableLength >= WRITE_WINDOW && s.writableNeedDrain) {
       lane.blocked = true;
       s.once('drain', () => {

@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import type { Message, NodeId } from '../raft/index.js';
 import type { Logger } from '../log.js';
 import { protoDir } from '../proto-files.js';
+import { decodePacked, encodePacked } from './peer-binary.js';
 import { decodePeerMessage, toWire, type WireMessage } from './peer-codec.js';
 import type { Transport } from './transport.js';
 
@@ -47,8 +48,13 @@ export interface PeerServiceOptions {
 interface RaftBatchWire {
   fromNode: number;
   seq: number;
-  messages: WireMessage[];
+  messages?: WireMessage[];
+  /** The messages in peer-binary.ts's layout (sent to receivers that advertise {@link PACKED_HEADER}). */
+  packed?: Uint8Array;
 }
+
+/** Header of a peer stream's receiver that reads `RaftBatch.packed`. */
+const PACKED_HEADER = 'kv-peer-packed';
 
 type PeerClient = grpc.Client & {
   raft(): grpc.ClientDuplexStream<RaftBatchWire, { seq: number }>;
@@ -83,6 +89,8 @@ interface PeerConn {
   retryAtMs: number;
   backoffMs: number;
   seq: number;
+  /** The receiver of the current stream reads packed batches (its headers said so). */
+  packed: boolean;
 }
 
 let peerPackage: grpc.GrpcObject | undefined;
@@ -163,6 +171,7 @@ export class GrpcPeerTransport implements Transport {
       retryAtMs: 0,
       backoffMs: GRPC_TRANSPORT_DEFAULTS.streamBackoffMs,
       seq: 0,
+      packed: false,
     });
   }
 
@@ -184,7 +193,9 @@ export class GrpcPeerTransport implements Transport {
           return;
         }
         let sender: NodeId | undefined = identity === 'unauthenticated' ? undefined : identity;
-        call.sendMetadata(new grpc.Metadata()); // tells the dialer the stream is up
+        const md = new grpc.Metadata();
+        md.set(PACKED_HEADER, '1');
+        call.sendMetadata(md); // tells the dialer the stream is up, and that packed batches are read
         let refused = false;
         const refuse = (why: string, fromNode: unknown) => {
           this.rejectedBatches++;
@@ -199,8 +210,17 @@ export class GrpcPeerTransport implements Transport {
           if (fromNode !== sender) return refuse(`batch claims node ${fromNode} on a stream of node ${sender}`, fromNode);
           if (fromNode === this.selfId) return refuse(`batch claims to come from this node (${fromNode})`, fromNode);
           if (!opts.isMember(fromNode)) return refuse(`node ${fromNode} is not a member`, fromNode);
+          let wires: unknown[] = batch.messages ?? [];
+          if (batch.packed !== undefined && batch.packed.length > 0) {
+            try {
+              wires = wires.length > 0 ? [...wires, ...decodePacked(batch.packed)] : decodePacked(batch.packed);
+            } catch (e) {
+              this.rejectedMessages++;
+              this.log.warn({ err: String(e), from: fromNode }, 'dropping an undecodable packed peer batch');
+            }
+          }
           const out: Message[] = [];
-          for (const w of batch.messages ?? []) {
+          for (const w of wires) {
             try {
               out.push(decodePeerMessage(w, { sender: fromNode, self: this.selfId }));
             } catch (e) {
@@ -274,7 +294,11 @@ export class GrpcPeerTransport implements Transport {
       const batch = c.queue.splice(0, this.maxBatch);
       this.sentMessages += batch.length;
       this.sentBatches++;
-      const ok = stream.write({ fromNode: this.selfId, seq: ++c.seq, messages: batch.map(toWire) });
+      const ok = stream.write(
+        c.packed
+          ? { fromNode: this.selfId, seq: ++c.seq, packed: encodePacked(batch) }
+          : { fromNode: this.selfId, seq: ++c.seq, messages: batch.map(toWire) },
+      );
       if (!ok) {
         c.blockedUntilDrain = true;
         stream.once('drain', () => {
@@ -303,6 +327,7 @@ export class GrpcPeerTransport implements Transport {
     }
     const stream = c.client.raft();
     c.stream = stream;
+    c.packed = false; // until this stream's receiver says it reads packed batches
     const fail = (why: string) => {
       if (c.stream !== stream) return;
       c.stream = undefined;
@@ -315,8 +340,9 @@ export class GrpcPeerTransport implements Transport {
     stream.on('data', () => {
       c.backoffMs = GRPC_TRANSPORT_DEFAULTS.streamBackoffMs;
     });
-    stream.on('metadata', () => {
+    stream.on('metadata', (md: grpc.Metadata) => {
       c.backoffMs = GRPC_TRANSPORT_DEFAULTS.streamBackoffMs;
+      if (c.stream === stream) c.packed = md.get(PACKED_HEADER)[0] === '1';
     });
     stream.on('error', (e) => fail(String(e)));
     stream.on('end', () => fail('ended'));

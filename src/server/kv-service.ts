@@ -7,7 +7,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { hidesReservedKeys } from '../sharding/index.js';
 import type { KvBackend, WatchRequest } from '../node/backend.js';
-import { META_HOPS, forwardHops, metaString, kvMetadata } from '../wire/metadata.js';
+import { META_HOPS, META_PIPELINE_BATCH, forwardHops, metaString, kvMetadata } from '../wire/metadata.js';
 import { AUTHORIZATION_METADATA, AdminTokenCheck } from '../wire/auth.js';
 import { authorizePrefix, type AccessControl, type Principal } from '../auth/access-control.js';
 import { authorizationOf, certNameOf, type CredentialCall } from './auth-service.js';
@@ -15,6 +15,7 @@ import {
   clusterServiceDefinition,
   invalidUtf8Field,
   kvServiceDefinition,
+  MAX_PIPELINE_BATCH,
   type ClusterServiceHandlers,
   type GetShardMapRequestMsg,
   type GetShardMapResponseMsg,
@@ -432,8 +433,11 @@ class KvService implements KvServiceHandle {
         call.end(this.nodeMetadata());
       }
     };
+    /** Ops of a batch beyond the in-flight bound: they start as earlier ops settle. */
+    const queued: PipelineRequestMsg[] = [];
     const settle = (): void => {
       inFlight--;
+      while (queued.length > 0 && inFlight < this.maxInFlight && !done) start(queued.shift()!);
       if (paused && inFlight < this.maxInFlight) {
         paused = false;
         call.resume();
@@ -443,23 +447,74 @@ class KvService implements KvServiceHandle {
     this.closers.add(onClose);
     call.on('cancelled', stop);
     if (this.closed) return onClose();
-    call.sendMetadata(this.nodeMetadata());
+    const md = this.nodeMetadata();
+    md.set(META_PIPELINE_BATCH, '1');
+    call.sendMetadata(md);
+    // Answers are coalesced (one message per event-loop turn) once the client has sent a batch:
+    // it then understands `PipelineResponse.batch`.
+    let batching = false;
+    let outbox: PipelineResponseMsg[] = [];
+    let flushScheduled = false;
+    const flush = (): void => {
+      flushScheduled = false;
+      const out = outbox;
+      outbox = [];
+      if (done || out.length === 0) {
+        for (let i = 0; i < out.length; i++) settle();
+        return;
+      }
+      const msg: PipelineResponseMsg = out.length === 1 ? out[0]! : { batch: out };
+      const epoch = this.coord.mapEpoch();
+      if (epoch !== undefined) msg.mapEpoch = epoch;
+      call.write(msg, () => {
+        for (let i = 0; i < out.length; i++) settle();
+      });
+    };
+    const answer = (res: PipelineResponseMsg): void => {
+      if (done) return settle();
+      if (!batching) {
+        const epoch = this.coord.mapEpoch();
+        if (epoch !== undefined) res.mapEpoch = epoch;
+        call.write(res, () => settle());
+        return;
+      }
+      outbox.push(res);
+      if (!flushScheduled) {
+        flushScheduled = true;
+        setImmediate(flush);
+      }
+    };
+    const start = (req: PipelineRequestMsg): void => {
+      inFlight++;
+      const timeoutMs = req.timeoutMs !== undefined && req.timeoutMs > 0 ? req.timeoutMs : this.defaultDeadlineMs;
+      const ctx: OpContext = { hops, lambdaHops: 0, deadlineMs: Math.min(streamDeadline, Date.now() + timeoutMs), ...auth };
+      this.pipelineOp(req, ctx).then(answer, (e: unknown) => {
+        this.log.error({ err: e }, 'pipeline op failed unexpectedly');
+        settle();
+      });
+    };
+    /** Starts an op now, or queues it (in arrival order) while the stream has the most ops in flight. */
+    const admit = (req: PipelineRequestMsg): void => {
+      if (queued.length === 0 && inFlight < this.maxInFlight) start(req);
+      else queued.push(req);
+    };
     call.on('data', (req: PipelineRequestMsg) => {
       if (done) return;
-      inFlight++;
+      const batch = req.batch;
+      if (batch !== undefined && batch.length > 0) {
+        batching = true;
+        if (batch.length > MAX_PIPELINE_BATCH) {
+          const message = `a pipeline batch of ${batch.length} ops (at most ${MAX_PIPELINE_BATCH})`;
+          for (const sub of batch) {
+            inFlight++;
+            answer({ id: sub.id ?? 0, error: { code: grpc.status.INVALID_ARGUMENT, message, retrySafe: true } });
+          }
+        } else for (const sub of batch) admit(sub);
+      } else admit(req);
       if (inFlight >= this.maxInFlight && !paused) {
         paused = true;
         call.pause();
       }
-      const timeoutMs = req.timeoutMs !== undefined && req.timeoutMs > 0 ? req.timeoutMs : this.defaultDeadlineMs;
-      const ctx: OpContext = { hops, lambdaHops: 0, deadlineMs: Math.min(streamDeadline, Date.now() + timeoutMs), ...auth };
-      this.pipelineOp(req, ctx).then((res) => {
-        if (done) return;
-        call.write(res, () => settle());
-      }, (e: unknown) => {
-        this.log.error({ err: e }, 'pipeline op failed unexpectedly');
-        settle();
-      });
     });
     call.on('end', () => {
       readEnded = true;

@@ -31,6 +31,13 @@ export const META_FORWARDED = 'kv-forwarded';
 /** Forwarding stops at this many hops (see {@link META_FORWARDED}). */
 export const MAX_FORWARD_HOPS = 2;
 
+/**
+ * Response metadata `kv-pipeline-batch: 1` in a Pipeline stream's headers: the server takes
+ * several ops in one `PipelineRequest.batch` (and, once the client sent one, may answer in
+ * `PipelineResponse.batch`). A client batches only on a stream whose headers say so.
+ */
+export const META_PIPELINE_BATCH = 'kv-pipeline-batch';
+
 /** Error metadata `kv-retry-safe: 1`: the request was definitely not executed, so retrying a write cannot apply it twice. */
 export const META_RETRY_SAFE = 'kv-retry-safe';
 

@@ -224,7 +224,12 @@ export interface PipelineRequestMsg {
   op?: 'put' | 'get' | 'delete' | 'trigger';
   /** The op's remaining time in ms when sent (0/absent: the server's default). */
   timeoutMs?: number;
+  /** Several ops in one message (each handled as its own message, in order); see kv.proto. */
+  batch?: PipelineRequestMsg[];
 }
+
+/** The most ops one `PipelineRequest.batch` may carry (a server refuses a larger batch, op by op). */
+export const MAX_PIPELINE_BATCH = 256;
 
 /** kvcascade.v1.PipelineError. */
 export interface PipelineErrorMsg {
@@ -249,6 +254,10 @@ export interface PipelineResponseMsg {
   leader?: string;
   /** The shard that served the op, with `leader`. */
   shard?: number;
+  /** Several responses in one message (each as its own message); see kv.proto. */
+  batch?: PipelineResponseMsg[];
+  /** The serving node's cluster map epoch (0/absent: not given). */
+  mapEpoch?: number;
 }
 
 /** kvcascade.v1.StatusRequest. */

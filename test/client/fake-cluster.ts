@@ -1,6 +1,6 @@
 /** Fake kvcascade nodes for client routing tests: gRPC servers over one shared in-memory store that route by a cluster map, count calls per node and report the shard, its leader and the map epoch like real nodes. */
 import * as grpc from '@grpc/grpc-js';
-import { kvMetadata } from '../../src/wire/metadata.js';
+import { META_PIPELINE_BATCH, kvMetadata } from '../../src/wire/metadata.js';
 import {
   clusterServiceDefinition,
   kvServiceDefinition,
@@ -276,17 +276,26 @@ export class FakeCluster {
     };
     const pipeline = (call: grpc.ServerDuplexStream<PipelineRequestMsg, PipelineResponseMsg>): void => {
       node.calls.pipeline++;
-      call.sendMetadata(this.sharded ? kvMetadata({ mapEpoch: this.mapOf(node).epoch }) : new grpc.Metadata());
-      call.on('data', (req: PipelineRequestMsg) => {
-        node.calls.pipelineOp++;
-        if (this.frozen.has(node.id)) return; // never answered
+      const md = this.sharded ? kvMetadata({ mapEpoch: this.mapOf(node).epoch }) : new grpc.Metadata();
+      md.set(META_PIPELINE_BATCH, '1'); // takes batches, and answers a batch with one batch, as kvd does
+      call.sendMetadata(md);
+      const answer = (req: PipelineRequestMsg): PipelineResponseMsg => {
         const op = req.op!;
         try {
           const { res } = this.keyed(node, op, req[op]!);
-          call.write({ id: req.id, [op]: res });
+          return { id: req.id, [op]: res };
         } catch (e) {
-          call.write({ id: req.id, error: { code: grpc.status.INTERNAL, message: String(e) } });
+          return { id: req.id, error: { code: grpc.status.INTERNAL, message: String(e) } };
         }
+      };
+      call.on('data', (req: PipelineRequestMsg) => {
+        const reqs = req.batch !== undefined && req.batch.length > 0 ? req.batch : [req];
+        node.calls.pipelineOp += reqs.length;
+        if (this.frozen.has(node.id)) return; // never answered
+        const out = reqs.map(answer);
+        const msg: PipelineResponseMsg = out.length === 1 ? out[0]! : { batch: out };
+        if (this.sharded) msg.mapEpoch = this.mapOf(node).epoch;
+        call.write(msg);
       });
       call.on('end', () => call.end());
       call.on('error', () => undefined);

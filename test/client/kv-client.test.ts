@@ -5,6 +5,7 @@ import { NotLeaderError, OverloadedError, UnavailableError } from '../../src/nod
 import type { RunningKvServer } from '../../src/server/kv-service.js';
 import { MemoryBackend } from '../server/memory-backend.js';
 import { deferred, serve, text, utf8 } from '../server/harness.js';
+import { MAX_PIPELINE_BATCH } from '../../src/wire/proto.js';
 
 const cleanups: Array<() => unknown> = [];
 afterEach(async () => {
@@ -418,6 +419,20 @@ describe('batched default path', () => {
     expect(reads.every((r) => !r.found)).toBe(true);
     const denied = await Promise.allSettled([c.get('/_dlq/e/1'), c.get('/_dlq/e/2')]);
     expect(denied.every((d) => d.status === 'rejected' && (d.reason as KvError).code === 'PERMISSION_DENIED')).toBe(true);
+  });
+  it('keeps the order of concurrent calls across batch messages (more calls than one batch holds)', async () => {
+    const backend = new MemoryBackend();
+    const s = await server(backend);
+    const c = client([s.address], { defaultDeadlineMs: 60_000 });
+    await c.put('warm', 'x'); // the stream is open and its headers (batching on) arrived
+    const n = 2 * MAX_PIPELINE_BATCH + 88;
+    const results = await Promise.all(Array.from({ length: n }, (_, i) => c.put('same', String(i))));
+    expect(results.every((r) => r.succeeded)).toBe(true);
+    // Applied in call order: revisions increase with the call index, and the last call's value is the one stored.
+    const revs = results.map((r) => r.revision);
+    expect(revs).toEqual([...revs].sort((a, b) => a - b));
+    expect(new Set(revs).size).toBe(n);
+    expect(text((await c.get('same')).value)).toBe(String(n - 1));
   });
 });
 

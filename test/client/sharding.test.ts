@@ -88,6 +88,8 @@ describe('shard routing', () => {
     await Promise.all(keys.map((k) => c.put(k, `v-${k}`)));
     const got = await Promise.all(keys.map((k) => c.get(k)));
     expect(got.map((g) => text(g.value))).toEqual(keys.map((k) => `v-${k}`));
+    // A call made in the turn a batch finished is batched too; after a turn, a lone call is unary.
+    await new Promise((r) => setImmediate(r));
     await c.delete(keys[0]!);
     await c.trigger(keys[1]!, 't');
     // No hop: every call reached its shard's leader directly.
@@ -101,6 +103,23 @@ describe('shard routing', () => {
     expect(fc.leaderOf(keys[0]!).calls.delete).toBe(1);
     expect(fc.leaderOf(keys[1]!).calls.trigger).toBe(1);
     expect(fc.total('getShardMap')).toBe(0);
+  });
+
+  it('batches the calls made as a burst of batched calls finishes (not one unary call per burst); a lone call later is unary', async () => {
+    const fc = await fakeCluster({ nodes: 3, shards: 1, replicas: 3 });
+    const c = client([fc.node(1).address]);
+    await c.put('warm', 'w');
+    fc.resetCalls();
+    // 10 workers, 6 calls each, one after another: every burst of answers triggers the next burst.
+    await Promise.all(Array.from({ length: 10 }, async (_, w) => {
+      for (let i = 0; i < 6; i++) await c.put(`k${w}-${i}`, 'v');
+    }));
+    expect(fc.total('put') + fc.total('pipelineOp')).toBe(60);
+    expect(fc.total('put')).toBeLessThanOrEqual(2); // the burst's first call; not one per burst (6)
+    await new Promise((r) => setImmediate(r));
+    await c.put('lone', 'v');
+    expect(fc.total('put')).toBeLessThanOrEqual(3);
+    expect(fc.total('put') + fc.total('pipelineOp')).toBe(61);
   });
 
   it('routes a list of one shard to that shard leader and reports shard revisions', async () => {
@@ -148,10 +167,25 @@ describe('shard routing', () => {
     expect(fc.total('getShardMap')).toBe(1);
   });
 
+  it('a client that only reads, one call at a time (on the stream), learns a newer map epoch from the stream\'s answers', async () => {
+    const fc = await fakeCluster({ nodes: 3, shards: 3, replicas: 1 });
+    const c = client([fc.node(1).address], { mapRefreshIntervalMs: 50 });
+    await c.get('a');
+    expect(c.mapEpoch).toBe(1);
+    const next = setPoolState(addPool(fc.map, '/hot', { shards: 1, replicas: 1 }), '/hot', 'active');
+    fc.setMap({ ...next, epoch: 2 });
+    fc.resetCalls();
+    for (let i = 0; i < 5; i++) await c.get('a');
+    expect(fc.total('get')).toBe(0); // every read went on the stream
+    await vi.waitFor(() => expect(c.mapEpoch).toBe(2));
+  });
+
   it('refetches the map and retries when a write reached a shard that does not own the key', async () => {
     const fc = await fakeCluster({ nodes: 2, shards: 2, replicas: 1 });
     const c = client([fc.node(1).address]);
     await c.get('warm');
+    // Let the turn the (batched) read finished in pass: a write right after it would be batched too.
+    await new Promise((r) => setImmediate(r));
     expect(fc.total('getShardMap')).toBe(1);
     let failed = 0;
     fc.before = (_node, method) => {
@@ -178,8 +212,8 @@ describe('shard routing', () => {
     expect(c.routeOf('k1')).toEqual({ shard: undefined, address: fc.node(2).address });
     expect(fc.node(1).calls.put).toBe(1); // the first call, before the leader was known
     expect(fc.node(2).calls.put).toBe(9);
-    expect(fc.node(2).calls.get).toBe(10);
-    expect(fc.node(3).calls.put + fc.node(3).calls.get).toBe(0);
+    expect(fc.node(2).calls.pipelineOp).toBe(10); // reads go on the stream, even one at a time
+    expect(fc.node(3).calls.put + fc.node(3).calls.get + fc.node(3).calls.pipelineOp).toBe(0);
     expect(fc.total('getShardMap')).toBe(1); // asked once, never again
     const p = c.pipeline();
     const rs = await Promise.all(Array.from({ length: 30 }, (_, i) => p.put(`p${i}`, 'x')));

@@ -7,6 +7,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { loadPeerProto } from '../../src/node/grpc-transport.js';
+import { decodePacked, encodePacked } from '../../src/node/peer-binary.js';
 import {
   decodePeerMessage,
   fromWire,
@@ -479,7 +480,7 @@ function plain(v: unknown): unknown {
 
 interface RaftRpc {
   requestSerialize(v: unknown): Buffer;
-  requestDeserialize(b: Buffer): { messages: unknown[] };
+  requestDeserialize(b: Buffer): { messages: unknown[]; packed: Uint8Array };
 }
 const rpc = (loadPeerProto() as unknown as { kvcascade: { v1: { peer: { Peer: { service: { Raft: RaftRpc } } } } } }).kvcascade.v1.peer.Peer
   .service.Raft;
@@ -560,3 +561,67 @@ describe('decodePeerMessage: properties', () => {
     expect(refused).toBeGreaterThan(500);
   });
 });
+
+describe('packed batches (peer-binary.ts)', () => {
+  it('round-trips every valid message, alone and in batches, also through the RaftBatch protobuf', () => {
+    fc.assert(
+      fc.property(fc.array(validMessageArb, { minLength: 1, maxLength: 5 }), (ms) => {
+        const wires = decodePacked(encodePacked(ms));
+        expect(wires.map((w, i) => decodePeerMessage(w, { sender: ms[i]!.from, self: ms[i]!.to }))).toEqual(ms);
+        const batch = rpc.requestDeserialize(rpc.requestSerialize({ fromNode: 1, seq: 1, packed: encodePacked(ms) }));
+        const again = decodePacked(batch.packed);
+        expect(plain(again.map((w, i) => decodePeerMessage(w, { sender: ms[i]!.from, self: ms[i]!.to })))).toEqual(plain(ms));
+      }),
+      { numRuns: 1000 },
+    );
+  });
+
+  it('refuses bytes that do not follow the layout with a malformed PeerMessageError, never anything else', () => {
+    const good = encodePacked([toMessage(app()), toMessage(heartbeat())]);
+    const refusal = (b: Uint8Array): string | undefined => {
+      try {
+        decodePacked(b);
+        return undefined;
+      } catch (e) {
+        expect(e).toBeInstanceOf(PeerMessageError);
+        return (e as PeerMessageError).code;
+      }
+    };
+    for (let cut = 0; cut < good.length; cut++) expect(refusal(good.subarray(0, cut))).toBe('malformed'); // truncated anywhere
+    expect(refusal(new Uint8Array([...good, 0]))).toBe('malformed'); // trailing bytes
+    expect(refusal(bytes(0xff, 0xff, 0xff, 0x0f))).toBe('malformed'); // a count of messages beyond the data
+    expect(refusal(bytes(1, 3, 7, 2, 1, 5, 0xff, 0x7f))).toBe('malformed'); // unknown flags
+    expect(refusal(bytes(1, 3, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01))).toBe('malformed'); // a 9-byte varint
+    fc.assert(
+      fc.property(fc.uint8Array({ maxLength: 64 }), (b) => {
+        let wires: WireMessage[];
+        try {
+          wires = decodePacked(b);
+        } catch (e) {
+          expect(e).toBeInstanceOf(PeerMessageError);
+          return;
+        }
+        for (const w of wires) {
+          try {
+            decodePeerMessage(w, CTX);
+          } catch (e) {
+            expect(e).toBeInstanceOf(PeerMessageError);
+          }
+        }
+      }),
+      { numRuns: 3000 },
+    );
+  });
+
+  it('refuses unknown type codes and local-only types as decodePeerMessage does', () => {
+    const [hup] = decodePacked(encodePacked([{ type: MessageType.Hup, group: 1, from: 2, to: 1, term: 1 }]));
+    expect(() => decodePeerMessage(hup, CTX)).toThrow(expect.objectContaining({ code: 'local-only' }));
+    const [unknown] = decodePacked(bytes(1, 99, 1, 2, 1, 1, 0));
+    expect(() => decodePeerMessage(unknown, CTX)).toThrow(expect.objectContaining({ code: 'unknown-type' }));
+  });
+});
+
+/** A wire message as the Raft message it decodes to (from 2 to 1). */
+function toMessage(w: WireMessage): Message {
+  return decodePeerMessage(w, CTX);
+}

@@ -2,7 +2,8 @@
 import * as grpc from '@grpc/grpc-js';
 import { describe, expect, it } from 'vitest';
 import { DeadlineError, NotLeaderError, OverloadedError, UnavailableError, type KvBackend } from '../../src/node/backend.js';
-import { MAX_FORWARD_HOPS, META_COMPACT_REVISION, META_FORWARDED, META_LEADER, META_RETRY_SAFE, metaString } from '../../src/wire/metadata.js';
+import { MAX_FORWARD_HOPS, META_COMPACT_REVISION, META_FORWARDED, META_LEADER, META_PIPELINE_BATCH, META_RETRY_SAFE, metaString } from '../../src/wire/metadata.js';
+import { MAX_PIPELINE_BATCH } from '../../src/wire/proto.js';
 import { decodePageToken, encodePageToken } from '../../src/wire/request-validation.js';
 import type {
   DeleteResponseMsg,
@@ -703,6 +704,94 @@ describe('Pipeline', () => {
     expect(byId.get(6)).toMatchObject({ result: 'trigger', trigger: { revision: 3 } });
     expect(byId.get(6)!.trigger!.timestampMs).toBeGreaterThan(0);
     expect(byId.get(7)).toMatchObject({ result: 'error', error: { code: grpc.status.INVALID_ARGUMENT } });
+  });
+
+  it('takes a batch of ops, answers each by id, and answers in batches once the client batched', async () => {
+    const backend = new MemoryBackend();
+    const { kv } = await start(backend);
+    const p = open(kv);
+    const headers = deferred<grpc.Metadata>();
+    p.stream.on('metadata', (md: grpc.Metadata) => headers.resolve(md));
+    expect(metaString(await headers.promise, META_PIPELINE_BATCH)).toBe('1');
+    // Held until the three valid ops started (the empty key is refused before the backend), so
+    // their answers come in the same turn.
+    let started = 0;
+    const allIn = deferred();
+    const gate = deferred();
+    backend.before = async () => {
+      if (++started === 3) allIn.resolve();
+      await gate.promise;
+    };
+    p.send({
+      batch: [
+        { id: 1, put: { key: 'a', value: utf8('1') } },
+        { id: 2, put: { key: '', value: utf8('1') } },
+        { id: 3, put: { key: 'b', value: utf8('2') } },
+        { id: 4, delete: { key: 'zz' } },
+      ],
+    });
+    await allIn.promise;
+    gate.resolve();
+    await p.waitFor(1);
+    p.stream.end();
+    await p.ended;
+    const flat = p.responses.flatMap((r) => (r.batch && r.batch.length > 0 ? r.batch : [r]));
+    expect(p.responses.length).toBeLessThan(flat.length); // coalesced
+    const byId = new Map(flat.map((r) => [r.id, r]));
+    expect([...byId.keys()].sort()).toEqual([1, 2, 3, 4]);
+    expect(byId.get(1)).toMatchObject({ result: 'put', put: { succeeded: true } });
+    expect(byId.get(2)).toMatchObject({ result: 'error', error: { code: grpc.status.INVALID_ARGUMENT } });
+    expect(byId.get(3)).toMatchObject({ result: 'put', put: { succeeded: true } });
+    expect(byId.get(4)).toMatchObject({ result: 'delete', delete: { deleted: false } });
+    // Executed in batch order.
+    expect(byId.get(3)!.put!.revision).toBe(byId.get(1)!.put!.revision! + 1);
+  });
+
+  it('refuses a batch of more than MAX_PIPELINE_BATCH ops, op by op, executing none', async () => {
+    const backend = new MemoryBackend();
+    const { kv } = await start(backend);
+    const p = open(kv);
+    const n = MAX_PIPELINE_BATCH + 1;
+    p.send({ batch: Array.from({ length: n }, (_, i) => ({ id: i + 1, put: { key: `k${i}`, value: utf8('v') } })) });
+    p.stream.end();
+    await p.ended;
+    const flat = p.responses.flatMap((r) => (r.batch && r.batch.length > 0 ? r.batch : [r]));
+    expect(flat).toHaveLength(n);
+    expect(flat.every((r) => r.error?.code === grpc.status.INVALID_ARGUMENT && r.error.retrySafe === true)).toBe(true);
+    expect(backend.calls.put ?? 0).toBe(0);
+  });
+
+  it('bounds the ops in flight of a batch too, starting the rest in order as ops finish', async () => {
+    const backend = new MemoryBackend();
+    const { kv } = await start(backend, { pipelineMaxInFlight: 4 });
+    let active = 0;
+    let maxActive = 0;
+    const fourIn = deferred();
+    let gate = deferred();
+    backend.before = async () => {
+      active++;
+      maxActive = Math.max(maxActive, active);
+      if (active === 4) fourIn.resolve();
+      await gate.promise;
+      active--;
+    };
+    const p = open(kv);
+    p.send({ batch: Array.from({ length: 40 }, (_, i) => ({ id: i + 1, put: { key: 'same', value: utf8(String(i)) } })) });
+    p.stream.end();
+    await fourIn.promise;
+    await new Promise((r) => setImmediate(r));
+    expect(backend.calls.put).toBe(4);
+    const release = gate;
+    gate = { promise: Promise.resolve(), resolve: () => undefined, reject: () => undefined };
+    release.resolve();
+    await p.ended;
+    const flat = p.responses.flatMap((r) => (r.batch && r.batch.length > 0 ? r.batch : [r]));
+    expect(flat).toHaveLength(40);
+    expect(maxActive).toBeLessThanOrEqual(4);
+    // Started in batch order: revision order follows id order.
+    const revs = flat.sort((x, y) => x.id! - y.id!).map((r) => r.put!.revision!);
+    expect(revs).toEqual([...revs].sort((x, y) => x - y));
+    expect(backend.sm.revision).toBe(40);
   });
 
   it('rejects invalid UTF-8 inside a pipelined op', async () => {
