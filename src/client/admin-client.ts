@@ -11,7 +11,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { AdminStubClient } from '../wire/admin-proto.js';
 import { AUTHORIZATION_METADATA, bearer } from '../wire/auth.js';
-import { neverReachedServer } from '../wire/metadata.js';
+import { META_REASON, neverReachedServer } from '../wire/metadata.js';
 import { ClusterStubClient, type ClusterStub, type GetShardMapResponseMsg, type StatusResponseMsg } from '../wire/proto.js';
 import { emptyMap, type ClusterMap, type MemberInfo, type PoolSpec, type ShardInfo } from '../sharding/index.js';
 import { KvError } from './errors.js';
@@ -463,7 +463,7 @@ export class AdminClient {
       try {
         return await this.unary<T>(target, method, req);
       } catch (e) {
-        const retry = e instanceof KvError && e.code === 'UNAVAILABLE' && e.retrySafe && !e.message.startsWith('BUSY') && attempt < attempts;
+        const retry = e instanceof KvError && e.code === 'UNAVAILABLE' && e.retrySafe && !isBusy(e) && attempt < attempts;
         if (!retry) throw e;
         const to = e.leader && e.leader !== target ? e.leader : eps[++next % eps.length]!;
         if (!e.leader || e.leader === target) await new Promise((r) => setTimeout(r, Math.min(1_000, 100 * attempt)));
@@ -592,10 +592,17 @@ export class AdminClient {
   }
 }
 
+/** A cluster change refused because another is in progress (`kv-reason: BUSY`; older servers only say so in the message). */
+function isBusy(e: KvError): boolean {
+  return e.reason !== undefined ? e.reason === 'BUSY' : e.message.startsWith('BUSY');
+}
+
 function toKvError(e: grpc.ServiceError, endpoint: string): KvError {
   const leader = e.metadata?.get('kv-meta-leader')[0];
+  const reason = e.metadata?.get(META_REASON)[0];
   return new KvError(e.code, e.details || e.message, {
     endpoint,
+    ...(reason ? { reason: String(reason) } : {}),
     retrySafe: e.metadata?.get('kv-retry-safe')[0] === '1' || neverReachedServer(e),
     ...(leader ? { leader: String(leader) } : {}),
   });

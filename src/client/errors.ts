@@ -13,6 +13,8 @@ export interface KvErrorInfo {
   readonly leader?: string | undefined;
   /** The endpoint that answered (or failed). */
   readonly endpoint?: string | undefined;
+  /** Why the call failed, as the server classified it (`kv-reason`, e.g. WRONG_SHARD, BUSY), if it said. */
+  readonly reason?: string | undefined;
 }
 
 /** A failed kvcascade call: `code` is the gRPC status code name, `grpcCode` its number. */
@@ -27,6 +29,8 @@ export class KvError extends Error {
   readonly leader: string | undefined;
   /** The endpoint that answered (or failed), if known. */
   readonly endpoint: string | undefined;
+  /** Why the call failed, as the server classified it (`kv-reason`, e.g. WRONG_SHARD, NOT_LEADER, BUSY, MEMORY_BUDGET), if it said. */
+  readonly reason: string | undefined;
 
   constructor(grpcCode: grpc.status, message: string, info: KvErrorInfo = {}) {
     const code = (grpc.status[grpcCode] ?? 'UNKNOWN') as KvErrorCode;
@@ -37,6 +41,7 @@ export class KvError extends Error {
     this.retrySafe = info.retrySafe ?? false;
     this.leader = info.leader;
     this.endpoint = info.endpoint;
+    this.reason = info.reason;
   }
 }
 
@@ -55,7 +60,7 @@ export class CompactedError extends KvError {
 /** Converts a grpc-js error (with its trailers) into a KvError or CompactedError. */
 export function fromServiceError(err: grpc.ServiceError, endpoint: string | undefined, retrySafe = false): KvError {
   const f = readKvMetadata(err.metadata);
-  const info = { retrySafe: retrySafe || f.retrySafe === true, leader: f.leader, endpoint };
+  const info = { retrySafe: retrySafe || f.retrySafe === true, leader: f.leader, endpoint, reason: f.reason };
   const message = readableDetails(err, endpoint);
   if (err.code === grpc.status.OUT_OF_RANGE && f.compactRevision !== undefined) {
     return new CompactedError(message, f.compactRevision, info);

@@ -33,9 +33,16 @@ const UNSUPPORTED_BACKOFF_MS = 30_000;
 /** Messages of errors a stale map causes (WrongShardError and friends). */
 const WRONG_SHARD = /wrong shard|not owned by shard|stale (cluster |shard )?map|cluster map changed|map epoch/i;
 
-/** Whether a failure says the request reached a shard that does not own its key (the sender's map is stale). */
-export function isWrongShard(err: { readonly code?: number; readonly details?: string; readonly message?: string }): boolean {
-  return err.code === grpc.status.UNAVAILABLE && WRONG_SHARD.test(err.details ?? err.message ?? '');
+/**
+ * Whether a failure says the request reached a shard that does not own its key (the sender's map
+ * is stale): by the `kv-reason` the server sent (a KvError's `reason`, or a grpc-js error's
+ * metadata), or, from servers that send none, by the message.
+ */
+export function isWrongShard(err: { readonly code?: number | string; readonly details?: string; readonly message?: string; readonly reason?: string | undefined; readonly metadata?: grpc.Metadata | undefined }): boolean {
+  if (err.code !== grpc.status.UNAVAILABLE && err.code !== 'UNAVAILABLE') return false;
+  const reason = err.reason ?? readKvMetadata(err.metadata).reason;
+  if (reason !== undefined) return reason === 'WRONG_SHARD';
+  return WRONG_SHARD.test(err.details ?? err.message ?? '');
 }
 
 function fail(why: string): never {

@@ -1,4 +1,11 @@
-/** Endpoint selection, leader discovery, channels, backoff and retried unary calls (sent along a pluggable {@link CallRoute}) of the kvcascade client. */
+/**
+ * Endpoint selection, leader discovery, channels, backoff and retried unary calls (sent along a
+ * pluggable {@link CallRoute}) of the kvcascade client.
+ *
+ * One piece (over 500 lines) because the retry loop, the endpoint health it updates and the
+ * leader hints it follows decide together whether a write may be sent again; split apart, the
+ * retry-safety rule (never resend a write that may have applied) would be spread over modules.
+ */
 import { setMaxListeners } from 'node:events';
 import * as grpc from '@grpc/grpc-js';
 import { AUTHORIZATION_METADATA, bearer } from '../wire/auth.js';

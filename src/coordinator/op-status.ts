@@ -57,24 +57,24 @@ export function classify(e: unknown): OpStatus | undefined {
   if (e instanceof ValidationError) return s(grpc.status.INVALID_ARGUMENT, e.message, { retrySafe: true });
   if (e instanceof CrossShardError) {
     const message = e.message.includes('CROSS_SHARD') ? e.message : `CROSS_SHARD: ${e.message}`;
-    return s(grpc.status.INVALID_ARGUMENT, message);
+    return s(grpc.status.INVALID_ARGUMENT, message, { reason: 'CROSS_SHARD' });
   }
   if (e instanceof CompactedRevisionError) {
     return s(grpc.status.OUT_OF_RANGE, e.message, { compactRevision: e.oldestRevision, retrySafe: true });
   }
   if (e instanceof NotLeaderError) {
-    return s(grpc.status.UNAVAILABLE, e.message, { retrySafe: true, leader: e.leaderAddress, shard: e.group });
+    return s(grpc.status.UNAVAILABLE, e.message, { retrySafe: true, leader: e.leaderAddress, shard: e.group, reason: 'NOT_LEADER' });
   }
   // A stale map (ours or the sender's): nothing was applied; the client refetches the map (kv-map-epoch) and retries.
-  if (e instanceof WrongShardError) return s(grpc.status.UNAVAILABLE, e.message, { retrySafe: true });
+  if (e instanceof WrongShardError) return s(grpc.status.UNAVAILABLE, e.message, { retrySafe: true, reason: 'WRONG_SHARD' });
   if (e instanceof UnavailableError) return s(grpc.status.UNAVAILABLE, e.message);
   // The map cannot route the request (e.g. not initialised yet): nothing was applied.
-  if (e instanceof ShardingError) return s(grpc.status.UNAVAILABLE, e.message, { retrySafe: true });
+  if (e instanceof ShardingError) return s(grpc.status.UNAVAILABLE, e.message, { retrySafe: true, reason: e.code });
   if (e instanceof DeadlineError) return s(grpc.status.DEADLINE_EXCEEDED, e.message);
-  if (e instanceof OverloadedError) return s(grpc.status.RESOURCE_EXHAUSTED, e.message, { retrySafe: true });
+  if (e instanceof OverloadedError) return s(grpc.status.RESOURCE_EXHAUSTED, e.message, { retrySafe: true, reason: 'OVERLOADED' });
   // The node's memory budget is spent: nothing was applied, but a retry soon would fail the same
   // way, so it is not marked retry-safe (the client fails at once with the reason).
-  if (e instanceof MemoryBudgetError) return s(grpc.status.RESOURCE_EXHAUSTED, e.message);
+  if (e instanceof MemoryBudgetError) return s(grpc.status.RESOURCE_EXHAUSTED, e.message, { reason: 'MEMORY_BUDGET' });
   return undefined;
 }
 

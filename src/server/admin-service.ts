@@ -6,6 +6,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { MAX_NODE_ID, MAX_POOL_SHARDS, MAX_REPLICAS, isIntIn, type PoolSpec, type ShardingErrorCode } from '../sharding/index.js';
 import { AdminTokenCheck } from '../wire/auth.js';
+import { META_REASON, META_RETRY_SAFE } from '../wire/metadata.js';
 import { AuthError, type AccessControl } from '../auth/access-control.js';
 import { authErrorToStatus, authorizationOf, certNameOf, type CredentialCall } from './auth-service.js';
 import { adminServiceDefinition } from '../wire/admin-proto.js';
@@ -288,7 +289,7 @@ export function addAdminService(server: grpc.Server, backend: AdminBackend, opts
     if (err?.name === 'ShardingError' && typeof err.code === 'string' && Object.hasOwn(SHARDING_STATUS, err.code)) {
       const m = SHARDING_STATUS[err.code as ShardingErrorCode];
       if (err.code === 'INVALID_MAP') opts.log?.error({ err: String(e) }, `${what} failed: the cluster map is inconsistent`);
-      return statusError(m.code, `${err.code}: ${err.message}; ${m.hint}`, err.code === 'BUSY' ? { 'kv-retry-safe': '1' } : undefined);
+      return statusError(m.code, `${err.code}: ${err.message}; ${m.hint}`, { [META_REASON]: err.code, ...(err.code === 'BUSY' ? { [META_RETRY_SAFE]: '1' } : {}) });
     }
     if (err?.name === 'DeadlineError') {
       return statusError(grpc.status.DEADLINE_EXCEEDED, `${what} did not finish before the deadline; it may still complete: check kvctl status before retrying`);

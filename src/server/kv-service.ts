@@ -332,6 +332,7 @@ class KvService implements KvServiceHandle {
       if (groups.length === 0) {
         throw new OpStatus(grpc.status.UNAVAILABLE, `no shard serves prefix ${JSON.stringify(req.prefix)} (cluster map epoch ${this.coord.mapEpoch() ?? 0})`, {
           retrySafe: true,
+          reason: 'WRONG_SHARD',
         });
       }
       if (hops === 0) {

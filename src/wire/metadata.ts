@@ -44,6 +44,16 @@ export const META_RETRY_SAFE = 'kv-retry-safe';
 /** Error metadata on OUT_OF_RANGE: the oldest revision still available (the request named a compacted one). */
 export const META_COMPACT_REVISION = 'kv-compact-revision';
 
+/**
+ * Error metadata: why a call failed, as a machine-readable code (e.g. `WRONG_SHARD`, `NOT_LEADER`,
+ * `BUSY`, `MEMORY_BUDGET`), so clients classify failures by this field rather than by message
+ * text. Servers from before it send none; clients then fall back to the message.
+ */
+export const META_REASON = 'kv-reason';
+
+/** The reasons servers send in {@link META_REASON} (sharding error codes such as `BUSY` or `POOL_NOT_FOUND` are sent as they are). */
+export type ErrorReason = 'WRONG_SHARD' | 'NOT_LEADER' | 'CROSS_SHARD' | 'OVERLOADED' | 'MEMORY_BUDGET' | (string & {});
+
 /** The first string value of a metadata key, if any. */
 export function metaString(md: grpc.Metadata | undefined | null, key: string): string | undefined {
   const v = md?.get(key)[0];
@@ -77,6 +87,8 @@ export interface KvMetadataFields {
   readonly mapEpoch?: number | undefined;
   readonly retrySafe?: boolean | undefined;
   readonly compactRevision?: number | undefined;
+  /** Why the call failed ({@link META_REASON}), on errors. */
+  readonly reason?: ErrorReason | undefined;
 }
 
 /** Builds metadata carrying the given kvcascade fields (absent fields are omitted). */
@@ -87,6 +99,7 @@ export function kvMetadata(fields: KvMetadataFields): grpc.Metadata {
   if (fields.mapEpoch !== undefined) md.set(META_MAP_EPOCH, String(fields.mapEpoch));
   if (fields.retrySafe) md.set(META_RETRY_SAFE, '1');
   if (fields.compactRevision !== undefined) md.set(META_COMPACT_REVISION, String(fields.compactRevision));
+  if (fields.reason) md.set(META_REASON, fields.reason);
   return md;
 }
 
@@ -98,6 +111,7 @@ export function readKvMetadata(md: grpc.Metadata | undefined | null): KvMetadata
     mapEpoch: metaUint(md, META_MAP_EPOCH),
     retrySafe: metaString(md, META_RETRY_SAFE) === '1',
     compactRevision: metaUint(md, META_COMPACT_REVISION),
+    reason: metaString(md, META_REASON) || undefined,
   };
 }
 
