@@ -1,4 +1,9 @@
-/** Shard-aware routing of the kvcascade client: the cached cluster map (Cluster.GetShardMap, refreshed when a newer map epoch shows up), per-shard leader caches, and the routes key-addressed calls follow. */
+/**
+ * Shard-aware routing of the kvcascade client: the cached cluster map (Cluster.GetShardMap, refreshed when a newer map epoch shows up), per-shard leader caches, and the routes key-addressed calls follow.
+ *
+ * Size: just over 500 lines, one piece because the map cache, the leader caches and the routes
+ * read and invalidate each other on every failure; the map decoding is the only separable part.
+ */
 import * as grpc from '@grpc/grpc-js';
 import { readKvMetadata } from '../wire/metadata.js';
 import type { GetShardMapRequestMsg, GetShardMapResponseMsg } from '../wire/proto.js';

@@ -4,10 +4,8 @@
  * Size: one class (about 800 lines) because every command's apply, the version history and event
  * log it writes, compaction, the reads at a revision or time, and the export to snapshots and
  * records all work on the same private indexes and must keep them consistent together; the
- * separable parts already live apart (codecs, sessions, validation, sorted keys). Being reworked
- * by the storage work (issue 10 item 4, the one record codec).
+ * separable parts already live apart (codecs, sessions, validation, sorted keys).
  */
-// Size: the apply rules (put, delete, txn, trigger, descriptor, retention, sessions) share the same version index and revision counter; codecs, sessions and sorted keys already live apart.
 import { decodeDescriptor, isReservedKey, ownsKey, SYSTEM_KEY_PREFIX, type ShardDescriptor } from '../sharding/index.js';
 import { decodeCommand } from './command-codec.js';
 import { CompactedRevisionError, ValidationError } from './errors.js';

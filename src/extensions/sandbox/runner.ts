@@ -6,7 +6,6 @@
  * current backend and pending invocations, whose transitions must be read together; the
  * backends themselves (worker, child process, in-process) and the wire protocol live apart.
  */
-// Size: one class because the restart loop, the circuit breaker and the per-invocation timeouts share one state machine (runState); the backends and the guest side live in their own files.
 import { stat } from 'node:fs/promises';
 import { pathToFileURL } from 'node:url';
 import { realScheduler, type Scheduler, type TimerHandle } from '../../node/scheduler.js';
