@@ -471,7 +471,8 @@ export async function main(argv: readonly string[], io: KvctlIo = {}): Promise<n
     },
   });
 
-  registerAuthCommands(program, {
+  // What the auth and lease commands share: output, connection, credentials (a login, else the admin token as root).
+  const credentialed = {
     out,
     json,
     print,
@@ -479,7 +480,7 @@ export async function main(argv: readonly string[], io: KvctlIo = {}): Promise<n
     endpoints: endpointList,
     tls,
     timeoutMs: () => globals().timeout,
-    fail: (code) => {
+    fail: (code: number) => {
       exitCode = code;
     },
     credentials: () => {
@@ -488,26 +489,14 @@ export async function main(argv: readonly string[], io: KvctlIo = {}): Promise<n
       const admin = resolveAdminToken(globals().adminToken, env, io.adminTokenFiles);
       return admin ? { token: admin } : {};
     },
+  };
+  registerAuthCommands(program, {
+    ...credentialed,
     readStdin: async () => Buffer.from(await readAll(io.stdin ?? process.stdin)).toString('utf8'),
   });
 
   registerLeaseCommands(program, {
-    out,
-    json,
-    print,
-    formatTable,
-    endpoints: endpointList,
-    tls,
-    timeoutMs: () => globals().timeout,
-    fail: (code) => {
-      exitCode = code;
-    },
-    credentials: () => {
-      const c = loginCredentials();
-      if (c.user !== undefined || c.token !== undefined) return c;
-      const admin = resolveAdminToken(globals().adminToken, env, io.adminTokenFiles);
-      return admin ? { token: admin } : {};
-    },
+    ...credentialed,
     interrupted: () =>
       new Promise<void>((resolve) => {
         if (io.signal) io.signal.addEventListener('abort', () => resolve(), { once: true });

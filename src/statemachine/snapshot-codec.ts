@@ -225,13 +225,8 @@ export function decodeSnapshot(bytes: Uint8Array): SnapshotData {
   return runSteps(decodeSnapshotSteps(bytes));
 }
 
-/**
- * The checks of a snapshot that cost no decoding — magic, checksum (one native pass), format
- * version — and its applied index, read from the header; throws ValidationError
- * (MALFORMED_SNAPSHOT) like {@link decodeSnapshot}. A host uses it to accept a large snapshot
- * before decoding it over several steps ({@link decodeSnapshotSteps}).
- */
-export function snapshotAppliedIndex(bytes: Uint8Array): number {
+/** Checks a snapshot's type, length, magic and checksum (ValidationError MALFORMED_SNAPSHOT otherwise); returns the length of its body (all but the checksum). */
+function checkedBodyLength(bytes: Uint8Array): number {
   if (!(bytes instanceof Uint8Array)) throw new ValidationError('MALFORMED_SNAPSHOT', 'snapshot must be a Uint8Array');
   if (bytes.length < SNAPSHOT_MAGIC.length + 1 + 4) throw new ValidationError('MALFORMED_SNAPSHOT', 'snapshot too short');
   for (let i = 0; i < SNAPSHOT_MAGIC.length; i++) {
@@ -240,6 +235,17 @@ export function snapshotAppliedIndex(bytes: Uint8Array): number {
   const body = bytes.length - 4;
   const stored = ((bytes[body]! << 24) | (bytes[body + 1]! << 16) | (bytes[body + 2]! << 8) | bytes[body + 3]!) >>> 0;
   if (stored !== crc32(bytes.subarray(0, body))) throw new ValidationError('MALFORMED_SNAPSHOT', 'checksum mismatch');
+  return body;
+}
+
+/**
+ * The checks of a snapshot that cost no decoding — magic, checksum (one native pass), format
+ * version — and its applied index, read from the header; throws ValidationError
+ * (MALFORMED_SNAPSHOT) like {@link decodeSnapshot}. A host uses it to accept a large snapshot
+ * before decoding it over several steps ({@link decodeSnapshotSteps}).
+ */
+export function snapshotAppliedIndex(bytes: Uint8Array): number {
+  const body = checkedBodyLength(bytes);
   const r = new ByteReader(bytes.subarray(0, body), 'MALFORMED_SNAPSHOT');
   r.view(SNAPSHOT_MAGIC.length);
   const version = r.u8();
@@ -266,14 +272,7 @@ export function runSteps<T>(steps: Generator<void, T, undefined>): T {
  * caller promises never to change `bytes`.
  */
 export function* decodeSnapshotSteps(bytes: Uint8Array, adoptInput = false): Generator<void, SnapshotData, undefined> {
-  if (!(bytes instanceof Uint8Array)) throw new ValidationError('MALFORMED_SNAPSHOT', 'snapshot must be a Uint8Array');
-  if (bytes.length < SNAPSHOT_MAGIC.length + 1 + 4) throw new ValidationError('MALFORMED_SNAPSHOT', 'snapshot too short');
-  for (let i = 0; i < SNAPSHOT_MAGIC.length; i++) {
-    if (bytes[i] !== SNAPSHOT_MAGIC[i]) throw new ValidationError('MALFORMED_SNAPSHOT', 'bad magic (not a kvcascade snapshot)');
-  }
-  const body = bytes.length - 4;
-  const stored = ((bytes[body]! << 24) | (bytes[body + 1]! << 16) | (bytes[body + 2]! << 8) | bytes[body + 3]!) >>> 0;
-  if (stored !== crc32(bytes.subarray(0, body))) throw new ValidationError('MALFORMED_SNAPSHOT', 'checksum mismatch');
+  const body = checkedBodyLength(bytes);
   yield;
 
   const own = adoptInput ? bytes.subarray(0, body) : bytes.slice(0, body);
