@@ -21,6 +21,8 @@ export interface NodeSummary {
   readonly state: string;
   /** Whether the node answered Cluster.Status. */
   readonly up: boolean;
+  /** Its grpc.health.v1 status (SERVING once joined and caught up; NOT_SERVING while starting, catching up or shutting down); absent when it did not answer. */
+  readonly health?: string;
   /** Epoch of the map the node routes with (when up). */
   readonly mapEpoch?: number;
   readonly version?: string;
@@ -149,6 +151,7 @@ export function summarizeCluster(cs: ClusterStatus): ClusterSummary {
       address: n.address,
       state: member?.state ?? 'unknown',
       up: n.status !== undefined,
+      ...(n.health ? { health: n.health } : {}),
       ...(n.status ? { mapEpoch: n.status.mapEpoch, version: n.status.version } : {}),
       replicas: placed(map, n.id),
       leaders: n.status ? n.status.groups.filter((g) => isLeaderRole(g.role)).length : 0,
@@ -312,8 +315,8 @@ export function registerClusterCommands(program: Command, ctx: ClusterCommandCon
       }
       ctx.out.write(
         ctx.formatTable(
-          ['NODE', 'ADDRESS', 'STATE', 'UP', 'MAP_EPOCH'],
-          summary.nodes.map((n) => [String(n.id || '?'), n.address, n.state, n.up ? 'up' : 'down', n.mapEpoch !== undefined ? String(n.mapEpoch) : '-']),
+          ['NODE', 'ADDRESS', 'STATE', 'UP', 'HEALTH', 'MAP_EPOCH'],
+          summary.nodes.map((n) => [String(n.id || '?'), n.address, n.state, n.up ? 'up' : 'down', n.health ?? '-', n.mapEpoch !== undefined ? String(n.mapEpoch) : '-']),
         ),
       );
       if (summary.pools.length > 0) {

@@ -12,6 +12,7 @@ import * as grpc from '@grpc/grpc-js';
 import { AdminStubClient } from '../wire/admin-proto.js';
 import { AUTHORIZATION_METADATA, bearer } from '../wire/auth.js';
 import { META_REASON, neverReachedServer } from '../wire/metadata.js';
+import { HealthStubClient, type HealthStatus, type HealthStub } from '../wire/health-proto.js';
 import { ClusterStubClient, type ClusterStub, type GetShardMapResponseMsg, type StatusResponseMsg } from '../wire/proto.js';
 import { emptyMap, type ClusterMap, type MemberInfo, type PoolSpec, type ShardInfo } from '../sharding/index.js';
 import { KvError } from './errors.js';
@@ -120,6 +121,8 @@ export interface ClusterNodeReport {
   readonly address: string;
   readonly status?: NodeReport;
   readonly error?: KvError;
+  /** What the node's grpc.health.v1 service says for the whole server (absent when it did not answer). */
+  readonly health?: HealthStatus;
 }
 
 /** The cluster map and every member's status, as {@link AdminClient.clusterStatus} collects them. */
@@ -284,6 +287,8 @@ export function parseShardMap(epoch: number, json: string, endpoint?: string): C
 export class AdminClient {
   private readonly stubs = new Map<string, Stub>();
   private readonly clusterStubs = new Map<string, ClusterStub>();
+
+  private readonly healthStubs = new Map<string, HealthStub>();
 
   private readonly creds: grpc.ChannelCredentials;
 
@@ -499,6 +504,19 @@ export class AdminClient {
     return { epoch: num(r.epoch) };
   }
 
+  /** The node's grpc.health.v1 answer for the whole server (`service: ""`); undefined when it does not answer. */
+  private async healthOf(address: string, deadlineMs: number): Promise<HealthStatus | undefined> {
+    let stub = this.healthStubs.get(address);
+    if (!stub) {
+      stub = new HealthStubClient(address, this.creds);
+      this.healthStubs.set(address, stub);
+    }
+    const s = stub;
+    return new Promise((resolve) => {
+      s.check({ service: '' }, new grpc.Metadata(), { deadline: new Date(Date.now() + deadlineMs) }, (e, r) => resolve(e ? undefined : r?.status));
+    });
+  }
+
   private clusterCall<T>(address: string, method: 'status' | 'getShardMap', deadlineMs: number): Promise<T> {
     return new Promise((resolve, reject) => {
       (this.clusterStub(address)[method] as (r: object, md: grpc.Metadata, o: grpc.CallOptions, cb: (e: grpc.ServiceError | null, r?: T) => void) => void)(
@@ -543,15 +561,20 @@ export class AdminClient {
     const deadlineMs = o.deadlineMs ?? Math.min(this.opts.deadlineMs ?? CLUSTER_STATUS_DEADLINE_MS, CLUSTER_STATUS_DEADLINE_MS);
     const addresses = [...new Set([...map.members.map((m) => m.address), ...this.opts.endpoints])];
     const answers = new Map<string, { status: NodeReport } | { error: KvError }>();
-    await Promise.all(
-      addresses.map(async (address) => {
+    const health = new Map<string, HealthStatus>();
+    await Promise.all([
+      ...addresses.map(async (address) => {
+        const h = await this.healthOf(address, deadlineMs);
+        if (h) health.set(address, h);
+      }),
+      ...addresses.map(async (address) => {
         try {
           answers.set(address, { status: nodeReport(await this.clusterCall<StatusResponseMsg>(address, 'status', deadlineMs)) });
         } catch (e) {
           answers.set(address, { error: e instanceof KvError ? e : new KvError(grpc.status.UNKNOWN, String(e), { endpoint: address }) });
         }
       }),
-    );
+    ]);
     const used = new Set<string>();
     const nodes: ClusterNodeReport[] = map.members.map((m) => {
       const own = answers.get(m.address);
@@ -566,7 +589,8 @@ export class AdminClient {
       if (viaEndpoint) {
         used.add(viaEndpoint);
         used.add(m.address);
-        return { id: m.id, address: m.address, status: (answers.get(viaEndpoint) as { status: NodeReport }).status };
+        const h = health.get(viaEndpoint);
+        return { id: m.id, address: m.address, status: (answers.get(viaEndpoint) as { status: NodeReport }).status, ...(h ? { health: h } : {}) };
       }
       used.add(m.address);
       return { id: m.id, address: m.address, error: (own as { error: KvError } | undefined)?.error ?? new KvError(grpc.status.UNKNOWN, 'not asked', { endpoint: m.address }) };
@@ -580,7 +604,11 @@ export class AdminClient {
         if (!memberIds.has(a.status.nodeId)) nodes.push({ id: a.status.nodeId, address: ep, status: a.status });
       } else nodes.push({ id: 0, address: ep, error: a.error });
     }
-    return { map, nodes };
+    const withHealth = nodes.map((n) => {
+      const h = n.health ?? health.get(n.address);
+      return h ? { ...n, health: h } : n;
+    });
+    return { map, nodes: withHealth };
   }
 
   /** Closes every channel. */
@@ -589,6 +617,8 @@ export class AdminClient {
     this.stubs.clear();
     for (const s of this.clusterStubs.values()) s.close();
     this.clusterStubs.clear();
+    for (const s of this.healthStubs.values()) s.close();
+    this.healthStubs.clear();
   }
 }
 

@@ -94,12 +94,13 @@ describe('status', () => {
     expect(r.code).toBe(EXIT.ERROR);
     expect(r.out).toBe(
       formatTable(
-        ['NODE', 'ADDRESS', 'STATE', 'UP', 'MAP_EPOCH'],
+        ['NODE', 'ADDRESS', 'STATE', 'UP', 'HEALTH', 'MAP_EPOCH'],
         [
-          ['1', a1!, 'active', 'up', '7'],
-          ['2', a2!, 'active', 'up', '7'],
-          ['3', a3!, 'active', 'up', '6'],
-          ['4', dead, 'removing', 'down', '-'],
+          // These fake nodes serve no grpc.health.v1 service: no answer is shown as '-'.
+          ['1', a1!, 'active', 'up', '-', '7'],
+          ['2', a2!, 'active', 'up', '-', '7'],
+          ['3', a3!, 'active', 'up', '-', '6'],
+          ['4', dead, 'removing', 'down', '-', '-'],
         ],
       ) +
         '\n' +
@@ -170,7 +171,7 @@ describe('status', () => {
       expect(r.err).toBe('');
       expect(r.code).toBe(EXIT.OK);
       expect(r.out).toBe(
-        formatTable(['NODE', 'ADDRESS', 'STATE', 'UP', 'MAP_EPOCH'], [['9', `127.0.0.1:${port}`, 'unknown', 'up', '0']]) +
+        formatTable(['NODE', 'ADDRESS', 'STATE', 'UP', 'HEALTH', 'MAP_EPOCH'], [['9', `127.0.0.1:${port}`, 'unknown', 'up', '-', '0']]) +
           '\n' +
           formatTable(['GROUP', 'POOL', 'INDEX', 'LEADER', 'TERM', 'VOTERS', 'LEARNERS', 'LAG'], [['1', '?', '-', '9', '5', '9', '-', '9:0']]),
       );

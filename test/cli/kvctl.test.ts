@@ -347,7 +347,7 @@ describe('status', () => {
     const r = await kvctl(['status']);
     expect(r.err).toBe('');
     expect(r.code).toBe(EXIT.OK);
-    expect(r.out).toMatch(/^NODE +ADDRESS +STATE +UP +MAP_EPOCH\n1 +\S+ +\S+ +up +\d+\n/);
+    expect(r.out).toMatch(/^NODE +ADDRESS +STATE +UP +HEALTH +MAP_EPOCH\n1 +\S+ +\S+ +up +\S+ +\d+\n/);
     expect(r.out).toMatch(/\nGROUP +POOL +INDEX +LEADER +TERM +VOTERS +LEARNERS +LAG\n/);
     expect(r.out).toMatch(/\n1 +\S+ +\S+ +1 +1 +1 +- +1:0\n/);
     const j = JSON.parse((await kvctl(['--json', 'status'])).out) as { nodes: object[]; groups: object[] };

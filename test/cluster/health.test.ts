@@ -1,12 +1,14 @@
 /**
  * The standard gRPC health service on real kvd processes: SERVING once a node has joined and
  * caught up; NOT_SERVING on a node whose groups lost their leader (both peers frozen), and
- * SERVING again once they return.
+ * SERVING again once they return; `kvctl status` and AdminClient.clusterStatus show it per node.
  */
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { protoPath } from 'grpc-health-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { AdminClient } from '../../src/client/admin-client.js';
+import { main as kvctl } from '../../src/cli/kvctl.js';
 import { KvdCluster } from './harness.js';
 
 type HealthClient = grpc.Client & {
@@ -66,5 +68,32 @@ describe('grpc.health.v1', () => {
       cluster.resume(c!.id);
     }
     await until(a!.address, 'SERVING');
+  });
+
+  it('kvctl status shows each node\'s health (and AdminClient.clusterStatus reports it); a frozen node has none', async () => {
+    const endpoints = cluster.nodes.map((n) => n.address);
+    for (const n of cluster.nodes) await until(n.address, 'SERVING');
+    const status = async () => {
+      let out = '';
+      await kvctl(['--endpoints', endpoints.join(','), 'status'], { stdout: { write: (s: string) => (out += s) }, stderr: { write: () => {} }, env: {} });
+      return out.split('\n');
+    };
+    const lines = await status();
+    expect(lines[0]).toMatch(/^NODE\s+ADDRESS\s+STATE\s+UP\s+HEALTH\s+MAP_EPOCH/);
+    for (const n of cluster.nodes) expect(lines.find((l) => l.includes(n.address))).toMatch(/\sup\s+SERVING\s/);
+    const c = cluster.nodes[2]!;
+    cluster.pause(c.id);
+    try {
+      const admin = new AdminClient({ endpoints: [cluster.nodes[0]!.address] });
+      try {
+        const cs = await admin.clusterStatus({ deadlineMs: 1000 });
+        expect(cs.nodes.find((n) => n.address === c.address)?.health).toBeUndefined();
+        expect(cs.nodes.find((n) => n.address === cluster.nodes[0]!.address)?.health).toBe('SERVING');
+      } finally {
+        admin.close();
+      }
+    } finally {
+      cluster.resume(c.id);
+    }
   });
 });
