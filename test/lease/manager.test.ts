@@ -204,6 +204,29 @@ describe('LeaseManager', () => {
     small.stop();
   });
 
+  it('counts a lease\'s attachments rarely (a count plus the revisions since bounds them) and still refuses exactly at the bound', async () => {
+    const c = cluster();
+    const small = new LeaseManager(c.host, c.clock, { limits: { maxKeysPerShard: 100 } });
+    small.start();
+    await c.clock.advance(300);
+    const id = await small.grant(60, '');
+    const s1 = c.shards.get(1)!;
+    let counts = 0;
+    const list = s1.list.bind(s1);
+    s1.list = (prefix, o) => {
+      if (prefix.startsWith('/_sys/lease-key/') && o.limit > 1) counts++;
+      return list(prefix, o);
+    };
+    for (let i = 0; i < 100; i++) {
+      await small.put({ key: `/a/${String(i).padStart(3, '0')}`, value: enc.encode('1'), lease: id }, c.clock.now() + 1000);
+      if (i % 10 === 0) s1.put(`/a/plain/${i}`, 'a write without a lease moves the revision too');
+    }
+    expect(counts).toBeLessThan(15);
+    await expect(small.put({ key: '/a/over', value: enc.encode('1'), lease: id }, c.clock.now() + 1000)).rejects.toMatchObject({ code: 'RESOURCE_EXHAUSTED' });
+    expect(s1.sm.list('/_sys/lease-key/', { limit: 1000 }).items.length).toBe(100);
+    small.stop();
+  });
+
   it('a new metadata leader reloads the leases, gives the grace, and does not extend an abandoned lease for ever', async () => {
     const c = cluster();
     await leading(c);
