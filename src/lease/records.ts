@@ -24,7 +24,7 @@ export interface LeaseLimits {
   readonly maxLeases: number;
   /**
    * Most keys one lease may hold in one shard: its revoke there is one `revokeLeaseKeys` command
-   * (one revision), whose apply step stays short (about 40 ms for 10,000 keys, see
+   * (one revision), whose apply step stays short (45-60 ms for 10,000 keys on a busy 2-core machine, see
    * test/statemachine/revoke-lease-keys.test.ts).
    */
   readonly maxKeysPerShard: number;
