@@ -89,7 +89,7 @@ function registerLeaseMetrics(manager: LeaseManager, registry: Registry): void {
     ['revokes', 'kvcascade_lease_revokes_total', 'Leases revoked on request by this node as metadata leader'],
     ['expired', 'kvcascade_lease_expired_total', 'Leases that expired (revoked by this node as metadata leader)'],
     ['checkpointRecords', 'kvcascade_lease_checkpoint_records_total', 'Lease deadlines checkpointed through the metadata log by this node'],
-    ['shardRevokes', 'kvcascade_lease_shard_revokes_total', 'Txns deleting a lease\'s keys in a shard led by this node'],
+    ['shardRevokes', 'kvcascade_lease_shard_revokes_total', 'revokeLeaseKeys commands deleting a lease\'s keys in a shard led by this node'],
     ['sweptOrphans', 'kvcascade_lease_swept_total', 'Leases whose leftover keys the sweep deleted in shards led by this node'],
   ];
   for (const [field, name, help] of totals) {

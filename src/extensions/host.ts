@@ -53,8 +53,11 @@ export interface HostPage {
   readonly nextAfter?: string;
 }
 
-/** What extensions write into a shard themselves: puts, deletes and txns of shard-local (system) keys. */
-export type SystemCommand = Extract<Command, { type: 'put' | 'delete' | 'txn' }>;
+/**
+ * What the cluster writes into a shard itself (extensions, leases): puts, deletes and txns of
+ * shard-local (system) keys, and the lease revoke of a shard (`revokeLeaseKeys`).
+ */
+export type SystemCommand = Extract<Command, { type: 'put' | 'delete' | 'txn' | 'revokeLeaseKeys' }>;
 
 /**
  * One group (a data shard, or the metadata group) hosted on this node. Reads are local (this

@@ -16,6 +16,7 @@ import { validateCommand } from './validation.js';
  *   4 triggerPut: str key, bytes value
  *   5 noop:       (nothing)
  *   6 compact:    varint revision
+ *   7 revokeLeaseKeys: varint lease (a positive safe integer)
  * The encoding is canonical: decoding succeeds only for bytes that `encodeCommand` would produce.
  */
 export const COMMAND_FORMAT_VERSION = 1;
@@ -26,6 +27,7 @@ const TAG_TXN = 3;
 const TAG_TRIGGER = 4;
 const TAG_NOOP = 5;
 const TAG_COMPACT = 6;
+const TAG_REVOKE_LEASE_KEYS = 7;
 const OP_PUT = 1;
 const OP_DELETE = 2;
 const FLAG_EXPECTED = 1;
@@ -84,6 +86,10 @@ export function encodeCommand(cmd: Command): Uint8Array {
     case 'compact':
       w.u8(TAG_COMPACT);
       w.varint(cmd.revision);
+      break;
+    case 'revokeLeaseKeys':
+      w.u8(TAG_REVOKE_LEASE_KEYS);
+      w.varint(cmd.lease);
       break;
   }
   return w.finish();
@@ -159,6 +165,13 @@ export function decodeCommand(bytes: Uint8Array): Command {
     case TAG_COMPACT:
       cmd = { type: 'compact', revision: r.varint() };
       break;
+    case TAG_REVOKE_LEASE_KEYS:
+    {
+      const lease = r.varint();
+      if (lease === 0) r.fail('lease id 0 (ids are positive)');
+      cmd = { type: 'revokeLeaseKeys', lease };
+      break;
+    }
     default:
       r.fail(`unknown command tag ${tag}`);
   }

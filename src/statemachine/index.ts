@@ -16,6 +16,8 @@ export { compareKeys } from './keys.js';
 export { validateCommand, validateKey, validatePrefix } from './validation.js';
 /** The PERMISSION_DENIED errors of requests touching the reserved keyspace. */
 export { reservedKeyError, reservedPrefixError } from './validation.js';
+/** Where shards keep lease attachments (read by the revokeLeaseKeys command). */
+export { LEASE_KEY_PREFIX, LEASE_ID_DIGITS, leaseIdText, leaseAttachmentPrefix } from './lease-keys.js';
 /** Named limits and defaults. */
 export * from './limits.js';
 /** Command, result, event and read types. */

@@ -21,8 +21,10 @@ import {
   EVENT_OVERHEAD_BYTES,
   MAX_EVENTS_LIMIT,
   MAX_HOP_COUNT,
+  MAX_LEASE_REVOKE_ATTACHMENTS,
   MAX_LIST_LIMIT,
 } from './limits.js';
+import { leaseAttachmentPrefix } from './lease-keys.js';
 import { Queue } from './queue.js';
 import { isStoredResult, SessionTable, validateWriteSession, type SessionDecision, type SessionRecord } from './sessions.js';
 import { decodeSnapshotSteps, encodeSnapshot, RESTORE_STEP_KEYS, runSteps, type SnapshotData } from './snapshot-codec.js';
@@ -45,6 +47,7 @@ import type {
   ListOptions,
   ListResult,
   PutCommand,
+  RevokeLeaseKeysCommand,
   SessionResult,
   TxnCommand,
   VersionedValue,
@@ -71,6 +74,7 @@ function commandKeys(cmd: Command): readonly string[] {
 
 /** PERMISSION_DENIED when a client-origin `cmd` touches a reserved key (the first one it names). */
 function reservedError(cmd: Command): ValidationError | undefined {
+  if (cmd.type === 'revokeLeaseKeys') return reservedKeyError(leaseAttachmentPrefix(cmd.lease));
   const key = commandKeys(cmd).find(isReservedKey);
   return key === undefined ? undefined : reservedKeyError(key);
 }
@@ -378,6 +382,8 @@ export class KvStateMachine {
         return this.applyDelete(cmd, ts, hops);
       case 'txn':
         return this.applyTxn(cmd, ts, hops);
+      case 'revokeLeaseKeys':
+        return this.applyRevokeLeaseKeys(cmd, ts, hops);
       case 'triggerPut': {
         const revision = this.bump(ts);
         const events: KvEvent[] = [withHops<KvEvent>({ type: 'trigger', key: cmd.key, value: cmd.value, revision, timestampMs: ts }, hops)];
@@ -515,6 +521,49 @@ export class KvStateMachine {
     });
     this.record(events);
     return { applied: true, result: { type: 'txn', succeeded: true, revision, timestampMs: ts, failedCompares }, events };
+  }
+
+  /**
+   * Ends a lease in this shard at one revision (see RevokeLeaseKeysCommand): the attachments under
+   * the lease's prefix, in key order and at most MAX_LEASE_REVOKE_ATTACHMENTS, are all deleted, and
+   * each attached key still at the attachment's version (both were written at one revision) is
+   * deleted with them. Keys that are reserved or not owned here are never deleted. Deterministic:
+   * it reads only this replica's state, which is the same on every replica at this index.
+   */
+  private applyRevokeLeaseKeys(cmd: RevokeLeaseKeysCommand, ts: number, hops: number): ApplyOutput {
+    const prefix = leaseAttachmentPrefix(cmd.lease);
+    const attachments: string[] = [];
+    let more = false;
+    for (const key of this.live.from(prefix)) {
+      if (!key.startsWith(prefix)) break;
+      if (attachments.length === MAX_LEASE_REVOKE_ATTACHMENTS) {
+        more = true;
+        break;
+      }
+      attachments.push(key);
+    }
+    if (attachments.length === 0) {
+      return this.done({ type: 'revokeLeaseKeys', revision: this._revision, timestampMs: ts, deletedKeys: 0, deletedAttachments: 0, more: false });
+    }
+    const keys: string[] = [];
+    for (const a of attachments) {
+      const key = a.slice(prefix.length);
+      if (key.length === 0 || isReservedKey(key) || !this.owns(key)) continue;
+      const cur = this.latestLive(key);
+      if (cur !== undefined && cur.revision === this.latestLive(a)!.revision) keys.push(key);
+    }
+    const revision = this.bump(ts);
+    const events: KvEvent[] = [];
+    for (const key of [...keys, ...attachments]) {
+      this.write(key, null, revision, ts, hops);
+      events.push(withHops<KvEvent>({ type: 'delete', key, revision, timestampMs: ts }, hops));
+    }
+    this.record(events);
+    return {
+      applied: true,
+      result: { type: 'revokeLeaseKeys', revision, timestampMs: ts, deletedKeys: keys.length, deletedAttachments: attachments.length, more },
+      events,
+    };
   }
 
   private latestLive(key: string): VersionRecord | undefined {

@@ -62,3 +62,11 @@ export const MAX_SESSION_ID_LENGTH = 64;
 
 /** Largest lambda hop count a write can carry (the log entry's envelope holds it in one byte). */
 export const MAX_HOP_COUNT = 255;
+
+/**
+ * Most attachments one `revokeLeaseKeys` command deletes (with their keys) in one apply step; a
+ * lease holding more in the shard needs further commands (the result says `more`). Above the lease
+ * API's bound of keys per lease per shard (10,000), so a revoke within the bound is one revision;
+ * a 10,000-key revoke applies in 45-60 ms (test/statemachine/revoke-lease-keys.test.ts).
+ */
+export const MAX_LEASE_REVOKE_ATTACHMENTS = 16_384;

@@ -71,6 +71,19 @@ export interface CompactCommand {
   readonly revision: number;
 }
 
+/**
+ * System only (a client-origin one is rejected PERMISSION_DENIED): ends lease `lease` in this
+ * shard at one revision. For each attachment `/_sys/lease-key/<id>/<key>` (in key order, at most
+ * MAX_LEASE_REVOKE_ATTACHMENTS), deletes `key` if it is still at the version the attachment
+ * recorded (the attachment's own version: both were written at one revision; a key rewritten
+ * since survives), then deletes every one of those attachments. The events are ordinary deletes.
+ */
+export interface RevokeLeaseKeysCommand {
+  readonly type: 'revokeLeaseKeys';
+  /** The lease id (a positive safe integer). */
+  readonly lease: number;
+}
+
 /** Every command the state machine applies. */
 export type Command =
   | PutCommand
@@ -78,7 +91,8 @@ export type Command =
   | TxnCommand
   | TriggerPutCommand
   | NoopCommand
-  | CompactCommand;
+  | CompactCommand
+  | RevokeLeaseKeysCommand;
 
 /**
  * Who proposed a command, as recorded with it in the log: `client` (the KV API and extension
@@ -172,6 +186,20 @@ export interface CompactResult {
   readonly timestampMs: number;
 }
 
+/** Outcome of a revokeLeaseKeys command. */
+export interface RevokeLeaseKeysResult {
+  readonly type: 'revokeLeaseKeys';
+  /** The new revision if anything was deleted; otherwise the unchanged current revision. */
+  readonly revision: number;
+  readonly timestampMs: number;
+  /** Keys deleted (those still at their attached version). */
+  readonly deletedKeys: number;
+  /** Attachments deleted. */
+  readonly deletedAttachments: number;
+  /** True when attachments of the lease remain (more than MAX_LEASE_REVOKE_ATTACHMENTS): propose it again. */
+  readonly more: boolean;
+}
+
 /** A committed command that failed validation: nothing changed but the applied index and clock. */
 export interface RejectedResult {
   readonly type: 'rejected';
@@ -195,6 +223,7 @@ export type CommandResult =
   | TriggerResult
   | NoopResult
   | CompactResult
+  | RevokeLeaseKeysResult
   | RejectedResult
   | SkippedResult;
 

@@ -116,6 +116,9 @@ export function validateCommand(cmd: unknown): asserts cmd is Command {
     case 'compact':
       validateNonNegativeInt(c.revision, 'compact revision');
       return;
+    case 'revokeLeaseKeys':
+      if (validateNonNegativeInt(c.lease, 'lease id') < 1) throw new ValidationError('INVALID_NUMBER', 'lease id must be a positive safe integer, got 0');
+      return;
     case 'txn': {
       if (!Array.isArray(c.compares) || !Array.isArray(c.writes)) {
         throw new ValidationError('INVALID_COMMAND', 'txn compares and writes must be arrays');

@@ -43,9 +43,9 @@ function leases(): LeaseClient {
 }
 
 /** Keys under `prefix` spread over at least two shards: `perShard` keys in each of two shards. */
-function keysInTwoShards(prefix: string, perShard: number): { keys: string[]; shards: number[] } {
+function keysInTwoShards(prefix: string, perShard: number, candidates = 200): { keys: string[]; shards: number[] } {
   const byShard = new Map<number, string[]>();
-  for (let i = 0; i < 200; i++) {
+  for (let i = 0; i < candidates; i++) {
     const k = `${prefix}${i}`;
     const s = kv.routeOf(k).shard!;
     byShard.set(s, [...(byShard.get(s) ?? []), k]);
@@ -118,6 +118,33 @@ describe('leases on a kvd cluster', () => {
     expect(await exists('/cams/b/2')).toBe(false);
     expect((await lc.leases()).some((l) => l.id === id)).toBe(false);
   }, 30_000);
+
+  it('a lease holding 100 keys in each of two shards (past the old 63-key bound) is revoked at one revision per shard; a key rewritten without it survives', async () => {
+    const lc = leases();
+    const { keys, shards } = keysInTwoShards('/fleet/', 100, 1_000);
+    const id = await lc.grant(60);
+    const rewritten = keys[3]!;
+    const gone = keys.filter((k) => k !== rewritten);
+    // Watching from before the first put: the DELETEs of the revoke cannot be missed.
+    const dels = collect('/fleet/', (evs) => evs.filter((e) => e.type === 'delete').length >= gone.length, 20_000);
+    for (let i = 0; i < keys.length; i += 50) {
+      const res = await Promise.all(keys.slice(i, i + 50).map((k) => kv.put(k, 'online', { lease: id })));
+      expect(res.every((r) => r.succeeded)).toBe(true);
+    }
+    await kv.put(rewritten, 'mine now');
+    await lc.revoke(id);
+    const evs = (await dels).filter((e) => e.type === 'delete');
+    expect(evs.map((e) => e.key).sort()).toEqual([...gone].sort());
+    for (const s of shards) {
+      const revs = new Set(evs.filter((e) => e.shard === s).map((e) => e.revision));
+      expect(revs.size).toBe(1);
+    }
+    expect(await exists(rewritten)).toBe(true);
+    for (const k of gone.slice(0, 20)) expect(await exists(k)).toBe(false);
+    const left: string[] = [];
+    for await (const it of kv.listAll('/fleet/')) left.push(it.key);
+    expect(left).toEqual([rewritten]);
+  }, 60_000);
 
   it('kvctl lease grant | ttl | ls | keepalive --once | revoke and put --lease', async () => {
     const run = async (...args: string[]): Promise<{ code: number; out: string; err: string }> => {

@@ -1,6 +1,6 @@
 /** The node lease manager over real state machines on virtual time: grant, put with a lease, expiry and revoke deleting every attached key at one revision per shard, leader changes, the sweep. */
 import { describe, expect, it } from 'vitest';
-import { KvStateMachine, type CommandResult, type KvEvent, type TxnCompare, type TxnWrite } from '../../src/statemachine/index.js';
+import { KvStateMachine, type CommandResult, type KvEvent, type RevokeLeaseKeysCommand, type TxnCommand } from '../../src/statemachine/index.js';
 import { LeaseManager, type LeaseClock, type LeaseHost, type LeaseShard } from '../../src/lease/manager.js';
 import { LeaseError } from '../../src/lease/records.js';
 
@@ -40,6 +40,8 @@ class FakeShard implements LeaseShard {
   readonly sm = new KvStateMachine();
   leader = true;
   events: KvEvent[] = [];
+  /** The types of the commands proposed here, in order. */
+  proposed: string[] = [];
   private index = 0;
   constructor(
     readonly group: number,
@@ -62,8 +64,9 @@ class FakeShard implements LeaseShard {
   async currentRevision(): Promise<number> {
     return this.sm.revision;
   }
-  async propose(cmd: { type: 'txn'; compares: readonly TxnCompare[]; writes: readonly TxnWrite[] }): Promise<CommandResult> {
+  async propose(cmd: TxnCommand | RevokeLeaseKeysCommand): Promise<CommandResult> {
     if (!this.leader) throw new Error('not the leader');
+    this.proposed.push(cmd.type);
     const out = this.sm.apply(++this.index, this.clock.now(), cmd, 'system');
     this.events.push(...out.events);
     return out.result;
@@ -157,6 +160,71 @@ describe('LeaseManager', () => {
     await expect(c.mgr.revoke(id)).rejects.toMatchObject({ code: 'NOT_FOUND' });
     expect(() => c.mgr.grant(1, '')).toThrow(/TTL is a whole number of seconds from 2/);
     expect(() => c.mgr.grant(1.5, '')).toThrow(LeaseError);
+  });
+
+  it('revokes a lease holding 500 keys in one shard at one revision, with one command (beyond the old 63-key bound)', async () => {
+    const c = cluster();
+    await leading(c);
+    const id = await c.mgr.grant(60, '');
+    const keys = Array.from({ length: 500 }, (_, i) => `/a/dev/${String(i).padStart(3, '0')}`);
+    for (const k of keys) await c.mgr.put({ key: k, value: enc.encode('on'), lease: id }, c.clock.now() + 1000);
+    await c.mgr.put({ key: '/b/elsewhere', value: enc.encode('on'), lease: id }, c.clock.now() + 1000);
+    c.shards.get(1)!.put('/a/dev/007', 'rewritten without the lease');
+    expect((await c.mgr.attachedKeys(id, c.clock.now() + 1000)).length).toBe(500);
+    const s1 = c.shards.get(1)!;
+    s1.proposed = [];
+    s1.events = [];
+    const before = s1.sm.revision;
+    await c.mgr.revoke(id);
+    await c.clock.advance(300);
+    expect(s1.proposed).toEqual(['revokeLeaseKeys']);
+    expect(s1.sm.revision).toBe(before + 1);
+    const dels = s1.events.filter((e) => !e.key.startsWith('/_'));
+    expect(dels.length).toBe(499);
+    expect(dels.every((e) => e.type === 'delete' && e.revision === before + 1)).toBe(true);
+    expect(s1.sm.list('/a/dev/', { limit: 1000 }).items.map((it) => it.key)).toEqual(['/a/dev/007']);
+    expect(s1.sm.list('/_sys/lease-key/', { limit: 10 }).items).toEqual([]);
+    expect(c.shards.get(2)!.get('/b/elsewhere')).toBeUndefined();
+    expect(c.mgr.counters.shardRevokes).toBe(2);
+  });
+
+  it('bounds the keys of one lease in one shard (RESOURCE_EXHAUSTED); re-putting an attached key is fine', async () => {
+    const c = cluster();
+    const small = new LeaseManager(c.host, c.clock, { limits: { maxKeysPerShard: 3 } });
+    small.start();
+    await c.clock.advance(300);
+    const id = await small.grant(60, '');
+    for (const k of ['/a/1', '/a/2', '/a/3', '/b/1']) await small.put({ key: k, value: enc.encode('1'), lease: id }, c.clock.now() + 1000);
+    await expect(small.put({ key: '/a/4', value: enc.encode('1'), lease: id }, c.clock.now() + 1000)).rejects.toMatchObject({
+      code: 'RESOURCE_EXHAUSTED',
+      message: expect.stringContaining('already holds 3 keys in this key\'s shard'),
+    });
+    await small.put({ key: '/a/2', value: enc.encode('again'), lease: id }, c.clock.now() + 1000);
+    await small.put({ key: '/b/2', value: enc.encode('1'), lease: id }, c.clock.now() + 1000);
+    small.stop();
+  });
+
+  it('counts a lease\'s attachments rarely (a count plus the revisions since bounds them) and still refuses exactly at the bound', async () => {
+    const c = cluster();
+    const small = new LeaseManager(c.host, c.clock, { limits: { maxKeysPerShard: 100 } });
+    small.start();
+    await c.clock.advance(300);
+    const id = await small.grant(60, '');
+    const s1 = c.shards.get(1)!;
+    let counts = 0;
+    const list = s1.list.bind(s1);
+    s1.list = (prefix, o) => {
+      if (prefix.startsWith('/_sys/lease-key/') && o.limit > 1) counts++;
+      return list(prefix, o);
+    };
+    for (let i = 0; i < 100; i++) {
+      await small.put({ key: `/a/${String(i).padStart(3, '0')}`, value: enc.encode('1'), lease: id }, c.clock.now() + 1000);
+      if (i % 10 === 0) s1.put(`/a/plain/${i}`, 'a write without a lease moves the revision too');
+    }
+    expect(counts).toBeLessThan(15);
+    await expect(small.put({ key: '/a/over', value: enc.encode('1'), lease: id }, c.clock.now() + 1000)).rejects.toMatchObject({ code: 'RESOURCE_EXHAUSTED' });
+    expect(s1.sm.list('/_sys/lease-key/', { limit: 1000 }).items.length).toBe(100);
+    small.stop();
   });
 
   it('a new metadata leader reloads the leases, gives the grace, and does not extend an abandoned lease for ever', async () => {

@@ -51,6 +51,19 @@ describe('command codec', () => {
     expect(cmd.value).toEqual(b('abc'));
   });
 
+  it('encodes revokeLeaseKeys under its own tag 7 (the older tags unchanged) and round-trips it', () => {
+    for (const lease of [1, 300, Number.MAX_SAFE_INTEGER]) {
+      const bytes = encodeCommand({ type: 'revokeLeaseKeys', lease });
+      expect([...bytes.subarray(0, 2)]).toEqual([COMMAND_FORMAT_VERSION, 7]);
+      expect(decodeCommand(bytes)).toEqual({ type: 'revokeLeaseKeys', lease });
+    }
+    expect(encodeCommand({ type: 'revokeLeaseKeys', lease: 300 }).length).toBe(2 + 2);
+    expect([...encodeCommand({ type: 'compact', revision: 1 }).subarray(0, 2)]).toEqual([COMMAND_FORMAT_VERSION, 6]);
+    for (const lease of [0, -1, 1.5, Number.MAX_SAFE_INTEGER + 1, '1']) {
+      expect(() => encodeCommand({ type: 'revokeLeaseKeys', lease } as unknown as Command)).toThrow(ValidationError);
+    }
+  });
+
   it('refuses to encode invalid commands', () => {
     expect(() => encodeCommand({ type: 'put', key: '', value: b('') })).toThrow(ValidationError);
     expect(() => encodeCommand({ type: 'put', key: 'x'.repeat(MAX_KEY_BYTES + 1), value: b('') })).toThrow(ValidationError);
@@ -73,6 +86,10 @@ describe('command codec', () => {
     ['too many txn ops', [COMMAND_FORMAT_VERSION, 3, 0xff, 0x01]],
     ['unknown txn op', [COMMAND_FORMAT_VERSION, 3, 0, 1, 7, 1, 0x6b]],
     ['duplicate txn keys', [COMMAND_FORMAT_VERSION, 3, 0, 2, 2, 1, 0x6b, 2, 1, 0x6b]],
+    ['revokeLeaseKeys of lease 0', [COMMAND_FORMAT_VERSION, 7, 0]],
+    ['truncated revokeLeaseKeys', [COMMAND_FORMAT_VERSION, 7]],
+    ['revokeLeaseKeys with trailing bytes', [COMMAND_FORMAT_VERSION, 7, 1, 0]],
+    ['revokeLeaseKeys with a non-canonical id', [COMMAND_FORMAT_VERSION, 7, 0x81, 0x00]],
   ])('rejects %s with a ValidationError', (_name, bytes) => {
     const r = tryDecode(new Uint8Array(bytes));
     expect(r).toBeInstanceOf(ValidationError);

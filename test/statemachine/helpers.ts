@@ -47,5 +47,6 @@ export function commandArb(key: fc.Arbitrary<string> = anyKey, value: fc.Arbitra
     fc.record({ type: fc.constant('triggerPut' as const), key, value }),
     fc.constant({ type: 'noop' as const }),
     fc.record({ type: fc.constant('compact' as const), revision: version }),
+    fc.record({ type: fc.constant('revokeLeaseKeys' as const), lease: fc.oneof(fc.integer({ min: 1, max: 20 }), fc.constant(Number.MAX_SAFE_INTEGER)) }),
   );
 }

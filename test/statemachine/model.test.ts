@@ -6,6 +6,7 @@ import {
   DEFAULT_MAX_HISTORY_BYTES,
   DEFAULT_MAX_HISTORY_REVISIONS,
   KvStateMachine,
+  leaseAttachmentPrefix,
   ValidationError,
   type Command,
   type TxnWrite,
@@ -21,7 +22,9 @@ type GenCmd =
   | { t: 'delete'; key: string; expect: Expect }
   | { t: 'txn'; compares: Array<{ key: string; expect: Expect }>; writes: TxnWrite[] }
   | { t: 'trigger'; key: string; value: Uint8Array }
-  | { t: 'noop' };
+  | { t: 'noop' }
+  | { t: 'attach'; lease: number; key: string; value: Uint8Array }
+  | { t: 'revoke'; lease: number };
 
 type Action =
   | { a: 'apply'; cmd: GenCmd; dt: number; indexStep: number }
@@ -53,6 +56,8 @@ const genCmdArb: fc.Arbitrary<GenCmd> = fc.oneof(
   },
   { weight: 1, arbitrary: fc.record({ t: fc.constant('trigger' as const), key: poolKey, value: smallValue }) },
   { weight: 1, arbitrary: fc.constant({ t: 'noop' as const }) },
+  { weight: 2, arbitrary: fc.record({ t: fc.constant('attach' as const), lease: fc.integer({ min: 1, max: 2 }), key: poolKey, value: smallValue }) },
+  { weight: 1, arbitrary: fc.record({ t: fc.constant('revoke' as const), lease: fc.integer({ min: 1, max: 3 }) }) },
 );
 const actionArb: fc.Arbitrary<Action> = fc.oneof(
   { weight: 12, arbitrary: fc.record({ a: fc.constant('apply' as const), cmd: genCmdArb, dt: fc.integer({ min: -30, max: 60 }), indexStep: fc.integer({ min: 1, max: 3 }) }) },
@@ -91,6 +96,10 @@ function toCommand(g: GenCmd, model: ReferenceModel): Command {
       return { type: 'triggerPut', key: g.key, value: g.value };
     case 'noop':
       return { type: 'noop' };
+    case 'attach': // a put with a lease: the key and its attachment in one txn (src/lease/attachments.ts)
+      return { type: 'txn', compares: [], writes: [{ type: 'put', key: g.key, value: g.value }, { type: 'put', key: leaseAttachmentPrefix(g.lease) + g.key, value: new Uint8Array(0) }] };
+    case 'revoke':
+      return { type: 'revokeLeaseKeys', lease: g.lease };
   }
 }
 

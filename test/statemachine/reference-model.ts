@@ -134,6 +134,18 @@ export class ReferenceModel {
         this.bump(ts, evs);
         return { applied: true, result: { type: 'txn', succeeded: true, revision: rev + 1, timestampMs: ts, failedCompares: [] }, events: evs };
       }
+      case 'revokeLeaseKeys': {
+        const prefix = `/_sys/lease-key/${String(cmd.lease).padStart(16, '0')}/`;
+        const attachments = [...new Set(this.writes.map((w) => w.key))].filter((k) => k.startsWith(prefix) && this.version(k)).sort(byteCompare);
+        const none = { type: 'revokeLeaseKeys', revision: rev, timestampMs: ts, deletedKeys: 0, deletedAttachments: 0, more: false };
+        if (attachments.length === 0) return { applied: true, result: none, events: [] };
+        const keys = attachments.map((a) => a.slice(prefix.length)).filter((k) => !k.startsWith('/_') && !k.startsWith('/ext/') && this.version(k) !== 0 && this.version(k) === this.version(prefix + k));
+        const evs: KvEvent[] = [...keys, ...attachments].map((key) => ({ type: 'delete', key, revision: rev + 1, timestampMs: ts }));
+        for (const e of evs) this.writes.push({ rev: rev + 1, key: e.key, value: null, ts });
+        this.bump(ts, evs);
+        const result = { type: 'revokeLeaseKeys', revision: rev + 1, timestampMs: ts, deletedKeys: keys.length, deletedAttachments: attachments.length, more: false };
+        return { applied: true, result, events: evs };
+      }
     }
   }
 
