@@ -3,7 +3,7 @@
  * create pools, add and remove members (these need the admin token), and read the shard map and
  * every member's status (these do not).
  *
- * Size: about 590 lines — the AdminClient class (~310, one short method per RPC) and the decoders
+ * Size: about 640 lines — the AdminClient class (~350, one short method per RPC) and the decoders
  * of the Admin service's JSON records into the types above it (~250); they change together with
  * admin.proto. A split candidate (decoders to their own module) once the access-control work on
  * the admin token has landed.

@@ -1,7 +1,7 @@
 /**
  * The versioned, deterministic, in-memory key-value state machine of one shard, applied by the Raft host.
  *
- * Size: one class (about 800 lines) because every command's apply, the version history and event
+ * Size: one class (about 1,000 lines) because every command's apply, the version history and event
  * log it writes, compaction, the reads at a revision or time, and the export to snapshots and
  * records all work on the same private indexes and must keep them consistent together; the
  * separable parts already live apart (codecs, sessions, validation, sorted keys).

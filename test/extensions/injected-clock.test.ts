@@ -15,67 +15,19 @@ import type { LambdaKv } from '../../src/extensions/store-access.js';
 import { FakeHost, fixture, put } from './sandbox/helpers.js';
 import { DeadlineError } from '../../src/node/backend.js';
 import { DATA_GROUP, KvNode } from '../../src/node/kv-node.js';
-import type { Scheduler, TimerHandle } from '../../src/node/scheduler.js';
 import { LoopbackHub } from '../../src/node/transport.js';
 import { silentLogger } from '../../src/log.js';
 import type { KvEvent } from '../../src/statemachine/index.js';
 import { MemoryEngine } from '../../src/storage/kv-engine.js';
+import { ManualScheduler, settle } from '../support/manual-scheduler.js';
 
-/** A clock that moves only when told: timers fire inside `advance`, in time order. */
-class ManualClock implements Scheduler {
-  private t = 5_000_000;
-  private seq = 0;
-  private readonly timers = new Map<number, { at: number; fn: () => void; every?: number }>();
 
-  now(): number {
-    return this.t;
-  }
-  setTimeout(fn: () => void, ms: number): TimerHandle {
-    const id = ++this.seq;
-    this.timers.set(id, { at: this.t + Math.max(0, ms), fn });
-    return { cancel: () => void this.timers.delete(id) };
-  }
-  setInterval(fn: () => void, ms: number): TimerHandle {
-    const id = ++this.seq;
-    this.timers.set(id, { at: this.t + ms, fn, every: ms });
-    return { cancel: () => void this.timers.delete(id) };
-  }
-  setImmediate(fn: () => void): TimerHandle {
-    return this.setTimeout(fn, 0);
-  }
-  /** Timers pending. */
-  get pending(): number {
-    return this.timers.size;
-  }
-  /** Moves time forward by `ms`, firing due timers in order (promise continuations settle between them). */
-  async advance(ms: number): Promise<void> {
-    const end = this.t + ms;
-    for (;;) {
-      await settle();
-      let next: [number, { at: number; fn: () => void; every?: number }] | undefined;
-      for (const e of this.timers) if (e[1].at <= end && (!next || e[1].at < next[1].at)) next = e;
-      if (!next) break;
-      const [id, timer] = next;
-      this.t = Math.max(this.t, timer.at);
-      if (timer.every !== undefined) timer.at += timer.every;
-      else this.timers.delete(id);
-      timer.fn();
-    }
-    this.t = end;
-    await settle();
-  }
-}
-
-/** Lets real promise continuations and I/O run (a few real event-loop turns; no wall-clock wait). */
-const settle = async (): Promise<void> => {
-  for (let i = 0; i < 5; i++) await new Promise<void>((r) => setImmediate(r));
-};
 
 const ev = (key: string, revision: number): KvEvent => ({ type: 'put', key, value: new Uint8Array([1]), revision, timestampMs: revision });
 
 describe('an injected clock', () => {
   it('drives a dispatcher: its retry backoff and cursor writes wait for the clock, not the wall clock', async () => {
-    const clock = new ManualClock();
+    const clock = new ManualScheduler(5_000_000);
     const puts = new Map<string, string>();
     let sink: Parameters<DispatchHost['subscribe']>[2] | undefined;
     const host: DispatchHost = {
@@ -121,7 +73,7 @@ describe('an injected clock', () => {
   });
 
   it('drives a coordinator deadline', async () => {
-    const clock = new ManualClock();
+    const clock = new ManualScheduler(5_000_000);
     let err: unknown;
     const p = withDeadline(() => new Promise<never>(() => {}), clock.now() + 100, clock).catch((e: unknown) => (err = e));
     await new Promise((r) => setTimeout(r, 20));
@@ -145,7 +97,7 @@ describe('an injected clock', () => {
   });
 
   it("times a runner's invocation out on the clock", async () => {
-    const clock = new ManualClock();
+    const clock = new ManualScheduler(5_000_000);
     const runner = await ExtensionRunner.start({ name: 'clocked', modulePath: fixture('esm-ext'), host: new FakeHost(), mode: 'in-process', config: {}, clock });
     try {
       let err: unknown;
@@ -162,7 +114,7 @@ describe('an injected clock', () => {
   });
 
   it('reaches the extension layer from the node: kvNodeHost gives the node its scheduler', async () => {
-    const clock = new ManualClock();
+    const clock = new ManualScheduler(5_000_000);
     const node = await KvNode.open(
       { id: 1, members: new Map([[1, '127.0.0.1:7301']]), tickMs: 10, log: silentLogger(), onFatal: () => {}, scheduler: clock },
       new MemoryEngine(),
@@ -177,7 +129,7 @@ describe('an injected clock', () => {
   });
 
   it('runs the ExtensionHost twin too: its clock is the host clock, its writes and deadlines read it', async () => {
-    const clock = new ManualClock();
+    const clock = new ManualScheduler(5_000_000);
     const host = new MemoryExtensionHost(1, 1, {}, clock);
     expect(host.clock).toBe(clock);
     host.lead(DATA_GROUP, 1);

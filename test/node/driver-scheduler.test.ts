@@ -8,54 +8,11 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { KvNode, DATA_GROUP, META_GROUP, withDeadline } from '../../src/node/kv-node.js';
 import { DeadlineError } from '../../src/node/backend.js';
 import { LoopbackHub } from '../../src/node/transport.js';
-import type { Scheduler, TimerHandle } from '../../src/node/scheduler.js';
 import { MemoryEngine } from '../../src/storage/kv-engine.js';
 import { silentLogger } from '../../src/log.js';
+import { ManualScheduler } from '../support/manual-scheduler.js';
 
-/** A virtual clock: timers fire only inside `advance`, in time order; `setImmediate` is a 0 ms timer. */
-class ManualScheduler implements Scheduler {
-  private t = 1_000_000;
-  private seq = 0;
-  private readonly timers = new Map<number, { at: number; fn: () => void; every?: number }>();
 
-  now(): number {
-    return this.t;
-  }
-  setTimeout(fn: () => void, ms: number): TimerHandle {
-    const id = ++this.seq;
-    this.timers.set(id, { at: this.t + Math.max(0, ms), fn });
-    return { cancel: () => void this.timers.delete(id) };
-  }
-  setInterval(fn: () => void, ms: number): TimerHandle {
-    const id = ++this.seq;
-    this.timers.set(id, { at: this.t + ms, fn, every: ms });
-    return { cancel: () => void this.timers.delete(id) };
-  }
-  setImmediate(fn: () => void): TimerHandle {
-    return this.setTimeout(fn, 0);
-  }
-
-  /** Moves time forward by `ms`, firing due timers in order and letting real I/O (the memory engine) settle between them. */
-  async advance(ms: number): Promise<void> {
-    const end = this.t + ms;
-    for (;;) {
-      await realTurns(3);
-      let next: [number, { at: number; fn: () => void; every?: number }] | undefined;
-      for (const e of this.timers) if (e[1].at <= end && (!next || e[1].at < next[1].at || (e[1].at === next[1].at && e[0] < next[0]))) next = e;
-      if (!next) break;
-      const [id, timer] = next;
-      this.t = Math.max(this.t, timer.at);
-      if (timer.every !== undefined) timer.at += timer.every;
-      else this.timers.delete(id);
-      timer.fn();
-    }
-    this.t = end;
-  }
-}
-
-const realTurns = async (n: number): Promise<void> => {
-  for (let i = 0; i < n; i++) await new Promise<void>((r) => setImmediate(r));
-};
 
 let nodes: KvNode[] = [];
 afterEach(async () => {
