@@ -673,11 +673,42 @@ describe('Pipeline', () => {
       responses,
       ended: ended.promise,
       send: (r: PipelineRequestMsg) => stream.write(r),
+      /** Every op's answer, whether it came alone or inside a batch message. */
+      flat: () => responses.flatMap((r) => (r.batch && r.batch.length > 0 ? r.batch : [r])),
       waitFor: (n: number) => {
         const d = deferred<void>();
         if (responses.length >= n) d.resolve(undefined);
         else waiters.push({ n, d });
         return d.promise;
+      },
+    };
+  }
+
+  /**
+   * A MemoryBackend whose writes wait at a gate: `fourIn` resolves once 4 are in flight, `release()`
+   * opens the gate for good, `maxActive()` is the most that were in flight at once.
+   */
+  function gatedBackend() {
+    const backend = new MemoryBackend();
+    let active = 0;
+    let maxActive = 0;
+    const fourIn = deferred();
+    let gate = deferred();
+    backend.before = async () => {
+      active++;
+      maxActive = Math.max(maxActive, active);
+      if (active === 4) fourIn.resolve();
+      await gate.promise;
+      active--;
+    };
+    return {
+      backend,
+      fourIn: fourIn.promise,
+      maxActive: () => maxActive,
+      release: () => {
+        const closed = gate;
+        gate = { promise: Promise.resolve(), resolve: () => undefined, reject: () => undefined };
+        closed.resolve();
       },
     };
   }
@@ -735,7 +766,7 @@ describe('Pipeline', () => {
     await p.waitFor(1);
     p.stream.end();
     await p.ended;
-    const flat = p.responses.flatMap((r) => (r.batch && r.batch.length > 0 ? r.batch : [r]));
+    const flat = p.flat();
     expect(p.responses.length).toBeLessThan(flat.length); // coalesced
     const byId = new Map(flat.map((r) => [r.id, r]));
     expect([...byId.keys()].sort()).toEqual([1, 2, 3, 4]);
@@ -755,39 +786,26 @@ describe('Pipeline', () => {
     p.send({ batch: Array.from({ length: n }, (_, i) => ({ id: i + 1, put: { key: `k${i}`, value: utf8('v') } })) });
     p.stream.end();
     await p.ended;
-    const flat = p.responses.flatMap((r) => (r.batch && r.batch.length > 0 ? r.batch : [r]));
+    const flat = p.flat();
     expect(flat).toHaveLength(n);
     expect(flat.every((r) => r.error?.code === grpc.status.INVALID_ARGUMENT && r.error.retrySafe === true)).toBe(true);
     expect(backend.calls.put ?? 0).toBe(0);
   });
 
   it('bounds the ops in flight of a batch too, starting the rest in order as ops finish', async () => {
-    const backend = new MemoryBackend();
+    const { backend, fourIn, maxActive, release } = gatedBackend();
     const { kv } = await start(backend, { pipelineMaxInFlight: 4 });
-    let active = 0;
-    let maxActive = 0;
-    const fourIn = deferred();
-    let gate = deferred();
-    backend.before = async () => {
-      active++;
-      maxActive = Math.max(maxActive, active);
-      if (active === 4) fourIn.resolve();
-      await gate.promise;
-      active--;
-    };
     const p = open(kv);
     p.send({ batch: Array.from({ length: 40 }, (_, i) => ({ id: i + 1, put: { key: 'same', value: utf8(String(i)) } })) });
     p.stream.end();
-    await fourIn.promise;
+    await fourIn;
     await new Promise((r) => setImmediate(r));
     expect(backend.calls.put).toBe(4);
-    const release = gate;
-    gate = { promise: Promise.resolve(), resolve: () => undefined, reject: () => undefined };
-    release.resolve();
+    release();
     await p.ended;
-    const flat = p.responses.flatMap((r) => (r.batch && r.batch.length > 0 ? r.batch : [r]));
+    const flat = p.flat();
     expect(flat).toHaveLength(40);
-    expect(maxActive).toBeLessThanOrEqual(4);
+    expect(maxActive()).toBeLessThanOrEqual(4);
     // Started in batch order: revision order follows id order.
     const revs = flat.sort((x, y) => x.id! - y.id!).map((r) => r.put!.revision!);
     expect(revs).toEqual([...revs].sort((x, y) => x - y));
@@ -810,31 +828,18 @@ describe('Pipeline', () => {
   });
 
   it('bounds the ops in flight per stream by pausing reads', async () => {
-    const backend = new MemoryBackend();
+    const { backend, fourIn, maxActive, release } = gatedBackend();
     const { kv } = await start(backend, { pipelineMaxInFlight: 4 });
-    let active = 0;
-    let maxActive = 0;
-    let gate = deferred();
-    const fourIn = deferred();
-    backend.before = async () => {
-      active++;
-      maxActive = Math.max(maxActive, active);
-      if (active === 4) fourIn.resolve();
-      await gate.promise;
-      active--;
-    };
     const p = open(kv);
     for (let i = 1; i <= 40; i++) p.send({ id: i, put: { key: `k${i}`, value: utf8('v') } });
     p.stream.end();
-    await fourIn.promise;
+    await fourIn;
     await new Promise((r) => setImmediate(r)); // let any extra (unbounded) ops arrive
     expect(backend.calls.put).toBe(4);
-    const release = gate;
-    gate = { promise: Promise.resolve(), resolve: () => undefined, reject: () => undefined };
-    release.resolve();
+    release();
     await p.waitFor(40);
     await p.ended;
-    expect(maxActive).toBeLessThanOrEqual(4);
+    expect(maxActive()).toBeLessThanOrEqual(4);
     expect(backend.sm.revision).toBe(40);
   });
 });
