@@ -14,20 +14,10 @@ import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { WatchDispatcher, type DispatchHost, type DispatchWatch } from '../../src/extensions/dispatcher.js';
 import type { ExtensionEvent } from '../../src/extensions/api.js';
 import type { KvEvent } from '../../src/statemachine/index.js';
+import { mulberry32 } from '../support/mulberry32.js';
 
 type Sink = Parameters<DispatchHost['subscribe']>[2];
 
-/** A small deterministic PRNG (mulberry32). */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** One schedule's knobs. */
 interface Scenario {
@@ -137,7 +127,7 @@ class ModelShard {
 
 /** Runs one schedule; returns the problems found (empty: it held). */
 async function runScenario(s: Scenario): Promise<string[]> {
-  const rand = prng(s.seed);
+  const rand = mulberry32(s.seed);
   const shard = new ModelShard(s.window, rand);
   const keyOf = () => `/p/k${Math.floor(rand() * s.keys)}`;
   for (let i = 0; i < s.before; i++) shard.write(keyOf(), `v${i}`, false);

@@ -2,6 +2,7 @@
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { checkKvLinearizable, type KvOperation } from './linearizability.js';
+import { mulberry32 } from '../support/mulberry32.js';
 
 function put(key: string, value: string, call: number, ret?: number, clientId = 0): KvOperation {
   return ret === undefined
@@ -119,20 +120,9 @@ const validHistoryArb = fc
   })
   .map((specs) => buildHistory(specs));
 
-/** Deterministic PRNG (mulberry32) for the fixed-size performance histories. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function perfSpecs(seed: number, n: number, clients: number, pendingRate: number): OpSpec[] {
-  const r = rng(seed);
+  const r = mulberry32(seed);
   const specs: OpSpec[] = [];
   for (let i = 0; i < n; i++) {
     specs.push({

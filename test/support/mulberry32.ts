@@ -1,0 +1,13 @@
+/** mulberry32, a small deterministic PRNG for tests whose pinned seeds were found with it (the product's own generator is raft's SeededRandom, a different sequence). */
+
+/** A function returning floats in [0, 1), the same sequence for the same seed on every machine. */
+export function mulberry32(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
