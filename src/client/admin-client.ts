@@ -11,11 +11,11 @@
 import * as grpc from '@grpc/grpc-js';
 import { AdminStubClient } from '../wire/admin-proto.js';
 import { AUTHORIZATION_METADATA, bearer } from '../wire/auth.js';
-import { META_REASON, neverReachedServer } from '../wire/metadata.js';
 import { HealthStubClient, type HealthStatus, type HealthStub } from '../wire/health-proto.js';
 import { ClusterStubClient, type ClusterStub, type GetShardMapResponseMsg, type StatusResponseMsg } from '../wire/proto.js';
 import { emptyMap, type ClusterMap, type MemberInfo, type PoolSpec, type ShardInfo } from '../sharding/index.js';
-import { KvError } from './errors.js';
+import { KvError, serviceCallError } from './errors.js';
+import { META_LEADER_METADATA } from '../wire/auth-proto.js';
 import type { KvClientTlsOptions } from './transport.js';
 import { nodeStatus, type KvGroupStatus, type KvNodeStatus } from './types.js';
 
@@ -336,7 +336,7 @@ export class AdminClient {
         req,
         this.md(),
         { deadline: this.deadline() },
-        (e, r) => (e ? reject(toKvError(e, address)) : resolve(r as T)),
+        (e, r) => (e ? reject(serviceCallError(e, address, [META_LEADER_METADATA])) : resolve(r as T)),
       );
     });
   }
@@ -393,7 +393,7 @@ export class AdminClient {
         this.md(),
         { deadline: this.deadline() },
         (e, r) => {
-          if (e) return reject(toKvError(e, address));
+          if (e) return reject(serviceCallError(e, address, [META_LEADER_METADATA]));
           resolve({ record: r?.record ? fromRecord(r.record) : undefined, status: fromStatus(r?.status ?? {}) });
         },
       );
@@ -523,7 +523,7 @@ export class AdminClient {
         {},
         new grpc.Metadata(),
         { deadline: new Date(Date.now() + deadlineMs) },
-        (e, r) => (e ? reject(toKvError(e, address)) : resolve(r as T)),
+        (e, r) => (e ? reject(serviceCallError(e, address, [META_LEADER_METADATA])) : resolve(r as T)),
       );
     });
   }
@@ -627,13 +627,3 @@ function isBusy(e: KvError): boolean {
   return e.reason !== undefined ? e.reason === 'BUSY' : e.message.startsWith('BUSY');
 }
 
-function toKvError(e: grpc.ServiceError, endpoint: string): KvError {
-  const leader = e.metadata?.get('kv-meta-leader')[0];
-  const reason = e.metadata?.get(META_REASON)[0];
-  return new KvError(e.code, e.details || e.message, {
-    endpoint,
-    ...(reason ? { reason: String(reason) } : {}),
-    retrySafe: e.metadata?.get('kv-retry-safe')[0] === '1' || neverReachedServer(e),
-    ...(leader ? { leader: String(leader) } : {}),
-  });
-}

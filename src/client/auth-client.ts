@@ -6,8 +6,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { AuthStubClient, META_LEADER_METADATA } from '../wire/auth-proto.js';
 import { AUTHORIZATION_METADATA, bearer } from '../wire/auth.js';
-import { neverReachedServer } from '../wire/metadata.js';
-import { KvError } from './errors.js';
+import { KvError, serviceCallError } from './errors.js';
 import type { KvClientTlsOptions } from './transport.js';
 
 /** A permission as the client shows it: `type` on every key starting with `prefix`. */
@@ -45,14 +44,6 @@ export interface AuthClientOptions {
 
 type Stub = grpc.Client & Record<string, (...args: unknown[]) => unknown>;
 
-function toKvError(e: grpc.ServiceError, endpoint: string): KvError {
-  const leader = e.metadata?.get(META_LEADER_METADATA)[0];
-  return new KvError(e.code, e.details || e.message, {
-    endpoint,
-    retrySafe: e.metadata?.get('kv-retry-safe')[0] === '1' || neverReachedServer(e),
-    ...(leader ? { leader: String(leader) } : {}),
-  });
-}
 
 /** The channel credentials of `tls` (plaintext without). */
 export function channelCredentials(tls: KvClientTlsOptions | undefined): grpc.ChannelCredentials {
@@ -148,7 +139,7 @@ export class AuthClient {
         req,
         md,
         { deadline: new Date(Date.now() + (this.opts.deadlineMs ?? 30_000)) },
-        (e, r) => (e ? reject(toKvError(e, address)) : resolve(r as T)),
+        (e, r) => (e ? reject(serviceCallError(e, address, [META_LEADER_METADATA])) : resolve(r as T)),
       );
     });
   }

@@ -1,6 +1,6 @@
 /** Errors the kvcascade client throws: KvError (a gRPC status code name and message) and CompactedError. */
 import * as grpc from '@grpc/grpc-js';
-import { readKvMetadata } from '../wire/metadata.js';
+import { META_REASON, META_RETRY_SAFE, neverReachedServer, readKvMetadata } from '../wire/metadata.js';
 
 /** The name of a gRPC status code, e.g. "UNAVAILABLE". */
 export type KvErrorCode = keyof typeof grpc.status;
@@ -85,4 +85,20 @@ function readableDetails(err: grpc.ServiceError, endpoint: string | undefined): 
     return `no connection to the node${at} (${why})`;
   }
   return raw;
+}
+
+/**
+ * A KvError for a failed call of the admin, auth or lease services: the status, the server's
+ * `kv-reason`, retry-safe when the server said so or the call never reached it, and the leader
+ * named by the first of `leaderKeys` present (e.g. `kv-meta-leader`).
+ */
+export function serviceCallError(e: grpc.ServiceError, endpoint: string, leaderKeys: readonly string[]): KvError {
+  const leader = leaderKeys.map((k) => e.metadata?.get(k)[0]).find((v) => v !== undefined);
+  const reason = e.metadata?.get(META_REASON)[0];
+  return new KvError(e.code, e.details || e.message, {
+    endpoint,
+    retrySafe: e.metadata?.get(META_RETRY_SAFE)[0] === '1' || neverReachedServer(e),
+    ...(leader ? { leader: String(leader) } : {}),
+    ...(reason ? { reason: String(reason) } : {}),
+  });
 }

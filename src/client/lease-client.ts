@@ -8,9 +8,8 @@ import * as grpc from '@grpc/grpc-js';
 import { META_LEADER_METADATA } from '../wire/auth-proto.js';
 import { AUTHORIZATION_METADATA, bearer } from '../wire/auth.js';
 import { LeaseStubClient, SHARD_LEADER_METADATA } from '../wire/lease-proto.js';
-import { neverReachedServer } from '../wire/metadata.js';
 import { channelCredentials, LoginCredentials, login } from './auth-client.js';
-import { KvError } from './errors.js';
+import { KvError, serviceCallError } from './errors.js';
 import type { KvClientTlsOptions } from './transport.js';
 import type { KvPutResult } from './types.js';
 
@@ -52,14 +51,6 @@ const STALL_MS = 1_500;
 
 type Stub = grpc.Client & Record<string, (...args: unknown[]) => unknown>;
 
-function toKvError(e: grpc.ServiceError, endpoint: string): KvError {
-  const leader = e.metadata?.get(META_LEADER_METADATA)[0] ?? e.metadata?.get(SHARD_LEADER_METADATA)[0];
-  return new KvError(e.code, e.details || e.message, {
-    endpoint,
-    retrySafe: e.metadata?.get('kv-retry-safe')[0] === '1' || neverReachedServer(e),
-    ...(leader ? { leader: String(leader) } : {}),
-  });
-}
 
 interface Kept {
   readonly id: number;
@@ -119,7 +110,7 @@ export class LeaseClient extends EventEmitter<LeaseClientEvents> {
         req,
         this.metadata(),
         { deadline: new Date(Date.now() + (this.opts.deadlineMs ?? 10_000)) },
-        (e, r) => (e ? reject(toKvError(e, address)) : resolve(r as T)),
+        (e, r) => (e ? reject(serviceCallError(e, address, [META_LEADER_METADATA, SHARD_LEADER_METADATA])) : resolve(r as T)),
       );
     });
   }
