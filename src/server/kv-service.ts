@@ -1,7 +1,7 @@
 /**
  * The gRPC KV and Cluster services over a {@link Coordinator}: call metadata to routing context, failures to statuses with kvcascade metadata, watch and pipeline stream plumbing, and the handler table.
  *
- * Size: just over 500 lines: one handler per RPC, each a short mapping onto the coordinator;
+ * Size: about 630 lines: one handler per RPC, each a short mapping onto the coordinator;
  * routing, forwarding and watch merging already live in src/coordinator.
  */
 import * as grpc from '@grpc/grpc-js';

@@ -1,7 +1,7 @@
 /**
  * ExtensionRunner: loads one extension (a JS module or a native C-ABI package) and runs its lambdas, isolated in a worker thread, in a child process (JS only) or in-process (trusted mode, JS only).
  *
- * Size: one class (about 830 lines) because loading, the invocation queue, timeouts, the
+ * Size: one class (about 850 lines) because loading, the invocation queue, timeouts, the
  * restart-with-backoff loop and poison-event isolation (suspects run alone) all act on the same
  * current backend and pending invocations, whose transitions must be read together; the
  * backends themselves (worker, child process, in-process) and the wire protocol live apart.
