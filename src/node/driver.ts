@@ -3,7 +3,10 @@
  * injected `Scheduler` (scheduler.ts) — the wall clock in kvd, virtual time under the simulator.
  * Each ready round stages every group's writes → sends the early messages (a leader's appends and
  * heartbeats) and applies what is committed → fsyncs the round's one batch → sends the messages
- * that promise durability (acknowledgements, votes) → advances. It also receives peers' messages,
+ * that promise durability (acknowledgements, votes) → advances. While a round waits for its
+ * fsync, ticks and received messages still send the heartbeats and heartbeat responses the cores
+ * produce (they promise nothing about the disk), so a slow fsync does not cost a leader its
+ * followers or its quorum. It also receives peers' messages,
  * stages an installed snapshot's records in time slices, and offers the deadline and map waits
  * that go by the same clock.
  */
@@ -87,6 +90,7 @@ export class NodeDriver {
     if (opts.quiesce !== false) stepQuiescence(this.replicas.values(), id, (peer) => this.replicas.heardWithin(peer, electionMs));
     for (const r of this.replicas.values()) r.tick();
     this.replicas.periodic(this.scheduler.now());
+    this.sendLiveness();
     this.sendKeepalives(tickMs);
     this.scheduleReady();
   }
@@ -135,7 +139,20 @@ export class NodeDriver {
         this.parts.log.warn({ err: String(e), type: m.type, from: m.from }, 'raft refused a message');
       }
     }
+    this.sendLiveness();
     this.scheduleReady();
+  }
+
+  /**
+   * While a round is in progress (its fsync pending) or a replica is staging an installed
+   * snapshot, that replica's next Ready waits; its heartbeats and heartbeat responses at a
+   * durable term go now instead (RawNode.takeLivenessMessages). Otherwise the round about to
+   * run sends them, so nothing changes when the disk keeps up.
+   */
+  private sendLiveness(): void {
+    for (const r of this.replicas.values()) {
+      if (this.inReady || r.installing) this.send(r.takeLivenessMessages());
+    }
   }
 
   /** Runs a ready round soon (once, however often it is asked before it runs). */

@@ -308,6 +308,11 @@ export class ShardReplica {
     return this.raw.ready();
   }
 
+  /** Heartbeats and their responses at a durable term, sendable while a Ready waits for its fsync (RawNode.takeLivenessMessages). */
+  takeLivenessMessages(): Message[] {
+    return this.raw.takeLivenessMessages();
+  }
+
   /** Tells the Raft core a Ready was persisted, sent and applied; returns the membership it applied, if changed. */
   advance(rd: Ready): ConfState | undefined {
     return this.raw.advance(rd);

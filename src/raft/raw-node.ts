@@ -2,6 +2,8 @@
  * The host-facing driver of one Raft replica: feeds inputs to `Raft` and hands its outputs out
  * as one `Ready` batch at a time, enforcing its contract (see `Ready` in types.ts): start the
  * durable write → send early messages → apply → once durable, send the other messages → advance.
+ * Heartbeats and their responses at a durable term may also be taken on their own, at any time
+ * (`takeLivenessMessages`), so that a slow fsync does not silence a leader.
  */
 import { decodeConfChange, Raft, type RaftConfig } from './raft.js';
 import {
@@ -159,6 +161,26 @@ export class RawNode {
   }
 
   /**
+   * Takes the messages that may go out at any time, even while a Ready is outstanding: a
+   * leader's heartbeats and the heartbeat responses, if they carry a term this replica has
+   * already made durable (the term of the last advanced hard state, or the one it started with).
+   * Neither carries entries nor acknowledges a write (a heartbeat's commit is at most what the
+   * receiver matched; a response only says "I follow you in this term"), so a host whose fsync
+   * is slow sends them without waiting for it: its followers hear their leader (no election)
+   * and the leader hears its quorum (check-quorum, ReadIndex). Everything else stays, in order,
+   * for the next Ready. Deterministic: a function of the core's state only.
+   */
+  takeLivenessMessages(): Message[] {
+    const r = this.raft;
+    if (r.msgs.length === 0) return [];
+    const out: Message[] = [];
+    const keep: Message[] = [];
+    for (const m of r.msgs) (LIVENESS_TYPES.has(m.type) && m.term === this.prevHard.term ? out : keep).push(m);
+    if (out.length > 0) r.msgs = keep;
+    return out;
+  }
+
+  /**
    * Acknowledges that a Ready was persisted, sent and applied. Configuration changes among the
    * committed entries take effect here. Returns the configuration changes applied (in order).
    */
@@ -226,6 +248,9 @@ const EARLY_TYPES = new Set<string>([
   MessageType.TimeoutNow,
   MessageType.ReadIndexResp,
 ]);
+
+/** Messages that promise nothing about the log or a vote: sendable outside a Ready (see `takeLivenessMessages`). */
+const LIVENESS_TYPES = new Set<string>([MessageType.Heartbeat, MessageType.HeartbeatResp]);
 
 function isForwardable(m: Message): boolean {
   return m.type === MessageType.Prop || m.type === MessageType.ReadIndex || m.type === MessageType.TransferLeader;

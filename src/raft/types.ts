@@ -173,6 +173,8 @@ export interface SoftState {
  * 4. once the write of step 1 is durable, send `messages` (votes, acknowledgements: they
  *    promise what is now on disk), then call `advance(ready)`.
  * `readStates` may be served once the state machine has applied up to each one's index.
+ * Between Readies (even while one is outstanding) the host may take and send the heartbeats and
+ * heartbeat responses at a durable term (`RawNode.takeLivenessMessages`); nothing else.
  */
 export interface Ready {
   readonly softState?: SoftState;

@@ -190,8 +190,10 @@ const configArb = fc
     // Production runs with both on; the core supports every combination, so all are exercised.
     preVote: fc.boolean(),
     checkQuorum: fc.boolean(),
+    // kvd sends heartbeats and their responses while a Ready's write is syncing (driver.ts).
+    livenessWhileSyncing: fc.boolean(),
   })
-  .chain(({ seed, nodes, snapshotEvery, maxAppendBytes, preVote, checkQuorum }) =>
+  .chain(({ seed, nodes, snapshotEvery, maxAppendBytes, preVote, checkQuorum, livenessWhileSyncing }) =>
     scheduleArb(nodes).map(
       (schedule): SimConfig => ({
         seed,
@@ -200,7 +202,7 @@ const configArb = fc
         schedule,
         clients: 3,
         keys: ['x', 'y'],
-        host: { snapshotEvery, compactionLag: 3, electionTicks: 10, heartbeatTicks: 2, snapshotChunkBytes: 128, maxAppendBytes, preVote, checkQuorum },
+        host: { snapshotEvery, compactionLag: 3, electionTicks: 10, heartbeatTicks: 2, snapshotChunkBytes: 128, maxAppendBytes, preVote, checkQuorum, livenessWhileSyncing },
         livenessBoundMs: 4000,
       }),
     ),

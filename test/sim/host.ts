@@ -37,6 +37,12 @@ export interface HostOptions {
    * must not stop would. Only for runs with forged (Byzantine) traffic; normally both are bugs.
    */
   readonly tolerateBadData?: boolean;
+  /**
+   * While a Ready's write is being synced, send the heartbeats and heartbeat responses the core
+   * produces meanwhile (RawNode.takeLivenessMessages), as kvd's driver does; off: they wait for
+   * the next Ready.
+   */
+  readonly livenessWhileSyncing?: boolean;
 }
 
 /** What the host did with the part of a Ready that does not wait for the disk (for invariant checks). */

@@ -403,7 +403,14 @@ export class Simulator {
     const slot = this.slots.get(id)!;
     if (!slot.up) return; // it crashed during the event (an event-triggered crash)
     this.checkNode(id);
-    if (slot.syncing) return;
+    if (slot.syncing) {
+      if (!this.cfg.host?.livenessWhileSyncing) return;
+      for (const m of slot.host.node.takeLivenessMessages()) {
+        this.send(m);
+        if (!slot.up) return;
+      }
+      return;
+    }
     const rd = slot.host.startReady();
     if (!rd) return;
     if (this.cfg.trace) this.traceReady(id, rd);
