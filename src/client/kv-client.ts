@@ -238,7 +238,7 @@ export class KvClient {
     this.session = opts.sessions === false ? undefined : new ClientSession();
     this.batching = opts.batching !== false;
     const token = opts.token ?? opts.adminToken;
-    this.leaseOptions = { endpoints: opts.endpoints, ...(opts.tls ? { tls: opts.tls } : {}), ...(token !== undefined ? { token } : {}), ...(opts.user !== undefined ? { user: opts.user, password: opts.password ?? '' } : {}) };
+    this.leaseOptions = { endpoints: opts.endpoints, ...(this.session ? { session: this.session } : {}), ...(opts.attemptTimeoutMs !== undefined ? { attemptTimeoutMs: opts.attemptTimeoutMs } : {}), ...(opts.tls ? { tls: opts.tls } : {}), ...(token !== undefined ? { token } : {}), ...(opts.user !== undefined ? { user: opts.user, password: opts.password ?? '' } : {}) };
     this.transport = new Transport({
       endpoints: opts.endpoints,
       tls: opts.tls,

@@ -10,6 +10,7 @@ import { AUTHORIZATION_METADATA, bearer } from '../wire/auth.js';
 import { LeaseStubClient, SHARD_LEADER_METADATA } from '../wire/lease-proto.js';
 import { channelCredentials, LoginCredentials, login } from './auth-client.js';
 import { KvError, serviceCallError } from './errors.js';
+import type { ClientSession } from './session.js';
 import type { KvClientTlsOptions } from './transport.js';
 import type { KvPutResult } from './types.js';
 
@@ -24,6 +25,15 @@ export interface LeaseClientOptions {
   readonly password?: string;
   /** Deadline of each unary call in ms (default 10 s). */
   readonly deadlineMs?: number;
+  /**
+   * The client's write session (a KvClient passes its own): a put with a lease then carries
+   * (session id, seq), the key's shard applies it at most once, and the client retries it after
+   * any failure that leaves its outcome unknown (a timeout, a dropped connection), as other
+   * writes. Without one, a put with a lease is retried only when it surely did not apply.
+   */
+  readonly session?: ClientSession;
+  /** With a session: longest attempt of a put with a lease before trying again (default 1.5 s, as KvClient's). */
+  readonly attemptTimeoutMs?: number;
 }
 
 /** A lease as listed or looked up. */
@@ -104,31 +114,42 @@ export class LeaseClient extends EventEmitter<LeaseClientEvents> {
     return md;
   }
 
-  private unary<T>(address: string, method: string, req: unknown): Promise<T> {
+  private unary<T>(address: string, method: string, req: unknown, deadlineAt = Date.now() + (this.opts.deadlineMs ?? 10_000)): Promise<T> {
     return new Promise((resolve, reject) => {
       (this.stub(address)[method] as (r: unknown, md: grpc.Metadata, o: grpc.CallOptions, cb: (e: grpc.ServiceError | null, r?: T) => void) => void)(
         req,
         this.metadata(),
-        { deadline: new Date(Date.now() + (this.opts.deadlineMs ?? 10_000)) },
+        { deadline: new Date(deadlineAt) },
         (e, r) => (e ? reject(serviceCallError(e, address, [META_LEADER_METADATA, SHARD_LEADER_METADATA])) : resolve(r as T)),
       );
     });
   }
 
-  /** Calls `method`, following leader redirects and trying the endpoints in turn while the answer is UNAVAILABLE and retry-safe. */
-  private async call<T>(method: string, req: unknown, first?: string): Promise<T> {
-    if (this.login) await this.login.ensure(Date.now() + (this.opts.deadlineMs ?? 10_000));
+  /**
+   * Calls `method`, following leader redirects and trying the endpoints in turn while the answer is
+   * UNAVAILABLE and retry-safe. `repeatable` (a write with a session, applied at most once): the
+   * call has one deadline, each attempt at most `attemptTimeoutMs` of it, and any UNAVAILABLE,
+   * CANCELLED or attempt timeout is tried again.
+   */
+  private async call<T>(method: string, req: unknown, first?: string, repeatable = false): Promise<T> {
+    const deadlineMs = this.opts.deadlineMs ?? 10_000;
+    const callDeadlineAt = Date.now() + deadlineMs;
+    if (this.login) await this.login.ensure(callDeadlineAt);
     const eps = this.opts.endpoints;
     let next = 0;
     let target = first ?? this.streamTarget;
     const attempts = Math.max(8, 3 * eps.length);
     for (let attempt = 1; ; attempt++) {
+      const attemptDeadlineAt = repeatable ? Math.min(callDeadlineAt, Date.now() + (this.opts.attemptTimeoutMs ?? 1_500)) : Date.now() + deadlineMs;
       try {
-        const r = await this.unary<T>(target, method, req);
+        const r = await this.unary<T>(target, method, req, attemptDeadlineAt);
         if (method !== 'leasePut') this.streamTarget = target;
         return r;
       } catch (e) {
-        const retry = e instanceof KvError && e.code === 'UNAVAILABLE' && e.retrySafe && attempt < attempts;
+        const unknownOutcome =
+          e instanceof KvError && (e.code === 'UNAVAILABLE' || e.code === 'CANCELLED' || (e.code === 'DEADLINE_EXCEEDED' && attemptDeadlineAt < callDeadlineAt));
+        const retry =
+          e instanceof KvError && attempt < attempts && ((e.code === 'UNAVAILABLE' && e.retrySafe) || (repeatable && unknownOutcome && Date.now() < callDeadlineAt));
         if (!retry) throw e;
         const to = e.leader && e.leader !== target ? e.leader : eps[++next % eps.length]!;
         if (!e.leader || e.leader === target) await new Promise((r) => setTimeout(r, Math.min(1_000, 100 * attempt)));
@@ -166,14 +187,25 @@ export class LeaseClient extends EventEmitter<LeaseClientEvents> {
     return (r.leases ?? []).map((l) => ({ id: Number(l.id ?? 0), ttl: Number(l.ttl ?? 0), grantedTtl: Number(l.grantedTtl ?? 0), owner: l.owner ?? '' }));
   }
 
-  /** Writes `key` attached to lease `lease` (deleted when the lease ends); with `expectedVersion`, only if the key's version equals it. */
+  /**
+   * Writes `key` attached to lease `lease` (deleted when the lease ends); with `expectedVersion`,
+   * only if the key's version equals it. With the client's session (`session` option), applied at
+   * most once however often it is retried.
+   */
   async put(key: string, value: Uint8Array | string, o: { lease: number; expectedVersion?: number; route?: string }): Promise<KvPutResult> {
     const v = typeof value === 'string' ? new TextEncoder().encode(value) : value;
-    const r = await this.call<{ succeeded?: boolean; revision?: number | string; version?: number | string; timestampMs?: number | string }>(
-      'leasePut',
-      { key, value: v, lease: o.lease, ...(o.expectedVersion !== undefined ? { expectedVersion: o.expectedVersion } : {}) },
-      o.route,
-    );
+    const s = this.opts.session?.begin();
+    let r: { succeeded?: boolean; revision?: number | string; version?: number | string; timestampMs?: number | string };
+    try {
+      r = await this.call<typeof r>(
+        'leasePut',
+        { key, value: v, lease: o.lease, ...(o.expectedVersion !== undefined ? { expectedVersion: o.expectedVersion } : {}), ...(s ? { session: s.wire } : {}) },
+        o.route,
+        s !== undefined,
+      );
+    } finally {
+      s?.end();
+    }
     const ok = r.succeeded === true;
     return { succeeded: ok, version: ok ? Number(r.version ?? 0) : 0, timestampMs: Number(r.timestampMs ?? 0), revision: Number(r.revision ?? 0), currentVersion: ok ? 0 : Number(r.version ?? 0) };
   }

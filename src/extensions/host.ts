@@ -10,7 +10,7 @@
  */
 import type { Scheduler } from '../node/scheduler.js';
 import type { ClusterMap } from '../sharding/index.js';
-import type { Command, CommandResult, KvEvent } from '../statemachine/types.js';
+import type { Command, CommandResult, KvEvent, WriteSession } from '../statemachine/types.js';
 
 /** A data shard (or the metadata group) this node gained (`leader` true) or lost the leadership of, in `term`. */
 export interface LeadershipChange {
@@ -97,8 +97,9 @@ export interface HostShard {
   /**
    * Proposes a system command (shard-local or registry keys, which clients cannot write) and
    * resolves with its result once applied; rejects when this node does not lead or `deadlineMs` passes.
+   * With `session` (a client's, e.g. a put with a lease), the shard applies it at most once per (id, seq).
    */
-  propose(cmd: SystemCommand, deadlineMs: number): Promise<CommandResult>;
+  propose(cmd: SystemCommand, deadlineMs: number, session?: WriteSession): Promise<CommandResult>;
 }
 
 /** The node an extension manager runs on. */

@@ -108,6 +108,6 @@ function replicaShard(node: KvNode, group: number): HostShard {
       );
     },
     // Looked up at call time (tests wrap node.execute to hold writes).
-    propose: async (cmd, deadlineMs) => node.execute(group, cmd, { deadlineMs }, 'system'),
+    propose: async (cmd, deadlineMs, session) => node.execute(group, cmd, { deadlineMs, ...(session ? { session } : {}) }, 'system'),
   };
 }

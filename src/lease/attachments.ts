@@ -5,7 +5,7 @@
  * keys with one `revokeLeaseKeys` command: one revision per shard), and the periodic sweep of attachments whose lease is
  * gone (a fan-out missed during a leader change, a put racing a revoke).
  */
-import type { TxnCompare } from '../statemachine/index.js';
+import type { TxnCompare, WriteSession } from '../statemachine/index.js';
 import type { LeaseClock, LeaseCounters, LeaseHost, LeaseShard } from './host.js';
 import {
   attachmentKey,
@@ -26,6 +26,8 @@ export interface LeasePut {
   readonly value: Uint8Array;
   readonly lease: number;
   readonly expectedVersion?: number;
+  /** The client's write session: the shard applies the put at most once (a retry gets the first attempt's result). */
+  readonly session?: WriteSession;
 }
 
 const EMPTY = new Uint8Array(0);
@@ -131,7 +133,7 @@ export class LeaseAttachments {
       );
     }
     const compares: TxnCompare[] = req.expectedVersion !== undefined ? [{ key: req.key, version: req.expectedVersion }] : [];
-    const res = await s.propose({ type: 'txn', compares, writes: [{ type: 'put', key: req.key, value: req.value }, { type: 'put', key: aKey, value: EMPTY }] }, deadlineMs);
+    const res = await s.propose({ type: 'txn', compares, writes: [{ type: 'put', key: req.key, value: req.value }, { type: 'put', key: aKey, value: EMPTY }] }, deadlineMs, req.session);
     if (res.type === 'rejected') throw res.error;
     if (res.type !== 'txn') throw new Error(`unexpected result ${res.type}`);
     if (!res.succeeded) return { succeeded: false, revision: res.revision, version: s.get(req.key)?.version ?? 0, timestampMs: res.timestampMs };

@@ -1,5 +1,5 @@
 /** What the lease code needs of a node: its metadata and data groups as replicated here, key routing, a clock; and the counters it keeps. */
-import type { CommandResult, RevokeLeaseKeysCommand, TxnCommand } from '../statemachine/index.js';
+import type { CommandResult, RevokeLeaseKeysCommand, TxnCommand, WriteSession } from '../statemachine/index.js';
 
 /** One Raft group as the lease manager uses it (an extensions HostShard fits). */
 export interface LeaseShard {
@@ -13,8 +13,8 @@ export interface LeaseShard {
   revision(): number;
   barrier(deadlineMs: number): Promise<void>;
   currentRevision(untilMs: number): Promise<number>;
-  /** Proposes a system-origin command (a txn, or a shard's lease revoke) and resolves with its result once applied. */
-  propose(cmd: TxnCommand | RevokeLeaseKeysCommand, deadlineMs: number): Promise<CommandResult>;
+  /** Proposes a system-origin command (a txn, or a shard's lease revoke) and resolves with its result once applied; with `session`, applied at most once per (id, seq). */
+  propose(cmd: TxnCommand | RevokeLeaseKeysCommand, deadlineMs: number, session?: WriteSession): Promise<CommandResult>;
   /** Committed events under `prefix` from `fromRevision` (optional: without it the manager lists the lease records when the group's revision moves). */
   subscribe?(
     prefix: string,

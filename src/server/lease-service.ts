@@ -11,6 +11,7 @@ import { isReservedKey } from '../sharding/index.js';
 import { ValidationError, validateKey } from '../statemachine/index.js';
 import { META_LEADER_METADATA } from '../wire/auth-proto.js';
 import { leaseServiceDefinition, SHARD_LEADER_METADATA } from '../wire/lease-proto.js';
+import { checkSession } from '../wire/request-validation.js';
 import { authorizationOf, certNameOf, type CredentialCall } from './auth-service.js';
 
 /** Options of {@link addLeaseService}. */
@@ -126,8 +127,9 @@ export function addLeaseService(server: grpc.Server, leases: LeaseManager, opts:
         opts.access?.authorize(p, 'write', key);
         const value = req['value'] instanceof Uint8Array ? req['value'] : new Uint8Array(0);
         const ev = req['expectedVersion'];
+        const session = checkSession(req['session']);
         const r = await leases.put(
-          { key, value, lease: id(req['lease']), ...(ev !== undefined && ev !== null ? { expectedVersion: Number(ev) } : {}) },
+          { key, value, lease: id(req['lease']), ...(ev !== undefined && ev !== null ? { expectedVersion: Number(ev) } : {}), ...(session ? { session } : {}) },
           deadlineOf(call),
         );
         return r;
