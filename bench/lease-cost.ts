@@ -1,4 +1,4 @@
-/** Measures the cost of keeping many leases alive (`node dist/bench/lease-cost.js [flags]`): on a fresh 3-node kvd cluster and a fresh 3-member etcd cluster in the same run, grants N leases, keeps them all alive over one keep-alive stream for a while, and prints server CPU, keep-alive messages per second and leases lost; writes bench/results/lease-cost.json. */
+/** Measures the cost of keeping many leases alive (`node dist/bench/lease-cost.js [flags]`): on a fresh 3-node kvd cluster and a fresh 3-member etcd cluster in the same run, grants N leases, keeps them all alive over one keep-alive stream for a while, and prints server CPU, keep-alive messages per second, leases lost and (kvd) the Raft messages its nodes send each other per second; writes bench/results/lease-cost.json. */
 import { mkdir, writeFile } from 'node:fs/promises';
 import { cpus, loadavg } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -37,6 +37,28 @@ interface Row {
   readonly serverCores: number;
   readonly serverCpuUsPerKeepAlive: number;
   readonly leasesLost: number;
+  /** kvd only: Raft messages and peer-stream batches sent per second over the window, summed over the 3 nodes (`kvcascade_peer_messages_sent_total`, `kvcascade_peer_batches_sent_total`); undefined where /metrics was not read. */
+  readonly peerMessagesPerSec?: number;
+  readonly peerBatchesPerSec?: number;
+}
+
+/** The sum over `c`'s nodes of the Prometheus counter `name` (undefined when a node's /metrics cannot be read). */
+async function counterSum(c: RunningCluster, name: string): Promise<number | undefined> {
+  const ports = (await c.metricsPorts?.()) ?? [];
+  if (ports.length === 0) return undefined;
+  let total = 0;
+  for (const port of ports) {
+    if (port === undefined) return undefined;
+    try {
+      const res = await fetch(`http://127.0.0.1:${port}/metrics`, { signal: AbortSignal.timeout(5_000) });
+      const m = new RegExp(`^${name} (\\S+)$`, 'm').exec(await res.text());
+      if (!m) return undefined;
+      total += Number(m[1]);
+    } catch {
+      return undefined;
+    }
+  }
+  return total;
 }
 
 async function cpuOf(c: RunningCluster): Promise<number> {
@@ -75,11 +97,15 @@ async function runKvd(n: number, ttl: number, seconds: number, log: (s: string) 
     await new Promise((r) => setTimeout(r, (ttl * 1000) / 3 + 500));
     const s0 = { ...lc.stats };
     profile();
+    const msgs0 = await counterSum(c, 'kvcascade_peer_messages_sent_total');
+    const batches0 = await counterSum(c, 'kvcascade_peer_batches_sent_total');
     const cpu0 = await cpuOf(c);
     const w0 = Date.now();
     await new Promise((r) => setTimeout(r, seconds * 1000));
     const window = (Date.now() - w0) / 1000;
     const cpu = (await cpuOf(c)) - cpu0;
+    const msgs1 = await counterSum(c, 'kvcascade_peer_messages_sent_total');
+    const batches1 = await counterSum(c, 'kvcascade_peer_batches_sent_total');
     profile();
     await new Promise((r) => setTimeout(r, profileDir ? 2000 : 0));
     const sent = lc.stats.sent - s0.sent;
@@ -95,6 +121,8 @@ async function runKvd(n: number, ttl: number, seconds: number, log: (s: string) 
       serverCores: cpu / window,
       serverCpuUsPerKeepAlive: answered > 0 ? (cpu * 1e6) / answered : 0,
       leasesLost: lost,
+      ...(msgs0 !== undefined && msgs1 !== undefined ? { peerMessagesPerSec: (msgs1 - msgs0) / window } : {}),
+      ...(batches0 !== undefined && batches1 !== undefined ? { peerBatchesPerSec: (batches1 - batches0) / window } : {}),
     };
   } finally {
     lc.close();
@@ -202,8 +230,24 @@ async function main(): Promise<void> {
     if (findEtcd() === undefined) log(ETCD_MISSING_MESSAGE);
     else rows.push(await runEtcd(n, ttl, seconds, log));
   }
-  const head = ['system', 'leases', 'ttl s', 'grant s', 'keep-alives/s sent', 'answered/s', 'server cores', 'server µs/keep-alive', 'lost'];
-  const table = [head, ...rows.map((r) => [r.system, String(r.leases), String(r.ttlSec), r.grantSeconds.toFixed(1), r.keepAlivesSentPerSec.toFixed(0), r.keepAlivesAnsweredPerSec.toFixed(0), r.serverCores.toFixed(3), r.serverCpuUsPerKeepAlive.toFixed(1), String(r.leasesLost)])];
+  const head = ['system', 'leases', 'ttl s', 'grant s', 'keep-alives/s sent', 'answered/s', 'server cores', 'server µs/keep-alive', 'lost', 'peer msgs/s', 'peer batches/s'];
+  const rate = (v: number | undefined): string => (v === undefined ? 'n/a' : v.toFixed(0));
+  const table = [
+    head,
+    ...rows.map((r) => [
+      r.system,
+      String(r.leases),
+      String(r.ttlSec),
+      r.grantSeconds.toFixed(1),
+      r.keepAlivesSentPerSec.toFixed(0),
+      r.keepAlivesAnsweredPerSec.toFixed(0),
+      r.serverCores.toFixed(3),
+      r.serverCpuUsPerKeepAlive.toFixed(1),
+      String(r.leasesLost),
+      rate(r.peerMessagesPerSec),
+      rate(r.peerBatchesPerSec),
+    ]),
+  ];
   const widths = head.map((_, i) => Math.max(...table.map((row) => row[i]!.length)));
   for (const row of table) process.stdout.write(`${row.map((c, i) => c.padEnd(widths[i]!)).join('  ')}\n`);
   process.stdout.write(`machine: ${cpus().length} cores, load average ${loadavg().map((l) => l.toFixed(2)).join(' ')} (shared: compare the rows, not the absolute figures)\n`);
