@@ -6,10 +6,12 @@
  * Puts of 1 KiB values run against the data leader for `--seconds`; the bench counts elections
  * (term changes) in both groups. It runs twice back to back: `after` as built, and `before` with
  * the driver's liveness path turned off (ShardReplica.takeLivenessMessages answering nothing, so
- * heartbeats and their responses wait for the round's fsync, as before that change).
+ * heartbeats and their responses wait for the round's fsync, as before that change), each arm
+ * in a process of its own. Same seed, same stall schedule per engine.
  *
  *   node dist/bench/slow-fsync-elections.js [--seconds 30] [--fsync-ms 5] [--stall-ms 2500] [--stall-rate 0.01] [--seed 1] [--arms after,before]
  */
+import { execFileSync } from 'node:child_process';
 import { parseArgs } from 'node:util';
 import { DATA_GROUP, KvNode, META_GROUP } from '../src/node/kv-node.js';
 import { ShardReplica } from '../src/node/replica.js';
@@ -62,6 +64,8 @@ interface ArmResult {
   readonly termChanges: Record<string, number>;
   /** The leaders seen in each group over the window, in order (sampled every 50 ms). */
   readonly leaderIds: Record<string, number[]>;
+  /** The most frequent put failures (count × name: message). */
+  readonly errors: readonly string[];
 }
 
 async function runArm(arm: 'after' | 'before', o: { seconds: number; fsyncMs: number; stallMs: number; stallRate: number; seed: number }): Promise<ArmResult> {
@@ -88,6 +92,7 @@ async function runArm(arm: 'after' | 'before', o: { seconds: number; fsyncMs: nu
     const end = Date.now() + o.seconds * 1000;
     let puts = 0;
     let putErrors = 0;
+    const errorKinds = new Map<string, number>();
     const value = new Uint8Array(1024).fill(7);
     const sampler = setInterval(() => {
       for (const [name, g] of [['meta', META_GROUP], ['data', DATA_GROUP]] as const) {
@@ -107,8 +112,11 @@ async function runArm(arm: 'after' | 'before', o: { seconds: number; fsyncMs: nu
           try {
             await l.put({ key: `/k/${w}/${i}`, value }, { deadlineMs: Date.now() + 5_000 });
             puts++;
-          } catch {
+          } catch (e) {
             putErrors++;
+            const msg = `${(e as Error).name}: ${(e as Error).message}`;
+            errorKinds.set(msg, (errorKinds.get(msg) ?? 0) + 1);
+            await new Promise((r) => setTimeout(r, 10));
           }
         }
       }),
@@ -122,6 +130,7 @@ async function runArm(arm: 'after' | 'before', o: { seconds: number; fsyncMs: nu
       stalls: engines.reduce((n, e) => n + e.stalls, 0),
       termChanges: { meta: term(META_GROUP) - terms0.meta, data: term(DATA_GROUP) - terms0.data },
       leaderIds: leaders,
+      errors: [...errorKinds].sort((a, b) => b[1] - a[1]).slice(0, 3).map(([m, n]) => `${n}× ${m}`),
     };
   } finally {
     for (const n of nodes) await n.stop().catch(() => {});
@@ -148,12 +157,21 @@ async function main(): Promise<void> {
     seed: flagInt('seed', values.seed, 0),
   };
   if (!(o.stallRate >= 0 && o.stallRate <= 1)) throw new Error(`--stall-rate must be in [0, 1], got ${values['stall-rate']}`);
-  for (const arm of values.arms.split(',').map((a) => a.trim())) {
-    if (arm !== 'after' && arm !== 'before') throw new Error(`unknown arm ${arm} (after, before)`);
+  const arms = values.arms.split(',').map((a) => a.trim());
+  for (const arm of arms) if (arm !== 'after' && arm !== 'before') throw new Error(`unknown arm ${arm} (after, before)`);
+  if (arms.length > 1) {
+    // One process per arm: nothing of one arm's nodes (timers, patched prototype) can touch the next.
+    for (const arm of arms) {
+      const args = process.argv.slice(2).filter((a, i, all) => a !== '--arms' && all[i - 1] !== '--arms' && !a.startsWith('--arms='));
+      execFileSync(process.execPath, [process.argv[1]!, ...args, '--arms', arm], { stdio: 'inherit' });
+    }
+    return;
+  }
+  for (const arm of arms as ('after' | 'before')[]) {
     const r = await runArm(arm, o);
     process.stdout.write(
       `${r.arm.padEnd(6)} ${r.seconds} s: puts ${r.puts} (errors ${r.putErrors}), fsync stalls of ${o.stallMs} ms ${r.stalls}, ` +
-        `term changes meta ${r.termChanges['meta']} data ${r.termChanges['data']}, leaders meta ${r.leaderIds['meta']!.join('>')} data ${r.leaderIds['data']!.join('>')}\n`,
+        `term changes meta ${r.termChanges['meta']} data ${r.termChanges['data']}, leaders meta ${r.leaderIds['meta']!.join('>')} data ${r.leaderIds['data']!.join('>')}${r.errors.length > 0 ? `; errors: ${r.errors.join('; ')}` : ''}\n`,
     );
   }
 }
