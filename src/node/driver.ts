@@ -123,6 +123,7 @@ export class NodeDriver {
   receive(msgs: readonly Message[]): void {
     if (this.stopped) return;
     const now = this.scheduler.now();
+    let stepped: Set<ShardReplica> | undefined;
     for (const m of msgs) {
       this.replicas.heard(m.from, now);
       if (m.group === LIVENESS_GROUP) {
@@ -132,6 +133,7 @@ export class NodeDriver {
       if (this.draining && m.type === MessageType.TimeoutNow) continue; // take no leadership while draining
       const r = this.replicas.replicaFor(m);
       if (!r) continue;
+      if (this.inReady || r.installing) (stepped ??= new Set()).add(r);
       beforeVoteRequest(r, m, (peer) => this.replicas.heardWithin(peer, this.electionMs()));
       try {
         r.step(m);
@@ -139,7 +141,7 @@ export class NodeDriver {
         this.parts.log.warn({ err: String(e), type: m.type, from: m.from }, 'raft refused a message');
       }
     }
-    this.sendLiveness();
+    if (stepped) this.sendLiveness(stepped);
     this.scheduleReady();
   }
 
@@ -147,10 +149,11 @@ export class NodeDriver {
    * While a round is in progress (its fsync pending) or a replica is staging an installed
    * snapshot, that replica's next Ready waits; its heartbeats and heartbeat responses at a
    * durable term go now instead (RawNode.takeLivenessMessages). Otherwise the round about to
-   * run sends them, so nothing changes when the disk keeps up.
+   * run sends them, so nothing changes when the disk keeps up. `replicas`: those to look at
+   * (after receiving, only the ones that stepped a message; after a tick, all).
    */
-  private sendLiveness(): void {
-    for (const r of this.replicas.values()) {
+  private sendLiveness(replicas: Iterable<ShardReplica> = this.replicas.values()): void {
+    for (const r of replicas) {
       if (this.inReady || r.installing) this.send(r.takeLivenessMessages());
     }
   }
