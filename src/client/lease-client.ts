@@ -149,7 +149,7 @@ export class LeaseClient extends EventEmitter<LeaseClientEvents> {
         const unknownOutcome =
           e instanceof KvError && (e.code === 'UNAVAILABLE' || e.code === 'CANCELLED' || (e.code === 'DEADLINE_EXCEEDED' && attemptDeadlineAt < callDeadlineAt));
         const retry =
-          e instanceof KvError && attempt < attempts && ((e.code === 'UNAVAILABLE' && e.retrySafe) || (repeatable && unknownOutcome && Date.now() < callDeadlineAt));
+          e instanceof KvError && attempt < attempts && ((e.code === 'UNAVAILABLE' && e.retrySafe) || (repeatable && unknownOutcome && !this.closed && Date.now() < callDeadlineAt));
         if (!retry) throw e;
         const to = e.leader && e.leader !== target ? e.leader : eps[++next % eps.length]!;
         if (!e.leader || e.leader === target) await new Promise((r) => setTimeout(r, Math.min(1_000, 100 * attempt)));
