@@ -107,6 +107,14 @@ export interface StoreMetrics {
   fsyncMsMax: number;
 }
 
+/**
+ * Engine operations written, by record kind and operation: the kind is `g/<c>` or `s/<c>`, the
+ * layout's first letter after the group (`g/l` log entries, `g/h` hard state, `g/c` conf, `g/s`
+ * snapshot and its data; state records as state-store.ts names them: `s/v` versions, `s/l`
+ * latests, `s/r` revision blocks, `s/m` meta, `s/c` session headers, `s/d` session results, ...).
+ */
+export type EngineOpCounts = Record<string, { put: number; del: number }>;
+
 /** Options of {@link RaftLogStore.open}. */
 export interface RaftLogStoreOptions {
   /** Bound on the bytes coalesced into one batch (default {@link MAX_BATCH_BYTES}); a single larger unit is written alone. */
@@ -126,6 +134,26 @@ interface Waiter {
   readonly target: number;
   readonly resolve: () => void;
   readonly reject: (err: Error) => void;
+}
+
+/** Slots of the engine op counters: (space g/s/other) x 128 letters x (put, del). */
+const OP_SLOTS = 3 * 128 * 2;
+/** Offset of a group's record letter in its keys (`g/<8 hex>/x`, `s/<8 hex>/x`). */
+const KIND_AT = 11;
+
+/** The counter slot of an op: its key's space (`g`, `s`, else other) and record letter, then put/del. */
+function opSlot(op: EngineOp): number {
+  const k = op.key;
+  const space = typeof k === 'string' ? k.charCodeAt(0) : k[0];
+  const letter = (typeof k === 'string' ? k.charCodeAt(KIND_AT) : k[KIND_AT]) ?? 0;
+  const s = space === 0x67 ? 0 : space === 0x73 ? 1 : 2;
+  return ((s * 128 + (letter & 0x7f)) << 1) | (op.type === 'put' ? 0 : 1);
+}
+
+function slotKind(slot: number): string {
+  const s = slot >> 8;
+  const letter = (slot >> 1) & 0x7f;
+  return `${s === 0 ? 'g' : s === 1 ? 's' : '?'}/${letter >= 0x21 && letter < 0x7f ? String.fromCharCode(letter) : '?'}`;
 }
 
 /** Fixed-width hex of a non-negative integer below 2^53. */
@@ -250,6 +278,8 @@ export class RaftLogStore {
   private failed: StoreFailedError | undefined;
   private closed = false;
   private readonly maxBatchBytes: number;
+  /** Engine ops written, indexed by {@link opSlot}. */
+  private readonly opCountsBySlot = new Float64Array(OP_SLOTS);
   private readonly onBatch: ((report: BatchReport) => void) | undefined;
   private readonly counters: StoreMetrics = {
     batches: 0,
@@ -499,6 +529,18 @@ export class RaftLogStore {
     return new Promise<void>((resolve, reject) => this.waiters.push({ target, resolve, reject }));
   }
 
+  /** Engine operations written so far, by record kind (see {@link EngineOpCounts}). */
+  get opCounts(): EngineOpCounts {
+    const out: EngineOpCounts = {};
+    for (let slot = 0; slot < OP_SLOTS; slot += 2) {
+      const put = this.opCountsBySlot[slot]!;
+      const del = this.opCountsBySlot[slot + 1]!;
+      if (put === 0 && del === 0) continue;
+      out[slotKind(slot)] = { put, del };
+    }
+    return out;
+  }
+
   /** A copy of the cumulative write metrics. */
   get metrics(): StoreMetrics {
     return { ...this.counters };
@@ -563,8 +605,12 @@ export class RaftLogStore {
         this.staged = this.staged.slice(n);
         const ops: EngineOp[] = [];
         let entries = 0;
+        const counts = this.opCountsBySlot;
         for (const u of units) {
-          for (const op of u.ops) ops.push(op);
+          for (const op of u.ops) {
+            ops.push(op);
+            counts[opSlot(op)]++;
+          }
           entries += u.entries;
         }
         const t0 = performance.now();
