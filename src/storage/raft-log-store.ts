@@ -17,6 +17,12 @@
  * Invariants on disk (checked on open): the log keys of a group are contiguous and start right
  * after the snapshot index (or at 1 without a snapshot); `snapdata` exists only with `snap`.
  *
+ * The hard state is written when its term or vote changes (and for a new group), not when only
+ * the commit index moved (as etcd's `MustSync`): the commit index on disk is a lower bound of the
+ * committed prefix, which is all Raft needs of it (a leader recommits the rest). At open it is
+ * raised to the snapshot's index (compacted entries were committed), and recovery raises it to the
+ * applied index of the group's state records (`raiseCommit`; applied entries were committed).
+ *
  * Records snapshots: a group whose state machine is durable in its own records (state-store.ts)
  * compacts its log with a snapshot that has metadata only (`compact` with empty data; in memory its
  * data is empty): the state at its index is in the records, which the caller staged before it (so
@@ -378,7 +384,13 @@ export class RaftLogStore {
       ms.append(entries);
     }
     if (req.hardState) {
-      u.put(metaKey(group, 'hardstate'), json(req.hardState));
+      // A change of the commit index alone is not written: the commit index on disk is a lower
+      // bound (see the file header), raised at open to the snapshot's index and, by recovery, to
+      // the applied index of the state records. Term and vote are written whenever they change.
+      const prev = ms.initialState().hardState;
+      if (!known || req.hardState.term !== prev.term || req.hardState.vote !== prev.vote) {
+        u.put(metaKey(group, 'hardstate'), json(req.hardState));
+      }
       ms.setHardState(req.hardState);
     }
     mirrorConf(u, group, ms, confBefore);
@@ -485,6 +497,20 @@ export class RaftLogStore {
       else u.del(op.key);
     }
     this.stage(u);
+  }
+
+  /**
+   * Raises `group`'s commit index in memory to `index` when it is lower (at open: `index` is the
+   * applied index of the group's durable state records, so committed). Nothing is written: the
+   * commit index on disk is a lower bound. `index` must be in the log (or its snapshot); otherwise,
+   * or when it is not higher, nothing changes.
+   */
+  raiseCommit(group: number, index: number): void {
+    const ms = this.storages.get(group);
+    if (!ms) return;
+    const hs = ms.initialState().hardState;
+    if (index <= hs.commit || index > ms.lastIndex()) return;
+    ms.setHardState({ ...hs, commit: index });
   }
 
   /**
@@ -704,6 +730,10 @@ function buildStorage(group: number, g: Loaded): MemoryStorage {
     expected++;
   }
   ms.append(g.entries);
-  if (g.hardState) ms.setHardState(g.hardState);
+  if (g.hardState) {
+    // The commit index on disk is a lower bound (see the file header): entries in the snapshot are committed.
+    const snapIndex = g.snapMeta?.index ?? 0;
+    ms.setHardState(g.hardState.commit < snapIndex ? { ...g.hardState, commit: snapIndex } : g.hardState);
+  }
   return ms;
 }
