@@ -254,6 +254,21 @@ describe('RaftLogStore on LevelDB', () => {
     expect(() => s2.storageFor(-1)).toThrow(RangeError);
   });
 
+  it('log keys on disk are logKey(group, index), for large groups and indexes too', async () => {
+    const engine = new MemoryEngine();
+    const s = await RaftLogStore.open(engine);
+    for (const [g, base] of [[7, 2 ** 40 + 3], [0xffff_ffff, 2 ** 52 + 0xabc], [0, 0]] as const) {
+      s.storageFor(g, CONF);
+      if (base > 0) s.persistReady(g, { snapshot: { meta: { index: base, term: 2, conf: CONF }, data: enc.encode('s') } });
+      s.persistReady(g, { entries: ents(base + 1, base + 3, 2) });
+      await s.flush();
+      const keys = (await scanAll(engine, { prefix: logKey(g, 0).slice(0, -16) })).map(([k]) => Buffer.from(k).toString('latin1'));
+      expect(keys).toEqual([1, 2, 3].map((i) => logKey(g, base + i)));
+    }
+    const back = await RaftLogStore.open(engine.crash());
+    expect(back.storageFor(0xffff_ffff).lastIndex()).toBe(2 ** 52 + 0xabc + 3);
+  });
+
   it('writes the hard state on a term or vote change, not when only the commit index moves; the commit index read back is a lower bound raised to the snapshot and by raiseCommit', async () => {
     const engine = new MemoryEngine();
     const s1 = await RaftLogStore.open(engine);
