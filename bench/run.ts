@@ -24,6 +24,7 @@ import { findH2load, H2LOAD_IN_FLIGHT, H2LOAD_MISSING_MESSAGE, runH2loadPut } fr
 import { runReactionWorkload } from './reactions.js';
 import { leaderSnapshot, movedLeaders, routingSpec, waitSettled, type RoutingSpec, type SettleReport } from './shards.js';
 import { kvClusterStub } from './clients.js';
+import { engineOpsNote, sampleEngineOps } from './engine-ops.js';
 import { copyNodeLogs, flagInt, flagIntList, flagNumber, repoRoot, type RunningCluster } from './util.js';
 
 const USAGE = `usage: node dist/bench/run.js [flags]
@@ -332,6 +333,9 @@ export function renderTable(results: readonly WorkloadResult[]): string {
 
 let active: RunningCluster | undefined;
 
+/** Workloads whose LevelDB operations per write are logged (kvd). */
+const WRITE_WORKLOADS: ReadonlySet<string> = new Set(['put', 'pipelined-put', 'put-shards', 'pipelined-put-shards']);
+
 async function startSystem(system: SystemName, cfg: BenchConfig, defaultShards?: number): Promise<RunningCluster | undefined> {
   if (system === 'etcd') {
     if (findEtcd(cfg.etcdBin) === undefined) {
@@ -370,11 +374,13 @@ async function measure(
       ...(cfg.profileDir === undefined ? {} : { profileDir: cfg.profileDir }),
       ...(system === 'kvd' && cfg.kvdClient !== 'stub' ? { kvdClient: cfg.kvdClient } : {}),
     };
+    const opsBefore = WRITE_WORKLOADS.has(workload) ? await sampleEngineOps(cluster) : undefined;
     const r = REACTION_WORKLOADS.includes(workload)
       ? await runReactionWorkload({ ...common, ...(cluster.adminToken ? { adminToken: cluster.adminToken } : {}), log })
       : await runWorkload({ ...common, rmwKeys: cfg.rmwKeys, rmwMaxAttempts: cfg.rmwAttempts, ...(routing ? { routing } : {}) });
     results.push(r);
     log(`${system}: ${workload}: ${fmt(r.opsPerSec, 0)} ops/s, p50 ${fmt(r.p50Ms)} ms, p99 ${fmt(r.p99Ms)} ms, p999 ${fmt(r.p999Ms)} ms; ${notes(r)}`);
+    if (opsBefore) log(`${system}: ${workload}: ${engineOpsNote(opsBefore, await sampleEngineOps(cluster))} (warm-up, window and drain)`);
     return r;
   } catch (err) {
     console.log(`${system}/${workload} failed: ${(err as Error).message}`);

@@ -330,6 +330,11 @@ export class KvNode implements KvBackend {
     return this.store.metrics;
   }
 
+  /** Engine operations written so far, by record kind (for metrics and the bench's storage figures). */
+  get storeOpCounts(): RaftLogStore['opCounts'] {
+    return this.store.opCounts;
+  }
+
   /** The node's cache of values read from the engine (bound, hits, misses, bytes; for metrics and tests). */
   get valueCache(): ReplicaSet['valueCache'] {
     return this.replicas.valueCache;

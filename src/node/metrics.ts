@@ -115,6 +115,23 @@ export class NodeMetrics {
     groupGauge('kvcascade_raft_applied_index', 'Applied index', (g) => g.appliedIndex);
     groupGauge('kvcascade_raft_log_entries', 'Entries held in the log (after the last compaction)', (g) => g.lastIndex - g.firstIndex + 1);
     groupGauge('kvcascade_revision', 'State machine revision', (g) => g.revision);
+    const opsSeen = new Map<string, number>();
+    new Counter({
+      name: 'kvcascade_storage_engine_ops_total',
+      help: 'LevelDB operations written by record kind (g/l log entry, g/h hard state, s/v version, s/l latest, s/r revision block, s/m meta, s/c session header, s/d session result, s/j session journal...) and op (put, del)',
+      labelNames: ['record', 'op'],
+      registers,
+      collect() {
+        for (const [record, n] of Object.entries(node.storeOpCounts)) {
+          for (const op of ['put', 'del'] as const) {
+            const id = `${record} ${op}`;
+            const seen = opsSeen.get(id) ?? 0;
+            if (n[op] > seen) this.inc({ record, op }, n[op] - seen);
+            opsSeen.set(id, Math.max(seen, n[op]));
+          }
+        }
+      },
+    });
     const cacheGauge = (name: string, help: string, pick: (c: KvNode['valueCache']['stats']) => number) =>
       new Gauge({
         name,

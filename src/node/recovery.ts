@@ -86,6 +86,8 @@ export async function recoverState(
       o.log.info({ group, snapshotIndex: snapIndex, staleRecords: stale.length }, 'state machine records rewritten from the snapshot');
     }
   }
+  // The commit index on disk is a lower bound (raft-log-store.ts): the applied records were committed.
+  store.raiseCommit(group, sm.appliedIndex);
   const conf = confAt(storage, sm.appliedIndex);
   if (conf) store.setConf(group, conf);
   o.log.info({ group, appliedIndex: sm.appliedIndex, snapshotIndex: snapIndex, fromRecords }, 'state machine recovered');

@@ -32,6 +32,8 @@ export {
   checkSessionRecords,
   encodeSessionResult,
   decodeSessionResult,
+  readSessionResult,
+  writeSessionResult,
   type SessionRecord,
   type SessionLimits,
 } from './sessions.js';

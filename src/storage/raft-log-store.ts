@@ -17,6 +17,12 @@
  * Invariants on disk (checked on open): the log keys of a group are contiguous and start right
  * after the snapshot index (or at 1 without a snapshot); `snapdata` exists only with `snap`.
  *
+ * The hard state is written when its term or vote changes (and for a new group), not when only
+ * the commit index moved (as etcd's `MustSync`): the commit index on disk is a lower bound of the
+ * committed prefix, which is all Raft needs of it (a leader recommits the rest). At open it is
+ * raised to the snapshot's index (compacted entries were committed), and recovery raises it to the
+ * applied index of the group's state records (`raiseCommit`; applied entries were committed).
+ *
  * Records snapshots: a group whose state machine is durable in its own records (state-store.ts)
  * compacts its log with a snapshot that has metadata only (`compact` with empty data; in memory its
  * data is empty): the state at its index is in the records, which the caller staged before it (so
@@ -107,6 +113,14 @@ export interface StoreMetrics {
   fsyncMsMax: number;
 }
 
+/**
+ * Engine operations written, by record kind and operation: the kind is `g/<c>` or `s/<c>`, the
+ * layout's first letter after the group (`g/l` log entries, `g/h` hard state, `g/c` conf, `g/s`
+ * snapshot and its data; state records as state-store.ts names them: `s/v` versions, `s/l`
+ * latests, `s/r` revision blocks, `s/m` meta, `s/c` session headers, `s/d` session results, ...).
+ */
+export type EngineOpCounts = Record<string, { put: number; del: number }>;
+
 /** Options of {@link RaftLogStore.open}. */
 export interface RaftLogStoreOptions {
   /** Bound on the bytes coalesced into one batch (default {@link MAX_BATCH_BYTES}); a single larger unit is written alone. */
@@ -126,6 +140,26 @@ interface Waiter {
   readonly target: number;
   readonly resolve: () => void;
   readonly reject: (err: Error) => void;
+}
+
+/** Slots of the engine op counters: (space g/s/other) x 128 letters x (put, del). */
+const OP_SLOTS = 3 * 128 * 2;
+/** Offset of a group's record letter in its keys (`g/<8 hex>/x`, `s/<8 hex>/x`). */
+const KIND_AT = 11;
+
+/** The counter slot of an op: its key's space (`g`, `s`, else other) and record letter, then put/del. */
+function opSlot(op: EngineOp): number {
+  const k = op.key;
+  const space = typeof k === 'string' ? k.charCodeAt(0) : k[0];
+  const letter = (typeof k === 'string' ? k.charCodeAt(KIND_AT) : k[KIND_AT]) ?? 0;
+  const s = space === 0x67 ? 0 : space === 0x73 ? 1 : 2;
+  return ((s * 128 + (letter & 0x7f)) << 1) | (op.type === 'put' ? 0 : 1);
+}
+
+function slotKind(slot: number): string {
+  const s = slot >> 8;
+  const letter = (slot >> 1) & 0x7f;
+  return `${s === 0 ? 'g' : s === 1 ? 's' : '?'}/${letter >= 0x21 && letter < 0x7f ? String.fromCharCode(letter) : '?'}`;
 }
 
 /** Fixed-width hex of a non-negative integer below 2^53. */
@@ -250,6 +284,8 @@ export class RaftLogStore {
   private failed: StoreFailedError | undefined;
   private closed = false;
   private readonly maxBatchBytes: number;
+  /** Engine ops written, indexed by {@link opSlot}. */
+  private readonly opCountsBySlot = new Float64Array(OP_SLOTS);
   private readonly onBatch: ((report: BatchReport) => void) | undefined;
   private readonly counters: StoreMetrics = {
     batches: 0,
@@ -348,7 +384,13 @@ export class RaftLogStore {
       ms.append(entries);
     }
     if (req.hardState) {
-      u.put(metaKey(group, 'hardstate'), json(req.hardState));
+      // A change of the commit index alone is not written: the commit index on disk is a lower
+      // bound (see the file header), raised at open to the snapshot's index and, by recovery, to
+      // the applied index of the state records. Term and vote are written whenever they change.
+      const prev = ms.initialState().hardState;
+      if (!known || req.hardState.term !== prev.term || req.hardState.vote !== prev.vote) {
+        u.put(metaKey(group, 'hardstate'), json(req.hardState));
+      }
       ms.setHardState(req.hardState);
     }
     mirrorConf(u, group, ms, confBefore);
@@ -458,6 +500,20 @@ export class RaftLogStore {
   }
 
   /**
+   * Raises `group`'s commit index in memory to `index` when it is lower (at open: `index` is the
+   * applied index of the group's durable state records, so committed). Nothing is written: the
+   * commit index on disk is a lower bound. `index` must be in the log (or its snapshot); otherwise,
+   * or when it is not higher, nothing changes.
+   */
+  raiseCommit(group: number, index: number): void {
+    const ms = this.storages.get(group);
+    if (!ms) return;
+    const hs = ms.initialState().hardState;
+    if (index <= hs.commit || index > ms.lastIndex()) return;
+    ms.setHardState({ ...hs, commit: index });
+  }
+
+  /**
    * Forgets `group`: drops its view and stages the deletion of all its Raft keys. Its state
    * machine records (`s/<group>/`) are the caller's to delete (see state-store.ts).
    */
@@ -497,6 +553,18 @@ export class RaftLogStore {
     const target = this.nextSeq - 1;
     if (target <= this.durableSeq) return Promise.resolve();
     return new Promise<void>((resolve, reject) => this.waiters.push({ target, resolve, reject }));
+  }
+
+  /** Engine operations written so far, by record kind (see {@link EngineOpCounts}). */
+  get opCounts(): EngineOpCounts {
+    const out: EngineOpCounts = {};
+    for (let slot = 0; slot < OP_SLOTS; slot += 2) {
+      const put = this.opCountsBySlot[slot]!;
+      const del = this.opCountsBySlot[slot + 1]!;
+      if (put === 0 && del === 0) continue;
+      out[slotKind(slot)] = { put, del };
+    }
+    return out;
   }
 
   /** A copy of the cumulative write metrics. */
@@ -563,8 +631,12 @@ export class RaftLogStore {
         this.staged = this.staged.slice(n);
         const ops: EngineOp[] = [];
         let entries = 0;
+        const counts = this.opCountsBySlot;
         for (const u of units) {
-          for (const op of u.ops) ops.push(op);
+          for (const op of u.ops) {
+            ops.push(op);
+            counts[opSlot(op)]++;
+          }
           entries += u.entries;
         }
         const t0 = performance.now();
@@ -658,6 +730,10 @@ function buildStorage(group: number, g: Loaded): MemoryStorage {
     expected++;
   }
   ms.append(g.entries);
-  if (g.hardState) ms.setHardState(g.hardState);
+  if (g.hardState) {
+    // The commit index on disk is a lower bound (see the file header): entries in the snapshot are committed.
+    const snapIndex = g.snapMeta?.index ?? 0;
+    ms.setHardState(g.hardState.commit < snapIndex ? { ...g.hardState, commit: snapIndex } : g.hardState);
+  }
   return ms;
 }

@@ -40,6 +40,8 @@
  *                                        lastActiveIndex, lastActiveTs (ids are [A-Za-z0-9_-], ASCII)
  *   s/<g>/d/<session id>/<seq:u64 BE>    one stored result of a session's write (sessions.ts,
  *                                        `encodeSessionResult`)
+ *   s/<g>/j/<n:u64 BE>                   one round's session changes (session-journal.ts), replayed
+ *                                        over the c/ and d/ records, which are its folded base
  *
  * `<key>` is the key's UTF-8 with every 0x00 byte written as 0x00 0xff, so keys sort bytewise in
  * the state machine's key order (UTF-8 byte order), and `\x00\x01` ends the key in version keys
@@ -52,9 +54,12 @@
  * writes, its version and its key's latest, plus a share of the round's block and `meta`.
  *
  * Client sessions (the write deduplication table) are written in the same unit as the writes
- * they deduplicate: a write with a session rewrites its session's header and adds its result; an
- * acknowledgement (`ackedBelow`) deletes the results below it; an expired or evicted session is
- * deleted with its results. The loader orders sessions by `lastActiveIndex` (the table's activity
+ * they deduplicate, as ONE journal record per round holding every session change of the round
+ * (headers, added results; acknowledgements and drops as floors and drop marks), not one record
+ * per header and result: a put with a session costs no session record of its own. The journal is
+ * folded into the per-session base records (`c/`, `d/`) in bounded steps once it grows past its
+ * bound (session-journal.ts). Records written before the journal (base records only) load as a
+ * base with an empty journal. The loader orders sessions by `lastActiveIndex` (the table's activity
  * order, which eviction follows), so a restarted replica evicts exactly as the others do.
  *
  * Lifecycle: a put/delete writes its version and the key's latest; a round writes its revision
@@ -115,6 +120,7 @@ import {
   DEFAULT_SESSION_TTL_MS,
   decodeSessionResult,
   encodeSessionResult,
+  writeSessionResult,
   MAX_HOP_COUNT,
   MAX_KEY_BYTES,
   MAX_SESSION_ID_LENGTH,
@@ -139,6 +145,7 @@ import { ByteReader, ByteWriter, crc32Update } from '../statemachine/binary.js';
 import { findVersion, writeHopsSection } from '../statemachine/snapshot-codec.js';
 import { type EngineOp, type KvEngine } from './kv-engine.js';
 import { StorageCorruptionError, stateKeyPrefix } from './raft-log-store.js';
+import { SessionJournal, SessionReplay, type JournalLimits, type SessionRecordWriter, type WrittenSessions } from './session-journal.js';
 import { ownedCopy, type ValueCache } from './value-cache.js';
 
 /**
@@ -173,6 +180,7 @@ const TAG_REVISION = 0x72; // 'r'
 const TAG_VERSION = 0x76; // 'v'
 const TAG_SESSION = 0x63; // 'c'
 const TAG_SESSION_RESULT = 0x64; // 'd'
+const TAG_SESSION_JOURNAL = 0x6a; // 'j'
 const ascii = (s: string): Uint8Array => new Uint8Array(Buffer.from(s, 'latin1'));
 const META_SUFFIX = ascii('meta');
 const utf8 = new TextEncoder();
@@ -247,6 +255,16 @@ class Keys {
     out[p] = TAG_SESSION;
     out[p + 1] = SLASH;
     for (let i = 0; i < id.length; i++) out[p + 2 + i] = id.charCodeAt(i); // ASCII (SESSION_ID_PATTERN)
+    return out;
+  }
+
+  sessionJournal(n: number): Uint8Array {
+    const p = this.prefix.length;
+    const out = new Uint8Array(p + 2 + 8);
+    out.set(this.prefix);
+    out[p] = TAG_SESSION_JOURNAL;
+    out[p + 1] = SLASH;
+    writeU64(out, p + 2, n);
     return out;
   }
 
@@ -404,6 +422,14 @@ function encodeMeta(m: StateMeta): Uint8Array {
   return w.finish();
 }
 
+/** Decodes a session header record's value (throws ValidationError). */
+function decodeSessionHeader(id: string, v: Uint8Array): SessionHeader {
+  const r = new ByteReader(v, 'MALFORMED_SNAPSHOT');
+  const h: SessionHeader = { id, forgottenBelow: r.varint(), lastActiveIndex: r.varint(), lastActiveTs: r.varint() };
+  r.expectEnd();
+  return h;
+}
+
 /** A session header record's value: `varint forgottenBelow, lastActiveIndex, lastActiveTs`. */
 function encodeSessionHeader(h: SessionHeader): Uint8Array {
   const w = new ByteWriter(24);
@@ -517,6 +543,8 @@ export interface WrittenState {
   readonly blocks: readonly BlockState[];
   /** The history start in `meta` (blocks wholly before it that still carry events are rewritten). */
   readonly oldestHistoryRevision: number;
+  /** The session base records and journal on disk (default: none). */
+  readonly sessions?: WrittenSessions;
 }
 
 /**
@@ -528,25 +556,25 @@ export interface WrittenState {
 export class StateRecorder implements StateSink {
   private readonly keys: Keys;
   private ops: EngineOp[] = [];
-  /**
-   * Where in `ops` this unit's put of a session's header is: a later update of the same header in
-   * the unit replaces that put (one engine write per session per round, however many of its
-   * writes the round applies). Only a put or delete of the same key could make order matter, and
-   * a dropped session's delete removes its entry (a later update then appends).
-   */
-  private sessionHeaderAt = new Map<string, number>();
+  /** The round's session changes (one journal record per round) and the folding of old ones. */
+  private readonly journal: SessionJournal;
+  /** Writes the journal's records into `ops`. */
+  private readonly sessionWriter: SessionRecordWriter;
   private metaApplied: number;
   private readonly blocks: BlockState[] = [];
   /** Index in `blocks` of the oldest block that may still have revisions in the history. */
   private hist = 0;
   private open: OpenBlock | undefined;
 
-  /** A recorder for `group`, whose records hold `written` (default: no records). */
+  /** A recorder for `group`, whose records hold `written` (default: no records); `journalLimits` bound the session journal (tests shrink them). */
   constructor(
     readonly group: number,
     written: WrittenState = { appliedIndex: 0, blocks: [], oldestHistoryRevision: 1 },
+    journalLimits: JournalLimits = {},
   ) {
     this.keys = new Keys(group);
+    this.journal = new SessionJournal(written.sessions, journalLimits);
+    this.sessionWriter = sessionWriterInto(this.keys, () => this.ops);
     this.metaApplied = written.appliedIndex;
     for (const b of written.blocks) {
       const copy: BlockState = { ...b, ts: b.ts?.slice(), writes: b.writes?.slice() };
@@ -602,28 +630,24 @@ export class StateRecorder implements StateSink {
   }
 
   sessionUpdated(header: SessionHeader): void {
-    const at = this.sessionHeaderAt.get(header.id);
-    const prior = at === undefined ? undefined : this.ops[at];
-    if (prior !== undefined && prior.type === 'put') {
-      this.ops[at!] = { type: 'put', key: prior.key, value: encodeSessionHeader(header) };
-      return;
-    }
-    this.sessionHeaderAt.set(header.id, this.ops.length);
-    this.ops.push({ type: 'put', key: this.keys.session(header.id), value: encodeSessionHeader(header) });
+    this.journal.updated(header);
   }
 
   sessionResultAdded(id: string, seq: number, result: SessionResult): void {
-    this.ops.push({ type: 'put', key: this.keys.sessionResult(id, seq), value: encodeSessionResult(result) });
+    this.journal.resultAdded(id, seq, result);
   }
 
   sessionResultsDropped(id: string, seqs: readonly number[]): void {
-    for (const q of seqs) this.ops.push({ type: 'del', key: this.keys.sessionResult(id, q) });
+    this.journal.resultsDropped(id, seqs);
   }
 
-  sessionDropped(id: string, seqs: readonly number[]): void {
-    this.sessionResultsDropped(id, seqs);
-    this.sessionHeaderAt.delete(id);
-    this.ops.push({ type: 'del', key: this.keys.session(id) });
+  sessionDropped(id: string, _seqs: readonly number[]): void {
+    this.journal.dropped(id);
+  }
+
+  /** The session journal records on disk once everything handed out is written (for tests and diagnostics). */
+  get journalRecords(): SessionJournal['records'] {
+    return this.journal.records;
   }
 
   private rewriteTrimmed(b: BlockState): void {
@@ -649,7 +673,8 @@ export class StateRecorder implements StateSink {
    * applied index).
    */
   take(sm: KvStateMachine): EngineOp[] | undefined {
-    if (this.ops.length === 0 && !this.open && sm.appliedIndex === this.metaApplied) return undefined;
+    if (this.ops.length === 0 && !this.open && !this.journal.dirty && sm.appliedIndex === this.metaApplied) return undefined;
+    this.journal.take(sm.appliedIndex, this.sessionWriter, (id) => sm.session(id));
     const ops = this.ops;
     if (this.open) {
       // Never wholly out of the history: it holds the newest revision, which is never trimmed.
@@ -659,7 +684,6 @@ export class StateRecorder implements StateSink {
     }
     ops.push({ type: 'put', key: this.keys.meta, value: encodeMeta(metaOf(sm)) });
     this.ops = [];
-    this.sessionHeaderAt.clear();
     this.metaApplied = sm.appliedIndex;
     return ops;
   }
@@ -743,31 +767,15 @@ export class StateRecorder implements StateSink {
       if (units.length > 0) yield* units.splice(0);
     }
 
-    // Client sessions: a difference, like the versions.
-    const bs = new Map((before?.sessions ?? []).map((x) => [x.id, x] as const));
-    for (const a of after.sessions ?? []) {
-      const b = bs.get(a.id);
-      bs.delete(a.id);
-      if (!b || b.forgottenBelow !== a.forgottenBelow || b.lastActiveIndex !== a.lastActiveIndex || b.lastActiveTs !== a.lastActiveTs) {
-        push({ type: 'put', key: keys.session(a.id), value: encodeSessionHeader(a) });
-      }
-      const old = new Map(b?.results ?? []);
-      for (const [seq, r] of a.results) {
-        const o = old.get(seq);
-        old.delete(seq);
-        const value = encodeSessionResult(r);
-        if (o === undefined || (o !== r && Buffer.compare(encodeSessionResult(o), value) !== 0)) {
-          push({ type: 'put', key: keys.sessionResult(a.id, seq), value });
-        }
-      }
-      for (const seq of old.keys()) push({ type: 'del', key: keys.sessionResult(a.id, seq) });
+    // Client sessions: the journal goes, the base records are rewritten to hold `after`'s sessions
+    // (what the base holds is the journal's to know; `before.sessions` is the machine's view).
+    this.journal.discardRound();
+    const sessionOps: EngineOp[] = [];
+    for (const _ of this.journal.replaceSteps(after.sessions ?? [], sessionWriterInto(keys, () => sessionOps))) {
+      for (const op of sessionOps.splice(0)) push(op);
       if (units.length > 0) yield* units.splice(0);
     }
-    for (const b of bs.values()) {
-      for (const [seq] of b.results) push({ type: 'del', key: keys.sessionResult(b.id, seq) });
-      push({ type: 'del', key: keys.session(b.id) });
-      if (units.length > 0) yield* units.splice(0);
-    }
+    for (const op of sessionOps.splice(0)) push(op); // the writes after the last step (the journal's deletes when no session follows)
 
     // Revision blocks: the old ones go, new ones cover [compactRevision, revision] (bounded in
     // revisions and bytes). Write counts come from the versions: exact after the compaction point,
@@ -811,12 +819,23 @@ export class StateRecorder implements StateSink {
     this.hist = 0;
     this.open = undefined;
     this.ops = [];
-    this.sessionHeaderAt.clear();
     this.metaApplied = after.appliedIndex;
     cur.push({ type: 'put', key: keys.meta, value: encodeMeta(aMeta) });
     units.push(cur);
     yield* units.splice(0);
   }
+}
+
+/** The session journal's writes as engine ops pushed onto `target()` (read at each write). */
+function sessionWriterInto(keys: Keys, target: () => EngineOp[]): SessionRecordWriter {
+  return {
+    putHeader: (h) => target().push({ type: 'put', key: keys.session(h.id), value: encodeSessionHeader(h) }),
+    delHeader: (id) => target().push({ type: 'del', key: keys.session(id) }),
+    putResult: (id, seq, r) => target().push({ type: 'put', key: keys.sessionResult(id, seq), value: encodeSessionResult(r) }),
+    delResult: (id, seq) => target().push({ type: 'del', key: keys.sessionResult(id, seq) }),
+    putJournal: (n, value) => target().push({ type: 'put', key: keys.sessionJournal(n), value }),
+    delJournal: (n) => target().push({ type: 'del', key: keys.sessionJournal(n) }),
+  };
 }
 
 /** Options of {@link StateRecorder.replace}. */
@@ -994,8 +1013,7 @@ export async function loadState(engine: KvEngine, group: number, options: LoadOp
   let meta: StateMeta | undefined;
   const revs: Array<{ rev: number; value: Uint8Array }> = [];
   const versionKeys: Array<[string, VersionRecord[]]> = [];
-  const sessionHeaders: SessionHeader[] = [];
-  const sessionResults = new Map<string, Array<readonly [number, SessionResult]>>();
+  const sessions = new SessionReplay();
   let prevEscaped: Uint8Array | undefined;
   for await (const [k, v] of engine.iterate({ prefix: keys.prefix })) {
     const tag = k[p];
@@ -1025,19 +1043,16 @@ export async function loadState(engine: KvEngine, group: number, options: LoadOp
       list.push(withValues ? decodeVersion(v, rev, key) : decodeVersionHead(v, rev, key));
     } else if (tag === TAG_SESSION) {
       const id = sessionIdOf(k.subarray(p + 2), k);
-      sessionHeaders.push(corruptOnError(`session ${id}`, () => {
-        const r = new ByteReader(v, 'MALFORMED_SNAPSHOT');
-        const h: SessionHeader = { id, forgottenBelow: r.varint(), lastActiveIndex: r.varint(), lastActiveTs: r.varint() };
-        r.expectEnd();
-        return h;
-      }));
+      sessions.addBaseHeader(corruptOnError(`session ${id}`, () => decodeSessionHeader(id, v)));
     } else if (tag === TAG_SESSION_RESULT) {
       if (k.length < p + 2 + 1 + 9 || k[k.length - 9] !== SLASH) throw new StorageCorruptionError(`malformed session result key ${describe(k)}`);
       const id = sessionIdOf(k.subarray(p + 2, k.length - 9), k);
       const seq = readU64(k, k.length - 8);
-      let list = sessionResults.get(id);
-      if (!list) sessionResults.set(id, (list = []));
-      list.push([seq, corruptOnError(`result ${seq} of session ${id}`, () => decodeSessionResult(v))]);
+      sessions.addBaseResult(id, seq, corruptOnError(`result ${seq} of session ${id}`, () => decodeSessionResult(v)));
+    } else if (tag === TAG_SESSION_JOURNAL) {
+      if (k.length !== p + 10) throw new StorageCorruptionError(`malformed session journal key ${describe(k)}`);
+      const n = readU64(k, p + 2);
+      corruptOnError(`session journal record ${n}`, () => sessions.replay(n, v));
     } else throw new StorageCorruptionError(`unexpected state key ${describe(k)}`);
   }
   if (meta === undefined) return undefined;
@@ -1053,15 +1068,15 @@ export async function loadState(engine: KvEngine, group: number, options: LoadOp
       history[i] = { ...e, value: ownedCopy(decodeVersion(raw, e.revision, e.key).value!) };
     }
   }
-  const sessions = assembleSessions(group, meta, sessionHeaders, sessionResults);
+  const sessionRecords = assembleSessions(group, meta, sessions);
   return {
-    ...loaded,
+    written: { ...loaded.written, sessions: sessions.written() },
     data: {
       ...loaded.data,
       sessionTtlMs: meta.sessionTtlMs,
       maxSessions: meta.maxSessions,
       maxSessionResults: meta.maxSessionResults,
-      sessions,
+      sessions: sessionRecords,
     },
   };
 }
@@ -1072,20 +1087,13 @@ function sessionIdOf(raw: Uint8Array, whole: Uint8Array): string {
   return id;
 }
 
-/** The sessions in activity order (by last active index), with their results, checked. */
-function assembleSessions(
-  group: number,
-  meta: StateMeta,
-  headers: SessionHeader[],
-  results: ReadonlyMap<string, Array<readonly [number, SessionResult]>>,
-): SessionRecord[] {
+/** The sessions (base records, then the journal replayed) in activity order (by last active index), with their results, checked. */
+function assembleSessions(group: number, meta: StateMeta, replay: SessionReplay): SessionRecord[] {
   const fail = (what: string): never => {
     throw new StorageCorruptionError(`group ${group} state: ${what}`);
   };
-  const ids = new Set(headers.map((h) => h.id));
-  for (const id of results.keys()) if (!ids.has(id)) fail(`results of session ${id} without its header`);
-  headers.sort((a, b) => a.lastActiveIndex - b.lastActiveIndex);
-  const sessions = headers.map((h) => ({ ...h, results: results.get(h.id) ?? [] }));
+  for (const id of replay.orphanIds) fail(`results of session ${id} without its header`);
+  const sessions = replay.records();
   const limits = { ttlMs: meta.sessionTtlMs, maxSessions: meta.maxSessions, maxResults: meta.maxSessionResults };
   checkSessionRecords(sessions, { appliedIndex: meta.appliedIndex, lastTimestampMs: meta.lastTimestampMs, revision: meta.revision, limits }, fail);
   return sessions;
@@ -1465,6 +1473,13 @@ export async function encodeSnapshotFromRecords(
   }
   let hasSessions = false;
   for await (const _ of view.iterate({ prefix: tagPrefix(TAG_SESSION), limit: 1 })) hasSessions = true;
+  // With a session journal the sessions are its replay over the base records (decoded, re-encoded below).
+  let replayed: SessionRecord[] | undefined;
+  for await (const _ of view.iterate({ prefix: tagPrefix(TAG_SESSION_JOURNAL), limit: 1 })) replayed = [];
+  if (replayed !== undefined) {
+    replayed = await replaySessionRecords(view, group, tagPrefix, slicer);
+    hasSessions = replayed.length > 0;
+  }
   const v1 =
     !hasSessions &&
     meta.sessionTtlMs === DEFAULT_SESSION_TTL_MS &&
@@ -1559,40 +1574,59 @@ export async function encodeSnapshotFromRecords(
     w.varint(meta.sessionTtlMs);
     w.varint(meta.maxSessions);
     w.varint(meta.maxSessionResults);
-    const headers: Array<{ id: string; value: Uint8Array; lastActiveIndex: number }> = [];
-    for await (const [k, v] of view.iterate({ prefix: tagPrefix(TAG_SESSION) })) {
-      const id = sessionIdOf(k.subarray(p + 2), k);
-      const lastActiveIndex = corruptOnError(`session ${id}`, () => {
-        const r = new ByteReader(v, 'MALFORMED_SNAPSHOT');
-        r.varint();
-        return r.varint();
-      });
-      headers.push({ id, value: v, lastActiveIndex });
-    }
-    const results = new Map<string, Array<readonly [number, Uint8Array]>>();
-    for await (const [k, v] of view.iterate({ prefix: tagPrefix(TAG_SESSION_RESULT) })) {
-      if (k.length < p + 2 + 1 + 9 || k[k.length - 9] !== SLASH) throw new StorageCorruptionError(`malformed session result key ${describe(k)}`);
-      const id = sessionIdOf(k.subarray(p + 2, k.length - 9), k);
-      let list = results.get(id);
-      if (!list) results.set(id, (list = []));
-      list.push([readU64(k, k.length - 8), v]);
-      await slicer.maybeYield();
-    }
-    headers.sort((a, b) => a.lastActiveIndex - b.lastActiveIndex);
-    w.varint(headers.length);
-    for (const h of headers) {
-      w.str(h.id);
-      w.raw(h.value); // varint forgottenBelow, lastActiveIndex, lastActiveTs: as the snapshot writes them
-      const list = results.get(h.id) ?? [];
-      w.varint(list.length);
-      let prevSeq = 0;
-      for (const [seq, r] of list) {
-        w.varint(seq - prevSeq);
-        prevSeq = seq;
-        w.raw(r); // the stored result is `writeSessionResult`'s encoding
+    if (replayed !== undefined) {
+      w.varint(replayed.length);
+      for (const x of replayed) {
+        w.str(x.id);
+        w.varint(x.forgottenBelow);
+        w.varint(x.lastActiveIndex);
+        w.varint(x.lastActiveTs);
+        w.varint(x.results.length);
+        let prevSeq = 0;
+        for (const [seq, r] of x.results) {
+          w.varint(seq - prevSeq);
+          prevSeq = seq;
+          writeSessionResult(w, r);
+        }
+        pw.maybeCut();
+        w = pw.out;
       }
-      pw.maybeCut();
-      w = pw.out;
+    } else {
+      const headers: Array<{ id: string; value: Uint8Array; lastActiveIndex: number }> = [];
+      for await (const [k, v] of view.iterate({ prefix: tagPrefix(TAG_SESSION) })) {
+        const id = sessionIdOf(k.subarray(p + 2), k);
+        const lastActiveIndex = corruptOnError(`session ${id}`, () => {
+          const r = new ByteReader(v, 'MALFORMED_SNAPSHOT');
+          r.varint();
+          return r.varint();
+        });
+        headers.push({ id, value: v, lastActiveIndex });
+      }
+      const results = new Map<string, Array<readonly [number, Uint8Array]>>();
+      for await (const [k, v] of view.iterate({ prefix: tagPrefix(TAG_SESSION_RESULT) })) {
+        if (k.length < p + 2 + 1 + 9 || k[k.length - 9] !== SLASH) throw new StorageCorruptionError(`malformed session result key ${describe(k)}`);
+        const id = sessionIdOf(k.subarray(p + 2, k.length - 9), k);
+        let list = results.get(id);
+        if (!list) results.set(id, (list = []));
+        list.push([readU64(k, k.length - 8), v]);
+        await slicer.maybeYield();
+      }
+      headers.sort((a, b) => a.lastActiveIndex - b.lastActiveIndex);
+      w.varint(headers.length);
+      for (const h of headers) {
+        w.str(h.id);
+        w.raw(h.value); // varint forgottenBelow, lastActiveIndex, lastActiveTs: as the snapshot writes them
+        const list = results.get(h.id) ?? [];
+        w.varint(list.length);
+        let prevSeq = 0;
+        for (const [seq, r] of list) {
+          w.varint(seq - prevSeq);
+          prevSeq = seq;
+          w.raw(r); // the stored result is `writeSessionResult`'s encoding
+        }
+        pw.maybeCut();
+        w = pw.out;
+      }
     }
   }
   writeHopsSection(w, hopsByRevision);
@@ -1617,3 +1651,34 @@ export async function encodeSnapshotFromRecords(
 }
 
 const EMPTY = new Uint8Array(0);
+
+/** A group's sessions from a view's records: the base records, then the session journal replayed (checked like the loader's, against the view's `meta`). */
+async function replaySessionRecords(
+  view: Pick<KvEngine, 'get' | 'iterate'>,
+  group: number,
+  tagPrefix: (tag: number) => Uint8Array,
+  slicer: Slicer,
+): Promise<SessionRecord[]> {
+  const p = stateKeyPrefix(group).length;
+  const replay = new SessionReplay();
+  for await (const [k, v] of view.iterate({ prefix: tagPrefix(TAG_SESSION) })) {
+    const id = sessionIdOf(k.subarray(p + 2), k);
+    replay.addBaseHeader(corruptOnError(`session ${id}`, () => decodeSessionHeader(id, v)));
+  }
+  for await (const [k, v] of view.iterate({ prefix: tagPrefix(TAG_SESSION_RESULT) })) {
+    if (k.length < p + 2 + 1 + 9 || k[k.length - 9] !== SLASH) throw new StorageCorruptionError(`malformed session result key ${describe(k)}`);
+    const id = sessionIdOf(k.subarray(p + 2, k.length - 9), k);
+    const seq = readU64(k, k.length - 8);
+    replay.addBaseResult(id, seq, corruptOnError(`result ${seq} of session ${id}`, () => decodeSessionResult(v.slice())));
+    await slicer.maybeYield();
+  }
+  for await (const [k, v] of view.iterate({ prefix: tagPrefix(TAG_SESSION_JOURNAL) })) {
+    if (k.length !== p + 10) throw new StorageCorruptionError(`malformed session journal key ${describe(k)}`);
+    const n = readU64(k, p + 2);
+    corruptOnError(`session journal record ${n}`, () => replay.replay(n, v.slice()));
+    await slicer.maybeYield();
+  }
+  const metaBytes = await view.get(new Keys(group).meta);
+  if (metaBytes === undefined) throw new StorageCorruptionError(`group ${group} state: meta vanished from a view`);
+  return assembleSessions(group, decodeMeta(metaBytes), replay);
+}

@@ -7,7 +7,9 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { DATA_GROUP, KvNode, type NodeOptions } from '../../src/node/kv-node.js';
 import { LoopbackHub } from '../../src/node/transport.js';
 import { ValidationError, type WriteSession } from '../../src/statemachine/index.js';
-import { MemoryEngine } from '../../src/storage/kv-engine.js';
+import { MemoryEngine, scanAll } from '../../src/storage/kv-engine.js';
+import { stateKeyPrefix } from '../../src/storage/raft-log-store.js';
+import { DEFAULT_JOURNAL_MAX_RECORDS } from '../../src/storage/session-journal.js';
 import { silentLogger } from '../../src/log.js';
 
 const enc = (s: string) => new TextEncoder().encode(s);
@@ -129,6 +131,44 @@ describe('client sessions on a node', () => {
     expect(g.version).toBe(eighth.version);
     await converged(nodes);
     const after = nodes.map((n) => n.replica(DATA_GROUP)!.internalsForTests().sm.snapshot());
+    for (const b of after) expect(same(b, after[0]!)).toBe(true);
+  });
+
+  it('a power cut after the session journal folded: a retried write answers from the session and is not applied twice', async () => {
+    const opts = { snapshotEveryEntries: 1_000_000 };
+    const { hub, engines, nodes: first } = await cluster(opts);
+    let nodes = first;
+    const l = await leaderOf(nodes);
+    // One write per round, well past the journal's bound: its oldest records are folded into the base records.
+    const n = DEFAULT_JOURNAL_MAX_RECORDS + 72;
+    const results = [];
+    for (let seq = 1; seq <= n; seq++) results.push(await l.put({ key: `/f${seq % 7}`, value: enc(`v${seq}`) }, call({ id: SID, seq, ackedBelow: Math.max(0, seq - 3) })));
+    await converged(nodes);
+    const rows = async (e: MemoryEngine, tag: string) => (await scanAll(e, { prefix: `${stateKeyPrefix(DATA_GROUP)}${tag}/` })).length;
+    for (const e of engines) {
+      expect(await rows(e, 'c')).toBe(1); // the session's base header (folded)
+      const journal = await rows(e, 'j');
+      expect(journal).toBeGreaterThan(0);
+      expect(journal).toBeLessThanOrEqual(DEFAULT_JOURNAL_MAX_RECORDS + 1);
+    }
+    const disks = engines.map((e) => e.crash());
+    for (const node of nodes) await node.stop().catch(() => {});
+    open = [];
+    nodes = await Promise.all(disks.map((e, i) => openNode(i + 1, e, hub, opts)));
+    for (const node of nodes) node.start();
+    const l2 = await leaderOf(nodes);
+    // A linearizable read commits the new leader's first entry, so every acknowledged write is applied.
+    await l2.get({ key: '/f0', consistency: 'linearizable' }, { deadlineMs: Date.now() + 5000 });
+    await converged(nodes);
+    for (const node of nodes) expect(node.replica(DATA_GROUP)!.internalsForTests().sm.session(SID)!.results.map(([q]) => q)).toEqual([n - 3, n - 2, n - 1, n]);
+    const rev = l2.replica(DATA_GROUP)!.revision;
+    for (const seq of [n - 1, n]) {
+      expect(await l2.put({ key: `/f${seq % 7}`, value: enc(`v${seq}`) }, call({ id: SID, seq, ackedBelow: n - 3 }, 5000))).toEqual(results[seq - 1]);
+    }
+    expect(l2.replica(DATA_GROUP)!.revision).toBe(rev);
+    await expect(l2.put({ key: '/f0', value: enc('old') }, call({ id: SID, seq: n - 10, ackedBelow: 0 }))).rejects.toThrow(/SESSION_EXPIRED/);
+    await converged(nodes);
+    const after = nodes.map((node) => node.replica(DATA_GROUP)!.internalsForTests().sm.snapshot());
     for (const b of after) expect(same(b, after[0]!)).toBe(true);
   });
 

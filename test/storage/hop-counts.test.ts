@@ -51,6 +51,16 @@ const OLD_RECORDS: ReadonlyArray<readonly [string, string]> = [
   ['732f30303030303030372f6d657461', '01050500ec07904e8080802001'],
 ];
 
+/**
+ * The session of OLD_RECORDS (its `c/` header and `d/` result) as the one session journal record a
+ * recorder writes for it now (`s/00000007/j/<5>`: format 1, one update of session-0123456789ab:
+ * floor 0, last active at index 1 and 1000 ms, with its put result at seq 1).
+ */
+const JOURNAL_RECORD: readonly [string, string] = [
+  '732f30303030303030372f6a2f0000000000000005',
+  '0101011473657373696f6e2d3031323334353637383961620101e807010101010101e807',
+];
+
 /** A machine that applied COMMANDS, command i with hop count `hops[i]` (0 when absent). */
 function machine(hops: readonly number[] = [], withSession = false): { sm: KvStateMachine; rec: StateRecorder } {
   const sm = new KvStateMachine();
@@ -112,11 +122,33 @@ describe('hop counts written before they existed', () => {
     expect(eventHops(sm).map((e) => e[3])).toEqual([undefined, undefined, undefined, undefined, undefined, undefined]);
     expect(Buffer.from(sm.snapshot()).equals(Buffer.from(OLD_SNAPSHOT_V2))).toBe(true);
     expect(Buffer.from(await streamed(engine)).equals(Buffer.from(OLD_SNAPSHOT_V2))).toBe(true);
-    // The recorder writes a hop-free state's records exactly as before.
+    // The recorder writes a hop-free state's records exactly as before, but for the client
+    // session, which is now one journal record (golden bytes below) instead of a header and a result.
     const { sm: fresh, rec } = machine([], true);
-    const ours = await scanAll(await recorded(fresh, rec));
-    const theirs = await scanAll(engine);
-    expect(ours.map(([k, v]) => [Buffer.from(k).toString('hex'), Buffer.from(v).toString('hex')])).toEqual(theirs.map(([k, v]) => [Buffer.from(k).toString('hex'), Buffer.from(v).toString('hex')]));
+    const oursEngine = await recorded(fresh, rec);
+    const ours = (await scanAll(oursEngine)).map(([k, v]) => [Buffer.from(k).toString('hex'), Buffer.from(v).toString('hex')]);
+    const theirs = (await scanAll(engine)).map(([k, v]) => [Buffer.from(k).toString('hex'), Buffer.from(v).toString('hex')]);
+    const isSession = ([k]: string[]) => /^732f30303030303030372f(63|64|6a)2f/.test(k!);
+    expect(ours.filter((r) => !isSession(r))).toEqual(theirs.filter((r) => !isSession(r)));
+    expect(theirs.filter(isSession).map(([k]) => Buffer.from(k!, 'hex').toString('latin1').slice(11, 13))).toEqual(['c/', 'd/']);
+    expect(ours.filter(isSession)).toEqual([[JOURNAL_RECORD[0], JOURNAL_RECORD[1]]]);
+    // Both layouts load to the same machine, and stream the same snapshot.
+    expect(Buffer.from(KvStateMachine.fromRecords((await loadState(oursEngine, GROUP))!.data).snapshot()).equals(Buffer.from(OLD_SNAPSHOT_V2))).toBe(true);
+    expect(Buffer.from(await streamed(oursEngine)).equals(Buffer.from(OLD_SNAPSHOT_V2))).toBe(true);
+  });
+
+  it('the session journal record has a fixed layout (golden bytes) and a newer format is refused by name', async () => {
+    const engine = new MemoryEngine();
+    const others = OLD_RECORDS.filter(([k]) => !/^732f30303030303030372f(63|64)2f/.test(k));
+    await engine.batch([...others, JOURNAL_RECORD].map(([k, v]) => ({ type: 'put' as const, key: hex(k), value: hex(v) })), { sync: true });
+    const sm = KvStateMachine.fromRecords((await loadState(engine, GROUP))!.data);
+    expect(Buffer.from(sm.snapshot()).equals(Buffer.from(OLD_SNAPSHOT_V2))).toBe(true);
+    const newer = hex(JOURNAL_RECORD[1]);
+    newer[0] = 2;
+    await engine.batch([{ type: 'put', key: hex(JOURNAL_RECORD[0]), value: newer }], { sync: true });
+    const err = await loadState(engine, GROUP).then(() => undefined, (e: unknown) => e);
+    expect(err).toBeInstanceOf(StorageCorruptionError);
+    expect((err as Error).message).toMatch(/session journal format 2 is not known to this version/);
   });
 });
 

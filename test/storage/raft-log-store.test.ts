@@ -62,13 +62,15 @@ async function diskIndexes(engine: KvEngine, group: number): Promise<number[]> {
 }
 
 /** A comparable picture of everything a store holds for every group. */
-function dump(store: RaftLogStore): string {
+/** The store's in-memory views as JSON; with `withCommit` false, hard states without their commit index (a lower bound on disk). */
+function dump(store: RaftLogStore, withCommit = true): string {
   const out: Record<number, unknown> = {};
   for (const g of store.groups()) {
     const ms = store.storageFor(g);
     const snap = ms.snapshot();
+    const state = ms.initialState();
     out[g] = {
-      state: ms.initialState(),
+      state: withCommit ? state : { ...state, hardState: { term: state.hardState.term, vote: state.hardState.vote } },
       snap: snap ? { meta: snap.meta, data: dec.decode(snap.data) } : null,
       first: ms.firstIndex(),
       last: ms.lastIndex(),
@@ -236,18 +238,64 @@ describe('RaftLogStore on LevelDB', () => {
     s1.persistReady(255, { entries: ents(2, 2, 9, 'g255') }); // truncates group 255 only
     s1.deleteGroup(4096);
     await s1.flush();
-    const expected = dump(s1);
+    const expected = JSON.parse(dump(s1)) as Record<number, { state: { hardState: { commit: number } } }>;
     await s1.close();
 
     const s2 = await openLevel(dir);
     expect(s2.groups()).toEqual(groups.filter((g) => g !== 4096));
-    expect(JSON.parse(dump(s2))).toEqual(JSON.parse(expected));
+    // Group 16 was compacted past its commit index: at open the commit index is raised to the snapshot's.
+    expected[16]!.state.hardState.commit = 2;
+    expect(JSON.parse(dump(s2))).toEqual(expected);
     expect(logOf(s2.storageFor(1))).toEqual(show(ents(1, 4, 2, 'g1')));
     expect(logOf(s2.storageFor(255))).toEqual(show([...ents(1, 1, 6, 'g255'), ...ents(2, 2, 9, 'g255')]));
     expect(s2.storageFor(16).firstIndex()).toBe(3);
     expect(s2.storageFor(0xffff_ffff).initialState().conf).toEqual({ voters: [0xffff_ffff % 7], learners: [] });
     expect(() => s2.storageFor(2 ** 32)).toThrow(RangeError);
     expect(() => s2.storageFor(-1)).toThrow(RangeError);
+  });
+
+  it('log keys on disk are logKey(group, index), for large groups and indexes too', async () => {
+    const engine = new MemoryEngine();
+    const s = await RaftLogStore.open(engine);
+    for (const [g, base] of [[7, 2 ** 40 + 3], [0xffff_ffff, 2 ** 52 + 0xabc], [0, 0]] as const) {
+      s.storageFor(g, CONF);
+      if (base > 0) s.persistReady(g, { snapshot: { meta: { index: base, term: 2, conf: CONF }, data: enc.encode('s') } });
+      s.persistReady(g, { entries: ents(base + 1, base + 3, 2) });
+      await s.flush();
+      const keys = (await scanAll(engine, { prefix: logKey(g, 0).slice(0, -16) })).map(([k]) => Buffer.from(k).toString('latin1'));
+      expect(keys).toEqual([1, 2, 3].map((i) => logKey(g, base + i)));
+    }
+    const back = await RaftLogStore.open(engine.crash());
+    expect(back.storageFor(0xffff_ffff).lastIndex()).toBe(2 ** 52 + 0xabc + 3);
+  });
+
+  it('writes the hard state on a term or vote change, not when only the commit index moves; the commit index read back is a lower bound raised to the snapshot and by raiseCommit', async () => {
+    const engine = new MemoryEngine();
+    const s1 = await RaftLogStore.open(engine);
+    s1.storageFor(3, CONF);
+    const hardStates = (): number => s1.opCounts['g/h']?.put ?? 0;
+    s1.persistReady(3, { entries: ents(1, 6, 1), hardState: { term: 1, vote: 2, commit: 0 } });
+    await s1.flush();
+    expect(hardStates()).toBe(1);
+    for (let c = 1; c <= 6; c++) s1.persistReady(3, { hardState: { term: 1, vote: 2, commit: c } }); // commit only
+    await s1.flush();
+    expect(hardStates()).toBe(1);
+    expect(s1.storageFor(3).initialState().hardState).toEqual({ term: 1, vote: 2, commit: 6 });
+    s1.compact(3, { meta: { index: 3, term: 1, conf: CONF }, data: new Uint8Array(0) });
+    await s1.flush();
+    const disk2 = engine.crash();
+    const s2 = await RaftLogStore.open(disk2);
+    expect(s2.storageFor(3).initialState().hardState).toEqual({ term: 1, vote: 2, commit: 3 }); // raised to the snapshot
+    s2.raiseCommit(3, 5);
+    expect(s2.storageFor(3).initialState().hardState.commit).toBe(5);
+    s2.raiseCommit(3, 4); // never lowered
+    s2.raiseCommit(3, 7); // past the log: ignored
+    expect(s2.storageFor(3).initialState().hardState.commit).toBe(5);
+    s2.persistReady(3, { hardState: { term: 2, vote: 0, commit: 5 } }); // a new term is written
+    await s2.flush();
+    expect(s2.opCounts['g/h']?.put).toBe(1);
+    const s3 = await RaftLogStore.open(disk2.crash());
+    expect(s3.storageFor(3).initialState().hardState).toEqual({ term: 2, vote: 0, commit: 5 });
   });
 
   it('group commit: 100 concurrent persist+flush calls share few fsynced batches', async () => {
@@ -426,7 +474,8 @@ describe('the sync contract at the storage seam', () => {
         await store.flush();
 
         // states[i] = the full picture after the i-th mutation; acked = highest i covered by a resolved flush.
-        const states: string[] = [dump(store)];
+        // The commit index is written only with a term or vote change (a lower bound on disk): compared apart, below.
+        const states: string[] = [dump(store, false)];
         let acked = 0;
         const failures: unknown[] = [];
         for (const [step, a] of actions.entries()) {
@@ -464,7 +513,7 @@ describe('the sync contract at the storage seam', () => {
           } else {
             store.setConf(a.group, { voters: [1, 2, a.voter], learners: [] });
           }
-          states.push(dump(store));
+          states.push(dump(store, false));
         }
 
         // Crash (possibly mid-batch), then restart from what the disk holds.
@@ -475,7 +524,13 @@ describe('the sync contract at the storage seam', () => {
         await tick();
         for (const f of failures) expect(f).toBeInstanceOf(StoreFailedError);
         const recovered = await RaftLogStore.open(disk);
-        const got = dump(recovered);
+        const got = dump(recovered, false);
+        for (let g = 0; g < GROUPS; g++) {
+          const ms = recovered.storageFor(g);
+          const commit = ms.initialState().hardState.commit;
+          // (Not checked against the last index: this model truncates logs below commit indexes, which Raft never does.)
+          if (ms.initialState().hardState.term > 0) expect(commit).toBeGreaterThanOrEqual(ms.firstIndex() - 1);
+        }
 
         // 1. The disk holds the state after some mutation at or after the last acknowledged one.
         const j = states.indexOf(got, ackedAtCrash);
