@@ -228,6 +228,27 @@ export class NodeMetrics {
     counter('kvcascade_peer_messages_rejected_total', 'Peer messages dropped on arrival: malformed, or claiming a sender other than the batch\'s', () => t.rejectedMessages ?? 0);
   }
 
+  /** Exposes the storage engine's write counts (monotonic, read at scrape time): engine operations and batches per put. */
+  watchEngine(e: { readonly counters: { readonly batches: number; readonly syncedBatches: number; readonly ops: number } }): void {
+    const registers = [this.registry];
+    const counter = (name: string, help: string, read: () => number) => {
+      let seen = 0;
+      return new Counter({
+        name,
+        help,
+        registers,
+        collect() {
+          const v = read();
+          if (v > seen) this.inc(v - seen);
+          seen = Math.max(seen, v);
+        },
+      });
+    };
+    counter('kvcascade_engine_batches_total', 'Write batches handed to the storage engine (LevelDB)', () => e.counters.batches);
+    counter('kvcascade_engine_synced_batches_total', 'Write batches handed to the storage engine with sync (fsync)', () => e.counters.syncedBatches);
+    counter('kvcascade_engine_ops_total', 'Puts and deletes handed to the storage engine (LevelDB) in write batches', () => e.counters.ops);
+  }
+
   observer(): NodeObserver {
     return {
       readyBatch: (groups, entries, fsyncMs) => {
