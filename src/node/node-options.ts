@@ -82,6 +82,12 @@ export interface NodeOptions {
    * keepalive per peer node per tick stands in for all of them (src/node/quiescence.ts).
    */
   readonly quiesce?: boolean;
+  /**
+   * Leaders tell followers a new commit index with their next append or heartbeat instead of at
+   * once in commit-only appends (default true; src/raft `RaftConfig.lazyCommit`): two messages
+   * fewer per follower per replication round of every group, followers apply up to one tick later.
+   */
+  readonly lazyCommit?: boolean;
   /** Snapshot and compact the log after this many applied entries. */
   readonly snapshotEveryEntries?: number;
   /** Entries kept behind a snapshot for followers that lag a little. */

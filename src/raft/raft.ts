@@ -67,6 +67,14 @@ export interface RaftConfig {
   /** Leaders step down without a quorum; followers ignore votes while a leader is alive. Default true. */
   readonly checkQuorum?: boolean;
   /**
+   * Leader: a commit index that advances is not broadcast at once in commit-only appends (two
+   * messages per follower per replication round: the append and its acknowledgement); followers
+   * learn it with the next append that carries entries or the next heartbeat, so at most one
+   * heartbeat interval later. The leader's own commit and apply (what clients wait for) are
+   * unchanged. Meant for hosts running many groups over the same node pairs. Default false.
+   */
+  readonly lazyCommit?: boolean;
+  /**
    * Called with a snapshot received from a leader before it is installed: false (or a throw)
    * refuses it, as if it brought nothing new. Hosts use it to check that their state machine can
    * restore the data, so a snapshot no correct leader sends cannot stop the host once installed.
@@ -202,6 +210,7 @@ export class Raft {
   private readonly random: RandomSource;
   private readonly preVote: boolean;
   private readonly checkQuorum: boolean;
+  private readonly lazyCommit: boolean;
   private readonly maxAppendBytes: number;
   private readonly maxInflight: number;
   readonly maxApplyBytes: number;
@@ -245,6 +254,7 @@ export class Raft {
     }
     this.preVote = cfg.preVote ?? true;
     this.checkQuorum = cfg.checkQuorum ?? true;
+    this.lazyCommit = cfg.lazyCommit ?? false;
     this.maxAppendBytes = cfg.maxAppendBytes ?? 1 << 20;
     this.maxInflight = cfg.maxInflightAppends ?? 256;
     this.maxApplyBytes = cfg.maxApplyBytes ?? 16 << 20;
@@ -924,7 +934,8 @@ export class Raft {
     if (this.log.term(index) !== term) return;
     const self = this.prs.get(this.id);
     if (!self || !self.maybeUpdate(index)) return;
-    if (this.maybeCommit()) this.appendPending = true; // tell followers the new commit index
+    // Tell followers the new commit index (lazily: with the next append or heartbeat).
+    if (this.maybeCommit() && !this.lazyCommit) this.appendPending = true;
   }
 
   /** Applied entries no longer count against the uncommitted-bytes bound. */
@@ -1046,7 +1057,7 @@ export class Raft {
         pr.inflights.freeLE(m.index);
         break;
     }
-    if (this.maybeCommit()) {
+    if (this.maybeCommit() && !this.lazyCommit) {
       this.bcastAppend();
     } else if (oldPaused) {
       this.sendAppend(m.from, false);

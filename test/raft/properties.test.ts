@@ -190,8 +190,10 @@ const configArb = fc
     // Production runs with both on; the core supports every combination, so all are exercised.
     preVote: fc.boolean(),
     checkQuorum: fc.boolean(),
+    // kvd runs with lazy commit notices (NodeOptions.lazyCommit); both timings are exercised.
+    lazyCommit: fc.boolean(),
   })
-  .chain(({ seed, nodes, snapshotEvery, maxAppendBytes, preVote, checkQuorum }) =>
+  .chain(({ seed, nodes, snapshotEvery, maxAppendBytes, preVote, checkQuorum, lazyCommit }) =>
     scheduleArb(nodes).map(
       (schedule): SimConfig => ({
         seed,
@@ -200,7 +202,7 @@ const configArb = fc
         schedule,
         clients: 3,
         keys: ['x', 'y'],
-        host: { snapshotEvery, compactionLag: 3, electionTicks: 10, heartbeatTicks: 2, snapshotChunkBytes: 128, maxAppendBytes, preVote, checkQuorum },
+        host: { snapshotEvery, compactionLag: 3, electionTicks: 10, heartbeatTicks: 2, snapshotChunkBytes: 128, maxAppendBytes, preVote, checkQuorum, lazyCommit },
         livenessBoundMs: 4000,
       }),
     ),

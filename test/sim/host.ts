@@ -24,6 +24,8 @@ export interface HostOptions {
   readonly heartbeatTicks?: number;
   readonly preVote?: boolean;
   readonly checkQuorum?: boolean;
+  /** RaftConfig.lazyCommit: commit indexes reach followers with the next append or heartbeat. */
+  readonly lazyCommit?: boolean;
   readonly maxInflightAppends?: number;
   readonly maxAppendBytes?: number;
   readonly snapshotChunkBytes?: number;
@@ -85,6 +87,7 @@ export class SimHost {
       heartbeatTicks: this.opts.heartbeatTicks ?? 1,
       preVote: this.opts.preVote ?? true,
       checkQuorum: this.opts.checkQuorum ?? true,
+      lazyCommit: this.opts.lazyCommit ?? false,
       maxInflightAppends: this.opts.maxInflightAppends ?? 8,
       maxAppendBytes: this.opts.maxAppendBytes ?? 4096,
       snapshotChunkBytes: this.opts.snapshotChunkBytes ?? 256,
