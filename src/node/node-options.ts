@@ -88,6 +88,12 @@ export interface NodeOptions {
    * fewer per follower per replication round of every group, followers apply up to one tick later.
    */
   readonly lazyCommit?: boolean;
+  /**
+   * A leader's tick sends no heartbeat to a follower it sent an append since the last tick
+   * (default true; src/raft `RaftConfig.quietHeartbeats`): busy groups send heartbeats only where
+   * appends stopped.
+   */
+  readonly quietHeartbeats?: boolean;
   /** Snapshot and compact the log after this many applied entries. */
   readonly snapshotEveryEntries?: number;
   /** Entries kept behind a snapshot for followers that lag a little. */

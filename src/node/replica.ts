@@ -61,8 +61,8 @@ export interface ReplicaOptions {
   readonly random: RandomSource;
   readonly electionTicks: number;
   readonly heartbeatTicks: number;
-  /** Raft core options that only change message timing, for many groups over the same node pairs (NodeOptions.lazyCommit). */
-  readonly raftTiming?: Pick<RaftConfig, 'lazyCommit'>;
+  /** Raft core options that only change message timing, for many groups over the same node pairs (NodeOptions.lazyCommit, quietHeartbeats). */
+  readonly raftTiming?: Pick<RaftConfig, 'lazyCommit' | 'quietHeartbeats'>;
   /** Take a state machine snapshot (and compact the log) after this many applied entries. */
   readonly snapshotEveryEntries: number;
   /** Also after this many bytes of applied entry data (default: no byte bound), so a log of large values stays bounded in bytes. */

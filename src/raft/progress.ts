@@ -69,6 +69,8 @@ export class Progress {
   snapshotChunkInFlight = false;
   /** The peer communicated with the leader during the current check-quorum period. */
   recentActive = false;
+  /** An append went to the peer since the leader's last heartbeat round (see `RaftConfig.quietHeartbeats`). */
+  appendedSinceBeat = false;
   readonly inflights: Inflights;
 
   constructor(

@@ -75,6 +75,14 @@ export interface RaftConfig {
    */
   readonly lazyCommit?: boolean;
   /**
+   * Leader: a heartbeat round skips a follower that was sent an append since the previous round
+   * and is replicating with room in its window (the append reset its election timer; its answer
+   * keeps the leader's check-quorum mark). Heartbeats confirming a read and quiescing ones always
+   * go. With `lazyCommit`, a follower then learns the final commit index of a burst at most two
+   * heartbeat intervals later. Default false.
+   */
+  readonly quietHeartbeats?: boolean;
+  /**
    * Called with a snapshot received from a leader before it is installed: false (or a throw)
    * refuses it, as if it brought nothing new. Hosts use it to check that their state machine can
    * restore the data, so a snapshot no correct leader sends cannot stop the host once installed.
@@ -211,6 +219,7 @@ export class Raft {
   private readonly preVote: boolean;
   private readonly checkQuorum: boolean;
   private readonly lazyCommit: boolean;
+  private readonly quietHeartbeats: boolean;
   private readonly maxAppendBytes: number;
   private readonly maxInflight: number;
   readonly maxApplyBytes: number;
@@ -255,6 +264,7 @@ export class Raft {
     this.preVote = cfg.preVote ?? true;
     this.checkQuorum = cfg.checkQuorum ?? true;
     this.lazyCommit = cfg.lazyCommit ?? false;
+    this.quietHeartbeats = cfg.quietHeartbeats ?? false;
     this.maxAppendBytes = cfg.maxAppendBytes ?? 1 << 20;
     this.maxInflight = cfg.maxInflightAppends ?? 256;
     this.maxApplyBytes = cfg.maxApplyBytes ?? 16 << 20;
@@ -676,7 +686,7 @@ export class Raft {
     }
     if (this.heartbeatElapsed >= this.heartbeatTicks) {
       this.heartbeatElapsed = 0;
-      this.bcastHeartbeat(this.pendingReads.at(-1)?.requestId);
+      this.bcastHeartbeat(this.pendingReads.at(-1)?.requestId, false, this.quietHeartbeats);
     }
   }
 
@@ -968,9 +978,13 @@ export class Raft {
     }
   }
 
-  private bcastHeartbeat(context: string | undefined, quiesce = false): void {
+  /** Heartbeats to every follower; `quiet`: a tick's round, skipping followers an append reached since the last round. */
+  private bcastHeartbeat(context: string | undefined, quiesce = false, quiet = false): void {
     for (const [id, pr] of this.prs) {
       if (id === this.id) continue;
+      const appended = pr.appendedSinceBeat;
+      pr.appendedSinceBeat = false;
+      if (quiet && context === undefined && appended && pr.state === ProgressState.Replicate && !pr.inflights.full) continue;
       const m: Message = {
         type: MessageType.Heartbeat,
         group: this.group,
@@ -1003,6 +1017,7 @@ export class Raft {
       return this.startSnapshot(pr);
     }
     if (entries.length === 0 && !sendIfEmpty) return false;
+    pr.appendedSinceBeat = true;
     this.send({
       type: MessageType.App,
       group: this.group,

@@ -190,10 +190,11 @@ const configArb = fc
     // Production runs with both on; the core supports every combination, so all are exercised.
     preVote: fc.boolean(),
     checkQuorum: fc.boolean(),
-    // kvd runs with lazy commit notices (NodeOptions.lazyCommit); both timings are exercised.
+    // kvd runs with lazy commit notices and quiet heartbeats (NodeOptions); every timing is exercised.
     lazyCommit: fc.boolean(),
+    quietHeartbeats: fc.boolean(),
   })
-  .chain(({ seed, nodes, snapshotEvery, maxAppendBytes, preVote, checkQuorum, lazyCommit }) =>
+  .chain(({ seed, nodes, snapshotEvery, maxAppendBytes, preVote, checkQuorum, lazyCommit, quietHeartbeats }) =>
     scheduleArb(nodes).map(
       (schedule): SimConfig => ({
         seed,
@@ -202,7 +203,7 @@ const configArb = fc
         schedule,
         clients: 3,
         keys: ['x', 'y'],
-        host: { snapshotEvery, compactionLag: 3, electionTicks: 10, heartbeatTicks: 2, snapshotChunkBytes: 128, maxAppendBytes, preVote, checkQuorum, lazyCommit },
+        host: { snapshotEvery, compactionLag: 3, electionTicks: 10, heartbeatTicks: 2, snapshotChunkBytes: 128, maxAppendBytes, preVote, checkQuorum, lazyCommit, quietHeartbeats },
         livenessBoundMs: 4000,
       }),
     ),
