@@ -307,6 +307,11 @@ export class ShardReplica {
     return this.raw.hasReady();
   }
 
+  /** Leader: tells followers the commit index held back by lazy commit (call when the node is idle); returns whether anything was sent. */
+  flushCommitNotices(): boolean {
+    return this.raw.flushCommit();
+  }
+
   /** Takes the Raft core's pending work (call `apply` then `advance` with it). */
   ready(): Ready {
     return this.raw.ready();

@@ -71,6 +71,8 @@ export class Progress {
   recentActive = false;
   /** An append went to the peer since the leader's last heartbeat round (see `RaftConfig.quietHeartbeats`). */
   appendedSinceBeat = false;
+  /** The commit index the peer was last told it may reach (an append's capped at its last entry, or a heartbeat's); see `Raft.flushCommit`. */
+  sentCommit = 0;
   readonly inflights: Inflights;
 
   constructor(

@@ -407,6 +407,23 @@ export class Raft {
     return true;
   }
 
+  /**
+   * Leader with `lazyCommit`: sends the commit index held back so far to every replicating
+   * follower that has not been told it (an append, empty unless entries are due). Hosts call it
+   * when they have nothing else to do, so an idle group's followers apply at once while a busy
+   * group's commit indexes ride on its next appends. Returns whether anything was sent.
+   */
+  flushCommit(): boolean {
+    if (!this.lazyCommit || this.role !== Role.Leader) return false;
+    let sent = false;
+    for (const [id, pr] of this.prs) {
+      if (id === this.id || pr.state !== ProgressState.Replicate) continue;
+      if (pr.sentCommit >= Math.min(pr.match, this.log.committed)) continue;
+      if (this.sendAppend(id, true)) sent = true;
+    }
+    return sent;
+  }
+
   /** Sends out the appends owed after proposals (called when the host asks for a Ready). */
   flushAppends(): void {
     if (this.appendPending && this.role === Role.Leader) this.bcastAppend();
@@ -995,6 +1012,7 @@ export class Raft {
         ...(context !== undefined ? { context } : {}),
         ...(quiesce ? { quiesce: true } : {}),
       };
+      pr.sentCommit = Math.max(pr.sentCommit, m.commit!);
       this.send(m);
     }
   }
@@ -1030,6 +1048,7 @@ export class Raft {
       commit: this.log.committed,
     });
     pr.sentEntries(prevIndex + entries.length, entries.length);
+    pr.sentCommit = Math.max(pr.sentCommit, Math.min(this.log.committed, prevIndex + entries.length));
     return true;
   }
 

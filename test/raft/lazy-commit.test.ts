@@ -111,6 +111,35 @@ describe('lazy commit notices', () => {
     expect(net.value(1, 'lost')).toBeUndefined();
   });
 
+  it('flushCommit (the host is idle) tells each follower the held-back commit once; eager replicas never hold one back', () => {
+    const net = new ScenarioNetwork([1, 2, 3], { lazyCommit: true });
+    elect(net, 1);
+    net.tickAll(1);
+    net.propose(1, 'k', 'v1');
+    const last = net.host(1).node.raft.log.lastIndex();
+    expect(committed(net, 2)).toBeLessThan(last);
+    const mark = net.delivered.length;
+    expect(net.host(1).node.raft.flushCommit()).toBe(true);
+    net.stabilize();
+    expect(committed(net, 2)).toBe(last);
+    expect(committed(net, 3)).toBe(last);
+    expect(since(net, mark, MessageType.App)).toHaveLength(2); // one commit-only append per follower
+    expect(net.host(1).node.raft.flushCommit()).toBe(false); // nothing held back any more
+    expect(net.host(2).node.raft.flushCommit()).toBe(false); // a follower has nothing to flush
+    const eager = new ScenarioNetwork([1, 2, 3]);
+    elect(eager, 1);
+    eager.propose(1, 'k', 'v');
+    expect(eager.host(1).node.raft.flushCommit()).toBe(false);
+  });
+
+  it('flushCommit after a heartbeat already carried the commit sends nothing', () => {
+    const net = new ScenarioNetwork([1, 2, 3], { lazyCommit: true });
+    elect(net, 1);
+    net.propose(1, 'k', 'v1');
+    net.tick(1);
+    expect(net.host(1).node.raft.flushCommit()).toBe(false);
+  });
+
   it('quiescing delivers the final commit index to every follower', () => {
     const net = new ScenarioNetwork([1, 2, 3], { lazyCommit: true });
     elect(net, 1);
