@@ -85,7 +85,8 @@ export interface NodeOptions {
   /**
    * Leaders tell followers a new commit index with their next append or heartbeat instead of at
    * once in commit-only appends (default true; src/raft `RaftConfig.lazyCommit`): two messages
-   * fewer per follower per replication round of every group, followers apply up to one tick later.
+   * fewer per follower per replication round of a busy group. When the node has nothing else to
+   * do its driver sends the held-back indexes at once, so an idle group's followers are not late.
    */
   readonly lazyCommit?: boolean;
   /**

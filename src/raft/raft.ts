@@ -69,9 +69,10 @@ export interface RaftConfig {
   /**
    * Leader: a commit index that advances is not broadcast at once in commit-only appends (two
    * messages per follower per replication round: the append and its acknowledgement); followers
-   * learn it with the next append that carries entries or the next heartbeat, so at most one
-   * heartbeat interval later. The leader's own commit and apply (what clients wait for) are
-   * unchanged. Meant for hosts running many groups over the same node pairs. Default false.
+   * learn it with the next append that carries entries, the next heartbeat, or when the host
+   * calls `flushCommit` (at the latest, one heartbeat interval later). The leader's own commit and
+   * apply (what clients wait for) are unchanged. Meant for hosts running many groups over the
+   * same node pairs, calling `flushCommit` when they are idle. Default false.
    */
   readonly lazyCommit?: boolean;
   /**
