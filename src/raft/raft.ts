@@ -6,7 +6,8 @@
  * flow-controlled log replication with fast conflict back-off; chunked snapshot transfer;
  * ReadIndex reads; leader transfer; single-step membership changes with learners; quiescence
  * of idle groups (the leader stops heartbeating, caught-up followers stop their election timers;
- * the host wakes a follower whose leader's node looks dead, see `quiesce`/`wake`).
+ * the host wakes a follower whose leader's node looks dead, see `quiesce`/`wake`); optional lazy
+ * commit notices and quiet heartbeats for busy groups (`lazyCommit`, `quietHeartbeats`, `flushCommit`).
  *
  * Why one file of this size: it is one state machine whose role handlers (follower, candidate,
  * leader) share every field and must be read together to check an invariant; the separable
