@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { LibDriver } from './lib-driver.js';
 import { KeyRouter, type RoutingSpec } from './shards.js';
 import { machineBusySeconds, processCpuSeconds } from './util.js';
+import { perOp, perOpNote, readNodeCounters, type NodeCounters } from './node-counters.js';
 
 /**
  * The workloads: `pipelined-put`, `put-shards`, `pipelined-put-shards`, `lambda` and
@@ -597,6 +598,8 @@ export interface WorkloadOptions extends LoadParams {
   readonly serverPids: readonly number[];
   /** Called when the client processes are connected and told to start (the warm-up begins). */
   readonly onStart?: () => void;
+  /** kvd: each node's `/metrics` port; its counters over the window give peer messages, fsynced rounds and engine writes per op. */
+  readonly metricsPorts?: readonly (number | undefined)[];
 }
 
 /** The merged result of one workload on one system. */
@@ -751,14 +754,19 @@ export async function runWorkload(o: WorkloadOptions): Promise<WorkloadResult> {
         }
       }
     };
+    const ports = o.metricsPorts ?? [];
+    let countersStart: Promise<NodeCounters | undefined> = Promise.resolve(undefined);
+    let countersEnd: Promise<NodeCounters | undefined> = Promise.resolve(undefined);
     const t1 = setTimeout(() => {
       toggleServerProfiles();
+      countersStart = readNodeCounters(ports);
       void sample().then(([srv, busy]) => {
         srvStart = srv;
         busyStart = busy;
       });
     }, o.warmupMs);
     const t2 = setTimeout(() => {
+      countersEnd = readNodeCounters(ports);
       void sample().then(([end, busy]) => {
         toggleServerProfiles();
         let sum = 0;
@@ -777,6 +785,7 @@ export async function runWorkload(o: WorkloadOptions): Promise<WorkloadResult> {
     clearTimeout(t1);
     clearTimeout(t2);
     await sleep(50); // let the end-of-window CPU sample settle if it was just taken
+    const [cStart, cEnd] = await Promise.all([countersStart, countersEnd]);
 
     const hist = newHistogram();
     const errors: Record<string, number> = {};
@@ -799,6 +808,8 @@ export async function runWorkload(o: WorkloadOptions): Promise<WorkloadResult> {
     const connections = plan.reduce((n, p) => n + p.length, 0);
     const pipelined = isPipelined(o.workload);
     const ms = (us: number): number => Math.round(us) / 1000;
+    const counts = cStart !== undefined && cEnd !== undefined ? perOp(cStart, cEnd, ops, ports.length) : undefined;
+    const countsNote = counts === undefined ? undefined : perOpNote(counts);
     const result: WorkloadResult = {
       system: o.system,
       workload: o.workload,
@@ -826,6 +837,7 @@ export async function runWorkload(o: WorkloadOptions): Promise<WorkloadResult> {
       serverCpuUsPerOp: cpuWin.srv === null || ops === 0 ? null : Math.round((cpuWin.srv * (o.durationMs / 1000) * 1e6) / ops),
       ...(o.kvdClient !== undefined && o.kvdClient !== 'stub' && o.system === 'kvd' && ['put', 'get', 'rmw'].includes(o.workload) ? { kvdClient: o.kvdClient } : {}),
       otherCpuCores: cpuWin.busy === null || cpuWin.srv === null ? null : Math.max(0, cpuWin.busy - cpuWin.srv - cpu / (o.durationMs / 1000)),
+      ...(counts === undefined ? {} : { extra: { perOp: counts }, ...(countsNote === undefined ? {} : { notes: [countsNote] }) }),
     };
     hist.destroy();
     return result;

@@ -371,6 +371,7 @@ async function measure(
       procs: cfg.procs, warmupMs: cfg.warmupS * 1000, durationMs: cfg.durationS * 1000, keys: cfg.keys,
       valueBytes: cfg.valueBytes, pipelineDepth: cfg.pipelineDepth, opTimeoutMs: cfg.opTimeoutS * 1000,
       serverPids: cluster.pids(),
+      ...(cluster.metricsPorts ? { metricsPorts: await cluster.metricsPorts() } : {}),
       ...(cfg.profileDir === undefined ? {} : { profileDir: cfg.profileDir }),
       ...(system === 'kvd' && cfg.kvdClient !== 'stub' ? { kvdClient: cfg.kvdClient } : {}),
     };

@@ -218,7 +218,12 @@ export class NodeDriver {
           this.replicas.applied(r, rd);
           round.push([r, rd]);
         }
-        if (round.length === 0) return;
+        if (round.length === 0) {
+          // Idle: commit indexes held back for the next append (lazy commit) go out now, so a
+          // quiet group's followers apply at once; a busy node's ride on its next appends.
+          if (!this.flushCommitNotices()) return;
+          continue;
+        }
         // A measurement for metrics only (it decides nothing), so the monotonic clock.
         const t0 = performance.now();
         if (mustSync) await store.flush();
@@ -236,6 +241,13 @@ export class NodeDriver {
     } finally {
       this.inReady = false;
     }
+  }
+
+  /** Asks every replica to send the commit notices lazy commit held back; returns whether any was sent. */
+  private flushCommitNotices(): boolean {
+    let sent = false;
+    for (const r of this.replicas.values()) if (!r.installing && r.flushCommitNotices()) sent = true;
+    return sent;
   }
 
   /**

@@ -212,7 +212,6 @@ export class NodeMetrics {
     );
   }
 
-  /** A node observer that records storage and Raft events. */
   /** Exposes the peer transport's message and batch counts (monotonic counts, read at scrape time). */
   watchTransport(t: {
     readonly sentMessages: number;
@@ -222,21 +221,7 @@ export class NodeMetrics {
     readonly rejectedBatches?: number;
     readonly rejectedMessages?: number;
   }): void {
-    const registers = [this.registry];
-    // Counters read from the transport's running totals at scrape time (they only grow).
-    const counter = (name: string, help: string, read: () => number) => {
-      let seen = 0;
-      return new Counter({
-        name,
-        help,
-        registers,
-        collect() {
-          const v = read();
-          if (v > seen) this.inc(v - seen);
-          seen = Math.max(seen, v);
-        },
-      });
-    };
+    const counter = (name: string, help: string, read: () => number) => this.runningTotal(name, help, read);
     counter('kvcascade_peer_messages_sent_total', 'Raft messages sent to peers (all groups)', () => t.sentMessages);
     counter('kvcascade_peer_batches_sent_total', 'Batches written to peer streams (each carries the messages of every group for that peer)', () => t.sentBatches);
     counter('kvcascade_peer_messages_received_total', 'Raft messages received from peers', () => t.receivedMessages);
@@ -245,6 +230,30 @@ export class NodeMetrics {
     counter('kvcascade_peer_messages_rejected_total', 'Peer messages dropped on arrival: malformed, or claiming a sender other than the batch\'s', () => t.rejectedMessages ?? 0);
   }
 
+  /** Exposes the storage engine's write counts (monotonic, read at scrape time): engine operations and batches per put. */
+  watchEngine(e: { readonly counters: { readonly batches: number; readonly syncedBatches: number; readonly ops: number } }): void {
+    const counter = (name: string, help: string, read: () => number) => this.runningTotal(name, help, read);
+    counter('kvcascade_engine_batches_total', 'Write batches handed to the storage engine (LevelDB)', () => e.counters.batches);
+    counter('kvcascade_engine_synced_batches_total', 'Write batches handed to the storage engine with sync (fsync)', () => e.counters.syncedBatches);
+    counter('kvcascade_engine_ops_total', 'Puts and deletes handed to the storage engine (LevelDB) in write batches', () => e.counters.ops);
+  }
+
+  /** A counter read from a running total at scrape time (the total only grows). */
+  private runningTotal(name: string, help: string, read: () => number): Counter {
+    let seen = 0;
+    return new Counter({
+      name,
+      help,
+      registers: [this.registry],
+      collect() {
+        const v = read();
+        if (v > seen) this.inc(v - seen);
+        seen = Math.max(seen, v);
+      },
+    });
+  }
+
+  /** A node observer that records storage and Raft events. */
   observer(): NodeObserver {
     return {
       readyBatch: (groups, entries, fsyncMs) => {

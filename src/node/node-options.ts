@@ -82,6 +82,19 @@ export interface NodeOptions {
    * keepalive per peer node per tick stands in for all of them (src/node/quiescence.ts).
    */
   readonly quiesce?: boolean;
+  /**
+   * Leaders tell followers a new commit index with their next append or heartbeat instead of at
+   * once in commit-only appends (default true; src/raft `RaftConfig.lazyCommit`): two messages
+   * fewer per follower per replication round of a busy group. When the node has nothing else to
+   * do its driver sends the held-back indexes at once, so an idle group's followers are not late.
+   */
+  readonly lazyCommit?: boolean;
+  /**
+   * A leader's tick sends no heartbeat to a follower it sent an append since the last tick
+   * (default true; src/raft `RaftConfig.quietHeartbeats`): busy groups send heartbeats only where
+   * appends stopped.
+   */
+  readonly quietHeartbeats?: boolean;
   /** Snapshot and compact the log after this many applied entries. */
   readonly snapshotEveryEntries?: number;
   /** Entries kept behind a snapshot for followers that lag a little. */

@@ -156,6 +156,7 @@ export class ReplicaSet {
       random: replicaRandom(opts, scheduler, this.parts.id, group),
       electionTicks: opts.electionTicks ?? NODE_DEFAULTS.electionTicks,
       heartbeatTicks: opts.heartbeatTicks ?? NODE_DEFAULTS.heartbeatTicks,
+      raftTiming: { lazyCommit: opts.lazyCommit !== false, quietHeartbeats: opts.quietHeartbeats !== false },
       snapshotEveryEntries: opts.snapshotEveryEntries ?? NODE_DEFAULTS.snapshotEveryEntries,
       snapshotEveryBytes: opts.snapshotEveryBytes ?? NODE_DEFAULTS.snapshotEveryBytes,
       admit: (cmd, origin) => this.memoryBudget.check(cmd, origin),

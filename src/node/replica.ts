@@ -19,6 +19,7 @@ import {
   type ConfState,
   type Message,
   type NodeId,
+  type RaftConfig,
   type RaftStatus,
   type MemoryStorage,
   type RandomSource,
@@ -60,6 +61,8 @@ export interface ReplicaOptions {
   readonly random: RandomSource;
   readonly electionTicks: number;
   readonly heartbeatTicks: number;
+  /** Raft core options that only change message timing, for many groups over the same node pairs (NodeOptions.lazyCommit, quietHeartbeats). */
+  readonly raftTiming?: Pick<RaftConfig, 'lazyCommit' | 'quietHeartbeats'>;
   /** Take a state machine snapshot (and compact the log) after this many applied entries. */
   readonly snapshotEveryEntries: number;
   /** Also after this many bytes of applied entry data (default: no byte bound), so a log of large values stays bounded in bytes. */
@@ -193,6 +196,7 @@ export class ShardReplica {
       random: opts.random,
       electionTicks: opts.electionTicks,
       heartbeatTicks: opts.heartbeatTicks,
+      ...opts.raftTiming,
       applied: this.machine.appliedIndex,
       acceptSnapshot: (snap) => this.checkSnapshot(snap),
     });
@@ -301,6 +305,11 @@ export class ShardReplica {
   /** Whether the Raft core has work for a ready round (writes, messages, committed entries). */
   hasReady(): boolean {
     return this.raw.hasReady();
+  }
+
+  /** Leader: tells followers the commit index held back by lazy commit (call when the node is idle); returns whether anything was sent. */
+  flushCommitNotices(): boolean {
+    return this.raw.flushCommit();
   }
 
   /** Takes the Raft core's pending work (call `apply` then `advance` with it). */

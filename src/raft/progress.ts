@@ -69,6 +69,10 @@ export class Progress {
   snapshotChunkInFlight = false;
   /** The peer communicated with the leader during the current check-quorum period. */
   recentActive = false;
+  /** An append went to the peer since the leader's last heartbeat round (see `RaftConfig.quietHeartbeats`). */
+  appendedSinceBeat = false;
+  /** The commit index the peer was last told it may reach (an append's capped at its last entry, or a heartbeat's); see `Raft.flushCommit`. */
+  sentCommit = 0;
   readonly inflights: Inflights;
 
   constructor(

@@ -6,7 +6,8 @@
  * flow-controlled log replication with fast conflict back-off; chunked snapshot transfer;
  * ReadIndex reads; leader transfer; single-step membership changes with learners; quiescence
  * of idle groups (the leader stops heartbeating, caught-up followers stop their election timers;
- * the host wakes a follower whose leader's node looks dead, see `quiesce`/`wake`).
+ * the host wakes a follower whose leader's node looks dead, see `quiesce`/`wake`); optional lazy
+ * commit notices and quiet heartbeats for busy groups (`lazyCommit`, `quietHeartbeats`, `flushCommit`).
  *
  * Why one file of this size: it is one state machine whose role handlers (follower, candidate,
  * leader) share every field and must be read together to check an invariant; the separable
@@ -66,6 +67,23 @@ export interface RaftConfig {
   readonly preVote?: boolean;
   /** Leaders step down without a quorum; followers ignore votes while a leader is alive. Default true. */
   readonly checkQuorum?: boolean;
+  /**
+   * Leader: a commit index that advances is not broadcast at once in commit-only appends (two
+   * messages per follower per replication round: the append and its acknowledgement); followers
+   * learn it with the next append that carries entries, the next heartbeat, or when the host
+   * calls `flushCommit` (at the latest, one heartbeat interval later). The leader's own commit and
+   * apply (what clients wait for) are unchanged. Meant for hosts running many groups over the
+   * same node pairs, calling `flushCommit` when they are idle. Default false.
+   */
+  readonly lazyCommit?: boolean;
+  /**
+   * Leader: a heartbeat round skips a follower that was sent an append since the previous round
+   * and is replicating with room in its window (the append reset its election timer; its answer
+   * keeps the leader's check-quorum mark). Heartbeats confirming a read and quiescing ones always
+   * go. With `lazyCommit`, a follower then learns the final commit index of a burst at most two
+   * heartbeat intervals later. Default false.
+   */
+  readonly quietHeartbeats?: boolean;
   /**
    * Called with a snapshot received from a leader before it is installed: false (or a throw)
    * refuses it, as if it brought nothing new. Hosts use it to check that their state machine can
@@ -202,6 +220,8 @@ export class Raft {
   private readonly random: RandomSource;
   private readonly preVote: boolean;
   private readonly checkQuorum: boolean;
+  private readonly lazyCommit: boolean;
+  private readonly quietHeartbeats: boolean;
   private readonly maxAppendBytes: number;
   private readonly maxInflight: number;
   readonly maxApplyBytes: number;
@@ -245,6 +265,8 @@ export class Raft {
     }
     this.preVote = cfg.preVote ?? true;
     this.checkQuorum = cfg.checkQuorum ?? true;
+    this.lazyCommit = cfg.lazyCommit ?? false;
+    this.quietHeartbeats = cfg.quietHeartbeats ?? false;
     this.maxAppendBytes = cfg.maxAppendBytes ?? 1 << 20;
     this.maxInflight = cfg.maxInflightAppends ?? 256;
     this.maxApplyBytes = cfg.maxApplyBytes ?? 16 << 20;
@@ -385,6 +407,23 @@ export class Raft {
       if (pr.match !== last || pr.state !== ProgressState.Replicate || pr.inflights.count > 0) return false;
     }
     return true;
+  }
+
+  /**
+   * Leader with `lazyCommit`: sends the commit index held back so far to every replicating
+   * follower that has not been told it (an append, empty unless entries are due). Hosts call it
+   * when they have nothing else to do, so an idle group's followers apply at once while a busy
+   * group's commit indexes ride on its next appends. Returns whether anything was sent.
+   */
+  flushCommit(): boolean {
+    if (!this.lazyCommit || this.role !== Role.Leader) return false;
+    let sent = false;
+    for (const [id, pr] of this.prs) {
+      if (id === this.id || pr.state !== ProgressState.Replicate) continue;
+      if (pr.sentCommit >= Math.min(pr.match, this.log.committed)) continue;
+      if (this.sendAppend(id, true)) sent = true;
+    }
+    return sent;
   }
 
   /** Sends out the appends owed after proposals (called when the host asks for a Ready). */
@@ -666,7 +705,7 @@ export class Raft {
     }
     if (this.heartbeatElapsed >= this.heartbeatTicks) {
       this.heartbeatElapsed = 0;
-      this.bcastHeartbeat(this.pendingReads.at(-1)?.requestId);
+      this.bcastHeartbeat(this.pendingReads.at(-1)?.requestId, false, this.quietHeartbeats);
     }
   }
 
@@ -924,7 +963,8 @@ export class Raft {
     if (this.log.term(index) !== term) return;
     const self = this.prs.get(this.id);
     if (!self || !self.maybeUpdate(index)) return;
-    if (this.maybeCommit()) this.appendPending = true; // tell followers the new commit index
+    // Tell followers the new commit index (lazily: with the next append or heartbeat).
+    if (this.maybeCommit() && !this.lazyCommit) this.appendPending = true;
   }
 
   /** Applied entries no longer count against the uncommitted-bytes bound. */
@@ -957,9 +997,13 @@ export class Raft {
     }
   }
 
-  private bcastHeartbeat(context: string | undefined, quiesce = false): void {
+  /** Heartbeats to every follower; `quiet`: a tick's round, skipping followers an append reached since the last round. */
+  private bcastHeartbeat(context: string | undefined, quiesce = false, quiet = false): void {
     for (const [id, pr] of this.prs) {
       if (id === this.id) continue;
+      const appended = pr.appendedSinceBeat;
+      pr.appendedSinceBeat = false;
+      if (quiet && context === undefined && appended && pr.state === ProgressState.Replicate && !pr.inflights.full) continue;
       const m: Message = {
         type: MessageType.Heartbeat,
         group: this.group,
@@ -970,6 +1014,7 @@ export class Raft {
         ...(context !== undefined ? { context } : {}),
         ...(quiesce ? { quiesce: true } : {}),
       };
+      pr.sentCommit = Math.max(pr.sentCommit, m.commit!);
       this.send(m);
     }
   }
@@ -992,6 +1037,7 @@ export class Raft {
       return this.startSnapshot(pr);
     }
     if (entries.length === 0 && !sendIfEmpty) return false;
+    pr.appendedSinceBeat = true;
     this.send({
       type: MessageType.App,
       group: this.group,
@@ -1004,6 +1050,7 @@ export class Raft {
       commit: this.log.committed,
     });
     pr.sentEntries(prevIndex + entries.length, entries.length);
+    pr.sentCommit = Math.max(pr.sentCommit, Math.min(this.log.committed, prevIndex + entries.length));
     return true;
   }
 
@@ -1046,7 +1093,7 @@ export class Raft {
         pr.inflights.freeLE(m.index);
         break;
     }
-    if (this.maybeCommit()) {
+    if (this.maybeCommit() && !this.lazyCommit) {
       this.bcastAppend();
     } else if (oldPaused) {
       this.sendAppend(m.from, false);

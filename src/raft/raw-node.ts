@@ -108,6 +108,11 @@ export class RawNode {
     this.raft.campaign();
   }
 
+  /** Leader with lazy commit: sends followers the commit index held back; returns whether anything was sent (see `Raft.flushCommit`). */
+  flushCommit(): boolean {
+    return this.raft.flushCommit();
+  }
+
   /** Tells the core that `id` could not be reached. */
   reportUnreachable(id: NodeId): void {
     this.raft.reportUnreachable(id);

@@ -192,8 +192,11 @@ const configArb = fc
     checkQuorum: fc.boolean(),
     // kvd sends heartbeats and their responses while a Ready's write is syncing (driver.ts).
     livenessWhileSyncing: fc.boolean(),
+    // kvd runs with lazy commit notices and quiet heartbeats (NodeOptions); every timing is exercised.
+    lazyCommit: fc.boolean(),
+    quietHeartbeats: fc.boolean(),
   })
-  .chain(({ seed, nodes, snapshotEvery, maxAppendBytes, preVote, checkQuorum, livenessWhileSyncing }) =>
+  .chain(({ seed, nodes, snapshotEvery, maxAppendBytes, preVote, checkQuorum, livenessWhileSyncing, lazyCommit, quietHeartbeats }) =>
     scheduleArb(nodes).map(
       (schedule): SimConfig => ({
         seed,
@@ -202,7 +205,7 @@ const configArb = fc
         schedule,
         clients: 3,
         keys: ['x', 'y'],
-        host: { snapshotEvery, compactionLag: 3, electionTicks: 10, heartbeatTicks: 2, snapshotChunkBytes: 128, maxAppendBytes, preVote, checkQuorum, livenessWhileSyncing },
+        host: { snapshotEvery, compactionLag: 3, electionTicks: 10, heartbeatTicks: 2, snapshotChunkBytes: 128, maxAppendBytes, preVote, checkQuorum, livenessWhileSyncing, lazyCommit, quietHeartbeats },
         livenessBoundMs: 4000,
       }),
     ),

@@ -24,6 +24,10 @@ export interface HostOptions {
   readonly heartbeatTicks?: number;
   readonly preVote?: boolean;
   readonly checkQuorum?: boolean;
+  /** RaftConfig.lazyCommit: commit indexes reach followers with the next append or heartbeat. */
+  readonly lazyCommit?: boolean;
+  /** RaftConfig.quietHeartbeats: no heartbeat to a follower an append reached since the last one. */
+  readonly quietHeartbeats?: boolean;
   readonly maxInflightAppends?: number;
   readonly maxAppendBytes?: number;
   readonly snapshotChunkBytes?: number;
@@ -91,6 +95,8 @@ export class SimHost {
       heartbeatTicks: this.opts.heartbeatTicks ?? 1,
       preVote: this.opts.preVote ?? true,
       checkQuorum: this.opts.checkQuorum ?? true,
+      lazyCommit: this.opts.lazyCommit ?? false,
+      quietHeartbeats: this.opts.quietHeartbeats ?? false,
       maxInflightAppends: this.opts.maxInflightAppends ?? 8,
       maxAppendBytes: this.opts.maxAppendBytes ?? 4096,
       snapshotChunkBytes: this.opts.snapshotChunkBytes ?? 256,
