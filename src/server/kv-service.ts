@@ -400,7 +400,8 @@ class KvService implements KvServiceHandle {
     } catch (e) {
       const s = this.toStatus(e, op);
       const leader = s.fields.leader ?? this.leaderHintOf(s.fields.shard);
-      return { id, error: { code: s.code, message: s.message, ...(s.fields.retrySafe ? { retrySafe: true } : {}), ...(leader ? { leader } : {}) } };
+      const { retrySafe, reason, shard } = s.fields;
+      return { id, error: { code: s.code, message: s.message, ...(retrySafe ? { retrySafe: true } : {}), ...(leader ? { leader } : {}), ...(reason ? { reason } : {}), ...(shard ? { shard } : {}) } };
     }
   }
 

@@ -239,6 +239,10 @@ export interface PipelineErrorMsg {
   retrySafe?: boolean;
   /** The shard's leader, if known (as `kv-leader`). */
   leader?: string;
+  /** Why the op failed (as the `kv-reason` trailer; '' or absent: not given). */
+  reason?: string;
+  /** The shard the error concerns (as `kv-shard`; 0 or absent: not given). */
+  shard?: number;
 }
 
 /** kvcascade.v1.PipelineResponse (`result` names the set member of the oneof). */
