@@ -59,6 +59,8 @@ interface Lane {
   backlog: PipelineRequestMsg[];
   /** When the node last answered anything on this stream (ms since the epoch). */
   lastHeardAt: number;
+  /** Messages the node sent on this stream so far. */
+  heard: number;
   /** The server takes batched requests on this stream (its headers said `kv-pipeline-batch: 1`). */
   batching: boolean;
   /** Requests of this event-loop turn, sent together as one batch message at the end of it. */
@@ -101,8 +103,8 @@ interface AttemptOp {
   readonly timer: NodeJS.Timeout;
   /** Handed to the stream (it may have reached the server). */
   written: boolean;
-  /** When it was handed to the stream (ms since the epoch). */
-  sentAt: number;
+  /** The lane's `heard` count when it was handed to the stream. */
+  heardBefore: number;
   /** Reports the outcome (undefined: run this attempt as a unary call). */
   readonly done: (a: Attempt<unknown> | undefined) => void;
 }
@@ -302,7 +304,7 @@ export class KvPipeline implements AttemptCarrier {
         const a = this.attempts.get(id);
         if (a === undefined) return;
         this.attempts.delete(id);
-        const heard = a.written && a.lane.lastHeardAt >= a.sentAt;
+        const heard = a.written && a.lane.heard > a.heardBefore;
         const err = statusError(grpc.status.DEADLINE_EXCEEDED, `no answer to the ${op} from ${address} before the attempt's deadline`);
         resolve({ error: err, trailers: err.metadata, headers: heard, notSent: !a.written });
       };
@@ -310,7 +312,7 @@ export class KvPipeline implements AttemptCarrier {
       // waiting, unread, in the socket (timers run before the poll phase reads it).
       const timer = setTimeout(() => setImmediate(expire), Math.max(0, deadlineAt - Date.now()));
       timer.unref();
-      this.attempts.set(id, { op, lane, deadlineAt, timer, written: false, sentAt: 0, done: resolve as (a: Attempt<unknown> | undefined) => void });
+      this.attempts.set(id, { op, lane, deadlineAt, timer, written: false, heardBefore: 0, done: resolve as (a: Attempt<unknown> | undefined) => void });
       const r: PipelineRequestMsg = { id, [op]: req };
       if (lane.blocked) lane.backlog.push(r);
       else this.write(lane, r);
@@ -447,7 +449,7 @@ export class KvPipeline implements AttemptCarrier {
     const stream = t.kv(address).pipeline(t.kvMetadata(), {});
     // Until the connection is ready, ops wait in the backlog (never sent, so they can move elsewhere).
     const lane: Lane = {
-      address, stream, headers: false, blocked: gate !== true, backlog: [], lastHeardAt: Date.now(), watchdog: undefined, batching: false, outbox: [], mapEpoch: 0,
+      address, stream, headers: false, blocked: gate !== true, backlog: [], lastHeardAt: Date.now(), heard: 0, watchdog: undefined, batching: false, outbox: [], mapEpoch: 0,
     };
     this.lanes.set(address, lane);
     if (gate !== true) {
@@ -471,6 +473,7 @@ export class KvPipeline implements AttemptCarrier {
     });
     stream.on('data', (m: PipelineResponseMsg) => {
       lane.lastHeardAt = Date.now();
+      lane.heard++;
       if (m.mapEpoch !== undefined && m.mapEpoch > lane.mapEpoch) {
         lane.mapEpoch = m.mapEpoch;
         t.observer?.metadata(kvMetadata({ mapEpoch: m.mapEpoch }));
@@ -541,8 +544,8 @@ export class KvPipeline implements AttemptCarrier {
     const a = this.attempts.get(req.id ?? 0);
     if (a !== undefined) {
       a.written = true;
-      a.sentAt = Date.now();
-      req.timeoutMs = Math.max(1, a.deadlineAt - a.sentAt);
+      a.heardBefore = lane.heard;
+      req.timeoutMs = Math.max(1, a.deadlineAt - Date.now());
       return true;
     }
     const op = this.pending.get(req.id ?? 0);

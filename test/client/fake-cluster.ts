@@ -57,6 +57,8 @@ export interface FakeClusterOptions {
   readonly epoch?: number;
   /** Whether the nodes implement Cluster.GetShardMap and send kv-shard / kv-map-epoch (default true: false plays pre-sharding servers). */
   readonly sharded?: boolean;
+  /** Whether the nodes implement KV.Pipeline (default true: false plays servers from before it, answering UNIMPLEMENTED). */
+  readonly pipeline?: boolean;
 }
 
 interface Entry {
@@ -108,12 +110,13 @@ export class FakeCluster {
   private constructor(
     readonly nodes: FakeNode[],
     readonly sharded: boolean,
+    private readonly pipelines = true,
   ) {}
 
   /** Starts the nodes on ephemeral loopback ports and builds the map over their addresses. */
   static async start(opts: FakeClusterOptions): Promise<FakeCluster> {
     const nodes: FakeNode[] = [];
-    const c = new FakeCluster(nodes, opts.sharded !== false);
+    const c = new FakeCluster(nodes, opts.sharded !== false, opts.pipeline !== false);
     for (let i = 1; i <= opts.nodes; i++) {
       const server = new grpc.Server();
       const node: { -readonly [K in keyof FakeNode]: FakeNode[K] } = { id: i, address: '', calls: ZERO_CALLS(), streamed: ZERO_STREAMED(), forwarded: 0, map: undefined };
@@ -326,15 +329,16 @@ export class FakeCluster {
       call.on('end', () => call.end());
       call.on('error', () => undefined);
     };
-    server.addService(kvServiceDefinition, {
+    const kv: grpc.UntypedServiceImplementation = {
       put: unary('put', (m: PutRequestMsg) => this.keyed(node, 'put', m)),
       get: unary('get', (m: GetRequestMsg) => this.keyed(node, 'get', m)),
       delete: unary('delete', (m: DeleteRequestMsg) => this.keyed(node, 'delete', m)),
       trigger: unary('trigger', (m: TriggerRequestMsg) => this.keyed(node, 'trigger', m)),
       txn: unary('txn', (m: TxnRequestMsg) => this.txn(node, m)),
       list: unary('list', list),
-      pipeline,
-    });
+    };
+    if (this.pipelines) kv.pipeline = pipeline;
+    server.addService(kvServiceDefinition, kv);
     const cluster: grpc.UntypedServiceImplementation = {
       status: unary('status', () => ({ res: { nodeId: node.id, version: 'fake', groups: [], members: [], mapEpoch: this.mapOf(node).epoch }, group: undefined })),
     };

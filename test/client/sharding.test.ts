@@ -459,6 +459,21 @@ describe('attempt timeouts and suspect nodes', () => {
     expect(third).toMatchObject({ id: first!.id, seq: 3, ackedBelow: 3 });
     expect(fc.node(1).streamed.put).toBe(2);
     expect(fc.total('put')).toBe(0); // every attempt went on a stream
+    expect(c.suspectNodes()).toEqual([fc.node(1).address]); // it answered nothing on its stream meanwhile
+  });
+
+  it('against servers without the Pipeline method (UNIMPLEMENTED), lone and concurrent calls run as unary calls', async () => {
+    const fc = await fakeCluster({ nodes: 2, shards: 2, replicas: 1, pipeline: false });
+    const c = client([fc.node(1).address]);
+    expect((await c.put('a', '1')).succeeded).toBe(true);
+    expect((await c.get('a')).found).toBe(true);
+    const rs = await Promise.all(Array.from({ length: 20 }, (_, i) => c.put(`k${i}`, 'v')));
+    expect(rs.every((r) => r.succeeded)).toBe(true);
+    await c.delete('a');
+    expect(fc.total('put')).toBe(21);
+    expect(fc.total('delete')).toBe(1);
+    expect(fc.total('pipelineOp')).toBe(0);
+    expect(fc.total('pipeline')).toBe(0); // the fake counts only served streams: none was
   });
 
   it('pipelined reads and session writes leave a stream whose node stops answering, after one attempt timeout', async () => {
