@@ -1,8 +1,11 @@
 /**
  * Many puts, gets, deletes and trigger puts in flight on Pipeline streams (one per node leading the ops' shards), matched to their responses by id.
  *
- * Size: one class (just over 500 lines): the lanes, the write window, the pending-op table and
- * the resend-on-leader-change path share the same per-op state and are read together.
+ * Also carries single attempts of the client's lone calls for the unary retry loop (`attempt`).
+ *
+ * Size: one class (about 700 lines): the lanes, the write window, the pending-op table, the
+ * single attempts and the resend-on-leader-change path share the same per-lane state (a stream's
+ * end, its batches and its liveness concern every op on it) and are read together.
  */
 import * as grpc from '@grpc/grpc-js';
 import { META_PIPELINE_BATCH, kvMetadata, readKvMetadata } from '../wire/metadata.js';
