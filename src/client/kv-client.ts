@@ -399,7 +399,8 @@ export class KvClient {
     });
     const req: TxnRequestMsg = { compares, writes };
     const first = compares[0]?.key ?? writes[0]?.put?.key ?? writes[0]?.delete?.key;
-    const res = await this.write<TxnRequestMsg, TxnResponseMsg>('txn', req, this.deadline(opts.deadlineMs), first);
+    const size = writes.reduce((n, w) => n + (w.put ? w.put.key!.length + w.put.value!.length : (w.delete?.key?.length ?? 0)), 0) + compares.reduce((n, c) => n + c.key.length, 0);
+    const res = await this.write<TxnRequestMsg, TxnResponseMsg>('txn', req, this.deadline(opts.deadlineMs), first, this.carrier(size));
     return txnResult(res);
   }
 

@@ -8,7 +8,7 @@
  * end, its batches and its liveness concern every op on it) and are read together.
  */
 import * as grpc from '@grpc/grpc-js';
-import { META_PIPELINE_BATCH, kvMetadata, readKvMetadata } from '../wire/metadata.js';
+import { META_PIPELINE_BATCH, META_PIPELINE_TXN, kvMetadata, readKvMetadata } from '../wire/metadata.js';
 import { MAX_PIPELINE_BATCH } from '../wire/proto.js';
 import type {
   DeleteRequestMsg,
@@ -42,6 +42,9 @@ import {
 
 type Op = 'put' | 'get' | 'delete' | 'trigger';
 
+/** The ops a single attempt of a client call may carry on a stream (a txn only where the server takes it). */
+type CarriedOp = Op | 'txn';
+
 type PipelineStream = grpc.ClientDuplexStream<PipelineRequestMsg, PipelineResponseMsg>;
 
 /**
@@ -66,6 +69,8 @@ interface Lane {
   heard: number;
   /** The server takes batched requests on this stream (its headers said `kv-pipeline-batch: 1`). */
   batching: boolean;
+  /** The server takes txn ops on this stream (its headers said `kv-pipeline-txn: 1`). */
+  txn: boolean;
   /** Requests of this event-loop turn, sent together as one batch message at the end of it. */
   outbox: PipelineRequestMsg[];
   /** The highest map epoch the server named on this stream (told to the router when it grows). */
@@ -100,7 +105,7 @@ interface PendingOp {
  * reports its outcome; the transport's retry loop decides what follows.
  */
 interface AttemptOp {
-  readonly op: Op;
+  readonly op: CarriedOp;
   readonly lane: Lane;
   readonly deadlineAt: number;
   readonly timer: NodeJS.Timeout;
@@ -113,7 +118,7 @@ interface AttemptOp {
 }
 
 /** The ops a stream carries. */
-const STREAM_OPS: ReadonlySet<string> = new Set<Op>(['put', 'get', 'delete', 'trigger']);
+const STREAM_OPS: ReadonlySet<string> = new Set<CarriedOp>(['put', 'get', 'delete', 'trigger', 'txn']);
 
 /**
  * A stream answer from `address` as the outcome of one attempt: an error carries the unary call's
@@ -121,7 +126,7 @@ const STREAM_OPS: ReadonlySet<string> = new Set<Op>(['put', 'get', 'delete', 'tr
  * it as the leader, as a unary answer's kv-leader would (a write is served by its shard's leader:
  * `address` itself, or the leader it was forwarded to).
  */
-function attemptOf(op: Op, m: PipelineResponseMsg, address: string): Attempt<unknown> {
+function attemptOf(op: CarriedOp, m: PipelineResponseMsg, address: string): Attempt<unknown> {
   const e = m.error;
   if (e) {
     const md = kvMetadata({ leader: e.leader || undefined, shard: e.shard || undefined, retrySafe: e.retrySafe === true, reason: e.reason || undefined });
@@ -299,7 +304,9 @@ export class KvPipeline implements AttemptCarrier {
    */
   attempt<Res>(method: string, address: string, req: unknown, deadlineAt: number): Promise<Attempt<Res> | undefined> | undefined {
     if (this.unsupported || this.closing || this.deps.transport.closed || !STREAM_OPS.has(method)) return undefined;
-    const op = method as Op;
+    const op = method as CarriedOp;
+    // A txn only on a stream whose server said it takes them (an older one would refuse it).
+    if (op === 'txn' && !this.lanes.get(address)?.txn) return undefined;
     const lane = this.lanes.get(address) ?? this.open(address);
     const id = this.nextId++;
     return new Promise<Attempt<Res> | undefined>((resolve) => {
@@ -452,7 +459,7 @@ export class KvPipeline implements AttemptCarrier {
     const stream = t.kv(address).pipeline(t.kvMetadata(), {});
     // Until the connection is ready, ops wait in the backlog (never sent, so they can move elsewhere).
     const lane: Lane = {
-      address, stream, headers: false, blocked: gate !== true, backlog: [], lastHeardAt: Date.now(), heard: 0, watchdog: undefined, batching: false, outbox: [], mapEpoch: 0,
+      address, stream, headers: false, blocked: gate !== true, backlog: [], lastHeardAt: Date.now(), heard: 0, watchdog: undefined, batching: false, txn: false, outbox: [], mapEpoch: 0,
     };
     this.lanes.set(address, lane);
     if (gate !== true) {
@@ -471,6 +478,7 @@ export class KvPipeline implements AttemptCarrier {
       if (this.lanes.get(address) !== lane) return;
       lane.headers = true;
       lane.batching = md.get(META_PIPELINE_BATCH)[0] === '1';
+      lane.txn = md.get(META_PIPELINE_TXN)[0] === '1';
       t.observer?.metadata(md);
       t.learn(md);
     });

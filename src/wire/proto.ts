@@ -221,7 +221,9 @@ export interface PipelineRequestMsg {
   get?: GetRequestMsg;
   delete?: DeleteRequestMsg;
   trigger?: TriggerRequestMsg;
-  op?: 'put' | 'get' | 'delete' | 'trigger';
+  /** Only on streams whose server advertised `kv-pipeline-txn: 1`. */
+  txn?: TxnRequestMsg;
+  op?: 'put' | 'get' | 'delete' | 'trigger' | 'txn';
   /** The op's remaining time in ms when sent (0/absent: the server's default). */
   timeoutMs?: number;
   /** Several ops in one message (each handled as its own message, in order); see kv.proto. */
@@ -252,8 +254,9 @@ export interface PipelineResponseMsg {
   get?: GetResponseMsg;
   delete?: DeleteResponseMsg;
   trigger?: TriggerResponseMsg;
+  txn?: TxnResponseMsg;
   error?: PipelineErrorMsg;
-  result?: 'put' | 'get' | 'delete' | 'trigger' | 'error';
+  result?: 'put' | 'get' | 'delete' | 'trigger' | 'txn' | 'error';
   /** The node that served the op when it is not the one the stream is on (it was forwarded there). */
   leader?: string;
   /** The shard that served the op, with `leader`. */

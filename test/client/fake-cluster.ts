@@ -1,6 +1,6 @@
 /** Fake kvcascade nodes for client routing tests: gRPC servers over one shared in-memory store that route by a cluster map, count calls per node and report the shard, its leader and the map epoch like real nodes. */
 import * as grpc from '@grpc/grpc-js';
-import { META_PIPELINE_BATCH, kvMetadata } from '../../src/wire/metadata.js';
+import { META_PIPELINE_BATCH, META_PIPELINE_TXN, kvMetadata } from '../../src/wire/metadata.js';
 import {
   clusterServiceDefinition,
   kvServiceDefinition,
@@ -33,7 +33,7 @@ export interface FakeNode {
 }
 
 /** The ops a Pipeline stream carries. */
-export type StreamOp = 'put' | 'get' | 'delete' | 'trigger';
+export type StreamOp = 'put' | 'get' | 'delete' | 'trigger' | 'txn';
 
 /** A failure a {@link FakeCluster.before} hook makes a call (or a pipelined op) fail with. */
 export interface FakeFailure {
@@ -67,7 +67,7 @@ interface Entry {
   timestampMs: number;
 }
 
-const ZERO_STREAMED = (): Record<StreamOp, number> => ({ put: 0, get: 0, delete: 0, trigger: 0 });
+const ZERO_STREAMED = (): Record<StreamOp, number> => ({ put: 0, get: 0, delete: 0, trigger: 0, txn: 0 });
 
 const ZERO_CALLS = (): Record<FakeMethod, number> => ({
   put: 0,
@@ -300,6 +300,7 @@ export class FakeCluster {
       node.calls.pipeline++;
       const md = this.sharded ? kvMetadata({ mapEpoch: this.mapOf(node).epoch }) : new grpc.Metadata();
       md.set(META_PIPELINE_BATCH, '1'); // takes batches, and answers a batch with one batch, as kvd does
+      md.set(META_PIPELINE_TXN, '1'); // takes txn ops, as kvd does
       call.sendMetadata(md);
       // As kvd: per-op failures carry the unary trailers' fields; an op this node does not lead
       // (kvd would forward it) names the shard's leader (and the shard, when sharded).
@@ -308,11 +309,13 @@ export class FakeCluster {
         const fail = this.before?.(node, op, req[op]);
         if (fail) return { id: req.id, error: { code: fail.code, message: fail.details, ...(fail.retrySafe ? { retrySafe: true } : {}), ...(fail.reason ? { reason: fail.reason } : {}), ...(fail.leader ? { leader: fail.leader } : {}) } };
         try {
-          const { res, group } = this.keyed(node, op, req[op]!);
+          const { res, group } = op === 'txn' ? this.txn(node, req.txn!) : this.keyed(node, op, req[op]!);
           const leaderId = this.leaders.get(group);
           if (leaderId === node.id || leaderId === undefined) return { id: req.id, [op]: res };
           return { id: req.id, [op]: res, leader: this.node(leaderId).address, ...(this.sharded ? { shard: group } : {}) };
         } catch (e) {
+          const f = e as FakeFailure;
+          if (f.code !== undefined) return { id: req.id, error: { code: f.code, message: f.details } };
           return { id: req.id, error: { code: grpc.status.INTERNAL, message: String(e) } };
         }
       };

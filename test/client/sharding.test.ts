@@ -552,16 +552,32 @@ describe('transactions', () => {
     expect((await rejection(c.txn({ compares: [{ key: 'a', version: -1 }] }))).code).toBe('INVALID_ARGUMENT');
   });
 
-  it('goes to the leader of the first key shard', async () => {
+  it('goes to the leader of the first key shard: on its stream once one is open there (servers that take txn ops), else unary', async () => {
     const fc = await fakeCluster({ nodes: 3, shards: 3, replicas: 1 });
     const c = client([fc.node(1).address]);
+    const keys = keysOverGroups((x) => fc.groupOf(x), [1, 2, 3], 1);
     await c.get('warm');
     fc.resetCalls();
-    for (const k of keysOverGroups((x) => fc.groupOf(x), [1, 2, 3], 1)) {
+    for (const k of keys) {
       const r = await c.txn({ compares: [{ key: k, version: 0 }], writes: [{ type: 'put', key: k, value: 'v' }] });
       expect(r).toMatchObject({ succeeded: true, shard: fc.groupOf(k) });
-      expect(fc.leaderOf(k).calls.txn).toBe(1);
+      expect(fc.leaderOf(k).calls.txn + fc.leaderOf(k).streamed.txn).toBe(1);
     }
+    expect(fc.forwarded).toBe(0);
+    // Once every leader's stream is open (and said it takes txns), lone txns ride it.
+    const versions = new Map<string, number>();
+    for (const k of keys) versions.set(k, (await c.get(k)).version);
+    fc.resetCalls();
+    for (const k of keys) {
+      const r = await c.txn({ compares: [{ key: k, version: versions.get(k)! }], writes: [{ type: 'put', key: k, value: 'w' }] });
+      expect(r).toMatchObject({ succeeded: true, shard: fc.groupOf(k) });
+      const stale = await c.txn({ compares: [{ key: k, version: versions.get(k)! }], writes: [{ type: 'put', key: k, value: 'x' }] });
+      expect(stale).toMatchObject({ succeeded: false, failedCompares: [0] });
+    }
+    expect(fc.total('txn')).toBe(0);
+    for (const k of keys) expect(fc.leaderOf(k).streamed.txn).toBe(2);
+    // Keys of several shards: refused (INVALID_ARGUMENT) as on the unary path.
+    expect((await rejection(c.txn({ writes: keys.map((k) => ({ type: 'put' as const, key: k, value: 'x' })) }))).code).toBe('INVALID_ARGUMENT');
     expect(fc.forwarded).toBe(0);
   });
 });

@@ -2,7 +2,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { describe, expect, it } from 'vitest';
 import { DeadlineError, NotLeaderError, OverloadedError, UnavailableError, type KvBackend } from '../../src/node/backend.js';
-import { MAX_FORWARD_HOPS, META_COMPACT_REVISION, META_FORWARDED, META_LEADER, META_PIPELINE_BATCH, META_REASON, META_RETRY_SAFE, META_SHARD, metaString } from '../../src/wire/metadata.js';
+import { MAX_FORWARD_HOPS, META_COMPACT_REVISION, META_FORWARDED, META_LEADER, META_PIPELINE_BATCH, META_PIPELINE_TXN, META_REASON, META_RETRY_SAFE, META_SHARD, metaString } from '../../src/wire/metadata.js';
 import { MAX_PIPELINE_BATCH } from '../../src/wire/proto.js';
 import { decodePageToken, encodePageToken } from '../../src/wire/request-validation.js';
 import type {
@@ -777,6 +777,27 @@ describe('Pipeline', () => {
     expect(byId.get(6)).toMatchObject({ result: 'trigger', trigger: { revision: 3 } });
     expect(byId.get(6)!.trigger!.timestampMs).toBeGreaterThan(0);
     expect(byId.get(7)).toMatchObject({ result: 'error', error: { code: grpc.status.INVALID_ARGUMENT } });
+  });
+
+  it('takes txn ops (advertised by kv-pipeline-txn: 1) and answers them as the unary Txn', async () => {
+    const backend = new MemoryBackend();
+    const { kv } = await start(backend);
+    const p = open(kv);
+    const headers = deferred<grpc.Metadata>();
+    p.stream.on('metadata', (md: grpc.Metadata) => headers.resolve(md));
+    expect(metaString(await headers.promise, META_PIPELINE_TXN)).toBe('1');
+    p.send({ id: 1, txn: { compares: [{ key: 'a', version: 0 }], writes: [{ put: { key: 'a', value: utf8('1') } }, { put: { key: 'b', value: utf8('2') } }] } });
+    await p.waitFor(1);
+    p.send({ id: 2, txn: { compares: [{ key: 'a', version: 0 }], writes: [{ delete: { key: 'a' } }] } });
+    p.send({ id: 3, txn: { writes: [{ put: { key: '', value: utf8('x') } }] } });
+    await p.waitFor(3);
+    const byId = new Map(p.flat().map((m) => [m.id, m]));
+    expect(byId.get(1)).toMatchObject({ result: 'txn', txn: { succeeded: true, revision: 1 } });
+    expect(byId.get(2)).toMatchObject({ result: 'txn', txn: { succeeded: false, failedCompares: [0] } });
+    expect(byId.get(3)).toMatchObject({ result: 'error', error: { code: grpc.status.INVALID_ARGUMENT } });
+    expect(backend.sm.revision).toBe(1);
+    expect(text(backend.sm.get('b')!.value)).toBe('2');
+    p.stream.end();
   });
 
   it('takes a batch of ops, answers each by id, and answers in batches once the client batched', async () => {
