@@ -1,4 +1,4 @@
-/** Measures lone calls, one at a time, through the client's default path vs unary calls (`node dist/bench/lone-calls.js [flags]`): on one fresh 3-node kvd cluster, alternating rounds of a default KvClient (lone writes on the Pipeline stream) and a `batching: false` one (every call unary); prints latency, client CPU and server CPU per call. */
+/** Measures lone calls (put, get, rmw, txn), one at a time, through the client's default path vs unary calls (`node dist/bench/lone-calls.js [flags]`): on one fresh 3-node kvd cluster, alternating rounds of a default KvClient (lone writes on the Pipeline stream) and a `batching: false` one (every call unary); prints latency, client CPU and server CPU per call. */
 import { cpus, loadavg } from 'node:os';
 import { parseArgs } from 'node:util';
 import { KvClient } from '../src/client/index.js';
@@ -12,12 +12,13 @@ const USAGE = `usage: node dist/bench/lone-calls.js [flags]
   --value-bytes N  value size (default 256)
   --kvd-bin PATH   kvd entry point (default: dist/src/bin/kvd.js)
   --help
-One client, one call at a time (put, get, and rmw: get then a put conditional on the version read).
+One client, one call at a time (put, get, rmw: get then a put conditional on the version read, and
+txn: a compare of the key's version with a put, after a get that opens the stream).
 "stream" is the default KvClient; "unary" is KvClient with batching: false. Read the two paths of
 one run side by side: they share the cluster and the machine.`;
 
 type Path = 'stream' | 'unary';
-type Op = 'put' | 'get' | 'rmw';
+type Op = 'put' | 'get' | 'rmw' | 'txn';
 
 /** One measured round of one path and operation. */
 interface Round {
@@ -78,13 +79,14 @@ async function main(): Promise<void> {
       const cur = await c.get(key(i));
       return c.put(key(i), value, { expectedVersion: cur.version, returnCurrentValue: true });
     },
+    txn: (c, i) => c.txn({ compares: [{ key: key(i), version: 0 }], writes: [{ type: 'put', key: key(i), value }] }),
   };
   const results: Round[] = [];
   try {
     for (let i = 0; i < keys; i++) await clients.stream.put(key(i), value);
     for (const c of Object.values(clients)) for (let i = 0; i < 200; i++) await c.put(key(i), value); // warm: connections, streams, JIT
     for (let r = 0; r < rounds; r++) {
-      for (const op of ['put', 'get', 'rmw'] as const) {
+      for (const op of ['put', 'get', 'rmw', 'txn'] as const) {
         const order: Path[] = r % 2 === 0 ? ['stream', 'unary'] : ['unary', 'stream'];
         for (const path of order) {
           const c = clients[path];
@@ -124,7 +126,7 @@ async function main(): Promise<void> {
   }
   console.log(`\nmachine: ${cpus().length} cores, load ${loadavg().map((l) => l.toFixed(1)).join(' ')}`);
   console.log('op   path    p50 ms (mean of rounds)  client us/op  servers us/op');
-  for (const op of ['put', 'get', 'rmw'] as const) {
+  for (const op of ['put', 'get', 'rmw', 'txn'] as const) {
     for (const path of ['stream', 'unary'] as const) {
       const rs = results.filter((x) => x.op === op && x.path === path);
       const mean = (f: (x: Round) => number | undefined, digits: number): string => {
