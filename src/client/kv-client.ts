@@ -22,7 +22,7 @@ import { KvError } from './errors.js';
 import { KvPipeline } from './pipeline.js';
 import { LeaseClient } from './lease-client.js';
 import { DEFAULT_ROUTER_OPTIONS, ShardRouter } from './router.js';
-import { NOOP_LOGGER, Transport, type CallKind, type KvClientLogger, type KvClientTlsOptions } from './transport.js';
+import { NOOP_LOGGER, Transport, type AttemptCarrier, type CallKind, type KvClientLogger, type KvClientTlsOptions } from './transport.js';
 import {
   deleteResult,
   getResult,
@@ -148,8 +148,8 @@ export interface KvClientOptions {
    * Batch concurrent calls (default true): while other put, get or delete calls of this client
    * are in flight, a new one is sent on the client's long-lived Pipeline stream to its shard
    * leader's node rather than as a unary call, so concurrent calls share HTTP/2 messages and the
-   * per-call header and interceptor work. A call made when none is in flight (and no batched call
-   * finished during the same event-loop turn) stays a unary call.
+   * per-call header and interceptor work. A lone call goes on that stream too (a write one
+   * attempt at a time, inside the unary call's retry loop). False: every call is a unary call.
    * Guarantees are those of the unary calls: deadlines, retries (sessions), failover, auth.
    */
   readonly batching?: boolean;
@@ -197,7 +197,8 @@ export class KvClient {
     const auth = this.transport.authReady(deadlineAt);
     if (auth) await auth;
     // A read goes on the stream even alone (no per-call HTTP/2 work: a lone get's latency is about a
-    // third of a unary one's); a write alone stays unary (its retry and failover rules are the unary call's).
+    // third of a unary one's); a write alone goes on the stream too, one attempt at a time under the
+    // unary call's retry and failover rules (see write()).
     const batched = this.batching && (op === 'get' || this.inFlight > 0 || this.batchedThisTurn) && size <= MAX_BATCHED_REQUEST_BYTES;
     this.inFlight++;
     try {
@@ -208,7 +209,7 @@ export class KvClient {
       }
       const res = op === 'get'
         ? await this.keyed<GetRequestMsg, Res>('get', req as GetRequestMsg, 'read', deadlineAt, req.key)
-        : await this.write<typeof req, Res>(op, req, deadlineAt, req.key);
+        : await this.write<typeof req, Res>(op, req, deadlineAt, req.key, this.carrier(size));
       return convert(res);
     } finally {
       this.inFlight--;
@@ -220,13 +221,30 @@ export class KvClient {
   }
 
   /**
+   * Where the attempts of a lone write of `size` bytes go: the shard leader's stream (the
+   * batcher, as a carrier of single attempts), or undefined (unary calls: batching off, a large
+   * request, or servers without the Pipeline method).
+   */
+  private carrier(size: number): AttemptCarrier | undefined {
+    if (!this.batching || size > MAX_BATCHED_REQUEST_BYTES) return undefined;
+    this.batcher ??= this.pipeline();
+    if (!this.batcher.unsupported) return this.batcher;
+    this.batching = false;
+    return undefined;
+  }
+
+  /**
    * Runs a write: with a session, it carries (session id, seq) and is retried like a read (the
    * servers apply it at most once); without one, it is retried only when provably not executed.
+   * With a `carrier`, its attempts go on the shard leader's stream under those same rules: one
+   * session id and seq for every attempt, the same attempt bound and timeout, the same
+   * classification of errors (the per-op errors carry the unary trailers' fields), and a stream
+   * that breaks under it counts as a unary call that failed with UNAVAILABLE.
    */
-  private async write<Req extends object, Res>(method: 'put' | 'delete' | 'trigger' | 'txn', req: Req, deadlineAt: number, key: string | undefined): Promise<Res> {
+  private async write<Req extends object, Res>(method: 'put' | 'delete' | 'trigger' | 'txn', req: Req, deadlineAt: number, key: string | undefined, carrier?: AttemptCarrier): Promise<Res> {
     const s = this.session?.begin();
     try {
-      return await this.keyed<Req, Res>(method, s ? { ...req, session: s.wire } : req, s ? 'session-write' : 'write', deadlineAt, key);
+      return await this.keyed<Req, Res>(method, s ? { ...req, session: s.wire } : req, s ? 'session-write' : 'write', deadlineAt, key, carrier);
     } finally {
       s?.end();
     }
@@ -293,13 +311,13 @@ export class KvClient {
   }
 
   /** Sends a call addressed to `key` (or to no key: the default route) to its shard's leader, fetching the map first on first use. */
-  private async keyed<Req, Res>(method: string, req: Req, kind: CallKind, deadlineAt: number, key: string | undefined): Promise<Res> {
+  private async keyed<Req, Res>(method: string, req: Req, kind: CallKind, deadlineAt: number, key: string | undefined, carrier?: AttemptCarrier): Promise<Res> {
     const wait = this.router.ready(deadlineAt);
     if (wait) await wait;
     const auth = this.transport.authReady(deadlineAt);
     if (auth) await auth;
     const route = key === undefined ? this.transport : this.router.keyRoute(key);
-    return this.transport.unary<Req, Res>('kv', method, req, kind, deadlineAt, route);
+    return this.transport.unary<Req, Res>('kv', method, req, kind, deadlineAt, route, carrier);
   }
 
   private deadline(ms: number | undefined): number {
@@ -357,7 +375,7 @@ export class KvClient {
   async trigger(key: string, value: Uint8Array | string, opts: KvTriggerOptions = {}): Promise<KvTriggerResult> {
     this.transport.checkOpen();
     const req: TriggerRequestMsg = { key: localKey(key), value: localValue(value) };
-    const res = await this.write<TriggerRequestMsg, TriggerResponseMsg>('trigger', req, this.deadline(opts.deadlineMs), req.key);
+    const res = await this.write<TriggerRequestMsg, TriggerResponseMsg>('trigger', req, this.deadline(opts.deadlineMs), req.key, this.carrier(req.key!.length + req.value!.length));
     return triggerResult(res);
   }
 
@@ -381,7 +399,8 @@ export class KvClient {
     });
     const req: TxnRequestMsg = { compares, writes };
     const first = compares[0]?.key ?? writes[0]?.put?.key ?? writes[0]?.delete?.key;
-    const res = await this.write<TxnRequestMsg, TxnResponseMsg>('txn', req, this.deadline(opts.deadlineMs), first);
+    const size = writes.reduce((n, w) => n + (w.put ? w.put.key!.length + w.put.value!.length : (w.delete?.key?.length ?? 0)), 0) + compares.reduce((n, c) => n + c.key.length, 0);
+    const res = await this.write<TxnRequestMsg, TxnResponseMsg>('txn', req, this.deadline(opts.deadlineMs), first, this.carrier(size));
     return txnResult(res);
   }
 

@@ -1,11 +1,14 @@
 /**
  * Many puts, gets, deletes and trigger puts in flight on Pipeline streams (one per node leading the ops' shards), matched to their responses by id.
  *
- * Size: one class (just over 500 lines): the lanes, the write window, the pending-op table and
- * the resend-on-leader-change path share the same per-op state and are read together.
+ * Also carries single attempts of the client's lone calls for the unary retry loop (`attempt`).
+ *
+ * Size: one class (about 700 lines): the lanes, the write window, the pending-op table, the
+ * single attempts and the resend-on-leader-change path share the same per-lane state (a stream's
+ * end, its batches and its liveness concern every op on it) and are read together.
  */
 import * as grpc from '@grpc/grpc-js';
-import { META_PIPELINE_BATCH, kvMetadata, readKvMetadata } from '../wire/metadata.js';
+import { META_PIPELINE_BATCH, META_PIPELINE_TXN, kvMetadata, readKvMetadata } from '../wire/metadata.js';
 import { MAX_PIPELINE_BATCH } from '../wire/proto.js';
 import type {
   DeleteRequestMsg,
@@ -18,7 +21,7 @@ import type {
 import { KvError } from './errors.js';
 import { isWrongShard, type ShardRouter } from './router.js';
 import type { ClientSession } from './session.js';
-import { neverSent, type Transport } from './transport.js';
+import { neverSent, statusError, type Attempt, type AttemptCarrier, type Transport } from './transport.js';
 import {
   deleteResult,
   getResult,
@@ -38,6 +41,9 @@ import {
 } from './types.js';
 
 type Op = 'put' | 'get' | 'delete' | 'trigger';
+
+/** The ops a single attempt of a client call may carry on a stream (a txn only where the server takes it). */
+type CarriedOp = Op | 'txn';
 
 type PipelineStream = grpc.ClientDuplexStream<PipelineRequestMsg, PipelineResponseMsg>;
 
@@ -59,8 +65,12 @@ interface Lane {
   backlog: PipelineRequestMsg[];
   /** When the node last answered anything on this stream (ms since the epoch). */
   lastHeardAt: number;
+  /** Messages the node sent on this stream so far. */
+  heard: number;
   /** The server takes batched requests on this stream (its headers said `kv-pipeline-batch: 1`). */
   batching: boolean;
+  /** The server takes txn ops on this stream (its headers said `kv-pipeline-txn: 1`). */
+  txn: boolean;
   /** Requests of this event-loop turn, sent together as one batch message at the end of it. */
   outbox: PipelineRequestMsg[];
   /** The highest map epoch the server named on this stream (told to the router when it grows). */
@@ -90,6 +100,44 @@ interface PendingOp {
   readonly retry: (remainingMs: number) => void;
 }
 
+/**
+ * One attempt of a client call carried on a stream (see {@link KvPipeline.attempt}): it only
+ * reports its outcome; the transport's retry loop decides what follows.
+ */
+interface AttemptOp {
+  readonly op: CarriedOp;
+  readonly lane: Lane;
+  readonly deadlineAt: number;
+  readonly timer: NodeJS.Timeout;
+  /** Handed to the stream (it may have reached the server). */
+  written: boolean;
+  /** The lane's `heard` count when it was handed to the stream. */
+  heardBefore: number;
+  /** Reports the outcome (undefined: run this attempt as a unary call). */
+  readonly done: (a: Attempt<unknown> | undefined) => void;
+}
+
+/** The ops a stream carries. */
+const STREAM_OPS: ReadonlySet<string> = new Set<CarriedOp>(['put', 'get', 'delete', 'trigger', 'txn']);
+
+/**
+ * A stream answer from `address` as the outcome of one attempt: an error carries the unary call's
+ * trailers (kv-retry-safe, kv-leader, kv-reason, kv-shard); an answer names the node that served
+ * it as the leader, as a unary answer's kv-leader would (a write is served by its shard's leader:
+ * `address` itself, or the leader it was forwarded to).
+ */
+function attemptOf(op: CarriedOp, m: PipelineResponseMsg, address: string): Attempt<unknown> {
+  const e = m.error;
+  if (e) {
+    const md = kvMetadata({ leader: e.leader || undefined, shard: e.shard || undefined, retrySafe: e.retrySafe === true, reason: e.reason || undefined });
+    const err = statusError((e.code ?? grpc.status.UNKNOWN) as grpc.status, e.message ?? '');
+    err.metadata = md;
+    return { error: err, trailers: md, headers: true };
+  }
+  const md = m.leader ? kvMetadata({ leader: m.leader, shard: m.shard || undefined }) : kvMetadata({ leader: address });
+  return { response: m[op] ?? {}, trailers: md, headers: true };
+}
+
 /** What a pipeline needs from the client: the transport, the shard router, the write session and a unary fallback for retries. */
 export interface PipelineDeps {
   readonly transport: Transport;
@@ -114,8 +162,10 @@ export interface PipelineDeps {
  * from the server (e.g. INVALID_ARGUMENT) reject only that op, except UNAVAILABLE for reads, and
  * for any op that reached a shard not owning its key, which are re-run as unary calls.
  */
-export class KvPipeline {
+export class KvPipeline implements AttemptCarrier {
   private readonly lanes = new Map<string, Lane>();
+  /** Single attempts of client calls on the streams, by op id (ids are shared with `pending`). */
+  private readonly attempts = new Map<number, AttemptOp>();
   /** The stream of ops without a route. */
   private fallback: Lane | undefined;
   private nextId = 1;
@@ -242,6 +292,43 @@ export class KvPipeline {
     return this.submit(op, request, deadlineAt, (m) => convert(m[op] ?? {}), convert);
   }
 
+  /**
+   * One attempt of a client call on the stream to `address` (the client's lone writes ride here,
+   * with the unary call's retry and failover rules: {@link Transport.unary} runs the loop). The op
+   * is sent as is (session included) with the attempt's remaining time; the outcome is what a unary
+   * attempt would report: the answer, or its error with the unary trailers (from the per-op
+   * error's fields), a stream that ended as that status (`headers` when it had reached the node,
+   * `notSent` when the op never left the client), or DEADLINE_EXCEEDED at `deadlineAt` (`headers`
+   * when the node sent anything on the stream meanwhile, so it is not frozen). Undefined: no stream
+   * for this (the servers lack the Pipeline method, or the pipeline is closing): go unary.
+   */
+  attempt<Res>(method: string, address: string, req: unknown, deadlineAt: number): Promise<Attempt<Res> | undefined> | undefined {
+    if (this.unsupported || this.closing || this.deps.transport.closed || !STREAM_OPS.has(method)) return undefined;
+    const op = method as CarriedOp;
+    // A txn only on a stream whose server said it takes them (an older one would refuse it).
+    if (op === 'txn' && !this.lanes.get(address)?.txn) return undefined;
+    const lane = this.lanes.get(address) ?? this.open(address);
+    const id = this.nextId++;
+    return new Promise<Attempt<Res> | undefined>((resolve) => {
+      const expire = (): void => {
+        const a = this.attempts.get(id);
+        if (a === undefined) return;
+        this.attempts.delete(id);
+        const heard = a.written && a.lane.heard > a.heardBefore;
+        const err = statusError(grpc.status.DEADLINE_EXCEEDED, `no answer to the ${op} from ${address} before the attempt's deadline`);
+        resolve({ error: err, trailers: err.metadata, headers: heard, notSent: !a.written });
+      };
+      // Decided after this turn's I/O: when this process's own loop was busy, the answer may be
+      // waiting, unread, in the socket (timers run before the poll phase reads it).
+      const timer = setTimeout(() => setImmediate(expire), Math.max(0, deadlineAt - Date.now()));
+      timer.unref();
+      this.attempts.set(id, { op, lane, deadlineAt, timer, written: false, heardBefore: 0, done: resolve as (a: Attempt<unknown> | undefined) => void });
+      const r: PipelineRequestMsg = { id, [op]: req };
+      if (lane.blocked) lane.backlog.push(r);
+      else this.write(lane, r);
+    });
+  }
+
   private submit<R, U>(
     op: Op,
     request: PutRequestMsg | GetRequestMsg | DeleteRequestMsg | TriggerRequestMsg,
@@ -281,12 +368,15 @@ export class KvPipeline {
             const code = (m.error.code ?? grpc.status.UNKNOWN) as grpc.status;
             const message = m.error.message ?? '';
             const retrySafe = m.error.retrySafe === true;
-            this.deps.transport.observer?.failure({ code, details: message });
-            const e = new KvError(code, message, { endpoint: pending.lane?.address, retrySafe, leader: m.error.leader || undefined });
+            const reason = m.error.reason || undefined;
+            // With the unary call's trailers, so the router classifies it as it would a unary failure (kv-reason).
+            const failure = attemptOf(op, m, pending.lane?.address ?? '').error!;
+            this.deps.transport.observer?.failure(failure);
+            const e = new KvError(code, message, { endpoint: pending.lane?.address, retrySafe, leader: m.error.leader || undefined, reason });
             // As a unary call retries: reads and session writes are safe to retry elsewhere; so is
             // any op the server says was not executed (e.g. it reached a shard not owning its key).
             const transient = code === grpc.status.UNAVAILABLE || (code === grpc.status.RESOURCE_EXHAUSTED && retrySafe);
-            if (transient && (repeatable || retrySafe || isWrongShard({ code, details: message }))) {
+            if (transient && (repeatable || retrySafe || isWrongShard({ code, details: message, reason }))) {
               unary(deadlineAt - Date.now()).then(resolve, reject);
             } else reject(e);
             return;
@@ -369,7 +459,7 @@ export class KvPipeline {
     const stream = t.kv(address).pipeline(t.kvMetadata(), {});
     // Until the connection is ready, ops wait in the backlog (never sent, so they can move elsewhere).
     const lane: Lane = {
-      address, stream, headers: false, blocked: gate !== true, backlog: [], lastHeardAt: Date.now(), watchdog: undefined, batching: false, outbox: [], mapEpoch: 0,
+      address, stream, headers: false, blocked: gate !== true, backlog: [], lastHeardAt: Date.now(), heard: 0, watchdog: undefined, batching: false, txn: false, outbox: [], mapEpoch: 0,
     };
     this.lanes.set(address, lane);
     if (gate !== true) {
@@ -388,11 +478,13 @@ export class KvPipeline {
       if (this.lanes.get(address) !== lane) return;
       lane.headers = true;
       lane.batching = md.get(META_PIPELINE_BATCH)[0] === '1';
+      lane.txn = md.get(META_PIPELINE_TXN)[0] === '1';
       t.observer?.metadata(md);
       t.learn(md);
     });
     stream.on('data', (m: PipelineResponseMsg) => {
       lane.lastHeardAt = Date.now();
+      lane.heard++;
       if (m.mapEpoch !== undefined && m.mapEpoch > lane.mapEpoch) {
         lane.mapEpoch = m.mapEpoch;
         t.observer?.metadata(kvMetadata({ mapEpoch: m.mapEpoch }));
@@ -408,6 +500,13 @@ export class KvPipeline {
   /** Hands one response to its op (unless it timed out meanwhile or was moved to another stream). */
   private answered(lane: Lane, m: PipelineResponseMsg): void {
     const id = m.id ?? 0;
+    const a = this.attempts.get(id);
+    if (a !== undefined && a.lane === lane) {
+      this.attempts.delete(id);
+      clearTimeout(a.timer);
+      a.done(attemptOf(a.op, m, lane.address));
+      return;
+    }
     const op = this.pending.get(id);
     if (!op || op.lane !== lane) return;
     this.pending.delete(id);
@@ -453,6 +552,13 @@ export class KvPipeline {
 
   /** Marks `req`'s op as handed to `lane` and sets its remaining time; false when the op is gone (timed out). */
   private stamp(lane: Lane, req: PipelineRequestMsg): boolean {
+    const a = this.attempts.get(req.id ?? 0);
+    if (a !== undefined) {
+      a.written = true;
+      a.heardBefore = lane.heard;
+      req.timeoutMs = Math.max(1, a.deadlineAt - Date.now());
+      return true;
+    }
     const op = this.pending.get(req.id ?? 0);
     if (!op) return false;
     op.written = true;
@@ -528,6 +634,7 @@ export class KvPipeline {
     if (wasFallback) this.fallback = undefined;
     lane.backlog = [];
     lane.blocked = false;
+    this.endAttempts(lane, st);
     const ops: PendingOp[] = [];
     for (const [id, op] of this.pending) {
       if (op.lane !== lane) continue;
@@ -567,11 +674,41 @@ export class KvPipeline {
     for (const req of moved) this.dispatch(req);
   }
 
+  /**
+   * The attempts carried on `lane` end as a unary attempt would when its call ended with `st`
+   * (OK, a stream the server closed with ops unanswered, counts as UNAVAILABLE); against servers
+   * without the Pipeline method they run as unary calls.
+   */
+  private endAttempts(lane: Lane, st: grpc.StatusObject): void {
+    const code = st.code === grpc.status.OK ? grpc.status.UNAVAILABLE : st.code;
+    for (const [id, a] of this.attempts) {
+      if (a.lane !== lane) continue;
+      this.attempts.delete(id);
+      clearTimeout(a.timer);
+      if (code === grpc.status.UNIMPLEMENTED) {
+        this.unsupported = true;
+        a.done(undefined);
+        continue;
+      }
+      // A connection that could not be made keeps grpc-js's message (it tells the op never left).
+      const details = !lane.headers && neverSent({ code, details: st.details }) ? st.details : `the pipeline stream to ${lane.address} ended (${st.details || grpc.status[st.code]}) before the ${a.op} was answered`;
+      const err = statusError(code, details);
+      err.metadata = st.metadata ?? new grpc.Metadata();
+      a.done({ error: err, trailers: err.metadata, headers: lane.headers, notSent: !a.written });
+    }
+  }
+
   private abort(e: KvError): void {
     const lanes = [...this.lanes.values()];
     this.lanes.clear();
     this.fallback = undefined;
     for (const l of lanes) l.stream.cancel();
+    for (const a of this.attempts.values()) {
+      clearTimeout(a.timer);
+      const err = statusError(e.grpcCode, e.message);
+      a.done({ error: err, trailers: err.metadata, headers: false, notSent: !a.written });
+    }
+    this.attempts.clear();
     for (const op of this.pending.values()) {
       clearTimeout(op.timer);
       op.reject(e);

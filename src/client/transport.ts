@@ -111,14 +111,33 @@ export interface TransportObserver {
  */
 export const REFUSALS_BEFORE_GIVING_UP = 2;
 
-/** The outcome of one attempt of a unary call. */
-interface Attempt<Res> {
+/** The outcome of one attempt of a call (a unary call, or one op on a Pipeline stream). */
+export interface Attempt<Res> {
   readonly response?: Res;
+  /** The failure, with the kvcascade fields (kv-retry-safe, kv-leader, kv-reason, kv-shard) as its metadata. */
   readonly error?: grpc.ServiceError;
   readonly trailers?: grpc.Metadata;
+  /**
+   * The node answered something: a unary call's response headers; for an op on a stream, that
+   * the stream reached the node (on a failure of the stream) or that the node sent anything on
+   * it since the op was written (on a timeout). False on a timeout makes the node suspect.
+   */
   readonly headers: boolean;
   /** The request was never handed to a connection (it did not become ready in time). */
   readonly notSent?: boolean;
+}
+
+/**
+ * Carries single attempts of a call on another channel than a unary call (the client's
+ * Pipeline streams): {@link Transport.unary} hands it each attempt, keeping its own retry rules
+ * (attempt bound, attempt timeout and suspicion, redirects, retry safety) for whatever carries it.
+ */
+export interface AttemptCarrier {
+  /**
+   * Runs one attempt of `method` on `address`, answered by `deadlineAt` (the attempt's
+   * deadline); undefined (or a promise of it): this attempt goes as a unary call instead.
+   */
+  attempt<Res>(method: string, address: string, req: unknown, deadlineAt: number): Promise<Attempt<Res> | undefined> | undefined;
 }
 
 /**
@@ -449,13 +468,22 @@ export class Transport implements CallRoute {
     });
   }
 
+  /** One attempt on `carrier` (after the login, as a unary attempt), or undefined when it does not carry this one. */
+  private async carried<Res>(carrier: AttemptCarrier, method: string, address: string, req: unknown, deadlineAt: number): Promise<Attempt<Res> | undefined> {
+    if (this.closed) return undefined;
+    const login = this.authReady(deadlineAt);
+    if (login) await login;
+    return carrier.attempt<Res>(method, address, req, deadlineAt);
+  }
+
   /**
    * Runs a unary call until it succeeds, fails permanently, runs out of retries or passes
    * `deadlineAt`. Transient failures (UNAVAILABLE; RESOURCE_EXHAUSTED marked retry-safe, i.e.
    * overload; CANCELLED for reads) move on along `target` (default: this transport's leader hint
    * and endpoints) with backoff. Writes are retried only when the server marked the failure
    * `kv-retry-safe` or the call never reached a server. With an address as `target`, only that
-   * address is tried, once.
+   * address is tried, once. With a `carrier`, each attempt it takes goes there (an op on a
+   * Pipeline stream) under the same rules.
    */
   async unary<Req, Res>(
     service: 'kv' | 'cluster',
@@ -464,6 +492,7 @@ export class Transport implements CallRoute {
     kind: CallKind,
     deadlineAt: number,
     target: string | CallRoute = this,
+    carrier?: AttemptCarrier,
   ): Promise<Res> {
     const route = typeof target === 'string' ? undefined : target;
     const repeatable = kind !== 'write';
@@ -475,7 +504,7 @@ export class Transport implements CallRoute {
       this.checkOpen();
       const address = route ? route.pick() : (target as string);
       const attemptDeadline = attemptMs > 0 ? Math.min(deadlineAt, Date.now() + attemptMs) : deadlineAt;
-      const r = await this.attempt<Req, Res>(service, method, address, req, attemptDeadline);
+      const r = (carrier && (await this.carried<Res>(carrier, method, address, req, attemptDeadline))) || (await this.attempt<Req, Res>(service, method, address, req, attemptDeadline));
       this.observer?.metadata(r.trailers);
       if (!r.error) {
         this.suspects.delete(address);

@@ -7,7 +7,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { hidesReservedKeys } from '../sharding/index.js';
 import type { KvBackend, WatchRequest } from '../node/backend.js';
-import { META_HOPS, META_PIPELINE_BATCH, forwardHops, metaString, kvMetadata } from '../wire/metadata.js';
+import { META_HOPS, META_PIPELINE_BATCH, META_PIPELINE_TXN, forwardHops, metaString, kvMetadata } from '../wire/metadata.js';
 import { AUTHORIZATION_METADATA, AdminTokenCheck } from '../wire/auth.js';
 import { authorizePrefix, type AccessControl, type Principal } from '../auth/access-control.js';
 import { authorizationOf, certNameOf, type CredentialCall } from './auth-service.js';
@@ -387,7 +387,7 @@ class KvService implements KvServiceHandle {
 
   private async pipelineOp(req: PipelineRequestMsg, ctx: OpContext): Promise<PipelineResponseMsg> {
     const id = req.id ?? 0;
-    const op = req.op ?? (req.put ? 'put' : req.get ? 'get' : req.delete ? 'delete' : req.trigger ? 'trigger' : undefined);
+    const op = req.op ?? (req.put ? 'put' : req.get ? 'get' : req.delete ? 'delete' : req.trigger ? 'trigger' : req.txn ? 'txn' : undefined);
     const inner = op === undefined ? undefined : req[op];
     if (op === undefined || inner === undefined || inner === null) {
       return { id, error: { code: grpc.status.INVALID_ARGUMENT, message: 'pipeline request has no operation' } };
@@ -400,7 +400,8 @@ class KvService implements KvServiceHandle {
     } catch (e) {
       const s = this.toStatus(e, op);
       const leader = s.fields.leader ?? this.leaderHintOf(s.fields.shard);
-      return { id, error: { code: s.code, message: s.message, ...(s.fields.retrySafe ? { retrySafe: true } : {}), ...(leader ? { leader } : {}) } };
+      const { retrySafe, reason, shard } = s.fields;
+      return { id, error: { code: s.code, message: s.message, ...(retrySafe ? { retrySafe: true } : {}), ...(leader ? { leader } : {}), ...(reason ? { reason } : {}), ...(shard ? { shard } : {}) } };
     }
   }
 
@@ -450,6 +451,7 @@ class KvService implements KvServiceHandle {
     if (this.closed) return onClose();
     const md = this.nodeMetadata();
     md.set(META_PIPELINE_BATCH, '1');
+    md.set(META_PIPELINE_TXN, '1');
     call.sendMetadata(md);
     // Answers are coalesced (one message per event-loop turn) once the client has sent a batch:
     // it then understands `PipelineResponse.batch`.

@@ -38,6 +38,12 @@ export const MAX_FORWARD_HOPS = 2;
  */
 export const META_PIPELINE_BATCH = 'kv-pipeline-batch';
 
+/**
+ * Response metadata `kv-pipeline-txn: 1` in a Pipeline stream's headers: the server takes
+ * `PipelineRequest.txn` ops (a client sends a txn on a stream only when its headers say so).
+ */
+export const META_PIPELINE_TXN = 'kv-pipeline-txn';
+
 /** Error metadata `kv-retry-safe: 1`: the request was definitely not executed, so retrying a write cannot apply it twice. */
 export const META_RETRY_SAFE = 'kv-retry-safe';
 

@@ -221,7 +221,9 @@ export interface PipelineRequestMsg {
   get?: GetRequestMsg;
   delete?: DeleteRequestMsg;
   trigger?: TriggerRequestMsg;
-  op?: 'put' | 'get' | 'delete' | 'trigger';
+  /** Only on streams whose server advertised `kv-pipeline-txn: 1`. */
+  txn?: TxnRequestMsg;
+  op?: 'put' | 'get' | 'delete' | 'trigger' | 'txn';
   /** The op's remaining time in ms when sent (0/absent: the server's default). */
   timeoutMs?: number;
   /** Several ops in one message (each handled as its own message, in order); see kv.proto. */
@@ -239,6 +241,10 @@ export interface PipelineErrorMsg {
   retrySafe?: boolean;
   /** The shard's leader, if known (as `kv-leader`). */
   leader?: string;
+  /** Why the op failed (as the `kv-reason` trailer; '' or absent: not given). */
+  reason?: string;
+  /** The shard the error concerns (as `kv-shard`; 0 or absent: not given). */
+  shard?: number;
 }
 
 /** kvcascade.v1.PipelineResponse (`result` names the set member of the oneof). */
@@ -248,8 +254,9 @@ export interface PipelineResponseMsg {
   get?: GetResponseMsg;
   delete?: DeleteResponseMsg;
   trigger?: TriggerResponseMsg;
+  txn?: TxnResponseMsg;
   error?: PipelineErrorMsg;
-  result?: 'put' | 'get' | 'delete' | 'trigger' | 'error';
+  result?: 'put' | 'get' | 'delete' | 'trigger' | 'txn' | 'error';
   /** The node that served the op when it is not the one the stream is on (it was forwarded there). */
   leader?: string;
   /** The shard that served the op, with `leader`. */

@@ -1,6 +1,6 @@
 /** Fake kvcascade nodes for client routing tests: gRPC servers over one shared in-memory store that route by a cluster map, count calls per node and report the shard, its leader and the map epoch like real nodes. */
 import * as grpc from '@grpc/grpc-js';
-import { META_PIPELINE_BATCH, kvMetadata } from '../../src/wire/metadata.js';
+import { META_PIPELINE_BATCH, META_PIPELINE_TXN, kvMetadata } from '../../src/wire/metadata.js';
 import {
   clusterServiceDefinition,
   kvServiceDefinition,
@@ -15,7 +15,7 @@ import {
 } from '../../src/wire/proto.js';
 import { initialMap, shardOf, type ClusterMap } from '../../src/sharding/index.js';
 
-/** The calls a fake node counts (`pipelineOp`: one per op received on a Pipeline stream). */
+/** The calls a fake node counts (`pipelineOp`: one per op received on a Pipeline stream; `streamed` counts those by op). */
 export type FakeMethod = 'put' | 'get' | 'delete' | 'trigger' | 'txn' | 'list' | 'pipeline' | 'pipelineOp' | 'getShardMap' | 'status';
 
 /** One fake node. */
@@ -24,17 +24,26 @@ export interface FakeNode {
   readonly address: string;
   /** Calls received, by method. */
   readonly calls: Record<FakeMethod, number>;
+  /** Ops received on Pipeline streams, by op. */
+  readonly streamed: Record<StreamOp, number>;
   /** Key-addressed ops this node received for a shard it does not lead (a real node would have forwarded them). */
   forwarded: number;
   /** The map this node routes with and reports (default: the cluster's). */
   map: ClusterMap | undefined;
 }
 
-/** A failure a {@link FakeCluster.before} hook makes a call fail with. */
+/** The ops a Pipeline stream carries. */
+export type StreamOp = 'put' | 'get' | 'delete' | 'trigger' | 'txn';
+
+/** A failure a {@link FakeCluster.before} hook makes a call (or a pipelined op) fail with. */
 export interface FakeFailure {
   readonly code: grpc.status;
   readonly details: string;
   readonly retrySafe?: boolean;
+  /** Sent as `kv-reason` (a pipelined op's error `reason`). */
+  readonly reason?: string;
+  /** Sent as `kv-leader` (a pipelined op's error `leader`): a redirect. */
+  readonly leader?: string;
 }
 
 /** Options of {@link FakeCluster.start}. */
@@ -48,6 +57,8 @@ export interface FakeClusterOptions {
   readonly epoch?: number;
   /** Whether the nodes implement Cluster.GetShardMap and send kv-shard / kv-map-epoch (default true: false plays pre-sharding servers). */
   readonly sharded?: boolean;
+  /** Whether the nodes implement KV.Pipeline (default true: false plays servers from before it, answering UNIMPLEMENTED). */
+  readonly pipeline?: boolean;
 }
 
 interface Entry {
@@ -55,6 +66,8 @@ interface Entry {
   version: number;
   timestampMs: number;
 }
+
+const ZERO_STREAMED = (): Record<StreamOp, number> => ({ put: 0, get: 0, delete: 0, trigger: 0, txn: 0 });
 
 const ZERO_CALLS = (): Record<FakeMethod, number> => ({
   put: 0,
@@ -71,6 +84,8 @@ const ZERO_CALLS = (): Record<FakeMethod, number> => ({
 
 function statusError(f: FakeFailure, md: grpc.Metadata): grpc.ServerErrorResponse {
   if (f.retrySafe) md.set('kv-retry-safe', '1');
+  if (f.reason) md.set('kv-reason', f.reason);
+  if (f.leader) md.set('kv-leader', f.leader);
   return Object.assign(new Error(f.details), { code: f.code, details: f.details, metadata: md });
 }
 
@@ -95,15 +110,16 @@ export class FakeCluster {
   private constructor(
     readonly nodes: FakeNode[],
     readonly sharded: boolean,
+    private readonly pipelines = true,
   ) {}
 
   /** Starts the nodes on ephemeral loopback ports and builds the map over their addresses. */
   static async start(opts: FakeClusterOptions): Promise<FakeCluster> {
     const nodes: FakeNode[] = [];
-    const c = new FakeCluster(nodes, opts.sharded !== false);
+    const c = new FakeCluster(nodes, opts.sharded !== false, opts.pipeline !== false);
     for (let i = 1; i <= opts.nodes; i++) {
       const server = new grpc.Server();
-      const node: { -readonly [K in keyof FakeNode]: FakeNode[K] } = { id: i, address: '', calls: ZERO_CALLS(), forwarded: 0, map: undefined };
+      const node: { -readonly [K in keyof FakeNode]: FakeNode[K] } = { id: i, address: '', calls: ZERO_CALLS(), streamed: ZERO_STREAMED(), forwarded: 0, map: undefined };
       c.register(server, node);
       const port = await new Promise<number>((resolve, reject) =>
         server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))),
@@ -146,6 +162,11 @@ export class FakeCluster {
     return this.nodes.reduce((n, x) => n + x.calls[method], 0);
   }
 
+  /** Ops of `method` received over all nodes, as unary calls or on Pipeline streams. */
+  sent(method: StreamOp): number {
+    return this.nodes.reduce((n, x) => n + x.calls[method] + x.streamed[method], 0);
+  }
+
   /** Total forwarded ops over all nodes. */
   get forwarded(): number {
     return this.nodes.reduce((n, x) => n + x.forwarded, 0);
@@ -155,6 +176,7 @@ export class FakeCluster {
   resetCalls(): void {
     for (const n of this.nodes) {
       Object.assign(n.calls, ZERO_CALLS());
+      Object.assign(n.streamed, ZERO_STREAMED());
       n.forwarded = 0;
     }
   }
@@ -278,19 +300,29 @@ export class FakeCluster {
       node.calls.pipeline++;
       const md = this.sharded ? kvMetadata({ mapEpoch: this.mapOf(node).epoch }) : new grpc.Metadata();
       md.set(META_PIPELINE_BATCH, '1'); // takes batches, and answers a batch with one batch, as kvd does
+      md.set(META_PIPELINE_TXN, '1'); // takes txn ops, as kvd does
       call.sendMetadata(md);
+      // As kvd: per-op failures carry the unary trailers' fields; an op this node does not lead
+      // (kvd would forward it) names the shard's leader (and the shard, when sharded).
       const answer = (req: PipelineRequestMsg): PipelineResponseMsg => {
         const op = req.op!;
+        const fail = this.before?.(node, op, req[op]);
+        if (fail) return { id: req.id, error: { code: fail.code, message: fail.details, ...(fail.retrySafe ? { retrySafe: true } : {}), ...(fail.reason ? { reason: fail.reason } : {}), ...(fail.leader ? { leader: fail.leader } : {}) } };
         try {
-          const { res } = this.keyed(node, op, req[op]!);
-          return { id: req.id, [op]: res };
+          const { res, group } = op === 'txn' ? this.txn(node, req.txn!) : this.keyed(node, op, req[op]!);
+          const leaderId = this.leaders.get(group);
+          if (leaderId === node.id || leaderId === undefined) return { id: req.id, [op]: res };
+          return { id: req.id, [op]: res, leader: this.node(leaderId).address, ...(this.sharded ? { shard: group } : {}) };
         } catch (e) {
+          const f = e as FakeFailure;
+          if (f.code !== undefined) return { id: req.id, error: { code: f.code, message: f.details } };
           return { id: req.id, error: { code: grpc.status.INTERNAL, message: String(e) } };
         }
       };
       call.on('data', (req: PipelineRequestMsg) => {
         const reqs = req.batch !== undefined && req.batch.length > 0 ? req.batch : [req];
         node.calls.pipelineOp += reqs.length;
+        for (const r of reqs) node.streamed[r.op!]++;
         if (this.frozen.has(node.id)) return; // never answered
         const out = reqs.map(answer);
         const msg: PipelineResponseMsg = out.length === 1 ? out[0]! : { batch: out };
@@ -300,15 +332,16 @@ export class FakeCluster {
       call.on('end', () => call.end());
       call.on('error', () => undefined);
     };
-    server.addService(kvServiceDefinition, {
+    const kv: grpc.UntypedServiceImplementation = {
       put: unary('put', (m: PutRequestMsg) => this.keyed(node, 'put', m)),
       get: unary('get', (m: GetRequestMsg) => this.keyed(node, 'get', m)),
       delete: unary('delete', (m: DeleteRequestMsg) => this.keyed(node, 'delete', m)),
       trigger: unary('trigger', (m: TriggerRequestMsg) => this.keyed(node, 'trigger', m)),
       txn: unary('txn', (m: TxnRequestMsg) => this.txn(node, m)),
       list: unary('list', list),
-      pipeline,
-    });
+    };
+    if (this.pipelines) kv.pipeline = pipeline;
+    server.addService(kvServiceDefinition, kv);
     const cluster: grpc.UntypedServiceImplementation = {
       status: unary('status', () => ({ res: { nodeId: node.id, version: 'fake', groups: [], members: [], mapEpoch: this.mapOf(node).epoch }, group: undefined })),
     };

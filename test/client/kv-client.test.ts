@@ -378,6 +378,83 @@ describe('watch', () => {
   });
 });
 
+describe('lone writes on the stream', () => {
+  /** Two servers over one backend; the next put (after a warm-up put) waits at a gate until released. */
+  async function breakingStream(sessions: boolean) {
+    const backend = new MemoryBackend();
+    const a = await serve(backend);
+    const b = await server(backend);
+    const c = client([a.address, b.address], { sessions, initialBackoffMs: 5 });
+    await c.put('warm', 'x');
+    expect(c.leader).toBe(a.address);
+    const gate = deferred();
+    const held = deferred();
+    const seen: unknown[] = [];
+    backend.before = async (op) => {
+      if (op !== 'put') return;
+      seen.push(backend.lastCallOptions?.session);
+      if (backend.calls.put === 2) {
+        held.resolve();
+        await gate.promise;
+      }
+    };
+    return { backend, a, b, c, gate, held, seen };
+  }
+
+  it('a session write whose stream breaks mid-op is retried elsewhere with the same session id and seq, and applied once', async () => {
+    const { backend, a, b, c, gate, held, seen } = await breakingStream(true);
+    const put = c.put('w', 'v');
+    await held.promise;
+    await a.close(0); // the node dies with the put in flight on its stream
+    const r = await put;
+    expect(r.succeeded).toBe(true);
+    expect(c.leader).toBe(b.address);
+    expect(backend.calls.put).toBe(3);
+    expect(seen).toHaveLength(2);
+    expect(seen[0]).toMatchObject({ seq: expect.any(Number) });
+    expect(seen[1]).toEqual(seen[0]);
+    gate.resolve(); // the first attempt reaches the state machine after all: answered from the session
+    await new Promise((res) => setTimeout(res, 20));
+    expect(backend.sm.revision).toBe(2);
+    expect(text((await c.get('w')).value)).toBe('v');
+  });
+
+  it('a write without a session whose stream breaks mid-op fails UNAVAILABLE (outcome unknown) and is not sent again', async () => {
+    const { backend, a, c, gate, held } = await breakingStream(false);
+    const put = rejection(c.put('w', 'v'));
+    await held.promise;
+    await a.close(0);
+    const e = await put;
+    expect(e.code).toBe('UNAVAILABLE');
+    expect(e.retrySafe).toBe(false);
+    expect(e.message).toMatch(/ended .* before the put was answered/);
+    expect(backend.calls.put).toBe(2);
+    gate.resolve();
+  });
+
+  it('a per-op error carries the unary trailers: kv-reason, retry safety and the leader (KvError.reason as for a unary call)', async () => {
+    const backend = new MemoryBackend();
+    const s = await server(backend);
+    const c = client([s.address], { maxRetries: 2, initialBackoffMs: 5 });
+    const u = client([s.address], { maxRetries: 2, initialBackoffMs: 5, batching: false });
+    await c.put('warm', 'x');
+    await u.put('warm', 'x');
+    backend.before = (op) => {
+      if (op === 'put') throw new OverloadedError('busy');
+    };
+    const before = backend.calls.put;
+    const streamed = await rejection(c.put('k', 'v'));
+    const afterStreamed = backend.calls.put;
+    const unary = await rejection(u.put('k', 'v'));
+    // The same classification and the same attempt bound (1 + maxRetries) on both paths.
+    expect({ code: streamed.code, reason: streamed.reason, retrySafe: streamed.retrySafe }).toEqual({ code: unary.code, reason: unary.reason, retrySafe: unary.retrySafe });
+    expect(streamed.reason).toBe('OVERLOADED');
+    expect(streamed.retrySafe).toBe(true);
+    expect(afterStreamed - before).toBe(3);
+    expect(backend.calls.put - afterStreamed).toBe(3);
+  });
+});
+
 describe('batched default path', () => {
   it('keeps the unary guarantees: per-call deadlines, retry of retry-safe failures, per-call errors, admin token', async () => {
     const backend = new MemoryBackend();

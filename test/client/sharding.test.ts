@@ -88,7 +88,7 @@ describe('shard routing', () => {
     await Promise.all(keys.map((k) => c.put(k, `v-${k}`)));
     const got = await Promise.all(keys.map((k) => c.get(k)));
     expect(got.map((g) => text(g.value))).toEqual(keys.map((k) => `v-${k}`));
-    // A call made in the turn a batch finished is batched too; after a turn, a lone call is unary.
+    // After a turn, lone writes go on the shard leader's stream too (one attempt at a time).
     await new Promise((r) => setImmediate(r));
     await c.delete(keys[0]!);
     await c.trigger(keys[1]!, 't');
@@ -96,16 +96,17 @@ describe('shard routing', () => {
     expect(fc.forwarded).toBe(0);
     for (const n of fc.nodes) {
       const led = keys.filter((k) => fc.leaderOf(k) === n).length;
-      // Concurrent calls are batched on the node's stream (the first of a burst goes unary).
-      expect(n.calls.put + n.calls.get + n.calls.pipelineOp).toBe(2 * led);
+      // Concurrent calls are batched on the node's stream (the first put of a burst may go unary).
+      expect(n.calls.put + n.calls.get + n.streamed.put + n.streamed.get).toBe(2 * led);
       expect(n.calls.pipeline).toBeLessThanOrEqual(1);
     }
-    expect(fc.leaderOf(keys[0]!).calls.delete).toBe(1);
-    expect(fc.leaderOf(keys[1]!).calls.trigger).toBe(1);
+    expect(fc.leaderOf(keys[0]!).streamed.delete).toBe(1);
+    expect(fc.leaderOf(keys[1]!).streamed.trigger).toBe(1);
+    expect(fc.total('delete') + fc.total('trigger')).toBe(0);
     expect(fc.total('getShardMap')).toBe(0);
   });
 
-  it('batches the calls made as a burst of batched calls finishes (not one unary call per burst); a lone call later is unary', async () => {
+  it('batches the calls made as a burst of batched calls finishes (not one unary call per burst); a lone call later rides the stream too', async () => {
     const fc = await fakeCluster({ nodes: 3, shards: 1, replicas: 3 });
     const c = client([fc.node(1).address]);
     await c.put('warm', 'w');
@@ -114,12 +115,13 @@ describe('shard routing', () => {
     await Promise.all(Array.from({ length: 10 }, async (_, w) => {
       for (let i = 0; i < 6; i++) await c.put(`k${w}-${i}`, 'v');
     }));
-    expect(fc.total('put') + fc.total('pipelineOp')).toBe(60);
-    expect(fc.total('put')).toBeLessThanOrEqual(2); // the burst's first call; not one per burst (6)
+    expect(fc.total('pipelineOp')).toBe(60);
+    expect(fc.total('put')).toBe(0); // not even the burst's first call (a lone write) goes unary
+    expect(fc.total('pipeline')).toBe(0); // the warm-up's stream, kept
     await new Promise((r) => setImmediate(r));
     await c.put('lone', 'v');
-    expect(fc.total('put')).toBeLessThanOrEqual(3);
-    expect(fc.total('put') + fc.total('pipelineOp')).toBe(61);
+    expect(fc.total('put')).toBe(0);
+    expect(fc.total('pipelineOp')).toBe(61);
   });
 
   it('routes a list of one shard to that shard leader and reports shard revisions', async () => {
@@ -161,7 +163,7 @@ describe('shard routing', () => {
     expect(c.routeOf('/hot/x')).toEqual({ shard: hot.group, address: hotLeader.address });
     fc.resetCalls();
     await c.put('/hot/x', 'h');
-    expect(hotLeader.calls.put).toBe(1);
+    expect(hotLeader.streamed.put).toBe(1);
     expect(fc.forwarded).toBe(0);
     expect((await c.shardMap()).epoch).toBe(2);
     expect(fc.total('getShardMap')).toBe(1);
@@ -196,8 +198,50 @@ describe('shard routing', () => {
     const r = await c.put('w', 'v');
     expect(r.succeeded).toBe(true);
     expect(failed).toBe(1);
-    expect(fc.total('put')).toBe(2);
+    expect(fc.node(1).streamed.put + fc.node(2).streamed.put).toBe(2); // a lone write: on the stream, both attempts
+    expect(fc.total('put')).toBe(0);
     expect(fc.total('getShardMap')).toBe(2);
+    // The per-op error's kv-reason decides, whatever its message says (as a unary call's trailer).
+    fc.before = (_node, method) => {
+      if (method !== 'put' || failed > 1) return undefined;
+      failed++;
+      return { code: 14, details: 'try again elsewhere', retrySafe: true, reason: 'WRONG_SHARD' };
+    };
+    await new Promise((r) => setTimeout(r, 250)); // past the map refresh rate limit
+    expect((await c.put('w', 'v2')).succeeded).toBe(true);
+    expect(failed).toBe(2);
+    expect(fc.total('getShardMap')).toBe(3);
+    // A reason other than WRONG_SHARD is not a stale map, even if the message reads like one.
+    fc.before = (_node, method) => (method === 'put' ? { code: 9, details: 'key "w" is not owned by shard 1 (map epoch 1)', reason: 'SOMETHING_ELSE' } : undefined);
+    const e = await rejection(c.put('w', 'v3'));
+    expect(e.code).toBe('FAILED_PRECONDITION');
+    expect(e.reason).toBe('SOMETHING_ELSE');
+    expect(fc.total('getShardMap')).toBe(3);
+  });
+
+  it('a lone write on the stream follows a NOT_LEADER redirect (retry-safe) to the named leader, once, even without a session', async () => {
+    const fc = await fakeCluster({ nodes: 3, shards: 1, replicas: 3 });
+    const group = fc.map.shards[0]!.group;
+    fc.leaders.set(group, 1);
+    const c = client(fc.nodes.map((n) => n.address), { sessions: false });
+    await c.put('/a', 'v1');
+    expect(c.routeOf('/a').address).toBe(fc.node(1).address);
+    // Leadership moved to node 3; node 1 refuses (not executed) and names it.
+    fc.leaders.set(group, 3);
+    fc.before = (node, method) =>
+      method === 'put' && node.id === 1 ? { code: 14, details: 'not the leader', retrySafe: true, reason: 'NOT_LEADER', leader: fc.node(3).address } : undefined;
+    fc.resetCalls();
+    expect((await c.put('/a', 'v2')).succeeded).toBe(true);
+    expect([fc.node(1).streamed.put, fc.node(2).streamed.put, fc.node(3).streamed.put]).toEqual([1, 0, 1]);
+    expect(fc.total('put')).toBe(0);
+    expect(c.routeOf('/a').address).toBe(fc.node(3).address);
+    // An unknown outcome (UNAVAILABLE, not retry-safe) of a write without a session is not retried.
+    fc.before = (_node, method) => (method === 'put' ? { code: 14, details: 'commit not confirmed' } : undefined);
+    fc.resetCalls();
+    const e = await rejection(c.put('/a', 'v3'));
+    expect(e.code).toBe('UNAVAILABLE');
+    expect(e.retrySafe).toBe(false);
+    expect(fc.sent('put')).toBe(1);
   });
 
   it('falls back to one leader hint when the servers answer GetShardMap with UNIMPLEMENTED', async () => {
@@ -210,9 +254,11 @@ describe('shard routing', () => {
     expect(c.mapEpoch).toBe(0);
     expect(c.leader).toBe(fc.node(2).address);
     expect(c.routeOf('k1')).toEqual({ shard: undefined, address: fc.node(2).address });
-    expect(fc.node(1).calls.put).toBe(1); // the first call, before the leader was known
-    expect(fc.node(2).calls.put).toBe(9);
-    expect(fc.node(2).calls.pipelineOp).toBe(10); // reads go on the stream, even one at a time
+    // Writes and reads go on the stream, even one at a time.
+    expect(fc.node(1).streamed.put).toBe(1); // the first call, before the leader was known
+    expect(fc.node(2).streamed.put).toBe(9);
+    expect(fc.node(2).streamed.get).toBe(10);
+    expect(fc.total('put') + fc.total('get')).toBe(0);
     expect(fc.node(3).calls.put + fc.node(3).calls.get + fc.node(3).calls.pipelineOp).toBe(0);
     expect(fc.total('getShardMap')).toBe(1); // asked once, never again
     const p = c.pipeline();
@@ -234,7 +280,7 @@ describe('shard routing', () => {
 });
 
 describe('batching of the default path', () => {
-  it('sends concurrent calls on one stream per leading node, a lone call as a unary call, large values and batching: false unary', async () => {
+  it('sends concurrent calls on one stream per leading node, a lone call too, large values and batching: false unary', async () => {
     const fc = await fakeCluster({ nodes: 3, shards: 6, replicas: 2 });
     const c = client([fc.node(1).address]);
     const groups = fc.map.shards.map((s) => s.group);
@@ -242,8 +288,8 @@ describe('batching of the default path', () => {
     await c.put(keys[0]!, 'warm'); // the map, and a lone call
     fc.resetCalls();
     await c.put(keys[0]!, 'lone');
-    expect(fc.total('put')).toBe(1);
-    expect(fc.total('pipelineOp')).toBe(0);
+    expect(fc.total('put')).toBe(0);
+    expect(fc.leaderOf(keys[0]!).streamed.put).toBe(1);
     fc.resetCalls();
     const puts = await Promise.all(keys.map((k) => c.put(k, `v-${k}`)));
     expect(puts.every((r) => r.succeeded)).toBe(true);
@@ -251,9 +297,9 @@ describe('batching of the default path', () => {
     expect(gets.map((g) => text(g.value))).toEqual(keys.map((k) => `v-${k}`));
     const dels = await Promise.all(keys.slice(0, 10).map((k) => c.delete(k)));
     expect(dels.every((d) => d.deleted)).toBe(true);
-    // All but the first call of each burst were batched, each on its shard leader's stream.
-    expect(fc.total('put') + fc.total('get') + fc.total('delete')).toBeLessThanOrEqual(3);
-    expect(fc.total('pipelineOp')).toBe(2 * keys.length + 10 - (fc.total('put') + fc.total('get') + fc.total('delete')));
+    // Every call went on its shard leader's stream (batched, or the first of a burst alone).
+    expect(fc.total('put') + fc.total('get') + fc.total('delete')).toBe(0);
+    expect(fc.total('pipelineOp')).toBe(2 * keys.length + 10);
     expect(fc.forwarded).toBe(0);
     for (const n of fc.nodes) expect(n.calls.pipeline).toBeLessThanOrEqual(1);
 
@@ -347,9 +393,10 @@ describe('unreachable and frozen nodes', () => {
     const t0 = Date.now();
     expect((await c.put(keys[0]!, 'v')).succeeded).toBe(true);
     expect(Date.now() - t0).toBeLessThan(2_000);
-    expect(fc.node(1).calls.put).toBe(1); // sent once, to the live node
+    expect(fc.node(1).streamed.put).toBe(1); // sent once, to the live node (on its stream)
     expect(c.routeOf(keys[1]!).address).toBe(fc.node(1).address);
     // A fresh pipeline's stream to the frozen node never gets its ops: they move to the live node.
+    fc.resetCalls();
     const c2 = client([fc.node(1).address], { connectTimeoutMs: 200 });
     const p = c2.pipeline();
     const rs = await Promise.all(keys.map((k) => p.put(k, 'w')));
@@ -410,7 +457,23 @@ describe('attempt timeouts and suspect nodes', () => {
     expect(first!.id).toMatch(/^[A-Za-z0-9_-]{16,64}$/);
     expect(retried).toMatchObject({ id: first!.id, seq: 2 });
     expect(third).toMatchObject({ id: first!.id, seq: 3, ackedBelow: 3 });
-    expect(fc.node(1).calls.put).toBe(2);
+    expect(fc.node(1).streamed.put).toBe(2);
+    expect(fc.total('put')).toBe(0); // every attempt went on a stream
+    expect(c.suspectNodes()).toEqual([fc.node(1).address]); // it answered nothing on its stream meanwhile
+  });
+
+  it('against servers without the Pipeline method (UNIMPLEMENTED), lone and concurrent calls run as unary calls', async () => {
+    const fc = await fakeCluster({ nodes: 2, shards: 2, replicas: 1, pipeline: false });
+    const c = client([fc.node(1).address]);
+    expect((await c.put('a', '1')).succeeded).toBe(true);
+    expect((await c.get('a')).found).toBe(true);
+    const rs = await Promise.all(Array.from({ length: 20 }, (_, i) => c.put(`k${i}`, 'v')));
+    expect(rs.every((r) => r.succeeded)).toBe(true);
+    await c.delete('a');
+    expect(fc.total('put')).toBe(21);
+    expect(fc.total('delete')).toBe(1);
+    expect(fc.total('pipelineOp')).toBe(0);
+    expect(fc.total('pipeline')).toBe(0); // the fake counts only served streams: none was
   });
 
   it('pipelined reads and session writes leave a stream whose node stops answering, after one attempt timeout', async () => {
@@ -442,7 +505,8 @@ describe('attempt timeouts and suspect nodes', () => {
     fc.resetCalls();
     const err = await rejection(c.put('/a', 'v2'));
     expect(err.code).toBe('DEADLINE_EXCEEDED');
-    expect(fc.total('put')).toBe(1);
+    expect(fc.sent('put')).toBe(1);
+    expect(fc.node(1).streamed.put).toBe(1);
   });
 });
 
@@ -488,16 +552,32 @@ describe('transactions', () => {
     expect((await rejection(c.txn({ compares: [{ key: 'a', version: -1 }] }))).code).toBe('INVALID_ARGUMENT');
   });
 
-  it('goes to the leader of the first key shard', async () => {
+  it('goes to the leader of the first key shard: on its stream once one is open there (servers that take txn ops), else unary', async () => {
     const fc = await fakeCluster({ nodes: 3, shards: 3, replicas: 1 });
     const c = client([fc.node(1).address]);
+    const keys = keysOverGroups((x) => fc.groupOf(x), [1, 2, 3], 1);
     await c.get('warm');
     fc.resetCalls();
-    for (const k of keysOverGroups((x) => fc.groupOf(x), [1, 2, 3], 1)) {
+    for (const k of keys) {
       const r = await c.txn({ compares: [{ key: k, version: 0 }], writes: [{ type: 'put', key: k, value: 'v' }] });
       expect(r).toMatchObject({ succeeded: true, shard: fc.groupOf(k) });
-      expect(fc.leaderOf(k).calls.txn).toBe(1);
+      expect(fc.leaderOf(k).calls.txn + fc.leaderOf(k).streamed.txn).toBe(1);
     }
+    expect(fc.forwarded).toBe(0);
+    // Once every leader's stream is open (and said it takes txns), lone txns ride it.
+    const versions = new Map<string, number>();
+    for (const k of keys) versions.set(k, (await c.get(k)).version);
+    fc.resetCalls();
+    for (const k of keys) {
+      const r = await c.txn({ compares: [{ key: k, version: versions.get(k)! }], writes: [{ type: 'put', key: k, value: 'w' }] });
+      expect(r).toMatchObject({ succeeded: true, shard: fc.groupOf(k) });
+      const stale = await c.txn({ compares: [{ key: k, version: versions.get(k)! }], writes: [{ type: 'put', key: k, value: 'x' }] });
+      expect(stale).toMatchObject({ succeeded: false, failedCompares: [0] });
+    }
+    expect(fc.total('txn')).toBe(0);
+    for (const k of keys) expect(fc.leaderOf(k).streamed.txn).toBe(2);
+    // Keys of several shards: refused (INVALID_ARGUMENT) as on the unary path.
+    expect((await rejection(c.txn({ writes: keys.map((k) => ({ type: 'put' as const, key: k, value: 'x' })) }))).code).toBe('INVALID_ARGUMENT');
     expect(fc.forwarded).toBe(0);
   });
 });

@@ -2,7 +2,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { describe, expect, it } from 'vitest';
 import { DeadlineError, NotLeaderError, OverloadedError, UnavailableError, type KvBackend } from '../../src/node/backend.js';
-import { MAX_FORWARD_HOPS, META_COMPACT_REVISION, META_FORWARDED, META_LEADER, META_PIPELINE_BATCH, META_RETRY_SAFE, metaString } from '../../src/wire/metadata.js';
+import { MAX_FORWARD_HOPS, META_COMPACT_REVISION, META_FORWARDED, META_LEADER, META_PIPELINE_BATCH, META_PIPELINE_TXN, META_REASON, META_RETRY_SAFE, META_SHARD, metaString } from '../../src/wire/metadata.js';
 import { MAX_PIPELINE_BATCH } from '../../src/wire/proto.js';
 import { decodePageToken, encodePageToken } from '../../src/wire/request-validation.js';
 import type {
@@ -246,6 +246,48 @@ describe('error mapping', () => {
       expectError(await unary(kv, 'list', { prefix: '' }), code);
     });
   }
+
+  it('gives a pipelined op\'s error the unary trailers\' fields: retry safety, kv-reason, leader and shard', async () => {
+    const backend = new MemoryBackend();
+    const { kv } = await start(backend);
+    const group = backend.shardMap().shards[0]!.group;
+    const failures: Array<() => Error> = [
+      () => new OverloadedError('too many proposals'),
+      () => new NotLeaderError(0, undefined, group),
+      () => new UnavailableError('shard unavailable'),
+    ];
+    for (const make of failures) {
+      backend.before = () => {
+        throw make();
+      };
+      const out = await unary(kv, 'put', { key: 'k', value: utf8('v') });
+      if (out.ok) throw new Error('expected the put to fail');
+      const st = out.error;
+      const stream = kv.pipeline();
+      const res = deferred<PipelineResponseMsg>();
+      stream.on('data', (m: PipelineResponseMsg) => res.resolve(m));
+      stream.on('error', () => undefined);
+      stream.write({ id: 1, put: { key: 'k', value: utf8('v') } });
+      const e = (await res.promise).error!;
+      stream.end();
+      expect(e.code).toBe(st.code);
+      expect(e.retrySafe).toBe(metaString(out.trailers, META_RETRY_SAFE) === '1');
+      expect(e.reason).toBe(metaString(out.trailers, META_REASON) ?? '');
+      expect(e.leader).toBe(metaString(out.trailers, META_LEADER) ?? '');
+      expect(e.shard).toBe(Number(metaString(out.trailers, META_SHARD) ?? 0));
+    }
+    // At least the classified ones name their reason on the stream too.
+    backend.before = () => {
+      throw new OverloadedError('busy');
+    };
+    const stream = kv.pipeline();
+    const res = deferred<PipelineResponseMsg>();
+    stream.on('data', (m: PipelineResponseMsg) => res.resolve(m));
+    stream.on('error', () => undefined);
+    stream.write({ id: 7, put: { key: 'k', value: utf8('v') } });
+    expect((await res.promise).error).toMatchObject({ code: grpc.status.RESOURCE_EXHAUSTED, retrySafe: true, reason: 'OVERLOADED' });
+    stream.end();
+  });
 
   it('maps a compacted read to OUT_OF_RANGE with kv-compact-revision', async () => {
     const backend = new MemoryBackend();
@@ -735,6 +777,27 @@ describe('Pipeline', () => {
     expect(byId.get(6)).toMatchObject({ result: 'trigger', trigger: { revision: 3 } });
     expect(byId.get(6)!.trigger!.timestampMs).toBeGreaterThan(0);
     expect(byId.get(7)).toMatchObject({ result: 'error', error: { code: grpc.status.INVALID_ARGUMENT } });
+  });
+
+  it('takes txn ops (advertised by kv-pipeline-txn: 1) and answers them as the unary Txn', async () => {
+    const backend = new MemoryBackend();
+    const { kv } = await start(backend);
+    const p = open(kv);
+    const headers = deferred<grpc.Metadata>();
+    p.stream.on('metadata', (md: grpc.Metadata) => headers.resolve(md));
+    expect(metaString(await headers.promise, META_PIPELINE_TXN)).toBe('1');
+    p.send({ id: 1, txn: { compares: [{ key: 'a', version: 0 }], writes: [{ put: { key: 'a', value: utf8('1') } }, { put: { key: 'b', value: utf8('2') } }] } });
+    await p.waitFor(1);
+    p.send({ id: 2, txn: { compares: [{ key: 'a', version: 0 }], writes: [{ delete: { key: 'a' } }] } });
+    p.send({ id: 3, txn: { writes: [{ put: { key: '', value: utf8('x') } }] } });
+    await p.waitFor(3);
+    const byId = new Map(p.flat().map((m) => [m.id, m]));
+    expect(byId.get(1)).toMatchObject({ result: 'txn', txn: { succeeded: true, revision: 1 } });
+    expect(byId.get(2)).toMatchObject({ result: 'txn', txn: { succeeded: false, failedCompares: [0] } });
+    expect(byId.get(3)).toMatchObject({ result: 'error', error: { code: grpc.status.INVALID_ARGUMENT } });
+    expect(backend.sm.revision).toBe(1);
+    expect(text(backend.sm.get('b')!.value)).toBe('2');
+    p.stream.end();
   });
 
   it('takes a batch of ops, answers each by id, and answers in batches once the client batched', async () => {
