@@ -42,7 +42,7 @@ import {
 import type { ShardDescriptor } from '../sharding/index.js';
 import { invariant } from '../invariant.js';
 import type { EngineOp, EngineView } from '../storage/kv-engine.js';
-import { StateRecorder } from '../storage/state-store.js';
+import { listFromRecords, StateRecorder } from '../storage/state-store.js';
 import { NotLeaderError, OverloadedError, type WatchHandle, type WatchRequest, type WatchSink } from './backend.js';
 import { decodeProposal, encodeProposal, UnknownEnvelopeVersionError } from './envelope.js';
 import { confAtIndex, SnapshotSender, type SnapshotSenderOptions } from './snapshot-sender.js';
@@ -152,6 +152,10 @@ export class ShardReplica {
   readonly snapshots: SnapshotSender;
   /** The machine and revision the last value release was scheduled for (see `scheduleRelease`). */
   private releaseFor: { sm: KvStateMachine; revision: number } | undefined;
+  /** How `listFromEngine` served its pages: from the records (with the overlay) or from the machine's heap index. */
+  readonly listCounts = { fromRecords: 0, fromMachine: 0 };
+  /** A machine and a revision of it whose records are known durable (so in every engine view opened since): the lower bound of `listFromEngine`'s overlay. */
+  private durableFor: { sm: KvStateMachine; revision: number } | undefined;
 
   constructor(private readonly opts: ReplicaOptions) {
     this.group = opts.group;
@@ -371,6 +375,34 @@ export class ShardReplica {
   }
 
   /**
+   * A page of keys under `prefix` as applied here, served from the group's records in the engine
+   * (issue 17): the latest records in key order through an engine view, with the writes not known
+   * durable yet laid over them from the machine (`KvStateMachine.listPlan`, `listFromRecords`),
+   * so the page is the one `list` would answer when called. Listed from the machine instead when
+   * values stay in the heap, no view can be opened, a snapshot install is under way, or nothing of
+   * the current machine is known durable yet. Values come with the records, off the event loop.
+   */
+  async listFromEngine(prefix: string, options: ListOptions = {}): Promise<ListResult> {
+    const durable = this.durableFor;
+    const sm = this.machine;
+    const view = this.opts.values && !this.installing && durable?.sm === sm ? this.opts.openView?.() : undefined;
+    if (view !== undefined) {
+      try {
+        const plan = sm.listPlan(prefix, options, durable!.revision);
+        const page = plan && (await listFromRecords(view, this.group, plan));
+        if (page) {
+          this.listCounts.fromRecords++;
+          return page;
+        }
+      } finally {
+        await view.close();
+      }
+    }
+    this.listCounts.fromMachine++;
+    return options.keysOnly ? this.list(prefix, options) : this.readWithValues(() => this.list(prefix, options));
+  }
+
+  /**
    * A read at the node's edge: runs `read` with the values it needs, reading any the cache
    * misses from the engine asynchronously first, so the event loop never blocks on the disk (one
    * pass when everything is hot). `read` runs at once when values stay in the heap.
@@ -577,7 +609,11 @@ export class ShardReplica {
       if (this.machine !== sm || this.installing) return;
       if (sm.releaseValues(revision, RELEASE_SLICE)) setImmediate(step);
     };
-    values.whenDurable().then(step, () => {}); // a storage failure stops the node elsewhere
+    const durable = (): void => {
+      if (this.machine === sm && !this.installing && (this.durableFor?.sm !== sm || this.durableFor.revision < revision)) this.durableFor = { sm, revision };
+      step();
+    };
+    values.whenDurable().then(durable, () => {}); // a storage failure stops the node elsewhere
   }
 
   private lostLeadership(): void {

@@ -45,6 +45,7 @@ import type {
   KvStateMachineOptions,
   ListItem,
   ListOptions,
+  ListPlan,
   ListResult,
   PutCommand,
   RevokeLeaseKeysCommand,
@@ -770,6 +771,45 @@ export class KvStateMachine {
       );
     }
     return more ? { items, nextAfter: items[items.length - 1]!.key, revision: this._revision } : { items, revision: this._revision };
+  }
+
+  /**
+   * What a listing served from the durable records needs from the machine (issue 17; the storage
+   * side is `listFromRecords` in storage/state-store.ts): the validated options, the revision and
+   * applied index now, and the *overlay*, every key under the listing's range with a version
+   * written after `sinceRevision` (writes the records may not hold yet), with its latest version
+   * now, in key order. The records at any revision in [sinceRevision, revision] with the overlay on
+   * top are exactly this machine's keys now. Undefined when the machine cannot name those keys
+   * (`sinceRevision` before the compaction point or after the current revision). Throws
+   * ValidationError for invalid arguments, as `list` does. O(log w + writes since + o log o).
+   */
+  listPlan(prefix: string, options: ListOptions, sinceRevision: number): ListPlan | undefined {
+    validatePrefix(prefix);
+    const limit = positiveLimit(options.limit, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, 'limit');
+    const { after, keysOnly = false } = options;
+    if (after !== undefined) validatePrefix(after, 'after');
+    if (sinceRevision < this._compactRevision || sinceRevision > this._revision) return undefined;
+    const start = after !== undefined && compareKeys(after, prefix) >= 0 ? after : undefined;
+    const keys = new Set<string>();
+    for (let i = this.writeLog.firstIndexWhere((w) => w.revision > sinceRevision); i < this.writeLog.length; i++) {
+      const key = this.writeLog.at(i)!.key;
+      if (key.startsWith(prefix) && (start === undefined || compareKeys(key, start) > 0)) keys.add(key);
+    }
+    const overlay: Array<readonly [string, VersionRecord]> = [];
+    for (const key of [...keys].sort(compareKeys)) {
+      const recs = this.records.get(key)!;
+      overlay.push([key, recs[recs.length - 1]!]);
+    }
+    return {
+      prefix,
+      ...(start !== undefined ? { after: start } : {}),
+      limit,
+      keysOnly,
+      revision: this._revision,
+      appliedIndex: this._appliedIndex,
+      sinceRevision,
+      overlay,
+    };
   }
 
   /**
