@@ -130,6 +130,21 @@ export class NodeMetrics {
     cacheGauge('kvcascade_value_cache_hits', 'Value reads answered by the cache since start', (c) => c.hits);
     cacheGauge('kvcascade_value_cache_misses', 'Value reads that went to the engine since start', (c) => c.misses);
     cacheGauge('kvcascade_value_cache_evictions', 'Values evicted from the cache to stay within its bound since start', (c) => c.evictions);
+    const indexGauge = (name: string, help: string, pick: (c: KvNode['indexCache']['stats']) => number) =>
+      new Gauge({
+        name,
+        help,
+        registers,
+        collect() {
+          this.set(pick(node.indexCache.stats));
+        },
+      });
+    indexGauge('kvcascade_index_cache_bytes', 'Accounted bytes held by the hot-index cache (keys\' latest versions served from the engine)', (c) => c.bytes);
+    indexGauge('kvcascade_index_cache_max_bytes', 'Bound of the hot-index cache', (c) => c.maxBytes);
+    indexGauge('kvcascade_index_cache_entries', 'Keys held by the hot-index cache', (c) => c.entries);
+    indexGauge('kvcascade_index_cache_hits', 'Latest-version lookups answered by the cache since start', (c) => c.hits);
+    indexGauge('kvcascade_index_cache_misses', 'Latest-version lookups that went to the engine since start', (c) => c.misses);
+    indexGauge('kvcascade_index_cache_evictions', 'Keys evicted from the hot-index cache to stay within its bound since start', (c) => c.evictions);
     const budget = node.memoryBudget;
     new Gauge({
       name: 'kvcascade_memory_budget_bytes',

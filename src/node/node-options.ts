@@ -115,6 +115,8 @@ export interface NodeOptions {
    * history (its own bound) and this cache (README "Memory model").
    */
   readonly valueCacheBytes?: number;
+  /** Bound on the node's hot-index cache of keys' latest versions (all groups; default 32 MiB): the rest of the key index is read from the engine. */
+  readonly indexCacheBytes?: number;
   /**
    * The node's clock and timers (default: the wall clock, `realScheduler`). Everything the node
    * times — ticks, ready rounds, install slices, deadlines, liveness, entry timestamps — uses it,

@@ -35,6 +35,7 @@ import {
   type GetResult,
   type KvStateMachineOptions,
   type ListOptions,
+  type IndexSource,
   type ListResult,
   type ValueSource,
   type WriteSession,
@@ -119,6 +120,8 @@ export interface ReplicaOptions {
     readonly whenDurable: () => Promise<void>;
     /** Runs a read with the values it needs, fetching misses without blocking the event loop (EngineValueSource.readCached). */
     readonly readCached?: <T>(read: () => T) => Promise<T>;
+    /** A new source of latest versions for a machine (`KvStateMachine.attachIndex`): the key index from the engine behind the node's hot-index cache. */
+    readonly index?: () => IndexSource;
   };
 }
 
@@ -168,6 +171,7 @@ export class ShardReplica {
     this.records.attach(this.machine);
     if (opts.values) {
       this.machine.attachValues(opts.values.source);
+      if (opts.values.index) this.machine.attachIndex(opts.values.index());
       // The host stages what the machine was rebuilt from before this replica's first Ready.
       this.scheduleRelease();
     }
@@ -545,7 +549,11 @@ export class ShardReplica {
     // The records become the snapshot's state (stepwise: unit by unit, `nextReplacementUnit`).
     this.records.replace(before, sm, stepwise);
     // Its values stay in the heap until the replacement is durable (released after its last unit).
-    if (this.opts.values) sm.attachValues(this.opts.values.source);
+    if (this.opts.values) {
+      sm.attachValues(this.opts.values.source);
+      // A fresh source: the previous machine's cached heads say nothing about this one's records.
+      if (this.opts.values.index) sm.attachIndex(this.opts.values.index());
+    }
     this.hub.restored();
   }
 

@@ -32,6 +32,7 @@ import type { VersionRecord } from './types.js';
 import { SortedKeySet } from './sorted-keys.js';
 import type { StateSink } from './state-sink.js';
 import { VALUE_ON_DISK, type ValueSource } from './value-source.js';
+import type { IndexSource } from './index-source.js';
 import type {
   ApplyOutput,
   Command,
@@ -184,6 +185,15 @@ export class KvStateMachine {
   private values: ValueSource | undefined;
   /** Versions whose value is still in the heap, to drop once the source holds it (`releaseValues`); only with a source. */
   private readonly resident = new Queue<{ readonly revision: number; readonly key: string }>();
+  /** Where latest versions are read from (undefined: `records`); see `attachIndex`. */
+  private index: IndexSource | undefined;
+  /** The revision at which `index` was attached: it answers once a release reaches it (until then, `records` do). */
+  private indexFrom = 0;
+  private indexReady = false;
+  /** The overlay of `index`: each key written since the last durable point, with its newest version (consulted first). */
+  private readonly unindexed = new Map<string, VersionRecord>();
+  /** (revision, key) of the writes in `unindexed`, oldest first, to hand to `index` once durable. */
+  private readonly unindexedLog = new Queue<{ readonly revision: number; readonly key: string }>();
   /** Events of at most this many most recent revisions are kept for `eventsSince`. */
   readonly maxHistoryRevisions: number;
   /** Cap on accounted history bytes (see {@link eventBytes}). */
@@ -568,9 +578,15 @@ export class KvStateMachine {
   }
 
   private latestLive(key: string): VersionRecord | undefined {
-    const recs = this.records.get(key);
-    const last = recs?.[recs.length - 1];
+    const last = this.latestVersion(key);
     return last && last.value !== null ? last : undefined;
+  }
+
+  /** The newest version of `key` (a tombstone too): from the overlay and the index source once attached and ready, else from `records`. */
+  private latestVersion(key: string): VersionRecord | undefined {
+    if (this.indexReady) return this.unindexed.get(key) ?? this.index!.latest(key);
+    const recs = this.records.get(key);
+    return recs?.[recs.length - 1];
   }
 
   private bump(ts: number): number {
@@ -589,6 +605,10 @@ export class KvStateMachine {
     const version = withHops<VersionRecord>({ revision, timestampMs: ts, value }, hops);
     recs.push(version);
     this.writeLog.push({ revision, key });
+    if (this.index !== undefined) {
+      this.unindexed.set(key, version);
+      this.unindexedLog.push({ revision, key });
+    }
     this.sink?.versionAdded(key, version);
     if (value !== null && this.values !== undefined) this.resident.push({ revision, key });
     if (value !== null && !wasLive) {
@@ -723,6 +743,10 @@ export class KvStateMachine {
   get(key: string, options?: GetOptions): GetResult | undefined {
     validateKey(key);
     const at = this.readRevision(options);
+    if (at === this._revision && this.indexReady) {
+      const v = this.latestVersion(key);
+      return v === undefined || v.value === null ? undefined : { value: this.valueOf(key, v), version: v.revision, timestampMs: v.timestampMs };
+    }
     const recs = this.records.get(key);
     if (recs === undefined) return undefined;
     let v: VersionRecord | undefined = recs[recs.length - 1];
@@ -916,6 +940,7 @@ export class KvStateMachine {
   releaseValues(upToRevision: number, maxCount = Number.MAX_SAFE_INTEGER): boolean {
     const source = this.values;
     if (source === undefined) return false;
+    this.releaseIndex(upToRevision);
     let n = 0;
     for (;;) {
       const e = this.resident.at(n);
@@ -935,6 +960,48 @@ export class KvStateMachine {
     }
     this.resident.dropFront(n);
     return false;
+  }
+
+  /**
+   * Serves latest-version lookups (`apply`'s current versions for conditional puts, txn compares,
+   * `returnPrevious` and deletes; latest `get`s; the descriptor) from `source` (issue 17: the key
+   * index from the engine) instead of `records`, once the records of the machine as it is now are
+   * durable: the first `releaseValues` at or past the current revision switches over (until then,
+   * and without a source, `records` answer). Keys written since the last durable point are answered
+   * from the machine's overlay, handed to the source (`IndexSource.durable`) as `releaseValues`
+   * passes them. Needs a value source attached first (heads read from the source carry no value).
+   * Call once. Answers are the same either way: the records hold what `records` hold.
+   */
+  attachIndex(source: IndexSource): void {
+    if (this.values === undefined) throw new Error('attach a value source before an index source');
+    if (this.index !== undefined) throw new Error('an index source is already attached');
+    this.index = source;
+    this.indexFrom = this._revision;
+  }
+
+  /** Whether latest versions are read from the attached index source (and the overlay) rather than `records`. */
+  get indexServing(): boolean {
+    return this.indexReady;
+  }
+
+  /** Number of keys in the index overlay (written since the last durable point; 0 without an index source). */
+  get unindexedKeys(): number {
+    return this.unindexed.size;
+  }
+
+  /** Hands the overlay's versions written at or before `upTo` (durable) to the index source. */
+  private releaseIndex(upTo: number): void {
+    const index = this.index;
+    if (index === undefined) return;
+    if (!this.indexReady && upTo >= this.indexFrom) this.indexReady = true;
+    let n = 0;
+    for (let e = this.unindexedLog.at(0); e !== undefined && e.revision <= upTo; e = this.unindexedLog.at(++n)) {
+      const v = this.unindexed.get(e.key);
+      if (v === undefined || v.revision > upTo) continue; // rewritten since: stays in the overlay
+      this.unindexed.delete(e.key);
+      index.durable(e.key, v.value === null ? v : { ...v, value: VALUE_ON_DISK });
+    }
+    this.unindexedLog.dropFront(n);
   }
 
   /** Number of versions whose value is still in the heap awaiting release (0 without a source: then all values are in the heap). */

@@ -124,6 +124,7 @@ import {
   SNAPSHOT_MAGIC,
   SNAPSHOT_SESSIONS_FORMAT_VERSION,
   ValidationError,
+  type IndexSource,
   type KvEvent,
   type KvStateMachine,
   type ListItem,
@@ -143,6 +144,7 @@ import { findVersion, writeHopsSection } from '../statemachine/snapshot-codec.js
 import { prefixEnd, type EngineOp, type EngineView, type KvEngine } from './kv-engine.js';
 import { StorageCorruptionError, stateKeyPrefix } from './raft-log-store.js';
 import { ownedCopy, type ValueCache } from './value-cache.js';
+import type { IndexCache } from './index-cache.js';
 
 /**
  * Format version of the `meta` record (its first byte) when the session limits are the defaults
@@ -948,6 +950,63 @@ export class EngineValueSource implements ValueSource {
         if (v.value !== null) this.cache.set(`${this.cachePrefix}${revision}/${key}`, ownedCopy(v.value));
       }),
     );
+  }
+}
+
+// ------------------------------------------------------------------ latest versions
+
+/** The cached answer "the records hold no version of this key" (by identity): a key looked up often and never written costs no engine read. */
+const ABSENT: VersionRecord = Object.freeze({ revision: 0, timestampMs: 0, value: null });
+
+/** Numbers the sources made, so each machine's cache entries are its own (a machine replaced by a snapshot install must not see its predecessor's). */
+let indexSourceCount = 0;
+
+/**
+ * The latest versions of `group`'s keys read from its records (issue 17: the key index from the
+ * engine), for a machine's `attachIndex`: the node's hot-index cache, else two synchronous engine
+ * point reads, the key's `l/<key>` record (its newest revision; LevelDB's bloom filters make a key
+ * without one cheap) and that version's record (its head: tombstone or not, timestamp, hop count),
+ * which is then cached, as is a key's absence (every later write of the key reaches the cache
+ * through `durable`, and a compaction only forgets keys whose newest version is a tombstone, which
+ * reads the same as absent). One source per machine.
+ */
+export class EngineIndexSource implements IndexSource {
+  private readonly keys: Keys;
+  private readonly cachePrefix: string;
+  /** Lookups that read the engine (cache misses), and of those the keys the records did not hold. */
+  readonly reads = { engine: 0, absent: 0 };
+
+  /** The source of `group`'s latest versions in `engine`, caching in `cache`. */
+  constructor(
+    private readonly engine: Pick<KvEngine, 'getSync'>,
+    readonly group: number,
+    private readonly cache: IndexCache,
+  ) {
+    this.keys = new Keys(group);
+    this.cachePrefix = `${group}/${++indexSourceCount}/`;
+  }
+
+  latest(key: string): VersionRecord | undefined {
+    const ck = this.cachePrefix + key;
+    const hit = this.cache.get(ck);
+    if (hit !== undefined) return hit === ABSENT ? undefined : hit;
+    this.reads.engine++;
+    const latest = this.engine.getSync(this.keys.latest(key));
+    if (latest === undefined) {
+      this.reads.absent++;
+      this.cache.set(ck, ABSENT); // until the machine writes the key (`durable` replaces it)
+      return undefined;
+    }
+    const revision = corruptOnError(`latest of ${JSON.stringify(key)}`, () => readVarintOnly(latest));
+    const raw = this.engine.getSync(this.keys.version(key, revision));
+    if (raw === undefined) throw new StorageCorruptionError(`group ${this.group}: the latest record of ${JSON.stringify(key)} names version ${revision}, which is missing`);
+    const head = decodeVersionHead(raw, revision, key);
+    this.cache.set(ck, head);
+    return head;
+  }
+
+  durable(key: string, head: VersionRecord): void {
+    this.cache.set(this.cachePrefix + key, head);
   }
 }
 
