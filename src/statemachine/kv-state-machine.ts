@@ -180,6 +180,8 @@ export class KvStateMachine {
   private _lastTimestampMs = 0;
   private sink: StateSink | undefined;
   private descriptorCache: { readonly version: number; readonly descriptor: ShardDescriptor } | undefined;
+  /** With an index source: the descriptor key's latest live version as last looked up (undefined: look it up), dropped when the key is written. */
+  private descriptorHead: { readonly v: VersionRecord | undefined } | undefined;
   private sessions: SessionTable;
   /** Where released values are read from (undefined: every value stays in the heap). */
   private values: ValueSource | undefined;
@@ -421,7 +423,9 @@ export class KvStateMachine {
    * then the shard accepts every key (a single-shard or not yet configured group).
    */
   get descriptor(): ShardDescriptor | undefined {
-    const rec = this.latestLive(SHARD_DESCRIPTOR_KEY);
+    // Looked up on every apply: with an index source, the machine remembers the head it read (only its own writes change it).
+    if (this.indexReady && this.descriptorHead === undefined) this.descriptorHead = { v: this.latestLive(SHARD_DESCRIPTOR_KEY) };
+    const rec = this.indexReady ? this.descriptorHead!.v : this.latestLive(SHARD_DESCRIPTOR_KEY);
     if (!rec) return undefined;
     if (this.descriptorCache?.version === rec.revision) return this.descriptorCache.descriptor;
     try {
@@ -608,6 +612,7 @@ export class KvStateMachine {
     if (this.index !== undefined) {
       this.unindexed.set(key, version);
       this.unindexedLog.push({ revision, key });
+      if (key === SHARD_DESCRIPTOR_KEY) this.descriptorHead = undefined;
     }
     this.sink?.versionAdded(key, version);
     if (value !== null && this.values !== undefined) this.resident.push({ revision, key });

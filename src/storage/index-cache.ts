@@ -1,4 +1,4 @@
-/** A bounded least-recently-used cache of keys' latest versions (the hot part of the key index, issue 17), shared by the shards of a node, with counters for metrics. */
+/** A bounded, approximately least-recently-used cache of keys' latest versions (the hot part of the key index, issue 17), shared by the shards of a node, with counters for metrics. */
 import type { VersionRecord } from '../statemachine/index.js';
 
 /** Accounted bytes of one entry besides its key's characters (map slot, entry, version record object). */
@@ -23,14 +23,22 @@ export interface IndexCacheStats {
   readonly maxBytes: number;
 }
 
+/** One cached head and whether it was used since the eviction hand last passed it. */
+interface Entry {
+  head: VersionRecord;
+  used: boolean;
+}
+
 /**
- * LRU cache of version heads (revision, timestamp, tombstone or value-on-disk, hop count: never
- * value bytes) by string key, bounded by accounted bytes. A JS Map keeps insertion order, so moving
- * an entry to the back on a hit and evicting from the front is LRU in O(1). Callers put only heads
- * whose records are durable in the engine, so an evicted entry is read back from there.
+ * Cache of version heads (revision, timestamp, tombstone or value-on-disk, hop count: never value
+ * bytes) by string key, bounded by accounted bytes, evicting about the least recently used: a hit
+ * only marks its entry (the hot path of every write and latest read, so it changes no map order),
+ * and eviction walks from the oldest insertion, giving a marked entry a second chance (unmarked
+ * and moved to the back) and dropping the first unmarked one (CLOCK). Callers put only heads whose
+ * records are durable in the engine, so an evicted entry is read back from there.
  */
 export class IndexCache {
-  private readonly map = new Map<string, VersionRecord>();
+  private readonly map = new Map<string, Entry>();
   private held = 0;
   private counters = { hits: 0, misses: 0, evictions: 0 };
 
@@ -41,27 +49,36 @@ export class IndexCache {
 
   /** The head under `key` (now the most recently used), or undefined; counts a hit or a miss. */
   get(key: string): VersionRecord | undefined {
-    const v = this.map.get(key);
-    if (v === undefined) {
+    const e = this.map.get(key);
+    if (e === undefined) {
       this.counters.misses++;
       return undefined;
     }
     this.counters.hits++;
-    this.map.delete(key);
-    this.map.set(key, v);
-    return v;
+    e.used = true;
+    return e.head;
   }
 
-  /** Stores `head` under `key` as the most recently used, evicting the least recently used entries beyond the bound. */
+  /** Stores `head` under `key` (replacing an entry in place, keeping its position and mark), evicting entries beyond the bound. */
   set(key: string, head: VersionRecord): void {
+    const old = this.map.get(key);
+    if (old !== undefined) {
+      old.head = head;
+      old.used = true;
+      return;
+    }
     const cost = entryCost(key);
     if (cost > this.maxBytes) return;
-    if (this.map.delete(key)) this.held -= cost;
-    this.map.set(key, head);
+    this.map.set(key, { head, used: false });
     this.held += cost;
     while (this.held > this.maxBytes) {
-      const k = this.map.keys().next().value as string;
+      const [k, e] = this.map.entries().next().value as [string, Entry];
       this.map.delete(k);
+      if (e.used) {
+        e.used = false;
+        this.map.set(k, e); // second chance: to the back
+        continue;
+      }
       this.held -= entryCost(k);
       this.counters.evictions++;
     }

@@ -162,15 +162,21 @@ describe('latest versions from the records, behind the hot-index cache', () => {
     expect(s.sm.apply(3, 1000, { type: 'put', key: 'k', value: enc.encode('c'), expectedVersion: 2 }).result).toMatchObject({ succeeded: true });
   });
 
-  it('keeps the cache within its byte bound, evicting the least recently used', () => {
+  it('keeps the cache within its byte bound, evicting entries not used since the last pass first', () => {
     const per = INDEX_CACHE_ENTRY_OVERHEAD_BYTES + 2 * 2;
     const cache = new IndexCache(per * 3);
     const head = (revision: number) => ({ revision, timestampMs: 0, value: null });
     for (const k of ['k1', 'k2', 'k3']) cache.set(k, head(1));
-    expect(cache.get('k1')).toBeDefined();
+    expect(cache.get('k1')).toBeDefined(); // used: survives the next eviction
     cache.set('k4', head(2));
     expect(cache.get('k2')).toBeUndefined();
     expect(cache.stats).toMatchObject({ entries: 3, bytes: per * 3, evictions: 1, hits: 1, misses: 1 });
+    expect(cache.get('k1')).toBeDefined();
+    for (let i = 0; i < 100; i++) {
+      cache.set(`${String.fromCharCode(97 + (i % 26))}${i % 10}`, head(i)); // two characters, as k1..k4
+      expect(cache.stats.bytes).toBeLessThanOrEqual(cache.maxBytes);
+    }
+    expect(cache.stats.entries).toBe(3);
     cache.set('k4', head(3)); // replacing an entry does not grow the cache
     expect(cache.stats.bytes).toBe(per * 3);
     expect(cache.get('k4')?.revision).toBe(3);
