@@ -156,7 +156,7 @@ export class NodeMetrics {
     });
     new Gauge({
       name: 'kvcascade_memory_accounted_bytes',
-      help: 'Accounted memory by part (index: key/version index of all hosted replicas; history: watch histories; log: in-memory Raft logs; value_cache; snapshots: produced for lagging followers, held for sending), as last sampled',
+      help: 'Accounted memory by part (index: key/version index of all hosted replicas; history: watch histories; log: in-memory Raft logs; value_cache; index_cache: hot latest versions; snapshots: produced for lagging followers, held for sending), as last sampled',
       labelNames: ['part'],
       registers,
       collect() {
@@ -165,6 +165,7 @@ export class NodeMetrics {
         this.set({ part: 'history' }, a.history);
         this.set({ part: 'log' }, a.log);
         this.set({ part: 'value_cache' }, a.valueCache);
+        this.set({ part: 'index_cache' }, a.indexCache);
         this.set({ part: 'snapshots' }, a.snapshots);
       },
     });

@@ -99,6 +99,7 @@ export class ReplicaSet {
       return {
         replicas: [...this.replicas.values()].map((r) => r.memory),
         valueCacheBytes: this.valueCache.stats.bytes,
+        indexCacheBytes: this.indexCache.stats.bytes,
         snapshotBytes: this.snapshotGate.heldBytes,
         heapUsed: heap.used_heap_size,
         heapLimit: heap.heap_size_limit,
