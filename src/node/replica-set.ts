@@ -154,6 +154,7 @@ export class ReplicaSet {
       whenDurable: () => this.parts.store.whenDurable(),
       readCached: (read) => source.readCached(read),
       index: () => new EngineIndexSource(engine, group, this.indexCache),
+      ...(this.parts.opts.indexDropCold ? { dropCold: true } : {}),
     };
   }
 

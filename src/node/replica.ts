@@ -122,6 +122,8 @@ export interface ReplicaOptions {
     readonly readCached?: <T>(read: () => T) => Promise<T>;
     /** A new source of latest versions for a machine (`KvStateMachine.attachIndex`): the key index from the engine behind the node's hot-index cache. */
     readonly index?: () => IndexSource;
+    /** Also drop cold keys' version lists from the heap (`attachIndex` option `dropCold`; experimental). */
+    readonly dropCold?: boolean;
   };
 }
 
@@ -171,7 +173,7 @@ export class ShardReplica {
     this.records.attach(this.machine);
     if (opts.values) {
       this.machine.attachValues(opts.values.source);
-      if (opts.values.index) this.machine.attachIndex(opts.values.index());
+      if (opts.values.index) this.machine.attachIndex(opts.values.index(), { dropCold: opts.values.dropCold === true });
       // The host stages what the machine was rebuilt from before this replica's first Ready.
       this.scheduleRelease();
     }
@@ -552,7 +554,7 @@ export class ShardReplica {
     if (this.opts.values) {
       sm.attachValues(this.opts.values.source);
       // A fresh source: the previous machine's cached heads say nothing about this one's records.
-      if (this.opts.values.index) sm.attachIndex(this.opts.values.index());
+      if (this.opts.values.index) sm.attachIndex(this.opts.values.index(), { dropCold: this.opts.values.dropCold === true });
     }
     this.hub.restored();
   }

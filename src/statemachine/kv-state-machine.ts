@@ -196,6 +196,12 @@ export class KvStateMachine {
   private readonly unindexed = new Map<string, VersionRecord>();
   /** (revision, key) of the writes in `unindexed`, oldest first, to hand to `index` once durable. */
   private readonly unindexedLog = new Queue<{ readonly revision: number; readonly key: string }>();
+  /** Keys handed to `index` with a live version: candidates to drop from `records` (`dropCold`). */
+  private droppable: string[] = [];
+  /** Whether `dropCold` runs (`attachIndex` option). */
+  private dropColdKeys = false;
+  /** Keys dropped from `records` by `dropCold` since the machine was made (for tests and metrics). */
+  private droppedCount = 0;
   /** Events of at most this many most recent revisions are kept for `eventsSince`. */
   readonly maxHistoryRevisions: number;
   /** Cap on accounted history bytes (see {@link eventBytes}). */
@@ -586,6 +592,12 @@ export class KvStateMachine {
     return last && last.value !== null ? last : undefined;
   }
 
+  /** The newest version of `key` as `records` hold it, or read back when the key was dropped from the heap (`dropCold`). */
+  private newest(key: string): VersionRecord | undefined {
+    const recs = this.records.get(key);
+    return recs !== undefined ? recs[recs.length - 1] : this.indexReady ? this.latestVersion(key) : undefined;
+  }
+
   /** The newest version of `key` (a tombstone too): from the overlay and the index source once attached and ready, else from `records`. */
   private latestVersion(key: string): VersionRecord | undefined {
     if (this.indexReady) return this.unindexed.get(key) ?? this.index!.latest(key);
@@ -601,11 +613,13 @@ export class KvStateMachine {
 
   private write(key: string, value: Uint8Array | null, revision: number, ts: number, hops: number): void {
     let recs = this.records.get(key);
-    const wasLive = recs !== undefined && recs[recs.length - 1]!.value !== null;
     if (recs === undefined) {
-      recs = [];
+      // A key dropped from the heap (`dropCold`) has one live version, read back as its head; else the key is new.
+      const head = this.indexReady ? this.latestVersion(key) : undefined;
+      recs = head !== undefined && head.value !== null ? [head] : [];
       this.records.set(key, recs);
     }
+    const wasLive = recs.length > 0 && recs[recs.length - 1]!.value !== null;
     const version = withHops<VersionRecord>({ revision, timestampMs: ts, value }, hops);
     recs.push(version);
     this.writeLog.push({ revision, key });
@@ -674,7 +688,8 @@ export class KvStateMachine {
     for (let w = this.writeLog.at(0); w !== undefined && w.revision <= c; w = this.writeLog.at(++n)) touched.add(w.key);
     this.writeLog.dropFront(n);
     for (const key of touched) {
-      const recs = this.records.get(key)!;
+      const recs = this.records.get(key);
+      if (recs === undefined) continue; // dropped from the heap (`dropCold`): one live version, nothing to drop
       let j = 0; // number of versions at or before c (>= 1: the key was written in (old, c])
       while (j < recs.length && recs[j]!.revision <= c) j++;
       const drop = recs[j - 1]!.value === null ? j : j - 1;
@@ -753,7 +768,11 @@ export class KvStateMachine {
       return v === undefined || v.value === null ? undefined : { value: this.valueOf(key, v), version: v.revision, timestampMs: v.timestampMs };
     }
     const recs = this.records.get(key);
-    if (recs === undefined) return undefined;
+    if (recs === undefined) {
+      // Dropped from the heap (`dropCold`): one live version, readable at and after its revision.
+      const head = this.indexReady ? this.latestVersion(key) : undefined;
+      return head === undefined || head.value === null || head.revision > at ? undefined : { value: this.valueOf(key, head), version: head.revision, timestampMs: head.timestampMs };
+    }
     let v: VersionRecord | undefined = recs[recs.length - 1];
     if (v!.revision > at) {
       let lo = 0;
@@ -791,8 +810,7 @@ export class KvStateMachine {
         more = true;
         break;
       }
-      const recs = this.records.get(key)!;
-      const v = recs[recs.length - 1]!;
+      const v = this.newest(key)!;
       items.push(
         keysOnly
           ? { key, version: v.revision, timestampMs: v.timestampMs }
@@ -825,10 +843,7 @@ export class KvStateMachine {
       if (key.startsWith(prefix) && (start === undefined || compareKeys(key, start) > 0)) keys.add(key);
     }
     const overlay: Array<readonly [string, VersionRecord]> = [];
-    for (const key of [...keys].sort(compareKeys)) {
-      const recs = this.records.get(key)!;
-      overlay.push([key, recs[recs.length - 1]!]);
-    }
+    for (const key of [...keys].sort(compareKeys)) overlay.push([key, this.newest(key)!]);
     return {
       prefix,
       ...(start !== undefined ? { after: start } : {}),
@@ -964,7 +979,33 @@ export class KvStateMachine {
       source.released(e.key, v.revision, v.value);
     }
     this.resident.dropFront(n);
+    this.dropCold();
     return false;
+  }
+
+  /**
+   * Drops from `records` the keys handed to the index source whose only retained version is live
+   * and durable (its value released): such a key reads the same from its head (at and after its
+   * revision, the version; before, nothing), compaction has nothing to drop of it, and a write
+   * reads the head back as its first version (`write`). What stays in the heap for it: its entry
+   * in `live` and, until compacted, in `writeLog` (issue 17, step 3 in part).
+   */
+  private dropCold(): void {
+    if (!this.indexReady || this.droppable.length === 0) return;
+    for (const key of this.droppable) {
+      if (this.unindexed.has(key)) continue; // written again since
+      const recs = this.records.get(key);
+      if (recs !== undefined && recs.length === 1 && recs[0]!.value === VALUE_ON_DISK) {
+        this.records.delete(key);
+        this.droppedCount++;
+      }
+    }
+    this.droppable = [];
+  }
+
+  /** Number of keys dropped from the heap's version lists since the machine was made (their latest version is read from the index source). */
+  get droppedKeys(): number {
+    return this.droppedCount;
   }
 
   /**
@@ -976,11 +1017,17 @@ export class KvStateMachine {
    * from the machine's overlay, handed to the source (`IndexSource.durable`) as `releaseValues`
    * passes them. Needs a value source attached first (heads read from the source carry no value).
    * Call once. Answers are the same either way: the records hold what `records` hold.
+   *
+   * With `dropCold`, keys whose only retained version is live and durable also leave `records`
+   * (see `dropCold`): the heap then holds, per such key, its `live` entry and its `writeLog` entry
+   * until compacted. Experimental: `toRecords()` (a snapshot install's records diff) then reads
+   * those keys' heads back synchronously, one point read per key the hot-index cache misses.
    */
-  attachIndex(source: IndexSource): void {
+  attachIndex(source: IndexSource, options: { readonly dropCold?: boolean } = {}): void {
     if (this.values === undefined) throw new Error('attach a value source before an index source');
     if (this.index !== undefined) throw new Error('an index source is already attached');
     this.index = source;
+    this.dropColdKeys = options.dropCold === true;
     this.indexFrom = this._revision;
   }
 
@@ -1005,6 +1052,7 @@ export class KvStateMachine {
       if (v === undefined || v.revision > upTo) continue; // rewritten since: stays in the overlay
       this.unindexed.delete(e.key);
       index.durable(e.key, v.value === null ? v : { ...v, value: VALUE_ON_DISK });
+      if (v.value !== null && this.dropColdKeys) this.droppable.push(e.key);
     }
     this.unindexedLog.dropFront(n);
   }
@@ -1044,7 +1092,7 @@ export class KvStateMachine {
     const keys: Array<readonly [string, readonly VersionRecord[]]> = [];
     for (let i = 0, j = 0; i < live.length || j < dead.length; ) {
       const k = j >= dead.length || (i < live.length && compareKeys(live[i]!, dead[j]!) < 0) ? live[i++]! : dead[j++]!;
-      keys.push([k, this.records.get(k)!]);
+      keys.push([k, this.records.get(k) ?? [this.latestVersion(k)!]]); // a key dropped from the heap: its one version
     }
     return {
       appliedIndex: this._appliedIndex,

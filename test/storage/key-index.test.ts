@@ -31,11 +31,12 @@ class Served {
   constructor(
     readonly engine: KvEngine,
     readonly cache: IndexCache,
+    dropCold = false,
   ) {
     this.sm.observe(this.recorder);
     this.sm.attachValues(new EngineValueSource(engine, GROUP, new ValueCache(0)));
     this.index = new EngineIndexSource(engine, GROUP, cache);
-    this.sm.attachIndex(this.index);
+    this.sm.attachIndex(this.index, { dropCold });
   }
 
   async flush(): Promise<void> {
@@ -60,9 +61,27 @@ function plain(out: ApplyOutput): unknown {
   );
 }
 
-function latestOf(sm: KvStateMachine, key: string): unknown {
-  const g = sm.get(key);
-  return g === undefined ? undefined : { ...g, value: Buffer.from(g.value).toString('hex') };
+function latestOf(sm: KvStateMachine, key: string, atRevision?: number): unknown {
+  try {
+    const g = sm.get(key, atRevision === undefined ? undefined : { atRevision });
+    return g === undefined ? undefined : { ...g, value: Buffer.from(g.value).toString('hex') };
+  } catch (e) {
+    return { error: (e as Error).message };
+  }
+}
+
+/** Every read of `a` and `b` agrees: latest, at every retained revision, and their heap listings. */
+function expectSameReads(a: KvStateMachine, b: KvStateMachine): void {
+  for (const k of KEYS) {
+    expect(latestOf(a, k), k).toEqual(latestOf(b, k));
+    for (let r = b.compactRevision; r <= b.revision; r++) expect(latestOf(a, k, r), `${k} at ${r}`).toEqual(latestOf(b, k, r));
+  }
+  // Keys written once (the ones dropped from the heap), at a few revisions.
+  for (const item of b.list('fresh/', { limit: 1000, keysOnly: true }).items) {
+    for (const r of [item.version - 1, item.version, b.revision]) if (r >= b.compactRevision) expect(latestOf(a, item.key, r)).toEqual(latestOf(b, item.key, r));
+  }
+  const list = (m: KvStateMachine) => m.list('', { limit: 1000 }).items.map((i) => [i.key, i.version, i.timestampMs, Buffer.from(i.value!).toString('hex')]);
+  expect(list(a)).toEqual(list(b));
 }
 
 type Step = { readonly kind: 'cmd'; readonly cmd: Command; readonly dt: number } | { readonly kind: 'flush' } | { readonly kind: 'release' };
@@ -78,6 +97,14 @@ const stepArb: fc.Arbitrary<Step> = fc.oneof(
       dt: fc.nat(3),
     }),
   },
+  {
+    weight: 3,
+    arbitrary: fc.record({
+      kind: fc.constant('cmd' as const),
+      cmd: fc.record({ type: fc.constant('put' as const), key: fc.nat(400).map((n) => `fresh/${n}`), value: fc.uint8Array({ minLength: 1, maxLength: 5 }) }),
+      dt: fc.nat(3),
+    }),
+  },
   { weight: 2, arbitrary: fc.constant({ kind: 'flush' as const }) },
   { weight: 2, arbitrary: fc.constant({ kind: 'release' as const }) },
 );
@@ -90,12 +117,13 @@ afterEach(async () => {
 });
 
 describe('latest versions from the records, behind the hot-index cache', () => {
-  it('applies and reads exactly as the heap index does (model-based: flushes, releases, compactions, a cache of two keys)', async () => {
+  it.each([false, true])('applies and reads exactly as the heap index does (model-based: flushes, releases, compactions, a cache of two keys; dropCold %s)', async (dropCold) => {
     let engineReads = 0;
+    let dropped = 0;
     await fc.assert(
       fc.asyncProperty(fc.array(stepArb, { minLength: 1, maxLength: 150 }), async (steps) => {
         const ref = new KvStateMachine();
-        const served = new Served(new MemoryEngine(), new IndexCache(2 * (INDEX_CACHE_ENTRY_OVERHEAD_BYTES + 12)));
+        const served = new Served(new MemoryEngine(), new IndexCache(2 * (INDEX_CACHE_ENTRY_OVERHEAD_BYTES + 12)), dropCold);
         let index = 0;
         let ts = 1000;
         for (const step of steps) {
@@ -106,14 +134,17 @@ describe('latest versions from the records, behind the hot-index cache', () => {
             ts += step.dt;
             expect(plain(served.sm.apply(index, ts, step.cmd)), JSON.stringify(step.cmd)).toEqual(plain(ref.apply(index, ts, step.cmd)));
           }
-          for (const k of KEYS) expect(latestOf(served.sm, k), k).toEqual(latestOf(ref, k));
+          expectSameReads(served.sm, ref);
         }
         expect(Buffer.from(served.sm.snapshot()).equals(Buffer.from(ref.snapshot()))).toBe(true);
         engineReads += served.index.reads.engine;
+        dropped += served.sm.droppedKeys;
       }),
       { numRuns: 120, seed: 4242 },
     );
     expect(engineReads).toBeGreaterThan(100); // the lookups did go to the engine, not only to the overlay and the cache
+    if (dropCold) expect(dropped).toBeGreaterThan(10); // keys did leave the heap's version lists (22 with this seed)
+    else expect(dropped).toBe(0);
   });
 
   it('serves from the overlay until the first durable point, then hot keys from the cache and cold keys by two point reads (LevelDB)', async () => {
@@ -160,6 +191,31 @@ describe('latest versions from the records, behind the hot-index cache', () => {
     for (const other of ['x1', 'x2', 'x3']) expect(s.sm.get(other)).toBeUndefined(); // evicts whatever the cache held
     expect(new TextDecoder().decode(s.sm.get('k')?.value)).toBe('new');
     expect(s.sm.apply(3, 1000, { type: 'put', key: 'k', value: enc.encode('c'), expectedVersion: 2 }).result).toMatchObject({ succeeded: true });
+  });
+
+  it('with dropCold, a key written once leaves the heap once durable and keeps every read: at its revision, before it, after a rewrite, a delete and a compaction', async () => {
+    const ref = new KvStateMachine();
+    const s = new Served(new MemoryEngine(), new IndexCache(0), true); // no cache: every head from the engine
+    const both = (i: number, cmd: Command) => {
+      expect(plain(s.sm.apply(i, 1000 + i, cmd))).toEqual(plain(ref.apply(i, 1000 + i, cmd)));
+    };
+    both(1, { type: 'put', key: 'a', value: enc.encode('a1') });
+    both(2, { type: 'put', key: 'b', value: enc.encode('b1') });
+    await s.flush();
+    s.release();
+    expect(s.sm.droppedKeys).toBe(2);
+    expect(s.sm.indexSize.keys).toBe(0); // no version lists left in the heap
+    expectSameReads(s.sm, ref);
+    both(3, { type: 'put', key: 'a', value: enc.encode('a2'), expectedVersion: 1 }); // read back as its first version
+    both(4, { type: 'delete', key: 'b' });
+    expectSameReads(s.sm, ref);
+    expect(latestOf(s.sm, 'a', 2)).toMatchObject({ version: 1 }); // the dropped version is still there after the rewrite
+    await s.flush();
+    s.release();
+    both(5, { type: 'compact', revision: 4 });
+    expectSameReads(s.sm, ref);
+    expect(Buffer.from(s.sm.snapshot()).equals(Buffer.from(ref.snapshot()))).toBe(true);
+    expect(s.sm.keyCount).toBe(ref.keyCount);
   });
 
   it('keeps the cache within its byte bound, evicting entries not used since the last pass first', () => {
