@@ -13,8 +13,10 @@ export interface IndexSource {
   /**
    * The newest version of `key` in the durable records, as a head (a tombstone has a null value,
    * any other version the `VALUE_ON_DISK` placeholder), or undefined when the records hold none.
+   * `mayExist`, asked only when the source would read storage, may answer false when the machine
+   * knows the key has no live version (the source then answers undefined without reading).
    */
-  latest(key: string): VersionRecord | undefined;
+  latest(key: string, mayExist?: () => boolean): VersionRecord | undefined;
   /** `key`'s newest version is now `head` and durable (the source may cache it; a head, never value bytes). */
   durable(key: string, head: VersionRecord): void;
 }

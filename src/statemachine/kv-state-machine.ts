@@ -598,9 +598,11 @@ export class KvStateMachine {
     return recs !== undefined ? recs[recs.length - 1] : this.indexReady ? this.latestVersion(key) : undefined;
   }
 
-  /** The newest version of `key` (a tombstone too): from the overlay and the index source once attached and ready, else from `records`. */
+  /** The newest version of `key` (from the index source, a tombstone may read as undefined): from the overlay and the index source once attached and ready, else from `records`. */
   private latestVersion(key: string): VersionRecord | undefined {
-    if (this.indexReady) return this.unindexed.get(key) ?? this.index!.latest(key);
+    // A key not in `live` has no live version (absent, or a tombstone: both read as absent), so a
+    // cache miss for it costs no storage read (every new key's first write is such a lookup).
+    if (this.indexReady) return this.unindexed.get(key) ?? this.index!.latest(key, () => this.live.has(key));
     const recs = this.records.get(key);
     return recs?.[recs.length - 1];
   }

@@ -973,8 +973,8 @@ let indexSourceCount = 0;
 export class EngineIndexSource implements IndexSource {
   private readonly keys: Keys;
   private readonly cachePrefix: string;
-  /** Lookups that read the engine (cache misses), and of those the keys the records did not hold. */
-  readonly reads = { engine: 0, absent: 0 };
+  /** Lookups that read the engine (cache misses), of those the keys the records did not hold, and misses the machine answered (`mayExist`). */
+  readonly reads = { engine: 0, absent: 0, skipped: 0 };
 
   /** The source of `group`'s latest versions in `engine`, caching in `cache`. */
   constructor(
@@ -986,10 +986,14 @@ export class EngineIndexSource implements IndexSource {
     this.cachePrefix = `${group}/${++indexSourceCount}/`;
   }
 
-  latest(key: string): VersionRecord | undefined {
+  latest(key: string, mayExist?: () => boolean): VersionRecord | undefined {
     const ck = this.cachePrefix + key;
     const hit = this.cache.get(ck);
     if (hit !== undefined) return hit === ABSENT ? undefined : hit;
+    if (mayExist !== undefined && !mayExist()) {
+      this.reads.skipped++;
+      return undefined;
+    }
     this.reads.engine++;
     const latest = this.engine.getSync(this.keys.latest(key));
     if (latest === undefined) {

@@ -142,7 +142,7 @@ describe('latest versions from the records, behind the hot-index cache', () => {
       }),
       { numRuns: 120, seed: 4242 },
     );
-    expect(engineReads).toBeGreaterThan(100); // the lookups did go to the engine, not only to the overlay and the cache
+    expect(engineReads).toBeGreaterThan(20); // the lookups of live keys did go to the engine, not only to the overlay and the cache (24 and 80 with this seed)
     if (dropCold) expect(dropped).toBeGreaterThan(10); // keys did leave the heap's version lists (22 with this seed)
     else expect(dropped).toBe(0);
   });
@@ -163,7 +163,7 @@ describe('latest versions from the records, behind the hot-index cache', () => {
     expect(s.sm.unindexedKeys).toBe(0);
     expect(cache.stats.entries).toBe(50); // every key written is cached once durable
     expect(s.sm.descriptor).toBeUndefined(); // every apply looks the descriptor up: its absence is read once, then cached
-    expect(s.index.reads).toEqual({ engine: 1, absent: 1 });
+    expect(s.index.reads).toMatchObject({ engine: 0, skipped: 1 }); // not a live key: answered without a read
     const before = { ...s.index.reads };
     const hits = cache.stats.hits;
     expect(s.sm.apply(52, 1000, { type: 'put', key: 'k3', value: enc.encode('x'), expectedVersion: 4, returnPrevious: true }).result).toMatchObject({ succeeded: true, previous: { version: 4 } });
@@ -175,7 +175,7 @@ describe('latest versions from the records, behind the hot-index cache', () => {
     expect(cold.latest('k9')).toMatchObject({ revision: 10, timestampMs: 1000 });
     expect(cold.latest('k7')).toMatchObject({ revision: 51, value: null }); // tombstone
     expect(cold.latest('nope')).toBeUndefined();
-    expect(cold.reads).toEqual({ engine: 3, absent: 1 });
+    expect(cold.reads).toEqual({ engine: 3, absent: 1, skipped: 0 });
     expect(cold.latest('k9')).toMatchObject({ revision: 10 });
     expect(cold.latest('nope')).toBeUndefined();
     expect(cold.reads.engine).toBe(3); // cached now, the absence too
