@@ -1,9 +1,10 @@
 /**
  * The versioned, deterministic, in-memory key-value state machine of one shard, applied by the Raft host.
  *
- * Size: one class (about 1,000 lines) because every command's apply, the version history and event
- * log it writes, compaction, the reads at a revision or time, and the export to snapshots and
- * records all work on the same private indexes and must keep them consistent together; the
+ * Size: one class (about 1,200 lines) because every command's apply, the version history and event
+ * log it writes, compaction, the reads at a revision or time, the export to snapshots and records,
+ * and the hand-over of the key index to durable storage (listPlan, attachIndex, dropCold) all work
+ * on the same private indexes and must keep them consistent together; the
  * separable parts already live apart (codecs, sessions, validation, sorted keys).
  */
 import { decodeDescriptor, isReservedKey, ownsKey, SYSTEM_KEY_PREFIX, type ShardDescriptor } from '../sharding/index.js';

@@ -954,6 +954,12 @@ export class EngineValueSource implements ValueSource {
 }
 
 // ------------------------------------------------------------------ latest versions
+//
+// Read side of the key index (issue 17): latest-version lookups read `l/<key>` and the version's
+// head by point reads behind the node's hot-index cache (`EngineIndexSource`), and a client `list`
+// is served from the latest records and their version records through an engine view, with the
+// machine's writes not yet durable laid over them (`listFromRecords`). Both are exact: the records
+// plus the machine's overlay are the machine's state.
 
 /** The cached answer "the records hold no version of this key" (by identity): a key looked up often and never written costs no engine read. */
 const ABSENT: VersionRecord = Object.freeze({ revision: 0, timestampMs: 0, value: null });
