@@ -33,6 +33,10 @@ export interface KvdConfig {
   retentionMs: number;
   /** Bound of the node's cache of value bytes, MiB (values live in LevelDB; README "Memory model"). */
   valueCacheMib: number;
+  /** Bound of the hot-index cache, MiB (`--index-cache-mib`). */
+  indexCacheMib: number;
+  /** `--index-drop-cold` (experimental). */
+  indexDropCold?: boolean;
   /** The node's memory budget, MiB (unset: 60 % of V8's heap limit; README "Memory model"). */
   memoryBudgetMib?: number;
   /** Shards of the default pool of a brand-new cluster (only read when the cluster is created). */
@@ -149,6 +153,8 @@ export function parseConfig(argv: string[]): KvdConfig {
     .option('--join-auto-add', 'with --join: add this node to the cluster itself (needs the admin token), e.g. a new StatefulSet ordinal')
     .option('--retention-ms <ms>', 'keep old versions this long (0 = bounded only by history limits)', int('--retention-ms'))
     .option('--value-cache-mib <n>', 'bound of the cache of values read from disk, MiB (default 64)', int('--value-cache-mib'))
+    .option('--index-drop-cold', "experimental: keep only hot keys' version lists in the heap (the rest is read from disk)")
+    .option('--index-cache-mib <n>', "bound of the hot-index cache of keys' latest versions read from disk, MiB (default 32)", int('--index-cache-mib'))
     .option('--memory-budget-mib <n>', "memory budget of the node, MiB: past it writes that add data get RESOURCE_EXHAUSTED (default 60 % of V8's heap limit; 0: none)", int('--memory-budget-mib'))
     .option('--extension <path>', 'load this extension folder or .tgz at start (repeatable; the config file takes {path, name, config} objects)', (v: string, prev: string[] = []) => [...prev, v])
     .option('--extension-isolation <mode>', 'where extensions loaded without --isolation run: process (default), worker or in-process')
@@ -251,6 +257,8 @@ export function parseConfig(argv: string[]): KvdConfig {
     snapshotKeepEntries: Number(pick('snapshotKeepEntries', 5000)),
     retentionMs: Number(pick('retentionMs', 3_600_000)),
     valueCacheMib: Number(pick('valueCacheMib', 64)),
+    indexCacheMib: Number(pick('indexCacheMib', 32)),
+    ...(pick('indexDropCold', false) ? { indexDropCold: true } : {}),
     defaultShards,
     ...(join !== undefined ? { join } : {}),
     ...(pick('joinAutoAdd', false) ? { joinAutoAdd: true } : {}),

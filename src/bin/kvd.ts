@@ -298,6 +298,8 @@ async function main(): Promise<void> {
       keepEntriesAfterSnapshot: cfg.snapshotKeepEntries,
       retentionMs: cfg.retentionMs,
       valueCacheBytes: cfg.valueCacheMib * 1024 * 1024,
+      indexCacheBytes: cfg.indexCacheMib * 1024 * 1024,
+      ...(cfg.indexDropCold ? { indexDropCold: true } : {}),
       memoryBudgetBytes: memoryBudgetMib(cfg.memoryBudgetMib, log) * 1024 * 1024,
       log,
     },

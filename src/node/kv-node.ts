@@ -340,6 +340,11 @@ export class KvNode implements KvBackend {
     return this.replicas.valueCache;
   }
 
+  /** The node's hot-index cache (keys' latest versions; the rest of the key index is read from the engine). */
+  get indexCache(): ReplicaSet['indexCache'] {
+    return this.replicas.indexCache;
+  }
+
   /** The node's memory budget: accounted memory and refused writes (for metrics and tests). */
   get memoryBudget(): ReplicaSet['memoryBudget'] {
     return this.replicas.memoryBudget;

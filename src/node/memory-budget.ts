@@ -46,6 +46,8 @@ export interface ReplicaMemory {
 export interface MemorySample {
   readonly replicas: Iterable<ReplicaMemory>;
   readonly valueCacheBytes: number;
+  /** Accounted bytes of the hot-index cache (keys' latest versions; default 0). */
+  readonly indexCacheBytes?: number;
   /** Bytes of snapshots produced for lagging followers and held for sending (default 0). */
   readonly snapshotBytes?: number;
   /** V8 heap used and its limit (bytes). */
@@ -59,6 +61,8 @@ export interface MemoryAccount {
   readonly history: number;
   readonly log: number;
   readonly valueCache: number;
+  /** The hot-index cache (keys' latest versions read from the engine). */
+  readonly indexCache: number;
   readonly snapshots: number;
   readonly total: number;
   readonly heapUsed: number;
@@ -96,7 +100,7 @@ export function addsData(cmd: Command): boolean {
  * applies). Refreshed from a {@link MemorySample}; `check` says whether a command may be proposed.
  */
 export class MemoryBudget {
-  private account: MemoryAccount = { index: 0, history: 0, log: 0, valueCache: 0, snapshots: 0, total: 0, heapUsed: 0, heapLimit: 0 };
+  private account: MemoryAccount = { index: 0, history: 0, log: 0, valueCache: 0, indexCache: 0, snapshots: 0, total: 0, heapUsed: 0, heapLimit: 0 };
   private reason: string | undefined;
   private refused = 0;
 
@@ -120,13 +124,14 @@ export class MemoryBudget {
       log += r.logBytes;
     }
     const snapshots = s.snapshotBytes ?? 0;
-    const total = index + history + log + s.valueCacheBytes + snapshots;
-    this.account = { index, history, log, valueCache: s.valueCacheBytes, snapshots, total, heapUsed: s.heapUsed, heapLimit: s.heapLimit };
+    const indexCache = s.indexCacheBytes ?? 0;
+    const total = index + history + log + s.valueCacheBytes + indexCache + snapshots;
+    this.account = { index, history, log, valueCache: s.valueCacheBytes, indexCache, snapshots, total, heapUsed: s.heapUsed, heapLimit: s.heapLimit };
     const mib = (n: number): string => `${(n / 2 ** 20).toFixed(1)} MiB`;
     if (this.maxBytes > 0 && total >= this.maxBytes) {
       this.reason =
         `MEMORY_BUDGET: the node's memory budget (${mib(this.maxBytes)}, --memory-budget-mib) is spent: ` +
-        `index ${mib(index)}, watch history ${mib(history)}, Raft log ${mib(log)}, value cache ${mib(s.valueCacheBytes)}, snapshots being sent ${mib(snapshots)}; ` +
+        `index ${mib(index)}, watch history ${mib(history)}, Raft log ${mib(log)}, value cache ${mib(s.valueCacheBytes)}, index cache ${mib(indexCache)}, snapshots being sent ${mib(snapshots)}; ` +
         'writes that add data are refused (nothing was applied); deletes, reads and compaction still work';
     } else if (s.heapLimit > 0 && s.heapUsed >= s.heapLimit * HEAP_LIMIT_FRACTION) {
       this.reason =

@@ -147,6 +147,21 @@ export class NodeMetrics {
     cacheGauge('kvcascade_value_cache_hits', 'Value reads answered by the cache since start', (c) => c.hits);
     cacheGauge('kvcascade_value_cache_misses', 'Value reads that went to the engine since start', (c) => c.misses);
     cacheGauge('kvcascade_value_cache_evictions', 'Values evicted from the cache to stay within its bound since start', (c) => c.evictions);
+    const indexGauge = (name: string, help: string, pick: (c: KvNode['indexCache']['stats']) => number) =>
+      new Gauge({
+        name,
+        help,
+        registers,
+        collect() {
+          this.set(pick(node.indexCache.stats));
+        },
+      });
+    indexGauge('kvcascade_index_cache_bytes', 'Accounted bytes held by the hot-index cache (keys\' latest versions served from the engine)', (c) => c.bytes);
+    indexGauge('kvcascade_index_cache_max_bytes', 'Bound of the hot-index cache', (c) => c.maxBytes);
+    indexGauge('kvcascade_index_cache_entries', 'Keys held by the hot-index cache', (c) => c.entries);
+    indexGauge('kvcascade_index_cache_hits', 'Latest-version lookups answered by the cache since start', (c) => c.hits);
+    indexGauge('kvcascade_index_cache_misses', 'Latest-version lookups that went to the engine since start', (c) => c.misses);
+    indexGauge('kvcascade_index_cache_evictions', 'Keys evicted from the hot-index cache to stay within its bound since start', (c) => c.evictions);
     const budget = node.memoryBudget;
     new Gauge({
       name: 'kvcascade_memory_budget_bytes',
@@ -158,7 +173,7 @@ export class NodeMetrics {
     });
     new Gauge({
       name: 'kvcascade_memory_accounted_bytes',
-      help: 'Accounted memory by part (index: key/version index of all hosted replicas; history: watch histories; log: in-memory Raft logs; value_cache; snapshots: produced for lagging followers, held for sending), as last sampled',
+      help: 'Accounted memory by part (index: key/version index of all hosted replicas; history: watch histories; log: in-memory Raft logs; value_cache; index_cache: hot latest versions; snapshots: produced for lagging followers, held for sending), as last sampled',
       labelNames: ['part'],
       registers,
       collect() {
@@ -167,6 +182,7 @@ export class NodeMetrics {
         this.set({ part: 'history' }, a.history);
         this.set({ part: 'log' }, a.log);
         this.set({ part: 'value_cache' }, a.valueCache);
+        this.set({ part: 'index_cache' }, a.indexCache);
         this.set({ part: 'snapshots' }, a.snapshots);
       },
     });

@@ -228,7 +228,7 @@ export class NodeBackend implements KvBackend {
       ...(req.after !== undefined ? { after: req.after } : {}),
       keysOnly: req.keysOnly,
     };
-    const page = req.keysOnly ? r.list(req.prefix, listOptions) : await r.readWithValues(() => r.list(req.prefix, listOptions)); // cold values off the event loop
+    const page = await r.listFromEngine(req.prefix, listOptions); // the key index and the values from the engine, off the event loop
     // Reserved keys (descriptor, cursors, dead letters, ...) show only to listings inside the reserved keyspace.
     const hide = hidesReservedKeys(req.prefix);
     return {

@@ -128,6 +128,14 @@ export interface NodeOptions {
    * history (its own bound) and this cache (README "Memory model").
    */
   readonly valueCacheBytes?: number;
+  /** Bound on the node's hot-index cache of keys' latest versions (all groups; default 32 MiB): the rest of the key index is read from the engine. */
+  readonly indexCacheBytes?: number;
+  /**
+   * Experimental (issue 17): keys whose only retained version is live and durable leave the heap's
+   * version lists (read back from LevelDB through the hot-index cache). Costs a snapshot install
+   * one synchronous point read per such key the cache misses (docs/memory.md). Default off.
+   */
+  readonly indexDropCold?: boolean;
   /**
    * The node's clock and timers (default: the wall clock, `realScheduler`). Everything the node
    * times — ticks, ready rounds, install slices, deadlines, liveness, entry timestamps — uses it,

@@ -11,7 +11,8 @@ import type { Message, NodeId, Ready } from '../raft/index.js';
 import { initialMap, peerAddressOf, type ClusterMap } from '../sharding/index.js';
 import type { Command } from '../statemachine/index.js';
 import type { KvEngine } from '../storage/kv-engine.js';
-import { EngineValueSource, stateKeys } from '../storage/state-store.js';
+import { EngineIndexSource, EngineValueSource, stateKeys } from '../storage/state-store.js';
+import { DEFAULT_INDEX_CACHE_BYTES, IndexCache } from '../storage/index-cache.js';
 import { DEFAULT_VALUE_CACHE_BYTES, ValueCache } from '../storage/value-cache.js';
 import { NotLeaderError } from './backend.js';
 import { ClusterView } from './cluster-view.js';
@@ -75,6 +76,8 @@ export class ReplicaSet {
   private engine: KvEngine | undefined;
   /** The node's cache of value bytes, shared by its groups (values are served from the engine). */
   readonly valueCache: ValueCache;
+  /** The node's hot-index cache (keys' latest versions), shared by its groups (the key index is served from the engine). */
+  readonly indexCache: IndexCache;
   /** Who leads each group, and this node's gains and losses of leadership. */
   readonly leadership: LeadershipTracker;
   /** The node's memory budget: accounted memory, and the admission check of writes that add data. */
@@ -90,11 +93,13 @@ export class ReplicaSet {
     const { opts } = parts;
     this.members = new Map(opts.members);
     this.valueCache = new ValueCache(opts.valueCacheBytes ?? DEFAULT_VALUE_CACHE_BYTES);
+    this.indexCache = new IndexCache(opts.indexCacheBytes ?? DEFAULT_INDEX_CACHE_BYTES);
     this.memoryBudget = new MemoryBudget(opts.memoryBudgetBytes ?? 0, () => {
       const heap = getHeapStatistics();
       return {
         replicas: [...this.replicas.values()].map((r) => r.memory),
         valueCacheBytes: this.valueCache.stats.bytes,
+        indexCacheBytes: this.indexCache.stats.bytes,
         snapshotBytes: this.snapshotGate.heldBytes,
         heapUsed: heap.used_heap_size,
         heapLimit: heap.heap_size_limit,
@@ -144,7 +149,13 @@ export class ReplicaSet {
   /** How `group`'s replica serves values: from `engine` through the node's cache, released once durable. */
   private valuesOf(engine: KvEngine, group: number): NonNullable<ConstructorParameters<typeof ShardReplica>[0]['values']> {
     const source = new EngineValueSource(engine, group, this.valueCache);
-    return { source, whenDurable: () => this.parts.store.whenDurable(), readCached: (read) => source.readCached(read) };
+    return {
+      source,
+      whenDurable: () => this.parts.store.whenDurable(),
+      readCached: (read) => source.readCached(read),
+      index: () => new EngineIndexSource(engine, group, this.indexCache),
+      ...(this.parts.opts.indexDropCold ? { dropCold: true } : {}),
+    };
   }
 
   private addReplica(group: number, initialState?: RecoveredState): void {

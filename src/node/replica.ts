@@ -6,7 +6,7 @@
  * waiting requests. Its Raft node and state machine are private: the rest of the node reads and
  * drives them through the named methods below.
  *
- * Size: about 640 lines, one piece — a third of it is that named surface (one short documented
+ * Size: about 680 lines, one piece — a third of it is that named surface (one short documented
  * method per thing the node reads or does), the rest the apply path the surface stands over, and the release of applied values to the engine
  * once durable (issue 17).
  */
@@ -36,6 +36,7 @@ import {
   type GetResult,
   type KvStateMachineOptions,
   type ListOptions,
+  type IndexSource,
   type ListResult,
   type ValueSource,
   type WriteSession,
@@ -43,7 +44,7 @@ import {
 import type { ShardDescriptor } from '../sharding/index.js';
 import { invariant } from '../invariant.js';
 import type { EngineOp, EngineView } from '../storage/kv-engine.js';
-import { StateRecorder } from '../storage/state-store.js';
+import { listFromRecords, StateRecorder } from '../storage/state-store.js';
 import { NotLeaderError, OverloadedError, type WatchHandle, type WatchRequest, type WatchSink } from './backend.js';
 import { decodeProposal, encodeProposal, UnknownEnvelopeVersionError } from './envelope.js';
 import { confAtIndex, SnapshotSender, type SnapshotSenderOptions } from './snapshot-sender.js';
@@ -122,6 +123,10 @@ export interface ReplicaOptions {
     readonly whenDurable: () => Promise<void>;
     /** Runs a read with the values it needs, fetching misses without blocking the event loop (EngineValueSource.readCached). */
     readonly readCached?: <T>(read: () => T) => Promise<T>;
+    /** A new source of latest versions for a machine (`KvStateMachine.attachIndex`): the key index from the engine behind the node's hot-index cache. */
+    readonly index?: () => IndexSource;
+    /** Also drop cold keys' version lists from the heap (`attachIndex` option `dropCold`; experimental). */
+    readonly dropCold?: boolean;
   };
 }
 
@@ -155,6 +160,10 @@ export class ShardReplica {
   readonly snapshots: SnapshotSender;
   /** The machine and revision the last value release was scheduled for (see `scheduleRelease`). */
   private releaseFor: { sm: KvStateMachine; revision: number } | undefined;
+  /** How `listFromEngine` served its pages: from the records (with the overlay) or from the machine's heap index. */
+  readonly listCounts = { fromRecords: 0, fromMachine: 0 };
+  /** A machine and a revision of it whose records are known durable (so in every engine view opened since): the lower bound of `listFromEngine`'s overlay. */
+  private durableFor: { sm: KvStateMachine; revision: number } | undefined;
 
   constructor(private readonly opts: ReplicaOptions) {
     this.group = opts.group;
@@ -167,6 +176,7 @@ export class ShardReplica {
     this.records.attach(this.machine);
     if (opts.values) {
       this.machine.attachValues(opts.values.source);
+      if (opts.values.index) this.machine.attachIndex(opts.values.index(), { dropCold: opts.values.dropCold === true });
       // The host stages what the machine was rebuilt from before this replica's first Ready.
       this.scheduleRelease();
     }
@@ -385,6 +395,34 @@ export class ShardReplica {
   }
 
   /**
+   * A page of keys under `prefix` as applied here, served from the group's records in the engine
+   * (issue 17): the latest records in key order through an engine view, with the writes not known
+   * durable yet laid over them from the machine (`KvStateMachine.listPlan`, `listFromRecords`),
+   * so the page is the one `list` would answer when called. Listed from the machine instead when
+   * values stay in the heap, no view can be opened, a snapshot install is under way, or nothing of
+   * the current machine is known durable yet. Values come with the records, off the event loop.
+   */
+  async listFromEngine(prefix: string, options: ListOptions = {}): Promise<ListResult> {
+    const durable = this.durableFor;
+    const sm = this.machine;
+    const view = this.opts.values && !this.installing && durable?.sm === sm ? this.opts.openView?.() : undefined;
+    if (view !== undefined) {
+      try {
+        const plan = sm.listPlan(prefix, options, durable!.revision);
+        const page = plan && (await listFromRecords(view, this.group, plan));
+        if (page) {
+          this.listCounts.fromRecords++;
+          return page;
+        }
+      } finally {
+        await view.close();
+      }
+    }
+    this.listCounts.fromMachine++;
+    return options.keysOnly ? this.list(prefix, options) : this.readWithValues(() => this.list(prefix, options));
+  }
+
+  /**
    * A read at the node's edge: runs `read` with the values it needs, reading any the cache
    * misses from the engine asynchronously first, so the event loop never blocks on the disk (one
    * pass when everything is hot). `read` runs at once when values stay in the heap.
@@ -527,7 +565,11 @@ export class ShardReplica {
     // The records become the snapshot's state (stepwise: unit by unit, `nextReplacementUnit`).
     this.records.replace(before, sm, stepwise);
     // Its values stay in the heap until the replacement is durable (released after its last unit).
-    if (this.opts.values) sm.attachValues(this.opts.values.source);
+    if (this.opts.values) {
+      sm.attachValues(this.opts.values.source);
+      // A fresh source: the previous machine's cached heads say nothing about this one's records.
+      if (this.opts.values.index) sm.attachIndex(this.opts.values.index(), { dropCold: this.opts.values.dropCold === true });
+    }
     this.hub.restored();
   }
 
@@ -591,7 +633,11 @@ export class ShardReplica {
       if (this.machine !== sm || this.installing) return;
       if (sm.releaseValues(revision, RELEASE_SLICE)) setImmediate(step);
     };
-    values.whenDurable().then(step, () => {}); // a storage failure stops the node elsewhere
+    const durable = (): void => {
+      if (this.machine === sm && !this.installing && (this.durableFor?.sm !== sm || this.durableFor.revision < revision)) this.durableFor = { sm, revision };
+      step();
+    };
+    values.whenDurable().then(durable, () => {}); // a storage failure stops the node elsewhere
   }
 
   private lostLeadership(): void {

@@ -41,3 +41,5 @@ export {
 export type { StateSink } from './state-sink.js';
 /** Values out of the heap: the placeholder of a released value and the source it is read back from. */
 export { VALUE_ON_DISK, type ValueSource } from './value-source.js';
+/** The key index out of the heap: the source a machine reads keys' latest versions from. */
+export type { IndexSource } from './index-source.js';

@@ -1,9 +1,10 @@
 /**
  * The versioned, deterministic, in-memory key-value state machine of one shard, applied by the Raft host.
  *
- * Size: one class (about 1,000 lines) because every command's apply, the version history and event
- * log it writes, compaction, the reads at a revision or time, and the export to snapshots and
- * records all work on the same private indexes and must keep them consistent together; the
+ * Size: one class (about 1,200 lines) because every command's apply, the version history and event
+ * log it writes, compaction, the reads at a revision or time, the export to snapshots and records,
+ * and the hand-over of the key index to durable storage (listPlan, attachIndex, dropCold) all work
+ * on the same private indexes and must keep them consistent together; the
  * separable parts already live apart (codecs, sessions, validation, sorted keys).
  */
 import { decodeDescriptor, isReservedKey, ownsKey, SYSTEM_KEY_PREFIX, type ShardDescriptor } from '../sharding/index.js';
@@ -32,6 +33,7 @@ import type { VersionRecord } from './types.js';
 import { SortedKeySet } from './sorted-keys.js';
 import type { StateSink } from './state-sink.js';
 import { VALUE_ON_DISK, type ValueSource } from './value-source.js';
+import type { IndexSource } from './index-source.js';
 import type {
   ApplyOutput,
   Command,
@@ -45,6 +47,7 @@ import type {
   KvStateMachineOptions,
   ListItem,
   ListOptions,
+  ListPlan,
   ListResult,
   PutCommand,
   RevokeLeaseKeysCommand,
@@ -178,11 +181,28 @@ export class KvStateMachine {
   private _lastTimestampMs = 0;
   private sink: StateSink | undefined;
   private descriptorCache: { readonly version: number; readonly descriptor: ShardDescriptor } | undefined;
+  /** With an index source: the descriptor key's latest live version as last looked up (undefined: look it up), dropped when the key is written. */
+  private descriptorHead: { readonly v: VersionRecord | undefined } | undefined;
   private sessions: SessionTable;
   /** Where released values are read from (undefined: every value stays in the heap). */
   private values: ValueSource | undefined;
   /** Versions whose value is still in the heap, to drop once the source holds it (`releaseValues`); only with a source. */
   private readonly resident = new Queue<{ readonly revision: number; readonly key: string }>();
+  /** Where latest versions are read from (undefined: `records`); see `attachIndex`. */
+  private index: IndexSource | undefined;
+  /** The revision at which `index` was attached: it answers once a release reaches it (until then, `records` do). */
+  private indexFrom = 0;
+  private indexReady = false;
+  /** The overlay of `index`: each key written since the last durable point, with its newest version (consulted first). */
+  private readonly unindexed = new Map<string, VersionRecord>();
+  /** (revision, key) of the writes in `unindexed`, oldest first, to hand to `index` once durable. */
+  private readonly unindexedLog = new Queue<{ readonly revision: number; readonly key: string }>();
+  /** Keys handed to `index` with a live version: candidates to drop from `records` (`dropCold`). */
+  private droppable: string[] = [];
+  /** Whether `dropCold` runs (`attachIndex` option). */
+  private dropColdKeys = false;
+  /** Keys dropped from `records` by `dropCold` since the machine was made (for tests and metrics). */
+  private droppedCount = 0;
   /** Events of at most this many most recent revisions are kept for `eventsSince`. */
   readonly maxHistoryRevisions: number;
   /** Cap on accounted history bytes (see {@link eventBytes}). */
@@ -410,7 +430,9 @@ export class KvStateMachine {
    * then the shard accepts every key (a single-shard or not yet configured group).
    */
   get descriptor(): ShardDescriptor | undefined {
-    const rec = this.latestLive(SHARD_DESCRIPTOR_KEY);
+    // Looked up on every apply: with an index source, the machine remembers the head it read (only its own writes change it).
+    if (this.indexReady && this.descriptorHead === undefined) this.descriptorHead = { v: this.latestLive(SHARD_DESCRIPTOR_KEY) };
+    const rec = this.indexReady ? this.descriptorHead!.v : this.latestLive(SHARD_DESCRIPTOR_KEY);
     if (!rec) return undefined;
     if (this.descriptorCache?.version === rec.revision) return this.descriptorCache.descriptor;
     try {
@@ -567,9 +589,23 @@ export class KvStateMachine {
   }
 
   private latestLive(key: string): VersionRecord | undefined {
-    const recs = this.records.get(key);
-    const last = recs?.[recs.length - 1];
+    const last = this.latestVersion(key);
     return last && last.value !== null ? last : undefined;
+  }
+
+  /** The newest version of `key` as `records` hold it, or read back when the key was dropped from the heap (`dropCold`). */
+  private newest(key: string): VersionRecord | undefined {
+    const recs = this.records.get(key);
+    return recs !== undefined ? recs[recs.length - 1] : this.indexReady ? this.latestVersion(key) : undefined;
+  }
+
+  /** The newest version of `key` (from the index source, a tombstone may read as undefined): from the overlay and the index source once attached and ready, else from `records`. */
+  private latestVersion(key: string): VersionRecord | undefined {
+    // A key not in `live` has no live version (absent, or a tombstone: both read as absent), so a
+    // cache miss for it costs no storage read (every new key's first write is such a lookup).
+    if (this.indexReady) return this.unindexed.get(key) ?? this.index!.latest(key, () => this.live.has(key));
+    const recs = this.records.get(key);
+    return recs?.[recs.length - 1];
   }
 
   private bump(ts: number): number {
@@ -580,14 +616,21 @@ export class KvStateMachine {
 
   private write(key: string, value: Uint8Array | null, revision: number, ts: number, hops: number): void {
     let recs = this.records.get(key);
-    const wasLive = recs !== undefined && recs[recs.length - 1]!.value !== null;
     if (recs === undefined) {
-      recs = [];
+      // A key dropped from the heap (`dropCold`) has one live version, read back as its head; else the key is new.
+      const head = this.indexReady ? this.latestVersion(key) : undefined;
+      recs = head !== undefined && head.value !== null ? [head] : [];
       this.records.set(key, recs);
     }
+    const wasLive = recs.length > 0 && recs[recs.length - 1]!.value !== null;
     const version = withHops<VersionRecord>({ revision, timestampMs: ts, value }, hops);
     recs.push(version);
     this.writeLog.push({ revision, key });
+    if (this.index !== undefined) {
+      this.unindexed.set(key, version);
+      this.unindexedLog.push({ revision, key });
+      if (key === SHARD_DESCRIPTOR_KEY) this.descriptorHead = undefined;
+    }
     this.sink?.versionAdded(key, version);
     if (value !== null && this.values !== undefined) this.resident.push({ revision, key });
     if (value !== null && !wasLive) {
@@ -648,7 +691,8 @@ export class KvStateMachine {
     for (let w = this.writeLog.at(0); w !== undefined && w.revision <= c; w = this.writeLog.at(++n)) touched.add(w.key);
     this.writeLog.dropFront(n);
     for (const key of touched) {
-      const recs = this.records.get(key)!;
+      const recs = this.records.get(key);
+      if (recs === undefined) continue; // dropped from the heap (`dropCold`): one live version, nothing to drop
       let j = 0; // number of versions at or before c (>= 1: the key was written in (old, c])
       while (j < recs.length && recs[j]!.revision <= c) j++;
       const drop = recs[j - 1]!.value === null ? j : j - 1;
@@ -722,8 +766,16 @@ export class KvStateMachine {
   get(key: string, options?: GetOptions): GetResult | undefined {
     validateKey(key);
     const at = this.readRevision(options);
+    if (at === this._revision && this.indexReady) {
+      const v = this.latestVersion(key);
+      return v === undefined || v.value === null ? undefined : { value: this.valueOf(key, v), version: v.revision, timestampMs: v.timestampMs };
+    }
     const recs = this.records.get(key);
-    if (recs === undefined) return undefined;
+    if (recs === undefined) {
+      // Dropped from the heap (`dropCold`): one live version, readable at and after its revision.
+      const head = this.indexReady ? this.latestVersion(key) : undefined;
+      return head === undefined || head.value === null || head.revision > at ? undefined : { value: this.valueOf(key, head), version: head.revision, timestampMs: head.timestampMs };
+    }
     let v: VersionRecord | undefined = recs[recs.length - 1];
     if (v!.revision > at) {
       let lo = 0;
@@ -761,8 +813,7 @@ export class KvStateMachine {
         more = true;
         break;
       }
-      const recs = this.records.get(key)!;
-      const v = recs[recs.length - 1]!;
+      const v = this.newest(key)!;
       items.push(
         keysOnly
           ? { key, version: v.revision, timestampMs: v.timestampMs }
@@ -770,6 +821,42 @@ export class KvStateMachine {
       );
     }
     return more ? { items, nextAfter: items[items.length - 1]!.key, revision: this._revision } : { items, revision: this._revision };
+  }
+
+  /**
+   * What a listing served from the durable records needs from the machine (issue 17; the storage
+   * side is `listFromRecords` in storage/state-store.ts): the validated options, the revision and
+   * applied index now, and the *overlay*, every key under the listing's range with a version
+   * written after `sinceRevision` (writes the records may not hold yet), with its latest version
+   * now, in key order. The records at any revision in [sinceRevision, revision] with the overlay on
+   * top are exactly this machine's keys now. Undefined when the machine cannot name those keys
+   * (`sinceRevision` before the compaction point or after the current revision). Throws
+   * ValidationError for invalid arguments, as `list` does. O(log w + writes since + o log o).
+   */
+  listPlan(prefix: string, options: ListOptions, sinceRevision: number): ListPlan | undefined {
+    validatePrefix(prefix);
+    const limit = positiveLimit(options.limit, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, 'limit');
+    const { after, keysOnly = false } = options;
+    if (after !== undefined) validatePrefix(after, 'after');
+    if (sinceRevision < this._compactRevision || sinceRevision > this._revision) return undefined;
+    const start = after !== undefined && compareKeys(after, prefix) >= 0 ? after : undefined;
+    const keys = new Set<string>();
+    for (let i = this.writeLog.firstIndexWhere((w) => w.revision > sinceRevision); i < this.writeLog.length; i++) {
+      const key = this.writeLog.at(i)!.key;
+      if (key.startsWith(prefix) && (start === undefined || compareKeys(key, start) > 0)) keys.add(key);
+    }
+    const overlay: Array<readonly [string, VersionRecord]> = [];
+    for (const key of [...keys].sort(compareKeys)) overlay.push([key, this.newest(key)!]);
+    return {
+      prefix,
+      ...(start !== undefined ? { after: start } : {}),
+      limit,
+      keysOnly,
+      revision: this._revision,
+      appliedIndex: this._appliedIndex,
+      sinceRevision,
+      overlay,
+    };
   }
 
   /**
@@ -876,6 +963,7 @@ export class KvStateMachine {
   releaseValues(upToRevision: number, maxCount = Number.MAX_SAFE_INTEGER): boolean {
     const source = this.values;
     if (source === undefined) return false;
+    this.releaseIndex(upToRevision);
     let n = 0;
     for (;;) {
       const e = this.resident.at(n);
@@ -894,7 +982,82 @@ export class KvStateMachine {
       source.released(e.key, v.revision, v.value);
     }
     this.resident.dropFront(n);
+    this.dropCold();
     return false;
+  }
+
+  /**
+   * Drops from `records` the keys handed to the index source whose only retained version is live
+   * and durable (its value released): such a key reads the same from its head (at and after its
+   * revision, the version; before, nothing), compaction has nothing to drop of it, and a write
+   * reads the head back as its first version (`write`). What stays in the heap for it: its entry
+   * in `live` and, until compacted, in `writeLog` (issue 17, step 3 in part).
+   */
+  private dropCold(): void {
+    if (!this.indexReady || this.droppable.length === 0) return;
+    for (const key of this.droppable) {
+      if (this.unindexed.has(key)) continue; // written again since
+      const recs = this.records.get(key);
+      if (recs !== undefined && recs.length === 1 && recs[0]!.value === VALUE_ON_DISK) {
+        this.records.delete(key);
+        this.droppedCount++;
+      }
+    }
+    this.droppable = [];
+  }
+
+  /** Number of keys dropped from the heap's version lists since the machine was made (their latest version is read from the index source). */
+  get droppedKeys(): number {
+    return this.droppedCount;
+  }
+
+  /**
+   * Serves latest-version lookups (`apply`'s current versions for conditional puts, txn compares,
+   * `returnPrevious` and deletes; latest `get`s; the descriptor) from `source` (issue 17: the key
+   * index from the engine) instead of `records`, once the records of the machine as it is now are
+   * durable: the first `releaseValues` at or past the current revision switches over (until then,
+   * and without a source, `records` answer). Keys written since the last durable point are answered
+   * from the machine's overlay, handed to the source (`IndexSource.durable`) as `releaseValues`
+   * passes them. Needs a value source attached first (heads read from the source carry no value).
+   * Call once. Answers are the same either way: the records hold what `records` hold.
+   *
+   * With `dropCold`, keys whose only retained version is live and durable also leave `records`
+   * (see `dropCold`): the heap then holds, per such key, its `live` entry and its `writeLog` entry
+   * until compacted. Experimental: `toRecords()` (a snapshot install's records diff) then reads
+   * those keys' heads back synchronously, one point read per key the hot-index cache misses.
+   */
+  attachIndex(source: IndexSource, options: { readonly dropCold?: boolean } = {}): void {
+    if (this.values === undefined) throw new Error('attach a value source before an index source');
+    if (this.index !== undefined) throw new Error('an index source is already attached');
+    this.index = source;
+    this.dropColdKeys = options.dropCold === true;
+    this.indexFrom = this._revision;
+  }
+
+  /** Whether latest versions are read from the attached index source (and the overlay) rather than `records`. */
+  get indexServing(): boolean {
+    return this.indexReady;
+  }
+
+  /** Number of keys in the index overlay (written since the last durable point; 0 without an index source). */
+  get unindexedKeys(): number {
+    return this.unindexed.size;
+  }
+
+  /** Hands the overlay's versions written at or before `upTo` (durable) to the index source. */
+  private releaseIndex(upTo: number): void {
+    const index = this.index;
+    if (index === undefined) return;
+    if (!this.indexReady && upTo >= this.indexFrom) this.indexReady = true;
+    let n = 0;
+    for (let e = this.unindexedLog.at(0); e !== undefined && e.revision <= upTo; e = this.unindexedLog.at(++n)) {
+      const v = this.unindexed.get(e.key);
+      if (v === undefined || v.revision > upTo) continue; // rewritten since: stays in the overlay
+      this.unindexed.delete(e.key);
+      index.durable(e.key, v.value === null ? v : { ...v, value: VALUE_ON_DISK });
+      if (v.value !== null && this.dropColdKeys) this.droppable.push(e.key);
+    }
+    this.unindexedLog.dropFront(n);
   }
 
   /** Number of versions whose value is still in the heap awaiting release (0 without a source: then all values are in the heap). */
@@ -932,7 +1095,7 @@ export class KvStateMachine {
     const keys: Array<readonly [string, readonly VersionRecord[]]> = [];
     for (let i = 0, j = 0; i < live.length || j < dead.length; ) {
       const k = j >= dead.length || (i < live.length && compareKeys(live[i]!, dead[j]!) < 0) ? live[i++]! : dead[j++]!;
-      keys.push([k, this.records.get(k)!]);
+      keys.push([k, this.records.get(k) ?? [this.latestVersion(k)!]]); // a key dropped from the heap: its one version
     }
     return {
       appliedIndex: this._appliedIndex,

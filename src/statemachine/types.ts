@@ -298,6 +298,28 @@ export interface ListResult {
   readonly revision: number;
 }
 
+/**
+ * A listing to serve from the durable records, as the machine states it (`KvStateMachine.listPlan`):
+ * the records' latest versions under `prefix` after `after`, with `overlay` on top, are the
+ * machine's live keys at `revision`.
+ */
+export interface ListPlan {
+  readonly prefix: string;
+  /** Exclusive start key (only when at or after the prefix: before it, the listing starts at the prefix). */
+  readonly after?: string;
+  /** Page size, validated. */
+  readonly limit: number;
+  readonly keysOnly: boolean;
+  /** The machine's revision when planned: the page is read at it. */
+  readonly revision: number;
+  /** The machine's applied index when planned. */
+  readonly appliedIndex: number;
+  /** The records read must be at this revision or later (the overlay covers every write after it). */
+  readonly sinceRevision: number;
+  /** Keys in range written after `sinceRevision`, in key order, each with its latest version (a tombstone: deleted; a value may be `VALUE_ON_DISK`). */
+  readonly overlay: ReadonlyArray<readonly [string, VersionRecord]>;
+}
+
 /** A page of `eventsSince`. */
 export interface EventsPage {
   readonly events: readonly KvEvent[];

@@ -41,6 +41,8 @@ export type EngineEntry = readonly [key: Uint8Array, value: Uint8Array];
 export interface EngineView {
   /** The value `key` had when the view was created, or undefined. */
   get(key: EngineKey): Promise<Uint8Array | undefined>;
+  /** `get` of several keys in one call (LevelDB: one native request), in the order given. */
+  getMany(keys: readonly EngineKey[]): Promise<Array<Uint8Array | undefined>>;
   /** Pairs in key order within the bounds, as they were when the view was created. */
   iterate(options?: ScanOptions): AsyncIterable<EngineEntry>;
   /** Releases the view; later reads fail. */
@@ -198,6 +200,10 @@ export class LevelEngine implements KvEngine {
       get: async (key) => {
         check();
         return this.db.get(keyBytes(key), { snapshot });
+      },
+      getMany: async (keys) => {
+        check();
+        return keys.length === 0 ? [] : this.db.getMany(keys.map(keyBytes), { snapshot });
       },
       iterate: (options = {}) => {
         check();
@@ -374,6 +380,10 @@ export class MemoryEngine implements KvEngine {
       get: async (key) => {
         check();
         return read(toBin(keyBytes(key)))?.slice();
+      },
+      getMany: async (keys) => {
+        check();
+        return keys.map((key) => read(toBin(keyBytes(key)))?.slice());
       },
       iterate: (options = {}) => {
         check();

@@ -130,8 +130,12 @@ import {
   SNAPSHOT_MAGIC,
   SNAPSHOT_SESSIONS_FORMAT_VERSION,
   ValidationError,
+  type IndexSource,
   type KvEvent,
   type KvStateMachine,
+  type ListItem,
+  type ListPlan,
+  type ListResult,
   type SessionHeader,
   type SessionRecord,
   type SessionResult,
@@ -143,10 +147,11 @@ import {
 } from '../statemachine/index.js';
 import { ByteReader, ByteWriter, crc32Update } from '../statemachine/binary.js';
 import { findVersion, writeHopsSection } from '../statemachine/snapshot-codec.js';
-import { type EngineOp, type KvEngine } from './kv-engine.js';
+import { prefixEnd, type EngineOp, type EngineView, type KvEngine } from './kv-engine.js';
 import { StorageCorruptionError, stateKeyPrefix } from './raft-log-store.js';
 import { SessionJournal, SessionReplay, type JournalLimits, type SessionRecordWriter, type WrittenSessions } from './session-journal.js';
 import { ownedCopy, type ValueCache } from './value-cache.js';
+import type { IndexCache } from './index-cache.js';
 
 /**
  * Format version of the `meta` record (its first byte) when the session limits are the defaults
@@ -965,6 +970,166 @@ export class EngineValueSource implements ValueSource {
       }),
     );
   }
+}
+
+// ------------------------------------------------------------------ latest versions
+//
+// Read side of the key index (issue 17): latest-version lookups read `l/<key>` and the version's
+// head by point reads behind the node's hot-index cache (`EngineIndexSource`), and a client `list`
+// is served from the latest records and their version records through an engine view, with the
+// machine's writes not yet durable laid over them (`listFromRecords`). Both are exact: the records
+// plus the machine's overlay are the machine's state.
+
+/** The cached answer "the records hold no version of this key" (by identity): a key looked up often and never written costs no engine read. */
+const ABSENT: VersionRecord = Object.freeze({ revision: 0, timestampMs: 0, value: null });
+
+/** Numbers the sources made, so each machine's cache entries are its own (a machine replaced by a snapshot install must not see its predecessor's). */
+let indexSourceCount = 0;
+
+/**
+ * The latest versions of `group`'s keys read from its records (issue 17: the key index from the
+ * engine), for a machine's `attachIndex`: the node's hot-index cache, else two synchronous engine
+ * point reads, the key's `l/<key>` record (its newest revision; LevelDB's bloom filters make a key
+ * without one cheap) and that version's record (its head: tombstone or not, timestamp, hop count),
+ * which is then cached, as is a key's absence (every later write of the key reaches the cache
+ * through `durable`, and a compaction only forgets keys whose newest version is a tombstone, which
+ * reads the same as absent). One source per machine.
+ */
+export class EngineIndexSource implements IndexSource {
+  private readonly keys: Keys;
+  private readonly cachePrefix: string;
+  /** Lookups that read the engine (cache misses), of those the keys the records did not hold, and misses the machine answered (`mayExist`). */
+  readonly reads = { engine: 0, absent: 0, skipped: 0 };
+
+  /** The source of `group`'s latest versions in `engine`, caching in `cache`. */
+  constructor(
+    private readonly engine: Pick<KvEngine, 'getSync'>,
+    readonly group: number,
+    private readonly cache: IndexCache,
+  ) {
+    this.keys = new Keys(group);
+    this.cachePrefix = `${group}/${++indexSourceCount}/`;
+  }
+
+  latest(key: string, mayExist?: () => boolean): VersionRecord | undefined {
+    const ck = this.cachePrefix + key;
+    const hit = this.cache.get(ck);
+    if (hit !== undefined) return hit === ABSENT ? undefined : hit;
+    if (mayExist !== undefined && !mayExist()) {
+      this.reads.skipped++;
+      return undefined;
+    }
+    this.reads.engine++;
+    const latest = this.engine.getSync(this.keys.latest(key));
+    if (latest === undefined) {
+      this.reads.absent++;
+      this.cache.set(ck, ABSENT); // until the machine writes the key (`durable` replaces it)
+      return undefined;
+    }
+    const revision = corruptOnError(`latest of ${JSON.stringify(key)}`, () => readVarintOnly(latest));
+    const raw = this.engine.getSync(this.keys.version(key, revision));
+    if (raw === undefined) throw new StorageCorruptionError(`group ${this.group}: the latest record of ${JSON.stringify(key)} names version ${revision}, which is missing`);
+    const head = decodeVersionHead(raw, revision, key);
+    this.cache.set(ck, head);
+    return head;
+  }
+
+  durable(key: string, head: VersionRecord): void {
+    this.cache.set(this.cachePrefix + key, head);
+  }
+}
+
+// ------------------------------------------------------------------ listing
+
+/** Fewest latest records read from the engine per step of a listing (tombstones in range make a page need more than its size). */
+const LIST_STEP_MIN = 16;
+
+/**
+ * A page of `group`'s live keys served from its records (issue 17: the key index from the engine):
+ * the `l/<key>` latest records of `view` in key order under the plan's prefix, each resolved to its
+ * version record (deleted keys have a tombstone there), with the plan's overlay (what the machine
+ * wrote after `plan.sinceRevision`) on top, so the page is the machine's at `plan.revision`,
+ * exactly what `KvStateMachine.list` answers. Reads in steps of about a page: one iteration of
+ * latest records and one multi-get of their versions per step. Undefined when `view` cannot serve
+ * the plan: no `meta` (a replacement under way), or records older than `plan.sinceRevision` or
+ * newer than `plan.revision` (the caller then lists from the machine). Throws
+ * StorageCorruptionError when a latest record names a version the view does not hold.
+ */
+export async function listFromRecords(view: Pick<EngineView, 'get' | 'getMany' | 'iterate'>, group: number, plan: ListPlan): Promise<ListResult | undefined> {
+  const keys = new Keys(group);
+  const rawMeta = await view.get(keys.meta);
+  if (rawMeta === undefined) return undefined;
+  const meta = decodeMeta(rawMeta);
+  if (meta.revision < plan.sinceRevision || meta.revision > plan.revision || meta.appliedIndex > plan.appliedIndex) return undefined;
+  const { overlay, keysOnly } = plan;
+  // Overlay values already released from the heap are in the records (released means durable).
+  const overlayValues = new Map<string, Uint8Array>();
+  if (!keysOnly) {
+    const onDisk = overlay.filter(([, v]) => v.value === VALUE_ON_DISK);
+    const raws = await view.getMany(onDisk.map(([key, v]) => keys.version(key, v.revision)));
+    for (let i = 0; i < onDisk.length; i++) {
+      const [key, v] = onDisk[i]!;
+      const raw = raws[i];
+      if (raw === undefined) return undefined; // compacted since the plan: list from the machine
+      overlayValues.set(key, decodeVersion(raw, v.revision, key).value!);
+    }
+  }
+  const want = plan.limit + 1; // one more than a page tells whether more remain
+  const items: ListItem[] = [];
+  const push = (key: string, v: VersionRecord, value: Uint8Array | undefined): void => {
+    if (v.value === null) return; // deleted
+    items.push(keysOnly ? { key, version: v.revision, timestampMs: v.timestampMs } : { key, value: value!, version: v.revision, timestampMs: v.timestampMs });
+  };
+  const pushOverlay = (i: number): void => {
+    const [key, v] = overlay[i]!;
+    push(key, v, v.value === VALUE_ON_DISK ? overlayValues.get(key) : (v.value ?? undefined));
+  };
+  const p = keys.prefix.length + 2;
+  const lPrefix = keys.latest(plan.prefix);
+  let gte = plan.after !== undefined ? concat(keys.latest(plan.after), new Uint8Array([0])) : lPrefix; // just after `after`'s record
+  const lt = prefixEnd(lPrefix);
+  let o = 0; // next overlay entry
+  for (;;) {
+    const step = Math.max(LIST_STEP_MIN, want - items.length);
+    const chunk: Array<{ key: string; revision: number }> = [];
+    let last: Uint8Array | undefined;
+    for await (const [k, v] of view.iterate({ gte, ...(lt ? { lt } : {}), limit: step })) {
+      const key = decodeKey(k.subarray(p), k);
+      chunk.push({ key, revision: corruptOnError(`latest of ${JSON.stringify(key)}`, () => readVarintOnly(v)) });
+      last = k;
+    }
+    // Keys the overlay holds are read from it; the others' versions in one request.
+    const overlayKeys = new Set<string>();
+    for (let i = o; i < overlay.length && (chunk.length === 0 || compareKeys(overlay[i]![0], chunk[chunk.length - 1]!.key) <= 0); i++) overlayKeys.add(overlay[i]![0]);
+    const fromRecords = chunk.filter((c) => !overlayKeys.has(c.key));
+    const raws = await view.getMany(fromRecords.map((c) => keys.version(c.key, c.revision)));
+    let r = 0;
+    for (const c of chunk) {
+      if (items.length >= want) break;
+      while (o < overlay.length && compareKeys(overlay[o]![0], c.key) < 0 && items.length < want) pushOverlay(o++);
+      if (items.length >= want) break;
+      if (o < overlay.length && overlay[o]![0] === c.key) {
+        pushOverlay(o++);
+        continue;
+      }
+      const raw = raws[r++];
+      if (raw === undefined) throw new StorageCorruptionError(`group ${group}: the latest record of ${JSON.stringify(c.key)} names version ${c.revision}, which is missing`);
+      const v = keysOnly ? decodeVersionHead(raw, c.revision, c.key) : decodeVersion(raw, c.revision, c.key);
+      push(c.key, v, v.value ?? undefined);
+    }
+    if (items.length >= want) break;
+    if (chunk.length < step) {
+      // The records are exhausted: the rest of the overlay follows.
+      while (o < overlay.length && items.length < want) pushOverlay(o++);
+      break;
+    }
+    gte = concat(last!, new Uint8Array([0]));
+  }
+  if (items.length > plan.limit) {
+    items.length = plan.limit;
+    return { items, nextAfter: items[plan.limit - 1]!.key, revision: plan.revision };
+  }
+  return { items, revision: plan.revision };
 }
 
 // ------------------------------------------------------------------ loading

@@ -89,6 +89,14 @@ describe('MemoryBudget', () => {
     expect(b.accounted.index).toBe(50 * INDEX_BYTES_PER_KEY);
   });
 
+  it('counts the hot-index cache with the other parts, and names it when the budget is spent', () => {
+    const b = new MemoryBudget(10 * INDEX_BYTES_PER_KEY, () => sampleOf(5, { indexCacheBytes: 6 * INDEX_BYTES_PER_KEY }));
+    b.refresh();
+    expect(b.accounted).toMatchObject({ index: 5 * INDEX_BYTES_PER_KEY, indexCache: 6 * INDEX_BYTES_PER_KEY, total: 11 * INDEX_BYTES_PER_KEY });
+    expect(b.exhausted).toBe(true);
+    expect(b.check({ type: 'put', key: '/a', value: enc('x') }, 'client')?.message).toMatch(/index cache 0\.0 MiB/);
+  });
+
   it('refuses when the V8 heap is nearly full, even with no budget', () => {
     const b = new MemoryBudget(0, () => sampleOf(1, { heapUsed: 90, heapLimit: 100 }));
     b.refresh();
@@ -110,8 +118,8 @@ describe('MemoryBudget', () => {
 
 describe('a node over its memory budget', () => {
   it('refuses puts with MEMORY_BUDGET and keeps serving reads and deletes without losing its leadership', async () => {
-    // 200 keys of index (plus the metadata group's few) fill this budget; the value cache is off.
-    const nodes = await cluster({ memoryBudgetBytes: 200 * INDEX_BYTES_PER_KEY, valueCacheBytes: 0, snapshotEveryEntries: 1_000_000 });
+    // 200 keys of index (plus the metadata group's few) fill this budget; the value and index caches are off.
+    const nodes = await cluster({ memoryBudgetBytes: 200 * INDEX_BYTES_PER_KEY, valueCacheBytes: 0, indexCacheBytes: 0, snapshotEveryEntries: 1_000_000 });
     const l = await leaderOf(nodes);
     const term = l.replica(DATA_GROUP)!.term;
     let refused: unknown;

@@ -67,7 +67,7 @@ const hexOf = (x: Uint8Array): string => Buffer.from(x).toString('hex');
 const keysOf = async (e: KvEngine, o?: ScanOptions): Promise<string[]> => (await scanAll(e, o)).map(([k]) => hexOf(k));
 
 describe.each(harnesses)('KvEngine conformance: $name', (h) => {
-  it('a view reads the data as it was when it was taken, whatever is written after (gets and scans, in both directions)', async () => {
+  it('a view reads the data as it was when it was taken, whatever is written after (gets, multi-gets and scans, in both directions)', async () => {
     const e = await h.open();
     await e.batch([{ type: 'put', key: 'a', value: s('1') }, { type: 'put', key: 'b', value: s('2') }, { type: 'put', key: 'c', value: s('3') }], { sync: true });
     const v = e.view();
@@ -80,6 +80,8 @@ describe.each(harnesses)('KvEngine conformance: $name', (h) => {
     expect(str(await v.get('a'))).toBe('1');
     expect(str(await v.get('b'))).toBe('2');
     expect(await v.get('bb')).toBeUndefined();
+    expect((await v.getMany(['c', 'bb', 'a', 'b'])).map(str)).toEqual(['3', undefined, '1', '2']);
+    expect(await v.getMany([])).toEqual([]);
     expect((await scanAll(v)).map(([k, x]) => `${str(k)}=${str(x)}`)).toEqual(['a=1', 'b=2', 'c=3']);
     expect((await scanAll(v, { reverse: true, limit: 2 })).map(([k]) => str(k))).toEqual(['c', 'b']);
     expect((await scanAll(v, { gte: 'b' })).map(([k]) => str(k))).toEqual(['b', 'c']);

@@ -1,0 +1,243 @@
+/**
+ * Latest-version lookups served from the durable records (issue 17, the key index from the engine,
+ * step 2): a machine whose `apply` and latest reads go to an `EngineIndexSource` (hot-index cache,
+ * then engine point reads) with its overlay of writes not yet durable must answer exactly as a
+ * machine reading its heap index, whatever is flushed, released, compacted or evicted; and the
+ * hot-index cache keeps its bound.
+ */
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import fc from 'fast-check';
+import { afterEach, describe, expect, it } from 'vitest';
+import { KvStateMachine, SHARD_DESCRIPTOR_KEY, type ApplyOutput, type Command } from '../../src/statemachine/index.js';
+import { LevelEngine, MemoryEngine, type KvEngine } from '../../src/storage/kv-engine.js';
+import { IndexCache, INDEX_CACHE_ENTRY_OVERHEAD_BYTES } from '../../src/storage/index-cache.js';
+import { EngineIndexSource, EngineValueSource, StateRecorder } from '../../src/storage/state-store.js';
+import { ValueCache } from '../../src/storage/value-cache.js';
+import { commandArb, KEY_POOL } from '../statemachine/helpers.js';
+
+const GROUP = 3;
+const enc = new TextEncoder();
+const KEYS: readonly string[] = [...KEY_POOL, 'a\u0000b', SHARD_DESCRIPTOR_KEY];
+
+/** A machine served from the engine (values and latest versions), flushed on demand as a node does. */
+class Served {
+  readonly sm = new KvStateMachine();
+  readonly index: EngineIndexSource;
+  private readonly recorder = new StateRecorder(GROUP);
+  private durable = -1;
+
+  constructor(
+    readonly engine: KvEngine,
+    readonly cache: IndexCache,
+    dropCold = false,
+  ) {
+    this.sm.observe(this.recorder);
+    this.sm.attachValues(new EngineValueSource(engine, GROUP, new ValueCache(0)));
+    this.index = new EngineIndexSource(engine, GROUP, cache);
+    this.sm.attachIndex(this.index, { dropCold });
+  }
+
+  async flush(): Promise<void> {
+    const ops = this.recorder.take(this.sm);
+    if (ops !== undefined && ops.length > 0) await this.engine.batch(ops, { sync: true });
+    this.durable = this.sm.revision;
+  }
+
+  release(): void {
+    if (this.durable >= 0) this.sm.releaseValues(this.durable);
+  }
+}
+
+/** An apply's output in comparable form (values as hex, errors by code). */
+function plain(out: ApplyOutput): unknown {
+  return JSON.parse(
+    JSON.stringify(out, (_k, v: unknown) => {
+      if (v instanceof Uint8Array) return Buffer.from(v).toString('hex');
+      if (v instanceof Error) return { error: v.name, message: v.message };
+      return v;
+    }),
+  );
+}
+
+function latestOf(sm: KvStateMachine, key: string, atRevision?: number): unknown {
+  try {
+    const g = sm.get(key, atRevision === undefined ? undefined : { atRevision });
+    return g === undefined ? undefined : { ...g, value: Buffer.from(g.value).toString('hex') };
+  } catch (e) {
+    return { error: (e as Error).message };
+  }
+}
+
+/** Every read of `a` and `b` agrees: latest, at every retained revision, and their heap listings. */
+function expectSameReads(a: KvStateMachine, b: KvStateMachine): void {
+  for (const k of KEYS) {
+    expect(latestOf(a, k), k).toEqual(latestOf(b, k));
+    for (let r = b.compactRevision; r <= b.revision; r++) expect(latestOf(a, k, r), `${k} at ${r}`).toEqual(latestOf(b, k, r));
+  }
+  // Keys written once (the ones dropped from the heap), at a few revisions.
+  for (const item of b.list('fresh/', { limit: 1000, keysOnly: true }).items) {
+    for (const r of [item.version - 1, item.version, b.revision]) if (r >= b.compactRevision) expect(latestOf(a, item.key, r)).toEqual(latestOf(b, item.key, r));
+  }
+  const list = (m: KvStateMachine) => m.list('', { limit: 1000 }).items.map((i) => [i.key, i.version, i.timestampMs, Buffer.from(i.value!).toString('hex')]);
+  expect(list(a)).toEqual(list(b));
+}
+
+type Step = { readonly kind: 'cmd'; readonly cmd: Command; readonly dt: number } | { readonly kind: 'flush' } | { readonly kind: 'release' };
+
+const key = fc.constantFrom(...KEYS.filter((k) => k !== SHARD_DESCRIPTOR_KEY));
+const stepArb: fc.Arbitrary<Step> = fc.oneof(
+  { weight: 6, arbitrary: fc.record({ kind: fc.constant('cmd' as const), cmd: commandArb(key, fc.uint8Array({ maxLength: 5 })), dt: fc.nat(3) }) },
+  {
+    weight: 3,
+    arbitrary: fc.record({
+      kind: fc.constant('cmd' as const),
+      cmd: fc.record({ type: fc.constant('put' as const), key, value: fc.uint8Array({ maxLength: 5 }), expectedVersion: fc.nat(12), returnPrevious: fc.constant(true as const) }, { requiredKeys: ['type', 'key', 'value'] }),
+      dt: fc.nat(3),
+    }),
+  },
+  {
+    weight: 3,
+    arbitrary: fc.record({
+      kind: fc.constant('cmd' as const),
+      cmd: fc.record({ type: fc.constant('put' as const), key: fc.nat(400).map((n) => `fresh/${n}`), value: fc.uint8Array({ minLength: 1, maxLength: 5 }) }),
+      dt: fc.nat(3),
+    }),
+  },
+  { weight: 2, arbitrary: fc.constant({ kind: 'flush' as const }) },
+  { weight: 2, arbitrary: fc.constant({ kind: 'release' as const }) },
+);
+
+const dirs: string[] = [];
+const engines: KvEngine[] = [];
+afterEach(async () => {
+  for (const e of engines.splice(0)) await e.close().catch(() => {});
+  for (const d of dirs.splice(0)) await rm(d, { recursive: true, force: true });
+});
+
+describe('latest versions from the records, behind the hot-index cache', () => {
+  it.each([false, true])('applies and reads exactly as the heap index does (model-based: flushes, releases, compactions, a cache of two keys; dropCold %s)', async (dropCold) => {
+    let engineReads = 0;
+    let dropped = 0;
+    await fc.assert(
+      fc.asyncProperty(fc.array(stepArb, { minLength: 1, maxLength: 150 }), async (steps) => {
+        const ref = new KvStateMachine();
+        const served = new Served(new MemoryEngine(), new IndexCache(2 * (INDEX_CACHE_ENTRY_OVERHEAD_BYTES + 12)), dropCold);
+        let index = 0;
+        let ts = 1000;
+        for (const step of steps) {
+          if (step.kind === 'flush') await served.flush();
+          else if (step.kind === 'release') served.release();
+          else {
+            index++;
+            ts += step.dt;
+            expect(plain(served.sm.apply(index, ts, step.cmd)), JSON.stringify(step.cmd)).toEqual(plain(ref.apply(index, ts, step.cmd)));
+          }
+          expectSameReads(served.sm, ref);
+        }
+        expect(Buffer.from(served.sm.snapshot()).equals(Buffer.from(ref.snapshot()))).toBe(true);
+        engineReads += served.index.reads.engine;
+        dropped += served.sm.droppedKeys;
+      }),
+      { numRuns: 120, seed: 4242 },
+    );
+    expect(engineReads).toBeGreaterThan(20); // the lookups of live keys did go to the engine, not only to the overlay and the cache (24 and 80 with this seed)
+    if (dropCold) expect(dropped).toBeGreaterThan(10); // keys did leave the heap's version lists (22 with this seed)
+    else expect(dropped).toBe(0);
+  });
+
+  it('serves from the overlay until the first durable point, then hot keys from the cache and cold keys by two point reads (LevelDB)', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'kvcascade-index-'));
+    dirs.push(dir);
+    const engine = await LevelEngine.open(dir);
+    engines.push(engine);
+    const cache = new IndexCache(1024 * 1024);
+    const s = new Served(engine, cache);
+    for (let i = 0; i < 50; i++) s.sm.apply(i + 1, 1000, { type: 'put', key: `k${i}`, value: enc.encode(`v${i}`) });
+    s.sm.apply(51, 1000, { type: 'delete', key: 'k7' });
+    expect(s.sm.indexServing).toBe(false); // nothing durable yet: the heap index answers
+    await s.flush();
+    s.release();
+    expect(s.sm.indexServing).toBe(true);
+    expect(s.sm.unindexedKeys).toBe(0);
+    expect(cache.stats.entries).toBe(50); // every key written is cached once durable
+    expect(s.sm.descriptor).toBeUndefined(); // every apply looks the descriptor up: its absence is read once, then cached
+    expect(s.index.reads).toMatchObject({ engine: 0, skipped: 1 }); // not a live key: answered without a read
+    const before = { ...s.index.reads };
+    const hits = cache.stats.hits;
+    expect(s.sm.apply(52, 1000, { type: 'put', key: 'k3', value: enc.encode('x'), expectedVersion: 4, returnPrevious: true }).result).toMatchObject({ succeeded: true, previous: { version: 4 } });
+    expect(s.sm.get('k7')).toBeUndefined();
+    expect(s.index.reads).toEqual(before); // hot keys: no engine read
+    expect(cache.stats.hits).toBeGreaterThan(hits);
+    // A cold key: a fresh source (an empty cache of its own) reads it from the engine.
+    const cold = new EngineIndexSource(engine, GROUP, new IndexCache(1024));
+    expect(cold.latest('k9')).toMatchObject({ revision: 10, timestampMs: 1000 });
+    expect(cold.latest('k7')).toMatchObject({ revision: 51, value: null }); // tombstone
+    expect(cold.latest('nope')).toBeUndefined();
+    expect(cold.reads).toEqual({ engine: 3, absent: 1, skipped: 0 });
+    expect(cold.latest('k9')).toMatchObject({ revision: 10 });
+    expect(cold.latest('nope')).toBeUndefined();
+    expect(cold.reads.engine).toBe(3); // cached now, the absence too
+  });
+
+  it('keeps a key rewritten after the durable point in the overlay when that point is released, even once the cache evicted it', async () => {
+    const s = new Served(new MemoryEngine(), new IndexCache(2 * (INDEX_CACHE_ENTRY_OVERHEAD_BYTES + 8)));
+    s.sm.apply(1, 1000, { type: 'put', key: 'k', value: enc.encode('old') });
+    await s.flush(); // durable at revision 1
+    s.sm.apply(2, 1000, { type: 'put', key: 'k', value: enc.encode('new') }); // not flushed
+    s.release(); // releases revision 1: k's newest version (2) is not durable
+    expect(s.sm.unindexedKeys).toBe(1);
+    for (const other of ['x1', 'x2', 'x3']) expect(s.sm.get(other)).toBeUndefined(); // evicts whatever the cache held
+    expect(new TextDecoder().decode(s.sm.get('k')?.value)).toBe('new');
+    expect(s.sm.apply(3, 1000, { type: 'put', key: 'k', value: enc.encode('c'), expectedVersion: 2 }).result).toMatchObject({ succeeded: true });
+  });
+
+  it('with dropCold, a key written once leaves the heap once durable and keeps every read: at its revision, before it, after a rewrite, a delete and a compaction', async () => {
+    const ref = new KvStateMachine();
+    const s = new Served(new MemoryEngine(), new IndexCache(0), true); // no cache: every head from the engine
+    const both = (i: number, cmd: Command) => {
+      expect(plain(s.sm.apply(i, 1000 + i, cmd))).toEqual(plain(ref.apply(i, 1000 + i, cmd)));
+    };
+    both(1, { type: 'put', key: 'a', value: enc.encode('a1') });
+    both(2, { type: 'put', key: 'b', value: enc.encode('b1') });
+    await s.flush();
+    s.release();
+    expect(s.sm.droppedKeys).toBe(2);
+    expect(s.sm.indexSize.keys).toBe(0); // no version lists left in the heap
+    expectSameReads(s.sm, ref);
+    both(3, { type: 'put', key: 'a', value: enc.encode('a2'), expectedVersion: 1 }); // read back as its first version
+    both(4, { type: 'delete', key: 'b' });
+    expectSameReads(s.sm, ref);
+    expect(latestOf(s.sm, 'a', 2)).toMatchObject({ version: 1 }); // the dropped version is still there after the rewrite
+    await s.flush();
+    s.release();
+    both(5, { type: 'compact', revision: 4 });
+    expectSameReads(s.sm, ref);
+    expect(Buffer.from(s.sm.snapshot()).equals(Buffer.from(ref.snapshot()))).toBe(true);
+    expect(s.sm.keyCount).toBe(ref.keyCount);
+  });
+
+  it('keeps the cache within its byte bound, evicting entries not used since the last pass first', () => {
+    const per = INDEX_CACHE_ENTRY_OVERHEAD_BYTES + 2 * 2;
+    const cache = new IndexCache(per * 3);
+    const head = (revision: number) => ({ revision, timestampMs: 0, value: null });
+    for (const k of ['k1', 'k2', 'k3']) cache.set(k, head(1));
+    expect(cache.get('k1')).toBeDefined(); // used: survives the next eviction
+    cache.set('k4', head(2));
+    expect(cache.get('k2')).toBeUndefined();
+    expect(cache.stats).toMatchObject({ entries: 3, bytes: per * 3, evictions: 1, hits: 1, misses: 1 });
+    expect(cache.get('k1')).toBeDefined();
+    for (let i = 0; i < 100; i++) {
+      cache.set(`${String.fromCharCode(97 + (i % 26))}${i % 10}`, head(i)); // two characters, as k1..k4
+      expect(cache.stats.bytes).toBeLessThanOrEqual(cache.maxBytes);
+    }
+    expect(cache.stats.entries).toBe(3);
+    cache.set('k4', head(3)); // replacing an entry does not grow the cache
+    expect(cache.stats.bytes).toBe(per * 3);
+    expect(cache.get('k4')?.revision).toBe(3);
+    const off = new IndexCache(0);
+    off.set('k', head(1));
+    expect(off.stats.entries).toBe(0);
+  });
+});
