@@ -67,7 +67,7 @@ describe('values served from the engine', () => {
   it('keeps no value bytes in the heap once durable, reads uncached values from the engine, and restarts without loading values', async () => {
     const hub = new LoopbackHub();
     let engines = [1, 2, 3].map(() => new MemoryEngine());
-    const opts: Partial<NodeOptions> = { valueCacheBytes: 8 * 1024, snapshotEveryEntries: 1_000_000 };
+    const opts: Partial<NodeOptions> = { valueCacheBytes: 8 * 1024, snapshotEveryEntries: 1_000_000, indexDropCold: true };
     let nodes = await Promise.all(engines.map((e, i) => openNode(i + 1, e, hub, opts)));
     for (const n of nodes) n.start();
     const l = await leaderOf(nodes);
@@ -127,7 +127,7 @@ describe('values served from the engine', () => {
     const hub = new LoopbackHub();
     // Slow disks: a round's records stay unsynced for a while after its writes are acknowledged.
     const engines = [1, 2, 3].map(() => new MemoryEngine({ latencyMs: 15 }));
-    const nodes = await Promise.all(engines.map((e, i) => openNode(i + 1, e, hub, { valueCacheBytes: 8 * 1024 })));
+    const nodes = await Promise.all(engines.map((e, i) => openNode(i + 1, e, hub, { valueCacheBytes: 8 * 1024, indexDropCold: true })));
     for (const n of nodes) n.start();
     const l = await leaderOf(nodes);
     const r = l.replica(DATA_GROUP)!;
