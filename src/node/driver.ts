@@ -170,6 +170,9 @@ export class NodeDriver {
           r.flushReads();
           if (!r.hasReady()) continue;
           const rd = r.ready();
+          // Snapshot chunks staged by the replica's sink: durable before they are acknowledged
+          // (bounds what is staged to about one chunk).
+          if ((r.inbox?.takeStagedBytes() ?? 0) > 0) mustSync = true;
           if (rd.entries.length > 0 || rd.hardState || rd.snapshot) {
             store.persistReady(r.group, {
               entries: rd.entries,
@@ -227,7 +230,10 @@ export class NodeDriver {
    */
   private async finishInstall(r: ShardReplica): Promise<void> {
     const { store } = this.parts;
+    const streamed = r.installingStreamed;
     try {
+      // Streamed: the chunk records (the last staged in this round) are read back with getSync.
+      if (streamed) await store.flush();
       for (;;) {
         if (this.stopped || this.replicas.get(r.group) !== r) return;
         const t0 = this.scheduler.now();
@@ -246,6 +252,11 @@ export class NodeDriver {
         await new Promise<void>((resolve) => this.scheduler.setImmediate(resolve));
       }
       store.dropSnapshotData(r.group);
+      if (streamed) {
+        // The machine's values are read from the records: serve reads once they are durable.
+        await store.flush();
+        if (this.replicas.get(r.group) === r) r.installDurable();
+      }
       this.scheduleReady();
     } catch (e) {
       this.parts.log.fatal({ group: r.group, err: String(e), stack: (e as Error).stack }, 'storage failure while installing a snapshot: stopping the node');

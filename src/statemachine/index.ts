@@ -39,3 +39,4 @@ export {
 export type { StateSink } from './state-sink.js';
 /** Values out of the heap: the placeholder of a released value and the source it is read back from. */
 export { VALUE_ON_DISK, type ValueSource } from './value-source.js';
+export { ChunkedByteReader, type ChunkFetch } from './chunked-reader.js';

@@ -699,6 +699,10 @@ export class StateRecorder implements StateSink {
         bytes = 0;
       }
     };
+    // A value of `after` held elsewhere (a streamed install's chunks) is read as it is written.
+    const valueAt = options.valueAt;
+    const resolve = (key: string, v: VersionRecord): VersionRecord =>
+      v.value === VALUE_ON_DISK && valueAt !== undefined ? { ...v, value: valueAt(key, v.revision) } : v;
     push({ type: 'del', key: keys.meta });
     for (const k of options.deleteKeys ?? []) {
       push({ type: 'del', key: k });
@@ -718,7 +722,7 @@ export class StateRecorder implements StateSink {
         push({ type: 'del', key: keys.latest(key) });
       } else if (c > 0) {
         const [key, versions] = ak[j++]!;
-        for (const v of versions) push({ type: 'put', key: keys.version(key, v.revision), value: encodeVersion(v) });
+        for (const v of versions) push({ type: 'put', key: keys.version(key, v.revision), value: encodeVersion(resolve(key, v)) });
         push({ type: 'put', key: keys.latest(key), value: varintBytes(versions[versions.length - 1]!.revision) });
       } else {
         const [key, bv] = bk[i++]!;
@@ -730,11 +734,11 @@ export class StateRecorder implements StateSink {
           if (d < 0) push({ type: 'del', key: keys.version(key, bv[x++]!.revision) });
           else if (d > 0) {
             const v = av[y++]!;
-            push({ type: 'put', key: keys.version(key, v.revision), value: encodeVersion(v) });
+            push({ type: 'put', key: keys.version(key, v.revision), value: encodeVersion(resolve(key, v)) });
           } else {
             const o = bv[x++]!;
             const v = av[y++]!;
-            if (!sameVersion(o, v)) push({ type: 'put', key: keys.version(key, v.revision), value: encodeVersion(v) });
+            if (!sameVersion(o, v)) push({ type: 'put', key: keys.version(key, v.revision), value: encodeVersion(resolve(key, v)) });
           }
         }
         const latest = av[av.length - 1]!.revision;
@@ -825,6 +829,12 @@ export interface ReplaceOptions {
   readonly maxUnitBytes?: number;
   /** Raw keys to delete first (e.g. every key found on disk when its contents are not trusted). */
   readonly deleteKeys?: readonly Uint8Array[];
+  /**
+   * The value of a version of `after` that is the `VALUE_ON_DISK` placeholder and must be written
+   * (a streamed install: `SnapshotValueCursor.valueAt`, asked in key then revision order). Without
+   * it such a version cannot be written (a throw).
+   */
+  readonly valueAt?: (key: string, revision: number) => Uint8Array;
 }
 
 function sameVersion(a: VersionRecord, b: VersionRecord): boolean {
