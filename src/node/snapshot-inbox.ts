@@ -65,6 +65,8 @@ export class SnapshotInbox implements SnapshotSink {
     if (offset === 0) {
       t = { index: meta.index, term: meta.term, seq: 0, bytes: 0, crc: 0, tail: new Uint8Array(0), head: new Uint8Array(0) };
     } else if (!t || t.index !== meta.index || t.term !== meta.term || t.bytes !== offset) return this.refuse();
+    // A private copy: the transport's buffer may be reused once this returns.
+    bytes = Uint8Array.prototype.slice.call(bytes);
     this.store.stageSnapshotChunk(this.group, meta.index, t.seq, bytes);
     if (offset === 0) {
       this.t = t;
@@ -72,13 +74,13 @@ export class SnapshotInbox implements SnapshotSink {
     }
     t.seq++;
     t.bytes += bytes.length;
-    if (t.head.length < HEAD_BYTES) t.head = Buffer.concat([t.head, bytes.subarray(0, HEAD_BYTES - t.head.length)]);
+    if (t.head.length < HEAD_BYTES) t.head = new Uint8Array(Buffer.concat([t.head, bytes.subarray(0, HEAD_BYTES - t.head.length)]));
     // The CRC covers all but the last 4 bytes: hold the newest 4 back until more arrive.
     if (bytes.length >= 4) {
       t.crc = crc32Update(crc32Update(t.crc, t.tail), bytes.subarray(0, bytes.length - 4));
       t.tail = bytes.slice(bytes.length - 4);
     } else {
-      const joined = Buffer.concat([t.tail, bytes]);
+      const joined = new Uint8Array(Buffer.concat([t.tail, bytes]));
       const cut = Math.max(0, joined.length - 4);
       t.crc = crc32Update(t.crc, joined.subarray(0, cut));
       t.tail = joined.slice(cut);

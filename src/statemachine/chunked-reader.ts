@@ -11,6 +11,11 @@ export type ChunkFetch = (seq: number) => Uint8Array | undefined;
 
 const EMPTY = new Uint8Array(0);
 
+/** A plain Uint8Array view of `b` (a Buffer's `slice` is a view, not a copy: callers copy with `slice`). */
+function plain(b: Uint8Array): Uint8Array {
+  return Buffer.isBuffer(b) ? new Uint8Array(b.buffer, b.byteOffset, b.byteLength) : b;
+}
+
 /**
  * Reads the first `length` bytes of the concatenation of the chunks `fetch` returns, with the
  * methods and errors of {@link ByteReader}. `view` returns a view into the current chunk (or into
@@ -57,7 +62,7 @@ export class ChunkedByteReader extends ByteReader {
       have += c.length;
     }
     this.base += this.at;
-    this.cur = parts.length === 2 && parts[0]!.length === 0 ? parts[1]! : Buffer.concat(parts);
+    this.cur = parts.length === 2 && parts[0]!.length === 0 ? parts[1]! : plain(Buffer.concat(parts));
     this.at = 0;
   }
 
@@ -65,7 +70,7 @@ export class ChunkedByteReader extends ByteReader {
     const c = this.fetch(this.nextSeq);
     if (c === undefined) this.fail(`chunk ${this.nextSeq} is missing`);
     this.nextSeq++;
-    return c;
+    return plain(c);
   }
 
   override u8(): number {
