@@ -713,7 +713,12 @@ export class RaftLogStore {
       else if (rest === 'hardstate') g.hardState = parseJson<HardState>(v);
       else if (rest === 'snap') g.snapMeta = parseJson<SnapshotMeta>(v);
       else if (rest === 'snapdata') g.snapData = v;
-      else if (rest === 'snapstream') g.snapChunks = parseJson<{ chunks: number; bytes: number }>(v);
+      else if (rest === 'snapstream') {
+        const c = parseJson<{ chunks: unknown; bytes: unknown }>(v);
+        const count = (x: unknown): x is number => Number.isSafeInteger(x) && (x as number) >= 0;
+        if (!count(c.chunks) || !count(c.bytes)) throw new StorageCorruptionError(`group ${group}: malformed streamed snapshot marker`);
+        g.snapChunks = { chunks: c.chunks, bytes: c.bytes };
+      }
       else if (rest.startsWith('log/') && rest.length === 20) {
         const e = decodeEntry(v);
         if (e.index !== parseInt(rest.slice(4), 16)) throw new StorageCorruptionError(`entry ${e.index} stored under ${key}`);
