@@ -12,6 +12,7 @@
  */
 import {
   EntryType,
+  MessageType,
   ProposalDroppedError,
   RawNode,
   Role,
@@ -159,6 +160,8 @@ export class ShardReplica {
   private restoring: { readonly steps: Generator<void, KvStateMachine, undefined>; readonly before: KvStateMachine } | undefined;
   /** The storage the Raft core reads: the replica's, with snapshots to send produced from the records. */
   readonly snapshots: SnapshotSender;
+  /** Snapshot chunks this replica sent as leader (transfers: chunks at offset 0), for metrics. */
+  readonly snapshotSent = { transfers: 0, chunks: 0, bytes: 0 };
   /** The sink of streamed snapshots (with `snapshotChunks`). */
   readonly inbox: SnapshotInbox | undefined;
   /**
@@ -326,7 +329,14 @@ export class ShardReplica {
 
   /** Takes the Raft core's pending work (call `apply` then `advance` with it). */
   ready(): Ready {
-    return this.raw.ready();
+    const rd = this.raw.ready();
+    for (const m of rd.earlyMessages) {
+      if (m.type !== MessageType.Snap) continue;
+      if ((m.offset ?? 0) === 0) this.snapshotSent.transfers++;
+      this.snapshotSent.chunks++;
+      this.snapshotSent.bytes += m.chunk?.length ?? 0;
+    }
+    return rd;
   }
 
   /** Tells the Raft core a Ready was persisted, sent and applied; returns the membership it applied, if changed. */

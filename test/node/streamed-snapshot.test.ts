@@ -125,6 +125,11 @@ describe('a streamed snapshot install', () => {
     expect(c.chunks).toBeGreaterThanOrEqual(2);
     expect(c.completed).toBe(installed.length);
     expect(chunkRecordsAtInstall).toBeGreaterThanOrEqual(2); // the data was in chunk records
+    // What the leader sent is what the follower received (the metrics' counters).
+    const sent = l.replica(DATA_GROUP)!.snapshotSent;
+    expect(sent.transfers).toBeGreaterThanOrEqual(c.transfers);
+    expect(sent.bytes).toBeGreaterThanOrEqual(c.bytes);
+    expect(c.bytes).toBeGreaterThan(2 * 1024 * 1024);
     // Once the install is durable the chunk records and the marker are gone: a records snapshot.
     await noChunkRecords(engines[fi]!);
     expect(await engines[fi]!.get(metaKey(DATA_GROUP, 'snapstream'))).toBeUndefined();
