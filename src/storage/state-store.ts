@@ -101,11 +101,15 @@
  * NodeDriver.finishInstall in node/driver.ts), its replica getting no Ready meanwhile so nothing else of the group is
  * staged in between; before that, in the same stepwise install, the snapshot is decoded into a
  * machine a few thousand keys per step (`KvStateMachine.restoreSteps`; the replica accepted it on
- * its checksum, format and index alone). What is still one synchronous step: the Raft core
- * assembles the whole snapshot from its chunks (one copy of the shard's encoding, then the
- * decoder's own). The installed machine's values are views into that decoded copy and stay in the
- * heap until the last replacement unit is durable; then they are released like any other, and the
- * copy is freed (`attachValues` copies the watch history's and stored session results' values out of it).
+ * its checksum, format and index alone). On a node the snapshot is *streamed* (node/snapshot-inbox.ts,
+ * docs/memory.md): its chunks were staged as chunk records as they arrived, the machine is decoded
+ * from them one chunk at a time with the values older than the history bound left as
+ * `VALUE_ON_DISK`, and the replacement writes those from a second pass over the chunks
+ * (`ReplaceOptions.valueAt`, `SnapshotValueCursor`), so no copy of the shard's encoding is held.
+ * Without streaming (a replica with no chunk store) the Raft core assembles the whole snapshot
+ * from its chunks, the installed machine's values are views into it and stay in the heap until the
+ * last replacement unit is durable (`attachValues` copies the watch history's and stored session
+ * results' values out of it).
  */
 import {
   checkSessionRecords,
