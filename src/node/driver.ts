@@ -14,6 +14,7 @@ import type { ShardReplica } from './replica.js';
 import type { ReplicaSet } from './replica-set.js';
 import { realScheduler, type Scheduler, type TimerHandle } from './scheduler.js';
 import { beforeVoteRequest, DRAINING_CONTEXT, keepalive, LIVENESS_GROUP, stepQuiescence } from './quiescence.js';
+import { SNAPSHOT_CHUNK_SYNC_BYTES } from './snapshot-inbox.js';
 
 /** Longest stretch (ms) of computing and staging a snapshot's records replacement before yielding. */
 const INSTALL_SLICE_MS = 10;
@@ -170,9 +171,13 @@ export class NodeDriver {
           r.flushReads();
           if (!r.hasReady()) continue;
           const rd = r.ready();
-          // Snapshot chunks staged by the replica's sink: durable before they are acknowledged
-          // (bounds what is staged to about one chunk).
-          if ((r.inbox?.takeStagedBytes() ?? 0) > 0) mustSync = true;
+          // Snapshot chunks staged by the replica's sink: written at once; acknowledged only once
+          // durable when SNAPSHOT_CHUNK_SYNC_BYTES are pending (bounds what is held in memory).
+          const chunkBytes = r.inbox?.stagedBytes ?? 0;
+          if (chunkBytes >= SNAPSHOT_CHUNK_SYNC_BYTES) {
+            mustSync = true;
+            r.inbox!.staged();
+          } else if (chunkBytes > 0) store.flush().catch(() => {}); // a failure surfaces at the next awaited flush
           if (rd.entries.length > 0 || rd.hardState || rd.snapshot) {
             store.persistReady(r.group, {
               entries: rd.entries,

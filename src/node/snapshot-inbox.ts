@@ -19,6 +19,9 @@ export interface SnapshotChunkStore {
   installedSnapshotChunks(group: number): { readonly index: number; readonly chunks: number; readonly bytes: number } | undefined;
 }
 
+/** Chunk bytes received and not yet known durable after which a follower waits for its disk before acknowledging more. */
+export const SNAPSHOT_CHUNK_SYNC_BYTES = 8 * 1024 * 1024;
+
 /** Bytes of a snapshot's start kept to read its header (magic, format, applied index). */
 const HEAD_BYTES = 32;
 
@@ -116,11 +119,20 @@ export class SnapshotInbox implements SnapshotSink {
     return true;
   }
 
-  /** Chunk bytes staged since the last call (the driver makes them durable before acknowledging them). */
-  takeStagedBytes(): number {
-    const n = this.stagedSince;
+  /**
+   * Chunk bytes staged since the driver last made them durable. A chunk need not be durable before
+   * it is acknowledged (a restarted follower has no transfer state: the leader starts over, and
+   * the installed snapshot is staged after its chunks, so it is never durable without them), but
+   * what is staged is held in memory until written: the driver starts writing at once and waits
+   * for the disk before acknowledging once this reaches {@link SNAPSHOT_CHUNK_SYNC_BYTES}.
+   */
+  get stagedBytes(): number {
+    return this.stagedSince;
+  }
+
+  /** The driver flushed (or is flushing, and will wait for it before acknowledging) what was staged. */
+  staged(): void {
     this.stagedSince = 0;
-    return n;
   }
 
   /** Forgets the transfer (the replica installed it, or the transfer was abandoned). */
