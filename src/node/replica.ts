@@ -6,9 +6,10 @@
  * waiting requests. Its Raft node and state machine are private: the rest of the node reads and
  * drives them through the named methods below.
  *
- * Size: about 640 lines, one piece — a third of it is that named surface (one short documented
- * method per thing the node reads or does), the rest the apply path the surface stands over, and the release of applied values to the engine
- * once durable (issue 17).
+ * Size: about 710 lines, one piece — a third of it is that named surface (one short documented
+ * method per thing the node reads or does), the rest the apply path the surface stands over, the
+ * release of applied values to the engine once durable, and the phases of a snapshot install
+ * (stepwise, or streamed from chunk records: snapshot-inbox.ts), which share the apply path's state (issue 17).
  */
 import {
   EntryType,
