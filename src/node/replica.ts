@@ -592,10 +592,12 @@ export class ShardReplica {
   /**
    * Whether the records replacement of a snapshot installed with `stepwiseInstall` is still being
    * handed out: the host must not give this replica another Ready (nor take its state units)
-   * until `nextReplacementUnit` returned undefined.
+   * until `nextReplacementUnit` returned undefined — and, for a streamed install, until
+   * `installDurable` (applying entries may read values the machine holds on disk, which the
+   * records being written do not serve yet).
    */
   get installing(): boolean {
-    return this.restoring !== undefined || this.records.installing;
+    return this.restoring !== undefined || this.records.installing || this.streamedPending;
   }
 
   /**
