@@ -212,7 +212,8 @@ async function servingAfter(cluster: RunningCluster, key: string, t0: number): P
 /**
  * Catch-up of a lagging replica: stops node 3, writes `extra` more keys through nodes 1 and 2
  * (more than a log compaction's worth, so kvd's leader sends a snapshot of the whole shard), starts
- * node 3 and times it until it serves the last of them, sampling its RSS meanwhile (peak).
+ * node 3 and times it until it serves the last of them, sampling every node's RSS meanwhile (peak
+ * per node: node 3's is the follower's, the others' show what sending the snapshot costs).
  */
 async function catchUp(
   cluster: RunningCluster,
@@ -221,15 +222,16 @@ async function catchUp(
   from: number,
   extra: number,
   valueOf: (i: number) => Uint8Array,
-): Promise<{ seconds: number | undefined; peakRssMiB: number } | undefined> {
+): Promise<{ seconds: number | undefined; peakRssMiB: number; peakRssByNodeMiB: number[] } | undefined> {
   if (!cluster.stopNode || !cluster.startNode) return undefined;
   await cluster.stopNode(2);
   await drive(drivers.slice(0, 2), o.concurrency, from, from + extra, (d, i) => d.put(i, valueOf(i)));
-  let peak = 0;
+  const peaks = [0, 0, 0];
   let sampling = true;
   const sampler = (async () => {
     while (sampling) {
-      peak = Math.max(peak, await rssOf(cluster.nodePids?.()[2]));
+      const pids = cluster.nodePids?.() ?? [];
+      for (let i = 0; i < peaks.length; i++) peaks[i] = Math.max(peaks[i]!, await rssOf(pids[i]));
       await sleep(100);
     }
   })();
@@ -238,7 +240,7 @@ async function catchUp(
   const seconds = await servingAfter(cluster, `data/k${String(from + extra - 1).padStart(8, '0')}`, t0);
   sampling = false;
   await sampler;
-  return { seconds, peakRssMiB: mib(peak) };
+  return { seconds, peakRssMiB: mib(peaks[2]!), peakRssByNodeMiB: peaks.map(mib) };
 }
 
 async function runSystem(
@@ -309,7 +311,7 @@ async function runSystem(
       await sleep(3_000);
       const c = await catchUp(cluster, drivers, o, from, o.catchUpKeys, valueOf);
       console.log(
-        `${system} catch-up: node 3 stopped, ${o.catchUpKeys} more keys written, restarted: serving the last of ${from + o.catchUpKeys} keys after ${c?.seconds ?? 'n/a'} s, peak RSS ${c?.peakRssMiB ?? 'n/a'} MiB`,
+        `${system} catch-up: node 3 stopped, ${o.catchUpKeys} more keys written, restarted: serving the last of ${from + o.catchUpKeys} keys after ${c?.seconds ?? 'n/a'} s, peak RSS ${c?.peakRssMiB ?? 'n/a'} MiB (per node during the catch-up: ${c?.peakRssByNodeMiB.map((m, i) => `n${i + 1} ${m}`).join(', ') ?? 'n/a'} MiB)`,
       );
     }
     return results;

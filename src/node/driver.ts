@@ -17,6 +17,7 @@ import type { ShardReplica } from './replica.js';
 import type { ReplicaSet } from './replica-set.js';
 import { realScheduler, type Scheduler, type TimerHandle } from './scheduler.js';
 import { beforeVoteRequest, DRAINING_CONTEXT, keepalive, LIVENESS_GROUP, stepQuiescence } from './quiescence.js';
+import { SNAPSHOT_CHUNK_SYNC_BYTES } from './snapshot-inbox.js';
 
 /** Longest stretch (ms) of computing and staging a snapshot's records replacement before yielding. */
 const INSTALL_SLICE_MS = 10;
@@ -190,6 +191,13 @@ export class NodeDriver {
           r.flushReads();
           if (!r.hasReady()) continue;
           const rd = r.ready();
+          // Snapshot chunks staged by the replica's sink: written at once; acknowledged only once
+          // durable when SNAPSHOT_CHUNK_SYNC_BYTES are pending (bounds what is held in memory).
+          const chunkBytes = r.inbox?.stagedBytes ?? 0;
+          if (chunkBytes >= SNAPSHOT_CHUNK_SYNC_BYTES) {
+            mustSync = true;
+            r.inbox!.staged();
+          } else if (chunkBytes > 0) store.flush().catch(() => {}); // a failure surfaces at the next awaited flush
           if (rd.entries.length > 0 || rd.hardState || rd.snapshot) {
             store.persistReady(r.group, {
               entries: rd.entries,
@@ -259,7 +267,10 @@ export class NodeDriver {
    */
   private async finishInstall(r: ShardReplica): Promise<void> {
     const { store } = this.parts;
+    const streamed = r.installingStreamed;
     try {
+      // Streamed: the chunk records (the last staged in this round) are read back with getSync.
+      if (streamed) await store.flush();
       for (;;) {
         if (this.stopped || this.replicas.get(r.group) !== r) return;
         const t0 = this.scheduler.now();
@@ -278,6 +289,11 @@ export class NodeDriver {
         await new Promise<void>((resolve) => this.scheduler.setImmediate(resolve));
       }
       store.dropSnapshotData(r.group);
+      if (streamed) {
+        // The machine's values are read from the records: serve reads once they are durable.
+        await store.flush();
+        if (this.replicas.get(r.group) === r) r.installDurable();
+      }
       this.scheduleReady();
     } catch (e) {
       this.parts.log.fatal({ group: r.group, err: String(e), stack: (e as Error).stack }, 'storage failure while installing a snapshot: stopping the node');

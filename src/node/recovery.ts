@@ -16,7 +16,12 @@ import { KvStateMachine, type KvStateMachineOptions } from '../statemachine/inde
 import { StorageCorruptionError, type RaftLogStore } from '../storage/raft-log-store.js';
 import type { KvEngine } from '../storage/kv-engine.js';
 import { loadState, readStateMeta, StateRecorder, stateGroups, stateKeys } from '../storage/state-store.js';
+import { runSteps, SnapshotValueCursor } from '../statemachine/snapshot-codec.js';
+import { streamedSnapshotReader } from './snapshot-inbox.js';
 import type { Logger } from '../log.js';
+
+/** Staged bytes after which recovery from a streamed snapshot flushes before staging more. */
+const STREAMED_RECOVERY_FLUSH_BYTES = 32 * 1024 * 1024;
 
 /** A group's state machine as rebuilt at open, with the recorder that knows its records. */
 export interface RecoveredState {
@@ -67,11 +72,37 @@ export async function recoverState(
     // Durable records at or past the snapshot: its data (an install cut short before the drop) is not needed.
     store.dropSnapshotData(group);
   } else {
-    if (snap && snap.data.length === 0) {
+    if (snap && snap.data.length === 0 && !snap.streamed) {
       // A records snapshot is staged only after records at (or past) its index: they must be here.
       throw new StorageCorruptionError(
         `group ${group}: the log is compacted to ${snapIndex} with the state in the records, but they ${meta ? `are at ${meta.appliedIndex}` : 'are missing'}`,
       );
+    }
+    if (snap?.streamed) {
+      // A streamed install cut short: from its chunk records again (values stay there and in the records).
+      const reader = streamedSnapshotReader(store, group);
+      if (!reader) throw new StorageCorruptionError(`group ${group}: a streamed snapshot at ${snapIndex} without its chunk records`);
+      sm = runSteps(KvStateMachine.restoreSteps(reader));
+      recorder = new StateRecorder(group);
+      const stale = await stateKeys(engine, group);
+      const cursor = new SnapshotValueCursor(streamedSnapshotReader(store, group)!);
+      let units = 0;
+      for (const u of recorder.replaceSteps(undefined, sm.toRecords(), {
+        deleteKeys: stale,
+        valueAt: (key, revision) => cursor.valueAt(key, revision),
+        ...(o.stateUnitBytes ? { maxUnitBytes: o.stateUnitBytes } : {}),
+      })) {
+        store.stageStateOps(group, u);
+        units++;
+        if (store.stagedBytes >= STREAMED_RECOVERY_FLUSH_BYTES) await store.flush(); // bounds what is staged
+      }
+      store.dropSnapshotData(group);
+      // The machine reads its values from the records: durable before it serves anything.
+      await store.flush();
+      o.log.info({ group, snapshotIndex: snapIndex, staleRecords: stale.length, units }, 'state machine records rewritten from a streamed snapshot');
+      const conf = confAt(storage, sm.appliedIndex);
+      if (conf) store.setConf(group, conf);
+      return { sm, recorder };
     }
     sm = snap ? KvStateMachine.restore(snap.data) : new KvStateMachine(o.stateMachine);
     recorder = new StateRecorder(group);

@@ -28,14 +28,16 @@ export class ReplicaRecords {
    * The state machine `before` was replaced by `after` (a snapshot installed): what `before`
    * recorded last is kept as a unit, then the records become `after`'s state (the difference,
    * in bounded units) — all queued now, or, when `stepwise`, handed out later one unit at a time
-   * (`nextReplacementUnit`). Then `after`'s changes are recorded.
+   * (`nextReplacementUnit`). Then `after`'s changes are recorded. `valueAt` reads the values
+   * `after` holds on disk elsewhere (a streamed install; see `ReplaceOptions.valueAt`).
    */
-  replace(before: KvStateMachine, after: KvStateMachine, stepwise: boolean): void {
+  replace(before: KvStateMachine, after: KvStateMachine, stepwise: boolean, valueAt?: (key: string, revision: number) => Uint8Array): void {
     before.observe(undefined);
     const pending = this.recorder.take(before);
     if (pending) this.units.push(pending);
     const steps = this.recorder.replaceSteps(before.toRecords(), after.toRecords(), {
       ...(this.maxUnitBytes ? { maxUnitBytes: this.maxUnitBytes } : {}),
+      ...(valueAt ? { valueAt } : {}),
     });
     if (stepwise) this.replacing = steps;
     else for (const u of steps) this.units.push(u);

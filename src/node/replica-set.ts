@@ -178,6 +178,7 @@ export class ReplicaSet {
       openView: () => this.engine?.view(),
       ...(this.engine ? { values: this.valuesOf(this.engine, group) } : {}),
       stepwiseInstall: true,
+      ...(this.engine ? { snapshotChunks: store } : {}),
       snapshotSender: { gate: this.snapshotGate },
       onSnapshotProduced: () => this.hooks.scheduleReady(),
       onSnapshotFailed: (err) => log.warn({ group, err: String(err) }, 'producing a snapshot for a lagging follower failed; retrying'),

@@ -6,12 +6,14 @@
  * waiting requests. Its Raft node and state machine are private: the rest of the node reads and
  * drives them through the named methods below.
  *
- * Size: about 680 lines, one piece — a third of it is that named surface (one short documented
- * method per thing the node reads or does), the rest the apply path the surface stands over, and the release of applied values to the engine
- * once durable (issue 17).
+ * Size: about 770 lines, one piece — a third of it is that named surface (one short documented
+ * method per thing the node reads or does), the rest the apply path the surface stands over, the
+ * release of applied values to the engine once durable, and the phases of a snapshot install
+ * (stepwise, or streamed from chunk records: snapshot-inbox.ts), which share the apply path's state (issue 17).
  */
 import {
   EntryType,
+  MessageType,
   ProposalDroppedError,
   RawNode,
   Role,
@@ -41,11 +43,13 @@ import {
   type ValueSource,
   type WriteSession,
 } from '../statemachine/index.js';
+import { SnapshotValueCursor } from '../statemachine/snapshot-codec.js';
 import type { ShardDescriptor } from '../sharding/index.js';
 import { invariant } from '../invariant.js';
 import type { EngineOp, EngineView } from '../storage/kv-engine.js';
 import { listFromRecords, StateRecorder } from '../storage/state-store.js';
-import { NotLeaderError, OverloadedError, type WatchHandle, type WatchRequest, type WatchSink } from './backend.js';
+import { NotLeaderError, OverloadedError, UnavailableError, type WatchHandle, type WatchRequest, type WatchSink } from './backend.js';
+import { SnapshotInbox, streamedSnapshotReader, type SnapshotChunkStore } from './snapshot-inbox.js';
 import { decodeProposal, encodeProposal, UnknownEnvelopeVersionError } from './envelope.js';
 import { confAtIndex, SnapshotSender, type SnapshotSenderOptions } from './snapshot-sender.js';
 import type { ReplicaMemory } from './memory-budget.js';
@@ -102,6 +106,13 @@ export interface ReplicaOptions {
    * `apply` computes every unit at once (`takeStateUnits` returns them).
    */
   readonly stepwiseInstall?: boolean;
+  /**
+   * Receive snapshots streamed (with `stepwiseInstall` and `values`): each chunk goes to this
+   * store's chunk records as it arrives (snapshot-inbox.ts), and the install reads them back one at
+   * a time, writing the records and building the index without holding the snapshot's data.
+   * Without it chunks are collected and joined in memory.
+   */
+  readonly snapshotChunks?: SnapshotChunkStore;
   readonly watch?: WatchHubOptions;
   readonly nowMs: () => number;
   /** The node's timers (snapshot production's retry and idle drop); default: the wall clock's. */
@@ -158,6 +169,17 @@ export class ShardReplica {
   private restoring: { readonly steps: Generator<void, KvStateMachine, undefined>; readonly before: KvStateMachine } | undefined;
   /** The storage the Raft core reads: the replica's, with snapshots to send produced from the records. */
   readonly snapshots: SnapshotSender;
+  /** Snapshot chunks this replica sent as leader (transfers: chunks at offset 0), for metrics. */
+  readonly snapshotSent = { transfers: 0, chunks: 0, bytes: 0 };
+  /** The sink of streamed snapshots (with `snapshotChunks`). */
+  readonly inbox: SnapshotInbox | undefined;
+  /**
+   * A streamed install's machine is in place but its records (where its values are read from) are
+   * not yet all durable: reads are refused until the host calls `installDurable`.
+   */
+  private streamedPending = false;
+  /** A streamed install is under way (from `apply` to `installDurable`). */
+  private streamedInstall = false;
   /** The machine and revision the last value release was scheduled for (see `scheduleRelease`). */
   private releaseFor: { sm: KvStateMachine; revision: number } | undefined;
   /** How `listFromEngine` served its pages: from the records (with the overlay) or from the machine's heap index. */
@@ -199,7 +221,10 @@ export class ShardReplica {
       },
       { ...opts.snapshotSender, ...(opts.scheduler ? { scheduler: opts.scheduler } : {}) },
     );
+    const chunks = opts.snapshotChunks;
+    this.inbox = chunks && opts.stepwiseInstall && opts.values ? new SnapshotInbox(opts.group, chunks, () => this.installing || this.streamedInstall) : undefined;
     this.raw = new RawNode({
+      ...(this.inbox ? { snapshotSink: this.inbox } : {}),
       id: opts.nodeId,
       group: opts.group,
       storage: this.snapshots,
@@ -324,7 +349,14 @@ export class ShardReplica {
 
   /** Takes the Raft core's pending work (call `apply` then `advance` with it). */
   ready(): Ready {
-    return this.raw.ready();
+    const rd = this.raw.ready();
+    for (const m of rd.earlyMessages) {
+      if (m.type !== MessageType.Snap) continue;
+      if ((m.offset ?? 0) === 0) this.snapshotSent.transfers++;
+      this.snapshotSent.chunks++;
+      this.snapshotSent.bytes += m.chunk?.length ?? 0;
+    }
+    return rd;
   }
 
   /** Heartbeats and their responses at a durable term, sendable while a Ready waits for its fsync (RawNode.takeLivenessMessages). */
@@ -386,12 +418,18 @@ export class ShardReplica {
 
   /** The value of `key` as applied here (latest, or at a revision or time), if any. */
   readValue(key: string, at?: GetOptions): GetResult | undefined {
+    this.checkReadable();
     return this.machine.get(key, at);
   }
 
   /** A page of keys under `prefix` as applied here. */
   list(prefix: string, options?: ListOptions): ListResult {
+    this.checkReadable();
     return this.machine.list(prefix, options);
+  }
+
+  private checkReadable(): void {
+    if (this.streamedPending) throw new UnavailableError(`group ${this.group}: this replica is installing a snapshot; ask another`);
   }
 
   /**
@@ -503,7 +541,14 @@ export class ShardReplica {
       // Stepwise: the snapshot is decoded into a machine, then the records become its state, both
       // over later event-loop turns (`nextReplacementUnit`: a large shard's install never blocks
       // the node for long); nothing more is applied here until the last unit is handed out.
-      if (this.opts.stepwiseInstall === true && rd.committedEntries.length === 0) {
+      if (rd.snapshot.streamed) {
+        // Streamed: decoded from the chunk records (values stay there), then the records written
+        // from a second pass over them; see `nextReplacementUnit` and NodeDriver.finishInstall.
+        invariant(this.inbox !== undefined && rd.committedEntries.length === 0, () => `group ${this.group}: a streamed snapshot needs a stepwise install`);
+        this.inbox.reset();
+        this.streamedInstall = true;
+        this.restoring = { steps: this.streamedRestoreSteps(), before };
+      } else if (this.opts.stepwiseInstall === true && rd.committedEntries.length === 0) {
         // The snapshot's data is Raft's own assembled copy, never changed: the machine's values view it.
         this.restoring = { steps: KvStateMachine.restoreSteps(rd.snapshot.data, true), before };
       } else this.installMachine(before, KvStateMachine.restore(rd.snapshot.data), false);
@@ -554,6 +599,7 @@ export class ShardReplica {
    * node (and again on restart); refused, it is dropped before Raft installs anything.
    */
   private checkSnapshot(snap: Snapshot): boolean {
+    if (snap.streamed) return this.inbox?.check(snap.meta) ?? false;
     // Checksum, format and index only (no decoding: a large shard's snapshot is decoded in steps
     // when applied). Data that passes the checksum and still fails to decode is a bug or a format
     // mismatch between versions: applying it stops the node, as any undecodable state would.
@@ -564,11 +610,37 @@ export class ShardReplica {
     }
   }
 
+  /** Decodes the installed streamed snapshot from its chunk records into a machine, in steps. */
+  private *streamedRestoreSteps(): Generator<void, KvStateMachine, undefined> {
+    yield; // the host makes the chunks readable (flushes) before asking for the first step
+    const reader = streamedSnapshotReader(this.opts.snapshotChunks!, this.group);
+    invariant(reader !== undefined, () => `group ${this.group}: a streamed snapshot without its chunk records`);
+    return yield* KvStateMachine.restoreSteps(reader);
+  }
+
+  /** Whether a streamed install is under way: the host flushes before its first step and calls `installDurable` once its last unit is durable. */
+  get installingStreamed(): boolean {
+    return this.streamedInstall;
+  }
+
+  /** The host made a streamed install's last unit durable: reads are served again. */
+  installDurable(): void {
+    this.streamedInstall = false;
+    this.streamedPending = false;
+    this.scheduleRelease();
+  }
+
   /** Makes `sm` (restored from an installed snapshot) the machine, in place of `before`, and starts replacing the records with its state. */
   private installMachine(before: KvStateMachine, sm: KvStateMachine, stepwise: boolean): void {
     this.machine = sm;
-    // The records become the snapshot's state (stepwise: unit by unit, `nextReplacementUnit`).
-    this.records.replace(before, sm, stepwise);
+    // The records become the snapshot's state (stepwise: unit by unit, `nextReplacementUnit`);
+    // streamed, the values held on disk are read from a second pass over the chunks as written.
+    if (this.streamedInstall) {
+      const reader = streamedSnapshotReader(this.opts.snapshotChunks!, this.group)!;
+      const cursor = new SnapshotValueCursor(reader);
+      this.streamedPending = true;
+      this.records.replace(before, sm, stepwise, (key, revision) => cursor.valueAt(key, revision));
+    } else this.records.replace(before, sm, stepwise);
     // Its values stay in the heap until the replacement is durable (released after its last unit).
     if (this.opts.values) {
       sm.attachValues(this.opts.values.source);
@@ -581,10 +653,12 @@ export class ShardReplica {
   /**
    * Whether the records replacement of a snapshot installed with `stepwiseInstall` is still being
    * handed out: the host must not give this replica another Ready (nor take its state units)
-   * until `nextReplacementUnit` returned undefined.
+   * until `nextReplacementUnit` returned undefined — and, for a streamed install, until
+   * `installDurable` (applying entries may read values the machine holds on disk, which the
+   * records being written do not serve yet).
    */
   get installing(): boolean {
-    return this.restoring !== undefined || this.records.installing;
+    return this.restoring !== undefined || this.records.installing || this.streamedPending;
   }
 
   /**

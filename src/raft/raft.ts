@@ -34,6 +34,8 @@ import {
   type RandomSource,
   type ReadState,
   type Snapshot,
+  type SnapshotMeta,
+  type SnapshotSink,
 } from './types.js';
 
 /** Tuning and identity of one replica. Every limit has a default. */
@@ -91,6 +93,12 @@ export interface RaftConfig {
    * Default: accept every snapshot.
    */
   readonly acceptSnapshot?: (s: Snapshot) => boolean;
+  /**
+   * Where received snapshot chunks go (a follower's streamed install): the core keeps only the
+   * transfer's position, never the chunks, and installs a `streamed` snapshot. Default: chunks are
+   * collected in memory and joined into the snapshot's data.
+   */
+  readonly snapshotSink?: SnapshotSink;
 }
 
 /**
@@ -229,6 +237,7 @@ export class Raft {
   private readonly maxPendingReads: number;
   private readonly snapshotChunkBytes: number;
   private readonly acceptSnapshot: ((s: Snapshot) => boolean) | undefined;
+  private readonly snapshotSink: SnapshotSink | undefined;
 
   /** A leader transfer in progress to this node. */
   leadTransferee: NodeId = NONE;
@@ -274,6 +283,7 @@ export class Raft {
     this.maxPendingReads = cfg.maxPendingReads ?? 65536;
     this.snapshotChunkBytes = cfg.snapshotChunkBytes ?? 1 << 20;
     this.acceptSnapshot = cfg.acceptSnapshot;
+    this.snapshotSink = cfg.snapshotSink;
     this.log = new RaftLog(cfg.storage);
 
     const { hardState, conf } = cfg.storage.initialState();
@@ -1305,13 +1315,20 @@ export class Raft {
       return;
     }
     if (offset === inc.received && m.chunk && m.chunk.length > 0) {
-      inc.chunks.push(m.chunk.slice());
+      if (this.snapshotSink) {
+        // Streamed: the host stores the chunk (on disk); refused, nothing is answered (the leader retries).
+        if (!this.sinkTakes(meta, offset, m.chunk)) {
+          this.droppedMessages++;
+          if (offset === 0) this.incomingSnapshot = undefined;
+          return;
+        }
+      } else inc.chunks.push(m.chunk.slice());
       inc.received += m.chunk.length;
     }
     if (m.done && inc.received >= inc.total) {
-      const data = concatChunks(inc.chunks, inc.total);
+      const snap: Snapshot = this.snapshotSink ? { meta, data: EMPTY, streamed: true } : { meta, data: concatChunks(inc.chunks, inc.total) };
       this.incomingSnapshot = undefined;
-      if (this.restore({ meta, data })) {
+      if (this.restore(snap)) {
         this.send({ type: MessageType.AppResp, group: this.group, from: this.id, to: m.from, term: this.term, index: this.log.lastIndex() });
       } else {
         this.send({ type: MessageType.AppResp, group: this.group, from: this.id, to: m.from, term: this.term, index: this.log.committed });
@@ -1338,6 +1355,14 @@ export class Raft {
     this.log.restore(s);
     this.applyConf(s.meta.conf);
     return true;
+  }
+
+  private sinkTakes(meta: SnapshotMeta, offset: number, chunk: Uint8Array): boolean {
+    try {
+      return this.snapshotSink!.chunk(meta, offset, chunk);
+    } catch {
+      return false;
+    }
   }
 
   private hostAccepts(s: Snapshot): boolean {

@@ -142,7 +142,8 @@ export class RawNode {
     r.flushAppends();
     const hs = r.hardState();
     const soft: SoftState = { leader: r.lead, role: r.role };
-    const committedEntries = r.log.nextCommittedEntries(r.maxApplyBytes);
+    // A streamed snapshot is installed over several host turns: what follows it is applied in a later Ready.
+    const committedEntries = r.log.unstable.snapshot?.streamed ? [] : r.log.nextCommittedEntries(r.maxApplyBytes);
     if (committedEntries.length > 0) r.log.applying = committedEntries[committedEntries.length - 1]!.index;
     const snapshot = r.log.unstable.snapshot;
     const early: Message[] = [];

@@ -145,7 +145,7 @@ export class MemoryStorage implements Storage {
    * durable elsewhere, once that copy covers the snapshot, stops holding the bytes).
    */
   dropSnapshotData(): void {
-    if (this.snap && this.snap.data.length > 0) this.snap = { meta: this.snap.meta, data: new Uint8Array(0) };
+    if (this.snap && (this.snap.data.length > 0 || this.snap.streamed)) this.snap = { meta: this.snap.meta, data: new Uint8Array(0) };
   }
 
   /** Discards log entries up to and including `index` (which must be covered by a snapshot). */

@@ -49,6 +49,27 @@ export interface SnapshotMeta {
 export interface Snapshot {
   readonly meta: SnapshotMeta;
   readonly data: Uint8Array;
+  /**
+   * The data is not in `data` (which is empty): it was received in chunks that went to the host's
+   * {@link SnapshotSink} as they arrived (a follower's streamed install; the host reads them back).
+   */
+  readonly streamed?: boolean;
+}
+
+/**
+ * Where a follower's Raft core hands the chunks of a snapshot it receives, instead of collecting
+ * them in memory: each chunk at the offset the transfer has reached, in order (offset 0 starts a
+ * transfer, abandoning any earlier unfinished one). Once the last chunk has gone through, the core
+ * installs a snapshot with `streamed: true` and empty data (after `acceptSnapshot`, which the host
+ * answers from what the sink received).
+ */
+export interface SnapshotSink {
+  /**
+   * Takes the chunk at `offset` of the snapshot `meta`; false (or a throw) refuses it (the core
+   * drops it unanswered and the leader retries later, e.g. while the host still installs an
+   * earlier snapshot).
+   */
+  chunk(meta: SnapshotMeta, offset: number, bytes: Uint8Array): boolean;
 }
 
 /** The kinds of membership change, applied one at a time. */

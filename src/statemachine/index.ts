@@ -43,3 +43,4 @@ export type { StateSink } from './state-sink.js';
 export { VALUE_ON_DISK, type ValueSource } from './value-source.js';
 /** The key index out of the heap: the source a machine reads keys' latest versions from. */
 export type { IndexSource } from './index-source.js';
+export { ChunkedByteReader, type ChunkFetch } from './chunked-reader.js';

@@ -28,6 +28,7 @@ import {
 import { leaseAttachmentPrefix } from './lease-keys.js';
 import { Queue } from './queue.js';
 import { isStoredResult, SessionTable, validateWriteSession, type SessionDecision, type SessionRecord } from './sessions.js';
+import type { ChunkedByteReader } from './chunked-reader.js';
 import { decodeSnapshotSteps, encodeSnapshot, RESTORE_STEP_KEYS, runSteps, type SnapshotData } from './snapshot-codec.js';
 import type { VersionRecord } from './types.js';
 import { SortedKeySet } from './sorted-keys.js';
@@ -1126,9 +1127,11 @@ export class KvStateMachine {
    * {@link restore} in bounded steps (a generator yielding after every few thousand keys decoded
    * or rebuilt), so a host installing a large snapshot can spread the work over event-loop turns.
    * With `adoptInput` the machine's values are views into `bytes` (no copy of it): the caller
-   * promises never to change `bytes` (a snapshot received from the leader, held read-only).
+   * promises never to change `bytes` (a snapshot received from the leader, held read-only). From a
+   * {@link ChunkedByteReader} (a streamed install), values older than the history bound are the
+   * `VALUE_ON_DISK` placeholder: the host writes them to its records and attaches its value source.
    */
-  static *restoreSteps(bytes: Uint8Array, adoptInput = false): Generator<void, KvStateMachine, undefined> {
+  static *restoreSteps(bytes: Uint8Array | ChunkedByteReader, adoptInput = false): Generator<void, KvStateMachine, undefined> {
     const d = yield* decodeSnapshotSteps(bytes, adoptInput);
     return yield* KvStateMachine.buildSteps(d, true); // the decoded lists are private: adopt them
   }

@@ -1,4 +1,8 @@
-/** Compact, checksummed binary encoding of a state machine's full retained state (versions, clock, history). */
+/**
+ * Compact, checksummed binary encoding of a state machine's full retained state (versions, clock,
+ * history). Size: about 540 lines, one piece: the encoder, the decoder (from one buffer or from
+ * chunks) and the streamed install's value cursor read and write the same format.
+ */
 import { ByteReader, ByteWriter, crc32, utf8EncodeInto } from './binary.js';
 import { ValidationError } from './errors.js';
 import { compareKeys } from './keys.js';
@@ -13,6 +17,8 @@ import {
 } from './limits.js';
 import { checkSessionRecords, readSessionResult, writeSessionResult, type SessionRecord } from './sessions.js';
 import type { KvEvent, SessionResult, VersionRecord } from './types.js';
+import { ChunkedByteReader, skipBytes } from './chunked-reader.js';
+import { VALUE_ON_DISK } from './value-source.js';
 
 
 /** The plain data a snapshot carries; `KvStateMachine` converts to and from it. */
@@ -271,13 +277,19 @@ export function runSteps<T>(steps: Generator<void, T, undefined>): T {
  * are views into `bytes` itself instead of a private copy (no second copy of a large snapshot): the
  * caller promises never to change `bytes`.
  */
-export function* decodeSnapshotSteps(bytes: Uint8Array, adoptInput = false): Generator<void, SnapshotData, undefined> {
-  const body = checkedBodyLength(bytes);
-  yield;
-
-  const own = adoptInput ? bytes.subarray(0, body) : bytes.slice(0, body);
-  yield;
-  const r: ByteReader = new ByteReader(own, 'MALFORMED_SNAPSHOT');
+export function* decodeSnapshotSteps(bytes: Uint8Array | ChunkedByteReader, adoptInput = false): Generator<void, SnapshotData, undefined> {
+  // Streamed (a reader over chunk records of the body, whose checksum the receiver verified as the
+  // chunks arrived): values stay on disk (VALUE_ON_DISK) except those the watch history may hold.
+  const streamed = bytes instanceof ChunkedByteReader;
+  let r: ByteReader;
+  if (streamed) r = bytes;
+  else {
+    const body = checkedBodyLength(bytes);
+    yield;
+    const own = adoptInput ? bytes.subarray(0, body) : bytes.slice(0, body);
+    yield;
+    r = new ByteReader(own, 'MALFORMED_SNAPSHOT');
+  }
   r.view(SNAPSHOT_MAGIC.length);
   const version = r.u8();
   if (version !== FORMAT_V1 && version !== SNAPSHOT_SESSIONS_FORMAT_VERSION) r.fail(`unsupported snapshot format version ${version}`);
@@ -291,6 +303,9 @@ export function* decodeSnapshotSteps(bytes: Uint8Array, adoptInput = false): Gen
 
   const nTimes = revision - compactRevision + 1;
   if (nTimes > r.remaining) r.fail(`revision timestamp count ${nTimes} exceeds input`);
+  // Streamed: versions from here on keep their values in memory (the history holds at most
+  // maxHistoryRevisions revisions, the newest; its put events need their values).
+  const keepFrom = streamed ? revision - maxHistoryRevisions + 1 : 0;
   const revisionTimestamps: number[] = new Array<number>(nTimes);
   let ts = 0;
   for (let i = 0; i < nTimes; i++) {
@@ -327,7 +342,13 @@ export function* decodeSnapshotSteps(bytes: Uint8Array, adoptInput = false): Gen
       rev += delta;
       if (rev > revision) r.fail(`version revision ${rev} is after the snapshot revision`);
       const vlen = r.varintMax(MAX_VALUE_BYTES + 1, 'value length');
-      const value = vlen === 0 ? null : r.view(vlen - 1);
+      let value: Uint8Array | null;
+      if (vlen === 0) value = null;
+      else if (!streamed) value = r.view(vlen - 1);
+      else if (rev < keepFrom) {
+        skipBytes(r, vlen - 1);
+        value = VALUE_ON_DISK;
+      } else value = r.view(vlen - 1).slice();
       if (rev <= compactRevision && (i > 0 || value === null)) {
         r.fail('compacted versions survive in the snapshot');
       }
@@ -357,11 +378,12 @@ export function* decodeSnapshotSteps(bytes: Uint8Array, adoptInput = false): Gen
     if (key.length === 0) r.fail('empty event key');
     const timestampMs = tsOf(evRev);
     if (type === EV_TRIGGER) {
-      const value = r.view(r.varintMax(MAX_VALUE_BYTES, 'trigger value length'));
-      history.push({ type: 'trigger', key, value, revision: evRev, timestampMs });
+      const view = r.view(r.varintMax(MAX_VALUE_BYTES, 'trigger value length'));
+      history.push({ type: 'trigger', key, value: streamed ? view.slice() : view, revision: evRev, timestampMs });
     } else if (type === EV_PUT) {
       const v = findVersion(byKey.get(key) ?? [], evRev);
       if (v === undefined || v.value === null) r.fail('put event without a stored version');
+      if (v.value === VALUE_ON_DISK) r.fail('put event older than the history bound');
       history.push({ type: 'put', key, value: v.value!, revision: evRev, timestampMs });
     } else if (type === EV_DELETE) {
       if (evRev > compactRevision) {
@@ -452,4 +474,75 @@ function readHopsSection(r: ByteReader, keys: Array<readonly [string, VersionRec
     used.add(history[i]!.revision);
   }
   if (used.size !== hops.size) r.fail('hop count listed for a revision with no version or event');
+}
+
+/**
+ * The values of a streamed snapshot's versions, read in order from a second pass over its chunks
+ * (`reader`, a fresh {@link ChunkedByteReader} over the body), so a follower writes its version
+ * records without holding every value: {@link valueAt} must be asked in key order, then revision
+ * order (the order of the snapshot and of the records); versions not asked for are skipped without
+ * copying. The snapshot was decoded once already ({@link decodeSnapshotSteps}), so only what that
+ * pass checked is relied on; a mismatch is a MALFORMED_SNAPSHOT ValidationError.
+ */
+export class SnapshotValueCursor {
+  private readonly it: Generator<{ readonly key: string; readonly revision: number; readonly hasValue: boolean }, void, undefined>;
+  private cur: { readonly key: string; readonly revision: number; readonly hasValue: boolean } | undefined;
+  private pending = -1;
+
+  constructor(private readonly r: ChunkedByteReader) {
+    this.it = this.walk();
+  }
+
+  /** The value of `key`'s version at `revision` (a view: copy it to keep it), or a throw when the snapshot has none. */
+  valueAt(key: string, revision: number): Uint8Array {
+    for (;;) {
+      if (this.cur === undefined) {
+        const n = this.it.next();
+        if (n.done) this.r.fail(`no version of ${JSON.stringify(key)} at ${revision}`);
+        this.cur = n.value;
+      }
+      const c = compareKeys(this.cur.key, key);
+      if (c < 0 || (c === 0 && this.cur.revision < revision)) {
+        this.cur = undefined;
+        continue;
+      }
+      if (c === 0 && this.cur.revision === revision && this.cur.hasValue) {
+        const v = this.r.view(this.pending);
+        this.pending = -1;
+        this.cur = undefined;
+        return v;
+      }
+      this.r.fail(`no value of ${JSON.stringify(key)} at ${revision}`);
+    }
+  }
+
+  private *walk(): Generator<{ readonly key: string; readonly revision: number; readonly hasValue: boolean }, void, undefined> {
+    const r = this.r;
+    r.view(SNAPSHOT_MAGIC.length);
+    r.u8(); // format version
+    r.varint(); // appliedIndex
+    const revision = r.varint();
+    const compactRevision = r.varint();
+    for (let i = 0; i < 3; i++) r.varint(); // lastTimestampMs, maxHistoryRevisions, maxHistoryBytes
+    for (let i = revision - compactRevision + 1; i > 0; i--) r.varint();
+    const nKeys = r.varint();
+    const scratch = new Uint8Array(MAX_KEY_BYTES);
+    for (let k = 0; k < nKeys; k++) {
+      const shared = r.varintMax(MAX_KEY_BYTES, 'shared key prefix');
+      const suffixLen = r.varintMax(MAX_KEY_BYTES - shared, 'key suffix length');
+      scratch.set(r.view(suffixLen), shared);
+      const key = r.decodeUtf8(scratch.subarray(0, shared + suffixLen), 'key');
+      const nVersions = r.varint();
+      let rev = 0;
+      for (let i = 0; i < nVersions; i++) {
+        rev += r.varint();
+        const vlen = r.varint();
+        this.pending = vlen - 1;
+        yield { key, revision: rev, hasValue: vlen > 0 };
+        if (this.pending > 0) skipBytes(r, this.pending);
+        this.pending = -1;
+        if (rev < compactRevision) r.varint();
+      }
+    }
+  }
 }

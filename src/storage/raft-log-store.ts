@@ -1,5 +1,5 @@
 // Durable Raft log storage for the many Raft groups of one node, sharing one ordered KV engine, with group commit across groups.
-// Size: about 660 lines: the key layout, group commit and the crash contract belong together.
+// Size: about 790 lines: the key layout, group commit and the crash contract belong together (streamed snapshots' chunk records included: they follow the same staging order).
 /*
  * Key layout (ASCII keys; numbers are fixed-width lowercase hex, so bytewise order = numeric order):
  *
@@ -9,6 +9,10 @@
  *   g/<group:8 hex>/snap                 JSON SnapshotMeta of the latest snapshot
  *   g/<group:8 hex>/snapdata             that snapshot's data, raw bytes, as one value; absent for a
  *                                        *records snapshot* (see below)
+ *   g/<group:8 hex>/snapstream           JSON { chunks, bytes }: the snapshot's data is the chunk records
+ *                                        below (a streamed snapshot, see below); never with `snapdata`
+ *   t/<group:8 hex>/<index:16 hex>/<seq:8 hex>  chunk `seq` of the data of the snapshot at `index`
+ *                                        as received from the leader (a streamed transfer)
  *
  * Every group's keys share the prefix `g/<group>/`, so a group is one contiguous key range.
  * The state machine of a group lives beside its Raft state, under `s/<group:8 hex>/` (layout and
@@ -29,6 +33,14 @@
  * they are durable whenever the snapshot is). A snapshot installed from a leader is written with
  * its data (the records are replaced after it, not atomically), and `dropSnapshotData`, staged once
  * the replacement is, turns it into a records snapshot.
+ *
+ * Streamed snapshots (a follower whose Raft core hands received chunks to a sink, node/snapshot-inbox.ts):
+ * each chunk is staged as a `t/` record as it arrives (`stageSnapshotChunk`), so neither the chunks
+ * nor the joined data are ever in the heap. The installed snapshot is then written with the
+ * `snapstream` marker instead of `snapdata`; its chunk records are its data until
+ * `dropSnapshotData` deletes them with the marker. Chunks of a transfer that never completed are
+ * deleted when the next transfer starts, and at open (the `t/` keys are only scanned there, never
+ * loaded: `load` reads `g/` only, so a large snapshot's data is not read into memory at open).
  *
  * Write model: every mutator (`persistReady`, `setConf`, `compact`, `deleteGroup`, `stageStateOps`) updates the
  * group's in-memory `MemoryStorage` at once and stages its disk writes as one atomic *unit*.
@@ -182,8 +194,22 @@ export function stateKeyPrefix(group: number): string {
 }
 
 /** The engine keys of a group's metadata records. */
-export function metaKey(group: number, kind: 'conf' | 'hardstate' | 'snap' | 'snapdata'): string {
+export function metaKey(group: number, kind: 'conf' | 'hardstate' | 'snap' | 'snapdata' | 'snapstream'): string {
   return groupPrefix(group) + kind;
+}
+
+/** The engine key of chunk `seq` of the streamed snapshot at `index` of `group`. */
+export function snapshotChunkKey(group: number, index: number, seq: number): string {
+  return `t/${hex(group, 8)}/${hex(index, 16)}/${hex(seq, 8)}`;
+}
+
+const CHUNK_KEY = /^t\/([0-9a-f]{8})\/([0-9a-f]{16})\/([0-9a-f]{8})$/;
+
+/** The chunk records of one snapshot transfer: at `index`, chunks 0..chunks-1 staged. */
+interface ChunkSet {
+  readonly index: number;
+  chunks: number;
+  bytes: number;
 }
 
 /**
@@ -264,6 +290,7 @@ interface Loaded {
   hardState?: HardState;
   snapMeta?: SnapshotMeta;
   snapData?: Uint8Array;
+  snapChunks?: { chunks: number; bytes: number };
   entries: Entry[];
 }
 
@@ -275,6 +302,10 @@ interface Loaded {
  */
 export class RaftLogStore {
   private readonly storages = new Map<number, MemoryStorage>();
+  /** Per group: the chunks of the streamed transfer under way (not yet installed). */
+  private readonly transfers = new Map<number, ChunkSet>();
+  /** Per group: the chunks that are the data of its installed streamed snapshot. */
+  private readonly installedChunks = new Map<number, ChunkSet>();
   private staged: Unit[] = [];
   private nextSeq = 1;
   private durableSeq = 0;
@@ -369,10 +400,26 @@ export class RaftLogStore {
 
     const u = new UnitBuilder();
     const confBefore = ms.initialState().conf;
+    let streamed: ChunkSet | undefined;
+    if (snap?.streamed) {
+      streamed = this.transfers.get(group);
+      if (streamed === undefined || streamed.index !== snap.meta.index) {
+        throw new RangeError(`group ${group}: streamed snapshot ${snap.meta.index} without its chunks staged`);
+      }
+    }
     if (snap) {
       u.delLog(group, ms.firstIndex(), ms.lastIndex());
       u.put(metaKey(group, 'snap'), json(snap.meta));
-      u.put(metaKey(group, 'snapdata'), snap.data);
+      if (streamed) {
+        u.del(metaKey(group, 'snapdata'));
+        u.put(metaKey(group, 'snapstream'), json({ chunks: streamed.chunks, bytes: streamed.bytes }));
+        this.transfers.delete(group);
+      } else {
+        u.put(metaKey(group, 'snapdata'), snap.data);
+        u.del(metaKey(group, 'snapstream'));
+      }
+      this.dropInstalledChunks(u, group);
+      if (streamed) this.installedChunks.set(group, streamed);
       ms.applySnapshot(snap);
     }
     if (entries.length > 0) {
@@ -435,6 +482,7 @@ export class RaftLogStore {
     u.put(metaKey(group, 'snap'), json(snapshot.meta));
     if (snapshot.data.length > 0) u.put(metaKey(group, 'snapdata'), snapshot.data);
     else u.del(metaKey(group, 'snapdata'));
+    this.dropInstalledChunks(u, group);
     ms.createSnapshot(index, conf, snapshot.data);
     // Keep a tail of entries behind the snapshot so slightly lagging followers need no snapshot.
     let upTo = index - keepEntries;
@@ -471,11 +519,60 @@ export class RaftLogStore {
     this.checkUsable();
     const ms = this.storages.get(group);
     const snap = ms?.snapshot();
-    if (!ms || !snap || snap.data.length === 0) return;
+    if (!ms || !snap || (snap.data.length === 0 && !snap.streamed)) return;
     ms.dropSnapshotData();
     const u = new UnitBuilder();
     u.del(metaKey(group, 'snapdata'));
+    this.dropInstalledChunks(u, group);
     this.stage(u);
+  }
+
+  /**
+   * Stages chunk `seq` of the streamed transfer of the snapshot at `index` (a follower's sink):
+   * chunks come in order from 0; chunk 0 starts a transfer, and the chunks of an earlier transfer
+   * that was not installed are deleted in the same unit. Made durable by the next `flush()` like
+   * any unit (the node flushes before acknowledging a chunk, which bounds what is staged to about
+   * one chunk). Throws RangeError for a chunk out of order.
+   */
+  stageSnapshotChunk(group: number, index: number, seq: number, bytes: Uint8Array): void {
+    this.checkUsable();
+    checkGroup(group);
+    const u = new UnitBuilder();
+    let t = this.transfers.get(group);
+    if (seq === 0) {
+      if (t) this.delChunks(u, group, t);
+      t = { index, chunks: 0, bytes: 0 };
+      this.transfers.set(group, t);
+    } else if (!t || t.index !== index || t.chunks !== seq) {
+      throw new RangeError(`group ${group}: snapshot chunk ${seq} of ${index} out of order (have ${t ? `${t.chunks} of ${t.index}` : 'none'})`);
+    }
+    u.put(snapshotChunkKey(group, index, seq), bytes);
+    t.chunks++;
+    t.bytes += bytes.length;
+    this.stage(u);
+  }
+
+  /** Chunk `seq` of `group`'s streamed snapshot at `index`, read synchronously once durable (or written), or undefined. */
+  readSnapshotChunk(group: number, index: number, seq: number): Uint8Array | undefined {
+    return this.engine.getSync(snapshotChunkKey(group, index, seq));
+  }
+
+  /** The chunk records holding `group`'s installed streamed snapshot's data (undefined when it has none). */
+  installedSnapshotChunks(group: number): { readonly index: number; readonly chunks: number; readonly bytes: number } | undefined {
+    const c = this.installedChunks.get(group);
+    return c && { ...c };
+  }
+
+  private dropInstalledChunks(u: UnitBuilder, group: number): void {
+    const c = this.installedChunks.get(group);
+    if (!c) return;
+    this.delChunks(u, group, c);
+    u.del(metaKey(group, 'snapstream'));
+    this.installedChunks.delete(group);
+  }
+
+  private delChunks(u: UnitBuilder, group: number, c: ChunkSet): void {
+    for (let i = 0; i < c.chunks; i++) u.del(snapshotChunkKey(group, c.index, i));
   }
 
   /**
@@ -523,7 +620,11 @@ export class RaftLogStore {
     if (!ms) return;
     const u = new UnitBuilder();
     u.delLog(group, ms.firstIndex(), ms.lastIndex());
-    for (const kind of ['conf', 'hardstate', 'snap', 'snapdata'] as const) u.del(metaKey(group, kind));
+    for (const kind of ['conf', 'hardstate', 'snap', 'snapdata', 'snapstream'] as const) u.del(metaKey(group, kind));
+    this.dropInstalledChunks(u, group);
+    const t = this.transfers.get(group);
+    if (t) this.delChunks(u, group, t);
+    this.transfers.delete(group);
     this.storages.delete(group);
     this.stage(u);
   }
@@ -684,6 +785,12 @@ export class RaftLogStore {
       else if (rest === 'hardstate') g.hardState = parseJson<HardState>(v);
       else if (rest === 'snap') g.snapMeta = parseJson<SnapshotMeta>(v);
       else if (rest === 'snapdata') g.snapData = v;
+      else if (rest === 'snapstream') {
+        const c = parseJson<{ chunks: unknown; bytes: unknown }>(v);
+        const count = (x: unknown): x is number => Number.isSafeInteger(x) && (x as number) >= 0;
+        if (!count(c.chunks) || !count(c.bytes)) throw new StorageCorruptionError(`group ${group}: malformed streamed snapshot marker`);
+        g.snapChunks = { chunks: c.chunks, bytes: c.bytes };
+      }
       else if (rest.startsWith('log/') && rest.length === 20) {
         const e = decodeEntry(v);
         if (e.index !== parseInt(rest.slice(4), 16)) throw new StorageCorruptionError(`entry ${e.index} stored under ${key}`);
@@ -702,7 +809,19 @@ export class RaftLogStore {
         this.stage(u);
       }
       this.storages.set(group, buildStorage(group, g));
+      if (g.snapChunks !== undefined) this.installedChunks.set(group, { index: g.snapMeta!.index, ...g.snapChunks });
     }
+    // Chunk records: those of an installed streamed snapshot stay (its data); the rest (a transfer
+    // cut short, a group gone) are deleted. Only this scan reads them (one value at a time).
+    const stale = new UnitBuilder();
+    for await (const [k] of this.engine.iterate({ prefix: 't/' })) {
+      const key = Buffer.from(k.buffer, k.byteOffset, k.byteLength).toString('latin1');
+      const m = CHUNK_KEY.exec(key);
+      if (!m) throw new StorageCorruptionError(`unexpected key ${JSON.stringify(key)}`);
+      const c = this.installedChunks.get(parseInt(m[1]!, 16));
+      if (c === undefined || c.index !== parseInt(m[2]!, 16) || parseInt(m[3]!, 16) >= c.chunks) stale.del(key);
+    }
+    this.stage(stale);
   }
 }
 
@@ -714,12 +833,15 @@ function mirrorConf(u: UnitBuilder, group: number, ms: MemoryStorage, before: Co
 
 function buildStorage(group: number, g: Loaded): MemoryStorage {
   const ms = new MemoryStorage(g.conf ?? g.snapMeta?.conf ?? EMPTY_CONF);
-  if (g.snapMeta === undefined && g.snapData !== undefined) {
+  if (g.snapMeta === undefined && (g.snapData !== undefined || g.snapChunks !== undefined)) {
     throw new StorageCorruptionError(`group ${group}: snapshot data without its metadata`);
   }
+  if (g.snapData !== undefined && g.snapChunks !== undefined) {
+    throw new StorageCorruptionError(`group ${group}: snapshot data both in one record and in chunks`);
+  }
   if (g.snapMeta) {
-    // No data: a records snapshot (the state is in the group's records).
-    ms.applySnapshot({ meta: g.snapMeta, data: g.snapData ?? new Uint8Array(0) });
+    // No data: a records snapshot (the state is in the group's records); streamed: the data is in chunk records.
+    ms.applySnapshot({ meta: g.snapMeta, data: g.snapData ?? new Uint8Array(0), ...(g.snapChunks !== undefined ? { streamed: true } : {}) });
     if (g.conf) ms.setConfState(g.conf);
   }
   let expected = ms.lastIndex() + 1;

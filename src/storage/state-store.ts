@@ -106,11 +106,15 @@
  * NodeDriver.finishInstall in node/driver.ts), its replica getting no Ready meanwhile so nothing else of the group is
  * staged in between; before that, in the same stepwise install, the snapshot is decoded into a
  * machine a few thousand keys per step (`KvStateMachine.restoreSteps`; the replica accepted it on
- * its checksum, format and index alone). What is still one synchronous step: the Raft core
- * assembles the whole snapshot from its chunks (one copy of the shard's encoding, then the
- * decoder's own). The installed machine's values are views into that decoded copy and stay in the
- * heap until the last replacement unit is durable; then they are released like any other, and the
- * copy is freed (`attachValues` copies the watch history's and stored session results' values out of it).
+ * its checksum, format and index alone). On a node the snapshot is *streamed* (node/snapshot-inbox.ts,
+ * docs/memory.md): its chunks were staged as chunk records as they arrived, the machine is decoded
+ * from them one chunk at a time with the values older than the history bound left as
+ * `VALUE_ON_DISK`, and the replacement writes those from a second pass over the chunks
+ * (`ReplaceOptions.valueAt`, `SnapshotValueCursor`), so no copy of the shard's encoding is held.
+ * Without streaming (a replica with no chunk store) the Raft core assembles the whole snapshot
+ * from its chunks, the installed machine's values are views into it and stay in the heap until the
+ * last replacement unit is durable (`attachValues` copies the watch history's and stored session
+ * results' values out of it).
  */
 import {
   checkSessionRecords,
@@ -728,6 +732,10 @@ export class StateRecorder implements StateSink {
         bytes = 0;
       }
     };
+    // A value of `after` held elsewhere (a streamed install's chunks) is read as it is written.
+    const valueAt = options.valueAt;
+    const resolve = (key: string, v: VersionRecord): VersionRecord =>
+      v.value === VALUE_ON_DISK && valueAt !== undefined ? { ...v, value: valueAt(key, v.revision) } : v;
     push({ type: 'del', key: keys.meta });
     for (const k of options.deleteKeys ?? []) {
       push({ type: 'del', key: k });
@@ -747,7 +755,7 @@ export class StateRecorder implements StateSink {
         push({ type: 'del', key: keys.latest(key) });
       } else if (c > 0) {
         const [key, versions] = ak[j++]!;
-        for (const v of versions) push({ type: 'put', key: keys.version(key, v.revision), value: encodeVersion(v) });
+        for (const v of versions) push({ type: 'put', key: keys.version(key, v.revision), value: encodeVersion(resolve(key, v)) });
         push({ type: 'put', key: keys.latest(key), value: varintBytes(versions[versions.length - 1]!.revision) });
       } else {
         const [key, bv] = bk[i++]!;
@@ -759,11 +767,11 @@ export class StateRecorder implements StateSink {
           if (d < 0) push({ type: 'del', key: keys.version(key, bv[x++]!.revision) });
           else if (d > 0) {
             const v = av[y++]!;
-            push({ type: 'put', key: keys.version(key, v.revision), value: encodeVersion(v) });
+            push({ type: 'put', key: keys.version(key, v.revision), value: encodeVersion(resolve(key, v)) });
           } else {
             const o = bv[x++]!;
             const v = av[y++]!;
-            if (!sameVersion(o, v)) push({ type: 'put', key: keys.version(key, v.revision), value: encodeVersion(v) });
+            if (!sameVersion(o, v)) push({ type: 'put', key: keys.version(key, v.revision), value: encodeVersion(resolve(key, v)) });
           }
         }
         const latest = av[av.length - 1]!.revision;
@@ -849,6 +857,12 @@ export interface ReplaceOptions {
   readonly maxUnitBytes?: number;
   /** Raw keys to delete first (e.g. every key found on disk when its contents are not trusted). */
   readonly deleteKeys?: readonly Uint8Array[];
+  /**
+   * The value of a version of `after` that is the `VALUE_ON_DISK` placeholder and must be written
+   * (a streamed install: `SnapshotValueCursor.valueAt`, asked in key then revision order). Without
+   * it such a version cannot be written (a throw).
+   */
+  readonly valueAt?: (key: string, revision: number) => Uint8Array;
 }
 
 function sameVersion(a: VersionRecord, b: VersionRecord): boolean {
