@@ -255,7 +255,8 @@ describe('leases on a kvd cluster', () => {
       expect((await presence())?.online).toBe(want);
     };
     const lc = leases();
-    const id = await lc.grant(2);
+    // Long enough for the put to land first on a loaded machine (a 2 s lease once expired before it).
+    const id = await lc.grant(5);
     await kv.put('/cameras/cam7/online', 'yes', { lease: id });
     await until(true);
     // The camera never renews: its lease expires, the key is deleted, the lambda records it.
@@ -301,13 +302,18 @@ describe('leases on a kvd cluster', () => {
   it('kill -9 of the metadata leader during keep-alives expires no live lease; the abandoned one still expires', async () => {
     const lc = leases();
     const ids: number[] = [];
-    for (let i = 0; i < 20; i++) ids.push(await lc.grant(3));
+    const lost: string[] = [];
+    lc.on('lost', (id, reason, detail) => lost.push(`${id} ${reason} ${detail} at ${Date.now()}`));
+    // Each lease is kept alive from its grant: 20 grants and 20 puts can take longer than one TTL
+    // on a loaded machine (the full suite on 2 cores did), and a lease nobody renews expires.
+    for (let i = 0; i < 20; i++) {
+      const id = await lc.grant(3);
+      lc.keepAlive(id, 3);
+      ids.push(id);
+    }
     for (const [i, id] of ids.entries()) await kv.put(`/cams/d/${i}`, 'on', { lease: id });
     const abandoned = await lc.grant(3);
     await kv.put('/cams/d/abandoned', 'on', { lease: abandoned });
-    const lost: string[] = [];
-    lc.on('lost', (id, reason, detail) => lost.push(`${id} ${reason} ${detail} at ${Date.now()}`));
-    for (const id of ids) lc.keepAlive(id, 3);
     await new Promise((r) => setTimeout(r, 2_000));
     const leader = cluster.nodes.find((n) => n.address === lc.metaLeader)!;
     expect(leader).toBeDefined();

@@ -14,9 +14,11 @@ describe('node-level simulation: catching up by streamed snapshots', () => {
     let installs = 0;
     let crashes = 0;
     const failures: string[] = [];
-    // Seeds whose schedules (today's generator) include a streamed catch-up after crashes; re-pin
-    // them when the generator changes (the count below then says whether they still do).
-    for (const seed of [4, 15, 16, 29]) {
+    // Seeds whose schedules (today's generator and Raft options) include a streamed catch-up after
+    // crashes; re-pin them when either changes (the count below then says whether they still do).
+    // Re-pinned after lazy commit and quiet heartbeats changed the schedules' timing: of seeds
+    // 0-39, these 6 give 7 streamed installs and 10 crashes; all 40 pass the checks.
+    for (const seed of [2, 10, 15, 16, 18, 19]) {
       const run = await runNodeSim({ seed, snapshotEvery: 40 });
       installs += run.stats.streamedInstalls;
       crashes += run.stats.crashes;
