@@ -1,5 +1,6 @@
 /** A bounded, approximately least-recently-used cache of keys' latest versions (the hot part of the key index, issue 17), shared by the shards of a node, with counters for metrics. */
 import type { VersionRecord } from '../statemachine/index.js';
+import type { CacheStats } from './value-cache.js';
 
 /** Accounted bytes of one entry besides its key's characters (map slot, entry, version record object). */
 export const INDEX_CACHE_ENTRY_OVERHEAD_BYTES = 120;
@@ -7,21 +8,8 @@ export const INDEX_CACHE_ENTRY_OVERHEAD_BYTES = 120;
 /** Default bound of a node's hot-index cache (bytes). */
 export const DEFAULT_INDEX_CACHE_BYTES = 32 * 1024 * 1024;
 
-/** The counters of an {@link IndexCache}. */
-export interface IndexCacheStats {
-  /** Lookups that found the key. */
-  readonly hits: number;
-  /** Lookups that did not (the caller then reads the engine). */
-  readonly misses: number;
-  /** Entries dropped to stay within the bound. */
-  readonly evictions: number;
-  /** Accounted bytes held now (2 bytes per key character + {@link INDEX_CACHE_ENTRY_OVERHEAD_BYTES} per entry), never above `maxBytes`. */
-  readonly bytes: number;
-  /** Entries held now. */
-  readonly entries: number;
-  /** The bound. */
-  readonly maxBytes: number;
-}
+/** The counters of an {@link IndexCache} (accounted bytes: 2 per key character + {@link INDEX_CACHE_ENTRY_OVERHEAD_BYTES} per entry). */
+export type IndexCacheStats = CacheStats;
 
 /** One cached head and whether it was used since the eviction hand last passed it. */
 interface Entry {

@@ -6,21 +6,24 @@ export const CACHE_ENTRY_OVERHEAD_BYTES = 96;
 /** Default bound of a node's value cache (bytes). */
 export const DEFAULT_VALUE_CACHE_BYTES = 64 * 1024 * 1024;
 
-/** The counters of a {@link ValueCache}. */
-export interface ValueCacheStats {
-  /** Lookups that found the value. */
+/** The counters of a byte-bounded cache of the node ({@link ValueCache}, and the hot-index cache in index-cache.ts). */
+export interface CacheStats {
+  /** Lookups that found the entry. */
   readonly hits: number;
   /** Lookups that did not (the caller then reads the engine). */
   readonly misses: number;
   /** Entries dropped to stay within the bound. */
   readonly evictions: number;
-  /** Accounted bytes held now (values + keys + per-entry overhead), never above `maxBytes`. */
+  /** Accounted bytes held now (each cache says what it counts per entry), never above `maxBytes`. */
   readonly bytes: number;
   /** Entries held now. */
   readonly entries: number;
   /** The bound. */
   readonly maxBytes: number;
 }
+
+/** The counters of a {@link ValueCache} (accounted bytes: values + keys + per-entry overhead). */
+export type ValueCacheStats = CacheStats;
 
 /**
  * LRU cache of immutable byte strings by string key, bounded by accounted bytes (value length +

@@ -13,45 +13,21 @@ import { MessageType } from '../../src/raft/index.js';
 import { KvStateMachine } from '../../src/statemachine/index.js';
 import { MemoryEngine } from '../../src/storage/kv-engine.js';
 import { metaKey } from '../../src/storage/raft-log-store.js';
-import { silentLogger } from '../../src/log.js';
+import { converged, leaderOf, nodeTrio } from '../support/node-trio.js';
 
 const enc = (s: string) => new TextEncoder().encode(s);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const deadline = (ms = 5000) => ({ deadlineMs: Date.now() + ms });
 const same = (a: Uint8Array, b: Uint8Array) => Buffer.from(a).equals(Buffer.from(b));
 
-let open: KvNode[] = [];
-afterEach(async () => {
+afterEach(() => {
   vi.restoreAllMocks();
-  for (const n of open) await n.stop().catch(() => {});
-  open = [];
 });
 
-async function openNode(id: number, engine: MemoryEngine, hub: LoopbackHub, extra: Partial<NodeOptions>): Promise<KvNode> {
-  const members = new Map([1, 2, 3].map((i) => [i, `127.0.0.1:${7200 + i}`] as [number, string]));
-  const node = await KvNode.open({ id, members, tickMs: 5, log: silentLogger(), onFatal: () => {}, ...extra }, engine, hub.transport(id));
-  open.push(node);
-  return node;
-}
+const trio = nodeTrio(7200);
+const openNode = trio.open;
 
-async function leaderOf(nodes: KvNode[]): Promise<KvNode> {
-  for (;;) {
-    const l = nodes.find((n) => n.replica(DATA_GROUP)?.isLeader);
-    if (l) return l;
-    await sleep(5);
-  }
-}
 
-async function converged(nodes: KvNode[], timeoutMs = 20_000): Promise<void> {
-  const until = Date.now() + timeoutMs;
-  for (;;) {
-    const rs = nodes.map((n) => n.replica(DATA_GROUP)!);
-    const commit = rs[0]!.status().commit;
-    if (rs.every((r) => r.appliedIndex === commit && r.status().commit === commit)) return;
-    if (Date.now() > until) throw new Error('replicas did not converge');
-    await sleep(10);
-  }
-}
 
 function isolate(hub: LoopbackHub, nodes: KvNode[], f: KvNode): void {
   for (const n of nodes) if (n !== f) {
@@ -185,7 +161,7 @@ describe('a crash in the middle of a chunked snapshot transfer', () => {
     isolate(hub, nodes, f);
     engines[fi] = engines[fi]!.crash(0);
     await f.stop().catch(() => {});
-    open = open.filter((n) => n !== f);
+    trio.forget(f);
     expect(chunks).toBeGreaterThanOrEqual(2);
 
     nodes[fi] = await openNode(f.id, engines[fi]!, hub, opts);

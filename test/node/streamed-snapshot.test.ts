@@ -6,7 +6,7 @@
  * install recovers (from the complete chunk records, or by a new transfer) and never serves a
  * half-installed state.
  */
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { DATA_GROUP, KvNode, type NodeOptions } from '../../src/node/kv-node.js';
 import { LoopbackHub } from '../../src/node/transport.js';
 import { MessageType } from '../../src/raft/index.js';
@@ -14,7 +14,7 @@ import { MemoryEngine, scanAll, type EngineOp } from '../../src/storage/kv-engin
 import { metaKey, RaftLogStore } from '../../src/storage/raft-log-store.js';
 import { loadState, readStateMeta } from '../../src/storage/state-store.js';
 import { KvStateMachine } from '../../src/statemachine/index.js';
-import { silentLogger } from '../../src/log.js';
+import { converged, leaderOf, nodeTrio } from '../support/node-trio.js';
 
 const enc = (s: string) => new TextEncoder().encode(s);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -22,37 +22,11 @@ const deadline = (ms = 5000) => ({ deadlineMs: Date.now() + ms });
 const same = (a: Uint8Array, b: Uint8Array) => Buffer.from(a).equals(Buffer.from(b));
 const keyString = (k: string | Uint8Array) => (typeof k === 'string' ? k : Buffer.from(k).toString('latin1'));
 
-let open: KvNode[] = [];
-afterEach(async () => {
-  for (const n of open) await n.stop().catch(() => {});
-  open = [];
-});
 
-async function openNode(id: number, engine: MemoryEngine, hub: LoopbackHub, extra: Partial<NodeOptions>): Promise<KvNode> {
-  const members = new Map([1, 2, 3].map((i) => [i, `127.0.0.1:${7300 + i}`] as [number, string]));
-  const node = await KvNode.open({ id, members, tickMs: 5, log: silentLogger(), onFatal: () => {}, ...extra }, engine, hub.transport(id));
-  open.push(node);
-  return node;
-}
+const trio = nodeTrio(7300);
+const openNode = trio.open;
 
-async function leaderOf(nodes: KvNode[]): Promise<KvNode> {
-  for (;;) {
-    const l = nodes.find((n) => n.replica(DATA_GROUP)?.isLeader);
-    if (l) return l;
-    await sleep(5);
-  }
-}
 
-async function converged(nodes: KvNode[], timeoutMs = 20_000): Promise<void> {
-  const until = Date.now() + timeoutMs;
-  for (;;) {
-    const rs = nodes.map((n) => n.replica(DATA_GROUP)!);
-    const commit = rs[0]!.status().commit;
-    if (rs.every((r) => r.appliedIndex === commit && r.status().commit === commit && !r.installing && !r.installingStreamed)) return;
-    if (Date.now() > until) throw new Error('replicas did not converge');
-    await sleep(10);
-  }
-}
 
 function isolate(hub: LoopbackHub, nodes: KvNode[], f: KvNode): void {
   for (const n of nodes) {
@@ -249,7 +223,7 @@ describe('a power cut during a streamed transfer or install', () => {
       return { batches, cut };
     }
     await f.stop().catch(() => {});
-    open = open.filter((n) => n !== f);
+    trio.forget(f);
 
     // What the disk holds is either the old state or a complete one, never a half-installed one:
     // `meta` (written last by an install) is there only with records that load.
@@ -275,14 +249,12 @@ describe('a power cut during a streamed transfer or install', () => {
 
   it('recovers after a cut at every synced batch boundary of the transfer and the install', async () => {
     const total = (await run(Number.POSITIVE_INFINITY)).batches;
-    for (const n of open) await n.stop().catch(() => {});
-    open = [];
+    await trio.stopAll();
     expect(total).toBeGreaterThanOrEqual(8); // chunks, the snapshot, replacement units, the drop (21 when written)
     let cuts = 0;
     for (let k = 1; k <= total; k++) {
       if ((await run(k)).cut) cuts++;
-      for (const n of open) await n.stop().catch(() => {});
-      open = [];
+      await trio.stopAll();
     }
     expect(cuts).toBeGreaterThanOrEqual(Math.ceil(total / 2)); // most boundaries were cut at (the count varies a little)
   }, 180_000);

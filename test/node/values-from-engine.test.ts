@@ -4,11 +4,11 @@
  * (latest, by version, by time, list), a restart loads the index without values, and a follower
  * installing a snapshot ends up with its values in the engine, not the heap.
  */
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { DATA_GROUP, KvNode, META_GROUP, type NodeOptions } from '../../src/node/kv-node.js';
 import { LoopbackHub } from '../../src/node/transport.js';
 import { MemoryEngine } from '../../src/storage/kv-engine.js';
-import { silentLogger } from '../../src/log.js';
+import { converged as convergedIn, leaderOf, nodeTrio } from '../support/node-trio.js';
 
 const enc = (s: string) => new TextEncoder().encode(s);
 const dec = (b: Uint8Array | undefined) => (b === undefined ? undefined : new TextDecoder().decode(b));
@@ -16,40 +16,13 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const deadline = (ms = 5000) => ({ deadlineMs: Date.now() + ms });
 const value = (i: number, v: number) => `${i}.${v}.${'v'.repeat(400)}`;
 
-let open: KvNode[] = [];
-afterEach(async () => {
-  for (const n of open) await n.stop().catch(() => {});
-  open = [];
-});
 
-async function openNode(id: number, engine: MemoryEngine, hub: LoopbackHub, extra: Partial<NodeOptions>): Promise<KvNode> {
-  const members = new Map([1, 2, 3].map((i) => [i, `127.0.0.1:${7200 + i}`] as [number, string]));
-  const node = await KvNode.open({ id, members, tickMs: 5, log: silentLogger(), onFatal: () => {}, ...extra }, engine, hub.transport(id));
-  open.push(node);
-  return node;
-}
+const trio = nodeTrio(7200);
+const openNode = trio.open;
 
-async function leaderOf(nodes: KvNode[]): Promise<KvNode> {
-  for (;;) {
-    const l = nodes.find((n) => n.replica(DATA_GROUP)?.isLeader);
-    if (l) return l;
-    await sleep(5);
-  }
-}
 
-async function converged(nodes: KvNode[], timeoutMs = 20_000): Promise<void> {
-  const until = Date.now() + timeoutMs;
-  for (;;) {
-    const done = [META_GROUP, DATA_GROUP].every((g) => {
-      const rs = nodes.map((n) => n.replica(g)!);
-      const commit = rs[0]!.status().commit;
-      return rs.every((r) => r.appliedIndex === commit && r.status().commit === commit);
-    });
-    if (done) return;
-    if (Date.now() > until) throw new Error('replicas did not converge');
-    await sleep(10);
-  }
-}
+/** Both the metadata and the data group converged. */
+const converged = (nodes: KvNode[]): Promise<void> => convergedIn(nodes, { groups: [META_GROUP, DATA_GROUP] });
 
 /** Waits until every node's data replica holds at most `maxBytes` of value bytes in its index (released once durable). */
 async function released(nodes: KvNode[], maxBytes: number, timeoutMs = 10_000): Promise<void> {
@@ -106,7 +79,7 @@ describe('values served from the engine', () => {
 
     const before = nodes.map((n) => n.replica(DATA_GROUP)!.internalsForTests().sm.snapshot());
     for (const n of nodes) await n.stop();
-    open = [];
+    for (const n of nodes) trio.forget(n);
     engines = engines.map((e) => e.crash(0));
     nodes = await Promise.all(engines.map((e, i) => openNode(i + 1, e, hub, opts)));
     for (const [i, n] of nodes.entries()) {

@@ -1,0 +1,70 @@
+/** In-process three-node clusters for node tests: nodes opened on a loopback hub and stopped after each test, and waits for a group's leader and for its replicas to converge. */
+import { afterEach } from 'vitest';
+import { DATA_GROUP, KvNode, type NodeOptions } from '../../src/node/kv-node.js';
+import type { LoopbackHub } from '../../src/node/transport.js';
+import type { MemoryEngine } from '../../src/storage/kv-engine.js';
+import { silentLogger } from '../../src/log.js';
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** The nodes a test opened through {@link nodeTrio}. */
+export interface NodeTrio {
+  /** Opens node `id` on `engine`, its peers reached through `hub`. */
+  open(id: number, engine: MemoryEngine, hub: LoopbackHub, extra: Partial<NodeOptions>): Promise<KvNode>;
+  /** Stops tracking `node` (the test stopped it itself). */
+  forget(node: KvNode): void;
+  /** Stops every node opened and not forgotten (also done after each test). */
+  stopAll(): Promise<void>;
+}
+
+/**
+ * Opens nodes 1..3 of a cluster whose members are `127.0.0.1:<basePort + id>` (addresses only: the
+ * loopback hub carries the traffic) with 5 ms ticks, and stops every node it opened after each test.
+ */
+export function nodeTrio(basePort: number): NodeTrio {
+  let open: KvNode[] = [];
+  const trio: NodeTrio = {
+    open: async (id, engine, hub, extra) => {
+      const members = new Map([1, 2, 3].map((i) => [i, `127.0.0.1:${basePort + i}`] as [number, string]));
+      const node = await KvNode.open({ id, members, tickMs: 5, log: silentLogger(), onFatal: () => {}, ...extra }, engine, hub.transport(id));
+      open.push(node);
+      return node;
+    },
+    forget: (node) => {
+      open = open.filter((n) => n !== node);
+    },
+    stopAll: async () => {
+      for (const n of open) await n.stop().catch(() => {});
+      open = [];
+    },
+  };
+  afterEach(() => trio.stopAll());
+  return trio;
+}
+
+/** The node that leads `group` (the data group by default), once one does. */
+export async function leaderOf(nodes: readonly KvNode[], group = DATA_GROUP): Promise<KvNode> {
+  for (;;) {
+    const l = nodes.find((n) => n.replica(group)?.isLeader);
+    if (l) return l;
+    await sleep(5);
+  }
+}
+
+/**
+ * Resolves once, in each of `groups` (the data group by default), every replica has applied the
+ * same commit index and none is installing a snapshot; throws after `timeoutMs`.
+ */
+export async function converged(nodes: readonly KvNode[], opts: { groups?: readonly number[]; timeoutMs?: number } = {}): Promise<void> {
+  const until = Date.now() + (opts.timeoutMs ?? 20_000);
+  for (;;) {
+    const done = (opts.groups ?? [DATA_GROUP]).every((g) => {
+      const rs = nodes.map((n) => n.replica(g)!);
+      const commit = rs[0]!.status().commit;
+      return rs.every((r) => r.appliedIndex === commit && r.status().commit === commit && !r.installing && !r.installingStreamed);
+    });
+    if (done) return;
+    if (Date.now() > until) throw new Error('replicas did not converge');
+    await sleep(10);
+  }
+}
