@@ -18,18 +18,13 @@ import { ShardReplica } from '../src/node/replica.js';
 import { LoopbackHub } from '../src/node/transport.js';
 import { MemoryEngine, type EngineBatchOptions, type EngineOp } from '../src/storage/kv-engine.js';
 import { silentLogger } from '../src/log.js';
+import { SeededRandom } from '../src/raft/rand.js';
 import { flagInt } from './util.js';
 
-/** mulberry32: a small seeded generator (the stall schedule is the same in both arms). */
+/** A seeded generator of floats in [0, 1) (the stall schedule is the same in both arms). */
 function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const r = new SeededRandom(seed);
+  return () => r.nextFloat();
 }
 
 /** An in-memory engine whose synced batches take `fsyncMs`, or `stallMs` with probability `stallRate`. */

@@ -7,16 +7,8 @@
  */
 import { describe, expect, it } from 'vitest';
 import { MessageType, Role, type Message, type NodeId } from '../../src/raft/index.js';
-import { ScenarioNetwork } from '../sim/scenario.js';
+import { elect, ScenarioNetwork } from '../sim/scenario.js';
 
-function elect(net: ScenarioNetwork, id: NodeId): void {
-  net.campaign(id);
-  for (let i = 0; i < 5 && net.host(id).node.raft.role !== Role.Leader; i++) {
-    net.electionTimeoutElapses(id);
-    net.campaign(id);
-  }
-  expect(net.host(id).node.raft.role).toBe(Role.Leader);
-}
 
 const committed = (net: ScenarioNetwork, id: NodeId): number => net.host(id).node.raft.log.committed;
 const commitOnlyApp = (m: Message): boolean => (m.entries ?? []).length === 0;

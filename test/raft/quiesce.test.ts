@@ -7,18 +7,10 @@
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { MessageType, Role, type NodeId } from '../../src/raft/index.js';
-import { ScenarioNetwork } from '../sim/scenario.js';
+import { elect, ScenarioNetwork } from '../sim/scenario.js';
 
 const ELECTION = 10;
 
-function elect(net: ScenarioNetwork, id: NodeId): void {
-  net.campaign(id);
-  for (let i = 0; i < 5 && net.host(id).node.raft.role !== Role.Leader; i++) {
-    net.electionTimeoutElapses(id);
-    net.campaign(id);
-  }
-  expect(net.host(id).node.raft.role).toBe(Role.Leader);
-}
 
 /** Ticks the leader until the group has been idle for 3 ticks, then quiesces it. */
 function quiesce(net: ScenarioNetwork, leader: NodeId): void {

@@ -4,21 +4,13 @@
  */
 import { describe, expect, it } from 'vitest';
 import { ConfChangeType, EntryType, MessageType, ProposalDroppedError, Role, type NodeId } from '../../src/raft/index.js';
-import { ScenarioNetwork } from '../sim/scenario.js';
+import { elect, ScenarioNetwork } from '../sim/scenario.js';
 import { decodePut, encodePut } from '../sim/kv-fsm.js';
 
 /**
  * Campaigns until `id` leads. If the first try fails (others still hold the old leader's lease,
  * or a pre-vote taught it a higher term), time passes on the others and it tries again.
  */
-function elect(net: ScenarioNetwork, id: NodeId): void {
-  net.campaign(id);
-  for (let i = 0; i < 5 && net.host(id).node.raft.role !== Role.Leader; i++) {
-    net.electionTimeoutElapses(id);
-    net.campaign(id);
-  }
-  expect(net.host(id).node.raft.role).toBe(Role.Leader);
-}
 
 function term(net: ScenarioNetwork, id: NodeId): number {
   return net.host(id).node.raft.term;

@@ -3,6 +3,7 @@
  * add nodes, campaign, deliver with drops, partition, stabilize, then look at the state.
  * Disk writes complete immediately here; the timed simulator models slow and lost writes.
  */
+import { expect } from 'vitest';
 import { MessageType, Role, type Message, type NodeId, type Entry, type ReadState } from '../../src/raft/index.js';
 import { SimHost, type HostOptions } from './host.js';
 import { encodePut } from './kv-fsm.js';
@@ -243,4 +244,14 @@ export class ScenarioNetwork {
   countDelivered(type: MessageType, filter: (m: Message) => boolean = () => true): number {
     return this.delivered.filter((m) => m.type === type && filter(m)).length;
   }
+}
+
+/** Makes `id` the leader: campaigns, and lets its election timeout elapse and campaigns again (up to 5 times) until it leads; fails the test otherwise. */
+export function elect(net: ScenarioNetwork, id: NodeId): void {
+  net.campaign(id);
+  for (let i = 0; i < 5 && net.host(id).node.raft.role !== Role.Leader; i++) {
+    net.electionTimeoutElapses(id);
+    net.campaign(id);
+  }
+  expect(net.host(id).node.raft.role).toBe(Role.Leader);
 }
