@@ -87,6 +87,7 @@ export interface NodeOptions {
    * once in commit-only appends (default true; src/raft `RaftConfig.lazyCommit`): two messages
    * fewer per follower per replication round of a busy group. When the node has nothing else to
    * do its driver sends the held-back indexes at once, so an idle group's followers are not late.
+   * Data groups only: the metadata group, which every node reads locally, always notifies at once.
    */
   readonly lazyCommit?: boolean;
   /**

@@ -167,7 +167,11 @@ export class ReplicaSet {
       random: replicaRandom(opts, scheduler, this.parts.id, group),
       electionTicks: opts.electionTicks ?? NODE_DEFAULTS.electionTicks,
       heartbeatTicks: opts.heartbeatTicks ?? NODE_DEFAULTS.heartbeatTicks,
-      raftTiming: { lazyCommit: opts.lazyCommit !== false, quietHeartbeats: opts.quietHeartbeats !== false },
+      // Not for the metadata group: every node reads it locally (leases, access control, the
+      // cluster map, the extension registry) right after a write committed on its leader, and a
+      // follower that learned the commit late answered from stale state (a put with a lease
+      // granted a moment before was refused as "not found" in full-suite runs).
+      raftTiming: { lazyCommit: group !== META_GROUP && opts.lazyCommit !== false, quietHeartbeats: opts.quietHeartbeats !== false },
       snapshotEveryEntries: opts.snapshotEveryEntries ?? NODE_DEFAULTS.snapshotEveryEntries,
       snapshotEveryBytes: opts.snapshotEveryBytes ?? NODE_DEFAULTS.snapshotEveryBytes,
       admit: (cmd, origin) => this.memoryBudget.check(cmd, origin),
