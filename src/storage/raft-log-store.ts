@@ -1,5 +1,5 @@
 // Durable Raft log storage for the many Raft groups of one node, sharing one ordered KV engine, with group commit across groups.
-// Size: about 790 lines: the key layout, group commit and the crash contract belong together (streamed snapshots' chunk records included: they follow the same staging order).
+// Size: about 860 lines: the key layout, group commit and the crash contract belong together (streamed snapshots' chunk records included: they follow the same staging order).
 /*
  * Key layout (ASCII keys; numbers are fixed-width lowercase hex, so bytewise order = numeric order):
  *
