@@ -14,11 +14,10 @@ describe('node-level simulation: catching up by streamed snapshots', () => {
     let installs = 0;
     let crashes = 0;
     const failures: string[] = [];
-    // Seeds whose schedules (today's generator and Raft options) include a streamed catch-up after
-    // crashes; re-pin them when either changes (the count below then says whether they still do).
-    // Re-pinned after lazy commit and quiet heartbeats changed the schedules' timing: of seeds
-    // 0-39, these 6 give 7 streamed installs and 10 crashes; all 40 pass the checks.
-    for (const seed of [2, 10, 15, 16, 18, 19]) {
+    // A range of seeds rather than pinned ones: which schedules reach a streamed catch-up moves
+    // whenever Raft timing changes (lazy commit, and then its exclusion of the metadata group, each
+    // moved the pinned seeds); of seeds 0-39, 5 to 7 do today, and every one must pass the checks.
+    for (let seed = 0; seed < 40; seed++) {
       const run = await runNodeSim({ seed, snapshotEvery: 40 });
       installs += run.stats.streamedInstalls;
       crashes += run.stats.crashes;
@@ -27,7 +26,7 @@ describe('node-level simulation: catching up by streamed snapshots', () => {
     }
     console.log(`streamed-snapshot sim: ${installs} streamed installs, ${crashes} crashes`);
     expect(failures).toEqual([]);
-    expect(installs).toBeGreaterThanOrEqual(4);
+    expect(installs).toBeGreaterThanOrEqual(3);
     expect(crashes).toBeGreaterThan(0);
   }, 300_000);
 });
