@@ -13,7 +13,7 @@ import { MessageType } from '../../src/raft/index.js';
 import { KvStateMachine } from '../../src/statemachine/index.js';
 import { MemoryEngine } from '../../src/storage/kv-engine.js';
 import { metaKey } from '../../src/storage/raft-log-store.js';
-import { converged, leaderOf, nodeTrio } from '../support/node-trio.js';
+import { converged, leaderOf, mixedWorkload, nodeTrio } from '../support/node-trio.js';
 
 const enc = (s: string) => new TextEncoder().encode(s);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -37,20 +37,7 @@ function isolate(hub: LoopbackHub, nodes: KvNode[], f: KvNode): void {
 }
 
 /** Writes that leave several versions per key, tombstones, triggers, client sessions and a compaction point. */
-async function workload(l: KvNode, rounds: number, tag: string, valueBytes = 40): Promise<void> {
-  await Promise.all(Array.from({ length: 4 }, async (_, w) => {
-    const session = w % 2 === 1 ? `catchup-${tag}-writer-${w}` : undefined;
-    for (let i = 0; i < rounds; i++) {
-      const key = `/k/${w}/${i % 9}`;
-      const o = { ...deadline(), ...(session ? { session: { id: session, seq: i + 1, ackedBelow: i } } : {}) };
-      if (i % 11 === 10) await l.delete({ key }, o);
-      else if (i % 13 === 12) await l.trigger({ key, value: enc(`t${i}`) }, o);
-      else await l.put({ key, value: enc(`${tag}:${w}:${i}:${'v'.repeat(valueBytes)}`) }, o);
-    }
-  }));
-  const r = l.replica(DATA_GROUP)!;
-  await l.execute(DATA_GROUP, { type: 'compact', revision: Math.max(0, r.revision - 30) }, deadline(), 'system');
-}
+const workload = (l: KvNode, rounds: number, tag: string, valueBytes = 40): Promise<void> => mixedWorkload(l, rounds, tag, valueBytes, 'catchup');
 
 describe('snapshots from the records', () => {
   it('compaction serialises nothing and stores no snapshot data; a follower behind the compacted log catches up to the same state', async () => {

@@ -68,3 +68,28 @@ export async function converged(nodes: readonly KvNode[], opts: { groups?: reado
     await sleep(10);
   }
 }
+
+/**
+ * A mixed write load on the data group's leader `l`, then a compaction keeping the last 30
+ * revisions: 4 writers of `rounds` writes over 9 keys each (puts of `valueBytes`-byte values,
+ * every 11th a delete, every 13th a trigger); odd writers use client sessions named
+ * `<sessionPrefix>-<tag>-writer-<w>`, so snapshots carry session tables too.
+ */
+export async function mixedWorkload(l: KvNode, rounds: number, tag: string, valueBytes: number, sessionPrefix: string): Promise<void> {
+  const enc = (s: string) => new TextEncoder().encode(s);
+  const deadline = () => ({ deadlineMs: Date.now() + 5000 });
+  await Promise.all(
+    Array.from({ length: 4 }, async (_, w) => {
+      const session = w % 2 === 1 ? `${sessionPrefix}-${tag}-writer-${w}` : undefined;
+      for (let i = 0; i < rounds; i++) {
+        const key = `/k/${w}/${i % 9}`;
+        const o = { ...deadline(), ...(session ? { session: { id: session, seq: i + 1, ackedBelow: i } } : {}) };
+        if (i % 11 === 10) await l.delete({ key }, o);
+        else if (i % 13 === 12) await l.trigger({ key, value: enc(`t${i}`) }, o);
+        else await l.put({ key, value: enc(`${tag}:${w}:${i}:${'v'.repeat(valueBytes)}`) }, o);
+      }
+    }),
+  );
+  const r = l.replica(DATA_GROUP)!;
+  await l.execute(DATA_GROUP, { type: 'compact', revision: Math.max(0, r.revision - 30) }, deadline(), 'system');
+}
