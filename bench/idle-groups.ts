@@ -6,6 +6,7 @@ import { parseArgs } from 'node:util';
 import { call, kvClusterStub } from './clients.js';
 import { defaultKvdBin, findKvd, startKvdCluster } from './kvd-cluster.js';
 import { waitSettled, type SettleReport } from './shards.js';
+import { scrapeMetrics } from './node-counters.js';
 import { copyNodeLogs, flagIntList, flagNumber, processCpuSeconds, repoRoot, type RunningCluster } from './util.js';
 
 const USAGE = `usage: node dist/bench/idle-groups.js [flags]
@@ -141,16 +142,6 @@ export function sumSentMessages(text: string): { total: number; names: string[] 
   return { total, names: [...names].sort() };
 }
 
-/** Scrapes http://127.0.0.1:PORT/metrics (undefined on failure). */
-async function scrape(port: number | undefined): Promise<string | undefined> {
-  if (port === undefined) return undefined;
-  try {
-    const res = await fetch(`http://127.0.0.1:${port}/metrics`, { signal: AbortSignal.timeout(5_000) });
-    return res.ok ? await res.text() : undefined;
-  } catch {
-    return undefined;
-  }
-}
 
 function mean(xs: (number | null)[]): number | null {
   const v = xs.filter((x): x is number => x !== null);
@@ -178,7 +169,7 @@ async function measureOne(cfg: IdleConfig, shards: number, onCluster: (c: Runnin
     await sleep(cfg.pauseS * 1000);
     const pids = cluster.pids();
     const ports = (await cluster.metricsPorts?.()) ?? [];
-    const scrapeAll = (): Promise<(string | undefined)[]> => Promise.all(cluster.endpoints.map((_, i) => scrape(ports[i])));
+    const scrapeAll = (): Promise<(string | undefined)[]> => Promise.all(cluster.endpoints.map((_, i) => scrapeMetrics(ports[i])));
     const m0 = await scrapeAll();
     const c0 = await Promise.all(pids.map((p) => processCpuSeconds(p)));
     const t0 = performance.now();

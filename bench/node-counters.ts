@@ -32,17 +32,7 @@ export function sumMetric(body: string, name: string): number | undefined {
 /** Scrapes every node's `/metrics` on 127.0.0.1 and sums the counters; undefined when a node did not answer. */
 export async function readNodeCounters(ports: readonly (number | undefined)[]): Promise<NodeCounters | undefined> {
   if (ports.length === 0) return undefined;
-  const bodies = await Promise.all(
-    ports.map(async (port) => {
-      if (port === undefined) return undefined;
-      try {
-        const res = await fetch(`http://127.0.0.1:${port}/metrics`, { signal: AbortSignal.timeout(5_000) });
-        return res.ok ? await res.text() : undefined;
-      } catch {
-        return undefined;
-      }
-    }),
-  );
+  const bodies = await Promise.all(ports.map(scrapeMetrics));
   if (bodies.some((b) => b === undefined)) return undefined;
   const out: NodeCounters = {};
   for (const [short, name] of Object.entries(NODE_COUNTERS) as [NodeCounterName, string][]) {
@@ -85,4 +75,15 @@ export function perOpNote(p: Record<string, number>): string | undefined {
   if (parts.length === 0) return undefined;
   const tail = p.entriesPerRound !== undefined ? `; ${p.entriesPerRound.toFixed(1)} entries/fsynced round` : '';
   return `per op, all nodes: ${parts.join(', ')}${tail}`;
+}
+
+/** Scrapes http://127.0.0.1:PORT/metrics (undefined on failure or without a port). */
+export async function scrapeMetrics(port: number | undefined): Promise<string | undefined> {
+  if (port === undefined) return undefined;
+  try {
+    const res = await fetch(`http://127.0.0.1:${port}/metrics`, { signal: AbortSignal.timeout(5_000) });
+    return res.ok ? await res.text() : undefined;
+  } catch {
+    return undefined;
+  }
 }
