@@ -237,7 +237,10 @@ export function storageConformance(
                 ref.append(es);
                 await s.append(es);
               } else if (o.kind === 'hs') {
-                const hs = { term, vote: o.vote, commit: Math.min(o.commit, ref.lastIndex()) };
+                // Raft never lowers its commit index, so neither does the sequence (a store that keeps
+                // commit as a lower bound may hold a higher one than a lowered value; seed -1638069795).
+                const prior = ref.initialState().hardState.commit;
+                const hs = { term, vote: o.vote, commit: Math.max(prior, Math.min(o.commit, ref.lastIndex())) };
                 ref.setHardState(hs);
                 await s.setHardState(hs);
               } else if (o.kind === 'compact') {
