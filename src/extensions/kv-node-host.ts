@@ -76,16 +76,15 @@ function replicaShard(node: KvNode, group: number): HostShard {
     revision: () => replica().revision,
     currentRevision: async (untilMs) => {
       const r = replica();
-      if (r.isLeader) {
-        try {
-          // A linearizable read makes the revision no older than any write acknowledged so far.
-          const led = await node.readable('linearizable', { deadlineMs: Math.max(clock.now() + MIN_LEADER_READ_MS, untilMs) }, group);
-          return led.revision;
-        } catch {
-          // leadership moved meanwhile: read the replica as a follower below
-        }
+      try {
+        // A ReadIndex round (through the leader on a follower) makes the revision no older than
+        // any write acknowledged so far.
+        const caught = await node.caughtUp({ deadlineMs: Math.max(clock.now() + MIN_LEADER_READ_MS, untilMs) }, group);
+        return caught.revision;
+      } catch {
+        // no leader answered in time: fall back to what this replica knows is committed
       }
-      // A follower may lag a little behind: wait briefly for it to apply what the leader committed.
+      // A follower may lag a little behind: wait briefly for it to apply what it knows committed.
       const target = r.commitIndex;
       const catchUp = Math.min(untilMs, clock.now() + FOLLOWER_CATCH_UP_MS);
       while (r.appliedIndex < target && clock.now() < catchUp) await sleep(clock, CATCH_UP_POLL_MS);

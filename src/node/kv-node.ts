@@ -296,6 +296,11 @@ export class KvNode implements KvBackend {
     return this.backend.readable(consistency, opts, group);
   }
 
+  /** Waits until `group`'s replica here (leader or follower) has applied every write acknowledged before the call; see NodeBackend.caughtUp. */
+  caughtUp(opts: CallOptions, group: number): Promise<ShardReplica> {
+    return this.backend.caughtUp(opts, group);
+  }
+
   get(req: GetRequest, opts: CallOptions): Promise<GetResponse> {
     return this.backend.get(req, opts);
   }

@@ -195,6 +195,24 @@ export class NodeBackend implements KvBackend {
     return r;
   }
 
+  /**
+   * Waits until `group`'s replica here, leader or follower, has applied every write acknowledged
+   * before the call (a ReadIndex round, through the leader on a follower), and returns it.
+   * Throws NotLeaderError when no leader answers, DeadlineError at `opts.deadlineMs`.
+   */
+  async caughtUp(opts: CallOptions, group: number): Promise<ShardReplica> {
+    const r = this.groupReplica(group);
+    const p = r.followerBarrier();
+    this.driver.scheduleReady();
+    try {
+      await this.driver.withDeadline(p, opts.deadlineMs, 'the replica did not catch up with its leader before the deadline');
+    } catch (e) {
+      if (e instanceof NotLeaderError) throw this.notLeader(r);
+      throw e;
+    }
+    return r;
+  }
+
   async get(req: GetRequest, opts: CallOptions): Promise<GetResponse> {
     const r = await this.readable(req.consistency, opts, this.shardOfKey(req.key).group);
     if (!r.ownsKey(req.key)) throw new WrongShardError(`key ${JSON.stringify(req.key)} is not owned by shard ${r.group}; the cluster map changed`);

@@ -146,6 +146,9 @@ const RELEASE_SLICE = 20_000;
 
 export { ProposalLostError } from './waiters.js';
 
+/** Unanswered follower ReadIndex rounds kept before they are failed (their messages were lost). */
+const MAX_FOLLOWER_READ_ROUNDS = 8;
+
 /** One replica of one shard. */
 export class ShardReplica {
   readonly group: number;
@@ -154,6 +157,10 @@ export class ShardReplica {
   private readonly hub: WatchHub;
   private readonly proposals = new PendingProposals();
   private readonly reads: PendingReads;
+  /** Reads of this replica as a follower, confirmed by a ReadIndex round through the leader (`followerBarrier`). */
+  private readonly followerReads: PendingReads;
+  /** The leader the follower rounds in flight were sent to (they are failed when it changes). */
+  private followerReadsLeader = 0;
   private lastSnapshotIndex: number;
   /** Bytes of entry data applied since the last log compaction (held in the in-memory log). */
   private appliedLogBytes = 0;
@@ -190,6 +197,8 @@ export class ShardReplica {
   constructor(private readonly opts: ReplicaOptions) {
     this.group = opts.group;
     this.reads = new PendingReads(opts.group);
+    // Unique per node and incarnation: the leader drops a read whose id it already has pending.
+    this.followerReads = new PendingReads(opts.group, `f${opts.nodeId}.${opts.nowMs().toString(36)}.`);
     const snap = opts.storage.snapshot();
     invariant(opts.initialState || !snap || snap.data.length > 0, () => `group ${opts.group}: a records snapshot (metadata only) needs the machine rebuilt from the records (initialState)`);
     this.machine = opts.initialState?.sm ?? (snap ? KvStateMachine.restore(snap.data) : new KvStateMachine(opts.stateMachine));
@@ -522,10 +531,32 @@ export class ShardReplica {
     return this.reads.wait();
   }
 
+  /**
+   * Waits until this replica has applied everything its leader had committed when asked: on the
+   * leader a linearizable read barrier; on a follower a ReadIndex round through the leader, then
+   * its own apply up to that index. After it, this replica's state includes every write
+   * acknowledged before the call. Rejects with NotLeaderError when no leader is known or the
+   * leader changes meanwhile; the caller bounds the wait (a lost round is never answered).
+   */
+  followerBarrier(): Promise<void> {
+    if (this.isLeader) return this.readBarrier();
+    if (this.leader === 0) return Promise.reject(new NotLeaderError(this.leader, undefined));
+    return this.followerReads.wait();
+  }
+
   /** Starts one ReadIndex round for every read that arrived since the last round (read coalescing). */
   flushReads(): void {
     const id = this.reads.startRound(this.isLeader ? undefined : () => new NotLeaderError(this.leader, undefined));
     if (id !== undefined) this.raw.readIndex(id);
+    // Follower rounds: sent to the leader by the core. Rounds sent to a former leader, or more
+    // than a few unanswered (lost messages), are failed so nothing waits on them forever.
+    const lead = this.leader;
+    if (lead !== this.followerReadsLeader || this.followerReads.startedRounds > MAX_FOLLOWER_READ_ROUNDS) {
+      this.followerReads.failStarted(() => new NotLeaderError(lead, undefined));
+      this.followerReadsLeader = lead;
+    }
+    const fid = this.followerReads.startRound(this.isLeader || lead === 0 ? () => new NotLeaderError(lead, undefined) : undefined);
+    if (fid !== undefined) this.raw.readIndex(fid);
   }
 
   /**
@@ -581,8 +612,12 @@ export class ShardReplica {
       if (latencyMs !== undefined) this.opts.onCommitted?.(latencyMs);
       if (out.events.length > 0) this.hub.publish(out.events);
     }
-    for (const rs of rd.readStates) this.reads.confirmed(rs.requestId, rs.index);
+    for (const rs of rd.readStates) {
+      this.reads.confirmed(rs.requestId, rs.index);
+      this.followerReads.confirmed(rs.requestId, rs.index);
+    }
     this.reads.settle(this.machine.appliedIndex);
+    this.followerReads.settle(this.machine.appliedIndex);
     const role = this.raw.raft.role;
     if (role !== this.lastRole) {
       if (this.lastRole === Role.Leader) {
@@ -769,6 +804,7 @@ export class ShardReplica {
     this.snapshots.release();
     this.proposals.failAll(err);
     this.reads.failAll(err);
+    this.followerReads.failAll(err);
     this.hub.closeAll('node shutting down');
   }
 }

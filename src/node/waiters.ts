@@ -78,7 +78,16 @@ export class PendingReads {
   private readonly batches = new Map<string, ReadBatch>();
   private seq = 0;
 
-  constructor(private readonly group: number) {}
+  /** `prefix` makes request ids unique beyond the group (a follower's rounds go to the leader, which drops a repeated id). */
+  constructor(
+    private readonly group: number,
+    private readonly prefix = 'r',
+  ) {}
+
+  /** Rounds started and not yet settled or failed. */
+  get startedRounds(): number {
+    return this.batches.size;
+  }
 
   /** Waits for the next ReadIndex round (see `startRound`). */
   wait(): Promise<void> {
@@ -98,7 +107,7 @@ export class PendingReads {
       for (const w of waiters) w.reject(refuse());
       return undefined;
     }
-    const id = `r${this.group}.${++this.seq}`;
+    const id = `${this.prefix}${this.group}.${++this.seq}`;
     this.batches.set(id, { index: undefined, waiters });
     return id;
   }
