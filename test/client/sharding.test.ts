@@ -200,7 +200,9 @@ describe('shard routing', () => {
     expect(failed).toBe(1);
     expect(fc.node(1).streamed.put + fc.node(2).streamed.put).toBe(2); // a lone write: on the stream, both attempts
     expect(fc.total('put')).toBe(0);
-    expect(fc.total('getShardMap')).toBe(2);
+    // The retry waits for the refetch only up to its attempt's deadline (a loaded machine may
+    // retry first: the server would answer WRONG_SHARD again); the refetch itself must happen.
+    await vi.waitFor(() => expect(fc.total('getShardMap')).toBe(2), { timeout: 5000 });
     // The per-op error's kv-reason decides, whatever its message says (as a unary call's trailer).
     fc.before = (_node, method) => {
       if (method !== 'put' || failed > 1) return undefined;
@@ -210,7 +212,7 @@ describe('shard routing', () => {
     await new Promise((r) => setTimeout(r, 250)); // past the map refresh rate limit
     expect((await c.put('w', 'v2')).succeeded).toBe(true);
     expect(failed).toBe(2);
-    expect(fc.total('getShardMap')).toBe(3);
+    await vi.waitFor(() => expect(fc.total('getShardMap')).toBe(3), { timeout: 5000 });
     // A reason other than WRONG_SHARD is not a stale map, even if the message reads like one.
     fc.before = (_node, method) => (method === 'put' ? { code: 9, details: 'key "w" is not owned by shard 1 (map epoch 1)', reason: 'SOMETHING_ELSE' } : undefined);
     const e = await rejection(c.put('w', 'v3'));
