@@ -11,6 +11,7 @@ import {
   WrongShardError,
 } from '../node/backend.js';
 import { MemoryBudgetError } from '../node/memory-budget.js';
+import { ProposalLostError } from '../node/waiters.js';
 import { kvMetadata, type KvMetadataFields } from '../wire/metadata.js';
 import { AuthError } from '../auth/access-control.js';
 
@@ -67,6 +68,8 @@ export function classify(e: unknown): OpStatus | undefined {
   }
   // A stale map (ours or the sender's): nothing was applied; the client refetches the map (kv-map-epoch) and retries.
   if (e instanceof WrongShardError) return s(grpc.status.UNAVAILABLE, e.message, { retrySafe: true, reason: 'WRONG_SHARD' });
+  // Another leader's entry took the proposal's log slot: it can never apply, so a retry is safe.
+  if (e instanceof ProposalLostError) return s(grpc.status.UNAVAILABLE, e.message, { retrySafe: true, reason: 'PROPOSAL_LOST' });
   if (e instanceof UnavailableError) return s(grpc.status.UNAVAILABLE, e.message);
   // The map cannot route the request (e.g. not initialised yet): nothing was applied.
   if (e instanceof ShardingError) return s(grpc.status.UNAVAILABLE, e.message, { retrySafe: true, reason: e.code });
