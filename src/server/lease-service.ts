@@ -62,7 +62,8 @@ export function addLeaseService(server: grpc.Server, leases: LeaseManager, opts:
     }
     const err = e as Error;
     if (err?.name === 'DeadlineError') return status(grpc.status.DEADLINE_EXCEEDED, err.message);
-    if (err?.name === 'NotLeaderError' || err?.name === 'UnavailableError') return status(grpc.status.UNAVAILABLE, err.message, redirect());
+    // ProposalLostError: another leader's entry took the write's log slot, so it never applies.
+    if (err?.name === 'NotLeaderError' || err?.name === 'UnavailableError' || err?.name === 'ProposalLostError') return status(grpc.status.UNAVAILABLE, err.message, redirect());
     opts.log?.error({ err: String(e) }, 'lease call failed');
     return status(grpc.status.INTERNAL, err?.message ?? String(e));
   };
