@@ -96,6 +96,15 @@ export interface NodeOptions {
    * appends stopped.
    */
   readonly quietHeartbeats?: boolean;
+  /**
+   * Rolling upgrade from a version before the put flag `currentOnConflict` (default false): a
+   * conditional put asking for the current value is proposed with `returnPrevious` (which also
+   * reads and stores the previous value on success) instead, in an entry every older node decodes.
+   * Off, such entries travel in envelope V5, which an older node refuses by stopping ("upgrade
+   * this node") rather than diverging. Turn it on for the upgraded nodes until every node runs
+   * this version, then restart them without it (kvd `--legacy-conditional-puts`; docs/sessions.md).
+   */
+  readonly legacyConditionalPuts?: boolean;
   /** Snapshot and compact the log after this many applied entries. */
   readonly snapshotEveryEntries?: number;
   /** Entries kept behind a snapshot for followers that lag a little. */
