@@ -35,6 +35,8 @@ export const NODE_DEFAULTS = {
   keepBytesAfterSnapshot: 16 * 1024 * 1024,
   /** How often the node samples its memory figures for the budget (ms). */
   memoryRefreshMs: 250,
+  /** NodeOptions.commitNoticeDelayMs: an idle node's wait before sending held-back commit indexes (ms). */
+  commitNoticeDelayMs: 5,
   maxPendingProposals: 50_000,
   retentionMs: 3_600_000,
   retentionCheckMs: 10_000,
@@ -90,6 +92,14 @@ export interface NodeOptions {
    * Data groups only: the metadata group, which every node reads locally, always notifies at once.
    */
   readonly lazyCommit?: boolean;
+  /**
+   * With lazy commit, how long an idle node waits before sending the commit indexes held back
+   * (ms; default {@link NODE_DEFAULTS}.commitNoticeDelayMs, 0 = at once when idle). A write that
+   * follows within it carries them in its append instead: one client writing one call at a time
+   * then costs two appends and two acknowledgements per write instead of twice that. Followers of
+   * an isolated write apply it at most this much later (the leader's apply and answer are not delayed).
+   */
+  readonly commitNoticeDelayMs?: number;
   /**
    * A leader's tick sends no heartbeat to a follower it sent an append since the last tick
    * (default true; src/raft `RaftConfig.quietHeartbeats`): busy groups send heartbeats only where
