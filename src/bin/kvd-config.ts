@@ -37,6 +37,8 @@ export interface KvdConfig {
   indexCacheMib: number;
   /** `--index-drop-cold` (experimental). */
   indexDropCold?: boolean;
+  /** `--legacy-conditional-puts`: propose conditional puts older nodes can decode (rolling upgrade; NodeOptions.legacyConditionalPuts). */
+  legacyConditionalPuts?: boolean;
   /** The node's memory budget, MiB (unset: 60 % of V8's heap limit; README "Memory model"). */
   memoryBudgetMib?: number;
   /** Shards of the default pool of a brand-new cluster (only read when the cluster is created). */
@@ -154,6 +156,7 @@ export function parseConfig(argv: string[]): KvdConfig {
     .option('--retention-ms <ms>', 'keep old versions this long (0 = bounded only by history limits)', int('--retention-ms'))
     .option('--value-cache-mib <n>', 'bound of the cache of values read from disk, MiB (default 64)', int('--value-cache-mib'))
     .option('--index-drop-cold', "experimental: keep only hot keys' version lists in the heap (the rest is read from disk)")
+    .option('--legacy-conditional-puts', 'rolling upgrade from a version before put flag currentOnConflict: write conditional puts older nodes can decode (docs/sessions.md, Upgrading)')
     .option('--index-cache-mib <n>', "bound of the hot-index cache of keys' latest versions read from disk, MiB (default 32)", int('--index-cache-mib'))
     .option('--memory-budget-mib <n>', "memory budget of the node, MiB: past it writes that add data get RESOURCE_EXHAUSTED (default 60 % of V8's heap limit; 0: none)", int('--memory-budget-mib'))
     .option('--extension <path>', 'load this extension folder or .tgz at start (repeatable; the config file takes {path, name, config} objects)', (v: string, prev: string[] = []) => [...prev, v])
@@ -259,6 +262,7 @@ export function parseConfig(argv: string[]): KvdConfig {
     valueCacheMib: Number(pick('valueCacheMib', 64)),
     indexCacheMib: Number(pick('indexCacheMib', 32)),
     ...(pick('indexDropCold', false) ? { indexDropCold: true } : {}),
+    ...(pick('legacyConditionalPuts', false) ? { legacyConditionalPuts: true } : {}),
     defaultShards,
     ...(join !== undefined ? { join } : {}),
     ...(pick('joinAutoAdd', false) ? { joinAutoAdd: true } : {}),

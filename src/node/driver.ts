@@ -25,6 +25,8 @@ const INSTALL_SLICE_MS = 10;
 /** Runs the tick timer and the ready loop of one node's replicas. */
 export class NodeDriver {
   private tickTimer: TimerHandle | undefined;
+  /** Armed while held-back commit notices wait for NodeOptions.commitNoticeDelayMs (see `noticesLater`). */
+  private noticeTimer: TimerHandle | undefined;
   private readyScheduled = false;
   private inReady = false;
   private stopped = false;
@@ -67,6 +69,8 @@ export class NodeDriver {
   async stop(): Promise<void> {
     this.stopped = true;
     this.tickTimer?.cancel();
+    this.noticeTimer?.cancel();
+    this.noticeTimer = undefined;
     while (this.inReady) await this.sleep(NODE_DEFAULTS.stopPollMs);
   }
 
@@ -227,8 +231,13 @@ export class NodeDriver {
           round.push([r, rd]);
         }
         if (round.length === 0) {
-          // Idle: commit indexes held back for the next append (lazy commit) go out now, so a
-          // quiet group's followers apply at once; a busy node's ride on its next appends.
+          // Idle: commit indexes held back for the next append (lazy commit) go out after
+          // commitNoticeDelayMs (at once with 0), so a quiet group's followers apply soon; a busy
+          // node's, and a lone client's next write within the delay, carry them in their appends.
+          if (this.noticeDelayMs() > 0) {
+            this.noticesLater();
+            return;
+          }
           if (!this.flushCommitNotices()) return;
           continue;
         }
@@ -249,6 +258,25 @@ export class NodeDriver {
     } finally {
       this.inReady = false;
     }
+  }
+
+  private noticeDelayMs(): number {
+    return this.parts.opts.commitNoticeDelayMs ?? NODE_DEFAULTS.commitNoticeDelayMs;
+  }
+
+  /** Arms the timer that sends held-back commit notices (unless armed, or none are owed). */
+  private noticesLater(): void {
+    if (this.noticeTimer !== undefined) return;
+    let owed = false;
+    for (const r of this.replicas.values()) if (!r.installing && r.commitNoticesOwed) owed = true;
+    if (!owed) return;
+    this.noticeTimer = this.scheduler.setTimeout(() => {
+      this.noticeTimer = undefined;
+      if (this.stopped) return;
+      // Appends sent meanwhile carried what they could; the round sends what is still owed.
+      if (this.flushCommitNotices()) this.scheduleReady();
+    }, this.noticeDelayMs());
+    this.noticeTimer.unref?.();
   }
 
   /** Asks every replica to send the commit notices lazy commit held back; returns whether any was sent. */

@@ -11,6 +11,12 @@
  * when the write carries a session (so a cluster only needs the new version once clients use
  * sessions); V1 and V2 entries, written before origins were recorded, decode as system-origin (so
  * replaying them gives the results they had). Entries without a session apply as before.
+ * V5 = V4's layout with an id length of 0 meaning "no session" (then no seq and ackedBelow): it
+ * wraps exactly the commands whose encoding older command decoders refuse (a put with
+ * `currentOnConflict`, {@link usesNewerPutFlags}). A node from before V5 would apply such an entry
+ * as a no-op and diverge; V5 makes it stop instead ({@link UnknownEnvelopeVersionError}: "written
+ * by a newer version; upgrade this node"). Nodes only write V5 when `NodeOptions.legacyConditionalPuts`
+ * is off, the default: turn it on while older nodes remain (docs/sessions.md, Upgrading).
  */
 import { ByteReader, ByteWriter } from '../statemachine/binary.js';
 import {
@@ -21,6 +27,7 @@ import {
   ValidationError,
   type Command,
   type CommandOrigin,
+  usesNewerPutFlags,
   type WriteSession,
 } from '../statemachine/index.js';
 
@@ -28,6 +35,7 @@ const ENVELOPE_V1 = 1;
 const ENVELOPE_V2 = 2;
 const ENVELOPE_V3 = 3;
 const ENVELOPE_V4 = 4;
+const ENVELOPE_V5 = 5;
 const V1_HEADER_BYTES = 9;
 const V2_HEADER_BYTES = 10;
 const V3_HEADER_BYTES = 11;
@@ -40,15 +48,20 @@ export const PROPOSAL_ENVELOPE_VERSION = ENVELOPE_V3;
 /** The envelope version {@link encodeProposal} writes for a command with a client session. */
 export const PROPOSAL_SESSION_ENVELOPE_VERSION = ENVELOPE_V4;
 
+/** The envelope version {@link encodeProposal} writes for a command older nodes cannot decode (with or without a session). */
+export const PROPOSAL_NEWER_COMMAND_ENVELOPE_VERSION = ENVELOPE_V5;
+
 /**
  * Wraps a command, its origin, its proposal timestamp (ms since the epoch), hop count and, for a
- * deduplicated write, its client session into entry data (V3, or V4 with a session). Throws
+ * deduplicated write, its client session into entry data (V3, or V4 with a session; V5 for a
+ * command with newer put flags, with or without a session). Throws
  * RangeError for a bad hop count or origin, ValidationError for a bad command or session.
  */
 export function encodeProposal(timestampMs: number, cmd: Command, origin: CommandOrigin, hops = 0, session?: WriteSession): Uint8Array {
   if (!Number.isInteger(hops) || hops < 0 || hops > MAX_HOP_COUNT) throw new RangeError(`hop count must be 0..${MAX_HOP_COUNT}, got ${hops}`);
   if (origin !== 'client' && origin !== 'system') throw new RangeError(`origin must be 'client' or 'system', got ${String(origin)}`);
   const body = encodeCommand(cmd);
+  const newer = usesNewerPutFlags(cmd);
   let trailer: Uint8Array | undefined;
   if (session !== undefined) {
     validateWriteSession(session);
@@ -58,11 +71,13 @@ export function encodeProposal(timestampMs: number, cmd: Command, origin: Comman
     w.varint(session.seq);
     w.varint(session.ackedBelow);
     trailer = w.finish();
+  } else if (newer) {
+    trailer = NO_SESSION;
   }
   const header = V3_HEADER_BYTES + (trailer?.length ?? 0);
   const out = new Uint8Array(header + body.length);
   const view = new DataView(out.buffer);
-  view.setUint8(0, trailer ? ENVELOPE_V4 : ENVELOPE_V3);
+  view.setUint8(0, newer ? ENVELOPE_V5 : trailer ? ENVELOPE_V4 : ENVELOPE_V3);
   view.setFloat64(1, timestampMs);
   view.setUint8(9, hops);
   view.setUint8(10, origin === 'client' ? ORIGIN_CLIENT : ORIGIN_SYSTEM);
@@ -70,6 +85,9 @@ export function encodeProposal(timestampMs: number, cmd: Command, origin: Comman
   out.set(body, header);
   return out;
 }
+
+/** V5's session part of an entry without a session: an id length of 0. */
+const NO_SESSION = new Uint8Array([0]);
 
 /** A decoded entry payload. */
 export interface Proposal {
@@ -114,7 +132,7 @@ export function decodeProposal(data: Uint8Array): Proposal {
     tooShort(V2_HEADER_BYTES);
     return { timestampMs: timestamp(view), hops: view.getUint8(9), origin: 'system', command: decodeCommand(data.subarray(V2_HEADER_BYTES)) };
   }
-  if (version === ENVELOPE_V3 || version === ENVELOPE_V4) {
+  if (version === ENVELOPE_V3 || version === ENVELOPE_V4 || version === ENVELOPE_V5) {
     tooShort(V3_HEADER_BYTES);
     const o = view.getUint8(10);
     if (o !== ORIGIN_SYSTEM && o !== ORIGIN_CLIENT) throw new Error(`unknown proposal origin ${o}`);
@@ -122,6 +140,10 @@ export function decodeProposal(data: Uint8Array): Proposal {
     const hops = view.getUint8(9);
     const origin = o === ORIGIN_CLIENT ? ('client' as const) : ('system' as const);
     if (version === ENVELOPE_V3) return { timestampMs, hops, origin, command: decodeCommand(data.subarray(V3_HEADER_BYTES)) };
+    if (version === ENVELOPE_V5) {
+      tooShort(V3_HEADER_BYTES + 1);
+      if (data[V3_HEADER_BYTES] === 0) return { timestampMs, hops, origin, command: decodeCommand(data.subarray(V3_HEADER_BYTES + 1)) };
+    }
     let session: WriteSession;
     let bodyAt: number;
     try {

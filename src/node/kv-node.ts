@@ -87,7 +87,7 @@ export class KvNode implements KvBackend {
       propose: (group, cmd, deadlineMs) => this.backend.execute(group, cmd, { deadlineMs }, 'system'),
     });
     this.driver = new NodeDriver(parts, this.replicas);
-    this.backend = new NodeBackend(opts.id, this.replicas, this.driver);
+    this.backend = new NodeBackend(opts.id, this.replicas, this.driver, { legacyConditionalPuts: opts.legacyConditionalPuts === true });
   }
 
   /** The node's clock and timers (NodeOptions.scheduler: the wall clock in kvd, virtual under the simulator), for the layers above it. */

@@ -48,6 +48,7 @@ export class NodeBackend implements KvBackend {
     private readonly id: number,
     private readonly replicas: ReplicaSet,
     private readonly driver: NodeDriver,
+    private readonly compat: { readonly legacyConditionalPuts: boolean } = { legacyConditionalPuts: false },
   ) {}
 
   /** The cluster map this node routes with. */
@@ -127,7 +128,9 @@ export class NodeBackend implements KvBackend {
       key: req.key,
       value: req.value,
       ...(req.expectedVersion !== undefined ? { expectedVersion: req.expectedVersion } : {}),
-      ...(req.returnCurrentValue ? { returnPrevious: true } : {}),
+      // The current value on conflict only (a success carries nothing), unless older nodes may
+      // still apply this shard's log: their decoders know only `returnPrevious` (NodeOptions.legacyConditionalPuts).
+      ...(req.returnCurrentValue ? (this.compat.legacyConditionalPuts ? { returnPrevious: true } : { currentOnConflict: true }) : {}),
     };
     const res = await this.proposeFor(req.key, cmd, opts);
     if (res.type === 'rejected') throw res.error;

@@ -35,6 +35,8 @@ export const NODE_DEFAULTS = {
   keepBytesAfterSnapshot: 16 * 1024 * 1024,
   /** How often the node samples its memory figures for the budget (ms). */
   memoryRefreshMs: 250,
+  /** NodeOptions.commitNoticeDelayMs: an idle node's wait before sending held-back commit indexes (ms). */
+  commitNoticeDelayMs: 5,
   maxPendingProposals: 50_000,
   retentionMs: 3_600_000,
   retentionCheckMs: 10_000,
@@ -91,11 +93,28 @@ export interface NodeOptions {
    */
   readonly lazyCommit?: boolean;
   /**
+   * With lazy commit, how long an idle node waits before sending the commit indexes held back
+   * (ms; default {@link NODE_DEFAULTS}.commitNoticeDelayMs, 0 = at once when idle). A write that
+   * follows within it carries them in its append instead: one client writing one call at a time
+   * then costs two appends and two acknowledgements per write instead of twice that. Followers of
+   * an isolated write apply it at most this much later (the leader's apply and answer are not delayed).
+   */
+  readonly commitNoticeDelayMs?: number;
+  /**
    * A leader's tick sends no heartbeat to a follower it sent an append since the last tick
    * (default true; src/raft `RaftConfig.quietHeartbeats`): busy groups send heartbeats only where
    * appends stopped.
    */
   readonly quietHeartbeats?: boolean;
+  /**
+   * Rolling upgrade from a version before the put flag `currentOnConflict` (default false): a
+   * conditional put asking for the current value is proposed with `returnPrevious` (which also
+   * reads and stores the previous value on success) instead, in an entry every older node decodes.
+   * Off, such entries travel in envelope V5, which an older node refuses by stopping ("upgrade
+   * this node") rather than diverging. Turn it on for the upgraded nodes until every node runs
+   * this version, then restart them without it (kvd `--legacy-conditional-puts`; docs/sessions.md).
+   */
+  readonly legacyConditionalPuts?: boolean;
   /** Snapshot and compact the log after this many applied entries. */
   readonly snapshotEveryEntries?: number;
   /** Entries kept behind a snapshot for followers that lag a little. */

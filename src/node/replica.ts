@@ -356,6 +356,11 @@ export class ShardReplica {
     return this.raw.flushCommit();
   }
 
+  /** Whether `flushCommitNotices` would send anything (lazy commit notices held back); sends nothing. */
+  get commitNoticesOwed(): boolean {
+    return this.raw.commitNoticesOwed();
+  }
+
   /** Takes the Raft core's pending work (call `apply` then `advance` with it). */
   ready(): Ready {
     const rd = this.raw.ready();

@@ -419,6 +419,16 @@ export class Raft {
     return true;
   }
 
+  /** Leader with lazy commit: whether some replicating follower has not been sent the commit index it may learn (what `flushCommit` would send); sends nothing. */
+  commitNoticesOwed(): boolean {
+    if (!this.lazyCommit || this.role !== Role.Leader) return false;
+    for (const [id, pr] of this.prs) {
+      if (id === this.id || pr.state !== ProgressState.Replicate) continue;
+      if (pr.sentCommit < Math.min(pr.match, this.log.committed)) return true;
+    }
+    return false;
+  }
+
   /**
    * Leader with `lazyCommit`: sends the commit index held back so far to every replicating
    * follower that has not been told it (an append, empty unless entries are due). Hosts call it

@@ -113,6 +113,11 @@ export class RawNode {
     return this.raft.flushCommit();
   }
 
+  /** Leader with lazy commit: whether `flushCommit` would send anything (sends nothing). */
+  commitNoticesOwed(): boolean {
+    return this.raft.commitNoticesOwed();
+  }
+
   /** Tells the core that `id` could not be reached. */
   reportUnreachable(id: NodeId): void {
     this.raft.reportUnreachable(id);

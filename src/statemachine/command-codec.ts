@@ -10,7 +10,7 @@ import { validateCommand } from './validation.js';
  *
  * Layout (varint = unsigned LEB128, minimal; str = varint byte length + UTF-8; bytes = varint length + raw):
  *   u8 COMMAND_FORMAT_VERSION, u8 tag, then per tag:
- *   1 put:        u8 flags (bit0 expectedVersion present, bit1 returnPrevious), str key, bytes value, [varint expectedVersion]
+ *   1 put:        u8 flags (bit0 expectedVersion present, bit1 returnPrevious, bit2 currentOnConflict), str key, bytes value, [varint expectedVersion]
  *   2 delete:     u8 flags (bit0 expectedVersion present), str key, [varint expectedVersion]
  *   3 txn:        varint nCompares, { str key, varint version }*, varint nWrites, { u8 op (1 put, 2 delete), str key, [bytes value] }*
  *   4 triggerPut: str key, bytes value
@@ -18,6 +18,8 @@ import { validateCommand } from './validation.js';
  *   6 compact:    varint revision
  *   7 revokeLeaseKeys: varint lease (a positive safe integer)
  * The encoding is canonical: decoding succeeds only for bytes that `encodeCommand` would produce.
+ * Bit2 is newer than the rest: decoders before it refuse the command ("unknown put flags"), which
+ * is why an entry using it is wrapped in proposal envelope V5 (see {@link usesNewerPutFlags}).
  */
 export const COMMAND_FORMAT_VERSION = 1;
 
@@ -32,6 +34,16 @@ const OP_PUT = 1;
 const OP_DELETE = 2;
 const FLAG_EXPECTED = 1;
 const FLAG_RETURN_PREVIOUS = 2;
+const FLAG_CURRENT_ON_CONFLICT = 4;
+
+/**
+ * Whether `cmd` encodes put flags that command decoders older than `currentOnConflict` refuse
+ * (they would apply the entry as a no-op and diverge): the proposal envelope must then be one
+ * those nodes stop on instead (src/node/envelope.ts V5).
+ */
+export function usesNewerPutFlags(cmd: Command): boolean {
+  return cmd.type === 'put' && cmd.currentOnConflict === true;
+}
 
 /** Validates `cmd` (throws ValidationError) and encodes it; `decodeCommand(encodeCommand(c))` deep-equals `c` up to omitted defaults. */
 export function encodeCommand(cmd: Command): Uint8Array {
@@ -42,7 +54,7 @@ export function encodeCommand(cmd: Command): Uint8Array {
     case 'put': {
       const hasExpected = cmd.expectedVersion !== undefined;
       w.u8(TAG_PUT);
-      w.u8((hasExpected ? FLAG_EXPECTED : 0) | (cmd.returnPrevious ? FLAG_RETURN_PREVIOUS : 0));
+      w.u8((hasExpected ? FLAG_EXPECTED : 0) | (cmd.returnPrevious ? FLAG_RETURN_PREVIOUS : 0) | (cmd.currentOnConflict ? FLAG_CURRENT_ON_CONFLICT : 0));
       w.str(cmd.key);
       w.bytes(cmd.value);
       if (hasExpected) w.varint(cmd.expectedVersion!);
@@ -114,13 +126,15 @@ export function decodeCommand(bytes: Uint8Array): Command {
   switch (tag) {
     case TAG_PUT: {
       const flags = r.u8();
-      if ((flags & ~(FLAG_EXPECTED | FLAG_RETURN_PREVIOUS)) !== 0) r.fail(`unknown put flags ${flags}`);
+      if ((flags & ~(FLAG_EXPECTED | FLAG_RETURN_PREVIOUS | FLAG_CURRENT_ON_CONFLICT)) !== 0) r.fail(`unknown put flags ${flags}`);
+      if ((flags & FLAG_RETURN_PREVIOUS) !== 0 && (flags & FLAG_CURRENT_ON_CONFLICT) !== 0) r.fail(`put flags ${flags}: returnPrevious and currentOnConflict are exclusive`);
       const key = r.str(MAX_KEY_BYTES, 'key');
       const value = r.bytes(MAX_VALUE_BYTES, 'value');
-      const put: { type: 'put'; key: string; value: Uint8Array; expectedVersion?: number; returnPrevious?: boolean } =
+      const put: { type: 'put'; key: string; value: Uint8Array; expectedVersion?: number; returnPrevious?: boolean; currentOnConflict?: boolean } =
         { type: 'put', key, value };
       if (flags & FLAG_EXPECTED) put.expectedVersion = r.varint();
       if (flags & FLAG_RETURN_PREVIOUS) put.returnPrevious = true;
+      if (flags & FLAG_CURRENT_ON_CONFLICT) put.currentOnConflict = true;
       cmd = put;
       break;
     }

@@ -484,7 +484,8 @@ export class KvStateMachine {
     const cur = this.latestLive(cmd.key);
     const curVersion = cur?.revision ?? 0;
     if (cmd.expectedVersion !== undefined && cmd.expectedVersion !== curVersion) {
-      const current = cmd.returnPrevious && cur ? { version: curVersion, value: this.valueOf(cmd.key, cur) } : { version: curVersion };
+      const withValue = (cmd.returnPrevious === true || cmd.currentOnConflict === true) && cur !== undefined;
+      const current = withValue ? { version: curVersion, value: this.valueOf(cmd.key, cur) } : { version: curVersion };
       return this.done({ type: 'put', succeeded: false, revision: this._revision, version: curVersion, timestampMs: ts, current });
     }
     const previous = cmd.returnPrevious && cur ? this.valueOf(cmd.key, cur) : undefined;

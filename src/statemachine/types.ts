@@ -10,6 +10,12 @@ export interface PutCommand {
   readonly expectedVersion?: number;
   /** Return the previous value on success, and the current value on conflict. */
   readonly returnPrevious?: boolean;
+  /**
+   * Return the current value on conflict only: a successful put reads and carries no previous
+   * value (what a read-modify-write retry needs). Exclusive with `returnPrevious`. Entries with it
+   * travel in proposal envelope V5 (src/node/envelope.ts), which older nodes refuse clearly.
+   */
+  readonly currentOnConflict?: boolean;
 }
 
 /** Delete `key` (writes a tombstone); with `expectedVersion`, only if the current version equals it. */
@@ -133,7 +139,7 @@ export interface PutResult {
   /** The key's version after the command: the new revision on success, the current version (0 = absent) on conflict. */
   readonly version: number;
   readonly timestampMs: number;
-  /** On conflict: the current version, plus the value when `returnPrevious` was set and the key exists. */
+  /** On conflict: the current version, plus the value when `returnPrevious` or `currentOnConflict` was set and the key exists. */
   readonly current?: VersionedValue;
   /** On success with `returnPrevious`: the replaced version and value (absent if the key did not exist). */
   readonly previous?: VersionedValue;

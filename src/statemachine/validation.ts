@@ -102,6 +102,12 @@ export function validateCommand(cmd: unknown): asserts cmd is Command {
       if (c.returnPrevious !== undefined && typeof c.returnPrevious !== 'boolean') {
         throw new ValidationError('INVALID_COMMAND', 'returnPrevious must be a boolean');
       }
+      if (c.currentOnConflict !== undefined && typeof c.currentOnConflict !== 'boolean') {
+        throw new ValidationError('INVALID_COMMAND', 'currentOnConflict must be a boolean');
+      }
+      if (c.returnPrevious === true && c.currentOnConflict === true) {
+        throw new ValidationError('INVALID_COMMAND', 'returnPrevious and currentOnConflict are exclusive (returnPrevious already returns the current value on conflict)');
+      }
       return;
     case 'delete':
       validateKey(c.key);

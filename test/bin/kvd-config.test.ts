@@ -21,6 +21,11 @@ describe('kvd configuration', () => {
     expect(cfg.warnings.join('\n')).toMatch(/--insecure-peers: .* Local development only/);
   });
 
+  it('--legacy-conditional-puts (rolling upgrade) is off unless given', () => {
+    expect(parseConfig([...base, '--insecure-peers']).legacyConditionalPuts).toBeUndefined();
+    expect(parseConfig([...base, '--insecure-peers', '--legacy-conditional-puts']).legacyConditionalPuts).toBe(true);
+  });
+
   it('binds --listen and advertises --advertise (a DNS name), as in a container', () => {
     const dns = '1=kvd-0.kvd:7379/kvd-0.kvd:7380,2=kvd-1.kvd:7379/kvd-1.kvd:7380,3=kvd-2.kvd:7379/kvd-2.kvd:7380';
     const cfg = parseConfig(['--id', '1', '--listen', '0.0.0.0:7379', '--advertise', 'kvd-0.kvd:7379', '--peer-listen', '0.0.0.0:7380', '--advertise-peer', 'kvd-0.kvd:7380', '--peers', dns, '--insecure-peers']);

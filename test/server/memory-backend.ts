@@ -370,7 +370,7 @@ export class MemoryBackend implements KvBackend {
       key: req.key,
       value: req.value,
       ...(req.expectedVersion !== undefined ? { expectedVersion: req.expectedVersion } : {}),
-      ...(req.returnCurrentValue ? { returnPrevious: true } : {}),
+      ...(req.returnCurrentValue ? { currentOnConflict: true } : {}),
     };
     return this.apply(cmd, group, opts.session, 'client', opts.hops) as PutResult;
   }

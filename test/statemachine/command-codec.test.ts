@@ -7,6 +7,7 @@ import {
   ValidationError,
   decodeCommand,
   encodeCommand,
+  usesNewerPutFlags,
   type Command,
 } from '../../src/statemachine/index.js';
 import { b, commandArb } from './helpers.js';
@@ -37,6 +38,24 @@ describe('command codec', () => {
     expect(encodeCommand({ type: 'noop' }).length).toBe(2);
     expect(encodeCommand({ type: 'put', key: 'key', value: b('value') }).length).toBe(2 + 1 + 4 + 6);
     expect(encodeCommand({ type: 'delete', key: 'k', expectedVersion: 300 }).length).toBe(2 + 1 + 2 + 2);
+  });
+
+  it('currentOnConflict is put flag bit2, exclusive with returnPrevious, and flagged as newer than pre-V5 decoders', () => {
+    const cmd = { type: 'put' as const, key: 'k', value: b('v'), expectedVersion: 3, currentOnConflict: true };
+    const bytes = encodeCommand(cmd);
+    expect(bytes[2]).toBe(1 | 4); // version, tag, flags: expected version + currentOnConflict
+    expect(decodeCommand(bytes)).toEqual(cmd);
+    expect(usesNewerPutFlags(cmd)).toBe(true);
+    expect(usesNewerPutFlags({ type: 'put', key: 'k', value: b('v'), expectedVersion: 3, returnPrevious: true })).toBe(false);
+    expect(usesNewerPutFlags({ type: 'put', key: 'k', value: b('v'), currentOnConflict: false })).toBe(false);
+    expect(decodeCommand(encodeCommand({ type: 'put', key: 'k', value: b(''), currentOnConflict: false }))).toEqual({ type: 'put', key: 'k', value: new Uint8Array(0) });
+    expect(() => encodeCommand({ type: 'put', key: 'k', value: b('v'), returnPrevious: true, currentOnConflict: true })).toThrow(/exclusive/);
+    const both = encodeCommand({ type: 'put', key: 'k', value: b('v'), returnPrevious: true });
+    both[2] = 2 | 4;
+    expect(() => decodeCommand(both)).toThrow(/exclusive/);
+    const unknown = encodeCommand({ type: 'put', key: 'k', value: b('v') });
+    unknown[2] = 8;
+    expect(() => decodeCommand(unknown)).toThrow(/unknown put flags 8/);
   });
 
   it('drops returnPrevious: false and keeps BOM and astral characters in keys', () => {

@@ -38,6 +38,10 @@ export function commandArb(key: fc.Arbitrary<string> = anyKey, value: fc.Arbitra
       { type: fc.constant('put' as const), key, value, expectedVersion: version, returnPrevious: fc.constant(true as const) },
       { requiredKeys: ['type', 'key', 'value'] },
     ),
+    fc.record(
+      { type: fc.constant('put' as const), key, value, expectedVersion: version, currentOnConflict: fc.constant(true as const) },
+      { requiredKeys: ['type', 'key', 'value', 'currentOnConflict'] },
+    ),
     fc.record({ type: fc.constant('delete' as const), key, expectedVersion: version }, { requiredKeys: ['type', 'key'] }),
     fc.record({
       type: fc.constant('txn' as const),

@@ -20,7 +20,7 @@ class Driver {
   run(cmd: Command, ts = 1000): ApplyOutput {
     return this.m.apply(++this.index, ts, cmd);
   }
-  put(key: string, value: string, ts = 1000, extra: { expectedVersion?: number; returnPrevious?: boolean } = {}): ApplyOutput {
+  put(key: string, value: string, ts = 1000, extra: { expectedVersion?: number; returnPrevious?: boolean; currentOnConflict?: boolean } = {}): ApplyOutput {
     return this.run({ type: 'put', key, value: b(value), ...extra }, ts);
   }
   del(key: string, ts = 1000, expectedVersion?: number): ApplyOutput {
@@ -91,6 +91,24 @@ describe('put', () => {
     expect(d.put('missing', 'x', 1000, { expectedVersion: 7, returnPrevious: true }).result).toMatchObject({
       succeeded: false, version: 0, current: { version: 0 },
     });
+  });
+
+  it('currentOnConflict: a success carries no previous (nor current) value; a conflict carries the current version and value', () => {
+    const d = new Driver();
+    d.put('k', 'a');
+    const ok = d.put('k', 'b', 1000, { expectedVersion: 1, currentOnConflict: true }).result;
+    expect(ok).toEqual({ type: 'put', succeeded: true, revision: 2, version: 2, timestampMs: 1000 });
+    const created = d.put('new', 'x', 1000, { expectedVersion: 0, currentOnConflict: true }).result;
+    expect(created).toEqual({ type: 'put', succeeded: true, revision: 3, version: 3, timestampMs: 1000 });
+    expect(d.put('k', 'c', 1000, { expectedVersion: 1, currentOnConflict: true }).result).toEqual({
+      type: 'put', succeeded: false, revision: 3, version: 2, timestampMs: 1000, current: { version: 2, value: b('b') },
+    });
+    expect(d.put('missing', 'x', 1000, { expectedVersion: 7, currentOnConflict: true }).result).toEqual({
+      type: 'put', succeeded: false, revision: 3, version: 0, timestampMs: 1000, current: { version: 0 },
+    });
+    // Without either flag a conflict reports the version only.
+    expect(d.put('k', 'c', 1000, { expectedVersion: 1 }).result).toMatchObject({ succeeded: false, current: { version: 2 } });
+    expect(d.put('k', 'c', 1000, { expectedVersion: 1 }).result).not.toHaveProperty('current.value');
   });
 
   it('returnPrevious on success returns the replaced value, and nothing for a new key', () => {
