@@ -691,7 +691,8 @@ export class ShardReplica {
   takeStateUnits(): EngineOp[][] {
     const out = this.records.take(this.machine);
     // The host stages the units synchronously after this returns: wait for them from a microtask.
-    if (this.opts.values && !this.installing) queueMicrotask(() => this.scheduleRelease());
+    // Nothing taken, nothing new to release (every earlier unit scheduled its own release).
+    if (this.opts.values && !this.installing && out.length > 0) queueMicrotask(() => this.scheduleRelease());
     return out;
   }
 

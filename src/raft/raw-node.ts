@@ -48,6 +48,11 @@ export class RawNode {
   private prevSoft: SoftState;
   private prevHard: HardState;
   private outstanding: Ready | undefined;
+  /**
+   * How far `takeLivenessMessages` looked into the core's message queue `msgs` while the durable
+   * term was `term`: the first `upTo` messages hold no liveness message it would take.
+   */
+  private livenessScan: { msgs: readonly Message[]; term: number; upTo: number } = { msgs: [], term: -1, upTo: 0 };
 
   constructor(cfg: RaftConfig) {
     this.raft = new Raft(cfg);
@@ -178,12 +183,27 @@ export class RawNode {
    */
   takeLivenessMessages(): Message[] {
     const r = this.raft;
-    if (r.msgs.length === 0) return [];
-    const out: Message[] = [];
-    const keep: Message[] = [];
-    for (const m of r.msgs) (LIVENESS_TYPES.has(m.type) && m.term === this.prevHard.term ? out : keep).push(m);
-    if (out.length > 0) r.msgs = keep;
-    return out;
+    const msgs = r.msgs;
+    // Only the messages queued since the last call are looked at: the earlier ones were (and
+    // nothing changed the durable term since, see `livenessScan`). A host calls this after every
+    // message it steps during a round, so rescanning the whole queue each time would be quadratic.
+    const from = this.livenessScan.msgs === msgs && this.livenessScan.term === this.prevHard.term ? this.livenessScan.upTo : 0;
+    if (from >= msgs.length) return [];
+    let out: Message[] | undefined;
+    let keep: Message[] | undefined;
+    for (let i = from; i < msgs.length; i++) {
+      const m = msgs[i]!;
+      if ((m.type === MessageType.Heartbeat || m.type === MessageType.HeartbeatResp) && m.term === this.prevHard.term) {
+        if (!out) {
+          out = [];
+          keep = msgs.slice(0, i);
+        }
+        out.push(m);
+      } else keep?.push(m);
+    }
+    if (out) r.msgs = keep!;
+    this.livenessScan = { msgs: r.msgs, term: this.prevHard.term, upTo: r.msgs.length };
+    return out ?? [];
   }
 
   /**
@@ -255,8 +275,6 @@ const EARLY_TYPES = new Set<string>([
   MessageType.ReadIndexResp,
 ]);
 
-/** Messages that promise nothing about the log or a vote: sendable outside a Ready (see `takeLivenessMessages`). */
-const LIVENESS_TYPES = new Set<string>([MessageType.Heartbeat, MessageType.HeartbeatResp]);
 
 function isForwardable(m: Message): boolean {
   return m.type === MessageType.Prop || m.type === MessageType.ReadIndex || m.type === MessageType.TransferLeader;
