@@ -114,7 +114,8 @@ async function rssMiB(pid: number): Promise<number | undefined> {
 
 /**
  * Whether a Prometheus metric name looks like a counter of peer / Raft messages sent:
- * `kvcascade_…(raft|peer)…(message|msg)…_total`, not received, dropped or failed ones.
+ * `kvcascade_…(raft|peer)…(message|msg)…_total`, not received, dropped, failed or ignored ones
+ * (`kvcascade_raft_messages_ignored_total` counts received messages the core ignored).
  */
 export function isSentMessageCounter(name: string): boolean {
   return (
@@ -122,7 +123,7 @@ export function isSentMessageCounter(name: string): boolean {
     name.endsWith('_total') &&
     /(raft|peer)/.test(name) &&
     /(message|msg)/.test(name) &&
-    !/(recv|receiv|drop|fail|error|reject)/.test(name)
+    !/(recv|receiv|drop|fail|error|reject|ignor)/.test(name)
   );
 }
 
