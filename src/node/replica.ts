@@ -360,7 +360,7 @@ export class ShardReplica {
   }
 
   /** Heartbeats and their responses at a durable term, sendable while a Ready waits for its fsync (RawNode.takeLivenessMessages). */
-  takeLivenessMessages(): Message[] {
+  takeLivenessMessages(): readonly Message[] {
     return this.raw.takeLivenessMessages();
   }
 

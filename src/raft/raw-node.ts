@@ -52,7 +52,7 @@ export class RawNode {
    * How far `takeLivenessMessages` looked into the core's message queue `msgs` while the durable
    * term was `term`: the first `upTo` messages hold no liveness message it would take.
    */
-  private livenessScan: { msgs: readonly Message[]; term: number; upTo: number } = { msgs: [], term: -1, upTo: 0 };
+  private readonly livenessScan: { msgs: readonly Message[]; term: number; upTo: number } = { msgs: [], term: -1, upTo: 0 };
 
   constructor(cfg: RaftConfig) {
     this.raft = new Raft(cfg);
@@ -181,19 +181,21 @@ export class RawNode {
    * and the leader hears its quorum (check-quorum, ReadIndex). Everything else stays, in order,
    * for the next Ready. Deterministic: a function of the core's state only.
    */
-  takeLivenessMessages(): Message[] {
+  takeLivenessMessages(): readonly Message[] {
     const r = this.raft;
     const msgs = r.msgs;
     // Only the messages queued since the last call are looked at: the earlier ones were (and
     // nothing changed the durable term since, see `livenessScan`). A host calls this after every
     // message it steps during a round, so rescanning the whole queue each time would be quadratic.
-    const from = this.livenessScan.msgs === msgs && this.livenessScan.term === this.prevHard.term ? this.livenessScan.upTo : 0;
-    if (from >= msgs.length) return [];
+    const scan = this.livenessScan;
+    const term = this.prevHard.term;
+    const from = scan.msgs === msgs && scan.term === term ? scan.upTo : 0;
+    if (from >= msgs.length) return NO_MESSAGES;
     let out: Message[] | undefined;
     let keep: Message[] | undefined;
     for (let i = from; i < msgs.length; i++) {
       const m = msgs[i]!;
-      if ((m.type === MessageType.Heartbeat || m.type === MessageType.HeartbeatResp) && m.term === this.prevHard.term) {
+      if ((m.type === MessageType.Heartbeat || m.type === MessageType.HeartbeatResp) && m.term === term) {
         if (!out) {
           out = [];
           keep = msgs.slice(0, i);
@@ -202,8 +204,10 @@ export class RawNode {
       } else keep?.push(m);
     }
     if (out) r.msgs = keep!;
-    this.livenessScan = { msgs: r.msgs, term: this.prevHard.term, upTo: r.msgs.length };
-    return out ?? [];
+    scan.msgs = r.msgs;
+    scan.term = term;
+    scan.upTo = r.msgs.length;
+    return out ?? NO_MESSAGES;
   }
 
   /**
@@ -262,6 +266,9 @@ export class RawNode {
     };
   }
 }
+
+/** The empty answer of `takeLivenessMessages` (shared: callers only read it). */
+const NO_MESSAGES: readonly Message[] = Object.freeze([]);
 
 /**
  * Messages only a leader sends, which depend on nothing this Ready makes durable: the leader may
