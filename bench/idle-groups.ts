@@ -13,6 +13,9 @@ const USAGE = `usage: node dist/bench/idle-groups.js [flags]
   --groups LIST       data shard counts of the default pool, one fresh 3-node cluster each (default 1,16,64; 1..64)
   --seconds S         measured idle window per cluster (default 20)
   --pause S           wait after the leaders settled before measuring (default 2)
+  --quiet-msgs N      then wait until every node sends at most N peer messages/s for 2 s in a row (default 30:
+                      the node keepalives, 10/s to each of 2 peers, with room; 0 = do not wait) ...
+  --quiet-timeout S   ... for at most S seconds (default 30; then it measures anyway, noted)
   --settle-timeout S  longest wait for the leaders to settle (default 120; then it measures anyway, noted)
   --data-root DIR     parent of the clusters' temp data dirs (default: OS temp dir)
   --kvd-bin PATH      kvd entry point (default: dist/src/bin/kvd.js)
@@ -28,6 +31,9 @@ export interface IdleConfig {
   readonly groups: number[];
   readonly seconds: number;
   readonly pauseS: number;
+  /** Peer messages/s per node at or below which a cluster counts as quiet (0: no wait). */
+  readonly quietMsgs: number;
+  readonly quietTimeoutS: number;
   readonly settleTimeoutS: number;
   readonly dataRoot?: string;
   readonly kvdBin?: string;
@@ -42,6 +48,8 @@ export function parseIdleConfig(argv: string[]): IdleConfig | undefined {
       groups: { type: 'string', default: '1,16,64' },
       seconds: { type: 'string', default: '20' },
       pause: { type: 'string', default: '2' },
+      'quiet-msgs': { type: 'string', default: '30' },
+      'quiet-timeout': { type: 'string', default: '30' },
       'settle-timeout': { type: 'string', default: '120' },
       'data-root': { type: 'string' },
       'kvd-bin': { type: 'string' },
@@ -57,6 +65,8 @@ export function parseIdleConfig(argv: string[]): IdleConfig | undefined {
     groups,
     seconds: num('seconds', values.seconds, 0.1),
     pauseS: num('pause', values.pause, 0),
+    quietMsgs: num('quiet-msgs', values['quiet-msgs'], 0),
+    quietTimeoutS: num('quiet-timeout', values['quiet-timeout'], 0),
     settleTimeoutS: num('settle-timeout', values['settle-timeout'], 1),
     ...(values['data-root'] === undefined ? {} : { dataRoot: resolve(values['data-root']) }),
     ...(values['kvd-bin'] === undefined ? {} : { kvdBin: resolve(values['kvd-bin']) }),
@@ -87,6 +97,10 @@ export interface IdleRow {
   readonly settled: boolean;
   readonly settleS: number;
   readonly settleReason: string | null;
+  /** Seconds waited after the pause for the cluster to be quiet (see `--quiet-msgs`); null: not asked. */
+  readonly quietS: number | null;
+  /** Whether it was quiet when the window started (null: not asked). */
+  readonly quiet: boolean | null;
   readonly windowS: number;
   readonly nodes: IdleNode[];
   /** Means over the nodes (null when no node had the figure). */
@@ -114,7 +128,8 @@ async function rssMiB(pid: number): Promise<number | undefined> {
 
 /**
  * Whether a Prometheus metric name looks like a counter of peer / Raft messages sent:
- * `kvcascade_…(raft|peer)…(message|msg)…_total`, not received, dropped or failed ones.
+ * `kvcascade_…(raft|peer)…(message|msg)…_total`, not received, dropped, failed or ignored ones
+ * (`kvcascade_raft_messages_ignored_total` counts received messages the core ignored).
  */
 export function isSentMessageCounter(name: string): boolean {
   return (
@@ -122,7 +137,7 @@ export function isSentMessageCounter(name: string): boolean {
     name.endsWith('_total') &&
     /(raft|peer)/.test(name) &&
     /(message|msg)/.test(name) &&
-    !/(recv|receiv|drop|fail|error|reject)/.test(name)
+    !/(recv|receiv|drop|fail|error|reject|ignor)/.test(name)
   );
 }
 
@@ -148,6 +163,38 @@ function mean(xs: (number | null)[]): number | null {
   return v.length === 0 ? null : v.reduce((a, b) => a + b, 0) / v.length;
 }
 
+/**
+ * Polls every node's sent peer messages once a second until, for 2 samples in a row, every node
+ * sent at most `maxPerSec` per second (the cluster has stopped its start-up work: leader moves,
+ * the map and lease writes, quiescing), or until `timeoutS`. Nodes without the counter count as quiet.
+ */
+async function waitQuiet(
+  scrapeAll: () => Promise<(string | undefined)[]>,
+  maxPerSec: number,
+  timeoutS: number,
+): Promise<{ quiet: boolean; waitedS: number; lastRates: number[] }> {
+  const t0 = performance.now();
+  let prev = await scrapeAll();
+  let tPrev = performance.now();
+  let streak = 0;
+  let rates: number[] = [];
+  while ((performance.now() - t0) / 1000 < timeoutS) {
+    await sleep(1000);
+    const cur = await scrapeAll();
+    const now = performance.now();
+    rates = cur.map((b, i) => {
+      const a = prev[i];
+      if (a === undefined || b === undefined) return 0;
+      return (sumSentMessages(b).total - sumSentMessages(a).total) / ((now - tPrev) / 1000);
+    });
+    prev = cur;
+    tPrev = now;
+    streak = rates.every((r) => r <= maxPerSec) ? streak + 1 : 0;
+    if (streak >= 2) return { quiet: true, waitedS: (now - t0) / 1000, lastRates: rates };
+  }
+  return { quiet: false, waitedS: (performance.now() - t0) / 1000, lastRates: rates };
+}
+
 /** Starts, settles and measures one cluster with `shards` data shards. */
 async function measureOne(cfg: IdleConfig, shards: number, onCluster: (c: RunningCluster | undefined) => void): Promise<IdleRow> {
   log(`starting a 3-node kvd cluster with --default-shards ${shards}`);
@@ -170,6 +217,8 @@ async function measureOne(cfg: IdleConfig, shards: number, onCluster: (c: Runnin
     const pids = cluster.pids();
     const ports = (await cluster.metricsPorts?.()) ?? [];
     const scrapeAll = (): Promise<(string | undefined)[]> => Promise.all(cluster.endpoints.map((_, i) => scrapeMetrics(ports[i])));
+    const quietWait = cfg.quietMsgs > 0 ? await waitQuiet(scrapeAll, cfg.quietMsgs, cfg.quietTimeoutS) : null;
+    if (quietWait) log(`${shards} shard(s): ${quietWait.quiet ? 'quiet' : 'NOT quiet'} after ${quietWait.waitedS.toFixed(1)} s (peer msgs/s/node ${quietWait.lastRates.map((r) => r.toFixed(0)).join(', ')})`);
     const m0 = await scrapeAll();
     const c0 = await Promise.all(pids.map((p) => processCpuSeconds(p)));
     const t0 = performance.now();
@@ -218,6 +267,8 @@ async function measureOne(cfg: IdleConfig, shards: number, onCluster: (c: Runnin
       settled: settle.settled,
       settleS: settle.waitedS,
       settleReason: settle.reason ?? null,
+      quietS: quietWait?.waitedS ?? null,
+      quiet: quietWait?.quiet ?? null,
       windowS,
       nodes,
       cpuPct: mean(nodes.map((n) => n.cpuPct)),
@@ -274,7 +325,8 @@ export function renderIdleTable(rows: readonly IdleRow[]): string {
     f(r.rssMiB, 1),
     range(r.nodes.map((n) => n.rssMiB), 1),
     f(r.peerMsgsPerSec, 0),
-    r.settled ? `yes, ${r.settleS.toFixed(1)} s` : `NO after ${r.settleS.toFixed(1)} s: ${r.settleReason ?? '?'}`,
+    (r.settled ? `yes, ${r.settleS.toFixed(1)} s` : `NO after ${r.settleS.toFixed(1)} s: ${r.settleReason ?? '?'}`) +
+      (r.quiet === null ? '' : r.quiet ? `; quiet after ${r.quietS!.toFixed(0)} s more` : `; NOT quiet after ${r.quietS!.toFixed(0)} s`),
   ]);
   const widths = head.map((h, i) => Math.max(h.length, ...body.map((row) => row[i]!.length)));
   const line = (cells: string[]): string => cells.map((c, i) => (i < 7 ? c.padStart(widths[i]!) : c)).join('  ').trimEnd();

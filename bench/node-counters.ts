@@ -6,6 +6,7 @@ export const NODE_COUNTERS = {
   batches: 'kvcascade_peer_batches_sent_total',
   rounds: 'kvcascade_fsync_duration_seconds_count',
   roundEntries: 'kvcascade_fsync_batch_entries_sum',
+  fsyncSeconds: 'kvcascade_fsync_duration_seconds_sum',
   engineOps: 'kvcascade_engine_ops_total',
   engineBatches: 'kvcascade_engine_batches_total',
 } as const;
@@ -46,18 +47,21 @@ export async function readNodeCounters(ports: readonly (number | undefined)[]): 
   return out;
 }
 
-/** Per-op deltas between two readings (all nodes), plus entries per fsynced round per node; only counters present in both. */
+/** Per-op deltas between two readings (all nodes), plus entries per fsynced round per node and its mean fsync time; only counters present in both. */
 export function perOp(start: NodeCounters, end: NodeCounters, ops: number, nodes: number): Record<string, number> {
   const out: Record<string, number> = {};
   if (ops <= 0) return out;
   for (const k of Object.keys(NODE_COUNTERS) as NodeCounterName[]) {
     const a = start[k];
     const b = end[k];
-    if (a !== undefined && b !== undefined && k !== 'roundEntries') out[k] = (b - a) / ops;
+    if (a !== undefined && b !== undefined && k !== 'roundEntries' && k !== 'fsyncSeconds') out[k] = (b - a) / ops;
   }
   const rounds = (end.rounds ?? 0) - (start.rounds ?? 0);
   if (rounds > 0 && start.roundEntries !== undefined && end.roundEntries !== undefined) {
     out.entriesPerRound = (end.roundEntries - start.roundEntries) / rounds;
+  }
+  if (rounds > 0 && start.fsyncSeconds !== undefined && end.fsyncSeconds !== undefined) {
+    out.fsyncMsPerRound = (1000 * (end.fsyncSeconds - start.fsyncSeconds)) / rounds;
   }
   if (nodes > 0) out.nodes = nodes;
   return out;
@@ -73,7 +77,8 @@ export function perOpNote(p: Record<string, number>): string | undefined {
   if (p.engineOps !== undefined) parts.push(`engine ops ${f(p.engineOps)}`);
   if (p.engineBatches !== undefined) parts.push(`engine batches ${f(p.engineBatches)}`);
   if (parts.length === 0) return undefined;
-  const tail = p.entriesPerRound !== undefined ? `; ${p.entriesPerRound.toFixed(1)} entries/fsynced round` : '';
+  let tail = p.entriesPerRound !== undefined ? `; ${p.entriesPerRound.toFixed(1)} entries/fsynced round` : '';
+  if (p.fsyncMsPerRound !== undefined) tail += `, ${p.fsyncMsPerRound.toFixed(1)} ms each`;
   return `per op, all nodes: ${parts.join(', ')}${tail}`;
 }
 

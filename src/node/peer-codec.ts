@@ -154,6 +154,17 @@ const RULES: ReadonlyMap<string, TypeRule> = new Map<MessageType, TypeRule>([
   [MessageType.TimeoutNow, { required: [], optional: [] }],
 ]);
 
+/** Each field's bit in a presence bit set (its position in ALL_FIELDS). */
+const FIELD_BIT: ReadonlyMap<Field, number> = new Map(ALL_FIELDS.map((f, i) => [f, 1 << i]));
+
+/** RULES as bit sets: the fields a type needs, and those it needs or may carry. */
+const RULE_MASKS: ReadonlyMap<string, { readonly required: number; readonly allowed: number }> = new Map(
+  [...RULES].map(([type, rule]) => {
+    const mask = (fs: readonly Field[]) => fs.reduce((m, f) => m | FIELD_BIT.get(f)!, 0);
+    return [type, { required: mask(rule.required), allowed: mask(rule.required) | mask(rule.optional) }];
+  }),
+);
+
 const LOCAL_ONLY = new Set<string>([MessageType.Hup, MessageType.Beat]);
 const EMPTY = new Uint8Array(0);
 
@@ -237,18 +248,26 @@ function decodeStructure(input: unknown): Message {
   if (rule.forwarded && term !== 0) throw new PeerMessageError('out-of-bounds', `${type} is forwarded with term 0, got term ${term}`);
   if (!rule.forwarded && term === 0) throw new PeerMessageError('out-of-bounds', `${type} needs a term >= 1`);
 
-  // Which fields are present (proto3: an empty repeated or bytes field and `false` are absent).
-  const present = new Set<Field>();
-  for (const f of ALL_FIELDS) {
+  // Which fields are present (proto3: an empty repeated or bytes field and `false` are absent),
+  // as a bit set over ALL_FIELDS (this runs for every message received: no allocation).
+  let bits = 0;
+  for (let i = 0; i < ALL_FIELDS.length; i++) {
+    const f = ALL_FIELDS[i]!;
     const v = w[f];
     if (v === undefined || v === null || v === false) continue;
     if ((f === 'entries' || f === 'chunk') && isEmptySequence(v)) continue;
-    present.add(f);
+    bits |= 1 << i;
   }
-  for (const f of rule.required) if (!present.has(f)) throw new PeerMessageError('missing-field', `${type} needs ${f}`);
-  for (const f of present) {
-    if (!rule.required.includes(f) && !rule.optional.includes(f)) throw new PeerMessageError('unexpected-field', `${type} never carries ${f}`);
+  const masks = RULE_MASKS.get(type)!;
+  if ((bits & masks.required) !== masks.required) {
+    const f = ALL_FIELDS.find((_, i) => (masks.required & (1 << i)) !== 0 && (bits & (1 << i)) === 0)!;
+    throw new PeerMessageError('missing-field', `${type} needs ${f}`);
   }
+  if ((bits & ~masks.allowed) !== 0) {
+    const f = ALL_FIELDS.find((_, i) => (bits & ~masks.allowed & (1 << i)) !== 0)!;
+    throw new PeerMessageError('unexpected-field', `${type} never carries ${f}`);
+  }
+  const present = { has: (f: Field): boolean => (bits & FIELD_BIT.get(f)!) !== 0 };
 
   const out: { -readonly [K in keyof Message]: Message[K] } = { type: type as MessageType, group, from, to, term };
   if (present.has('index')) out.index = bounded(w['index'], MAX_RAFT_INDEX, 'index');

@@ -374,7 +374,7 @@ export class ShardReplica {
   }
 
   /** Heartbeats and their responses at a durable term, sendable while a Ready waits for its fsync (RawNode.takeLivenessMessages). */
-  takeLivenessMessages(): Message[] {
+  takeLivenessMessages(): readonly Message[] {
     return this.raw.takeLivenessMessages();
   }
 
@@ -731,7 +731,8 @@ export class ShardReplica {
   takeStateUnits(): EngineOp[][] {
     const out = this.records.take(this.machine);
     // The host stages the units synchronously after this returns: wait for them from a microtask.
-    if (this.opts.values && !this.installing) queueMicrotask(() => this.scheduleRelease());
+    // Nothing taken, nothing new to release (every earlier unit scheduled its own release).
+    if (this.opts.values && !this.installing && out.length > 0) queueMicrotask(() => this.scheduleRelease());
     return out;
   }
 

@@ -963,7 +963,8 @@ export class Raft {
     this.appendEntries(es);
     this.uncommittedBytes += bytes;
     for (const e of es) if (e.type === EntryType.ConfChange) this.pendingConfIndex = this.log.lastIndex();
-    if (this.selfRemovalIndex === 0) this.selfRemovalIndex = this.findSelfRemoval(first, this.log.lastIndex());
+    // Only a membership change can remove this replica (no log slice per ordinary proposal).
+    if (this.selfRemovalIndex === 0 && es.some((e) => e.type === EntryType.ConfChange)) this.selfRemovalIndex = this.findSelfRemoval(first, this.log.lastIndex());
     this.appendPending = true;
   }
 

@@ -48,6 +48,11 @@ export class RawNode {
   private prevSoft: SoftState;
   private prevHard: HardState;
   private outstanding: Ready | undefined;
+  /**
+   * How far `takeLivenessMessages` looked into the core's message queue `msgs` while the durable
+   * term was `term`: the first `upTo` messages hold no liveness message it would take.
+   */
+  private readonly livenessScan: { msgs: readonly Message[]; term: number; upTo: number } = { msgs: [], term: -1, upTo: 0 };
 
   constructor(cfg: RaftConfig) {
     this.raft = new Raft(cfg);
@@ -181,14 +186,33 @@ export class RawNode {
    * and the leader hears its quorum (check-quorum, ReadIndex). Everything else stays, in order,
    * for the next Ready. Deterministic: a function of the core's state only.
    */
-  takeLivenessMessages(): Message[] {
+  takeLivenessMessages(): readonly Message[] {
     const r = this.raft;
-    if (r.msgs.length === 0) return [];
-    const out: Message[] = [];
-    const keep: Message[] = [];
-    for (const m of r.msgs) (LIVENESS_TYPES.has(m.type) && m.term === this.prevHard.term ? out : keep).push(m);
-    if (out.length > 0) r.msgs = keep;
-    return out;
+    const msgs = r.msgs;
+    // Only the messages queued since the last call are looked at: the earlier ones were (and
+    // nothing changed the durable term since, see `livenessScan`). A host calls this after every
+    // message it steps during a round, so rescanning the whole queue each time would be quadratic.
+    const scan = this.livenessScan;
+    const term = this.prevHard.term;
+    const from = scan.msgs === msgs && scan.term === term ? scan.upTo : 0;
+    if (from >= msgs.length) return NO_MESSAGES;
+    let out: Message[] | undefined;
+    let keep: Message[] | undefined;
+    for (let i = from; i < msgs.length; i++) {
+      const m = msgs[i]!;
+      if ((m.type === MessageType.Heartbeat || m.type === MessageType.HeartbeatResp) && m.term === term) {
+        if (!out) {
+          out = [];
+          keep = msgs.slice(0, i);
+        }
+        out.push(m);
+      } else keep?.push(m);
+    }
+    if (out) r.msgs = keep!;
+    scan.msgs = r.msgs;
+    scan.term = term;
+    scan.upTo = r.msgs.length;
+    return out ?? NO_MESSAGES;
   }
 
   /**
@@ -248,6 +272,9 @@ export class RawNode {
   }
 }
 
+/** The empty answer of `takeLivenessMessages` (shared: callers only read it). */
+const NO_MESSAGES: readonly Message[] = Object.freeze([]);
+
 /**
  * Messages only a leader sends, which depend on nothing this Ready makes durable: the leader may
  * send them while its own disk write is in flight (Raft thesis §10.2.1).
@@ -260,8 +287,6 @@ const EARLY_TYPES = new Set<string>([
   MessageType.ReadIndexResp,
 ]);
 
-/** Messages that promise nothing about the log or a vote: sendable outside a Ready (see `takeLivenessMessages`). */
-const LIVENESS_TYPES = new Set<string>([MessageType.Heartbeat, MessageType.HeartbeatResp]);
 
 function isForwardable(m: Message): boolean {
   return m.type === MessageType.Prop || m.type === MessageType.ReadIndex || m.type === MessageType.TransferLeader;

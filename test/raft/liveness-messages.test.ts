@@ -106,6 +106,52 @@ describe('messages a host may send while a write is syncing', () => {
     expect(kinds(follower.node.takeLivenessMessages())).toEqual([`${MessageType.HeartbeatResp}>2@${term + 1}`]);
   });
 
+  it('looks only at what was queued since its last call, yet hands out every heartbeat response once, and keeps the rest in order', () => {
+    // A host calls takeLivenessMessages after each message it steps during a round; appends'
+    // acknowledgements pile up meanwhile and must not be rescanned each time (nor lost).
+    const net = leaderOf3();
+    const leader = net.host(1);
+    const follower = net.host(2);
+    const term = leader.node.raft.term;
+    leader.node.propose(encodePut({ c: 1, r: 1, k: 'a', v: '1' }));
+    follower.node.step(leader.startReady()!.earlyMessages.find((m) => m.type === MessageType.App && m.to === 2)!);
+    leader.completeReady();
+    expect(follower.startReady()!.entries.length).toBe(1); // the follower's write is in flight from here on
+    const acks: string[] = [];
+    for (let r = 2; r <= 6; r++) {
+      leader.node.propose(encodePut({ c: 1, r, k: `k${r}`, v: String(r) }));
+      const app = leader.startReady()!.earlyMessages.find((m) => m.type === MessageType.App && m.to === 2)!;
+      leader.completeReady();
+      follower.node.step(app);
+      acks.push(`${MessageType.AppResp}>1@${term}`);
+      expect(follower.node.takeLivenessMessages()).toEqual([]); // only an acknowledgement was queued
+      follower.node.step({ type: MessageType.Heartbeat, group: 1, from: 1, to: 2, term, commit: 0 });
+      expect(kinds(follower.node.takeLivenessMessages())).toEqual([`${MessageType.HeartbeatResp}>1@${term}`]);
+      expect(follower.node.takeLivenessMessages()).toEqual([]);
+    }
+    follower.completeReady();
+    const next = follower.startReady()!;
+    expect(next.entries.length).toBe(5);
+    expect(kinds(next.messages)).toEqual(acks);
+  });
+
+  it('hands out a heartbeat response it kept once the Ready that makes its term durable is advanced', () => {
+    const net = leaderOf3();
+    const follower = net.host(3);
+    const term = follower.node.raft.term;
+    follower.node.step({ type: MessageType.Heartbeat, group: 1, from: 2, to: 3, term: term + 1, commit: 0 });
+    const rd = follower.startReady()!;
+    expect(rd.hardState?.term).toBe(term + 1); // being synced
+    // Another heartbeat of the new term while that Ready is outstanding: its response waits...
+    follower.node.step({ type: MessageType.Heartbeat, group: 1, from: 2, to: 3, term: term + 1, commit: 0 });
+    expect(follower.node.takeLivenessMessages()).toEqual([]);
+    follower.applyReady();
+    follower.completeReady();
+    // ...and goes once the term is durable, though it was looked at before.
+    expect(kinds(follower.node.takeLivenessMessages())).toEqual([`${MessageType.HeartbeatResp}>2@${term + 1}`]);
+    expect(follower.node.takeLivenessMessages()).toEqual([]);
+  });
+
   it('never hands out a vote', () => {
     const net = leaderOf3({ checkQuorum: false });
     const voter = net.host(3);
