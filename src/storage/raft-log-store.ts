@@ -42,6 +42,14 @@
  * deleted when the next transfer starts, and at open (the `t/` keys are only scanned there, never
  * loaded: `load` reads `g/` only, so a large snapshot's data is not read into memory at open).
  *
+ * Log compaction deletes the compacted entries outside the rounds' batches: once the unit with the
+ * new snapshot record is durable, the range is deleted with one engine `clear` (LevelDB deletes it
+ * on a pool thread; no per-entry work on the event loop, nothing added to the round's synced
+ * batch). Until then, and after a crash that lost part of it, the entries are still on disk; the
+ * loader ignores entries at or behind the snapshot and clears them again. `deleteGroup` waits for
+ * a clear in flight before its batch is written and deletes the ranges not yet cleared itself, so a
+ * group created again under the same id never meets its predecessor's entries.
+ *
  * Write model: every mutator (`persistReady`, `setConf`, `compact`, `deleteGroup`, `stageStateOps`) updates the
  * group's in-memory `MemoryStorage` at once and stages its disk writes as one atomic *unit*.
  * `flush()` writes the staged units of all groups in fsynced engine batches, one batch in flight at
@@ -110,8 +118,10 @@ export interface BatchReport {
 
 /** Cumulative counters of a {@link RaftLogStore} (plain numbers for any metrics system). */
 export interface StoreMetrics {
-  /** Synced engine batches written. */
+  /** Synced engine batches written (every batch is synced). */
   batches: number;
+  /** Engine clears issued (range deletes of compacted log entries, outside the batches). */
+  clears: number;
   /** Log entries written, over all batches (entries per batch = entries / batches). */
   entries: number;
   /** Estimated bytes written. */
@@ -126,12 +136,13 @@ export interface StoreMetrics {
 }
 
 /**
- * Engine operations written, by record kind and operation: the kind is `g/<c>` or `s/<c>`, the
+ * Engine operations written, by record kind and operation (`put` and `del` in synced batches;
+ * `clear`: keys in the ranges deleted by engine clears, i.e. compacted log entries): the kind is `g/<c>` or `s/<c>`, the
  * layout's first letter after the group (`g/l` log entries, `g/h` hard state, `g/c` conf, `g/s`
  * snapshot and its data; state records as state-store.ts names them: `s/v` versions, `s/l`
  * latests, `s/r` revision blocks, `s/m` meta, `s/c` session headers, `s/d` session results, ...).
  */
-export type EngineOpCounts = Record<string, { put: number; del: number }>;
+export type EngineOpCounts = Record<string, { put: number; del: number; clear: number }>;
 
 /** Options of {@link RaftLogStore.open}. */
 export interface RaftLogStoreOptions {
@@ -146,6 +157,16 @@ interface Unit {
   readonly ops: EngineOp[];
   readonly bytes: number;
   readonly entries: number;
+  /** Written only once no clear is in flight (a deleted group: its id may be reused). */
+  readonly fence: boolean;
+}
+
+/** Log entries [lo, hi] of a group, compacted: cleared from the engine once unit `afterSeq` (the snapshot record) is durable. */
+interface PendingClear {
+  readonly group: number;
+  readonly lo: number;
+  readonly hi: number;
+  readonly afterSeq: number;
 }
 
 interface Waiter {
@@ -270,6 +291,7 @@ class UnitBuilder {
   readonly ops: EngineOp[] = [];
   bytes = 0;
   entries = 0;
+  fence = false;
   put(key: EngineKey, value: Uint8Array): void {
     this.ops.push({ type: 'put', key, value });
     this.bytes += key.length + value.length + OP_OVERHEAD_BYTES;
@@ -307,6 +329,10 @@ export class RaftLogStore {
   /** Per group: the chunks that are the data of its installed streamed snapshot. */
   private readonly installedChunks = new Map<number, ChunkSet>();
   private staged: Unit[] = [];
+  /** Compacted log ranges not cleared yet, in staging order. */
+  private pendingClears: PendingClear[] = [];
+  /** The clear in flight (one at a time), settled when it is done. */
+  private clearing: Promise<void> | undefined;
   private nextSeq = 1;
   private durableSeq = 0;
   private waiters: Waiter[] = [];
@@ -317,9 +343,12 @@ export class RaftLogStore {
   private readonly maxBatchBytes: number;
   /** Engine ops written, indexed by {@link opSlot}. */
   private readonly opCountsBySlot = new Float64Array(OP_SLOTS);
+  /** Log keys covered by the clears issued (counted as `g/l` `clear`). */
+  private clearedLogKeys = 0;
   private readonly onBatch: ((report: BatchReport) => void) | undefined;
   private readonly counters: StoreMetrics = {
     batches: 0,
+    clears: 0,
     entries: 0,
     bytes: 0,
     lastBatchEntries: 0,
@@ -499,12 +528,12 @@ export class RaftLogStore {
         kept += n;
       }
     }
-    if (upTo >= ms.firstIndex()) {
-      u.delLog(group, ms.firstIndex(), upTo);
-      ms.compact(upTo);
-    }
+    const lo = ms.firstIndex();
+    if (upTo >= lo) ms.compact(upTo);
     mirrorConf(u, group, ms, confBefore);
-    this.stage(u);
+    const seq = this.stage(u);
+    // The entries are deleted once the snapshot record is durable (file header).
+    if (upTo >= lo) this.pendingClears.push({ group, lo, hi: upTo, afterSeq: seq });
     return kept;
   }
 
@@ -619,6 +648,10 @@ export class RaftLogStore {
     const ms = this.storages.get(group);
     if (!ms) return;
     const u = new UnitBuilder();
+    u.fence = true;
+    // Compacted ranges not cleared yet go in this unit (a clear in flight is waited for: see writeLoop).
+    for (const c of this.pendingClears) if (c.group === group) u.delLog(group, c.lo, c.hi);
+    this.pendingClears = this.pendingClears.filter((c) => c.group !== group);
     u.delLog(group, ms.firstIndex(), ms.lastIndex());
     for (const kind of ['conf', 'hardstate', 'snap', 'snapdata', 'snapstream'] as const) u.del(metaKey(group, kind));
     this.dropInstalledChunks(u, group);
@@ -663,8 +696,9 @@ export class RaftLogStore {
       const put = this.opCountsBySlot[slot]!;
       const del = this.opCountsBySlot[slot + 1]!;
       if (put === 0 && del === 0) continue;
-      out[slotKind(slot)] = { put, del };
+      out[slotKind(slot)] = { put, del, clear: 0 };
     }
+    if (this.clearedLogKeys > 0) (out['g/l'] ??= { put: 0, del: 0, clear: 0 }).clear = this.clearedLogKeys;
     return out;
   }
 
@@ -690,6 +724,8 @@ export class RaftLogStore {
     if (this.closed) return;
     try {
       if (!this.failed) await this.flush();
+      this.startClear();
+      await this.settleClear();
     } finally {
       this.closed = true;
       await this.engine.close();
@@ -701,9 +737,64 @@ export class RaftLogStore {
     if (this.closed) throw new Error('raft log store is closed');
   }
 
-  private stage(u: UnitBuilder): void {
-    if (u.ops.length === 0) return;
-    this.staged.push({ seq: this.nextSeq++, ops: u.ops, bytes: u.bytes, entries: u.entries });
+  /** Stages `u` (nothing when it is empty); returns the seq of the last unit staged (its own, when it has ops). */
+  private stage(u: UnitBuilder): number {
+    if (u.ops.length > 0) this.staged.push({ seq: this.nextSeq++, ops: u.ops, bytes: u.bytes, entries: u.entries, fence: u.fence });
+    return this.nextSeq - 1;
+  }
+
+  /**
+   * Resolves once every compacted range staged so far is deleted from the engine: flushes, then
+   * waits for the clears (for tests and benches; the node never waits for them).
+   */
+  async clearCompacted(): Promise<void> {
+    await this.flush();
+    this.startClear();
+    while (this.clearing !== undefined) {
+      await this.clearing;
+      this.startClear();
+    }
+    if (this.failed) throw this.failed;
+  }
+
+  /** Waits for the clear in flight, if any (never rejects). */
+  private async settleClear(): Promise<void> {
+    while (this.clearing !== undefined) await this.clearing;
+  }
+
+  /**
+   * Starts clearing the compacted ranges whose snapshot record is durable, when no clear is in
+   * flight: adjacent ranges of a group are merged into one engine `clear`; the next ones start
+   * when it is done. A failed clear fails the store (like a failed batch).
+   */
+  private startClear(): void {
+    if (this.clearing !== undefined || this.failed || this.closed) return;
+    const ready = this.pendingClears.findIndex((c) => c.afterSeq <= this.durableSeq);
+    if (ready < 0) return;
+    const first = this.pendingClears[ready]!;
+    let hi = first.hi;
+    const rest: PendingClear[] = [];
+    for (const [i, c] of this.pendingClears.entries()) {
+      if (i === ready) continue;
+      if (c.group === first.group && c.afterSeq <= this.durableSeq && c.lo === hi + 1) hi = c.hi;
+      else rest.push(c);
+    }
+    this.pendingClears = rest;
+    const { group, lo } = first;
+    this.clearedLogKeys += hi - lo + 1;
+    this.counters.clears++;
+    this.clearing = this.engine
+      .clear({ gte: logKey(group, lo), lt: logKey(group, hi + 1) })
+      .then(
+        () => {
+          this.clearing = undefined;
+          this.startClear();
+        },
+        (err: unknown) => {
+          this.clearing = undefined;
+          this.fail(err);
+        },
+      );
   }
 
   private schedule(): void {
@@ -730,6 +821,8 @@ export class RaftLogStore {
         }
         const units = this.staged.slice(0, n);
         this.staged = this.staged.slice(n);
+        // A deleted group's unit waits for the clear in flight (its range might be the group's next life's).
+        if (units.some((u) => u.fence)) await this.settleClear();
         const ops: EngineOp[] = [];
         let entries = 0;
         const counts = this.opCountsBySlot;
@@ -746,16 +839,24 @@ export class RaftLogStore {
         this.record({ units: units.length, entries, ops: ops.length, bytes, fsyncMs });
         this.durableSeq = units[units.length - 1]!.seq;
         while (this.waiters.length > 0 && this.waiters[0]!.target <= this.durableSeq) this.waiters.shift()!.resolve();
+        if (this.pendingClears.length > 0) this.startClear();
       }
     } catch (err) {
-      this.failed = new StoreFailedError(err);
-      this.staged = [];
-      const waiters = this.waiters;
-      this.waiters = [];
-      for (const w of waiters) w.reject(this.failed);
+      this.fail(err);
     } finally {
       this.writing = false;
     }
+  }
+
+  /** Fails the store for good: rejects every waiter and drops what is staged (see {@link StoreFailedError}). */
+  private fail(err: unknown): void {
+    if (this.failed) return;
+    this.failed = new StoreFailedError(err);
+    this.staged = [];
+    this.pendingClears = [];
+    const waiters = this.waiters;
+    this.waiters = [];
+    for (const w of waiters) w.reject(this.failed);
   }
 
   private record(r: BatchReport): void {
@@ -798,15 +899,14 @@ export class RaftLogStore {
       } else throw new StorageCorruptionError(`unexpected key ${JSON.stringify(key)}`);
     }
     for (const [group, g] of groups) {
-      // Entries kept behind the snapshot (the catch-up tail) are not reloaded: the in-memory
-      // view starts at the snapshot. Their keys are deleted in the first batch.
+      // Entries at or behind the snapshot (the catch-up tail, or compacted entries whose clear
+      // had not happened or was lost in a crash) are not reloaded: the in-memory view starts at
+      // the snapshot. Their keys are cleared (the snapshot record is durable already).
       const snapIndex = g.snapMeta?.index ?? 0;
       const tail = g.entries.filter((e) => e.index <= snapIndex);
       if (tail.length > 0) {
         g.entries = g.entries.filter((e) => e.index > snapIndex);
-        const u = new UnitBuilder();
-        u.delLog(group, tail[0]!.index, tail[tail.length - 1]!.index);
-        this.stage(u);
+        this.pendingClears.push({ group, lo: tail[0]!.index, hi: tail[tail.length - 1]!.index, afterSeq: 0 });
       }
       this.storages.set(group, buildStorage(group, g));
       if (g.snapChunks !== undefined) this.installedChunks.set(group, { index: g.snapMeta!.index, ...g.snapChunks });
@@ -822,6 +922,7 @@ export class RaftLogStore {
       if (c === undefined || c.index !== parseInt(m[2]!, 16) || parseInt(m[3]!, 16) >= c.chunks) stale.del(key);
     }
     this.stage(stale);
+    this.startClear();
   }
 }
 

@@ -3,7 +3,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import fc from 'fast-check';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { type MemoryStorage } from '../../src/raft/storage.js';
 import { type ConfState, type Entry, EntryType, type HardState, type Snapshot } from '../../src/raft/types.js';
 import { type KvEngine, LevelEngine, MemoryEngine, scanAll } from '../../src/storage/kv-engine.js';
@@ -202,9 +202,117 @@ describe('RaftLogStore on LevelDB', () => {
     expect(logOf(ms2)).toEqual(show(ents(13, 20, 1)));
     // Compacting the whole log leaves an empty log after the snapshot.
     s2.compact(2, { meta: { index: 20, term: 1, conf: CONF }, data: enc.encode('state@20') });
-    await s2.flush();
+    await s2.clearCompacted();
     expect(await diskIndexes(engine, 2)).toEqual([]);
     expect(s2.storageFor(2).lastIndex()).toBe(20);
+    // The compacted entries were deleted by one clear, outside the batches (no per-entry deletes).
+    expect(s2.opCounts['g/l']).toEqual({ put: 0, del: 0, clear: 8 });
+    expect(s2.metrics.clears).toBe(1);
+  });
+
+  it('deletes compacted entries with one engine clear after the snapshot record is durable, never in the round\'s batch', async () => {
+    const engine = new MemoryEngine();
+    const reports: BatchReport[] = [];
+    const s = await RaftLogStore.open(engine, { onBatch: (r) => reports.push(r) });
+    s.persistReady(4, { entries: ents(1, 50, 1) });
+    await s.flush();
+    const cleared: string[] = [];
+    const clear = engine.clear.bind(engine);
+    engine.clear = async (range) => {
+      // When the clear starts, the snapshot record it depends on is on stable storage (nothing is unsynced).
+      expect(engine.unsyncedBatches).toBe(0);
+      expect((JSON.parse(dec.decode(engine.getSync('g/00000004/snap')!)) as { index: number }).index).toBeGreaterThanOrEqual(40);
+      cleared.push(`${String(range.gte)}..${String(range.lt)}`);
+      return clear(range);
+    };
+    s.compact(4, { meta: { index: 40, term: 1, conf: CONF }, data: new Uint8Array(0) }, 5);
+    s.persistReady(4, { entries: ents(51, 52, 1) });
+    await s.flush();
+    // The round's batch: the snapshot record, the snapdata delete, the conf it adopted, two entries; no log deletes.
+    expect(reports.at(-1)!.ops).toBe(5);
+    expect(s.opCounts['g/l']?.del).toBe(0);
+    await s.clearCompacted();
+    expect(cleared).toEqual([`${logKey(4, 1)}..${logKey(4, 36)}`]);
+    expect(await diskIndexes(engine, 4)).toEqual(Array.from({ length: 17 }, (_, i) => 36 + i));
+    // Two compactions before the first is durable are one clear of the merged range.
+    s.compact(4, { meta: { index: 45, term: 1, conf: CONF }, data: new Uint8Array(0) }, 2);
+    s.compact(4, { meta: { index: 50, term: 1, conf: CONF }, data: new Uint8Array(0) }, 2);
+    await s.clearCompacted();
+    expect(cleared.at(-1)).toBe(`${logKey(4, 36)}..${logKey(4, 49)}`);
+    expect(await diskIndexes(engine, 4)).toEqual([49, 50, 51, 52]);
+    expect(s.opCounts['g/l']).toEqual({ put: 52, del: 0, clear: 48 });
+  });
+
+  it('recovers from a crash between the compaction and its clear, and from one in the middle of the clear', async () => {
+    for (const keep of [0, 7]) {
+      const engine = new MemoryEngine();
+      const s = await RaftLogStore.open(engine);
+      s.storageFor(6, CONF);
+      s.persistReady(6, { entries: ents(1, 30, 2), hardState: { term: 2, vote: 1, commit: 30 } });
+      await s.flush();
+      let crashed: MemoryEngine | undefined;
+      // Crash as the clear starts (keep = 0: none of its deletions survive) or after it ran unsynced
+      // (keep = 7: its first 7 key deletions survive, a torn clear).
+      engine.clear = async function (this: MemoryEngine, range) {
+        if (keep > 0) await MemoryEngine.prototype.clear.call(this, range);
+        crashed = this.crash(keep);
+        throw new Error('power lost');
+      };
+      s.compact(6, { meta: { index: 25, term: 2, conf: CONF }, data: new Uint8Array(0) }, 3);
+      await s.flush().catch(() => {});
+      await vi.waitFor(() => expect(crashed).toBeDefined());
+      await expect(s.flush()).rejects.toBeInstanceOf(StoreFailedError);
+      const disk = crashed!;
+      expect(await diskIndexes(disk, 6)).toEqual(Array.from({ length: 30 - keep }, (_, i) => 1 + keep + i));
+      const r = await RaftLogStore.open(disk);
+      const ms = r.storageFor(6);
+      expect(ms.snapshot()?.meta.index).toBe(25);
+      expect(ms.firstIndex()).toBe(26);
+      expect(logOf(ms)).toEqual(show(ents(26, 30, 2)));
+      expect(ms.initialState().hardState).toEqual({ term: 2, vote: 1, commit: 30 });
+      await r.clearCompacted();
+      expect(await diskIndexes(disk, 6)).toEqual([26, 27, 28, 29, 30]);
+    }
+  });
+
+  it('deleteGroup deletes compacted entries not cleared yet; the group created again under its id starts clean', async () => {
+    const dir = await levelDir();
+    const engine = await LevelEngine.open(dir);
+    toClose.push(engine);
+    const s = await RaftLogStore.open(engine);
+    s.storageFor(9, CONF);
+    s.persistReady(9, { entries: ents(1, 40, 1), hardState: { term: 1, vote: 1, commit: 40 } });
+    await s.flush();
+    // A clear that does not finish until released, so the group is deleted while it is in flight.
+    let release!: () => void;
+    const held = new Promise<void>((r) => (release = r));
+    const clear = engine.clear.bind(engine);
+    let clears = 0;
+    engine.clear = async (range) => {
+      clears++;
+      await held;
+      return clear(range);
+    };
+    s.compact(9, { meta: { index: 20, term: 1, conf: CONF }, data: new Uint8Array(0) });
+    await s.flush(); // the clear of 1..20 starts (and hangs)
+    expect(clears).toBe(1);
+    s.compact(9, { meta: { index: 30, term: 1, conf: CONF }, data: new Uint8Array(0) }); // 21..30: pending behind it
+    s.deleteGroup(9);
+    s.storageFor(9, CONF);
+    s.persistReady(9, { entries: ents(1, 3, 5, 'new'), hardState: { term: 5, vote: 2, commit: 3 } });
+    const flushed = s.flush();
+    let done = false;
+    void flushed.then(() => (done = true));
+    await sleep(20);
+    expect(done).toBe(false); // the deleted group's batch waits for the clear in flight
+    release();
+    await flushed;
+    await s.clearCompacted();
+    expect(clears).toBe(1); // 21..30 went into the deleteGroup batch, not a clear
+    await s.close();
+    const r = await openLevel(dir);
+    expect(logOf(r.storageFor(9))).toEqual(show(ents(1, 3, 5, 'new')));
+    expect(r.storageFor(9).snapshot()).toBeUndefined();
   });
 
   it('installs a received snapshot, replacing the whole log', async () => {
@@ -544,7 +652,15 @@ describe('the sync contract at the storage seam', () => {
           for (const e of ackedState[g]!.log) if (live.has(e)) expect(have.has(e), `acked entry ${e} of group ${g} lost`).toBe(true);
         }
 
-        // 3. The log on disk is contiguous from its first to its last index, for every group.
+        // 3. The log on disk is contiguous from its first to its last index, for every group: past the
+        // snapshot at once (compacted entries at or behind it may wait for their clear), and
+        // exactly once the recovered store's clears are done.
+        for (let g = 0; g < GROUPS; g++) {
+          const ms = recovered.storageFor(g);
+          const idx = (await diskIndexes(disk, g)).filter((i) => i >= ms.firstIndex());
+          expect(idx).toEqual(Array.from({ length: ms.lastIndex() - ms.firstIndex() + 1 }, (_, i) => ms.firstIndex() + i));
+        }
+        await recovered.clearCompacted();
         for (let g = 0; g < GROUPS; g++) {
           const idx = await diskIndexes(disk, g);
           const ms = recovered.storageFor(g);
