@@ -115,15 +115,16 @@ export class NodeMetrics {
     groupGauge('kvcascade_raft_applied_index', 'Applied index', (g) => g.appliedIndex);
     groupGauge('kvcascade_raft_log_entries', 'Entries held in the log (after the last compaction)', (g) => g.lastIndex - g.firstIndex + 1);
     groupGauge('kvcascade_revision', 'State machine revision', (g) => g.revision);
+    // The storage engine's writes, all counted by the Raft log store (the engine's only writer).
     const opsSeen = new Map<string, number>();
     new Counter({
-      name: 'kvcascade_storage_engine_ops_total',
-      help: 'LevelDB operations written by record kind (g/l log entry, g/h hard state, s/v version, s/l latest, s/r revision block, s/m meta, s/c session header, s/d session result, s/j session journal...) and op (put, del)',
+      name: 'kvcascade_engine_ops_total',
+      help: 'Storage engine (LevelDB) operations by record kind (g/l log entry, g/h hard state, s/v version, s/l latest, s/r revision block, s/m meta, s/c session header, s/d session result, s/j session journal...) and op: put and del in the synced write batches; clear: keys in the ranges deleted by engine clears (compacted log entries)',
       labelNames: ['record', 'op'],
       registers,
       collect() {
         for (const [record, n] of Object.entries(node.storeOpCounts)) {
-          for (const op of ['put', 'del'] as const) {
+          for (const op of ['put', 'del', 'clear'] as const) {
             const id = `${record} ${op}`;
             const seen = opsSeen.get(id) ?? 0;
             if (n[op] > seen) this.inc({ record, op }, n[op] - seen);
@@ -132,6 +133,8 @@ export class NodeMetrics {
         }
       },
     });
+    this.runningTotal('kvcascade_engine_batches_total', 'Write batches handed to the storage engine (each is fsynced: one per ready round)', () => node.storeMetrics.batches);
+    this.runningTotal('kvcascade_engine_clears_total', 'Range deletes handed to the storage engine outside the batches (compacted log entries)', () => node.storeMetrics.clears);
     const cacheGauge = (name: string, help: string, pick: (c: KvNode['valueCache']['stats']) => number) =>
       new Gauge({
         name,
@@ -250,14 +253,6 @@ export class NodeMetrics {
     counter('kvcascade_peer_messages_dropped_total', 'Raft messages dropped (queue full or peer down; Raft retransmits)', () => t.dropped);
     counter('kvcascade_peer_batches_rejected_total', 'Peer streams and batches refused: no node identity, a sender that is not a member, or a sender other than the authenticated node', () => t.rejectedBatches ?? 0);
     counter('kvcascade_peer_messages_rejected_total', 'Peer messages dropped on arrival: malformed, or claiming a sender other than the batch\'s', () => t.rejectedMessages ?? 0);
-  }
-
-  /** Exposes the storage engine's write counts (monotonic, read at scrape time): engine operations and batches per put. */
-  watchEngine(e: { readonly counters: { readonly batches: number; readonly syncedBatches: number; readonly ops: number } }): void {
-    const counter = (name: string, help: string, read: () => number) => this.runningTotal(name, help, read);
-    counter('kvcascade_engine_batches_total', 'Write batches handed to the storage engine (LevelDB)', () => e.counters.batches);
-    counter('kvcascade_engine_synced_batches_total', 'Write batches handed to the storage engine with sync (fsync)', () => e.counters.syncedBatches);
-    counter('kvcascade_engine_ops_total', 'Puts and deletes handed to the storage engine (LevelDB) in write batches', () => e.counters.ops);
   }
 
   /** A counter read from a running total at scrape time (the total only grows). */

@@ -154,9 +154,6 @@ export class LevelEngine implements KvEngine {
     readonly location: string,
   ) {}
 
-  /** Running totals of the writes handed to LevelDB (for metrics: engine operations and batches per put). */
-  readonly counters = { batches: 0, syncedBatches: 0, ops: 0 };
-
   /** Opens (creating if missing) the LevelDB database in directory `location`. */
   static async open(location: string): Promise<LevelEngine> {
     const db = new Level<Uint8Array, Uint8Array>(location, { keyEncoding: 'view', valueEncoding: 'view' });
@@ -166,9 +163,6 @@ export class LevelEngine implements KvEngine {
 
   async batch(ops: readonly EngineOp[], options: EngineBatchOptions): Promise<void> {
     if (ops.length === 0) return;
-    this.counters.batches++;
-    if (options.sync) this.counters.syncedBatches++;
-    this.counters.ops += ops.length;
     // A chained batch: in classic-level 3 it is several times faster than the array form for large batches.
     // Filling it costs ~10 µs per op on the calling thread, so a large batch is filled over several
     // event-loop turns (it stays one atomic write: nothing is written before `b.write`).
