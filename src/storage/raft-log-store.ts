@@ -5,7 +5,10 @@
  *
  *   g/<group:8 hex>/conf                 JSON ConfState: the configuration in effect
  *   g/<group:8 hex>/hardstate            JSON HardState
- *   g/<group:8 hex>/log/<index:16 hex>   one entry, binary (see encodeEntry)
+ *   g/<group:8 hex>/log/<index:16 hex>   a log record: the entries appended together from `index` on
+ *                                        (one `persistReady`, at most MAX_RECORD_ENTRIES / _BYTES;
+ *                                        see encodeEntries), or one entry (encodeEntry, the format
+ *                                        before records: still read)
  *   g/<group:8 hex>/snap                 JSON SnapshotMeta of the latest snapshot
  *   g/<group:8 hex>/snapdata             that snapshot's data, raw bytes, as one value; absent for a
  *                                        *records snapshot* (see below)
@@ -18,8 +21,12 @@
  * The state machine of a group lives beside its Raft state, under `s/<group:8 hex>/` (layout and
  * recovery rules in state-store.ts); this store only stages those records (`stageStateOps`), so
  * they are ordered and made durable together with the Raft writes.
- * Invariants on disk (checked on open): the log keys of a group are contiguous and start right
- * after the snapshot index (or at 1 without a snapshot); `snapdata` exists only with `snap`.
+ * Invariants on disk (checked on open): the log records of a group hold contiguous entries from
+ * the snapshot index + 1 on (or from 1 without a snapshot; the first record may also hold entries
+ * at or behind the snapshot, which are not loaded); `snapdata` exists only with `snap`. A record
+ * is one engine put for all the entries of a round of the group (not one per entry); the store
+ * keeps the start index of every record it owns on disk (`records`), since truncating a
+ * conflicting suffix rewrites the record it starts in, and compaction clears whole records only.
  *
  * The hard state is written when its term or vote changes (and for a new group), not when only
  * the commit index moved (as etcd's `MustSync`): the commit index on disk is a lower bound of the
@@ -42,8 +49,9 @@
  * deleted when the next transfer starts, and at open (the `t/` keys are only scanned there, never
  * loaded: `load` reads `g/` only, so a large snapshot's data is not read into memory at open).
  *
- * Log compaction deletes the compacted entries outside the rounds' batches: once the unit with the
- * new snapshot record is durable, the range is deleted with one engine `clear` (LevelDB deletes it
+ * Log compaction deletes the records whose entries are all compacted outside the rounds' batches
+ * (a record holding the compaction point stays whole): once the unit with the new snapshot record
+ * is durable, their key range is deleted with one engine `clear` (LevelDB deletes it
  * on a pool thread; no per-entry work on the event loop, nothing added to the round's synced
  * batch). Until then, and after a crash that lost part of it, the entries are still on disk; the
  * loader ignores entries at or behind the snapshot and clears them again. `deleteGroup` waits for
@@ -72,6 +80,14 @@ export const MAX_GROUP_ID = 0xffff_ffff;
 export const ENTRY_HEADER_BYTES = 18;
 
 const ENTRY_FORMAT_VERSION = 1;
+const RECORD_FORMAT_VERSION = 2;
+/** Bytes of the header of an encoded record (version, reserved, u32 count, u64 first index), and per entry in it (type, u64 term, u32 data length). */
+const RECORD_HEADER_BYTES = 14;
+const RECORD_ENTRY_BYTES = 13;
+/** Most entries in one log record; a longer append is split into several records. */
+export const MAX_RECORD_ENTRIES = 512;
+/** Most entry data bytes in one log record (a single larger entry is a record alone). */
+export const MAX_RECORD_BYTES = 1024 * 1024;
 const OP_OVERHEAD_BYTES = 16;
 const TWO_32 = 2 ** 32;
 const EMPTY_CONF: ConfState = { voters: [], learners: [] };
@@ -161,11 +177,15 @@ interface Unit {
   readonly fence: boolean;
 }
 
-/** Log entries [lo, hi] of a group, compacted: cleared from the engine once unit `afterSeq` (the snapshot record) is durable. */
+/**
+ * Log records of a group whose entries are all compacted: the records starting at `starts`, which
+ * hold the entries [starts[0], end); cleared from the engine (keys [logKey(starts[0]), logKey(end)))
+ * once unit `afterSeq` (the snapshot record) is durable.
+ */
 interface PendingClear {
   readonly group: number;
-  readonly lo: number;
-  readonly hi: number;
+  readonly starts: number[];
+  readonly end: number;
   readonly afterSeq: number;
 }
 
@@ -263,6 +283,70 @@ export function decodeEntry(bytes: Uint8Array): Entry {
   };
 }
 
+/**
+ * Encodes entries with contiguous indexes as one log record: u8 format version (2), u8 0, u32
+ * count, u64 index of the first entry, then per entry u8 type, u64 term, u32 data length and the
+ * data (all big-endian). One allocation for the whole record.
+ */
+export function encodeEntries(entries: readonly Entry[]): Uint8Array {
+  let size = RECORD_HEADER_BYTES;
+  for (const e of entries) size += RECORD_ENTRY_BYTES + e.data.length;
+  const out = new Uint8Array(size);
+  const dv = new DataView(out.buffer);
+  const first = entries[0]?.index ?? 0;
+  dv.setUint8(0, RECORD_FORMAT_VERSION);
+  dv.setUint32(2, entries.length);
+  dv.setUint32(6, Math.floor(first / TWO_32));
+  dv.setUint32(10, first >>> 0);
+  let at = RECORD_HEADER_BYTES;
+  for (const e of entries) {
+    dv.setUint8(at, e.type);
+    dv.setUint32(at + 1, Math.floor(e.term / TWO_32));
+    dv.setUint32(at + 5, e.term >>> 0);
+    dv.setUint32(at + 9, e.data.length);
+    out.set(e.data, at + RECORD_ENTRY_BYTES);
+    at += RECORD_ENTRY_BYTES + e.data.length;
+  }
+  return out;
+}
+
+/**
+ * Decodes a log record stored under the log key of `index`: {@link encodeEntries}' format (its
+ * first index must be `index`) or a single entry in {@link encodeEntry}'s (whose index must be
+ * `index`). The entries' data alias `bytes`. Throws StorageCorruptionError on anything else.
+ */
+export function decodeLogRecord(index: number, bytes: Uint8Array): Entry[] {
+  if (bytes.length > 0 && bytes[0] === ENTRY_FORMAT_VERSION) {
+    const e = decodeEntry(bytes);
+    if (e.index !== index) throw new StorageCorruptionError(`entry ${e.index} stored under log key ${index}`);
+    return [e];
+  }
+  if (bytes.length < RECORD_HEADER_BYTES || bytes[0] !== RECORD_FORMAT_VERSION) {
+    throw new StorageCorruptionError(`log record at ${index}: unknown format or too short (${bytes.length} bytes)`);
+  }
+  const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const count = dv.getUint32(2);
+  const first = dv.getUint32(6) * TWO_32 + dv.getUint32(10);
+  if (first !== index || count === 0) throw new StorageCorruptionError(`log record of ${count} entries from ${first} stored under log key ${index}`);
+  const out: Entry[] = [];
+  let at = RECORD_HEADER_BYTES;
+  for (let i = 0; i < count; i++) {
+    if (at + RECORD_ENTRY_BYTES > bytes.length) throw new StorageCorruptionError(`log record at ${index}: truncated at entry ${i} of ${count}`);
+    const len = dv.getUint32(at + 9);
+    const end = at + RECORD_ENTRY_BYTES + len;
+    if (end > bytes.length) throw new StorageCorruptionError(`log record at ${index}: truncated at entry ${i} of ${count}`);
+    out.push({
+      type: dv.getUint8(at) as EntryType,
+      term: dv.getUint32(at + 1) * TWO_32 + dv.getUint32(at + 5),
+      index: first + i,
+      data: bytes.subarray(at + RECORD_ENTRY_BYTES, end),
+    });
+    at = end;
+  }
+  if (at !== bytes.length) throw new StorageCorruptionError(`log record at ${index}: ${bytes.length - at} bytes after its last entry`);
+  return out;
+}
+
 const GROUP_KEY = /^g\/([0-9a-f]{8})\/(.+)$/s;
 const utf8 = new TextEncoder();
 const fromUtf8 = new TextDecoder();
@@ -300,9 +384,25 @@ class UnitBuilder {
     this.ops.push({ type: 'del', key });
     this.bytes += key.length + OP_OVERHEAD_BYTES;
   }
-  /** Deletes the log keys [lo, hi]. */
-  delLog(group: number, lo: number, hi: number): void {
-    for (let i = lo; i <= hi; i++) this.del(logKey(group, i));
+  /** Deletes the log records starting at `starts`. */
+  delRecords(group: number, starts: readonly number[]): void {
+    for (const i of starts) this.del(logKey(group, i));
+  }
+  /** Puts `entries` (contiguous) as log records of at most MAX_RECORD_ENTRIES / _BYTES each; returns their start indexes. */
+  putRecords(group: number, entries: readonly Entry[]): number[] {
+    const starts: number[] = [];
+    let from = 0;
+    while (from < entries.length) {
+      let to = from + 1;
+      let bytes = entries[from]!.data.length;
+      while (to < entries.length && to - from < MAX_RECORD_ENTRIES && bytes + entries[to]!.data.length <= MAX_RECORD_BYTES) bytes += entries[to++]!.data.length;
+      const part = from === 0 && to === entries.length ? entries : entries.slice(from, to);
+      this.put(logKey(group, part[0]!.index), encodeEntries(part));
+      starts.push(part[0]!.index);
+      from = to;
+    }
+    this.entries += entries.length;
+    return starts;
   }
 }
 
@@ -313,6 +413,8 @@ interface Loaded {
   snapMeta?: SnapshotMeta;
   snapData?: Uint8Array;
   snapChunks?: { chunks: number; bytes: number };
+  /** The log records, in key (= start index) order. */
+  records: Array<{ readonly start: number; readonly entries: Entry[] }>;
   entries: Entry[];
 }
 
@@ -329,7 +431,9 @@ export class RaftLogStore {
   /** Per group: the chunks that are the data of its installed streamed snapshot. */
   private readonly installedChunks = new Map<number, ChunkSet>();
   private staged: Unit[] = [];
-  /** Compacted log ranges not cleared yet, in staging order. */
+  /** Per group: the start index of every log record it owns on disk, ascending (the last one ends at the last index). */
+  private readonly records = new Map<number, number[]>();
+  /** Compacted log records not cleared yet, in staging order. */
   private pendingClears: PendingClear[] = [];
   /** The clear in flight (one at a time), settled when it is done. */
   private clearing: Promise<void> | undefined;
@@ -436,8 +540,10 @@ export class RaftLogStore {
         throw new RangeError(`group ${group}: streamed snapshot ${snap.meta.index} without its chunks staged`);
       }
     }
+    let records = this.records.get(group) ?? [];
     if (snap) {
-      u.delLog(group, ms.firstIndex(), ms.lastIndex());
+      u.delRecords(group, records);
+      records = [];
       u.put(metaKey(group, 'snap'), json(snap.meta));
       if (streamed) {
         u.del(metaKey(group, 'snapdata'));
@@ -452,13 +558,13 @@ export class RaftLogStore {
       ms.applySnapshot(snap);
     }
     if (entries.length > 0) {
-      const oldLast = ms.lastIndex();
-      for (const e of entries) u.put(logKey(group, e.index), encodeEntry(e));
-      u.entries += entries.length;
-      const newLast = entries[entries.length - 1]!.index;
-      u.delLog(group, newLast + 1, oldLast);
+      const k = entries[0]!.index;
+      if (k <= ms.lastIndex()) records = this.truncateRecords(u, group, ms, records, k);
+      else if (records === this.records.get(group)) records = records.slice();
+      records.push(...u.putRecords(group, entries));
       ms.append(entries);
     }
+    if (snap || entries.length > 0) this.records.set(group, records);
     if (req.hardState) {
       // A change of the commit index alone is not written: the commit index on disk is a lower
       // bound (see the file header), raised at open to the snapshot's index and, by recovery, to
@@ -472,6 +578,38 @@ export class RaftLogStore {
     mirrorConf(u, group, ms, confBefore);
     if (!known) this.storages.set(group, ms);
     this.stage(u);
+  }
+
+  /**
+   * Stages the removal of `group`'s entries from index `k` on (a conflicting suffix, replaced by
+   * an append from `k`): records starting at or after `k` are deleted, and the record holding
+   * `k - 1` and `k` is rewritten with its entries before `k` (from the first index still in memory:
+   * entries behind it are compacted, and the record moves there). Returns the starts that remain.
+   */
+  private truncateRecords(u: UnitBuilder, group: number, ms: MemoryStorage, records: readonly number[], k: number): number[] {
+    const kept: number[] = [];
+    let cut = false;
+    for (const start of records) {
+      if (start < k) kept.push(start);
+      else {
+        if (start > k) u.del(logKey(group, start)); // (a record at k is overwritten by the append)
+        cut ||= start === k; // the record before it ends at k - 1 and stays as it is
+      }
+    }
+    const last = kept.at(-1);
+    if (last !== undefined && !cut) {
+      // The last kept record runs past k - 1 (it held k): rewrite it with its entries before k.
+      const from = Math.max(last, ms.firstIndex());
+      if (from !== last) {
+        u.del(logKey(group, last));
+        kept.pop();
+      }
+      if (from < k) {
+        u.put(logKey(group, from), encodeEntries(ms.entries(from, k)));
+        if (from !== last) kept.push(from);
+      }
+    }
+    return kept;
   }
 
   /** Records the configuration in effect for `group` (call when a conf change is applied) and stages it. */
@@ -528,12 +666,17 @@ export class RaftLogStore {
         kept += n;
       }
     }
-    const lo = ms.firstIndex();
-    if (upTo >= lo) ms.compact(upTo);
+    if (upTo >= ms.firstIndex()) ms.compact(upTo);
     mirrorConf(u, group, ms, confBefore);
     const seq = this.stage(u);
-    // The entries are deleted once the snapshot record is durable (file header).
-    if (upTo >= lo) this.pendingClears.push({ group, lo, hi: upTo, afterSeq: seq });
+    // Records whose entries are all compacted are cleared once the snapshot record is durable (file header).
+    const records = this.records.get(group) ?? [];
+    let n = 0;
+    while (n < records.length && (records[n + 1] ?? ms.lastIndex() + 1) - 1 <= upTo) n++;
+    if (n > 0) {
+      this.pendingClears.push({ group, starts: records.slice(0, n), end: records[n] ?? ms.lastIndex() + 1, afterSeq: seq });
+      this.records.set(group, records.slice(n));
+    }
     return kept;
   }
 
@@ -649,10 +792,11 @@ export class RaftLogStore {
     if (!ms) return;
     const u = new UnitBuilder();
     u.fence = true;
-    // Compacted ranges not cleared yet go in this unit (a clear in flight is waited for: see writeLoop).
-    for (const c of this.pendingClears) if (c.group === group) u.delLog(group, c.lo, c.hi);
+    // Compacted records not cleared yet go in this unit (a clear in flight is waited for: see writeLoop).
+    for (const c of this.pendingClears) if (c.group === group) u.delRecords(group, c.starts);
     this.pendingClears = this.pendingClears.filter((c) => c.group !== group);
-    u.delLog(group, ms.firstIndex(), ms.lastIndex());
+    u.delRecords(group, this.records.get(group) ?? []);
+    this.records.delete(group);
     for (const kind of ['conf', 'hardstate', 'snap', 'snapdata', 'snapstream'] as const) u.del(metaKey(group, kind));
     this.dropInstalledChunks(u, group);
     const t = this.transfers.get(group);
@@ -772,19 +916,22 @@ export class RaftLogStore {
     const ready = this.pendingClears.findIndex((c) => c.afterSeq <= this.durableSeq);
     if (ready < 0) return;
     const first = this.pendingClears[ready]!;
-    let hi = first.hi;
+    let end = first.end;
+    let keys = first.starts.length;
     const rest: PendingClear[] = [];
     for (const [i, c] of this.pendingClears.entries()) {
       if (i === ready) continue;
-      if (c.group === first.group && c.afterSeq <= this.durableSeq && c.lo === hi + 1) hi = c.hi;
-      else rest.push(c);
+      if (c.group === first.group && c.afterSeq <= this.durableSeq && c.starts[0] === end) {
+        end = c.end;
+        keys += c.starts.length;
+      } else rest.push(c);
     }
     this.pendingClears = rest;
-    const { group, lo } = first;
-    this.clearedLogKeys += hi - lo + 1;
+    const { group } = first;
+    this.clearedLogKeys += keys;
     this.counters.clears++;
     this.clearing = this.engine
-      .clear({ gte: logKey(group, lo), lt: logKey(group, hi + 1) })
+      .clear({ gte: logKey(group, first.starts[0]!), lt: logKey(group, end) })
       .then(
         () => {
           this.clearing = undefined;
@@ -880,7 +1027,7 @@ export class RaftLogStore {
       if (!m) throw new StorageCorruptionError(`unexpected key ${JSON.stringify(key)}`);
       const group = parseInt(m[1]!, 16);
       let g = groups.get(group);
-      if (!g) groups.set(group, (g = { entries: [] }));
+      if (!g) groups.set(group, (g = { records: [], entries: [] }));
       const rest = m[2]!;
       if (rest === 'conf') g.conf = parseJson<ConfState>(v);
       else if (rest === 'hardstate') g.hardState = parseJson<HardState>(v);
@@ -893,21 +1040,32 @@ export class RaftLogStore {
         g.snapChunks = { chunks: c.chunks, bytes: c.bytes };
       }
       else if (rest.startsWith('log/') && rest.length === 20) {
-        const e = decodeEntry(v);
-        if (e.index !== parseInt(rest.slice(4), 16)) throw new StorageCorruptionError(`entry ${e.index} stored under ${key}`);
-        g.entries.push(e);
+        const start = parseInt(rest.slice(4), 16);
+        g.records.push({ start, entries: decodeLogRecord(start, v) });
       } else throw new StorageCorruptionError(`unexpected key ${JSON.stringify(key)}`);
     }
     for (const [group, g] of groups) {
-      // Entries at or behind the snapshot (the catch-up tail, or compacted entries whose clear
+      // Entries at or behind the snapshot (the catch-up tail, or compacted records whose clear
       // had not happened or was lost in a crash) are not reloaded: the in-memory view starts at
-      // the snapshot. Their keys are cleared (the snapshot record is durable already).
+      // the snapshot. Records holding nothing else are cleared (the snapshot record is durable
+      // already); a record holding later entries too stays.
       const snapIndex = g.snapMeta?.index ?? 0;
-      const tail = g.entries.filter((e) => e.index <= snapIndex);
-      if (tail.length > 0) {
-        g.entries = g.entries.filter((e) => e.index > snapIndex);
-        this.pendingClears.push({ group, lo: tail[0]!.index, hi: tail[tail.length - 1]!.index, afterSeq: 0 });
+      let n = 0;
+      while (n < g.records.length && g.records[n]!.entries.at(-1)!.index <= snapIndex) n++;
+      const stale = g.records.slice(0, n);
+      const live = g.records.slice(n);
+      if (stale.length > 0) {
+        this.pendingClears.push({ group, starts: stale.map((r) => r.start), end: live[0]?.start ?? stale.at(-1)!.entries.at(-1)!.index + 1, afterSeq: 0 });
       }
+      let expected: number | undefined;
+      for (const r of live) {
+        if (expected !== undefined && r.start !== expected) {
+          throw new StorageCorruptionError(`group ${group}: log entry ${r.start} found where ${expected} was expected`);
+        }
+        expected = r.start + r.entries.length;
+        for (const e of r.entries) if (e.index > snapIndex) g.entries.push(e);
+      }
+      if (live.length > 0) this.records.set(group, live.map((r) => r.start));
       this.storages.set(group, buildStorage(group, g));
       if (g.snapChunks !== undefined) this.installedChunks.set(group, { index: g.snapMeta!.index, ...g.snapChunks });
     }
