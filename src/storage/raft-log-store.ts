@@ -1,5 +1,5 @@
 // Durable Raft log storage for the many Raft groups of one node, sharing one ordered KV engine, with group commit across groups.
-// Size: about 860 lines: the key layout, group commit and the crash contract belong together (streamed snapshots' chunk records included: they follow the same staging order).
+// Size: about 1,100 lines: the key layout (log records included), group commit, the clearing of compacted records and the crash contract belong together (streamed snapshots' chunk records included: they follow the same staging order).
 /*
  * Key layout (ASCII keys; numbers are fixed-width lowercase hex, so bytewise order = numeric order):
  *
@@ -540,9 +540,9 @@ export class RaftLogStore {
         throw new RangeError(`group ${group}: streamed snapshot ${snap.meta.index} without its chunks staged`);
       }
     }
-    let records = this.records.get(group) ?? [];
+    let records = this.records.get(group);
     if (snap) {
-      u.delRecords(group, records);
+      u.delRecords(group, records ?? []);
       records = [];
       u.put(metaKey(group, 'snap'), json(snap.meta));
       if (streamed) {
@@ -559,12 +559,12 @@ export class RaftLogStore {
     }
     if (entries.length > 0) {
       const k = entries[0]!.index;
-      if (k <= ms.lastIndex()) records = this.truncateRecords(u, group, ms, records, k);
-      else if (records === this.records.get(group)) records = records.slice();
-      records.push(...u.putRecords(group, entries));
+      if (k <= ms.lastIndex()) records = this.truncateRecords(u, group, ms, records ?? [], k);
+      records ??= [];
+      for (const start of u.putRecords(group, entries)) records.push(start); // (in place: everything was validated above)
       ms.append(entries);
     }
-    if (snap || entries.length > 0) this.records.set(group, records);
+    if (records !== undefined) this.records.set(group, records);
     if (req.hardState) {
       // A change of the commit index alone is not written: the commit index on disk is a lower
       // bound (see the file header), raised at open to the snapshot's index and, by recovery, to
