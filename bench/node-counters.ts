@@ -9,7 +9,11 @@ export const NODE_COUNTERS = {
   fsyncSeconds: 'kvcascade_fsync_duration_seconds_sum',
   engineOps: 'kvcascade_engine_ops_total',
   engineBatches: 'kvcascade_engine_batches_total',
+  engineClears: 'kvcascade_engine_clears_total',
 } as const;
+
+/** Label sets left out of a counter's sum: `engineOps` counts the batches' puts and deletes, not the keys deleted by clears. */
+const SKIP_LABELS: Partial<Record<NodeCounterName, string>> = { engineOps: 'op="clear"' };
 
 /** A counter's short name. */
 export type NodeCounterName = keyof typeof NODE_COUNTERS;
@@ -17,13 +21,14 @@ export type NodeCounterName = keyof typeof NODE_COUNTERS;
 /** Counter totals summed over every node (a counter absent from every node is absent here). */
 export type NodeCounters = Partial<Record<NodeCounterName, number>>;
 
-/** Sums, over the Prometheus text `body`, every sample of metric `name` (all label sets); undefined when there is none. */
-export function sumMetric(body: string, name: string): number | undefined {
+/** Sums, over the Prometheus text `body`, every sample of metric `name` (all label sets but those containing `skip`); undefined when there is none. */
+export function sumMetric(body: string, name: string, skip?: string): number | undefined {
   let sum: number | undefined;
   for (const line of body.split('\n')) {
     if (!line.startsWith(name)) continue;
     const rest = line.slice(name.length);
     if (rest[0] !== ' ' && rest[0] !== '{') continue; // another metric with this prefix
+    if (skip !== undefined && rest[0] === '{' && rest.includes(skip)) continue;
     const v = Number(rest.slice(rest.lastIndexOf(' ') + 1));
     if (Number.isFinite(v)) sum = (sum ?? 0) + v;
   }
@@ -39,7 +44,7 @@ export async function readNodeCounters(ports: readonly (number | undefined)[]): 
   for (const [short, name] of Object.entries(NODE_COUNTERS) as [NodeCounterName, string][]) {
     let total: number | undefined;
     for (const b of bodies) {
-      const v = sumMetric(b!, name);
+      const v = sumMetric(b!, name, SKIP_LABELS[short]);
       if (v !== undefined) total = (total ?? 0) + v;
     }
     if (total !== undefined) out[short] = total;
@@ -76,6 +81,7 @@ export function perOpNote(p: Record<string, number>): string | undefined {
   if (p.rounds !== undefined) parts.push(`fsync rounds ${f(p.rounds)}`);
   if (p.engineOps !== undefined) parts.push(`engine ops ${f(p.engineOps)}`);
   if (p.engineBatches !== undefined) parts.push(`engine batches ${f(p.engineBatches)}`);
+  if (p.engineClears !== undefined && p.engineClears > 0) parts.push(`engine clears ${p.engineClears.toFixed(4)}`);
   if (parts.length === 0) return undefined;
   let tail = p.entriesPerRound !== undefined ? `; ${p.entriesPerRound.toFixed(1)} entries/fsynced round` : '';
   if (p.fsyncMsPerRound !== undefined) tail += `, ${p.fsyncMsPerRound.toFixed(1)} ms each`;

@@ -310,7 +310,6 @@ async function main(): Promise<void> {
   const metrics = new NodeMetrics(node);
   node.observer = metrics.observer();
   metrics.watchTransport(transport);
-  metrics.watchEngine(engine);
   const server = createGrpcServer();
   // One stub pool and one coordinator per node: the client API, the extension lambdas and the
   // cluster probe all route through them.

@@ -16,40 +16,42 @@ import type {
   WatchRequest,
   WatchSink,
 } from './backend.js';
+import { HotCounter, HotHistogram, type HotCounterSeries, type HotHistogramSeries } from './hot-metrics.js';
 import type { KvNode, NodeObserver } from './kv-node.js';
 
 /** Every metric of one node, in its own registry. */
 export class NodeMetrics {
   readonly registry = new Registry();
-  readonly requests: Counter<'method' | 'status'>;
-  readonly requestSeconds: Histogram<'method'>;
+  /** Per request (hot-metrics.ts: plain increments, handed to prom-client at scrape time). */
+  readonly requests: HotCounter<'method' | 'status'>;
+  readonly requestSeconds: HotHistogram<'method'>;
   readonly fsyncSeconds: Histogram;
   readonly batchEntries: Histogram;
   readonly batchGroups: Histogram;
-  readonly appliedEntries: Counter<'group'>;
+  readonly appliedEntries: HotCounter<'group'>;
   readonly leaderChanges: Counter<'group'>;
-  readonly proposals: Counter<'group'>;
+  readonly proposals: HotCounter<'group'>;
   /** Writes answered from their client session (retries of writes already applied). */
   readonly duplicateWrites: Counter<'group'>;
-  readonly commitSeconds: Histogram;
+  readonly commitSeconds: HotHistogram<never>;
 
   constructor(node: KvNode) {
     const registers = [this.registry];
     // Node's own series with our prefix: kvcascade_process_cpu_seconds_total, kvcascade_nodejs_heap_size_used_bytes...
     collectDefaultMetrics({ register: this.registry, prefix: 'kvcascade_' });
-    this.requests = new Counter({
-      name: 'kvcascade_requests_total',
-      help: 'Client requests by method and outcome (OK, or the gRPC status code name the client got: NOT_FOUND, UNAVAILABLE...)',
-      labelNames: ['method', 'status'],
-      registers,
-    });
-    this.requestSeconds = new Histogram({
-      name: 'kvcascade_request_duration_seconds',
-      help: 'Client request latency on this node',
-      labelNames: ['method'],
-      buckets: [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
-      registers,
-    });
+    this.requests = new HotCounter(
+      'kvcascade_requests_total',
+      'Client requests by method and outcome (OK, or the gRPC status code name the client got: NOT_FOUND, UNAVAILABLE...)',
+      ['method', 'status'],
+      this.registry,
+    );
+    this.requestSeconds = new HotHistogram(
+      'kvcascade_request_duration_seconds',
+      'Client request latency on this node',
+      ['method'],
+      [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      this.registry,
+    );
     this.fsyncSeconds = new Histogram({
       name: 'kvcascade_fsync_duration_seconds',
       help: 'Time to make one ready round durable (one fsynced LevelDB batch for all groups)',
@@ -68,36 +70,27 @@ export class NodeMetrics {
       buckets: [1, 2, 4, 8, 16, 32, 64, 128],
       registers,
     });
-    this.appliedEntries = new Counter({
-      name: 'kvcascade_raft_applied_entries_total',
-      help: 'Committed entries applied to the state machine',
-      labelNames: ['group'],
-      registers,
-    });
+    this.appliedEntries = new HotCounter('kvcascade_raft_applied_entries_total', 'Committed entries applied to the state machine', ['group'], this.registry);
     this.leaderChanges = new Counter({
       name: 'kvcascade_raft_leader_changes_total',
       help: 'Leader changes seen by this node',
       labelNames: ['group'],
       registers,
     });
-    this.proposals = new Counter({
-      name: 'kvcascade_raft_proposals_committed_total',
-      help: 'Proposals made on this node that committed and were applied',
-      labelNames: ['group'],
-      registers,
-    });
+    this.proposals = new HotCounter('kvcascade_raft_proposals_committed_total', 'Proposals made on this node that committed and were applied', ['group'], this.registry);
     this.duplicateWrites = new Counter({
       name: 'kvcascade_session_duplicate_writes_total',
       help: 'Applied entries that repeated a write their client session had already applied (a retry answered with the first result)',
       labelNames: ['group'],
       registers,
     });
-    this.commitSeconds = new Histogram({
-      name: 'kvcascade_raft_commit_duration_seconds',
-      help: 'Time from proposing a write to applying it (replication, quorum fsyncs, apply)',
-      buckets: [0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.5, 1, 2],
-      registers,
-    });
+    this.commitSeconds = new HotHistogram(
+      'kvcascade_raft_commit_duration_seconds',
+      'Time from proposing a write to applying it (replication, quorum fsyncs, apply)',
+      [],
+      [0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.5, 1, 2],
+      this.registry,
+    );
     const groupGauge = (name: string, help: string, pick: (g: Awaited<ReturnType<KvNode['status']>>['groups'][number]) => number) =>
       new Gauge({
         name,
@@ -115,15 +108,16 @@ export class NodeMetrics {
     groupGauge('kvcascade_raft_applied_index', 'Applied index', (g) => g.appliedIndex);
     groupGauge('kvcascade_raft_log_entries', 'Entries held in the log (after the last compaction)', (g) => g.lastIndex - g.firstIndex + 1);
     groupGauge('kvcascade_revision', 'State machine revision', (g) => g.revision);
+    // The storage engine's writes, all counted by the Raft log store (the engine's only writer).
     const opsSeen = new Map<string, number>();
     new Counter({
-      name: 'kvcascade_storage_engine_ops_total',
-      help: 'LevelDB operations written by record kind (g/l log entry, g/h hard state, s/v version, s/l latest, s/r revision block, s/m meta, s/c session header, s/d session result, s/j session journal...) and op (put, del)',
+      name: 'kvcascade_engine_ops_total',
+      help: 'Storage engine (LevelDB) operations by record kind (g/l log entry, g/h hard state, s/v version, s/l latest, s/r revision block, s/m meta, s/c session header, s/d session result, s/j session journal...) and op: put and del in the synced write batches; clear: keys in the ranges deleted by engine clears (compacted log entries)',
       labelNames: ['record', 'op'],
       registers,
       collect() {
         for (const [record, n] of Object.entries(node.storeOpCounts)) {
-          for (const op of ['put', 'del'] as const) {
+          for (const op of ['put', 'del', 'clear'] as const) {
             const id = `${record} ${op}`;
             const seen = opsSeen.get(id) ?? 0;
             if (n[op] > seen) this.inc({ record, op }, n[op] - seen);
@@ -132,6 +126,8 @@ export class NodeMetrics {
         }
       },
     });
+    this.runningTotal('kvcascade_engine_batches_total', 'Write batches handed to the storage engine (each is fsynced: one per ready round)', () => node.storeMetrics.batches);
+    this.runningTotal('kvcascade_engine_clears_total', 'Range deletes handed to the storage engine outside the batches (compacted log entries)', () => node.storeMetrics.clears);
     const cacheGauge = (name: string, help: string, pick: (c: KvNode['valueCache']['stats']) => number) =>
       new Gauge({
         name,
@@ -252,14 +248,6 @@ export class NodeMetrics {
     counter('kvcascade_peer_messages_rejected_total', 'Peer messages dropped on arrival: malformed, or claiming a sender other than the batch\'s', () => t.rejectedMessages ?? 0);
   }
 
-  /** Exposes the storage engine's write counts (monotonic, read at scrape time): engine operations and batches per put. */
-  watchEngine(e: { readonly counters: { readonly batches: number; readonly syncedBatches: number; readonly ops: number } }): void {
-    const counter = (name: string, help: string, read: () => number) => this.runningTotal(name, help, read);
-    counter('kvcascade_engine_batches_total', 'Write batches handed to the storage engine (LevelDB)', () => e.counters.batches);
-    counter('kvcascade_engine_synced_batches_total', 'Write batches handed to the storage engine with sync (fsync)', () => e.counters.syncedBatches);
-    counter('kvcascade_engine_ops_total', 'Puts and deletes handed to the storage engine (LevelDB) in write batches', () => e.counters.ops);
-  }
-
   /** A counter read from a running total at scrape time (the total only grows). */
   private runningTotal(name: string, help: string, read: () => number): Counter {
     let seen = 0;
@@ -277,17 +265,26 @@ export class NodeMetrics {
 
   /** A node observer that records storage and Raft events. */
   observer(): NodeObserver {
+    // Series per group, looked up once (the observer runs once per applied round and per committed proposal).
+    const applied = new Map<number, HotCounterSeries>();
+    const proposals = new Map<number, HotCounterSeries>();
+    const seriesOf = (m: Map<number, HotCounterSeries>, c: HotCounter<'group'>, group: number): HotCounterSeries => {
+      let s = m.get(group);
+      if (s === undefined) m.set(group, (s = c.series({ group: String(group) })));
+      return s;
+    };
+    const commit = this.commitSeconds.series({});
     return {
       readyBatch: (groups, entries, fsyncMs) => {
         this.fsyncSeconds.observe(fsyncMs / 1000);
         this.batchEntries.observe(entries);
         this.batchGroups.observe(groups);
       },
-      applied: (group, n) => this.appliedEntries.inc({ group: String(group) }, n),
+      applied: (group, n) => seriesOf(applied, this.appliedEntries, group).inc(n),
       leaderChanged: (group) => this.leaderChanges.inc({ group: String(group) }),
       committed: (group, ms) => {
-        this.proposals.inc({ group: String(group) });
-        this.commitSeconds.observe(ms / 1000);
+        seriesOf(proposals, this.proposals, group).inc();
+        commit.observe(ms / 1000);
       },
       duplicateWrite: (group) => this.duplicateWrites.inc({ group: String(group) }),
     };
@@ -295,17 +292,25 @@ export class NodeMetrics {
 
   /** Wraps a backend so that every client call (txn included) is counted and timed; the routing look-ups pass through. */
   meter(backend: KvBackend, statusName: (e: unknown) => string = (e) => (e as Error).name ?? 'Error'): KvBackend {
+    // Each method's OK counter and latency series, looked up once (this runs once per request).
+    const series = new Map<string, { readonly ok: HotCounterSeries; readonly seconds: HotHistogramSeries }>();
+    const of = (method: string) => {
+      let s = series.get(method);
+      if (s === undefined) series.set(method, (s = { ok: this.requests.series({ method, status: 'OK' }), seconds: this.requestSeconds.series({ method }) }));
+      return s;
+    };
     const timed = async <T>(method: string, fn: () => Promise<T>): Promise<T> => {
-      const end = this.requestSeconds.startTimer({ method });
+      const s = of(method);
+      const t0 = performance.now();
       try {
         const v = await fn();
-        this.requests.inc({ method, status: 'OK' });
+        s.ok.inc();
         return v;
       } catch (e) {
-        this.requests.inc({ method, status: statusName(e) });
+        this.requests.series({ method, status: statusName(e) }).inc();
         throw e;
       } finally {
-        end();
+        s.seconds.observe((performance.now() - t0) / 1000);
       }
     };
     return {
@@ -316,7 +321,7 @@ export class NodeMetrics {
       list: (req: ListRequest, o: CallOptions) => timed('list', () => backend.list(req, o)),
       txn: (req: TxnRequest, o: CallOptions) => timed('txn', () => backend.txn(req, o)),
       watch: (req: WatchRequest, sink: WatchSink) => {
-        this.requests.inc({ method: 'watch', status: 'OK' });
+        of('watch').ok.inc();
         return backend.watch(req, sink);
       },
       status: () => timed('status', () => backend.status()),

@@ -29,6 +29,12 @@ export interface ScanOptions {
   readonly limit?: number;
 }
 
+/** The keys {@link KvEngine.clear} deletes: every key in [gte, lt). */
+export interface ClearRange {
+  readonly gte: EngineKey;
+  readonly lt: EngineKey;
+}
+
 /** One key/value pair yielded by a scan; keys come back as bytes. */
 export type EngineEntry = readonly [key: Uint8Array, value: Uint8Array];
 
@@ -58,6 +64,14 @@ export interface EngineView {
 export interface KvEngine {
   /** Applies the writes atomically, in order (a later write to the same key wins). */
   batch(ops: readonly EngineOp[], options: EngineBatchOptions): Promise<void>;
+  /**
+   * Deletes every key in [gte, lt) outside any batch, without a JavaScript call per key (LevelDB:
+   * classic-level's native `clear`, which iterates and deletes on a pool thread). Not atomic and
+   * not synced: after a crash any subset of its deletions may be lost until a later `sync: true`
+   * batch, issued after it resolved, has resolved. Keys written into the range while it runs may
+   * or may not be deleted, so callers clear only ranges that nothing writes to any more.
+   */
+  clear(range: ClearRange): Promise<void>;
   /** The value stored under `key`, or undefined. */
   get(key: EngineKey): Promise<Uint8Array | undefined>;
   /**
@@ -140,9 +154,6 @@ export class LevelEngine implements KvEngine {
     readonly location: string,
   ) {}
 
-  /** Running totals of the writes handed to LevelDB (for metrics: engine operations and batches per put). */
-  readonly counters = { batches: 0, syncedBatches: 0, ops: 0 };
-
   /** Opens (creating if missing) the LevelDB database in directory `location`. */
   static async open(location: string): Promise<LevelEngine> {
     const db = new Level<Uint8Array, Uint8Array>(location, { keyEncoding: 'view', valueEncoding: 'view' });
@@ -152,9 +163,6 @@ export class LevelEngine implements KvEngine {
 
   async batch(ops: readonly EngineOp[], options: EngineBatchOptions): Promise<void> {
     if (ops.length === 0) return;
-    this.counters.batches++;
-    if (options.sync) this.counters.syncedBatches++;
-    this.counters.ops += ops.length;
     // A chained batch: in classic-level 3 it is several times faster than the array form for large batches.
     // Filling it costs ~10 µs per op on the calling thread, so a large batch is filled over several
     // event-loop turns (it stays one atomic write: nothing is written before `b.write`).
@@ -175,6 +183,10 @@ export class LevelEngine implements KvEngine {
       throw err;
     }
     await b.write({ sync: options.sync });
+  }
+
+  async clear(range: ClearRange): Promise<void> {
+    await this.db.clear({ gte: keyBytes(range.gte), lt: keyBytes(range.lt) });
   }
 
   async get(key: EngineKey): Promise<Uint8Array | undefined> {
@@ -327,6 +339,23 @@ export class MemoryEngine implements KvEngine {
         applyOps(this.durable, this.unsynced.shift()!.ops);
       }
     }
+  }
+
+  /** Deletes the range's keys one by one in key order, each as an unsynced batch of its own, so a crash keeps a prefix of them (`crash(n)` keeps the first n). */
+  async clear(range: ClearRange): Promise<void> {
+    this.checkOpen();
+    const lo = toBin(keyBytes(range.gte));
+    const hi = toBin(keyBytes(range.lt));
+    if (this.sortedKeys === undefined) this.sortedKeys = [...this.current.keys()].sort();
+    const keys = this.sortedKeys.slice(lowerBound(this.sortedKeys, lo), lowerBound(this.sortedKeys, hi));
+    for (const k of keys) {
+      for (const v of this.views) if (!v.before.has(k)) v.before.set(k, this.current.get(k));
+      this.current.delete(k);
+      this.unsynced.push({ id: this.nextBatchId++, ops: [[k, undefined]] });
+    }
+    if (keys.length > 0) this.sortedKeys = undefined;
+    await this.delay();
+    this.checkOpen();
   }
 
   async get(key: EngineKey): Promise<Uint8Array | undefined> {

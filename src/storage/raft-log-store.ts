@@ -1,11 +1,14 @@
 // Durable Raft log storage for the many Raft groups of one node, sharing one ordered KV engine, with group commit across groups.
-// Size: about 860 lines: the key layout, group commit and the crash contract belong together (streamed snapshots' chunk records included: they follow the same staging order).
+// Size: about 1,100 lines: the key layout (log records included), group commit, the clearing of compacted records and the crash contract belong together (streamed snapshots' chunk records included: they follow the same staging order).
 /*
  * Key layout (ASCII keys; numbers are fixed-width lowercase hex, so bytewise order = numeric order):
  *
  *   g/<group:8 hex>/conf                 JSON ConfState: the configuration in effect
  *   g/<group:8 hex>/hardstate            JSON HardState
- *   g/<group:8 hex>/log/<index:16 hex>   one entry, binary (see encodeEntry)
+ *   g/<group:8 hex>/log/<index:16 hex>   a log record: the entries appended together from `index` on
+ *                                        (one `persistReady`, at most MAX_RECORD_ENTRIES / _BYTES;
+ *                                        see encodeEntries), or one entry (encodeEntry, the format
+ *                                        before records: still read)
  *   g/<group:8 hex>/snap                 JSON SnapshotMeta of the latest snapshot
  *   g/<group:8 hex>/snapdata             that snapshot's data, raw bytes, as one value; absent for a
  *                                        *records snapshot* (see below)
@@ -18,8 +21,12 @@
  * The state machine of a group lives beside its Raft state, under `s/<group:8 hex>/` (layout and
  * recovery rules in state-store.ts); this store only stages those records (`stageStateOps`), so
  * they are ordered and made durable together with the Raft writes.
- * Invariants on disk (checked on open): the log keys of a group are contiguous and start right
- * after the snapshot index (or at 1 without a snapshot); `snapdata` exists only with `snap`.
+ * Invariants on disk (checked on open): the log records of a group hold contiguous entries from
+ * the snapshot index + 1 on (or from 1 without a snapshot; the first record may also hold entries
+ * at or behind the snapshot, which are not loaded); `snapdata` exists only with `snap`. A record
+ * is one engine put for all the entries of a round of the group (not one per entry); the store
+ * keeps the start index of every record it owns on disk (`records`), since truncating a
+ * conflicting suffix rewrites the record it starts in, and compaction clears whole records only.
  *
  * The hard state is written when its term or vote changes (and for a new group), not when only
  * the commit index moved (as etcd's `MustSync`): the commit index on disk is a lower bound of the
@@ -41,6 +48,15 @@
  * `dropSnapshotData` deletes them with the marker. Chunks of a transfer that never completed are
  * deleted when the next transfer starts, and at open (the `t/` keys are only scanned there, never
  * loaded: `load` reads `g/` only, so a large snapshot's data is not read into memory at open).
+ *
+ * Log compaction deletes the records whose entries are all compacted outside the rounds' batches
+ * (a record holding the compaction point stays whole): once the unit with the new snapshot record
+ * is durable, their key range is deleted with one engine `clear` (LevelDB deletes it
+ * on a pool thread; no per-entry work on the event loop, nothing added to the round's synced
+ * batch). Until then, and after a crash that lost part of it, the entries are still on disk; the
+ * loader ignores entries at or behind the snapshot and clears them again. `deleteGroup` waits for
+ * a clear in flight before its batch is written and deletes the ranges not yet cleared itself, so a
+ * group created again under the same id never meets its predecessor's entries.
  *
  * Write model: every mutator (`persistReady`, `setConf`, `compact`, `deleteGroup`, `stageStateOps`) updates the
  * group's in-memory `MemoryStorage` at once and stages its disk writes as one atomic *unit*.
@@ -64,6 +80,14 @@ export const MAX_GROUP_ID = 0xffff_ffff;
 export const ENTRY_HEADER_BYTES = 18;
 
 const ENTRY_FORMAT_VERSION = 1;
+const RECORD_FORMAT_VERSION = 2;
+/** Bytes of the header of an encoded record (version, reserved, u32 count, u64 first index), and per entry in it (type, u64 term, u32 data length). */
+const RECORD_HEADER_BYTES = 14;
+const RECORD_ENTRY_BYTES = 13;
+/** Most entries in one log record; a longer append is split into several records. */
+export const MAX_RECORD_ENTRIES = 512;
+/** Most entry data bytes in one log record (a single larger entry is a record alone). */
+export const MAX_RECORD_BYTES = 1024 * 1024;
 const OP_OVERHEAD_BYTES = 16;
 const TWO_32 = 2 ** 32;
 const EMPTY_CONF: ConfState = { voters: [], learners: [] };
@@ -110,8 +134,10 @@ export interface BatchReport {
 
 /** Cumulative counters of a {@link RaftLogStore} (plain numbers for any metrics system). */
 export interface StoreMetrics {
-  /** Synced engine batches written. */
+  /** Synced engine batches written (every batch is synced). */
   batches: number;
+  /** Engine clears issued (range deletes of compacted log entries, outside the batches). */
+  clears: number;
   /** Log entries written, over all batches (entries per batch = entries / batches). */
   entries: number;
   /** Estimated bytes written. */
@@ -126,12 +152,13 @@ export interface StoreMetrics {
 }
 
 /**
- * Engine operations written, by record kind and operation: the kind is `g/<c>` or `s/<c>`, the
+ * Engine operations written, by record kind and operation (`put` and `del` in synced batches;
+ * `clear`: keys in the ranges deleted by engine clears, i.e. compacted log entries): the kind is `g/<c>` or `s/<c>`, the
  * layout's first letter after the group (`g/l` log entries, `g/h` hard state, `g/c` conf, `g/s`
  * snapshot and its data; state records as state-store.ts names them: `s/v` versions, `s/l`
  * latests, `s/r` revision blocks, `s/m` meta, `s/c` session headers, `s/d` session results, ...).
  */
-export type EngineOpCounts = Record<string, { put: number; del: number }>;
+export type EngineOpCounts = Record<string, { put: number; del: number; clear: number }>;
 
 /** Options of {@link RaftLogStore.open}. */
 export interface RaftLogStoreOptions {
@@ -146,6 +173,20 @@ interface Unit {
   readonly ops: EngineOp[];
   readonly bytes: number;
   readonly entries: number;
+  /** Written only once no clear is in flight (a deleted group: its id may be reused). */
+  readonly fence: boolean;
+}
+
+/**
+ * Log records of a group whose entries are all compacted: the records starting at `starts`, which
+ * hold the entries [starts[0], end); cleared from the engine (keys [logKey(starts[0]), logKey(end)))
+ * once unit `afterSeq` (the snapshot record) is durable.
+ */
+interface PendingClear {
+  readonly group: number;
+  readonly starts: number[];
+  readonly end: number;
+  readonly afterSeq: number;
 }
 
 interface Waiter {
@@ -242,6 +283,70 @@ export function decodeEntry(bytes: Uint8Array): Entry {
   };
 }
 
+/**
+ * Encodes entries with contiguous indexes as one log record: u8 format version (2), u8 0, u32
+ * count, u64 index of the first entry, then per entry u8 type, u64 term, u32 data length and the
+ * data (all big-endian). One allocation for the whole record.
+ */
+export function encodeEntries(entries: readonly Entry[]): Uint8Array {
+  let size = RECORD_HEADER_BYTES;
+  for (const e of entries) size += RECORD_ENTRY_BYTES + e.data.length;
+  const out = new Uint8Array(size);
+  const dv = new DataView(out.buffer);
+  const first = entries[0]?.index ?? 0;
+  dv.setUint8(0, RECORD_FORMAT_VERSION);
+  dv.setUint32(2, entries.length);
+  dv.setUint32(6, Math.floor(first / TWO_32));
+  dv.setUint32(10, first >>> 0);
+  let at = RECORD_HEADER_BYTES;
+  for (const e of entries) {
+    dv.setUint8(at, e.type);
+    dv.setUint32(at + 1, Math.floor(e.term / TWO_32));
+    dv.setUint32(at + 5, e.term >>> 0);
+    dv.setUint32(at + 9, e.data.length);
+    out.set(e.data, at + RECORD_ENTRY_BYTES);
+    at += RECORD_ENTRY_BYTES + e.data.length;
+  }
+  return out;
+}
+
+/**
+ * Decodes a log record stored under the log key of `index`: {@link encodeEntries}' format (its
+ * first index must be `index`) or a single entry in {@link encodeEntry}'s (whose index must be
+ * `index`). The entries' data alias `bytes`. Throws StorageCorruptionError on anything else.
+ */
+export function decodeLogRecord(index: number, bytes: Uint8Array): Entry[] {
+  if (bytes.length > 0 && bytes[0] === ENTRY_FORMAT_VERSION) {
+    const e = decodeEntry(bytes);
+    if (e.index !== index) throw new StorageCorruptionError(`entry ${e.index} stored under log key ${index}`);
+    return [e];
+  }
+  if (bytes.length < RECORD_HEADER_BYTES || bytes[0] !== RECORD_FORMAT_VERSION) {
+    throw new StorageCorruptionError(`log record at ${index}: unknown format or too short (${bytes.length} bytes)`);
+  }
+  const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const count = dv.getUint32(2);
+  const first = dv.getUint32(6) * TWO_32 + dv.getUint32(10);
+  if (first !== index || count === 0) throw new StorageCorruptionError(`log record of ${count} entries from ${first} stored under log key ${index}`);
+  const out: Entry[] = [];
+  let at = RECORD_HEADER_BYTES;
+  for (let i = 0; i < count; i++) {
+    if (at + RECORD_ENTRY_BYTES > bytes.length) throw new StorageCorruptionError(`log record at ${index}: truncated at entry ${i} of ${count}`);
+    const len = dv.getUint32(at + 9);
+    const end = at + RECORD_ENTRY_BYTES + len;
+    if (end > bytes.length) throw new StorageCorruptionError(`log record at ${index}: truncated at entry ${i} of ${count}`);
+    out.push({
+      type: dv.getUint8(at) as EntryType,
+      term: dv.getUint32(at + 1) * TWO_32 + dv.getUint32(at + 5),
+      index: first + i,
+      data: bytes.subarray(at + RECORD_ENTRY_BYTES, end),
+    });
+    at = end;
+  }
+  if (at !== bytes.length) throw new StorageCorruptionError(`log record at ${index}: ${bytes.length - at} bytes after its last entry`);
+  return out;
+}
+
 const GROUP_KEY = /^g\/([0-9a-f]{8})\/(.+)$/s;
 const utf8 = new TextEncoder();
 const fromUtf8 = new TextDecoder();
@@ -270,6 +375,7 @@ class UnitBuilder {
   readonly ops: EngineOp[] = [];
   bytes = 0;
   entries = 0;
+  fence = false;
   put(key: EngineKey, value: Uint8Array): void {
     this.ops.push({ type: 'put', key, value });
     this.bytes += key.length + value.length + OP_OVERHEAD_BYTES;
@@ -278,9 +384,25 @@ class UnitBuilder {
     this.ops.push({ type: 'del', key });
     this.bytes += key.length + OP_OVERHEAD_BYTES;
   }
-  /** Deletes the log keys [lo, hi]. */
-  delLog(group: number, lo: number, hi: number): void {
-    for (let i = lo; i <= hi; i++) this.del(logKey(group, i));
+  /** Deletes the log records starting at `starts`. */
+  delRecords(group: number, starts: readonly number[]): void {
+    for (const i of starts) this.del(logKey(group, i));
+  }
+  /** Puts `entries` (contiguous) as log records of at most MAX_RECORD_ENTRIES / _BYTES each; returns their start indexes. */
+  putRecords(group: number, entries: readonly Entry[]): number[] {
+    const starts: number[] = [];
+    let from = 0;
+    while (from < entries.length) {
+      let to = from + 1;
+      let bytes = entries[from]!.data.length;
+      while (to < entries.length && to - from < MAX_RECORD_ENTRIES && bytes + entries[to]!.data.length <= MAX_RECORD_BYTES) bytes += entries[to++]!.data.length;
+      const part = from === 0 && to === entries.length ? entries : entries.slice(from, to);
+      this.put(logKey(group, part[0]!.index), encodeEntries(part));
+      starts.push(part[0]!.index);
+      from = to;
+    }
+    this.entries += entries.length;
+    return starts;
   }
 }
 
@@ -291,6 +413,8 @@ interface Loaded {
   snapMeta?: SnapshotMeta;
   snapData?: Uint8Array;
   snapChunks?: { chunks: number; bytes: number };
+  /** The log records, in key (= start index) order. */
+  records: Array<{ readonly start: number; readonly entries: Entry[] }>;
   entries: Entry[];
 }
 
@@ -307,6 +431,12 @@ export class RaftLogStore {
   /** Per group: the chunks that are the data of its installed streamed snapshot. */
   private readonly installedChunks = new Map<number, ChunkSet>();
   private staged: Unit[] = [];
+  /** Per group: the start index of every log record it owns on disk, ascending (the last one ends at the last index). */
+  private readonly records = new Map<number, number[]>();
+  /** Compacted log records not cleared yet, in staging order. */
+  private pendingClears: PendingClear[] = [];
+  /** The clear in flight (one at a time), settled when it is done. */
+  private clearing: Promise<void> | undefined;
   private nextSeq = 1;
   private durableSeq = 0;
   private waiters: Waiter[] = [];
@@ -317,9 +447,12 @@ export class RaftLogStore {
   private readonly maxBatchBytes: number;
   /** Engine ops written, indexed by {@link opSlot}. */
   private readonly opCountsBySlot = new Float64Array(OP_SLOTS);
+  /** Log keys covered by the clears issued (counted as `g/l` `clear`). */
+  private clearedLogKeys = 0;
   private readonly onBatch: ((report: BatchReport) => void) | undefined;
   private readonly counters: StoreMetrics = {
     batches: 0,
+    clears: 0,
     entries: 0,
     bytes: 0,
     lastBatchEntries: 0,
@@ -407,8 +540,10 @@ export class RaftLogStore {
         throw new RangeError(`group ${group}: streamed snapshot ${snap.meta.index} without its chunks staged`);
       }
     }
+    let records = this.records.get(group);
     if (snap) {
-      u.delLog(group, ms.firstIndex(), ms.lastIndex());
+      u.delRecords(group, records ?? []);
+      records = [];
       u.put(metaKey(group, 'snap'), json(snap.meta));
       if (streamed) {
         u.del(metaKey(group, 'snapdata'));
@@ -423,13 +558,13 @@ export class RaftLogStore {
       ms.applySnapshot(snap);
     }
     if (entries.length > 0) {
-      const oldLast = ms.lastIndex();
-      for (const e of entries) u.put(logKey(group, e.index), encodeEntry(e));
-      u.entries += entries.length;
-      const newLast = entries[entries.length - 1]!.index;
-      u.delLog(group, newLast + 1, oldLast);
+      const k = entries[0]!.index;
+      if (k <= ms.lastIndex()) records = this.truncateRecords(u, group, ms, records ?? [], k);
+      records ??= [];
+      for (const start of u.putRecords(group, entries)) records.push(start); // (in place: everything was validated above)
       ms.append(entries);
     }
+    if (records !== undefined) this.records.set(group, records);
     if (req.hardState) {
       // A change of the commit index alone is not written: the commit index on disk is a lower
       // bound (see the file header), raised at open to the snapshot's index and, by recovery, to
@@ -443,6 +578,38 @@ export class RaftLogStore {
     mirrorConf(u, group, ms, confBefore);
     if (!known) this.storages.set(group, ms);
     this.stage(u);
+  }
+
+  /**
+   * Stages the removal of `group`'s entries from index `k` on (a conflicting suffix, replaced by
+   * an append from `k`): records starting at or after `k` are deleted, and the record holding
+   * `k - 1` and `k` is rewritten with its entries before `k` (from the first index still in memory:
+   * entries behind it are compacted, and the record moves there). Returns the starts that remain.
+   */
+  private truncateRecords(u: UnitBuilder, group: number, ms: MemoryStorage, records: readonly number[], k: number): number[] {
+    const kept: number[] = [];
+    let cut = false;
+    for (const start of records) {
+      if (start < k) kept.push(start);
+      else {
+        if (start > k) u.del(logKey(group, start)); // (a record at k is overwritten by the append)
+        cut ||= start === k; // the record before it ends at k - 1 and stays as it is
+      }
+    }
+    const last = kept.at(-1);
+    if (last !== undefined && !cut) {
+      // The last kept record runs past k - 1 (it held k): rewrite it with its entries before k.
+      const from = Math.max(last, ms.firstIndex());
+      if (from !== last) {
+        u.del(logKey(group, last));
+        kept.pop();
+      }
+      if (from < k) {
+        u.put(logKey(group, from), encodeEntries(ms.entries(from, k)));
+        if (from !== last) kept.push(from);
+      }
+    }
+    return kept;
   }
 
   /** Records the configuration in effect for `group` (call when a conf change is applied) and stages it. */
@@ -499,12 +666,17 @@ export class RaftLogStore {
         kept += n;
       }
     }
-    if (upTo >= ms.firstIndex()) {
-      u.delLog(group, ms.firstIndex(), upTo);
-      ms.compact(upTo);
-    }
+    if (upTo >= ms.firstIndex()) ms.compact(upTo);
     mirrorConf(u, group, ms, confBefore);
-    this.stage(u);
+    const seq = this.stage(u);
+    // Records whose entries are all compacted are cleared once the snapshot record is durable (file header).
+    const records = this.records.get(group) ?? [];
+    let n = 0;
+    while (n < records.length && (records[n + 1] ?? ms.lastIndex() + 1) - 1 <= upTo) n++;
+    if (n > 0) {
+      this.pendingClears.push({ group, starts: records.slice(0, n), end: records[n] ?? ms.lastIndex() + 1, afterSeq: seq });
+      this.records.set(group, records.slice(n));
+    }
     return kept;
   }
 
@@ -619,7 +791,12 @@ export class RaftLogStore {
     const ms = this.storages.get(group);
     if (!ms) return;
     const u = new UnitBuilder();
-    u.delLog(group, ms.firstIndex(), ms.lastIndex());
+    u.fence = true;
+    // Compacted records not cleared yet go in this unit (a clear in flight is waited for: see writeLoop).
+    for (const c of this.pendingClears) if (c.group === group) u.delRecords(group, c.starts);
+    this.pendingClears = this.pendingClears.filter((c) => c.group !== group);
+    u.delRecords(group, this.records.get(group) ?? []);
+    this.records.delete(group);
     for (const kind of ['conf', 'hardstate', 'snap', 'snapdata', 'snapstream'] as const) u.del(metaKey(group, kind));
     this.dropInstalledChunks(u, group);
     const t = this.transfers.get(group);
@@ -663,8 +840,9 @@ export class RaftLogStore {
       const put = this.opCountsBySlot[slot]!;
       const del = this.opCountsBySlot[slot + 1]!;
       if (put === 0 && del === 0) continue;
-      out[slotKind(slot)] = { put, del };
+      out[slotKind(slot)] = { put, del, clear: 0 };
     }
+    if (this.clearedLogKeys > 0) (out['g/l'] ??= { put: 0, del: 0, clear: 0 }).clear = this.clearedLogKeys;
     return out;
   }
 
@@ -690,6 +868,8 @@ export class RaftLogStore {
     if (this.closed) return;
     try {
       if (!this.failed) await this.flush();
+      this.startClear();
+      await this.settleClear();
     } finally {
       this.closed = true;
       await this.engine.close();
@@ -701,9 +881,67 @@ export class RaftLogStore {
     if (this.closed) throw new Error('raft log store is closed');
   }
 
-  private stage(u: UnitBuilder): void {
-    if (u.ops.length === 0) return;
-    this.staged.push({ seq: this.nextSeq++, ops: u.ops, bytes: u.bytes, entries: u.entries });
+  /** Stages `u` (nothing when it is empty); returns the seq of the last unit staged (its own, when it has ops). */
+  private stage(u: UnitBuilder): number {
+    if (u.ops.length > 0) this.staged.push({ seq: this.nextSeq++, ops: u.ops, bytes: u.bytes, entries: u.entries, fence: u.fence });
+    return this.nextSeq - 1;
+  }
+
+  /**
+   * Resolves once every compacted range staged so far is deleted from the engine: flushes, then
+   * waits for the clears (for tests and benches; the node never waits for them).
+   */
+  async clearCompacted(): Promise<void> {
+    await this.flush();
+    this.startClear();
+    while (this.clearing !== undefined) {
+      await this.clearing;
+      this.startClear();
+    }
+    if (this.failed) throw this.failed;
+  }
+
+  /** Waits for the clear in flight, if any (never rejects). */
+  private async settleClear(): Promise<void> {
+    while (this.clearing !== undefined) await this.clearing;
+  }
+
+  /**
+   * Starts clearing the compacted ranges whose snapshot record is durable, when no clear is in
+   * flight: adjacent ranges of a group are merged into one engine `clear`; the next ones start
+   * when it is done. A failed clear fails the store (like a failed batch).
+   */
+  private startClear(): void {
+    if (this.clearing !== undefined || this.failed || this.closed) return;
+    const ready = this.pendingClears.findIndex((c) => c.afterSeq <= this.durableSeq);
+    if (ready < 0) return;
+    const first = this.pendingClears[ready]!;
+    let end = first.end;
+    let keys = first.starts.length;
+    const rest: PendingClear[] = [];
+    for (const [i, c] of this.pendingClears.entries()) {
+      if (i === ready) continue;
+      if (c.group === first.group && c.afterSeq <= this.durableSeq && c.starts[0] === end) {
+        end = c.end;
+        keys += c.starts.length;
+      } else rest.push(c);
+    }
+    this.pendingClears = rest;
+    const { group } = first;
+    this.clearedLogKeys += keys;
+    this.counters.clears++;
+    this.clearing = this.engine
+      .clear({ gte: logKey(group, first.starts[0]!), lt: logKey(group, end) })
+      .then(
+        () => {
+          this.clearing = undefined;
+          this.startClear();
+        },
+        (err: unknown) => {
+          this.clearing = undefined;
+          this.fail(err);
+        },
+      );
   }
 
   private schedule(): void {
@@ -730,6 +968,8 @@ export class RaftLogStore {
         }
         const units = this.staged.slice(0, n);
         this.staged = this.staged.slice(n);
+        // A deleted group's unit waits for the clear in flight (its range might be the group's next life's).
+        if (units.some((u) => u.fence)) await this.settleClear();
         const ops: EngineOp[] = [];
         let entries = 0;
         const counts = this.opCountsBySlot;
@@ -746,16 +986,24 @@ export class RaftLogStore {
         this.record({ units: units.length, entries, ops: ops.length, bytes, fsyncMs });
         this.durableSeq = units[units.length - 1]!.seq;
         while (this.waiters.length > 0 && this.waiters[0]!.target <= this.durableSeq) this.waiters.shift()!.resolve();
+        if (this.pendingClears.length > 0) this.startClear();
       }
     } catch (err) {
-      this.failed = new StoreFailedError(err);
-      this.staged = [];
-      const waiters = this.waiters;
-      this.waiters = [];
-      for (const w of waiters) w.reject(this.failed);
+      this.fail(err);
     } finally {
       this.writing = false;
     }
+  }
+
+  /** Fails the store for good: rejects every waiter and drops what is staged (see {@link StoreFailedError}). */
+  private fail(err: unknown): void {
+    if (this.failed) return;
+    this.failed = new StoreFailedError(err);
+    this.staged = [];
+    this.pendingClears = [];
+    const waiters = this.waiters;
+    this.waiters = [];
+    for (const w of waiters) w.reject(this.failed);
   }
 
   private record(r: BatchReport): void {
@@ -779,7 +1027,7 @@ export class RaftLogStore {
       if (!m) throw new StorageCorruptionError(`unexpected key ${JSON.stringify(key)}`);
       const group = parseInt(m[1]!, 16);
       let g = groups.get(group);
-      if (!g) groups.set(group, (g = { entries: [] }));
+      if (!g) groups.set(group, (g = { records: [], entries: [] }));
       const rest = m[2]!;
       if (rest === 'conf') g.conf = parseJson<ConfState>(v);
       else if (rest === 'hardstate') g.hardState = parseJson<HardState>(v);
@@ -792,22 +1040,32 @@ export class RaftLogStore {
         g.snapChunks = { chunks: c.chunks, bytes: c.bytes };
       }
       else if (rest.startsWith('log/') && rest.length === 20) {
-        const e = decodeEntry(v);
-        if (e.index !== parseInt(rest.slice(4), 16)) throw new StorageCorruptionError(`entry ${e.index} stored under ${key}`);
-        g.entries.push(e);
+        const start = parseInt(rest.slice(4), 16);
+        g.records.push({ start, entries: decodeLogRecord(start, v) });
       } else throw new StorageCorruptionError(`unexpected key ${JSON.stringify(key)}`);
     }
     for (const [group, g] of groups) {
-      // Entries kept behind the snapshot (the catch-up tail) are not reloaded: the in-memory
-      // view starts at the snapshot. Their keys are deleted in the first batch.
+      // Entries at or behind the snapshot (the catch-up tail, or compacted records whose clear
+      // had not happened or was lost in a crash) are not reloaded: the in-memory view starts at
+      // the snapshot. Records holding nothing else are cleared (the snapshot record is durable
+      // already); a record holding later entries too stays.
       const snapIndex = g.snapMeta?.index ?? 0;
-      const tail = g.entries.filter((e) => e.index <= snapIndex);
-      if (tail.length > 0) {
-        g.entries = g.entries.filter((e) => e.index > snapIndex);
-        const u = new UnitBuilder();
-        u.delLog(group, tail[0]!.index, tail[tail.length - 1]!.index);
-        this.stage(u);
+      let n = 0;
+      while (n < g.records.length && g.records[n]!.entries.at(-1)!.index <= snapIndex) n++;
+      const stale = g.records.slice(0, n);
+      const live = g.records.slice(n);
+      if (stale.length > 0) {
+        this.pendingClears.push({ group, starts: stale.map((r) => r.start), end: live[0]?.start ?? stale.at(-1)!.entries.at(-1)!.index + 1, afterSeq: 0 });
       }
+      let expected: number | undefined;
+      for (const r of live) {
+        if (expected !== undefined && r.start !== expected) {
+          throw new StorageCorruptionError(`group ${group}: log entry ${r.start} found where ${expected} was expected`);
+        }
+        expected = r.start + r.entries.length;
+        for (const e of r.entries) if (e.index > snapIndex) g.entries.push(e);
+      }
+      if (live.length > 0) this.records.set(group, live.map((r) => r.start));
       this.storages.set(group, buildStorage(group, g));
       if (g.snapChunks !== undefined) this.installedChunks.set(group, { index: g.snapMeta!.index, ...g.snapChunks });
     }
@@ -822,6 +1080,7 @@ export class RaftLogStore {
       if (c === undefined || c.index !== parseInt(m[2]!, 16) || parseInt(m[3]!, 16) >= c.chunks) stale.del(key);
     }
     this.stage(stale);
+    this.startClear();
   }
 }
 

@@ -364,12 +364,35 @@ function varintBytes(n: number): Uint8Array {
   return out;
 }
 
-/** `u8 kind, varint timestampMs, [varint hops], value bytes` (one exactly sized allocation: written for every put). */
+/** Size of the chunks {@link recordBytes} hands out views of, and the largest record it puts in one. */
+const RECORD_CHUNK_BYTES = 64 * 1024;
+const RECORD_IN_CHUNK_MAX = 4 * 1024;
+let recordChunk = new Uint8Array(RECORD_CHUNK_BYTES);
+let recordChunkAt = 0;
+
+/**
+ * `n` fresh (zeroed, never handed out before) bytes for a record value that lives until its batch
+ * is written: a view of a shared 64 KiB chunk when small, so a put's version record costs no
+ * allocation of its own (a typed array of a few hundred bytes has a backing store of its own,
+ * counted as external memory that drives the GC). A chunk stays alive while any of its views does.
+ */
+function recordBytes(n: number): Uint8Array {
+  if (n > RECORD_IN_CHUNK_MAX) return new Uint8Array(n);
+  if (recordChunkAt + n > RECORD_CHUNK_BYTES) {
+    recordChunk = new Uint8Array(RECORD_CHUNK_BYTES);
+    recordChunkAt = 0;
+  }
+  const out = recordChunk.subarray(recordChunkAt, recordChunkAt + n);
+  recordChunkAt += n;
+  return out;
+}
+
+/** `u8 kind, varint timestampMs, [varint hops], value bytes` (written for every put: see {@link recordBytes}). */
 function encodeVersion(v: VersionRecord): Uint8Array {
   if (v.value === VALUE_ON_DISK) throw new Error(`version ${v.revision}: a value held on disk cannot be re-encoded from the index`);
   const hops = v.hops ?? 0;
   const head = 1 + varintLength(v.timestampMs) + (hops > 0 ? varintLength(hops) : 0);
-  const out = new Uint8Array(head + (v.value?.length ?? 0));
+  const out = recordBytes(head + (v.value?.length ?? 0));
   out[0] = (v.value === null ? KIND_TOMBSTONE : KIND_VALUE) | (hops > 0 ? KIND_HOPS : 0);
   const at = putVarint(out, 1, v.timestampMs);
   if (hops > 0) putVarint(out, at, hops);

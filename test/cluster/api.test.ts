@@ -160,6 +160,12 @@ describe('the KV API on a 3-process cluster', () => {
     expect(value(/kvcascade_fsync_duration_seconds_count (\d+)/)).toBeGreaterThan(0);
     expect(value(/kvcascade_raft_commit_duration_seconds_count (\d+)/)).toBeGreaterThanOrEqual(5);
     expect(value(/kvcascade_raft_term\{group="1"\} (\d+)/)).toBeGreaterThan(0);
+    // One set of engine write counters: ops by record kind and op, batches (one per fsynced round), clears.
+    expect(value(/kvcascade_engine_ops_total\{record="g\/l",op="put"\} (\d+)/)).toBeGreaterThanOrEqual(5);
+    expect(value(/kvcascade_engine_batches_total (\d+)/)).toBeGreaterThan(0);
+    expect(value(/kvcascade_engine_clears_total (\d+)/)).toBe(0);
+    expect(text).not.toContain('kvcascade_storage_engine_ops_total');
+    expect(text).not.toContain('kvcascade_engine_synced_batches_total');
     for (const name of ['kvcascade_request_duration_seconds_bucket', 'kvcascade_fsync_batch_entries_bucket', 'kvcascade_raft_applied_index', 'kvcascade_raft_log_entries', 'kvcascade_raft_leader_changes_total']) {
       expect(text).toContain(name);
     }

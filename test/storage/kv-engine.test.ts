@@ -189,6 +189,23 @@ describe.each(harnesses)('KvEngine conformance: $name', (h) => {
     expect(seen).toEqual(['a', 'b', 'c']);
   });
 
+  it('clear deletes exactly the keys in [gte, lt), leaves a view taken before it intact, and is durable after a later synced batch', async () => {
+    const e = await h.open();
+    const all = ['a', 'b', 'b1', 'b2', 'c', 'd'];
+    await e.batch(all.map((k) => ({ type: 'put', key: k, value: s(k) })), { sync: true });
+    const v = e.view();
+    await e.clear({ gte: 'b', lt: 'c' });
+    expect(await keysOf(e)).toEqual(['a', 'c', 'd'].map((k) => hexOf(s(k))));
+    expect(str(await e.get('c'))).toBe('c');
+    expect(e.getSync('b1')).toBeUndefined();
+    expect((await scanAll(v)).map(([k]) => str(k))).toEqual(all);
+    await v.close();
+    await e.clear({ gte: s('x'), lt: s('z') }); // an empty range is a no-op
+    await e.batch([{ type: 'put', key: 'e', value: s('e') }], { sync: true });
+    const e2 = await h.reopen(e);
+    expect(await keysOf(e2)).toEqual(['a', 'c', 'd', 'e'].map((k) => hexOf(s(k))));
+  });
+
   it('keeps synced data across a restart', async () => {
     const e = await h.open();
     await e.batch([{ type: 'put', key: 'x', value: s('1') }], { sync: false });
@@ -282,6 +299,16 @@ describe('MemoryEngine crash model', () => {
     await e.batch([put('c')], { sync: true });
     expect(e.unsyncedBatches).toBe(0);
     expect(await keys(e.crash())).toEqual(['b', 'c']);
+  });
+
+  it('a clear is unsynced: a crash keeps none of it, or a prefix of its deletions in key order', async () => {
+    for (const keep of [0, 2, 10]) {
+      const e = new MemoryEngine();
+      await e.batch(['a', 'b', 'c', 'd', 'e'].map(put), { sync: true });
+      await e.clear({ gte: 'b', lt: 'e' });
+      expect(await keys(e)).toEqual(['a', 'e']);
+      expect(await keys(e.crash(keep))).toEqual([['a', 'b', 'c', 'd', 'e'], ['a', 'd', 'e'], ['a', 'e']][[0, 2, 10].indexOf(keep)]);
+    }
   });
 
   it('keeps a torn prefix of whole unsynced batches', async () => {

@@ -3,14 +3,17 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import fc from 'fast-check';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { type MemoryStorage } from '../../src/raft/storage.js';
 import { type ConfState, type Entry, EntryType, type HardState, type Snapshot } from '../../src/raft/types.js';
 import { type KvEngine, LevelEngine, MemoryEngine, scanAll } from '../../src/storage/kv-engine.js';
 import {
   type BatchReport,
   decodeEntry,
+  decodeLogRecord,
+  encodeEntries,
   encodeEntry,
+  MAX_RECORD_ENTRIES,
   logKey,
   RaftLogStore,
   StorageCorruptionError,
@@ -55,10 +58,24 @@ async function openLevel(dir: string): Promise<RaftLogStore> {
   return RaftLogStore.open(engine);
 }
 
-/** Log indexes of `group` present on disk, in key order. */
+/** Log indexes of `group` present on disk (in its log records), in key order. */
 async function diskIndexes(engine: KvEngine, group: number): Promise<number[]> {
   const prefix = logKey(group, 0).slice(0, -16);
-  return (await scanAll(engine, { prefix })).map(([, v]) => decodeEntry(v).index);
+  return (await scanAll(engine, { prefix })).flatMap(([k, v]) =>
+    decodeLogRecord(parseInt(Buffer.from(k).toString('latin1').slice(-16), 16), v).map((e) => e.index),
+  );
+}
+/** The log records of `group` on disk: start index and entry count, in key order. */
+async function diskRecords(engine: KvEngine, group: number): Promise<Array<{ start: number; count: number }>> {
+  const prefix = logKey(group, 0).slice(0, -16);
+  return (await scanAll(engine, { prefix })).map(([k, v]) => {
+    const start = parseInt(Buffer.from(k).toString('latin1').slice(-16), 16);
+    return { start, count: decodeLogRecord(start, v).length };
+  });
+}
+/** Appends `entries` to `group` one round (one persistReady, so one log record) of `per` entries at a time. */
+function persistRounds(s: RaftLogStore, group: number, entries: readonly Entry[], per: number): void {
+  for (let i = 0; i < entries.length; i += per) s.persistReady(group, { entries: entries.slice(i, i + per) });
 }
 
 /** A comparable picture of everything a store holds for every group. */
@@ -96,6 +113,21 @@ describe('entry encoding', () => {
         },
       ),
     );
+  });
+
+  it('a log record round-trips its entries, and a damaged one is refused', () => {
+    const es = [ent(2 ** 40, 3), { ...ent(2 ** 40 + 1, 2 ** 45), type: EntryType.ConfChange }, { ...ent(2 ** 40 + 2, 7), data: new Uint8Array(0) }];
+    const bytes = encodeEntries(es);
+    expect(show(decodeLogRecord(2 ** 40, bytes))).toEqual(show(es));
+    expect(decodeLogRecord(2 ** 40, bytes).map((e) => e.term)).toEqual([3, 2 ** 45, 7]);
+    // The format before records: one entry, under its own index.
+    expect(show(decodeLogRecord(5, encodeEntry(ent(5, 1))))).toEqual(show([ent(5, 1)]));
+    expect(() => decodeLogRecord(6, encodeEntry(ent(5, 1)))).toThrow(StorageCorruptionError);
+    expect(() => decodeLogRecord(2 ** 40 + 1, bytes)).toThrow(StorageCorruptionError); // under another key
+    expect(() => decodeLogRecord(2 ** 40, bytes.subarray(0, bytes.length - 1))).toThrow(StorageCorruptionError); // truncated
+    expect(() => decodeLogRecord(2 ** 40, new Uint8Array([...bytes, 0]))).toThrow(StorageCorruptionError); // trailing bytes
+    expect(() => decodeLogRecord(1, new Uint8Array([2, 0, 0]))).toThrow(StorageCorruptionError);
+    expect(() => decodeLogRecord(1, new Uint8Array([9, ...bytes.subarray(1)]))).toThrow(StorageCorruptionError);
   });
 
   it('rejects unknown formats and short values', () => {
@@ -160,11 +192,11 @@ describe('RaftLogStore on LevelDB', () => {
     const engine = new MemoryEngine();
     const s = await RaftLogStore.open(engine);
     // Entries 1..20 of 100 bytes each.
-    s.persistReady(3, { entries: Array.from({ length: 20 }, (_, i) => ent(i + 1, 1, 'x'.repeat(100))) });
+    persistRounds(s, 3, Array.from({ length: 20 }, (_, i) => ent(i + 1, 1, 'x'.repeat(100))), 1);
     await s.flush();
     // Keep up to 10 entries, but at most 350 bytes: 3 entries (300 bytes) stay behind index 16.
     const kept = s.compact(3, { meta: { index: 16, term: 1, conf: CONF }, data: new Uint8Array(0) }, 10, 350);
-    await s.flush();
+    await s.clearCompacted();
     expect(kept).toBe(300);
     expect(s.storageFor(3).firstIndex()).toBe(14);
     expect(await diskIndexes(engine, 3)).toEqual([14, 15, 16, 17, 18, 19, 20]);
@@ -176,7 +208,8 @@ describe('RaftLogStore on LevelDB', () => {
   it('compacts the log into a snapshot on disk and in memory', async () => {
     const dir = await levelDir();
     const s1 = await openLevel(dir);
-    s1.persistReady(2, { entries: ents(1, 20, 1) });
+    s1.persistReady(2, { entries: ents(1, 12, 1) });
+    s1.persistReady(2, { entries: ents(13, 20, 1) });
     await s1.flush();
     const snap: Snapshot = { meta: { index: 12, term: 1, conf: CONF }, data: enc.encode('state@12') };
     s1.compact(2, snap);
@@ -202,9 +235,157 @@ describe('RaftLogStore on LevelDB', () => {
     expect(logOf(ms2)).toEqual(show(ents(13, 20, 1)));
     // Compacting the whole log leaves an empty log after the snapshot.
     s2.compact(2, { meta: { index: 20, term: 1, conf: CONF }, data: enc.encode('state@20') });
-    await s2.flush();
+    await s2.clearCompacted();
     expect(await diskIndexes(engine, 2)).toEqual([]);
     expect(s2.storageFor(2).lastIndex()).toBe(20);
+    // The compacted record was deleted by one clear, outside the batches (no deletes in them).
+    expect(s2.opCounts['g/l']).toEqual({ put: 0, del: 0, clear: 1 });
+    expect(s2.metrics.clears).toBe(1);
+  });
+
+  it('deletes compacted entries with one engine clear after the snapshot record is durable, never in the round\'s batch', async () => {
+    const engine = new MemoryEngine();
+    const reports: BatchReport[] = [];
+    const s = await RaftLogStore.open(engine, { onBatch: (r) => reports.push(r) });
+    persistRounds(s, 4, ents(1, 50, 1), 5); // records at 1, 6, ..., 46
+    await s.flush();
+    const cleared: string[] = [];
+    const clear = engine.clear.bind(engine);
+    engine.clear = async (range) => {
+      // When the clear starts, the snapshot record it depends on is on stable storage (nothing is unsynced).
+      expect(engine.unsyncedBatches).toBe(0);
+      expect((JSON.parse(dec.decode(engine.getSync('g/00000004/snap')!)) as { index: number }).index).toBeGreaterThanOrEqual(40);
+      cleared.push(`${String(range.gte)}..${String(range.lt)}`);
+      return clear(range);
+    };
+    s.compact(4, { meta: { index: 40, term: 1, conf: CONF }, data: new Uint8Array(0) }, 5);
+    s.persistReady(4, { entries: ents(51, 52, 1) });
+    await s.flush();
+    // The round's batch: the snapshot record, the snapdata delete, the conf it adopted, one record of two entries; no log deletes.
+    expect(reports.at(-1)!.ops).toBe(4);
+    expect(s.opCounts['g/l']?.del).toBe(0);
+    await s.clearCompacted();
+    expect(cleared).toEqual([`${logKey(4, 1)}..${logKey(4, 36)}`]);
+    expect(await diskIndexes(engine, 4)).toEqual(Array.from({ length: 17 }, (_, i) => 36 + i));
+    // Two compactions before the first is durable are one clear of the merged range; a record
+    // holding entries past the compaction point stays whole (41..45 behind index 43).
+    s.compact(4, { meta: { index: 45, term: 1, conf: CONF }, data: new Uint8Array(0) }, 2);
+    expect(s.storageFor(4).firstIndex()).toBe(44);
+    s.compact(4, { meta: { index: 50, term: 1, conf: CONF }, data: new Uint8Array(0) }, 2);
+    await s.clearCompacted();
+    expect(cleared.at(-1)).toBe(`${logKey(4, 36)}..${logKey(4, 46)}`);
+    expect(await diskIndexes(engine, 4)).toEqual([46, 47, 48, 49, 50, 51, 52]);
+    // 11 records written (10 rounds of 5, one of 2), 9 cleared.
+    expect(s.opCounts['g/l']).toEqual({ put: 11, del: 0, clear: 9 });
+  });
+
+  it('recovers from a crash between the compaction and its clear, and from one in the middle of the clear', async () => {
+    for (const keep of [0, 7]) {
+      const engine = new MemoryEngine();
+      const s = await RaftLogStore.open(engine);
+      s.storageFor(6, CONF);
+      persistRounds(s, 6, ents(1, 30, 2), 1);
+      s.persistReady(6, { hardState: { term: 2, vote: 1, commit: 30 } });
+      await s.flush();
+      let crashed: MemoryEngine | undefined;
+      // Crash as the clear starts (keep = 0: none of its deletions survive) or after it ran unsynced
+      // (keep = 7: its first 7 key deletions survive, a torn clear).
+      engine.clear = async function (this: MemoryEngine, range) {
+        if (keep > 0) await MemoryEngine.prototype.clear.call(this, range);
+        crashed = this.crash(keep);
+        throw new Error('power lost');
+      };
+      s.compact(6, { meta: { index: 25, term: 2, conf: CONF }, data: new Uint8Array(0) }, 3);
+      await s.flush().catch(() => {});
+      await vi.waitFor(() => expect(crashed).toBeDefined());
+      await expect(s.flush()).rejects.toBeInstanceOf(StoreFailedError);
+      const disk = crashed!;
+      expect(await diskIndexes(disk, 6)).toEqual(Array.from({ length: 30 - keep }, (_, i) => 1 + keep + i));
+      const r = await RaftLogStore.open(disk);
+      const ms = r.storageFor(6);
+      expect(ms.snapshot()?.meta.index).toBe(25);
+      expect(ms.firstIndex()).toBe(26);
+      expect(logOf(ms)).toEqual(show(ents(26, 30, 2)));
+      expect(ms.initialState().hardState).toEqual({ term: 2, vote: 1, commit: 30 });
+      await r.clearCompacted();
+      expect(await diskIndexes(disk, 6)).toEqual([26, 27, 28, 29, 30]);
+    }
+  });
+
+  it('deleteGroup deletes compacted entries not cleared yet; the group created again under its id starts clean', async () => {
+    const dir = await levelDir();
+    const engine = await LevelEngine.open(dir);
+    toClose.push(engine);
+    const s = await RaftLogStore.open(engine);
+    s.storageFor(9, CONF);
+    persistRounds(s, 9, ents(1, 40, 1), 10);
+    s.persistReady(9, { hardState: { term: 1, vote: 1, commit: 40 } });
+    await s.flush();
+    // A clear that does not finish until released, so the group is deleted while it is in flight.
+    let release!: () => void;
+    const held = new Promise<void>((r) => (release = r));
+    const clear = engine.clear.bind(engine);
+    let clears = 0;
+    engine.clear = async (range) => {
+      clears++;
+      await held;
+      return clear(range);
+    };
+    s.compact(9, { meta: { index: 20, term: 1, conf: CONF }, data: new Uint8Array(0) });
+    await s.flush(); // the clear of 1..20 starts (and hangs)
+    expect(clears).toBe(1);
+    s.compact(9, { meta: { index: 30, term: 1, conf: CONF }, data: new Uint8Array(0) }); // 21..30: pending behind it
+    s.deleteGroup(9);
+    s.storageFor(9, CONF);
+    s.persistReady(9, { entries: ents(1, 3, 5, 'new'), hardState: { term: 5, vote: 2, commit: 3 } });
+    const flushed = s.flush();
+    let done = false;
+    void flushed.then(() => (done = true));
+    await sleep(20);
+    expect(done).toBe(false); // the deleted group's batch waits for the clear in flight
+    release();
+    await flushed;
+    await s.clearCompacted();
+    expect(clears).toBe(1); // 21..30 went into the deleteGroup batch, not a clear
+    await s.close();
+    const r = await openLevel(dir);
+    expect(logOf(r.storageFor(9))).toEqual(show(ents(1, 3, 5, 'new')));
+    expect(r.storageFor(9).snapshot()).toBeUndefined();
+  });
+
+  it('reads logs written one entry per key, truncates inside a record, and rewrites a record holding compacted entries from the first index', async () => {
+    const engine = new MemoryEngine();
+    // A log as the per-entry format wrote it (before log records): entries 1..6, one key each.
+    await engine.batch(
+      [
+        { type: 'put' as const, key: 'g/00000002/conf', value: enc.encode(JSON.stringify(CONF)) },
+        ...ents(1, 6, 1).map((e) => ({ type: 'put' as const, key: logKey(2, e.index), value: encodeEntry(e) })),
+      ],
+      { sync: true },
+    );
+    const s = await RaftLogStore.open(engine);
+    expect(logOf(s.storageFor(2))).toEqual(show(ents(1, 6, 1)));
+    s.persistReady(2, { entries: ents(7, 12, 1) }); // one record 7..12
+    s.persistReady(2, { entries: ents(4, 5, 2) }); // truncates per-entry keys 4..6 and the record 7..12
+    await s.flush();
+    expect(await diskRecords(engine, 2)).toEqual([{ start: 1, count: 1 }, { start: 2, count: 1 }, { start: 3, count: 1 }, { start: 4, count: 2 }]);
+    s.persistReady(2, { entries: ents(6, 15, 2) });
+    s.compact(2, { meta: { index: 8, term: 2, conf: CONF }, data: new Uint8Array(0) }); // records up to 4..5 cleared; 6..15 holds 8
+    await s.clearCompacted();
+    expect(await diskRecords(engine, 2)).toEqual([{ start: 6, count: 10 }]);
+    // A new leader overwrites from 11: the record 6..15 is cut at 10 and, as 6..8 are compacted, moves to 9.
+    s.persistReady(2, { entries: ents(11, 11, 3), hardState: { term: 3, vote: 0, commit: 10 } });
+    await s.flush();
+    expect(await diskRecords(engine, 2)).toEqual([{ start: 9, count: 2 }, { start: 11, count: 1 }]);
+    const expected = logOf(s.storageFor(2));
+    expect(expected).toEqual(show([...ents(9, 10, 2), ...ents(11, 11, 3)]));
+    const disk = engine.crash();
+    const back = await RaftLogStore.open(disk);
+    expect(logOf(back.storageFor(2))).toEqual(expected);
+    // An append longer than MAX_RECORD_ENTRIES is split into records of at most that many.
+    back.persistReady(2, { entries: ents(12, 11 + 2 * MAX_RECORD_ENTRIES + 5, 3) });
+    await back.flush();
+    expect((await diskRecords(disk, 2)).map((r) => r.count)).toEqual([2, 1, MAX_RECORD_ENTRIES, MAX_RECORD_ENTRIES, 5]);
   });
 
   it('installs a received snapshot, replacing the whole log', async () => {
@@ -254,7 +435,7 @@ describe('RaftLogStore on LevelDB', () => {
     expect(() => s2.storageFor(-1)).toThrow(RangeError);
   });
 
-  it('log keys on disk are logKey(group, index), for large groups and indexes too', async () => {
+  it('a round\'s entries are one log record on disk, keyed logKey(group, its first index), for large groups and indexes too', async () => {
     const engine = new MemoryEngine();
     const s = await RaftLogStore.open(engine);
     for (const [g, base] of [[7, 2 ** 40 + 3], [0xffff_ffff, 2 ** 52 + 0xabc], [0, 0]] as const) {
@@ -263,7 +444,7 @@ describe('RaftLogStore on LevelDB', () => {
       s.persistReady(g, { entries: ents(base + 1, base + 3, 2) });
       await s.flush();
       const keys = (await scanAll(engine, { prefix: logKey(g, 0).slice(0, -16) })).map(([k]) => Buffer.from(k).toString('latin1'));
-      expect(keys).toEqual([1, 2, 3].map((i) => logKey(g, base + i)));
+      expect(keys).toEqual([logKey(g, base + 1)]);
     }
     const back = await RaftLogStore.open(engine.crash());
     expect(back.storageFor(0xffff_ffff).lastIndex()).toBe(2 ** 52 + 0xabc + 3);
@@ -362,7 +543,7 @@ describe('RaftLogStore group commit and failures (MemoryEngine)', () => {
     const reports: BatchReport[] = [];
     const maxBatchBytes = 2000;
     const s = await RaftLogStore.open(engine, { maxBatchBytes, onBatch: (r) => reports.push(r) });
-    for (let g = 0; g < 10; g++) s.persistReady(g, { entries: ents(1, 5, 1, 'x'.repeat(40)) }); // ~490 bytes per unit
+    for (let g = 0; g < 10; g++) s.persistReady(g, { entries: ents(1, 5, 1, 'x'.repeat(80)) }); // ~500 bytes per unit (one log record)
     s.persistReady(99, { entries: [ent(1, 1, 'y'.repeat(5000))] }); // one unit above the bound
     expect(s.stagedBytes).toBeGreaterThan(maxBatchBytes * 2);
     await s.flush();
@@ -544,12 +725,22 @@ describe('the sync contract at the storage seam', () => {
           for (const e of ackedState[g]!.log) if (live.has(e)) expect(have.has(e), `acked entry ${e} of group ${g} lost`).toBe(true);
         }
 
-        // 3. The log on disk is contiguous from its first to its last index, for every group.
+        // 3. The log on disk is contiguous from its first to its last index, for every group: past the
+        // snapshot at once (compacted entries at or behind it may wait for their clear), and
+        // exactly once the recovered store's clears are done.
+        for (let g = 0; g < GROUPS; g++) {
+          const ms = recovered.storageFor(g);
+          const idx = (await diskIndexes(disk, g)).filter((i) => i >= ms.firstIndex());
+          expect(idx).toEqual(Array.from({ length: ms.lastIndex() - ms.firstIndex() + 1 }, (_, i) => ms.firstIndex() + i));
+        }
+        // After the clears, only the record holding the first index may still hold entries behind it.
+        await recovered.clearCompacted();
         for (let g = 0; g < GROUPS; g++) {
           const idx = await diskIndexes(disk, g);
           const ms = recovered.storageFor(g);
-          expect(idx).toEqual(Array.from({ length: idx.length }, (_, i) => ms.firstIndex() + i));
-          expect(idx.length).toBe(ms.lastIndex() - ms.firstIndex() + 1);
+          const from = idx[0] ?? ms.firstIndex();
+          expect(idx).toEqual(Array.from({ length: ms.lastIndex() - from + 1 }, (_, i) => from + i));
+          expect((await diskRecords(disk, g)).filter((r) => r.start < ms.firstIndex()).length).toBeLessThanOrEqual(1);
         }
       }),
       { numRuns: 500 },

@@ -328,6 +328,21 @@ describe('state key layout', () => {
     expect(rec.writtenBlocks.map((b) => [b.first, b.last])).toEqual([[1, 10]]);
   });
 
+  it('version records of a round far larger than one shared chunk (views of 64 KiB chunks) each hold their own value', async () => {
+    const m = new KvStateMachine();
+    const rec = new StateRecorder(GROUP);
+    m.observe(rec);
+    // 400 puts of 1 KiB (six chunks) and a few of 5 KiB (their own allocation), in two rounds.
+    const value = (i: number): Uint8Array => new Uint8Array(i % 50 === 7 ? 5000 : 1024).fill(i & 0xff);
+    const engine = new MemoryEngine();
+    for (const [from, to] of [[0, 250], [250, 400]] as const) {
+      for (let i = from; i < to; i++) m.apply(1 + i, 100 + i, { type: 'put', key: `big/${i}`, value: value(i) });
+      await write(engine, rec.take(m)!);
+    }
+    const back = (await loadMachine(engine))!.sm;
+    for (let i = 0; i < 400; i++) expect(Buffer.from(back.get(`big/${i}`)!.value!).equals(Buffer.from(value(i))), `big/${i}`).toBe(true);
+  });
+
   it('detects corrupt or inconsistent records', async () => {
     const build = async (): Promise<MemoryEngine> => {
       const m = new KvStateMachine({ maxHistoryRevisions: 2 });
