@@ -436,18 +436,16 @@ export class ShardReplica {
    * A page of keys under `prefix` as applied here, served from the group's records in the engine
    * (issue 17): the latest records in key order through an engine view, with the writes not known
    * durable yet laid over them from the machine (`KvStateMachine.listPlan`, `listFromRecords`),
-   * so the page is the one `list` would answer when called. Listed from the machine instead when
-   * the heap still holds the whole key index (the default: only `--index-drop-cold` drops it, and
-   * then the heap's list is the cheaper one — it skips deleted keys without reading them, where the
-   * records hold a latest record per deleted key until compaction, so a prefix emptied by a mass
-   * delete would be scanned record by record), values stay in the heap, no view can be opened, a
+   * so the page is the one `list` would answer when called; the records' latests of deleted keys
+   * are apart (`t/`), so a page reads about its size in records whatever was deleted in range.
+   * Listed from the machine instead when values stay in the heap, no view can be opened, a
    * snapshot install is under way, or nothing of the current machine is known durable yet. Values
    * come with the records, off the event loop.
    */
   async listFromEngine(prefix: string, options: ListOptions = {}): Promise<ListResult> {
     const durable = this.durableFor;
     const sm = this.machine;
-    const fromRecords = this.opts.values?.dropCold === true && !this.installing && durable?.sm === sm;
+    const fromRecords = !this.installing && durable?.sm === sm;
     const view = fromRecords ? this.opts.openView?.() : undefined;
     if (view !== undefined) {
       try {

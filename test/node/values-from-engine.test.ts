@@ -96,11 +96,11 @@ describe('values served from the engine', () => {
     expect(dec((await l2.get({ key: '/d/101', consistency: 'linearizable' }, deadline())).value)).toBe(value(101, 0));
   });
 
-  it('lists from the records what was just written, before its round is durable (the overlay), and deletions at once', async () => {
+  it.each([false, true])('lists from the records what was just written, before its round is durable (the overlay), and deletions at once (index drop cold: %s)', async (indexDropCold) => {
     const hub = new LoopbackHub();
     // Slow disks: a round's records stay unsynced for a while after its writes are acknowledged.
     const engines = [1, 2, 3].map(() => new MemoryEngine({ latencyMs: 15 }));
-    const nodes = await Promise.all(engines.map((e, i) => openNode(i + 1, e, hub, { valueCacheBytes: 8 * 1024, indexDropCold: true })));
+    const nodes = await Promise.all(engines.map((e, i) => openNode(i + 1, e, hub, { valueCacheBytes: 8 * 1024, ...(indexDropCold ? { indexDropCold } : {}) })));
     for (const n of nodes) n.start();
     const l = await leaderOf(nodes);
     const r = l.replica(DATA_GROUP)!;
