@@ -609,6 +609,8 @@ export class StateRecorder implements StateSink {
   private open: OpenBlock | undefined;
   /** Deleted keys whose latest is still in `l/` (see {@link WrittenState.legacyTombstones}), moved to `t/` a batch per unit. */
   private readonly legacy: Map<string, number>;
+  /** Live keys' latests deleted (the key deleted) since the last `takeDeletedLatests`: their number and key range. */
+  private deletedLatests: { count: number; first: string; last: string } | undefined;
 
   /** A recorder for `group`, whose records hold `written` (default: no records); `journalLimits` bound the session journal (tests shrink them). */
   constructor(
@@ -637,6 +639,13 @@ export class StateRecorder implements StateSink {
       // A delete (of a live key: deleting a deleted key writes nothing): its latest moves to `t/`.
       ops.push({ type: 'put', key: this.keys.deleted(key), value: varintBytes(version.revision) });
       ops.push({ type: 'del', key: this.keys.latest(key) });
+      const d = this.deletedLatests;
+      if (d === undefined) this.deletedLatests = { count: 1, first: key, last: key };
+      else {
+        d.count++;
+        if (compareKeys(key, d.first) < 0) d.first = key;
+        else if (compareKeys(key, d.last) > 0) d.last = key;
+      }
     } else {
       ops.push({ type: 'put', key: this.keys.latest(key), value: varintBytes(version.revision) });
       if (wasDeleted) ops.push({ type: 'del', key: this.keys.deleted(key) }); // a legacy latest is in `l/`, just overwritten
@@ -662,6 +671,20 @@ export class StateRecorder implements StateSink {
       ops.push({ type: 'put', key: this.keys.deleted(key), value: varintBytes(revision) });
       this.legacy.delete(key);
     }
+  }
+
+  /**
+   * How many live keys' `l/` records the units handed out since the last call deleted, and the raw
+   * key range [start, end] holding them (undefined: none). LevelDB keeps a deletion marker per
+   * deleted record until compaction reaches it, and an iteration of `l/` (a listing) steps over
+   * every marker in its way: after a mass delete (a lease revocation) the node compacts that range
+   * (`KvEngine.compactRange`) once the unit is durable.
+   */
+  takeDeletedLatests(): { readonly count: number; readonly start: Uint8Array; readonly end: Uint8Array } | undefined {
+    const d = this.deletedLatests;
+    if (d === undefined) return undefined;
+    this.deletedLatests = undefined;
+    return { count: d.count, start: this.keys.latest(d.first), end: this.keys.latest(d.last) };
   }
 
   /** Number of legacy latests of deleted keys not moved to `t/` yet (for tests and diagnostics). */

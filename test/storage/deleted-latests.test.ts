@@ -5,10 +5,13 @@
  * the recorder moves them to `t/` a bounded batch per unit, through writes, compaction and a
  * replacement.
  */
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { KvStateMachine, type Command, type ListOptions } from '../../src/statemachine/index.js';
-import { MemoryEngine, scanAll, type EngineOp, type EngineView } from '../../src/storage/kv-engine.js';
+import { LevelEngine, MemoryEngine, scanAll, type EngineOp, type EngineView } from '../../src/storage/kv-engine.js';
 import { stateKeyPrefix } from '../../src/storage/raft-log-store.js';
 import {
   encodeSnapshotFromRecords,
@@ -117,12 +120,51 @@ describe("deleted keys' latest records", () => {
     expect(counts.iterated).toBe(5); // the live keys only, however many deleted keys are in range
     expect(counts.got).toBe(5);
     await expectRecordsOf(engine, sm);
+    // The recorder tells the range of the live latests it deleted (LevelDB markers the node compacts away).
+    const d = rec.takeDeletedLatests()!;
+    expect(d.count).toBe(n - 5);
+    expect(latin1(d.start)).toBe(`${PREFIX}l/d/00000`);
+    expect(latin1(d.end)).toBe(`${PREFIX}l/d/${String(n - 6).padStart(5, '0')}`);
+    expect(rec.takeDeletedLatests()).toBeUndefined();
 
     // The same records in the layout from before the split: the same page, read past every deleted key.
     expect(await toLegacyLayout(engine)).toBe(n - 5);
     const legacy = await listed(engine, sm, 'd/', options);
     expect(legacy.page).toEqual(plainList(sm, 'd/', options));
     expect(legacy.counts.iterated).toBe(n);
+  });
+
+  it('after a mass delete on LevelDB, the range of deleted latests compacts and lists the same', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'kvcascade-deleted-latests-'));
+    const engine = await LevelEngine.open(dir);
+    try {
+      const sm = new KvStateMachine();
+      const rec = new StateRecorder(GROUP);
+      sm.observe(rec);
+      sm.attachValues(new EngineValueSource(engine, GROUP, new ValueCache(0)));
+      let i = 0;
+      for (let k = 0; k < 3000; k++) sm.apply(++i, 1000, { type: 'put', key: `m/${String(k).padStart(5, '0')}`, value: enc.encode(`v${k}`) });
+      await engine.batch(rec.take(sm)!, { sync: true });
+      sm.releaseValues(sm.revision);
+      for (let k = 0; k < 2990; k++) sm.apply(++i, 2000, { type: 'delete', key: `m/${String(k).padStart(5, '0')}` });
+      await engine.batch(rec.take(sm)!, { sync: true });
+      sm.releaseValues(sm.revision);
+      const d = rec.takeDeletedLatests()!;
+      expect(d.count).toBe(2990);
+      await engine.compactRange(d.start, d.end);
+      const plan = sm.listPlan('m/', { limit: 4 }, sm.revision)!;
+      const view = engine.view();
+      try {
+        const page = await listFromRecords(view, GROUP, plan);
+        expect(page?.items.map((it) => it.key)).toEqual(sm.list('m/', { limit: 4 }).items.map((it) => it.key));
+        expect(page?.items.map((it) => it.key)).toEqual(['m/02990', 'm/02991', 'm/02992', 'm/02993']);
+      } finally {
+        await view.close();
+      }
+    } finally {
+      await engine.close();
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 
   it('written before the split load the same and move to `t/` in bounded batches, through writes and compaction of the keys not moved yet', async () => {
