@@ -75,6 +75,7 @@ async function main(): Promise<void> {
     let rnd = 12345;
     const next = () => (rnd = (rnd * 1103515245 + 12345) % 2 ** 31);
     let current = sm;
+    let currentRec = recorder;
     for (let round = 0; round < rounds; round++) {
       for (const [m, mode] of modes.entries()) {
         // The machine as a restart makes it from the records (the index in the heap, no values), with the mode's source.
@@ -107,6 +108,7 @@ async function main(): Promise<void> {
         machine.releaseValues(machine.revision);
         getCost[m]!.push(cpuPerOp(nOps, () => void machine.get(key(next() % nKeys))));
         current = machine;
+        currentRec = rec;
       }
     }
     // One get plus one conditional put per op above: the put figure includes the get it needs.
@@ -126,6 +128,45 @@ async function main(): Promise<void> {
     });
     report('list page of 100 with values: heap index', [heapList]);
     report('list page of 100 with values: records (view + multi-get)', [engineList]);
+    // A range emptied by a mass delete (a lease revocation): the first `gone` keys deleted, then a
+    // 10-key page from the start of the range (deleted keys' latests are in `t/`, not walked).
+    const gone = Math.min(20_000, nKeys - 10);
+    let di = last.appliedIndex;
+    for (let i = 0; i < gone; i++) last.apply(++di, 3000, { type: 'delete', key: key(i) });
+    await engine.batch(currentRec.take(last) ?? [], { sync: true });
+    last.releaseValues(last.revision);
+    const emptiedPages = Math.max(1, Math.floor(pages / 10));
+    const heapEmptied = cpuPerOp(emptiedPages, () => void last.list('/bench/', { limit: 10 }));
+    const t0 = performance.now();
+    const engineEmptied = await cpuPerOpAsync(emptiedPages, async () => {
+      const view = engine.view();
+      try {
+        await listFromRecords(view, GROUP, last.listPlan('/bench/', { limit: 10 }, last.revision)!);
+      } finally {
+        await view.close();
+      }
+    });
+    const wallMs = (performance.now() - t0) / emptiedPages;
+    report(`list page of 10 after ${gone} deletes in range: heap index`, [heapEmptied]);
+    report(`list page of 10 after ${gone} deletes in range: records (${wallMs.toFixed(2)} ms wall)`, [engineEmptied]);
+    // As a node does after such a mass delete: compact the range of the deleted latests (LevelDB's deletion markers).
+    const span = currentRec.takeDeletedLatests()!;
+    const c0 = performance.now();
+    await engine.compactRange(span.start, span.end);
+    const compactMs = performance.now() - c0;
+    const t1 = performance.now();
+    const engineCompacted = await cpuPerOpAsync(emptiedPages, async () => {
+      const view = engine.view();
+      try {
+        await listFromRecords(view, GROUP, last.listPlan('/bench/', { limit: 10 }, last.revision)!);
+      } finally {
+        await view.close();
+      }
+    });
+    report(
+      `... records after compacting that range (${compactMs.toFixed(0)} ms; ${((performance.now() - t1) / emptiedPages).toFixed(2)} ms wall)`,
+      [engineCompacted],
+    );
     console.log(`index cost: ${nKeys} keys × ${valueBytes} B in LevelDB, ${nOps} ops per mode per round; CPU µs per op, one column per round`);
     for (const r of rows) console.log(r);
   } finally {

@@ -73,6 +73,11 @@ export class ReplicaRecords {
     return out;
   }
 
+  /** See `StateRecorder.takeDeletedLatests`: the live keys' latest records deleted by the units handed out since the last call. */
+  takeDeletedLatests(): ReturnType<StateRecorder['takeDeletedLatests']> {
+    return this.recorder.takeDeletedLatests();
+  }
+
   /** The applied index of the last unit handed out (see ShardReplica.recordedIndex). */
   get recordedIndex(): number {
     return this.recorder.takenAppliedIndex;

@@ -74,6 +74,8 @@ export class ReplicaSet {
   private readonly removedFrom = new Set<number>();
   private readonly mapListeners = new Set<(map: ClusterMap) => void>();
   private engine: KvEngine | undefined;
+  /** The records compaction in flight (see compactRecords), or a settled promise. */
+  private recordsCompaction: Promise<void> = Promise.resolve();
   /** The node's cache of value bytes, shared by its groups (values are served from the engine). */
   readonly valueCache: ValueCache;
   /** The node's hot-index cache (keys' latest versions), shared by its groups (the key index is served from the engine). */
@@ -147,6 +149,16 @@ export class ReplicaSet {
   }
 
   /** How `group`'s replica serves values: from `engine` through the node's cache, released once durable. */
+  /** Compacts a range of the engine's records after a mass delete (ShardReplica option `compactRecords`), one compaction at a time per node. */
+  private compactRecords(start: Uint8Array, end: Uint8Array, group: number): void {
+    const engine = this.engine;
+    if (engine?.compactRange === undefined) return;
+    const { log } = this.parts;
+    this.recordsCompaction = this.recordsCompaction
+      .then(() => engine.compactRange!(start, end))
+      .catch((err: unknown) => log.warn({ group, err: String(err) }, 'compacting the records of deleted keys failed (listings across them stay slower until LevelDB compacts them)'));
+  }
+
   private valuesOf(engine: KvEngine, group: number): NonNullable<ConstructorParameters<typeof ShardReplica>[0]['values']> {
     const source = new EngineValueSource(engine, group, this.valueCache);
     return {
@@ -180,6 +192,7 @@ export class ReplicaSet {
       ...(initialState ? { initialState } : {}),
       ...(opts.stateUnitBytes ? { stateUnitBytes: opts.stateUnitBytes } : {}),
       openView: () => this.engine?.view(),
+      compactRecords: (start, end) => this.compactRecords(start, end, group),
       ...(this.engine ? { values: this.valuesOf(this.engine, group) } : {}),
       stepwiseInstall: true,
       ...(this.engine ? { snapshotChunks: store } : {}),

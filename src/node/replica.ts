@@ -94,6 +94,11 @@ export interface ReplicaOptions {
    * snapshot that has its data is sent.
    */
   readonly openView?: () => EngineView | undefined;
+  /**
+   * Compacts the engine's records in the raw key range [start, end] in the background (KvEngine.compactRange);
+   * asked once a round's units that deleted at least {@link COMPACT_AFTER_DELETED_LATESTS} live keys' latest records are durable.
+   */
+  readonly compactRecords?: (start: Uint8Array, end: Uint8Array) => void;
   /** Called when a snapshot to send was produced (run a Ready round: Raft sends it on its next try). */
   readonly onSnapshotProduced?: () => void;
   /** Called when producing a snapshot to send failed (retried later). */
@@ -144,6 +149,15 @@ export interface ReplicaOptions {
 /** Most values dropped from the heap in one event-loop turn (see `scheduleRelease`). */
 const RELEASE_SLICE = 20_000;
 
+/**
+ * Live keys' latest records deleted (keys deleted) by one round's units from which the replica asks
+ * the engine to compact their range once they are durable: LevelDB's deletion markers would
+ * otherwise make every listing across that range step over each of them (~0.3 µs each: 6–7 ms of
+ * CPU for a 10-key page after 20,000 deletes, 0.7 ms after the compaction) until its own
+ * compactions reach them.
+ */
+export const COMPACT_AFTER_DELETED_LATESTS = 1000;
+
 export { ProposalLostError } from './waiters.js';
 
 /** Unanswered follower ReadIndex rounds kept before they are failed (their messages were lost). */
@@ -193,6 +207,8 @@ export class ShardReplica {
   readonly listCounts = { fromRecords: 0, fromMachine: 0 };
   /** A machine and a revision of it whose records are known durable (so in every engine view opened since): the lower bound of `listFromEngine`'s overlay. */
   private durableFor: { sm: KvStateMachine; revision: number } | undefined;
+  /** The range of live keys' latest records a mass delete staged, to compact once durable (see COMPACT_AFTER_DELETED_LATESTS). */
+  private deletedLatests: { count: number; start: Uint8Array; end: Uint8Array } | undefined;
 
   constructor(private readonly opts: ReplicaOptions) {
     this.group = opts.group;
@@ -450,18 +466,16 @@ export class ShardReplica {
    * A page of keys under `prefix` as applied here, served from the group's records in the engine
    * (issue 17): the latest records in key order through an engine view, with the writes not known
    * durable yet laid over them from the machine (`KvStateMachine.listPlan`, `listFromRecords`),
-   * so the page is the one `list` would answer when called. Listed from the machine instead when
-   * the heap still holds the whole key index (the default: only `--index-drop-cold` drops it, and
-   * then the heap's list is the cheaper one — it skips deleted keys without reading them, where the
-   * records hold a latest record per deleted key until compaction, so a prefix emptied by a mass
-   * delete would be scanned record by record), values stay in the heap, no view can be opened, a
+   * so the page is the one `list` would answer when called; the records' latests of deleted keys
+   * are apart (`t/`), so a page reads about its size in records whatever was deleted in range.
+   * Listed from the machine instead when values stay in the heap, no view can be opened, a
    * snapshot install is under way, or nothing of the current machine is known durable yet. Values
    * come with the records, off the event loop.
    */
   async listFromEngine(prefix: string, options: ListOptions = {}): Promise<ListResult> {
     const durable = this.durableFor;
     const sm = this.machine;
-    const fromRecords = this.opts.values?.dropCold === true && !this.installing && durable?.sm === sm;
+    const fromRecords = !this.installing && durable?.sm === sm;
     const view = fromRecords ? this.opts.openView?.() : undefined;
     if (view !== undefined) {
       try {
@@ -730,6 +744,15 @@ export class ShardReplica {
    */
   takeStateUnits(): EngineOp[][] {
     const out = this.records.take(this.machine);
+    const deleted = this.records.takeDeletedLatests();
+    // Only a mass delete (one round's units deleting many keys): scattered deletes leave markers LevelDB's own compactions keep up with.
+    if (deleted !== undefined && deleted.count >= COMPACT_AFTER_DELETED_LATESTS && this.opts.compactRecords !== undefined) {
+      const d = this.deletedLatests;
+      this.deletedLatests =
+        d === undefined
+          ? { ...deleted }
+          : { count: d.count + deleted.count, start: Buffer.compare(deleted.start, d.start) < 0 ? deleted.start : d.start, end: Buffer.compare(deleted.end, d.end) > 0 ? deleted.end : d.end };
+    }
     // The host stages the units synchronously after this returns: wait for them from a microtask.
     // Nothing taken, nothing new to release (every earlier unit scheduled its own release).
     if (this.opts.values && !this.installing && out.length > 0) queueMicrotask(() => this.scheduleRelease());
@@ -753,8 +776,11 @@ export class ShardReplica {
       if (this.machine !== sm || this.installing) return;
       if (sm.releaseValues(revision, RELEASE_SLICE)) setImmediate(step);
     };
+    const deleted = this.deletedLatests;
+    this.deletedLatests = undefined;
     const durable = (): void => {
       if (this.machine === sm && !this.installing && (this.durableFor?.sm !== sm || this.durableFor.revision < revision)) this.durableFor = { sm, revision };
+      if (deleted !== undefined) this.opts.compactRecords!(deleted.start, deleted.end); // the deletes are written: compact their markers away
       step();
     };
     values.whenDurable().then(durable, () => {}); // a storage failure stops the node elsewhere

@@ -12,7 +12,8 @@ import type { VersionRecord } from './types.js';
 export interface IndexSource {
   /**
    * The newest version of `key` in the durable records, as a head (a tombstone has a null value,
-   * any other version the `VALUE_ON_DISK` placeholder), or undefined when the records hold none.
+   * any other version the `VALUE_ON_DISK` placeholder), or undefined when the records hold none;
+   * a key whose newest version is a tombstone may also read as undefined (both mean "no live version").
    * `mayExist`, asked only when the source would read storage, may answer false when the machine
    * knows the key has no live version (the source then answers undefined without reading).
    */

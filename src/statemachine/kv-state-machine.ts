@@ -625,6 +625,7 @@ export class KvStateMachine {
       this.records.set(key, recs);
     }
     const wasLive = recs.length > 0 && recs[recs.length - 1]!.value !== null;
+    const wasDeleted = recs.length > 0 && !wasLive; // tombstoned keys are never dropped from `records`
     const version = withHops<VersionRecord>({ revision, timestampMs: ts, value }, hops);
     recs.push(version);
     this.writeLog.push({ revision, key });
@@ -633,7 +634,7 @@ export class KvStateMachine {
       this.unindexedLog.push({ revision, key });
       if (key === SHARD_DESCRIPTOR_KEY) this.descriptorHead = undefined;
     }
-    this.sink?.versionAdded(key, version);
+    this.sink?.versionAdded(key, version, wasDeleted);
     if (value !== null && this.values !== undefined) this.resident.push({ revision, key });
     if (value !== null && !wasLive) {
       this.live.add(key);

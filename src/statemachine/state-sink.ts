@@ -17,8 +17,12 @@ import type { KvEvent, SessionHeader, SessionResult, VersionRecord } from './typ
  * Sinks must not call back into the machine, and must not mutate the arrays they are given.
  */
 export interface StateSink {
-  /** `key` got a new version (a tombstone when `version.value === null`); it is now the key's latest. */
-  versionAdded(key: string, version: VersionRecord): void;
+  /**
+   * `key` got a new version (a tombstone when `version.value === null`); it is now the key's latest.
+   * `wasDeleted` is true when the key's previous newest retained version is a tombstone (the key
+   * was deleted and not yet forgotten by compaction), false when it was live or had no version.
+   */
+  versionAdded(key: string, version: VersionRecord, wasDeleted: boolean): void;
   /**
    * Compaction removed the oldest versions of `key`, whose revisions are `revisions` (ascending);
    * `forgotten` is true when no version is left (the key no longer exists at all).

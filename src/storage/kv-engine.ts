@@ -87,6 +87,11 @@ export interface KvEngine {
    * later ones are not), for long reads that must not see later writes (streaming a snapshot).
    */
   view(): EngineView;
+  /**
+   * Optional: compacts the stored data of keys in [start, end] (LevelDB: its background threads), so
+   * deletion markers left by many deletes there stop costing every iteration that crosses them.
+   */
+  compactRange?(start: Uint8Array, end: Uint8Array): Promise<void>;
   /** Releases the engine; later calls fail. */
   close(): Promise<void>;
 }
@@ -153,6 +158,12 @@ export class LevelEngine implements KvEngine {
     /** The directory holding the database. */
     readonly location: string,
   ) {}
+
+  /** Compacts [start, end] (see KvEngine.compactRange): the work runs on LevelDB's threads, off the event loop. */
+  compactRange(start: Uint8Array, end: Uint8Array): Promise<void> {
+    // `level` resolves to classic-level in Node, whose compactRange its browser-neutral type omits.
+    return (this.db as unknown as { compactRange(start: Uint8Array, end: Uint8Array): Promise<void> }).compactRange(start, end);
+  }
 
   /** Opens (creating if missing) the LevelDB database in directory `location`. */
   static async open(location: string): Promise<LevelEngine> {

@@ -20,7 +20,9 @@
  * Key layout (every key starts with `s/<group:8 hex>/`, ASCII; the rest is binary):
  *
  *   s/<g>/meta                           the scalars: see encodeMeta
- *   s/<g>/l/<key>                        latest version of a key: varint revision
+ *   s/<g>/l/<key>                        latest version of a live key: varint revision
+ *   s/<g>/t/<key>                        latest version of a deleted key (its newest retained version
+ *                                        is a tombstone): varint revision
  *   s/<g>/r/<first:u64 BE>               a block of consecutive revisions first..first+n-1: varint n,
  *                                        then per revision varint timestampMs, varint writes (versions
  *                                        written at it: the loader checks that every revision after
@@ -61,6 +63,18 @@
  * bound (session-journal.ts). Records written before the journal (base records only) load as a
  * base with an empty journal. The loader orders sessions by `lastActiveIndex` (the table's activity
  * order, which eviction follows), so a restarted replica evicts exactly as the others do.
+ *
+ * Live and deleted keys' latests are apart so that a listing, which walks `l/` in key order,
+ * never steps over deleted keys: its work per page is bounded whatever the number of tombstones
+ * in range (a mass delete, a lease revocation). A put writes `l/` (and deletes `t/` when the key
+ * was deleted), a delete writes `t/` and deletes `l/`, compaction forgetting a key deletes its `t/`.
+ * Records written before this split (no `t/` records; a deleted key's latest in `l/`) read the same:
+ * the loader accepts an `l/` naming a tombstone, a listing skips it after reading that version
+ * (as it did), and the recorder moves such *legacy* latests to `t/` in bounded batches with the
+ * units it hands out (`WrittenState.legacyTombstones`, at most {@link LEGACY_MOVES_PER_UNIT} per
+ * unit), so a store written by the previous format is converted within a few rounds after its
+ * first restart on this one. No format number changes: both layouts load, and the previous
+ * code would refuse the new one only as an unexpected state key (a downgrade is not supported).
  *
  * Lifecycle: a put/delete writes its version and the key's latest; a round writes its revision
  * block with the events; once every revision of a block has left the watch history (trimming or
@@ -172,6 +186,9 @@ export const DEFAULT_STATE_UNIT_BYTES = 4 * 1024 * 1024;
 /** Most revisions in one block written by a replacement (a round's block holds what the round applied). */
 export const MAX_BLOCK_REVISIONS = 4096;
 
+/** Most legacy latest records of deleted keys (an `l/` naming a tombstone) the recorder moves to `t/` per unit it hands out. */
+export const LEGACY_MOVES_PER_UNIT = 1024;
+
 const OP_OVERHEAD_BYTES = 16;
 const EV_PUT = 0;
 const EV_DELETE = 1;
@@ -185,6 +202,7 @@ const KIND_HOPS = 0x02;
 const TWO_32 = 2 ** 32;
 const SLASH = 0x2f;
 const TAG_LATEST = 0x6c; // 'l'
+const TAG_DELETED = 0x74; // 't'
 const TAG_REVISION = 0x72; // 'r'
 const TAG_VERSION = 0x76; // 'v'
 const TAG_SESSION = 0x63; // 'c'
@@ -223,11 +241,21 @@ class Keys {
     this.meta = concat(this.prefix, META_SUFFIX);
   }
 
+  /** The latest record of `key` while it is live. */
   latest(key: string): Uint8Array {
+    return this.latestTagged(key, TAG_LATEST);
+  }
+
+  /** The latest record of `key` while its newest version is a tombstone. */
+  deleted(key: string): Uint8Array {
+    return this.latestTagged(key, TAG_DELETED);
+  }
+
+  private latestTagged(key: string, tag: number): Uint8Array {
     const n = escapeKey(key);
     const out = new Uint8Array(this.prefix.length + 2 + n);
     out.set(this.prefix);
-    out[this.prefix.length] = TAG_LATEST;
+    out[this.prefix.length] = tag;
     out[this.prefix.length + 1] = SLASH;
     out.set(scratch.subarray(0, n), this.prefix.length + 2);
     return out;
@@ -577,6 +605,11 @@ export interface WrittenState {
   readonly oldestHistoryRevision: number;
   /** The session base records and journal on disk (default: none). */
   readonly sessions?: WrittenSessions;
+  /**
+   * Deleted keys whose latest record is still in `l/` (written before deleted keys' latests moved
+   * to `t/`), with that record's revision (their tombstone's); the recorder moves them (default: none).
+   */
+  readonly legacyTombstones?: ReadonlyMap<string, number>;
 }
 
 /**
@@ -597,6 +630,10 @@ export class StateRecorder implements StateSink {
   /** Index in `blocks` of the oldest block that may still have revisions in the history. */
   private hist = 0;
   private open: OpenBlock | undefined;
+  /** Deleted keys whose latest is still in `l/` (see {@link WrittenState.legacyTombstones}), moved to `t/` a batch per unit. */
+  private readonly legacy: Map<string, number>;
+  /** Live keys' latests deleted (the key deleted) since the last `takeDeletedLatests`: their number and key range. */
+  private deletedLatests: { count: number; first: string; last: string } | undefined;
 
   /** A recorder for `group`, whose records hold `written` (default: no records); `journalLimits` bound the session journal (tests shrink them). */
   constructor(
@@ -608,6 +645,7 @@ export class StateRecorder implements StateSink {
     this.journal = new SessionJournal(written.sessions, journalLimits);
     this.sessionWriter = sessionWriterInto(this.keys, () => this.ops);
     this.metaApplied = written.appliedIndex;
+    this.legacy = new Map(written.legacyTombstones);
     for (const b of written.blocks) {
       const copy: BlockState = { ...b, ts: b.ts?.slice(), writes: b.writes?.slice() };
       this.blocks.push(copy);
@@ -617,14 +655,64 @@ export class StateRecorder implements StateSink {
     }
   }
 
-  versionAdded(key: string, version: VersionRecord): void {
-    this.ops.push({ type: 'put', key: this.keys.version(key, version.revision), value: encodeVersion(version) });
-    this.ops.push({ type: 'put', key: this.keys.latest(key), value: varintBytes(version.revision) });
+  versionAdded(key: string, version: VersionRecord, wasDeleted: boolean): void {
+    const ops = this.ops;
+    ops.push({ type: 'put', key: this.keys.version(key, version.revision), value: encodeVersion(version) });
+    if (version.value === null) {
+      // A delete (of a live key: deleting a deleted key writes nothing): its latest moves to `t/`.
+      ops.push({ type: 'put', key: this.keys.deleted(key), value: varintBytes(version.revision) });
+      ops.push({ type: 'del', key: this.keys.latest(key) });
+      const d = this.deletedLatests;
+      if (d === undefined) this.deletedLatests = { count: 1, first: key, last: key };
+      else {
+        d.count++;
+        if (compareKeys(key, d.first) < 0) d.first = key;
+        else if (compareKeys(key, d.last) > 0) d.last = key;
+      }
+    } else {
+      ops.push({ type: 'put', key: this.keys.latest(key), value: varintBytes(version.revision) });
+      if (wasDeleted) ops.push({ type: 'del', key: this.keys.deleted(key) }); // a legacy latest is in `l/`, just overwritten
+    }
+    if (this.legacy.size > 0) this.legacy.delete(key);
   }
 
   versionsDropped(key: string, revisions: readonly number[], forgotten: boolean): void {
     for (const rev of revisions) this.ops.push({ type: 'del', key: this.keys.version(key, rev) });
-    if (forgotten) this.ops.push({ type: 'del', key: this.keys.latest(key) });
+    if (forgotten) {
+      // Only deleted keys are forgotten (their newest version, a tombstone, was compacted).
+      this.ops.push({ type: 'del', key: this.keys.deleted(key) });
+      if (this.legacy.delete(key)) this.ops.push({ type: 'del', key: this.keys.latest(key) });
+    }
+  }
+
+  /** Moves up to {@link LEGACY_MOVES_PER_UNIT} legacy latests of deleted keys from `l/` to `t/` (they are the keys' latests: every write or forgetting of a key takes it out of `legacy`). */
+  private moveLegacy(ops: EngineOp[]): void {
+    let n = 0;
+    for (const [key, revision] of this.legacy) {
+      if (n++ === LEGACY_MOVES_PER_UNIT) break;
+      ops.push({ type: 'del', key: this.keys.latest(key) });
+      ops.push({ type: 'put', key: this.keys.deleted(key), value: varintBytes(revision) });
+      this.legacy.delete(key);
+    }
+  }
+
+  /**
+   * How many live keys' `l/` records the units handed out since the last call deleted, and the raw
+   * key range [start, end] holding them (undefined: none). LevelDB keeps a deletion marker per
+   * deleted record until compaction reaches it, and an iteration of `l/` (a listing) steps over
+   * every marker in its way: after a mass delete (a lease revocation) the node compacts that range
+   * (`KvEngine.compactRange`) once the unit is durable.
+   */
+  takeDeletedLatests(): { readonly count: number; readonly start: Uint8Array; readonly end: Uint8Array } | undefined {
+    const d = this.deletedLatests;
+    if (d === undefined) return undefined;
+    this.deletedLatests = undefined;
+    return { count: d.count, start: this.keys.latest(d.first), end: this.keys.latest(d.last) };
+  }
+
+  /** Number of legacy latests of deleted keys not moved to `t/` yet (for tests and diagnostics). */
+  get legacyTombstones(): number {
+    return this.legacy.size;
   }
 
   revisionAdded(revision: number, timestampMs: number, events: readonly KvEvent[]): void {
@@ -705,9 +793,10 @@ export class StateRecorder implements StateSink {
    * applied index).
    */
   take(sm: KvStateMachine): EngineOp[] | undefined {
-    if (this.ops.length === 0 && !this.open && !this.journal.dirty && sm.appliedIndex === this.metaApplied) return undefined;
+    if (this.ops.length === 0 && !this.open && !this.journal.dirty && sm.appliedIndex === this.metaApplied && this.legacy.size === 0) return undefined;
     this.journal.take(sm.appliedIndex, this.sessionWriter, (id) => sm.session(id));
     const ops = this.ops;
+    if (this.legacy.size > 0) this.moveLegacy(ops);
     if (this.open) {
       // Never wholly out of the history: it holds the newest revision, which is never trimmed.
       const { block, events } = this.open;
@@ -759,6 +848,17 @@ export class StateRecorder implements StateSink {
     const valueAt = options.valueAt;
     const resolve = (key: string, v: VersionRecord): VersionRecord =>
       v.value === VALUE_ON_DISK && valueAt !== undefined ? { ...v, value: valueAt(key, v.revision) } : v;
+    // A key's latest record: in `l/` when its newest version is live, in `t/` when it is a tombstone
+    // (`l/` for a legacy one); written when it moves or names another revision, the old one deleted.
+    const legacy = this.legacy;
+    const latestOps = (key: string, b: VersionRecord | undefined, a: VersionRecord | undefined): void => {
+      const bTag = b === undefined ? 0 : b.value !== null || legacy.has(key) ? TAG_LATEST : TAG_DELETED;
+      const aTag = a === undefined ? 0 : a.value !== null ? TAG_LATEST : TAG_DELETED;
+      if (a !== undefined && (aTag !== bTag || a.revision !== b!.revision)) {
+        push({ type: 'put', key: aTag === TAG_LATEST ? keys.latest(key) : keys.deleted(key), value: varintBytes(a.revision) });
+      }
+      if (bTag !== 0 && bTag !== aTag) push({ type: 'del', key: bTag === TAG_LATEST ? keys.latest(key) : keys.deleted(key) });
+    };
     push({ type: 'del', key: keys.meta });
     for (const k of options.deleteKeys ?? []) {
       push({ type: 'del', key: k });
@@ -775,11 +875,11 @@ export class StateRecorder implements StateSink {
       if (c < 0) {
         const [key, versions] = bk[i++]!;
         for (const v of versions) push({ type: 'del', key: keys.version(key, v.revision) });
-        push({ type: 'del', key: keys.latest(key) });
+        latestOps(key, versions[versions.length - 1], undefined);
       } else if (c > 0) {
         const [key, versions] = ak[j++]!;
         for (const v of versions) push({ type: 'put', key: keys.version(key, v.revision), value: encodeVersion(resolve(key, v)) });
-        push({ type: 'put', key: keys.latest(key), value: varintBytes(versions[versions.length - 1]!.revision) });
+        latestOps(key, undefined, versions[versions.length - 1]);
       } else {
         const [key, bv] = bk[i++]!;
         const av = ak[j++]![1];
@@ -797,11 +897,12 @@ export class StateRecorder implements StateSink {
             if (!sameVersion(o, v)) push({ type: 'put', key: keys.version(key, v.revision), value: encodeVersion(resolve(key, v)) });
           }
         }
-        const latest = av[av.length - 1]!.revision;
-        if (bv[bv.length - 1]!.revision !== latest) push({ type: 'put', key: keys.latest(key), value: varintBytes(latest) });
+        latestOps(key, bv[bv.length - 1], av[av.length - 1]);
       }
       if (units.length > 0) yield* units.splice(0);
     }
+
+    legacy.clear(); // every key of `before` was rewritten or deleted above
 
     // Client sessions: the journal goes, the base records are rewritten to hold `after`'s sessions
     // (what the base holds is the journal's to know; `before.sessions` is the machine's view).
@@ -1030,7 +1131,9 @@ let indexSourceCount = 0;
  * without one cheap) and that version's record (its head: tombstone or not, timestamp, hop count),
  * which is then cached, as is a key's absence (every later write of the key reaches the cache
  * through `durable`, and a compaction only forgets keys whose newest version is a tombstone, which
- * reads the same as absent). One source per machine.
+ * reads the same as absent). A deleted key's latest is in `t/`, not `l/`, so it reads as absent
+ * (the machine treats a tombstone and an absent key alike); one written before that split reads
+ * as its tombstone. One source per machine.
  */
 export class EngineIndexSource implements IndexSource {
   private readonly keys: Keys;
@@ -1078,13 +1181,15 @@ export class EngineIndexSource implements IndexSource {
 
 // ------------------------------------------------------------------ listing
 
-/** Fewest latest records read from the engine per step of a listing (tombstones in range make a page need more than its size). */
+/** Fewest latest records read from the engine per step of a listing (keys the overlay deleted, or legacy latests of deleted keys, make a page need more than its size). */
 const LIST_STEP_MIN = 16;
 
 /**
  * A page of `group`'s live keys served from its records (issue 17: the key index from the engine):
- * the `l/<key>` latest records of `view` in key order under the plan's prefix, each resolved to its
- * version record (deleted keys have a tombstone there), with the plan's overlay (what the machine
+ * the `l/<key>` latest records of `view` in key order under the plan's prefix (live keys only:
+ * deleted keys' latests are in `t/`, so a page's work is bounded by its size and the overlay,
+ * whatever the number of deleted keys in range), each resolved to its version record (a legacy
+ * `l/` of a deleted key names a tombstone there and is skipped), with the plan's overlay (what the machine
  * wrote after `plan.sinceRevision`) on top, so the page is the machine's at `plan.revision`,
  * exactly what `KvStateMachine.list` answers. Reads in steps of about a page: one iteration of
  * latest records and one multi-get of their versions per step. Undefined when `view` cannot serve
@@ -1212,6 +1317,7 @@ export async function loadState(engine: KvEngine, group: number, options: LoadOp
   const keys = new Keys(group);
   const p = keys.prefix.length;
   const latest = new Map<string, number>();
+  const deleted = new Map<string, number>();
   let meta: StateMeta | undefined;
   const revs: Array<{ rev: number; value: Uint8Array }> = [];
   const versionKeys: Array<[string, VersionRecord[]]> = [];
@@ -1226,6 +1332,9 @@ export async function loadState(engine: KvEngine, group: number, options: LoadOp
     } else if (tag === TAG_LATEST) {
       const key = decodeKey(k.subarray(p + 2), k);
       latest.set(key, corruptOnError(`latest of ${JSON.stringify(key)}`, () => readVarintOnly(v)));
+    } else if (tag === TAG_DELETED) {
+      const key = decodeKey(k.subarray(p + 2), k);
+      deleted.set(key, corruptOnError(`latest of deleted ${JSON.stringify(key)}`, () => readVarintOnly(v)));
     } else if (tag === TAG_REVISION) {
       if (k.length !== p + 10) throw new StorageCorruptionError(`unexpected state key ${describe(k)}`);
       revs.push({ rev: readU64(k, p + 2), value: v });
@@ -1258,7 +1367,7 @@ export async function loadState(engine: KvEngine, group: number, options: LoadOp
     } else throw new StorageCorruptionError(`unexpected state key ${describe(k)}`);
   }
   if (meta === undefined) return undefined;
-  const loaded = assemble(group, meta, latest, revs, versionKeys);
+  const loaded = assemble(group, meta, latest, deleted, revs, versionKeys);
   if (!withValues) {
     // The watch history keeps its put values (bounded by maxHistoryBytes): read those back.
     const history = loaded.data.history as KvEvent[];
@@ -1402,6 +1511,7 @@ function assemble(
   group: number,
   meta: StateMeta,
   latest: ReadonlyMap<string, number>,
+  deleted: ReadonlyMap<string, number>,
   revs: ReadonlyArray<{ rev: number; value: Uint8Array }>,
   keys: Array<[string, VersionRecord[]]>,
 ): LoadedState {
@@ -1468,6 +1578,7 @@ function assemble(
 
   // Versions: the layout gives key order and, per key, revision order.
   const byKey = new Map<string, VersionRecord[]>();
+  const legacyTombstones = new Map<string, number>();
   const found = new Array<number>(writesAt.length).fill(0);
   for (const [key, versions] of keys) {
     let prevRev = 0;
@@ -1481,10 +1592,22 @@ function assemble(
       }
       if (v.revision > c) found[v.revision - c - 1]!++;
     });
-    if (latest.get(key) !== prevRev) fail(`latest of ${JSON.stringify(key)} is ${latest.get(key)}, its newest version ${prevRev}`);
+    // A live key's latest is in `l/`; a deleted key's in `t/`, or in `l/` when written before that split (moved by the recorder).
+    const isDeleted = versions[versions.length - 1]!.value === null;
+    const inLive = latest.get(key);
+    const inDeleted = deleted.get(key);
+    if (isDeleted && inLive !== undefined && inDeleted === undefined) {
+      if (inLive !== prevRev) fail(`latest of ${JSON.stringify(key)} is ${inLive}, its newest version ${prevRev}`);
+      legacyTombstones.set(key, prevRev);
+    } else {
+      const stored = isDeleted ? inDeleted : inLive;
+      if (stored !== prevRev || (isDeleted ? inLive : inDeleted) !== undefined) {
+        fail(`latest of ${JSON.stringify(key)} is ${inLive ?? 'none'} (live) / ${inDeleted ?? 'none'} (deleted), its newest version ${prevRev}${isDeleted ? ', a tombstone' : ''}`);
+      }
+    }
     byKey.set(key, versions);
   }
-  if (latest.size !== keys.length) fail(`${latest.size - keys.length} latest records without versions`);
+  if (latest.size + deleted.size !== keys.length) fail(`${latest.size + deleted.size - keys.length} latest records without versions`);
   for (let i = 0; i < writesAt.length; i++) {
     if (found[i] !== writesAt[i]) fail(`revision ${c + 1 + i} wrote ${writesAt[i]} versions, ${found[i]} are stored`);
   }
@@ -1524,7 +1647,12 @@ function assemble(
       keys,
       history,
     },
-    written: { appliedIndex: meta.appliedIndex, blocks, oldestHistoryRevision: meta.oldestHistoryRevision },
+    written: {
+      appliedIndex: meta.appliedIndex,
+      blocks,
+      oldestHistoryRevision: meta.oldestHistoryRevision,
+      ...(legacyTombstones.size > 0 ? { legacyTombstones } : {}),
+    },
   };
 }
 
@@ -1667,11 +1795,13 @@ export async function encodeSnapshotFromRecords(
     throw new StorageCorruptionError(`group ${group} state: revision blocks hold ${timestamps.length} timestamps for [${c}, ${meta.revision}]`);
   }
 
-  // Pass 2: the number of keys (one latest record each).
+  // Pass 2: the number of keys (one latest record each, live keys' in `l/`, deleted keys' in `t/`).
   let nKeys = 0;
-  for await (const _ of view.iterate({ prefix: tagPrefix(TAG_LATEST) })) {
-    nKeys++;
-    await slicer.maybeYield();
+  for (const tag of [TAG_LATEST, TAG_DELETED]) {
+    for await (const _ of view.iterate({ prefix: tagPrefix(tag) })) {
+      nKeys++;
+      await slicer.maybeYield();
+    }
   }
   let hasSessions = false;
   for await (const _ of view.iterate({ prefix: tagPrefix(TAG_SESSION), limit: 1 })) hasSessions = true;

@@ -7,7 +7,8 @@
 import { describe, expect, it } from 'vitest';
 import { DATA_GROUP, KvNode, META_GROUP, type NodeOptions } from '../../src/node/kv-node.js';
 import { LoopbackHub } from '../../src/node/transport.js';
-import { MemoryEngine } from '../../src/storage/kv-engine.js';
+import { MemoryEngine, type KvEngine } from '../../src/storage/kv-engine.js';
+import { leaseAttachmentPrefix } from '../../src/statemachine/lease-keys.js';
 import { converged as convergedIn, leaderOf, nodeTrio } from '../support/node-trio.js';
 
 const enc = (s: string) => new TextEncoder().encode(s);
@@ -96,11 +97,11 @@ describe('values served from the engine', () => {
     expect(dec((await l2.get({ key: '/d/101', consistency: 'linearizable' }, deadline())).value)).toBe(value(101, 0));
   });
 
-  it('lists from the records what was just written, before its round is durable (the overlay), and deletions at once', async () => {
+  it.each([false, true])('lists from the records what was just written, before its round is durable (the overlay), and deletions at once (index drop cold: %s)', async (indexDropCold) => {
     const hub = new LoopbackHub();
     // Slow disks: a round's records stay unsynced for a while after its writes are acknowledged.
     const engines = [1, 2, 3].map(() => new MemoryEngine({ latencyMs: 15 }));
-    const nodes = await Promise.all(engines.map((e, i) => openNode(i + 1, e, hub, { valueCacheBytes: 8 * 1024, indexDropCold: true })));
+    const nodes = await Promise.all(engines.map((e, i) => openNode(i + 1, e, hub, { valueCacheBytes: 8 * 1024, ...(indexDropCold ? { indexDropCold } : {}) })));
     for (const n of nodes) n.start();
     const l = await leaderOf(nodes);
     const r = l.replica(DATA_GROUP)!;
@@ -171,5 +172,52 @@ describe('values served from the engine', () => {
       const got = await f.get({ key: `/s/${String(i).padStart(3, '0')}`, consistency: 'serializable' }, deadline());
       expect(dec(got.value)).toBe(value(i < 50 ? i + 150 : i, i < 50 ? 1 : 0));
     }
+  });
+
+  it('compacts the range of the latest records a mass delete removed, once it is durable (a lease revoke of 1,200 keys)', async () => {
+    const hub = new LoopbackHub();
+    const engines = [1, 2, 3].map(() => new MemoryEngine({ latencyMs: 1 }));
+    const compactions = engines.map(() => [] as Array<[string, string]>);
+    engines.forEach((e, i) => {
+      // MemoryEngine has no deletion markers to compact: a spy in its place.
+      (e as KvEngine).compactRange = async (start, end) => {
+        compactions[i]!.push([Buffer.from(start).toString('latin1'), Buffer.from(end).toString('latin1')]);
+      };
+    });
+    const nodes = await Promise.all(engines.map((e, i) => openNode(i + 1, e, hub, { valueCacheBytes: 8 * 1024 })));
+    for (const n of nodes) n.start();
+    const l = await leaderOf(nodes);
+    const r = l.replica(DATA_GROUP)!;
+    const lease = 77;
+    const n = 1200;
+    for (let i = 0; i < n; i += 100) {
+      await Promise.all(
+        Array.from({ length: 100 }, (_, j) => {
+          const key = `/m/${String(i + j).padStart(5, '0')}`;
+          // A key and its lease attachment at one revision, as the lease layer writes them.
+          return r.propose({ type: 'txn', compares: [], writes: [{ type: 'put', key, value: enc('x') }, { type: 'put', key: `${leaseAttachmentPrefix(lease)}${key}`, value: enc('') }] }, 'system');
+        }),
+      );
+    }
+    await converged(nodes);
+    expect(compactions.every((c) => c.length === 0)).toBe(true); // no mass delete yet
+    const res = await r.propose({ type: 'revokeLeaseKeys', lease }, 'system');
+    expect(res).toMatchObject({ type: 'revokeLeaseKeys', deletedKeys: n, deletedAttachments: n });
+    await converged(nodes);
+    const until = Date.now() + 10_000;
+    while (compactions.some((c) => c.length === 0) && Date.now() < until) await sleep(20);
+    for (const c of compactions) {
+      // One request per replica, for the range of the deleted keys' and attachments' `l/` records.
+      expect(c).toHaveLength(1);
+      expect(c[0]![0]).toMatch(/^s\/[0-9a-f]{8}\/l\/\/_sys\/lease-key\/0+77\/\/m\/00000$/);
+      expect(c[0]![1]).toMatch(/^s\/[0-9a-f]{8}\/l\/\/m\/01199$/);
+    }
+    for (const x of nodes) {
+      const rx = x.replica(DATA_GROUP)!;
+      const before = rx.listCounts.fromRecords;
+      expect((await rx.listFromEngine('/m/', { limit: 10, keysOnly: true })).items).toEqual([]);
+      expect(rx.listCounts.fromRecords).toBe(before + 1); // from the records (by default)
+    }
+    for (const x of nodes) await x.stop();
   });
 });

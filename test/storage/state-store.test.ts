@@ -295,7 +295,9 @@ describe('state key layout', () => {
     expect(rows.length).toBe(keys.length * 3 + 1);
     expectSameMachine(KvStateMachine.fromRecords(loaded), m);
     const latest = await scanAll(engine, { prefix: `${stateKeyPrefix(GROUP)}l/` });
-    expect(latest.length).toBe(keys.length);
+    expect(latest.length).toBe(keys.length - 1); // live keys' latests
+    const deleted = await scanAll(engine, { prefix: `${stateKeyPrefix(GROUP)}t/` });
+    expect(deleted.length).toBe(1); // the deleted key's latest is apart
   });
 
   it('keeps groups apart and is found only under its own prefix', async () => {
