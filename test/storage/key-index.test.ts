@@ -142,8 +142,10 @@ describe('latest versions from the records, behind the hot-index cache', () => {
       }),
       { numRuns: 120, seed: 4242 },
     );
-    expect(engineReads).toBeGreaterThan(20); // the lookups of live keys did go to the engine, not only to the overlay and the cache (24 and 80 with this seed)
-    if (dropCold) expect(dropped).toBeGreaterThan(10); // keys did leave the heap's version lists (22 with this seed)
+    // The lookups of live keys did go to the engine, not only to the overlay and the cache (11 and
+    // 37 with this seed since the command generator draws currentOnConflict puts; 24 and 80 before).
+    expect(engineReads).toBeGreaterThan(5);
+    if (dropCold) expect(dropped).toBeGreaterThan(5); // keys did leave the heap's version lists (14 with this seed)
     else expect(dropped).toBe(0);
   });
 
