@@ -173,7 +173,7 @@ export class NodeMetrics {
     });
     new Gauge({
       name: 'kvcascade_memory_accounted_bytes',
-      help: 'Accounted memory by part (index: key/version index of all hosted replicas; history: watch histories; log: in-memory Raft logs; value_cache; index_cache: hot latest versions; snapshots: produced for lagging followers, held for sending), as last sampled',
+      help: 'Accounted memory by part (index: key/version index of all hosted replicas; history: watch histories; log: in-memory Raft logs; value_cache; index_cache: hot latest versions; snapshots: chunks and encoder parts held for sending to lagging followers), as last sampled',
       labelNames: ['part'],
       registers,
       collect() {
@@ -203,6 +203,18 @@ export class NodeMetrics {
         const v = budget.refusals;
         if (v > refusedSeen) this.inc(v - refusedSeen);
         refusedSeen = Math.max(refusedSeen, v);
+      },
+    });
+    new Gauge({
+      name: 'kvcascade_snapshot_sending',
+      help: 'Snapshot sending to lagging followers, now (views: engine views open for it, at most one per node; readers: followers being read for; held_bytes: chunks and encoder parts held)',
+      labelNames: ['what'],
+      registers,
+      collect() {
+        const s = node.snapshotSending;
+        this.set({ what: 'views' }, s.openViews);
+        this.set({ what: 'readers' }, s.readers);
+        this.set({ what: 'held_bytes' }, s.heldBytes);
       },
     });
     const sumOverReplicas = (name: string, help: string, pick: (r: NonNullable<ReturnType<KvNode['replica']>>) => number) =>

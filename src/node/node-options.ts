@@ -96,6 +96,8 @@ export interface NodeOptions {
    * appends stopped.
    */
   readonly quietHeartbeats?: boolean;
+  /** Bytes of one chunk of a snapshot sent to a lagging follower (default 1 MiB; smaller in tests, for transfers of many chunks). */
+  readonly snapshotChunkBytes?: number;
   /** Snapshot and compact the log after this many applied entries. */
   readonly snapshotEveryEntries?: number;
   /** Entries kept behind a snapshot for followers that lag a little. */
