@@ -48,6 +48,8 @@ export interface SnapshotInboxCounters {
   refused: number;
   /** Transfers whose last chunk arrived and failed the checks (checksum, end checksum, format, index). */
   failed: number;
+  /** The most chunks of one transfer that passed the checks. */
+  largestChunks: number;
 }
 
 /** One replica's sink of received snapshot chunks. */
@@ -55,7 +57,7 @@ export class SnapshotInbox implements SnapshotSink {
   private t: Transfer | undefined;
   private stagedSince = 0;
   /** Counters (read by the node's metrics). */
-  readonly counters: SnapshotInboxCounters = { transfers: 0, completed: 0, chunks: 0, bytes: 0, refused: 0, failed: 0 };
+  readonly counters: SnapshotInboxCounters = { transfers: 0, completed: 0, chunks: 0, bytes: 0, refused: 0, failed: 0, largestChunks: 0 };
 
   constructor(
     private readonly group: number,
@@ -119,6 +121,7 @@ export class SnapshotInbox implements SnapshotSink {
       return this.fail();
     }
     this.counters.completed++;
+    this.counters.largestChunks = Math.max(this.counters.largestChunks, t.seq);
     return true;
   }
 
