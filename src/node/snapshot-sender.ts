@@ -110,20 +110,26 @@ interface ReadChunk {
 
 /**
  * The encoding of one snapshot read for one follower, chunk by chunk: the encoder's parts are
- * pulled until a chunk is full (or the encoding ended), so about one chunk and one part are held,
- * plus the last chunk read (a lost chunk is asked for again at the same offset). A request for an
- * earlier offset (the follower starts over) restarts the encoder over the same view, which yields
- * the same bytes.
+ * pulled until a chunk is full (or the encoding ended). Held: the last chunk handed out (a lost
+ * chunk is asked for again at the same offset), the next one, read ahead while the last one
+ * travels, and the encoder's pending part: about two chunks and a part. A request for an earlier
+ * offset (the follower starts over) restarts the encoder over the same view, which yields the
+ * same bytes.
  */
 class FollowerReader {
   private gen: AsyncGenerator<Uint8Array, number, undefined> | undefined;
-  /** Bytes of the encoding handed out in chunks (the offset of the next chunk). */
+  /** Bytes of the encoding cut into chunks so far (the offset of the next chunk `next` cuts). */
   private position = 0;
   private pending: Uint8Array[] = [];
   private pendingBytes = 0;
   private ended = false;
   private crc: number | undefined;
+  /** The chunk last handed out. */
   private lastChunk: ReadChunk | undefined;
+  /** The chunk after it, read ahead. */
+  private ahead: ReadChunk | undefined;
+  /** Bytes counted in the gate. */
+  private accounted = 0;
   private chain: Promise<void> = Promise.resolve();
   private readonly queued = new Set<number>();
   closed = false;
@@ -139,7 +145,7 @@ class FollowerReader {
     gate?.reading(1);
   }
 
-  /** Reads the chunk at `offset` (in order with earlier requests; a request already queued is not repeated). */
+  /** Reads the chunk at `offset` (in order with earlier requests; a request already queued is not repeated), then reads the next one ahead. */
   read(offset: number, nowMs: number, deliver: (c: ReadChunk) => void, failed: (e: unknown) => void): void {
     this.lastAskedMs = nowMs;
     if (this.queued.has(offset)) return;
@@ -148,7 +154,13 @@ class FollowerReader {
       try {
         if (this.closed) return;
         const c = await this.chunkAt(offset);
-        if (c && !this.closed) deliver(c);
+        if (!c || this.closed) return;
+        deliver(c);
+        // While it travels and the follower stores it, the next chunk is read.
+        if (!c.last && this.ahead === undefined && this.position === c.offset + c.bytes.length) {
+          this.ahead = await this.next();
+          this.account();
+        }
       } catch (e) {
         if (!this.closed) failed(e);
       } finally {
@@ -162,30 +174,40 @@ class FollowerReader {
     if (this.closed) return;
     this.closed = true;
     this.gate?.reading(-1);
-    this.setHeld([], 0, undefined);
+    this.drop();
     await this.chain;
+    this.drop();
     await this.stopEncoder();
   }
 
   private async chunkAt(offset: number): Promise<ReadChunk | undefined> {
     if (this.lastChunk?.offset === offset) return this.lastChunk;
+    if (this.ahead?.offset === offset) {
+      this.lastChunk = this.ahead;
+      this.ahead = undefined;
+      this.account();
+      return this.lastChunk;
+    }
     if (offset !== this.position) {
-      // The follower starts over (or at an offset behind ours): the same view yields the same bytes.
+      // The follower starts over (or asks for an offset we passed): the same view yields the same bytes.
       await this.stopEncoder();
+      this.drop();
       this.position = 0;
       this.ended = false;
       this.crc = undefined;
-      this.setHeld([], 0, undefined);
     }
     for (;;) {
       const c = await this.next();
       if (c === undefined || this.closed) return undefined;
+      this.lastChunk = c;
+      this.ahead = undefined;
+      this.account();
       if (c.offset === offset) return c;
       if (c.offset > offset || c.last) throw new Error(`snapshot chunk at ${offset} asked, not on a chunk boundary`);
     }
   }
 
-  /** The next chunk of the encoding, or undefined once the last one was read. */
+  /** Cuts the next chunk of the encoding (advancing `position`), or undefined once the last one was cut. */
   private async next(): Promise<ReadChunk | undefined> {
     if (this.ended && this.pendingBytes === 0) return undefined;
     while (!this.ended && this.pendingBytes <= this.chunkBytes) {
@@ -218,23 +240,32 @@ class FollowerReader {
     const last = this.ended && this.pendingBytes === take;
     const c: ReadChunk = { offset: this.position, bytes, last, crc: last ? this.crc : undefined };
     this.position += take;
-    this.setHeld(rest, this.pendingBytes - take, c);
+    this.pending = rest;
+    this.pendingBytes -= take;
+    this.account();
     return c;
   }
 
   private push(part: Uint8Array): void {
     this.pending.push(part);
     this.pendingBytes += part.length;
-    this.gate?.hold(part.length);
+    this.account();
   }
 
-  /** Replaces what is held (pending parts and the last chunk), keeping the gate's count. */
-  private setHeld(pending: Uint8Array[], pendingBytes: number, lastChunk: ReadChunk | undefined): void {
-    const before = this.pendingBytes + (this.lastChunk?.bytes.length ?? 0);
-    this.pending = pending;
-    this.pendingBytes = pendingBytes;
-    this.lastChunk = lastChunk;
-    this.gate?.hold(pendingBytes + (lastChunk?.bytes.length ?? 0) - before);
+  /** Drops every chunk and part held. */
+  private drop(): void {
+    this.pending = [];
+    this.pendingBytes = 0;
+    this.lastChunk = undefined;
+    this.ahead = undefined;
+    this.account();
+  }
+
+  /** Keeps the gate's count of the bytes held here. */
+  private account(): void {
+    const now = this.pendingBytes + (this.lastChunk?.bytes.length ?? 0) + (this.ahead?.bytes.length ?? 0);
+    this.gate?.hold(now - this.accounted);
+    this.accounted = now;
   }
 
   private async stopEncoder(): Promise<void> {
