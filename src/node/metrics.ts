@@ -235,6 +235,7 @@ export class NodeMetrics {
     sumOverReplicas('kvcascade_snapshot_sent_bytes', 'Snapshot chunk bytes this node sent as leader, hosted groups since their replica started', (r) => r.snapshotSent.bytes);
     sumOverReplicas('kvcascade_snapshot_received_transfers', 'Streamed snapshot transfers this node started receiving (chunk 0 staged), hosted groups since their replica started', (r) => r.inbox?.counters.transfers ?? 0);
     sumOverReplicas('kvcascade_snapshot_received_completed', 'Streamed snapshot transfers received whole and sound (checksum, format, index), hosted groups since their replica started', (r) => r.inbox?.counters.completed ?? 0);
+    sumOverReplicas('kvcascade_snapshot_received_failed', 'Streamed snapshot transfers whose last chunk arrived and failed the checks (checksum, the leader\'s end checksum, format, index): the leader starts over', (r) => r.inbox?.counters.failed ?? 0);
     sumOverReplicas('kvcascade_snapshot_received_bytes', 'Snapshot chunk bytes received and staged to disk (never held in the heap), hosted groups since their replica started', (r) => r.inbox?.counters.bytes ?? 0);
     sumOverReplicas('kvcascade_snapshot_received_refused_chunks', 'Snapshot chunks refused (out of order, or while an earlier install runs), hosted groups since their replica started', (r) => r.inbox?.counters.refused ?? 0);
     sumOverReplicas('kvcascade_raft_pending_proposals', 'Proposals waiting for commit on this node (all groups)', (r) => r.pendingProposals);
