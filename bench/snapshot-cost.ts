@@ -9,8 +9,9 @@
 //           state on the event loop and the store writes it as one value (main); after: a records
 //           snapshot (metadata only);
 //   catchup an empty follower (a real ShardReplica over its own LevelDB, driven as the node drives it)
-//           catches up by snapshot: before, from the bytes kept at compaction; after, from a
-//           snapshot the leader's SnapshotSender produces from an engine view. 1 MiB chunks, one
+//           catches up by snapshot: before, from the bytes kept at compaction; after, streamed from an
+//           engine view by a SnapshotSender (each chunk read from the encoder as the follower asks for
+//           it; "leader held KiB" is the most the sender held at once). 1 MiB chunks, one
 //           event-loop turn per chunk (the network), the follower's Ready rounds as the node runs them.
 // Longest block = the largest gap seen by a 1 ms timer chain (what a Raft tick would have waited).
 import { fork } from 'node:child_process';
@@ -20,7 +21,8 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { encodeProposal } from '../src/node/envelope.js';
 import { ShardReplica } from '../src/node/replica.js';
-import { EntryType, MessageType, SeededRandom, type Entry, type Message, type Snapshot } from '../src/raft/index.js';
+import { SnapshotGate, SnapshotSender } from '../src/node/snapshot-sender.js';
+import { EntryType, MessageType, SeededRandom, type Entry, type Message, type Snapshot, type SnapshotChunk } from '../src/raft/index.js';
 import { KvStateMachine } from '../src/statemachine/index.js';
 import { LevelEngine } from '../src/storage/kv-engine.js';
 import { RaftLogStore } from '../src/storage/raft-log-store.js';
@@ -46,6 +48,8 @@ export interface SnapshotCostResult {
   readonly installWriteBlockMs: number;
   readonly snapshotMiB: number;
   readonly peakRssMiB: number;
+  /** The most bytes the leader held for the transfer at once (after: the sender's chunks and encoder parts; before: the whole snapshot). */
+  readonly leaderHeldKiB: number;
 }
 
 const GROUP = 1;
@@ -185,20 +189,55 @@ async function runOne(mode: 'before' | 'after', keys: number, valueBytes: number
     probe.take();
     const k0 = performance.now();
     // The leader's snapshot to send, as its Raft core asks for it (again on every heartbeat response).
+    // After: a sender of its own (the replica's hands its chunks to a Raft core that does not lead here).
+    const gate = new SnapshotGate(1);
+    let answer: ((c: SnapshotChunk) => void) | undefined;
+    const sender = new SnapshotSender(
+      storage,
+      {
+        group: GROUP,
+        openView: () => engine.view(),
+        termAt: () => 1,
+        confAt: () => CONF,
+        produced: () => {},
+        failed: (e) => {
+          throw e;
+        },
+        chunk: (c) => answer?.(c),
+      },
+      { gate, chunkBytes: CHUNK },
+    );
     let snap: Snapshot | undefined;
-    while (!(snap = leader.snapshots.snapshot())) await new Promise((r) => setTimeout(r, 5));
+    while (!(snap = mode === 'after' ? sender.snapshot() : leader.snapshots.snapshot())) await new Promise((r) => setTimeout(r, 5));
     const produceMs = Math.round(performance.now() - k0);
     const produceBlockMs = probe.take();
+    let leaderHeld = snap.data.length;
+    const streamed = snap.streamed === true;
+    const chunkAt = async (offset: number): Promise<{ bytes: Uint8Array; last: boolean; crc?: number }> => {
+      if (!streamed) {
+        const end = Math.min(snap!.data.length, offset + CHUNK);
+        return { bytes: snap!.data.subarray(offset, end), last: end >= snap!.data.length };
+      }
+      const c = await new Promise<SnapshotChunk>((resolve) => {
+        answer = resolve;
+        sender.read({ to: 2, meta: snap!.meta, offset });
+      });
+      leaderHeld = Math.max(leaderHeld, gate.heldBytes);
+      return { bytes: c.bytes, last: c.last, ...(c.crc !== undefined ? { crc: c.crc } : {}) };
+    };
     let installBlockMs = 0;
     let installStepMs = 0;
     let installApplyMs = 0;
     let installWriteBlockMs = 0;
-    const total = snap.data.length;
-    for (let offset = 0; offset < total || offset === 0; ) {
-      const end = Math.min(total, offset + CHUNK);
+    let sentBytes = 0;
+    for (let offset = 0, last = false; !last; ) {
+      const c = await chunkAt(offset);
+      last = c.last;
+      const end = offset + c.bytes.length;
+      sentBytes = end;
       const m: Message = {
         type: MessageType.Snap, group: GROUP, from: 1, to: 2, term: 1, snapshot: snap.meta,
-        offset, chunk: snap.data.subarray(offset, end), total, done: end >= total,
+        offset, chunk: c.bytes, ...(streamed ? {} : { total: snap.data.length }), ...(last ? { done: true, total: end, ...(c.crc !== undefined ? { crc: c.crc } : {}) } : {}),
       };
       await turn(); // the network
       const s0 = performance.now();
@@ -241,8 +280,8 @@ async function runOne(mode: 'before' | 'after', keys: number, valueBytes: number
         if (rd.snapshot) installWriteBlockMs = probe.take();
       }
       offset = end;
-      if (total === 0) break;
     }
+    sender.release();
     installBlockMs = Math.max(installBlockMs, installWriteBlockMs, probe.take());
     const catchupMs = Math.round(performance.now() - k0);
     if (follower.appliedIndex !== snap.meta.index || follower.internalsForTests().sm.keyCount !== sm.keyCount) {
@@ -264,7 +303,8 @@ async function runOne(mode: 'before' | 'after', keys: number, valueBytes: number
       installStepMs,
       installApplyMs,
       installWriteBlockMs,
-      snapshotMiB: mib(total),
+      snapshotMiB: mib(sentBytes),
+      leaderHeldKiB: Math.round(leaderHeld / 1024),
       peakRssMiB: mib(probe.peakRss),
     };
     leader.failAll(new Error('done'));
@@ -303,7 +343,7 @@ async function main(): Promise<void> {
     return;
   }
   const rows: SnapshotCostResult[] = [];
-  console.log('mode    keys     fill s  compact ms  compact block ms  stored MiB  rss MiB  snapshot MiB  produce ms  produce block ms  install block ms  catch-up ms  catch-up block ms  peak rss MiB  (install: last chunk ms, apply ms, write block ms)');
+  console.log('mode    keys     fill s  compact ms  compact block ms  stored MiB  rss MiB  snapshot MiB  produce ms  produce block ms  install block ms  catch-up ms  catch-up block ms  peak rss MiB  leader held KiB  (install: last chunk ms, apply ms, write block ms)');
   for (const keys of values.keys!.split(',').map(Number)) {
     for (const mode of values.modes!.split(',') as Array<'before' | 'after'>) {
       const r = await new Promise<SnapshotCostResult>((resolve, reject) => {
@@ -319,7 +359,7 @@ async function main(): Promise<void> {
         [r.mode.padEnd(6), String(r.keys).padStart(7), String(r.fillS).padStart(7), String(r.compactMs).padStart(10), String(r.compactBlockMs).padStart(16),
           String(mib(r.compactStoredBytes)).padStart(10), String(r.rssAfterCompactMiB).padStart(7), String(r.snapshotMiB).padStart(12),
           String(r.produceMs).padStart(10), String(r.produceBlockMs).padStart(16), String(r.installBlockMs).padStart(16),
-          String(r.catchupMs).padStart(11), String(r.catchupBlockMs).padStart(17), String(r.peakRssMiB).padStart(12),
+          String(r.catchupMs).padStart(11), String(r.catchupBlockMs).padStart(17), String(r.peakRssMiB).padStart(12), String(r.leaderHeldKiB).padStart(14),
           `  (${r.installStepMs}, ${r.installApplyMs}, ${r.installWriteBlockMs})`].join('  '),
       );
     }

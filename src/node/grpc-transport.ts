@@ -11,7 +11,7 @@ import type { Message, NodeId } from '../raft/index.js';
 import type { Logger } from '../log.js';
 import { protoDir } from '../proto-files.js';
 import { decodePacked, encodePacked } from './peer-binary.js';
-import { decodePeerMessage, toWire, type WireMessage } from './peer-codec.js';
+import { decodePeerMessage, forOlderPeer, toWire, type WireMessage } from './peer-codec.js';
 import type { Transport } from './transport.js';
 
 /** Limits and security of the peer transport. */
@@ -55,6 +55,8 @@ interface RaftBatchWire {
 
 /** Header of a peer stream's receiver that reads `RaftBatch.packed`. */
 const PACKED_HEADER = 'kv-peer-packed';
+/** Header of a peer stream's receiver that takes streamed snapshot transfers (Snap without `total` until the last chunk, `crc`). */
+const SNAPSTREAM_HEADER = 'kv-peer-snapstream';
 
 type PeerClient = grpc.Client & {
   raft(): grpc.ClientDuplexStream<RaftBatchWire, { seq: number }>;
@@ -91,6 +93,10 @@ interface PeerConn {
   seq: number;
   /** The receiver of the current stream reads packed batches (its headers said so). */
   packed: boolean;
+  /** The receiver of the current stream takes streamed snapshot transfers (its headers said so); undefined until they arrived. */
+  snapStream: boolean | undefined;
+  /** Whether refusing a streamed transfer to this (older) peer was logged. */
+  warnedSnapStream: boolean;
 }
 
 let peerPackage: grpc.GrpcObject | undefined;
@@ -172,6 +178,8 @@ export class GrpcPeerTransport implements Transport {
       backoffMs: GRPC_TRANSPORT_DEFAULTS.streamBackoffMs,
       seq: 0,
       packed: false,
+      snapStream: undefined,
+      warnedSnapStream: false,
     });
   }
 
@@ -195,6 +203,7 @@ export class GrpcPeerTransport implements Transport {
         let sender: NodeId | undefined = identity === 'unauthenticated' ? undefined : identity;
         const md = new grpc.Metadata();
         md.set(PACKED_HEADER, '1');
+        md.set(SNAPSTREAM_HEADER, '1');
         call.sendMetadata(md); // tells the dialer the stream is up, and that packed batches are read
         let refused = false;
         const refuse = (why: string, fromNode: unknown) => {
@@ -290,6 +299,7 @@ export class GrpcPeerTransport implements Transport {
       this.unreachable(c.id);
       return;
     }
+    if (c.snapStream !== true) c.queue = this.forOlderPeer(c, c.queue);
     while (c.queue.length > 0) {
       const batch = c.queue.splice(0, this.maxBatch);
       this.sentMessages += batch.length;
@@ -310,6 +320,28 @@ export class GrpcPeerTransport implements Transport {
     }
   }
 
+  /**
+   * The queued messages as a peer that did not say it takes streamed snapshot transfers can read
+   * them (`forOlderPeer`): a streamed transfer's chunks are dropped (Raft asks again later), and
+   * once the peer's headers said it is an older version, that is logged once per connection.
+   */
+  private forOlderPeer(c: PeerConn, queue: Message[]): Message[] {
+    const out: Message[] = [];
+    for (const m of queue) {
+      const adapted = forOlderPeer(m);
+      if (adapted) {
+        out.push(adapted);
+        continue;
+      }
+      this.dropped++;
+      if (c.snapStream === false && !c.warnedSnapStream) {
+        c.warnedSnapStream = true;
+        this.log.warn({ peer: c.id, group: m.group }, 'not sending a streamed snapshot to a peer of an older version (it reads no kv-peer-snapstream transfers): upgrade it to catch it up');
+      }
+    }
+    return out;
+  }
+
   private streamFor(c: PeerConn): grpc.ClientDuplexStream<RaftBatchWire, { seq: number }> | undefined {
     if (c.stream) return c.stream;
     const now = Date.now();
@@ -328,6 +360,7 @@ export class GrpcPeerTransport implements Transport {
     const stream = c.client.raft();
     c.stream = stream;
     c.packed = false; // until this stream's receiver says it reads packed batches
+    c.snapStream = undefined;
     const fail = (why: string) => {
       if (c.stream !== stream) return;
       c.stream = undefined;
@@ -342,7 +375,10 @@ export class GrpcPeerTransport implements Transport {
     });
     stream.on('metadata', (md: grpc.Metadata) => {
       c.backoffMs = GRPC_TRANSPORT_DEFAULTS.streamBackoffMs;
-      if (c.stream === stream) c.packed = md.get(PACKED_HEADER)[0] === '1';
+      if (c.stream === stream) {
+        c.packed = md.get(PACKED_HEADER)[0] === '1';
+        c.snapStream = md.get(SNAPSTREAM_HEADER)[0] === '1';
+      }
     });
     stream.on('error', (e) => fail(String(e)));
     stream.on('end', () => fail('ended'));

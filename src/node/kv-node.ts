@@ -354,4 +354,9 @@ export class KvNode implements KvBackend {
   get memoryBudget(): ReplicaSet['memoryBudget'] {
     return this.replicas.memoryBudget;
   }
+
+  /** Snapshot sending on this node: engine views open for it, followers being read for, bytes held. */
+  get snapshotSending(): ReplicaSet['snapshotSending'] {
+    return this.replicas.snapshotSending;
+  }
 }

@@ -9,7 +9,7 @@
  * retained version, see {@link INDEX_BYTES_PER_KEY}), its watch history's accounted bytes and its
  * in-memory Raft log (entry data applied since the last log compaction plus the tail kept behind
  * it); per node: the value cache's accounted bytes and the snapshots held for sending to lagging
- * followers (one is built at a time, snapshot-sender.ts `SnapshotGate`). Also watched: the V8 heap itself (used bytes
+ * followers (about a chunk per follower being sent to, one snapshot at a time, snapshot-sender.ts `SnapshotGate`). Also watched: the V8 heap itself (used bytes
  * against V8's heap limit), a safety net for what the accounting misses (in-flight requests,
  * an installing snapshot, garbage). The figures are sampled by `refresh` (the node calls it on
  * its tick), so a check costs a comparison; the budget is enforced at admission on the leader,
@@ -48,7 +48,7 @@ export interface MemorySample {
   readonly valueCacheBytes: number;
   /** Accounted bytes of the hot-index cache (keys' latest versions; default 0). */
   readonly indexCacheBytes?: number;
-  /** Bytes of snapshots produced for lagging followers and held for sending (default 0). */
+  /** Bytes held for sending snapshots to lagging followers: each one's current chunk and encoder parts (default 0). */
   readonly snapshotBytes?: number;
   /** V8 heap used and its limit (bytes). */
   readonly heapUsed: number;

@@ -169,7 +169,7 @@ export class NodeMetrics {
     });
     new Gauge({
       name: 'kvcascade_memory_accounted_bytes',
-      help: 'Accounted memory by part (index: key/version index of all hosted replicas; history: watch histories; log: in-memory Raft logs; value_cache; index_cache: hot latest versions; snapshots: produced for lagging followers, held for sending), as last sampled',
+      help: 'Accounted memory by part (index: key/version index of all hosted replicas; history: watch histories; log: in-memory Raft logs; value_cache; index_cache: hot latest versions; snapshots: chunks and encoder parts held for sending to lagging followers), as last sampled',
       labelNames: ['part'],
       registers,
       collect() {
@@ -201,6 +201,18 @@ export class NodeMetrics {
         refusedSeen = Math.max(refusedSeen, v);
       },
     });
+    new Gauge({
+      name: 'kvcascade_snapshot_sending',
+      help: 'Snapshot sending to lagging followers, now (views: engine views open for it, at most one per node; readers: followers being read for; held_bytes: chunks and encoder parts held)',
+      labelNames: ['what'],
+      registers,
+      collect() {
+        const s = node.snapshotSending;
+        this.set({ what: 'views' }, s.openViews);
+        this.set({ what: 'readers' }, s.readers);
+        this.set({ what: 'held_bytes' }, s.heldBytes);
+      },
+    });
     const sumOverReplicas = (name: string, help: string, pick: (r: NonNullable<ReturnType<KvNode['replica']>>) => number) =>
       new Gauge({
         name,
@@ -219,6 +231,7 @@ export class NodeMetrics {
     sumOverReplicas('kvcascade_snapshot_sent_bytes', 'Snapshot chunk bytes this node sent as leader, hosted groups since their replica started', (r) => r.snapshotSent.bytes);
     sumOverReplicas('kvcascade_snapshot_received_transfers', 'Streamed snapshot transfers this node started receiving (chunk 0 staged), hosted groups since their replica started', (r) => r.inbox?.counters.transfers ?? 0);
     sumOverReplicas('kvcascade_snapshot_received_completed', 'Streamed snapshot transfers received whole and sound (checksum, format, index), hosted groups since their replica started', (r) => r.inbox?.counters.completed ?? 0);
+    sumOverReplicas('kvcascade_snapshot_received_failed', 'Streamed snapshot transfers whose last chunk arrived and failed the checks (checksum, the leader\'s end checksum, format, index): the leader starts over', (r) => r.inbox?.counters.failed ?? 0);
     sumOverReplicas('kvcascade_snapshot_received_bytes', 'Snapshot chunk bytes received and staged to disk (never held in the heap), hosted groups since their replica started', (r) => r.inbox?.counters.bytes ?? 0);
     sumOverReplicas('kvcascade_snapshot_received_refused_chunks', 'Snapshot chunks refused (out of order, or while an earlier install runs), hosted groups since their replica started', (r) => r.inbox?.counters.refused ?? 0);
     sumOverReplicas('kvcascade_raft_pending_proposals', 'Proposals waiting for commit on this node (all groups)', (r) => r.pendingProposals);

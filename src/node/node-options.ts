@@ -115,6 +115,8 @@ export interface NodeOptions {
    * this version, then restart them without it (kvd `--legacy-conditional-puts`; docs/sessions.md).
    */
   readonly legacyConditionalPuts?: boolean;
+  /** Bytes of one chunk of a snapshot sent to a lagging follower (default 1 MiB; smaller in tests, for transfers of many chunks). */
+  readonly snapshotChunkBytes?: number;
   /** Snapshot and compact the log after this many applied entries. */
   readonly snapshotEveryEntries?: number;
   /** Entries kept behind a snapshot for followers that lag a little. */

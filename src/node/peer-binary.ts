@@ -50,7 +50,9 @@ const F_TOTAL = 1 << 10;
 const F_CONTEXT = 1 << 11;
 const F_TRANSFEREE = 1 << 12;
 const F_QUIESCE = 1 << 13;
-const F_ALL = (1 << 14) - 1;
+/** Added with streamed snapshot transfers: a peer of an older version refuses a batch with it (grpc-transport.ts sends it only to peers that read it). */
+const F_CRC = 1 << 14;
+const F_ALL = (1 << 15) - 1;
 
 const utf8 = new TextEncoder();
 const fromUtf8 = new TextDecoder('utf-8', { fatal: true });
@@ -125,7 +127,8 @@ export function encodePacked(msgs: readonly Message[]): Uint8Array {
       (m.total !== undefined ? F_TOTAL : 0) |
       (m.context !== undefined ? F_CONTEXT : 0) |
       (m.transferee !== undefined ? F_TRANSFEREE : 0) |
-      (m.quiesce ? F_QUIESCE : 0);
+      (m.quiesce ? F_QUIESCE : 0) |
+      (m.crc !== undefined ? F_CRC : 0);
     w.varint(flags);
     if (flags & F_INDEX) w.varint(m.index!);
     if (flags & F_LOG_TERM) w.varint(m.logTerm!);
@@ -154,6 +157,7 @@ export function encodePacked(msgs: readonly Message[]): Uint8Array {
     if (flags & F_TOTAL) w.varint(m.total!);
     if (flags & F_CONTEXT) w.bytes(utf8.encode(m.context!));
     if (flags & F_TRANSFEREE) w.varint(m.transferee!);
+    if (flags & F_CRC) w.varint(m.crc!);
   }
   return w.buf.subarray(0, w.pos);
 }
@@ -251,6 +255,7 @@ export function decodePacked(bytes: Uint8Array): WireMessage[] {
     }
     if (flags & F_TRANSFEREE) w.transferee = r.varint();
     if (flags & F_QUIESCE) w.quiesce = true;
+    if (flags & F_CRC) w.crc = r.varint();
     out.push(w);
   }
   if (!r.done) throw malformed('bytes after the last message');

@@ -39,6 +39,7 @@ export interface WireMessage {
   chunk?: Uint8Array;
   done?: boolean;
   total?: number;
+  crc?: number;
   context?: string;
   transferee?: number;
   quiesce?: boolean;
@@ -102,6 +103,7 @@ type Field =
   | 'chunk'
   | 'done'
   | 'total'
+  | 'crc'
   | 'context'
   | 'transferee'
   | 'quiesce';
@@ -118,6 +120,7 @@ const ALL_FIELDS: readonly Field[] = [
   'chunk',
   'done',
   'total',
+  'crc',
   'context',
   'transferee',
   'quiesce',
@@ -144,7 +147,8 @@ const RULES: ReadonlyMap<string, TypeRule> = new Map<MessageType, TypeRule>([
   [MessageType.VoteResp, { required: [], optional: ['reject'] }],
   [MessageType.PreVote, { required: ['index', 'logTerm'], optional: ['context'] }],
   [MessageType.PreVoteResp, { required: [], optional: ['reject'] }],
-  [MessageType.Snap, { required: ['snapshot', 'offset', 'total'], optional: ['chunk', 'done'] }],
+  // `total` on every chunk of a snapshot held in memory, only on the last one of a streamed transfer (with `crc`).
+  [MessageType.Snap, { required: ['snapshot', 'offset'], optional: ['chunk', 'done', 'total', 'crc'] }],
   [MessageType.SnapChunkResp, { required: ['snapshot', 'offset'], optional: ['reject'] }],
   [MessageType.Heartbeat, { required: ['commit'], optional: ['context', 'quiesce'] }],
   [MessageType.HeartbeatResp, { required: [], optional: ['context'] }],
@@ -188,10 +192,28 @@ export function toWire(m: Message): WireMessage {
   if (m.chunk && m.chunk.length > 0) w.chunk = m.chunk;
   if (m.done) w.done = true;
   if (m.total !== undefined) w.total = m.total;
+  if (m.crc !== undefined) w.crc = m.crc;
   if (m.context !== undefined) w.context = m.context;
   if (m.transferee !== undefined) w.transferee = m.transferee;
   if (m.quiesce) w.quiesce = true;
   return w;
+}
+
+/**
+ * A message as a peer of an older version can take, or undefined when it cannot take it at all.
+ * Older peers read every snapshot chunk with its `total` and know no `crc` (the packed codec of
+ * an older peer refuses a whole batch with an unknown field): the last chunk of a streamed
+ * transfer goes without its `crc` (an old follower checks the snapshot's own trailing checksum),
+ * its other chunks cannot go (their total is not known yet), so a streamed transfer to an old
+ * follower is refused at the sender, which says why (grpc-transport.ts). A peer says it reads
+ * streamed transfers with the `kv-peer-snapstream` stream header.
+ */
+export function forOlderPeer(m: Message): Message | undefined {
+  if (m.type !== MessageType.Snap) return m;
+  if (m.total === undefined) return undefined;
+  if (m.crc === undefined) return m;
+  const { crc: _crc, ...rest } = m;
+  return rest;
 }
 
 /**
@@ -286,6 +308,7 @@ function decodeStructure(input: unknown): Message {
   }
   if (present.has('offset')) out.offset = bounded(w['offset'], MAX_SNAPSHOT_BYTES, 'offset');
   if (present.has('total')) out.total = bounded(w['total'], MAX_SNAPSHOT_BYTES, 'total');
+  if (present.has('crc')) out.crc = bounded(w['crc'], 0xffff_ffff, 'crc');
   if (present.has('chunk')) {
     if (!(w['chunk'] instanceof Uint8Array)) throw new PeerMessageError('malformed', 'chunk is not bytes');
     out.chunk = w['chunk'];
@@ -311,8 +334,10 @@ function decodeStructure(input: unknown): Message {
   if (present.has('snapshot')) out.snapshot = decodeSnapshotMeta(w['snapshot'], term);
   if (type === MessageType.Snap) {
     const end = out.offset! + (out.chunk?.length ?? 0);
-    if (end > out.total!) throw new PeerMessageError('bad-snapshot', `chunk [${out.offset}, ${end}) lies beyond the snapshot's ${out.total} bytes`);
+    if (out.total !== undefined && end > out.total) throw new PeerMessageError('bad-snapshot', `chunk [${out.offset}, ${end}) lies beyond the snapshot's ${out.total} bytes`);
+    if (out.done && out.total === undefined) throw new PeerMessageError('missing-field', 'the last chunk of a snapshot needs total');
     if (out.done && end !== out.total) throw new PeerMessageError('bad-snapshot', `last chunk ends at ${end}, not at the snapshot's end ${out.total}`);
+    if (out.crc !== undefined && !out.done) throw new PeerMessageError('unexpected-field', 'only the last chunk of a snapshot carries crc');
   }
   return out;
 }

@@ -85,8 +85,14 @@ export class ReplicaSet {
   /** The node's memory budget: accounted memory, and the admission check of writes that add data. */
   readonly memoryBudget: MemoryBudget;
   private lastMemoryRefreshMs = Number.NEGATIVE_INFINITY;
-  /** One snapshot for a lagging follower is built at a time on this node; the ones held are accounted. */
+  /** One snapshot for lagging followers is sent at a time on this node (one engine view); the chunks held are accounted. */
   private readonly snapshotGate = new SnapshotGate(1);
+
+  /** Snapshot sending on this node: engine views open for it, followers being read for, bytes held (gauges). */
+  get snapshotSending(): { readonly openViews: number; readonly readers: number; readonly heldBytes: number } {
+    const g = this.snapshotGate;
+    return { openViews: g.openViews, readers: g.openReaders, heldBytes: g.heldBytes };
+  }
 
   constructor(
     private readonly parts: NodeParts,
@@ -183,7 +189,11 @@ export class ReplicaSet {
       // cluster map, the extension registry) right after a write committed on its leader, and a
       // follower that learned the commit late answered from stale state (a put with a lease
       // granted a moment before was refused as "not found" in full-suite runs).
-      raftTiming: { lazyCommit: group !== META_GROUP && opts.lazyCommit !== false, quietHeartbeats: opts.quietHeartbeats !== false },
+      raftTiming: {
+        lazyCommit: group !== META_GROUP && opts.lazyCommit !== false,
+        quietHeartbeats: opts.quietHeartbeats !== false,
+        ...(opts.snapshotChunkBytes !== undefined ? { snapshotChunkBytes: opts.snapshotChunkBytes } : {}),
+      },
       snapshotEveryEntries: opts.snapshotEveryEntries ?? NODE_DEFAULTS.snapshotEveryEntries,
       snapshotEveryBytes: opts.snapshotEveryBytes ?? NODE_DEFAULTS.snapshotEveryBytes,
       admit: (cmd, origin) => this.memoryBudget.check(cmd, origin),

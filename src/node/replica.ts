@@ -67,7 +67,7 @@ export interface ReplicaOptions {
   readonly electionTicks: number;
   readonly heartbeatTicks: number;
   /** Raft core options that only change message timing, for many groups over the same node pairs (NodeOptions.lazyCommit, quietHeartbeats). */
-  readonly raftTiming?: Pick<RaftConfig, 'lazyCommit' | 'quietHeartbeats'>;
+  readonly raftTiming?: Pick<RaftConfig, 'lazyCommit' | 'quietHeartbeats' | 'snapshotChunkBytes'>;
   /** Take a state machine snapshot (and compact the log) after this many applied entries. */
   readonly snapshotEveryEntries: number;
   /** Also after this many bytes of applied entry data (default: no byte bound), so a log of large values stays bounded in bytes. */
@@ -158,6 +158,12 @@ const RELEASE_SLICE = 20_000;
  */
 export const COMPACT_AFTER_DELETED_LATESTS = 1000;
 
+/** The CRC-32 a snapshot's data ends with (4 big-endian bytes). */
+function readCrc(data: Uint8Array): number {
+  const n = data.length;
+  return ((data[n - 4]! << 24) | (data[n - 3]! << 16) | (data[n - 2]! << 8) | data[n - 1]!) >>> 0;
+}
+
 export { ProposalLostError } from './waiters.js';
 
 /** Unanswered follower ReadIndex rounds kept before they are failed (their messages were lost). */
@@ -243,8 +249,16 @@ export class ShardReplica {
           }),
         produced: () => opts.onSnapshotProduced?.(),
         failed: (err) => opts.onSnapshotFailed?.(err),
+        // A chunk read for a follower: the core sends it in the next round.
+        chunk: (c) => {
+          if (this.raw.snapshotChunk(c)) opts.onSnapshotProduced?.();
+        },
       },
-      { ...opts.snapshotSender, ...(opts.scheduler ? { scheduler: opts.scheduler } : {}) },
+      {
+        ...opts.snapshotSender,
+        ...(opts.raftTiming?.snapshotChunkBytes !== undefined ? { chunkBytes: opts.raftTiming.snapshotChunkBytes } : {}),
+        ...(opts.scheduler ? { scheduler: opts.scheduler } : {}),
+      },
     );
     const chunks = opts.snapshotChunks;
     this.inbox = chunks && opts.stepwiseInstall && opts.values ? new SnapshotInbox(opts.group, chunks, () => this.installing || this.streamedInstall) : undefined;
@@ -350,6 +364,7 @@ export class ShardReplica {
   tick(): void {
     this.raw.tick();
     this.hub.tick();
+    if (this.snapshots.open) this.snapshots.retain(this.raw.snapshotTransfers());
   }
 
   /** Hands a peer's message to the Raft core (throws if it refuses it). */
@@ -380,6 +395,8 @@ export class ShardReplica {
   /** Takes the Raft core's pending work (call `apply` then `advance` with it). */
   ready(): Ready {
     const rd = this.raw.ready();
+    // Chunks of a streamed snapshot the core wants for followers: read from the records, handed back as they are ready.
+    for (const req of rd.snapshotReads ?? []) this.snapshots.read(req);
     for (const m of rd.earlyMessages) {
       if (m.type !== MessageType.Snap) continue;
       if ((m.offset ?? 0) === 0) this.snapshotSent.transfers++;
@@ -396,7 +413,10 @@ export class ShardReplica {
 
   /** Tells the Raft core a Ready was persisted, sent and applied; returns the membership it applied, if changed. */
   advance(rd: Ready): ConfState | undefined {
-    return this.raw.advance(rd);
+    const conf = this.raw.advance(rd);
+    // Transfers that ended (installed, the follower removed, leadership lost) release what they held.
+    if (this.snapshots.open) this.snapshots.retain(this.raw.snapshotTransfers());
+    return conf;
   }
 
   /** Leader only: starts handing leadership to `to`. */
@@ -653,11 +673,12 @@ export class ShardReplica {
    * node (and again on restart); refused, it is dropped before Raft installs anything.
    */
   private checkSnapshot(snap: Snapshot): boolean {
-    if (snap.streamed) return this.inbox?.check(snap.meta) ?? false;
+    if (snap.streamed) return this.inbox?.check(snap.meta, snap.crc) ?? false;
     // Checksum, format and index only (no decoding: a large shard's snapshot is decoded in steps
     // when applied). Data that passes the checksum and still fails to decode is a bug or a format
     // mismatch between versions: applying it stops the node, as any undecodable state would.
     try {
+      if (snap.crc !== undefined && (snap.data.length < 4 || readCrc(snap.data) !== snap.crc)) return false;
       return snapshotAppliedIndex(snap.data) === snap.meta.index;
     } catch {
       return false; // counted by Raft (RaftStatus.droppedMessages)

@@ -46,6 +46,10 @@ export interface SnapshotInboxCounters {
   bytes: number;
   /** Chunks refused (while installing, out of order, or the store refused them). */
   refused: number;
+  /** Transfers whose last chunk arrived and failed the checks (checksum, end checksum, format, index). */
+  failed: number;
+  /** The most chunks of one transfer that passed the checks. */
+  largestChunks: number;
 }
 
 /** One replica's sink of received snapshot chunks. */
@@ -53,7 +57,7 @@ export class SnapshotInbox implements SnapshotSink {
   private t: Transfer | undefined;
   private stagedSince = 0;
   /** Counters (read by the node's metrics). */
-  readonly counters: SnapshotInboxCounters = { transfers: 0, completed: 0, chunks: 0, bytes: 0, refused: 0 };
+  readonly counters: SnapshotInboxCounters = { transfers: 0, completed: 0, chunks: 0, bytes: 0, refused: 0, failed: 0, largestChunks: 0 };
 
   constructor(
     private readonly group: number,
@@ -96,14 +100,15 @@ export class SnapshotInbox implements SnapshotSink {
 
   /**
    * Whether the transfer of `meta` is complete and sound (every chunk staged, the checksum holds,
+   * and equals `endCrc`, the end checksum the leader sent with the last chunk when it sent one;
    * the format is known and its applied index is `meta.index`): the replica's `acceptSnapshot`
    * for a streamed snapshot.
    */
-  check(meta: SnapshotMeta): boolean {
+  check(meta: SnapshotMeta, endCrc?: number): boolean {
     const t = this.t;
-    if (!t || t.index !== meta.index || t.term !== meta.term || t.tail.length !== 4) return false;
+    if (!t || t.index !== meta.index || t.term !== meta.term || t.tail.length !== 4) return this.fail();
     const stored = ((t.tail[0]! << 24) | (t.tail[1]! << 16) | (t.tail[2]! << 8) | t.tail[3]!) >>> 0;
-    if (stored !== t.crc) return false;
+    if (stored !== t.crc || (endCrc !== undefined && endCrc !== t.crc)) return this.fail();
     try {
       // The header alone, with a checksum made to match: format and applied index.
       const head = t.head.subarray(0, Math.min(t.head.length, t.bytes - 4));
@@ -111,11 +116,12 @@ export class SnapshotInbox implements SnapshotSink {
       probe.set(head);
       const crc = crc32Update(0, head);
       probe.set([crc >>> 24, (crc >>> 16) & 0xff, (crc >>> 8) & 0xff, crc & 0xff], head.length);
-      if (snapshotAppliedIndex(probe) !== meta.index) return false;
+      if (snapshotAppliedIndex(probe) !== meta.index) return this.fail();
     } catch {
-      return false;
+      return this.fail();
     }
     this.counters.completed++;
+    this.counters.largestChunks = Math.max(this.counters.largestChunks, t.seq);
     return true;
   }
 
@@ -138,6 +144,11 @@ export class SnapshotInbox implements SnapshotSink {
   /** Forgets the transfer (the replica installed it, or the transfer was abandoned). */
   reset(): void {
     this.t = undefined;
+  }
+
+  private fail(): false {
+    this.counters.failed++;
+    return false;
   }
 
   private refuse(): false {

@@ -65,8 +65,10 @@ export class Progress {
   pendingSnapshot = 0;
   /** In Snapshot state: bytes of the snapshot the peer has acknowledged. */
   snapshotOffset = 0;
-  /** In Snapshot state: a chunk is in flight and unacknowledged. */
+  /** In Snapshot state: a chunk is in flight and unacknowledged (for a streamed snapshot: asked of the host, or sent). */
   snapshotChunkInFlight = false;
+  /** In Snapshot state, streamed snapshot: the chunk asked of the host was answered and sent. */
+  snapshotChunkSent = false;
   /** The peer communicated with the leader during the current check-quorum period. */
   recentActive = false;
   /** An append went to the peer since the leader's last heartbeat round (see `RaftConfig.quietHeartbeats`). */
@@ -90,6 +92,7 @@ export class Progress {
     this.pendingSnapshot = 0;
     this.snapshotOffset = 0;
     this.snapshotChunkInFlight = false;
+    this.snapshotChunkSent = false;
     this.state = state;
     this.inflights.reset();
   }

@@ -34,7 +34,9 @@ import {
   type RandomSource,
   type ReadState,
   type Snapshot,
+  type SnapshotChunk,
   type SnapshotMeta,
+  type SnapshotRead,
   type SnapshotSink,
 } from './types.js';
 
@@ -136,7 +138,6 @@ interface PendingRead {
 interface IncomingSnapshot {
   readonly index: number;
   readonly term: number;
-  readonly total: number;
   readonly chunks: Uint8Array[];
   received: number;
 }
@@ -214,6 +215,8 @@ export class Raft {
   droppedMessages = 0;
   /** Read states not yet taken by the host. */
   readStates: ReadState[] = [];
+  /** Leader: chunks of a streamed snapshot the host is asked to read, not yet taken by it. */
+  snapshotReads: SnapshotRead[] = [];
 
   private voters: NodeId[] = [];
   private learners: NodeId[] = [];
@@ -337,6 +340,47 @@ export class Raft {
    */
   leaving(): boolean {
     return this.role === Role.Leader && (this.selfRemovalIndex > 0 || !this.voters.includes(this.id));
+  }
+
+  /**
+   * Leader: the followers a snapshot is being sent to, with the index of that snapshot (a host
+   * serving streamed snapshots keeps what it holds for these transfers and releases the rest).
+   * Empty on any other role.
+   */
+  snapshotTransfers(): Array<{ readonly to: NodeId; readonly index: number }> {
+    const out: Array<{ to: NodeId; index: number }> = [];
+    if (this.role !== Role.Leader) return out;
+    for (const pr of this.prs.values()) if (pr.state === ProgressState.Snapshot) out.push({ to: pr.id, index: pr.pendingSnapshot });
+    return out;
+  }
+
+  /**
+   * Leader: the host's answer to a {@link SnapshotRead}: sends the chunk to its follower if the
+   * transfer still waits for exactly this chunk (same snapshot, the follower's acknowledged offset,
+   * asked for and not yet sent); anything else is stale and ignored. Returns whether it was sent.
+   */
+  snapshotChunk(c: SnapshotChunk): boolean {
+    if (this.role !== Role.Leader) return false;
+    const pr = this.prs.get(c.to);
+    if (!pr || pr.state !== ProgressState.Snapshot || pr.pendingSnapshot !== c.index || !pr.snapshotChunkInFlight || pr.snapshotChunkSent) return false;
+    if (pr.snapshotOffset !== c.offset || !isBoundedUint(c.offset + c.bytes.length, MAX_SNAPSHOT_BYTES)) return false;
+    const snap = this.log.snapshot();
+    if (!snap || snap.meta.index !== c.index) return false;
+    if (!c.last && c.bytes.length === 0) return false; // no progress: a host bug, asked again later
+    const end = c.offset + c.bytes.length;
+    this.send({
+      type: MessageType.Snap,
+      group: this.group,
+      from: this.id,
+      to: c.to,
+      term: this.term,
+      snapshot: snap.meta,
+      offset: c.offset,
+      chunk: c.bytes,
+      ...(c.last ? { done: true, total: end, ...(c.crc !== undefined ? { crc: c.crc } : {}) } : {}),
+    });
+    pr.snapshotChunkSent = true;
+    return true;
   }
 
   /** Whether the leader owes followers an append of freshly proposed entries. */
@@ -599,6 +643,7 @@ export class Raft {
     if (m.logTerm !== undefined && !isBoundedUint(m.logTerm, MAX_RAFT_TERM)) return false;
     if (m.offset !== undefined && !isBoundedUint(m.offset, MAX_SNAPSHOT_BYTES)) return false;
     if (m.total !== undefined && !isBoundedUint(m.total, MAX_SNAPSHOT_BYTES)) return false;
+    if (m.crc !== undefined && !isBoundedUint(m.crc, 0xffff_ffff)) return false;
     if ((m.type === MessageType.Hup || m.type === MessageType.Beat) && (m.from !== this.id || m.term !== 0)) return false;
     if (m.entries && m.entries.length > 0) {
       if (m.type === MessageType.Prop) {
@@ -612,7 +657,8 @@ export class Raft {
       if (!isBoundedUint(s.index, MAX_RAFT_INDEX) || !isBoundedUint(s.term, MAX_RAFT_TERM)) return false;
       if (m.type === MessageType.Snap) {
         const end = (m.offset ?? 0) + (m.chunk?.length ?? 0);
-        if (end > (m.total ?? 0) || s.term > m.term) return false;
+        // A streamed transfer names its total only on its last chunk.
+        if ((m.total !== undefined && end > m.total) || (m.done && m.total === undefined) || s.term > m.term) return false;
         if (!s.conf || !validIds(s.conf.voters) || !validIds(s.conf.learners)) return false;
       }
     }
@@ -658,6 +704,7 @@ export class Raft {
     this.pendingReads = [];
     this.readsAwaitingCommit = [];
     this.appendPending = false;
+    this.snapshotReads = [];
   }
 
   /** Becomes a follower of `lead` (or of nobody) in `term`. */
@@ -1180,6 +1227,13 @@ export class Raft {
       pr.becomeSnapshot(snap.meta.index);
       snap = this.log.snapshot()!;
     }
+    if (snap.streamed && snap.data.length === 0) {
+      // The host serves the data chunk by chunk: ask it for the one the follower expects.
+      this.snapshotReads.push({ to: pr.id, meta: snap.meta, offset: pr.snapshotOffset });
+      pr.snapshotChunkInFlight = true;
+      pr.snapshotChunkSent = false;
+      return true;
+    }
     const total = snap.data.length;
     const offset = Math.min(pr.snapshotOffset, total);
     const end = Math.min(total, offset + this.snapshotChunkBytes);
@@ -1317,7 +1371,7 @@ export class Raft {
         reply(0, true);
         return;
       }
-      inc = { index: meta.index, term: meta.term, total: m.total ?? 0, chunks: [], received: 0 };
+      inc = { index: meta.index, term: meta.term, chunks: [], received: 0 };
       this.incomingSnapshot = inc;
     }
     const offset = m.offset ?? 0;
@@ -1336,8 +1390,9 @@ export class Raft {
       } else inc.chunks.push(m.chunk.slice());
       inc.received += m.chunk.length;
     }
-    if (m.done && inc.received >= inc.total) {
-      const snap: Snapshot = this.snapshotSink ? { meta, data: EMPTY, streamed: true } : { meta, data: concatChunks(inc.chunks, inc.total) };
+    if (m.done && inc.received === m.total) {
+      const crc = m.crc !== undefined ? { crc: m.crc } : {};
+      const snap: Snapshot = this.snapshotSink ? { meta, data: EMPTY, streamed: true, ...crc } : { meta, data: concatChunks(inc.chunks, inc.received), ...crc };
       this.incomingSnapshot = undefined;
       if (this.restore(snap)) {
         this.send({ type: MessageType.AppResp, group: this.group, from: this.id, to: m.from, term: this.term, index: this.log.lastIndex() });

@@ -16,6 +16,7 @@ import {
   type Message,
   type NodeId,
   type Ready,
+  type SnapshotChunk,
   type SoftState,
 } from './types.js';
 
@@ -123,6 +124,20 @@ export class RawNode {
     return this.raft.commitNoticesOwed();
   }
 
+  /**
+   * Leader: the host's answer to one of `Ready.snapshotReads` (at any time, even while a Ready is
+   * outstanding): the chunk goes out in the next Ready's messages if the transfer still waits for
+   * it; a stale answer is ignored. Returns whether it will be sent.
+   */
+  snapshotChunk(c: SnapshotChunk): boolean {
+    return this.raft.snapshotChunk(c);
+  }
+
+  /** Leader: the followers a snapshot is being sent to, and its index (empty on other roles). */
+  snapshotTransfers(): Array<{ readonly to: NodeId; readonly index: number }> {
+    return this.raft.snapshotTransfers();
+  }
+
   /** Tells the core that `id` could not be reached. */
   reportUnreachable(id: NodeId): void {
     this.raft.reportUnreachable(id);
@@ -133,7 +148,7 @@ export class RawNode {
     if (this.outstanding) return false;
     const r = this.raft;
     if (r.hasPendingAppend()) return true;
-    if (r.msgs.length > 0 || r.readStates.length > 0) return true;
+    if (r.msgs.length > 0 || r.readStates.length > 0 || r.snapshotReads.length > 0) return true;
     if (r.log.unstable.entries.length > 0 || r.log.unstable.snapshot) return true;
     if (r.log.hasNextCommittedEntries()) return true;
     if (!sameHardState(r.hardState(), this.prevHard)) return true;
@@ -168,9 +183,11 @@ export class RawNode {
       ...(sameHardState(hs, this.prevHard) ? {} : { hardState: hs }),
       ...(soft.leader !== this.prevSoft.leader || soft.role !== this.prevSoft.role ? { softState: soft } : {}),
       ...(snapshot ? { snapshot } : {}),
+      ...(r.snapshotReads.length > 0 ? { snapshotReads: r.snapshotReads } : {}),
     };
     r.msgs = [];
     r.readStates = [];
+    r.snapshotReads = [];
     if (rd.softState) this.prevSoft = rd.softState;
     this.outstanding = rd;
     return rd;

@@ -50,10 +50,40 @@ export interface Snapshot {
   readonly meta: SnapshotMeta;
   readonly data: Uint8Array;
   /**
-   * The data is not in `data` (which is empty): it was received in chunks that went to the host's
-   * {@link SnapshotSink} as they arrived (a follower's streamed install; the host reads them back).
+   * The data is not in `data` (which is empty). On a follower: it was received in chunks that went
+   * to the host's {@link SnapshotSink} as they arrived (a streamed install; the host reads them
+   * back). On a leader (returned by `Storage.snapshot()`): the host serves it chunk by chunk on
+   * request (`Ready.snapshotReads`, answered with `RawNode.snapshotChunk`), from an encoder whose
+   * total length is known only at its end.
    */
   readonly streamed?: boolean;
+  /**
+   * Received snapshot: the end checksum the leader sent with the last chunk, when it sent one
+   * (streamed transfers do). Its meaning is the host's (kvcascade: the CRC-32 of the encoding before
+   * its trailing checksum); the host checks it in `acceptSnapshot`.
+   */
+  readonly crc?: number;
+}
+
+/** A leader's request to its host for the chunk at `offset` of the streamed snapshot `meta`, for follower `to`. */
+export interface SnapshotRead {
+  readonly to: NodeId;
+  readonly meta: SnapshotMeta;
+  readonly offset: number;
+}
+
+/**
+ * The host's answer to a {@link SnapshotRead}: the bytes at `offset` of the snapshot at `index` for
+ * follower `to`; `last` when they end the snapshot, then with its end checksum `crc` (what the
+ * follower's host checks: see {@link Snapshot.crc}).
+ */
+export interface SnapshotChunk {
+  readonly to: NodeId;
+  readonly index: number;
+  readonly offset: number;
+  readonly bytes: Uint8Array;
+  readonly last: boolean;
+  readonly crc?: number;
 }
 
 /**
@@ -143,10 +173,15 @@ export interface Message {
   readonly offset?: number;
   /** Snap: this chunk's bytes. */
   readonly chunk?: Uint8Array;
-  /** Snap: this is the last chunk. */
+  /** Snap: this is the last chunk (the `last` flag). */
   readonly done?: boolean;
-  /** Snap: total length of the snapshot data. */
+  /**
+   * Snap: total length of the snapshot data. A snapshot with its data in memory sends it on every
+   * chunk; a streamed one (whose length is known only at its end) only on the last.
+   */
   readonly total?: number;
+  /** Snap, last chunk of a streamed transfer: the end checksum (see {@link Snapshot.crc}). */
+  readonly crc?: number;
   /** Heartbeat/HeartbeatResp/ReadIndex/ReadIndexResp: read request context. Vote/PreVote: "transfer" for leader transfer. */
   readonly context?: string;
   /**
@@ -208,6 +243,12 @@ export interface Ready {
   /** Sendable only after the write of this Ready is durable. */
   readonly messages: readonly Message[];
   readonly readStates: readonly ReadState[];
+  /**
+   * Leader: chunks of a streamed snapshot to read for followers (answer each, at any time, with
+   * `RawNode.snapshotChunk`; an unanswered one is asked again after the follower's next heartbeat
+   * response). Absent when there are none.
+   */
+  readonly snapshotReads?: readonly SnapshotRead[];
 }
 
 /** A source of deterministic pseudo-randomness (election timeouts). */

@@ -1697,7 +1697,7 @@ class Slicer {
 /** The encoding written in bounded parts, with the CRC kept as it goes. */
 class PartWriter {
   private w: ByteWriter;
-  readonly parts: Uint8Array[] = [];
+  parts: Uint8Array[] = [];
   crc = 0;
   total = 0;
   constructor(private readonly partBytes: number) {
@@ -1718,6 +1718,12 @@ class PartWriter {
     this.parts.push(part);
     this.w = new ByteWriter(this.partBytes + 64);
   }
+  /** The parts cut since the last call (handed out, no longer held here). */
+  take(): Uint8Array[] {
+    const out = this.parts;
+    this.parts = [];
+    return out;
+  }
 }
 
 /** The UTF-8 bytes of an escaped key (0x00 0xff -> 0x00), as a view when it has no zero byte. */
@@ -1737,24 +1743,91 @@ function unescapeKey(escaped: Uint8Array): Uint8Array {
 /**
  * Encodes the snapshot of `group`'s state (the `KvStateMachine.snapshot()` format of
  * snapshot-codec.ts, byte for byte what the machine would encode at the records' applied index)
- * from its records as `view` holds them, without building the machine: a few passes over the
- * records in key order (revision blocks, latests, versions, sessions), yielding to the event loop
- * between slices of work, writing the encoding in bounded parts that are joined at the end (the
- * wire format is one blob; the parts and the joined copy are the only whole-state buffers).
- * Undefined when the view holds no `meta` (no records, or a replacement under way). Throws
- * StorageCorruptionError on records it cannot read. Use a view (`KvEngine.view`): the records
- * must not change between the passes.
+ * from its records as `view` holds them, into one buffer: {@link openSnapshotEncoding}'s parts
+ * joined (slice by slice) with the checksum after them. Undefined when the view holds no `meta`
+ * (no records, or a replacement under way). Throws StorageCorruptionError on records it cannot
+ * read. For tests and tools: a leader streams the parts instead (src/node/snapshot-sender.ts).
  */
 export async function encodeSnapshotFromRecords(
   view: Pick<KvEngine, 'get' | 'iterate'>,
   group: number,
   options: SnapshotStreamOptions = {},
 ): Promise<{ readonly data: Uint8Array; readonly appliedIndex: number } | undefined> {
-  const keys = new Keys(group);
-  const p = keys.prefix.length;
-  const metaBytes = await view.get(keys.meta);
+  const enc = await openSnapshotEncoding(view, group, options);
+  if (!enc) return undefined;
+  const slicer = new Slicer(options.sliceMs ?? 8);
+  const parts: Uint8Array[] = [];
+  let total = 0;
+  const gen = enc.parts();
+  let crc: number;
+  for (;;) {
+    const r = await gen.next();
+    if (r.done) {
+      crc = r.value;
+      break;
+    }
+    parts.push(r.value);
+    total += r.value.length;
+  }
+  // Not zero-filled (every byte is written below): zeroing hundreds of MiB would block the loop.
+  const data: Uint8Array = Buffer.allocUnsafeSlow(total + 4);
+  let at = 0;
+  for (let i = 0; i < parts.length; i++) {
+    data.set(parts[i]!, at);
+    at += parts[i]!.length;
+    parts[i] = EMPTY;
+    await slicer.maybeYield();
+  }
+  data.set(crcBytes(crc), at);
+  return { data, appliedIndex: enc.appliedIndex };
+}
+
+/** The 4 big-endian bytes of a CRC-32 as the snapshot format ends with them. */
+export function crcBytes(crc: number): Uint8Array {
+  return new Uint8Array([crc >>> 24, (crc >>> 16) & 0xff, (crc >>> 8) & 0xff, crc & 0xff]);
+}
+
+/** A snapshot encoding to be read from a view in parts (see {@link openSnapshotEncoding}). */
+export interface SnapshotEncoding {
+  /** The applied index of the records the view holds: the snapshot's index. */
+  readonly appliedIndex: number;
+  /**
+   * A new pass over the view: yields the encoding's body in parts of about `partBytes` (cut at
+   * key boundaries, so a part may run over by one key's versions) and returns its CRC-32 (which
+   * the encoding ends with, as 4 big-endian bytes: {@link crcBytes}). Each call starts over and,
+   * over the same view, yields the same bytes. Holds, between parts, the revision timestamps, the
+   * history window's events and the hop counts (as the encoding needs them before, or after,
+   * the keys) and one LevelDB iterator; closing the generator (`return()`) releases the iterator.
+   */
+  parts(): AsyncGenerator<Uint8Array, number, undefined>;
+}
+
+/**
+ * Opens the snapshot encoding of `group`'s records in `view` (undefined when the view holds no
+ * `meta`: no records, or a replacement under way). The encoding is written in a few passes over
+ * the records in key order (revision blocks, a count of the latests, versions, sessions),
+ * yielding to the event loop between slices of work. Use a view (`KvEngine.view`): the records
+ * must not change between the passes (nor between two calls of `parts`).
+ */
+export async function openSnapshotEncoding(
+  view: Pick<KvEngine, 'get' | 'iterate'>,
+  group: number,
+  options: SnapshotStreamOptions = {},
+): Promise<SnapshotEncoding | undefined> {
+  const metaBytes = await view.get(new Keys(group).meta);
   if (metaBytes === undefined) return undefined;
   const meta = decodeMeta(metaBytes);
+  return { appliedIndex: meta.appliedIndex, parts: () => encodeParts(view, group, meta, options) };
+}
+
+async function* encodeParts(
+  view: Pick<KvEngine, 'get' | 'iterate'>,
+  group: number,
+  meta: StateMeta,
+  options: SnapshotStreamOptions,
+): AsyncGenerator<Uint8Array, number, undefined> {
+  const keys = new Keys(group);
+  const p = keys.prefix.length;
   const slicer = new Slicer(options.sliceMs ?? 8);
   const tagPrefix = (tag: number): Uint8Array => {
     const out = new Uint8Array(p + 2);
@@ -1835,6 +1908,7 @@ export async function encodeSnapshotFromRecords(
     if ((i & 0xffff) === 0xffff) {
       pw.maybeCut();
       w = pw.out;
+      yield* pw.take();
     }
   }
   w.varint(nKeys);
@@ -1876,6 +1950,7 @@ export async function encodeSnapshotFromRecords(
     const escaped = k.subarray(p + 2, end);
     if (curEscaped === undefined || Buffer.compare(curEscaped, escaped) !== 0) {
       flushKey();
+      yield* pw.take();
       curEscaped = escaped.slice();
     }
     const rev = readU64(k, end + 2);
@@ -1898,6 +1973,7 @@ export async function encodeSnapshotFromRecords(
     if (e.type === EV_TRIGGER) w.bytes(e.value!);
     pw.maybeCut();
     w = pw.out;
+    yield* pw.take();
   }
   await slicer.maybeYield();
 
@@ -1922,6 +1998,7 @@ export async function encodeSnapshotFromRecords(
         }
         pw.maybeCut();
         w = pw.out;
+        yield* pw.take();
       }
     } else {
       const headers: Array<{ id: string; value: Uint8Array; lastActiveIndex: number }> = [];
@@ -1958,28 +2035,14 @@ export async function encodeSnapshotFromRecords(
         }
         pw.maybeCut();
         w = pw.out;
+        yield* pw.take();
       }
     }
   }
   writeHopsSection(w, hopsByRevision);
   pw.cut();
-
-  // Join the parts (slice by slice) and append the CRC.
-  // Not zero-filled (every byte is written below): zeroing hundreds of MiB would block the loop.
-  const data: Uint8Array = Buffer.allocUnsafeSlow(pw.total + 4);
-  let at = 0;
-  for (let i = 0; i < pw.parts.length; i++) {
-    data.set(pw.parts[i]!, at);
-    at += pw.parts[i]!.length;
-    pw.parts[i] = EMPTY;
-    await slicer.maybeYield();
-  }
-  const crc = pw.crc;
-  data[at] = crc >>> 24;
-  data[at + 1] = (crc >>> 16) & 0xff;
-  data[at + 2] = (crc >>> 8) & 0xff;
-  data[at + 3] = crc & 0xff;
-  return { data, appliedIndex: meta.appliedIndex };
+  yield* pw.take();
+  return pw.crc;
 }
 
 const EMPTY = new Uint8Array(0);

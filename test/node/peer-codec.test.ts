@@ -10,6 +10,7 @@ import { loadPeerProto } from '../../src/node/grpc-transport.js';
 import { decodePacked, encodePacked } from '../../src/node/peer-binary.js';
 import {
   decodePeerMessage,
+  forOlderPeer,
   fromWire,
   MAX_PEER_CONTEXT_LENGTH,
   PeerMessageError,
@@ -311,6 +312,32 @@ describe('decodePeerMessage: snapshots', () => {
     expect(decodePeerMessage(snap({ offset: 0, total: 0, chunk: bytes(), done: true }), CTX).total).toBe(0);
   });
 
+  it('takes a streamed transfer: total only on the last chunk, with the end checksum', () => {
+    const mid = decodePeerMessage(snap({ total: undefined }), CTX);
+    expect(mid.total).toBeUndefined();
+    const last = decodePeerMessage(snap({ offset: 7, total: 10, done: true, crc: 0xfedcba98 }), CTX);
+    expect(last).toMatchObject({ done: true, total: 10, crc: 0xfedcba98 });
+    expect(decodePeerMessage(toWire(last), CTX)).toEqual(last);
+    expect(decodePacked(encodePacked([{ ...last, from: 2, to: 1 }]))[0]).toMatchObject({ crc: 0xfedcba98, total: 10, done: true });
+    rejects(snap({ total: undefined, offset: 7, done: true }), 'missing-field'); // a last chunk needs its total
+    rejects(snap({ crc: 5 }), 'unexpected-field'); // only the last chunk carries the end checksum
+    rejects(snap({ offset: 7, done: true, crc: 2 ** 32 }), 'out-of-bounds');
+    rejects(snap({ offset: 7, done: true, crc: -1 }), 'out-of-bounds');
+  });
+
+  it('adapts messages for a peer of an older version: a streamed chunk cannot go, a last chunk goes without its checksum', () => {
+    const base = fromWire(snap());
+    expect(forOlderPeer(base)).toBe(base);
+    expect(forOlderPeer(fromWire(snap({ total: undefined })))).toBeUndefined();
+    const last = fromWire(snap({ offset: 7, done: true, crc: 9 }));
+    const old = forOlderPeer(last)!;
+    const { crc: _crc, ...withoutCrc } = last;
+    expect(old).toEqual(withoutCrc);
+    expect('crc' in old).toBe(false);
+    const hb = fromWire({ type: MessageType.Heartbeat, group: 1, from: 2, to: 1, term: 3, commit: 0 } as WireMessage);
+    expect(forOlderPeer(hb)).toBe(hb);
+  });
+
   it('refuses chunks beyond the snapshot, a premature last chunk, and huge offsets', () => {
     rejects(snap({ offset: 8 }), 'bad-snapshot');
     rejects(snap({ offset: 11, chunk: bytes() }), 'bad-snapshot');
@@ -442,12 +469,15 @@ const validMessageArb: fc.Arbitrary<Message> = fc
         return fc.boolean().map((reject) => clean({ ...head, reject: kind !== MessageType.TimeoutNow && reject ? true : undefined }));
       case MessageType.Snap:
         return fc
-          .record({ index: indexArb, snapTerm: fc.nat(term), conf: confArb, total: fc.nat(64), a: fc.nat(64), b: fc.nat(64), done: fc.boolean() })
+          .record({ index: indexArb, snapTerm: fc.nat(term), conf: confArb, total: fc.nat(64), a: fc.nat(64), b: fc.nat(64), done: fc.boolean(), streamed: fc.boolean(), crc: fc.nat(0xffff_ffff) })
           .map((r) => {
             const offset = Math.min(r.a, r.total);
             const end = r.done ? r.total : Math.min(r.total, offset + r.b);
             const chunk = end > offset ? new Uint8Array(end - offset).fill(7) : undefined;
-            return clean({ ...head, snapshot: { index: r.index, term: r.snapTerm, conf: r.conf }, offset, total: r.total, chunk, done: r.done || undefined });
+            // A streamed transfer: total and the end checksum on the last chunk only.
+            const total = r.streamed && !r.done ? undefined : r.total;
+            const crc = r.streamed && r.done ? r.crc : undefined;
+            return clean({ ...head, snapshot: { index: r.index, term: r.snapTerm, conf: r.conf }, offset, total, chunk, done: r.done || undefined, crc });
           });
       case MessageType.SnapChunkResp:
         return fc
@@ -519,7 +549,7 @@ describe('decodePeerMessage: properties', () => {
   });
 
   it('on arbitrary input (garbage, or valid messages with fields replaced), accepts within the bounds or throws a PeerMessageError', () => {
-    const fields = ['type', 'group', 'from', 'to', 'term', 'index', 'logTerm', 'entries', 'commit', 'reject', 'rejectHint', 'snapshot', 'offset', 'chunk', 'done', 'total', 'context', 'transferee'];
+    const fields = ['type', 'group', 'from', 'to', 'term', 'index', 'logTerm', 'entries', 'commit', 'reject', 'rejectHint', 'snapshot', 'offset', 'chunk', 'done', 'total', 'crc', 'context', 'transferee'];
     const value = fc.oneof(
       fc.constant(undefined),
       fc.constantFrom(0, 1, 2, -1, 0.5, 2 ** 53 - 1, MAX_RAFT_TERM, MAX_RAFT_TERM + 1, Number.NaN, null, true, false, '', 'transfer'),

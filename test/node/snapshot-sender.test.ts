@@ -1,7 +1,7 @@
-// Unit tests of the leader's snapshot production (src/node/snapshot-sender.ts): on demand from the records, never from a records snapshot's empty data, retried while the records are being replaced, refused across a configuration change, dropped when idle.
+// Unit tests of the leader's snapshot sending (src/node/snapshot-sender.ts): a streamed snapshot over an engine view opened on demand, its chunks read per follower from an encoder resumable at a chunk boundary (the machine's own encoding, byte for byte), one view per node at a time with the bytes held counted, retried while the records are being replaced, refused across a configuration change, the view and encoders released when transfers end, the follower goes silent or leadership is lost.
 import { describe, expect, it } from 'vitest';
 import { confAtIndex, SnapshotGate, SnapshotSender, type SnapshotSenderHost } from '../../src/node/snapshot-sender.js';
-import { EntryType, MemoryStorage, type ConfState, type Entry, type Snapshot } from '../../src/raft/index.js';
+import { EntryType, MemoryStorage, type ConfState, type Entry, type Snapshot, type SnapshotChunk } from '../../src/raft/index.js';
 import { KvStateMachine } from '../../src/statemachine/index.js';
 import { MemoryEngine } from '../../src/storage/kv-engine.js';
 import { StateRecorder } from '../../src/storage/state-store.js';
@@ -21,15 +21,17 @@ async function setup(n: number, at: number): Promise<{ storage: MemoryStorage; e
   const sm = new KvStateMachine();
   const rec = new StateRecorder(GROUP);
   sm.observe(rec);
-  for (let i = 1; i <= at; i++) sm.apply(i, 1000 + i, { type: 'put', key: `k${i % 5}`, value: new Uint8Array([i]) });
+  for (let i = 1; i <= at; i++) sm.apply(i, 1000 + i, { type: 'put', key: `k${i % 5}`, value: new Uint8Array(40).fill(i) });
   await engine.batch(rec.take(sm)!, { sync: true });
   return { storage, engine, sm };
 }
 
-function host(engine: MemoryEngine, storage: MemoryStorage, over: Partial<SnapshotSenderHost> = {}): SnapshotSenderHost & { made: Snapshot[]; errors: unknown[] } {
+function host(engine: MemoryEngine, storage: MemoryStorage, over: Partial<SnapshotSenderHost> = {}): SnapshotSenderHost & { made: Snapshot[]; errors: unknown[]; chunks: SnapshotChunk[] } {
   const made: Snapshot[] = [];
   const errors: unknown[] = [];
+  const chunks: SnapshotChunk[] = [];
   return {
+    chunk: (c) => chunks.push(c),
     group: GROUP,
     openView: () => engine.view(),
     termAt: (i) => (i >= storage.firstIndex() - 1 && i <= storage.lastIndex() ? storage.term(i) : undefined),
@@ -39,51 +41,134 @@ function host(engine: MemoryEngine, storage: MemoryStorage, over: Partial<Snapsh
     ...over,
     made,
     errors,
+    chunks,
   };
 }
 
+/** Waits until `cond` holds (polled; the sender works over macrotask turns). */
+async function until(cond: () => boolean, what: string, ms = 2000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await sleep(1);
+  }
+}
+
+/** Reads every chunk of the open snapshot for follower `to`, in order, as the Raft core asks for them. */
+async function readAll(sender: SnapshotSender, h: { chunks: SnapshotChunk[] }, snap: Snapshot, to: number): Promise<SnapshotChunk[]> {
+  const out: SnapshotChunk[] = [];
+  let offset = 0;
+  for (;;) {
+    const n = h.chunks.length;
+    sender.read({ to, meta: snap.meta, offset });
+    await until(() => h.chunks.length > n, `chunk at ${offset}`);
+    const c = h.chunks[h.chunks.length - 1]!;
+    expect(c).toMatchObject({ to, index: snap.meta.index, offset });
+    out.push(c);
+    if (c.last) return out;
+    offset += c.bytes.length;
+  }
+}
+
+const joined = (cs: readonly SnapshotChunk[]) => Buffer.concat(cs.map((c) => c.bytes));
+const trailingCrc = (b: Uint8Array) => Buffer.from(b).readUInt32BE(b.length - 4);
+
 describe('SnapshotSender', () => {
-  it('builds one snapshot at a time per node (a shared gate) and counts the bytes of the ones it holds', async () => {
+  it('opens one view at a time per node (a shared gate), counts the chunk bytes held, and releases the view once the transfers over it end', async () => {
     const a = await setup(20, 12);
     const b = await setup(20, 12);
     const gate = new SnapshotGate(1);
-    const sa = new SnapshotSender(a.storage, host(a.engine, a.storage), { gate, idleMs: 20 });
+    const ha = host(a.engine, a.storage);
+    const sa = new SnapshotSender(a.storage, ha, { gate, chunkBytes: 64, partBytes: 16 });
     const sb = new SnapshotSender(b.storage, host(b.engine, b.storage), { gate });
     expect(sa.snapshot()).toBeUndefined();
     expect(sa.busy).toBe(true);
     expect(sb.snapshot()).toBeUndefined(); // the gate is taken: not started
     expect(sb.busy).toBe(false);
     expect(sb.counters.started).toBe(0);
-    while (sa.busy) await sleep(1);
-    const held = sa.snapshot()!;
-    expect(gate.heldBytes).toBe(held.data.length);
+    await until(() => !sa.busy, 'the view');
+    const snap = sa.snapshot()!;
+    expect(snap).toMatchObject({ meta: { index: 12 }, streamed: true });
+    expect(snap.data.length).toBe(0);
+    expect(gate.openViews).toBe(1);
+    expect(a.engine.openViews).toBe(1);
+    expect(sb.snapshot()).toBeUndefined(); // one view per node: still taken
+    expect(sb.counters.started).toBe(0);
+    // Reading a follower's chunks holds about two chunks and a part, never the whole encoding.
+    let maxHeld = 0;
+    const hold = gate.hold.bind(gate);
+    gate.hold = (delta) => {
+      hold(delta);
+      maxHeld = Math.max(maxHeld, gate.heldBytes);
+    };
+    const chunks = await readAll(sa, ha, snap, 2);
+    expect(chunks.length).toBeGreaterThan(4);
+    expect(gate.openReaders).toBe(1);
+    expect(maxHeld).toBeGreaterThan(0);
+    // The chunk handed out (kept for a resend), the next one read ahead, the encoder's pending part (cut at a key: 40-byte values).
+    expect(maxHeld).toBeLessThanOrEqual(64 * 3 + 80);
+    expect(maxHeld).toBeLessThan(joined(chunks).length / 2);
+    // The follower installed it: the core no longer runs the transfer, so the view is closed and the slot free.
+    sa.retain([{ to: 2, index: 12 }]);
+    expect(sa.open).toBe(true);
+    sa.retain([]);
+    expect(sa.open).toBe(false);
+    expect(gate.openViews).toBe(0);
+    expect(gate.openReaders).toBe(0);
+    expect(gate.heldBytes).toBe(0);
+    await until(() => a.engine.openViews === 0, 'the view closed');
     expect(sb.snapshot()).toBeUndefined(); // the slot is free again
     expect(sb.busy).toBe(true);
-    while (sb.busy) await sleep(1);
-    expect(gate.heldBytes).toBe(held.data.length + sb.snapshot()!.data.length);
+    await until(() => !sb.busy, 'the second view');
+    expect(sb.snapshot()?.streamed).toBe(true);
     sb.release();
-    expect(gate.heldBytes).toBe(held.data.length);
-    // Dropped when idle: no longer held.
-    await sleep(60);
-    expect(sa.counters.dropped).toBe(1);
-    expect(gate.heldBytes).toBe(0);
+    expect(gate.openViews).toBe(0);
+    await until(() => b.engine.openViews === 0, 'the second view closed');
   });
 
-  it('never hands out a records snapshot; produces one from the records on demand, the machine\'s own encoding', async () => {
+  it('serves each follower the machine\'s own encoding chunk by chunk, with its checksum on the last; resends a chunk and restarts at 0 from the same view', async () => {
     const { storage, engine, sm } = await setup(20, 12);
     const h = host(engine, storage);
-    const sender = new SnapshotSender(storage, h);
-    expect(sender.snapshot()).toBeUndefined(); // starts producing
+    const gate = new SnapshotGate(1);
+    const sender = new SnapshotSender(storage, h, { gate, chunkBytes: 50, partBytes: 8 });
+    expect(sender.snapshot()).toBeUndefined(); // opens a view
     expect(sender.busy).toBe(true);
-    expect(sender.snapshot()).toBeUndefined(); // one production at a time
-    while (sender.busy) await sleep(1);
+    expect(sender.snapshot()).toBeUndefined(); // one at a time
+    await until(() => !sender.busy, 'the view');
     const s = sender.snapshot()!;
     expect(s.meta).toEqual({ index: 12, term: 1, conf: CONF });
-    expect(Buffer.from(s.data).equals(Buffer.from(sm.snapshot()))).toBe(true);
     expect(sender.counters).toMatchObject({ started: 1, produced: 1 });
     expect(h.made).toEqual([s]);
     expect(h.errors).toEqual([]);
-    expect(engine.openViews).toBe(0);
+    const want = sm.snapshot();
+    const a = await readAll(sender, h, s, 2);
+    expect(joined(a).equals(Buffer.from(want))).toBe(true);
+    expect(a.slice(0, -1).every((c) => c.bytes.length === 50 && !c.last && c.crc === undefined)).toBe(true);
+    expect(a.at(-1)!.crc).toBe(trailingCrc(want));
+    // A second follower at the same time: its own encoder over the same view.
+    const b = await readAll(sender, h, s, 3);
+    expect(joined(b).equals(Buffer.from(want))).toBe(true);
+    expect(gate.openReaders).toBe(2);
+    // A lost chunk is asked for again at the same offset: the same bytes.
+    const n = h.chunks.length;
+    sender.read({ to: 2, meta: s.meta, offset: a.at(-1)!.offset });
+    await until(() => h.chunks.length > n, 'the resend');
+    expect(Buffer.from(h.chunks.at(-1)!.bytes).equals(Buffer.from(a.at(-1)!.bytes))).toBe(true);
+    // The follower starts over (it refused the snapshot, or restarted): the encoder restarts over the same view.
+    const again = await readAll(sender, h, s, 2);
+    expect(joined(again).equals(Buffer.from(want))).toBe(true);
+    // Reads for another snapshot are stale: ignored.
+    const m = h.chunks.length;
+    sender.read({ to: 2, meta: { ...s.meta, index: 11 }, offset: 0 });
+    await sleep(10);
+    expect(h.chunks.length).toBe(m);
+    sender.retain([{ to: 3, index: 12 }]); // follower 2 is done
+    expect(gate.openReaders).toBe(1);
+    sender.release(); // leadership lost
+    expect(gate.openReaders).toBe(0);
+    expect(gate.openViews).toBe(0);
+    expect(gate.heldBytes).toBe(0);
+    await until(() => engine.openViews === 0, 'the view closed');
     // A stored snapshot with data (installed from a leader) is sent as it is.
     const stored = new MemoryStorage(CONF);
     stored.applySnapshot({ meta: { index: 3, term: 1, conf: CONF }, data: new Uint8Array([9]) });
@@ -92,44 +177,63 @@ describe('SnapshotSender', () => {
 
   it('retries later while the records have no meta (a replacement under way), and when the point read cannot be used', async () => {
     const { storage, engine } = await setup(20, 12);
-    const meta = (await engine.view().get(`s/${GROUP.toString(16).padStart(8, '0')}/meta`))!;
+    const meta = (await engine.get(`s/${GROUP.toString(16).padStart(8, '0')}/meta`))!;
     await engine.batch([{ type: 'del', key: `s/${GROUP.toString(16).padStart(8, '0')}/meta` }], { sync: true });
     let conf: ConfState | undefined;
-    const sender = new SnapshotSender(storage, host(engine, storage, { confAt: () => conf }), { retryMs: 20 });
+    const gate = new SnapshotGate(1);
+    const sender = new SnapshotSender(storage, host(engine, storage, { confAt: () => conf }), { retryMs: 20, gate });
     expect(sender.snapshot()).toBeUndefined();
-    while (sender.busy) await sleep(1);
+    await until(() => !sender.busy, 'the attempt');
+    expect(gate.openViews).toBe(0); // nothing usable: the view is closed at once
     expect(sender.snapshot()).toBeUndefined(); // within the retry delay: not started again
     expect(sender.counters.started).toBe(1);
     await engine.batch([{ type: 'put', key: `s/${GROUP.toString(16).padStart(8, '0')}/meta`, value: meta }], { sync: true });
     await sleep(25);
     expect(sender.snapshot()).toBeUndefined();
-    while (sender.busy) await sleep(1);
+    await until(() => !sender.busy, 'the second attempt');
     expect(sender.snapshot()).toBeUndefined(); // the configuration at the records' index is unknown
     expect(sender.counters).toMatchObject({ started: 2, produced: 0 });
     conf = CONF;
     await sleep(25);
     sender.snapshot();
-    while (sender.busy) await sleep(1);
+    await until(() => !sender.busy, 'the third attempt');
     expect(sender.snapshot()?.meta.index).toBe(12);
+    sender.release();
+    await until(() => engine.openViews === 0, 'the views closed');
   });
 
-  it('drops a produced snapshot once the log no longer holds the entry after it, and when idle', async () => {
+  it('closes the view once the log no longer holds the entry after it, when not asked for, and a silent follower\'s encoder', async () => {
     const { storage, engine } = await setup(30, 12);
-    const sender = new SnapshotSender(storage, host(engine, storage), { idleMs: 30 });
+    const gate = new SnapshotGate(1);
+    const h = host(engine, storage);
+    const sender = new SnapshotSender(storage, h, { idleMs: 30, gate, chunkBytes: 40 });
     sender.snapshot();
-    while (sender.busy) await sleep(1);
+    await until(() => !sender.busy, 'the view');
     expect(sender.snapshot()).toBeDefined();
-    await sleep(80);
-    expect(sender.counters.dropped).toBe(1);
+    await until(() => sender.counters.dropped === 1, 'the idle view closed', 500);
+    expect(gate.openViews).toBe(0);
     sender.snapshot();
-    while (sender.busy) await sleep(1);
+    await until(() => !sender.busy, 'a new view');
+    const s = sender.snapshot()!;
+    // A follower reads one chunk, then goes silent: its encoder is closed, then the view.
+    const n = h.chunks.length;
+    sender.read({ to: 2, meta: s.meta, offset: 0 });
+    await until(() => h.chunks.length > n, 'the first chunk');
+    expect(gate.openReaders).toBe(1);
+    expect(gate.heldBytes).toBeGreaterThan(0);
+    await until(() => gate.openReaders === 0 && gate.openViews === 0, 'the silent follower released', 500);
+    expect(gate.heldBytes).toBe(0);
+    sender.snapshot();
+    await until(() => !sender.busy, 'a third view');
     expect(sender.snapshot()).toBeDefined();
     storage.createSnapshot(20, CONF, new Uint8Array(0));
     storage.compact(20); // the records are still at 12: unusable now
     expect(sender.snapshot()).toBeUndefined();
-    while (sender.busy) await sleep(1);
+    await until(() => !sender.busy, 'the attempt');
     expect(sender.snapshot()).toBeUndefined();
     sender.release();
+    expect(gate.openViews).toBe(0);
+    await until(() => engine.openViews === 0, 'every view closed');
   });
 });
 

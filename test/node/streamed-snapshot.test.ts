@@ -150,6 +150,115 @@ describe('a streamed snapshot install', () => {
   });
 });
 
+describe('the leader side of a streamed transfer', () => {
+  it('a leadership change mid-transfer releases the old leader\'s view; the follower starts over cleanly from the new leader', async () => {
+    const opts: Partial<NodeOptions> = { snapshotEveryEntries: 60, keepEntriesAfterSnapshot: 5, snapshotChunkBytes: 2048 };
+    const hub = new LoopbackHub();
+    const engines = [1, 2, 3].map(() => new MemoryEngine());
+    const nodes = await Promise.all(engines.map((e, i) => openNode(i + 1, e, hub, opts)));
+    for (const n of nodes) n.start();
+    const l = await leaderOf(nodes);
+    const f = nodes.find((n) => n !== l)!;
+    const t = nodes.find((n) => n !== l && n !== f)!;
+    await l.put({ key: '/k/first', value: enc('1') }, deadline());
+    await converged(nodes);
+    const fr = f.replica(DATA_GROUP)!;
+    const raw = fr.internalsForTests().raw;
+    const step = raw.step.bind(raw);
+    const chunksFrom = new Map<number, number[]>();
+    let cut = false;
+    raw.step = (m) => {
+      if (m.type === MessageType.Snap) {
+        const offsets = chunksFrom.get(m.from) ?? [];
+        chunksFrom.set(m.from, offsets);
+        if (m.from === l.id && offsets.length >= 4 && !cut) {
+          // Mid-transfer: the leader is cut off from everyone (it loses its leadership by check-quorum).
+          cut = true;
+          isolate(hub, nodes, l);
+          return;
+        }
+        offsets.push(m.offset ?? 0);
+      }
+      step(m);
+    };
+    isolate(hub, nodes, f);
+    await workload(l, 30, 'lead', 2000);
+    hub.blocked.clear();
+    const until = Date.now() + 10_000;
+    while (!cut && Date.now() < until) await sleep(5);
+    expect(cut, 'the transfer from the first leader started').toBe(true);
+    expect(l.snapshotSending.openViews).toBe(1); // held for the transfer under way
+    // The old leader steps down: its view, encoder and chunk bytes are released.
+    while ((l.snapshotSending.openViews > 0 || l.replica(DATA_GROUP)!.isLeader) && Date.now() < until + 10_000) await sleep(10);
+    expect(l.replica(DATA_GROUP)!.isLeader).toBe(false);
+    expect(l.snapshotSending).toEqual({ openViews: 0, readers: 0, heldBytes: 0 });
+    // The new leader (t) sends a transfer of its own from offset 0, and the follower installs it.
+    await converged([f, t], { timeoutMs: 20_000 });
+    expect(t.replica(DATA_GROUP)!.isLeader).toBe(true);
+    const fromNew = chunksFrom.get(t.id) ?? [];
+    expect(fromNew[0]).toBe(0);
+    expect(fromNew.length).toBeGreaterThan(4);
+    const c = fr.inbox!.counters;
+    expect(c.transfers).toBeGreaterThanOrEqual(2); // the abandoned one, then the new leader's
+    expect(c.completed).toBeGreaterThanOrEqual(1);
+    expect(same(fr.internalsForTests().sm.snapshot(), t.replica(DATA_GROUP)!.internalsForTests().sm.snapshot())).toBe(true);
+    await noChunkRecords(engines[nodes.indexOf(f)]!); // the abandoned transfer's chunks too
+    const settle = Date.now() + 5000;
+    while (t.snapshotSending.openViews > 0 && Date.now() < settle) await sleep(10);
+    expect(t.snapshotSending).toEqual({ openViews: 0, readers: 0, heldBytes: 0 });
+    hub.blocked.clear();
+    await converged(nodes);
+    for (const e of engines) expect(e.openViews).toBe(0);
+  });
+
+  it('a short final chunk, or a final chunk whose end checksum does not match, is refused; a new transfer then installs', async () => {
+    const opts: Partial<NodeOptions> = { snapshotEveryEntries: 60, keepEntriesAfterSnapshot: 5, snapshotChunkBytes: 4096 };
+    const hub = new LoopbackHub();
+    const engines = [1, 2, 3].map(() => new MemoryEngine());
+    const nodes = await Promise.all(engines.map((e, i) => openNode(i + 1, e, hub, opts)));
+    for (const n of nodes) n.start();
+    const l = await leaderOf(nodes);
+    const f = nodes.find((n) => n !== l)!;
+    await l.put({ key: '/k/first', value: enc('1') }, deadline());
+    await converged(nodes);
+    const fr = f.replica(DATA_GROUP)!;
+    const raw = fr.internalsForTests().raw;
+    const step = raw.step.bind(raw);
+    const spoiled: string[] = [];
+    let spoiledTransfer = -1;
+    raw.step = (m) => {
+      // The last chunk of each of the first two transfers (not its resends, which a follower that refused it answers with "start over").
+      const transfer = fr.inbox!.counters.transfers;
+      if (m.type === MessageType.Snap && m.done && m.chunk && m.chunk.length > 8 && spoiled.length < 2 && transfer !== spoiledTransfer && (m.offset ?? 0) > 0) {
+        spoiledTransfer = transfer;
+        if (spoiled.length === 0) {
+          // Short: the last 3 bytes missing (total says so too, as a leader with a short encoding would send).
+          spoiled.push('short');
+          step({ ...m, chunk: m.chunk.subarray(0, m.chunk.length - 3), total: m.total! - 3 });
+        } else {
+          spoiled.push('end checksum');
+          step({ ...m, crc: (m.crc! ^ 0x10) >>> 0 });
+        }
+        return;
+      }
+      step(m);
+    };
+    isolate(hub, nodes, f);
+    await workload(l, 30, 'short', 1000);
+    hub.blocked.clear();
+    await converged(nodes);
+    expect(spoiled).toEqual(['short', 'end checksum']);
+    const c = fr.inbox!.counters;
+    expect(c.failed).toBe(2);
+    expect(c.transfers).toBeGreaterThanOrEqual(3);
+    expect(c.completed).toBeGreaterThanOrEqual(1);
+    expect(same(fr.internalsForTests().sm.snapshot(), l.replica(DATA_GROUP)!.internalsForTests().sm.snapshot())).toBe(true);
+    const settle = Date.now() + 5000;
+    while (l.snapshotSending.openViews > 0 && Date.now() < settle) await sleep(10);
+    expect(l.snapshotSending).toEqual({ openViews: 0, readers: 0, heldBytes: 0 });
+  });
+});
+
 describe('a power cut during a streamed transfer or install', () => {
   const opts: Partial<NodeOptions> = { snapshotEveryEntries: 60, keepEntriesAfterSnapshot: 5, stateUnitBytes: 256 * 1024, maxBatchBytes: 300 * 1024 };
 

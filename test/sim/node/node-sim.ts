@@ -92,6 +92,8 @@ export interface NodeSimOptions {
   readonly trace?: (line: string) => void;
   /** Compact the log every this many applied entries (default: 40 in one schedule in three, else 20 000). */
   readonly snapshotEvery?: number;
+  /** Bytes of one snapshot chunk (default: the node's, 1 MiB: a simulated shard's snapshot is then one chunk). */
+  readonly snapshotChunkBytes?: number;
 }
 
 /** One watch stream a watcher held: where it was opened, from which revision, and what it got. */
@@ -167,6 +169,10 @@ export interface NodeSimRun {
     crashes: number;
     /** Snapshots received streamed (chunks staged on disk) and installed, over every incarnation of every node. */
     streamedInstalls: number;
+    /** The most chunks of one streamed snapshot installed (live incarnations at the end). */
+    largestStreamedChunks: number;
+    /** Live nodes at the end that still held an engine view open for sending a snapshot (kvcascade_snapshot_sending views). */
+    sendViewsOpenAtEnd: number;
   };
 }
 
@@ -328,6 +334,8 @@ class NodeSim {
         raftDropped: this.net.stats.raftDropped,
         crashes: this.crashes,
         streamedInstalls: this.streamedGone + [...this.incs.values()].reduce((n, inc) => n + (inc.dead ? 0 : this.streamedOf(inc)), 0),
+        largestStreamedChunks: Math.max(0, ...[...this.incs.values()].flatMap((inc) => (inc.dead ? [] : (inc.node?.hostedGroups() ?? []).map((g) => inc.node?.replica(g)?.inbox?.counters.largestChunks ?? 0)))),
+        sendViewsOpenAtEnd: [...this.incs.values()].reduce((n, inc) => n + (inc.dead ? 0 : (inc.node?.snapshotSending.openViews ?? 0)), 0),
       },
     };
   }
@@ -380,6 +388,7 @@ class NodeSim {
       electionTicks: 10,
       heartbeatTicks: 2,
       snapshotEveryEntries: this.snapshotEvery,
+      ...(this.opts.snapshotChunkBytes !== undefined ? { snapshotChunkBytes: this.opts.snapshotChunkBytes } : {}),
       // The node's own clock and timers: virtual, its timers this incarnation's (see VirtualScheduler.viewFor).
       scheduler: this.sched.viewFor(owner),
       // Election randomness from the schedule's seed (each replica mixes in its node and group).
