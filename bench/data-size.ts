@@ -14,6 +14,7 @@ import { randomBytes } from 'node:crypto';
 import { request } from 'node:http';
 import { readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
+import { loadavg } from 'node:os';
 import { parseArgs } from 'node:util';
 import { call, etcdStub, kvStub, makeDriver, type Driver, type SystemName } from './clients.js';
 import { ETCD_MISSING_MESSAGE, findEtcd, startEtcdCluster } from './etcd-cluster.js';
@@ -146,7 +147,7 @@ function p99(xs: number[]): number {
 }
 
 /** Runs `total` operations `op(i)` over `drivers` with `concurrency` workers; returns ops/s, p99 ms and failures. */
-async function drive(drivers: Driver[], concurrency: number, from: number, to: number, op: (d: Driver, i: number) => Promise<unknown>): Promise<{ rate: number; p99: number; errors: number; firstErrors: string[] }> {
+async function drive(drivers: Driver[], concurrency: number, from: number, to: number, op: (d: Driver, i: number) => Promise<unknown>, progress = false): Promise<{ rate: number; p99: number; errors: number; firstErrors: string[] }> {
   let next = from;
   let errors = 0;
   const firstErrors: string[] = [];
@@ -158,6 +159,10 @@ async function drive(drivers: Driver[], concurrency: number, from: number, to: n
       for (;;) {
         const i = next++;
         if (i >= to) return;
+        if (progress && i > from && (i - from) % 50_000 === 0) {
+          const el = (performance.now() - t0) / 1000;
+          console.error(`  ${i} (${Math.round((i - from) / el)}/s over ${Math.round(el)} s, ${errors} failed attempts, load ${loadavg()[0]!.toFixed(1)})`);
+        }
         for (let attempt = 0; ; attempt++) {
           const s = performance.now();
           try {
@@ -269,7 +274,7 @@ async function runSystem(
     };
     let from = 0;
     for (const target of checkpoints) {
-      const put = await drive(drivers, o.concurrency, from, target, (d, i) => d.put(i, valueOf(i)));
+      const put = await drive(drivers, o.concurrency, from, target, (d, i) => d.put(i, valueOf(i)), true);
       if (put.errors > 0) console.error(`${system}: ${put.errors} failed put attempts (retried), e.g. ${put.firstErrors.join(' / ')}`);
       from = target;
       await sleep(3_000); // let the nodes settle (apply, flush, GC) before sampling
@@ -289,7 +294,7 @@ async function runSystem(
           return `n${n.node} rss ${n.rssMiB} disk ${n.diskMiB}${k}`;
         })
         .join(' | ');
-      console.log(`${system} keys ${target}  put/s ${cp.putsPerSec} p99 ${cp.putP99Ms} ms errors ${cp.putErrors}  get/s ${cp.getsPerSec} p99 ${cp.getP99Ms} ms  MiB: ${per}`);
+      console.log(`${system} keys ${target} (load ${loadavg().map((l) => l.toFixed(1)).join(' ')})  put/s ${cp.putsPerSec} p99 ${cp.putP99Ms} ms errors ${cp.putErrors}  get/s ${cp.getsPerSec} p99 ${cp.getP99Ms} ms  MiB: ${per}`);
     }
     if (o.overwrites > 0) {
       // Old versions pile up (retention: kvd's --retention-ms, default 1 h; etcd keeps them until compacted):
@@ -306,12 +311,12 @@ async function runSystem(
       console.log(`${system} overwrites ${o.overwrites} of random keys among ${from}: put/s ${ow.rate} p99 ${ow.p99} ms errors ${ow.errors}  MiB: ${per}`);
     }
     const restart = await restartSeconds(cluster, `data/k${String(from - 1).padStart(8, '0')}`);
-    console.log(`${system} restart of node 3 with ${from} keys: serving its data again after ${restart ?? 'n/a'} s`);
+    console.log(`${system} restart of node 3 with ${from} keys: serving its data again after ${restart ?? 'n/a'} s (load ${loadavg()[0]!.toFixed(1)})`);
     if (o.catchUpKeys > 0) {
       await sleep(3_000);
       const c = await catchUp(cluster, drivers, o, from, o.catchUpKeys, valueOf);
       console.log(
-        `${system} catch-up: node 3 stopped, ${o.catchUpKeys} more keys written, restarted: serving the last of ${from + o.catchUpKeys} keys after ${c?.seconds ?? 'n/a'} s, peak RSS ${c?.peakRssMiB ?? 'n/a'} MiB (per node during the catch-up: ${c?.peakRssByNodeMiB.map((m, i) => `n${i + 1} ${m}`).join(', ') ?? 'n/a'} MiB)`,
+        `${system} catch-up (load ${loadavg()[0]!.toFixed(1)}): node 3 stopped, ${o.catchUpKeys} more keys written, restarted: serving the last of ${from + o.catchUpKeys} keys after ${c?.seconds ?? 'n/a'} s, peak RSS ${c?.peakRssMiB ?? 'n/a'} MiB (per node during the catch-up: ${c?.peakRssByNodeMiB.map((m, i) => `n${i + 1} ${m}`).join(', ') ?? 'n/a'} MiB)`,
       );
     }
     return results;

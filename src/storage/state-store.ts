@@ -1170,6 +1170,19 @@ export interface LoadOptions {
    * {@link EngineValueSource} (`KvStateMachine.attachValues`).
    */
   readonly values?: boolean;
+  /** When given, filled with how long each phase of the load took (ms), for the open path's log. */
+  readonly timings?: LoadTimings;
+}
+
+/** Milliseconds spent in each phase of {@link loadState} (the restart's log reports them). */
+export interface LoadTimings {
+  /** Iterating the group's records (engine reads and per-record decoding), and how many records. */
+  scanMs: number;
+  records: number;
+  /** Checking and assembling the machine's data from them. */
+  assembleMs: number;
+  /** Reading the watch history's put values back (only with `values: false`). */
+  historyValuesMs: number;
 }
 
 /** A group's records as loaded: the machine's data, and what a recorder continuing from them needs. */
@@ -1194,7 +1207,11 @@ export async function loadState(engine: KvEngine, group: number, options: LoadOp
   const versionKeys: Array<[string, VersionRecord[]]> = [];
   const sessions = new SessionReplay();
   let prevEscaped: Uint8Array | undefined;
+  const t = options.timings;
+  let mark = performance.now();
+  let records = 0;
   for await (const [k, v] of engine.iterate({ prefix: keys.prefix })) {
+    records++;
     const tag = k[p];
     if (k.length === p + META_SUFFIX.length && Buffer.compare(k.subarray(p), META_SUFFIX) === 0) {
       meta = decodeMeta(v);
@@ -1235,7 +1252,16 @@ export async function loadState(engine: KvEngine, group: number, options: LoadOp
     } else throw new StorageCorruptionError(`unexpected state key ${describe(k)}`);
   }
   if (meta === undefined) return undefined;
+  if (t) {
+    t.scanMs = performance.now() - mark;
+    t.records = records;
+    mark = performance.now();
+  }
   const loaded = assemble(group, meta, latest, revs, versionKeys);
+  if (t) {
+    t.assembleMs = performance.now() - mark;
+    mark = performance.now();
+  }
   if (!withValues) {
     // The watch history keeps its put values (bounded by maxHistoryBytes): read those back.
     const history = loaded.data.history as KvEvent[];
@@ -1247,6 +1273,7 @@ export async function loadState(engine: KvEngine, group: number, options: LoadOp
       history[i] = { ...e, value: ownedCopy(decodeVersion(raw, e.revision, e.key).value!) };
     }
   }
+  if (t) t.historyValuesMs = performance.now() - mark;
   const sessionRecords = assembleSessions(group, meta, sessions);
   return {
     written: { ...loaded.written, sessions: sessions.written() },
