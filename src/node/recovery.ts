@@ -71,7 +71,7 @@ export async function recoverState(
     const load: LoadTimings = { scanMs: 0, records: 0, assembleMs: 0, historyValuesMs: 0 };
     const loaded = (await loadState(engine, group, { values: false, timings: load }))!; // values stay in the engine
     const built = performance.now();
-    sm = KvStateMachine.fromRecords(loaded.data);
+    sm = KvStateMachine.fromRecords(loaded.data, { adopt: true }); // the loaded lists are this machine's alone
     Object.assign(timings, load, { fromRecordsMs: performance.now() - built });
     recorder = new StateRecorder(group, loaded.written);
     // Durable records at or past the snapshot: its data (an install cut short before the drop) is not needed.
