@@ -1277,7 +1277,9 @@ export async function loadState(engine: KvEngine, group: number, options: LoadOp
     for (let i = 0; i < history.length; i++) {
       const e = history[i]!;
       if (e.value !== VALUE_ON_DISK) continue;
-      const raw = await engine.get(keys.version(e.key, e.revision));
+      // Synchronous point reads: at open nothing else runs, and an async get per event was a trip
+      // to LevelDB's thread pool each (4.9 s for the 10,000 events of a 300 k-key restart at load 15).
+      const raw = engine.getSync(keys.version(e.key, e.revision));
       if (raw === undefined) throw new StorageCorruptionError(`group ${group} state: version ${e.revision} of ${JSON.stringify(e.key)} vanished while loading`);
       history[i] = { ...e, value: ownedCopy(decodeVersion(raw, e.revision, e.key).value!) };
     }
