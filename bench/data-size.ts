@@ -415,7 +415,7 @@ async function main(): Promise<void> {
     },
   });
   if (values.help) {
-    console.log('node dist/bench/data-size.js [--checkpoints 10000,100000] [--big] [--system kvd|etcd|both] [--value-bytes 1024] [--concurrency 64] [--gets 5000] [--kvd-args "..."]');
+    console.log('node dist/bench/data-size.js [--checkpoints 10000,100000] [--big] [--system kvd|etcd|both] [--value-bytes 1024] [--concurrency 64] [--gets 5000] [--catch-up-keys 30000] [--overwrites 0] [--fill bulk|unary] [--measure-puts 20000] [--fill-concurrency 16] [--keep-logs DIR] [--kvd-args "..."] [--bin PATH] [--etcd-bin PATH]');
     return;
   }
   const checkpoints = flagIntList('checkpoints', values.checkpoints, 1, 100_000_000);
