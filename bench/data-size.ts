@@ -3,8 +3,16 @@
 // Run: npx tsc -p tsconfig.json (or npm run build), then
 //   node dist/bench/data-size.js [--checkpoints 10000,100000] [--big] [--system kvd|etcd|both] [--value-bytes 1024]
 //     [--concurrency 64] [--gets 5000] [--catch-up-keys 30000] [--overwrites 0] [--keep-logs DIR] [--kvd-args "--value-cache-mib 64"] [--bin dist/src/bin/kvd.js] [--etcd-bin /usr/bin/etcd]
+//     [--fill bulk|unary] [--measure-puts 20000] [--fill-concurrency 16]
 // `--big` adds the 1 000 000-key checkpoint (about 1 GiB per replica: run it on a quiet machine).
-// Both systems are driven the same way (bench/clients.ts drivers: one unary Put per write, one
+// The fill (`--fill bulk`, the default) writes all but the last `--measure-puts` keys of each
+// checkpoint as Txns of 64 puts, both systems alike (kvd through the client library's KvClient.txn;
+// `--fill-concurrency` Txns in flight). Through the library's batched put (one Pipeline stream
+// per leader, 256 calls in flight) kvd filled at only 239 keys/s at load 23: one Raft entry and
+// revision per key is what costs, not the round trips. The last `--measure-puts` keys are the measured put throughput and p99, at that data size. With
+// `--fill unary` every key is a measured put (one unary call per key: at 64 in flight on a busy
+// 2-core machine 1 M keys took over an hour, which is why bulk is the default).
+// Measured puts and gets drive both systems the same way (bench/clients.ts drivers: one unary Put per write, one
 // linearizable Get per read, `concurrency` workers spread over the three endpoints; a follower
 // forwards to its leader in both). RSS is read from /proc/<pid>/status, disk size is the bytes of
 // the node's data directory; kvd's event-loop delay (max and p99 over the fill, from prom-client's
@@ -14,8 +22,10 @@ import { randomBytes } from 'node:crypto';
 import { request } from 'node:http';
 import { readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
+import { loadavg } from 'node:os';
 import { parseArgs } from 'node:util';
-import { call, etcdStub, kvStub, makeDriver, type Driver, type SystemName } from './clients.js';
+import { call, etcdStub, keyName, kvStub, makeDriver, type Driver, type SystemName } from './clients.js';
+import { KvClient } from '../src/client/index.js';
 import { ETCD_MISSING_MESSAGE, findEtcd, startEtcdCluster } from './etcd-cluster.js';
 import { startKvdCluster } from './kvd-cluster.js';
 import { copyNodeLogs, flagInt, flagIntList, type RunningCluster } from './util.js';
@@ -43,6 +53,9 @@ export interface NodeFigures {
 export interface DataSizeCheckpoint {
   readonly system: SystemName;
   readonly keys: number;
+  /** Keys per second of the fill up to this checkpoint (bulk or unary, see `fill`), and its failed attempts. */
+  readonly fillPerSec: number;
+  readonly fillErrors: number;
   readonly putsPerSec: number;
   readonly putP99Ms: number;
   readonly putErrors: number;
@@ -146,7 +159,7 @@ function p99(xs: number[]): number {
 }
 
 /** Runs `total` operations `op(i)` over `drivers` with `concurrency` workers; returns ops/s, p99 ms and failures. */
-async function drive(drivers: Driver[], concurrency: number, from: number, to: number, op: (d: Driver, i: number) => Promise<unknown>): Promise<{ rate: number; p99: number; errors: number; firstErrors: string[] }> {
+async function drive(drivers: Driver[], concurrency: number, from: number, to: number, op: (d: Driver, i: number) => Promise<unknown>, progress?: { every: number; scale: number }): Promise<{ rate: number; p99: number; errors: number; firstErrors: string[] }> {
   let next = from;
   let errors = 0;
   const firstErrors: string[] = [];
@@ -158,6 +171,10 @@ async function drive(drivers: Driver[], concurrency: number, from: number, to: n
       for (;;) {
         const i = next++;
         if (i >= to) return;
+        if (progress && i > from && (i - from) % progress.every === 0) {
+          const el = (performance.now() - t0) / 1000;
+          console.error(`  ${i * progress.scale} (${Math.round(((i - from) * progress.scale) / el)}/s over ${Math.round(el)} s, ${errors} failed attempts, load ${loadavg()[0]!.toFixed(1)})`);
+        }
         for (let attempt = 0; ; attempt++) {
           const s = performance.now();
           try {
@@ -177,6 +194,52 @@ async function drive(drivers: Driver[], concurrency: number, from: number, to: n
   );
   const s = (performance.now() - t0) / 1000;
   return { rate: Math.round((to - from) / s), p99: p99(lat), errors, firstErrors };
+}
+
+/** Puts per Txn in a bulk fill (etcd refuses more than --max-txn-ops, 128 by default; kvd MAX_TXN_OPS is 128). */
+const FILL_TXN_OPS = 64;
+
+/** A bulk loader of keys [from, to): see the header (Txns of FILL_TXN_OPS puts; kvd through KvClient.txn). */
+interface Filler {
+  fill(from: number, to: number): Promise<{ rate: number; errors: number; firstErrors: string[] }>;
+  close(): void;
+}
+
+function makeFiller(system: SystemName, endpoints: readonly string[], concurrency: number, valueOf: (i: number) => Uint8Array): Filler {
+  const key = (i: number): string => keyName(i, 'data/');
+  let batches: Driver[];
+  if (system === 'kvd') {
+    batches = endpoints.map((e) => {
+      const client = new KvClient({ endpoints: [e, ...endpoints.filter((x) => x !== e)], defaultDeadlineMs: 30_000 });
+      return batchDriver(async (first, count) => {
+        await client.txn({ writes: Array.from({ length: count }, (_, j) => ({ type: 'put' as const, key: key(first + j), value: valueOf(first + j) })) });
+      }, () => client.close());
+    });
+  } else {
+    batches = endpoints.map((e) => {
+      const stub = etcdStub(e);
+      return batchDriver(async (first, count) => {
+        const success = Array.from({ length: count }, (_, j) => ({ requestPut: { key: Buffer.from(key(first + j)), value: valueOf(first + j) } }));
+        await call(stub, stub.txn, { compare: [], success, failure: [] }, 30_000);
+      }, () => stub.close());
+    });
+  }
+  return {
+    fill: async (from, to) => {
+      const n = Math.ceil((to - from) / FILL_TXN_OPS);
+      const r = await drive(batches, concurrency, 0, n, (d, b) => d.put(from + b * FILL_TXN_OPS, new Uint8Array(Math.min(FILL_TXN_OPS, to - from - b * FILL_TXN_OPS))), { every: 1000, scale: FILL_TXN_OPS });
+      return { ...r, rate: r.rate * FILL_TXN_OPS };
+    },
+    close: () => batches.forEach((d) => d.close()),
+  };
+}
+
+/** A driver whose `put(i, v)` writes keys i .. i + v.length - 1 with `write` (v only carries the count). */
+function batchDriver(write: (first: number, count: number) => Promise<void>, close: () => void): Driver {
+  const unsupported = (): never => {
+    throw new Error('a fill batch driver only puts');
+  };
+  return { put: (first, count) => write(first, count.length), get: unsupported, rmw: unsupported, ready: async () => undefined, close };
 }
 
 /** Restarts node 3 (index 2) and returns the seconds until it serves a local (serializable) read of `key`. */
@@ -246,7 +309,7 @@ async function catchUp(
 async function runSystem(
   system: SystemName,
   checkpoints: number[],
-  o: { valueBytes: number; concurrency: number; gets: number; catchUpKeys: number; overwrites: number; kvdArgs: string[]; bin?: string; etcdBin?: string; keepLogs?: string },
+  o: { valueBytes: number; concurrency: number; gets: number; catchUpKeys: number; overwrites: number; kvdArgs: string[]; bin?: string; etcdBin?: string; keepLogs?: string; bulk: boolean; measurePuts: number; fillConcurrency: number },
 ): Promise<DataSizeCheckpoint[]> {
   const log = (m: string) => console.error(m);
   const cluster =
@@ -256,6 +319,7 @@ async function runSystem(
   const results: DataSizeCheckpoint[] = [];
   // The bench drivers name keys bench/kNNNNNNNN; the restart probe reads the last one.
   const drivers = cluster.endpoints.map((e) => makeDriver(system, e, 30_000, 'data/'));
+  let filler: Filler | undefined;
   try {
     await Promise.all(drivers.map((d) => d.ready(10_000)));
     // Reset the event-loop histograms before the fill; leader changes are counted from here (not the start's elections).
@@ -268,8 +332,14 @@ async function runSystem(
       return v;
     };
     let from = 0;
+    filler = o.bulk ? makeFiller(system, cluster.endpoints, o.fillConcurrency, valueOf) : undefined;
     for (const target of checkpoints) {
-      const put = await drive(drivers, o.concurrency, from, target, (d, i) => d.put(i, valueOf(i)));
+      // Bulk: all but the last `measurePuts` keys fast, then those as measured unary puts.
+      const measureFrom = filler ? Math.max(from, target - o.measurePuts) : from;
+      const fill = filler && measureFrom > from ? await filler.fill(from, measureFrom) : undefined;
+      if (fill && fill.errors > 0) console.error(`${system}: ${fill.errors} failed fill attempts (retried), e.g. ${fill.firstErrors.join(' / ')}`);
+      if (fill) console.error(`${system}: filled ${from}..${measureFrom} at ${fill.rate} keys/s (load ${loadavg()[0]!.toFixed(1)})`);
+      const put = await drive(drivers, o.concurrency, measureFrom, target, (d, i) => d.put(i, valueOf(i)), filler ? undefined : { every: 50_000, scale: 1 });
       if (put.errors > 0) console.error(`${system}: ${put.errors} failed put attempts (retried), e.g. ${put.firstErrors.join(' / ')}`);
       from = target;
       await sleep(3_000); // let the nodes settle (apply, flush, GC) before sampling
@@ -281,7 +351,7 @@ async function runSystem(
       const get = await drive(drivers, o.concurrency, 0, o.gets, async (d) => {
         if (!(await d.get(Math.floor(rnd() * target)))) throw new Error('a written key was not found');
       });
-      const cp: DataSizeCheckpoint = { system, keys: target, putsPerSec: put.rate, putP99Ms: put.p99, putErrors: put.errors, getsPerSec: get.rate, getP99Ms: get.p99, nodes };
+      const cp: DataSizeCheckpoint = { system, keys: target, fillPerSec: fill?.rate ?? put.rate, fillErrors: fill?.errors ?? 0, putsPerSec: put.rate, putP99Ms: put.p99, putErrors: put.errors, getsPerSec: get.rate, getP99Ms: get.p99, nodes };
       results.push(cp);
       const per = nodes
         .map((n) => {
@@ -289,7 +359,7 @@ async function runSystem(
           return `n${n.node} rss ${n.rssMiB} disk ${n.diskMiB}${k}`;
         })
         .join(' | ');
-      console.log(`${system} keys ${target}  put/s ${cp.putsPerSec} p99 ${cp.putP99Ms} ms errors ${cp.putErrors}  get/s ${cp.getsPerSec} p99 ${cp.getP99Ms} ms  MiB: ${per}`);
+      console.log(`${system} keys ${target} (load ${loadavg().map((l) => l.toFixed(1)).join(' ')})  fill keys/s ${cp.fillPerSec} (errors ${cp.fillErrors})  put/s ${cp.putsPerSec} p99 ${cp.putP99Ms} ms errors ${cp.putErrors}  get/s ${cp.getsPerSec} p99 ${cp.getP99Ms} ms  MiB: ${per}`);
     }
     if (o.overwrites > 0) {
       // Old versions pile up (retention: kvd's --retention-ms, default 1 h; etcd keeps them until compacted):
@@ -306,16 +376,17 @@ async function runSystem(
       console.log(`${system} overwrites ${o.overwrites} of random keys among ${from}: put/s ${ow.rate} p99 ${ow.p99} ms errors ${ow.errors}  MiB: ${per}`);
     }
     const restart = await restartSeconds(cluster, `data/k${String(from - 1).padStart(8, '0')}`);
-    console.log(`${system} restart of node 3 with ${from} keys: serving its data again after ${restart ?? 'n/a'} s`);
+    console.log(`${system} restart of node 3 with ${from} keys: serving its data again after ${restart ?? 'n/a'} s (load ${loadavg()[0]!.toFixed(1)})`);
     if (o.catchUpKeys > 0) {
       await sleep(3_000);
       const c = await catchUp(cluster, drivers, o, from, o.catchUpKeys, valueOf);
       console.log(
-        `${system} catch-up: node 3 stopped, ${o.catchUpKeys} more keys written, restarted: serving the last of ${from + o.catchUpKeys} keys after ${c?.seconds ?? 'n/a'} s, peak RSS ${c?.peakRssMiB ?? 'n/a'} MiB (per node during the catch-up: ${c?.peakRssByNodeMiB.map((m, i) => `n${i + 1} ${m}`).join(', ') ?? 'n/a'} MiB)`,
+        `${system} catch-up (load ${loadavg()[0]!.toFixed(1)}): node 3 stopped, ${o.catchUpKeys} more keys written, restarted: serving the last of ${from + o.catchUpKeys} keys after ${c?.seconds ?? 'n/a'} s, peak RSS ${c?.peakRssMiB ?? 'n/a'} MiB (per node during the catch-up: ${c?.peakRssByNodeMiB.map((m, i) => `n${i + 1} ${m}`).join(', ') ?? 'n/a'} MiB)`,
       );
     }
     return results;
   } finally {
+    filler?.close();
     for (const d of drivers) d.close();
     if (o.keepLogs !== undefined) await copyNodeLogs(cluster.dataDir, join(o.keepLogs, system)).catch(() => undefined);
     await cluster.stop();
@@ -335,18 +406,22 @@ async function main(): Promise<void> {
       overwrites: { type: 'string', default: '0' },
       'keep-logs': { type: 'string' },
       'kvd-args': { type: 'string', default: '' },
+      fill: { type: 'string', default: 'bulk' },
+      'measure-puts': { type: 'string', default: '20000' },
+      'fill-concurrency': { type: 'string', default: '16' },
       bin: { type: 'string' },
       'etcd-bin': { type: 'string' },
       help: { type: 'boolean', default: false },
     },
   });
   if (values.help) {
-    console.log('node dist/bench/data-size.js [--checkpoints 10000,100000] [--big] [--system kvd|etcd|both] [--value-bytes 1024] [--concurrency 64] [--gets 5000] [--kvd-args "..."]');
+    console.log('node dist/bench/data-size.js [--checkpoints 10000,100000] [--big] [--system kvd|etcd|both] [--value-bytes 1024] [--concurrency 64] [--gets 5000] [--catch-up-keys 30000] [--overwrites 0] [--fill bulk|unary] [--measure-puts 20000] [--fill-concurrency 16] [--keep-logs DIR] [--kvd-args "..."] [--bin PATH] [--etcd-bin PATH]');
     return;
   }
   const checkpoints = flagIntList('checkpoints', values.checkpoints, 1, 100_000_000);
   if (values.big && !checkpoints.includes(1_000_000)) checkpoints.push(1_000_000);
   checkpoints.sort((a, b) => a - b);
+  if (values.fill !== 'bulk' && values.fill !== 'unary') throw new Error('--fill must be bulk or unary');
   const systems: SystemName[] = values.system === 'both' ? ['kvd', 'etcd'] : [values.system as SystemName];
   if (!systems.every((s) => s === 'kvd' || s === 'etcd')) throw new Error('--system must be kvd, etcd or both');
   const o = {
@@ -356,6 +431,9 @@ async function main(): Promise<void> {
     catchUpKeys: flagInt('catch-up-keys', values['catch-up-keys'], 0),
     overwrites: flagInt('overwrites', values.overwrites, 0),
     kvdArgs: values['kvd-args'].split(' ').filter((s) => s.length > 0),
+    bulk: values.fill === 'bulk',
+    measurePuts: flagInt('measure-puts', values['measure-puts'], 1),
+    fillConcurrency: flagInt('fill-concurrency', values['fill-concurrency'], 1),
     ...(values.bin !== undefined ? { bin: values.bin } : {}),
     ...(values['etcd-bin'] !== undefined ? { etcdBin: values['etcd-bin'] } : {}),
     ...(values['keep-logs'] !== undefined ? { keepLogs: values['keep-logs'] } : {}),

@@ -284,7 +284,9 @@ async function main(): Promise<void> {
     ? new Map(seedMap.members.map((m) => [m.id, m.peerAddress ?? m.address] as [number, string]))
     : cfg.peerAddresses;
   const transport = new GrpcPeerTransport(cfg.id, peerAddresses, { log, credentials: creds.peerDial });
+  const engineAt = performance.now();
   const engine = await LevelEngine.open(join(cfg.dataDir, 'db'));
+  log.info({ engineOpenMs: Math.round(performance.now() - engineAt), sinceProcessStartMs: Math.round(performance.now()) }, 'storage engine opened');
   const node = await KvNode.open(
     {
       id: cfg.id,
@@ -441,7 +443,7 @@ async function main(): Promise<void> {
   extensions.start();
   const configured = ensureConfiguredExtensions(cfg, node, extensions, log, creds.clientDial);
   log.info(
-    { listen: cfg.listen, advertise: cfg.advertise, port, peerListen: cfg.peerListen, metricsPort: m.port, dataDir: cfg.dataDir, peers: Object.fromEntries(cfg.peers), peerAddresses: Object.fromEntries(cfg.peerAddresses) },
+    { listen: cfg.listen, advertise: cfg.advertise, port, peerListen: cfg.peerListen, metricsPort: m.port, dataDir: cfg.dataDir, peers: Object.fromEntries(cfg.peers), peerAddresses: Object.fromEntries(cfg.peerAddresses), sinceProcessStartMs: Math.round(performance.now()) },
     'kvd started',
   );
   // A machine-readable readiness line for supervisors and tests.

@@ -107,9 +107,12 @@ export class KvNode implements KvBackend {
   /** Opens the node's storage, creating the data group on first start. Call `start()` to run. */
   static async open(opts: NodeOptions, engine: KvEngine, transport: Transport): Promise<KvNode> {
     if (!opts.join && !opts.members.has(opts.id)) throw new Error(`node ${opts.id} is not among the members`);
+    const t0 = performance.now();
     const store = await RaftLogStore.open(engine, opts.maxBatchBytes ? { maxBatchBytes: opts.maxBatchBytes } : {});
+    const logLoadedMs = Math.round(performance.now() - t0);
     const node = new KvNode(opts, store, transport);
     await node.replicas.open(engine);
+    node.parts.log.info({ raftLogLoadMs: logLoadedMs, replicasOpenMs: Math.round(performance.now() - t0) - logLoadedMs }, 'node storage opened');
     transport.onMessages((msgs) => node.driver.receive(msgs));
     transport.onUnreachable((peer) => {
       for (const r of node.replicas.values()) r.reportUnreachable(peer);

@@ -1143,10 +1143,11 @@ export class KvStateMachine {
    * or durable records loaded by the host); the result behaves identically to the original and
    * snapshots to the same bytes. The records must be consistent (decoders validate them); the
    * version lists are copied, the version records and values are shared (they are immutable).
-   * No sink is attached. O(state size).
+   * No sink is attached. O(state size). With `adopt` the version lists are taken, not copied (the
+   * caller hands them over and must not touch them again: a restart's freshly loaded records).
    */
-  static fromRecords(d: SnapshotData): KvStateMachine {
-    return KvStateMachine.build(d, false);
+  static fromRecords(d: SnapshotData, options: { readonly adopt?: boolean } = {}): KvStateMachine {
+    return KvStateMachine.build(d, options.adopt === true);
   }
 
   private static build(d: SnapshotData, adopt: boolean): KvStateMachine {

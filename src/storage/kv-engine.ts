@@ -27,6 +27,12 @@ export interface ScanOptions {
   readonly reverse?: boolean;
   /** Stop after this many pairs (default: no limit). */
   readonly limit?: number;
+  /**
+   * Bytes of keys and values an engine may read ahead per batch (LevelEngine: classic-level's
+   * `highWaterMarkBytes`, 16 KiB by default, i.e. about 15 pairs of 1 KiB values per trip to its
+   * thread pool). A whole-group scan (the restart's load) sets a larger one.
+   */
+  readonly readAheadBytes?: number;
 }
 
 /** The keys {@link KvEngine.clear} deletes: every key in [gte, lt). */
@@ -247,6 +253,7 @@ export class LevelEngine implements KvEngine {
       ...bounds,
       reverse: options.reverse === true,
       limit: options.limit ?? -1,
+      ...(options.readAheadBytes !== undefined ? { highWaterMarkBytes: options.readAheadBytes } : {}),
       ...(snapshot ? { snapshot } : {}),
     });
     try {

@@ -55,6 +55,39 @@ describe('ValueCache', () => {
     expect(cache.get('x999')).toBeUndefined();
   });
 
+  it('evicts exactly in least-recently-used order under long churn (gets, overwrites, deletes; seeds 1-5 against a reference list)', () => {
+    for (let seed = 1; seed <= 5; seed++) {
+      let x = seed;
+      const rnd = (n: number): number => ((x = (x * 1103515245 + 12345) % 2 ** 31) % n);
+      const per = cost('k000', 10);
+      const cache = new ValueCache(per * 50);
+      const model: string[] = []; // least recently used first
+      const touch = (k: string): void => {
+        const at = model.indexOf(k);
+        if (at >= 0) model.splice(at, 1);
+        model.push(k);
+      };
+      for (let i = 0; i < 20_000; i++) {
+        const k = `k${String(rnd(200)).padStart(3, '0')}`;
+        const op = rnd(10);
+        if (op < 5) {
+          cache.set(k, new Uint8Array(10));
+          touch(k);
+          while (model.length > 50) model.shift();
+        } else if (op < 9) {
+          const hit = cache.get(k) !== undefined;
+          expect(hit).toBe(model.includes(k));
+          if (hit) touch(k);
+        } else {
+          cache.delete(k);
+          if (model.includes(k)) model.splice(model.indexOf(k), 1);
+        }
+        expect(cache.stats.entries).toBe(model.length);
+      }
+      for (const k of model) expect(cache.has(k)).toBe(true);
+    }
+  });
+
   it('does not cache a value larger than an eighth of its bound, and a zero bound caches nothing', () => {
     const cache = new ValueCache(8 * 1024);
     cache.set('big', new Uint8Array(2000));
