@@ -27,6 +27,8 @@ interface Entry {
  */
 export class IndexCache {
   private readonly map = new Map<string, Entry>();
+  /** Where the eviction hand continues: a live iterator of `map` (everything it passed was deleted); see ValueCache. */
+  private hand: Iterator<[string, Entry]> | undefined;
   private held = 0;
   private counters = { hits: 0, misses: 0, evictions: 0 };
 
@@ -60,7 +62,12 @@ export class IndexCache {
     this.map.set(key, { head, used: false });
     this.held += cost;
     while (this.held > this.maxBytes) {
-      const [k, e] = this.map.entries().next().value as [string, Entry];
+      let r = this.hand?.next();
+      if (r === undefined || r.done === true) {
+        this.hand = this.map.entries();
+        r = this.hand.next();
+      }
+      const [k, e] = r.value as [string, Entry];
       this.map.delete(k);
       if (e.used) {
         e.used = false;
