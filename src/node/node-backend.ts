@@ -187,10 +187,14 @@ export class NodeBackend implements KvBackend {
     const r = this.groupReplica(group);
     if (consistency === 'serializable') return r;
     if (!r.isLeader) throw this.notLeader(r);
-    const p = r.readBarrier();
+    return this.barrier(r, r.readBarrier(), opts, 'read not confirmed by a quorum before the deadline');
+  }
+
+  /** Waits for a barrier `p` of `r` (its round goes out with the next ready pass) until the deadline; a lost leadership names the leader. */
+  private async barrier(r: ShardReplica, p: Promise<void>, opts: CallOptions, timeoutMessage: string): Promise<ShardReplica> {
     this.driver.scheduleReady();
     try {
-      await this.driver.withDeadline(p, opts.deadlineMs, 'read not confirmed by a quorum before the deadline');
+      await this.driver.withDeadline(p, opts.deadlineMs, timeoutMessage);
     } catch (e) {
       if (e instanceof NotLeaderError) throw this.notLeader(r);
       throw e;
@@ -205,15 +209,7 @@ export class NodeBackend implements KvBackend {
    */
   async caughtUp(opts: CallOptions, group: number): Promise<ShardReplica> {
     const r = this.groupReplica(group);
-    const p = r.followerBarrier();
-    this.driver.scheduleReady();
-    try {
-      await this.driver.withDeadline(p, opts.deadlineMs, 'the replica did not catch up with its leader before the deadline');
-    } catch (e) {
-      if (e instanceof NotLeaderError) throw this.notLeader(r);
-      throw e;
-    }
-    return r;
+    return this.barrier(r, r.followerBarrier(), opts, 'the replica did not catch up with its leader before the deadline');
   }
 
   async get(req: GetRequest, opts: CallOptions): Promise<GetResponse> {

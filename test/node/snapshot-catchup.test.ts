@@ -11,9 +11,8 @@ import { DATA_GROUP, KvNode, type NodeOptions } from '../../src/node/kv-node.js'
 import { LoopbackHub } from '../../src/node/transport.js';
 import { MessageType } from '../../src/raft/index.js';
 import { KvStateMachine } from '../../src/statemachine/index.js';
-import { MemoryEngine } from '../../src/storage/kv-engine.js';
 import { metaKey } from '../../src/storage/raft-log-store.js';
-import { converged, leaderOf, mixedWorkload, nodeTrio } from '../support/node-trio.js';
+import { converged, mixedWorkload, nodeTrio } from '../support/node-trio.js';
 
 const enc = (s: string) => new TextEncoder().encode(s);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -42,15 +41,7 @@ const workload = (l: KvNode, rounds: number, tag: string, valueBytes = 40): Prom
 describe('snapshots from the records', () => {
   it('compaction serialises nothing and stores no snapshot data; a follower behind the compacted log catches up to the same state', async () => {
     const opts: Partial<NodeOptions> = { snapshotEveryEntries: 60, keepEntriesAfterSnapshot: 5, stateUnitBytes: 1024 };
-    const hub = new LoopbackHub();
-    const engines = [1, 2, 3].map(() => new MemoryEngine());
-    const nodes = await Promise.all(engines.map((e, i) => openNode(i + 1, e, hub, opts)));
-    for (const n of nodes) n.start();
-    const l = await leaderOf(nodes);
-    const f = nodes.find((n) => n !== l)!;
-    const fi = nodes.indexOf(f);
-    await l.put({ key: '/k/first', value: enc('1') }, deadline());
-    await converged(nodes);
+    const { hub, engines, nodes, l, f, fi } = await trio.settled(opts);
     let installs = 0;
     const fr = f.replica(DATA_GROUP)!;
     const apply = fr.apply.bind(fr);
@@ -113,15 +104,7 @@ describe('snapshots from the records', () => {
 describe('a crash in the middle of a chunked snapshot transfer', () => {
   it('recovers: the restarted follower starts over and ends with the leader\'s state', async () => {
     const opts: Partial<NodeOptions> = { snapshotEveryEntries: 60, keepEntriesAfterSnapshot: 5 };
-    const hub = new LoopbackHub();
-    const engines = [1, 2, 3].map(() => new MemoryEngine({ latencyMs: 1 }));
-    const nodes = await Promise.all(engines.map((e, i) => openNode(i + 1, e, hub, opts)));
-    for (const n of nodes) n.start();
-    const l = await leaderOf(nodes);
-    const f = nodes.find((n) => n !== l)!;
-    const fi = nodes.indexOf(f);
-    await l.put({ key: '/k/first', value: enc('1') }, deadline());
-    await converged(nodes);
+    const { hub, engines, nodes, l, f, fi } = await trio.settled(opts, { latencyMs: 1 });
     isolate(hub, nodes, f);
     await workload(l, 40, 'big', 30_000); // a state of several 1 MiB chunks
     const lr = l.replica(DATA_GROUP)!;

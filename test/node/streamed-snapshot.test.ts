@@ -53,15 +53,7 @@ async function noChunkRecords(e: MemoryEngine, timeoutMs = 5000): Promise<void> 
 describe('a streamed snapshot install', () => {
   it('stages every chunk as a record, installs a streamed snapshot without its data in memory, and ends with the leader\'s state', async () => {
     const opts: Partial<NodeOptions> = { snapshotEveryEntries: 60, keepEntriesAfterSnapshot: 5, stateUnitBytes: 64 * 1024 };
-    const hub = new LoopbackHub();
-    const engines = [1, 2, 3].map(() => new MemoryEngine());
-    const nodes = await Promise.all(engines.map((e, i) => openNode(i + 1, e, hub, opts)));
-    for (const n of nodes) n.start();
-    const l = await leaderOf(nodes);
-    const f = nodes.find((n) => n !== l)!;
-    const fi = nodes.indexOf(f);
-    await l.put({ key: '/k/first', value: enc('1') }, deadline());
-    await converged(nodes);
+    const { hub, engines, nodes, l, f, fi } = await trio.settled(opts);
     const fr = f.replica(DATA_GROUP)!;
     const installed: Array<{ streamed: boolean; dataBytes: number; committed: number }> = [];
     let chunkRecordsAtInstall = -1;
@@ -111,14 +103,7 @@ describe('a streamed snapshot install', () => {
 
   it('refuses chunks out of order and a transfer whose checksum does not hold', async () => {
     const opts: Partial<NodeOptions> = { snapshotEveryEntries: 60, keepEntriesAfterSnapshot: 5 };
-    const hub = new LoopbackHub();
-    const engines = [1, 2, 3].map(() => new MemoryEngine());
-    const nodes = await Promise.all(engines.map((e, i) => openNode(i + 1, e, hub, opts)));
-    for (const n of nodes) n.start();
-    const l = await leaderOf(nodes);
-    const f = nodes.find((n) => n !== l)!;
-    await l.put({ key: '/k/first', value: enc('1') }, deadline());
-    await converged(nodes);
+    const { hub, nodes, l, f } = await trio.settled(opts);
     const fr = f.replica(DATA_GROUP)!;
     const raw = fr.internalsForTests().raw;
     const step = raw.step.bind(raw);
@@ -153,15 +138,8 @@ describe('a streamed snapshot install', () => {
 describe('the leader side of a streamed transfer', () => {
   it('a leadership change mid-transfer releases the old leader\'s view; the follower starts over cleanly from the new leader', async () => {
     const opts: Partial<NodeOptions> = { snapshotEveryEntries: 60, keepEntriesAfterSnapshot: 5, snapshotChunkBytes: 2048 };
-    const hub = new LoopbackHub();
-    const engines = [1, 2, 3].map(() => new MemoryEngine());
-    const nodes = await Promise.all(engines.map((e, i) => openNode(i + 1, e, hub, opts)));
-    for (const n of nodes) n.start();
-    const l = await leaderOf(nodes);
-    const f = nodes.find((n) => n !== l)!;
+    const { hub, engines, nodes, l, f } = await trio.settled(opts);
     const t = nodes.find((n) => n !== l && n !== f)!;
-    await l.put({ key: '/k/first', value: enc('1') }, deadline());
-    await converged(nodes);
     const fr = f.replica(DATA_GROUP)!;
     const raw = fr.internalsForTests().raw;
     const step = raw.step.bind(raw);
@@ -213,14 +191,7 @@ describe('the leader side of a streamed transfer', () => {
 
   it('a short final chunk, or a final chunk whose end checksum does not match, is refused; a new transfer then installs', async () => {
     const opts: Partial<NodeOptions> = { snapshotEveryEntries: 60, keepEntriesAfterSnapshot: 5, snapshotChunkBytes: 4096 };
-    const hub = new LoopbackHub();
-    const engines = [1, 2, 3].map(() => new MemoryEngine());
-    const nodes = await Promise.all(engines.map((e, i) => openNode(i + 1, e, hub, opts)));
-    for (const n of nodes) n.start();
-    const l = await leaderOf(nodes);
-    const f = nodes.find((n) => n !== l)!;
-    await l.put({ key: '/k/first', value: enc('1') }, deadline());
-    await converged(nodes);
+    const { hub, nodes, l, f } = await trio.settled(opts);
     const fr = f.replica(DATA_GROUP)!;
     const raw = fr.internalsForTests().raw;
     const step = raw.step.bind(raw);
@@ -268,15 +239,7 @@ describe('a power cut during a streamed transfer or install', () => {
    * it wrote from the transfer's first chunk to the end of the install (when not cut), and whether it cut.
    */
   async function run(cutAfter: number): Promise<{ batches: number; cut: boolean }> {
-    const hub = new LoopbackHub();
-    const engines = [1, 2, 3].map(() => new MemoryEngine({ latencyMs: 1 }));
-    const nodes = await Promise.all(engines.map((e, i) => openNode(i + 1, e, hub, opts)));
-    for (const n of nodes) n.start();
-    const l = await leaderOf(nodes);
-    const f = nodes.find((n) => n !== l)!;
-    const fi = nodes.indexOf(f);
-    await l.put({ key: '/k/first', value: enc('1') }, deadline());
-    await converged(nodes);
+    const { hub, engines, nodes, l, f, fi } = await trio.settled(opts, { latencyMs: 1 });
     isolate(hub, nodes, f);
     await workload(l, 40, 'cut', 30_000);
 

@@ -1,8 +1,8 @@
 /** In-process three-node clusters for node tests: nodes opened on a loopback hub and stopped after each test, and waits for a group's leader and for its replicas to converge. */
 import { afterEach } from 'vitest';
 import { DATA_GROUP, KvNode, type NodeOptions } from '../../src/node/kv-node.js';
-import type { LoopbackHub } from '../../src/node/transport.js';
-import type { MemoryEngine } from '../../src/storage/kv-engine.js';
+import { LoopbackHub } from '../../src/node/transport.js';
+import { MemoryEngine, type MemoryEngineOptions } from '../../src/storage/kv-engine.js';
 import { silentLogger } from '../../src/log.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -15,6 +15,22 @@ export interface NodeTrio {
   forget(node: KvNode): void;
   /** Stops every node opened and not forgotten (also done after each test). */
   stopAll(): Promise<void>;
+  /**
+   * Opens and starts nodes 1..3 on fresh MemoryEngines (`engine` options) and a new hub, waits
+   * for the data group's leader `l`, writes one key through it and waits for the replicas to
+   * converge. `f` is a follower, `fi` its position in `nodes`.
+   */
+  settled(extra: Partial<NodeOptions>, engine?: MemoryEngineOptions): Promise<SettledTrio>;
+}
+
+/** A started three-node cluster with one write applied everywhere (see {@link NodeTrio.settled}). */
+export interface SettledTrio {
+  readonly hub: LoopbackHub;
+  readonly engines: MemoryEngine[];
+  readonly nodes: KvNode[];
+  readonly l: KvNode;
+  readonly f: KvNode;
+  readonly fi: number;
 }
 
 /**
@@ -36,6 +52,17 @@ export function nodeTrio(basePort: number): NodeTrio {
     stopAll: async () => {
       for (const n of open) await n.stop().catch(() => {});
       open = [];
+    },
+    settled: async (extra, engineOpts) => {
+      const hub = new LoopbackHub();
+      const engines = [1, 2, 3].map(() => new MemoryEngine(engineOpts));
+      const nodes = await Promise.all(engines.map((e, i) => trio.open(i + 1, e, hub, extra)));
+      for (const n of nodes) n.start();
+      const l = await leaderOf(nodes);
+      const f = nodes.find((n) => n !== l)!;
+      await l.put({ key: '/k/first', value: new TextEncoder().encode('1') }, { deadlineMs: Date.now() + 5000 });
+      await converged(nodes);
+      return { hub, engines, nodes, l, f, fi: nodes.indexOf(f) };
     },
   };
   afterEach(() => trio.stopAll());
