@@ -757,17 +757,24 @@ export async function runWorkload(o: WorkloadOptions): Promise<WorkloadResult> {
     const ports = o.metricsPorts ?? [];
     let countersStart: Promise<NodeCounters | undefined> = Promise.resolve(undefined);
     let countersEnd: Promise<NodeCounters | undefined> = Promise.resolve(undefined);
+    let startSample: Promise<void> | undefined;
+    let endSample: Promise<void> | undefined;
     const t1 = setTimeout(() => {
       toggleServerProfiles();
       countersStart = readNodeCounters(ports);
-      void sample().then(([srv, busy]) => {
+      startSample = sample().then(([srv, busy]) => {
         srvStart = srv;
         busyStart = busy;
       });
     }, o.warmupMs);
-    const t2 = setTimeout(() => {
+    // The end of the window: taken by its timer, or when the workload returns first (its clients
+    // stop at the same instant, so the timer may not have fired yet). Awaited before the results
+    // are read (a fixed pause lost the sample when reading /proc and /metrics took longer).
+    const endWindow = (): void => {
+      if (endSample !== undefined || startSample === undefined) return;
       countersEnd = readNodeCounters(ports);
-      void sample().then(([end, busy]) => {
+      const started = startSample;
+      endSample = Promise.all([started, sample()]).then(([, [end, busy]]) => {
         toggleServerProfiles();
         let sum = 0;
         let ok = end.length > 0;
@@ -779,12 +786,14 @@ export async function runWorkload(o: WorkloadOptions): Promise<WorkloadResult> {
         cpuWin.srv = ok ? sum / (o.durationMs / 1000) : null;
         cpuWin.busy = busy === undefined || busyStart === undefined ? null : (busy - busyStart) / (o.durationMs / 1000);
       });
-    }, o.warmupMs + o.durationMs);
+    };
+    const t2 = setTimeout(endWindow, o.warmupMs + o.durationMs);
     o.onStart?.();
     const results = await Promise.all(parts.map((p) => p.run(o.warmupMs, o.durationMs)));
     clearTimeout(t1);
     clearTimeout(t2);
-    await sleep(50); // let the end-of-window CPU sample settle if it was just taken
+    endWindow();
+    await endSample;
     const [cStart, cEnd] = await Promise.all([countersStart, countersEnd]);
 
     const hist = newHistogram();
