@@ -34,6 +34,7 @@ export {
   decodeSessionResult,
   readSessionResult,
   writeSessionResult,
+  writeSessionRecord,
   type SessionRecord,
   type SessionLimits,
 } from './sessions.js';

@@ -295,6 +295,25 @@ const CODE_PATTERN = /^[A-Z][A-Z_]{0,63}$/;
 const MAX_ERROR_MESSAGE_BYTES = 1024 * 1024;
 
 /**
+ * Writes one session of a snapshot's session table: `str id, varint forgottenBelow,
+ * lastActiveIndex, lastActiveTs, varint n`, then n × (varint seq delta, result as
+ * {@link writeSessionResult}).
+ */
+export function writeSessionRecord(w: ByteWriter, s: SessionRecord): void {
+  w.str(s.id);
+  w.varint(s.forgottenBelow);
+  w.varint(s.lastActiveIndex);
+  w.varint(s.lastActiveTs);
+  w.varint(s.results.length);
+  let prevSeq = 0;
+  for (const [seq, r] of s.results) {
+    w.varint(seq - prevSeq);
+    prevSeq = seq;
+    writeSessionResult(w, r);
+  }
+}
+
+/**
  * Writes a stored result: `u8 kind` (1 put, 2 delete, 3 txn, 4 trigger, 5 rejected), then
  * put: `u8 flags (1 succeeded, 2 current, 4 current value, 8 previous, 16 previous value), varint
  * revision, version, timestampMs, [varint current version, [bytes value]], [varint previous version, [bytes value]]`;

@@ -15,7 +15,7 @@ import {
   MAX_SESSION_ID_LENGTH,
   MAX_VALUE_BYTES,
 } from './limits.js';
-import { checkSessionRecords, readSessionResult, writeSessionResult, type SessionRecord } from './sessions.js';
+import { checkSessionRecords, readSessionResult, writeSessionRecord, type SessionRecord } from './sessions.js';
 import type { KvEvent, SessionResult, VersionRecord } from './types.js';
 import { ChunkedByteReader, skipBytes } from './chunked-reader.js';
 import { VALUE_ON_DISK } from './value-source.js';
@@ -188,19 +188,7 @@ export function encodeSnapshot(d: SnapshotData): Uint8Array {
     w.varint(d.maxSessionResults ?? DEFAULT_MAX_SESSION_RESULTS);
     const sessions = d.sessions ?? [];
     w.varint(sessions.length);
-    for (const s of sessions) {
-      w.str(s.id);
-      w.varint(s.forgottenBelow);
-      w.varint(s.lastActiveIndex);
-      w.varint(s.lastActiveTs);
-      w.varint(s.results.length);
-      let prevSeq = 0;
-      for (const [seq, r] of s.results) {
-        w.varint(seq - prevSeq);
-        prevSeq = seq;
-        writeSessionResult(w, r);
-      }
-    }
+    for (const s of sessions) writeSessionRecord(w, s);
   }
   writeHopsSection(w, hops);
   w.u32(crc32(w.view()));

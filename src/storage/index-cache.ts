@@ -1,6 +1,7 @@
 /** A bounded, approximately least-recently-used cache of keys' latest versions (the hot part of the key index, issue 17), shared by the shards of a node, with counters for metrics. */
 import type { VersionRecord } from '../statemachine/index.js';
 import type { CacheStats } from './value-cache.js';
+import { EvictionHand } from './eviction-hand.js';
 
 /** Accounted bytes of one entry besides its key's characters (map slot, entry, version record object). */
 export const INDEX_CACHE_ENTRY_OVERHEAD_BYTES = 120;
@@ -27,8 +28,8 @@ interface Entry {
  */
 export class IndexCache {
   private readonly map = new Map<string, Entry>();
-  /** Where the eviction hand continues: a live iterator of `map` (everything it passed was deleted); see ValueCache. */
-  private hand: Iterator<[string, Entry]> | undefined;
+  /** Finds the oldest entry (see EvictionHand: no walk over deleted entries' holes). */
+  private readonly hand = new EvictionHand<string, Entry>();
   private held = 0;
   private counters = { hits: 0, misses: 0, evictions: 0 };
 
@@ -62,12 +63,7 @@ export class IndexCache {
     this.map.set(key, { head, used: false });
     this.held += cost;
     while (this.held > this.maxBytes) {
-      let r = this.hand?.next();
-      if (r === undefined || r.done === true) {
-        this.hand = this.map.entries();
-        r = this.hand.next();
-      }
-      const [k, e] = r.value as [string, Entry];
+      const [k, e] = this.hand.oldest(this.map);
       this.map.delete(k);
       if (e.used) {
         e.used = false;

@@ -138,7 +138,7 @@ import {
   DEFAULT_SESSION_TTL_MS,
   decodeSessionResult,
   encodeSessionResult,
-  writeSessionResult,
+  writeSessionRecord,
   MAX_HOP_COUNT,
   MAX_KEY_BYTES,
   MAX_SESSION_ID_LENGTH,
@@ -2053,17 +2053,7 @@ async function* encodeParts(
     if (replayed !== undefined) {
       w.varint(replayed.length);
       for (const x of replayed) {
-        w.str(x.id);
-        w.varint(x.forgottenBelow);
-        w.varint(x.lastActiveIndex);
-        w.varint(x.lastActiveTs);
-        w.varint(x.results.length);
-        let prevSeq = 0;
-        for (const [seq, r] of x.results) {
-          w.varint(seq - prevSeq);
-          prevSeq = seq;
-          writeSessionResult(w, r);
-        }
+        writeSessionRecord(w, x);
         pw.maybeCut();
         w = pw.out;
         yield* pw.take();

@@ -1,4 +1,5 @@
 /** A bounded least-recently-used cache of value bytes, shared by the shards of a node, with hit, miss, eviction and byte counters for metrics. */
+import { EvictionHand } from './eviction-hand.js';
 
 /** Accounted bytes of one cache entry besides its value and key (map slot, entry, array header). */
 export const CACHE_ENTRY_OVERHEAD_BYTES = 96;
@@ -34,13 +35,8 @@ export type ValueCacheStats = CacheStats;
  */
 export class ValueCache {
   private readonly map = new Map<string, Uint8Array>();
-  /**
-   * Where eviction continues: a live iterator of `map` (every entry it passed was deleted, so its
-   * next entry is the oldest). A fresh `map.entries().next()` per eviction would walk the holes
-   * V8 leaves at the front of a Map until it rehashes: hundreds of µs per eviction at 100 k+
-   * entries (see bench/README.md, "cache eviction").
-   */
-  private cursor: Iterator<[string, Uint8Array]> | undefined;
+  /** Finds the oldest entry (see EvictionHand: no walk over deleted entries' holes). */
+  private readonly hand = new EvictionHand<string, Uint8Array>();
   private held = 0;
   private counters = { hits: 0, misses: 0, evictions: 0 };
 
@@ -84,21 +80,11 @@ export class ValueCache {
     this.map.set(key, value);
     this.held += cost;
     while (this.held > this.maxBytes) {
-      const [k, v] = this.oldest();
+      const [k, v] = this.hand.oldest(this.map);
       this.map.delete(k);
       this.held -= entryCost(k, v);
       this.counters.evictions++;
     }
-  }
-
-  /** The least recently used entry (the map is not empty). */
-  private oldest(): [string, Uint8Array] {
-    let r = this.cursor?.next();
-    if (r === undefined || r.done === true) {
-      this.cursor = this.map.entries();
-      r = this.cursor.next();
-    }
-    return r.value as [string, Uint8Array];
   }
 
   /** Drops `key` if present. */
