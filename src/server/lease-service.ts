@@ -5,6 +5,8 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import { AuthError, type AccessControl, type Principal } from '../auth/access-control.js';
+import { classify } from '../coordinator/op-status.js';
+import { kvMetadata } from '../wire/metadata.js';
 import { LeaseError } from '../lease/records.js';
 import type { LeaseManager } from '../lease/manager.js';
 import { isReservedKey } from '../sharding/index.js';
@@ -43,6 +45,25 @@ function status(code: grpc.status, message: string, md: Record<string, string> =
   return Object.assign(new Error(message), { code, details: message, metadata }) as grpc.ServiceError;
 }
 
+/**
+ * The gRPC error a failed lease call answers: lease, access and validation errors by their own
+ * codes; store errors classified as the KV service does (one table: coordinator/op-status.ts),
+ * where an UNAVAILABLE answer (not leader, proposal lost, between leaders) carries `redirect()`
+ * (the leader to retry at, and retry-safe); anything else INTERNAL, logged.
+ */
+export function leaseCallError(e: unknown, redirect: () => Record<string, string>, log?: LeaseServiceOptions['log']): grpc.ServiceError {
+  if (e instanceof LeaseError) return status(grpc.status[e.code], e.message, e.code === 'UNAVAILABLE' ? redirect() : {});
+  if (e instanceof AuthError) return status(grpc.status[e.code], e.message);
+  if (e instanceof ValidationError) {
+    return status(e.message.includes('PERMISSION_DENIED') ? grpc.status.PERMISSION_DENIED : grpc.status.INVALID_ARGUMENT, e.message);
+  }
+  const known = classify(e);
+  if (known?.code === grpc.status.UNAVAILABLE) return status(grpc.status.UNAVAILABLE, known.message, redirect());
+  if (known) return Object.assign(known.toServiceError(known.fields), { code: known.code, details: known.message, metadata: kvMetadata(known.fields) });
+  log?.error({ err: String(e) }, 'lease call failed');
+  return status(grpc.status.INTERNAL, (e as Error)?.message ?? String(e));
+}
+
 /** Registers kvcascade.v1.Lease on `server`. */
 export function addLeaseService(server: grpc.Server, leases: LeaseManager, opts: LeaseServiceOptions): LeaseServiceHandle {
   const defaultDeadlineMs = opts.defaultDeadlineMs ?? 10_000;
@@ -52,21 +73,7 @@ export function addLeaseService(server: grpc.Server, leases: LeaseManager, opts:
     const leader = opts.metadataLeaderAddress();
     return leader ? { [META_LEADER_METADATA]: leader, 'kv-retry-safe': '1' } : { 'kv-retry-safe': '1' };
   };
-  const fail = (e: unknown, redirect: () => Record<string, string> = metaRedirect): grpc.ServiceError => {
-    if (e instanceof LeaseError) {
-      return status(grpc.status[e.code], e.message, e.code === 'UNAVAILABLE' ? redirect() : {});
-    }
-    if (e instanceof AuthError) return status(grpc.status[e.code], e.message);
-    if (e instanceof ValidationError) {
-      return status(e.message.includes('PERMISSION_DENIED') ? grpc.status.PERMISSION_DENIED : grpc.status.INVALID_ARGUMENT, e.message);
-    }
-    const err = e as Error;
-    if (err?.name === 'DeadlineError') return status(grpc.status.DEADLINE_EXCEEDED, err.message);
-    // ProposalLostError: another leader's entry took the write's log slot, so it never applies.
-    if (err?.name === 'NotLeaderError' || err?.name === 'UnavailableError' || err?.name === 'ProposalLostError') return status(grpc.status.UNAVAILABLE, err.message, redirect());
-    opts.log?.error({ err: String(e) }, 'lease call failed');
-    return status(grpc.status.INTERNAL, err?.message ?? String(e));
-  };
+  const fail = (e: unknown, redirect: () => Record<string, string> = metaRedirect): grpc.ServiceError => leaseCallError(e, redirect, opts.log);
   const principalOf = (call: CredentialCall): Principal | undefined => opts.access?.authenticate(authorizationOf(call), certNameOf(call));
   /** Revoke, keep-alive and lookups of a lease: its grantor or root (anyone with access control off). */
   const mayUse = (p: Principal | undefined, owner: string, id: number): void => {
