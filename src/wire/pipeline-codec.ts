@@ -112,9 +112,27 @@ function sizeStr(v: unknown): number {
   if (absent(v)) return 0;
   const s = strOf(v);
   if (s.length === 0) return 0;
-  const n = Buffer.byteLength(s);
+  const n = s.length <= SHORT_STRING ? utf8Length(s) : Buffer.byteLength(s);
   sizes.push(n);
   return 1 + varintSize(n) + n;
+}
+
+/** Strings up to this many UTF-16 units are measured and (when single-byte) copied in JavaScript: cheaper than a call into Buffer's native code. */
+const SHORT_STRING = 64;
+
+/** The UTF-8 length of a short string (lone surrogates count 3 bytes, as Buffer writes U+FFFD). */
+function utf8Length(s: string): number {
+  let n = s.length;
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c < 0x80) continue;
+    if (c < 0x800) n += 1;
+    else if (c >= 0xd800 && c <= 0xdbff && i + 1 < s.length && (s.charCodeAt(i + 1) & 0xfc00) === 0xdc00) {
+      n += 2; // a pair: 4 bytes for 2 units
+      i++;
+    } else n += 2;
+  }
+  return n;
 }
 
 function sizeBytes(v: unknown, explicit = false): number {
@@ -169,7 +187,12 @@ function writeStr(tag: number, v: unknown): void {
   const n = sizes[cursor++]!;
   out[pos++] = tag;
   writeVarint(n);
-  pos += out.write(v as string, pos, n, 'utf8');
+  const s = v as string;
+  if (n === s.length) {
+    // Single-byte characters only (the usual key and session id).
+    for (let i = 0; i < n; i++) out[pos + i] = s.charCodeAt(i);
+    pos += n;
+  } else pos += out.write(s, pos, n, 'utf8');
 }
 
 function writeBytes(tag: number, v: unknown, explicit = false): void {

@@ -26,7 +26,7 @@ function gen(seed: number) {
   const pick = <T>(xs: readonly T[]): T => xs[Math.floor(r() * xs.length)]!;
   const maybe = <T>(f: () => T): T | undefined => (r() < 0.5 ? f() : undefined);
   const num = (): number => pick([0, 1, 127, 128, 300, 16383, 16384, 2 ** 31 - 1, 2 ** 32, 2 ** 35 + 7, Number.MAX_SAFE_INTEGER, Math.floor(r() * 1e6)]);
-  const str = (): string => pick(['', 'k', 'key/0001', 'ünïcødé/é', '日本語', 'x'.repeat(200), `k${Math.floor(r() * 1e6)}`]);
+  const str = (): string => pick(['', 'k', 'key/0001', 'ünïcødé/é', '日本語', 'a😀b/😀', 'é'.repeat(40), 'x'.repeat(64), 'x'.repeat(65), 'x'.repeat(200), `k${Math.floor(r() * 1e6)}`]);
   const bytes = (): Buffer => Buffer.from(Array.from({ length: pick([0, 1, 5, 256, 300]) }, () => Math.floor(r() * 256)));
   const session = () => ({ id: str(), seq: num(), ackedBelow: num() });
   const put = () => ({ key: str(), value: bytes(), ...(r() < 0.3 ? { expectedVersion: num() } : {}), ...(r() < 0.3 ? { returnCurrentValue: r() < 0.5 } : {}), ...(r() < 0.7 ? { session: session() } : {}) });
