@@ -27,6 +27,7 @@ import {
 import type {
   CallOptions,
   Consistency,
+  KvBackend,
   DeleteRequest,
   GetRequest,
   GetResponse,
@@ -111,10 +112,13 @@ export function isSet<T>(v: T | null | undefined): v is T {
   return v !== undefined && v !== null;
 }
 
-/** A Put request, checked (the value is copied: the received frame is not retained). */
+/**
+ * A Put request, checked. The value is the request's own bytes, often a view of a larger received
+ * message: not copied here (a node copies it into the log entry), see {@link KvBackend}'s `put`.
+ */
 export function toPutRequest(m: PutRequestMsg): PutRequest {
   const key = checkKey(m.key);
-  const value = new Uint8Array(checkValue(m.value ?? EMPTY)); // copy: do not retain the received frame
+  const value = checkValue(m.value ?? EMPTY);
   const returnCurrentValue = m.returnCurrentValue === true;
   return isSet(m.expectedVersion)
     ? { key, value, returnCurrentValue, expectedVersion: checkUint(m.expectedVersion, 'expected_version') }
@@ -139,10 +143,9 @@ export function toDeleteRequest(m: DeleteRequestMsg): DeleteRequest {
   return isSet(m.expectedVersion) ? { key, expectedVersion: checkUint(m.expectedVersion, 'expected_version') } : { key };
 }
 
-/** A Trigger request, checked (the value is copied). */
+/** A Trigger request, checked (the value not copied, as {@link toPutRequest}'s). */
 export function toTriggerRequest(m: TriggerRequestMsg): TriggerRequest {
-  const { key, value } = checkTrigger(m.key, m.value ?? EMPTY);
-  return { key, value: new Uint8Array(value) }; // copy: do not retain the received frame
+  return checkTrigger(m.key, m.value ?? EMPTY);
 }
 
 /** A List request, checked (limit clamped to the maximum; the page token decoded within the prefix). */

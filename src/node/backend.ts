@@ -164,6 +164,11 @@ export interface CallOptions {
 
 /** What the gRPC KV and Cluster services call. */
 export interface KvBackend {
+  /**
+   * A put. `req.value` (as a trigger's) may be a view of a larger message the service received: a
+   * backend that keeps it past the call copies it, so that message is not kept alive with it (a
+   * node copies it into the log entry anyway).
+   */
   put(req: PutRequest, opts: CallOptions): Promise<PutResult>;
   get(req: GetRequest, opts: CallOptions): Promise<GetResponse>;
   delete(req: DeleteRequest, opts: CallOptions): Promise<DeleteResult>;

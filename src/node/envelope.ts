@@ -18,10 +18,11 @@
  * by a newer version; upgrade this node"). Nodes only write V5 when `NodeOptions.legacyConditionalPuts`
  * is off, the default: turn it on while older nodes remain (docs/sessions.md, Upgrading).
  */
-import { ByteReader, ByteWriter } from '../statemachine/binary.js';
+import { ByteChunks, ByteReader, ByteWriter } from '../statemachine/binary.js';
 import {
   decodeCommand,
-  encodeCommand,
+  encodeCommandInto,
+  encodedCommandCapacity,
   MAX_HOP_COUNT,
   validateWriteSession,
   ValidationError,
@@ -60,34 +61,36 @@ export const PROPOSAL_NEWER_COMMAND_ENVELOPE_VERSION = ENVELOPE_V5;
 export function encodeProposal(timestampMs: number, cmd: Command, origin: CommandOrigin, hops = 0, session?: WriteSession): Uint8Array {
   if (!Number.isInteger(hops) || hops < 0 || hops > MAX_HOP_COUNT) throw new RangeError(`hop count must be 0..${MAX_HOP_COUNT}, got ${hops}`);
   if (origin !== 'client' && origin !== 'system') throw new RangeError(`origin must be 'client' or 'system', got ${String(origin)}`);
-  const body = encodeCommand(cmd);
   const newer = usesNewerPutFlags(cmd);
-  let trailer: Uint8Array | undefined;
+  if (session !== undefined) validateWriteSession(session);
+  // One buffer for header, session and command (room for the session's varints at their largest).
+  const trailer = session !== undefined ? 1 + session.id.length + 16 : newer ? 1 : 0;
+  const room = ENTRY_CHUNKS.take(V3_HEADER_BYTES + trailer + encodedCommandCapacity(cmd));
+  const w = new ByteWriter(room.length, room);
+  w.u8(newer ? ENVELOPE_V5 : session !== undefined ? ENVELOPE_V4 : ENVELOPE_V3);
+  w.f64(timestampMs);
+  w.u8(hops);
+  w.u8(origin === 'client' ? ORIGIN_CLIENT : ORIGIN_SYSTEM);
   if (session !== undefined) {
-    validateWriteSession(session);
-    const w = new ByteWriter(1 + session.id.length + 16);
     w.u8(session.id.length);
     for (let i = 0; i < session.id.length; i++) w.u8(session.id.charCodeAt(i)); // ASCII by SESSION_ID_PATTERN
     w.varint(session.seq);
     w.varint(session.ackedBelow);
-    trailer = w.finish();
   } else if (newer) {
-    trailer = NO_SESSION;
+    w.u8(0); // V5 without a session: an id length of 0
   }
-  const header = V3_HEADER_BYTES + (trailer?.length ?? 0);
-  const out = new Uint8Array(header + body.length);
-  const view = new DataView(out.buffer);
-  view.setUint8(0, newer ? ENVELOPE_V5 : trailer ? ENVELOPE_V4 : ENVELOPE_V3);
-  view.setFloat64(1, timestampMs);
-  view.setUint8(9, hops);
-  view.setUint8(10, origin === 'client' ? ORIGIN_CLIENT : ORIGIN_SYSTEM);
-  if (trailer) out.set(trailer, V3_HEADER_BYTES);
-  out.set(body, header);
+  encodeCommandInto(w, cmd);
+  const out = w.written();
+  ENTRY_CHUNKS.trim(room, out.length); // a no-op if the writer outgrew `room`
   return out;
 }
 
-/** V5's session part of an entry without a session: an id length of 0. */
-const NO_SESSION = new Uint8Array([0]);
+/**
+ * Where new entries' bytes come from: views of shared chunks (an entry of a few hundred bytes with
+ * a backing store of its own cost more to allocate than to fill). Entries leave the log in index
+ * order (compaction), so a chunk is freed with the run of entries it holds.
+ */
+const ENTRY_CHUNKS = new ByteChunks();
 
 /** A decoded entry payload. */
 export interface Proposal {

@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import type { Message, NodeId } from '../raft/index.js';
 import type { Logger } from '../log.js';
 import { protoDir } from '../proto-files.js';
+import { withPeerBatchCodec } from './peer-batch-codec.js';
 import { decodePacked, encodePacked } from './peer-binary.js';
 import { decodePeerMessage, forOlderPeer, toWire, type WireMessage } from './peer-codec.js';
 import type { Transport } from './transport.js';
@@ -116,9 +117,17 @@ export function loadPeerProto(): grpc.GrpcObject {
   return peerPackage;
 }
 
+let peerCtor: grpc.ServiceClientConstructor | undefined;
+
+/** The Peer service's client constructor (and, as its `service`, the definition to serve), its `Raft` batches through the direct codec (peer-batch-codec.ts). */
 function peerService(): grpc.ServiceClientConstructor {
-  const pkg = loadPeerProto() as unknown as { kvcascade: { v1: { peer: { Peer: grpc.ServiceClientConstructor } } } };
-  return pkg.kvcascade.v1.peer.Peer;
+  if (peerCtor === undefined) {
+    const pkg = loadPeerProto() as unknown as { kvcascade: { v1: { peer: { Peer: grpc.ServiceClientConstructor } } } };
+    const def = pkg.kvcascade.v1.peer.Peer.service;
+    const raft = def['Raft'] as grpc.MethodDefinition<object, object>;
+    peerCtor = grpc.makeClientConstructor({ ...def, Raft: withPeerBatchCodec(raft) }, 'Peer');
+  }
+  return peerCtor;
 }
 
 /** Peer traffic over gRPC streams. */

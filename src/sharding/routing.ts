@@ -137,6 +137,10 @@ interface RouteIndex {
   /** Shards of each pool, by index. */
   readonly shardsOf: Map<string, ShardInfo[]>;
   readonly byGroup: Map<number, ShardInfo>;
+  /** `routable.has`, bound once (poolOf's lookups). */
+  readonly isRoutable: (name: string) => boolean;
+  /** The default pool when it is the only routable one (every key's pool, without a lookup). */
+  readonly onlyPool: PoolSpec | undefined;
 }
 
 const indexes = new WeakMap<ClusterMap, RouteIndex>();
@@ -158,7 +162,8 @@ function indexOf(map: ClusterMap): RouteIndex {
       if (arr === undefined) shardsOf.set(s.pool, (arr = []));
       arr[s.index] = s;
     }
-    ix = { routable, pools, shardsOf, byGroup };
+    const only = routable.size === 1 ? routable.get('') : undefined;
+    ix = { routable, pools, shardsOf, byGroup, isRoutable: (n) => routable.has(n), onlyPool: only };
     indexes.set(map, ix);
   }
   return ix;
@@ -171,7 +176,8 @@ function indexOf(map: ClusterMap): RouteIndex {
  */
 export function poolOf(map: ClusterMap, key: string): PoolSpec {
   const ix = indexOf(map);
-  const name = longestMatching(key, (n) => ix.routable.has(n), true);
+  if (ix.onlyPool !== undefined) return ix.onlyPool;
+  const name = longestMatching(key, ix.isRoutable, true);
   if (name === undefined) throw new ShardingError('INVALID_MAP', `the cluster map (epoch ${map.epoch}) has no default pool: it is not initialised`);
   return ix.routable.get(name)!;
 }
@@ -179,7 +185,7 @@ export function poolOf(map: ClusterMap, key: string): PoolSpec {
 /** The shard of `key`: in its pool, the shard with index `hashKey(affinityPart(pool, key)) % pool.shards`. */
 export function shardOf(map: ClusterMap, key: string): ShardInfo {
   const pool = poolOf(map, key);
-  const index = hashKey(affinityPart(pool, key)) % pool.shards;
+  const index = pool.shards === 1 ? 0 : hashKey(affinityPart(pool, key)) % pool.shards;
   const shard = indexOf(map).shardsOf.get(pool.name)?.[index];
   if (shard === undefined) throw new ShardingError('INVALID_MAP', `the cluster map (epoch ${map.epoch}) has no shard ${index} of pool ${JSON.stringify(pool.name)}`);
   return shard;

@@ -11,8 +11,9 @@ export class ByteWriter {
   private buf: Uint8Array;
   private len = 0;
 
-  constructor(initialCapacity = 64) {
-    this.buf = new Uint8Array(Math.max(16, initialCapacity));
+  /** `into`: the (zeroed) bytes to write into first, instead of a fresh array of `initialCapacity`. */
+  constructor(initialCapacity = 64, into?: Uint8Array) {
+    this.buf = into ?? new Uint8Array(Math.max(16, initialCapacity));
   }
 
   private ensure(extra: number): void {
@@ -70,8 +71,26 @@ export class ByteWriter {
     if (n < 0) throw new RangeError('string is not well-formed UTF-16');
     this.varint(n);
     this.ensure(n);
+    if (n === s.length) {
+      // Single-byte characters only (the usual key): copied directly, no encoder call.
+      const b = this.buf;
+      const at = this.len;
+      for (let i = 0; i < n; i++) b[at + i] = s.charCodeAt(i);
+      this.len += n;
+      return;
+    }
     const { written } = encoder.encodeInto(s, this.buf.subarray(this.len, this.len + n));
     this.len += written;
+  }
+
+  /** Appends a big-endian IEEE 754 double. */
+  f64(v: number): void {
+    this.ensure(8);
+    F64[0] = v;
+    const b = this.buf;
+    let at = this.len;
+    for (let i = 7; i >= 0; i--) b[at++] = F64_BYTES[LITTLE_ENDIAN ? i : 7 - i]!;
+    this.len = at;
   }
 
   /** Bytes written so far. */
@@ -87,6 +106,50 @@ export class ByteWriter {
   /** A right-sized copy of everything written. */
   finish(): Uint8Array {
     return this.buf.slice(0, this.len);
+  }
+
+  /** Everything written, as a view of the writer's buffer (no copy; the writer must not be written to again). */
+  written(): Uint8Array {
+    return this.buf.subarray(0, this.len);
+  }
+}
+
+const F64 = new Float64Array(1);
+const F64_BYTES = new Uint8Array(F64.buffer);
+const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+
+/**
+ * Hands out small byte arrays as views of shared chunks (64 KiB by default), for data that lives
+ * about as long as the data handed out next to it: a typed array of a few hundred bytes otherwise
+ * has a backing store of its own, whose allocation costs more than filling it and whose external
+ * memory drives the GC. A chunk stays alive while any of its views does.
+ */
+export class ByteChunks {
+  private chunk: Uint8Array;
+  private at = 0;
+
+  constructor(
+    private readonly chunkBytes = 64 * 1024,
+    private readonly maxInChunk = 4 * 1024,
+  ) {
+    this.chunk = new Uint8Array(chunkBytes);
+  }
+
+  /** `n` fresh (zeroed, never handed out before) bytes: a chunk's view when `n` is small, else an array of their own. */
+  take(n: number): Uint8Array {
+    if (n > this.maxInChunk) return new Uint8Array(n);
+    if (this.at + n > this.chunkBytes) {
+      this.chunk = new Uint8Array(this.chunkBytes);
+      this.at = 0;
+    }
+    const out = this.chunk.subarray(this.at, this.at + n);
+    this.at += n;
+    return out;
+  }
+
+  /** Gives back the bytes of `view` (the last {@link take}) past its first `used`, untouched, for the next take. */
+  trim(view: Uint8Array, used: number): void {
+    if (view.buffer === this.chunk.buffer && view.byteOffset + view.length === this.at && used <= view.length) this.at -= view.length - used;
   }
 }
 

@@ -1,6 +1,7 @@
 /** Compact, canonical binary encoding of state machine commands, with strict validating decoding. */
 import { ByteReader, ByteWriter } from './binary.js';
 import { ValidationError } from './errors.js';
+import { utf8ByteLength } from './keys.js';
 import { MAX_KEY_BYTES, MAX_TXN_OPS, MAX_VALUE_BYTES } from './limits.js';
 import type { Command, TxnCompare, TxnWrite } from './types.js';
 import { validateCommand } from './validation.js';
@@ -47,8 +48,28 @@ export function usesNewerPutFlags(cmd: Command): boolean {
 
 /** Validates `cmd` (throws ValidationError) and encodes it; `decodeCommand(encodeCommand(c))` deep-equals `c` up to omitted defaults. */
 export function encodeCommand(cmd: Command): Uint8Array {
+  const w = new ByteWriter(encodedCommandCapacity(cmd));
+  encodeCommandInto(w, cmd);
+  return w.finish();
+}
+
+/**
+ * Bytes a writer should have room for to take `cmd` without growing: for a put, delete or trigger
+ * put at most 12 more than its encoding (the varints' largest sizes), 64 for the rest (which may
+ * grow). Any object is accepted (the encoder validates it).
+ */
+export function encodedCommandCapacity(cmd: Command): number {
+  const c = cmd as { type?: unknown; key?: unknown; value?: unknown };
+  const key = typeof c.key === 'string' ? utf8ByteLength(c.key) : 0;
+  const value = c.value instanceof Uint8Array ? c.value.length : 0;
+  // version, tag, flags, key length varint (<= 3 bytes), key, value length varint (<= 4), value,
+  // expected version varint (<= 8).
+  return c.type === 'put' || c.type === 'triggerPut' ? 18 + Math.max(0, key) + value : c.type === 'delete' ? 14 + Math.max(0, key) : 64;
+}
+
+/** Validates `cmd` (throws ValidationError) and appends its encoding ({@link encodeCommand}'s bytes) to `w`. */
+export function encodeCommandInto(w: ByteWriter, cmd: Command): void {
   validateCommand(cmd);
-  const w = new ByteWriter(cmd.type === 'put' || cmd.type === 'triggerPut' ? cmd.value.length + 32 : 64);
   w.u8(COMMAND_FORMAT_VERSION);
   switch (cmd.type) {
     case 'put': {
@@ -104,7 +125,6 @@ export function encodeCommand(cmd: Command): Uint8Array {
       w.varint(cmd.lease);
       break;
   }
-  return w.finish();
 }
 
 /**

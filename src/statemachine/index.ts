@@ -3,7 +3,7 @@
 /** The state machine and its history-size accounting. */
 export { KvStateMachine, eventBytes, SHARD_DESCRIPTOR_KEY } from './kv-state-machine.js';
 /** Binary command codec for Raft log entries. */
-export { encodeCommand, decodeCommand, usesNewerPutFlags, COMMAND_FORMAT_VERSION } from './command-codec.js';
+export { encodeCommand, encodeCommandInto, encodedCommandCapacity, decodeCommand, usesNewerPutFlags, COMMAND_FORMAT_VERSION } from './command-codec.js';
 /** Snapshot format identification. */
 export { SNAPSHOT_FORMAT_VERSION, SNAPSHOT_SESSIONS_FORMAT_VERSION, SNAPSHOT_MAGIC } from './snapshot-codec.js';
 /** Error classes. */

@@ -8,6 +8,7 @@ import { isUtf8 } from 'node:buffer';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
+import { pipelineCodec } from './pipeline-codec.js';
 
 /** The options every kvcascade proto is loaded with (camelCase fields, uint64 as number, enums as names, defaults filled, oneof names set). */
 export const PROTO_LOADER_OPTIONS: protoLoader.Options = {
@@ -475,6 +476,10 @@ export function invalidUtf8Field(message: object): string | undefined {
   return (message as { [INVALID_UTF8]?: string })[INVALID_UTF8];
 }
 
+function markInvalidUtf8(message: object, path: string): void {
+  Object.defineProperty(message, INVALID_UTF8, { value: path, enumerable: false });
+}
+
 function strictDeserializer<T extends object>(
   typeName: string,
   inner: grpc.deserialize<T>,
@@ -487,7 +492,7 @@ function strictDeserializer<T extends object>(
     } catch {
       bad = undefined; // protobufjs decoded it, so any oddity here is ours; do not reject valid input
     }
-    if (bad !== undefined) Object.defineProperty(msg, INVALID_UTF8, { value: bad, enumerable: false });
+    if (bad !== undefined) markInvalidUtf8(msg, bad);
     return msg;
   };
 }
@@ -510,10 +515,28 @@ const loaded = grpc.loadPackageDefinition(kvPackageDefinition) as unknown as {
   kvcascade: { v1: { KV: grpc.ServiceClientConstructor; Cluster: grpc.ServiceClientConstructor } };
 };
 
+/**
+ * The KV service definition with the Pipeline method's messages through the direct codec
+ * (wire/pipeline-codec.ts) instead of proto-loader's object conversion; the other methods as given.
+ */
+function withPipelineCodec(def: grpc.ServiceDefinition): grpc.ServiceDefinition {
+  const m = def['Pipeline'] as grpc.MethodDefinition<object, object>;
+  const codec = pipelineCodec(
+    {
+      requestSerialize: m.requestSerialize,
+      requestDeserialize: m.requestDeserialize,
+      responseSerialize: m.responseSerialize,
+      responseDeserialize: m.responseDeserialize,
+    },
+    markInvalidUtf8,
+    invalidUtf8Field,
+  );
+  return { ...def, Pipeline: { ...m, ...codec } };
+}
+
 /** Service definition of kvcascade.v1.KV, keyed by RPC name (`Put`, ...; request deserializers mark invalid UTF-8, see {@link invalidUtf8Field}); implement it with {@link KvServiceHandlers}. */
-export const kvServiceDefinition: grpc.ServiceDefinition = strictService(
-  kvPackageDefinition['kvcascade.v1.KV'] as grpc.ServiceDefinition,
-  'kvcascade.v1',
+export const kvServiceDefinition: grpc.ServiceDefinition = withPipelineCodec(
+  strictService(kvPackageDefinition['kvcascade.v1.KV'] as grpc.ServiceDefinition, 'kvcascade.v1'),
 );
 
 /** Service definition of kvcascade.v1.Cluster; implement it with {@link ClusterServiceHandlers}. */
@@ -522,7 +545,10 @@ export const clusterServiceDefinition: grpc.ServiceDefinition = kvPackageDefinit
 ] as grpc.ServiceDefinition;
 
 /** Client constructor of kvcascade.v1.KV. */
-export const KvStubClient: StubConstructor<KvStub> = loaded.kvcascade.v1.KV as unknown as StubConstructor<KvStub>;
+export const KvStubClient: StubConstructor<KvStub> = grpc.makeClientConstructor(
+  withPipelineCodec(loaded.kvcascade.v1.KV.service),
+  'KV',
+) as unknown as StubConstructor<KvStub>;
 
 /** Client constructor of kvcascade.v1.Cluster. */
 export const ClusterStubClient: StubConstructor<ClusterStub> = loaded.kvcascade.v1

@@ -103,3 +103,65 @@ describe('proposal envelope', () => {
     expect(() => decodeProposal(acked)).toThrow(/acked_below/);
   });
 });
+
+/** The entry layout as encodeProposal wrote it before it used one buffer: header, session trailer, command, each built on its own. */
+function separately(ts: number, c: Command, origin: 'client' | 'system', hops: number, session?: { id: string; seq: number; ackedBelow: number }): Uint8Array {
+  const body = encodeCommand(c);
+  const newer = c.type === 'put' && c.currentOnConflict === true;
+  const varint = (n: number): number[] => {
+    const out: number[] = [];
+    while (n >= 0x80) {
+      out.push((n % 0x80) | 0x80);
+      n = Math.floor(n / 0x80);
+    }
+    out.push(n);
+    return out;
+  };
+  const trailer = session ? [session.id.length, ...[...session.id].map((ch) => ch.charCodeAt(0)), ...varint(session.seq), ...varint(session.ackedBelow)] : newer ? [0] : [];
+  const out = new Uint8Array(11 + trailer.length + body.length);
+  const view = new DataView(out.buffer);
+  view.setUint8(0, newer ? 5 : session ? 4 : 3);
+  view.setFloat64(1, ts);
+  view.setUint8(9, hops);
+  view.setUint8(10, origin === 'client' ? 1 : 0);
+  out.set(trailer, 11);
+  out.set(body, 11 + trailer.length);
+  return out;
+}
+
+describe('proposal envelope in one buffer', () => {
+  it('writes the same bytes as the separate header, session and command, for every command kind, and entries never share bytes', () => {
+    const bytes = (n: number): Uint8Array => Uint8Array.from({ length: n }, (_, i) => (i * 7 + n) & 0xff);
+    const cmds: Command[] = [
+      { type: 'put', key: 'k', value: bytes(0) },
+      { type: 'put', key: 'key/0001', value: bytes(256), expectedVersion: 2 ** 40 + 3 },
+      { type: 'put', key: 'ünïcødé/日本', value: bytes(5000), returnPrevious: true },
+      { type: 'put', key: 'x'.repeat(300), value: bytes(130), expectedVersion: 0, currentOnConflict: true },
+      { type: 'delete', key: 'd/1' },
+      { type: 'delete', key: 'é', expectedVersion: 9 },
+      { type: 'triggerPut', key: 't', value: bytes(70) },
+      { type: 'noop' },
+      { type: 'compact', revision: 12345 },
+      { type: 'txn', compares: [{ key: 'a', version: 1 }], writes: [{ type: 'put', key: 'a', value: bytes(3) }, { type: 'delete', key: 'b' }] },
+    ];
+    const sessions = [undefined, { id: 'abcdefghijklmnop', seq: 1, ackedBelow: 0 }, { id: 'S'.repeat(64), seq: 2 ** 50, ackedBelow: 2 ** 49 }];
+    const made: Array<[Uint8Array, Uint8Array]> = [];
+    for (let i = 0; i < 400; i++) {
+      const c = cmds[i % cmds.length]!;
+      const s = sessions[i % sessions.length];
+      const ts = 1_764_780_000_000 + i * 1.5;
+      const expected = separately(ts, c, i % 2 === 0 ? 'client' : 'system', i % 5, s);
+      const got = encodeProposal(ts, c, i % 2 === 0 ? 'client' : 'system', i % 5, s);
+      expect(got, `case ${i}`).toEqual(expected);
+      made.push([got, expected]);
+    }
+    // Later entries did not write into earlier ones' bytes (they are views of shared chunks).
+    for (const [got, expected] of made) expect(got).toEqual(expected);
+  });
+
+  it('refuses a bad command as before, and the entries after it are intact', () => {
+    expect(() => encodeProposal(1, { type: 'put', key: '', value: new Uint8Array(1) }, 'client')).toThrow(/key/);
+    const a = encodeProposal(5, cmd, 'client');
+    expect(decodeProposal(a)).toEqual({ timestampMs: 5, hops: 0, origin: 'client', command: cmd });
+  });
+});

@@ -368,7 +368,7 @@ export class MemoryBackend implements KvBackend {
     const cmd: Command = {
       type: 'put',
       key: req.key,
-      value: req.value,
+      value: new Uint8Array(req.value), // kept: a copy, not a view of the received message (KvBackend.put)
       ...(req.expectedVersion !== undefined ? { expectedVersion: req.expectedVersion } : {}),
       ...(req.returnCurrentValue ? { currentOnConflict: true } : {}),
     };
@@ -391,7 +391,7 @@ export class MemoryBackend implements KvBackend {
     await this.enter('trigger', req, opts);
     const group = this.groupOf(req.key);
     this.requireLeader(group);
-    const r = this.apply({ type: 'triggerPut', key: req.key, value: req.value }, group, opts.session, 'client', opts.hops) as TriggerResult;
+    const r = this.apply({ type: 'triggerPut', key: req.key, value: new Uint8Array(req.value) }, group, opts.session, 'client', opts.hops) as TriggerResult;
     return { revision: r.revision, timestampMs: r.timestampMs };
   }
 

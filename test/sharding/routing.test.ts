@@ -337,3 +337,23 @@ describe('ownsKey / descriptorOf', () => {
     if (key !== undefined) expect(ownsKey(d, key)).toBe(true);
   });
 });
+
+describe('shardOf fast paths (one routable pool, one shard)', () => {
+  it('routes every key of a one-pool map as the hash rule says, and a second pool still takes its keys', () => {
+    const keys = ['a', 'x/y/z', '/cameras/1/f', 'ünï/ç', '', 'k'.repeat(300)].filter((k) => k !== '');
+    for (const shards of [1, 2, 5]) {
+      const m = initialMap(MEMBERS, { shards, replicas: 3 });
+      for (const k of keys) {
+        expect(poolOf(m, k).name).toBe('');
+        expect(shardOf(m, k).index).toBe(referenceHash(k) % shards);
+      }
+      // A pool being created does not route yet: the default pool keeps its keys.
+      const creating = addPool(m, '/cameras', { shards: 2, replicas: 3 });
+      expect(poolOf(creating, '/cameras/1/f').name).toBe('');
+      // Once active, it takes them (the one-pool shortcut must not hide it).
+      const active = setPoolState(creating, '/cameras', 'active');
+      expect(poolOf(active, '/cameras/1/f').name).toBe('/cameras');
+      expect(poolOf(active, 'a').name).toBe('');
+    }
+  });
+});

@@ -145,3 +145,45 @@ describe('command codec', () => {
     );
   });
 });
+
+describe('ByteWriter and ByteChunks', () => {
+  it('writes doubles big-endian and strings as UTF-8, as DataView and TextEncoder do', async () => {
+    const { ByteWriter } = await import('../../src/statemachine/binary.js');
+    for (const v of [0, -0, 1.5, -2.25, 1_764_780_000_000, Number.MAX_SAFE_INTEGER, Number.MIN_VALUE, Infinity, NaN]) {
+      const w = new ByteWriter(4);
+      w.u8(9);
+      w.f64(v);
+      const out = w.written();
+      const view = new DataView(out.buffer, out.byteOffset, out.length);
+      expect(out.length).toBe(9);
+      expect(Object.is(view.getFloat64(1), v)).toBe(true);
+    }
+    for (const s of ['', 'abc', 'key/0001', 'é', '日本語', 'a😀b', 'x'.repeat(300)]) {
+      const w = new ByteWriter(2);
+      w.str(s);
+      const utf8 = new TextEncoder().encode(s);
+      expect(w.written().subarray(w.written().length - utf8.length)).toEqual(utf8);
+    }
+  });
+
+  it('hands out disjoint zeroed views, gives back an untouched tail, and gives large requests arrays of their own', async () => {
+    const { ByteChunks } = await import('../../src/statemachine/binary.js');
+    const chunks = new ByteChunks(1024, 256);
+    const a = chunks.take(100);
+    a.subarray(0, 60).fill(1); // the writer used 60 bytes
+    chunks.trim(a, 60);
+    const b = chunks.take(100);
+    expect(b.every((x) => x === 0)).toBe(true);
+    expect(b.byteOffset).toBe(a.byteOffset + 60);
+    b.fill(2);
+    expect(a.subarray(0, 60).every((x) => x === 1)).toBe(true);
+    chunks.trim(a, 10); // not the last view: nothing given back
+    expect(chunks.take(10).byteOffset).toBe(b.byteOffset + 100);
+    const big = chunks.take(300);
+    expect(big.byteOffset).toBe(0);
+    expect(big.buffer.byteLength).toBe(300);
+    const views = Array.from({ length: 30 }, () => chunks.take(100)); // past the chunk: a new one
+    expect(new Set(views.map((v) => v.buffer)).size).toBeGreaterThan(1);
+    for (const v of views) expect(v.length).toBe(100);
+  });
+});
