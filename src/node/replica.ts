@@ -146,8 +146,8 @@ export interface ReplicaOptions {
   };
 }
 
-/** Most values dropped from the heap in one event-loop turn (see `scheduleRelease`). */
-const RELEASE_SLICE = 20_000;
+/** Most entries (index overlay entries handed to the index source, then values dropped from the heap) released in one event-loop turn (see `scheduleRelease`): ~2 µs each, so a few ms a turn whatever the round's size. */
+const RELEASE_SLICE = 2_000;
 
 /**
  * Live keys' latest records deleted (keys deleted) by one round's units from which the replica asks

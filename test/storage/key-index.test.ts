@@ -220,6 +220,52 @@ describe('latest versions from the records, behind the hot-index cache', () => {
     expect(s.sm.keyCount).toBe(ref.keyCount);
   });
 
+  it.each([false, true])('releases a round of N keys over several bounded calls, reading the same after each and losing nothing (dropCold %s)', async (dropCold) => {
+    const N = 1000;
+    const SLICE = 150;
+    const ref = new KvStateMachine();
+    const s = new Served(new MemoryEngine(), new IndexCache(1024 * 1024), dropCold);
+    const both = (i: number, cmd: Command) => {
+      expect(plain(s.sm.apply(i, 1000 + i, cmd))).toEqual(plain(ref.apply(i, 1000 + i, cmd)));
+    };
+    let i = 0;
+    for (let k = 0; k < N; k++) both(++i, { type: 'put', key: `r/${k}`, value: enc.encode(`v${k}`) });
+    await s.flush(); // the round is durable
+    const durable = s.sm.revision;
+    for (let k = 0; k < 10; k++) both(++i, { type: 'put', key: `r/${k * 7}`, value: enc.encode(`w${k}`) }); // rewritten after the durable point
+    const check = (): void => {
+      for (let k = 0; k < N; k += 37) expect(latestOf(s.sm, `r/${k}`), `r/${k}`).toEqual(latestOf(ref, `r/${k}`));
+      for (let k = 0; k < 10; k++) expect(latestOf(s.sm, `r/${k * 7}`)).toEqual(latestOf(ref, `r/${k * 7}`));
+    };
+    let calls = 0;
+    let before = s.sm.unindexedKeys + s.sm.residentValues;
+    for (;;) {
+      calls++;
+      const more = s.sm.releaseValues(durable, SLICE);
+      const now = s.sm.unindexedKeys + s.sm.residentValues;
+      expect(before - now).toBeLessThanOrEqual(SLICE); // no call walks more than its slice
+      before = now;
+      check();
+      if (!more) break;
+      both(++i, { type: 'put', key: `r/${(calls * 13) % N}`, value: enc.encode(`x${calls}`) }); // writes go on between the slices
+    }
+    expect(calls).toBeGreaterThanOrEqual(Math.ceil((2 * N) / SLICE)); // N overlay entries and N values, SLICE a call
+    // Everything durable left the heap; what was written after the durable point stays until its own release.
+    const afterDurable = new Set<string>();
+    for (let k = 0; k < 10; k++) afterDurable.add(`r/${k * 7}`);
+    for (let c = 1; c < calls; c++) afterDurable.add(`r/${(c * 13) % N}`);
+    expect(s.sm.unindexedKeys).toBe(afterDurable.size);
+    await s.flush();
+    expect(s.sm.releaseValues(s.sm.revision, SLICE)).toBe(false);
+    expect(s.sm.unindexedKeys).toBe(0);
+    expect(s.sm.residentValues).toBe(0);
+    expect(s.sm.heapValueBytes()).toBe(0);
+    expectSameReads(s.sm, ref);
+    for (let k = 0; k < N; k++) expect(latestOf(s.sm, `r/${k}`), `r/${k}`).toEqual(latestOf(ref, `r/${k}`));
+    expect(Buffer.from(s.sm.snapshot()).equals(Buffer.from(ref.snapshot()))).toBe(true);
+    if (dropCold) expect(s.sm.droppedKeys).toBeGreaterThan(N - afterDurable.size - 5); // the cold keys did leave the heap
+  });
+
   it('keeps the cache within its byte bound, evicting entries not used since the last pass first', () => {
     const per = INDEX_CACHE_ENTRY_OVERHEAD_BYTES + 2 * 2;
     const cache = new IndexCache(per * 3);
