@@ -198,6 +198,12 @@ export class ShardReplica {
   readonly snapshots: SnapshotSender;
   /** Snapshot chunks this replica sent as leader (transfers: chunks at offset 0), for metrics. */
   readonly snapshotSent = { transfers: 0, chunks: 0, bytes: 0 };
+  /**
+   * Compaction commands this replica applied (retention steps and client compactions), for metrics:
+   * how many, the revisions they covered, and the synchronous time their `apply` took (ms, in all
+   * and the largest: the event-loop block of one step, recorder deletions included).
+   */
+  readonly compactions = { steps: 0, revisions: 0, applyMs: 0, maxApplyMs: 0 };
   /** The sink of streamed snapshots (with `snapshotChunks`). */
   readonly inbox: SnapshotInbox | undefined;
   /**
@@ -645,7 +651,10 @@ export class ShardReplica {
           this.opts.onBadEntry?.(e.index, err);
         }
       }
+      const compactFrom = cmd.type === 'compact' ? this.machine.compactRevision : -1;
+      const t0 = compactFrom >= 0 ? performance.now() : 0;
       const out = this.machine.apply(e.index, ts, cmd, origin, session, hops);
+      if (compactFrom >= 0) this.countCompaction(compactFrom, performance.now() - t0);
       if (out.duplicate) this.opts.onDuplicate?.();
       const latencyMs = this.proposals.applied(e.index, e.term, out.result);
       if (latencyMs !== undefined) this.opts.onCommitted?.(latencyMs);
@@ -835,6 +844,14 @@ export class ShardReplica {
     this.lastSnapshotIndex = index;
     this.appliedLogBytes = 0;
     this.keptLogBytes = keptBytes;
+  }
+
+  private countCompaction(from: number, ms: number): void {
+    const c = this.compactions;
+    c.steps++;
+    c.revisions += Math.max(0, this.machine.compactRevision - from);
+    c.applyMs += ms;
+    c.maxApplyMs = Math.max(c.maxApplyMs, ms);
   }
 
   /** What this replica holds in the heap, for the node's memory budget (memory-budget.ts). O(1). */
