@@ -266,6 +266,46 @@ describe('latest versions from the records, behind the hot-index cache', () => {
     if (dropCold) expect(s.sm.droppedKeys).toBeGreaterThan(N - afterDurable.size - 5); // the cold keys did leave the heap
   });
 
+  it("serves a cold latest get with the index's two point reads and no second, asynchronous read of the version record (the value comes with it); apply's lookups leave the value cache alone", async () => {
+    let engine = new MemoryEngine();
+    const counts = { sync: 0, async: 0 };
+    const counted = {
+      getSync: (k: Parameters<KvEngine['getSync']>[0]) => (counts.sync++, engine.getSync(k)),
+      get: (k: Parameters<KvEngine['get']>[0]) => (counts.async++, engine.get(k)),
+    };
+    const make = (offer: boolean) => {
+      const sm = new KvStateMachine();
+      const recorder = new StateRecorder(GROUP);
+      sm.observe(recorder);
+      const valueCache = new ValueCache(64 * 1024); // ~50 values of 1 KiB: most keys are cold
+      const values = new EngineValueSource(counted, GROUP, valueCache);
+      sm.attachValues(values);
+      sm.attachIndex(new EngineIndexSource(counted, GROUP, new IndexCache(0), offer ? values : undefined)); // no index cache: every head from the engine
+      return { sm, recorder, values, valueCache };
+    };
+    for (const offer of [false, true]) {
+      engine = new MemoryEngine();
+      const m = make(offer);
+      const value = (k: number) => Buffer.alloc(1024, k % 251);
+      for (let k = 0; k < 300; k++) m.sm.apply(k + 1, 1000, { type: 'put', key: `c/${k}`, value: value(k) });
+      await engine.batch(m.recorder.take(m.sm)!, { sync: true });
+      m.sm.releaseValues(m.sm.revision);
+      counts.sync = 0;
+      counts.async = 0;
+      const got = await m.values.readCached(() => m.sm.get('c/5'));
+      expect(Buffer.from(got!.value).equals(value(5))).toBe(true);
+      expect(got!.version).toBe(6);
+      // The index's reads: `l/c/5`, then its version record (which carries the value).
+      if (offer) expect(counts).toEqual({ sync: 2, async: 0 });
+      else expect(counts).toEqual({ sync: 2 + 2, async: 1 }); // the value missed: read again asynchronously, then a second pass
+      // An overwrite's lookup of a cold key (outside a read at the edge) does not cache the value it replaces.
+      const ck = `${GROUP}/8/c/7`;
+      expect(m.valueCache.has(ck)).toBe(false);
+      m.sm.apply(301, 1000, { type: 'put', key: 'c/7', value: value(1), expectedVersion: 8 });
+      expect(m.valueCache.has(ck)).toBe(false);
+    }
+  });
+
   it('keeps the cache within its byte bound, evicting entries not used since the last pass first', () => {
     const per = INDEX_CACHE_ENTRY_OVERHEAD_BYTES + 2 * 2;
     const cache = new IndexCache(per * 3);
