@@ -452,6 +452,11 @@ export class ShardReplica {
     return this.machine.compactRevision;
   }
 
+  /** The highest revision a compaction can move to dropping the versions of at most `maxWrites` writes (at least one revision's; `KvStateMachine.compactRevisionWithin`). */
+  compactRevisionWithin(maxWrites: number): number {
+    return this.machine.compactRevisionWithin(maxWrites);
+  }
+
   /** The revision up to which versions older than `retentionMs` at `nowMs` may be compacted. */
   retentionCompactRevision(nowMs: number, retentionMs: number): number {
     return this.machine.retentionCompactRevision(nowMs, retentionMs);

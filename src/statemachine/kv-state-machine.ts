@@ -740,6 +740,20 @@ export class KvStateMachine {
     return i >= 0 ? this._compactRevision + i : this._compactRevision;
   }
 
+  /**
+   * The highest revision a compaction can move to while dropping the versions of at most
+   * `maxWrites` writes (those in (compactRevision, r]) — but at least the first retained write's
+   * revision, so a step always progresses whatever one revision (a large txn) holds; the current
+   * revision when fewer writes are retained. Bounds a compaction step's `apply` by writes, not
+   * revisions (a revision of a txn carries up to 128 writes). O(1).
+   */
+  compactRevisionWithin(maxWrites: number): number {
+    validateNonNegativeInt(maxWrites, 'maxWrites');
+    const over = this.writeLog.at(maxWrites);
+    if (over === undefined) return this._revision;
+    return Math.max(this.writeLog.at(0)!.revision, over.revision - 1);
+  }
+
   private readRevision(options: GetOptions | undefined): number {
     if (options === undefined) return this._revision;
     if (typeof options !== 'object' || options === null) {
