@@ -27,7 +27,7 @@ import { drive, duBytes, makeFiller, rssOf, type Filler } from './bulk-fill.js';
 import { call, etcdStub, kvStub, makeDriver, type Driver, type SystemName } from './clients.js';
 import { ETCD_MISSING_MESSAGE, findEtcd, startEtcdCluster } from './etcd-cluster.js';
 import { startKvdCluster } from './kvd-cluster.js';
-import { copyNodeLogs, flagInt, flagIntList, type RunningCluster } from './util.js';
+import { copyNodeLogs, flagInt, flagIntList, processCpuSeconds, type RunningCluster } from './util.js';
 
 /** One node's figures at a checkpoint (MiB where sizes). */
 export interface NodeFigures {
@@ -46,6 +46,17 @@ export interface NodeFigures {
   readonly slowFsyncs?: number;
   readonly majorGcs?: number;
   readonly majorGcMs?: number;
+}
+
+/** CPU seconds used so far by all of the cluster's server processes (undefined when a node's is unknown). */
+async function serverCpuSeconds(cluster: RunningCluster): Promise<number | undefined> {
+  let sum = 0;
+  for (const pid of cluster.nodePids?.() ?? []) {
+    const s = await processCpuSeconds(pid);
+    if (s === undefined) return undefined;
+    sum += s;
+  }
+  return sum;
 }
 
 /** The figures at one checkpoint. */
@@ -231,9 +242,12 @@ async function runSystem(
       );
       let seed = target;
       const rnd = (): number => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
+      const cpuBefore = await serverCpuSeconds(cluster);
       const get = await drive(drivers, o.concurrency, 0, o.gets, async (d) => {
         if (!(await d.get(Math.floor(rnd() * target)))) throw new Error('a written key was not found');
       });
+      const cpuAfter = await serverCpuSeconds(cluster);
+      const getSrvUs = cpuBefore === undefined || cpuAfter === undefined ? undefined : Math.round(((cpuAfter - cpuBefore) * 1e6) / o.gets);
       const cp: DataSizeCheckpoint = { system, keys: target, fillPerSec: fill?.rate ?? put.rate, fillErrors: fill?.errors ?? 0, putsPerSec: put.rate, putP99Ms: put.p99, putErrors: put.errors, getsPerSec: get.rate, getP99Ms: get.p99, nodes };
       results.push(cp);
       const per = nodes
@@ -242,7 +256,7 @@ async function runSystem(
           return `n${n.node} rss ${n.rssMiB} disk ${n.diskMiB}${k}`;
         })
         .join(' | ');
-      console.log(`${system} keys ${target} (load ${loadavg().map((l) => l.toFixed(1)).join(' ')})  fill keys/s ${cp.fillPerSec} (errors ${cp.fillErrors})  put/s ${cp.putsPerSec} p99 ${cp.putP99Ms} ms errors ${cp.putErrors}  get/s ${cp.getsPerSec} p99 ${cp.getP99Ms} ms  MiB: ${per}`);
+      console.log(`${system} keys ${target} (load ${loadavg().map((l) => l.toFixed(1)).join(' ')})  fill keys/s ${cp.fillPerSec} (errors ${cp.fillErrors})  put/s ${cp.putsPerSec} p99 ${cp.putP99Ms} ms errors ${cp.putErrors}  get/s ${cp.getsPerSec} p99 ${cp.getP99Ms} ms srv ${getSrvUs ?? '?'} us/get  MiB: ${per}`);
     }
     if (o.overwrites > 0) {
       // Old versions pile up (retention: kvd's --retention-ms, default 1 h; etcd keeps them until compacted):
