@@ -20,15 +20,14 @@
 // machine throughput is indicative only.
 import { randomBytes } from 'node:crypto';
 import { request } from 'node:http';
-import { readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { loadavg } from 'node:os';
 import { parseArgs } from 'node:util';
-import { call, etcdStub, keyName, kvStub, makeDriver, type Driver, type SystemName } from './clients.js';
-import { KvClient } from '../src/client/index.js';
+import { drive, duBytes, makeFiller, rssOf, type Filler } from './bulk-fill.js';
+import { call, etcdStub, kvStub, makeDriver, type Driver, type SystemName } from './clients.js';
 import { ETCD_MISSING_MESSAGE, findEtcd, startEtcdCluster } from './etcd-cluster.js';
 import { startKvdCluster } from './kvd-cluster.js';
-import { copyNodeLogs, flagInt, flagIntList, type RunningCluster } from './util.js';
+import { copyNodeLogs, flagInt, flagIntList, processCpuSeconds, type RunningCluster } from './util.js';
 
 /** One node's figures at a checkpoint (MiB where sizes). */
 export interface NodeFigures {
@@ -47,6 +46,17 @@ export interface NodeFigures {
   readonly slowFsyncs?: number;
   readonly majorGcs?: number;
   readonly majorGcMs?: number;
+}
+
+/** CPU seconds used so far by all of the cluster's server processes (undefined when a node's is unknown). */
+async function serverCpuSeconds(cluster: RunningCluster): Promise<number | undefined> {
+  let sum = 0;
+  for (const pid of cluster.nodePids?.() ?? []) {
+    const s = await processCpuSeconds(pid);
+    if (s === undefined) return undefined;
+    sum += s;
+  }
+  return sum;
 }
 
 /** The figures at one checkpoint. */
@@ -95,32 +105,6 @@ function sample(text: string, name: string, label?: string): number | undefined 
   return sum;
 }
 
-async function rssOf(pid: number | undefined): Promise<number> {
-  if (pid === undefined) return 0;
-  try {
-    const m = /VmRSS:\s+(\d+) kB/.exec(await readFile(`/proc/${pid}/status`, 'utf8'));
-    return m ? Number(m[1]) * 1024 : 0;
-  } catch {
-    return 0;
-  }
-}
-
-async function duBytes(dir: string): Promise<number> {
-  let n = 0;
-  let entries;
-  try {
-    entries = await readdir(dir, { withFileTypes: true });
-  } catch {
-    return 0;
-  }
-  for (const e of entries) {
-    const p = join(dir, e.name);
-    if (e.isDirectory()) n += await duBytes(p);
-    else if (e.isFile()) n += (await stat(p).catch(() => ({ size: 0 }))).size;
-  }
-  return n;
-}
-
 async function figuresOf(cluster: RunningCluster): Promise<NodeFigures[]> {
   const pids = cluster.nodePids?.() ?? [];
   const dirs = cluster.nodeDirs ?? [];
@@ -150,96 +134,6 @@ async function figuresOf(cluster: RunningCluster): Promise<NodeFigures[]> {
     });
   }
   return out;
-}
-
-function p99(xs: number[]): number {
-  if (xs.length === 0) return 0;
-  xs.sort((a, b) => a - b);
-  return Math.round(xs[Math.min(xs.length - 1, Math.floor(xs.length * 0.99))]! * 10) / 10;
-}
-
-/** Runs `total` operations `op(i)` over `drivers` with `concurrency` workers; returns ops/s, p99 ms and failures. */
-async function drive(drivers: Driver[], concurrency: number, from: number, to: number, op: (d: Driver, i: number) => Promise<unknown>, progress?: { every: number; scale: number }): Promise<{ rate: number; p99: number; errors: number; firstErrors: string[] }> {
-  let next = from;
-  let errors = 0;
-  const firstErrors: string[] = [];
-  const lat: number[] = [];
-  const t0 = performance.now();
-  await Promise.all(
-    Array.from({ length: concurrency }, async (_, w) => {
-      const d = drivers[w % drivers.length]!;
-      for (;;) {
-        const i = next++;
-        if (i >= to) return;
-        if (progress && i > from && (i - from) % progress.every === 0) {
-          const el = (performance.now() - t0) / 1000;
-          console.error(`  ${i * progress.scale} (${Math.round(((i - from) * progress.scale) / el)}/s over ${Math.round(el)} s, ${errors} failed attempts, load ${loadavg()[0]!.toFixed(1)})`);
-        }
-        for (let attempt = 0; ; attempt++) {
-          const s = performance.now();
-          try {
-            await op(d, i);
-            lat.push(performance.now() - s);
-            break;
-          } catch (e) {
-            errors++;
-            if (firstErrors.length < 3) firstErrors.push((e as Error).message);
-            // Patient enough to ride out an election (about 30 s of attempts in all).
-            if (attempt >= 20) throw new Error(`operation ${i} failed ${attempt + 1} times: ${(e as Error).message}`);
-            await sleep(Math.min(2_000, 50 * 2 ** attempt));
-          }
-        }
-      }
-    }),
-  );
-  const s = (performance.now() - t0) / 1000;
-  return { rate: Math.round((to - from) / s), p99: p99(lat), errors, firstErrors };
-}
-
-/** Puts per Txn in a bulk fill (etcd refuses more than --max-txn-ops, 128 by default; kvd MAX_TXN_OPS is 128). */
-const FILL_TXN_OPS = 64;
-
-/** A bulk loader of keys [from, to): see the header (Txns of FILL_TXN_OPS puts; kvd through KvClient.txn). */
-interface Filler {
-  fill(from: number, to: number): Promise<{ rate: number; errors: number; firstErrors: string[] }>;
-  close(): void;
-}
-
-function makeFiller(system: SystemName, endpoints: readonly string[], concurrency: number, valueOf: (i: number) => Uint8Array): Filler {
-  const key = (i: number): string => keyName(i, 'data/');
-  let batches: Driver[];
-  if (system === 'kvd') {
-    batches = endpoints.map((e) => {
-      const client = new KvClient({ endpoints: [e, ...endpoints.filter((x) => x !== e)], defaultDeadlineMs: 30_000 });
-      return batchDriver(async (first, count) => {
-        await client.txn({ writes: Array.from({ length: count }, (_, j) => ({ type: 'put' as const, key: key(first + j), value: valueOf(first + j) })) });
-      }, () => client.close());
-    });
-  } else {
-    batches = endpoints.map((e) => {
-      const stub = etcdStub(e);
-      return batchDriver(async (first, count) => {
-        const success = Array.from({ length: count }, (_, j) => ({ requestPut: { key: Buffer.from(key(first + j)), value: valueOf(first + j) } }));
-        await call(stub, stub.txn, { compare: [], success, failure: [] }, 30_000);
-      }, () => stub.close());
-    });
-  }
-  return {
-    fill: async (from, to) => {
-      const n = Math.ceil((to - from) / FILL_TXN_OPS);
-      const r = await drive(batches, concurrency, 0, n, (d, b) => d.put(from + b * FILL_TXN_OPS, new Uint8Array(Math.min(FILL_TXN_OPS, to - from - b * FILL_TXN_OPS))), { every: 1000, scale: FILL_TXN_OPS });
-      return { ...r, rate: r.rate * FILL_TXN_OPS };
-    },
-    close: () => batches.forEach((d) => d.close()),
-  };
-}
-
-/** A driver whose `put(i, v)` writes keys i .. i + v.length - 1 with `write` (v only carries the count). */
-function batchDriver(write: (first: number, count: number) => Promise<void>, close: () => void): Driver {
-  const unsupported = (): never => {
-    throw new Error('a fill batch driver only puts');
-  };
-  return { put: (first, count) => write(first, count.length), get: unsupported, rmw: unsupported, ready: async () => undefined, close };
 }
 
 /** Restarts node 3 (index 2) and returns the seconds until it serves a local (serializable) read of `key`. */
@@ -348,9 +242,12 @@ async function runSystem(
       );
       let seed = target;
       const rnd = (): number => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
+      const cpuBefore = await serverCpuSeconds(cluster);
       const get = await drive(drivers, o.concurrency, 0, o.gets, async (d) => {
         if (!(await d.get(Math.floor(rnd() * target)))) throw new Error('a written key was not found');
       });
+      const cpuAfter = await serverCpuSeconds(cluster);
+      const getSrvUs = cpuBefore === undefined || cpuAfter === undefined ? undefined : Math.round(((cpuAfter - cpuBefore) * 1e6) / o.gets);
       const cp: DataSizeCheckpoint = { system, keys: target, fillPerSec: fill?.rate ?? put.rate, fillErrors: fill?.errors ?? 0, putsPerSec: put.rate, putP99Ms: put.p99, putErrors: put.errors, getsPerSec: get.rate, getP99Ms: get.p99, nodes };
       results.push(cp);
       const per = nodes
@@ -359,7 +256,7 @@ async function runSystem(
           return `n${n.node} rss ${n.rssMiB} disk ${n.diskMiB}${k}`;
         })
         .join(' | ');
-      console.log(`${system} keys ${target} (load ${loadavg().map((l) => l.toFixed(1)).join(' ')})  fill keys/s ${cp.fillPerSec} (errors ${cp.fillErrors})  put/s ${cp.putsPerSec} p99 ${cp.putP99Ms} ms errors ${cp.putErrors}  get/s ${cp.getsPerSec} p99 ${cp.getP99Ms} ms  MiB: ${per}`);
+      console.log(`${system} keys ${target} (load ${loadavg().map((l) => l.toFixed(1)).join(' ')})  fill keys/s ${cp.fillPerSec} (errors ${cp.fillErrors})  put/s ${cp.putsPerSec} p99 ${cp.putP99Ms} ms errors ${cp.putErrors}  get/s ${cp.getsPerSec} p99 ${cp.getP99Ms} ms srv ${getSrvUs ?? '?'} us/get  MiB: ${per}`);
     }
     if (o.overwrites > 0) {
       // Old versions pile up (retention: kvd's --retention-ms, default 1 h; etcd keeps them until compacted):

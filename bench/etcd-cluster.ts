@@ -23,6 +23,8 @@ export interface EtcdClusterOptions {
   readonly startTimeoutMs?: number;
   /** Progress messages. */
   readonly log?: (msg: string) => void;
+  /** More flags for every member (for example `--auto-compaction-mode=periodic --auto-compaction-retention=1h`). */
+  readonly extraArgs?: readonly string[];
 }
 
 /** Returns the path of the etcd binary, or undefined if it is not installed. */
@@ -111,6 +113,7 @@ async function startOnce(bin: string, version: string, opts: EtcdClusterOptions)
         '--logger=zap',
         '--log-outputs=stderr',
         '--log-level=warn',
+        ...(opts.extraArgs ?? []),
       ];
       m.args = args;
       spawnMember(bin, m, env);

@@ -114,6 +114,22 @@ async function main(): Promise<void> {
     // One get plus one conditional put per op above: the put figure includes the get it needs.
     for (const [m, mode] of modes.entries()) report(`put (get + conditional put): ${mode.name}`, putCost[m]!);
     for (const [m, mode] of modes.entries()) report(`latest get: ${mode.name}`, getCost[m]!);
+    // A latest get at the node's edge (EngineValueSource.readCached, as a client get runs) of a key
+    // cold in both caches (hot-index cache of 0 bytes, a value cache of 1 MiB): the value read again
+    // asynchronously and a second pass, versus the index's version record offered to the value source.
+    const edge: number[][] = [[], []];
+    for (let round = 0; round < rounds; round++) {
+      for (const offer of [false, true]) {
+        const machine = KvStateMachine.fromRecords(current.toRecords());
+        const values = new EngineValueSource(engine, GROUP, new ValueCache(1024 * 1024));
+        machine.attachValues(values);
+        machine.attachIndex(new EngineIndexSource(engine, GROUP, new IndexCache(0), offer ? values : undefined));
+        machine.releaseValues(machine.revision);
+        edge[offer ? 1 : 0]!.push(await cpuPerOpAsync(nOps, async () => void (await values.readCached(() => machine.get(key(next() % nKeys))))));
+      }
+    }
+    report('edge get (readCached), cold: value re-read async + 2nd pass', edge[0]!);
+    report('edge get (readCached), cold: version record offered', edge[1]!);
     // list: a page of 100 with values, from the heap index vs from the records (one view each).
     const last = current;
     const pages = Math.max(1, Math.floor(nOps / 100));

@@ -114,7 +114,7 @@ async function startOnce(bin: string, opts: KvdClusterOptions): Promise<RunningC
         ...(opts.extraArgs ?? []),
       ];
       n.args = args;
-      spawnNode(n, env);
+      spawnNode(n, env, opts.log);
     }
 
     const abortIf = (): void => {
@@ -156,7 +156,7 @@ async function startOnce(bin: string, opts: KvdClusterOptions): Promise<RunningC
       const n = nodes[index];
       if (!n) throw new RangeError(`no node ${index}`);
       if (n.child) await stopChild(n.child);
-      spawnNode(n, env);
+      spawnNode(n, env, opts.log);
     },
     stopNode: async (index: number) => {
       const n = nodes[index];
@@ -165,7 +165,7 @@ async function startOnce(bin: string, opts: KvdClusterOptions): Promise<RunningC
     startNode: (index: number) => {
       const n = nodes[index];
       if (!n) throw new RangeError(`no node ${index}`);
-      spawnNode(n, env);
+      spawnNode(n, env, opts.log);
     },
     adminToken,
     metricsPorts: () => Promise.all(nodes.map((n) => readyMetricsPort(n.logPath))),
@@ -173,8 +173,12 @@ async function startOnce(bin: string, opts: KvdClusterOptions): Promise<RunningC
   };
 }
 
-/** Starts node `n`'s kvd process with its command line, output appended to its log. */
-function spawnNode(n: Node, env: NodeJS.ProcessEnv): void {
+/**
+ * Starts node `n`'s kvd process with its command line, output appended to its log. An exit that
+ * is not a stop's (a crash, or the loop watchdog's SIGKILL) is reported to `log` with the tail of
+ * the node's log, which the bench removes with the cluster.
+ */
+function spawnNode(n: Node, env: NodeJS.ProcessEnv, log?: (msg: string) => void): void {
   const fd = openSync(n.logPath, 'a');
   try {
     n.child = spawn(process.execPath, n.args!, { stdio: ['ignore', fd, fd], env });
@@ -182,6 +186,14 @@ function spawnNode(n: Node, env: NodeJS.ProcessEnv): void {
     closeSync(fd);
   }
   n.child.on('error', () => undefined); // reported through exitCode/abortIf
+  n.child.on('exit', (code, signal) => {
+    if (log === undefined || code === 0 || signal === 'SIGTERM') return; // a stop (SIGTERM, graceful exit)
+    const what = `kvd node ${n.id} exited (${code ?? signal})`;
+    tailFile(n.logPath, 30).then(
+      (tail) => log(`${what}; the tail of its log:\n${tail}`),
+      () => log(what),
+    );
+  });
 }
 
 /** The `/metrics` port from kvd's last `{"event":"ready",…,"metricsPort":P}` stdout line in `logPath` (a restarted node appends a new one), if it is there. */

@@ -241,6 +241,21 @@ export class NodeMetrics {
       'Raft messages the core ignored as invalid (out-of-bound terms or indexes, local-only types, inconsistent entries), all groups since start',
       (r) => r.droppedMessages,
     );
+    sumOverReplicas('kvcascade_compaction_steps', 'Compaction commands (retention steps, client compactions) applied by hosted replicas since they started', (r) => r.compactions.steps);
+    sumOverReplicas('kvcascade_compaction_revisions', 'Revisions those compactions covered, hosted replicas since they started', (r) => r.compactions.revisions);
+    sumOverReplicas('kvcascade_compaction_apply_seconds', 'Synchronous time spent applying those compactions (event-loop time, recorder deletions included), hosted replicas since they started', (r) => r.compactions.applyMs / 1000);
+    new Gauge({
+      name: 'kvcascade_compaction_apply_max_seconds',
+      help: 'The longest single compaction apply (one event-loop block) of any hosted replica since it started',
+      registers,
+      collect() {
+        let m = 0;
+        for (const g of node.hostedGroups()) m = Math.max(m, node.replica(g)?.compactions.maxApplyMs ?? 0);
+        this.set(m / 1000);
+      },
+    });
+    sumOverReplicas('kvcascade_index_version_lists', 'Keys whose version lists the heap index holds (KvStateMachine records), all hosted replicas', (r) => r.memory.keys);
+    sumOverReplicas('kvcascade_index_retained_writes', 'Writes retained in the heap index since the compaction point (write log entries), all hosted replicas', (r) => r.memory.writes);
   }
 
   /** Exposes the peer transport's message and batch counts (monotonic counts, read at scrape time). */

@@ -139,6 +139,8 @@ export interface NodeOptions {
   readonly retentionCheckMs?: number;
   /** Most revisions one retention compaction step covers (default 10,000; a backlog takes several steps, one per tick). */
   readonly compactRevisionsPerStep?: number;
+  /** Most writes whose versions one retention compaction step drops (default 2,000; at least one revision's, however many writes it holds). */
+  readonly compactWritesPerStep?: number;
   readonly stateMachine?: KvStateMachineOptions;
   /** Bound on the bytes of each storage unit when a group's durable state is replaced wholesale (default 4 MiB). */
   readonly stateUnitBytes?: number;

@@ -32,6 +32,16 @@ import { ShardReconciler } from './shard-reconciler.js';
  */
 export const MAX_COMPACT_REVISIONS_PER_STEP = 10_000;
 
+/**
+ * Most writes whose versions one retention compaction step drops (a revision is one write, or a
+ * txn of up to 128). A step's `apply` costs a few µs per write (1.1 s for the ~100 k writes of a
+ * bulk fill's 1,563 txns in one step, measured by bench/retention.ts on a loaded machine), so
+ * bounding revisions alone left blocks of a second; 2,000 writes keep a step to a few ms. A
+ * backlog continues on the next tick, so this bounds throughput at about 2,000 writes per commit
+ * round trip plus a tick, far above what one shard writes.
+ */
+export const MAX_COMPACT_WRITES_PER_STEP = 2_000;
+
 /** A peer counts as live while heard from within this many election timeouts. */
 const LIVENESS_ELECTION_TIMEOUTS = 3;
 /** Most versions history the metadata group keeps (ms): its keys are the cluster's bookkeeping, rewritten often (lease checkpoints: docs/leases.md). */
@@ -171,7 +181,7 @@ export class ReplicaSet {
       source,
       whenDurable: () => this.parts.store.whenDurable(),
       readCached: (read) => source.readCached(read),
-      index: () => new EngineIndexSource(engine, group, this.indexCache),
+      index: () => new EngineIndexSource(engine, group, this.indexCache, source),
       ...(this.parts.opts.indexDropCold ? { dropCold: true } : {}),
     };
   }
@@ -492,7 +502,11 @@ export class ReplicaSet {
       if (r.group === META_GROUP) retentionMs = Math.min(retentionMs, META_RETENTION_MS);
       const due = r.retentionCompactRevision(now, retentionMs);
       if (due <= r.compactRevision) continue;
-      const revision = Math.min(due, r.compactRevision + (opts.compactRevisionsPerStep ?? MAX_COMPACT_REVISIONS_PER_STEP));
+      const revision = Math.min(
+        due,
+        r.compactRevision + (opts.compactRevisionsPerStep ?? MAX_COMPACT_REVISIONS_PER_STEP),
+        r.compactRevisionWithin(opts.compactWritesPerStep ?? MAX_COMPACT_WRITES_PER_STEP),
+      );
       if (revision < due) this.compactionBehind = true;
       this.compacting.add(r.group);
       const group = r.group;

@@ -740,6 +740,20 @@ export class KvStateMachine {
     return i >= 0 ? this._compactRevision + i : this._compactRevision;
   }
 
+  /**
+   * The highest revision a compaction can move to while dropping the versions of at most
+   * `maxWrites` writes (those in (compactRevision, r]) — but at least the first retained write's
+   * revision, so a step always progresses whatever one revision (a large txn) holds; the current
+   * revision when fewer writes are retained. Bounds a compaction step's `apply` by writes, not
+   * revisions (a revision of a txn carries up to 128 writes). O(1).
+   */
+  compactRevisionWithin(maxWrites: number): number {
+    validateNonNegativeInt(maxWrites, 'maxWrites');
+    const over = this.writeLog.at(maxWrites);
+    if (over === undefined) return this._revision;
+    return Math.max(this.writeLog.at(0)!.revision, over.revision - 1);
+  }
+
   private readRevision(options: GetOptions | undefined): number {
     if (options === undefined) return this._revision;
     if (typeof options !== 'object' || options === null) {
@@ -959,19 +973,24 @@ export class KvStateMachine {
   /**
    * Drops from the heap the values of versions at or before `upToRevision` that are still there
    * (the attached source must hold them durably: on a node, once the records written with those
-   * versions are on disk), offering each to the source's cache. Releases at most `maxCount`
-   * versions; returns true when more remain at or before `upToRevision` (call again). A no-op
-   * without a source. Reads are unchanged (values are read back from the source).
+   * versions are on disk), offering each to the source's cache, after handing the index overlay's
+   * durable entries to the index source. Walks at most `maxCount` entries of the two in all (a
+   * round of N keys is N overlay entries and N values), so a caller can spread a large round over
+   * event-loop turns; returns true when more remain at or before `upToRevision` (call again).
+   * A no-op without a source. Reads are unchanged (values are read back from the source, latest
+   * versions from the overlay until handed over, then from the index source).
    */
   releaseValues(upToRevision: number, maxCount = Number.MAX_SAFE_INTEGER): boolean {
     const source = this.values;
     if (source === undefined) return false;
-    this.releaseIndex(upToRevision);
+    const indexed = this.releaseIndex(upToRevision, maxCount);
+    if ((this.unindexedLog.at(0)?.revision ?? Infinity) <= upToRevision) return true; // the overlay first
+    const budget = maxCount - indexed;
     let n = 0;
     for (;;) {
       const e = this.resident.at(n);
       if (e === undefined || e.revision > upToRevision) break;
-      if (n === maxCount) {
+      if (n === budget) {
         this.resident.dropFront(n);
         return true;
       }
@@ -1047,13 +1066,17 @@ export class KvStateMachine {
     return this.unindexed.size;
   }
 
-  /** Hands the overlay's versions written at or before `upTo` (durable) to the index source. */
-  private releaseIndex(upTo: number): void {
+  /**
+   * Hands the overlay's versions written at or before `upTo` (durable) to the index source, at most
+   * `maxCount` of its entries; returns how many it walked. What it leaves stays in the overlay,
+   * which reads consult first, so a round released over several calls reads the same throughout.
+   */
+  private releaseIndex(upTo: number, maxCount: number): number {
     const index = this.index;
-    if (index === undefined) return;
+    if (index === undefined) return 0;
     if (!this.indexReady && upTo >= this.indexFrom) this.indexReady = true;
     let n = 0;
-    for (let e = this.unindexedLog.at(0); e !== undefined && e.revision <= upTo; e = this.unindexedLog.at(++n)) {
+    for (let e = this.unindexedLog.at(0); e !== undefined && e.revision <= upTo && n < maxCount; e = this.unindexedLog.at(++n)) {
       const v = this.unindexed.get(e.key);
       if (v === undefined || v.revision > upTo) continue; // rewritten since: stays in the overlay
       this.unindexed.delete(e.key);
@@ -1061,6 +1084,7 @@ export class KvStateMachine {
       if (v.value !== null && this.dropColdKeys) this.droppable.push(e.key);
     }
     this.unindexedLog.dropFront(n);
+    return n;
   }
 
   /** Number of versions whose value is still in the heap awaiting release (0 without a source: then all values are in the heap). */

@@ -1052,6 +1052,24 @@ export class EngineValueSource implements ValueSource {
   }
 
   /**
+   * A version record of `key` at `revision` that was just read from the engine for another reason
+   * (`EngineIndexSource` reads a cold key's latest version record for its head, and the record
+   * carries the value): cached when a read at the edge is running (`readCached`, `prefetch`), so
+   * that read finds the value in the cache instead of noting a miss and reading the same record a
+   * second time, asynchronously, before a second pass. Ignored otherwise (`apply`'s lookups of a
+   * key about to be overwritten would only fill the cache with values that are being replaced).
+   */
+  offer(key: string, revision: number, record: Uint8Array): void {
+    if (this.missing === undefined) return;
+    const ck = `${this.cachePrefix}${revision}/${key}`;
+    if (this.cache.has(ck)) return;
+    const v = decodeVersion(record, revision, key);
+    if (v.value === null) return;
+    this.cache.countMisses(1); // a value read from the engine (the read's own lookup then hits)
+    this.cache.set(ck, ownedCopy(v.value));
+  }
+
+  /**
    * Runs `read` (a synchronous read of the machine, e.g. `() => sm.get(key)`) as a dry run that
    * notes which values are neither in the heap nor cached, then reads those from the engine
    * asynchronously (off the event loop) into the cache. The caller then runs its read for real,
@@ -1141,11 +1159,16 @@ export class EngineIndexSource implements IndexSource {
   /** Lookups that read the engine (cache misses), of those the keys the records did not hold, and misses the machine answered (`mayExist`). */
   readonly reads = { engine: 0, absent: 0, skipped: 0 };
 
-  /** The source of `group`'s latest versions in `engine`, caching in `cache`. */
+  /**
+   * The source of `group`'s latest versions in `engine`, caching in `cache`; a cold key's version
+   * record, read for its head, is offered to `values` (the same group's value source: a latest
+   * `get` then needs no second read of it, see `EngineValueSource.offer`).
+   */
   constructor(
     private readonly engine: Pick<KvEngine, 'getSync'>,
     readonly group: number,
     private readonly cache: IndexCache,
+    private readonly values?: Pick<EngineValueSource, 'offer'>,
   ) {
     this.keys = new Keys(group);
     this.cachePrefix = `${group}/${++indexSourceCount}/`;
@@ -1171,6 +1194,7 @@ export class EngineIndexSource implements IndexSource {
     if (raw === undefined) throw new StorageCorruptionError(`group ${this.group}: the latest record of ${JSON.stringify(key)} names version ${revision}, which is missing`);
     const head = decodeVersionHead(raw, revision, key);
     this.cache.set(ck, head);
+    if (head.value !== null) this.values?.offer(key, revision, raw);
     return head;
   }
 

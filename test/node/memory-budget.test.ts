@@ -197,4 +197,50 @@ describe('retention compaction in bounded steps', () => {
     // The newest version of every key is still readable.
     expect(dec((await l.get({ key: '/c/6', consistency: 'linearizable' }, deadline())).value)).toBe('v293');
   });
+
+  it('bounds a step by writes too: txns of many puts are compacted at most compactWritesPerStep writes a step, and a revision larger than the bound in a step of its own', async () => {
+    let retentionMs = 0;
+    const steps: Array<{ group: number; revision: number; due: number }> = [];
+    const log = silentLogger();
+    const info = log.info.bind(log);
+    log.info = ((obj: unknown, msg?: string) => {
+      const step = obj as { group: number; revision: number; due: number };
+      if (msg === 'compacted versions older than the retention window' && step.group === DATA_GROUP) steps.push(step);
+      return info(obj as object, msg);
+    }) as typeof log.info;
+    const nodes = await cluster({ log, retentionCheckMs: 20, compactWritesPerStep: 45, snapshotEveryEntries: 1_000_000 }, () => retentionMs);
+    const l = await leaderOf(nodes);
+    // Writes per revision: txns of 10 puts, two txns of 60 (over the bound), then single puts.
+    const writesAt = new Map<number, number>();
+    const txn = async (n: number, round: number) => {
+      const writes = Array.from({ length: n }, (_, j) => ({ type: 'put' as const, key: `/t/${j}`, value: enc(`r${round}`) }));
+      const res = await l.txn({ compares: [], writes }, deadline());
+      writesAt.set(res.revision, n);
+    };
+    for (let i = 0; i < 20; i++) await txn(10, i);
+    await txn(60, 100);
+    await txn(60, 101);
+    for (let i = 0; i < 20; i++) await txn(1, 200 + i);
+    const r = l.replica(DATA_GROUP)!;
+    const last = r.revision;
+    expect(r.compactRevision).toBe(0);
+    retentionMs = 1;
+    await until('the backlog compacted', () => r.compactRevision >= last - 5);
+    let at = 0;
+    let writesTotal = 0;
+    for (const s of steps) {
+      let writes = 0;
+      for (let rev = at + 1; rev <= s.revision; rev++) writes += writesAt.get(rev) ?? 0;
+      expect(s.revision).toBeGreaterThan(at);
+      // At most the bound, unless the step is one revision that alone holds more.
+      if (s.revision - at > 1) expect(writes, `step to ${s.revision}`).toBeLessThanOrEqual(45);
+      writesTotal += writes;
+      at = s.revision;
+    }
+    expect(steps.filter((s, i) => (writesAt.get(s.revision) ?? 0) === 60 && s.revision - (steps[i - 1]?.revision ?? 0) === 1)).toHaveLength(2); // each 60-write txn alone
+    expect(steps.length).toBeGreaterThanOrEqual(Math.ceil(200 / 45) + 2);
+    expect(writesTotal).toBeGreaterThan(300);
+    expect(dec((await l.get({ key: '/t/59', consistency: 'linearizable' }, deadline())).value)).toBe('r101');
+    expect(dec((await l.get({ key: '/t/0', consistency: 'linearizable' }, deadline())).value)).toBe('r219');
+  });
 });

@@ -220,6 +220,92 @@ describe('latest versions from the records, behind the hot-index cache', () => {
     expect(s.sm.keyCount).toBe(ref.keyCount);
   });
 
+  it.each([false, true])('releases a round of N keys over several bounded calls, reading the same after each and losing nothing (dropCold %s)', async (dropCold) => {
+    const N = 1000;
+    const SLICE = 150;
+    const ref = new KvStateMachine();
+    const s = new Served(new MemoryEngine(), new IndexCache(1024 * 1024), dropCold);
+    const both = (i: number, cmd: Command) => {
+      expect(plain(s.sm.apply(i, 1000 + i, cmd))).toEqual(plain(ref.apply(i, 1000 + i, cmd)));
+    };
+    let i = 0;
+    for (let k = 0; k < N; k++) both(++i, { type: 'put', key: `r/${k}`, value: enc.encode(`v${k}`) });
+    await s.flush(); // the round is durable
+    const durable = s.sm.revision;
+    for (let k = 0; k < 10; k++) both(++i, { type: 'put', key: `r/${k * 7}`, value: enc.encode(`w${k}`) }); // rewritten after the durable point
+    const check = (): void => {
+      for (let k = 0; k < N; k += 37) expect(latestOf(s.sm, `r/${k}`), `r/${k}`).toEqual(latestOf(ref, `r/${k}`));
+      for (let k = 0; k < 10; k++) expect(latestOf(s.sm, `r/${k * 7}`)).toEqual(latestOf(ref, `r/${k * 7}`));
+    };
+    let calls = 0;
+    let before = s.sm.unindexedKeys + s.sm.residentValues;
+    for (;;) {
+      calls++;
+      const more = s.sm.releaseValues(durable, SLICE);
+      const now = s.sm.unindexedKeys + s.sm.residentValues;
+      expect(before - now).toBeLessThanOrEqual(SLICE); // no call walks more than its slice
+      before = now;
+      check();
+      if (!more) break;
+      both(++i, { type: 'put', key: `r/${(calls * 13) % N}`, value: enc.encode(`x${calls}`) }); // writes go on between the slices
+    }
+    expect(calls).toBeGreaterThanOrEqual(Math.ceil((2 * N) / SLICE)); // N overlay entries and N values, SLICE a call
+    // Everything durable left the heap; what was written after the durable point stays until its own release.
+    const afterDurable = new Set<string>();
+    for (let k = 0; k < 10; k++) afterDurable.add(`r/${k * 7}`);
+    for (let c = 1; c < calls; c++) afterDurable.add(`r/${(c * 13) % N}`);
+    expect(s.sm.unindexedKeys).toBe(afterDurable.size);
+    await s.flush();
+    expect(s.sm.releaseValues(s.sm.revision, SLICE)).toBe(false);
+    expect(s.sm.unindexedKeys).toBe(0);
+    expect(s.sm.residentValues).toBe(0);
+    expect(s.sm.heapValueBytes()).toBe(0);
+    expectSameReads(s.sm, ref);
+    for (let k = 0; k < N; k++) expect(latestOf(s.sm, `r/${k}`), `r/${k}`).toEqual(latestOf(ref, `r/${k}`));
+    expect(Buffer.from(s.sm.snapshot()).equals(Buffer.from(ref.snapshot()))).toBe(true);
+    if (dropCold) expect(s.sm.droppedKeys).toBeGreaterThan(N - afterDurable.size - 5); // the cold keys did leave the heap
+  });
+
+  it("serves a cold latest get with the index's two point reads and no second, asynchronous read of the version record (the value comes with it); apply's lookups leave the value cache alone", async () => {
+    let engine = new MemoryEngine();
+    const counts = { sync: 0, async: 0 };
+    const counted = {
+      getSync: (k: Parameters<KvEngine['getSync']>[0]) => (counts.sync++, engine.getSync(k)),
+      get: (k: Parameters<KvEngine['get']>[0]) => (counts.async++, engine.get(k)),
+    };
+    const make = (offer: boolean) => {
+      const sm = new KvStateMachine();
+      const recorder = new StateRecorder(GROUP);
+      sm.observe(recorder);
+      const valueCache = new ValueCache(64 * 1024); // ~50 values of 1 KiB: most keys are cold
+      const values = new EngineValueSource(counted, GROUP, valueCache);
+      sm.attachValues(values);
+      sm.attachIndex(new EngineIndexSource(counted, GROUP, new IndexCache(0), offer ? values : undefined)); // no index cache: every head from the engine
+      return { sm, recorder, values, valueCache };
+    };
+    for (const offer of [false, true]) {
+      engine = new MemoryEngine();
+      const m = make(offer);
+      const value = (k: number) => Buffer.alloc(1024, k % 251);
+      for (let k = 0; k < 300; k++) m.sm.apply(k + 1, 1000, { type: 'put', key: `c/${k}`, value: value(k) });
+      await engine.batch(m.recorder.take(m.sm)!, { sync: true });
+      m.sm.releaseValues(m.sm.revision);
+      counts.sync = 0;
+      counts.async = 0;
+      const got = await m.values.readCached(() => m.sm.get('c/5'));
+      expect(Buffer.from(got!.value).equals(value(5))).toBe(true);
+      expect(got!.version).toBe(6);
+      // The index's reads: `l/c/5`, then its version record (which carries the value).
+      if (offer) expect(counts).toEqual({ sync: 2, async: 0 });
+      else expect(counts).toEqual({ sync: 2 + 2, async: 1 }); // the value missed: read again asynchronously, then a second pass
+      // An overwrite's lookup of a cold key (outside a read at the edge) does not cache the value it replaces.
+      const ck = `${GROUP}/8/c/7`;
+      expect(m.valueCache.has(ck)).toBe(false);
+      m.sm.apply(301, 1000, { type: 'put', key: 'c/7', value: value(1), expectedVersion: 8 });
+      expect(m.valueCache.has(ck)).toBe(false);
+    }
+  });
+
   it('keeps the cache within its byte bound, evicting entries not used since the last pass first', () => {
     const per = INDEX_CACHE_ENTRY_OVERHEAD_BYTES + 2 * 2;
     const cache = new IndexCache(per * 3);
