@@ -84,6 +84,8 @@ export class RaftLog {
   applying: number;
   /** Highest index the host acknowledged as applied. */
   applied: number;
+  /** See {@link takeCut}. */
+  private cutFrom = 0;
 
   constructor(storage: Storage) {
     this.storage = storage;
@@ -163,8 +165,19 @@ export class RaftLog {
     if (after < this.committed) {
       throw new Error(`raft log: append after ${after} is below committed ${this.committed}`);
     }
+    if (after < this.lastIndex()) this.cutFrom = this.cutFrom === 0 ? after + 1 : Math.min(this.cutFrom, after + 1);
     this.unstable.truncateAndAppend(ents);
     return this.lastIndex();
+  }
+
+  /**
+   * The lowest index from which entries were replaced by a conflicting append since the last
+   * call (0: none), and forgets it. Acknowledgements of the replaced entries must not leave.
+   */
+  takeCut(): number {
+    const cut = this.cutFrom;
+    this.cutFrom = 0;
+    return cut;
   }
 
   /** The first index among `ents` whose term differs from ours (or is new); 0 when all match. */

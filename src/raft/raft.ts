@@ -1317,6 +1317,8 @@ export class Raft {
       return;
     }
     const lastNew = this.log.maybeAppend(index, m.logTerm ?? 0, m.commit ?? 0, m.entries ?? []);
+    const cut = this.log.takeCut();
+    if (cut !== 0) this.dropAcksFrom(cut);
     if (lastNew !== undefined) {
       this.send({ type: MessageType.AppResp, group: this.group, from: this.id, to: m.from, term: this.term, index: lastNew });
       return;
@@ -1418,9 +1420,29 @@ export class Raft {
       this.droppedMessages++;
       return false;
     }
+    // The log after our commit index is replaced by the snapshot's: acknowledgements of it still
+    // queued would promise entries this node will not hold.
+    this.dropAcksFrom(this.log.committed + 1);
     this.log.restore(s);
     this.applyConf(s.meta.conf);
     return true;
+  }
+
+  /**
+   * Drops the acknowledgements of entries at or after `index` still queued in `msgs` (not yet
+   * handed out): the log was cut there (a conflicting append, or a snapshot replacing it), so
+   * those entries will never be on this node's disk, and a leader of their term must not count
+   * them. A queued acknowledgement leaves only after its Ready's write, which no longer holds
+   * them. The leader learns the follower's real log from its next append's answer.
+   */
+  private dropAcksFrom(index: number): void {
+    let dropped = false;
+    for (const m of this.msgs) {
+      if (m.type === MessageType.AppResp && !m.reject && (m.index ?? 0) >= index) dropped = true;
+    }
+    if (!dropped) return;
+    // A new array (not spliced in place): RawNode's liveness scan remembers positions in the old one.
+    this.msgs = this.msgs.filter((m) => !(m.type === MessageType.AppResp && !m.reject && (m.index ?? 0) >= index));
   }
 
   private sinkTakes(meta: SnapshotMeta, offset: number, chunk: Uint8Array): boolean {

@@ -91,6 +91,33 @@ export const REGRESSION_SCHEDULES: readonly { readonly name: string; readonly cf
       livenessBoundMs: 4000,
     },
   },
+  {
+    // A follower appended a term-2 leader's entries 11..13 (its acknowledgement queued for the
+    // next Ready), stepped to term 3 and took the new leader's 11/3, which cut 11..13 before any
+    // write: the queued acknowledgement of 13 left after a write that held only 11 (docs/raft.md,
+    // "Bugs the simulator found"). Found with SIM_SEED=-1388734881.
+    name: 'acknowledgement of entries cut before their write (seed -1388734881)',
+    cfg: {
+      seed: 2019043088,
+      nodes: 5,
+      spareNodes: 2,
+      schedule: [
+        { afterMs: 1, fault: { kind: 'partition', sides: [[2, 4, 3], [0, 1]] } },
+        { afterMs: 3, fault: { kind: 'crashOn', node: 4, on: 'vote', afterMs: 0, unsyncedSurvives: false } },
+        { afterMs: 190, fault: { kind: 'pause', node: 2, forMs: 760 } },
+        { afterMs: 157, fault: { kind: 'lossy', dropRate: 0, duplicateRate: 5e-324 } },
+        { afterMs: 188, fault: { kind: 'pause', node: 3, forMs: 430 } },
+        { afterMs: 21, fault: { kind: 'membership', op: 'addLearner', node: 2 } },
+        { afterMs: 3, fault: { kind: 'reboot', node: 1, afterMs: 3, unsyncedSurvives: false } },
+        { afterMs: 215, fault: { kind: 'heal' } },
+        { afterMs: 141, fault: { kind: 'heal' } },
+      ],
+      clients: 3,
+      keys: ['x', 'y'],
+      host: { snapshotEvery: 25, compactionLag: 3, electionTicks: 10, heartbeatTicks: 2, snapshotChunkBytes: 128, maxAppendBytes: 4096, preVote: true, checkQuorum: false, livenessWhileSyncing: true, lazyCommit: false, quietHeartbeats: true },
+      livenessBoundMs: 4000,
+    },
+  },
 ];
 
 /** Runs one schedule and checks everything but the totals: throws on any violation. */
