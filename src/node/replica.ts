@@ -57,6 +57,7 @@ import { ReplicaRecords } from './replica-records.js';
 import type { Scheduler } from './scheduler.js';
 import { PendingProposals, PendingReads } from './waiters.js';
 import { WatchHub, type WatchHubOptions } from './watch-hub.js';
+import { traceWrite } from '../write-trace.js';
 
 /** Tuning of a replica. */
 export interface ReplicaOptions {
@@ -395,6 +396,7 @@ export class ShardReplica {
   /** Takes the Raft core's pending work (call `apply` then `advance` with it). */
   ready(): Ready {
     const rd = this.raw.ready();
+    if (traceWrite && rd.entries.length > 0) traceWrite('round', this.group, rd.entries[rd.entries.length - 1]!.index);
     // Chunks of a streamed snapshot the core wants for followers: read from the records, handed back as they are ready.
     for (const req of rd.snapshotReads ?? []) this.snapshots.read(req);
     for (const m of rd.earlyMessages) {
@@ -413,6 +415,7 @@ export class ShardReplica {
 
   /** Tells the Raft core a Ready was persisted, sent and applied; returns the membership it applied, if changed. */
   advance(rd: Ready): ConfState | undefined {
+    if (traceWrite && rd.entries.length > 0) traceWrite('durable', this.group, rd.entries[rd.entries.length - 1]!.index);
     const conf = this.raw.advance(rd);
     // Transfers that ended (installed, the follower removed, leadership lost) release what they held.
     if (this.snapshots.open) this.snapshots.retain(this.raw.snapshotTransfers());
@@ -561,7 +564,9 @@ export class ShardReplica {
       }
       throw e;
     }
-    return this.proposals.wait(this.raw.raft.log.lastIndex(), this.raw.raft.term);
+    const index = this.raw.raft.log.lastIndex();
+    traceWrite?.('propose', this.group, index);
+    return this.proposals.wait(index, this.raw.raft.term);
   }
 
   /** Waits until this replica may serve a linearizable read (ReadIndex confirmed and applied). */
@@ -648,6 +653,7 @@ export class ShardReplica {
       const out = this.machine.apply(e.index, ts, cmd, origin, session, hops);
       if (out.duplicate) this.opts.onDuplicate?.();
       const latencyMs = this.proposals.applied(e.index, e.term, out.result);
+      traceWrite?.('applied', this.group, e.index);
       if (latencyMs !== undefined) this.opts.onCommitted?.(latencyMs);
       if (out.events.length > 0) this.hub.publish(out.events);
     }
