@@ -413,6 +413,28 @@ export class ShardReplica {
     return this.raw.takeLivenessMessages();
   }
 
+  /**
+   * While a ready round waits for its fsync (not while installing a snapshot): starts the ReadIndex
+   * round of the reads that arrived meanwhile and releases the reads a quorum has confirmed and
+   * that are applied here, as `apply` does with a Ready's read states; a read depends on no write
+   * of the round. So a linearizable read waits for one heartbeat round, not for up to two fsyncs
+   * (the round in progress, then the one its heartbeat responses would be handed out with).
+   * Returns the messages sendable now (RawNode.takeLivenessMessages: the round's heartbeats among them).
+   */
+  readsDuringRound(): readonly Message[] {
+    this.flushReads();
+    const states = this.raw.takeReadStates();
+    if (states.length > 0) {
+      for (const rs of states) {
+        this.reads.confirmed(rs.requestId, rs.index);
+        this.followerReads.confirmed(rs.requestId, rs.index);
+      }
+      this.reads.settle(this.machine.appliedIndex);
+      this.followerReads.settle(this.machine.appliedIndex);
+    }
+    return this.raw.takeLivenessMessages();
+  }
+
   /** Tells the Raft core a Ready was persisted, sent and applied; returns the membership it applied, if changed. */
   advance(rd: Ready): ConfState | undefined {
     if (traceWrite && rd.entries.length > 0) traceWrite('durable', this.group, rd.entries[rd.entries.length - 1]!.index);
