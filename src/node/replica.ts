@@ -6,7 +6,7 @@
  * waiting requests. Its Raft node and state machine are private: the rest of the node reads and
  * drives them through the named methods below.
  *
- * Size: about 860 lines, one piece — a third of it is that named surface (one short documented
+ * Size: about 890 lines, one piece — a third of it is that named surface (one short documented
  * method per thing the node reads or does), the rest the apply path the surface stands over, the
  * release of applied values to the engine once durable, and the phases of a snapshot install
  * (stepwise, or streamed from chunk records: snapshot-inbox.ts), which share the apply path's state (issue 17).
