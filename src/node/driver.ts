@@ -168,6 +168,11 @@ export class NodeDriver {
     }
   }
 
+  /** During a round: starts the ReadIndex rounds of the replicas whose reads wait (see `sendLiveness`). */
+  private startWaitingReads(): void {
+    for (const r of this.replicas.values()) if (!r.installing && r.readsWaiting) this.send(r.readsDuringRound());
+  }
+
   /** Runs a ready round soon (once, however often it is asked before it runs). */
   scheduleReady(): void {
     if (this.readyScheduled || this.stopped) return;
@@ -175,7 +180,7 @@ export class NodeDriver {
     this.scheduler.setImmediate(() => {
       this.readyScheduled = false;
       // A round in progress picks up new work after its fsync; reads asked for meanwhile start now.
-      if (this.inReady) this.sendLiveness();
+      if (this.inReady) this.startWaitingReads();
       void this.runReady();
     });
   }

@@ -413,6 +413,11 @@ export class ShardReplica {
     return this.raw.takeLivenessMessages();
   }
 
+  /** Whether linearizable reads (leader or follower barriers) wait for their ReadIndex round to start. */
+  get readsWaiting(): boolean {
+    return this.reads.waiting || this.followerReads.waiting;
+  }
+
   /**
    * While a ready round waits for its fsync (not while installing a snapshot): starts the ReadIndex
    * round of the reads that arrived meanwhile and releases the reads a quorum has confirmed and
