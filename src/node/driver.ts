@@ -153,14 +153,24 @@ export class NodeDriver {
   /**
    * While a round is in progress (its fsync pending) or a replica is staging an installed
    * snapshot, that replica's next Ready waits; its heartbeats and heartbeat responses at a
-   * durable term go now instead (RawNode.takeLivenessMessages). Otherwise the round about to
-   * run sends them, so nothing changes when the disk keeps up. `replicas`: those to look at
+   * durable term go now instead (RawNode.takeLivenessMessages), and, but for a replica staging a
+   * snapshot, linearizable reads go on: their ReadIndex rounds start and the confirmed ones are
+   * released (ShardReplica.readsDuringRound), so a read waits for a heartbeat round rather than
+   * for fsyncs. Otherwise the round about to run does all this, so nothing changes when the disk
+   * keeps up. `replicas`: those to look at
    * (after receiving, only the ones that stepped a message; after a tick, all).
    */
   private sendLiveness(replicas: Iterable<ShardReplica> = this.replicas.values()): void {
     for (const r of replicas) {
-      if (this.inReady || r.installing) this.send(r.takeLivenessMessages());
+      // During a round, reads go on too: their ReadIndex rounds start and confirmed ones are released (ShardReplica.readsDuringRound).
+      if (r.installing) this.send(r.takeLivenessMessages());
+      else if (this.inReady) this.send(r.readsDuringRound());
     }
+  }
+
+  /** During a round: starts the ReadIndex rounds of the replicas whose reads wait (see `sendLiveness`). */
+  private startWaitingReads(): void {
+    for (const r of this.replicas.values()) if (!r.installing && r.readsWaiting) this.send(r.readsDuringRound());
   }
 
   /** Runs a ready round soon (once, however often it is asked before it runs). */
@@ -169,6 +179,8 @@ export class NodeDriver {
     this.readyScheduled = true;
     this.scheduler.setImmediate(() => {
       this.readyScheduled = false;
+      // A round in progress picks up new work after its fsync; reads asked for meanwhile start now.
+      if (this.inReady) this.startWaitingReads();
       void this.runReady();
     });
   }

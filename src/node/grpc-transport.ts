@@ -7,13 +7,14 @@
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { join } from 'node:path';
-import type { Message, NodeId } from '../raft/index.js';
+import { MessageType, type Message, type NodeId } from '../raft/index.js';
 import type { Logger } from '../log.js';
 import { protoDir } from '../proto-files.js';
 import { withPeerBatchCodec } from './peer-batch-codec.js';
 import { decodePacked, encodePacked } from './peer-binary.js';
 import { decodePeerMessage, forOlderPeer, toWire, type WireMessage } from './peer-codec.js';
 import type { Transport } from './transport.js';
+import { traceWrite, type WriteTracer } from '../write-trace.js';
 
 /** Limits and security of the peer transport. */
 export interface GrpcTransportOptions {
@@ -247,6 +248,7 @@ export class GrpcPeerTransport implements Transport {
             }
           }
           this.receivedMessages += out.length;
+          if (traceWrite) traceMessages(traceWrite, 'recv', out);
           if (out.length > 0) this.handler(out);
         });
         call.on('error', () => {});
@@ -313,6 +315,7 @@ export class GrpcPeerTransport implements Transport {
       const batch = c.queue.splice(0, this.maxBatch);
       this.sentMessages += batch.length;
       this.sentBatches++;
+      if (traceWrite) traceMessages(traceWrite, 'send', batch);
       const ok = stream.write(
         c.packed
           ? { fromNode: this.selfId, seq: ++c.seq, packed: encodePacked(batch) }
@@ -417,4 +420,13 @@ export class GrpcPeerTransport implements Transport {
 /** Ends a server stream with a status the caller sees (an 'error' event makes grpc-js send it as the trailers). */
 function endWith(call: grpc.ServerDuplexStream<unknown, unknown>, code: grpc.status, details: string): void {
   call.emit('error', { code, details, name: 'PeerRefused', message: details });
+}
+
+/** Debug tracing (write-trace.ts): appends carrying entries as `app.send`/`app.recv` at their last index, their acknowledgements as `ack.send`/`ack.recv`. */
+function traceMessages(trace: WriteTracer, dir: 'send' | 'recv', msgs: readonly Message[]): void {
+  for (const m of msgs) {
+    const n = m.entries?.length ?? 0;
+    if (m.type === MessageType.App && n > 0) trace(`app.${dir}`, m.group, (m.index ?? 0) + n);
+    else if (m.type === MessageType.AppResp && m.reject !== true) trace(`ack.${dir}`, m.group, m.index ?? 0);
+  }
 }

@@ -6,7 +6,7 @@
  * waiting requests. Its Raft node and state machine are private: the rest of the node reads and
  * drives them through the named methods below.
  *
- * Size: about 860 lines, one piece — a third of it is that named surface (one short documented
+ * Size: about 890 lines, one piece — a third of it is that named surface (one short documented
  * method per thing the node reads or does), the rest the apply path the surface stands over, the
  * release of applied values to the engine once durable, and the phases of a snapshot install
  * (stepwise, or streamed from chunk records: snapshot-inbox.ts), which share the apply path's state (issue 17).
@@ -57,6 +57,7 @@ import { ReplicaRecords } from './replica-records.js';
 import type { Scheduler } from './scheduler.js';
 import { PendingProposals, PendingReads } from './waiters.js';
 import { WatchHub, type WatchHubOptions } from './watch-hub.js';
+import { traceWrite } from '../write-trace.js';
 
 /** Tuning of a replica. */
 export interface ReplicaOptions {
@@ -401,6 +402,7 @@ export class ShardReplica {
   /** Takes the Raft core's pending work (call `apply` then `advance` with it). */
   ready(): Ready {
     const rd = this.raw.ready();
+    if (traceWrite && rd.entries.length > 0) traceWrite('round', this.group, rd.entries[rd.entries.length - 1]!.index);
     // Chunks of a streamed snapshot the core wants for followers: read from the records, handed back as they are ready.
     for (const req of rd.snapshotReads ?? []) this.snapshots.read(req);
     for (const m of rd.earlyMessages) {
@@ -417,8 +419,36 @@ export class ShardReplica {
     return this.raw.takeLivenessMessages();
   }
 
+  /** Whether linearizable reads (leader or follower barriers) wait for their ReadIndex round to start. */
+  get readsWaiting(): boolean {
+    return this.reads.waiting || this.followerReads.waiting;
+  }
+
+  /**
+   * While a ready round waits for its fsync (not while installing a snapshot): starts the ReadIndex
+   * round of the reads that arrived meanwhile and releases the reads a quorum has confirmed and
+   * that are applied here, as `apply` does with a Ready's read states; a read depends on no write
+   * of the round. So a linearizable read waits for one heartbeat round, not for up to two fsyncs
+   * (the round in progress, then the one its heartbeat responses would be handed out with).
+   * Returns the messages sendable now (RawNode.takeLivenessMessages: the round's heartbeats among them).
+   */
+  readsDuringRound(): readonly Message[] {
+    this.flushReads();
+    const states = this.raw.takeReadStates();
+    if (states.length > 0) {
+      for (const rs of states) {
+        this.reads.confirmed(rs.requestId, rs.index);
+        this.followerReads.confirmed(rs.requestId, rs.index);
+      }
+      this.reads.settle(this.machine.appliedIndex);
+      this.followerReads.settle(this.machine.appliedIndex);
+    }
+    return this.raw.takeLivenessMessages();
+  }
+
   /** Tells the Raft core a Ready was persisted, sent and applied; returns the membership it applied, if changed. */
   advance(rd: Ready): ConfState | undefined {
+    if (traceWrite && rd.entries.length > 0) traceWrite('durable', this.group, rd.entries[rd.entries.length - 1]!.index);
     const conf = this.raw.advance(rd);
     // Transfers that ended (installed, the follower removed, leadership lost) release what they held.
     if (this.snapshots.open) this.snapshots.retain(this.raw.snapshotTransfers());
@@ -572,7 +602,9 @@ export class ShardReplica {
       }
       throw e;
     }
-    return this.proposals.wait(this.raw.raft.log.lastIndex(), this.raw.raft.term);
+    const index = this.raw.raft.log.lastIndex();
+    traceWrite?.('propose', this.group, index);
+    return this.proposals.wait(index, this.raw.raft.term);
   }
 
   /** Waits until this replica may serve a linearizable read (ReadIndex confirmed and applied). */
@@ -662,6 +694,7 @@ export class ShardReplica {
       if (compactFrom >= 0) this.countCompaction(compactFrom, performance.now() - t0);
       if (out.duplicate) this.opts.onDuplicate?.();
       const latencyMs = this.proposals.applied(e.index, e.term, out.result);
+      traceWrite?.('applied', this.group, e.index);
       if (latencyMs !== undefined) this.opts.onCommitted?.(latencyMs);
       if (out.events.length > 0) this.hub.publish(out.events);
     }

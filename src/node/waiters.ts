@@ -89,6 +89,11 @@ export class PendingReads {
     return this.batches.size;
   }
 
+  /** Whether reads wait for a round to be started (`startRound`). */
+  get waiting(): boolean {
+    return this.next.length > 0;
+  }
+
   /** Waits for the next ReadIndex round (see `startRound`). */
   wait(): Promise<void> {
     return new Promise((resolve, reject) => this.next.push({ resolve, reject }));

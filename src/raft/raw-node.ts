@@ -16,6 +16,7 @@ import {
   type Message,
   type NodeId,
   type Ready,
+  type ReadState,
   type SnapshotChunk,
   type SoftState,
 } from './types.js';
@@ -233,6 +234,19 @@ export class RawNode {
   }
 
   /**
+   * The read states (ReadIndex rounds confirmed by a quorum) produced since the last Ready or the
+   * last call, taken now instead of with the next Ready: a host may release linearizable reads
+   * while a Ready waits for its fsync, since a read depends on no write of that Ready (only on its
+   * index being applied). Later ones come with the next Ready as before.
+   */
+  takeReadStates(): readonly ReadState[] {
+    const rs = this.raft.readStates;
+    if (rs.length === 0) return NO_READ_STATES;
+    this.raft.readStates = [];
+    return rs;
+  }
+
+  /**
    * Acknowledges that a Ready was persisted, sent and applied. Configuration changes among the
    * committed entries take effect here. Returns the configuration changes applied (in order).
    */
@@ -291,6 +305,7 @@ export class RawNode {
 
 /** The empty answer of `takeLivenessMessages` (shared: callers only read it). */
 const NO_MESSAGES: readonly Message[] = Object.freeze([]);
+const NO_READ_STATES: readonly ReadState[] = Object.freeze([]);
 
 /**
  * Messages only a leader sends, which depend on nothing this Ready makes durable: the leader may

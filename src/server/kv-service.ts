@@ -28,6 +28,7 @@ import {
   type WatchResponseMsg,
 } from '../wire/proto.js';
 import { decodeResumeToken } from '../wire/request-validation.js';
+import { traceWrite } from '../write-trace.js';
 import { statusToMsg } from '../wire/status-codec.js';
 import { Coordinator, DEFAULT_FORWARD_ATTEMPT_MS, DEFAULT_MAX_RESPONSE_BYTES, withDeadline, type CoordinatorOptions, type RouteContext } from '../coordinator/coordinator.js';
 import { LIST_FANOUT_CONCURRENCY } from '../coordinator/list-merge.js';
@@ -474,6 +475,7 @@ class KvService implements KvServiceHandle {
       });
     };
     const answer = (res: PipelineResponseMsg): void => {
+      traceWrite?.('srv.answer', 0, 0);
       if (done) return settle();
       if (!batching) {
         const epoch = this.coord.mapEpoch();
@@ -502,6 +504,7 @@ class KvService implements KvServiceHandle {
       else queued.push(req);
     };
     call.on('data', (req: PipelineRequestMsg) => {
+      traceWrite?.('srv.recv', 0, 0);
       if (done) return;
       const batch = req.batch;
       if (batch !== undefined && batch.length > 0) {

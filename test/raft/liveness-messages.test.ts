@@ -1,7 +1,8 @@
 /**
  * RawNode.takeLivenessMessages: what a host may send while a Ready's write is still being
  * synced. A leader's heartbeats and the heartbeat responses at a durable term go; appends'
- * acknowledgements, votes and anything at a term not yet on disk wait for the next Ready.
+ * acknowledgements, votes and anything at a term not yet on disk wait for the next Ready. And
+ * RawNode.takeReadStates: reads a quorum confirmed meanwhile may be released then.
  */
 import { describe, expect, it } from 'vitest';
 import { MessageType, Role, type Message } from '../../src/raft/index.js';
@@ -169,4 +170,32 @@ describe('messages a host may send while a write is syncing', () => {
     expect(next.hardState).toMatchObject({ term: term + 1, vote: 2 });
     expect(next.messages.map((m) => [m.type, m.reject ?? false])).toEqual([[MessageType.VoteResp, false]]);
   });
+
+  it('a ReadIndex round started while a Ready is outstanding is confirmed and handed out then (takeReadStates), and not again with the next Ready', () => {
+    const net = leaderOf3();
+    const leader = net.host(1);
+    const term = leader.node.raft.term;
+    // campaign() stabilised the network: the leader's no-op of its term is committed (a read needs it).
+    leader.node.propose(encodePut({ c: 1, r: 1, k: 'a', v: '1' }));
+    const rd = leader.startReady()!;
+    expect(rd.entries.length).toBe(1); // its write is in flight
+    leader.applyReady();
+    const commit = leader.node.raft.log.committed;
+    leader.node.readIndex('read-1');
+    const hbs = leader.node.takeLivenessMessages();
+    expect(kinds(hbs)).toEqual([`${MessageType.Heartbeat}>2@${term}`, `${MessageType.Heartbeat}>3@${term}`]);
+    expect(leader.node.takeReadStates()).toEqual([]); // not confirmed yet
+    const follower = net.host(2);
+    follower.node.step(hbs.find((m) => m.to === 2)!);
+    const resp = follower.node.takeLivenessMessages();
+    expect(resp.map((m) => m.type)).toEqual([MessageType.HeartbeatResp]);
+    leader.node.step(resp[0]!);
+    // A quorum (leader and node 2) confirmed it at the commit index of when it was asked.
+    expect(leader.node.takeReadStates()).toEqual([{ index: commit, requestId: 'read-1' }]);
+    expect(leader.node.takeReadStates()).toEqual([]);
+    leader.completeReady();
+    const next = leader.startReady();
+    expect(next?.readStates ?? []).toEqual([]);
+  });
 });
+
