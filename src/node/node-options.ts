@@ -164,6 +164,8 @@ export interface NodeOptions {
    * them in the compaction's own storage unit. Default off.
    */
   readonly sweepVersions?: boolean;
+  /** With `sweepVersions`: least time between two sweep passes over one group (ms, default 60 s; tests shorten it). */
+  readonly sweepPassIntervalMs?: number;
   /**
    * The node's clock and timers (default: the wall clock, `realScheduler`). Everything the node
    * times — ticks, ready rounds, install slices, deadlines, liveness, entry timestamps — uses it,

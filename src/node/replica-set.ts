@@ -156,7 +156,10 @@ export class ReplicaSet {
     await store.flush();
     this.engine = engine; // before the replicas: they serve values from it
     if (opts.sweepVersions) {
-      this.sweeper = new VersionSweeper(engine, { onError: (group, err) => log.warn({ group, err: String(err) }, 'a unit of the version sweep failed; the next pass retries') });
+      this.sweeper = new VersionSweeper(engine, {
+        ...(opts.sweepPassIntervalMs !== undefined ? { minPassIntervalMs: opts.sweepPassIntervalMs } : {}),
+        onError: (group, err) => log.warn({ group, err: String(err) }, 'a unit of the version sweep failed; the next pass retries'),
+      });
     }
     for (const g of store.groups()) {
       this.addReplica(g, await recoverState(store, engine, g, { ...(opts.stateMachine ? { stateMachine: opts.stateMachine } : {}), ...(opts.stateUnitBytes ? { stateUnitBytes: opts.stateUnitBytes } : {}), ...(opts.sweepVersions ? { sweepVersions: true } : {}), log }));
@@ -480,7 +483,7 @@ export class ReplicaSet {
       this.compactOldVersions(now);
     }
     // Groups whose compaction point moved get a pass of the version sweep (one pass at a time per node).
-    if (this.sweeper !== undefined) void this.sweeper.poke(this.replicas.values());
+    if (this.sweeper !== undefined) void this.sweeper.poke(this.replicas.values(), now);
     if (now - this.lastReconcileMs >= (opts.reconcileEveryMs ?? NODE_DEFAULTS.reconcileEveryMs)) {
       this.lastReconcileMs = now;
       this.reconciler.step(this.replicas.values(), this.view.current, this.view.isInitialised, this.bootMap, now);

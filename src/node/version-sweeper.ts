@@ -37,14 +37,26 @@ export interface SweepCounts {
 export interface VersionSweeperOptions {
   /** Version records read per unit (default {@link SWEEP_RECORDS_PER_UNIT}). */
   readonly recordsPerUnit?: number;
+  /**
+   * Least time between the starts of two passes over one group (ms, default
+   * {@link DEFAULT_MIN_PASS_INTERVAL_MS}): a pass reads every version record of the group (its
+   * values too: LevelDB has no kind-only read), so it runs when the compaction point moved and
+   * this long has passed, not on every retention step.
+   */
+  readonly minPassIntervalMs?: number;
   /** Reports a unit that failed (the pass is abandoned and retried on a later poke). */
   readonly onError?: (group: number, err: unknown) => void;
 }
+
+/** Default of {@link VersionSweeperOptions.minPassIntervalMs}. */
+export const DEFAULT_MIN_PASS_INTERVAL_MS = 60_000;
 
 /** Sweeps the compacted versions of the groups a node hosts, one bounded unit at a time. */
 export class VersionSweeper {
   /** Per group, the compaction point its last complete pass swept to. */
   private readonly sweptTo = new Map<number, number>();
+  /** Per group, when its last pass started (the `now` of the poke). */
+  private readonly passStartedMs = new Map<number, number>();
   private running: Promise<void> | undefined;
   private stopped = false;
   /** What the sweep did so far. */
@@ -62,13 +74,21 @@ export class VersionSweeper {
 
   /**
    * Starts a pass over every group in `groups` whose compaction point moved past what was swept
-   * (unless a pass is running: the next poke sees what is left). Returns the running pass (tests
-   * await it; the node does not).
+   * and whose last pass started at least `minPassIntervalMs` before `nowMs` (unless a pass is
+   * running: a later poke sees what is left). Returns the running pass (tests await it; the node
+   * does not).
    */
-  poke(groups: Iterable<SweptGroup>): Promise<void> {
+  poke(groups: Iterable<SweptGroup>, nowMs: number): Promise<void> {
     if (this.running !== undefined || this.stopped) return this.running ?? Promise.resolve();
     const due: number[] = [];
-    for (const g of groups) if (g.compactRevision > (this.sweptTo.get(g.group) ?? 0)) due.push(g.group);
+    const interval = this.options.minPassIntervalMs ?? DEFAULT_MIN_PASS_INTERVAL_MS;
+    for (const g of groups) {
+      if (g.compactRevision <= (this.sweptTo.get(g.group) ?? 0)) continue;
+      const last = this.passStartedMs.get(g.group);
+      if (last !== undefined && nowMs - last < interval) continue;
+      this.passStartedMs.set(g.group, nowMs);
+      due.push(g.group);
+    }
     if (due.length === 0) return Promise.resolve();
     const run = this.sweep(due).finally(() => {
       this.running = undefined;
@@ -86,6 +106,7 @@ export class VersionSweeper {
   /** Forgets a dropped group. */
   forget(group: number): void {
     this.sweptTo.delete(group);
+    this.passStartedMs.delete(group);
   }
 
   private async sweep(groups: readonly number[]): Promise<void> {

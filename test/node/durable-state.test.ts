@@ -285,7 +285,7 @@ describe('durable state machine', () => {
         retentionMs: 150,
         retentionCheckMs: 40,
         stateMachine: { maxHistoryRevisions: 50 },
-        ...(sweep ? { sweepVersions: true } : {}),
+        ...(sweep ? { sweepVersions: true, sweepPassIntervalMs: 50 } : {}),
       };
       const nodes = await Promise.all(engines.map((e, i) => openNode(i + 1, e, hub, opts)));
       let swept = 0;
