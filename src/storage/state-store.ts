@@ -80,7 +80,9 @@
  * block with the events; once every revision of a block has left the watch history (trimming or
  * compaction) the block is rewritten without events (so trigger values do not outlive the
  * history), and once it is entirely before the compaction point it is deleted; a compaction
- * deletes the versions it drops (and the latest of forgotten keys). The loader ignores events of
+ * deletes the versions it drops (and the latest of forgotten keys), or, with
+ * `RecorderOptions.sweepVersions`, only the latests: the versions stay, dead, until the background
+ * sweep (`sweepVersions`, below) deletes them, and every reader skips them. The loader ignores events of
  * revisions before the history start recorded in `meta` (a block partly out of the history keeps
  * them until it is rewritten). A compaction's deletions go in the unit of its round, atomically
  * with the new compaction point; they are as many as the versions it drops from memory, i.e.
@@ -1324,11 +1326,11 @@ export async function listFromRecords(view: Pick<EngineView, 'get' | 'getMany' |
 // grows, so a dead version stays dead whatever happens meanwhile (more writes, a compaction, a
 // snapshot install: an installed state comes from the same log, at a compaction point no older);
 // the sweep reads `c` from `meta` in the same engine view as the versions (the durable state), and
-// its deletions are idempotent. A crash mid-sweep loses at most its unsynced unit: the dead
-// versions are still dead, the loader and the snapshot encoder skip them, and the next pass
-// deletes them. A key's versions are deleted oldest first (units walk upward), so a dead version
-// is never left without the newer version that makes it dead... except a forgotten key's last
-// tombstone, which is dead on its own (the compaction deleted its latest record in its unit).
+// its deletions are idempotent. A crash mid-sweep loses at most a suffix of its unsynced units:
+// the dead versions are still dead, the loader (`LoadOptions.deadVersions`) and the snapshot
+// encoder skip them, and the next pass deletes them. A key's versions are deleted oldest first
+// (units walk upward), so a dead version is never left without the newer version that makes it
+// dead (a forgotten key's last version is a tombstone at or before `c`: dead on its own).
 
 /** Default number of version records one {@link sweepVersions} unit reads (and at most deletes). */
 export const SWEEP_RECORDS_PER_UNIT = 1024;
