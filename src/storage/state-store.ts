@@ -1376,29 +1376,59 @@ export async function sweepVersions(
   vPrefix[p] = TAG_VERSION;
   vPrefix[p + 1] = SLASH;
   const view = engine.view();
-  const seen: Array<{ key: Uint8Array; escapedEnd: number; revision: number; tombstone: boolean }> = [];
+  const seen: Array<{ key: Uint8Array; escapedEnd: number; revision: number }> = [];
+  const ops: EngineOp[] = [];
   let c: number;
+  let more: boolean;
+  let decided: number;
   try {
     const rawMeta = await view.get(keys.meta);
     if (rawMeta === undefined) return undefined;
     c = decodeMeta(rawMeta).compactRevision;
     const lt = prefixEnd(vPrefix);
-    for await (const [k, v] of view.iterate({ gte: from ?? vPrefix, ...(lt ? { lt } : {}), limit: maxRecords + 1 })) {
+    // Keys only: the values (1 KiB each, typically) are what a scan of `v/` costs.
+    for await (const [k] of view.iterate({ gte: from ?? vPrefix, ...(lt ? { lt } : {}), limit: maxRecords + 1, keysOnly: true })) {
       const end = findTerminator(k, p + 2);
-      if (end < 0 || k.length !== end + 10 || v.length === 0) throw new StorageCorruptionError(`malformed version record ${describe(k)}`);
-      seen.push({ key: k, escapedEnd: end, revision: readU64(k, end + 2), tombstone: (v[0]! & ~KIND_HOPS) === KIND_TOMBSTONE });
+      if (end < 0 || k.length !== end + 10) throw new StorageCorruptionError(`malformed version key ${describe(k)}`);
+      seen.push({ key: k, escapedEnd: end, revision: readU64(k, end + 2) });
+    }
+    more = seen.length > maxRecords;
+    decided = more ? maxRecords : seen.length;
+    // A version followed by one of its key at or before `c` is dead whatever its kind. A key's newest
+    // version at or before `c` is dead only as a tombstone (its kind is in the value, not read):
+    // followed by a later version, it is left for a later pass (dead, harmless: every reader skips
+    // it; it dies kind-independently once that version is at or before `c`); as the key's last
+    // version, it is a tombstone exactly when the key has no latest record (a live key has `l/`; a
+    // deleted key whose tombstone is at or before `c` was forgotten, its `t/` deleted, by the
+    // compaction's own unit), so the key's versions are all dead.
+    const lastOfKey: number[] = [];
+    for (let i = 0; i < decided; i++) {
+      const cur = seen[i]!;
+      if (cur.revision > c) continue;
+      const nx = seen[i + 1];
+      const sameKey = nx !== undefined && nx.escapedEnd === cur.escapedEnd && Buffer.compare(nx.key.subarray(p + 2, nx.escapedEnd), cur.key.subarray(p + 2, cur.escapedEnd)) === 0;
+      if (sameKey && nx.revision <= c) ops.push({ type: 'del', key: cur.key });
+      else if (!sameKey) lastOfKey.push(i);
+    }
+    if (lastOfKey.length > 0) {
+      const latestKey = (i: number, tag: number): Uint8Array => {
+        const r = seen[i]!;
+        const out = new Uint8Array(r.escapedEnd);
+        out.set(r.key.subarray(0, r.escapedEnd));
+        out[p] = tag;
+        return out;
+      };
+      const live = await view.getMany(lastOfKey.map((i) => latestKey(i, TAG_LATEST)));
+      const noLive = lastOfKey.filter((_, n) => live[n] === undefined);
+      const deleted = noLive.length > 0 ? await view.getMany(noLive.map((i) => latestKey(i, TAG_DELETED))) : [];
+      noLive.forEach((i, n) => {
+        if (deleted[n] === undefined) ops.push({ type: 'del', key: seen[i]!.key });
+      });
+      // In key order, a key's versions oldest first (one batch: the order is for the reader's sake).
+      ops.sort((a, b) => Buffer.compare(a.key as Uint8Array, b.key as Uint8Array));
     }
   } finally {
     await view.close();
-  }
-  const more = seen.length > maxRecords;
-  const decided = more ? maxRecords : seen.length;
-  const ops: EngineOp[] = [];
-  for (let i = 0; i < decided; i++) {
-    const cur = seen[i]!;
-    const nx = seen[i + 1];
-    const sameKey = nx !== undefined && nx.escapedEnd === cur.escapedEnd && Buffer.compare(nx.key.subarray(p + 2, nx.escapedEnd), cur.key.subarray(p + 2, cur.escapedEnd)) === 0;
-    if (isDeadVersion(cur.revision, cur.tombstone, sameKey ? nx.revision : undefined, c)) ops.push({ type: 'del', key: cur.key });
   }
   if (ops.length > 0) await engine.batch(ops, { sync: false });
   return { scanned: decided, deleted: ops.length, compactRevision: c, next: more ? seen[maxRecords]!.key : undefined };
