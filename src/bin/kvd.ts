@@ -302,6 +302,7 @@ async function main(): Promise<void> {
       valueCacheBytes: cfg.valueCacheMib * 1024 * 1024,
       indexCacheBytes: cfg.indexCacheMib * 1024 * 1024,
       ...(cfg.indexDropCold ? { indexDropCold: true } : {}),
+      ...(cfg.sweepVersions ? { sweepVersions: true } : {}),
       ...(cfg.legacyConditionalPuts ? { legacyConditionalPuts: true } : {}),
       memoryBudgetBytes: memoryBudgetMib(cfg.memoryBudgetMib, log) * 1024 * 1024,
       log,

@@ -358,6 +358,11 @@ export class KvNode implements KvBackend {
     return this.replicas.memoryBudget;
   }
 
+  /** What the background version sweep did on this node (undefined without `sweepVersions`). */
+  get versionSweep(): ReplicaSet['versionSweep'] {
+    return this.replicas.versionSweep;
+  }
+
   /** Snapshot sending on this node: engine views open for it, followers being read for, bytes held. */
   get snapshotSending(): ReplicaSet['snapshotSending'] {
     return this.replicas.snapshotSending;

@@ -213,6 +213,20 @@ export class NodeMetrics {
         this.set({ what: 'held_bytes' }, s.heldBytes);
       },
     });
+    new Gauge({
+      name: 'kvcascade_version_sweep',
+      help: 'The background sweep of compacted versions (--sweep-versions; all 0 without it) since start: units run, version records read (scanned) and deleted, passes completed, unit_ms spent in units',
+      labelNames: ['what'],
+      registers,
+      collect() {
+        const s = node.versionSweep;
+        this.set({ what: 'units' }, s?.units ?? 0);
+        this.set({ what: 'scanned' }, s?.scanned ?? 0);
+        this.set({ what: 'deleted' }, s?.deleted ?? 0);
+        this.set({ what: 'passes' }, s?.passes ?? 0);
+        this.set({ what: 'unit_ms' }, s?.unitMs ?? 0);
+      },
+    });
     const sumOverReplicas = (name: string, help: string, pick: (r: NonNullable<ReturnType<KvNode['replica']>>) => number) =>
       new Gauge({
         name,

@@ -161,6 +161,14 @@ export interface NodeOptions {
    */
   readonly indexDropCold?: boolean;
   /**
+   * Experimental (issue 17): a compaction leaves the versions it drops on disk and a node-local
+   * background sweep deletes them in bounded units (node/version-sweeper.ts), instead of deleting
+   * them in the compaction's own storage unit. Default off.
+   */
+  readonly sweepVersions?: boolean;
+  /** With `sweepVersions`: least time between two sweep passes over one group (ms, default 60 s; tests shorten it). */
+  readonly sweepPassIntervalMs?: number;
+  /**
    * The node's clock and timers (default: the wall clock, `realScheduler`). Everything the node
    * times — ticks, ready rounds, install slices, deadlines, liveness, entry timestamps — uses it,
    * so the simulator can run the real node on virtual time.

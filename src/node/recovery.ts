@@ -56,9 +56,10 @@ export async function recoverState(
   store: RaftLogStore,
   engine: KvEngine,
   group: number,
-  o: { readonly stateMachine?: KvStateMachineOptions; readonly stateUnitBytes?: number; readonly log: Logger },
+  o: { readonly stateMachine?: KvStateMachineOptions; readonly stateUnitBytes?: number; readonly log: Logger; readonly sweepVersions?: boolean },
 ): Promise<RecoveredState> {
   const t0 = performance.now();
+  const recorderOptions = { sweepVersions: o.sweepVersions === true };
   const storage = store.storageFor(group);
   const snap = storage.snapshot();
   const snapIndex = snap?.meta.index ?? 0;
@@ -69,11 +70,12 @@ export async function recoverState(
   const timings: Record<string, number> = {};
   if (fromRecords) {
     const load: LoadTimings = { scanMs: 0, records: 0, assembleMs: 0, historyValuesMs: 0 };
-    const loaded = (await loadState(engine, group, { values: false, timings: load }))!; // values stay in the engine
+    // Values stay in the engine; with the sweep, compacted versions not swept yet are skipped.
+    const loaded = (await loadState(engine, group, { values: false, timings: load, deadVersions: o.sweepVersions === true }))!;
     const built = performance.now();
     sm = KvStateMachine.fromRecords(loaded.data, { adopt: true }); // the loaded lists are this machine's alone
     Object.assign(timings, load, { fromRecordsMs: performance.now() - built });
-    recorder = new StateRecorder(group, loaded.written);
+    recorder = new StateRecorder(group, loaded.written, {}, recorderOptions);
     // Durable records at or past the snapshot: its data (an install cut short before the drop) is not needed.
     store.dropSnapshotData(group);
   } else {
@@ -88,7 +90,7 @@ export async function recoverState(
       const reader = streamedSnapshotReader(store, group);
       if (!reader) throw new StorageCorruptionError(`group ${group}: a streamed snapshot at ${snapIndex} without its chunk records`);
       sm = runSteps(KvStateMachine.restoreSteps(reader));
-      recorder = new StateRecorder(group);
+      recorder = new StateRecorder(group, undefined, {}, recorderOptions);
       const stale = await stateKeys(engine, group);
       const cursor = new SnapshotValueCursor(streamedSnapshotReader(store, group)!);
       let units = 0;
@@ -110,7 +112,7 @@ export async function recoverState(
       return { sm, recorder };
     }
     sm = snap ? KvStateMachine.restore(snap.data) : new KvStateMachine(o.stateMachine);
-    recorder = new StateRecorder(group);
+    recorder = new StateRecorder(group, undefined, {}, recorderOptions);
     const stale = await stateKeys(engine, group);
     if (stale.length > 0 || sm.appliedIndex > 0) {
       const units = recorder.replace(undefined, sm.toRecords(), {

@@ -23,6 +23,7 @@ import { bootstrapGroup, deleteOrphanRecords, recoverState, type RecoveredState 
 import { ShardReplica } from './replica.js';
 import { SnapshotGate } from './snapshot-sender.js';
 import { ShardReconciler } from './shard-reconciler.js';
+import { VersionSweeper, type SweepCounts } from './version-sweeper.js';
 
 /**
  * Most revisions one retention compaction step covers: a compaction drops the versions of these
@@ -84,6 +85,8 @@ export class ReplicaSet {
   private readonly removedFrom = new Set<number>();
   private readonly mapListeners = new Set<(map: ClusterMap) => void>();
   private engine: KvEngine | undefined;
+  /** The background sweep of compacted versions (node option `sweepVersions`; undefined without it or before `open`). */
+  private sweeper: VersionSweeper | undefined;
   /** The records compaction in flight (see compactRecords), or a settled promise. */
   private recordsCompaction: Promise<void> = Promise.resolve();
   /** The node's cache of value bytes, shared by its groups (values are served from the engine). */
@@ -97,6 +100,11 @@ export class ReplicaSet {
   private lastMemoryRefreshMs = Number.NEGATIVE_INFINITY;
   /** One snapshot for lagging followers is sent at a time on this node (one engine view); the chunks held are accounted. */
   private readonly snapshotGate = new SnapshotGate(1);
+
+  /** What the version sweep did on this node (undefined without `sweepVersions`). */
+  get versionSweep(): Readonly<SweepCounts> | undefined {
+    return this.sweeper?.counts;
+  }
 
   /** Snapshot sending on this node: engine views open for it, followers being read for, bytes held (gauges). */
   get snapshotSending(): { readonly openViews: number; readonly readers: number; readonly heldBytes: number } {
@@ -157,8 +165,14 @@ export class ReplicaSet {
     await deleteOrphanRecords(store, engine);
     await store.flush();
     this.engine = engine; // before the replicas: they serve values from it
+    if (opts.sweepVersions) {
+      this.sweeper = new VersionSweeper(engine, {
+        ...(opts.sweepPassIntervalMs !== undefined ? { minPassIntervalMs: opts.sweepPassIntervalMs } : {}),
+        onError: (group, err) => log.warn({ group, err: String(err) }, 'a unit of the version sweep failed; the next pass retries'),
+      });
+    }
     for (const g of store.groups()) {
-      this.addReplica(g, await recoverState(store, engine, g, { ...(opts.stateMachine ? { stateMachine: opts.stateMachine } : {}), ...(opts.stateUnitBytes ? { stateUnitBytes: opts.stateUnitBytes } : {}), log }));
+      this.addReplica(g, await recoverState(store, engine, g, { ...(opts.stateMachine ? { stateMachine: opts.stateMachine } : {}), ...(opts.stateUnitBytes ? { stateUnitBytes: opts.stateUnitBytes } : {}), ...(opts.sweepVersions ? { sweepVersions: true } : {}), log }));
     }
     await store.flush();
     this.refreshMap();
@@ -211,6 +225,7 @@ export class ReplicaSet {
       ...(opts.stateMachine ? { stateMachine: opts.stateMachine } : {}),
       ...(initialState ? { initialState } : {}),
       ...(opts.stateUnitBytes ? { stateUnitBytes: opts.stateUnitBytes } : {}),
+      ...(opts.sweepVersions ? { recorderOptions: { sweepVersions: true } } : {}),
       openView: () => this.engine?.view(),
       compactRecords: (start, end) => this.compactRecords(start, end, group),
       ...(this.engine ? { values: this.valuesOf(this.engine, group) } : {}),
@@ -477,6 +492,8 @@ export class ReplicaSet {
       this.lastRetentionCheckMs = now;
       this.compactOldVersions(now);
     }
+    // Groups whose compaction point moved get a pass of the version sweep (one pass at a time per node).
+    if (this.sweeper !== undefined) void this.sweeper.poke(this.replicas.values(), now);
     if (now - this.lastReconcileMs >= (opts.reconcileEveryMs ?? NODE_DEFAULTS.reconcileEveryMs)) {
       this.lastReconcileMs = now;
       this.reconciler.step(this.replicas.values(), this.view.current, this.view.isInitialised, this.bootMap, now);

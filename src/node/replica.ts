@@ -47,7 +47,7 @@ import { SnapshotValueCursor } from '../statemachine/snapshot-codec.js';
 import type { ShardDescriptor } from '../sharding/index.js';
 import { invariant } from '../invariant.js';
 import type { EngineOp, EngineView } from '../storage/kv-engine.js';
-import { listFromRecords, StateRecorder } from '../storage/state-store.js';
+import { listFromRecords, StateRecorder, type RecorderOptions } from '../storage/state-store.js';
 import { NotLeaderError, OverloadedError, UnavailableError, type WatchHandle, type WatchRequest, type WatchSink } from './backend.js';
 import { SnapshotInbox, streamedSnapshotReader, type SnapshotChunkStore } from './snapshot-inbox.js';
 import { decodeProposal, encodeProposal, UnknownEnvelopeVersionError } from './envelope.js';
@@ -87,6 +87,8 @@ export interface ReplicaOptions {
    * Default: restored from the storage snapshot, or empty, with a recorder of no records.
    */
   readonly initialState?: { readonly sm: KvStateMachine; readonly recorder: StateRecorder };
+  /** Options of the records' recorder made when there is no `initialState` (a new group). */
+  readonly recorderOptions?: RecorderOptions;
   /** Bound on the bytes of each unit written when a Raft snapshot replaces the state (default 4 MiB). */
   readonly stateUnitBytes?: number;
   /**
@@ -232,7 +234,7 @@ export class ShardReplica {
     invariant(opts.initialState || !snap || snap.data.length > 0, () => `group ${opts.group}: a records snapshot (metadata only) needs the machine rebuilt from the records (initialState)`);
     this.machine = opts.initialState?.sm ?? (snap ? KvStateMachine.restore(snap.data) : new KvStateMachine(opts.stateMachine));
     this.lastSnapshotIndex = snap?.meta.index ?? 0;
-    this.records = new ReplicaRecords(opts.initialState?.recorder ?? new StateRecorder(opts.group), opts.stateUnitBytes);
+    this.records = new ReplicaRecords(opts.initialState?.recorder ?? new StateRecorder(opts.group, undefined, {}, opts.recorderOptions), opts.stateUnitBytes);
     this.records.attach(this.machine);
     if (opts.values) {
       this.machine.attachValues(opts.values.source);

@@ -33,6 +33,8 @@ export interface ScanOptions {
    * thread pool). A whole-group scan (the restart's load) sets a larger one.
    */
   readonly readAheadBytes?: number;
+  /** Only the keys are needed: an engine may hand out empty values (LevelEngine does not read them). */
+  readonly keysOnly?: boolean;
 }
 
 /** The keys {@link KvEngine.clear} deletes: every key in [gte, lt). */
@@ -157,6 +159,9 @@ export async function scanAll(engine: Pick<KvEngine, 'iterate'>, options?: ScanO
 /** Longest stretch (ms) of filling one LevelDB batch before yielding to the event loop. */
 const BATCH_SLICE_MS = 8;
 
+/** The value a keys-only scan hands out. */
+const NO_VALUE = new Uint8Array(0);
+
 /** {@link KvEngine} over LevelDB (via `level`/classic-level), with keys and values as bytes; `sync` maps to LevelDB's synchronous write (fsync). */
 export class LevelEngine implements KvEngine {
   private constructor(
@@ -254,13 +259,14 @@ export class LevelEngine implements KvEngine {
       reverse: options.reverse === true,
       limit: options.limit ?? -1,
       ...(options.readAheadBytes !== undefined ? { highWaterMarkBytes: options.readAheadBytes } : {}),
+      ...(options.keysOnly === true ? { values: false } : {}),
       ...(snapshot ? { snapshot } : {}),
     });
     try {
       for (;;) {
         const chunk = await it.nextv(1000);
         if (chunk.length === 0) break;
-        for (const [k, v] of chunk) yield [k, v] as const;
+        for (const [k, v] of chunk) yield [k, (v as Uint8Array | undefined) ?? NO_VALUE] as const;
       }
     } finally {
       await it.close();

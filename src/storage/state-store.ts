@@ -80,7 +80,9 @@
  * block with the events; once every revision of a block has left the watch history (trimming or
  * compaction) the block is rewritten without events (so trigger values do not outlive the
  * history), and once it is entirely before the compaction point it is deleted; a compaction
- * deletes the versions it drops (and the latest of forgotten keys). The loader ignores events of
+ * deletes the versions it drops (and the latest of forgotten keys), or, with
+ * `RecorderOptions.sweepVersions`, only the latests: the versions stay, dead, until the background
+ * sweep (`sweepVersions`, below) deletes them, and every reader skips them. The loader ignores events of
  * revisions before the history start recorded in `meta` (a block partly out of the history keeps
  * them until it is rewritten). A compaction's deletions go in the unit of its round, atomically
  * with the new compaction point; they are as many as the versions it drops from memory, i.e.
@@ -612,6 +614,19 @@ export interface WrittenState {
   readonly legacyTombstones?: ReadonlyMap<string, number>;
 }
 
+/** Options of a {@link StateRecorder}. */
+export interface RecorderOptions {
+  /**
+   * Leave the versions a compaction drops on disk, for the node-local background sweep
+   * ({@link sweepVersions}) to delete in bounded units, instead of deleting them in the unit of the
+   * compaction's round (issue 17: compaction in `apply` costs no per-version work on disk). A
+   * forgotten key's latest record (`t/`) is still deleted with the compaction. Readers of the
+   * records (the loader, the snapshot encoder) skip versions dead at the compaction point in `meta`
+   * ({@link isDeadVersion}), so unswept versions change nothing they answer. Default false.
+   */
+  readonly sweepVersions?: boolean;
+}
+
 /**
  * The {@link StateSink} of one group's machine: encodes each reported change as engine writes,
  * which {@link take} hands out (with the round's revision block and the `meta` record) as one unit
@@ -635,12 +650,17 @@ export class StateRecorder implements StateSink {
   /** Live keys' latests deleted (the key deleted) since the last `takeDeletedLatests`: their number and key range. */
   private deletedLatests: { count: number; first: string; last: string } | undefined;
 
+  /** Whether superseded versions are left to {@link sweepVersions} instead of deleted in the unit of the compaction (see {@link RecorderOptions}). */
+  readonly sweepsVersions: boolean;
+
   /** A recorder for `group`, whose records hold `written` (default: no records); `journalLimits` bound the session journal (tests shrink them). */
   constructor(
     readonly group: number,
     written: WrittenState = { appliedIndex: 0, blocks: [], oldestHistoryRevision: 1 },
     journalLimits: JournalLimits = {},
+    options: RecorderOptions = {},
   ) {
+    this.sweepsVersions = options.sweepVersions === true;
     this.keys = new Keys(group);
     this.journal = new SessionJournal(written.sessions, journalLimits);
     this.sessionWriter = sessionWriterInto(this.keys, () => this.ops);
@@ -677,7 +697,9 @@ export class StateRecorder implements StateSink {
   }
 
   versionsDropped(key: string, revisions: readonly number[], forgotten: boolean): void {
-    for (const rev of revisions) this.ops.push({ type: 'del', key: this.keys.version(key, rev) });
+    // With the sweep, the dropped versions stay on disk until `sweepVersions` deletes them (the
+    // compaction point in `meta` tells every reader they are dead); a forgotten key's latest goes now.
+    if (!this.sweepsVersions) for (const rev of revisions) this.ops.push({ type: 'del', key: this.keys.version(key, rev) });
     if (forgotten) {
       // Only deleted keys are forgotten (their newest version, a tombstone, was compacted).
       this.ops.push({ type: 'del', key: this.keys.deleted(key) });
@@ -865,7 +887,20 @@ export class StateRecorder implements StateSink {
       if (units.length > 0) yield* units.splice(0);
     }
 
-    // Versions and latests: a merge of the two key lists (both in key order).
+    // Versions and latests: a merge of the two key lists (both in key order). With the sweep, the
+    // disk may hold versions of a key older than `before`'s, dead and not swept yet; deleting
+    // `before`'s versions could leave them without the newer version that makes them dead. So a
+    // key of `before` with no version at or before `after`'s compaction point in `after` gets a
+    // tombstone *at* that point (a marker: dead itself, it makes every older version dead; the
+    // sweep deletes it like any dead version).
+    const ac = after.compactRevision;
+    const marker = (key: string, av: readonly VersionRecord[] | undefined): void => {
+      if (!this.sweepsVersions || ac === 0 || (av !== undefined && av[0]!.revision <= ac)) return;
+      push({ type: 'put', key: keys.version(key, ac), value: encodeVersion({ revision: ac, timestampMs: after.revisionTimestamps[0]!, value: null }) });
+    };
+    const delVersion = (key: string, v: VersionRecord): void => {
+      push({ type: 'del', key: keys.version(key, v.revision) });
+    };
     const bk = before?.keys ?? [];
     const ak = after.keys;
     let i = 0;
@@ -874,7 +909,8 @@ export class StateRecorder implements StateSink {
       const c = i >= bk.length ? 1 : j >= ak.length ? -1 : compareKeys(bk[i]![0], ak[j]![0]);
       if (c < 0) {
         const [key, versions] = bk[i++]!;
-        for (const v of versions) push({ type: 'del', key: keys.version(key, v.revision) });
+        for (const v of versions) delVersion(key, v);
+        marker(key, undefined);
         latestOps(key, versions[versions.length - 1], undefined);
       } else if (c > 0) {
         const [key, versions] = ak[j++]!;
@@ -885,9 +921,13 @@ export class StateRecorder implements StateSink {
         const av = ak[j++]![1];
         let x = 0;
         let y = 0;
+        let deleted = false;
         while (x < bv.length || y < av.length) {
           const d = x >= bv.length ? 1 : y >= av.length ? -1 : bv[x]!.revision - av[y]!.revision;
-          if (d < 0) push({ type: 'del', key: keys.version(key, bv[x++]!.revision) });
+          if (d < 0) {
+            delVersion(key, bv[x++]!);
+            deleted = true;
+          }
           else if (d > 0) {
             const v = av[y++]!;
             push({ type: 'put', key: keys.version(key, v.revision), value: encodeVersion(resolve(key, v)) });
@@ -897,6 +937,7 @@ export class StateRecorder implements StateSink {
             if (!sameVersion(o, v)) push({ type: 'put', key: keys.version(key, v.revision), value: encodeVersion(resolve(key, v)) });
           }
         }
+        if (deleted) marker(key, av);
         latestOps(key, bv[bv.length - 1], av[av.length - 1]);
       }
       if (units.length > 0) yield* units.splice(0);
@@ -1298,6 +1339,125 @@ export async function listFromRecords(view: Pick<EngineView, 'get' | 'getMany' |
   return { items, revision: plan.revision };
 }
 
+// ------------------------------------------------------------------ the version sweep
+//
+// With `RecorderOptions.sweepVersions`, a compaction in `apply` moves the compaction point (and
+// forgets deleted keys' latests) but leaves the versions it dropped on disk; this node-local sweep
+// deletes them later in bounded units, walking `v/` in key order from a cursor, like a RocksDB
+// compaction filter. A version is dead at compaction point `c` when it is older than its key's
+// newest version at or before `c`, or is that version and a tombstone: exactly what the machine
+// dropped. The decision needs only the version and the next one of the same key, and `c` only
+// grows, so a dead version stays dead whatever happens meanwhile (more writes, a compaction, a
+// snapshot install: an installed state comes from the same log, at a compaction point no older);
+// the sweep reads `c` from `meta` in the same engine view as the versions (the durable state), and
+// its deletions are idempotent. A crash mid-sweep loses at most a suffix of its unsynced units:
+// the dead versions are still dead, the loader (`LoadOptions.deadVersions`) and the snapshot
+// encoder skip them, and the next pass deletes them. A key's versions are deleted oldest first
+// (units walk upward), so a dead version is never left without the newer version that makes it
+// dead (a forgotten key's last version is a tombstone at or before `c`: dead on its own).
+
+/** Default number of version records one {@link sweepVersions} unit reads (and at most deletes). */
+export const SWEEP_RECORDS_PER_UNIT = 1024;
+
+/** What one unit of the version sweep did. */
+export interface SweepUnit {
+  /** Version records read, and of those deleted (dead at `compactRevision`). */
+  readonly scanned: number;
+  readonly deleted: number;
+  /** The compaction point the unit swept to (from the view's `meta`). */
+  readonly compactRevision: number;
+  /** Where the next unit starts (a raw engine key), or undefined when this unit reached the end of `v/`. */
+  readonly next: Uint8Array | undefined;
+}
+
+/**
+ * Whether a version (at `revision`, a tombstone or not) is dead at compaction point `c`, given the
+ * revision of the key's next version (undefined: it is the key's newest): the machine's compaction
+ * dropped it, so no read at or after `c` can see it.
+ */
+export function isDeadVersion(revision: number, tombstone: boolean, nextRevision: number | undefined, c: number): boolean {
+  return revision <= c && (tombstone || (nextRevision !== undefined && nextRevision <= c));
+}
+
+/**
+ * One unit of the version sweep of `group` (see the section comment): reads up to `maxRecords`
+ * version records from `from` (a raw key from the previous unit's `next`; undefined: the start)
+ * in one engine view, with `meta`'s compaction point, and deletes the dead ones in one batch
+ * (not synced: a lost unit is redone by the next pass). Undefined when the view holds no `meta`
+ * (no records, or a replacement under way: try later).
+ */
+export async function sweepVersions(
+  engine: Pick<KvEngine, 'view' | 'batch'>,
+  group: number,
+  from: Uint8Array | undefined,
+  maxRecords = SWEEP_RECORDS_PER_UNIT,
+): Promise<SweepUnit | undefined> {
+  if (!Number.isSafeInteger(maxRecords) || maxRecords < 1) throw new RangeError(`maxRecords must be a positive integer, got ${maxRecords}`);
+  const keys = new Keys(group);
+  const p = keys.prefix.length;
+  const vPrefix = new Uint8Array(p + 2);
+  vPrefix.set(keys.prefix);
+  vPrefix[p] = TAG_VERSION;
+  vPrefix[p + 1] = SLASH;
+  const view = engine.view();
+  const seen: Array<{ key: Uint8Array; escapedEnd: number; revision: number }> = [];
+  const ops: EngineOp[] = [];
+  let c: number;
+  let more: boolean;
+  let decided: number;
+  try {
+    const rawMeta = await view.get(keys.meta);
+    if (rawMeta === undefined) return undefined;
+    c = decodeMeta(rawMeta).compactRevision;
+    const lt = prefixEnd(vPrefix);
+    // Keys only: the values (1 KiB each, typically) are what a scan of `v/` costs.
+    for await (const [k] of view.iterate({ gte: from ?? vPrefix, ...(lt ? { lt } : {}), limit: maxRecords + 1, keysOnly: true })) {
+      const end = findTerminator(k, p + 2);
+      if (end < 0 || k.length !== end + 10) throw new StorageCorruptionError(`malformed version key ${describe(k)}`);
+      seen.push({ key: k, escapedEnd: end, revision: readU64(k, end + 2) });
+    }
+    more = seen.length > maxRecords;
+    decided = more ? maxRecords : seen.length;
+    // A version followed by one of its key at or before `c` is dead whatever its kind. A key's newest
+    // version at or before `c` is dead only as a tombstone (its kind is in the value, not read):
+    // followed by a later version, it is left for a later pass (dead, harmless: every reader skips
+    // it; it dies kind-independently once that version is at or before `c`); as the key's last
+    // version, it is a tombstone exactly when the key has no latest record (a live key has `l/`; a
+    // deleted key whose tombstone is at or before `c` was forgotten, its `t/` deleted, by the
+    // compaction's own unit), so the key's versions are all dead.
+    const lastOfKey: number[] = [];
+    for (let i = 0; i < decided; i++) {
+      const cur = seen[i]!;
+      if (cur.revision > c) continue;
+      const nx = seen[i + 1];
+      const sameKey = nx !== undefined && nx.escapedEnd === cur.escapedEnd && Buffer.compare(nx.key.subarray(p + 2, nx.escapedEnd), cur.key.subarray(p + 2, cur.escapedEnd)) === 0;
+      if (sameKey && nx.revision <= c) ops.push({ type: 'del', key: cur.key });
+      else if (!sameKey) lastOfKey.push(i);
+    }
+    if (lastOfKey.length > 0) {
+      const latestKey = (i: number, tag: number): Uint8Array => {
+        const r = seen[i]!;
+        const out = new Uint8Array(r.escapedEnd);
+        out.set(r.key.subarray(0, r.escapedEnd));
+        out[p] = tag;
+        return out;
+      };
+      const live = await view.getMany(lastOfKey.map((i) => latestKey(i, TAG_LATEST)));
+      const noLive = lastOfKey.filter((_, n) => live[n] === undefined);
+      const deleted = noLive.length > 0 ? await view.getMany(noLive.map((i) => latestKey(i, TAG_DELETED))) : [];
+      noLive.forEach((i, n) => {
+        if (deleted[n] === undefined) ops.push({ type: 'del', key: seen[i]!.key });
+      });
+      // In key order, a key's versions oldest first (one batch: the order is for the reader's sake).
+      ops.sort((a, b) => Buffer.compare(a.key as Uint8Array, b.key as Uint8Array));
+    }
+  } finally {
+    await view.close();
+  }
+  if (ops.length > 0) await engine.batch(ops, { sync: false });
+  return { scanned: decided, deleted: ops.length, compactRevision: c, next: more ? seen[maxRecords]!.key : undefined };
+}
+
 // ------------------------------------------------------------------ loading
 
 /** Reads `group`'s `meta` record; undefined when the group has none (no records, or a replacement cut short). */
@@ -1324,6 +1484,12 @@ export interface LoadOptions {
   readonly values?: boolean;
   /** When given, filled with how long each phase of the load took (ms), for the open path's log. */
   readonly timings?: LoadTimings;
+  /**
+   * The records may hold versions dead at the compaction point that the sweep has not deleted yet
+   * (written by a recorder with `sweepVersions`): skip them (default false: such a version is
+   * reported as corruption, as a compacted version that survives).
+   */
+  readonly deadVersions?: boolean;
 }
 
 /**
@@ -1424,7 +1590,7 @@ export async function loadState(engine: KvEngine, group: number, options: LoadOp
     t.records = records;
     mark = performance.now();
   }
-  const loaded = assemble(group, meta, latest, deleted, revs, versionKeys);
+  const loaded = assemble(group, meta, latest, deleted, revs, versionKeys, options.deadVersions === true);
   if (t) {
     t.assembleMs = performance.now() - mark;
     mark = performance.now();
@@ -1585,6 +1751,7 @@ function assemble(
   deleted: LatestRecords,
   revs: ReadonlyArray<{ rev: number; value: Uint8Array }>,
   keys: Array<[string, VersionRecord[]]>,
+  deadVersions: boolean,
 ): LoadedState {
   const fail = (what: string): never => {
     throw new StorageCorruptionError(`group ${group} state: ${what}`);
@@ -1665,8 +1832,26 @@ function assemble(
     if (compareKeys(k, key) < 0) fail(`the latest record of ${what} ${JSON.stringify(k)} has no versions`);
     return undefined;
   };
+  let kept = 0; // keys with retained versions, moved to the front of `keys` (with dead versions, some have none)
   for (let k = 0; k < keys.length; k++) {
-    const [key, versions] = keys[k]!;
+    const key = keys[k]![0];
+    let versions = keys[k]![1];
+    if (deadVersions) {
+      // Versions dead at the compaction point, not swept yet (see `isDeadVersion`): skipped.
+      let dead = 0;
+      while (dead < versions.length && versions[dead]!.revision <= c) dead++;
+      if (dead > 0 && versions[dead - 1]!.value !== null) dead--; // the newest at or before c, when live, stays
+      if (dead > 0) {
+        for (let i = 1; i < dead; i++) if (versions[i]!.revision <= versions[i - 1]!.revision) fail(`versions of ${JSON.stringify(key)} out of order`);
+        versions = versions.slice(dead);
+      }
+      if (versions.length === 0) {
+        // A forgotten key whose versions are not swept yet: it has no latest record.
+        if (latest.keys[li] === key || deleted.keys[di] === key) fail(`the latest record of ${JSON.stringify(key)} names a version dead at the compaction point ${c}`);
+        continue;
+      }
+    }
+    keys[kept++] = [key, versions];
     let prevRev = 0;
     for (let i = 0; i < versions.length; i++) {
       const v = versions[i]!;
@@ -1698,6 +1883,7 @@ function assemble(
     }
     if (historyKeys.has(key)) byKey.set(key, versions);
   }
+  keys.length = kept;
   if (li < latest.keys.length) fail(`the latest record of ${JSON.stringify(latest.keys[li])} has no versions`);
   if (di < deleted.keys.length) fail(`the latest record of deleted ${JSON.stringify(deleted.keys[di])} has no versions`);
   for (let i = 0; i < writesAt.length; i++) {
@@ -1830,6 +2016,18 @@ function unescapeKey(escaped: Uint8Array): Uint8Array {
     out.push(escaped[i]!);
   }
   return new Uint8Array(out);
+}
+
+/**
+ * How many of a key's versions (ascending revisions) are dead at compaction point `c`: every version
+ * older than the key's newest at or before `c`, and that one too when it is a tombstone (what
+ * `KvStateMachine.compact` drops). See {@link isDeadVersion}.
+ */
+function deadCount(versions: ReadonlyArray<{ readonly rev: number; readonly value: unknown }>, c: number): number {
+  let dead = 0;
+  while (dead < versions.length && versions[dead]!.rev <= c) dead++;
+  if (dead > 0 && versions[dead - 1]!.value !== null) dead--;
+  return dead;
 }
 
 /**
@@ -2008,10 +2206,15 @@ async function* encodeParts(
   // Pass 3: the versions, key by key (the layout orders them by key, then revision).
   let prevKey: Uint8Array = new Uint8Array(0);
   let curEscaped: Uint8Array | undefined;
-  let curVersions: Array<{ rev: number; value: Uint8Array | null; ts: number }> = [];
+  let curVersions: Array<{ rev: number; value: Uint8Array | null; ts: number; hops: number | undefined }> = [];
   let written = 0;
   const flushKey = (): void => {
     if (curEscaped === undefined) return;
+    // Versions dead at the compaction point (left for the sweep: `isDeadVersion`) are not part of the state.
+    const dead = deadCount(curVersions, c);
+    if (dead > 0) curVersions = curVersions.slice(dead);
+    for (const v of curVersions) if (v.hops !== undefined) hopsByRevision.set(v.rev, v.hops);
+    if (curVersions.length === 0) return;
     const key = unescapeKey(curEscaped);
     let shared = 0;
     const max = Math.min(key.length, prevKey.length);
@@ -2047,8 +2250,7 @@ async function* encodeParts(
     }
     const rev = readU64(k, end + 2);
     const d = decodeVersion(v, rev, '(streamed)');
-    curVersions.push({ rev, value: d.value, ts: d.timestampMs });
-    if (d.hops !== undefined) hopsByRevision.set(rev, d.hops);
+    curVersions.push({ rev, value: d.value, ts: d.timestampMs, hops: d.hops });
     await slicer.maybeYield();
   }
   flushKey();

@@ -91,7 +91,7 @@ function recordApplied(node: KvNode, ledger: Ledger): void {
  * from its durable snapshot when that has data, else (a records snapshot) from the start, with the
  * entries `ledger` saw applied. Returns per group whether the records were used (else the snapshot is).
  */
-async function checkRecoverable(engine: MemoryEngine, smOptions: NodeOptions['stateMachine'] = {}, ledger: Ledger = new Map()): Promise<Map<number, boolean>> {
+async function checkRecoverable(engine: MemoryEngine, smOptions: NodeOptions['stateMachine'] = {}, ledger: Ledger = new Map(), deadVersions = false): Promise<Map<number, boolean>> {
   const store = await RaftLogStore.open(engine); // only read (never flushed or closed)
   const used = new Map<number, boolean>();
   for (const g of store.groups()) {
@@ -104,7 +104,7 @@ async function checkRecoverable(engine: MemoryEngine, smOptions: NodeOptions['st
       continue;
     }
     used.set(g, true);
-    const recovered = KvStateMachine.fromRecords((await loadState(engine, g))!.data);
+    const recovered = KvStateMachine.fromRecords((await loadState(engine, g, { deadVersions }))!.data);
     // Never ahead of the durable log: every applied entry is on disk. (The commit index on disk is
     // a lower bound, written with term and vote changes only: recovery raises it to the applied index.)
     expect(recovered.appliedIndex).toBeLessThanOrEqual(ms.lastIndex());
@@ -266,8 +266,10 @@ describe('durable state machine', () => {
     });
   }
 
-  for (const seed of [1, 2, 3]) {
-    it(`recovers to the replay of the committed log after random crashes under load (seed ${seed})`, async () => {
+  // Seeds 4 and 5 with the version sweep: compactions leave their versions for the node's
+  // background sweep, whose unsynced units the crashes cut anywhere.
+  for (const [seed, sweep] of [[1, false], [2, false], [3, false], [4, true], [5, true]] as const) {
+    it(`recovers to the replay of the committed log after random crashes under load (seed ${seed}${sweep ? ', version sweep' : ''})`, async () => {
       const rnd = new SeededRandom(seed * 7919);
       const pick = (n: number) => Math.floor((rnd.nextU32() / 2 ** 32) * n);
       const hub = new LoopbackHub();
@@ -283,8 +285,10 @@ describe('durable state machine', () => {
         retentionMs: 150,
         retentionCheckMs: 40,
         stateMachine: { maxHistoryRevisions: 50 },
+        ...(sweep ? { sweepVersions: true, sweepPassIntervalMs: 50 } : {}),
       };
       const nodes = await Promise.all(engines.map((e, i) => openNode(i + 1, e, hub, opts)));
+      let swept = 0;
       let installs = 0;
       const ledger: Ledger = new Map();
       const watchInstalls = (n: KvNode) => {
@@ -356,7 +360,8 @@ describe('durable state machine', () => {
         engines[i] = engines[i]!.crash(pick(2)); // maybe keep the batch in flight, whole
         await victim.stop().catch(() => {});
         open = open.filter((n) => n !== victim);
-        const used = await checkRecoverable(engines[i]!, opts.stateMachine, ledger);
+        swept += victim.versionSweep?.deleted ?? 0;
+        const used = await checkRecoverable(engines[i]!, opts.stateMachine, ledger, sweep);
         if (used.get(DATA_GROUP)) fromRecords++;
         // Half the time stay down long enough to need a snapshot: more writes than a snapshot
         // interval plus the kept tail (the leader's log then no longer holds what this node lacks).
@@ -379,11 +384,12 @@ describe('durable state machine', () => {
       // the state it stopped with (the others may apply a little more meanwhile: retention runs).
       for (let i = 0; i < 3; i++) {
         await nodes[i]!.stop();
+        swept += nodes[i]!.versionSweep?.deleted ?? 0;
         const stoppedWith = nodes[i]!.replica(DATA_GROUP)!.internalsForTests().sm.snapshot();
         engines[i] = engines[i]!.crash(0);
-        const used = await checkRecoverable(engines[i]!, opts.stateMachine, ledger);
+        const used = await checkRecoverable(engines[i]!, opts.stateMachine, ledger, sweep);
         expect(used.get(DATA_GROUP)).toBe(true);
-        const sm = KvStateMachine.fromRecords((await loadState(engines[i]!, DATA_GROUP))!.data);
+        const sm = KvStateMachine.fromRecords((await loadState(engines[i]!, DATA_GROUP, { deadVersions: sweep }))!.data);
         expect(same(sm.snapshot(), stoppedWith)).toBe(true);
       }
       open = [];
@@ -392,6 +398,7 @@ describe('durable state machine', () => {
       expect(nodes[0]!.replica(DATA_GROUP)!.internalsForTests().sm.sessionCount).toBe(3);
       expect(installs).toBeGreaterThan(0);
       expect(fromRecords).toBeGreaterThan(0);
+      if (sweep) expect(swept).toBeGreaterThan(0);
     });
   }
 });

@@ -16,6 +16,7 @@ import {
   readStateMeta,
   StateRecorder,
   stateKeys,
+  sweepVersions,
   type WrittenState,
 } from '../../src/storage/state-store.js';
 import { commandArb, KEY_POOL, poolKey, smallValue } from '../statemachine/helpers.js';
@@ -60,8 +61,8 @@ async function write(engine: MemoryEngine, ops: readonly EngineOp[]): Promise<vo
  * them). Also checks that no revision block wholly out of the watch history still holds events
  * (trimming must not leave trigger values behind).
  */
-async function loadMachine(engine: MemoryEngine): Promise<{ sm: KvStateMachine; written: WrittenState } | undefined> {
-  const d = await loadState(engine, GROUP);
+async function loadMachineAt(engine: MemoryEngine, deadVersions = false): Promise<{ sm: KvStateMachine; written: WrittenState } | undefined> {
+  const d = await loadState(engine, GROUP, { deadVersions });
   if (!d) return undefined;
   const sm = KvStateMachine.fromRecords(d.data);
   for (const b of d.written.blocks) if (b.last < sm.oldestHistoryRevision) expect(b.withEvents, `block ${b.first}..${b.last}`).toBe(false);
@@ -105,7 +106,8 @@ type Action =
   | { a: 'reload' }
   | { a: 'crash' }
   | { a: 'lag' }
-  | { a: 'install'; unitBytes: number; cutAfter: number };
+  | { a: 'install'; unitBytes: number; cutAfter: number }
+  | { a: 'sweep'; records: number; units: number };
 
 const cmdArb: fc.Arbitrary<Command> = fc.oneof(
   { weight: 5, arbitrary: commandArb(poolKey, smallValue).filter((c) => c.type !== 'compact') },
@@ -124,22 +126,40 @@ const actionArb: fc.Arbitrary<Action> = fc.oneof(
   { weight: 2, arbitrary: fc.constant({ a: 'lag' as const }) },
   { weight: 2, arbitrary: fc.record({ a: fc.constant('install' as const), unitBytes: fc.integer({ min: 1, max: 600 }), cutAfter: fc.integer({ min: 0, max: 12 }) }) },
 );
+/** With the version sweep: units of the sweep (a few records each, unsynced, so crashes cut them) between the other actions. */
+const sweepActionArb: fc.Arbitrary<Action> = fc.oneof(
+  { weight: 6, arbitrary: actionArb },
+  { weight: 1, arbitrary: fc.record({ a: fc.constant('sweep' as const), records: fc.integer({ min: 1, max: 6 }), units: fc.integer({ min: 1, max: 4 }) }) },
+);
 const optionsArb: fc.Arbitrary<KvStateMachineOptions> = fc.oneof(
   fc.constant({}),
   fc.record({ maxHistoryRevisions: fc.integer({ min: 1, max: 8 }), maxHistoryBytes: fc.integer({ min: 1, max: 600 }) }),
 );
 
-describe('durable state records', () => {
-  it('rebuild a machine identical to the one that wrote them, through crashes, lag and snapshot replacement (model-based)', async () => {
+/** The version records on disk (raw keys). */
+async function versionRecords(engine: MemoryEngine): Promise<number> {
+  return (await scanAll(engine, { prefix: `${stateKeyPrefix(GROUP)}v/` })).length;
+}
+
+/**
+ * The model test of the records: a replica's machine with its recorder against a reference that
+ * never touches disk, through persists, reloads, crashes, lag and snapshot installs (cut short by
+ * crashes). With `sweep`, the recorder leaves compacted versions for the version sweep, whose units
+ * run between the other actions (unsynced: crashes cut them), and the loader skips dead versions.
+ */
+async function recordsModel(sweep: boolean, numRuns: number): Promise<void> {
+    const recorder = (written?: WrittenState): StateRecorder => new StateRecorder(GROUP, written, {}, { sweepVersions: sweep });
+    const loadMachine = (engine: MemoryEngine): ReturnType<typeof loadMachineAt> => loadMachineAt(engine, sweep);
     await fc.assert(
-      fc.asyncProperty(fc.array(actionArb, { minLength: 20, maxLength: 80 }), optionsArb, async (actions, opts) => {
+      fc.asyncProperty(fc.array(sweep ? sweepActionArb : actionArb, { minLength: 20, maxLength: 80 }), optionsArb, async (actions, opts) => {
         let engine = new MemoryEngine();
+        let sweepFrom: Uint8Array | undefined;
         const log: LogEntry[] = [];
         // `ref` applies every entry and never touches disk: what replaying the committed log gives.
         const ref = new KvStateMachine(opts);
         // `m` is the replica whose records are kept on disk; it may lag behind the log.
         let m = new KvStateMachine(opts);
-        let rec = new StateRecorder(GROUP);
+        let rec = recorder();
         m.observe(rec);
         let lagging = false;
         let persisted = m.snapshot();
@@ -181,7 +201,7 @@ describe('durable state records', () => {
               await persist();
               const loaded = (await loadMachine(engine)) ?? fresh();
               expectSameMachine(loaded.sm, m);
-              adopt(loaded.sm, new StateRecorder(GROUP, loaded.written));
+              adopt(loaded.sm, recorder(loaded.written));
               break;
             }
             case 'crash': {
@@ -189,7 +209,7 @@ describe('durable state records', () => {
               engine = engine.crash();
               const loaded = (await loadMachine(engine)) ?? fresh();
               expect(Buffer.from(loaded.sm.snapshot()).equals(Buffer.from(persisted))).toBe(true);
-              adopt(loaded.sm, new StateRecorder(GROUP, loaded.written));
+              adopt(loaded.sm, recorder(loaded.written));
               lagging = false;
               catchUp(); // recovery replays the log after the durable applied index
               break;
@@ -197,6 +217,15 @@ describe('durable state records', () => {
             case 'lag':
               lagging = true;
               break;
+            case 'sweep': {
+              // A few units of the sweep, unsynced (a crash may cut any suffix of them).
+              for (let u = 0; u < act.units; u++) {
+                const unit = await sweepVersions(engine, GROUP, sweepFrom, act.records);
+                if (!unit) break;
+                sweepFrom = unit.next;
+              }
+              break;
+            }
             case 'install': {
               // The replica receives the leader's snapshot: its records become the snapshot's state.
               await persist();
@@ -220,7 +249,7 @@ describe('durable state records', () => {
                 } else expect(meta).toBeUndefined();
                 // Recovery from the (durable) snapshot rewrites the records over whatever is left.
                 const stale = await stateKeys(engine, GROUP);
-                rec = new StateRecorder(GROUP);
+                rec = recorder();
                 for (const u of rec.replace(undefined, target.toRecords(), { deleteKeys: stale, maxUnitBytes: act.unitBytes })) await write(engine, u);
               } else {
                 for (const u of units) await write(engine, u);
@@ -252,9 +281,79 @@ describe('durable state records', () => {
         ];
         next.forEach((c, i) => expect(loaded.apply(index + 1 + i, clock + i, c)).toEqual(ref.apply(index + 1 + i, clock + i, c)));
         expectSameMachine(loaded, ref);
+        if (sweep) {
+          // A whole pass leaves exactly the retained versions, and the same state.
+          let from: Uint8Array | undefined;
+          do from = (await sweepVersions(engine, GROUP, from, 3))!.next;
+          while (from !== undefined);
+          // Left: the retained versions, and tombstones at or before the compaction point followed
+          // by a later version (dead, but their kind is not read: a later pass deletes them).
+          const retained = new Map(m.toRecords().keys.map(([k, vs]) => [k, new Set(vs.map((v) => v.revision))]));
+          let kept = 0;
+          for (const [k, versions] of (await loadState(engine, GROUP, { deadVersions: true }))!.data.keys) expect(retained.get(k)).toEqual(new Set(versions.map((v) => v.revision)));
+          for (const [, vs] of retained) kept += vs.size;
+          const left = await versionRecords(engine);
+          expect(left).toBeGreaterThanOrEqual(kept);
+          const p = `${stateKeyPrefix(GROUP)}v/`.length;
+          for (const [k, v] of await scanAll(engine, { prefix: `${stateKeyPrefix(GROUP)}v/` })) {
+            const esc = k.subarray(p, k.length - 10);
+            const raw: number[] = [];
+            for (let i = 0; i < esc.length; i++) raw.push(esc[i] === 0 ? (i++, 0) : esc[i]!);
+            const key = new TextDecoder().decode(new Uint8Array(raw));
+            const rev = Buffer.from(k).readUIntBE(k.length - 6, 6);
+            if (retained.get(key)?.has(rev)) continue;
+            expect(v[0]! & ~2, `left ${key}@${rev}`).toBe(0); // a tombstone
+            expect(rev).toBeLessThanOrEqual(m.compactRevision);
+            expect([...(retained.get(key) ?? [])].some((r) => r > rev), `left ${key}@${rev} has a later version`).toBe(true);
+          }
+          if (left === kept) expectSameMachine((await loadMachineAt(engine, false))!.sm, m);
+        }
       }),
-      { numRuns: 250 },
+      { numRuns },
     );
+}
+
+describe('durable state records', () => {
+  it('rebuild a machine identical to the one that wrote them, through crashes, lag and snapshot replacement (model-based)', async () => {
+    await recordsModel(false, 250);
+  });
+
+  it('with the version sweep: compacted versions left on disk are skipped by the loader and the snapshot stream, and swept in bounded units, through crashes and installs (model-based)', async () => {
+    await recordsModel(true, 250);
+  });
+
+  it('with the version sweep, an install that forgets a key leaves none of its unswept versions readable (the dead marker)', async () => {
+    const engine = new MemoryEngine();
+    const m = new KvStateMachine();
+    const rec = new StateRecorder(GROUP, undefined, {}, { sweepVersions: true });
+    m.observe(rec);
+    const log: Command[] = [
+      { type: 'put', key: 'k', value: enc.encode('1') }, // rev 1: dead once compacted past 2, left unswept
+      { type: 'put', key: 'k', value: enc.encode('2') }, // rev 2
+      { type: 'put', key: 'other', value: enc.encode('o') }, // rev 3
+      { type: 'compact', revision: 3 },
+    ];
+    log.forEach((c, i) => m.apply(i + 1, 100 + i, c));
+    await write(engine, rec.take(m)!);
+    expect(await versionRecords(engine)).toBe(3); // k@1 (dead), k@2, other@3
+    // The leader deletes k and compacts past the tombstone: k is forgotten in the snapshot installed here.
+    const ref = KvStateMachine.restore(m.snapshot());
+    ref.apply(5, 200, { type: 'delete', key: 'k' });
+    ref.apply(6, 201, { type: 'put', key: 'other', value: enc.encode('p') });
+    ref.apply(7, 202, { type: 'compact', revision: ref.revision });
+    const target = KvStateMachine.restore(ref.snapshot());
+    m.observe(undefined);
+    for (const u of rec.replace(m.toRecords(), target.toRecords())) await write(engine, u);
+    const loaded = (await loadMachineAt(engine, true))!.sm;
+    expectSameMachine(loaded, target);
+    expect(loaded.get('k', { atRevision: target.compactRevision })).toBeUndefined();
+    const view = engine.view();
+    expect(Buffer.from((await encodeSnapshotFromRecords(view, GROUP))!.data).equals(Buffer.from(target.snapshot()))).toBe(true);
+    await view.close();
+    // A whole sweep pass leaves only the retained version (other@6).
+    expect((await sweepVersions(engine, GROUP, undefined))!.next).toBeUndefined();
+    expect(await versionRecords(engine)).toBe(1);
+    expectSameMachine((await loadMachineAt(engine, false))!.sm, target);
   });
 
   it('toRecords / fromRecords is an exact round trip that keeps working independently of the original', () => {
@@ -341,7 +440,7 @@ describe('state key layout', () => {
       for (let i = from; i < to; i++) m.apply(1 + i, 100 + i, { type: 'put', key: `big/${i}`, value: value(i) });
       await write(engine, rec.take(m)!);
     }
-    const back = (await loadMachine(engine))!.sm;
+    const back = (await loadMachineAt(engine))!.sm;
     for (let i = 0; i < 400; i++) expect(Buffer.from(back.get(`big/${i}`)!.value!).equals(Buffer.from(value(i))), `big/${i}`).toBe(true);
   });
 
