@@ -310,8 +310,16 @@ export class NodeDriver {
             break;
           }
           store.stageStateOps(r.group, unit);
+          if (r.replacementReadPending) break;
         }
         if (done) break;
+        if (r.replacementReadPending) {
+          // The replacement diffs against the records on disk: what is staged is written first.
+          await store.flush();
+          if (this.stopped || this.replicas.get(r.group) !== r) return;
+          await r.readReplacement();
+          continue;
+        }
         // Start writing what is staged (bounds the memory it holds); a failure surfaces at the next flush.
         store.flush().catch(() => {});
         await new Promise<void>((resolve) => this.scheduler.setImmediate(resolve));

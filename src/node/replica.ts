@@ -714,8 +714,8 @@ export class ShardReplica {
       const reader = streamedSnapshotReader(this.opts.snapshotChunks!, this.group)!;
       const cursor = new SnapshotValueCursor(reader);
       this.streamedPending = true;
-      this.records.replace(before, sm, stepwise, (key, revision) => cursor.valueAt(key, revision));
-    } else this.records.replace(before, sm, stepwise);
+      this.records.replace(before, sm, stepwise, (key, revision) => cursor.valueAt(key, revision), this.opts.openView);
+    } else this.records.replace(before, sm, stepwise, undefined, this.opts.openView);
     // Its values stay in the heap until the replacement is durable (released after its last unit).
     if (this.opts.values) {
       sm.attachValues(this.opts.values.source);
@@ -755,6 +755,20 @@ export class ShardReplica {
     const unit = this.records.nextReplacementUnit();
     if (unit === undefined) this.scheduleRelease(); // every unit was handed out (and staged) before this call
     return unit;
+  }
+
+  /**
+   * Whether the records replacement waits for the next batch of the records it replaces, read
+   * from the engine (issue 17: no heap copy of the old state): the host makes everything staged
+   * durable, then awaits `readReplacement`, before asking for the next unit.
+   */
+  get replacementReadPending(): boolean {
+    return this.records.readPending;
+  }
+
+  /** Reads the next batch of the records being replaced (see `replacementReadPending`). */
+  readReplacement(): Promise<void> {
+    return this.records.readBefore();
   }
 
   /**
@@ -852,9 +866,10 @@ export class ShardReplica {
     return this.records.recordedIndex;
   }
 
-  /** Fails everything waiting (node shutdown). */
+  /** Fails everything waiting (node shutdown, or the replica removed). */
   failAll(err: Error): void {
     this.snapshots.release();
+    this.records.abandon();
     this.proposals.failAll(err);
     this.reads.failAll(err);
     this.followerReads.failAll(err);
