@@ -677,7 +677,8 @@ export class RecordedVersions {
     let curEscaped: Uint8Array | undefined;
     let cur: VersionRecord[] = [];
     let next: Uint8Array | undefined;
-    for await (const [k, v] of view.iterate({ prefix: this.prefix, ...(this.resume ? { gte: this.resume } : {}) })) {
+    // Read ahead as the loader does (classic-level's default, 16 KiB, is a pool-thread trip per ~15 records).
+    for await (const [k, v] of view.iterate({ prefix: this.prefix, readAheadBytes: LOAD_READ_AHEAD_BYTES, ...(this.resume ? { gte: this.resume } : {}) })) {
       const t = findTerminator(k, p);
       if (t < 0 || k.length !== t + 10) throw new StorageCorruptionError(`malformed version key ${describe(k)}`);
       const escaped = k.subarray(p, t);
