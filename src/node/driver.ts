@@ -314,10 +314,17 @@ export class NodeDriver {
         }
         if (done) break;
         if (r.replacementReadPending) {
-          // The replacement diffs against the records on disk: what is staged is written first.
-          await store.flush();
-          if (this.stopped || this.replicas.get(r.group) !== r) return;
-          await r.readReplacement();
+          // The replacement diffs against the records on disk, read from one view: what is staged is written before it opens.
+          if (r.replacementReadOpensView) {
+            await store.flush();
+            if (this.stopped || this.replicas.get(r.group) !== r) return;
+          } else store.flush().catch(() => {}); // bounds what is staged; a failure surfaces at the next flush
+          try {
+            await r.readReplacement();
+          } catch (e) {
+            if (this.stopped || this.replicas.get(r.group) !== r) return; // removed or stopped meanwhile: its view was closed
+            throw e;
+          }
           continue;
         }
         // Start writing what is staged (bounds the memory it holds); a failure surfaces at the next flush.

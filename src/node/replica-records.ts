@@ -77,6 +77,11 @@ export class ReplicaRecords {
     return this.readNeeded;
   }
 
+  /** Whether the pending read is the first (it opens the engine view: what is staged must be durable first); later ones read the same view. */
+  get readOpensView(): boolean {
+    return this.readNeeded && this.recorded !== undefined && !this.recorded.opened;
+  }
+
   /** Reads the next batch of the old records the replacement asked for (`readPending`). */
   async readBefore(): Promise<void> {
     this.readNeeded = false;

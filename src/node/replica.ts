@@ -766,6 +766,11 @@ export class ShardReplica {
     return this.records.readPending;
   }
 
+  /** Whether the pending read opens the engine view (the first): the host makes what is staged durable first. */
+  get replacementReadOpensView(): boolean {
+    return this.records.readOpensView;
+  }
+
   /** Reads the next batch of the records being replaced (see `replacementReadPending`). */
   readReplacement(): Promise<void> {
     return this.records.readBefore();

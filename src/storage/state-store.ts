@@ -652,6 +652,11 @@ export class RecordedVersions {
     this.prefix = concat(new Keys(group).prefix, new Uint8Array([TAG_VERSION, SLASH]));
   }
 
+  /** Whether the view is open (the first `fill` opened it): later batches come from it whatever is written since. */
+  get opened(): boolean {
+    return this.view !== undefined || this.done;
+  }
+
   /** Whether the next key needs a `fill` first. */
   get needsFill(): boolean {
     return this.pos >= this.buf.length && !this.done;
