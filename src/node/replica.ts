@@ -710,12 +710,14 @@ export class ShardReplica {
     this.machine = sm;
     // The records become the snapshot's state (stepwise: unit by unit, `nextReplacementUnit`);
     // streamed, the values held on disk are read from a second pass over the chunks as written.
+    // The difference is taken against the records the engine holds (not a heap copy of `before`) when the records are in an engine.
+    const openView = this.opts.values ? this.opts.openView : undefined;
     if (this.streamedInstall) {
       const reader = streamedSnapshotReader(this.opts.snapshotChunks!, this.group)!;
       const cursor = new SnapshotValueCursor(reader);
       this.streamedPending = true;
-      this.records.replace(before, sm, stepwise, (key, revision) => cursor.valueAt(key, revision), this.opts.openView);
-    } else this.records.replace(before, sm, stepwise, undefined, this.opts.openView);
+      this.records.replace(before, sm, stepwise, (key, revision) => cursor.valueAt(key, revision), openView);
+    } else this.records.replace(before, sm, stepwise, undefined, openView);
     // Its values stay in the heap until the replacement is durable (released after its last unit).
     if (this.opts.values) {
       sm.attachValues(this.opts.values.source);
