@@ -1,8 +1,12 @@
 // Heap bytes per key of one shard's key index (issue 17): N keys × 1 KiB written once into LevelDB through a state machine with its values released, measured after full garbage collections, with the latest versions from the heap index, from the engine (no cache), and from the engine with cold keys dropped from the heap (`dropCold`).
 //
 // Run: npx tsc -p tsconfig.json (or npm run build), then
-//   node --expose-gc dist/bench/index-heap.js [--keys 100000] [--modes heap,index,drop] [--versions 1]
-// (`--versions V`: each key written V times, so V versions retained per key)
+//   node --expose-gc dist/bench/index-heap.js [--keys 100000] [--modes heap,index,drop,drop-compacted,restart-drop] [--versions 1]
+// (`--versions V`: each key written V times, so V versions retained per key.)
+// `drop-compacted`: as `drop`, then compacted to the last revision (the write log's entries of the keys go: what a
+// dropped key costs once older than the retention window). `restart-drop`: the keys written as in `heap`, then the
+// machine rebuilt from the records as a restart does (`loadState` without values, `fromRecords`) with `dropCold`,
+// released; measured against the heap before the rebuild (the writer machine is dropped first).
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -10,22 +14,37 @@ import { parseArgs } from 'node:util';
 import { KvStateMachine } from '../src/statemachine/index.js';
 import { IndexCache } from '../src/storage/index-cache.js';
 import { LevelEngine } from '../src/storage/kv-engine.js';
-import { EngineIndexSource, EngineValueSource, StateRecorder } from '../src/storage/state-store.js';
+import { EngineIndexSource, EngineValueSource, loadState, StateRecorder } from '../src/storage/state-store.js';
 import { ValueCache } from '../src/storage/value-cache.js';
 import { flagInt } from './util.js';
 
 const gc = (globalThis as { gc?: () => void }).gc;
+
+/** The machine rebuilt from the group's records as a restart does (in its own frame: the loaded records are garbage once it returns). */
+async function rebuilt(engine: LevelEngine): Promise<KvStateMachine> {
+  const loaded = (await loadState(engine, 1, { values: false }))!;
+  return KvStateMachine.fromRecords(loaded.data, { adopt: true });
+}
+
+/** The heap per key `m` holds against `before` (after full GCs). */
+async function settle(m: KvStateMachine, n: number, mode: string, versions: number, before: number): Promise<string> {
+  gc!();
+  gc!();
+  const perKey = (process.memoryUsage().heapUsed - before) / n;
+  return `${mode.padEnd(6)} ${n} keys x ${versions} versions: ${perKey.toFixed(0)} B of heap per key (version lists kept ${m.indexSize.keys}, dropped ${m.droppedKeys}, live ${m.keyCount})`;
+}
 
 /** Heap bytes per key after writing `n` keys `versions` times each in `mode`. */
 async function measure(n: number, mode: string, versions: number): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'kvcascade-index-heap-'));
   const engine = await LevelEngine.open(dir);
   try {
-    const sm = new KvStateMachine();
+    let sm = new KvStateMachine();
     const rec = new StateRecorder(1);
     sm.observe(rec);
     sm.attachValues(new EngineValueSource(engine, 1, new ValueCache(0)));
-    if (mode !== 'heap') sm.attachIndex(new EngineIndexSource(engine, 1, new IndexCache(0)), { dropCold: mode === 'drop' });
+    const drop = mode === 'drop' || mode === 'drop-compacted';
+    if (mode !== 'heap' && mode !== 'restart-drop') sm.attachIndex(new EngineIndexSource(engine, 1, new IndexCache(0)), { dropCold: drop });
     const value = new Uint8Array(1024).fill(1);
     gc!();
     gc!();
@@ -40,10 +59,17 @@ async function measure(n: number, mode: string, versions: number): Promise<strin
         }
       }
     }
-    gc!();
-    gc!();
-    const perKey = (process.memoryUsage().heapUsed - before) / n;
-    return `${mode.padEnd(6)} ${n} keys x ${versions} versions: ${perKey.toFixed(0)} B of heap per key (version lists kept ${sm.indexSize.keys}, dropped ${sm.droppedKeys})`;
+    if (mode === 'drop-compacted') sm.compact(sm.revision);
+    if (mode === 'restart-drop') {
+      sm.observe(undefined);
+      sm = new KvStateMachine(); // the writer is garbage from here on: the rebuilt machine is measured alone
+      const m = await rebuilt(engine);
+      m.attachValues(new EngineValueSource(engine, 1, new ValueCache(0)));
+      m.attachIndex(new EngineIndexSource(engine, 1, new IndexCache(0)), { dropCold: true });
+      while (m.releaseValues(m.revision, 20_000));
+      return await settle(m, n, mode, versions, before);
+    }
+    return await settle(sm, n, mode, versions, before);
   } finally {
     await engine.close();
     await rm(dir, { recursive: true, force: true });

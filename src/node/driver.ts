@@ -322,8 +322,23 @@ export class NodeDriver {
             break;
           }
           store.stageStateOps(r.group, unit);
+          if (r.replacementReadPending) break;
         }
         if (done) break;
+        if (r.replacementReadPending) {
+          // The replacement diffs against the records on disk, read from one view: what is staged is written before it opens.
+          if (r.replacementReadOpensView) {
+            await store.flush();
+            if (this.stopped || this.replicas.get(r.group) !== r) return;
+          } else store.flush().catch(() => {}); // bounds what is staged; a failure surfaces at the next flush
+          try {
+            await r.readReplacement();
+          } catch (e) {
+            if (this.stopped || this.replicas.get(r.group) !== r) return; // removed or stopped meanwhile: its view was closed
+            throw e;
+          }
+          continue;
+        }
         // Start writing what is staged (bounds the memory it holds); a failure surfaces at the next flush.
         store.flush().catch(() => {});
         await new Promise<void>((resolve) => this.scheduler.setImmediate(resolve));

@@ -5,14 +5,18 @@
  * several ready rounds for a large install (`stepwiseInstall`).
  */
 import type { KvStateMachine } from '../statemachine/index.js';
-import type { EngineOp } from '../storage/kv-engine.js';
-import type { StateRecorder } from '../storage/state-store.js';
+import type { EngineOp, EngineView } from '../storage/kv-engine.js';
+import { READ_BEFORE, RecordedVersions, type StateRecorder } from '../storage/state-store.js';
 
 /** Records a replica's state machine changes as units of record writes, in the order they must be staged. */
 export class ReplicaRecords {
   private units: EngineOp[][] = [];
   /** The records replacement of a snapshot being installed stepwise (see `nextReplacementUnit`). */
   private replacing: Iterator<EngineOp[]> | undefined;
+  /** The old records read from the engine for a stepwise replacement (`replace` with `openView`). */
+  private recorded: RecordedVersions | undefined;
+  /** Whether the replacement waits for the next batch of the old records (`readBefore`). */
+  private readNeeded = false;
 
   constructor(
     private readonly recorder: StateRecorder,
@@ -30,18 +34,67 @@ export class ReplicaRecords {
    * in bounded units) — all queued now, or, when `stepwise`, handed out later one unit at a time
    * (`nextReplacementUnit`). Then `after`'s changes are recorded. `valueAt` reads the values
    * `after` holds on disk elsewhere (a streamed install; see `ReplaceOptions.valueAt`).
+   *
+   * With `openView` (stepwise only) the difference is taken against the records as the engine holds
+   * them, read a batch at a time from one view (`RecordedVersions`), not against `before.toRecords()`
+   * (issue 17: no heap copy of the old state, and no synchronous read-back of the keys `dropCold`
+   * dropped): the host then reads each batch when asked (`readPending`, `readBefore`), having made
+   * everything staged before durable first. `before`'s last unit is then the replacement's first.
    */
-  replace(before: KvStateMachine, after: KvStateMachine, stepwise: boolean, valueAt?: (key: string, revision: number) => Uint8Array): void {
+  replace(
+    before: KvStateMachine,
+    after: KvStateMachine,
+    stepwise: boolean,
+    valueAt?: (key: string, revision: number) => Uint8Array,
+    openView?: () => EngineView | undefined,
+  ): void {
     before.observe(undefined);
     const pending = this.recorder.take(before);
-    if (pending) this.units.push(pending);
-    const steps = this.recorder.replaceSteps(before.toRecords(), after.toRecords(), {
+    const options = {
       ...(this.maxUnitBytes ? { maxUnitBytes: this.maxUnitBytes } : {}),
       ...(valueAt ? { valueAt } : {}),
-    });
-    if (stepwise) this.replacing = steps;
-    else for (const u of steps) this.units.push(u);
+    };
+    const view = stepwise ? openView : undefined;
+    if (view !== undefined) {
+      const recorded = new RecordedVersions(() => {
+        const v = view();
+        if (v === undefined) throw new Error(`group ${this.recorder.group}: no engine view to read the records being replaced`);
+        return v;
+      }, this.recorder.group);
+      this.recorded = recorded;
+      this.replacing = withFirst(pending, this.recorder.replaceSteps(recorded, after.toRecords(), options));
+    } else {
+      if (pending) this.units.push(pending);
+      const steps = this.recorder.replaceSteps(before.toRecords(), after.toRecords(), options);
+      if (stepwise) this.replacing = steps;
+      else for (const u of steps) this.units.push(u);
+    }
     after.observe(this.recorder);
+  }
+
+  /** Whether the stepwise replacement waits for the next batch of the old records: make what is staged durable, then `readBefore`. */
+  get readPending(): boolean {
+    return this.readNeeded;
+  }
+
+  /** Whether the pending read is the first (it opens the engine view: what is staged must be durable first); later ones read the same view. */
+  get readOpensView(): boolean {
+    return this.readNeeded && this.recorded !== undefined && !this.recorded.opened;
+  }
+
+  /** Reads the next batch of the old records the replacement asked for (`readPending`). */
+  async readBefore(): Promise<void> {
+    this.readNeeded = false;
+    await this.recorded?.fill();
+  }
+
+  /** Releases what a replacement left unfinished holds (the engine view of the old records). */
+  abandon(): void {
+    const recorded = this.recorded;
+    this.recorded = undefined;
+    this.replacing = undefined;
+    this.readNeeded = false;
+    void recorded?.close().catch(() => {});
   }
 
   /** Whether a stepwise replacement is still being handed out. */
@@ -55,7 +108,12 @@ export class ReplicaRecords {
     const next = this.replacing.next();
     if (next.done) {
       this.replacing = undefined;
+      this.recorded = undefined; // closed by its last batch
       return undefined;
+    }
+    if (next.value === READ_BEFORE) {
+      this.readNeeded = true;
+      return [];
     }
     return next.value;
   }
@@ -82,4 +140,10 @@ export class ReplicaRecords {
   get recordedIndex(): number {
     return this.recorder.takenAppliedIndex;
   }
+}
+
+/** `first` (when there is one), then `rest`. */
+function* withFirst(first: EngineOp[] | undefined, rest: Iterable<EngineOp[]>): Generator<EngineOp[], void, undefined> {
+  if (first) yield first;
+  yield* rest;
 }

@@ -759,12 +759,14 @@ export class ShardReplica {
     this.machine = sm;
     // The records become the snapshot's state (stepwise: unit by unit, `nextReplacementUnit`);
     // streamed, the values held on disk are read from a second pass over the chunks as written.
+    // The difference is taken against the records the engine holds (not a heap copy of `before`) when the records are in an engine.
+    const openView = this.opts.values ? this.opts.openView : undefined;
     if (this.streamedInstall) {
       const reader = streamedSnapshotReader(this.opts.snapshotChunks!, this.group)!;
       const cursor = new SnapshotValueCursor(reader);
       this.streamedPending = true;
-      this.records.replace(before, sm, stepwise, (key, revision) => cursor.valueAt(key, revision));
-    } else this.records.replace(before, sm, stepwise);
+      this.records.replace(before, sm, stepwise, (key, revision) => cursor.valueAt(key, revision), openView);
+    } else this.records.replace(before, sm, stepwise, undefined, openView);
     // Its values stay in the heap until the replacement is durable (released after its last unit).
     if (this.opts.values) {
       sm.attachValues(this.opts.values.source);
@@ -804,6 +806,25 @@ export class ShardReplica {
     const unit = this.records.nextReplacementUnit();
     if (unit === undefined) this.scheduleRelease(); // every unit was handed out (and staged) before this call
     return unit;
+  }
+
+  /**
+   * Whether the records replacement waits for the next batch of the records it replaces, read
+   * from the engine (issue 17: no heap copy of the old state): the host makes everything staged
+   * durable, then awaits `readReplacement`, before asking for the next unit.
+   */
+  get replacementReadPending(): boolean {
+    return this.records.readPending;
+  }
+
+  /** Whether the pending read opens the engine view (the first): the host makes what is staged durable first. */
+  get replacementReadOpensView(): boolean {
+    return this.records.readOpensView;
+  }
+
+  /** Reads the next batch of the records being replaced (see `replacementReadPending`). */
+  readReplacement(): Promise<void> {
+    return this.records.readBefore();
   }
 
   /**
@@ -909,9 +930,10 @@ export class ShardReplica {
     return this.records.recordedIndex;
   }
 
-  /** Fails everything waiting (node shutdown). */
+  /** Fails everything waiting (node shutdown, or the replica removed). */
   failAll(err: Error): void {
     this.snapshots.release();
+    this.records.abandon();
     this.proposals.failAll(err);
     this.reads.failAll(err);
     this.followerReads.failAll(err);

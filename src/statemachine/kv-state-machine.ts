@@ -198,8 +198,10 @@ export class KvStateMachine {
   private readonly unindexed = new Map<string, VersionRecord>();
   /** (revision, key) of the writes in `unindexed`, oldest first, to hand to `index` once durable. */
   private readonly unindexedLog = new Queue<{ readonly revision: number; readonly key: string }>();
-  /** Keys handed to `index` with a live version: candidates to drop from `records` (`dropCold`). */
+  /** Keys handed to `index` with a live version, and every key the machine held when `dropCold` was attached: candidates to drop from `records` (`dropCold`). */
   private droppable: string[] = [];
+  /** How far `dropCold` got through `droppable` (it works in slices). */
+  private droppableAt = 0;
   /** Whether `dropCold` runs (`attachIndex` option). */
   private dropColdKeys = false;
   /** Keys dropped from `records` by `dropCold` since the machine was made (for tests and metrics). */
@@ -976,7 +978,8 @@ export class KvStateMachine {
    * versions are on disk), offering each to the source's cache, after handing the index overlay's
    * durable entries to the index source. Walks at most `maxCount` entries of the two in all (a
    * round of N keys is N overlay entries and N values), so a caller can spread a large round over
-   * event-loop turns; returns true when more remain at or before `upToRevision` (call again).
+   * event-loop turns; returns true when more remain at or before `upToRevision`, or, with
+   * `dropCold`, keys remain to be looked at for dropping (at most `maxCount` per call): call again.
    * A no-op without a source. Reads are unchanged (values are read back from the source, latest
    * versions from the overlay until handed over, then from the index source).
    */
@@ -1004,8 +1007,7 @@ export class KvStateMachine {
       source.released(e.key, v.revision, v.value);
     }
     this.resident.dropFront(n);
-    this.dropCold();
-    return false;
+    return this.dropCold(maxCount);
   }
 
   /**
@@ -1013,11 +1015,14 @@ export class KvStateMachine {
    * and durable (its value released): such a key reads the same from its head (at and after its
    * revision, the version; before, nothing), compaction has nothing to drop of it, and a write
    * reads the head back as its first version (`write`). What stays in the heap for it: its entry
-   * in `live` and, until compacted, in `writeLog` (issue 17, step 3 in part).
+   * in `live` and, until compacted, in `writeLog` (issue 17, step 3 in part). Looks at most
+   * `max` candidates; returns true when some remain (call again).
    */
-  private dropCold(): void {
-    if (!this.indexReady || this.droppable.length === 0) return;
-    for (const key of this.droppable) {
+  private dropCold(max: number): boolean {
+    if (!this.indexReady || this.droppable.length === 0) return false;
+    const end = Math.min(this.droppable.length, this.droppableAt + max);
+    for (let i = this.droppableAt; i < end; i++) {
+      const key = this.droppable[i]!;
       if (this.unindexed.has(key)) continue; // written again since
       const recs = this.records.get(key);
       if (recs !== undefined && recs.length === 1 && recs[0]!.value === VALUE_ON_DISK) {
@@ -1025,7 +1030,13 @@ export class KvStateMachine {
         this.droppedCount++;
       }
     }
+    if (end < this.droppable.length) {
+      this.droppableAt = end;
+      return true;
+    }
     this.droppable = [];
+    this.droppableAt = 0;
+    return false;
   }
 
   /** Number of keys dropped from the heap's version lists since the machine was made (their latest version is read from the index source). */
@@ -1045,8 +1056,10 @@ export class KvStateMachine {
    *
    * With `dropCold`, keys whose only retained version is live and durable also leave `records`
    * (see `dropCold`): the heap then holds, per such key, its `live` entry and its `writeLog` entry
-   * until compacted. Experimental: `toRecords()` (a snapshot install's records diff) then reads
-   * those keys' heads back synchronously, one point read per key the hot-index cache misses.
+   * until compacted. The keys the machine holds when attached (a restart's or an install's whole
+   * state) are candidates too: they leave once the index serves (sliced by `releaseValues`'
+   * `maxCount`). `toRecords()` reads those keys' heads back synchronously, one point read per key the
+   * hot-index cache misses (tests and tools; a node's install diffs against the engine's records).
    */
   attachIndex(source: IndexSource, options: { readonly dropCold?: boolean } = {}): void {
     if (this.values === undefined) throw new Error('attach a value source before an index source');
@@ -1054,6 +1067,7 @@ export class KvStateMachine {
     this.index = source;
     this.dropColdKeys = options.dropCold === true;
     this.indexFrom = this._revision;
+    if (this.dropColdKeys) for (const key of this.records.keys()) this.droppable.push(key);
   }
 
   /** Whether latest versions are read from the attached index source (and the overlay) rather than `records`. */

@@ -628,6 +628,108 @@ export interface RecorderOptions {
 }
 
 /**
+ * Yielded by {@link StateRecorder.replaceSteps} (a unit with no ops, compared by identity) when its
+ * `before` read from the engine ({@link RecordedVersions}) needs its next batch: await
+ * `RecordedVersions.fill()`, then ask for the next unit again.
+ */
+export const READ_BEFORE: EngineOp[] = Object.freeze([]) as unknown as EngineOp[];
+
+/** Version records read per batch by {@link RecordedVersions.fill} (a key's versions are never split). */
+export const RECORDED_READ_BATCH = 4096;
+
+/**
+ * The `before` of a records replacement read from the engine instead of the replaced machine's
+ * heap copy (`toRecords()`, which holds every key and, with `dropCold`, reads every dropped key's
+ * head back one synchronous point read at a time): the group's version records, from ONE engine
+ * view, grouped per key in key order, a bounded batch at a time (`fill`, asynchronous; the
+ * replacement itself stays synchronous and asks for the next batch with {@link READ_BEFORE}). The
+ * view must be opened (the first `fill`) once every unit of the old state is written to the engine
+ * (the host flushes first) and before any unit of the replacement that touches a version record
+ * (the replacement's first unit only deletes `meta`). Versions come back as heads (a value is
+ * {@link VALUE_ON_DISK}): the same revision of a key is the same write in both states. Holds at most
+ * one batch; `close` releases the view (also done when the last batch was read).
+ */
+export class RecordedVersions {
+  private view: EngineView | undefined;
+  private buf: Array<readonly [string, VersionRecord[]]> = [];
+  private pos = 0;
+  /** Where the next batch starts (the first record of a key not yet read), or undefined before the first. */
+  private resume: Uint8Array | undefined;
+  private done = false;
+  private readonly prefix: Uint8Array;
+
+  /** Reads `group`'s version records from the view `openView` opens at the first `fill`, `batch` records at a time. */
+  constructor(
+    private readonly openView: () => EngineView,
+    group: number,
+    private readonly batch = RECORDED_READ_BATCH,
+  ) {
+    this.prefix = concat(new Keys(group).prefix, new Uint8Array([TAG_VERSION, SLASH]));
+  }
+
+  /** Whether the view is open (the first `fill` opened it): later batches come from it whatever is written since. */
+  get opened(): boolean {
+    return this.view !== undefined || this.done;
+  }
+
+  /** Whether the next key needs a `fill` first. */
+  get needsFill(): boolean {
+    return this.pos >= this.buf.length && !this.done;
+  }
+
+  /** The next key of the old state and its versions (oldest first), or undefined at the end (or when `needsFill`). */
+  peek(): readonly [string, readonly VersionRecord[]] | undefined {
+    return this.buf[this.pos];
+  }
+
+  /** Moves past the key `peek` answered. */
+  shift(): void {
+    this.pos++;
+  }
+
+  /** Reads the next batch of keys (at least `batch` version records, or to the end). */
+  async fill(): Promise<void> {
+    if (this.done) return;
+    const view = (this.view ??= this.openView());
+    const p = this.prefix.length;
+    const out: Array<readonly [string, VersionRecord[]]> = [];
+    let records = 0;
+    let curEscaped: Uint8Array | undefined;
+    let cur: VersionRecord[] = [];
+    let next: Uint8Array | undefined;
+    // Read ahead as the loader does (classic-level's default, 16 KiB, is a pool-thread trip per ~15 records).
+    for await (const [k, v] of view.iterate({ prefix: this.prefix, readAheadBytes: LOAD_READ_AHEAD_BYTES, ...(this.resume ? { gte: this.resume } : {}) })) {
+      const t = findTerminator(k, p);
+      if (t < 0 || k.length !== t + 10) throw new StorageCorruptionError(`malformed version key ${describe(k)}`);
+      const escaped = k.subarray(p, t);
+      if (curEscaped === undefined || Buffer.compare(escaped, curEscaped) !== 0) {
+        if (records >= this.batch) {
+          next = k.slice();
+          break;
+        }
+        cur = [];
+        out.push([decodeKey(escaped, k), cur]);
+        curEscaped = escaped.slice();
+      }
+      cur.push(decodeVersionHead(v, readU64(k, t + 2), out[out.length - 1]![0]));
+      records++;
+    }
+    this.buf = out;
+    this.pos = 0;
+    this.resume = next;
+    if (next === undefined) await this.close();
+  }
+
+  /** Releases the engine view (no more batches are read). */
+  async close(): Promise<void> {
+    this.done = true;
+    const view = this.view;
+    this.view = undefined;
+    await view?.close();
+  }
+}
+
+/**
  * The {@link StateSink} of one group's machine: encodes each reported change as engine writes,
  * which {@link take} hands out (with the round's revision block and the `meta` record) as one unit
  * per round. It tracks the revision blocks on disk, so it must see every change of the records:
@@ -851,7 +953,7 @@ export class StateRecorder implements StateSink {
    * iteration ends: iterate it to the end, staging every unit in order, before recording anything
    * else, and keep `before` and `after` unchanged meanwhile.
    */
-  *replaceSteps(before: SnapshotData | undefined, after: SnapshotData, options: ReplaceOptions = {}): Generator<EngineOp[], void, undefined> {
+  *replaceSteps(before: SnapshotData | RecordedVersions | undefined, after: SnapshotData, options: ReplaceOptions = {}): Generator<EngineOp[], void, undefined> {
     const keys = this.keys;
     const max = options.maxUnitBytes ?? DEFAULT_STATE_UNIT_BYTES;
     const units: EngineOp[][] = [];
@@ -887,12 +989,14 @@ export class StateRecorder implements StateSink {
       if (units.length > 0) yield* units.splice(0);
     }
 
-    // Versions and latests: a merge of the two key lists (both in key order). With the sweep, the
-    // disk may hold versions of a key older than `before`'s, dead and not swept yet; deleting
-    // `before`'s versions could leave them without the newer version that makes them dead. So a
-    // key of `before` with no version at or before `after`'s compaction point in `after` gets a
-    // tombstone *at* that point (a marker: dead itself, it makes every older version dead; the
-    // sweep deletes it like any dead version).
+    // Versions and latests: a merge of the two key lists (both in key order). `before` read from
+    // the engine (`RecordedVersions`) comes a batch at a time: the caller reads the next batch
+    // (`fill`) when READ_BEFORE is yielded, then asks for the next unit again.
+    // With the sweep, the disk may hold versions of a key older than `before`'s, dead and not swept
+    // yet; deleting `before`'s versions could leave them without the newer version that makes them
+    // dead. So a key of `before` with no version at or before `after`'s compaction point in `after`
+    // gets a tombstone *at* that point (a marker: dead itself, it makes every older version dead;
+    // the sweep deletes it like any dead version).
     const ac = after.compactRevision;
     const marker = (key: string, av: readonly VersionRecord[] | undefined): void => {
       if (!this.sweepsVersions || ac === 0 || (av !== undefined && av[0]!.revision <= ac)) return;
@@ -901,14 +1005,26 @@ export class StateRecorder implements StateSink {
     const delVersion = (key: string, v: VersionRecord): void => {
       push({ type: 'del', key: keys.version(key, v.revision) });
     };
-    const bk = before?.keys ?? [];
+    const recorded = before instanceof RecordedVersions ? before : undefined;
+    const bk = recorded ? [] : ((before as SnapshotData | undefined)?.keys ?? []);
     const ak = after.keys;
     let i = 0;
     let j = 0;
-    while (i < bk.length || j < ak.length) {
-      const c = i >= bk.length ? 1 : j >= ak.length ? -1 : compareKeys(bk[i]![0], ak[j]![0]);
+    for (;;) {
+      if (recorded?.needsFill) {
+        if (units.length > 0) yield* units.splice(0);
+        yield READ_BEFORE;
+        continue;
+      }
+      const b = recorded ? recorded.peek() : bk[i];
+      if (b === undefined && j >= ak.length) break;
+      const c = b === undefined ? 1 : j >= ak.length ? -1 : compareKeys(b[0], ak[j]![0]);
+      if (c <= 0) {
+        if (recorded) recorded.shift();
+        else i++;
+      }
       if (c < 0) {
-        const [key, versions] = bk[i++]!;
+        const [key, versions] = b!;
         for (const v of versions) delVersion(key, v);
         marker(key, undefined);
         latestOps(key, versions[versions.length - 1], undefined);
@@ -917,7 +1033,7 @@ export class StateRecorder implements StateSink {
         for (const v of versions) push({ type: 'put', key: keys.version(key, v.revision), value: encodeVersion(resolve(key, v)) });
         latestOps(key, undefined, versions[versions.length - 1]);
       } else {
-        const [key, bv] = bk[i++]!;
+        const [key, bv] = b!;
         const av = ak[j++]![1];
         let x = 0;
         let y = 0;

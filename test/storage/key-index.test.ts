@@ -13,7 +13,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { KvStateMachine, SHARD_DESCRIPTOR_KEY, type ApplyOutput, type Command } from '../../src/statemachine/index.js';
 import { LevelEngine, MemoryEngine, type KvEngine } from '../../src/storage/kv-engine.js';
 import { IndexCache, INDEX_CACHE_ENTRY_OVERHEAD_BYTES } from '../../src/storage/index-cache.js';
-import { EngineIndexSource, EngineValueSource, StateRecorder } from '../../src/storage/state-store.js';
+import { EngineIndexSource, EngineValueSource, loadState, StateRecorder } from '../../src/storage/state-store.js';
 import { ValueCache } from '../../src/storage/value-cache.js';
 import { commandArb, KEY_POOL } from '../statemachine/helpers.js';
 
@@ -304,6 +304,46 @@ describe('latest versions from the records, behind the hot-index cache', () => {
       m.sm.apply(301, 1000, { type: 'put', key: 'c/7', value: value(1), expectedVersion: 8 });
       expect(m.valueCache.has(ck)).toBe(false);
     }
+  });
+
+  it('with dropCold, a machine rebuilt from its records (a restart) drops every key written once, in slices, once the index serves; reads and later applies unchanged', async () => {
+    const engine = new MemoryEngine();
+    const ref = new KvStateMachine();
+    const writer = new Served(engine, new IndexCache(0));
+    const both = (i: number, cmd: Command) => {
+      expect(plain(writer.sm.apply(i, 1000 + i, cmd))).toEqual(plain(ref.apply(i, 1000 + i, cmd)));
+    };
+    let i = 0;
+    for (let k = 0; k < 40; k++) both(++i, { type: 'put', key: `fresh/${k}`, value: enc.encode(`v${k}`) }); // 40 keys written once
+    both(++i, { type: 'put', key: 'a', value: enc.encode('a1') });
+    both(++i, { type: 'put', key: 'a', value: enc.encode('a2') }); // two retained versions: stays
+    both(++i, { type: 'put', key: 'b', value: enc.encode('b1') });
+    both(++i, { type: 'delete', key: 'b' }); // a tombstone: stays
+    await writer.flush();
+    // The restart: the machine from its records (values on disk), sources attached as a replica does.
+    const loaded = (await loadState(engine, GROUP, { values: false }))!;
+    const sm = KvStateMachine.fromRecords(loaded.data, { adopt: true });
+    sm.attachValues(new EngineValueSource(engine, GROUP, new ValueCache(0)));
+    sm.attachIndex(new EngineIndexSource(engine, GROUP, new IndexCache(0)), { dropCold: true });
+    expect(sm.indexSize.keys).toBe(42);
+    let calls = 1;
+    while (sm.releaseValues(sm.revision, 16)) calls++; // 16 candidates a call
+    expect(calls).toBe(3); // 42 candidates: 16 + 16 + 10
+    expect(sm.droppedKeys).toBe(40);
+    expect(sm.indexSize.keys).toBe(2); // 'a' (two versions) and 'b' (a tombstone)
+    expectSameReads(sm, ref);
+    expect(Buffer.from(sm.snapshot()).equals(Buffer.from(ref.snapshot()))).toBe(true);
+    const next: Command[] = [
+      { type: 'put', key: 'fresh/3', value: enc.encode('w'), expectedVersion: 4 },
+      { type: 'delete', key: 'fresh/5' },
+      { type: 'compact', revision: ref.revision },
+    ];
+    for (const cmd of next) {
+      i++;
+      expect(plain(sm.apply(i, 1000 + i, cmd))).toEqual(plain(ref.apply(i, 1000 + i, cmd)));
+    }
+    expectSameReads(sm, ref);
+    expect(sm.keyCount).toBe(ref.keyCount);
   });
 
   it('keeps the cache within its byte bound, evicting entries not used since the last pass first', () => {

@@ -13,7 +13,9 @@ import { RaftLogStore, stateKeyPrefix, StorageCorruptionError } from '../../src/
 import {
   encodeSnapshotFromRecords,
   loadState,
+  READ_BEFORE,
   readStateMeta,
+  RecordedVersions,
   StateRecorder,
   stateKeys,
   sweepVersions,
@@ -50,6 +52,21 @@ function expectSameMachine(a: KvStateMachine, b: KvStateMachine): void {
   for (const time of [0, t - 50, t - 10, t, t + 1]) {
     expect(outcome(() => a.revisionAtTime(Math.max(0, time)))).toEqual(outcome(() => b.revisionAtTime(Math.max(0, time))));
   }
+}
+
+/**
+ * The units of a replacement of the records `engine` holds by `target`'s state, diffed against the
+ * records read back from one engine view, three version records per batch (how a node installs a
+ * snapshot: `RecordedVersions`); each batch read when the replacement asks for it.
+ */
+async function replaceFromEngine(rec: StateRecorder, engine: MemoryEngine, target: KvStateMachine, unitBytes: number): Promise<EngineOp[][]> {
+  const recorded = new RecordedVersions(() => engine.view(), GROUP, 3);
+  const units: EngineOp[][] = [];
+  for (const u of rec.replaceSteps(recorded, target.toRecords(), { maxUnitBytes: unitBytes })) {
+    if (u === READ_BEFORE) await recorded.fill();
+    else units.push(u);
+  }
+  return units;
 }
 
 async function write(engine: MemoryEngine, ops: readonly EngineOp[]): Promise<void> {
@@ -106,7 +123,7 @@ type Action =
   | { a: 'reload' }
   | { a: 'crash' }
   | { a: 'lag' }
-  | { a: 'install'; unitBytes: number; cutAfter: number }
+  | { a: 'install'; unitBytes: number; cutAfter: number; fromEngine: boolean }
   | { a: 'sweep'; records: number; units: number };
 
 const cmdArb: fc.Arbitrary<Command> = fc.oneof(
@@ -124,7 +141,7 @@ const actionArb: fc.Arbitrary<Action> = fc.oneof(
   { weight: 1, arbitrary: fc.constant({ a: 'reload' as const }) },
   { weight: 1, arbitrary: fc.constant({ a: 'crash' as const }) },
   { weight: 2, arbitrary: fc.constant({ a: 'lag' as const }) },
-  { weight: 2, arbitrary: fc.record({ a: fc.constant('install' as const), unitBytes: fc.integer({ min: 1, max: 600 }), cutAfter: fc.integer({ min: 0, max: 12 }) }) },
+  { weight: 2, arbitrary: fc.record({ a: fc.constant('install' as const), unitBytes: fc.integer({ min: 1, max: 600 }), cutAfter: fc.integer({ min: 0, max: 12 }), fromEngine: fc.boolean() }) },
 );
 /** With the version sweep: units of the sweep (a few records each, unsynced, so crashes cut them) between the other actions. */
 const sweepActionArb: fc.Arbitrary<Action> = fc.oneof(
@@ -232,7 +249,10 @@ async function recordsModel(sweep: boolean, numRuns: number): Promise<void> {
               const before = m;
               before.observe(undefined);
               const target = KvStateMachine.restore(ref.snapshot());
-              const units = rec.replace(before.toRecords(), target.toRecords(), { maxUnitBytes: act.unitBytes });
+              // The difference against the old machine's records, or against the records the engine holds (a node's install, issue 17).
+              const units = act.fromEngine
+                ? await replaceFromEngine(rec, engine, target, act.unitBytes)
+                : rec.replace(before.toRecords(), target.toRecords(), { maxUnitBytes: act.unitBytes });
               for (const u of units) {
                 const bytes = u.reduce((n, op) => n + op.key.length + (op.type === 'put' ? op.value.length : 0) + 16, 0);
                 const last = u[u.length - 1]!;
