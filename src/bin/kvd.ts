@@ -303,6 +303,7 @@ async function main(): Promise<void> {
       indexCacheBytes: cfg.indexCacheMib * 1024 * 1024,
       ...(cfg.indexDropCold ? { indexDropCold: true } : {}),
       ...(cfg.legacyConditionalPuts ? { legacyConditionalPuts: true } : {}),
+      ...(cfg.overlapRounds !== undefined ? { overlapRounds: cfg.overlapRounds } : {}),
       memoryBudgetBytes: memoryBudgetMib(cfg.memoryBudgetMib, log) * 1024 * 1024,
       log,
     },
