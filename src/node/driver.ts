@@ -52,6 +52,8 @@ export class NodeDriver {
   /** Overlapped rounds: the round staged while `syncing` syncs; its write starts when that one's ends. */
   private next: Round | undefined;
   private readonly overlap: boolean;
+  /** `stop` callers waiting for the rounds in flight to end. */
+  private idleWaiters: (() => void)[] = [];
   private stopped = false;
   /** The last hard state handed to storage per group (to tell whether a Ready needs an fsync). */
   private readonly syncedHardState = new Map<number, { term: number; vote: number }>();
@@ -100,7 +102,8 @@ export class NodeDriver {
     this.tickTimer?.cancel();
     this.noticeTimer?.cancel();
     this.noticeTimer = undefined;
-    while (this.inReady) await this.sleep(NODE_DEFAULTS.stopPollMs);
+    // Rounds in flight end when their writes do (not on this node's clock, which may stand still).
+    while (this.inReady) await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
   }
 
   /** Resolves after `ms` on the scheduler's clock. */
@@ -243,7 +246,16 @@ export class NodeDriver {
       this.failed(e);
     } finally {
       this.staging = false;
+      this.wakeIdle();
     }
+  }
+
+  /** Wakes `stop` callers once no round is in flight. */
+  private wakeIdle(): void {
+    if (this.inReady || this.idleWaiters.length === 0) return;
+    const waiters = this.idleWaiters;
+    this.idleWaiters = [];
+    for (const w of waiters) w();
   }
 
   /** Stages into `round` the Ready of every replica that has one (and may take one now). */
@@ -339,6 +351,7 @@ export class NodeDriver {
     // Nothing more is finished: `stop` must not wait for rounds that never end.
     this.syncing = undefined;
     this.next = undefined;
+    this.wakeIdle();
     this.parts.log.fatal({ err: String(e), stack: (e as Error).stack }, 'storage or apply failure: stopping the node');
     this.parts.fatal(e);
   }
