@@ -52,7 +52,7 @@ const USAGE = `usage: node dist/bench/run.js [flags]
   --data-root DIR     parent of the clusters' temp data dirs (default: OS temp dir)
   --etcd-bin PATH     etcd binary (default: etcd on PATH)
   --kvd-bin PATH      kvd entry point (default: dist/src/bin/kvd.js)
-  --kvd-args "..."    extra kvd flags, space-separated (e.g. "--no-overlap-rounds" for an A/B)
+  --kvd-args=FLAGS    extra kvd flags, space-separated (e.g. --kvd-args=--no-overlap-rounds for an A/B)
   --out FILE          JSON results (default bench/results/latest.json)
   --profile DIR       save V8 CPU profiles of every measured window: each kvd process (kvd-nN-<pid>-<k>.cpuprofile,
                       through SIGUSR2, see src/bin/cpu-profile-signal.ts) and each client process

@@ -335,6 +335,8 @@ export class NodeDriver {
    */
   private finish(round: Round): void {
     for (const [r, rd] of round.items) {
+      // Dropped (no longer a member) after an earlier round of its staged this one: nothing to finish.
+      if (this.replicas.get(r.group) !== r) continue;
       this.send(rd.messages); // acknowledgements and votes: only once durable
       const conf = r.advance(rd);
       this.replicas.advanced(r, rd, conf);
