@@ -3,8 +3,11 @@
  * process over `MemoryEngine`s and a loopback transport, `--shards` data shards each, a closed loop
  * of `--concurrency` puts sent straight to their shard's leader; prints CPU µs per put (this
  * process: all three nodes), puts/s, and peer messages and ready rounds per put.
+ * `--fsync-ms N` gives every engine batch N ms of latency (a timer, no CPU: a disk whose fsync
+ * takes that long), so fsync-paced rounds show without a real disk; `--overlap on|off|both` runs
+ * with NodeOptions.overlapRounds on, off (the default) or each in turn.
  *
- * node dist/bench/group-scaling.js [--shards 1,8] [--seconds 5] [--concurrency 256] [--rounds 2]
+ * node dist/bench/group-scaling.js [--shards 1,8] [--seconds 5] [--concurrency 256] [--rounds 2] [--fsync-ms 0] [--overlap off]
  */
 import { parseArgs } from 'node:util';
 import { KvNode } from '../src/node/kv-node.js';
@@ -39,19 +42,27 @@ async function until(what: string, fn: () => boolean, ms = 30_000): Promise<void
 }
 
 /** One measurement: a fresh 3-node cluster with `shards` data shards. */
-async function measure(shards: number, seconds: number, concurrency: number): Promise<Record<string, number>> {
+async function measure(shards: number, seconds: number, concurrency: number, fsyncMs: number, overlapRounds: boolean): Promise<Record<string, number>> {
   const hub = new LoopbackHub();
   const members = new Map([1, 2, 3].map((i) => [i, `127.0.0.1:${7300 + i}`] as [number, string]));
   const counter = { msgs: 0 };
   let rounds = 0;
+  let entries = 0;
+  let overlapped = 0;
   const nodes: KvNode[] = [];
   for (const id of [1, 2, 3]) {
     const node = await KvNode.open(
-      { id, members, defaultPool: { shards }, log: silentLogger(), onFatal: (e) => { throw e; } },
-      new MemoryEngine(),
+      { id, members, defaultPool: { shards }, overlapRounds, log: silentLogger(), onFatal: (e) => { throw e; } },
+      new MemoryEngine(fsyncMs > 0 ? { latencyMs: fsyncMs } : {}),
       counting(hub.transport(id), counter),
     );
-    node.observer = { readyBatch: () => void rounds++ };
+    node.observer = {
+      readyBatch: (_groups, n, _ms, ov) => {
+        rounds++;
+        entries += n;
+        if (ov) overlapped++;
+      },
+    };
     nodes.push(node);
   }
   for (const n of nodes) n.start();
@@ -86,7 +97,7 @@ async function measure(shards: number, seconds: number, concurrency: number): Pr
     };
     const workers = Array.from({ length: concurrency }, (_, w) => worker(w));
     await new Promise((r) => setTimeout(r, 1000)); // warm-up
-    const ops0 = ops, msgs0 = counter.msgs, rounds0 = rounds, cpu0 = process.cpuUsage(), t0 = performance.now();
+    const ops0 = ops, msgs0 = counter.msgs, rounds0 = rounds, entries0 = entries, overlapped0 = overlapped, cpu0 = process.cpuUsage(), t0 = performance.now();
     await new Promise((r) => setTimeout(r, seconds * 1000));
     const cpu = process.cpuUsage(cpu0), dt = (performance.now() - t0) / 1000, n = ops - ops0;
     stop = true;
@@ -97,6 +108,8 @@ async function measure(shards: number, seconds: number, concurrency: number): Pr
       cpuUsPerPut: Math.round((cpu.user + cpu.system) / n),
       msgsPerPut: (counter.msgs - msgs0) / n,
       roundsPerPut: (rounds - rounds0) / n,
+      entriesPerRound: (entries - entries0) / Math.max(1, rounds - rounds0),
+      overlappedShare: (overlapped - overlapped0) / Math.max(1, rounds - rounds0),
     };
   } finally {
     for (const n of nodes) await n.stop();
@@ -104,16 +117,35 @@ async function measure(shards: number, seconds: number, concurrency: number): Pr
 }
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { shards: { type: 'string' }, seconds: { type: 'string' }, concurrency: { type: 'string' }, rounds: { type: 'string' } } });
+  const { values } = parseArgs({
+    options: {
+      shards: { type: 'string' },
+      seconds: { type: 'string' },
+      concurrency: { type: 'string' },
+      rounds: { type: 'string' },
+      'fsync-ms': { type: 'string' },
+      overlap: { type: 'string' },
+    },
+  });
   const shardList = values.shards ? flagIntList('--shards', values.shards, 1, 64) : [1, 8];
   const seconds = Number(values.seconds ?? 5);
   const concurrency = Number(values.concurrency ?? 256);
   const rounds = Number(values.rounds ?? 2);
-  console.log('shards  puts/s  cpu us/put  peer msgs/put  synced rounds/put');
+  const fsyncMs = Number(values['fsync-ms'] ?? 0);
+  const overlapFlag = values.overlap ?? 'off';
+  if (!['on', 'off', 'both'].includes(overlapFlag)) throw new Error(`--overlap: on, off or both, not ${overlapFlag}`);
+  const modes = overlapFlag === 'both' ? [false, true] : [overlapFlag === 'on'];
+  console.log(`fsync ${fsyncMs} ms, ${concurrency} puts in flight`);
+  console.log('overlap  shards  puts/s  cpu us/put  peer msgs/put  synced rounds/put  entries/round  overlapped');
   for (let r = 0; r < rounds; r++) {
-    for (const s of shardList) {
-      const m = await measure(s, seconds, concurrency);
-      console.log(`${String(m.shards).padStart(6)}  ${String(m.putsPerSec).padStart(6)}  ${String(m.cpuUsPerPut).padStart(10)}  ${m.msgsPerPut!.toFixed(2).padStart(13)}  ${m.roundsPerPut!.toFixed(3).padStart(17)}`);
+    for (const overlap of modes) {
+      for (const s of shardList) {
+        const m = await measure(s, seconds, concurrency, fsyncMs, overlap);
+        console.log(
+          `${(overlap ? 'on' : 'off').padStart(7)}  ${String(m.shards).padStart(6)}  ${String(m.putsPerSec).padStart(6)}  ${String(m.cpuUsPerPut).padStart(10)}  ` +
+            `${m.msgsPerPut!.toFixed(2).padStart(13)}  ${m.roundsPerPut!.toFixed(3).padStart(17)}  ${m.entriesPerRound!.toFixed(1).padStart(13)}  ${(100 * m.overlappedShare!).toFixed(0).padStart(8)} %`,
+        );
+      }
     }
   }
 }

@@ -6,6 +6,7 @@ export const NODE_COUNTERS = {
   batches: 'kvcascade_peer_batches_sent_total',
   rounds: 'kvcascade_fsync_duration_seconds_count',
   roundEntries: 'kvcascade_fsync_batch_entries_sum',
+  overlappedRounds: 'kvcascade_ready_rounds_overlapped_total',
   fsyncSeconds: 'kvcascade_fsync_duration_seconds_sum',
   engineOps: 'kvcascade_engine_ops_total',
   engineBatches: 'kvcascade_engine_batches_total',
@@ -59,11 +60,14 @@ export function perOp(start: NodeCounters, end: NodeCounters, ops: number, nodes
   for (const k of Object.keys(NODE_COUNTERS) as NodeCounterName[]) {
     const a = start[k];
     const b = end[k];
-    if (a !== undefined && b !== undefined && k !== 'roundEntries' && k !== 'fsyncSeconds') out[k] = (b - a) / ops;
+    if (a !== undefined && b !== undefined && k !== 'roundEntries' && k !== 'fsyncSeconds' && k !== 'overlappedRounds') out[k] = (b - a) / ops;
   }
   const rounds = (end.rounds ?? 0) - (start.rounds ?? 0);
   if (rounds > 0 && start.roundEntries !== undefined && end.roundEntries !== undefined) {
     out.entriesPerRound = (end.roundEntries - start.roundEntries) / rounds;
+  }
+  if (rounds > 0 && start.overlappedRounds !== undefined && end.overlappedRounds !== undefined) {
+    out.overlappedShare = (end.overlappedRounds - start.overlappedRounds) / rounds;
   }
   if (rounds > 0 && start.fsyncSeconds !== undefined && end.fsyncSeconds !== undefined) {
     out.fsyncMsPerRound = (1000 * (end.fsyncSeconds - start.fsyncSeconds)) / rounds;
@@ -85,6 +89,7 @@ export function perOpNote(p: Record<string, number>): string | undefined {
   if (parts.length === 0) return undefined;
   let tail = p.entriesPerRound !== undefined ? `; ${p.entriesPerRound.toFixed(1)} entries/fsynced round` : '';
   if (p.fsyncMsPerRound !== undefined) tail += `, ${p.fsyncMsPerRound.toFixed(1)} ms each`;
+  if (p.overlappedShare !== undefined && p.overlappedShare > 0) tail += `, ${(100 * p.overlappedShare).toFixed(0)} % overlapped`;
   return `per op, all nodes: ${parts.join(', ')}${tail}`;
 }
 

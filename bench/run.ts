@@ -52,6 +52,7 @@ const USAGE = `usage: node dist/bench/run.js [flags]
   --data-root DIR     parent of the clusters' temp data dirs (default: OS temp dir)
   --etcd-bin PATH     etcd binary (default: etcd on PATH)
   --kvd-bin PATH      kvd entry point (default: dist/src/bin/kvd.js)
+  --kvd-args=FLAGS    extra kvd flags, space-separated (e.g. --kvd-args=--no-overlap-rounds for an A/B)
   --out FILE          JSON results (default bench/results/latest.json)
   --profile DIR       save V8 CPU profiles of every measured window: each kvd process (kvd-nN-<pid>-<k>.cpuprofile,
                       through SIGUSR2, see src/bin/cpu-profile-signal.ts) and each client process
@@ -83,6 +84,8 @@ export interface BenchConfig {
   readonly dataRoot?: string;
   readonly etcdBin?: string;
   readonly kvdBin?: string;
+  /** Extra kvd flags (`--kvd-args`, space-separated). */
+  readonly kvdArgs?: readonly string[];
   readonly out: string;
   /** Save CPU profiles of every kvd process and every client process here (`--profile DIR`). */
   readonly profileDir?: string;
@@ -113,6 +116,7 @@ export function parseConfig(argv: string[]): BenchConfig | undefined {
       'data-root': { type: 'string' },
       'etcd-bin': { type: 'string' },
       'kvd-bin': { type: 'string' },
+      'kvd-args': { type: 'string' },
       out: { type: 'string' },
       profile: { type: 'string' },
       'kvd-client': { type: 'string', default: 'lib' },
@@ -150,6 +154,7 @@ export function parseConfig(argv: string[]): BenchConfig | undefined {
     ...(values['data-root'] === undefined ? {} : { dataRoot: resolve(values['data-root']) }),
     ...(values['etcd-bin'] === undefined ? {} : { etcdBin: values['etcd-bin'] }),
     ...(values['kvd-bin'] === undefined ? {} : { kvdBin: resolve(values['kvd-bin']) }),
+    ...(values['kvd-args'] === undefined ? {} : { kvdArgs: values['kvd-args'].split(' ').filter((a) => a.length > 0) }),
     out: values.out === undefined ? join(repoRoot(), 'bench', 'results', 'latest.json') : resolve(values.out),
     ...(values.profile === undefined ? {} : { profileDir: resolve(values.profile) }),
     kvdClient: list('kvd-client', values['kvd-client'], KVD_CLIENT_MODES)[0]!,
@@ -352,6 +357,7 @@ async function startSystem(system: SystemName, cfg: BenchConfig, defaultShards?:
   log(`starting a 3-node kvd cluster${defaultShards === undefined ? '' : ` with --default-shards ${defaultShards}`}`);
   return startKvdCluster({
     ...(cfg.kvdBin ? { bin: cfg.kvdBin } : {}),
+    ...(cfg.kvdArgs ? { extraArgs: cfg.kvdArgs } : {}),
     ...(cfg.dataRoot ? { dataRoot: cfg.dataRoot } : {}),
     ...(defaultShards === undefined ? {} : { defaultShards }),
     ...(cfg.profileDir === undefined ? {} : { profileDir: cfg.profileDir }),

@@ -39,6 +39,8 @@ export interface KvdConfig {
   indexDropCold?: boolean;
   /** `--sweep-versions` (experimental). */
   sweepVersions?: boolean;
+  /** `--overlap-rounds` / `--no-overlap-rounds` (NodeOptions.overlapRounds; unset: the node's default). */
+  overlapRounds?: boolean;
   /** `--legacy-conditional-puts`: propose conditional puts older nodes can decode (rolling upgrade; NodeOptions.legacyConditionalPuts). */
   legacyConditionalPuts?: boolean;
   /** The node's memory budget, MiB (unset: 60 % of V8's heap limit; README "Memory model"). */
@@ -159,6 +161,8 @@ export function parseConfig(argv: string[]): KvdConfig {
     .option('--value-cache-mib <n>', 'bound of the cache of values read from disk, MiB (default 64)', int('--value-cache-mib'))
     .option('--index-drop-cold', "experimental: keep only hot keys' version lists in the heap (the rest is read from disk)")
     .option('--sweep-versions', 'experimental: compaction leaves dropped versions to a background sweep in bounded units')
+    .option('--overlap-rounds', "stage the next ready round while one's fsync runs (two rounds in flight; NodeOptions.overlapRounds)")
+    .option('--no-overlap-rounds', 'one ready round at a time')
     .option('--legacy-conditional-puts', 'rolling upgrade from a version before put flag currentOnConflict: write conditional puts older nodes can decode (docs/sessions.md, Upgrading)')
     .option('--index-cache-mib <n>', "bound of the hot-index cache of keys' latest versions read from disk, MiB (default 32)", int('--index-cache-mib'))
     .option('--memory-budget-mib <n>', "memory budget of the node, MiB: past it writes that add data get RESOURCE_EXHAUSTED (default 60 % of V8's heap limit; 0: none)", int('--memory-budget-mib'))
@@ -267,6 +271,7 @@ export function parseConfig(argv: string[]): KvdConfig {
     ...(pick('indexDropCold', false) ? { indexDropCold: true } : {}),
     ...(pick('sweepVersions', false) ? { sweepVersions: true } : {}),
     ...(pick('legacyConditionalPuts', false) ? { legacyConditionalPuts: true } : {}),
+    ...(pick<unknown>('overlapRounds', undefined) !== undefined ? { overlapRounds: pick<unknown>('overlapRounds', undefined) === true } : {}),
     defaultShards,
     ...(join !== undefined ? { join } : {}),
     ...(pick('joinAutoAdd', false) ? { joinAutoAdd: true } : {}),

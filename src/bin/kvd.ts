@@ -304,6 +304,7 @@ async function main(): Promise<void> {
       ...(cfg.indexDropCold ? { indexDropCold: true } : {}),
       ...(cfg.sweepVersions ? { sweepVersions: true } : {}),
       ...(cfg.legacyConditionalPuts ? { legacyConditionalPuts: true } : {}),
+      ...(cfg.overlapRounds !== undefined ? { overlapRounds: cfg.overlapRounds } : {}),
       memoryBudgetBytes: memoryBudgetMib(cfg.memoryBudgetMib, log) * 1024 * 1024,
       log,
     },

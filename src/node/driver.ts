@@ -9,6 +9,12 @@
  * followers or its quorum. It also receives peers' messages,
  * stages an installed snapshot's records in time slices, and offers the deadline and map waits
  * that go by the same clock.
+ *
+ * With NodeOptions.overlapRounds, rounds overlap: while one round's fsync runs, what arrives is
+ * staged into the next round at once (each group's second Ready, RaftConfig.readiesInFlight 2),
+ * whose early messages go out and whose committed entries are applied; its write starts when the
+ * first one's ends, and its acknowledgements wait for it. At most two rounds are in flight (one
+ * syncing, one staging), finished in order.
  */
 import { MessageType, type Message, type NodeId, type Ready } from '../raft/index.js';
 import { DeadlineError, UnavailableError } from './backend.js';
@@ -22,13 +28,32 @@ import { SNAPSHOT_CHUNK_SYNC_BYTES } from './snapshot-inbox.js';
 /** Longest stretch (ms) of computing and staging a snapshot's records replacement before yielding. */
 const INSTALL_SLICE_MS = 10;
 
+/** One ready round: the Readies it staged (in staging order) and what its write needs. */
+interface Round {
+  readonly items: [ShardReplica, Ready][];
+  /** Log entries staged. */
+  entries: number;
+  /** Whether its acknowledgements wait for an fsync (entries, a term or vote, a snapshot, or chunks past the bound). */
+  mustSync: boolean;
+  /** Staged while another round's fsync ran. */
+  readonly overlapped: boolean;
+}
+
 /** Runs the tick timer and the ready loop of one node's replicas. */
 export class NodeDriver {
   private tickTimer: TimerHandle | undefined;
   /** Armed while held-back commit notices wait for NodeOptions.commitNoticeDelayMs (see `noticesLater`). */
   private noticeTimer: TimerHandle | undefined;
   private readyScheduled = false;
-  private inReady = false;
+  /** Set while `runReady` stages (it is synchronous; this guards re-entry through callbacks). */
+  private staging = false;
+  /** The round whose write is being made durable (its acknowledgements and advance wait for it). */
+  private syncing: Round | undefined;
+  /** Overlapped rounds: the round staged while `syncing` syncs; its write starts when that one's ends. */
+  private next: Round | undefined;
+  private readonly overlap: boolean;
+  /** `stop` callers waiting for the rounds in flight to end. */
+  private idleWaiters: (() => void)[] = [];
   private stopped = false;
   /** The last hard state handed to storage per group (to tell whether a Ready needs an fsync). */
   private readonly syncedHardState = new Map<number, { term: number; vote: number }>();
@@ -50,6 +75,12 @@ export class NodeDriver {
     private readonly replicas: ReplicaSet,
   ) {
     this.scheduler = parts.scheduler;
+    this.overlap = parts.opts.overlapRounds ?? NODE_DEFAULTS.overlapRounds;
+  }
+
+  /** Whether a round is in progress: staging, or waiting for its fsync. */
+  private get inReady(): boolean {
+    return this.staging || this.syncing !== undefined;
   }
 
   /** Whether `stop()` was called. */
@@ -71,7 +102,8 @@ export class NodeDriver {
     this.tickTimer?.cancel();
     this.noticeTimer?.cancel();
     this.noticeTimer = undefined;
-    while (this.inReady) await this.sleep(NODE_DEFAULTS.stopPollMs);
+    // Rounds in flight end when their writes do (not on this node's clock, which may stand still).
+    while (this.inReady) await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
   }
 
   /** Resolves after `ms` on the scheduler's clock. */
@@ -179,70 +211,37 @@ export class NodeDriver {
     this.readyScheduled = true;
     this.scheduler.setImmediate(() => {
       this.readyScheduled = false;
-      // A round in progress picks up new work after its fsync; reads asked for meanwhile start now.
+      // A round in progress picks up new work after its fsync (or, with overlapped rounds, in the
+      // next round staged meanwhile); reads asked for meanwhile start now.
       if (this.inReady) this.startWaitingReads();
-      void this.runReady();
+      this.runReady();
     });
   }
 
   /**
    * The only place that sequences a Ready: stage the write → send early messages and apply
    * committed entries → fsync → send the messages that promise durability → advance. All
-   * groups' writes of one round go into one fsynced batch (group commit); work arriving
-   * meanwhile waits for the next round.
+   * groups' writes of one round go into one fsynced batch (group commit). Work arriving while a
+   * round syncs waits for the next round; with overlapped rounds it is staged into that next
+   * round at once (`next`), whose fsync starts when the syncing one's ends.
    */
-  private async runReady(): Promise<void> {
-    // A round already running loops until there is no more work, so it picks this up.
-    if (this.inReady) return;
-    this.inReady = true;
-    const { store } = this.parts;
+  private runReady(): void {
+    if (this.staging) return;
+    this.staging = true;
     try {
       for (;;) {
         if (this.stopped) return;
-        const round: [ShardReplica, Ready][] = [];
-        let entries = 0;
-        let mustSync = false;
-        for (const r of this.replicas.values()) {
-          if (r.installing) continue; // its snapshot's records are being staged (finishInstall)
-          r.flushReads();
-          if (!r.hasReady()) continue;
-          const rd = r.ready();
-          // Snapshot chunks staged by the replica's sink: written at once; acknowledged only once
-          // durable when SNAPSHOT_CHUNK_SYNC_BYTES are pending (bounds what is held in memory).
-          const chunkBytes = r.inbox?.stagedBytes ?? 0;
-          if (chunkBytes >= SNAPSHOT_CHUNK_SYNC_BYTES) {
-            mustSync = true;
-            r.inbox!.staged();
-          } else if (chunkBytes > 0) store.flush().catch(() => {}); // a failure surfaces at the next awaited flush
-          if (rd.entries.length > 0 || rd.hardState || rd.snapshot) {
-            store.persistReady(r.group, {
-              entries: rd.entries,
-              ...(rd.hardState ? { hardState: rd.hardState } : {}),
-              ...(rd.snapshot ? { snapshot: rd.snapshot } : {}),
-            });
-            // As etcd: a commit-index-only change need not be synced before acting on it (a
-            // restart recovers the commit index from a quorum); entries, term and vote must be.
-            const hs = rd.hardState;
-            const prev = this.syncedHardState.get(r.group);
-            if (rd.entries.length > 0 || rd.snapshot || (hs && (!prev || hs.term !== prev.term || hs.vote !== prev.vote))) {
-              mustSync = true;
-            }
-            if (hs) this.syncedHardState.set(r.group, hs);
-            entries += rd.entries.length;
-          }
-          // What need not wait for the disk goes now: the leader's appends and heartbeats (so
-          // its fsync overlaps the followers'), and applying entries already durable on a quorum.
-          this.send(rd.earlyMessages);
-          r.apply(rd);
-          // What was applied goes into this round's batch, after the log writes it came from.
-          for (const unit of r.takeStateUnits()) store.stageStateOps(r.group, unit);
-          // An installed snapshot's data is needed on disk only until the records replacing the state are.
-          if (rd.snapshot && r.installing) void this.finishInstall(r);
-          else if (rd.snapshot) store.dropSnapshotData(r.group);
-          this.replicas.applied(r, rd);
-          round.push([r, rd]);
+        if (this.syncing) {
+          // Overlapped: stage into the next round; it is written once the syncing round is durable.
+          if (!this.overlap) return;
+          const round = (this.next ??= newRound(true));
+          this.stageRound(round);
+          if (round.items.length === 0) this.next = undefined;
+          return;
         }
-        if (round.length === 0) {
+        const round = newRound(false);
+        this.stageRound(round);
+        if (round.items.length === 0) {
           // Idle: commit indexes held back for the next append (lazy commit) go out after
           // commitNoticeDelayMs (at once with 0), so a quiet group's followers apply soon; a busy
           // node's, and a lone client's next write within the delay, carry them in their appends.
@@ -253,23 +252,123 @@ export class NodeDriver {
           if (!this.flushCommitNotices()) return;
           continue;
         }
-        // A measurement for metrics only (it decides nothing), so the monotonic clock.
-        const t0 = performance.now();
-        if (mustSync) await store.flush();
-        if (mustSync) this.parts.observer().readyBatch?.(round.length, entries, performance.now() - t0);
-        for (const [r, rd] of round) {
-          this.send(rd.messages); // acknowledgements and votes: only once durable
-          const conf = r.advance(rd);
-          this.replicas.advanced(r, rd, conf);
-        }
-        this.replicas.refreshMapIfDirty();
+        this.startSync(round);
+        if (this.syncing) return; // `finish` runs the next round once the write is durable
       }
     } catch (e) {
-      this.parts.log.fatal({ err: String(e), stack: (e as Error).stack }, 'storage or apply failure: stopping the node');
-      this.parts.fatal(e);
+      this.failed(e);
     } finally {
-      this.inReady = false;
+      this.staging = false;
+      this.wakeIdle();
     }
+  }
+
+  /** Wakes `stop` callers once no round is in flight. */
+  private wakeIdle(): void {
+    if (this.inReady || this.idleWaiters.length === 0) return;
+    const waiters = this.idleWaiters;
+    this.idleWaiters = [];
+    for (const w of waiters) w();
+  }
+
+  /** Stages into `round` the Ready of every replica that has one (and may take one now). */
+  private stageRound(round: Round): void {
+    const { store } = this.parts;
+    for (const r of this.replicas.values()) {
+      if (r.installing) continue; // its snapshot's records are being staged (finishInstall)
+      r.flushReads();
+      // While a round syncs, heartbeats and their responses at a durable term go now: a Ready
+      // taken into the next round would hold the responses until that round's fsync.
+      if (this.syncing) this.send(r.takeLivenessMessages());
+      if (!r.hasReady()) continue;
+      const rd = r.ready();
+      // Snapshot chunks staged by the replica's sink: written at once; acknowledged only once
+      // durable when SNAPSHOT_CHUNK_SYNC_BYTES are pending (bounds what is held in memory).
+      const chunkBytes = r.inbox?.stagedBytes ?? 0;
+      if (chunkBytes >= SNAPSHOT_CHUNK_SYNC_BYTES) {
+        round.mustSync = true;
+        r.inbox!.staged();
+      } else if (chunkBytes > 0) store.flush().catch(() => {}); // a failure surfaces at the next awaited flush
+      if (rd.entries.length > 0 || rd.hardState || rd.snapshot) {
+        store.persistReady(r.group, {
+          entries: rd.entries,
+          ...(rd.hardState ? { hardState: rd.hardState } : {}),
+          ...(rd.snapshot ? { snapshot: rd.snapshot } : {}),
+        });
+        // As etcd: a commit-index-only change need not be synced before acting on it (a
+        // restart recovers the commit index from a quorum); entries, term and vote must be.
+        const hs = rd.hardState;
+        const prev = this.syncedHardState.get(r.group);
+        if (rd.entries.length > 0 || rd.snapshot || (hs && (!prev || hs.term !== prev.term || hs.vote !== prev.vote))) {
+          round.mustSync = true;
+        }
+        if (hs) this.syncedHardState.set(r.group, hs);
+        round.entries += rd.entries.length;
+      }
+      // What need not wait for the disk goes now: the leader's appends and heartbeats (so
+      // its fsync overlaps the followers'), and applying entries already durable on a quorum.
+      this.send(rd.earlyMessages);
+      r.apply(rd);
+      // What was applied goes into this round's batch, after the log writes it came from.
+      for (const unit of r.takeStateUnits()) store.stageStateOps(r.group, unit);
+      // An installed snapshot's data is needed on disk only until the records replacing the state are.
+      if (rd.snapshot && r.installing) void this.finishInstall(r);
+      else if (rd.snapshot) store.dropSnapshotData(r.group);
+      this.replicas.applied(r, rd);
+      round.items.push([r, rd]);
+    }
+  }
+
+  /**
+   * Makes `round` the syncing round and starts its fsync (everything staged so far, by any group:
+   * the store writes batches in staging order, so this round's write follows the previous one's).
+   * A round that needs no fsync finishes at once.
+   */
+  private startSync(round: Round): void {
+    this.syncing = round;
+    if (!round.mustSync) {
+      this.finish(round);
+      return;
+    }
+    // A measurement for metrics only (it decides nothing), so the monotonic clock.
+    const t0 = performance.now();
+    this.parts.store
+      .flush()
+      .then(() => {
+        this.parts.observer().readyBatch?.(round.items.length, round.entries, performance.now() - t0, round.overlapped);
+        this.finish(round);
+        this.runReady();
+      })
+      .catch((e: unknown) => this.failed(e));
+  }
+
+  /**
+   * `round`'s write is durable: send the messages that waited for it (acknowledgements, votes),
+   * advance its Readies in order, then start the write of the round staged meanwhile (if any).
+   */
+  private finish(round: Round): void {
+    for (const [r, rd] of round.items) {
+      // Dropped (no longer a member) after an earlier round of its staged this one: nothing to finish.
+      if (this.replicas.get(r.group) !== r) continue;
+      this.send(rd.messages); // acknowledgements and votes: only once durable
+      const conf = r.advance(rd);
+      this.replicas.advanced(r, rd, conf);
+    }
+    this.replicas.refreshMapIfDirty();
+    this.syncing = undefined;
+    const next = this.next;
+    this.next = undefined;
+    if (next) this.startSync(next);
+  }
+
+  /** A storage or apply failure: the node cannot continue safely. */
+  private failed(e: unknown): void {
+    // Nothing more is finished: `stop` must not wait for rounds that never end.
+    this.syncing = undefined;
+    this.next = undefined;
+    this.wakeIdle();
+    this.parts.log.fatal({ err: String(e), stack: (e as Error).stack }, 'storage or apply failure: stopping the node');
+    this.parts.fatal(e);
   }
 
   private noticeDelayMs(): number {
@@ -382,6 +481,11 @@ export class NodeDriver {
   withDeadline<T>(p: Promise<T>, deadlineMs: number, message: string): Promise<T> {
     return withDeadline(p, deadlineMs, message, this.scheduler);
   }
+}
+
+/** An empty round (`overlapped`: staged while another round syncs). */
+function newRound(overlapped: boolean): Round {
+  return { items: [], entries: 0, mustSync: false, overlapped };
 }
 
 /** Resolves or rejects like `p`, or rejects with DeadlineError at `deadlineMs` (epoch ms on `scheduler`'s clock). */

@@ -28,6 +28,8 @@ export class NodeMetrics {
   readonly fsyncSeconds: Histogram;
   readonly batchEntries: Histogram;
   readonly batchGroups: Histogram;
+  /** Fsynced rounds staged while another round's fsync ran (NodeOptions.overlapRounds). */
+  readonly overlappedRounds: Counter;
   readonly appliedEntries: HotCounter<'group'>;
   readonly leaderChanges: Counter<'group'>;
   readonly proposals: HotCounter<'group'>;
@@ -68,6 +70,11 @@ export class NodeMetrics {
       name: 'kvcascade_fsync_batch_groups',
       help: 'Raft groups with work in one ready round',
       buckets: [1, 2, 4, 8, 16, 32, 64, 128],
+      registers,
+    });
+    this.overlappedRounds = new Counter({
+      name: 'kvcascade_ready_rounds_overlapped_total',
+      help: "Fsynced ready rounds staged while the previous round's fsync ran (overlapped rounds; the rest of kvcascade_fsync_duration_seconds_count ran alone)",
       registers,
     });
     this.appliedEntries = new HotCounter('kvcascade_raft_applied_entries_total', 'Committed entries applied to the state machine', ['group'], this.registry);
@@ -317,8 +324,9 @@ export class NodeMetrics {
     };
     const commit = this.commitSeconds.series({});
     return {
-      readyBatch: (groups, entries, fsyncMs) => {
+      readyBatch: (groups, entries, fsyncMs, overlapped) => {
         this.fsyncSeconds.observe(fsyncMs / 1000);
+        if (overlapped) this.overlappedRounds.inc();
         this.batchEntries.observe(entries);
         this.batchGroups.observe(groups);
       },

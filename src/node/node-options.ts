@@ -37,6 +37,8 @@ export const NODE_DEFAULTS = {
   memoryRefreshMs: 250,
   /** NodeOptions.commitNoticeDelayMs: an idle node's wait before sending held-back commit indexes (ms). */
   commitNoticeDelayMs: 5,
+  /** NodeOptions.overlapRounds: stage the next ready round while one's fsync runs. */
+  overlapRounds: false,
   maxPendingProposals: 50_000,
   retentionMs: 3_600_000,
   retentionCheckMs: 10_000,
@@ -100,6 +102,14 @@ export interface NodeOptions {
    * an isolated write apply it at most this much later (the leader's apply and answer are not delayed).
    */
   readonly commitNoticeDelayMs?: number;
+  /**
+   * Overlapped ready rounds (default {@link NODE_DEFAULTS}.overlapRounds): while one round's fsync
+   * runs, the driver stages the next round (a second Ready of each group, RaftConfig.readiesInFlight
+   * 2), sends its early messages (a leader's appends) and applies what is committed; its
+   * acknowledgements and votes wait for its own fsync, which starts as soon as the first ends. At
+   * most two rounds are in flight, acknowledged in order (src/node/driver.ts). Off: one round at a time.
+   */
+  readonly overlapRounds?: boolean;
   /**
    * A leader's tick sends no heartbeat to a follower it sent an append since the last tick
    * (default true; src/raft `RaftConfig.quietHeartbeats`): busy groups send heartbeats only where
@@ -191,7 +201,7 @@ export interface NodeOptions {
 
 /** Observations for metrics. */
 export interface NodeObserver {
-  readyBatch?(groups: number, entries: number, fsyncMs: number): void;
+  readyBatch?(groups: number, entries: number, fsyncMs: number, overlapped?: boolean): void;
   applied?(group: number, entries: number): void;
   leaderChanged?(group: number, leader: number, term: number): void;
   /** A proposal made here was applied, `latencyMs` after it was proposed. */

@@ -216,6 +216,7 @@ export class ReplicaSet {
       raftTiming: {
         lazyCommit: group !== META_GROUP && opts.lazyCommit !== false,
         quietHeartbeats: opts.quietHeartbeats !== false,
+        readiesInFlight: (opts.overlapRounds ?? NODE_DEFAULTS.overlapRounds) ? 2 : 1,
         ...(opts.snapshotChunkBytes !== undefined ? { snapshotChunkBytes: opts.snapshotChunkBytes } : {}),
       },
       snapshotEveryEntries: opts.snapshotEveryEntries ?? NODE_DEFAULTS.snapshotEveryEntries,

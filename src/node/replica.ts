@@ -68,7 +68,7 @@ export interface ReplicaOptions {
   readonly electionTicks: number;
   readonly heartbeatTicks: number;
   /** Raft core options that only change message timing, for many groups over the same node pairs (NodeOptions.lazyCommit, quietHeartbeats). */
-  readonly raftTiming?: Pick<RaftConfig, 'lazyCommit' | 'quietHeartbeats' | 'snapshotChunkBytes'>;
+  readonly raftTiming?: Pick<RaftConfig, 'lazyCommit' | 'quietHeartbeats' | 'snapshotChunkBytes' | 'readiesInFlight'>;
   /** Take a state machine snapshot (and compact the log) after this many applied entries. */
   readonly snapshotEveryEntries: number;
   /** Also after this many bytes of applied entry data (default: no byte bound), so a log of large values stays bounded in bytes. */

@@ -6,15 +6,41 @@
 import { LogCompactedError, LogUnavailableError, type Storage } from './storage.js';
 import type { Entry, Snapshot } from './types.js';
 
-/** Entries and a snapshot accepted by the core but not yet durable. */
+/**
+ * Entries and a snapshot accepted by the core but not yet durable. Those before
+ * `offsetInProgress` (and the snapshot, when `snapshotInProgress`) were handed to the host in a
+ * Ready whose write is not yet acknowledged; a later Ready hands out only what follows them
+ * (two Readies may be in flight, see RawNode).
+ */
 class Unstable {
   snapshot: Snapshot | undefined;
   entries: Entry[] = [];
   /** Index of entries[0]. */
   offset: number;
+  /** Index of the first entry not yet handed to the host (offset ≤ offsetInProgress ≤ offset + entries.length). */
+  offsetInProgress: number;
+  /** Whether `snapshot` was handed to the host already. */
+  snapshotInProgress = false;
 
   constructor(offset: number) {
     this.offset = offset;
+    this.offsetInProgress = offset;
+  }
+
+  /** The entries not yet handed to the host. */
+  nextEntries(): Entry[] {
+    return this.entries.slice(this.offsetInProgress - this.offset);
+  }
+
+  /** Whether there are entries or a snapshot not yet handed to the host. */
+  hasNext(): boolean {
+    return this.offsetInProgress < this.offset + this.entries.length || (this.snapshot !== undefined && !this.snapshotInProgress);
+  }
+
+  /** Marks everything unstable as handed to the host. */
+  acceptInProgress(): void {
+    this.offsetInProgress = this.offset + this.entries.length;
+    if (this.snapshot) this.snapshotInProgress = true;
   }
 
   maybeFirstIndex(): number | undefined {
@@ -43,17 +69,23 @@ class Unstable {
     if (index >= this.offset) {
       this.entries = this.entries.slice(index + 1 - this.offset);
       this.offset = index + 1;
+      if (this.offsetInProgress < this.offset) this.offsetInProgress = this.offset;
     }
   }
 
   stableSnapTo(index: number): void {
-    if (this.snapshot && this.snapshot.meta.index === index) this.snapshot = undefined;
+    if (this.snapshot && this.snapshot.meta.index === index) {
+      this.snapshot = undefined;
+      this.snapshotInProgress = false;
+    }
   }
 
   restore(s: Snapshot): void {
     this.offset = s.meta.index + 1;
+    this.offsetInProgress = this.offset;
     this.entries = [];
     this.snapshot = s;
+    this.snapshotInProgress = false;
   }
 
   truncateAndAppend(ents: readonly Entry[]): void {
@@ -67,6 +99,9 @@ class Unstable {
     } else {
       this.entries = this.entries.slice(0, after - this.offset).concat(ents);
     }
+    // What replaced entries already handed out is handed out again (the host's write truncates).
+    if (this.offsetInProgress > after) this.offsetInProgress = after;
+    if (this.offsetInProgress < this.offset) this.offsetInProgress = this.offset;
   }
 
   slice(lo: number, hi: number): Entry[] {

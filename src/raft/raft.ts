@@ -101,6 +101,11 @@ export interface RaftConfig {
    * collected in memory and joined into the snapshot's data.
    */
   readonly snapshotSink?: SnapshotSink;
+  /**
+   * RawNode: how many Readies may be handed out before the oldest is advanced — 1 (default), or 2
+   * for overlapped rounds (the host starts round N+1's write while round N's fsync runs).
+   */
+  readonly readiesInFlight?: number;
 }
 
 /**

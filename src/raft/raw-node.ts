@@ -4,6 +4,13 @@
  * durable write → send early messages → apply → once durable, send the other messages → advance.
  * Heartbeats and their responses at a durable term may also be taken on their own, at any time
  * (`takeLivenessMessages`), so that a slow fsync does not silence a leader.
+ *
+ * With `readiesInFlight: 2` a second Ready may be taken before the first is advanced (overlapped
+ * rounds: the host stages and starts round N+1's write while round N's fsync runs, as etcd raft's
+ * asynchronous storage writes). The core tracks what was handed out apart from what is durable:
+ * a later Ready carries only entries not handed out before, its hard state is compared with the
+ * last one handed out, the durable term (for liveness messages) and a leader's own match move only
+ * at `advance`, and Readies are advanced in the order they were taken.
  */
 import { decodeConfChange, Raft, type RaftConfig } from './raft.js';
 import {
@@ -12,6 +19,7 @@ import {
   Role,
   type ConfChange,
   type ConfState,
+  type Entry,
   type HardState,
   type Message,
   type NodeId,
@@ -48,8 +56,14 @@ export class RawNode {
   /** The protocol state machine (exposed for tests and status). */
   readonly raft: Raft;
   private prevSoft: SoftState;
+  /** The last hard state handed out in a Ready (what the next Ready's is compared with). */
   private prevHard: HardState;
-  private outstanding: Ready | undefined;
+  /** The last hard state of an advanced Ready (or the one started with): durable. */
+  private durableHard: HardState;
+  /** Readies handed out and not yet advanced, oldest first. */
+  private readonly outstanding: Ready[] = [];
+  /** Most Readies handed out and not yet advanced (1, or 2 for overlapped rounds). */
+  private readonly readiesInFlight: number;
   /**
    * How far `takeLivenessMessages` looked into the core's message queue `msgs` while the durable
    * term was `term`: the first `upTo` messages hold no liveness message it would take.
@@ -60,6 +74,15 @@ export class RawNode {
     this.raft = new Raft(cfg);
     this.prevSoft = { leader: this.raft.lead, role: this.raft.role };
     this.prevHard = this.raft.hardState();
+    this.durableHard = this.prevHard;
+    const n = cfg.readiesInFlight ?? 1;
+    if (n !== 1 && n !== 2) throw new RangeError(`raft: readiesInFlight must be 1 or 2, not ${n}`);
+    this.readiesInFlight = n;
+  }
+
+  /** How many Readies are handed out and not yet advanced. */
+  get readiesOutstanding(): number {
+    return this.outstanding.length;
   }
 
   /** Advances the logical clock by one tick (elections, heartbeats, check-quorum). */
@@ -146,12 +169,12 @@ export class RawNode {
 
   /** Whether there is anything for the host to do. */
   hasReady(): boolean {
-    if (this.outstanding) return false;
+    if (!this.mayTakeReady()) return false;
     const r = this.raft;
     if (r.hasPendingAppend()) return true;
     if (r.msgs.length > 0 || r.readStates.length > 0 || r.snapshotReads.length > 0) return true;
-    if (r.log.unstable.entries.length > 0 || r.log.unstable.snapshot) return true;
-    if (r.log.hasNextCommittedEntries()) return true;
+    if (r.log.unstable.hasNext()) return true;
+    if (r.log.hasNextCommittedEntries() && (this.outstanding.length === 0 || this.nextCommittedEntries().length > 0)) return true;
     if (!sameHardState(r.hardState(), this.prevHard)) return true;
     if (r.lead !== this.prevSoft.leader || r.role !== this.prevSoft.role) return true;
     return false;
@@ -163,20 +186,21 @@ export class RawNode {
    * then call `advance` before asking for another Ready.
    */
   ready(): Ready {
-    if (this.outstanding) throw new Error('raft: ready() called again before advance()');
+    if (!this.mayTakeReady()) {
+      throw new Error(this.outstanding.length === 0 ? 'raft: no Ready may be taken now' : 'raft: ready() called again before advance()');
+    }
     const r = this.raft;
     r.flushAppends();
     const hs = r.hardState();
     const soft: SoftState = { leader: r.lead, role: r.role };
-    // A streamed snapshot is installed over several host turns: what follows it is applied in a later Ready.
-    const committedEntries = r.log.unstable.snapshot?.streamed ? [] : r.log.nextCommittedEntries(r.maxApplyBytes);
+    const committedEntries = this.nextCommittedEntries();
     if (committedEntries.length > 0) r.log.applying = committedEntries[committedEntries.length - 1]!.index;
-    const snapshot = r.log.unstable.snapshot;
+    const snapshot = r.log.unstable.snapshotInProgress ? undefined : r.log.unstable.snapshot;
     const early: Message[] = [];
     const late: Message[] = [];
     for (const m of r.msgs) (EARLY_TYPES.has(m.type) ? early : late).push(m);
     const rd: Ready = {
-      entries: [...r.log.unstable.entries],
+      entries: r.log.unstable.nextEntries(),
       committedEntries,
       earlyMessages: early,
       messages: late,
@@ -189,9 +213,43 @@ export class RawNode {
     r.msgs = [];
     r.readStates = [];
     r.snapshotReads = [];
+    r.log.unstable.acceptInProgress();
     if (rd.softState) this.prevSoft = rd.softState;
-    this.outstanding = rd;
+    if (rd.hardState) this.prevHard = rd.hardState;
+    this.outstanding.push(rd);
     return rd;
+  }
+
+  /**
+   * Whether a Ready may be handed out now: none is outstanding; or, with `readiesInFlight: 2`,
+   * one is and it carries no snapshot and no configuration change to apply (both take effect at
+   * `advance`, and what the host does after them, such as taking a snapshot with the current
+   * configuration, must not see a later Ready applied meanwhile), and the core holds no snapshot
+   * not yet handed out (a snapshot is taken only when nothing is in flight).
+   */
+  private mayTakeReady(): boolean {
+    const n = this.outstanding.length;
+    if (n === 0) return true;
+    if (n >= this.readiesInFlight) return false;
+    const head = this.outstanding[n - 1]!;
+    if (head.snapshot || head.committedEntries.some((e) => e.type === EntryType.ConfChange)) return false;
+    const u = this.raft.log.unstable;
+    return !(u.snapshot && !u.snapshotInProgress);
+  }
+
+  /**
+   * The committed entries the next Ready hands out to apply. While another Ready is in flight
+   * they stop before the first configuration change (it is applied in a Ready taken when
+   * nothing else is in flight, so a configuration takes effect at once at its `advance`).
+   */
+  private nextCommittedEntries(): Entry[] {
+    const r = this.raft;
+    // A streamed snapshot is installed over several host turns: what follows it is applied in a later Ready.
+    if (r.log.unstable.snapshot?.streamed) return [];
+    const ents = r.log.nextCommittedEntries(r.maxApplyBytes);
+    if (this.outstanding.length === 0) return ents;
+    const cc = ents.findIndex((e) => e.type === EntryType.ConfChange);
+    return cc < 0 ? ents : ents.slice(0, cc);
   }
 
   /**
@@ -211,7 +269,7 @@ export class RawNode {
     // nothing changed the durable term since, see `livenessScan`). A host calls this after every
     // message it steps during a round, so rescanning the whole queue each time would be quadratic.
     const scan = this.livenessScan;
-    const term = this.prevHard.term;
+    const term = this.durableHard.term;
     const from = scan.msgs === msgs && scan.term === term ? scan.upTo : 0;
     if (from >= msgs.length) return NO_MESSAGES;
     let out: Message[] | undefined;
@@ -251,10 +309,12 @@ export class RawNode {
    * committed entries take effect here. Returns the configuration changes applied (in order).
    */
   advance(rd: Ready): ConfState | undefined {
-    if (rd !== this.outstanding) throw new Error('raft: advance() with a Ready that is not outstanding');
-    this.outstanding = undefined;
+    if (rd !== this.outstanding[0]) {
+      throw new Error(this.outstanding.includes(rd) ? 'raft: advance() out of order (advance the oldest Ready first)' : 'raft: advance() with a Ready that is not outstanding');
+    }
+    this.outstanding.shift();
     const r = this.raft;
-    if (rd.hardState) this.prevHard = rd.hardState;
+    if (rd.hardState) this.durableHard = rd.hardState;
     const lastEntry = rd.entries[rd.entries.length - 1];
     if (lastEntry) {
       r.log.unstable.stableTo(lastEntry.index, lastEntry.term);

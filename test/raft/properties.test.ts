@@ -238,6 +238,16 @@ const configArb = fc
     ),
   );
 
+/**
+ * The same schedules with overlapped rounds (RaftConfig.readiesInFlight 2, kvd's
+ * NodeOptions.overlapRounds): each host takes a second Ready while the first one's write syncs;
+ * writes complete in order, and a crash keeps a prefix of the writes in flight.
+ */
+const overlapConfigArb = configArb.map((cfg): SimConfig => ({ ...cfg, host: { ...cfg.host, readiesInFlight: 2 } }));
+
+/** Schedules of the overlapped-rounds property (half of RUNS: the plain property covers the rest of the space). */
+const OVERLAP_RUNS = Math.max(1, Math.floor(RUNS / 2));
+
 function replayParams(): fc.Parameters<[SimConfig]> {
   const seed = process.env.SIM_SEED;
   const path = process.env.SIM_PATH;
@@ -309,6 +319,36 @@ describe('raft under random fault schedules', () => {
         `undecided=${undecided} worstRecoveryMs=${maxRecovery}`,
     );
   }, Math.max(120_000, RUNS * 40)); // SIM_RUNS=20000 takes minutes
+
+  it(`keeps every safety property with two rounds in flight per node (${OVERLAP_RUNS} schedules)`, () => {
+    let overlapped = 0;
+    let crashesOverlapped = 0;
+    let triggeredCrashes = 0;
+    let totalOps = 0;
+    let undecided = 0;
+    fc.assert(
+      fc.property(
+        overlapConfigArb,
+        withShrinkBudget((cfg: SimConfig) => {
+          const result = runChecked(cfg);
+          overlapped += result.overlappedReadies;
+          crashesOverlapped += result.crashesOverlapped;
+          triggeredCrashes += result.triggeredCrashes;
+          totalOps += result.history.length;
+          if (result.undecided) undecided++;
+        }),
+      ),
+      { ...replayParams(), numRuns: REPLAYING ? RUNS : OVERLAP_RUNS },
+    );
+    if (REPLAYING) return;
+    // The second Ready really was taken while a write synced, and crashes landed with two in flight.
+    expect(overlapped).toBeGreaterThan(OVERLAP_RUNS * 10);
+    expect(crashesOverlapped).toBeGreaterThan(0);
+    expect(triggeredCrashes).toBeGreaterThan(OVERLAP_RUNS / 10);
+    expect(totalOps).toBeGreaterThan(OVERLAP_RUNS * 5);
+    expect(undecided).toBeLessThanOrEqual(Math.ceil(OVERLAP_RUNS / 100));
+    console.log(`overlap: schedules=${OVERLAP_RUNS} overlappedReadies=${overlapped} crashesWithTwoInFlight=${crashesOverlapped} clientOps=${totalOps}`);
+  }, Math.max(120_000, RUNS * 40));
 
   for (const { name, cfg } of REGRESSION_SCHEDULES) {
     it(`regression: ${name}`, () => {

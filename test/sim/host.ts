@@ -1,7 +1,10 @@
 /**
  * One simulated replica host: a RawNode, a durable disk modelled by MemoryStorage (only what
  * was synced reaches it), the KV state machine, and a persist → send → apply → advance loop (a simpler order than KvNode.runReady's, which sends early messages and applies before its fsync)
- * split in two so a simulated fsync can take time (and a crash can land in between).
+ * split in two so a simulated fsync can take time (and a crash can land in between). With
+ * `readiesInFlight: 2` a second Ready is taken while the first one's write is syncing (overlapped
+ * rounds, as kvd's driver with NodeOptions.overlapRounds): writes reach the disk in the order the
+ * Readies were taken, and a crash keeps a prefix of them.
  */
 import {
   MemoryStorage,
@@ -47,6 +50,8 @@ export interface HostOptions {
    * the next Ready.
    */
   readonly livenessWhileSyncing?: boolean;
+  /** RaftConfig.readiesInFlight: 2 takes a second Ready while the first one's write is syncing. */
+  readonly readiesInFlight?: number;
 }
 
 /** What the host did with the part of a Ready that does not wait for the disk (for invariant checks). */
@@ -64,8 +69,8 @@ export class SimHost {
   readonly disk: MemoryStorage;
   node!: RawNode;
   fsm!: KvFsm;
-  /** A Ready handed out and not yet synced/advanced. */
-  outstanding: Ready | undefined;
+  /** Readies handed out and not yet synced/advanced, oldest first. */
+  inFlight: Ready[] = [];
   private readonly opts: HostOptions;
   private readonly seed: number;
   private restarts = 0;
@@ -100,6 +105,7 @@ export class SimHost {
       maxInflightAppends: this.opts.maxInflightAppends ?? 8,
       maxAppendBytes: this.opts.maxAppendBytes ?? 4096,
       snapshotChunkBytes: this.opts.snapshotChunkBytes ?? 256,
+      readiesInFlight: this.opts.readiesInFlight ?? 1,
     };
     this.node = new RawNode(cfg);
     const snap = this.disk.snapshot();
@@ -107,14 +113,24 @@ export class SimHost {
     if (snap && this.fsm.applied !== snap.meta.index) {
       throw new Error(`host ${this.id}: snapshot data applied ${this.fsm.applied} != meta index ${snap.meta.index}`);
     }
-    this.outstanding = undefined;
+    this.inFlight = [];
   }
 
-  /** Takes the next Ready if there is one and none is outstanding. */
+  /** The newest Ready handed out and not yet advanced; setting it makes it the only one. */
+  get outstanding(): Ready | undefined {
+    return this.inFlight[this.inFlight.length - 1];
+  }
+
+  set outstanding(rd: Ready | undefined) {
+    this.inFlight = rd ? [rd] : [];
+  }
+
+  /** Takes the next Ready if there is one and the core hands one out now (none outstanding, or one with `readiesInFlight: 2`). */
   startReady(): Ready | undefined {
-    if (this.outstanding || !this.node.hasReady()) return undefined;
-    this.outstanding = this.node.ready();
-    return this.outstanding;
+    if (!this.node.hasReady()) return undefined;
+    const rd = this.node.ready();
+    this.inFlight.push(rd);
+    return rd;
   }
 
   /** Whether the outstanding Ready must hit the disk (so its completion waits for an fsync). */
@@ -127,7 +143,7 @@ export class SimHost {
    * entries (durable on a quorum already), and hand out the early messages.
    */
   applyReady(): ReadyOutcome {
-    const rd = this.outstanding;
+    const rd = this.outstanding; // the newest
     if (!rd) throw new Error(`host ${this.id}: no outstanding ready`);
     const puts: PutCommand[] = [];
     if (rd.snapshot) this.fsm = this.restoreFsm(rd.snapshot.meta.index, rd.snapshot.data);
@@ -151,12 +167,11 @@ export class SimHost {
     return fsm;
   }
 
-  /** The fsync finished: make the Ready durable, advance, and return the messages that waited for it. */
+  /** The oldest Ready's fsync finished: make it durable, advance, and return the messages that waited for it. */
   completeReady(): readonly Message[] {
-    const rd = this.outstanding;
+    const rd = this.inFlight.shift();
     if (!rd) throw new Error(`host ${this.id}: no outstanding ready`);
     this.persist(rd);
-    this.outstanding = undefined;
     this.node.advance(rd);
     this.maybeSnapshot();
     return rd.messages;
@@ -182,13 +197,15 @@ export class SimHost {
   }
 
   /**
-   * A machine crash: everything volatile is lost. An outstanding write that was not synced is
-   * lost too, unless `unsyncedSurvives` (the OS happened to flush it whole). Writes are atomic
-   * batches (as a LevelDB WriteBatch), so a torn tail is discarded whole.
+   * A machine crash: everything volatile is lost. Outstanding writes that were not synced are
+   * lost too, unless `unsyncedSurvives` (the OS happened to flush them whole): then the first
+   * `survivors` of them (all by default) reach the disk, in order — the engine writes batches in
+   * order, so a crash keeps a prefix. Writes are atomic batches (as a LevelDB WriteBatch), so a
+   * torn tail is discarded whole.
    */
-  crash(unsyncedSurvives: boolean): void {
-    if (this.outstanding && unsyncedSurvives) this.persist(this.outstanding);
-    this.outstanding = undefined;
+  crash(unsyncedSurvives: boolean, survivors = Infinity): void {
+    if (unsyncedSurvives) for (const rd of this.inFlight.slice(0, survivors)) this.persist(rd);
+    this.inFlight = [];
   }
 
   /** Restarts from what is on disk. */

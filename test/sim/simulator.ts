@@ -125,6 +125,10 @@ export interface SimResult {
   readonly triggeredCrashes: number;
   /** Forged messages delivered (from `forge` faults). */
   readonly forgedDelivered: number;
+  /** Readies taken while another one's write was syncing (`host.readiesInFlight: 2`). */
+  readonly overlappedReadies: number;
+  /** Crashes that landed with two writes in flight (the newer one, at least, lost unless it survived). */
+  readonly crashesOverlapped: number;
   /** Safety invariant violations counted instead of thrown (`checkSafety: false`). */
   readonly safetyViolations: number;
   /** Whether a put committed within the liveness bound after healing. */
@@ -204,7 +208,10 @@ interface NodeSlot {
   crashOn: Extract<Fault, { kind: 'crashOn' }> | undefined;
   /** Events that arrived while paused, replayed on resume in order. */
   held: (() => void)[];
-  syncing: boolean;
+  /** Readies whose write is syncing (at most the host's readiesInFlight). */
+  syncing: number;
+  /** When the last write started completes: a later one completes no earlier (writes are in order). */
+  syncDoneAt: number;
   lastCommitSeen: number;
   pendingPuts: Map<string, (ok: boolean) => void>;
   /** Reads issued here: `minIndex` is the highest index committed anywhere when the read was issued. */
@@ -249,6 +256,10 @@ export class Simulator {
   private membershipChanges = 0;
   private triggeredCrashes = 0;
   private forgedDelivered = 0;
+  /** Readies taken while another one's write was syncing (overlapped rounds). */
+  private overlappedReadies = 0;
+  /** Crashes that landed with two writes in flight. */
+  private crashesOverlapped = 0;
   private safetyViolations = 0;
   private clientsRunning = true;
   private reqSeq = 0;
@@ -269,7 +280,8 @@ export class Simulator {
         pausedUntil: 0,
         crashOn: undefined,
         held: [],
-        syncing: false,
+        syncing: 0,
+        syncDoneAt: 0,
         lastCommitSeen: 0,
         pendingPuts: new Map(),
         pendingReads: new Map(),
@@ -320,6 +332,8 @@ export class Simulator {
       membershipChanges: this.membershipChanges,
       triggeredCrashes: this.triggeredCrashes,
       forgedDelivered: this.forgedDelivered,
+      overlappedReadies: this.overlappedReadies,
+      crashesOverlapped: this.crashesOverlapped,
       safetyViolations: this.safetyViolations,
       recovered: committedAt !== undefined,
     };
@@ -403,16 +417,16 @@ export class Simulator {
     const slot = this.slots.get(id)!;
     if (!slot.up) return; // it crashed during the event (an event-triggered crash)
     this.checkNode(id);
-    if (slot.syncing) {
-      if (!this.cfg.host?.livenessWhileSyncing) return;
+    const rd = slot.host.startReady();
+    if (!rd) {
+      if (slot.syncing === 0 || !this.cfg.host?.livenessWhileSyncing) return;
       for (const m of slot.host.node.takeLivenessMessages()) {
         this.send(m);
         if (!slot.up) return;
       }
       return;
     }
-    const rd = slot.host.startReady();
-    if (!rd) return;
+    if (slot.syncing > 0) this.overlappedReadies++;
     if (this.cfg.trace) this.traceReady(id, rd);
     this.checkReadyEntries(id);
     // What need not wait for the disk happens now: apply committed entries, send early messages.
@@ -441,18 +455,20 @@ export class Simulator {
       r.index = rs.index;
     }
     this.completeRequests(slot);
-    slot.syncing = true;
-    const delay = slot.host.needsSync(rd) ? 1 + this.rng.nextInt(4) : 0;
+    slot.syncing++;
+    // Writes complete in the order they started (one engine batch after another).
+    const doneAt = Math.max(this.now + (slot.host.needsSync(rd) ? 1 + this.rng.nextInt(4) : 0), slot.syncDoneAt);
+    slot.syncDoneAt = doneAt;
     const trigger = slot.crashOn;
     if (trigger?.on === 'sync' && rd.entries.length > 0) {
       // Queued before the write's completion at the same instant, so it runs first.
       slot.crashOn = undefined;
-      this.at(this.now + delay, this.onNode(id, () => this.triggeredCrash(id, trigger)));
+      this.at(doneAt, this.onNode(id, () => this.triggeredCrash(id, trigger)));
     }
     this.at(
-      this.now + delay,
+      doneAt,
       this.onNode(id, () => {
-        slot.syncing = false;
+        slot.syncing--;
         for (const m of slot.host.completeReady()) {
           this.send(m);
           if (!slot.up) return;
@@ -516,6 +532,14 @@ export class Simulator {
     }
     const slot = this.slots.get(id)!;
     const log = raft.log;
+    if (raft.role === Role.Leader) {
+      // A leader counts its own copy toward commitment only once it is on its disk.
+      const self = raft.progress(id)?.match ?? 0;
+      const disk = slot.host.disk;
+      if (self > disk.lastIndex() || (self >= disk.firstIndex() && disk.term(self) !== log.term(self))) {
+        this.violation(`durability: leader ${id} counts its own match ${self} with only ${disk.lastIndex()} on disk`);
+      }
+    }
     if (raft.role === Role.Leader && log.committed > slot.lastCommitSeen && log.term(log.committed) !== raft.term) {
       // Raft's figure-8 rule: counting replicas commits only an entry of the leader's own term
       // (older entries commit with it). A leader's commit index moves only by counting.
@@ -761,10 +785,14 @@ export class Simulator {
   private crashNode(id: NodeId, unsyncedSurvives: boolean): void {
     const slot = this.slots.get(id)!;
     if (!slot.up) return;
-    slot.host.crash(unsyncedSurvives);
+    const inFlight = slot.host.inFlight.length;
+    if (inFlight > 1) this.crashesOverlapped++;
+    // Writes reach the disk in order: of two in flight, the OS may have flushed the first only.
+    slot.host.crash(unsyncedSurvives, unsyncedSurvives && inFlight > 1 ? 1 + this.rng.nextInt(inFlight) : Infinity);
     slot.up = false;
     slot.epoch++;
-    slot.syncing = false;
+    slot.syncing = 0;
+    slot.syncDoneAt = 0;
     slot.held = [];
     slot.pausedUntil = 0;
     slot.crashOn = undefined;
