@@ -4,20 +4,10 @@
  * test's seed -1388734881, docs/raft.md "Bugs the simulator found").
  */
 import { describe, expect, it } from 'vitest';
-import { EntryType, MessageType, Role, type Message } from '../../src/raft/index.js';
-import { ScenarioNetwork } from '../sim/scenario.js';
+import { EntryType, MessageType, type Message } from '../../src/raft/index.js';
+import { leaderOf3 } from '../sim/scenario.js';
 import { encodePut } from '../sim/kv-fsm.js';
 
-function leaderOf3(): ScenarioNetwork {
-  const net = new ScenarioNetwork([1, 2, 3], { electionTicks: 10, heartbeatTicks: 2 });
-  net.campaign(1);
-  for (let i = 0; i < 5 && net.host(1).node.raft.role !== Role.Leader; i++) {
-    net.electionTimeoutElapses(1);
-    net.campaign(1);
-  }
-  expect(net.host(1).node.raft.role).toBe(Role.Leader);
-  return net;
-}
 
 const acks = (ms: readonly Message[]): { to: number; term: number; index: number }[] =>
   ms.filter((m) => m.type === MessageType.AppResp && !m.reject).map((m) => ({ to: m.to, term: m.term, index: m.index ?? 0 }));

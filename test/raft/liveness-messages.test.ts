@@ -5,22 +5,12 @@
  * RawNode.takeReadStates: reads a quorum confirmed meanwhile may be released then.
  */
 import { describe, expect, it } from 'vitest';
-import { MessageType, Role, type Message } from '../../src/raft/index.js';
-import { ScenarioNetwork } from '../sim/scenario.js';
+import { MessageType, type Message } from '../../src/raft/index.js';
+import { leaderOf3 } from '../sim/scenario.js';
 import { encodePut } from '../sim/kv-fsm.js';
 
 const kinds = (ms: readonly Message[]): string[] => ms.map((m) => `${m.type}>${m.to}@${m.term}`);
 
-function leaderOf3(opts: { checkQuorum?: boolean } = {}): ScenarioNetwork {
-  const net = new ScenarioNetwork([1, 2, 3], { electionTicks: 10, heartbeatTicks: 2, ...opts });
-  net.campaign(1);
-  for (let i = 0; i < 5 && net.host(1).node.raft.role !== Role.Leader; i++) {
-    net.electionTimeoutElapses(1);
-    net.campaign(1);
-  }
-  expect(net.host(1).node.raft.role).toBe(Role.Leader);
-  return net;
-}
 
 describe('messages a host may send while a write is syncing', () => {
   it("hands out a leader's heartbeats while its Ready is outstanding, once each, and nothing else", () => {

@@ -5,26 +5,16 @@
  * order; snapshots and configuration changes are never overlapped.
  */
 import { describe, expect, it } from 'vitest';
-import { ConfChangeType, EntryType, MessageType, Role } from '../../src/raft/index.js';
-import { ScenarioNetwork } from '../sim/scenario.js';
+import { ConfChangeType, EntryType, MessageType } from '../../src/raft/index.js';
+import { leaderOf3 } from '../sim/scenario.js';
 import { encodePut } from '../sim/kv-fsm.js';
 
-function leaderOf3(readiesInFlight: number): ScenarioNetwork {
-  const net = new ScenarioNetwork([1, 2, 3], { electionTicks: 10, heartbeatTicks: 2, readiesInFlight });
-  net.campaign(1);
-  for (let i = 0; i < 5 && net.host(1).node.raft.role !== Role.Leader; i++) {
-    net.electionTimeoutElapses(1);
-    net.campaign(1);
-  }
-  expect(net.host(1).node.raft.role).toBe(Role.Leader);
-  return net;
-}
 
 const put = (r: number): Uint8Array => encodePut({ c: 1, r, k: 'k', v: String(r) });
 
 describe('two Readies in flight', () => {
   it('refuses a second Ready with readiesInFlight 1 (the default)', () => {
-    const net = leaderOf3(1);
+    const net = leaderOf3({ readiesInFlight: 1 });
     const leader = net.host(1);
     leader.node.propose(put(1));
     leader.startReady();
@@ -34,7 +24,7 @@ describe('two Readies in flight', () => {
   });
 
   it('hands out a second Ready with only the entries the first did not carry, never a third', () => {
-    const net = leaderOf3(2);
+    const net = leaderOf3({ readiesInFlight: 2 });
     const leader = net.host(1);
     const last = leader.node.raft.log.lastIndex();
     leader.node.propose(put(1));
@@ -53,7 +43,7 @@ describe('two Readies in flight', () => {
   });
 
   it("counts the leader's own copy only as far as the Readies advanced, in order", () => {
-    const net = leaderOf3(2);
+    const net = leaderOf3({ readiesInFlight: 2 });
     const leader = net.host(1);
     const raft = leader.node.raft;
     const durable = raft.progress(1)!.match;
@@ -70,7 +60,7 @@ describe('two Readies in flight', () => {
   });
 
   it('compares a second hard state with the one handed out, and answers heartbeats only at the durable term', () => {
-    const net = leaderOf3(2);
+    const net = leaderOf3({ readiesInFlight: 2 });
     const follower = net.host(2);
     const term = follower.node.raft.term;
     // A leader of a higher term is heard: the new term goes out in a Ready that stays in flight.
@@ -92,7 +82,7 @@ describe('two Readies in flight', () => {
   });
 
   it('hands out again entries that replaced ones in flight, and acknowledges them after both writes', () => {
-    const net = leaderOf3(2);
+    const net = leaderOf3({ readiesInFlight: 2 });
     const follower = net.host(2);
     const raft = follower.node.raft;
     const term = raft.term;
@@ -117,7 +107,7 @@ describe('two Readies in flight', () => {
   });
 
   it('cuts a second Ready before a configuration change, and takes none while one is being applied', () => {
-    const net = leaderOf3(2);
+    const net = leaderOf3({ readiesInFlight: 2 });
     const leader = net.host(1);
     const follower = net.host(2);
     leader.node.propose(put(1));

@@ -255,3 +255,19 @@ export function elect(net: ScenarioNetwork, id: NodeId): void {
   }
   expect(net.host(id).node.raft.role).toBe(Role.Leader);
 }
+
+/**
+ * Three nodes (1, 2, 3; 10 election ticks, heartbeat every 2) with node 1 elected leader: it
+ * campaigns until it wins (a randomized timeout may make a first campaign early). `opts` adds to
+ * or overrides those host options.
+ */
+export function leaderOf3(opts: HostOptions = {}): ScenarioNetwork {
+  const net = new ScenarioNetwork([1, 2, 3], { electionTicks: 10, heartbeatTicks: 2, ...opts });
+  net.campaign(1);
+  for (let i = 0; i < 5 && net.host(1).node.raft.role !== Role.Leader; i++) {
+    net.electionTimeoutElapses(1);
+    net.campaign(1);
+  }
+  expect(net.host(1).node.raft.role).toBe(Role.Leader);
+  return net;
+}

@@ -1,4 +1,5 @@
 /** The Pipeline stream's direct codec gives exactly what proto-loader's generic codec gives: same objects decoded, bytes the generic codec reads back the same, and its fallbacks. */
+import { mulberry32 } from '../support/mulberry32.js';
 import { describe, expect, it } from 'vitest';
 import * as grpc from '@grpc/grpc-js';
 import { invalidUtf8Field, kvPackageDefinition, kvServiceDefinition, KvStubClient } from '../../src/wire/proto.js';
@@ -9,17 +10,8 @@ const g = generic['Pipeline']!;
 const server = kvServiceDefinition['Pipeline'] as Codec;
 const client = (KvStubClient.service as unknown as Record<string, Codec>)['Pipeline']!;
 
-/** A small deterministic PRNG (mulberry32), so a failing case can be reproduced from its seed. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** A small deterministic PRNG, so a failing case can be reproduced from its seed. */
+const rng = mulberry32;
 
 function gen(seed: number) {
   const r = rng(seed);
