@@ -58,6 +58,12 @@ export interface LeaseClientEvents {
 
 /** A keep-alive stream with a keep-alive unanswered this long is given up for the next node (ms). */
 const STALL_MS = 1_500;
+/** Backoff of a lease call between attempts that follow no fresh leader hint: jittered, doubling from this (ms)... */
+const FIRST_BACKOFF_MS = 25;
+/** ...up to this (ms). */
+const MAX_BACKOFF_MS = 1_000;
+/** Attempts of one lease call at most (its deadline usually ends it first). */
+const MAX_CALL_ATTEMPTS = 64;
 
 type Stub = grpc.Client & Record<string, (...args: unknown[]) => unknown>;
 
@@ -127,9 +133,13 @@ export class LeaseClient extends EventEmitter<LeaseClientEvents> {
 
   /**
    * Calls `method`, following leader redirects and trying the endpoints in turn while the answer is
-   * UNAVAILABLE and retry-safe. `repeatable` (a write with a session, applied at most once): the
-   * call has one deadline, each attempt at most `attemptTimeoutMs` of it, and any UNAVAILABLE,
-   * CANCELLED or attempt timeout is tried again.
+   * UNAVAILABLE and retry-safe, until the call's deadline (`deadlineMs`). `repeatable` (a write with
+   * a session, applied at most once): each attempt takes at most `attemptTimeoutMs` of the
+   * deadline, and any UNAVAILABLE, CANCELLED or attempt timeout is tried again. A redirect to a
+   * node not yet tried in this call is followed at once; anything else (no hint, or a hint naming
+   * a node already tried: leadership is moving) waits a jittered backoff first, 25 ms doubling to
+   * 1 s, as {@link KvClient}'s calls do, so two nodes pointing at each other during an election
+   * cannot use the call up in a few milliseconds.
    */
   private async call<T>(method: string, req: unknown, first?: string, repeatable = false): Promise<T> {
     const deadlineMs = this.opts.deadlineMs ?? 10_000;
@@ -138,9 +148,10 @@ export class LeaseClient extends EventEmitter<LeaseClientEvents> {
     const eps = this.opts.endpoints;
     let next = 0;
     let target = first ?? this.streamTarget;
-    const attempts = Math.max(8, 3 * eps.length);
+    const tried = new Set<string>();
+    let waits = 0;
     for (let attempt = 1; ; attempt++) {
-      const attemptDeadlineAt = repeatable ? Math.min(callDeadlineAt, Date.now() + (this.opts.attemptTimeoutMs ?? 1_500)) : Date.now() + deadlineMs;
+      const attemptDeadlineAt = repeatable ? Math.min(callDeadlineAt, Date.now() + (this.opts.attemptTimeoutMs ?? 1_500)) : callDeadlineAt;
       try {
         const r = await this.unary<T>(target, method, req, attemptDeadlineAt);
         if (method !== 'leasePut') this.streamTarget = target;
@@ -149,11 +160,21 @@ export class LeaseClient extends EventEmitter<LeaseClientEvents> {
         const unknownOutcome =
           e instanceof KvError && (e.code === 'UNAVAILABLE' || e.code === 'CANCELLED' || (e.code === 'DEADLINE_EXCEEDED' && attemptDeadlineAt < callDeadlineAt));
         const retry =
-          e instanceof KvError && attempt < attempts && ((e.code === 'UNAVAILABLE' && e.retrySafe) || (repeatable && unknownOutcome && !this.closed && Date.now() < callDeadlineAt));
+          e instanceof KvError &&
+          attempt < MAX_CALL_ATTEMPTS &&
+          !this.closed &&
+          Date.now() < callDeadlineAt &&
+          ((e.code === 'UNAVAILABLE' && e.retrySafe) || (repeatable && unknownOutcome));
         if (!retry) throw e;
-        const to = e.leader && e.leader !== target ? e.leader : eps[++next % eps.length]!;
-        if (!e.leader || e.leader === target) await new Promise((r) => setTimeout(r, Math.min(1_000, 100 * attempt)));
-        target = to;
+        tried.add(target);
+        const hint = e.leader && e.leader !== target ? e.leader : undefined;
+        if (hint === undefined || tried.has(hint)) {
+          const d = Math.min(MAX_BACKOFF_MS, FIRST_BACKOFF_MS * 2 ** Math.min(waits++, 10));
+          const delay = d / 2 + Math.random() * (d / 2);
+          if (Date.now() + delay >= callDeadlineAt) throw e;
+          await new Promise((r) => setTimeout(r, delay));
+        }
+        target = hint ?? eps[++next % eps.length]!;
       }
     }
   }
