@@ -135,6 +135,23 @@ describe('values served from the engine', () => {
     expect(overlaid).toBeGreaterThan(0); // some listings ran with writes not yet durable
   });
 
+  it.each([false, true])('an idle node releases every value of a burst without another write (the apply-only rounds are written; overlapped rounds: %s)', async (overlapRounds) => {
+    const hub = new LoopbackHub();
+    const engines = [1, 2, 3].map(() => new MemoryEngine({ latencyMs: 1 }));
+    const nodes = await Promise.all(engines.map((e, i) => openNode(i + 1, e, hub, { valueCacheBytes: 8 * 1024, overlapRounds })));
+    for (const n of nodes) n.start();
+    const l = await leaderOf(nodes);
+    await Promise.all(Array.from({ length: 8 }, async (_, w) => {
+      for (let i = w; i < 64; i += 8) await l.put({ key: `/b/${String(i).padStart(3, '0')}`, value: enc(value(i, 0)) }, deadline());
+    }));
+    await converged(nodes);
+    // No write from here on: the last rounds applied what the burst committed (on the leader after
+    // its own fsync, on the followers from a commit notice) and staged their records; those must
+    // reach the engine by themselves, or their values stay in the heap until the next write.
+    await released(nodes, 0, 3_000);
+    for (const n of nodes) expect(n.replica(DATA_GROUP)!.internalsForTests().sm.residentValues).toBe(0);
+  });
+
   it('a follower installing a snapshot serves the same values, and keeps them in the engine once the install is durable', async () => {
     const hub = new LoopbackHub();
     const engines = [1, 2, 3].map(() => new MemoryEngine({ latencyMs: 1 }));
