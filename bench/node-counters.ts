@@ -10,6 +10,7 @@ export const NODE_COUNTERS = {
   fsyncSeconds: 'kvcascade_fsync_duration_seconds_sum',
   engineOps: 'kvcascade_engine_ops_total',
   engineBatches: 'kvcascade_engine_batches_total',
+  unsyncedBatches: 'kvcascade_engine_unsynced_batches_total',
   engineClears: 'kvcascade_engine_clears_total',
 } as const;
 
@@ -84,7 +85,7 @@ export function perOpNote(p: Record<string, number>): string | undefined {
   if (p.batches !== undefined) parts.push(`batches ${f(p.batches)}`);
   if (p.rounds !== undefined) parts.push(`fsync rounds ${f(p.rounds)}`);
   if (p.engineOps !== undefined) parts.push(`engine ops ${f(p.engineOps)}`);
-  if (p.engineBatches !== undefined) parts.push(`engine batches ${f(p.engineBatches)}`);
+  if (p.engineBatches !== undefined) parts.push(`engine batches ${f(p.engineBatches)}${p.unsyncedBatches !== undefined ? ` (unsynced ${f(p.unsyncedBatches)})` : ''}`);
   if (p.engineClears !== undefined && p.engineClears > 0) parts.push(`engine clears ${p.engineClears.toFixed(4)}`);
   if (parts.length === 0) return undefined;
   let tail = p.entriesPerRound !== undefined ? `; ${p.entriesPerRound.toFixed(1)} entries/fsynced round` : '';

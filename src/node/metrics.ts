@@ -133,7 +133,8 @@ export class NodeMetrics {
         }
       },
     });
-    this.runningTotal('kvcascade_engine_batches_total', 'Write batches handed to the storage engine (each is fsynced: one per ready round)', () => node.storeMetrics.batches);
+    this.runningTotal('kvcascade_engine_batches_total', 'Write batches handed to the storage engine (fsynced: one per ready round that needs it; plus unsynced ones of state records alone, see kvcascade_engine_unsynced_batches_total)', () => node.storeMetrics.batches);
+    this.runningTotal('kvcascade_engine_unsynced_batches_total', 'Engine write batches written without fsync: state records alone (a round that only applied), written so that values can leave the heap on an idle node', () => node.storeMetrics.unsyncedBatches);
     this.runningTotal('kvcascade_engine_clears_total', 'Range deletes handed to the storage engine outside the batches (compacted log entries)', () => node.storeMetrics.clears);
     const cacheGauge = (name: string, help: string, pick: (c: KvNode['valueCache']['stats']) => number) =>
       new Gauge({

@@ -139,6 +139,7 @@ export interface ReplicaOptions {
    */
   readonly values?: {
     readonly source: ValueSource;
+    /** Resolves once what is staged is in the engine, starting the write if none is under way (RaftLogStore.whenWritten). */
     readonly whenDurable: () => Promise<void>;
     /** Runs a read with the values it needs, fetching misses without blocking the event loop (EngineValueSource.readCached). */
     readonly readCached?: <T>(read: () => T) => Promise<T>;

@@ -16,6 +16,8 @@
  *                                        below (a streamed snapshot, see below); never with `snapdata`
  *   t/<group:8 hex>/<index:16 hex>/<seq:8 hex>  chunk `seq` of the data of the snapshot at `index`
  *                                        as received from the leader (a streamed transfer)
+ *   x/sync                               never present: deleted by a synced batch that only makes
+ *                                        earlier unsynced batches durable (see `whenWritten`)
  *
  * Every group's keys share the prefix `g/<group>/`, so a group is one contiguous key range.
  * The state machine of a group lives beside its Raft state, under `s/<group:8 hex>/` (layout and
@@ -64,7 +66,10 @@
  * a time; units staged while a batch is in flight go together into the next one (group commit).
  * A unit is never split across batches, and batches are written in staging order, so after a crash
  * the disk holds exactly the effect of some prefix of the staged units, including at least every
- * unit covered by a `flush()` that resolved.
+ * unit covered by a `flush()` that resolved. One exception to "fsynced": a batch holding state
+ * machine records alone, written for `whenWritten` while no `flush` waits (an idle node's last
+ * applied rounds), goes unsynced; the engine keeps batches in order (LevelDB's one log), so the
+ * prefix holds, and the next synced batch makes it durable with everything before it.
  */
 import { MemoryStorage } from '../raft/storage.js';
 import { type ConfState, type Entry, type EntryType, type HardState, type Snapshot, type SnapshotMeta } from '../raft/types.js';
@@ -89,6 +94,11 @@ export const MAX_RECORD_ENTRIES = 512;
 /** Most entry data bytes in one log record (a single larger entry is a record alone). */
 export const MAX_RECORD_BYTES = 1024 * 1024;
 const OP_OVERHEAD_BYTES = 16;
+/**
+ * Deleted by a synced batch of its own when a `flush` waits only for units already written
+ * unsynced (an engine's empty batch syncs nothing); never put, so it leaves no key behind.
+ */
+const SYNC_MARKER_KEY = 'x/sync';
 const TWO_32 = 2 ** 32;
 const EMPTY_CONF: ConfState = { voters: [], learners: [] };
 
@@ -134,8 +144,13 @@ export interface BatchReport {
 
 /** Cumulative counters of a {@link RaftLogStore} (plain numbers for any metrics system). */
 export interface StoreMetrics {
-  /** Synced engine batches written (every batch is synced). */
+  /** Engine batches written, synced or not. */
   batches: number;
+  /**
+   * Of `batches`, those written unsynced: state machine records only, written for a `whenWritten`
+   * with no `flush` waiting (an idle node's last applied rounds); the next synced batch covers them.
+   */
+  unsyncedBatches: number;
   /** Engine clears issued (range deletes of compacted log entries, outside the batches). */
   clears: number;
   /** Log entries written, over all batches (entries per batch = entries / batches). */
@@ -175,6 +190,11 @@ interface Unit {
   readonly entries: number;
   /** Written only once no clear is in flight (a deleted group: its id may be reused). */
   readonly fence: boolean;
+  /**
+   * State machine records only (`stageStateOps`): a batch of such units alone may be written
+   * unsynced when nothing waits for a `flush` (see {@link RaftLogStore.whenWritten}).
+   */
+  readonly lazy: boolean;
 }
 
 /**
@@ -438,8 +458,14 @@ export class RaftLogStore {
   /** The clear in flight (one at a time), settled when it is done. */
   private clearing: Promise<void> | undefined;
   private nextSeq = 1;
+  /** The last unit fsynced (every unit up to it is durable). */
   private durableSeq = 0;
+  /** The last unit written to the engine, synced or not (readable; survives a process crash). */
+  private writtenSeq = 0;
+  /** `flush` callers, by target. */
   private waiters: Waiter[] = [];
+  /** `whenWritten` callers, by target. */
+  private writeWaiters: Waiter[] = [];
   private writing = false;
   private scheduled = false;
   private failed: StoreFailedError | undefined;
@@ -452,6 +478,7 @@ export class RaftLogStore {
   private readonly onBatch: ((report: BatchReport) => void) | undefined;
   private readonly counters: StoreMetrics = {
     batches: 0,
+    unsyncedBatches: 0,
     clears: 0,
     entries: 0,
     bytes: 0,
@@ -753,6 +780,10 @@ export class RaftLogStore {
    * was applied from) and made durable by the next `flush()`. Every key must start with
    * {@link stateKeyPrefix}(group) (bytes or ASCII string); throws RangeError otherwise, staging
    * nothing. An empty `ops` stages nothing. The store does not interpret these records.
+   * Such a unit is *lazy*: written with the next batch, which may be unsynced when it holds lazy
+   * units only and no `flush` waits (`whenWritten`); the records are derived from the log
+   * entries, which were staged before them, so a machine crash that loses them loses a suffix
+   * that recovery applies again from the log.
    */
   stageStateOps(group: number, ops: readonly EngineOp[]): void {
     this.checkUsable();
@@ -765,7 +796,7 @@ export class RaftLogStore {
       if (op.type === 'put') u.put(op.key, op.value);
       else u.del(op.key);
     }
-    this.stage(u);
+    this.stage(u, true);
   }
 
   /**
@@ -822,15 +853,23 @@ export class RaftLogStore {
   }
 
   /**
-   * Resolves once everything staged before this call is durable, like {@link flush}, but starts no
-   * write: it waits for the batches that later flushes write (for work that may lag, such as
-   * dropping values from the heap once their records are on disk). Rejects like `flush`.
+   * Resolves once everything staged before this call is written to the engine: readable there
+   * (`getSync`, views), and surviving a crash of the process, though not necessarily of the
+   * machine (for work that needs the records in the engine, such as dropping values from the heap
+   * or compacting a deleted range). Starts a write if none is under way, on a microtask (a `flush`
+   * in the same turn shares it): a batch of state records alone (`stageStateOps`, e.g. the
+   * records of a round that only applied committed entries) is written *unsynced* unless a
+   * `flush` waits, so an idle node's last applied rounds reach the engine without an fsync;
+   * anything else staged is written synced, as by `flush`. Rejects like `flush`.
    */
-  whenDurable(): Promise<void> {
+  whenWritten(): Promise<void> {
     if (this.failed) return Promise.reject(this.failed);
     const target = this.nextSeq - 1;
-    if (target <= this.durableSeq) return Promise.resolve();
-    return new Promise<void>((resolve, reject) => this.waiters.push({ target, resolve, reject }));
+    if (target <= this.writtenSeq) return Promise.resolve();
+    return new Promise<void>((resolve, reject) => {
+      this.writeWaiters.push({ target, resolve, reject });
+      this.schedule();
+    });
   }
 
   /** Engine operations written so far, by record kind (see {@link EngineOpCounts}). */
@@ -881,9 +920,9 @@ export class RaftLogStore {
     if (this.closed) throw new Error('raft log store is closed');
   }
 
-  /** Stages `u` (nothing when it is empty); returns the seq of the last unit staged (its own, when it has ops). */
-  private stage(u: UnitBuilder): number {
-    if (u.ops.length > 0) this.staged.push({ seq: this.nextSeq++, ops: u.ops, bytes: u.bytes, entries: u.entries, fence: u.fence });
+  /** Stages `u` (nothing when it is empty; `lazy`: state records only); returns the seq of the last unit staged (its own, when it has ops). */
+  private stage(u: UnitBuilder, lazy = false): number {
+    if (u.ops.length > 0) this.staged.push({ seq: this.nextSeq++, ops: u.ops, bytes: u.bytes, entries: u.entries, fence: u.fence, lazy });
     return this.nextSeq - 1;
   }
 
@@ -958,7 +997,15 @@ export class RaftLogStore {
     if (this.writing) return;
     this.writing = true;
     try {
-      while (this.staged.length > 0) {
+      for (;;) {
+        const syncWanted = this.waiters.length > 0;
+        if (this.staged.length === 0) {
+          // A flush waits for units written unsynced: an empty batch syncs nothing, so a marker does.
+          if (!syncWanted) break;
+          const u = new UnitBuilder();
+          u.del(SYNC_MARKER_KEY);
+          this.stage(u);
+        }
         // Take whole units, in order, up to the byte bound (always at least one).
         let n = 0;
         let bytes = 0;
@@ -980,12 +1027,22 @@ export class RaftLogStore {
           }
           entries += u.entries;
         }
+        // Unsynced only for state records alone that no flush waits for (see whenWritten).
+        const sync = syncWanted || units.some((u) => !u.lazy);
         const t0 = performance.now();
-        await this.engine.batch(ops, { sync: true });
+        await this.engine.batch(ops, { sync });
         const fsyncMs = performance.now() - t0;
-        this.record({ units: units.length, entries, ops: ops.length, bytes, fsyncMs });
-        this.durableSeq = units[units.length - 1]!.seq;
+        this.writtenSeq = units[units.length - 1]!.seq;
+        if (sync) {
+          this.record({ units: units.length, entries, ops: ops.length, bytes, fsyncMs });
+          this.durableSeq = this.writtenSeq;
+        } else {
+          this.counters.batches++;
+          this.counters.unsyncedBatches++;
+          this.counters.bytes += bytes;
+        }
         while (this.waiters.length > 0 && this.waiters[0]!.target <= this.durableSeq) this.waiters.shift()!.resolve();
+        while (this.writeWaiters.length > 0 && this.writeWaiters[0]!.target <= this.writtenSeq) this.writeWaiters.shift()!.resolve();
         if (this.pendingClears.length > 0) this.startClear();
       }
     } catch (err) {
@@ -1001,8 +1058,9 @@ export class RaftLogStore {
     this.failed = new StoreFailedError(err);
     this.staged = [];
     this.pendingClears = [];
-    const waiters = this.waiters;
+    const waiters = [...this.waiters, ...this.writeWaiters];
     this.waiters = [];
+    this.writeWaiters = [];
     for (const w of waiters) w.reject(this.failed);
   }
 

@@ -12,6 +12,7 @@ import { classify } from '../../src/coordinator/op-status.js';
 import { LoopbackHub } from '../../src/node/transport.js';
 import { MemoryEngine } from '../../src/storage/kv-engine.js';
 import { silentLogger } from '../../src/log.js';
+import { preferredLeaderOf } from '../support/node-trio.js';
 
 const enc = (s: string) => new TextEncoder().encode(s);
 const dec = (b: Uint8Array | undefined) => (b === undefined ? undefined : new TextDecoder().decode(b));
@@ -39,10 +40,11 @@ async function cluster(extra: Partial<NodeOptions>, retention?: () => number): P
   return nodes;
 }
 
+/** The data group's leader once it is where the map prefers it (it stays there for the test: see preferredLeaderOf) and hosts the metadata group. */
 async function leaderOf(nodes: KvNode[]): Promise<KvNode> {
   for (;;) {
-    const l = nodes.find((n) => n.replica(DATA_GROUP)?.isLeader && n.replica(META_GROUP) !== undefined);
-    if (l) return l;
+    const l = await preferredLeaderOf(nodes);
+    if (l.replica(META_GROUP) !== undefined) return l;
     await sleep(5);
   }
 }

@@ -18,6 +18,7 @@ import {
   RaftLogStore,
   StorageCorruptionError,
   StoreFailedError,
+  stateKeyPrefix,
 } from '../../src/storage/raft-log-store.js';
 
 const enc = new TextEncoder();
@@ -526,6 +527,43 @@ describe('RaftLogStore group commit and failures (MemoryEngine)', () => {
     // Everything acknowledged is durable.
     const s2 = await RaftLogStore.open(engine.crash());
     expect(s2.groups().length).toBe(100);
+  });
+
+  it('whenWritten writes state records alone unsynced, starting the write itself; a flush in the same turn, or any other unit, makes the batch synced', async () => {
+    const engine = new MemoryEngine({ latencyMs: 1 });
+    const s = await RaftLogStore.open(engine);
+    const rec = (n: number) => [{ type: 'put' as const, key: `${stateKeyPrefix(1)}k${n}`, value: enc.encode(`v${n}`) }];
+    s.persistReady(1, { entries: ents(1, 2, 1), hardState: { term: 1, vote: 1, commit: 0 } });
+    await s.flush();
+    expect(engine.counters).toEqual({ batches: 1, syncedBatches: 1 });
+    // An idle node's last applied round: its records reach the engine with no flush at all, without an fsync.
+    s.stageStateOps(1, rec(1));
+    await s.whenWritten();
+    expect(engine.counters).toEqual({ batches: 2, syncedBatches: 1 });
+    expect(s.metrics).toMatchObject({ batches: 2, unsyncedBatches: 1 });
+    expect(dec.decode(engine.getSync(`${stateKeyPrefix(1)}k1`))).toBe('v1');
+    await s.whenWritten(); // nothing new: at once, no batch
+    expect(engine.counters.batches).toBe(2);
+    // A machine crash may lose them (the log they were applied from is durable; recovery applies it again).
+    expect(engine.unsyncedBatches).toBe(1);
+    // A flush now has nothing left to write but must still sync: a marker batch does, and covers them.
+    await s.flush();
+    expect(engine.counters).toEqual({ batches: 3, syncedBatches: 2 });
+    expect(engine.unsyncedBatches).toBe(0);
+    expect(engine.getSync('x/sync')).toBeUndefined();
+    // A flush in the same turn shares the batch (synced); so does any unit other than state records.
+    s.stageStateOps(1, rec(2));
+    const w = s.whenWritten();
+    await Promise.all([w, s.flush()]);
+    expect(engine.counters).toEqual({ batches: 4, syncedBatches: 3 });
+    s.persistReady(1, { entries: ents(3, 3, 1) });
+    s.stageStateOps(1, rec(3));
+    await s.whenWritten();
+    expect(engine.counters).toEqual({ batches: 5, syncedBatches: 4 });
+    expect(engine.unsyncedBatches).toBe(0);
+    const after = engine.crash();
+    expect(dec.decode(after.getSync(`${stateKeyPrefix(1)}k3`))).toBe('v3');
+    expect((await RaftLogStore.open(after)).storageFor(1).lastIndex()).toBe(3);
   });
 
   it('flush with nothing staged resolves at once without a batch', async () => {
