@@ -28,6 +28,7 @@ import { LoopbackHub } from '../src/node/transport.js';
 import { LevelEngine } from '../src/storage/kv-engine.js';
 import { NotLeaderError, UnavailableError } from '../src/node/backend.js';
 import { silentLogger } from '../src/log.js';
+import { pollUntil } from './util.js';
 import { encodeProposal, decodeProposal } from '../src/node/envelope.js';
 import { KvStateMachine } from '../src/statemachine/index.js';
 import { MemoryEngine } from '../src/storage/kv-engine.js';
@@ -45,14 +46,6 @@ async function mainThreadCpuUs(): Promise<number | undefined> {
     return ((Number(f[11]) + Number(f[12])) * 1e6) / ticksPerSec;
   } catch {
     return undefined;
-  }
-}
-
-async function until(what: string, fn: () => boolean, ms = 30_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!fn()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
   }
 }
 
@@ -79,26 +72,31 @@ async function measure(seconds: number, warmupSeconds: number, concurrency: numb
       nodes.push(node);
     }
     for (const n of nodes) n.start();
-    const group = (): number => nodes[0]!.shardOfKey('bench/k').group;
-    await until('a led data shard', () => nodes.some((n) => n.replica(group())?.isLeader));
+    // One data shard: its leader is looked up once, and again only after a put was refused.
+    const group = nodes[0]!.shardOfKey('bench/k').group;
+    const findLeader = (): KvNode | undefined => nodes.find((n) => n.replica(group)?.isLeader);
+    await pollUntil(async () => findLeader(), { what: 'a led data shard' });
     await new Promise((r) => setTimeout(r, 1500)); // leaders move to their preferred nodes early on
+    let leader = findLeader();
     const value = new Uint8Array(valueBytes).fill(7);
     let ops = 0;
     let stop = false;
     const worker = async (w: number): Promise<void> => {
-      let i = 0;
-      while (!stop) {
-        const key = `bench/k${String((w * 7919 + i++ * 104729) % keys).padStart(8, '0')}`;
-        const g = group();
-        const n = nodes.find((x) => x.replica(g)?.isLeader);
-        try {
-          if (!n) throw new UnavailableError('no leader');
-          await n.put({ key, value }, { deadlineMs: Date.now() + 5000 });
-          ops++;
-        } catch (e) {
-          if (!(e instanceof NotLeaderError) && !(e instanceof UnavailableError)) throw e;
+      for (let i = 0; !stop; i++) {
+        const key = `bench/k${String((w * 7919 + i * 104729) % keys).padStart(8, '0')}`;
+        const to = (leader ??= findLeader());
+        if (to === undefined) {
           await new Promise((r) => setTimeout(r, 5));
+          continue;
         }
+        await to.put({ key, value }, { deadlineMs: Date.now() + 5000 }).then(
+          () => void ops++,
+          async (e: unknown) => {
+            if (!(e instanceof NotLeaderError) && !(e instanceof UnavailableError)) throw e;
+            if (leader === to) leader = undefined;
+            await new Promise((r) => setTimeout(r, 5));
+          },
+        );
       }
     };
     const workers = Array.from({ length: concurrency }, (_, w) => worker(w));
