@@ -1,8 +1,8 @@
 /** A bounded, approximately least-recently-used cache of value bytes, shared by the shards of a node, with hit, miss, eviction and byte counters for metrics. */
 import { EvictionHand } from './eviction-hand.js';
 
-/** Accounted bytes of one cache entry besides its value and key (map slot, entry, array header). */
-export const CACHE_ENTRY_OVERHEAD_BYTES = 96;
+/** Accounted bytes of one cache entry besides its value and key (map slot, array header, and the entry object holding the value, its revision and mark). */
+export const CACHE_ENTRY_OVERHEAD_BYTES = 128;
 
 /** Default bound of a node's value cache (bytes). */
 export const DEFAULT_VALUE_CACHE_BYTES = 64 * 1024 * 1024;
