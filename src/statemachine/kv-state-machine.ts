@@ -483,6 +483,10 @@ export class KvStateMachine {
   }
 
   private applyPut(cmd: PutCommand, ts: number, hops: number): ApplyOutput {
+    // A plain put (no condition, no previous value asked for) does not depend on the key's current
+    // version: it skips the look-up (on a node, a hot-index cache probe or engine reads per put on
+    // every replica). `write` finds what it needs in `records`; the outcome is the same either way.
+    if (cmd.expectedVersion === undefined && cmd.returnPrevious !== true) return this.putVersion(cmd, ts, hops, undefined);
     const cur = this.latestLive(cmd.key);
     const curVersion = cur?.revision ?? 0;
     if (cmd.expectedVersion !== undefined && cmd.expectedVersion !== curVersion) {
@@ -490,14 +494,18 @@ export class KvStateMachine {
       const current = withValue ? { version: curVersion, value: this.valueOf(cmd.key, cur) } : { version: curVersion };
       return this.done({ type: 'put', succeeded: false, revision: this._revision, version: curVersion, timestampMs: ts, current });
     }
-    const previous = cmd.returnPrevious && cur ? this.valueOf(cmd.key, cur) : undefined;
+    return this.putVersion(cmd, ts, hops, cmd.returnPrevious && cur ? { version: curVersion, value: this.valueOf(cmd.key, cur) } : undefined);
+  }
+
+  /** Writes `cmd`'s value as a new revision (the put's condition, if any, held); `previous` is the value replaced, when the put asked for it. */
+  private putVersion(cmd: PutCommand, ts: number, hops: number, previous: { readonly version: number; readonly value: Uint8Array } | undefined): ApplyOutput {
     const revision = this.bump(ts);
     this.write(cmd.key, cmd.value, revision, ts, hops);
     const events: KvEvent[] = [withHops<KvEvent>({ type: 'put', key: cmd.key, value: cmd.value, revision, timestampMs: ts }, hops)];
     this.record(events);
     const result =
       previous !== undefined
-        ? ({ type: 'put', succeeded: true, revision, version: revision, timestampMs: ts, previous: { version: curVersion, value: previous } } as const)
+        ? ({ type: 'put', succeeded: true, revision, version: revision, timestampMs: ts, previous } as const)
         : ({ type: 'put', succeeded: true, revision, version: revision, timestampMs: ts } as const);
     return { applied: true, result, events };
   }

@@ -1166,7 +1166,10 @@ function sameVersion(a: VersionRecord, b: VersionRecord): boolean {
  */
 export class EngineValueSource implements ValueSource {
   private readonly keys: Keys;
+  /** Cache keys of the entries per key: `<group>/:<key>`. */
   private readonly cachePrefix: string;
+  /** Cache keys of the entries per version (see `store`): `<group>/<revision>/<key>`. */
+  private readonly revisionPrefix: string;
   /** While `prefetch` runs its read: the versions it missed (read answers a placeholder instead of blocking). */
   private missing: Array<readonly [string, number]> | undefined;
   /** The pass in progress is `prefetch`'s dry run (its result is discarded). */
@@ -1179,33 +1182,50 @@ export class EngineValueSource implements ValueSource {
     private readonly cache: ValueCache,
   ) {
     this.keys = new Keys(group);
-    this.cachePrefix = `${group}/`;
+    this.cachePrefix = `${group}/:`;
+    this.revisionPrefix = `${group}/`;
   }
 
   read(key: string, revision: number): Uint8Array | undefined {
-    const ck = `${this.cachePrefix}${revision}/${key}`;
     if (this.missing !== undefined) {
       // A first pass (readCached) or a dry run (prefetch): note a miss instead of blocking on the
       // disk. A dry run's result is discarded, so it neither uses nor counts what is cached.
-      if (!this.cache.has(ck)) {
+      if (!this.cached(key, revision)) {
         this.missing.push([key, revision]);
         return VALUE_ON_DISK;
       }
       if (this.dryRun) return VALUE_ON_DISK;
     }
-    const hit = this.cache.get(ck);
+    const hit = this.cache.get(this.cachePrefix + key, revision, false) ?? this.cache.get(`${this.revisionPrefix}${revision}/${key}`, revision);
     if (hit !== undefined) return hit;
     const raw = this.engine.getSync(this.keys.version(key, revision));
     if (raw === undefined) return undefined;
     const v = decodeVersion(raw, revision, key);
     if (v.value === null) return undefined;
     const value = ownedCopy(v.value);
-    this.cache.set(ck, value);
+    this.store(key, revision, value);
     return value;
   }
 
   released(key: string, revision: number, value: Uint8Array): void {
-    this.cache.set(`${this.cachePrefix}${revision}/${key}`, ownedCopy(value));
+    this.store(key, revision, ownedCopy(value));
+  }
+
+  /** Whether the value of `key` at `revision` is cached (under the key, or under its revision: see `store`). */
+  private cached(key: string, revision: number): boolean {
+    return this.cache.has(this.cachePrefix + key, revision) || this.cache.has(`${this.revisionPrefix}${revision}/${key}`, revision);
+  }
+
+  /**
+   * Caches the value of `key` at `revision` under `<group>/:<key>` (one entry per key, replaced in
+   * place by the key's next version: the write path's release, every put), or, when that entry
+   * holds a newer revision (a read at an older one), under `<group>/<revision>/<key>` beside it.
+   * The two forms never collide: after the group's slash comes ':' in one, a digit in the other.
+   */
+  private store(key: string, revision: number, value: Uint8Array): void {
+    const latest = this.cachePrefix + key;
+    if (this.cache.set(latest, value, revision)) return;
+    if ((this.cache.revisionOf(latest) ?? -1) > revision) this.cache.set(`${this.revisionPrefix}${revision}/${key}`, value, revision);
   }
 
   /**
@@ -1218,12 +1238,11 @@ export class EngineValueSource implements ValueSource {
    */
   offer(key: string, revision: number, record: Uint8Array): void {
     if (this.missing === undefined) return;
-    const ck = `${this.cachePrefix}${revision}/${key}`;
-    if (this.cache.has(ck)) return;
+    if (this.cached(key, revision)) return;
     const v = decodeVersion(record, revision, key);
     if (v.value === null) return;
     this.cache.countMisses(1); // a value read from the engine (the read's own lookup then hits)
-    this.cache.set(ck, ownedCopy(v.value));
+    this.store(key, revision, ownedCopy(v.value));
   }
 
   /**
@@ -1279,7 +1298,7 @@ export class EngineValueSource implements ValueSource {
         const raw = await this.engine.get(this.keys.version(key, revision));
         if (raw === undefined) return; // compacted meanwhile: the real read will not ask for it
         const v = decodeVersion(raw, revision, key);
-        if (v.value !== null) this.cache.set(`${this.cachePrefix}${revision}/${key}`, ownedCopy(v.value));
+        if (v.value !== null) this.store(key, revision, ownedCopy(v.value));
       }),
     );
   }

@@ -299,11 +299,47 @@ describe('latest versions from the records, behind the hot-index cache', () => {
       if (offer) expect(counts).toEqual({ sync: 2, async: 0 });
       else expect(counts).toEqual({ sync: 2 + 2, async: 1 }); // the value missed: read again asynchronously, then a second pass
       // An overwrite's lookup of a cold key (outside a read at the edge) does not cache the value it replaces.
-      const ck = `${GROUP}/8/c/7`;
-      expect(m.valueCache.has(ck)).toBe(false);
+      const cached = () => m.valueCache.has(`${GROUP}/:c/7`, 8) || m.valueCache.has(`${GROUP}/8/c/7`, 8); // per key, or per version
+      expect(cached()).toBe(false);
       m.sm.apply(301, 1000, { type: 'put', key: 'c/7', value: value(1), expectedVersion: 8 });
-      expect(m.valueCache.has(ck)).toBe(false);
+      expect(cached()).toBe(false);
     }
+  });
+
+  it('a plain put reads no latest version (no index-cache probe, no engine read); a conditional or returnPrevious put still does, with the same outcomes as the heap index', async () => {
+    const engine = new MemoryEngine();
+    const counts = { sync: 0 };
+    const counted = { getSync: (k: Parameters<KvEngine['getSync']>[0]) => (counts.sync++, engine.getSync(k)), get: (k: Parameters<KvEngine['get']>[0]) => engine.get(k) };
+    const cache = new IndexCache(0); // no cache: every latest look-up reads the engine
+    const sm = new KvStateMachine();
+    const recorder = new StateRecorder(GROUP);
+    sm.observe(recorder);
+    sm.attachValues(new EngineValueSource(counted, GROUP, new ValueCache(0)));
+    sm.attachIndex(new EngineIndexSource(counted, GROUP, cache));
+    const ref = new KvStateMachine();
+    let i = 0;
+    const both = (cmd: Command): void => {
+      i++;
+      expect(plain(sm.apply(i, 1000 + i, cmd))).toEqual(plain(ref.apply(i, 1000 + i, cmd)));
+    };
+    for (let k = 0; k < 20; k++) both({ type: 'put', key: `p/${k}`, value: enc.encode(`v${k}`) });
+    await engine.batch(recorder.take(sm)!, { sync: true });
+    sm.releaseValues(sm.revision); // the index serves from here on
+    expect(sm.indexServing).toBe(true);
+    counts.sync = 0;
+    for (let k = 0; k < 20; k++) both({ type: 'put', key: `p/${k}`, value: enc.encode(`w${k}`) }); // overwrites
+    for (let k = 0; k < 5; k++) both({ type: 'put', key: `new/${k}`, value: enc.encode('n') }); // new keys
+    expect(counts.sync).toBe(0);
+    await engine.batch(recorder.take(sm)!, { sync: true });
+    sm.releaseValues(sm.revision);
+    both({ type: 'put', key: 'p/1', value: enc.encode('x'), expectedVersion: 22 }); // p/1's version after the overwrites
+    both({ type: 'put', key: 'p/2', value: enc.encode('x'), expectedVersion: 1 }); // fails: stale
+    both({ type: 'put', key: 'p/3', value: enc.encode('x'), returnPrevious: true });
+    expect(counts.sync).toBeGreaterThan(0); // those looked their keys up
+    await engine.batch(recorder.take(sm)!, { sync: true });
+    sm.releaseValues(sm.revision);
+    expectSameReads(sm, ref);
+    expect(Buffer.from(sm.snapshot()).equals(Buffer.from(ref.snapshot()))).toBe(true);
   });
 
   it('with dropCold, a machine rebuilt from its records (a restart) drops every key written once, in slices, once the index serves; reads and later applies unchanged', async () => {

@@ -1,4 +1,4 @@
-/** The value cache (bound, LRU eviction, counters) and reads of released values from the engine: latest, by version and by time, with the heap holding no value bytes. */
+/** The value cache (bound, CLOCK eviction, revision tags, counters) and reads of released values from the engine: latest, by version and by time, with the heap holding no value bytes. */
 import { describe, expect, it } from 'vitest';
 import { KvStateMachine, VALUE_ON_DISK, type ValueSource } from '../../src/statemachine/index.js';
 import { MemoryEngine } from '../../src/storage/kv-engine.js';
@@ -35,7 +35,7 @@ async function releasedValues(group: number, n: number, key: (i: number) => stri
 }
 
 describe('ValueCache', () => {
-  it('holds its byte bound, evicts the least recently used, and counts hits, misses, evictions and bytes', () => {
+  it('holds its byte bound, evicts about the least recently used (a used entry gets a second chance), and counts hits, misses, evictions and bytes', () => {
     const per = cost('k0', 100);
     const cache = new ValueCache(per * 10);
     for (let i = 0; i < 10; i++) cache.set(`k${i}`, new Uint8Array(100));
@@ -55,37 +55,80 @@ describe('ValueCache', () => {
     expect(cache.get('x999')).toBeUndefined();
   });
 
-  it('evicts exactly in least-recently-used order under long churn (gets, overwrites, deletes; seeds 1-5 against a reference list)', () => {
+  it('evicts exactly in CLOCK order under long churn (gets, overwrites, deletes; seeds 1-5 against a reference list)', () => {
     for (let seed = 1; seed <= 5; seed++) {
       let x = seed;
       const rnd = (n: number): number => ((x = (x * 1103515245 + 12345) % 2 ** 31) % n);
       const per = cost('k000', 10);
       const cache = new ValueCache(per * 50);
-      const model: string[] = []; // least recently used first
-      const touch = (k: string): void => {
-        const at = model.indexOf(k);
-        if (at >= 0) model.splice(at, 1);
-        model.push(k);
-      };
+      // Oldest insertion first; a used entry gets a second chance (unmarked, to the back), the first unused one goes.
+      const model: Array<{ key: string; used: boolean }> = [];
+      const find = (k: string) => model.find((e) => e.key === k);
       for (let i = 0; i < 20_000; i++) {
         const k = `k${String(rnd(200)).padStart(3, '0')}`;
         const op = rnd(10);
         if (op < 5) {
           cache.set(k, new Uint8Array(10));
-          touch(k);
-          while (model.length > 50) model.shift();
+          const e = find(k);
+          if (e !== undefined) e.used = true;
+          else model.push({ key: k, used: false });
+          while (model.length > 50) {
+            const oldest = model.shift()!;
+            if (oldest.used) model.push({ key: oldest.key, used: false });
+          }
         } else if (op < 9) {
           const hit = cache.get(k) !== undefined;
-          expect(hit).toBe(model.includes(k));
-          if (hit) touch(k);
+          const e = find(k);
+          expect(hit).toBe(e !== undefined);
+          if (e !== undefined) e.used = true;
         } else {
           cache.delete(k);
-          if (model.includes(k)) model.splice(model.indexOf(k), 1);
+          const at = model.findIndex((e) => e.key === k);
+          if (at >= 0) model.splice(at, 1);
         }
         expect(cache.stats.entries).toBe(model.length);
       }
-      for (const k of model) expect(cache.has(k)).toBe(true);
+      for (const e of model) expect(cache.has(e.key)).toBe(true);
     }
+  });
+
+  it('tags entries with a revision: another revision misses, a newer one replaces the entry in place (no insert, no eviction), an older one is refused', () => {
+    const cache = new ValueCache(cost('k0', 100) * 8);
+    for (let i = 0; i < 4; i++) expect(cache.set(`k${i}`, new Uint8Array(100), 5)).toBe(true);
+    expect(cache.get('k0', 4)).toBeUndefined();
+    expect(cache.get('k0', 5)).toBeDefined();
+    expect(cache.set('k1', new Uint8Array(50), 9)).toBe(true); // the next version: in place, fewer bytes
+    expect(cache.stats).toMatchObject({ entries: 4, evictions: 0, bytes: cost('k0', 100) * 3 + cost('k1', 50) });
+    expect(cache.get('k1', 5)).toBeUndefined();
+    expect(cache.get('k1', 9)?.length).toBe(50);
+    expect(cache.set('k1', new Uint8Array(100), 7)).toBe(false); // older than what is cached
+    expect(cache.revisionOf('k1')).toBe(9);
+    expect(cache.has('k1', 9)).toBe(true);
+  });
+
+  it("a group's source caches each key's newest value once (replaced by its next release) and an older version read beside it", async () => {
+    const group = 4;
+    const engine = new MemoryEngine();
+    const sm = new KvStateMachine();
+    const recorder = new StateRecorder(group);
+    sm.observe(recorder);
+    const cache = new ValueCache(1024 * 1024);
+    const syncReads = { n: 0 };
+    const counted = { getSync: (k: Parameters<MemoryEngine['getSync']>[0]) => (syncReads.n++, engine.getSync(k)), get: (k: Parameters<MemoryEngine['get']>[0]) => engine.get(k) };
+    const source = new EngineValueSource(counted, group, cache);
+    sm.attachValues(source);
+    for (let i = 1; i <= 30; i++) sm.apply(i, 1000 + i, { type: 'put', key: `k${i % 3}`, value: enc(`v${i}`) });
+    await engine.batch(recorder.take(sm)!, { sync: true });
+    sm.releaseValues(sm.revision);
+    expect(cache.stats.entries).toBe(3); // one per key: each release replaced the key's entry
+    expect(dec(sm.get('k1')?.value)).toBe('v28');
+    expect(syncReads.n).toBe(0);
+    expect(dec(sm.get('k1', { atRevision: 5 })?.value)).toBe('v4'); // an older version: from the engine, cached beside
+    expect(syncReads.n).toBe(1);
+    expect(dec(sm.get('k1', { atRevision: 5 })?.value)).toBe('v4');
+    expect(dec(sm.get('k1')?.value)).toBe('v28');
+    expect(syncReads.n).toBe(1);
+    expect(cache.stats.entries).toBe(4);
   });
 
   it('does not cache a value larger than an eighth of its bound, and a zero bound caches nothing', () => {

@@ -1,0 +1,207 @@
+/**
+ * In-process measure of the CPU a put costs on the replicated path, without gRPC: three `KvNode`s
+ * in this process, each over a `LevelEngine` in a temporary directory (real synced batches), a
+ * loopback transport, one data shard, a closed loop of `--concurrency` puts of `--value-bytes`
+ * bytes over `--keys` keys sent straight to the leader. Prints, per window, puts/s and CPU µs per
+ * put of the whole process (all three nodes and every thread: LevelDB's pool, GC helpers) and of
+ * the main thread alone (`/proc/self/task/<pid>/stat`: the event loop the three nodes share).
+ * Run it with kvd's heap flag (`node --max-semi-space-size=32 …`) to see what kvd sees; add
+ * `--cpu-prof` for a V8 profile of the whole run (`dist/bench/profile-summary.js` reads it).
+ *
+ * `--apply-only N` measures instead, on the main thread alone and without Raft, storage I/O or a
+ * second node, what every replica does per committed put: decode the entry (`decodeProposal`),
+ * apply it to a `KvStateMachine` wired as a node wires it (state records recorded by a
+ * `StateRecorder` and taken once per round, values and latest versions released after each round
+ * to an `EngineValueSource` / `EngineIndexSource` with the node's caches), N entries in rounds of
+ * `--round-entries`; prints CPU µs per entry (`process.cpuUsage`, so steadier than the cluster's
+ * figure on a shared machine).
+ *
+ * node --max-semi-space-size=32 dist/bench/replicated-path.js [--seconds 10] [--warmup 2] [--concurrency 64] [--keys 10000] [--value-bytes 256] [--rounds 1]
+ * node --max-semi-space-size=32 dist/bench/replicated-path.js --apply-only 300000 [--round-entries 32] [--keys 10000] [--value-bytes 256] [--rounds 3]
+ */
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { KvNode } from '../src/node/kv-node.js';
+import { LoopbackHub } from '../src/node/transport.js';
+import { LevelEngine } from '../src/storage/kv-engine.js';
+import { NotLeaderError, UnavailableError } from '../src/node/backend.js';
+import { silentLogger } from '../src/log.js';
+import { pollUntil } from './util.js';
+import { encodeProposal, decodeProposal } from '../src/node/envelope.js';
+import { KvStateMachine } from '../src/statemachine/index.js';
+import { MemoryEngine } from '../src/storage/kv-engine.js';
+import { EngineIndexSource, EngineValueSource, StateRecorder } from '../src/storage/state-store.js';
+import { IndexCache } from '../src/storage/index-cache.js';
+import { ValueCache } from '../src/storage/value-cache.js';
+
+/** CPU time (µs) of this process's main thread so far, from /proc (undefined where there is none). */
+async function mainThreadCpuUs(): Promise<number | undefined> {
+  try {
+    const stat = await readFile(`/proc/self/task/${process.pid}/stat`, 'utf8');
+    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    const ticksPerSec = 100; // USER_HZ on Linux
+    return ((Number(f[11]) + Number(f[12])) * 1e6) / ticksPerSec;
+  } catch {
+    return undefined;
+  }
+}
+
+interface Window {
+  readonly putsPerSec: number;
+  readonly cpuUsPerPut: number;
+  readonly mainUsPerPut: number | undefined;
+}
+
+/** One measurement on a fresh three-node cluster. */
+async function measure(seconds: number, warmupSeconds: number, concurrency: number, keys: number, valueBytes: number): Promise<Window> {
+  const dir = await mkdtemp(join(tmpdir(), 'kvc-replicated-'));
+  const hub = new LoopbackHub();
+  const members = new Map([1, 2, 3].map((i) => [i, `127.0.0.1:${7400 + i}`] as [number, string]));
+  const nodes: KvNode[] = [];
+  try {
+    for (const id of [1, 2, 3]) {
+      const engine = await LevelEngine.open(join(dir, `n${id}`));
+      const node = await KvNode.open(
+        { id, members, defaultPool: { shards: 1 }, log: silentLogger(), onFatal: (e) => { throw e; } },
+        engine,
+        hub.transport(id),
+      );
+      nodes.push(node);
+    }
+    for (const n of nodes) n.start();
+    // One data shard: its leader is looked up once, and again only after a put was refused.
+    const group = nodes[0]!.shardOfKey('bench/k').group;
+    const findLeader = (): KvNode | undefined => nodes.find((n) => n.replica(group)?.isLeader);
+    await pollUntil(async () => findLeader(), { what: 'a led data shard' });
+    await new Promise((r) => setTimeout(r, 1500)); // leaders move to their preferred nodes early on
+    let leader = findLeader();
+    const value = new Uint8Array(valueBytes).fill(7);
+    let ops = 0;
+    let stop = false;
+    const worker = async (w: number): Promise<void> => {
+      for (let i = 0; !stop; i++) {
+        const key = `bench/k${String((w * 7919 + i * 104729) % keys).padStart(8, '0')}`;
+        const to = (leader ??= findLeader());
+        if (to === undefined) {
+          await new Promise((r) => setTimeout(r, 5));
+          continue;
+        }
+        await to.put({ key, value }, { deadlineMs: Date.now() + 5000 }).then(
+          () => void ops++,
+          async (e: unknown) => {
+            if (!(e instanceof NotLeaderError) && !(e instanceof UnavailableError)) throw e;
+            if (leader === to) leader = undefined;
+            await new Promise((r) => setTimeout(r, 5));
+          },
+        );
+      }
+    };
+    const workers = Array.from({ length: concurrency }, (_, w) => worker(w));
+    await new Promise((r) => setTimeout(r, warmupSeconds * 1000));
+    const ops0 = ops;
+    const main0 = await mainThreadCpuUs();
+    const cpu0 = process.cpuUsage();
+    const t0 = performance.now();
+    await new Promise((r) => setTimeout(r, seconds * 1000));
+    const cpu = process.cpuUsage(cpu0);
+    const main1 = await mainThreadCpuUs();
+    const dt = (performance.now() - t0) / 1000;
+    const n = ops - ops0;
+    stop = true;
+    await Promise.all(workers);
+    return {
+      putsPerSec: Math.round(n / dt),
+      cpuUsPerPut: (cpu.user + cpu.system) / n,
+      mainUsPerPut: main0 !== undefined && main1 !== undefined ? (main1 - main0) / n : undefined,
+    };
+  } finally {
+    for (const n of nodes) await n.stop();
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * CPU µs per entry of a replica's apply path alone (see the top of the file): `entries` puts over
+ * `keys` keys, in rounds of `roundEntries`, after a warm-up of a fifth as many.
+ */
+function applyOnly(entries: number, roundEntries: number, keys: number, valueBytes: number): number {
+  const engine = new MemoryEngine();
+  const sm = new KvStateMachine();
+  const recorder = new StateRecorder(1, undefined, {});
+  sm.observe(recorder);
+  const values = new EngineValueSource(engine, 1, new ValueCache());
+  sm.attachValues(values);
+  sm.attachIndex(new EngineIndexSource(engine, 1, new IndexCache(), values));
+  const value = new Uint8Array(valueBytes).fill(7);
+  // The leader's entries, encoded once (a round's worth at a time would cost the same per entry).
+  const data = Array.from({ length: 4096 }, (_, i) => encodeProposal(1_700_000_000_000 + i, { type: 'put', key: `bench/k${String((i * 104729) % keys).padStart(8, '0')}`, value }, 'client'));
+  let index = 0;
+  const run = (n: number): void => {
+    for (let done = 0; done < n; done += roundEntries) {
+      for (let i = 0; i < roundEntries; i++) {
+        index++;
+        const p = decodeProposal(data[index % data.length]!);
+        sm.apply(index, p.timestampMs, p.command, p.origin, p.session, p.hops);
+      }
+      recorder.take(sm); // the round's record writes (a node stages them into its batch)
+      while (sm.releaseValues(sm.revision, 4096)); // the round is durable
+    }
+  };
+  run(Math.ceil(entries / 5));
+  const cpu0 = process.cpuUsage();
+  run(entries);
+  const cpu = process.cpuUsage(cpu0);
+  return (cpu.user + cpu.system) / entries;
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    options: {
+      seconds: { type: 'string' },
+      warmup: { type: 'string' },
+      concurrency: { type: 'string' },
+      keys: { type: 'string' },
+      'value-bytes': { type: 'string' },
+      rounds: { type: 'string' },
+      'apply-only': { type: 'string' },
+      'round-entries': { type: 'string' },
+    },
+  });
+  const num = (v: string | undefined, def: number, name: string): number => {
+    const n = Number(v ?? def);
+    if (!Number.isFinite(n) || n <= 0) throw new Error(`--${name}: a positive number, not ${String(v)}`);
+    return n;
+  };
+  const seconds = num(values.seconds, 10, 'seconds');
+  const warmup = num(values.warmup, 2, 'warmup');
+  const concurrency = num(values.concurrency, 64, 'concurrency');
+  const keys = num(values.keys, 10_000, 'keys');
+  const valueBytes = num(values['value-bytes'], 256, 'value-bytes');
+  const rounds = num(values.rounds, 1, 'rounds');
+  if (values['apply-only'] !== undefined) {
+    const entries = num(values['apply-only'], 300_000, 'apply-only');
+    const roundEntries = num(values['round-entries'], 32, 'round-entries');
+    console.log(`apply path only: ${entries} puts over ${keys} keys, ${valueBytes}-byte values, rounds of ${roundEntries}`);
+    for (let r = 0; r < rounds; r++) {
+      const us = applyOnly(entries, roundEntries, keys, valueBytes);
+      const load = (await readFile('/proc/loadavg', 'utf8').catch(() => '?')).split(' ').slice(0, 3).join(' ');
+      console.log(`cpu us/entry ${us.toFixed(2)}  loadavg ${load}`);
+    }
+    return;
+  }
+  console.log(`${concurrency} puts in flight, ${keys} keys, ${valueBytes}-byte values, ${seconds} s after ${warmup} s`);
+  console.log('puts/s  cpu us/put  main-thread us/put  loadavg');
+  for (let r = 0; r < rounds; r++) {
+    const m = await measure(seconds, warmup, concurrency, keys, valueBytes);
+    const load = (await readFile('/proc/loadavg', 'utf8').catch(() => '?')).split(' ').slice(0, 3).join(' ');
+    console.log(`${String(m.putsPerSec).padStart(6)}  ${m.cpuUsPerPut.toFixed(1).padStart(10)}  ${(m.mainUsPerPut?.toFixed(1) ?? '-').padStart(18)}  ${load}`);
+  }
+}
+
+main().catch((e: unknown) => {
+  console.error(e);
+  process.exit(1);
+});
