@@ -2127,9 +2127,9 @@ function unescapeKey(escaped: Uint8Array): Uint8Array {
   for (let i = 0; i < escaped.length; i++) {
     if (escaped[i] === 0) {
       if (escaped[i + 1] !== 0xff) throw new StorageCorruptionError('bad key escape in a version key');
-      i++;
-    }
-    out.push(escaped[i]!);
+      i++; // 0x00 0xff is one 0x00 of the key
+      out.push(0);
+    } else out.push(escaped[i]!);
   }
   return new Uint8Array(out);
 }

@@ -417,6 +417,9 @@ describe('state key layout', () => {
     expect(latest.length).toBe(keys.length - 1); // live keys' latests
     const deleted = await scanAll(engine, { prefix: `${stateKeyPrefix(GROUP)}t/` });
     expect(deleted.length).toBe(1); // the deleted key's latest is apart
+    // The snapshot streamed from these records (a lagging follower's) is the machine's, NUL bytes
+    // included (regression: the encoder unescaped 0x00 0xff to 0xff, so 'a\u0000b' arrived as 'a\u00ffb').
+    expect(Buffer.from((await encodeSnapshotFromRecords(engine, GROUP))!.data).equals(Buffer.from(m.snapshot()))).toBe(true);
   });
 
   it('keeps groups apart and is found only under its own prefix', async () => {
