@@ -170,7 +170,9 @@ function positiveLimit(n: unknown, def: number, max: number, what: string): numb
 export class KvStateMachine {
   private readonly records = new Map<string, VersionRecord[]>();
   private live = new SortedKeySet();
-  /** Live keys among `live` that are reserved (see userKeyCount). */
+  /** Number of live keys (user and reserved), kept by `write`: the same on every replica at an index. */
+  private liveCount = 0;
+  /** Live keys that are reserved (see userKeyCount). */
   private reservedLive = 0;
   private readonly writeLog = new Queue<{ readonly revision: number; readonly key: string }>();
   private readonly revTimes = new Queue<number>();
@@ -288,7 +290,7 @@ export class KvStateMachine {
 
   /** Number of live (not deleted) keys. */
   get keyCount(): number {
-    return this.live.size;
+    return this.liveCount;
   }
 
   /**
@@ -302,7 +304,12 @@ export class KvStateMachine {
 
   /** Number of live keys users wrote: reserved keys (cursors, dead letters, descriptors: `/_...`, `/ext/`) not counted. */
   get userKeyCount(): number {
-    return this.live.size - this.reservedLive;
+    return this.liveCount - this.reservedLive;
+  }
+
+  /** Number of reserved live keys (cursors, dead letters, descriptors, lease attachments). */
+  get reservedKeyCount(): number {
+    return this.reservedLive;
   }
 
   /**
@@ -639,9 +646,11 @@ export class KvStateMachine {
     this.sink?.versionAdded(key, version, wasDeleted);
     if (value !== null && this.values !== undefined) this.resident.push({ revision, key });
     if (value !== null && !wasLive) {
+      this.liveCount++;
       this.live.add(key);
       if (isReservedKey(key)) this.reservedLive++;
     } else if (value === null && wasLive) {
+      this.liveCount--;
       this.live.delete(key);
       if (isReservedKey(key)) this.reservedLive--;
     }
@@ -1234,6 +1243,7 @@ export class KvStateMachine {
       if (slot % RESTORE_STEP_KEYS === 0) yield;
     }
     m.live = SortedKeySet.fromSorted(liveKeys);
+    m.liveCount = liveKeys.length;
     for (const e of d.history) {
       m.history.push(e);
       m.historyBytes += eventBytes(e);
