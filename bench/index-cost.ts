@@ -1,4 +1,4 @@
-// The CPU cost of the key index served from the engine (issue 17): one shard's state machine over a LevelDB engine holding N keys, applying conditional puts (each looks its key's current version up) and serving latest gets, with the latest versions from the heap index (`records`), from the hot-index cache (hot keys), and from the engine's point reads (cold keys: a cache too small to hold any); and a `list` page from the heap versus from the records. Prints process CPU µs per operation (user + system: LevelDB's synchronous reads run on the calling thread), so the figures hold on a busy machine better than throughput does.
+// The CPU cost of the key index served from the engine (issue 17): one shard's state machine over a LevelDB engine holding N keys, applying conditional puts (each looks its key's current version up), puts of new keys (the "never live" test: live-key set, Bloom filter, or a storage read) and serving latest gets, with the latest versions from the heap index (`records`), from the hot-index cache (hot keys), and from the engine's point reads (cold keys: a cache too small to hold any); and a `list` page from the heap versus from the records. Prints process CPU µs per operation (user + system: LevelDB's synchronous reads run on the calling thread), so the figures hold on a busy machine better than throughput does.
 //
 // Run: npx tsc -p tsconfig.json (or npm run build), then
 //   node dist/bench/index-cost.js [--keys 100000] [--ops 20000] [--value-bytes 1024] [--rounds 3]
@@ -111,9 +111,31 @@ async function main(): Promise<void> {
         currentRec = rec;
       }
     }
+    // A put of a new key (its latest looked up first, as every put does): with the live-key set
+    // holding every key (exact: no storage read), with `dropCold`'s reserved-only set and its Bloom
+    // filter, and with no such test at all (the index source reads the key's `l/` record and misses).
+    // Records not written (the overlay grows by nOps keys): only the lookup and the apply are timed.
+    const newKeyModes = [
+      { name: 'live-key set, exact (every key in the heap)', dropCold: false, noTest: false },
+      { name: 'dropCold: reserved-only set + Bloom filter', dropCold: true, noTest: false },
+      { name: 'dropCold: no test, the index source reads l/', dropCold: true, noTest: true },
+    ];
+    const newKeyCost: number[][] = newKeyModes.map(() => []);
+    for (let round = 0; round < rounds; round++) {
+      for (const [m, mode] of newKeyModes.entries()) {
+        const machine = KvStateMachine.fromRecords(current.toRecords());
+        machine.attachValues(new EngineValueSource(engine, GROUP, new ValueCache(64 * 1024 * 1024)));
+        const source = new EngineIndexSource(engine, GROUP, new IndexCache(0));
+        machine.attachIndex(mode.noTest ? { latest: (k) => source.latest(k), durable: (k, h) => source.durable(k, h) } : source, { dropCold: mode.dropCold });
+        while (machine.releaseValues(machine.revision)); // durable as built: the index serves (and, with dropCold, cold keys leave)
+        let idx = machine.appliedIndex;
+        newKeyCost[m]!.push(cpuPerOp(nOps, (i) => void machine.apply(++idx, 2000, { type: 'put', key: `/new/${round}/${m}/${i}`, value })));
+      }
+    }
     // One get plus one conditional put per op above: the put figure includes the get it needs.
     for (const [m, mode] of modes.entries()) report(`put (get + conditional put): ${mode.name}`, putCost[m]!);
     for (const [m, mode] of modes.entries()) report(`latest get: ${mode.name}`, getCost[m]!);
+    for (const [m, mode] of newKeyModes.entries()) report(`put of a new key, cold: ${mode.name}`, newKeyCost[m]!);
     // A latest get at the node's edge (EngineValueSource.readCached, as a client get runs) of a key
     // cold in both caches (hot-index cache of 0 bytes, a value cache of 1 MiB): the value read again
     // asynchronously and a second pass, versus the index's version record offered to the value source.

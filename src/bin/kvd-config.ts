@@ -159,7 +159,7 @@ export function parseConfig(argv: string[]): KvdConfig {
     .option('--join-auto-add', 'with --join: add this node to the cluster itself (needs the admin token), e.g. a new StatefulSet ordinal')
     .option('--retention-ms <ms>', 'keep old versions this long (0 = bounded only by history limits)', int('--retention-ms'))
     .option('--value-cache-mib <n>', 'bound of the cache of values read from disk, MiB (default 64)', int('--value-cache-mib'))
-    .option('--index-drop-cold', "experimental: keep only hot keys' version lists in the heap (the rest is read from disk)")
+    .option('--index-drop-cold', "experimental: keep only hot keys' version lists and reserved keys in the heap (the rest is read from disk)")
     .option('--sweep-versions', 'experimental: compaction leaves dropped versions to a background sweep in bounded units')
     .option('--overlap-rounds', "stage the next ready round while one's fsync runs (two rounds in flight; the default)")
     .option('--no-overlap-rounds', 'one ready round at a time (NodeOptions.overlapRounds false)')

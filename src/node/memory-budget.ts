@@ -40,6 +40,8 @@ export interface ReplicaMemory {
   readonly historyBytes: number;
   /** Bytes of Raft entry data held in memory. */
   readonly logBytes: number;
+  /** Bytes of the machine's Bloom filter of user keys (`--index-drop-cold`: the live-key set holds reserved keys only); 0 without. */
+  readonly keyFilterBytes?: number;
 }
 
 /** What the budget samples on each refresh. */
@@ -79,7 +81,7 @@ export class MemoryBudgetError extends Error {
 
 /** The heap bytes of the index of a replica holding `m`. */
 export function indexBytes(m: ReplicaMemory): number {
-  return m.keys * INDEX_BYTES_PER_KEY + Math.max(0, m.writes - m.keys) * INDEX_BYTES_PER_VERSION;
+  return m.keys * INDEX_BYTES_PER_KEY + Math.max(0, m.writes - m.keys) * INDEX_BYTES_PER_VERSION + (m.keyFilterBytes ?? 0);
 }
 
 /** Whether `cmd` can add data to a shard (a put, a txn that puts, a trigger's history event). Deletes, compaction and no-ops free or keep memory. */

@@ -166,8 +166,9 @@ export interface NodeOptions {
   readonly indexCacheBytes?: number;
   /**
    * Experimental (issue 17): keys whose only retained version is live and durable leave the heap's
-   * version lists (read back from LevelDB through the hot-index cache). Costs a snapshot install
-   * one synchronous point read per such key the cache misses (docs/memory.md). Default off.
+   * version lists (read back from LevelDB through the hot-index cache), and the machine's live-key
+   * set keeps reserved keys only (user keys behind a Bloom filter; user prefixes listed from the
+   * records only, UNAVAILABLE while an install is under way). See docs/memory.md. Default off.
    */
   readonly indexDropCold?: boolean;
   /**

@@ -220,7 +220,7 @@ export class ShardReplica {
   /** The machine and revision the last value release was scheduled for (see `scheduleRelease`). */
   private releaseFor: { sm: KvStateMachine; revision: number } | undefined;
   /** How `listFromEngine` served its pages: from the records (with the overlay) or from the machine's heap index. */
-  readonly listCounts = { fromRecords: 0, fromMachine: 0 };
+  readonly listCounts = { fromRecords: 0, fromMachine: 0, unavailable: 0, waitedForDurable: 0 };
   /** A machine and a revision of it whose records are known durable (so in every engine view opened since): the lower bound of `listFromEngine`'s overlay. */
   private durableFor: { sm: KvStateMachine; revision: number } | undefined;
   /** The range of live keys' latest records a mass delete staged, to compact once durable (see COMPACT_AFTER_DELETED_LATESTS). */
@@ -516,9 +516,17 @@ export class ShardReplica {
     return this.machine.get(key, at);
   }
 
-  /** A page of keys under `prefix` as applied here. */
+  /**
+   * A page of keys under `prefix` as applied here, from the heap: for reserved prefixes (cursors,
+   * attempts, dead letters, lease attachments), or any prefix while the machine's live-key set
+   * holds user keys too. UNAVAILABLE otherwise (`--index-drop-cold`: user keys are listed from the
+   * records, `listFromEngine`).
+   */
   list(prefix: string, options?: ListOptions): ListResult {
     this.checkReadable();
+    if (!this.machine.listsFromHeap(prefix)) {
+      throw new UnavailableError(`group ${this.group}: keys under ${JSON.stringify(prefix)} are listed from the records (listFromEngine), not the heap`);
+    }
     return this.machine.list(prefix, options);
   }
 
@@ -532,29 +540,47 @@ export class ShardReplica {
    * durable yet laid over them from the machine (`KvStateMachine.listPlan`, `listFromRecords`),
    * so the page is the one `list` would answer when called; the records' latests of deleted keys
    * are apart (`t/`), so a page reads about its size in records whatever was deleted in range.
-   * Listed from the machine instead when values stay in the heap, no view can be opened, a
-   * snapshot install is under way, or nothing of the current machine is known durable yet. Values
-   * come with the records, off the event loop.
+   * When the records cannot answer (values stay in the heap, no view can be opened, a snapshot
+   * install is under way, nothing of the current machine known durable yet, or its durable point
+   * behind the compaction point) the page comes from the machine's heap index — unless the heap
+   * holds reserved keys only (`--index-drop-cold`, `KvStateMachine.listsFromHeap`): then it waits
+   * for the next durable point once and tries the records again, and answers UNAVAILABLE
+   * (retry-safe) while an install is under way or the records still cannot answer; never a page
+   * from a heap that no longer holds the user keys. Values come with the records, off the event loop.
    */
   async listFromEngine(prefix: string, options: ListOptions = {}): Promise<ListResult> {
-    const durable = this.durableFor;
-    const sm = this.machine;
-    const fromRecords = !this.installing && durable?.sm === sm;
-    const view = fromRecords ? this.opts.openView?.() : undefined;
-    if (view !== undefined) {
-      try {
-        const plan = sm.listPlan(prefix, options, durable!.revision);
-        const page = plan && (await listFromRecords(view, this.group, plan));
-        if (page) {
-          this.listCounts.fromRecords++;
-          return page;
+    for (let attempt = 0; ; attempt++) {
+      const durable = this.durableFor;
+      const sm = this.machine;
+      const fromRecords = !this.installing && durable?.sm === sm;
+      const view = fromRecords ? this.opts.openView?.() : undefined;
+      if (view !== undefined) {
+        try {
+          const plan = sm.listPlan(prefix, options, durable!.revision);
+          const page = plan && (await listFromRecords(view, this.group, plan));
+          if (page) {
+            this.listCounts.fromRecords++;
+            return page;
+          }
+        } finally {
+          await view.close();
         }
-      } finally {
-        await view.close();
       }
+      if (this.machine.listsFromHeap(prefix)) {
+        this.listCounts.fromMachine++;
+        return options.keysOnly ? this.list(prefix, options) : this.readWithValues(() => this.list(prefix, options));
+      }
+      const values = this.opts.values;
+      if (this.installing || attempt > 0 || values === undefined) {
+        this.listCounts.unavailable++;
+        throw new UnavailableError(`group ${this.group}: this replica's records cannot serve the listing yet (${this.installing ? 'installing a snapshot' : 'waiting for its durable point'}); retry`);
+      }
+      // The next durable point (a restart's or an install's first, or the round in flight's), then
+      // its release's own callback (registered earlier) has set `durableFor`: try the records again.
+      this.listCounts.waitedForDurable++;
+      await values.whenDurable();
+      await new Promise<void>((resolve) => setImmediate(resolve));
     }
-    this.listCounts.fromMachine++;
-    return options.keysOnly ? this.list(prefix, options) : this.readWithValues(() => this.list(prefix, options));
   }
 
   /**
@@ -919,7 +945,7 @@ export class ShardReplica {
   /** What this replica holds in the heap, for the node's memory budget (memory-budget.ts). O(1). */
   get memory(): ReplicaMemory {
     const ix = this.machine.indexSize;
-    return { keys: ix.keys, writes: ix.writes, historyBytes: ix.historyBytes, logBytes: this.appliedLogBytes + this.keptLogBytes };
+    return { keys: ix.keys, writes: ix.writes, historyBytes: ix.historyBytes, logBytes: this.appliedLogBytes + this.keptLogBytes, keyFilterBytes: ix.keyFilterBytes };
   }
 
   /**

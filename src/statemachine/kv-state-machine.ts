@@ -35,6 +35,7 @@ import { SortedKeySet } from './sorted-keys.js';
 import type { StateSink } from './state-sink.js';
 import { VALUE_ON_DISK, type ValueSource } from './value-source.js';
 import type { IndexSource } from './index-source.js';
+import { KeyFilter } from './key-filter.js';
 import type {
   ApplyOutput,
   Command,
@@ -141,7 +142,11 @@ function positiveLimit(n: unknown, def: number, max: number, what: string): numb
  * - `live`: SortedKeySet of live keys in UTF-8 byte order (sorted blocks of <= 512 keys). `list`
  *   is O(log n + page): binary search to the prefix start, then walk while the prefix matches;
  *   deleted keys are not in the set, so they cost nothing. Creating or deleting a key is
- *   O(log n + 512); overwriting an existing key does not touch the set.
+ *   O(log n + 512); overwriting an existing key does not touch the set. With an index source and
+ *   `dropCold` (`attachIndex`) it holds the *reserved* live keys only (leases' attachments,
+ *   cursors, dead letters, the descriptor: bounded by the system's own use); user keys are then
+ *   listed from the durable records (`listPlan`) and a Bloom filter (`userKeyFilter`) stands in
+ *   for the exact "is it live" test. The key counts are counters either way (`liveCount`).
  * - `writeLog`: (revision, key) of every version newer than the compaction point, so `compact`
  *   costs O(versions dropped), not O(keys).
  * - `revTimes`: timestamp of every revision from compactRevision on, for time-to-revision lookups
@@ -170,8 +175,15 @@ function positiveLimit(n: unknown, def: number, max: number, what: string): numb
 export class KvStateMachine {
   private readonly records = new Map<string, VersionRecord[]>();
   private live = new SortedKeySet();
-  /** Live keys among `live` that are reserved (see userKeyCount). */
+  /** Number of live keys (user and reserved), kept by `write`: the same on every replica at an index. */
+  private liveCount = 0;
+  /** Live keys that are reserved (see userKeyCount). */
   private reservedLive = 0;
+  /**
+   * Set once `live` holds reserved keys only (`attachIndex` with `dropCold`): every user key made
+   * live since is added here, so a lookup of a key never made live spares a storage read.
+   */
+  private userKeyFilter: KeyFilter | undefined;
   private readonly writeLog = new Queue<{ readonly revision: number; readonly key: string }>();
   private readonly revTimes = new Queue<number>();
   private readonly history = new Queue<KvEvent>();
@@ -288,21 +300,41 @@ export class KvStateMachine {
 
   /** Number of live (not deleted) keys. */
   get keyCount(): number {
-    return this.live.size;
+    return this.liveCount;
   }
 
   /**
    * The size of the heap index, for memory accounting (node/memory-budget.ts): keys held in
    * `records` (live, and deleted ones whose versions are still retained), writes since the
-   * compaction point (each a retained version) and the watch history's accounted bytes. O(1).
+   * compaction point (each a retained version), the watch history's accounted bytes and the Bloom
+   * filter of user keys (with `dropCold`; 0 without). O(1).
    */
-  get indexSize(): { readonly keys: number; readonly writes: number; readonly historyBytes: number } {
-    return { keys: this.records.size, writes: this.writeLog.length, historyBytes: this.historyBytes };
+  get indexSize(): { readonly keys: number; readonly writes: number; readonly historyBytes: number; readonly keyFilterBytes: number } {
+    return { keys: this.records.size, writes: this.writeLog.length, historyBytes: this.historyBytes, keyFilterBytes: this.userKeyFilter?.bytes ?? 0 };
   }
 
   /** Number of live keys users wrote: reserved keys (cursors, dead letters, descriptors: `/_...`, `/ext/`) not counted. */
   get userKeyCount(): number {
-    return this.live.size - this.reservedLive;
+    return this.liveCount - this.reservedLive;
+  }
+
+  /** Number of reserved live keys (cursors, dead letters, descriptors, lease attachments). */
+  get reservedKeyCount(): number {
+    return this.reservedLive;
+  }
+
+  /**
+   * Whether `list(prefix)` can answer from the heap: always, unless the live-key set holds reserved
+   * keys only (`attachIndex` with `dropCold`); then only for prefixes inside the reserved keyspace
+   * (every key they match is reserved). Other listings go to the durable records (`listPlan`).
+   */
+  listsFromHeap(prefix: string): boolean {
+    return this.userKeyFilter === undefined || isReservedKey(prefix);
+  }
+
+  /** Whether the live-key set holds reserved keys only (user keys are listed from the records). */
+  get liveSetReservedOnly(): boolean {
+    return this.userKeyFilter !== undefined;
   }
 
   /**
@@ -615,9 +647,15 @@ export class KvStateMachine {
   private latestVersion(key: string): VersionRecord | undefined {
     // A key not in `live` has no live version (absent, or a tombstone: both read as absent), so a
     // cache miss for it costs no storage read (every new key's first write is such a lookup).
-    if (this.indexReady) return this.unindexed.get(key) ?? this.index!.latest(key, () => this.live.has(key));
+    if (this.indexReady) return this.unindexed.get(key) ?? this.index!.latest(key, () => this.mayBeLive(key));
     const recs = this.records.get(key);
     return recs?.[recs.length - 1];
+  }
+
+  /** False when `key` has no live version for sure (exact for reserved keys; the Bloom filter's answer for user keys once `live` holds reserved keys only). */
+  private mayBeLive(key: string): boolean {
+    const filter = this.userKeyFilter;
+    return filter === undefined || isReservedKey(key) ? this.live.has(key) : filter.mayContain(key);
   }
 
   private bump(ts: number): number {
@@ -647,11 +685,16 @@ export class KvStateMachine {
     this.sink?.versionAdded(key, version, wasDeleted);
     if (value !== null && this.values !== undefined) this.resident.push({ revision, key });
     if (value !== null && !wasLive) {
-      this.live.add(key);
-      if (isReservedKey(key)) this.reservedLive++;
+      this.liveCount++;
+      const reserved = isReservedKey(key);
+      if (reserved) this.reservedLive++;
+      if (reserved || this.userKeyFilter === undefined) this.live.add(key);
+      else this.userKeyFilter.add(key);
     } else if (value === null && wasLive) {
-      this.live.delete(key);
-      if (isReservedKey(key)) this.reservedLive--;
+      this.liveCount--;
+      const reserved = isReservedKey(key);
+      if (reserved) this.reservedLive--;
+      if (reserved || this.userKeyFilter === undefined) this.live.delete(key);
     }
   }
 
@@ -822,10 +865,13 @@ export class KvStateMachine {
    * Lists live keys starting with `prefix` (may be empty) in key order (UTF-8 byte order), at the
    * latest revision, one page at a time. `after` is an exclusive start key; `nextAfter` is set when
    * more keys remain. Pages never skip or repeat a key that exists throughout the pagination.
-   * O(log n + limit).
+   * O(log n + limit). Throws (a caller's bug) when the prefix is not `listsFromHeap`.
    */
   list(prefix: string, options: ListOptions = {}): ListResult {
     validatePrefix(prefix);
+    if (!this.listsFromHeap(prefix)) {
+      throw new Error(`listing ${JSON.stringify(prefix)}: the heap holds reserved keys only (dropCold); list user keys from the records (listPlan)`);
+    }
     const limit = positiveLimit(options.limit, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, 'limit');
     const { after, keysOnly = false } = options;
     if (after !== undefined) validatePrefix(after, 'after');
@@ -1063,11 +1109,13 @@ export class KvStateMachine {
    * Call once. Answers are the same either way: the records hold what `records` hold.
    *
    * With `dropCold`, keys whose only retained version is live and durable also leave `records`
-   * (see `dropCold`): the heap then holds, per such key, its `live` entry and its `writeLog` entry
-   * until compacted. The keys the machine holds when attached (a restart's or an install's whole
-   * state) are candidates too: they leave once the index serves (sliced by `releaseValues`'
-   * `maxCount`). `toRecords()` reads those keys' heads back synchronously, one point read per key the
-   * hot-index cache misses (tests and tools; a node's install diffs against the engine's records).
+   * (see `dropCold`): the heap then holds, per such key, its `writeLog` entry until compacted. The
+   * keys the machine holds when attached (a restart's or an install's whole state) are candidates
+   * too: they leave once the index serves (sliced by `releaseValues`' `maxCount`). And the live-key
+   * set keeps reserved keys only (user keys go to a Bloom filter for the "never live" test, O(user
+   * keys) once here): `list` then answers reserved prefixes only (`listsFromHeap`), user keys are
+   * listed from the records (`listPlan`), and `toRecords()`/`snapshot()` throw (a node's install
+   * diffs against the engine's records and lagging followers get `encodeSnapshotFromRecords`).
    */
   attachIndex(source: IndexSource, options: { readonly dropCold?: boolean } = {}): void {
     if (this.values === undefined) throw new Error('attach a value source before an index source');
@@ -1075,7 +1123,17 @@ export class KvStateMachine {
     this.index = source;
     this.dropColdKeys = options.dropCold === true;
     this.indexFrom = this._revision;
-    if (this.dropColdKeys) for (const key of this.records.keys()) this.droppable.push(key);
+    if (!this.dropColdKeys) return;
+    for (const key of this.records.keys()) this.droppable.push(key);
+    // From now on `live` holds reserved keys only; the user keys live now go to the filter.
+    const filter = new KeyFilter();
+    const reserved: string[] = [];
+    for (const key of this.live.toArray()) {
+      if (isReservedKey(key)) reserved.push(key);
+      else filter.add(key);
+    }
+    this.live = SortedKeySet.fromSorted(reserved);
+    this.userKeyFilter = filter;
   }
 
   /** Whether latest versions are read from the attached index source (and the overlay) rather than `records`. */
@@ -1134,8 +1192,12 @@ export class KvStateMachine {
    * from). The version arrays and values are the machine's own: read them before the next
    * `apply`, `compact` or `releaseValues`, and never mutate them. With a value source attached,
    * released values are the {@link VALUE_ON_DISK} placeholder (not read back). O(keys + d log d).
+   * Throws when the live-key set holds reserved keys only (`attachIndex` with `dropCold`).
    */
   toRecords(): SnapshotData {
+    if (this.userKeyFilter !== undefined) {
+      throw new Error('this machine lists its user keys from the durable records (dropCold): encode them from the engine (encodeSnapshotFromRecords)');
+    }
     // Merge the (already ordered) live keys with the few keys whose latest version is a tombstone.
     const live = this.live.toArray();
     const dead: string[] = [];
@@ -1144,7 +1206,7 @@ export class KvStateMachine {
     const keys: Array<readonly [string, readonly VersionRecord[]]> = [];
     for (let i = 0, j = 0; i < live.length || j < dead.length; ) {
       const k = j >= dead.length || (i < live.length && compareKeys(live[i]!, dead[j]!) < 0) ? live[i++]! : dead[j++]!;
-      keys.push([k, this.records.get(k) ?? [this.latestVersion(k)!]]); // a key dropped from the heap: its one version
+      keys.push([k, this.records.get(k)!]); // every key is in `records` without `dropCold`
     }
     return {
       appliedIndex: this._appliedIndex,
@@ -1242,6 +1304,7 @@ export class KvStateMachine {
       if (slot % RESTORE_STEP_KEYS === 0) yield;
     }
     m.live = SortedKeySet.fromSorted(liveKeys);
+    m.liveCount = liveKeys.length;
     for (const e of d.history) {
       m.history.push(e);
       m.historyBytes += eventBytes(e);

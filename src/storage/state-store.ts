@@ -165,6 +165,7 @@ import {
   type VersionRecord,
   VALUE_ON_DISK,
 } from '../statemachine/index.js';
+import { isReservedKey } from '../sharding/index.js';
 import { ByteReader, ByteWriter, crc32Update } from '../statemachine/binary.js';
 import { findVersion, writeHopsSection } from '../statemachine/snapshot-codec.js';
 import { prefixEnd, type EngineOp, type EngineView, type KvEngine } from './kv-engine.js';
@@ -229,6 +230,12 @@ export interface StateMeta {
   readonly sessionTtlMs: number;
   readonly maxSessions: number;
   readonly maxSessionResults: number;
+  /**
+   * The machine's key counts (`KvStateMachine.keyCount`, `reservedKeyCount`), kept by its writes;
+   * undefined in records written before they were kept (the loader counts the keys it reads).
+   */
+  readonly liveKeys?: number;
+  readonly reservedLiveKeys?: number;
 }
 
 // ------------------------------------------------------------------ keys
@@ -462,7 +469,9 @@ function encodeBlock(ts: readonly number[], writes: readonly number[], events?: 
 /**
  * `u8 format version, varint appliedIndex, revision, compactRevision, lastTimestampMs,
  * maxHistoryRevisions, maxHistoryBytes, oldestHistoryRevision`, and in format 2 `varint
- * sessionTtlMs, maxSessions, maxSessionResults` (format 1 when they are the defaults).
+ * sessionTtlMs, maxSessions, maxSessionResults` (format 1 when they are the defaults); then, in
+ * either format, `varint liveKeys, reservedLiveKeys` (the key counts; absent in records written
+ * before they were kept, which the decoder still accepts).
  */
 function encodeMeta(m: StateMeta): Uint8Array {
   const w = new ByteWriter(64);
@@ -480,6 +489,10 @@ function encodeMeta(m: StateMeta): Uint8Array {
     w.varint(m.sessionTtlMs);
     w.varint(m.maxSessions);
     w.varint(m.maxSessionResults);
+  }
+  if (m.liveKeys !== undefined) {
+    w.varint(m.liveKeys);
+    w.varint(m.reservedLiveKeys ?? 0);
   }
   return w.finish();
 }
@@ -518,8 +531,10 @@ export function decodeMeta(bytes: Uint8Array): StateMeta {
       ...(version === STATE_FORMAT_VERSION
         ? { sessionTtlMs: DEFAULT_SESSION_TTL_MS, maxSessions: DEFAULT_MAX_SESSIONS, maxSessionResults: DEFAULT_MAX_SESSION_RESULTS }
         : { sessionTtlMs: r.varint(), maxSessions: r.varint(), maxSessionResults: r.varint() }),
+      ...(r.remaining > 0 ? { liveKeys: r.varint(), reservedLiveKeys: r.varint() } : {}),
     };
     r.expectEnd();
+    if (m.liveKeys !== undefined && m.reservedLiveKeys! > m.liveKeys) r.fail('more reserved live keys than live keys');
     if (m.maxSessions < 1 || m.maxSessionResults < 1) r.fail('session limits must be positive');
     if (m.compactRevision > m.revision) r.fail('compactRevision after revision');
     if (m.maxHistoryRevisions < 1 || m.maxHistoryBytes < 1) r.fail('history limits must be positive');
@@ -542,6 +557,8 @@ function metaOf(sm: KvStateMachine): StateMeta {
     sessionTtlMs: sm.sessionTtlMs,
     maxSessions: sm.maxSessions,
     maxSessionResults: sm.maxSessionResults,
+    liveKeys: sm.keyCount,
+    reservedLiveKeys: sm.reservedKeyCount,
   };
 }
 
@@ -557,7 +574,20 @@ function metaOfRecords(d: SnapshotData): StateMeta {
     sessionTtlMs: d.sessionTtlMs ?? DEFAULT_SESSION_TTL_MS,
     maxSessions: d.maxSessions ?? DEFAULT_MAX_SESSIONS,
     maxSessionResults: d.maxSessionResults ?? DEFAULT_MAX_SESSION_RESULTS,
+    ...keyCountsOf(d.keys),
   };
+}
+
+/** The live and reserved live keys among `keys` (a key is live when its newest version is not a tombstone). */
+function keyCountsOf(keys: SnapshotData['keys']): { liveKeys: number; reservedLiveKeys: number } {
+  let liveKeys = 0;
+  let reservedLiveKeys = 0;
+  for (const [key, versions] of keys) {
+    if (versions[versions.length - 1]!.value === null) continue;
+    liveKeys++;
+    if (isReservedKey(key)) reservedLiveKeys++;
+  }
+  return { liveKeys, reservedLiveKeys };
 }
 
 function corruptOnError<T>(what: string, fn: () => T): T {
@@ -1726,6 +1756,13 @@ export async function loadState(engine: KvEngine, group: number, options: LoadOp
     mark = performance.now();
   }
   const loaded = assemble(group, meta, latest, deleted, revs, versionKeys, options.deadVersions === true);
+  // The key counts kept in `meta` must be the records' (records written before they were kept have none: the machine counts at build).
+  if (meta.liveKeys !== undefined) {
+    const counted = keyCountsOf(loaded.data.keys);
+    if (counted.liveKeys !== meta.liveKeys || counted.reservedLiveKeys !== meta.reservedLiveKeys) {
+      throw new StorageCorruptionError(`group ${group} state: meta counts ${meta.liveKeys} live keys (${meta.reservedLiveKeys} reserved), the records hold ${counted.liveKeys} (${counted.reservedLiveKeys})`);
+    }
+  }
   if (t) {
     t.assembleMs = performance.now() - mark;
     mark = performance.now();
@@ -2146,9 +2183,9 @@ function unescapeKey(escaped: Uint8Array): Uint8Array {
   for (let i = 0; i < escaped.length; i++) {
     if (escaped[i] === 0) {
       if (escaped[i + 1] !== 0xff) throw new StorageCorruptionError('bad key escape in a version key');
-      i++;
-    }
-    out.push(escaped[i]!);
+      i++; // 0x00 0xff is one 0x00 of the key
+      out.push(0);
+    } else out.push(escaped[i]!);
   }
   return new Uint8Array(out);
 }

@@ -108,6 +108,7 @@ describe('MemoryBudget', () => {
   it('accounts retained versions beyond one per key', () => {
     expect(indexBytes({ keys: 10, writes: 10, historyBytes: 0, logBytes: 0 })).toBe(10 * INDEX_BYTES_PER_KEY);
     expect(indexBytes({ keys: 10, writes: 30, historyBytes: 0, logBytes: 0 })).toBeGreaterThan(10 * INDEX_BYTES_PER_KEY);
+    expect(indexBytes({ keys: 0, writes: 0, historyBytes: 0, logBytes: 0, keyFilterBytes: 5120 })).toBe(5120); // the Bloom filter of user keys (--index-drop-cold)
     expect(addsData({ type: 'noop' })).toBe(false);
   });
 

@@ -13,7 +13,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { KvStateMachine, SHARD_DESCRIPTOR_KEY, type ApplyOutput, type Command } from '../../src/statemachine/index.js';
 import { LevelEngine, MemoryEngine, type KvEngine } from '../../src/storage/kv-engine.js';
 import { IndexCache, INDEX_CACHE_ENTRY_OVERHEAD_BYTES } from '../../src/storage/index-cache.js';
-import { EngineIndexSource, EngineValueSource, loadState, StateRecorder } from '../../src/storage/state-store.js';
+import { encodeSnapshotFromRecords, EngineIndexSource, EngineValueSource, listFromRecords, loadState, StateRecorder } from '../../src/storage/state-store.js';
 import { ValueCache } from '../../src/storage/value-cache.js';
 import { commandArb, KEY_POOL } from '../statemachine/helpers.js';
 
@@ -26,7 +26,8 @@ class Served {
   readonly sm = new KvStateMachine();
   readonly index: EngineIndexSource;
   private readonly recorder = new StateRecorder(GROUP);
-  private durable = -1;
+  /** The revision of the last flush (-1 before any): the engine's records hold the machine as it was then. */
+  durable = -1;
 
   constructor(
     readonly engine: KvEngine,
@@ -70,8 +71,44 @@ function latestOf(sm: KvStateMachine, key: string, atRevision?: number): unknown
   }
 }
 
-/** Every read of `a` and `b` agrees: latest, at every retained revision, and their heap listings. */
-function expectSameReads(a: KvStateMachine, b: KvStateMachine): void {
+/**
+ * A listing of every key of `m` with values: from the heap, or, when `m`'s heap holds reserved keys
+ * only (dropCold), from `records` (the engine and the revision they hold) with `m`'s overlay, as a
+ * node lists; undefined when neither can answer (nothing flushed yet, or compacted past it).
+ */
+async function listAll(m: KvStateMachine, records?: { readonly engine: KvEngine; readonly durable: number }): Promise<unknown[] | undefined> {
+  const rows = (items: readonly { key: string; version: number; timestampMs: number; value?: Uint8Array }[]) =>
+    items.map((i) => [i.key, i.version, i.timestampMs, Buffer.from(i.value!).toString('hex')]);
+  if (m.listsFromHeap('')) return rows(m.list('', { limit: 1000 }).items);
+  if (records === undefined || records.durable < 0) return undefined;
+  const plan = m.listPlan('', { limit: 1000 }, records.durable);
+  if (plan === undefined) return undefined;
+  const view = records.engine.view();
+  try {
+    const page = await listFromRecords(view, GROUP, plan);
+    return page && rows(page.items);
+  } finally {
+    await view.close();
+  }
+}
+
+/** The snapshot of `m`: its own, or, when its heap holds reserved keys only (dropCold), encoded from the engine's records (flushed: they hold all of it). */
+async function snapshotOf(m: KvStateMachine, engine: KvEngine): Promise<Buffer> {
+  if (!m.liveSetReservedOnly) return Buffer.from(m.snapshot());
+  expect(() => m.snapshot()).toThrow(/from the engine/);
+  const view = engine.view();
+  try {
+    const encoded = await encodeSnapshotFromRecords(view, GROUP);
+    if (encoded !== undefined) return Buffer.from(encoded.data);
+    expect(m.appliedIndex).toBe(0); // nothing applied, so nothing recorded: the empty machine's
+    return Buffer.from(new KvStateMachine().snapshot());
+  } finally {
+    await view.close();
+  }
+}
+
+/** Every read of `a` and `b` agrees: latest, at every retained revision, and their listings (`a`'s from `records` when its heap holds reserved keys only). */
+async function expectSameReads(a: KvStateMachine, b: KvStateMachine, records?: { readonly engine: KvEngine; readonly durable: number }): Promise<void> {
   for (const k of KEYS) {
     expect(latestOf(a, k), k).toEqual(latestOf(b, k));
     for (let r = b.compactRevision; r <= b.revision; r++) expect(latestOf(a, k, r), `${k} at ${r}`).toEqual(latestOf(b, k, r));
@@ -80,8 +117,8 @@ function expectSameReads(a: KvStateMachine, b: KvStateMachine): void {
   for (const item of b.list('fresh/', { limit: 1000, keysOnly: true }).items) {
     for (const r of [item.version - 1, item.version, b.revision]) if (r >= b.compactRevision) expect(latestOf(a, item.key, r)).toEqual(latestOf(b, item.key, r));
   }
-  const list = (m: KvStateMachine) => m.list('', { limit: 1000 }).items.map((i) => [i.key, i.version, i.timestampMs, Buffer.from(i.value!).toString('hex')]);
-  expect(list(a)).toEqual(list(b));
+  const listed = await listAll(a, records);
+  if (listed !== undefined || a.listsFromHeap('')) expect(listed).toEqual(await listAll(b));
 }
 
 type Step = { readonly kind: 'cmd'; readonly cmd: Command; readonly dt: number } | { readonly kind: 'flush' } | { readonly kind: 'release' };
@@ -134,9 +171,10 @@ describe('latest versions from the records, behind the hot-index cache', () => {
             ts += step.dt;
             expect(plain(served.sm.apply(index, ts, step.cmd)), JSON.stringify(step.cmd)).toEqual(plain(ref.apply(index, ts, step.cmd)));
           }
-          expectSameReads(served.sm, ref);
+          await expectSameReads(served.sm, ref, served);
         }
-        expect(Buffer.from(served.sm.snapshot()).equals(Buffer.from(ref.snapshot()))).toBe(true);
+        await served.flush();
+        expect((await snapshotOf(served.sm, served.engine)).equals(Buffer.from(ref.snapshot()))).toBe(true);
         engineReads += served.index.reads.engine;
         dropped += served.sm.droppedKeys;
       }),
@@ -207,16 +245,17 @@ describe('latest versions from the records, behind the hot-index cache', () => {
     s.release();
     expect(s.sm.droppedKeys).toBe(2);
     expect(s.sm.indexSize.keys).toBe(0); // no version lists left in the heap
-    expectSameReads(s.sm, ref);
+    await expectSameReads(s.sm, ref, s);
     both(3, { type: 'put', key: 'a', value: enc.encode('a2'), expectedVersion: 1 }); // read back as its first version
     both(4, { type: 'delete', key: 'b' });
-    expectSameReads(s.sm, ref);
+    await expectSameReads(s.sm, ref, s);
     expect(latestOf(s.sm, 'a', 2)).toMatchObject({ version: 1 }); // the dropped version is still there after the rewrite
     await s.flush();
     s.release();
     both(5, { type: 'compact', revision: 4 });
-    expectSameReads(s.sm, ref);
-    expect(Buffer.from(s.sm.snapshot()).equals(Buffer.from(ref.snapshot()))).toBe(true);
+    await expectSameReads(s.sm, ref, s);
+    await s.flush();
+    expect((await snapshotOf(s.sm, s.engine)).equals(Buffer.from(ref.snapshot()))).toBe(true);
     expect(s.sm.keyCount).toBe(ref.keyCount);
   });
 
@@ -260,9 +299,9 @@ describe('latest versions from the records, behind the hot-index cache', () => {
     expect(s.sm.unindexedKeys).toBe(0);
     expect(s.sm.residentValues).toBe(0);
     expect(s.sm.heapValueBytes()).toBe(0);
-    expectSameReads(s.sm, ref);
+    await expectSameReads(s.sm, ref, s);
     for (let k = 0; k < N; k++) expect(latestOf(s.sm, `r/${k}`), `r/${k}`).toEqual(latestOf(ref, `r/${k}`));
-    expect(Buffer.from(s.sm.snapshot()).equals(Buffer.from(ref.snapshot()))).toBe(true);
+    expect((await snapshotOf(s.sm, s.engine)).equals(Buffer.from(ref.snapshot()))).toBe(true);
     if (dropCold) expect(s.sm.droppedKeys).toBeGreaterThan(N - afterDurable.size - 5); // the cold keys did leave the heap
   });
 
@@ -367,8 +406,9 @@ describe('latest versions from the records, behind the hot-index cache', () => {
     expect(calls).toBe(3); // 42 candidates: 16 + 16 + 10
     expect(sm.droppedKeys).toBe(40);
     expect(sm.indexSize.keys).toBe(2); // 'a' (two versions) and 'b' (a tombstone)
-    expectSameReads(sm, ref);
-    expect(Buffer.from(sm.snapshot()).equals(Buffer.from(ref.snapshot()))).toBe(true);
+    expect(sm.liveSetReservedOnly).toBe(true);
+    await expectSameReads(sm, ref, { engine, durable: sm.revision }); // the records hold the machine whole
+    expect((await snapshotOf(sm, engine)).equals(Buffer.from(ref.snapshot()))).toBe(true);
     const next: Command[] = [
       { type: 'put', key: 'fresh/3', value: enc.encode('w'), expectedVersion: 4 },
       { type: 'delete', key: 'fresh/5' },
@@ -378,8 +418,43 @@ describe('latest versions from the records, behind the hot-index cache', () => {
       i++;
       expect(plain(sm.apply(i, 1000 + i, cmd))).toEqual(plain(ref.apply(i, 1000 + i, cmd)));
     }
-    expectSameReads(sm, ref);
+    await expectSameReads(sm, ref, { engine, durable: loaded.data.revision }); // the records as loaded, the applies since in the overlay
     expect(sm.keyCount).toBe(ref.keyCount);
+  });
+
+  it('with dropCold, the live-key set keeps reserved keys only: new keys cost no storage read (Bloom filter), user prefixes list from the records, the key counts are counters', async () => {
+    const ref = new KvStateMachine();
+    const s = new Served(new MemoryEngine(), new IndexCache(0), true); // no cache: every lookup the filter lets through reads the engine
+    let i = 0;
+    const both = (cmd: Command) => {
+      i++;
+      expect(plain(s.sm.apply(i, 1000 + i, cmd))).toEqual(plain(ref.apply(i, 1000 + i, cmd)));
+    };
+    for (let k = 0; k < 200; k++) both({ type: 'put', key: `u/${k}`, value: enc.encode(`v${k}`) });
+    both({ type: 'put', key: '/_sys/cursor/x/1', value: enc.encode('c') });
+    await s.flush();
+    s.release();
+    expect(s.sm.liveSetReservedOnly).toBe(true);
+    const reads = { ...s.index.reads };
+    for (let k = 0; k < 500; k++) both({ type: 'put', key: `new/${k}`, value: enc.encode('n') }); // keys never live: the filter answers
+    expect(s.index.reads.skipped - reads.skipped).toBeGreaterThan(480);
+    expect(s.index.reads.engine - reads.engine).toBeLessThan(20); // false positives only (about 1 %)
+    for (let k = 0; k < 50; k++) both({ type: 'delete', key: `u/${k}` });
+    both({ type: 'put', key: 'u/7', value: enc.encode('again') }); // deleted, then live again
+    both({ type: 'delete', key: '/_sys/cursor/x/1' });
+    both({ type: 'put', key: '/_sys/cursor/x/2', value: enc.encode('c') });
+    for (const p of ['keyCount', 'userKeyCount', 'reservedKeyCount'] as const) expect(s.sm[p], p).toBe(ref[p]);
+    expect(s.sm.reservedKeyCount).toBe(1);
+    expect(s.sm.listsFromHeap('/_sys/')).toBe(true);
+    expect(s.sm.list('/_sys/').items.map((x) => x.key)).toEqual(['/_sys/cursor/x/2']); // reserved prefixes from the heap
+    for (const p of ['', 'u/', '/']) {
+      expect(s.sm.listsFromHeap(p)).toBe(false);
+      expect(() => s.sm.list(p)).toThrow(/reserved keys only/);
+    }
+    await s.flush();
+    s.release();
+    await expectSameReads(s.sm, ref, s); // user keys listed from the records
+    expect((await snapshotOf(s.sm, s.engine)).equals(Buffer.from(ref.snapshot()))).toBe(true);
   });
 
   it('keeps the cache within its byte bound, evicting entries not used since the last pass first', () => {

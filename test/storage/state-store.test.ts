@@ -417,6 +417,35 @@ describe('state key layout', () => {
     expect(latest.length).toBe(keys.length - 1); // live keys' latests
     const deleted = await scanAll(engine, { prefix: `${stateKeyPrefix(GROUP)}t/` });
     expect(deleted.length).toBe(1); // the deleted key's latest is apart
+    // The snapshot streamed from these records (a lagging follower's) is the machine's, NUL bytes
+    // included (regression: the encoder unescaped 0x00 0xff to 0xff, so 'a\u0000b' arrived as 'a\u00ffb').
+    expect(Buffer.from((await encodeSnapshotFromRecords(engine, GROUP))!.data).equals(Buffer.from(m.snapshot()))).toBe(true);
+  });
+
+  it('keeps the key counts in meta as the writes change them, and refuses records whose counts disagree', async () => {
+    const m = new KvStateMachine();
+    const rec = new StateRecorder(GROUP);
+    m.observe(rec);
+    const engine = new MemoryEngine();
+    let i = 0;
+    const step = async (cmd: Parameters<KvStateMachine['apply']>[2]) => {
+      m.apply(++i, 1000 + i, cmd);
+      await write(engine, rec.take(m)!);
+      expect(await readStateMeta(engine, GROUP)).toMatchObject({ liveKeys: m.keyCount, reservedLiveKeys: m.reservedKeyCount });
+    };
+    for (const k of ['a', 'b', '/_sys/cursor/x/1', 'c']) await step({ type: 'put', key: k, value: enc.encode(k) });
+    await step({ type: 'delete', key: 'b' });
+    await step({ type: 'put', key: 'a', value: enc.encode('again') }); // an overwrite counts nothing
+    await step({ type: 'delete', key: '/_sys/cursor/x/1' });
+    expect([m.keyCount, m.reservedKeyCount, m.userKeyCount]).toEqual([2, 0, 2]);
+    expect(KvStateMachine.fromRecords((await loadState(engine, GROUP))!.data).keyCount).toBe(2);
+    // A meta naming other counts than its records hold is corruption.
+    const metaKey = new TextEncoder().encode(`${stateKeyPrefix(GROUP)}meta`);
+    const raw = (await engine.get(metaKey))!;
+    const forged = Uint8Array.from([...raw.subarray(0, raw.length - 2), 3, 0]); // 3 live keys, 0 reserved
+    await engine.batch([{ type: 'put', key: metaKey, value: forged }], { sync: true });
+    expect(await readStateMeta(engine, GROUP)).toMatchObject({ liveKeys: 3 });
+    await expect(loadState(engine, GROUP)).rejects.toThrow(StorageCorruptionError);
   });
 
   it('keeps groups apart and is found only under its own prefix', async () => {
