@@ -634,8 +634,11 @@ export interface RecorderOptions {
  */
 export const READ_BEFORE: EngineOp[] = Object.freeze([]) as unknown as EngineOp[];
 
-/** Version records read per batch by {@link RecordedVersions.fill} (a key's versions are never split). */
-export const RECORDED_READ_BATCH = 4096;
+/**
+ * Version records read per batch by {@link RecordedVersions.fill} (a key's versions are never split).
+ * Keys only (no values, no object per record beyond the revision): a batch holds about 30 B per record.
+ */
+export const RECORDED_READ_BATCH = 16_384;
 
 /**
  * The `before` of a records replacement read from the engine instead of the replaced machine's
@@ -645,18 +648,26 @@ export const RECORDED_READ_BATCH = 4096;
  * replacement itself stays synchronous and asks for the next batch with {@link READ_BEFORE}). The
  * view must be opened (the first `fill`) once every unit of the old state is written to the engine
  * (the host flushes first) and before any unit of the replacement that touches a version record
- * (the replacement's first unit only deletes `meta`). Versions come back as heads (a value is
- * {@link VALUE_ON_DISK}): the same revision of a key is the same write in both states. Holds at most
- * one batch; `close` releases the view (also done when the last batch was read).
+ * (the replacement's first unit only deletes `meta`).
+ *
+ * Only keys are read (`keysOnly`: LevelDB does not read the values): a version is known by its
+ * revision, the key's latest by whether the key has a deleted-latest record (`t/`, read for the
+ * batch's key range). The diff needs no more: both states come from the same committed log, so the
+ * same revision of a key is the same write (its timestamp, hop count and kind included). Versions
+ * come back as revisions (`peek`); `deletedLatest` tells whether the key's latest record is in `t/`.
+ * Holds at most one batch; `close` releases the view (also done when the last batch was read).
  */
 export class RecordedVersions {
   private view: EngineView | undefined;
-  private buf: Array<readonly [string, VersionRecord[]]> = [];
+  private buf: Array<readonly [string, number[]]> = [];
+  /** Keys of the batch whose latest record is in `t/` (a deleted key's). */
+  private deleted = new Set<string>();
   private pos = 0;
-  /** Where the next batch starts (the first record of a key not yet read), or undefined before the first. */
+  /** The key the next batch starts at (escaped, as in the records), or undefined before the first. */
   private resume: Uint8Array | undefined;
   private done = false;
   private readonly prefix: Uint8Array;
+  private readonly deletedPrefix: Uint8Array;
 
   /** Reads `group`'s version records from the view `openView` opens at the first `fill`, `batch` records at a time. */
   constructor(
@@ -664,7 +675,9 @@ export class RecordedVersions {
     group: number,
     private readonly batch = RECORDED_READ_BATCH,
   ) {
-    this.prefix = concat(new Keys(group).prefix, new Uint8Array([TAG_VERSION, SLASH]));
+    const keys = new Keys(group);
+    this.prefix = concat(keys.prefix, new Uint8Array([TAG_VERSION, SLASH]));
+    this.deletedPrefix = concat(keys.prefix, new Uint8Array([TAG_DELETED, SLASH]));
   }
 
   /** Whether the view is open (the first `fill` opened it): later batches come from it whatever is written since. */
@@ -677,9 +690,14 @@ export class RecordedVersions {
     return this.pos >= this.buf.length && !this.done;
   }
 
-  /** The next key of the old state and its versions (oldest first), or undefined at the end (or when `needsFill`). */
-  peek(): readonly [string, readonly VersionRecord[]] | undefined {
+  /** The next key of the old state and the revisions of its versions (oldest first), or undefined at the end (or when `needsFill`). */
+  peek(): readonly [string, readonly number[]] | undefined {
     return this.buf[this.pos];
+  }
+
+  /** Whether `key` (of the current batch) has its latest record in `t/` (its newest version is a tombstone). */
+  deletedLatest(key: string): boolean {
+    return this.deleted.has(key);
   }
 
   /** Moves past the key `peek` answered. */
@@ -692,29 +710,35 @@ export class RecordedVersions {
     if (this.done) return;
     const view = (this.view ??= this.openView());
     const p = this.prefix.length;
-    const out: Array<readonly [string, VersionRecord[]]> = [];
+    const out: Array<readonly [string, number[]]> = [];
     let records = 0;
     let curEscaped: Uint8Array | undefined;
-    let cur: VersionRecord[] = [];
+    let cur: number[] = [];
     let next: Uint8Array | undefined;
-    // Read ahead as the loader does (classic-level's default, 16 KiB, is a pool-thread trip per ~15 records).
-    for await (const [k, v] of view.iterate({ prefix: this.prefix, readAheadBytes: LOAD_READ_AHEAD_BYTES, ...(this.resume ? { gte: this.resume } : {}) })) {
+    const from = this.resume;
+    for await (const [k] of view.iterate({ prefix: this.prefix, keysOnly: true, readAheadBytes: LOAD_READ_AHEAD_BYTES, ...(from ? { gte: concat(this.prefix, from) } : {}) })) {
       const t = findTerminator(k, p);
       if (t < 0 || k.length !== t + 10) throw new StorageCorruptionError(`malformed version key ${describe(k)}`);
       const escaped = k.subarray(p, t);
       if (curEscaped === undefined || Buffer.compare(escaped, curEscaped) !== 0) {
         if (records >= this.batch) {
-          next = k.slice();
+          next = escaped.slice();
           break;
         }
         cur = [];
         out.push([decodeKey(escaped, k), cur]);
-        curEscaped = escaped.slice();
+        curEscaped = escaped;
       }
-      cur.push(decodeVersionHead(v, readU64(k, t + 2), out[out.length - 1]![0]));
+      cur.push(readU64(k, t + 2));
       records++;
     }
+    // The deleted keys' latests in the batch's key range (from its first key to the next batch's).
+    const deleted = new Set<string>();
+    const d = this.deletedPrefix.length;
+    const range = { ...(from ? { gte: concat(this.deletedPrefix, from) } : {}), ...(next ? { lt: concat(this.deletedPrefix, next) } : {}) };
+    for await (const [k] of view.iterate({ prefix: this.deletedPrefix, keysOnly: true, ...range })) deleted.add(decodeKey(k.subarray(d), k));
     this.buf = out;
+    this.deleted = deleted;
     this.pos = 0;
     this.resume = next;
     if (next === undefined) await this.close();
@@ -1005,9 +1029,20 @@ export class StateRecorder implements StateSink {
     const delVersion = (key: string, v: VersionRecord): void => {
       push({ type: 'del', key: keys.version(key, v.revision) });
     };
+    const putVersion = (key: string, v: VersionRecord): void => {
+      push({ type: 'put', key: keys.version(key, v.revision), value: encodeVersion(resolve(key, v)) });
+    };
     const recorded = before instanceof RecordedVersions ? before : undefined;
     const bk = recorded ? [] : ((before as SnapshotData | undefined)?.keys ?? []);
     const ak = after.keys;
+    // A key of `before` read from the engine is its versions' revisions and whether its latest is
+    // in `t/`: its newest version stands for the latest (a tombstone or a value on disk), and the
+    // same revision in both states is the same write (see RecordedVersions).
+    const recordedLatest = (key: string, revs: readonly number[]): VersionRecord => ({
+      revision: revs[revs.length - 1]!,
+      timestampMs: 0,
+      value: recorded!.deletedLatest(key) ? null : VALUE_ON_DISK,
+    });
     let i = 0;
     let j = 0;
     for (;;) {
@@ -1016,24 +1051,39 @@ export class StateRecorder implements StateSink {
         yield READ_BEFORE;
         continue;
       }
-      const b = recorded ? recorded.peek() : bk[i];
-      if (b === undefined && j >= ak.length) break;
-      const c = b === undefined ? 1 : j >= ak.length ? -1 : compareKeys(b[0], ak[j]![0]);
-      if (c <= 0) {
-        if (recorded) recorded.shift();
-        else i++;
-      }
-      if (c < 0) {
-        const [key, versions] = b!;
+      const bKey = recorded ? recorded.peek()?.[0] : bk[i]?.[0];
+      if (bKey === undefined && j >= ak.length) break;
+      const c = bKey === undefined ? 1 : j >= ak.length ? -1 : compareKeys(bKey, ak[j]![0]);
+      if (c > 0) {
+        const [key, versions] = ak[j++]!;
+        for (const v of versions) putVersion(key, v);
+        latestOps(key, undefined, versions[versions.length - 1]);
+      } else if (recorded) {
+        const [key, revs] = recorded.peek()!;
+        const latest = recordedLatest(key, revs);
+        recorded.shift();
+        const av = c === 0 ? ak[j++]![1] : undefined;
+        let deleted = false;
+        let y = 0;
+        for (const rev of revs) {
+          // after's versions older than this one are new; this one stays when after has it too.
+          for (; av !== undefined && y < av.length && av[y]!.revision < rev; y++) putVersion(key, av[y]!);
+          if (av !== undefined && y < av.length && av[y]!.revision === rev) y++;
+          else {
+            push({ type: 'del', key: keys.version(key, rev) });
+            deleted = true;
+          }
+        }
+        for (; av !== undefined && y < av.length; y++) putVersion(key, av[y]!);
+        if (deleted) marker(key, av);
+        latestOps(key, latest, av?.[av.length - 1]);
+      } else if (c < 0) {
+        const [key, versions] = bk[i++]!;
         for (const v of versions) delVersion(key, v);
         marker(key, undefined);
         latestOps(key, versions[versions.length - 1], undefined);
-      } else if (c > 0) {
-        const [key, versions] = ak[j++]!;
-        for (const v of versions) push({ type: 'put', key: keys.version(key, v.revision), value: encodeVersion(resolve(key, v)) });
-        latestOps(key, undefined, versions[versions.length - 1]);
       } else {
-        const [key, bv] = b!;
+        const [key, bv] = bk[i++]!;
         const av = ak[j++]![1];
         let x = 0;
         let y = 0;
@@ -1044,13 +1094,11 @@ export class StateRecorder implements StateSink {
             delVersion(key, bv[x++]!);
             deleted = true;
           }
-          else if (d > 0) {
-            const v = av[y++]!;
-            push({ type: 'put', key: keys.version(key, v.revision), value: encodeVersion(resolve(key, v)) });
-          } else {
+          else if (d > 0) putVersion(key, av[y++]!);
+          else {
             const o = bv[x++]!;
             const v = av[y++]!;
-            if (!sameVersion(o, v)) push({ type: 'put', key: keys.version(key, v.revision), value: encodeVersion(resolve(key, v)) });
+            if (!sameVersion(o, v)) putVersion(key, v);
           }
         }
         if (deleted) marker(key, av);
