@@ -1712,11 +1712,11 @@ export async function loadState(engine: KvEngine, group: number, options: LoadOp
     } else if (tag === TAG_LATEST) {
       const key = decodeKey(k.subarray(p + 2), k);
       latest.keys.push(key);
-      latest.revisions.push(corruptOnError(`latest of ${JSON.stringify(key)}`, () => readVarintOnly(v)));
+      latest.revisions.push(latestRevision(v, () => `latest of ${JSON.stringify(key)}`));
     } else if (tag === TAG_DELETED) {
       const key = decodeKey(k.subarray(p + 2), k);
       deleted.keys.push(key);
-      deleted.revisions.push(corruptOnError(`latest of deleted ${JSON.stringify(key)}`, () => readVarintOnly(v)));
+      deleted.revisions.push(latestRevision(v, () => `latest of deleted ${JSON.stringify(key)}`));
     } else if (tag === TAG_REVISION) {
       if (k.length !== p + 10) throw new StorageCorruptionError(`unexpected state key ${describe(k)}`);
       revs.push({ rev: readU64(k, p + 2), value: v });
@@ -1858,7 +1858,18 @@ function decodeVersion(v: Uint8Array, revision: number, key: string): VersionRec
 }
 
 function decodeVersionWith(v: Uint8Array, revision: number, key: string, withValue: boolean): VersionRecord {
-  return corruptOnError(`version ${revision} of ${JSON.stringify(key)}`, () => {
+  // The common record (no hop count, a short canonical timestamp) without a reader or a label per
+  // record (a restart decodes every version head); anything else takes the checked way below.
+  const kind = v.length > 0 ? v[0]! : -1;
+  if (kind === KIND_VALUE || kind === KIND_TOMBSTONE) {
+    const timestampMs = shortVarint(v, 1);
+    if (timestampMs >= 0) {
+      const rest = v.length - shortVarintEnd;
+      if (kind === KIND_TOMBSTONE && rest === 0) return { revision, timestampMs, value: null };
+      if (kind === KIND_VALUE && rest <= MAX_VALUE_BYTES) return { revision, timestampMs, value: withValue ? v.subarray(shortVarintEnd) : VALUE_ON_DISK };
+    }
+  }
+  try {
     const r = new ByteReader(v, 'MALFORMED_SNAPSHOT');
     const kind = r.u8();
     if ((kind & ~KIND_HOPS) !== KIND_TOMBSTONE && (kind & ~KIND_HOPS) !== KIND_VALUE) r.fail(`unknown version kind ${kind}`);
@@ -1873,7 +1884,41 @@ function decodeVersionWith(v: Uint8Array, revision: number, key: string, withVal
       value = withValue ? r.view(r.remaining) : VALUE_ON_DISK;
     }
     return hops > 0 ? { revision, timestampMs, value, hops } : { revision, timestampMs, value };
-  });
+  } catch (e) {
+    if (e instanceof ValidationError) throw new StorageCorruptionError(`version ${revision} of ${JSON.stringify(key)}: ${e.message}`);
+    throw e;
+  }
+}
+
+/** Where the varint {@link shortVarint} read last ends. */
+let shortVarintEnd = 0;
+
+/**
+ * A canonical unsigned LEB128 varint of at most 7 bytes at `at` (its end in `shortVarintEnd`), or
+ * -1 when it is not one (longer, truncated, non-canonical): the caller then reads it with a
+ * `ByteReader`, which says what is wrong.
+ */
+function shortVarint(v: Uint8Array, at: number): number {
+  let result = 0;
+  let mul = 1;
+  for (let i = 0; i < 7 && at + i < v.length; i++) {
+    const b = v[at + i]!;
+    result += (b & 0x7f) * mul;
+    if (b < 0x80) {
+      if (b === 0 && i > 0) return -1;
+      shortVarintEnd = at + i + 1;
+      return result;
+    }
+    mul *= 0x80;
+  }
+  return -1;
+}
+
+/** The revision a latest record (`l/` or `t/`) names; `what` labels a corrupt one. */
+function latestRevision(v: Uint8Array, what: () => string): number {
+  const n = shortVarint(v, 0);
+  if (n >= 0 && shortVarintEnd === v.length) return n;
+  return corruptOnError(what(), () => readVarintOnly(v));
 }
 
 /** A flagged hop count: 1..MAX_HOP_COUNT (a flag with 0 is not canonical). */
