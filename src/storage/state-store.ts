@@ -167,7 +167,7 @@ import {
 } from '../statemachine/index.js';
 import { ByteReader, ByteWriter, crc32Update } from '../statemachine/binary.js';
 import { findVersion, writeHopsSection } from '../statemachine/snapshot-codec.js';
-import { prefixEnd, type EngineOp, type EngineView, type KvEngine } from './kv-engine.js';
+import { prefixEnd, scanChunks, type EngineOp, type EngineView, type KvEngine } from './kv-engine.js';
 import { StorageCorruptionError, stateKeyPrefix } from './raft-log-store.js';
 import { SessionJournal, SessionReplay, type JournalLimits, type SessionRecordWriter, type WrittenSessions } from './session-journal.js';
 import { ownedCopy, type ValueCache } from './value-cache.js';
@@ -716,14 +716,14 @@ export class RecordedVersions {
     let cur: number[] = [];
     let next: Uint8Array | undefined;
     const from = this.resume;
-    for await (const [k] of view.iterate({ prefix: this.prefix, keysOnly: true, readAheadBytes: LOAD_READ_AHEAD_BYTES, ...(from ? { gte: concat(this.prefix, from) } : {}) })) {
+    scan: for await (const run of scanChunks(view, { prefix: this.prefix, keysOnly: true, readAheadBytes: LOAD_READ_AHEAD_BYTES, ...(from ? { gte: concat(this.prefix, from) } : {}) })) for (const [k] of run) {
       const t = findTerminator(k, p);
       if (t < 0 || k.length !== t + 10) throw new StorageCorruptionError(`malformed version key ${describe(k)}`);
       const escaped = k.subarray(p, t);
       if (curEscaped === undefined || Buffer.compare(escaped, curEscaped) !== 0) {
         if (records >= this.batch) {
           next = escaped.slice();
-          break;
+          break scan;
         }
         cur = [];
         out.push([decodeKey(escaped, k), cur]);
@@ -1702,7 +1702,8 @@ export async function loadState(engine: KvEngine, group: number, options: LoadOp
   const t = options.timings;
   let mark = performance.now();
   let records = 0;
-  for await (const [k, v] of engine.iterate({ prefix: keys.prefix, readAheadBytes: LOAD_READ_AHEAD_BYTES })) {
+  // A run of records per trip to the engine (a promise per record was ~10 % of the scan's CPU).
+  for await (const run of scanChunks(engine, { prefix: keys.prefix, readAheadBytes: LOAD_READ_AHEAD_BYTES })) for (const [k, v] of run) {
     records++;
     const tag = k[p];
     if (k.length === p + META_SUFFIX.length && Buffer.compare(k.subarray(p), META_SUFFIX) === 0) {
