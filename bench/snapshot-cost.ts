@@ -27,6 +27,7 @@ import { KvStateMachine } from '../src/statemachine/index.js';
 import { LevelEngine } from '../src/storage/kv-engine.js';
 import { RaftLogStore } from '../src/storage/raft-log-store.js';
 import { StateRecorder } from '../src/storage/state-store.js';
+import { LoopProbe } from './util.js';
 
 /** One measured configuration's figures. */
 export interface SnapshotCostResult {
@@ -59,35 +60,6 @@ const KEEP = 5_000;
 const CHUNK = 1 << 20;
 const mib = (n: number): number => Math.round(n / 2 ** 20);
 const turn = (): Promise<void> => new Promise((r) => setImmediate(r));
-
-/** Watches the event loop: the longest gap between 1 ms timer callbacks since the last reset, and the peak RSS seen. */
-class LoopProbe {
-  private last = performance.now();
-  private maxGap = 0;
-  peakRss = process.memoryUsage.rss();
-  private timer: NodeJS.Timeout | undefined;
-  start(): void {
-    const tick = (): void => {
-      const now = performance.now();
-      this.maxGap = Math.max(this.maxGap, now - this.last);
-      this.last = now;
-      this.peakRss = Math.max(this.peakRss, process.memoryUsage.rss());
-      this.timer = setTimeout(tick, 1);
-    };
-    this.timer = setTimeout(tick, 1);
-  }
-  /** The longest gap since the last call (ms), then starts over. */
-  take(): number {
-    const now = performance.now();
-    const gap = Math.max(this.maxGap, now - this.last);
-    this.maxGap = 0;
-    this.last = now;
-    return Math.round(gap);
-  }
-  stop(): void {
-    if (this.timer) clearTimeout(this.timer);
-  }
-}
 
 async function runOne(mode: 'before' | 'after', keys: number, valueBytes: number, baseDir: string): Promise<SnapshotCostResult> {
   const dirA = await mkdtemp(join(baseDir, 'kvc-snapcost-leader-'));

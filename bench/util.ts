@@ -1,4 +1,4 @@
-/** Small helpers shared by the benchmark harness: locating repo files, free ports, polling with backoff, and child-process lifecycle. */
+/** Small helpers shared by the benchmark harness: locating repo files, free ports, polling with backoff, child-process lifecycle, and an event-loop probe. */
 import { existsSync } from 'node:fs';
 import { copyFile, mkdir, readdir, readFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:net';
@@ -228,4 +228,51 @@ export function flagIntList(name: string, v: string, min: number, max: number): 
     return n;
   });
   return [...new Set(out)];
+}
+
+/**
+ * Watches this process's event loop: the longest gap between 1 ms timer callbacks (what a Raft tick
+ * would have waited) and the peak RSS seen, sampled at each callback.
+ */
+export class LoopProbe {
+  private last = performance.now();
+  private maxGap = 0;
+  /** The highest RSS seen since the probe was made. */
+  peakRss = process.memoryUsage.rss();
+  private timer: NodeJS.Timeout | undefined;
+
+  /** Starts the timer chain (the gap is counted from now). */
+  start(): void {
+    this.last = performance.now();
+    this.maxGap = 0;
+    const tick = (): void => {
+      const now = performance.now();
+      this.maxGap = Math.max(this.maxGap, now - this.last);
+      this.last = now;
+      this.peakRss = Math.max(this.peakRss, process.memoryUsage.rss());
+      this.timer = setTimeout(tick, 1);
+    };
+    this.timer = setTimeout(tick, 1);
+  }
+
+  /** The longest gap (ms, rounded) since the last call or `start`, counting the one running now; then starts over. */
+  take(): number {
+    const now = performance.now();
+    const gap = Math.max(this.maxGap, now - this.last);
+    this.maxGap = 0;
+    this.last = now;
+    return Math.round(gap);
+  }
+
+  /** Stops the chain; `longest` then counts a block that ran up to now. */
+  stop(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.maxGap = Math.max(this.maxGap, performance.now() - this.last);
+    this.peakRss = Math.max(this.peakRss, process.memoryUsage.rss());
+  }
+
+  /** The longest gap (ms) since `start` or the last `take`. */
+  get longest(): number {
+    return this.maxGap;
+  }
 }

@@ -59,6 +59,8 @@ export interface EngineView {
   getMany(keys: readonly EngineKey[]): Promise<Array<Uint8Array | undefined>>;
   /** Pairs in key order within the bounds, as they were when the view was created. */
   iterate(options?: ScanOptions): AsyncIterable<EngineEntry>;
+  /** Optional: `iterate`, a run of pairs at a time (see {@link scanChunks}). */
+  iterateChunks?(options?: ScanOptions): AsyncIterable<readonly EngineEntry[]>;
   /** Releases the view; later reads fail. */
   close(): Promise<void>;
 }
@@ -90,6 +92,8 @@ export interface KvEngine {
   getSync(key: EngineKey): Uint8Array | undefined;
   /** Pairs in key order (bytewise) within the bounds, read from a consistent point-in-time view. */
   iterate(options?: ScanOptions): AsyncIterable<EngineEntry>;
+  /** Optional: `iterate`, a run of pairs at a time (see {@link scanChunks}). */
+  iterateChunks?(options?: ScanOptions): AsyncIterable<readonly EngineEntry[]>;
   /**
    * A consistent view of the engine as it is now (batches whose `batch` call was made are in it,
    * later ones are not), for long reads that must not see later writes (streaming a snapshot).
@@ -154,6 +158,31 @@ export async function scanAll(engine: Pick<KvEngine, 'iterate'>, options?: ScanO
   const out: EngineEntry[] = [];
   for await (const e of engine.iterate(options)) out.push(e);
   return out;
+}
+
+/** Pairs per run handed out by {@link scanChunks} over an engine without `iterateChunks`. */
+const CHUNK_PAIRS = 1000;
+
+/**
+ * `source.iterate(options)` a run of pairs at a time: the engine's own runs when it has
+ * `iterateChunks` (LevelEngine: each trip to LevelDB's thread pool), else runs of the pairs
+ * `iterate` yields. For whole-group scans (a restart's load, an install's diff), which would
+ * otherwise pay a promise per pair.
+ */
+export async function* scanChunks(source: Pick<KvEngine, 'iterate' | 'iterateChunks'>, options: ScanOptions = {}): AsyncIterable<readonly EngineEntry[]> {
+  if (source.iterateChunks !== undefined) {
+    yield* source.iterateChunks(options);
+    return;
+  }
+  let run: EngineEntry[] = [];
+  for await (const e of source.iterate(options)) {
+    run.push(e);
+    if (run.length >= CHUNK_PAIRS) {
+      yield run;
+      run = [];
+    }
+  }
+  if (run.length > 0) yield run;
 }
 
 /** Longest stretch (ms) of filling one LevelDB batch before yielding to the event loop. */
@@ -223,6 +252,10 @@ export class LevelEngine implements KvEngine {
     return this.scan(options, undefined);
   }
 
+  iterateChunks(options: ScanOptions = {}): AsyncIterable<readonly EngineEntry[]> {
+    return this.runs(options, undefined);
+  }
+
   /** A view over a LevelDB snapshot (classic-level's explicit snapshots: reads see the db as it was when it was taken). */
   view(): EngineView {
     const snapshot = this.db.snapshot();
@@ -243,6 +276,10 @@ export class LevelEngine implements KvEngine {
         check();
         return this.scan(options, snapshot);
       },
+      iterateChunks: (options = {}) => {
+        check();
+        return this.runs(options, snapshot);
+      },
       close: async () => {
         if (closed) return;
         closed = true;
@@ -252,21 +289,28 @@ export class LevelEngine implements KvEngine {
   }
 
   private async *scan(options: ScanOptions, snapshot: ReturnType<Level<Uint8Array, Uint8Array>['snapshot']> | undefined): AsyncIterable<EngineEntry> {
+    for await (const run of this.runs(options, snapshot)) yield* run;
+  }
+
+  /** The pairs of a scan, a trip to LevelDB's thread pool (up to 1,000 pairs, or `readAheadBytes`) at a time. */
+  private async *runs(options: ScanOptions, snapshot: ReturnType<Level<Uint8Array, Uint8Array>['snapshot']> | undefined): AsyncIterable<readonly EngineEntry[]> {
     const bounds = scanBounds(options);
     if (options.limit === 0) return;
+    const keysOnly = options.keysOnly === true;
     const it = this.db.iterator({
       ...bounds,
       reverse: options.reverse === true,
       limit: options.limit ?? -1,
       ...(options.readAheadBytes !== undefined ? { highWaterMarkBytes: options.readAheadBytes } : {}),
-      ...(options.keysOnly === true ? { values: false } : {}),
+      ...(keysOnly ? { values: false } : {}),
       ...(snapshot ? { snapshot } : {}),
     });
     try {
       for (;;) {
         const chunk = await it.nextv(1000);
         if (chunk.length === 0) break;
-        for (const [k, v] of chunk) yield [k, (v as Uint8Array | undefined) ?? NO_VALUE] as const;
+        if (keysOnly) for (const e of chunk) (e as unknown as unknown[])[1] = NO_VALUE;
+        yield chunk as unknown as readonly EngineEntry[];
       }
     } finally {
       await it.close();
