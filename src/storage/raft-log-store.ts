@@ -439,6 +439,14 @@ export class RaftLogStore {
   private clearing: Promise<void> | undefined;
   private nextSeq = 1;
   private durableSeq = 0;
+  /** The last unit a `flush()` asked for (see {@link writeOnlyFlushed}). */
+  private flushTarget = 0;
+  /**
+   * Set by a host that holds rounds back (NodeOptions.syncPaceMs): the write loop then writes only
+   * the units a `flush()` asked for, so what was staged after waits for the next flush instead of
+   * joining the batch after the one in flight. Off: the loop writes everything staged.
+   */
+  writeOnlyFlushed = false;
   private waiters: Waiter[] = [];
   private writing = false;
   private scheduled = false;
@@ -815,6 +823,7 @@ export class RaftLogStore {
     if (this.failed) return Promise.reject(this.failed);
     const target = this.nextSeq - 1;
     if (target <= this.durableSeq) return Promise.resolve();
+    if (target > this.flushTarget) this.flushTarget = target;
     return new Promise<void>((resolve, reject) => {
       this.waiters.push({ target, resolve, reject });
       this.schedule();
@@ -958,11 +967,12 @@ export class RaftLogStore {
     if (this.writing) return;
     this.writing = true;
     try {
-      while (this.staged.length > 0) {
-        // Take whole units, in order, up to the byte bound (always at least one).
+      const limit = (): number => (this.writeOnlyFlushed ? this.flushTarget : Number.POSITIVE_INFINITY);
+      while (this.staged.length > 0 && this.staged[0]!.seq <= limit()) {
+        // Take whole units, in order (with writeOnlyFlushed only those a flush asked for), up to the byte bound (always at least one).
         let n = 0;
         let bytes = 0;
-        while (n < this.staged.length && (n === 0 || bytes + this.staged[n]!.bytes <= this.maxBatchBytes)) {
+        while (n < this.staged.length && this.staged[n]!.seq <= limit() && (n === 0 || bytes + this.staged[n]!.bytes <= this.maxBatchBytes)) {
           bytes += this.staged[n]!.bytes;
           n++;
         }
