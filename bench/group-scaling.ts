@@ -5,26 +5,44 @@
  * process: all three nodes), puts/s, and peer messages and ready rounds per put.
  * `--fsync-ms N` gives every engine batch N ms of latency (a timer, no CPU: a disk whose fsync
  * takes that long), so fsync-paced rounds show without a real disk; `--overlap on|off|both` runs
- * with NodeOptions.overlapRounds on, off (the default) or each in turn.
+ * with NodeOptions.overlapRounds on, off (the default) or each in turn. `--engine level` runs the
+ * nodes on LevelDB in a temporary directory instead (real batches and fsyncs); `--profile DIR`
+ * saves a V8 CPU profile of each measured window (gs-<shards>-<overlap>-<pass>.cpuprofile, for
+ * `node dist/bench/profile-summary.js --ops N`, N printed with it); `--sync-pace-ms N` sets
+ * NodeOptions.syncPaceMs.
  *
- * node dist/bench/group-scaling.js [--shards 1,8] [--seconds 5] [--concurrency 256] [--rounds 2] [--fsync-ms 0] [--overlap off]
+ * node dist/bench/group-scaling.js [--shards 1,8] [--seconds 5] [--concurrency 256] [--rounds 2] [--fsync-ms 0] [--overlap off] [--engine memory] [--profile DIR] [--sync-pace-ms 0]
  */
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { Session } from 'node:inspector/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { KvNode } from '../src/node/kv-node.js';
 import { LoopbackHub, type Transport } from '../src/node/transport.js';
-import { MemoryEngine } from '../src/storage/kv-engine.js';
+import { LevelEngine, MemoryEngine, type KvEngine } from '../src/storage/kv-engine.js';
 import { NotLeaderError, UnavailableError } from '../src/node/backend.js';
 import type { Message } from '../src/raft/index.js';
 import { silentLogger } from '../src/log.js';
 import { flagIntList } from './util.js';
 
 
+/** Messages sent, in all and by kind (`App+e`: appends carrying entries, `App`: without). */
+interface MessageCounter {
+  msgs: number;
+  readonly byKind: Map<string, number>;
+}
+
 /** A transport that counts what it sends. */
-function counting(t: Transport, counter: { msgs: number }): Transport {
+function counting(t: Transport, counter: MessageCounter): Transport {
   return new Proxy(t, {
     get(target, prop, recv) {
       if (prop === 'send') return (msgs: readonly Message[]) => {
         counter.msgs += msgs.length;
+        for (const m of msgs) {
+          const kind = m.type === 'App' && (m.entries?.length ?? 0) > 0 ? 'App+e' : m.type;
+          counter.byKind.set(kind, (counter.byKind.get(kind) ?? 0) + 1);
+        }
         return target.send(msgs);
       };
       const v = Reflect.get(target, prop, recv) as unknown;
@@ -41,19 +59,34 @@ async function until(what: string, fn: () => boolean, ms = 30_000): Promise<void
   }
 }
 
+/** How one measurement runs: its engine, and where its window's CPU profile goes (none when undefined). */
+interface MeasureOptions {
+  readonly engine: 'memory' | 'level';
+  /** NodeOptions.syncPaceMs. */
+  readonly syncPaceMs: number;
+  readonly profileFile: string | undefined;
+}
+
 /** One measurement: a fresh 3-node cluster with `shards` data shards. */
-async function measure(shards: number, seconds: number, concurrency: number, fsyncMs: number, overlapRounds: boolean): Promise<Record<string, number>> {
+async function measure(shards: number, seconds: number, concurrency: number, fsyncMs: number, overlapRounds: boolean, mo: MeasureOptions): Promise<Record<string, number>> {
   const hub = new LoopbackHub();
+  const dataDir = mo.engine === 'level' ? await mkdtemp(join(tmpdir(), 'kvcascade-gs-')) : undefined;
+  const engines: KvEngine[] = [];
   const members = new Map([1, 2, 3].map((i) => [i, `127.0.0.1:${7300 + i}`] as [number, string]));
-  const counter = { msgs: 0 };
+  const counter: MessageCounter = { msgs: 0, byKind: new Map() };
   let rounds = 0;
   let entries = 0;
   let overlapped = 0;
   const nodes: KvNode[] = [];
+  const openEngine = async (id: number): Promise<KvEngine> => {
+    const e = dataDir !== undefined ? await LevelEngine.open(join(dataDir, `n${id}`)) : new MemoryEngine(fsyncMs > 0 ? { latencyMs: fsyncMs } : {});
+    engines.push(e);
+    return e;
+  };
   for (const id of [1, 2, 3]) {
     const node = await KvNode.open(
-      { id, members, defaultPool: { shards }, overlapRounds, log: silentLogger(), onFatal: (e) => { throw e; } },
-      new MemoryEngine(fsyncMs > 0 ? { latencyMs: fsyncMs } : {}),
+      { id, members, defaultPool: { shards }, overlapRounds, syncPaceMs: mo.syncPaceMs, log: silentLogger(), onFatal: (e) => { throw e; } },
+      await openEngine(id),
       counting(hub.transport(id), counter),
     );
     node.observer = {
@@ -97,9 +130,21 @@ async function measure(shards: number, seconds: number, concurrency: number, fsy
     };
     const workers = Array.from({ length: concurrency }, (_, w) => worker(w));
     await new Promise((r) => setTimeout(r, 1000)); // warm-up
+    const profiler = mo.profileFile === undefined ? undefined : new Session();
+    if (profiler) {
+      profiler.connect();
+      await profiler.post('Profiler.enable');
+      await profiler.post('Profiler.start');
+    }
+    const kinds0 = new Map(counter.byKind);
     const ops0 = ops, msgs0 = counter.msgs, rounds0 = rounds, entries0 = entries, overlapped0 = overlapped, cpu0 = process.cpuUsage(), t0 = performance.now();
     await new Promise((r) => setTimeout(r, seconds * 1000));
     const cpu = process.cpuUsage(cpu0), dt = (performance.now() - t0) / 1000, n = ops - ops0;
+    if (profiler) {
+      const { profile } = await profiler.post('Profiler.stop');
+      profiler.disconnect();
+      await writeFile(mo.profileFile!, JSON.stringify(profile));
+    }
     stop = true;
     await Promise.all(workers);
     return {
@@ -110,9 +155,13 @@ async function measure(shards: number, seconds: number, concurrency: number, fsy
       roundsPerPut: (rounds - rounds0) / n,
       entriesPerRound: (entries - entries0) / Math.max(1, rounds - rounds0),
       overlappedShare: (overlapped - overlapped0) / Math.max(1, rounds - rounds0),
+      ops: n,
+      ...Object.fromEntries([...counter.byKind].map(([k, v]) => [`kind ${k}`, (v - (kinds0.get(k) ?? 0)) / n])),
     };
   } finally {
     for (const n of nodes) await n.stop();
+    for (const e of engines) await e.close();
+    if (dataDir !== undefined) await rm(dataDir, { recursive: true, force: true });
   }
 }
 
@@ -125,6 +174,9 @@ async function main(): Promise<void> {
       rounds: { type: 'string' },
       'fsync-ms': { type: 'string' },
       overlap: { type: 'string' },
+      engine: { type: 'string' },
+      profile: { type: 'string' },
+      'sync-pace-ms': { type: 'string' },
     },
   });
   const shardList = values.shards ? flagIntList('--shards', values.shards, 1, 64) : [1, 8];
@@ -134,17 +186,25 @@ async function main(): Promise<void> {
   const fsyncMs = Number(values['fsync-ms'] ?? 0);
   const overlapFlag = values.overlap ?? 'off';
   if (!['on', 'off', 'both'].includes(overlapFlag)) throw new Error(`--overlap: on, off or both, not ${overlapFlag}`);
+  const engine = values.engine ?? 'memory';
+  if (engine !== 'memory' && engine !== 'level') throw new Error(`--engine: memory or level, not ${engine}`);
+  const profileDir = values.profile;
+  const syncPaceMs = Number(values['sync-pace-ms'] ?? 0);
   const modes = overlapFlag === 'both' ? [false, true] : [overlapFlag === 'on'];
-  console.log(`fsync ${fsyncMs} ms, ${concurrency} puts in flight`);
+  console.log(`${engine === 'level' ? 'LevelDB' : `MemoryEngine, fsync ${fsyncMs} ms`}, ${concurrency} puts in flight, sync pace ${syncPaceMs} ms`);
   console.log('overlap  shards  puts/s  cpu us/put  peer msgs/put  synced rounds/put  entries/round  overlapped');
   for (let r = 0; r < rounds; r++) {
     for (const overlap of modes) {
       for (const s of shardList) {
-        const m = await measure(s, seconds, concurrency, fsyncMs, overlap);
+        const profileFile = profileDir === undefined ? undefined : join(profileDir, `gs-${s}-${overlap ? 'on' : 'off'}-${r + 1}.cpuprofile`);
+        const m = await measure(s, seconds, concurrency, fsyncMs, overlap, { engine, profileFile, syncPaceMs });
         console.log(
           `${(overlap ? 'on' : 'off').padStart(7)}  ${String(m.shards).padStart(6)}  ${String(m.putsPerSec).padStart(6)}  ${String(m.cpuUsPerPut).padStart(10)}  ` +
-            `${m.msgsPerPut!.toFixed(2).padStart(13)}  ${m.roundsPerPut!.toFixed(3).padStart(17)}  ${m.entriesPerRound!.toFixed(1).padStart(13)}  ${(100 * m.overlappedShare!).toFixed(0).padStart(8)} %`,
+            `${m.msgsPerPut!.toFixed(2).padStart(13)}  ${m.roundsPerPut!.toFixed(3).padStart(17)}  ${m.entriesPerRound!.toFixed(1).padStart(13)}  ${(100 * m.overlappedShare!).toFixed(0).padStart(8)} %` +
+            (profileFile === undefined ? '' : `  (profile ${profileFile}: --ops ${m.ops})`),
         );
+        const kinds = Object.entries(m).filter(([k, v]) => k.startsWith('kind ') && v > 0.0005);
+        console.log(`                  msgs/put by kind: ${kinds.map(([k, v]) => `${k.slice(5)} ${v.toFixed(3)}`).join(', ')}`);
       }
     }
   }

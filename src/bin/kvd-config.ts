@@ -41,6 +41,8 @@ export interface KvdConfig {
   sweepVersions?: boolean;
   /** `--overlap-rounds` / `--no-overlap-rounds` (NodeOptions.overlapRounds; unset: the node's default). */
   overlapRounds?: boolean;
+  /** `--sync-pace-ms` (NodeOptions.syncPaceMs; unset: the node's default). */
+  syncPaceMs?: number;
   /** `--legacy-conditional-puts`: propose conditional puts older nodes can decode (rolling upgrade; NodeOptions.legacyConditionalPuts). */
   legacyConditionalPuts?: boolean;
   /** The node's memory budget, MiB (unset: 60 % of V8's heap limit; README "Memory model"). */
@@ -163,6 +165,7 @@ export function parseConfig(argv: string[]): KvdConfig {
     .option('--sweep-versions', 'experimental: compaction leaves dropped versions to a background sweep in bounded units')
     .option('--overlap-rounds', "stage the next ready round while one's fsync runs (two rounds in flight; the default)")
     .option('--no-overlap-rounds', 'one ready round at a time (NodeOptions.overlapRounds false)')
+    .option('--sync-pace-ms <ms>', 'with overlapped rounds: least time between the starts of two fsyncs of a busy node (0 = none, the default)', int('--sync-pace-ms'))
     .option('--legacy-conditional-puts', 'rolling upgrade from a version before put flag currentOnConflict: write conditional puts older nodes can decode (docs/sessions.md, Upgrading)')
     .option('--index-cache-mib <n>', "bound of the hot-index cache of keys' latest versions read from disk, MiB (default 32)", int('--index-cache-mib'))
     .option('--memory-budget-mib <n>', "memory budget of the node, MiB: past it writes that add data get RESOURCE_EXHAUSTED (default 60 % of V8's heap limit; 0: none)", int('--memory-budget-mib'))
@@ -279,6 +282,11 @@ export function parseConfig(argv: string[]): KvdConfig {
     loopBlockWarnMs: Number(pick('loopBlockWarnMs', 1000)),
     loopBlockKillMs: Number(pick('loopBlockKillMs', 5000)),
   };
+  const pace = pick<unknown>('syncPaceMs', undefined);
+  if (pace !== undefined) {
+    if (typeof pace !== 'number' || !Number.isSafeInteger(pace) || pace < 0) throw new Error(`--sync-pace-ms must be a non-negative integer (got ${String(pace)})`);
+    cfg.syncPaceMs = pace;
+  }
   const budget = pick<unknown>('memoryBudgetMib', undefined);
   if (budget !== undefined) {
     if (typeof budget !== 'number' || !Number.isSafeInteger(budget) || budget < 0) throw new Error(`--memory-budget-mib must be a non-negative integer (got ${String(budget)})`);

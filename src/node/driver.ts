@@ -14,7 +14,9 @@
  * staged into the next round at once (each group's second Ready, RaftConfig.readiesInFlight 2),
  * whose early messages go out and whose committed entries are applied; its write starts when the
  * first one's ends, and its acknowledgements wait for it. At most two rounds are in flight (one
- * syncing, one staging), finished in order.
+ * syncing, one staging), finished in order. With NodeOptions.syncPaceMs as well, a round whose
+ * fsync would start sooner than that after the previous one's start is held (still staging what
+ * arrives) until then: fewer, larger fsyncs on a busy node.
  */
 import { MessageType, type Message, type NodeId, type Ready } from '../raft/index.js';
 import { DeadlineError, UnavailableError } from './backend.js';
@@ -49,9 +51,15 @@ export class NodeDriver {
   private staging = false;
   /** The round whose write is being made durable (its acknowledgements and advance wait for it). */
   private syncing: Round | undefined;
-  /** Overlapped rounds: the round staged while `syncing` syncs; its write starts when that one's ends. */
+  /** Overlapped rounds: the round staged while `syncing` syncs (or while `paceTimer` holds it); its write starts when that one's ends. */
   private next: Round | undefined;
   private readonly overlap: boolean;
+  /** NodeOptions.syncPaceMs (0 without overlapped rounds). */
+  private readonly paceMs: number;
+  /** Armed while `next` is held back by the sync pace; it starts `next`'s write. */
+  private paceTimer: TimerHandle | undefined;
+  /** When the last fsync started (scheduler clock), for the sync pace. */
+  private lastSyncStartMs = Number.NEGATIVE_INFINITY;
   /** `stop` callers waiting for the rounds in flight to end. */
   private idleWaiters: (() => void)[] = [];
   private stopped = false;
@@ -76,11 +84,15 @@ export class NodeDriver {
   ) {
     this.scheduler = parts.scheduler;
     this.overlap = parts.opts.overlapRounds ?? NODE_DEFAULTS.overlapRounds;
+    // Held rounds hold votes and acknowledgements too: at most a tenth of an election timeout.
+    this.paceMs = this.overlap ? Math.min(parts.opts.syncPaceMs ?? NODE_DEFAULTS.syncPaceMs, this.electionMs() / 10) : 0;
+    // A held round's units must not join the batch after the one in flight.
+    if (this.paceMs > 0) parts.store.writeOnlyFlushed = true;
   }
 
-  /** Whether a round is in progress: staging, or waiting for its fsync. */
+  /** Whether a round is in progress: staging, waiting for its fsync, or held by the sync pace. */
   private get inReady(): boolean {
-    return this.staging || this.syncing !== undefined;
+    return this.staging || this.syncing !== undefined || this.paceTimer !== undefined;
   }
 
   /** Whether `stop()` was called. */
@@ -102,6 +114,7 @@ export class NodeDriver {
     this.tickTimer?.cancel();
     this.noticeTimer?.cancel();
     this.noticeTimer = undefined;
+    this.releaseHeld();
     // Rounds in flight end when their writes do (not on this node's clock, which may stand still).
     while (this.inReady) await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
   }
@@ -231,8 +244,9 @@ export class NodeDriver {
     try {
       for (;;) {
         if (this.stopped) return;
-        if (this.syncing) {
-          // Overlapped: stage into the next round; it is written once the syncing round is durable.
+        if (this.syncing || this.paceTimer) {
+          // Overlapped: stage into the next round; it is written once the syncing round is durable
+          // (and, paced, no sooner than syncPaceMs after the previous write started).
           if (!this.overlap) return;
           const round = (this.next ??= newRound(true));
           this.stageRound(round);
@@ -252,8 +266,8 @@ export class NodeDriver {
           if (!this.flushCommitNotices()) return;
           continue;
         }
-        this.startSync(round);
-        if (this.syncing) return; // `finish` runs the next round once the write is durable
+        this.syncOrHold(round);
+        if (this.syncing || this.paceTimer) return; // `finish` (or the pace timer) runs the next round
       }
     } catch (e) {
       this.failed(e);
@@ -277,9 +291,9 @@ export class NodeDriver {
     for (const r of this.replicas.values()) {
       if (r.installing) continue; // its snapshot's records are being staged (finishInstall)
       r.flushReads();
-      // While a round syncs, heartbeats and their responses at a durable term go now: a Ready
-      // taken into the next round would hold the responses until that round's fsync.
-      if (this.syncing) this.send(r.takeLivenessMessages());
+      // While a round syncs (or is held), heartbeats and their responses at a durable term go now:
+      // a Ready taken into the next round would hold the responses until that round's fsync.
+      if (this.syncing || this.paceTimer) this.send(r.takeLivenessMessages());
       if (!r.hasReady()) continue;
       const rd = r.ready();
       // Snapshot chunks staged by the replica's sink: written at once; acknowledged only once
@@ -330,6 +344,7 @@ export class NodeDriver {
       this.finish(round);
       return;
     }
+    this.lastSyncStartMs = this.scheduler.now();
     // A measurement for metrics only (it decides nothing), so the monotonic clock.
     const t0 = performance.now();
     this.parts.store
@@ -358,7 +373,39 @@ export class NodeDriver {
     this.syncing = undefined;
     const next = this.next;
     this.next = undefined;
-    if (next) this.startSync(next);
+    if (next) this.syncOrHold(next);
+  }
+
+  /**
+   * Starts `round`'s write now, or, with a sync pace, holds it while the previous write started
+   * less than `paceMs` ago: it stays `next` and goes on staging what arrives (more entries for
+   * the same fsync), and the pace timer starts its write. A round that needs no fsync is never held.
+   */
+  private syncOrHold(round: Round): void {
+    const wait = round.mustSync ? this.lastSyncStartMs + this.paceMs - this.scheduler.now() : 0;
+    if (this.paceMs <= 0 || wait <= 0) {
+      this.startSync(round);
+      return;
+    }
+    this.next = round;
+    this.paceTimer = this.scheduler.setTimeout(() => this.releaseHeld(), wait);
+  }
+
+  /** Starts the write of the round the sync pace holds (if any) now; then what arrived meanwhile is staged. */
+  private releaseHeld(): void {
+    if (this.paceTimer === undefined) return;
+    this.paceTimer.cancel();
+    this.paceTimer = undefined;
+    const held = this.next;
+    this.next = undefined;
+    if (!held) return;
+    try {
+      this.startSync(held); // also once stopped: `stop` waits for the rounds in flight
+    } catch (e) {
+      this.failed(e);
+      return;
+    }
+    this.runReady();
   }
 
   /** A storage or apply failure: the node cannot continue safely. */
@@ -366,6 +413,8 @@ export class NodeDriver {
     // Nothing more is finished: `stop` must not wait for rounds that never end.
     this.syncing = undefined;
     this.next = undefined;
+    this.paceTimer?.cancel();
+    this.paceTimer = undefined;
     this.wakeIdle();
     this.parts.log.fatal({ err: String(e), stack: (e as Error).stack }, 'storage or apply failure: stopping the node');
     this.parts.fatal(e);

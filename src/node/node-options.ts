@@ -39,6 +39,8 @@ export const NODE_DEFAULTS = {
   commitNoticeDelayMs: 5,
   /** NodeOptions.overlapRounds: stage the next ready round while one's fsync runs (on: +60 % put throughput at 8 shards, bench/README.md "Overlapped ready rounds"). */
   overlapRounds: true,
+  /** NodeOptions.syncPaceMs: 0, off (bench/README.md "Shard scaling (session s24 `shards`)"). */
+  syncPaceMs: 0,
   maxPendingProposals: 50_000,
   retentionMs: 3_600_000,
   retentionCheckMs: 10_000,
@@ -110,6 +112,14 @@ export interface NodeOptions {
    * most two rounds are in flight, acknowledged in order (src/node/driver.ts). Off: one round at a time.
    */
   readonly overlapRounds?: boolean;
+  /**
+   * With overlapped rounds, the least time (ms) between the starts of two consecutive fsyncs of
+   * this node (default {@link NODE_DEFAULTS}.syncPaceMs, 0 = none): a round ready to write sooner
+   * is held, still taking in what arrives, until then. A busy node with many groups then makes
+   * fewer, larger fsyncs (each costs CPU besides its wait); an idle node's first write is never held.
+   * Held rounds hold votes and acknowledgements too, so it is capped at a tenth of the election timeout.
+   */
+  readonly syncPaceMs?: number;
   /**
    * A leader's tick sends no heartbeat to a follower it sent an append since the last tick
    * (default true; src/raft `RaftConfig.quietHeartbeats`): busy groups send heartbeats only where

@@ -495,9 +495,16 @@ export class Raft {
     return sent;
   }
 
-  /** Sends out the appends owed after proposals (called when the host asks for a Ready). */
+  /**
+   * Sends out the appends owed after proposals (called when the host asks for a Ready). With
+   * `lazyCommit` only to followers that still lack some of the entries: an acknowledgement
+   * stepped meanwhile may already have sent them (`handleAppendResponse` keeps the pipeline
+   * full), and an empty append would carry nothing but a commit index, which lazy commit holds
+   * back for the next append or heartbeat. Eager, `appendPending` also stands for a commit to
+   * broadcast (`stableTo`), so every follower gets an append, empty or not.
+   */
   flushAppends(): void {
-    if (this.appendPending && this.role === Role.Leader) this.bcastAppend();
+    if (this.appendPending && this.role === Role.Leader) this.bcastAppend(!this.lazyCommit);
     this.appendPending = false;
   }
 
@@ -1064,9 +1071,10 @@ export class Raft {
 
   // ---------------------------------------------------------------- leader: replication
 
-  private bcastAppend(): void {
+  /** An append to every follower that flow control lets through (`sendIfEmpty`: also to those that have every entry). */
+  private bcastAppend(sendIfEmpty = true): void {
     for (const id of this.prs.keys()) {
-      if (id !== this.id) this.sendAppend(id, true);
+      if (id !== this.id) this.sendAppend(id, sendIfEmpty);
     }
   }
 

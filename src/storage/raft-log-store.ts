@@ -462,6 +462,14 @@ export class RaftLogStore {
   private durableSeq = 0;
   /** The last unit written to the engine, synced or not (readable; survives a process crash). */
   private writtenSeq = 0;
+  /** The last unit a `flush()` asked for (see {@link writeOnlyFlushed}). */
+  private flushTarget = 0;
+  /**
+   * Set by a host that holds rounds back (NodeOptions.syncPaceMs): the write loop then writes only
+   * the units a `flush()` asked for, so what was staged after waits for the next flush instead of
+   * joining the batch after the one in flight. Off: the loop writes everything staged.
+   */
+  writeOnlyFlushed = false;
   /** `flush` callers, by target. */
   private waiters: Waiter[] = [];
   /** `whenWritten` callers, by target. */
@@ -846,6 +854,7 @@ export class RaftLogStore {
     if (this.failed) return Promise.reject(this.failed);
     const target = this.nextSeq - 1;
     if (target <= this.durableSeq) return Promise.resolve();
+    if (target > this.flushTarget) this.flushTarget = target;
     return new Promise<void>((resolve, reject) => {
       this.waiters.push({ target, resolve, reject });
       this.schedule();
@@ -997,6 +1006,13 @@ export class RaftLogStore {
     if (this.writing) return;
     this.writing = true;
     try {
+      // With writeOnlyFlushed, only the units a flush or a whenWritten asked for.
+      const limit = (): number => {
+        if (!this.writeOnlyFlushed) return Number.POSITIVE_INFINITY;
+        let t = this.flushTarget;
+        for (const w of this.writeWaiters) if (w.target > t) t = w.target;
+        return t;
+      };
       for (;;) {
         const syncWanted = this.waiters.length > 0;
         if (this.staged.length === 0) {
@@ -1005,11 +1021,11 @@ export class RaftLogStore {
           const u = new UnitBuilder();
           u.del(SYNC_MARKER_KEY);
           this.stage(u);
-        }
+        } else if (this.staged[0]!.seq > limit()) break;
         // Take whole units, in order, up to the byte bound (always at least one).
         let n = 0;
         let bytes = 0;
-        while (n < this.staged.length && (n === 0 || bytes + this.staged[n]!.bytes <= this.maxBatchBytes)) {
+        while (n < this.staged.length && (n === 0 || (this.staged[n]!.seq <= limit() && bytes + this.staged[n]!.bytes <= this.maxBatchBytes))) {
           bytes += this.staged[n]!.bytes;
           n++;
         }

@@ -113,6 +113,16 @@ describe('kvd configuration', () => {
     expect(() => parseConfig([...base, '--insecure-peers', '--config', file])).toThrow(/--memory-budget-mib must be a non-negative integer/);
   });
 
+  it('takes the sync pace from the flag or the file (unset: the node default), and refuses a bad one', () => {
+    expect(parseConfig([...base, '--insecure-peers', '--sync-pace-ms', '8']).syncPaceMs).toBe(8);
+    expect(parseConfig([...base, '--insecure-peers']).syncPaceMs).toBeUndefined();
+    const file = join(dir, 'pace.json');
+    writeFileSync(file, JSON.stringify({ syncPaceMs: 4 }));
+    expect(parseConfig([...base, '--insecure-peers', '--config', file]).syncPaceMs).toBe(4);
+    writeFileSync(file, JSON.stringify({ syncPaceMs: 'fast' }));
+    expect(() => parseConfig([...base, '--insecure-peers', '--config', file])).toThrow(/--sync-pace-ms must be a non-negative integer/);
+  });
+
   it('takes the log entries kept behind a snapshot from the flag or the file (default 5000)', () => {
     expect(parseConfig([...base, '--insecure-peers']).snapshotKeepEntries).toBe(5000);
     expect(parseConfig([...base, '--insecure-peers', '--snapshot-keep-entries', '200']).snapshotKeepEntries).toBe(200);

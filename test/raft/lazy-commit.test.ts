@@ -7,6 +7,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { MessageType, Role, type Message, type NodeId } from '../../src/raft/index.js';
+import { encodePut } from '../sim/kv-fsm.js';
 import { elect, ScenarioNetwork } from '../sim/scenario.js';
 
 
@@ -130,6 +131,39 @@ describe('lazy commit notices', () => {
     net.propose(1, 'k', 'v1');
     net.tick(1);
     expect(net.host(1).node.raft.flushCommit()).toBe(false);
+  });
+
+  /**
+   * The leader proposes B while 2's acknowledgement of A is on its way; stepping that
+   * acknowledgement sends B to 2 at once (the pipeline is kept full), so the append owed after the
+   * proposal, sent with the next Ready, has nothing left for 2. `lazy`: is the commit held back?
+   */
+  const appendsAfterAckRace = (lazy: boolean): { to2: Message[]; to3: Message[] } => {
+    const net = new ScenarioNetwork([1, 2, 3], lazy ? { lazyCommit: true } : {});
+    elect(net, 1);
+    net.tickAll(1);
+    const acks: Message[] = [];
+    net.dropIf((m) => m.to === 1 && m.type === MessageType.AppResp && (acks.push(m), true));
+    net.propose(1, 'a', '1'); // A reaches 2 and 3; their acknowledgements are held here
+    const leader = net.host(1);
+    leader.node.propose(encodePut({ c: 0, r: 99, k: 'b', v: '2' })); // B: an append is owed
+    leader.node.step(acks.find((m) => m.from === 2)!); // sends B to 2 now
+    const rd = leader.startReady()!;
+    const apps = [...rd.earlyMessages, ...rd.messages].filter((m) => m.type === MessageType.App);
+    return { to2: apps.filter((m) => m.to === 2), to3: apps.filter((m) => m.to === 3) };
+  };
+
+  it('the append owed after a proposal skips a follower an acknowledgement already sent the entries to (no empty append)', () => {
+    const { to2, to3 } = appendsAfterAckRace(true);
+    expect(to2).toHaveLength(1); // B, sent when 2's acknowledgement was stepped
+    expect(to2[0]!.entries).toHaveLength(1);
+    expect(to3).toHaveLength(1); // 3 still lacked B
+    expect(to3[0]!.entries).toHaveLength(1);
+  });
+
+  it('eager: the same race still sends 2 an append after the proposal (it may carry a commit to broadcast)', () => {
+    const { to2 } = appendsAfterAckRace(false);
+    expect(to2.length).toBeGreaterThanOrEqual(2);
   });
 
   it('quiescing delivers the final commit index to every follower', () => {

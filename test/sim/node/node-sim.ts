@@ -394,6 +394,8 @@ class NodeSim {
       // Election randomness from the schedule's seed (each replica mixes in its node and group).
       seed: (this.opts.seed * 1_000_003 + owner * 7919) >>> 0,
       keepEntriesAfterSnapshot: Math.min(this.snapshotEvery, 20),
+      // One seed in four runs with a sync pace (NodeOptions.syncPaceMs); from the seed, not the rng, so other draws keep their meaning.
+      ...(this.opts.seed % 4 === 1 ? { syncPaceMs: 5 } : {}),
       log: keepingLogger(this.problems, this.notes, `node ${id}#${owner}:`),
       onFatal: (err) => {
         if (!inc.dead) this.problems.push(`node ${id}#${owner}: fatal: ${String(err)}`);

@@ -1,0 +1,112 @@
+/**
+ * The sync pace (NodeOptions.syncPaceMs, with overlapped rounds): a busy node starts its fsyncs no
+ * more often than once per pace, taking what arrives meanwhile into the held round, and still
+ * answers every write; an idle node's first write is not held.
+ */
+import { describe, expect, it } from 'vitest';
+import { KvNode, DATA_GROUP } from '../../src/node/kv-node.js';
+import { LoopbackHub } from '../../src/node/transport.js';
+import { MemoryEngine, type EngineBatchOptions, type EngineOp } from '../../src/storage/kv-engine.js';
+import { silentLogger } from '../../src/log.js';
+
+const enc = (s: string) => new TextEncoder().encode(s);
+
+/** A MemoryEngine that notes when each synced batch was handed to it (Date.now). */
+class TimedEngine extends MemoryEngine {
+  readonly syncedAt: number[] = [];
+  override batch(ops: readonly EngineOp[], options: EngineBatchOptions): Promise<void> {
+    if (options.sync && ops.length > 0) this.syncedAt.push(Date.now());
+    return super.batch(ops, options);
+  }
+}
+
+/** A 3-node cluster on TimedEngines (fsync 1 ms) with the given pace and tick; returns the nodes and engines, leader first. */
+async function cluster(syncPaceMs: number, tickMs = 10): Promise<{ nodes: KvNode[]; engines: TimedEngine[] }> {
+  const hub = new LoopbackHub();
+  const members = new Map([1, 2, 3].map((i) => [i, `127.0.0.1:${7200 + i}`] as [number, string]));
+  const nodes: KvNode[] = [];
+  const engines: TimedEngine[] = [];
+  for (const id of [1, 2, 3]) {
+    const engine = new TimedEngine({ latencyMs: 1 });
+    const node = await KvNode.open({ id, members, tickMs, overlapRounds: true, syncPaceMs, log: silentLogger(), onFatal: (e) => { throw e; } }, engine, hub.transport(id));
+    node.start();
+    nodes.push(node);
+    engines.push(engine);
+  }
+  for (const deadline = Date.now() + 10_000; !nodes.some((n) => n.replica(DATA_GROUP)?.isLeader); ) {
+    if (Date.now() > deadline) throw new Error('no leader');
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  const i = nodes.findIndex((n) => n.replica(DATA_GROUP)?.isLeader);
+  return { nodes: [nodes[i]!, ...nodes.filter((_, j) => j !== i)], engines: [engines[i]!, ...engines.filter((_, j) => j !== i)] };
+}
+
+/** 16 writers putting for `ms` through `leader`; resolves with the number of acknowledged puts. */
+async function load(leader: KvNode, ms: number): Promise<number> {
+  let acked = 0;
+  const end = Date.now() + ms;
+  await Promise.all(
+    Array.from({ length: 16 }, async (_, w) => {
+      for (let n = 0; Date.now() < end; n++) {
+        await leader.put({ key: `/p/${w}/${n % 50}`, value: enc(`${w}-${n}`) }, { deadlineMs: Date.now() + 5000 });
+        acked++;
+      }
+    }),
+  );
+  return acked;
+}
+
+describe('sync pace', () => {
+  it('a busy node starts its fsyncs at least a pace apart and answers every write', async () => {
+    const PACE = 25;
+    const { nodes, engines } = await cluster(PACE, 50); // the pace is capped at a tenth of the election timeout (500 ms)
+    try {
+      const from = engines[0]!.syncedAt.length;
+      const acked = await load(nodes[0]!, 600);
+      expect(acked).toBeGreaterThan(20);
+      const starts = engines[0]!.syncedAt.slice(from);
+      expect(starts.length).toBeGreaterThan(3);
+      // Timers fire no sooner than asked; Date.now's millisecond rounding may take one off.
+      for (let i = 1; i < starts.length; i++) expect(starts[i]! - starts[i - 1]!).toBeGreaterThanOrEqual(PACE - 1);
+      const got = await nodes[0]!.get({ key: '/p/0/0', consistency: 'linearizable' }, { deadlineMs: Date.now() + 5000 });
+      expect(got.found).toBe(true);
+    } finally {
+      for (const n of nodes) await n.stop();
+    }
+  });
+
+  it('without a pace the same load syncs more often than the pace would allow (the test above can fail)', async () => {
+    const { nodes, engines } = await cluster(0);
+    try {
+      const from = engines[0]!.syncedAt.length;
+      await load(nodes[0]!, 600);
+      const starts = engines[0]!.syncedAt.slice(from);
+      const gaps = starts.slice(1).map((t, i) => t - starts[i]!);
+      expect(gaps.some((g) => g < 24)).toBe(true);
+    } finally {
+      for (const n of nodes) await n.stop();
+    }
+  });
+
+  it('an idle node writes a lone put at once (not held for a pace)', async () => {
+    const PACE = 200;
+    const { nodes, engines } = await cluster(PACE, 100); // elections (1 s) outlast a few held rounds
+    try {
+      const leader = nodes[0]!;
+      const synced = engines[0]!.syncedAt;
+      await leader.put({ key: '/lone/1', value: enc('a') }, { deadlineMs: Date.now() + 10_000 }); // may wait for the pace after start-up
+      // Idle: wait until the leader's last fsync started more than a pace ago.
+      for (const deadline = Date.now() + 15_000; Date.now() - (synced.at(-1) ?? 0) <= 2 * PACE; ) {
+        if (Date.now() > deadline) throw new Error('the leader never went idle');
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      const before = synced.length;
+      const t0 = Date.now();
+      await leader.put({ key: '/lone/2', value: enc('b') }, { deadlineMs: Date.now() + 10_000 });
+      expect(synced.length).toBeGreaterThan(before);
+      expect(synced[before]! - t0).toBeLessThan(PACE / 2); // its fsync was not held for the pace
+    } finally {
+      for (const n of nodes) await n.stop();
+    }
+  }, 30_000);
+});
