@@ -9,6 +9,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { afterEach, describe, expect, it } from 'vitest';
 import { LeaseClient } from '../../src/client/index.js';
+import { leasePutOnly } from '../support/fake-lease-service.js';
 import { leaseServiceDefinition, SHARD_LEADER_METADATA } from '../../src/wire/lease-proto.js';
 import { META_RETRY_SAFE } from '../../src/wire/metadata.js';
 
@@ -35,14 +36,7 @@ afterEach(async () => {
 async function node(): Promise<Node> {
   const server = new grpc.Server();
   const n: Node = { address: '', hint: '', server };
-  const notImplemented = (_c: unknown, cb: grpc.sendUnaryData<unknown>): void => cb({ code: grpc.status.UNIMPLEMENTED, details: 'fake' } as grpc.ServiceError);
-  server.addService(leaseServiceDefinition, {
-    leaseGrant: notImplemented,
-    leaseRevoke: notImplemented,
-    leaseTimeToLive: notImplemented,
-    leaseLeases: notImplemented,
-    leaseKeepAlive: (call: grpc.ServerDuplexStream<unknown, unknown>) => call.end(),
-    leasePut: (_call: grpc.ServerUnaryCall<unknown, unknown>, cb: grpc.sendUnaryData<unknown>) => {
+  server.addService(leaseServiceDefinition, leasePutOnly((_call: grpc.ServerUnaryCall<unknown, unknown>, cb: grpc.sendUnaryData<unknown>) => {
       arrivals.push(Date.now());
       if (refusalsLeft > 0) {
         refusalsLeft--;
@@ -53,8 +47,8 @@ async function node(): Promise<Node> {
         return;
       }
       cb(null, { succeeded: true, revision: 7, version: 7, timestampMs: 1 });
-    },
-  });
+    }),
+  );
   const port = await new Promise<number>((res, rej) => server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (e, p) => (e ? rej(e) : res(p))));
   n.address = `127.0.0.1:${port}`;
   nodes.push(n);

@@ -10,6 +10,7 @@ import * as grpc from '@grpc/grpc-js';
 import { afterEach, describe, expect, it } from 'vitest';
 import { KvClient, LeaseClient } from '../../src/client/index.js';
 import { ClientSession } from '../../src/client/session.js';
+import { leasePutOnly } from '../support/fake-lease-service.js';
 import { leaseServiceDefinition } from '../../src/wire/lease-proto.js';
 
 type Req = Record<string, unknown> & { session?: { id: string; seq: number; ackedBelow: number } | null };
@@ -42,14 +43,7 @@ async function fakeLeaseServer(): Promise<FakeLeaseServer> {
   const results = new Map<string, { succeeded: boolean; revision: number; version: number; timestampMs: number }>();
   let revision = 10;
   const fake: Omit<FakeLeaseServer, 'address' | 'close'> = { received: [], applied: 0, script: [] };
-  const notImplemented = (_call: unknown, cb: grpc.sendUnaryData<unknown>): void => cb({ code: grpc.status.UNIMPLEMENTED, details: 'fake' } as grpc.ServiceError);
-  server.addService(leaseServiceDefinition, {
-    leaseGrant: notImplemented,
-    leaseRevoke: notImplemented,
-    leaseTimeToLive: notImplemented,
-    leaseLeases: notImplemented,
-    leaseKeepAlive: (call: grpc.ServerDuplexStream<unknown, unknown>) => call.end(),
-    leasePut: (call: grpc.ServerUnaryCall<Req, unknown>, cb: grpc.sendUnaryData<unknown>) => {
+  server.addService(leaseServiceDefinition, leasePutOnly((call: grpc.ServerUnaryCall<Req, unknown>, cb: grpc.sendUnaryData<unknown>) => {
       const req = call.request;
       fake.received.push(req);
       const s = req.session;
@@ -65,8 +59,8 @@ async function fakeLeaseServer(): Promise<FakeLeaseServer> {
       if (mode === 'drop') cb({ code: grpc.status.UNAVAILABLE, details: 'connection dropped (fake)' } as grpc.ServiceError);
       else if (mode === 'stall') setTimeout(() => cb(null, result), 1_000);
       else cb(null, result);
-    },
-  });
+    }),
+  );
   const port = await new Promise<number>((resolve, reject) => server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))));
   const s: FakeLeaseServer = Object.assign(fake, {
     address: `127.0.0.1:${port}`,
