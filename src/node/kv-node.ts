@@ -338,6 +338,16 @@ export class KvNode implements KvBackend {
     return this.store.metrics;
   }
 
+  /**
+   * Resolves once everything this node's replicas have staged so far (log entries, hard state,
+   * state machine records of the rounds applied until now) is written to the engine
+   * (`RaftLogStore.whenWritten`): what a test or a tool reads from the engine then matches the
+   * machines as they were at the call.
+   */
+  whenWritten(): Promise<void> {
+    return this.store.whenWritten();
+  }
+
   /** Engine operations written so far, by record kind (for metrics and the bench's storage figures). */
   get storeOpCounts(): RaftLogStore['opCounts'] {
     return this.store.opCounts;

@@ -96,7 +96,8 @@ describe('a streamed snapshot install', () => {
     }
     const got = await f.get({ key: '/k/2/4', consistency: 'serializable' }, deadline());
     expect(got).toEqual(await l.get({ key: '/k/2/4', consistency: 'serializable' }, deadline()));
-    // The durable records are the leader's state too.
+    // The durable records are the leader's state too (once the last applied rounds' records are written).
+    await f.whenWritten();
     const onDisk = KvStateMachine.fromRecords((await loadState(engines[fi]!, DATA_GROUP))!.data);
     expect(same(onDisk.snapshot(), lsm.snapshot())).toBe(true);
   });
