@@ -87,7 +87,13 @@ export class NodeDriver {
     // Held rounds hold votes and acknowledgements too: at most a tenth of an election timeout.
     this.paceMs = this.overlap ? Math.min(parts.opts.syncPaceMs ?? NODE_DEFAULTS.syncPaceMs, this.electionMs() / 10) : 0;
     // A held round's units must not join the batch after the one in flight.
-    if (this.paceMs > 0) parts.store.writeOnlyFlushed = true;
+    if (this.paceMs > 0) {
+      parts.store.writeOnlyFlushed = true;
+      // The pace runs from each fsync's real start (a round's flush may wait for a batch in flight).
+      parts.store.onSyncStart = () => {
+        this.lastSyncStartMs = this.scheduler.now();
+      };
+    }
   }
 
   /** Whether a round is in progress: staging, waiting for its fsync, or held by the sync pace. */

@@ -470,6 +470,12 @@ export class RaftLogStore {
    * joining the batch after the one in flight. Off: the loop writes everything staged.
    */
   writeOnlyFlushed = false;
+  /**
+   * Called just before each synced batch is handed to the engine (a host that paces its fsyncs,
+   * NodeOptions.syncPaceMs, measures the pace from the write's real start: a flush may wait for a
+   * batch already in flight).
+   */
+  onSyncStart: (() => void) | undefined = undefined;
   /** `flush` callers, by target. */
   private waiters: Waiter[] = [];
   /** `whenWritten` callers, by target. */
@@ -1006,12 +1012,13 @@ export class RaftLogStore {
     if (this.writing) return;
     this.writing = true;
     try {
-      // With writeOnlyFlushed, only the units a flush or a whenWritten asked for.
-      const limit = (): number => {
-        if (!this.writeOnlyFlushed) return Number.POSITIVE_INFINITY;
-        let t = this.flushTarget;
-        for (const w of this.writeWaiters) if (w.target > t) t = w.target;
-        return t;
+      // With writeOnlyFlushed, only the units a flush asked for, and after them the state-records-only
+      // (lazy) units a whenWritten asked for up to the first unit that needs an fsync: a round held
+      // for the pace stays held (its log units wait for its flush), while an idle node's last
+      // applied rounds are still written (unsynced).
+      const mayWrite = (u: Unit): boolean => {
+        if (!this.writeOnlyFlushed || u.seq <= this.flushTarget) return true;
+        return u.lazy && this.writeWaiters.some((w) => w.target >= u.seq);
       };
       for (;;) {
         const syncWanted = this.waiters.length > 0;
@@ -1021,11 +1028,11 @@ export class RaftLogStore {
           const u = new UnitBuilder();
           u.del(SYNC_MARKER_KEY);
           this.stage(u);
-        } else if (this.staged[0]!.seq > limit()) break;
+        } else if (!mayWrite(this.staged[0]!)) break;
         // Take whole units, in order, up to the byte bound (always at least one).
         let n = 0;
         let bytes = 0;
-        while (n < this.staged.length && (n === 0 || (this.staged[n]!.seq <= limit() && bytes + this.staged[n]!.bytes <= this.maxBatchBytes))) {
+        while (n < this.staged.length && (n === 0 || (mayWrite(this.staged[n]!) && bytes + this.staged[n]!.bytes <= this.maxBatchBytes))) {
           bytes += this.staged[n]!.bytes;
           n++;
         }
@@ -1045,6 +1052,7 @@ export class RaftLogStore {
         }
         // Unsynced only for state records alone that no flush waits for (see whenWritten).
         const sync = syncWanted || units.some((u) => !u.lazy);
+        if (sync) this.onSyncStart?.();
         const t0 = performance.now();
         await this.engine.batch(ops, { sync });
         const fsyncMs = performance.now() - t0;

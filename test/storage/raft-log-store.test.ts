@@ -566,6 +566,35 @@ describe('RaftLogStore group commit and failures (MemoryEngine)', () => {
     expect((await RaftLogStore.open(after)).storageFor(1).lastIndex()).toBe(3);
   });
 
+  it('with writeOnlyFlushed (a paced host), whenWritten writes the state records before the first unflushed log unit, never that unit; onSyncStart marks each synced batch', async () => {
+    const engine = new MemoryEngine({ latencyMs: 1 });
+    const s = await RaftLogStore.open(engine);
+    s.writeOnlyFlushed = true;
+    let syncStarts = 0;
+    s.onSyncStart = () => void syncStarts++;
+    const rec = (n: number) => [{ type: 'put' as const, key: `${stateKeyPrefix(1)}k${n}`, value: enc.encode(`v${n}`) }];
+    s.persistReady(1, { entries: ents(1, 1, 1), hardState: { term: 1, vote: 1, commit: 0 } });
+    await s.flush();
+    expect(syncStarts).toBe(1);
+    s.stageStateOps(1, rec(1)); // an applied round's records
+    s.persistReady(1, { entries: ents(2, 2, 1) }); // a round held for the pace
+    s.stageStateOps(1, rec(2)); // records staged after it
+    const written = s.whenWritten();
+    let settled = false;
+    void written.then(() => (settled = true));
+    for (let i = 0; i < 5; i++) await new Promise((r) => setTimeout(r, 2));
+    // k1 went (unsynced); the held log unit and what follows it wait for their flush.
+    expect(dec.decode(engine.getSync(`${stateKeyPrefix(1)}k1`))).toBe('v1');
+    expect(engine.getSync(`${stateKeyPrefix(1)}k2`)).toBeUndefined();
+    expect(engine.counters).toEqual({ batches: 2, syncedBatches: 1 });
+    expect(settled).toBe(false);
+    await s.flush();
+    await written;
+    expect(syncStarts).toBe(2);
+    expect(dec.decode(engine.getSync(`${stateKeyPrefix(1)}k2`))).toBe('v2');
+    expect((await RaftLogStore.open(engine.crash())).storageFor(1).lastIndex()).toBe(2);
+  });
+
   it('flush with nothing staged resolves at once without a batch', async () => {
     const engine = new MemoryEngine();
     const s = await RaftLogStore.open(engine);
