@@ -1567,7 +1567,9 @@ export async function listFromRecords(view: Pick<EngineView, 'get' | 'getMany' |
 // the dead versions are still dead, the loader (`LoadOptions.deadVersions`) and the snapshot
 // encoder skip them, and the next pass deletes them. A key's versions are deleted oldest first
 // (units walk upward), so a dead version is never left without the newer version that makes it
-// dead (a forgotten key's last version is a tombstone at or before `c`: dead on its own).
+// dead (a forgotten key's last version is a tombstone at or before `c`: dead on its own, and
+// deleted only once no older version of its key is left, which a unit that starts mid-key, with
+// `c` grown since the unit before, checks with one read).
 
 /** Default number of version records one {@link sweepVersions} unit reads (and at most deletes). */
 export const SWEEP_RECORDS_PER_UNIT = 1024;
@@ -1590,6 +1592,17 @@ export interface SweepUnit {
  */
 export function isDeadVersion(revision: number, tombstone: boolean, nextRevision: number | undefined, c: number): boolean {
   return revision <= c && (tombstone || (nextRevision !== undefined && nextRevision <= c));
+}
+
+/** Whether two version keys (their escaped key ending at `escapedEnd`, after the `v/` tag at `p`) are of the same key. */
+function sameEscapedKey(a: { key: Uint8Array; escapedEnd: number }, b: { key: Uint8Array; escapedEnd: number }, p: number): boolean {
+  return a.escapedEnd === b.escapedEnd && Buffer.compare(a.key.subarray(p + 2, a.escapedEnd), b.key.subarray(p + 2, b.escapedEnd)) === 0;
+}
+
+/** Whether `view` holds a version of `v`'s key older than `v` (one keys-only read of at most one record). */
+async function hasOlderVersion(view: Pick<EngineView, 'iterate'>, v: { key: Uint8Array; escapedEnd: number }): Promise<boolean> {
+  for await (const _ of view.iterate({ gte: v.key.subarray(0, v.escapedEnd + 2), lt: v.key, limit: 1, keysOnly: true })) return true;
+  return false;
 }
 
 /**
@@ -1643,7 +1656,7 @@ export async function sweepVersions(
       const cur = seen[i]!;
       if (cur.revision > c) continue;
       const nx = seen[i + 1];
-      const sameKey = nx !== undefined && nx.escapedEnd === cur.escapedEnd && Buffer.compare(nx.key.subarray(p + 2, nx.escapedEnd), cur.key.subarray(p + 2, cur.escapedEnd)) === 0;
+      const sameKey = nx !== undefined && sameEscapedKey(nx, cur, p);
       if (sameKey && nx.revision <= c) ops.push({ type: 'del', key: cur.key });
       else if (!sameKey) lastOfKey.push(i);
     }
@@ -1658,9 +1671,19 @@ export async function sweepVersions(
       const live = await view.getMany(lastOfKey.map((i) => latestKey(i, TAG_LATEST)));
       const noLive = lastOfKey.filter((_, n) => live[n] === undefined);
       const deleted = noLive.length > 0 ? await view.getMany(noLive.map((i) => latestKey(i, TAG_DELETED))) : [];
-      noLive.forEach((i, n) => {
-        if (deleted[n] === undefined) ops.push({ type: 'del', key: seen[i]!.key });
-      });
+      for (let n = 0; n < noLive.length; n++) {
+        if (deleted[n] !== undefined) continue;
+        const i = noLive[n]!;
+        // The forgotten key's last version (a tombstone) is what makes its older ones dead (they may
+        // be puts): it goes only when none is left. The unit saw the key's versions from its first,
+        // unless the key's run is the unit's first and the unit started mid-key (`from`) after
+        // versions an earlier unit of the pass kept (not dead at the compaction point that unit
+        // read: `c` grew since). Then the tombstone is left for the next pass, which deletes the
+        // older versions first (regression: a tombstone deleted alone left a put that readers took
+        // for the forgotten key's live version, model test seed 186486786).
+        if (from !== undefined && sameEscapedKey(seen[0]!, seen[i]!, p) && (await hasOlderVersion(view, seen[0]!))) continue;
+        ops.push({ type: 'del', key: seen[i]!.key });
+      }
       // In key order, a key's versions oldest first (one batch: the order is for the reader's sake).
       ops.sort((a, b) => Buffer.compare(a.key as Uint8Array, b.key as Uint8Array));
     }

@@ -165,172 +165,175 @@ async function versionRecords(engine: MemoryEngine): Promise<number> {
  * run between the other actions (unsynced: crashes cut them), and the loader skips dead versions.
  */
 async function recordsModel(sweep: boolean, numRuns: number): Promise<void> {
-    const recorder = (written?: WrittenState): StateRecorder => new StateRecorder(GROUP, written, {}, { sweepVersions: sweep });
-    const loadMachine = (engine: MemoryEngine): ReturnType<typeof loadMachineAt> => loadMachineAt(engine, sweep);
-    await fc.assert(
-      fc.asyncProperty(fc.array(sweep ? sweepActionArb : actionArb, { minLength: 20, maxLength: 80 }), optionsArb, async (actions, opts) => {
-        let engine = new MemoryEngine();
-        let sweepFrom: Uint8Array | undefined;
-        const log: LogEntry[] = [];
-        // `ref` applies every entry and never touches disk: what replaying the committed log gives.
-        const ref = new KvStateMachine(opts);
-        // `m` is the replica whose records are kept on disk; it may lag behind the log.
-        let m = new KvStateMachine(opts);
-        let rec = recorder();
-        m.observe(rec);
-        let lagging = false;
-        let persisted = m.snapshot();
-        const catchUp = (): void => {
-          for (const e of log) if (e.index > m.appliedIndex) m.apply(e.index, e.ts, e.cmd, 'system', undefined, e.hops);
-        };
-        const persist = async (): Promise<void> => {
-          const unit = rec.take(m);
-          if (unit) await write(engine, unit);
-          persisted = m.snapshot();
-          await expectStreamedSnapshot(engine, persisted);
-        };
-        const fresh = (): { sm: KvStateMachine; written: WrittenState } => ({ sm: new KvStateMachine(opts), written: { appliedIndex: 0, blocks: [], oldestHistoryRevision: 1 } });
-        const adopt = (next: KvStateMachine, recorder: StateRecorder): void => {
-          m.observe(undefined);
-          m = next;
-          rec = recorder;
-          m.observe(rec);
-        };
-        let index = 0;
-        let clock = 1000;
-        for (const act of actions) {
-          switch (act.a) {
-            case 'apply':
-            case 'compact': {
-              index += act.a === 'apply' ? act.step : 1;
-              if (act.a === 'apply') clock = Math.max(0, clock + act.dt);
-              const cmd: Command = act.a === 'apply' ? act.cmd : { type: 'compact', revision: Math.max(0, ref.revision - act.back) };
-              const hops = act.a === 'apply' ? act.hops : 0;
-              log.push({ index, ts: clock, cmd, hops });
-              const expected = ref.apply(index, clock, cmd, 'system', undefined, hops);
-              if (!lagging) expect(m.apply(index, clock, cmd, 'system', undefined, hops)).toEqual(expected);
-              break;
-            }
-            case 'persist':
-              await persist();
-              break;
-            case 'reload': {
-              await persist();
-              const loaded = (await loadMachine(engine)) ?? fresh();
-              expectSameMachine(loaded.sm, m);
-              adopt(loaded.sm, recorder(loaded.written));
-              break;
-            }
-            case 'crash': {
-              // Unstaged changes are lost; what is on disk is exactly the last persisted state.
-              engine = engine.crash();
-              const loaded = (await loadMachine(engine)) ?? fresh();
-              expect(Buffer.from(loaded.sm.snapshot()).equals(Buffer.from(persisted))).toBe(true);
-              adopt(loaded.sm, recorder(loaded.written));
-              lagging = false;
-              catchUp(); // recovery replays the log after the durable applied index
-              break;
-            }
-            case 'lag':
-              lagging = true;
-              break;
-            case 'sweep': {
-              // A few units of the sweep, unsynced (a crash may cut any suffix of them).
-              for (let u = 0; u < act.units; u++) {
-                const unit = await sweepVersions(engine, GROUP, sweepFrom, act.records);
-                if (!unit) break;
-                sweepFrom = unit.next;
-              }
-              break;
-            }
-            case 'install': {
-              // The replica receives the leader's snapshot: its records become the snapshot's state.
-              await persist();
-              const before = m;
-              before.observe(undefined);
-              const target = KvStateMachine.restore(ref.snapshot());
-              // The difference against the old machine's records, or against the records the engine holds (a node's install, issue 17).
-              const units = act.fromEngine
-                ? await replaceFromEngine(rec, engine, target, act.unitBytes)
-                : rec.replace(before.toRecords(), target.toRecords(), { maxUnitBytes: act.unitBytes });
-              for (const u of units) {
-                const bytes = u.reduce((n, op) => n + op.key.length + (op.type === 'put' ? op.value.length : 0) + 16, 0);
-                const last = u[u.length - 1]!;
-                expect(bytes - (last.key.length + (last.type === 'put' ? last.value.length : 0) + 16)).toBeLessThan(act.unitBytes);
-              }
-              if (act.cutAfter < units.length) {
-                // A crash cuts the replacement short: no meta (or the old state, untouched) is left.
-                for (const u of units.slice(0, act.cutAfter)) await write(engine, u);
-                engine = engine.crash();
-                const meta = await readStateMeta(engine, GROUP);
-                if (act.cutAfter === 0) {
-                  const loaded = (await loadMachine(engine)) ?? fresh();
-                  expect(Buffer.from(loaded.sm.snapshot()).equals(Buffer.from(persisted))).toBe(true);
-                } else expect(meta).toBeUndefined();
-                // Recovery from the (durable) snapshot rewrites the records over whatever is left.
-                const stale = await stateKeys(engine, GROUP);
-                rec = recorder();
-                for (const u of rec.replace(undefined, target.toRecords(), { deleteKeys: stale, maxUnitBytes: act.unitBytes })) await write(engine, u);
-              } else {
-                for (const u of units) await write(engine, u);
-              }
-              const loaded = (await loadMachine(engine))!;
-              expectSameMachine(loaded.sm, target);
-              expect(rec.writtenBlocks).toEqual(loaded.written.blocks);
-              adopt(target, rec);
-              persisted = m.snapshot();
-              lagging = false;
-              break;
-            }
-          }
-        }
-        lagging = false;
-        catchUp();
+  await fc.assert(
+    fc.asyncProperty(fc.array(sweep ? sweepActionArb : actionArb, { minLength: 20, maxLength: 80 }), optionsArb, (actions, opts) => runRecordsModel(sweep, actions, opts)),
+    { numRuns },
+  );
+}
+
+/** One run of the model test ({@link recordsModel}) over a fixed action list: what the property runs, and what a pinned counterexample runs. */
+async function runRecordsModel(sweep: boolean, actions: readonly Action[], opts: KvStateMachineOptions): Promise<void> {
+  const recorder = (written?: WrittenState): StateRecorder => new StateRecorder(GROUP, written, {}, { sweepVersions: sweep });
+  const loadMachine = (engine: MemoryEngine): ReturnType<typeof loadMachineAt> => loadMachineAt(engine, sweep);
+  let engine = new MemoryEngine();
+  let sweepFrom: Uint8Array | undefined;
+  const log: LogEntry[] = [];
+  // `ref` applies every entry and never touches disk: what replaying the committed log gives.
+  const ref = new KvStateMachine(opts);
+  // `m` is the replica whose records are kept on disk; it may lag behind the log.
+  let m = new KvStateMachine(opts);
+  let rec = recorder();
+  m.observe(rec);
+  let lagging = false;
+  let persisted = m.snapshot();
+  const catchUp = (): void => {
+    for (const e of log) if (e.index > m.appliedIndex) m.apply(e.index, e.ts, e.cmd, 'system', undefined, e.hops);
+  };
+  const persist = async (): Promise<void> => {
+    const unit = rec.take(m);
+    if (unit) await write(engine, unit);
+    persisted = m.snapshot();
+    await expectStreamedSnapshot(engine, persisted);
+  };
+  const fresh = (): { sm: KvStateMachine; written: WrittenState } => ({ sm: new KvStateMachine(opts), written: { appliedIndex: 0, blocks: [], oldestHistoryRevision: 1 } });
+  const adopt = (next: KvStateMachine, recorder: StateRecorder): void => {
+    m.observe(undefined);
+    m = next;
+    rec = recorder;
+    m.observe(rec);
+  };
+  let index = 0;
+  let clock = 1000;
+  for (const act of actions) {
+    switch (act.a) {
+      case 'apply':
+      case 'compact': {
+        index += act.a === 'apply' ? act.step : 1;
+        if (act.a === 'apply') clock = Math.max(0, clock + act.dt);
+        const cmd: Command = act.a === 'apply' ? act.cmd : { type: 'compact', revision: Math.max(0, ref.revision - act.back) };
+        const hops = act.a === 'apply' ? act.hops : 0;
+        log.push({ index, ts: clock, cmd, hops });
+        const expected = ref.apply(index, clock, cmd, 'system', undefined, hops);
+        if (!lagging) expect(m.apply(index, clock, cmd, 'system', undefined, hops)).toEqual(expected);
+        break;
+      }
+      case 'persist':
         await persist();
-        expectSameMachine(m, ref);
-        const final = (await loadMachine(engine)) ?? fresh();
-        expect(rec.writtenBlocks).toEqual(final.written.blocks);
-        const loaded = final.sm;
-        expectSameMachine(loaded, ref);
-        // The reloaded machine continues exactly like the reference (write log, live set, history).
-        const next: Command[] = [
-          { type: 'put', key: 'a', value: enc.encode('x') },
-          { type: 'compact', revision: ref.revision },
-          { type: 'delete', key: 'b' },
-          { type: 'triggerPut', key: 'z', value: enc.encode('t') },
-        ];
-        next.forEach((c, i) => expect(loaded.apply(index + 1 + i, clock + i, c)).toEqual(ref.apply(index + 1 + i, clock + i, c)));
-        expectSameMachine(loaded, ref);
-        if (sweep) {
-          // A whole pass leaves exactly the retained versions, and the same state.
-          let from: Uint8Array | undefined;
-          do from = (await sweepVersions(engine, GROUP, from, 3))!.next;
-          while (from !== undefined);
-          // Left: the retained versions, and tombstones at or before the compaction point followed
-          // by a later version (dead, but their kind is not read: a later pass deletes them).
-          const retained = new Map(m.toRecords().keys.map(([k, vs]) => [k, new Set(vs.map((v) => v.revision))]));
-          let kept = 0;
-          for (const [k, versions] of (await loadState(engine, GROUP, { deadVersions: true }))!.data.keys) expect(retained.get(k)).toEqual(new Set(versions.map((v) => v.revision)));
-          for (const [, vs] of retained) kept += vs.size;
-          const left = await versionRecords(engine);
-          expect(left).toBeGreaterThanOrEqual(kept);
-          const p = `${stateKeyPrefix(GROUP)}v/`.length;
-          for (const [k, v] of await scanAll(engine, { prefix: `${stateKeyPrefix(GROUP)}v/` })) {
-            const esc = k.subarray(p, k.length - 10);
-            const raw: number[] = [];
-            for (let i = 0; i < esc.length; i++) raw.push(esc[i] === 0 ? (i++, 0) : esc[i]!);
-            const key = new TextDecoder().decode(new Uint8Array(raw));
-            const rev = Buffer.from(k).readUIntBE(k.length - 6, 6);
-            if (retained.get(key)?.has(rev)) continue;
-            expect(v[0]! & ~2, `left ${key}@${rev}`).toBe(0); // a tombstone
-            expect(rev).toBeLessThanOrEqual(m.compactRevision);
-            expect([...(retained.get(key) ?? [])].some((r) => r > rev), `left ${key}@${rev} has a later version`).toBe(true);
-          }
-          if (left === kept) expectSameMachine((await loadMachineAt(engine, false))!.sm, m);
+        break;
+      case 'reload': {
+        await persist();
+        const loaded = (await loadMachine(engine)) ?? fresh();
+        expectSameMachine(loaded.sm, m);
+        adopt(loaded.sm, recorder(loaded.written));
+        break;
+      }
+      case 'crash': {
+        // Unstaged changes are lost; what is on disk is exactly the last persisted state.
+        engine = engine.crash();
+        const loaded = (await loadMachine(engine)) ?? fresh();
+        expect(Buffer.from(loaded.sm.snapshot()).equals(Buffer.from(persisted))).toBe(true);
+        adopt(loaded.sm, recorder(loaded.written));
+        lagging = false;
+        catchUp(); // recovery replays the log after the durable applied index
+        break;
+      }
+      case 'lag':
+        lagging = true;
+        break;
+      case 'sweep': {
+        // A few units of the sweep, unsynced (a crash may cut any suffix of them).
+        for (let u = 0; u < act.units; u++) {
+          const unit = await sweepVersions(engine, GROUP, sweepFrom, act.records);
+          if (!unit) break;
+          sweepFrom = unit.next;
         }
-      }),
-      { numRuns },
-    );
+        break;
+      }
+      case 'install': {
+        // The replica receives the leader's snapshot: its records become the snapshot's state.
+        await persist();
+        const before = m;
+        before.observe(undefined);
+        const target = KvStateMachine.restore(ref.snapshot());
+        // The difference against the old machine's records, or against the records the engine holds (a node's install, issue 17).
+        const units = act.fromEngine
+          ? await replaceFromEngine(rec, engine, target, act.unitBytes)
+          : rec.replace(before.toRecords(), target.toRecords(), { maxUnitBytes: act.unitBytes });
+        for (const u of units) {
+          const bytes = u.reduce((n, op) => n + op.key.length + (op.type === 'put' ? op.value.length : 0) + 16, 0);
+          const last = u[u.length - 1]!;
+          expect(bytes - (last.key.length + (last.type === 'put' ? last.value.length : 0) + 16)).toBeLessThan(act.unitBytes);
+        }
+        if (act.cutAfter < units.length) {
+          // A crash cuts the replacement short: no meta (or the old state, untouched) is left.
+          for (const u of units.slice(0, act.cutAfter)) await write(engine, u);
+          engine = engine.crash();
+          const meta = await readStateMeta(engine, GROUP);
+          if (act.cutAfter === 0) {
+            const loaded = (await loadMachine(engine)) ?? fresh();
+            expect(Buffer.from(loaded.sm.snapshot()).equals(Buffer.from(persisted))).toBe(true);
+          } else expect(meta).toBeUndefined();
+          // Recovery from the (durable) snapshot rewrites the records over whatever is left.
+          const stale = await stateKeys(engine, GROUP);
+          rec = recorder();
+          for (const u of rec.replace(undefined, target.toRecords(), { deleteKeys: stale, maxUnitBytes: act.unitBytes })) await write(engine, u);
+        } else {
+          for (const u of units) await write(engine, u);
+        }
+        const loaded = (await loadMachine(engine))!;
+        expectSameMachine(loaded.sm, target);
+        expect(rec.writtenBlocks).toEqual(loaded.written.blocks);
+        adopt(target, rec);
+        persisted = m.snapshot();
+        lagging = false;
+        break;
+      }
+    }
+  }
+  lagging = false;
+  catchUp();
+  await persist();
+  expectSameMachine(m, ref);
+  const final = (await loadMachine(engine)) ?? fresh();
+  expect(rec.writtenBlocks).toEqual(final.written.blocks);
+  const loaded = final.sm;
+  expectSameMachine(loaded, ref);
+  // The reloaded machine continues exactly like the reference (write log, live set, history).
+  const next: Command[] = [
+    { type: 'put', key: 'a', value: enc.encode('x') },
+    { type: 'compact', revision: ref.revision },
+    { type: 'delete', key: 'b' },
+    { type: 'triggerPut', key: 'z', value: enc.encode('t') },
+  ];
+  next.forEach((c, i) => expect(loaded.apply(index + 1 + i, clock + i, c)).toEqual(ref.apply(index + 1 + i, clock + i, c)));
+  expectSameMachine(loaded, ref);
+  if (sweep) {
+    // A whole pass leaves exactly the retained versions, and the same state.
+    let from: Uint8Array | undefined;
+    do from = (await sweepVersions(engine, GROUP, from, 3))!.next;
+    while (from !== undefined);
+    // Left: the retained versions, and tombstones at or before the compaction point followed
+    // by a later version (dead, but their kind is not read: a later pass deletes them).
+    const retained = new Map(m.toRecords().keys.map(([k, vs]) => [k, new Set(vs.map((v) => v.revision))]));
+    let kept = 0;
+    for (const [k, versions] of (await loadState(engine, GROUP, { deadVersions: true }))!.data.keys) expect(retained.get(k)).toEqual(new Set(versions.map((v) => v.revision)));
+    for (const [, vs] of retained) kept += vs.size;
+    const left = await versionRecords(engine);
+    expect(left).toBeGreaterThanOrEqual(kept);
+    const p = `${stateKeyPrefix(GROUP)}v/`.length;
+    for (const [k, v] of await scanAll(engine, { prefix: `${stateKeyPrefix(GROUP)}v/` })) {
+      const esc = k.subarray(p, k.length - 10);
+      const raw: number[] = [];
+      for (let i = 0; i < esc.length; i++) raw.push(esc[i] === 0 ? (i++, 0) : esc[i]!);
+      const key = new TextDecoder().decode(new Uint8Array(raw));
+      const rev = Buffer.from(k).readUIntBE(k.length - 6, 6);
+      if (retained.get(key)?.has(rev)) continue;
+      expect(v[0]! & ~2, `left ${key}@${rev}`).toBe(0); // a tombstone
+      expect(rev).toBeLessThanOrEqual(m.compactRevision);
+      expect([...(retained.get(key) ?? [])].some((r) => r > rev), `left ${key}@${rev} has a later version`).toBe(true);
+    }
+    if (left === kept) expectSameMachine((await loadMachineAt(engine, false))!.sm, m);
+  }
 }
 
 describe('durable state records', () => {
@@ -340,6 +343,61 @@ describe('durable state records', () => {
 
   it('with the version sweep: compacted versions left on disk are skipped by the loader and the snapshot stream, and swept in bounded units, through crashes and installs (model-based)', async () => {
     await recordsModel(true, 250);
+  });
+
+  it('with the version sweep: pinned counterexample of the model test (seed 186486786): a pass whose cursor stood mid-key when a compaction forgot the key', async () => {
+    // Key U+E000 (after 'a' in byte order) is put then deleted; the pass's units (one record each)
+    // leave its cursor between the key's put and its tombstone; the compaction forgets the key; the
+    // next unit deleted the tombstone alone, and the put left behind was read as a live version
+    // (streamed snapshot: "1 latest records, 2 keys with versions").
+    const v = new Uint8Array(0);
+    const apply = (cmd: Command, hops: number): Action => ({ a: 'apply', cmd, dt: 0, step: 1, hops });
+    const put = (key: string, hops: number): Action => apply({ type: 'put', key, value: v }, hops);
+    const trigger = (key: string, hops: number): Action => apply({ type: 'triggerPut', key, value: v }, hops);
+    const actions: Action[] = [
+      put('a', 1),
+      put('\ue000', 0),
+      put('a', 1),
+      apply({ type: 'delete', key: '\ue000' }, 1),
+      { a: 'persist' },
+      { a: 'sweep', records: 1, units: 3 },
+      { a: 'compact', back: 0 },
+      { a: 'reload' },
+      { a: 'compact', back: 0 },
+      { a: 'compact', back: 0 },
+      trigger('a', 1),
+      put('a', 0),
+      put('a', 1),
+      trigger('a', 0),
+      { a: 'sweep', records: 1, units: 1 },
+      { a: 'install', unitBytes: 1, cutAfter: 0, fromEngine: false },
+    ];
+    await runRecordsModel(true, actions, { maxHistoryRevisions: 1, maxHistoryBytes: 1 });
+  });
+
+  it('the version sweep deletes a forgotten key\'s tombstone only once no older version of the key is left', async () => {
+    const engine = new MemoryEngine();
+    const m = new KvStateMachine();
+    const rec = new StateRecorder(GROUP, undefined, {}, { sweepVersions: true });
+    m.observe(rec);
+    m.apply(1, 100, { type: 'put', key: 'k', value: enc.encode('1') });
+    m.apply(2, 101, { type: 'delete', key: 'k' });
+    await write(engine, rec.take(m)!);
+    // A pass's first unit (one record, nothing compacted): k@1 stays, the cursor stops at k@2.
+    const first = (await sweepVersions(engine, GROUP, undefined, 1))!;
+    expect(first.deleted).toBe(0);
+    m.apply(3, 102, { type: 'compact', revision: 2 }); // forgets k: both versions dead
+    await write(engine, rec.take(m)!);
+    // The pass goes on from k@2 at the new compaction point: the tombstone stays while k@1 is there.
+    expect((await sweepVersions(engine, GROUP, first.next, 1))!.deleted).toBe(0);
+    expect(await versionRecords(engine)).toBe(2);
+    expectSameMachine((await loadMachineAt(engine, true))!.sm, m);
+    // The next pass deletes k@1, then k@2.
+    let from: Uint8Array | undefined;
+    do from = (await sweepVersions(engine, GROUP, from, 1))!.next;
+    while (from !== undefined);
+    expect(await versionRecords(engine)).toBe(0);
+    expectSameMachine((await loadMachineAt(engine, false))!.sm, m);
   });
 
   it('with the version sweep, an install that forgets a key leaves none of its unswept versions readable (the dead marker)', async () => {
