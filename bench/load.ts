@@ -14,13 +14,14 @@ import { machineBusySeconds, processCpuSeconds } from './util.js';
 import { perOp, perOpNote, readNodeCounters, type NodeCounters } from './node-counters.js';
 
 /**
- * The workloads: `pipelined-put`, `put-shards`, `pipelined-put-shards`, `lambda` and
+ * The workloads: `pipelined-put`, `put-shards`, `pipelined-put-shards`, `lib-put-shards`, `lambda` and
  * `lambda-throughput` exist only for kvd. `lambda`, `lambda-throughput` and `watch` (the reaction
  * workloads) are implemented in reactions.ts. `put-shards` and `pipelined-put-shards` (the shard
- * scaling workloads) run `put` / `pipelined-put` with every key sent to its shard's leader, once
+ * scaling workloads) run `put` / `pipelined-put` with every key sent to its shard's leader (`lib-put-shards`: `put`
+ * through KvClient, which routes each key itself), once
  * per shard count on a fresh cluster (see run.ts).
  */
-export const WORKLOADS = ['put', 'get', 'rmw', 'pipelined-put', 'put-shards', 'pipelined-put-shards', 'lambda', 'lambda-throughput', 'watch', 'h2load'] as const;
+export const WORKLOADS = ['put', 'get', 'rmw', 'pipelined-put', 'put-shards', 'pipelined-put-shards', 'lib-put-shards', 'lambda', 'lambda-throughput', 'watch', 'h2load'] as const;
 /** One workload's name. */
 export type WorkloadName = (typeof WORKLOADS)[number];
 /** What runs when --workloads is not given (the reaction workloads and pipelined-put-shards are opt-in; h2load runs only where installed). */
@@ -28,7 +29,7 @@ export const DEFAULT_WORKLOADS: readonly WorkloadName[] = ['put', 'get', 'rmw', 
 /** Workloads that measure reacting to writes (extension lambdas, client watches); see reactions.ts. */
 export const REACTION_WORKLOADS: readonly WorkloadName[] = ['lambda', 'lambda-throughput', 'watch'];
 /** Shard scaling workloads: run once per `--shards` count, each on a fresh kvd cluster, keys routed to their shard leaders. */
-export const SHARD_WORKLOADS: readonly WorkloadName[] = ['put-shards', 'pipelined-put-shards'];
+export const SHARD_WORKLOADS: readonly WorkloadName[] = ['put-shards', 'pipelined-put-shards', 'lib-put-shards'];
 
 /** Whether `system` can run `workload`. */
 export function supports(system: SystemName, workload: WorkloadName): boolean {
@@ -36,6 +37,7 @@ export function supports(system: SystemName, workload: WorkloadName): boolean {
     case 'pipelined-put':
     case 'put-shards':
     case 'pipelined-put-shards':
+    case 'lib-put-shards':
     case 'lambda':
     case 'lambda-throughput':
       return system === 'kvd';
@@ -164,7 +166,8 @@ export class ValuePool {
 
 /** Connects one client process's channels and returns a part ready to {@link LoadPart.run}. */
 export async function prepareLoadPart(spec: LoadPartSpec): Promise<LoadPart> {
-  const lib = spec.system === 'kvd' && spec.kvdClient !== undefined && spec.kvdClient !== 'stub' && ['put', 'get', 'rmw'].includes(spec.workload);
+  // lib-put-shards is the client library's default path whatever --kvd-client says (its point); lib-unary is honoured.
+  const lib = spec.workload === 'lib-put-shards' || (spec.system === 'kvd' && spec.kvdClient !== undefined && spec.kvdClient !== 'stub' && ['put', 'get', 'rmw'].includes(spec.workload));
   const drivers = spec.channels.map((c) =>
     lib
       ? new LibDriver(c.address, spec.clusterEndpoints ?? [c.address], spec.opTimeoutMs, spec.keyPrefix, spec.kvdClient === 'lib-unary')
@@ -172,7 +175,7 @@ export async function prepareLoadPart(spec: LoadPartSpec): Promise<LoadPart> {
   );
   // Shard-routed workloads need a connection to every leader: add one (without workers of its own) per missing node.
   const extra: Driver[] = [];
-  if (spec.routing) {
+  if (spec.routing && spec.workload !== 'lib-put-shards') {
     const have = new Set(spec.channels.map((c) => c.address));
     for (const [, addr] of spec.routing.leaders) {
       if (have.has(addr)) continue;
@@ -301,6 +304,7 @@ async function unaryLoop(d: Driver, spec: LoadPartSpec, win: Window, rec: Record
       let abandoned = false;
       switch (spec.workload) {
         case 'put':
+        case 'lib-put-shards': // KvClient routes each key to its shard's leader itself
           await d.put(Math.floor(Math.random() * spec.keys), values.next());
           break;
         case 'get':
@@ -844,6 +848,7 @@ export async function runWorkload(o: WorkloadOptions): Promise<WorkloadResult> {
       clientCpuCores: cpu / (o.durationMs / 1000),
       serverCpuCores: cpuWin.srv,
       serverCpuUsPerOp: cpuWin.srv === null || ops === 0 ? null : Math.round((cpuWin.srv * (o.durationMs / 1000) * 1e6) / ops),
+      ...(o.workload === 'lib-put-shards' ? { kvdClient: o.kvdClient === 'lib-unary' ? 'lib-unary' : 'lib' } : {}),
       ...(o.kvdClient !== undefined && o.kvdClient !== 'stub' && o.system === 'kvd' && ['put', 'get', 'rmw'].includes(o.workload) ? { kvdClient: o.kvdClient } : {}),
       otherCpuCores: cpuWin.busy === null || cpuWin.srv === null ? null : Math.max(0, cpuWin.busy - cpuWin.srv - cpu / (o.durationMs / 1000)),
       ...(counts === undefined ? {} : { extra: { perOp: counts }, ...(countsNote === undefined ? {} : { notes: [countsNote] }) }),

@@ -33,11 +33,12 @@ const USAGE = `usage: node dist/bench/run.js [flags]
   --clients N         closed-loop workers per workload (default 64)
   --workloads LIST    comma list of ${WORKLOADS.join(',')}
                       (default ${DEFAULT_WORKLOADS.join(',')}; pipelined-put, put-shards, pipelined-put-shards,
-                      lambda and lambda-throughput are kvd only; h2load is etcd only: etcd's Put ceiling driven by
+                      lib-put-shards, lambda and lambda-throughput are kvd only; h2load is etcd only: etcd's Put ceiling driven by
                       h2load (nghttp2-client) at 64 and 256 in flight, skipped with a message where h2load is missing)
-  --shards LIST       shard counts for put-shards / pipelined-put-shards (default 1,2,4,8; each 1..64): for each N a
+  --shards LIST       shard counts for put-shards / pipelined-put-shards / lib-put-shards (default 1,2,4,8; each 1..64): for each N a
                       fresh 3-node kvd cluster with --default-shards N, waited on until every shard's leader has
-                      settled, then the put (pipelined-put) load with each key sent to its shard's leader. Their
+                      settled, then the put (pipelined-put) load with each key sent to its shard's leader (lib-put-shards:
+                      through KvClient's default path, which routes by itself). Their
                       kvd/etcd ratio is against etcd's unary put, which is added to etcd's workloads if missing
   --settle-timeout S  longest wait for a sharded cluster's leaders to settle (default 90; then it runs anyway, noted)
   --systems LIST      comma list of kvd,etcd (default kvd,etcd)
@@ -243,6 +244,13 @@ export function pairingFor(workload: WorkloadName): Pairing {
           '# put-shards: kvd with N shards (column "shards"), each put sent straight to its shard\'s leader, vs the one etcd unary put row ' +
           '(etcd puts go to all 3 members; followers forward to the single leader).',
       };
+    case 'lib-put-shards':
+      return {
+        against: 'put', kind: 'ops/s', mark: '§',
+        footnote:
+          '§ lib-put-shards: kvd with N shards driven through the client library\'s default KvClient API (what an application gets: ' +
+          'it routes each key to its shard\'s leader and batches concurrent calls), vs etcd\'s unary put.',
+      };
     case 'pipelined-put-shards':
       return {
         against: 'put', kind: 'ops/s', mark: '*#',
@@ -339,7 +347,7 @@ export function renderTable(results: readonly WorkloadResult[]): string {
 let active: RunningCluster | undefined;
 
 /** Workloads whose LevelDB operations per write are logged (kvd). */
-const WRITE_WORKLOADS: ReadonlySet<string> = new Set(['put', 'pipelined-put', 'put-shards', 'pipelined-put-shards']);
+const WRITE_WORKLOADS: ReadonlySet<string> = new Set(['put', 'pipelined-put', 'put-shards', 'pipelined-put-shards', 'lib-put-shards']);
 
 async function startSystem(system: SystemName, cfg: BenchConfig, defaultShards?: number): Promise<RunningCluster | undefined> {
   if (system === 'etcd') {
