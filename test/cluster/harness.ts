@@ -1,9 +1,12 @@
 /**
  * Starts real `kvd` processes (the compiled dist/src/bin/kvd.js) on loopback ephemeral ports for
  * multi-process tests, and injects process faults: kill -9, SIGSTOP/SIGCONT pauses, restarts.
+ * The nodes log at `warn`; `KVD_TEST_LOG_LEVEL=info` logs more, and `KVD_TEST_LOG_DIR=<dir>`
+ * also appends each node's log to `<dir>/node-<id>.log`, kept after the test (evidence of a
+ * flaky run: the data directories are deleted).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, existsSync } from 'node:fs';
+import { appendFileSync, mkdtempSync, mkdirSync, rmSync, existsSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -147,9 +150,12 @@ export class KvdCluster {
       ...(this.opts.snapshotEvery ? ['--snapshot-every', String(this.opts.snapshotEvery)] : []),
       ...all,
     ];
-    const proc = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, KVCASCADE_LOG_LEVEL: 'warn' } });
+    const proc = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, KVCASCADE_LOG_LEVEL: process.env.KVD_TEST_LOG_LEVEL ?? 'warn' } });
     n.proc = proc;
+    const logDir = process.env.KVD_TEST_LOG_DIR;
+    if (logDir) mkdirSync(logDir, { recursive: true });
     proc.stderr!.on('data', (d: Buffer) => {
+      if (logDir) appendFileSync(join(logDir, `node-${id}.log`), d);
       n.stderr.push(d.toString());
       if (n.stderr.length > 200) n.stderr.shift();
     });
