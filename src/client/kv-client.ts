@@ -495,8 +495,10 @@ export class KvClient {
   }
 
   /**
-   * Fetches the cluster map now (members, pools, shards and their placement) and caches it for
-   * routing if it is not older than the cached one. Fails with KvError UNIMPLEMENTED against
+   * Fetches the cluster map now (members, pools, shards and their placement), caches it for
+   * routing if it is not older than the cached one, and returns the newest map known: a node
+   * serving a map older than an epoch the client already saw (a lagging node, or one removed from
+   * the cluster) is passed over for the next endpoint. Fails with KvError UNIMPLEMENTED against
    * servers without sharding.
    */
   async shardMap(opts: { deadlineMs?: number } = {}): Promise<ClusterMap> {

@@ -252,7 +252,7 @@ export class ShardRouter implements TransportObserver {
     return within(p, budget); // a fetch already in flight may have a later deadline
   }
 
-  /** Fetches the map now (joining a fetch in flight) and caches it if it is not older than the cached one. Rejects with KvError (UNIMPLEMENTED from pre-sharding servers). */
+  /** Fetches the map now (joining a fetch in flight), caches it if it is not older than the cached one, and resolves with the newest map known. Rejects with KvError (UNIMPLEMENTED from pre-sharding servers). */
   fetch(deadlineAt: number): Promise<ClusterMap> {
     this.inflight ??= this.doFetch(deadlineAt).finally(() => {
       this.inflight = undefined;
@@ -262,23 +262,34 @@ export class ShardRouter implements TransportObserver {
     return this.inflight;
   }
 
+  /**
+   * One map fetch. A node may answer with a map older than an epoch already known (the cached
+   * map's, or one a response named): it lags, or it was removed from the cluster and never learns
+   * the maps written after that. Then the next endpoint is asked, each at most once, so a client
+   * whose endpoint is such a node still reaches the current map. Returns the newest map known.
+   */
   private async doFetch(deadlineAt: number): Promise<ClusterMap> {
     this.lastStart = Date.now();
+    const known = Math.max(this.epoch, this.wantEpoch);
     this.wantEpoch = 0; // responses naming a newer epoch during this fetch ask for another
+    let answered = '';
+    const route: CallRoute = { ...this.fetchRoute, pick: () => (answered = this.fetchRoute.pick()) };
+    let newest: ClusterMap | undefined;
+    const newestKnown = (m: ClusterMap): ClusterMap => (this.current !== undefined && this.current.epoch > m.epoch ? this.current : m);
     try {
-      const res = await this.transport.unary<GetShardMapRequestMsg, GetShardMapResponseMsg>(
-        'cluster',
-        'getShardMap',
-        {},
-        'read',
-        deadlineAt,
-        this.fetchRoute,
-      );
-      const map = parseClusterMap(res.mapJson ?? '', res.epoch ?? 0);
-      this.unsupported = false;
-      this.install(map);
-      return map;
+      for (let asked = 1; ; asked++) {
+        const res = await this.transport.unary<GetShardMapRequestMsg, GetShardMapResponseMsg>('cluster', 'getShardMap', {}, 'read', deadlineAt, route);
+        const map = parseClusterMap(res.mapJson ?? '', res.epoch ?? 0);
+        this.unsupported = false;
+        this.install(map);
+        if (newest === undefined || map.epoch > newest.epoch) newest = map;
+        if (map.epoch >= known || asked >= this.transport.opts.endpoints.length || Date.now() >= deadlineAt) break;
+        this.transport.opts.log.debug({ address: answered, epoch: map.epoch, known }, 'a node served an older cluster map: asking the next endpoint');
+        this.transport.markFailed(answered, false); // moves past it (and drops it as the leader hint)
+      }
+      return newestKnown(newest);
     } catch (e) {
+      if (newest !== undefined) return newestKnown(newest); // a later endpoint failed: the map one gave stands
       if (e instanceof KvError && e.code === 'UNIMPLEMENTED') {
         this.unsupported = true;
         this.retryAt = Date.now() + UNSUPPORTED_BACKOFF_MS;

@@ -182,6 +182,23 @@ describe('shard routing', () => {
     await vi.waitFor(() => expect(c.mapEpoch).toBe(2));
   });
 
+  it('passes over a node that serves an older map than one a response named (a removed member never learns newer maps)', async () => {
+    const fc = await fakeCluster({ nodes: 3, shards: 3, replicas: 1 });
+    // Node 1 is first in the list, so map fetches go there; it keeps epoch 1 while the others move on.
+    const c = client([fc.node(1).address, fc.node(2).address, fc.node(3).address], { mapRefreshIntervalMs: 50 });
+    await c.put('a', '1');
+    expect(c.mapEpoch).toBe(1);
+    fc.node(1).map = fc.map;
+    fc.setMap({ ...setPoolState(addPool(fc.map, '/hot', { shards: 1, replicas: 1 }), '/hot', 'active'), epoch: 2 });
+    // Calls answered by nodes 2 and 3 name epoch 2: the refresh must not settle for node 1's epoch 1.
+    const keys = keysOverGroups((k) => fc.groupOf(k), fc.map.shards.filter((s) => s.preferredLeader !== 1).map((s) => s.group), 2);
+    for (const k of keys) await c.get(k);
+    await vi.waitFor(() => expect(c.mapEpoch).toBe(2));
+    expect(fc.node(1).calls.getShardMap).toBeGreaterThanOrEqual(2); // it was asked, and passed over
+    // Asked directly, the client returns the newest map it knows, never node 1's older one.
+    for (let i = 0; i < 3; i++) expect((await c.shardMap()).epoch).toBe(2);
+  });
+
   it('refetches the map and retries when a write reached a shard that does not own the key', async () => {
     const fc = await fakeCluster({ nodes: 2, shards: 2, replicas: 1 });
     const c = client([fc.node(1).address]);
