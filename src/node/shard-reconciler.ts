@@ -164,7 +164,7 @@ export class ShardReconciler {
     if (!cc) return false;
     try {
       r.proposeConfChange(cc);
-      this.host.note(r.group, 'membership change proposed', { change: ConfChangeType[cc.type] ?? cc.type, node: cc.nodeId });
+      this.host.note(r.group, 'membership change proposed', { change: ConfChangeType[cc.type] ?? cc.type, member: cc.nodeId });
     } catch {
       // Another change is still being applied, or a transfer is in progress: try again next pass.
     }
