@@ -51,8 +51,9 @@ export function registerExtCommands(program: Command, ctx: ExtCommandContext): v
     .option('--max-restarts-per-minute <n>', 'restarts within a minute before the extension pauses (circuit breaker; default: the node\'s, 30)', (v: string) => Number(v))
     .option('--pause-ms <ms>', 'first pause of the circuit breaker (doubled after each failed retry; default: the node\'s, 30000)', (v: string) => Number(v))
     .option('--role <role>', 'access control: the role its lambdas act with (default: root, every key)')
+    .option('--wait', 'return once every reachable node has loaded it (running or failed), not only the metadata leader; exit code 1 when a node failed or did not finish within --timeout (at least 60 s)')
     .option('--from <now|revision>', 'where delivery starts: now (skip the backlog) or a revision (every change from it on, in every shard); default: where it left off (its delivery cursors, kept across replacements and unloads without --purge)')
-    .action(async (path: string, o: { name?: string; role?: string; config?: string; inProcess?: boolean; isolation?: string; maxRestartsPerMinute?: number; pauseMs?: number; from?: string }) => {
+    .action(async (path: string, o: { name?: string; role?: string; config?: string; inProcess?: boolean; isolation?: string; maxRestartsPerMinute?: number; pauseMs?: number; from?: string; wait?: boolean }) => {
       if (o.isolation !== undefined && o.isolation !== 'worker' && o.isolation !== 'process' && o.isolation !== 'in-process') {
         throw new Error(`--isolation must be process, worker or in-process (got ${o.isolation})`);
       }
@@ -74,15 +75,20 @@ export function registerExtCommands(program: Command, ctx: ExtCommandContext): v
           ...(o.role ? { role: o.role } : {}),
           ...(from !== undefined ? { from } : {}),
         });
-        if (ctx.json()) ctx.print(r);
+        // The answer is the metadata leader's; --wait adds every other reachable node's.
+        const nodes = o.wait ? await c.waitLoaded(r.status.name, r.status.generation, Date.now() + Math.max(ctx.timeoutMs(), 60_000)) : undefined;
+        if (ctx.json()) ctx.print(nodes ? { ...r, nodes } : r);
         else {
+          const shown = nodes?.statuses ?? [r.status];
           ctx.out.write(
             ctx.formatTable(
-              ['NAME', 'VERSION', 'GENERATION', 'STATE', 'WATCHES'],
-              [[r.status.name, r.status.version, String(r.status.generation), r.status.state, r.status.watches.map((w) => `${w.prefix} (${w.mode})`).join(', ')]],
+              ['NAME', 'VERSION', 'GENERATION', 'NODE', 'STATE', 'WATCHES'],
+              shown.map((s) => [s.name, s.version, String(s.generation), String(s.nodeId), s.state + (s.error && s.state !== 'running' ? `: ${s.error.slice(0, 200)}` : ''), s.watches.map((w) => `${w.prefix} (${w.mode})`).join(', ')]),
             ),
           );
+          if (nodes && nodes.unreachable.length > 0) ctx.out.write(`unreachable: ${nodes.unreachable.join(', ')}\n`);
         }
+        if (nodes && !nodes.complete) ctx.fail(1);
       } finally {
         c.close();
       }
@@ -184,6 +190,7 @@ export function registerExtCommands(program: Command, ctx: ExtCommandContext): v
           ctx.out.write(ctx.formatTable(['NAME', 'WATCH', 'SHARD', 'NODE', 'CURSOR', 'REVISION', 'LAG', 'BACKLOG'], cursors));
         }
         if (l.unreachable.length > 0) ctx.out.write(`unreachable: ${l.unreachable.join(', ')}\n`);
+        if (l.loading > 0) ctx.out.write(`warning: ${l.loading} node entr${l.loading === 1 ? 'y is' : 'ies are'} still loading the registered generation (STATE loading): run kvctl ext ls again\n`);
       } finally {
         c.close();
       }

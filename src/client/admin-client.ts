@@ -283,6 +283,51 @@ export function parseShardMap(epoch: number, json: string, endpoint?: string): C
   };
 }
 
+/** What {@link AdminClient.list} returns: the registry, every answering node's statuses, and how complete they are. */
+export interface ExtensionList {
+  readonly records: ExtensionRecordInfo[];
+  readonly statuses: ExtensionNodeInfo[];
+  readonly metadataLeader: string;
+  /** Endpoints that did not answer: their nodes' statuses are missing. */
+  readonly unreachable: string[];
+  /** Status entries of registered extensions still `loading` on their node (its registered generation not loaded there yet). */
+  readonly loading: number;
+  /** No endpoint unreachable and no registered extension still loading on an answering node. */
+  readonly complete: boolean;
+}
+
+/** One node's answer to ListExtensions: its id (0 when the node does not send it) and its statuses. */
+export interface NodeExtensionAnswer {
+  readonly nodeId: number;
+  readonly statuses: readonly ExtensionNodeInfo[];
+}
+
+/**
+ * Every answering node's statuses, each registered extension listed for each node that sent its
+ * id: a node with no status of it, or one of an older generation (its registry has not seen the
+ * record yet), gets a `loading` entry for the registered generation instead of being left out.
+ */
+export function withPendingNodes(records: readonly ExtensionRecordInfo[], answers: readonly NodeExtensionAnswer[]): ExtensionNodeInfo[] {
+  const out: ExtensionNodeInfo[] = [];
+  for (const a of answers) {
+    const byName = new Map(a.statuses.map((s) => [s.name, s]));
+    for (const s of a.statuses) {
+      const rec = a.nodeId > 0 ? records.find((r) => r.name === s.name) : undefined;
+      out.push(rec && s.generation < rec.generation ? pendingStatus(a.nodeId, rec, s) : s);
+    }
+    if (a.nodeId === 0) continue;
+    for (const rec of records) if (!byName.has(rec.name)) out.push(pendingStatus(a.nodeId, rec, undefined));
+  }
+  return out;
+}
+
+/** Node `nodeId`'s entry for `rec` while it has not loaded that generation (`older`: what it runs meanwhile). */
+function pendingStatus(nodeId: number, rec: ExtensionRecordInfo, older: ExtensionNodeInfo | undefined): ExtensionNodeInfo {
+  const base: ExtensionNodeInfo = older ?? { nodeId, name: rec.name, version: rec.version, generation: rec.generation, state: 'loading', error: '', delivering: false, watches: [], workerRestarts: 0, invocations: 0, errors: 0, timeouts: 0, retryAtMs: 0, deadLettered: 0, runsIn: '' };
+  const error = older ? `generation ${older.generation} runs on node ${nodeId} until generation ${rec.generation} has loaded there` : `node ${nodeId} has not seen generation ${rec.generation} yet (its registry lags)`;
+  return { ...base, version: rec.version, generation: rec.generation, state: 'loading', error };
+}
+
 /** Admin operations against a cluster. */
 export class AdminClient {
   private readonly stubs = new Map<string, Stub>();
@@ -341,19 +386,25 @@ export class AdminClient {
     });
   }
 
-  /** The registry and every reachable node's status of each extension. */
-  async list(): Promise<{ records: ExtensionRecordInfo[]; statuses: ExtensionNodeInfo[]; metadataLeader: string; unreachable: string[] }> {
+  /**
+   * The registry and every reachable node's status of each extension. A node that has not
+   * loaded an extension's registered generation yet is listed as `loading` (by the node itself,
+   * or here when its registry has not even seen the record); `loading` counts those entries and
+   * `unreachable` names the endpoints that did not answer: the list is complete when both are
+   * zero (`complete`). Nothing is left out silently.
+   */
+  async list(): Promise<ExtensionList> {
     let records: ExtensionRecordInfo[] | undefined;
     let metadataLeader = '';
-    const statuses: ExtensionNodeInfo[] = [];
+    const answers: NodeExtensionAnswer[] = [];
     const unreachable: string[] = [];
     let lastError: unknown;
     for (const ep of this.opts.endpoints) {
       try {
-        const r = await this.unary<{ records?: Record<string, unknown>[]; statuses?: Record<string, unknown>[]; metadataLeader?: string }>(ep, 'listExtensions', {});
+        const r = await this.unary<{ records?: Record<string, unknown>[]; statuses?: Record<string, unknown>[]; metadataLeader?: string; nodeId?: number }>(ep, 'listExtensions', {});
         records ??= (r.records ?? []).map(fromRecord);
         if (r.metadataLeader) metadataLeader = r.metadataLeader;
-        statuses.push(...(r.statuses ?? []).map(fromStatus));
+        answers.push({ nodeId: num(r.nodeId), statuses: (r.statuses ?? []).map(fromStatus) });
       } catch (e) {
         if (e instanceof KvError && (e.code === 'UNAUTHENTICATED' || e.code === 'PERMISSION_DENIED')) throw e;
         unreachable.push(ep);
@@ -361,7 +412,26 @@ export class AdminClient {
       }
     }
     if (!records) throw lastError instanceof Error ? lastError : new KvError(grpc.status.UNAVAILABLE, 'no node answered');
-    return { records, statuses, metadataLeader, unreachable };
+    const statuses = withPendingNodes(records, answers);
+    const loading = statuses.filter((s) => s.state === 'loading' && records.some((r) => r.name === s.name)).length;
+    return { records, statuses, metadataLeader, unreachable, loading, complete: loading === 0 && unreachable.length === 0 };
+  }
+
+  /**
+   * Waits until every reachable node has loaded generation `generation` of `name` (or a later
+   * one), running or failed, or until `deadlineMs` (ms since the epoch); polls {@link list}.
+   * `complete` is false when a node failed it, still loads it at the deadline, or did not answer.
+   */
+  async waitLoaded(name: string, generation: number, deadlineMs: number): Promise<{ statuses: ExtensionNodeInfo[]; unreachable: string[]; complete: boolean }> {
+    for (;;) {
+      const l = await this.list();
+      const statuses = l.statuses.filter((s) => s.name === name);
+      const settled = statuses.every((s) => s.generation >= generation && s.state !== 'loading');
+      if ((settled && statuses.length > 0) || Date.now() >= deadlineMs) {
+        return { statuses, unreachable: l.unreachable, complete: settled && statuses.length > 0 && l.unreachable.length === 0 && statuses.every((s) => s.state !== 'failed') };
+      }
+      await new Promise((r) => setTimeout(r, 100));
+    }
   }
 
   private async metaLeader(): Promise<string> {

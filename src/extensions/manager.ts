@@ -473,9 +473,34 @@ export class ExtensionManager {
     };
   }
 
-  /** This node's view of every extension it knows. */
+  /**
+   * This node's view of every extension it knows: each one running (or failed, paused...) here,
+   * and each one whose registered generation has not loaded here yet, as `loading` (an older
+   * generation that still runs meanwhile keeps its counters and deliveries in that status, and
+   * `error` names it). A node never leaves out an extension its registry holds.
+   */
   statuses(): ExtensionStatus[] {
-    return [...this.loaded.values()].map((l) => this.statusOf(l));
+    const out = new Map<string, ExtensionStatus>();
+    for (const l of this.loaded.values()) out.set(l.record.name, this.statusOf(l));
+    for (const r of this.records()) {
+      const here = out.get(r.name);
+      if (here && here.generation >= r.generation) continue;
+      const counters = this.totalsOf(r.name).ext;
+      out.set(r.name, {
+        ...(here ?? { delivering: false, shards: [], watches: [] }),
+        name: r.name,
+        version: r.version,
+        generation: r.generation,
+        state: 'loading',
+        error: here ? `generation ${here.generation} runs here until generation ${r.generation} has loaded` : `generation ${r.generation} has not loaded here yet`,
+        workerRestarts: counters.workerRestarts,
+        invocations: counters.invocations,
+        errors: counters.errors,
+        timeouts: counters.timeouts,
+        deadLettered: counters.deadLettered,
+      });
+    }
+    return [...out.values()];
   }
 
   /** The registry as replicated (read locally). */

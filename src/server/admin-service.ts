@@ -488,6 +488,7 @@ export function addAdminService(server: grpc.Server, backend: AdminBackend, opts
         records: backend.records().map((r) => (admin ? recordToWire(r) : { ...recordToWire(r), configJson: REDACTED_CONFIG })),
         statuses: backend.statuses().map((s) => statusToWire(backend.nodeId, s)),
         metadataLeader: backend.metadataLeaderAddress() ?? '',
+        nodeId: backend.nodeId,
       });
     },
   });

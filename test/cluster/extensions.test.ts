@@ -65,9 +65,10 @@ describe('extensions on real processes', () => {
   });
 
   it('kvctl ext load, ls and unload', async () => {
-    const load = await run(['ext', 'load', 'extensions/stock-watch']);
+    // --wait: the answer once every node runs it (without it, once the metadata leader does).
+    const load = await run(['ext', 'load', '--wait', 'extensions/stock-watch']);
     expect(load.code, load.err).toBe(0);
-    expect(load.out).toMatch(/stock-watch.*running/);
+    expect(load.out.split('\n').filter((l) => /^stock-watch .* [123] +running /.test(l))).toHaveLength(3);
     const c = cluster.client();
     await c.put('/stocks/ZZZ', '50');
     const v = await c.put('/stocks/ZZZ', '40');
@@ -76,7 +77,8 @@ describe('extensions on real processes', () => {
     while (!alert.found && Date.now() < deadline) alert = await c.get(`/alerts/ZZZ/${v.version}`);
     expect(alert.found).toBe(true);
     const ls = await run(['--json', 'ext', 'ls']);
-    const doc = JSON.parse(ls.out) as { statuses: { nodeId: number; name: string; state: string; delivering: boolean }[] };
+    const doc = JSON.parse(ls.out) as { statuses: { nodeId: number; name: string; state: string; delivering: boolean }[]; loading: number; complete: boolean };
+    expect(doc).toMatchObject({ loading: 0, complete: true, unreachable: [] });
     const mine = doc.statuses.filter((s) => s.name === 'stock-watch');
     expect(mine.map((s) => s.nodeId).sort()).toEqual([1, 2, 3]);
     expect(mine.every((s) => s.state === 'running')).toBe(true);
@@ -92,6 +94,13 @@ describe('extensions on real processes', () => {
     // A worker-mode extension beside it: runs in a worker, with no CPU or RSS figure of its own.
     const w = await run(['ext', 'load', '--isolation', 'worker', '--name', 'rec-worker', 'test/extensions/fixtures/it-recorder']);
     expect(w.code, w.err).toBe(0);
+    // Right after a load without --wait every node lists it, as running or (not loaded there yet) loading, and the JSON counts the latter.
+    const early = JSON.parse((await run(['--json', 'ext', 'ls'])).out) as { statuses: { nodeId: number; name: string; state: string }[]; loading: number; complete: boolean };
+    const recs = early.statuses.filter((s) => s.name === 'rec-worker');
+    expect(recs.map((s) => s.nodeId).sort()).toEqual([1, 2, 3]);
+    expect(recs.every((s) => s.state === 'running' || s.state === 'loading')).toBe(true);
+    expect(early.loading).toBe(recs.filter((s) => s.state === 'loading').length);
+    expect(early.complete).toBe(early.loading === 0);
     // Every node runs it once its registry watch saw the load (the answer came from the leader's).
     let table = await run(['ext', 'ls']);
     for (let end = Date.now() + 10_000; (table.out.match(/^rec-worker .* running /gm) ?? []).length < 3 && Date.now() < end; ) {

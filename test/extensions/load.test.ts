@@ -259,3 +259,29 @@ describe('concurrent loads of one name', () => {
     }
   });
 });
+
+describe('statuses while a load is under way', () => {
+  it('every node lists a registered generation that has not loaded there yet as loading, never leaving it out (and running once it has)', async () => {
+    // In-process on the node's thread, initialize waits for this gate (the leader's validation
+    // run happens in a worker, where the gate is not set, so it passes at once).
+    const gate = globalThis as { __kvcascadeLoadGate?: Promise<void> };
+    let release!: () => void;
+    gate.__kvcascadeLoadGate = new Promise<void>((r) => (release = r));
+    const dir = join(tmp, 'gated');
+    mkdirSync(dir);
+    writeFileSync(join(dir, 'package.json'), JSON.stringify({ name: 'gated', version: '1.0.0', type: 'module', main: 'index.js' }));
+    writeFileSync(join(dir, 'index.js'), 'export async function initialize() {\n  await globalThis.__kvcascadeLoadGate;\n}\n');
+    const loading = (await c.metaManager()).load(await packFolder(dir), { isolation: 'in-process' });
+    const of = (m: ExtensionManager) => m.statuses().find((s) => s.name === 'gated');
+    try {
+      await c.until(async () => (c.managers.every((m) => of(m) !== undefined) ? true : undefined));
+      for (const m of c.managers) expect(of(m)).toMatchObject({ state: 'loading', generation: 1, delivering: false, error: expect.stringMatching(/generation 1 has not loaded here yet/) });
+    } finally {
+      release();
+    }
+    expect((await loading).state).toBe('running');
+    await c.until(async () => (c.managers.every((m) => of(m)?.state === 'running') ? true : undefined));
+    expect(await (await c.metaManager()).unload('gated')).toBe(true);
+    delete gate.__kvcascadeLoadGate;
+  });
+});
