@@ -58,7 +58,7 @@ export class NodeDriver {
   private readonly paceMs: number;
   /** Armed while `next` is held back by the sync pace; it starts `next`'s write. */
   private paceTimer: TimerHandle | undefined;
-  /** When the last fsync started (scheduler clock), for the sync pace. */
+  /** When the last synced batch started (scheduler clock, set by the store's `onSyncStart`), for the sync pace. */
   private lastSyncStartMs = Number.NEGATIVE_INFINITY;
   /** `stop` callers waiting for the rounds in flight to end. */
   private idleWaiters: (() => void)[] = [];
@@ -350,7 +350,6 @@ export class NodeDriver {
       this.finish(round);
       return;
     }
-    this.lastSyncStartMs = this.scheduler.now();
     // A measurement for metrics only (it decides nothing), so the monotonic clock.
     const t0 = performance.now();
     this.parts.store

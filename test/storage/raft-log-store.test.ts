@@ -582,7 +582,9 @@ describe('RaftLogStore group commit and failures (MemoryEngine)', () => {
     const written = s.whenWritten();
     let settled = false;
     void written.then(() => (settled = true));
-    for (let i = 0; i < 5; i++) await new Promise((r) => setTimeout(r, 2));
+    // The loop counts an unsynced batch once it is written, and in the same turn takes its next unit or stops.
+    await vi.waitFor(() => expect(s.metrics.unsyncedBatches).toBe(1));
+    await new Promise((r) => setImmediate(r));
     // k1 went (unsynced); the held log unit and what follows it wait for their flush.
     expect(dec.decode(engine.getSync(`${stateKeyPrefix(1)}k1`))).toBe('v1');
     expect(engine.getSync(`${stateKeyPrefix(1)}k2`)).toBeUndefined();
