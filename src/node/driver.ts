@@ -16,7 +16,8 @@
  * first one's ends, and its acknowledgements wait for it. At most two rounds are in flight (one
  * syncing, one staging), finished in order. With NodeOptions.syncPaceMs as well, a round whose
  * fsync would start sooner than that after the previous one's start is held (still staging what
- * arrives) until then: fewer, larger fsyncs on a busy node.
+ * arrives) until then: fewer, larger fsyncs on a busy node; the log store writes only flushed
+ * units while a round is in flight, and everything asked for again once the node is idle.
  */
 import { MessageType, type Message, type NodeId, type Ready } from '../raft/index.js';
 import { DeadlineError, UnavailableError } from './backend.js';
@@ -86,9 +87,9 @@ export class NodeDriver {
     this.overlap = parts.opts.overlapRounds ?? NODE_DEFAULTS.overlapRounds;
     // Held rounds hold votes and acknowledgements too: at most a tenth of an election timeout.
     this.paceMs = this.overlap ? Math.min(parts.opts.syncPaceMs ?? NODE_DEFAULTS.syncPaceMs, this.electionMs() / 10) : 0;
-    // A held round's units must not join the batch after the one in flight.
+    // While a round is in flight, a held round's units must not join the batch after the one in
+    // flight (`updateWriteMode` sets the store's writeOnlyFlushed then, and clears it when idle).
     if (this.paceMs > 0) {
-      parts.store.writeOnlyFlushed = true;
       // The pace runs from each fsync's real start (a round's flush may wait for a batch in flight).
       parts.store.onSyncStart = () => {
         this.lastSyncStartMs = this.scheduler.now();
@@ -279,8 +280,20 @@ export class NodeDriver {
       this.failed(e);
     } finally {
       this.staging = false;
+      this.updateWriteMode();
       this.wakeIdle();
     }
+  }
+
+  /**
+   * Paced: the store writes only flushed units (`RaftLogStore.writeOnlyFlushed`) while a round
+   * syncs or is held, so the next round's units wait for its own flush; idle, it writes whatever
+   * is asked for again. Units no round flushes (a compaction staged after a round's fsync) would
+   * otherwise wait for a next round that an idle node never has, and with them every
+   * `whenWritten` (values released from the heap, listings waiting for the durable point).
+   */
+  private updateWriteMode(): void {
+    if (this.paceMs > 0) this.parts.store.writeOnlyFlushed = this.syncing !== undefined || this.paceTimer !== undefined;
   }
 
   /** Wakes `stop` callers once no round is in flight. */
@@ -350,6 +363,7 @@ export class NodeDriver {
       this.finish(round);
       return;
     }
+    this.updateWriteMode();
     // A measurement for metrics only (it decides nothing), so the monotonic clock.
     const t0 = performance.now();
     this.parts.store
@@ -394,6 +408,7 @@ export class NodeDriver {
     }
     this.next = round;
     this.paceTimer = this.scheduler.setTimeout(() => this.releaseHeld(), wait);
+    this.updateWriteMode();
   }
 
   /** Starts the write of the round the sync pace holds (if any) now; then what arrived meanwhile is staged. */
@@ -420,6 +435,7 @@ export class NodeDriver {
     this.next = undefined;
     this.paceTimer?.cancel();
     this.paceTimer = undefined;
+    this.updateWriteMode();
     this.wakeIdle();
     this.parts.log.fatal({ err: String(e), stack: (e as Error).stack }, 'storage or apply failure: stopping the node');
     this.parts.fatal(e);

@@ -464,12 +464,8 @@ export class RaftLogStore {
   private writtenSeq = 0;
   /** The last unit a `flush()` asked for (see {@link writeOnlyFlushed}). */
   private flushTarget = 0;
-  /**
-   * Set by a host that holds rounds back (NodeOptions.syncPaceMs): the write loop then writes only
-   * the units a `flush()` asked for, so what was staged after waits for the next flush instead of
-   * joining the batch after the one in flight. Off: the loop writes everything staged.
-   */
-  writeOnlyFlushed = false;
+  /** See the {@link writeOnlyFlushed} accessor. */
+  private onlyFlushed = false;
   /**
    * Called just before each synced batch is handed to the engine (a host that paces its fsyncs,
    * NodeOptions.syncPaceMs, measures the pace from the write's real start: a flush may wait for a
@@ -912,6 +908,24 @@ export class RaftLogStore {
     return n;
   }
 
+  /**
+   * Set by a host that holds rounds back (NodeOptions.syncPaceMs) while it has a round in flight:
+   * the write loop then writes only the units a `flush()` asked for (and state records alone for a
+   * `whenWritten`, up to the first unflushed unit), so what was staged after waits for the next
+   * flush instead of joining the batch after the one in flight. Off: the loop writes everything
+   * staged. Turning it off starts a write when a `whenWritten` or `flush` still waits (an idle
+   * host's units that no round flushes, such as a compaction's, are then written).
+   */
+  get writeOnlyFlushed(): boolean {
+    return this.onlyFlushed;
+  }
+
+  set writeOnlyFlushed(on: boolean) {
+    if (on === this.onlyFlushed) return;
+    this.onlyFlushed = on;
+    if (!on && !this.failed && (this.writeWaiters.length > 0 || this.waiters.length > 0)) this.schedule();
+  }
+
   /** The failure that stopped the store, if any. */
   get failure(): StoreFailedError | undefined {
     return this.failed;
@@ -1017,7 +1031,7 @@ export class RaftLogStore {
       // for the pace stays held (its log units wait for its flush), while an idle node's last
       // applied rounds are still written (unsynced).
       const mayWrite = (u: Unit): boolean => {
-        if (!this.writeOnlyFlushed || u.seq <= this.flushTarget) return true;
+        if (!this.onlyFlushed || u.seq <= this.flushTarget) return true;
         return u.lazy && this.writeWaiters.some((w) => w.target >= u.seq);
       };
       for (;;) {
@@ -1028,7 +1042,15 @@ export class RaftLogStore {
           const u = new UnitBuilder();
           u.del(SYNC_MARKER_KEY);
           this.stage(u);
-        } else if (!mayWrite(this.staged[0]!)) break;
+        } else if (!mayWrite(this.staged[0]!)) {
+          // Held units come first (a paced round's, not flushed yet). A flush that waits only for
+          // units written unsynced before them must not wait for their flush (it may never come,
+          // e.g. when the flush is the one the host awaits before releasing them): a marker batch,
+          // synced and written ahead of them, makes what is written durable.
+          if (!syncWanted) break;
+          await this.syncWritten();
+          continue;
+        }
         // Take whole units, in order, up to the byte bound (always at least one).
         let n = 0;
         let bytes = 0;
@@ -1074,6 +1096,24 @@ export class RaftLogStore {
     } finally {
       this.writing = false;
     }
+  }
+
+  /**
+   * Makes every unit written so far durable with a synced batch holding only the deletion of
+   * {@link SYNC_MARKER_KEY}, which takes no unit from `staged` (the held units after it stay staged),
+   * then resolves the flushes it covers.
+   */
+  private async syncWritten(): Promise<void> {
+    const op: EngineOp = { type: 'del', key: SYNC_MARKER_KEY };
+    const bytes = SYNC_MARKER_KEY.length + OP_OVERHEAD_BYTES;
+    this.opCountsBySlot[opSlot(op)]++;
+    this.onSyncStart?.();
+    const t0 = performance.now();
+    await this.engine.batch([op], { sync: true });
+    this.record({ units: 0, entries: 0, ops: 1, bytes, fsyncMs: performance.now() - t0 });
+    this.durableSeq = this.writtenSeq;
+    while (this.waiters.length > 0 && this.waiters[0]!.target <= this.durableSeq) this.waiters.shift()!.resolve();
+    if (this.pendingClears.length > 0) this.startClear();
   }
 
   /** Fails the store for good: rejects every waiter and drops what is staged (see {@link StoreFailedError}). */

@@ -5,6 +5,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { KvNode, DATA_GROUP } from '../../src/node/kv-node.js';
+import type { NodeOptions } from '../../src/node/node-options.js';
 import { LoopbackHub } from '../../src/node/transport.js';
 import { MemoryEngine, type EngineBatchOptions, type EngineOp } from '../../src/storage/kv-engine.js';
 import { silentLogger } from '../../src/log.js';
@@ -21,14 +22,14 @@ class TimedEngine extends MemoryEngine {
 }
 
 /** A 3-node cluster on TimedEngines (fsync 1 ms) with the given pace and tick; returns the nodes and engines, leader first. */
-async function cluster(syncPaceMs: number, tickMs = 10): Promise<{ nodes: KvNode[]; engines: TimedEngine[] }> {
+async function cluster(syncPaceMs: number, tickMs = 10, extra: Partial<NodeOptions> = {}): Promise<{ nodes: KvNode[]; engines: TimedEngine[] }> {
   const hub = new LoopbackHub();
   const members = new Map([1, 2, 3].map((i) => [i, `127.0.0.1:${7200 + i}`] as [number, string]));
   const nodes: KvNode[] = [];
   const engines: TimedEngine[] = [];
   for (const id of [1, 2, 3]) {
     const engine = new TimedEngine({ latencyMs: 1 });
-    const node = await KvNode.open({ id, members, tickMs, overlapRounds: true, syncPaceMs, log: silentLogger(), onFatal: (e) => { throw e; } }, engine, hub.transport(id));
+    const node = await KvNode.open({ id, members, tickMs, overlapRounds: true, syncPaceMs, ...extra, log: silentLogger(), onFatal: (e) => { throw e; } }, engine, hub.transport(id));
     node.start();
     nodes.push(node);
     engines.push(engine);
@@ -83,6 +84,23 @@ describe('sync pace', () => {
       const starts = engines[0]!.syncedAt.slice(from);
       const gaps = starts.slice(1).map((t, i) => t - starts[i]!);
       expect(gaps.some((g) => g < 24)).toBe(true);
+    } finally {
+      for (const n of nodes) await n.stop();
+    }
+  });
+
+  it('an idle paced node writes what no round flushes (a compaction after the last put): whenWritten resolves on every node', async () => {
+    // Each put's apply round needs no fsync; a log compaction is staged after a round's fsync
+    // (when it advances), so only a later round's flush, or an idle node's store, writes it.
+    const { nodes } = await cluster(5, 10, { snapshotEveryEntries: 2, keepEntriesAfterSnapshot: 0 });
+    try {
+      for (let n = 0; n < 6; n++) {
+        await nodes[0]!.put({ key: `/c/${n}`, value: enc(`v${n}`) }, { deadlineMs: Date.now() + 5000 });
+        // Before the fix, a paced node kept writing only flushed units while idle: this hung.
+        await Promise.all(nodes.map((node) => node.whenWritten()));
+      }
+      const got = await nodes[0]!.get({ key: '/c/5', consistency: 'linearizable' }, { deadlineMs: Date.now() + 5000 });
+      expect(got.found).toBe(true);
     } finally {
       for (const n of nodes) await n.stop();
     }

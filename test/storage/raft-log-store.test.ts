@@ -36,6 +36,17 @@ const ents = (from: number, to: number, term: number, tag = ''): Entry[] => {
   for (let i = from; i <= to; i++) out.push(ent(i, term, `${tag}e${i}t${term}`));
   return out;
 };
+/** Resolves when `engine` is next handed a batch (its write is then in flight). */
+const nextBatchIssued = (engine: MemoryEngine): Promise<void> =>
+  new Promise((resolve) => {
+    const batch = engine.batch.bind(engine);
+    engine.batch = (ops, options) => {
+      engine.batch = batch;
+      const p = batch(ops, options);
+      resolve();
+      return p;
+    };
+  });
 const show = (es: readonly Entry[]): string[] => es.map((e) => `${e.index}/${e.term}/${e.type}/${dec.decode(e.data)}`);
 const logOf = (ms: MemoryStorage): string[] => show(ms.entries(ms.firstIndex(), ms.lastIndex() + 1));
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -595,6 +606,54 @@ describe('RaftLogStore group commit and failures (MemoryEngine)', () => {
     expect(syncStarts).toBe(2);
     expect(dec.decode(engine.getSync(`${stateKeyPrefix(1)}k2`))).toBe('v2');
     expect((await RaftLogStore.open(engine.crash())).storageFor(1).lastIndex()).toBe(2);
+  });
+
+  it('with writeOnlyFlushed, a flush that waits only for units written unsynced resolves although a held unit was staged after them (a marker batch syncs them; the held unit stays held)', async () => {
+    const engine = new MemoryEngine({ latencyMs: 3 });
+    const s = await RaftLogStore.open(engine);
+    s.writeOnlyFlushed = true;
+    let syncStarts = 0;
+    s.onSyncStart = () => void syncStarts++;
+    const rec = (n: number) => [{ type: 'put' as const, key: `${stateKeyPrefix(1)}k${n}`, value: enc.encode(`v${n}`) }];
+    s.persistReady(1, { entries: ents(1, 1, 1), hardState: { term: 1, vote: 1, commit: 0 } });
+    await s.flush();
+    s.stageStateOps(1, rec(1)); // an applied round's records
+    const issued = nextBatchIssued(engine);
+    const written = s.whenWritten();
+    await issued; // k1's unsynced batch is in flight
+    const flushed = s.flush(); // waits for k1 alone: being written, not synced
+    s.persistReady(1, { entries: ents(2, 2, 1) }); // a round held for the pace, staged meanwhile
+    await written;
+    await flushed; // the old loop stopped at the held unit: this never resolved
+    expect(engine.unsyncedBatches).toBe(0);
+    expect(engine.counters).toEqual({ batches: 3, syncedBatches: 2 });
+    expect(syncStarts).toBe(2);
+    expect(engine.getSync(logKey(1, 2))).toBeUndefined(); // held: not written with the marker
+    expect(engine.getSync('x/sync')).toBeUndefined();
+    await s.flush();
+    expect(engine.counters).toEqual({ batches: 4, syncedBatches: 3 });
+    expect((await RaftLogStore.open(engine.crash())).storageFor(1).lastIndex()).toBe(2);
+  });
+
+  it('turning writeOnlyFlushed off writes what a waiting whenWritten asked for, unflushed units included (an idle host: nothing else would flush them)', async () => {
+    const engine = new MemoryEngine({ latencyMs: 1 });
+    const s = await RaftLogStore.open(engine);
+    s.writeOnlyFlushed = true;
+    s.persistReady(1, { entries: ents(1, 3, 1), hardState: { term: 1, vote: 1, commit: 3 } });
+    await s.flush();
+    s.setConf(1, CONF); // a unit no round flushes (as a compaction's)
+    s.stageStateOps(1, [{ type: 'put', key: `${stateKeyPrefix(1)}k1`, value: enc.encode('v1') }]);
+    const written = s.whenWritten();
+    let settled = false;
+    void written.then(() => (settled = true));
+    await new Promise((r) => setImmediate(r)); // the loop ran (a microtask) and stopped at the unflushed unit
+    expect(settled).toBe(false);
+    expect(engine.counters.batches).toBe(1);
+    s.writeOnlyFlushed = false; // the old store only flipped a flag: this waited for a flush that never came
+    await written;
+    expect(dec.decode(engine.getSync(`${stateKeyPrefix(1)}k1`))).toBe('v1');
+    expect(engine.counters).toEqual({ batches: 2, syncedBatches: 2 }); // the conf unit makes it a synced batch
+    expect((await RaftLogStore.open(engine.crash())).storageFor(1).initialState().conf).toEqual(CONF);
   });
 
   it('flush with nothing staged resolves at once without a batch', async () => {
