@@ -19,37 +19,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { KvNode } from '../src/node/kv-node.js';
-import { LoopbackHub, type Transport } from '../src/node/transport.js';
+import { LoopbackHub } from '../src/node/transport.js';
 import { LevelEngine, MemoryEngine, type KvEngine } from '../src/storage/kv-engine.js';
 import { NotLeaderError, UnavailableError } from '../src/node/backend.js';
-import type { Message } from '../src/raft/index.js';
 import { silentLogger } from '../src/log.js';
-import { flagIntList } from './util.js';
+import { countingTransport, flagIntList, type MessageCounter } from './util.js';
 
-
-/** Messages sent, in all and by kind (`App+e`: appends carrying entries, `App`: without). */
-interface MessageCounter {
-  msgs: number;
-  readonly byKind: Map<string, number>;
-}
-
-/** A transport that counts what it sends. */
-function counting(t: Transport, counter: MessageCounter): Transport {
-  return new Proxy(t, {
-    get(target, prop, recv) {
-      if (prop === 'send') return (msgs: readonly Message[]) => {
-        counter.msgs += msgs.length;
-        for (const m of msgs) {
-          const kind = m.type === 'App' && (m.entries?.length ?? 0) > 0 ? 'App+e' : m.type;
-          counter.byKind.set(kind, (counter.byKind.get(kind) ?? 0) + 1);
-        }
-        return target.send(msgs);
-      };
-      const v = Reflect.get(target, prop, recv) as unknown;
-      return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
-    },
-  });
-}
 
 async function until(what: string, fn: () => boolean, ms = 30_000): Promise<void> {
   const end = Date.now() + ms;
@@ -87,7 +62,7 @@ async function measure(shards: number, seconds: number, concurrency: number, fsy
     const node = await KvNode.open(
       { id, members, defaultPool: { shards }, overlapRounds, syncPaceMs: mo.syncPaceMs, log: silentLogger(), onFatal: (e) => { throw e; } },
       await openEngine(id),
-      counting(hub.transport(id), counter),
+      countingTransport(hub.transport(id), counter),
     );
     node.observer = {
       readyBatch: (_groups, n, _ms, ov) => {

@@ -1,10 +1,14 @@
 /**
  * In-process measure of the CPU a put costs on the replicated path, without gRPC: three `KvNode`s
  * in this process, each over a `LevelEngine` in a temporary directory (real synced batches), a
- * loopback transport, one data shard, a closed loop of `--concurrency` puts of `--value-bytes`
- * bytes over `--keys` keys sent straight to the leader. Prints, per window, puts/s and CPU µs per
- * put of the whole process (all three nodes and every thread: LevelDB's pool, GC helpers) and of
- * the main thread alone (`/proc/self/task/<pid>/stat`: the event loop the three nodes share).
+ * loopback transport, `--shards` data shards (default 1; the keys spread over them by the default
+ * pool's hash), a closed loop of `--concurrency` puts of `--value-bytes` bytes over `--keys` keys,
+ * each sent straight to its shard's leader. Prints, per window, puts/s and CPU µs per put of the
+ * whole process (all three nodes and every thread: LevelDB's pool, GC helpers) and of the main
+ * thread alone (`/proc/self/task/<pid>/stat`: the event loop the three nodes share), fsynced ready
+ * rounds per second (all three nodes), log entries per synced batch and peer messages per put.
+ * `--shards` and `--sync-pace-ms` (NodeOptions.syncPaceMs) take lists: each round measures every
+ * pair in turn (shards outer, pace inner), so A/B runs interleave on a shared machine.
  * Run it with kvd's heap flag (`node --max-semi-space-size=32 …`) to see what kvd sees; add
  * `--cpu-prof` for a V8 profile of the whole run (`dist/bench/profile-summary.js` reads it).
  *
@@ -16,7 +20,7 @@
  * `--round-entries`; prints CPU µs per entry (`process.cpuUsage`, so steadier than the cluster's
  * figure on a shared machine).
  *
- * node --max-semi-space-size=32 dist/bench/replicated-path.js [--seconds 10] [--warmup 2] [--concurrency 64] [--keys 10000] [--value-bytes 256] [--rounds 1]
+ * node --max-semi-space-size=32 dist/bench/replicated-path.js [--seconds 10] [--warmup 2] [--concurrency 64] [--keys 10000] [--value-bytes 256] [--rounds 1] [--shards 1,8] [--sync-pace-ms 0,6]
  * node --max-semi-space-size=32 dist/bench/replicated-path.js --apply-only 300000 [--round-entries 32] [--keys 10000] [--value-bytes 256] [--rounds 3]
  */
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
@@ -28,7 +32,7 @@ import { LoopbackHub } from '../src/node/transport.js';
 import { LevelEngine } from '../src/storage/kv-engine.js';
 import { NotLeaderError, UnavailableError } from '../src/node/backend.js';
 import { silentLogger } from '../src/log.js';
-import { pollUntil } from './util.js';
+import { countingTransport, flagIntList, pollUntil, type MessageCounter } from './util.js';
 import { encodeProposal, decodeProposal } from '../src/node/envelope.js';
 import { KvStateMachine } from '../src/statemachine/index.js';
 import { MemoryEngine } from '../src/storage/kv-engine.js';
@@ -53,47 +57,91 @@ interface Window {
   readonly putsPerSec: number;
   readonly cpuUsPerPut: number;
   readonly mainUsPerPut: number | undefined;
+  /** Fsynced ready rounds per second, all three nodes (NodeObserver.readyBatch). */
+  readonly roundsPerSec: number;
+  /** Log entries per synced engine batch, all three nodes (store metrics). */
+  readonly entriesPerFsync: number;
+  /** Peer messages sent per put, all three nodes. */
+  readonly msgsPerPut: number;
+}
+
+/** What one measurement runs: the cluster's shape and the load. */
+interface Setup {
+  readonly seconds: number;
+  readonly warmupSeconds: number;
+  readonly concurrency: number;
+  readonly keys: number;
+  readonly valueBytes: number;
+  /** Data shards of the default pool. */
+  readonly shards: number;
+  /** NodeOptions.syncPaceMs. */
+  readonly syncPaceMs: number;
+}
+
+/** Synced batches and the log entries they wrote, summed over `nodes`. */
+function syncedTotals(nodes: readonly KvNode[]): { batches: number; entries: number } {
+  let batches = 0;
+  let entries = 0;
+  for (const n of nodes) {
+    const m = n.storeMetrics;
+    batches += m.batches - m.unsyncedBatches;
+    entries += m.entries;
+  }
+  return { batches, entries };
 }
 
 /** One measurement on a fresh three-node cluster. */
-async function measure(seconds: number, warmupSeconds: number, concurrency: number, keys: number, valueBytes: number): Promise<Window> {
+async function measure(setup: Setup): Promise<Window> {
+  const { seconds, warmupSeconds, concurrency, keys, valueBytes, shards, syncPaceMs } = setup;
   const dir = await mkdtemp(join(tmpdir(), 'kvc-replicated-'));
   const hub = new LoopbackHub();
   const members = new Map([1, 2, 3].map((i) => [i, `127.0.0.1:${7400 + i}`] as [number, string]));
   const nodes: KvNode[] = [];
+  const counter: MessageCounter = { msgs: 0, byKind: new Map() };
+  let rounds = 0;
   try {
     for (const id of [1, 2, 3]) {
       const engine = await LevelEngine.open(join(dir, `n${id}`));
       const node = await KvNode.open(
-        { id, members, defaultPool: { shards: 1 }, log: silentLogger(), onFatal: (e) => { throw e; } },
+        { id, members, defaultPool: { shards }, syncPaceMs, log: silentLogger(), onFatal: (e) => { throw e; } },
         engine,
-        hub.transport(id),
+        countingTransport(hub.transport(id), counter),
       );
+      node.observer = { readyBatch: () => void rounds++ };
       nodes.push(node);
     }
     for (const n of nodes) n.start();
-    // One data shard: its leader is looked up once, and again only after a put was refused.
-    const group = nodes[0]!.shardOfKey('bench/k').group;
-    const findLeader = (): KvNode | undefined => nodes.find((n) => n.replica(group)?.isLeader);
-    await pollUntil(async () => findLeader(), { what: 'a led data shard' });
+    // Each data shard's leader is looked up once, and again only after a put to it was refused.
+    const groups = (): number[] => nodes[0]!.shardMap().shards.filter((s) => s.pool === '').map((s) => s.group);
+    const findLeader = (group: number): KvNode | undefined => nodes.find((n) => n.replica(group)?.isLeader);
+    await pollUntil(async () => {
+      const gs = groups();
+      return gs.length === shards && gs.every((g) => findLeader(g) !== undefined) ? true : undefined;
+    }, { what: `${shards} led data shards` });
     await new Promise((r) => setTimeout(r, 1500)); // leaders move to their preferred nodes early on
-    let leader = findLeader();
+    const leaders = new Map<number, KvNode>();
     const value = new Uint8Array(valueBytes).fill(7);
     let ops = 0;
     let stop = false;
     const worker = async (w: number): Promise<void> => {
       for (let i = 0; !stop; i++) {
         const key = `bench/k${String((w * 7919 + i * 104729) % keys).padStart(8, '0')}`;
-        const to = (leader ??= findLeader());
+        const group = nodes[0]!.shardOfKey(key).group;
+        let to = leaders.get(group);
         if (to === undefined) {
-          await new Promise((r) => setTimeout(r, 5));
-          continue;
+          to = findLeader(group);
+          if (to === undefined) {
+            await new Promise((r) => setTimeout(r, 5));
+            continue;
+          }
+          leaders.set(group, to);
         }
-        await to.put({ key, value }, { deadlineMs: Date.now() + 5000 }).then(
+        const sentTo = to;
+        await sentTo.put({ key, value }, { deadlineMs: Date.now() + 5000 }).then(
           () => void ops++,
           async (e: unknown) => {
             if (!(e instanceof NotLeaderError) && !(e instanceof UnavailableError)) throw e;
-            if (leader === to) leader = undefined;
+            if (leaders.get(group) === sentTo) leaders.delete(group);
             await new Promise((r) => setTimeout(r, 5));
           },
         );
@@ -102,6 +150,9 @@ async function measure(seconds: number, warmupSeconds: number, concurrency: numb
     const workers = Array.from({ length: concurrency }, (_, w) => worker(w));
     await new Promise((r) => setTimeout(r, warmupSeconds * 1000));
     const ops0 = ops;
+    const msgs0 = counter.msgs;
+    const rounds0 = rounds;
+    const synced0 = syncedTotals(nodes);
     const main0 = await mainThreadCpuUs();
     const cpu0 = process.cpuUsage();
     const t0 = performance.now();
@@ -110,12 +161,18 @@ async function measure(seconds: number, warmupSeconds: number, concurrency: numb
     const main1 = await mainThreadCpuUs();
     const dt = (performance.now() - t0) / 1000;
     const n = ops - ops0;
+    const synced1 = syncedTotals(nodes);
+    const msgs = counter.msgs - msgs0;
+    const roundsIn = rounds - rounds0;
     stop = true;
     await Promise.all(workers);
     return {
       putsPerSec: Math.round(n / dt),
       cpuUsPerPut: (cpu.user + cpu.system) / n,
       mainUsPerPut: main0 !== undefined && main1 !== undefined ? (main1 - main0) / n : undefined,
+      roundsPerSec: roundsIn / dt,
+      entriesPerFsync: (synced1.entries - synced0.entries) / Math.max(1, synced1.batches - synced0.batches),
+      msgsPerPut: msgs / n,
     };
   } finally {
     for (const n of nodes) await n.stop();
@@ -168,6 +225,8 @@ async function main(): Promise<void> {
       rounds: { type: 'string' },
       'apply-only': { type: 'string' },
       'round-entries': { type: 'string' },
+      shards: { type: 'string' },
+      'sync-pace-ms': { type: 'string' },
     },
   });
   const num = (v: string | undefined, def: number, name: string): number => {
@@ -192,12 +251,21 @@ async function main(): Promise<void> {
     }
     return;
   }
+  const shardList = values.shards !== undefined ? flagIntList('shards', values.shards, 1, 64) : [1];
+  const paceList = values['sync-pace-ms'] !== undefined ? flagIntList('sync-pace-ms', values['sync-pace-ms'], 0, 1000) : [0];
   console.log(`${concurrency} puts in flight, ${keys} keys, ${valueBytes}-byte values, ${seconds} s after ${warmup} s`);
-  console.log('puts/s  cpu us/put  main-thread us/put  loadavg');
+  console.log('shards  pace ms  puts/s  cpu us/put  main-thread us/put  rounds/s  entries/fsync  msgs/put  loadavg');
   for (let r = 0; r < rounds; r++) {
-    const m = await measure(seconds, warmup, concurrency, keys, valueBytes);
-    const load = (await readFile('/proc/loadavg', 'utf8').catch(() => '?')).split(' ').slice(0, 3).join(' ');
-    console.log(`${String(m.putsPerSec).padStart(6)}  ${m.cpuUsPerPut.toFixed(1).padStart(10)}  ${(m.mainUsPerPut?.toFixed(1) ?? '-').padStart(18)}  ${load}`);
+    for (const shards of shardList) {
+      for (const syncPaceMs of paceList) {
+        const m = await measure({ seconds, warmupSeconds: warmup, concurrency, keys, valueBytes, shards, syncPaceMs });
+        const load = (await readFile('/proc/loadavg', 'utf8').catch(() => '?')).split(' ').slice(0, 3).join(' ');
+        console.log(
+          `${String(shards).padStart(6)}  ${String(syncPaceMs).padStart(7)}  ${String(m.putsPerSec).padStart(6)}  ${m.cpuUsPerPut.toFixed(1).padStart(10)}  ` +
+            `${(m.mainUsPerPut?.toFixed(1) ?? '-').padStart(18)}  ${m.roundsPerSec.toFixed(0).padStart(8)}  ${m.entriesPerFsync.toFixed(1).padStart(13)}  ${m.msgsPerPut.toFixed(2).padStart(8)}  ${load}`,
+        );
+      }
+    }
   }
 }
 

@@ -5,6 +5,8 @@ import { createServer, type Server } from 'node:net';
 import { delimiter, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { ChildProcess } from 'node:child_process';
+import type { Transport } from '../src/node/transport.js';
+import type { Message } from '../src/raft/index.js';
 
 /**
  * The repository root: the first ancestor of this module (bench/ when run from source, dist/bench/
@@ -275,4 +277,28 @@ export class LoopProbe {
   get longest(): number {
     return this.maxGap;
   }
+}
+
+/** Peer messages sent, in all and by kind (`App+e`: appends carrying entries, `App`: without). */
+export interface MessageCounter {
+  msgs: number;
+  readonly byKind: Map<string, number>;
+}
+
+/** `t`, counting into `counter` every message it sends. */
+export function countingTransport(t: Transport, counter: MessageCounter): Transport {
+  return new Proxy(t, {
+    get(target, prop, recv) {
+      if (prop === 'send') return (msgs: readonly Message[]) => {
+        counter.msgs += msgs.length;
+        for (const m of msgs) {
+          const kind = m.type === 'App' && (m.entries?.length ?? 0) > 0 ? 'App+e' : m.type;
+          counter.byKind.set(kind, (counter.byKind.get(kind) ?? 0) + 1);
+        }
+        return target.send(msgs);
+      };
+      const v = Reflect.get(target, prop, recv) as unknown;
+      return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+    },
+  });
 }
