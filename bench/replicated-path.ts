@@ -6,7 +6,8 @@
  * each sent straight to its shard's leader. Prints, per window, puts/s and CPU µs per put of the
  * whole process (all three nodes and every thread: LevelDB's pool, GC helpers) and of the main
  * thread alone (`/proc/self/task/<pid>/stat`: the event loop the three nodes share), fsynced ready
- * rounds per second (all three nodes), log entries per synced batch and peer messages per put.
+ * rounds per second and synced engine batches (fsyncs) per second (all three nodes), log entries
+ * per synced batch and peer messages per put.
  * `--shards` and `--sync-pace-ms` (NodeOptions.syncPaceMs) take lists: each round measures every
  * pair in turn (shards outer, pace inner), so A/B runs interleave on a shared machine.
  * Run it with kvd's heap flag (`node --max-semi-space-size=32 …`) to see what kvd sees; add
@@ -59,6 +60,8 @@ interface Window {
   readonly mainUsPerPut: number | undefined;
   /** Fsynced ready rounds per second, all three nodes (NodeObserver.readyBatch). */
   readonly roundsPerSec: number;
+  /** Synced engine batches (fsyncs) per second, all three nodes (store metrics). */
+  readonly fsyncsPerSec: number;
   /** Log entries per synced engine batch, all three nodes (store metrics). */
   readonly entriesPerFsync: number;
   /** Peer messages sent per put, all three nodes. */
@@ -171,6 +174,7 @@ async function measure(setup: Setup): Promise<Window> {
       cpuUsPerPut: (cpu.user + cpu.system) / n,
       mainUsPerPut: main0 !== undefined && main1 !== undefined ? (main1 - main0) / n : undefined,
       roundsPerSec: roundsIn / dt,
+      fsyncsPerSec: (synced1.batches - synced0.batches) / dt,
       entriesPerFsync: (synced1.entries - synced0.entries) / Math.max(1, synced1.batches - synced0.batches),
       msgsPerPut: msgs / n,
     };
@@ -254,7 +258,7 @@ async function main(): Promise<void> {
   const shardList = values.shards !== undefined ? flagIntList('shards', values.shards, 1, 64) : [1];
   const paceList = values['sync-pace-ms'] !== undefined ? flagIntList('sync-pace-ms', values['sync-pace-ms'], 0, 1000) : [0];
   console.log(`${concurrency} puts in flight, ${keys} keys, ${valueBytes}-byte values, ${seconds} s after ${warmup} s`);
-  console.log('shards  pace ms  puts/s  cpu us/put  main-thread us/put  rounds/s  entries/fsync  msgs/put  loadavg');
+  console.log('shards  pace ms  puts/s  cpu us/put  main-thread us/put  rounds/s  fsyncs/s  entries/fsync  msgs/put  loadavg');
   for (let r = 0; r < rounds; r++) {
     for (const shards of shardList) {
       for (const syncPaceMs of paceList) {
@@ -262,7 +266,7 @@ async function main(): Promise<void> {
         const load = (await readFile('/proc/loadavg', 'utf8').catch(() => '?')).split(' ').slice(0, 3).join(' ');
         console.log(
           `${String(shards).padStart(6)}  ${String(syncPaceMs).padStart(7)}  ${String(m.putsPerSec).padStart(6)}  ${m.cpuUsPerPut.toFixed(1).padStart(10)}  ` +
-            `${(m.mainUsPerPut?.toFixed(1) ?? '-').padStart(18)}  ${m.roundsPerSec.toFixed(0).padStart(8)}  ${m.entriesPerFsync.toFixed(1).padStart(13)}  ${m.msgsPerPut.toFixed(2).padStart(8)}  ${load}`,
+            `${(m.mainUsPerPut?.toFixed(1) ?? '-').padStart(18)}  ${m.roundsPerSec.toFixed(0).padStart(8)}  ${m.fsyncsPerSec.toFixed(0).padStart(8)}  ${m.entriesPerFsync.toFixed(1).padStart(13)}  ${m.msgsPerPut.toFixed(2).padStart(8)}  ${load}`,
         );
       }
     }
