@@ -47,6 +47,20 @@ const nextBatchIssued = (engine: MemoryEngine): Promise<void> =>
       return p;
     };
   });
+/** Group 1's state record k<n> = v<n> (as an applied round stages them). */
+const stateRec = (n: number) => [{ type: 'put' as const, key: `${stateKeyPrefix(1)}k${n}`, value: enc.encode(`v${n}`) }];
+
+/** A store set up as a paced host sets it (writeOnlyFlushed, onSyncStart counted) with group 1's entry 1 durable (one synced batch). */
+async function pacedStore(latencyMs: number): Promise<{ engine: MemoryEngine; s: RaftLogStore; syncStarts: () => number }> {
+  const engine = new MemoryEngine({ latencyMs });
+  const s = await RaftLogStore.open(engine);
+  s.writeOnlyFlushed = true;
+  let starts = 0;
+  s.onSyncStart = () => void starts++;
+  s.persistReady(1, { entries: ents(1, 1, 1), hardState: { term: 1, vote: 1, commit: 0 } });
+  await s.flush();
+  return { engine, s, syncStarts: () => starts };
+}
 const show = (es: readonly Entry[]): string[] => es.map((e) => `${e.index}/${e.term}/${e.type}/${dec.decode(e.data)}`);
 const logOf = (ms: MemoryStorage): string[] => show(ms.entries(ms.firstIndex(), ms.lastIndex() + 1));
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -578,18 +592,11 @@ describe('RaftLogStore group commit and failures (MemoryEngine)', () => {
   });
 
   it('with writeOnlyFlushed (a paced host), whenWritten writes the state records before the first unflushed log unit, never that unit; onSyncStart marks each synced batch', async () => {
-    const engine = new MemoryEngine({ latencyMs: 1 });
-    const s = await RaftLogStore.open(engine);
-    s.writeOnlyFlushed = true;
-    let syncStarts = 0;
-    s.onSyncStart = () => void syncStarts++;
-    const rec = (n: number) => [{ type: 'put' as const, key: `${stateKeyPrefix(1)}k${n}`, value: enc.encode(`v${n}`) }];
-    s.persistReady(1, { entries: ents(1, 1, 1), hardState: { term: 1, vote: 1, commit: 0 } });
-    await s.flush();
-    expect(syncStarts).toBe(1);
-    s.stageStateOps(1, rec(1)); // an applied round's records
+    const { engine, s, syncStarts } = await pacedStore(1);
+    expect(syncStarts()).toBe(1);
+    s.stageStateOps(1, stateRec(1)); // an applied round's records
     s.persistReady(1, { entries: ents(2, 2, 1) }); // a round held for the pace
-    s.stageStateOps(1, rec(2)); // records staged after it
+    s.stageStateOps(1, stateRec(2)); // records staged after it
     const written = s.whenWritten();
     let settled = false;
     void written.then(() => (settled = true));
@@ -603,21 +610,14 @@ describe('RaftLogStore group commit and failures (MemoryEngine)', () => {
     expect(settled).toBe(false);
     await s.flush();
     await written;
-    expect(syncStarts).toBe(2);
+    expect(syncStarts()).toBe(2);
     expect(dec.decode(engine.getSync(`${stateKeyPrefix(1)}k2`))).toBe('v2');
     expect((await RaftLogStore.open(engine.crash())).storageFor(1).lastIndex()).toBe(2);
   });
 
   it('with writeOnlyFlushed, a flush that waits only for units written unsynced resolves although a held unit was staged after them (a marker batch syncs them; the held unit stays held)', async () => {
-    const engine = new MemoryEngine({ latencyMs: 3 });
-    const s = await RaftLogStore.open(engine);
-    s.writeOnlyFlushed = true;
-    let syncStarts = 0;
-    s.onSyncStart = () => void syncStarts++;
-    const rec = (n: number) => [{ type: 'put' as const, key: `${stateKeyPrefix(1)}k${n}`, value: enc.encode(`v${n}`) }];
-    s.persistReady(1, { entries: ents(1, 1, 1), hardState: { term: 1, vote: 1, commit: 0 } });
-    await s.flush();
-    s.stageStateOps(1, rec(1)); // an applied round's records
+    const { engine, s, syncStarts } = await pacedStore(3);
+    s.stageStateOps(1, stateRec(1)); // an applied round's records
     const issued = nextBatchIssued(engine);
     const written = s.whenWritten();
     await issued; // k1's unsynced batch is in flight
@@ -627,7 +627,7 @@ describe('RaftLogStore group commit and failures (MemoryEngine)', () => {
     await flushed; // the old loop stopped at the held unit: this never resolved
     expect(engine.unsyncedBatches).toBe(0);
     expect(engine.counters).toEqual({ batches: 3, syncedBatches: 2 });
-    expect(syncStarts).toBe(2);
+    expect(syncStarts()).toBe(2);
     expect(engine.getSync(logKey(1, 2))).toBeUndefined(); // held: not written with the marker
     expect(engine.getSync('x/sync')).toBeUndefined();
     await s.flush();
@@ -636,13 +636,9 @@ describe('RaftLogStore group commit and failures (MemoryEngine)', () => {
   });
 
   it('turning writeOnlyFlushed off writes what a waiting whenWritten asked for, unflushed units included (an idle host: nothing else would flush them)', async () => {
-    const engine = new MemoryEngine({ latencyMs: 1 });
-    const s = await RaftLogStore.open(engine);
-    s.writeOnlyFlushed = true;
-    s.persistReady(1, { entries: ents(1, 3, 1), hardState: { term: 1, vote: 1, commit: 3 } });
-    await s.flush();
+    const { engine, s } = await pacedStore(1);
     s.setConf(1, CONF); // a unit no round flushes (as a compaction's)
-    s.stageStateOps(1, [{ type: 'put', key: `${stateKeyPrefix(1)}k1`, value: enc.encode('v1') }]);
+    s.stageStateOps(1, stateRec(1));
     const written = s.whenWritten();
     let settled = false;
     void written.then(() => (settled = true));
