@@ -1047,7 +1047,7 @@ export class RaftLogStore {
           // units written unsynced before them must not wait for their flush (it may never come,
           // e.g. when the flush is the one the host awaits before releasing them): a marker batch,
           // synced and written ahead of them, makes what is written durable.
-          if (!syncWanted) break;
+          if (!syncWanted || this.waiters[0]!.target > this.writtenSeq) break;
           await this.syncWritten();
           continue;
         }
