@@ -237,7 +237,9 @@ export class KvNode implements KvBackend {
 
   /** Calls `fn` once this node has learned it was removed and has stopped its groups and transport. */
   onRemoved(fn: (info: RemovalInfo) => void): void {
-    this.removedListeners.push(fn);
+    const info = this.removedInfo;
+    if (info && this.leaving) void this.leaving.then(() => fn(info)); // learned before this listener came
+    else this.removedListeners.push(fn);
   }
 
   /**

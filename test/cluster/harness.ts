@@ -48,6 +48,8 @@ export interface ClusterNode {
   stderr: string[];
   /** Joined a running cluster (`--join`) instead of being one of the initial members. */
   joined?: boolean;
+  /** The JSON event lines (`{"event":...}`) the current process printed on stdout, in order, each with `receivedAtMs` (this process's clock). */
+  events?: { event?: string; [field: string]: unknown }[];
 }
 
 /** Options of a test cluster. */
@@ -82,6 +84,8 @@ export class KvdCluster {
   private readonly baseDir: string;
   private readonly peers: string;
   private clients: KvClient[] = [];
+  /** Woken at each event line of any node (see {@link waitForEvent}). */
+  private eventWaiters: (() => void)[] = [];
 
   private constructor(
     addresses: { address: string; peerAddress: string }[],
@@ -152,6 +156,8 @@ export class KvdCluster {
     ];
     const proc = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, KVCASCADE_LOG_LEVEL: process.env.KVD_TEST_LOG_LEVEL ?? 'warn' } });
     n.proc = proc;
+    const events: NonNullable<ClusterNode['events']> = [];
+    n.events = events;
     const logDir = process.env.KVD_TEST_LOG_DIR;
     if (logDir) mkdirSync(logDir, { recursive: true });
     proc.stderr!.on('data', (d: Buffer) => {
@@ -169,6 +175,8 @@ export class KvdCluster {
       lines.on('line', (line) => {
         if (!line.startsWith('{')) return;
         const msg = JSON.parse(line) as { event?: string; metricsPort?: number };
+        events.push({ ...msg, receivedAtMs: Date.now() });
+        for (const w of this.eventWaiters.splice(0)) w();
         if (msg.event === 'ready') {
           clearTimeout(timer);
           n.metricsPort = msg.metricsPort ?? 0;
@@ -195,6 +203,24 @@ export class KvdCluster {
     const [port, peerPort] = await freePorts(2);
     const host = this.opts.advertiseHost ?? '127.0.0.1';
     return { address: `${host}:${port}`, peerAddress: `${host}:${peerPort}` };
+  }
+
+  /** Resolves with node `id`'s first stdout event line named `event` (of its current process), failing after `timeoutMs`. */
+  async waitForEvent(id: number, event: string, timeoutMs = 60_000): Promise<{ event?: string; [field: string]: unknown }> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const found = this.node(id).events?.find((e) => e.event === event);
+      if (found) return found;
+      const left = deadline - Date.now();
+      if (left <= 0) throw new Error(`node ${id} printed no ${event} event within ${timeoutMs} ms`);
+      await new Promise<void>((res) => {
+        const timer = setTimeout(res, left);
+        this.eventWaiters.push(() => {
+          clearTimeout(timer);
+          res();
+        });
+      });
+    }
   }
 
   /** Kills a node's process (default SIGKILL: no chance to flush anything). */
