@@ -3,8 +3,8 @@
  * create pools, add and remove members (these need the admin token), and read the shard map and
  * every member's status (these do not).
  *
- * Size: about 700 lines — the AdminClient class (~380, one short method per RPC, with the
- * per-node merge of extension listings) and the decoders of the Admin service's JSON records into
+ * Size: about 760 lines — the AdminClient class (~440, one short method per RPC, with the
+ * per-node merge of extension listings, asked of every member in parallel) and the decoders of the Admin service's JSON records into
  * the types above it (~260); they change together with admin.proto. The next split: the decoders
  * to their own module.
  */

@@ -415,7 +415,7 @@ export class GrpcPeerTransport implements Transport {
     stream.on('error', (e: grpc.ServiceError) => {
       const refusal = nonMemberRefusal(c.id, e);
       if (refusal) {
-        this.log.warn({ peer: c.id, peerMapEpoch: refusal.mapEpoch }, 'a peer refused this node: its cluster map does not list this node as a member');
+        this.log.debug({ peer: c.id, peerMapEpoch: refusal.mapEpoch }, 'a peer refused this node: its cluster map does not list this node as a member');
         this.refusedAsNonMember(refusal);
       }
       fail(String(e));
