@@ -296,4 +296,32 @@ describe('sharding on the node', () => {
     h.transports.get(4)!.refused({ by: 1, mapEpoch: info.epoch + 100 });
     expect(n4.removal).toBe(info);
   }, 120_000);
+
+  it('a (re-)joined node ignores a refuser behind the map it joined with; a newer one counts', async () => {
+    // Node 4 joins with a seed map (epoch 100) that lists it, as after `member remove` then `member add`.
+    const seedMap: ClusterMap = {
+      epoch: 100,
+      members: [1, 2, 3, 4].map((id) => ({ id, address: `127.0.0.1:${7200 + id}`, state: 'active' as const })),
+      metaVoters: [1, 2, 3],
+      pools: [{ name: '', shards: 1, replicas: 3, state: 'active' as const } as unknown as ClusterMap['pools'][number]],
+      shards: [{ group: 1, pool: '', index: 0, replicas: [1, 2, 3], initial: [1, 2, 3], preferredLeader: 1 }],
+      nextGroup: 2,
+    };
+    const hub = new LoopbackHub();
+    const t4 = hub.transport(4);
+    const n4 = await KvNode.open({ id: 4, members: new Map(), join: true, seedMap, tickMs: 10, log: silentLogger(), onFatal: (e) => { throw e; } }, new MemoryEngine(), t4);
+    running = { nodes: [n4], hub, transports: new Map([[4, t4]]), admins: [], add: () => Promise.reject(new Error('unused')) };
+    n4.start();
+    // A peer still at epoch 90 (removal applied, re-add not yet) refuses node 4: no proof.
+    t4.refused({ by: 1, mapEpoch: 90 });
+    t4.refused({ by: 2, mapEpoch: 100 });
+    await new Promise((r) => setImmediate(r));
+    expect(n4.removal).toBeUndefined();
+    expect(t4.closed).toBe(false);
+    // A map newer than the seed that drops node 4 again does.
+    t4.refused({ by: 3, mapEpoch: 120 });
+    await until('node 4 removed', () => n4.removal);
+    expect(n4.removal).toMatchObject({ epoch: 120, by: 3 });
+    await until('transport closed', () => t4.closed);
+  });
 });
