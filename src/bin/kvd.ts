@@ -235,7 +235,7 @@ function faultInjection(transport: GrpcPeerTransport, log: Logger): (req: Incomi
 }
 
 /** The file a node removed from the cluster leaves in its data folder; kvd refuses to start on a folder that has it. */
-export const REMOVED_MARKER_FILE = 'removed-from-cluster.json';
+const REMOVED_MARKER_FILE = 'removed-from-cluster.json';
 
 /** Exit code of a kvd started on the data folder of a removed member. */
 const EXIT_REMOVED = 2;
