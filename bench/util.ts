@@ -1,12 +1,12 @@
 /** Small helpers shared by the benchmark harness: locating repo files, free ports, polling with backoff, child-process lifecycle, and an event-loop probe. */
 import { existsSync } from 'node:fs';
 import { copyFile, mkdir, readdir, readFile } from 'node:fs/promises';
-import { createServer, type Server } from 'node:net';
 import { delimiter, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { ChildProcess } from 'node:child_process';
 import type { Transport } from '../src/node/transport.js';
 import type { Message } from '../src/raft/index.js';
+import { leasePorts } from '../test/cluster/ports.js';
 
 /**
  * The repository root: the first ancestor of this module (bench/ when run from source, dist/bench/
@@ -25,28 +25,12 @@ export function repoRoot(): string {
 }
 
 /**
- * Reserves `n` distinct free TCP ports on `host` by binding port 0 `n` times at once, then
- * releases them all. There is a small window before the caller binds them; callers retry on a clash.
+ * Leases `n` distinct ports free on `host` from 20000–32767 through the tests' lock files
+ * (test/cluster/ports.ts), so a benchmark never races a test file or another benchmark for a
+ * port; the leases end when this process exits.
  */
 export async function freePorts(n: number, host = '127.0.0.1'): Promise<number[]> {
-  const servers: Server[] = [];
-  try {
-    const ports: number[] = [];
-    for (let i = 0; i < n; i++) {
-      const srv = createServer();
-      servers.push(srv);
-      await new Promise<void>((resolve, reject) => {
-        srv.once('error', reject);
-        srv.listen(0, host, () => resolve());
-      });
-      const addr = srv.address();
-      if (addr === null || typeof addr === 'string') throw new Error('freePorts: unexpected address');
-      ports.push(addr.port);
-    }
-    return ports;
-  } finally {
-    await Promise.all(servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
-  }
+  return leasePorts(n, host);
 }
 
 /** Options of {@link pollUntil}. */

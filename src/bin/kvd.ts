@@ -1,7 +1,7 @@
 #!/usr/bin/env -S node --max-semi-space-size=32
 /** `kvd`: starts one kvcascade node from flags or a JSON config file. (The shebang passes runtime-flags.ts's KVD_NODE_FLAGS; run as `node kvd.js`, pass them yourself.) */
 import * as grpc from '@grpc/grpc-js';
-import { chmodSync, mkdirSync, statSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -39,7 +39,8 @@ import { createNodeConsole } from '../console/index.js';
 import { AccessControl } from '../auth/access-control.js';
 import { addAuthService } from '../server/auth-service.js';
 import type { LambdaKv } from '../extensions/store-access.js';
-import { META_GROUP } from '../node/kv-node.js';
+import { META_GROUP, type RemovalInfo } from '../node/kv-node.js';
+import { RemovalGate } from '../server/removal-gate.js';
 
 /** How often a joining node with `--join-auto-add` asks the cluster to add it, while it is not a member yet. */
 const AUTO_ADD_RETRY_MS = 5_000;
@@ -233,6 +234,39 @@ function faultInjection(transport: GrpcPeerTransport, log: Logger): (req: Incomi
   };
 }
 
+/** The file a node removed from the cluster leaves in its data folder; kvd refuses to start on a folder that has it. */
+const REMOVED_MARKER_FILE = 'removed-from-cluster.json';
+
+/** Exit code of a kvd started on the data folder of a removed member. */
+const EXIT_REMOVED = 2;
+
+/**
+ * Refuses to start on the data folder of a member removed from the cluster (it left
+ * {@link REMOVED_MARKER_FILE}): its replicas are stale and the cluster no longer knows it, so the
+ * operator must wipe the folder and add the node again. Returns the message, or undefined.
+ */
+function removedDataDirMessage(dataDir: string, id: number): string | undefined {
+  const path = join(dataDir, REMOVED_MARKER_FILE);
+  if (!existsSync(path)) return undefined;
+  let detail = '';
+  try {
+    const note = JSON.parse(readFileSync(path, 'utf8')) as { epoch?: unknown; at?: unknown; id?: unknown };
+    detail = ` (node ${String(note.id ?? id)}, at map epoch ${String(note.epoch ?? '?')}, ${String(note.at ?? 'time unknown')})`;
+  } catch {
+    detail = ' (its note is unreadable)';
+  }
+  return (
+    `this data directory (${dataDir}) belongs to a node that was removed from the cluster${detail}; see ${path}. ` +
+    `Refusing to start. To re-join: wipe the directory, add the node again (kvctl member add ${id} <address>) and start kvd with --join`
+  );
+}
+
+/** Leaves the removal note in the data folder (see {@link removedDataDirMessage}). */
+function writeRemovedMarker(dataDir: string, id: number, info: RemovalInfo): void {
+  const note = { id, epoch: info.epoch, by: info.by, ownEpoch: info.ownEpoch, at: new Date().toISOString(), message: info.message };
+  writeFileSync(join(dataDir, REMOVED_MARKER_FILE), `${JSON.stringify(note, null, 2)}\n`, { mode: 0o600 });
+}
+
 /** Creates the data folder readable by this user only (0700), tightening an existing one. */
 function createPrivateDir(dir: string, log: Logger): void {
   mkdirSync(dir, { recursive: true, mode: 0o700 });
@@ -252,6 +286,11 @@ async function main(): Promise<void> {
     if (code === 'commander.helpDisplayed' || code === 'commander.version') process.exit(0);
     process.stderr.write(`kvd: ${(e as Error).message}\n`);
     process.exit(2);
+  }
+  const removedMessage = removedDataDirMessage(cfg.dataDir, cfg.id);
+  if (removedMessage !== undefined) {
+    process.stderr.write(`kvd: ${removedMessage}\n`);
+    process.exit(EXIT_REMOVED);
   }
   const log = createLogger('kvd', { node: cfg.id });
   installCpuProfileSignal(`kvd-n${cfg.id}`, (msg) => log.info(msg));
@@ -315,7 +354,9 @@ async function main(): Promise<void> {
   const metrics = new NodeMetrics(node);
   node.observer = metrics.observer();
   metrics.watchTransport(transport);
-  const server = createGrpcServer();
+  // Once the node learns it was removed from the cluster, every client call is refused (NODE_REMOVED).
+  const gate = new RemovalGate();
+  const server = createGrpcServer({ interceptors: [gate.interceptor] });
   // One stub pool and one coordinator per node: the client API, the extension lambdas and the
   // cluster probe all route through them.
   const stubs = new NodeStubs({ credentials: creds.clientDial });
@@ -423,7 +464,7 @@ async function main(): Promise<void> {
   const peerServer = cfg.peerListen !== undefined ? new grpc.Server(PEER_SERVER_OPTIONS) : undefined;
   let peerPort: number | undefined;
   if (peerServer) {
-    transport.register(peerServer, { isMember: (id) => node.isMember(id), authenticate: creds.peerAuthenticator });
+    transport.register(peerServer, { isMember: (id) => node.isMember(id), mapEpoch: () => node.shardMap().epoch, authenticate: creds.peerAuthenticator });
     peerPort = await bind(peerServer, cfg.peerListen!, creds.peerServer);
   }
   const faults = cfg.testFaultInjection ? faultInjection(transport, log) : undefined;
@@ -452,12 +493,31 @@ async function main(): Promise<void> {
   // A machine-readable readiness line for supervisors and tests.
   process.stdout.write(`${JSON.stringify({ event: 'ready', id: cfg.id, port, peerPort, metricsPort: m.port })}\n`);
 
+  // Removed from the cluster (a peer with a newer map refused this node): the node has stopped its
+  // groups and peer transport; refuse every client call, stop the node's services, leave a note
+  // in the data folder (a later start refuses) and say so once on stdout. The process keeps
+  // answering (UNAVAILABLE, NOT_SERVING) until it is stopped.
+  node.onRemoved((info) => {
+    gate.close(info.message);
+    try {
+      writeRemovedMarker(cfg.dataDir, cfg.id, info);
+    } catch (e) {
+      log.error({ err: String(e) }, `could not write ${REMOVED_MARKER_FILE}`);
+    }
+    log.error({ epoch: info.epoch, by: info.by, ownEpoch: info.ownEpoch }, info.message);
+    process.stdout.write(`${JSON.stringify({ event: 'removed', id: cfg.id, epoch: info.epoch, by: info.by, ownEpoch: info.ownEpoch, message: info.message })}\n`);
+    leases.stop();
+    configured.stop();
+    cluster.stop();
+    void extensions.stop().catch(() => {});
+  });
+
   const stop = async (signal: string) => {
     if (stopping) return;
     stopping = true;
     log.info({ signal }, 'stopping');
-    // Hand the leaderships over first (bounded), so clients see a leader change, not a dead leader.
-    const drained = await node.drain(Date.now() + DRAIN_ON_STOP_MS).catch(() => undefined);
+    // Hand the leaderships over first (bounded), so clients see a leader change, not a dead leader (a removed node leads nothing).
+    const drained = node.removal ? undefined : await node.drain(Date.now() + DRAIN_ON_STOP_MS).catch(() => undefined);
     if (drained && drained.led > 0) log.info({ led: drained.led, stillLeading: drained.stillLeading }, 'leaderships handed over before stopping');
     // The counterpart of the readiness line.
     process.stdout.write(`${JSON.stringify({ event: 'stopping', id: cfg.id, signal, led: drained?.led ?? 0, stillLeading: drained?.stillLeading ?? [] })}\n`);

@@ -189,6 +189,7 @@ export function registerExtCommands(program: Command, ctx: ExtCommandContext): v
           ctx.out.write('\ndelivery (per shard, on the node leading it; LAG = shard revision - cursor):\n');
           ctx.out.write(ctx.formatTable(['NAME', 'WATCH', 'SHARD', 'NODE', 'CURSOR', 'REVISION', 'LAG', 'BACKLOG'], cursors));
         }
+        for (const m of l.missingMembers) ctx.out.write(`missing member ${m.id} (${m.address}): did not answer: ${m.error}\n`);
         if (l.unreachable.length > 0) ctx.out.write(`unreachable: ${l.unreachable.join(', ')}\n`);
         if (l.loading > 0) ctx.out.write(`warning: ${l.loading} node entr${l.loading === 1 ? 'y is' : 'ies are'} still loading the registered generation (STATE loading): run kvctl ext ls again\n`);
       } finally {

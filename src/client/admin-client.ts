@@ -3,8 +3,8 @@
  * create pools, add and remove members (these need the admin token), and read the shard map and
  * every member's status (these do not).
  *
- * Size: about 700 lines — the AdminClient class (~380, one short method per RPC, with the
- * per-node merge of extension listings) and the decoders of the Admin service's JSON records into
+ * Size: about 760 lines — the AdminClient class (~440, one short method per RPC, with the
+ * per-node merge of extension listings, asked of every member in parallel) and the decoders of the Admin service's JSON records into
  * the types above it (~260); they change together with admin.proto. The next split: the decoders
  * to their own module.
  */
@@ -288,13 +288,25 @@ export interface ExtensionList {
   readonly records: ExtensionRecordInfo[];
   readonly statuses: ExtensionNodeInfo[];
   readonly metadataLeader: string;
-  /** Endpoints that did not answer: their nodes' statuses are missing. */
+  /** Addresses asked (members and endpoints) that did not answer: their nodes' statuses are missing. */
   readonly unreachable: string[];
+  /** Members of the cluster map that did not answer, at their map address or at an endpoint, within the per-node deadline. */
+  readonly missingMembers: MissingMember[];
   /** Status entries of registered extensions still `loading` on their node (its registered generation not loaded there yet). */
   readonly loading: number;
-  /** No endpoint unreachable and no registered extension still loading on an answering node. */
+  /** No member missing, no endpoint unreachable and no registered extension still loading on an answering node. */
   readonly complete: boolean;
 }
+
+/** A member that did not answer ListExtensions, and why. */
+export interface MissingMember {
+  readonly id: number;
+  readonly address: string;
+  readonly error: string;
+}
+
+/** How long {@link AdminClient.list} waits for each node (they are asked in parallel). */
+export const EXT_LIST_NODE_DEADLINE_MS = 10_000;
 
 /** One node's answer to ListExtensions: its id (0 when the node does not send it) and its statuses. */
 export interface NodeExtensionAnswer {
@@ -375,46 +387,93 @@ export class AdminClient {
     return new Date(Date.now() + (this.opts.deadlineMs ?? 60_000));
   }
 
-  private unary<T>(address: string, method: string, req: unknown): Promise<T> {
+  private unary<T>(address: string, method: string, req: unknown, deadlineMs?: number): Promise<T> {
     return new Promise((resolve, reject) => {
       (this.stub(address)[method] as (r: unknown, md: grpc.Metadata, o: grpc.CallOptions, cb: (e: grpc.ServiceError | null, r?: T) => void) => void)(
         req,
         this.md(),
-        { deadline: this.deadline() },
+        { deadline: deadlineMs === undefined ? this.deadline() : new Date(Date.now() + deadlineMs) },
         (e, r) => (e ? reject(serviceCallError(e, address, [META_LEADER_METADATA])) : resolve(r as T)),
       );
     });
   }
 
   /**
-   * The registry and every reachable node's status of each extension. A node that has not
-   * loaded an extension's registered generation yet is listed as `loading` (by the node itself,
-   * or here when its registry has not even seen the record); `loading` counts those entries and
-   * `unreachable` names the endpoints that did not answer: the list is complete when both are
-   * zero (`complete`). Nothing is left out silently.
+   * The registry and every reachable node's status of each extension. Every member of the cluster
+   * map (and every endpoint) is asked in parallel, each within `perNodeDeadlineMs` (default
+   * {@link EXT_LIST_NODE_DEADLINE_MS}), so a dead or frozen node costs one deadline, not a hang.
+   * A node that has not loaded an extension's registered generation yet is listed as `loading`
+   * (by the node itself, or here when its registry has not even seen the record); `loading`
+   * counts those entries, `missingMembers` names the members that did not answer and
+   * `unreachable` the addresses: the list is complete when all are empty (`complete`). Nothing is
+   * left out silently. Without a map (no node serves one), only the endpoints are asked.
    */
-  async list(): Promise<ExtensionList> {
+  async list(o: { perNodeDeadlineMs?: number } = {}): Promise<ExtensionList> {
+    const perNodeMs = o.perNodeDeadlineMs ?? EXT_LIST_NODE_DEADLINE_MS;
+    const map = await this.newestMap(perNodeMs);
+    const members = map?.members ?? [];
+    const addresses = [...new Set([...members.map((m) => m.address), ...this.opts.endpoints])];
+    type Answer = { records: ExtensionRecordInfo[]; metadataLeader: string; answer: NodeExtensionAnswer } | { error: unknown };
+    const results = await Promise.all(
+      addresses.map(async (ep): Promise<Answer> => {
+        try {
+          const r = await this.unary<{ records?: Record<string, unknown>[]; statuses?: Record<string, unknown>[]; metadataLeader?: string; nodeId?: number }>(ep, 'listExtensions', {}, perNodeMs);
+          return { records: (r.records ?? []).map(fromRecord), metadataLeader: r.metadataLeader ?? '', answer: { nodeId: num(r.nodeId), statuses: (r.statuses ?? []).map(fromStatus) } };
+        } catch (error) {
+          return { error };
+        }
+      }),
+    );
     let records: ExtensionRecordInfo[] | undefined;
     let metadataLeader = '';
     const answers: NodeExtensionAnswer[] = [];
+    const answeredIds = new Set<number>();
+    const answeredAddresses = new Set<string>();
+    const errors = new Map<string, string>();
     const unreachable: string[] = [];
     let lastError: unknown;
-    for (const ep of this.opts.endpoints) {
-      try {
-        const r = await this.unary<{ records?: Record<string, unknown>[]; statuses?: Record<string, unknown>[]; metadataLeader?: string; nodeId?: number }>(ep, 'listExtensions', {});
-        records ??= (r.records ?? []).map(fromRecord);
-        if (r.metadataLeader) metadataLeader = r.metadataLeader;
-        answers.push({ nodeId: num(r.nodeId), statuses: (r.statuses ?? []).map(fromStatus) });
-      } catch (e) {
+    results.forEach((r, i) => {
+      const ep = addresses[i]!;
+      if ('error' in r) {
+        const e = r.error;
         if (e instanceof KvError && (e.code === 'UNAUTHENTICATED' || e.code === 'PERMISSION_DENIED')) throw e;
         unreachable.push(ep);
+        errors.set(ep, e instanceof Error ? e.message : String(e));
         lastError = e;
+        return;
       }
-    }
+      answeredAddresses.add(ep);
+      records ??= r.records;
+      if (r.metadataLeader) metadataLeader = r.metadataLeader;
+      // A node reached at its map address and at an endpoint answers once.
+      if (r.answer.nodeId > 0 && answeredIds.has(r.answer.nodeId)) return;
+      if (r.answer.nodeId > 0) answeredIds.add(r.answer.nodeId);
+      answers.push(r.answer);
+    });
     if (!records) throw lastError instanceof Error ? lastError : new KvError(grpc.status.UNAVAILABLE, 'no node answered');
+    const missingMembers = members
+      .filter((m) => !answeredIds.has(m.id) && !answeredAddresses.has(m.address))
+      .map((m) => ({ id: m.id, address: m.address, error: errors.get(m.address) ?? 'did not answer' }));
     const statuses = withPendingNodes(records, answers);
-    const loading = statuses.filter((s) => s.state === 'loading' && records.some((r) => r.name === s.name)).length;
-    return { records, statuses, metadataLeader, unreachable, loading, complete: loading === 0 && unreachable.length === 0 };
+    const loading = statuses.filter((s) => s.state === 'loading' && records!.some((r) => r.name === s.name)).length;
+    // A member reached at an endpoint (another name for it) is not unreachable for missing its map address.
+    const stillUnreachable = unreachable.filter((a) => !members.some((m) => m.address === a && answeredIds.has(m.id)));
+    return { records, statuses, metadataLeader, unreachable: stillUnreachable, missingMembers, loading, complete: loading === 0 && stillUnreachable.length === 0 && missingMembers.length === 0 };
+  }
+
+  /** The newest cluster map the endpoints serve, asked in parallel within `deadlineMs`; undefined when none serves one. */
+  private async newestMap(deadlineMs: number): Promise<ClusterMap | undefined> {
+    const maps = await Promise.all(
+      this.opts.endpoints.map((ep) =>
+        this.clusterCall<GetShardMapResponseMsg>(ep, 'getShardMap', deadlineMs).then(
+          (r) => parseShardMap(num(r.epoch), r.mapJson ?? '', ep),
+          () => undefined,
+        ),
+      ),
+    );
+    let newest: ClusterMap | undefined;
+    for (const m of maps) if (m && (!newest || m.epoch > newest.epoch)) newest = m;
+    return newest;
   }
 
   /**

@@ -7,6 +7,7 @@ import {
   DeadlineError,
   NotLeaderError,
   OverloadedError,
+  NodeRemovedError,
   UnavailableError,
   WrongShardError,
 } from '../node/backend.js';
@@ -67,6 +68,7 @@ export function classify(e: unknown): OpStatus | undefined {
     return s(grpc.status.UNAVAILABLE, e.message, { retrySafe: true, leader: e.leaderAddress, shard: e.group, reason: 'NOT_LEADER' });
   }
   // A stale map (ours or the sender's): nothing was applied; the client refetches the map (kv-map-epoch) and retries.
+  if (e instanceof NodeRemovedError) return s(grpc.status.UNAVAILABLE, e.message, { retrySafe: e.retrySafe, reason: e.reason });
   if (e instanceof WrongShardError) return s(grpc.status.UNAVAILABLE, e.message, { retrySafe: true, reason: 'WRONG_SHARD' });
   // Another leader's entry took the proposal's log slot: it can never apply, so a retry is safe.
   if (e instanceof ProposalLostError) return s(grpc.status.UNAVAILABLE, e.message, { retrySafe: true, reason: 'PROPOSAL_LOST' });

@@ -208,6 +208,23 @@ export class UnavailableError extends Error {
   }
 }
 
+/**
+ * This node was removed from the cluster (a peer with a newer cluster map refused it as a
+ * non-member): it serves nothing more. `retrySafe` when the call was refused before it ran (a
+ * call in flight when the node left may have committed elsewhere).
+ */
+export class NodeRemovedError extends UnavailableError {
+  /** The machine-readable reason clients see (`kv-reason`). */
+  readonly reason = 'NODE_REMOVED';
+  constructor(
+    message: string,
+    readonly retrySafe: boolean,
+  ) {
+    super(message);
+    this.name = 'NodeRemovedError';
+  }
+}
+
 /** The call's deadline passed. A write's outcome is then unknown. */
 export class DeadlineError extends Error {
   constructor(message = 'deadline exceeded') {

@@ -13,7 +13,7 @@ import { protoDir } from '../proto-files.js';
 import { withPeerBatchCodec } from './peer-batch-codec.js';
 import { decodePacked, encodePacked } from './peer-binary.js';
 import { decodePeerMessage, forOlderPeer, toWire, type WireMessage } from './peer-codec.js';
-import type { Transport } from './transport.js';
+import type { NonMemberRefusal, Transport } from './transport.js';
 import { traceWrite, type WriteTracer } from '../write-trace.js';
 
 /** Limits and security of the peer transport. */
@@ -44,6 +44,8 @@ export type PeerAuthenticator = (call: grpc.ServerDuplexStream<unknown, unknown>
 export interface PeerServiceOptions {
   /** Whether `id` is a current member (streams from others are refused). */
   readonly isMember: (id: NodeId) => boolean;
+  /** The epoch of the cluster map `isMember` reads, sent with a non-member refusal (absent: 0, which no node takes as news). */
+  readonly mapEpoch?: () => number;
   readonly authenticate: PeerAuthenticator;
 }
 
@@ -57,6 +59,13 @@ interface RaftBatchWire {
 
 /** Header of a peer stream's receiver that reads `RaftBatch.packed`. */
 const PACKED_HEADER = 'kv-peer-packed';
+/**
+ * Trailer of a peer stream refused because the sender is not a member: `not-member`, with the
+ * refuser's map epoch in `kv-map-epoch` (the sender may conclude it was removed from the cluster).
+ */
+export const PEER_REFUSAL_HEADER = 'kv-peer-refusal';
+/** Trailer of a non-member refusal: the refuser's map epoch (the same name as the client API's `kv-map-epoch`). */
+const META_MAP_EPOCH = 'kv-map-epoch';
 /** Header of a peer stream's receiver that takes streamed snapshot transfers (Snap without `total` until the last chunk, `crc`). */
 const SNAPSTREAM_HEADER = 'kv-peer-snapstream';
 
@@ -136,6 +145,7 @@ export class GrpcPeerTransport implements Transport {
   private readonly conns = new Map<NodeId, PeerConn>();
   private handler: (messages: readonly Message[]) => void = () => {};
   private unreachable: (peer: NodeId) => void = () => {};
+  private refusedAsNonMember: (refusal: NonMemberRefusal) => void = () => {};
   private closed = false;
   private blockedTo: ReadonlySet<NodeId> = new Set();
   private readonly maxQueued: number;
@@ -216,11 +226,11 @@ export class GrpcPeerTransport implements Transport {
         md.set(SNAPSTREAM_HEADER, '1');
         call.sendMetadata(md); // tells the dialer the stream is up, and that packed batches are read
         let refused = false;
-        const refuse = (why: string, fromNode: unknown) => {
+        const refuse = (why: string, fromNode: unknown, trailers?: grpc.Metadata) => {
           this.rejectedBatches++;
           refused = true;
           this.log.warn({ peer: call.getPeer(), fromNode, authenticatedAs: sender, why }, 'refusing a peer stream');
-          endWith(call, grpc.status.PERMISSION_DENIED, why);
+          endWith(call, grpc.status.PERMISSION_DENIED, why, trailers);
         };
         call.on('data', (batch: RaftBatchWire) => {
           if (this.closed || refused) return;
@@ -228,7 +238,13 @@ export class GrpcPeerTransport implements Transport {
           if (sender === undefined) sender = fromNode; // plaintext: the first batch binds the stream
           if (fromNode !== sender) return refuse(`batch claims node ${fromNode} on a stream of node ${sender}`, fromNode);
           if (fromNode === this.selfId) return refuse(`batch claims to come from this node (${fromNode})`, fromNode);
-          if (!opts.isMember(fromNode)) return refuse(`node ${fromNode} is not a member`, fromNode);
+          if (!opts.isMember(fromNode)) {
+            const epoch = opts.mapEpoch?.() ?? 0;
+            const trailers = new grpc.Metadata();
+            trailers.set(PEER_REFUSAL_HEADER, 'not-member');
+            trailers.set(META_MAP_EPOCH, String(epoch));
+            return refuse(`node ${fromNode} is not a member (cluster map epoch ${epoch} of node ${this.selfId})`, fromNode, trailers);
+          }
           let wires: unknown[] = batch.messages ?? [];
           if (batch.packed !== undefined && batch.packed.length > 0) {
             try {
@@ -289,6 +305,10 @@ export class GrpcPeerTransport implements Transport {
 
   onUnreachable(handler: (peer: NodeId) => void): void {
     this.unreachable = handler;
+  }
+
+  onRefusedAsNonMember(handler: (refusal: NonMemberRefusal) => void): void {
+    this.refusedAsNonMember = handler;
   }
 
   private scheduleFlush(c: PeerConn): void {
@@ -392,7 +412,14 @@ export class GrpcPeerTransport implements Transport {
         c.snapStream = md.get(SNAPSTREAM_HEADER)[0] === '1';
       }
     });
-    stream.on('error', (e) => fail(String(e)));
+    stream.on('error', (e: grpc.ServiceError) => {
+      const refusal = nonMemberRefusal(c.id, e);
+      if (refusal) {
+        this.log.debug({ peer: c.id, peerMapEpoch: refusal.mapEpoch }, 'a peer refused this node: its cluster map does not list this node as a member');
+        this.refusedAsNonMember(refusal);
+      }
+      fail(String(e));
+    });
     stream.on('end', () => fail('ended'));
     stream.on('close', () => fail('closed'));
     return stream;
@@ -418,8 +445,16 @@ export class GrpcPeerTransport implements Transport {
 
 
 /** Ends a server stream with a status the caller sees (an 'error' event makes grpc-js send it as the trailers). */
-function endWith(call: grpc.ServerDuplexStream<unknown, unknown>, code: grpc.status, details: string): void {
-  call.emit('error', { code, details, name: 'PeerRefused', message: details });
+function endWith(call: grpc.ServerDuplexStream<unknown, unknown>, code: grpc.status, details: string, metadata?: grpc.Metadata): void {
+  call.emit('error', { code, details, name: 'PeerRefused', message: details, ...(metadata ? { metadata } : {}) });
+}
+
+/** The non-member refusal a peer stream's error carries (PERMISSION_DENIED with {@link PEER_REFUSAL_HEADER}), if it is one. */
+function nonMemberRefusal(by: NodeId, e: grpc.ServiceError): NonMemberRefusal | undefined {
+  if (e.code !== grpc.status.PERMISSION_DENIED || e.metadata?.get(PEER_REFUSAL_HEADER)[0] !== 'not-member') return undefined;
+  const raw = e.metadata.get(META_MAP_EPOCH)[0];
+  const mapEpoch = typeof raw === 'string' && /^[0-9]{1,16}$/.test(raw) ? Number(raw) : undefined;
+  return mapEpoch === undefined ? undefined : { by, mapEpoch };
 }
 
 /** Debug tracing (write-trace.ts): appends carrying entries as `app.send`/`app.recv` at their last index, their acknowledgements as `ack.send`/`ack.recv`. */

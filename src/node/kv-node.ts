@@ -20,6 +20,7 @@ import { RaftLogStore } from '../storage/raft-log-store.js';
 import type { KvEngine } from '../storage/kv-engine.js';
 import type { ClusterMap, ShardInfo } from '../sharding/index.js';
 import {
+  NodeRemovedError,
   UnavailableError,
   type CallOptions,
   type DeleteRequest,
@@ -44,11 +45,25 @@ import type { Scheduler } from './scheduler.js';
 import type { ShardReplica } from './replica.js';
 import { drainLeaderships, type DrainResult } from './drain.js';
 import { ReplicaSet } from './replica-set.js';
-import type { Transport } from './transport.js';
+import type { NonMemberRefusal, Transport } from './transport.js';
 
 export { DATA_GROUP, META_GROUP, NODE_DEFAULTS, KVCASCADE_VERSION } from './node-options.js';
 export type { NodeOptions, NodeObserver, LeadershipChange } from './node-options.js';
 export { withDeadline } from './driver.js';
+
+/** How this node learned it was removed from the cluster (see {@link KvNode.onRemoved}). */
+export interface RemovalInfo {
+  /** The refusing peer's map epoch: the cluster had dropped this node by then. */
+  readonly epoch: number;
+  /** The peer that refused this node as a non-member. */
+  readonly by: NodeId;
+  /** This node's own map epoch when it learned it (older than `epoch`). */
+  readonly ownEpoch: number;
+  /** When it learned it (this node's clock, ms). */
+  readonly atMs: number;
+  /** What clients are told: that it was removed, at which epoch, and what to do. */
+  readonly message: string;
+}
 
 /** One kvd process's replicas, their driving loop and the KV API they serve. */
 export class KvNode implements KvBackend {
@@ -62,6 +77,12 @@ export class KvNode implements KvBackend {
   private readonly leaseConfirmedMs = new Map<number, number>();
   /** Groups with a confirmation round in flight. */
   private readonly leaseConfirming = new Set<number>();
+  /** Set once a peer with a newer map refused this node as a non-member (see {@link removal}). */
+  private removedInfo: RemovalInfo | undefined;
+  /** The leaving (driver stopped, requests failed, transport closed) after removal. */
+  private leaving: Promise<void> | undefined;
+  private stopping: Promise<void> | undefined;
+  private readonly removedListeners: ((info: RemovalInfo) => void)[] = [];
 
   private constructor(
     opts: NodeOptions,
@@ -117,6 +138,7 @@ export class KvNode implements KvBackend {
     transport.onUnreachable((peer) => {
       for (const r of node.replicas.values()) r.reportUnreachable(peer);
     });
+    transport.onRefusedAsNonMember?.((refusal) => node.refusedAsNonMember(refusal));
     return node;
   }
 
@@ -183,14 +205,74 @@ export class KvNode implements KvBackend {
     return this.driver.draining;
   }
 
-  /** Stops ticking, fails waiting requests and closes storage and transport. */
-  async stop(): Promise<void> {
-    if (this.driver.isStopped) return;
+  /** Stops ticking, fails waiting requests and closes storage and transport (after a removal: closes storage). */
+  stop(): Promise<void> {
+    if (!this.stopping) {
+      this.stopping = (async () => {
+        if (this.leaving) await this.leaving;
+        else await this.halt(new UnavailableError('node is shutting down'));
+        await this.store.close();
+      })();
+    }
+    return this.stopping;
+  }
+
+  /** Stops ticking, fails waiting requests with `err` and closes the transport. */
+  private async halt(err: Error): Promise<void> {
     const idle = this.driver.stop();
-    this.replicas.failAll(new UnavailableError('node is shutting down'));
+    this.replicas.failAll(err);
     await this.transport.close();
     await idle;
-    await this.store.close();
+  }
+
+  /**
+   * Set once this node learned it was removed from the cluster: a peer refused its messages as a
+   * non-member, naming a map epoch newer than this node's own. From then on it ticks no group,
+   * sends nothing to peers, reports not ready and refuses every KV call with
+   * {@link NodeRemovedError} (`NODE_REMOVED`).
+   */
+  get removal(): RemovalInfo | undefined {
+    return this.removedInfo;
+  }
+
+  /** Calls `fn` once this node has learned it was removed and has stopped its groups and transport. */
+  onRemoved(fn: (info: RemovalInfo) => void): void {
+    const info = this.removedInfo;
+    if (info && this.leaving) void this.leaving.then(() => fn(info)); // learned before this listener came
+    else this.removedListeners.push(fn);
+  }
+
+  /**
+   * A peer refused this node as a non-member. Only a refuser whose map is newer than everything
+   * this node knows as a member counts: one that is behind (it has not applied this node's
+   * addition, e.g. after a remove and re-add) or a node that never saw itself in a map (a joining
+   * node before its map) proves nothing. The seed map a joining node started from counts as known,
+   * so a refuser behind a re-add is ignored even while the node replays older maps.
+   */
+  private refusedAsNonMember(refusal: NonMemberRefusal): void {
+    if (this.removedInfo || this.stopping || this.driver.isStopped) return;
+    const map = this.shardMap();
+    const known = Math.max(map.epoch, this.parts.opts.seedMap?.epoch ?? 0);
+    const log = this.parts.log;
+    if (!map.members.some((m) => m.id === this.id)) return;
+    if (refusal.mapEpoch <= known) {
+      log.info({ by: refusal.by, peerMapEpoch: refusal.mapEpoch, ownMapEpoch: map.epoch }, 'a peer with an older or equal cluster map refused this node: ignored (it is behind)');
+      return;
+    }
+    const message =
+      `node ${this.id} was removed from the cluster at map epoch ${refusal.mapEpoch} (node ${refusal.by} no longer lists it; this node's map was at epoch ${map.epoch}): ` +
+      'it serves nothing more. Stop it; to re-join, wipe its data directory and add it again (kvctl member add)';
+    const info: RemovalInfo = { epoch: refusal.mapEpoch, by: refusal.by, ownEpoch: map.epoch, atMs: this.parts.scheduler.now(), message };
+    this.removedInfo = info;
+    log.warn({ by: refusal.by, peerMapEpoch: refusal.mapEpoch, ownMapEpoch: map.epoch }, 'removed from the cluster: stopping every group and the peer transport');
+    this.leaving = this.halt(new NodeRemovedError(message, false)).then(() => {
+      for (const fn of this.removedListeners) fn(info);
+    });
+  }
+
+  /** Rejects calls once the node was removed ({@link removal}). */
+  private refuseIfRemoved(): void {
+    if (this.removedInfo) throw new NodeRemovedError(this.removedInfo.message, true);
   }
 
   /** The address clients use for `id`. */
@@ -270,18 +352,22 @@ export class KvNode implements KvBackend {
 
   /** Proposes a command to `group` (led here) and waits for its result; see {@link NodeBackend.execute}. */
   execute(group: number, cmd: Command, opts: CallOptions, origin: CommandOrigin): Promise<CommandResult> {
+    if (this.removedInfo) return Promise.reject(new NodeRemovedError(this.removedInfo.message, true));
     return this.backend.execute(group, cmd, opts, origin);
   }
 
   put(req: PutRequest, opts: CallOptions): Promise<PutResult> {
+    if (this.removedInfo) return Promise.reject(new NodeRemovedError(this.removedInfo.message, true));
     return this.backend.put(req, opts);
   }
 
   delete(req: DeleteRequest, opts: CallOptions): Promise<DeleteResult> {
+    if (this.removedInfo) return Promise.reject(new NodeRemovedError(this.removedInfo.message, true));
     return this.backend.delete(req, opts);
   }
 
   trigger(req: TriggerRequest, opts: CallOptions): Promise<TriggerResponse> {
+    if (this.removedInfo) return Promise.reject(new NodeRemovedError(this.removedInfo.message, true));
     return this.backend.trigger(req, opts);
   }
 
@@ -291,28 +377,34 @@ export class KvNode implements KvBackend {
   }
 
   txn(req: TxnRequest, opts: CallOptions): Promise<TxnResult> {
+    if (this.removedInfo) return Promise.reject(new NodeRemovedError(this.removedInfo.message, true));
     return this.backend.txn(req, opts);
   }
 
   /** Waits until `group`'s replica here may serve a read of the given consistency, and returns it. */
   readable(consistency: 'linearizable' | 'serializable', opts: CallOptions, group = DATA_GROUP): Promise<ShardReplica> {
+    if (this.removedInfo) return Promise.reject(new NodeRemovedError(this.removedInfo.message, true));
     return this.backend.readable(consistency, opts, group);
   }
 
   /** Waits until `group`'s replica here (leader or follower) has applied every write acknowledged before the call; see NodeBackend.caughtUp. */
   caughtUp(opts: CallOptions, group: number): Promise<ShardReplica> {
+    if (this.removedInfo) return Promise.reject(new NodeRemovedError(this.removedInfo.message, true));
     return this.backend.caughtUp(opts, group);
   }
 
   get(req: GetRequest, opts: CallOptions): Promise<GetResponse> {
+    if (this.removedInfo) return Promise.reject(new NodeRemovedError(this.removedInfo.message, true));
     return this.backend.get(req, opts);
   }
 
   list(req: ListRequest, opts: CallOptions): Promise<ListResponse> {
+    if (this.removedInfo) return Promise.reject(new NodeRemovedError(this.removedInfo.message, true));
     return this.backend.list(req, opts);
   }
 
   watch(req: WatchRequest, sink: WatchSink): WatchHandle {
+    this.refuseIfRemoved();
     return this.backend.watch(req, sink);
   }
 
@@ -321,6 +413,7 @@ export class KvNode implements KvBackend {
    * group it hosts has a leader and has applied its log up to (nearly) the commit index it knows.
    */
   readiness(): { ready: boolean; reason?: string } {
+    if (this.removedInfo) return { ready: false, reason: `NODE_REMOVED: ${this.removedInfo.message}` };
     return this.backend.readiness();
   }
 

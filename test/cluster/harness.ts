@@ -7,34 +7,19 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { appendFileSync, mkdtempSync, mkdirSync, rmSync, existsSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { KvClient, type KvClientTlsOptions } from '../../src/client/index.js';
+import { leasePorts, releasePorts } from './ports.js';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 /** The compiled kvd entry point (built by `npm test` before the tests run). */
 export const KVD = join(root, 'dist', 'src', 'bin', 'kvd.js');
 
-/** Reserves `n` free loopback ports (bind to 0, read, release). */
-export async function freePorts(n: number): Promise<number[]> {
-  const servers = await Promise.all(
-    Array.from(
-      { length: n },
-      () =>
-        new Promise<import('node:net').Server>((res, rej) => {
-          const s = createServer();
-          s.once('error', rej);
-          s.listen(0, '127.0.0.1', () => res(s));
-        }),
-    ),
-  );
-  const ports = servers.map((s) => (s.address() as import('node:net').AddressInfo).port);
-  await Promise.all(servers.map((s) => new Promise((r) => s.close(r))));
-  return ports;
-}
+/** Leases `n` loopback ports no other test process holds (see ports.ts); release them with `releasePorts`. */
+export { leasePorts as freePorts, releasePorts } from './ports.js';
 
 /** One kvd process of a test cluster. */
 export interface ClusterNode {
@@ -48,6 +33,8 @@ export interface ClusterNode {
   stderr: string[];
   /** Joined a running cluster (`--join`) instead of being one of the initial members. */
   joined?: boolean;
+  /** The JSON event lines (`{"event":...}`) the current process printed on stdout, in order, each with `receivedAtMs` (this process's clock). */
+  events?: { event?: string; [field: string]: unknown }[];
 }
 
 /** Options of a test cluster. */
@@ -82,6 +69,10 @@ export class KvdCluster {
   private readonly baseDir: string;
   private readonly peers: string;
   private clients: KvClient[] = [];
+  /** Ports leased for this cluster's nodes (released by `stop`). */
+  private readonly leased: number[] = [];
+  /** Woken at each event line of any node (see {@link waitForEvent}). */
+  private eventWaiters: (() => void)[] = [];
 
   private constructor(
     addresses: { address: string; peerAddress: string }[],
@@ -98,7 +89,7 @@ export class KvdCluster {
   /** Starts `nodes` kvd processes and waits until group 1 has a leader. */
   static async start(opts: ClusterOptions = {}): Promise<KvdCluster> {
     const n = opts.nodes ?? 3;
-    const ports = await freePorts(2 * n);
+    const ports = await leasePorts(2 * n);
     const c = new KvdCluster(
       Array.from({ length: n }, (_, i) => ({
         address: `${opts.advertiseHost ?? '127.0.0.1'}:${ports[2 * i]}`,
@@ -106,6 +97,7 @@ export class KvdCluster {
       })),
       opts,
     );
+    c.leased.push(...ports);
     try {
       await Promise.all(c.nodes.map((n) => c.startNode(n.id)));
       await c.waitForLeader();
@@ -152,6 +144,8 @@ export class KvdCluster {
     ];
     const proc = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, KVCASCADE_LOG_LEVEL: process.env.KVD_TEST_LOG_LEVEL ?? 'warn' } });
     n.proc = proc;
+    const events: NonNullable<ClusterNode['events']> = [];
+    n.events = events;
     const logDir = process.env.KVD_TEST_LOG_DIR;
     if (logDir) mkdirSync(logDir, { recursive: true });
     proc.stderr!.on('data', (d: Buffer) => {
@@ -169,6 +163,8 @@ export class KvdCluster {
       lines.on('line', (line) => {
         if (!line.startsWith('{')) return;
         const msg = JSON.parse(line) as { event?: string; metricsPort?: number };
+        events.push({ ...msg, receivedAtMs: Date.now() });
+        for (const w of this.eventWaiters.splice(0)) w();
         if (msg.event === 'ready') {
           clearTimeout(timer);
           n.metricsPort = msg.metricsPort ?? 0;
@@ -192,9 +188,28 @@ export class KvdCluster {
 
   /** Reserves a client and a peer address for a node to be added later (the member must be added before it starts). */
   async reserveAddresses(): Promise<{ address: string; peerAddress: string }> {
-    const [port, peerPort] = await freePorts(2);
+    const [port, peerPort] = await leasePorts(2);
+    this.leased.push(port!, peerPort!);
     const host = this.opts.advertiseHost ?? '127.0.0.1';
     return { address: `${host}:${port}`, peerAddress: `${host}:${peerPort}` };
+  }
+
+  /** Resolves with node `id`'s first stdout event line named `event` (of its current process), failing after `timeoutMs`. */
+  async waitForEvent(id: number, event: string, timeoutMs = 60_000): Promise<{ event?: string; [field: string]: unknown }> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const found = this.node(id).events?.find((e) => e.event === event);
+      if (found) return found;
+      const left = deadline - Date.now();
+      if (left <= 0) throw new Error(`node ${id} printed no ${event} event within ${timeoutMs} ms`);
+      await new Promise<void>((res) => {
+        const timer = setTimeout(res, left);
+        this.eventWaiters.push(() => {
+          clearTimeout(timer);
+          res();
+        });
+      });
+    }
   }
 
   /** Kills a node's process (default SIGKILL: no chance to flush anything). */
@@ -262,6 +277,7 @@ export class KvdCluster {
   async stop(): Promise<void> {
     for (const c of this.clients) c.close();
     await Promise.all(this.nodes.map((n) => this.kill(n.id, 'SIGKILL')));
+    releasePorts(this.leased.splice(0));
     rmSync(this.baseDir, { recursive: true, force: true });
   }
 }

@@ -5,7 +5,13 @@
  * affinity pattern, a watch over many shards resumed with its token after a disconnect, and leaders
  * spread over the nodes, moved off a dead node and back when it returns.
  */
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { protoPath } from 'grpc-health-check';
 import { afterEach, describe, expect, it } from 'vitest';
+import { ClusterStubClient } from '../../src/wire/proto.js';
 import { AdminClient } from '../../src/client/admin-client.js';
 import type { KvClient } from '../../src/client/index.js';
 import { shardOf, type ClusterMap } from '../../src/sharding/index.js';
@@ -134,6 +140,38 @@ function startLoad(client: KvClient, writers: number, prefix = '/load') {
 
 async function verify(client: KvClient, acked: Map<string, string>): Promise<void> {
   for (const [key, value] of acked) expect(dec((await client.get(key)).value), key).toBe(value);
+}
+
+const healthPkg = grpc.loadPackageDefinition(protoLoader.loadSync(protoPath, { enums: String })) as unknown as {
+  grpc: { health: { v1: { Health: new (address: string, creds: grpc.ChannelCredentials) => grpc.Client & { check(req: { service: string }, opts: grpc.CallOptions, cb: (e: grpc.ServiceError | null, r?: { status: string }) => void): void } } } };
+};
+
+/** Node `id`, removed from the cluster at map `epoch`: health NOT_SERVING, /readyz 503, every client call UNAVAILABLE NODE_REMOVED, a note in its data folder. */
+async function expectRemovedNode(c: KvdCluster, id: number, epoch: number): Promise<void> {
+  const n = c.node(id);
+  const health = new healthPkg.grpc.health.v1.Health(n.address, grpc.credentials.createInsecure());
+  const stub = new ClusterStubClient(n.address, grpc.credentials.createInsecure());
+  try {
+    // Health is re-evaluated every 500 ms.
+    await until('NOT_SERVING', async () => {
+      const s = await new Promise<string>((res, rej) => health.check({ service: '' }, { deadline: new Date(Date.now() + 2000) }, (e, r) => (e ? rej(e) : res(r!.status))));
+      return s === 'NOT_SERVING';
+    }, 10_000);
+    const ready = await fetch(`http://127.0.0.1:${n.metricsPort}/readyz`);
+    expect(ready.status).toBe(503);
+    expect(await ready.text()).toMatch(/NODE_REMOVED/);
+    const err = await new Promise<grpc.ServiceError | undefined>((res) => stub.getShardMap({}, new grpc.Metadata(), { deadline: new Date(Date.now() + 3000) }, (e) => res(e ?? undefined)));
+    expect(err?.code).toBe(grpc.status.UNAVAILABLE);
+    expect(err?.metadata.get('kv-reason')).toEqual(['NODE_REMOVED']);
+    expect(err?.details).toMatch(new RegExp(`removed from the cluster at map epoch ${epoch}`));
+    const kv = c.client([n.address], { defaultDeadlineMs: 2000 });
+    await expect(kv.get('/anything')).rejects.toMatchObject({ code: 'UNAVAILABLE', reason: 'NODE_REMOVED' });
+    const note = JSON.parse(readFileSync(join(n.dataDir, 'removed-from-cluster.json'), 'utf8')) as { id: number; epoch: number };
+    expect(note).toMatchObject({ id, epoch });
+  } finally {
+    health.close();
+    stub.close();
+  }
 }
 
 describe('sharding with real processes', () => {
@@ -267,10 +305,21 @@ describe('sharding with real processes', () => {
     const before = load.acks;
     await until('writes after the moves', () => load.acks >= before + 50);
     await load.stop();
+    // Node 1 learns it was removed (a peer with a newer map refuses it) and stops acting as a member.
+    const removedEvent = await cluster.waitForEvent(1, 'removed', 60_000);
+    const learnedMs = (removedEvent['receivedAtMs'] as number) - removeAt;
+    expect(removedEvent).toMatchObject({ event: 'removed', id: 1 });
+    expect(removedEvent['epoch']).toBeGreaterThan(removedEvent['ownEpoch'] as number);
+    await expectRemovedNode(cluster, 1, removedEvent['epoch'] as number);
     await cluster.kill(1, 'SIGKILL'); // it hosts nothing now: the others must serve everything
+    // A later start on its data folder refuses, with exit code 2.
+    const restart = await cluster.startNode(1).then(() => 'started', (e: unknown) => String(e));
+    expect(restart).toMatch(/exited before ready \(code 2, signal null\)/);
+    expect(restart).toMatch(/removed from the cluster/);
+    cluster.node(1).proc = undefined;
     const rest = cluster.client(cluster.nodes.filter((n) => n.id !== 1).map((n) => n.address));
     await verify(rest, new Map(load.acked));
-    console.log(`add/remove under load: member 1 gone from the map ${removalMs} ms after its removal began; ${load.acks} writes acknowledged (${load.acked.size} keys verified), ${load.errors} failed writes (unknown outcome) during the moves`);
+    console.log(`add/remove under load: member 1 gone from the map ${removalMs} ms after its removal began, and knew it was removed ${learnedMs} ms after; ${load.acks} writes acknowledged (${load.acked.size} keys verified), ${load.errors} failed writes (unknown outcome) during the moves`);
   }, 240_000);
 
   it('runs atomic multi-key operations within a shard of a pool with affinity, and refuses keys of different shards', async () => {

@@ -17,7 +17,7 @@ import { AdminClient } from '../../src/client/admin-client.js';
 import { AuthClient } from '../../src/client/auth-client.js';
 import { loadPeerProto } from '../../src/node/grpc-transport.js';
 import { encodeProposal } from '../../src/node/envelope.js';
-import { freePorts, KVD, KvdCluster } from './harness.js';
+import { freePorts, KVD, KvdCluster, releasePorts } from './harness.js';
 import { TestPki, type CertFiles } from './pki.js';
 
 const TOKEN = 'tls-test-admin-token-0123456789';
@@ -167,6 +167,7 @@ describe('TLS on both planes', () => {
         p.on('exit', (code) => resolve({ code, stderr }));
       });
     const r = await run();
+    releasePorts([p1!, p2!, p3!, p4!]);
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(/refusing to start: the peer listener would accept unauthenticated Raft traffic/);
   });

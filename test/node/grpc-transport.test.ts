@@ -17,13 +17,15 @@ let transport: GrpcPeerTransport;
 let received: Message[];
 let address: string;
 let identity: ReturnType<PeerAuthenticator>;
+/** The map epoch the server under test names when it refuses a non-member. */
+const SERVER_MAP_EPOCH = 42;
 
 async function serve(): Promise<void> {
   server = new grpc.Server();
   transport = new GrpcPeerTransport(SELF, new Map(), { log: silentLogger() });
   received = [];
   transport.onMessages((ms) => received.push(...ms));
-  transport.register(server, { isMember: (id) => MEMBERS.has(id), authenticate: () => identity });
+  transport.register(server, { isMember: (id) => MEMBERS.has(id), mapEpoch: () => SERVER_MAP_EPOCH, authenticate: () => identity });
   const port = await new Promise<number>((res, rej) => server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (e, p) => (e ? rej(e) : res(p))));
   address = `127.0.0.1:${port}`;
 }
@@ -115,5 +117,24 @@ describe('peer transport, receiving side', () => {
     expect((await anonymous.ended).code).toBe(grpc.status.UNAUTHENTICATED);
     anonymous.close();
     expect(received.map((m) => m.from)).toEqual([3]);
+  });
+
+  it('tells a non-member dialler it was refused, with this node\'s map epoch; a member is never told so', async () => {
+    const outsider = new GrpcPeerTransport(9, new Map([[SELF, address]]), { log: silentLogger() });
+    const member = new GrpcPeerTransport(2, new Map([[SELF, address]]), { log: silentLogger() });
+    try {
+      const refusals: { by: number; mapEpoch: number }[] = [];
+      member.onRefusedAsNonMember((r) => refusals.push({ ...r }));
+      const refused = new Promise<{ by: number; mapEpoch: number }>((resolve) => outsider.onRefusedAsNonMember(resolve));
+      outsider.send([heartbeat(9) as unknown as Message]);
+      member.send([heartbeat(2) as unknown as Message]);
+      expect(await refused).toEqual({ by: SELF, mapEpoch: SERVER_MAP_EPOCH });
+      await until(() => received.some((m) => m.from === 2));
+      expect(refusals).toEqual([]);
+      expect(received.some((m) => m.from === 9)).toBe(false);
+    } finally {
+      await outsider.close();
+      await member.close();
+    }
   });
 });

@@ -6,10 +6,10 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { KvNode, META_GROUP, type NodeOptions } from '../../src/node/kv-node.js';
 import { ClusterAdmin, type ClusterProbe } from '../../src/node/cluster-admin.js';
-import { LoopbackHub } from '../../src/node/transport.js';
+import { LoopbackHub, type LoopbackTransport } from '../../src/node/transport.js';
 import { MemoryEngine } from '../../src/storage/kv-engine.js';
 import { silentLogger } from '../../src/log.js';
-import { CrossShardError, NotLeaderError, UnavailableError, WrongShardError } from '../../src/node/backend.js';
+import { CrossShardError, NodeRemovedError, NotLeaderError, UnavailableError, WrongShardError } from '../../src/node/backend.js';
 import { ownsKey, shardOf, type ClusterMap } from '../../src/sharding/index.js';
 import { ShardingError } from '../../src/sharding/index.js';
 
@@ -20,6 +20,7 @@ const soon = (ms = 10_000) => ({ deadlineMs: Date.now() + ms });
 interface Harness {
   nodes: KvNode[];
   hub: LoopbackHub;
+  transports: Map<number, LoopbackTransport>;
   admins: ClusterAdmin[];
   add(id: number, opts?: Partial<NodeOptions>): Promise<KvNode>;
 }
@@ -50,18 +51,30 @@ function probeOf(h: () => Harness): ClusterProbe {
   };
 }
 
-async function cluster(n: number, extra: Partial<NodeOptions> = {}): Promise<Harness> {
-  const hub = new LoopbackHub();
+/**
+ * `n` nodes over a loopback hub; with `refuseNonMembers` a node refuses messages from nodes its
+ * map does not list, naming its map epoch, as the gRPC peer service does.
+ */
+async function cluster(n: number, extra: Partial<NodeOptions> = {}, refuseNonMembers = false): Promise<Harness> {
+  const nodeById = (id: number) => running?.nodes.find((x) => x.id === id);
+  const hub = new LoopbackHub(
+    refuseNonMembers
+      ? { refuseNonMembers: { isMember: (receiver, sender) => nodeById(receiver)?.isMember(sender) ?? true, mapEpoch: (receiver) => nodeById(receiver)?.shardMap().epoch ?? 0 } }
+      : {},
+  );
   const members = new Map(Array.from({ length: n }, (_, i) => [i + 1, `127.0.0.1:${7200 + i + 1}`] as [number, string]));
   const h: Harness = {
     nodes: [],
     hub,
+    transports: new Map(),
     admins: [],
     add: async (id, opts = {}) => {
+      const transport = hub.transport(id);
+      h.transports.set(id, transport);
       const node = await KvNode.open(
         { id, members, tickMs: 10, reconcileEveryMs: 20, log: silentLogger(), onFatal: (e) => { throw e; }, ...extra, ...opts },
         new MemoryEngine(),
-        hub.transport(id),
+        transport,
       );
       node.start();
       const admin = new ClusterAdmin(node, probeOf(() => h), silentLogger());
@@ -232,4 +245,83 @@ describe('sharding on the node', () => {
       expect(dec(got.value)).toBe(String(i));
     }
   }, 120_000);
+
+  it('ignores a non-member refusal from a peer whose map is not newer than its own', async () => {
+    const h = await cluster(3, { defaultPool: { shards: 2 } }, true);
+    const map = await settled(h);
+    const n3 = h.nodes[2]!;
+    const t3 = h.transports.get(3)!;
+    // A refuser that is behind (or level): proves nothing, the node keeps serving.
+    t3.refused({ by: 1, mapEpoch: map.epoch });
+    t3.refused({ by: 2, mapEpoch: map.epoch - 1 });
+    await new Promise((r) => setImmediate(r));
+    expect(n3.removal).toBeUndefined();
+    expect(t3.closed).toBe(false);
+    await until('node 3 ready', () => n3.readiness().ready);
+    const got = await n3.get({ key: '/nothing', consistency: 'serializable' }, soon());
+    expect(got.found).toBe(false);
+  });
+
+  it('a removed node learns it from a refusal by a newer map: stops its groups and transport, refuses calls, reports not ready', async () => {
+    const h = await cluster(4, { defaultPool: { shards: 2 } }, true);
+    await settled(h);
+    const n4 = h.nodes[3]!;
+    const removed: number[] = [];
+    n4.onRemoved((info) => removed.push(info.epoch));
+    const epochBefore = n4.shardMap().epoch;
+    const admin = await metaLeader(h);
+    await admin.removeMember(4, Date.now() + 10_000);
+    await until('member 4 dropped from the others\' maps', () => h.nodes.filter((n) => n.id !== 4).every((n) => !n.shardMap().members.some((x) => x.id === 4)), 60_000);
+    const info = await until('node 4 to learn it was removed', () => n4.removal, 30_000);
+    await until('node 4 to finish leaving', () => removed.length === 1);
+    expect(removed).toEqual([info.epoch]);
+    // The refuser's map (newer than node 4's own) no longer lists node 4.
+    expect(info.epoch).toBeGreaterThan(info.ownEpoch);
+    expect(info.ownEpoch).toBeGreaterThanOrEqual(epochBefore);
+    expect(n4.shardMap().members.some((m) => m.id === 4)).toBe(true); // its own (last) map still lists it
+    expect(h.nodes.find((n) => n.id === info.by)!.shardMap().members.some((m) => m.id === 4)).toBe(false);
+    expect(info.message).toMatch(new RegExp(`removed from the cluster at map epoch ${info.epoch}`));
+    expect(h.transports.get(4)!.closed).toBe(true);
+    const r = n4.readiness();
+    expect(r.ready).toBe(false);
+    expect(r.reason).toMatch(/^NODE_REMOVED: /);
+    const err = await n4.get({ key: '/x', consistency: 'serializable' }, soon()).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(NodeRemovedError);
+    expect((err as NodeRemovedError).reason).toBe('NODE_REMOVED');
+    expect((err as NodeRemovedError).retrySafe).toBe(true);
+    await expect(n4.put({ key: '/x', value: enc('y') }, soon())).rejects.toBeInstanceOf(NodeRemovedError);
+    // The others carry on without it.
+    await anywhere({ ...h, nodes: h.nodes.filter((n) => n.id !== 4) }, (n) => n.put({ key: '/after', value: enc('ok') }, soon()));
+    // A later refusal changes nothing.
+    h.transports.get(4)!.refused({ by: 1, mapEpoch: info.epoch + 100 });
+    expect(n4.removal).toBe(info);
+  }, 120_000);
+
+  it('a (re-)joined node ignores a refuser behind the map it joined with; a newer one counts', async () => {
+    // Node 4 joins with a seed map (epoch 100) that lists it, as after `member remove` then `member add`.
+    const seedMap: ClusterMap = {
+      epoch: 100,
+      members: [1, 2, 3, 4].map((id) => ({ id, address: `127.0.0.1:${7200 + id}`, state: 'active' as const })),
+      metaVoters: [1, 2, 3],
+      pools: [{ name: '', shards: 1, replicas: 3, state: 'active' as const } as unknown as ClusterMap['pools'][number]],
+      shards: [{ group: 1, pool: '', index: 0, replicas: [1, 2, 3], initial: [1, 2, 3], preferredLeader: 1 }],
+      nextGroup: 2,
+    };
+    const hub = new LoopbackHub();
+    const t4 = hub.transport(4);
+    const n4 = await KvNode.open({ id: 4, members: new Map(), join: true, seedMap, tickMs: 10, log: silentLogger(), onFatal: (e) => { throw e; } }, new MemoryEngine(), t4);
+    running = { nodes: [n4], hub, transports: new Map([[4, t4]]), admins: [], add: () => Promise.reject(new Error('unused')) };
+    n4.start();
+    // A peer still at epoch 90 (removal applied, re-add not yet) refuses node 4: no proof.
+    t4.refused({ by: 1, mapEpoch: 90 });
+    t4.refused({ by: 2, mapEpoch: 100 });
+    await new Promise((r) => setImmediate(r));
+    expect(n4.removal).toBeUndefined();
+    expect(t4.closed).toBe(false);
+    // A map newer than the seed that drops node 4 again does.
+    t4.refused({ by: 3, mapEpoch: 120 });
+    await until('node 4 removed', () => n4.removal);
+    expect(n4.removal).toMatchObject({ epoch: 120, by: 3 });
+    await until('transport closed', () => t4.closed);
+  });
 });

@@ -15,6 +15,8 @@ import { AdminClient } from '../../src/client/admin-client.js';
 import { LoadConflictError } from '../../src/extensions/manager.js';
 import { unpackPackage } from '../../src/extensions/package.js';
 import { addAdminService, type AdminBackend, type AdminExtensionStatus } from '../../src/server/admin-service.js';
+import { adminServiceDefinition } from '../../src/wire/admin-proto.js';
+import { clusterServiceDefinition } from '../../src/wire/proto.js';
 
 const TOKEN = 'sekret';
 const dir = mkdtempSync(join(tmpdir(), 'kvcascade-admin-ext-'));
@@ -134,6 +136,42 @@ describe('listing extensions', () => {
       await expect((await admin('wrong')).list()).rejects.toMatchObject({ message: expect.stringMatching(/wrong admin token/) });
     } finally {
       records = [];
+    }
+  });
+
+  it('asks every member of the map in parallel and reports the members that did not answer, instead of hanging', async () => {
+    const bind = (srv: grpc.Server) => new Promise<number>((resolve, reject) => srv.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))));
+    // Member 2 accepts the call and never answers (a frozen node); member 3's port has no server.
+    const frozen = new grpc.Server();
+    frozen.addService(adminServiceDefinition, { listExtensions: () => {} });
+    const frozenAddress = `127.0.0.1:${await bind(frozen)}`;
+    const gone = new grpc.Server();
+    const goneAddress = `127.0.0.1:${await bind(gone)}`;
+    gone.forceShutdown();
+    server = new grpc.Server();
+    addAdminService(server, backend, { adminToken: TOKEN });
+    let selfAddress = '';
+    server.addService(clusterServiceDefinition, {
+      getShardMap: (_call: unknown, cb: grpc.sendUnaryData<unknown>) =>
+        cb(null, { epoch: 7, mapJson: JSON.stringify({ epoch: 7, members: [{ id: 1, address: selfAddress }, { id: 2, address: frozenAddress }, { id: 3, address: goneAddress }], metaVoters: [1, 2, 3], pools: [], shards: [], nextGroup: 1 }) }),
+    });
+    selfAddress = `127.0.0.1:${await bind(server)}`;
+    statuses = [{ name: 'cam', version: '1.0.0', generation: 1, state: 'running', delivering: true, watches: [], workerRestarts: 0, invocations: 0, errors: 0, timeouts: 0 } as unknown as AdminExtensionStatus];
+    const a = new AdminClient({ endpoints: [selfAddress], token: TOKEN });
+    clients.push(a);
+    try {
+      const started = Date.now();
+      const l = await a.list({ perNodeDeadlineMs: 800 });
+      // One per-node deadline (the members are asked at once), not one per member, and no hang.
+      expect(Date.now() - started).toBeLessThan(2 * 800 + 500);
+      expect(l.statuses.map((x) => [x.nodeId, x.name])).toEqual([[1, 'cam']]);
+      expect(l.missingMembers.map((m) => [m.id, m.address])).toEqual([[2, frozenAddress], [3, goneAddress]]);
+      expect(l.missingMembers[0]!.error).toMatch(/deadline/i);
+      expect(l.unreachable.sort()).toEqual([frozenAddress, goneAddress].sort());
+      expect(l.complete).toBe(false);
+    } finally {
+      statuses = [];
+      frozen.forceShutdown();
     }
   });
 });
