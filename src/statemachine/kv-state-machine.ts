@@ -210,7 +210,7 @@ export class KvStateMachine {
   private readonly unindexed = new Map<string, VersionRecord>();
   /** (revision, key) of the writes in `unindexed`, oldest first, to hand to `index` once durable. */
   private readonly unindexedLog = new Queue<{ readonly revision: number; readonly key: string }>();
-  /** Keys handed to `index` with a live version, and every key the machine held when `dropCold` was attached: candidates to drop from `records` (`dropCold`). */
+  /** Keys handed to `index` with a live version, keys compaction cut down to one live version, and every key the machine held when `dropCold` was attached: candidates to drop from `records` (`dropCold`). */
   private droppable: string[] = [];
   /** How far `dropCold` got through `droppable` (it works in slices). */
   private droppableAt = 0;
@@ -758,7 +758,12 @@ export class KvStateMachine {
         this.sink.versionsDropped(key, revisions, drop === recs.length);
       }
       if (drop === recs.length) this.records.delete(key);
-      else if (drop > 0) recs.splice(0, drop);
+      else if (drop > 0) {
+        recs.splice(0, drop);
+        // Cut down to one live version: a candidate to leave the heap again (`dropCold` drops it
+        // once that version is durable and released; its handover to the index may be long past).
+        if (this.dropColdKeys && recs.length === 1 && recs[0]!.value !== null) this.droppable.push(key);
+      }
     }
     this.sink?.revisionsCompacted(this._compactRevision, c);
     this.revTimes.dropFront(c - this._compactRevision);
