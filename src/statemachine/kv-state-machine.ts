@@ -307,10 +307,18 @@ export class KvStateMachine {
    * The size of the heap index, for memory accounting (node/memory-budget.ts): keys held in
    * `records` (live, and deleted ones whose versions are still retained), writes since the
    * compaction point (each a retained version), the watch history's accounted bytes and the Bloom
-   * filter of user keys (with `dropCold`; 0 without). O(1).
+   * filter of user keys (with `dropCold`; 0 without) and the reserved keys the live-key set holds
+   * when it holds reserved keys only (with `dropCold`; 0 without, when every live key is there). O(1).
    */
-  get indexSize(): { readonly keys: number; readonly writes: number; readonly historyBytes: number; readonly keyFilterBytes: number } {
-    return { keys: this.records.size, writes: this.writeLog.length, historyBytes: this.historyBytes, keyFilterBytes: this.userKeyFilter?.bytes ?? 0 };
+  get indexSize(): { readonly keys: number; readonly writes: number; readonly historyBytes: number; readonly keyFilterBytes: number; readonly reservedLiveKeys: number } {
+    const reservedOnly = this.userKeyFilter !== undefined;
+    return {
+      keys: this.records.size,
+      writes: this.writeLog.length,
+      historyBytes: this.historyBytes,
+      keyFilterBytes: this.userKeyFilter?.bytes ?? 0,
+      reservedLiveKeys: reservedOnly ? this.reservedLive : 0,
+    };
   }
 
   /** Number of live keys users wrote: reserved keys (cursors, dead letters, descriptors: `/_...`, `/ext/`) not counted. */
