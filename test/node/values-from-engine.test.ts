@@ -134,6 +134,7 @@ describe('values served from the engine', () => {
     const hub = new LoopbackHub();
     // Slow disks: a round's records stay unsynced for a while after its writes are acknowledged.
     const engines = [1, 2, 3].map(() => new MemoryEngine({ latencyMs: 15 }));
+    // Explicit both ways: `false` keeps the heap path (every key's version list, lists able to fall back to the heap), the default is `true`.
     const nodes = await Promise.all(engines.map((e, i) => openNode(i + 1, e, hub, { valueCacheBytes: 8 * 1024, indexDropCold })));
     for (const n of nodes) n.start();
     const l = await preferredLeaderOf(nodes);
