@@ -1,10 +1,12 @@
 // Heap bytes per key of one shard's key index (issue 17): N keys × 1 KiB written once into LevelDB through a state machine with its values released, measured after full garbage collections, with the latest versions from the heap index, from the engine (no cache), and from the engine with cold keys dropped from the heap (`dropCold`).
 //
 // Run: npx tsc -p tsconfig.json (or npm run build), then
-//   node --expose-gc dist/bench/index-heap.js [--keys 100000] [--modes heap,index,drop,drop-compacted,restart-drop] [--versions 1]
-// (`--versions V`: each key written V times, so V versions retained per key.)
-// `drop-compacted`: as `drop`, then compacted to the last revision (the write log's entries of the keys go: what a
-// dropped key costs once older than the retention window). `restart-drop`: the keys written as in `heap`, then the
+//   node --expose-gc dist/bench/index-heap.js [--keys 100000] [--modes heap,index,drop,drop-compacted,restart-drop] [--versions 1] [--prefix /bench/]
+// (`--versions V`: each key written V times, so V versions retained per key. `--prefix /_sys/bench/`: reserved keys,
+// which stay in the live-key set with `dropCold`: `drop-compacted` then measures what a reserved live key costs.)
+// `drop-compacted`: as `drop`, then compacted to the last revision and released (the write log's entries of the keys
+// go: what a dropped key costs once older than the retention window; with `--versions 2` or more, the keys compaction
+// cuts down to one version leave the heap then too). `restart-drop`: the keys written as in `heap`, then the
 // machine rebuilt from the records as a restart does (`loadState` without values, `fromRecords`) with `dropCold`,
 // released; measured against the heap before the rebuild (the writer machine is dropped first).
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -35,7 +37,7 @@ async function settle(m: KvStateMachine, n: number, mode: string, versions: numb
 }
 
 /** Heap bytes per key after writing `n` keys `versions` times each in `mode`. */
-async function measure(n: number, mode: string, versions: number): Promise<string> {
+async function measure(n: number, mode: string, versions: number, prefix: string): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'kvcascade-index-heap-'));
   const engine = await LevelEngine.open(dir);
   try {
@@ -52,14 +54,19 @@ async function measure(n: number, mode: string, versions: number): Promise<strin
     let index = 0;
     for (let v = 0; v < versions; v++) {
       for (let i = 0; i < n; i++) {
-        sm.apply(++index, 1000 + index, { type: 'put', key: `/bench/${String(i).padStart(8, '0')}`, value });
+        sm.apply(++index, 1000 + index, { type: 'put', key: `${prefix}${String(i).padStart(8, '0')}`, value });
         if (i % 1000 === 999 || i === n - 1) {
           await engine.batch(rec.take(sm) ?? [], { sync: i === n - 1 });
           sm.releaseValues(sm.revision);
         }
       }
     }
-    if (mode === 'drop-compacted') sm.compact(sm.revision);
+    if (mode === 'drop-compacted') {
+      // As a node: the compaction's records written, then the next release (keys cut down to one version leave then).
+      sm.compact(sm.revision);
+      await engine.batch(rec.take(sm) ?? [], { sync: true });
+      while (sm.releaseValues(sm.revision, 20_000));
+    }
     if (mode === 'restart-drop') {
       sm.observe(undefined);
       sm = new KvStateMachine(); // the writer is garbage from here on: the rebuilt machine is measured alone
@@ -77,10 +84,19 @@ async function measure(n: number, mode: string, versions: number): Promise<strin
 }
 
 const { values } = parseArgs({
-  options: { keys: { type: 'string', default: '100000' }, modes: { type: 'string', default: 'heap,index,drop' }, versions: { type: 'string', default: '1' } },
+  options: {
+    keys: { type: 'string', default: '100000' },
+    modes: { type: 'string', default: 'heap,index,drop' },
+    versions: { type: 'string', default: '1' },
+    prefix: { type: 'string', default: '/bench/' },
+  },
 });
 if (gc === undefined) {
   console.error('run with node --expose-gc');
   process.exit(2);
 }
-for (const mode of values.modes.split(',')) console.log(await measure(flagInt('keys', values.keys, 1), mode, flagInt('versions', values.versions, 1)));
+if (!values.prefix.startsWith('/')) {
+  console.error('--prefix must start with / (e.g. /bench/, or /_sys/bench/ for reserved keys)');
+  process.exit(2);
+}
+for (const mode of values.modes.split(',')) console.log(await measure(flagInt('keys', values.keys, 1), mode, flagInt('versions', values.versions, 1), values.prefix));

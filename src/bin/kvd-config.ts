@@ -35,7 +35,7 @@ export interface KvdConfig {
   valueCacheMib: number;
   /** Bound of the hot-index cache, MiB (`--index-cache-mib`). */
   indexCacheMib: number;
-  /** `--index-drop-cold` (experimental). */
+  /** `--index-drop-cold` / `--no-index-drop-cold` (NodeOptions.indexDropCold; unset: the node's default, on). */
   indexDropCold?: boolean;
   /** `--sweep-versions` (experimental). */
   sweepVersions?: boolean;
@@ -161,7 +161,8 @@ export function parseConfig(argv: string[]): KvdConfig {
     .option('--join-auto-add', 'with --join: add this node to the cluster itself (needs the admin token), e.g. a new StatefulSet ordinal')
     .option('--retention-ms <ms>', 'keep old versions this long (0 = bounded only by history limits)', int('--retention-ms'))
     .option('--value-cache-mib <n>', 'bound of the cache of values read from disk, MiB (default 64)', int('--value-cache-mib'))
-    .option('--index-drop-cold', "experimental: keep only hot keys' version lists and reserved keys in the heap (the rest is read from disk)")
+    .option('--index-drop-cold', "keep only hot keys' version lists and reserved keys in the heap, the rest is read from disk (the default)")
+    .option('--no-index-drop-cold', "keep every key's version list and the live-key set in the heap (NodeOptions.indexDropCold false; about 3x the heap per key)")
     .option('--sweep-versions', 'experimental: compaction leaves dropped versions to a background sweep in bounded units')
     .option('--overlap-rounds', "stage the next ready round while one's fsync runs (two rounds in flight; the default)")
     .option('--no-overlap-rounds', 'one ready round at a time (NodeOptions.overlapRounds false)')
@@ -248,6 +249,11 @@ export function parseConfig(argv: string[]): KvdConfig {
   const peers = new Map([...peerList].map(([k, v]) => [k, v.client] as [number, string]));
   const peerAddresses = new Map([...peerList].filter(([, v]) => v.peer !== undefined).map(([k, v]) => [k, v.peer!] as [number, string]));
   const defaultShards = Number(pick('defaultShards', 1));
+  const indexDropColdRaw = pick<unknown>('indexDropCold', undefined);
+  if (indexDropColdRaw !== undefined && typeof indexDropColdRaw !== 'boolean') {
+    throw new Error(`indexDropCold must be true or false (the config file's ${JSON.stringify(indexDropColdRaw)} is neither)`);
+  }
+  const indexDropCold = indexDropColdRaw;
   if (!Number.isSafeInteger(defaultShards) || defaultShards < 1 || defaultShards > 64) throw new Error('--default-shards must be an integer from 1 to 64');
   const warnings: string[] = [];
   const cfg: KvdConfig = {
@@ -271,7 +277,7 @@ export function parseConfig(argv: string[]): KvdConfig {
     retentionMs: Number(pick('retentionMs', 3_600_000)),
     valueCacheMib: Number(pick('valueCacheMib', 64)),
     indexCacheMib: Number(pick('indexCacheMib', 32)),
-    ...(pick('indexDropCold', false) ? { indexDropCold: true } : {}),
+    ...(indexDropCold !== undefined ? { indexDropCold } : {}),
     ...(pick('sweepVersions', false) ? { sweepVersions: true } : {}),
     ...(pick('legacyConditionalPuts', false) ? { legacyConditionalPuts: true } : {}),
     ...(pick<unknown>('overlapRounds', undefined) !== undefined ? { overlapRounds: pick<unknown>('overlapRounds', undefined) === true } : {}),

@@ -340,7 +340,7 @@ async function main(): Promise<void> {
       retentionMs: cfg.retentionMs,
       valueCacheBytes: cfg.valueCacheMib * 1024 * 1024,
       indexCacheBytes: cfg.indexCacheMib * 1024 * 1024,
-      ...(cfg.indexDropCold ? { indexDropCold: true } : {}),
+      ...(cfg.indexDropCold !== undefined ? { indexDropCold: cfg.indexDropCold } : {}),
       ...(cfg.sweepVersions ? { sweepVersions: true } : {}),
       ...(cfg.legacyConditionalPuts ? { legacyConditionalPuts: true } : {}),
       ...(cfg.overlapRounds !== undefined ? { overlapRounds: cfg.overlapRounds } : {}),

@@ -24,8 +24,21 @@ import type { Command, CommandOrigin } from '../statemachine/index.js';
  */
 export const INDEX_BYTES_PER_KEY = 380;
 
-/** Heap bytes of each further retained version of a key (its record and its write-log entry). */
+/**
+ * Heap bytes of each further retained version of a key (its record and its write-log entry;
+ * measured 144 B, bench/index-heap.ts `--versions 2`). With `indexDropCold` (the default) a key
+ * dropped from the heap's version lists is counted at this too until compaction removes its
+ * write-log entry (measured 108 B; about 5 B once compacted: its share of the Bloom filter).
+ */
 export const INDEX_BYTES_PER_VERSION = 150;
+
+/**
+ * Heap bytes of a reserved key held in the live-key set alone (`indexDropCold`: the set keeps
+ * reserved keys only — leases' attachments, cursors, dead letters, descriptors — and their version
+ * lists leave the heap like user keys'): its key string and set slot (measured 68 B with
+ * 20-character keys, bench/index-heap.ts `--prefix /_sys/bench/ --modes drop-compacted`).
+ */
+export const LIVE_KEY_BYTES = 72;
 
 /** Fraction of V8's heap limit above which writes are refused whatever the accounting says. */
 export const HEAP_LIMIT_FRACTION = 0.85;
@@ -40,8 +53,10 @@ export interface ReplicaMemory {
   readonly historyBytes: number;
   /** Bytes of Raft entry data held in memory. */
   readonly logBytes: number;
-  /** Bytes of the machine's Bloom filter of user keys (`--index-drop-cold`: the live-key set holds reserved keys only); 0 without. */
+  /** Bytes of the machine's Bloom filter of user keys (`indexDropCold`: the live-key set holds reserved keys only); 0 without. */
   readonly keyFilterBytes?: number;
+  /** Reserved keys in the live-key set when it holds reserved keys only (`indexDropCold`), counted at {@link LIVE_KEY_BYTES}; 0 without (then `keys` counts them). */
+  readonly reservedLiveKeys?: number;
 }
 
 /** What the budget samples on each refresh. */
@@ -79,9 +94,18 @@ export class MemoryBudgetError extends Error {
   }
 }
 
-/** The heap bytes of the index of a replica holding `m`. */
+/**
+ * The heap bytes of the index of a replica holding `m`: its version lists by key and further
+ * version, write-log entries beyond them (with `indexDropCold`, the keys that left the heap until
+ * compacted), reserved live keys held by the live-key set alone, and the Bloom filter.
+ */
 export function indexBytes(m: ReplicaMemory): number {
-  return m.keys * INDEX_BYTES_PER_KEY + Math.max(0, m.writes - m.keys) * INDEX_BYTES_PER_VERSION + (m.keyFilterBytes ?? 0);
+  return (
+    m.keys * INDEX_BYTES_PER_KEY +
+    Math.max(0, m.writes - m.keys) * INDEX_BYTES_PER_VERSION +
+    (m.reservedLiveKeys ?? 0) * LIVE_KEY_BYTES +
+    (m.keyFilterBytes ?? 0)
+  );
 }
 
 /** Whether `cmd` can add data to a shard (a put, a txn that puts, a trigger's history event). Deletes, compaction and no-ops free or keep memory. */

@@ -39,6 +39,8 @@ export const NODE_DEFAULTS = {
   commitNoticeDelayMs: 5,
   /** NodeOptions.overlapRounds: stage the next ready round while one's fsync runs (on: +60 % put throughput at 8 shards, bench/README.md "Overlapped ready rounds"). */
   overlapRounds: true,
+  /** NodeOptions.indexDropCold: on — cold keys leave the heap's version lists, the live-key set keeps reserved keys only (issue 17; docs/memory.md "Memory model"). */
+  indexDropCold: true,
   /** NodeOptions.syncPaceMs: 0, off (bench/README.md "Shard scaling (session s24 `shards`)"). */
   syncPaceMs: 0,
   maxPendingProposals: 50_000,
@@ -175,10 +177,11 @@ export interface NodeOptions {
   /** Bound on the node's hot-index cache of keys' latest versions (all groups; default 32 MiB): the rest of the key index is read from the engine. */
   readonly indexCacheBytes?: number;
   /**
-   * Experimental (issue 17): keys whose only retained version is live and durable leave the heap's
-   * version lists (read back from LevelDB through the hot-index cache), and the machine's live-key
-   * set keeps reserved keys only (user keys behind a Bloom filter; user prefixes listed from the
-   * records only, UNAVAILABLE while an install is under way). See docs/memory.md. Default off.
+   * Issue 17, data beyond memory (default {@link NODE_DEFAULTS}.indexDropCold, on): keys whose only
+   * retained version is live and durable leave the heap's version lists (read back from LevelDB
+   * through the hot-index cache), and the machine's live-key set keeps reserved keys only (user
+   * keys behind a Bloom filter; user prefixes listed from the records only, UNAVAILABLE while an
+   * install is under way). `false` keeps every key's version list in the heap. See docs/memory.md.
    */
   readonly indexDropCold?: boolean;
   /**

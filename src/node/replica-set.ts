@@ -189,6 +189,11 @@ export class ReplicaSet {
       .catch((err: unknown) => log.warn({ group, err: String(err) }, 'compacting the records of deleted keys failed (listings across them stay slower until LevelDB compacts them)'));
   }
 
+  /** Whether cold keys leave the heap's version lists (NodeOptions.indexDropCold, on by default). */
+  private get dropCold(): boolean {
+    return this.parts.opts.indexDropCold ?? NODE_DEFAULTS.indexDropCold;
+  }
+
   private valuesOf(engine: KvEngine, group: number): NonNullable<ConstructorParameters<typeof ShardReplica>[0]['values']> {
     const source = new EngineValueSource(engine, group, this.valueCache);
     return {
@@ -196,7 +201,7 @@ export class ReplicaSet {
       whenDurable: () => this.parts.store.whenWritten(),
       readCached: (read) => source.readCached(read),
       index: () => new EngineIndexSource(engine, group, this.indexCache, source),
-      ...(this.parts.opts.indexDropCold ? { dropCold: true } : {}),
+      dropCold: this.dropCold,
     };
   }
 

@@ -945,7 +945,14 @@ export class ShardReplica {
   /** What this replica holds in the heap, for the node's memory budget (memory-budget.ts). O(1). */
   get memory(): ReplicaMemory {
     const ix = this.machine.indexSize;
-    return { keys: ix.keys, writes: ix.writes, historyBytes: ix.historyBytes, logBytes: this.appliedLogBytes + this.keptLogBytes, keyFilterBytes: ix.keyFilterBytes };
+    return {
+      keys: ix.keys,
+      writes: ix.writes,
+      historyBytes: ix.historyBytes,
+      logBytes: this.appliedLogBytes + this.keptLogBytes,
+      keyFilterBytes: ix.keyFilterBytes,
+      reservedLiveKeys: ix.reservedLiveKeys,
+    };
   }
 
   /**

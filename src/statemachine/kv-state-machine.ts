@@ -210,7 +210,7 @@ export class KvStateMachine {
   private readonly unindexed = new Map<string, VersionRecord>();
   /** (revision, key) of the writes in `unindexed`, oldest first, to hand to `index` once durable. */
   private readonly unindexedLog = new Queue<{ readonly revision: number; readonly key: string }>();
-  /** Keys handed to `index` with a live version, and every key the machine held when `dropCold` was attached: candidates to drop from `records` (`dropCold`). */
+  /** Keys handed to `index` with a live version, keys compaction cut down to one live version, and every key the machine held when `dropCold` was attached: candidates to drop from `records` (`dropCold`). */
   private droppable: string[] = [];
   /** How far `dropCold` got through `droppable` (it works in slices). */
   private droppableAt = 0;
@@ -307,10 +307,18 @@ export class KvStateMachine {
    * The size of the heap index, for memory accounting (node/memory-budget.ts): keys held in
    * `records` (live, and deleted ones whose versions are still retained), writes since the
    * compaction point (each a retained version), the watch history's accounted bytes and the Bloom
-   * filter of user keys (with `dropCold`; 0 without). O(1).
+   * filter of user keys (with `dropCold`; 0 without) and the reserved keys the live-key set holds
+   * when it holds reserved keys only (with `dropCold`; 0 without, when every live key is there). O(1).
    */
-  get indexSize(): { readonly keys: number; readonly writes: number; readonly historyBytes: number; readonly keyFilterBytes: number } {
-    return { keys: this.records.size, writes: this.writeLog.length, historyBytes: this.historyBytes, keyFilterBytes: this.userKeyFilter?.bytes ?? 0 };
+  get indexSize(): { readonly keys: number; readonly writes: number; readonly historyBytes: number; readonly keyFilterBytes: number; readonly reservedLiveKeys: number } {
+    const reservedOnly = this.userKeyFilter !== undefined;
+    return {
+      keys: this.records.size,
+      writes: this.writeLog.length,
+      historyBytes: this.historyBytes,
+      keyFilterBytes: this.userKeyFilter?.bytes ?? 0,
+      reservedLiveKeys: reservedOnly ? this.reservedLive : 0,
+    };
   }
 
   /** Number of live keys users wrote: reserved keys (cursors, dead letters, descriptors: `/_...`, `/ext/`) not counted. */
@@ -758,7 +766,12 @@ export class KvStateMachine {
         this.sink.versionsDropped(key, revisions, drop === recs.length);
       }
       if (drop === recs.length) this.records.delete(key);
-      else if (drop > 0) recs.splice(0, drop);
+      else if (drop > 0) {
+        recs.splice(0, drop);
+        // Cut down to one live version: a candidate to leave the heap again (`dropCold` drops it
+        // once that version is durable and released; its handover to the index may be long past).
+        if (this.dropColdKeys && recs.length === 1 && recs[0]!.value !== null) this.droppable.push(key);
+      }
     }
     this.sink?.revisionsCompacted(this._compactRevision, c);
     this.revTimes.dropFront(c - this._compactRevision);

@@ -26,6 +26,18 @@ describe('kvd configuration', () => {
     expect(parseConfig([...base, '--insecure-peers', '--legacy-conditional-puts']).legacyConditionalPuts).toBe(true);
   });
 
+  it('takes dropping cold keys from the heap from the flags or the file (unset: the node default, on), and refuses a non-boolean', () => {
+    expect(parseConfig([...base, '--insecure-peers']).indexDropCold).toBeUndefined();
+    expect(parseConfig([...base, '--insecure-peers', '--no-index-drop-cold']).indexDropCold).toBe(false);
+    expect(parseConfig([...base, '--insecure-peers', '--index-drop-cold']).indexDropCold).toBe(true);
+    const file = join(dir, 'drop-cold.json');
+    writeFileSync(file, JSON.stringify({ indexDropCold: false }));
+    expect(parseConfig([...base, '--insecure-peers', '--config', file]).indexDropCold).toBe(false);
+    expect(parseConfig([...base, '--insecure-peers', '--config', file, '--index-drop-cold']).indexDropCold).toBe(true); // the flag wins
+    writeFileSync(file, JSON.stringify({ indexDropCold: 'no' }));
+    expect(() => parseConfig([...base, '--insecure-peers', '--config', file])).toThrow(/indexDropCold must be true or false/);
+  });
+
   it('binds --listen and advertises --advertise (a DNS name), as in a container', () => {
     const dns = '1=kvd-0.kvd:7379/kvd-0.kvd:7380,2=kvd-1.kvd:7379/kvd-1.kvd:7380,3=kvd-2.kvd:7379/kvd-2.kvd:7380';
     const cfg = parseConfig(['--id', '1', '--listen', '0.0.0.0:7379', '--advertise', 'kvd-0.kvd:7379', '--peer-listen', '0.0.0.0:7380', '--advertise-peer', 'kvd-0.kvd:7380', '--peers', dns, '--insecure-peers']);

@@ -220,8 +220,10 @@ export class ExtCluster {
     const probe: ClusterProbe = {
       statuses: async () => Promise.all(this.nodes.map((n) => n.status())),
       countKeys: async (group, prefix, limit) => {
-        const sm = (await this.leader(group)).replica(group)!.internalsForTests().sm;
-        const n = (sm.get(prefix) ? 1 : 0) + sm.list(`${prefix}/`, { keysOnly: true, limit: Math.max(1, limit) }).items.length;
+        // From the records, as a node lists user keys (its heap holds reserved keys only: indexDropCold, the default).
+        const r = (await this.leader(group)).replica(group)!;
+        const page = await r.listFromEngine(prefix, { keysOnly: true, limit: Math.max(1, limit) + 1 });
+        const n = page.items.filter((i) => i.key === prefix || i.key.startsWith(`${prefix}/`)).length;
         return Math.min(n, limit);
       },
     };

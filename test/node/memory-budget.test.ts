@@ -7,7 +7,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import * as grpc from '@grpc/grpc-js';
 import { DATA_GROUP, KvNode, META_GROUP, type NodeOptions } from '../../src/node/kv-node.js';
-import { addsData, indexBytes, INDEX_BYTES_PER_KEY, MemoryBudget, MemoryBudgetError, type MemorySample } from '../../src/node/memory-budget.js';
+import { addsData, indexBytes, INDEX_BYTES_PER_KEY, INDEX_BYTES_PER_VERSION, LIVE_KEY_BYTES, MemoryBudget, MemoryBudgetError, type MemorySample } from '../../src/node/memory-budget.js';
 import { classify } from '../../src/coordinator/op-status.js';
 import { LoopbackHub } from '../../src/node/transport.js';
 import { MemoryEngine } from '../../src/storage/kv-engine.js';
@@ -109,6 +109,8 @@ describe('MemoryBudget', () => {
     expect(indexBytes({ keys: 10, writes: 10, historyBytes: 0, logBytes: 0 })).toBe(10 * INDEX_BYTES_PER_KEY);
     expect(indexBytes({ keys: 10, writes: 30, historyBytes: 0, logBytes: 0 })).toBeGreaterThan(10 * INDEX_BYTES_PER_KEY);
     expect(indexBytes({ keys: 0, writes: 0, historyBytes: 0, logBytes: 0, keyFilterBytes: 5120 })).toBe(5120); // the Bloom filter of user keys (--index-drop-cold)
+    expect(indexBytes({ keys: 0, writes: 0, historyBytes: 0, logBytes: 0, reservedLiveKeys: 3 })).toBe(3 * LIVE_KEY_BYTES); // reserved keys held by the live-key set alone
+    expect(indexBytes({ keys: 0, writes: 4, historyBytes: 0, logBytes: 0 })).toBe(4 * INDEX_BYTES_PER_VERSION); // keys dropped from the heap, until compacted
     expect(addsData({ type: 'noop' })).toBe(false);
   });
 
@@ -148,6 +150,34 @@ describe('a node over its memory budget', () => {
     await expect(l.put({ key: '/m/new', value: enc('x') }, deadline())).rejects.toBeInstanceOf(MemoryBudgetError);
     expect(l.replica(DATA_GROUP)!.isLeader).toBe(true);
     expect(l.replica(DATA_GROUP)!.term).toBe(term);
+  });
+});
+
+describe('the index of a node that drops cold keys (indexDropCold, the default)', () => {
+  it('counts a key that left the heap at a write-log entry until compacted, then only reserved live keys and the filter', async () => {
+    const nodes = await cluster({ snapshotEveryEntries: 1_000_000 });
+    const l = await leaderOf(nodes);
+    const r = l.replica(DATA_GROUP)!;
+    const sm = r.internalsForTests().sm;
+    const N = 100;
+    for (let i = 0; i < N; i++) await l.put({ key: `/cold/${String(i).padStart(4, '0')}`, value: enc(`v${i}`) }, deadline());
+    // Three reserved keys, as the cluster writes them (cursors, dead letters): they stay in the live-key set.
+    for (let i = 0; i < 3; i++) await l.execute(DATA_GROUP, { type: 'put', key: `/_sys/budget-test/${i}`, value: enc('r') }, deadline(), 'system');
+    await until('the cold keys left the heap', () => sm.droppedKeys >= N);
+    const before = r.memory;
+    expect(before.reservedLiveKeys).toBe(sm.reservedKeyCount); // the live-key set holds reserved keys only
+    expect(before.reservedLiveKeys).toBeGreaterThanOrEqual(3);
+    expect(before.keys).toBeLessThan(N / 10); // version lists: a few reserved keys, not the user keys
+    // Each user key is still counted, at a write-log entry: far below a key with its version list.
+    expect(indexBytes(before)).toBeGreaterThanOrEqual(N * INDEX_BYTES_PER_VERSION);
+    expect(indexBytes(before) - before.keyFilterBytes!).toBeLessThan(N * INDEX_BYTES_PER_KEY * 0.5); // the filter: a fixed 8 KiB at this size
+    await r.propose({ type: 'compact', revision: r.revision }, 'system');
+    await until('the compaction applied', () => sm.compactRevision > 0 && r.memory.writes === 0);
+    // Compacted: the user keys cost their share of the Bloom filter; reserved live keys LIVE_KEY_BYTES each.
+    const after = r.memory;
+    expect(indexBytes(after)).toBeLessThanOrEqual(after.keyFilterBytes! + after.keys * INDEX_BYTES_PER_KEY + after.reservedLiveKeys! * LIVE_KEY_BYTES);
+    expect(after.keys).toBeLessThan(N / 10);
+    expect(indexBytes(after)).toBeGreaterThanOrEqual(after.reservedLiveKeys! * LIVE_KEY_BYTES);
   });
 });
 

@@ -15,6 +15,7 @@ import { metaKey, RaftLogStore } from '../../src/storage/raft-log-store.js';
 import { loadState, readStateMeta } from '../../src/storage/state-store.js';
 import { KvStateMachine } from '../../src/statemachine/index.js';
 import { converged, leaderOf, mixedWorkload, nodeTrio } from '../support/node-trio.js';
+import { replicaState, replicaStates } from '../support/records-state.js';
 
 const enc = (s: string) => new TextEncoder().encode(s);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -88,7 +89,9 @@ describe('a streamed snapshot install', () => {
 
     const lsm = l.replica(DATA_GROUP)!.internalsForTests().sm;
     const fsm = fr.internalsForTests().sm;
-    expect(same(fsm.snapshot(), lsm.snapshot())).toBe(true);
+    // From the records: the heap holds reserved keys only (indexDropCold, the default).
+    const leaderState = await replicaState(l, engines[nodes.indexOf(l)]!);
+    expect(same(await replicaState(f, engines[fi]!), leaderState)).toBe(true);
     // Old values were never decoded into the heap: only the history's window was kept.
     expect(fsm.heapValueBytes()).toBeLessThan(lsm.heapValueBytes() + 64 * 1024);
     for (let rev = lsm.compactRevision; rev <= lsm.revision; rev++) {
@@ -99,12 +102,12 @@ describe('a streamed snapshot install', () => {
     // The durable records are the leader's state too (once the last applied rounds' records are written).
     await f.whenWritten();
     const onDisk = KvStateMachine.fromRecords((await loadState(engines[fi]!, DATA_GROUP))!.data);
-    expect(same(onDisk.snapshot(), lsm.snapshot())).toBe(true);
+    expect(same(onDisk.snapshot(), leaderState)).toBe(true);
   });
 
   it('refuses chunks out of order and a transfer whose checksum does not hold', async () => {
     const opts: Partial<NodeOptions> = { snapshotEveryEntries: 60, keepEntriesAfterSnapshot: 5 };
-    const { hub, nodes, l, f } = await trio.settled(opts);
+    const { hub, engines, nodes, l, f } = await trio.settled(opts);
     const fr = f.replica(DATA_GROUP)!;
     const raw = fr.internalsForTests().raw;
     const step = raw.step.bind(raw);
@@ -128,7 +131,7 @@ describe('a streamed snapshot install', () => {
     expect(fr.inbox!.counters.transfers).toBeGreaterThanOrEqual(2); // the refused one, then a sound one
     expect(fr.inbox!.counters.completed).toBeGreaterThanOrEqual(1);
     expect(fr.droppedMessages).toBeGreaterThan(0);
-    expect(same(fr.internalsForTests().sm.snapshot(), l.replica(DATA_GROUP)!.internalsForTests().sm.snapshot())).toBe(true);
+    expect(same(await replicaState(f, engines[nodes.indexOf(f)]!), await replicaState(l, engines[nodes.indexOf(l)]!))).toBe(true);
     // A chunk at an offset the transfer has not reached is refused (the core asks for what is missing).
     const before = fr.inbox!.counters.chunks;
     expect(fr.inbox!.chunk({ index: 999_999, term: 1, conf: { voters: [1], learners: [] } }, 4096, new Uint8Array(10))).toBe(false);
@@ -182,7 +185,7 @@ describe('the leader side of a streamed transfer', () => {
     const c = fr.inbox!.counters;
     expect(c.transfers).toBeGreaterThanOrEqual(2); // the abandoned one, then the new leader's
     expect(c.completed).toBeGreaterThanOrEqual(1);
-    expect(same(fr.internalsForTests().sm.snapshot(), t.replica(DATA_GROUP)!.internalsForTests().sm.snapshot())).toBe(true);
+    expect(same(await replicaState(f, engines[nodes.indexOf(f)]!), await replicaState(t, engines[nodes.indexOf(t)]!))).toBe(true);
     await noChunkRecords(engines[nodes.indexOf(f)]!); // the abandoned transfer's chunks too
     const settle = Date.now() + 5000;
     while (t.snapshotSending.openViews > 0 && Date.now() < settle) await sleep(10);
@@ -194,7 +197,7 @@ describe('the leader side of a streamed transfer', () => {
 
   it('a short final chunk, or a final chunk whose end checksum does not match, is refused; a new transfer then installs', async () => {
     const opts: Partial<NodeOptions> = { snapshotEveryEntries: 60, keepEntriesAfterSnapshot: 5, snapshotChunkBytes: 4096 };
-    const { hub, nodes, l, f } = await trio.settled(opts);
+    const { hub, engines, nodes, l, f } = await trio.settled(opts);
     const fr = f.replica(DATA_GROUP)!;
     const raw = fr.internalsForTests().raw;
     const step = raw.step.bind(raw);
@@ -226,7 +229,7 @@ describe('the leader side of a streamed transfer', () => {
     expect(c.failed).toBe(2);
     expect(c.transfers).toBeGreaterThanOrEqual(3);
     expect(c.completed).toBeGreaterThanOrEqual(1);
-    expect(same(fr.internalsForTests().sm.snapshot(), l.replica(DATA_GROUP)!.internalsForTests().sm.snapshot())).toBe(true);
+    expect(same(await replicaState(f, engines[nodes.indexOf(f)]!), await replicaState(l, engines[nodes.indexOf(l)]!))).toBe(true);
     const settle = Date.now() + 5000;
     while (l.snapshotSending.openViews > 0 && Date.now() < settle) await sleep(10);
     expect(l.snapshotSending).toEqual({ openViews: 0, readers: 0, heldBytes: 0 });
@@ -301,7 +304,7 @@ describe('a power cut during a streamed transfer or install', () => {
     nodes[fi]!.start();
     await (await leaderOf(nodes)).put({ key: '/k/last', value: enc('2') }, deadline());
     await converged(nodes);
-    const bytes = nodes.map((n) => n.replica(DATA_GROUP)!.internalsForTests().sm.snapshot());
+    const bytes = await replicaStates(nodes, engines);
     for (const b of bytes) expect(same(b, bytes[0]!)).toBe(true);
     await noChunkRecords(engines[fi]!);
     return { batches, cut };

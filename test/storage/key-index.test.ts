@@ -259,6 +259,41 @@ describe('latest versions from the records, behind the hot-index cache', () => {
     expect(s.sm.keyCount).toBe(ref.keyCount);
   });
 
+  it('with dropCold, a key compaction cuts down to one live durable version leaves the heap at the next release, and reads the same', async () => {
+    const ref = new KvStateMachine();
+    const s = new Served(new MemoryEngine(), new IndexCache(0), true);
+    const both = (i: number, cmd: Command) => {
+      expect(plain(s.sm.apply(i, 1000 + i, cmd))).toEqual(plain(ref.apply(i, 1000 + i, cmd)));
+    };
+    // Two versions of each of 'a' and 'b', one of 'c' (durable, released): 'a' and 'b' stay (two versions), 'c' leaves.
+    both(1, { type: 'put', key: 'a', value: enc.encode('a1') });
+    both(2, { type: 'put', key: 'b', value: enc.encode('b1') });
+    both(3, { type: 'put', key: 'a', value: enc.encode('a2') });
+    both(4, { type: 'put', key: 'b', value: enc.encode('b2') });
+    both(5, { type: 'put', key: 'c', value: enc.encode('c1') });
+    await s.flush();
+    s.release();
+    expect(s.sm.indexSize.keys).toBe(2);
+    expect(s.sm.droppedKeys).toBe(1);
+    // Compaction to 3 leaves 'a' one live version (a2), 'b' two (b1 and b2, newer than the point).
+    both(6, { type: 'compact', revision: 3 });
+    await s.flush();
+    while (s.sm.releaseValues(s.durable, 1)); // in slices of one: the candidates carry over
+    expect(s.sm.indexSize.keys).toBe(1); // 'a' left the heap; 'b' still has two versions
+    expect(s.sm.droppedKeys).toBe(2);
+    await expectSameReads(s.sm, ref, s);
+    both(7, { type: 'compact', revision: 5 });
+    await s.flush();
+    s.release();
+    expect(s.sm.indexSize.keys).toBe(0); // 'b' too, once cut down to b2
+    expect(s.sm.droppedKeys).toBe(3);
+    await expectSameReads(s.sm, ref, s);
+    both(8, { type: 'put', key: 'a', value: enc.encode('a3'), expectedVersion: 3 }); // the dropped head is read back as its first version
+    await expectSameReads(s.sm, ref, s);
+    await s.flush();
+    expect((await snapshotOf(s.sm, s.engine)).equals(Buffer.from(ref.snapshot()))).toBe(true);
+  });
+
   it.each([false, true])('releases a round of N keys over several bounded calls, reading the same after each and losing nothing (dropCold %s)', async (dropCold) => {
     const N = 1000;
     const SLICE = 150;

@@ -56,7 +56,7 @@ import type { ExtensionRunner } from '../../../src/extensions/sandbox/runner.js'
 import type { WatchHandle } from '../../../src/node/backend.js';
 import { DATA_GROUP, KvNode, META_GROUP, type NodeOptions } from '../../../src/node/kv-node.js';
 import { SeededRandom, type NodeId } from '../../../src/raft/index.js';
-import type { KvEvent } from '../../../src/statemachine/index.js';
+import type { KvEvent, ListResult } from '../../../src/statemachine/index.js';
 import { MemoryEngine } from '../../../src/storage/kv-engine.js';
 import { readKvMetadata } from '../../../src/wire/metadata.js';
 import type { DeleteResponseMsg, EventMsg, GetResponseMsg, PutResponseMsg } from '../../../src/wire/proto.js';
@@ -899,6 +899,25 @@ class NodeSim {
   // ------------------------------------------------------------------ the end
 
   /**
+   * A page of `prefix` of `inc`'s data replica listed from its records (`listFromEngine`, the path
+   * production lists user keys by), virtual time running until it is served; a problem when it fails.
+   */
+  private async listFromRecords(inc: Incarnation, prefix: string): Promise<ListResult | undefined> {
+    let page: ListResult | undefined;
+    let settled = false;
+    const listed = inc.node!.replica(DATA_GROUP)!
+      .listFromEngine(prefix, { limit: 10_000, keysOnly: false })
+      .then(
+        (p) => void (page = p),
+        (e: unknown) => void this.problems.push(`listing ${prefix} on node ${inc.id} from its records failed: ${String(e)}`),
+      )
+      .finally(() => void (settled = true));
+    await this.sched.run(this.sched.now() + 1_000, () => settled);
+    await listed;
+    return page;
+  }
+
+  /**
    * Collects, once everything settled, each live node's full history of DATA_PREFIX (a watch from
    * revision 1) and re-watches from random earlier revisions on random nodes.
    */
@@ -953,7 +972,8 @@ class NodeSim {
     const best = [...this.incs.values()]
       .filter((i) => !i.dead && i.node?.replica(DATA_GROUP))
       .sort((a, b) => b.node!.replica(DATA_GROUP)!.appliedIndex - a.node!.replica(DATA_GROUP)!.appliedIndex)[0];
-    const page = best?.node!.replica(DATA_GROUP)!.list(DERIVED_PREFIX, { limit: 10_000, keysOnly: false });
+    // From the records, as a node lists user keys (its heap holds reserved keys only: indexDropCold, the default).
+    const page = best && (await this.listFromRecords(best, DERIVED_PREFIX));
     for (const item of page?.items ?? []) derived.set(item.key, text(item.value) ?? '');
     // The lambda's dead letters (an event it gave up on: poison, too many failures).
     const deadLetters: NodeSimRun['deadLetters'] = [];
