@@ -172,7 +172,7 @@ export class ReplicaSet {
       });
     }
     for (const g of store.groups()) {
-      this.addReplica(g, await recoverState(store, engine, g, { ...(opts.stateMachine ? { stateMachine: opts.stateMachine } : {}), ...(opts.stateUnitBytes ? { stateUnitBytes: opts.stateUnitBytes } : {}), ...(opts.sweepVersions ? { sweepVersions: true } : {}), log }));
+      this.addReplica(g, await recoverState(store, engine, g, { ...(opts.stateMachine ? { stateMachine: opts.stateMachine } : {}), ...(opts.stateUnitBytes ? { stateUnitBytes: opts.stateUnitBytes } : {}), ...(opts.sweepVersions ? { sweepVersions: true } : {}), ...(this.dropCold ? { dropCold: true } : {}), log }));
     }
     await store.flush();
     this.refreshMap();
@@ -196,8 +196,13 @@ export class ReplicaSet {
       whenDurable: () => this.parts.store.whenWritten(),
       readCached: (read) => source.readCached(read),
       index: () => new EngineIndexSource(engine, group, this.indexCache, source),
-      ...(this.parts.opts.indexDropCold ? { dropCold: true } : {}),
+      ...(this.dropCold ? { dropCold: true } : {}),
     };
+  }
+
+  /** Whether replicas drop cold keys from the heap (`NodeOptions.indexDropCold`), and recovery loads them cold. The one place the option is read. */
+  private get dropCold(): boolean {
+    return this.parts.opts.indexDropCold === true;
   }
 
   private addReplica(group: number, initialState?: RecoveredState): void {
