@@ -1,12 +1,17 @@
 // What a restart loads into memory (issue 17): writes N keys × 1 KiB of one group's state records into a fresh LevelDB, then rebuilds the machine from them with and without values and prints the time, the heap and external memory it added, and the value bytes the machine holds.
 //
-// Run: npx tsc -p tsconfig.json, then node --expose-gc dist/bench/restart-load.js [--keys 100000] [--value-bytes 1024] [--modes values,index] [--profile DIR]
+// Run: npx tsc -p tsconfig.json, then node --expose-gc dist/bench/restart-load.js [--keys 100000] [--value-bytes 1024] [--modes values,index,cold] [--profile DIR]
 // Values are incompressible (LevelDB compresses blocks; user data mostly is not). `--profile DIR` writes a CPU profile of each load (summarise with dist/bench/profile-summary.js).
-// "index" is what a node does at open since issue 17 (`loadState(..., { values: false })`); "values" is the old load.
+// "index" is what a node does at open since issue 17 (`loadState(..., { values: false })`); "values" is the old load; "cold" is a node with
+// indexDropCold (`loadState(..., { values: false, coldKeys: true })`, the machine built with `cold` in slices between event-loop turns).
+// Each load also prints its CPU time, the longest event-loop block (a 1 ms timer's largest lateness) and the peak RSS it added (sampled
+// every 5 ms and at the end, before GC). Run one mode per process for comparable RSS figures.
 import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { Session } from 'node:inspector/promises';
 import { tmpdir } from 'node:os';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { KvStateMachine } from '../src/statemachine/index.js';
@@ -27,8 +32,13 @@ async function settled(): Promise<NodeJS.MemoryUsage> {
 }
 
 /** One load in its own frame (so nothing of it is reachable when the next one is measured). */
-async function measure(engine: LevelEngine, n: number, mode: 'values' | 'index', profileDir?: string): Promise<string> {
+async function measure(engine: LevelEngine, n: number, mode: Mode, profileDir?: string): Promise<string> {
   const m0 = await settled();
+  let peakRss = process.memoryUsage.rss();
+  const sampler = setInterval(() => (peakRss = Math.max(peakRss, process.memoryUsage.rss())), 5);
+  const delay = monitorEventLoopDelay({ resolution: 1 });
+  delay.enable();
+  const cpu0 = process.cpuUsage();
   const session = profileDir === undefined ? undefined : new Session();
   if (session) {
     session.connect();
@@ -37,11 +47,16 @@ async function measure(engine: LevelEngine, n: number, mode: 'values' | 'index',
   }
   const t0 = performance.now();
   const timings: LoadTimings = { scanMs: 0, records: 0, assembleMs: 0, historyValuesMs: 0 };
-  const loaded = await loadState(engine, 1, { values: mode === 'values', timings });
+  const loaded = await loadState(engine, 1, { values: mode === 'values', timings, ...(mode === 'cold' ? { coldKeys: true } : {}) });
   const t1 = performance.now();
-  const sm = KvStateMachine.fromRecords(loaded!.data, { adopt: true }); // as recovery does
+  // As recovery does: in one go before the cold load, in slices with it.
+  const sm = mode === 'cold' ? await stepsYielding(KvStateMachine.fromRecordsSteps(loaded!.data, { adopt: true, cold: loaded!.cold! })) : KvStateMachine.fromRecords(loaded!.data, { adopt: true });
   const t2 = performance.now();
   const ms = t2 - t0;
+  const cpu = process.cpuUsage(cpu0);
+  peakRss = Math.max(peakRss, process.memoryUsage.rss());
+  clearInterval(sampler);
+  delay.disable();
   if (session) {
     const { profile } = await session.post('Profiler.stop');
     session.disconnect();
@@ -49,11 +64,27 @@ async function measure(engine: LevelEngine, n: number, mode: 'values' | 'index',
   }
   const m1 = await settled();
   return (
-    `${n} keys, load ${mode === 'values' ? 'with values (before issue 17)' : 'index only (now)'}: ${ms.toFixed(0)} ms ` +
+    `${n} keys, load ${mode === 'values' ? 'with values (before issue 17)' : mode === 'index' ? 'index only' : 'cold keys (indexDropCold)'}: ${ms.toFixed(0)} ms ` +
+    `(CPU ${((cpu.user + cpu.system) / 1000).toFixed(0)} ms, longest block ${(delay.max / 1e6).toFixed(0)} ms, peak RSS +${mib(peakRss - m0.rss)} MiB, cold keys ${loaded!.cold?.keys.length ?? 0}) ` +
     `(scan ${timings.scanMs.toFixed(0)} ms over ${timings.records} records, assemble ${timings.assembleMs.toFixed(0)}, history values ${timings.historyValuesMs.toFixed(0)}, fromRecords ${(t2 - t1).toFixed(0)}), ` +
     `heap +${mib(m1.heapUsed - m0.heapUsed)} MiB, external +${mib(m1.external - m0.external)} MiB, ` +
     `value bytes held by the machine ${mib(sm.heapValueBytes())} MiB, keys ${sm.keyCount}`
   );
+}
+
+type Mode = 'values' | 'index' | 'cold';
+
+/** Runs `steps` to the end, yielding a macrotask turn after each 20 ms of work (as recovery does). */
+async function stepsYielding<T>(steps: Generator<void, T, undefined>): Promise<T> {
+  let last = performance.now();
+  for (;;) {
+    const r = steps.next();
+    if (r.done) return r.value;
+    if (performance.now() - last >= 20) {
+      await new Promise<void>((resolve) => setImmediate(resolve));
+      last = performance.now();
+    }
+  }
 }
 
 /** An incompressible value of `bytes` (a slice of `pool` at an offset that depends on `i`). */
@@ -65,17 +96,20 @@ function randomValue(pool: Buffer, i: number, bytes: number): Uint8Array {
 
 async function main(): Promise<void> {
   const { values } = parseArgs({
-    options: { keys: { type: 'string', default: '100000' }, 'value-bytes': { type: 'string', default: '1024' }, modes: { type: 'string', default: 'values,index' }, profile: { type: 'string' } },
+    options: { keys: { type: 'string', default: '100000' }, 'value-bytes': { type: 'string', default: '1024' }, modes: { type: 'string', default: 'values,index' }, profile: { type: 'string' }, dir: { type: 'string' } },
   });
-  const modes = values.modes.split(',') as Array<'values' | 'index'>;
-  if (!modes.every((m) => m === 'values' || m === 'index')) throw new Error('--modes: values and/or index');
+  const modes = (values.modes === '' ? [] : values.modes.split(',')) as Mode[];
+  if (!modes.every((m) => m === 'values' || m === 'index' || m === 'cold')) throw new Error('--modes: values, index and/or cold');
   const pool = randomBytes(1 << 20);
   const n = flagInt('keys', values.keys, 1);
   const valueBytes = flagInt('value-bytes', values['value-bytes'], 1);
-  const dir = await mkdtemp(join(tmpdir(), 'kvcascade-restart-'));
+  // --dir DIR keeps the database: written on the first run (e.g. with --modes ''), loaded as it is by the next ones
+  // (a fresh process per load: the RSS the writes left does not hide the load's).
+  const dir = values.dir ?? (await mkdtemp(join(tmpdir(), 'kvcascade-restart-')));
+  const written = values.dir !== undefined && existsSync(join(dir, 'CURRENT'));
   const engine = await LevelEngine.open(dir);
   try {
-    {
+    if (!written) {
       const sm = new KvStateMachine();
       const rec = new StateRecorder(1);
       sm.observe(rec);
@@ -89,7 +123,7 @@ async function main(): Promise<void> {
     for (const mode of modes) console.log(await measure(engine, n, mode, values.profile));
   } finally {
     await engine.close();
-    await rm(dir, { recursive: true, force: true });
+    if (values.dir === undefined) await rm(dir, { recursive: true, force: true });
   }
 }
 
