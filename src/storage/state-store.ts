@@ -1944,7 +1944,10 @@ export async function loadState(engine: KvEngine, group: number, options: LoadOp
     if (raw === undefined) throw new StorageCorruptionError(`group ${group} state: version ${rev} of ${JSON.stringify(key)} vanished while loading`);
     return decodeVersionHead(raw, rev, key);
   };
-  const loaded = assemble(group, meta, latest, deleted, revs, versionKeys, options.deadVersions === true, cold, coldVersion);
+  const steps = assembleSteps(group, meta, latest, deleted, revs, versionKeys, options.deadVersions === true, cold, coldVersion);
+  let step = steps.next();
+  for (; !step.done; step = steps.next()) await slicer.maybeYield();
+  const loaded = step.value;
   // The key counts kept in `meta` must be the records' (records written before they were kept have none: the machine counts at build).
   if (meta.liveKeys !== undefined) {
     const counted = keyCountsOf(loaded.data.keys);
@@ -1992,8 +1995,11 @@ export async function loadState(engine: KvEngine, group: number, options: LoadOp
   };
 }
 
-/** Longest stretch (ms) of a restart's scan before it yields to the event loop. */
+/** Longest stretch (ms) of a restart's scan and checks before it yields to the event loop. */
 const LOAD_SLICE_MS = 20;
+
+/** `assembleSteps` offers to yield after each 4,096 keys (a mask: 2^12 - 1). */
+const ASSEMBLE_STEP_KEYS = 4095;
 
 function sessionIdOf(raw: Uint8Array, whole: Uint8Array): string {
   const id = raw.length <= MAX_SESSION_ID_LENGTH ? Buffer.from(raw).toString('latin1') : '';
@@ -2162,7 +2168,11 @@ interface RawEvent {
   readonly hops: number;
 }
 
-function assemble(
+/**
+ * Checks the loaded records and assembles the machine's data (see `loadState`), as a generator that
+ * yields between blocks and every few thousand keys, so the caller can spread it over event-loop turns.
+ */
+function* assembleSteps(
   group: number,
   meta: StateMeta,
   latest: LatestRecords,
@@ -2172,7 +2182,7 @@ function assemble(
   deadVersions: boolean,
   cold?: ColdKeys,
   coldVersion?: (key: string, revision: number) => VersionRecord,
-): Omit<LoadedState, 'cold'> {
+): Generator<void, Omit<LoadedState, 'cold'>, undefined> {
   const fail = (what: string): never => {
     throw new StorageCorruptionError(`group ${group} state: ${what}`);
   };
@@ -2228,6 +2238,7 @@ function assemble(
     if (next < 0 && block.last < Math.max(1, c)) fail(`revision block ${block.first}..${block.last} is wholly before the compaction point ${c}`);
     blocks.push(block);
     next = block.last + 1;
+    yield;
   }
   if ((next < 0 ? Math.max(1, c) : next) !== revision + 1) fail(`revision blocks do not end at revision ${revision}`);
   if (meta.lastTimestampMs < prevTs) fail('lastTimestampMs is older than the last revision');
@@ -2254,6 +2265,7 @@ function assemble(
   };
   let kept = 0; // keys with retained versions, moved to the front of `keys` (with dead versions, some have none)
   for (let k = 0; k < keys.length; k++) {
+    if ((k & ASSEMBLE_STEP_KEYS) === ASSEMBLE_STEP_KEYS) yield;
     const key = keys[k]![0];
     let versions = keys[k]![1];
     if (deadVersions) {
@@ -2310,6 +2322,7 @@ function assemble(
     let ci = 0;
     const coldKeysOf = [...historyKeys].filter((k) => !byKey.has(k)).sort(compareKeys);
     for (let i = 0; i < cold.keys.length; i++) {
+      if ((i & ASSEMBLE_STEP_KEYS) === ASSEMBLE_STEP_KEYS) yield;
       const rev = cold.revisions[i]!;
       if (rev > revision) fail(`version ${rev} of ${JSON.stringify(cold.keys[i])} is after revision ${revision}`);
       if (rev > c) found[rev - c - 1]!++;
