@@ -1105,7 +1105,7 @@ export class KvStateMachine {
     return false;
   }
 
-  /** Number of keys dropped from the heap's version lists since the machine was made (their latest version is read from the index source). */
+  /** Number of keys dropped from the heap's version lists since the machine was made, counting the cold keys it was built with (`fromRecords` option `cold`); their latest version is read from the index source. */
   get droppedKeys(): number {
     return this.droppedCount;
   }

@@ -9,7 +9,9 @@
  * engine point read of the version record). Until then the value stays in the heap, so a read never
  * misses a record that is staged but not yet written. A restart loads the index without values
  * (`loadState(..., { values: false })`: each version becomes the `VALUE_ON_DISK` placeholder, only
- * the watch history's put values are read). The machine reports every record-level change to a
+ * the watch history's put values are read); with `coldKeys` (a node with `indexDropCold`) keys whose
+ * only version is live are not even that: a keys-only scan of `v/` gives their key and revision, and
+ * the machine is built without them in the heap (`KvStateMachine.fromRecords` option `cold`). The machine reports every record-level change to a
  * {@link StateRecorder} (a `StateSink`), which encodes them as engine writes. After each Ready's
  * committed entries are applied, the node stages those writes, ending with the group's `meta`
  * record (applied index and scalars), as ONE unit of the `RaftLogStore` (`stageStateOps`). Units
