@@ -165,6 +165,23 @@ const stepArb: fc.Arbitrary<Step> = fc.oneof(
   { weight: 2, arbitrary: fc.constant({ kind: 'release' as const }) },
 );
 
+/** Plays `steps` on `served` and on the heap machine `ref` (same outputs), calling `after` after each step; returns the last index and time. */
+async function playSteps(served: Served, ref: KvStateMachine, steps: readonly Step[], after?: () => Promise<void>): Promise<{ index: number; ts: number }> {
+  let index = 0;
+  let ts = 1000;
+  for (const step of steps) {
+    if (step.kind === 'flush') await served.flush();
+    else if (step.kind === 'release') served.release();
+    else {
+      index++;
+      ts += step.dt;
+      expect(plain(served.sm.apply(index, ts, step.cmd)), JSON.stringify(step.cmd)).toEqual(plain(ref.apply(index, ts, step.cmd)));
+    }
+    await after?.();
+  }
+  return { index, ts };
+}
+
 const dirs: string[] = [];
 const engines: KvEngine[] = [];
 afterEach(async () => {
@@ -180,18 +197,7 @@ describe('latest versions from the records, behind the hot-index cache', () => {
       fc.asyncProperty(fc.array(stepArb, { minLength: 1, maxLength: 150 }), async (steps) => {
         const ref = new KvStateMachine();
         const served = new Served(new MemoryEngine(), new IndexCache(2 * (INDEX_CACHE_ENTRY_OVERHEAD_BYTES + 12)), dropCold);
-        let index = 0;
-        let ts = 1000;
-        for (const step of steps) {
-          if (step.kind === 'flush') await served.flush();
-          else if (step.kind === 'release') served.release();
-          else {
-            index++;
-            ts += step.dt;
-            expect(plain(served.sm.apply(index, ts, step.cmd)), JSON.stringify(step.cmd)).toEqual(plain(ref.apply(index, ts, step.cmd)));
-          }
-          await expectSameReads(served.sm, ref, served);
-        }
+        await playSteps(served, ref, steps, () => expectSameReads(served.sm, ref, served));
         await served.flush();
         expect((await snapshotOf(served.sm, served.engine)).equals(Buffer.from(ref.snapshot()))).toBe(true);
         engineReads += served.index.reads.engine;
@@ -483,18 +489,7 @@ describe('latest versions from the records, behind the hot-index cache', () => {
       fc.asyncProperty(fc.array(stepArb, { minLength: 1, maxLength: 120 }), async (steps) => {
         const ref = new KvStateMachine();
         const served = new Served(new MemoryEngine(), new IndexCache(0), true);
-        let index = 0;
-        let ts = 1000;
-        for (const step of steps) {
-          if (step.kind === 'flush') await served.flush();
-          else if (step.kind === 'release') served.release();
-          else {
-            index++;
-            ts += step.dt;
-            served.sm.apply(index, ts, step.cmd);
-            ref.apply(index, ts, step.cmd);
-          }
-        }
+        let { index, ts } = await playSteps(served, ref, steps);
         // Keys loaded with their versions too: two retained versions, and a deleted key.
         const tail: Command[] = [
           { type: 'put', key: KEY_POOL[0]!, value: enc.encode('x') },
