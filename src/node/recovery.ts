@@ -56,7 +56,18 @@ export async function recoverState(
   store: RaftLogStore,
   engine: KvEngine,
   group: number,
-  o: { readonly stateMachine?: KvStateMachineOptions; readonly stateUnitBytes?: number; readonly log: Logger; readonly sweepVersions?: boolean },
+  o: {
+    readonly stateMachine?: KvStateMachineOptions;
+    readonly stateUnitBytes?: number;
+    readonly log: Logger;
+    readonly sweepVersions?: boolean;
+    /**
+     * The replica will attach its index with `dropCold`: keys whose only retained version is live
+     * are loaded as key and revision and left out of the heap (`loadState` option `coldKeys`,
+     * `KvStateMachine.fromRecords` option `cold`), as a running machine drops them.
+     */
+    readonly dropCold?: boolean;
+  },
 ): Promise<RecoveredState> {
   const t0 = performance.now();
   const recorderOptions = { sweepVersions: o.sweepVersions === true };
@@ -71,10 +82,11 @@ export async function recoverState(
   if (fromRecords) {
     const load: LoadTimings = { scanMs: 0, records: 0, assembleMs: 0, historyValuesMs: 0 };
     // Values stay in the engine; with the sweep, compacted versions not swept yet are skipped.
-    const loaded = (await loadState(engine, group, { values: false, timings: load, deadVersions: o.sweepVersions === true }))!;
+    const loaded = (await loadState(engine, group, { values: false, timings: load, deadVersions: o.sweepVersions === true, coldKeys: o.dropCold === true }))!;
     const built = performance.now();
-    sm = KvStateMachine.fromRecords(loaded.data, { adopt: true }); // the loaded lists are this machine's alone
-    Object.assign(timings, load, { fromRecordsMs: performance.now() - built });
+    // The loaded lists are this machine's alone (adopted); built in slices between event-loop turns.
+    sm = await runStepsYielding(KvStateMachine.fromRecordsSteps(loaded.data, { adopt: true, ...(loaded.cold ? { cold: loaded.cold } : {}) }));
+    Object.assign(timings, load, { fromRecordsMs: performance.now() - built, coldKeys: loaded.cold?.keys.length ?? 0 });
     recorder = new StateRecorder(group, loaded.written, {}, recorderOptions);
     // Durable records at or past the snapshot: its data (an install cut short before the drop) is not needed.
     store.dropSnapshotData(group);
@@ -134,6 +146,22 @@ export async function recoverState(
     'state machine recovered',
   );
   return { sm, recorder };
+}
+
+/** Longest stretch (ms) of building a machine at open before yielding to the event loop. */
+const BUILD_SLICE_MS = 20;
+
+/** Runs `steps` to the end, yielding to the event loop (a macrotask turn) after each {@link BUILD_SLICE_MS} of work. */
+async function runStepsYielding<T>(steps: Generator<void, T, undefined>): Promise<T> {
+  let last = performance.now();
+  for (;;) {
+    const r = steps.next();
+    if (r.done) return r.value;
+    if (performance.now() - last >= BUILD_SLICE_MS) {
+      await new Promise<void>((resolve) => setImmediate(resolve));
+      last = performance.now();
+    }
+  }
 }
 
 /**

@@ -172,7 +172,7 @@ export class ReplicaSet {
       });
     }
     for (const g of store.groups()) {
-      this.addReplica(g, await recoverState(store, engine, g, { ...(opts.stateMachine ? { stateMachine: opts.stateMachine } : {}), ...(opts.stateUnitBytes ? { stateUnitBytes: opts.stateUnitBytes } : {}), ...(opts.sweepVersions ? { sweepVersions: true } : {}), log }));
+      this.addReplica(g, await recoverState(store, engine, g, { ...(opts.stateMachine ? { stateMachine: opts.stateMachine } : {}), ...(opts.stateUnitBytes ? { stateUnitBytes: opts.stateUnitBytes } : {}), ...(opts.sweepVersions ? { sweepVersions: true } : {}), ...(this.dropCold ? { dropCold: true } : {}), log }));
     }
     await store.flush();
     this.refreshMap();
@@ -189,11 +189,6 @@ export class ReplicaSet {
       .catch((err: unknown) => log.warn({ group, err: String(err) }, 'compacting the records of deleted keys failed (listings across them stay slower until LevelDB compacts them)'));
   }
 
-  /** Whether cold keys leave the heap's version lists (NodeOptions.indexDropCold, on by default). */
-  private get dropCold(): boolean {
-    return this.parts.opts.indexDropCold ?? NODE_DEFAULTS.indexDropCold;
-  }
-
   private valuesOf(engine: KvEngine, group: number): NonNullable<ConstructorParameters<typeof ShardReplica>[0]['values']> {
     const source = new EngineValueSource(engine, group, this.valueCache);
     return {
@@ -203,6 +198,11 @@ export class ReplicaSet {
       index: () => new EngineIndexSource(engine, group, this.indexCache, source),
       dropCold: this.dropCold,
     };
+  }
+
+  /** Whether replicas drop cold keys from the heap (`NodeOptions.indexDropCold`, on by default), and recovery loads them cold. The one place the option is read. */
+  private get dropCold(): boolean {
+    return this.parts.opts.indexDropCold ?? NODE_DEFAULTS.indexDropCold;
   }
 
   private addReplica(group: number, initialState?: RecoveredState): void {

@@ -1,7 +1,7 @@
 /** Public surface of the shard key-value state machine: the machine, its commands, codecs, errors and limits. */
 
 /** The state machine and its history-size accounting. */
-export { KvStateMachine, eventBytes, SHARD_DESCRIPTOR_KEY } from './kv-state-machine.js';
+export { KvStateMachine, eventBytes, SHARD_DESCRIPTOR_KEY, type ColdKeys } from './kv-state-machine.js';
 /** Binary command codec for Raft log entries. */
 export { encodeCommand, encodeCommandInto, encodedCommandCapacity, decodeCommand, usesNewerPutFlags, COMMAND_FORMAT_VERSION } from './command-codec.js';
 /** Snapshot format identification. */

@@ -111,6 +111,16 @@ function positiveLimit(n: unknown, def: number, max: number, what: string): numb
 }
 
 /**
+ * Keys whose only retained version is live, as a restart loads them without a version object
+ * (`KvStateMachine.fromRecords` option `cold`): the keys in key order (`compareKeys`) and, at the
+ * same position, the revision of that version.
+ */
+export interface ColdKeys {
+  readonly keys: readonly string[];
+  readonly revisions: readonly number[];
+}
+
+/**
  * The state machine of one shard. Pure and deterministic: no I/O and no clock; every input
  * (Raft index, leader timestamp, command) arrives through `apply`, so replicas applying the same
  * log (with the same options) reach byte-identical snapshots.
@@ -216,8 +226,10 @@ export class KvStateMachine {
   private droppableAt = 0;
   /** Whether `dropCold` runs (`attachIndex` option). */
   private dropColdKeys = false;
-  /** Keys dropped from `records` by `dropCold` since the machine was made (for tests and metrics). */
+  /** Keys dropped from `records` by `dropCold`, or left out of it by `fromRecords` with `cold`, since the machine was made (for tests and metrics). */
   private droppedCount = 0;
+  /** Built by `fromRecords` with `cold` keys: they are in no version list, so `attachIndex` must come (with `dropCold`) before any use, and serves at once. */
+  private builtCold = false;
   /** Events of at most this many most recent revisions are kept for `eventsSince`. */
   readonly maxHistoryRevisions: number;
   /** Cap on accounted history bytes (see {@link eventBytes}). */
@@ -1106,7 +1118,7 @@ export class KvStateMachine {
     return false;
   }
 
-  /** Number of keys dropped from the heap's version lists since the machine was made (their latest version is read from the index source). */
+  /** Number of keys dropped from the heap's version lists since the machine was made, counting the cold keys it was built with (`fromRecords` option `cold`); their latest version is read from the index source. */
   get droppedKeys(): number {
     return this.droppedCount;
   }
@@ -1133,11 +1145,18 @@ export class KvStateMachine {
   attachIndex(source: IndexSource, options: { readonly dropCold?: boolean } = {}): void {
     if (this.values === undefined) throw new Error('attach a value source before an index source');
     if (this.index !== undefined) throw new Error('an index source is already attached');
+    if (this.builtCold && options.dropCold !== true) throw new Error('a machine built with cold keys (fromRecords with cold) needs attachIndex with dropCold');
     this.index = source;
     this.dropColdKeys = options.dropCold === true;
     this.indexFrom = this._revision;
     if (!this.dropColdKeys) return;
     for (const key of this.records.keys()) this.droppable.push(key);
+    if (this.builtCold) {
+      // Its cold keys were read from durable records at this revision: the index serves them now,
+      // and `live` already holds reserved keys only (user keys are in the filter).
+      this.indexReady = true;
+      return;
+    }
     // From now on `live` holds reserved keys only; the user keys live now go to the filter.
     const filter = new KeyFilter();
     const reserved: string[] = [];
@@ -1267,15 +1286,28 @@ export class KvStateMachine {
    * No sink is attached. O(state size). With `adopt` the version lists are taken, not copied (the
    * caller hands them over and must not touch them again: a restart's freshly loaded records).
    */
-  static fromRecords(d: SnapshotData, options: { readonly adopt?: boolean } = {}): KvStateMachine {
-    return KvStateMachine.build(d, options.adopt === true);
+  static fromRecords(d: SnapshotData, options: { readonly adopt?: boolean; readonly cold?: ColdKeys } = {}): KvStateMachine {
+    return runSteps(KvStateMachine.fromRecordsSteps(d, options));
   }
 
-  private static build(d: SnapshotData, adopt: boolean): KvStateMachine {
-    return runSteps(KvStateMachine.buildSteps(d, adopt));
+  /**
+   * {@link fromRecords} in bounded steps (a generator yielding after every few thousand keys), so a
+   * restart can spread the build over event-loop turns.
+   *
+   * With `cold` (a restart's keys whose only retained version is live, loaded as key and revision:
+   * `loadState` with `coldKeys`), the machine is built in the state a running machine reaches once
+   * `dropCold` has run (`attachIndex`): the cold keys are in no version list (`records`), counted
+   * live, in the write log when after the compaction point, the reserved ones in the live-key set and
+   * the user keys in the Bloom filter (the live-key set holds reserved keys only). Such a machine
+   * must get its value source and `attachIndex(source, { dropCold: true })` before any use (the
+   * index then serves at once: its records are the durable ones it was loaded from); `toRecords()`
+   * and `snapshot()` throw, as after `dropCold`. `d.keys` and `cold` must not share a key.
+   */
+  static *fromRecordsSteps(d: SnapshotData, options: { readonly adopt?: boolean; readonly cold?: ColdKeys } = {}): Generator<void, KvStateMachine, undefined> {
+    return yield* KvStateMachine.buildSteps(d, options.adopt === true, options.cold);
   }
 
-  private static *buildSteps(d: SnapshotData, adopt: boolean): Generator<void, KvStateMachine, undefined> {
+  private static *buildSteps(d: SnapshotData, adopt: boolean, cold?: ColdKeys): Generator<void, KvStateMachine, undefined> {
     const m = new KvStateMachine({
       maxHistoryRevisions: d.maxHistoryRevisions,
       maxHistoryBytes: d.maxHistoryBytes,
@@ -1312,12 +1344,48 @@ export class KvStateMachine {
         writeKeys.push(key);
       }
     }
+    if (cold !== undefined) {
+      if (cold.keys.length !== cold.revisions.length) throw new ValidationError('MALFORMED_SNAPSHOT', `cold keys: ${cold.keys.length} keys, ${cold.revisions.length} revisions`);
+      for (let i = 0; i < cold.keys.length; i++) {
+        if (i % RESTORE_STEP_KEYS === RESTORE_STEP_KEYS - 1) yield;
+        const rev = cold.revisions[i]!;
+        if (rev > d.revision || rev < 1) throw new ValidationError('MALFORMED_SNAPSHOT', `cold key ${JSON.stringify(cold.keys[i])} at revision ${rev} (the state is at ${d.revision})`);
+        if (rev <= d.compactRevision) continue;
+        const slot = rev - d.compactRevision;
+        next.push(firstAt[slot]!);
+        firstAt[slot] = writeKeys.length;
+        writeKeys.push(cold.keys[i]!);
+      }
+    }
     for (let slot = 1; slot <= span; slot++) {
       for (let i = firstAt[slot]!; i >= 0; i = next[i]!) m.writeLog.push({ revision: d.compactRevision + slot, key: writeKeys[i]! });
       if (slot % RESTORE_STEP_KEYS === 0) yield;
     }
-    m.live = SortedKeySet.fromSorted(liveKeys);
-    m.liveCount = liveKeys.length;
+    if (cold === undefined) {
+      m.live = SortedKeySet.fromSorted(liveKeys);
+      m.liveCount = liveKeys.length;
+    } else {
+      // As after `attachIndex` with `dropCold`: reserved live keys in the set (both lists are in key
+      // order: merged), user live keys in the filter.
+      const filter = new KeyFilter();
+      const reserved: string[] = [];
+      let i = 0;
+      let j = 0;
+      while (i < liveKeys.length || j < cold.keys.length) {
+        const fromHeap = j >= cold.keys.length || (i < liveKeys.length && compareKeys(liveKeys[i]!, cold.keys[j]!) < 0);
+        const key = fromHeap ? liveKeys[i++]! : cold.keys[j++]!;
+        if (isReservedKey(key)) {
+          reserved.push(key);
+          if (!fromHeap) m.reservedLive++;
+        } else filter.add(key);
+        if ((i + j) % RESTORE_STEP_KEYS === 0) yield;
+      }
+      m.live = SortedKeySet.fromSorted(reserved);
+      m.userKeyFilter = filter;
+      m.liveCount = liveKeys.length + cold.keys.length;
+      m.droppedCount = cold.keys.length;
+      m.builtCold = true;
+    }
     for (const e of d.history) {
       m.history.push(e);
       m.historyBytes += eventBytes(e);

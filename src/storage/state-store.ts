@@ -9,7 +9,9 @@
  * engine point read of the version record). Until then the value stays in the heap, so a read never
  * misses a record that is staged but not yet written. A restart loads the index without values
  * (`loadState(..., { values: false })`: each version becomes the `VALUE_ON_DISK` placeholder, only
- * the watch history's put values are read). The machine reports every record-level change to a
+ * the watch history's put values are read); with `coldKeys` (a node with `indexDropCold`) keys whose
+ * only version is live are not even that: a keys-only scan of `v/` gives their key and revision, and
+ * the machine is built without them in the heap (`KvStateMachine.fromRecords` option `cold`). The machine reports every record-level change to a
  * {@link StateRecorder} (a `StateSink`), which encodes them as engine writes. After each Ready's
  * committed entries are applied, the node stages those writes, ending with the group's `meta`
  * record (applied index and scalars), as ONE unit of the `RaftLogStore` (`stageStateOps`). Units
@@ -163,6 +165,7 @@ import {
   type StateSink,
   type ValueSource,
   type VersionRecord,
+  type ColdKeys,
   VALUE_ON_DISK,
 } from '../statemachine/index.js';
 import { isReservedKey } from '../sharding/index.js';
@@ -1726,6 +1729,16 @@ export interface LoadOptions {
    * reported as corruption, as a compacted version that survives).
    */
   readonly deadVersions?: boolean;
+  /**
+   * Load keys whose only retained version is live as key and revision only (`LoadedState.cold`),
+   * from a keys-only scan of the version records: no value, no version object (default false).
+   * Needs `values: false`. Multi-version keys, deleted keys and every key of a store whose `meta`
+   * has no key counts (written before they were kept) load as without it; when the live-key counts
+   * of `meta` disagree with the keys so loaded (an `l/` naming a tombstone, written before the
+   * live/deleted split) the group is loaded again without it. A cold version's contents (kind,
+   * timestamp, hop count) are not checked at load: they are read when the key is.
+   */
+  readonly coldKeys?: boolean;
 }
 
 /**
@@ -1752,6 +1765,8 @@ export interface LoadedState {
   readonly data: SnapshotData;
   /** Pass to the `StateRecorder` of the rebuilt machine. */
   readonly written: WrittenState;
+  /** With `LoadOptions.coldKeys`: the keys loaded without versions (pass to `KvStateMachine.fromRecords` as `cold`; none of them is in `data.keys`). */
+  readonly cold?: ColdKeys;
 }
 
 /**
@@ -1760,11 +1775,13 @@ export interface LoadedState {
  */
 export async function loadState(engine: KvEngine, group: number, options: LoadOptions = {}): Promise<LoadedState | undefined> {
   const withValues = options.values !== false;
+  const coldKeys = options.coldKeys === true;
+  if (coldKeys && withValues) throw new Error('loadState: coldKeys needs values: false (cold keys are loaded without their versions)');
   const keys = new Keys(group);
   const p = keys.prefix.length;
   // The latest records in key order, live (`l/`) and deleted (`t/`): the loader compares them with
   // the versions by position (no map of every key).
-  const latest: LatestRecords = { keys: [], revisions: [] };
+  let latest: LatestRecords = { keys: [], revisions: [] };
   const deleted: LatestRecords = { keys: [], revisions: [] };
   let meta: StateMeta | undefined;
   const revs: Array<{ rev: number; value: Uint8Array }> = [];
@@ -1774,9 +1791,10 @@ export async function loadState(engine: KvEngine, group: number, options: LoadOp
   const t = options.timings;
   let mark = performance.now();
   let records = 0;
-  // A run of records per trip to the engine (a promise per record was ~10 % of the scan's CPU).
-  for await (const run of scanChunks(engine, { prefix: keys.prefix, readAheadBytes: LOAD_READ_AHEAD_BYTES })) for (const [k, v] of run) {
-    records++;
+  // Long scans yield to the event loop between slices (a restart at 1 M keys otherwise blocks it for seconds).
+  const slicer = new Slicer(LOAD_SLICE_MS);
+  /** Every record but a version. */
+  const other = (k: Uint8Array, v: Uint8Array): void => {
     const tag = k[p];
     if (k.length === p + META_SUFFIX.length && Buffer.compare(k.subarray(p), META_SUFFIX) === 0) {
       meta = decodeMeta(v);
@@ -1793,20 +1811,6 @@ export async function loadState(engine: KvEngine, group: number, options: LoadOp
     } else if (tag === TAG_REVISION) {
       if (k.length !== p + 10) throw new StorageCorruptionError(`unexpected state key ${describe(k)}`);
       revs.push({ rev: readU64(k, p + 2), value: v });
-    } else if (tag === TAG_VERSION) {
-      const end = findTerminator(k, p + 2);
-      if (end < 0 || k.length !== end + 10) throw new StorageCorruptionError(`malformed version key ${describe(k)}`);
-      const escaped = k.subarray(p + 2, end);
-      const rev = readU64(k, end + 2);
-      if (prevEscaped === undefined || Buffer.compare(prevEscaped, escaped) !== 0) {
-        const key = decodeKey(escaped, k);
-        const prev = versionKeys[versionKeys.length - 1];
-        if (prev && compareKeys(prev[0], key) >= 0) throw new StorageCorruptionError(`version keys out of order at ${describe(k)}`);
-        versionKeys.push([key, []]);
-        prevEscaped = escaped;
-      }
-      const [key, list] = versionKeys[versionKeys.length - 1]!;
-      list.push(withValues ? decodeVersion(v, rev, key) : decodeVersionHead(v, rev, key));
     } else if (tag === TAG_SESSION) {
       const id = sessionIdOf(k.subarray(p + 2), k);
       sessions.addBaseHeader(corruptOnError(`session ${id}`, () => decodeSessionHeader(id, v)));
@@ -1820,6 +1824,116 @@ export async function loadState(engine: KvEngine, group: number, options: LoadOp
       const n = readU64(k, p + 2);
       corruptOnError(`session journal record ${n}`, () => sessions.replay(n, v));
     } else throw new StorageCorruptionError(`unexpected state key ${describe(k)}`);
+  };
+  /** One version record (its value read when `v` is given). */
+  const version = (k: Uint8Array, v: Uint8Array): void => {
+    const end = findTerminator(k, p + 2);
+    if (end < 0 || k.length !== end + 10) throw new StorageCorruptionError(`malformed version key ${describe(k)}`);
+    const escaped = k.subarray(p + 2, end);
+    const rev = readU64(k, end + 2);
+    if (prevEscaped === undefined || Buffer.compare(prevEscaped, escaped) !== 0) {
+      const key = decodeKey(escaped, k);
+      const prev = versionKeys[versionKeys.length - 1];
+      if (prev && compareKeys(prev[0], key) >= 0) throw new StorageCorruptionError(`version keys out of order at ${describe(k)}`);
+      versionKeys.push([key, []]);
+      prevEscaped = escaped;
+    }
+    const [key, list] = versionKeys[versionKeys.length - 1]!;
+    list.push(withValues ? decodeVersion(v, rev, key) : decodeVersionHead(v, rev, key));
+  };
+  let cold: { keys: string[]; revisions: number[] } | undefined;
+  const versionPrefix = concat(keys.prefix, new Uint8Array([TAG_VERSION, SLASH]));
+  if (!coldKeys) {
+    // A run of records per trip to the engine (a promise per record was ~10 % of the scan's CPU).
+    for await (const run of scanChunks(engine, { prefix: keys.prefix, readAheadBytes: LOAD_READ_AHEAD_BYTES })) {
+      for (const [k, v] of run) {
+        records++;
+        if (k[p] === TAG_VERSION && k[p + 1] === SLASH) version(k, v);
+        else other(k, v);
+      }
+      await slicer.maybeYield();
+    }
+  } else {
+    // Everything but the versions (meta, latests, blocks, sessions: `v/` sorts last of the tags),
+    // then the versions, keys only.
+    const ranges = [
+      { gte: keys.prefix, lt: versionPrefix },
+      { gte: prefixEnd(versionPrefix), lt: prefixEnd(keys.prefix) },
+    ];
+    for (const range of ranges) {
+      for await (const run of scanChunks(engine, { ...range, readAheadBytes: LOAD_READ_AHEAD_BYTES })) {
+        for (const [k, v] of run) {
+          records++;
+          other(k, v);
+        }
+        await slicer.maybeYield();
+      }
+    }
+    if (meta === undefined) return undefined;
+    if (meta.liveKeys === undefined) {
+      // No key counts to check the cold keys against (see LoadOptions.coldKeys): every version loads.
+      for await (const run of scanChunks(engine, { prefix: versionPrefix, readAheadBytes: LOAD_READ_AHEAD_BYTES })) {
+        for (const [k, v] of run) {
+          records++;
+          version(k, v);
+        }
+        await slicer.maybeYield();
+      }
+    } else {
+      cold = { keys: [], revisions: [] };
+      const c = cold;
+      const hot: LatestRecords = { keys: [], revisions: [] }; // the latests of keys loaded with versions
+      let li = 0;
+      let curKey: string | undefined;
+      const curRevs: number[] = [];
+      const flush = (): void => {
+        if (curKey === undefined) return;
+        const key = curKey;
+        // Latests before `key` have no versions: left to `assemble`, which reports them.
+        while (li < latest.keys.length && compareKeys(latest.keys[li]!, key) < 0) {
+          hot.keys.push(latest.keys[li]!);
+          hot.revisions.push(latest.revisions[li++]!);
+        }
+        if (curRevs.length === 1 && latest.keys[li] === key && latest.revisions[li] === curRevs[0]) {
+          c.keys.push(key);
+          c.revisions.push(curRevs[0]!);
+          li++;
+        } else {
+          // Several versions, or not live: their heads, read by point (the minority of keys).
+          const list: VersionRecord[] = [];
+          for (const rev of curRevs) {
+            const raw = engine.getSync(keys.version(key, rev));
+            if (raw === undefined) throw new StorageCorruptionError(`group ${group} state: version ${rev} of ${JSON.stringify(key)} vanished while loading`);
+            list.push(decodeVersionHead(raw, rev, key));
+          }
+          versionKeys.push([key, list]);
+        }
+        curRevs.length = 0;
+      };
+      for await (const run of scanChunks(engine, { prefix: versionPrefix, readAheadBytes: LOAD_READ_AHEAD_BYTES, keysOnly: true })) {
+        for (const [k] of run) {
+          records++;
+          const end = findTerminator(k, p + 2);
+          if (end < 0 || k.length !== end + 10) throw new StorageCorruptionError(`malformed version key ${describe(k)}`);
+          const escaped = k.subarray(p + 2, end);
+          if (prevEscaped === undefined || Buffer.compare(prevEscaped, escaped) !== 0) {
+            flush();
+            const key = decodeKey(escaped, k);
+            if (curKey !== undefined && compareKeys(curKey, key) >= 0) throw new StorageCorruptionError(`version keys out of order at ${describe(k)}`);
+            curKey = key;
+            prevEscaped = escaped;
+          }
+          curRevs.push(readU64(k, end + 2));
+        }
+        await slicer.maybeYield();
+      }
+      flush();
+      while (li < latest.keys.length) {
+        hot.keys.push(latest.keys[li]!);
+        hot.revisions.push(latest.revisions[li++]!);
+      }
+      latest = hot;
+    }
   }
   if (meta === undefined) return undefined;
   if (t) {
@@ -1827,11 +1941,27 @@ export async function loadState(engine: KvEngine, group: number, options: LoadOp
     t.records = records;
     mark = performance.now();
   }
-  const loaded = assemble(group, meta, latest, deleted, revs, versionKeys, options.deadVersions === true);
+  const coldVersion = (key: string, rev: number): VersionRecord => {
+    const raw = engine.getSync(keys.version(key, rev));
+    if (raw === undefined) throw new StorageCorruptionError(`group ${group} state: version ${rev} of ${JSON.stringify(key)} vanished while loading`);
+    return decodeVersionHead(raw, rev, key);
+  };
+  const steps = assembleSteps(group, meta, latest, deleted, revs, versionKeys, options.deadVersions === true, cold, coldVersion);
+  let step = steps.next();
+  for (; !step.done; step = steps.next()) await slicer.maybeYield();
+  const loaded = step.value;
   // The key counts kept in `meta` must be the records' (records written before they were kept have none: the machine counts at build).
   if (meta.liveKeys !== undefined) {
     const counted = keyCountsOf(loaded.data.keys);
-    if (counted.liveKeys !== meta.liveKeys || counted.reservedLiveKeys !== meta.reservedLiveKeys) {
+    let liveKeys = counted.liveKeys;
+    let reservedLiveKeys = counted.reservedLiveKeys;
+    if (cold !== undefined) {
+      liveKeys += cold.keys.length;
+      for (const key of cold.keys) if (isReservedKey(key)) reservedLiveKeys++;
+    }
+    if (liveKeys !== meta.liveKeys || reservedLiveKeys !== meta.reservedLiveKeys) {
+      // Cold keys are taken for live on their latest record alone: load again, reading every version.
+      if (cold !== undefined) return loadState(engine, group, { ...options, coldKeys: false });
       throw new StorageCorruptionError(`group ${group} state: meta counts ${meta.liveKeys} live keys (${meta.reservedLiveKeys} reserved), the records hold ${counted.liveKeys} (${counted.reservedLiveKeys})`);
     }
   }
@@ -1863,8 +1993,15 @@ export async function loadState(engine: KvEngine, group: number, options: LoadOp
       maxSessionResults: meta.maxSessionResults,
       sessions: sessionRecords,
     },
+    ...(cold !== undefined ? { cold } : {}),
   };
 }
+
+/** Longest stretch (ms) of a restart's scan and checks before it yields to the event loop. */
+const LOAD_SLICE_MS = 20;
+
+/** `assembleSteps` offers to yield after each 4,096 keys (a mask: 2^12 - 1). */
+const ASSEMBLE_STEP_KEYS = 4095;
 
 function sessionIdOf(raw: Uint8Array, whole: Uint8Array): string {
   const id = raw.length <= MAX_SESSION_ID_LENGTH ? Buffer.from(raw).toString('latin1') : '';
@@ -2033,7 +2170,11 @@ interface RawEvent {
   readonly hops: number;
 }
 
-function assemble(
+/**
+ * Checks the loaded records and assembles the machine's data (see `loadState`), as a generator that
+ * yields between blocks and every few thousand keys, so the caller can spread it over event-loop turns.
+ */
+function* assembleSteps(
   group: number,
   meta: StateMeta,
   latest: LatestRecords,
@@ -2041,7 +2182,9 @@ function assemble(
   revs: ReadonlyArray<{ rev: number; value: Uint8Array }>,
   keys: Array<[string, VersionRecord[]]>,
   deadVersions: boolean,
-): LoadedState {
+  cold?: ColdKeys,
+  coldVersion?: (key: string, revision: number) => VersionRecord,
+): Generator<void, Omit<LoadedState, 'cold'>, undefined> {
   const fail = (what: string): never => {
     throw new StorageCorruptionError(`group ${group} state: ${what}`);
   };
@@ -2097,6 +2240,7 @@ function assemble(
     if (next < 0 && block.last < Math.max(1, c)) fail(`revision block ${block.first}..${block.last} is wholly before the compaction point ${c}`);
     blocks.push(block);
     next = block.last + 1;
+    yield;
   }
   if ((next < 0 ? Math.max(1, c) : next) !== revision + 1) fail(`revision blocks do not end at revision ${revision}`);
   if (meta.lastTimestampMs < prevTs) fail('lastTimestampMs is older than the last revision');
@@ -2123,6 +2267,7 @@ function assemble(
   };
   let kept = 0; // keys with retained versions, moved to the front of `keys` (with dead versions, some have none)
   for (let k = 0; k < keys.length; k++) {
+    if ((k & ASSEMBLE_STEP_KEYS) === ASSEMBLE_STEP_KEYS) yield;
     const key = keys[k]![0];
     let versions = keys[k]![1];
     if (deadVersions) {
@@ -2173,6 +2318,21 @@ function assemble(
     if (historyKeys.has(key)) byKey.set(key, versions);
   }
   keys.length = kept;
+  if (cold !== undefined) {
+    // Keys loaded as key and revision (a live latest naming their only version): counted in the
+    // writes of their revision; the history's events of such keys read their version by point.
+    let ci = 0;
+    const coldKeysOf = [...historyKeys].filter((k) => !byKey.has(k)).sort(compareKeys);
+    for (let i = 0; i < cold.keys.length; i++) {
+      if ((i & ASSEMBLE_STEP_KEYS) === ASSEMBLE_STEP_KEYS) yield;
+      const rev = cold.revisions[i]!;
+      if (rev > revision) fail(`version ${rev} of ${JSON.stringify(cold.keys[i])} is after revision ${revision}`);
+      if (rev > c) found[rev - c - 1]!++;
+      const key = cold.keys[i]!;
+      while (ci < coldKeysOf.length && compareKeys(coldKeysOf[ci]!, key) < 0) ci++;
+      if (coldKeysOf[ci] === key) byKey.set(key, [coldVersion!(key, rev)]);
+    }
+  }
   if (li < latest.keys.length) fail(`the latest record of ${JSON.stringify(latest.keys[li])} has no versions`);
   if (di < deleted.keys.length) fail(`the latest record of deleted ${JSON.stringify(deleted.keys[di])} has no versions`);
   for (let i = 0; i < writesAt.length; i++) {

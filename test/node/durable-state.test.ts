@@ -106,6 +106,14 @@ async function checkRecoverable(engine: MemoryEngine, smOptions: NodeOptions['st
     }
     used.set(g, true);
     const recovered = KvStateMachine.fromRecords((await loadState(engine, g, { deadVersions }))!.data);
+    // A dropCold node's restart (coldKeys) loads the same: single-version live keys as key and revision, the rest as without it.
+    const full = (await loadState(engine, g, { values: false, deadVersions }))!;
+    const cold = (await loadState(engine, g, { values: false, deadVersions, coldKeys: true }))!;
+    const coldKeys = new Map(cold.cold!.keys.map((k, i) => [k, cold.cold!.revisions[i]!]));
+    expect(cold.data.keys).toEqual(full.data.keys.filter(([k]) => !coldKeys.has(k)));
+    for (const [k, v] of full.data.keys) if (coldKeys.has(k)) expect(v.map((x) => [x.revision, x.value === null])).toEqual([[coldKeys.get(k), false]]);
+    expect({ ...cold.data, keys: [] }).toEqual({ ...full.data, keys: [] });
+    expect(cold.written).toEqual(full.written);
     // Never ahead of the durable log: every applied entry is on disk. (The commit index on disk is
     // a lower bound, written with term and vote changes only: recovery raises it to the applied index.)
     expect(recovered.appliedIndex).toBeLessThanOrEqual(ms.lastIndex());

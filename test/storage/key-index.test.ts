@@ -107,6 +107,25 @@ async function snapshotOf(m: KvStateMachine, engine: KvEngine): Promise<Buffer> 
   }
 }
 
+/** A restart of the machine recorded in `engine`: loaded (cold keys as key and revision, or every version), sources attached as a replica with dropCold does. */
+async function restart(engine: KvEngine, coldKeys: boolean): Promise<{ sm: KvStateMachine; loaded: NonNullable<Awaited<ReturnType<typeof loadState>>> }> {
+  const loaded = (await loadState(engine, GROUP, { values: false, coldKeys }))!;
+  const sm = KvStateMachine.fromRecords(loaded.data, { adopt: true, ...(loaded.cold ? { cold: loaded.cold } : {}) });
+  sm.attachValues(new EngineValueSource(engine, GROUP, new ValueCache(0)));
+  sm.attachIndex(new EngineIndexSource(engine, GROUP, new IndexCache(0)), { dropCold: true });
+  return { sm, loaded };
+}
+
+/** `key` as of time `t` (a read at the revision of that time), or the error's message. */
+function asOf(sm: KvStateMachine, key: string, t: number): unknown {
+  try {
+    const g = sm.get(key, { atTimeMs: t });
+    return g === undefined ? undefined : { ...g, value: Buffer.from(g.value).toString('hex') };
+  } catch (e) {
+    return { error: (e as Error).message };
+  }
+}
+
 /** Every read of `a` and `b` agrees: latest, at every retained revision, and their listings (`a`'s from `records` when its heap holds reserved keys only). */
 async function expectSameReads(a: KvStateMachine, b: KvStateMachine, records?: { readonly engine: KvEngine; readonly durable: number }): Promise<void> {
   for (const k of KEYS) {
@@ -146,6 +165,23 @@ const stepArb: fc.Arbitrary<Step> = fc.oneof(
   { weight: 2, arbitrary: fc.constant({ kind: 'release' as const }) },
 );
 
+/** Plays `steps` on `served` and on the heap machine `ref` (same outputs), calling `after` after each step; returns the last index and time. */
+async function playSteps(served: Served, ref: KvStateMachine, steps: readonly Step[], after?: () => Promise<void>): Promise<{ index: number; ts: number }> {
+  let index = 0;
+  let ts = 1000;
+  for (const step of steps) {
+    if (step.kind === 'flush') await served.flush();
+    else if (step.kind === 'release') served.release();
+    else {
+      index++;
+      ts += step.dt;
+      expect(plain(served.sm.apply(index, ts, step.cmd)), JSON.stringify(step.cmd)).toEqual(plain(ref.apply(index, ts, step.cmd)));
+    }
+    await after?.();
+  }
+  return { index, ts };
+}
+
 const dirs: string[] = [];
 const engines: KvEngine[] = [];
 afterEach(async () => {
@@ -161,18 +197,7 @@ describe('latest versions from the records, behind the hot-index cache', () => {
       fc.asyncProperty(fc.array(stepArb, { minLength: 1, maxLength: 150 }), async (steps) => {
         const ref = new KvStateMachine();
         const served = new Served(new MemoryEngine(), new IndexCache(2 * (INDEX_CACHE_ENTRY_OVERHEAD_BYTES + 12)), dropCold);
-        let index = 0;
-        let ts = 1000;
-        for (const step of steps) {
-          if (step.kind === 'flush') await served.flush();
-          else if (step.kind === 'release') served.release();
-          else {
-            index++;
-            ts += step.dt;
-            expect(plain(served.sm.apply(index, ts, step.cmd)), JSON.stringify(step.cmd)).toEqual(plain(ref.apply(index, ts, step.cmd)));
-          }
-          await expectSameReads(served.sm, ref, served);
-        }
+        await playSteps(served, ref, steps, () => expectSameReads(served.sm, ref, served));
         await served.flush();
         expect((await snapshotOf(served.sm, served.engine)).equals(Buffer.from(ref.snapshot()))).toBe(true);
         engineReads += served.index.reads.engine;
@@ -490,6 +515,101 @@ describe('latest versions from the records, behind the hot-index cache', () => {
     s.release();
     await expectSameReads(s.sm, ref, s); // user keys listed from the records
     expect((await snapshotOf(s.sm, s.engine)).equals(Buffer.from(ref.snapshot()))).toBe(true);
+  });
+
+  it('a cold restart (loadState coldKeys, fromRecords cold) answers every read, listing, version and as-of-time read as before it, holds no single-version key in the heap, and equals a restart that loads everything then drops (model-based)', async () => {
+    let coldTotal = 0;
+    let hotTotal = 0;
+    await fc.assert(
+      fc.asyncProperty(fc.array(stepArb, { minLength: 1, maxLength: 120 }), async (steps) => {
+        const ref = new KvStateMachine();
+        const served = new Served(new MemoryEngine(), new IndexCache(0), true);
+        let { index, ts } = await playSteps(served, ref, steps);
+        // Keys loaded with their versions too: two retained versions, and a deleted key.
+        const tail: Command[] = [
+          { type: 'put', key: KEY_POOL[0]!, value: enc.encode('x') },
+          { type: 'put', key: KEY_POOL[0]!, value: enc.encode('y') },
+          { type: 'put', key: KEY_POOL[1]!, value: enc.encode('z') },
+          { type: 'delete', key: KEY_POOL[1]! },
+        ];
+        for (const cmd of tail) {
+          index++;
+          served.sm.apply(index, ts, cmd);
+          ref.apply(index, ts, cmd);
+        }
+        await served.flush();
+        const { engine } = served;
+        const { sm: cold, loaded } = await restart(engine, true);
+        const { sm: warm } = await restart(engine, false);
+        while (warm.releaseValues(warm.revision)); // the running machine's drop, to its end
+        // (b) The single-version live keys are in no version list: the heap holds the others only.
+        const singles = [...ref.toRecords().keys].filter(([, v]) => v.length === 1 && v[0]!.value !== null).map(([k]) => k);
+        expect(loaded.cold?.keys).toEqual(singles);
+        expect(loaded.data.keys.map(([k]) => k)).toEqual(ref.toRecords().keys.map(([k]) => k).filter((k) => !singles.includes(k)));
+        expect(cold.indexSize.keys).toBe(ref.indexSize.keys - singles.length);
+        expect(cold.droppedKeys).toBe(singles.length);
+        coldTotal += singles.length;
+        hotTotal += cold.indexSize.keys;
+        // (a) Reads, listings, versions and as-of-time reads as before the restart.
+        await expectSameReads(cold, ref, { engine, durable: cold.revision });
+        for (const k of KEYS) for (let t = 999; t <= ts; t++) expect(asOf(cold, k, t), `${k} as of ${t}`).toEqual(asOf(ref, k, t));
+        expect(cold.eventsSince(cold.oldestHistoryRevision)).toEqual(ref.eventsSince(ref.oldestHistoryRevision));
+        expect((await snapshotOf(cold, engine)).equals(Buffer.from(ref.snapshot()))).toBe(true);
+        // (c) The same state as a restart without coldKeys once its drop ran.
+        expect(cold.indexSize).toEqual(warm.indexSize);
+        expect([cold.keyCount, cold.userKeyCount, cold.reservedKeyCount]).toEqual([warm.keyCount, warm.userKeyCount, warm.reservedKeyCount]);
+        expect([cold.revision, cold.compactRevision, cold.appliedIndex, cold.lastTimestampMs]).toEqual([warm.revision, warm.compactRevision, warm.appliedIndex, warm.lastTimestampMs]);
+        for (const k of KEYS) for (let r = ref.compactRevision; r <= ref.revision; r++) expect(latestOf(cold, k, r)).toEqual(latestOf(warm, k, r));
+        // And later applies (a compaction walks the write log, which holds the cold keys' entries) agree.
+        const next: Command[] = [
+          { type: 'put', key: 'fresh/1', value: enc.encode('w'), returnPrevious: true },
+          { type: 'delete', key: KEY_POOL[0]! },
+          { type: 'compact', revision: ref.revision },
+          { type: 'put', key: KEY_POOL[1]!, value: enc.encode('x'), expectedVersion: 0 },
+        ];
+        for (const cmd of next) {
+          index++;
+          const want = plain(ref.apply(index, ts, cmd));
+          expect(plain(cold.apply(index, ts, cmd)), JSON.stringify(cmd)).toEqual(want);
+          expect(plain(warm.apply(index, ts, cmd))).toEqual(want);
+        }
+        await expectSameReads(cold, ref, { engine, durable: loaded.data.revision });
+        expect(cold.indexSize).toEqual(warm.indexSize);
+      }),
+      { numRuns: 100, seed: 1717 },
+    );
+    expect(coldTotal).toBeGreaterThan(50); // many keys did load cold
+    expect(hotTotal).toBeGreaterThanOrEqual(200); // and at least the tail's two keys per run with their versions
+  });
+
+  it('a cold restart of a store with a legacy latest (an l/ naming a tombstone) loads the deleted key with its versions, the others cold, and reads the same', async () => {
+    const engine = new MemoryEngine();
+    const ref = new KvStateMachine();
+    const writer = new Served(engine, new IndexCache(0));
+    let i = 0;
+    for (const cmd of [
+      { type: 'put', key: 'a', value: enc.encode('a1') },
+      { type: 'put', key: 'b', value: enc.encode('b1') },
+      { type: 'delete', key: 'b' },
+    ] as Command[]) {
+      i++;
+      writer.sm.apply(i, 1000 + i, cmd);
+      ref.apply(i, 1000 + i, cmd);
+    }
+    await writer.flush();
+    // 'b' is deleted: write its latest the legacy way (in l/, no t/).
+    const tKeys: Uint8Array[] = [];
+    for await (const [k] of engine.iterate({ prefix: `s/${GROUP.toString(16).padStart(8, '0')}/t/` })) tKeys.push(Uint8Array.from(k));
+    expect(tKeys).toHaveLength(1);
+    const lKey = Uint8Array.from(tKeys[0]!);
+    lKey[11] = 0x6c; // 't' -> 'l'
+    await engine.batch([{ type: 'del', key: tKeys[0]! }, { type: 'put', key: lKey, value: Uint8Array.of(3) }], { sync: true });
+    const { sm, loaded } = await restart(engine, true);
+    expect(loaded.cold?.keys).toEqual(['a']);
+    expect(loaded.written.legacyTombstones?.get('b')).toBe(3);
+    expect(sm.indexSize.keys).toBe(1); // 'b' only
+    await expectSameReads(sm, ref, { engine, durable: sm.revision });
+    expect(sm.keyCount).toBe(1);
   });
 
   it('keeps the cache within its byte bound, evicting entries not used since the last pass first', () => {

@@ -83,7 +83,25 @@ async function loadMachineAt(engine: MemoryEngine, deadVersions = false): Promis
   if (!d) return undefined;
   const sm = KvStateMachine.fromRecords(d.data);
   for (const b of d.written.blocks) if (b.last < sm.oldestHistoryRevision) expect(b.withEvents, `block ${b.first}..${b.last}`).toBe(false);
+  await expectColdLoadSame(engine, deadVersions);
   return { sm, written: d.written };
+}
+
+/**
+ * A restart's cold load (`coldKeys`) holds what the load without it holds: the keys whose only
+ * retained version is live as key and revision, every other key with the same versions, and the
+ * same history, scalars, sessions and recorder state.
+ */
+async function expectColdLoadSame(engine: MemoryEngine, deadVersions: boolean): Promise<void> {
+  const full = (await loadState(engine, GROUP, { values: false, deadVersions }))!;
+  const cold = (await loadState(engine, GROUP, { values: false, deadVersions, coldKeys: true }))!;
+  const singles = full.data.keys.filter(([k, v]) => v.length === 1 && v[0]!.value !== null && !(deadVersions && cold.data.keys.some(([c]) => c === k)));
+  expect(cold.cold!.keys).toEqual(singles.map(([k]) => k));
+  expect(cold.cold!.revisions).toEqual(singles.map(([, v]) => v[0]!.revision));
+  const coldSet = new Set(cold.cold!.keys);
+  expect(cold.data.keys).toEqual(full.data.keys.filter(([k]) => !coldSet.has(k)));
+  expect({ ...cold.data, keys: [] }).toEqual({ ...full.data, keys: [] });
+  expect(cold.written).toEqual(full.written);
 }
 
 /**
