@@ -43,6 +43,8 @@ export interface KvdConfig {
   overlapRounds?: boolean;
   /** `--sync-pace-ms` (NodeOptions.syncPaceMs; unset: the node's default). */
   syncPaceMs?: number;
+  /** `--gather-turn` / `--no-gather-turn` (NodeOptions.gatherTurn; unset: the node's default). */
+  gatherTurn?: boolean;
   /** `--legacy-conditional-puts`: propose conditional puts older nodes can decode (rolling upgrade; NodeOptions.legacyConditionalPuts). */
   legacyConditionalPuts?: boolean;
   /** The node's memory budget, MiB (unset: 60 % of V8's heap limit; README "Memory model"). */
@@ -167,6 +169,8 @@ export function parseConfig(argv: string[]): KvdConfig {
     .option('--overlap-rounds', "stage the next ready round while one's fsync runs (two rounds in flight; the default)")
     .option('--no-overlap-rounds', 'one ready round at a time (NodeOptions.overlapRounds false)')
     .option('--sync-pace-ms <ms>', 'with overlapped rounds: least time between the starts of two fsyncs of a busy node (0 = none, the default)', int('--sync-pace-ms'))
+    .option('--gather-turn', "with overlapped rounds: hold the write of the round staged behind a finished fsync one event-loop turn, gathering what arrives in it (the default)")
+    .option('--no-gather-turn', 'start that write at once (NodeOptions.gatherTurn false)')
     .option('--legacy-conditional-puts', 'rolling upgrade from a version before put flag currentOnConflict: write conditional puts older nodes can decode (docs/sessions.md, Upgrading)')
     .option('--index-cache-mib <n>', "bound of the hot-index cache of keys' latest versions read from disk, MiB (default 32)", int('--index-cache-mib'))
     .option('--memory-budget-mib <n>', "memory budget of the node, MiB: past it writes that add data get RESOURCE_EXHAUSTED (default 60 % of V8's heap limit; 0: none)", int('--memory-budget-mib'))
@@ -281,6 +285,7 @@ export function parseConfig(argv: string[]): KvdConfig {
     ...(pick('sweepVersions', false) ? { sweepVersions: true } : {}),
     ...(pick('legacyConditionalPuts', false) ? { legacyConditionalPuts: true } : {}),
     ...(pick<unknown>('overlapRounds', undefined) !== undefined ? { overlapRounds: pick<unknown>('overlapRounds', undefined) === true } : {}),
+    ...(pick<unknown>('gatherTurn', undefined) !== undefined ? { gatherTurn: pick<unknown>('gatherTurn', undefined) === true } : {}),
     defaultShards,
     ...(join !== undefined ? { join } : {}),
     ...(pick('joinAutoAdd', false) ? { joinAutoAdd: true } : {}),

@@ -345,6 +345,7 @@ async function main(): Promise<void> {
       ...(cfg.legacyConditionalPuts ? { legacyConditionalPuts: true } : {}),
       ...(cfg.overlapRounds !== undefined ? { overlapRounds: cfg.overlapRounds } : {}),
       ...(cfg.syncPaceMs !== undefined ? { syncPaceMs: cfg.syncPaceMs } : {}),
+      ...(cfg.gatherTurn !== undefined ? { gatherTurn: cfg.gatherTurn } : {}),
       memoryBudgetBytes: memoryBudgetMib(cfg.memoryBudgetMib, log) * 1024 * 1024,
       log,
     },

@@ -18,6 +18,9 @@
  * fsync would start sooner than that after the previous one's start is held (still staging what
  * arrives) until then: fewer, larger fsyncs on a busy node; the log store writes only flushed
  * units while a round is in flight, and everything asked for again once the node is idle.
+ * With NodeOptions.gatherTurn, the round staged behind a finished fsync is held one scheduler
+ * turn (the same hold and store mode as the pace), and what became ready in that turn is staged
+ * into it just before its write starts.
  */
 import { MessageType, type Message, type NodeId, type Ready } from '../raft/index.js';
 import { DeadlineError, UnavailableError } from './backend.js';
@@ -57,7 +60,9 @@ export class NodeDriver {
   private readonly overlap: boolean;
   /** NodeOptions.syncPaceMs (0 without overlapped rounds). */
   private readonly paceMs: number;
-  /** Armed while `next` is held back by the sync pace; it starts `next`'s write. */
+  /** NodeOptions.gatherTurn (false without overlapped rounds). */
+  private readonly gather: boolean;
+  /** Armed while `next` is held back by the sync pace or for a turn (gatherTurn); it starts `next`'s write. */
   private paceTimer: TimerHandle | undefined;
   /** When the last synced batch started (scheduler clock, set by the store's `onSyncStart`), for the sync pace. */
   private lastSyncStartMs = Number.NEGATIVE_INFINITY;
@@ -87,6 +92,7 @@ export class NodeDriver {
     this.overlap = parts.opts.overlapRounds ?? NODE_DEFAULTS.overlapRounds;
     // Held rounds hold votes and acknowledgements too: at most a tenth of an election timeout.
     this.paceMs = this.overlap ? Math.min(parts.opts.syncPaceMs ?? NODE_DEFAULTS.syncPaceMs, this.electionMs() / 10) : 0;
+    this.gather = this.overlap && (parts.opts.gatherTurn ?? NODE_DEFAULTS.gatherTurn);
     // While a round is in flight, a held round's units must not join the batch after the one in
     // flight (`updateWriteMode` sets the store's writeOnlyFlushed then, and clears it when idle).
     if (this.paceMs > 0) {
@@ -286,14 +292,14 @@ export class NodeDriver {
   }
 
   /**
-   * Paced: the store writes only flushed units (`RaftLogStore.writeOnlyFlushed`) while a round
+   * Paced or gathering: the store writes only flushed units (`RaftLogStore.writeOnlyFlushed`) while a round
    * syncs or is held, so the next round's units wait for its own flush; idle, it writes whatever
    * is asked for again. Units no round flushes (a compaction staged after a round's fsync) would
    * otherwise wait for a next round that an idle node never has, and with them every
    * `whenWritten` (values released from the heap, listings waiting for the durable point).
    */
   private updateWriteMode(): void {
-    if (this.paceMs > 0) this.parts.store.writeOnlyFlushed = this.syncing !== undefined || this.paceTimer !== undefined;
+    if (this.paceMs > 0 || this.gather) this.parts.store.writeOnlyFlushed = this.syncing !== undefined || this.paceTimer !== undefined;
   }
 
   /** Wakes `stop` callers once no round is in flight. */
@@ -392,28 +398,45 @@ export class NodeDriver {
     this.syncing = undefined;
     const next = this.next;
     this.next = undefined;
-    if (next) this.syncOrHold(next);
+    if (next) this.syncOrHold(next, true);
   }
 
   /**
    * Starts `round`'s write now, or, with a sync pace, holds it while the previous write started
    * less than `paceMs` ago: it stays `next` and goes on staging what arrives (more entries for
-   * the same fsync), and the pace timer starts its write. A round that needs no fsync is never held.
+   * the same fsync), and the pace timer starts its write. With gatherTurn, a round staged behind
+   * a finished fsync (`afterSync`) is held likewise for one scheduler turn. A round that needs no
+   * fsync is never held.
    */
-  private syncOrHold(round: Round): void {
+  private syncOrHold(round: Round, afterSync = false): void {
     const wait = round.mustSync ? this.lastSyncStartMs + this.paceMs - this.scheduler.now() : 0;
-    if (this.paceMs <= 0 || wait <= 0) {
+    if (this.paceMs > 0 && wait > 0) {
+      this.hold(round, this.scheduler.setTimeout(() => this.releaseHeld(), wait));
+    } else if (this.gather && afterSync && round.mustSync && !this.stopped) {
+      this.hold(round, this.scheduler.setImmediate(() => this.releaseHeld()));
+    } else {
       this.startSync(round);
-      return;
     }
+  }
+
+  /** Holds `round` as `next` until `timer` releases it (`releaseHeld`). */
+  private hold(round: Round, timer: TimerHandle): void {
     this.next = round;
-    this.paceTimer = this.scheduler.setTimeout(() => this.releaseHeld(), wait);
+    this.paceTimer = timer;
     this.updateWriteMode();
   }
 
-  /** Starts the write of the round the sync pace holds (if any) now; then what arrived meanwhile is staged. */
+  /**
+   * Starts the write of the round the sync pace (or gatherTurn) holds, if any, now; then what
+   * arrives is staged into the next round. With gatherTurn, what became ready while it was held
+   * (messages stepped in this turn whose ready round has not run yet) is staged into it first.
+   */
   private releaseHeld(): void {
     if (this.paceTimer === undefined) return;
+    if (this.gather && this.next && !this.stopped) {
+      this.runReady(); // `paceTimer` still set: stages into `next`
+      if (this.paceTimer === undefined) return; // failed meanwhile
+    }
     this.paceTimer.cancel();
     this.paceTimer = undefined;
     const held = this.next;

@@ -43,6 +43,8 @@ export const NODE_DEFAULTS = {
   indexDropCold: true,
   /** NodeOptions.syncPaceMs: 0, off (bench/README.md "Shard scaling (session s24 `shards`)"). */
   syncPaceMs: 0,
+  /** NodeOptions.gatherTurn: off (bench/README.md "Shard scaling in the replicated path"). */
+  gatherTurn: false,
   maxPendingProposals: 50_000,
   retentionMs: 3_600_000,
   retentionCheckMs: 10_000,
@@ -122,6 +124,13 @@ export interface NodeOptions {
    * Held rounds hold votes and acknowledgements too, so it is capped at a tenth of the election timeout.
    */
   readonly syncPaceMs?: number;
+  /**
+   * With overlapped rounds, hold the write of the round staged behind a finished fsync for one
+   * scheduler turn (default {@link NODE_DEFAULTS}.gatherTurn): the messages delivered in that turn
+   * (the I/O callbacks that came with the fsync's completion) are staged into it first, so a busy
+   * node with many groups makes fewer, larger fsyncs. An idle node's first write is never held.
+   */
+  readonly gatherTurn?: boolean;
   /**
    * A leader's tick sends no heartbeat to a follower it sent an append since the last tick
    * (default true; src/raft `RaftConfig.quietHeartbeats`): busy groups send heartbeats only where

@@ -128,6 +128,9 @@ describe('kvd configuration', () => {
   it('takes the sync pace from the flag or the file (unset: the node default), and refuses a bad one', () => {
     expect(parseConfig([...base, '--insecure-peers', '--sync-pace-ms', '8']).syncPaceMs).toBe(8);
     expect(parseConfig([...base, '--insecure-peers']).syncPaceMs).toBeUndefined();
+    expect(parseConfig([...base, '--insecure-peers', '--no-gather-turn']).gatherTurn).toBe(false);
+    expect(parseConfig([...base, '--insecure-peers', '--gather-turn']).gatherTurn).toBe(true);
+    expect(parseConfig([...base, '--insecure-peers']).gatherTurn).toBeUndefined();
     const file = join(dir, 'pace.json');
     writeFileSync(file, JSON.stringify({ syncPaceMs: 4 }));
     expect(parseConfig([...base, '--insecure-peers', '--config', file]).syncPaceMs).toBe(4);

@@ -55,6 +55,7 @@ import type { ExtensionRecord } from '../../../src/extensions/registry.js';
 import type { ExtensionRunner } from '../../../src/extensions/sandbox/runner.js';
 import type { WatchHandle } from '../../../src/node/backend.js';
 import { DATA_GROUP, KvNode, META_GROUP, type NodeOptions } from '../../../src/node/kv-node.js';
+import { NODE_DEFAULTS } from '../../../src/node/node-options.js';
 import { SeededRandom, type NodeId } from '../../../src/raft/index.js';
 import type { KvEvent, ListResult } from '../../../src/statemachine/index.js';
 import { MemoryEngine } from '../../../src/storage/kv-engine.js';
@@ -396,6 +397,8 @@ class NodeSim {
       keepEntriesAfterSnapshot: Math.min(this.snapshotEvery, 20),
       // One seed in four runs with a sync pace (NodeOptions.syncPaceMs); from the seed, not the rng, so other draws keep their meaning.
       ...(this.opts.seed % 4 === 1 ? { syncPaceMs: 5 } : {}),
+      // One seed in four runs the other setting of NodeOptions.gatherTurn than the default (from the seed too).
+      ...(this.opts.seed % 4 === 3 ? { gatherTurn: !NODE_DEFAULTS.gatherTurn } : {}),
       log: keepingLogger(this.problems, this.notes, `node ${id}#${owner}:`),
       onFatal: (err) => {
         if (!inc.dead) this.problems.push(`node ${id}#${owner}: fatal: ${String(err)}`);
