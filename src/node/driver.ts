@@ -23,11 +23,12 @@
  * into it just before its write starts.
  */
 import { MessageType, type Message, type NodeId, type Ready } from '../raft/index.js';
-import { DeadlineError, UnavailableError } from './backend.js';
+import { UnavailableError } from './backend.js';
+import { withDeadline } from './deadline.js';
 import { electionTimeoutMs, NODE_DEFAULTS, type NodeParts } from './node-options.js';
 import type { ShardReplica } from './replica.js';
 import type { ReplicaSet } from './replica-set.js';
-import { realScheduler, type Scheduler, type TimerHandle } from './scheduler.js';
+import type { Scheduler, TimerHandle } from './scheduler.js';
 import { beforeVoteRequest, DRAINING_CONTEXT, keepalive, LIVENESS_GROUP, stepQuiescence } from './quiescence.js';
 import { SNAPSHOT_CHUNK_SYNC_BYTES } from './snapshot-inbox.js';
 
@@ -579,26 +580,4 @@ export class NodeDriver {
 /** An empty round (`overlapped`: staged while another round syncs). */
 function newRound(overlapped: boolean): Round {
   return { items: [], entries: 0, mustSync: false, overlapped };
-}
-
-/** Resolves or rejects like `p`, or rejects with DeadlineError at `deadlineMs` (epoch ms on `scheduler`'s clock). */
-export function withDeadline<T>(p: Promise<T>, deadlineMs: number, message: string, scheduler: Scheduler = realScheduler): Promise<T> {
-  const left = deadlineMs - scheduler.now();
-  if (left <= 0) {
-    p.catch(() => {});
-    return Promise.reject(new DeadlineError(message));
-  }
-  return new Promise<T>((resolve, reject) => {
-    const timer = scheduler.setTimeout(() => reject(new DeadlineError(message)), left);
-    p.then(
-      (v) => {
-        timer.cancel();
-        resolve(v);
-      },
-      (e) => {
-        timer.cancel();
-        reject(e);
-      },
-    );
-  });
 }

@@ -49,7 +49,7 @@ import type { NonMemberRefusal, Transport } from './transport.js';
 
 export { DATA_GROUP, META_GROUP, NODE_DEFAULTS, KVCASCADE_VERSION } from './node-options.js';
 export type { NodeOptions, NodeObserver, LeadershipChange } from './node-options.js';
-export { withDeadline } from './driver.js';
+export { withDeadline } from './deadline.js';
 
 /** How this node learned it was removed from the cluster (see {@link KvNode.onRemoved}). */
 export interface RemovalInfo {
