@@ -275,6 +275,11 @@ export class KvNode implements KvBackend {
     if (this.removedInfo) throw new NodeRemovedError(this.removedInfo.message, true);
   }
 
+  /** The rejection an async call gets once the node was removed ({@link removal}); undefined while a member. */
+  private removedRefusal(): Promise<never> | undefined {
+    return this.removedInfo ? Promise.reject(new NodeRemovedError(this.removedInfo.message, true)) : undefined;
+  }
+
   /** The address clients use for `id`. */
   addressOf(id: NodeId): string | undefined {
     return this.replicas.addressOf(id);
@@ -352,23 +357,19 @@ export class KvNode implements KvBackend {
 
   /** Proposes a command to `group` (led here) and waits for its result; see {@link NodeBackend.execute}. */
   execute(group: number, cmd: Command, opts: CallOptions, origin: CommandOrigin): Promise<CommandResult> {
-    if (this.removedInfo) return Promise.reject(new NodeRemovedError(this.removedInfo.message, true));
-    return this.backend.execute(group, cmd, opts, origin);
+    return this.removedRefusal() ?? this.backend.execute(group, cmd, opts, origin);
   }
 
   put(req: PutRequest, opts: CallOptions): Promise<PutResult> {
-    if (this.removedInfo) return Promise.reject(new NodeRemovedError(this.removedInfo.message, true));
-    return this.backend.put(req, opts);
+    return this.removedRefusal() ?? this.backend.put(req, opts);
   }
 
   delete(req: DeleteRequest, opts: CallOptions): Promise<DeleteResult> {
-    if (this.removedInfo) return Promise.reject(new NodeRemovedError(this.removedInfo.message, true));
-    return this.backend.delete(req, opts);
+    return this.removedRefusal() ?? this.backend.delete(req, opts);
   }
 
   trigger(req: TriggerRequest, opts: CallOptions): Promise<TriggerResponse> {
-    if (this.removedInfo) return Promise.reject(new NodeRemovedError(this.removedInfo.message, true));
-    return this.backend.trigger(req, opts);
+    return this.removedRefusal() ?? this.backend.trigger(req, opts);
   }
 
   /** The one shard all of `keys` belong to, or CrossShardError naming two that differ. */
@@ -377,30 +378,25 @@ export class KvNode implements KvBackend {
   }
 
   txn(req: TxnRequest, opts: CallOptions): Promise<TxnResult> {
-    if (this.removedInfo) return Promise.reject(new NodeRemovedError(this.removedInfo.message, true));
-    return this.backend.txn(req, opts);
+    return this.removedRefusal() ?? this.backend.txn(req, opts);
   }
 
   /** Waits until `group`'s replica here may serve a read of the given consistency, and returns it. */
   readable(consistency: 'linearizable' | 'serializable', opts: CallOptions, group = DATA_GROUP): Promise<ShardReplica> {
-    if (this.removedInfo) return Promise.reject(new NodeRemovedError(this.removedInfo.message, true));
-    return this.backend.readable(consistency, opts, group);
+    return this.removedRefusal() ?? this.backend.readable(consistency, opts, group);
   }
 
   /** Waits until `group`'s replica here (leader or follower) has applied every write acknowledged before the call; see NodeBackend.caughtUp. */
   caughtUp(opts: CallOptions, group: number): Promise<ShardReplica> {
-    if (this.removedInfo) return Promise.reject(new NodeRemovedError(this.removedInfo.message, true));
-    return this.backend.caughtUp(opts, group);
+    return this.removedRefusal() ?? this.backend.caughtUp(opts, group);
   }
 
   get(req: GetRequest, opts: CallOptions): Promise<GetResponse> {
-    if (this.removedInfo) return Promise.reject(new NodeRemovedError(this.removedInfo.message, true));
-    return this.backend.get(req, opts);
+    return this.removedRefusal() ?? this.backend.get(req, opts);
   }
 
   list(req: ListRequest, opts: CallOptions): Promise<ListResponse> {
-    if (this.removedInfo) return Promise.reject(new NodeRemovedError(this.removedInfo.message, true));
-    return this.backend.list(req, opts);
+    return this.removedRefusal() ?? this.backend.list(req, opts);
   }
 
   watch(req: WatchRequest, sink: WatchSink): WatchHandle {
