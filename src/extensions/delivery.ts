@@ -7,7 +7,7 @@
 import type { Logger } from '../log.js';
 import { invariant } from '../invariant.js';
 import { DeadlineError, NotLeaderError, UnavailableError } from '../node/backend.js';
-import { realScheduler, type Scheduler } from '../node/scheduler.js';
+import { realScheduler, sleep, type Scheduler } from '../node/scheduler.js';
 import { isShardLocalKey, shardsForPrefix, type ClusterMap } from '../sharding/index.js';
 import type { CommandResult } from '../statemachine/types.js';
 import type { ExtensionEvent } from './api.js';
@@ -25,6 +25,8 @@ export const SHARD_WRITE_MS = 10_000;
 const DELIVERY_PROGRESS_MS = 500;
 /** Cursor and attempt-record keys of one extension deleted per shard after an unload. */
 const DELIVERY_KEYS_PAGE = 10_000;
+/** Pause before a new leader's delivery tries its read barrier again (it timed out, the node still leads). */
+const BARRIER_RETRY_MS = 200;
 
 const dec = new TextDecoder();
 
@@ -164,14 +166,12 @@ export class ShardDelivery {
     }
   }
 
+  /**
+   * Creates the dispatcher of watch `w` in `group` (registered at once, so it is not started twice
+   * and a loss of the shard stops it) and starts it once this leader's reads are current (see resume).
+   */
   private startDelivery(l: Loaded, runner: ExtensionRunner, w: DispatchWatch, group: number, shard: HostShard): void {
     const name = l.record.name;
-    // An in-process lambda of this extension took a node down in this shard before: never run it
-    // in this thread here either (the marker is replicated, so every later leader sees it).
-    if (runner.mode === 'in-process' && shard.get(demotedKey(name))) {
-      this.demote(name, undefined);
-      return;
-    }
     const host: DispatchHost = {
       subscribe: (prefix, fromRevision, sink) => shard.subscribe(prefix, fromRevision, sink, DELIVERY_PROGRESS_MS),
       ...(shard.holdsLease ? { holdsLease: () => shard.holdsLease!() } : {}),
@@ -227,6 +227,41 @@ export class ShardDelivery {
         ...(this.opts.blockedBoot !== undefined ? { blockedBoot: this.opts.blockedBoot } : {}),
       },
     );
+    const key = `${group}/${w.id}`;
+    l.deliveries.set(key, { group, dispatcher: d });
+    void this.resume(l, runner, w, key, d, shard);
+  }
+
+  /**
+   * Starts dispatcher `d` from the shard's replicated cursor, attempt record and demotion marker,
+   * read only after a barrier: a new leader may not yet have applied what its predecessor
+   * committed (the failures it recorded, its last cursor), and reading before that would forget
+   * them (a poison event would run its full count of attempts again here). Gives up when `d` was
+   * dropped meanwhile (leadership lost, unload); retries the barrier while this node still leads.
+   */
+  private async resume(l: Loaded, runner: ExtensionRunner, w: DispatchWatch, key: string, d: WatchDispatcher, shard: HostShard): Promise<void> {
+    const name = l.record.name;
+    const current = () => !this.stopped && !l.stopping && l.deliveries.get(key)?.dispatcher === d;
+    for (;;) {
+      try {
+        await shard.barrier(this.clock.now() + SHARD_WRITE_MS);
+        break;
+      } catch (e) {
+        if (!current() || !shard.isLeader()) return; // the shard's loss drops `d`
+        this.opts.log.warn({ extension: name, group: shard.group, err: String(e) }, 'delivery waits for this new leader to apply what is committed before resuming');
+        await sleep(this.clock, BARRIER_RETRY_MS);
+      }
+      if (!current()) return;
+    }
+    if (!current()) return;
+    // An in-process lambda of this extension took a node down in this shard before: never run it
+    // in this thread here either (the marker is replicated, so every later leader sees it).
+    if (runner.mode === 'in-process' && shard.get(demotedKey(name))) {
+      l.deliveries.delete(key);
+      void d.stop(false);
+      this.demote(name, undefined);
+      return;
+    }
     const epoch = l.record.cursorEpoch ?? 0;
     const saved = shard.get(cursorKey(name, w, epoch));
     const record = decodeAttemptRecord(shard.get(attemptKey(name, w, epoch))?.value);
@@ -237,10 +272,9 @@ export class ShardDelivery {
     // (purged, or loaded with `from`) and is ignored; a reload, and a load after an unload
     // without purge, keep the start points, so their cursors count. A shard created after the
     // registration has no start point: from its start.
-    const start = startRevisionOf(l.record, group) ?? (hasStartPoints(l.record) ? 0 : shard.revision() + 1);
+    const start = startRevisionOf(l.record, shard.group) ?? (hasStartPoints(l.record) ? 0 : shard.revision() + 1);
     const registeredAt = Math.max(0, start - 1);
     d.start(Math.max(cursor, registeredAt), record);
-    l.deliveries.set(`${group}/${w.id}`, { group, dispatcher: d });
   }
 
   /**

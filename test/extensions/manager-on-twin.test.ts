@@ -1,7 +1,8 @@
 /**
  * The extension manager runs on the in-memory twin of its host, no Raft and no KvNode: it loads
  * an extension through the registry, delivers a led shard's events, stops when the host pushes
- * the loss of the shard and resumes from the replicated cursor when it pushes a new term.
+ * the loss of the shard and resumes from the replicated cursor when it pushes a new term; a new
+ * leader reads the attempt record only after its read barrier (what its predecessor committed).
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -13,6 +14,7 @@ import type { LambdaKv } from '../../src/extensions/store-access.js';
 import { silentLogger } from '../../src/log.js';
 import { DATA_GROUP } from '../../src/node/kv-node.js';
 import { shardOf } from '../../src/sharding/index.js';
+import { decodeAttemptRecord } from '../../src/extensions/attempt-record.js';
 import { MemoryExtensionHost } from './memory-host.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'kvcascade-twin-'));
@@ -79,6 +81,53 @@ describe('the extension manager on the memory twin', () => {
 
       expect(await m.unload('it-fast')).toBe(true);
       await until(() => m.statuses().length === 0);
+    } finally {
+      await m.stop();
+    }
+  }, 60_000);
+  // Regression (CI of bac21cf, faults.test.ts "across a leader change the count survives"): a new
+  // leader read the attempt record before applying what its predecessor committed, so a failure
+  // recorded in the old term was forgotten and the poison event ran 4 times instead of 3 at most.
+  it('a new leader that has not yet applied its predecessor\'s attempt record waits for the barrier: a poison event runs at most 3 times in all', async () => {
+    const host = new MemoryExtensionHost(1, 1);
+    const shard = host.shard(DATA_GROUP)!;
+    host.lead(DATA_GROUP, 1);
+    const m = new ExtensionManager(host, { dataDir: dir, log: silentLogger(), lambdaKv: twinKv(host), workerHeapMb: 64 });
+    m.start();
+    try {
+      const status = await m.load(await packFolder('test/extensions/fixtures/it-crasher'), { isolation: 'worker' });
+      expect(status.state).toBe('running');
+      const runs = () => shard.list('/crash-runs/crash/bad/', { limit: 100 }).items.length;
+      const failures = () => {
+        let n = 0;
+        for (const r of shard.list('/_sys/attempt/it-crasher/', { limit: 100 }).items) {
+          for (const e of decodeAttemptRecord(r.value)?.events ?? []) if (e.key === '/crash/bad') n = Math.max(n, e.failures);
+        }
+        return n;
+      };
+      shard.apply({ type: 'put', key: '/crash/bad', value: enc.encode('x') }, 'client', 0);
+      await until(() => failures() >= 1);
+      host.stepDown(DATA_GROUP);
+      await until(() => !m.statuses()[0]!.delivering);
+      const ranInTermOne = runs();
+      expect(ranInTermOne).toBeGreaterThanOrEqual(1);
+      // The next term's leader has not applied the record yet: it is applied when the barrier runs.
+      const recordKeys = shard.list('/_sys/attempt/it-crasher/', { limit: 100 }).items.map((r) => r.key);
+      const saved = recordKeys.map((key) => ({ key, value: shard.get(key)!.value }));
+      for (const { key } of saved) shard.apply({ type: 'delete', key }, 'system', 0);
+      expect(failures()).toBe(0);
+      let barriers = 0;
+      const barrier = shard.barrier.bind(shard);
+      shard.barrier = async () => {
+        if (barriers++ === 0) for (const { key, value } of saved) shard.apply({ type: 'put', key, value }, 'system', 0);
+        return barrier();
+      };
+      host.lead(DATA_GROUP, 2);
+      const letter = () => shard.list('/_dlq/it-crasher/', { limit: 10 }).items.find((x) => (JSON.parse(new TextDecoder().decode(x.value)) as { event: { key: string } }).event.key === '/crash/bad');
+      await until(() => letter() !== undefined, 30_000);
+      expect(JSON.parse(new TextDecoder().decode(letter()!.value))).toMatchObject({ kind: 'poison' });
+      expect(runs()).toBeLessThanOrEqual(3);
+      expect(barriers).toBeGreaterThanOrEqual(1);
     } finally {
       await m.stop();
     }
