@@ -140,7 +140,7 @@ describe('a streamed snapshot install', () => {
 });
 
 describe('the leader side of a streamed transfer', () => {
-  it('a leadership change mid-transfer releases the old leader\'s view; the follower starts over cleanly from the new leader', async () => {
+  it('a leadership change mid-transfer releases the old leader\'s view; the follower completes from the new leader (from the start, or on from where it was for the same snapshot)', async () => {
     const opts: Partial<NodeOptions> = { snapshotEveryEntries: 60, keepEntriesAfterSnapshot: 5, snapshotChunkBytes: 2048 };
     const { hub, engines, nodes, l, f } = await trio.settled(opts);
     const t = nodes.find((n) => n !== l && n !== f)!;
@@ -148,12 +148,15 @@ describe('the leader side of a streamed transfer', () => {
     const raw = fr.internalsForTests().raw;
     const step = raw.step.bind(raw);
     const chunksFrom = new Map<number, number[]>();
+    /** The snapshot (index@term) each leader's first chunk carried. */
+    const snapOf = new Map<number, string>();
     let cut = false;
     let viewsAtCut = -1;
     raw.step = (m) => {
       if (m.type === MessageType.Snap) {
         const offsets = chunksFrom.get(m.from) ?? [];
         chunksFrom.set(m.from, offsets);
+        if (!snapOf.has(m.from) && m.snapshot) snapOf.set(m.from, `${m.snapshot.index}@${m.snapshot.term}`);
         if (m.from === l.id && offsets.length >= 4 && !cut) {
           // Mid-transfer: the leader is cut off from everyone (it loses its leadership by check-quorum).
           cut = true;
@@ -183,8 +186,19 @@ describe('the leader side of a streamed transfer', () => {
     expect(fromNew[0]).toBe(0);
     expect(fromNew.length).toBeGreaterThan(4);
     const c = fr.inbox!.counters;
-    expect(c.transfers).toBeGreaterThanOrEqual(2); // the abandoned one, then the new leader's
+    if (snapOf.get(t.id) === snapOf.get(l.id)) {
+      // Both leaders hold the snapshot at the same index and term (they took it at the same
+      // applied index): the follower's core answers the new leader's offset 0 with what it already
+      // has, and the new leader goes on from there. Sound because the encoding of one state is the
+      // same bytes on every replica, and the end checksum the new leader sends would refuse a mix.
+      expect(fromNew.find((o) => o > 0)).toBeGreaterThan(opts.snapshotChunkBytes!);
+      console.log(`the new leader resumed the transfer of snapshot ${snapOf.get(t.id)} at offset ${fromNew.find((o) => o > 0)}`);
+      expect(c.transfers).toBeGreaterThanOrEqual(1);
+    } else {
+      expect(c.transfers).toBeGreaterThanOrEqual(2); // the abandoned one, then the new leader's
+    }
     expect(c.completed).toBeGreaterThanOrEqual(1);
+    expect(c.failed).toBe(0);
     expect(same(await replicaState(f, engines[nodes.indexOf(f)]!), await replicaState(t, engines[nodes.indexOf(t)]!))).toBe(true);
     await noChunkRecords(engines[nodes.indexOf(f)]!); // the abandoned transfer's chunks too
     const settle = Date.now() + 5000;
