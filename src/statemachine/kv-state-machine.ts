@@ -176,8 +176,8 @@ export interface ColdKeys {
  * placeholder in `records`, and reads (`get`, `list`, `returnPrevious`, the descriptor,
  * `snapshot()`) fetch it from the source synchronously, so `apply` and reads stay synchronous and
  * deterministic (the outcome never depends on what is cached). `records` is then an index: per
- * version its revision, timestamp and whether it is a tombstone (about 380 bytes of heap per key
- * with one version and 150 per further retained version, measured with 14-character keys). The
+ * version its revision, timestamp and whether it is a tombstone (about 350 bytes of heap per key
+ * with one version and 90 per further retained version, measured with 15-character keys). The
  * watch history keeps its events' values within `maxHistoryBytes`. Without a source every value
  * stays in the heap (tests, tools, the simulator's reference models).
  *
