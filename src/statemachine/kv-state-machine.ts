@@ -944,7 +944,8 @@ export class KvStateMachine {
    * written after `sinceRevision` (writes the records may not hold yet), with its latest version
    * now, in key order. The records at any revision in [sinceRevision, revision] with the overlay on
    * top are exactly this machine's keys now. Undefined when the machine cannot name those keys
-   * (`sinceRevision` before the compaction point or after the current revision). Throws
+   * (`sinceRevision` before the compaction point or after the current revision, or before the
+   * write of a key `dropCold` dropped: its write-log entry is keyless). Throws
    * ValidationError for invalid arguments, as `list` does. O(log w + writes since + o log o).
    */
   listPlan(prefix: string, options: ListOptions, sinceRevision: number): ListPlan | undefined {
