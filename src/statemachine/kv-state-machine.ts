@@ -1319,7 +1319,7 @@ export class KvStateMachine {
    * With `cold` (a restart's keys whose only retained version is live, loaded as key and revision:
    * `loadState` with `coldKeys`), the machine is built in the state a running machine reaches once
    * `dropCold` has run (`attachIndex`): the cold keys are in no version list (`records`), counted
-   * live, in the write log when after the compaction point, the reserved ones in the live-key set and
+   * live, in the write log (keyless entries) when after the compaction point, the reserved ones in the live-key set and
    * the user keys in the Bloom filter (the live-key set holds reserved keys only). Such a machine
    * must get its value source and `attachIndex(source, { dropCold: true })` before any use (the
    * index then serves at once: its records are the durable ones it was loaded from); `toRecords()`
@@ -1348,7 +1348,9 @@ export class KvStateMachine {
     const span = d.revision - d.compactRevision;
     const firstAt = new Int32Array(span + 1).fill(-1);
     const next: number[] = [];
-    const writeKeys: Array<string | undefined> = [];
+    const writeKeys: string[] = [];
+    // Cold keys' writes per revision: their entries are keyless (as after `dropCold`), so a count will do.
+    const coldAt = cold !== undefined && cold.keys.length > 0 ? new Uint32Array(span + 1) : undefined;
     const liveKeys: string[] = [];
     let step = 0;
     for (const [key, versions] of d.keys) {
@@ -1372,15 +1374,12 @@ export class KvStateMachine {
         if (i % RESTORE_STEP_KEYS === RESTORE_STEP_KEYS - 1) yield;
         const rev = cold.revisions[i]!;
         if (rev > d.revision || rev < 1) throw new ValidationError('MALFORMED_SNAPSHOT', `cold key ${JSON.stringify(cold.keys[i])} at revision ${rev} (the state is at ${d.revision})`);
-        if (rev <= d.compactRevision) continue;
-        const slot = rev - d.compactRevision;
-        next.push(firstAt[slot]!);
-        firstAt[slot] = writeKeys.length;
-        writeKeys.push(undefined); // as after `dropCold`: the entry keeps its revision only
+        if (rev > d.compactRevision) coldAt![rev - d.compactRevision]!++;
       }
     }
     for (let slot = 1; slot <= span; slot++) {
       for (let i = firstAt[slot]!; i >= 0; i = next[i]!) m.writeLog.push(d.compactRevision + slot, writeKeys[i]);
+      for (let k = coldAt?.[slot] ?? 0; k > 0; k--) m.writeLog.push(d.compactRevision + slot, undefined);
       if (slot % RESTORE_STEP_KEYS === 0) yield;
     }
     if (cold === undefined) {
