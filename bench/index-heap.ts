@@ -1,14 +1,15 @@
 // Heap bytes per key of one shard's key index (issue 17): N keys × 1 KiB written once into LevelDB through a state machine with its values released, measured after full garbage collections, with the latest versions from the heap index, from the engine (no cache), and from the engine with cold keys dropped from the heap (`dropCold`).
 //
 // Run: npx tsc -p tsconfig.json (or npm run build), then
-//   node --expose-gc dist/bench/index-heap.js [--keys 100000] [--modes heap,index,drop,drop-compacted,restart-drop] [--versions 1] [--prefix /bench/]
+//   node --expose-gc dist/bench/index-heap.js [--keys 100000] [--modes heap,index,drop,drop-compacted,restart-drop,restart-cold] [--versions 1] [--prefix /bench/]
 // (`--versions V`: each key written V times, so V versions retained per key. `--prefix /_sys/bench/`: reserved keys,
 // which stay in the live-key set with `dropCold`: `drop-compacted` then measures what a reserved live key costs.)
 // `drop-compacted`: as `drop`, then compacted to the last revision and released (the write log's entries of the keys
 // go: what a dropped key costs once older than the retention window; with `--versions 2` or more, the keys compaction
 // cuts down to one version leave the heap then too). `restart-drop`: the keys written as in `heap`, then the
 // machine rebuilt from the records as a restart does (`loadState` without values, `fromRecords`) with `dropCold`,
-// released; measured against the heap before the rebuild (the writer machine is dropped first).
+// released; measured against the heap before the rebuild (the writer machine is dropped first). `restart-cold`: the same
+// through the restart a dropCold node does (`loadState` with `coldKeys`, `fromRecords` with `cold`).
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -22,10 +23,10 @@ import { flagInt } from './util.js';
 
 const gc = (globalThis as { gc?: () => void }).gc;
 
-/** The machine rebuilt from the group's records as a restart does (in its own frame: the loaded records are garbage once it returns). */
-async function rebuilt(engine: LevelEngine): Promise<KvStateMachine> {
-  const loaded = (await loadState(engine, 1, { values: false }))!;
-  return KvStateMachine.fromRecords(loaded.data, { adopt: true });
+/** The machine rebuilt from the group's records as a restart does (in its own frame: the loaded records are garbage once it returns); with `cold`, as a dropCold node's restart does (single-version live keys from a keys-only scan, `fromRecords` with `cold`). */
+async function rebuilt(engine: LevelEngine, cold = false): Promise<KvStateMachine> {
+  const loaded = (await loadState(engine, 1, { values: false, ...(cold ? { coldKeys: true } : {}) }))!;
+  return KvStateMachine.fromRecords(loaded.data, { adopt: true, ...(cold ? { cold: loaded.cold! } : {}) });
 }
 
 /** The heap per key `m` holds against `before` (after full GCs). */
@@ -46,7 +47,8 @@ async function measure(n: number, mode: string, versions: number, prefix: string
     sm.observe(rec);
     sm.attachValues(new EngineValueSource(engine, 1, new ValueCache(0)));
     const drop = mode === 'drop' || mode === 'drop-compacted';
-    if (mode !== 'heap' && mode !== 'restart-drop') sm.attachIndex(new EngineIndexSource(engine, 1, new IndexCache(0)), { dropCold: drop });
+    const restart = mode === 'restart-drop' || mode === 'restart-cold';
+    if (mode !== 'heap' && !restart) sm.attachIndex(new EngineIndexSource(engine, 1, new IndexCache(0)), { dropCold: drop });
     const value = new Uint8Array(1024).fill(1);
     gc!();
     gc!();
@@ -67,10 +69,10 @@ async function measure(n: number, mode: string, versions: number, prefix: string
       await engine.batch(rec.take(sm) ?? [], { sync: true });
       while (sm.releaseValues(sm.revision, 20_000));
     }
-    if (mode === 'restart-drop') {
+    if (restart) {
       sm.observe(undefined);
       sm = new KvStateMachine(); // the writer is garbage from here on: the rebuilt machine is measured alone
-      const m = await rebuilt(engine);
+      const m = await rebuilt(engine, mode === 'restart-cold');
       m.attachValues(new EngineValueSource(engine, 1, new ValueCache(0)));
       m.attachIndex(new EngineIndexSource(engine, 1, new IndexCache(0)), { dropCold: true });
       while (m.releaseValues(m.revision, 20_000));

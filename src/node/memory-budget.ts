@@ -19,18 +19,27 @@ import type { Command, CommandOrigin } from '../statemachine/index.js';
 
 /**
  * Heap bytes of one key of the index with one version (the `records` map entry, its version
- * array and record, the sorted live-key set's share; 14-character keys, measured with
- * `node --expose-gc` over 100 k keys). Longer keys cost 2 bytes per further character.
+ * array and record, the sorted live-key set's share, its packed write-log entry; measured 347 B
+ * with the bench's 15-character keys, bench/index-heap.ts `--modes heap` over 100 k keys, 397 B
+ * before the packed write log of session `heapkey`). Longer keys cost 2 bytes per further character.
  */
-export const INDEX_BYTES_PER_KEY = 380;
+export const INDEX_BYTES_PER_KEY = 360;
 
 /**
- * Heap bytes of each further retained version of a key (its record and its write-log entry;
- * measured 144 B, bench/index-heap.ts `--versions 2`). With `indexDropCold` (the default) a key
- * dropped from the heap's version lists is counted at this too until compaction removes its
- * write-log entry (measured 108 B; about 5 B once compacted: its share of the Bloom filter).
+ * Heap bytes of each further retained version of a key held in a version list (its record, its
+ * packed write-log entry and revision timestamp; measured 89–90 B, bench/index-heap.ts `--modes
+ * heap --versions 2` against `--versions 1`; 140–143 B before the packed write log, session `heapkey`).
  */
-export const INDEX_BYTES_PER_VERSION = 150;
+export const INDEX_BYTES_PER_VERSION = 100;
+
+/**
+ * Heap bytes of a retained write whose key left the heap's version lists (`indexDropCold`, the
+ * default: a keyless write-log entry, 4 B of revision and 4 B of key slot, and 4 B of revision
+ * timestamp; measured 7–9 B per further key between 100 k and 200 k keys written once,
+ * bench/index-heap.ts `--modes drop` and `restart-cold`, session `heapkey`). Once compaction passes
+ * the write, the key costs its share of the Bloom filter only (about 1.25 B, counted with the filter).
+ */
+export const KEYLESS_WRITE_BYTES = 16;
 
 /**
  * Heap bytes of a reserved key held in the live-key set alone (`indexDropCold`: the set keeps
@@ -47,8 +56,10 @@ export const HEAP_LIMIT_FRACTION = 0.85;
 export interface ReplicaMemory {
   /** Keys held in the index (live and deleted-but-retained). */
   readonly keys: number;
-  /** Writes since the compaction point (each a retained version). */
+  /** Writes since the compaction point (each a retained version), `keylessWrites` included. */
   readonly writes: number;
+  /** Of `writes`, those of keys dropped from the heap's version lists (`indexDropCold`), counted at {@link KEYLESS_WRITE_BYTES}; 0 when absent. */
+  readonly keylessWrites?: number;
   /** The watch history's accounted bytes. */
   readonly historyBytes: number;
   /** Bytes of Raft entry data held in memory. */
@@ -96,13 +107,15 @@ export class MemoryBudgetError extends Error {
 
 /**
  * The heap bytes of the index of a replica holding `m`: its version lists by key and further
- * version, write-log entries beyond them (with `indexDropCold`, the keys that left the heap until
+ * version, the keyless write-log entries (with `indexDropCold`, the keys that left the heap, until
  * compacted), reserved live keys held by the live-key set alone, and the Bloom filter.
  */
 export function indexBytes(m: ReplicaMemory): number {
+  const keyless = m.keylessWrites ?? 0;
   return (
     m.keys * INDEX_BYTES_PER_KEY +
-    Math.max(0, m.writes - m.keys) * INDEX_BYTES_PER_VERSION +
+    Math.max(0, m.writes - keyless - m.keys) * INDEX_BYTES_PER_VERSION +
+    keyless * KEYLESS_WRITE_BYTES +
     (m.reservedLiveKeys ?? 0) * LIVE_KEY_BYTES +
     (m.keyFilterBytes ?? 0)
   );

@@ -948,6 +948,7 @@ export class ShardReplica {
     return {
       keys: ix.keys,
       writes: ix.writes,
+      keylessWrites: ix.keylessWrites,
       historyBytes: ix.historyBytes,
       logBytes: this.appliedLogBytes + this.keptLogBytes,
       keyFilterBytes: ix.keyFilterBytes,

@@ -36,6 +36,7 @@ import type { StateSink } from './state-sink.js';
 import { VALUE_ON_DISK, type ValueSource } from './value-source.js';
 import type { IndexSource } from './index-source.js';
 import { KeyFilter } from './key-filter.js';
+import { PackedNumbers, WriteLog } from './write-log.js';
 import type {
   ApplyOutput,
   Command,
@@ -158,9 +159,11 @@ export interface ColdKeys {
  *   listed from the durable records (`listPlan`) and a Bloom filter (`userKeyFilter`) stands in
  *   for the exact "is it live" test. The key counts are counters either way (`liveCount`).
  * - `writeLog`: (revision, key) of every version newer than the compaction point, so `compact`
- *   costs O(versions dropped), not O(keys).
+ *   costs O(versions dropped), not O(keys); packed columns (write-log.ts): 4 bytes per revision and
+ *   4 per key slot, and a key dropped from `records` (`dropCold`) leaves its entry keyless (its key
+ *   string is no longer held: compaction has nothing to drop of such a key).
  * - `revTimes`: timestamp of every revision from compactRevision on, for time-to-revision lookups
- *   (O(log revisions)).
+ *   (O(log revisions)); packed, 4 bytes per revision.
  * - `history`: events of the most recent revisions, bounded by `maxHistoryRevisions`, by
  *   `maxHistoryBytes` (the newest revision is always kept) and by compaction.
  *
@@ -173,8 +176,8 @@ export interface ColdKeys {
  * placeholder in `records`, and reads (`get`, `list`, `returnPrevious`, the descriptor,
  * `snapshot()`) fetch it from the source synchronously, so `apply` and reads stay synchronous and
  * deterministic (the outcome never depends on what is cached). `records` is then an index: per
- * version its revision, timestamp and whether it is a tombstone (about 380 bytes of heap per key
- * with one version and 150 per further retained version, measured with 14-character keys). The
+ * version its revision, timestamp and whether it is a tombstone (about 350 bytes of heap per key
+ * with one version and 90 per further retained version, measured with 15-character keys). The
  * watch history keeps its events' values within `maxHistoryBytes`. Without a source every value
  * stays in the heap (tests, tools, the simulator's reference models).
  *
@@ -194,8 +197,8 @@ export class KvStateMachine {
    * live since is added here, so a lookup of a key never made live spares a storage read.
    */
   private userKeyFilter: KeyFilter | undefined;
-  private readonly writeLog = new Queue<{ readonly revision: number; readonly key: string }>();
-  private readonly revTimes = new Queue<number>();
+  private readonly writeLog = new WriteLog();
+  private readonly revTimes = new PackedNumbers();
   private readonly history = new Queue<KvEvent>();
   private historyBytes = 0;
   private _revision = 0;
@@ -318,15 +321,24 @@ export class KvStateMachine {
   /**
    * The size of the heap index, for memory accounting (node/memory-budget.ts): keys held in
    * `records` (live, and deleted ones whose versions are still retained), writes since the
-   * compaction point (each a retained version), the watch history's accounted bytes and the Bloom
+   * compaction point (each a retained version), of which `keylessWrites` are those of keys dropped
+   * from `records` (`dropCold`: the write log keeps their revision only), the watch history's accounted bytes and the Bloom
    * filter of user keys (with `dropCold`; 0 without) and the reserved keys the live-key set holds
    * when it holds reserved keys only (with `dropCold`; 0 without, when every live key is there). O(1).
    */
-  get indexSize(): { readonly keys: number; readonly writes: number; readonly historyBytes: number; readonly keyFilterBytes: number; readonly reservedLiveKeys: number } {
+  get indexSize(): {
+    readonly keys: number;
+    readonly writes: number;
+    readonly keylessWrites: number;
+    readonly historyBytes: number;
+    readonly keyFilterBytes: number;
+    readonly reservedLiveKeys: number;
+  } {
     const reservedOnly = this.userKeyFilter !== undefined;
     return {
       keys: this.records.size,
       writes: this.writeLog.length,
+      keylessWrites: this.writeLog.keylessEntries,
       historyBytes: this.historyBytes,
       keyFilterBytes: this.userKeyFilter?.bytes ?? 0,
       reservedLiveKeys: reservedOnly ? this.reservedLive : 0,
@@ -696,7 +708,7 @@ export class KvStateMachine {
     const wasDeleted = recs.length > 0 && !wasLive; // tombstoned keys are never dropped from `records`
     const version = withHops<VersionRecord>({ revision, timestampMs: ts, value }, hops);
     recs.push(version);
-    this.writeLog.push({ revision, key });
+    this.writeLog.push(revision, key);
     if (this.index !== undefined) {
       this.unindexed.set(key, version);
       this.unindexedLog.push({ revision, key });
@@ -764,8 +776,12 @@ export class KvStateMachine {
     if (c <= this._compactRevision) return;
     const touched = new Set<string>();
     let n = 0;
-    for (let w = this.writeLog.at(0); w !== undefined && w.revision <= c; w = this.writeLog.at(++n)) touched.add(w.key);
-    this.writeLog.dropFront(n);
+    const log = this.writeLog;
+    for (const end = log.firstAfter(c); n < end; n++) {
+      const key = log.keyAt(n);
+      if (key !== undefined) touched.add(key); // keyless: a key dropped from the heap (`dropCold`), one live version, nothing to drop
+    }
+    log.dropFront(n);
     for (const key of touched) {
       const recs = this.records.get(key);
       if (recs === undefined) continue; // dropped from the heap (`dropCold`): one live version, nothing to drop
@@ -799,7 +815,7 @@ export class KvStateMachine {
     if (typeof timeMs !== 'number' || !Number.isSafeInteger(timeMs)) {
       throw new ValidationError('INVALID_ARGUMENT', `time must be a safe integer, got ${String(timeMs)}`);
     }
-    const i = this.revTimes.firstIndexWhere((t) => t > timeMs) - 1;
+    const i = this.revTimes.firstGreater(timeMs) - 1;
     if (i >= 0) return this._compactRevision + i;
     if (this._compactRevision === 0) return 0;
     throw new CompactedRevisionError({ timeMs }, this._compactRevision);
@@ -814,7 +830,7 @@ export class KvStateMachine {
     validateNonNegativeInt(nowMs, 'nowMs');
     validateNonNegativeInt(retentionMs, 'retentionMs');
     const cutoff = nowMs - retentionMs;
-    const i = this.revTimes.firstIndexWhere((t) => t > cutoff) - 1;
+    const i = this.revTimes.firstGreater(cutoff) - 1;
     return i >= 0 ? this._compactRevision + i : this._compactRevision;
   }
 
@@ -827,9 +843,9 @@ export class KvStateMachine {
    */
   compactRevisionWithin(maxWrites: number): number {
     validateNonNegativeInt(maxWrites, 'maxWrites');
-    const over = this.writeLog.at(maxWrites);
+    const over = this.writeLog.revisionAt(maxWrites);
     if (over === undefined) return this._revision;
-    return Math.max(this.writeLog.at(0)!.revision, over.revision - 1);
+    return Math.max(this.writeLog.revisionAt(0)!, over - 1);
   }
 
   private readRevision(options: GetOptions | undefined): number {
@@ -928,7 +944,8 @@ export class KvStateMachine {
    * written after `sinceRevision` (writes the records may not hold yet), with its latest version
    * now, in key order. The records at any revision in [sinceRevision, revision] with the overlay on
    * top are exactly this machine's keys now. Undefined when the machine cannot name those keys
-   * (`sinceRevision` before the compaction point or after the current revision). Throws
+   * (`sinceRevision` before the compaction point or after the current revision, or before the
+   * write of a key `dropCold` dropped: its write-log entry is keyless). Throws
    * ValidationError for invalid arguments, as `list` does. O(log w + writes since + o log o).
    */
   listPlan(prefix: string, options: ListOptions, sinceRevision: number): ListPlan | undefined {
@@ -939,8 +956,11 @@ export class KvStateMachine {
     if (sinceRevision < this._compactRevision || sinceRevision > this._revision) return undefined;
     const start = after !== undefined && compareKeys(after, prefix) >= 0 ? after : undefined;
     const keys = new Set<string>();
-    for (let i = this.writeLog.firstIndexWhere((w) => w.revision > sinceRevision); i < this.writeLog.length; i++) {
-      const key = this.writeLog.at(i)!.key;
+    for (let i = this.writeLog.firstAfter(sinceRevision); i < this.writeLog.length; i++) {
+      const key = this.writeLog.keyAt(i);
+      // Keyless: a key dropped from the heap at that revision (`dropCold`); only a released, so
+      // durable, write is dropped, which a caller's durable point normally covers. Cannot name it.
+      if (key === undefined) return undefined;
       if (key.startsWith(prefix) && (start === undefined || compareKeys(key, start) > 0)) keys.add(key);
     }
     const overlay: Array<readonly [string, VersionRecord]> = [];
@@ -1093,8 +1113,9 @@ export class KvStateMachine {
    * Drops from `records` the keys handed to the index source whose only retained version is live
    * and durable (its value released): such a key reads the same from its head (at and after its
    * revision, the version; before, nothing), compaction has nothing to drop of it, and a write
-   * reads the head back as its first version (`write`). What stays in the heap for it: its entry
-   * in `live` and, until compacted, in `writeLog` (issue 17, step 3 in part). Looks at most
+   * reads the head back as its first version (`write`). What stays in the heap for it: its share
+   * of the Bloom filter (a reserved key: its entry in `live`) and, until compacted, a keyless
+   * `writeLog` entry (its revision; the key string is let go) (issue 17, step 3 in part). Looks at most
    * `max` candidates; returns true when some remain (call again).
    */
   private dropCold(max: number): boolean {
@@ -1106,6 +1127,7 @@ export class KvStateMachine {
       const recs = this.records.get(key);
       if (recs !== undefined && recs.length === 1 && recs[0]!.value === VALUE_ON_DISK) {
         this.records.delete(key);
+        this.writeLog.forget(recs[0]!.revision, key); // compaction has nothing to drop of it: the entry keeps its revision only
         this.droppedCount++;
       }
     }
@@ -1134,7 +1156,7 @@ export class KvStateMachine {
    * Call once. Answers are the same either way: the records hold what `records` hold.
    *
    * With `dropCold`, keys whose only retained version is live and durable also leave `records`
-   * (see `dropCold`): the heap then holds, per such key, its `writeLog` entry until compacted. The
+   * (see `dropCold`): the heap then holds, per such key, a keyless `writeLog` entry until compacted. The
    * keys the machine holds when attached (a restart's or an install's whole state) are candidates
    * too: they leave once the index serves (sliced by `releaseValues`' `maxCount`). And the live-key
    * set keeps reserved keys only (user keys go to a Bloom filter for the "never live" test, O(user
@@ -1297,7 +1319,7 @@ export class KvStateMachine {
    * With `cold` (a restart's keys whose only retained version is live, loaded as key and revision:
    * `loadState` with `coldKeys`), the machine is built in the state a running machine reaches once
    * `dropCold` has run (`attachIndex`): the cold keys are in no version list (`records`), counted
-   * live, in the write log when after the compaction point, the reserved ones in the live-key set and
+   * live, in the write log (keyless entries) when after the compaction point, the reserved ones in the live-key set and
    * the user keys in the Bloom filter (the live-key set holds reserved keys only). Such a machine
    * must get its value source and `attachIndex(source, { dropCold: true })` before any use (the
    * index then serves at once: its records are the durable ones it was loaded from); `toRecords()`
@@ -1327,6 +1349,8 @@ export class KvStateMachine {
     const firstAt = new Int32Array(span + 1).fill(-1);
     const next: number[] = [];
     const writeKeys: string[] = [];
+    // Cold keys' writes per revision: their entries are keyless (as after `dropCold`), so a count will do.
+    const coldAt = cold !== undefined && cold.keys.length > 0 ? new Uint32Array(span + 1) : undefined;
     const liveKeys: string[] = [];
     let step = 0;
     for (const [key, versions] of d.keys) {
@@ -1350,15 +1374,12 @@ export class KvStateMachine {
         if (i % RESTORE_STEP_KEYS === RESTORE_STEP_KEYS - 1) yield;
         const rev = cold.revisions[i]!;
         if (rev > d.revision || rev < 1) throw new ValidationError('MALFORMED_SNAPSHOT', `cold key ${JSON.stringify(cold.keys[i])} at revision ${rev} (the state is at ${d.revision})`);
-        if (rev <= d.compactRevision) continue;
-        const slot = rev - d.compactRevision;
-        next.push(firstAt[slot]!);
-        firstAt[slot] = writeKeys.length;
-        writeKeys.push(cold.keys[i]!);
+        if (rev > d.compactRevision) coldAt![rev - d.compactRevision]!++;
       }
     }
     for (let slot = 1; slot <= span; slot++) {
-      for (let i = firstAt[slot]!; i >= 0; i = next[i]!) m.writeLog.push({ revision: d.compactRevision + slot, key: writeKeys[i]! });
+      for (let i = firstAt[slot]!; i >= 0; i = next[i]!) m.writeLog.push(d.compactRevision + slot, writeKeys[i]);
+      for (let k = coldAt?.[slot] ?? 0; k > 0; k--) m.writeLog.push(d.compactRevision + slot, undefined);
       if (slot % RESTORE_STEP_KEYS === 0) yield;
     }
     if (cold === undefined) {

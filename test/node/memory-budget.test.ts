@@ -7,7 +7,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import * as grpc from '@grpc/grpc-js';
 import { DATA_GROUP, KvNode, META_GROUP, type NodeOptions } from '../../src/node/kv-node.js';
-import { addsData, indexBytes, INDEX_BYTES_PER_KEY, INDEX_BYTES_PER_VERSION, LIVE_KEY_BYTES, MemoryBudget, MemoryBudgetError, type MemorySample } from '../../src/node/memory-budget.js';
+import { addsData, indexBytes, INDEX_BYTES_PER_KEY, INDEX_BYTES_PER_VERSION, KEYLESS_WRITE_BYTES, LIVE_KEY_BYTES, MemoryBudget, MemoryBudgetError, type MemorySample } from '../../src/node/memory-budget.js';
 import { classify } from '../../src/coordinator/op-status.js';
 import { LoopbackHub } from '../../src/node/transport.js';
 import { MemoryEngine } from '../../src/storage/kv-engine.js';
@@ -110,7 +110,10 @@ describe('MemoryBudget', () => {
     expect(indexBytes({ keys: 10, writes: 30, historyBytes: 0, logBytes: 0 })).toBeGreaterThan(10 * INDEX_BYTES_PER_KEY);
     expect(indexBytes({ keys: 0, writes: 0, historyBytes: 0, logBytes: 0, keyFilterBytes: 5120 })).toBe(5120); // the Bloom filter of user keys (--index-drop-cold)
     expect(indexBytes({ keys: 0, writes: 0, historyBytes: 0, logBytes: 0, reservedLiveKeys: 3 })).toBe(3 * LIVE_KEY_BYTES); // reserved keys held by the live-key set alone
-    expect(indexBytes({ keys: 0, writes: 4, historyBytes: 0, logBytes: 0 })).toBe(4 * INDEX_BYTES_PER_VERSION); // keys dropped from the heap, until compacted
+    expect(indexBytes({ keys: 0, writes: 4, historyBytes: 0, logBytes: 0 })).toBe(4 * INDEX_BYTES_PER_VERSION); // retained writes beyond the version lists' keys
+    // Writes of keys dropped from the heap (indexDropCold) are keyless write-log entries until compacted.
+    expect(indexBytes({ keys: 0, writes: 4, keylessWrites: 4, historyBytes: 0, logBytes: 0 })).toBe(4 * KEYLESS_WRITE_BYTES);
+    expect(indexBytes({ keys: 2, writes: 7, keylessWrites: 4, historyBytes: 0, logBytes: 0 })).toBe(2 * INDEX_BYTES_PER_KEY + INDEX_BYTES_PER_VERSION + 4 * KEYLESS_WRITE_BYTES);
     expect(addsData({ type: 'noop' })).toBe(false);
   });
 
@@ -123,8 +126,10 @@ describe('MemoryBudget', () => {
 
 describe('a node over its memory budget', () => {
   it('refuses puts with MEMORY_BUDGET and keeps serving reads and deletes without losing its leadership', async () => {
-    // 200 keys of index (plus the metadata group's few) fill this budget; the value and index caches are off.
-    const nodes = await cluster({ memoryBudgetBytes: 200 * INDEX_BYTES_PER_KEY, valueCacheBytes: 0, indexCacheBytes: 0, snapshotEveryEntries: 1_000_000 });
+    // 200 keys of index (plus the metadata group's few) fill this budget; the value and index caches
+    // are off. Keys keep their version lists (no indexDropCold): a dropped key is accounted at
+    // KEYLESS_WRITE_BYTES, so by default thousands of keys would fit (the next describe covers that).
+    const nodes = await cluster({ memoryBudgetBytes: 200 * INDEX_BYTES_PER_KEY, valueCacheBytes: 0, indexCacheBytes: 0, snapshotEveryEntries: 1_000_000, indexDropCold: false });
     const l = await leaderOf(nodes);
     const term = l.replica(DATA_GROUP)!.term;
     let refused: unknown;
@@ -154,7 +159,7 @@ describe('a node over its memory budget', () => {
 });
 
 describe('the index of a node that drops cold keys (indexDropCold, the default)', () => {
-  it('counts a key that left the heap at a write-log entry until compacted, then only reserved live keys and the filter', async () => {
+  it('counts a key that left the heap at a keyless write-log entry until compacted, then only reserved live keys and the filter', async () => {
     const nodes = await cluster({ snapshotEveryEntries: 1_000_000 });
     const l = await leaderOf(nodes);
     const r = l.replica(DATA_GROUP)!;
@@ -168,9 +173,10 @@ describe('the index of a node that drops cold keys (indexDropCold, the default)'
     expect(before.reservedLiveKeys).toBe(sm.reservedKeyCount); // the live-key set holds reserved keys only
     expect(before.reservedLiveKeys).toBeGreaterThanOrEqual(3);
     expect(before.keys).toBeLessThan(N / 10); // version lists: a few reserved keys, not the user keys
-    // Each user key is still counted, at a write-log entry: far below a key with its version list.
-    expect(indexBytes(before)).toBeGreaterThanOrEqual(N * INDEX_BYTES_PER_VERSION);
-    expect(indexBytes(before) - before.keyFilterBytes!).toBeLessThan(N * INDEX_BYTES_PER_KEY * 0.5); // the filter: a fixed 8 KiB at this size
+    // Each user key is still counted, at a keyless write-log entry: far below a key with its version list.
+    expect(before.keylessWrites).toBeGreaterThanOrEqual(N);
+    expect(indexBytes(before)).toBeGreaterThanOrEqual(N * KEYLESS_WRITE_BYTES);
+    expect(indexBytes(before) - before.keyFilterBytes! - before.keys * INDEX_BYTES_PER_KEY).toBeLessThan(N * INDEX_BYTES_PER_VERSION * 0.5); // the filter: a fixed 8 KiB at this size
     await r.propose({ type: 'compact', revision: r.revision }, 'system');
     await until('the compaction applied', () => sm.compactRevision > 0 && r.memory.writes === 0);
     // Compacted: the user keys cost their share of the Bloom filter; reserved live keys LIVE_KEY_BYTES each.

@@ -156,6 +156,7 @@ describe('values served from the engine', () => {
       }
       if (engines[nodes.indexOf(l)]!.unsyncedBatches > 0 || r.internalsForTests().sm.residentValues > 0) overlaid++;
       const before = r.listCounts.fromRecords;
+      const waited = r.listCounts.waitedForDurable;
       const page = await l.list({ prefix: '/o/', limit: 1000, keysOnly: false, consistency: 'linearizable' }, deadline());
       expect(keys(page)).toEqual(expected);
       expect(dec(page.items.find((x) => x.key === key)?.value)).toBe(value(i, 0));
@@ -168,6 +169,9 @@ describe('values served from the engine', () => {
       }
       expect(paged).toEqual(expected);
       if (i > 0) expect(r.listCounts.fromRecords).toBeGreaterThan(before); // served from the records once the first round is durable
+      // ... at once: the keys dropped from the heap (keyless write-log entries) are all at or before
+      // the durable point, so the machine names every key written since (`listPlan`).
+      if (i > 0) expect(r.listCounts.waitedForDurable).toBe(waited);
     }
     expect(overlaid).toBeGreaterThan(0); // some listings ran with writes not yet durable
   });

@@ -612,6 +612,94 @@ describe('latest versions from the records, behind the hot-index cache', () => {
     expect(sm.keyCount).toBe(1);
   });
 
+  it('with dropCold, a dropped key keeps a keyless write-log entry (its key string let go) across the packed logs’ chunks, compaction and a cold restart; every read, as-of-time read, compaction bound and listing as the heap machine (session heapkey)', async () => {
+    const ref = new KvStateMachine();
+    const s = new Served(new MemoryEngine(), new IndexCache(0), true);
+    let index = 0;
+    let ts = 1000;
+    const times: number[] = [];
+    const both = (m: readonly KvStateMachine[], cmd: Command, dt = 1): void => {
+      index++;
+      ts += dt;
+      times.push(ts);
+      const want = plain(ref.apply(index, ts, cmd));
+      for (const x of m) expect(plain(x.apply(index, ts, cmd)), JSON.stringify(cmd)).toEqual(want);
+    };
+    const N = 2_500; // writes crossing the packed logs' 1,024-entry chunks
+    for (let i = 0; i < N; i++) {
+      if (i % 500 === 250) {
+        // Two writes at one revision (a txn).
+        both([s.sm], { type: 'txn', compares: [], writes: [{ type: 'put', key: `fresh/t${i}a`, value: enc.encode('a') }, { type: 'put', key: `fresh/t${i}b`, value: enc.encode('b') }] });
+      } else {
+        // A clock jump past 2^32 ms once (a chunk of revision times then holds doubles), else 0–2 ms steps.
+        both([s.sm], { type: 'put', key: `fresh/${i}`, value: enc.encode(`v${i}`) }, i === 1_200 ? 2 ** 33 : i % 3);
+      }
+    }
+    const samePoints = (a: KvStateMachine): void => {
+      for (const t of [0, 999, ...times.filter((_, i) => i % 7 === 0), ts, ts + 1]) expect(asOf(a, 'fresh/1199', t), `as of ${t}`).toEqual(asOf(ref, 'fresh/1199', t));
+      for (const t of times) {
+        let want: unknown;
+        try {
+          want = ref.revisionAtTime(t);
+        } catch (e) {
+          want = (e as Error).message;
+        }
+        let got: unknown;
+        try {
+          got = a.revisionAtTime(t);
+        } catch (e) {
+          got = (e as Error).message;
+        }
+        expect(got, `revision at ${t}`).toEqual(want);
+      }
+      for (const w of [0, 1, 2, 100, 1_023, 1_024, 1_025, 2_047, 2_048, 2_499, 2_500, 10_000]) expect(a.compactRevisionWithin(w), `within ${w}`).toBe(ref.compactRevisionWithin(w));
+      expect(a.indexSize.writes).toBe(ref.indexSize.writes);
+    };
+    await s.flush();
+    s.release();
+    // Every key was written once: each left the version lists, its write-log entry keyless.
+    expect(s.sm.droppedKeys).toBe(N + 5);
+    expect(s.sm.indexSize).toMatchObject({ keys: 0, writes: N + 5, keylessWrites: N + 5 });
+    samePoints(s.sm);
+    await expectSameReads(s.sm, ref, s);
+    // A listing from the records at the durable point names no key from the write log (nothing
+    // written since); before a dropped write it cannot name that key: no plan, never a wrong page.
+    expect(s.sm.listPlan('fresh/', {}, s.durable)?.overlay).toEqual([]);
+    expect(s.sm.listPlan('fresh/', {}, s.durable - 1)).toBeUndefined();
+    // A dropped key rewritten, another deleted: their new entries name them; the old ones stay keyless.
+    both([s.sm], { type: 'put', key: 'fresh/5', value: enc.encode('w'), expectedVersion: 6 });
+    both([s.sm], { type: 'delete', key: 'fresh/6' });
+    expect(s.sm.indexSize).toMatchObject({ writes: N + 7, keylessWrites: N + 5 });
+    expect(s.sm.listPlan('fresh/', {}, s.durable)?.overlay.map(([k]) => k)).toEqual(['fresh/5', 'fresh/6']);
+    await expectSameReads(s.sm, ref, s);
+    await s.flush();
+    s.release();
+    // Compaction into the middle of the chunks (across the keyless entries).
+    both([s.sm], { type: 'compact', revision: 1_700 });
+    await s.flush();
+    s.release();
+    expect(s.sm.indexSize.keylessWrites).toBeGreaterThan(0);
+    expect(s.sm.indexSize.keylessWrites).toBeLessThan(N + 5 - 1_600);
+    samePoints(s.sm);
+    await expectSameReads(s.sm, ref, s);
+    expect((await snapshotOf(s.sm, s.engine)).equals(Buffer.from(ref.snapshot()))).toBe(true);
+    // A cold restart rebuilds the same logs, its cold keys' entries keyless from the start.
+    const { sm: cold } = await restart(s.engine, true);
+    expect(cold.indexSize).toEqual(s.sm.indexSize);
+    samePoints(cold);
+    await expectSameReads(cold, ref, { engine: s.engine, durable: cold.revision });
+    expect(cold.eventsSince(cold.oldestHistoryRevision)).toEqual(ref.eventsSince(ref.oldestHistoryRevision));
+    // Later writes and a compaction to the end agree, and leave no entry.
+    both([s.sm, cold], { type: 'put', key: 'fresh/7', value: enc.encode('x'), returnPrevious: true });
+    both([s.sm, cold], { type: 'compact', revision: ref.revision });
+    for (const m of [s.sm, cold]) {
+      expect(m.indexSize).toMatchObject({ writes: 0, keylessWrites: 0 });
+      samePoints(m);
+    }
+    await s.flush();
+    await expectSameReads(cold, ref, { engine: s.engine, durable: cold.revision });
+  });
+
   it('keeps the cache within its byte bound, evicting entries not used since the last pass first', () => {
     const per = INDEX_CACHE_ENTRY_OVERHEAD_BYTES + 2 * 2;
     const cache = new IndexCache(per * 3);
