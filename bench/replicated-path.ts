@@ -7,7 +7,8 @@
  * whole process (all three nodes and every thread: LevelDB's pool, GC helpers) and of the main
  * thread alone (`/proc/self/task/<pid>/stat`: the event loop the three nodes share), fsynced ready
  * rounds per second and synced engine batches (fsyncs) per second (all three nodes), log entries
- * per synced batch and peer messages per put.
+ * per synced batch and peer messages per put; with `--op-kinds`, engine operations per put by record
+ * kind (`s/m put` …, all three nodes).
  * `--shards`, `--sync-pace-ms` (NodeOptions.syncPaceMs) and `--gather` (NodeOptions.gatherTurn,
  * 0 or 1) take lists: each round measures every combination in turn (shards outer, then pace, then
  * gather), so A/B runs interleave on a shared machine.
@@ -22,7 +23,7 @@
  * `--round-entries`; prints CPU µs per entry (`process.cpuUsage`, so steadier than the cluster's
  * figure on a shared machine).
  *
- * node --max-semi-space-size=32 dist/bench/replicated-path.js [--seconds 10] [--warmup 2] [--concurrency 64] [--keys 10000] [--value-bytes 256] [--rounds 1] [--shards 1,8] [--sync-pace-ms 0,6] [--gather 0,1]
+ * node --max-semi-space-size=32 dist/bench/replicated-path.js [--seconds 10] [--warmup 2] [--concurrency 64] [--keys 10000] [--value-bytes 256] [--rounds 1] [--shards 1,8] [--sync-pace-ms 0,6] [--gather 0,1] [--op-kinds]
  * node --max-semi-space-size=32 dist/bench/replicated-path.js --apply-only 300000 [--round-entries 32] [--keys 10000] [--value-bytes 256] [--rounds 3]
  */
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
@@ -67,6 +68,22 @@ interface Window {
   readonly entriesPerFsync: number;
   /** Peer messages sent per put, all three nodes. */
   readonly msgsPerPut: number;
+  /** Engine batches written unsynced (state records alone, RaftLogStore) per put, all three nodes. */
+  readonly unsyncedPerPut: number;
+  /** Engine operations written per put, all three nodes, by record kind and operation (`s/m put` …; RaftLogStore.opCounts). */
+  readonly opsPerPut: ReadonlyMap<string, number>;
+}
+
+/** Engine operations written so far by `nodes`, summed, keyed `kind op` (puts and deletes; clears are outside the batches). */
+function engineOps(nodes: readonly KvNode[]): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const n of nodes) {
+    for (const [kind, c] of Object.entries(n.storeOpCounts)) {
+      if (c.put > 0) out.set(`${kind} put`, (out.get(`${kind} put`) ?? 0) + c.put);
+      if (c.del > 0) out.set(`${kind} del`, (out.get(`${kind} del`) ?? 0) + c.del);
+    }
+  }
+  return out;
 }
 
 /** What one measurement runs: the cluster's shape and the load. */
@@ -85,15 +102,17 @@ interface Setup {
 }
 
 /** Synced batches and the log entries they wrote, summed over `nodes`. */
-function syncedTotals(nodes: readonly KvNode[]): { batches: number; entries: number } {
+function syncedTotals(nodes: readonly KvNode[]): { batches: number; entries: number; unsynced: number } {
   let batches = 0;
   let entries = 0;
+  let unsynced = 0;
   for (const n of nodes) {
     const m = n.storeMetrics;
     batches += m.batches - m.unsyncedBatches;
+    unsynced += m.unsyncedBatches;
     entries += m.entries;
   }
-  return { batches, entries };
+  return { batches, entries, unsynced };
 }
 
 /** One measurement on a fresh three-node cluster. */
@@ -159,6 +178,7 @@ async function measure(setup: Setup): Promise<Window> {
     const msgs0 = counter.msgs;
     const rounds0 = rounds;
     const synced0 = syncedTotals(nodes);
+    const ops0ByKind = engineOps(nodes);
     const main0 = await mainThreadCpuUs();
     const cpu0 = process.cpuUsage();
     const t0 = performance.now();
@@ -168,6 +188,8 @@ async function measure(setup: Setup): Promise<Window> {
     const dt = (performance.now() - t0) / 1000;
     const n = ops - ops0;
     const synced1 = syncedTotals(nodes);
+    const opsPerPut = new Map<string, number>();
+    for (const [k, v] of engineOps(nodes)) opsPerPut.set(k, (v - (ops0ByKind.get(k) ?? 0)) / n);
     const msgs = counter.msgs - msgs0;
     const roundsIn = rounds - rounds0;
     stop = true;
@@ -180,6 +202,8 @@ async function measure(setup: Setup): Promise<Window> {
       fsyncsPerSec: (synced1.batches - synced0.batches) / dt,
       entriesPerFsync: (synced1.entries - synced0.entries) / Math.max(1, synced1.batches - synced0.batches),
       msgsPerPut: msgs / n,
+      opsPerPut,
+      unsyncedPerPut: (synced1.unsynced - synced0.unsynced) / n,
     };
   } finally {
     for (const n of nodes) await n.stop();
@@ -235,6 +259,7 @@ async function main(): Promise<void> {
       shards: { type: 'string' },
       'sync-pace-ms': { type: 'string' },
       gather: { type: 'string' },
+      'op-kinds': { type: 'boolean' },
     },
   });
   const num = (v: string | undefined, def: number, name: string): number => {
@@ -275,6 +300,11 @@ async function main(): Promise<void> {
           `${String(shards).padStart(6)}  ${String(syncPaceMs).padStart(7)}  ${String(gather).padStart(6)}  ${String(m.putsPerSec).padStart(6)}  ${m.cpuUsPerPut.toFixed(1).padStart(10)}  ` +
             `${(m.mainUsPerPut?.toFixed(1) ?? '-').padStart(18)}  ${m.roundsPerSec.toFixed(0).padStart(8)}  ${m.fsyncsPerSec.toFixed(0).padStart(8)}  ${m.entriesPerFsync.toFixed(1).padStart(13)}  ${m.msgsPerPut.toFixed(2).padStart(8)}  ${load}`,
         );
+        if (values['op-kinds'] === true) {
+          const kinds = [...m.opsPerPut].filter(([, v]) => v >= 0.005).sort(([a], [b]) => a.localeCompare(b));
+          const total = kinds.reduce((t, [, v]) => t + v, 0);
+          console.log(`        unsynced batches/put ${m.unsyncedPerPut.toFixed(3)}, engine ops/put ${total.toFixed(2)}: ${kinds.map(([k, v]) => `${k} ${v.toFixed(2)}`).join(', ')}`);
+        }
         }
       }
     }
