@@ -10,9 +10,10 @@
  * per synced batch and peer messages per put; with `--op-kinds`, engine operations per put by record
  * kind (`s/m put` …, all three nodes), group Readies in fsynced rounds per put and peer messages
  * per put by kind.
- * `--shards`, `--sync-pace-ms` (NodeOptions.syncPaceMs) and `--gather` (NodeOptions.gatherTurn,
- * 0 or 1; default 0, unlike kvd) take lists: each round measures every combination in turn (shards
- * outer, then pace, then gather), so A/B runs interleave on a shared machine.
+ * `--shards`, `--sync-pace-ms` (NodeOptions.syncPaceMs), `--gather` (NodeOptions.gatherTurn,
+ * 0 or 1; default 0, unlike kvd) and `--gather-turns` (NodeOptions.gatherTurns, default 1) take lists: each round
+ * measures every combination in turn (shards outer, then pace, then gather, then turns), so A/B
+ * runs interleave on a shared machine.
  * Run it with kvd's heap flag (`node --max-semi-space-size=32 …`) to see what kvd sees; add
  * `--cpu-prof` for a V8 profile of the whole run (`dist/bench/profile-summary.js` reads it).
  *
@@ -24,7 +25,7 @@
  * `--round-entries`; prints CPU µs per entry (`process.cpuUsage`, so steadier than the cluster's
  * figure on a shared machine).
  *
- * node --max-semi-space-size=32 dist/bench/replicated-path.js [--seconds 10] [--warmup 2] [--concurrency 64] [--keys 10000] [--value-bytes 256] [--rounds 1] [--shards 1,8] [--sync-pace-ms 0,6] [--gather 0,1] [--op-kinds]
+ * node --max-semi-space-size=32 dist/bench/replicated-path.js [--seconds 10] [--warmup 2] [--concurrency 64] [--keys 10000] [--value-bytes 256] [--rounds 1] [--shards 1,8] [--sync-pace-ms 0,6] [--gather 0,1] [--gather-turns 1,8] [--op-kinds]
  * node --max-semi-space-size=32 dist/bench/replicated-path.js --apply-only 300000 [--round-entries 32] [--keys 10000] [--value-bytes 256] [--rounds 3]
  */
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
@@ -104,6 +105,8 @@ interface Setup {
   readonly syncPaceMs: number;
   /** NodeOptions.gatherTurn. */
   readonly gatherTurn: boolean;
+  /** NodeOptions.gatherTurns. */
+  readonly gatherTurns: number;
 }
 
 /** Synced batches and the log entries they wrote, summed over `nodes`. */
@@ -122,7 +125,7 @@ function syncedTotals(nodes: readonly KvNode[]): { batches: number; entries: num
 
 /** One measurement on a fresh three-node cluster. */
 async function measure(setup: Setup): Promise<Window> {
-  const { seconds, warmupSeconds, concurrency, keys, valueBytes, shards, syncPaceMs, gatherTurn } = setup;
+  const { seconds, warmupSeconds, concurrency, keys, valueBytes, shards, syncPaceMs, gatherTurn, gatherTurns } = setup;
   const dir = await mkdtemp(join(tmpdir(), 'kvc-replicated-'));
   const hub = new LoopbackHub();
   const members = new Map([1, 2, 3].map((i) => [i, `127.0.0.1:${7400 + i}`] as [number, string]));
@@ -134,7 +137,7 @@ async function measure(setup: Setup): Promise<Window> {
     for (const id of [1, 2, 3]) {
       const engine = await LevelEngine.open(join(dir, `n${id}`));
       const node = await KvNode.open(
-        { id, members, defaultPool: { shards }, syncPaceMs, gatherTurn, log: silentLogger(), onFatal: (e) => { throw e; } },
+        { id, members, defaultPool: { shards }, syncPaceMs, gatherTurn, gatherTurns, log: silentLogger(), onFatal: (e) => { throw e; } },
         engine,
         countingTransport(hub.transport(id), counter),
       );
@@ -275,6 +278,7 @@ async function main(): Promise<void> {
       'sync-pace-ms': { type: 'string' },
       gather: { type: 'string' },
       'op-kinds': { type: 'boolean' },
+      'gather-turns': { type: 'string' },
     },
   });
   const num = (v: string | undefined, def: number, name: string): number => {
@@ -302,17 +306,19 @@ async function main(): Promise<void> {
   const shardList = values.shards !== undefined ? flagIntList('shards', values.shards, 1, 64) : [1];
   const paceList = values['sync-pace-ms'] !== undefined ? flagIntList('sync-pace-ms', values['sync-pace-ms'], 0, 1000) : [0];
   const gatherList = values.gather !== undefined ? flagIntList('gather', values.gather, 0, 1) : [0];
+  const turnsList = values['gather-turns'] !== undefined ? flagIntList('gather-turns', values['gather-turns'], 1, 64) : [1];
   console.log(`${concurrency} puts in flight, ${keys} keys, ${valueBytes}-byte values, ${seconds} s after ${warmup} s`);
-  console.log('shards  pace ms  gather  puts/s  cpu us/put  main-thread us/put  rounds/s  fsyncs/s  entries/fsync  msgs/put  loadavg');
+  console.log('shards  pace ms  gather  turns  puts/s  cpu us/put  main-thread us/put  rounds/s  fsyncs/s  entries/fsync  msgs/put  loadavg');
   for (let r = 0; r < rounds; r++) {
     for (const shards of shardList) {
       for (const syncPaceMs of paceList) {
         for (const gather of gatherList) {
+        for (const gatherTurns of turnsList) {
         const gatherTurn = gather === 1;
-        const m = await measure({ seconds, warmupSeconds: warmup, concurrency, keys, valueBytes, shards, syncPaceMs, gatherTurn });
+        const m = await measure({ seconds, warmupSeconds: warmup, concurrency, keys, valueBytes, shards, syncPaceMs, gatherTurn, gatherTurns });
         const load = (await readFile('/proc/loadavg', 'utf8').catch(() => '?')).split(' ').slice(0, 3).join(' ');
         console.log(
-          `${String(shards).padStart(6)}  ${String(syncPaceMs).padStart(7)}  ${String(gather).padStart(6)}  ${String(m.putsPerSec).padStart(6)}  ${m.cpuUsPerPut.toFixed(1).padStart(10)}  ` +
+          `${String(shards).padStart(6)}  ${String(syncPaceMs).padStart(7)}  ${String(gather).padStart(6)}  ${String(gatherTurns).padStart(5)}  ${String(m.putsPerSec).padStart(6)}  ${m.cpuUsPerPut.toFixed(1).padStart(10)}  ` +
             `${(m.mainUsPerPut?.toFixed(1) ?? '-').padStart(18)}  ${m.roundsPerSec.toFixed(0).padStart(8)}  ${m.fsyncsPerSec.toFixed(0).padStart(8)}  ${m.entriesPerFsync.toFixed(1).padStart(13)}  ${m.msgsPerPut.toFixed(2).padStart(8)}  ${load}`,
         );
         if (values['op-kinds'] === true) {
@@ -321,6 +327,7 @@ async function main(): Promise<void> {
           const msgKinds = [...m.msgsPerPutByKind].filter(([, v]) => v >= 0.005).sort(([a], [b]) => a.localeCompare(b));
           console.log(`        group readies in fsynced rounds/put ${m.groupReadiesPerPut.toFixed(3)}, msgs/put by kind: ${msgKinds.map(([k, v]) => `${k} ${v.toFixed(2)}`).join(', ')}`);
           console.log(`        unsynced batches/put ${m.unsyncedPerPut.toFixed(3)}, engine ops/put ${total.toFixed(2)}: ${kinds.map(([k, v]) => `${k} ${v.toFixed(2)}`).join(', ')}`);
+        }
         }
         }
       }
