@@ -7,10 +7,13 @@
  * whole process (all three nodes and every thread: LevelDB's pool, GC helpers) and of the main
  * thread alone (`/proc/self/task/<pid>/stat`: the event loop the three nodes share), fsynced ready
  * rounds per second and synced engine batches (fsyncs) per second (all three nodes), log entries
- * per synced batch and peer messages per put.
- * `--shards`, `--sync-pace-ms` (NodeOptions.syncPaceMs) and `--gather` (NodeOptions.gatherTurn,
- * 0 or 1) take lists: each round measures every combination in turn (shards outer, then pace, then
- * gather), so A/B runs interleave on a shared machine.
+ * per synced batch and peer messages per put; with `--op-kinds`, engine operations per put by record
+ * kind (`s/m put` …, all three nodes), group Readies in fsynced rounds per put and peer messages
+ * per put by kind.
+ * `--shards`, `--sync-pace-ms` (NodeOptions.syncPaceMs), `--gather` (NodeOptions.gatherTurn,
+ * 0 or 1; default 0, unlike kvd) and `--gather-turns` (NodeOptions.gatherTurns, default 1) take lists: each round
+ * measures every combination in turn (shards outer, then pace, then gather, then turns), so A/B
+ * runs interleave on a shared machine.
  * Run it with kvd's heap flag (`node --max-semi-space-size=32 …`) to see what kvd sees; add
  * `--cpu-prof` for a V8 profile of the whole run (`dist/bench/profile-summary.js` reads it).
  *
@@ -22,7 +25,7 @@
  * `--round-entries`; prints CPU µs per entry (`process.cpuUsage`, so steadier than the cluster's
  * figure on a shared machine).
  *
- * node --max-semi-space-size=32 dist/bench/replicated-path.js [--seconds 10] [--warmup 2] [--concurrency 64] [--keys 10000] [--value-bytes 256] [--rounds 1] [--shards 1,8] [--sync-pace-ms 0,6] [--gather 0,1]
+ * node --max-semi-space-size=32 dist/bench/replicated-path.js [--seconds 10] [--warmup 2] [--concurrency 64] [--keys 10000] [--value-bytes 256] [--rounds 1] [--shards 1,8] [--sync-pace-ms 0,6] [--gather 0,1] [--gather-turns 1,8] [--op-kinds]
  * node --max-semi-space-size=32 dist/bench/replicated-path.js --apply-only 300000 [--round-entries 32] [--keys 10000] [--value-bytes 256] [--rounds 3]
  */
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
@@ -67,6 +70,26 @@ interface Window {
   readonly entriesPerFsync: number;
   /** Peer messages sent per put, all three nodes. */
   readonly msgsPerPut: number;
+  /** Peer messages sent per put, all three nodes, by kind (`App+e`: appends carrying entries). */
+  readonly msgsPerPutByKind: ReadonlyMap<string, number>;
+  /** Groups' Readies in the fsynced rounds per put, all three nodes. */
+  readonly groupReadiesPerPut: number;
+  /** Engine batches written unsynced (state records alone, RaftLogStore) per put, all three nodes. */
+  readonly unsyncedPerPut: number;
+  /** Engine operations written per put, all three nodes, by record kind and operation (`s/m put` …; RaftLogStore.opCounts). */
+  readonly opsPerPut: ReadonlyMap<string, number>;
+}
+
+/** Engine operations written so far by `nodes`, summed, keyed `kind op` (puts and deletes; clears are outside the batches). */
+function engineOps(nodes: readonly KvNode[]): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const n of nodes) {
+    for (const [kind, c] of Object.entries(n.storeOpCounts)) {
+      if (c.put > 0) out.set(`${kind} put`, (out.get(`${kind} put`) ?? 0) + c.put);
+      if (c.del > 0) out.set(`${kind} del`, (out.get(`${kind} del`) ?? 0) + c.del);
+    }
+  }
+  return out;
 }
 
 /** What one measurement runs: the cluster's shape and the load. */
@@ -82,38 +105,48 @@ interface Setup {
   readonly syncPaceMs: number;
   /** NodeOptions.gatherTurn. */
   readonly gatherTurn: boolean;
+  /** NodeOptions.gatherTurns. */
+  readonly gatherTurns: number;
 }
 
 /** Synced batches and the log entries they wrote, summed over `nodes`. */
-function syncedTotals(nodes: readonly KvNode[]): { batches: number; entries: number } {
+function syncedTotals(nodes: readonly KvNode[]): { batches: number; entries: number; unsynced: number } {
   let batches = 0;
   let entries = 0;
+  let unsynced = 0;
   for (const n of nodes) {
     const m = n.storeMetrics;
     batches += m.batches - m.unsyncedBatches;
+    unsynced += m.unsyncedBatches;
     entries += m.entries;
   }
-  return { batches, entries };
+  return { batches, entries, unsynced };
 }
 
 /** One measurement on a fresh three-node cluster. */
 async function measure(setup: Setup): Promise<Window> {
-  const { seconds, warmupSeconds, concurrency, keys, valueBytes, shards, syncPaceMs, gatherTurn } = setup;
+  const { seconds, warmupSeconds, concurrency, keys, valueBytes, shards, syncPaceMs, gatherTurn, gatherTurns } = setup;
   const dir = await mkdtemp(join(tmpdir(), 'kvc-replicated-'));
   const hub = new LoopbackHub();
   const members = new Map([1, 2, 3].map((i) => [i, `127.0.0.1:${7400 + i}`] as [number, string]));
   const nodes: KvNode[] = [];
   const counter: MessageCounter = { msgs: 0, byKind: new Map() };
   let rounds = 0;
+  let groupReadies = 0;
   try {
     for (const id of [1, 2, 3]) {
       const engine = await LevelEngine.open(join(dir, `n${id}`));
       const node = await KvNode.open(
-        { id, members, defaultPool: { shards }, syncPaceMs, gatherTurn, log: silentLogger(), onFatal: (e) => { throw e; } },
+        { id, members, defaultPool: { shards }, syncPaceMs, gatherTurn, gatherTurns, log: silentLogger(), onFatal: (e) => { throw e; } },
         engine,
         countingTransport(hub.transport(id), counter),
       );
-      node.observer = { readyBatch: () => void rounds++ };
+      node.observer = {
+        readyBatch: (groups) => {
+          rounds++;
+          groupReadies += groups;
+        },
+      };
       nodes.push(node);
     }
     for (const n of nodes) n.start();
@@ -157,8 +190,11 @@ async function measure(setup: Setup): Promise<Window> {
     await new Promise((r) => setTimeout(r, warmupSeconds * 1000));
     const ops0 = ops;
     const msgs0 = counter.msgs;
+    const kinds0 = new Map(counter.byKind);
     const rounds0 = rounds;
+    const groupReadies0 = groupReadies;
     const synced0 = syncedTotals(nodes);
+    const ops0ByKind = engineOps(nodes);
     const main0 = await mainThreadCpuUs();
     const cpu0 = process.cpuUsage();
     const t0 = performance.now();
@@ -168,6 +204,8 @@ async function measure(setup: Setup): Promise<Window> {
     const dt = (performance.now() - t0) / 1000;
     const n = ops - ops0;
     const synced1 = syncedTotals(nodes);
+    const opsPerPut = new Map<string, number>();
+    for (const [k, v] of engineOps(nodes)) opsPerPut.set(k, (v - (ops0ByKind.get(k) ?? 0)) / n);
     const msgs = counter.msgs - msgs0;
     const roundsIn = rounds - rounds0;
     stop = true;
@@ -180,6 +218,10 @@ async function measure(setup: Setup): Promise<Window> {
       fsyncsPerSec: (synced1.batches - synced0.batches) / dt,
       entriesPerFsync: (synced1.entries - synced0.entries) / Math.max(1, synced1.batches - synced0.batches),
       msgsPerPut: msgs / n,
+      opsPerPut,
+      unsyncedPerPut: (synced1.unsynced - synced0.unsynced) / n,
+      groupReadiesPerPut: (groupReadies - groupReadies0) / n,
+      msgsPerPutByKind: new Map([...counter.byKind].map(([k, v]) => [k, (v - (kinds0.get(k) ?? 0)) / n] as [string, number])),
     };
   } finally {
     for (const n of nodes) await n.stop();
@@ -235,6 +277,8 @@ async function main(): Promise<void> {
       shards: { type: 'string' },
       'sync-pace-ms': { type: 'string' },
       gather: { type: 'string' },
+      'op-kinds': { type: 'boolean' },
+      'gather-turns': { type: 'string' },
     },
   });
   const num = (v: string | undefined, def: number, name: string): number => {
@@ -262,19 +306,29 @@ async function main(): Promise<void> {
   const shardList = values.shards !== undefined ? flagIntList('shards', values.shards, 1, 64) : [1];
   const paceList = values['sync-pace-ms'] !== undefined ? flagIntList('sync-pace-ms', values['sync-pace-ms'], 0, 1000) : [0];
   const gatherList = values.gather !== undefined ? flagIntList('gather', values.gather, 0, 1) : [0];
+  const turnsList = values['gather-turns'] !== undefined ? flagIntList('gather-turns', values['gather-turns'], 1, 64) : [1];
   console.log(`${concurrency} puts in flight, ${keys} keys, ${valueBytes}-byte values, ${seconds} s after ${warmup} s`);
-  console.log('shards  pace ms  gather  puts/s  cpu us/put  main-thread us/put  rounds/s  fsyncs/s  entries/fsync  msgs/put  loadavg');
+  console.log('shards  pace ms  gather  turns  puts/s  cpu us/put  main-thread us/put  rounds/s  fsyncs/s  entries/fsync  msgs/put  loadavg');
   for (let r = 0; r < rounds; r++) {
     for (const shards of shardList) {
       for (const syncPaceMs of paceList) {
         for (const gather of gatherList) {
+        for (const gatherTurns of turnsList) {
         const gatherTurn = gather === 1;
-        const m = await measure({ seconds, warmupSeconds: warmup, concurrency, keys, valueBytes, shards, syncPaceMs, gatherTurn });
+        const m = await measure({ seconds, warmupSeconds: warmup, concurrency, keys, valueBytes, shards, syncPaceMs, gatherTurn, gatherTurns });
         const load = (await readFile('/proc/loadavg', 'utf8').catch(() => '?')).split(' ').slice(0, 3).join(' ');
         console.log(
-          `${String(shards).padStart(6)}  ${String(syncPaceMs).padStart(7)}  ${String(gather).padStart(6)}  ${String(m.putsPerSec).padStart(6)}  ${m.cpuUsPerPut.toFixed(1).padStart(10)}  ` +
+          `${String(shards).padStart(6)}  ${String(syncPaceMs).padStart(7)}  ${String(gather).padStart(6)}  ${String(gatherTurns).padStart(5)}  ${String(m.putsPerSec).padStart(6)}  ${m.cpuUsPerPut.toFixed(1).padStart(10)}  ` +
             `${(m.mainUsPerPut?.toFixed(1) ?? '-').padStart(18)}  ${m.roundsPerSec.toFixed(0).padStart(8)}  ${m.fsyncsPerSec.toFixed(0).padStart(8)}  ${m.entriesPerFsync.toFixed(1).padStart(13)}  ${m.msgsPerPut.toFixed(2).padStart(8)}  ${load}`,
         );
+        if (values['op-kinds'] === true) {
+          const kinds = [...m.opsPerPut].filter(([, v]) => v >= 0.005).sort(([a], [b]) => a.localeCompare(b));
+          const total = kinds.reduce((t, [, v]) => t + v, 0);
+          const msgKinds = [...m.msgsPerPutByKind].filter(([, v]) => v >= 0.005).sort(([a], [b]) => a.localeCompare(b));
+          console.log(`        group readies in fsynced rounds/put ${m.groupReadiesPerPut.toFixed(3)}, msgs/put by kind: ${msgKinds.map(([k, v]) => `${k} ${v.toFixed(2)}`).join(', ')}`);
+          console.log(`        unsynced batches/put ${m.unsyncedPerPut.toFixed(3)}, engine ops/put ${total.toFixed(2)}: ${kinds.map(([k, v]) => `${k} ${v.toFixed(2)}`).join(', ')}`);
+        }
+        }
         }
       }
     }

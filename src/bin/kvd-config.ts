@@ -45,6 +45,8 @@ export interface KvdConfig {
   syncPaceMs?: number;
   /** `--gather-turn` / `--no-gather-turn` (NodeOptions.gatherTurn; unset: the node's default). */
   gatherTurn?: boolean;
+  /** `--gather-turns` (NodeOptions.gatherTurns; unset: the node's default). */
+  gatherTurns?: number;
   /** `--legacy-conditional-puts`: propose conditional puts older nodes can decode (rolling upgrade; NodeOptions.legacyConditionalPuts). */
   legacyConditionalPuts?: boolean;
   /** The node's memory budget, MiB (unset: 60 % of V8's heap limit; README "Memory model"). */
@@ -171,6 +173,7 @@ export function parseConfig(argv: string[]): KvdConfig {
     .option('--sync-pace-ms <ms>', 'with overlapped rounds: least time between the starts of two fsyncs of a busy node (0 = none, the default)', int('--sync-pace-ms'))
     .option('--gather-turn', "with overlapped rounds: hold the write of the round staged behind a finished fsync one event-loop turn, gathering what arrives in it (the default)")
     .option('--no-gather-turn', 'start that write at once (NodeOptions.gatherTurn false)')
+    .option('--gather-turns <n>', 'with --gather-turn: hold that write this many event-loop turns, gathering what arrives after each (default 1)', int('--gather-turns'))
     .option('--legacy-conditional-puts', 'rolling upgrade from a version before put flag currentOnConflict: write conditional puts older nodes can decode (docs/sessions.md, Upgrading)')
     .option('--index-cache-mib <n>', "bound of the hot-index cache of keys' latest versions read from disk, MiB (default 32)", int('--index-cache-mib'))
     .option('--memory-budget-mib <n>', "memory budget of the node, MiB: past it writes that add data get RESOURCE_EXHAUSTED (default 60 % of V8's heap limit; 0: none)", int('--memory-budget-mib'))
@@ -297,6 +300,11 @@ export function parseConfig(argv: string[]): KvdConfig {
   if (pace !== undefined) {
     if (typeof pace !== 'number' || !Number.isSafeInteger(pace) || pace < 0) throw new Error(`--sync-pace-ms must be a non-negative integer (got ${String(pace)})`);
     cfg.syncPaceMs = pace;
+  }
+  const turns = pick<unknown>('gatherTurns', undefined);
+  if (turns !== undefined) {
+    if (typeof turns !== 'number' || !Number.isSafeInteger(turns) || turns < 1) throw new Error(`--gather-turns must be a positive integer (got ${String(turns)})`);
+    cfg.gatherTurns = turns;
   }
   const budget = pick<unknown>('memoryBudgetMib', undefined);
   if (budget !== undefined) {

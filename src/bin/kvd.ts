@@ -346,6 +346,7 @@ async function main(): Promise<void> {
       ...(cfg.overlapRounds !== undefined ? { overlapRounds: cfg.overlapRounds } : {}),
       ...(cfg.syncPaceMs !== undefined ? { syncPaceMs: cfg.syncPaceMs } : {}),
       ...(cfg.gatherTurn !== undefined ? { gatherTurn: cfg.gatherTurn } : {}),
+      ...(cfg.gatherTurns !== undefined ? { gatherTurns: cfg.gatherTurns } : {}),
       memoryBudgetBytes: memoryBudgetMib(cfg.memoryBudgetMib, log) * 1024 * 1024,
       log,
     },

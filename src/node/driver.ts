@@ -20,7 +20,8 @@
  * units while a round is in flight, and everything asked for again once the node is idle.
  * With NodeOptions.gatherTurn, the round staged behind a finished fsync is held one scheduler
  * turn (the same hold and store mode as the pace), and what became ready in that turn is staged
- * into it just before its write starts.
+ * into it just before its write starts; with NodeOptions.gatherTurns above 1, held that many
+ * turns, staging what became ready after each.
  */
 import { MessageType, type Message, type NodeId, type Ready } from '../raft/index.js';
 import { UnavailableError } from './backend.js';
@@ -63,6 +64,10 @@ export class NodeDriver {
   private readonly paceMs: number;
   /** NodeOptions.gatherTurn (false without overlapped rounds). */
   private readonly gather: boolean;
+  /** NodeOptions.gatherTurns: the turns a round is held for gathering (at least 1). */
+  private readonly gatherTurns: number;
+  /** Turns the round held for gathering (not for the pace) has been held so far; 0 when none is. */
+  private gatherHeldTurns = 0;
   /** Armed while `next` is held back by the sync pace or for a turn (gatherTurn); it starts `next`'s write. */
   private paceTimer: TimerHandle | undefined;
   /** When the last synced batch started (scheduler clock, set by the store's `onSyncStart`), for the sync pace. */
@@ -94,6 +99,7 @@ export class NodeDriver {
     // Held rounds hold votes and acknowledgements too: at most a tenth of an election timeout.
     this.paceMs = this.overlap ? Math.min(parts.opts.syncPaceMs ?? NODE_DEFAULTS.syncPaceMs, this.electionMs() / 10) : 0;
     this.gather = this.overlap && (parts.opts.gatherTurn ?? NODE_DEFAULTS.gatherTurn);
+    this.gatherTurns = Math.max(1, Math.floor(parts.opts.gatherTurns ?? NODE_DEFAULTS.gatherTurns));
     // While a round is in flight, a held round's units must not join the batch after the one in
     // flight (`updateWriteMode` sets the store's writeOnlyFlushed then, and clears it when idle).
     if (this.paceMs > 0) {
@@ -414,6 +420,7 @@ export class NodeDriver {
     if (this.paceMs > 0 && wait > 0) {
       this.hold(round, this.scheduler.setTimeout(() => this.releaseHeld(), wait));
     } else if (this.gather && afterSync && round.mustSync && !this.stopped) {
+      this.gatherHeldTurns = 1;
       this.hold(round, this.scheduler.setImmediate(() => this.releaseHeld()));
     } else {
       this.startSync(round);
@@ -430,13 +437,23 @@ export class NodeDriver {
   /**
    * Starts the write of the round the sync pace (or gatherTurn) holds, if any, now; then what
    * arrives is staged into the next round. With gatherTurn, what became ready while it was held
-   * (messages stepped in this turn whose ready round has not run yet) is staged into it first.
+   * (messages stepped in this turn whose ready round has not run yet) is staged into it first, and
+   * a round held for gathering is held again, up to NodeOptions.gatherTurns turns in all.
    */
   private releaseHeld(): void {
     if (this.paceTimer === undefined) return;
+    const gatherTurns = this.gatherHeldTurns;
+    this.gatherHeldTurns = 0;
     if (this.gather && this.next && !this.stopped) {
       this.runReady(); // `paceTimer` still set: stages into `next`
       if (this.paceTimer === undefined) return; // failed meanwhile
+      // Held for gathering (not by the pace): one more turn, up to gatherTurns.
+      if (gatherTurns > 0 && gatherTurns < this.gatherTurns && this.next !== undefined) {
+        this.paceTimer.cancel();
+        this.gatherHeldTurns = gatherTurns + 1;
+        this.paceTimer = this.scheduler.setImmediate(() => this.releaseHeld());
+        return;
+      }
     }
     this.paceTimer.cancel();
     this.paceTimer = undefined;
@@ -459,6 +476,7 @@ export class NodeDriver {
     this.next = undefined;
     this.paceTimer?.cancel();
     this.paceTimer = undefined;
+    this.gatherHeldTurns = 0;
     this.updateWriteMode();
     this.wakeIdle();
     this.parts.log.fatal({ err: String(e), stack: (e as Error).stack }, 'storage or apply failure: stopping the node');

@@ -45,6 +45,8 @@ export const NODE_DEFAULTS = {
   syncPaceMs: 0,
   /** NodeOptions.gatherTurn: on — 8 shards +19 % puts/s, −15 % CPU per put on a quiet machine (bench/README.md "Shard scaling in the replicated path"). */
   gatherTurn: true,
+  /** NodeOptions.gatherTurns: 1 (bench/README.md "Per-round cost at 8 shards (session `rounds`)"). */
+  gatherTurns: 1,
   maxPendingProposals: 50_000,
   retentionMs: 3_600_000,
   retentionCheckMs: 10_000,
@@ -131,6 +133,13 @@ export interface NodeOptions {
    * node with many groups makes fewer, larger fsyncs. An idle node's first write is never held.
    */
   readonly gatherTurn?: boolean;
+  /**
+   * With gatherTurn, the scheduler turns that write is held (default {@link NODE_DEFAULTS}.gatherTurns,
+   * at least 1), staging what became ready after each: a busy node with many groups also gathers
+   * what its peers' rounds send in the next few turns. Only a round behind a finished fsync that
+   * needs one is held, so an idle node's first write is still not held.
+   */
+  readonly gatherTurns?: number;
   /**
    * A leader's tick sends no heartbeat to a follower it sent an append since the last tick
    * (default true; src/raft `RaftConfig.quietHeartbeats`): busy groups send heartbeats only where

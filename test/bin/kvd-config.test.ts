@@ -131,7 +131,11 @@ describe('kvd configuration', () => {
     expect(parseConfig([...base, '--insecure-peers', '--no-gather-turn']).gatherTurn).toBe(false);
     expect(parseConfig([...base, '--insecure-peers', '--gather-turn']).gatherTurn).toBe(true);
     expect(parseConfig([...base, '--insecure-peers']).gatherTurn).toBeUndefined();
+    expect(parseConfig([...base, '--insecure-peers', '--gather-turns', '8']).gatherTurns).toBe(8);
+    expect(parseConfig([...base, '--insecure-peers']).gatherTurns).toBeUndefined();
     const file = join(dir, 'pace.json');
+    writeFileSync(file, JSON.stringify({ gatherTurns: 0 }));
+    expect(() => parseConfig([...base, '--insecure-peers', '--config', file])).toThrow(/--gather-turns must be a positive integer/);
     writeFileSync(file, JSON.stringify({ syncPaceMs: 4 }));
     expect(parseConfig([...base, '--insecure-peers', '--config', file]).syncPaceMs).toBe(4);
     writeFileSync(file, JSON.stringify({ syncPaceMs: 'fast' }));

@@ -4,7 +4,8 @@
  * Run with one ready round at a time and with overlapped rounds (NodeOptions.overlapRounds: the
  * cut may land with a round staged, its appends sent and its entries applied, but not synced),
  * also with a sync pace (NodeOptions.syncPaceMs: the cut may land while a staged round is held) and
- * gathering a turn (NodeOptions.gatherTurn: held for one scheduler turn after each fsync).
+ * gathering a turn (NodeOptions.gatherTurn: held for one scheduler turn after each fsync), and
+ * gathering up to 4 turns (NodeOptions.gatherTurns: held while each turn stages more).
  */
 import { describe, expect, it } from 'vitest';
 import { KvNode, DATA_GROUP } from '../../src/node/kv-node.js';
@@ -18,13 +19,13 @@ const dec = (b: Uint8Array | undefined) => (b ? new TextDecoder().decode(b) : un
 /** Fsynced rounds staged while another round synced, across every node opened (overlapped rounds happened). */
 let overlappedRounds = 0;
 
-async function openCluster(engines: MemoryEngine[], overlapRounds: boolean, syncPaceMs: number, gatherTurn: boolean): Promise<KvNode[]> {
+async function openCluster(engines: MemoryEngine[], overlapRounds: boolean, syncPaceMs: number, gatherTurn: boolean, gatherTurns = 1): Promise<KvNode[]> {
   const hub = new LoopbackHub();
   const members = new Map(engines.map((_, i) => [i + 1, `127.0.0.1:${7100 + i + 1}`] as [number, string]));
   const nodes: KvNode[] = [];
   for (let i = 0; i < engines.length; i++) {
     const node = await KvNode.open(
-      { id: i + 1, members, tickMs: 5, overlapRounds, syncPaceMs, gatherTurn, log: silentLogger(), onFatal: () => {} },
+      { id: i + 1, members, tickMs: 5, overlapRounds, syncPaceMs, gatherTurn, gatherTurns, log: silentLogger(), onFatal: () => {} },
       engines[i]!,
       hub.transport(i + 1),
     );
@@ -44,16 +45,17 @@ async function leaderOf(nodes: KvNode[]): Promise<KvNode> {
 }
 
 describe.each([
-  ['one round at a time', false, 0, false],
-  ['overlapped rounds', true, 0, false],
-  ['overlapped rounds, gathering a turn', true, 0, true],
-  ['overlapped rounds, 3 ms sync pace', true, 3, false],
-])('durability across a whole-cluster power cut (%s)', (_mode, overlap, pace, gather) => {
+  ['one round at a time', false, 0, false, 1],
+  ['overlapped rounds', true, 0, false, 1],
+  ['overlapped rounds, gathering a turn', true, 0, true, 1],
+  ['overlapped rounds, gathering up to 4 turns', true, 0, true, 4],
+  ['overlapped rounds, 3 ms sync pace', true, 3, false, 1],
+])('durability across a whole-cluster power cut (%s)', (_mode, overlap, pace, gather, turns) => {
   for (const round of [1, 2, 3]) {
     it(`loses no acknowledged write (round ${round})`, async () => {
       // Overlapped modes: a 4 ms sync, so that puts reliably arrive while a round syncs (the mode is exercised even on a loaded machine).
       let engines = [1, 2, 3].map(() => new MemoryEngine({ latencyMs: overlap ? 4 : 1 }));
-      let nodes = await openCluster(engines, overlap, pace, gather);
+      let nodes = await openCluster(engines, overlap, pace, gather, turns);
       const acked = new Map<string, { value: string; version: number }>();
       let stop = false;
       const writer = async (w: number) => {
@@ -81,7 +83,7 @@ describe.each([
       for (const node of nodes) await node.stop().catch(() => {});
       if (!overlap) expect(overlappedRounds).toBe(0);
 
-      nodes = await openCluster(engines, overlap, pace, gather);
+      nodes = await openCluster(engines, overlap, pace, gather, turns);
       const l2 = await leaderOf(nodes);
       for (const [key, { value, version }] of snapshotOfAcked) {
         const g = await l2.get({ key, consistency: 'linearizable' }, { deadlineMs: Date.now() + 5000 });

@@ -399,6 +399,8 @@ class NodeSim {
       ...(this.opts.seed % 4 === 1 ? { syncPaceMs: 5 } : {}),
       // One seed in four runs the other setting of NodeOptions.gatherTurn than the default (from the seed too).
       ...(this.opts.seed % 4 === 3 ? { gatherTurn: !NODE_DEFAULTS.gatherTurn } : {}),
+      // One seed in four (others than the pace's) holds a gathering round up to 4 turns (NodeOptions.gatherTurns).
+      ...(this.opts.seed % 4 === 2 ? { gatherTurns: 4 } : {}),
       log: keepingLogger(this.problems, this.notes, `node ${id}#${owner}:`),
       onFatal: (err) => {
         if (!inc.dead) this.problems.push(`node ${id}#${owner}: fatal: ${String(err)}`);
