@@ -19,6 +19,7 @@
 // monitorEventLoopDelay), leader changes and accounted memory come from its /metrics. On a shared
 // machine throughput is indicative only.
 import { randomBytes } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
 import { request } from 'node:http';
 import { join } from 'node:path';
 import { loadavg } from 'node:os';
@@ -203,7 +204,9 @@ async function catchUp(
         const total = mib(sample(text, 'kvcascade_nodejs_heap_size_total_bytes') ?? 0);
         peakHeap = Math.max(peakHeap, heap);
         peakExt = Math.max(peakExt, ext);
-        timeline.push(`${((performance.now() - t0) / 1000).toFixed(0)}s rss ${mib(await rssOf(pids[2]))} heap ${text ? `${heap}/${total}` : '-'} ext ${text ? ext : '-'}`);
+        const st = await readFile(`/proc/${pids[2]}/status`, 'utf8').catch(() => '');
+        const kib = (field: string): number => Math.round(Number(new RegExp(`^${field}:\\s+(\\d+)`, 'm').exec(st)?.[1] ?? 0) / 1024);
+        timeline.push(`${((performance.now() - t0) / 1000).toFixed(0)}s rss ${mib(await rssOf(pids[2]))} (anon ${kib('RssAnon')} file ${kib('RssFile')}) heap ${text ? `${heap}/${total}` : '-'} ext ${text ? ext : '-'}`);
       }
       await sleep(100);
     }
