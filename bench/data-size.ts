@@ -19,6 +19,7 @@
 // monitorEventLoopDelay), leader changes and accounted memory come from its /metrics. On a shared
 // machine throughput is indicative only.
 import { randomBytes } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
 import { request } from 'node:http';
 import { join } from 'node:path';
 import { loadavg } from 'node:os';
@@ -185,18 +186,36 @@ async function catchUp(
   await drive(drivers.slice(0, 2), o.concurrency, from, from + extra, (d, i) => d.put(i, valueOf(i)));
   const peaks = [0, 0, 0];
   let sampling = true;
+  // Node 3's timeline (every ~0.5 s): RSS, V8 heap used/total and external memory from its /metrics, to
+  // tell where the follower's memory goes during the install (heap, buffers, or neither: LevelDB).
+  const timeline: string[] = [];
+  const t0 = performance.now();
+  let peakHeap = 0;
+  let peakExt = 0;
   const sampler = (async () => {
-    while (sampling) {
+    for (let n = 0; sampling; n++) {
       const pids = cluster.nodePids?.() ?? [];
       for (let i = 0; i < peaks.length; i++) peaks[i] = Math.max(peaks[i]!, await rssOf(pids[i]));
+      if (n % 5 === 0 && cluster.system === 'kvd') {
+        const port = ((await cluster.metricsPorts?.()) ?? [])[2];
+        const text = port === undefined ? '' : await scrape(port).catch(() => '');
+        const heap = mib(sample(text, 'kvcascade_nodejs_heap_size_used_bytes') ?? 0);
+        const ext = mib(sample(text, 'kvcascade_nodejs_external_memory_bytes') ?? 0);
+        const total = mib(sample(text, 'kvcascade_nodejs_heap_size_total_bytes') ?? 0);
+        peakHeap = Math.max(peakHeap, heap);
+        peakExt = Math.max(peakExt, ext);
+        const st = await readFile(`/proc/${pids[2]}/status`, 'utf8').catch(() => '');
+        const kib = (field: string): number => Math.round(Number(new RegExp(`^${field}:\\s+(\\d+)`, 'm').exec(st)?.[1] ?? 0) / 1024);
+        timeline.push(`${((performance.now() - t0) / 1000).toFixed(0)}s rss ${mib(await rssOf(pids[2]))} (anon ${kib('RssAnon')} file ${kib('RssFile')}) heap ${text ? `${heap}/${total}` : '-'} ext ${text ? ext : '-'}`);
+      }
       await sleep(100);
     }
   })();
-  const t0 = performance.now();
   cluster.startNode(2);
   const seconds = await servingAfter(cluster, `data/k${String(from + extra - 1).padStart(8, '0')}`, t0);
   sampling = false;
   await sampler;
+  console.log(`catch-up n3 timeline (MiB; heap used/total and ext from /metrics, '-' = no answer): ${timeline.join(' | ')}; peak heap used ${peakHeap}, peak external ${peakExt}`);
   return { seconds, peakRssMiB: mib(peaks[2]!), peakRssByNodeMiB: peaks.map(mib) };
 }
 

@@ -36,6 +36,15 @@ import { SNAPSHOT_CHUNK_SYNC_BYTES } from './snapshot-inbox.js';
 /** Longest stretch (ms) of computing and staging a snapshot's records replacement before yielding. */
 const INSTALL_SLICE_MS = 10;
 
+/**
+ * Staged bytes after which a snapshot install waits for its writes before staging more. The store
+ * writes one batch at a time and the install stages faster than the disk takes it: without a wait
+ * every unit staged while a batch is in flight joins the next one, so a large shard's replacement
+ * (its values included) piled up in the heap and went to LevelDB as batches of hundreds of MiB
+ * (session `catchup2`, docs/memory.md "Catch-up memory"). `NodeOptions.installFlushBytes` overrides it.
+ */
+export const INSTALL_FLUSH_BYTES = 16 * 1024 * 1024;
+
 /** One ready round: the Readies it staged (in staging order) and what its write needs. */
 interface Round {
   readonly items: [ShardReplica, Ready][];
@@ -519,6 +528,10 @@ export class NodeDriver {
   private async finishInstall(r: ShardReplica): Promise<void> {
     const { store } = this.parts;
     const streamed = r.installingStreamed;
+    const started = this.scheduler.now();
+    let peakStaged = 0;
+    let waits = 0;
+    const flushBytes = this.parts.opts.installFlushBytes ?? INSTALL_FLUSH_BYTES;
     try {
       // Streamed: the chunk records (the last staged in this round) are read back with getSync.
       if (streamed) await store.flush();
@@ -534,8 +547,17 @@ export class NodeDriver {
           }
           store.stageStateOps(r.group, unit);
           if (r.replacementReadPending) break;
+          if (store.stagedBytes >= flushBytes) break;
         }
         if (done) break;
+        const staged = store.stagedBytes;
+        if (staged > peakStaged) peakStaged = staged;
+        if (staged >= flushBytes) {
+          // Back-pressure: bounds what the install holds staged (and the size of a batch) whatever the disk's pace.
+          waits++;
+          await store.flush();
+          if (this.stopped || this.replicas.get(r.group) !== r) return;
+        }
         if (r.replacementReadPending) {
           // The replacement diffs against the records on disk, read from one view: what is staged is written before it opens.
           if (r.replacementReadOpensView) {
@@ -560,6 +582,7 @@ export class NodeDriver {
         await store.flush();
         if (this.replicas.get(r.group) === r) r.installDurable();
       }
+      this.parts.log.info({ group: r.group, streamed, ms: Math.round(this.scheduler.now() - started), peakStagedMiB: Math.round(peakStaged / 2 ** 20), flushWaits: waits }, 'snapshot install done');
       this.scheduleReady();
     } catch (e) {
       this.parts.log.fatal({ group: r.group, err: String(e), stack: (e as Error).stack }, 'storage failure while installing a snapshot: stopping the node');

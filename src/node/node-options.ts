@@ -184,6 +184,12 @@ export interface NodeOptions {
   readonly stateMachine?: KvStateMachineOptions;
   /** Bound on the bytes of each storage unit when a group's durable state is replaced wholesale (default 4 MiB). */
   readonly stateUnitBytes?: number;
+  /**
+   * Staged bytes after which a snapshot install (the records replacement) waits for its writes to
+   * be durable before staging more (default `INSTALL_FLUSH_BYTES` of driver.ts, 16 MiB): bounds
+   * what an install holds staged and the size of a write batch, whatever the disk's pace.
+   */
+  readonly installFlushBytes?: number;
   /** Bound on the bytes coalesced into one engine batch (default: the store's, 64 MiB); whole units are never split. */
   readonly maxBatchBytes?: number;
   /**

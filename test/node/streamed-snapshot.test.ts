@@ -105,6 +105,43 @@ describe('a streamed snapshot install', () => {
     expect(same(onDisk.snapshot(), leaderState)).toBe(true);
   });
 
+  it('bounds the batches an install writes (installFlushBytes): the replacement never piles up staged', async () => {
+    // Session `catchup2`: the install staged its whole replacement while the store wrote one batch
+    // at a time, so a large shard went to the engine as batches of hundreds of MiB (the follower's
+    // peak RSS). With the bound it waits for its writes every `installFlushBytes` staged.
+    const flushBytes = 64 * 1024;
+    const unitBytes = 16 * 1024;
+    const opts: Partial<NodeOptions> = { snapshotEveryEntries: 60, keepEntriesAfterSnapshot: 5, stateUnitBytes: unitBytes, installFlushBytes: flushBytes };
+    const { hub, engines, nodes, l, f, fi } = await trio.settled(opts);
+    const fr = f.replica(DATA_GROUP)!;
+    const engine = engines[fi]!;
+    const batch = engine.batch.bind(engine);
+    let installBatches = 0;
+    let largest = 0;
+    let installBytes = 0;
+    engine.batch = (ops, o) => {
+      if (fr.installing) {
+        let bytes = 0;
+        // The transfer's chunk records (`t/`, written before the install reads them) are not the replacement's.
+        for (const op of ops) if (!keyString(op.key).startsWith('t/')) bytes += op.key.length + (op.type === 'put' ? op.value.length : 0);
+        installBatches++;
+        installBytes += bytes;
+        largest = Math.max(largest, bytes);
+      }
+      return batch(ops, o);
+    };
+    isolate(hub, nodes, f);
+    await workload(l, 40, 'bound', 30_000);
+    hub.blocked.clear();
+    await converged(nodes);
+    expect(fr.inbox!.counters.completed).toBeGreaterThan(0);
+    expect(installBytes).toBeGreaterThan(8 * flushBytes); // the replacement was much larger than the bound
+    expect(installBatches).toBeGreaterThan(4);
+    // One batch holds what was staged up to the bound, plus the unit that crossed it (and a few small records of other groups).
+    expect(largest).toBeLessThan(flushBytes + 2 * unitBytes + 16 * 1024);
+    expect(same(await replicaState(f, engine), await replicaState(l, engines[nodes.indexOf(l)]!))).toBe(true);
+  });
+
   it('refuses chunks out of order and a transfer whose checksum does not hold', async () => {
     const opts: Partial<NodeOptions> = { snapshotEveryEntries: 60, keepEntriesAfterSnapshot: 5 };
     const { hub, engines, nodes, l, f } = await trio.settled(opts);
