@@ -50,13 +50,19 @@ function twinKv(host: MemoryExtensionHost): LambdaKv {
   };
 }
 
+/** A twin host leading the data shard in term 1, and a started extension manager on it. */
+function startTwin(): { host: MemoryExtensionHost; shard: NonNullable<ReturnType<MemoryExtensionHost['shard']>>; m: ExtensionManager } {
+  const host = new MemoryExtensionHost(1, 1);
+  const shard = host.shard(DATA_GROUP)!;
+  host.lead(DATA_GROUP, 1);
+  const m = new ExtensionManager(host, { dataDir: dir, log: silentLogger(), lambdaKv: twinKv(host), workerHeapMb: 64 });
+  m.start();
+  return { host, shard, m };
+}
+
 describe('the extension manager on the memory twin', () => {
   it('loads, delivers while leading, stops on a pushed loss and resumes from the cursor on a new term', async () => {
-    const host = new MemoryExtensionHost(1, 1);
-    const shard = host.shard(DATA_GROUP)!;
-    host.lead(DATA_GROUP, 1);
-    const m = new ExtensionManager(host, { dataDir: dir, log: silentLogger(), lambdaKv: twinKv(host), workerHeapMb: 64 });
-    m.start();
+    const { host, shard, m } = startTwin();
     try {
       const status = await m.load(await packFolder('test/extensions/fixtures/it-fast'), { isolation: 'worker', config: { prefix: '/in/', out: '/out' } });
       expect(status.state).toBe('running');
@@ -89,11 +95,7 @@ describe('the extension manager on the memory twin', () => {
   // leader read the attempt record before applying what its predecessor committed, so a failure
   // recorded in the old term was forgotten and the poison event ran 4 times instead of 3 at most.
   it('a new leader that has not yet applied its predecessor\'s attempt record waits for the barrier: a poison event runs at most 3 times in all', async () => {
-    const host = new MemoryExtensionHost(1, 1);
-    const shard = host.shard(DATA_GROUP)!;
-    host.lead(DATA_GROUP, 1);
-    const m = new ExtensionManager(host, { dataDir: dir, log: silentLogger(), lambdaKv: twinKv(host), workerHeapMb: 64 });
-    m.start();
+    const { host, shard, m } = startTwin();
     try {
       const status = await m.load(await packFolder('test/extensions/fixtures/it-crasher'), { isolation: 'worker' });
       expect(status.state).toBe('running');
