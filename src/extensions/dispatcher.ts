@@ -79,7 +79,8 @@ export interface DispatchHost {
    * Every event an in-process lambda left unfinished on another node (see inProcessKilledANode)
    * has now been handled by this isolated dispatcher: `confirmed` when one of them failed here
    * too and was dead-lettered as poison (the node died in it), false when they all completed (the
-   * node only lost the shard, or died of something else).
+   * node only lost the shard, or died of something else). Also said (false) when this dispatcher
+   * starts with none of them left after its cursor (a previous leader handled them).
    */
   suspectsResolved?(confirmed: boolean): void;
 }
@@ -145,6 +146,9 @@ export interface DispatchObserver {
 }
 
 const eventId = (revision: number, key: string): string => `${revision}\u0000${key}`;
+
+/** `nodes` (sorted, distinct) with `node` added. */
+const withNode = (nodes: readonly number[], node: number): number[] => (nodes.includes(node) ? [...nodes] : [...nodes, node].sort((a, b) => a - b));
 
 /** A revision as it appears in dead-letter keys: zero-padded to {@link REVISION_DIGITS} digits. */
 const revisionDigits = (revision: number): string => String(revision).padStart(REVISION_DIGITS, '0');
@@ -222,7 +226,8 @@ export class WatchDispatcher {
    * Starts delivering every event after `cursor` (the replicated cursor read by the caller);
    * `record` is the watch's replicated attempt record: its entries after the cursor are the
    * failure history of those events, and an entry still armed is an attempt that never finished
-   * (its node died or lost the shard meanwhile): counted as a failure on that node.
+   * (its node died or lost the shard meanwhile): counted as a failure on that node; as a failure
+   * only (not against that node) when another node ran it in isolation.
    */
   start(cursor: number, record?: AttemptRecord): void {
     if (record) {
@@ -238,19 +243,29 @@ export class WatchDispatcher {
             // This very process started it and lost the shard meanwhile: it did not die in it.
           } else {
             entry.failures++;
-            if (!entry.nodes.includes(e.armed.node)) entry.nodes = [...entry.nodes, e.armed.node].sort((a, b) => a - b);
             const at = new Date(e.armed.atMs).toISOString();
-            if (self && e.armed.boot === this.faults.blockedBoot) {
+            const shared = e.armed.shared ?? this.faults.armEveryInvocation;
+            if (!self && !shared) {
+              // Another node armed it for a run in isolation (a worker or a child process, which
+              // its lambda cannot take the node down from) and lost the shard or died meanwhile:
+              // the run counts as an attempt (a poison event gets no extra run from a leader
+              // change), but it is no evidence against that node, so it does not count towards
+              // `poisonNodes` (leader changes alone must not make an innocent event poison).
+              entry.reason = `node ${e.armed.node} lost the shard or died while running it in isolation (started ${at})`;
+            } else if (self && e.armed.boot === this.faults.blockedBoot) {
               // This node's watchdog killed its previous process while it ran this: it blocked the thread.
+              entry.nodes = withNode(entry.nodes, e.armed.node);
               entry.diedHere = true;
               entry.reason = `node ${e.armed.node} was killed by its event-loop watchdog while running it (started ${at})`;
             } else if (self) {
               // Died some other way (kill -9, out of memory...): retried where it cannot take the node down.
-              if (e.armed.shared ?? this.faults.armEveryInvocation) entry.unfinishedElsewhere = e.armed.node;
+              entry.nodes = withNode(entry.nodes, e.armed.node);
+              if (shared) entry.unfinishedElsewhere = e.armed.node;
               entry.reason = `node ${e.armed.node} restarted after it died (or was killed) while running it (started ${at})`;
             } else {
               // Armed in that node's own thread (legacy records: when this watch arms every invocation).
-              if (e.armed.shared ?? this.faults.armEveryInvocation) entry.unfinishedElsewhere = e.armed.node;
+              entry.nodes = withNode(entry.nodes, e.armed.node);
+              entry.unfinishedElsewhere = e.armed.node;
               entry.reason = `node ${e.armed.node} died or lost the shard while running it (started ${at})`;
             }
           }
@@ -276,6 +291,14 @@ export class WatchDispatcher {
     this.persistTimer = this.clock.setInterval(() => void this.persistCursor(), CURSOR_PERSIST_MS);
     this.persistTimer.unref?.();
     this.follow(cursor + 1);
+    if (this.suspects.size === 0 && this.host.suspectsResolved) {
+      // Nothing left unfinished after the cursor: a previous leader handled the suspects (and lost
+      // the shard before it could say so). Said at once, or the host's marker would never be lifted.
+      const resolved = this.host.suspectsResolved.bind(this.host);
+      queueMicrotask(() => {
+        if (!this.stopped) resolved(false);
+      });
+    }
   }
 
   /**
@@ -560,7 +583,7 @@ export class WatchDispatcher {
         if (RUNNER_KILLING_KINDS.has(kind) && (err as { culprit?: boolean }).culprit !== false) {
           const e = (p.entry ??= { revision: p.event.revision, key: p.event.key, failures: 0, nodes: [] });
           e.failures++;
-          if (!e.nodes.includes(this.faults.node)) e.nodes = [...e.nodes, this.faults.node].sort((a, b) => a - b);
+          e.nodes = withNode(e.nodes, this.faults.node);
           e.reason = `${kind} on node ${this.faults.node}: ${message.slice(0, MAX_REASON_CHARS)}`;
           this.recordDirty = true;
           const poison = this.poisonReason(p);

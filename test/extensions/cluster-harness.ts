@@ -12,7 +12,8 @@ import { kvNodeHost } from '../../src/extensions/kv-node-host.js';
 import { localLambdaKv, type LocalStore } from '../../src/extensions/local-lambda-kv.js';
 import { packFolder } from '../../src/extensions/pack-folder.js';
 import type { LambdaKv, ShardRevisions } from '../../src/extensions/store-access.js';
-import { silentLogger } from '../../src/log.js';
+import { pino } from 'pino';
+import { silentLogger, type Logger } from '../../src/log.js';
 import { NotLeaderError, UnavailableError } from '../../src/node/backend.js';
 import { ClusterAdmin, type ClusterProbe } from '../../src/node/cluster-admin.js';
 import { KvNode, META_GROUP } from '../../src/node/kv-node.js';
@@ -31,7 +32,12 @@ export interface ExtClusterOptions {
   readonly manager?: (id: number) => Partial<ExtensionManagerOptions>;
   /** State machine options of every replica (a short history window, for tests of compaction). */
   readonly stateMachine?: KvStateMachineOptions;
+  /** Keep the nodes' and managers' info-level log lines in memory (`ExtCluster.logLines`), for failure diagnostics. */
+  readonly captureLogs?: boolean;
 }
+
+/** How many captured log lines an {@link ExtCluster} keeps (the newest). */
+const CAPTURED_LINES = 20_000;
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -42,6 +48,19 @@ export class ExtCluster {
   readonly hub = new LoopbackHub();
   private readonly dir = mkdtempSync(join(tmpdir(), 'kvcascade-ext-'));
   private readonly admins: ClusterAdmin[] = [];
+  /** With `captureLogs`: the newest log lines of the nodes and managers (JSON, oldest first). */
+  readonly logLines: string[] = [];
+
+  /** A logger for `who`: capturing into {@link logLines} when asked, silent otherwise. */
+  private logger(capture: boolean, who: string): Logger {
+    if (!capture) return silentLogger();
+    return pino({ level: 'info', base: { who } }, {
+      write: (line: string) => {
+        this.logLines.push(line.trimEnd());
+        if (this.logLines.length > CAPTURED_LINES) this.logLines.splice(0, this.logLines.length - CAPTURED_LINES);
+      },
+    });
+  }
 
   static async start(n = 3, opts: ExtClusterOptions = {}): Promise<ExtCluster> {
     const c = new ExtCluster();
@@ -52,14 +71,14 @@ export class ExtCluster {
       // 10 ms ticks, elections after 400-800 ms: quick, yet a test machine busy spawning extension
       // processes (CI runs test files in parallel on 2 cores) does not change leaders by accident;
       // tests that want a leader change make one (hub.blocked).
-      const node = await KvNode.open({ id, members, tickMs: 10, electionTicks: 40, log: silentLogger(), onFatal: () => {}, defaultPool: { shards }, ...(opts.stateMachine ? { stateMachine: opts.stateMachine } : {}) }, new MemoryEngine(), c.hub.transport(id));
+      const node = await KvNode.open({ id, members, tickMs: 10, electionTicks: 40, log: c.logger(opts.captureLogs ?? false, `node${id}`), onFatal: () => {}, defaultPool: { shards }, ...(opts.stateMachine ? { stateMachine: opts.stateMachine } : {}) }, new MemoryEngine(), c.hub.transport(id));
       node.start();
       c.nodes.push(node);
     }
     for (const node of c.nodes) {
       const m = new ExtensionManager(kvNodeHost(node), {
         dataDir: c.dataDir(node),
-        log: silentLogger(),
+        log: c.logger(opts.captureLogs ?? false, `manager${node.id}`),
         workerHeapMb: 64,
         ...(routed ? { lambdaKv: c.routedKv(node), shardRevisions: c.revisions(node) } : { lambdaKv: localLambdaKv(node) }),
         ...(opts.manager?.(node.id) ?? {}),

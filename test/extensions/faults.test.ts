@@ -12,7 +12,7 @@ const FIX = 'test/extensions/fixtures';
 let c: ExtCluster;
 
 beforeAll(async () => {
-  c = await ExtCluster.start();
+  c = await ExtCluster.start(3, { captureLogs: true });
 });
 
 afterAll(async () => {
@@ -27,6 +27,12 @@ const recordedFailures = async (ext: string, key: string): Promise<number> => {
     for (const e of rec?.events ?? []) if (e.key === key) n = Math.max(n, e.failures);
   }
   return n;
+};
+
+/** Prints `what`, then the captured log lines matching `pattern` (the newest 400), for a failure's diagnosis. */
+const dumpDiagnostics = async (what: string, pattern: RegExp): Promise<void> => {
+  const lines = c.logLines.filter((l) => pattern.test(l)).slice(-400);
+  console.log(`${what}\nmanagers: ${JSON.stringify(c.managers.map((m) => m.statuses()))}\nlog (${lines.length} matching lines):\n${lines.join('\n')}`);
 };
 
 const letters = async (ext: string) => (await c.list(`/_dlq/${ext}/`)).map((x) => JSON.parse(x.value) as { kind: string; error: string; attempts: number; event: { key: string; version: number } });
@@ -86,7 +92,11 @@ describe('leader changes under load (regression: CI run of stop 17, in-process e
             const l = await c.leader(DATA_GROUP);
             return c.managerOf(l).statuses().find((x) => x.name === name)?.runsIn;
           };
-          expect(await c.until(async () => ((await runsIn()) === 'in-process' ? true : undefined), 15_000)).toBe(true);
+          const back = await c.until(async () => ((await runsIn()) === 'in-process' ? true : undefined), 15_000).catch(async (e: unknown) => {
+            await dumpDiagnostics(`${name} still runs in isolation on the leader`, /isolation|in-process|leader changed|delivering|marker|poison/);
+            throw e;
+          });
+          expect(back).toBe(true);
         }
       }
     }
@@ -116,10 +126,12 @@ describe('poison pills', () => {
     ).toBeDefined();
     await c.put('/crash/ok2', 'x');
     expect(await c.until(async () => c.get('/crash-done/crash/ok2'))).toBeDefined();
-    for (const l of ls) {
+    const runs = await Promise.all(ls.map(async (l) => (await c.list(`/crash-runs/crash/bad1/${l.event.version}/`)).map((x) => x.key)));
+    if (ls.some((l, i) => l.attempts > 3 || runs[i]!.length > 3)) await dumpDiagnostics(`poison bound exceeded: letters ${JSON.stringify(ls)}; runs ${JSON.stringify(runs)}`, /crash|leader changed|delivering|worker|poison|attempt/);
+    for (const [i, l] of ls.entries()) {
       // Never more than 3 attempts (a run that died before its marker was written is not listed).
       expect(l.attempts).toBeLessThanOrEqual(3);
-      expect((await c.list(`/crash-runs/crash/bad1/${l.event.version}/`)).length).toBeLessThanOrEqual(3);
+      expect(runs[i]!.length).toBeLessThanOrEqual(3);
     }
   });
 
@@ -146,6 +158,7 @@ describe('poison pills', () => {
       expect(letter.kind).toBe('poison');
       const runs = (await c.list('/crash-runs/crash/bad2/')).length;
       console.log(`runs of the poison event across the leader change: ${runs}; ${letter.error}`);
+      if (runs > 3) await dumpDiagnostics(`poison bound exceeded across the leader change: ${JSON.stringify(letter)}`, /crash|leader changed|delivering|worker|poison|attempt/);
       expect(runs).toBeLessThanOrEqual(3);
       await c.put('/crash/ok3', 'x');
       expect(await c.until(async () => c.get('/crash-done/crash/ok3'))).toBeDefined();

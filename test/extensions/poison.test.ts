@@ -182,6 +182,61 @@ describe('poison pills', () => {
     expect(s.keys.has(attemptKey('x', w))).toBe(false);
   });
 
+  it('a leader change during the isolated retry of an in-process start left unfinished is not evidence against that node: the event is delivered, not poison (regression: faults.test.ts under load)', async () => {
+    const s = fakeShard();
+    const w = watch();
+    let runs = 0;
+    const lambda = (e: ExtensionEvent) => {
+      if (e.key !== '/p/slow') return Promise.resolve();
+      runs++;
+      // In node 1's thread, then in isolation on node 2: both outlive their leader; on node 3 it completes.
+      return runs <= 2 ? new Promise<void>(() => {}) : Promise.resolve();
+    };
+    const a = dispatcher(s, w, lambda, { node: 1, boot: 'a', armEveryInvocation: true, canIsolate: true });
+    a.sink().events([ev('/p/slow', 1)], 1);
+    await until(() => runs === 1);
+    await a.d.stop(false); // node 1 lost the shard while its in-process lambda ran
+    let resolved: boolean | undefined;
+    const b = dispatcher(s, w, lambda, { node: 2, boot: 'b' }, { suspectsResolved: (confirmed) => (resolved = confirmed) });
+    b.sink().events([ev('/p/slow', 1)], 1);
+    await until(() => runs === 2);
+    // The isolated retry is armed (the suspicion is replicated), not as run in the node's thread.
+    const armed = decodeAttemptRecord(s.keys.get(attemptKey('x', w)))!.events[0]!;
+    expect(armed).toMatchObject({ revision: 1, failures: 1, nodes: [1], unfinishedElsewhere: 1, armed: { node: 2, boot: 'b' } });
+    expect(armed.armed!.shared).toBeUndefined();
+    await b.d.stop(false); // ... and node 2 lost the shard too while it ran there
+    const c = dispatcher(s, w, lambda, { node: 3, boot: 'c' }, { suspectsResolved: (confirmed) => (resolved = confirmed) });
+    c.sink().events([ev('/p/slow', 1), ev('/p/after', 2)], 2);
+    await until(() => c.d.stats.cursor === 2);
+    expect(runs).toBe(3);
+    expect(s.dlq()).toEqual([]); // before the fix: poison, "killed or hung its runner on 2 nodes (1, 2)"
+    expect(resolved).toBe(false); // completed in isolation: the suspicion is lifted
+    await c.d.stop(true);
+    expect(s.keys.has(attemptKey('x', w))).toBe(false);
+  });
+
+  it('an isolated dispatcher that starts with no unfinished start left says the suspicion is resolved (its predecessor handled them and lost the shard before lifting the marker)', async () => {
+    const s = fakeShard();
+    const w = watch();
+    const a = dispatcher(s, w, () => new Promise<void>(() => {}), { node: 1, boot: 'a', armEveryInvocation: true, canIsolate: true });
+    a.sink().events([ev('/p/k', 1)], 1);
+    await until(() => decodeAttemptRecord(s.keys.get(attemptKey('x', w)))?.events[0]?.armed !== undefined);
+    await a.d.stop(false);
+    // Node 2 retries it in isolation and completes it, then loses the shard.
+    let resolvedOn2: boolean | undefined;
+    const b = dispatcher(s, w, () => Promise.resolve(), { node: 2, boot: 'b' }, { suspectsResolved: (confirmed) => (resolvedOn2 = confirmed) });
+    b.sink().events([ev('/p/k', 1), ev('/p/after', 2)], 2);
+    await until(() => b.d.stats.cursor === 2);
+    expect(resolvedOn2).toBe(false);
+    await b.d.stop(true);
+    // Node 3 finds nothing left unfinished: it says so at once (else a marker its predecessor could not lift stays forever).
+    let resolvedOn3: boolean | undefined;
+    const c = dispatcher(s, w, () => Promise.resolve(), { node: 3, boot: 'c' }, { suspectsResolved: (confirmed) => (resolvedOn3 = confirmed) });
+    await until(() => resolvedOn3 !== undefined);
+    expect(resolvedOn3).toBe(false);
+    await c.d.stop(true);
+  });
+
   it('in-process: a start left unfinished that fails in isolation too is poison there, and the suspicion is confirmed', async () => {
     const s = fakeShard();
     const w = watch();
