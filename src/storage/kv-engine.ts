@@ -108,17 +108,11 @@ export interface KvEngine {
   close(): Promise<void>;
 }
 
-/**
- * The bytes of a key (strings are UTF-8 encoded, a lone surrogate as U+FFFD, as `TextEncoder`
- * does). Encoded by `Buffer.from`, which cuts keys from Node's shared pool instead of giving each
- * its own zeroed ArrayBuffer (≈0.1 against ≈0.4–0.9 µs a key; every engine op encodes one, more ops
- * per put with more shards: bench/README.md, session `groups11`), and returned as a plain
- * Uint8Array view, so `slice` copies as callers expect (Buffer's `slice` would alias the pool).
- */
+const utf8 = new TextEncoder();
+
+/** The bytes of a key (strings are UTF-8 encoded). */
 export function keyBytes(key: EngineKey): Uint8Array {
-  if (typeof key !== 'string') return key;
-  const b = Buffer.from(key, 'utf8');
-  return new Uint8Array(b.buffer, b.byteOffset, b.length);
+  return typeof key === 'string' ? utf8.encode(key) : key;
 }
 
 /** Bytewise comparison of two byte strings (negative, zero or positive). */

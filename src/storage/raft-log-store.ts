@@ -306,20 +306,15 @@ export function decodeEntry(bytes: Uint8Array): Entry {
 /**
  * Encodes entries with contiguous indexes as one log record: u8 format version (2), u8 0, u32
  * count, u64 index of the first entry, then per entry u8 type, u64 term, u32 data length and the
- * data (all big-endian). One allocation for the whole record, not zeroed (every byte is written),
- * from Node's shared pool when small: a record per group per round, and with many shards a round's
- * records are small and many (bench/README.md, session `groups11`).
+ * data (all big-endian). One allocation for the whole record.
  */
 export function encodeEntries(entries: readonly Entry[]): Uint8Array {
   let size = RECORD_HEADER_BYTES;
   for (const e of entries) size += RECORD_ENTRY_BYTES + e.data.length;
-  const b = Buffer.allocUnsafe(size);
-  // A plain Uint8Array view (Buffer's `slice` would alias); the DataView starts where the record does.
-  const out = new Uint8Array(b.buffer, b.byteOffset, size);
-  const dv = new DataView(b.buffer, b.byteOffset, size);
+  const out = new Uint8Array(size);
+  const dv = new DataView(out.buffer);
   const first = entries[0]?.index ?? 0;
   dv.setUint8(0, RECORD_FORMAT_VERSION);
-  dv.setUint8(1, 0);
   dv.setUint32(2, entries.length);
   dv.setUint32(6, Math.floor(first / TWO_32));
   dv.setUint32(10, first >>> 0);
