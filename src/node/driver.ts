@@ -345,11 +345,7 @@ export class NodeDriver {
         r.inbox!.staged();
       } else if (chunkBytes > 0) store.flush().catch(() => {}); // a failure surfaces at the next awaited flush
       if (rd.entries.length > 0 || rd.hardState || rd.snapshot) {
-        store.persistReady(r.group, {
-          entries: rd.entries,
-          ...(rd.hardState ? { hardState: rd.hardState } : {}),
-          ...(rd.snapshot ? { snapshot: rd.snapshot } : {}),
-        });
+        store.persistReady(r.group, rd); // (a Ready is a PersistRequest: its entries, hard state and snapshot)
         // As etcd: a commit-index-only change need not be synced before acting on it (a
         // restart recovers the commit index from a quorum); entries, term and vote must be.
         const hs = rd.hardState;

@@ -657,11 +657,14 @@ export class ShardReplica {
 
   /** Starts one ReadIndex round for every read that arrived since the last round (read coalescing). */
   flushReads(): void {
+    const lead = this.leader;
+    // Nothing waits and the follower rounds need no failing: nothing to do (the driver calls this
+    // for every replica in every pass, busy or not, so this path allocates nothing).
+    if (!this.reads.waiting && !this.followerReads.waiting && lead === this.followerReadsLeader && this.followerReads.startedRounds <= MAX_FOLLOWER_READ_ROUNDS) return;
     const id = this.reads.startRound(this.isLeader ? undefined : () => new NotLeaderError(this.leader, undefined));
     if (id !== undefined) this.raw.readIndex(id);
     // Follower rounds: sent to the leader by the core. Rounds sent to a former leader, or more
     // than a few unanswered (lost messages), are failed so nothing waits on them forever.
-    const lead = this.leader;
     if (lead !== this.followerReadsLeader || this.followerReads.startedRounds > MAX_FOLLOWER_READ_ROUNDS) {
       this.followerReads.failStarted(() => new NotLeaderError(lead, undefined));
       this.followerReadsLeader = lead;

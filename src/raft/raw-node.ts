@@ -47,6 +47,12 @@ export interface RaftStatus {
   readonly droppedMessages: number;
 }
 
+/** Whether `entries` hold a configuration change. */
+function hasConfChange(entries: readonly Entry[]): boolean {
+  for (const e of entries) if (e.type === EntryType.ConfChange) return true;
+  return false;
+}
+
 function sameHardState(a: HardState, b: HardState): boolean {
   return a.term === b.term && a.vote === b.vote && a.commit === b.commit;
 }
@@ -64,6 +70,12 @@ export class RawNode {
   private readonly outstanding: Ready[] = [];
   /** Most Readies handed out and not yet advanced (1, or 2 for overlapped rounds). */
   private readonly readiesInFlight: number;
+  /**
+   * Whether the newest outstanding Ready carries a snapshot or a configuration change to apply
+   * (no second Ready may follow it, see `mayTakeReady`); set when it is handed out, so the check,
+   * made for every replica in every pass of the host's loop, scans nothing.
+   */
+  private newestBlocks = false;
   /**
    * How far `takeLivenessMessages` looked into the core's message queue `msgs` while the durable
    * term was `term`: the first `upTo` messages hold no liveness message it would take.
@@ -175,7 +187,8 @@ export class RawNode {
     if (r.msgs.length > 0 || r.readStates.length > 0 || r.snapshotReads.length > 0) return true;
     if (r.log.unstable.hasNext()) return true;
     if (r.log.hasNextCommittedEntries() && (this.outstanding.length === 0 || this.nextCommittedEntries().length > 0)) return true;
-    if (!sameHardState(r.hardState(), this.prevHard)) return true;
+    const ph = this.prevHard;
+    if (r.term !== ph.term || r.vote !== ph.vote || r.log.committed !== ph.commit) return true; // (no hard state object built)
     if (r.lead !== this.prevSoft.leader || r.role !== this.prevSoft.role) return true;
     return false;
   }
@@ -217,6 +230,7 @@ export class RawNode {
     if (rd.softState) this.prevSoft = rd.softState;
     if (rd.hardState) this.prevHard = rd.hardState;
     this.outstanding.push(rd);
+    this.newestBlocks = rd.snapshot !== undefined || hasConfChange(committedEntries);
     return rd;
   }
 
@@ -231,8 +245,7 @@ export class RawNode {
     const n = this.outstanding.length;
     if (n === 0) return true;
     if (n >= this.readiesInFlight) return false;
-    const head = this.outstanding[n - 1]!;
-    if (head.snapshot || head.committedEntries.some((e) => e.type === EntryType.ConfChange)) return false;
+    if (this.newestBlocks) return false; // the newest (outstanding[n - 1]) has a snapshot or a configuration change
     const u = this.raft.log.unstable;
     return !(u.snapshot && !u.snapshotInProgress);
   }

@@ -7,7 +7,7 @@
 import { describe, expect, it } from 'vitest';
 import { ConfChangeType, EntryType, MessageType } from '../../src/raft/index.js';
 import { leaderOf3 } from '../sim/scenario.js';
-import { encodePut } from '../sim/kv-fsm.js';
+import { encodePut, KvFsm } from '../sim/kv-fsm.js';
 
 
 const put = (r: number): Uint8Array => encodePut({ c: 1, r, k: 'k', v: String(r) });
@@ -140,5 +140,48 @@ describe('two Readies in flight', () => {
     leader.completeReady();
     expect(leader.node.raft.confState().learners).toContain(4);
     expect(leader.node.hasReady()).toBe(true);
+    // What blocked a second Ready went with the change's Ready: behind a plain one, one more is handed out.
+    const e = leader.startReady()!;
+    expect(e.committedEntries.some((x) => x.type === EntryType.ConfChange)).toBe(false);
+    leader.node.propose(put(4));
+    expect(leader.node.hasReady()).toBe(true);
+    expect(leader.startReady()!.entries.length).toBe(1);
+    expect(leader.node.readiesOutstanding).toBe(2);
+  });
+
+  it('takes no second Ready while a snapshot is being installed, and one again after it', () => {
+    const net = leaderOf3({ readiesInFlight: 2 });
+    const leader = net.host(1);
+    const follower = net.host(2);
+    const raft = follower.node.raft;
+    const term = leader.node.raft.term;
+    const at = leader.node.raft.log.lastIndex() + 10;
+    const data = new KvFsm().snapshot();
+    follower.node.step({
+      type: MessageType.Snap,
+      group: 1,
+      from: 1,
+      to: 2,
+      term,
+      snapshot: { index: at, term, conf: leader.node.raft.confState() },
+      offset: 0,
+      chunk: data,
+      total: data.length,
+      done: true,
+    });
+    expect(follower.node.hasReady()).toBe(true);
+    const s = follower.startReady()!;
+    expect(s.snapshot?.meta.index).toBe(at);
+    // An append past the snapshot arrives while it is being installed: no second Ready.
+    follower.node.step({ type: MessageType.App, group: 1, from: 1, to: 2, term, index: at, logTerm: term, commit: at, entries: [{ type: EntryType.Normal, term, index: at + 1, data: put(9) }] });
+    expect(follower.node.hasReady()).toBe(false);
+    follower.applyReady();
+    follower.completeReady();
+    expect(raft.log.firstIndex()).toBe(at + 1);
+    const next = follower.startReady()!;
+    expect(next.entries.map((x) => x.index)).toEqual([at + 1]);
+    // A plain Ready in flight: a second one may follow (the snapshot's block is gone).
+    follower.node.step({ type: MessageType.App, group: 1, from: 1, to: 2, term, index: at + 1, logTerm: term, commit: at, entries: [{ type: EntryType.Normal, term, index: at + 2, data: put(10) }] });
+    expect(follower.node.hasReady()).toBe(true);
   });
 });

@@ -66,6 +66,28 @@ const str = (x: Uint8Array | undefined): string | undefined => (x === undefined 
 const hexOf = (x: Uint8Array): string => Buffer.from(x).toString('hex');
 const keysOf = async (e: KvEngine, o?: ScanOptions): Promise<string[]> => (await scanAll(e, o)).map(([k]) => hexOf(k));
 
+describe('keyBytes', () => {
+  it('encodes a string key as TextEncoder does (a lone surrogate as U+FFFD)', () => {
+    const utf8 = new TextEncoder();
+    const codeUnit = fc.integer({ min: 0, max: 0xffff }).map((c) => String.fromCharCode(c));
+    fc.assert(
+      fc.property(fc.oneof(fc.string({ unit: codeUnit, maxLength: 40 }), fc.string({ unit: 'binary', maxLength: 40 })), (key) => {
+        expect(Array.from(keyBytes(key))).toEqual(Array.from(utf8.encode(key)));
+      }),
+    );
+  });
+
+  it('hands out bytes whose slices are copies (prefixEnd leaves its prefix alone)', () => {
+    const a = keyBytes('s/00000001/');
+    const end = prefixEnd(a)!;
+    expect(Buffer.from(end).toString('latin1')).toBe('s/000000010');
+    expect(Buffer.from(a).toString('latin1')).toBe('s/00000001/');
+    const b = keyBytes('other');
+    expect(Buffer.from(a).toString('latin1')).toBe('s/00000001/');
+    expect(Buffer.from(b).toString('latin1')).toBe('other');
+  });
+});
+
 describe.each(harnesses)('KvEngine conformance: $name', (h) => {
   it('a view reads the data as it was when it was taken, whatever is written after (gets, multi-gets and scans, in both directions)', async () => {
     const e = await h.open();

@@ -61,6 +61,23 @@ async function pacedStore(latencyMs: number): Promise<{ engine: MemoryEngine; s:
   await s.flush();
   return { engine, s, syncStarts: () => starts };
 }
+/** `n` as `width` big-endian bytes. */
+const be = (n: number, width: number): number[] => Array.from({ length: width }, (_, i) => Math.floor(n / 2 ** (8 * (width - 1 - i))) % 256);
+/**
+ * Fills with 0xff the free part of Node's shared Buffer pool (a fresh pool when fewer than `need`
+ * bytes are free), where the next small `Buffer.allocUnsafe` is cut from: an encoder that leaves a
+ * byte unwritten then shows garbage. Only bytes no live Buffer holds are touched.
+ */
+function dirtyBufferPool(need: number): void {
+  let probe = Buffer.allocUnsafe(1);
+  while (probe.buffer.byteLength - probe.byteOffset < need + 16) {
+    // Too little free here: use this pool up, so the next allocation opens a fresh one.
+    const pool = probe.buffer;
+    while (Buffer.allocUnsafe(64).buffer === pool);
+    probe = Buffer.allocUnsafe(1);
+  }
+  new Uint8Array(probe.buffer, probe.byteOffset).fill(0xff);
+}
 const show = (es: readonly Entry[]): string[] => es.map((e) => `${e.index}/${e.term}/${e.type}/${dec.decode(e.data)}`);
 const logOf = (ms: MemoryStorage): string[] => show(ms.entries(ms.firstIndex(), ms.lastIndex() + 1));
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -154,6 +171,31 @@ describe('entry encoding', () => {
     expect(() => decodeLogRecord(2 ** 40, new Uint8Array([...bytes, 0]))).toThrow(StorageCorruptionError); // trailing bytes
     expect(() => decodeLogRecord(1, new Uint8Array([2, 0, 0]))).toThrow(StorageCorruptionError);
     expect(() => decodeLogRecord(1, new Uint8Array([9, ...bytes.subarray(1)]))).toThrow(StorageCorruptionError);
+  });
+
+  it('writes every byte of a log record, whatever memory it is cut from, and hands out bytes of its own', () => {
+    // The format, encoded into zeroed memory: u8 2, u8 0, u32 count, u64 first index, then per entry u8 type, u64 term, u32 length, data.
+    const reference = (es: readonly Entry[]): number[] => {
+      const out: number[] = [2, 0, ...be(es.length, 4), ...be(es[0]!.index, 8)];
+      for (const e of es) out.push(e.type === EntryType.ConfChange ? 1 : 0, ...be(e.term, 8), ...be(e.data.length, 4), ...e.data);
+      return out;
+    };
+    fc.assert(
+      fc.property(
+        fc.array(fc.record({ term: fc.integer({ min: 0, max: Number.MAX_SAFE_INTEGER }), conf: fc.boolean(), data: fc.uint8Array({ maxLength: 200 }) }), { minLength: 1, maxLength: 8 }),
+        fc.integer({ min: 1, max: 2 ** 48 }),
+        (parts, first) => {
+          const es: Entry[] = parts.map((p, i) => ({ index: first + i, term: p.term, type: p.conf ? EntryType.ConfChange : EntryType.Normal, data: p.data }));
+          dirtyBufferPool(2_000);
+          const bytes = encodeEntries(es);
+          expect(Array.from(bytes)).toEqual(reference(es));
+          expect(show(decodeLogRecord(first, bytes))).toEqual(show(es));
+          const copy = bytes.slice(); // a copy, not a view of the shared pool
+          copy[0] = 9;
+          expect(bytes[0]).toBe(2);
+        },
+      ),
+    );
   });
 
   it('rejects unknown formats and short values', () => {
