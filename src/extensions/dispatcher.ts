@@ -586,6 +586,7 @@ export class WatchDispatcher {
           e.nodes = withNode(e.nodes, this.faults.node);
           e.reason = `${kind} on node ${this.faults.node}: ${message.slice(0, MAX_REASON_CHARS)}`;
           this.recordDirty = true;
+          this.onFailure(`revision ${p.event.revision} of ${p.event.key}: ${e.reason} (runner-killing failure ${e.failures}, limit ${this.faults.poisonAttempts}; node(s) ${e.nodes.join(', ')})`);
           const poison = this.poisonReason(p);
           if (poison) {
             void this.deadLetter(p, poison, 'poison');

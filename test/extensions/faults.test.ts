@@ -85,7 +85,9 @@ describe('leader changes under load (regression: CI run of stop 17, in-process e
         for (const b of cut) c.hub.blocked.delete(b);
         await puts;
         await c.until(async () => ((await c.list(`${out}/`)).length === n ? true : undefined), 30_000);
-        expect(await letters(name)).toEqual([]);
+        const dead = await letters(name);
+        if (dead.length > 0) await dumpDiagnostics(`${name}: dead letters ${JSON.stringify(dead.slice(0, 3))}`, /isolation|in-process|leader changed|delivering|marker|poison|runner-killing|worker|process/);
+        expect(dead).toEqual([]);
         if (mode === 'in-process') {
           // Back in the node's thread on the leader once the unfinished events completed in isolation.
           const runsIn = async () => {
