@@ -263,6 +263,14 @@ function applyOnly(entries: number, roundEntries: number, keys: number, valueByt
   return (cpu.user + cpu.system) / entries;
 }
 
+/** What `--help` prints. */
+const USAGE = `In-process CPU per put on the replicated path (3 KvNodes over LevelDB, loopback transport, no gRPC).
+  node --max-semi-space-size=32 dist/bench/replicated-path.js [--seconds 10] [--warmup 2] [--concurrency 64] [--keys 10000]
+      [--value-bytes 256] [--rounds 1] [--shards 1,8] [--sync-pace-ms 0,6] [--gather 0,1] [--gather-turns 1,8] [--op-kinds]
+  node --max-semi-space-size=32 dist/bench/replicated-path.js --apply-only 300000 [--round-entries 32] [--keys 10000] [--value-bytes 256] [--rounds 3]
+Lists (--shards, --sync-pace-ms, --gather, --gather-turns) are measured in turn within each round (A/B interleaved).
+--gather-turns matters only with --gather 1. See bench/README.md.`;
+
 async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
@@ -279,8 +287,13 @@ async function main(): Promise<void> {
       gather: { type: 'string' },
       'op-kinds': { type: 'boolean' },
       'gather-turns': { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
     },
   });
+  if (values.help) {
+    console.log(USAGE);
+    return;
+  }
   const num = (v: string | undefined, def: number, name: string): number => {
     const n = Number(v ?? def);
     if (!Number.isFinite(n) || n <= 0) throw new Error(`--${name}: a positive number, not ${String(v)}`);
@@ -336,6 +349,10 @@ async function main(): Promise<void> {
 }
 
 main().catch((e: unknown) => {
+  if ((e as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
+    console.error(`replicated-path: ${(e as Error).message}\n\n${USAGE}`);
+    process.exit(2);
+  }
   console.error(e);
   process.exit(1);
 });
