@@ -107,6 +107,7 @@ describe('leader changes under load (regression: CI run of stop 17, in-process e
 
 describe('poison pills', () => {
   it('an event that crashes its worker on every attempt is dead-lettered as poison after 3 attempts; later events are delivered', async () => {
+    const termAtStart = (await c.leader(DATA_GROUP)).replica(DATA_GROUP)!.term;
     await c.load(`${FIX}/it-crasher`);
     await c.put('/crash/bad1', 'x');
     await c.put('/crash/ok1', 'x');
@@ -129,11 +130,18 @@ describe('poison pills', () => {
     await c.put('/crash/ok2', 'x');
     expect(await c.until(async () => c.get('/crash-done/crash/ok2'))).toBeDefined();
     const runs = await Promise.all(ls.map(async (l) => (await c.list(`/crash-runs/crash/bad1/${l.event.version}/`)).map((x) => x.key)));
-    if (ls.some((l, i) => l.attempts > 3 || runs[i]!.length > 3)) await dumpDiagnostics(`poison bound exceeded: letters ${JSON.stringify(ls)}; runs ${JSON.stringify(runs)}`, /crash|leader changed|delivering|worker|poison|attempt/);
+    // The bound is on recorded runs: a first attempt in isolation is not armed (a well-behaved
+    // watch writes only cursors), so a run whose failure its leader had not recorded when it lost
+    // the shard is not counted and may run once more on the next leader: at most one extra run per
+    // leader change. Leaders do change here without the test's doing: the nodes move each shard's
+    // leadership back to its preferred node after the leader-change test above (a failing run's captured logs: the
+    // first run of /crash/bad1's second version on node 3, then three counted runs on node 1).
+    const leaderChanges = (await c.leader(DATA_GROUP)).replica(DATA_GROUP)!.term - termAtStart;
+    if (ls.some((l, i) => l.attempts > 3 || runs[i]!.length > 3 + leaderChanges)) await dumpDiagnostics(`poison bound exceeded: letters ${JSON.stringify(ls)}; runs ${JSON.stringify(runs)}; leader changes ${leaderChanges}`, /crash|leader changed|delivering|worker|poison|attempt/);
     for (const [i, l] of ls.entries()) {
-      // Never more than 3 attempts (a run that died before its marker was written is not listed).
+      // Never more than 3 counted attempts (a run that died before its marker was written is not listed).
       expect(l.attempts).toBeLessThanOrEqual(3);
-      expect(runs[i]!.length).toBeLessThanOrEqual(3);
+      expect(runs[i]!.length).toBeLessThanOrEqual(3 + leaderChanges);
     }
   });
 
