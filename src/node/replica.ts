@@ -54,7 +54,7 @@ import { decodeProposal, encodeProposal, UnknownEnvelopeVersionError } from './e
 import { confAtIndex, SnapshotSender, type SnapshotSenderOptions } from './snapshot-sender.js';
 import type { ReplicaMemory } from './memory-budget.js';
 import { ReplicaRecords } from './replica-records.js';
-import type { Scheduler } from './scheduler.js';
+import { realScheduler, type Scheduler } from './scheduler.js';
 import { PendingProposals, PendingReads } from './waiters.js';
 import { WatchHub, type WatchHubOptions } from './watch-hub.js';
 import { traceWrite } from '../write-trace.js';
@@ -68,7 +68,7 @@ export interface ReplicaOptions {
   readonly electionTicks: number;
   readonly heartbeatTicks: number;
   /** Raft core options that only change message timing, for many groups over the same node pairs (NodeOptions.lazyCommit, quietHeartbeats). */
-  readonly raftTiming?: Pick<RaftConfig, 'lazyCommit' | 'quietHeartbeats' | 'snapshotChunkBytes' | 'readiesInFlight'>;
+  readonly raftTiming?: Pick<RaftConfig, 'lazyCommit' | 'quietHeartbeats' | 'snapshotChunkBytes' | 'snapshotChunksInFlight' | 'readiesInFlight'>;
   /** Take a state machine snapshot (and compact the log) after this many applied entries. */
   readonly snapshotEveryEntries: number;
   /** Also after this many bytes of applied entry data (default: no byte bound), so a log of large values stays bounded in bytes. */
@@ -267,11 +267,12 @@ export class ShardReplica {
       {
         ...opts.snapshotSender,
         ...(opts.raftTiming?.snapshotChunkBytes !== undefined ? { chunkBytes: opts.raftTiming.snapshotChunkBytes } : {}),
+        ...(opts.raftTiming?.snapshotChunksInFlight !== undefined ? { chunksInFlight: opts.raftTiming.snapshotChunksInFlight } : {}),
         ...(opts.scheduler ? { scheduler: opts.scheduler } : {}),
       },
     );
     const chunks = opts.snapshotChunks;
-    this.inbox = chunks && opts.stepwiseInstall && opts.values ? new SnapshotInbox(opts.group, chunks, () => this.installing || this.streamedInstall) : undefined;
+    this.inbox = chunks && opts.stepwiseInstall && opts.values ? new SnapshotInbox(opts.group, chunks, () => this.installing || this.streamedInstall, () => (opts.scheduler ?? realScheduler).now()) : undefined;
     this.raw = new RawNode({
       ...(this.inbox ? { snapshotSink: this.inbox } : {}),
       id: opts.nodeId,
