@@ -75,8 +75,9 @@ export class Progress {
   snapshotLastSent = false;
   /** In Snapshot state: the offset the transfer was last rewound to (resent from), or -1; a rejection at it while that resend travels is a duplicate. */
   snapshotRewoundAt = -1;
-  /** In Snapshot state: `snapshotOffset` at the previous heartbeat response, and how many heartbeat responses in a row found it unchanged with chunks in flight. */
+  /** In Snapshot state: `snapshotOffset` at the previous heartbeat response (-1: none yet). */
   snapshotOffsetAtBeat = -1;
+  /** In Snapshot state: heartbeat responses in a row that found `snapshotOffset` unchanged with chunks in flight. */
   snapshotStalledBeats = 0;
   /** In Snapshot state: resent after a stall, one chunk at a time until an acknowledgement advances (a follower busy installing is not flooded). */
   snapshotProbing = false;

@@ -10,7 +10,8 @@
  */
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { MemoryStorage, MessageType, RawNode, Role, SeededRandom, type Message, type Snapshot, type SnapshotRead, type Storage } from '../../src/raft/index.js';
+import { MemoryStorage, MessageType, RawNode, Role, SeededRandom, type Message, type SnapshotRead, type Storage } from '../../src/raft/index.js';
+import { compactedLeaderStorage, readyRound } from '../support/raft-rounds.js';
 
 const conf = { voters: [1, 2], learners: [] };
 const CRC = 0x1234abcd;
@@ -23,19 +24,7 @@ interface Opts {
 }
 
 /** The leader's storage: a log compacted at 50 (term 3) whose snapshot holds `data` (or is streamed: no data). */
-function leaderStorage(s: MemoryStorage, data: Uint8Array, streamed: boolean): Storage {
-  s.applySnapshot({ meta: { index: 50, term: 3, conf }, data });
-  s.append([51, 52, 53].map((index) => ({ term: 3, index, type: 0, data: new Uint8Array(0) })));
-  s.setHardState({ term: 3, vote: 1, commit: 53 });
-  return {
-    initialState: () => s.initialState(),
-    entries: (lo, hi) => s.entries(lo, hi),
-    term: (i) => s.term(i),
-    firstIndex: () => s.firstIndex(),
-    lastIndex: () => s.lastIndex(),
-    snapshot: (): Snapshot => (streamed ? { meta: s.snapshot()!.meta, data: new Uint8Array(0), streamed: true } : s.snapshot()!),
-  };
-}
+const leaderStorage = (s: MemoryStorage, data: Uint8Array, streamed: boolean): Storage => compactedLeaderStorage(s, conf, data, streamed);
 
 /** A leader and a follower joined by a wire the test controls (it may drop, duplicate or reorder snapshot messages). */
 function pair(o: Opts) {
@@ -69,22 +58,12 @@ function pair(o: Opts) {
   const reads: SnapshotRead[] = [];
   const wire: Message[] = [];
   const snapsSent: Message[] = [];
-  const round = (): void => {
-    for (const [id, n] of nodes) {
-      if (!n.hasReady()) continue;
-      const rd = n.ready();
-      const st = mem.get(id)!;
-      if (rd.snapshot) st.applySnapshot({ ...rd.snapshot, data: new Uint8Array([1]) });
-      st.append(rd.entries);
-      if (rd.hardState) st.setHardState(rd.hardState);
-      for (const m of [...rd.earlyMessages, ...rd.messages]) {
-        wire.push(m);
-        if (m.type === MessageType.Snap) snapsSent.push(m);
-      }
-      reads.push(...(rd.snapshotReads ?? []));
-      n.advance(rd);
-    }
-  };
+  const round = (): void =>
+    readyRound(nodes, mem, (msgs, rs) => {
+      wire.push(...msgs);
+      snapsSent.push(...msgs.filter((m) => m.type === MessageType.Snap));
+      reads.push(...rs);
+    });
   /** The leader's host answers every read asked: the bytes of the snapshot at its offset. */
   const answerReads = (): void => {
     for (const r of reads.splice(0)) {
@@ -125,18 +104,23 @@ function elect(p: ReturnType<typeof pair>): void {
 
 const offsetsOf = (ms: readonly Message[]): number[] => ms.map((m) => m.offset ?? 0);
 
+/** Elects node 1 and lets it fill its window (the streamed host answering each read); returns the chunks then on the wire. */
+function electAndFill(p: ReturnType<typeof pair>, window: number): Message[] {
+  elect(p);
+  for (let i = 0; i < window; i++) {
+    p.round();
+    p.answerReads();
+  }
+  p.round();
+  return p.wire.filter((m) => m.type === MessageType.Snap);
+}
+
 for (const streamed of [false, true]) {
   describe(`a window of snapshot chunks (${streamed ? 'streamed' : 'in memory'})`, () => {
     it('keeps the window full before any acknowledgement, and a transfer delivered in order completes with the leader\'s bytes', () => {
       const p = pair({ window: 4, chunk: 10, size: 95, streamed });
-      elect(p);
       // Before the follower answered anything, four chunks are out (streamed: one more is asked as each answer comes back, so all four go once the reads are answered).
-      for (let i = 0; i < 4; i++) {
-        p.round();
-        p.answerReads();
-      }
-      p.round();
-      expect(offsetsOf(p.wire.filter((m) => m.type === MessageType.Snap))).toEqual([0, 10, 20, 30]);
+      expect(offsetsOf(electAndFill(p, 4))).toEqual([0, 10, 20, 30]);
       for (let i = 0; i < 20 && !p.done(); i++) p.settle();
       expect(p.done()).toBe(true);
       expect(p.installed).toHaveLength(1);
@@ -176,14 +160,8 @@ for (const streamed of [false, true]) {
 
     it('ignores duplicated and reordered chunks: the follower takes each offset once, in order', () => {
       const p = pair({ window: 4, chunk: 10, size: 95, streamed });
-      elect(p);
-      for (let i = 0; i < 4; i++) {
-        p.round();
-        p.answerReads();
-      }
-      p.round();
-      const out = p.wire.splice(0);
-      const [c0, c10, c20, c30] = out.filter((m) => m.type === MessageType.Snap);
+      const [c0, c10, c20, c30] = electAndFill(p, 4);
+      p.wire.length = 0;
       // 0, 0 again, 20 before 10, 10, 10 again, 30.
       for (const m of [c0!, c0!, c20!, c10!, c10!, c30!]) p.step(m);
       const answers = p.follower.raft.msgs.filter((m) => m.type === MessageType.SnapChunkResp);
@@ -196,13 +174,7 @@ for (const streamed of [false, true]) {
 
     it('a window whose chunks are all lost is resent from the acknowledged offset once no acknowledgement came for two heartbeat intervals, one chunk at a time until it advances', () => {
       const p = pair({ window: 4, chunk: 10, size: 95, streamed });
-      elect(p);
-      for (let i = 0; i < 4; i++) {
-        p.round();
-        p.answerReads();
-      }
-      p.round();
-      expect(offsetsOf(p.wire.filter((m) => m.type === MessageType.Snap))).toEqual([0, 10, 20, 30]);
+      expect(offsetsOf(electAndFill(p, 4))).toEqual([0, 10, 20, 30]);
       p.wire.length = 0; // the whole window is lost
       const before = p.snapsSent.length;
       const resentAfter: number[][] = [];
