@@ -180,11 +180,14 @@ async function catchUp(
   from: number,
   extra: number,
   valueOf: (i: number) => Uint8Array,
-): Promise<{ seconds: number | undefined; peakRssMiB: number; peakRssByNodeMiB: number[] } | undefined> {
+): Promise<{ seconds: number | undefined; peakRssMiB: number; peakRssByNodeMiB: number[]; peakAnonByNodeMiB: number[] } | undefined> {
   if (!cluster.stopNode || !cluster.startNode) return undefined;
   await cluster.stopNode(2);
   await drive(drivers.slice(0, 2), o.concurrency, from, from + extra, (d, i) => d.put(i, valueOf(i)));
   const peaks = [0, 0, 0];
+  // Anonymous RSS (heap, buffers, allocator: what the node cannot give back) apart from the total,
+  // whose file-backed rest is mostly LevelDB's mapped tables (clean pages the kernel may drop).
+  const anonPeaks = [0, 0, 0];
   let sampling = true;
   // Node 3's timeline (every ~0.5 s): RSS, V8 heap used/total and external memory from its /metrics, to
   // tell where the follower's memory goes during the install (heap, buffers, or neither: LevelDB).
@@ -195,7 +198,10 @@ async function catchUp(
   const sampler = (async () => {
     for (let n = 0; sampling; n++) {
       const pids = cluster.nodePids?.() ?? [];
-      for (let i = 0; i < peaks.length; i++) peaks[i] = Math.max(peaks[i]!, await rssOf(pids[i]));
+      for (let i = 0; i < peaks.length; i++) {
+        peaks[i] = Math.max(peaks[i]!, await rssOf(pids[i]));
+        anonPeaks[i] = Math.max(anonPeaks[i]!, await anonRssOf(pids[i]));
+      }
       if (n % 5 === 0 && cluster.system === 'kvd') {
         const port = ((await cluster.metricsPorts?.()) ?? [])[2];
         const text = port === undefined ? '' : await scrape(port).catch(() => '');
@@ -216,7 +222,14 @@ async function catchUp(
   sampling = false;
   await sampler;
   console.log(`catch-up n3 timeline (MiB; heap used/total and ext from /metrics, '-' = no answer): ${timeline.join(' | ')}; peak heap used ${peakHeap}, peak external ${peakExt}`);
-  return { seconds, peakRssMiB: mib(peaks[2]!), peakRssByNodeMiB: peaks.map(mib) };
+  return { seconds, peakRssMiB: mib(peaks[2]!), peakRssByNodeMiB: peaks.map(mib), peakAnonByNodeMiB: anonPeaks.map(mib) };
+}
+
+/** Anonymous resident bytes of process `pid` (`RssAnon` of /proc/<pid>/status; 0 when unknown). */
+async function anonRssOf(pid: number | undefined): Promise<number> {
+  if (pid === undefined) return 0;
+  const st = await readFile(`/proc/${pid}/status`, 'utf8').catch(() => '');
+  return Number(/^RssAnon:\s+(\d+)/m.exec(st)?.[1] ?? 0) * 1024;
 }
 
 async function runSystem(
@@ -297,7 +310,7 @@ async function runSystem(
       await sleep(3_000);
       const c = await catchUp(cluster, drivers, o, from, o.catchUpKeys, valueOf);
       console.log(
-        `${system} catch-up (load ${loadavg()[0]!.toFixed(1)}): node 3 stopped, ${o.catchUpKeys} more keys written, restarted: serving the last of ${from + o.catchUpKeys} keys after ${c?.seconds ?? 'n/a'} s, peak RSS ${c?.peakRssMiB ?? 'n/a'} MiB (per node during the catch-up: ${c?.peakRssByNodeMiB.map((m, i) => `n${i + 1} ${m}`).join(', ') ?? 'n/a'} MiB)`,
+        `${system} catch-up (load ${loadavg()[0]!.toFixed(1)}): node 3 stopped, ${o.catchUpKeys} more keys written, restarted: serving the last of ${from + o.catchUpKeys} keys after ${c?.seconds ?? 'n/a'} s, peak RSS ${c?.peakRssMiB ?? 'n/a'} MiB (per node during the catch-up: ${c?.peakRssByNodeMiB.map((m, i) => `n${i + 1} ${m}`).join(', ') ?? 'n/a'} MiB; of it anonymous, peak: ${c?.peakAnonByNodeMiB.map((m, i) => `n${i + 1} ${m}`).join(', ') ?? 'n/a'} MiB)`,
       );
     }
     return results;

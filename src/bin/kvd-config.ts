@@ -37,6 +37,8 @@ export interface KvdConfig {
   indexCacheMib: number;
   /** `--index-drop-cold` / `--no-index-drop-cold` (NodeOptions.indexDropCold; unset: the node's default, on). */
   indexDropCold?: boolean;
+  /** `--snapshot-chunks-in-flight` (NodeOptions.snapshotChunksInFlight; unset: the node's default, 4). */
+  snapshotChunksInFlight?: number;
   /** `--sweep-versions` (experimental). */
   sweepVersions?: boolean;
   /** `--overlap-rounds` / `--no-overlap-rounds` (NodeOptions.overlapRounds; unset: the node's default). */
@@ -167,6 +169,7 @@ export function parseConfig(argv: string[]): KvdConfig {
     .option('--value-cache-mib <n>', 'bound of the cache of values read from disk, MiB (default 64)', int('--value-cache-mib'))
     .option('--index-drop-cold', "keep only hot keys' version lists and reserved keys in the heap, the rest is read from disk (the default)")
     .option('--no-index-drop-cold', "keep every key's version list and the live-key set in the heap (NodeOptions.indexDropCold false; about 3x the heap per key)")
+    .option('--snapshot-chunks-in-flight <n>', 'snapshot chunks (1 MiB) in flight to one lagging follower (default 4)', int('--snapshot-chunks-in-flight'))
     .option('--sweep-versions', 'experimental: compaction leaves dropped versions to a background sweep in bounded units')
     .option('--overlap-rounds', "stage the next ready round while one's fsync runs (two rounds in flight; the default)")
     .option('--no-overlap-rounds', 'one ready round at a time (NodeOptions.overlapRounds false)')
@@ -261,6 +264,11 @@ export function parseConfig(argv: string[]): KvdConfig {
     throw new Error(`indexDropCold must be true or false (the config file's ${JSON.stringify(indexDropColdRaw)} is neither)`);
   }
   const indexDropCold = indexDropColdRaw;
+  const windowRaw = pick<unknown>('snapshotChunksInFlight', undefined);
+  const snapshotChunksInFlight = windowRaw === undefined ? undefined : Number(windowRaw);
+  if (snapshotChunksInFlight !== undefined && (!Number.isSafeInteger(snapshotChunksInFlight) || snapshotChunksInFlight < 1 || snapshotChunksInFlight > 64)) {
+    throw new Error('--snapshot-chunks-in-flight must be an integer from 1 to 64');
+  }
   if (!Number.isSafeInteger(defaultShards) || defaultShards < 1 || defaultShards > 64) throw new Error('--default-shards must be an integer from 1 to 64');
   const warnings: string[] = [];
   const cfg: KvdConfig = {
@@ -285,6 +293,7 @@ export function parseConfig(argv: string[]): KvdConfig {
     valueCacheMib: Number(pick('valueCacheMib', 64)),
     indexCacheMib: Number(pick('indexCacheMib', 32)),
     ...(indexDropCold !== undefined ? { indexDropCold } : {}),
+    ...(snapshotChunksInFlight !== undefined ? { snapshotChunksInFlight } : {}),
     ...(pick('sweepVersions', false) ? { sweepVersions: true } : {}),
     ...(pick('legacyConditionalPuts', false) ? { legacyConditionalPuts: true } : {}),
     ...(pick<unknown>('overlapRounds', undefined) !== undefined ? { overlapRounds: pick<unknown>('overlapRounds', undefined) === true } : {}),

@@ -341,6 +341,7 @@ async function main(): Promise<void> {
       valueCacheBytes: cfg.valueCacheMib * 1024 * 1024,
       indexCacheBytes: cfg.indexCacheMib * 1024 * 1024,
       ...(cfg.indexDropCold !== undefined ? { indexDropCold: cfg.indexDropCold } : {}),
+      ...(cfg.snapshotChunksInFlight !== undefined ? { snapshotChunksInFlight: cfg.snapshotChunksInFlight } : {}),
       ...(cfg.sweepVersions ? { sweepVersions: true } : {}),
       ...(cfg.legacyConditionalPuts ? { legacyConditionalPuts: true } : {}),
       ...(cfg.overlapRounds !== undefined ? { overlapRounds: cfg.overlapRounds } : {}),

@@ -157,6 +157,8 @@ export interface NodeOptions {
   readonly legacyConditionalPuts?: boolean;
   /** Bytes of one chunk of a snapshot sent to a lagging follower (default 1 MiB; smaller in tests, for transfers of many chunks). */
   readonly snapshotChunkBytes?: number;
+  /** Snapshot chunks in flight to one lagging follower (RaftConfig.snapshotChunksInFlight; default 4; kvd `--snapshot-chunks-in-flight`). */
+  readonly snapshotChunksInFlight?: number;
   /** Snapshot and compact the log after this many applied entries. */
   readonly snapshotEveryEntries?: number;
   /** Entries kept behind a snapshot for followers that lag a little. */

@@ -4,7 +4,7 @@
  * Raft snapshot replaces the state, the records are replaced too — at once, or unit by unit over
  * several ready rounds for a large install (`stepwiseInstall`).
  */
-import type { KvStateMachine } from '../statemachine/index.js';
+import type { KvStateMachine, SnapshotData, VersionRecord } from '../statemachine/index.js';
 import type { EngineOp, EngineView } from '../storage/kv-engine.js';
 import { READ_BEFORE, RecordedVersions, type StateRecorder } from '../storage/state-store.js';
 
@@ -40,6 +40,10 @@ export class ReplicaRecords {
    * (issue 17: no heap copy of the old state, and no synchronous read-back of the keys `dropCold`
    * dropped): the host then reads each batch when asked (`readPending`, `readBefore`), having made
    * everything staged before durable first. `before`'s last unit is then the replacement's first.
+   *
+   * `afterRecords` stands for `after.toRecords()` when `after` was built with its cold keys dropped
+   * (`KvStateMachine.restoreColdSteps`, whose `toRecords()` throws): the decoded data and every key
+   * in order (`mergeColdKeys`).
    */
   replace(
     before: KvStateMachine,
@@ -47,13 +51,16 @@ export class ReplicaRecords {
     stepwise: boolean,
     valueAt?: (key: string, revision: number) => Uint8Array,
     openView?: () => EngineView | undefined,
+    afterRecords?: { readonly data: SnapshotData; readonly keys: Iterable<readonly [string, readonly VersionRecord[]]> },
   ): void {
     before.observe(undefined);
     const pending = this.recorder.take(before);
     const options = {
       ...(this.maxUnitBytes ? { maxUnitBytes: this.maxUnitBytes } : {}),
       ...(valueAt ? { valueAt } : {}),
+      ...(afterRecords ? { afterKeys: afterRecords.keys } : {}),
     };
+    const afterData = (): SnapshotData => afterRecords?.data ?? after.toRecords();
     const view = stepwise ? openView : undefined;
     if (view !== undefined) {
       const recorded = new RecordedVersions(() => {
@@ -62,10 +69,10 @@ export class ReplicaRecords {
         return v;
       }, this.recorder.group);
       this.recorded = recorded;
-      this.replacing = withFirst(pending, this.recorder.replaceSteps(recorded, after.toRecords(), options));
+      this.replacing = withFirst(pending, this.recorder.replaceSteps(recorded, afterData(), options));
     } else {
       if (pending) this.units.push(pending);
-      const steps = this.recorder.replaceSteps(before.toRecords(), after.toRecords(), options);
+      const steps = this.recorder.replaceSteps(before.toRecords(), afterData(), options);
       if (stepwise) this.replacing = steps;
       else for (const u of steps) this.units.push(u);
     }

@@ -223,6 +223,7 @@ export class ReplicaSet {
         quietHeartbeats: opts.quietHeartbeats !== false,
         readiesInFlight: (opts.overlapRounds ?? NODE_DEFAULTS.overlapRounds) ? 2 : 1,
         ...(opts.snapshotChunkBytes !== undefined ? { snapshotChunkBytes: opts.snapshotChunkBytes } : {}),
+        ...(opts.snapshotChunksInFlight !== undefined ? { snapshotChunksInFlight: opts.snapshotChunksInFlight } : {}),
       },
       snapshotEveryEntries: opts.snapshotEveryEntries ?? NODE_DEFAULTS.snapshotEveryEntries,
       snapshotEveryBytes: opts.snapshotEveryBytes ?? NODE_DEFAULTS.snapshotEveryBytes,

@@ -43,7 +43,7 @@ import {
   type ValueSource,
   type WriteSession,
 } from '../statemachine/index.js';
-import { SnapshotValueCursor } from '../statemachine/snapshot-codec.js';
+import { mergeColdKeys, SnapshotValueCursor, type ColdVersions, type SnapshotData } from '../statemachine/snapshot-codec.js';
 import type { ShardDescriptor } from '../sharding/index.js';
 import { invariant } from '../invariant.js';
 import type { EngineOp, EngineView } from '../storage/kv-engine.js';
@@ -54,7 +54,7 @@ import { decodeProposal, encodeProposal, UnknownEnvelopeVersionError } from './e
 import { confAtIndex, SnapshotSender, type SnapshotSenderOptions } from './snapshot-sender.js';
 import type { ReplicaMemory } from './memory-budget.js';
 import { ReplicaRecords } from './replica-records.js';
-import type { Scheduler } from './scheduler.js';
+import { realScheduler, type Scheduler } from './scheduler.js';
 import { PendingProposals, PendingReads } from './waiters.js';
 import { WatchHub, type WatchHubOptions } from './watch-hub.js';
 import { traceWrite } from '../write-trace.js';
@@ -68,7 +68,7 @@ export interface ReplicaOptions {
   readonly electionTicks: number;
   readonly heartbeatTicks: number;
   /** Raft core options that only change message timing, for many groups over the same node pairs (NodeOptions.lazyCommit, quietHeartbeats). */
-  readonly raftTiming?: Pick<RaftConfig, 'lazyCommit' | 'quietHeartbeats' | 'snapshotChunkBytes' | 'readiesInFlight'>;
+  readonly raftTiming?: Pick<RaftConfig, 'lazyCommit' | 'quietHeartbeats' | 'snapshotChunkBytes' | 'snapshotChunksInFlight' | 'readiesInFlight'>;
   /** Take a state machine snapshot (and compact the log) after this many applied entries. */
   readonly snapshotEveryEntries: number;
   /** Also after this many bytes of applied entry data (default: no byte bound), so a log of large values stays bounded in bytes. */
@@ -217,6 +217,8 @@ export class ShardReplica {
   private streamedPending = false;
   /** A streamed install is under way (from `apply` to `installDurable`). */
   private streamedInstall = false;
+  /** A streamed install decoded with cold keys dropped: the decoded data and the cold keys, for its records (`installMachine`). */
+  private coldInstall: { readonly data: SnapshotData; readonly cold: ColdVersions } | undefined;
   /** The machine and revision the last value release was scheduled for (see `scheduleRelease`). */
   private releaseFor: { sm: KvStateMachine; revision: number } | undefined;
   /** How `listFromEngine` served its pages: from the records (with the overlay) or from the machine's heap index. */
@@ -267,11 +269,12 @@ export class ShardReplica {
       {
         ...opts.snapshotSender,
         ...(opts.raftTiming?.snapshotChunkBytes !== undefined ? { chunkBytes: opts.raftTiming.snapshotChunkBytes } : {}),
+        ...(opts.raftTiming?.snapshotChunksInFlight !== undefined ? { chunksInFlight: opts.raftTiming.snapshotChunksInFlight } : {}),
         ...(opts.scheduler ? { scheduler: opts.scheduler } : {}),
       },
     );
     const chunks = opts.snapshotChunks;
-    this.inbox = chunks && opts.stepwiseInstall && opts.values ? new SnapshotInbox(opts.group, chunks, () => this.installing || this.streamedInstall) : undefined;
+    this.inbox = chunks && opts.stepwiseInstall && opts.values ? new SnapshotInbox(opts.group, chunks, () => this.installing || this.streamedInstall, () => (opts.scheduler ?? realScheduler).now()) : undefined;
     this.raw = new RawNode({
       ...(this.inbox ? { snapshotSink: this.inbox } : {}),
       id: opts.nodeId,
@@ -764,12 +767,21 @@ export class ShardReplica {
     }
   }
 
-  /** Decodes the installed streamed snapshot from its chunk records into a machine, in steps. */
+  /**
+   * Decodes the installed streamed snapshot from its chunk records into a machine, in steps. With
+   * the index from the engine and cold keys dropped (`values.index`, `values.dropCold`), the
+   * machine is built as a restart builds it: cold keys never get a version list (their records are
+   * written from `coldInstall` and a second pass over the chunks).
+   */
   private *streamedRestoreSteps(): Generator<void, KvStateMachine, undefined> {
     yield; // the host makes the chunks readable (flushes) before asking for the first step
     const reader = streamedSnapshotReader(this.opts.snapshotChunks!, this.group);
     invariant(reader !== undefined, () => `group ${this.group}: a streamed snapshot without its chunk records`);
-    return yield* KvStateMachine.restoreSteps(reader);
+    this.coldInstall = undefined;
+    if (this.opts.values?.index === undefined || this.opts.values.dropCold !== true) return yield* KvStateMachine.restoreSteps(reader);
+    const r = yield* KvStateMachine.restoreColdSteps(reader);
+    this.coldInstall = { data: r.data, cold: r.cold };
+    return r.machine;
   }
 
   /** Whether a streamed install is under way: the host flushes before its first step and calls `installDurable` once its last unit is durable. */
@@ -795,7 +807,10 @@ export class ShardReplica {
       const reader = streamedSnapshotReader(this.opts.snapshotChunks!, this.group)!;
       const cursor = new SnapshotValueCursor(reader);
       this.streamedPending = true;
-      this.records.replace(before, sm, stepwise, (key, revision) => cursor.valueAt(key, revision), openView);
+      const cold = this.coldInstall;
+      this.coldInstall = undefined;
+      const afterRecords = cold ? { data: cold.data, keys: mergeColdKeys(cold.data.keys, cold.cold) } : undefined;
+      this.records.replace(before, sm, stepwise, (key, revision) => cursor.valueAt(key, revision), openView, afterRecords);
     } else this.records.replace(before, sm, stepwise, undefined, openView);
     // Its values stay in the heap until the replacement is durable (released after its last unit).
     if (this.opts.values) {

@@ -34,6 +34,16 @@ interface Transfer {
   crc: number;
   tail: Uint8Array;
   head: Uint8Array;
+  /** When chunk 0 arrived (the inbox's clock). */
+  readonly startedMs: number;
+}
+
+/** The last transfer whose final chunk passed the checks: its size and how long it took from chunk 0 to the last (for the install's log line). */
+export interface ReceivedTransfer {
+  readonly index: number;
+  readonly bytes: number;
+  readonly chunks: number;
+  readonly ms: number;
 }
 
 /** Counters of an inbox (node metrics). */
@@ -58,19 +68,23 @@ export class SnapshotInbox implements SnapshotSink {
   private stagedSince = 0;
   /** Counters (read by the node's metrics). */
   readonly counters: SnapshotInboxCounters = { transfers: 0, completed: 0, chunks: 0, bytes: 0, refused: 0, failed: 0, largestChunks: 0 };
+  /** The last transfer that completed and passed the checks (undefined before the first). */
+  received: ReceivedTransfer | undefined;
 
   constructor(
     private readonly group: number,
     private readonly store: SnapshotChunkStore,
     /** Whether the replica is still installing an earlier snapshot (chunks are refused meanwhile). */
     private readonly busy: () => boolean,
+    /** The clock of the transfer's duration (ms; reported only, decides nothing). */
+    private readonly now: () => number = () => 0,
   ) {}
 
   chunk(meta: SnapshotMeta, offset: number, bytes: Uint8Array): boolean {
     if (this.busy()) return this.refuse();
     let t = this.t;
     if (offset === 0) {
-      t = { index: meta.index, term: meta.term, seq: 0, bytes: 0, crc: 0, tail: new Uint8Array(0), head: new Uint8Array(0) };
+      t = { index: meta.index, term: meta.term, seq: 0, bytes: 0, crc: 0, tail: new Uint8Array(0), head: new Uint8Array(0), startedMs: this.now() };
     } else if (!t || t.index !== meta.index || t.term !== meta.term || t.bytes !== offset) return this.refuse();
     // A private copy: the transport's buffer may be reused once this returns.
     bytes = Uint8Array.prototype.slice.call(bytes);
@@ -122,6 +136,7 @@ export class SnapshotInbox implements SnapshotSink {
     }
     this.counters.completed++;
     this.counters.largestChunks = Math.max(this.counters.largestChunks, t.seq);
+    this.received = { index: t.index, bytes: t.bytes, chunks: t.seq, ms: this.now() - t.startedMs };
     return true;
   }
 

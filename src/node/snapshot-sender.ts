@@ -9,7 +9,7 @@
  * released when every transfer over it ended (completed, refused and restarted elsewhere, the
  * follower removed or silent), when leadership is lost, or when it is not asked for.
  */
-import { EntryType, type ConfState, type Entry, type InitialState, type NodeId, type Snapshot, type SnapshotChunk, type SnapshotRead, type Storage } from '../raft/index.js';
+import { DEFAULT_SNAPSHOT_CHUNKS_IN_FLIGHT, EntryType, type ConfState, type Entry, type InitialState, type NodeId, type Snapshot, type SnapshotChunk, type SnapshotRead, type Storage } from '../raft/index.js';
 import type { MemoryStorage } from '../raft/index.js';
 import type { EngineView } from '../storage/kv-engine.js';
 import { realScheduler, type Scheduler, type TimerHandle } from './scheduler.js';
@@ -40,6 +40,7 @@ export const SNAPSHOT_SENDER_DEFAULTS = {
   idleMs: 30_000,
   retryMs: 200,
   chunkBytes: 1 << 20,
+  chunksInFlight: DEFAULT_SNAPSHOT_CHUNKS_IN_FLIGHT,
 } as const;
 
 /**
@@ -96,6 +97,13 @@ export interface SnapshotSenderOptions extends SnapshotStreamOptions {
   readonly retryMs?: number;
   /** Bytes of one chunk (default 1 MiB; the last chunk is shorter). */
   readonly chunkBytes?: number;
+  /**
+   * The Raft core's window (`RaftConfig.snapshotChunksInFlight`, default 4): each follower's
+   * reader keeps this many chunks last handed out (they are in flight, referenced by their
+   * messages anyway), so a resend from the follower's acknowledged offset is served without
+   * encoding the snapshot again from its start.
+   */
+  readonly chunksInFlight?: number;
   /** Clock and timers (default: the wall clock); the node passes its own, so a simulated run is reproducible. */
   readonly scheduler?: Scheduler;
 }
@@ -110,11 +118,11 @@ interface ReadChunk {
 
 /**
  * The encoding of one snapshot read for one follower, chunk by chunk: the encoder's parts are
- * pulled until a chunk is full (or the encoding ended). Held: the last chunk handed out (a lost
- * chunk is asked for again at the same offset), the next one, read ahead while the last one
- * travels, and the encoder's pending part: about two chunks and a part. A request for an earlier
- * offset (the follower starts over) restarts the encoder over the same view, which yields the
- * same bytes.
+ * pulled until a chunk is full (or the encoding ended). Held: the last `keep` chunks handed out
+ * (the Raft core's window: a lost chunk is asked for again at the follower's offset, at most that
+ * far back), the next one, read ahead while the others travel, and the encoder's pending part:
+ * `keep` + 1 chunks and a part, all counted in the gate. A request for an earlier offset (the
+ * follower starts over) restarts the encoder over the same view, which yields the same bytes.
  */
 class FollowerReader {
   private gen: AsyncGenerator<Uint8Array, number, undefined> | undefined;
@@ -124,8 +132,8 @@ class FollowerReader {
   private pendingBytes = 0;
   private ended = false;
   private crc: number | undefined;
-  /** The chunk last handed out. */
-  private lastChunk: ReadChunk | undefined;
+  /** The chunks last handed out, oldest first (at most `keep`). */
+  private handed: ReadChunk[] = [];
   /** The chunk after it, read ahead. */
   private ahead: ReadChunk | undefined;
   /** Bytes counted in the gate. */
@@ -138,6 +146,7 @@ class FollowerReader {
   constructor(
     private readonly enc: SnapshotEncoding,
     private readonly chunkBytes: number,
+    private readonly keep: number,
     private readonly gate: SnapshotGate | undefined,
     nowMs: number,
   ) {
@@ -181,12 +190,13 @@ class FollowerReader {
   }
 
   private async chunkAt(offset: number): Promise<ReadChunk | undefined> {
-    if (this.lastChunk?.offset === offset) return this.lastChunk;
+    const held = this.handed.find((c) => c.offset === offset);
+    if (held) return held;
     if (this.ahead?.offset === offset) {
-      this.lastChunk = this.ahead;
+      const c = this.ahead;
       this.ahead = undefined;
-      this.account();
-      return this.lastChunk;
+      this.hand(c);
+      return c;
     }
     if (offset !== this.position) {
       // The follower starts over (or asks for an offset we passed): the same view yields the same bytes.
@@ -199,9 +209,8 @@ class FollowerReader {
     for (;;) {
       const c = await this.next();
       if (c === undefined || this.closed) return undefined;
-      this.lastChunk = c;
       this.ahead = undefined;
-      this.account();
+      this.hand(c);
       if (c.offset === offset) return c;
       if (c.offset > offset || c.last) throw new Error(`snapshot chunk at ${offset} asked, not on a chunk boundary`);
     }
@@ -246,6 +255,13 @@ class FollowerReader {
     return c;
   }
 
+  /** Keeps `c` among the chunks handed out, dropping the oldest beyond `keep`. */
+  private hand(c: ReadChunk): void {
+    this.handed.push(c);
+    if (this.handed.length > this.keep) this.handed.splice(0, this.handed.length - this.keep);
+    this.account();
+  }
+
   private push(part: Uint8Array): void {
     this.pending.push(part);
     this.pendingBytes += part.length;
@@ -256,14 +272,15 @@ class FollowerReader {
   private drop(): void {
     this.pending = [];
     this.pendingBytes = 0;
-    this.lastChunk = undefined;
+    this.handed = [];
     this.ahead = undefined;
     this.account();
   }
 
   /** Keeps the gate's count of the bytes held here. */
   private account(): void {
-    const now = this.pendingBytes + (this.lastChunk?.bytes.length ?? 0) + (this.ahead?.bytes.length ?? 0);
+    let now = this.pendingBytes + (this.ahead?.bytes.length ?? 0);
+    for (const c of this.handed) now += c.bytes.length;
     this.gate?.hold(now - this.accounted);
     this.accounted = now;
   }
@@ -305,6 +322,7 @@ export class SnapshotSender implements Storage {
   private readonly idleMs: number;
   private readonly retryMs: number;
   private readonly chunkBytes: number;
+  private readonly chunksInFlight: number;
   /** Views opened, opened with a usable snapshot, and closed idle; chunks read and their bytes (for tests and metrics). */
   readonly counters = { started: 0, produced: 0, dropped: 0, chunks: 0, bytes: 0 };
 
@@ -316,6 +334,7 @@ export class SnapshotSender implements Storage {
     this.idleMs = options.idleMs ?? SNAPSHOT_SENDER_DEFAULTS.idleMs;
     this.retryMs = options.retryMs ?? SNAPSHOT_SENDER_DEFAULTS.retryMs;
     this.chunkBytes = Math.max(1, options.chunkBytes ?? SNAPSHOT_SENDER_DEFAULTS.chunkBytes);
+    this.chunksInFlight = Math.max(1, Math.floor(options.chunksInFlight ?? SNAPSHOT_SENDER_DEFAULTS.chunksInFlight));
     this.scheduler = options.scheduler ?? realScheduler;
   }
 
@@ -375,7 +394,7 @@ export class SnapshotSender implements Storage {
     this.lastAskedMs = now;
     let reader = t.readers.get(req.to);
     if (!reader) {
-      reader = new FollowerReader(t.enc, this.chunkBytes, this.options.gate, now);
+      reader = new FollowerReader(t.enc, this.chunkBytes, this.chunksInFlight, this.options.gate, now);
       t.readers.set(req.to, reader);
       t.used = true;
     }

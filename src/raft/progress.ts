@@ -65,10 +65,22 @@ export class Progress {
   pendingSnapshot = 0;
   /** In Snapshot state: bytes of the snapshot the peer has acknowledged. */
   snapshotOffset = 0;
-  /** In Snapshot state: a chunk is in flight and unacknowledged (for a streamed snapshot: asked of the host, or sent). */
-  snapshotChunkInFlight = false;
-  /** In Snapshot state, streamed snapshot: the chunk asked of the host was answered and sent. */
-  snapshotChunkSent = false;
+  /** In Snapshot state: where the next chunk starts (>= `snapshotOffset`; the end of what was sent). */
+  snapshotNext = 0;
+  /** In Snapshot state: the end offsets of the chunks sent and not yet acknowledged, oldest first. */
+  snapshotChunksOut: number[] = [];
+  /** In Snapshot state, streamed snapshot: the offset of the chunk asked of the host and not yet answered, or -1. */
+  snapshotReadAt = -1;
+  /** In Snapshot state: the last chunk was sent (nothing more goes until a rewind). */
+  snapshotLastSent = false;
+  /** In Snapshot state: the offset the transfer was last rewound to (resent from), or -1; a rejection at it while that resend travels is a duplicate. */
+  snapshotRewoundAt = -1;
+  /** In Snapshot state: `snapshotOffset` at the previous heartbeat response (-1: none yet). */
+  snapshotOffsetAtBeat = -1;
+  /** In Snapshot state: heartbeat responses in a row that found `snapshotOffset` unchanged with chunks in flight. */
+  snapshotStalledBeats = 0;
+  /** In Snapshot state: resent after a stall, one chunk at a time until an acknowledgement advances (a follower busy installing is not flooded). */
+  snapshotProbing = false;
   /** The peer communicated with the leader during the current check-quorum period. */
   recentActive = false;
   /** An append went to the peer since the leader's last heartbeat round (see `RaftConfig.quietHeartbeats`). */
@@ -91,8 +103,14 @@ export class Progress {
     this.probeSent = false;
     this.pendingSnapshot = 0;
     this.snapshotOffset = 0;
-    this.snapshotChunkInFlight = false;
-    this.snapshotChunkSent = false;
+    this.snapshotNext = 0;
+    this.snapshotChunksOut = [];
+    this.snapshotReadAt = -1;
+    this.snapshotLastSent = false;
+    this.snapshotRewoundAt = -1;
+    this.snapshotOffsetAtBeat = -1;
+    this.snapshotStalledBeats = 0;
+    this.snapshotProbing = false;
     this.state = state;
     this.inflights.reset();
   }
@@ -119,6 +137,49 @@ export class Progress {
   becomeSnapshot(snapshotIndex: number): void {
     this.resetState(ProgressState.Snapshot);
     this.pendingSnapshot = snapshotIndex;
+  }
+
+  /** In Snapshot state: chunks in flight (sent and unacknowledged, plus one asked of the host). */
+  get snapshotChunksInFlight(): number {
+    return this.snapshotChunksOut.length + (this.snapshotReadAt >= 0 ? 1 : 0);
+  }
+
+  /** In Snapshot state: a chunk ending at `end` was sent (`last`: the snapshot's final one). */
+  snapshotChunkSent(end: number, last: boolean): void {
+    this.snapshotChunksOut.push(end);
+    this.snapshotNext = end;
+    this.snapshotReadAt = -1;
+    if (last) this.snapshotLastSent = true;
+  }
+
+  /**
+   * In Snapshot state: the peer holds the snapshot's bytes up to `offset`; frees the chunks that
+   * covers. Returns false when it is stale (not beyond what was acknowledged). An offset past what
+   * was sent (the peer had it from before a rewind) moves the transfer there.
+   */
+  snapshotAcked(offset: number): boolean {
+    if (offset <= this.snapshotOffset) return false;
+    this.snapshotOffset = offset;
+    this.snapshotProbing = false;
+    if (offset > this.snapshotNext) {
+      this.rewindSnapshot(offset);
+      return true;
+    }
+    let i = 0;
+    while (i < this.snapshotChunksOut.length && this.snapshotChunksOut[i]! <= offset) i++;
+    if (i > 0) this.snapshotChunksOut.splice(0, i);
+    return true;
+  }
+
+  /** In Snapshot state: forgets the chunks in flight; the next one goes from `offset`, the peer's position. */
+  rewindSnapshot(offset: number): void {
+    this.snapshotOffset = offset;
+    this.snapshotNext = offset;
+    this.snapshotChunksOut = [];
+    this.snapshotReadAt = -1;
+    this.snapshotLastSent = false;
+    this.snapshotRewoundAt = offset;
+    this.snapshotStalledBeats = 0;
   }
 
   /** An acknowledgement up to `n`; returns whether it advanced the match index. */

@@ -67,6 +67,13 @@ export interface RaftConfig {
   readonly maxPendingReads?: number;
   /** Size of one snapshot chunk. Default 1 MiB. */
   readonly snapshotChunkBytes?: number;
+  /**
+   * Most snapshot chunks in flight to one follower (sent, or asked of the host for a streamed
+   * snapshot, and not yet acknowledged). The follower takes chunks only at its received offset and
+   * answers a gap with that offset; the leader resends from there. Default 4
+   * ({@link DEFAULT_SNAPSHOT_CHUNKS_IN_FLIGHT}).
+   */
+  readonly snapshotChunksInFlight?: number;
   /** Run a pre-vote round before real elections. Default true. */
   readonly preVote?: boolean;
   /** Leaders step down without a quorum; followers ignore votes while a leader is alive. Default true. */
@@ -127,6 +134,12 @@ export class ProposalDroppedError extends Error {
     this.name = 'ProposalDroppedError';
   }
 }
+
+/** Default of `RaftConfig.snapshotChunksInFlight`. */
+export const DEFAULT_SNAPSHOT_CHUNKS_IN_FLIGHT = 4;
+
+/** Heartbeat responses in a row that find a snapshot transfer with chunks in flight not advanced before it is resent from the acknowledged offset. */
+const SNAPSHOT_STALL_BEATS = 2;
 
 const TRANSFER_CONTEXT = 'transfer';
 const EMPTY = new Uint8Array(0);
@@ -244,6 +257,7 @@ export class Raft {
   private readonly maxUncommittedBytes: number;
   private readonly maxPendingReads: number;
   private readonly snapshotChunkBytes: number;
+  private readonly snapshotWindow: number;
   private readonly acceptSnapshot: ((s: Snapshot) => boolean) | undefined;
   private readonly snapshotSink: SnapshotSink | undefined;
 
@@ -290,6 +304,7 @@ export class Raft {
     this.maxUncommittedBytes = cfg.maxUncommittedBytes ?? 64 << 20;
     this.maxPendingReads = cfg.maxPendingReads ?? 65536;
     this.snapshotChunkBytes = cfg.snapshotChunkBytes ?? 1 << 20;
+    this.snapshotWindow = Math.max(1, Math.floor(cfg.snapshotChunksInFlight ?? DEFAULT_SNAPSHOT_CHUNKS_IN_FLIGHT));
     this.acceptSnapshot = cfg.acceptSnapshot;
     this.snapshotSink = cfg.snapshotSink;
     this.log = new RaftLog(cfg.storage);
@@ -361,14 +376,15 @@ export class Raft {
 
   /**
    * Leader: the host's answer to a {@link SnapshotRead}: sends the chunk to its follower if the
-   * transfer still waits for exactly this chunk (same snapshot, the follower's acknowledged offset,
-   * asked for and not yet sent); anything else is stale and ignored. Returns whether it was sent.
+   * transfer still waits for exactly this chunk (same snapshot, the offset asked for and not yet
+   * answered), then asks for the next one while the window has room; anything else is stale and
+   * ignored. Returns whether it was sent.
    */
   snapshotChunk(c: SnapshotChunk): boolean {
     if (this.role !== Role.Leader) return false;
     const pr = this.prs.get(c.to);
-    if (!pr || pr.state !== ProgressState.Snapshot || pr.pendingSnapshot !== c.index || !pr.snapshotChunkInFlight || pr.snapshotChunkSent) return false;
-    if (pr.snapshotOffset !== c.offset || !isBoundedUint(c.offset + c.bytes.length, MAX_SNAPSHOT_BYTES)) return false;
+    if (!pr || pr.state !== ProgressState.Snapshot || pr.pendingSnapshot !== c.index || pr.snapshotReadAt < 0) return false;
+    if (pr.snapshotReadAt !== c.offset || !isBoundedUint(c.offset + c.bytes.length, MAX_SNAPSHOT_BYTES)) return false;
     const snap = this.log.snapshot();
     if (!snap || snap.meta.index !== c.index) return false;
     if (!c.last && c.bytes.length === 0) return false; // no progress: a host bug, asked again later
@@ -384,7 +400,8 @@ export class Raft {
       chunk: c.bytes,
       ...(c.last ? { done: true, total: end, ...(c.crc !== undefined ? { crc: c.crc } : {}) } : {}),
     });
-    pr.snapshotChunkSent = true;
+    pr.snapshotChunkSent(end, c.last);
+    this.sendSnapshotChunks(pr);
     return true;
   }
 
@@ -1199,11 +1216,17 @@ export class Raft {
       pr.inflights.freeFirstOne();
     }
     if (pr.state === ProgressState.Snapshot) {
-      if (pr.snapshotChunkInFlight) {
-        // A chunk may have been lost: resend from the acknowledged offset.
-        pr.snapshotChunkInFlight = false;
+      if (pr.snapshotChunksInFlight > 0) {
+        // No acknowledgement for SNAPSHOT_STALL_BEATS heartbeat intervals: a chunk (or its
+        // acknowledgement, or the host's read) may have been lost: resend from the acknowledged offset.
+        pr.snapshotStalledBeats = pr.snapshotOffset === pr.snapshotOffsetAtBeat ? pr.snapshotStalledBeats + 1 : 0;
+        pr.snapshotOffsetAtBeat = pr.snapshotOffset;
+        if (pr.snapshotStalledBeats >= SNAPSHOT_STALL_BEATS) {
+          pr.rewindSnapshot(pr.snapshotOffset);
+          pr.snapshotProbing = true;
+        }
       }
-      this.sendSnapshotChunk(pr);
+      this.sendSnapshotChunks(pr);
     } else if (pr.match < this.log.lastIndex()) {
       this.sendAppend(m.from, true);
     }
@@ -1228,11 +1251,20 @@ export class Raft {
     const snap = this.log.snapshot();
     if (!snap) return false; // the host has not taken one yet: try again later
     pr.becomeSnapshot(snap.meta.index);
-    return this.sendSnapshotChunk(pr);
+    return this.sendSnapshotChunks(pr);
   }
 
+  /** Sends (or asks the host for) chunks while the follower's window has room; returns whether anything went out. */
+  private sendSnapshotChunks(pr: Progress): boolean {
+    let sent = false;
+    const window = pr.snapshotProbing ? 1 : this.snapshotWindow;
+    while (pr.state === ProgressState.Snapshot && pr.snapshotChunksInFlight < window && !pr.snapshotLastSent && this.sendSnapshotChunk(pr)) sent = true;
+    return sent;
+  }
+
+  /** Sends the chunk at `pr.snapshotNext` (or asks the host for it); false when nothing can go now. */
   private sendSnapshotChunk(pr: Progress): boolean {
-    if (pr.snapshotChunkInFlight) return false;
+    if (pr.snapshotReadAt >= 0 || pr.snapshotLastSent) return false;
     let snap: Snapshot | undefined = this.log.snapshot();
     if (!snap) return false;
     if (snap.meta.index !== pr.pendingSnapshot) {
@@ -1242,13 +1274,12 @@ export class Raft {
     }
     if (snap.streamed && snap.data.length === 0) {
       // The host serves the data chunk by chunk: ask it for the one the follower expects.
-      this.snapshotReads.push({ to: pr.id, meta: snap.meta, offset: pr.snapshotOffset });
-      pr.snapshotChunkInFlight = true;
-      pr.snapshotChunkSent = false;
+      this.snapshotReads.push({ to: pr.id, meta: snap.meta, offset: pr.snapshotNext });
+      pr.snapshotReadAt = pr.snapshotNext;
       return true;
     }
     const total = snap.data.length;
-    const offset = Math.min(pr.snapshotOffset, total);
+    const offset = Math.min(pr.snapshotNext, total);
     const end = Math.min(total, offset + this.snapshotChunkBytes);
     this.send({
       type: MessageType.Snap,
@@ -1262,16 +1293,25 @@ export class Raft {
       total,
       done: end >= total,
     });
-    pr.snapshotChunkInFlight = true;
+    pr.snapshotChunkSent(end, end >= total);
     return true;
   }
 
+  /**
+   * A follower's answer to a chunk: an acknowledgement of the bytes it holds (frees the window), or
+   * a rejection naming its offset (a chunk was lost or came out of order, or it has no transfer
+   * any more): the transfer is resent from there, once (the rejections of the other chunks of the
+   * window that name the same offset are duplicates while that resend travels).
+   */
   private handleSnapChunkResponse(m: Message, pr: Progress): void {
     pr.recentActive = true;
     if (pr.state !== ProgressState.Snapshot || m.snapshot?.index !== pr.pendingSnapshot) return;
-    pr.snapshotOffset = m.offset ?? 0;
-    pr.snapshotChunkInFlight = false;
-    this.sendSnapshotChunk(pr);
+    const at = m.offset ?? 0;
+    if (m.reject) {
+      if (at === pr.snapshotRewoundAt && pr.snapshotOffset === at && pr.snapshotNext > at) return; // already resent from there
+      pr.rewindSnapshot(at);
+    } else if (!pr.snapshotAcked(at)) return; // a duplicate or stale acknowledgement
+    this.sendSnapshotChunks(pr);
   }
 
   // ---------------------------------------------------------------- leader: reads and transfer

@@ -23,7 +23,7 @@ export * from './limits.js';
 /** Command, result, event and read types. */
 export type * from './types.js';
 /** Plain records of a state machine's whole state (snapshots and durable storage), and their decoder. */
-export { decodeSnapshot, snapshotAppliedIndex, type SnapshotData } from './snapshot-codec.js';
+export { decodeSnapshot, snapshotAppliedIndex, mergeColdKeys, type ColdVersions, type SnapshotData } from './snapshot-codec.js';
 /** Client sessions: write deduplication rules, checks and the encoding of stored results. */
 export {
   SESSION_ID_PATTERN,

@@ -29,7 +29,7 @@ import { leaseAttachmentPrefix } from './lease-keys.js';
 import { Queue } from './queue.js';
 import { isStoredResult, SessionTable, validateWriteSession, type SessionDecision, type SessionRecord } from './sessions.js';
 import type { ChunkedByteReader } from './chunked-reader.js';
-import { decodeSnapshotSteps, encodeSnapshot, RESTORE_STEP_KEYS, runSteps, type SnapshotData } from './snapshot-codec.js';
+import { decodeSnapshotSteps, encodeSnapshot, RESTORE_STEP_KEYS, runSteps, type ColdVersions, type SnapshotData } from './snapshot-codec.js';
 import type { VersionRecord } from './types.js';
 import { SortedKeySet } from './sorted-keys.js';
 import type { StateSink } from './state-sink.js';
@@ -1298,6 +1298,22 @@ export class KvStateMachine {
   static *restoreSteps(bytes: Uint8Array | ChunkedByteReader, adoptInput = false): Generator<void, KvStateMachine, undefined> {
     const d = yield* decodeSnapshotSteps(bytes, adoptInput);
     return yield* KvStateMachine.buildSteps(d, true); // the decoded lists are private: adopt them
+  }
+
+  /**
+   * {@link restoreSteps} of a streamed snapshot (a reader over its chunk records) into a machine
+   * built with its cold keys dropped from the start, as a restart builds one (`fromRecords` with
+   * `cold`): keys whose only version is live with its value on disk are decoded into `cold` (key,
+   * revision, timestamp) and never get a version list, so the install's heap holds only the other
+   * keys. The machine must then get its value source and `attachIndex(source, { dropCold: true })`
+   * before any use, and its records must be written from `keys` and `cold` (`mergeColdKeys`):
+   * `toRecords()` throws. `keys` are the decoded other keys (their version lists are the machine's).
+   */
+  static *restoreColdSteps(reader: ChunkedByteReader): Generator<void, { readonly machine: KvStateMachine; readonly data: SnapshotData; readonly cold: ColdVersions }, undefined> {
+    const cold: ColdVersions = { keys: [], revisions: [], timestamps: [] };
+    const d = yield* decodeSnapshotSteps(reader, false, cold);
+    const machine = yield* KvStateMachine.buildSteps(d, true, cold);
+    return { machine, data: d, cold };
   }
 
   /**

@@ -259,13 +259,53 @@ export function runSteps<T>(steps: Generator<void, T, undefined>): T {
 }
 
 /**
+ * Keys a streamed decode with `cold` left out of `SnapshotData.keys`, in key order: those whose
+ * only version is live and older than the history bound (its value on disk), as key, revision and
+ * timestamp only (no version object) — what a restart loads as cold keys (`loadState` with
+ * `coldKeys`), plus the timestamp and hop counts the install's records need.
+ */
+export interface ColdVersions {
+  readonly keys: string[];
+  readonly revisions: number[];
+  readonly timestamps: number[];
+  /** Hop counts of the snapshot by revision (the hops section; only revisions with a count), or undefined when it has none. */
+  hops?: ReadonlyMap<number, number>;
+}
+
+/** The version of cold key `i` of `cold` (value on disk). */
+export function coldVersion(cold: ColdVersions, i: number): VersionRecord {
+  const revision = cold.revisions[i]!;
+  const hops = cold.hops?.get(revision);
+  return { revision, timestampMs: cold.timestamps[i]!, value: VALUE_ON_DISK, ...(hops !== undefined ? { hops } : {}) };
+}
+
+/**
+ * The keys of `keys` and `cold` (each in key order, disjoint) merged in key order, the cold ones
+ * with their one version made as they come (nothing is held for them): the whole state's keys, as
+ * `toRecords().keys` would list them.
+ */
+export function* mergeColdKeys(keys: SnapshotData['keys'], cold: ColdVersions): Generator<readonly [string, readonly VersionRecord[]], void, undefined> {
+  let i = 0;
+  let j = 0;
+  while (i < keys.length || j < cold.keys.length) {
+    if (j >= cold.keys.length || (i < keys.length && compareKeys(keys[i]![0], cold.keys[j]!) < 0)) yield keys[i++]!;
+    else {
+      yield [cold.keys[j]!, [coldVersion(cold, j)]];
+      j++;
+    }
+  }
+}
+
+/**
  * {@link decodeSnapshot} in bounded steps: yields after every {@link RESTORE_STEP_KEYS} keys (the
  * checksum and the copy are one step each), so a host can spread a large snapshot's decoding over
  * event-loop turns. Returns the same result, throws the same errors. With `adoptInput`, values
  * are views into `bytes` itself instead of a private copy (no second copy of a large snapshot): the
- * caller promises never to change `bytes`.
+ * caller promises never to change `bytes`. With `cold` (a streamed snapshot only), keys whose only version is live
+ * with its value on disk go there instead of into `keys` (see {@link ColdVersions}), so the decode
+ * never holds a version object for them.
  */
-export function* decodeSnapshotSteps(bytes: Uint8Array | ChunkedByteReader, adoptInput = false): Generator<void, SnapshotData, undefined> {
+export function* decodeSnapshotSteps(bytes: Uint8Array | ChunkedByteReader, adoptInput = false, cold?: ColdVersions): Generator<void, SnapshotData, undefined> {
   // Streamed (a reader over chunk records of the body, whose checksum the receiver verified as the
   // chunks arrived): values stay on disk (VALUE_ON_DISK) except those the watch history may hold.
   const streamed = bytes instanceof ChunkedByteReader;
@@ -347,8 +387,14 @@ export function* decodeSnapshotSteps(bytes: Uint8Array | ChunkedByteReader, adop
       } else vts = tsOf(rev);
       versions.push({ revision: rev, timestampMs: vts, value });
     }
-    keys.push([key, versions]);
-    byKey.set(key, versions);
+    if (cold !== undefined && streamed && nVersions === 1 && versions[0]!.value === VALUE_ON_DISK) {
+      cold.keys.push(key);
+      cold.revisions.push(rev);
+      cold.timestamps.push(versions[0]!.timestampMs);
+    } else {
+      keys.push([key, versions]);
+      byKey.set(key, versions);
+    }
     if (k % RESTORE_STEP_KEYS === RESTORE_STEP_KEYS - 1) yield;
   }
 
@@ -410,7 +456,7 @@ export function* decodeSnapshotSteps(bytes: Uint8Array | ChunkedByteReader, adop
     const tag = r.u8();
     if (tag <= lastTag) r.fail(`trailing bytes (section ${tag} after section ${lastTag})`);
     lastTag = tag;
-    if (tag === SECTION_HOPS) readHopsSection(r, keys, history);
+    if (tag === SECTION_HOPS) readHopsSection(r, keys, history, cold);
     else r.fail(`trailing bytes (unknown section ${tag})`);
   }
   r.expectEnd();
@@ -433,7 +479,7 @@ export function* decodeSnapshotSteps(bytes: Uint8Array | ChunkedByteReader, adop
  * history events their hop count, in place; fails on a malformed section or a listed revision
  * with neither (the encoder lists only revisions it found, so a canonical snapshot has none).
  */
-function readHopsSection(r: ByteReader, keys: Array<readonly [string, VersionRecord[]]>, history: KvEvent[]): void {
+function readHopsSection(r: ByteReader, keys: Array<readonly [string, VersionRecord[]]>, history: KvEvent[], cold?: ColdVersions): void {
   const n = r.varintMax(r.remaining, 'hop count entries');
   if (n === 0) r.fail('empty hop count section');
   const hops = new Map<number, number>();
@@ -454,6 +500,10 @@ function readHopsSection(r: ByteReader, keys: Array<readonly [string, VersionRec
       versions[i] = { ...versions[i]!, hops: h };
       used.add(versions[i]!.revision);
     }
+  }
+  if (cold !== undefined) {
+    for (const rev of cold.revisions) if (hops.has(rev)) used.add(rev);
+    cold.hops = hops;
   }
   for (let i = 0; i < history.length; i++) {
     const h = hops.get(history[i]!.revision);

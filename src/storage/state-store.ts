@@ -1067,7 +1067,25 @@ export class StateRecorder implements StateSink {
     };
     const recorded = before instanceof RecordedVersions ? before : undefined;
     const bk = recorded ? [] : ((before as SnapshotData | undefined)?.keys ?? []);
-    const ak = after.keys;
+    // `after`'s keys, one at a time; what the revision blocks and `meta` need of them (writes per
+    // revision, live keys) is counted as they pass.
+    const aIter = (options.afterKeys ?? after.keys)[Symbol.iterator]();
+    let aNext = aIter.next();
+    const span = after.revision - after.compactRevision;
+    const writes = new Uint32Array(span + 1);
+    let liveKeys = 0;
+    let reservedLiveKeys = 0;
+    const takeAfter = (): readonly [string, readonly VersionRecord[]] => {
+      const e = aNext.value as readonly [string, readonly VersionRecord[]];
+      aNext = aIter.next();
+      const versions = e[1];
+      for (const v of versions) if (v.revision >= after.compactRevision) writes[v.revision - after.compactRevision]!++;
+      if (versions[versions.length - 1]!.value !== null) {
+        liveKeys++;
+        if (isReservedKey(e[0])) reservedLiveKeys++;
+      }
+      return e;
+    };
     // A key of `before` read from the engine is its versions' revisions and whether its latest is
     // in `t/`: its newest version stands for the latest (a tombstone or a value on disk), and the
     // same revision in both states is the same write (see RecordedVersions).
@@ -1077,7 +1095,6 @@ export class StateRecorder implements StateSink {
       value: recorded!.deletedLatest(key) ? null : VALUE_ON_DISK,
     });
     let i = 0;
-    let j = 0;
     for (;;) {
       if (recorded?.needsFill) {
         if (units.length > 0) yield* units.splice(0);
@@ -1085,17 +1102,17 @@ export class StateRecorder implements StateSink {
         continue;
       }
       const bKey = recorded ? recorded.peek()?.[0] : bk[i]?.[0];
-      if (bKey === undefined && j >= ak.length) break;
-      const c = bKey === undefined ? 1 : j >= ak.length ? -1 : compareKeys(bKey, ak[j]![0]);
+      if (bKey === undefined && aNext.done === true) break;
+      const c = bKey === undefined ? 1 : aNext.done === true ? -1 : compareKeys(bKey, aNext.value[0]);
       if (c > 0) {
-        const [key, versions] = ak[j++]!;
+        const [key, versions] = takeAfter();
         for (const v of versions) putVersion(key, v);
         latestOps(key, undefined, versions[versions.length - 1]);
       } else if (recorded) {
         const [key, revs] = recorded.peek()!;
         const latest = recordedLatest(key, revs);
         recorded.shift();
-        const av = c === 0 ? ak[j++]![1] : undefined;
+        const av = c === 0 ? takeAfter()[1] : undefined;
         let deleted = false;
         let y = 0;
         for (const rev of revs) {
@@ -1117,7 +1134,7 @@ export class StateRecorder implements StateSink {
         latestOps(key, versions[versions.length - 1], undefined);
       } else {
         const [key, bv] = bk[i++]!;
-        const av = ak[j++]![1];
+        const av = takeAfter()[1];
         let x = 0;
         let y = 0;
         let deleted = false;
@@ -1157,11 +1174,7 @@ export class StateRecorder implements StateSink {
     // a lower bound at it (the versions it dropped are gone; the loader checks after it only).
     for (const b of this.blocks) push({ type: 'del', key: keys.revision(b.first) });
     this.blocks.length = 0;
-    const aMeta = metaOfRecords(after);
-    const writes = new Map<number, number>();
-    for (const [, versions] of after.keys) {
-      for (const v of versions) if (v.revision >= after.compactRevision) writes.set(v.revision, (writes.get(v.revision) ?? 0) + 1);
-    }
+    const aMeta: StateMeta = { ...metaOfRecords({ ...after, keys: [] }), liveKeys, reservedLiveKeys };
     let h = 0;
     let block: { first: number; ts: number[]; writes: number[]; events: Array<readonly KvEvent[] | undefined>; bytes: number } | undefined;
     const flushBlock = (): void => {
@@ -1183,7 +1196,7 @@ export class StateRecorder implements StateSink {
       const events = rev >= aMeta.oldestHistoryRevision ? after.history.slice(start, h) : undefined;
       if (!block) block = { first: rev, ts: [], writes: [], events: [], bytes: 0 };
       block.ts.push(after.revisionTimestamps[rev - after.compactRevision]!);
-      block.writes.push(writes.get(rev) ?? 0);
+      block.writes.push(writes[rev - after.compactRevision] ?? 0);
       block.events.push(events);
       block.bytes += 12;
       for (const e of events ?? []) block.bytes += 8 + e.key.length * 3 + (e.type === 'trigger' ? e.value!.length : 0);
@@ -1225,6 +1238,12 @@ export interface ReplaceOptions {
    * it such a version cannot be written (a throw).
    */
   readonly valueAt?: (key: string, revision: number) => Uint8Array;
+  /**
+   * `after`'s keys in key order, in place of `after.keys` (which is then ignored): a machine built
+   * with cold keys (`KvStateMachine.restoreColdSteps`) lists them with `mergeColdKeys`, making each
+   * cold key's version as it is written, so no list of every key is held.
+   */
+  readonly afterKeys?: Iterable<readonly [string, readonly VersionRecord[]]>;
 }
 
 function sameVersion(a: VersionRecord, b: VersionRecord): boolean {

@@ -79,7 +79,8 @@ describe('SnapshotSender', () => {
     const b = await setup(20, 12);
     const gate = new SnapshotGate(1);
     const ha = host(a.engine, a.storage);
-    const sa = new SnapshotSender(a.storage, ha, { gate, chunkBytes: 64, partBytes: 16 });
+    const window = 1; // chunks kept for a resend (the core's window): a small encoding, so the bound stays under half of it
+    const sa = new SnapshotSender(a.storage, ha, { gate, chunkBytes: 64, partBytes: 16, chunksInFlight: window });
     const sb = new SnapshotSender(b.storage, host(b.engine, b.storage), { gate });
     expect(sa.snapshot()).toBeUndefined();
     expect(sa.busy).toBe(true);
@@ -105,8 +106,8 @@ describe('SnapshotSender', () => {
     expect(chunks.length).toBeGreaterThan(4);
     expect(gate.openReaders).toBe(1);
     expect(maxHeld).toBeGreaterThan(0);
-    // The chunk handed out (kept for a resend), the next one read ahead, the encoder's pending part (cut at a key: 40-byte values).
-    expect(maxHeld).toBeLessThanOrEqual(64 * 3 + 80);
+    // The chunks handed out (the Raft core's window, kept for a resend), the next one read ahead, the encoder's pending part (cut at a key: 40-byte values).
+    expect(maxHeld).toBeLessThanOrEqual(64 * (window + 2) + 80);
     expect(maxHeld).toBeLessThan(joined(chunks).length / 2);
     // The follower installed it: the core no longer runs the transfer, so the view is closed and the slot free.
     sa.retain([{ to: 2, index: 12 }]);
@@ -154,6 +155,12 @@ describe('SnapshotSender', () => {
     sender.read({ to: 2, meta: s.meta, offset: a.at(-1)!.offset });
     await until(() => h.chunks.length > n, 'the resend');
     expect(Buffer.from(h.chunks.at(-1)!.bytes).equals(Buffer.from(a.at(-1)!.bytes))).toBe(true);
+    // A resend from as far back as the core's window (4 chunks, the follower's acknowledged offset
+    // after a loss): served from the chunks kept, not by encoding again (the very same bytes object).
+    const k = h.chunks.length;
+    sender.read({ to: 2, meta: s.meta, offset: a.at(-4)!.offset });
+    await until(() => h.chunks.length > k, 'the resend from the window');
+    expect(h.chunks.at(-1)!.bytes).toBe(a.at(-4)!.bytes);
     // The follower starts over (it refused the snapshot, or restarted): the encoder restarts over the same view.
     const again = await readAll(sender, h, s, 2);
     expect(joined(again).equals(Buffer.from(want))).toBe(true);

@@ -105,6 +105,48 @@ describe('a streamed snapshot install', () => {
     expect(same(onDisk.snapshot(), leaderState)).toBe(true);
   });
 
+  it('builds the installed machine with its cold keys dropped from the start, as a restart does (no version list decoded for them)', async () => {
+    // Session `catchup3`: the install decoded every key's version list into the heap and dropped
+    // the cold ones only afterwards (once the index served); now they never get one. A small
+    // history window, so most keys written once are older than it (their values on disk).
+    const opts: Partial<NodeOptions> = { snapshotEveryEntries: 60, keepEntriesAfterSnapshot: 5, stateUnitBytes: 64 * 1024, stateMachine: { maxHistoryRevisions: 50 } };
+    const { hub, engines, nodes, l, f, fi } = await trio.settled(opts);
+    const fr = f.replica(DATA_GROUP)!;
+    const atInstall: Array<{ dropped: number; heapKeys: number }> = [];
+    const installDurable = fr.installDurable.bind(fr);
+    fr.installDurable = () => {
+      // The moment the install's machine starts serving: what it holds before any later drop.
+      const sm = fr.internalsForTests().sm;
+      atInstall.push({ dropped: sm.droppedKeys, heapKeys: sm.indexSize.keys });
+      installDurable();
+    };
+    isolate(hub, nodes, f);
+    const once = 300;
+    for (let i = 0; i < once; i += 30) {
+      await Promise.all(Array.from({ length: 30 }, (_, k) => l.put({ key: `/once/${String(i + k).padStart(4, '0')}`, value: enc(`v${i + k}:${'x'.repeat(2000)}`) }, deadline())));
+    }
+    await workload(l, 60, 'after', 20_000); // multi-version keys, tombstones, and the history moved past the keys written once
+    hub.blocked.clear();
+    await converged(nodes);
+    expect(fr.inbox!.counters.completed).toBeGreaterThan(0);
+    expect(atInstall.length).toBe(fr.inbox!.counters.completed);
+    const last = atInstall.at(-1)!;
+    // Every key written once is older than the history window: none got a version list; the heap
+    // holds the workload's 36 multi-version keys and the few written inside the window.
+    expect(last.dropped).toBeGreaterThanOrEqual(once);
+    expect(last.heapKeys).toBeLessThan(36 + 60);
+    // And the state is the leader's, in the heap's answers and on disk.
+    const leaderState = await replicaState(l, engines[nodes.indexOf(l)]!);
+    expect(same(await replicaState(f, engines[fi]!), leaderState)).toBe(true);
+    for (const key of ['/once/0000', '/once/0150', '/once/0299', '/k/1/3']) {
+      const got = await f.get({ key, consistency: 'serializable' }, deadline());
+      expect(got).toEqual(await l.get({ key, consistency: 'serializable' }, deadline()));
+    }
+    await f.whenWritten();
+    const onDisk = KvStateMachine.fromRecords((await loadState(engines[fi]!, DATA_GROUP))!.data);
+    expect(same(onDisk.snapshot(), leaderState)).toBe(true);
+  });
+
   it('bounds the batches an install writes (installFlushBytes): the replacement never piles up staged', async () => {
     // Session `catchup2`: the install staged its whole replacement while the store wrote one batch
     // at a time, so a large shard went to the engine as batches of hundreds of MiB (the follower's

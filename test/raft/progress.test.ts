@@ -178,7 +178,7 @@ describe('Progress', () => {
     expect(p.pendingSnapshot).toBe(20);
     expect(p.inflights.count).toBe(0);
     expect(p.snapshotOffset).toBe(0);
-    expect(p.snapshotChunkInFlight).toBe(false);
+    expect(p.snapshotChunksInFlight).toBe(0);
 
     p.becomeProbe();
     expect(p.state).toBe(ProgressState.Probe);
@@ -211,12 +211,35 @@ describe('Progress', () => {
   it('becomeSnapshot clears snapshot transfer state from a previous snapshot', () => {
     const p = mk(1);
     p.becomeSnapshot(5);
-    p.snapshotOffset = 100;
-    p.snapshotChunkInFlight = true;
+    p.snapshotChunkSent(100, false);
+    p.snapshotAcked(100);
+    p.snapshotChunkSent(200, true);
+    p.snapshotReadAt = 200;
     p.becomeSnapshot(9);
     expect(p.pendingSnapshot).toBe(9);
     expect(p.snapshotOffset).toBe(0);
-    expect(p.snapshotChunkInFlight).toBe(false);
+    expect(p.snapshotNext).toBe(0);
+    expect(p.snapshotChunksInFlight).toBe(0);
+    expect(p.snapshotLastSent).toBe(false);
+  });
+
+  it('a window of snapshot chunks: acknowledgements free the chunks they cover, stale ones change nothing, a rewind forgets the window', () => {
+    const p = mk(1);
+    p.becomeSnapshot(5);
+    for (const end of [10, 20, 30]) p.snapshotChunkSent(end, false);
+    p.snapshotReadAt = 30;
+    expect(p.snapshotChunksInFlight).toBe(4);
+    expect(p.snapshotAcked(20)).toBe(true);
+    expect(p.snapshotChunksOut).toEqual([30]);
+    expect(p.snapshotAcked(10)).toBe(false); // stale
+    expect(p.snapshotAcked(20)).toBe(false); // duplicate
+    expect(p.snapshotChunksInFlight).toBe(2);
+    p.rewindSnapshot(20);
+    expect([p.snapshotOffset, p.snapshotNext, p.snapshotChunksInFlight, p.snapshotRewoundAt]).toEqual([20, 20, 0, 20]);
+    // An acknowledgement past what was sent (the peer had it before the rewind) moves the transfer there.
+    p.snapshotChunkSent(30, false);
+    expect(p.snapshotAcked(50)).toBe(true);
+    expect([p.snapshotOffset, p.snapshotNext, p.snapshotChunksInFlight]).toEqual([50, 50, 0]);
   });
 
   describe('maybeUpdate', () => {

@@ -7,6 +7,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { MemoryStorage, MessageType, RawNode, Role, SeededRandom, type Message, type Snapshot, type SnapshotRead, type Storage } from '../../src/raft/index.js';
+import { compactedLeaderStorage, readyRound } from '../support/raft-rounds.js';
 
 const conf = { voters: [1, 2], learners: [] };
 const DATA = Uint8Array.from({ length: 25 }, (_, i) => i + 1);
@@ -14,19 +15,7 @@ const CRC = 0xdeadbeef;
 const CHUNK = 10;
 
 /** The leader's storage: a log compacted at 50 (term 3) whose snapshot is streamed (no data). */
-function leaderStorage(s: MemoryStorage): Storage {
-  s.applySnapshot({ meta: { index: 50, term: 3, conf }, data: new Uint8Array([1]) });
-  s.append([51, 52, 53].map((index) => ({ term: 3, index, type: 0, data: new Uint8Array(0) })));
-  s.setHardState({ term: 3, vote: 1, commit: 53 });
-  return {
-    initialState: () => s.initialState(),
-    entries: (lo, hi) => s.entries(lo, hi),
-    term: (i) => s.term(i),
-    firstIndex: () => s.firstIndex(),
-    lastIndex: () => s.lastIndex(),
-    snapshot: (): Snapshot => ({ meta: s.snapshot()!.meta, data: new Uint8Array(0), streamed: true }),
-  };
-}
+const leaderStorage = (s: MemoryStorage): Storage => compactedLeaderStorage(s, conf, new Uint8Array([1]), true);
 
 function pair(opts: { acceptCrc?: number } = {}) {
   const mem = new Map([[1, new MemoryStorage(conf)], [2, new MemoryStorage(conf)]]);
@@ -53,19 +42,11 @@ function pair(opts: { acceptCrc?: number } = {}) {
   const reads: SnapshotRead[] = [];
   const wire: Message[] = [];
   /** One round on every node: take its Ready, queue its messages and reads, advance. */
-  const round = (): void => {
-    for (const [id, n] of nodes) {
-      if (!n.hasReady()) continue;
-      const rd = n.ready();
-      const st = mem.get(id)!;
-      if (rd.snapshot) st.applySnapshot({ ...rd.snapshot, data: new Uint8Array([1]) });
-      st.append(rd.entries);
-      if (rd.hardState) st.setHardState(rd.hardState);
-      wire.push(...rd.earlyMessages, ...rd.messages);
-      reads.push(...(rd.snapshotReads ?? []));
-      n.advance(rd);
-    }
-  };
+  const round = (): void =>
+    readyRound(nodes, mem, (msgs, rs) => {
+      wire.push(...msgs);
+      reads.push(...rs);
+    });
   const deliver = (filter: (m: Message) => Message | undefined = (m) => m): void => {
     for (const m of wire.splice(0)) {
       const f = filter(m);
