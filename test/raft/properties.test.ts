@@ -120,6 +120,23 @@ export const REGRESSION_SCHEDULES: readonly { readonly name: string; readonly cf
   },
 ];
 
+/**
+ * Schedules that fail today: a liveness bug found and not yet fixed. Each runs as `it.fails`
+ * (so CI stays green on it, and the fix shows up as this test failing: then move it to
+ * REGRESSION_SCHEDULES). docs/raft.md, "Bugs the simulator found", says what is known.
+ */
+export const OPEN_SCHEDULES: readonly { readonly name: string; readonly cfg: SimConfig }[] = [
+  {
+    // CI of 1628c17 (2026-12-04), fails the same on 30970d6: after a leader demoted itself
+    // (AddLearner of its own id) and crashed on an append, no leader for good: node 1 applied the
+    // change (commit 26) and holds an entry 27 nobody else has, so as a learner it never campaigns
+    // and refuses node 2 its vote (longer log); node 2 has not learnt that the change committed
+    // (commit 24) and still needs node 1's vote under the old configuration.
+    name: 'self-demoting leader crashed on an append: the learner holds an uncommitted entry and the last voter needs its vote (seed -1017593406)',
+    cfg: {"seed": 27, "nodes": 3, "spareNodes": 2, "schedule": [{"afterMs": 248, "fault": {"kind": "reboot", "node": 0, "afterMs": 0, "unsyncedSurvives": false}}, {"afterMs": 54, "fault": {"kind": "partition", "sides": [[2], [0, 1]]}}, {"afterMs": 0, "fault": {"kind": "heal"}}, {"afterMs": 184, "fault": {"kind": "membership", "op": "remove", "node": 2}}, {"afterMs": 89, "fault": {"kind": "heal"}}, {"afterMs": 5, "fault": {"kind": "heal"}}, {"afterMs": 8, "fault": {"kind": "membership", "op": "addLearner", "node": 0}}, {"afterMs": 3, "fault": {"kind": "heal"}}, {"afterMs": 1, "fault": {"kind": "crashOn", "node": 1, "on": "append", "afterMs": 0, "unsyncedSurvives": false}}, {"afterMs": 0, "fault": {"kind": "membership", "op": "addLearner", "node": 0}}], "clients": 3, "keys": ["x", "y"], "host": {"snapshotEvery": 8, "compactionLag": 3, "electionTicks": 10, "heartbeatTicks": 2, "snapshotChunkBytes": 128, "maxAppendBytes": 4096, "preVote": false, "checkQuorum": true, "livenessWhileSyncing": false, "lazyCommit": true, "quietHeartbeats": true, "readiesInFlight": 2}, "livenessBoundMs": 4000},
+  },
+];
+
 /** Runs one schedule and checks everything but the totals: throws on any violation. */
 function runChecked(cfg: SimConfig): SimResult & { undecided: boolean } {
   const trace: string[] | undefined = TRACE_FILE ? [] : undefined;
@@ -352,6 +369,13 @@ describe('raft under random fault schedules', () => {
 
   for (const { name, cfg } of REGRESSION_SCHEDULES) {
     it(`regression: ${name}`, () => {
+      const result = runChecked(cfg);
+      expect(result.recovered).toBe(true);
+    });
+  }
+
+  for (const { name, cfg } of OPEN_SCHEDULES) {
+    it.fails(`open (liveness bug, not fixed): ${name}`, () => {
       const result = runChecked(cfg);
       expect(result.recovered).toBe(true);
     });
