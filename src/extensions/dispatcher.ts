@@ -252,21 +252,22 @@ export class WatchDispatcher {
               // change), but it is no evidence against that node, so it does not count towards
               // `poisonNodes` (leader changes alone must not make an innocent event poison).
               entry.reason = `node ${e.armed.node} lost the shard or died while running it in isolation (started ${at})`;
-            } else if (self && e.armed.boot === this.faults.blockedBoot) {
-              // This node's watchdog killed its previous process while it ran this: it blocked the thread.
-              entry.nodes = withNode(entry.nodes, e.armed.node);
-              entry.diedHere = true;
-              entry.reason = `node ${e.armed.node} was killed by its event-loop watchdog while running it (started ${at})`;
-            } else if (self) {
-              // Died some other way (kill -9, out of memory...): retried where it cannot take the node down.
-              entry.nodes = withNode(entry.nodes, e.armed.node);
-              if (shared) entry.unfinishedElsewhere = e.armed.node;
-              entry.reason = `node ${e.armed.node} restarted after it died (or was killed) while running it (started ${at})`;
             } else {
-              // Armed in that node's own thread (legacy records: when this watch arms every invocation).
+              // Run in that node's thread (or this node's previous process died in it): evidence against that node.
               entry.nodes = withNode(entry.nodes, e.armed.node);
-              entry.unfinishedElsewhere = e.armed.node;
-              entry.reason = `node ${e.armed.node} died or lost the shard while running it (started ${at})`;
+              if (self && e.armed.boot === this.faults.blockedBoot) {
+                // This node's watchdog killed its previous process while it ran this: it blocked the thread.
+                entry.diedHere = true;
+                entry.reason = `node ${e.armed.node} was killed by its event-loop watchdog while running it (started ${at})`;
+              } else if (self) {
+                // Died some other way (kill -9, out of memory...): retried where it cannot take the node down.
+                if (shared) entry.unfinishedElsewhere = e.armed.node;
+                entry.reason = `node ${e.armed.node} restarted after it died (or was killed) while running it (started ${at})`;
+              } else {
+                // Armed in that node's own thread (legacy records: when this watch arms every invocation).
+                entry.unfinishedElsewhere = e.armed.node;
+                entry.reason = `node ${e.armed.node} died or lost the shard while running it (started ${at})`;
+              }
             }
           }
         }
