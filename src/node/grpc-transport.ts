@@ -12,7 +12,7 @@ import type { Logger } from '../log.js';
 import { protoDir } from '../proto-files.js';
 import { withPeerBatchCodec } from './peer-batch-codec.js';
 import { decodePacked, encodePacked } from './peer-binary.js';
-import { decodePeerMessage, forOlderPeer, toWire, type WireMessage } from './peer-codec.js';
+import { decodePeerMessage, forOlderPeer, toWire, withoutCommitPoint, type WireMessage } from './peer-codec.js';
 import type { NonMemberRefusal, Transport } from './transport.js';
 import { traceWrite, type WriteTracer } from '../write-trace.js';
 
@@ -68,6 +68,8 @@ export const PEER_REFUSAL_HEADER = 'kv-peer-refusal';
 const META_MAP_EPOCH = 'kv-map-epoch';
 /** Header of a peer stream's receiver that takes streamed snapshot transfers (Snap without `total` until the last chunk, `crc`). */
 const SNAPSTREAM_HEADER = 'kv-peer-snapstream';
+/** Header of a peer stream's receiver that reads commit points on refused vote responses (`Raft.commitPoint`). */
+const VOTECOMMIT_HEADER = 'kv-peer-votecommit';
 
 type PeerClient = grpc.Client & {
   raft(): grpc.ClientDuplexStream<RaftBatchWire, { seq: number }>;
@@ -106,6 +108,8 @@ interface PeerConn {
   packed: boolean;
   /** The receiver of the current stream takes streamed snapshot transfers (its headers said so); undefined until they arrived. */
   snapStream: boolean | undefined;
+  /** The receiver of the current stream reads commit points on vote responses (its headers said so). */
+  voteCommit: boolean;
   /** Whether refusing a streamed transfer to this (older) peer was logged. */
   warnedSnapStream: boolean;
 }
@@ -199,6 +203,7 @@ export class GrpcPeerTransport implements Transport {
       seq: 0,
       packed: false,
       snapStream: undefined,
+      voteCommit: false,
       warnedSnapStream: false,
     });
   }
@@ -224,6 +229,7 @@ export class GrpcPeerTransport implements Transport {
         const md = new grpc.Metadata();
         md.set(PACKED_HEADER, '1');
         md.set(SNAPSTREAM_HEADER, '1');
+        md.set(VOTECOMMIT_HEADER, '1');
         call.sendMetadata(md); // tells the dialer the stream is up, and that packed batches are read
         let refused = false;
         const refuse = (why: string, fromNode: unknown, trailers?: grpc.Metadata) => {
@@ -331,6 +337,7 @@ export class GrpcPeerTransport implements Transport {
       return;
     }
     if (c.snapStream !== true) c.queue = this.forOlderPeer(c, c.queue);
+    if (!c.voteCommit) c.queue = c.queue.map(withoutCommitPoint);
     while (c.queue.length > 0) {
       const batch = c.queue.splice(0, this.maxBatch);
       this.sentMessages += batch.length;
@@ -393,6 +400,7 @@ export class GrpcPeerTransport implements Transport {
     c.stream = stream;
     c.packed = false; // until this stream's receiver says it reads packed batches
     c.snapStream = undefined;
+    c.voteCommit = false;
     const fail = (why: string) => {
       if (c.stream !== stream) return;
       c.stream = undefined;
@@ -410,6 +418,7 @@ export class GrpcPeerTransport implements Transport {
       if (c.stream === stream) {
         c.packed = md.get(PACKED_HEADER)[0] === '1';
         c.snapStream = md.get(SNAPSTREAM_HEADER)[0] === '1';
+        c.voteCommit = md.get(VOTECOMMIT_HEADER)[0] === '1';
       }
     });
     stream.on('error', (e: grpc.ServiceError) => {

@@ -144,9 +144,9 @@ const RULES: ReadonlyMap<string, TypeRule> = new Map<MessageType, TypeRule>([
   [MessageType.App, { required: ['index', 'logTerm', 'commit'], optional: ['entries'] }],
   [MessageType.AppResp, { required: [], optional: ['index', 'reject', 'rejectHint', 'logTerm'] }],
   [MessageType.Vote, { required: ['index', 'logTerm'], optional: ['context'] }],
-  [MessageType.VoteResp, { required: [], optional: ['reject'] }],
+  [MessageType.VoteResp, { required: [], optional: ['reject', 'commit', 'logTerm'] }],
   [MessageType.PreVote, { required: ['index', 'logTerm'], optional: ['context'] }],
-  [MessageType.PreVoteResp, { required: [], optional: ['reject'] }],
+  [MessageType.PreVoteResp, { required: [], optional: ['reject', 'commit', 'logTerm'] }],
   // `total` on every chunk of a snapshot held in memory, only on the last one of a streamed transfer (with `crc`).
   [MessageType.Snap, { required: ['snapshot', 'offset'], optional: ['chunk', 'done', 'total', 'crc'] }],
   [MessageType.SnapChunkResp, { required: ['snapshot', 'offset'], optional: ['reject'] }],
@@ -197,6 +197,17 @@ export function toWire(m: Message): WireMessage {
   if (m.transferee !== undefined) w.transferee = m.transferee;
   if (m.quiesce) w.quiesce = true;
   return w;
+}
+
+/**
+ * A message as a peer that reads no commit points on vote responses can take it: a refused
+ * (pre-)vote's `commit`/`logTerm` (see `Raft.commitPoint`, added in 2026-12) removed, anything
+ * else unchanged. Such a peer's decoder refuses the fields (and with them the whole batch).
+ */
+export function withoutCommitPoint(m: Message): Message {
+  if ((m.type !== MessageType.VoteResp && m.type !== MessageType.PreVoteResp) || m.commit === undefined) return m;
+  const { commit: _commit, logTerm: _logTerm, ...rest } = m;
+  return rest;
 }
 
 /**

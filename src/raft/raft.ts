@@ -605,15 +605,20 @@ export class Raft {
         // A stale leader (or a node stuck on an old term): tell it our term so it steps down or catches up.
         this.send({ type: MessageType.AppResp, group: this.group, from: this.id, to: m.from, term: this.term });
       } else if (m.type === MessageType.PreVote) {
-        this.send({ type: MessageType.PreVoteResp, group: this.group, from: this.id, to: m.from, term: this.term, reject: true });
+        this.send({ type: MessageType.PreVoteResp, group: this.group, from: this.id, to: m.from, term: this.term, reject: true, ...this.commitPoint() });
       } else if (m.type === MessageType.Vote) {
         // As the Raft paper's RequestVote reply: refuse, with our term, so a candidate stuck on an
         // older term catches up. Without it, a voter that does not know the candidate is a member
         // (it missed the configuration change) can stay one term ahead forever: each of its own
         // campaigns skips the candidate, and the candidate's requests arrive one term too late.
-        this.send({ type: MessageType.VoteResp, group: this.group, from: this.id, to: m.from, term: this.term, reject: true });
+        this.send({ type: MessageType.VoteResp, group: this.group, from: this.id, to: m.from, term: this.term, reject: true, ...this.commitPoint() });
       }
       return;
+    }
+
+    // A leader commits only by counting entries of its term (a late refusal changes nothing for it).
+    if ((m.type === MessageType.VoteResp || m.type === MessageType.PreVoteResp) && m.commit !== undefined && this.role !== Role.Leader) {
+      this.learnCommitPoint(m.commit, m.logTerm ?? 0);
     }
 
     switch (m.type) {
@@ -634,7 +639,7 @@ export class Raft {
             this.vote = m.from;
           }
         } else {
-          this.send({ type: respType, group: this.group, from: this.id, to: m.from, term: this.term, reject: true });
+          this.send({ type: respType, group: this.group, from: this.id, to: m.from, term: this.term, reject: true, ...this.commitPoint() });
         }
         return;
       }
@@ -1388,6 +1393,27 @@ export class Raft {
       rejectHint: hint.index,
       logTerm: hint.term,
     });
+  }
+
+  /**
+   * What a refused vote tells the candidate besides "no": our commit index and the term of the
+   * entry there. Committed entries are committed whoever reports them, so a candidate whose log
+   * holds that entry (same index and term, hence by log matching the same prefix) may commit up to
+   * it. This is what frees a voter that has not learnt a configuration change committed and still
+   * needs, under the old configuration, the vote of a replica the change demoted or removed, which
+   * refuses it for holding a longer log (docs/raft.md, "Bugs the simulator found").
+   */
+  private commitPoint(): { commit: number; logTerm: number } | Record<string, never> {
+    const commit = this.log.committed;
+    const logTerm = commit === 0 ? undefined : this.log.term(commit);
+    return logTerm === undefined ? {} : { commit, logTerm };
+  }
+
+  /** Commits up to a peer's reported commit point when our log holds that entry (see {@link commitPoint}). */
+  private learnCommitPoint(commit: number, term: number): void {
+    if (commit <= this.log.committed || commit > this.log.lastIndex() || term === 0) return;
+    if (!this.log.matchTerm(commit, term)) return;
+    this.log.commitTo(commit);
   }
 
   private handleHeartbeat(m: Message): void {

@@ -138,3 +138,37 @@ describe('peer transport, receiving side', () => {
     }
   });
 });
+
+describe('peer transport, sending side', () => {
+  it("sends a refused vote's commit point to a peer that reads it, and strips it for a peer of an older version", async () => {
+    // An "older" peer: the Peer service announcing nothing in its headers (no packed batches, no
+    // commit points), recording the wire messages it receives.
+    const pkg = loadPeerProto() as unknown as { kvcascade: { v1: { peer: { Peer: grpc.ServiceClientConstructor } } } };
+    const older = new grpc.Server();
+    const got: Record<string, unknown>[] = [];
+    older.addService(pkg.kvcascade.v1.peer.Peer.service, {
+      Raft: (call: grpc.ServerDuplexStream<{ messages?: Record<string, unknown>[] }, unknown>) => {
+        call.sendMetadata(new grpc.Metadata());
+        call.on('data', (b) => got.push(...(b.messages ?? [])));
+      },
+    });
+    const olderPort = await new Promise<number>((res, rej) => older.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (e, p) => (e ? rej(e) : res(p))));
+    const sender = new GrpcPeerTransport(2, new Map([[SELF, address], [3, `127.0.0.1:${olderPort}`]]), { log: silentLogger() });
+    const refusal = (to: number): Message => ({ type: 'VoteResp' as Message['type'], group: 1, from: 2, to, term: 5, reject: true, commit: 26, logTerm: 3 });
+    try {
+      // The first batches of a stream go out before the receiver's headers arrive (without the
+      // commit point): resend until the current peer has one with it (Raft resends too).
+      await until(() => {
+        const done = received.some((m) => m.type === 'VoteResp' && m.commit !== undefined) && got.length > 0;
+        if (!done) sender.send([refusal(SELF), refusal(3)]);
+        return done;
+      });
+      expect(received.find((m) => m.type === 'VoteResp' && m.commit !== undefined)).toMatchObject({ commit: 26, logTerm: 3, reject: true });
+      expect(got.every((m) => !m['commit'] && !m['logTerm'])).toBe(true);
+      expect(got[got.length - 1]).toMatchObject({ type: 'VoteResp', reject: true });
+    } finally {
+      await sender.close();
+      older.forceShutdown();
+    }
+  });
+});

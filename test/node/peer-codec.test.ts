@@ -12,6 +12,7 @@ import {
   decodePeerMessage,
   forOlderPeer,
   fromWire,
+  withoutCommitPoint,
   MAX_PEER_CONTEXT_LENGTH,
   PeerMessageError,
   toWire,
@@ -200,7 +201,8 @@ describe('decodePeerMessage: fields per type', () => {
     rejects(heartbeat({ entries: app().entries! }), 'unexpected-field');
     rejects(heartbeat({ chunk: bytes(1) }), 'unexpected-field');
     rejects({ type: MessageType.TimeoutNow, group: 7, from: 2, to: 1, term: 5, snapshot: snap().snapshot! }, 'unexpected-field');
-    rejects({ type: MessageType.VoteResp, group: 7, from: 2, to: 1, term: 5, commit: 4 }, 'unexpected-field');
+    rejects({ type: MessageType.HeartbeatResp, group: 7, from: 2, to: 1, term: 5, commit: 4 }, 'unexpected-field');
+    rejects({ type: MessageType.VoteResp, group: 7, from: 2, to: 1, term: 5, index: 4 }, 'unexpected-field');
   });
 
   it('treats proto3 empties as absent and ignores proto-loader oneof markers', () => {
@@ -338,6 +340,22 @@ describe('decodePeerMessage: snapshots', () => {
     expect(forOlderPeer(hb)).toBe(hb);
   });
 
+  it("carries a refused vote's commit point, bounded like any commit and term, and strips it for an older peer", () => {
+    for (const type of [MessageType.VoteResp, MessageType.PreVoteResp]) {
+      const m = { type, group: 7, from: 2, to: 1, term: 5, reject: true, commit: 26, logTerm: 3 } as WireMessage;
+      const decoded = decodePeerMessage(m, CTX);
+      expect(decoded).toEqual(m);
+      expect(decodePeerMessage(toWire(decoded), CTX)).toEqual(m);
+      expect(decodePacked(encodePacked([{ ...decoded, from: 2, to: 1 }]))[0]).toMatchObject({ commit: 26, logTerm: 3 });
+      rejects({ ...m, logTerm: 6 }, 'out-of-bounds'); // the entry's term cannot exceed the message's
+      const old = withoutCommitPoint(decoded);
+      expect(old).toEqual({ type, group: 7, from: 2, to: 1, term: 5, reject: true });
+      expect('commit' in old || 'logTerm' in old).toBe(false);
+    }
+    const app = fromWire({ type: MessageType.Heartbeat, group: 1, from: 2, to: 1, term: 3, commit: 2 } as WireMessage);
+    expect(withoutCommitPoint(app)).toBe(app);
+  });
+
   it('refuses chunks beyond the snapshot, a premature last chunk, and huge offsets', () => {
     rejects(snap({ offset: 8 }), 'bad-snapshot');
     rejects(snap({ offset: 11, chunk: bytes() }), 'bad-snapshot');
@@ -465,8 +483,12 @@ const validMessageArb: fc.Arbitrary<Message> = fc
         return fc.record({ index: indexArb, logTerm: fc.nat(term), context: opt(fc.constant('transfer')) }).map((r) => clean({ ...head, ...r }));
       case MessageType.VoteResp:
       case MessageType.PreVoteResp:
+        return fc.oneof(
+          fc.boolean().map((reject) => clean({ ...head, reject: reject ? true : undefined })),
+          fc.record({ commit: indexArb, logTerm: fc.nat(term) }).map((r) => clean({ ...head, ...r, reject: true })),
+        );
       case MessageType.TimeoutNow:
-        return fc.boolean().map((reject) => clean({ ...head, reject: kind !== MessageType.TimeoutNow && reject ? true : undefined }));
+        return fc.constant(clean(head));
       case MessageType.Snap:
         return fc
           .record({ index: indexArb, snapTerm: fc.nat(term), conf: confArb, total: fc.nat(64), a: fc.nat(64), b: fc.nat(64), done: fc.boolean(), streamed: fc.boolean(), crc: fc.nat(0xffff_ffff) })

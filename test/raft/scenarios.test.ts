@@ -3,7 +3,7 @@
  * build a cluster, campaign, deliver with drops, partition, stabilize, then check the state.
  */
 import { describe, expect, it } from 'vitest';
-import { ConfChangeType, EntryType, MessageType, ProposalDroppedError, Role, type NodeId } from '../../src/raft/index.js';
+import { ConfChangeType, EntryType, MessageType, ProposalDroppedError, Role, type Message, type NodeId } from '../../src/raft/index.js';
 import { elect, ScenarioNetwork } from '../sim/scenario.js';
 import { decodePut, encodePut } from '../sim/kv-fsm.js';
 
@@ -684,6 +684,60 @@ describe('leader transfer and membership', () => {
     expect(net.leaders()).toEqual([3]);
     net.propose(3, 'k', 'after');
     for (const id of [1, 3]) expect(net.value(id, 'k')).toBe('after');
+  });
+
+  it("a voter that has not learnt a demotion committed learns it from the demoted replica's refusal, when the new leader's entry survived only there (seed -1017593406)", () => {
+    const net = new ScenarioNetwork([1, 2, 3], { preVote: false, checkQuorum: false });
+    net.stabilize();
+    elect(net, 1);
+    // Node 3 is removed: the voters are 1 and 2.
+    net.host(1).node.proposeConfChange({ type: ConfChangeType.RemoveNode, nodeId: 3 });
+    net.stabilize();
+    // Leader 1 demotes itself. Node 2 acknowledges the change but never hears that it committed;
+    // the hand-over (TimeoutNow) reaches it, and node 1's granted vote is held back here.
+    const h1 = net.host(1);
+    const h2 = net.host(2);
+    h1.node.proposeConfChange({ type: ConfChangeType.AddLearner, nodeId: 1 });
+    const change = lastIndex(net, 1);
+    let granted: Message | undefined;
+    net.dropIf((m) => {
+      if (m.from === 1 && m.to === 2 && m.type === MessageType.VoteResp && !m.reject) {
+        granted = m;
+        return true;
+      }
+      return m.from === 1 && m.to === 2 && (m.commit ?? 0) >= change;
+    });
+    net.stabilize();
+    expect(h1.node.raft.confState()).toEqual({ voters: [2], learners: [1] });
+    expect(committed(net, 2)).toBeLessThan(change);
+    expect(h2.node.raft.role).toBe(Role.Candidate);
+    // Node 2 wins under the old configuration {1, 2} and appends its no-op; the append reaches
+    // node 1 while node 2's own write is in flight, and node 2 crashes before that write lands.
+    h2.node.step(granted!);
+    expect(h2.node.raft.role).toBe(Role.Leader);
+    const rd = h2.startReady()!;
+    const noop = rd.entries[rd.entries.length - 1]!;
+    expect(noop.index).toBe(change + 1);
+    net.heal();
+    net.queue.push(...h2.applyReady().messages.filter((m) => m.type === MessageType.App && m.to === 1));
+    net.crash(2);
+    net.stabilize();
+    expect(lastIndex(net, 1)).toBe(change + 1);
+    // Node 2 returns without the no-op, still counting node 1 in its quorum. Node 1, a learner
+    // now, never campaigns and refuses node 2 (its log is longer), but its refusal says that
+    // `change` is committed: node 2 holds that entry, commits and applies it, and wins alone.
+    net.restart(2).stabilize();
+    expect(lastIndex(net, 2)).toBe(change);
+    expect(h2.node.raft.confState().voters).toEqual([1, 2]);
+    net.tickAll(40);
+    const refusals = net.delivered.filter((m) => m.type === MessageType.VoteResp && m.from === 1 && m.to === 2 && m.reject === true);
+    expect(refusals.length).toBeGreaterThan(0);
+    expect(refusals[0]!.commit).toBeGreaterThanOrEqual(change);
+    expect(net.leaders()).toEqual([2]);
+    expect(h2.node.raft.confState()).toEqual({ voters: [2], learners: [1] });
+    // Node 1's uncommitted no-op (term of node 2's first leadership) was replaced.
+    net.propose(2, 'k', 'after');
+    expect(net.value(1, 'k')).toBe('after');
   });
 
   it('a leader that removed itself and hears from no voter steps down after an election timeout, even without check-quorum', () => {
