@@ -686,8 +686,11 @@ describe('leader transfer and membership', () => {
     for (const id of [1, 3]) expect(net.value(id, 'k')).toBe('after');
   });
 
-  it("a voter that has not learnt a demotion committed learns it from the demoted replica's refusal, when the new leader's entry survived only there (seed -1017593406)", () => {
-    const net = new ScenarioNetwork([1, 2, 3], { preVote: false, checkQuorum: false });
+  it.each([
+    { preVote: false, checkQuorum: false },
+    { preVote: true, checkQuorum: true },
+  ])("a voter that has not learnt a demotion committed learns it from the demoted replica's refusal, when the new leader's entry survived only there (seed -1017593406; %o)", (opts) => {
+    const net = new ScenarioNetwork([1, 2, 3], opts);
     net.stabilize();
     elect(net, 1);
     // Node 3 is removed: the voters are 1 and 2.
@@ -730,7 +733,7 @@ describe('leader transfer and membership', () => {
     expect(lastIndex(net, 2)).toBe(change);
     expect(h2.node.raft.confState().voters).toEqual([1, 2]);
     net.tickAll(40);
-    const refusals = net.delivered.filter((m) => m.type === MessageType.VoteResp && m.from === 1 && m.to === 2 && m.reject === true);
+    const refusals = net.delivered.filter((m) => (m.type === MessageType.VoteResp || m.type === MessageType.PreVoteResp) && m.from === 1 && m.to === 2 && m.reject === true);
     expect(refusals.length).toBeGreaterThan(0);
     expect(refusals[0]!.commit).toBeGreaterThanOrEqual(change);
     expect(net.leaders()).toEqual([2]);
