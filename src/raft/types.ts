@@ -159,9 +159,10 @@ export interface Message {
   readonly term: number;
   /** App: index of the entry before `entries`. AppResp: the highest index the follower has matched (or rejected). */
   readonly index?: number;
-  /** App: term of the entry at `index`. Vote/PreVote: the candidate's last log term. */
+  /** App: term of the entry at `index`. Vote/PreVote: the candidate's last log term. VoteResp/PreVoteResp (refused): the term of the entry at `commit`. */
   readonly logTerm?: number;
   readonly entries?: readonly Entry[];
+  /** App/Heartbeat: the leader's commit index. VoteResp/PreVoteResp (refused): the refuser's commit index (its commit point, see `Raft.commitPoint`). */
   readonly commit?: number;
   /** AppResp/VoteResp/PreVoteResp/SnapChunkResp: the request was refused. */
   readonly reject?: boolean;
