@@ -40,6 +40,10 @@ export interface NodeFigures {
   readonly externalMiB?: number;
   readonly cacheMiB?: number;
   readonly indexMiB?: number;
+  /** Everything the memory budget accounts (all parts), its budget, and the writes it refused so far. */
+  readonly accountedMiB?: number;
+  readonly budgetMiB?: number;
+  readonly budgetRefusals?: number;
   readonly loopDelayMaxMs?: number;
   readonly loopDelayP99Ms?: number;
   readonly leaderChanges?: number;
@@ -125,6 +129,9 @@ async function figuresOf(cluster: RunningCluster): Promise<NodeFigures[]> {
       externalMiB: mib(sample(text, 'kvcascade_nodejs_external_memory_bytes') ?? 0),
       cacheMiB: mib(sample(text, 'kvcascade_value_cache_bytes') ?? 0),
       indexMiB: mib(sample(text, 'kvcascade_memory_accounted_bytes', 'part="index"') ?? 0),
+      accountedMiB: mib(sample(text, 'kvcascade_memory_accounted_bytes') ?? 0),
+      budgetMiB: mib(sample(text, 'kvcascade_memory_budget_bytes') ?? 0),
+      budgetRefusals: sample(text, 'kvcascade_memory_budget_refusals_total') ?? 0,
       // prom-client resets its event-loop delay histogram at each scrape: these cover the time since the last checkpoint.
       loopDelayMaxMs: Math.round((sample(text, 'kvcascade_nodejs_eventloop_lag_max_seconds') ?? 0) * 1000),
       loopDelayP99Ms: Math.round((sample(text, 'kvcascade_nodejs_eventloop_lag_p99_seconds') ?? 0) * 1000),
@@ -284,7 +291,7 @@ async function runSystem(
       results.push(cp);
       const per = nodes
         .map((n) => {
-          const k = n.heapUsedMiB === undefined ? '' : ` heap ${n.heapUsedMiB} ext ${n.externalMiB} cache ${n.cacheMiB} index ${n.indexMiB} loop max/p99 ${n.loopDelayMaxMs}/${n.loopDelayP99Ms} ms leader changes since fill start ${n.leaderChanges} fsyncs>0.5s ${n.slowFsyncs} major GCs ${n.majorGcs} (${n.majorGcMs} ms)`;
+          const k = n.heapUsedMiB === undefined ? '' : ` heap ${n.heapUsedMiB} ext ${n.externalMiB} cache ${n.cacheMiB} index ${n.indexMiB} accounted ${n.accountedMiB} of budget ${n.budgetMiB} (refusals ${n.budgetRefusals}) loop max/p99 ${n.loopDelayMaxMs}/${n.loopDelayP99Ms} ms leader changes since fill start ${n.leaderChanges} fsyncs>0.5s ${n.slowFsyncs} major GCs ${n.majorGcs} (${n.majorGcMs} ms)`;
           return `n${n.node} rss ${n.rssMiB} disk ${n.diskMiB}${k}`;
         })
         .join(' | ');
