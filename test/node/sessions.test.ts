@@ -100,11 +100,12 @@ describe('client sessions on a node', () => {
     const trig = await l.trigger({ key: '/t', value: enc('t') }, call(sess(6)));
     const txn = await l.txn({ compares: [{ key: '/d', version: results[4]!.version }], writes: [{ type: 'delete', key: '/d' }] }, call(sess(7)));
     await converged(nodes);
-    const before = await replicaStates(nodes, engines); // from the records: the heap holds reserved keys only (indexDropCold)
     // 1. A clean stop, then a power cut: the table comes back from the records, before any replay.
+    // The states are read once stopped: until then a leader change (a busy machine) applies a no-op.
     for (const n of nodes) await n.stop();
     open = [];
     let disks = engines.map((e) => e.crash(0));
+    const before = await replicaStates(nodes, disks); // from the records: the heap holds reserved keys only (indexDropCold)
     nodes = await Promise.all(disks.map((e, i) => openNode(i + 1, e, hub, opts)));
     nodes.forEach((n, i) => {
       const sm = n.replica(DATA_GROUP)!.internalsForTests().sm;
