@@ -73,13 +73,19 @@ export class LeaseAttachments {
   /**
    * The keys attached to lease `id` in the shards hosted here, each shard read once it applied
    * what it knows committed (so a put acknowledged before the call is seen; waits until `untilMs` at most).
+   * Throws UNAVAILABLE when a shard cannot confirm that in time (no leader, a slow round): a
+   * replica read without it may miss attachments just made, and a partial list would be a silent lie.
    */
   async attachedKeys(id: number, untilMs: number): Promise<string[]> {
     const out: string[] = [];
     for (const g of this.host.hostedShards()) {
       const s = this.host.shard(g);
       if (!s) continue;
-      await s.currentRevision(untilMs).catch(() => undefined);
+      try {
+        await s.currentRevision(untilMs);
+      } catch (e) {
+        throw new LeaseError('UNAVAILABLE', `shard group ${g} could not confirm its latest state for the lease's keys (${e instanceof Error ? e.message : String(e)}); retry`);
+      }
       out.push(...this.attachedIn(s, id).filter((a) => a.live).map((a) => a.key));
     }
     return out.sort();

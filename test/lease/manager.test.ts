@@ -61,7 +61,10 @@ class FakeShard implements LeaseShard {
     return this.sm.revision;
   }
   async barrier(): Promise<void> {}
+  /** When set, `currentRevision` fails as a replica does that cannot confirm its state (no leader, too slow). */
+  unconfirmed: Error | undefined;
   async currentRevision(): Promise<number> {
+    if (this.unconfirmed) throw this.unconfirmed;
     return this.sm.revision;
   }
   async propose(cmd: TxnCommand | RevokeLeaseKeysCommand): Promise<CommandResult> {
@@ -103,6 +106,22 @@ async function leading(c: ReturnType<typeof cluster>): Promise<void> {
 }
 
 describe('LeaseManager', () => {
+  it("refuses to list a lease's keys (UNAVAILABLE) when a shard cannot confirm its state, rather than answer from a replica that may miss some", async () => {
+    const c = cluster();
+    await leading(c);
+    const id = await c.mgr.grant(30, 'alice');
+    const deadline = c.clock.now() + 1000;
+    await c.mgr.put({ key: '/a/1', value: enc.encode('x'), lease: id }, deadline);
+    await c.mgr.put({ key: '/b/1', value: enc.encode('z'), lease: id }, deadline);
+    c.shards.get(2)!.unconfirmed = new Error('read index timed out');
+    const e = await c.mgr.attachedKeys(id, c.clock.now() + 1000).then(() => undefined, (err: unknown) => err);
+    expect(e).toBeInstanceOf(LeaseError);
+    expect((e as LeaseError).code).toBe('UNAVAILABLE');
+    expect((e as Error).message).toMatch(/shard group 2 .*read index timed out/);
+    c.shards.get(2)!.unconfirmed = undefined;
+    expect(await c.mgr.attachedKeys(id, c.clock.now() + 1000)).toEqual(['/a/1', '/b/1']);
+  });
+
   it('grants, attaches keys in two shards, expires after the TTL and deletes each shard\'s keys at one revision', async () => {
     const c = cluster();
     await leading(c);
