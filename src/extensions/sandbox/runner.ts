@@ -17,7 +17,7 @@ import { InProcessBackend } from './in-process-backend.js';
 import { ProcessBackend, type ProcessLimits } from './process-backend.js';
 import { resolveExtension, type ResolvedExtension } from './resolve.js';
 import { errorMessage } from './transfer.js';
-import type { HostServices, LogLevel, RegisteredWatch } from './types.js';
+import type { HostServices, LogLevel, RegisteredWatch, RelayedHostServices } from './types.js';
 import { WorkerBackend, type WorkerLimits } from './worker-backend.js';
 import { sandboxEntryUrl } from './worker-url.js';
 
@@ -185,6 +185,8 @@ interface Pending {
   readonly reject: (e: LambdaError) => void;
   backend: Backend | undefined;
   timer: TimerHandle | undefined;
+  /** When it times out (the runner's clock), once dispatched. */
+  deadlineMs?: number;
 }
 
 interface Resolved {
@@ -203,6 +205,19 @@ interface Resolved {
   shutdownTimeoutMs: number;
   nativeKvTimeoutMs: number;
   clock: Scheduler;
+}
+
+/**
+ * How long before its invocation times out a store call the lambda makes must end, ms: this, or a
+ * quarter of the invocation's `timeoutMs` when that is shorter. The call's error then reaches the
+ * lambda in time: a call that waited out a leader change fails the invocation as an ordinary error
+ * (`threw`, retried), not as a timeout (a hung runner, counted towards `poison`).
+ */
+export const KV_CALL_MARGIN_MS = 1000;
+
+/** The deadline of a store call made by an invocation that times out at `invocationDeadlineMs` after `timeoutMs` (see {@link KV_CALL_MARGIN_MS}). */
+export function kvCallDeadline(invocationDeadlineMs: number, timeoutMs: number): number {
+  return invocationDeadlineMs - Math.min(KV_CALL_MARGIN_MS, timeoutMs / 4);
 }
 
 /** The window the restart budget (`maxRestartsPerMinute`) counts restarts in, ms. */
@@ -586,13 +601,31 @@ export class ExtensionRunner {
     }
   }
 
+  /**
+   * The host services as the backends relay them: a store call made by a running invocation gets
+   * the deadline {@link kvCallDeadline} (a call from a finished invocation, or from initialize or
+   * shutdown, the services' own).
+   */
+  private relayedHost(): RelayedHostServices {
+    const host = this.o.host;
+    return {
+      kv: (op, args, hops, effect, invocation) => {
+        const p = invocation !== undefined ? this.pending.get(invocation) : undefined;
+        const deadlineMs = p?.deadlineMs !== undefined ? kvCallDeadline(p.deadlineMs, p.timeoutMs) : undefined;
+        return host.kv(op, args, hops, effect, deadlineMs);
+      },
+      log: (level, msg, fields) => host.log(level, msg, fields),
+      metric: (kind, name, help, op) => host.metric(kind, name, help, op),
+    };
+  }
+
   private makeBackend(): Backend {
     const holder: { b?: Backend } = {};
     const events: BackendEvents = {
       done: (id, err, cpuUs) => this.onDone(holder.b!, id, err, cpuUs),
       down: (cause) => this.onDown(holder.b!, cause.kind, cause.message, cause.rssBytes),
     };
-    const o = this.o;
+    const o = { ...this.o, host: this.relayedHost() };
     const e = this.entry;
     const moduleUrl = e.kind === 'module' ? e.url : pathToFileURL(e.library).href;
     const native = e.kind === 'native' ? { packageDir: e.packageDir, kvTimeoutMs: o.nativeKvTimeoutMs } : undefined;
@@ -670,6 +703,7 @@ export class ExtensionRunner {
   private dispatch(p: Pending): void {
     const b = this.current!;
     p.backend = b;
+    p.deadlineMs = this.o.clock.now() + p.timeoutMs;
     p.timer = this.o.clock.setTimeout(() => this.onTimeout(p), p.timeoutMs);
     if (!b.alive) {
       this.onDown(b, 'worker-crashed', 'the worker is gone');
