@@ -12,7 +12,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { WatchDispatcher, type DispatchHost, type DispatchWatch } from '../../src/extensions/dispatcher.js';
 import { hostServices, LAMBDA_CALL_MS, LambdaCallDeadlineError } from '../../src/extensions/host-services.js';
 import { ExtensionRunner, type IsolationMode } from '../../src/extensions/sandbox/index.js';
-import { KV_CALL_MARGIN_MS } from '../../src/extensions/sandbox/runner.js';
+import { KV_CALL_MARGIN_MS } from '../../src/extensions/sandbox/call-deadline.js';
 import type { LambdaKv } from '../../src/extensions/store-access.js';
 import { UnavailableError } from '../../src/node/backend.js';
 import { silentLogger } from '../../src/log.js';

@@ -12,6 +12,7 @@ import { realScheduler, type Scheduler, type TimerHandle } from '../../node/sche
 import type { ExtensionEvent } from '../api.js';
 import { DEFAULT_SYNC_KV_TIMEOUT_MS } from '../native/sync-kv-bridge.js';
 import type { Backend, BackendEvents, DownCause } from './backend.js';
+import { kvCallDeadline } from './call-deadline.js';
 import { ExtensionLoadError, LambdaError } from './errors.js';
 import { InProcessBackend } from './in-process-backend.js';
 import { ProcessBackend, type ProcessLimits } from './process-backend.js';
@@ -205,19 +206,6 @@ interface Resolved {
   shutdownTimeoutMs: number;
   nativeKvTimeoutMs: number;
   clock: Scheduler;
-}
-
-/**
- * How long before its invocation times out a store call the lambda makes must end, ms: this, or a
- * quarter of the invocation's `timeoutMs` when that is shorter. The call's error then reaches the
- * lambda in time: a call that waited out a leader change fails the invocation as an ordinary error
- * (`threw`, retried), not as a timeout (a hung runner, counted towards `poison`).
- */
-export const KV_CALL_MARGIN_MS = 1000;
-
-/** The deadline of a store call made by an invocation that times out at `invocationDeadlineMs` after `timeoutMs` (see {@link KV_CALL_MARGIN_MS}). */
-export function kvCallDeadline(invocationDeadlineMs: number, timeoutMs: number): number {
-  return invocationDeadlineMs - Math.min(KV_CALL_MARGIN_MS, timeoutMs / 4);
 }
 
 /** The window the restart budget (`maxRestartsPerMinute`) counts restarts in, ms. */
