@@ -578,7 +578,8 @@ export class WatchDispatcher {
         if (kind === 'stopped') return; // the runner is being replaced; the next one redelivers from the cursor
         const message = (err as Error).message ?? String(err);
         this.disarm(p);
-        // Counted unless it was certainly another event's doing (collateral of its timeout). When
+        // Counted unless it was certainly not this lambda's doing (collateral of another event's
+        // timeout, or a timeout while its store call was overdue: the node stalled). When
         // unknown (several ran on the worker that died), each counts once: the runner then runs
         // each of them alone, so an innocent one succeeds on its retry.
         if (RUNNER_KILLING_KINDS.has(kind) && (err as { culprit?: boolean }).culprit !== false) {

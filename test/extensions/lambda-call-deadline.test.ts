@@ -5,7 +5,9 @@
  * from its start), so the invocation always timed out first: counted as a runner-killing failure
  * (`timeout`) towards `poison`, and on a second node (the leader changing again) dead-lettered an
  * innocent event as poison. Now the call ends KV_CALL_MARGIN_MS before the invocation would time
- * out, and the lambda fails with the store's error: an ordinary failure, retried.
+ * out, and the lambda fails with the store's error: an ordinary failure, retried. And a timeout
+ * while a store call is overdue (the node stalled, so the call could not end in time) is not the
+ * lambda's doing: not counted towards poison (culprit false); a lambda hanging on its own still is.
  * Everything runs on an injected clock: nothing waits for wall-clock time.
  */
 import { afterEach, describe, expect, it } from 'vitest';
@@ -96,6 +98,44 @@ describe("a lambda's store call ends before its invocation times out", () => {
       expect(runner.stats().timeouts).toBe(0);
     });
   }
+
+  for (const mode of ['in-process', 'worker'] as IsolationMode[]) {
+    it(`${mode}: a timeout while a store call is overdue (the store ignored its deadline: the node stalled) is not counted against the event`, async () => {
+      const clock = new ManualScheduler(5_000_000);
+      const { kv, state } = leaderChangeKv(clock, '/out/echo');
+      const stalledKv: LambdaKv = {
+        ...kv,
+        put: (key, value, o, hops, deadlineMs, effect) => (key === '/out/echo' ? (void kv.put(key, value, o, hops, Number.MAX_SAFE_INTEGER, effect), new Promise(() => {})) : kv.put(key, value, o, hops, deadlineMs, effect)),
+      };
+      const host = hostServices('stalled', { kv: stalledKv, maxHops: 8, log: silentLogger(), metric: () => {}, clock });
+      runner = await ExtensionRunner.start({ name: 'stalled', modulePath: fixture('esm-ext'), host, mode, config: {}, clock });
+      const outcome = runner.invoke(1, put('/in/echo', 'x'), TIMEOUT_MS).then(
+        () => undefined,
+        (e: unknown) => e as Error & { kind?: string; culprit?: boolean },
+      );
+      await state.called;
+      await clock.advance(TIMEOUT_MS);
+      const err = await outcome;
+      expect(err?.kind).toBe('timeout');
+      expect(err?.culprit).toBe(false);
+      expect(err?.message).toMatch(/store call it made was overdue/);
+    });
+  }
+
+  it('worker: a lambda that hangs on its own (no store call) is still the culprit of its timeout', async () => {
+    const clock = new ManualScheduler(5_000_000);
+    const { kv } = leaderChangeKv(clock, '/never');
+    const host = hostServices('hangs', { kv, maxHops: 8, log: silentLogger(), metric: () => {}, clock });
+    runner = await ExtensionRunner.start({ name: 'hangs', modulePath: fixture('esm-ext'), host, mode: 'worker', config: {}, clock });
+    const outcome = runner.invoke(1, put('/in/sleep/s', '600000'), TIMEOUT_MS).then(
+      () => undefined,
+      (e: unknown) => e as Error & { kind?: string; culprit?: boolean },
+    );
+    await clock.advance(TIMEOUT_MS);
+    const err = await outcome;
+    expect(err?.kind).toBe('timeout');
+    expect(err?.culprit).toBe(true);
+  });
 
   it('the dispatcher: such an event is retried as an ordinary failure, never counted towards poison, and delivered', async () => {
     const clock = new ManualScheduler(5_000_000);
