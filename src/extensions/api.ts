@@ -54,7 +54,10 @@ export interface WatchOptions {
   readonly maxAttempts?: number;
   /** First retry delay in ms, doubled each attempt (default 100). */
   readonly retryBackoffMs?: number;
-  /** Per-invocation wall-clock limit in ms (default 10000); past it the worker is restarted. */
+  /**
+   * Per-invocation wall-clock limit in ms (default 10000); past it the worker is restarted (a
+   * runner-killing failure, counted towards `poison`). The lambda's store calls end before it.
+   */
   readonly timeoutMs?: number;
   /** Events queued for this watch before delivery pauses (back-pressure; default 10000). */
   readonly maxBacklog?: number;
@@ -90,6 +93,10 @@ export interface GetResult {
  * version, the write's keys and how many such writes came before it in the invocation): when the
  * event is delivered again, the same writes in the same order are answered with their first
  * result and not applied twice (effectively once; see the README for the window this holds in).
+ * Each call made while handling an event ends before the invocation times out: at most 10 s, and
+ * 1 s (or a quarter of `timeoutMs`, if shorter) before `timeoutMs` runs out. A call that cannot
+ * finish by then (the key's shard is changing leaders) rejects with the store's error, retryable:
+ * thrown on, it fails the invocation as an ordinary error, retried with backoff.
  */
 export interface ExtensionKv {
   /** Reads `key` (linearizable), or as of a version or a time within the shard's history. */

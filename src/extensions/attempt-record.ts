@@ -59,7 +59,8 @@ export interface AttemptEntry {
   reason?: string;
   /**
    * Set while an attempt may be running: the node and process (boot) that started it; `shared`
-   * when it ran in that node's own process (in-process or native), where it could kill the node.
+   * true when it ran in that node's own process (in-process or native), where it could kill the
+   * node, false (or absent, in records written before session ext30) when it ran in isolation.
    */
   armed?: { node: number; boot: string; atMs: number; shared?: boolean };
   /** Found armed by a new process of the same node: the node died while running it. */

@@ -244,7 +244,12 @@ export class WatchDispatcher {
           } else {
             entry.failures++;
             const at = new Date(e.armed.atMs).toISOString();
-            const shared = e.armed.shared ?? this.faults.armEveryInvocation;
+            // Whether it ran in that node's own thread or process: only what says so. An arm without
+            // `shared` is an isolated run (before session ext30 isolated runs wrote none, and this
+            // read it as this dispatcher's own mode: an in-process leader took another node's
+            // isolated retry, left unfinished by a leader change, for a run in that node's thread,
+            // and dead-lettered innocent events as poison "on 2 nodes").
+            const shared = e.armed.shared === true;
             if (!self && !shared) {
               // Another node armed it for a run in isolation (a worker or a child process, which
               // its lambda cannot take the node down from) and lost the shard or died meanwhile:
@@ -264,7 +269,7 @@ export class WatchDispatcher {
                 if (shared) entry.unfinishedElsewhere = e.armed.node;
                 entry.reason = `node ${e.armed.node} restarted after it died (or was killed) while running it (started ${at})`;
               } else {
-                // Armed in that node's own thread (legacy records: when this watch arms every invocation).
+                // Armed in that node's own thread (in-process or native) by another node.
                 entry.unfinishedElsewhere = e.armed.node;
                 entry.reason = `node ${e.armed.node} died or lost the shard while running it (started ${at})`;
               }
@@ -578,7 +583,8 @@ export class WatchDispatcher {
         if (kind === 'stopped') return; // the runner is being replaced; the next one redelivers from the cursor
         const message = (err as Error).message ?? String(err);
         this.disarm(p);
-        // Counted unless it was certainly another event's doing (collateral of its timeout). When
+        // Counted unless it was certainly not this lambda's doing (collateral of another event's
+        // timeout, or a timeout while its store call was overdue: the node stalled). When
         // unknown (several ran on the worker that died), each counts once: the runner then runs
         // each of them alone, so an innocent one succeeds on its retry.
         if (RUNNER_KILLING_KINDS.has(kind) && (err as { culprit?: boolean }).culprit !== false) {
@@ -641,7 +647,7 @@ export class WatchDispatcher {
     for (const p of this.queue) {
       if (p.done || (!p.entry && p.arm === 'none')) continue;
       const e: AttemptEntry = p.entry ? { ...p.entry } : { revision: p.event.revision, key: p.event.key, failures: 0, nodes: [] };
-      if (p.arm !== 'none') e.armed = { ...self, atMs: this.clock.now(), ...(this.faults.armEveryInvocation ? { shared: true } : {}) };
+      if (p.arm !== 'none') e.armed = { ...self, atMs: this.clock.now(), shared: this.faults.armEveryInvocation };
       out.push(e);
     }
     return out;

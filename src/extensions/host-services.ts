@@ -5,14 +5,29 @@
  */
 import { createHash } from 'node:crypto';
 import type { Logger } from '../log.js';
+import { DeadlineError } from '../node/backend.js';
 import { realClock, type Clock } from '../node/scheduler.js';
 import { isReservedKey, prefixInReserved } from '../sharding/index.js';
 import { reservedKeyError, reservedPrefixError } from '../statemachine/index.js';
 import type { EffectSession, HostServices, KvOp, LogLevel, MetricOp } from './sandbox/types.js';
 import type { LambdaKv, LambdaTxn } from './store-access.js';
 
-/** Deadline of a lambda's store call. */
+/**
+ * Deadline of a lambda's store call (ms from the call), or earlier: a call made while handling an
+ * event ends before its invocation times out (the runner's `kvCallDeadline`).
+ */
 export const LAMBDA_CALL_MS = 10_000;
+
+/**
+ * A lambda's store call not made: the invocation it belongs to is about to time out (the runner's
+ * call deadline has passed). Retryable like any failed call: the event is delivered again.
+ */
+export class LambdaCallDeadlineError extends DeadlineError {
+  constructor(op: string) {
+    super(`ctx.kv.${op} not attempted: the invocation making it is about to time out (its store calls had to end by now)`);
+    this.name = 'LambdaCallDeadlineError';
+  }
+}
 
 const enc = new TextEncoder();
 
@@ -49,7 +64,13 @@ export function hostServices(
   const salt = (e: EffectSession | undefined): EffectSession | undefined =>
     e && o.effectEpoch ? { id: `fx${createHash('sha256').update(`${e.id}\u0000${o.effectEpoch}`).digest('base64url').slice(0, 40)}`, seq: e.seq } : e;
   return {
-    kv: (op: KvOp, args: unknown[], hops: number, effect?: EffectSession) => kvCall(o.kv, o.maxHops, op, args, hops, salt(effect), (o.clock ?? realClock).now() + LAMBDA_CALL_MS),
+    kv: (op: KvOp, args: unknown[], hops: number, effect?: EffectSession, deadlineMs?: number) => {
+      const now = (o.clock ?? realClock).now();
+      // Within the invocation's own time (the runner's deadline): a call that waits out a leader
+      // change ends with the store's error while the lambda can still fail with it (retried).
+      if (deadlineMs !== undefined && deadlineMs <= now) return Promise.reject(new LambdaCallDeadlineError(op));
+      return kvCall(o.kv, o.maxHops, op, args, hops, salt(effect), Math.min(now + LAMBDA_CALL_MS, deadlineMs ?? Infinity));
+    },
     log: (level: LogLevel, msg: string, fields?: Record<string, unknown>) => log[level](fields ?? {}, msg),
     metric: o.metric,
   };

@@ -41,8 +41,18 @@ export class PendingProposals {
     return this.byIndex.size;
   }
 
-  /** Waits for the entry proposed at `index` in `term`; resolves with its result once applied. */
+  /**
+   * Waits for the entry proposed at `index` in `term`; resolves with its result once applied. A
+   * proposal still waiting at `index` from an earlier term is lost (ProposalLostError): this
+   * replica leads again and its log's entry there is the new one, so the old entry was truncated
+   * (overwriting its waiter left the old caller waiting, unanswered, until its deadline).
+   */
   wait(index: number, term: number): Promise<CommandResult> {
+    const stale = this.byIndex.get(index);
+    if (stale && stale.term !== term) {
+      this.byIndex.delete(index);
+      stale.reject(new ProposalLostError());
+    }
     // The propose → apply latency is a measurement for metrics (it decides nothing): monotonic clock.
     const startedMs = performance.now();
     return new Promise((resolve, reject) => this.byIndex.set(index, { term, startedMs, resolve, reject }));

@@ -203,7 +203,7 @@ describe('poison pills', () => {
     // The isolated retry is armed (the suspicion is replicated), not as run in the node's thread.
     const armed = decodeAttemptRecord(s.keys.get(attemptKey('x', w)))!.events[0]!;
     expect(armed).toMatchObject({ revision: 1, failures: 1, nodes: [1], unfinishedElsewhere: 1, armed: { node: 2, boot: 'b' } });
-    expect(armed.armed!.shared).toBeUndefined();
+    expect(armed.armed!.shared).toBe(false);
     await b.d.stop(false); // ... and node 2 lost the shard too while it ran there
     const c = dispatcher(s, w, lambda, { node: 3, boot: 'c' }, { suspectsResolved: (confirmed) => (resolved = confirmed) });
     c.sink().events([ev('/p/slow', 1), ev('/p/after', 2)], 2);
@@ -213,6 +213,45 @@ describe('poison pills', () => {
     expect(resolved).toBe(false); // completed in isolation: the suspicion is lifted
     await c.d.stop(true);
     expect(s.keys.has(attemptKey('x', w))).toBe(false);
+  });
+
+  it('an in-process leader that finds an isolated retry left unfinished by another node does not take it for a run in that node\'s thread: not poison (regression: faults.test.ts under load, session ext30)', async () => {
+    // Captured logs of 2 failures in 15 loop runs: node 1 (in-process) lost the shard; node 3
+    // retried its unfinished starts in isolation, they completed and the marker was lifted, but the
+    // record write saying so was lost to the leadership moving back to node 1 (its preferred node).
+    // Node 1, in-process again, read node 3's isolated arms (written without `shared`) as runs in
+    // node 3's thread, counted node 3 against them and dead-lettered them as poison "on 2 nodes (1, 3)".
+    const s = fakeShard();
+    const w = watch();
+    let runs = 0;
+    const lambda = (e: ExtensionEvent) => {
+      if (e.key !== '/p/k') return Promise.resolve();
+      runs++;
+      return runs <= 2 ? new Promise<void>(() => {}) : Promise.resolve();
+    };
+    const a = dispatcher(s, w, lambda, { node: 1, boot: 'a', armEveryInvocation: true, canIsolate: true });
+    a.sink().events([ev('/p/k', 1)], 1);
+    await until(() => runs === 1);
+    await a.d.stop(false); // node 1 lost the shard while its in-process lambda ran
+    const b = dispatcher(s, w, lambda, { node: 3, boot: 'c' }); // node 3, in isolation
+    b.sink().events([ev('/p/k', 1)], 1);
+    await until(() => runs === 2);
+    expect(decodeAttemptRecord(s.keys.get(attemptKey('x', w)))!.events[0]!.armed).toMatchObject({ node: 3, boot: 'c', shared: false });
+    await b.d.stop(false); // node 3 lost the shard before the record said the retry was over
+    // Node 1 leads again, in-process (no marker left): the start is still a suspect of node 1's own
+    // thread, so it goes to isolation, but node 3 is no evidence against it.
+    let killed: number | undefined;
+    const c = dispatcher(s, w, lambda, { node: 1, boot: 'a', armEveryInvocation: true, canIsolate: true }, { inProcessKilledANode: (n) => (killed = n) });
+    await until(() => killed !== undefined);
+    expect(killed).toBe(1); // before the fix: 3
+    await c.d.stop(true); // the host moves the extension to process isolation
+    expect(decodeAttemptRecord(s.keys.get(attemptKey('x', w)))!.events[0]).toMatchObject({ failures: 2, nodes: [1] }); // before: nodes [1, 3]
+    const d = dispatcher(s, w, lambda, { node: 1, boot: 'a' });
+    d.sink().events([ev('/p/k', 1), ev('/p/after', 2)], 2);
+    await until(() => d.d.stats.cursor === 2);
+    expect(runs).toBe(3);
+    expect(s.dlq()).toEqual([]); // before the fix: poison, "killed or hung its runner on 2 nodes (1, 3)"
+    await d.d.stop(true);
   });
 
   it('an isolated dispatcher that starts with no unfinished start left says the suspicion is resolved (its predecessor handled them and lost the shard before lifting the marker)', async () => {

@@ -4,14 +4,14 @@ import type { Backend, BackendEvents, DownCause } from './backend.js';
 import { ExtensionLoadError } from './errors.js';
 import type { FromWorker, ToWorker } from './protocol.js';
 import { copyBytes, errorMessage, prepareTransfer, reviveError, serializeError } from './transfer.js';
-import type { HostServices, KvOp, LoadErrorCode, LogLevel, MetricKind, RegisteredWatch } from './types.js';
+import type { KvOp, LoadErrorCode, LogLevel, MetricKind, RegisteredWatch, RelayedHostServices } from './types.js';
 
 /** What every channel backend needs. */
 export interface ChannelBackendOptions {
   name: string;
   moduleUrl: string;
   config: Record<string, unknown>;
-  host: HostServices;
+  host: RelayedHostServices;
   events: BackendEvents;
 }
 
@@ -238,13 +238,13 @@ export abstract class ChannelBackend implements Backend {
         fail(e);
       }
     };
-    if (!KV_OPS.has(msg.op) || !Array.isArray(msg.args) || !Number.isSafeInteger(msg.hops) || msg.hops < 1) {
+    if (!KV_OPS.has(msg.op) || !Array.isArray(msg.args) || !Number.isSafeInteger(msg.hops) || msg.hops < 1 || (msg.invocation !== undefined && !Number.isSafeInteger(msg.invocation))) {
       reply({ ok: false, error: new TypeError('malformed kv request') });
       return;
     }
     let p: Promise<unknown>;
     try {
-      p = Promise.resolve(this.base.host.kv(msg.op, msg.args, msg.hops, msg.effect));
+      p = Promise.resolve(this.base.host.kv(msg.op, msg.args, msg.hops, msg.effect, msg.invocation));
     } catch (e) {
       p = Promise.reject(e);
     }

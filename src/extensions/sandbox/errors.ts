@@ -23,7 +23,8 @@ export class LambdaError extends Error {
   /**
    * For a failure that brought the runner down: whether this invocation caused it. `true`: it
    * did (it timed out, or was the only one running on the worker that died); `false`: it was
-   * collateral (in flight on a worker terminated for another invocation's timeout); undefined:
+   * collateral (in flight on a worker terminated for another invocation's timeout), or it timed
+   * out waiting on a store call that overran its own deadline (the node stalled); undefined:
    * unknown (several were running when the worker died: each of them is run alone next time).
    */
   culprit: boolean | undefined;

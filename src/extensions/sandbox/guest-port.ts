@@ -38,12 +38,12 @@ export function serveGuest(port: GuestPort): void {
   const post = (msg: FromWorker, transfer: ArrayBuffer[] = [], onFail?: (e: unknown) => void): void => port.post(msg, transfer, onFail);
 
   const link: GuestLink = {
-    kv(op: KvOp, args: unknown[], hops: number, effect?: EffectSession): Promise<unknown> {
+    kv(op: KvOp, args: unknown[], hops: number, effect?: EffectSession, invocation?: number): Promise<unknown> {
       return new Promise((resolve, reject) => {
         const id = nextKvId++;
         const prepared = prepareTransfer(args);
         pendingKv.set(id, { resolve, reject });
-        post({ t: 'kv', id, op, args: prepared.value, hops, ...(effect ? { effect } : {}) }, prepared.transfer, (e) => {
+        post({ t: 'kv', id, op, args: prepared.value, hops, ...(effect ? { effect } : {}), ...(invocation !== undefined ? { invocation } : {}) }, prepared.transfer, (e) => {
           pendingKv.delete(id);
           reject(e);
         });
@@ -90,7 +90,7 @@ export function serveGuest(port: GuestPort): void {
           return;
         }
         const stop = port.cpuMeter?.();
-        g.invoke(msg.watchId, msg.event).then(
+        g.invoke(msg.watchId, msg.event, msg.id).then(
           () => post(stop ? { t: 'done', id: msg.id, cpuUs: stop() } : { t: 'done', id: msg.id }),
           (e: unknown) => post(stop ? { t: 'done', id: msg.id, error: serializeError(e), cpuUs: stop() } : { t: 'done', id: msg.id, error: serializeError(e) }),
         );

@@ -1,14 +1,17 @@
 /** The extension-side runtime: imports one extension module, builds its ExtensionContext and runs initialize, lambdas and shutdown (inside the worker, or in-process in trusted mode). */
 import { AsyncLocalStorage } from 'node:async_hooks';
 import type { ExtensionContext, ExtensionEvent, ExtensionKv, ExtensionLogger, ExtensionMetrics, Lambda, WatchOptions } from '../api.js';
-import type { EffectSession, HostServices, KvOp, LoadErrorCode, LogLevel, RegisteredWatch } from './types.js';
+import type { EffectSession, KvOp, LoadErrorCode, LogLevel, RegisteredWatch, RelayedHostServices } from './types.js';
 import { describeImportFailure, locationIn, packageRootOf, relativeToPackage } from './author-errors.js';
 import { EffectSessions } from './effect-session.js';
 import { errorMessage } from './transfer.js';
 import { normalizeWatch } from './watch-options.js';
 
-/** How the guest reaches the node: the host services, over messages (worker) or directly (in-process). */
-export type GuestLink = HostServices;
+/**
+ * How the guest reaches the node: the host services, over messages (worker) or directly
+ * (in-process); a store call names the invocation it was made in (see RelayedHostServices).
+ */
+export type GuestLink = RelayedHostServices;
 
 /** A load failure detected by the guest; `loadCode` tells which step failed. */
 export class GuestLoadError extends Error {
@@ -113,7 +116,8 @@ function trimArgs(args: unknown[]): unknown[] {
  * tracked with an `AsyncLocalStorage` so it follows the lambda through timers and promises.
  */
 export class Guest {
-  private readonly hopScope = new AsyncLocalStorage<{ readonly hops: number; readonly effects?: EffectSessions }>();
+  /** What follows a lambda through its timers and promises: its event's hop count, its writes' sessions, the runner's id of its invocation. */
+  private readonly hopScope = new AsyncLocalStorage<{ readonly hops: number; readonly effects?: EffectSessions; readonly invocation?: number }>();
   private readonly lambdas: Lambda[] = [];
   private readonly registered: RegisteredWatch[] = [];
   private module: LoadedModule | undefined;
@@ -164,8 +168,11 @@ export class Guest {
     return this.registered.map((w) => ({ ...w }));
   }
 
-  /** Runs the lambda of watch `watchId` on `event`; rejects with whatever the lambda threw. */
-  async invoke(watchId: number, event: ExtensionEvent): Promise<void> {
+  /**
+   * Runs the lambda of watch `watchId` on `event`; rejects with whatever the lambda threw.
+   * `invocation` (the runner's id of this invocation) goes with each store call the lambda makes.
+   */
+  async invoke(watchId: number, event: ExtensionEvent, invocation?: number): Promise<void> {
     const lambda = this.lambdas[watchId - 1];
     if (!lambda) throw new RangeError(`no watch with id ${watchId}`);
     const ev: ExtensionEvent = Object.freeze({
@@ -183,7 +190,7 @@ export class Guest {
     });
     // Its writes carry idempotency keys derived from this event: a redelivery applies none twice.
     const effects = new EffectSessions({ extension: this.name, watchId, shard: ev.shard, key: ev.key, version: ev.version });
-    await this.hopScope.run({ hops: ev.hops, effects }, () => lambda(ev));
+    await this.hopScope.run({ hops: ev.hops, effects, ...(invocation !== undefined ? { invocation } : {}) }, () => lambda(ev));
   }
 
   /** Runs the module's `shutdown()` if it has one (kv calls made from it carry hop count 1). */
@@ -218,7 +225,7 @@ export class Guest {
       if (op !== 'txn' && typeof args[0] !== 'string') throw new TypeError(`ctx.kv.${op}: the ${op === 'list' ? 'prefix' : 'key'} must be a string`);
       const effects = op === 'get' || op === 'list' ? undefined : this.hopScope.getStore()?.effects;
       const effect = effects?.next(op, keys ?? [args[0] as string]);
-      return this.link.kv(op, trimArgs(args), hops, effect);
+      return this.link.kv(op, trimArgs(args), hops, effect, this.hopScope.getStore()?.invocation);
     } catch (e) {
       return Promise.reject(e);
     }

@@ -4,14 +4,14 @@ import type { Backend, BackendEvents } from './backend.js';
 import { ExtensionLoadError } from './errors.js';
 import { Guest, GuestLoadError } from './guest.js';
 import { copyBytes, errorMessage } from './transfer.js';
-import type { HostServices, RegisteredWatch } from './types.js';
+import type { RegisteredWatch, RelayedHostServices } from './types.js';
 
 /** Everything an InProcessBackend needs. */
 export interface InProcessBackendOptions {
   name: string;
   moduleUrl: string;
   config: Record<string, unknown>;
-  host: HostServices;
+  host: RelayedHostServices;
   events: BackendEvents;
 }
 
@@ -29,9 +29,9 @@ export class InProcessBackend implements Backend {
   constructor(private readonly o: InProcessBackendOptions) {
     const host = o.host;
     this.guest = new Guest(o.name, structuredClone(o.config), {
-      kv: (op, args, hops, effect) => {
+      kv: (op, args, hops, effect, invocation) => {
         try {
-          return Promise.resolve(host.kv(op, args, hops, effect));
+          return Promise.resolve(host.kv(op, args, hops, effect, invocation));
         } catch (e) {
           return Promise.reject(e);
         }
@@ -84,7 +84,7 @@ export class InProcessBackend implements Backend {
 
   invoke(id: number, watchId: number, event: ExtensionEvent): void {
     const ev: ExtensionEvent = { ...event, value: copyBytes(event.value) };
-    this.guest.invoke(watchId, ev).then(
+    this.guest.invoke(watchId, ev, id).then(
       () => {
         if (!this.dead) this.o.events.done(id, undefined);
       },

@@ -7,7 +7,7 @@ import { ChannelBackend } from './channel-backend.js';
 import type { ToWorker } from './protocol.js';
 import { IpcBatcher, unbatch } from './ipc-batch.js';
 import { errorMessage } from './transfer.js';
-import type { HostServices } from './types.js';
+import type { RelayedHostServices } from './types.js';
 
 /** The bounds of an extension's child process. */
 export interface ProcessLimits {
@@ -32,7 +32,7 @@ export interface ProcessBackendOptions {
   moduleUrl: string;
   config: Record<string, unknown>;
   limits: ProcessLimits;
-  host: HostServices;
+  host: RelayedHostServices;
   /** The child's entry module (process-entry.js). */
   entryUrl: URL;
   events: BackendEvents;

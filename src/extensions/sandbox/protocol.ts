@@ -33,7 +33,8 @@ export type ToWorker =
  * - `ready` / `init-failed`: outcome of `init`; `init-failed` carries `error.loadCode` and the extension's own error as `cause`.
  * - `done`: an invocation finished (`error` set when the lambda threw or rejected; `cpuUs`, from a
  *   child process only: the process CPU time, user + system, used while it ran).
- * - `kv`: a `ctx.kv` call to perform on the host (`hops` already incremented).
+ * - `kv`: a `ctx.kv` call to perform on the host (`hops` already incremented; `invocation`: the
+ *   `id` of the `invoke` it was made in, absent in initialize and shutdown).
  * - `log` / `metric`: fire-and-forget `ctx.log` / `ctx.metrics` calls.
  * - `shutdown-done`: the module's `shutdown()` finished (`error` set when it threw).
  */
@@ -42,7 +43,7 @@ export type FromWorker =
   | { t: 'ready'; watches: RegisteredWatch[] }
   | { t: 'init-failed'; error: SerializedError; cause?: SerializedError }
   | { t: 'done'; id: number; error?: SerializedError; cpuUs?: number }
-  | { t: 'kv'; id: number; op: KvOp; args: unknown[]; hops: number; effect?: EffectSession }
+  | { t: 'kv'; id: number; op: KvOp; args: unknown[]; hops: number; effect?: EffectSession; invocation?: number }
   | { t: 'log'; level: LogLevel; msg: string; fields?: Record<string, unknown> }
   | { t: 'metric'; kind: MetricKind; name: string; help: string; op: MetricOp }
   | { t: 'shutdown-done'; error?: SerializedError };

@@ -12,12 +12,13 @@ import { realScheduler, type Scheduler, type TimerHandle } from '../../node/sche
 import type { ExtensionEvent } from '../api.js';
 import { DEFAULT_SYNC_KV_TIMEOUT_MS } from '../native/sync-kv-bridge.js';
 import type { Backend, BackendEvents, DownCause } from './backend.js';
+import { kvCallDeadline } from './call-deadline.js';
 import { ExtensionLoadError, LambdaError } from './errors.js';
 import { InProcessBackend } from './in-process-backend.js';
 import { ProcessBackend, type ProcessLimits } from './process-backend.js';
 import { resolveExtension, type ResolvedExtension } from './resolve.js';
 import { errorMessage } from './transfer.js';
-import type { HostServices, LogLevel, RegisteredWatch } from './types.js';
+import type { HostServices, LogLevel, RegisteredWatch, RelayedHostServices } from './types.js';
 import { WorkerBackend, type WorkerLimits } from './worker-backend.js';
 import { sandboxEntryUrl } from './worker-url.js';
 
@@ -185,6 +186,12 @@ interface Pending {
   readonly reject: (e: LambdaError) => void;
   backend: Backend | undefined;
   timer: TimerHandle | undefined;
+  /** When it times out (the runner's clock), once dispatched. */
+  deadlineMs?: number;
+  /** Its store calls in flight that the host accepted, with their deadlines (see relayedHost). */
+  readonly kvCalls: Set<{ readonly deadlineMs: number }>;
+  /** One of its store calls ended well past its deadline (see overdue). */
+  kvOverdue?: boolean;
 }
 
 interface Resolved {
@@ -465,7 +472,7 @@ export class ExtensionRunner {
       return Promise.reject(new LambdaError('failed', `extension "${this.o.name}" has failed: ${this.failure ?? 'unknown reason'}`));
     }
     return new Promise<void>((resolve, reject) => {
-      const p: Pending = { id: this.nextId++, watch, event, timeoutMs, resolve, reject, backend: undefined, timer: undefined };
+      const p: Pending = { id: this.nextId++, watch, event, timeoutMs, resolve, reject, backend: undefined, timer: undefined, kvCalls: new Set() };
       this.pending.set(p.id, p);
       this.dispatchOrHold(p);
     });
@@ -586,13 +593,54 @@ export class ExtensionRunner {
     }
   }
 
+  /**
+   * The host services as the backends relay them: a store call made by a running invocation gets
+   * the deadline {@link kvCallDeadline} (a call from a finished invocation, or from initialize or
+   * shutdown, the services' own).
+   */
+  private relayedHost(): RelayedHostServices {
+    const host = this.o.host;
+    return {
+      kv: (op, args, hops, effect, invocation) => {
+        const p = invocation !== undefined ? this.pending.get(invocation) : undefined;
+        const deadlineMs = p?.deadlineMs !== undefined ? kvCallDeadline(p.deadlineMs, p.timeoutMs) : undefined;
+        // Calls past the deadline are refused at once by the host (no store time to account for).
+        if (!p || deadlineMs === undefined || deadlineMs <= this.o.clock.now()) return host.kv(op, args, hops, effect, deadlineMs);
+        const call = { deadlineMs };
+        p.kvCalls.add(call);
+        let r: Promise<unknown>;
+        try {
+          r = Promise.resolve(host.kv(op, args, hops, effect, deadlineMs));
+        } catch (e) {
+          r = Promise.reject(e);
+        }
+        return r.finally(() => {
+          p.kvCalls.delete(call);
+          if (this.overdue(p, call.deadlineMs)) p.kvOverdue = true;
+        });
+      },
+      log: (level, msg, fields) => host.log(level, msg, fields),
+      metric: (kind, name, help, op) => host.metric(kind, name, help, op),
+    };
+  }
+
+  /**
+   * Whether a store call of `p` with deadline `deadlineMs` is overdue now: past its deadline by
+   * more than half the margin it left before `p` times out. The host ends a call by its deadline;
+   * one still running (or ending) that late means the node or the store stalled, and the lambda
+   * had no time left to react.
+   */
+  private overdue(p: Pending, deadlineMs: number): boolean {
+    return p.deadlineMs !== undefined && this.o.clock.now() > deadlineMs + (p.deadlineMs - deadlineMs) / 2;
+  }
+
   private makeBackend(): Backend {
     const holder: { b?: Backend } = {};
     const events: BackendEvents = {
       done: (id, err, cpuUs) => this.onDone(holder.b!, id, err, cpuUs),
       down: (cause) => this.onDown(holder.b!, cause.kind, cause.message, cause.rssBytes),
     };
-    const o = this.o;
+    const o = { ...this.o, host: this.relayedHost() };
     const e = this.entry;
     const moduleUrl = e.kind === 'module' ? e.url : pathToFileURL(e.library).href;
     const native = e.kind === 'native' ? { packageDir: e.packageDir, kvTimeoutMs: o.nativeKvTimeoutMs } : undefined;
@@ -670,6 +718,7 @@ export class ExtensionRunner {
   private dispatch(p: Pending): void {
     const b = this.current!;
     p.backend = b;
+    p.deadlineMs = this.o.clock.now() + p.timeoutMs;
     p.timer = this.o.clock.setTimeout(() => this.onTimeout(p), p.timeoutMs);
     if (!b.alive) {
       this.onDown(b, 'worker-crashed', 'the worker is gone');
@@ -722,13 +771,20 @@ export class ExtensionRunner {
   private onTimeout(p: Pending): void {
     if (!this.pending.has(p.id)) return;
     const b = p.backend!;
-    const base = `${this.describe(p)}: lambda did not finish within ${p.timeoutMs} ms`;
+    // A store call of it overdue (still running, or it ended, well past its own deadline, which
+    // comes before this timeout): the node or the store stalled (a blocked or starved event
+    // loop), not the lambda, so the timeout is not counted against the event (culprit false:
+    // retried as an ordinary failure, up to maxAttempts).
+    const stalled = p.kvOverdue === true || [...p.kvCalls].some((c) => this.overdue(p, c.deadlineMs));
+    const culprit = !stalled;
+    const why = stalled ? ' while a store call it made was overdue (the node or the store stalled; not counted against the event)' : '';
+    const base = `${this.describe(p)}: lambda did not finish within ${p.timeoutMs} ms${why}`;
     if (!b.canKill || b !== this.current || this.runState !== 'ready') {
-      this.settle(p, new LambdaError('timeout', b.canKill ? base : `${base} (in-process: it keeps running)`, { culprit: true }));
+      this.settle(p, new LambdaError('timeout', b.canKill ? base : `${base} (in-process: it keeps running)`, { culprit }));
       return;
     }
     const what = this.isolation === 'process' ? 'process was killed' : 'worker was terminated';
-    this.settle(p, new LambdaError('timeout', `${base}; the ${what} and is restarting`, { culprit: true }));
+    this.settle(p, new LambdaError('timeout', `${base}; the ${what} and is restarting`, { culprit }));
     this.onDown(b, this.isolation === 'process' ? 'process-exited' : 'worker-crashed', `terminated because an invocation timed out (${this.describe(p)})`, undefined, true);
   }
 

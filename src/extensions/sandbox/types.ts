@@ -29,9 +29,13 @@ export interface HostServices {
    * A rejection is delivered to the extension as an `Error` keeping `name`, `message` and `code`.
    * `effect` (writes made while handling an event) is the write's idempotency key: the client
    * session derived from the triggering event (see effect-session.ts), so that the write applies
-   * once however often the event is delivered.
+   * once however often the event is delivered. `deadlineMs` (the host's clock; set by the runner
+   * for a call made while handling an event): the call must end by then, with the store's own
+   * error if it could not finish: a little before the invocation itself times out, so that the
+   * lambda fails with that ordinary error (retried) rather than being timed out as a hung runner
+   * (which counts towards `poison`). Absent (initialize, shutdown): the services' own deadline.
    */
-  kv(op: KvOp, args: unknown[], hops: number, effect?: EffectSession): Promise<unknown>;
+  kv(op: KvOp, args: unknown[], hops: number, effect?: EffectSession, deadlineMs?: number): Promise<unknown>;
   /** Writes one log line for the extension. */
   log(level: LogLevel, msg: string, fields?: Record<string, unknown>): void;
   /**
@@ -39,6 +43,17 @@ export interface HostServices {
    * Registration is repeated after each worker restart, so it must be idempotent.
    */
   metric(kind: MetricKind, name: string, help: string, op: MetricOp): void;
+}
+
+/**
+ * The host services as a backend relays its guest's calls to the runner: a store call names the
+ * runner's id of the invocation it was made in (`invocation`; undefined in initialize, shutdown
+ * or outside any invocation), which the runner turns into the call's deadline (HostServices.kv's
+ * `deadlineMs`).
+ */
+export interface RelayedHostServices extends Omit<HostServices, 'kv'> {
+  /** A store call (see HostServices.kv) made by invocation `invocation` of the runner. */
+  kv(op: KvOp, args: unknown[], hops: number, effect?: EffectSession, invocation?: number): Promise<unknown>;
 }
 
 /** The client session (id, seq) of one write of a lambda: see effect-session.ts. */

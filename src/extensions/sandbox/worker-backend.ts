@@ -5,7 +5,7 @@ import type { BackendEvents } from './backend.js';
 import { ChannelBackend } from './channel-backend.js';
 import type { NativeInit, ToWorker } from './protocol.js';
 import { errorMessage } from './transfer.js';
-import type { HostServices } from './types.js';
+import type { RelayedHostServices } from './types.js';
 
 /** Heap limits of an extension worker (V8 heap only: ArrayBuffers/Buffers are not bounded). */
 export interface WorkerLimits {
@@ -20,7 +20,7 @@ export interface WorkerBackendOptions {
   moduleUrl: string;
   config: Record<string, unknown>;
   limits: WorkerLimits;
-  host: HostServices;
+  host: RelayedHostServices;
   entryUrl: URL;
   events: BackendEvents;
   /** Set for a native package: the worker loads it with the native adapter, and its sync kv bridge is served here. */

@@ -11,6 +11,7 @@ import { DEFAULT_MAX_HOPS } from '../api.js';
 import { cursorKey } from '../attempt-record.js';
 import { DLQ_PREFIX, WatchDispatcher, type DispatchHost } from '../dispatcher.js';
 import { hostServices } from '../host-services.js';
+import { kvCallDeadline } from '../sandbox/call-deadline.js';
 import { Guest } from '../sandbox/guest.js';
 import type { RegisteredWatch } from '../sandbox/types.js';
 import type { LambdaKv } from '../store-access.js';
@@ -115,16 +116,28 @@ export async function testExtension(mod: ExtensionModule | Record<string, unknow
   const shard = host.shard(group)!;
   const logs: TestLogLine[] = [];
   const services = hostServices(name, { kv: memoryLambdaKv(shard), maxHops, log: collectingLogger(logs), metric: () => {} });
-  const guest = new Guest(name, structuredClone(o.config ?? {}), services);
+  /** Deadlines of the invocations running, by id: their store calls end before them, as under a runner. */
+  const running = new Map<number, { deadlineMs: number; timeoutMs: number }>();
+  let nextInvocation = 1;
+  const guest = new Guest(name, structuredClone(o.config ?? {}), {
+    kv: (op, args, hops, effect, invocation) => {
+      const r = invocation !== undefined ? running.get(invocation) : undefined;
+      return services.kv(op, args, hops, effect, r ? kvCallDeadline(r.deadlineMs, r.timeoutMs) : undefined);
+    },
+    log: (level, msg, fields) => services.log(level, msg, fields),
+    metric: (kind, metricName, help, op) => services.metric(kind, metricName, help, op),
+  });
   const watches: RegisteredWatch[] = await guest.load({ describe: name, load: async () => mod });
   const start = shard.revision();
   let dispatchers: WatchDispatcher[] = [];
   let invocations = 0;
   const invoke = (watchId: number, ev: ExtensionEvent, timeoutMs: number): Promise<void> => {
     invocations++;
+    const id = nextInvocation++;
+    running.set(id, { deadlineMs: Date.now() + timeoutMs, timeoutMs });
     return new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => reject(Object.assign(new Error(`lambda timed out after ${timeoutMs} ms`), { kind: 'timeout' })), timeoutMs);
-      guest.invoke(watchId, ev).then(
+      guest.invoke(watchId, ev, id).then(
         () => {
           clearTimeout(timer);
           resolve();
@@ -134,7 +147,7 @@ export async function testExtension(mod: ExtensionModule | Record<string, unknow
           reject(e);
         },
       );
-    });
+    }).finally(() => running.delete(id));
   };
   const dispatchHost: DispatchHost = {
     subscribe: (prefix, fromRevision, sink) => shard.subscribe(prefix, fromRevision, sink, TEST_PROGRESS_MS),
