@@ -19,6 +19,9 @@ import { kvdCredentials } from './kvd-tls.js';
 import { addHealthService } from '../server/health.js';
 import { startNodeLeases } from './lease-wiring.js';
 import { NodeMetrics } from '../node/metrics.js';
+import { budgetShortfall, type FixedMemoryParts } from '../node/memory-budget.js';
+import { NODE_DEFAULTS } from '../node/node-options.js';
+import { DEFAULT_MAX_HISTORY_BYTES } from '../statemachine/limits.js';
 import { LevelEngine } from '../storage/kv-engine.js';
 import { addKvServices, createGrpcServer } from '../server/kv-service.js';
 import { ClusterAdmin } from '../node/cluster-admin.js';
@@ -103,9 +106,17 @@ const DEFAULT_BUDGET_OF_HEAP = 0.6;
  * its budget plus headroom (README "Memory model"); a budget above 75 % of the heap limit is
  * warned about with the `--max-old-space-size` to start node with.
  */
-function memoryBudgetMib(flag: number | undefined, log: Logger): number {
+function memoryBudgetMib(flag: number | undefined, log: Logger, fixed: FixedMemoryParts): number {
   const heapMib = Math.floor(getHeapStatistics().heap_size_limit / 2 ** 20);
   if (flag === undefined) return Math.floor(heapMib * DEFAULT_BUDGET_OF_HEAP);
+  const shortMib = budgetShortfall(flag * 2 ** 20, fixed) / 2 ** 20;
+  if (flag > 0 && shortMib > 0) {
+    const mib = (n: number): number => Math.round(n / 2 ** 20);
+    log.warn(
+      { memoryBudgetMib: flag, valueCacheMib: mib(fixed.valueCache), indexCacheMib: mib(fixed.indexCache), historyMib: mib(fixed.history), raftLogMib: mib(fixed.raftLog) },
+      `the memory budget is ${Math.ceil(shortMib)} MiB short of the caches plus one shard replica's watch history and Raft log at their bounds: once they fill, writes that add data are refused whatever the data size; raise --memory-budget-mib or lower --value-cache-mib / --index-cache-mib (README "Memory model")`,
+    );
+  }
   if (flag > heapMib * 0.75) {
     log.warn(
       { memoryBudgetMib: flag, heapLimitMib: heapMib },
@@ -348,7 +359,15 @@ async function main(): Promise<void> {
       ...(cfg.syncPaceMs !== undefined ? { syncPaceMs: cfg.syncPaceMs } : {}),
       ...(cfg.gatherTurn !== undefined ? { gatherTurn: cfg.gatherTurn } : {}),
       ...(cfg.gatherTurns !== undefined ? { gatherTurns: cfg.gatherTurns } : {}),
-      memoryBudgetBytes: memoryBudgetMib(cfg.memoryBudgetMib, log) * 1024 * 1024,
+      memoryBudgetBytes:
+        memoryBudgetMib(cfg.memoryBudgetMib, log, {
+          valueCache: cfg.valueCacheMib * 1024 * 1024,
+          indexCache: cfg.indexCacheMib * 1024 * 1024,
+          history: DEFAULT_MAX_HISTORY_BYTES,
+          raftLog: NODE_DEFAULTS.snapshotEveryBytes + NODE_DEFAULTS.keepBytesAfterSnapshot,
+        }) *
+        1024 *
+        1024,
       log,
     },
     engine,

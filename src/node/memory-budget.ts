@@ -201,3 +201,27 @@ export class MemoryBudget {
     return this.account;
   }
 }
+
+/** The bounded structures a budget must leave room for before any key: their bounds, in bytes. */
+export interface FixedMemoryParts {
+  /** The value cache's bound (`--value-cache-mib`). */
+  readonly valueCache: number;
+  /** The hot-index cache's bound (`--index-cache-mib`). */
+  readonly indexCache: number;
+  /** One shard replica's watch history at its byte bound (the state machine's `maxHistoryBytes`). */
+  readonly history: number;
+  /** One replica's in-memory Raft log at its bounds: entry data before a log compaction plus the tail kept behind it. */
+  readonly raftLog: number;
+}
+
+/**
+ * What a budget of `budgetBytes` lacks to hold the caches and one shard replica's watch history
+ * and Raft log at their bounds (0 when it holds them). These bounds do not follow the budget, so a
+ * smaller budget is spent by them alone once they fill, and the node refuses writes that add data
+ * at any data size; kvd warns at start (a shortfall of this much or more is certain to be hit; each
+ * further replica hosted adds its history and log).
+ */
+export function budgetShortfall(budgetBytes: number, parts: FixedMemoryParts): number {
+  const fixed = parts.valueCache + parts.indexCache + parts.history + parts.raftLog;
+  return Math.max(0, fixed - budgetBytes);
+}

@@ -7,7 +7,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import * as grpc from '@grpc/grpc-js';
 import { DATA_GROUP, KvNode, META_GROUP, type NodeOptions } from '../../src/node/kv-node.js';
-import { addsData, indexBytes, INDEX_BYTES_PER_KEY, INDEX_BYTES_PER_VERSION, KEYLESS_WRITE_BYTES, LIVE_KEY_BYTES, MemoryBudget, MemoryBudgetError, type MemorySample } from '../../src/node/memory-budget.js';
+import { addsData, budgetShortfall, indexBytes, INDEX_BYTES_PER_KEY, INDEX_BYTES_PER_VERSION, KEYLESS_WRITE_BYTES, LIVE_KEY_BYTES, MemoryBudget, MemoryBudgetError, type MemorySample } from '../../src/node/memory-budget.js';
 import { classify } from '../../src/coordinator/op-status.js';
 import { LoopbackHub } from '../../src/node/transport.js';
 import { MemoryEngine } from '../../src/storage/kv-engine.js';
@@ -283,3 +283,16 @@ describe('retention compaction in bounded steps', () => {
     expect(dec((await l.get({ key: '/t/0', consistency: 'linearizable' }, deadline())).value)).toBe('r219');
   });
 });
+
+describe('budgetShortfall', () => {
+  const MiB = 1024 * 1024;
+  // kvd's defaults: value cache 64, index cache 32, a shard's history 64 and log 64 + 16 MiB.
+  const parts = { valueCache: 64 * MiB, indexCache: 32 * MiB, history: 64 * MiB, raftLog: 80 * MiB };
+  it('names what a budget lacks to hold the caches and one replica\'s history and log at their bounds', () => {
+    expect(budgetShortfall(96 * MiB, parts)).toBe(144 * MiB);
+    expect(budgetShortfall(96 * MiB, { ...parts, valueCache: 16 * MiB, indexCache: 8 * MiB })).toBe(72 * MiB);
+    expect(budgetShortfall(240 * MiB, parts)).toBe(0);
+    expect(budgetShortfall(2_400 * MiB, parts)).toBe(0); // the default budget on this machine's 4 GiB heap
+  });
+});
+
