@@ -191,7 +191,6 @@ const BATCH_SLICE_MS = 8;
 /** The value a keys-only scan hands out. */
 const NO_VALUE = new Uint8Array(0);
 
-/** {@link KvEngine} over LevelDB (via `level`/classic-level), with keys and values as bytes; `sync` maps to LevelDB's synchronous write (fsync). */
 /**
  * LevelDB's own bounds (classic-level's options; absent: its defaults). LevelDB (1.20, 64-bit)
  * maps each open table file for reads, so the table cache's size (`maxOpenFiles` less 10) bounds
@@ -207,6 +206,7 @@ export interface LevelEngineOptions {
   readonly writeBufferBytes?: number;
 }
 
+/** {@link KvEngine} over LevelDB (via `level`/classic-level), with keys and values as bytes; `sync` maps to LevelDB's synchronous write (fsync). */
 export class LevelEngine implements KvEngine {
   private constructor(
     private readonly db: Level<Uint8Array, Uint8Array>,
