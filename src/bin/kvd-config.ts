@@ -171,7 +171,7 @@ export function parseConfig(argv: string[]): KvdConfig {
     .option('--join-auto-add', 'with --join: add this node to the cluster itself (needs the admin token), e.g. a new StatefulSet ordinal')
     .option('--retention-ms <ms>', 'keep old versions this long (0 = bounded only by history limits)', int('--retention-ms'))
     .option('--value-cache-mib <n>', 'bound of the cache of values read from disk, MiB (default 64)', int('--value-cache-mib'))
-    .option('--leveldb-max-open-files <n>', "LevelDB's table files kept open and mapped (default 1000: every table of a 2 GiB store; mapped pages count in RSS)", int('--leveldb-max-open-files'))
+    .option('--leveldb-max-open-files <n>', "LevelDB's table files kept open and mapped, plus 10 (default 1000: every table of a 2 GiB store; at least 74; mapped pages count in RSS)", int('--leveldb-max-open-files'))
     .option('--leveldb-cache-mib <n>', "LevelDB's block cache, MiB (default 8)", int('--leveldb-cache-mib'))
     .option('--index-drop-cold', "keep only hot keys' version lists and reserved keys in the heap, the rest is read from disk (the default)")
     .option('--no-index-drop-cold', "keep every key's version list and the live-key set in the heap (NodeOptions.indexDropCold false; about 3x the heap per key)")
