@@ -51,6 +51,44 @@ export interface NodeFigures {
   readonly slowFsyncs?: number;
   readonly majorGcs?: number;
   readonly majorGcMs?: number;
+  /** Resident memory by kind (/proc/<pid>/smaps): anonymous, of it the brk heap (glibc's main arena), LevelDB's mapped table files, other files (the node binary, libraries). */
+  readonly split?: RssSplit;
+  /** kvd only: V8 heap committed (total). */
+  readonly heapTotalMiB?: number;
+}
+
+/** A process's resident memory by kind, MiB (see {@link rssSplitOf}). */
+export interface RssSplit {
+  readonly anonMiB: number;
+  readonly brkMiB: number;
+  readonly tablesMiB: number;
+  readonly otherFileMiB: number;
+}
+
+/**
+ * Resident memory of process `pid` by kind, from /proc/<pid>/smaps: anonymous mappings (V8's heap,
+ * buffers, malloc arenas, LevelDB's block cache and memtables; `[heap]`, glibc's main arena, apart),
+ * LevelDB's table files (`*.ldb`/`*.sst`, mapped for reads; clean pages the kernel may drop) and
+ * other files. Undefined when smaps cannot be read.
+ */
+async function rssSplitOf(pid: number | undefined): Promise<RssSplit | undefined> {
+  if (pid === undefined) return undefined;
+  const text = await readFile(`/proc/${pid}/smaps`, 'utf8').catch(() => '');
+  if (text === '') return undefined;
+  let kind: 'anon' | 'brk' | 'tables' | 'file' = 'anon';
+  const kib = { anon: 0, brk: 0, tables: 0, file: 0 };
+  for (const line of text.split('\n')) {
+    const header = /^[0-9a-f]+-[0-9a-f]+ \S+ \S+ \S+ \d+\s*(.*)$/.exec(line);
+    if (header) {
+      const path = header[1]!.trim();
+      kind = path === '[heap]' ? 'brk' : /\.(ldb|sst)$/.test(path) ? 'tables' : path.startsWith('/') ? 'file' : 'anon';
+      continue;
+    }
+    const rss = /^Rss:\s+(\d+) kB/.exec(line);
+    if (rss) kib[kind] += Number(rss[1]);
+  }
+  const m = (k: number): number => Math.round(k / 102.4) / 10;
+  return { anonMiB: m(kib.anon + kib.brk), brkMiB: m(kib.brk), tablesMiB: m(kib.tables), otherFileMiB: m(kib.file) };
 }
 
 /** CPU seconds used so far by all of the cluster's server processes (undefined when a node's is unknown). */
@@ -116,7 +154,8 @@ async function figuresOf(cluster: RunningCluster): Promise<NodeFigures[]> {
   const ports = cluster.system === 'kvd' ? ((await cluster.metricsPorts?.()) ?? []) : [];
   const out: NodeFigures[] = [];
   for (let i = 0; i < cluster.endpoints.length; i++) {
-    const base = { node: i + 1, rssMiB: mib(await rssOf(pids[i])), diskMiB: mib(await duBytes(dirs[i] ?? '')) };
+    const split = await rssSplitOf(pids[i]);
+    const base = { node: i + 1, rssMiB: mib(await rssOf(pids[i])), diskMiB: mib(await duBytes(dirs[i] ?? '')), ...(split ? { split } : {}) };
     const port = ports[i];
     if (port === undefined) {
       out.push(base);
@@ -126,6 +165,7 @@ async function figuresOf(cluster: RunningCluster): Promise<NodeFigures[]> {
     out.push({
       ...base,
       heapUsedMiB: mib(sample(text, 'kvcascade_nodejs_heap_size_used_bytes') ?? 0),
+      heapTotalMiB: mib(sample(text, 'kvcascade_nodejs_heap_size_total_bytes') ?? 0),
       externalMiB: mib(sample(text, 'kvcascade_nodejs_external_memory_bytes') ?? 0),
       cacheMiB: mib(sample(text, 'kvcascade_value_cache_bytes') ?? 0),
       indexMiB: mib(sample(text, 'kvcascade_memory_accounted_bytes', 'part="index"') ?? 0),
@@ -292,7 +332,9 @@ async function runSystem(
       const per = nodes
         .map((n) => {
           const k = n.heapUsedMiB === undefined ? '' : ` heap ${n.heapUsedMiB} ext ${n.externalMiB} cache ${n.cacheMiB} index ${n.indexMiB} accounted ${n.accountedMiB} of budget ${n.budgetMiB} (refusals ${n.budgetRefusals}) loop max/p99 ${n.loopDelayMaxMs}/${n.loopDelayP99Ms} ms leader changes since fill start ${n.leaderChanges} fsyncs>0.5s ${n.slowFsyncs} major GCs ${n.majorGcs} (${n.majorGcMs} ms)`;
-          return `n${n.node} rss ${n.rssMiB} disk ${n.diskMiB}${k}`;
+          const sp = n.split ? ` (anon ${n.split.anonMiB}, of it brk ${n.split.brkMiB}; tables ${n.split.tablesMiB}; other files ${n.split.otherFileMiB})` : '';
+          const ht = n.heapTotalMiB === undefined ? '' : ` heap total ${n.heapTotalMiB}`;
+          return `n${n.node} rss ${n.rssMiB}${sp} disk ${n.diskMiB}${k}${ht}`;
         })
         .join(' | ');
       console.log(`${system} keys ${target} (load ${loadavg().map((l) => l.toFixed(1)).join(' ')})  fill keys/s ${cp.fillPerSec} (errors ${cp.fillErrors})  put/s ${cp.putsPerSec} p99 ${cp.putP99Ms} ms errors ${cp.putErrors}  get/s ${cp.getsPerSec} p99 ${cp.getP99Ms} ms srv ${getSrvUs ?? '?'} us/get  MiB: ${per}`);

@@ -33,6 +33,10 @@ export interface KvdConfig {
   retentionMs: number;
   /** Bound of the node's cache of value bytes, MiB (values live in LevelDB; README "Memory model"). */
   valueCacheMib: number;
+  /** LevelDB's open (mapped) table files (`--leveldb-max-open-files`; absent: LevelDB's 1,000). */
+  leveldbMaxOpenFiles?: number;
+  /** LevelDB's block cache, MiB (`--leveldb-cache-mib`; absent: 8). */
+  leveldbCacheMib?: number;
   /** Bound of the hot-index cache, MiB (`--index-cache-mib`). */
   indexCacheMib: number;
   /** `--index-drop-cold` / `--no-index-drop-cold` (NodeOptions.indexDropCold; unset: the node's default, on). */
@@ -167,6 +171,8 @@ export function parseConfig(argv: string[]): KvdConfig {
     .option('--join-auto-add', 'with --join: add this node to the cluster itself (needs the admin token), e.g. a new StatefulSet ordinal')
     .option('--retention-ms <ms>', 'keep old versions this long (0 = bounded only by history limits)', int('--retention-ms'))
     .option('--value-cache-mib <n>', 'bound of the cache of values read from disk, MiB (default 64)', int('--value-cache-mib'))
+    .option('--leveldb-max-open-files <n>', "LevelDB's table files kept open and mapped, plus 10 (default 1000: every table of a 2 GiB store; at least 74; mapped pages count in RSS)", int('--leveldb-max-open-files'))
+    .option('--leveldb-cache-mib <n>', "LevelDB's block cache, MiB (default 8)", int('--leveldb-cache-mib'))
     .option('--index-drop-cold', "keep only hot keys' version lists and reserved keys in the heap, the rest is read from disk (the default)")
     .option('--no-index-drop-cold', "keep every key's version list and the live-key set in the heap (NodeOptions.indexDropCold false; about 3x the heap per key)")
     .option('--snapshot-chunks-in-flight <n>', 'snapshot chunks (1 MiB) in flight to one lagging follower (default 4)', int('--snapshot-chunks-in-flight'))
@@ -291,6 +297,8 @@ export function parseConfig(argv: string[]): KvdConfig {
     snapshotKeepEntries: Number(pick('snapshotKeepEntries', 5000)),
     retentionMs: Number(pick('retentionMs', 3_600_000)),
     valueCacheMib: Number(pick('valueCacheMib', 64)),
+    ...(pick<unknown>('leveldbMaxOpenFiles', undefined) !== undefined ? { leveldbMaxOpenFiles: Number(pick('leveldbMaxOpenFiles', 0)) } : {}),
+    ...(pick<unknown>('leveldbCacheMib', undefined) !== undefined ? { leveldbCacheMib: Number(pick('leveldbCacheMib', 0)) } : {}),
     indexCacheMib: Number(pick('indexCacheMib', 32)),
     ...(indexDropCold !== undefined ? { indexDropCold } : {}),
     ...(snapshotChunksInFlight !== undefined ? { snapshotChunksInFlight } : {}),

@@ -335,7 +335,10 @@ async function main(): Promise<void> {
     : cfg.peerAddresses;
   const transport = new GrpcPeerTransport(cfg.id, peerAddresses, { log, credentials: creds.peerDial });
   const engineAt = performance.now();
-  const engine = await LevelEngine.open(join(cfg.dataDir, 'db'));
+  const engine = await LevelEngine.open(join(cfg.dataDir, 'db'), {
+    ...(cfg.leveldbMaxOpenFiles !== undefined ? { maxOpenFiles: cfg.leveldbMaxOpenFiles } : {}),
+    ...(cfg.leveldbCacheMib !== undefined ? { cacheBytes: cfg.leveldbCacheMib * 1024 * 1024 } : {}),
+  });
   log.info({ engineOpenMs: Math.round(performance.now() - engineAt), sinceProcessStartMs: Math.round(performance.now()) }, 'storage engine opened');
   const node = await KvNode.open(
     {

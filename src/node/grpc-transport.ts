@@ -232,6 +232,7 @@ export class GrpcPeerTransport implements Transport {
         md.set(VOTECOMMIT_HEADER, '1');
         call.sendMetadata(md); // tells the dialer the stream is up, and that packed batches are read
         let refused = false;
+        let firstBatch = true;
         const refuse = (why: string, fromNode: unknown, trailers?: grpc.Metadata) => {
           this.rejectedBatches++;
           refused = true;
@@ -250,6 +251,10 @@ export class GrpcPeerTransport implements Transport {
             trailers.set(PEER_REFUSAL_HEADER, 'not-member');
             trailers.set(META_MAP_EPOCH, String(epoch));
             return refuse(`node ${fromNode} is not a member (cluster map epoch ${epoch} of node ${this.selfId})`, fromNode, trailers);
+          }
+          if (firstBatch) {
+            firstBatch = false;
+            this.peerUp(fromNode);
           }
           let wires: unknown[] = batch.messages ?? [];
           if (batch.packed !== undefined && batch.packed.length > 0) {
@@ -432,6 +437,24 @@ export class GrpcPeerTransport implements Transport {
     stream.on('end', () => fail('ended'));
     stream.on('close', () => fail('closed'));
     return stream;
+  }
+
+  /**
+   * A member opened a stream to this node, so it is up: if this node's stream to it is down and
+   * waiting out a backoff (ours, up to 1 s, and gRPC's channel's, up to 1 s more), the next flush
+   * dials it at once on a fresh channel. Without this a restarted node heard nothing from its
+   * peers for 1–1.5 s after it came back (its leader's heartbeats dropped meanwhile: it went
+   * pre-candidate, and a catch-up's first snapshot chunk waited for it). Once per inbound stream,
+   * so a peer that can dial us while we cannot dial it costs one redial per stream it opens.
+   */
+  private peerUp(id: NodeId): void {
+    const c = this.conns.get(id);
+    if (!c || c.stream || this.closed) return;
+    c.retryAtMs = 0;
+    c.backoffMs = GRPC_TRANSPORT_DEFAULTS.streamBackoffMs;
+    c.client?.close();
+    c.client = undefined;
+    this.log.debug({ peer: id }, 'peer stream opened to this node: redialling it now');
   }
 
   private hangUp(c: PeerConn): void {

@@ -238,7 +238,7 @@ export class ReplicaSet {
       ...(this.engine ? { values: this.valuesOf(this.engine, group) } : {}),
       stepwiseInstall: true,
       ...(this.engine ? { snapshotChunks: store } : {}),
-      snapshotSender: { gate: this.snapshotGate },
+      snapshotSender: { gate: this.snapshotGate, note: (what, detail) => log.info({ group, ...detail }, what) },
       onSnapshotProduced: () => this.hooks.scheduleReady(),
       onSnapshotFailed: (err) => log.warn({ group, err: String(err) }, 'producing a snapshot for a lagging follower failed; retrying'),
       nowMs: () => scheduler.now(),
@@ -294,6 +294,8 @@ export class ReplicaSet {
 
   /** Records that `peer` was heard from at `nowMs`. */
   heard(peer: NodeId, nowMs: number): void {
+    const before = this.heardFrom.get(peer);
+    if (before !== undefined && nowMs - before > electionTimeoutMs(this.parts.opts)) this.parts.log.info({ peer, silentMs: Math.round(nowMs - before) }, 'peer heard again');
     this.heardFrom.set(peer, nowMs);
   }
 

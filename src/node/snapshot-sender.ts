@@ -13,7 +13,7 @@ import { DEFAULT_SNAPSHOT_CHUNKS_IN_FLIGHT, EntryType, type ConfState, type Entr
 import type { MemoryStorage } from '../raft/index.js';
 import type { EngineView } from '../storage/kv-engine.js';
 import { realScheduler, type Scheduler, type TimerHandle } from './scheduler.js';
-import { crcBytes, openSnapshotEncoding, type SnapshotEncoding, type SnapshotStreamOptions } from '../storage/state-store.js';
+import { crcBytes, openSnapshotEncoding, type SnapshotEncoding, type SnapshotHeaderTimings, type SnapshotStreamOptions } from '../storage/state-store.js';
 
 /** What a {@link SnapshotSender} needs from its replica and node. */
 export interface SnapshotSenderHost {
@@ -106,6 +106,12 @@ export interface SnapshotSenderOptions extends SnapshotStreamOptions {
   readonly chunksInFlight?: number;
   /** Clock and timers (default: the wall clock); the node passes its own, so a simulated run is reproducible. */
   readonly scheduler?: Scheduler;
+  /**
+   * Told what a transfer's start took (the node logs it at info): `view opened` (from the first
+   * request to the snapshot being usable: the gate's wait, the view, its applied index) and `first
+   * chunk read` (from the core asking for a follower's chunk 0 to its bytes: the encoding's header).
+   */
+  readonly note?: (what: string, detail: Record<string, unknown>) => void;
 }
 
 /** A chunk read for a follower (kept to answer a resend). */
@@ -300,6 +306,8 @@ interface OpenTransfer {
   readonly readers: Map<NodeId, FollowerReader>;
   /** A follower was read for (once none is any more, the view is closed at once). */
   used: boolean;
+  /** What the last encoding's header took (for `note`). */
+  header: SnapshotHeaderTimings | undefined;
 }
 
 /**
@@ -317,6 +325,9 @@ export class SnapshotSender implements Storage {
   private producing = false;
   private lastAskedMs = 0;
   private notBeforeMs = 0;
+  /** When the snapshot was first asked for and none was open (-1: not waiting), and the gate's refusals since. */
+  private wantedSinceMs = -1;
+  private gateRefusals = 0;
   private idleTimer: TimerHandle | undefined;
   private readonly scheduler: Scheduler;
   private readonly idleMs: number;
@@ -363,6 +374,7 @@ export class SnapshotSender implements Storage {
     if (stored && stored.data.length > 0 && stored.meta.index >= floor) return stored;
     if (this.current && this.current.snapshot.meta.index >= floor) return this.current.snapshot;
     this.closeCurrent();
+    if (this.wantedSinceMs < 0) this.wantedSinceMs = now;
     if (!this.producing && now >= this.notBeforeMs) void this.produce();
     return undefined;
   }
@@ -404,6 +416,7 @@ export class SnapshotSender implements Storage {
       now,
       (c) => {
         if (this.current !== t || r.closed) return;
+        if (c.offset === 0 && this.options.note) this.options.note('snapshot to send: first chunk read', { to: req.to, index: req.meta.index, ms: Math.round(this.scheduler.now() - now), ...t.header });
         this.counters.chunks++;
         this.counters.bytes += c.bytes.length;
         this.host.chunk?.({ to: req.to, index: req.meta.index, offset: c.offset, bytes: c.bytes, last: c.last, ...(c.crc !== undefined ? { crc: c.crc } : {}) });
@@ -454,7 +467,10 @@ export class SnapshotSender implements Storage {
 
   private async produce(): Promise<void> {
     const gate = this.options.gate;
-    if (gate && !gate.tryAcquire()) return; // another shard's snapshot is being sent: asked again later
+    if (gate && !gate.tryAcquire()) {
+      this.gateRefusals++;
+      return; // another shard's snapshot is being sent: asked again later
+    }
     const view = this.host.openView();
     if (!view) {
       gate?.release();
@@ -462,9 +478,16 @@ export class SnapshotSender implements Storage {
     }
     this.producing = true;
     this.counters.started++;
+    const started = this.scheduler.now();
     let kept = false;
+    const holder: { t?: OpenTransfer } = {};
     try {
-      const enc = await openSnapshotEncoding(view, this.host.group, this.options);
+      const enc = await openSnapshotEncoding(view, this.host.group, {
+        ...this.options,
+        onHeader: (h) => {
+          if (holder.t) holder.t.header = h;
+        },
+      });
       const index = enc?.appliedIndex;
       const term = index === undefined ? undefined : this.host.termAt(index);
       const conf = index === undefined ? undefined : this.host.confAt(index);
@@ -474,9 +497,13 @@ export class SnapshotSender implements Storage {
         return;
       }
       const snapshot: Snapshot = { meta: { index: enc.appliedIndex, term, conf }, data: new Uint8Array(0), streamed: true };
-      this.current = { view, enc, snapshot, readers: new Map(), used: false };
+      this.current = holder.t = { view, enc, snapshot, readers: new Map(), used: false, header: undefined };
       kept = true;
       this.counters.produced++;
+      const now = this.scheduler.now();
+      this.options.note?.('snapshot to send: view opened', { index: snapshot.meta.index, openMs: Math.round(now - started), sinceAskedMs: this.wantedSinceMs < 0 ? 0 : Math.round(now - this.wantedSinceMs), gateRefusals: this.gateRefusals });
+      this.wantedSinceMs = -1;
+      this.gateRefusals = 0;
       this.armIdle();
       this.host.produced(snapshot);
     } catch (e) {

@@ -191,6 +191,21 @@ const BATCH_SLICE_MS = 8;
 /** The value a keys-only scan hands out. */
 const NO_VALUE = new Uint8Array(0);
 
+/**
+ * LevelDB's own bounds (classic-level's options; absent: its defaults). LevelDB (1.20, 64-bit)
+ * maps each open table file for reads, so the table cache's size (`maxOpenFiles` less 10) bounds
+ * the mapped table pages that count in the process's RSS (file-backed, reclaimable); the block
+ * cache holds only blocks of tables read without a mapping.
+ */
+export interface LevelEngineOptions {
+  /** Table files kept open (and mapped) at once, plus 10 (default 1,000; LevelDB 1.20 takes at least 74). */
+  readonly maxOpenFiles?: number;
+  /** LRU block cache, bytes (default 8 MiB). */
+  readonly cacheBytes?: number;
+  /** Memtable size before it is written to a table, bytes (default 4 MiB). */
+  readonly writeBufferBytes?: number;
+}
+
 /** {@link KvEngine} over LevelDB (via `level`/classic-level), with keys and values as bytes; `sync` maps to LevelDB's synchronous write (fsync). */
 export class LevelEngine implements KvEngine {
   private constructor(
@@ -206,8 +221,14 @@ export class LevelEngine implements KvEngine {
   }
 
   /** Opens (creating if missing) the LevelDB database in directory `location`. */
-  static async open(location: string): Promise<LevelEngine> {
-    const db = new Level<Uint8Array, Uint8Array>(location, { keyEncoding: 'view', valueEncoding: 'view' });
+  static async open(location: string, options: LevelEngineOptions = {}): Promise<LevelEngine> {
+    const db = new Level<Uint8Array, Uint8Array>(location, {
+      keyEncoding: 'view',
+      valueEncoding: 'view',
+      ...(options.maxOpenFiles !== undefined ? { maxOpenFiles: options.maxOpenFiles } : {}),
+      ...(options.cacheBytes !== undefined ? { cacheSize: options.cacheBytes } : {}),
+      ...(options.writeBufferBytes !== undefined ? { writeBufferSize: options.writeBufferBytes } : {}),
+    });
     await db.open();
     return new LevelEngine(db, location);
   }

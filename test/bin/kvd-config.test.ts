@@ -26,6 +26,15 @@ describe('kvd configuration', () => {
     expect(parseConfig([...base, '--insecure-peers', '--legacy-conditional-puts']).legacyConditionalPuts).toBe(true);
   });
 
+  it("takes LevelDB's table-file and block-cache bounds from the flags (unset: LevelDB's defaults)", () => {
+    const unset = parseConfig([...base, '--insecure-peers']);
+    expect(unset.leveldbMaxOpenFiles).toBeUndefined();
+    expect(unset.leveldbCacheMib).toBeUndefined();
+    const set = parseConfig([...base, '--insecure-peers', '--leveldb-max-open-files', '40', '--leveldb-cache-mib', '16']);
+    expect(set.leveldbMaxOpenFiles).toBe(40);
+    expect(set.leveldbCacheMib).toBe(16);
+  });
+
   it('takes dropping cold keys from the heap from the flags or the file (unset: the node default, on), and refuses a non-boolean', () => {
     expect(parseConfig([...base, '--insecure-peers']).indexDropCold).toBeUndefined();
     expect(parseConfig([...base, '--insecure-peers', '--no-index-drop-cold']).indexDropCold).toBe(false);

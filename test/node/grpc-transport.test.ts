@@ -172,3 +172,52 @@ describe('peer transport, sending side', () => {
     }
   });
 });
+
+describe('peer transport, a peer coming back', () => {
+  it('dials a peer at once when it opens a stream to this node, not after the backoff its downtime built up', async () => {
+    // Node 2's address, with nothing listening there yet (node 2 is down).
+    const probe = new grpc.Server();
+    const port2 = await new Promise<number>((res, rej) => probe.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (e, p) => (e ? rej(e) : res(p))));
+    probe.forceShutdown();
+    const address2 = `127.0.0.1:${port2}`;
+    const one = new GrpcPeerTransport(SELF, new Map([[2, address2]]), { log: silentLogger() });
+    const fromOne: Message[] = [];
+    let server2: grpc.Server | undefined;
+    let two: GrpcPeerTransport | undefined;
+    try {
+      // Node 1 keeps sending to node 2 while it is down: its redial backoff grows to its longest (1 s).
+      const downUntil = Date.now() + 2500;
+      while (Date.now() < downUntil) {
+        one.send([heartbeat(SELF, 2) as unknown as Message]);
+        await new Promise((r) => setTimeout(r, 25));
+      }
+      // Node 1's server stands in for node 1's peer listener (the suite's `transport` is node 1's receiving side).
+      const server1 = new grpc.Server();
+      one.register(server1, { isMember: (id) => MEMBERS.has(id), authenticate: () => 'unauthenticated' });
+      const port1 = await new Promise<number>((res, rej) => server1.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (e, p) => (e ? rej(e) : res(p))));
+      const heardTwo: Message[] = [];
+      one.onMessages((ms) => heardTwo.push(...ms));
+      try {
+        // Node 2 comes back and talks to node 1 first.
+        server2 = new grpc.Server();
+        two = new GrpcPeerTransport(2, new Map([[SELF, `127.0.0.1:${port1}`]]), { log: silentLogger() });
+        two.onMessages((ms) => fromOne.push(...ms));
+        two.register(server2, { isMember: (id) => MEMBERS.has(id), authenticate: () => 'unauthenticated' });
+        await new Promise<number>((res, rej) => server2!.bindAsync(address2, grpc.ServerCredentials.createInsecure(), (e, p) => (e ? rej(e) : res(p))));
+        two.send([heartbeat(2) as unknown as Message]);
+        await until(() => heardTwo.length > 0);
+        // Node 1's next message reaches it (before: dropped while node 1 waited out its backoff).
+        one.send([heartbeat(SELF, 2) as unknown as Message]);
+        const deadline = Date.now() + 400;
+        while (fromOne.length === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+        expect(fromOne.map((m) => m.from)).toEqual([SELF]);
+      } finally {
+        server1.forceShutdown();
+      }
+    } finally {
+      await one.close();
+      await two?.close();
+      server2?.forceShutdown();
+    }
+  }, 15_000);
+});

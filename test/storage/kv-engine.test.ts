@@ -398,3 +398,22 @@ describe('LevelEngine large batches', () => {
     expect((await scanAll(e, { prefix: 'big/' })).length).toBe(20_000);
   });
 });
+
+describe('LevelEngine options', () => {
+  it("opens with LevelDB's bounds set (small memtable, table cache and block cache) and reads back every key after a reopen", async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'kvcascade-engine-opts-'));
+    dirs.push(dir);
+    const options = { maxOpenFiles: 74, cacheBytes: 1 << 20, writeBufferBytes: 64 << 10 };
+    let e = await LevelEngine.open(dir, options);
+    const value = new Uint8Array(1024).map((_, i) => (i * 31) & 0xff);
+    for (let b = 0; b < 10; b++) {
+      await e.batch(Array.from({ length: 200 }, (_, i) => ({ type: 'put' as const, key: `k/${String(b * 200 + i).padStart(5, '0')}`, value })), { sync: false });
+    }
+    await e.close();
+    e = await LevelEngine.open(dir, options);
+    engines.push(e);
+    const all = await scanAll(e, { prefix: 'k/' });
+    expect(all.length).toBe(2000);
+    expect(all.every(([, v]) => v.length === 1024 && v[1] === 31)).toBe(true);
+  });
+});
