@@ -120,12 +120,11 @@ export async function testExtension(mod: ExtensionModule | Record<string, unknow
   const running = new Map<number, { deadlineMs: number; timeoutMs: number }>();
   let nextInvocation = 1;
   const guest = new Guest(name, structuredClone(o.config ?? {}), {
+    ...services,
     kv: (op, args, hops, effect, invocation) => {
       const r = invocation !== undefined ? running.get(invocation) : undefined;
       return services.kv(op, args, hops, effect, r ? kvCallDeadline(r.deadlineMs, r.timeoutMs) : undefined);
     },
-    log: (level, msg, fields) => services.log(level, msg, fields),
-    metric: (kind, metricName, help, op) => services.metric(kind, metricName, help, op),
   });
   const watches: RegisteredWatch[] = await guest.load({ describe: name, load: async () => mod });
   const start = shard.revision();
