@@ -55,6 +55,14 @@ export interface NodeFigures {
   readonly split?: RssSplit;
   /** kvd only: V8 heap committed (total). */
   readonly heapTotalMiB?: number;
+  /** kvd only (with --malloc-trim-mib > 0 on glibc): malloc_trim calls so far, their total and longest wall time (ms), RSS they gave back (MiB), the event-loop time of the checks (ms); glibc's bytes in use and free (MiB). */
+  readonly trims?: number;
+  readonly trimMs?: number;
+  readonly trimMaxMs?: number;
+  readonly trimReleasedMiB?: number;
+  readonly trimCheckMs?: number;
+  readonly mallocInUseMiB?: number;
+  readonly mallocFreeMiB?: number;
 }
 
 /** A process's resident memory by kind, MiB (see {@link rssSplitOf}). */
@@ -179,9 +187,37 @@ async function figuresOf(cluster: RunningCluster): Promise<NodeFigures[]> {
       slowFsyncs: (sample(text, 'kvcascade_fsync_duration_seconds_count') ?? 0) - (sample(text, 'kvcascade_fsync_duration_seconds_bucket', 'le="0.5"') ?? 0),
       majorGcs: sample(text, 'kvcascade_nodejs_gc_duration_seconds_count', 'kind="major"') ?? 0,
       majorGcMs: Math.round((sample(text, 'kvcascade_nodejs_gc_duration_seconds_sum', 'kind="major"') ?? 0) * 1000),
+      ...(sample(text, 'kvcascade_malloc_in_use_bytes') === undefined
+        ? {}
+        : {
+            trims: sample(text, 'kvcascade_malloc_trims_total') ?? 0,
+            trimMs: Math.round((sample(text, 'kvcascade_malloc_trim_seconds_total') ?? 0) * 1000),
+            trimMaxMs: Math.round((sample(text, 'kvcascade_malloc_trim_max_seconds') ?? 0) * 1000),
+            trimReleasedMiB: mib(sample(text, 'kvcascade_malloc_trim_released_bytes_total') ?? 0),
+            trimCheckMs: Math.round((sample(text, 'kvcascade_malloc_check_seconds_total') ?? 0) * 1000),
+            mallocInUseMiB: mib(sample(text, 'kvcascade_malloc_in_use_bytes') ?? 0),
+            mallocFreeMiB: mib(sample(text, 'kvcascade_malloc_free_bytes') ?? 0),
+          }),
     });
   }
   return out;
+}
+
+/** A node's malloc figures and trims, for the per-node line ('' when it has none). */
+function trimText(n: NodeFigures): string {
+  if (n.mallocInUseMiB === undefined) return '';
+  return ` malloc in use ${n.mallocInUseMiB} free ${n.mallocFreeMiB} trims ${n.trims} (${n.trimMs} ms, max ${n.trimMaxMs} ms, released ${n.trimReleasedMiB} MiB; checks ${n.trimCheckMs} ms)`;
+}
+
+/** The per-node line of a sample outside the checkpoints (after the restart, after the catch-up). */
+function restText(nodes: readonly NodeFigures[]): string {
+  return nodes
+    .map((n) => {
+      const sp = n.split ? ` (anon ${n.split.anonMiB}, of it brk ${n.split.brkMiB}; tables ${n.split.tablesMiB}; other files ${n.split.otherFileMiB})` : '';
+      const k = n.heapUsedMiB === undefined ? '' : ` heap ${n.heapUsedMiB}/${n.heapTotalMiB} ext ${n.externalMiB} accounted ${n.accountedMiB}`;
+      return `n${n.node} rss ${n.rssMiB}${sp}${k}${trimText(n)}`;
+    })
+    .join(' | ');
 }
 
 /** Restarts node 3 (index 2) and returns the seconds until it serves a local (serializable) read of `key`. */
@@ -282,7 +318,7 @@ async function anonRssOf(pid: number | undefined): Promise<number> {
 async function runSystem(
   system: SystemName,
   checkpoints: number[],
-  o: { valueBytes: number; concurrency: number; gets: number; catchUpKeys: number; overwrites: number; kvdArgs: string[]; bin?: string; etcdBin?: string; keepLogs?: string; bulk: boolean; measurePuts: number; fillConcurrency: number },
+  o: { settleMs: number; valueBytes: number; concurrency: number; gets: number; catchUpKeys: number; overwrites: number; kvdArgs: string[]; bin?: string; etcdBin?: string; keepLogs?: string; bulk: boolean; measurePuts: number; fillConcurrency: number },
 ): Promise<DataSizeCheckpoint[]> {
   const log = (m: string) => console.error(m);
   const cluster =
@@ -334,7 +370,7 @@ async function runSystem(
           const k = n.heapUsedMiB === undefined ? '' : ` heap ${n.heapUsedMiB} ext ${n.externalMiB} cache ${n.cacheMiB} index ${n.indexMiB} accounted ${n.accountedMiB} of budget ${n.budgetMiB} (refusals ${n.budgetRefusals}) loop max/p99 ${n.loopDelayMaxMs}/${n.loopDelayP99Ms} ms leader changes since fill start ${n.leaderChanges} fsyncs>0.5s ${n.slowFsyncs} major GCs ${n.majorGcs} (${n.majorGcMs} ms)`;
           const sp = n.split ? ` (anon ${n.split.anonMiB}, of it brk ${n.split.brkMiB}; tables ${n.split.tablesMiB}; other files ${n.split.otherFileMiB})` : '';
           const ht = n.heapTotalMiB === undefined ? '' : ` heap total ${n.heapTotalMiB}`;
-          return `n${n.node} rss ${n.rssMiB}${sp} disk ${n.diskMiB}${k}${ht}`;
+          return `n${n.node} rss ${n.rssMiB}${sp} disk ${n.diskMiB}${k}${ht}${trimText(n)}`;
         })
         .join(' | ');
       console.log(`${system} keys ${target} (load ${loadavg().map((l) => l.toFixed(1)).join(' ')})  fill keys/s ${cp.fillPerSec} (errors ${cp.fillErrors})  put/s ${cp.putsPerSec} p99 ${cp.putP99Ms} ms errors ${cp.putErrors}  get/s ${cp.getsPerSec} p99 ${cp.getP99Ms} ms srv ${getSrvUs ?? '?'} us/get  MiB: ${per}`);
@@ -361,6 +397,12 @@ async function runSystem(
       console.log(
         `${system} catch-up (load ${loadavg()[0]!.toFixed(1)}): node 3 stopped, ${o.catchUpKeys} more keys written, restarted: serving the last of ${from + o.catchUpKeys} keys after ${c?.seconds ?? 'n/a'} s, peak RSS ${c?.peakRssMiB ?? 'n/a'} MiB (per node during the catch-up: ${c?.peakRssByNodeMiB.map((m, i) => `n${i + 1} ${m}`).join(', ') ?? 'n/a'} MiB; of it anonymous, peak: ${c?.peakAnonByNodeMiB.map((m, i) => `n${i + 1} ${m}`).join(', ') ?? 'n/a'} MiB)`,
       );
+      // What stays once the install is over (the trimmer, when on, has had its chance: 2 checks and its interval).
+      await sleep(o.settleMs);
+      console.log(`${system} ${o.settleMs / 1000} s after the catch-up MiB: ${restText(await figuresOf(cluster))}`);
+    } else if (o.settleMs > 0) {
+      await sleep(o.settleMs);
+      console.log(`${system} ${o.settleMs / 1000} s after the restart MiB: ${restText(await figuresOf(cluster))}`);
     }
     return results;
   } finally {
@@ -387,13 +429,14 @@ async function main(): Promise<void> {
       fill: { type: 'string', default: 'bulk' },
       'measure-puts': { type: 'string', default: '20000' },
       'fill-concurrency': { type: 'string', default: '16' },
+      'settle-ms': { type: 'string', default: '15000' },
       bin: { type: 'string' },
       'etcd-bin': { type: 'string' },
       help: { type: 'boolean', default: false },
     },
   });
   if (values.help) {
-    console.log('node dist/bench/data-size.js [--checkpoints 10000,100000] [--big] [--system kvd|etcd|both] [--value-bytes 1024] [--concurrency 64] [--gets 5000] [--catch-up-keys 30000] [--overwrites 0] [--fill bulk|unary] [--measure-puts 20000] [--fill-concurrency 16] [--keep-logs DIR] [--kvd-args "..."] [--bin PATH] [--etcd-bin PATH]');
+    console.log('node dist/bench/data-size.js [--checkpoints 10000,100000] [--big] [--system kvd|etcd|both] [--value-bytes 1024] [--concurrency 64] [--gets 5000] [--catch-up-keys 30000] [--overwrites 0] [--fill bulk|unary] [--measure-puts 20000] [--fill-concurrency 16] [--settle-ms 15000] [--keep-logs DIR] [--kvd-args "..."] [--bin PATH] [--etcd-bin PATH]');
     return;
   }
   const checkpoints = flagIntList('checkpoints', values.checkpoints, 1, 100_000_000);
@@ -412,6 +455,7 @@ async function main(): Promise<void> {
     bulk: values.fill === 'bulk',
     measurePuts: flagInt('measure-puts', values['measure-puts'], 1),
     fillConcurrency: flagInt('fill-concurrency', values['fill-concurrency'], 1),
+    settleMs: flagInt('settle-ms', values['settle-ms'], 0),
     ...(values.bin !== undefined ? { bin: values.bin } : {}),
     ...(values['etcd-bin'] !== undefined ? { etcdBin: values['etcd-bin'] } : {}),
     ...(values['keep-logs'] !== undefined ? { keepLogs: values['keep-logs'] } : {}),

@@ -19,6 +19,7 @@ import { kvdCredentials } from './kvd-tls.js';
 import { addHealthService } from '../server/health.js';
 import { startNodeLeases } from './lease-wiring.js';
 import { NodeMetrics } from '../node/metrics.js';
+import { DEFAULT_TRIM_POLICY, loadNativeMalloc, MallocTrimmer } from '../node/malloc-trim.js';
 import { budgetShortfall, type FixedMemoryParts } from '../node/memory-budget.js';
 import { NODE_DEFAULTS } from '../node/node-options.js';
 import { DEFAULT_MAX_HISTORY_BYTES } from '../statemachine/limits.js';
@@ -124,6 +125,28 @@ function memoryBudgetMib(flag: number | undefined, log: Logger, fixed: FixedMemo
     );
   }
   return flag;
+}
+
+/**
+ * Gives freed native memory back to the OS (`--malloc-trim-mib`, src/node/malloc-trim.ts), or
+ * undefined when off or where glibc's malloc_trim is not available (said once in the log).
+ */
+function startMallocTrimmer(cfg: KvdConfig, metrics: NodeMetrics, log: Logger): MallocTrimmer | undefined {
+  const freedMib = cfg.mallocTrimMib ?? DEFAULT_TRIM_POLICY.freedBytes / 2 ** 20;
+  if (freedMib === 0) return undefined;
+  const native = loadNativeMalloc();
+  if (!native) {
+    log.info('malloc_trim is not available here (not glibc, or koffi did not load): freed native memory stays with the allocator');
+    return undefined;
+  }
+  const trimmer = new MallocTrimmer(
+    native,
+    { freedBytes: freedMib * 2 ** 20, minIntervalMs: cfg.mallocTrimIntervalMs ?? DEFAULT_TRIM_POLICY.minIntervalMs },
+    metrics.registry,
+    (fields, msg) => log.warn(fields, msg),
+  );
+  trimmer.start();
+  return trimmer;
 }
 
 function bind(server: grpc.Server, address: string, creds: grpc.ServerCredentials): Promise<number> {
@@ -378,6 +401,7 @@ async function main(): Promise<void> {
   );
   const metrics = new NodeMetrics(node);
   node.observer = metrics.observer();
+  const trimmer = startMallocTrimmer(cfg, metrics, log);
   metrics.watchTransport(transport);
   // Once the node learns it was removed from the cluster, every client call is refused (NODE_REMOVED).
   const gate = new RemovalGate();
@@ -559,6 +583,7 @@ async function main(): Promise<void> {
     stubs.close();
     await extensions.stop().catch(() => {});
     await watchdog.stop().catch(() => {});
+    trimmer?.stop();
     server.forceShutdown();
     peerServer?.forceShutdown();
     m.server.close();

@@ -123,6 +123,26 @@ describe('kvd configuration', () => {
     expect(() => parseConfig([...base, '--insecure-peers', '--extension-heap-mb', '4'])).toThrow(/--extension-heap-mb must be an integer >= 8/);
   });
 
+  it('takes the malloc trim threshold and interval from the flags or the file (unset: the defaults), and refuses bad ones with a clear message', () => {
+    const unset = parseConfig([...base, '--insecure-peers']);
+    expect(unset.mallocTrimMib).toBeUndefined();
+    expect(unset.mallocTrimIntervalMs).toBeUndefined();
+    const set = parseConfig([...base, '--insecure-peers', '--malloc-trim-mib', '0', '--malloc-trim-interval-ms', '5000']);
+    expect(set.mallocTrimMib).toBe(0);
+    expect(set.mallocTrimIntervalMs).toBe(5000);
+    expect(() => parseConfig([...base, '--insecure-peers', '--malloc-trim-mib', '-3'])).toThrow(/--malloc-trim-mib must be a non-negative integer/);
+    expect(() => parseConfig([...base, '--insecure-peers', '--malloc-trim-mib', 'lots'])).toThrow(/--malloc-trim-mib must be a non-negative integer/);
+    expect(() => parseConfig([...base, '--insecure-peers', '--malloc-trim-interval-ms', '10'])).toThrow(/--malloc-trim-interval-ms must be an integer >= 1000/);
+    const file = join(dir, 'trim.json');
+    writeFileSync(file, JSON.stringify({ mallocTrimMib: 64, mallocTrimIntervalMs: 30000 }));
+    const fromFile = parseConfig([...base, '--insecure-peers', '--config', file]);
+    expect([fromFile.mallocTrimMib, fromFile.mallocTrimIntervalMs]).toEqual([64, 30000]);
+    writeFileSync(file, JSON.stringify({ mallocTrimMib: 'big' }));
+    expect(() => parseConfig([...base, '--insecure-peers', '--config', file])).toThrow(/--malloc-trim-mib must be an integer from 0 \(never trim\) to 65536 \(got big\)/);
+    writeFileSync(file, JSON.stringify({ mallocTrimIntervalMs: 1.5 }));
+    expect(() => parseConfig([...base, '--insecure-peers', '--config', file])).toThrow(/--malloc-trim-interval-ms must be an integer >= 1000/);
+  });
+
   it('takes the memory budget from the flag or the file (unset: kvd derives it from the V8 heap limit)', () => {
     expect(parseConfig([...base, '--insecure-peers', '--memory-budget-mib', '512']).memoryBudgetMib).toBe(512);
     expect(parseConfig([...base, '--insecure-peers', '--memory-budget-mib', '0']).memoryBudgetMib).toBe(0);

@@ -1,0 +1,201 @@
+/**
+ * Returning freed native memory to the OS (issue 17, session `rss5`). glibc keeps what a process
+ * frees in the middle of its main arena (the brk heap, where Node's Buffers, gRPC's messages and
+ * LevelDB's batches and iterators are malloc'd) resident until it is reused: only the top of the
+ * heap is released by itself. A data fill, a snapshot install or a burst of large requests leaves
+ * such holes behind, so a node's RSS grew with what it had written and freed, not with what it
+ * holds. `malloc_trim(0)` (glibc; called through koffi) gives the free pages back (madvise).
+ *
+ * {@link TrimScheduler} decides when (pure; tests in test/node/malloc-trim.test.ts): every check
+ * reads glibc's `mallinfo2` (bytes in use and free, all arenas; it walks the free lists, so it is
+ * timed) and trims when what was freed since the last trim reaches a threshold: the fall of the
+ * bytes in use from their peak since then, or the growth of the free bytes since then, whichever
+ * is larger; never more often than `minIntervalMs`. {@link MallocTrimmer} runs the checks on a
+ * timer and the trim itself on koffi's worker thread (off the event loop; glibc locks each arena
+ * while it trims it, so a malloc on the loop may wait for that arena meanwhile).
+ */
+import { createRequire } from 'node:module';
+import { Counter, Gauge, type Registry } from 'prom-client';
+
+/** glibc's allocator figures (`mallinfo2`), bytes. */
+export interface MallocStats {
+  /** Bytes allocated with brk/arena heaps (`arena`). */
+  readonly arenaBytes: number;
+  /** Bytes in use in the arenas (`uordblks`). */
+  readonly inUseBytes: number;
+  /** Free bytes in the arenas (`fordblks`), resident or already trimmed. */
+  readonly freeBytes: number;
+  /** Bytes in chunks of their own mapping (`hblkhd`, returned to the OS when freed). */
+  readonly mmappedBytes: number;
+}
+
+/** The native calls (glibc through koffi). */
+export interface NativeMalloc {
+  stats(): MallocStats;
+  /** `malloc_trim(0)` on a worker thread; calls back with whether memory was released and the call's wall time on that thread (ms). */
+  trimAsync(done: (err: Error | undefined, released: boolean, ms: number) => void): void;
+  /** `malloc_trim(0)` on the calling thread (benches and tests). */
+  trimSync(): boolean;
+}
+
+let loaded: NativeMalloc | null | undefined;
+
+/**
+ * glibc's malloc functions through koffi, or undefined where they are not available (not Linux,
+ * not glibc, e.g. musl in an Alpine image, or koffi failed to load). Loaded once.
+ */
+export function loadNativeMalloc(): NativeMalloc | undefined {
+  if (loaded !== undefined) return loaded ?? undefined;
+  loaded = null;
+  if (process.platform !== 'linux') return undefined;
+  try {
+    const koffi = createRequire(import.meta.url)('koffi') as typeof import('koffi').default;
+    const libc = koffi.load('libc.so.6');
+    const info = koffi.struct({
+      arena: 'size_t',
+      ordblks: 'size_t',
+      smblks: 'size_t',
+      hblks: 'size_t',
+      hblkhd: 'size_t',
+      usmblks: 'size_t',
+      fsmblks: 'size_t',
+      uordblks: 'size_t',
+      fordblks: 'size_t',
+      keepcost: 'size_t',
+    });
+    const mallinfo2 = libc.func('mallinfo2', info, []);
+    const trim = libc.func('malloc_trim', 'int', ['size_t']);
+    // A tiny C-side timer would be nicer; the wall time around the async call includes the thread hop.
+    const n = (v: unknown): number => Number(v);
+    loaded = {
+      stats: () => {
+        const m = mallinfo2() as Record<string, unknown>;
+        return { arenaBytes: n(m.arena), inUseBytes: n(m.uordblks), freeBytes: n(m.fordblks), mmappedBytes: n(m.hblkhd) };
+      },
+      trimAsync: (done) => {
+        const t0 = performance.now();
+        trim.async(0, (err: unknown, r: number) => done(err instanceof Error ? err : err ? new Error(String(err)) : undefined, r === 1, performance.now() - t0));
+      },
+      trimSync: () => trim(0) === 1,
+    };
+  } catch {
+    loaded = null;
+  }
+  return loaded ?? undefined;
+}
+
+/** When to trim (see the module comment). */
+export interface TrimPolicy {
+  /** Trim once this many bytes were freed since the last trim (0: never). */
+  readonly freedBytes: number;
+  /** Least time between two trims, ms. */
+  readonly minIntervalMs: number;
+}
+
+/** The default: trim after 32 MiB freed, at most every 10 s. */
+export const DEFAULT_TRIM_POLICY: TrimPolicy = { freedBytes: 32 * 2 ** 20, minIntervalMs: 10_000 };
+
+/** How often the trimmer reads the allocator's figures, ms. */
+export const TRIM_CHECK_MS = 2_000;
+
+/** The trim decisions, from the allocator's figures at each check (pure: no timer, no native call). */
+export class TrimScheduler {
+  private peakInUse = 0;
+  private freeAtTrim = 0;
+  private lastTrimMs = Number.NEGATIVE_INFINITY;
+  private running = false;
+
+  constructor(readonly policy: TrimPolicy) {
+    if (!Number.isFinite(policy.freedBytes) || policy.freedBytes < 0) throw new Error(`freedBytes must be a non-negative number (got ${policy.freedBytes})`);
+    if (!Number.isFinite(policy.minIntervalMs) || policy.minIntervalMs < 0) throw new Error(`minIntervalMs must be a non-negative number (got ${policy.minIntervalMs})`);
+  }
+
+  /** Bytes freed since the last trim, as far as the figures tell: the fall from the peak in use, or the growth of the free bytes. */
+  freedSinceTrim(s: MallocStats): number {
+    return Math.max(0, this.peakInUse - s.inUseBytes, s.freeBytes - this.freeAtTrim);
+  }
+
+  /** One check: whether to trim now. Call {@link trimmed} when the trim it asked for is done. */
+  check(nowMs: number, s: MallocStats): boolean {
+    this.peakInUse = Math.max(this.peakInUse, s.inUseBytes);
+    if (this.policy.freedBytes === 0 || this.running) return false;
+    if (nowMs - this.lastTrimMs < this.policy.minIntervalMs) return false;
+    if (this.freedSinceTrim(s) < this.policy.freedBytes) return false;
+    this.running = true;
+    return true;
+  }
+
+  /** A trim finished at `nowMs`; `after` are the figures then (what is in use and free becomes the new base). */
+  trimmed(nowMs: number, after: MallocStats): void {
+    this.running = false;
+    this.lastTrimMs = nowMs;
+    this.peakInUse = after.inUseBytes;
+    this.freeAtTrim = after.freeBytes;
+  }
+}
+
+/** Runs a {@link TrimScheduler} on a timer against the real allocator, with metrics. */
+export class MallocTrimmer {
+  private timer: NodeJS.Timeout | undefined;
+  private readonly scheduler: TrimScheduler;
+  private readonly trims: Counter;
+  private readonly trimSeconds: Counter;
+  private readonly checkSeconds: Counter;
+  private readonly released: Counter;
+  private maxTrimMs = 0;
+
+  constructor(
+    private readonly native: NativeMalloc,
+    policy: TrimPolicy,
+    registry: Registry,
+    private readonly log?: (fields: Record<string, unknown>, msg: string) => void,
+  ) {
+    this.scheduler = new TrimScheduler(policy);
+    const registers = [registry];
+    this.trims = new Counter({ name: 'kvcascade_malloc_trims_total', help: 'malloc_trim(0) calls (freed native memory given back to the OS)', registers });
+    this.trimSeconds = new Counter({ name: 'kvcascade_malloc_trim_seconds_total', help: 'Wall time of the malloc_trim calls (on a worker thread)', registers });
+    this.checkSeconds = new Counter({ name: 'kvcascade_malloc_check_seconds_total', help: 'Event-loop time reading the allocator figures (mallinfo2) for the trim decisions', registers });
+    this.released = new Counter({ name: 'kvcascade_malloc_trim_released_bytes_total', help: 'Resident memory the trims gave back (RSS before minus after, when it fell)', registers });
+    const self = this;
+    new Gauge({ name: 'kvcascade_malloc_trim_max_seconds', help: 'Longest malloc_trim call so far', registers, collect() { this.set(self.maxTrimMs / 1000); } });
+    const stat = (name: string, help: string, pick: (s: MallocStats) => number) =>
+      new Gauge({ name, help, registers, collect() { this.set(pick(native.stats())); } });
+    stat('kvcascade_malloc_in_use_bytes', 'glibc malloc: bytes in use in the arenas (mallinfo2 uordblks)', (s) => s.inUseBytes);
+    stat('kvcascade_malloc_free_bytes', 'glibc malloc: free bytes in the arenas, resident or trimmed (mallinfo2 fordblks)', (s) => s.freeBytes);
+    stat('kvcascade_malloc_arena_bytes', 'glibc malloc: bytes of the arenas (mallinfo2 arena)', (s) => s.arenaBytes);
+  }
+
+  start(checkMs = TRIM_CHECK_MS): void {
+    if (this.timer || this.scheduler.policy.freedBytes === 0) return;
+    this.timer = setInterval(() => this.checkOnce(), checkMs);
+    this.timer.unref();
+  }
+
+  stop(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+  }
+
+  private checkOnce(): void {
+    const t0 = performance.now();
+    const s = this.native.stats();
+    this.checkSeconds.inc((performance.now() - t0) / 1000);
+    if (!this.scheduler.check(Date.now(), s)) return;
+    const freed = this.scheduler.freedSinceTrim(s);
+    const rssBefore = process.memoryUsage.rss();
+    this.native.trimAsync((err, _released, ms) => {
+      const after = this.native.stats();
+      this.scheduler.trimmed(Date.now(), after);
+      if (err) {
+        this.log?.({ err: err.message }, 'malloc_trim failed');
+        return;
+      }
+      const gone = Math.max(0, rssBefore - process.memoryUsage.rss());
+      this.trims.inc();
+      this.trimSeconds.inc(ms / 1000);
+      this.released.inc(gone);
+      this.maxTrimMs = Math.max(this.maxTrimMs, ms);
+      if (ms > 100) this.log?.({ trimMs: Math.round(ms), freedMib: Math.round(freed / 2 ** 20), releasedMib: Math.round(gone / 2 ** 20) }, 'malloc_trim took over 100 ms');
+    });
+  }
+}
