@@ -39,9 +39,9 @@ export interface KvdConfig {
   leveldbCacheMib?: number;
   /** Bound of the hot-index cache, MiB (`--index-cache-mib`). */
   indexCacheMib: number;
-  /** `--malloc-trim-mib`: give freed native memory back to the OS once this much was freed since the last time (0: never; unset: 32; src/node/malloc-trim.ts). */
+  /** `--malloc-trim-mib`: give freed native memory back to the OS when quiet, once this much was freed since the last time (0: never; unset: 64; src/node/malloc-trim.ts). */
   mallocTrimMib?: number;
-  /** `--malloc-trim-interval-ms`: least time between two such trims (unset: 10000). */
+  /** `--malloc-trim-interval-ms`: least time between two such trims (unset: 60000). */
   mallocTrimIntervalMs?: number;
   /** `--index-drop-cold` / `--no-index-drop-cold` (NodeOptions.indexDropCold; unset: the node's default, on). */
   indexDropCold?: boolean;
@@ -177,8 +177,8 @@ export function parseConfig(argv: string[]): KvdConfig {
     .option('--value-cache-mib <n>', 'bound of the cache of values read from disk, MiB (default 64)', int('--value-cache-mib'))
     .option('--leveldb-max-open-files <n>', "LevelDB's table files kept open and mapped, plus 10 (default 1000: every table of a 2 GiB store; at least 74; mapped pages count in RSS)", int('--leveldb-max-open-files'))
     .option('--leveldb-cache-mib <n>', "LevelDB's block cache, MiB (default 8)", int('--leveldb-cache-mib'))
-    .option('--malloc-trim-mib <n>', 'give freed native memory (glibc malloc) back to the OS with malloc_trim once this many MiB were freed since the last trim (default 32; 0 = never)', int('--malloc-trim-mib'))
-    .option('--malloc-trim-interval-ms <ms>', 'least time between two malloc trims (default 10000, at least 1000)', int('--malloc-trim-interval-ms'))
+    .option('--malloc-trim-mib <n>', 'give freed native memory (glibc malloc) back to the OS with malloc_trim, when the node is quiet, once this many MiB were freed since the last trim (default 64; 0 = never)', int('--malloc-trim-mib'))
+    .option('--malloc-trim-interval-ms <ms>', 'least time between two malloc trims (default 60000, at least 1000)', int('--malloc-trim-interval-ms'))
     .option('--index-drop-cold', "keep only hot keys' version lists and reserved keys in the heap, the rest is read from disk (the default)")
     .option('--no-index-drop-cold', "keep every key's version list and the live-key set in the heap (NodeOptions.indexDropCold false; about 3x the heap per key)")
     .option('--snapshot-chunks-in-flight <n>', 'snapshot chunks (1 MiB) in flight to one lagging follower (default 4)', int('--snapshot-chunks-in-flight'))

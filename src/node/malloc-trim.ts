@@ -6,13 +6,19 @@
  * such holes behind, so a node's RSS grew with what it had written and freed, not with what it
  * holds. `malloc_trim(0)` (glibc; called through koffi) gives the free pages back (madvise).
  *
- * {@link TrimScheduler} decides when (pure; tests in test/node/malloc-trim.test.ts): every check
- * reads glibc's `mallinfo2` (bytes in use and free, all arenas; it walks the free lists, so it is
- * timed) and trims when what was freed since the last trim reaches a threshold: the fall of the
- * bytes in use from their peak since then, or the growth of the free bytes since then, whichever
- * is larger; never more often than `minIntervalMs`. {@link MallocTrimmer} runs the checks on a
- * timer and the trim itself on koffi's worker thread (off the event loop; glibc locks each arena
- * while it trims it, so a malloc on the loop may wait for that arena meanwhile).
+ * {@link TrimScheduler} decides when (pure; tests in test/node/malloc-trim.test.ts). A trim is a
+ * pause: glibc walks every free chunk of each arena and madvises the free pages while holding that
+ * arena's lock, and the event loop's next malloc waits for it. Measured (session `rss5`, 300 k keys,
+ * 2-core machine at load 15-20, kvd under nice 10): 0.2-3.1 s per trim of a 200-400 MiB main arena,
+ * with the loop blocked as long; trimming every 10 s through a fill raised the leader changes from
+ * 3-5 to 13-22 per node. So the node trims only when it is quiet: the event loop's utilization
+ * stayed below `maxLoopUtilization` for `quietChecks` checks in a row (a fill, a catch-up or a
+ * steady load keeps it above), and only then reads glibc's `mallinfo2` (bytes in use and free, all
+ * arenas; it walks the free lists under the same locks, ~14 ms a call at that load, so not on every
+ * check), and trims when what was freed since the last trim reaches a threshold: the fall of the
+ * bytes in use from their peak since then, or the growth of the free bytes since then, whichever is
+ * larger; never more often than `minIntervalMs`. {@link MallocTrimmer} runs the checks on a timer
+ * and the trim itself on koffi's worker thread (the loop can still wait on the arena lock).
  */
 import { createRequire } from 'node:module';
 import { Counter, Gauge, type Registry } from 'prom-client';
@@ -90,10 +96,14 @@ export interface TrimPolicy {
   readonly freedBytes: number;
   /** Least time between two trims, ms. */
   readonly minIntervalMs: number;
+  /** The node is quiet while the event loop's utilization (0..1) over a check stays below this. */
+  readonly maxLoopUtilization: number;
+  /** Checks in a row the node must be quiet before the allocator is read (and maybe trimmed). */
+  readonly quietChecks: number;
 }
 
-/** The default: trim after 32 MiB freed, at most every 10 s. */
-export const DEFAULT_TRIM_POLICY: TrimPolicy = { freedBytes: 32 * 2 ** 20, minIntervalMs: 10_000 };
+/** The default: trim after 64 MiB freed, at most every 60 s, once the loop was under 20 % busy for 3 checks (6 s). */
+export const DEFAULT_TRIM_POLICY: TrimPolicy = { freedBytes: 64 * 2 ** 20, minIntervalMs: 60_000, maxLoopUtilization: 0.2, quietChecks: 3 };
 
 /** How often the trimmer reads the allocator's figures, ms. */
 export const TRIM_CHECK_MS = 2_000;
@@ -104,8 +114,11 @@ export class TrimScheduler {
   private freeAtTrim = 0;
   private lastTrimMs = Number.NEGATIVE_INFINITY;
   private running = false;
+  private quietFor = 0;
 
   constructor(readonly policy: TrimPolicy) {
+    if (!(policy.maxLoopUtilization > 0 && policy.maxLoopUtilization <= 1)) throw new Error(`maxLoopUtilization must be in (0, 1] (got ${policy.maxLoopUtilization})`);
+    if (!Number.isSafeInteger(policy.quietChecks) || policy.quietChecks < 1) throw new Error(`quietChecks must be a positive integer (got ${policy.quietChecks})`);
     if (!Number.isFinite(policy.freedBytes) || policy.freedBytes < 0) throw new Error(`freedBytes must be a non-negative number (got ${policy.freedBytes})`);
     if (!Number.isFinite(policy.minIntervalMs) || policy.minIntervalMs < 0) throw new Error(`minIntervalMs must be a non-negative number (got ${policy.minIntervalMs})`);
   }
@@ -115,7 +128,17 @@ export class TrimScheduler {
     return Math.max(0, this.peakInUse - s.inUseBytes, s.freeBytes - this.freeAtTrim);
   }
 
-  /** One check: whether to trim now. Call {@link trimmed} when the trim it asked for is done. */
+  /**
+   * The first half of a check: the loop's utilization since the last check. Whether the node has
+   * been quiet long enough, and a trim is allowed, so that the allocator's figures are worth reading.
+   */
+  quiet(nowMs: number, loopUtilization: number): boolean {
+    this.quietFor = loopUtilization < this.policy.maxLoopUtilization ? this.quietFor + 1 : 0;
+    if (this.policy.freedBytes === 0 || this.running) return false;
+    return this.quietFor >= this.policy.quietChecks && nowMs - this.lastTrimMs >= this.policy.minIntervalMs;
+  }
+
+  /** The second half (after {@link quiet} said yes): whether to trim now. Call {@link trimmed} when the trim it asked for is done. */
   check(nowMs: number, s: MallocStats): boolean {
     this.peakInUse = Math.max(this.peakInUse, s.inUseBytes);
     if (this.policy.freedBytes === 0 || this.running) return false;
@@ -143,6 +166,8 @@ export class MallocTrimmer {
   private readonly checkSeconds: Counter;
   private readonly released: Counter;
   private maxTrimMs = 0;
+  private lastElu = performance.eventLoopUtilization();
+  private cached: { atMs: number; stats: MallocStats } | undefined;
 
   constructor(
     private readonly native: NativeMalloc,
@@ -154,15 +179,27 @@ export class MallocTrimmer {
     const registers = [registry];
     this.trims = new Counter({ name: 'kvcascade_malloc_trims_total', help: 'malloc_trim(0) calls (freed native memory given back to the OS)', registers });
     this.trimSeconds = new Counter({ name: 'kvcascade_malloc_trim_seconds_total', help: 'Wall time of the malloc_trim calls (on a worker thread)', registers });
-    this.checkSeconds = new Counter({ name: 'kvcascade_malloc_check_seconds_total', help: 'Event-loop time reading the allocator figures (mallinfo2) for the trim decisions', registers });
+    this.checkSeconds = new Counter({ name: 'kvcascade_malloc_check_seconds_total', help: 'Event-loop time reading the allocator figures (mallinfo2: the trim decisions while quiet, and the scrapes)', registers });
     this.released = new Counter({ name: 'kvcascade_malloc_trim_released_bytes_total', help: 'Resident memory the trims gave back (RSS before minus after, when it fell)', registers });
     const self = this;
     new Gauge({ name: 'kvcascade_malloc_trim_max_seconds', help: 'Longest malloc_trim call so far', registers, collect() { this.set(self.maxTrimMs / 1000); } });
+    // One mallinfo2 per scrape (it walks the free lists): the three gauges share it.
     const stat = (name: string, help: string, pick: (s: MallocStats) => number) =>
-      new Gauge({ name, help, registers, collect() { this.set(pick(native.stats())); } });
+      new Gauge({ name, help, registers, collect() { this.set(pick(self.stats(1_000))); } });
     stat('kvcascade_malloc_in_use_bytes', 'glibc malloc: bytes in use in the arenas (mallinfo2 uordblks)', (s) => s.inUseBytes);
     stat('kvcascade_malloc_free_bytes', 'glibc malloc: free bytes in the arenas, resident or trimmed (mallinfo2 fordblks)', (s) => s.freeBytes);
     stat('kvcascade_malloc_arena_bytes', 'glibc malloc: bytes of the arenas (mallinfo2 arena)', (s) => s.arenaBytes);
+  }
+
+  /** The allocator's figures (mallinfo2, timed into the check metric), or the last ones when younger than `maxAgeMs`. */
+  private stats(maxAgeMs = 0): MallocStats {
+    const now = performance.now();
+    if (this.cached && now - this.cached.atMs <= maxAgeMs) return this.cached.stats;
+    const stats = this.native.stats();
+    const end = performance.now();
+    this.checkSeconds.inc((end - now) / 1000);
+    this.cached = { atMs: end, stats };
+    return stats;
   }
 
   start(checkMs = TRIM_CHECK_MS): void {
@@ -177,14 +214,15 @@ export class MallocTrimmer {
   }
 
   private checkOnce(): void {
-    const t0 = performance.now();
-    const s = this.native.stats();
-    this.checkSeconds.inc((performance.now() - t0) / 1000);
+    const elu = performance.eventLoopUtilization(this.lastElu);
+    this.lastElu = performance.eventLoopUtilization();
+    if (!this.scheduler.quiet(Date.now(), elu.utilization)) return;
+    const s = this.stats();
     if (!this.scheduler.check(Date.now(), s)) return;
     const freed = this.scheduler.freedSinceTrim(s);
     const rssBefore = process.memoryUsage.rss();
     this.native.trimAsync((err, _released, ms) => {
-      const after = this.native.stats();
+      const after = this.stats();
       this.scheduler.trimmed(Date.now(), after);
       if (err) {
         this.log?.({ err: err.message }, 'malloc_trim failed');

@@ -1,13 +1,14 @@
 /** The malloc-trim scheduler's decisions (src/node/malloc-trim.ts), and the native calls where glibc has them. */
 import { describe, expect, it } from 'vitest';
-import { loadNativeMalloc, TrimScheduler, type MallocStats } from '../../src/node/malloc-trim.js';
+import { DEFAULT_TRIM_POLICY, loadNativeMalloc, TrimScheduler, type MallocStats, type TrimPolicy } from '../../src/node/malloc-trim.js';
 
 const MiB = 2 ** 20;
+const policy = (p: Partial<TrimPolicy>): TrimPolicy => ({ freedBytes: 32 * MiB, minIntervalMs: 10_000, maxLoopUtilization: 0.2, quietChecks: 1, ...p });
 const at = (inUse: number, free: number): MallocStats => ({ arenaBytes: (inUse + free) * MiB, inUseBytes: inUse * MiB, freeBytes: free * MiB, mmappedBytes: 0 });
 
 describe('TrimScheduler', () => {
   it('trims once the bytes in use fell by the threshold from their peak', () => {
-    const s = new TrimScheduler({ freedBytes: 32 * MiB, minIntervalMs: 10_000 });
+    const s = new TrimScheduler(policy({}));
     expect(s.check(0, at(100, 0))).toBe(false);
     expect(s.check(2_000, at(200, 0))).toBe(false); // growing: nothing freed
     expect(s.check(4_000, at(180, 0))).toBe(false); // 20 MiB below the peak
@@ -15,7 +16,7 @@ describe('TrimScheduler', () => {
   });
 
   it('trims once the free bytes grew by the threshold (fragmentation with the bytes in use flat)', () => {
-    const s = new TrimScheduler({ freedBytes: 32 * MiB, minIntervalMs: 10_000 });
+    const s = new TrimScheduler(policy({}));
     expect(s.check(0, at(100, 10))).toBe(false);
     s.trimmed(100, at(100, 10));
     expect(s.check(20_000, at(100, 30))).toBe(false);
@@ -23,7 +24,7 @@ describe('TrimScheduler', () => {
   });
 
   it('counts from the figures after the last trim, not from start', () => {
-    const s = new TrimScheduler({ freedBytes: 32 * MiB, minIntervalMs: 1_000 });
+    const s = new TrimScheduler(policy({ minIntervalMs: 1_000 }));
     expect(s.check(0, at(300, 0))).toBe(false);
     expect(s.check(2_000, at(200, 100))).toBe(true);
     s.trimmed(2_100, at(200, 100)); // trimmed pages stay free chunks: the free bytes do not fall
@@ -35,7 +36,7 @@ describe('TrimScheduler', () => {
   });
 
   it('waits the least interval between trims, and for the running trim to finish', () => {
-    const s = new TrimScheduler({ freedBytes: 32 * MiB, minIntervalMs: 10_000 });
+    const s = new TrimScheduler(policy({}));
     expect(s.check(0, at(200, 0))).toBe(false);
     expect(s.check(1_000, at(100, 100))).toBe(true);
     expect(s.check(2_000, at(50, 150))).toBe(false); // still running
@@ -46,11 +47,39 @@ describe('TrimScheduler', () => {
   });
 
   it('never trims with a threshold of 0, and refuses a bad policy', () => {
-    const s = new TrimScheduler({ freedBytes: 0, minIntervalMs: 0 });
+    const s = new TrimScheduler(policy({ freedBytes: 0, minIntervalMs: 0 }));
+    expect(s.quiet(0, 0)).toBe(false);
     expect(s.check(0, at(1000, 0))).toBe(false);
     expect(s.check(100_000, at(0, 1000))).toBe(false);
-    expect(() => new TrimScheduler({ freedBytes: -1, minIntervalMs: 0 })).toThrow(/freedBytes must be a non-negative number/);
-    expect(() => new TrimScheduler({ freedBytes: 1, minIntervalMs: Number.NaN })).toThrow(/minIntervalMs must be a non-negative number/);
+    expect(() => new TrimScheduler(policy({ freedBytes: -1 }))).toThrow(/freedBytes must be a non-negative number/);
+    expect(() => new TrimScheduler(policy({ minIntervalMs: Number.NaN }))).toThrow(/minIntervalMs must be a non-negative number/);
+    expect(() => new TrimScheduler(policy({ maxLoopUtilization: 0 }))).toThrow(/maxLoopUtilization must be in \(0, 1\]/);
+    expect(() => new TrimScheduler(policy({ quietChecks: 0 }))).toThrow(/quietChecks must be a positive integer/);
+    expect(() => new TrimScheduler(DEFAULT_TRIM_POLICY)).not.toThrow();
+  });
+});
+
+describe('TrimScheduler: only when quiet', () => {
+  it('reads the allocator only after the loop stayed under the utilization bound for quietChecks checks in a row', () => {
+    const s = new TrimScheduler(policy({ quietChecks: 3 }));
+    expect(s.quiet(0, 0.05)).toBe(false);
+    expect(s.quiet(2_000, 0.1)).toBe(false);
+    expect(s.quiet(4_000, 0.9)).toBe(false); // a busy check starts the count again
+    expect(s.quiet(6_000, 0.1)).toBe(false);
+    expect(s.quiet(8_000, 0.1)).toBe(false);
+    expect(s.quiet(10_000, 0.19)).toBe(true);
+    expect(s.quiet(12_000, 0.2)).toBe(false); // at the bound is busy
+  });
+
+  it('says not quiet during the least interval after a trim, nor while one runs', () => {
+    const s = new TrimScheduler(policy({ quietChecks: 1, minIntervalMs: 60_000 }));
+    expect(s.quiet(0, 0)).toBe(true);
+    expect(s.check(0, at(10, 100))).toBe(true);
+    expect(s.quiet(2_000, 0)).toBe(false); // running
+    s.trimmed(3_000, at(10, 100));
+    expect(s.quiet(30_000, 0)).toBe(false);
+    expect(s.quiet(63_000, 0)).toBe(true);
+    expect(s.check(63_000, at(10, 120))).toBe(false); // only 20 MiB more free since the trim
   });
 });
 
