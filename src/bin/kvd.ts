@@ -128,17 +128,18 @@ function memoryBudgetMib(flag: number | undefined, log: Logger, fixed: FixedMemo
 }
 
 /**
- * Gives freed native memory back to the OS (`--malloc-trim-mib`, src/node/malloc-trim.ts), or
- * undefined where glibc's malloc_trim is not available (said once in the log when it was asked for).
+ * Gives freed native memory back to the OS when the node is quiet (`--malloc-trim-mib N`, off by
+ * default: a trim is a pause of the event loop, src/node/malloc-trim.ts), or undefined when off or
+ * where glibc's malloc_trim is not available (said in the log).
  */
 function startMallocTrimmer(cfg: KvdConfig, metrics: NodeMetrics, log: Logger): MallocTrimmer | undefined {
-  const freedMib = cfg.mallocTrimMib ?? DEFAULT_TRIM_POLICY.freedBytes / 2 ** 20;
+  const freedMib = cfg.mallocTrimMib ?? 0;
+  if (freedMib === 0) return undefined;
   const native = loadNativeMalloc();
   if (!native) {
-    if (freedMib > 0) log.info('malloc_trim is not available here (not glibc, or koffi did not load): freed native memory stays with the allocator');
+    log.warn('--malloc-trim-mib: malloc_trim is not available here (not glibc, or koffi did not load): freed native memory stays with the allocator');
     return undefined;
   }
-  // With 0 the allocator's figures are still exported (kvcascade_malloc_*); only the trims are off.
   const trimmer = new MallocTrimmer(
     native,
     { ...DEFAULT_TRIM_POLICY, freedBytes: freedMib * 2 ** 20, minIntervalMs: cfg.mallocTrimIntervalMs ?? DEFAULT_TRIM_POLICY.minIntervalMs },

@@ -102,7 +102,7 @@ export interface TrimPolicy {
   readonly quietChecks: number;
 }
 
-/** The default: trim after 64 MiB freed, at most every 60 s, once the loop was under 20 % busy for 3 checks (6 s). */
+/** The policy kvd uses when trimming is asked for (`--malloc-trim-mib`, which sets `freedBytes`; off by default): at most every 60 s, once the loop was under 20 % busy for 3 checks (6 s). */
 export const DEFAULT_TRIM_POLICY: TrimPolicy = { freedBytes: 64 * 2 ** 20, minIntervalMs: 60_000, maxLoopUtilization: 0.2, quietChecks: 3 };
 
 /** How often the trimmer reads the allocator's figures, ms. */
