@@ -19,6 +19,12 @@
  * bytes in use from their peak since then, or the growth of the free bytes since then, whichever is
  * larger; never more often than `minIntervalMs`. {@link MallocTrimmer} runs the checks on a timer
  * and the trim itself on koffi's worker thread (the loop can still wait on the arena lock).
+ *
+ * Off by default in kvd (`--malloc-trim-mib N` opts in): even gated on a quiet loop, a trim of
+ * 217 MiB blocked a leader's loop 2.25 s at load 20 (a follower went to pre-vote); standalone, not
+ * niced, ~60 ms of CPU per ~200 MiB given back. Running on jemalloc (`LD_PRELOAD`) is the other way
+ * (docs/memory.md "RSS against data size (session rss5)"); there `mallinfo2` reports glibc's unused
+ * arenas, so the trimmer finds nothing to do.
  */
 import { createRequire } from 'node:module';
 import { Counter, Gauge, type Registry } from 'prom-client';
