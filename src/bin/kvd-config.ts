@@ -43,6 +43,8 @@ export interface KvdConfig {
   indexDropCold?: boolean;
   /** `--snapshot-chunks-in-flight` (NodeOptions.snapshotChunksInFlight; unset: the node's default, 4). */
   snapshotChunksInFlight?: number;
+  /** `--snapshot-chunk-kib` (NodeOptions.snapshotChunkBytes / 1024; unset: the node's default). */
+  snapshotChunkKib?: number;
   /** `--sweep-versions` (experimental). */
   sweepVersions?: boolean;
   /** `--overlap-rounds` / `--no-overlap-rounds` (NodeOptions.overlapRounds; unset: the node's default). */
@@ -175,7 +177,8 @@ export function parseConfig(argv: string[]): KvdConfig {
     .option('--leveldb-cache-mib <n>', "LevelDB's block cache, MiB (default 8)", int('--leveldb-cache-mib'))
     .option('--index-drop-cold', "keep only hot keys' version lists and reserved keys in the heap, the rest is read from disk (the default)")
     .option('--no-index-drop-cold', "keep every key's version list and the live-key set in the heap (NodeOptions.indexDropCold false; about 3x the heap per key)")
-    .option('--snapshot-chunks-in-flight <n>', 'snapshot chunks (1 MiB) in flight to one lagging follower (default 4)', int('--snapshot-chunks-in-flight'))
+    .option('--snapshot-chunks-in-flight <n>', 'snapshot chunks in flight to one lagging follower (default 4)', int('--snapshot-chunks-in-flight'))
+    .option('--snapshot-chunk-kib <n>', 'KiB of one snapshot chunk sent to a lagging follower (default 1024; 64 to 16384)', int('--snapshot-chunk-kib'))
     .option('--sweep-versions', 'experimental: compaction leaves dropped versions to a background sweep in bounded units')
     .option('--overlap-rounds', "stage the next ready round while one's fsync runs (two rounds in flight; the default)")
     .option('--no-overlap-rounds', 'one ready round at a time (NodeOptions.overlapRounds false)')
@@ -275,6 +278,11 @@ export function parseConfig(argv: string[]): KvdConfig {
   if (snapshotChunksInFlight !== undefined && (!Number.isSafeInteger(snapshotChunksInFlight) || snapshotChunksInFlight < 1 || snapshotChunksInFlight > 64)) {
     throw new Error('--snapshot-chunks-in-flight must be an integer from 1 to 64');
   }
+  const chunkRaw = pick<unknown>('snapshotChunkKib', undefined);
+  const snapshotChunkKib = chunkRaw === undefined ? undefined : Number(chunkRaw);
+  if (snapshotChunkKib !== undefined && (!Number.isSafeInteger(snapshotChunkKib) || snapshotChunkKib < 64 || snapshotChunkKib > 16384)) {
+    throw new Error('--snapshot-chunk-kib must be an integer from 64 to 16384');
+  }
   if (!Number.isSafeInteger(defaultShards) || defaultShards < 1 || defaultShards > 64) throw new Error('--default-shards must be an integer from 1 to 64');
   const warnings: string[] = [];
   const cfg: KvdConfig = {
@@ -302,6 +310,7 @@ export function parseConfig(argv: string[]): KvdConfig {
     indexCacheMib: Number(pick('indexCacheMib', 32)),
     ...(indexDropCold !== undefined ? { indexDropCold } : {}),
     ...(snapshotChunksInFlight !== undefined ? { snapshotChunksInFlight } : {}),
+    ...(snapshotChunkKib !== undefined ? { snapshotChunkKib } : {}),
     ...(pick('sweepVersions', false) ? { sweepVersions: true } : {}),
     ...(pick('legacyConditionalPuts', false) ? { legacyConditionalPuts: true } : {}),
     ...(pick<unknown>('overlapRounds', undefined) !== undefined ? { overlapRounds: pick<unknown>('overlapRounds', undefined) === true } : {}),

@@ -356,6 +356,7 @@ async function main(): Promise<void> {
       indexCacheBytes: cfg.indexCacheMib * 1024 * 1024,
       ...(cfg.indexDropCold !== undefined ? { indexDropCold: cfg.indexDropCold } : {}),
       ...(cfg.snapshotChunksInFlight !== undefined ? { snapshotChunksInFlight: cfg.snapshotChunksInFlight } : {}),
+      ...(cfg.snapshotChunkKib !== undefined ? { snapshotChunkBytes: cfg.snapshotChunkKib * 1024 } : {}),
       ...(cfg.sweepVersions ? { sweepVersions: true } : {}),
       ...(cfg.legacyConditionalPuts ? { legacyConditionalPuts: true } : {}),
       ...(cfg.overlapRounds !== undefined ? { overlapRounds: cfg.overlapRounds } : {}),
