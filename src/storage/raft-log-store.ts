@@ -12,8 +12,9 @@
  *   g/<group:8 hex>/snap                 JSON SnapshotMeta of the latest snapshot
  *   g/<group:8 hex>/snapdata             that snapshot's data, raw bytes, as one value; absent for a
  *                                        *records snapshot* (see below)
- *   g/<group:8 hex>/snapstream           JSON { chunks, bytes }: the snapshot's data is the chunk records
- *                                        below (a streamed snapshot, see below); never with `snapdata`
+ *   g/<group:8 hex>/snapstream           JSON { chunks, bytes[, file] }: the snapshot's data is the chunk
+ *                                        records below, or with `file` that chunk file in the store's
+ *                                        chunk folder (a streamed snapshot, see below); never with `snapdata`
  *   t/<group:8 hex>/<index:16 hex>/<seq:8 hex>  chunk `seq` of the data of the snapshot at `index`
  *                                        as received from the leader (a streamed transfer)
  *   x/sync                               never present: deleted by a synced batch that only makes
@@ -50,6 +51,13 @@
  * `dropSnapshotData` deletes them with the marker. Chunks of a transfer that never completed are
  * deleted when the next transfer starts, and at open (the `t/` keys are only scanned there, never
  * loaded: `load` reads `g/` only, so a large snapshot's data is not read into memory at open).
+ * With a chunk folder (`RaftLogStoreOptions.chunkDir`; kvd's default) a transfer's chunks are
+ * appended to one file there instead (chunk-file.ts: LevelDB took every chunk through its log,
+ * memtable and compactions at about a sixth of the disk's rate): `flush` covers the appends (made
+ * durable with the records), the marker names the file and its unit is written only once the file
+ * is durable and closed, the install reads it back in 1 MiB pieces, and the file is deleted once
+ * the unit dropping its marker is durable; files no marker names are deleted at open and when
+ * the next transfer starts.
  *
  * Log compaction deletes the records whose entries are all compacted outside the rounds' batches
  * (a record holding the compaction point stays whole): once the unit with the new snapshot record
