@@ -2769,23 +2769,18 @@ async function* encodeParts(
     pw.maybeCut();
     w = pw.out;
   };
-  // A run of about 1 MiB of records per trip to LevelDB's thread pool, taken without an await per
-  // record (classic-level's default read-ahead, 16 KiB, made ~64 trips per 1 MiB chunk, each
-  // waiting for a pool turn and a main-thread wake-up: the leader's side of a transfer).
-  for await (const run of scanChunks(view, { prefix: tagPrefix(TAG_VERSION), readAheadBytes: LOAD_READ_AHEAD_BYTES })) {
-    for (const [k, v] of run) {
-      const end = findTerminator(k, p + 2);
-      if (end < 0 || k.length !== end + 10) throw new StorageCorruptionError(`malformed version key ${describe(k)}`);
-      const escaped = k.subarray(p + 2, end);
-      if (curEscaped === undefined || Buffer.compare(curEscaped, escaped) !== 0) {
-        flushKey();
-        yield* pw.take();
-        curEscaped = escaped.slice();
-      }
-      const rev = readU64(k, end + 2);
-      const d = decodeVersion(v, rev, '(streamed)');
-      curVersions.push({ rev, value: d.value, ts: d.timestampMs, hops: d.hops });
+  for await (const [k, v] of view.iterate({ prefix: tagPrefix(TAG_VERSION) })) {
+    const end = findTerminator(k, p + 2);
+    if (end < 0 || k.length !== end + 10) throw new StorageCorruptionError(`malformed version key ${describe(k)}`);
+    const escaped = k.subarray(p + 2, end);
+    if (curEscaped === undefined || Buffer.compare(curEscaped, escaped) !== 0) {
+      flushKey();
+      yield* pw.take();
+      curEscaped = escaped.slice();
     }
+    const rev = readU64(k, end + 2);
+    const d = decodeVersion(v, rev, '(streamed)');
+    curVersions.push({ rev, value: d.value, ts: d.timestampMs, hops: d.hops });
     await slicer.maybeYield();
   }
   flushKey();
