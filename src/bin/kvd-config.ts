@@ -47,6 +47,12 @@ export interface KvdConfig {
   indexDropCold?: boolean;
   /** `--snapshot-chunks-in-flight` (NodeOptions.snapshotChunksInFlight; unset: the node's default, 4). */
   snapshotChunksInFlight?: number;
+  /** `--snapshot-chunk-kib` (NodeOptions.snapshotChunkBytes / 1024; unset: the node's default). */
+  snapshotChunkKib?: number;
+  /** `--peer-window-kib`: the peer server's HTTP/2 flow-control windows (0: HTTP/2's default, 64 KiB). */
+  peerWindowKib: number;
+  /** `--snapshot-chunk-files` / `--no-snapshot-chunk-files` (NodeOptions.snapshotChunkFiles; default on). */
+  snapshotChunkFiles: boolean;
   /** `--sweep-versions` (experimental). */
   sweepVersions?: boolean;
   /** `--overlap-rounds` / `--no-overlap-rounds` (NodeOptions.overlapRounds; unset: the node's default). */
@@ -181,7 +187,11 @@ export function parseConfig(argv: string[]): KvdConfig {
     .option('--malloc-trim-interval-ms <ms>', 'least time between two malloc trims (default 60000, at least 1000)', int('--malloc-trim-interval-ms'))
     .option('--index-drop-cold', "keep only hot keys' version lists and reserved keys in the heap, the rest is read from disk (the default)")
     .option('--no-index-drop-cold', "keep every key's version list and the live-key set in the heap (NodeOptions.indexDropCold false; about 3x the heap per key)")
-    .option('--snapshot-chunks-in-flight <n>', 'snapshot chunks (1 MiB) in flight to one lagging follower (default 4)', int('--snapshot-chunks-in-flight'))
+    .option('--snapshot-chunks-in-flight <n>', 'snapshot chunks in flight to one lagging follower (default 4)', int('--snapshot-chunks-in-flight'))
+    .option('--snapshot-chunk-files', "a lagging follower appends a streamed snapshot's chunks to a file in <data-dir>/snapshot-chunks (the default)")
+    .option('--no-snapshot-chunk-files', "write them as LevelDB records instead (as before; ~6x the disk and CPU cost)")
+    .option('--peer-window-kib <n>', "the peer listener's HTTP/2 flow-control windows (stream and connection), KiB (0 = HTTP/2's 64 KiB)", int('--peer-window-kib'))
+    .option('--snapshot-chunk-kib <n>', 'KiB of one snapshot chunk sent to a lagging follower (default 1024; 64 to 16384)', int('--snapshot-chunk-kib'))
     .option('--sweep-versions', 'experimental: compaction leaves dropped versions to a background sweep in bounded units')
     .option('--overlap-rounds', "stage the next ready round while one's fsync runs (two rounds in flight; the default)")
     .option('--no-overlap-rounds', 'one ready round at a time (NodeOptions.overlapRounds false)')
@@ -281,6 +291,13 @@ export function parseConfig(argv: string[]): KvdConfig {
   if (snapshotChunksInFlight !== undefined && (!Number.isSafeInteger(snapshotChunksInFlight) || snapshotChunksInFlight < 1 || snapshotChunksInFlight > 64)) {
     throw new Error('--snapshot-chunks-in-flight must be an integer from 1 to 64');
   }
+  const chunkRaw = pick<unknown>('snapshotChunkKib', undefined);
+  const snapshotChunkKib = chunkRaw === undefined ? undefined : Number(chunkRaw);
+  if (snapshotChunkKib !== undefined && (!Number.isSafeInteger(snapshotChunkKib) || snapshotChunkKib < 64 || snapshotChunkKib > 16384)) {
+    throw new Error('--snapshot-chunk-kib must be an integer from 64 to 16384');
+  }
+  const peerWindowKib = Number(pick('peerWindowKib', 0));
+  if (!Number.isSafeInteger(peerWindowKib) || peerWindowKib < 0 || peerWindowKib > 1024 * 1024) throw new Error('--peer-window-kib must be an integer from 0 to 1048576');
   if (!Number.isSafeInteger(defaultShards) || defaultShards < 1 || defaultShards > 64) throw new Error('--default-shards must be an integer from 1 to 64');
   const warnings: string[] = [];
   const cfg: KvdConfig = {
@@ -308,6 +325,9 @@ export function parseConfig(argv: string[]): KvdConfig {
     indexCacheMib: Number(pick('indexCacheMib', 32)),
     ...(indexDropCold !== undefined ? { indexDropCold } : {}),
     ...(snapshotChunksInFlight !== undefined ? { snapshotChunksInFlight } : {}),
+    ...(snapshotChunkKib !== undefined ? { snapshotChunkKib } : {}),
+    peerWindowKib,
+    snapshotChunkFiles: pick<unknown>('snapshotChunkFiles', true) !== false,
     ...(pick('sweepVersions', false) ? { sweepVersions: true } : {}),
     ...(pick('legacyConditionalPuts', false) ? { legacyConditionalPuts: true } : {}),
     ...(pick<unknown>('overlapRounds', undefined) !== undefined ? { overlapRounds: pick<unknown>('overlapRounds', undefined) === true } : {}),

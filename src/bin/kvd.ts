@@ -14,7 +14,7 @@ import { ExtensionManager } from '../extensions/manager.js';
 import { adminBackend } from './admin-backend.js';
 import { addAdminService } from '../server/admin-service.js';
 import { ensureConfiguredExtensions } from './configured-extensions.js';
-import { GrpcPeerTransport } from '../node/grpc-transport.js';
+import { GrpcPeerTransport, widenServerWindows } from '../node/grpc-transport.js';
 import { kvdCredentials } from './kvd-tls.js';
 import { addHealthService } from '../server/health.js';
 import { startNodeLeases } from './lease-wiring.js';
@@ -380,6 +380,9 @@ async function main(): Promise<void> {
       indexCacheBytes: cfg.indexCacheMib * 1024 * 1024,
       ...(cfg.indexDropCold !== undefined ? { indexDropCold: cfg.indexDropCold } : {}),
       ...(cfg.snapshotChunksInFlight !== undefined ? { snapshotChunksInFlight: cfg.snapshotChunksInFlight } : {}),
+      ...(cfg.snapshotChunkKib !== undefined ? { snapshotChunkBytes: cfg.snapshotChunkKib * 1024 } : {}),
+      snapshotChunkDir: join(cfg.dataDir, 'snapshot-chunks'),
+      snapshotChunkFiles: cfg.snapshotChunkFiles,
       ...(cfg.sweepVersions ? { sweepVersions: true } : {}),
       ...(cfg.legacyConditionalPuts ? { legacyConditionalPuts: true } : {}),
       ...(cfg.overlapRounds !== undefined ? { overlapRounds: cfg.overlapRounds } : {}),
@@ -514,6 +517,7 @@ async function main(): Promise<void> {
   const peerServer = cfg.peerListen !== undefined ? new grpc.Server(PEER_SERVER_OPTIONS) : undefined;
   let peerPort: number | undefined;
   if (peerServer) {
+    if (cfg.peerWindowKib > 0 && !widenServerWindows(peerServer, cfg.peerWindowKib * 1024)) log.warn('--peer-window-kib: this grpc-js does not let the peer windows be set; HTTP/2 defaults kept');
     transport.register(peerServer, { isMember: (id) => node.isMember(id), mapEpoch: () => node.shardMap().epoch, authenticate: creds.peerAuthenticator });
     peerPort = await bind(peerServer, cfg.peerListen!, creds.peerServer);
   }

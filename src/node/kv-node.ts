@@ -129,7 +129,10 @@ export class KvNode implements KvBackend {
   static async open(opts: NodeOptions, engine: KvEngine, transport: Transport): Promise<KvNode> {
     if (!opts.join && !opts.members.has(opts.id)) throw new Error(`node ${opts.id} is not among the members`);
     const t0 = performance.now();
-    const store = await RaftLogStore.open(engine, opts.maxBatchBytes ? { maxBatchBytes: opts.maxBatchBytes } : {});
+    const store = await RaftLogStore.open(engine, {
+      ...(opts.maxBatchBytes ? { maxBatchBytes: opts.maxBatchBytes } : {}),
+      ...(opts.snapshotChunkDir !== undefined ? { chunkDir: opts.snapshotChunkDir, chunkFiles: opts.snapshotChunkFiles !== false } : {}),
+    });
     const logLoadedMs = Math.round(performance.now() - t0);
     const node = new KvNode(opts, store, transport);
     await node.replicas.open(engine);

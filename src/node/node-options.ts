@@ -195,6 +195,14 @@ export interface NodeOptions {
   /** Bound on the bytes coalesced into one engine batch (default: the store's, 64 MiB); whole units are never split. */
   readonly maxBatchBytes?: number;
   /**
+   * The folder of streamed snapshots' chunk files (RaftLogStoreOptions.chunkDir): a follower
+   * appends each transfer's chunks to one file there instead of writing them as LevelDB records
+   * (kvd: `<data-dir>/snapshot-chunks`). Without it, chunks are records.
+   */
+  readonly snapshotChunkDir?: string;
+  /** With `snapshotChunkDir`: whether new transfers go to files (default true; kvd `--no-snapshot-chunk-files`: records, as before). */
+  readonly snapshotChunkFiles?: boolean;
+  /**
    * Bound on the node's cache of value bytes (all groups; default 64 MiB). Values live in the
    * engine; the heap holds each group's key and version index, values not yet durable, the watch
    * history (its own bound) and this cache (README "Memory model").

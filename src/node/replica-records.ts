@@ -23,6 +23,11 @@ export class ReplicaRecords {
     private readonly maxUnitBytes: number | undefined,
   ) {}
 
+  /** Deleted keys' latest records the recorder knows are still in `l/` (records written before the split; moved to `t/` a batch per unit). */
+  get legacyLatests(): number {
+    return this.recorder.legacyTombstones;
+  }
+
   /** Starts recording `sm`'s changes (the machine the replica starts with). */
   attach(sm: KvStateMachine): void {
     sm.observe(this.recorder);

@@ -261,6 +261,7 @@ export class ShardReplica {
           }),
         produced: () => opts.onSnapshotProduced?.(),
         failed: (err) => opts.onSnapshotFailed?.(err),
+        legacyLatests: () => this.records.legacyLatests > 0,
         // A chunk read for a follower: the core sends it in the next round.
         chunk: (c) => {
           if (this.raw.snapshotChunk(c)) opts.onSnapshotProduced?.();

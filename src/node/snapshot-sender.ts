@@ -13,7 +13,7 @@ import { DEFAULT_SNAPSHOT_CHUNKS_IN_FLIGHT, EntryType, type ConfState, type Entr
 import type { MemoryStorage } from '../raft/index.js';
 import type { EngineView } from '../storage/kv-engine.js';
 import { realScheduler, type Scheduler, type TimerHandle } from './scheduler.js';
-import { crcBytes, openSnapshotEncoding, type SnapshotEncoding, type SnapshotHeaderTimings, type SnapshotStreamOptions } from '../storage/state-store.js';
+import { crcBytes, openSnapshotEncoding, SnapshotKeyCountError, type SnapshotEncoding, type SnapshotHeaderTimings, type SnapshotStreamOptions } from '../storage/state-store.js';
 
 /** What a {@link SnapshotSender} needs from its replica and node. */
 export interface SnapshotSenderHost {
@@ -33,6 +33,11 @@ export interface SnapshotSenderHost {
   failed(err: unknown): void;
   /** Called with a chunk read for a `SnapshotRead` (the replica hands it to the Raft core and runs a Ready round). */
   chunk?(c: SnapshotChunk): void;
+  /**
+   * Whether the records may hold deleted keys' latests in `l/` (written before the split, not moved
+   * to `t/` yet): the encoding then counts its keys by a pass instead of taking `meta`'s count.
+   */
+  legacyLatests?(): boolean;
 }
 
 /** Defaults of {@link SnapshotSenderOptions}. */
@@ -328,6 +333,8 @@ export class SnapshotSender implements Storage {
   /** When the snapshot was first asked for and none was open (-1: not waiting), and the gate's refusals since. */
   private wantedSinceMs = -1;
   private gateRefusals = 0;
+  /** An encoding's header took a key count from `meta` that the records did not match (deleted keys' latests in `l/`): count by a pass from now on. */
+  private countKeysByPass = false;
   private idleTimer: TimerHandle | undefined;
   private readonly scheduler: Scheduler;
   private readonly idleMs: number;
@@ -423,6 +430,7 @@ export class SnapshotSender implements Storage {
       },
       (e) => {
         if (this.current !== t) return;
+        if (e instanceof SnapshotKeyCountError) this.countKeysByPass = true;
         this.host.failed(e);
         this.closeCurrent(); // a fresh view on the next request
         this.notBeforeMs = this.scheduler.now() + this.retryMs;
@@ -484,6 +492,7 @@ export class SnapshotSender implements Storage {
     try {
       const enc = await openSnapshotEncoding(view, this.host.group, {
         ...this.options,
+        ...(this.countKeysByPass || this.host.legacyLatests?.() === true ? { countKeysByPass: true } : {}),
         onHeader: (h) => {
           if (holder.t) holder.t.header = h;
         },

@@ -6,6 +6,9 @@
  * install recovers (from the complete chunk records, or by a new transfer) and never serves a
  * half-installed state.
  */
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { DATA_GROUP, KvNode, type NodeOptions } from '../../src/node/kv-node.js';
 import { LoopbackHub } from '../../src/node/transport.js';
@@ -14,7 +17,7 @@ import { MemoryEngine, scanAll, type EngineOp } from '../../src/storage/kv-engin
 import { metaKey, RaftLogStore } from '../../src/storage/raft-log-store.js';
 import { loadState, readStateMeta } from '../../src/storage/state-store.js';
 import { KvStateMachine } from '../../src/statemachine/index.js';
-import { converged, leaderOf, mixedWorkload, nodeTrio } from '../support/node-trio.js';
+import { converged, leaderOf, mixedWorkload, nodeTrio, preferredLeaderOf } from '../support/node-trio.js';
 import { replicaState, replicaStates } from '../support/records-state.js';
 
 const enc = (s: string) => new TextEncoder().encode(s);
@@ -103,6 +106,49 @@ describe('a streamed snapshot install', () => {
     await f.whenWritten();
     const onDisk = KvStateMachine.fromRecords((await loadState(engines[fi]!, DATA_GROUP))!.data);
     expect(same(onDisk.snapshot(), leaderState)).toBe(true);
+  });
+
+  it('with a chunk folder (kvd: <data-dir>/snapshot-chunks) receives the transfer into one file, not records, and ends with the leader\'s state; the file goes once the install is durable', async () => {
+    const base = mkdtempSync(join(tmpdir(), 'kvcascade-chunk-dirs-'));
+    try {
+      const opts: Partial<NodeOptions> = { snapshotEveryEntries: 60, keepEntriesAfterSnapshot: 5, stateUnitBytes: 64 * 1024 };
+      const hub = new LoopbackHub();
+      const engines = [1, 2, 3].map(() => new MemoryEngine());
+      const dirs = [1, 2, 3].map((i) => join(base, `n${i}`));
+      const nodes = await Promise.all(engines.map((e, i) => trio.open(i + 1, e, hub, { ...opts, snapshotChunkDir: dirs[i]! })));
+      for (const n of nodes) n.start();
+      const l = await preferredLeaderOf(nodes);
+      await l.put({ key: '/k/first', value: enc('1') }, deadline());
+      await converged(nodes);
+      const f = nodes.find((n) => n !== l)!;
+      const fi = nodes.indexOf(f);
+      const fr = f.replica(DATA_GROUP)!;
+      let atInstall: { records: number; files: string[] } | undefined;
+      const apply = fr.apply.bind(fr);
+      fr.apply = (rd) => {
+        if (rd.snapshot?.streamed) atInstall = { records: -1, files: readdirSync(dirs[fi]!) };
+        if (rd.snapshot?.streamed) void chunkKeys(engines[fi]!).then((n) => (atInstall!.records = n));
+        apply(rd);
+      };
+      isolate(hub, nodes, f);
+      await workload(l, 40, 'big', 30_000); // several 1 MiB chunks
+      hub.blocked.clear();
+      await converged(nodes);
+      expect(fr.inbox!.counters.chunks).toBeGreaterThanOrEqual(2);
+      expect(fr.inbox!.counters.completed).toBeGreaterThan(0);
+      expect(atInstall?.files).toHaveLength(1); // the transfer's one file
+      expect(atInstall?.records).toBe(0); // and no chunk record
+      const until = Date.now() + 5000;
+      while (readdirSync(dirs[fi]!).length > 0 && Date.now() < until) await sleep(10);
+      expect(readdirSync(dirs[fi]!)).toEqual([]);
+      expect(await engines[fi]!.get(metaKey(DATA_GROUP, 'snapstream'))).toBeUndefined();
+      expect(same(await replicaState(f, engines[fi]!), await replicaState(l, engines[nodes.indexOf(l)]!))).toBe(true);
+      const got = await f.get({ key: '/k/2/4', consistency: 'serializable' }, deadline());
+      expect(got).toEqual(await l.get({ key: '/k/2/4', consistency: 'serializable' }, deadline()));
+    } finally {
+      await trio.stopAll();
+      rmSync(base, { recursive: true, force: true });
+    }
   });
 
   it('builds the installed machine with its cold keys dropped from the start, as a restart does (no version list decoded for them)', async () => {
