@@ -7,7 +7,7 @@
 #
 # Environment (set by the StatefulSet): POD_NAME or HOSTNAME, POD_NAMESPACE, KVC_SERVICE (headless
 # Service), KVC_INITIAL_MEMBERS (default 3), KVC_CLUSTER_DOMAIN (default cluster.local), KVD (the
-# command, default "node /app/dist/src/bin/kvd.js --data-dir /data"), KVC_TLS_DIR (per-node
+# command, default "node --max-semi-space-size=32 /app/dist/src/bin/kvd.js --data-dir /data"), KVC_TLS_DIR (per-node
 # certificates as node-<id>.pem/.key and ca.pem; empty = --insecure-peers, for try-outs only),
 # KVC_ADMIN_TOKEN_FILE. Extra arguments are passed to kvd.
 set -eu
@@ -24,7 +24,7 @@ domain="${KVC_CLUSTER_DOMAIN:-cluster.local}"
 initial="${KVC_INITIAL_MEMBERS:-3}"
 fqdn() { echo "$set_name-$1.$svc.$ns.svc.$domain"; }
 me="$(fqdn "$ordinal")"
-kvd="${KVD:-node /app/dist/src/bin/kvd.js --data-dir /data}"
+kvd="${KVD:-node --max-semi-space-size=32 /app/dist/src/bin/kvd.js --data-dir /data}"
 
 set -- --id "$id" \
   --listen 0.0.0.0:7379 --advertise "$me:7379" \

@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { parseAllDocuments } from 'yaml';
+import { KVD_NODE_FLAGS } from '../../src/bin/runtime-flags.js';
 
 const root = resolve(import.meta.dirname, '..', '..');
 const deploy = join(root, 'deploy');
@@ -157,7 +158,11 @@ describe('deploy/Dockerfile', () => {
       for (const src of parts.slice(0, -1)) expect(existsSync(join(root, src)), src).toBe(true);
     }
     expect(text).toMatch(/^USER node$/m);
-    expect(text).toMatch(/ENTRYPOINT \["node", "\/app\/dist\/src\/bin\/kvd\.js"/);
+    const entry = /ENTRYPOINT \["node", (.*)"\/app\/dist\/src\/bin\/kvd\.js"/.exec(text);
+    expect(entry).not.toBeNull();
+    // kvd's V8 flags, as its shebang and the launchers pass them.
+    const flags = [...entry![1]!.matchAll(/"([^"]+)", /g)].map((m) => m[1]);
+    expect(flags).toEqual([...KVD_NODE_FLAGS]);
     expect(existsSync(join(root, 'src', 'bin', 'kvd.ts'))).toBe(true);
   });
 });
