@@ -478,7 +478,10 @@ export class RaftLogStore {
   /** `whenWritten` callers, by target. */
   private writeWaiters: Waiter[] = [];
   private writing = false;
+  /** A write loop is queued on a microtask (a `flush` waits). */
   private scheduled = false;
+  /** A write loop is queued for a later turn (`whenWritten` alone: see `scheduleLazy`). */
+  private lazyScheduled = false;
   private failed: StoreFailedError | undefined;
   private closed = false;
   private readonly maxBatchBytes: number;
@@ -1031,13 +1034,36 @@ export class RaftLogStore {
   }
 
   private schedule(): void {
-    if (this.writing || this.scheduled) return;
+    if (this.writing) return;
+    if (this.waiters.length === 0) return this.scheduleLazy();
+    if (this.scheduled) return;
     this.scheduled = true;
     // Start on a microtask so that callers flushing in the same tick share the first batch.
     queueMicrotask(() => {
       this.scheduled = false;
       void this.writeLoop();
     });
+  }
+
+  /**
+   * Starts the write loop two event-loop turns from now, for batches no `flush` waits for (state
+   * records alone, written unsynced for a `whenWritten`): nothing waits on them but the heap's
+   * value release and a listing after a restart. Started on a microtask, such a batch (tens of µs
+   * of filling it on this thread) ran right after the ready round that applied a lone write,
+   * ahead of the microtasks answering that write and of the turn in which HTTP/2 sends the answer
+   * (session lone11, bench/README.md "A lone put"); after one turn it still ran ahead of a
+   * follower's acknowledgement, whose peer flush is queued in the same turn. A `flush` arriving
+   * meanwhile starts the loop on a microtask as before (the batch then goes synced, with it).
+   */
+  private scheduleLazy(): void {
+    if (this.lazyScheduled) return;
+    this.lazyScheduled = true;
+    setImmediate(() =>
+      setImmediate(() => {
+        this.lazyScheduled = false;
+        void this.writeLoop();
+      }),
+    );
   }
 
   private async writeLoop(): Promise<void> {
@@ -1052,8 +1078,14 @@ export class RaftLogStore {
         if (!this.onlyFlushed || u.seq <= this.flushTarget) return true;
         return u.lazy && this.writeWaiters.some((w) => w.target >= u.seq);
       };
-      for (;;) {
+      for (let batches = 0; ; batches++) {
         const syncWanted = this.waiters.length > 0;
+        if (batches > 0 && !syncWanted && this.staged.length > 0 && this.staged.every((u) => u.lazy)) {
+          // An unsynced batch after the synced one that just ended: not ahead of what that one's
+          // waiters do next (a follower's acknowledgement, see `scheduleLazy`).
+          this.scheduleLazy();
+          break;
+        }
         if (this.staged.length === 0) {
           // A flush waits for units written unsynced: an empty batch syncs nothing, so a marker does.
           if (!syncWanted) break;

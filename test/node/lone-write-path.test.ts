@@ -2,7 +2,8 @@
  * A lone write's path through a node's ready round (session lone11): a follower's round that
  * appends the next write and applies the previous one (its commit index rides on this append)
  * hands its synced batch to the engine before it applies, so the state records of the apply are
- * not in that batch (they follow, unsynced or with the next one).
+ * not in that batch (they follow, unsynced or with the next one); and a leader's apply of a lone
+ * write starts no engine batch before the write's answer has been handed back.
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import { DATA_GROUP, KvNode, META_GROUP } from '../../src/node/kv-node.js';
@@ -88,5 +89,23 @@ describe('a lone write through the ready round', () => {
     // Every write is applied (and readable) on every follower once the notices went out.
     await s.advance(2 * TICK_MS);
     for (const n of ns) expect(n.replica(DATA_GROUP)!.readValue('/lone/19')?.value?.[0]).toBe(19);
+  });
+
+  it("a leader's lone write is answered before any engine batch of its apply starts", async () => {
+    const s = new ManualScheduler();
+    const { nodes: ns, batches } = await cluster(s);
+    const leader = ns.find((n) => n.replica(DATA_GROUP)!.isLeader)!;
+    const own = batches.get(leader.id)!;
+    await s.advance(3 * TICK_MS);
+    for (let i = 0; i < 10; i++) {
+      let answeredAt = -1;
+      const put = leader.put({ key: `/lone/${i}`, value: new Uint8Array(64).fill(i) }, { deadlineMs: s.now() + 5_000 }).then(() => (answeredAt = own.length));
+      while (answeredAt < 0) await s.advance(1);
+      await put;
+      // The batch that writes this apply's state records (unsynced, for the value release) is not issued yet.
+      const last = own[answeredAt - 1];
+      expect(last?.stateOps ?? 0).toBe(0);
+      await s.advance(TICK_MS);
+    }
   });
 });

@@ -710,7 +710,7 @@ describe('RaftLogStore group commit and failures (MemoryEngine)', () => {
     s.stageStateOps(1, stateRec(1));
     await durable;
     expect(issued[0]!.some((k) => k.startsWith(stateKeyPrefix(1)))).toBe(false);
-    expect(engine.counters.syncedBatches).toBe(1);
+    expect(engine.counters).toEqual({ batches: 1, syncedBatches: 1 });
     // They go with the next flush (or, alone, unsynced for a whenWritten).
     await s.flush();
     expect(dec.decode(engine.getSync(`${stateKeyPrefix(1)}k1`))).toBe('v1');
@@ -722,6 +722,34 @@ describe('RaftLogStore group commit and failures (MemoryEngine)', () => {
     const second = s.flushNow();
     await Promise.all([first, second]);
     expect((await RaftLogStore.open(engine.crash())).storageFor(1).lastIndex()).toBe(3);
+  });
+
+  it('state records alone for a whenWritten are written two turns later, not on a microtask, and not right after a synced batch ends (session lone11)', async () => {
+    const engine = new MemoryEngine();
+    const s = await RaftLogStore.open(engine);
+    s.persistReady(1, { entries: ents(1, 1, 1), hardState: { term: 1, vote: 1, commit: 0 } });
+    await s.flush();
+    s.stageStateOps(1, stateRec(1));
+    const written = s.whenWritten();
+    for (let i = 0; i < 20; i++) await Promise.resolve();
+    expect(engine.counters.batches).toBe(1); // microtasks (a write's answer) run first
+    await new Promise((r) => setImmediate(r));
+    expect(engine.counters.batches).toBe(1); // and the turn after (an acknowledgement's peer flush)
+    await written;
+    expect(engine.counters).toEqual({ batches: 2, syncedBatches: 1 });
+    // Staged while a synced batch is in flight, with a whenWritten waiting: the loop does not go on to them in the same turn.
+    s.persistReady(1, { entries: ents(2, 2, 1) });
+    const durable = s.flushNow();
+    s.stageStateOps(1, stateRec(2));
+    const written2 = s.whenWritten();
+    let afterDurable = -1;
+    await durable.then(() => (afterDurable = engine.counters.batches));
+    expect(afterDurable).toBe(3);
+    await Promise.resolve();
+    expect(engine.counters.batches).toBe(3);
+    await written2;
+    expect(engine.counters).toEqual({ batches: 4, syncedBatches: 2 });
+    expect(dec.decode(engine.getSync(`${stateKeyPrefix(1)}k2`))).toBe('v2');
   });
 
   it('flush with nothing staged resolves at once without a batch', async () => {
