@@ -857,31 +857,14 @@ export class RaftLogStore {
    * with {@link StoreFailedError} if any batch failed (the failure is sticky).
    */
   flush(): Promise<void> {
-    return this.flushStaged(false);
-  }
-
-  /**
-   * As {@link flush}, but when no batch is in flight the write of what is staged starts now,
-   * synchronously (handed to the engine before this returns), instead of on a microtask: a host
-   * that stages more after it (the state records of the entries a ready round applies, which
-   * need no fsync) keeps that work off the fsync's path. Units staged after this call go into a
-   * later batch, and the returned promise does not wait for them.
-   */
-  flushNow(): Promise<void> {
-    return this.flushStaged(true);
-  }
-
-  private flushStaged(now: boolean): Promise<void> {
     if (this.failed) return Promise.reject(this.failed);
     const target = this.nextSeq - 1;
     if (target <= this.durableSeq) return Promise.resolve();
     if (target > this.flushTarget) this.flushTarget = target;
-    const p = new Promise<void>((resolve, reject) => {
+    return new Promise<void>((resolve, reject) => {
       this.waiters.push({ target, resolve, reject });
+      this.schedule();
     });
-    if (now && !this.writing) void this.writeLoop();
-    else this.schedule();
-    return p;
   }
 
   /**
