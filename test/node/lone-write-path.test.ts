@@ -76,5 +76,7 @@ describe('a lone write through the ready round', () => {
       expect(last?.stateOps ?? 0).toBe(0);
       await s.advance(TICK_MS);
     }
+    // They are written all the same, unsynced, a couple of turns later.
+    expect(own.some((b) => !b.sync && b.stateOps > 0)).toBe(true);
   });
 });
