@@ -857,14 +857,31 @@ export class RaftLogStore {
    * with {@link StoreFailedError} if any batch failed (the failure is sticky).
    */
   flush(): Promise<void> {
+    return this.flushStaged(false);
+  }
+
+  /**
+   * As {@link flush}, but when no batch is in flight the write of what is staged starts now,
+   * synchronously (handed to the engine before this returns), instead of on a microtask: a host
+   * that stages more after it (the state records of the entries a ready round applies, which
+   * need no fsync) keeps that work off the fsync's path. Units staged after this call go into a
+   * later batch, and the returned promise does not wait for them.
+   */
+  flushNow(): Promise<void> {
+    return this.flushStaged(true);
+  }
+
+  private flushStaged(now: boolean): Promise<void> {
     if (this.failed) return Promise.reject(this.failed);
     const target = this.nextSeq - 1;
     if (target <= this.durableSeq) return Promise.resolve();
     if (target > this.flushTarget) this.flushTarget = target;
-    return new Promise<void>((resolve, reject) => {
+    const p = new Promise<void>((resolve, reject) => {
       this.waiters.push({ target, resolve, reject });
-      this.schedule();
     });
+    if (now && !this.writing) void this.writeLoop();
+    else this.schedule();
+    return p;
   }
 
   /**
@@ -1030,13 +1047,11 @@ export class RaftLogStore {
 
   /**
    * Starts the write loop two event-loop turns from now, for batches no `flush` waits for (state
-   * records alone, written unsynced for a `whenWritten`): nothing waits on them but the heap's
-   * value release and a listing after a restart. Started on a microtask, such a batch (tens of µs
-   * of filling it on this thread) ran right after the ready round that applied a lone write,
-   * ahead of the microtasks answering that write and of the turn in which HTTP/2 sends the answer
-   * (session lone11, bench/README.md "A lone put"); after one turn it still ran ahead of a
-   * follower's acknowledgement, whose peer flush is queued in the same turn. A `flush` arriving
-   * meanwhile starts the loop on a microtask as before (the batch then goes synced, with it).
+   * records alone, written unsynced for a `whenWritten`): on a microtask, such a batch (filling
+   * LevelDB's chained batch on this thread) ran right after the ready round that applied a lone
+   * write, ahead of the microtasks answering it and of the turn in which HTTP/2 sends the answer
+   * (session lone11, bench/README.md "A lone put"). A `flush` arriving meanwhile starts the loop
+   * on a microtask as before. (A loop already running still goes on to such units at once.)
    */
   private scheduleLazy(): void {
     if (this.lazyScheduled) return;
@@ -1061,14 +1076,8 @@ export class RaftLogStore {
         if (!this.onlyFlushed || u.seq <= this.flushTarget) return true;
         return u.lazy && this.writeWaiters.some((w) => w.target >= u.seq);
       };
-      for (let batches = 0; ; batches++) {
+      for (;;) {
         const syncWanted = this.waiters.length > 0;
-        if (batches > 0 && !syncWanted && this.staged.length > 0 && this.staged.every((u) => u.lazy)) {
-          // An unsynced batch after the synced one that just ended: not ahead of what that one's
-          // waiters do next (a follower's acknowledgement, see `scheduleLazy`).
-          this.scheduleLazy();
-          break;
-        }
         if (this.staged.length === 0) {
           // A flush waits for units written unsynced: an empty batch syncs nothing, so a marker does.
           if (!syncWanted) break;

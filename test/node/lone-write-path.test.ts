@@ -1,7 +1,9 @@
 /**
- * A lone write's path through a node's ready round (session lone11): a leader's apply of a lone
- * write starts no engine batch (its state records, unsynced, for the heap's value release) before
- * the write's answer has been handed back.
+ * A lone write's path through a node's ready round (session lone11): a follower's round that
+ * appends the next write and applies the previous one (its commit index rides on this append)
+ * hands its synced batch to the engine before it applies, so the state records of the apply are
+ * not in that batch (they follow, unsynced or with the next one); and a leader's apply of a lone
+ * write starts no engine batch before the write's answer has been handed back.
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import { DATA_GROUP, KvNode, META_GROUP } from '../../src/node/kv-node.js';
@@ -60,6 +62,35 @@ async function cluster(s: ManualScheduler): Promise<{ nodes: KvNode[]; batches: 
 }
 
 describe('a lone write through the ready round', () => {
+  it("a follower's synced batch leaves before it applies the previous write: no state records in it", async () => {
+    const s = new ManualScheduler();
+    const { nodes: ns, batches } = await cluster(s);
+    const leader = ns.find((n) => n.replica(DATA_GROUP)!.isLeader)!;
+    const followers = ns.filter((n) => n !== leader).map((n) => n.id);
+    // Settle, then count only the lone writes' batches.
+    await s.advance(3 * TICK_MS);
+    for (const list of batches.values()) list.length = 0;
+    for (let i = 0; i < 20; i++) {
+      let done = false;
+      const put = leader.put({ key: `/lone/${i}`, value: new Uint8Array(64).fill(i) }, { deadlineMs: s.now() + 5_000 }).finally(() => (done = true));
+      while (!done) await s.advance(1);
+      await put;
+    }
+    let withEntries = 0;
+    for (const id of followers) {
+      for (const b of batches.get(id)!) {
+        if (!b.sync || b.logOps === 0) continue;
+        withEntries++;
+        // Before session lone11 every one of these also held the previous write's state records.
+        expect(b.stateOps).toBe(0);
+      }
+    }
+    expect(withEntries).toBeGreaterThanOrEqual(20);
+    // Every write is applied (and readable) on every follower once the notices went out.
+    await s.advance(2 * TICK_MS);
+    for (const n of ns) expect(n.replica(DATA_GROUP)!.readValue('/lone/19')?.value?.[0]).toBe(19);
+  });
+
   it("a leader's lone write is answered before any engine batch of its apply starts", async () => {
     const s = new ManualScheduler();
     const { nodes: ns, batches } = await cluster(s);
