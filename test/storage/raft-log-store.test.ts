@@ -694,6 +694,58 @@ describe('RaftLogStore group commit and failures (MemoryEngine)', () => {
     expect((await RaftLogStore.open(engine.crash())).storageFor(1).initialState().conf).toEqual(CONF);
   });
 
+  it('flushNow hands what is staged to the engine before it returns; units staged after it go into a later batch, and it does not wait for them (session lone11)', async () => {
+    const engine = new MemoryEngine({ latencyMs: 1 });
+    const s = await RaftLogStore.open(engine);
+    s.persistReady(1, { entries: ents(1, 1, 1), hardState: { term: 1, vote: 1, commit: 0 } });
+    const issued: string[][] = [];
+    const batch = engine.batch.bind(engine);
+    engine.batch = (ops, options) => {
+      issued.push(ops.map((o) => String(o.key)));
+      return batch(ops, options);
+    };
+    const durable = s.flushNow();
+    expect(issued.length).toBe(1); // synchronously: no microtask in between
+    // Applying the entry stages its state records after the write started: not in that batch.
+    s.stageStateOps(1, stateRec(1));
+    await durable;
+    expect(issued[0]!.some((k) => k.startsWith(stateKeyPrefix(1)))).toBe(false);
+    expect(engine.counters.syncedBatches).toBe(1);
+    // They go with the next flush (or, alone, unsynced for a whenWritten).
+    await s.flush();
+    expect(dec.decode(engine.getSync(`${stateKeyPrefix(1)}k1`))).toBe('v1');
+    // With a batch in flight, flushNow waits for it like flush (one batch at a time, in order).
+    s.persistReady(1, { entries: ents(2, 2, 1) });
+    const first = s.flush();
+    await Promise.resolve(); // the microtask starts its loop
+    s.persistReady(1, { entries: ents(3, 3, 1) });
+    const second = s.flushNow();
+    await Promise.all([first, second]);
+    expect((await RaftLogStore.open(engine.crash())).storageFor(1).lastIndex()).toBe(3);
+  });
+
+  it('state records alone for a whenWritten are written two turns later, not on a microtask (session lone11)', async () => {
+    const engine = new MemoryEngine();
+    const s = await RaftLogStore.open(engine);
+    s.persistReady(1, { entries: ents(1, 1, 1), hardState: { term: 1, vote: 1, commit: 0 } });
+    await s.flush();
+    s.stageStateOps(1, stateRec(1));
+    const written = s.whenWritten();
+    for (let i = 0; i < 20; i++) await Promise.resolve();
+    expect(engine.counters.batches).toBe(1); // microtasks (a write's answer) run first
+    await new Promise((r) => setImmediate(r));
+    expect(engine.counters.batches).toBe(1); // and the turn after
+    await written;
+    expect(engine.counters).toEqual({ batches: 2, syncedBatches: 1 });
+    // A flush meanwhile starts the loop on a microtask, and takes them with it (synced).
+    s.stageStateOps(1, stateRec(2));
+    const w2 = s.whenWritten();
+    await s.flush();
+    await w2;
+    expect(engine.counters).toEqual({ batches: 3, syncedBatches: 2 });
+    expect(dec.decode(engine.getSync(`${stateKeyPrefix(1)}k2`))).toBe('v2');
+  });
+
   it('flush with nothing staged resolves at once without a batch', async () => {
     const engine = new MemoryEngine();
     const s = await RaftLogStore.open(engine);
