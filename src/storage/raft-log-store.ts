@@ -948,11 +948,12 @@ export class RaftLogStore {
     for (const t of this.transfers.values()) {
       if (t.file !== undefined && t.file.unsynced > 0) (files ??= []).push(t.file.sync().catch((e: unknown) => this.fail(e)));
     }
-    if (files !== undefined) return Promise.all([this.flushRecords(), ...files]).then(() => (this.failed ? Promise.reject(this.failed) : undefined));
-    return this.flushRecords();
+    if (files !== undefined) return Promise.all([this.flushRecords(now), ...files]).then(() => (this.failed ? Promise.reject(this.failed) : undefined));
+    return this.flushRecords(now);
   }
 
-  private flushRecords(): Promise<void> {
+  /** The records' part of {@link flushStaged} (`now`: start the write loop synchronously when none runs). */
+  private flushRecords(now: boolean): Promise<void> {
     if (this.failed) return Promise.reject(this.failed);
     const target = this.nextSeq - 1;
     if (target <= this.durableSeq) return Promise.resolve();

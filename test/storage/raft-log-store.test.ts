@@ -724,6 +724,21 @@ describe('RaftLogStore group commit and failures (MemoryEngine)', () => {
     expect((await RaftLogStore.open(engine.crash())).storageFor(1).lastIndex()).toBe(3);
   });
 
+  it('state records staged while a synced batch is in flight are written when it ends, with no later call (session lone11)', async () => {
+    const engine = new MemoryEngine({ latencyMs: 1 });
+    const s = await RaftLogStore.open(engine);
+    s.persistReady(1, { entries: ents(1, 1, 1), hardState: { term: 1, vote: 1, commit: 0 } });
+    const durable = s.flushNow();
+    // The round applies while its fsync runs: its records are staged with the loop running.
+    s.stageStateOps(1, stateRec(1));
+    const written = s.whenWritten();
+    await durable;
+    // Nothing else happens on this node (idle): the running loop must have taken them.
+    await written;
+    expect(dec.decode(engine.getSync(`${stateKeyPrefix(1)}k1`))).toBe('v1');
+    expect(engine.counters.batches).toBe(2);
+  });
+
   it('state records alone for a whenWritten are written two turns later, not on a microtask (session lone11)', async () => {
     const engine = new MemoryEngine();
     const s = await RaftLogStore.open(engine);
