@@ -32,7 +32,6 @@ import type { ReplicaSet } from './replica-set.js';
 import type { Scheduler, TimerHandle } from './scheduler.js';
 import { beforeVoteRequest, DRAINING_CONTEXT, keepalive, LIVENESS_GROUP, stepQuiescence } from './quiescence.js';
 import { SNAPSHOT_CHUNK_SYNC_BYTES } from './snapshot-inbox.js';
-import { traceWrite } from '../write-trace.js';
 
 /** Longest stretch (ms) of computing and staging a snapshot's records replacement before yielding. */
 const INSTALL_SLICE_MS = 10;
@@ -55,8 +54,6 @@ interface Round {
   mustSync: boolean;
   /** Staged while another round's fsync ran. */
   readonly overlapped: boolean;
-  /** The round's write, when staging started it before applying (`stageRound`'s `startWrite`), and when it started. */
-  written?: { readonly durable: Promise<void>; readonly startedAt: number };
 }
 
 /** Runs the tick timer and the ready loop of one node's replicas. */
@@ -286,7 +283,7 @@ export class NodeDriver {
           return;
         }
         const round = newRound(false);
-        this.stageRound(round, true);
+        this.stageRound(round);
         if (round.items.length === 0) {
           // Idle: commit indexes held back for the next append (lazy commit) go out after
           // commitNoticeDelayMs (at once with 0), so a quiet group's followers apply soon; a busy
@@ -307,7 +304,6 @@ export class NodeDriver {
       this.staging = false;
       this.updateWriteMode();
       this.wakeIdle();
-      traceWrite?.('ready.end', 0, 0);
     }
   }
 
@@ -330,20 +326,9 @@ export class NodeDriver {
     for (const w of waiters) w();
   }
 
-  /**
-   * Stages into `round` the Ready of every replica that has one (and may take one now): first
-   * every Ready's log writes and early messages, then what each one applies. With `startWrite`
-   * (a round that will sync at once: none in flight, none held), the round's synced batch is
-   * handed to the engine between the two, so applying committed entries (decoding them, the
-   * state machine, staging their records) runs while the fsync does instead of before it: on a
-   * follower of a lone writer that is the previous write's apply, carried in by this append's
-   * commit index (session lone11, bench/README.md "A lone put"). The applied records are lazy
-   * (derived from the log, see RaftLogStore.stageStateOps): they go into the next batch.
-   */
-  private stageRound(round: Round, startWrite = false): void {
+  /** Stages into `round` the Ready of every replica that has one (and may take one now). */
+  private stageRound(round: Round): void {
     const { store } = this.parts;
-    const from = round.items.length;
-    let snapshot = false;
     for (const r of this.replicas.values()) {
       if (r.installing) continue; // its snapshot's records are being staged (finishInstall)
       r.flushReads();
@@ -372,34 +357,17 @@ export class NodeDriver {
         round.entries += rd.entries.length;
       }
       // What need not wait for the disk goes now: the leader's appends and heartbeats (so
-      // its fsync overlaps the followers'), then (below) applying entries already durable on a quorum.
+      // its fsync overlaps the followers'), and applying entries already durable on a quorum.
       this.send(rd.earlyMessages);
-      if (rd.snapshot) snapshot = true;
-      round.items.push([r, rd]);
-    }
-    // A round with a snapshot keeps its records replacement in the batch with it (as before).
-    if (startWrite && round.mustSync && !snapshot && this.paceWait(round) <= 0) {
-      const durable = store.flushNow();
-      // Handled by `startSync`; if applying fails first, the node stops (`failed`) and nothing awaits it.
-      durable.catch(() => {});
-      round.written = { durable, startedAt: performance.now() };
-    }
-    for (let i = from; i < round.items.length; i++) {
-      const [r, rd] = round.items[i]!;
       r.apply(rd);
-      // What was applied goes into this round's batch (or, with the write started above, the
-      // next one), after the log writes it came from.
+      // What was applied goes into this round's batch, after the log writes it came from.
       for (const unit of r.takeStateUnits()) store.stageStateOps(r.group, unit);
       // An installed snapshot's data is needed on disk only until the records replacing the state are.
       if (rd.snapshot && r.installing) void this.finishInstall(r);
       else if (rd.snapshot) store.dropSnapshotData(r.group);
       this.replicas.applied(r, rd);
+      round.items.push([r, rd]);
     }
-  }
-
-  /** How long (ms) the sync pace would hold `round`'s write now (≤ 0: not held). */
-  private paceWait(round: Round): number {
-    return this.paceMs > 0 && round.mustSync ? this.lastSyncStartMs + this.paceMs - this.scheduler.now() : 0;
   }
 
   /**
@@ -415,8 +383,9 @@ export class NodeDriver {
     }
     this.updateWriteMode();
     // A measurement for metrics only (it decides nothing), so the monotonic clock.
-    const t0 = round.written?.startedAt ?? performance.now();
-    (round.written?.durable ?? this.parts.store.flush())
+    const t0 = performance.now();
+    this.parts.store
+      .flush()
       .then(() => {
         this.parts.observer().readyBatch?.(round.items.length, round.entries, performance.now() - t0, round.overlapped);
         this.finish(round);
@@ -452,8 +421,8 @@ export class NodeDriver {
    * fsync is never held.
    */
   private syncOrHold(round: Round, afterSync = false): void {
-    const wait = this.paceWait(round);
-    if (wait > 0) {
+    const wait = round.mustSync ? this.lastSyncStartMs + this.paceMs - this.scheduler.now() : 0;
+    if (this.paceMs > 0 && wait > 0) {
       this.hold(round, this.scheduler.setTimeout(() => this.releaseHeld(), wait));
     } else if (this.gather && afterSync && round.mustSync && !this.stopped) {
       this.gatherHeldTurns = 1;

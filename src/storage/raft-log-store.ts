@@ -85,7 +85,6 @@ import { mkdirSync, readdirSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { ChunkFile, CHUNK_FILE_NAME, chunkPieces, readChunkPiece } from './chunk-file.js';
 import { type EngineKey, type EngineOp, type KvEngine } from './kv-engine.js';
-import { traceWrite } from '../write-trace.js';
 
 /** Default upper bound on the bytes (keys + values + per-op overhead) coalesced into one engine batch. */
 export const MAX_BATCH_BYTES = 64 * 1024 * 1024;
@@ -507,10 +506,7 @@ export class RaftLogStore {
   /** `whenWritten` callers, by target. */
   private writeWaiters: Waiter[] = [];
   private writing = false;
-  /** A write loop is queued on a microtask (a `flush` waits). */
   private scheduled = false;
-  /** A write loop is queued for a later turn (`whenWritten` alone: see `scheduleLazy`). */
-  private lazyScheduled = false;
   private failed: StoreFailedError | undefined;
   private closed = false;
   private readonly maxBatchBytes: number;
@@ -927,43 +923,25 @@ export class RaftLogStore {
    * with {@link StoreFailedError} if any batch failed (the failure is sticky).
    */
   flush(): Promise<void> {
-    return this.flushStaged(false);
-  }
-
-  /**
-   * As {@link flush}, but when no batch is in flight the write of what is staged starts now,
-   * synchronously (handed to the engine before this returns), instead of on a microtask: a host
-   * that stages more after it (the state records of the entries a ready round applies, which
-   * need no fsync) keeps that work off the fsync's path. Units staged after this call go into a
-   * later batch, and the returned promise does not wait for them.
-   */
-  flushNow(): Promise<void> {
-    return this.flushStaged(true);
-  }
-
-  private flushStaged(now: boolean): Promise<void> {
     if (this.failed) return Promise.reject(this.failed);
     // Chunks appended to transfer files are covered too (a follower's acknowledgements wait for this every few MiB: it bounds what the appends hold).
     let files: Promise<void>[] | undefined;
     for (const t of this.transfers.values()) {
       if (t.file !== undefined && t.file.unsynced > 0) (files ??= []).push(t.file.sync().catch((e: unknown) => this.fail(e)));
     }
-    if (files !== undefined) return Promise.all([this.flushRecords(now), ...files]).then(() => (this.failed ? Promise.reject(this.failed) : undefined));
-    return this.flushRecords(now);
+    if (files !== undefined) return Promise.all([this.flushRecords(), ...files]).then(() => (this.failed ? Promise.reject(this.failed) : undefined));
+    return this.flushRecords();
   }
 
-  /** The records' part of {@link flushStaged} (`now`: start the write loop synchronously when none runs). */
-  private flushRecords(now: boolean): Promise<void> {
+  private flushRecords(): Promise<void> {
     if (this.failed) return Promise.reject(this.failed);
     const target = this.nextSeq - 1;
     if (target <= this.durableSeq) return Promise.resolve();
     if (target > this.flushTarget) this.flushTarget = target;
-    const p = new Promise<void>((resolve, reject) => {
+    return new Promise<void>((resolve, reject) => {
       this.waiters.push({ target, resolve, reject });
+      this.schedule();
     });
-    if (now && !this.writing) void this.writeLoop();
-    else this.schedule();
-    return p;
   }
 
   /**
@@ -1118,34 +1096,13 @@ export class RaftLogStore {
   }
 
   private schedule(): void {
-    if (this.writing) return;
-    if (this.waiters.length === 0) return this.scheduleLazy();
-    if (this.scheduled) return;
+    if (this.writing || this.scheduled) return;
     this.scheduled = true;
     // Start on a microtask so that callers flushing in the same tick share the first batch.
     queueMicrotask(() => {
       this.scheduled = false;
       void this.writeLoop();
     });
-  }
-
-  /**
-   * Starts the write loop two event-loop turns from now, for batches no `flush` waits for (state
-   * records alone, written unsynced for a `whenWritten`): on a microtask, such a batch (filling
-   * LevelDB's chained batch on this thread) ran right after the ready round that applied a lone
-   * write, ahead of the microtasks answering it and of the turn in which HTTP/2 sends the answer
-   * (session lone11, bench/README.md "A lone put"). A `flush` arriving meanwhile starts the loop
-   * on a microtask as before. (A loop already running still goes on to such units at once.)
-   */
-  private scheduleLazy(): void {
-    if (this.lazyScheduled) return;
-    this.lazyScheduled = true;
-    setImmediate(() =>
-      setImmediate(() => {
-        this.lazyScheduled = false;
-        void this.writeLoop();
-      }),
-    );
   }
 
   private async writeLoop(): Promise<void> {
@@ -1203,7 +1160,6 @@ export class RaftLogStore {
         // Unsynced only for state records alone that no flush waits for (see whenWritten).
         const sync = syncWanted || units.some((u) => !u.lazy);
         if (sync) this.onSyncStart?.();
-        traceWrite?.(sync ? 'sync.start' : 'lazy.start', 0, entries);
         const t0 = performance.now();
         await this.engine.batch(ops, { sync });
         const fsyncMs = performance.now() - t0;
