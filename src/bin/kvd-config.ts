@@ -49,8 +49,6 @@ export interface KvdConfig {
   snapshotChunksInFlight?: number;
   /** `--snapshot-chunk-kib` (NodeOptions.snapshotChunkBytes / 1024; unset: the node's default). */
   snapshotChunkKib?: number;
-  /** `--peer-window-kib`: the peer server's HTTP/2 flow-control windows (0: HTTP/2's default, 64 KiB). */
-  peerWindowKib: number;
   /** `--snapshot-chunk-files` / `--no-snapshot-chunk-files` (NodeOptions.snapshotChunkFiles; default on). */
   snapshotChunkFiles: boolean;
   /** `--sweep-versions` (experimental). */
@@ -190,7 +188,6 @@ export function parseConfig(argv: string[]): KvdConfig {
     .option('--snapshot-chunks-in-flight <n>', 'snapshot chunks in flight to one lagging follower (default 4)', int('--snapshot-chunks-in-flight'))
     .option('--snapshot-chunk-files', "a lagging follower appends a streamed snapshot's chunks to a file in <data-dir>/snapshot-chunks (the default)")
     .option('--no-snapshot-chunk-files', "write them as LevelDB records instead (as before; ~6x the disk and CPU cost)")
-    .option('--peer-window-kib <n>', "the peer listener's HTTP/2 flow-control windows (stream and connection), KiB (0 = HTTP/2's 64 KiB)", int('--peer-window-kib'))
     .option('--snapshot-chunk-kib <n>', 'KiB of one snapshot chunk sent to a lagging follower (default 1024; 64 to 16384)', int('--snapshot-chunk-kib'))
     .option('--sweep-versions', 'experimental: compaction leaves dropped versions to a background sweep in bounded units')
     .option('--overlap-rounds', "stage the next ready round while one's fsync runs (two rounds in flight; the default)")
@@ -296,8 +293,6 @@ export function parseConfig(argv: string[]): KvdConfig {
   if (snapshotChunkKib !== undefined && (!Number.isSafeInteger(snapshotChunkKib) || snapshotChunkKib < 64 || snapshotChunkKib > 16384)) {
     throw new Error('--snapshot-chunk-kib must be an integer from 64 to 16384');
   }
-  const peerWindowKib = Number(pick('peerWindowKib', 0));
-  if (!Number.isSafeInteger(peerWindowKib) || peerWindowKib < 0 || peerWindowKib > 1024 * 1024) throw new Error('--peer-window-kib must be an integer from 0 to 1048576');
   if (!Number.isSafeInteger(defaultShards) || defaultShards < 1 || defaultShards > 64) throw new Error('--default-shards must be an integer from 1 to 64');
   const warnings: string[] = [];
   const cfg: KvdConfig = {
@@ -326,7 +321,6 @@ export function parseConfig(argv: string[]): KvdConfig {
     ...(indexDropCold !== undefined ? { indexDropCold } : {}),
     ...(snapshotChunksInFlight !== undefined ? { snapshotChunksInFlight } : {}),
     ...(snapshotChunkKib !== undefined ? { snapshotChunkKib } : {}),
-    peerWindowKib,
     snapshotChunkFiles: pick<unknown>('snapshotChunkFiles', true) !== false,
     ...(pick('sweepVersions', false) ? { sweepVersions: true } : {}),
     ...(pick('legacyConditionalPuts', false) ? { legacyConditionalPuts: true } : {}),

@@ -14,7 +14,7 @@ import { ExtensionManager } from '../extensions/manager.js';
 import { adminBackend } from './admin-backend.js';
 import { addAdminService } from '../server/admin-service.js';
 import { ensureConfiguredExtensions } from './configured-extensions.js';
-import { GrpcPeerTransport, widenServerWindows } from '../node/grpc-transport.js';
+import { GrpcPeerTransport } from '../node/grpc-transport.js';
 import { kvdCredentials } from './kvd-tls.js';
 import { addHealthService } from '../server/health.js';
 import { startNodeLeases } from './lease-wiring.js';
@@ -517,7 +517,6 @@ async function main(): Promise<void> {
   const peerServer = cfg.peerListen !== undefined ? new grpc.Server(PEER_SERVER_OPTIONS) : undefined;
   let peerPort: number | undefined;
   if (peerServer) {
-    if (cfg.peerWindowKib > 0 && !widenServerWindows(peerServer, cfg.peerWindowKib * 1024)) log.warn('--peer-window-kib: this grpc-js does not let the peer windows be set; HTTP/2 defaults kept');
     transport.register(peerServer, { isMember: (id) => node.isMember(id), mapEpoch: () => node.shardMap().epoch, authenticate: creds.peerAuthenticator });
     peerPort = await bind(peerServer, cfg.peerListen!, creds.peerServer);
   }

@@ -476,40 +476,6 @@ export class GrpcPeerTransport implements Transport {
 }
 
 
-/**
- * Widens the HTTP/2 flow-control windows of a peer server to `bytes`, stream and connection: the
- * node receiving Raft traffic is the server of each peer's stream, and HTTP/2's default windows
- * (64 KiB each) make a sender of large messages (1 MiB snapshot chunks, big appends) wait for a
- * WINDOW_UPDATE, which the receiver sends only when its event loop reads the socket, every 64 KiB.
- * grpc-js has no server option for this (`grpc-node.flow_control_window` is the client's): the
- * streams' initial window goes into the HTTP/2 server's settings before `bindAsync`, and every
- * new session's connection window is raised as it opens. Call before binding the server.
- * Returns false (nothing changed) when this grpc-js does not have the fields it relies on.
- */
-export function widenServerWindows(server: grpc.Server, bytes: number): boolean {
-  type Session = { setLocalWindowSize(n: number): void };
-  type Http2Server = { on(event: 'session', f: (session: Session) => void): void };
-  const s = server as unknown as { commonServerOptions?: { settings?: Record<string, unknown> }; http2Servers?: Map<Http2Server, unknown> };
-  const servers = s.http2Servers;
-  if (s.commonServerOptions === undefined || !(servers instanceof Map)) return false;
-  s.commonServerOptions.settings = { ...(s.commonServerOptions.settings ?? {}), initialWindowSize: bytes };
-  // grpc-js records each HTTP/2 server as it starts listening (before any session can open).
-  const set = servers.set.bind(servers);
-  servers.set = (h: Http2Server, v: unknown) => {
-    if (!servers.has(h)) {
-      h.on('session', (session) => {
-        try {
-          session.setLocalWindowSize(bytes);
-        } catch {
-          // an older Node: the connection keeps its default window
-        }
-      });
-    }
-    return set(h, v);
-  };
-  return true;
-}
-
 /** Ends a server stream with a status the caller sees (an 'error' event makes grpc-js send it as the trailers). */
 function endWith(call: grpc.ServerDuplexStream<unknown, unknown>, code: grpc.status, details: string, metadata?: grpc.Metadata): void {
   call.emit('error', { code, details, name: 'PeerRefused', message: details, ...(metadata ? { metadata } : {}) });
