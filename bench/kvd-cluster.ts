@@ -6,6 +6,7 @@ import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { KVD_NODE_FLAGS } from '../src/bin/runtime-flags.js';
+import { kvdAllocatorEnv } from '../src/bin/allocator.js';
 import { call, kvClusterStub, type KvStatusRes } from './clients.js';
 import { childEnv, freePorts, pollUntil, repoRoot, stopChild, tailFile, type RunningCluster } from './util.js';
 
@@ -81,7 +82,10 @@ async function startOnce(bin: string, opts: KvdClusterOptions): Promise<RunningC
     logPath: join(dataDir, `n${id}.log`),
   }));
   const peers = nodes.map((n) => `${n.id}=127.0.0.1:${n.port}/127.0.0.1:${n.peerPort}`).join(',');
-  const env = { ...childEnv(), ...(opts.profileDir === undefined ? {} : { KVCASCADE_CPU_PROFILE_DIR: opts.profileDir }) };
+  // The allocator kvd's launchers give it (jemalloc where installed; KVD_ALLOCATOR=glibc|jemalloc|PATH overrides).
+  const allocator = kvdAllocatorEnv(childEnv());
+  opts.log?.(`kvd malloc: ${allocator.reason}`);
+  const env = { ...allocator.env, ...(opts.profileDir === undefined ? {} : { KVCASCADE_CPU_PROFILE_DIR: opts.profileDir }) };
   // The Admin service (extension load/unload) refuses every call unless kvd has a token (>= 16 chars).
   const adminToken = randomBytes(24).toString('hex');
   const tokenFile = join(dataDir, 'admin-token');
@@ -134,7 +138,7 @@ async function startOnce(bin: string, opts: KvdClusterOptions): Promise<RunningC
         },
         { timeoutMs: opts.startTimeoutMs ?? 30_000, what: 'a kvd leader for group 1', abortIf },
       );
-      version = statuses.find((s) => s.version)?.version ?? 'unknown';
+      version = `${statuses.find((s) => s.version)?.version ?? 'unknown'} on ${allocator.allocator}`;
     } finally {
       for (const p of probes) p.close();
     }

@@ -20,6 +20,7 @@ import { addHealthService } from '../server/health.js';
 import { startNodeLeases } from './lease-wiring.js';
 import { NodeMetrics } from '../node/metrics.js';
 import { DEFAULT_TRIM_POLICY, loadNativeMalloc, MallocTrimmer } from '../node/malloc-trim.js';
+import { runningAllocator } from './allocator.js';
 import { budgetShortfall, type FixedMemoryParts } from '../node/memory-budget.js';
 import { NODE_DEFAULTS } from '../node/node-options.js';
 import { DEFAULT_MAX_HISTORY_BYTES } from '../statemachine/limits.js';
@@ -36,7 +37,7 @@ import { AdminClient } from '../client/admin-client.js';
 import { AdminTokenCheck, AUTHORIZATION_METADATA } from '../wire/auth.js';
 import type { ClusterMap } from '../sharding/index.js';
 import type { Logger } from '../log.js';
-import { Counter } from 'prom-client';
+import { Counter, Gauge } from 'prom-client';
 import { LoopWatchdog, takeDeathNote } from '../node/loop-watchdog.js';
 import { installCpuProfileSignal } from './cpu-profile-signal.js';
 import { createNodeConsole } from '../console/index.js';
@@ -133,8 +134,20 @@ function memoryBudgetMib(flag: number | undefined, log: Logger, fixed: FixedMemo
  * where glibc's malloc_trim is not available (said in the log).
  */
 function startMallocTrimmer(cfg: KvdConfig, metrics: NodeMetrics, log: Logger): MallocTrimmer | undefined {
+  const allocator = runningAllocator();
+  // Which malloc serves the node (src/bin/allocator.ts; kvd's launchers preload jemalloc where installed).
+  new Gauge({ name: 'kvcascade_allocator_info', help: 'The malloc this kvd process runs on (label allocator: jemalloc, glibc or unknown); always 1', labelNames: ['allocator'], registers: [metrics.registry] }).set({ allocator }, 1);
+  if (allocator === 'glibc') {
+    log.info({ allocator }, 'running on glibc malloc: freed native memory stays with the allocator, so RSS follows the node\'s past peak; kvd\'s launchers preload jemalloc where installed (README "What RSS to expect")');
+  } else {
+    log.info({ allocator }, 'malloc');
+  }
   const freedMib = cfg.mallocTrimMib ?? 0;
   if (freedMib === 0) return undefined;
+  if (allocator === 'jemalloc') {
+    log.warn('--malloc-trim-mib: this node runs on jemalloc, which returns freed memory by itself; malloc_trim (glibc) would find nothing to do, so it is not started');
+    return undefined;
+  }
   const native = loadNativeMalloc();
   if (!native) {
     log.warn('--malloc-trim-mib: malloc_trim is not available here (not glibc, or koffi did not load): freed native memory stays with the allocator');

@@ -16,6 +16,7 @@ import { packFolder } from '../extensions/pack-folder.js';
 import { DEFAULT_ENDPOINTS } from '../cli/kvctl.js';
 import { LOCAL_TOKEN_FILE } from '../cli/ext-commands.js';
 import { KVD_NODE_FLAGS } from './runtime-flags.js';
+import { kvdAllocatorEnv, type AllocatorChoice } from './allocator.js';
 
 const NODES = 3;
 const basePort = Number(process.env.KVCASCADE_BASE_PORT ?? 7000);
@@ -31,6 +32,8 @@ const tokenFile = join(dataRoot, 'admin-token');
 /** The example extension loaded at start (set KVCASCADE_EXAMPLE= to load none). */
 const example = process.env.KVCASCADE_EXAMPLE ?? join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'extensions', 'stock-watch');
 const children: ChildProcess[] = [];
+/** The nodes' malloc (jemalloc where installed; KVD_ALLOCATOR=glibc|jemalloc|PATH overrides): decided in main. */
+let allocator: AllocatorChoice | undefined;
 /** The whole cluster came up once: from then on a node that dies is restarted. */
 let started = false;
 
@@ -91,7 +94,7 @@ function startNode(id: number): Promise<void> {
       '--admin-token-file', tokenFile,
       '--default-shards', '4',
     ],
-    { stdio: ['ignore', 'pipe', 'pipe'] },
+    { stdio: ['ignore', 'pipe', 'pipe'], env: (allocator ??= kvdAllocatorEnv()).env },
   );
   children[id - 1] = child;
   child.stderr!.pipe(logFile);
@@ -141,6 +144,7 @@ async function main(): Promise<void> {
   });
   process.on('SIGTERM', () => void stopAll().then(() => process.exit(0)));
   const token = adminToken();
+  allocator = kvdAllocatorEnv();
   await Promise.all(Array.from({ length: NODES }, (_, i) => startNode(i + 1)));
   const client = new KvClient({ endpoints: addresses });
   const deadline = Date.now() + 30_000;
@@ -185,6 +189,7 @@ async function main(): Promise<void> {
       `  console   : http://127.0.0.1:${baseMetricsPort + 1}/ (any node's metrics port serves it)`,
       `  metrics   : ${addresses.map((_, i) => `http://127.0.0.1:${baseMetricsPort + i + 1}/metrics`).join(' ')}`,
       `  data, logs: ${dataRoot}`,
+      `  malloc    : ${allocator!.reason}`,
       `  extension : ${loaded || 'none'}`,
       `  admin     : token in ${tokenFile} (kvctl reads it from there)`,
       `  peers     : ${peerAddresses.join(',')} WITHOUT TLS (--insecure-peers): a local development cluster only.`,

@@ -13,6 +13,7 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { KvClient, type KvClientTlsOptions } from '../../src/client/index.js';
 import { leasePorts, releasePorts } from './ports.js';
+import { kvdAllocatorEnv } from '../../src/bin/allocator.js';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 /** The compiled kvd entry point (built by `npm test` before the tests run). */
@@ -142,7 +143,7 @@ export class KvdCluster {
       ...(this.opts.snapshotEvery ? ['--snapshot-every', String(this.opts.snapshotEvery)] : []),
       ...all,
     ];
-    const proc = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, KVCASCADE_LOG_LEVEL: process.env.KVD_TEST_LOG_LEVEL ?? 'warn' } });
+    const proc = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...kvdAllocatorEnv(process.env).env, KVCASCADE_LOG_LEVEL: process.env.KVD_TEST_LOG_LEVEL ?? 'warn' } });
     n.proc = proc;
     const events: NonNullable<ClusterNode['events']> = [];
     n.events = events;

@@ -6,6 +6,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KvError } from '../../src/client/index.js';
 import { KvdCluster } from './harness.js';
+import { kvdAllocatorEnv } from '../../src/bin/allocator.js';
 
 let cluster: KvdCluster;
 
@@ -58,4 +59,12 @@ describe('memory budget on kvd', () => {
       c.close();
     }
   }, 120_000);
+
+  it('runs on the malloc the harness chose (jemalloc where installed, as kvd\'s launchers do) and says so in its metrics', async () => {
+    const expected = kvdAllocatorEnv(process.env).allocator;
+    for (const n of cluster.nodes) {
+      const text = await (await fetch(`http://127.0.0.1:${n.metricsPort}/metrics`)).text();
+      expect(text).toContain(`kvcascade_allocator_info{allocator="${expected}"} 1`);
+    }
+  });
 });

@@ -11,6 +11,7 @@ import { join, resolve } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { parseAllDocuments } from 'yaml';
 import { KVD_NODE_FLAGS } from '../../src/bin/runtime-flags.js';
+import { DEFAULT_MALLOC_CONF, JEMALLOC_LIBRARY_PATHS } from '../../src/bin/allocator.js';
 
 const root = resolve(import.meta.dirname, '..', '..');
 const deploy = join(root, 'deploy');
@@ -164,5 +165,15 @@ describe('deploy/Dockerfile', () => {
     const flags = [...entry![1]!.matchAll(/"([^"]+)", /g)].map((m) => m[1]);
     expect(flags).toEqual([...KVD_NODE_FLAGS]);
     expect(existsSync(join(root, 'src', 'bin', 'kvd.ts'))).toBe(true);
+  });
+
+  it('runs kvd on jemalloc with the settings the other launchers use', () => {
+    const text = readFileSync(join(deploy, 'Dockerfile'), 'utf8');
+    const runtime = text.slice(text.lastIndexOf('\nFROM '));
+    expect(runtime).toMatch(/apt-get install -y --no-install-recommends libjemalloc2/);
+    expect(runtime).toMatch(/LD_PRELOAD=libjemalloc\.so\.2/);
+    expect(runtime).toContain(`MALLOC_CONF=${DEFAULT_MALLOC_CONF}`);
+    // The library's file name is the one the launchers look for.
+    expect(JEMALLOC_LIBRARY_PATHS.every((p) => p.endsWith('/libjemalloc.so.2'))).toBe(true);
   });
 });
