@@ -584,6 +584,7 @@ export class NodeDriver {
         ? { transferMiB: Math.round((rx.bytes / 2 ** 20) * 10) / 10, transferMs: Math.round(rx.ms), transferMiBps: rx.ms > 0 ? Math.round((rx.bytes / 2 ** 20 / (rx.ms / 1000)) * 10) / 10 : 0, chunksRefused: r.inbox!.counters.refused }
         : {};
       this.parts.log.info({ group: r.group, streamed, ms: Math.round(this.scheduler.now() - started), peakStagedMiB: Math.round(peakStaged / 2 ** 20), flushWaits: waits, ...transfer }, 'snapshot install done');
+      this.parts.observer().snapshotInstalled?.(r.group, streamed);
       this.scheduleReady();
     } catch (e) {
       this.parts.log.fatal({ group: r.group, err: String(e), stack: (e as Error).stack }, 'storage failure while installing a snapshot: stopping the node');

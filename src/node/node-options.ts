@@ -258,6 +258,8 @@ export interface NodeObserver {
   duplicateWrite?(group: number): void;
   /** The cluster map changed (a new epoch was applied). */
   mapChanged?(map: ClusterMap): void;
+  /** A replica of `group` finished installing a snapshot from its leader (`streamed`: chunk by chunk); its records are durable. */
+  snapshotInstalled?(group: number, streamed: boolean): void;
 }
 
 /**

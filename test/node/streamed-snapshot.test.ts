@@ -69,6 +69,8 @@ describe('a streamed snapshot install', () => {
       }
       apply(rd);
     };
+    const installsSeen: Array<{ group: number; streamed: boolean }> = [];
+    f.observer = { snapshotInstalled: (group, streamed) => installsSeen.push({ group, streamed }) };
     isolate(hub, nodes, f);
     await workload(l, 40, 'big', 30_000); // several 1 MiB chunks
     hub.blocked.clear();
@@ -79,6 +81,9 @@ describe('a streamed snapshot install', () => {
     const c = fr.inbox!.counters;
     expect(c.chunks).toBeGreaterThanOrEqual(2);
     expect(c.completed).toBe(installed.length);
+    // The node's observer hears of each install once it is done (kvd collects the heap's garbage then).
+    await noChunkRecords(engines[fi]!);
+    expect(installsSeen).toEqual(installed.map(() => ({ group: DATA_GROUP, streamed: true })));
     expect(chunkRecordsAtInstall).toBeGreaterThanOrEqual(2); // the data was in chunk records
     // What the leader sent is what the follower received (the metrics' counters).
     const sent = l.replica(DATA_GROUP)!.snapshotSent;
