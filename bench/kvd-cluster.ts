@@ -82,7 +82,7 @@ async function startOnce(bin: string, opts: KvdClusterOptions): Promise<RunningC
     logPath: join(dataDir, `n${id}.log`),
   }));
   const peers = nodes.map((n) => `${n.id}=127.0.0.1:${n.port}/127.0.0.1:${n.peerPort}`).join(',');
-  // The allocator kvd's launchers give it (jemalloc where installed; KVD_ALLOCATOR=glibc|jemalloc|PATH overrides).
+  // The allocator kvd's launchers give it (glibc; KVD_ALLOCATOR=jemalloc|auto|PATH for jemalloc).
   const allocator = kvdAllocatorEnv(childEnv());
   opts.log?.(`kvd malloc: ${allocator.reason}`);
   const env = { ...allocator.env, ...(opts.profileDir === undefined ? {} : { KVCASCADE_CPU_PROFILE_DIR: opts.profileDir }) };

@@ -1,4 +1,4 @@
-/** Which malloc a kvd process runs on: the environment kvd's launchers give it (jemalloc where installed) and what a running process finds it has. */
+/** Which malloc a kvd process runs on: the environment kvd's launchers give it (glibc by default, jemalloc on request) and what a running process finds it has. */
 import { existsSync, readFileSync } from 'node:fs';
 
 /**
@@ -40,11 +40,13 @@ export class AllocatorChoiceError extends Error {
 /**
  * The environment a launcher (npm start's cluster, the bench, the tests) starts kvd with.
  *
- * Why: glibc's malloc keeps the high-water mark of its main arena, so a node's RSS followed what it
- * had written and freed, not what it holds (docs/memory.md "RSS against data size"); jemalloc gives
- * freed memory back on a background thread. `KVD_ALLOCATOR` in `base` decides:
- * - unset or `auto`: jemalloc if one of {@link JEMALLOC_LIBRARY_PATHS} exists, else glibc;
- * - `glibc`: glibc (nothing preloaded by us);
+ * glibc's malloc keeps the high-water mark of its main arena, so a node's RSS follows what it has
+ * written and freed, not what it holds (docs/memory.md "RSS against data size"); jemalloc gives
+ * freed memory back on a background thread, but cost 10–40 % more server CPU per operation and a
+ * slower catch-up in this session's quiet pairs (docs/memory.md "jemalloc or glibc (session 32)"),
+ * so glibc stays the default. `KVD_ALLOCATOR` in `base` decides:
+ * - unset or `glibc`: glibc (nothing preloaded by us);
+ * - `auto`: jemalloc if one of {@link JEMALLOC_LIBRARY_PATHS} exists, else glibc;
  * - `jemalloc`: jemalloc, or {@link AllocatorChoiceError} if it is not installed;
  * - a path to a shared library: that library (it must exist).
  * An `LD_PRELOAD` already naming jemalloc is kept as it is. Otherwise the library goes first in
@@ -56,10 +58,12 @@ export function kvdAllocatorEnv(base: NodeJS.ProcessEnv = process.env, exists: (
   if (/jemalloc/.test(preload)) {
     return { env: { ...base }, allocator: 'jemalloc', library: preload, reason: `jemalloc (LD_PRELOAD already names it: ${preload})` };
   }
-  const wanted = (base.KVD_ALLOCATOR ?? 'auto').trim();
-  if (wanted === 'glibc') return { env: { ...base }, allocator: 'glibc', reason: 'glibc malloc (KVD_ALLOCATOR=glibc)' };
+  const wanted = (base.KVD_ALLOCATOR ?? '').trim();
+  if (wanted === 'glibc' || wanted === '') {
+    return { env: { ...base }, allocator: 'glibc', reason: `glibc malloc (${wanted === '' ? 'the default; KVD_ALLOCATOR=jemalloc for jemalloc' : 'KVD_ALLOCATOR=glibc'})` };
+  }
   let library: string | undefined;
-  if (wanted === 'auto' || wanted === '' || wanted === 'jemalloc') {
+  if (wanted === 'auto' || wanted === 'jemalloc') {
     library = JEMALLOC_LIBRARY_PATHS.find((p) => exists(p));
     if (!library) {
       if (wanted === 'jemalloc') {
@@ -70,7 +74,7 @@ export function kvdAllocatorEnv(base: NodeJS.ProcessEnv = process.env, exists: (
       return {
         env: { ...base },
         allocator: 'glibc',
-        reason: 'glibc malloc: jemalloc is not installed (Debian/Ubuntu: apt-get install libjemalloc2), so RSS follows the node\'s past peak (README "What RSS to expect")',
+        reason: 'glibc malloc (KVD_ALLOCATOR=auto: jemalloc is not installed; Debian/Ubuntu: apt-get install libjemalloc2)',
       };
     }
   } else if (wanted.includes('/')) {

@@ -136,10 +136,10 @@ function memoryBudgetMib(flag: number | undefined, log: Logger, fixed: FixedMemo
  */
 function startMallocTrimmer(cfg: KvdConfig, metrics: NodeMetrics, log: Logger): MallocTrimmer | undefined {
   const allocator = runningAllocator();
-  // Which malloc serves the node (src/bin/allocator.ts; kvd's launchers preload jemalloc where installed).
+  // Which malloc serves the node (src/bin/allocator.ts: glibc unless jemalloc is preloaded).
   new Gauge({ name: 'kvcascade_allocator_info', help: 'The malloc this kvd process runs on (label allocator: jemalloc, glibc or unknown); always 1', labelNames: ['allocator'], registers: [metrics.registry] }).set({ allocator }, 1);
   if (allocator === 'glibc') {
-    log.info({ allocator }, 'running on glibc malloc: freed native memory stays with the allocator, so RSS follows the node\'s past peak; kvd\'s launchers preload jemalloc where installed (README "What RSS to expect")');
+    log.info({ allocator }, 'running on glibc malloc: freed native memory stays with the allocator, so RSS follows the node\'s past peak (README "What RSS to expect": jemalloc, or --malloc-trim-mib)');
   } else {
     log.info({ allocator }, 'malloc');
   }

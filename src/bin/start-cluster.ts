@@ -32,7 +32,7 @@ const tokenFile = join(dataRoot, 'admin-token');
 /** The example extension loaded at start (set KVCASCADE_EXAMPLE= to load none). */
 const example = process.env.KVCASCADE_EXAMPLE ?? join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'extensions', 'stock-watch');
 const children: ChildProcess[] = [];
-/** The nodes' malloc (jemalloc where installed; KVD_ALLOCATOR=glibc|jemalloc|PATH overrides): decided in main. */
+/** The nodes' malloc (glibc; KVD_ALLOCATOR=jemalloc|auto|PATH for jemalloc): decided in main. */
 let allocator: AllocatorChoice | undefined;
 /** The whole cluster came up once: from then on a node that dies is restarted. */
 let started = false;

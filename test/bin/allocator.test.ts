@@ -1,7 +1,7 @@
 /**
- * The allocator kvd's launchers choose (src/bin/allocator.ts): jemalloc where installed, glibc
- * otherwise or when asked, clear errors for a choice that cannot be honoured; and a real process
- * started with that environment runs on the chosen allocator.
+ * The allocator kvd's launchers choose (src/bin/allocator.ts): glibc by default, jemalloc when
+ * asked (`auto`: where installed), clear errors for a choice that cannot be honoured; and a real
+ * process started with that environment runs on the chosen allocator.
  */
 import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -21,16 +21,24 @@ const only = (path: string) => (p: string) => p === path;
 const none = () => false;
 
 describe('kvdAllocatorEnv', () => {
-  it('preloads the first jemalloc found, with the background thread on, and changes nothing else', () => {
-    const c = kvdAllocatorEnv({ PATH: '/bin', FOO: 'x' }, only(JEMALLOC_LIBRARY_PATHS[2]!));
+  it('keeps glibc by default, even where jemalloc is installed', () => {
+    const base = { PATH: '/bin' };
+    const c = kvdAllocatorEnv(base, only(LIB));
+    expect(c.allocator).toBe('glibc');
+    expect(c.env).toEqual(base);
+    expect(c.reason).toMatch(/KVD_ALLOCATOR=jemalloc/);
+  });
+
+  it('auto preloads the first jemalloc found, with the background thread on, and changes nothing else', () => {
+    const c = kvdAllocatorEnv({ PATH: '/bin', FOO: 'x', KVD_ALLOCATOR: 'auto' }, only(JEMALLOC_LIBRARY_PATHS[2]!));
     expect(c.allocator).toBe('jemalloc');
     expect(c.library).toBe(JEMALLOC_LIBRARY_PATHS[2]);
-    expect(c.env).toEqual({ PATH: '/bin', FOO: 'x', LD_PRELOAD: JEMALLOC_LIBRARY_PATHS[2], MALLOC_CONF: DEFAULT_MALLOC_CONF });
+    expect(c.env).toEqual({ PATH: '/bin', FOO: 'x', KVD_ALLOCATOR: 'auto', LD_PRELOAD: JEMALLOC_LIBRARY_PATHS[2], MALLOC_CONF: DEFAULT_MALLOC_CONF });
     expect(c.reason).toContain('jemalloc');
   });
 
-  it('keeps glibc (and says how to get jemalloc) where none is installed', () => {
-    const base = { PATH: '/bin' };
+  it('auto keeps glibc (and says how to get jemalloc) where none is installed', () => {
+    const base = { PATH: '/bin', KVD_ALLOCATOR: 'auto' };
     const c = kvdAllocatorEnv(base, none);
     expect(c.allocator).toBe('glibc');
     expect(c.env).toEqual(base);
@@ -38,7 +46,7 @@ describe('kvdAllocatorEnv', () => {
     expect(c.reason).toMatch(/libjemalloc2/);
   });
 
-  it('KVD_ALLOCATOR=glibc opts out even where jemalloc is installed', () => {
+  it('KVD_ALLOCATOR=glibc is glibc even where jemalloc is installed', () => {
     const c = kvdAllocatorEnv({ KVD_ALLOCATOR: 'glibc' }, only(LIB));
     expect(c.allocator).toBe('glibc');
     expect(c.env.LD_PRELOAD).toBeUndefined();
@@ -60,18 +68,18 @@ describe('kvdAllocatorEnv', () => {
 
   it('leaves an LD_PRELOAD that already names jemalloc alone, and goes first before other preloads', () => {
     const mine = { LD_PRELOAD: '/x/libjemalloc.so.2', MALLOC_CONF: 'narenas:2' };
-    const kept = kvdAllocatorEnv(mine, only(LIB));
+    const kept = kvdAllocatorEnv({ ...mine }, only(LIB));
     expect(kept.env).toEqual(mine);
     expect(kept.allocator).toBe('jemalloc');
-    const other = kvdAllocatorEnv({ LD_PRELOAD: '/x/libfoo.so', MALLOC_CONF: 'narenas:2' }, only(LIB));
+    const other = kvdAllocatorEnv({ LD_PRELOAD: '/x/libfoo.so', MALLOC_CONF: 'narenas:2', KVD_ALLOCATOR: 'jemalloc' }, only(LIB));
     expect(other.env.LD_PRELOAD).toBe(`${LIB} /x/libfoo.so`);
     expect(other.env.MALLOC_CONF).toBe('narenas:2'); // the caller's settings win
   });
 
   it('does not modify the environment it is given', () => {
-    const base = { PATH: '/bin' };
+    const base = { PATH: '/bin', KVD_ALLOCATOR: 'auto' };
     kvdAllocatorEnv(base, only(LIB));
-    expect(base).toEqual({ PATH: '/bin' });
+    expect(base).toEqual({ PATH: '/bin', KVD_ALLOCATOR: 'auto' });
   });
 });
 
@@ -90,9 +98,9 @@ describe('runningAllocator', () => {
   const probe = (env: NodeJS.ProcessEnv) =>
     execFileSync(process.execPath, ['--input-type=module', '-e', `import(${JSON.stringify(moduleUrl)}).then((m) => process.stdout.write(m.runningAllocator()))`], { env, encoding: 'utf8' });
 
-  it.skipIf(!installed)('a process started with the launchers\' environment runs on jemalloc; with KVD_ALLOCATOR=glibc on glibc', () => {
-    const { LD_PRELOAD: _preload, MALLOC_CONF: _conf, ...rest } = process.env;
-    expect(probe(kvdAllocatorEnv(rest).env)).toBe('jemalloc');
-    expect(probe(kvdAllocatorEnv({ ...rest, KVD_ALLOCATOR: 'glibc' }).env)).toBe('glibc');
+  it.skipIf(!installed)('a process started with KVD_ALLOCATOR=jemalloc runs on jemalloc; by default on glibc', () => {
+    const { LD_PRELOAD: _preload, MALLOC_CONF: _conf, KVD_ALLOCATOR: _choice, ...rest } = process.env;
+    expect(probe(kvdAllocatorEnv({ ...rest, KVD_ALLOCATOR: 'jemalloc' }).env)).toBe('jemalloc');
+    expect(probe(kvdAllocatorEnv(rest).env)).toBe('glibc');
   });
 });

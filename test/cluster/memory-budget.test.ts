@@ -60,7 +60,7 @@ describe('memory budget on kvd', () => {
     }
   }, 120_000);
 
-  it('runs on the malloc the harness chose (jemalloc where installed, as kvd\'s launchers do) and says so in its metrics', async () => {
+  it('runs on the malloc the harness chose (KVD_ALLOCATOR, as kvd\'s launchers) and says so in its metrics', async () => {
     const expected = kvdAllocatorEnv(process.env).allocator;
     for (const n of cluster.nodes) {
       const text = await (await fetch(`http://127.0.0.1:${n.metricsPort}/metrics`)).text();
