@@ -32,6 +32,7 @@ import type { ReplicaSet } from './replica-set.js';
 import type { Scheduler, TimerHandle } from './scheduler.js';
 import { beforeVoteRequest, DRAINING_CONTEXT, keepalive, LIVENESS_GROUP, stepQuiescence } from './quiescence.js';
 import { SNAPSHOT_CHUNK_SYNC_BYTES } from './snapshot-inbox.js';
+import { traceWrite } from '../write-trace.js';
 
 /** Longest stretch (ms) of computing and staging a snapshot's records replacement before yielding. */
 const INSTALL_SLICE_MS = 10;
@@ -304,6 +305,7 @@ export class NodeDriver {
       this.staging = false;
       this.updateWriteMode();
       this.wakeIdle();
+      traceWrite?.('ready.end', 0, 0);
     }
   }
 

@@ -85,6 +85,7 @@ import { mkdirSync, readdirSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { ChunkFile, CHUNK_FILE_NAME, chunkPieces, readChunkPiece } from './chunk-file.js';
 import { type EngineKey, type EngineOp, type KvEngine } from './kv-engine.js';
+import { traceWrite } from '../write-trace.js';
 
 /** Default upper bound on the bytes (keys + values + per-op overhead) coalesced into one engine batch. */
 export const MAX_BATCH_BYTES = 64 * 1024 * 1024;
@@ -1160,6 +1161,7 @@ export class RaftLogStore {
         // Unsynced only for state records alone that no flush waits for (see whenWritten).
         const sync = syncWanted || units.some((u) => !u.lazy);
         if (sync) this.onSyncStart?.();
+        traceWrite?.(sync ? 'sync.start' : 'lazy.start', 0, entries);
         const t0 = performance.now();
         await this.engine.batch(ops, { sync });
         const fsyncMs = performance.now() - t0;
