@@ -1148,8 +1148,26 @@ export class RaftLogStore {
    */
   private mayDeferLazy(): boolean {
     if (this.deferLazy === undefined || this.lazyDue || this.waiters.length > 0 || this.urgentWritten > this.writtenSeq) return false;
-    for (const u of this.staged) if (!u.lazy) return false;
-    return this.staged.length > 0;
+    // The units the loop would take now: with writeOnlyFlushed, up to the first it may not write
+    // (a held round's, whose flush takes the records before it too).
+    let n = 0;
+    for (const u of this.staged) {
+      if (!this.mayWrite(u)) break;
+      if (!u.lazy) return false;
+      n++;
+    }
+    return n > 0;
+  }
+
+  /**
+   * Whether the write loop may take `u` now: with writeOnlyFlushed, only the units a flush asked
+   * for, and after them the state-records-only (lazy) units a whenWritten asked for up to the
+   * first unit that needs an fsync: a round held for the pace stays held (its log units wait for
+   * its flush), while an idle node's last applied rounds are still written (unsynced).
+   */
+  private mayWrite(u: Unit): boolean {
+    if (!this.onlyFlushed || u.seq <= this.flushTarget) return true;
+    return u.lazy && this.writeWaiters.some((w) => w.target >= u.seq);
   }
 
   /** Asks the host ({@link deferLazy}) to start the write of the staged state records later (once per deferral). */
@@ -1162,8 +1180,9 @@ export class RaftLogStore {
       if (this.failed || this.closed) return;
       // A flush wrote them meanwhile (with its synced batch): nothing left to do.
       if (this.staged.length === 0 && this.writeWaiters.length === 0) return;
-      // The units it was deferred for went with a flush, the ones staged since get a deferral of their own (a busy node's: the next flush takes them too).
-      if (this.writtenSeq >= this.lazyDeferredFor && this.mayDeferLazy()) {
+      // The units it was deferred for went with a flush (or a batch is in flight: a busy node),
+      // the ones staged since get a deferral of their own: the next flush takes them too.
+      if ((this.writtenSeq >= this.lazyDeferredFor || this.writing) && this.mayDeferLazy()) {
         this.scheduleLazy();
         return;
       }
@@ -1187,14 +1206,7 @@ export class RaftLogStore {
     if (this.writing) return;
     this.writing = true;
     try {
-      // With writeOnlyFlushed, only the units a flush asked for, and after them the state-records-only
-      // (lazy) units a whenWritten asked for up to the first unit that needs an fsync: a round held
-      // for the pace stays held (its log units wait for its flush), while an idle node's last
-      // applied rounds are still written (unsynced).
-      const mayWrite = (u: Unit): boolean => {
-        if (!this.onlyFlushed || u.seq <= this.flushTarget) return true;
-        return u.lazy && this.writeWaiters.some((w) => w.target >= u.seq);
-      };
+      const mayWrite = (u: Unit): boolean => this.mayWrite(u);
       for (;;) {
         const syncWanted = this.waiters.length > 0;
         if (!syncWanted && this.mayDeferLazy()) {

@@ -803,6 +803,27 @@ describe('RaftLogStore group commit and failures (MemoryEngine)', () => {
     expect(dec.decode(after.getSync(`${stateKeyPrefix(1)}k3`))).toBe('v3');
   });
 
+  it("with deferLazy and writeOnlyFlushed, state records staged after a flushNow and before a held round's log unit wait for that round's flush: no batch of their own (session lone12)", async () => {
+    const engine = new MemoryEngine({ latencyMs: 2 });
+    const s = await RaftLogStore.open(engine);
+    const deferred: (() => void)[] = [];
+    s.deferLazy = (write) => deferred.push(write);
+    s.persistReady(1, { entries: ents(1, 1, 1), hardState: { term: 1, vote: 1, commit: 0 } });
+    s.writeOnlyFlushed = true; // a round in flight (the driver sets it)
+    const round1 = s.flushNow();
+    s.stageStateOps(1, stateRec(1)); // its applies, after the hand-off
+    const w1 = s.whenWritten({ lazy: true });
+    s.persistReady(1, { entries: ents(2, 2, 1) }); // the next round, staged while it syncs (held)
+    await round1;
+    await tick();
+    await tick();
+    expect(engine.counters).toEqual({ batches: 1, syncedBatches: 1 });
+    await s.flush(); // the held round's write takes the records before it
+    await w1;
+    expect(engine.counters).toEqual({ batches: 2, syncedBatches: 2 });
+    expect(dec.decode(engine.getSync(`${stateKeyPrefix(1)}k1`))).toBe('v1');
+  });
+
   it('flush with nothing staged resolves at once without a batch', async () => {
     const engine = new MemoryEngine();
     const s = await RaftLogStore.open(engine);
