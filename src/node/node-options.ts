@@ -49,8 +49,8 @@ export const NODE_DEFAULTS = {
   gatherTurns: 1,
   /** NodeOptions.stateWriteDelayMs: an idle node's wait before writing applied state records alone (ms; bench/README.md "A lone put (session lone12)"). */
   stateWriteDelayMs: 5,
-  /** NodeOptions.syncBeforeApply: on (bench/README.md "A lone put (session lone12)"). */
-  syncBeforeApply: true,
+  /** NodeOptions.syncBeforeApply: off — a lone put's synced writes came out slower with it, and a busy node wrote more unsynced batches (bench/README.md "A lone put (session lone12)"). */
+  syncBeforeApply: false,
   maxPendingProposals: 50_000,
   retentionMs: 3_600_000,
   retentionCheckMs: 10_000,
@@ -159,7 +159,11 @@ export interface NodeOptions {
    * engine before applying the committed entries it carries (default
    * {@link NODE_DEFAULTS}.syncBeforeApply): a follower of a lone writer applies the previous write
    * in the round that appends the next, and the fsync then overlaps that work. The applied records
-   * go into the next synced batch (see stateWriteDelayMs). Off: they go in the round's own batch.
+   * go into the next synced batch (see stateWriteDelayMs). Off (the default): they go in the
+   * round's own batch. Measured in session lone12 (bench/README.md "A lone put (session lone12)"):
+   * the follower's batch left 0.1 ms sooner but both nodes' synced writes ended ~0.15 ms later, and
+   * under load a busy node's records waited past the delay more often (unsynced batches per rmw
+   * 0.01 → 0.03).
    */
   readonly syncBeforeApply?: boolean;
   /**

@@ -4,9 +4,9 @@
  * them, and the driver lets them wait NodeOptions.stateWriteDelayMs for a synced batch to take
  * them (RaftLogStore.deferLazy). A busy node's next round does, so they cost no engine batch of
  * their own; a lone writer's next write does too; an idle node writes them alone (unsynced) after
- * the delay, never between a write's apply and its answer, and with no further call. A round that
- * writes at once hands its synced batch to the engine before it applies (syncBeforeApply), so a
- * follower's fsync does not wait for the previous write's apply.
+ * the delay, never between a write's apply and its answer, and with no further call. With
+ * syncBeforeApply (off by default), a round that writes at once hands its synced batch to the
+ * engine before it applies, so a follower's fsync does not wait for the previous write's apply.
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import { DATA_GROUP, KvNode, META_GROUP, type NodeOptions } from '../../src/node/kv-node.js';
@@ -156,7 +156,7 @@ describe('where applied state records go', () => {
 
   it("a follower's synced batch leaves before it applies the previous write (syncBeforeApply): that write's records are not in it", async () => {
     const s = new ManualScheduler();
-    const { nodes: ns, batches } = await cluster(s);
+    const { nodes: ns, batches } = await cluster(s, { syncBeforeApply: true });
     const leader = ns.find((n) => n.replica(DATA_GROUP)!.isLeader)!;
     const followers = ns.filter((n) => n !== leader);
     const N = 20;
