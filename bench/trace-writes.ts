@@ -90,6 +90,8 @@ async function main(): Promise<void> {
   const first = (f: Stamp[], step: string, pred: (s: Stamp) => boolean): Stamp | undefined => f.find((s) => s.step === step && pred(s));
   const last = (f: Stamp[], step: string, pred: (s: Stamp) => boolean): Stamp | undefined => f.findLast((s) => s.step === step && pred(s));
   let leaderLater = 0;
+  let lazyBeforeAnswer = 0;
+  let lazyBeforeAck = 0;
   for (const [cs, ce] of calls) {
     let leader: Stamp[] | undefined;
     let prop: Stamp | undefined;
@@ -128,6 +130,13 @@ async function main(): Promise<void> {
     const fDurable = first(fol, 'durable', (s) => s.group === group && s.index >= index);
     if (!fRecv || !fRound || !fDurable) continue;
     matched++;
+    // Finer steps (stamped by the driver and the log store): when each synced batch went to the
+    // engine, when the leader's applying round ended, and unsynced batches on the answer's way.
+    const fSync = first(fol, 'sync.start', (s) => s.t >= fRound.t && s.t <= fDurable.t);
+    const lSync = first(leader, 'sync.start', (s) => s.t >= round.t && s.t <= leaderDurable.t);
+    const readyEnd = first(leader, 'ready.end', (s) => s.t >= applied.t && s.t <= answer.t);
+    if (first(leader, 'lazy.start', (s) => s.t >= applied.t && s.t <= answer.t)) lazyBeforeAnswer++;
+    if (first(fol, 'lazy.start', (s) => s.t >= fDurable.t && s.t <= ackSend.t)) lazyBeforeAck++;
     add('client → leader (request on the stream, decoded)', cs, recv.t);
     add('leader: request → propose', recv.t, prop.t);
     add('leader: propose → ready round takes the entry', prop.t, round.t);
@@ -135,17 +144,22 @@ async function main(): Promise<void> {
     add('leader → follower (peer stream)', appSend.t, fRecv.t);
     add('follower: append received → its ready round', fRecv.t, fRound.t);
     add('follower: round → entry durable (stage, apply earlier entries, synced write)', fRound.t, fDurable.t);
+    add('follower: round → its synced batch handed to the engine', fRound.t, fSync?.t);
+    add('follower: synced batch handed to the engine → durable', fSync?.t, fDurable.t);
     add('follower: durable → acknowledgement written', fDurable.t, ackSend.t);
     add('follower → leader (peer stream)', ackSend.t, ackRecv.t);
     add('leader: acknowledgement → applied', ackRecv.t, applied.t);
     add('leader: applied → answer', applied.t, answer.t);
+    add('leader: applied → its round ends', applied.t, readyEnd?.t);
+    add('leader: round ends → answer', readyEnd?.t, answer.t);
     add('leader → client (answer to the caller)', answer.t, ce);
     add('(leader: round → own entry durable, in parallel)', round.t, leaderDurable.t);
+    add('(leader: round → its synced batch handed to the engine)', round.t, lSync?.t);
     add('(leader: own entry durable → first acknowledgement; < 0: after it)', leaderDurable.t, ackRecv.t);
     if (leaderDurable.t > ackRecv.t) leaderLater++;
     add('whole put', cs, ce);
   }
-  console.log(`${matched} of ${calls.length} puts matched; load ${loadavg().map((l) => l.toFixed(1)).join(' ')}; the leader's own write ended after the first acknowledgement in ${leaderLater}`);
+  console.log(`${matched} of ${calls.length} puts matched; load ${loadavg().map((l) => l.toFixed(1)).join(' ')}; the leader's own write ended after the first acknowledgement in ${leaderLater}; an unsynced batch went to the engine between applied and answer in ${lazyBeforeAnswer}, between the follower's durable write and its acknowledgement in ${lazyBeforeAck}`);
   console.log('| segment | median ms |\n|---|---|');
   for (const [name, xs] of seg) console.log(`| ${name} | ${median(xs).toFixed(3)} |`);
 }

@@ -61,6 +61,10 @@ export interface KvdConfig {
   gatherTurn?: boolean;
   /** `--gather-turns` (NodeOptions.gatherTurns; unset: the node's default). */
   gatherTurns?: number;
+  /** `--state-write-delay-ms` (NodeOptions.stateWriteDelayMs; unset: the node's default). */
+  stateWriteDelayMs?: number;
+  /** `--sync-before-apply` / `--no-sync-before-apply` (NodeOptions.syncBeforeApply; unset: the node's default). */
+  syncBeforeApply?: boolean;
   /** `--legacy-conditional-puts`: propose conditional puts older nodes can decode (rolling upgrade; NodeOptions.legacyConditionalPuts). */
   legacyConditionalPuts?: boolean;
   /** The node's memory budget, MiB (unset: 60 % of V8's heap limit; README "Memory model"). */
@@ -196,6 +200,9 @@ export function parseConfig(argv: string[]): KvdConfig {
     .option('--gather-turn', "with overlapped rounds: hold the write of the round staged behind a finished fsync one event-loop turn, gathering what arrives in it (the default)")
     .option('--no-gather-turn', 'start that write at once (NodeOptions.gatherTurn false)')
     .option('--gather-turns <n>', 'with --gather-turn: hold that write this many event-loop turns, gathering what arrives after each (default 1)', int('--gather-turns'))
+    .option('--state-write-delay-ms <ms>', 'how long applied state records wait for a synced batch before they are written alone, unsynced (default 5; 0 = at once)', int('--state-write-delay-ms'))
+    .option('--sync-before-apply', "hand a round's synced batch to LevelDB before applying the entries it commits (NodeOptions.syncBeforeApply; off by default)")
+    .option('--no-sync-before-apply', "apply first, the applied records in the round's batch (the default)")
     .option('--legacy-conditional-puts', 'rolling upgrade from a version before put flag currentOnConflict: write conditional puts older nodes can decode (docs/sessions.md, Upgrading)')
     .option('--index-cache-mib <n>', "bound of the hot-index cache of keys' latest versions read from disk, MiB (default 32)", int('--index-cache-mib'))
     .option('--memory-budget-mib <n>', "memory budget of the node, MiB: past it writes that add data get RESOURCE_EXHAUSTED (default 60 % of V8's heap limit; 0: none)", int('--memory-budget-mib'))
@@ -326,6 +333,7 @@ export function parseConfig(argv: string[]): KvdConfig {
     ...(pick('legacyConditionalPuts', false) ? { legacyConditionalPuts: true } : {}),
     ...(pick<unknown>('overlapRounds', undefined) !== undefined ? { overlapRounds: pick<unknown>('overlapRounds', undefined) === true } : {}),
     ...(pick<unknown>('gatherTurn', undefined) !== undefined ? { gatherTurn: pick<unknown>('gatherTurn', undefined) === true } : {}),
+    ...(pick<unknown>('syncBeforeApply', undefined) !== undefined ? { syncBeforeApply: pick<unknown>('syncBeforeApply', undefined) === true } : {}),
     defaultShards,
     ...(join !== undefined ? { join } : {}),
     ...(pick('joinAutoAdd', false) ? { joinAutoAdd: true } : {}),
@@ -337,6 +345,11 @@ export function parseConfig(argv: string[]): KvdConfig {
   if (pace !== undefined) {
     if (typeof pace !== 'number' || !Number.isSafeInteger(pace) || pace < 0) throw new Error(`--sync-pace-ms must be a non-negative integer (got ${String(pace)})`);
     cfg.syncPaceMs = pace;
+  }
+  const stateDelay = pick<unknown>('stateWriteDelayMs', undefined);
+  if (stateDelay !== undefined) {
+    if (typeof stateDelay !== 'number' || !Number.isSafeInteger(stateDelay) || stateDelay < 0) throw new Error(`--state-write-delay-ms must be a non-negative integer (got ${String(stateDelay)})`);
+    cfg.stateWriteDelayMs = stateDelay;
   }
   const turns = pick<unknown>('gatherTurns', undefined);
   if (turns !== undefined) {

@@ -415,6 +415,8 @@ async function main(): Promise<void> {
       ...(cfg.syncPaceMs !== undefined ? { syncPaceMs: cfg.syncPaceMs } : {}),
       ...(cfg.gatherTurn !== undefined ? { gatherTurn: cfg.gatherTurn } : {}),
       ...(cfg.gatherTurns !== undefined ? { gatherTurns: cfg.gatherTurns } : {}),
+      ...(cfg.stateWriteDelayMs !== undefined ? { stateWriteDelayMs: cfg.stateWriteDelayMs } : {}),
+      ...(cfg.syncBeforeApply !== undefined ? { syncBeforeApply: cfg.syncBeforeApply } : {}),
       memoryBudgetBytes:
         memoryBudgetMib(cfg.memoryBudgetMib, log, {
           valueCache: cfg.valueCacheMib * 1024 * 1024,

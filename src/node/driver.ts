@@ -32,6 +32,7 @@ import type { ReplicaSet } from './replica-set.js';
 import type { Scheduler, TimerHandle } from './scheduler.js';
 import { beforeVoteRequest, DRAINING_CONTEXT, keepalive, LIVENESS_GROUP, stepQuiescence } from './quiescence.js';
 import { SNAPSHOT_CHUNK_SYNC_BYTES } from './snapshot-inbox.js';
+import { traceWrite } from '../write-trace.js';
 
 /** Longest stretch (ms) of computing and staging a snapshot's records replacement before yielding. */
 const INSTALL_SLICE_MS = 10;
@@ -54,6 +55,8 @@ interface Round {
   mustSync: boolean;
   /** Staged while another round's fsync ran. */
   readonly overlapped: boolean;
+  /** The round's write, when staging handed it to the engine before applying (`stageRound`'s `startWrite`), and when. */
+  written?: { readonly durable: Promise<void>; readonly startedAt: number };
 }
 
 /** Runs the tick timer and the ready loop of one node's replicas. */
@@ -79,6 +82,11 @@ export class NodeDriver {
   private gatherHeldTurns = 0;
   /** Armed while `next` is held back by the sync pace or for a turn (gatherTurn); it starts `next`'s write. */
   private paceTimer: TimerHandle | undefined;
+  /** NodeOptions.syncBeforeApply. */
+  private readonly syncBeforeApply: boolean;
+  /** Armed while the store's deferred write of state records alone waits (NodeOptions.stateWriteDelayMs); `lazyWrite` starts it. */
+  private lazyTimer: TimerHandle | undefined;
+  private lazyWrite: (() => void) | undefined;
   /** When the last synced batch started (scheduler clock, set by the store's `onSyncStart`), for the sync pace. */
   private lastSyncStartMs = Number.NEGATIVE_INFINITY;
   /** `stop` callers waiting for the rounds in flight to end. */
@@ -109,6 +117,17 @@ export class NodeDriver {
     this.paceMs = this.overlap ? Math.min(parts.opts.syncPaceMs ?? NODE_DEFAULTS.syncPaceMs, this.electionMs() / 10) : 0;
     this.gather = this.overlap && (parts.opts.gatherTurn ?? NODE_DEFAULTS.gatherTurn);
     this.gatherTurns = Math.max(1, Math.floor(parts.opts.gatherTurns ?? NODE_DEFAULTS.gatherTurns));
+    this.syncBeforeApply = parts.opts.syncBeforeApply ?? NODE_DEFAULTS.syncBeforeApply;
+    // State records alone wait this long for a synced batch to take them (RaftLogStore.deferLazy):
+    // a busy node's next round does, and so does a lone writer's next write within the delay.
+    const stateDelayMs = parts.opts.stateWriteDelayMs ?? NODE_DEFAULTS.stateWriteDelayMs;
+    if (stateDelayMs > 0) {
+      parts.store.deferLazy = (write) => {
+        this.lazyWrite = write;
+        this.lazyTimer = this.scheduler.setTimeout(() => this.writeLazyNow(), stateDelayMs);
+        this.lazyTimer.unref?.();
+      };
+    }
     // While a round is in flight, a held round's units must not join the batch after the one in
     // flight (`updateWriteMode` sets the store's writeOnlyFlushed then, and clears it when idle).
     if (this.paceMs > 0) {
@@ -137,10 +156,20 @@ export class NodeDriver {
     this.scheduleReady();
   }
 
+  /** Starts the store's deferred write of state records alone now, if one waits (see the constructor). */
+  private writeLazyNow(): void {
+    this.lazyTimer?.cancel();
+    this.lazyTimer = undefined;
+    const write = this.lazyWrite;
+    this.lazyWrite = undefined;
+    write?.();
+  }
+
   /** Stops ticking and scheduling rounds; resolves once the round in progress (if any) has finished. */
   async stop(): Promise<void> {
     this.stopped = true;
     this.tickTimer?.cancel();
+    this.writeLazyNow(); // nothing waits for a delay on a stopping node
     this.noticeTimer?.cancel();
     this.noticeTimer = undefined;
     this.releaseHeld();
@@ -283,7 +312,7 @@ export class NodeDriver {
           return;
         }
         const round = newRound(false);
-        this.stageRound(round);
+        this.stageRound(round, this.syncBeforeApply);
         if (round.items.length === 0) {
           // Idle: commit indexes held back for the next append (lazy commit) go out after
           // commitNoticeDelayMs (at once with 0), so a quiet group's followers apply soon; a busy
@@ -304,6 +333,7 @@ export class NodeDriver {
       this.staging = false;
       this.updateWriteMode();
       this.wakeIdle();
+      traceWrite?.('ready.end', 0, 0);
     }
   }
 
@@ -326,9 +356,21 @@ export class NodeDriver {
     for (const w of waiters) w();
   }
 
-  /** Stages into `round` the Ready of every replica that has one (and may take one now). */
-  private stageRound(round: Round): void {
+  /**
+   * Stages into `round` the Ready of every replica that has one (and may take one now): first
+   * every Ready's log writes and early messages, then what each one applies. With `startWrite`
+   * (NodeOptions.syncBeforeApply, and a round that will sync at once: none in flight, none held),
+   * the round's synced batch is handed to the engine between the two, so applying the committed
+   * entries (decoding them, the state machine, staging their records) runs while the fsync does
+   * instead of before it: on a follower of a lone writer that is the previous write's apply,
+   * carried in by this append's commit index (bench/README.md "A lone put"). The applied records
+   * are lazy (derived from the log, see RaftLogStore.stageStateOps): they go into the next synced
+   * batch, or after NodeOptions.stateWriteDelayMs into one of their own.
+   */
+  private stageRound(round: Round, startWrite = false): void {
     const { store } = this.parts;
+    const from = round.items.length;
+    let snapshot = false;
     for (const r of this.replicas.values()) {
       if (r.installing) continue; // its snapshot's records are being staged (finishInstall)
       r.flushReads();
@@ -357,17 +399,34 @@ export class NodeDriver {
         round.entries += rd.entries.length;
       }
       // What need not wait for the disk goes now: the leader's appends and heartbeats (so
-      // its fsync overlaps the followers'), and applying entries already durable on a quorum.
+      // its fsync overlaps the followers'), then (below) applying entries already durable on a quorum.
       this.send(rd.earlyMessages);
+      if (rd.snapshot) snapshot = true;
+      round.items.push([r, rd]);
+    }
+    // A round with a snapshot keeps its records replacement in the batch with it (as before).
+    if (startWrite && round.mustSync && !snapshot && this.paceWait(round) <= 0) {
+      const durable = store.flushNow();
+      // Handled by `startSync`; if applying fails first, the node stops (`failed`) and nothing awaits it.
+      durable.catch(() => {});
+      round.written = { durable, startedAt: performance.now() };
+    }
+    for (let i = from; i < round.items.length; i++) {
+      const [r, rd] = round.items[i]!;
       r.apply(rd);
-      // What was applied goes into this round's batch, after the log writes it came from.
+      // What was applied goes into this round's batch (or, with the write started above, the
+      // next one), after the log writes it came from.
       for (const unit of r.takeStateUnits()) store.stageStateOps(r.group, unit);
       // An installed snapshot's data is needed on disk only until the records replacing the state are.
       if (rd.snapshot && r.installing) void this.finishInstall(r);
       else if (rd.snapshot) store.dropSnapshotData(r.group);
       this.replicas.applied(r, rd);
-      round.items.push([r, rd]);
     }
+  }
+
+  /** How long (ms) the sync pace would hold `round`'s write now (≤ 0: not held). */
+  private paceWait(round: Round): number {
+    return this.paceMs > 0 && round.mustSync ? this.lastSyncStartMs + this.paceMs - this.scheduler.now() : 0;
   }
 
   /**
@@ -383,9 +442,8 @@ export class NodeDriver {
     }
     this.updateWriteMode();
     // A measurement for metrics only (it decides nothing), so the monotonic clock.
-    const t0 = performance.now();
-    this.parts.store
-      .flush()
+    const t0 = round.written?.startedAt ?? performance.now();
+    (round.written?.durable ?? this.parts.store.flush())
       .then(() => {
         this.parts.observer().readyBatch?.(round.items.length, round.entries, performance.now() - t0, round.overlapped);
         this.finish(round);
@@ -421,8 +479,8 @@ export class NodeDriver {
    * fsync is never held.
    */
   private syncOrHold(round: Round, afterSync = false): void {
-    const wait = round.mustSync ? this.lastSyncStartMs + this.paceMs - this.scheduler.now() : 0;
-    if (this.paceMs > 0 && wait > 0) {
+    const wait = this.paceWait(round);
+    if (wait > 0) {
       this.hold(round, this.scheduler.setTimeout(() => this.releaseHeld(), wait));
     } else if (this.gather && afterSync && round.mustSync && !this.stopped) {
       this.gatherHeldTurns = 1;

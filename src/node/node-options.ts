@@ -47,6 +47,10 @@ export const NODE_DEFAULTS = {
   gatherTurn: true,
   /** NodeOptions.gatherTurns: 1 (bench/README.md "Per-round cost at 8 shards (session `rounds`)"). */
   gatherTurns: 1,
+  /** NodeOptions.stateWriteDelayMs: an idle node's wait before writing applied state records alone (ms; bench/README.md "A lone put (session lone12)"). */
+  stateWriteDelayMs: 5,
+  /** NodeOptions.syncBeforeApply: off — a lone put's synced writes came out slower with it, and a busy node wrote more unsynced batches (bench/README.md "A lone put (session lone12)"). */
+  syncBeforeApply: false,
   maxPendingProposals: 50_000,
   retentionMs: 3_600_000,
   retentionCheckMs: 10_000,
@@ -140,6 +144,28 @@ export interface NodeOptions {
    * needs one is held, so an idle node's first write is still not held.
    */
   readonly gatherTurns?: number;
+  /**
+   * How long (ms) the state records a round applied wait for a synced batch to take them before
+   * they are written in an (unsynced) batch of their own (default
+   * {@link NODE_DEFAULTS}.stateWriteDelayMs; 0 = at once, as every write before session lone12).
+   * Nothing but the heap's value release waits for them (they are derived from the log, and a
+   * `flush` takes them into its batch): a busy node's next round writes them with its own, and a
+   * lone writer's next write within the delay carries them too, so the batch of their own runs
+   * neither between a write's apply and its answer nor at all for most writes. RaftLogStore.deferLazy.
+   */
+  readonly stateWriteDelayMs?: number;
+  /**
+   * A round that writes at once (no round in flight or held) hands its synced batch to the store's
+   * engine before applying the committed entries it carries (default
+   * {@link NODE_DEFAULTS}.syncBeforeApply): a follower of a lone writer applies the previous write
+   * in the round that appends the next, and the fsync then overlaps that work. The applied records
+   * go into the next synced batch (see stateWriteDelayMs). Off (the default): they go in the
+   * round's own batch. Measured in session lone12 (bench/README.md "A lone put (session lone12)"):
+   * the follower's batch left 0.1 ms sooner but both nodes' synced writes ended ~0.15 ms later, and
+   * under load a busy node's records waited past the delay more often (unsynced batches per rmw
+   * 0.01 → 0.03).
+   */
+  readonly syncBeforeApply?: boolean;
   /**
    * A leader's tick sends no heartbeat to a follower it sent an append since the last tick
    * (default true; src/raft `RaftConfig.quietHeartbeats`): busy groups send heartbeats only where

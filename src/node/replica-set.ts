@@ -193,7 +193,7 @@ export class ReplicaSet {
     const source = new EngineValueSource(engine, group, this.valueCache);
     return {
       source,
-      whenDurable: () => this.parts.store.whenWritten(),
+      whenDurable: (options) => this.parts.store.whenWritten(options),
       readCached: (read) => source.readCached(read),
       index: () => new EngineIndexSource(engine, group, this.indexCache, source),
       dropCold: this.dropCold,

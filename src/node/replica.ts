@@ -139,8 +139,12 @@ export interface ReplicaOptions {
    */
   readonly values?: {
     readonly source: ValueSource;
-    /** Resolves once what is staged is in the engine, starting the write if none is under way (RaftLogStore.whenWritten). */
-    readonly whenDurable: () => Promise<void>;
+    /**
+     * Resolves once what is staged is in the engine, starting the write if none is under way
+     * (RaftLogStore.whenWritten); with `lazy` (a value release, which can wait) the host may start
+     * a write of state records alone later, or let its next synced batch take them.
+     */
+    readonly whenDurable: (options?: { readonly lazy?: boolean }) => Promise<void>;
     /** Runs a read with the values it needs, fetching misses without blocking the event loop (EngineValueSource.readCached). */
     readonly readCached?: <T>(read: () => T) => Promise<T>;
     /** A new source of latest versions for a machine (`KvStateMachine.attachIndex`): the key index from the engine behind the node's hot-index cache. */
@@ -920,7 +924,7 @@ export class ShardReplica {
       if (deleted !== undefined) this.opts.compactRecords!(deleted.start, deleted.end); // the deletes are written: compact their markers away
       step();
     };
-    values.whenDurable().then(durable, () => {}); // a storage failure stops the node elsewhere
+    values.whenDurable({ lazy: true }).then(durable, () => {}); // a storage failure stops the node elsewhere
   }
 
   private lostLeadership(): void {

@@ -85,6 +85,7 @@ import { mkdirSync, readdirSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { ChunkFile, CHUNK_FILE_NAME, chunkPieces, readChunkPiece } from './chunk-file.js';
 import { type EngineKey, type EngineOp, type KvEngine } from './kv-engine.js';
+import { traceWrite } from '../write-trace.js';
 
 /** Default upper bound on the bytes (keys + values + per-op overhead) coalesced into one engine batch. */
 export const MAX_BATCH_BYTES = 64 * 1024 * 1024;
@@ -501,6 +502,28 @@ export class RaftLogStore {
    * batch already in flight).
    */
   onSyncStart: (() => void) | undefined = undefined;
+  /**
+   * Set by a host that wants the write of state records alone (`stageStateOps` units that no
+   * `flush` waits for, written unsynced for a `whenWritten` with `lazy`) started later, on its own
+   * clock: the store calls it with a function that starts that write, once per deferral, instead
+   * of starting the write on a microtask (or, after a synced batch, at once). A `flush` arriving
+   * meanwhile takes the units into its synced batch (no batch of their own); the function then
+   * writes what is left, if anything. The host must call the function eventually (the units'
+   * `whenWritten` callers wait for it). Unset: such writes start at once, as `flush`'s do.
+   * Session lone12, bench/README.md "A lone put (session lone12)": a batch of their own ran on the
+   * event loop between a lone write's apply and its answer, and a busy node's applied records
+   * written alone cost an engine batch (a hand-off to LevelDB's thread) that the next synced batch
+   * saves.
+   */
+  deferLazy: ((write: () => void) => void) | undefined = undefined;
+  /** A `deferLazy` call is outstanding (its function has not run yet). */
+  private lazyDeferred = false;
+  /** The last unit staged when the outstanding `deferLazy` call was made. */
+  private lazyDeferredFor = 0;
+  /** The deferred write's function ran: the write loop writes state records alone now, without deferring them again. */
+  private lazyDue = false;
+  /** The highest target of a `whenWritten` that is not lazy (never deferred). */
+  private urgentWritten = 0;
   /** `flush` callers, by target. */
   private waiters: Waiter[] = [];
   /** `whenWritten` callers, by target. */
@@ -923,25 +946,43 @@ export class RaftLogStore {
    * with {@link StoreFailedError} if any batch failed (the failure is sticky).
    */
   flush(): Promise<void> {
+    return this.flushAll(false);
+  }
+
+  /**
+   * As {@link flush}, but when no batch is in flight the write of what is staged starts now,
+   * synchronously (handed to the engine before this returns; a unit that must wait for a clear
+   * or a chunk file still waits), instead of on a microtask: a host that stages more right after
+   * (the state records of the entries a ready round applies, which need no fsync) keeps that work
+   * off the fsync's path. Units staged after this call go into a later batch, and the returned
+   * promise does not wait for them.
+   */
+  flushNow(): Promise<void> {
+    return this.flushAll(true);
+  }
+
+  private flushAll(now: boolean): Promise<void> {
     if (this.failed) return Promise.reject(this.failed);
     // Chunks appended to transfer files are covered too (a follower's acknowledgements wait for this every few MiB: it bounds what the appends hold).
     let files: Promise<void>[] | undefined;
     for (const t of this.transfers.values()) {
       if (t.file !== undefined && t.file.unsynced > 0) (files ??= []).push(t.file.sync().catch((e: unknown) => this.fail(e)));
     }
-    if (files !== undefined) return Promise.all([this.flushRecords(), ...files]).then(() => (this.failed ? Promise.reject(this.failed) : undefined));
-    return this.flushRecords();
+    if (files !== undefined) return Promise.all([this.flushRecords(now), ...files]).then(() => (this.failed ? Promise.reject(this.failed) : undefined));
+    return this.flushRecords(now);
   }
 
-  private flushRecords(): Promise<void> {
+  private flushRecords(now = false): Promise<void> {
     if (this.failed) return Promise.reject(this.failed);
     const target = this.nextSeq - 1;
     if (target <= this.durableSeq) return Promise.resolve();
     if (target > this.flushTarget) this.flushTarget = target;
-    return new Promise<void>((resolve, reject) => {
+    const p = new Promise<void>((resolve, reject) => {
       this.waiters.push({ target, resolve, reject });
-      this.schedule();
     });
+    if (now && !this.writing) void this.writeLoop();
+    else this.schedule();
+    return p;
   }
 
   /**
@@ -952,15 +993,20 @@ export class RaftLogStore {
    * in the same turn shares it): a batch of state records alone (`stageStateOps`, e.g. the
    * records of a round that only applied committed entries) is written *unsynced* unless a
    * `flush` waits, so an idle node's last applied rounds reach the engine without an fsync;
-   * anything else staged is written synced, as by `flush`. Rejects like `flush`.
+   * anything else staged is written synced, as by `flush`. Rejects like `flush`. With `lazy`
+   * (for work that can wait, such as dropping values from the heap) and a host's
+   * {@link deferLazy}, a write of state records alone starts when the host says, unless a `flush`
+   * takes them into its synced batch first; without `lazy` the write starts at once.
    */
-  whenWritten(): Promise<void> {
+  whenWritten(options?: { readonly lazy?: boolean }): Promise<void> {
     if (this.failed) return Promise.reject(this.failed);
     const target = this.nextSeq - 1;
     if (target <= this.writtenSeq) return Promise.resolve();
+    if (options?.lazy !== true && target > this.urgentWritten) this.urgentWritten = target;
     return new Promise<void>((resolve, reject) => {
       this.writeWaiters.push({ target, resolve, reject });
-      this.schedule();
+      if (this.mayDeferLazy()) this.scheduleLazy();
+      else this.schedule();
     });
   }
 
@@ -1095,6 +1141,57 @@ export class RaftLogStore {
       );
   }
 
+  /**
+   * Whether the write about to start would be a batch of state records alone that nothing asks
+   * for now (no `flush` waits, no `whenWritten` without `lazy`, every staged unit is lazy), and the
+   * host defers such writes ({@link deferLazy}) and has not said the deferred one is due.
+   */
+  private mayDeferLazy(): boolean {
+    if (this.deferLazy === undefined || this.lazyDue || this.waiters.length > 0 || this.urgentWritten > this.writtenSeq) return false;
+    // The units the loop would take now: with writeOnlyFlushed, up to the first it may not write
+    // (a held round's, whose flush takes the records before it too).
+    let n = 0;
+    for (const u of this.staged) {
+      if (!this.mayWrite(u)) break;
+      if (!u.lazy) return false;
+      n++;
+    }
+    return n > 0;
+  }
+
+  /**
+   * Whether the write loop may take `u` now: with writeOnlyFlushed, only the units a flush asked
+   * for, and after them the state-records-only (lazy) units a whenWritten asked for up to the
+   * first unit that needs an fsync: a round held for the pace stays held (its log units wait for
+   * its flush), while an idle node's last applied rounds are still written (unsynced).
+   */
+  private mayWrite(u: Unit): boolean {
+    if (!this.onlyFlushed || u.seq <= this.flushTarget) return true;
+    return u.lazy && this.writeWaiters.some((w) => w.target >= u.seq);
+  }
+
+  /** Asks the host ({@link deferLazy}) to start the write of the staged state records later (once per deferral). */
+  private scheduleLazy(): void {
+    if (this.lazyDeferred) return;
+    this.lazyDeferred = true;
+    this.lazyDeferredFor = this.nextSeq - 1;
+    this.deferLazy!(() => {
+      this.lazyDeferred = false;
+      if (this.failed || this.closed) return;
+      // A flush wrote them meanwhile (with its synced batch): nothing left to do.
+      if (this.staged.length === 0 && this.writeWaiters.length === 0) return;
+      // The units it was deferred for went with a flush (or a batch is in flight: a busy node),
+      // the ones staged since get a deferral of their own: the next flush takes them too.
+      if ((this.writtenSeq >= this.lazyDeferredFor || this.writing) && this.mayDeferLazy()) {
+        this.scheduleLazy();
+        return;
+      }
+      this.lazyDue = true;
+      if (this.writing) return; // the running loop goes on to them after its batch (lazyDue)
+      this.schedule();
+    });
+  }
+
   private schedule(): void {
     if (this.writing || this.scheduled) return;
     this.scheduled = true;
@@ -1109,16 +1206,16 @@ export class RaftLogStore {
     if (this.writing) return;
     this.writing = true;
     try {
-      // With writeOnlyFlushed, only the units a flush asked for, and after them the state-records-only
-      // (lazy) units a whenWritten asked for up to the first unit that needs an fsync: a round held
-      // for the pace stays held (its log units wait for its flush), while an idle node's last
-      // applied rounds are still written (unsynced).
-      const mayWrite = (u: Unit): boolean => {
-        if (!this.onlyFlushed || u.seq <= this.flushTarget) return true;
-        return u.lazy && this.writeWaiters.some((w) => w.target >= u.seq);
-      };
+      const mayWrite = (u: Unit): boolean => this.mayWrite(u);
       for (;;) {
         const syncWanted = this.waiters.length > 0;
+        if (!syncWanted && this.mayDeferLazy()) {
+          // State records alone, asked for by no flush (after a synced batch: the records a busy
+          // node applied while it was in flight): the host says when to write them, and a flush
+          // meanwhile (a busy node's next round) takes them into its synced batch.
+          this.scheduleLazy();
+          break;
+        }
         if (this.staged.length === 0) {
           // A flush waits for units written unsynced: an empty batch syncs nothing, so a marker does.
           if (!syncWanted) break;
@@ -1160,6 +1257,7 @@ export class RaftLogStore {
         // Unsynced only for state records alone that no flush waits for (see whenWritten).
         const sync = syncWanted || units.some((u) => !u.lazy);
         if (sync) this.onSyncStart?.();
+        traceWrite?.(sync ? 'sync.start' : 'lazy.start', 0, entries);
         const t0 = performance.now();
         await this.engine.batch(ops, { sync });
         const fsyncMs = performance.now() - t0;
@@ -1181,6 +1279,7 @@ export class RaftLogStore {
       this.fail(err);
     } finally {
       this.writing = false;
+      this.lazyDue = false;
     }
   }
 

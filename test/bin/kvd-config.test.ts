@@ -21,6 +21,17 @@ describe('kvd configuration', () => {
     expect(cfg.warnings.join('\n')).toMatch(/--insecure-peers: .* Local development only/);
   });
 
+  it('--state-write-delay-ms and --[no-]sync-before-apply (session lone12) are unset unless given', () => {
+    const unset = parseConfig([...base, '--insecure-peers']);
+    expect(unset.stateWriteDelayMs).toBeUndefined();
+    expect(unset.syncBeforeApply).toBeUndefined();
+    const off = parseConfig([...base, '--insecure-peers', '--state-write-delay-ms', '0', '--no-sync-before-apply']);
+    expect(off.stateWriteDelayMs).toBe(0);
+    expect(off.syncBeforeApply).toBe(false);
+    expect(parseConfig([...base, '--insecure-peers', '--sync-before-apply']).syncBeforeApply).toBe(true);
+    expect(() => parseConfig([...base, '--insecure-peers', '--state-write-delay-ms', '-1'])).toThrow();
+  });
+
   it('--legacy-conditional-puts (rolling upgrade) is off unless given', () => {
     expect(parseConfig([...base, '--insecure-peers']).legacyConditionalPuts).toBeUndefined();
     expect(parseConfig([...base, '--insecure-peers', '--legacy-conditional-puts']).legacyConditionalPuts).toBe(true);

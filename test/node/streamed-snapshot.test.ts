@@ -327,9 +327,11 @@ describe('the leader side of a streamed transfer', () => {
       // applied index): the follower's core answers the new leader's offset 0 with what it already
       // has, and the new leader goes on from there. Sound because the encoding of one state is the
       // same bytes on every replica, and the end checksum the new leader sends would refuse a mix.
-      expect(fromNew.find((o) => o > 0)).toBeGreaterThan(opts.snapshotChunkBytes!);
+      // (The new leader may have sent a few chunks from 0 before the follower's answer reached
+      // it, session lone12: the follower takes none of them again.)
       console.log(`the new leader resumed the transfer of snapshot ${snapOf.get(t.id)} at offset ${fromNew.find((o) => o > 0)}`);
-      expect(c.transfers).toBeGreaterThanOrEqual(1);
+      expect(c.transfers).toBe(1); // never started over
+      expect(c.chunks).toBe(Math.ceil(c.bytes / opts.snapshotChunkBytes!)); // no chunk taken twice
     } else {
       expect(c.transfers).toBeGreaterThanOrEqual(2); // the abandoned one, then the new leader's
     }

@@ -694,6 +694,136 @@ describe('RaftLogStore group commit and failures (MemoryEngine)', () => {
     expect((await RaftLogStore.open(engine.crash())).storageFor(1).initialState().conf).toEqual(CONF);
   });
 
+  it('flushNow hands what is staged to the engine before it returns; units staged after it go into a later batch, and it does not wait for them (session lone12)', async () => {
+    const engine = new MemoryEngine({ latencyMs: 1 });
+    const s = await RaftLogStore.open(engine);
+    s.persistReady(1, { entries: ents(1, 1, 1), hardState: { term: 1, vote: 1, commit: 0 } });
+    const issued: string[][] = [];
+    const batch = engine.batch.bind(engine);
+    engine.batch = (ops, options) => {
+      issued.push(ops.map((o) => String(o.key)));
+      return batch(ops, options);
+    };
+    const durable = s.flushNow();
+    expect(issued.length).toBe(1); // synchronously: no microtask in between
+    s.stageStateOps(1, stateRec(1)); // the applied records, staged after the write started
+    await durable;
+    expect(issued[0]!.some((k) => k.startsWith(stateKeyPrefix(1)))).toBe(false);
+    await s.flush(); // (without deferLazy the loop went on to them after the first batch, unsynced)
+    expect(issued.slice(1).some((b) => b.some((k) => k.startsWith(stateKeyPrefix(1))))).toBe(true);
+    expect(dec.decode(engine.getSync(`${stateKeyPrefix(1)}k1`))).toBe('v1');
+    // With a batch in flight, flushNow waits for it like flush (one batch at a time, in order).
+    s.persistReady(1, { entries: ents(2, 2, 1) });
+    const first = s.flush();
+    await Promise.resolve();
+    s.persistReady(1, { entries: ents(3, 3, 1) });
+    await Promise.all([first, s.flushNow()]);
+    expect((await RaftLogStore.open(engine.crash())).storageFor(1).lastIndex()).toBe(3);
+  });
+
+  it('with deferLazy, state records alone for a lazy whenWritten wait for the host; a flush meanwhile takes them into its synced batch; a plain whenWritten writes at once (session lone12)', async () => {
+    const engine = new MemoryEngine();
+    const s = await RaftLogStore.open(engine);
+    const deferred: (() => void)[] = [];
+    s.deferLazy = (write) => deferred.push(write);
+    s.persistReady(1, { entries: ents(1, 1, 1), hardState: { term: 1, vote: 1, commit: 0 } });
+    await s.flush();
+    expect(engine.counters).toEqual({ batches: 1, syncedBatches: 1 });
+    // An idle node's applied records: nothing is written until the host says so.
+    s.stageStateOps(1, stateRec(1));
+    let written1 = false;
+    const w1 = s.whenWritten({ lazy: true }).then(() => (written1 = true));
+    await tick();
+    await tick();
+    expect(deferred.length).toBe(1);
+    expect(engine.counters.batches).toBe(1);
+    expect(written1).toBe(false);
+    deferred.shift()!();
+    await w1;
+    expect(engine.counters).toEqual({ batches: 2, syncedBatches: 1 }); // alone, unsynced
+    // A busy node's: the next round's flush takes them (one synced batch, none of their own).
+    s.stageStateOps(1, stateRec(2));
+    const w2 = s.whenWritten({ lazy: true });
+    await tick();
+    s.persistReady(1, { entries: ents(2, 2, 1) });
+    await s.flush();
+    await w2;
+    expect(engine.counters).toEqual({ batches: 3, syncedBatches: 2 });
+    expect(dec.decode(engine.getSync(`${stateKeyPrefix(1)}k2`))).toBe('v2');
+    // The host's call then finds nothing to write.
+    expect(deferred.length).toBe(1);
+    deferred.shift()!();
+    await tick();
+    expect(engine.counters.batches).toBe(3);
+    // A plain whenWritten (a listing waiting for the durable point) is never deferred.
+    s.stageStateOps(1, stateRec(3));
+    await s.whenWritten();
+    expect(deferred.length).toBe(0);
+    expect(engine.counters).toEqual({ batches: 4, syncedBatches: 2 });
+  });
+
+  it('with deferLazy, state records staged while a synced batch is in flight are not written straight after it: the next flush takes them, or the host later (session lone12)', async () => {
+    const engine = new MemoryEngine({ latencyMs: 2 });
+    const s = await RaftLogStore.open(engine);
+    const deferred: (() => void)[] = [];
+    s.deferLazy = (write) => deferred.push(write);
+    s.persistReady(1, { entries: ents(1, 1, 1), hardState: { term: 1, vote: 1, commit: 0 } });
+    const round1 = s.flushNow();
+    // Applied while the round's fsync runs (a busy node, or syncBeforeApply).
+    s.stageStateOps(1, stateRec(1));
+    const w1 = s.whenWritten({ lazy: true });
+    await round1;
+    await tick();
+    expect(engine.counters).toEqual({ batches: 1, syncedBatches: 1 });
+    expect(deferred.length).toBe(1);
+    // The next round follows: its synced batch holds them.
+    s.persistReady(1, { entries: ents(2, 2, 1) });
+    s.stageStateOps(1, stateRec(2));
+    const w2 = s.whenWritten({ lazy: true });
+    await s.flush();
+    await Promise.all([w1, w2]);
+    expect(engine.counters).toEqual({ batches: 2, syncedBatches: 2 });
+    // The host's call after a flush took the units it was made for: the ones staged since wait again.
+    s.stageStateOps(1, stateRec(3));
+    let written3 = false;
+    const w3 = s.whenWritten({ lazy: true }).then(() => (written3 = true));
+    deferred.shift()!();
+    await tick();
+    expect(written3).toBe(false);
+    expect(deferred.length).toBe(1);
+    // ... and are written by the next call when nothing took them (unsynced, alone).
+    deferred.shift()!();
+    await w3;
+    expect(engine.counters).toEqual({ batches: 3, syncedBatches: 2 });
+    expect(dec.decode(engine.getSync(`${stateKeyPrefix(1)}k3`))).toBe('v3');
+    // Nothing written unsynced is lost to a flush: it makes them durable.
+    await s.flush();
+    const after = engine.crash();
+    expect((await RaftLogStore.open(after)).storageFor(1).lastIndex()).toBe(2);
+    expect(dec.decode(after.getSync(`${stateKeyPrefix(1)}k3`))).toBe('v3');
+  });
+
+  it("with deferLazy and writeOnlyFlushed, state records staged after a flushNow and before a held round's log unit wait for that round's flush: no batch of their own (session lone12)", async () => {
+    const engine = new MemoryEngine({ latencyMs: 2 });
+    const s = await RaftLogStore.open(engine);
+    const deferred: (() => void)[] = [];
+    s.deferLazy = (write) => deferred.push(write);
+    s.persistReady(1, { entries: ents(1, 1, 1), hardState: { term: 1, vote: 1, commit: 0 } });
+    s.writeOnlyFlushed = true; // a round in flight (the driver sets it)
+    const round1 = s.flushNow();
+    s.stageStateOps(1, stateRec(1)); // its applies, after the hand-off
+    const w1 = s.whenWritten({ lazy: true });
+    s.persistReady(1, { entries: ents(2, 2, 1) }); // the next round, staged while it syncs (held)
+    await round1;
+    await tick();
+    await tick();
+    expect(engine.counters).toEqual({ batches: 1, syncedBatches: 1 });
+    await s.flush(); // the held round's write takes the records before it
+    await w1;
+    expect(engine.counters).toEqual({ batches: 2, syncedBatches: 2 });
+    expect(dec.decode(engine.getSync(`${stateKeyPrefix(1)}k1`))).toBe('v1');
+  });
+
   it('flush with nothing staged resolves at once without a batch', async () => {
     const engine = new MemoryEngine();
     const s = await RaftLogStore.open(engine);
