@@ -42,9 +42,9 @@ export class AllocatorChoiceError extends Error {
  *
  * glibc's malloc keeps the high-water mark of its main arena, so a node's RSS follows what it has
  * written and freed, not what it holds (docs/memory.md "RSS against data size"); jemalloc gives
- * freed memory back on a background thread, but cost 10–40 % more server CPU per operation and a
- * slower catch-up in this session's quiet pairs (docs/memory.md "jemalloc or glibc (session 32)"),
- * so glibc stays the default. `KVD_ALLOCATOR` in `base` decides:
+ * freed memory back on a background thread, but its 1 GiB catch-up was slower (63–69 s against
+ * 46–55 s; CPU per operation the same within the noise: docs/memory.md "jemalloc or glibc, and the
+ * heap after an install (session 32)"), so glibc stays the default. `KVD_ALLOCATOR` in `base` decides:
  * - unset or `glibc`: glibc (nothing preloaded by us);
  * - `auto`: jemalloc if one of {@link JEMALLOC_LIBRARY_PATHS} exists, else glibc;
  * - `jemalloc`: jemalloc, or {@link AllocatorChoiceError} if it is not installed;
