@@ -1,5 +1,5 @@
 #!/usr/bin/env -S node --max-semi-space-size=32
-/** `kvd`: starts one kvcascade node from flags or a JSON config file. (The shebang passes runtime-flags.ts's KVD_NODE_FLAGS; run as `node kvd.js`, pass them yourself.) */
+/** `kvd`: starts one kvcascade node from flags or a JSON config file. (The shebang passes runtime-flags.ts's KVD_NODE_FLAGS; run as `node kvd.js`, pass them yourself.) One file (~640 lines) because it is the composition root: it only wires the parts (each in its own module) in start order and stops them in reverse. */
 import * as grpc from '@grpc/grpc-js';
 import { chmodSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import type { IncomingMessage, ServerResponse } from 'node:http';

@@ -8,7 +8,9 @@
  * produce (they promise nothing about the disk), so a slow fsync does not cost a leader its
  * followers or its quorum. It also receives peers' messages,
  * stages an installed snapshot's records in time slices, and offers the deadline and map waits
- * that go by the same clock.
+ * that go by the same clock. One file (~690 lines) because the round's stages, the sync pace, the
+ * turn gathering and the deferred state writes share the round state and its ordering rules;
+ * the pure parts already live apart (quiescence.ts, scheduler.ts, snapshot-inbox.ts).
  *
  * With NodeOptions.overlapRounds, rounds overlap: while one round's fsync runs, what arrives is
  * staged into the next round at once (each group's second Ready, RaftConfig.readiesInFlight 2),
@@ -123,7 +125,9 @@ export class NodeDriver {
     const stateDelayMs = parts.opts.stateWriteDelayMs ?? NODE_DEFAULTS.stateWriteDelayMs;
     if (stateDelayMs > 0) {
       parts.store.deferLazy = (write) => {
+        // The newest write is the one to run; a timer already armed keeps its time.
         this.lazyWrite = write;
+        if (this.lazyTimer !== undefined) return;
         this.lazyTimer = this.scheduler.setTimeout(() => this.writeLazyNow(), stateDelayMs);
         this.lazyTimer.unref?.();
       };
