@@ -3,7 +3,7 @@
 // Run: npx tsc -p tsconfig.json (or npm run build), then
 //   node dist/bench/data-size.js [--checkpoints 10000,100000] [--big] [--system kvd|etcd|both] [--value-bytes 1024]
 //     [--concurrency 64] [--gets 5000] [--catch-up-keys 30000] [--overwrites 0] [--keep-logs DIR] [--kvd-args "--value-cache-mib 64"] [--bin dist/src/bin/kvd.js] [--etcd-bin /usr/bin/etcd]
-//     [--fill bulk|unary] [--measure-puts 20000] [--fill-concurrency 16]
+//     [--fill bulk|unary] [--measure-puts 20000] [--fill-concurrency 16] [--settle-ms 15000] [--rest-ms 12000]
 // `--big` adds the 1 000 000-key checkpoint (about 1 GiB per replica: run it on a quiet machine).
 // The fill (`--fill bulk`, the default) writes all but the last `--measure-puts` keys of each
 // checkpoint as Txns of 64 puts, both systems alike (kvd through the client library's KvClient.txn;
@@ -123,6 +123,8 @@ export interface DataSizeCheckpoint {
   readonly getsPerSec: number;
   readonly getP99Ms: number;
   readonly nodes: readonly NodeFigures[];
+  /** Every node sampled again after `--rest-ms` of idleness (what a node keeps at this data size once the load stops), when that is on. */
+  readonly atRest?: readonly NodeFigures[];
 }
 
 const mib = (n: number): number => Math.round((n / 2 ** 20) * 10) / 10;
@@ -318,7 +320,7 @@ async function anonRssOf(pid: number | undefined): Promise<number> {
 async function runSystem(
   system: SystemName,
   checkpoints: number[],
-  o: { settleMs: number; valueBytes: number; concurrency: number; gets: number; catchUpKeys: number; overwrites: number; kvdArgs: string[]; bin?: string; etcdBin?: string; keepLogs?: string; bulk: boolean; measurePuts: number; fillConcurrency: number },
+  o: { settleMs: number; restMs: number; valueBytes: number; concurrency: number; gets: number; catchUpKeys: number; overwrites: number; kvdArgs: string[]; bin?: string; etcdBin?: string; keepLogs?: string; bulk: boolean; measurePuts: number; fillConcurrency: number },
 ): Promise<DataSizeCheckpoint[]> {
   const log = (m: string) => console.error(m);
   const cluster =
@@ -374,6 +376,14 @@ async function runSystem(
         })
         .join(' | ');
       console.log(`${system} keys ${target} (load ${loadavg().map((l) => l.toFixed(1)).join(' ')})  fill keys/s ${cp.fillPerSec} (errors ${cp.fillErrors})  put/s ${cp.putsPerSec} p99 ${cp.putP99Ms} ms errors ${cp.putErrors}  get/s ${cp.getsPerSec} p99 ${cp.getP99Ms} ms srv ${getSrvUs ?? '?'} us/get  MiB: ${per}`);
+      if (o.restMs > 0) {
+        // RSS at rest: what a node keeps at this data size once the load stops (kvd's malloc trimmer
+        // waits for 3 quiet checks of 2 s, so a rest shorter than ~8 s shows what it holds before that).
+        await sleep(o.restMs);
+        const atRest = await figuresOf(cluster);
+        results[results.length - 1] = { ...cp, atRest };
+        console.log(`${system} keys ${target} at rest (${o.restMs / 1000} s idle, load ${loadavg()[0]!.toFixed(1)}) MiB: ${restText(atRest)}`);
+      }
     }
     if (o.overwrites > 0) {
       // Old versions pile up (retention: kvd's --retention-ms, default 1 h; etcd keeps them until compacted):
@@ -430,13 +440,14 @@ async function main(): Promise<void> {
       'measure-puts': { type: 'string', default: '20000' },
       'fill-concurrency': { type: 'string', default: '16' },
       'settle-ms': { type: 'string', default: '15000' },
+      'rest-ms': { type: 'string', default: '12000' },
       bin: { type: 'string' },
       'etcd-bin': { type: 'string' },
       help: { type: 'boolean', default: false },
     },
   });
   if (values.help) {
-    console.log('node dist/bench/data-size.js [--checkpoints 10000,100000] [--big] [--system kvd|etcd|both] [--value-bytes 1024] [--concurrency 64] [--gets 5000] [--catch-up-keys 30000] [--overwrites 0] [--fill bulk|unary] [--measure-puts 20000] [--fill-concurrency 16] [--settle-ms 15000] [--keep-logs DIR] [--kvd-args "..."] [--bin PATH] [--etcd-bin PATH]');
+    console.log('node dist/bench/data-size.js [--checkpoints 10000,100000] [--big] [--system kvd|etcd|both] [--value-bytes 1024] [--concurrency 64] [--gets 5000] [--catch-up-keys 30000] [--overwrites 0] [--fill bulk|unary] [--measure-puts 20000] [--fill-concurrency 16] [--settle-ms 15000] [--rest-ms 12000] [--keep-logs DIR] [--kvd-args "..."] [--bin PATH] [--etcd-bin PATH]');
     return;
   }
   const checkpoints = flagIntList('checkpoints', values.checkpoints, 1, 100_000_000);
@@ -456,6 +467,7 @@ async function main(): Promise<void> {
     measurePuts: flagInt('measure-puts', values['measure-puts'], 1),
     fillConcurrency: flagInt('fill-concurrency', values['fill-concurrency'], 1),
     settleMs: flagInt('settle-ms', values['settle-ms'], 0),
+    restMs: flagInt('rest-ms', values['rest-ms'], 0),
     ...(values.bin !== undefined ? { bin: values.bin } : {}),
     ...(values['etcd-bin'] !== undefined ? { etcdBin: values['etcd-bin'] } : {}),
     ...(values['keep-logs'] !== undefined ? { keepLogs: values['keep-logs'] } : {}),

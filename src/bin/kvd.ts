@@ -19,7 +19,7 @@ import { kvdCredentials } from './kvd-tls.js';
 import { addHealthService } from '../server/health.js';
 import { startNodeLeases } from './lease-wiring.js';
 import { NodeMetrics } from '../node/metrics.js';
-import { DEFAULT_TRIM_POLICY, loadNativeMalloc, MallocTrimmer } from '../node/malloc-trim.js';
+import { DEFAULT_MALLOC_TRIM_MIB, DEFAULT_TRIM_POLICY, loadNativeMalloc, MallocTrimmer } from '../node/malloc-trim.js';
 import { runningAllocator } from './allocator.js';
 import { DEFAULT_HEAP_RELEASE_POLICY, HeapRelease, loadForcedGc } from '../node/heap-release.js';
 import { budgetShortfall, type FixedMemoryParts } from '../node/memory-budget.js';
@@ -130,28 +130,30 @@ function memoryBudgetMib(flag: number | undefined, log: Logger, fixed: FixedMemo
 }
 
 /**
- * Gives freed native memory back to the OS when the node is quiet (`--malloc-trim-mib N`, off by
- * default: a trim is a pause of the event loop, src/node/malloc-trim.ts), or undefined when off or
- * where glibc's malloc_trim is not available (said in the log).
+ * Gives freed native memory back to the OS when the node is quiet (`--malloc-trim-mib N`, 64 by
+ * default, 0 = off: a trim is a pause of a quiet node's event loop, src/node/malloc-trim.ts), or
+ * undefined when off, on jemalloc, or where glibc's malloc_trim is not available (said in the log).
  */
 function startMallocTrimmer(cfg: KvdConfig, metrics: NodeMetrics, log: Logger): MallocTrimmer | undefined {
   const allocator = runningAllocator();
   // Which malloc serves the node (src/bin/allocator.ts: glibc unless jemalloc is preloaded).
   new Gauge({ name: 'kvcascade_allocator_info', help: 'The malloc this kvd process runs on (label allocator: jemalloc, glibc or unknown); always 1', labelNames: ['allocator'], registers: [metrics.registry] }).set({ allocator }, 1);
   if (allocator === 'glibc') {
-    log.info({ allocator }, 'running on glibc malloc: freed native memory stays with the allocator, so RSS follows the node\'s past peak (README "What RSS to expect": jemalloc, or --malloc-trim-mib)');
+    log.info({ allocator, mallocTrimMib: cfg.mallocTrimMib ?? DEFAULT_MALLOC_TRIM_MIB }, 'running on glibc malloc: freed native memory stays with the allocator until the node trims it (--malloc-trim-mib; 0 = never, then RSS follows the node\'s past peak: README "What RSS to expect")');
   } else {
     log.info({ allocator }, 'malloc');
   }
-  const freedMib = cfg.mallocTrimMib ?? 0;
+  const freedMib = cfg.mallocTrimMib ?? DEFAULT_MALLOC_TRIM_MIB;
   if (freedMib === 0) return undefined;
+  // Said as a warning only when the operator asked for trims; the default is silent where it cannot apply.
+  const asked = cfg.mallocTrimMib !== undefined;
   if (allocator === 'jemalloc') {
-    log.warn('--malloc-trim-mib: this node runs on jemalloc, which returns freed memory by itself; malloc_trim (glibc) would find nothing to do, so it is not started');
+    if (asked) log.warn('--malloc-trim-mib: this node runs on jemalloc, which returns freed memory by itself; malloc_trim (glibc) would find nothing to do, so it is not started');
     return undefined;
   }
   const native = loadNativeMalloc();
   if (!native) {
-    log.warn('--malloc-trim-mib: malloc_trim is not available here (not glibc, or koffi did not load): freed native memory stays with the allocator');
+    (asked ? log.warn.bind(log) : log.info.bind(log))('malloc_trim is not available here (not glibc, or koffi did not load): freed native memory stays with the allocator');
     return undefined;
   }
   const trimmer = new MallocTrimmer(

@@ -20,9 +20,11 @@
  * larger; never more often than `minIntervalMs`. {@link MallocTrimmer} runs the checks on a timer
  * and the trim itself on koffi's worker thread (the loop can still wait on the arena lock).
  *
- * Off by default in kvd (`--malloc-trim-mib N` opts in): even gated on a quiet loop, a trim of
- * 217 MiB blocked a leader's loop 2.25 s at load 20 (a follower went to pre-vote); standalone, not
- * niced, ~60 ms of CPU per ~200 MiB given back. Running on jemalloc (`LD_PRELOAD`) is the other way
+ * On by default in kvd since session 33 ({@link DEFAULT_MALLOC_TRIM_MIB}; `--malloc-trim-mib 0`
+ * turns it off). The trade: a trim pauses a quiet node's loop for what it takes (107-287 ms per
+ * 80-280 MiB given back on the quiet 2-core machine; at load 20, session rss5, a 217 MiB trim blocked
+ * a leader's loop 2.25 s and a follower went to pre-vote), against a node whose RSS otherwise keeps
+ * its past peak (hundreds of MiB after a catch-up or a fill). Running on jemalloc (`LD_PRELOAD`) is the other way
  * (docs/memory.md "RSS against data size (session rss5)"); there `mallinfo2` reports glibc's unused
  * arenas, so the trimmer finds nothing to do.
  */
@@ -109,6 +111,14 @@ export interface TrimPolicy {
 }
 
 /** The policy kvd uses when trimming is asked for (`--malloc-trim-mib`, which sets `freedBytes`; off by default): at most every 60 s, once the loop was under 20 % busy for 3 checks (6 s). */
+/**
+ * kvd's default for `--malloc-trim-mib` (on glibc): trim once 64 MiB were freed since the last trim,
+ * the node is quiet and the interval has passed. On since session 33: measured on the quiet 2-core
+ * machine, glibc kept 345 MiB free on an idle leader after it sent a 350 k-key snapshot (anonymous
+ * 561 MiB; trimmed: 239) and 110-134 MiB per node at 300 k keys, and the trims took 107-287 ms.
+ */
+export const DEFAULT_MALLOC_TRIM_MIB = 64;
+
 export const DEFAULT_TRIM_POLICY: TrimPolicy = { freedBytes: 64 * 2 ** 20, minIntervalMs: 60_000, maxLoopUtilization: 0.2, quietChecks: 3 };
 
 /** How often the trimmer reads the allocator's figures, ms. */
