@@ -110,7 +110,7 @@ export interface TrimPolicy {
   readonly quietChecks: number;
 }
 
-/** The policy kvd uses when trimming is asked for (`--malloc-trim-mib`, which sets `freedBytes`; off by default): at most every 60 s, once the loop was under 20 % busy for 3 checks (6 s). */
+/** The policy kvd uses when trimming is asked for (`--malloc-trim-mib`, which sets `freedBytes`: {@link DEFAULT_MALLOC_TRIM_MIB} unless set): at most every 60 s, once the loop was under 20 % busy for 3 checks (6 s). */
 /**
  * kvd's default for `--malloc-trim-mib` (on glibc): trim once 64 MiB were freed since the last trim,
  * the node is quiet and the interval has passed. On since session 33: measured on the quiet 2-core
