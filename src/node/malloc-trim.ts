@@ -21,8 +21,9 @@
  * and the trim itself on koffi's worker thread (the loop can still wait on the arena lock).
  *
  * On by default in kvd since session 33 ({@link DEFAULT_MALLOC_TRIM_MIB}; `--malloc-trim-mib 0`
- * turns it off). The trade: a trim pauses a quiet node's loop for what it takes (107-287 ms per
- * 80-280 MiB given back on the quiet 2-core machine; at load 20, session rss5, a 217 MiB trim blocked
+ * turns it off). The trade: a trim pauses a quiet node's loop for what it takes (28-756 ms per
+ * 46-406 MiB given back on the quiet 2-core machine, docs/memory.md "Trimming by default (session
+ * 33)"; at load 20, session rss5, a 217 MiB trim blocked
  * a leader's loop 2.25 s and a follower went to pre-vote), against a node whose RSS otherwise keeps
  * its past peak (hundreds of MiB after a catch-up or a fill). Running on jemalloc (`LD_PRELOAD`) is the other way
  * (docs/memory.md "RSS against data size (session rss5)"); there `mallinfo2` reports glibc's unused
@@ -110,7 +111,6 @@ export interface TrimPolicy {
   readonly quietChecks: number;
 }
 
-/** The policy kvd uses when trimming is asked for (`--malloc-trim-mib`, which sets `freedBytes`: {@link DEFAULT_MALLOC_TRIM_MIB} unless set): at most every 60 s, once the loop was under 20 % busy for 3 checks (6 s). */
 /**
  * kvd's default for `--malloc-trim-mib` (on glibc): trim once 64 MiB were freed since the last trim,
  * the node is quiet and the interval has passed. On since session 33: measured on the quiet 2-core
@@ -119,6 +119,7 @@ export interface TrimPolicy {
  */
 export const DEFAULT_MALLOC_TRIM_MIB = 64;
 
+/** The policy kvd uses when trimming is asked for (`--malloc-trim-mib`, which sets `freedBytes`: {@link DEFAULT_MALLOC_TRIM_MIB} unless set): at most every 60 s, once the loop was under 20 % busy for 3 checks (6 s). */
 export const DEFAULT_TRIM_POLICY: TrimPolicy = { freedBytes: 64 * 2 ** 20, minIntervalMs: 60_000, maxLoopUtilization: 0.2, quietChecks: 3 };
 
 /** How often the trimmer reads the allocator's figures, ms. */
