@@ -13,7 +13,8 @@
  * with the loop blocked as long; trimming every 10 s through a fill raised the leader changes from
  * 3-5 to 13-22 per node. So the node trims only when it is quiet: the event loop's utilization
  * stayed below `maxLoopUtilization` for `quietChecks` checks in a row (a fill, a catch-up or a
- * steady load keeps it above), and only then reads glibc's `mallinfo2` (bytes in use and free, all
+ * steady load keeps it above) while the machine's CPU pressure (Linux PSI) stayed at or below
+ * `maxCpuPressure` (an idle node on a saturated machine would trim for seconds), and only then reads glibc's `mallinfo2` (bytes in use and free, all
  * arenas; it walks the free lists under the same locks, ~14 ms a call at that load, so not on every
  * check), and trims when what was freed since the last trim reaches a threshold: the fall of the
  * bytes in use from their peak since then, or the growth of the free bytes since then, whichever is
@@ -29,6 +30,7 @@
  * (docs/memory.md "RSS against data size (session rss5)"); there `mallinfo2` reports glibc's unused
  * arenas, so the trimmer finds nothing to do.
  */
+import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { Counter, Gauge, type Registry } from 'prom-client';
 
@@ -109,6 +111,32 @@ export interface TrimPolicy {
   readonly maxLoopUtilization: number;
   /** Checks in a row the node must be quiet before the allocator is read (and maybe trimmed). */
   readonly quietChecks: number;
+  /**
+   * The machine's CPU pressure (Linux PSI, `/proc/pressure/cpu` "some avg10": the share of the last
+   * 10 s in which a runnable task waited for a CPU, 0..100) above which a check counts as busy even
+   * when this node is idle: a trim competes for the CPU with everything else, and on a saturated
+   * machine it took seconds (a follower went to pre-vote). Absent: no such gate (where PSI is not
+   * available the gate is off as well).
+   */
+  readonly maxCpuPressure?: number;
+}
+
+/**
+ * The machine's CPU pressure, "some avg10" of `/proc/pressure/cpu` (Linux PSI: percent of the last
+ * 10 s in which a runnable task waited for a CPU), or undefined when the text has none.
+ */
+export function parseCpuPressure(text: string): number | undefined {
+  const m = /^some avg10=(\d+(?:\.\d+)?)/m.exec(text);
+  return m ? Number(m[1]) : undefined;
+}
+
+/** Reads the machine's CPU pressure ({@link parseCpuPressure}); undefined where PSI is not available (not Linux, an old kernel, PSI off). */
+export function readCpuPressure(): number | undefined {
+  try {
+    return parseCpuPressure(readFileSync('/proc/pressure/cpu', 'utf8'));
+  } catch {
+    return undefined;
+  }
 }
 
 /**
@@ -119,8 +147,8 @@ export interface TrimPolicy {
  */
 export const DEFAULT_MALLOC_TRIM_MIB = 64;
 
-/** The policy kvd uses when trimming is asked for (`--malloc-trim-mib`, which sets `freedBytes`: {@link DEFAULT_MALLOC_TRIM_MIB} unless set): at most every 60 s, once the loop was under 20 % busy for 3 checks (6 s). */
-export const DEFAULT_TRIM_POLICY: TrimPolicy = { freedBytes: 64 * 2 ** 20, minIntervalMs: 60_000, maxLoopUtilization: 0.2, quietChecks: 3 };
+/** The policy kvd uses when trimming is asked for (`--malloc-trim-mib`, which sets `freedBytes`: {@link DEFAULT_MALLOC_TRIM_MIB} unless set): at most every 60 s, once the loop was under 20 % busy for 3 checks (6 s) while the machine's CPU pressure stayed at or below 40 %. */
+export const DEFAULT_TRIM_POLICY: TrimPolicy = { freedBytes: 64 * 2 ** 20, minIntervalMs: 60_000, maxLoopUtilization: 0.2, quietChecks: 3, maxCpuPressure: 40 };
 
 /** How often the trimmer reads the allocator's figures, ms. */
 export const TRIM_CHECK_MS = 2_000;
@@ -138,6 +166,7 @@ export class TrimScheduler {
     if (!Number.isSafeInteger(policy.quietChecks) || policy.quietChecks < 1) throw new Error(`quietChecks must be a positive integer (got ${policy.quietChecks})`);
     if (!Number.isFinite(policy.freedBytes) || policy.freedBytes < 0) throw new Error(`freedBytes must be a non-negative number (got ${policy.freedBytes})`);
     if (!Number.isFinite(policy.minIntervalMs) || policy.minIntervalMs < 0) throw new Error(`minIntervalMs must be a non-negative number (got ${policy.minIntervalMs})`);
+    if (policy.maxCpuPressure !== undefined && !(policy.maxCpuPressure >= 0 && policy.maxCpuPressure <= 100)) throw new Error(`maxCpuPressure must be in [0, 100] (got ${policy.maxCpuPressure})`);
   }
 
   /** Bytes freed since the last trim, as far as the figures tell: the fall from the peak in use, or the growth of the free bytes. */
@@ -146,11 +175,14 @@ export class TrimScheduler {
   }
 
   /**
-   * The first half of a check: the loop's utilization since the last check. Whether the node has
-   * been quiet long enough, and a trim is allowed, so that the allocator's figures are worth reading.
+   * The first half of a check: the loop's utilization since the last check and the machine's CPU
+   * pressure now (undefined: not known, not gated). Whether the node has been quiet long enough on
+   * a machine with CPU to spare, and a trim is allowed, so that the allocator's figures are worth reading.
    */
-  quiet(nowMs: number, loopUtilization: number): boolean {
-    this.quietFor = loopUtilization < this.policy.maxLoopUtilization ? this.quietFor + 1 : 0;
+  quiet(nowMs: number, loopUtilization: number, cpuPressure?: number): boolean {
+    const max = this.policy.maxCpuPressure;
+    const starved = max !== undefined && cpuPressure !== undefined && cpuPressure > max;
+    this.quietFor = loopUtilization < this.policy.maxLoopUtilization && !starved ? this.quietFor + 1 : 0;
     if (this.policy.freedBytes === 0 || this.running) return false;
     return this.quietFor >= this.policy.quietChecks && nowMs - this.lastTrimMs >= this.policy.minIntervalMs;
   }
@@ -182,21 +214,25 @@ export class MallocTrimmer {
   private readonly trimSeconds: Counter;
   private readonly checkSeconds: Counter;
   private readonly released: Counter;
+  private readonly starvedChecks: Counter;
   private maxTrimMs = 0;
   private lastElu = performance.eventLoopUtilization();
   private cached: { atMs: number; stats: MallocStats } | undefined;
 
+  /** `cpuPressure` reads the machine's CPU pressure ({@link readCpuPressure}; tests pass their own). */
   constructor(
     private readonly native: NativeMalloc,
     policy: TrimPolicy,
     registry: Registry,
     private readonly log?: (fields: Record<string, unknown>, msg: string) => void,
+    private readonly cpuPressure: () => number | undefined = readCpuPressure,
   ) {
     this.scheduler = new TrimScheduler(policy);
     const registers = [registry];
     this.trims = new Counter({ name: 'kvcascade_malloc_trims_total', help: 'malloc_trim(0) calls (freed native memory given back to the OS)', registers });
     this.trimSeconds = new Counter({ name: 'kvcascade_malloc_trim_seconds_total', help: 'Wall time of the malloc_trim calls (on a worker thread)', registers });
     this.checkSeconds = new Counter({ name: 'kvcascade_malloc_check_seconds_total', help: 'Event-loop time reading the allocator figures (mallinfo2: the trim decisions while quiet, and the scrapes)', registers });
+    this.starvedChecks = new Counter({ name: 'kvcascade_malloc_trim_cpu_starved_checks_total', help: 'Trim checks counted as busy because the machine was short of CPU (PSI cpu "some avg10" above the policy bound)', registers });
     this.released = new Counter({ name: 'kvcascade_malloc_trim_released_bytes_total', help: 'Resident memory the trims gave back (RSS before minus after, when it fell)', registers });
     const self = this;
     new Gauge({ name: 'kvcascade_malloc_trim_max_seconds', help: 'Longest malloc_trim call so far', registers, collect() { this.set(self.maxTrimMs / 1000); } });
@@ -233,7 +269,10 @@ export class MallocTrimmer {
   private checkOnce(): void {
     const elu = performance.eventLoopUtilization(this.lastElu);
     this.lastElu = performance.eventLoopUtilization();
-    if (!this.scheduler.quiet(Date.now(), elu.utilization)) return;
+    const maxPressure = this.scheduler.policy.maxCpuPressure;
+    const pressure = maxPressure === undefined ? undefined : this.cpuPressure();
+    if (pressure !== undefined && maxPressure !== undefined && pressure > maxPressure) this.starvedChecks.inc();
+    if (!this.scheduler.quiet(Date.now(), elu.utilization, pressure)) return;
     const s = this.stats();
     if (!this.scheduler.check(Date.now(), s)) return;
     const freed = this.scheduler.freedSinceTrim(s);

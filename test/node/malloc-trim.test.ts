@@ -1,6 +1,6 @@
 /** The malloc-trim scheduler's decisions (src/node/malloc-trim.ts), and the native calls where glibc has them. */
 import { describe, expect, it } from 'vitest';
-import { DEFAULT_TRIM_POLICY, loadNativeMalloc, TrimScheduler, type MallocStats, type TrimPolicy } from '../../src/node/malloc-trim.js';
+import { DEFAULT_TRIM_POLICY, loadNativeMalloc, parseCpuPressure, readCpuPressure, TrimScheduler, type MallocStats, type TrimPolicy } from '../../src/node/malloc-trim.js';
 
 const MiB = 2 ** 20;
 const policy = (p: Partial<TrimPolicy>): TrimPolicy => ({ freedBytes: 32 * MiB, minIntervalMs: 10_000, maxLoopUtilization: 0.2, quietChecks: 1, ...p });
@@ -69,6 +69,27 @@ describe('TrimScheduler: only when quiet', () => {
     expect(s.quiet(8_000, 0.1)).toBe(false);
     expect(s.quiet(10_000, 0.19)).toBe(true);
     expect(s.quiet(12_000, 0.2)).toBe(false); // at the bound is busy
+  });
+
+  it('counts a check as busy while the machine is short of CPU (PSI above maxCpuPressure), not when the pressure is unknown', () => {
+    const s = new TrimScheduler(policy({ quietChecks: 2, maxCpuPressure: 40 }));
+    expect(s.quiet(0, 0.01, 10)).toBe(false);
+    expect(s.quiet(2_000, 0.01, 85.5)).toBe(false); // an idle node on a saturated machine: the count starts again
+    expect(s.quiet(4_000, 0.01, 40)).toBe(false); // at the bound is not starved
+    expect(s.quiet(6_000, 0.01, undefined)).toBe(true); // no PSI: only the loop counts
+    const ungated = new TrimScheduler(policy({ quietChecks: 1 }));
+    expect(ungated.quiet(0, 0.01, 99)).toBe(true); // no maxCpuPressure in the policy: no gate
+    expect(() => new TrimScheduler(policy({ maxCpuPressure: 101 }))).toThrow(/maxCpuPressure must be in \[0, 100\]/);
+    expect(DEFAULT_TRIM_POLICY.maxCpuPressure).toBe(40);
+  });
+
+  it('reads PSI\'s "some avg10" from /proc/pressure/cpu text', () => {
+    expect(parseCpuPressure('some avg10=22.32 avg60=14.39 avg300=16.58 total=17745252682\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n')).toBe(22.32);
+    expect(parseCpuPressure('some avg10=0.00 avg60=0.00 avg300=0.00 total=0\n')).toBe(0);
+    expect(parseCpuPressure('')).toBeUndefined();
+    expect(parseCpuPressure('full avg10=3.00 avg60=0.00 avg300=0.00 total=0\n')).toBeUndefined();
+    const here = readCpuPressure(); // this machine's, where the kernel has PSI
+    if (here !== undefined) expect(here).toBeGreaterThanOrEqual(0);
   });
 
   it('says not quiet during the least interval after a trim, nor while one runs', () => {
