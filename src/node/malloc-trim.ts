@@ -130,6 +130,16 @@ export function parseCpuPressure(text: string): number | undefined {
   return m ? Number(m[1]) : undefined;
 }
 
+/** The process's anonymous resident memory (`RssAnon` of /proc/self/status), bytes; undefined where there is none (not Linux). */
+export function readAnonRss(): number | undefined {
+  try {
+    const m = /^RssAnon:\s+(\d+) kB/m.exec(readFileSync('/proc/self/status', 'utf8'));
+    return m ? Number(m[1]) * 1024 : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 /** Reads the machine's CPU pressure ({@link parseCpuPressure}); undefined where PSI is not available (not Linux, an old kernel, PSI off). */
 export function readCpuPressure(): number | undefined {
   try {
@@ -157,6 +167,7 @@ export const TRIM_CHECK_MS = 2_000;
 export class TrimScheduler {
   private peakInUse = 0;
   private freeAtTrim = 0;
+  private anonAtTrim: number | undefined;
   private lastTrimMs = Number.NEGATIVE_INFINITY;
   private running = false;
   private quietFor = 0;
@@ -187,22 +198,32 @@ export class TrimScheduler {
     return this.quietFor >= this.policy.quietChecks && nowMs - this.lastTrimMs >= this.policy.minIntervalMs;
   }
 
-  /** The second half (after {@link quiet} said yes): whether to trim now. Call {@link trimmed} when the trim it asked for is done. */
-  check(nowMs: number, s: MallocStats): boolean {
+  /**
+   * The second half (after {@link quiet} said yes): whether to trim now. Call {@link trimmed} when
+   * the trim it asked for is done. `anonRssBytes` (the process's anonymous resident memory, when
+   * known) catches what the allocator's totals miss: its free bytes count pages a trim already gave
+   * back alike with pages reused and freed again since (resident again), and the peak in use is
+   * only sampled while quiet, so a busy spell that used and freed memory can leave both figures
+   * where they were at the last trim. So a trim also follows when the allocator holds at least the
+   * threshold free and the anonymous memory grew by the threshold since the last trim.
+   */
+  check(nowMs: number, s: MallocStats, anonRssBytes?: number): boolean {
     this.peakInUse = Math.max(this.peakInUse, s.inUseBytes);
     if (this.policy.freedBytes === 0 || this.running) return false;
     if (nowMs - this.lastTrimMs < this.policy.minIntervalMs) return false;
-    if (this.freedSinceTrim(s) < this.policy.freedBytes) return false;
+    const regrown = anonRssBytes !== undefined && this.anonAtTrim !== undefined && s.freeBytes >= this.policy.freedBytes && anonRssBytes - this.anonAtTrim >= this.policy.freedBytes;
+    if (this.freedSinceTrim(s) < this.policy.freedBytes && !regrown) return false;
     this.running = true;
     return true;
   }
 
-  /** A trim finished at `nowMs`; `after` are the figures then (what is in use and free becomes the new base). */
-  trimmed(nowMs: number, after: MallocStats): void {
+  /** A trim finished at `nowMs`; `after` are the figures then, `anonRssAfter` the anonymous resident memory (what is in use, free and resident becomes the new base). */
+  trimmed(nowMs: number, after: MallocStats, anonRssAfter?: number): void {
     this.running = false;
     this.lastTrimMs = nowMs;
     this.peakInUse = after.inUseBytes;
     this.freeAtTrim = after.freeBytes;
+    this.anonAtTrim = anonRssAfter;
   }
 }
 
@@ -274,12 +295,12 @@ export class MallocTrimmer {
     if (pressure !== undefined && maxPressure !== undefined && pressure > maxPressure) this.starvedChecks.inc();
     if (!this.scheduler.quiet(Date.now(), elu.utilization, pressure)) return;
     const s = this.stats();
-    if (!this.scheduler.check(Date.now(), s)) return;
+    if (!this.scheduler.check(Date.now(), s, readAnonRss())) return;
     const freed = this.scheduler.freedSinceTrim(s);
     const rssBefore = process.memoryUsage.rss();
     this.native.trimAsync((err, _released, ms) => {
       const after = this.stats();
-      this.scheduler.trimmed(Date.now(), after);
+      this.scheduler.trimmed(Date.now(), after, readAnonRss());
       if (err) {
         this.log?.({ err: err.message }, 'malloc_trim failed');
         return;

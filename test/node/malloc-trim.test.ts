@@ -1,6 +1,6 @@
 /** The malloc-trim scheduler's decisions (src/node/malloc-trim.ts), and the native calls where glibc has them. */
 import { describe, expect, it } from 'vitest';
-import { DEFAULT_TRIM_POLICY, loadNativeMalloc, parseCpuPressure, readCpuPressure, TrimScheduler, type MallocStats, type TrimPolicy } from '../../src/node/malloc-trim.js';
+import { DEFAULT_TRIM_POLICY, loadNativeMalloc, parseCpuPressure, readAnonRss, readCpuPressure, TrimScheduler, type MallocStats, type TrimPolicy } from '../../src/node/malloc-trim.js';
 
 const MiB = 2 ** 20;
 const policy = (p: Partial<TrimPolicy>): TrimPolicy => ({ freedBytes: 32 * MiB, minIntervalMs: 10_000, maxLoopUtilization: 0.2, quietChecks: 1, ...p });
@@ -90,6 +90,19 @@ describe('TrimScheduler: only when quiet', () => {
     expect(parseCpuPressure('full avg10=3.00 avg60=0.00 avg300=0.00 total=0\n')).toBeUndefined();
     const here = readCpuPressure(); // this machine's, where the kernel has PSI
     if (here !== undefined) expect(here).toBeGreaterThanOrEqual(0);
+  });
+
+  it('trims again when the allocator holds the threshold free and the anonymous memory grew by it since the last trim (its totals alone did not move)', () => {
+    const s = new TrimScheduler(policy({ freedBytes: 64 * MiB, minIntervalMs: 0 }));
+    expect(s.check(0, at(100, 200), 500 * MiB)).toBe(true);
+    s.trimmed(1_000, at(100, 200), 300 * MiB); // given back; glibc still counts the 200 MiB as free
+    expect(s.check(2_000, at(100, 210), 340 * MiB)).toBe(false); // +40 MiB resident, +10 free: not yet
+    expect(s.check(3_000, at(100, 210), 380 * MiB)).toBe(true); // +80 MiB resident with 210 MiB free
+    s.trimmed(4_000, at(100, 210), 300 * MiB);
+    expect(s.check(5_000, at(100, 40), 400 * MiB)).toBe(false); // grown, but too little free to give back: in use, not free
+    expect(s.check(6_000, at(100, 210), undefined)).toBe(false); // anonymous memory not known: the totals only
+    const r = readAnonRss();
+    if (process.platform === 'linux') expect(r).toBeGreaterThan(0);
   });
 
   it('says not quiet during the least interval after a trim, nor while one runs', () => {
