@@ -185,7 +185,7 @@ export function parseConfig(argv: string[]): KvdConfig {
     .option('--value-cache-mib <n>', 'bound of the cache of values read from disk, MiB (default 64)', int('--value-cache-mib'))
     .option('--leveldb-max-open-files <n>', "LevelDB's table files kept open and mapped, plus 10 (default 1000: every table of a 2 GiB store; at least 74; mapped pages count in RSS)", int('--leveldb-max-open-files'))
     .option('--leveldb-cache-mib <n>', "LevelDB's block cache, MiB (default 8)", int('--leveldb-cache-mib'))
-    .option('--malloc-trim-mib <n>', 'give freed native memory (glibc malloc) back to the OS with malloc_trim when the node is quiet, once this many MiB were freed since the last trim (default 64; 0 = never; a trim pauses the quiet node\'s event loop, tens to hundreds of ms: docs/memory.md "Trimming by default (session 33)")', int('--malloc-trim-mib'))
+    .option('--malloc-trim-mib <n>', 'give freed native memory (glibc malloc) back to the OS with malloc_trim when the node is quiet, once this many MiB were freed since the last trim (default 64; 0 = never; a trim pauses the quiet node\'s event loop, tens of ms to ~1 s: docs/memory.md "Trimming by default (session 33)")', int('--malloc-trim-mib'))
     .option('--malloc-trim-interval-ms <ms>', 'least time between two malloc trims (default 60000, at least 1000)', int('--malloc-trim-interval-ms'))
     .option('--index-drop-cold', "keep only hot keys' version lists and reserved keys in the heap, the rest is read from disk (the default)")
     .option('--no-index-drop-cold', "keep every key's version list and the live-key set in the heap (NodeOptions.indexDropCold false; about 3x the heap per key)")

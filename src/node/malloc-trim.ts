@@ -22,7 +22,7 @@
  * and the trim itself on koffi's worker thread (the loop can still wait on the arena lock).
  *
  * On by default in kvd since session 33 ({@link DEFAULT_MALLOC_TRIM_MIB}; `--malloc-trim-mib 0`
- * turns it off). The trade: a trim pauses a quiet node's loop for what it takes (28-756 ms per
+ * turns it off). The trade: a trim pauses a quiet node's loop for what it takes (28-1,293 ms per
  * 46-406 MiB given back on the quiet 2-core machine, docs/memory.md "Trimming by default (session
  * 33)"; at load 20, session rss5, a 217 MiB trim blocked
  * a leader's loop 2.25 s and a follower went to pre-vote), against a node whose RSS otherwise keeps
