@@ -191,11 +191,15 @@ export class TrimScheduler {
    * a machine with CPU to spare, and a trim is allowed, so that the allocator's figures are worth reading.
    */
   quiet(nowMs: number, loopUtilization: number, cpuPressure?: number): boolean {
-    const max = this.policy.maxCpuPressure;
-    const starved = max !== undefined && cpuPressure !== undefined && cpuPressure > max;
-    this.quietFor = loopUtilization < this.policy.maxLoopUtilization && !starved ? this.quietFor + 1 : 0;
+    this.quietFor = loopUtilization < this.policy.maxLoopUtilization && !this.starved(cpuPressure) ? this.quietFor + 1 : 0;
     if (this.policy.freedBytes === 0 || this.running) return false;
     return this.quietFor >= this.policy.quietChecks && nowMs - this.lastTrimMs >= this.policy.minIntervalMs;
+  }
+
+  /** Whether the machine is short of CPU by the policy's bound (`cpuPressure` undefined, or no bound: never). */
+  starved(cpuPressure?: number): boolean {
+    const max = this.policy.maxCpuPressure;
+    return max !== undefined && cpuPressure !== undefined && cpuPressure > max;
   }
 
   /**
@@ -240,7 +244,7 @@ export class MallocTrimmer {
   private lastElu = performance.eventLoopUtilization();
   private cached: { atMs: number; stats: MallocStats } | undefined;
 
-  /** `cpuPressure` reads the machine's CPU pressure ({@link readCpuPressure}; tests pass their own). */
+  /** `cpuPressure` reads the machine's CPU pressure ({@link readCpuPressure} unless another source is given). */
   constructor(
     private readonly native: NativeMalloc,
     policy: TrimPolicy,
@@ -290,9 +294,8 @@ export class MallocTrimmer {
   private checkOnce(): void {
     const elu = performance.eventLoopUtilization(this.lastElu);
     this.lastElu = performance.eventLoopUtilization();
-    const maxPressure = this.scheduler.policy.maxCpuPressure;
-    const pressure = maxPressure === undefined ? undefined : this.cpuPressure();
-    if (pressure !== undefined && maxPressure !== undefined && pressure > maxPressure) this.starvedChecks.inc();
+    const pressure = this.scheduler.policy.maxCpuPressure === undefined ? undefined : this.cpuPressure();
+    if (this.scheduler.starved(pressure)) this.starvedChecks.inc();
     if (!this.scheduler.quiet(Date.now(), elu.utilization, pressure)) return;
     const s = this.stats();
     if (!this.scheduler.check(Date.now(), s, readAnonRss())) return;

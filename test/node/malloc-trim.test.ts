@@ -81,6 +81,7 @@ describe('TrimScheduler: only when quiet', () => {
     expect(ungated.quiet(0, 0.01, 99)).toBe(true); // no maxCpuPressure in the policy: no gate
     expect(() => new TrimScheduler(policy({ maxCpuPressure: 101 }))).toThrow(/maxCpuPressure must be in \[0, 100\]/);
     expect(DEFAULT_TRIM_POLICY.maxCpuPressure).toBe(40);
+    expect([s.starved(40.01), s.starved(40), s.starved(undefined), ungated.starved(100)]).toEqual([true, false, false, false]);
   });
 
   it('reads PSI\'s "some avg10" from /proc/pressure/cpu text', () => {
