@@ -588,22 +588,29 @@ describe('peer messages from the network, fuzzed into a running group', () => {
     let withheld = 0;
     let maxTerm = 0;
     const refusals = new Map<string, number>();
-    fc.assert(
-      fc.property(caseArb(false), (c) => {
-        const { adversary, sim, result } = run(c, false);
-        accepted += adversary.accepted;
-        delivered += adversary.delivered;
-        withheld += adversary.withheld;
-        for (const [k, n] of adversary.refusals) refusals.set(k, (refusals.get(k) ?? 0) + n);
-        for (const id of sim.nodeIds) maxTerm = Math.max(maxTerm, sim.raft(id).term);
-        expect(result.recovered).toBe(true);
-        expect(result.recoveryMs).toBeLessThanOrEqual(4000);
-        expect(result.safetyViolations).toBe(0);
-        const lin = checkKvLinearizable(result.history);
-        if (!lin.ok) throw new Error(`history not linearizable on key ${lin.key}: ${JSON.stringify(lin.history)}`);
-      }),
-      params(),
-    );
+    const pass = (p: fc.Parameters<[FuzzCase]>): void =>
+      fc.assert(
+        fc.property(caseArb(false), (c) => {
+          const { adversary, sim, result } = run(c, false);
+          accepted += adversary.accepted;
+          delivered += adversary.delivered;
+          withheld += adversary.withheld;
+          for (const [k, n] of adversary.refusals) refusals.set(k, (refusals.get(k) ?? 0) + n);
+          for (const id of sim.nodeIds) maxTerm = Math.max(maxTerm, sim.raft(id).term);
+          expect(result.recovered).toBe(true);
+          expect(result.recoveryMs).toBeLessThanOrEqual(4000);
+          expect(result.safetyViolations).toBe(0);
+          const lin = checkKvLinearizable(result.history);
+          if (!lin.ok) throw new Error(`history not linearizable on key ${lin.key}: ${JSON.stringify(lin.history)}`);
+        }),
+        p,
+      );
+    pass(params());
+    // A random seed's runs push a term far up nearly always, but not always (one CI run of session
+    // 33: max term 11 over 150 runs, every property held). The coverage below must not hang on that
+    // chance: when it happened, a second pass with a seed known to push terms up (seed 1: max term
+    // 2.8e14) runs the same properties before the coverage is asserted.
+    if (maxTerm <= 10 ** 12 && process.env.FUZZ_SEED === undefined) pass({ ...params(), seed: 1 });
     // The runs exercised the decoder both ways and pushed terms far up.
     expect(delivered).toBeGreaterThan(RUNS);
     expect(withheld).toBeGreaterThan(0);
