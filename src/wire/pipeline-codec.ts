@@ -1,3 +1,4 @@
+// Size: one module because the request and response encoders and decoders share one module-level write buffer, the varint/length primitives and the field tags of pipeline.proto: a field added to the .proto changes its sizer, writer and reader here together, and splitting them would export the buffer state.
 /**
  * A direct protobuf codec for the Pipeline stream's messages (kvcascade.v1.PipelineRequest and
  * PipelineResponse), the client API's hot path: it encodes from and decodes to the same objects
