@@ -3,6 +3,8 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import { cpus, loadavg, release, totalmem } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
+import { pathToFileURL } from 'node:url';
+import { realpathSync } from 'node:fs';
 import type { SystemName } from './clients.js';
 import { ETCD_MISSING_MESSAGE, etcdVersion, findEtcd, startEtcdCluster } from './etcd-cluster.js';
 import { findKvd, defaultKvdBin, startKvdCluster } from './kvd-cluster.js';
@@ -20,6 +22,7 @@ import {
   type WorkloadName,
   type WorkloadResult,
 } from './load.js';
+import { issue11Goals, renderGoals } from './goals.js';
 import { findH2load, H2LOAD_IN_FLIGHT, H2LOAD_MISSING_MESSAGE, runH2loadPut } from './h2load.js';
 import { runReactionWorkload } from './reactions.js';
 import { leaderSnapshot, movedLeaders, routingSpec, waitSettled, type RoutingSpec, type SettleReport } from './shards.js';
@@ -58,6 +61,8 @@ const USAGE = `usage: node dist/bench/run.js [flags]
   --profile DIR       save V8 CPU profiles of every measured window: each kvd process (kvd-nN-<pid>-<k>.cpuprofile,
                       through SIGUSR2, see src/bin/cpu-profile-signal.ts) and each client process
                       (client-<system>-<workload>-<pid>.cpuprofile); summarise with node dist/bench/profile-summary.js DIR
+  --lone on|off       after each system's workloads, put and get again with 1 client in 1 process, one call at a
+                      time (issue 11's lone-call goals); default on when --workloads is not given, else off
   --kvd-client MODE   lib (default: kvd's put, get and rmw through the client library's default KvClient API,
                       one KvClient per connection of the plan: what an application gets), stub (plain grpc-js
                       unary stubs, identical to etcd's client) or lib-unary (KvClient with batching: false)
@@ -90,6 +95,8 @@ export interface BenchConfig {
   readonly out: string;
   /** Save CPU profiles of every kvd process and every client process here (`--profile DIR`). */
   readonly profileDir?: string;
+  /** Measure put and get again with one client, one call at a time, after each system's other workloads (`--lone`). */
+  readonly lone: boolean;
   /** How kvd's put/get/rmw are driven: plain grpc-js unary stubs (`stub`, the etcd-identical path) or the client library's default KvClient API (`lib`). */
   readonly kvdClient: KvdClientMode;
 }
@@ -121,6 +128,7 @@ export function parseConfig(argv: string[]): BenchConfig | undefined {
       out: { type: 'string' },
       profile: { type: 'string' },
       'kvd-client': { type: 'string', default: 'lib' },
+      lone: { type: 'string' },
       help: { type: 'boolean', default: false },
     },
     strict: true,
@@ -159,6 +167,7 @@ export function parseConfig(argv: string[]): BenchConfig | undefined {
     out: values.out === undefined ? join(repoRoot(), 'bench', 'results', 'latest.json') : resolve(values.out),
     ...(values.profile === undefined ? {} : { profileDir: resolve(values.profile) }),
     kvdClient: list('kvd-client', values['kvd-client'], KVD_CLIENT_MODES)[0]!,
+    lone: values.lone === undefined ? !argv.some((a) => a === '--workloads' || a.startsWith('--workloads=')) : list('lone', values.lone, ['on', 'off'] as const)[0] === 'on',
   };
 }
 
@@ -277,7 +286,9 @@ function extraP50(r: WorkloadResult | undefined, key: 'sentToReactionMs' | 'ackT
 export function ratioFor(r: WorkloadResult, all: readonly WorkloadResult[]): number | undefined {
   if (r.system !== 'kvd') return undefined;
   const pairing = pairingFor(r.workload);
-  const etcd = all.find((x) => x.system === 'etcd' && x.workload === pairing.against);
+  const etcd =
+    all.find((x) => x.system === 'etcd' && x.workload === pairing.against && x.clients === r.clients) ??
+    (r.clients === 1 ? undefined : all.find((x) => x.system === 'etcd' && x.workload === pairing.against && x.clients !== 1));
   if (!etcd) return undefined;
   if (pairing.kind === 'p50 sent→reaction') {
     const k = extraP50(r, 'sentToReactionMs');
@@ -530,7 +541,8 @@ export async function runBench(cfg: BenchConfig): Promise<WorkloadResult[]> {
       workloads.unshift('put');
       log(`etcd: adding put as the baseline of ${shardWorkloads.join(', ')}`);
     }
-    if (workloads.length > 0) {
+    const lonePhase = cfg.lone && cfg.clients !== 1 && cfg.workloads.some((w) => supports(system, w));
+    if (workloads.length > 0 || lonePhase) {
       let cluster: RunningCluster | undefined;
       try {
         cluster = await startSystem(system, cfg);
@@ -555,6 +567,14 @@ export async function runBench(cfg: BenchConfig): Promise<WorkloadResult[]> {
           for (const workload of workloads) {
             if (workload === 'h2load') await measureH2load(cluster, cfg, results, skipped);
             else await measure(system, cluster, workload, cfg, results, skipped);
+          }
+          if (lonePhase) {
+            const lone: BenchConfig = { ...cfg, clients: 1, procs: 1 };
+            if (!workloads.includes('get') && !workloads.includes('rmw')) {
+              log(`${system}: populating ${cfg.keys} keys for the lone get`);
+              await populate({ system, endpoints: cluster.endpoints, keys: cfg.keys, valueBytes: cfg.valueBytes, concurrency: 64, opTimeoutMs: cfg.opTimeoutS * 1000 });
+            }
+            for (const workload of ['put', 'get'] as const) await measure(system, cluster, workload, lone, results, skipped);
           }
         } finally {
           await cluster.stop();
@@ -600,6 +620,8 @@ export async function runBench(cfg: BenchConfig): Promise<WorkloadResult[]> {
   console.log('');
   console.log(renderTable(results));
   for (const s of skipped) console.log(`skipped: ${s}`);
+  const goals = cfg.systems.length === 2 ? issue11Goals(results, cfg.clients) : undefined;
+  if (goals !== undefined) console.log(`\n${renderGoals(goals)}`);
   const disturbed = results.filter((r) => (r.otherCpuCores ?? 0) > DISTURBED_CORES);
   if (disturbed.length > 0) {
     console.log(
@@ -614,7 +636,7 @@ export async function runBench(cfg: BenchConfig): Promise<WorkloadResult[]> {
   await mkdir(dirname(cfg.out), { recursive: true });
   await writeFile(
     cfg.out,
-    JSON.stringify({ finishedAt: new Date().toISOString(), machine, config: cfg, results, kvdOverEtcdOpsPerSec: ratios, skipped }, null, 2) + '\n',
+    JSON.stringify({ finishedAt: new Date().toISOString(), machine, config: cfg, results, kvdOverEtcdOpsPerSec: ratios, ...(goals ? { goals } : {}), skipped }, null, 2) + '\n',
   );
   console.log(`\nresults written to ${cfg.out}`);
   return results;
@@ -642,4 +664,5 @@ async function main(): Promise<void> {
   await runBench(cfg);
 }
 
-await main();
+// Run only as the entry point (`node dist/bench/run.js`), so tests can import parseConfig and the table code.
+if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(realpathSync(process.argv[1])).href) await main();
