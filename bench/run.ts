@@ -625,14 +625,14 @@ export async function runBench(cfg: BenchConfig): Promise<WorkloadResult[]> {
   const disturbed = results.filter((r) => (r.otherCpuCores ?? 0) > DISTURBED_CORES);
   if (disturbed.length > 0) {
     console.log(
-      `warning: other processes used > ${DISTURBED_CORES} cores during ${disturbed.map((r) => `${r.system}/${r.workload}`).join(', ')}; ` +
+      `warning: other processes used > ${DISTURBED_CORES} cores during ${disturbed.map((r) => `${r.system}/${r.workload}${r.shards !== undefined ? ` ${r.shards} shards` : ''}${r.clients !== cfg.clients ? ` (${r.clients} client${r.clients === 1 ? '' : 's'})` : ''}`).join(', ')}; ` +
         'those figures are disturbed (see "other" in notes)',
     );
   }
 
   const ratios = results
-    .map((r) => ({ workload: r.workload, against: pairingFor(r.workload).against, kind: pairingFor(r.workload).kind, ratio: ratioFor(r, results) }))
-    .filter((x): x is { workload: WorkloadName; against: WorkloadName; kind: Pairing['kind']; ratio: number } => x.ratio !== undefined);
+    .map((r) => ({ workload: r.workload, clients: r.clients, ...(r.shards !== undefined ? { shards: r.shards } : {}), against: pairingFor(r.workload).against, kind: pairingFor(r.workload).kind, ratio: ratioFor(r, results) }))
+    .filter((x) => x.ratio !== undefined);
   await mkdir(dirname(cfg.out), { recursive: true });
   await writeFile(
     cfg.out,

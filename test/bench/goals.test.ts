@@ -2,7 +2,7 @@
 import { describe, expect, it } from 'vitest';
 import { issue11Goals, renderGoals } from '../../bench/goals.js';
 import type { WorkloadResult } from '../../bench/load.js';
-import { parseConfig } from '../../bench/run.js';
+import { parseConfig, ratioFor } from '../../bench/run.js';
 
 function r(o: Partial<WorkloadResult> & Pick<WorkloadResult, 'system' | 'workload' | 'opsPerSec'>): WorkloadResult {
   const clients = o.clients ?? 64;
@@ -113,5 +113,21 @@ describe('run.js --lone', () => {
     expect(parseConfig(['--workloads', 'put', '--lone', 'on'])!.lone).toBe(true);
     expect(parseConfig(['--lone', 'off'])!.lone).toBe(false);
     expect(() => parseConfig(['--lone', 'maybe'])).toThrow(/--lone: unknown maybe/);
+  });
+});
+
+describe('run.js ratioFor with lone rows', () => {
+  it('compares a kvd row with the etcd row at the same client count, a lone row only with a lone row', () => {
+    const rows = [
+      r({ system: 'kvd', workload: 'put', opsPerSec: 5000 }),
+      r({ system: 'kvd', workload: 'put', opsPerSec: 400, clients: 1 }),
+      r({ system: 'etcd', workload: 'put', opsPerSec: 2500 }),
+      r({ system: 'etcd', workload: 'put', opsPerSec: 500, clients: 1 }),
+      r({ system: 'kvd', workload: 'put-shards', opsPerSec: 2000, shards: 8 }),
+    ];
+    expect(ratioFor(rows[0]!, rows)).toBe(2);
+    expect(ratioFor(rows[1]!, rows)).toBe(0.8);
+    expect(ratioFor(rows[4]!, rows)).toBe(0.8);
+    expect(ratioFor(rows[1]!, rows.filter((x) => !(x.system === 'etcd' && x.clients === 1)))).toBeUndefined();
   });
 });
