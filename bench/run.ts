@@ -22,7 +22,7 @@ import {
   type WorkloadName,
   type WorkloadResult,
 } from './load.js';
-import { issue11Goals, renderGoals } from './goals.js';
+import { etcdCeiling, issue11Goals, renderGoals } from './goals.js';
 import { findH2load, H2LOAD_IN_FLIGHT, H2LOAD_MISSING_MESSAGE, runH2loadPut } from './h2load.js';
 import { runReactionWorkload } from './reactions.js';
 import { leaderSnapshot, movedLeaders, routingSpec, waitSettled, type RoutingSpec, type SettleReport } from './shards.js';
@@ -327,9 +327,10 @@ export function renderTable(results: readonly WorkloadResult[]): string {
     if (f !== undefined && ratioFor(r, results) !== undefined) footnotes.add(f);
   }
   out.push(...footnotes);
-  const ceiling = results.filter((r) => r.workload === 'h2load').sort((a, b) => b.opsPerSec - a.opsPerSec)[0];
-  const kvdPut = results.find((r) => r.system === 'kvd' && r.workload === 'put');
-  if (ceiling !== undefined && ceiling.opsPerSec > 0) {
+  const ceiling = etcdCeiling(results);
+  // The run's many-client put row (a lone row, `--lone`, is not what a ceiling compares with).
+  const kvdPut = results.filter((r) => r.system === 'kvd' && r.workload === 'put' && r.shards === undefined).sort((a, b) => b.clients - a.clients)[0];
+  if (ceiling !== undefined) {
     out.push(
       `etcd's ceiling (h2load Put, best of ${results.filter((r) => r.workload === 'h2load').map((r) => r.clients).join('/')} in flight): ` +
         `${fmt(ceiling.opsPerSec, 0)}/s at ${ceiling.clients}` +
